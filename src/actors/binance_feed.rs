@@ -1,0 +1,371 @@
+//! BinanceFeedActor: one combined-stream WebSocket connection, run under an
+//! actix `Supervisor`. Any end of the connection (error, close, stale feed,
+//! rotation) stops the actor; the supervisor restarts it on the same address
+//! and `started` reconnects after a capped, jittered exponential backoff.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use futures::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::config::BinanceFeedConfig;
+use crate::dedup::Dedup;
+use crate::exchanges::{FrameError, Parsed, binance};
+use crate::messages::producer::{Publish, Record};
+use crate::metrics::Metrics;
+use crate::model::{DeadLetter, now_us};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("websocket: {0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("server closed the connection: {0}")]
+    Closed(String),
+    #[error("no frame for {0:?}; feed is stale")]
+    Stale(Duration),
+    #[error("producer unavailable: {0}")]
+    Producer(String),
+}
+
+/// Why a connection ended without an error.
+#[derive(Debug)]
+enum ConnEnd {
+    /// Planned rotation before the exchange's hard connection limit.
+    Rotated,
+}
+
+/// What `/status` shows for a feed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FeedState {
+    pub exchange: String,
+    pub url: String,
+    pub connected: bool,
+    pub restarts: u64,
+    pub frames: u64,
+    pub last_error: Option<String>,
+}
+
+pub struct BinanceFeedActor {
+    cfg: BinanceFeedConfig,
+    producer: Recipient<Publish>,
+    metrics: Metrics,
+    backoff: ExponentialBackoff,
+    state: FeedState,
+    /// Set by `StopFeed`: the supervisor still restarts the actor, but it
+    /// stays idle instead of reconnecting.
+    stopping: bool,
+    /// Shared with the connection task; kept across restarts, which is
+    /// exactly when overlaps happen.
+    dedup: Rc<RefCell<Dedup>>,
+}
+
+impl BinanceFeedActor {
+    pub fn new(cfg: BinanceFeedConfig, producer: Recipient<Publish>, metrics: Metrics) -> Self {
+        let cfg_dedup = cfg.dedup_capacity;
+        let backoff = backoff_for(&cfg);
+        let state = FeedState {
+            exchange: cfg.exchange.clone(),
+            url: stream_url(&cfg),
+            ..FeedState::default()
+        };
+        Self {
+            cfg,
+            producer,
+            metrics,
+            backoff,
+            state,
+            stopping: false,
+            dedup: Rc::new(RefCell::new(Dedup::new(cfg_dedup))),
+        }
+    }
+}
+
+fn backoff_for(cfg: &BinanceFeedConfig) -> ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(cfg.backoff_initial_ms))
+        .with_max_delay(Duration::from_millis(cfg.backoff_max_ms))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// The combined-stream URL for the configured symbols and streams.
+pub fn stream_url(cfg: &BinanceFeedConfig) -> String {
+    let streams: Vec<String> = cfg
+        .symbols
+        .iter()
+        .flat_map(|s| {
+            cfg.streams
+                .iter()
+                .map(move |k| format!("{}@{}", s.to_ascii_lowercase(), k.as_str()))
+        })
+        .collect();
+    format!("{}/stream?streams={}", cfg.url.trim_end_matches('/'), streams.join("/"))
+}
+
+impl Actor for BinanceFeedActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if self.stopping {
+            return;
+        }
+        let delay = if self.state.restarts == 0 {
+            Duration::ZERO
+        } else {
+            self.backoff.next().unwrap_or(Duration::from_millis(self.cfg.backoff_max_ms))
+        };
+        let url = self.state.url.clone();
+        tracing::info!(exchange = %self.cfg.exchange, url = %url, delay_ms = delay.as_millis() as u64, "feed connecting");
+        let conn = Connection {
+            cfg: self.cfg.clone(),
+            url,
+            producer: self.producer.clone(),
+            metrics: self.metrics.clone(),
+            addr: ctx.address(),
+            dedup: self.dedup.clone(),
+        };
+        ctx.spawn(conn.run(delay).into_actor(self).map(|res, act, ctx| {
+            act.state.connected = false;
+            match res {
+                Ok(ConnEnd::Rotated) => {
+                    tracing::info!(exchange = %act.cfg.exchange, "feed rotating connection");
+                    act.backoff = backoff_for(&act.cfg);
+                }
+                Err(e) => {
+                    tracing::warn!(exchange = %act.cfg.exchange, error = %e, "feed connection ended");
+                    act.state.last_error = Some(e.to_string());
+                }
+            }
+            ctx.stop();
+        }));
+    }
+}
+
+impl Supervised for BinanceFeedActor {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        if self.stopping {
+            return;
+        }
+        self.state.restarts += 1;
+        self.metrics
+            .feed_connections
+            .with_label_values(&[&self.cfg.exchange, "restart"])
+            .inc();
+    }
+}
+
+/// Sent by the connection task once frames flow, so a healthy connection
+/// resets the backoff.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Connected;
+
+impl Handler<Connected> for BinanceFeedActor {
+    type Result = ();
+    fn handle(&mut self, _: Connected, _ctx: &mut Self::Context) {
+        self.state.connected = true;
+        self.backoff = backoff_for(&self.cfg);
+    }
+}
+
+/// Close the connection and stay idle (daemon shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopFeed;
+
+impl Handler<StopFeed> for BinanceFeedActor {
+    type Result = ();
+    fn handle(&mut self, _: StopFeed, ctx: &mut Self::Context) {
+        self.stopping = true;
+        ctx.stop();
+    }
+}
+
+/// Snapshot of the feed's state.
+#[derive(Message)]
+#[rtype(result = "FeedState")]
+pub struct ObserveFeed;
+
+impl Handler<ObserveFeed> for BinanceFeedActor {
+    type Result = MessageResult<ObserveFeed>;
+    fn handle(&mut self, _: ObserveFeed, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.state.clone())
+    }
+}
+
+struct Connection {
+    cfg: BinanceFeedConfig,
+    url: String,
+    producer: Recipient<Publish>,
+    metrics: Metrics,
+    addr: Addr<BinanceFeedActor>,
+    dedup: Rc<RefCell<Dedup>>,
+}
+
+impl Connection {
+    async fn run(self, delay: Duration) -> Result<ConnEnd, FeedError> {
+        tokio::time::sleep(delay).await;
+        let exchange = self.cfg.exchange.as_str();
+        let connect = tokio::time::timeout(
+            Duration::from_secs(15),
+            tokio_tungstenite::connect_async(self.url.as_str()),
+        )
+        .await;
+        let ws = match connect {
+            Ok(Ok((ws, _))) => ws,
+            Ok(Err(e)) => {
+                self.count_connect("failed");
+                return Err(FeedError::Connect {
+                    url: self.url.clone(),
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {
+                self.count_connect("failed");
+                return Err(FeedError::Connect {
+                    url: self.url.clone(),
+                    reason: "timed out after 15s".into(),
+                });
+            }
+        };
+        self.count_connect("connected");
+        tracing::info!(exchange, url = %self.url, "feed connected");
+        let (mut sink, mut stream) = ws.split();
+        let stale = Duration::from_secs(self.cfg.stale_after_secs);
+        let rotate_at = tokio::time::Instant::now() + Duration::from_secs(self.cfg.max_connection_secs);
+        let mut announced = false;
+        loop {
+            let next = tokio::select! {
+                n = tokio::time::timeout(stale, stream.next()) => n,
+                _ = tokio::time::sleep_until(rotate_at) => {
+                    let _ = sink.send(WsMessage::Close(None)).await;
+                    return Ok(ConnEnd::Rotated);
+                }
+            };
+            let msg = match next {
+                Err(_) => return Err(FeedError::Stale(stale)),
+                Ok(None) => return Err(FeedError::Closed("stream ended".into())),
+                Ok(Some(Err(e))) => return Err(e.into()),
+                Ok(Some(Ok(m))) => m,
+            };
+            if !announced {
+                announced = true;
+                self.addr.do_send(Connected);
+            }
+            match msg {
+                WsMessage::Text(t) => self.on_frame(t.as_bytes(), Some(t.as_str())).await?,
+                WsMessage::Binary(b) => self.on_frame(&b, None).await?,
+                WsMessage::Ping(p) => sink.send(WsMessage::Pong(p)).await?,
+                WsMessage::Pong(_) | WsMessage::Frame(_) => {}
+                WsMessage::Close(f) => {
+                    return Err(FeedError::Closed(
+                        f.map(|f| format!("{} {}", f.code, f.reason))
+                            .unwrap_or_else(|| "no reason".into()),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn count_connect(&self, outcome: &str) {
+        self.metrics
+            .feed_connections
+            .with_label_values(&[&self.cfg.exchange, outcome])
+            .inc();
+    }
+
+    /// Parses one frame; trades go to the producer, malformed frames to the
+    /// dead-letter topic with their raw bytes. Waiting on the producer here
+    /// is deliberate: it is the backpressure path.
+    async fn on_frame(&self, raw: &[u8], text: Option<&str>) -> Result<(), FeedError> {
+        let exchange = self.cfg.exchange.as_str();
+        let received = now_us();
+        let parsed = match text {
+            Some(t) => binance::parse_frame(t, exchange, received),
+            None => Err(FrameError::Binary(raw.len())),
+        };
+        let record = match parsed {
+            Ok(Parsed::Trade(t)) => {
+                let kind = t
+                    .vendor_data
+                    .as_ref()
+                    .and_then(|v| v.get("stream"))
+                    .map(String::as_str)
+                    .unwrap_or("trade");
+                self.metrics.feed_frames.with_label_values(&[exchange, kind]).inc();
+                if !self.dedup.borrow_mut().first_time(&t.message_id) {
+                    self.metrics.feed_duplicates.with_label_values(&[exchange]).inc();
+                    return Ok(());
+                }
+                Record::Trade(t)
+            }
+            Ok(Parsed::Skipped(kind)) => {
+                self.metrics.feed_frames.with_label_values(&[exchange, kind]).inc();
+                return Ok(());
+            }
+            Err(e) => {
+                self.metrics.feed_frames.with_label_values(&[exchange, "malformed"]).inc();
+                self.metrics
+                    .feed_dead_letters
+                    .with_label_values(&[exchange, e.class()])
+                    .inc();
+                tracing::warn!(exchange, reason = %e, bytes = raw.len(), "malformed frame dead-lettered");
+                Record::DeadLetter(Box::new(DeadLetter::new(
+                    exchange,
+                    &self.url,
+                    received,
+                    e.to_string(),
+                    raw.to_vec(),
+                )))
+            }
+        };
+        match self.producer.send(Publish(record)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(FeedError::Producer(e.to_string())),
+            Err(e) => Err(FeedError::Producer(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BinanceStream;
+
+    #[test]
+    fn combined_stream_url_lists_every_symbol_and_stream() {
+        let cfg = BinanceFeedConfig {
+            url: "wss://stream.binance.com:9443/".into(),
+            symbols: vec!["BTCUSDT".into(), "ethusdt".into()],
+            streams: vec![BinanceStream::Trade, BinanceStream::AggTrade],
+            ..BinanceFeedConfig::default()
+        };
+        assert_eq!(
+            stream_url(&cfg),
+            "wss://stream.binance.com:9443/stream?streams=btcusdt@trade/btcusdt@aggTrade/ethusdt@trade/ethusdt@aggTrade"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let cfg = BinanceFeedConfig {
+            backoff_initial_ms: 100,
+            backoff_max_ms: 1000,
+            ..BinanceFeedConfig::default()
+        };
+        let delays: Vec<Duration> = backoff_for(&cfg).take(10).collect();
+        // jitter adds up to one more base delay, never beyond twice the cap
+        assert!(delays[0] >= Duration::from_millis(100) && delays[0] <= Duration::from_millis(200));
+        assert!(delays.iter().all(|d| *d <= Duration::from_millis(2000)));
+        assert!(delays[9] >= Duration::from_millis(1000));
+    }
+}

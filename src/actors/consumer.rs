@@ -1,0 +1,162 @@
+//! ConsumerActor: reads the trade and dead-letter topics from the positions
+//! recorded in the lake, decodes Avro and routes rows to the table writers.
+//! After each Iceberg commit it commits the same offsets to the Kafka group.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use futures::StreamExt;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::actors::writer::WriterActor;
+use crate::avro::Codec;
+use crate::messages::consumer::Committed;
+use crate::messages::writer::{Consumed, Rows};
+use crate::metrics::Metrics;
+use crate::model::{DeadLetter, TradeV2, now_us};
+
+/// Where consumed records go.
+pub struct Routes {
+    pub trades_topics: HashSet<String>,
+    pub dead_letter_topic: String,
+    pub trades: Addr<WriterActor>,
+    pub dead_letters: Addr<WriterActor>,
+}
+
+pub struct ConsumerActor {
+    consumer: Arc<StreamConsumer>,
+    codec: Arc<Codec>,
+    routes: Option<Routes>,
+    cluster_id: String,
+    metrics: Metrics,
+}
+
+impl ConsumerActor {
+    pub fn new(
+        consumer: Arc<StreamConsumer>,
+        codec: Arc<Codec>,
+        routes: Routes,
+        cluster_id: String,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            consumer,
+            codec,
+            routes: Some(routes),
+            cluster_id,
+            metrics,
+        }
+    }
+}
+
+/// Largest number of records decoded and routed as one message.
+const CHUNK: usize = 2048;
+
+impl Actor for ConsumerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let Some(routes) = self.routes.take() else {
+            return;
+        };
+        let consumer = self.consumer.clone();
+        let codec = self.codec.clone();
+        let metrics = self.metrics.clone();
+        // The loop runs on the actor's arbiter: rdkafka's borrowed messages
+        // are not Send, and decoding is cheap next to the Iceberg commit.
+        let fut = async move {
+            let mut stream = consumer.stream().ready_chunks(CHUNK);
+            while let Some(chunk) = stream.next().await {
+                let mut trades: Vec<TradeV2> = Vec::new();
+                let mut dead: Vec<DeadLetter> = Vec::new();
+                let mut trade_pos = Vec::new();
+                let mut dead_pos = Vec::new();
+                for m in chunk {
+                    let m = match m {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "kafka consumer error");
+                            continue;
+                        }
+                    };
+                    let topic = m.topic().to_string();
+                    let pos = (topic.clone(), m.partition(), m.offset() + 1);
+                    let payload = m.payload().unwrap_or_default();
+                    metrics.consumer_records.with_label_values(&[&topic]).inc();
+                    let is_dead_topic = topic == routes.dead_letter_topic;
+                    let decoded = if is_dead_topic {
+                        codec.decode_dead_letter(payload).map(|d| {
+                            dead.push(d);
+                        })
+                    } else if routes.trades_topics.contains(&topic) {
+                        codec.decode_trade(payload).map(|t| trades.push(t))
+                    } else {
+                        continue;
+                    };
+                    if let Err(e) = decoded {
+                        // Never skip silently: the undecodable record itself
+                        // becomes a dead letter, with where it came from.
+                        metrics.consumer_decode_errors.with_label_values(&[&topic]).inc();
+                        tracing::warn!(topic = %topic, partition = m.partition(), offset = m.offset(), error = %e, "undecodable kafka record dead-lettered");
+                        dead.push(DeadLetter::new(
+                            "",
+                            &format!("kafka:{topic}/{}@{}", m.partition(), m.offset()),
+                            now_us(),
+                            format!("undecodable record: {e}"),
+                            payload.to_vec(),
+                        ));
+                    }
+                    if is_dead_topic {
+                        dead_pos.push(pos);
+                    } else {
+                        trade_pos.push(pos);
+                    }
+                }
+                if !trades.is_empty() || !trade_pos.is_empty() {
+                    let msg = Consumed {
+                        rows: Rows::Trades(trades),
+                        positions: trade_pos,
+                    };
+                    if routes.trades.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+                if !dead.is_empty() || !dead_pos.is_empty() {
+                    let msg = Consumed {
+                        rows: Rows::DeadLetters(dead),
+                        positions: dead_pos,
+                    };
+                    if routes.dead_letters.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            tracing::warn!("consumer loop ended");
+        };
+        ctx.spawn(fut.into_actor(self));
+    }
+}
+
+impl Handler<Committed> for ConsumerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Committed, _ctx: &mut Self::Context) {
+        if msg.offsets.cluster_id != self.cluster_id {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, parts) in &msg.offsets.topics {
+            for (p, off) in parts {
+                if tpl.add_partition_offset(topic, *p, Offset::Offset(*off)).is_err() {
+                    return;
+                }
+            }
+        }
+        // Async: the lake already holds the truth; this is for lag tools.
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::warn!(table = msg.table, error = %e, "kafka offset commit failed");
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! The daemon's actors, one per file.
+
+pub mod binance_feed;
+pub mod consumer;
+pub mod producer;
+pub mod writer;

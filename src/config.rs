@@ -1,0 +1,483 @@
+//! Daemon configuration: TOML in `config/`, every field documented, unknown
+//! keys refused, and `TICKLAKE_<SECTION>__<KEY>` environment overrides.
+//! Validation does no IO; connectivity is checked when the daemon starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// A config problem, always naming the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("config error: key `{key}` in {source_name}: {reason}")]
+    Key {
+        key: String,
+        source_name: String,
+        reason: String,
+    },
+}
+
+/// Top level of `config/ticklake.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for the Iceberg catalog, the warehouse, the schema registry
+    /// and the spill log. Relative paths are taken from the working directory.
+    pub data_dir: PathBuf,
+    pub kafka: KafkaConfig,
+    pub feeds: FeedsConfig,
+    pub lake: LakeConfig,
+    pub writer: WriterConfig,
+    pub http: HttpConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            kafka: KafkaConfig::default(),
+            feeds: FeedsConfig::default(),
+            lake: LakeConfig::default(),
+            writer: WriterConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+/// `[kafka]`: the broker and topics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `embedded` starts librdkafka's in-process cluster (no setup; data is
+    /// gone when the daemon stops, the lake keeps what was committed).
+    /// Otherwise a bootstrap list such as `127.0.0.1:9092`.
+    pub brokers: String,
+    /// Partitions of each topic on the embedded cluster.
+    pub embedded_partitions: i32,
+    /// Trades topics are `<trades_topic_prefix>.<exchange in lower case>`.
+    pub trades_topic_prefix: String,
+    /// Topic for frames that failed to parse, on their way to `dead_letters`.
+    pub dead_letter_topic: String,
+    /// Consumer group of the lake writer; offsets are committed here after
+    /// each Iceberg commit so lag tools see real lag.
+    pub consumer_group: String,
+    /// Producer compression: none, gzip, snappy or lz4.
+    pub compression: String,
+    /// Producer batching delay in milliseconds.
+    pub linger_ms: u32,
+    /// Extra librdkafka properties for producer and consumer (security etc.).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "embedded".into(),
+            embedded_partitions: 3,
+            trades_topic_prefix: "market.crypto.trades".into(),
+            dead_letter_topic: "market.dead_letters".into(),
+            consumer_group: "ticklake-lake".into(),
+            compression: "lz4".into(),
+            linger_ms: 5,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn is_embedded(&self) -> bool {
+        self.brokers == "embedded"
+    }
+
+    pub fn trades_topic(&self, exchange: &str) -> String {
+        format!("{}.{}", self.trades_topic_prefix, exchange.to_ascii_lowercase())
+    }
+}
+
+/// `[feeds]`: one section per exchange.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedsConfig {
+    pub binance: BinanceFeedConfig,
+}
+
+/// Binance stream kinds that carry trades.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BinanceStream {
+    #[serde(rename = "trade")]
+    Trade,
+    #[serde(rename = "aggTrade")]
+    AggTrade,
+}
+
+impl BinanceStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BinanceStream::Trade => "trade",
+            BinanceStream::AggTrade => "aggTrade",
+        }
+    }
+}
+
+/// `[feeds.binance]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BinanceFeedConfig {
+    /// Whether the daemon runs this feed.
+    pub enabled: bool,
+    /// WebSocket base URL; the feed appends `/stream?streams=...`. Point it at
+    /// `ticklake replay` (e.g. `ws://127.0.0.1:9000`) to work offline.
+    pub url: String,
+    /// Exchange name written into every record (BINANCE, BINANCE_US ...).
+    pub exchange: String,
+    /// Symbols to subscribe, any case.
+    pub symbols: Vec<String>,
+    /// Streams per symbol: `trade` and/or `aggTrade`.
+    pub streams: Vec<BinanceStream>,
+    /// First reconnect delay in milliseconds; doubles per failure, with jitter.
+    pub backoff_initial_ms: u64,
+    /// Cap on the reconnect delay in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Reconnect when no frame arrived for this many seconds.
+    pub stale_after_secs: u64,
+    /// Rotate the connection after this many seconds (Binance drops at 24 h).
+    pub max_connection_secs: u64,
+    /// Message ids remembered to drop duplicates (reconnect overlaps,
+    /// replays); the oldest are forgotten first.
+    pub dedup_capacity: usize,
+}
+
+impl Default for BinanceFeedConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            url: "wss://stream.binance.com:9443".into(),
+            exchange: "BINANCE".into(),
+            symbols: ["btcusdt", "ethusdt", "solusdt", "bnbusdt", "xrpusdt"]
+                .map(String::from)
+                .to_vec(),
+            streams: vec![BinanceStream::Trade],
+            backoff_initial_ms: 500,
+            backoff_max_ms: 30_000,
+            stale_after_secs: 60,
+            max_connection_secs: 23 * 3600,
+            dedup_capacity: 1_000_000,
+        }
+    }
+}
+
+/// `[lake]`: the Iceberg catalog and warehouse.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LakeConfig {
+    /// Catalog name recorded in the SQL catalog's tables (readers use it too).
+    pub catalog_name: String,
+    /// SQL catalog URI. Empty means `sqlite:<data_dir>/catalog.db?mode=rwc`.
+    pub catalog_uri: String,
+    /// Warehouse location. Empty means `file://<data_dir>/warehouse`.
+    pub warehouse: String,
+    /// Iceberg namespace of the tables.
+    pub namespace: String,
+}
+
+impl Default for LakeConfig {
+    fn default() -> Self {
+        Self {
+            catalog_name: "ticklake".into(),
+            catalog_uri: String::new(),
+            warehouse: String::new(),
+            namespace: "market".into(),
+        }
+    }
+}
+
+/// `[writer]`: when buffered rows become an Iceberg commit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriterConfig {
+    /// Flush when this many rows are buffered.
+    pub max_rows: usize,
+    /// Flush when the oldest buffered row is this old (milliseconds).
+    pub max_age_ms: u64,
+    /// Target Parquet file size in bytes before a file rolls over.
+    pub target_file_size_bytes: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            max_rows: 100_000,
+            max_age_ms: 5_000,
+            target_file_size_bytes: 128 << 20,
+        }
+    }
+}
+
+/// `[http]`: the status and metrics endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serve `/metrics`, `/healthz` and `/readyz`.
+    pub enabled: bool,
+    /// Listen address; loopback by default so nothing is exposed by accident.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// Environment variables under this prefix override config keys.
+pub const ENV_PREFIX: &str = "TICKLAKE_";
+
+impl Config {
+    /// Loads defaults, then the file (when given), then `TICKLAKE_*` env vars,
+    /// and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError::Missing(f.to_path_buf()));
+            }
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        // TICKLAKE_TEST_* belongs to the test harness and TICKLAKE_LOG and
+        // TICKLAKE_CONFIG to the CLI; none of them are config keys.
+        fig = fig.merge(
+            Env::prefixed(ENV_PREFIX)
+                .split("__")
+                .filter(|k| !k.as_str().starts_with("test_") && k != "log" && k != "config"),
+        );
+        let cfg: Config = fig.extract().map_err(|e| from_figment(e, file))?;
+        cfg.validate(&fig, file)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, fig: &Figment, file: Option<&Path>) -> Result<(), ConfigError> {
+        let err = |key: &str, reason: String| ConfigError::Key {
+            key: key.to_string(),
+            source_name: source_of(fig, key, file),
+            reason,
+        };
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(err("kafka.brokers", "must be `embedded` or a bootstrap list".into()));
+        }
+        if !(1..=1024).contains(&self.kafka.embedded_partitions) {
+            return Err(err("kafka.embedded_partitions", "must be between 1 and 1024".into()));
+        }
+        if !["none", "gzip", "snappy", "lz4"].contains(&self.kafka.compression.as_str()) {
+            return Err(err(
+                "kafka.compression",
+                format!("{:?} is not one of none, gzip, snappy, lz4", self.kafka.compression),
+            ));
+        }
+        for (k, v) in [
+            ("kafka.trades_topic_prefix", &self.kafka.trades_topic_prefix),
+            ("kafka.dead_letter_topic", &self.kafka.dead_letter_topic),
+            ("kafka.consumer_group", &self.kafka.consumer_group),
+            ("feeds.binance.exchange", &self.feeds.binance.exchange),
+            ("lake.namespace", &self.lake.namespace),
+            ("lake.catalog_name", &self.lake.catalog_name),
+        ] {
+            if v.trim().is_empty() {
+                return Err(err(k, "must not be empty".into()));
+            }
+        }
+        let b = &self.feeds.binance;
+        match url::Url::parse(&b.url) {
+            Ok(u) if u.scheme() == "ws" || u.scheme() == "wss" => {}
+            Ok(u) => {
+                return Err(err(
+                    "feeds.binance.url",
+                    format!("scheme {:?} is not ws or wss", u.scheme()),
+                ));
+            }
+            Err(e) => return Err(err("feeds.binance.url", format!("{:?}: {e}", b.url))),
+        }
+        if b.enabled && b.symbols.is_empty() {
+            return Err(err("feeds.binance.symbols", "needs at least one symbol".into()));
+        }
+        if let Some(s) = b
+            .symbols
+            .iter()
+            .find(|s| s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric()))
+        {
+            return Err(err("feeds.binance.symbols", format!("{s:?} is not a symbol")));
+        }
+        if b.enabled && b.streams.is_empty() {
+            return Err(err("feeds.binance.streams", "needs trade and/or aggTrade".into()));
+        }
+        if b.backoff_initial_ms == 0 || b.backoff_max_ms < b.backoff_initial_ms {
+            return Err(err(
+                "feeds.binance.backoff_max_ms",
+                "backoff_initial_ms must be > 0 and <= backoff_max_ms".into(),
+            ));
+        }
+        if b.stale_after_secs == 0 {
+            return Err(err("feeds.binance.stale_after_secs", "must be > 0".into()));
+        }
+        if b.max_connection_secs == 0 {
+            return Err(err("feeds.binance.max_connection_secs", "must be > 0".into()));
+        }
+        if b.dedup_capacity == 0 {
+            return Err(err("feeds.binance.dedup_capacity", "must be > 0".into()));
+        }
+        if self.writer.max_rows == 0 {
+            return Err(err("writer.max_rows", "must be > 0".into()));
+        }
+        if self.writer.max_age_ms == 0 {
+            return Err(err("writer.max_age_ms", "must be > 0".into()));
+        }
+        if self.writer.target_file_size_bytes < 1 << 20 {
+            return Err(err("writer.target_file_size_bytes", "must be at least 1 MiB".into()));
+        }
+        if let Err(e) = self.http.listen.parse::<SocketAddr>() {
+            return Err(err("http.listen", format!("{:?}: {e}", self.http.listen)));
+        }
+        Ok(())
+    }
+
+    /// The data directory as an absolute path.
+    pub fn data_dir_abs(&self) -> PathBuf {
+        if self.data_dir.is_absolute() {
+            self.data_dir.clone()
+        } else {
+            std::env::current_dir()
+                .map(|d| d.join(&self.data_dir))
+                .unwrap_or_else(|_| self.data_dir.clone())
+        }
+    }
+
+    pub fn catalog_uri(&self) -> String {
+        if self.lake.catalog_uri.is_empty() {
+            format!("sqlite:{}/catalog.db?mode=rwc", self.data_dir_abs().display())
+        } else {
+            self.lake.catalog_uri.clone()
+        }
+    }
+
+    pub fn warehouse(&self) -> String {
+        if self.lake.warehouse.is_empty() {
+            format!("file://{}/warehouse", self.data_dir_abs().display())
+        } else {
+            self.lake.warehouse.clone()
+        }
+    }
+}
+
+/// Where a key's value came from: the file, an env var, or the defaults.
+fn source_of(fig: &Figment, key: &str, file: Option<&Path>) -> String {
+    match fig.find_metadata(key) {
+        Some(md) => match &md.source {
+            Some(figment::Source::File(p)) => p.display().to_string(),
+            _ if md.name.contains("environment") => {
+                let parts: Vec<&str> = key.split('.').collect();
+                format!(
+                    "environment variable {}",
+                    md.interpolate(&figment::Profile::Default, &parts)
+                )
+            }
+            _ => file
+                .map(|f| f.display().to_string())
+                .unwrap_or_else(|| "built-in defaults".into()),
+        },
+        None => file
+            .map(|f| f.display().to_string())
+            .unwrap_or_else(|| "built-in defaults".into()),
+    }
+}
+
+fn from_figment(e: figment::Error, file: Option<&Path>) -> ConfigError {
+    let mut key = e.path.join(".");
+    if let figment::error::Kind::UnknownField(field, _) = &e.kind {
+        key = if key.is_empty() {
+            field.clone()
+        } else {
+            format!("{key}.{field}")
+        };
+    }
+    let source_name = match e.metadata.as_ref() {
+        Some(md) => match &md.source {
+            Some(figment::Source::File(p)) => p.display().to_string(),
+            _ if md.name.contains("environment") => {
+                let parts: Vec<&str> = key.split('.').collect();
+                format!(
+                    "environment variable {}",
+                    md.interpolate(&figment::Profile::Default, &parts)
+                )
+            }
+            _ => md.name.to_string(),
+        },
+        None => file
+            .map(|f| f.display().to_string())
+            .unwrap_or_else(|| "configuration".into()),
+    };
+    ConfigError::Key {
+        key,
+        source_name,
+        reason: e.kind.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(body: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(body.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn shipped_config_matches_the_built_in_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ticklake.toml");
+        let cfg = Config::load(Some(&path)).unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let f = write("[kafka]\nbrokerz = \"x\"\n");
+        let e = Config::load(Some(f.path())).unwrap_err().to_string();
+        assert!(e.contains("kafka.brokerz"), "{e}");
+        assert!(e.contains(&f.path().display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_file() {
+        let f = write("[writer]\nmax_rows = \"many\"\n");
+        let e = Config::load(Some(f.path())).unwrap_err().to_string();
+        assert!(e.contains("writer.max_rows"), "{e}");
+        assert!(e.contains(&f.path().display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_file() {
+        let f = write("[feeds.binance]\nurl = \"http://example.com\"\n");
+        let e = Config::load(Some(f.path())).unwrap_err().to_string();
+        assert!(e.contains("feeds.binance.url"), "{e}");
+        assert!(e.contains(&f.path().display().to_string()), "{e}");
+        let f = write("[feeds.binance]\nstreams = [\"depth\"]\n");
+        let e = Config::load(Some(f.path())).unwrap_err().to_string();
+        assert!(e.contains("feeds.binance.streams"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let e = Config::load(Some(Path::new("/nonexistent/x.toml"))).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/x.toml"));
+    }
+}

@@ -1,0 +1,378 @@
+//! Wires the actors together and runs them until a signal arrives:
+//! feed → producer → Kafka → consumer → writers → Iceberg.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::actors::binance_feed::{BinanceFeedActor, StopFeed};
+use crate::actors::consumer::{ConsumerActor, Routes};
+use crate::actors::producer::{Encoder, ProducerActor};
+use crate::actors::writer::{FlushPolicy, WriterActor};
+use crate::config::Config;
+use crate::kafka::{self, EmbeddedCluster, KafkaSetupError};
+use crate::lake::commit::{KafkaOffsets, current_offsets};
+use crate::lake::{self, LakeError, TableKind};
+use crate::messages::producer::FlushProducer;
+use crate::messages::writer::{Flush, GetPositions};
+use crate::metrics::{Metrics, MetricsError};
+use crate::registry::{LocalRegistry, RegistryError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaSetupError),
+    #[error("kafka: {0}")]
+    KafkaClient(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Avro(#[from] crate::avro::AvroError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("http server on {listen}: {source}")]
+    Http {
+        listen: String,
+        source: std::io::Error,
+    },
+    #[error("background task failed: {0}")]
+    Join(String),
+    #[error("actor mailbox closed: {0}")]
+    Mailbox(#[from] MailboxError),
+}
+
+/// Where every table starts reading: its snapshot's offsets when they were
+/// recorded on this cluster and still lie within the partitions, else the
+/// beginning of each partition (logged, never silent).
+fn start_positions(
+    table: &str,
+    recorded: Option<(i64, KafkaOffsets)>,
+    cluster_id: &str,
+    topics: &[(String, Vec<i32>)],
+    watermarks: &BTreeMap<(String, i32), (i64, i64)>,
+) -> KafkaOffsets {
+    let mut start = KafkaOffsets {
+        cluster_id: cluster_id.to_string(),
+        topics: BTreeMap::new(),
+    };
+    let recorded = match recorded {
+        Some((snap, o)) if o.cluster_id == cluster_id => Some((snap, o)),
+        Some((snap, o)) => {
+            tracing::warn!(table, snapshot_id = snap, recorded_cluster = %o.cluster_id, cluster = cluster_id,
+                "snapshot offsets belong to another kafka cluster; reading from the beginning");
+            None
+        }
+        None => None,
+    };
+    for (topic, parts) in topics {
+        for p in parts {
+            let (lo, hi) = watermarks.get(&(topic.clone(), *p)).copied().unwrap_or((0, 0));
+            let next = match recorded.as_ref().and_then(|(_, o)| o.get(topic, *p)) {
+                Some(n) if n <= hi => n.max(lo),
+                Some(n) => {
+                    tracing::warn!(table, topic = %topic, partition = p, recorded = n, high = hi,
+                        "recorded offset lies past the partition end; reading from the beginning");
+                    lo
+                }
+                None => lo,
+            };
+            start.set(topic, *p, next);
+        }
+    }
+    start
+}
+
+/// Running daemon handles, for shutdown.
+pub struct Daemon {
+    feed: Option<Addr<BinanceFeedActor>>,
+    producer: Addr<ProducerActor>,
+    trades: Addr<WriterActor>,
+    dead_letters: Addr<WriterActor>,
+    watermark_client: Arc<BaseConsumer>,
+    topics: Vec<(String, Vec<i32>)>,
+    _embedded: Option<EmbeddedCluster>,
+    fatal: tokio::sync::mpsc::UnboundedReceiver<String>,
+    pub metrics: Metrics,
+    pub http_addr: Option<std::net::SocketAddr>,
+}
+
+/// Builds and starts every actor. Must run inside an actix `System`.
+pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
+    let metrics = Metrics::new()?;
+    let data_dir = cfg.data_dir_abs();
+    let registry = LocalRegistry::open(&data_dir)?;
+    let codec = Arc::new(crate::registry::codec(&registry)?);
+
+    let exchange = cfg.feeds.binance.exchange.clone();
+    let trades_topic = cfg.kafka.trades_topic(&exchange);
+    let dl_topic = cfg.kafka.dead_letter_topic.clone();
+    let topic_names = vec![trades_topic.clone(), dl_topic.clone()];
+
+    let embedded = if cfg.kafka.is_embedded() {
+        let c = EmbeddedCluster::start(&topic_names, cfg.kafka.embedded_partitions)?;
+        tracing::info!(bootstrap = c.bootstrap(), "embedded kafka cluster started");
+        Some(c)
+    } else {
+        None
+    };
+    let bootstrap = match &embedded {
+        Some(c) => c.bootstrap().to_string(),
+        None => cfg.kafka.brokers.clone(),
+    };
+    if embedded.is_none() {
+        kafka::ensure_topics(&cfg.kafka, &bootstrap, &topic_names, cfg.kafka.embedded_partitions).await?;
+    }
+
+    // Cluster id, partitions and watermarks (blocking librdkafka calls).
+    let (cluster_id, topics, watermarks, watermark_client) = {
+        let kcfg = cfg.kafka.clone();
+        let bootstrap = bootstrap.clone();
+        let names = topic_names.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, DaemonError> {
+            let mut cluster = String::new();
+            let mut topics = Vec::new();
+            for t in &names {
+                let (id, parts) = kafka::cluster_and_partitions(&kcfg, &bootstrap, t)?;
+                cluster = id;
+                topics.push((t.clone(), parts));
+            }
+            let client: BaseConsumer = kafka::base_config(&kcfg, &bootstrap).create()?;
+            let mut wm = BTreeMap::new();
+            for (t, parts) in &topics {
+                for p in parts {
+                    wm.insert((t.clone(), *p), client.fetch_watermarks(t, *p, Duration::from_secs(30))?);
+                }
+            }
+            Ok((cluster, topics, wm, Arc::new(client)))
+        })
+        .await
+        .map_err(|e| DaemonError::Join(e.to_string()))??
+    };
+    tracing::info!(cluster_id = %cluster_id, bootstrap = %bootstrap, "kafka ready");
+
+    let catalog = lake::open_catalog(&cfg).await?;
+    let trades_table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades).await?;
+    let dl_table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::DeadLetters).await?;
+
+    let trade_topics: Vec<_> = topics.iter().filter(|(t, _)| *t != dl_topic).cloned().collect();
+    let dl_topics: Vec<_> = topics.iter().filter(|(t, _)| *t == dl_topic).cloned().collect();
+    let trades_start = start_positions(
+        "trades",
+        current_offsets(&trades_table)?,
+        &cluster_id,
+        &trade_topics,
+        &watermarks,
+    );
+    let dl_start = start_positions(
+        "dead_letters",
+        current_offsets(&dl_table)?,
+        &cluster_id,
+        &dl_topics,
+        &watermarks,
+    );
+
+    let consumer: StreamConsumer = kafka::consumer_config(&cfg.kafka, &bootstrap).create()?;
+    let mut tpl = TopicPartitionList::new();
+    for start in [&trades_start, &dl_start] {
+        for (t, parts) in &start.topics {
+            for (p, off) in parts {
+                tpl.add_partition_offset(t, *p, Offset::Offset(*off))?;
+                tracing::info!(topic = %t, partition = p, offset = off, "consumer start position");
+            }
+        }
+    }
+    consumer.assign(&tpl)?;
+    let consumer = Arc::new(consumer);
+
+    let policy = FlushPolicy {
+        max_rows: cfg.writer.max_rows,
+        max_age: Duration::from_millis(cfg.writer.max_age_ms),
+        target_file_size: cfg.writer.target_file_size_bytes,
+    };
+    let (fatal_tx, fatal) = tokio::sync::mpsc::unbounded_channel();
+    let consumer_ctx = Context::<ConsumerActor>::new();
+    let consumer_addr = consumer_ctx.address();
+    let trades = WriterActor::new(
+        TableKind::Trades,
+        catalog.clone(),
+        lake::table_ident(&cfg, TableKind::Trades),
+        lake::batch::arrow_schema(trades_table.metadata().current_schema())?,
+        policy.clone(),
+        trades_start,
+        metrics.clone(),
+    )
+    .with_consumer(consumer_addr.clone().recipient())
+    .with_fatal(fatal_tx.clone())
+    .start();
+    let dead_letters = WriterActor::new(
+        TableKind::DeadLetters,
+        catalog.clone(),
+        lake::table_ident(&cfg, TableKind::DeadLetters),
+        lake::batch::arrow_schema(dl_table.metadata().current_schema())?,
+        policy,
+        dl_start,
+        metrics.clone(),
+    )
+    .with_consumer(consumer_addr.recipient())
+    .with_fatal(fatal_tx)
+    .start();
+    consumer_ctx.run(ConsumerActor::new(
+        consumer,
+        codec.clone(),
+        Routes {
+            trades_topics: trade_topics.iter().map(|(t, _)| t.clone()).collect::<HashSet<_>>(),
+            dead_letter_topic: dl_topic.clone(),
+            trades: trades.clone(),
+            dead_letters: dead_letters.clone(),
+        },
+        cluster_id.clone(),
+        metrics.clone(),
+    ));
+
+    let producer: FutureProducer = kafka::producer_config(&cfg.kafka, &bootstrap).create()?;
+    let producer = ProducerActor::new(producer, Encoder::new(codec, &cfg.kafka), metrics.clone()).start();
+
+    let feed = if cfg.feeds.binance.enabled {
+        let fcfg = cfg.feeds.binance.clone();
+        let recipient = producer.clone().recipient();
+        let m = metrics.clone();
+        Some(Supervisor::start(move |_| BinanceFeedActor::new(fcfg, recipient, m)))
+    } else {
+        tracing::info!("binance feed disabled");
+        None
+    };
+
+    let http_addr = if cfg.http.enabled {
+        let a = crate::http::start(&cfg.http.listen, metrics.clone()).map_err(|source| {
+            DaemonError::Http {
+                listen: cfg.http.listen.clone(),
+                source,
+            }
+        })?;
+        tracing::info!(addr = %a, "http endpoints up");
+        Some(a)
+    } else {
+        None
+    };
+
+    Ok(Daemon {
+        feed,
+        producer,
+        trades,
+        dead_letters,
+        watermark_client,
+        topics,
+        _embedded: embedded,
+        fatal,
+        metrics,
+        http_addr,
+    })
+}
+
+/// Why the daemon stopped.
+#[derive(Debug)]
+pub enum Exit {
+    /// SIGINT or SIGTERM, after a graceful shutdown.
+    Signal,
+    /// A permanent failure; the lake is consistent, restart resumes.
+    Fatal(String),
+}
+
+impl Daemon {
+    /// Runs until a signal (then shuts down gracefully) or a fatal error.
+    pub async fn run_until_stopped(mut self) -> Result<Exit, DaemonError> {
+        let fatal = tokio::select! {
+            _ = wait_for_signal() => None,
+            r = self.fatal.recv() => Some(r.unwrap_or_else(|| "writers stopped".into())),
+        };
+        match fatal {
+            Some(reason) => Ok(Exit::Fatal(reason)),
+            None => {
+                tracing::info!("shutting down");
+                self.shutdown(Duration::from_secs(30)).await?;
+                Ok(Exit::Signal)
+            }
+        }
+    }
+
+    /// Graceful stop: close the feed, deliver what the producer holds, let
+    /// the consumer catch up with the topics (bounded), then commit what the
+    /// writers buffer. With the embedded cluster this is what keeps a clean
+    /// shutdown from losing records that were produced but not yet landed.
+    pub async fn shutdown(self, drain_timeout: Duration) -> Result<(), DaemonError> {
+        if let Some(feed) = &self.feed {
+            feed.send(StopFeed).await?;
+        }
+        if let Err(e) = self.producer.send(FlushProducer).await? {
+            tracing::error!(error = %e, "producer flush failed");
+        }
+        let deadline = Instant::now() + drain_timeout;
+        loop {
+            let client = self.watermark_client.clone();
+            let topics = self.topics.clone();
+            let highs = tokio::task::spawn_blocking(move || {
+                let mut v = Vec::new();
+                for (t, parts) in &topics {
+                    for p in parts {
+                        if let Ok((_, hi)) = client.fetch_watermarks(t, *p, Duration::from_secs(5)) {
+                            v.push((t.clone(), *p, hi));
+                        }
+                    }
+                }
+                v
+            })
+            .await
+            .map_err(|e| DaemonError::Join(e.to_string()))?;
+            let a = self.trades.send(GetPositions).await?;
+            let b = self.dead_letters.send(GetPositions).await?;
+            let behind = highs
+                .iter()
+                .filter(|(t, p, hi)| a.get(t, *p).or(b.get(t, *p)).unwrap_or(0) < *hi)
+                .count();
+            if behind == 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(partitions_behind = behind, "shutdown drain timed out; the rest stays in kafka");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for w in [&self.trades, &self.dead_letters] {
+            if let Err(e) = w.send(Flush).await? {
+                tracing::error!(error = %e, "final flush failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

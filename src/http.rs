@@ -1,0 +1,37 @@
+//! The daemon's HTTP endpoints: `/metrics` (Prometheus), `/healthz`, `/readyz`.
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+
+use crate::metrics::Metrics;
+
+async fn metrics(m: web::Data<Metrics>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(m.render())
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// Starts the server on the current actix system; it stops with the system.
+pub fn start(listen: &str, m: Metrics) -> std::io::Result<std::net::SocketAddr> {
+    let data = web::Data::new(m);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/metrics", web::get().to(metrics))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(healthz))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(listen)?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| std::io::Error::other("no listen address"))?;
+    actix_rt::spawn(server.run());
+    Ok(addr)
+}

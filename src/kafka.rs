@@ -1,0 +1,179 @@
+//! Kafka plumbing shared by the producer and consumer actors: client
+//! configuration, the embedded in-process cluster, topics and cluster ids.
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::KafkaConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("embedded kafka cluster: {0}")]
+    Embedded(String),
+    #[error("creating topic {topic}: {reason}")]
+    Topic { topic: String, reason: String },
+    #[error("no cluster id from {0} (is the broker reachable?)")]
+    NoClusterId(String),
+    #[error("topic {0} has no partitions")]
+    NoPartitions(String),
+}
+
+/// librdkafka's in-process cluster. It is `!Send`, so it lives on its own
+/// thread for the daemon's lifetime; dropping this handle shuts it down.
+pub struct EmbeddedCluster {
+    bootstrap: String,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EmbeddedCluster {
+    pub fn start(topics: &[String], partitions: i32) -> Result<Self, KafkaSetupError> {
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let topics = topics.to_vec();
+        let thread = std::thread::Builder::new()
+            .name("embedded-kafka".into())
+            .spawn(move || {
+                let cluster = match MockCluster::new(1) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                for t in &topics {
+                    if let Err(e) = cluster.create_topic(t, partitions, 1) {
+                        let _ = ready_tx.send(Err(format!("topic {t}: {e}")));
+                        return;
+                    }
+                }
+                let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                // Park until the handle is dropped; the cluster dies with us.
+                let _ = stop_rx.recv();
+            })
+            .map_err(|e| KafkaSetupError::Embedded(e.to_string()))?;
+        let bootstrap = ready_rx
+            .recv()
+            .map_err(|_| KafkaSetupError::Embedded("cluster thread exited".into()))?
+            .map_err(KafkaSetupError::Embedded)?;
+        Ok(Self {
+            bootstrap,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+}
+
+impl Drop for EmbeddedCluster {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Base client config shared by every client the daemon creates.
+pub fn base_config(cfg: &KafkaConfig, bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Producer settings: idempotent, acks from every in-sync replica, batched
+/// and compressed. Delivery never times out on its own: a broker outage
+/// fills the queue and pushes back instead of dropping records.
+pub fn producer_config(cfg: &KafkaConfig, bootstrap: &str) -> ClientConfig {
+    let mut c = base_config(cfg, bootstrap);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", &cfg.compression)
+        .set("linger.ms", cfg.linger_ms.to_string())
+        .set("message.timeout.ms", "0")
+        .set("queue.buffering.max.messages", "200000");
+    c
+}
+
+/// Consumer settings: no auto commit (the lake's snapshot is the truth),
+/// and read only committed data.
+pub fn consumer_config(cfg: &KafkaConfig, bootstrap: &str) -> ClientConfig {
+    let mut c = base_config(cfg, bootstrap);
+    c.set("group.id", &cfg.consumer_group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "false");
+    c
+}
+
+/// Creates the topics if they do not exist yet.
+pub async fn ensure_topics(
+    cfg: &KafkaConfig,
+    bootstrap: &str,
+    topics: &[String],
+    partitions: i32,
+) -> Result<(), KafkaSetupError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(cfg, bootstrap).create()?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in admin.create_topics(&new, &opts).await? {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaSetupError::Topic {
+                    topic,
+                    reason: code.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Cluster id and partition ids of `topic`. Blocking: call from
+/// `spawn_blocking`.
+pub fn cluster_and_partitions(
+    cfg: &KafkaConfig,
+    bootstrap: &str,
+    topic: &str,
+) -> Result<(String, Vec<i32>), KafkaSetupError> {
+    let c: BaseConsumer = base_config(cfg, bootstrap).create()?;
+    let timeout = Duration::from_secs(30);
+    let id = c
+        .client()
+        .fetch_cluster_id(timeout)
+        .ok_or_else(|| KafkaSetupError::NoClusterId(bootstrap.to_string()))?;
+    let md = c.fetch_metadata(Some(topic), timeout)?;
+    let parts: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if parts.is_empty() {
+        return Err(KafkaSetupError::NoPartitions(topic.to_string()));
+    }
+    Ok((id, parts))
+}

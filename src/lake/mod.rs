@@ -1,0 +1,147 @@
+//! The Iceberg side: the SQL catalog, the `market` tables, Arrow conversion of
+//! records, and commits that carry Kafka offsets in their snapshot summary.
+
+pub mod batch;
+pub mod commit;
+pub mod schema;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use iceberg::io::LocalFsStorageFactory;
+use iceberg::table::Table;
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_sql::{
+    SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE, SqlBindStyle,
+    SqlCatalogBuilder,
+};
+
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    #[error("iceberg: {0}")]
+    Iceberg(#[from] iceberg::Error),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("catalog: {0}")]
+    Catalog(String),
+    #[error("warehouse {0}: {1}")]
+    Warehouse(String, std::io::Error),
+    #[error("snapshot {snapshot_id}: bad offsets property: {reason}")]
+    Offsets { snapshot_id: i64, reason: String },
+}
+
+impl LakeError {
+    /// Whether retrying the same operation later can succeed: catalog
+    /// conflicts and IO are transient, a schema mismatch is not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            LakeError::Iceberg(e) => !matches!(
+                e.kind(),
+                iceberg::ErrorKind::DataInvalid | iceberg::ErrorKind::FeatureUnsupported
+            ),
+            LakeError::Arrow(_) | LakeError::Offsets { .. } => false,
+            LakeError::Catalog(_) | LakeError::Warehouse(..) => true,
+        }
+    }
+}
+
+/// Opens the SQL catalog (SQLite by default) over the configured warehouse.
+pub async fn open_catalog(cfg: &Config) -> Result<Arc<dyn Catalog>, LakeError> {
+    let warehouse = cfg.warehouse();
+    if let Some(path) = warehouse.strip_prefix("file://") {
+        std::fs::create_dir_all(path).map_err(|e| LakeError::Warehouse(warehouse.clone(), e))?;
+    }
+    if cfg.lake.catalog_uri.is_empty() {
+        let dir = cfg.data_dir_abs();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| LakeError::Warehouse(dir.display().to_string(), e))?;
+    }
+    let uri = cfg.catalog_uri();
+    // SQLite wants `?` placeholders; PostgreSQL the default `$1` style.
+    let bind = if uri.starts_with("sqlite:") {
+        SqlBindStyle::QMark
+    } else {
+        SqlBindStyle::DollarNumeric
+    };
+    let catalog = SqlCatalogBuilder::default()
+        .with_storage_factory(Arc::new(LocalFsStorageFactory))
+        .load(
+            cfg.lake.catalog_name.clone(),
+            HashMap::from([
+                (SQL_CATALOG_PROP_URI.to_string(), uri),
+                (SQL_CATALOG_PROP_WAREHOUSE.to_string(), warehouse),
+                (SQL_CATALOG_PROP_BIND_STYLE.to_string(), bind.to_string()),
+            ]),
+        )
+        .await?;
+    Ok(Arc::new(catalog))
+}
+
+/// The two tables the daemon writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TableKind {
+    Trades,
+    DeadLetters,
+}
+
+impl TableKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TableKind::Trades => schema::TRADES_TABLE,
+            TableKind::DeadLetters => schema::DEAD_LETTERS_TABLE,
+        }
+    }
+}
+
+pub fn table_ident(cfg: &Config, kind: TableKind) -> TableIdent {
+    TableIdent::new(NamespaceIdent::new(cfg.lake.namespace.clone()), kind.name().to_string())
+}
+
+/// Loads a table, creating the namespace and table on first use. Two
+/// processes racing to create it is fine: the loser loads the winner's table.
+pub async fn ensure_table(
+    catalog: &dyn Catalog,
+    cfg: &Config,
+    kind: TableKind,
+) -> Result<Table, LakeError> {
+    let ident = table_ident(cfg, kind);
+    if catalog.table_exists(&ident).await? {
+        return Ok(catalog.load_table(&ident).await?);
+    }
+    let ns = ident.namespace().clone();
+    if !catalog.namespace_exists(&ns).await? {
+        if let Err(e) = catalog.create_namespace(&ns, HashMap::new()).await {
+            if !catalog.namespace_exists(&ns).await? {
+                return Err(e.into());
+            }
+        }
+    }
+    let (schema, spec) = match kind {
+        TableKind::Trades => (schema::trades_schema()?, schema::trades_partition_spec()?),
+        TableKind::DeadLetters => (
+            schema::dead_letters_schema()?,
+            schema::dead_letters_partition_spec()?,
+        ),
+    };
+    let creation = TableCreation::builder()
+        .name(kind.name().to_string())
+        .schema(schema)
+        .partition_spec(spec)
+        .properties(HashMap::from([
+            ("write.format.default".to_string(), "parquet".to_string()),
+            ("write.parquet.compression-codec".to_string(), "zstd".to_string()),
+        ]))
+        .build();
+    match catalog.create_table(&ns, creation).await {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            if catalog.table_exists(&ident).await? {
+                Ok(catalog.load_table(&ident).await?)
+            } else {
+                Err(e.into())
+            }
+        }
+    }
+}

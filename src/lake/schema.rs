@@ -1,0 +1,92 @@
+//! Iceberg schemas and partition specs of the `market` tables. Field ids are
+//! fixed here, because readers (and schema evolution) key on them.
+
+use std::sync::Arc;
+
+use iceberg::spec::{
+    ListType, MapType, NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec,
+};
+
+use crate::model::{DECIMAL_PRECISION, DECIMAL_SCALE};
+
+pub const TRADES_TABLE: &str = "trades";
+pub const DEAD_LETTERS_TABLE: &str = "dead_letters";
+
+fn string(id: i32, name: &str, required: bool) -> Arc<NestedField> {
+    Arc::new(NestedField::new(id, name, Type::Primitive(PrimitiveType::String), required))
+}
+
+fn prim(id: i32, name: &str, t: PrimitiveType, required: bool) -> Arc<NestedField> {
+    Arc::new(NestedField::new(id, name, Type::Primitive(t), required))
+}
+
+fn decimal() -> PrimitiveType {
+    PrimitiveType::Decimal {
+        precision: DECIMAL_PRECISION as u32,
+        scale: DECIMAL_SCALE,
+    }
+}
+
+/// TradeV2 as an Iceberg table. Timestamps are `timestamptz` (UTC micros).
+pub fn trades_schema() -> iceberg::Result<Schema> {
+    Schema::builder()
+        .with_schema_id(0)
+        .with_identifier_field_ids(vec![1])
+        .with_fields(vec![
+            string(1, "message_id", true),
+            string(2, "trade_id", true),
+            string(3, "symbol", true),
+            string(4, "exchange", true),
+            string(5, "asset_class", true),
+            prim(6, "timestamp", PrimitiveType::Timestamptz, true),
+            prim(7, "ingestion_timestamp", PrimitiveType::Timestamptz, true),
+            prim(8, "price", decimal(), true),
+            prim(9, "quantity", decimal(), true),
+            string(10, "currency", true),
+            string(11, "side", true),
+            Arc::new(NestedField::new(
+                12,
+                "trade_conditions",
+                Type::List(ListType::new(string(16, "element", true))),
+                true,
+            )),
+            prim(13, "source_sequence", PrimitiveType::Long, false),
+            prim(14, "platform_sequence", PrimitiveType::Long, false),
+            Arc::new(NestedField::new(
+                15,
+                "vendor_data",
+                Type::Map(MapType::new(string(17, "key", true), string(18, "value", true))),
+                false,
+            )),
+        ])
+        .build()
+}
+
+/// Partitioned by day(timestamp) and exchange, as queries filter on both.
+pub fn trades_partition_spec() -> iceberg::Result<UnboundPartitionSpec> {
+    Ok(UnboundPartitionSpec::builder()
+        .add_partition_field(6, "timestamp_day", Transform::Day)?
+        .add_partition_field(4, "exchange", Transform::Identity)?
+        .build())
+}
+
+pub fn dead_letters_schema() -> iceberg::Result<Schema> {
+    Schema::builder()
+        .with_schema_id(0)
+        .with_identifier_field_ids(vec![1])
+        .with_fields(vec![
+            string(1, "dead_letter_id", true),
+            string(2, "exchange", true),
+            string(3, "source", true),
+            prim(4, "received_at", PrimitiveType::Timestamptz, true),
+            string(5, "reason", true),
+            prim(6, "raw", PrimitiveType::Binary, true),
+        ])
+        .build()
+}
+
+pub fn dead_letters_partition_spec() -> iceberg::Result<UnboundPartitionSpec> {
+    Ok(UnboundPartitionSpec::builder()
+        .add_partition_field(4, "received_at_day", Transform::Day)?
+        .build())
+}

@@ -1,0 +1,21 @@
+//! ticklake: market-data capture daemon. Exchange WebSocket feeds are
+//! normalized into TradeV2, published to Kafka as Avro (Confluent wire
+//! format) and landed exactly once in Apache Iceberg tables.
+
+pub mod actors;
+pub mod avro;
+pub mod capture;
+pub mod config;
+pub mod daemon;
+pub mod dedup;
+pub mod exchanges;
+pub mod http;
+pub mod kafka;
+pub mod lake;
+pub mod messages;
+pub mod metrics;
+pub mod model;
+pub mod produce;
+pub mod query;
+pub mod registry;
+pub mod replay;

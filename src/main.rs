@@ -1,0 +1,168 @@
+//! The `ticklake` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use ticklake::config::Config;
+use ticklake::query::OutputFormat;
+use ticklake::replay::{Pacing, ReplayOptions, ReplayServer};
+
+#[derive(Parser)]
+#[command(name = "ticklake", version, about = "Market-data capture: exchange feeds to Kafka to Iceberg, exactly once")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (feeds, producer, consumer, Iceberg writers, HTTP).
+    Run {
+        /// Config file (TOML); without it the built-in defaults apply.
+        #[arg(long, env = "TICKLAKE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Serve a recorded capture over WebSocket, as an exchange would.
+    Replay {
+        /// Capture file(s): recorder format 1 (*.ws.N.0.txt), format 2
+        /// (*.jsonl) or one frame per line. Several play one after another.
+        #[arg(long, required = true)]
+        capture: Vec<PathBuf>,
+        /// Address to listen on, e.g. 127.0.0.1:9000.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Play at this multiple of the recorded pace (1 = real time).
+        #[arg(long, conflicts_with = "rate")]
+        speed: Option<f64>,
+        /// Play at this many frames per second, evenly spaced.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Start over at the end, forever.
+        #[arg(long = "loop")]
+        looped: bool,
+        /// One shared timeline for all clients, as on a live exchange: a
+        /// client that (re)connects gets only frames from then on.
+        #[arg(long)]
+        live: bool,
+    },
+    /// Run SQL over the lake and print the result.
+    Query {
+        #[arg(long, env = "TICKLAKE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+        /// The SQL; tables are `market.trades` and `market.dead_letters`.
+        sql: String,
+    },
+    /// Parse capture file(s) with the feed's parser and publish the records
+    /// to the configured (real) Kafka broker; prints a JSON summary.
+    Produce {
+        #[arg(long, env = "TICKLAKE_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long, required = true)]
+        capture: Vec<PathBuf>,
+    },
+}
+
+fn init_tracing() {
+    let filter = std::env::var("TICKLAKE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info,rdkafka=warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn multi_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn main() -> anyhow::Result<()> {
+    init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => run(config),
+        Command::Replay {
+            capture,
+            listen,
+            speed,
+            rate,
+            looped,
+            live,
+        } => {
+            let frames = ticklake::capture::read_captures(&capture)?;
+            let pacing = match (speed, rate) {
+                (Some(s), _) if s > 0.0 => Pacing::Speed(s),
+                (_, Some(r)) if r > 0.0 => Pacing::Rate(r),
+                (None, None) => Pacing::AsFastAsPossible,
+                _ => anyhow::bail!("--speed and --rate must be positive"),
+            };
+            let rt = multi_thread_runtime()?;
+            rt.block_on(async move {
+                let server = ReplayServer::bind(
+                    listen,
+                    ReplayOptions {
+                        frames: Arc::new(frames),
+                        pacing,
+                        looped,
+                        live,
+                    },
+                )
+                .await?;
+                // The bound address on stdout lets scripts use port 0.
+                println!("replay listening on ws://{}", server.local_addr());
+                let stats = server.run(ticklake::daemon::wait_for_signal()).await?;
+                tracing::info!(clients = stats.clients, frames_sent = stats.frames_sent, "replay stopped");
+                anyhow::Ok(())
+            })
+        }
+        Command::Query { config, format, sql } => {
+            let cfg = Config::load(config.as_deref())?;
+            let rt = multi_thread_runtime()?;
+            rt.block_on(async move {
+                let ctx = ticklake::query::session(&cfg).await?;
+                let batches = ticklake::query::run_sql(&ctx, &sql).await?;
+                print!("{}", ticklake::query::format(&batches, format)?);
+                if format == OutputFormat::Table {
+                    println!();
+                }
+                anyhow::Ok(())
+            })
+        }
+        Command::Produce { config, capture } => {
+            let cfg = Config::load(config.as_deref())?;
+            let rt = multi_thread_runtime()?;
+            rt.block_on(async move {
+                let report = ticklake::produce::produce(&cfg, &capture).await?;
+                println!("{}", serde_json::to_string(&report)?);
+                anyhow::Ok(())
+            })
+        }
+    }
+}
+
+fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let cfg = Config::load(config.as_deref())?;
+    let sys = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    });
+    let exit = sys.block_on(async move {
+        let daemon = ticklake::daemon::start(cfg).await.context("starting daemon")?;
+        tracing::info!("ticklake running; ctrl-c to stop");
+        anyhow::Ok(daemon.run_until_stopped().await?)
+    })?;
+    match exit {
+        ticklake::daemon::Exit::Signal => Ok(()),
+        ticklake::daemon::Exit::Fatal(reason) => {
+            anyhow::bail!("daemon stopped after a permanent failure: {reason}")
+        }
+    }
+}

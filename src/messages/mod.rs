@@ -1,0 +1,5 @@
+//! Typed actix messages, grouped by the actor that receives them.
+
+pub mod consumer;
+pub mod producer;
+pub mod writer;

@@ -1,0 +1,46 @@
+//! Messages to a `WriterActor`.
+
+use actix::Message;
+
+use crate::lake::commit::KafkaOffsets;
+use crate::model::{DeadLetter, TradeV2};
+
+/// Rows for one table, decoded from Kafka.
+#[derive(Debug, Clone)]
+pub enum Rows {
+    Trades(Vec<TradeV2>),
+    DeadLetters(Vec<DeadLetter>),
+}
+
+impl Rows {
+    pub fn len(&self) -> usize {
+        match self {
+            Rows::Trades(r) => r.len(),
+            Rows::DeadLetters(r) => r.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Consumed records: the rows plus the next offset of every (topic,
+/// partition) they came from. A record that became no row (undecodable,
+/// routed elsewhere) still advances its offset here.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Consumed {
+    pub rows: Rows,
+    pub positions: Vec<(String, i32, i64)>,
+}
+
+/// Commit whatever is buffered now.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Option<i64>, crate::actors::writer::WriterError>")]
+pub struct Flush;
+
+/// The offsets this writer has taken in (committed or buffered).
+#[derive(Debug, Message)]
+#[rtype(result = "KafkaOffsets")]
+pub struct GetPositions;

@@ -1,0 +1,291 @@
+//! The normalized records ticklake carries end to end: `TradeV2` and the
+//! dead-letter record. The same fields appear in Avro (Kafka) and Iceberg.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+/// Precision of every price and quantity column: decimal(18,8).
+pub const DECIMAL_PRECISION: u8 = 18;
+/// Scale of every price and quantity column.
+pub const DECIMAL_SCALE: u32 = 8;
+/// Largest unscaled magnitude that fits in decimal(18,8): 10^18 - 1.
+const MAX_UNSCALED: i128 = 999_999_999_999_999_999;
+
+/// Namespace for deterministic message ids. A fixed v5 namespace means the same
+/// trade gets the same id in every process and every replay.
+const MESSAGE_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f1c_5d0e_8a8b_4b7e_9f3a_1c2d_3e4f_5a6b);
+
+/// Why a decimal string was refused. Kept apart from the frame parser's errors
+/// so the reason in the dead-letter table says exactly what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecimalError {
+    #[error("not a decimal number: {0:?}")]
+    Invalid(String),
+    #[error("{0:?} has more than 8 decimal places")]
+    TooManyPlaces(String),
+    #[error("{0:?} overflows decimal(18,8)")]
+    Overflow(String),
+}
+
+/// An exact decimal(18,8): the unscaled value, scale 8. Never a float, so
+/// prices round-trip bit for bit from the exchange's string to Iceberg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Dec8(i64);
+
+impl Dec8 {
+    pub fn from_unscaled(unscaled: i64) -> Result<Self, DecimalError> {
+        if (unscaled as i128).abs() > MAX_UNSCALED {
+            return Err(DecimalError::Overflow(unscaled.to_string()));
+        }
+        Ok(Self(unscaled))
+    }
+
+    pub fn unscaled(self) -> i64 {
+        self.0
+    }
+
+    /// Parses an exchange decimal string exactly. Trailing zeros beyond the
+    /// eighth place are fine; any other digit there would be rounded away, so
+    /// it is refused instead.
+    pub fn parse(s: &str) -> Result<Self, DecimalError> {
+        let t = s.trim();
+        if t.is_empty() || t.contains(['e', 'E']) {
+            return Err(DecimalError::Invalid(s.to_string()));
+        }
+        let d: Decimal = match t.parse() {
+            Ok(d) => d,
+            Err(rust_decimal::Error::ExceedsMaximumPossibleValue)
+            | Err(rust_decimal::Error::LessThanMinimumPossibleValue) => {
+                return Err(DecimalError::Overflow(s.to_string()));
+            }
+            Err(_) => {
+                // rust_decimal refuses more than 28 significant digits with a
+                // generic error; a string of only digits and one dot is a
+                // number that is too large or too precise, not garbage.
+                let numeric = t
+                    .trim_start_matches(['-', '+'])
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == '.');
+                if numeric && t.chars().filter(|c| *c == '.').count() <= 1 {
+                    let int_digits = t
+                        .trim_start_matches(['-', '+'])
+                        .split('.')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start_matches('0')
+                        .len();
+                    return Err(if int_digits > 10 {
+                        DecimalError::Overflow(s.to_string())
+                    } else {
+                        DecimalError::TooManyPlaces(s.to_string())
+                    });
+                }
+                return Err(DecimalError::Invalid(s.to_string()));
+            }
+        };
+        let n = d.normalize();
+        if n.scale() > DECIMAL_SCALE {
+            return Err(DecimalError::TooManyPlaces(s.to_string()));
+        }
+        let mut r = n;
+        r.rescale(DECIMAL_SCALE);
+        if r.scale() != DECIMAL_SCALE {
+            // rescale saturates silently when the value cannot carry 8 places
+            return Err(DecimalError::Overflow(s.to_string()));
+        }
+        let m = r.mantissa();
+        if m.abs() > MAX_UNSCALED {
+            return Err(DecimalError::Overflow(s.to_string()));
+        }
+        Ok(Self(m as i64))
+    }
+}
+
+impl fmt::Display for Dec8 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let neg = self.0 < 0;
+        let abs = (self.0 as i128).unsigned_abs();
+        let int = abs / 100_000_000;
+        let frac = abs % 100_000_000;
+        write!(f, "{}{int}.{frac:08}", if neg { "-" } else { "" })
+    }
+}
+
+impl Serialize for Dec8 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The aggressor side of a trade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Side {
+    Buy,
+    Sell,
+    SellShort,
+    Unknown,
+}
+
+impl Side {
+    pub const ALL: [Side; 4] = [Side::Buy, Side::Sell, Side::SellShort, Side::Unknown];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Buy => "BUY",
+            Side::Sell => "SELL",
+            Side::SellShort => "SELL_SHORT",
+            Side::Unknown => "UNKNOWN",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// Asset class of the instrument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AssetClass {
+    Crypto,
+    Equities,
+    Futures,
+    Fx,
+    Other,
+}
+
+impl AssetClass {
+    pub const ALL: [AssetClass; 5] = [
+        AssetClass::Crypto,
+        AssetClass::Equities,
+        AssetClass::Futures,
+        AssetClass::Fx,
+        AssetClass::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssetClass::Crypto => "crypto",
+            AssetClass::Equities => "equities",
+            AssetClass::Futures => "futures",
+            AssetClass::Fx => "fx",
+            AssetClass::Other => "other",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// One normalized trade (TradeV2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TradeV2 {
+    /// UUIDv5 of exchange, stream kind, symbol and exchange trade id.
+    pub message_id: String,
+    pub trade_id: String,
+    pub symbol: String,
+    pub exchange: String,
+    pub asset_class: AssetClass,
+    /// Trade time at the exchange, microseconds since the Unix epoch (UTC).
+    pub timestamp_us: i64,
+    /// When ticklake received the frame, microseconds since the Unix epoch.
+    pub ingestion_timestamp_us: i64,
+    pub price: Dec8,
+    pub quantity: Dec8,
+    pub currency: String,
+    pub side: Side,
+    pub trade_conditions: Vec<String>,
+    pub source_sequence: Option<i64>,
+    pub platform_sequence: Option<i64>,
+    pub vendor_data: Option<BTreeMap<String, String>>,
+}
+
+/// Deterministic message id: the same (exchange, id space, symbol, trade id)
+/// always yields the same UUID, so a replay or reconnect overlap can be
+/// de-duplicated downstream. The id space matters because Binance `trade` and
+/// `aggTrade` ids are separate sequences, and both are per symbol.
+pub fn message_id(exchange: &str, id_space: &str, symbol: &str, trade_id: &str) -> String {
+    let key = format!("{exchange}\u{1f}{id_space}\u{1f}{symbol}\u{1f}{trade_id}");
+    uuid::Uuid::new_v5(&MESSAGE_NAMESPACE, key.as_bytes()).to_string()
+}
+
+/// A frame that could not be turned into a record, kept with its raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    /// Deterministic id over exchange, receive time and bytes, so the lake
+    /// can be checked for exactly-once like the trades table.
+    pub dead_letter_id: String,
+    pub exchange: String,
+    /// Where the frame came from (the feed URL, a capture file, a topic).
+    pub source: String,
+    pub received_at_us: i64,
+    pub reason: String,
+    #[serde(skip)]
+    pub raw: Vec<u8>,
+}
+
+impl DeadLetter {
+    pub fn new(exchange: &str, source: &str, received_at_us: i64, reason: String, raw: Vec<u8>) -> Self {
+        let mut key = Vec::with_capacity(raw.len() + 64);
+        key.extend_from_slice(exchange.as_bytes());
+        key.push(0x1f);
+        key.extend_from_slice(source.as_bytes());
+        key.push(0x1f);
+        key.extend_from_slice(&received_at_us.to_be_bytes());
+        key.extend_from_slice(&raw);
+        let dead_letter_id = uuid::Uuid::new_v5(&MESSAGE_NAMESPACE, &key).to_string();
+        Self {
+            dead_letter_id,
+            exchange: exchange.to_string(),
+            source: source.to_string(),
+            received_at_us,
+            reason,
+            raw,
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_exchange_decimals_exactly() {
+        assert_eq!(Dec8::parse("43.50830000").unwrap().unscaled(), 4_350_830_000);
+        assert_eq!(Dec8::parse("0.00000001").unwrap().unscaled(), 1);
+        assert_eq!(Dec8::parse("9999999999.99999999").unwrap().unscaled(), 999_999_999_999_999_999);
+        assert_eq!(Dec8::parse("1.100000000000").unwrap().to_string(), "1.10000000");
+        assert_eq!(Dec8::parse("-2.5").unwrap().to_string(), "-2.50000000");
+    }
+
+    #[test]
+    fn refuses_what_decimal_18_8_cannot_hold() {
+        assert!(matches!(Dec8::parse("10000000000"), Err(DecimalError::Overflow(_))));
+        assert!(matches!(
+            Dec8::parse("123456789012345678901234567890"),
+            Err(DecimalError::Overflow(_))
+        ));
+        assert!(matches!(Dec8::parse("0.000000001"), Err(DecimalError::TooManyPlaces(_))));
+        assert!(matches!(Dec8::parse("abc"), Err(DecimalError::Invalid(_))));
+        assert!(matches!(Dec8::parse(""), Err(DecimalError::Invalid(_))));
+        assert!(matches!(Dec8::parse("1e5"), Err(DecimalError::Invalid(_))));
+    }
+
+    #[test]
+    fn message_ids_are_deterministic_and_distinct_per_id_space() {
+        let a = message_id("BINANCE", "aggTrade", "BTCUSDT", "1");
+        assert_eq!(a, message_id("BINANCE", "aggTrade", "BTCUSDT", "1"));
+        assert_ne!(a, message_id("BINANCE", "trade", "BTCUSDT", "1"));
+        assert_ne!(a, message_id("BINANCE", "aggTrade", "ETHUSDT", "1"));
+    }
+}

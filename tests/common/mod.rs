@@ -1,0 +1,350 @@
+//! Shared harness for the black-box tests: the real `ticklake` binary, a
+//! per-test data directory and per-test topics on the shared Tansu broker.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ticklake")
+}
+
+/// The recorded captures shipped beside the repository.
+pub fn capture(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/captures").join(name);
+    assert!(p.exists(), "missing capture fixture {}", p.display());
+    p
+}
+
+/// The real broker. Tests that need it fail loudly when it is missing;
+/// `scripts/test.sh` starts Tansu and sets this.
+pub fn tansu() -> String {
+    std::env::var("TICKLAKE_TEST_BROKERS").expect(
+        "TICKLAKE_TEST_BROKERS is not set: run the suite with scripts/test.sh, which starts Tansu",
+    )
+}
+
+pub fn python() -> String {
+    std::env::var("TICKLAKE_TEST_PYTHON")
+        .expect("TICKLAKE_TEST_PYTHON is not set: run the suite with scripts/test.sh")
+}
+
+pub fn scripts_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A unique suffix so tests sharing one broker never share topics.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// One test's daemon configuration and data directory.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub http_port: u16,
+}
+
+impl Env {
+    /// `extra` is TOML appended to a base config: brokers and topics unique
+    /// to this test, a fresh data directory, fast writer flushes.
+    pub fn new(brokers: &str, feed_url: Option<&str>, extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let http_port = free_port();
+        let run = unique("t");
+        let feed = match feed_url {
+            Some(u) => format!("enabled = true\nurl = \"{u}\"\n"),
+            None => "enabled = false\n".to_string(),
+        };
+        let body = format!(
+            r#"data_dir = "{data}"
+
+[kafka]
+brokers = "{brokers}"
+trades_topic_prefix = "{run}.trades"
+dead_letter_topic = "{run}.dead_letters"
+consumer_group = "{run}-lake"
+
+[feeds.binance]
+{feed}backoff_initial_ms = 100
+backoff_max_ms = 1000
+
+[writer]
+max_rows = 500
+max_age_ms = 300
+
+[http]
+listen = "127.0.0.1:{http_port}"
+{extra}
+"#,
+            data = dir.path().join("data").display(),
+        );
+        // `extra` may reopen a table already present above; TOML forbids
+        // that, so callers put whole sections in `extra` only for new tables
+        // and use `set` for keys of existing ones.
+        let config = dir.path().join("ticklake.toml");
+        std::fs::write(&config, body).unwrap();
+        Self {
+            dir,
+            config,
+            http_port,
+        }
+    }
+
+    /// Replaces `key = ...` in the config file (first occurrence after the
+    /// `[section]` header).
+    pub fn set(&self, section: &str, key: &str, value: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let mut out = Vec::new();
+        let mut in_section = false;
+        let mut done = false;
+        for line in text.lines() {
+            if line.starts_with('[') {
+                if in_section && !done {
+                    out.push(format!("{key} = {value}"));
+                    done = true;
+                }
+                in_section = line.trim() == format!("[{section}]");
+            }
+            if in_section && !done && line.split('=').next().map(str::trim) == Some(key) {
+                out.push(format!("{key} = {value}"));
+                done = true;
+                continue;
+            }
+            out.push(line.to_string());
+        }
+        if in_section && !done {
+            out.push(format!("{key} = {value}"));
+        }
+        std::fs::write(&self.config, out.join("\n") + "\n").unwrap();
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    pub fn start_daemon(&self, name: &str) -> Proc {
+        let log = std::fs::File::create(self.log_path(name)).unwrap();
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("TICKLAKE_LOG", "info,rdkafka=warn,ticklake=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let p = Proc {
+            child,
+            log: self.log_path(name),
+        };
+        p.wait_http(self.http_port, Duration::from_secs(60));
+        p
+    }
+
+    /// `ticklake query --format json`, one JSON object per row.
+    pub fn query(&self, sql: &str) -> Vec<serde_json::Value> {
+        let out = Command::new(bin())
+            .args(["query", "--format", "json", "--config"])
+            .arg(&self.config)
+            .arg(sql)
+            .env("TICKLAKE_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "query failed: {sql}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        let rows = self.query(sql);
+        let v = rows[0].as_object().unwrap().values().next().unwrap().clone();
+        v.as_i64().unwrap()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.http_port, "/metrics").unwrap_or_default()
+    }
+
+    /// Sum of a counter over all label sets matching `filter`.
+    pub fn counter(&self, name: &str, filter: &str) -> f64 {
+        metric_sum(&self.metrics(), name, filter)
+    }
+}
+
+pub fn metric_sum(text: &str, name: &str, filter: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Minimal HTTP/1.0 GET on loopback, enough for the daemon's endpoints.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn wait_http(&self, port: u16, timeout: Duration) {
+        let start = Instant::now();
+        while http_get(port, "/healthz").is_none() {
+            assert!(
+                start.elapsed() < timeout,
+                "daemon did not come up; log:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "daemon did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ticklake replay` on a free port; returns the process and its ws:// URL.
+pub fn start_replay(captures: &[PathBuf], extra: &[&str]) -> (Proc, String) {
+    let mut cmd = Command::new(bin());
+    cmd.arg("replay");
+    for c in captures {
+        cmd.arg("--capture").arg(c);
+    }
+    cmd.args(["--listen", "127.0.0.1:0"]).args(extra);
+    let log = std::env::temp_dir().join(format!("{}.replay.log", unique("r")));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("replay listening on ")
+        .unwrap_or_else(|| panic!("unexpected replay banner {line:?}"))
+        .to_string();
+    (Proc { child, log }, url)
+}
+
+/// Polls `f` until it returns true.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Ground truth, read straight from a capture without ticklake's parser:
+/// every received frame whose event type is `trade` or `aggTrade`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TruthTrade {
+    pub kind: String,
+    pub symbol: String,
+    pub id: i64,
+    pub price: String,
+    pub quantity: String,
+    pub buyer_is_maker: bool,
+    pub time_ms: i64,
+}
+
+pub fn truth(frames: &[String]) -> Vec<TruthTrade> {
+    let mut out = Vec::new();
+    for f in frames {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(f) else {
+            continue;
+        };
+        let d = v.get("data").unwrap_or(&v);
+        let kind = d.get("e").and_then(|e| e.as_str()).unwrap_or("");
+        if kind != "trade" && kind != "aggTrade" {
+            continue;
+        }
+        let id_field = if kind == "trade" { "t" } else { "a" };
+        out.push(TruthTrade {
+            kind: kind.to_string(),
+            symbol: d["s"].as_str().unwrap().to_string(),
+            id: d[id_field].as_i64().unwrap(),
+            price: d["p"].as_str().unwrap().to_string(),
+            quantity: d["q"].as_str().unwrap().to_string(),
+            buyer_is_maker: d["m"].as_bool().unwrap(),
+            time_ms: d["T"].as_i64().unwrap(),
+        });
+    }
+    out
+}
+
+/// Normalizes a decimal string to 8 places, independently of ticklake.
+pub fn dec8(s: &str) -> String {
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    let mut frac = frac.to_string();
+    assert!(frac.trim_end_matches('0').len() <= 8, "{s}");
+    frac.truncate(8.min(frac.len()));
+    while frac.len() < 8 {
+        frac.push('0');
+    }
+    let int = int.trim_start_matches('0');
+    format!("{}.{}", if int.is_empty() { "0" } else { int }, frac)
+}

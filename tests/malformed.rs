@@ -1,0 +1,131 @@
+//! Acceptance E: malformed frames between valid ones. Nothing panics, each
+//! bad frame is counted and dead-lettered with its reason and raw bytes, and
+//! every valid frame around them is stored. Runs on the embedded cluster,
+//! which also proves `ticklake run` works on the shipped default.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+fn valid(id: i64) -> String {
+    format!(
+        r#"{{"stream":"btcusdt@trade","data":{{"e":"trade","E":1700000000000,"s":"BTCUSDT","t":{id},"p":"3650{id}.12345678","q":"0.0{id}","T":{},"m":{}}}}}"#,
+        1_700_000_000_000i64 + id,
+        id % 2 == 0
+    )
+}
+
+/// (frame, expected reason fragment)
+fn bad_frames() -> Vec<(Message, &'static str)> {
+    vec![
+        (Message::text(r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":9"#), "invalid json"),
+        (
+            Message::text(r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":10,"p":36500.5,"q":"1","T":1,"m":true}}"#),
+            "field `p`: expected string, got number",
+        ),
+        (
+            Message::text(r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":11,"p":"1","q":"1","T":"yesterday","m":true}}"#),
+            "field `T`: expected integer, got string",
+        ),
+        (
+            Message::text(r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":12,"p":"12345678901.5","q":"1","T":1,"m":true}}"#),
+            "overflows decimal(18,8)",
+        ),
+        (
+            Message::text(r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":13,"p":"1","q":"99999999999999999999999999999999.1","T":1,"m":true}}"#),
+            "overflows decimal(18,8)",
+        ),
+        (Message::text(""), "empty frame"),
+        (Message::binary(vec![0xde, 0xad, 0xbe, 0xef]), "binary frame"),
+    ]
+}
+
+/// A WebSocket server that sends the mixed frames to its first client and
+/// then holds every connection open without sending anything.
+fn serve(frames: Vec<Message>) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            let mut first = Some(frames);
+            loop {
+                let Ok((sock, _)) = l.accept().await else { return };
+                let frames = first.take().unwrap_or_default();
+                tokio::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(sock).await else { return };
+                    for f in frames {
+                        if ws.send(f).await.is_err() {
+                            return;
+                        }
+                    }
+                    while let Some(Ok(_)) = ws.next().await {}
+                });
+            }
+        });
+    });
+    format!("ws://{}", rx.recv().unwrap())
+}
+
+#[test]
+fn malformed_frames_are_dead_lettered_and_valid_frames_stored() {
+    let bad = bad_frames();
+    let mut frames = Vec::new();
+    let mut valid_ids = Vec::new();
+    let mut id = 100;
+    frames.push(Message::text(valid(id)));
+    valid_ids.push(id);
+    for (b, _) in &bad {
+        frames.push(b.clone());
+        id += 1;
+        frames.push(Message::text(valid(id)));
+        valid_ids.push(id);
+    }
+    // a frame of a kind the feed skips (counted, not stored, not dead)
+    frames.push(Message::text(
+        r#"{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":1,"u":2,"b":[],"a":[]}}"#,
+    ));
+    let url = serve(frames);
+
+    let env = Env::new("embedded", Some(&url), "");
+    let mut daemon = env.start_daemon("daemon");
+    let expected_dead = bad.len() as f64;
+    wait_until("dead letters counted", Duration::from_secs(60), || {
+        env.counter("ticklake_feed_dead_letters_total", "") >= expected_dead
+    });
+    wait_until("rows committed", Duration::from_secs(60), || {
+        env.counter("ticklake_writer_rows_total", "table=\"trades\"") >= valid_ids.len() as f64
+            && env.counter("ticklake_writer_rows_total", "table=\"dead_letters\"") >= expected_dead
+    });
+    assert_eq!(env.counter("ticklake_feed_dead_letters_total", ""), expected_dead);
+    assert_eq!(env.counter("ticklake_feed_frames_total", "kind=\"depth\""), 1.0);
+    assert_eq!(env.counter("ticklake_feed_frames_total", "kind=\"trade\""), valid_ids.len() as f64);
+    // the daemon survived all of it
+    assert!(daemon.child.try_wait().unwrap().is_none(), "daemon died:\n{}", daemon.log_tail());
+
+    let stored = env.query("select trade_id, cast(price as varchar) as price from market.trades order by trade_id");
+    let ids: Vec<String> = stored.iter().map(|r| r["trade_id"].as_str().unwrap().to_string()).collect();
+    let want: Vec<String> = valid_ids.iter().map(|i| format!("BINANCE-{i}")).collect();
+    assert_eq!(ids, want);
+    assert_eq!(stored[0]["price"].as_str().unwrap(), "3650100.12345678");
+
+    let dead = env.query(
+        "select reason, octet_length(raw) as len, exchange, source from market.dead_letters order by received_at",
+    );
+    assert_eq!(dead.len(), bad.len(), "{dead:?}");
+    for ((msg, fragment), row) in bad.iter().zip(&dead) {
+        let reason = row["reason"].as_str().unwrap();
+        assert!(reason.contains(fragment), "reason {reason:?} lacks {fragment:?}");
+        assert_eq!(row["len"].as_i64().unwrap() as usize, msg.len(), "raw bytes kept for {reason}");
+        assert_eq!(row["exchange"].as_str().unwrap(), "BINANCE");
+        assert!(row["source"].as_str().unwrap().starts_with(&url));
+    }
+
+    let status = daemon.terminate();
+    assert!(status.success(), "exit {status}:\n{}", daemon.log_tail());
+}
