@@ -9,7 +9,7 @@ use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::{Decimal, Schema};
 
-use crate::model::{AssetClass, Dec8, DeadLetter, Side, TradeV2};
+use crate::model::{AssetClass, DeadLetter, Dec8, Side, TradeV2};
 
 /// Subject under which the trade schema is registered (Confluent's
 /// TopicRecordNameStrategy style, independent of the topic name).
@@ -124,14 +124,23 @@ impl Codec {
 
     pub fn encode_dead_letter(&self, d: &DeadLetter) -> Result<Vec<u8>, AvroError> {
         let v = Value::Record(vec![
-            ("dead_letter_id".into(), Value::String(d.dead_letter_id.clone())),
+            (
+                "dead_letter_id".into(),
+                Value::String(d.dead_letter_id.clone()),
+            ),
             ("exchange".into(), Value::String(d.exchange.clone())),
             ("source".into(), Value::String(d.source.clone())),
-            ("received_at".into(), Value::TimestampMicros(d.received_at_us)),
+            (
+                "received_at".into(),
+                Value::TimestampMicros(d.received_at_us),
+            ),
             ("reason".into(), Value::String(d.reason.clone())),
             ("raw".into(), Value::Bytes(d.raw.clone())),
         ]);
-        Ok(frame(self.dead_letter_id, self.dead_letter_writer.write_value_to_vec(v)?))
+        Ok(frame(
+            self.dead_letter_id,
+            self.dead_letter_writer.write_value_to_vec(v)?,
+        ))
     }
 
     /// Which record kind a framed payload holds, from its schema id.
@@ -235,17 +244,28 @@ fn trade_to_value(t: &TradeV2) -> Value {
             enum_value(&ASSET_SYMBOLS, &t.asset_class.as_str().to_ascii_uppercase()),
         ),
         ("timestamp".into(), Value::TimestampMicros(t.timestamp_us)),
-        ("ingestion_timestamp".into(), Value::TimestampMicros(t.ingestion_timestamp_us)),
+        (
+            "ingestion_timestamp".into(),
+            Value::TimestampMicros(t.ingestion_timestamp_us),
+        ),
         ("price".into(), decimal(t.price)),
         ("quantity".into(), decimal(t.quantity)),
         ("currency".into(), Value::String(t.currency.clone())),
         ("side".into(), enum_value(&SIDE_SYMBOLS, t.side.as_str())),
         (
             "trade_conditions".into(),
-            Value::Array(t.trade_conditions.iter().map(|c| Value::String(c.clone())).collect()),
+            Value::Array(
+                t.trade_conditions
+                    .iter()
+                    .map(|c| Value::String(c.clone()))
+                    .collect(),
+            ),
         ),
         ("source_sequence".into(), nullable_long(t.source_sequence)),
-        ("platform_sequence".into(), nullable_long(t.platform_sequence)),
+        (
+            "platform_sequence".into(),
+            nullable_long(t.platform_sequence),
+        ),
         ("vendor_data".into(), vendor),
     ])
 }
@@ -293,7 +313,11 @@ fn take_decimal(f: &mut Fields, field: &'static str) -> Result<Dec8, AvroError> 
                     reason: format!("decimal of {} bytes", b.len()),
                 });
             }
-            let fill = if b.first().is_some_and(|x| x & 0x80 != 0) { 0xff } else { 0 };
+            let fill = if b.first().is_some_and(|x| x & 0x80 != 0) {
+                0xff
+            } else {
+                0
+            };
             let mut buf = [fill; 16];
             buf[16 - b.len()..].copy_from_slice(&b);
             let unscaled = i128::from_be_bytes(buf);
@@ -429,9 +453,18 @@ mod tests {
     #[test]
     fn bad_framing_is_an_error_not_a_panic() {
         let c = Codec::new(1, 2).unwrap();
-        assert!(matches!(c.decode_trade(&[0, 0]), Err(AvroError::TooShort(2))));
-        assert!(matches!(c.decode_trade(&[1, 0, 0, 0, 1]), Err(AvroError::Magic(1))));
-        assert!(matches!(c.kind_of(&[0, 0, 0, 0, 9]), Err(AvroError::UnknownSchema(9))));
+        assert!(matches!(
+            c.decode_trade(&[0, 0]),
+            Err(AvroError::TooShort(2))
+        ));
+        assert!(matches!(
+            c.decode_trade(&[1, 0, 0, 0, 1]),
+            Err(AvroError::Magic(1))
+        ));
+        assert!(matches!(
+            c.kind_of(&[0, 0, 0, 0, 9]),
+            Err(AvroError::UnknownSchema(9))
+        ));
         assert!(c.decode_trade(&[0, 0, 0, 0, 1, 0xff]).is_err());
     }
 }

@@ -96,7 +96,11 @@ impl KafkaConfig {
     }
 
     pub fn trades_topic(&self, exchange: &str) -> String {
-        format!("{}.{}", self.trades_topic_prefix, exchange.to_ascii_lowercase())
+        format!(
+            "{}.{}",
+            self.trades_topic_prefix,
+            exchange.to_ascii_lowercase()
+        )
     }
 }
 
@@ -271,15 +275,24 @@ impl Config {
             reason,
         };
         if self.kafka.brokers.trim().is_empty() {
-            return Err(err("kafka.brokers", "must be `embedded` or a bootstrap list".into()));
+            return Err(err(
+                "kafka.brokers",
+                "must be `embedded` or a bootstrap list".into(),
+            ));
         }
         if !(1..=1024).contains(&self.kafka.embedded_partitions) {
-            return Err(err("kafka.embedded_partitions", "must be between 1 and 1024".into()));
+            return Err(err(
+                "kafka.embedded_partitions",
+                "must be between 1 and 1024".into(),
+            ));
         }
         if !["none", "gzip", "snappy", "lz4"].contains(&self.kafka.compression.as_str()) {
             return Err(err(
                 "kafka.compression",
-                format!("{:?} is not one of none, gzip, snappy, lz4", self.kafka.compression),
+                format!(
+                    "{:?} is not one of none, gzip, snappy, lz4",
+                    self.kafka.compression
+                ),
             ));
         }
         for (k, v) in [
@@ -306,17 +319,26 @@ impl Config {
             Err(e) => return Err(err("feeds.binance.url", format!("{:?}: {e}", b.url))),
         }
         if b.enabled && b.symbols.is_empty() {
-            return Err(err("feeds.binance.symbols", "needs at least one symbol".into()));
+            return Err(err(
+                "feeds.binance.symbols",
+                "needs at least one symbol".into(),
+            ));
         }
         if let Some(s) = b
             .symbols
             .iter()
             .find(|s| s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric()))
         {
-            return Err(err("feeds.binance.symbols", format!("{s:?} is not a symbol")));
+            return Err(err(
+                "feeds.binance.symbols",
+                format!("{s:?} is not a symbol"),
+            ));
         }
         if b.enabled && b.streams.is_empty() {
-            return Err(err("feeds.binance.streams", "needs trade and/or aggTrade".into()));
+            return Err(err(
+                "feeds.binance.streams",
+                "needs trade and/or aggTrade".into(),
+            ));
         }
         if b.backoff_initial_ms == 0 || b.backoff_max_ms < b.backoff_initial_ms {
             return Err(err(
@@ -328,7 +350,10 @@ impl Config {
             return Err(err("feeds.binance.stale_after_secs", "must be > 0".into()));
         }
         if b.max_connection_secs == 0 {
-            return Err(err("feeds.binance.max_connection_secs", "must be > 0".into()));
+            return Err(err(
+                "feeds.binance.max_connection_secs",
+                "must be > 0".into(),
+            ));
         }
         if b.dedup_capacity == 0 {
             return Err(err("feeds.binance.dedup_capacity", "must be > 0".into()));
@@ -340,7 +365,10 @@ impl Config {
             return Err(err("writer.max_age_ms", "must be > 0".into()));
         }
         if self.writer.target_file_size_bytes < 1 << 20 {
-            return Err(err("writer.target_file_size_bytes", "must be at least 1 MiB".into()));
+            return Err(err(
+                "writer.target_file_size_bytes",
+                "must be at least 1 MiB".into(),
+            ));
         }
         if let Err(e) = self.http.listen.parse::<SocketAddr>() {
             return Err(err("http.listen", format!("{:?}: {e}", self.http.listen)));
@@ -361,7 +389,10 @@ impl Config {
 
     pub fn catalog_uri(&self) -> String {
         if self.lake.catalog_uri.is_empty() {
-            format!("sqlite:{}/catalog.db?mode=rwc", self.data_dir_abs().display())
+            format!(
+                "sqlite:{}/catalog.db?mode=rwc",
+                self.data_dir_abs().display()
+            )
         } else {
             self.lake.catalog_uri.clone()
         }
@@ -376,18 +407,21 @@ impl Config {
     }
 }
 
+/// The environment variable that sets `key` (figment's own rendering does
+/// not know about the `__` split).
+fn env_var_name(key: &str) -> String {
+    format!(
+        "environment variable {ENV_PREFIX}{}",
+        key.replace('.', "__").to_ascii_uppercase()
+    )
+}
+
 /// Where a key's value came from: the file, an env var, or the defaults.
 fn source_of(fig: &Figment, key: &str, file: Option<&Path>) -> String {
     match fig.find_metadata(key) {
         Some(md) => match &md.source {
             Some(figment::Source::File(p)) => p.display().to_string(),
-            _ if md.name.contains("environment") => {
-                let parts: Vec<&str> = key.split('.').collect();
-                format!(
-                    "environment variable {}",
-                    md.interpolate(&figment::Profile::Default, &parts)
-                )
-            }
+            _ if md.name.contains("environment") => env_var_name(key),
             _ => file
                 .map(|f| f.display().to_string())
                 .unwrap_or_else(|| "built-in defaults".into()),
@@ -410,13 +444,7 @@ fn from_figment(e: figment::Error, file: Option<&Path>) -> ConfigError {
     let source_name = match e.metadata.as_ref() {
         Some(md) => match &md.source {
             Some(figment::Source::File(p)) => p.display().to_string(),
-            _ if md.name.contains("environment") => {
-                let parts: Vec<&str> = key.split('.').collect();
-                format!(
-                    "environment variable {}",
-                    md.interpolate(&figment::Profile::Default, &parts)
-                )
-            }
+            _ if md.name.contains("environment") => env_var_name(&key),
             _ => md.name.to_string(),
         },
         None => file

@@ -73,7 +73,10 @@ fn start_positions(
     };
     for (topic, parts) in topics {
         for p in parts {
-            let (lo, hi) = watermarks.get(&(topic.clone(), *p)).copied().unwrap_or((0, 0));
+            let (lo, hi) = watermarks
+                .get(&(topic.clone(), *p))
+                .copied()
+                .unwrap_or((0, 0));
             let next = match recorded.as_ref().and_then(|(_, o)| o.get(topic, *p)) {
                 Some(n) if n <= hi => n.max(lo),
                 Some(n) => {
@@ -127,7 +130,13 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         None => cfg.kafka.brokers.clone(),
     };
     if embedded.is_none() {
-        kafka::ensure_topics(&cfg.kafka, &bootstrap, &topic_names, cfg.kafka.embedded_partitions).await?;
+        kafka::ensure_topics(
+            &cfg.kafka,
+            &bootstrap,
+            &topic_names,
+            cfg.kafka.embedded_partitions,
+        )
+        .await?;
     }
 
     // Cluster id, partitions and watermarks (blocking librdkafka calls).
@@ -147,7 +156,10 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
             let mut wm = BTreeMap::new();
             for (t, parts) in &topics {
                 for p in parts {
-                    wm.insert((t.clone(), *p), client.fetch_watermarks(t, *p, Duration::from_secs(30))?);
+                    wm.insert(
+                        (t.clone(), *p),
+                        client.fetch_watermarks(t, *p, Duration::from_secs(30))?,
+                    );
                 }
             }
             Ok((cluster, topics, wm, Arc::new(client)))
@@ -161,8 +173,16 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     let trades_table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades).await?;
     let dl_table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::DeadLetters).await?;
 
-    let trade_topics: Vec<_> = topics.iter().filter(|(t, _)| *t != dl_topic).cloned().collect();
-    let dl_topics: Vec<_> = topics.iter().filter(|(t, _)| *t == dl_topic).cloned().collect();
+    let trade_topics: Vec<_> = topics
+        .iter()
+        .filter(|(t, _)| *t != dl_topic)
+        .cloned()
+        .collect();
+    let dl_topics: Vec<_> = topics
+        .iter()
+        .filter(|(t, _)| *t == dl_topic)
+        .cloned()
+        .collect();
     let trades_start = start_positions(
         "trades",
         current_offsets(&trades_table)?,
@@ -227,7 +247,10 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         consumer,
         codec.clone(),
         Routes {
-            trades_topics: trade_topics.iter().map(|(t, _)| t.clone()).collect::<HashSet<_>>(),
+            trades_topics: trade_topics
+                .iter()
+                .map(|(t, _)| t.clone())
+                .collect::<HashSet<_>>(),
             dead_letter_topic: dl_topic.clone(),
             trades: trades.clone(),
             dead_letters: dead_letters.clone(),
@@ -237,13 +260,16 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     ));
 
     let producer: FutureProducer = kafka::producer_config(&cfg.kafka, &bootstrap).create()?;
-    let producer = ProducerActor::new(producer, Encoder::new(codec, &cfg.kafka), metrics.clone()).start();
+    let producer =
+        ProducerActor::new(producer, Encoder::new(codec, &cfg.kafka), metrics.clone()).start();
 
     let feed = if cfg.feeds.binance.enabled {
         let fcfg = cfg.feeds.binance.clone();
         let recipient = producer.clone().recipient();
         let m = metrics.clone();
-        Some(Supervisor::start(move |_| BinanceFeedActor::new(fcfg, recipient, m)))
+        Some(Supervisor::start(move |_| {
+            BinanceFeedActor::new(fcfg, recipient, m)
+        }))
     } else {
         tracing::info!("binance feed disabled");
         None
@@ -321,7 +347,8 @@ impl Daemon {
                 let mut v = Vec::new();
                 for (t, parts) in &topics {
                     for p in parts {
-                        if let Ok((_, hi)) = client.fetch_watermarks(t, *p, Duration::from_secs(5)) {
+                        if let Ok((_, hi)) = client.fetch_watermarks(t, *p, Duration::from_secs(5))
+                        {
                             v.push((t.clone(), *p, hi));
                         }
                     }
@@ -340,7 +367,10 @@ impl Daemon {
                 break;
             }
             if Instant::now() >= deadline {
-                tracing::warn!(partitions_behind = behind, "shutdown drain timed out; the rest stays in kafka");
+                tracing::warn!(
+                    partitions_behind = behind,
+                    "shutdown drain timed out; the rest stays in kafka"
+                );
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

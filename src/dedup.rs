@@ -54,7 +54,9 @@ mod tests {
 
     #[test]
     fn drops_repeats_and_forgets_oldest() {
-        let ids: Vec<String> = (0..3).map(|i| uuid::Uuid::from_u128(i).to_string()).collect();
+        let ids: Vec<String> = (0..3)
+            .map(|i| uuid::Uuid::from_u128(i).to_string())
+            .collect();
         let mut d = Dedup::new(2);
         assert!(d.first_time(&ids[0]));
         assert!(!d.first_time(&ids[0]));

@@ -11,7 +11,11 @@ use ticklake::query::OutputFormat;
 use ticklake::replay::{Pacing, ReplayOptions, ReplayServer};
 
 #[derive(Parser)]
-#[command(name = "ticklake", version, about = "Market-data capture: exchange feeds to Kafka to Iceberg, exactly once")]
+#[command(
+    name = "ticklake",
+    version,
+    about = "Market-data capture: exchange feeds to Kafka to Iceberg, exactly once"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,7 +83,9 @@ fn init_tracing() {
 }
 
 fn multi_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -117,11 +123,19 @@ fn main() -> anyhow::Result<()> {
                 // The bound address on stdout lets scripts use port 0.
                 println!("replay listening on ws://{}", server.local_addr());
                 let stats = server.run(ticklake::daemon::wait_for_signal()).await?;
-                tracing::info!(clients = stats.clients, frames_sent = stats.frames_sent, "replay stopped");
+                tracing::info!(
+                    clients = stats.clients,
+                    frames_sent = stats.frames_sent,
+                    "replay stopped"
+                );
                 anyhow::Ok(())
             })
         }
-        Command::Query { config, format, sql } => {
+        Command::Query {
+            config,
+            format,
+            sql,
+        } => {
             let cfg = Config::load(config.as_deref())?;
             let rt = multi_thread_runtime()?;
             rt.block_on(async move {
@@ -155,7 +169,9 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
             .expect("tokio runtime")
     });
     let exit = sys.block_on(async move {
-        let daemon = ticklake::daemon::start(cfg).await.context("starting daemon")?;
+        let daemon = ticklake::daemon::start(cfg)
+            .await
+            .context("starting daemon")?;
         tracing::info!("ticklake running; ctrl-c to stop");
         anyhow::Ok(daemon.run_until_stopped().await?)
     })?;

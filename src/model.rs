@@ -16,7 +16,8 @@ const MAX_UNSCALED: i128 = 999_999_999_999_999_999;
 
 /// Namespace for deterministic message ids. A fixed v5 namespace means the same
 /// trade gets the same id in every process and every replay.
-const MESSAGE_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f1c_5d0e_8a8b_4b7e_9f3a_1c2d_3e4f_5a6b);
+const MESSAGE_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6f1c_5d0e_8a8b_4b7e_9f3a_1c2d_3e4f_5a6b);
 
 /// Why a decimal string was refused. Kept apart from the frame parser's errors
 /// so the reason in the dead-letter table says exactly what was wrong.
@@ -230,7 +231,13 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    pub fn new(exchange: &str, source: &str, received_at_us: i64, reason: String, raw: Vec<u8>) -> Self {
+    pub fn new(
+        exchange: &str,
+        source: &str,
+        received_at_us: i64,
+        reason: String,
+        raw: Vec<u8>,
+    ) -> Self {
         let mut key = Vec::with_capacity(raw.len() + 64);
         key.extend_from_slice(exchange.as_bytes());
         key.push(0x1f);
@@ -261,21 +268,36 @@ mod tests {
 
     #[test]
     fn parses_exchange_decimals_exactly() {
-        assert_eq!(Dec8::parse("43.50830000").unwrap().unscaled(), 4_350_830_000);
+        assert_eq!(
+            Dec8::parse("43.50830000").unwrap().unscaled(),
+            4_350_830_000
+        );
         assert_eq!(Dec8::parse("0.00000001").unwrap().unscaled(), 1);
-        assert_eq!(Dec8::parse("9999999999.99999999").unwrap().unscaled(), 999_999_999_999_999_999);
-        assert_eq!(Dec8::parse("1.100000000000").unwrap().to_string(), "1.10000000");
+        assert_eq!(
+            Dec8::parse("9999999999.99999999").unwrap().unscaled(),
+            999_999_999_999_999_999
+        );
+        assert_eq!(
+            Dec8::parse("1.100000000000").unwrap().to_string(),
+            "1.10000000"
+        );
         assert_eq!(Dec8::parse("-2.5").unwrap().to_string(), "-2.50000000");
     }
 
     #[test]
     fn refuses_what_decimal_18_8_cannot_hold() {
-        assert!(matches!(Dec8::parse("10000000000"), Err(DecimalError::Overflow(_))));
+        assert!(matches!(
+            Dec8::parse("10000000000"),
+            Err(DecimalError::Overflow(_))
+        ));
         assert!(matches!(
             Dec8::parse("123456789012345678901234567890"),
             Err(DecimalError::Overflow(_))
         ));
-        assert!(matches!(Dec8::parse("0.000000001"), Err(DecimalError::TooManyPlaces(_))));
+        assert!(matches!(
+            Dec8::parse("0.000000001"),
+            Err(DecimalError::TooManyPlaces(_))
+        ));
         assert!(matches!(Dec8::parse("abc"), Err(DecimalError::Invalid(_))));
         assert!(matches!(Dec8::parse(""), Err(DecimalError::Invalid(_))));
         assert!(matches!(Dec8::parse("1e5"), Err(DecimalError::Invalid(_))));

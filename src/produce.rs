@@ -19,7 +19,9 @@ use crate::registry::LocalRegistry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
-    #[error("`produce` needs a real broker; kafka.brokers is `embedded`, whose data ends with the process")]
+    #[error(
+        "`produce` needs a real broker; kafka.brokers is `embedded`, whose data ends with the process"
+    )]
     Embedded,
     #[error(transparent)]
     Capture(#[from] capture::CaptureError),
@@ -53,9 +55,17 @@ pub async fn produce(cfg: &Config, captures: &[PathBuf]) -> Result<ProduceReport
     let codec = Arc::new(crate::registry::codec(&registry)?);
     let mut encoder = Encoder::new(codec, &cfg.kafka);
     let exchange = cfg.feeds.binance.exchange.clone();
-    let topics = vec![cfg.kafka.trades_topic(&exchange), cfg.kafka.dead_letter_topic.clone()];
-    crate::kafka::ensure_topics(&cfg.kafka, &cfg.kafka.brokers, &topics, cfg.kafka.embedded_partitions)
-        .await?;
+    let topics = vec![
+        cfg.kafka.trades_topic(&exchange),
+        cfg.kafka.dead_letter_topic.clone(),
+    ];
+    crate::kafka::ensure_topics(
+        &cfg.kafka,
+        &cfg.kafka.brokers,
+        &topics,
+        cfg.kafka.embedded_partitions,
+    )
+    .await?;
     let producer: rdkafka::producer::FutureProducer =
         crate::kafka::producer_config(&cfg.kafka, &cfg.kafka.brokers).create()?;
     let source = captures

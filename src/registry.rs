@@ -178,7 +178,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = LocalRegistry::open(dir.path()).unwrap();
         let a = r.register("t", crate::avro::TRADE_SCHEMA_JSON).unwrap();
-        let b = r.register("d", crate::avro::DEAD_LETTER_SCHEMA_JSON).unwrap();
+        let b = r
+            .register("d", crate::avro::DEAD_LETTER_SCHEMA_JSON)
+            .unwrap();
         assert_ne!(a, b);
         // a second process opening the same directory sees the same ids
         let r2 = LocalRegistry::open(dir.path()).unwrap();

@@ -26,14 +26,23 @@ fn config_errors_name_the_key_and_the_file() {
     let f = dir.path().join("bad.toml");
     std::fs::write(&f, "[kafka]\nbrokers = 42\n").unwrap();
     let err = run_expect_failure(&["run", "--config", f.to_str().unwrap()], &[]);
-    assert!(err.contains("kafka.brokers") && err.contains(f.to_str().unwrap()), "{err}");
+    assert!(
+        err.contains("kafka.brokers") && err.contains(f.to_str().unwrap()),
+        "{err}"
+    );
 
     std::fs::write(&f, "[writer]\nmax_age_ms = 0\n").unwrap();
     let err = run_expect_failure(&["query", "--config", f.to_str().unwrap(), "select 1"], &[]);
-    assert!(err.contains("writer.max_age_ms") && err.contains(f.to_str().unwrap()), "{err}");
+    assert!(
+        err.contains("writer.max_age_ms") && err.contains(f.to_str().unwrap()),
+        "{err}"
+    );
 
     let err = run_expect_failure(&["run"], &[("TICKLAKE_WRITER__MAX_ROWS", "lots")]);
-    assert!(err.contains("writer.max_rows") && err.contains("TICKLAKE_WRITER__MAX_ROWS"), "{err}");
+    assert!(
+        err.contains("writer.max_rows") && err.contains("TICKLAKE_WRITER__MAX_ROWS"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -48,7 +57,10 @@ fn run_with_no_config_comes_up_on_the_embedded_default() {
         .arg("run")
         .env("TICKLAKE_DATA_DIR", dir.path().join("data"))
         .env("TICKLAKE_HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("TICKLAKE_FEEDS__BINANCE__URL", format!("ws://127.0.0.1:{dead_port}"))
+        .env(
+            "TICKLAKE_FEEDS__BINANCE__URL",
+            format!("ws://127.0.0.1:{dead_port}"),
+        )
         .env("TICKLAKE_FEEDS__BINANCE__BACKOFF_INITIAL_MS", "50")
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -80,9 +92,10 @@ fn replay_sends_only_received_frames_of_a_real_capture() {
     let (_replay, url) = start_replay(&[cap], &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let got: Vec<String> = rt.block_on(async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}/stream?streams=compusdt@aggTrade"))
-            .await
-            .unwrap();
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("{url}/stream?streams=compusdt@aggTrade"))
+                .await
+                .unwrap();
         let mut got = Vec::new();
         while let Some(Ok(m)) = ws.next().await {
             if m.is_text() {

@@ -27,7 +27,10 @@ fn received_frames(path: &std::path::Path) -> Vec<String> {
 #[test]
 fn replayed_captures_land_in_iceberg_exactly() {
     let brokers = tansu();
-    let caps = [capture("BINANCE-ee25be.0.txt"), capture("BINANCE_US.ws.1.0.txt")];
+    let caps = [
+        capture("BINANCE-ee25be.0.txt"),
+        capture("BINANCE_US.ws.1.0.txt"),
+    ];
     let frames: Vec<String> = caps.iter().flat_map(|c| received_frames(c)).collect();
     let truth = truth(&frames);
     assert!(truth.len() > 1900, "captures hold {} trades", truth.len());
@@ -36,7 +39,11 @@ fn replayed_captures_land_in_iceberg_exactly() {
     let (mut replay, url) = start_replay(&caps, &[]);
     let env = Env::new(&brokers, Some(&url), "");
     env.set("feeds.binance", "streams", r#"["trade", "aggTrade"]"#);
-    env.set("feeds.binance", "symbols", r#"["btcusdt", "ethusdt", "dotusdt", "compusdt", "crvusdt", "omgbusd", "zrxusdt"]"#);
+    env.set(
+        "feeds.binance",
+        "symbols",
+        r#"["btcusdt", "ethusdt", "dotusdt", "compusdt", "crvusdt", "omgbusd", "zrxusdt"]"#,
+    );
     let mut daemon = env.start_daemon("daemon");
 
     wait_until("all trades committed", Duration::from_secs(180), || {
@@ -45,9 +52,15 @@ fn replayed_captures_land_in_iceberg_exactly() {
     replay.kill();
     // give a late duplicate (a reconnect overlap) the time to show up
     std::thread::sleep(Duration::from_secs(2));
-    let rows = env.query("select count(*) as n, count(distinct message_id) as d from market.trades");
+    let rows =
+        env.query("select count(*) as n, count(distinct message_id) as d from market.trades");
     println!("market.trades: {} (expected {expected})", rows[0]);
-    assert_eq!(rows[0]["n"].as_i64().unwrap(), expected, "log:\n{}", daemon.log_tail());
+    assert_eq!(
+        rows[0]["n"].as_i64().unwrap(),
+        expected,
+        "log:\n{}",
+        daemon.log_tail()
+    );
     assert_eq!(rows[0]["d"].as_i64().unwrap(), expected);
     assert_eq!(env.count("select count(*) from market.dead_letters"), 0);
 
@@ -58,14 +71,23 @@ fn replayed_captures_land_in_iceberg_exactly() {
     );
     let mut by_key: BTreeMap<(String, String), &serde_json::Value> = BTreeMap::new();
     for r in &stored {
-        let key = (r["symbol"].as_str().unwrap().to_string(), r["trade_id"].as_str().unwrap().to_string());
+        let key = (
+            r["symbol"].as_str().unwrap().to_string(),
+            r["trade_id"].as_str().unwrap().to_string(),
+        );
         assert!(by_key.insert(key, r).is_none(), "duplicate row {r}");
     }
     for t in &truth {
         let key = (t.symbol.clone(), format!("BINANCE-{}", t.id));
-        let r = by_key.get(&key).unwrap_or_else(|| panic!("trade {key:?} missing"));
+        let r = by_key
+            .get(&key)
+            .unwrap_or_else(|| panic!("trade {key:?} missing"));
         assert_eq!(r["price"].as_str().unwrap(), dec8(&t.price), "{key:?}");
-        assert_eq!(r["quantity"].as_str().unwrap(), dec8(&t.quantity), "{key:?}");
+        assert_eq!(
+            r["quantity"].as_str().unwrap(),
+            dec8(&t.quantity),
+            "{key:?}"
+        );
         let side = if t.buyer_is_maker { "SELL" } else { "BUY" };
         assert_eq!(r["side"].as_str().unwrap(), side, "{key:?}");
         assert_eq!(r["ts"].as_i64().unwrap(), t.time_ms * 1000, "{key:?}");
@@ -74,19 +96,36 @@ fn replayed_captures_land_in_iceberg_exactly() {
 
     // Lag tools see the lake's position: the group committed the offsets.
     let status = daemon.terminate();
-    assert!(status.success(), "daemon exit {status}; log:\n{}", daemon.log_tail());
+    assert!(
+        status.success(),
+        "daemon exit {status}; log:\n{}",
+        daemon.log_tail()
+    );
 
     // C: an independent reader gets the same rows.
     let data = env.data_dir();
     let out = Command::new(python())
         .arg(scripts_dir().join("pyiceberg_read.py"))
-        .args(["--catalog-uri", &format!("sqlite:///{}/catalog.db", data.display())])
-        .args(["--warehouse", &format!("file://{}/warehouse", data.display())])
+        .args([
+            "--catalog-uri",
+            &format!("sqlite:///{}/catalog.db", data.display()),
+        ])
+        .args([
+            "--warehouse",
+            &format!("file://{}/warehouse", data.display()),
+        ])
         .args(["--catalog-name", "ticklake", "--table", "market.trades"])
-        .args(["--columns", "message_id,symbol,price,quantity,side,timestamp"])
+        .args([
+            "--columns",
+            "message_id,symbol,price,quantity,side,timestamp",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "pyiceberg: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pyiceberg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(py["rows"].as_i64().unwrap(), expected);
     let ours = env.query(

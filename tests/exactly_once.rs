@@ -24,7 +24,11 @@ fn sigkill_during_writes_never_duplicates_or_loses() {
         .env("TICKLAKE_LOG", "warn")
         .output()
         .unwrap();
-    assert!(out.status.success(), "produce: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "produce: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let produced = report["trades"].as_i64().unwrap();
     assert!(produced > 1900, "produced {report}");
@@ -37,8 +41,10 @@ fn sigkill_during_writes_never_duplicates_or_loses() {
         // varying delay, so the kill lands in different phases of a flush.
         let commits_before_kill = 1.0 + f64::from(round % 3);
         let start = Instant::now();
-        while env.counter("ticklake_writer_commits_total", "table=\"trades\",outcome=\"ok\"")
-            < commits_before_kill
+        while env.counter(
+            "ticklake_writer_commits_total",
+            "table=\"trades\",outcome=\"ok\"",
+        ) < commits_before_kill
             && start.elapsed() < Duration::from_secs(20)
         {
             std::thread::sleep(Duration::from_millis(20));
@@ -48,7 +54,10 @@ fn sigkill_during_writes_never_duplicates_or_loses() {
         let n = env.count("select count(*) from market.trades");
         committed_at_kill.push(n);
         // nothing committed is ever lost or doubled, even mid-run
-        assert_eq!(n, env.count("select count(distinct message_id) from market.trades"));
+        assert_eq!(
+            n,
+            env.count("select count(distinct message_id) from market.trades")
+        );
     }
     println!("rows committed at each SIGKILL: {committed_at_kill:?}");
     assert!(
@@ -61,8 +70,18 @@ fn sigkill_during_writes_never_duplicates_or_loses() {
         env.count("select count(*) from market.trades") >= produced
     });
     std::thread::sleep(Duration::from_secs(1));
-    let rows = env.query("select count(*) as n, count(distinct message_id) as d from market.trades");
-    println!("after {} kills: {} (produced {produced})", committed_at_kill.len(), rows[0]);
-    assert_eq!(rows[0]["n"].as_i64().unwrap(), produced, "log:\n{}", d.log_tail());
+    let rows =
+        env.query("select count(*) as n, count(distinct message_id) as d from market.trades");
+    println!(
+        "after {} kills: {} (produced {produced})",
+        committed_at_kill.len(),
+        rows[0]
+    );
+    assert_eq!(
+        rows[0]["n"].as_i64().unwrap(),
+        produced,
+        "log:\n{}",
+        d.log_tail()
+    );
     assert_eq!(rows[0]["d"].as_i64().unwrap(), produced);
 }

@@ -22,25 +22,41 @@ fn valid(id: i64) -> String {
 /// (frame, expected reason fragment)
 fn bad_frames() -> Vec<(Message, &'static str)> {
     vec![
-        (Message::text(r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":9"#), "invalid json"),
         (
-            Message::text(r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":10,"p":36500.5,"q":"1","T":1,"m":true}}"#),
+            Message::text(
+                r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":9"#,
+            ),
+            "invalid json",
+        ),
+        (
+            Message::text(
+                r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":10,"p":36500.5,"q":"1","T":1,"m":true}}"#,
+            ),
             "field `p`: expected string, got number",
         ),
         (
-            Message::text(r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":11,"p":"1","q":"1","T":"yesterday","m":true}}"#),
+            Message::text(
+                r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":11,"p":"1","q":"1","T":"yesterday","m":true}}"#,
+            ),
             "field `T`: expected integer, got string",
         ),
         (
-            Message::text(r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":12,"p":"12345678901.5","q":"1","T":1,"m":true}}"#),
+            Message::text(
+                r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":12,"p":"12345678901.5","q":"1","T":1,"m":true}}"#,
+            ),
             "overflows decimal(18,8)",
         ),
         (
-            Message::text(r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":13,"p":"1","q":"99999999999999999999999999999999.1","T":1,"m":true}}"#),
+            Message::text(
+                r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":13,"p":"1","q":"99999999999999999999999999999999.1","T":1,"m":true}}"#,
+            ),
             "overflows decimal(18,8)",
         ),
         (Message::text(""), "empty frame"),
-        (Message::binary(vec![0xde, 0xad, 0xbe, 0xef]), "binary frame"),
+        (
+            Message::binary(vec![0xde, 0xad, 0xbe, 0xef]),
+            "binary frame",
+        ),
     ]
 }
 
@@ -49,16 +65,23 @@ fn bad_frames() -> Vec<(Message, &'static str)> {
 fn serve(frames: Vec<Message>) -> String {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(l.local_addr().unwrap()).unwrap();
             let mut first = Some(frames);
             loop {
-                let Ok((sock, _)) = l.accept().await else { return };
+                let Ok((sock, _)) = l.accept().await else {
+                    return;
+                };
                 let frames = first.take().unwrap_or_default();
                 tokio::spawn(async move {
-                    let Ok(mut ws) = tokio_tungstenite::accept_async(sock).await else { return };
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(sock).await else {
+                        return;
+                    };
                     for f in frames {
                         if ws.send(f).await.is_err() {
                             return;
@@ -102,26 +125,58 @@ fn malformed_frames_are_dead_lettered_and_valid_frames_stored() {
         env.counter("ticklake_writer_rows_total", "table=\"trades\"") >= valid_ids.len() as f64
             && env.counter("ticklake_writer_rows_total", "table=\"dead_letters\"") >= expected_dead
     });
-    assert_eq!(env.counter("ticklake_feed_dead_letters_total", ""), expected_dead);
-    assert_eq!(env.counter("ticklake_feed_frames_total", "kind=\"depth\""), 1.0);
-    assert_eq!(env.counter("ticklake_feed_frames_total", "kind=\"trade\""), valid_ids.len() as f64);
+    assert_eq!(
+        env.counter("ticklake_feed_dead_letters_total", ""),
+        expected_dead
+    );
+    assert_eq!(
+        env.counter("ticklake_feed_frames_total", "kind=\"depth\""),
+        1.0
+    );
+    assert_eq!(
+        env.counter("ticklake_feed_frames_total", "kind=\"trade\""),
+        valid_ids.len() as f64
+    );
     // the daemon survived all of it
-    assert!(daemon.child.try_wait().unwrap().is_none(), "daemon died:\n{}", daemon.log_tail());
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "daemon died:\n{}",
+        daemon.log_tail()
+    );
 
-    let stored = env.query("select trade_id, cast(price as varchar) as price from market.trades order by trade_id");
-    let ids: Vec<String> = stored.iter().map(|r| r["trade_id"].as_str().unwrap().to_string()).collect();
+    let stored = env.query(
+        "select trade_id, cast(price as varchar) as price from market.trades order by trade_id",
+    );
+    let ids: Vec<String> = stored
+        .iter()
+        .map(|r| r["trade_id"].as_str().unwrap().to_string())
+        .collect();
     let want: Vec<String> = valid_ids.iter().map(|i| format!("BINANCE-{i}")).collect();
     assert_eq!(ids, want);
     assert_eq!(stored[0]["price"].as_str().unwrap(), "3650100.12345678");
 
     let dead = env.query(
-        "select reason, octet_length(raw) as len, exchange, source from market.dead_letters order by received_at",
+        "select reason, raw, exchange, source from market.dead_letters order by received_at",
     );
     assert_eq!(dead.len(), bad.len(), "{dead:?}");
     for ((msg, fragment), row) in bad.iter().zip(&dead) {
         let reason = row["reason"].as_str().unwrap();
-        assert!(reason.contains(fragment), "reason {reason:?} lacks {fragment:?}");
-        assert_eq!(row["len"].as_i64().unwrap() as usize, msg.len(), "raw bytes kept for {reason}");
+        assert!(
+            reason.contains(fragment),
+            "reason {reason:?} lacks {fragment:?}"
+        );
+        // the JSON output renders binary as hex
+        let hex: String = msg
+            .clone()
+            .into_data()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            row["raw"].as_str(),
+            Some(hex.as_str()),
+            "raw bytes kept for {reason}: {row}"
+        );
         assert_eq!(row["exchange"].as_str().unwrap(), "BINANCE");
         assert!(row["source"].as_str().unwrap().starts_with(&url));
     }

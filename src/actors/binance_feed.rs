@@ -108,7 +108,11 @@ pub fn stream_url(cfg: &BinanceFeedConfig) -> String {
                 .map(move |k| format!("{}@{}", s.to_ascii_lowercase(), k.as_str()))
         })
         .collect();
-    format!("{}/stream?streams={}", cfg.url.trim_end_matches('/'), streams.join("/"))
+    format!(
+        "{}/stream?streams={}",
+        cfg.url.trim_end_matches('/'),
+        streams.join("/")
+    )
 }
 
 impl Actor for BinanceFeedActor {
@@ -121,7 +125,9 @@ impl Actor for BinanceFeedActor {
         let delay = if self.state.restarts == 0 {
             Duration::ZERO
         } else {
-            self.backoff.next().unwrap_or(Duration::from_millis(self.cfg.backoff_max_ms))
+            self.backoff
+                .next()
+                .unwrap_or(Duration::from_millis(self.cfg.backoff_max_ms))
         };
         let url = self.state.url.clone();
         tracing::info!(exchange = %self.cfg.exchange, url = %url, delay_ms = delay.as_millis() as u64, "feed connecting");
@@ -241,7 +247,8 @@ impl Connection {
         tracing::info!(exchange, url = %self.url, "feed connected");
         let (mut sink, mut stream) = ws.split();
         let stale = Duration::from_secs(self.cfg.stale_after_secs);
-        let rotate_at = tokio::time::Instant::now() + Duration::from_secs(self.cfg.max_connection_secs);
+        let rotate_at =
+            tokio::time::Instant::now() + Duration::from_secs(self.cfg.max_connection_secs);
         let mut announced = false;
         loop {
             let next = tokio::select! {
@@ -301,19 +308,31 @@ impl Connection {
                     .and_then(|v| v.get("stream"))
                     .map(String::as_str)
                     .unwrap_or("trade");
-                self.metrics.feed_frames.with_label_values(&[exchange, kind]).inc();
+                self.metrics
+                    .feed_frames
+                    .with_label_values(&[exchange, kind])
+                    .inc();
                 if !self.dedup.borrow_mut().first_time(&t.message_id) {
-                    self.metrics.feed_duplicates.with_label_values(&[exchange]).inc();
+                    self.metrics
+                        .feed_duplicates
+                        .with_label_values(&[exchange])
+                        .inc();
                     return Ok(());
                 }
                 Record::Trade(t)
             }
             Ok(Parsed::Skipped(kind)) => {
-                self.metrics.feed_frames.with_label_values(&[exchange, kind]).inc();
+                self.metrics
+                    .feed_frames
+                    .with_label_values(&[exchange, kind])
+                    .inc();
                 return Ok(());
             }
             Err(e) => {
-                self.metrics.feed_frames.with_label_values(&[exchange, "malformed"]).inc();
+                self.metrics
+                    .feed_frames
+                    .with_label_values(&[exchange, "malformed"])
+                    .inc();
                 self.metrics
                     .feed_dead_letters
                     .with_label_values(&[exchange, e.class()])

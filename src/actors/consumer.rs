@@ -98,7 +98,10 @@ impl Actor for ConsumerActor {
                     if let Err(e) = decoded {
                         // Never skip silently: the undecodable record itself
                         // becomes a dead letter, with where it came from.
-                        metrics.consumer_decode_errors.with_label_values(&[&topic]).inc();
+                        metrics
+                            .consumer_decode_errors
+                            .with_label_values(&[&topic])
+                            .inc();
                         tracing::warn!(topic = %topic, partition = m.partition(), offset = m.offset(), error = %e, "undecodable kafka record dead-lettered");
                         dead.push(DeadLetter::new(
                             "",
@@ -149,7 +152,10 @@ impl Handler<Committed> for ConsumerActor {
         let mut tpl = TopicPartitionList::new();
         for (topic, parts) in &msg.offsets.topics {
             for (p, off) in parts {
-                if tpl.add_partition_offset(topic, *p, Offset::Offset(*off)).is_err() {
+                if tpl
+                    .add_partition_offset(topic, *p, Offset::Offset(*off))
+                    .is_err()
+                {
                     return;
                 }
             }

@@ -89,7 +89,9 @@ pub async fn enqueue(
     rec: &Encoded,
 ) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
     loop {
-        let fr = FutureRecord::to(&rec.topic).key(&rec.key).payload(&rec.payload);
+        let fr = FutureRecord::to(&rec.topic)
+            .key(&rec.key)
+            .payload(&rec.payload);
         match producer.send_result(fr) {
             Ok(f) => return Ok(f),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -131,7 +133,11 @@ impl Handler<Publish> for ProducerActor {
     fn handle(&mut self, msg: Publish, _ctx: &mut Self::Context) -> Self::Result {
         let encoded = match self.encoder.encode(&msg.0) {
             Ok(e) => e,
-            Err(e) => return AtomicResponse::new(Box::pin(async move { Err(e.into()) }.into_actor(self))),
+            Err(e) => {
+                return AtomicResponse::new(Box::pin(
+                    async move { Err(e.into()) }.into_actor(self),
+                ));
+            }
         };
         let producer = self.producer.clone();
         let metrics = self.metrics.clone();
@@ -157,7 +163,10 @@ impl Handler<Publish> for ProducerActor {
                             "failed"
                         }
                     };
-                    metrics.producer_records.with_label_values(&[&topic, outcome]).inc();
+                    metrics
+                        .producer_records
+                        .with_label_values(&[&topic, outcome])
+                        .inc();
                 });
                 Ok(())
             }

@@ -97,7 +97,10 @@ impl WriterActor {
     }
 
     /// Starts a flush of everything buffered; the actor waits for it.
-    fn flush(&mut self, ctx: &mut Context<Self>) -> Option<Pin<Box<dyn Future<Output = FlushOutcome>>>> {
+    fn flush(
+        &mut self,
+        ctx: &mut Context<Self>,
+    ) -> Option<Pin<Box<dyn Future<Output = FlushOutcome>>>> {
         if !self.dirty && self.buffer.is_empty() {
             return None;
         }
@@ -129,7 +132,8 @@ impl WriterActor {
                 .without_max_times()
                 .build();
             loop {
-                match commit::append(catalog.as_ref(), &ident, Some(&batch), &offsets, target).await {
+                match commit::append(catalog.as_ref(), &ident, Some(&batch), &offsets, target).await
+                {
                     Ok(c) => {
                         metrics
                             .writer_commit_seconds
@@ -138,7 +142,10 @@ impl WriterActor {
                         return Ok((c, offsets));
                     }
                     Err(e) if e.is_retryable() => {
-                        metrics.writer_commits.with_label_values(&[table, "retry"]).inc();
+                        metrics
+                            .writer_commits
+                            .with_label_values(&[table, "retry"])
+                            .inc();
                         let d = backoff.next().unwrap_or(Duration::from_secs(10));
                         tracing::warn!(table, error = %e, retry_in_ms = d.as_millis() as u64, "iceberg commit failed; retrying");
                         tokio::time::sleep(d).await;
@@ -164,9 +171,21 @@ impl WriterActor {
             .set(self.buffer.len() as i64);
         match res {
             Ok((c, offsets)) => {
-                self.metrics.writer_commits.with_label_values(&[table, "ok"]).inc();
-                self.metrics.writer_rows.with_label_values(&[table]).inc_by(c.rows as u64);
-                tracing::info!(table, snapshot_id = c.snapshot_id, rows = c.rows, files = c.files, "committed");
+                self.metrics
+                    .writer_commits
+                    .with_label_values(&[table, "ok"])
+                    .inc();
+                self.metrics
+                    .writer_rows
+                    .with_label_values(&[table])
+                    .inc_by(c.rows as u64);
+                tracing::info!(
+                    table,
+                    snapshot_id = c.snapshot_id,
+                    rows = c.rows,
+                    files = c.files,
+                    "committed"
+                );
                 if let Some(consumer) = &self.consumer {
                     consumer.do_send(Committed {
                         table,
@@ -177,7 +196,10 @@ impl WriterActor {
                 Ok(Some(c.snapshot_id))
             }
             Err(e) => {
-                self.metrics.writer_commits.with_label_values(&[table, "failed"]).inc();
+                self.metrics
+                    .writer_commits
+                    .with_label_values(&[table, "failed"])
+                    .inc();
                 // A permanent failure cannot be skipped without losing rows;
                 // stop the daemon so it restarts from the last snapshot.
                 tracing::error!(table, error = %e, "iceberg commit failed permanently; stopping");
@@ -208,9 +230,12 @@ impl Actor for WriterActor {
         ctx.set_mailbox_capacity(64);
         // The age limit is checked often enough that a flush is never late
         // by more than a tenth of it.
-        let tick = (self.policy.max_age / 10).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let tick =
+            (self.policy.max_age / 10).clamp(Duration::from_millis(10), Duration::from_millis(250));
         ctx.run_interval(tick, |act, ctx| {
-            let due = act.oldest.is_some_and(|t| t.elapsed() >= act.policy.max_age);
+            let due = act
+                .oldest
+                .is_some_and(|t| t.elapsed() >= act.policy.max_age);
             if due {
                 if let Some(f) = act.flush(ctx) {
                     ctx.wait(f.into_actor(act).map(|res, act, _| {

@@ -127,7 +127,11 @@ fn trade(
         None => return Err(FrameError::Missing("m")),
     };
     // The maker bought, so the aggressor sold.
-    let side = if buyer_is_maker { Side::Sell } else { Side::Buy };
+    let side = if buyer_is_maker {
+        Side::Sell
+    } else {
+        Side::Buy
+    };
 
     let mut vendor = BTreeMap::new();
     vendor.insert("stream".to_string(), kind.to_string());
@@ -191,7 +195,10 @@ fn integer(obj: &Map<String, Value>, field: &'static str) -> Result<i64, FrameEr
     optional_integer(obj, field)?.ok_or(FrameError::Missing(field))
 }
 
-fn optional_integer(obj: &Map<String, Value>, field: &'static str) -> Result<Option<i64>, FrameError> {
+fn optional_integer(
+    obj: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<i64>, FrameError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| FrameError::Invalid {
@@ -249,22 +256,38 @@ mod tests {
         let t = trade_of(parse_frame(RAW_TRADE, "BINANCE", 0).unwrap());
         assert_eq!(t.side, Side::Buy);
         assert_eq!(t.price.to_string(), "2000.10000000");
-        assert_eq!(t.message_id, message_id("BINANCE", "trade", "ETHUSDT", "12345"));
+        assert_eq!(
+            t.message_id,
+            message_id("BINANCE", "trade", "ETHUSDT", "12345")
+        );
     }
 
     #[test]
     fn skips_what_is_not_a_trade_by_kind() {
         let cases = [
-            (r#"{"stream":"x@depth@100ms","data":{"e":"depthUpdate","s":"X","b":[],"a":[]}}"#, "depth"),
-            (r#"{"stream":"x@kline_1m","data":{"e":"kline","s":"X","k":{}}}"#, "kline"),
-            (r#"{"stream":"x@bookTicker","data":{"u":1,"s":"X","b":"1","B":"1","a":"1","A":"1"}}"#, "bookTicker"),
+            (
+                r#"{"stream":"x@depth@100ms","data":{"e":"depthUpdate","s":"X","b":[],"a":[]}}"#,
+                "depth",
+            ),
+            (
+                r#"{"stream":"x@kline_1m","data":{"e":"kline","s":"X","k":{}}}"#,
+                "kline",
+            ),
+            (
+                r#"{"stream":"x@bookTicker","data":{"u":1,"s":"X","b":"1","B":"1","a":"1","A":"1"}}"#,
+                "bookTicker",
+            ),
             (r#"{"result":null,"id":1}"#, "subscription_reply"),
             (r#"{"code":2,"msg":"Invalid request"}"#, "error_reply"),
             (r#"{"lastUpdateId":1,"bids":[],"asks":[]}"#, "depth"),
             (r#"[{"e":"24hrTicker"}]"#, "array"),
         ];
         for (frame, kind) in cases {
-            assert_eq!(parse_frame(frame, "BINANCE", 0), Ok(Parsed::Skipped(kind)), "{frame}");
+            assert_eq!(
+                parse_frame(frame, "BINANCE", 0),
+                Ok(Parsed::Skipped(kind)),
+                "{frame}"
+            );
         }
     }
 
@@ -272,21 +295,46 @@ mod tests {
     fn malformed_frames_get_precise_reasons() {
         let cases: [(&str, &str); 9] = [
             ("", "empty"),
-            (r#"{"stream":"btcusdt@aggTrade","data":{"e":"aggTr"#, "invalid_json"),
+            (
+                r#"{"stream":"btcusdt@aggTrade","data":{"e":"aggTr"#,
+                "invalid_json",
+            ),
             ("42", "not_object"),
-            (r#"{"e":"trade","s":"X","t":1,"p":58.1,"q":"1","T":1,"m":true}"#, "wrong_type"),
-            (r#"{"e":"trade","s":"X","t":"1","p":"1","q":"1","T":1,"m":true}"#, "wrong_type"),
-            (r#"{"e":"trade","s":"X","t":1,"p":"99999999999.5","q":"1","T":1,"m":true}"#, "decimal"),
-            (r#"{"e":"trade","s":"X","t":1,"p":"1","q":"1","T":1}"#, "missing_field"),
-            (r#"{"e":"trade","s":"X","t":1,"p":"1","q":"1","T":1,"m":"yes"}"#, "wrong_type"),
-            (r#"{"e":"trade","s":"X","t":1,"p":"1","q":"1","T":99999999999999999,"m":true}"#, "invalid_value"),
+            (
+                r#"{"e":"trade","s":"X","t":1,"p":58.1,"q":"1","T":1,"m":true}"#,
+                "wrong_type",
+            ),
+            (
+                r#"{"e":"trade","s":"X","t":"1","p":"1","q":"1","T":1,"m":true}"#,
+                "wrong_type",
+            ),
+            (
+                r#"{"e":"trade","s":"X","t":1,"p":"99999999999.5","q":"1","T":1,"m":true}"#,
+                "decimal",
+            ),
+            (
+                r#"{"e":"trade","s":"X","t":1,"p":"1","q":"1","T":1}"#,
+                "missing_field",
+            ),
+            (
+                r#"{"e":"trade","s":"X","t":1,"p":"1","q":"1","T":1,"m":"yes"}"#,
+                "wrong_type",
+            ),
+            (
+                r#"{"e":"trade","s":"X","t":1,"p":"1","q":"1","T":99999999999999999,"m":true}"#,
+                "invalid_value",
+            ),
         ];
         for (frame, class) in cases {
             let err = parse_frame(frame, "BINANCE", 0).unwrap_err();
             assert_eq!(err.class(), class, "{frame}: {err}");
         }
-        let err = parse_frame(r#"{"e":"trade","s":"X","t":1,"p":58.1,"q":"1","T":1,"m":true}"#, "B", 0)
-            .unwrap_err();
+        let err = parse_frame(
+            r#"{"e":"trade","s":"X","t":1,"p":58.1,"q":"1","T":1,"m":true}"#,
+            "B",
+            0,
+        )
+        .unwrap_err();
         assert_eq!(err.to_string(), "field `p`: expected string, got number");
     }
 

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, Decimal128Builder, Int64Builder, ListArray, MapArray, RecordBatch,
-    StringArray, StringBuilder, StructArray, TimestampMicrosecondBuilder,
+    ArrayRef, Decimal128Builder, Int64Builder, LargeBinaryBuilder, ListArray, MapArray,
+    RecordBatch, StringArray, StringBuilder, StructArray, TimestampMicrosecondBuilder,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Schema as ArrowSchema, SchemaRef};
@@ -60,17 +60,32 @@ fn list_of_strings(
     let DataType::List(elem) = field_type(schema, name)? else {
         return Err(LakeError::Catalog(format!("column {name} is not a list")));
     };
-    let values = StringArray::from_iter_values(rows.iter().flat_map(|r| r.trade_conditions.iter()));
+    let mut values = StringBuilder::new();
+    for c in rows.iter().flat_map(|r| r.trade_conditions.iter()) {
+        values.append_value(c);
+    }
+    let values = values.finish();
     let offsets = OffsetBuffer::from_lengths(rows.iter().map(|r| r.trade_conditions.len()));
-    Ok(Arc::new(ListArray::try_new(elem, offsets, Arc::new(values), None)?))
+    Ok(Arc::new(ListArray::try_new(
+        elem,
+        offsets,
+        Arc::new(values),
+        None,
+    )?))
 }
 
-fn map_of_strings(schema: &ArrowSchema, name: &str, rows: &[TradeV2]) -> Result<ArrayRef, LakeError> {
+fn map_of_strings(
+    schema: &ArrowSchema,
+    name: &str,
+    rows: &[TradeV2],
+) -> Result<ArrayRef, LakeError> {
     let DataType::Map(entries, sorted) = field_type(schema, name)? else {
         return Err(LakeError::Catalog(format!("column {name} is not a map")));
     };
     let DataType::Struct(kv_fields) = entries.data_type() else {
-        return Err(LakeError::Catalog(format!("column {name} entries are not a struct")));
+        return Err(LakeError::Catalog(format!(
+            "column {name} entries are not a struct"
+        )));
     };
     let mut keys = StringBuilder::new();
     let mut vals = StringBuilder::new();
@@ -137,9 +152,12 @@ pub fn trades_batch(schema: &SchemaRef, rows: &mut [TradeV2]) -> Result<RecordBa
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
 }
 
-pub fn dead_letters_batch(schema: &SchemaRef, rows: &[DeadLetter]) -> Result<RecordBatch, LakeError> {
+pub fn dead_letters_batch(
+    schema: &SchemaRef,
+    rows: &[DeadLetter],
+) -> Result<RecordBatch, LakeError> {
     let n = rows.len();
-    let mut raw = BinaryBuilder::with_capacity(n, rows.iter().map(|r| r.raw.len()).sum());
+    let mut raw = LargeBinaryBuilder::with_capacity(n, rows.iter().map(|r| r.raw.len()).sum());
     for r in rows {
         raw.append_value(&r.raw);
     }
@@ -184,11 +202,18 @@ mod tests {
     #[test]
     fn trades_batch_matches_iceberg_arrow_schema_and_sorts() {
         let schema = arrow_schema(&trades_schema().unwrap()).unwrap();
-        let mut rows = vec![trade("B", 2, true), trade("A", 3, false), trade("A", 1, true)];
+        let mut rows = vec![
+            trade("B", 2, true),
+            trade("A", 3, false),
+            trade("A", 1, true),
+        ];
         let b = trades_batch(&schema, &mut rows).unwrap();
         assert_eq!(b.num_rows(), 3);
         let sym = b.column(2).as_any().downcast_ref::<StringArray>().unwrap();
-        assert_eq!(sym.iter().flatten().collect::<Vec<_>>(), vec!["A", "A", "B"]);
+        assert_eq!(
+            sym.iter().flatten().collect::<Vec<_>>(),
+            vec!["A", "A", "B"]
+        );
         assert_eq!(b.column(14).null_count(), 1);
     }
 

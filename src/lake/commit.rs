@@ -38,7 +38,10 @@ pub struct KafkaOffsets {
 
 impl KafkaOffsets {
     pub fn get(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.topics.get(topic).and_then(|p| p.get(&partition)).copied()
+        self.topics
+            .get(topic)
+            .and_then(|p| p.get(&partition))
+            .copied()
     }
 
     pub fn set(&mut self, topic: &str, partition: i32, next: i64) {

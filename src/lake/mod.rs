@@ -96,7 +96,10 @@ impl TableKind {
 }
 
 pub fn table_ident(cfg: &Config, kind: TableKind) -> TableIdent {
-    TableIdent::new(NamespaceIdent::new(cfg.lake.namespace.clone()), kind.name().to_string())
+    TableIdent::new(
+        NamespaceIdent::new(cfg.lake.namespace.clone()),
+        kind.name().to_string(),
+    )
 }
 
 /// Loads a table, creating the namespace and table on first use. Two
@@ -131,7 +134,10 @@ pub async fn ensure_table(
         .partition_spec(spec)
         .properties(HashMap::from([
             ("write.format.default".to_string(), "parquet".to_string()),
-            ("write.parquet.compression-codec".to_string(), "zstd".to_string()),
+            (
+                "write.parquet.compression-codec".to_string(),
+                "zstd".to_string(),
+            ),
         ]))
         .build();
     match catalog.create_table(&ns, creation).await {

@@ -13,7 +13,12 @@ pub const TRADES_TABLE: &str = "trades";
 pub const DEAD_LETTERS_TABLE: &str = "dead_letters";
 
 fn string(id: i32, name: &str, required: bool) -> Arc<NestedField> {
-    Arc::new(NestedField::new(id, name, Type::Primitive(PrimitiveType::String), required))
+    Arc::new(NestedField::new(
+        id,
+        name,
+        Type::Primitive(PrimitiveType::String),
+        required,
+    ))
 }
 
 fn prim(id: i32, name: &str, t: PrimitiveType, required: bool) -> Arc<NestedField> {
@@ -55,7 +60,10 @@ pub fn trades_schema() -> iceberg::Result<Schema> {
             Arc::new(NestedField::new(
                 15,
                 "vendor_data",
-                Type::Map(MapType::new(string(17, "key", true), string(18, "value", true))),
+                Type::Map(MapType::new(
+                    string(17, "key", true),
+                    string(18, "value", true),
+                )),
                 false,
             )),
         ])

@@ -14,7 +14,9 @@ pub fn bin() -> &'static str {
 
 /// The recorded captures shipped beside the repository.
 pub fn capture(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/captures").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/captures")
+        .join(name);
     assert!(p.exists(), "missing capture fixture {}", p.display());
     p
 }
@@ -37,7 +39,11 @@ pub fn scripts_dir() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A unique suffix so tests sharing one broker never share topics.
@@ -176,7 +182,13 @@ listen = "127.0.0.1:{http_port}"
 
     pub fn count(&self, sql: &str) -> i64 {
         let rows = self.query(sql);
-        let v = rows[0].as_object().unwrap().values().next().unwrap().clone();
+        let v = rows[0]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()
+            .clone();
         v.as_i64().unwrap()
     }
 
@@ -208,7 +220,8 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    let status = head.split_whitespace().nth(1)?;
+    (status == "200").then(|| body.to_string())
 }
 
 /// A child process that is killed when dropped.
@@ -251,7 +264,10 @@ impl Proc {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "daemon did not stop on SIGTERM");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "daemon did not stop on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
