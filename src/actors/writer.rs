@@ -22,10 +22,8 @@ pub enum WriterError {
     #[error("table {table}: {source}")]
     Lake {
         table: &'static str,
-        source: LakeError,
+        source: Box<LakeError>,
     },
-    #[error("table {table}: rows of the wrong kind")]
-    WrongRows { table: &'static str },
     #[error("flush task failed: {0}")]
     Join(String),
 }
@@ -122,7 +120,10 @@ impl WriterActor {
                 Rows::Trades(mut r) => batch::trades_batch(&schema, &mut r),
                 Rows::DeadLetters(r) => batch::dead_letters_batch(&schema, &r),
             }
-            .map_err(|source| WriterError::Lake { table, source })?;
+            .map_err(|source| WriterError::Lake {
+                table,
+                source: Box::new(source),
+            })?;
             // Retry transient failures forever with capped backoff: the rows
             // are still in Kafka, but giving up here would stall the table.
             let mut backoff = ExponentialBuilder::new()
@@ -150,7 +151,12 @@ impl WriterActor {
                         tracing::warn!(table, error = %e, retry_in_ms = d.as_millis() as u64, "iceberg commit failed; retrying");
                         tokio::time::sleep(d).await;
                     }
-                    Err(source) => return Err(WriterError::Lake { table, source }),
+                    Err(source) => {
+                        return Err(WriterError::Lake {
+                            table,
+                            source: Box::new(source),
+                        });
+                    }
                 }
             }
         });
@@ -236,12 +242,10 @@ impl Actor for WriterActor {
             let due = act
                 .oldest
                 .is_some_and(|t| t.elapsed() >= act.policy.max_age);
-            if due {
-                if let Some(f) = act.flush(ctx) {
-                    ctx.wait(f.into_actor(act).map(|res, act, _| {
-                        let _ = act.after_flush(res);
-                    }));
-                }
+            if due && let Some(f) = act.flush(ctx) {
+                ctx.wait(f.into_actor(act).map(|res, act, _| {
+                    let _ = act.after_flush(res);
+                }));
             }
         });
     }
@@ -270,12 +274,12 @@ impl Handler<Consumed> for WriterActor {
             .writer_buffered_rows
             .with_label_values(&[self.table()])
             .set(self.buffer.len() as i64);
-        if self.buffer.len() >= self.policy.max_rows {
-            if let Some(f) = self.flush(ctx) {
-                ctx.wait(f.into_actor(self).map(|res, act, _| {
-                    let _ = act.after_flush(res);
-                }));
-            }
+        if self.buffer.len() >= self.policy.max_rows
+            && let Some(f) = self.flush(ctx)
+        {
+            ctx.wait(f.into_actor(self).map(|res, act, _| {
+                let _ = act.after_flush(res);
+            }));
         }
     }
 }

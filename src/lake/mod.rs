@@ -114,12 +114,11 @@ pub async fn ensure_table(
         return Ok(catalog.load_table(&ident).await?);
     }
     let ns = ident.namespace().clone();
-    if !catalog.namespace_exists(&ns).await? {
-        if let Err(e) = catalog.create_namespace(&ns, HashMap::new()).await {
-            if !catalog.namespace_exists(&ns).await? {
-                return Err(e.into());
-            }
-        }
+    if !catalog.namespace_exists(&ns).await?
+        && let Err(e) = catalog.create_namespace(&ns, HashMap::new()).await
+        && !catalog.namespace_exists(&ns).await?
+    {
+        return Err(e.into());
     }
     let (schema, spec) = match kind {
         TableKind::Trades => (schema::trades_schema()?, schema::trades_partition_spec()?),
