@@ -1,22 +1,462 @@
-// placeholder until the capture module lands
+//! Recorded exchange WebSocket captures: the frames a client received, read
+//! back for `ticklake replay` and `ticklake produce`.
+//!
+//! Three file forms are understood, told apart by the first line that is
+//! neither blank nor a `#` comment:
+//!
+//! - recorder format 1 (`*.ws.N.0.txt`): `<url> <-> <ts>` opens a connection,
+//!   `<ts>: <frame>` is a received frame, and the sent (`<url> <- <ts>: ...`),
+//!   REST (`<url> -> <ts>: ...`) and `configuration: ...` lines are skipped;
+//! - recorder format 2 (`*.jsonl`): one JSON record per line, of which only
+//!   `{"t":"recv","ts":...,"data":"<frame>"}` carries a received frame;
+//! - plain: one frame per line, without timestamps.
+//!
+//! Only frames the exchange sent are kept, because replay plays the exchange's
+//! side of the conversation.
+
 use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// One frame as the exchange sent it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct CapturedFrame {
+    /// Unix seconds at which the recorder received the frame; `None` in plain files.
     pub ts: Option<f64>,
+    /// The frame text exactly as received.
     pub data: String,
 }
+
+/// How a capture file was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CaptureFormat {
+    /// `<url> <-> <ts>` / `<ts>: <frame>` text lines.
     Recorder1,
+    /// JSON lines with a `"t"` record type.
     Recorder2,
+    /// One frame per line, no timestamps.
     Plain,
 }
+
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("x")]
-    X,
+    #[error("cannot read capture {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("malformed capture line {}:{line}: {reason}", path.display())]
+    Parse {
+        path: PathBuf,
+        /// 1-based line number in the file.
+        line: usize,
+        reason: String,
+    },
 }
-pub fn read_capture(_path: &Path) -> Result<(CaptureFormat, Vec<CapturedFrame>), CaptureError> {
-    Err(CaptureError::X)
+
+/// Reads one capture file, detecting its format, and returns the received
+/// frames in file order.
+pub fn read_capture(path: &Path) -> Result<(CaptureFormat, Vec<CapturedFrame>), CaptureError> {
+    let bytes = std::fs::read(path).map_err(|source| CaptureError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_capture(path, &bytes)
 }
-pub fn read_captures(_paths: &[PathBuf]) -> Result<Vec<CapturedFrame>, CaptureError> {
-    Err(CaptureError::X)
+
+/// Reads several capture files and concatenates their frames in the order
+/// the paths are given. Each file's format is detected on its own.
+pub fn read_captures(paths: &[PathBuf]) -> Result<Vec<CapturedFrame>, CaptureError> {
+    let mut frames = Vec::new();
+    for path in paths {
+        let (format, mut more) = read_capture(path)?;
+        tracing::debug!(path = %path.display(), ?format, frames = more.len(), "read capture");
+        frames.append(&mut more);
+    }
+    Ok(frames)
+}
+
+/// Parses capture contents; `path` is only used to name the file in errors.
+fn parse_capture(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(CaptureFormat, Vec<CapturedFrame>), CaptureError> {
+    let parse_error = |line: usize, reason: String| CaptureError::Parse {
+        path: path.to_path_buf(),
+        line,
+        reason,
+    };
+
+    // Decoded up front so that a bad byte anywhere is reported with its line
+    // number, not as an I/O error for the whole file.
+    let mut lines = Vec::new();
+    for (index, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = std::str::from_utf8(raw)
+            .map_err(|e| parse_error(index + 1, format!("not valid utf-8: {e}")))?;
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let line = if index == 0 {
+            line.strip_prefix('\u{feff}').unwrap_or(line)
+        } else {
+            line
+        };
+        if !is_skipped(line) {
+            lines.push((index + 1, line));
+        }
+    }
+
+    let format = lines
+        .first()
+        .map_or(CaptureFormat::Plain, |&(_, first)| detect_format(first));
+
+    let mut frames = Vec::with_capacity(lines.len());
+    for (number, line) in lines {
+        let frame = match format {
+            CaptureFormat::Recorder1 => recorder1_frame(line),
+            CaptureFormat::Recorder2 => recorder2_frame(line),
+            CaptureFormat::Plain => Ok(Some(CapturedFrame {
+                ts: None,
+                data: line.to_owned(),
+            })),
+        }
+        .map_err(|reason| parse_error(number, reason))?;
+        frames.extend(frame);
+    }
+    Ok((format, frames))
+}
+
+fn is_skipped(line: &str) -> bool {
+    let trimmed = line.trim_start();
+    trimmed.is_empty() || trimmed.starts_with('#')
+}
+
+fn detect_format(first: &str) -> CaptureFormat {
+    if first.trim_start().starts_with("{\"t\":") {
+        return CaptureFormat::Recorder2;
+    }
+    // A connect line is what the recorder writes first, but a file split off
+    // the middle of a recording (or one opening with its configuration) is
+    // still format 1: reading its `<ts>: <frame>` lines as plain frames would
+    // silently keep the timestamps inside the frame text.
+    match classify_recorder1(first) {
+        Ok(_) => CaptureFormat::Recorder1,
+        Err(_) => CaptureFormat::Plain,
+    }
+}
+
+enum Recorder1Line<'a> {
+    Received {
+        ts: f64,
+        data: &'a str,
+    },
+    /// Connect, sent frame, REST reply or configuration.
+    Other,
+}
+
+fn recorder1_frame(line: &str) -> Result<Option<CapturedFrame>, String> {
+    Ok(match classify_recorder1(line)? {
+        Recorder1Line::Received { ts, data } => Some(CapturedFrame {
+            ts: Some(ts),
+            data: data.to_owned(),
+        }),
+        Recorder1Line::Other => None,
+    })
+}
+
+fn classify_recorder1(line: &str) -> Result<Recorder1Line<'_>, String> {
+    if line.starts_with("configuration:") {
+        return Ok(Recorder1Line::Other);
+    }
+    // Tried before the arrow forms: a received frame's text may itself
+    // contain ` <-> ` or ` -> `, but no URL parses as a timestamp.
+    if let Some((head, data)) = line.split_once(": ")
+        && let Some(ts) = parse_ts(head)
+    {
+        return Ok(Recorder1Line::Received { ts, data });
+    }
+    let mut parts = line.splitn(3, ' ');
+    let (Some(url), Some(arrow), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(unrecognised_recorder1());
+    };
+    if url.is_empty() {
+        return Err(unrecognised_recorder1());
+    }
+    let ts_ok = match arrow {
+        "<->" => parse_ts(rest.trim_end()).is_some(),
+        // `<-` is a frame the client sent, `->` a REST reply; neither came
+        // over the WebSocket from the exchange.
+        "<-" | "->" => rest
+            .split_once(": ")
+            .and_then(|(ts, _)| parse_ts(ts))
+            .is_some(),
+        _ => return Err(unrecognised_recorder1()),
+    };
+    if ts_ok {
+        Ok(Recorder1Line::Other)
+    } else {
+        Err(format!("`{arrow}` line has no valid timestamp"))
+    }
+}
+
+fn unrecognised_recorder1() -> String {
+    "expected `<ts>: <frame>`, `<url> <-> <ts>`, `<url> <- <ts>: ...`, \
+     `<url> -> <ts>: ...` or `configuration: ...`"
+        .to_owned()
+}
+
+/// Recorder timestamps are plain decimals (`1617566591.326123`); anything
+/// else `f64::from_str` would accept (`inf`, `1e9`, `-3`) is not one.
+fn parse_ts(s: &str) -> Option<f64> {
+    let digits = s.bytes().filter(u8::is_ascii_digit).count();
+    let dots = s.bytes().filter(|&b| b == b'.').count();
+    if digits == 0 || dots > 1 || digits + dots != s.len() {
+        return None;
+    }
+    s.parse::<f64>().ok().filter(|ts| ts.is_finite())
+}
+
+#[derive(Deserialize)]
+struct Recorder2Kind {
+    t: String,
+}
+
+#[derive(Deserialize)]
+struct Recorder2Recv {
+    ts: f64,
+    data: String,
+}
+
+fn recorder2_frame(line: &str) -> Result<Option<CapturedFrame>, String> {
+    let kind: Recorder2Kind =
+        serde_json::from_str(line).map_err(|e| format!("invalid format 2 record: {e}"))?;
+    match kind.t.as_str() {
+        "recv" => {
+            let recv: Recorder2Recv = serde_json::from_str(line)
+                .map_err(|e| format!("invalid format 2 recv record: {e}"))?;
+            if !recv.ts.is_finite() {
+                return Err(format!("recv record has a non-finite ts {}", recv.ts));
+            }
+            Ok(Some(CapturedFrame {
+                ts: Some(recv.ts),
+                data: recv.data,
+            }))
+        }
+        "header" | "connect" | "send" | "http" => Ok(None),
+        // Record types a newer recorder may add are not frames the exchange
+        // sent, so they are passed over rather than failing the whole file.
+        other => {
+            tracing::debug!(record_type = other, "skipping unknown format 2 record type");
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Real lines from cryptofeed's sample_data (MIT, Copyright Bryant Moscon),
+    // KRAKEN.ws.48.0.txt and BINANCE-ee25be.0.txt; the REST reply is cut
+    // short and the configuration line is in the recorder's format.
+    const RECORDER1: &str = r#"wss://ws.kraken.com <-> 1618678132.368463
+configuration: {"trades":["XMR-USD"],"log_message_on_error":false}
+wss://ws.kraken.com <- 1618678132.83097: {"event":"subscribe","pair":["WAVES/EUR","XMR/USD"],"subscription":{"name":"trade"}}
+1618678132.831468: {"connectionID":18239578009413566319,"event":"systemStatus","status":"online","version":"1.8.3"}
+1618678132.9348822: {"channelID":993,"channelName":"trade","event":"subscriptionStatus","pair":"XMR/USD","status":"subscribed","subscription":{"name":"trade"}}
+# a comment
+
+1618678133.5561652: {"event":"heartbeat"}
+https://www.binance.com/api/v1/depth?symbol=DOTUSDT&limit=1000 -> 1617566592.1065369: {"lastUpdateId":1513939277,"bids":[["43.52240000","0.28000000"]],"asks":[]}
+1618678142.592855: [993,[["354.11000000","0.89594024","1618678142.557535","s","l",""]],"trade","XMR/USD"]
+wss://ws.kraken.com <-> 1618678150.1
+1618678145.74465: [993,[["354.55000000","1.25690315","1618678145.715785","b","m",""]],"trade","XMR/USD"]
+"#;
+
+    // Real lines from cryptofeed's KRAKEN.jsonl and BINANCE_US.jsonl, with
+    // the header's config and the REST reply cut short.
+    const RECORDER2: &str = r#"{"t":"header","format":2,"exchange":"KRAKEN","config":{"trades":["XMR-USD"]},"candle_interval":null,"recorded":1618678132.358447,"converted_from":1}
+{"t":"http","conn":"KRAKEN.http.sync","ts":1618678132.358447,"url":"https://api.kraken.com/0/public/AssetPairs","data":"{\"error\":[],\"result\":{}}"}
+{"t":"connect","conn":"KRAKEN.ws.48","ts":1618678132.368463,"addr":"wss://ws.kraken.com"}
+{"t":"send","conn":"KRAKEN.ws.48","ts":1618678132.83097,"addr":"wss://ws.kraken.com","data":"{\"event\":\"subscribe\",\"pair\":[\"XMR/USD\"],\"subscription\":{\"name\":\"trade\"}}"}
+{"t":"recv","conn":"KRAKEN.ws.48","ts":1618678132.831468,"data":"{\"connectionID\":18239578009413566319,\"event\":\"systemStatus\",\"status\":\"online\",\"version\":\"1.8.3\"}"}
+
+# a comment
+{"t":"recv","conn":"BINANCE_US.ws.1","ts":1633998288.39296,"data":"{\"stream\":\"omgbusd@aggTrade\",\"data\":{\"e\":\"aggTrade\",\"E\":1633998288468,\"s\":\"OMGBUSD\",\"a\":425085,\"p\":\"13.80480000\",\"q\":\"2.10000000\",\"f\":439577,\"l\":439577,\"T\":1633998288467,\"m\":false,\"M\":true}}"}
+"#;
+
+    const PLAIN: &str = "# btcusdt trades\r\n\
+{\"e\":\"trade\",\"s\":\"BTCUSDT\",\"t\":1}\r\n\
+\r\n\
+   \n\
+{\"e\":\"trade\",\"s\":\"BTCUSDT\",\"t\":2}\n\
+not json is kept as is\n";
+
+    fn parse(text: &str) -> Result<(CaptureFormat, Vec<CapturedFrame>), CaptureError> {
+        parse_capture(Path::new("fixture.txt"), text.as_bytes())
+    }
+
+    fn frame(ts: Option<f64>, data: &str) -> CapturedFrame {
+        CapturedFrame {
+            ts,
+            data: data.to_owned(),
+        }
+    }
+
+    #[test]
+    fn recorder1_keeps_only_received_frames() {
+        let (format, frames) = parse(RECORDER1).expect("fixture parses");
+        assert_eq!(format, CaptureFormat::Recorder1);
+        assert_eq!(
+            frames,
+            vec![
+                frame(
+                    Some(1618678132.831468),
+                    r#"{"connectionID":18239578009413566319,"event":"systemStatus","status":"online","version":"1.8.3"}"#
+                ),
+                frame(
+                    Some(1618678132.9348822),
+                    r#"{"channelID":993,"channelName":"trade","event":"subscriptionStatus","pair":"XMR/USD","status":"subscribed","subscription":{"name":"trade"}}"#
+                ),
+                frame(Some(1618678133.5561652), r#"{"event":"heartbeat"}"#),
+                frame(
+                    Some(1618678142.592855),
+                    r#"[993,[["354.11000000","0.89594024","1618678142.557535","s","l",""]],"trade","XMR/USD"]"#
+                ),
+                frame(
+                    Some(1618678145.74465),
+                    r#"[993,[["354.55000000","1.25690315","1618678145.715785","b","m",""]],"trade","XMR/USD"]"#
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn recorder1_frame_text_is_not_mistaken_for_a_line_kind() {
+        let text = "wss://x <-> 1.5\n2.5: {\"note\":\"a <-> 3 and b -> 4: c\"}\n";
+        let (_, frames) = parse(text).expect("parses");
+        assert_eq!(
+            frames,
+            vec![frame(Some(2.5), r#"{"note":"a <-> 3 and b -> 4: c"}"#)]
+        );
+    }
+
+    #[test]
+    fn recorder1_without_connect_line_is_still_recorder1() {
+        let (format, frames) = parse("1.25: {\"a\":1}\n").expect("parses");
+        assert_eq!(format, CaptureFormat::Recorder1);
+        assert_eq!(frames, vec![frame(Some(1.25), r#"{"a":1}"#)]);
+    }
+
+    #[test]
+    fn recorder1_malformed_line_names_file_and_line() {
+        let text = "wss://x <-> 1.5\n2.5: {}\n\nthis is not a recorder line\n";
+        let err = parse(text).expect_err("must fail");
+        match &err {
+            CaptureError::Parse { path, line, .. } => {
+                assert_eq!(path, Path::new("fixture.txt"));
+                assert_eq!(*line, 4);
+            }
+            other => panic!("unexpected error {other:?}"),
+        }
+        assert!(
+            err.to_string()
+                .starts_with("malformed capture line fixture.txt:4: ")
+        );
+
+        let err = parse("wss://x <-> 1.5\nwss://x <- soon: {}\n").expect_err("must fail");
+        assert!(matches!(err, CaptureError::Parse { line: 2, .. }), "{err}");
+    }
+
+    #[test]
+    fn recorder2_keeps_recv_data_verbatim() {
+        let (format, frames) = parse(RECORDER2).expect("fixture parses");
+        assert_eq!(format, CaptureFormat::Recorder2);
+        assert_eq!(
+            frames,
+            vec![
+                frame(
+                    Some(1618678132.831468),
+                    r#"{"connectionID":18239578009413566319,"event":"systemStatus","status":"online","version":"1.8.3"}"#
+                ),
+                frame(
+                    Some(1633998288.39296),
+                    r#"{"stream":"omgbusd@aggTrade","data":{"e":"aggTrade","E":1633998288468,"s":"OMGBUSD","a":425085,"p":"13.80480000","q":"2.10000000","f":439577,"l":439577,"T":1633998288467,"m":false,"M":true}}"#
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn recorder2_malformed_recv_names_file_and_line() {
+        let broken = format!("{}\n{{\"t\":\"recv\",\"ts\":1.0,\"data\":\"{{}}\"\n", {
+            RECORDER2.lines().next().unwrap_or_default()
+        });
+        let err = parse(&broken).expect_err("truncated json must fail");
+        assert!(matches!(err, CaptureError::Parse { line: 2, .. }), "{err}");
+
+        let no_data = "{\"t\":\"header\"}\n{\"t\":\"recv\",\"ts\":1.0}\n";
+        let err = parse(no_data).expect_err("recv without data must fail");
+        assert!(matches!(err, CaptureError::Parse { line: 2, .. }), "{err}");
+        assert!(err.to_string().contains("data"), "{err}");
+
+        let data_not_string = "{\"t\":\"recv\",\"ts\":1.0,\"data\":{\"a\":1}}\n";
+        let err = parse(data_not_string).expect_err("non-string data must fail");
+        assert!(matches!(err, CaptureError::Parse { line: 1, .. }), "{err}");
+    }
+
+    #[test]
+    fn plain_keeps_each_line_without_timestamps() {
+        let (format, frames) = parse(PLAIN).expect("fixture parses");
+        assert_eq!(format, CaptureFormat::Plain);
+        assert_eq!(
+            frames,
+            vec![
+                frame(None, r#"{"e":"trade","s":"BTCUSDT","t":1}"#),
+                frame(None, r#"{"e":"trade","s":"BTCUSDT","t":2}"#),
+                frame(None, "not json is kept as is"),
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_file_is_plain_with_no_frames() {
+        let (format, frames) = parse("\n# nothing here\n").expect("parses");
+        assert_eq!(format, CaptureFormat::Plain);
+        assert!(frames.is_empty());
+    }
+
+    #[test]
+    fn invalid_utf8_names_its_line() {
+        let err = parse_capture(Path::new("bad.txt"), b"{\"a\":1}\n\xff\xfe\n").expect_err("fails");
+        assert!(matches!(err, CaptureError::Parse { line: 2, .. }), "{err}");
+    }
+
+    #[test]
+    fn read_captures_concatenates_files_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let one = dir.path().join("KRAKEN.ws.48.0.txt");
+        let two = dir.path().join("KRAKEN.jsonl");
+        let three = dir.path().join("plain.txt");
+        std::fs::write(&one, RECORDER1).expect("write");
+        std::fs::write(&two, RECORDER2).expect("write");
+        std::fs::write(&three, PLAIN).expect("write");
+
+        let (format, _) = read_capture(&two).expect("reads");
+        assert_eq!(format, CaptureFormat::Recorder2);
+
+        let frames = read_captures(&[one, two, three]).expect("reads");
+        assert_eq!(frames.len(), 5 + 2 + 3);
+        assert_eq!(frames[0].ts, Some(1618678132.831468));
+        assert_eq!(frames[5].ts, Some(1618678132.831468));
+        assert_eq!(frames[9].data, "not json is kept as is");
+    }
+
+    #[test]
+    fn missing_file_is_an_io_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("nope.jsonl");
+        let err = read_capture(&missing).expect_err("fails");
+        assert!(matches!(err, CaptureError::Io { .. }));
+        assert!(err.to_string().contains("nope.jsonl"), "{err}");
+    }
 }

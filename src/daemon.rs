@@ -380,6 +380,10 @@ impl Daemon {
                 tracing::error!(error = %e, "final flush failed");
             }
         }
+        // Everything is committed. The Kafka clients inside the actors only
+        // go away when the process exits; tearing the embedded cluster down
+        // before them would just make them log connection errors.
+        std::mem::forget(self._embedded);
         Ok(())
     }
 }

@@ -94,11 +94,9 @@ impl WriterActor {
         self.kind.name()
     }
 
-    /// Starts a flush of everything buffered; the actor waits for it.
-    fn flush(
-        &mut self,
-        ctx: &mut Context<Self>,
-    ) -> Option<Pin<Box<dyn Future<Output = FlushOutcome>>>> {
+    /// Takes everything buffered into a flush future; callers make the
+    /// actor wait on it (`ctx.wait`), so flushes never overlap.
+    fn flush(&mut self) -> Option<Pin<Box<dyn Future<Output = FlushOutcome>>>> {
         if !self.dirty && self.buffer.is_empty() {
             return None;
         }
@@ -113,7 +111,6 @@ impl WriterActor {
         let schema = self.schema.clone();
         let target = self.policy.target_file_size;
         let metrics = self.metrics.clone();
-        let _ = ctx;
         let task = tokio::spawn(async move {
             let started = Instant::now();
             let batch = match rows {
@@ -242,7 +239,7 @@ impl Actor for WriterActor {
             let due = act
                 .oldest
                 .is_some_and(|t| t.elapsed() >= act.policy.max_age);
-            if due && let Some(f) = act.flush(ctx) {
+            if due && let Some(f) = act.flush() {
                 ctx.wait(f.into_actor(act).map(|res, act, _| {
                     let _ = act.after_flush(res);
                 }));
@@ -275,7 +272,7 @@ impl Handler<Consumed> for WriterActor {
             .with_label_values(&[self.table()])
             .set(self.buffer.len() as i64);
         if self.buffer.len() >= self.policy.max_rows
-            && let Some(f) = self.flush(ctx)
+            && let Some(f) = self.flush()
         {
             ctx.wait(f.into_actor(self).map(|res, act, _| {
                 let _ = act.after_flush(res);
@@ -288,7 +285,7 @@ impl Handler<Flush> for WriterActor {
     type Result = AtomicResponse<Self, Result<Option<i64>, WriterError>>;
 
     fn handle(&mut self, _: Flush, ctx: &mut Self::Context) -> Self::Result {
-        match self.flush(ctx) {
+        match self.flush() {
             None => AtomicResponse::new(Box::pin(actix::fut::ready(Ok(None)))),
             Some(f) => AtomicResponse::new(Box::pin(
                 f.into_actor(self).map(|res, act, _| act.after_flush(res)),
