@@ -284,7 +284,7 @@ impl Handler<Consumed> for WriterActor {
 impl Handler<Flush> for WriterActor {
     type Result = AtomicResponse<Self, Result<Option<i64>, WriterError>>;
 
-    fn handle(&mut self, _: Flush, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _: Flush, _ctx: &mut Self::Context) -> Self::Result {
         match self.flush() {
             None => AtomicResponse::new(Box::pin(actix::fut::ready(Ok(None)))),
             Some(f) => AtomicResponse::new(Box::pin(
