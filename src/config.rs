@@ -258,11 +258,11 @@ impl Config {
         }
         // TICKLAKE_TEST_* belongs to the test harness and TICKLAKE_LOG and
         // TICKLAKE_CONFIG to the CLI; none of them are config keys.
-        fig = fig.merge(
-            Env::prefixed(ENV_PREFIX)
-                .split("__")
-                .filter(|k| !k.as_str().starts_with("test_") && k != "log" && k != "config"),
-        );
+        fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__").filter(|k| {
+            // keys arrive in the variable's own case
+            let k = k.as_str().to_ascii_lowercase();
+            !k.starts_with("test_") && k != "log" && k != "config"
+        }));
         let cfg: Config = fig.extract().map_err(|e| from_figment(e, file))?;
         cfg.validate(&fig, file)?;
         Ok(cfg)
@@ -463,6 +463,16 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// Every test that loads config runs inside a figment `Jail`: jails are
+    /// serialized, so one test's environment variables never leak into
+    /// another's load.
+    fn jailed(f: impl FnOnce()) {
+        figment::Jail::expect_with(|_| {
+            f();
+            Ok(())
+        });
+    }
+
     fn write(body: &str) -> tempfile::NamedTempFile {
         let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
         f.write_all(body.as_bytes()).unwrap();
@@ -471,41 +481,68 @@ mod tests {
 
     #[test]
     fn shipped_config_matches_the_built_in_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ticklake.toml");
-        let cfg = Config::load(Some(&path)).unwrap();
-        assert_eq!(cfg, Config::default());
+        jailed(|| {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ticklake.toml");
+            let cfg = Config::load(Some(&path)).unwrap();
+            assert_eq!(cfg, Config::default());
+        });
     }
 
     #[test]
     fn unknown_key_names_key_and_file() {
-        let f = write("[kafka]\nbrokerz = \"x\"\n");
-        let e = Config::load(Some(f.path())).unwrap_err().to_string();
-        assert!(e.contains("kafka.brokerz"), "{e}");
-        assert!(e.contains(&f.path().display().to_string()), "{e}");
+        jailed(|| {
+            let f = write("[kafka]\nbrokerz = \"x\"\n");
+            let e = Config::load(Some(f.path())).unwrap_err().to_string();
+            assert!(e.contains("kafka.brokerz"), "{e}");
+            assert!(e.contains(&f.path().display().to_string()), "{e}");
+        });
     }
 
     #[test]
     fn wrong_type_names_key_and_file() {
-        let f = write("[writer]\nmax_rows = \"many\"\n");
-        let e = Config::load(Some(f.path())).unwrap_err().to_string();
-        assert!(e.contains("writer.max_rows"), "{e}");
-        assert!(e.contains(&f.path().display().to_string()), "{e}");
+        jailed(|| {
+            let f = write("[writer]\nmax_rows = \"many\"\n");
+            let e = Config::load(Some(f.path())).unwrap_err().to_string();
+            assert!(e.contains("writer.max_rows"), "{e}");
+            assert!(e.contains(&f.path().display().to_string()), "{e}");
+        });
     }
 
     #[test]
     fn bad_value_names_key_and_file() {
-        let f = write("[feeds.binance]\nurl = \"http://example.com\"\n");
-        let e = Config::load(Some(f.path())).unwrap_err().to_string();
-        assert!(e.contains("feeds.binance.url"), "{e}");
-        assert!(e.contains(&f.path().display().to_string()), "{e}");
-        let f = write("[feeds.binance]\nstreams = [\"depth\"]\n");
-        let e = Config::load(Some(f.path())).unwrap_err().to_string();
-        assert!(e.contains("feeds.binance.streams"), "{e}");
+        jailed(|| {
+            let f = write("[feeds.binance]\nurl = \"http://example.com\"\n");
+            let e = Config::load(Some(f.path())).unwrap_err().to_string();
+            assert!(e.contains("feeds.binance.url"), "{e}");
+            assert!(e.contains(&f.path().display().to_string()), "{e}");
+            let f = write("[feeds.binance]\nstreams = [\"depth\"]\n");
+            let e = Config::load(Some(f.path())).unwrap_err().to_string();
+            assert!(e.contains("feeds.binance.streams"), "{e}");
+        });
+    }
+
+    #[test]
+    fn env_overrides_keys_and_ignores_reserved_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TICKLAKE_FEEDS__BINANCE__URL", "ws://127.0.0.1:9000");
+            jail.set_env("TICKLAKE_DATA_DIR", "/var/lib/x");
+            jail.set_env("TICKLAKE_TEST_BROKERS", "127.0.0.1:1");
+            jail.set_env("TICKLAKE_LOG", "debug");
+            let cfg = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.feeds.binance.url, "ws://127.0.0.1:9000");
+            assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/x"));
+            jail.set_env("TICKLAKE_KAFKA__BROKERZ", "x");
+            let e = Config::load(None).unwrap_err().to_string();
+            assert!(e.contains("kafka.brokerz"), "{e}");
+            Ok(())
+        });
     }
 
     #[test]
     fn missing_file_is_an_error() {
-        let e = Config::load(Some(Path::new("/nonexistent/x.toml"))).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent/x.toml"));
+        jailed(|| {
+            let e = Config::load(Some(Path::new("/nonexistent/x.toml"))).unwrap_err();
+            assert!(e.to_string().contains("/nonexistent/x.toml"));
+        });
     }
 }

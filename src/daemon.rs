@@ -257,6 +257,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         },
         cluster_id.clone(),
         metrics.clone(),
+        cfg.writer.max_rows,
     ));
 
     let producer: FutureProducer = kafka::producer_config(&cfg.kafka, &bootstrap).create()?;

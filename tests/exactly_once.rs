@@ -13,7 +13,7 @@ fn sigkill_during_writes_never_duplicates_or_loses() {
     let brokers = tansu();
     let env = Env::new(&brokers, None, "");
     // small, frequent commits so kills land between and during commits
-    env.set("writer", "max_rows", "120");
+    env.set("writer", "max_rows", "25");
     env.set("writer", "max_age_ms", "150");
 
     let out = Command::new(bin())
@@ -39,17 +39,17 @@ fn sigkill_during_writes_never_duplicates_or_loses() {
         let mut d = env.start_daemon(&format!("daemon{round}"));
         // Kill after a varying number of this process's commits, plus a
         // varying delay, so the kill lands in different phases of a flush.
-        let commits_before_kill = 1.0 + f64::from(round % 3);
+        let commits_before_kill = 2.0 + f64::from(round);
         let start = Instant::now();
         while env.counter(
             "ticklake_writer_commits_total",
-            "table=\"trades\",outcome=\"ok\"",
+            "outcome=\"ok\",table=\"trades\"",
         ) < commits_before_kill
             && start.elapsed() < Duration::from_secs(20)
         {
             std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(u64::from(round) * 37 % 120));
+        std::thread::sleep(Duration::from_millis(u64::from(round) * 7 % 25));
         d.kill();
         let n = env.count("select count(*) from market.trades");
         committed_at_kill.push(n);

@@ -31,6 +31,9 @@ pub struct ConsumerActor {
     routes: Option<Routes>,
     cluster_id: String,
     metrics: Metrics,
+    /// Records per routed message; at most the writer's row limit, so a
+    /// flush is never larger than `writer.max_rows` plus one chunk.
+    chunk: usize,
 }
 
 impl ConsumerActor {
@@ -40,6 +43,7 @@ impl ConsumerActor {
         routes: Routes,
         cluster_id: String,
         metrics: Metrics,
+        max_rows: usize,
     ) -> Self {
         Self {
             consumer,
@@ -47,12 +51,13 @@ impl ConsumerActor {
             routes: Some(routes),
             cluster_id,
             metrics,
+            chunk: max_rows.clamp(1, MAX_CHUNK),
         }
     }
 }
 
 /// Largest number of records decoded and routed as one message.
-const CHUNK: usize = 2048;
+const MAX_CHUNK: usize = 2048;
 
 impl Actor for ConsumerActor {
     type Context = Context<Self>;
@@ -64,10 +69,11 @@ impl Actor for ConsumerActor {
         let consumer = self.consumer.clone();
         let codec = self.codec.clone();
         let metrics = self.metrics.clone();
+        let chunk_size = self.chunk;
         // The loop runs on the actor's arbiter: rdkafka's borrowed messages
         // are not Send, and decoding is cheap next to the Iceberg commit.
         let fut = async move {
-            let mut stream = consumer.stream().ready_chunks(CHUNK);
+            let mut stream = consumer.stream().ready_chunks(chunk_size);
             while let Some(chunk) = stream.next().await {
                 let mut trades: Vec<TradeV2> = Vec::new();
                 let mut dead: Vec<DeadLetter> = Vec::new();
