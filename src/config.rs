@@ -458,7 +458,9 @@ fn from_figment(e: figment::Error, file: Option<&Path>) -> ConfigError {
     }
 }
 
+// figment's `Jail` fixes the closure's error type to its own large error.
 #[cfg(test)]
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use std::io::Write;
