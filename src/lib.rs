@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod dedup;
 pub mod exchanges;
 pub mod http;
+pub mod instruments;
 pub mod kafka;
 pub mod lake;
 pub mod messages;
