@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The one test command: formatting, lints, and every test target.
+#
+# Integration tests need a Kafka-API broker and Python helpers; they read
+#   TICKLAKE_TEST_BROKERS    bootstrap address of a running Tansu broker
+#   TICKLAKE_TEST_TANSU_DIR  its workdir (for scripts/tansu.sh stop/start)
+#   TICKLAKE_TEST_PYTHON     python with confluent-kafka and pyiceberg
+#   TICKLAKE_TEST_SCRIPTS    this scripts/ directory
+# and fail when they are missing. If TICKLAKE_TEST_BROKERS is unset this
+# script sets all of that up itself (venv, Tansu install, a broker in a temp
+# dir that is stopped on exit), so on a fresh machine `scripts/test.sh` is
+# all a developer runs. .ci/run starts the broker itself and then calls this.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
+
+tansu_dir=""
+cleanup() {
+    local rc=$?
+    if [[ -n "$tansu_dir" ]]; then
+        scripts/tansu.sh stop "$tansu_dir" || true
+        if [[ $rc -eq 0 ]]; then
+            rm -rf "$tansu_dir"
+        else
+            echo "test.sh: kept broker workdir for inspection: $tansu_dir (see tansu.log)" >&2
+        fi
+    fi
+    exit "$rc"
+}
+
+if [[ -z "${TICKLAKE_TEST_BROKERS:-}" ]]; then
+    # Plain assignments (not `export X=$(...)`) so set -e sees failures.
+    TICKLAKE_TEST_PYTHON="$(scripts/setup-python.sh)"
+    export TICKLAKE_TEST_PYTHON
+    scripts/tansu.sh install
+    tansu_dir="$(mktemp -d "${TMPDIR:-/tmp}/ticklake-tansu.XXXXXX")"
+    trap cleanup EXIT
+    TICKLAKE_TEST_BROKERS="$(scripts/tansu.sh start "$tansu_dir")"
+    export TICKLAKE_TEST_BROKERS
+    export TICKLAKE_TEST_TANSU_DIR="$tansu_dir"
+fi
+# Fill in what a caller that started its own broker may have left out.
+if [[ -z "${TICKLAKE_TEST_PYTHON:-}" ]]; then
+    TICKLAKE_TEST_PYTHON="$(scripts/setup-python.sh)"
+fi
+export TICKLAKE_TEST_PYTHON
+export TICKLAKE_TEST_SCRIPTS="${TICKLAKE_TEST_SCRIPTS:-$repo_root/scripts}"
+
+echo "test.sh: brokers=$TICKLAKE_TEST_BROKERS tansu_dir=${TICKLAKE_TEST_TANSU_DIR:-} python=$TICKLAKE_TEST_PYTHON" >&2
+
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets -- --test-threads=2
