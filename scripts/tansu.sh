@@ -145,6 +145,11 @@ cmd_start() {
     if [[ -s "$dir/bootstrap" ]]; then
         bootstrap="$(cat "$dir/bootstrap")"
         port="${bootstrap##*:}"
+        local i
+        for ((i = 0; i < 50; i++)); do
+            port_open "$port" || break
+            sleep 0.1
+        done
         if port_open "$port"; then
             die "port $port (from $dir/bootstrap) is in use by another process"
         fi
@@ -219,6 +224,16 @@ cmd_stop() {
         while proc_alive "$pid"; do
             sleep 0.1
         done
+        # The pid can look dead (zombie leader) while other threads still
+        # hold the listening socket for a moment.
+        if [[ -s "$dir/bootstrap" ]]; then
+            local port i
+            port="$(cut -d: -f2 "$dir/bootstrap")"
+            for ((i = 0; i < 100; i++)); do
+                port_open "$port" || break
+                sleep 0.1
+            done
+        fi
         log "stopped tansu pid $pid ($STOP_MODE)"
     fi
     rm -f "$dir/tansu.pid"
