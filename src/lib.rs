@@ -22,3 +22,4 @@ pub mod produce;
 pub mod query;
 pub mod registry;
 pub mod replay;
+pub mod sql_guard;
