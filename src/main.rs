@@ -51,6 +51,10 @@ enum Command {
         /// client that (re)connects gets only frames from then on.
         #[arg(long)]
         live: bool,
+        /// Rewrite exchange timestamps so the capture plays as if live: the
+        /// first timestamped frame is "now", recorded gaps are kept.
+        #[arg(long)]
+        retime: bool,
     },
     /// Run SQL over the lake and print the result.
     Query {
@@ -100,6 +104,7 @@ fn main() -> anyhow::Result<()> {
             rate,
             looped,
             live,
+            retime,
         } => {
             let frames = ticklake::capture::read_captures(&capture)?;
             let pacing = match (speed, rate) {
@@ -117,6 +122,7 @@ fn main() -> anyhow::Result<()> {
                         pacing,
                         looped,
                         live,
+                        retime,
                     },
                 )
                 .await?;

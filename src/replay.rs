@@ -66,6 +66,10 @@ pub struct ReplayOptions {
     pub looped: bool,
     /// One shared timeline from server start instead of a fresh replay per client.
     pub live: bool,
+    /// Rewrite exchange timestamps so the capture plays as if live: the first
+    /// timestamped frame becomes "now" at the start of each pass, and the
+    /// recorded gaps between exchange timestamps are kept.
+    pub retime: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -239,6 +243,8 @@ struct Plan {
     clock: Clock,
     looped: bool,
     live: bool,
+    /// Exchange time (ms) of the first timestamped frame, when retiming.
+    retime_base: Option<i64>,
 }
 
 enum Clock {
@@ -298,6 +304,20 @@ impl Plan {
                  clients that cannot keep up will be disconnected"
             );
         }
+        let retime_base = if opts.retime {
+            let base = opts
+                .frames
+                .iter()
+                .find_map(|f| retime::exchange_time_ms(&f.data));
+            if base.is_none() {
+                warn!(
+                    "--retime: no frame carries an exchange timestamp; frames are sent unchanged"
+                );
+            }
+            base
+        } else {
+            None
+        };
         let frames = match Arc::try_unwrap(opts.frames) {
             Ok(frames) => frames
                 .into_iter()
@@ -313,7 +333,21 @@ impl Plan {
             clock,
             looped: opts.looped,
             live: opts.live,
+            retime_base,
         })
+    }
+
+    /// The shift (ms) that makes this pass start "now", when retiming.
+    fn pass_shift(&self) -> Option<i64> {
+        self.retime_base.map(|base| retime::now_ms() - base)
+    }
+
+    /// The frame as sent in a pass with `shift`.
+    fn frame_for_pass(frame: &Utf8Bytes, shift: Option<i64>) -> Utf8Bytes {
+        match shift.and_then(|s| retime::shift_frame(frame.as_str(), s)) {
+            Some(text) => Utf8Bytes::from(text),
+            None => frame.clone(),
+        }
     }
 }
 
@@ -483,10 +517,11 @@ impl Hub {
 async fn run_timeline(plan: Arc<Plan>, hub: Arc<Hub>) {
     let mut pacer = Pacer::new(&plan.clock);
     loop {
+        let shift = plan.pass_shift();
         for (index, frame) in plan.frames.iter().enumerate() {
             // Cannot fail: there is no sink to flush.
             let _ = pacer.wait(index, None).await;
-            hub.publish(frame);
+            hub.publish(&Plan::frame_for_pass(frame, shift));
         }
         if !plan.looped {
             break;
@@ -689,11 +724,13 @@ async fn send_frame(
 async fn play_own(sink: &mut WsSink, plan: &Plan, sent: &mut u64, total: &AtomicU64) -> SessionEnd {
     let mut pacer = Pacer::new(&plan.clock);
     loop {
+        let shift = plan.pass_shift();
         for (index, frame) in plan.frames.iter().enumerate() {
             if let Err(e) = pacer.wait(index, Some(&mut *sink)).await {
                 return SessionEnd::lost(e);
             }
-            if let Err(e) = send_frame(sink, frame, sent, total).await {
+            let frame = Plan::frame_for_pass(frame, shift);
+            if let Err(e) = send_frame(sink, &frame, sent, total).await {
                 return SessionEnd::lost(e);
             }
         }
@@ -737,6 +774,79 @@ async fn play_live(
     match sink.flush().await {
         Ok(()) => SessionEnd::Finished,
         Err(e) => SessionEnd::lost(e),
+    }
+}
+
+/// Exchange timestamps in trade frames. Binance (the supported exchange)
+/// carries event time `E` and trade time `T`, in milliseconds, either at the
+/// top level or under the combined stream's `data`.
+mod retime {
+    use serde_json::Value;
+
+    const FIELDS: [&str; 2] = ["T", "E"];
+
+    pub fn now_ms() -> i64 {
+        chrono::Utc::now().timestamp_millis()
+    }
+
+    fn body(v: &mut Value) -> Option<&mut serde_json::Map<String, Value>> {
+        if v.get("data").is_some_and(Value::is_object) {
+            v.get_mut("data")?.as_object_mut()
+        } else {
+            v.as_object_mut()
+        }
+    }
+
+    /// The frame's exchange time: trade time, else event time.
+    pub fn exchange_time_ms(text: &str) -> Option<i64> {
+        let mut v: Value = serde_json::from_str(text).ok()?;
+        let obj = body(&mut v)?;
+        FIELDS.iter().find_map(|f| obj.get(*f)?.as_i64())
+    }
+
+    /// The frame with every exchange timestamp moved by `shift_ms`, or None
+    /// when it has none (and is sent as recorded).
+    pub fn shift_frame(text: &str, shift_ms: i64) -> Option<String> {
+        let mut v: Value = serde_json::from_str(text).ok()?;
+        let obj = body(&mut v)?;
+        let mut changed = false;
+        for f in FIELDS {
+            if let Some(t) = obj.get(f).and_then(Value::as_i64) {
+                obj.insert(f.to_string(), Value::from(t.saturating_add(shift_ms)));
+                changed = true;
+            }
+        }
+        if changed {
+            serde_json::to_string(&v).ok()
+        } else {
+            None
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn shifts_trade_and_event_time_in_combined_and_raw_frames() {
+            let combined = r#"{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":1000,"s":"BTCUSDT","T":990,"p":"1.0"}}"#;
+            assert_eq!(exchange_time_ms(combined), Some(990));
+            let out: Value = serde_json::from_str(&shift_frame(combined, 10).unwrap()).unwrap();
+            assert_eq!(out["data"]["T"], 1000);
+            assert_eq!(out["data"]["E"], 1010);
+            assert_eq!(out["data"]["p"], "1.0");
+            let raw = r#"{"e":"depthUpdate","E":5,"s":"X"}"#;
+            assert_eq!(exchange_time_ms(raw), Some(5));
+            let out: Value = serde_json::from_str(&shift_frame(raw, -5).unwrap()).unwrap();
+            assert_eq!(out["E"], 0);
+        }
+
+        #[test]
+        fn frames_without_timestamps_pass_unchanged() {
+            assert_eq!(shift_frame(r#"{"result":null,"id":1}"#, 10), None);
+            assert_eq!(shift_frame("not json", 10), None);
+            assert_eq!(exchange_time_ms(r#"[1,2]"#), None);
+        }
     }
 }
 
@@ -784,6 +894,7 @@ mod tests {
             pacing,
             looped: false,
             live: false,
+            retime: false,
         }
     }
 

@@ -107,3 +107,51 @@ fn replay_sends_only_received_frames_of_a_real_capture() {
     assert_eq!(got.len(), expected.len());
     assert_eq!(got, expected);
 }
+
+#[test]
+fn replay_retime_plays_the_capture_as_if_live() {
+    let cap = capture("BINANCE_US.ws.1.0.txt");
+    let trade_times = |frames: &[String]| -> Vec<i64> {
+        frames
+            .iter()
+            .filter_map(|f| serde_json::from_str::<serde_json::Value>(f).ok())
+            .filter(|v| v["data"]["e"] == "aggTrade")
+            .map(|v| v["data"]["T"].as_i64().unwrap())
+            .collect()
+    };
+    let recorded: Vec<String> = std::fs::read_to_string(&cap)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (ts, rest) = l.split_once(": ")?;
+            ts.parse::<f64>().ok().map(|_| rest.to_string())
+        })
+        .collect();
+    let (_replay, url) = start_replay(&[cap], &["--retime"]);
+    let started_ms = chrono::Utc::now().timestamp_millis();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let got: Vec<String> = rt.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_text() {
+                got.push(m.into_text().unwrap().to_string());
+            }
+        }
+        got
+    });
+    let (old, new) = (trade_times(&recorded), trade_times(&got));
+    assert_eq!(old.len(), new.len());
+    assert!(!new.is_empty());
+    // The capture's first timestamped frame (a depth update, just before the
+    // first trade) became "now"; the trade times moved by one common shift.
+    let shift = new[0] - old[0];
+    assert!(
+        (new[0] - started_ms).abs() < 60_000,
+        "first trade at {} is not near now {started_ms}",
+        new[0]
+    );
+    for (o, n) in old.iter().zip(&new) {
+        assert_eq!(n - o, shift, "gaps between trades are kept");
+    }
+}
