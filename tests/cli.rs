@@ -131,7 +131,9 @@ fn replay_retime_plays_the_capture_as_if_live() {
     let started_ms = chrono::Utc::now().timestamp_millis();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let got: Vec<String> = rt.block_on(async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
         let mut got = Vec::new();
         while let Some(Ok(m)) = ws.next().await {
             if m.is_text() {

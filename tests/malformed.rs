@@ -181,6 +181,14 @@ fn malformed_frames_are_dead_lettered_and_valid_frames_stored() {
         assert!(row["source"].as_str().unwrap().starts_with(&url));
     }
 
+    println!(
+        "stored {} valid trades; dead-lettered {} frames: {:?}",
+        ids.len(),
+        dead.len(),
+        dead.iter()
+            .map(|r| r["reason"].as_str().unwrap_or_default())
+            .collect::<Vec<_>>()
+    );
     let status = daemon.terminate();
     assert!(status.success(), "exit {status}:\n{}", daemon.log_tail());
 }
