@@ -410,10 +410,13 @@ impl Config {
 /// The environment variable that sets `key` (figment's own rendering does
 /// not know about the `__` split).
 fn env_var_name(key: &str) -> String {
-    format!(
-        "environment variable {ENV_PREFIX}{}",
-        key.replace('.', "__").to_ascii_uppercase()
-    )
+    // array indexes (`streams.0`) are part of the value, not the name
+    let name: Vec<String> = key
+        .split('.')
+        .filter(|p| !p.chars().all(|c| c.is_ascii_digit()))
+        .map(str::to_ascii_uppercase)
+        .collect();
+    format!("environment variable {ENV_PREFIX}{}", name.join("__"))
 }
 
 /// Where a key's value came from: the file, an env var, or the defaults.
