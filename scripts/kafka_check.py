@@ -12,6 +12,11 @@ Usage:
   kafka_check.py produce-count <bootstrap> <topic>
       print {"topic":..,"partitions":{"0":[lo,hi],...},"records":N} where N is
       the sum over partitions of (high watermark - low watermark).
+  kafka_check.py lag <bootstrap> <group> <topic>
+      print {"group":..,"topic":..,"partitions":{"0":{"committed":c,"high":h}},"lag":N}
+      where N is the sum of (high - committed); a partition the group never
+      committed counts from its low watermark. What lag tools (burrow, kcat)
+      would report for the group.
 """
 
 import json
@@ -122,8 +127,41 @@ def cmd_produce_count(bootstrap, topic):
     print(json.dumps({"topic": topic, "partitions": parts, "records": total}))
 
 
+def cmd_lag(bootstrap, group, topic):
+    n = _partition_count(_admin(bootstrap), topic)
+    if n is None:
+        _die(f"topic {topic} does not exist")
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            # Reads the group's committed offsets; never subscribes or commits.
+            "group.id": group,
+            "enable.auto.commit": False,
+            "log_level": 3,
+        }
+    )
+    try:
+        tps = [TopicPartition(topic, p) for p in range(n)]
+        committed = consumer.committed(tps, timeout=TIMEOUT_S)
+        parts = {}
+        lag = 0
+        for tp in committed:
+            lo, hi = consumer.get_watermark_offsets(
+                TopicPartition(topic, tp.partition), timeout=TIMEOUT_S, cached=False
+            )
+            c = tp.offset if tp.offset >= 0 else None
+            parts[str(tp.partition)] = {"committed": c, "high": hi}
+            lag += hi - (c if c is not None else lo)
+    except KafkaException as e:
+        _die(f"lag of {group} on {topic}: {e}")
+    finally:
+        consumer.close()
+    print(json.dumps({"group": group, "topic": topic, "partitions": parts, "lag": lag}))
+
+
 def main(argv):
     cmds = {
+        "lag": (cmd_lag, 3),
         "metadata": (cmd_metadata, 1),
         "create-topic": (cmd_create_topic, 3),
         "produce-count": (cmd_produce_count, 2),

@@ -94,7 +94,21 @@ fn replayed_captures_land_in_iceberg_exactly() {
         assert_eq!(r["exchange"].as_str().unwrap(), "BINANCE");
     }
 
-    // Lag tools see the lake's position: the group committed the offsets.
+    // Lag tools see the lake's position: after each Iceberg commit the group
+    // committed the same offsets, so its lag drains to zero.
+    let mut lag = serde_json::Value::Null;
+    wait_until("group lag at zero", Duration::from_secs(30), || {
+        lag = env.group_lag(&brokers);
+        lag["lag"].as_i64() == Some(0)
+    });
+    let high: i64 = lag["partitions"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p["high"].as_i64().unwrap())
+        .sum();
+    assert_eq!(high, expected, "records on the topic: {lag}");
+    println!("consumer group lag: {lag}");
     let status = daemon.terminate();
     assert!(
         status.success(),

@@ -56,6 +56,8 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub http_port: u16,
+    /// Prefix of this test's topics and consumer group.
+    pub run: String,
 }
 
 impl Env {
@@ -101,6 +103,7 @@ listen = "127.0.0.1:{http_port}"
             dir,
             config,
             http_port,
+            run,
         }
     }
 
@@ -130,6 +133,23 @@ listen = "127.0.0.1:{http_port}"
             out.push(format!("{key} = {value}"));
         }
         std::fs::write(&self.config, out.join("\n") + "\n").unwrap();
+    }
+
+    /// What lag tools see for the lake's consumer group on the trades
+    /// topic, via `scripts/kafka_check.py lag` (confluent-kafka).
+    pub fn group_lag(&self, brokers: &str) -> serde_json::Value {
+        let out = Command::new(python())
+            .arg(scripts_dir().join("kafka_check.py"))
+            .args(["lag", brokers, &format!("{}-lake", self.run)])
+            .arg(format!("{}.trades.binance", self.run))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "lag: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
     }
 
     pub fn data_dir(&self) -> PathBuf {
