@@ -7,7 +7,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use futures::StreamExt;
 
 fn run_expect_failure(args: &[&str], envs: &[(&str, &str)]) -> String {
     let mut c = Command::new(bin());
@@ -80,30 +79,10 @@ fn run_with_no_config_comes_up_on_the_embedded_default() {
 #[test]
 fn replay_sends_only_received_frames_of_a_real_capture() {
     let cap = capture("BINANCE_US.ws.1.0.txt");
-    let expected: Vec<String> = std::fs::read_to_string(&cap)
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let (ts, rest) = l.split_once(": ")?;
-            ts.parse::<f64>().ok().map(|_| rest.to_string())
-        })
-        .collect();
+    let expected = received_frames(&cap);
     assert!(expected.len() > 100);
     let (_replay, url) = start_replay(&[cap], &[]);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let got: Vec<String> = rt.block_on(async {
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async(format!("{url}/stream?streams=compusdt@aggTrade"))
-                .await
-                .unwrap();
-        let mut got = Vec::new();
-        while let Some(Ok(m)) = ws.next().await {
-            if m.is_text() {
-                got.push(m.into_text().unwrap().to_string());
-            }
-        }
-        got
-    });
+    let got = collect_text_frames(&format!("{url}/stream?streams=compusdt@aggTrade"));
     assert_eq!(got.len(), expected.len());
     assert_eq!(got, expected);
 }
@@ -119,29 +98,10 @@ fn replay_retime_plays_the_capture_as_if_live() {
             .map(|v| v["data"]["T"].as_i64().unwrap())
             .collect()
     };
-    let recorded: Vec<String> = std::fs::read_to_string(&cap)
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let (ts, rest) = l.split_once(": ")?;
-            ts.parse::<f64>().ok().map(|_| rest.to_string())
-        })
-        .collect();
+    let recorded = received_frames(&cap);
     let (_replay, url) = start_replay(&[cap], &["--retime"]);
     let started_ms = chrono::Utc::now().timestamp_millis();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let got: Vec<String> = rt.block_on(async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-            .await
-            .unwrap();
-        let mut got = Vec::new();
-        while let Some(Ok(m)) = ws.next().await {
-            if m.is_text() {
-                got.push(m.into_text().unwrap().to_string());
-            }
-        }
-        got
-    });
+    let got = collect_text_frames(&url);
     let (old, new) = (trade_times(&recorded), trade_times(&got));
     assert_eq!(old.len(), new.len());
     assert!(!new.is_empty());

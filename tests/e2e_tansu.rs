@@ -10,20 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// Received frames of a recorder-format-1 capture, read here by hand so the
-/// ground truth does not come from ticklake's own capture reader.
-fn received_frames(path: &std::path::Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let (ts, rest) = l.split_once(": ")?;
-            ts.parse::<f64>().ok()?;
-            Some(rest.to_string())
-        })
-        .collect()
-}
-
 #[test]
 fn replayed_captures_land_in_iceberg_exactly() {
     let brokers = tansu();

@@ -384,3 +384,34 @@ pub fn dec8(s: &str) -> String {
     let int = int.trim_start_matches('0');
     format!("{}.{}", if int.is_empty() { "0" } else { int }, frac)
 }
+
+/// Received frames of a recorder-format-1 capture, read here by hand so the
+/// ground truth does not come from ticklake's own capture reader.
+pub fn received_frames(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (ts, rest) = l.split_once(": ")?;
+            ts.parse::<f64>().ok()?;
+            Some(rest.to_string())
+        })
+        .collect()
+}
+
+/// Connects a WebSocket client and collects every text frame until the
+/// server closes.
+pub fn collect_text_frames(url: &str) -> Vec<String> {
+    use futures::StreamExt;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_text() {
+                got.push(m.into_text().unwrap().to_string());
+            }
+        }
+        got
+    })
+}
