@@ -27,6 +27,11 @@ pub enum KafkaSetupError {
     NoClusterId(String),
     #[error("topic {0} has no partitions")]
     NoPartitions(String),
+    #[error("creating topics on {bootstrap} failed (is the broker reachable?): {source}")]
+    Admin {
+        bootstrap: String,
+        source: KafkaError,
+    },
 }
 
 /// librdkafka's in-process cluster. It is `!Send`, so it lives on its own
@@ -138,7 +143,15 @@ pub async fn ensure_topics(
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for r in admin.create_topics(&new, &opts).await? {
+    let results =
+        admin
+            .create_topics(&new, &opts)
+            .await
+            .map_err(|source| KafkaSetupError::Admin {
+                bootstrap: bootstrap.to_string(),
+                source,
+            })?;
+    for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
