@@ -95,7 +95,10 @@ fn start_positions(
 /// Running daemon handles, for shutdown.
 pub struct Daemon {
     feed: Option<Addr<BinanceFeedActor>>,
-    producer: Addr<ProducerActor>,
+    /// The producer, for in-process publishers (`ticklake bench`).
+    pub producer: Addr<ProducerActor>,
+    /// Bootstrap servers in use (the embedded cluster's when embedded).
+    pub bootstrap: String,
     trades: Addr<WriterActor>,
     dead_letters: Addr<WriterActor>,
     watermark_client: Arc<BaseConsumer>,
@@ -292,6 +295,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     Ok(Daemon {
         feed,
         producer,
+        bootstrap,
         trades,
         dead_letters,
         watermark_client,
@@ -337,6 +341,18 @@ impl Daemon {
         if let Some(feed) = &self.feed {
             feed.send(StopFeed).await?;
         }
+        self.drain_and_flush(drain_timeout).await?;
+        // Everything is committed. The Kafka clients inside the actors only
+        // go away when the process exits; tearing the embedded cluster down
+        // before them would just make them log connection errors.
+        std::mem::forget(self._embedded);
+        Ok(())
+    }
+
+    /// Delivers what the producer holds, waits (bounded) until the writers
+    /// have taken in every record up to the topics' high watermarks, then
+    /// commits what they buffer.
+    pub async fn drain_and_flush(&self, drain_timeout: Duration) -> Result<(), DaemonError> {
         if let Err(e) = self.producer.send(FlushProducer).await? {
             tracing::error!(error = %e, "producer flush failed");
         }
@@ -381,10 +397,6 @@ impl Daemon {
                 tracing::error!(error = %e, "final flush failed");
             }
         }
-        // Everything is committed. The Kafka clients inside the actors only
-        // go away when the process exits; tearing the embedded cluster down
-        // before them would just make them log connection errors.
-        std::mem::forget(self._embedded);
         Ok(())
     }
 }

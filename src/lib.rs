@@ -4,6 +4,7 @@
 
 pub mod actors;
 pub mod avro;
+pub mod bench;
 pub mod capture;
 pub mod config;
 pub mod daemon;

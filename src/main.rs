@@ -66,6 +66,19 @@ enum Command {
         /// The SQL; tables are `market.trades` and `market.dead_letters`.
         sql: String,
     },
+    /// Measure the sustainable end-to-end throughput into committed Iceberg
+    /// and the broker's raw produce ceiling, on the configured broker (the
+    /// embedded cluster by default). Use a release build.
+    Bench {
+        #[arg(long, env = "TICKLAKE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Number of synthetic trades per measurement.
+        #[arg(long, default_value_t = 200_000)]
+        trades: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Parse capture file(s) with the feed's parser and publish the records
     /// to the configured (real) Kafka broker; prints a JSON summary.
     Produce {
@@ -153,6 +166,28 @@ fn main() -> anyhow::Result<()> {
                 }
                 anyhow::Ok(())
             })
+        }
+        Command::Bench {
+            config,
+            trades,
+            json,
+        } => {
+            let cfg = Config::load(config.as_deref())?;
+            let sys = actix_rt::System::with_tokio_rt(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime")
+            });
+            let report = sys.block_on(async move {
+                ticklake::bench::run(&cfg, trades, std::time::Duration::from_secs(600)).await
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
         }
         Command::Produce { config, capture } => {
             let cfg = Config::load(config.as_deref())?;

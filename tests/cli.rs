@@ -117,3 +117,26 @@ fn replay_retime_plays_the_capture_as_if_live() {
         assert_eq!(n - o, shift, "gaps between trades are kept");
     }
 }
+
+#[test]
+fn bench_reports_end_to_end_and_raw_rates_on_the_embedded_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .args(["bench", "--trades", "3000", "--json"])
+        .current_dir(dir.path())
+        .env("TICKLAKE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["trades"], 3000);
+    assert!(r["record_bytes"].as_u64().unwrap() > 50, "{r}");
+    assert!(r["raw_produce_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["end_to_end_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["commits"].as_u64().unwrap() >= 1, "{r}");
+    println!("bench (debug build, 3000 trades): {r}");
+}
