@@ -16,6 +16,7 @@ pub mod instruments;
 pub mod kafka;
 pub mod lake;
 pub mod lanes;
+pub mod loaders;
 pub mod messages;
 pub mod metrics;
 pub mod model;

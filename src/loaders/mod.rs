@@ -1,0 +1,3 @@
+//! Historical data sets turned into `TradeV2`, for `ticklake load`.
+
+pub mod asx;
