@@ -105,6 +105,17 @@ fn multi_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// An actix system on a multi-thread tokio runtime: actors on the main
+/// thread's arbiter, Send work (iceberg, DataFusion) on the pool.
+fn actix_system() -> actix_rt::SystemRunner {
+    actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     init_tracing();
     let cli = Cli::parse();
@@ -173,12 +184,7 @@ fn main() -> anyhow::Result<()> {
             json,
         } => {
             let cfg = Config::load(config.as_deref())?;
-            let sys = actix_rt::System::with_tokio_rt(|| {
-                tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()
-                    .expect("tokio runtime")
-            });
+            let sys = actix_system();
             let report = sys.block_on(async move {
                 ticklake::bench::run(&cfg, trades, std::time::Duration::from_secs(600)).await
             })?;
@@ -203,12 +209,7 @@ fn main() -> anyhow::Result<()> {
 
 fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg = Config::load(config.as_deref())?;
-    let sys = actix_rt::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-    });
+    let sys = actix_system();
     let exit = sys.block_on(async move {
         let daemon = ticklake::daemon::start(cfg)
             .await
