@@ -3,6 +3,8 @@
 //! the next Kafka offset of every partition it has taken in. While a commit
 //! runs the actor reads no messages, so the consumer is pushed back.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -216,8 +218,6 @@ impl WriterActor {
 }
 
 type FlushOutcome = Result<(commit::Committed, KafkaOffsets), WriterError>;
-use std::future::Future;
-use std::pin::Pin;
 
 fn empty_rows(kind: TableKind) -> Rows {
     match kind {
