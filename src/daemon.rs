@@ -12,14 +12,19 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::actors::binance_feed::{BinanceFeedActor, StopFeed};
 use crate::actors::consumer::{ConsumerActor, Routes};
-use crate::actors::producer::{Encoder, ProducerActor};
+use crate::actors::degradation::{DegradationSupervisor, SupervisorInputs};
+use crate::actors::producer::{Encoder, ProducerActor, ProducerHandle, ProducerSettings};
 use crate::actors::writer::{FlushPolicy, WriterActor};
 use crate::config::Config;
+use crate::degrade::breaker::CircuitBreaker;
+use crate::degrade::level::LevelMachine;
+use crate::degrade::spill::SpillLog;
+use crate::messages::producer::ProducerControl;
+use crate::status::StatusSources;
 use crate::kafka::{self, EmbeddedCluster, KafkaSetupError};
 use crate::lake::commit::{KafkaOffsets, current_offsets};
 use crate::lake::{self, LakeError, TableKind};
-use crate::messages::producer::FlushProducer;
-use crate::messages::writer::{Flush, GetPositions};
+use crate::messages::writer::{AddCommitListener, Flush, GetPositions};
 use crate::metrics::{Metrics, MetricsError};
 use crate::registry::{LocalRegistry, RegistryError};
 
@@ -46,6 +51,14 @@ pub enum DaemonError {
     Join(String),
     #[error("actor mailbox closed: {0}")]
     Mailbox(#[from] MailboxError),
+    #[error(transparent)]
+    Producer(#[from] crate::actors::producer::ProducerError),
+    #[error("spill log: {0}")]
+    Spill(#[from] crate::degrade::spill::SpillError),
+    #[error(transparent)]
+    Instruments(#[from] crate::instruments::InstrumentsError),
+    #[error("config: {0}")]
+    Config(String),
 }
 
 /// Where every table starts reading: its snapshot's offsets when they were
@@ -95,8 +108,11 @@ fn start_positions(
 /// Running daemon handles, for shutdown.
 pub struct Daemon {
     feed: Option<Addr<BinanceFeedActor>>,
-    /// The producer, for in-process publishers (`ticklake bench`).
-    pub producer: Addr<ProducerActor>,
+    /// The producer's mailbox and state, for in-process publishers
+    /// (`ticklake bench`).
+    pub producer: ProducerHandle,
+    /// Everything `/status` reads.
+    pub status: StatusSources,
     /// Bootstrap servers in use (the embedded cluster's when embedded).
     pub bootstrap: String,
     trades: Addr<WriterActor>,
@@ -218,10 +234,16 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         max_rows: cfg.writer.max_rows,
         max_age: Duration::from_millis(cfg.writer.max_age_ms),
         target_file_size: cfg.writer.target_file_size_bytes,
+        delay_per_row: Duration::from_micros(cfg.chaos.writer_delay_us_per_row),
+    };
+    if cfg.chaos.writer_delay_us_per_row > 0 {
+        tracing::warn!(us_per_row = cfg.chaos.writer_delay_us_per_row, "chaos: the iceberg writer is slowed on purpose");
+    }
+    let commit_breaker = |kind: TableKind| {
+        CircuitBreaker::new(format!("commit.{}", kind.name()), cfg.breaker.commit.clone())
+            .map_err(|e| DaemonError::Config(format!("breaker.commit: {e}")))
     };
     let (fatal_tx, fatal) = tokio::sync::mpsc::unbounded_channel();
-    let consumer_ctx = Context::<ConsumerActor>::new();
-    let consumer_addr = consumer_ctx.address();
     let trades = WriterActor::new(
         TableKind::Trades,
         catalog.clone(),
@@ -230,10 +252,11 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         policy.clone(),
         trades_start,
         metrics.clone(),
+        commit_breaker(TableKind::Trades)?,
     )
-    .with_consumer(consumer_addr.clone().recipient())
-    .with_fatal(fatal_tx.clone())
-    .start();
+    .with_fatal(fatal_tx.clone());
+    let trades_state = trades.subscribe();
+    let trades = trades.start();
     let dead_letters = WriterActor::new(
         TableKind::DeadLetters,
         catalog.clone(),
@@ -242,11 +265,19 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         policy,
         dl_start,
         metrics.clone(),
+        commit_breaker(TableKind::DeadLetters)?,
     )
-    .with_consumer(consumer_addr.recipient())
-    .with_fatal(fatal_tx)
-    .start();
-    consumer_ctx.run(ConsumerActor::new(
+    .with_fatal(fatal_tx);
+    let dl_state = dead_letters.subscribe();
+    let dead_letters = dead_letters.start();
+    let sup = &cfg.supervision;
+    let restart_backoff = backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(sup.restart_backoff_initial_ms))
+        .with_max_delay(Duration::from_millis(sup.restart_backoff_max_ms))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    let consumer_actor = ConsumerActor::new(
         consumer,
         codec.clone(),
         Routes {
@@ -261,26 +292,75 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         cluster_id.clone(),
         metrics.clone(),
         cfg.writer.max_rows,
-    ));
+        restart_backoff,
+    );
+    let consumer_state = consumer_actor.subscribe();
+    // Supervised: a consumer whose loop ends, or that the watchdog stops,
+    // is restarted at the writers' positions.
+    let consumer_addr = Supervisor::start(move |_| consumer_actor);
+    for w in [&trades, &dead_letters] {
+        // Sent before any rows can reach the writer, so no commit misses it.
+        w.do_send(AddCommitListener(consumer_addr.clone().recipient()));
+    }
 
-    let producer: FutureProducer = kafka::producer_config(&cfg.kafka, &bootstrap).create()?;
-    let producer =
-        ProducerActor::new(producer, Encoder::new(codec, &cfg.kafka), metrics.clone()).start();
+    let spill = SpillLog::open(&cfg.spill_dir(), cfg.spill.segment_bytes)?;
+    let rdk: FutureProducer = kafka::producer_config(&cfg.kafka, &bootstrap).create()?;
+    let (producer_actor, producer) = ProducerActor::new(
+        rdk,
+        Encoder::new(codec, &cfg.kafka),
+        metrics.clone(),
+        &cfg.lanes.capacity,
+        spill,
+        ProducerSettings {
+            breaker: cfg.breaker.producer.clone(),
+            stall: Duration::from_millis(cfg.breaker.stall_ms),
+            replay_batch: cfg.spill.replay_batch,
+        },
+    )?;
+    producer_actor.start();
 
+    let machine = LevelMachine::new(cfg.degradation.clone())
+        .map_err(|e| DaemonError::Config(e.to_string()))?;
+    let (supervisor, supervisor_state) = DegradationSupervisor::new(
+        machine,
+        SupervisorInputs {
+            lanes: producer.lanes.clone(),
+            producer: producer.state.clone(),
+            writers: vec![trades_state.clone(), dl_state.clone()],
+            watermarks: watermark_client.clone(),
+            topics: topics.clone(),
+            consumer: Some(consumer_addr),
+            watchdog: Duration::from_secs(cfg.supervision.watchdog_secs),
+        },
+        metrics.clone(),
+    );
+    supervisor.start();
+
+    let instruments = Arc::new(cfg.instruments()?);
     let feed = if cfg.feeds.binance.enabled {
         let fcfg = cfg.feeds.binance.clone();
-        let recipient = producer.clone().recipient();
+        let lanes = producer.lanes.clone();
         let m = metrics.clone();
         Some(Supervisor::start(move |_| {
-            BinanceFeedActor::new(fcfg, recipient, m)
+            BinanceFeedActor::new(fcfg, lanes, instruments, m)
         }))
     } else {
         tracing::info!("binance feed disabled");
         None
     };
 
+    let status = StatusSources {
+        started: Instant::now(),
+        feed: feed.clone(),
+        producer: producer.state.clone(),
+        consumer: consumer_state,
+        writers: vec![trades_state, dl_state],
+        supervisor: supervisor_state,
+        metrics: metrics.clone(),
+    };
+
     let http_addr = if cfg.http.enabled {
-        let a = crate::http::start(&cfg.http.listen, metrics.clone()).map_err(|source| {
+        let a = crate::http::start(&cfg.http.listen, metrics.clone(), status.clone()).map_err(|source| {
             DaemonError::Http {
                 listen: cfg.http.listen.clone(),
                 source,
@@ -295,6 +375,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     Ok(Daemon {
         feed,
         producer,
+        status,
         bootstrap,
         trades,
         dead_letters,
@@ -353,10 +434,33 @@ impl Daemon {
     /// have taken in every record up to the topics' high watermarks, then
     /// commits what they buffer.
     pub async fn drain_and_flush(&self, drain_timeout: Duration) -> Result<(), DaemonError> {
-        if let Err(e) = self.producer.send(FlushProducer).await? {
-            tracing::error!(error = %e, "producer flush failed");
-        }
         let deadline = Instant::now() + drain_timeout;
+        // Control overtakes data, so wait for the lanes to empty before
+        // asking for the flush.
+        while self
+            .producer
+            .lanes
+            .stats()
+            .lanes
+            .iter()
+            .any(|l| l.depth > 0)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self
+            .producer
+            .lanes
+            .send_control(ProducerControl::Flush(tx))
+            .is_ok()
+        {
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "producer flush failed"),
+                Err(_) => tracing::error!("producer went away during flush"),
+            }
+        }
         loop {
             let client = self.watermark_client.clone();
             let topics = self.topics.clone();

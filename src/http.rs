@@ -1,8 +1,10 @@
-//! The daemon's HTTP endpoints: `/metrics` (Prometheus), `/healthz`, `/readyz`.
+//! The daemon's HTTP endpoints: `/status` (supervision tree, level,
+//! breakers, accounting), `/metrics` (Prometheus), `/healthz`, `/readyz`.
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 
 use crate::metrics::Metrics;
+use crate::status::StatusSources;
 
 async fn metrics(m: web::Data<Metrics>) -> HttpResponse {
     HttpResponse::Ok()
@@ -10,16 +12,27 @@ async fn metrics(m: web::Data<Metrics>) -> HttpResponse {
         .body(m.render())
 }
 
+async fn status(src: web::Data<StatusSources>) -> HttpResponse {
+    HttpResponse::Ok().json(crate::status::collect(&src).await)
+}
+
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
 /// Starts the server on the current actix system; it stops with the system.
-pub fn start(listen: &str, m: Metrics) -> std::io::Result<std::net::SocketAddr> {
+pub fn start(
+    listen: &str,
+    m: Metrics,
+    sources: StatusSources,
+) -> std::io::Result<std::net::SocketAddr> {
     let data = web::Data::new(m);
+    let sources = web::Data::new(sources);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(sources.clone())
+            .route("/status", web::get().to(status))
             .route("/metrics", web::get().to(metrics))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(healthz))

@@ -25,3 +25,4 @@ pub mod query;
 pub mod registry;
 pub mod replay;
 pub mod sql_guard;
+pub mod status;

@@ -2,5 +2,6 @@
 
 pub mod binance_feed;
 pub mod consumer;
+pub mod degradation;
 pub mod producer;
 pub mod writer;

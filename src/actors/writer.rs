@@ -13,10 +13,14 @@ use arrow::datatypes::SchemaRef;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use iceberg::{Catalog, TableIdent};
 
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::degrade::breaker::{BreakerSnapshot, BreakerState, CircuitBreaker};
 use crate::lake::commit::{self, KafkaOffsets};
 use crate::lake::{LakeError, TableKind, batch};
 use crate::messages::consumer::Committed;
-use crate::messages::writer::{Consumed, Flush, GetPositions, Rows};
+use crate::messages::writer::{AddCommitListener, Consumed, Flush, GetPositions, Rows};
 use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +40,50 @@ pub struct FlushPolicy {
     pub max_rows: usize,
     pub max_age: Duration,
     pub target_file_size: usize,
+    /// Chaos: extra time per committed row, as a slow object store would add.
+    pub delay_per_row: Duration,
 }
+
+/// What `/status` and the degradation supervisor see of a writer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WriterState {
+    pub table: &'static str,
+    pub buffered_rows: usize,
+    /// Next offset of every partition taken in (committed or buffered).
+    pub positions: KafkaOffsets,
+    pub commits: u64,
+    pub rows_committed: u64,
+    pub last_snapshot_id: Option<i64>,
+    pub last_commit_ms: Option<u64>,
+    /// Milliseconds since the actor started at which the last commit ended.
+    #[serde(skip)]
+    pub last_commit_end: Option<Instant>,
+    /// Set while a commit runs.
+    #[serde(skip)]
+    pub commit_started: Option<Instant>,
+    pub committing: bool,
+    pub breaker: Option<BreakerSnapshot>,
+    pub last_error: Option<String>,
+}
+
+impl WriterState {
+    /// Commit latency as the supervisor sees it: the running commit's age,
+    /// else the last commit's duration while it is recent (10 s), else 0 so
+    /// that an idle writer does not hold the level up.
+    pub fn commit_latency_ms(&self) -> f64 {
+        if let Some(s) = self.commit_started {
+            return s.elapsed().as_secs_f64() * 1000.0;
+        }
+        match (self.last_commit_ms, self.last_commit_end) {
+            (Some(ms), Some(end)) if end.elapsed() < Duration::from_secs(10) => ms as f64,
+            _ => 0.0,
+        }
+    }
+}
+
+/// The commit breaker, shared between the actor (for its state) and the
+/// flush task that calls Iceberg.
+type SharedBreaker = Arc<std::sync::Mutex<CircuitBreaker>>;
 
 pub struct WriterActor {
     kind: TableKind,
@@ -50,10 +97,15 @@ pub struct WriterActor {
     /// Whether `positions` moved since the last commit.
     dirty: bool,
     oldest: Option<Instant>,
-    consumer: Option<Recipient<Committed>>,
+    /// Told about every commit.
+    listeners: Vec<Recipient<Committed>>,
     /// Told about a permanent failure, so the daemon exits non-zero.
     fatal: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     metrics: Metrics,
+    breaker: SharedBreaker,
+    epoch: Instant,
+    state: WriterState,
+    state_tx: watch::Sender<WriterState>,
 }
 
 impl WriterActor {
@@ -65,7 +117,14 @@ impl WriterActor {
         policy: FlushPolicy,
         start: KafkaOffsets,
         metrics: Metrics,
+        breaker: CircuitBreaker,
     ) -> Self {
+        let state = WriterState {
+            table: kind.name(),
+            positions: start.clone(),
+            ..WriterState::default()
+        };
+        let (state_tx, _) = watch::channel(state.clone());
         Self {
             kind,
             catalog,
@@ -76,15 +135,28 @@ impl WriterActor {
             positions: start,
             dirty: false,
             oldest: None,
-            consumer: None,
+            listeners: Vec::new(),
             fatal: None,
             metrics,
+            breaker: Arc::new(std::sync::Mutex::new(breaker)),
+            epoch: Instant::now(),
+            state,
+            state_tx,
         }
     }
 
-    pub fn with_consumer(mut self, consumer: Recipient<Committed>) -> Self {
-        self.consumer = Some(consumer);
-        self
+    /// The state this writer publishes after every change.
+    pub fn subscribe(&self) -> watch::Receiver<WriterState> {
+        self.state_tx.subscribe()
+    }
+
+    fn publish_state(&mut self) {
+        self.state.buffered_rows = self.buffer.len();
+        self.state.positions = self.positions.clone();
+        if let Ok(b) = self.breaker.lock() {
+            self.state.breaker = Some(b.snapshot());
+        }
+        self.state_tx.send_replace(self.state.clone());
     }
 
     pub fn with_fatal(mut self, fatal: tokio::sync::mpsc::UnboundedSender<String>) -> Self {
@@ -112,9 +184,18 @@ impl WriterActor {
         let ident = self.ident.clone();
         let schema = self.schema.clone();
         let target = self.policy.target_file_size;
+        let delay = self.policy.delay_per_row.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
         let metrics = self.metrics.clone();
+        let breaker = self.breaker.clone();
+        let epoch = self.epoch;
+        self.state.commit_started = Some(Instant::now());
+        self.state.committing = true;
+        self.publish_state();
         let task = tokio::spawn(async move {
             let started = Instant::now();
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let batch = match rows {
                 Rows::Trades(mut r) => batch::trades_batch(&schema, &mut r),
                 Rows::DeadLetters(r) => batch::dead_letters_batch(&schema, &r),
@@ -132,9 +213,27 @@ impl WriterActor {
                 .without_max_times()
                 .build();
             loop {
+                // While the breaker is open, wait out its open time instead
+                // of hammering the catalog; the rows stay buffered and the
+                // consumer, blocked behind this commit, leaves the rest in
+                // Kafka, which is the on-disk log for this path.
+                loop {
+                    let wait = breaker_call(&breaker, &metrics, table, epoch, |b, now| {
+                        if b.allow(now) {
+                            None
+                        } else {
+                            Some(Duration::from_millis(b.config().open_ms.clamp(10, 1000)))
+                        }
+                    });
+                    match wait {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => break,
+                    }
+                }
                 match commit::append(catalog.as_ref(), &ident, Some(&batch), &offsets, target).await
                 {
                     Ok(c) => {
+                        breaker_call(&breaker, &metrics, table, epoch, |b, now| b.on_success(now));
                         metrics
                             .writer_commit_seconds
                             .with_label_values(&[table])
@@ -142,6 +241,7 @@ impl WriterActor {
                         return Ok((c, offsets));
                     }
                     Err(e) if e.is_retryable() => {
+                        breaker_call(&breaker, &metrics, table, epoch, |b, now| b.on_failure(now));
                         metrics
                             .writer_commits
                             .with_label_values(&[table, "retry"])
@@ -170,6 +270,20 @@ impl WriterActor {
 
     fn after_flush(&mut self, res: FlushOutcome) -> Result<Option<i64>, WriterError> {
         let table = self.table();
+        if let Some(s) = self.state.commit_started.take() {
+            self.state.last_commit_ms = Some(u64::try_from(s.elapsed().as_millis()).unwrap_or(u64::MAX));
+            self.state.last_commit_end = Some(Instant::now());
+        }
+        self.state.committing = false;
+        match &res {
+            Ok((c, _)) => {
+                self.state.commits += 1;
+                self.state.rows_committed += c.rows as u64;
+                self.state.last_snapshot_id = Some(c.snapshot_id);
+            }
+            Err(e) => self.state.last_error = Some(e.to_string()),
+        }
+        self.publish_state();
         self.metrics
             .writer_buffered_rows
             .with_label_values(&[table])
@@ -191,11 +305,11 @@ impl WriterActor {
                     files = c.files,
                     "committed"
                 );
-                if let Some(consumer) = &self.consumer {
-                    consumer.do_send(Committed {
+                for l in &self.listeners {
+                    l.do_send(Committed {
                         table,
                         snapshot_id: c.snapshot_id,
-                        offsets,
+                        offsets: offsets.clone(),
                     });
                 }
                 Ok(Some(c.snapshot_id))
@@ -218,6 +332,40 @@ impl WriterActor {
 }
 
 type FlushOutcome = Result<(commit::Committed, KafkaOffsets), WriterError>;
+
+/// Runs `f` on the commit breaker and records a state change it caused.
+fn breaker_call<T>(
+    breaker: &SharedBreaker,
+    metrics: &Metrics,
+    table: &'static str,
+    epoch: Instant,
+    f: impl FnOnce(&mut CircuitBreaker, u64) -> T,
+) -> T {
+    let now = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+    // A poisoned lock only means another thread panicked mid-call; the
+    // breaker's state is still a valid state.
+    let mut b = breaker.lock().unwrap_or_else(|p| p.into_inner());
+    let before = b.state();
+    let out = f(&mut b, now);
+    let after = b.state();
+    let name = format!("commit.{table}");
+    if before != after {
+        tracing::warn!(breaker = %name, from = %before, to = %after, "circuit breaker changed state");
+        metrics
+            .breaker_transitions
+            .with_label_values(&[&name, after.as_str()])
+            .inc();
+    }
+    metrics
+        .breaker_state
+        .with_label_values(&[&name])
+        .set(match after {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        });
+    out
+}
 
 fn empty_rows(kind: TableKind) -> Rows {
     match kind {
@@ -271,6 +419,7 @@ impl Handler<Consumed> for WriterActor {
             .writer_buffered_rows
             .with_label_values(&[self.table()])
             .set(self.buffer.len() as i64);
+        self.publish_state();
         if self.buffer.len() >= self.policy.max_rows
             && let Some(f) = self.flush()
         {
@@ -291,6 +440,14 @@ impl Handler<Flush> for WriterActor {
                 f.into_actor(self).map(|res, act, _| act.after_flush(res)),
             )),
         }
+    }
+}
+
+impl Handler<AddCommitListener> for WriterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: AddCommitListener, _ctx: &mut Self::Context) {
+        self.listeners.push(msg.0);
     }
 }
 

@@ -5,3 +5,4 @@
 pub mod breaker;
 pub mod level;
 pub mod spill;
+pub mod policy;

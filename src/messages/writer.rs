@@ -44,3 +44,9 @@ pub struct Flush;
 #[derive(Debug, Message)]
 #[rtype(result = "KafkaOffsets")]
 pub struct GetPositions;
+
+/// Tell `0` about every commit from now on (the consumer, for Kafka group
+/// offsets; the query side, for the tail).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AddCommitListener(pub actix::Recipient<crate::messages::consumer::Committed>);
