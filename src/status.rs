@@ -196,6 +196,7 @@ pub async fn collect(src: &StatusSources) -> Value {
         "level": sup.level.level,
         "degradation": sup.level,
         "lag": sup.lag,
+        "lag_age_ms": sup.lag_age_ms,
         "breakers": breakers,
         "spill": p.spill,
         "accounting": accounting,

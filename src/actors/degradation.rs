@@ -32,6 +32,8 @@ pub struct SupervisorState {
     /// Consumer lag per topic and partition (high watermark minus the
     /// writers' position), from the last successful sample.
     pub lag: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// Age of the watermarks behind `lag`; the lag is only as fresh as this.
+    pub lag_age_ms: Option<u64>,
     pub samples: u64,
     /// Per-second rates over the last second or so: `producer.delivered`,
     /// `consumer.records`, `writer.<table>.rows`.
@@ -49,6 +51,7 @@ pub struct DegradationSupervisor {
     watermarks: Arc<BaseConsumer>,
     topics: Vec<(String, Vec<i32>)>,
     highs: BTreeMap<(String, i32), i64>,
+    highs_at: Option<Instant>,
     fetching: bool,
     consumer: Option<Addr<ConsumerActor>>,
     watchdog: Duration,
@@ -83,6 +86,7 @@ impl DegradationSupervisor {
         let state = SupervisorState {
             level: machine.snapshot(),
             lag: BTreeMap::new(),
+            lag_age_ms: None,
             samples: 0,
             rates: BTreeMap::new(),
             watchdog_restarts: 0,
@@ -110,6 +114,7 @@ impl DegradationSupervisor {
                 watermarks: inputs.watermarks,
                 topics: inputs.topics,
                 highs: BTreeMap::new(),
+                highs_at: None,
                 fetching: false,
                 consumer: inputs.consumer,
                 watchdog: inputs.watchdog,
@@ -134,7 +139,10 @@ impl DegradationSupervisor {
         self.fetching = true;
         let client = self.watermarks.clone();
         let topics = self.topics.clone();
-        let timeout = self.sample.max(Duration::from_millis(500));
+        // Generous: a busy broker answers slowly, and the sample does not
+        // wait for this; the lag just ages (shown as `lag_age_ms`).
+        let timeout = Duration::from_secs(5);
+        let asked = Instant::now();
         ctx.spawn(
             async move {
                 tokio::task::spawn_blocking(move || {
@@ -154,10 +162,13 @@ impl DegradationSupervisor {
                 .and_then(|r| r)
             }
             .into_actor(self)
-            .map(|res, act, _| {
+            .map(move |res, act, _| {
                 act.fetching = false;
                 match res {
-                    Ok(h) => act.highs = h,
+                    Ok(h) => {
+                        act.highs = h;
+                        act.highs_at = Some(asked);
+                    }
                     Err(e) => act.state.last_error = Some(format!("watermarks: {e}")),
                 }
             }),
@@ -285,6 +296,9 @@ impl DegradationSupervisor {
 
         self.state.level = self.machine.snapshot();
         self.state.lag = lag;
+        self.state.lag_age_ms = self
+            .highs_at
+            .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
         self.state.samples += 1;
         self.state_tx.send_replace(self.state.clone());
     }
