@@ -281,7 +281,7 @@ impl Default for LanesConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct BreakersConfig {
     /// Records waiting for the broker with no delivery for this long count
-    /// as one failure per check (every 100 ms).
+    /// as one failure per check (every 50 ms).
     pub stall_ms: u64,
     pub producer: crate::degrade::breaker::BreakerConfig,
     pub commit: crate::degrade::breaker::BreakerConfig,
@@ -493,9 +493,15 @@ impl Config {
         if self.degradation.sample_ms == 0 {
             return Err(err("degradation.sample_ms", "must be > 0".into()));
         }
-        for (name, b) in [("producer", &self.breaker.producer), ("commit", &self.breaker.commit)] {
+        for (name, b) in [
+            ("producer", &self.breaker.producer),
+            ("commit", &self.breaker.commit),
+        ] {
             if let Err(crate::degrade::breaker::BreakerConfigError::Zero { key }) = b.validate() {
-                return Err(err(&format!("breaker.{name}.{key}"), "must be at least 1".into()));
+                return Err(err(
+                    &format!("breaker.{name}.{key}"),
+                    "must be at least 1".into(),
+                ));
             }
         }
         if self.breaker.stall_ms == 0 {
@@ -511,7 +517,9 @@ impl Config {
         if s.watchdog_secs == 0 {
             return Err(err("supervision.watchdog_secs", "must be > 0".into()));
         }
-        if s.restart_backoff_initial_ms == 0 || s.restart_backoff_max_ms < s.restart_backoff_initial_ms {
+        if s.restart_backoff_initial_ms == 0
+            || s.restart_backoff_max_ms < s.restart_backoff_initial_ms
+        {
             return Err(err(
                 "supervision.restart_backoff_max_ms",
                 "restart_backoff_initial_ms must be > 0 and <= restart_backoff_max_ms".into(),

@@ -16,17 +16,16 @@ use crate::actors::degradation::{DegradationSupervisor, SupervisorInputs};
 use crate::actors::producer::{Encoder, ProducerActor, ProducerHandle, ProducerSettings};
 use crate::actors::writer::{FlushPolicy, WriterActor};
 use crate::config::Config;
-use crate::degrade::breaker::CircuitBreaker;
 use crate::degrade::level::LevelMachine;
 use crate::degrade::spill::SpillLog;
-use crate::messages::producer::ProducerControl;
-use crate::status::StatusSources;
 use crate::kafka::{self, EmbeddedCluster, KafkaSetupError};
 use crate::lake::commit::{KafkaOffsets, current_offsets};
 use crate::lake::{self, LakeError, TableKind};
+use crate::messages::producer::ProducerControl;
 use crate::messages::writer::{AddCommitListener, Flush, GetPositions};
 use crate::metrics::{Metrics, MetricsError};
 use crate::registry::{LocalRegistry, RegistryError};
+use crate::status::StatusSources;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -59,6 +58,8 @@ pub enum DaemonError {
     Instruments(#[from] crate::instruments::InstrumentsError),
     #[error("config: {0}")]
     Config(String),
+    #[error(transparent)]
+    Writer(#[from] crate::actors::writer::WriterError),
 }
 
 /// Where every table starts reading: its snapshot's offsets when they were
@@ -235,14 +236,14 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         max_age: Duration::from_millis(cfg.writer.max_age_ms),
         target_file_size: cfg.writer.target_file_size_bytes,
         delay_per_row: Duration::from_micros(cfg.chaos.writer_delay_us_per_row),
+        breaker: cfg.breaker.commit.clone(),
     };
     if cfg.chaos.writer_delay_us_per_row > 0 {
-        tracing::warn!(us_per_row = cfg.chaos.writer_delay_us_per_row, "chaos: the iceberg writer is slowed on purpose");
+        tracing::warn!(
+            us_per_row = cfg.chaos.writer_delay_us_per_row,
+            "chaos: the iceberg writer is slowed on purpose"
+        );
     }
-    let commit_breaker = |kind: TableKind| {
-        CircuitBreaker::new(format!("commit.{}", kind.name()), cfg.breaker.commit.clone())
-            .map_err(|e| DaemonError::Config(format!("breaker.commit: {e}")))
-    };
     let (fatal_tx, fatal) = tokio::sync::mpsc::unbounded_channel();
     let trades = WriterActor::new(
         TableKind::Trades,
@@ -252,8 +253,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         policy.clone(),
         trades_start,
         metrics.clone(),
-        commit_breaker(TableKind::Trades)?,
-    )
+    )?
     .with_fatal(fatal_tx.clone());
     let trades_state = trades.subscribe();
     let trades = trades.start();
@@ -265,8 +265,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         policy,
         dl_start,
         metrics.clone(),
-        commit_breaker(TableKind::DeadLetters)?,
-    )
+    )?
     .with_fatal(fatal_tx);
     let dl_state = dead_letters.subscribe();
     let dead_letters = dead_letters.start();
@@ -360,12 +359,12 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     };
 
     let http_addr = if cfg.http.enabled {
-        let a = crate::http::start(&cfg.http.listen, metrics.clone(), status.clone()).map_err(|source| {
-            DaemonError::Http {
+        let a = crate::http::start(&cfg.http.listen, metrics.clone(), status.clone()).map_err(
+            |source| DaemonError::Http {
                 listen: cfg.http.listen.clone(),
                 source,
-            }
-        })?;
+            },
+        )?;
         tracing::info!(addr = %a, "http endpoints up");
         Some(a)
     } else {

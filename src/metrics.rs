@@ -182,11 +182,12 @@ impl Metrics {
             "Messages shed on purpose, by exchange, tier and the level that shed them.",
             &["exchange", "tier", "level"],
         )?;
-        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, MetricsError> {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, MetricsError> {
+                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
         let fgauge = |name: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, MetricsError> {
             let g = GaugeVec::new(Opts::new(name, help), labels)?;
             registry.register(Box::new(g.clone()))?;
@@ -258,6 +259,16 @@ impl Metrics {
             "Resident set size of the daemon, as sampled by the degradation supervisor.",
             &[],
         )?;
+        // Unlabelled series exist from the start, so a scrape before the
+        // first sample still shows them (at 0).
+        for g in [
+            &degradation_level,
+            &spill_pending,
+            &spill_pending_bytes,
+            &resident_memory,
+        ] {
+            g.with_label_values::<&str>(&[]).set(0);
+        }
         Ok(Self {
             messages,
             shed,

@@ -169,6 +169,7 @@ pub async fn collect(src: &StatusSources) -> Value {
             "rows_committed": w.rows_committed,
             "last_snapshot_id": w.last_snapshot_id,
             "last_commit_ms": w.last_commit_ms,
+            "positions": w.positions.topics,
             "throughput_per_sec": rates.get(&format!("writer.{}.rows", w.table)),
         }));
     }
@@ -243,7 +244,11 @@ pub fn render(v: &Value) -> String {
                             l["tier"].as_u64().unwrap_or(0) + 1,
                             s(&l["depth"]),
                             s(&l["capacity"]),
-                            if l["paused"].as_bool() == Some(true) { " paused" } else { "" }
+                            if l["paused"].as_bool() == Some(true) {
+                                " paused"
+                            } else {
+                                ""
+                            }
                         )
                     })
                     .collect();
@@ -335,6 +340,9 @@ mod tests {
         // 5 = 1 published + 1 shed + 3 pending, nothing in flight
         assert_eq!(a[1].in_flight, 0);
         let rendered = render(&json!({"accounting": a, "level": "NORMAL"}));
-        assert!(rendered.contains("tier 3    5 + 0 = 1 + 1 + 3 + 0 + 0 + 0"), "{rendered}");
+        assert!(
+            rendered.contains("tier 3    5 + 0 = 1 + 1 + 3 + 0 + 0 + 0"),
+            "{rendered}"
+        );
     }
 }

@@ -199,12 +199,12 @@ replay_batch = 200
         max_rss = max_rss.max(rss);
     };
     wait_received(&env, total, Duration::from_secs(240), &mut watch);
+    println!("flood received in {:.1}s", started.elapsed().as_secs_f64());
+    let s = wait_settled(&env, Duration::from_secs(300), &mut watch);
     println!(
-        "flood received in {:.1}s",
+        "settled {:.1}s after the flood began",
         started.elapsed().as_secs_f64()
     );
-    let s = wait_settled(&env, Duration::from_secs(300), &mut watch);
-    println!("settled {:.1}s after the flood began", started.elapsed().as_secs_f64());
 
     replay.kill();
 
@@ -264,7 +264,10 @@ replay_batch = 200
     let btc = env.query(
         "select count(*) as n, count(distinct message_id) as d from market.trades where symbol = 'BTCUSDT'",
     );
-    println!("BTCUSDT in market.trades: {} (sent {})", btc[0], counts["BTCUSDT"]);
+    println!(
+        "BTCUSDT in market.trades: {} (sent {})",
+        btc[0], counts["BTCUSDT"]
+    );
     assert_eq!(btc[0]["n"].as_u64().unwrap(), counts["BTCUSDT"]);
     assert_eq!(btc[0]["d"].as_u64().unwrap(), counts["BTCUSDT"]);
     let all = env.query("select count(*) as n, count(distinct message_id) as d from market.trades");
@@ -274,7 +277,11 @@ replay_batch = 200
     // Memory stayed bounded: lanes, librdkafka's queue and the writer's
     // buffer are all bounded, so a flood does not grow the heap.
     const RSS_BOUND: u64 = 512 << 20;
-    println!("max RSS {} MiB (bound {} MiB)", max_rss >> 20, RSS_BOUND >> 20);
+    println!(
+        "max RSS {} MiB (bound {} MiB)",
+        max_rss >> 20,
+        RSS_BOUND >> 20
+    );
     assert!(max_rss > 0 && max_rss < RSS_BOUND);
     assert!(daemon.terminate().success());
 }
@@ -359,9 +366,18 @@ half_open_successes = 3
         status(&env)["spill"]["pending"].as_u64().unwrap()
     };
     let again = tansu_cmd("start", broker.dir.path());
-    assert_eq!(again, broker.bootstrap, "tansu came back on another address");
-    println!("tansu restarted after {:.1}s; spill log held {spilled_during_outage} records", stopped_at.elapsed().as_secs_f64());
-    assert!(spilled_during_outage > 0, "nothing was spilled during the outage");
+    assert_eq!(
+        again, broker.bootstrap,
+        "tansu came back on another address"
+    );
+    println!(
+        "tansu restarted after {:.1}s; spill log held {spilled_during_outage} records",
+        stopped_at.elapsed().as_secs_f64()
+    );
+    assert!(
+        spilled_during_outage > 0,
+        "nothing was spilled during the outage"
+    );
 
     wait_received(&env, total, Duration::from_secs(120), |_| {});
     let s = wait_settled(&env, Duration::from_secs(180), |_| {});
@@ -389,24 +405,41 @@ half_open_successes = 3
     println!("replayed from the spill log: {replayed}");
     assert!(replayed >= spilled_during_outage);
 
-    // Every trade is in the table exactly once.
-    let rows = env.query("select count(*) as n, count(distinct message_id) as d from market.trades");
-    println!("market.trades: {} (sent {total})", rows[0]);
-    assert_eq!(rows[0]["n"].as_u64().unwrap(), total, "{}", daemon.log_tail());
-    assert_eq!(rows[0]["d"].as_u64().unwrap(), total);
-
     // In order: in the topic, each symbol's trade ids rise with the offset,
     // with none twice (the spill log was replayed behind what librdkafka
     // still held, in append order).
     let topic = format!("{}.trades.binance", env.run);
     let by_symbol = read_trade_ids(&broker.bootstrap, &topic, &env.data_dir(), total);
+    let in_topic: usize = by_symbol.values().map(Vec::len).sum();
+    let rows =
+        env.query("select count(*) as n, count(distinct message_id) as d from market.trades");
+    println!(
+        "market.trades: {} (sent {total}); records in the topic: {in_topic}",
+        rows[0]
+    );
     for (symbol, ids) in &by_symbol {
         assert!(
             ids.windows(2).all(|w| w[0] < w[1]),
             "{symbol}: ids out of order in the topic"
         );
-        assert_eq!(ids.len() as u64, counts[symbol], "{symbol} records in the topic");
+        assert_eq!(
+            ids.len() as u64,
+            counts[symbol],
+            "{symbol} records in the topic"
+        );
     }
+
+    // Every trade is in the table exactly once.
+    assert_eq!(
+        rows[0]["n"].as_u64().unwrap(),
+        total,
+        "rows {} for {total} sent; lag {}; writers {}; daemon log:\n{}",
+        rows[0],
+        s["lag"],
+        s["tree"]["children"][3],
+        daemon.log_tail()
+    );
+    assert_eq!(rows[0]["d"].as_u64().unwrap(), total);
     assert!(daemon.terminate().success());
 }
 

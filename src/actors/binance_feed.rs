@@ -354,8 +354,7 @@ impl Connection {
                     .feed_dead_letters
                     .with_label_values(&[exchange, e.class()])
                     .inc();
-                self.metrics
-                    .account(exchange, "none", Outcome::Received, 1);
+                self.metrics.account(exchange, "none", Outcome::Received, 1);
                 self.metrics
                     .account(exchange, "none", Outcome::DeadLettered, 1);
                 tracing::warn!(exchange, reason = %e, bytes = raw.len(), "malformed frame dead-lettered");

@@ -93,7 +93,11 @@ impl ConsumerActor {
 /// Positions to resume from after a restart: exactly what the writers have
 /// taken in, so nothing is read twice or skipped.
 async fn reseek(consumer: &StreamConsumer, routes: &Routes) -> Result<(), String> {
-    let a = routes.trades.send(GetPositions).await.map_err(|e| e.to_string())?;
+    let a = routes
+        .trades
+        .send(GetPositions)
+        .await
+        .map_err(|e| e.to_string())?;
     let b = routes
         .dead_letters
         .send(GetPositions)

@@ -262,7 +262,11 @@ impl DegradationSupervisor {
         } else if self.progress.1.elapsed() >= self.watchdog
             && let Some(c) = &self.consumer
         {
-            tracing::error!(lag = lag_total, stalled_secs = self.watchdog.as_secs(), "consumer made no progress; restarting it");
+            tracing::error!(
+                lag = lag_total,
+                stalled_secs = self.watchdog.as_secs(),
+                "consumer made no progress; restarting it"
+            );
             self.metrics
                 .actor_errors
                 .with_label_values(&["consumer", "stalled"])
@@ -308,6 +312,7 @@ impl Actor for DegradationSupervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.sample(ctx);
         ctx.run_interval(self.sample, |act, ctx| act.sample(ctx));
     }
 }

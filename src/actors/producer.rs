@@ -329,15 +329,19 @@ impl ProducerActor {
                     Record::Trade(t) => serde_json::to_vec(t).unwrap_or_default(),
                     Record::DeadLetter(d) => d.raw.clone(),
                 };
-                let dl = DeadLetter::new(&exchange, "producer", now_us(), format!("encode: {e}"), raw);
+                let dl =
+                    DeadLetter::new(&exchange, "producer", now_us(), format!("encode: {e}"), raw);
                 if let Some(t) = tier {
-                    self.metrics.account(&exchange, t.label(), Outcome::DeadLettered, 1);
+                    self.metrics
+                        .account(&exchange, t.label(), Outcome::DeadLettered, 1);
                     // It was counted as received; the dead letter replaces it.
                     self.state.last_error = Some(format!("encode: {e}"));
                 }
                 match self.encoder.encode(&Record::DeadLetter(Box::new(dl))) {
                     Ok(enc) => self.route(enc, &exchange, None, Action::Publish, ctx),
-                    Err(e) => tracing::error!(error = %e, "dead letter could not be encoded either"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "dead letter could not be encoded either")
+                    }
                 }
                 return;
             }
@@ -370,7 +374,14 @@ impl ProducerActor {
             self.spill_entry(entry);
             return;
         }
-        match dispatch(&self.producer, &entry, &self.deliveries, &self.metrics, &self.undelivered_tx, self.epoch) {
+        match dispatch(
+            &self.producer,
+            &entry,
+            &self.deliveries,
+            &self.metrics,
+            &self.undelivered_tx,
+            self.epoch,
+        ) {
             Ok(()) => self.note_enqueued(),
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                 // Wait for room, in order (nothing else is read meanwhile, so
@@ -549,8 +560,9 @@ impl ProducerActor {
         match self.breaker.state() {
             BreakerState::Closed => {
                 if stalled {
-                    self.state.last_error =
-                        Some(format!("{in_flight} records without a delivery for {stall_ms} ms"));
+                    self.state.last_error = Some(format!(
+                        "{in_flight} records without a delivery for {stall_ms} ms"
+                    ));
                     self.with_breaker(|b, now| b.on_failure(now));
                 } else if progressed || in_flight == 0 {
                     self.with_breaker(|b, now| b.on_success(now));
@@ -742,7 +754,9 @@ impl Actor for ProducerActor {
                 rx.borrow_mut().poll_recv(cx)
             }));
             if let Some(mut undelivered) = self.undelivered_rx.take() {
-                ctx.add_stream(futures::stream::poll_fn(move |cx| undelivered.poll_recv(cx)));
+                ctx.add_stream(futures::stream::poll_fn(move |cx| {
+                    undelivered.poll_recv(cx)
+                }));
             }
         }
         self.with_breaker(|_, _| {});

@@ -16,7 +16,7 @@ use iceberg::{Catalog, TableIdent};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::degrade::breaker::{BreakerSnapshot, BreakerState, CircuitBreaker};
+use crate::degrade::breaker::{BreakerConfig, BreakerSnapshot, BreakerState, CircuitBreaker};
 use crate::lake::commit::{self, KafkaOffsets};
 use crate::lake::{LakeError, TableKind, batch};
 use crate::messages::consumer::Committed;
@@ -32,6 +32,8 @@ pub enum WriterError {
     },
     #[error("flush task failed: {0}")]
     Join(String),
+    #[error("writer config: {0}")]
+    Config(String),
 }
 
 /// Flush limits.
@@ -42,6 +44,8 @@ pub struct FlushPolicy {
     pub target_file_size: usize,
     /// Chaos: extra time per committed row, as a slow object store would add.
     pub delay_per_row: Duration,
+    /// The breaker around the commit.
+    pub breaker: BreakerConfig,
 }
 
 /// What `/status` and the degradation supervisor see of a writer.
@@ -117,15 +121,18 @@ impl WriterActor {
         policy: FlushPolicy,
         start: KafkaOffsets,
         metrics: Metrics,
-        breaker: CircuitBreaker,
-    ) -> Self {
+    ) -> Result<Self, WriterError> {
+        let breaker =
+            CircuitBreaker::new(format!("commit.{}", kind.name()), policy.breaker.clone())
+                .map_err(|e| WriterError::Config(format!("breaker.commit: {e}")))?;
         let state = WriterState {
             table: kind.name(),
             positions: start.clone(),
+            breaker: Some(breaker.snapshot()),
             ..WriterState::default()
         };
         let (state_tx, _) = watch::channel(state.clone());
-        Self {
+        Ok(Self {
             kind,
             catalog,
             ident,
@@ -142,7 +149,7 @@ impl WriterActor {
             epoch: Instant::now(),
             state,
             state_tx,
-        }
+        })
     }
 
     /// The state this writer publishes after every change.
@@ -184,7 +191,10 @@ impl WriterActor {
         let ident = self.ident.clone();
         let schema = self.schema.clone();
         let target = self.policy.target_file_size;
-        let delay = self.policy.delay_per_row.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
+        let delay = self
+            .policy
+            .delay_per_row
+            .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
         let metrics = self.metrics.clone();
         let breaker = self.breaker.clone();
         let epoch = self.epoch;
@@ -271,7 +281,8 @@ impl WriterActor {
     fn after_flush(&mut self, res: FlushOutcome) -> Result<Option<i64>, WriterError> {
         let table = self.table();
         if let Some(s) = self.state.commit_started.take() {
-            self.state.last_commit_ms = Some(u64::try_from(s.elapsed().as_millis()).unwrap_or(u64::MAX));
+            self.state.last_commit_ms =
+                Some(u64::try_from(s.elapsed().as_millis()).unwrap_or(u64::MAX));
             self.state.last_commit_end = Some(Instant::now());
         }
         self.state.committing = false;

@@ -4,5 +4,5 @@
 
 pub mod breaker;
 pub mod level;
-pub mod spill;
 pub mod policy;
+pub mod spill;

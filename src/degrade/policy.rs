@@ -183,6 +183,12 @@ mod tests {
             key: String::new(),
             payload: Vec::new(),
         };
-        assert!(matches!(long.encode(), Err(EntryError::TooLong { field: "exchange", .. })));
+        assert!(matches!(
+            long.encode(),
+            Err(EntryError::TooLong {
+                field: "exchange",
+                ..
+            })
+        ));
     }
 }
