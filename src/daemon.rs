@@ -245,6 +245,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         );
     }
     let (fatal_tx, fatal) = tokio::sync::mpsc::unbounded_channel();
+    install_panic_hook(metrics.clone(), fatal_tx.clone());
     let trades = WriterActor::new(
         TableKind::Trades,
         catalog.clone(),
@@ -316,7 +317,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
             replay_batch: cfg.spill.replay_batch,
         },
     )?;
-    producer_actor.start();
+    let _producer_addr = Supervisor::start(move |_| producer_actor);
 
     let machine = LevelMachine::new(cfg.degradation.clone())
         .map_err(|e| DaemonError::Config(e.to_string()))?;
@@ -333,7 +334,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         },
         metrics.clone(),
     );
-    supervisor.start();
+    Supervisor::start(move |_| supervisor);
 
     let instruments = Arc::new(cfg.instruments()?);
     let feed = if cfg.feeds.binance.enabled {
@@ -385,6 +386,23 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         metrics,
         http_addr,
     })
+}
+
+/// A panic inside an actor kills that actor's task, where no supervisor
+/// can see it. Count it, and stop the daemon non-zero so the process
+/// supervisor (systemd) restarts it: the restart resumes exactly once from
+/// the snapshots' offsets and the spill log.
+fn install_panic_hook(metrics: Metrics, fatal: tokio::sync::mpsc::UnboundedSender<String>) {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
+        metrics.actor_panics.with_label_values(&[&thread]).inc();
+        let _ = fatal.send(format!("panic in thread {thread}: {info}"));
+        previous(info);
+    }));
 }
 
 /// Why the daemon stopped.

@@ -46,6 +46,7 @@ pub struct Metrics {
     pub lane_blocked_seconds: CounterVec,
     pub actor_restarts: IntCounterVec,
     pub actor_errors: IntCounterVec,
+    pub actor_panics: IntCounterVec,
     pub resident_memory: IntGaugeVec,
 }
 
@@ -254,6 +255,11 @@ impl Metrics {
             "Errors that ended an actor's run (connection lost, stall, failure).",
             &["actor", "kind"],
         )?;
+        let actor_panics = counter(
+            "ticklake_actor_panics_total",
+            "Panics, by thread; a panic stops the daemon for a clean restart.",
+            &["thread"],
+        )?;
         let resident_memory = gauge(
             "ticklake_process_resident_memory_bytes",
             "Resident set size of the daemon, as sampled by the degradation supervisor.",
@@ -284,6 +290,7 @@ impl Metrics {
             lane_blocked_seconds,
             actor_restarts,
             actor_errors,
+            actor_panics,
             resident_memory,
             registry,
             feed_frames,

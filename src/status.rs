@@ -139,7 +139,7 @@ pub async fn collect(src: &StatusSources) -> Value {
             Some("CLOSED") | None => "running",
             Some(_) => "broker unavailable: spilling",
         },
-        "restarts": 0,
+        "restarts": p.restarts,
         "last_error": p.last_error,
         "level": p.level,
         "lanes": p.lanes,
@@ -162,7 +162,11 @@ pub async fn collect(src: &StatusSources) -> Value {
         children.push(json!({
             "name": format!("writer.{}", w.table),
             "state": if w.committing { "committing" } else { "buffering" },
+            // A writer is not restarted in place: a permanent commit failure
+            // stops the daemon, and the restart resumes exactly once from
+            // the snapshot's offsets (see the README's supervision section).
             "restarts": 0,
+            "supervision": "process restart",
             "last_error": w.last_error,
             "buffered_rows": w.buffered_rows,
             "commits": w.commits,
@@ -176,7 +180,7 @@ pub async fn collect(src: &StatusSources) -> Value {
     children.push(json!({
         "name": "degradation_supervisor",
         "state": "running",
-        "restarts": 0,
+        "restarts": sup.restarts,
         "last_error": sup.last_error,
         "samples": sup.samples,
         "watchdog_restarts": sup.watchdog_restarts,

@@ -39,6 +39,7 @@ pub struct SupervisorState {
     /// `consumer.records`, `writer.<table>.rows`.
     pub rates: BTreeMap<String, f64>,
     pub watchdog_restarts: u64,
+    pub restarts: u64,
     pub last_error: Option<String>,
 }
 
@@ -90,6 +91,7 @@ impl DegradationSupervisor {
             samples: 0,
             rates: BTreeMap::new(),
             watchdog_restarts: 0,
+            restarts: 0,
             last_error: None,
         };
         let (state_tx, rx) = watch::channel(state.clone());
@@ -314,5 +316,17 @@ impl Actor for DegradationSupervisor {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.sample(ctx);
         ctx.run_interval(self.sample, |act, ctx| act.sample(ctx));
+    }
+}
+
+impl Supervised for DegradationSupervisor {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        // The level machine and its history survive a restart (same value).
+        self.fetching = false;
+        self.state.restarts += 1;
+        self.metrics
+            .actor_restarts
+            .with_label_values(&["degradation_supervisor"])
+            .inc();
     }
 }

@@ -149,6 +149,7 @@ struct Undelivered {
 /// What `/status` shows for the producer.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ProducerState {
+    pub restarts: u64,
     pub level: Option<Level>,
     pub in_flight: u64,
     pub enqueued: u64,
@@ -181,7 +182,6 @@ pub struct ProducerActor {
     /// Shared with the stream that polls it, so control messages can pause
     /// and resume lanes. Both run on this actor's thread, never at once.
     rx: Rc<RefCell<LaneReceiver<ProducerControl, Outgoing>>>,
-    started_stream: bool,
     level: Level,
     breaker: CircuitBreaker,
     stall: Duration,
@@ -201,7 +201,7 @@ pub struct ProducerActor {
     busy_since_ms: u64,
     delivered_at_last_tick: u64,
     undelivered_tx: mpsc::UnboundedSender<Undelivered>,
-    undelivered_rx: Option<mpsc::UnboundedReceiver<Undelivered>>,
+    undelivered_rx: Rc<RefCell<mpsc::UnboundedReceiver<Undelivered>>>,
     epoch: Instant,
     state: ProducerState,
     state_tx: watch::Sender<ProducerState>,
@@ -247,7 +247,6 @@ impl ProducerActor {
             encoder,
             metrics,
             rx: Rc::new(RefCell::new(rx)),
-            started_stream: false,
             level: Level::Normal,
             breaker,
             stall: settings.stall,
@@ -261,7 +260,7 @@ impl ProducerActor {
             busy_since_ms: 0,
             delivered_at_last_tick: 0,
             undelivered_tx,
-            undelivered_rx: Some(undelivered_rx),
+            undelivered_rx: Rc::new(RefCell::new(undelivered_rx)),
             epoch: Instant::now(),
             state: ProducerState::default(),
             state_tx,
@@ -747,20 +746,29 @@ impl Actor for ProducerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if !self.started_stream {
-            self.started_stream = true;
-            let rx = self.rx.clone();
-            ctx.add_stream(futures::stream::poll_fn(move |cx| {
-                rx.borrow_mut().poll_recv(cx)
-            }));
-            if let Some(mut undelivered) = self.undelivered_rx.take() {
-                ctx.add_stream(futures::stream::poll_fn(move |cx| {
-                    undelivered.poll_recv(cx)
-                }));
-            }
-        }
+        // Added on every (re)start: a restart drops the context's streams,
+        // while the receivers themselves, and what they hold, live on.
+        let rx = self.rx.clone();
+        ctx.add_stream(futures::stream::poll_fn(move |cx| {
+            rx.borrow_mut().poll_recv(cx)
+        }));
+        let undelivered = self.undelivered_rx.clone();
+        ctx.add_stream(futures::stream::poll_fn(move |cx| {
+            undelivered.borrow_mut().poll_recv(cx)
+        }));
         self.with_breaker(|_, _| {});
         ctx.run_interval(Duration::from_millis(50), |act, ctx| act.tick(ctx));
+    }
+}
+
+impl Supervised for ProducerActor {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        self.state.restarts += 1;
+        self.metrics
+            .actor_restarts
+            .with_label_values(&["producer"])
+            .inc();
+        tracing::warn!(restarts = self.state.restarts, "producer restarting");
     }
 }
 
