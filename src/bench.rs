@@ -322,10 +322,9 @@ async fn phase(
     let started = tokio::time::Instant::now();
     // Paced in 10 ms slices so the offered rate is smooth.
     let per_slice = rate.map(|r| ((r / 100.0).ceil() as usize).max(1));
-    let mut sent = 0usize;
-    for t in rows {
+    for (sent, t) in rows.into_iter().enumerate() {
         if let (Some(slice), Some(r)) = (per_slice, rate)
-            && sent % slice == 0
+            && sent.is_multiple_of(slice)
             && sent > 0
         {
             let due = started + Duration::from_secs_f64(sent as f64 / r);
@@ -337,7 +336,6 @@ async fn phase(
             .send_data(Tier::One.index(), Outgoing::trade(t, Tier::One))
             .await
             .map_err(|e| BenchError::Producer(e.to_string()))?;
-        sent += 1;
         if level_rx.has_changed().unwrap_or(false) {
             max_level = max_level.max(level_rx.borrow_and_update().level.level);
         }

@@ -351,6 +351,10 @@ pub struct ChaosConfig {
     /// Extra time the Iceberg writer spends per committed row
     /// (microseconds), as a slow object store would.
     pub writer_delay_us_per_row: u64,
+    /// The first this many commits of `market.trades` fail permanently, as
+    /// a broken catalog would; the writer rewinds to its last snapshot and
+    /// the consumer re-reads from there.
+    pub fail_trade_commits: u32,
 }
 
 /// Environment variables under this prefix override config keys.

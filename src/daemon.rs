@@ -22,7 +22,7 @@ use crate::kafka::{self, EmbeddedCluster, KafkaSetupError};
 use crate::lake::commit::{KafkaOffsets, current_offsets};
 use crate::lake::{self, LakeError, TableKind};
 use crate::messages::producer::ProducerControl;
-use crate::messages::writer::{AddCommitListener, Flush, GetPositions};
+use crate::messages::writer::{AddCommitListener, Flush, GetPositions, SetRestarter};
 use crate::metrics::{Metrics, MetricsError};
 use crate::registry::{LocalRegistry, RegistryError};
 use crate::status::StatusSources;
@@ -231,12 +231,21 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     consumer.assign(&tpl)?;
     let consumer = Arc::new(consumer);
 
+    let sup = &cfg.supervision;
+    let restart_backoff = backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(sup.restart_backoff_initial_ms))
+        .with_max_delay(Duration::from_millis(sup.restart_backoff_max_ms))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
     let policy = FlushPolicy {
         max_rows: cfg.writer.max_rows,
         max_age: Duration::from_millis(cfg.writer.max_age_ms),
         target_file_size: cfg.writer.target_file_size_bytes,
         delay_per_row: Duration::from_micros(cfg.chaos.writer_delay_us_per_row),
         breaker: cfg.breaker.commit.clone(),
+        restart_backoff,
+        fail_commits: 0,
     };
     if cfg.chaos.writer_delay_us_per_row > 0 {
         tracing::warn!(
@@ -246,12 +255,21 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     }
     let (fatal_tx, fatal) = tokio::sync::mpsc::unbounded_channel();
     install_panic_hook(metrics.clone(), fatal_tx.clone());
+    if cfg.chaos.fail_trade_commits > 0 {
+        tracing::warn!(
+            commits = cfg.chaos.fail_trade_commits,
+            "chaos: market.trades commits will fail on purpose"
+        );
+    }
     let trades = WriterActor::new(
         TableKind::Trades,
         catalog.clone(),
         lake::table_ident(&cfg, TableKind::Trades),
         lake::batch::arrow_schema(trades_table.metadata().current_schema())?,
-        policy.clone(),
+        FlushPolicy {
+            fail_commits: cfg.chaos.fail_trade_commits,
+            ..policy.clone()
+        },
         trades_start,
         metrics.clone(),
     )?
@@ -270,13 +288,6 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     .with_fatal(fatal_tx);
     let dl_state = dead_letters.subscribe();
     let dead_letters = dead_letters.start();
-    let sup = &cfg.supervision;
-    let restart_backoff = backon::ExponentialBuilder::new()
-        .with_min_delay(Duration::from_millis(sup.restart_backoff_initial_ms))
-        .with_max_delay(Duration::from_millis(sup.restart_backoff_max_ms))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times();
     let consumer_actor = ConsumerActor::new(
         consumer,
         codec.clone(),
@@ -301,6 +312,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     for w in [&trades, &dead_letters] {
         // Sent before any rows can reach the writer, so no commit misses it.
         w.do_send(AddCommitListener(consumer_addr.clone().recipient()));
+        w.do_send(SetRestarter(consumer_addr.clone().recipient()));
     }
 
     let spill = SpillLog::open(&cfg.spill_dir(), cfg.spill.segment_bytes)?;

@@ -162,11 +162,7 @@ pub async fn collect(src: &StatusSources) -> Value {
         children.push(json!({
             "name": format!("writer.{}", w.table),
             "state": if w.committing { "committing" } else { "buffering" },
-            // A writer is not restarted in place: a permanent commit failure
-            // stops the daemon, and the restart resumes exactly once from
-            // the snapshot's offsets (see the README's supervision section).
-            "restarts": 0,
-            "supervision": "process restart",
+            "restarts": w.restarts,
             "last_error": w.last_error,
             "buffered_rows": w.buffered_rows,
             "commits": w.commits,

@@ -260,7 +260,13 @@ replay_batch = 200
     assert!(degraded > 0, "tier 3 was neither shed nor spilled");
 
     // Every tier-1 trade sent is in the table, once; the table holds exactly
-    // what was published.
+    // what was published. (The lag above comes from the broker's watermarks;
+    // wait for the commits too rather than trust them alone.)
+    wait_until(
+        "published trades committed",
+        Duration::from_secs(120),
+        || env.count("select count(*) from market.trades") >= published_total as i64,
+    );
     let btc = env.query(
         "select count(*) as n, count(distinct message_id) as d from market.trades where symbol = 'BTCUSDT'",
     );
@@ -408,6 +414,11 @@ half_open_successes = 3
     // In order: in the topic, each symbol's trade ids rise with the offset,
     // with none twice (the spill log was replayed behind what librdkafka
     // still held, in append order).
+    // Tansu's high watermarks can trail just after its restart, so wait for
+    // the commits as well as for the lag.
+    wait_until("every trade committed", Duration::from_secs(120), || {
+        env.count("select count(*) from market.trades") >= total as i64
+    });
     let topic = format!("{}.trades.binance", env.run);
     let by_symbol = read_trade_ids(&broker.bootstrap, &topic, &env.data_dir(), total);
     let in_topic: usize = by_symbol.values().map(Vec::len).sum();

@@ -15,6 +15,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use crate::actors::writer::WriterActor;
 use crate::avro::Codec;
 use crate::messages::consumer::Committed;
+pub use crate::messages::consumer::RestartConsumer;
 use crate::messages::writer::{Consumed, GetPositions, Rows};
 use crate::metrics::Metrics;
 use crate::model::{DeadLetter, TradeV2, now_us};
@@ -35,12 +36,6 @@ pub struct ConsumerState {
     pub restarts: u64,
     pub last_error: Option<String>,
 }
-
-/// Stop the consumer loop; its supervisor restarts it at the writers'
-/// positions (sent by the watchdog when it makes no progress).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct RestartConsumer;
 
 pub struct ConsumerActor {
     consumer: Arc<StreamConsumer>,
@@ -124,6 +119,7 @@ impl Actor for ConsumerActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         let routes = self.routes.clone();
         let reseek_first = std::mem::take(&mut self.reseek);
+        let generation = self.state.restarts;
         // Restarts wait a capped, jittered, growing delay so a consumer that
         // fails at once does not spin.
         let delay = if reseek_first {
@@ -199,6 +195,7 @@ impl Actor for ConsumerActor {
                     let msg = Consumed {
                         rows: Rows::Trades(trades),
                         positions: trade_pos,
+                        generation,
                     };
                     if routes.trades.send(msg).await.is_err() {
                         break;
@@ -208,6 +205,7 @@ impl Actor for ConsumerActor {
                     let msg = Consumed {
                         rows: Rows::DeadLetters(dead),
                         positions: dead_pos,
+                        generation,
                     };
                     if routes.dead_letters.send(msg).await.is_err() {
                         break;
@@ -240,11 +238,13 @@ impl Supervised for ConsumerActor {
 }
 
 impl Handler<RestartConsumer> for ConsumerActor {
-    type Result = ();
+    type Result = MessageResult<RestartConsumer>;
 
-    fn handle(&mut self, _: RestartConsumer, ctx: &mut Self::Context) {
-        self.state.last_error = Some("restarted by the watchdog: no progress".into());
+    fn handle(&mut self, _: RestartConsumer, ctx: &mut Self::Context) -> Self::Result {
+        self.state.last_error = Some("restart requested (watchdog or a rewinding writer)".into());
         ctx.stop();
+        // `restarting` bumps the count; the new loop stamps that number.
+        MessageResult(self.state.restarts + 1)
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use arrow::datatypes::SchemaRef;
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use iceberg::{Catalog, TableIdent};
 
 use serde::Serialize;
@@ -20,7 +20,10 @@ use crate::degrade::breaker::{BreakerConfig, BreakerSnapshot, BreakerState, Circ
 use crate::lake::commit::{self, KafkaOffsets};
 use crate::lake::{LakeError, TableKind, batch};
 use crate::messages::consumer::Committed;
-use crate::messages::writer::{AddCommitListener, Consumed, Flush, GetPositions, Rows};
+use crate::messages::consumer::RestartConsumer;
+use crate::messages::writer::{
+    AddCommitListener, Consumed, Flush, GetPositions, Rows, SetRestarter,
+};
 use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +37,8 @@ pub enum WriterError {
     Join(String),
     #[error("writer config: {0}")]
     Config(String),
+    #[error("commit failed on purpose (chaos.fail_commits)")]
+    Chaos,
 }
 
 /// Flush limits.
@@ -46,6 +51,12 @@ pub struct FlushPolicy {
     pub delay_per_row: Duration,
     /// The breaker around the commit.
     pub breaker: BreakerConfig,
+    /// Delay before rewinding after a permanent commit failure; grows per
+    /// failure in a row.
+    pub restart_backoff: ExponentialBuilder,
+    /// Chaos: this many commits fail permanently (as a broken catalog
+    /// would), to exercise the recovery.
+    pub fail_commits: u32,
 }
 
 /// What `/status` and the degradation supervisor see of a writer.
@@ -66,6 +77,8 @@ pub struct WriterState {
     #[serde(skip)]
     pub commit_started: Option<Instant>,
     pub committing: bool,
+    /// In-place restarts: rewinds to the last snapshot after a failed commit.
+    pub restarts: u64,
     pub breaker: Option<BreakerSnapshot>,
     pub last_error: Option<String>,
 }
@@ -103,8 +116,20 @@ pub struct WriterActor {
     oldest: Option<Instant>,
     /// Told about every commit.
     listeners: Vec<Recipient<Committed>>,
-    /// Told about a permanent failure, so the daemon exits non-zero.
+    /// Told about a permanent failure, so the daemon exits non-zero; only
+    /// used when no consumer can be restarted (nothing to rewind with).
     fatal: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// Where the writer started; a rewind falls back to it for partitions
+    /// its table has no snapshot offsets for.
+    origin: KafkaOffsets,
+    restarter: Option<Recipient<RestartConsumer>>,
+    /// `Consumed` from an older consumer loop than this is dropped: after a
+    /// rewind it lies beyond the positions the writer went back to.
+    min_generation: u64,
+    restart_backoff: ExponentialBackoff,
+    /// Failures in a row, for the restart delay.
+    failures_in_row: u32,
+    chaos_failures: Arc<std::sync::atomic::AtomicU32>,
     metrics: Metrics,
     breaker: SharedBreaker,
     epoch: Instant,
@@ -122,6 +147,8 @@ impl WriterActor {
         start: KafkaOffsets,
         metrics: Metrics,
     ) -> Result<Self, WriterError> {
+        let restart_backoff = policy.restart_backoff.build();
+        let chaos_failures = Arc::new(std::sync::atomic::AtomicU32::new(policy.fail_commits));
         let breaker =
             CircuitBreaker::new(format!("commit.{}", kind.name()), policy.breaker.clone())
                 .map_err(|e| WriterError::Config(format!("breaker.commit: {e}")))?;
@@ -139,11 +166,17 @@ impl WriterActor {
             schema,
             policy,
             buffer: empty_rows(kind),
+            origin: start.clone(),
             positions: start,
             dirty: false,
             oldest: None,
             listeners: Vec::new(),
             fatal: None,
+            restarter: None,
+            min_generation: 0,
+            restart_backoff,
+            failures_in_row: 0,
+            chaos_failures,
             metrics,
             breaker: Arc::new(std::sync::Mutex::new(breaker)),
             epoch: Instant::now(),
@@ -198,6 +231,7 @@ impl WriterActor {
         let metrics = self.metrics.clone();
         let breaker = self.breaker.clone();
         let epoch = self.epoch;
+        let chaos = self.chaos_failures.clone();
         self.state.commit_started = Some(Instant::now());
         self.state.committing = true;
         self.publish_state();
@@ -205,6 +239,16 @@ impl WriterActor {
             let started = Instant::now();
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
+            }
+            let injected = chaos
+                .fetch_update(
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok();
+            if injected {
+                return Err(WriterError::Chaos);
             }
             let batch = match rows {
                 Rows::Trades(mut r) => batch::trades_batch(&schema, &mut r),
@@ -278,7 +322,11 @@ impl WriterActor {
         }))
     }
 
-    fn after_flush(&mut self, res: FlushOutcome) -> Result<Option<i64>, WriterError> {
+    fn after_flush(
+        &mut self,
+        res: FlushOutcome,
+        ctx: &mut Context<Self>,
+    ) -> Result<Option<i64>, WriterError> {
         let table = self.table();
         if let Some(s) = self.state.commit_started.take() {
             self.state.last_commit_ms =
@@ -316,6 +364,7 @@ impl WriterActor {
                     files = c.files,
                     "committed"
                 );
+                self.failures_in_row = 0;
                 for l in &self.listeners {
                     l.do_send(Committed {
                         table,
@@ -330,15 +379,100 @@ impl WriterActor {
                     .writer_commits
                     .with_label_values(&[table, "failed"])
                     .inc();
-                // A permanent failure cannot be skipped without losing rows;
-                // stop the daemon so it restarts from the last snapshot.
-                tracing::error!(table, error = %e, "iceberg commit failed permanently; stopping");
-                if let Some(f) = &self.fatal {
-                    let _ = f.send(e.to_string());
+                self.metrics
+                    .actor_errors
+                    .with_label_values(&[&format!("writer.{table}"), "commit"])
+                    .inc();
+                // The rows of the failed commit are gone from memory but not
+                // from Kafka: rewind to the last snapshot and read them again.
+                if self.restarter.is_some() {
+                    tracing::error!(table, error = %e, "iceberg commit failed permanently; rewinding to the last snapshot");
+                    self.rewind(ctx);
+                } else {
+                    tracing::error!(table, error = %e, "iceberg commit failed permanently; stopping");
+                    if let Some(f) = &self.fatal {
+                        let _ = f.send(e.to_string());
+                    }
                 }
                 Err(e)
             }
         }
+    }
+}
+
+impl WriterActor {
+    /// The in-place restart after a permanent commit failure: wait a capped,
+    /// jittered, growing delay; take the positions of the table's latest
+    /// snapshot (or where the writer started); drop the buffer; and restart
+    /// the consumer there, ignoring what its old loop still sends. Nothing
+    /// is lost (it is all in Kafka) and nothing is committed twice.
+    fn rewind(&mut self, ctx: &mut Context<Self>) {
+        let table = self.table();
+        self.failures_in_row += 1;
+        self.state.restarts += 1;
+        self.metrics
+            .actor_restarts
+            .with_label_values(&[&format!("writer.{table}")])
+            .inc();
+        let delay = self
+            .restart_backoff
+            .next()
+            .unwrap_or(Duration::from_secs(30));
+        self.buffer = empty_rows(self.kind);
+        self.dirty = false;
+        self.oldest = None;
+        let catalog = self.catalog.clone();
+        let ident = self.ident.clone();
+        let restarter = self.restarter.clone();
+        ctx.wait(
+            async move {
+                tokio::time::sleep(delay).await;
+                let loaded = catalog
+                    .load_table(&ident)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| commit::current_offsets(&t).map_err(|e| e.to_string()));
+                (loaded, restarter)
+            }
+            .into_actor(self)
+            .then(move |(loaded, restarter), act, ctx| {
+                let mut positions = act.origin.clone();
+                match loaded {
+                    Ok(Some((snapshot, o))) if o.cluster_id == act.origin.cluster_id => {
+                        for (t, parts) in &o.topics {
+                            for (p, next) in parts {
+                                positions.set(t, *p, *next);
+                            }
+                        }
+                        tracing::info!(table, snapshot_id = snapshot, "writer rewound to its last snapshot");
+                    }
+                    Ok(_) => {
+                        tracing::info!(table, "no snapshot of this cluster; writer rewound to where it started")
+                    }
+                    Err(e) => {
+                        // Cannot know what is committed: try the whole
+                        // rewind again later rather than guess.
+                        tracing::error!(table, error = %e, "cannot load the table to rewind; retrying");
+                        act.state.last_error = Some(format!("rewind: {e}"));
+                        act.rewind(ctx);
+                        return futures::future::Either::Left(actix::fut::ready(()));
+                    }
+                }
+                act.positions = positions;
+                act.publish_state();
+                let ask = async move {
+                    match restarter {
+                        Some(r) => r.send(RestartConsumer).await.ok(),
+                        None => None,
+                    }
+                };
+                futures::future::Either::Right(ask.into_actor(act).map(|generation, act, _| {
+                    if let Some(g) = generation {
+                        act.min_generation = g;
+                    }
+                }))
+            }),
+        );
     }
 }
 
@@ -399,8 +533,8 @@ impl Actor for WriterActor {
                 .oldest
                 .is_some_and(|t| t.elapsed() >= act.policy.max_age);
             if due && let Some(f) = act.flush() {
-                ctx.wait(f.into_actor(act).map(|res, act, _| {
-                    let _ = act.after_flush(res);
+                ctx.wait(f.into_actor(act).map(|res, act, ctx| {
+                    let _ = act.after_flush(res, ctx);
                 }));
             }
         });
@@ -411,6 +545,10 @@ impl Handler<Consumed> for WriterActor {
     type Result = ();
 
     fn handle(&mut self, msg: Consumed, ctx: &mut Self::Context) {
+        if msg.generation < self.min_generation {
+            // Sent by a consumer loop from before a rewind.
+            return;
+        }
         for (topic, partition, next) in &msg.positions {
             self.positions.set(topic, *partition, *next);
         }
@@ -434,8 +572,8 @@ impl Handler<Consumed> for WriterActor {
         if self.buffer.len() >= self.policy.max_rows
             && let Some(f) = self.flush()
         {
-            ctx.wait(f.into_actor(self).map(|res, act, _| {
-                let _ = act.after_flush(res);
+            ctx.wait(f.into_actor(self).map(|res, act, ctx| {
+                let _ = act.after_flush(res, ctx);
             }));
         }
     }
@@ -448,9 +586,18 @@ impl Handler<Flush> for WriterActor {
         match self.flush() {
             None => AtomicResponse::new(Box::pin(actix::fut::ready(Ok(None)))),
             Some(f) => AtomicResponse::new(Box::pin(
-                f.into_actor(self).map(|res, act, _| act.after_flush(res)),
+                f.into_actor(self)
+                    .map(|res, act, ctx| act.after_flush(res, ctx)),
             )),
         }
+    }
+}
+
+impl Handler<SetRestarter> for WriterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetRestarter, _ctx: &mut Self::Context) {
+        self.restarter = Some(msg.0);
     }
 }
 
