@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use rdkafka::Message as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
@@ -757,6 +757,7 @@ impl Actor for ProducerActor {
             undelivered.borrow_mut().poll_recv(cx)
         }));
         self.with_breaker(|_, _| {});
+        self.publish_state();
         ctx.run_interval(Duration::from_millis(50), |act, ctx| act.tick(ctx));
     }
 }
@@ -794,10 +795,26 @@ impl StreamHandler<Envelope<ProducerControl, Outgoing>> for ProducerActor {
             }
             Envelope::Control(ProducerControl::Flush(reply)) => {
                 let producer = self.producer.clone();
+                let deliveries = self.deliveries.clone();
+                // With the breaker open the broker is known to be away: do
+                // not wait long for it.
+                let wait = if self.breaker.state() == BreakerState::Closed {
+                    Duration::from_secs(30)
+                } else {
+                    Duration::from_secs(1)
+                };
                 ctx.spawn(
                     async move {
                         let r = tokio::task::spawn_blocking(move || {
-                            producer.flush(Duration::from_secs(30))
+                            let r = producer.flush(wait);
+                            if r.is_err() {
+                                // Whatever librdkafka still holds would die
+                                // with the process: take it back, so each
+                                // record comes back as undelivered and goes
+                                // to the spill log.
+                                producer.purge(PurgeConfig::default().queue().inflight());
+                            }
+                            r
                         })
                         .await;
                         let r = match r {
@@ -805,9 +822,40 @@ impl StreamHandler<Envelope<ProducerControl, Outgoing>> for ProducerActor {
                             Ok(Err(e)) => Err(e.to_string()),
                             Err(e) => Err(e.to_string()),
                         };
-                        let _ = reply.send(r);
+                        // Purged records report back within moments.
+                        let until = Instant::now() + Duration::from_secs(10);
+                        while deliveries.in_flight.load(Ordering::Relaxed) > 0
+                            && Instant::now() < until
+                        {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        r
                     }
-                    .into_actor(self),
+                    .into_actor(self)
+                    .map(move |r, act, _| {
+                        // Spill what came back before answering: the caller
+                        // may be about to exit.
+                        let mut back = Vec::new();
+                        while let Ok(u) = act.undelivered_rx.borrow_mut().try_recv() {
+                            back.push(u);
+                        }
+                        let spilled = back.len();
+                        for u in back {
+                            act.spill_entry(u.entry);
+                        }
+                        if let Err(e) = act.spill.sync() {
+                            tracing::error!(error = %e, "spill log sync failed at flush");
+                        }
+                        act.publish_state();
+                        let r = match r {
+                            Err(e) if spilled > 0 => {
+                                tracing::warn!(records = spilled, error = %e, "broker unavailable at flush; undelivered records kept in the spill log");
+                                Ok(())
+                            }
+                            other => other,
+                        };
+                        let _ = reply.send(r);
+                    }),
                 );
             }
         }
