@@ -120,7 +120,7 @@ pub async fn collect(src: &StatusSources) -> Value {
                     "restarts": s.restarts,
                     "last_error": s.last_error,
                     "url": s.url,
-                    "frames": s.frames,
+                    "throughput_per_sec": src.supervisor.borrow().rates.get("feed.received"),
                 }),
                 _ => json!({"name": "feed", "state": "unresponsive"}),
             }

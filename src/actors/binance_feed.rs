@@ -50,7 +50,6 @@ pub struct FeedState {
     pub url: String,
     pub connected: bool,
     pub restarts: u64,
-    pub frames: u64,
     pub last_error: Option<String>,
 }
 

@@ -35,8 +35,8 @@ pub struct SupervisorState {
     /// Age of the watermarks behind `lag`; the lag is only as fresh as this.
     pub lag_age_ms: Option<u64>,
     pub samples: u64,
-    /// Per-second rates over the last second or so: `producer.delivered`,
-    /// `consumer.records`, `writer.<table>.rows`.
+    /// Per-second rates over the last second or so: `feed.received`,
+    /// `producer.delivered`, `consumer.records`, `writer.<table>.rows`.
     pub rates: BTreeMap<String, f64>,
     pub watchdog_restarts: u64,
     pub restarts: u64,
@@ -289,6 +289,12 @@ impl DegradationSupervisor {
         }
         let window = self.rate_base.0.elapsed();
         if window >= Duration::from_secs(1) {
+            // Feed messages received, all exchanges (read once per window).
+            let received: u64 = crate::status::accounts(&self.metrics)
+                .iter()
+                .map(|a| a.received)
+                .sum();
+            counts.insert("feed.received".to_string(), received as f64);
             let secs = window.as_secs_f64();
             self.state.rates = counts
                 .iter()
