@@ -74,17 +74,7 @@ tier2 = ["ETHUSDT"]
 "#;
 
 fn feed_for_flood(env: &Env) {
-    env.set("feeds.binance", "streams", r#"["aggTrade"]"#);
-    env.set(
-        "feeds.binance",
-        "symbols",
-        r#"["btcusdt", "ethusdt", "dotusdt"]"#,
-    );
-    // One connection for the whole run: after the capture ends the feed
-    // must not reconnect and be served the capture again.
-    env.set("feeds.binance", "backoff_initial_ms", "600000");
-    env.set("feeds.binance", "backoff_max_ms", "600000");
-    env.set("feeds.binance", "stale_after_secs", "600");
+    env.one_pass_feed();
     let tiers = env.dir.path().join("instruments.toml");
     std::fs::write(&tiers, TIERS).unwrap();
     set_top_level(env, &format!("instruments_file = \"{}\"", tiers.display()));
@@ -342,20 +332,7 @@ fn broker_outage_opens_the_breaker_spills_and_replays_in_order_exactly_once() {
     let total: u64 = counts.values().sum();
     // ~28 s of ingest at 200 trades/s; the outage is in the middle of it.
     let (mut replay, url) = start_replay(&[capture], &["--rate", "200"]);
-    let env = Env::new(
-        &broker.bootstrap,
-        Some(&url),
-        r#"
-[breaker]
-stall_ms = 1000
-
-[breaker.producer]
-failure_threshold = 3
-open_ms = 2000
-half_open_successes = 3
-"#,
-    );
-    feed_for_flood(&env);
+    let env = outage_env(&broker, &url);
     let mut daemon = env.start_daemon("daemon");
 
     wait_until("ingest under way", Duration::from_secs(60), || {
@@ -462,20 +439,7 @@ fn a_stop_during_an_outage_keeps_everything_and_the_restart_replays_the_spill_lo
     let work = tempfile::tempdir().unwrap();
     let (capture, _) = renumbered_capture(work.path(), 2);
     let (mut replay, url) = start_replay(&[capture], &["--rate", "300"]);
-    let env = Env::new(
-        &broker.bootstrap,
-        Some(&url),
-        r#"
-[breaker]
-stall_ms = 1000
-
-[breaker.producer]
-failure_threshold = 3
-open_ms = 2000
-half_open_successes = 3
-"#,
-    );
-    feed_for_flood(&env);
+    let env = outage_env(&broker, &url);
     let mut first = env.start_daemon("first");
     wait_until("ingest under way", Duration::from_secs(60), || {
         env.count("select count(*) from market.trades") > 0
@@ -527,6 +491,25 @@ half_open_successes = 3
     );
     assert_eq!(rows[0]["d"].as_u64().unwrap(), received);
     assert!(second.terminate().success());
+}
+
+/// A daemon on `broker` whose producer breaker reacts within seconds.
+fn outage_env(broker: &OwnTansu, feed_url: &str) -> Env {
+    let env = Env::new(
+        &broker.bootstrap,
+        Some(feed_url),
+        r#"
+[breaker]
+stall_ms = 1000
+
+[breaker.producer]
+failure_threshold = 3
+open_ms = 2000
+half_open_successes = 3
+"#,
+    );
+    feed_for_flood(&env);
+    env
 }
 
 /// Every trade on `topic`, decoded with the daemon's own schema registry,

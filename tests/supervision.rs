@@ -30,15 +30,7 @@ restart_backoff_max_ms = 500
 fail_trade_commits = 2
 "#,
     );
-    env.set("feeds.binance", "streams", r#"["aggTrade"]"#);
-    env.set(
-        "feeds.binance",
-        "symbols",
-        r#"["btcusdt", "ethusdt", "dotusdt"]"#,
-    );
-    // One pass of the capture: no reconnect once it ends.
-    env.set("feeds.binance", "backoff_initial_ms", "600000");
-    env.set("feeds.binance", "backoff_max_ms", "600000");
+    env.one_pass_feed();
     env.set("writer", "max_rows", "200");
     let mut daemon = env.start_daemon("daemon");
 

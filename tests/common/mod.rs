@@ -152,6 +152,21 @@ listen = "127.0.0.1:{http_port}"
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// The feed on the three symbols of the recorded capture, aggTrade, and
+    /// one connection for the whole run: once the capture ends it must not
+    /// reconnect and be served the capture again.
+    pub fn one_pass_feed(&self) {
+        self.set("feeds.binance", "streams", r#"["aggTrade"]"#);
+        self.set(
+            "feeds.binance",
+            "symbols",
+            r#"["btcusdt", "ethusdt", "dotusdt"]"#,
+        );
+        self.set("feeds.binance", "backoff_initial_ms", "600000");
+        self.set("feeds.binance", "backoff_max_ms", "600000");
+        self.set("feeds.binance", "stale_after_secs", "600");
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
