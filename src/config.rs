@@ -227,6 +227,12 @@ pub struct WriterConfig {
     pub max_age_ms: u64,
     /// Target Parquet file size in bytes before a file rolls over.
     pub target_file_size_bytes: usize,
+    /// Message ids of committed trades the writer remembers, to store a
+    /// record that reached Kafka twice only once.
+    pub dedup_capacity: usize,
+    /// At start, the ids of trades ingested in this many seconds before are
+    /// read back from the table into that memory.
+    pub dedup_window_secs: u64,
 }
 
 impl Default for WriterConfig {
@@ -235,6 +241,8 @@ impl Default for WriterConfig {
             max_rows: 100_000,
             max_age_ms: 5_000,
             target_file_size_bytes: 128 << 20,
+            dedup_capacity: 1_000_000,
+            dedup_window_secs: 900,
         }
     }
 }
@@ -475,6 +483,9 @@ impl Config {
         }
         if self.writer.max_rows == 0 {
             return Err(err("writer.max_rows", "must be > 0".into()));
+        }
+        if self.writer.dedup_capacity == 0 {
+            return Err(err("writer.dedup_capacity", "must be > 0".into()));
         }
         if self.writer.max_age_ms == 0 {
             return Err(err("writer.max_age_ms", "must be > 0".into()));

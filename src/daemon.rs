@@ -246,7 +246,21 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         breaker: cfg.breaker.commit.clone(),
         restart_backoff,
         fail_commits: 0,
+        dedup_capacity: cfg.writer.dedup_capacity,
     };
+    let window_us = i64::try_from(cfg.writer.dedup_window_secs)
+        .unwrap_or(i64::MAX / 2_000_000)
+        .saturating_mul(1_000_000);
+    let recent = lake::commit::recent_message_ids(
+        &trades_table,
+        crate::model::now_us().saturating_sub(window_us),
+    )
+    .await?;
+    tracing::info!(
+        ids = recent.len(),
+        window_secs = cfg.writer.dedup_window_secs,
+        "recent trade ids read back for de-duplication"
+    );
     if cfg.chaos.writer_delay_us_per_row > 0 {
         tracing::warn!(
             us_per_row = cfg.chaos.writer_delay_us_per_row,
@@ -273,6 +287,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         trades_start,
         metrics.clone(),
     )?
+    .seed_committed(&recent)
     .with_fatal(fatal_tx.clone());
     let trades_state = trades.subscribe();
     let trades = trades.start();

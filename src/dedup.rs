@@ -4,6 +4,16 @@
 
 use std::collections::{HashSet, VecDeque};
 
+/// The compact key of a message id: ids are UUIDs, and their 128-bit value
+/// keeps entries small; anything else is hashed into one.
+pub fn key(message_id: &str) -> u128 {
+    uuid::Uuid::parse_str(message_id)
+        .map(|u| u.as_u128())
+        .unwrap_or_else(|_| {
+            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, message_id.as_bytes()).as_u128()
+        })
+}
+
 pub struct Dedup {
     seen: HashSet<u128>,
     order: VecDeque<u128>,
@@ -21,12 +31,16 @@ impl Dedup {
 
     /// True when `message_id` is new (and remembers it).
     pub fn first_time(&mut self, message_id: &str) -> bool {
-        // Message ids are UUIDs; hashing the 128-bit value keeps entries small.
-        let key = uuid::Uuid::parse_str(message_id)
-            .map(|u| u.as_u128())
-            .unwrap_or_else(|_| {
-                uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, message_id.as_bytes()).as_u128()
-            });
+        self.first_time_key(key(message_id))
+    }
+
+    /// Whether `message_id` is remembered (without remembering it).
+    pub fn contains(&self, message_id: &str) -> bool {
+        self.seen.contains(&key(message_id))
+    }
+
+    /// [`first_time`](Self::first_time) on a key from [`key`].
+    pub fn first_time_key(&mut self, key: u128) -> bool {
         if !self.seen.insert(key) {
             return false;
         }

@@ -47,6 +47,7 @@ pub struct Metrics {
     pub actor_restarts: IntCounterVec,
     pub actor_errors: IntCounterVec,
     pub actor_panics: IntCounterVec,
+    pub writer_duplicates: IntCounterVec,
     pub resident_memory: IntGaugeVec,
 }
 
@@ -255,6 +256,11 @@ impl Metrics {
             "Errors that ended an actor's run (connection lost, stall, failure).",
             &["actor", "kind"],
         )?;
+        let writer_duplicates = counter(
+            "ticklake_writer_duplicates_total",
+            "Rows dropped by a writer because their message id was already committed or buffered.",
+            &["table"],
+        )?;
         let actor_panics = counter(
             "ticklake_actor_panics_total",
             "Panics, by thread; a panic stops the daemon for a clean restart.",
@@ -291,6 +297,7 @@ impl Metrics {
             actor_restarts,
             actor_errors,
             actor_panics,
+            writer_duplicates,
             resident_memory,
             registry,
             feed_frames,

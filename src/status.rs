@@ -163,6 +163,7 @@ pub async fn collect(src: &StatusSources) -> Value {
             "name": format!("writer.{}", w.table),
             "state": if w.committing { "committing" } else { "buffering" },
             "restarts": w.restarts,
+            "duplicates_dropped": w.duplicates_dropped,
             "last_error": w.last_error,
             "buffered_rows": w.buffered_rows,
             "commits": w.commits,

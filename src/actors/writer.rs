@@ -3,6 +3,7 @@
 //! the next Kafka offset of every partition it has taken in. While a commit
 //! runs the actor reads no messages, so the consumer is pushed back.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use iceberg::{Catalog, TableIdent};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::dedup::{self, Dedup};
 use crate::degrade::breaker::{BreakerConfig, BreakerSnapshot, BreakerState, CircuitBreaker};
 use crate::lake::commit::{self, KafkaOffsets};
 use crate::lake::{LakeError, TableKind, batch};
@@ -57,6 +59,9 @@ pub struct FlushPolicy {
     /// Chaos: this many commits fail permanently (as a broken catalog
     /// would), to exercise the recovery.
     pub fail_commits: u32,
+    /// Message ids of committed trades remembered to drop a record that
+    /// reaches Kafka twice (see [`WriterActor::seed_committed`]).
+    pub dedup_capacity: usize,
 }
 
 /// What `/status` and the degradation supervisor see of a writer.
@@ -79,6 +84,9 @@ pub struct WriterState {
     pub committing: bool,
     /// In-place restarts: rewinds to the last snapshot after a failed commit.
     pub restarts: u64,
+    /// Trades dropped because their message id was already committed or
+    /// buffered.
+    pub duplicates_dropped: u64,
     pub breaker: Option<BreakerSnapshot>,
     pub last_error: Option<String>,
 }
@@ -130,6 +138,10 @@ pub struct WriterActor {
     /// Failures in a row, for the restart delay.
     failures_in_row: u32,
     chaos_failures: Arc<std::sync::atomic::AtomicU32>,
+    /// Trades only: ids committed (bounded, oldest forgotten first) and ids
+    /// in the buffer. A trade whose id is in either is a second copy.
+    committed_ids: Dedup,
+    buffered_ids: HashSet<u128>,
     metrics: Metrics,
     breaker: SharedBreaker,
     epoch: Instant,
@@ -148,6 +160,7 @@ impl WriterActor {
         metrics: Metrics,
     ) -> Result<Self, WriterError> {
         let restart_backoff = policy.restart_backoff.build();
+        let committed_ids = Dedup::new(policy.dedup_capacity);
         let chaos_failures = Arc::new(std::sync::atomic::AtomicU32::new(policy.fail_commits));
         let breaker =
             CircuitBreaker::new(format!("commit.{}", kind.name()), policy.breaker.clone())
@@ -177,12 +190,26 @@ impl WriterActor {
             restart_backoff,
             failures_in_row: 0,
             chaos_failures,
+            committed_ids,
+            buffered_ids: HashSet::new(),
             metrics,
             breaker: Arc::new(std::sync::Mutex::new(breaker)),
             epoch: Instant::now(),
             state,
             state_tx,
         })
+    }
+
+    /// Remembers the ids of trades the table already holds (the recent
+    /// ones, read at start), so that a record that reached Kafka twice is
+    /// stored once. That happens when a broker wrote a record but its
+    /// acknowledgement was lost with the connection: the producer cannot
+    /// know, and sends it again (from the spill log, or after a restart).
+    pub fn seed_committed(mut self, ids: &[String]) -> Self {
+        for id in ids {
+            self.committed_ids.first_time(id);
+        }
+        self
     }
 
     /// The state this writer publishes after every change.
@@ -365,6 +392,9 @@ impl WriterActor {
                     "committed"
                 );
                 self.failures_in_row = 0;
+                for k in self.buffered_ids.drain() {
+                    self.committed_ids.first_time_key(k);
+                }
                 for l in &self.listeners {
                     l.do_send(Committed {
                         table,
@@ -419,6 +449,7 @@ impl WriterActor {
             .next()
             .unwrap_or(Duration::from_secs(30));
         self.buffer = empty_rows(self.kind);
+        self.buffered_ids.clear();
         self.dirty = false;
         self.oldest = None;
         let catalog = self.catalog.clone();
@@ -557,7 +588,28 @@ impl Handler<Consumed> for WriterActor {
             self.oldest.get_or_insert_with(Instant::now);
         }
         match (&mut self.buffer, msg.rows) {
-            (Rows::Trades(b), Rows::Trades(r)) => b.extend(r),
+            (Rows::Trades(b), Rows::Trades(r)) => {
+                let offered = r.len();
+                let had = b.len();
+                let committed = &self.committed_ids;
+                let buffered = &mut self.buffered_ids;
+                b.extend(r.into_iter().filter(|t| {
+                    !committed.contains(&t.message_id) && buffered.insert(dedup::key(&t.message_id))
+                }));
+                let dropped = offered - (b.len() - had);
+                if dropped > 0 {
+                    tracing::warn!(
+                        table = self.kind.name(),
+                        dropped,
+                        "second copies of trades dropped (a record reached kafka twice)"
+                    );
+                    self.state.duplicates_dropped += dropped as u64;
+                    self.metrics
+                        .writer_duplicates
+                        .with_label_values(&[self.kind.name()])
+                        .inc_by(dropped as u64);
+                }
+            }
             (Rows::DeadLetters(b), Rows::DeadLetters(r)) => b.extend(r),
             (_, other) if other.is_empty() => {}
             _ => {

@@ -139,3 +139,37 @@ pub async fn append(
         files,
     })
 }
+
+/// Message ids of the rows ingested at or after `since_us` (UTC µs), read
+/// from the current snapshot. Files whose ingestion times all lie before it
+/// are pruned by their column statistics, so this reads only recent files.
+pub async fn recent_message_ids(table: &Table, since_us: i64) -> Result<Vec<String>, LakeError> {
+    use arrow::array::{Array as _, AsArray};
+    use futures::TryStreamExt;
+    use iceberg::expr::Reference;
+    use iceberg::spec::Datum;
+
+    if table.metadata().current_snapshot().is_none() {
+        return Ok(Vec::new());
+    }
+    let scan = table
+        .scan()
+        .select(["message_id"])
+        .with_filter(
+            Reference::new("ingestion_timestamp")
+                .greater_than_or_equal_to(Datum::timestamptz_micros(since_us)),
+        )
+        .build()?;
+    let mut stream = scan.to_arrow().await?;
+    let mut ids = Vec::new();
+    while let Some(batch) = stream.try_next().await? {
+        let Some(col) = batch.column(0).as_string_opt::<i32>() else {
+            return Err(LakeError::Catalog(format!(
+                "message_id column has type {}",
+                batch.column(0).data_type()
+            )));
+        };
+        ids.extend(col.iter().flatten().map(str::to_string));
+    }
+    Ok(ids)
+}
