@@ -3,6 +3,7 @@
 //! format) and landed exactly once in Apache Iceberg tables.
 
 pub mod actors;
+pub mod api;
 pub mod avro;
 pub mod bench;
 pub mod capture;
@@ -12,6 +13,7 @@ pub mod dedup;
 pub mod degrade;
 pub mod exchanges;
 pub mod http;
+pub mod hybrid;
 pub mod instruments;
 pub mod kafka;
 pub mod lake;

@@ -3,4 +3,6 @@
 pub mod binance_feed;
 pub mod consumer;
 pub mod producer;
+pub mod query;
+pub mod tail;
 pub mod writer;
