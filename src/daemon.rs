@@ -13,6 +13,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::actors::binance_feed::{BinanceFeedActor, StopFeed};
 use crate::actors::consumer::{ConsumerActor, Routes};
 use crate::actors::producer::{Encoder, ProducerActor};
+use crate::actors::query::QueryActor;
+use crate::actors::tail::TailActor;
 use crate::actors::writer::{FlushPolicy, WriterActor};
 use crate::config::Config;
 use crate::kafka::{self, EmbeddedCluster, KafkaSetupError};
@@ -46,6 +48,8 @@ pub enum DaemonError {
     Join(String),
     #[error("actor mailbox closed: {0}")]
     Mailbox(#[from] MailboxError),
+    #[error(transparent)]
+    Query(#[from] crate::query::QueryError),
 }
 
 /// Where every table starts reading: its snapshot's offsets when they were
@@ -107,6 +111,9 @@ pub struct Daemon {
     fatal: tokio::sync::mpsc::UnboundedReceiver<String>,
     pub metrics: Metrics,
     pub http_addr: Option<std::net::SocketAddr>,
+    /// The uncommitted trades, and the queries over them and the lake.
+    pub tail: Addr<TailActor>,
+    pub query: Addr<QueryActor>,
 }
 
 /// Builds and starts every actor. Must run inside an actix `System`.
@@ -119,7 +126,12 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     let exchange = cfg.feeds.binance.exchange.clone();
     let trades_topic = cfg.kafka.trades_topic(&exchange);
     let dl_topic = cfg.kafka.dead_letter_topic.clone();
-    let topic_names = vec![trades_topic.clone(), dl_topic.clone()];
+    // Equities loaded by `ticklake load asx` travel on their own topic.
+    let asx_topic = cfg.kafka.trades_topic(crate::loaders::asx::EXCHANGE);
+    let mut topic_names = vec![trades_topic.clone(), dl_topic.clone()];
+    if !topic_names.contains(&asx_topic) {
+        topic_names.insert(1, asx_topic);
+    }
 
     let embedded = if cfg.kafka.is_embedded() {
         let c = EmbeddedCluster::start(&topic_names, cfg.kafka.embedded_partitions)?;
@@ -222,6 +234,10 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     let (fatal_tx, fatal) = tokio::sync::mpsc::unbounded_channel();
     let consumer_ctx = Context::<ConsumerActor>::new();
     let consumer_addr = consumer_ctx.address();
+    let tail_ctx = Context::<TailActor>::new();
+    let tail = tail_ctx.address();
+    let engine = crate::query::engine(&cfg, Some(tail.clone().recipient())).await?;
+    let query = QueryActor::new(Arc::new(engine)).start();
     let trades = WriterActor::new(
         TableKind::Trades,
         catalog.clone(),
@@ -232,8 +248,13 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         metrics.clone(),
     )
     .with_consumer(consumer_addr.clone().recipient())
+    .with_listener(tail.clone().recipient())
+    .with_listener(query.clone().recipient())
     .with_fatal(fatal_tx.clone())
     .start();
+    tail_ctx.run(
+        TailActor::new(&cluster_id, cfg.tail.max_rows).with_writer(trades.clone().recipient()),
+    );
     let dead_letters = WriterActor::new(
         TableKind::DeadLetters,
         catalog.clone(),
@@ -257,6 +278,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
             dead_letter_topic: dl_topic.clone(),
             trades: trades.clone(),
             dead_letters: dead_letters.clone(),
+            tail: Some(tail.clone().recipient()),
         },
         cluster_id.clone(),
         metrics.clone(),
@@ -280,12 +302,16 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     };
 
     let http_addr = if cfg.http.enabled {
-        let a = crate::http::start(&cfg.http.listen, metrics.clone()).map_err(|source| {
-            DaemonError::Http {
-                listen: cfg.http.listen.clone(),
-                source,
-            }
-        })?;
+        let api = crate::api::ApiState {
+            query: query.clone().recipient(),
+        };
+        let a =
+            crate::http::start(&cfg.http.listen, metrics.clone(), Some(api)).map_err(|source| {
+                DaemonError::Http {
+                    listen: cfg.http.listen.clone(),
+                    source,
+                }
+            })?;
         tracing::info!(addr = %a, "http endpoints up");
         Some(a)
     } else {
@@ -304,6 +330,8 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         fatal,
         metrics,
         http_addr,
+        tail,
+        query,
     })
 }
 

@@ -1,4 +1,5 @@
-//! The daemon's HTTP endpoints: `/metrics` (Prometheus), `/healthz`, `/readyz`.
+//! The daemon's HTTP endpoints: `/metrics` (Prometheus), `/healthz`, `/readyz`,
+//! and the query API (`/v1/*`, `/openapi.json`, see `crate::api`).
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 
@@ -15,7 +16,11 @@ async fn healthz() -> HttpResponse {
 }
 
 /// Starts the server on the current actix system; it stops with the system.
-pub fn start(listen: &str, m: Metrics) -> std::io::Result<std::net::SocketAddr> {
+pub fn start(
+    listen: &str,
+    m: Metrics,
+    api: Option<crate::api::ApiState>,
+) -> std::io::Result<std::net::SocketAddr> {
     let data = web::Data::new(m);
     let server = HttpServer::new(move || {
         App::new()
@@ -23,8 +28,15 @@ pub fn start(listen: &str, m: Metrics) -> std::io::Result<std::net::SocketAddr> 
             .route("/metrics", web::get().to(metrics))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(healthz))
+            .configure(|c| {
+                if let Some(api) = &api {
+                    crate::api::configure(c, api.clone());
+                }
+            })
     })
-    .workers(1)
+    // Queries run on the tokio pool, not on the workers; two workers keep
+    // /metrics answering while one parses a large response.
+    .workers(2)
     .disable_signals()
     .bind(listen)?;
     let addr = server

@@ -133,7 +133,10 @@ impl HybridTable {
     }
 
     /// The pinned snapshot and the tail rows past its offsets, consistent.
-    async fn pin(&self, filter: &TailFilter) -> DFResult<(Table, Option<i64>, Vec<crate::model::TradeV2>)> {
+    async fn pin(
+        &self,
+        filter: &TailFilter,
+    ) -> DFResult<(Table, Option<i64>, Vec<crate::model::TradeV2>)> {
         // Without a tail nobody refreshes the pinned table: always load.
         let mut fresh = self.tail.is_none();
         for _ in 0..MAX_PIN_ATTEMPTS {
@@ -328,9 +331,9 @@ pub fn tail_filter(filters: &[Expr]) -> TailFilter {
 
 fn string_value(v: &ScalarValue) -> Option<String> {
     match v {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
-            Some(s.clone())
-        }
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => Some(s.clone()),
         _ => None,
     }
 }

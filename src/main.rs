@@ -56,15 +56,24 @@ enum Command {
         #[arg(long)]
         retime: bool,
     },
-    /// Run SQL over the lake and print the result.
+    /// Run SQL and print the result: through the running daemon (lake plus
+    /// uncommitted tail) when one answers on http.listen, else over the
+    /// committed lake only (said on stderr).
     Query {
         #[arg(long, env = "TICKLAKE_CONFIG")]
         config: Option<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: OutputFormat,
-        /// The SQL; tables are `market.trades` and `market.dead_letters`.
+        /// The SQL; tables are `market.trades`, `market.trades_live` and
+        /// `market.dead_letters`.
         sql: String,
+    },
+    /// Load a historical data set through the daemon's own path (Avro,
+    /// Kafka, the lake writer), with a progress bar. Stop the daemon first.
+    Load {
+        #[command(subcommand)]
+        source: LoadSource,
     },
     /// Measure the sustainable end-to-end throughput into committed Iceberg
     /// and the broker's raw produce ceiling, on the configured broker (the
@@ -86,6 +95,23 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(long, required = true)]
         capture: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LoadSource {
+    /// The ASX equity trades sample: `<dir>/trades/*.csv` and
+    /// `<dir>/reference-data/company_info.csv`; exchange ASX, asset class
+    /// equities, topic `<kafka.trades_topic_prefix>.asx`.
+    Asx {
+        #[arg(long, env = "TICKLAKE_CONFIG")]
+        config: Option<PathBuf>,
+        /// The data set's directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Give up when the trades are not committed within this many seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout_secs: u64,
     },
 }
 
@@ -167,6 +193,29 @@ fn main() -> anyhow::Result<()> {
             sql,
         } => {
             let cfg = Config::load(config.as_deref())?;
+            if cfg.http.enabled {
+                let answer = ticklake::api::client::sql(
+                    &cfg.http.listen,
+                    &sql,
+                    std::time::Duration::from_millis(cfg.api.timeout_ms + 5_000),
+                )?;
+                if let Some(answer) = answer {
+                    print!("{}", ticklake::api::client::format(&answer, format)?);
+                    if format == OutputFormat::Table {
+                        println!();
+                    }
+                    if answer.get("truncated").and_then(|t| t.as_bool()) == Some(true) {
+                        eprintln!(
+                            "ticklake query: the answer was cut at api.max_rows rows by the daemon"
+                        );
+                    }
+                    return Ok(());
+                }
+            }
+            eprintln!(
+                "ticklake query: no daemon answers on {}; reading the committed lake only (trades not yet committed are missing)",
+                cfg.http.listen
+            );
             let rt = multi_thread_runtime()?;
             rt.block_on(async move {
                 let ctx = ticklake::query::session(&cfg).await?;
@@ -193,6 +242,27 @@ fn main() -> anyhow::Result<()> {
             } else {
                 println!("{report}");
             }
+            Ok(())
+        }
+        Command::Load {
+            source:
+                LoadSource::Asx {
+                    config,
+                    dir,
+                    timeout_secs,
+                },
+        } => {
+            let cfg = Config::load(config.as_deref())?;
+            let sys = actix_system();
+            let report = sys.block_on(async move {
+                ticklake::loaders::load::asx(
+                    &cfg,
+                    &dir,
+                    std::time::Duration::from_secs(timeout_secs),
+                )
+                .await
+            })?;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Command::Produce { config, capture } => {

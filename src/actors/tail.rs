@@ -126,7 +126,11 @@ impl TailStore {
         let pruned = &self.pruned;
         let mut kept = 0;
         self.by_symbol.retain(|_, rows| {
-            rows.retain(|e| pruned.get(&e.topic, e.partition).is_none_or(|p| e.offset >= p));
+            rows.retain(|e| {
+                pruned
+                    .get(&e.topic, e.partition)
+                    .is_none_or(|p| e.offset >= p)
+            });
             kept += rows.len();
             !rows.is_empty()
         });
@@ -135,7 +139,11 @@ impl TailStore {
 
     /// The rows at or past `since` that match `filter`, or `Stale` when rows
     /// past `since` were already dropped.
-    pub fn scan(&self, since: &KafkaOffsets, filter: &TailFilter) -> Result<Vec<TradeV2>, TailError> {
+    pub fn scan(
+        &self,
+        since: &KafkaOffsets,
+        filter: &TailFilter,
+    ) -> Result<Vec<TradeV2>, TailError> {
         // A snapshot recorded on another cluster covers none of these rows.
         let same_cluster = since.cluster_id == self.cluster_id;
         let from = |topic: &str, p: i32| {
@@ -352,7 +360,17 @@ mod tests {
         let e = s
             .scan(&offsets("c", &[(0, 4)]), &TailFilter::default())
             .unwrap_err();
-        assert!(matches!(e, TailError::Stale { pruned: 6, since: 4, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                TailError::Stale {
+                    pruned: 6,
+                    since: 4,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let rows = s
             .scan(&offsets("c", &[(0, 6)]), &TailFilter::default())
             .unwrap();
@@ -371,7 +389,11 @@ mod tests {
     #[test]
     fn filters_narrow_by_symbol_exchange_and_time() {
         let mut s = TailStore::new("c");
-        s.push((0..10).map(|o| row(0, o, if o % 2 == 0 { "A" } else { "B" })).collect());
+        s.push(
+            (0..10)
+                .map(|o| row(0, o, if o % 2 == 0 { "A" } else { "B" }))
+                .collect(),
+        );
         let since = offsets("c", &[]);
         let f = TailFilter {
             symbols: Some(["A".to_string()].into()),

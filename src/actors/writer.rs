@@ -51,6 +51,8 @@ pub struct WriterActor {
     dirty: bool,
     oldest: Option<Instant>,
     consumer: Option<Recipient<Committed>>,
+    /// Also told about every commit (the tail and the query actor).
+    listeners: Vec<Recipient<Committed>>,
     /// Told about a permanent failure, so the daemon exits non-zero.
     fatal: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     metrics: Metrics,
@@ -77,6 +79,7 @@ impl WriterActor {
             dirty: false,
             oldest: None,
             consumer: None,
+            listeners: Vec::new(),
             fatal: None,
             metrics,
         }
@@ -84,6 +87,11 @@ impl WriterActor {
 
     pub fn with_consumer(mut self, consumer: Recipient<Committed>) -> Self {
         self.consumer = Some(consumer);
+        self
+    }
+
+    pub fn with_listener(mut self, listener: Recipient<Committed>) -> Self {
+        self.listeners.push(listener);
         self
     }
 
@@ -191,12 +199,16 @@ impl WriterActor {
                     files = c.files,
                     "committed"
                 );
+                let msg = Committed {
+                    table,
+                    snapshot_id: c.snapshot_id,
+                    offsets,
+                };
+                for l in &self.listeners {
+                    l.do_send(msg.clone());
+                }
                 if let Some(consumer) = &self.consumer {
-                    consumer.do_send(Committed {
-                        table,
-                        snapshot_id: c.snapshot_id,
-                        offsets,
-                    });
+                    consumer.do_send(msg);
                 }
                 Ok(Some(c.snapshot_id))
             }

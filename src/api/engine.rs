@@ -76,17 +76,21 @@ fn trade_columns() -> Vec<Expr> {
 /// Decimal columns as strings, so a JSON answer keeps every digit.
 fn exact(batch: &RecordBatch) -> Result<RecordBatch, ApiError> {
     let schema = batch.schema();
-    if !schema
-        .fields()
-        .iter()
-        .any(|f| matches!(f.data_type(), DataType::Decimal128(..) | DataType::Decimal256(..)))
-    {
+    if !schema.fields().iter().any(|f| {
+        matches!(
+            f.data_type(),
+            DataType::Decimal128(..) | DataType::Decimal256(..)
+        )
+    }) {
         return Ok(batch.clone());
     }
     let mut fields = Vec::with_capacity(schema.fields().len());
     let mut cols = Vec::with_capacity(schema.fields().len());
     for (f, c) in schema.fields().iter().zip(batch.columns()) {
-        if matches!(f.data_type(), DataType::Decimal128(..) | DataType::Decimal256(..)) {
+        if matches!(
+            f.data_type(),
+            DataType::Decimal128(..) | DataType::Decimal256(..)
+        ) {
             cols.push(cast(c, &DataType::Utf8).map_err(ApiError::internal)?);
             fields.push(Field::new(f.name(), DataType::Utf8, f.is_nullable()));
         } else {
@@ -203,7 +207,10 @@ impl Engine {
     }
 
     async fn trades(&self, r: TradesRequest) -> Result<Value, ApiError> {
-        let limit = r.limit.unwrap_or(self.limits.default_limit).min(self.limits.max_rows);
+        let limit = r
+            .limit
+            .unwrap_or(self.limits.default_limit)
+            .min(self.limits.max_rows);
         let (df, info, source) = self.source(r.snapshot_id).await?;
         let mut preds = Vec::new();
         if let Some(s) = &r.symbol {
@@ -220,9 +227,11 @@ impl Engine {
         }
         if let Some(c) = &r.cursor {
             preds.push(
-                col("timestamp").gt(ts_lit(c.timestamp_us)).or(col("timestamp")
-                    .eq(ts_lit(c.timestamp_us))
-                    .and(col("message_id").gt(lit(c.message_id.as_str())))),
+                col("timestamp")
+                    .gt(ts_lit(c.timestamp_us))
+                    .or(col("timestamp")
+                        .eq(ts_lit(c.timestamp_us))
+                        .and(col("message_id").gt(lit(c.message_id.as_str())))),
             );
         }
         let df = match conjunction(preds) {
@@ -486,4 +495,3 @@ fn cursor_of(row: &Value) -> Option<Cursor> {
         message_id: row.get("message_id")?.as_str()?.to_string(),
     })
 }
-

@@ -2,6 +2,7 @@
 //! `/openapi.json`. Handlers only parse and validate; the `QueryActor`
 //! runs every query. Every error is JSON `{error, detail}`.
 
+pub mod client;
 pub mod engine;
 pub mod openapi;
 pub mod params;
@@ -57,7 +58,9 @@ impl ApiError {
             DataFusionError::Plan(_)
             | DataFusionError::SchemaError(..)
             | DataFusionError::SQL(..)
-            | DataFusionError::NotImplemented(_) => ApiError::InvalidQuery(e.find_root().to_string()),
+            | DataFusionError::NotImplemented(_) => {
+                ApiError::InvalidQuery(e.find_root().to_string())
+            }
             DataFusionError::ResourcesExhausted(m) => ApiError::Unavailable(m.clone()),
             _ => ApiError::Internal(e.to_string()),
         }
@@ -237,7 +240,10 @@ pub struct SqlBody {
     pub sql: String,
 }
 
-async fn sql(state: web::Data<ApiState>, body: web::Json<SqlBody>) -> Result<HttpResponse, ApiError> {
+async fn sql(
+    state: web::Data<ApiState>,
+    body: web::Json<SqlBody>,
+) -> Result<HttpResponse, ApiError> {
     run(&state, QueryRequest::Sql(body.into_inner().sql)).await
 }
 

@@ -58,12 +58,18 @@ pub struct Params<'a> {
 
 impl<'a> Params<'a> {
     pub fn new(map: &'a HashMap<String, String>, known: &[&str]) -> Result<Self, ApiError> {
-        let mut unknown: Vec<&String> = map.keys().filter(|k| !known.contains(&k.as_str())).collect();
+        let mut unknown: Vec<&String> = map
+            .keys()
+            .filter(|k| !known.contains(&k.as_str()))
+            .collect();
         unknown.sort();
         if let Some(k) = unknown.first() {
             return Err(ApiError::BadParam {
                 param: (*k).clone(),
-                reason: format!("unknown parameter; this endpoint takes {}", known.join(", ")),
+                reason: format!(
+                    "unknown parameter; this endpoint takes {}",
+                    known.join(", ")
+                ),
             });
         }
         Ok(Self { map })
@@ -78,8 +84,7 @@ impl<'a> Params<'a> {
     }
 
     pub fn required_name(&self, k: &'static str) -> Result<String, ApiError> {
-        self.name(k)?
-            .ok_or_else(|| ApiError::bad(k, "is required"))
+        self.name(k)?.ok_or_else(|| ApiError::bad(k, "is required"))
     }
 
     pub fn time(&self, k: &'static str) -> Result<Option<i64>, ApiError> {
@@ -100,9 +105,8 @@ impl<'a> Params<'a> {
 
     pub fn interval(&self, k: &'static str) -> Result<Interval, ApiError> {
         let v = self.get(k).ok_or_else(|| ApiError::bad(k, "is required"))?;
-        Interval::parse(v).ok_or_else(|| {
-            ApiError::bad(k, format!("{v:?} is not one of 1m, 5m, 15m, 1h, 1d"))
-        })
+        Interval::parse(v)
+            .ok_or_else(|| ApiError::bad(k, format!("{v:?} is not one of 1m, 5m, 15m, 1h, 1d")))
     }
 }
 
@@ -120,9 +124,7 @@ impl Cursor {
         let bad = || ApiError::bad(param, format!("{v:?} is not a cursor returned by this API"));
         let (ts, id) = v.split_once(':').ok_or_else(bad)?;
         let timestamp_us = ts.parse().map_err(|_| bad())?;
-        if id.is_empty()
-            || id.len() > 64
-            || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+        if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
         {
             return Err(bad());
         }
@@ -186,7 +188,10 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -194,11 +199,20 @@ mod tests {
         let m = map(&[("symbl", "X")]);
         let e = Params::new(&m, &["symbol"]).err().unwrap();
         assert!(e.to_string().contains("symbl"), "{e}");
-        let m = map(&[("symbol", "BTC USDT"), ("start", "yesterday"), ("limit", "0")]);
+        let m = map(&[
+            ("symbol", "BTC USDT"),
+            ("start", "yesterday"),
+            ("limit", "0"),
+        ]);
         let p = Params::new(&m, &["symbol", "start", "limit"]).unwrap();
         assert!(p.name("symbol").unwrap_err().to_string().contains("symbol"));
         assert!(p.time("start").unwrap_err().to_string().contains("start"));
-        assert!(p.int("limit", 1, 10).unwrap_err().to_string().contains("limit"));
+        assert!(
+            p.int("limit", 1, 10)
+                .unwrap_err()
+                .to_string()
+                .contains("limit")
+        );
         assert!(p.required_name("exchange").is_err());
     }
 
