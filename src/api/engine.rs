@@ -32,6 +32,9 @@ use crate::messages::query::{OhlcvRequest, QueryRequest, RecentRequest, TradesRe
 use crate::model::now_us;
 use crate::sql_guard;
 
+/// The wall clock in UTC microseconds; tests fix it.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
 pub struct Engine {
     ctx: SessionContext,
     catalog: Arc<dyn Catalog>,
@@ -39,6 +42,7 @@ pub struct Engine {
     live: HybridTable,
     pinned: PinnedTable,
     limits: ApiConfig,
+    clock: Clock,
 }
 
 fn ts_lit(us: i64) -> Expr {
@@ -53,7 +57,8 @@ fn df_err(e: DataFusionError) -> ApiError {
 }
 
 fn rfc3339(us: i64) -> Option<String> {
-    chrono::DateTime::from_timestamp_micros(us).map(|t| t.to_rfc3339())
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
 }
 
 /// Columns `/v1/trades` returns. Prices and quantities are strings so they
@@ -135,7 +140,14 @@ impl Engine {
             live,
             pinned,
             limits,
+            clock: Arc::new(now_us),
         }
+    }
+
+    /// The same engine reading "now" (for `/v1/trades/recent`) from `clock`.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The session, for the CLI and tests.
@@ -268,7 +280,7 @@ impl Engine {
     }
 
     async fn recent(&self, r: RecentRequest) -> Result<Value, ApiError> {
-        let now = now_us();
+        let now = (self.clock)();
         let start = now - r.minutes * 60_000_000;
         let limit = self.limits.max_rows;
         let (df, info, source) = self.source(None).await?;
