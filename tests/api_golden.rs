@@ -134,8 +134,10 @@ fn every_endpoint_matches_its_golden_file() {
             .unwrap();
     let input = read_input();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::default();
-    cfg.data_dir = dir.path().join("data");
+    let mut cfg = Config {
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    };
     cfg.feeds.binance.enabled = false;
     cfg.http.enabled = false;
     let update = std::env::var("TICKLAKE_UPDATE_GOLDEN").is_ok_and(|v| v == "1");

@@ -150,5 +150,5 @@ pub fn format(answer: &Value, fmt: OutputFormat) -> Result<String, ClientError> 
         })
         .collect();
     let batch = RecordBatch::try_new(schema, arrays)?;
-    Ok(crate::query::format(&[batch], fmt).map_err(|e| malformed(&e.to_string()))?)
+    crate::query::format(&[batch], fmt).map_err(|e| malformed(&e.to_string()))
 }
