@@ -6,6 +6,7 @@ pub mod actors;
 pub mod api;
 pub mod avro;
 pub mod bench;
+pub mod bench_api;
 pub mod capture;
 pub mod config;
 pub mod daemon;

@@ -88,6 +88,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmarks of the query API. Use a release build.
+    BenchApi {
+        #[command(subcommand)]
+        which: BenchApi,
+    },
     /// Parse capture file(s) with the feed's parser and publish the records
     /// to the configured (real) Kafka broker; prints a JSON summary.
     Produce {
@@ -95,6 +100,25 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(long, required = true)]
         capture: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchApi {
+    /// Time from a frame reaching the feed actor to its trade in an answer
+    /// of /v1/trades/recent, at a fixed rate of synthetic trades.
+    Freshness {
+        #[arg(long, env = "TICKLAKE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Trades per second.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Length of the run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -237,6 +261,32 @@ fn main() -> anyhow::Result<()> {
             let report = sys.block_on(async move {
                 ticklake::bench::run(&cfg, trades, std::time::Duration::from_secs(600)).await
             })?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
+        }
+        Command::BenchApi {
+            which:
+                BenchApi::Freshness {
+                    config,
+                    rate,
+                    seconds,
+                    json,
+                },
+        } => {
+            anyhow::ensure!(
+                rate > 0.0 && seconds > 0,
+                "--rate and --seconds must be positive"
+            );
+            let cfg = Config::load(config.as_deref())?;
+            let sys = actix_system();
+            let report =
+                sys.block_on(
+                    async move { ticklake::bench_api::freshness(&cfg, rate, seconds).await },
+                )?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

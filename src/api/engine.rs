@@ -71,6 +71,7 @@ fn trade_columns() -> Vec<Expr> {
         col("exchange"),
         col("asset_class"),
         col("timestamp"),
+        col("ingestion_timestamp"),
         cast_expr(col("price"), DataType::Utf8).alias("price"),
         cast_expr(col("quantity"), DataType::Utf8).alias("quantity"),
         col("currency"),

@@ -51,6 +51,7 @@ pub fn document() -> Value {
             "exchange": {"type": "string"},
             "asset_class": {"type": "string"},
             "timestamp": {"type": "string", "format": "date-time"},
+            "ingestion_timestamp": {"type": "string", "format": "date-time", "description": "When the feed received the trade"},
             "price": {"type": "string", "description": "decimal(18,8), exact"},
             "quantity": {"type": "string", "description": "decimal(18,8), exact"},
             "currency": {"type": "string"},

@@ -1,0 +1,226 @@
+//! `ticklake bench-api freshness`: how long a trade takes from the feed
+//! actor to an answer of `/v1/trades/recent`. A WebSocket server in this
+//! process plays synthetic Binance trade frames at a fixed rate, re-timed
+//! to the wall clock; the daemon ingests them through the configured broker
+//! (embedded by default); a poller asks `/v1/trades/recent` back to back.
+//! A trade's freshness is the time its first answer arrived minus its
+//! `ingestion_timestamp`, which the feed actor stamps when the frame
+//! arrives. Run on a release build; a debug build measures the compiler.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::capture::CapturedFrame;
+use crate::config::{BinanceStream, Config};
+use crate::daemon::{self, DaemonError};
+use crate::model::now_us;
+use crate::replay::{Pacing, ReplayOptions, ReplayServer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchApiError {
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    Replay(#[from] crate::replay::ReplayError),
+    #[error("the daemon serves no http endpoint")]
+    NoHttp,
+    #[error("poll: {0}")]
+    Poll(String),
+}
+
+/// The symbols of the synthetic stream; freshness is measured on the first.
+const SYMBOLS: [&str; 10] = [
+    "BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT", "TRXUSDT",
+    "AVAXUSDT", "LINKUSDT",
+];
+
+#[derive(Debug, Serialize)]
+pub struct FreshnessReport {
+    pub broker: String,
+    pub rate_per_s: f64,
+    pub seconds: u64,
+    /// Trades of the measured symbol that were sent.
+    pub measured_sent: usize,
+    /// Of those, how many an answer returned (a trade can fall out of the
+    /// newest-`api.max_rows` window between two polls).
+    pub measured_seen: usize,
+    pub polls: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub poll_p50_ms: f64,
+}
+
+impl std::fmt::Display for FreshnessReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "freshness at {:.0} trades/s for {} s ({}): feed → /v1/trades/recent p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms \
+             ({} of {} measured trades seen, {} polls, poll p50 {:.1} ms)",
+            self.rate_per_s,
+            self.seconds,
+            self.broker,
+            self.p50_ms,
+            self.p99_ms,
+            self.max_ms,
+            self.measured_seen,
+            self.measured_sent,
+            self.polls,
+            self.poll_p50_ms
+        )
+    }
+}
+
+fn frames(n: usize, rate: f64) -> Vec<CapturedFrame> {
+    let start_ms = 1_700_000_000_000i64;
+    (0..n)
+        .map(|i| {
+            let symbol = SYMBOLS[i % SYMBOLS.len()];
+            let t = start_ms + (i as f64 * 1000.0 / rate) as i64;
+            let data = format!(
+                r#"{{"stream":"{lower}@trade","data":{{"e":"trade","E":{t},"s":"{symbol}","t":{id},"p":"{price}.{frac:02}","q":"0.{qty:04}","T":{t},"m":{m},"M":true}}}}"#,
+                lower = symbol.to_ascii_lowercase(),
+                id = i,
+                price = 100 + i % 50,
+                frac = i % 100,
+                qty = 1 + i % 9999,
+                m = i % 2 == 0,
+            );
+            CapturedFrame {
+                ts: Some(t as f64 / 1000.0),
+                data,
+            }
+        })
+        .collect()
+}
+
+/// `GET path` on loopback; the body.
+fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
+    let (head, body) = buf.split_once("\r\n\r\n").ok_or("no header end")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("{head}\n{body}"));
+    }
+    Ok(body.to_string())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Runs one measurement. Must run inside an actix `System`.
+pub async fn freshness(
+    base: &Config,
+    rate: f64,
+    seconds: u64,
+) -> Result<FreshnessReport, BenchApiError> {
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let dir = std::env::temp_dir().join(format!("ticklake-bench-api-{run_id}"));
+    let n = (rate * seconds as f64) as usize;
+    let server = ReplayServer::bind(
+        "127.0.0.1:0".parse().map_err(|_| BenchApiError::NoHttp)?,
+        ReplayOptions {
+            frames: Arc::new(frames(n, rate)),
+            pacing: Pacing::Rate(rate),
+            looped: false,
+            live: true,
+            retime: true,
+        },
+    )
+    .await?;
+    let ws = server.local_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let replay = tokio::spawn(server.run(async {
+        let _ = stop_rx.await;
+    }));
+
+    let mut cfg = base.clone();
+    cfg.data_dir = dir.clone();
+    cfg.lake.catalog_uri = String::new();
+    cfg.lake.warehouse = String::new();
+    cfg.http.enabled = true;
+    cfg.http.listen = "127.0.0.1:0".into();
+    cfg.kafka.trades_topic_prefix = format!("bench{run_id}.trades");
+    cfg.kafka.dead_letter_topic = format!("bench{run_id}.dead_letters");
+    cfg.kafka.consumer_group = format!("bench{run_id}-lake");
+    cfg.feeds.binance.enabled = true;
+    cfg.feeds.binance.url = format!("ws://{ws}");
+    cfg.feeds.binance.symbols = SYMBOLS.iter().map(|s| s.to_ascii_lowercase()).collect();
+    cfg.feeds.binance.streams = vec![BinanceStream::Trade];
+    // Polls return the newest trades; a small page keeps a poll cheap.
+    cfg.api.max_rows = 500;
+    cfg.api.default_limit = 500;
+    let d = daemon::start(cfg.clone()).await?;
+    let http = d.http_addr.ok_or(BenchApiError::NoHttp)?;
+
+    // Poll on a thread of its own so the daemon's runtime is not disturbed.
+    let measured = n.div_ceil(SYMBOLS.len());
+    let deadline = Duration::from_secs(seconds + 60);
+    let poller = tokio::task::spawn_blocking(move || {
+        let mut first_seen: std::collections::HashMap<String, f64> = Default::default();
+        let mut poll_ms = Vec::new();
+        let started = Instant::now();
+        while first_seen.len() < measured && started.elapsed() < deadline {
+            let t0 = Instant::now();
+            let body = get(
+                http,
+                &format!("/v1/trades/recent?symbol={}&minutes=5", SYMBOLS[0]),
+            )?;
+            let arrived = now_us();
+            poll_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+            let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            for t in v["trades"].as_array().into_iter().flatten() {
+                let id = t["message_id"].as_str().unwrap_or_default();
+                if first_seen.contains_key(id) {
+                    continue;
+                }
+                let ingested = t["ingestion_timestamp"]
+                    .as_str()
+                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                    .map(|d| d.timestamp_micros())
+                    .ok_or("a trade without ingestion_timestamp")?;
+                first_seen.insert(id.to_string(), (arrived - ingested) as f64 / 1000.0);
+            }
+        }
+        Ok::<_, String>((first_seen.into_values().collect::<Vec<f64>>(), poll_ms))
+    });
+    let (mut lat, mut poll_ms) = poller
+        .await
+        .map_err(|e| BenchApiError::Poll(e.to_string()))?
+        .map_err(BenchApiError::Poll)?;
+    let _ = stop_tx.send(());
+    let _ = replay.await;
+    d.shutdown(Duration::from_secs(30)).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    lat.sort_by(f64::total_cmp);
+    poll_ms.sort_by(f64::total_cmp);
+    Ok(FreshnessReport {
+        broker: if cfg.kafka.is_embedded() {
+            "embedded".into()
+        } else {
+            cfg.kafka.brokers.clone()
+        },
+        rate_per_s: rate,
+        seconds,
+        measured_sent: measured,
+        measured_seen: lat.len(),
+        polls: poll_ms.len(),
+        p50_ms: percentile(&lat, 0.5),
+        p99_ms: percentile(&lat, 0.99),
+        max_ms: lat.last().copied().unwrap_or(f64::NAN),
+        poll_p50_ms: percentile(&poll_ms, 0.5),
+    })
+}
