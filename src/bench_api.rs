@@ -136,7 +136,9 @@ pub async fn freshness(
             frames: Arc::new(frames(n, rate)),
             pacing: Pacing::Rate(rate),
             looped: false,
-            live: true,
+            // Each client from the first frame: the feed connects after the
+            // server starts, and no measured trade may be skipped.
+            live: false,
             retime: true,
         },
     )
