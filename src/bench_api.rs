@@ -226,3 +226,251 @@ pub async fn freshness(
         poll_p50_ms: percentile(&poll_ms, 0.5),
     })
 }
+
+/// `ticklake bench-api latency`: query latency over a large lake plus a
+/// tail. Builds a lake of `lake_trades` synthetic trades (10 symbols, one
+/// day up to five minutes ago, committed in time slices like the writer
+/// does) and a tail of `tail_trades` for the last five minutes, then times
+/// "last 15 minutes of one symbol" (`/v1/trades/recent`'s query) and one
+/// day of 1-minute OHLCV (`/v1/ohlcv`'s), both hybrid, through the query
+/// engine (no HTTP). With `duckdb_python`, times the same OHLCV in DuckDB on
+/// the lake's Parquet files (scripts/bench_duckdb.py) for the ratio.
+#[derive(Debug, Serialize)]
+pub struct LatencyReport {
+    pub lake_trades: usize,
+    pub tail_trades: usize,
+    pub iterations: usize,
+    pub build_seconds: f64,
+    pub recent_rows: usize,
+    pub recent_p50_ms: f64,
+    pub recent_p99_ms: f64,
+    pub ohlcv_bars: usize,
+    pub ohlcv_p50_ms: f64,
+    pub ohlcv_p99_ms: f64,
+    /// DuckDB on the lake's Parquet files (lake rows only, no tail).
+    pub duckdb_ohlcv_p50_ms: Option<f64>,
+    pub duckdb_ohlcv_bars: Option<u64>,
+    /// ticklake p50 / DuckDB p50.
+    pub ohlcv_ratio: Option<f64>,
+}
+
+impl std::fmt::Display for LatencyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "lake {} trades + tail {} trades (built in {:.1} s), {} iterations",
+            self.lake_trades, self.tail_trades, self.build_seconds, self.iterations
+        )?;
+        writeln!(
+            f,
+            "last 15 minutes of one symbol: p50 {:.1} ms, p99 {:.1} ms ({} rows)",
+            self.recent_p50_ms, self.recent_p99_ms, self.recent_rows
+        )?;
+        write!(
+            f,
+            "one day of 1-minute OHLCV:     p50 {:.1} ms, p99 {:.1} ms ({} bars)",
+            self.ohlcv_p50_ms, self.ohlcv_p99_ms, self.ohlcv_bars
+        )?;
+        if let (Some(d), Some(r)) = (self.duckdb_ohlcv_p50_ms, self.ohlcv_ratio) {
+            write!(
+                f,
+                "\nDuckDB, same OHLCV on the Parquet files: p50 {d:.1} ms ({} bars); ratio ticklake/DuckDB {r:.2}",
+                self.duckdb_ohlcv_bars.unwrap_or(0)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn synthetic_trade(i: usize, ts: i64) -> crate::model::TradeV2 {
+    use crate::model::{AssetClass, Dec8, Side, TradeV2, message_id};
+    let symbol = SYMBOLS[i % SYMBOLS.len()];
+    let id = i.to_string();
+    TradeV2 {
+        message_id: message_id("BENCH", "trade", symbol, &id),
+        trade_id: format!("BENCH-{id}"),
+        symbol: symbol.to_string(),
+        exchange: "BENCH".to_string(),
+        asset_class: AssetClass::Crypto,
+        timestamp_us: ts,
+        ingestion_timestamp_us: ts,
+        price: Dec8::from_unscaled(6_500_000_000_000 + (i as i64 % 100_000)).unwrap_or_default(),
+        quantity: Dec8::from_unscaled(1_000_000 + (i as i64 % 997)).unwrap_or_default(),
+        currency: "USDT".to_string(),
+        side: if i % 2 == 0 { Side::Buy } else { Side::Sell },
+        trade_conditions: Vec::new(),
+        source_sequence: Some(i as i64),
+        platform_sequence: None,
+        vendor_data: None,
+    }
+}
+
+fn timed<T>(ms: &mut Vec<f64>, started: Instant, v: T) -> T {
+    ms.push(started.elapsed().as_secs_f64() * 1000.0);
+    v
+}
+
+/// Runs the latency measurement. Must run inside an actix `System`.
+pub async fn latency(
+    base: &Config,
+    lake_trades: usize,
+    tail_trades: usize,
+    iterations: usize,
+    duckdb_python: Option<&std::path::Path>,
+) -> Result<LatencyReport, BenchApiError> {
+    use crate::actors::tail::TailActor;
+    use crate::lake::commit::{self, KafkaOffsets};
+    use crate::lake::{self, TableKind};
+    use crate::messages::query::{OhlcvRequest, QueryRequest, RecentRequest};
+    use crate::messages::tail::{TailRow, Tailed};
+    use actix::Actor;
+
+    let lake_err = |e: crate::lake::LakeError| BenchApiError::Poll(e.to_string());
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let dir = std::env::temp_dir().join(format!("ticklake-bench-latency-{run_id}"));
+    let mut cfg = base.clone();
+    cfg.data_dir = dir.clone();
+    cfg.lake.catalog_uri = String::new();
+    cfg.lake.warehouse = String::new();
+    let started = Instant::now();
+    let catalog = lake::open_catalog(&cfg).await.map_err(lake_err)?;
+    let table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
+        .await
+        .map_err(lake_err)?;
+    let schema = lake::batch::arrow_schema(table.metadata().current_schema()).map_err(lake_err)?;
+    let ident = lake::table_ident(&cfg, TableKind::Trades);
+    let now = now_us();
+    let day = 86_400_000_000i64;
+    let tail_span = 300_000_000i64;
+    let lake_start = now - tail_span - day;
+    let topic = "bench.trades";
+    // Time slices of at most 500k rows, as successive writer commits are.
+    let chunk = 500_000;
+    let mut done = 0;
+    while done < lake_trades {
+        let end = (done + chunk).min(lake_trades);
+        let mut rows: Vec<_> = (done..end)
+            .map(|i| {
+                synthetic_trade(
+                    i,
+                    lake_start + (i as i128 * day as i128 / lake_trades as i128) as i64,
+                )
+            })
+            .collect();
+        let mut offsets = KafkaOffsets {
+            cluster_id: "bench".into(),
+            ..Default::default()
+        };
+        offsets.set(topic, 0, end as i64);
+        let batch = lake::batch::trades_batch(&schema, &mut rows).map_err(lake_err)?;
+        commit::append(catalog.as_ref(), &ident, Some(&batch), &offsets, 128 << 20)
+            .await
+            .map_err(lake_err)?;
+        done = end;
+        tracing::info!(rows = done, "bench lake built so far");
+    }
+    let tail = TailActor::new("bench", tail_trades + 1).start();
+    let rows: Vec<TailRow> = (0..tail_trades)
+        .map(|j| {
+            let i = lake_trades + j;
+            let ts = now - tail_span
+                + (j as i128 * tail_span as i128 / tail_trades.max(1) as i128) as i64;
+            TailRow {
+                topic: Arc::from(topic),
+                partition: 0,
+                offset: i as i64,
+                trade: synthetic_trade(i, ts),
+            }
+        })
+        .collect();
+    tail.send(Tailed(rows))
+        .await
+        .map_err(|e| BenchApiError::Poll(e.to_string()))?;
+    let engine = crate::query::engine(&cfg, Some(tail.recipient()))
+        .await
+        .map_err(|e| BenchApiError::Poll(e.to_string()))?
+        .with_clock(Arc::new(move || now));
+    let build_seconds = started.elapsed().as_secs_f64();
+
+    let symbol = SYMBOLS[0].to_string();
+    let recent = || {
+        QueryRequest::Recent(RecentRequest {
+            symbol: symbol.clone(),
+            exchange: None,
+            minutes: 15,
+        })
+    };
+    let ohlcv = || {
+        QueryRequest::Ohlcv(OhlcvRequest {
+            symbol: symbol.clone(),
+            exchange: None,
+            interval: crate::api::params::Interval::M1,
+            start_us: now - day,
+            end_us: now,
+        })
+    };
+    let run = |q| async {
+        engine
+            .run(q)
+            .await
+            .map_err(|e| BenchApiError::Poll(e.to_string()))
+    };
+    // Warm the caches (metadata, page cache) once each.
+    run(recent()).await?;
+    run(ohlcv()).await?;
+    let (mut recent_ms, mut ohlcv_ms) = (Vec::new(), Vec::new());
+    let (mut recent_rows, mut ohlcv_bars) = (0, 0);
+    for _ in 0..iterations {
+        let t = Instant::now();
+        let v = timed(&mut recent_ms, t, run(recent()).await?);
+        recent_rows = v["count"].as_u64().unwrap_or(0) as usize;
+        let t = Instant::now();
+        let v = timed(&mut ohlcv_ms, t, run(ohlcv()).await?);
+        ohlcv_bars = v["count"].as_u64().unwrap_or(0) as usize;
+    }
+    recent_ms.sort_by(f64::total_cmp);
+    ohlcv_ms.sort_by(f64::total_cmp);
+
+    let mut duck: Option<(f64, u64)> = None;
+    if let Some(py) = duckdb_python {
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_duckdb.py");
+        let glob = format!("{}/warehouse/**/*.parquet", dir.display());
+        let out = std::process::Command::new(py)
+            .arg(script)
+            .args(["--glob", &glob, "--symbol", &symbol])
+            .args(["--start-us", &(now - day).to_string()])
+            .args(["--end-us", &now.to_string()])
+            .args(["--iterations", &iterations.max(1).to_string()])
+            .output()
+            .map_err(|e| BenchApiError::Poll(format!("duckdb: {e}")))?;
+        if !out.status.success() {
+            return Err(BenchApiError::Poll(format!(
+                "duckdb: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| BenchApiError::Poll(format!("duckdb output: {e}")))?;
+        duck = v["p50_ms"]
+            .as_f64()
+            .map(|p| (p, v["bars"].as_u64().unwrap_or(0)));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let ohlcv_p50 = percentile(&ohlcv_ms, 0.5);
+    Ok(LatencyReport {
+        lake_trades,
+        tail_trades,
+        iterations,
+        build_seconds,
+        recent_rows,
+        recent_p50_ms: percentile(&recent_ms, 0.5),
+        recent_p99_ms: percentile(&recent_ms, 0.99),
+        ohlcv_bars,
+        ohlcv_p50_ms: ohlcv_p50,
+        ohlcv_p99_ms: percentile(&ohlcv_ms, 0.99),
+        duckdb_ohlcv_p50_ms: duck.map(|d| d.0),
+        duckdb_ohlcv_bars: duck.map(|d| d.1),
+        ohlcv_ratio: duck.map(|d| ohlcv_p50 / d.0),
+    })
+}

@@ -120,6 +120,28 @@ enum BenchApi {
         #[arg(long)]
         json: bool,
     },
+    /// Latency of "last 15 minutes of one symbol" and one day of 1-minute
+    /// OHLCV over a synthetic lake plus tail, optionally against DuckDB.
+    Latency {
+        #[arg(long, env = "TICKLAKE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Trades committed to the lake.
+        #[arg(long, default_value_t = 10_000_000)]
+        lake_trades: usize,
+        /// Uncommitted trades in the tail.
+        #[arg(long, default_value_t = 100_000)]
+        tail_trades: usize,
+        /// Timed runs of each query.
+        #[arg(long, default_value_t = 20)]
+        iterations: usize,
+        /// A python with duckdb (scripts/requirements-test.txt) to time the
+        /// same OHLCV on the lake's Parquet files.
+        #[arg(long)]
+        duckdb_python: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -287,6 +309,40 @@ fn main() -> anyhow::Result<()> {
                 sys.block_on(
                     async move { ticklake::bench_api::freshness(&cfg, rate, seconds).await },
                 )?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
+        }
+        Command::BenchApi {
+            which:
+                BenchApi::Latency {
+                    config,
+                    lake_trades,
+                    tail_trades,
+                    iterations,
+                    duckdb_python,
+                    json,
+                },
+        } => {
+            anyhow::ensure!(
+                lake_trades > 0 && iterations > 0,
+                "--lake-trades and --iterations must be positive"
+            );
+            let cfg = Config::load(config.as_deref())?;
+            let sys = actix_system();
+            let report = sys.block_on(async move {
+                ticklake::bench_api::latency(
+                    &cfg,
+                    lake_trades,
+                    tail_trades,
+                    iterations,
+                    duckdb_python.as_deref(),
+                )
+                .await
+            })?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
