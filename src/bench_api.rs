@@ -88,7 +88,7 @@ fn frames(n: usize, rate: f64) -> Vec<CapturedFrame> {
                 price = 100 + i % 50,
                 frac = i % 100,
                 qty = 1 + i % 9999,
-                m = i % 2 == 0,
+                m = i.is_multiple_of(2),
             );
             CapturedFrame {
                 ts: Some(t as f64 / 1000.0),
@@ -297,7 +297,11 @@ fn synthetic_trade(i: usize, ts: i64) -> crate::model::TradeV2 {
         price: Dec8::from_unscaled(6_500_000_000_000 + (i as i64 % 100_000)).unwrap_or_default(),
         quantity: Dec8::from_unscaled(1_000_000 + (i as i64 % 997)).unwrap_or_default(),
         currency: "USDT".to_string(),
-        side: if i % 2 == 0 { Side::Buy } else { Side::Sell },
+        side: if i.is_multiple_of(2) {
+            Side::Buy
+        } else {
+            Side::Sell
+        },
         trade_conditions: Vec::new(),
         source_sequence: Some(i as i64),
         platform_sequence: None,

@@ -272,10 +272,34 @@ fn hybrid_reads_are_exact_while_trades_stream_and_commits_land() {
     wait_until("everything committed", Duration::from_secs(60), || {
         env.count("select count(*) from market.trades") == truth_all.len() as i64
     });
+    // `ticklake query` runs on the daemon while it answers, on the lake
+    // alone (and says so) once it is gone.
+    let cli = |sql: &str| {
+        let out = std::process::Command::new(bin())
+            .args(["query", "--format", "json", "--config"])
+            .arg(&env.config)
+            .arg(sql)
+            .env("TICKLAKE_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (v, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (v, err) = cli("select count(*) as n from market.trades_live");
+    assert_eq!(v["n"].as_i64(), Some(truth_all.len() as i64));
+    assert!(!err.contains("lake only"), "{err}");
     let status = daemon.terminate();
     assert!(
         status.success(),
         "daemon exit {status}; log:\n{}",
         daemon.log_tail()
     );
+    let (v, err) = cli("select count(*) as n from market.trades_live");
+    assert_eq!(v["n"].as_i64(), Some(truth_all.len() as i64));
+    assert!(err.contains("committed lake only"), "{err}");
 }

@@ -386,6 +386,77 @@ mod tests {
         assert!(s.is_empty());
     }
 
+    /// Counts the early flushes the tail asks for.
+    struct FakeWriter(usize);
+
+    impl Actor for FakeWriter {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Flush> for FakeWriter {
+        type Result = Result<Option<i64>, crate::actors::writer::WriterError>;
+
+        fn handle(&mut self, _: Flush, _ctx: &mut Self::Context) -> Self::Result {
+            self.0 += 1;
+            Ok(None)
+        }
+    }
+
+    /// How many flushes arrived; answered after every earlier message.
+    #[derive(Message)]
+    #[rtype(result = "usize")]
+    struct Count;
+
+    impl Handler<Count> for FakeWriter {
+        type Result = usize;
+
+        fn handle(&mut self, _: Count, _ctx: &mut Self::Context) -> usize {
+            self.0
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_full_tail_asks_for_one_early_commit_and_keeps_every_row() {
+        let writer = FakeWriter(0).start();
+        let tail = TailActor::new("c", 5)
+            .with_writer(writer.clone().recipient())
+            .start();
+        let observe = || async { tail.send(ObserveTail).await.unwrap() };
+        tail.send(Tailed((0..4).map(|o| row(0, o, "A")).collect()))
+            .await
+            .unwrap();
+        tail.send(Tailed((4..8).map(|o| row(0, o, "A")).collect()))
+            .await
+            .unwrap();
+        tail.send(Tailed((8..9).map(|o| row(0, o, "A")).collect()))
+            .await
+            .unwrap();
+        assert_eq!(
+            writer.send(Count).await.unwrap(),
+            1,
+            "asked once, not per chunk"
+        );
+        assert_eq!(observe().await.rows, 9, "nothing is dropped over the bound");
+        tail.send(Committed {
+            table: TRADES_TABLE,
+            snapshot_id: 1,
+            offsets: offsets("c", &[(0, 7)]),
+        })
+        .await
+        .unwrap();
+        let state = observe().await;
+        assert_eq!(state.rows, 2);
+        assert_eq!(state.pruned.get("t", 0), Some(7));
+        tail.send(Tailed((9..14).map(|o| row(0, o, "A")).collect()))
+            .await
+            .unwrap();
+        assert_eq!(
+            writer.send(Count).await.unwrap(),
+            2,
+            "asked again after a commit"
+        );
+    }
+
     #[test]
     fn filters_narrow_by_symbol_exchange_and_time() {
         let mut s = TailStore::new("c");

@@ -325,7 +325,7 @@ impl Engine {
 
     async fn ohlcv(&self, r: OhlcvRequest) -> Result<Value, ApiError> {
         let step = r.interval.micros();
-        let bars = (r.end_us - r.start_us + step - 1) / step;
+        let bars = r.end_us.saturating_sub(r.start_us).saturating_add(step - 1) / step;
         if bars > self.limits.max_rows as i64 {
             return Err(ApiError::bad(
                 "interval",
