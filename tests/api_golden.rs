@@ -204,7 +204,38 @@ fn every_endpoint_matches_its_golden_file() {
             .await
             .unwrap()
             .with_clock(Arc::new(move || now));
-        let query = QueryActor::new(Arc::new(engine)).start();
+        let engine = Arc::new(engine);
+
+        // Filters reach the lake side of trades_live: the Iceberg scan gets
+        // them as its predicate (partition, file and row-group pruning).
+        let explain = engine
+            .context()
+            .sql(
+                "explain select trade_id from market.trades_live \
+                 where symbol = 'BTCUSDT' and exchange = 'BINANCE' \
+                 and \"timestamp\" >= '2021-04-04T20:03:00Z'",
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let plan = arrow::util::pretty::pretty_format_batches(&explain)
+            .unwrap()
+            .to_string();
+        let scan = plan
+            .lines()
+            .find(|l| l.contains("IcebergTableScan"))
+            .unwrap_or_else(|| panic!("no iceberg scan in\n{plan}"));
+        for needle in [
+            "symbol = \"BTCUSDT\"",
+            "exchange = \"BINANCE\"",
+            "timestamp >=",
+        ] {
+            assert!(scan.contains(needle), "{needle} not pushed down: {scan}");
+        }
+
+        let query = QueryActor::new(engine.clone()).start();
         let state = ApiState {
             query: query.recipient(),
         };
