@@ -53,6 +53,11 @@ pub struct TailStore {
     rows: usize,
     /// Highest committed offsets seen, i.e. everything below is gone.
     pruned: KafkaOffsets,
+    /// Highest offset taken in per partition. A partition is read in
+    /// offset order, so anything at or below it is a re-read (a consumer
+    /// restart or a writer rewinding to its last snapshot) of a row the
+    /// tail already holds or has pruned.
+    newest: HashMap<(Arc<str>, i32), i64>,
 }
 
 /// What the tail holds, for observers.
@@ -75,6 +80,7 @@ impl TailStore {
                 cluster_id: cluster_id.to_string(),
                 topics: Default::default(),
             },
+            newest: HashMap::new(),
         }
     }
 
@@ -86,8 +92,9 @@ impl TailStore {
         self.rows == 0
     }
 
-    /// Adds consumed rows. A row below the pruned offsets is already in the
-    /// lake (a re-read after a rebalance), so it is not kept twice.
+    /// Adds consumed rows. A row the tail has seen before (a re-read) or
+    /// that lies below the pruned offsets (already in the lake) is not kept
+    /// twice.
     pub fn push(&mut self, rows: Vec<TailRow>) {
         for r in rows {
             if self
@@ -97,6 +104,14 @@ impl TailStore {
             {
                 continue;
             }
+            let newest = self
+                .newest
+                .entry((r.topic.clone(), r.partition))
+                .or_insert(i64::MIN);
+            if r.offset <= *newest {
+                continue;
+            }
+            *newest = r.offset;
             self.rows += 1;
             self.by_symbol
                 .entry(r.trade.symbol.clone())
@@ -379,10 +394,13 @@ mod tests {
         s.prune(&offsets("x", &[(0, 100)]));
         s.prune(&offsets("c", &[(0, 2)]));
         assert_eq!(s.len(), 4);
-        // a re-read of committed rows is not kept twice
+        // a re-read of committed rows is not kept twice, nor one of rows
+        // still held (a consumer seeking back after a restart)
         s.push(vec![row(0, 3, "A")]);
         assert_eq!(s.len(), 4);
-        s.prune(&offsets("c", &[(0, 10)]));
+        s.push((5..12).map(|o| row(0, o, "A")).collect());
+        assert_eq!(s.len(), 6, "only offsets 10 and 11 are new");
+        s.prune(&offsets("c", &[(0, 12)]));
         assert!(s.is_empty());
     }
 
