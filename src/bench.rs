@@ -14,7 +14,9 @@ use serde::Serialize;
 use crate::actors::producer::{Encoded, enqueue};
 use crate::config::Config;
 use crate::daemon::{self, DaemonError};
-use crate::messages::producer::{Publish, Record};
+use crate::degrade::level::Level;
+use crate::instruments::Tier;
+use crate::messages::producer::Outgoing;
 use crate::model::{AssetClass, Dec8, Side, TradeV2, message_id, now_us};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,23 @@ pub struct BenchReport {
     pub end_to_end_per_s: f64,
     pub ratio: f64,
     pub commits: u64,
+    /// Highest degradation level during the unpaced run.
+    pub max_level: Level,
+    /// The highest paced rate that kept up with the level NORMAL throughout.
+    pub sustainable_normal_per_s: Option<f64>,
+    /// Sustainable NORMAL rate / raw produce rate.
+    pub sustainable_ratio: Option<f64>,
+    /// The paced runs, in the order tried.
+    pub paced: Vec<PacedStep>,
+}
+
+/// One paced run of the search for the sustainable NORMAL rate.
+#[derive(Debug, Serialize)]
+pub struct PacedStep {
+    pub offered_per_s: f64,
+    pub achieved_per_s: f64,
+    pub max_level: Level,
+    pub sustained: bool,
 }
 
 impl std::fmt::Display for BenchReport {
@@ -73,12 +92,38 @@ impl std::fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "end to end into committed Iceberg:        {:.0} trades/s ({} commits)",
+            "end to end, unpaced (maximum):            {:.0} trades/s ({} commits)",
             self.end_to_end_per_s, self.commits
         )?;
+        writeln!(
+            f,
+            "  highest degradation level in that run:  {}",
+            self.max_level
+        )?;
+        for p in &self.paced {
+            writeln!(
+                f,
+                "  paced at {:>8.0}/s: committed {:>8.0}/s, level at most {}{}",
+                p.offered_per_s,
+                p.achieved_per_s,
+                p.max_level,
+                if p.sustained { "  <- sustained" } else { "" }
+            )?;
+        }
+        match self.sustainable_normal_per_s {
+            Some(r) => writeln!(
+                f,
+                "sustainable NORMAL end to end:            {r:.0} trades/s (ratio to raw {:.3})",
+                self.sustainable_ratio.unwrap_or_default()
+            )?,
+            None => writeln!(
+                f,
+                "sustainable NORMAL end to end:            not found (every paced run degraded or fell behind)"
+            )?,
+        }
         write!(
             f,
-            "ratio end-to-end / raw:                   {:.3}",
+            "ratio unpaced end to end / raw:           {:.3}",
             self.ratio
         )
     }
@@ -86,12 +131,17 @@ impl std::fmt::Display for BenchReport {
 
 /// Synthetic trades over ten symbols, with distinct ids and exact prices.
 fn synthetic(n: usize) -> Vec<TradeV2> {
+    synthetic_from(0, n)
+}
+
+/// `n` synthetic trades numbered from `first` (distinct ids per phase).
+fn synthetic_from(first: usize, n: usize) -> Vec<TradeV2> {
     let symbols = [
         "BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT", "TRXUSDT",
         "AVAXUSDT", "LINKUSDT",
     ];
     let start = now_us();
-    (0..n)
+    (first..first + n)
         .map(|i| {
             let symbol = symbols[i % symbols.len()];
             let id = (i / symbols.len()).to_string();
@@ -193,8 +243,8 @@ async fn measure(cfg: &Config, n: usize, timeout: Duration) -> Result<BenchRepor
     let raw_secs = started.elapsed().as_secs_f64();
     drop(payloads);
 
-    // End to end through the daemon's own actors.
-    let committed = || d.metrics.writer_rows.with_label_values(&["trades"]).get();
+    // End to end through the daemon's own actors, as fast as the lanes
+    // take them: the pipeline's maximum, whatever the level.
     let commits = || {
         d.metrics
             .writer_commits
@@ -202,29 +252,32 @@ async fn measure(cfg: &Config, n: usize, timeout: Duration) -> Result<BenchRepor
             .get()
     };
     let commits_before = commits();
-    let started = Instant::now();
-    for t in rows {
-        d.producer
-            .send(Publish(Record::Trade(Box::new(t))))
-            .await
-            .map_err(|e| BenchError::Producer(e.to_string()))?
-            .map_err(|e| BenchError::Producer(e.to_string()))?;
-    }
-    // Commit the tail now instead of waiting out writer.max_age_ms, which
-    // would measure the age limit rather than the pipeline.
-    d.drain_and_flush(timeout).await?;
-    while committed() < n as u64 {
-        if started.elapsed() > timeout {
-            return Err(BenchError::Timeout {
-                stage: "end-to-end",
-                secs: timeout.as_secs(),
-                done: committed(),
-                total: n as u64,
-            });
+    let max = phase(&d, rows, None, timeout).await?;
+    let commits_max = commits() - commits_before;
+
+    // The sustainable NORMAL rate: offered at falling fractions of the
+    // maximum until a run keeps up (commits at >= 95 % of the offered rate)
+    // with the level NORMAL throughout.
+    let per_phase = (n / 4).max(500);
+    let mut steps = Vec::new();
+    let mut sustainable = None;
+    for (i, fraction) in [0.9, 0.75, 0.6, 0.45, 0.3, 0.15].into_iter().enumerate() {
+        wait_for_normal(&d, timeout).await?;
+        let offered = max.per_s * fraction;
+        let rows = synthetic_from(n * (i + 1), per_phase);
+        let r = phase(&d, rows, Some(offered), timeout).await?;
+        let ok = r.max_level == Level::Normal && r.per_s >= 0.95 * offered;
+        steps.push(PacedStep {
+            offered_per_s: offered,
+            achieved_per_s: r.per_s,
+            max_level: r.max_level,
+            sustained: ok,
+        });
+        if ok {
+            sustainable = Some(r.per_s);
+            break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let e2e_secs = started.elapsed().as_secs_f64();
     let report = BenchReport {
         broker: if cfg.kafka.is_embedded() {
             "embedded (librdkafka in-process cluster)".to_string()
@@ -234,10 +287,93 @@ async fn measure(cfg: &Config, n: usize, timeout: Duration) -> Result<BenchRepor
         trades: n,
         record_bytes,
         raw_produce_per_s: n as f64 / raw_secs,
-        end_to_end_per_s: n as f64 / e2e_secs,
-        ratio: raw_secs / e2e_secs,
-        commits: commits() - commits_before,
+        end_to_end_per_s: max.per_s,
+        ratio: max.per_s / (n as f64 / raw_secs),
+        commits: commits_max,
+        max_level: max.max_level,
+        sustainable_normal_per_s: sustainable,
+        sustainable_ratio: sustainable.map(|s| s / (n as f64 / raw_secs)),
+        paced: steps,
     };
     d.shutdown(Duration::from_secs(10)).await?;
     Ok(report)
+}
+
+/// One end-to-end run.
+struct PhaseResult {
+    /// Trades per second from the first send to the last committed row.
+    per_s: f64,
+    max_level: Level,
+}
+
+/// Sends `rows` on the tier-1 lane (at `rate` per second when given, else
+/// as fast as the lane takes them) and waits until all are committed.
+async fn phase(
+    d: &daemon::Daemon,
+    rows: Vec<TradeV2>,
+    rate: Option<f64>,
+    timeout: Duration,
+) -> Result<PhaseResult, BenchError> {
+    let committed = || d.metrics.writer_rows.with_label_values(&["trades"]).get();
+    let target = committed() + rows.len() as u64;
+    let n = rows.len();
+    let mut max_level = d.status.supervisor.borrow().level.level;
+    let mut level_rx = d.status.supervisor.clone();
+    let started = tokio::time::Instant::now();
+    // Paced in 10 ms slices so the offered rate is smooth.
+    let per_slice = rate.map(|r| ((r / 100.0).ceil() as usize).max(1));
+    for (sent, t) in rows.into_iter().enumerate() {
+        if let (Some(slice), Some(r)) = (per_slice, rate)
+            && sent.is_multiple_of(slice)
+            && sent > 0
+        {
+            let due = started + Duration::from_secs_f64(sent as f64 / r);
+            tokio::time::sleep_until(due).await;
+        }
+        // Tier 1: the rate is measured for what is never shed.
+        d.producer
+            .lanes
+            .send_data(Tier::One.index(), Outgoing::trade(t, Tier::One))
+            .await
+            .map_err(|e| BenchError::Producer(e.to_string()))?;
+        if level_rx.has_changed().unwrap_or(false) {
+            max_level = max_level.max(level_rx.borrow_and_update().level.level);
+        }
+    }
+    // Commit the tail now instead of waiting out writer.max_age_ms, which
+    // would measure the age limit rather than the pipeline.
+    d.drain_and_flush(timeout).await?;
+    while committed() < target {
+        if started.elapsed() > timeout {
+            return Err(BenchError::Timeout {
+                stage: "end-to-end",
+                secs: timeout.as_secs(),
+                done: committed(),
+                total: target,
+            });
+        }
+        max_level = max_level.max(d.status.supervisor.borrow().level.level);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    max_level = max_level.max(d.status.supervisor.borrow().level.level);
+    Ok(PhaseResult {
+        per_s: n as f64 / secs,
+        max_level,
+    })
+}
+
+/// Waits until the degradation level is back at NORMAL (after the
+/// unpaced run it may have risen; it drops one level per cooldown).
+async fn wait_for_normal(d: &daemon::Daemon, timeout: Duration) -> Result<(), BenchError> {
+    let started = tokio::time::Instant::now();
+    while d.status.supervisor.borrow().level.level != Level::Normal {
+        if started.elapsed() > timeout {
+            return Err(BenchError::Producer(
+                "degradation level did not return to NORMAL".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }

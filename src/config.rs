@@ -35,6 +35,15 @@ pub struct Config {
     pub lake: LakeConfig,
     pub writer: WriterConfig,
     pub http: HttpConfig,
+    /// Symbol priority tiers (see `config/instruments.toml`). Empty: the
+    /// tiers built into the binary, which are that file's contents.
+    pub instruments_file: String,
+    pub lanes: LanesConfig,
+    pub degradation: crate::degrade::level::DegradationConfig,
+    pub breaker: BreakersConfig,
+    pub spill: SpillConfig,
+    pub supervision: SupervisionConfig,
+    pub chaos: ChaosConfig,
     pub tail: TailConfig,
     pub api: ApiConfig,
 }
@@ -48,6 +57,13 @@ impl Default for Config {
             lake: LakeConfig::default(),
             writer: WriterConfig::default(),
             http: HttpConfig::default(),
+            instruments_file: String::new(),
+            lanes: LanesConfig::default(),
+            degradation: crate::degrade::level::DegradationConfig::default(),
+            breaker: BreakersConfig::default(),
+            spill: SpillConfig::default(),
+            supervision: SupervisionConfig::default(),
+            chaos: ChaosConfig::default(),
             tail: TailConfig::default(),
             api: ApiConfig::default(),
         }
@@ -246,6 +262,105 @@ impl Default for HttpConfig {
     }
 }
 
+/// `[lanes]`: the producer's two-lane mailbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LanesConfig {
+    /// Capacity of the data lanes of tier 1, 2 and 3 (records). A full lane
+    /// blocks the feed that sends on it: that is the backpressure.
+    pub capacity: [usize; 3],
+}
+
+impl Default for LanesConfig {
+    fn default() -> Self {
+        Self {
+            capacity: [8192, 8192, 8192],
+        }
+    }
+}
+
+/// `[breaker.producer]` and `[breaker.commit]`: the circuit breakers around
+/// the broker produce path and the Iceberg commit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakersConfig {
+    /// Records waiting for the broker with no delivery for this long count
+    /// as one failure per check (every 50 ms).
+    pub stall_ms: u64,
+    pub producer: crate::degrade::breaker::BreakerConfig,
+    pub commit: crate::degrade::breaker::BreakerConfig,
+}
+
+impl Default for BreakersConfig {
+    fn default() -> Self {
+        Self {
+            stall_ms: 2_000,
+            producer: crate::degrade::breaker::BreakerConfig::default(),
+            commit: crate::degrade::breaker::BreakerConfig::default(),
+        }
+    }
+}
+
+/// `[spill]`: the on-disk log that takes records the broker cannot (breaker
+/// open) or should not (AGGRESSIVE) take now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpillConfig {
+    /// Directory of the log. Empty: `<data_dir>/spill`.
+    pub dir: String,
+    /// Segment size (bytes) at which the log rolls to a new file.
+    pub segment_bytes: u64,
+    /// Records replayed per step (every 50 ms) once the log may drain, so a
+    /// replay never starves live traffic.
+    pub replay_batch: usize,
+}
+
+impl Default for SpillConfig {
+    fn default() -> Self {
+        Self {
+            dir: String::new(),
+            segment_bytes: 64 << 20,
+            replay_batch: 2_000,
+        }
+    }
+}
+
+/// `[supervision]`: restarts and the progress watchdog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisionConfig {
+    /// An actor with work waiting and no progress for this long is restarted.
+    pub watchdog_secs: u64,
+    /// First restart delay (ms); doubles per restart, with jitter.
+    pub restart_backoff_initial_ms: u64,
+    /// Cap of the restart delay (ms).
+    pub restart_backoff_max_ms: u64,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        Self {
+            watchdog_secs: 60,
+            restart_backoff_initial_ms: 500,
+            restart_backoff_max_ms: 30_000,
+        }
+    }
+}
+
+/// `[chaos]`: faults injected on purpose, for demos and overload tests.
+/// All off by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChaosConfig {
+    /// Extra time the Iceberg writer spends per committed row
+    /// (microseconds), as a slow object store would.
+    pub writer_delay_us_per_row: u64,
+    /// The first this many commits of `market.trades` fail permanently, as
+    /// a broken catalog would; the writer rewinds to its last snapshot and
+    /// the consumer re-reads from there.
+    pub fail_trade_commits: u32,
+}
+
 /// `[tail]`: the uncommitted trades held in memory for hybrid queries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -414,6 +529,50 @@ impl Config {
                 "must be at least 1 MiB".into(),
             ));
         }
+        if let Some(t) = self.lanes.capacity.iter().position(|c| *c == 0) {
+            return Err(err(
+                &format!("lanes.capacity.{t}"),
+                "every lane needs a capacity > 0".into(),
+            ));
+        }
+        if let Err(e) = self.degradation.validate() {
+            return Err(err(e.key(), e.to_string()));
+        }
+        if self.degradation.sample_ms == 0 {
+            return Err(err("degradation.sample_ms", "must be > 0".into()));
+        }
+        for (name, b) in [
+            ("producer", &self.breaker.producer),
+            ("commit", &self.breaker.commit),
+        ] {
+            if let Err(crate::degrade::breaker::BreakerConfigError::Zero { key }) = b.validate() {
+                return Err(err(
+                    &format!("breaker.{name}.{key}"),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
+        if self.breaker.stall_ms == 0 {
+            return Err(err("breaker.stall_ms", "must be > 0".into()));
+        }
+        if self.spill.segment_bytes < 4096 {
+            return Err(err("spill.segment_bytes", "must be at least 4096".into()));
+        }
+        if self.spill.replay_batch == 0 {
+            return Err(err("spill.replay_batch", "must be > 0".into()));
+        }
+        let s = &self.supervision;
+        if s.watchdog_secs == 0 {
+            return Err(err("supervision.watchdog_secs", "must be > 0".into()));
+        }
+        if s.restart_backoff_initial_ms == 0
+            || s.restart_backoff_max_ms < s.restart_backoff_initial_ms
+        {
+            return Err(err(
+                "supervision.restart_backoff_max_ms",
+                "restart_backoff_initial_ms must be > 0 and <= restart_backoff_max_ms".into(),
+            ));
+        }
         if self.tail.max_rows == 0 {
             return Err(err("tail.max_rows", "must be > 0".into()));
         }
@@ -443,6 +602,26 @@ impl Config {
             std::env::current_dir()
                 .map(|d| d.join(&self.data_dir))
                 .unwrap_or_else(|_| self.data_dir.clone())
+        }
+    }
+
+    /// Directory of the spill log.
+    pub fn spill_dir(&self) -> PathBuf {
+        if self.spill.dir.is_empty() {
+            self.data_dir_abs().join("spill")
+        } else {
+            PathBuf::from(&self.spill.dir)
+        }
+    }
+
+    /// The symbol tiers: the configured file, else the built-in defaults.
+    pub fn instruments(
+        &self,
+    ) -> Result<crate::instruments::Instruments, crate::instruments::InstrumentsError> {
+        if self.instruments_file.is_empty() {
+            crate::instruments::Instruments::builtin()
+        } else {
+            crate::instruments::Instruments::load(Path::new(&self.instruments_file))
         }
     }
 

@@ -12,18 +12,22 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::actors::binance_feed::{BinanceFeedActor, StopFeed};
 use crate::actors::consumer::{ConsumerActor, Routes};
-use crate::actors::producer::{Encoder, ProducerActor};
+use crate::actors::degradation::{DegradationSupervisor, SupervisorInputs};
+use crate::actors::producer::{Encoder, ProducerActor, ProducerHandle, ProducerSettings};
 use crate::actors::query::QueryActor;
 use crate::actors::tail::TailActor;
 use crate::actors::writer::{FlushPolicy, WriterActor};
 use crate::config::Config;
+use crate::degrade::level::LevelMachine;
+use crate::degrade::spill::SpillLog;
 use crate::kafka::{self, EmbeddedCluster, KafkaSetupError};
 use crate::lake::commit::{KafkaOffsets, current_offsets};
 use crate::lake::{self, LakeError, TableKind};
-use crate::messages::producer::FlushProducer;
-use crate::messages::writer::{Flush, GetPositions};
+use crate::messages::producer::ProducerControl;
+use crate::messages::writer::{AddCommitListener, Flush, GetPositions, SetRestarter};
 use crate::metrics::{Metrics, MetricsError};
 use crate::registry::{LocalRegistry, RegistryError};
+use crate::status::StatusSources;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -50,6 +54,16 @@ pub enum DaemonError {
     Mailbox(#[from] MailboxError),
     #[error(transparent)]
     Query(#[from] crate::query::QueryError),
+    #[error(transparent)]
+    Producer(#[from] crate::actors::producer::ProducerError),
+    #[error("spill log: {0}")]
+    Spill(#[from] crate::degrade::spill::SpillError),
+    #[error(transparent)]
+    Instruments(#[from] crate::instruments::InstrumentsError),
+    #[error("config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Writer(#[from] crate::actors::writer::WriterError),
 }
 
 /// Where every table starts reading: its snapshot's offsets when they were
@@ -99,8 +113,11 @@ fn start_positions(
 /// Running daemon handles, for shutdown.
 pub struct Daemon {
     feed: Option<Addr<BinanceFeedActor>>,
-    /// The producer, for in-process publishers (`ticklake bench`).
-    pub producer: Addr<ProducerActor>,
+    /// The producer's mailbox and state, for in-process publishers
+    /// (`ticklake bench`).
+    pub producer: ProducerHandle,
+    /// Everything `/status` reads.
+    pub status: StatusSources,
     /// Bootstrap servers in use (the embedded cluster's when embedded).
     pub bootstrap: String,
     trades: Addr<WriterActor>,
@@ -226,35 +243,51 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     consumer.assign(&tpl)?;
     let consumer = Arc::new(consumer);
 
+    let sup = &cfg.supervision;
+    let restart_backoff = backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(sup.restart_backoff_initial_ms))
+        .with_max_delay(Duration::from_millis(sup.restart_backoff_max_ms))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
     let policy = FlushPolicy {
         max_rows: cfg.writer.max_rows,
         max_age: Duration::from_millis(cfg.writer.max_age_ms),
         target_file_size: cfg.writer.target_file_size_bytes,
+        delay_per_row: Duration::from_micros(cfg.chaos.writer_delay_us_per_row),
+        breaker: cfg.breaker.commit.clone(),
+        restart_backoff,
+        fail_commits: 0,
     };
+    if cfg.chaos.writer_delay_us_per_row > 0 {
+        tracing::warn!(
+            us_per_row = cfg.chaos.writer_delay_us_per_row,
+            "chaos: the iceberg writer is slowed on purpose"
+        );
+    }
     let (fatal_tx, fatal) = tokio::sync::mpsc::unbounded_channel();
-    let consumer_ctx = Context::<ConsumerActor>::new();
-    let consumer_addr = consumer_ctx.address();
-    let tail_ctx = Context::<TailActor>::new();
-    let tail = tail_ctx.address();
-    let engine = crate::query::engine(&cfg, Some(tail.clone().recipient())).await?;
-    let query = QueryActor::new(Arc::new(engine)).start();
+    install_panic_hook(metrics.clone(), fatal_tx.clone());
+    if cfg.chaos.fail_trade_commits > 0 {
+        tracing::warn!(
+            commits = cfg.chaos.fail_trade_commits,
+            "chaos: market.trades commits will fail on purpose"
+        );
+    }
     let trades = WriterActor::new(
         TableKind::Trades,
         catalog.clone(),
         lake::table_ident(&cfg, TableKind::Trades),
         lake::batch::arrow_schema(trades_table.metadata().current_schema())?,
-        policy.clone(),
+        FlushPolicy {
+            fail_commits: cfg.chaos.fail_trade_commits,
+            ..policy.clone()
+        },
         trades_start,
         metrics.clone(),
-    )
-    .with_consumer(consumer_addr.clone().recipient())
-    .with_listener(tail.clone().recipient())
-    .with_listener(query.clone().recipient())
-    .with_fatal(fatal_tx.clone())
-    .start();
-    tail_ctx.run(
-        TailActor::new(&cluster_id, cfg.tail.max_rows).with_writer(trades.clone().recipient()),
-    );
+    )?
+    .with_fatal(fatal_tx.clone());
+    let trades_state = trades.subscribe();
+    let trades = trades.start();
     let dead_letters = WriterActor::new(
         TableKind::DeadLetters,
         catalog.clone(),
@@ -263,11 +296,22 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         policy,
         dl_start,
         metrics.clone(),
-    )
-    .with_consumer(consumer_addr.recipient())
-    .with_fatal(fatal_tx)
-    .start();
-    consumer_ctx.run(ConsumerActor::new(
+    )?
+    .with_fatal(fatal_tx);
+    let dl_state = dead_letters.subscribe();
+    let dead_letters = dead_letters.start();
+    // The tail and the query actor hear of every trades commit; told before
+    // any row can reach the writer, so none is missed.
+    let tail_ctx = Context::<TailActor>::new();
+    let tail = tail_ctx.address();
+    let engine = crate::query::engine(&cfg, Some(tail.clone().recipient())).await?;
+    let query = QueryActor::new(Arc::new(engine)).start();
+    trades.do_send(AddCommitListener(tail.clone().recipient()));
+    trades.do_send(AddCommitListener(query.clone().recipient()));
+    tail_ctx.run(
+        TailActor::new(&cluster_id, cfg.tail.max_rows).with_writer(trades.clone().recipient()),
+    );
+    let consumer_actor = ConsumerActor::new(
         consumer,
         codec.clone(),
         Routes {
@@ -283,34 +327,82 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         cluster_id.clone(),
         metrics.clone(),
         cfg.writer.max_rows,
-    ));
+        restart_backoff,
+    );
+    let consumer_state = consumer_actor.subscribe();
+    // Supervised: a consumer whose loop ends, or that the watchdog stops,
+    // is restarted at the writers' positions.
+    let consumer_addr = Supervisor::start(move |_| consumer_actor);
+    for w in [&trades, &dead_letters] {
+        // Sent before any rows can reach the writer, so no commit misses it.
+        w.do_send(AddCommitListener(consumer_addr.clone().recipient()));
+        w.do_send(SetRestarter(consumer_addr.clone().recipient()));
+    }
 
-    let producer: FutureProducer = kafka::producer_config(&cfg.kafka, &bootstrap).create()?;
-    let producer =
-        ProducerActor::new(producer, Encoder::new(codec, &cfg.kafka), metrics.clone()).start();
+    let spill = SpillLog::open(&cfg.spill_dir(), cfg.spill.segment_bytes)?;
+    let rdk: FutureProducer = kafka::producer_config(&cfg.kafka, &bootstrap).create()?;
+    let (producer_actor, producer) = ProducerActor::new(
+        rdk,
+        Encoder::new(codec, &cfg.kafka),
+        metrics.clone(),
+        &cfg.lanes.capacity,
+        spill,
+        ProducerSettings {
+            breaker: cfg.breaker.producer.clone(),
+            stall: Duration::from_millis(cfg.breaker.stall_ms),
+            replay_batch: cfg.spill.replay_batch,
+        },
+    )?;
+    let _producer_addr = Supervisor::start(move |_| producer_actor);
 
+    let machine = LevelMachine::new(cfg.degradation.clone())
+        .map_err(|e| DaemonError::Config(e.to_string()))?;
+    let (supervisor, supervisor_state) = DegradationSupervisor::new(
+        machine,
+        SupervisorInputs {
+            lanes: producer.lanes.clone(),
+            producer: producer.state.clone(),
+            writers: vec![trades_state.clone(), dl_state.clone()],
+            watermarks: watermark_client.clone(),
+            topics: topics.clone(),
+            consumer: Some(consumer_addr),
+            watchdog: Duration::from_secs(cfg.supervision.watchdog_secs),
+        },
+        metrics.clone(),
+    );
+    Supervisor::start(move |_| supervisor);
+
+    let instruments = Arc::new(cfg.instruments()?);
     let feed = if cfg.feeds.binance.enabled {
         let fcfg = cfg.feeds.binance.clone();
-        let recipient = producer.clone().recipient();
+        let lanes = producer.lanes.clone();
         let m = metrics.clone();
         Some(Supervisor::start(move |_| {
-            BinanceFeedActor::new(fcfg, recipient, m)
+            BinanceFeedActor::new(fcfg, lanes, instruments, m)
         }))
     } else {
         tracing::info!("binance feed disabled");
         None
     };
 
+    let status = StatusSources {
+        started: Instant::now(),
+        feed: feed.clone(),
+        producer: producer.state.clone(),
+        consumer: consumer_state,
+        writers: vec![trades_state, dl_state],
+        supervisor: supervisor_state,
+        metrics: metrics.clone(),
+    };
+
     let http_addr = if cfg.http.enabled {
         let api = crate::api::ApiState {
             query: query.clone().recipient(),
         };
-        let a =
-            crate::http::start(&cfg.http.listen, metrics.clone(), Some(api)).map_err(|source| {
-                DaemonError::Http {
-                    listen: cfg.http.listen.clone(),
-                    source,
-                }
+        let a = crate::http::start(&cfg.http.listen, metrics.clone(), status.clone(), Some(api))
+            .map_err(|source| DaemonError::Http {
+                listen: cfg.http.listen.clone(),
+                source,
             })?;
         tracing::info!(addr = %a, "http endpoints up");
         Some(a)
@@ -321,6 +413,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     Ok(Daemon {
         feed,
         producer,
+        status,
         bootstrap,
         trades,
         dead_letters,
@@ -333,6 +426,23 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         tail,
         query,
     })
+}
+
+/// A panic inside an actor kills that actor's task, where no supervisor
+/// can see it. Count it, and stop the daemon non-zero so the process
+/// supervisor (systemd) restarts it: the restart resumes exactly once from
+/// the snapshots' offsets and the spill log.
+fn install_panic_hook(metrics: Metrics, fatal: tokio::sync::mpsc::UnboundedSender<String>) {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
+        metrics.actor_panics.with_label_values(&[&thread]).inc();
+        let _ = fatal.send(format!("panic in thread {thread}: {info}"));
+        previous(info);
+    }));
 }
 
 /// Why the daemon stopped.
@@ -381,10 +491,33 @@ impl Daemon {
     /// have taken in every record up to the topics' high watermarks, then
     /// commits what they buffer.
     pub async fn drain_and_flush(&self, drain_timeout: Duration) -> Result<(), DaemonError> {
-        if let Err(e) = self.producer.send(FlushProducer).await? {
-            tracing::error!(error = %e, "producer flush failed");
-        }
         let deadline = Instant::now() + drain_timeout;
+        // Control overtakes data, so wait for the lanes to empty before
+        // asking for the flush.
+        while self
+            .producer
+            .lanes
+            .stats()
+            .lanes
+            .iter()
+            .any(|l| l.depth > 0)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self
+            .producer
+            .lanes
+            .send_control(ProducerControl::Flush(tx))
+            .is_ok()
+        {
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "producer flush failed"),
+                Err(_) => tracing::error!("producer went away during flush"),
+            }
+        }
         loop {
             let client = self.watermark_client.clone();
             let topics = self.topics.clone();

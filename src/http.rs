@@ -1,14 +1,20 @@
-//! The daemon's HTTP endpoints: `/metrics` (Prometheus), `/healthz`, `/readyz`,
+//! The daemon's HTTP endpoints: `/status` (supervision tree, level,
+//! breakers, accounting), `/metrics` (Prometheus), `/healthz`, `/readyz`,
 //! and the query API (`/v1/*`, `/openapi.json`, see `crate::api`).
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 
 use crate::metrics::Metrics;
+use crate::status::StatusSources;
 
 async fn metrics(m: web::Data<Metrics>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(m.render())
+}
+
+async fn status(src: web::Data<StatusSources>) -> HttpResponse {
+    HttpResponse::Ok().json(crate::status::collect(&src).await)
 }
 
 async fn healthz() -> HttpResponse {
@@ -19,12 +25,16 @@ async fn healthz() -> HttpResponse {
 pub fn start(
     listen: &str,
     m: Metrics,
+    sources: StatusSources,
     api: Option<crate::api::ApiState>,
 ) -> std::io::Result<std::net::SocketAddr> {
     let data = web::Data::new(m);
+    let sources = web::Data::new(sources);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(sources.clone())
+            .route("/status", web::get().to(status))
             .route("/metrics", web::get().to(metrics))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(healthz))
@@ -35,7 +45,7 @@ pub fn start(
             })
     })
     // Queries run on the tokio pool, not on the workers; two workers keep
-    // /metrics answering while one parses a large response.
+    // /metrics and /status answering while one sends a large response.
     .workers(2)
     .disable_signals()
     .bind(listen)?;

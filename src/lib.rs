@@ -28,3 +28,4 @@ pub mod query;
 pub mod registry;
 pub mod replay;
 pub mod sql_guard;
+pub mod status;

@@ -93,6 +93,15 @@ enum Command {
         #[command(subcommand)]
         which: BenchApi,
     },
+    /// Show the running daemon's supervision tree, degradation level,
+    /// breakers and accounting (from its `/status` endpoint).
+    Status {
+        #[arg(long, env = "TICKLAKE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Print the raw `/status` JSON instead of the tree.
+        #[arg(long)]
+        json: bool,
+    },
     /// Parse capture file(s) with the feed's parser and publish the records
     /// to the configured (real) Kafka broker; prints a JSON summary.
     Produce {
@@ -369,6 +378,22 @@ fn main() -> anyhow::Result<()> {
                 .await
             })?;
             println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Status { config, json } => {
+            let cfg = Config::load(config.as_deref())?;
+            let url = format!("http://{}/status", cfg.http.listen);
+            let body: serde_json::Value = ureq::get(&url)
+                .call()
+                .with_context(|| format!("no daemon answers at {url} (http.listen)"))?
+                .body_mut()
+                .read_json()
+                .with_context(|| format!("{url} did not return JSON"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+            } else {
+                print!("{}", ticklake::status::render(&body));
+            }
             Ok(())
         }
         Command::Produce { config, capture } => {

@@ -2,7 +2,8 @@
 //! globals), so tests can run several daemons in one process.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -30,6 +31,66 @@ pub struct Metrics {
     pub writer_buffered_rows: IntGaugeVec,
     /// Wall time of an Iceberg flush (Parquet write and commit), by table.
     pub writer_commit_seconds: HistogramVec,
+    /// The accounting identity's counters; see [`Outcome`].
+    pub messages: IntCounterVec,
+    pub shed: IntCounterVec,
+    pub degradation_level: IntGaugeVec,
+    pub level_transitions: IntCounterVec,
+    pub signals: GaugeVec,
+    pub signal_thresholds: GaugeVec,
+    pub breaker_state: IntGaugeVec,
+    pub breaker_transitions: IntCounterVec,
+    pub spill_pending: IntGaugeVec,
+    pub spill_pending_bytes: IntGaugeVec,
+    pub lane_depth: IntGaugeVec,
+    pub lane_blocked_seconds: CounterVec,
+    pub actor_restarts: IntCounterVec,
+    pub actor_errors: IntCounterVec,
+    pub actor_panics: IntCounterVec,
+    pub resident_memory: IntGaugeVec,
+}
+
+/// Where a feed message ended up. Per exchange and tier, at any moment:
+/// `received + restored = published + shed + spilled - replayed +
+/// dead_lettered + deduplicated + in flight`, where in flight is what sits in
+/// a lane or waits for the broker's acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Received,
+    Published,
+    Shed,
+    Spilled,
+    Replayed,
+    Restored,
+    DeadLettered,
+    Deduplicated,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Received,
+        Outcome::Published,
+        Outcome::Shed,
+        Outcome::Spilled,
+        Outcome::Replayed,
+        Outcome::Restored,
+        Outcome::DeadLettered,
+        Outcome::Deduplicated,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Received => "received",
+            Outcome::Published => "published",
+            Outcome::Shed => "shed",
+            Outcome::Spilled => "spilled",
+            Outcome::Replayed => "replayed",
+            Outcome::Restored => "restored",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::Deduplicated => "deduplicated",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +170,128 @@ impl Metrics {
             &["table"],
         )?;
         registry.register(Box::new(writer_commit_seconds.clone()))?;
+        let messages = counter(
+            "ticklake_messages_total",
+            "Feed messages by exchange, tier and outcome: received, published \
+             (acknowledged by the broker), shed, spilled, replayed (from the \
+             spill log), restored (found in the spill log at start), \
+             dead_lettered, deduplicated.",
+            &["exchange", "tier", "outcome"],
+        )?;
+        let shed = counter(
+            "ticklake_shed_total",
+            "Messages shed on purpose, by exchange, tier and the level that shed them.",
+            &["exchange", "tier", "level"],
+        )?;
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, MetricsError> {
+                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        let fgauge = |name: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, MetricsError> {
+            let g = GaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let degradation_level = gauge(
+            "ticklake_degradation_level",
+            "Current degradation level: 0 NORMAL, 1 SOFT, 2 GRACEFUL, 3 AGGRESSIVE, 4 CIRCUIT_BREAK.",
+            &[],
+        )?;
+        let level_transitions = counter(
+            "ticklake_degradation_transitions_total",
+            "Degradation level changes, by the level entered.",
+            &["to"],
+        )?;
+        let signals = fgauge(
+            "ticklake_degradation_signal",
+            "Last sampled value of each degradation signal.",
+            &["signal"],
+        )?;
+        let signal_thresholds = fgauge(
+            "ticklake_degradation_signal_threshold",
+            "The value of a signal that triggers each level.",
+            &["signal", "level"],
+        )?;
+        let breaker_state = gauge(
+            "ticklake_breaker_state",
+            "Circuit breaker state: 0 CLOSED, 1 HALF_OPEN, 2 OPEN.",
+            &["breaker"],
+        )?;
+        let breaker_transitions = counter(
+            "ticklake_breaker_transitions_total",
+            "Circuit breaker state changes, by the state entered.",
+            &["breaker", "to"],
+        )?;
+        let spill_pending = gauge(
+            "ticklake_spill_pending_records",
+            "Records in the spill log not yet replayed.",
+            &[],
+        )?;
+        let spill_pending_bytes = gauge(
+            "ticklake_spill_pending_bytes",
+            "Bytes in the spill log not yet replayed.",
+            &[],
+        )?;
+        let lane_depth = gauge(
+            "ticklake_lane_depth",
+            "Messages queued in a data lane of an actor's mailbox.",
+            &["actor", "tier"],
+        )?;
+        let lane_blocked_seconds = Self::float_counter(
+            &registry,
+            "ticklake_lane_blocked_seconds_total",
+            "Time senders spent blocked on a full or paused data lane.",
+            &["actor", "tier"],
+        )?;
+        let actor_restarts = counter(
+            "ticklake_actor_restarts_total",
+            "Actor restarts by its supervisor.",
+            &["actor"],
+        )?;
+        let actor_errors = counter(
+            "ticklake_actor_errors_total",
+            "Errors that ended an actor's run (connection lost, stall, failure).",
+            &["actor", "kind"],
+        )?;
+        let actor_panics = counter(
+            "ticklake_actor_panics_total",
+            "Panics, by thread; a panic stops the daemon for a clean restart.",
+            &["thread"],
+        )?;
+        let resident_memory = gauge(
+            "ticklake_process_resident_memory_bytes",
+            "Resident set size of the daemon, as sampled by the degradation supervisor.",
+            &[],
+        )?;
+        // Unlabelled series exist from the start, so a scrape before the
+        // first sample still shows them (at 0).
+        for g in [
+            &degradation_level,
+            &spill_pending,
+            &spill_pending_bytes,
+            &resident_memory,
+        ] {
+            g.with_label_values::<&str>(&[]).set(0);
+        }
         Ok(Self {
+            messages,
+            shed,
+            degradation_level,
+            level_transitions,
+            signals,
+            signal_thresholds,
+            breaker_state,
+            breaker_transitions,
+            spill_pending,
+            spill_pending_bytes,
+            lane_depth,
+            lane_blocked_seconds,
+            actor_restarts,
+            actor_errors,
+            actor_panics,
+            resident_memory,
             registry,
             feed_frames,
             feed_dead_letters,
@@ -123,6 +305,24 @@ impl Metrics {
             writer_buffered_rows,
             writer_commit_seconds,
         })
+    }
+
+    fn float_counter(
+        registry: &Registry,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<CounterVec, MetricsError> {
+        let c = CounterVec::new(Opts::new(name, help), labels)?;
+        registry.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+
+    /// Counts one message outcome for the accounting identity.
+    pub fn account(&self, exchange: &str, tier: &str, outcome: Outcome, n: u64) {
+        self.messages
+            .with_label_values(&[exchange, tier, outcome.as_str()])
+            .inc_by(n);
     }
 
     /// The Prometheus text exposition.

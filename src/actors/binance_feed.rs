@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -16,8 +17,9 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use crate::config::BinanceFeedConfig;
 use crate::dedup::Dedup;
 use crate::exchanges::{FrameError, Parsed, binance};
-use crate::messages::producer::{Publish, Record};
-use crate::metrics::Metrics;
+use crate::instruments::Instruments;
+use crate::messages::producer::{Outgoing, ProducerLanes};
+use crate::metrics::{Metrics, Outcome};
 use crate::model::{DeadLetter, now_us};
 
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +56,8 @@ pub struct FeedState {
 
 pub struct BinanceFeedActor {
     cfg: BinanceFeedConfig,
-    producer: Recipient<Publish>,
+    producer: ProducerLanes,
+    instruments: Arc<Instruments>,
     metrics: Metrics,
     backoff: ExponentialBackoff,
     state: FeedState,
@@ -67,7 +70,12 @@ pub struct BinanceFeedActor {
 }
 
 impl BinanceFeedActor {
-    pub fn new(cfg: BinanceFeedConfig, producer: Recipient<Publish>, metrics: Metrics) -> Self {
+    pub fn new(
+        cfg: BinanceFeedConfig,
+        producer: ProducerLanes,
+        instruments: Arc<Instruments>,
+        metrics: Metrics,
+    ) -> Self {
         let cfg_dedup = cfg.dedup_capacity;
         let backoff = backoff_for(&cfg);
         let state = FeedState {
@@ -78,6 +86,7 @@ impl BinanceFeedActor {
         Self {
             cfg,
             producer,
+            instruments,
             metrics,
             backoff,
             state,
@@ -135,6 +144,7 @@ impl Actor for BinanceFeedActor {
             cfg: self.cfg.clone(),
             url,
             producer: self.producer.clone(),
+            instruments: self.instruments.clone(),
             metrics: self.metrics.clone(),
             addr: ctx.address(),
             dedup: self.dedup.clone(),
@@ -211,7 +221,8 @@ impl Handler<ObserveFeed> for BinanceFeedActor {
 struct Connection {
     cfg: BinanceFeedConfig,
     url: String,
-    producer: Recipient<Publish>,
+    producer: ProducerLanes,
+    instruments: Arc<Instruments>,
     metrics: Metrics,
     addr: Addr<BinanceFeedActor>,
     dedup: Rc<RefCell<Dedup>>,
@@ -290,9 +301,10 @@ impl Connection {
             .inc();
     }
 
-    /// Parses one frame; trades go to the producer, malformed frames to the
-    /// dead-letter topic with their raw bytes. Waiting on the producer here
-    /// is deliberate: it is the backpressure path.
+    /// Parses one frame; trades go to the producer on their tier's lane,
+    /// malformed frames to the dead-letter topic with their raw bytes (on
+    /// the tier-1 lane: they are never shed). Waiting on a full lane here is
+    /// deliberate: it is the backpressure path.
     async fn on_frame(&self, raw: &[u8], text: Option<&str>) -> Result<(), FeedError> {
         let exchange = self.cfg.exchange.as_str();
         let received = now_us();
@@ -300,7 +312,7 @@ impl Connection {
             Some(t) => binance::parse_frame(t, exchange, received),
             None => Err(FrameError::Binary(raw.len())),
         };
-        let record = match parsed {
+        let out = match parsed {
             Ok(Parsed::Trade(t)) => {
                 let kind = t
                     .vendor_data
@@ -312,14 +324,19 @@ impl Connection {
                     .feed_frames
                     .with_label_values(&[exchange, kind])
                     .inc();
+                let tier = self.instruments.tier(&t.exchange, &t.symbol);
+                self.metrics
+                    .account(&t.exchange, tier.label(), Outcome::Received, 1);
                 if !self.dedup.borrow_mut().first_time(&t.message_id) {
                     self.metrics
                         .feed_duplicates
                         .with_label_values(&[exchange])
                         .inc();
+                    self.metrics
+                        .account(&t.exchange, tier.label(), Outcome::Deduplicated, 1);
                     return Ok(());
                 }
-                Record::Trade(t)
+                Outgoing::trade(*t, tier)
             }
             Ok(Parsed::Skipped(kind)) => {
                 self.metrics
@@ -337,21 +354,24 @@ impl Connection {
                     .feed_dead_letters
                     .with_label_values(&[exchange, e.class()])
                     .inc();
+                self.metrics.account(exchange, "none", Outcome::Received, 1);
+                self.metrics
+                    .account(exchange, "none", Outcome::DeadLettered, 1);
                 tracing::warn!(exchange, reason = %e, bytes = raw.len(), "malformed frame dead-lettered");
-                Record::DeadLetter(Box::new(DeadLetter::new(
+                Outgoing::dead_letter(DeadLetter::new(
                     exchange,
                     &self.url,
                     received,
                     e.to_string(),
                     raw.to_vec(),
-                )))
+                ))
             }
         };
-        match self.producer.send(Publish(record)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(FeedError::Producer(e.to_string())),
-            Err(e) => Err(FeedError::Producer(e.to_string())),
-        }
+        let lane = out.tier.index();
+        self.producer
+            .send_data(lane, out)
+            .await
+            .map_err(|e| FeedError::Producer(e.to_string()))
     }
 }
 

@@ -4,8 +4,10 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
+use backon::BackoffBuilder;
 use futures::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -13,12 +15,14 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use crate::actors::writer::WriterActor;
 use crate::avro::Codec;
 use crate::messages::consumer::Committed;
+pub use crate::messages::consumer::RestartConsumer;
 use crate::messages::tail::{TailRow, Tailed};
-use crate::messages::writer::{Consumed, Rows};
+use crate::messages::writer::{Consumed, GetPositions, Rows};
 use crate::metrics::Metrics;
 use crate::model::{DeadLetter, TradeV2, now_us};
 
 /// Where consumed records go.
+#[derive(Clone)]
 pub struct Routes {
     pub trades_topics: HashSet<String>,
     pub dead_letter_topic: String,
@@ -29,10 +33,23 @@ pub struct Routes {
     pub tail: Option<Recipient<Tailed>>,
 }
 
+/// What `/status` shows for the consumer.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ConsumerState {
+    pub running: bool,
+    pub restarts: u64,
+    pub last_error: Option<String>,
+}
+
 pub struct ConsumerActor {
     consumer: Arc<StreamConsumer>,
     codec: Arc<Codec>,
-    routes: Option<Routes>,
+    routes: Routes,
+    /// Set by a restart: seek to what the writers hold before reading on.
+    reseek: bool,
+    backoff: backon::ExponentialBackoff,
+    state: ConsumerState,
+    state_tx: tokio::sync::watch::Sender<ConsumerState>,
     cluster_id: String,
     metrics: Metrics,
     /// Records per routed message; at most the writer's row limit, so a
@@ -48,16 +65,53 @@ impl ConsumerActor {
         cluster_id: String,
         metrics: Metrics,
         max_rows: usize,
+        restart_backoff: backon::ExponentialBuilder,
     ) -> Self {
+        let (state_tx, _) = tokio::sync::watch::channel(ConsumerState::default());
         Self {
             consumer,
             codec,
-            routes: Some(routes),
+            routes,
+            reseek: false,
+            backoff: restart_backoff.build(),
+            state: ConsumerState::default(),
+            state_tx,
             cluster_id,
             metrics,
             chunk: max_rows.clamp(1, MAX_CHUNK),
         }
     }
+}
+
+impl ConsumerActor {
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<ConsumerState> {
+        self.state_tx.subscribe()
+    }
+}
+
+/// Positions to resume from after a restart: exactly what the writers have
+/// taken in, so nothing is read twice or skipped.
+async fn reseek(consumer: &StreamConsumer, routes: &Routes) -> Result<(), String> {
+    let a = routes
+        .trades
+        .send(GetPositions)
+        .await
+        .map_err(|e| e.to_string())?;
+    let b = routes
+        .dead_letters
+        .send(GetPositions)
+        .await
+        .map_err(|e| e.to_string())?;
+    let assignment = consumer.assignment().map_err(|e| e.to_string())?;
+    let mut tpl = TopicPartitionList::new();
+    for el in assignment.elements() {
+        let (t, p) = (el.topic(), el.partition());
+        if let Some(next) = a.get(t, p).or(b.get(t, p)) {
+            tpl.add_partition_offset(t, p, Offset::Offset(next))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())
 }
 
 /// Largest number of records decoded and routed as one message.
@@ -67,9 +121,18 @@ impl Actor for ConsumerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let Some(routes) = self.routes.take() else {
-            return;
+        let routes = self.routes.clone();
+        let reseek_first = std::mem::take(&mut self.reseek);
+        let generation = self.state.restarts;
+        // Restarts wait a capped, jittered, growing delay so a consumer that
+        // fails at once does not spin.
+        let delay = if reseek_first {
+            self.backoff.next().unwrap_or(Duration::from_secs(30))
+        } else {
+            Duration::ZERO
         };
+        self.state.running = true;
+        self.state_tx.send_replace(self.state.clone());
         let consumer = self.consumer.clone();
         let codec = self.codec.clone();
         let metrics = self.metrics.clone();
@@ -77,6 +140,11 @@ impl Actor for ConsumerActor {
         // The loop runs on the actor's arbiter: rdkafka's borrowed messages
         // are not Send, and decoding is cheap next to the Iceberg commit.
         let fut = async move {
+            tokio::time::sleep(delay).await;
+            if reseek_first && let Err(e) = reseek(&consumer, &routes).await {
+                tracing::error!(error = %e, "consumer could not seek to the writers' positions");
+                return Some(e);
+            }
             let mut stream = consumer.stream().ready_chunks(chunk_size);
             while let Some(chunk) = stream.next().await {
                 let mut trades: Vec<TradeV2> = Vec::new();
@@ -150,6 +218,7 @@ impl Actor for ConsumerActor {
                     let msg = Consumed {
                         rows: Rows::Trades(trades),
                         positions: trade_pos,
+                        generation,
                     };
                     if routes.trades.send(msg).await.is_err() {
                         break;
@@ -159,6 +228,7 @@ impl Actor for ConsumerActor {
                     let msg = Consumed {
                         rows: Rows::DeadLetters(dead),
                         positions: dead_pos,
+                        generation,
                     };
                     if routes.dead_letters.send(msg).await.is_err() {
                         break;
@@ -166,8 +236,38 @@ impl Actor for ConsumerActor {
                 }
             }
             tracing::warn!("consumer loop ended");
+            Some("consumer loop ended".to_string())
         };
-        ctx.spawn(fut.into_actor(self));
+        ctx.spawn(fut.into_actor(self).map(|end, act, ctx| {
+            act.state.running = false;
+            act.state.last_error = end;
+            act.state_tx.send_replace(act.state.clone());
+            // The supervisor restarts it (see `restarting`).
+            ctx.stop();
+        }));
+    }
+}
+
+impl Supervised for ConsumerActor {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        self.reseek = true;
+        self.state.restarts += 1;
+        self.metrics
+            .actor_restarts
+            .with_label_values(&["consumer"])
+            .inc();
+        tracing::warn!(restarts = self.state.restarts, "consumer restarting");
+    }
+}
+
+impl Handler<RestartConsumer> for ConsumerActor {
+    type Result = MessageResult<RestartConsumer>;
+
+    fn handle(&mut self, _: RestartConsumer, ctx: &mut Self::Context) -> Self::Result {
+        self.state.last_error = Some("restart requested (watchdog or a rewinding writer)".into());
+        ctx.stop();
+        // `restarting` bumps the count; the new loop stamps that number.
+        MessageResult(self.state.restarts + 1)
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod binance_feed;
 pub mod consumer;
+pub mod degradation;
 pub mod producer;
 pub mod query;
 pub mod tail;

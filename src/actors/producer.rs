@@ -1,17 +1,39 @@
-//! ProducerActor: encodes records as Avro in the Confluent wire format and
-//! hands them to an idempotent rdkafka producer, keyed by symbol.
+//! ProducerActor: reads the two-lane mailbox the feeds send on, applies the
+//! degradation level per tier (publish, shed or spill), encodes records as
+//! Avro in the Confluent wire format and hands them to an idempotent rdkafka
+//! producer, keyed by symbol.
+//!
+//! A circuit breaker watches the broker path. Records that wait for the
+//! broker with no delivery for `breaker.stall_ms` count as failures; once it
+//! opens, new records go to the on-disk spill log instead of memory. Records
+//! already inside librdkafka stay there (the idempotent producer delivers
+//! them once the broker is back, without duplicates), and the log is
+//! replayed in order behind them when the breaker closes.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use rdkafka::Message as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
 
 use crate::avro::{AvroError, Codec};
-use crate::messages::producer::{FlushProducer, Publish, Record};
-use crate::metrics::Metrics;
+use crate::degrade::breaker::{BreakerConfig, BreakerSnapshot, BreakerState, CircuitBreaker};
+use crate::degrade::level::Level;
+use crate::degrade::policy::{self, Action, SpillEntry};
+use crate::degrade::spill::{ReplayError, SpillLog, SpillSnapshot};
+use crate::instruments::Tier;
+use crate::lanes::{Envelope, LaneReceiver, MailboxStats};
+use crate::messages::producer::{Outgoing, ProducerControl, ProducerLanes, Record};
+use crate::metrics::{Metrics, Outcome};
+use crate::model::{DeadLetter, now_us};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProducerError {
@@ -21,6 +43,10 @@ pub enum ProducerError {
     Kafka(#[from] KafkaError),
     #[error("producer task failed: {0}")]
     Join(String),
+    #[error("producer mailbox: {0}")]
+    Mailbox(#[from] crate::lanes::MailboxError),
+    #[error("producer config: {0}")]
+    Config(String),
 }
 
 impl ProducerError {
@@ -102,89 +128,703 @@ pub async fn enqueue(
     }
 }
 
+/// Delivery progress, shared with the tasks that await librdkafka's
+/// delivery reports (they run on other threads).
+#[derive(Debug, Default)]
+struct Deliveries {
+    /// Records handed to librdkafka and not yet acknowledged or failed.
+    in_flight: AtomicU64,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    /// Milliseconds since the actor's epoch of the last acknowledgement.
+    last_delivery_ms: AtomicU64,
+}
+
+/// A record librdkafka gave back as undeliverable; it goes to the spill log.
+struct Undelivered {
+    entry: SpillEntry,
+    error: String,
+}
+
+/// What `/status` shows for the producer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProducerState {
+    pub restarts: u64,
+    pub level: Option<Level>,
+    pub in_flight: u64,
+    pub enqueued: u64,
+    pub delivered: u64,
+    pub failed_deliveries: u64,
+    pub spilled: u64,
+    pub replayed: u64,
+    /// Records found in the spill log at start and not yet replayed.
+    pub carried_over_pending: u64,
+    pub shed: u64,
+    pub enrichment_skipped: u64,
+    pub breaker: Option<BreakerSnapshot>,
+    pub spill: Option<SpillSnapshot>,
+    pub lanes: Option<MailboxStats>,
+    pub last_error: Option<String>,
+}
+
+/// The producer's handles for other actors: the mailbox to send on and the
+/// state it publishes.
+#[derive(Clone)]
+pub struct ProducerHandle {
+    pub lanes: ProducerLanes,
+    pub state: watch::Receiver<ProducerState>,
+}
+
 pub struct ProducerActor {
     producer: FutureProducer,
     encoder: Encoder,
     metrics: Metrics,
+    /// Shared with the stream that polls it, so control messages can pause
+    /// and resume lanes. Both run on this actor's thread, never at once.
+    rx: Rc<RefCell<LaneReceiver<ProducerControl, Outgoing>>>,
+    level: Level,
+    breaker: CircuitBreaker,
+    stall: Duration,
+    probing: bool,
+    spill: SpillLog,
+    spill_dirty: bool,
+    replay_batch: usize,
+    /// Records of each tier (index 3: dead letters) spilled in this run and
+    /// not replayed yet. While a tier has any, its new records go to the log
+    /// behind them, so one symbol's records never overtake each other.
+    spilled_by_tier: [u64; 4],
+    /// Records found in the log at start; while any are left every record
+    /// goes to the log: a restarted daemon replays it first.
+    carried: u64,
+    deliveries: Arc<Deliveries>,
+    /// When `in_flight` last rose from zero, for the stall check.
+    busy_since_ms: u64,
+    delivered_at_last_tick: u64,
+    undelivered_tx: mpsc::UnboundedSender<Undelivered>,
+    undelivered_rx: Rc<RefCell<mpsc::UnboundedReceiver<Undelivered>>>,
+    epoch: Instant,
+    state: ProducerState,
+    state_tx: watch::Sender<ProducerState>,
+}
+
+/// Settings of the producer actor beyond the Kafka client.
+pub struct ProducerSettings {
+    pub breaker: BreakerConfig,
+    pub stall: Duration,
+    pub replay_batch: usize,
+}
+
+fn tier_slot(tier: Option<Tier>) -> usize {
+    tier.map_or(3, Tier::index)
+}
+
+fn tier_label(tier: Option<Tier>) -> &'static str {
+    tier.map_or("none", Tier::label)
 }
 
 impl ProducerActor {
-    pub fn new(producer: FutureProducer, encoder: Encoder, metrics: Metrics) -> Self {
-        Self {
+    /// Builds the actor and its mailbox; the spill log must be open already
+    /// (records left in it are replayed before anything new goes out).
+    pub fn new(
+        producer: FutureProducer,
+        encoder: Encoder,
+        metrics: Metrics,
+        lane_capacity: &[usize],
+        spill: SpillLog,
+        settings: ProducerSettings,
+    ) -> Result<(Self, ProducerHandle), ProducerError> {
+        let (lanes, rx) = crate::lanes::mailbox(lane_capacity)?;
+        let breaker = CircuitBreaker::new("producer", settings.breaker)
+            .map_err(|e| ProducerError::Config(e.to_string()))?;
+        let (undelivered_tx, undelivered_rx) = mpsc::unbounded_channel();
+        let (state_tx, state) = watch::channel(ProducerState::default());
+        let carried = spill.pending();
+        if carried > 0 {
+            tracing::info!(records = carried, dir = %spill.dir().display(), "spill log holds records from an earlier run; replaying them first");
+        }
+        let actor = Self {
             producer,
             encoder,
             metrics,
+            rx: Rc::new(RefCell::new(rx)),
+            level: Level::Normal,
+            breaker,
+            stall: settings.stall,
+            probing: false,
+            spill,
+            spill_dirty: false,
+            replay_batch: settings.replay_batch.max(1),
+            spilled_by_tier: [0; 4],
+            carried,
+            deliveries: Arc::new(Deliveries::default()),
+            busy_since_ms: 0,
+            delivered_at_last_tick: 0,
+            undelivered_tx,
+            undelivered_rx: Rc::new(RefCell::new(undelivered_rx)),
+            epoch: Instant::now(),
+            state: ProducerState::default(),
+            state_tx,
+        };
+        Ok((actor, ProducerHandle { lanes, state }))
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Runs a breaker call and records any state change it caused.
+    fn with_breaker(&mut self, f: impl FnOnce(&mut CircuitBreaker, u64)) {
+        let now = self.now_ms();
+        let before = self.breaker.state();
+        f(&mut self.breaker, now);
+        let after = self.breaker.state();
+        if before != after {
+            tracing::warn!(breaker = "producer", from = %before, to = %after, "circuit breaker changed state");
+            self.metrics
+                .breaker_transitions
+                .with_label_values(&["producer", after.as_str()])
+                .inc();
+        }
+        self.metrics
+            .breaker_state
+            .with_label_values(&["producer"])
+            .set(breaker_gauge(after));
+    }
+
+    fn handle_data(&mut self, out: Outgoing, ctx: &mut Context<Self>) {
+        let tier = match &out.record {
+            Record::Trade(_) => Some(out.tier),
+            Record::DeadLetter(_) => None,
+        };
+        let exchange = out.record.exchange().to_string();
+        let mut record = out.record;
+        let act = match tier {
+            Some(t) => policy::action(self.level, t),
+            None => Action::Publish,
+        };
+        if act == Action::Shed {
+            self.state.shed += 1;
+            self.metrics
+                .account(&exchange, tier_label(tier), Outcome::Shed, 1);
+            self.metrics
+                .shed
+                .with_label_values(&[&exchange, tier_label(tier), self.level.as_str()])
+                .inc();
+            return;
+        }
+        if policy::skips_enrichment(self.level)
+            && let Record::Trade(t) = &mut record
+            && t.vendor_data.take().is_some()
+        {
+            self.state.enrichment_skipped += 1;
+        }
+        let encoded = match self.encoder.encode(&record) {
+            Ok(e) => e,
+            Err(e) => {
+                // A record that cannot be encoded is a bug, not an overload;
+                // keep it as a dead letter with its JSON form.
+                tracing::error!(error = %e, "record could not be encoded; dead-lettering it");
+                let raw = match &record {
+                    Record::Trade(t) => serde_json::to_vec(t).unwrap_or_default(),
+                    Record::DeadLetter(d) => d.raw.clone(),
+                };
+                let dl =
+                    DeadLetter::new(&exchange, "producer", now_us(), format!("encode: {e}"), raw);
+                if let Some(t) = tier {
+                    self.metrics
+                        .account(&exchange, t.label(), Outcome::DeadLettered, 1);
+                    // It was counted as received; the dead letter replaces it.
+                    self.state.last_error = Some(format!("encode: {e}"));
+                }
+                match self.encoder.encode(&Record::DeadLetter(Box::new(dl))) {
+                    Ok(enc) => self.route(enc, &exchange, None, Action::Publish, ctx),
+                    Err(e) => {
+                        tracing::error!(error = %e, "dead letter could not be encoded either")
+                    }
+                }
+                return;
+            }
+        };
+        self.route(encoded, &exchange, tier, act, ctx);
+    }
+
+    /// Sends to the broker, or to the spill log when the level says so, the
+    /// breaker is not closed, or older records of the tier wait in the log.
+    fn route(
+        &mut self,
+        enc: Encoded,
+        exchange: &str,
+        tier: Option<Tier>,
+        act: Action,
+        ctx: &mut Context<Self>,
+    ) {
+        let must_spill = act == Action::Spill
+            || self.breaker.state() != BreakerState::Closed
+            || self.carried > 0
+            || self.spilled_by_tier[tier_slot(tier)] > 0;
+        let entry = SpillEntry {
+            exchange: exchange.to_string(),
+            tier,
+            topic: enc.topic,
+            key: enc.key,
+            payload: enc.payload,
+        };
+        if must_spill {
+            self.spill_entry(entry);
+            return;
+        }
+        match dispatch(
+            &self.producer,
+            &entry,
+            &self.deliveries,
+            &self.metrics,
+            &self.undelivered_tx,
+            self.epoch,
+        ) {
+            Ok(()) => self.note_enqueued(),
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                // Wait for room, in order (nothing else is read meanwhile, so
+                // the lanes fill and push back on the feeds). Give up after
+                // the stall time: a queue that does not drain is a broker
+                // problem, and the record is safer in the spill log.
+                let producer = self.producer.clone();
+                let deliveries = self.deliveries.clone();
+                let metrics = self.metrics.clone();
+                let tx = self.undelivered_tx.clone();
+                let epoch = self.epoch;
+                let stall = self.stall;
+                ctx.wait(
+                    async move {
+                        let deadline = Instant::now() + stall;
+                        loop {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                            match dispatch(&producer, &entry, &deliveries, &metrics, &tx, epoch) {
+                                Ok(()) => return Ok(()),
+                                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
+                                    if Instant::now() < deadline => {}
+                                Err(e) => return Err((entry, e.to_string())),
+                            }
+                        }
+                    }
+                    .into_actor(self)
+                    .map(|res, act, _| match res {
+                        Ok(()) => act.note_enqueued(),
+                        Err((entry, error)) => {
+                            act.state.last_error = Some(format!("produce: {error}"));
+                            act.with_breaker(|b, now| b.on_failure(now));
+                            act.spill_entry(entry);
+                        }
+                    }),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "produce failed; record spilled");
+                self.state.last_error = Some(format!("produce: {e}"));
+                self.with_breaker(|b, now| b.on_failure(now));
+                self.spill_entry(entry);
+            }
         }
     }
+
+    fn note_enqueued(&mut self) {
+        self.state.enqueued += 1;
+        // in_flight was raised by `dispatch`; 1 means it just left zero
+        if self.deliveries.in_flight.load(Ordering::Relaxed) == 1 {
+            self.busy_since_ms = self.now_ms();
+        }
+    }
+
+    fn spill_entry(&mut self, entry: SpillEntry) {
+        let bytes = match entry.encode() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "record cannot be spilled");
+                self.state.last_error = Some(e.to_string());
+                return;
+            }
+        };
+        if let Err(e) = self.spill.append(&bytes) {
+            // The disk is the last resort; without it the record would be
+            // lost, so say so as loudly as possible.
+            tracing::error!(error = %e, exchange = %entry.exchange, "spill log append failed; record lost");
+            self.state.last_error = Some(format!("spill: {e}"));
+            self.metrics
+                .actor_errors
+                .with_label_values(&["producer", "spill"])
+                .inc();
+            return;
+        }
+        self.spill_dirty = true;
+        self.spilled_by_tier[tier_slot(entry.tier)] += 1;
+        self.state.spilled += 1;
+        if entry.tier.is_some() {
+            self.metrics
+                .account(&entry.exchange, tier_label(entry.tier), Outcome::Spilled, 1);
+        }
+    }
+
+    /// Drains up to one batch of the spill log into librdkafka, in order.
+    fn replay_some(&mut self) {
+        if self.spill.pending() == 0
+            || self.breaker.state() != BreakerState::Closed
+            || !policy::may_replay(self.level)
+        {
+            return;
+        }
+        let mut budget = self.replay_batch;
+        let producer = self.producer.clone();
+        let deliveries = self.deliveries.clone();
+        let metrics = self.metrics.clone();
+        let tx = self.undelivered_tx.clone();
+        let epoch = self.epoch;
+        let mut replayed: Vec<(String, Option<Tier>)> = Vec::new();
+        let result = self.spill.replay(|bytes| -> Result<(), ReplayStop> {
+            if budget == 0 {
+                return Err(ReplayStop::Budget);
+            }
+            let entry = match SpillEntry::decode(bytes) {
+                Ok(e) => e,
+                Err(e) => return Err(ReplayStop::Corrupt(e.to_string())),
+            };
+            match dispatch(&producer, &entry, &deliveries, &metrics, &tx, epoch) {
+                Ok(()) => {
+                    budget -= 1;
+                    replayed.push((entry.exchange, entry.tier));
+                    Ok(())
+                }
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                    Err(ReplayStop::QueueFull)
+                }
+                Err(e) => Err(ReplayStop::Kafka(e.to_string())),
+            }
+        });
+        for (exchange, tier) in replayed {
+            if self.carried > 0 {
+                self.carried -= 1;
+                if tier.is_some() {
+                    self.metrics
+                        .account(&exchange, tier_label(tier), Outcome::Restored, 1);
+                }
+            } else {
+                let slot = &mut self.spilled_by_tier[tier_slot(tier)];
+                *slot = slot.saturating_sub(1);
+                if tier.is_some() {
+                    self.metrics
+                        .account(&exchange, tier_label(tier), Outcome::Replayed, 1);
+                }
+            }
+            self.state.replayed += 1;
+            self.note_enqueued();
+        }
+        match result {
+            Ok(_) => {}
+            Err(ReplayError::Callback { source, .. }) => match source {
+                ReplayStop::Budget | ReplayStop::QueueFull => {}
+                ReplayStop::Corrupt(e) | ReplayStop::Kafka(e) => {
+                    tracing::error!(error = %e, "spill replay stopped");
+                    self.state.last_error = Some(format!("spill replay: {e}"));
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "spill replay failed");
+                self.state.last_error = Some(format!("spill replay: {e}"));
+            }
+        }
+        if self.spill.pending() == 0 {
+            self.spilled_by_tier = [0; 4];
+            self.carried = 0;
+            if let Err(e) = self.spill.truncate() {
+                tracing::warn!(error = %e, "spill log truncate failed");
+            } else {
+                tracing::info!("spill log replayed and truncated");
+            }
+        }
+    }
+
+    /// Every 50 ms: judge the broker path, drain the spill log when allowed,
+    /// make appended records durable and publish the state.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let now = self.now_ms();
+        let in_flight = self.deliveries.in_flight.load(Ordering::Relaxed);
+        let delivered = self.deliveries.delivered.load(Ordering::Relaxed);
+        let progressed = delivered > self.delivered_at_last_tick;
+        self.delivered_at_last_tick = delivered;
+        let last_progress = self
+            .deliveries
+            .last_delivery_ms
+            .load(Ordering::Relaxed)
+            .max(self.busy_since_ms);
+        let stall_ms = u64::try_from(self.stall.as_millis()).unwrap_or(u64::MAX);
+        let stalled = in_flight > 0 && now.saturating_sub(last_progress) >= stall_ms;
+        match self.breaker.state() {
+            BreakerState::Closed => {
+                if stalled {
+                    self.state.last_error = Some(format!(
+                        "{in_flight} records without a delivery for {stall_ms} ms"
+                    ));
+                    self.with_breaker(|b, now| b.on_failure(now));
+                } else if progressed || in_flight == 0 {
+                    self.with_breaker(|b, now| b.on_success(now));
+                }
+            }
+            BreakerState::Open => {
+                // `allow` turns the breaker HALF_OPEN once open_ms passed.
+                self.with_breaker(|b, now| {
+                    b.allow(now);
+                });
+            }
+            BreakerState::HalfOpen => {
+                if in_flight > 0 {
+                    // The records held since the outage are the probe.
+                    if progressed {
+                        self.with_breaker(|b, now| b.on_success(now));
+                    } else if stalled {
+                        self.with_breaker(|b, now| b.on_failure(now));
+                    }
+                } else if !self.probing {
+                    self.probe(ctx);
+                }
+            }
+        }
+        self.replay_some();
+        if self.spill_dirty {
+            if let Err(e) = self.spill.sync() {
+                tracing::warn!(error = %e, "spill log sync failed");
+            }
+            self.spill_dirty = false;
+        }
+        self.publish_state();
+    }
+
+    /// With nothing in flight, ask the broker for metadata to decide whether
+    /// it is back.
+    fn probe(&mut self, ctx: &mut Context<Self>) {
+        self.probing = true;
+        let producer = self.producer.clone();
+        ctx.spawn(
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    producer
+                        .client()
+                        .fetch_metadata(None, Duration::from_secs(1))
+                        .map(|m| !m.brokers().is_empty())
+                })
+                .await
+            }
+            .into_actor(self)
+            .map(|res, act, _| {
+                act.probing = false;
+                match res {
+                    Ok(Ok(true)) => act.with_breaker(|b, now| b.on_success(now)),
+                    _ => act.with_breaker(|b, now| b.on_failure(now)),
+                }
+            }),
+        );
+    }
+
+    fn publish_state(&mut self) {
+        self.state.level = Some(self.level);
+        self.state.in_flight = self.deliveries.in_flight.load(Ordering::Relaxed);
+        self.state.delivered = self.deliveries.delivered.load(Ordering::Relaxed);
+        self.state.failed_deliveries = self.deliveries.failed.load(Ordering::Relaxed);
+        self.state.carried_over_pending = self.carried;
+        self.state.breaker = Some(self.breaker.snapshot());
+        let spill = self.spill.snapshot();
+        self.metrics
+            .spill_pending
+            .with_label_values::<&str>(&[])
+            .set(i64::try_from(spill.pending).unwrap_or(i64::MAX));
+        self.metrics
+            .spill_pending_bytes
+            .with_label_values::<&str>(&[])
+            .set(i64::try_from(spill.pending_bytes).unwrap_or(i64::MAX));
+        self.state.spill = Some(spill);
+        self.state.lanes = Some(self.rx.borrow().stats());
+        self.state_tx.send_replace(self.state.clone());
+    }
+}
+
+/// Why a replay step stopped early.
+#[derive(Debug, thiserror::Error)]
+enum ReplayStop {
+    #[error("batch done")]
+    Budget,
+    #[error("librdkafka queue full")]
+    QueueFull,
+    #[error("corrupt entry: {0}")]
+    Corrupt(String),
+    #[error("kafka: {0}")]
+    Kafka(String),
+}
+
+fn breaker_gauge(state: BreakerState) -> i64 {
+    match state {
+        BreakerState::Closed => 0,
+        BreakerState::HalfOpen => 1,
+        BreakerState::Open => 2,
+    }
+}
+
+/// Hands one record to librdkafka and arranges for its delivery report:
+/// an acknowledgement counts as published, a failure sends the record back
+/// to the actor for the spill log.
+fn dispatch(
+    producer: &FutureProducer,
+    entry: &SpillEntry,
+    deliveries: &Arc<Deliveries>,
+    metrics: &Metrics,
+    undelivered: &mpsc::UnboundedSender<Undelivered>,
+    epoch: Instant,
+) -> Result<(), KafkaError> {
+    let fr = FutureRecord::to(&entry.topic)
+        .key(&entry.key)
+        .payload(&entry.payload);
+    let delivery = producer.send_result(fr).map_err(|(e, _)| e)?;
+    deliveries.in_flight.fetch_add(1, Ordering::Relaxed);
+    let deliveries = deliveries.clone();
+    let metrics = metrics.clone();
+    let undelivered = undelivered.clone();
+    let exchange = entry.exchange.clone();
+    let tier = entry.tier;
+    let topic = entry.topic.clone();
+    metrics
+        .producer_records
+        .with_label_values(&[&topic, "enqueued"])
+        .inc();
+    tokio::spawn(async move {
+        let outcome = delivery.await;
+        let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match outcome {
+            Ok(Ok(_)) => {
+                deliveries.delivered.fetch_add(1, Ordering::Relaxed);
+                deliveries.last_delivery_ms.fetch_max(ms, Ordering::Relaxed);
+                deliveries.in_flight.fetch_sub(1, Ordering::Relaxed);
+                metrics
+                    .producer_records
+                    .with_label_values(&[&topic, "delivered"])
+                    .inc();
+                if tier.is_some() {
+                    metrics.account(&exchange, tier_label(tier), Outcome::Published, 1);
+                }
+            }
+            Ok(Err((e, msg))) => {
+                deliveries.failed.fetch_add(1, Ordering::Relaxed);
+                deliveries.in_flight.fetch_sub(1, Ordering::Relaxed);
+                metrics
+                    .producer_records
+                    .with_label_values(&[&topic, "failed"])
+                    .inc();
+                tracing::warn!(topic = %topic, error = %e, "delivery failed; record goes to the spill log");
+                let entry = SpillEntry {
+                    exchange,
+                    tier,
+                    topic,
+                    key: msg
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .unwrap_or_default(),
+                    payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                };
+                let _ = undelivered.send(Undelivered {
+                    entry,
+                    error: e.to_string(),
+                });
+            }
+            Err(_) => {
+                // The producer went away (shutdown); the record may or may
+                // not have been written and cannot be resent from here.
+                deliveries.failed.fetch_add(1, Ordering::Relaxed);
+                deliveries.in_flight.fetch_sub(1, Ordering::Relaxed);
+                tracing::error!(topic = %topic, "producer dropped before delivery");
+            }
+        }
+    });
+    Ok(())
 }
 
 impl Actor for ProducerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // bounded: a slow broker pushes back on the feeds instead of growing memory
-        ctx.set_mailbox_capacity(1024);
+        // Added on every (re)start: a restart drops the context's streams,
+        // while the receivers themselves, and what they hold, live on.
+        let rx = self.rx.clone();
+        ctx.add_stream(futures::stream::poll_fn(move |cx| {
+            rx.borrow_mut().poll_recv(cx)
+        }));
+        let undelivered = self.undelivered_rx.clone();
+        ctx.add_stream(futures::stream::poll_fn(move |cx| {
+            undelivered.borrow_mut().poll_recv(cx)
+        }));
+        self.with_breaker(|_, _| {});
+        ctx.run_interval(Duration::from_millis(50), |act, ctx| act.tick(ctx));
     }
 }
 
-impl Handler<Publish> for ProducerActor {
-    type Result = AtomicResponse<Self, Result<(), ProducerError>>;
-
-    fn handle(&mut self, msg: Publish, _ctx: &mut Self::Context) -> Self::Result {
-        let encoded = match self.encoder.encode(&msg.0) {
-            Ok(e) => e,
-            Err(e) => {
-                return AtomicResponse::new(Box::pin(
-                    async move { Err(e.into()) }.into_actor(self),
-                ));
-            }
-        };
-        let producer = self.producer.clone();
-        let metrics = self.metrics.clone();
-        // Atomic: records are enqueued strictly in arrival order even when
-        // the queue is full and we have to wait.
-        AtomicResponse::new(Box::pin(
-            async move {
-                let delivery = enqueue(&producer, &encoded).await?;
-                metrics
-                    .producer_records
-                    .with_label_values(&[&encoded.topic, "enqueued"])
-                    .inc();
-                let topic = encoded.topic;
-                tokio::spawn(async move {
-                    let outcome = match delivery.await {
-                        Ok(Ok(_)) => "delivered",
-                        Ok(Err((e, _))) => {
-                            tracing::error!(topic = %topic, error = %e, "record delivery failed");
-                            "failed"
-                        }
-                        Err(_) => {
-                            tracing::error!(topic = %topic, "producer dropped before delivery");
-                            "failed"
-                        }
-                    };
-                    metrics
-                        .producer_records
-                        .with_label_values(&[&topic, outcome])
-                        .inc();
-                });
-                Ok(())
-            }
-            .into_actor(self),
-        ))
+impl Supervised for ProducerActor {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        self.state.restarts += 1;
+        self.metrics
+            .actor_restarts
+            .with_label_values(&["producer"])
+            .inc();
+        tracing::warn!(restarts = self.state.restarts, "producer restarting");
     }
 }
 
-impl Handler<FlushProducer> for ProducerActor {
-    type Result = ResponseFuture<Result<(), ProducerError>>;
-
-    fn handle(&mut self, _: FlushProducer, _ctx: &mut Self::Context) -> Self::Result {
-        let producer = self.producer.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30)))
-                .await
-                .map_err(|e| ProducerError::Join(e.to_string()))??;
-            Ok(())
-        })
+impl StreamHandler<Envelope<ProducerControl, Outgoing>> for ProducerActor {
+    fn handle(&mut self, env: Envelope<ProducerControl, Outgoing>, ctx: &mut Self::Context) {
+        match env {
+            Envelope::Data { data, .. } => self.handle_data(data, ctx),
+            Envelope::Control(ProducerControl::SetLevel(level)) => {
+                if level != self.level {
+                    tracing::info!(from = %self.level, to = %level, "producer applies degradation level");
+                }
+                self.level = level;
+            }
+            Envelope::Control(ProducerControl::Pause(tier)) => {
+                if let Err(e) = self.rx.borrow_mut().pause(tier) {
+                    tracing::warn!(error = %e, "pause ignored");
+                }
+            }
+            Envelope::Control(ProducerControl::Resume(tier)) => {
+                if let Err(e) = self.rx.borrow_mut().resume(tier) {
+                    tracing::warn!(error = %e, "resume ignored");
+                }
+            }
+            Envelope::Control(ProducerControl::Flush(reply)) => {
+                let producer = self.producer.clone();
+                ctx.spawn(
+                    async move {
+                        let r = tokio::task::spawn_blocking(move || {
+                            producer.flush(Duration::from_secs(30))
+                        })
+                        .await;
+                        let r = match r {
+                            Ok(Ok(())) => Ok(()),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        let _ = reply.send(r);
+                    }
+                    .into_actor(self),
+                );
+            }
+        }
     }
+
+    fn finished(&mut self, _ctx: &mut Self::Context) {
+        // Every sender is gone; the actor stays up for deliveries and replay.
+        tracing::debug!("producer mailbox closed");
+    }
+}
+
+impl StreamHandler<Undelivered> for ProducerActor {
+    fn handle(&mut self, u: Undelivered, _ctx: &mut Self::Context) {
+        self.state.last_error = Some(format!("delivery: {}", u.error));
+        self.with_breaker(|b, now| b.on_failure(now));
+        self.spill_entry(u.entry);
+    }
+
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
 }

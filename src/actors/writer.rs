@@ -10,13 +10,20 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use arrow::datatypes::SchemaRef;
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use iceberg::{Catalog, TableIdent};
 
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::degrade::breaker::{BreakerConfig, BreakerSnapshot, BreakerState, CircuitBreaker};
 use crate::lake::commit::{self, KafkaOffsets};
 use crate::lake::{LakeError, TableKind, batch};
 use crate::messages::consumer::Committed;
-use crate::messages::writer::{Consumed, Flush, GetPositions, Rows};
+use crate::messages::consumer::RestartConsumer;
+use crate::messages::writer::{
+    AddCommitListener, Consumed, Flush, GetPositions, Rows, SetRestarter,
+};
 use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +35,10 @@ pub enum WriterError {
     },
     #[error("flush task failed: {0}")]
     Join(String),
+    #[error("writer config: {0}")]
+    Config(String),
+    #[error("commit failed on purpose (chaos.fail_commits)")]
+    Chaos,
 }
 
 /// Flush limits.
@@ -36,7 +47,60 @@ pub struct FlushPolicy {
     pub max_rows: usize,
     pub max_age: Duration,
     pub target_file_size: usize,
+    /// Chaos: extra time per committed row, as a slow object store would add.
+    pub delay_per_row: Duration,
+    /// The breaker around the commit.
+    pub breaker: BreakerConfig,
+    /// Delay before rewinding after a permanent commit failure; grows per
+    /// failure in a row.
+    pub restart_backoff: ExponentialBuilder,
+    /// Chaos: this many commits fail permanently (as a broken catalog
+    /// would), to exercise the recovery.
+    pub fail_commits: u32,
 }
+
+/// What `/status` and the degradation supervisor see of a writer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WriterState {
+    pub table: &'static str,
+    pub buffered_rows: usize,
+    /// Next offset of every partition taken in (committed or buffered).
+    pub positions: KafkaOffsets,
+    pub commits: u64,
+    pub rows_committed: u64,
+    pub last_snapshot_id: Option<i64>,
+    pub last_commit_ms: Option<u64>,
+    /// Milliseconds since the actor started at which the last commit ended.
+    #[serde(skip)]
+    pub last_commit_end: Option<Instant>,
+    /// Set while a commit runs.
+    #[serde(skip)]
+    pub commit_started: Option<Instant>,
+    pub committing: bool,
+    /// In-place restarts: rewinds to the last snapshot after a failed commit.
+    pub restarts: u64,
+    pub breaker: Option<BreakerSnapshot>,
+    pub last_error: Option<String>,
+}
+
+impl WriterState {
+    /// Commit latency as the supervisor sees it: the running commit's age,
+    /// else the last commit's duration while it is recent (10 s), else 0 so
+    /// that an idle writer does not hold the level up.
+    pub fn commit_latency_ms(&self) -> f64 {
+        if let Some(s) = self.commit_started {
+            return s.elapsed().as_secs_f64() * 1000.0;
+        }
+        match (self.last_commit_ms, self.last_commit_end) {
+            (Some(ms), Some(end)) if end.elapsed() < Duration::from_secs(10) => ms as f64,
+            _ => 0.0,
+        }
+    }
+}
+
+/// The commit breaker, shared between the actor (for its state) and the
+/// flush task that calls Iceberg.
+type SharedBreaker = Arc<std::sync::Mutex<CircuitBreaker>>;
 
 pub struct WriterActor {
     kind: TableKind,
@@ -50,12 +114,27 @@ pub struct WriterActor {
     /// Whether `positions` moved since the last commit.
     dirty: bool,
     oldest: Option<Instant>,
-    consumer: Option<Recipient<Committed>>,
-    /// Also told about every commit (the tail and the query actor).
+    /// Told about every commit.
     listeners: Vec<Recipient<Committed>>,
-    /// Told about a permanent failure, so the daemon exits non-zero.
+    /// Told about a permanent failure, so the daemon exits non-zero; only
+    /// used when no consumer can be restarted (nothing to rewind with).
     fatal: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// Where the writer started; a rewind falls back to it for partitions
+    /// its table has no snapshot offsets for.
+    origin: KafkaOffsets,
+    restarter: Option<Recipient<RestartConsumer>>,
+    /// `Consumed` from an older consumer loop than this is dropped: after a
+    /// rewind it lies beyond the positions the writer went back to.
+    min_generation: u64,
+    restart_backoff: ExponentialBackoff,
+    /// Failures in a row, for the restart delay.
+    failures_in_row: u32,
+    chaos_failures: Arc<std::sync::atomic::AtomicU32>,
     metrics: Metrics,
+    breaker: SharedBreaker,
+    epoch: Instant,
+    state: WriterState,
+    state_tx: watch::Sender<WriterState>,
 }
 
 impl WriterActor {
@@ -67,32 +146,57 @@ impl WriterActor {
         policy: FlushPolicy,
         start: KafkaOffsets,
         metrics: Metrics,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, WriterError> {
+        let restart_backoff = policy.restart_backoff.build();
+        let chaos_failures = Arc::new(std::sync::atomic::AtomicU32::new(policy.fail_commits));
+        let breaker =
+            CircuitBreaker::new(format!("commit.{}", kind.name()), policy.breaker.clone())
+                .map_err(|e| WriterError::Config(format!("breaker.commit: {e}")))?;
+        let state = WriterState {
+            table: kind.name(),
+            positions: start.clone(),
+            breaker: Some(breaker.snapshot()),
+            ..WriterState::default()
+        };
+        let (state_tx, _) = watch::channel(state.clone());
+        Ok(Self {
             kind,
             catalog,
             ident,
             schema,
             policy,
             buffer: empty_rows(kind),
+            origin: start.clone(),
             positions: start,
             dirty: false,
             oldest: None,
-            consumer: None,
             listeners: Vec::new(),
             fatal: None,
+            restarter: None,
+            min_generation: 0,
+            restart_backoff,
+            failures_in_row: 0,
+            chaos_failures,
             metrics,
+            breaker: Arc::new(std::sync::Mutex::new(breaker)),
+            epoch: Instant::now(),
+            state,
+            state_tx,
+        })
+    }
+
+    /// The state this writer publishes after every change.
+    pub fn subscribe(&self) -> watch::Receiver<WriterState> {
+        self.state_tx.subscribe()
+    }
+
+    fn publish_state(&mut self) {
+        self.state.buffered_rows = self.buffer.len();
+        self.state.positions = self.positions.clone();
+        if let Ok(b) = self.breaker.lock() {
+            self.state.breaker = Some(b.snapshot());
         }
-    }
-
-    pub fn with_consumer(mut self, consumer: Recipient<Committed>) -> Self {
-        self.consumer = Some(consumer);
-        self
-    }
-
-    pub fn with_listener(mut self, listener: Recipient<Committed>) -> Self {
-        self.listeners.push(listener);
-        self
+        self.state_tx.send_replace(self.state.clone());
     }
 
     pub fn with_fatal(mut self, fatal: tokio::sync::mpsc::UnboundedSender<String>) -> Self {
@@ -120,9 +224,32 @@ impl WriterActor {
         let ident = self.ident.clone();
         let schema = self.schema.clone();
         let target = self.policy.target_file_size;
+        let delay = self
+            .policy
+            .delay_per_row
+            .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
         let metrics = self.metrics.clone();
+        let breaker = self.breaker.clone();
+        let epoch = self.epoch;
+        let chaos = self.chaos_failures.clone();
+        self.state.commit_started = Some(Instant::now());
+        self.state.committing = true;
+        self.publish_state();
         let task = tokio::spawn(async move {
             let started = Instant::now();
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let injected = chaos
+                .fetch_update(
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok();
+            if injected {
+                return Err(WriterError::Chaos);
+            }
             let batch = match rows {
                 Rows::Trades(mut r) => batch::trades_batch(&schema, &mut r),
                 Rows::DeadLetters(r) => batch::dead_letters_batch(&schema, &r),
@@ -140,9 +267,27 @@ impl WriterActor {
                 .without_max_times()
                 .build();
             loop {
+                // While the breaker is open, wait out its open time instead
+                // of hammering the catalog; the rows stay buffered and the
+                // consumer, blocked behind this commit, leaves the rest in
+                // Kafka, which is the on-disk log for this path.
+                loop {
+                    let wait = breaker_call(&breaker, &metrics, table, epoch, |b, now| {
+                        if b.allow(now) {
+                            None
+                        } else {
+                            Some(Duration::from_millis(b.config().open_ms.clamp(10, 1000)))
+                        }
+                    });
+                    match wait {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => break,
+                    }
+                }
                 match commit::append(catalog.as_ref(), &ident, Some(&batch), &offsets, target).await
                 {
                     Ok(c) => {
+                        breaker_call(&breaker, &metrics, table, epoch, |b, now| b.on_success(now));
                         metrics
                             .writer_commit_seconds
                             .with_label_values(&[table])
@@ -150,6 +295,7 @@ impl WriterActor {
                         return Ok((c, offsets));
                     }
                     Err(e) if e.is_retryable() => {
+                        breaker_call(&breaker, &metrics, table, epoch, |b, now| b.on_failure(now));
                         metrics
                             .writer_commits
                             .with_label_values(&[table, "retry"])
@@ -176,8 +322,27 @@ impl WriterActor {
         }))
     }
 
-    fn after_flush(&mut self, res: FlushOutcome) -> Result<Option<i64>, WriterError> {
+    fn after_flush(
+        &mut self,
+        res: FlushOutcome,
+        ctx: &mut Context<Self>,
+    ) -> Result<Option<i64>, WriterError> {
         let table = self.table();
+        if let Some(s) = self.state.commit_started.take() {
+            self.state.last_commit_ms =
+                Some(u64::try_from(s.elapsed().as_millis()).unwrap_or(u64::MAX));
+            self.state.last_commit_end = Some(Instant::now());
+        }
+        self.state.committing = false;
+        match &res {
+            Ok((c, _)) => {
+                self.state.commits += 1;
+                self.state.rows_committed += c.rows as u64;
+                self.state.last_snapshot_id = Some(c.snapshot_id);
+            }
+            Err(e) => self.state.last_error = Some(e.to_string()),
+        }
+        self.publish_state();
         self.metrics
             .writer_buffered_rows
             .with_label_values(&[table])
@@ -199,16 +364,13 @@ impl WriterActor {
                     files = c.files,
                     "committed"
                 );
-                let msg = Committed {
-                    table,
-                    snapshot_id: c.snapshot_id,
-                    offsets,
-                };
+                self.failures_in_row = 0;
                 for l in &self.listeners {
-                    l.do_send(msg.clone());
-                }
-                if let Some(consumer) = &self.consumer {
-                    consumer.do_send(msg);
+                    l.do_send(Committed {
+                        table,
+                        snapshot_id: c.snapshot_id,
+                        offsets: offsets.clone(),
+                    });
                 }
                 Ok(Some(c.snapshot_id))
             }
@@ -217,11 +379,20 @@ impl WriterActor {
                     .writer_commits
                     .with_label_values(&[table, "failed"])
                     .inc();
-                // A permanent failure cannot be skipped without losing rows;
-                // stop the daemon so it restarts from the last snapshot.
-                tracing::error!(table, error = %e, "iceberg commit failed permanently; stopping");
-                if let Some(f) = &self.fatal {
-                    let _ = f.send(e.to_string());
+                self.metrics
+                    .actor_errors
+                    .with_label_values(&[&format!("writer.{table}"), "commit"])
+                    .inc();
+                // The rows of the failed commit are gone from memory but not
+                // from Kafka: rewind to the last snapshot and read them again.
+                if self.restarter.is_some() {
+                    tracing::error!(table, error = %e, "iceberg commit failed permanently; rewinding to the last snapshot");
+                    self.rewind(ctx);
+                } else {
+                    tracing::error!(table, error = %e, "iceberg commit failed permanently; stopping");
+                    if let Some(f) = &self.fatal {
+                        let _ = f.send(e.to_string());
+                    }
                 }
                 Err(e)
             }
@@ -229,7 +400,117 @@ impl WriterActor {
     }
 }
 
+impl WriterActor {
+    /// The in-place restart after a permanent commit failure: wait a capped,
+    /// jittered, growing delay; take the positions of the table's latest
+    /// snapshot (or where the writer started); drop the buffer; and restart
+    /// the consumer there, ignoring what its old loop still sends. Nothing
+    /// is lost (it is all in Kafka) and nothing is committed twice.
+    fn rewind(&mut self, ctx: &mut Context<Self>) {
+        let table = self.table();
+        self.failures_in_row += 1;
+        self.state.restarts += 1;
+        self.metrics
+            .actor_restarts
+            .with_label_values(&[&format!("writer.{table}")])
+            .inc();
+        let delay = self
+            .restart_backoff
+            .next()
+            .unwrap_or(Duration::from_secs(30));
+        self.buffer = empty_rows(self.kind);
+        self.dirty = false;
+        self.oldest = None;
+        let catalog = self.catalog.clone();
+        let ident = self.ident.clone();
+        let restarter = self.restarter.clone();
+        ctx.wait(
+            async move {
+                tokio::time::sleep(delay).await;
+                let loaded = catalog
+                    .load_table(&ident)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| commit::current_offsets(&t).map_err(|e| e.to_string()));
+                (loaded, restarter)
+            }
+            .into_actor(self)
+            .then(move |(loaded, restarter), act, ctx| {
+                let mut positions = act.origin.clone();
+                match loaded {
+                    Ok(Some((snapshot, o))) if o.cluster_id == act.origin.cluster_id => {
+                        for (t, parts) in &o.topics {
+                            for (p, next) in parts {
+                                positions.set(t, *p, *next);
+                            }
+                        }
+                        tracing::info!(table, snapshot_id = snapshot, "writer rewound to its last snapshot");
+                    }
+                    Ok(_) => {
+                        tracing::info!(table, "no snapshot of this cluster; writer rewound to where it started")
+                    }
+                    Err(e) => {
+                        // Cannot know what is committed: try the whole
+                        // rewind again later rather than guess.
+                        tracing::error!(table, error = %e, "cannot load the table to rewind; retrying");
+                        act.state.last_error = Some(format!("rewind: {e}"));
+                        act.rewind(ctx);
+                        return futures::future::Either::Left(actix::fut::ready(()));
+                    }
+                }
+                act.positions = positions;
+                act.publish_state();
+                let ask = async move {
+                    match restarter {
+                        Some(r) => r.send(RestartConsumer).await.ok(),
+                        None => None,
+                    }
+                };
+                futures::future::Either::Right(ask.into_actor(act).map(|generation, act, _| {
+                    if let Some(g) = generation {
+                        act.min_generation = g;
+                    }
+                }))
+            }),
+        );
+    }
+}
+
 type FlushOutcome = Result<(commit::Committed, KafkaOffsets), WriterError>;
+
+/// Runs `f` on the commit breaker and records a state change it caused.
+fn breaker_call<T>(
+    breaker: &SharedBreaker,
+    metrics: &Metrics,
+    table: &'static str,
+    epoch: Instant,
+    f: impl FnOnce(&mut CircuitBreaker, u64) -> T,
+) -> T {
+    let now = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+    // A poisoned lock only means another thread panicked mid-call; the
+    // breaker's state is still a valid state.
+    let mut b = breaker.lock().unwrap_or_else(|p| p.into_inner());
+    let before = b.state();
+    let out = f(&mut b, now);
+    let after = b.state();
+    let name = format!("commit.{table}");
+    if before != after {
+        tracing::warn!(breaker = %name, from = %before, to = %after, "circuit breaker changed state");
+        metrics
+            .breaker_transitions
+            .with_label_values(&[&name, after.as_str()])
+            .inc();
+    }
+    metrics
+        .breaker_state
+        .with_label_values(&[&name])
+        .set(match after {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        });
+    out
+}
 
 fn empty_rows(kind: TableKind) -> Rows {
     match kind {
@@ -252,8 +533,8 @@ impl Actor for WriterActor {
                 .oldest
                 .is_some_and(|t| t.elapsed() >= act.policy.max_age);
             if due && let Some(f) = act.flush() {
-                ctx.wait(f.into_actor(act).map(|res, act, _| {
-                    let _ = act.after_flush(res);
+                ctx.wait(f.into_actor(act).map(|res, act, ctx| {
+                    let _ = act.after_flush(res, ctx);
                 }));
             }
         });
@@ -264,6 +545,10 @@ impl Handler<Consumed> for WriterActor {
     type Result = ();
 
     fn handle(&mut self, msg: Consumed, ctx: &mut Self::Context) {
+        if msg.generation < self.min_generation {
+            // Sent by a consumer loop from before a rewind.
+            return;
+        }
         for (topic, partition, next) in &msg.positions {
             self.positions.set(topic, *partition, *next);
         }
@@ -283,11 +568,12 @@ impl Handler<Consumed> for WriterActor {
             .writer_buffered_rows
             .with_label_values(&[self.table()])
             .set(self.buffer.len() as i64);
+        self.publish_state();
         if self.buffer.len() >= self.policy.max_rows
             && let Some(f) = self.flush()
         {
-            ctx.wait(f.into_actor(self).map(|res, act, _| {
-                let _ = act.after_flush(res);
+            ctx.wait(f.into_actor(self).map(|res, act, ctx| {
+                let _ = act.after_flush(res, ctx);
             }));
         }
     }
@@ -300,9 +586,26 @@ impl Handler<Flush> for WriterActor {
         match self.flush() {
             None => AtomicResponse::new(Box::pin(actix::fut::ready(Ok(None)))),
             Some(f) => AtomicResponse::new(Box::pin(
-                f.into_actor(self).map(|res, act, _| act.after_flush(res)),
+                f.into_actor(self)
+                    .map(|res, act, ctx| act.after_flush(res, ctx)),
             )),
         }
+    }
+}
+
+impl Handler<SetRestarter> for WriterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetRestarter, _ctx: &mut Self::Context) {
+        self.restarter = Some(msg.0);
+    }
+}
+
+impl Handler<AddCommitListener> for WriterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: AddCommitListener, _ctx: &mut Self::Context) {
+        self.listeners.push(msg.0);
     }
 }
 

@@ -302,6 +302,14 @@ pub struct DegradationConfig {
     /// must be greater than 0 because it is what bounds the flap rate.
     #[serde(default = "default_cooldown_ms")]
     pub cooldown_ms: u64,
+    /// How often the supervisor samples its signals (ms). The machine
+    /// itself ignores it; it is given the time of every sample.
+    #[serde(default = "default_sample_ms")]
+    pub sample_ms: u64,
+}
+
+fn default_sample_ms() -> u64 {
+    250
 }
 
 impl Default for DegradationConfig {
@@ -310,6 +318,7 @@ impl Default for DegradationConfig {
             thresholds: Thresholds::default(),
             recovery_factor: default_recovery_factor(),
             cooldown_ms: default_cooldown_ms(),
+            sample_ms: default_sample_ms(),
         }
     }
 }
@@ -571,6 +580,7 @@ mod tests {
             },
             recovery_factor: 0.7,
             cooldown_ms: COOLDOWN,
+            sample_ms: 250,
         }
     }
 

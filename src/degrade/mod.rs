@@ -4,4 +4,5 @@
 
 pub mod breaker;
 pub mod level;
+pub mod policy;
 pub mod spill;

@@ -11,8 +11,9 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::daemon::{self, DaemonError};
+use crate::instruments::Tier;
 use crate::loaders::asx::{self, AsxError};
-use crate::messages::producer::{Publish, Record};
+use crate::messages::producer::Outgoing;
 use crate::model::now_us;
 
 #[derive(Debug, thiserror::Error)]
@@ -96,10 +97,11 @@ pub async fn asx(cfg: &Config, dir: &Path, timeout: Duration) -> Result<LoadRepo
     );
     pb.set_message("publishing");
     for t in trades {
+        // Tier 1: a historical load is never shed.
         d.producer
-            .send(Publish(Record::Trade(Box::new(t))))
+            .lanes
+            .send_data(Tier::One.index(), Outgoing::trade(t, Tier::One))
             .await
-            .map_err(|e| LoadError::Publish(e.to_string()))?
             .map_err(|e| LoadError::Publish(e.to_string()))?;
         pb.inc(1);
     }

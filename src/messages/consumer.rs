@@ -13,3 +13,12 @@ pub struct Committed {
     pub snapshot_id: i64,
     pub offsets: KafkaOffsets,
 }
+
+/// Stop the consumer loop; its supervisor restarts it at the writers'
+/// positions. The reply is the generation the restarted loop stamps on its
+/// `Consumed` messages, so a writer that rewound can drop what the old loop
+/// still had in flight. Sent by the watchdog (no progress) and by a writer
+/// recovering from a failed commit.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "u64")]
+pub struct RestartConsumer;

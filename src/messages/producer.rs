@@ -1,7 +1,12 @@
-//! Messages to the `ProducerActor`.
+//! Messages to the `ProducerActor`. It reads a two-lane mailbox
+//! ([`crate::lanes`]): [`ProducerControl`] on the control lane, always served
+//! first, and [`Outgoing`] records on one bounded data lane per tier.
 
-use actix::Message;
+use tokio::sync::oneshot;
 
+use crate::degrade::level::Level;
+use crate::instruments::Tier;
+use crate::lanes::LaneSender;
 use crate::model::{DeadLetter, TradeV2};
 
 /// A record for Kafka.
@@ -11,13 +16,52 @@ pub enum Record {
     DeadLetter(Box<DeadLetter>),
 }
 
-/// Publish one record. The reply comes once librdkafka has queued it (not on
-/// delivery), so a feed can pipeline while a full queue still pushes back.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<(), crate::actors::producer::ProducerError>")]
-pub struct Publish(pub Record);
+impl Record {
+    pub fn exchange(&self) -> &str {
+        match self {
+            Record::Trade(t) => &t.exchange,
+            Record::DeadLetter(d) => &d.exchange,
+        }
+    }
+}
 
-/// Wait until every queued record is delivered (used at shutdown).
-#[derive(Debug, Message)]
-#[rtype(result = "Result<(), crate::actors::producer::ProducerError>")]
-pub struct FlushProducer;
+/// A record on a data lane, with the tier that chose the lane. Dead letters
+/// travel on the tier-1 lane: they are never shed.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub record: Record,
+    pub tier: Tier,
+}
+
+impl Outgoing {
+    pub fn trade(t: TradeV2, tier: Tier) -> Self {
+        Self {
+            record: Record::Trade(Box::new(t)),
+            tier,
+        }
+    }
+
+    pub fn dead_letter(d: DeadLetter) -> Self {
+        Self {
+            record: Record::DeadLetter(Box::new(d)),
+            tier: Tier::One,
+        }
+    }
+}
+
+/// Commands on the producer's control lane.
+#[derive(Debug)]
+pub enum ProducerControl {
+    /// The degradation supervisor's decision; changes what each tier gets.
+    SetLevel(Level),
+    /// Stop reading a data lane (0-based tier index); its senders block once
+    /// it is full.
+    Pause(usize),
+    Resume(usize),
+    /// Deliver everything handed to librdkafka; the reply says whether it
+    /// all went out within the timeout.
+    Flush(oneshot::Sender<Result<(), String>>),
+}
+
+/// The sending half of the producer's mailbox, cloned into every feed.
+pub type ProducerLanes = LaneSender<ProducerControl, Outgoing>;

@@ -33,6 +33,8 @@ impl Rows {
 pub struct Consumed {
     pub rows: Rows,
     pub positions: Vec<(String, i32, i64)>,
+    /// The consumer loop's generation (its restart count).
+    pub generation: u64,
 }
 
 /// Commit whatever is buffered now.
@@ -44,3 +46,15 @@ pub struct Flush;
 #[derive(Debug, Message)]
 #[rtype(result = "KafkaOffsets")]
 pub struct GetPositions;
+
+/// Tell `0` about every commit from now on (the consumer, for Kafka group
+/// offsets; the query side, for the tail).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AddCommitListener(pub actix::Recipient<crate::messages::consumer::Committed>);
+
+/// Where to ask for a consumer restart when this writer rewinds to its last
+/// snapshot after a failed commit.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetRestarter(pub actix::Recipient<crate::messages::consumer::RestartConsumer>);

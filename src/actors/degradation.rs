@@ -1,0 +1,332 @@
+//! DegradationSupervisor: samples real signals every `degradation.sample_ms`
+//! (consumer lag from the Kafka watermarks against the writers' positions,
+//! the fullest data lane, process RSS, records in flight in the producer,
+//! and Iceberg commit latency), feeds them to the level machine and, on a
+//! transition, sends `SetLevel` on the producer's control lane. It shares no
+//! mutable state with the actors it steers.
+//!
+//! It also runs the progress watchdog of the consumer: when the topics hold
+//! records the writers have not taken in, and their positions have not moved
+//! for `supervision.watchdog_secs`, the consumer is restarted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::actors::consumer::{ConsumerActor, RestartConsumer};
+use crate::actors::producer::ProducerState;
+use crate::actors::writer::WriterState;
+use crate::degrade::level::{Level, LevelMachine, LevelSnapshot, Signal, Signals};
+use crate::messages::producer::{ProducerControl, ProducerLanes};
+use crate::metrics::Metrics;
+
+/// What `/status` shows of the supervisor.
+#[derive(Debug, Clone, Serialize)]
+pub struct SupervisorState {
+    pub level: LevelSnapshot,
+    /// Consumer lag per topic and partition (high watermark minus the
+    /// writers' position), from the last successful sample.
+    pub lag: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// Age of the watermarks behind `lag`; the lag is only as fresh as this.
+    pub lag_age_ms: Option<u64>,
+    pub samples: u64,
+    /// Per-second rates over the last second or so: `producer.delivered`,
+    /// `consumer.records`, `writer.<table>.rows`.
+    pub rates: BTreeMap<String, f64>,
+    pub watchdog_restarts: u64,
+    pub restarts: u64,
+    pub last_error: Option<String>,
+}
+
+pub struct DegradationSupervisor {
+    machine: LevelMachine,
+    sample: Duration,
+    lanes: ProducerLanes,
+    producer: watch::Receiver<ProducerState>,
+    writers: Vec<watch::Receiver<WriterState>>,
+    watermarks: Arc<BaseConsumer>,
+    topics: Vec<(String, Vec<i32>)>,
+    highs: BTreeMap<(String, i32), i64>,
+    highs_at: Option<Instant>,
+    fetching: bool,
+    consumer: Option<Addr<ConsumerActor>>,
+    watchdog: Duration,
+    /// Writers' summed positions and when they last moved.
+    progress: (i64, Instant),
+    blocked_ns: Vec<u64>,
+    /// Counter values at the start of the current rate window.
+    rate_base: (Instant, BTreeMap<String, f64>),
+    epoch: Instant,
+    metrics: Metrics,
+    state: SupervisorState,
+    state_tx: watch::Sender<SupervisorState>,
+}
+
+/// Inputs of the supervisor.
+pub struct SupervisorInputs {
+    pub lanes: ProducerLanes,
+    pub producer: watch::Receiver<ProducerState>,
+    pub writers: Vec<watch::Receiver<WriterState>>,
+    pub watermarks: Arc<BaseConsumer>,
+    pub topics: Vec<(String, Vec<i32>)>,
+    pub consumer: Option<Addr<ConsumerActor>>,
+    pub watchdog: Duration,
+}
+
+impl DegradationSupervisor {
+    pub fn new(
+        machine: LevelMachine,
+        inputs: SupervisorInputs,
+        metrics: Metrics,
+    ) -> (Self, watch::Receiver<SupervisorState>) {
+        let state = SupervisorState {
+            level: machine.snapshot(),
+            lag: BTreeMap::new(),
+            lag_age_ms: None,
+            samples: 0,
+            rates: BTreeMap::new(),
+            watchdog_restarts: 0,
+            restarts: 0,
+            last_error: None,
+        };
+        let (state_tx, rx) = watch::channel(state.clone());
+        let sample = Duration::from_millis(machine.config().sample_ms.max(10));
+        for signal in Signal::ALL {
+            for (i, t) in machine.config().thresholds.get(signal).iter().enumerate() {
+                let level = Level::ALL[i + 1];
+                metrics
+                    .signal_thresholds
+                    .with_label_values(&[signal.as_str(), level.as_str()])
+                    .set(*t);
+            }
+        }
+        let lanes_n = inputs.lanes.tiers();
+        (
+            Self {
+                machine,
+                sample,
+                lanes: inputs.lanes,
+                producer: inputs.producer,
+                writers: inputs.writers,
+                watermarks: inputs.watermarks,
+                topics: inputs.topics,
+                highs: BTreeMap::new(),
+                highs_at: None,
+                fetching: false,
+                consumer: inputs.consumer,
+                watchdog: inputs.watchdog,
+                progress: (0, Instant::now()),
+                blocked_ns: vec![0; lanes_n],
+                rate_base: (Instant::now(), BTreeMap::new()),
+                epoch: Instant::now(),
+                metrics,
+                state,
+                state_tx,
+            },
+            rx,
+        )
+    }
+
+    /// Starts a watermark fetch off the actor's thread unless one runs; the
+    /// lag signal uses the newest highs that arrived.
+    fn fetch_highs(&mut self, ctx: &mut Context<Self>) {
+        if self.fetching {
+            return;
+        }
+        self.fetching = true;
+        let client = self.watermarks.clone();
+        let topics = self.topics.clone();
+        // Generous: a busy broker answers slowly, and the sample does not
+        // wait for this; the lag just ages (shown as `lag_age_ms`).
+        let timeout = Duration::from_secs(5);
+        let asked = Instant::now();
+        ctx.spawn(
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let mut highs = BTreeMap::new();
+                    for (t, parts) in &topics {
+                        for p in parts {
+                            let (_, hi) = client
+                                .fetch_watermarks(t, *p, timeout)
+                                .map_err(|e| e.to_string())?;
+                            highs.insert((t.clone(), *p), hi);
+                        }
+                    }
+                    Ok::<_, String>(highs)
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+            }
+            .into_actor(self)
+            .map(move |res, act, _| {
+                act.fetching = false;
+                match res {
+                    Ok(h) => {
+                        act.highs = h;
+                        act.highs_at = Some(asked);
+                    }
+                    Err(e) => act.state.last_error = Some(format!("watermarks: {e}")),
+                }
+            }),
+        );
+    }
+
+    fn sample(&mut self, ctx: &mut Context<Self>) {
+        self.fetch_highs(ctx);
+        let writers: Vec<WriterState> = self.writers.iter().map(|w| w.borrow().clone()).collect();
+        let mut lag_total = 0i64;
+        let mut lag = BTreeMap::<String, BTreeMap<i32, i64>>::new();
+        let mut position_sum = 0i64;
+        for ((topic, p), hi) in &self.highs {
+            let pos = writers
+                .iter()
+                .find_map(|w| w.positions.get(topic, *p))
+                .unwrap_or(0);
+            let l = (hi - pos).max(0);
+            lag_total += l;
+            position_sum += pos;
+            lag.entry(topic.clone()).or_default().insert(*p, l);
+        }
+        let stats = self.lanes.stats();
+        let mut fill: f64 = 0.0;
+        for lane in &stats.lanes {
+            let tier = (lane.tier + 1).to_string();
+            self.metrics
+                .lane_depth
+                .with_label_values(&["producer", &tier])
+                .set(i64::try_from(lane.depth).unwrap_or(i64::MAX));
+            if let Some(prev) = self.blocked_ns.get_mut(lane.tier) {
+                let delta = lane.blocked_ns.saturating_sub(*prev);
+                *prev = lane.blocked_ns;
+                self.metrics
+                    .lane_blocked_seconds
+                    .with_label_values(&["producer", &tier])
+                    .inc_by(delta as f64 / 1e9);
+            }
+            if lane.capacity > 0 {
+                fill = fill.max(lane.depth as f64 / lane.capacity as f64);
+            }
+        }
+        let rss = memory_stats::memory_stats()
+            .map(|m| m.physical_mem as f64)
+            .unwrap_or(0.0);
+        self.metrics
+            .resident_memory
+            .with_label_values::<&str>(&[])
+            .set(rss as i64);
+        let in_flight = self.producer.borrow().in_flight as f64;
+        let commit_ms = writers
+            .iter()
+            .map(WriterState::commit_latency_ms)
+            .fold(0.0, f64::max);
+        let signals = Signals {
+            consumer_lag: lag_total as f64,
+            lane_depth: fill,
+            rss_bytes: rss,
+            producer_queue: in_flight,
+            commit_latency_ms: commit_ms,
+        };
+        for s in Signal::ALL {
+            self.metrics
+                .signals
+                .with_label_values(&[s.as_str()])
+                .set(signals.get(s));
+        }
+        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if let Some(t) = self.machine.observe(&signals, now_ms) {
+            tracing::warn!(from = %t.from, to = %t.to, reason = %t.reason, "degradation level changed");
+            self.metrics
+                .level_transitions
+                .with_label_values(&[t.to.as_str()])
+                .inc();
+            if self
+                .lanes
+                .send_control(ProducerControl::SetLevel(t.to))
+                .is_err()
+            {
+                self.state.last_error = Some("producer mailbox closed".into());
+            }
+        }
+        self.metrics
+            .degradation_level
+            .with_label_values::<&str>(&[])
+            .set(i64::from(self.machine.level().as_u8()));
+
+        // Watchdog: work waiting, no progress.
+        if position_sum != self.progress.0 || lag_total == 0 {
+            self.progress = (position_sum, Instant::now());
+        } else if self.progress.1.elapsed() >= self.watchdog
+            && let Some(c) = &self.consumer
+        {
+            tracing::error!(
+                lag = lag_total,
+                stalled_secs = self.watchdog.as_secs(),
+                "consumer made no progress; restarting it"
+            );
+            self.metrics
+                .actor_errors
+                .with_label_values(&["consumer", "stalled"])
+                .inc();
+            c.do_send(RestartConsumer);
+            self.state.watchdog_restarts += 1;
+            self.progress = (position_sum, Instant::now());
+        }
+
+        let mut counts = BTreeMap::new();
+        counts.insert(
+            "producer.delivered".to_string(),
+            self.producer.borrow().delivered as f64,
+        );
+        counts.insert("consumer.records".to_string(), position_sum as f64);
+        for w in &writers {
+            counts.insert(format!("writer.{}.rows", w.table), w.rows_committed as f64);
+        }
+        let window = self.rate_base.0.elapsed();
+        if window >= Duration::from_secs(1) {
+            let secs = window.as_secs_f64();
+            self.state.rates = counts
+                .iter()
+                .filter_map(|(k, v)| {
+                    let base = self.rate_base.1.get(k)?;
+                    Some((k.clone(), ((v - base) / secs).max(0.0)))
+                })
+                .collect();
+            self.rate_base = (Instant::now(), counts);
+        }
+
+        self.state.level = self.machine.snapshot();
+        self.state.lag = lag;
+        self.state.lag_age_ms = self
+            .highs_at
+            .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
+        self.state.samples += 1;
+        self.state_tx.send_replace(self.state.clone());
+    }
+}
+
+impl Actor for DegradationSupervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.sample(ctx);
+        ctx.run_interval(self.sample, |act, ctx| act.sample(ctx));
+    }
+}
+
+impl Supervised for DegradationSupervisor {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        // The level machine and its history survive a restart (same value).
+        self.fetching = false;
+        self.state.restarts += 1;
+        self.metrics
+            .actor_restarts
+            .with_label_values(&["degradation_supervisor"])
+            .inc();
+    }
+}

@@ -1,0 +1,241 @@
+//! Acceptance E of the degradation work: `/status` and `ticklake status`
+//! show the supervision tree and the level, `promtool check metrics` is
+//! clean on `/metrics`, and a real Prometheus server scrapes it.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn status(env: &Env) -> Value {
+    serde_json::from_str(&http_get(env.http_port, "/status").expect("/status answers")).unwrap()
+}
+
+/// A daemon on the embedded cluster fed the recorded capture, settled.
+fn ingested() -> (Env, Proc, Proc, u64) {
+    let cap = capture("BINANCE-ee25be.0.txt");
+    let trades = truth(&received_frames(&cap)).len() as u64;
+    // --live: a reconnect gets only new frames, so the counts stay exact.
+    let (replay, url) = start_replay(&[cap], &["--live", "--rate", "2000"]);
+    let env = Env::new("embedded", Some(&url), "");
+    env.set("feeds.binance", "streams", r#"["aggTrade"]"#);
+    env.set(
+        "feeds.binance",
+        "symbols",
+        r#"["btcusdt", "ethusdt", "dotusdt"]"#,
+    );
+    let daemon = env.start_daemon("daemon");
+    wait_until("capture received", Duration::from_secs(60), || {
+        status(&env)["accounting"].as_array().is_some_and(|a| {
+            a.iter()
+                .map(|r| r["received"].as_u64().unwrap())
+                .sum::<u64>()
+                > 0
+        })
+    });
+    (env, daemon, replay, trades)
+}
+
+#[test]
+fn status_endpoint_and_cli_show_the_tree_level_breakers_and_accounting() {
+    let (env, mut daemon, _replay, _) = ingested();
+    // Wait until what was received so far is settled and committed.
+    let mut s = Value::Null;
+    wait_until("accounting settled", Duration::from_secs(60), || {
+        s = status(&env);
+        s["accounting_settled"] == true
+    });
+    let names: Vec<&str> = s["tree"]["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "feed.binance",
+            "producer",
+            "consumer",
+            "writer.trades",
+            "writer.dead_letters",
+            "degradation_supervisor"
+        ]
+    );
+    for c in s["tree"]["children"].as_array().unwrap() {
+        assert!(c["state"].is_string(), "{c}");
+        assert!(c.get("restarts").is_some(), "{c}");
+        assert!(c.get("last_error").is_some(), "{c}");
+    }
+    let producer = &s["tree"]["children"][1];
+    assert_eq!(producer["lanes"]["lanes"].as_array().unwrap().len(), 3);
+    assert_eq!(s["level"], "NORMAL");
+    let d = &s["degradation"];
+    assert_eq!(d["thresholds"]["consumer_lag"].as_array().unwrap().len(), 4);
+    assert!(d["last_signals"]["rss_bytes"].as_f64().unwrap() > 0.0);
+    let breakers: Vec<&str> = s["breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        breakers,
+        ["producer", "commit.trades", "commit.dead_letters"]
+    );
+    let acct = s["accounting"].as_array().unwrap();
+    for a in acct {
+        let left = a["received"].as_u64().unwrap() + a["restored"].as_u64().unwrap();
+        let right: u64 = [
+            "published",
+            "shed",
+            "spilled_pending",
+            "dead_lettered",
+            "deduplicated",
+        ]
+        .iter()
+        .map(|k| a[*k].as_u64().unwrap())
+        .sum();
+        assert_eq!(left, right, "{a}");
+    }
+    println!("/status accounting: {}", s["accounting"]);
+
+    let out = Command::new(bin())
+        .args(["status", "--config"])
+        .arg(&env.config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "level NORMAL",
+        "├─ producer",
+        "├─ writer.trades",
+        "└─ degradation_supervisor",
+        "lanes: t1 ",
+        "breaker producer",
+        "signal consumer_lag",
+        "BINANCE",
+    ] {
+        assert!(text.contains(needle), "`ticklake status` lacks {needle:?}");
+    }
+    assert!(daemon.terminate().success());
+}
+
+fn tool(name: &str) -> Command {
+    // Fail loudly, never skip: the Debian `prometheus` package provides both.
+    let ok = Command::new(name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "`{name}` is not installed: install the Debian package `prometheus` (.ci/run does)"
+    );
+    Command::new(name)
+}
+
+#[test]
+fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
+    let (env, mut daemon, _replay, _) = ingested();
+    let text = env.metrics();
+    assert!(text.contains("ticklake_degradation_level"));
+    assert!(text.contains("ticklake_messages_total"));
+    assert!(text.contains("ticklake_lane_blocked_seconds_total"));
+
+    let mut check = tool("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    let out = check.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "promtool check metrics: exit {:?} {said:?}",
+        out.status.code()
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+
+    // A real Prometheus server scraping the daemon every second.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ticklake\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            env.http_port
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("prometheus.log");
+    let child = tool("prometheus")
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _prom = Proc { child, log };
+    let query = |q: &str| -> Option<Value> {
+        let body = http_get(port, &format!("/api/v1/query?query={q}"))?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"].as_array()?.first().cloned()
+    };
+    let mut up = None;
+    wait_until(
+        "prometheus scraped the daemon",
+        Duration::from_secs(60),
+        || {
+            up = query("up%7Bjob%3D%22ticklake%22%7D");
+            up.as_ref().is_some_and(|r| r["value"][1] == "1")
+        },
+    );
+    let mut scraped = None;
+    wait_until(
+        "a ticklake series in prometheus",
+        Duration::from_secs(30),
+        || {
+            scraped = query("sum(ticklake_messages_total%7Boutcome%3D%22received%22%7D)");
+            scraped.is_some()
+        },
+    );
+    let scraped: f64 = scraped.unwrap()["value"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ours = env.counter("ticklake_messages_total", "outcome=\"received\"");
+    println!("prometheus: up=1, received {scraped} (daemon now {ours})");
+    assert!(scraped > 0.0 && scraped <= ours);
+    assert!(daemon.terminate().success());
+}
