@@ -44,6 +44,8 @@ pub struct Config {
     pub spill: SpillConfig,
     pub supervision: SupervisionConfig,
     pub chaos: ChaosConfig,
+    pub tail: TailConfig,
+    pub api: ApiConfig,
 }
 
 impl Default for Config {
@@ -62,6 +64,8 @@ impl Default for Config {
             spill: SpillConfig::default(),
             supervision: SupervisionConfig::default(),
             chaos: ChaosConfig::default(),
+            tail: TailConfig::default(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -365,6 +369,46 @@ pub struct ChaosConfig {
     pub fail_trade_commits: u32,
 }
 
+/// `[tail]`: the uncommitted trades held in memory for hybrid queries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TailConfig {
+    /// Rows the tail holds before it asks the trades writer to commit early
+    /// (which lets it drop them). Rows are never dropped otherwise, so this
+    /// bounds memory only as long as commits succeed.
+    pub max_rows: usize,
+}
+
+impl Default for TailConfig {
+    fn default() -> Self {
+        Self { max_rows: 200_000 }
+    }
+}
+
+/// `[api]`: limits of the `/v1` query API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Most rows one answer carries: `/v1/sql` results are cut here (and
+    /// marked truncated), `/v1/trades` pages and OHLCV bar counts are capped.
+    pub max_rows: usize,
+    /// Page size of `/v1/trades` when the request gives no `limit`.
+    pub default_limit: usize,
+    /// Wall-time limit of one query in milliseconds; past it the API
+    /// answers 504 and the query is dropped.
+    pub timeout_ms: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_rows: 10_000,
+            default_limit: 1_000,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
 /// Environment variables under this prefix override config keys.
 pub const ENV_PREFIX: &str = "TICKLAKE_";
 
@@ -539,6 +583,21 @@ impl Config {
                 "supervision.restart_backoff_max_ms",
                 "restart_backoff_initial_ms must be > 0 and <= restart_backoff_max_ms".into(),
             ));
+        }
+        if self.tail.max_rows == 0 {
+            return Err(err("tail.max_rows", "must be > 0".into()));
+        }
+        if self.api.max_rows == 0 {
+            return Err(err("api.max_rows", "must be > 0".into()));
+        }
+        if self.api.default_limit == 0 || self.api.default_limit > self.api.max_rows {
+            return Err(err(
+                "api.default_limit",
+                "must be > 0 and <= api.max_rows".into(),
+            ));
+        }
+        if self.api.timeout_ms == 0 {
+            return Err(err("api.timeout_ms", "must be > 0".into()));
         }
         if let Err(e) = self.http.listen.parse::<SocketAddr>() {
             return Err(err("http.listen", format!("{:?}: {e}", self.http.listen)));

@@ -14,6 +14,8 @@ use crate::actors::binance_feed::{BinanceFeedActor, StopFeed};
 use crate::actors::consumer::{ConsumerActor, Routes};
 use crate::actors::degradation::{DegradationSupervisor, SupervisorInputs};
 use crate::actors::producer::{Encoder, ProducerActor, ProducerHandle, ProducerSettings};
+use crate::actors::query::QueryActor;
+use crate::actors::tail::TailActor;
 use crate::actors::writer::{FlushPolicy, WriterActor};
 use crate::config::Config;
 use crate::degrade::level::LevelMachine;
@@ -50,6 +52,8 @@ pub enum DaemonError {
     Join(String),
     #[error("actor mailbox closed: {0}")]
     Mailbox(#[from] MailboxError),
+    #[error(transparent)]
+    Query(#[from] crate::query::QueryError),
     #[error(transparent)]
     Producer(#[from] crate::actors::producer::ProducerError),
     #[error("spill log: {0}")]
@@ -124,6 +128,9 @@ pub struct Daemon {
     fatal: tokio::sync::mpsc::UnboundedReceiver<String>,
     pub metrics: Metrics,
     pub http_addr: Option<std::net::SocketAddr>,
+    /// The uncommitted trades, and the queries over them and the lake.
+    pub tail: Addr<TailActor>,
+    pub query: Addr<QueryActor>,
 }
 
 /// Builds and starts every actor. Must run inside an actix `System`.
@@ -136,7 +143,12 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     let exchange = cfg.feeds.binance.exchange.clone();
     let trades_topic = cfg.kafka.trades_topic(&exchange);
     let dl_topic = cfg.kafka.dead_letter_topic.clone();
-    let topic_names = vec![trades_topic.clone(), dl_topic.clone()];
+    // Equities loaded by `ticklake load asx` travel on their own topic.
+    let asx_topic = cfg.kafka.trades_topic(crate::loaders::asx::EXCHANGE);
+    let mut topic_names = vec![trades_topic.clone(), dl_topic.clone()];
+    if !topic_names.contains(&asx_topic) {
+        topic_names.insert(1, asx_topic);
+    }
 
     let embedded = if cfg.kafka.is_embedded() {
         let c = EmbeddedCluster::start(&topic_names, cfg.kafka.embedded_partitions)?;
@@ -303,6 +315,17 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     .with_fatal(fatal_tx);
     let dl_state = dead_letters.subscribe();
     let dead_letters = dead_letters.start();
+    // The tail and the query actor hear of every trades commit; told before
+    // any row can reach the writer, so none is missed.
+    let tail_ctx = Context::<TailActor>::new();
+    let tail = tail_ctx.address();
+    let engine = crate::query::engine(&cfg, Some(tail.clone().recipient())).await?;
+    let query = QueryActor::new(Arc::new(engine)).start();
+    trades.do_send(AddCommitListener(tail.clone().recipient()));
+    trades.do_send(AddCommitListener(query.clone().recipient()));
+    tail_ctx.run(
+        TailActor::new(&cluster_id, cfg.tail.max_rows).with_writer(trades.clone().recipient()),
+    );
     let consumer_actor = ConsumerActor::new(
         consumer,
         codec.clone(),
@@ -314,6 +337,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
             dead_letter_topic: dl_topic.clone(),
             trades: trades.clone(),
             dead_letters: dead_letters.clone(),
+            tail: Some(tail.clone().recipient()),
         },
         cluster_id.clone(),
         metrics.clone(),
@@ -387,12 +411,14 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     };
 
     let http_addr = if cfg.http.enabled {
-        let a = crate::http::start(&cfg.http.listen, metrics.clone(), status.clone()).map_err(
-            |source| DaemonError::Http {
+        let api = crate::api::ApiState {
+            query: query.clone().recipient(),
+        };
+        let a = crate::http::start(&cfg.http.listen, metrics.clone(), status.clone(), Some(api))
+            .map_err(|source| DaemonError::Http {
                 listen: cfg.http.listen.clone(),
                 source,
-            },
-        )?;
+            })?;
         tracing::info!(addr = %a, "http endpoints up");
         Some(a)
     } else {
@@ -412,6 +438,8 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         fatal,
         metrics,
         http_addr,
+        tail,
+        query,
     })
 }
 

@@ -1,5 +1,6 @@
 //! The daemon's HTTP endpoints: `/status` (supervision tree, level,
-//! breakers, accounting), `/metrics` (Prometheus), `/healthz`, `/readyz`.
+//! breakers, accounting), `/metrics` (Prometheus), `/healthz`, `/readyz`,
+//! and the query API (`/v1/*`, `/openapi.json`, see `crate::api`).
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 
@@ -25,6 +26,7 @@ pub fn start(
     listen: &str,
     m: Metrics,
     sources: StatusSources,
+    api: Option<crate::api::ApiState>,
 ) -> std::io::Result<std::net::SocketAddr> {
     let data = web::Data::new(m);
     let sources = web::Data::new(sources);
@@ -36,8 +38,15 @@ pub fn start(
             .route("/metrics", web::get().to(metrics))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(healthz))
+            .configure(|c| {
+                if let Some(api) = &api {
+                    crate::api::configure(c, api.clone());
+                }
+            })
     })
-    .workers(1)
+    // Queries run on the tokio pool, not on the workers; two workers keep
+    // /metrics and /status answering while one sends a large response.
+    .workers(2)
     .disable_signals()
     .bind(listen)?;
     let addr = server

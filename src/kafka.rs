@@ -127,6 +127,12 @@ pub fn consumer_config(cfg: &KafkaConfig, bootstrap: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "false");
+    // librdkafka waits up to 500 ms for a fetch to fill; hybrid reads
+    // promise trades within tens of milliseconds, so wait far less unless
+    // kafka.properties says otherwise.
+    if !cfg.properties.contains_key("fetch.wait.max.ms") {
+        c.set("fetch.wait.max.ms", "10");
+    }
     c
 }
 

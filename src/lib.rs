@@ -3,8 +3,10 @@
 //! format) and landed exactly once in Apache Iceberg tables.
 
 pub mod actors;
+pub mod api;
 pub mod avro;
 pub mod bench;
+pub mod bench_api;
 pub mod capture;
 pub mod config;
 pub mod daemon;
@@ -12,6 +14,7 @@ pub mod dedup;
 pub mod degrade;
 pub mod exchanges;
 pub mod http;
+pub mod hybrid;
 pub mod instruments;
 pub mod kafka;
 pub mod lake;

@@ -56,15 +56,24 @@ enum Command {
         #[arg(long)]
         retime: bool,
     },
-    /// Run SQL over the lake and print the result.
+    /// Run SQL and print the result: through the running daemon (lake plus
+    /// uncommitted tail) when one answers on http.listen, else over the
+    /// committed lake only (said on stderr).
     Query {
         #[arg(long, env = "TICKLAKE_CONFIG")]
         config: Option<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: OutputFormat,
-        /// The SQL; tables are `market.trades` and `market.dead_letters`.
+        /// The SQL; tables are `market.trades`, `market.trades_live` and
+        /// `market.dead_letters`.
         sql: String,
+    },
+    /// Load a historical data set through the daemon's own path (Avro,
+    /// Kafka, the lake writer), with a progress bar. Stop the daemon first.
+    Load {
+        #[command(subcommand)]
+        source: LoadSource,
     },
     /// Measure the sustainable end-to-end throughput into committed Iceberg
     /// and the broker's raw produce ceiling, on the configured broker (the
@@ -78,6 +87,11 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Benchmarks of the query API. Use a release build.
+    BenchApi {
+        #[command(subcommand)]
+        which: BenchApi,
     },
     /// Show the running daemon's supervision tree, degradation level,
     /// breakers and accounting (from its `/status` endpoint).
@@ -95,6 +109,64 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(long, required = true)]
         capture: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchApi {
+    /// Time from a frame reaching the feed actor to its trade in an answer
+    /// of /v1/trades/recent, at a fixed rate of synthetic trades.
+    Freshness {
+        #[arg(long, env = "TICKLAKE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Trades per second.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Length of the run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Latency of "last 15 minutes of one symbol" and one day of 1-minute
+    /// OHLCV over a synthetic lake plus tail, optionally against DuckDB.
+    Latency {
+        #[arg(long, env = "TICKLAKE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Trades committed to the lake.
+        #[arg(long, default_value_t = 10_000_000)]
+        lake_trades: usize,
+        /// Uncommitted trades in the tail.
+        #[arg(long, default_value_t = 100_000)]
+        tail_trades: usize,
+        /// Timed runs of each query.
+        #[arg(long, default_value_t = 20)]
+        iterations: usize,
+        /// A python with duckdb (scripts/requirements-test.txt) to time the
+        /// same OHLCV on the lake's Parquet files.
+        #[arg(long)]
+        duckdb_python: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LoadSource {
+    /// The ASX equity trades sample: `<dir>/trades/*.csv` and
+    /// `<dir>/reference-data/company_info.csv`; exchange ASX, asset class
+    /// equities, topic `<kafka.trades_topic_prefix>.asx`.
+    Asx {
+        #[arg(long, env = "TICKLAKE_CONFIG")]
+        config: Option<PathBuf>,
+        /// The data set's directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Give up when the trades are not committed within this many seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout_secs: u64,
     },
 }
 
@@ -176,6 +248,29 @@ fn main() -> anyhow::Result<()> {
             sql,
         } => {
             let cfg = Config::load(config.as_deref())?;
+            if cfg.http.enabled {
+                let answer = ticklake::api::client::sql(
+                    &cfg.http.listen,
+                    &sql,
+                    std::time::Duration::from_millis(cfg.api.timeout_ms + 5_000),
+                )?;
+                if let Some(answer) = answer {
+                    print!("{}", ticklake::api::client::format(&answer, format)?);
+                    if format == OutputFormat::Table {
+                        println!();
+                    }
+                    if answer.get("truncated").and_then(|t| t.as_bool()) == Some(true) {
+                        eprintln!(
+                            "ticklake query: the answer was cut at api.max_rows rows by the daemon"
+                        );
+                    }
+                    return Ok(());
+                }
+            }
+            eprintln!(
+                "ticklake query: no daemon answers on {}; reading the committed lake only (trades not yet committed are missing)",
+                cfg.http.listen
+            );
             let rt = multi_thread_runtime()?;
             rt.block_on(async move {
                 let ctx = ticklake::query::session(&cfg).await?;
@@ -202,6 +297,87 @@ fn main() -> anyhow::Result<()> {
             } else {
                 println!("{report}");
             }
+            Ok(())
+        }
+        Command::BenchApi {
+            which:
+                BenchApi::Freshness {
+                    config,
+                    rate,
+                    seconds,
+                    json,
+                },
+        } => {
+            anyhow::ensure!(
+                rate > 0.0 && seconds > 0,
+                "--rate and --seconds must be positive"
+            );
+            let cfg = Config::load(config.as_deref())?;
+            let sys = actix_system();
+            let report =
+                sys.block_on(
+                    async move { ticklake::bench_api::freshness(&cfg, rate, seconds).await },
+                )?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
+        }
+        Command::BenchApi {
+            which:
+                BenchApi::Latency {
+                    config,
+                    lake_trades,
+                    tail_trades,
+                    iterations,
+                    duckdb_python,
+                    json,
+                },
+        } => {
+            anyhow::ensure!(
+                lake_trades > 0 && iterations > 0,
+                "--lake-trades and --iterations must be positive"
+            );
+            let cfg = Config::load(config.as_deref())?;
+            let sys = actix_system();
+            let report = sys.block_on(async move {
+                ticklake::bench_api::latency(
+                    &cfg,
+                    lake_trades,
+                    tail_trades,
+                    iterations,
+                    duckdb_python.as_deref(),
+                )
+                .await
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
+        }
+        Command::Load {
+            source:
+                LoadSource::Asx {
+                    config,
+                    dir,
+                    timeout_secs,
+                },
+        } => {
+            let cfg = Config::load(config.as_deref())?;
+            let sys = actix_system();
+            let report = sys.block_on(async move {
+                ticklake::loaders::load::asx(
+                    &cfg,
+                    &dir,
+                    std::time::Duration::from_secs(timeout_secs),
+                )
+                .await
+            })?;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Command::Status { config, json } => {

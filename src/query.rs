@@ -3,12 +3,16 @@
 
 use std::sync::Arc;
 
+use actix::Recipient;
 use arrow::array::RecordBatch;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use iceberg_datafusion::IcebergCatalogProvider;
 
+use crate::api::engine::Engine;
 use crate::config::Config;
+use crate::hybrid::{HybridTable, LiveCatalog, PinnedTable};
 use crate::lake::{self, LakeError, TableKind};
+use crate::messages::tail::TailScan;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -35,20 +39,50 @@ pub enum OutputFormat {
 
 /// A DataFusion session over the lake. The tables are created if missing,
 /// so a query on a fresh data directory answers with zero rows, not an error.
+/// `market.trades_live` is the lake alone here (no tail in this process).
 pub async fn session(cfg: &Config) -> Result<SessionContext, QueryError> {
+    Ok(engine(cfg, None).await?.context().clone())
+}
+
+/// The query engine over the lake, with `market.trades_live` reading the
+/// given tail beside the lake (the daemon's), or the lake alone.
+pub async fn engine(cfg: &Config, tail: Option<Recipient<TailScan>>) -> Result<Engine, QueryError> {
     let catalog = lake::open_catalog(cfg).await?;
-    for kind in [TableKind::Trades, TableKind::DeadLetters] {
-        lake::ensure_table(catalog.as_ref(), cfg, kind).await?;
-    }
+    let trades = lake::ensure_table(catalog.as_ref(), cfg, TableKind::Trades).await?;
+    lake::ensure_table(catalog.as_ref(), cfg, TableKind::DeadLetters).await?;
     let config = SessionConfig::new()
         .with_default_catalog_and_schema(CATALOG, &cfg.lake.namespace)
         .with_information_schema(true);
     let ctx = SessionContext::new_with_config(config);
+    let pinned = PinnedTable::default();
+    let ident = lake::table_ident(cfg, TableKind::Trades);
+    let live = HybridTable::new(
+        catalog.clone(),
+        ident.clone(),
+        lake::batch::arrow_schema(trades.metadata().current_schema())?,
+        tail,
+        pinned.clone(),
+    );
+    pinned.set(trades);
     // The provider snapshots the table list at construction, so it is
     // built after the tables are ensured.
-    let provider = IcebergCatalogProvider::try_new(catalog).await?;
-    ctx.register_catalog(CATALOG, Arc::new(provider));
-    Ok(ctx)
+    let provider = IcebergCatalogProvider::try_new(catalog.clone()).await?;
+    ctx.register_catalog(
+        CATALOG,
+        Arc::new(LiveCatalog::new(
+            Arc::new(provider),
+            &cfg.lake.namespace,
+            live.clone(),
+        )),
+    );
+    Ok(Engine::new(
+        ctx,
+        catalog,
+        ident,
+        live,
+        pinned,
+        cfg.api.clone(),
+    ))
 }
 
 pub async fn run_sql(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {

@@ -16,6 +16,7 @@ use crate::actors::writer::WriterActor;
 use crate::avro::Codec;
 use crate::messages::consumer::Committed;
 pub use crate::messages::consumer::RestartConsumer;
+use crate::messages::tail::{TailRow, Tailed};
 use crate::messages::writer::{Consumed, GetPositions, Rows};
 use crate::metrics::Metrics;
 use crate::model::{DeadLetter, TradeV2, now_us};
@@ -27,6 +28,9 @@ pub struct Routes {
     pub dead_letter_topic: String,
     pub trades: Addr<WriterActor>,
     pub dead_letters: Addr<WriterActor>,
+    /// Also gets every trade with its offset, before the writer does, for
+    /// hybrid queries.
+    pub tail: Option<Recipient<Tailed>>,
 }
 
 /// What `/status` shows for the consumer.
@@ -147,6 +151,7 @@ impl Actor for ConsumerActor {
                 let mut dead: Vec<DeadLetter> = Vec::new();
                 let mut trade_pos = Vec::new();
                 let mut dead_pos = Vec::new();
+                let mut tail_rows = Vec::new();
                 for m in chunk {
                     let m = match m {
                         Ok(m) => m,
@@ -165,7 +170,17 @@ impl Actor for ConsumerActor {
                             dead.push(d);
                         })
                     } else if routes.trades_topics.contains(&topic) {
-                        codec.decode_trade(payload).map(|t| trades.push(t))
+                        codec.decode_trade(payload).map(|t| {
+                            if routes.tail.is_some() {
+                                tail_rows.push(TailRow {
+                                    topic: Arc::from(topic.as_str()),
+                                    partition: m.partition(),
+                                    offset: m.offset(),
+                                    trade: t.clone(),
+                                });
+                            }
+                            trades.push(t)
+                        })
                     } else {
                         continue;
                     };
@@ -190,6 +205,14 @@ impl Actor for ConsumerActor {
                     } else {
                         trade_pos.push(pos);
                     }
+                }
+                // The tail first: a commit can then never cover a row the
+                // tail has not seen, which hybrid reads rely on.
+                if let Some(tail) = &routes.tail
+                    && !tail_rows.is_empty()
+                    && let Err(e) = tail.send(Tailed(tail_rows)).await
+                {
+                    tracing::warn!(error = %e, "tail unavailable; hybrid reads miss uncommitted rows");
                 }
                 if !trades.is_empty() || !trade_pos.is_empty() {
                     let msg = Consumed {

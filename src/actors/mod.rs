@@ -4,4 +4,6 @@ pub mod binance_feed;
 pub mod consumer;
 pub mod degradation;
 pub mod producer;
+pub mod query;
+pub mod tail;
 pub mod writer;

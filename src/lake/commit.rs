@@ -92,8 +92,12 @@ pub async fn append(
     if let Some(batch) = batch.filter(|b| b.num_rows() > 0) {
         rows = batch.num_rows();
         let md = table.metadata();
+        // Rows arrive sorted by (symbol, timestamp); row groups of 64k rows
+        // give each symbol its own groups, whose statistics let a query on
+        // one symbol skip the rest of the file.
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_max_row_group_row_count(Some(64 * 1024))
             .build();
         let parquet = ParquetWriterBuilder::new(props, md.current_schema().clone());
         let rolling = RollingFileWriterBuilder::new(

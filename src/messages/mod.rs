@@ -2,4 +2,6 @@
 
 pub mod consumer;
 pub mod producer;
+pub mod query;
+pub mod tail;
 pub mod writer;

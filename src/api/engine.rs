@@ -1,0 +1,510 @@
+//! The queries behind the `/v1` endpoints, on one DataFusion session over
+//! the lake with `market.trades_live` (the hybrid table) registered. Every
+//! value a client passes reaches DataFusion as a typed literal through the
+//! DataFrame API, never as SQL text; only `/v1/sql` parses SQL, behind the
+//! read-only guard.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::catalog::TableProvider;
+use datafusion::common::ScalarValue;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SQLOptions;
+use datafusion::functions::datetime::expr_fn::date_bin;
+use datafusion::functions_aggregate::expr_fn::{count, first_value, last_value, max, min, sum};
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::prelude::{DataFrame, Expr, SessionContext, cast as cast_expr, col, lit};
+use futures::StreamExt;
+use iceberg::{Catalog, TableIdent};
+use iceberg_datafusion::IcebergStaticTableProvider;
+use serde_json::{Value, json};
+
+use super::ApiError;
+use super::params::Cursor;
+use crate::config::ApiConfig;
+use crate::hybrid::{HybridTable, PinnedTable, ScanInfo};
+use crate::lake::commit::OFFSETS_PROPERTY;
+use crate::messages::query::{OhlcvRequest, QueryRequest, RecentRequest, TradesRequest};
+use crate::model::now_us;
+use crate::sql_guard;
+
+/// The wall clock in UTC microseconds; tests fix it.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+pub struct Engine {
+    ctx: SessionContext,
+    catalog: Arc<dyn Catalog>,
+    ident: TableIdent,
+    live: HybridTable,
+    pinned: PinnedTable,
+    limits: ApiConfig,
+    clock: Clock,
+}
+
+fn ts_lit(us: i64) -> Expr {
+    lit(ScalarValue::TimestampMicrosecond(
+        Some(us),
+        Some("+00:00".into()),
+    ))
+}
+
+fn df_err(e: DataFusionError) -> ApiError {
+    ApiError::from_datafusion(e)
+}
+
+fn rfc3339(us: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+}
+
+/// Columns `/v1/trades` returns. Prices and quantities are strings so they
+/// stay exact (a JSON number would be read as a float by most clients).
+fn trade_columns() -> Vec<Expr> {
+    vec![
+        col("message_id"),
+        col("trade_id"),
+        col("symbol"),
+        col("exchange"),
+        col("asset_class"),
+        col("timestamp"),
+        col("ingestion_timestamp"),
+        cast_expr(col("price"), DataType::Utf8).alias("price"),
+        cast_expr(col("quantity"), DataType::Utf8).alias("quantity"),
+        col("currency"),
+        col("side"),
+    ]
+}
+
+/// Decimal columns as strings, so a JSON answer keeps every digit.
+fn exact(batch: &RecordBatch) -> Result<RecordBatch, ApiError> {
+    let schema = batch.schema();
+    if !schema.fields().iter().any(|f| {
+        matches!(
+            f.data_type(),
+            DataType::Decimal128(..) | DataType::Decimal256(..)
+        )
+    }) {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut cols = Vec::with_capacity(schema.fields().len());
+    for (f, c) in schema.fields().iter().zip(batch.columns()) {
+        if matches!(
+            f.data_type(),
+            DataType::Decimal128(..) | DataType::Decimal256(..)
+        ) {
+            cols.push(cast(c, &DataType::Utf8).map_err(ApiError::internal)?);
+            fields.push(Field::new(f.name(), DataType::Utf8, f.is_nullable()));
+        } else {
+            cols.push(c.clone());
+            fields.push(f.as_ref().clone());
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(ApiError::internal)
+}
+
+/// Batches as a JSON array of row objects (nulls written out).
+pub fn json_rows(batches: &[RecordBatch]) -> Result<Vec<Value>, ApiError> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow::json::writer::JsonArray>(&mut buf);
+        for b in batches {
+            w.write(&exact(b)?).map_err(ApiError::internal)?;
+        }
+        w.finish().map_err(ApiError::internal)?;
+    }
+    if buf.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&buf).map_err(ApiError::internal)
+}
+
+impl Engine {
+    pub fn new(
+        ctx: SessionContext,
+        catalog: Arc<dyn Catalog>,
+        ident: TableIdent,
+        live: HybridTable,
+        pinned: PinnedTable,
+        limits: ApiConfig,
+    ) -> Self {
+        Self {
+            ctx,
+            catalog,
+            ident,
+            live,
+            pinned,
+            limits,
+            clock: Arc::new(now_us),
+        }
+    }
+
+    /// The same engine reading "now" (for `/v1/trades/recent`) from `clock`.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The session, for the CLI and tests.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Loads the table's newest snapshot for later scans to pin.
+    pub async fn refresh(&self) {
+        match self.catalog.load_table(&self.ident).await {
+            Ok(t) => self.pinned.set(t),
+            Err(e) => tracing::warn!(error = %e, "query: reloading the trades table failed"),
+        }
+    }
+
+    /// Runs one request within the configured time limit.
+    pub async fn run(&self, req: QueryRequest) -> Result<Value, ApiError> {
+        let ms = self.limits.timeout_ms;
+        let fut = async {
+            match req {
+                QueryRequest::Trades(r) => self.trades(r).await,
+                QueryRequest::Recent(r) => self.recent(r).await,
+                QueryRequest::Ohlcv(r) => self.ohlcv(r).await,
+                QueryRequest::Symbols => self.symbols().await,
+                QueryRequest::Snapshots => self.snapshots().await,
+                QueryRequest::Sql(sql) => self.sql(&sql).await,
+            }
+        };
+        tokio::time::timeout(Duration::from_millis(ms), fut)
+            .await
+            .unwrap_or(Err(ApiError::Timeout(ms)))
+    }
+
+    /// The hybrid table, recording what its scan read, or the lake at one
+    /// snapshot (time travel).
+    async fn source(
+        &self,
+        snapshot_id: Option<i64>,
+    ) -> Result<(DataFrame, Arc<Mutex<ScanInfo>>, &'static str), ApiError> {
+        let info = Arc::new(Mutex::new(ScanInfo::default()));
+        let (provider, source): (Arc<dyn TableProvider>, _) = match snapshot_id {
+            None => (Arc::new(self.live.with_info(info.clone())), "hybrid"),
+            Some(id) => {
+                let table = self
+                    .catalog
+                    .load_table(&self.ident)
+                    .await
+                    .map_err(ApiError::internal)?;
+                if table.metadata().snapshot_by_id(id).is_none() {
+                    return Err(ApiError::NotFound(format!(
+                        "snapshot {id} does not exist in {}",
+                        self.ident
+                    )));
+                }
+                if let Ok(mut i) = info.lock() {
+                    i.snapshot_id = Some(id);
+                }
+                let p = IcebergStaticTableProvider::try_new_from_table_snapshot(table, id)
+                    .await
+                    .map_err(ApiError::internal)?;
+                (Arc::new(p), "lake")
+            }
+        };
+        Ok((self.ctx.read_table(provider).map_err(df_err)?, info, source))
+    }
+
+    fn read_info(info: &Mutex<ScanInfo>) -> ScanInfo {
+        info.lock().map(|i| i.clone()).unwrap_or_default()
+    }
+
+    async fn trades(&self, r: TradesRequest) -> Result<Value, ApiError> {
+        let limit = r
+            .limit
+            .unwrap_or(self.limits.default_limit)
+            .min(self.limits.max_rows);
+        let (df, info, source) = self.source(r.snapshot_id).await?;
+        let mut preds = Vec::new();
+        if let Some(s) = &r.symbol {
+            preds.push(col("symbol").eq(lit(s.as_str())));
+        }
+        if let Some(x) = &r.exchange {
+            preds.push(col("exchange").eq(lit(x.as_str())));
+        }
+        if let Some(s) = r.start_us {
+            preds.push(col("timestamp").gt_eq(ts_lit(s)));
+        }
+        if let Some(e) = r.end_us {
+            preds.push(col("timestamp").lt(ts_lit(e)));
+        }
+        if let Some(c) = &r.cursor {
+            preds.push(
+                col("timestamp")
+                    .gt(ts_lit(c.timestamp_us))
+                    .or(col("timestamp")
+                        .eq(ts_lit(c.timestamp_us))
+                        .and(col("message_id").gt(lit(c.message_id.as_str())))),
+            );
+        }
+        let df = match conjunction(preds) {
+            Some(p) => df.filter(p).map_err(df_err)?,
+            None => df,
+        };
+        let batches = df
+            .sort(vec![
+                col("timestamp").sort(true, false),
+                col("message_id").sort(true, false),
+            ])
+            .and_then(|d| d.limit(0, Some(limit + 1)))
+            .and_then(|d| d.select(trade_columns()))
+            .map_err(df_err)?
+            .collect()
+            .await
+            .map_err(df_err)?;
+        let mut rows = json_rows(&batches)?;
+        let next_cursor = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().and_then(cursor_of).map(|c| c.render())
+        } else {
+            None
+        };
+        let i = Self::read_info(&info);
+        Ok(json!({
+            "source": source,
+            "snapshot_id": i.snapshot_id,
+            "tail_rows_scanned": i.tail_rows,
+            "count": rows.len(),
+            "next_cursor": next_cursor,
+            "trades": rows,
+        }))
+    }
+
+    async fn recent(&self, r: RecentRequest) -> Result<Value, ApiError> {
+        let now = (self.clock)();
+        let start = now - r.minutes * 60_000_000;
+        let limit = self.limits.max_rows;
+        let (df, info, source) = self.source(None).await?;
+        let mut preds = vec![
+            col("symbol").eq(lit(r.symbol.as_str())),
+            col("timestamp").gt_eq(ts_lit(start)),
+        ];
+        if let Some(x) = &r.exchange {
+            preds.push(col("exchange").eq(lit(x.as_str())));
+        }
+        let df = match conjunction(preds) {
+            Some(p) => df.filter(p).map_err(df_err)?,
+            None => df,
+        };
+        // Newest first, so a cut at the row limit keeps the latest trades.
+        let batches = df
+            .sort(vec![
+                col("timestamp").sort(false, false),
+                col("message_id").sort(false, false),
+            ])
+            .and_then(|d| d.limit(0, Some(limit + 1)))
+            .and_then(|d| d.select(trade_columns()))
+            .map_err(df_err)?
+            .collect()
+            .await
+            .map_err(df_err)?;
+        let mut rows = json_rows(&batches)?;
+        let truncated = rows.len() > limit;
+        rows.truncate(limit);
+        let i = Self::read_info(&info);
+        Ok(json!({
+            "source": source,
+            "snapshot_id": i.snapshot_id,
+            "tail_rows_scanned": i.tail_rows,
+            "since": rfc3339(start),
+            "count": rows.len(),
+            "truncated": truncated,
+            "trades": rows,
+        }))
+    }
+
+    async fn ohlcv(&self, r: OhlcvRequest) -> Result<Value, ApiError> {
+        let step = r.interval.micros();
+        let bars = r.end_us.saturating_sub(r.start_us).saturating_add(step - 1) / step;
+        if bars > self.limits.max_rows as i64 {
+            return Err(ApiError::bad(
+                "interval",
+                format!(
+                    "{} bars of {} between start and end exceed the limit of {}",
+                    bars,
+                    r.interval.as_str(),
+                    self.limits.max_rows
+                ),
+            ));
+        }
+        let (df, info, source) = self.source(None).await?;
+        let mut preds = vec![
+            col("symbol").eq(lit(r.symbol.as_str())),
+            col("timestamp").gt_eq(ts_lit(r.start_us)),
+            col("timestamp").lt(ts_lit(r.end_us)),
+        ];
+        if let Some(x) = &r.exchange {
+            preds.push(col("exchange").eq(lit(x.as_str())));
+        }
+        let order = || {
+            vec![
+                col("timestamp").sort(true, false),
+                col("source_sequence").sort(true, true),
+                col("message_id").sort(true, false),
+            ]
+        };
+        let stride = lit(ScalarValue::new_interval_mdn(0, 0, step * 1000));
+        let bucket = date_bin(stride, col("timestamp"), ts_lit(0)).alias("time");
+        let df = match conjunction(preds) {
+            Some(p) => df.filter(p).map_err(df_err)?,
+            None => df,
+        };
+        let batches = df
+            .aggregate(
+                vec![bucket],
+                vec![
+                    first_value(col("price"), order()).alias("open"),
+                    max(col("price")).alias("high"),
+                    min(col("price")).alias("low"),
+                    last_value(col("price"), order()).alias("close"),
+                    sum(col("quantity")).alias("volume"),
+                    count(lit(1)).alias("trades"),
+                ],
+            )
+            .and_then(|d| d.sort(vec![col("time").sort(true, false)]))
+            .map_err(df_err)?
+            .collect()
+            .await
+            .map_err(df_err)?;
+        let rows = json_rows(&batches)?;
+        let i = Self::read_info(&info);
+        Ok(json!({
+            "source": source,
+            "snapshot_id": i.snapshot_id,
+            "tail_rows_scanned": i.tail_rows,
+            "symbol": r.symbol,
+            "interval": r.interval.as_str(),
+            "count": rows.len(),
+            "bars": rows,
+        }))
+    }
+
+    async fn symbols(&self) -> Result<Value, ApiError> {
+        let (df, info, source) = self.source(None).await?;
+        let batches = df
+            .aggregate(
+                vec![col("exchange"), col("symbol")],
+                vec![
+                    count(lit(1)).alias("trades"),
+                    min(col("timestamp")).alias("first_trade"),
+                    max(col("timestamp")).alias("last_trade"),
+                ],
+            )
+            .and_then(|d| {
+                d.sort(vec![
+                    col("exchange").sort(true, false),
+                    col("symbol").sort(true, false),
+                ])
+            })
+            .map_err(df_err)?
+            .collect()
+            .await
+            .map_err(df_err)?;
+        let rows = json_rows(&batches)?;
+        let i = Self::read_info(&info);
+        Ok(json!({
+            "source": source,
+            "snapshot_id": i.snapshot_id,
+            "count": rows.len(),
+            "symbols": rows,
+        }))
+    }
+
+    async fn snapshots(&self) -> Result<Value, ApiError> {
+        let table = self
+            .catalog
+            .load_table(&self.ident)
+            .await
+            .map_err(ApiError::internal)?;
+        let md = table.metadata();
+        let mut snaps: Vec<_> = md.snapshots().collect();
+        snaps.sort_by_key(|s| s.sequence_number());
+        let list: Vec<Value> = snaps
+            .iter()
+            .map(|s| {
+                let props = &s.summary().additional_properties;
+                let offsets = props
+                    .get(OFFSETS_PROPERTY)
+                    .and_then(|j| serde_json::from_str::<Value>(j).ok());
+                let num = |k: &str| props.get(k).and_then(|v| v.parse::<i64>().ok());
+                json!({
+                    "snapshot_id": s.snapshot_id(),
+                    "parent_snapshot_id": s.parent_snapshot_id(),
+                    "sequence_number": s.sequence_number(),
+                    "committed_at": rfc3339(s.timestamp_ms() * 1000),
+                    "operation": s.summary().operation.as_str(),
+                    "added_records": num("added-records"),
+                    "total_records": num("total-records"),
+                    "kafka_offsets": offsets,
+                })
+            })
+            .collect();
+        Ok(json!({
+            "table": self.ident.to_string(),
+            "current_snapshot_id": md.current_snapshot().map(|s| s.snapshot_id()),
+            "count": list.len(),
+            "snapshots": list,
+        }))
+    }
+
+    async fn sql(&self, sql: &str) -> Result<Value, ApiError> {
+        sql_guard::check(sql).map_err(ApiError::Rejected)?;
+        // The guard already refused these; the session refuses them again
+        // so a guard bug cannot turn into a write.
+        let opts = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let df = self.ctx.sql_with_options(sql, opts).await.map_err(df_err)?;
+        let schema = df.schema().as_arrow().clone();
+        let max_rows = self.limits.max_rows;
+        let mut stream = df.execute_stream().await.map_err(df_err)?;
+        let mut batches = Vec::new();
+        let mut n = 0;
+        let mut truncated = false;
+        while let Some(b) = stream.next().await {
+            let b = b.map_err(df_err)?;
+            if n + b.num_rows() > max_rows {
+                batches.push(b.slice(0, max_rows - n));
+                truncated = true;
+                break;
+            }
+            n += b.num_rows();
+            batches.push(b);
+        }
+        let rows = json_rows(&batches)?;
+        let columns: Vec<Value> = schema
+            .fields()
+            .iter()
+            .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
+            .collect();
+        Ok(json!({
+            "columns": columns,
+            "count": rows.len(),
+            "truncated": truncated,
+            "rows": rows,
+        }))
+    }
+}
+
+/// The cursor after a returned trade row.
+fn cursor_of(row: &Value) -> Option<Cursor> {
+    let ts = row.get("timestamp")?.as_str()?;
+    let timestamp_us = chrono::DateTime::parse_from_rfc3339(ts)
+        .ok()?
+        .timestamp_micros();
+    Some(Cursor {
+        timestamp_us,
+        message_id: row.get("message_id")?.as_str()?.to_string(),
+    })
+}

@@ -1,0 +1,263 @@
+//! The HTTP query API under `/v1`, and its OpenAPI document at
+//! `/openapi.json`. Handlers only parse and validate; the `QueryActor`
+//! runs every query. Every error is JSON `{error, detail}`.
+
+pub mod client;
+pub mod engine;
+pub mod openapi;
+pub mod params;
+
+use std::collections::HashMap;
+
+use actix::Recipient;
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError, web};
+use datafusion::error::DataFusionError;
+use serde::Deserialize;
+
+use crate::messages::query::{OhlcvRequest, QueryRequest, RecentRequest, RunQuery, TradesRequest};
+use crate::sql_guard::GuardError;
+use params::Params;
+
+/// Why a request failed. `error` in the body is the variant's code, `detail`
+/// its message.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("parameter `{param}`: {reason}")]
+    BadParam { param: String, reason: String },
+    #[error("{0}")]
+    Rejected(GuardError),
+    #[error("{0}")]
+    InvalidQuery(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the query ran longer than the limit of {0} ms")]
+    Timeout(u64),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad(param: &str, reason: impl Into<String>) -> Self {
+        ApiError::BadParam {
+            param: param.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+
+    /// A query the user got wrong (unknown column, type mismatch) is theirs
+    /// to fix (400); anything else is ours (500).
+    pub fn from_datafusion(e: DataFusionError) -> Self {
+        match e.find_root() {
+            DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::SQL(..)
+            | DataFusionError::NotImplemented(_) => {
+                ApiError::InvalidQuery(e.find_root().to_string())
+            }
+            DataFusionError::ResourcesExhausted(m) => ApiError::Unavailable(m.clone()),
+            _ => ApiError::Internal(e.to_string()),
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadParam { .. } => "bad_parameter",
+            ApiError::Rejected(_) => "rejected_query",
+            ApiError::InvalidQuery(_) => "invalid_query",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Timeout(_) => "timeout",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadParam { .. } | ApiError::Rejected(_) | ApiError::InvalidQuery(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if matches!(self, ApiError::Internal(_)) {
+            tracing::warn!(error = %self, "api request failed");
+        }
+        HttpResponse::build(self.status_code())
+            .json(serde_json::json!({"error": self.code(), "detail": self.to_string()}))
+    }
+}
+
+/// What the handlers need: where queries run.
+#[derive(Clone)]
+pub struct ApiState {
+    pub query: Recipient<RunQuery>,
+}
+
+/// Adds `/openapi.json` and `/v1/*` to an actix-web app.
+pub fn configure(cfg: &mut web::ServiceConfig, state: ApiState) {
+    let json = web::JsonConfig::default()
+        .limit(1 << 20)
+        .error_handler(|e, _| ApiError::bad("body", e.to_string()).into());
+    let query = web::QueryConfig::default()
+        .error_handler(|e, _| ApiError::bad("query string", e.to_string()).into());
+    cfg.route("/openapi.json", web::get().to(openapi::serve))
+        .service(
+            web::scope("/v1")
+                .app_data(web::Data::new(state))
+                .app_data(json)
+                .app_data(query)
+                .service(
+                    web::resource("/trades")
+                        .route(web::get().to(trades))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/trades/recent")
+                        .route(web::get().to(recent))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/ohlcv")
+                        .route(web::get().to(ohlcv))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/symbols")
+                        .route(web::get().to(symbols))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/snapshots")
+                        .route(web::get().to(snapshots))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/sql")
+                        .route(web::post().to(sql))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .default_service(web::to(not_found)),
+        );
+}
+
+type Query = web::Query<HashMap<String, String>>;
+
+async fn run(state: &ApiState, req: QueryRequest) -> Result<HttpResponse, ApiError> {
+    let body = state
+        .query
+        .send(RunQuery(req))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("query actor: {e}")))??;
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// Upper bound of `limit`; the engine also caps it at `api.max_rows`.
+const MAX_LIMIT: i64 = 1_000_000;
+
+async fn trades(state: web::Data<ApiState>, q: Query) -> Result<HttpResponse, ApiError> {
+    let p = Params::new(
+        &q,
+        &[
+            "symbol",
+            "exchange",
+            "start",
+            "end",
+            "limit",
+            "cursor",
+            "snapshot_id",
+        ],
+    )?;
+    let req = TradesRequest {
+        symbol: p.name("symbol")?,
+        exchange: p.name("exchange")?,
+        start_us: p.time("start")?,
+        end_us: p.time("end")?,
+        limit: p.int("limit", 1, MAX_LIMIT)?.map(|n| n as usize),
+        cursor: p.cursor("cursor")?,
+        snapshot_id: p.int("snapshot_id", i64::MIN, i64::MAX)?,
+    };
+    if let (Some(s), Some(e)) = (req.start_us, req.end_us)
+        && e <= s
+    {
+        return Err(ApiError::bad("end", "must be after start"));
+    }
+    run(&state, QueryRequest::Trades(req)).await
+}
+
+async fn recent(state: web::Data<ApiState>, q: Query) -> Result<HttpResponse, ApiError> {
+    let p = Params::new(&q, &["symbol", "exchange", "minutes"])?;
+    let req = RecentRequest {
+        symbol: p.required_name("symbol")?,
+        exchange: p.name("exchange")?,
+        minutes: p.int("minutes", 1, 7 * 24 * 60)?.unwrap_or(15),
+    };
+    run(&state, QueryRequest::Recent(req)).await
+}
+
+async fn ohlcv(state: web::Data<ApiState>, q: Query) -> Result<HttpResponse, ApiError> {
+    let p = Params::new(&q, &["symbol", "exchange", "interval", "start", "end"])?;
+    let req = OhlcvRequest {
+        symbol: p.required_name("symbol")?,
+        exchange: p.name("exchange")?,
+        interval: p.interval("interval")?,
+        start_us: p.required_time("start")?,
+        end_us: p.required_time("end")?,
+    };
+    if req.end_us <= req.start_us {
+        return Err(ApiError::bad("end", "must be after start"));
+    }
+    run(&state, QueryRequest::Ohlcv(req)).await
+}
+
+async fn symbols(state: web::Data<ApiState>, q: Query) -> Result<HttpResponse, ApiError> {
+    Params::new(&q, &[])?;
+    run(&state, QueryRequest::Symbols).await
+}
+
+async fn snapshots(state: web::Data<ApiState>, q: Query) -> Result<HttpResponse, ApiError> {
+    Params::new(&q, &[])?;
+    run(&state, QueryRequest::Snapshots).await
+}
+
+/// Body of `POST /v1/sql`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlBody {
+    pub sql: String,
+}
+
+async fn sql(
+    state: web::Data<ApiState>,
+    body: web::Json<SqlBody>,
+) -> Result<HttpResponse, ApiError> {
+    run(&state, QueryRequest::Sql(body.into_inner().sql)).await
+}
+
+async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no endpoint {}; see /openapi.json",
+        req.path()
+    )))
+}
+
+async fn method_not_allowed(req: actix_web::HttpRequest) -> HttpResponse {
+    let e = serde_json::json!({
+        "error": "method_not_allowed",
+        "detail": format!("{} is not allowed on {}; see /openapi.json", req.method(), req.path()),
+    });
+    HttpResponse::MethodNotAllowed().json(e)
+}

@@ -1,0 +1,480 @@
+//! `ticklake bench-api freshness`: how long a trade takes from the feed
+//! actor to an answer of `/v1/trades/recent`. A WebSocket server in this
+//! process plays synthetic Binance trade frames at a fixed rate, re-timed
+//! to the wall clock; the daemon ingests them through the configured broker
+//! (embedded by default); a poller asks `/v1/trades/recent` back to back.
+//! A trade's freshness is the time its first answer arrived minus its
+//! `ingestion_timestamp`, which the feed actor stamps when the frame
+//! arrives. Run on a release build; a debug build measures the compiler.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::capture::CapturedFrame;
+use crate::config::{BinanceStream, Config};
+use crate::daemon::{self, DaemonError};
+use crate::model::now_us;
+use crate::replay::{Pacing, ReplayOptions, ReplayServer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchApiError {
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    Replay(#[from] crate::replay::ReplayError),
+    #[error("the daemon serves no http endpoint")]
+    NoHttp,
+    #[error("poll: {0}")]
+    Poll(String),
+}
+
+/// The symbols of the synthetic stream; freshness is measured on the first.
+const SYMBOLS: [&str; 10] = [
+    "BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT", "TRXUSDT",
+    "AVAXUSDT", "LINKUSDT",
+];
+
+#[derive(Debug, Serialize)]
+pub struct FreshnessReport {
+    pub broker: String,
+    pub rate_per_s: f64,
+    pub seconds: u64,
+    /// Trades of the measured symbol that were sent.
+    pub measured_sent: usize,
+    /// Of those, how many an answer returned (a trade can fall out of the
+    /// newest-`api.max_rows` window between two polls).
+    pub measured_seen: usize,
+    pub polls: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub poll_p50_ms: f64,
+}
+
+impl std::fmt::Display for FreshnessReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "freshness at {:.0} trades/s for {} s ({}): feed → /v1/trades/recent p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms \
+             ({} of {} measured trades seen, {} polls, poll p50 {:.1} ms)",
+            self.rate_per_s,
+            self.seconds,
+            self.broker,
+            self.p50_ms,
+            self.p99_ms,
+            self.max_ms,
+            self.measured_seen,
+            self.measured_sent,
+            self.polls,
+            self.poll_p50_ms
+        )
+    }
+}
+
+fn frames(n: usize, rate: f64) -> Vec<CapturedFrame> {
+    let start_ms = 1_700_000_000_000i64;
+    (0..n)
+        .map(|i| {
+            let symbol = SYMBOLS[i % SYMBOLS.len()];
+            let t = start_ms + (i as f64 * 1000.0 / rate) as i64;
+            let data = format!(
+                r#"{{"stream":"{lower}@trade","data":{{"e":"trade","E":{t},"s":"{symbol}","t":{id},"p":"{price}.{frac:02}","q":"0.{qty:04}","T":{t},"m":{m},"M":true}}}}"#,
+                lower = symbol.to_ascii_lowercase(),
+                id = i,
+                price = 100 + i % 50,
+                frac = i % 100,
+                qty = 1 + i % 9999,
+                m = i.is_multiple_of(2),
+            );
+            CapturedFrame {
+                ts: Some(t as f64 / 1000.0),
+                data,
+            }
+        })
+        .collect()
+}
+
+/// `GET path` on loopback; the body.
+fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
+    let (head, body) = buf.split_once("\r\n\r\n").ok_or("no header end")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("{head}\n{body}"));
+    }
+    Ok(body.to_string())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Runs one measurement. Must run inside an actix `System`.
+pub async fn freshness(
+    base: &Config,
+    rate: f64,
+    seconds: u64,
+) -> Result<FreshnessReport, BenchApiError> {
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let dir = std::env::temp_dir().join(format!("ticklake-bench-api-{run_id}"));
+    let n = (rate * seconds as f64) as usize;
+    let server = ReplayServer::bind(
+        "127.0.0.1:0".parse().map_err(|_| BenchApiError::NoHttp)?,
+        ReplayOptions {
+            frames: Arc::new(frames(n, rate)),
+            pacing: Pacing::Rate(rate),
+            looped: false,
+            // Each client from the first frame: the feed connects after the
+            // server starts, and no measured trade may be skipped.
+            live: false,
+            retime: true,
+        },
+    )
+    .await?;
+    let ws = server.local_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let replay = tokio::spawn(server.run(async {
+        let _ = stop_rx.await;
+    }));
+
+    let mut cfg = base.clone();
+    cfg.data_dir = dir.clone();
+    cfg.lake.catalog_uri = String::new();
+    cfg.lake.warehouse = String::new();
+    cfg.http.enabled = true;
+    cfg.http.listen = "127.0.0.1:0".into();
+    cfg.kafka.trades_topic_prefix = format!("bench{run_id}.trades");
+    cfg.kafka.dead_letter_topic = format!("bench{run_id}.dead_letters");
+    cfg.kafka.consumer_group = format!("bench{run_id}-lake");
+    cfg.feeds.binance.enabled = true;
+    cfg.feeds.binance.url = format!("ws://{ws}");
+    cfg.feeds.binance.symbols = SYMBOLS.iter().map(|s| s.to_ascii_lowercase()).collect();
+    cfg.feeds.binance.streams = vec![BinanceStream::Trade];
+    // Polls return the newest trades; a small page keeps a poll cheap.
+    cfg.api.max_rows = 500;
+    cfg.api.default_limit = 500;
+    let d = daemon::start(cfg.clone()).await?;
+    let http = d.http_addr.ok_or(BenchApiError::NoHttp)?;
+
+    // Poll on a thread of its own so the daemon's runtime is not disturbed.
+    let measured = n.div_ceil(SYMBOLS.len());
+    let deadline = Duration::from_secs(seconds + 60);
+    let poller = tokio::task::spawn_blocking(move || {
+        let mut first_seen: std::collections::HashMap<String, f64> = Default::default();
+        let mut poll_ms = Vec::new();
+        let started = Instant::now();
+        while first_seen.len() < measured && started.elapsed() < deadline {
+            let t0 = Instant::now();
+            let body = get(
+                http,
+                &format!("/v1/trades/recent?symbol={}&minutes=5", SYMBOLS[0]),
+            )?;
+            let arrived = now_us();
+            poll_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+            let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            for t in v["trades"].as_array().into_iter().flatten() {
+                let id = t["message_id"].as_str().unwrap_or_default();
+                if first_seen.contains_key(id) {
+                    continue;
+                }
+                let ingested = t["ingestion_timestamp"]
+                    .as_str()
+                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                    .map(|d| d.timestamp_micros())
+                    .ok_or("a trade without ingestion_timestamp")?;
+                first_seen.insert(id.to_string(), (arrived - ingested) as f64 / 1000.0);
+            }
+        }
+        Ok::<_, String>((first_seen.into_values().collect::<Vec<f64>>(), poll_ms))
+    });
+    let (mut lat, mut poll_ms) = poller
+        .await
+        .map_err(|e| BenchApiError::Poll(e.to_string()))?
+        .map_err(BenchApiError::Poll)?;
+    let _ = stop_tx.send(());
+    let _ = replay.await;
+    d.shutdown(Duration::from_secs(30)).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    lat.sort_by(f64::total_cmp);
+    poll_ms.sort_by(f64::total_cmp);
+    Ok(FreshnessReport {
+        broker: if cfg.kafka.is_embedded() {
+            "embedded".into()
+        } else {
+            cfg.kafka.brokers.clone()
+        },
+        rate_per_s: rate,
+        seconds,
+        measured_sent: measured,
+        measured_seen: lat.len(),
+        polls: poll_ms.len(),
+        p50_ms: percentile(&lat, 0.5),
+        p99_ms: percentile(&lat, 0.99),
+        max_ms: lat.last().copied().unwrap_or(f64::NAN),
+        poll_p50_ms: percentile(&poll_ms, 0.5),
+    })
+}
+
+/// `ticklake bench-api latency`: query latency over a large lake plus a
+/// tail. Builds a lake of `lake_trades` synthetic trades (10 symbols, one
+/// day up to five minutes ago, committed in time slices like the writer
+/// does) and a tail of `tail_trades` for the last five minutes, then times
+/// "last 15 minutes of one symbol" (`/v1/trades/recent`'s query) and one
+/// day of 1-minute OHLCV (`/v1/ohlcv`'s), both hybrid, through the query
+/// engine (no HTTP). With `duckdb_python`, times the same OHLCV in DuckDB on
+/// the lake's Parquet files (scripts/bench_duckdb.py) for the ratio.
+#[derive(Debug, Serialize)]
+pub struct LatencyReport {
+    pub lake_trades: usize,
+    pub tail_trades: usize,
+    pub iterations: usize,
+    pub build_seconds: f64,
+    pub recent_rows: usize,
+    pub recent_p50_ms: f64,
+    pub recent_p99_ms: f64,
+    pub ohlcv_bars: usize,
+    pub ohlcv_p50_ms: f64,
+    pub ohlcv_p99_ms: f64,
+    /// DuckDB on the lake's Parquet files (lake rows only, no tail).
+    pub duckdb_ohlcv_p50_ms: Option<f64>,
+    pub duckdb_ohlcv_bars: Option<u64>,
+    /// ticklake p50 / DuckDB p50.
+    pub ohlcv_ratio: Option<f64>,
+}
+
+impl std::fmt::Display for LatencyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "lake {} trades + tail {} trades (built in {:.1} s), {} iterations",
+            self.lake_trades, self.tail_trades, self.build_seconds, self.iterations
+        )?;
+        writeln!(
+            f,
+            "last 15 minutes of one symbol: p50 {:.1} ms, p99 {:.1} ms ({} rows)",
+            self.recent_p50_ms, self.recent_p99_ms, self.recent_rows
+        )?;
+        write!(
+            f,
+            "one day of 1-minute OHLCV:     p50 {:.1} ms, p99 {:.1} ms ({} bars)",
+            self.ohlcv_p50_ms, self.ohlcv_p99_ms, self.ohlcv_bars
+        )?;
+        if let (Some(d), Some(r)) = (self.duckdb_ohlcv_p50_ms, self.ohlcv_ratio) {
+            write!(
+                f,
+                "\nDuckDB, same OHLCV on the Parquet files: p50 {d:.1} ms ({} bars); ratio ticklake/DuckDB {r:.2}",
+                self.duckdb_ohlcv_bars.unwrap_or(0)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn synthetic_trade(i: usize, ts: i64) -> crate::model::TradeV2 {
+    use crate::model::{AssetClass, Dec8, Side, TradeV2, message_id};
+    let symbol = SYMBOLS[i % SYMBOLS.len()];
+    let id = i.to_string();
+    TradeV2 {
+        message_id: message_id("BENCH", "trade", symbol, &id),
+        trade_id: format!("BENCH-{id}"),
+        symbol: symbol.to_string(),
+        exchange: "BENCH".to_string(),
+        asset_class: AssetClass::Crypto,
+        timestamp_us: ts,
+        ingestion_timestamp_us: ts,
+        price: Dec8::from_unscaled(6_500_000_000_000 + (i as i64 % 100_000)).unwrap_or_default(),
+        quantity: Dec8::from_unscaled(1_000_000 + (i as i64 % 997)).unwrap_or_default(),
+        currency: "USDT".to_string(),
+        side: if i.is_multiple_of(2) {
+            Side::Buy
+        } else {
+            Side::Sell
+        },
+        trade_conditions: Vec::new(),
+        source_sequence: Some(i as i64),
+        platform_sequence: None,
+        vendor_data: None,
+    }
+}
+
+fn timed<T>(ms: &mut Vec<f64>, started: Instant, v: T) -> T {
+    ms.push(started.elapsed().as_secs_f64() * 1000.0);
+    v
+}
+
+/// Runs the latency measurement. Must run inside an actix `System`.
+pub async fn latency(
+    base: &Config,
+    lake_trades: usize,
+    tail_trades: usize,
+    iterations: usize,
+    duckdb_python: Option<&std::path::Path>,
+) -> Result<LatencyReport, BenchApiError> {
+    use crate::actors::tail::TailActor;
+    use crate::lake::commit::{self, KafkaOffsets};
+    use crate::lake::{self, TableKind};
+    use crate::messages::query::{OhlcvRequest, QueryRequest, RecentRequest};
+    use crate::messages::tail::{TailRow, Tailed};
+    use actix::Actor;
+
+    let lake_err = |e: crate::lake::LakeError| BenchApiError::Poll(e.to_string());
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let dir = std::env::temp_dir().join(format!("ticklake-bench-latency-{run_id}"));
+    let mut cfg = base.clone();
+    cfg.data_dir = dir.clone();
+    cfg.lake.catalog_uri = String::new();
+    cfg.lake.warehouse = String::new();
+    let started = Instant::now();
+    let catalog = lake::open_catalog(&cfg).await.map_err(lake_err)?;
+    let table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
+        .await
+        .map_err(lake_err)?;
+    let schema = lake::batch::arrow_schema(table.metadata().current_schema()).map_err(lake_err)?;
+    let ident = lake::table_ident(&cfg, TableKind::Trades);
+    let now = now_us();
+    let day = 86_400_000_000i64;
+    let tail_span = 300_000_000i64;
+    let lake_start = now - tail_span - day;
+    let topic = "bench.trades";
+    // Time slices of at most 500k rows, as successive writer commits are.
+    let chunk = 500_000;
+    let mut done = 0;
+    while done < lake_trades {
+        let end = (done + chunk).min(lake_trades);
+        let mut rows: Vec<_> = (done..end)
+            .map(|i| {
+                synthetic_trade(
+                    i,
+                    lake_start + (i as i128 * day as i128 / lake_trades as i128) as i64,
+                )
+            })
+            .collect();
+        let mut offsets = KafkaOffsets {
+            cluster_id: "bench".into(),
+            ..Default::default()
+        };
+        offsets.set(topic, 0, end as i64);
+        let batch = lake::batch::trades_batch(&schema, &mut rows).map_err(lake_err)?;
+        commit::append(catalog.as_ref(), &ident, Some(&batch), &offsets, 128 << 20)
+            .await
+            .map_err(lake_err)?;
+        done = end;
+        tracing::info!(rows = done, "bench lake built so far");
+    }
+    let tail = TailActor::new("bench", tail_trades + 1).start();
+    let rows: Vec<TailRow> = (0..tail_trades)
+        .map(|j| {
+            let i = lake_trades + j;
+            let ts = now - tail_span
+                + (j as i128 * tail_span as i128 / tail_trades.max(1) as i128) as i64;
+            TailRow {
+                topic: Arc::from(topic),
+                partition: 0,
+                offset: i as i64,
+                trade: synthetic_trade(i, ts),
+            }
+        })
+        .collect();
+    tail.send(Tailed(rows))
+        .await
+        .map_err(|e| BenchApiError::Poll(e.to_string()))?;
+    let engine = crate::query::engine(&cfg, Some(tail.recipient()))
+        .await
+        .map_err(|e| BenchApiError::Poll(e.to_string()))?
+        .with_clock(Arc::new(move || now));
+    let build_seconds = started.elapsed().as_secs_f64();
+
+    let symbol = SYMBOLS[0].to_string();
+    let recent = || {
+        QueryRequest::Recent(RecentRequest {
+            symbol: symbol.clone(),
+            exchange: None,
+            minutes: 15,
+        })
+    };
+    let ohlcv = || {
+        QueryRequest::Ohlcv(OhlcvRequest {
+            symbol: symbol.clone(),
+            exchange: None,
+            interval: crate::api::params::Interval::M1,
+            start_us: now - day,
+            end_us: now,
+        })
+    };
+    let run = |q| async {
+        engine
+            .run(q)
+            .await
+            .map_err(|e| BenchApiError::Poll(e.to_string()))
+    };
+    // Warm the caches (metadata, page cache) once each.
+    run(recent()).await?;
+    run(ohlcv()).await?;
+    let (mut recent_ms, mut ohlcv_ms) = (Vec::new(), Vec::new());
+    let (mut recent_rows, mut ohlcv_bars) = (0, 0);
+    for _ in 0..iterations {
+        let t = Instant::now();
+        let v = timed(&mut recent_ms, t, run(recent()).await?);
+        recent_rows = v["count"].as_u64().unwrap_or(0) as usize;
+        let t = Instant::now();
+        let v = timed(&mut ohlcv_ms, t, run(ohlcv()).await?);
+        ohlcv_bars = v["count"].as_u64().unwrap_or(0) as usize;
+    }
+    recent_ms.sort_by(f64::total_cmp);
+    ohlcv_ms.sort_by(f64::total_cmp);
+
+    let mut duck: Option<(f64, u64)> = None;
+    if let Some(py) = duckdb_python {
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_duckdb.py");
+        let glob = format!("{}/warehouse/**/*.parquet", dir.display());
+        let out = std::process::Command::new(py)
+            .arg(script)
+            .args(["--glob", &glob, "--symbol", &symbol])
+            .args(["--start-us", &(now - day).to_string()])
+            .args(["--end-us", &now.to_string()])
+            .args(["--iterations", &iterations.max(1).to_string()])
+            .output()
+            .map_err(|e| BenchApiError::Poll(format!("duckdb: {e}")))?;
+        if !out.status.success() {
+            return Err(BenchApiError::Poll(format!(
+                "duckdb: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| BenchApiError::Poll(format!("duckdb output: {e}")))?;
+        duck = v["p50_ms"]
+            .as_f64()
+            .map(|p| (p, v["bars"].as_u64().unwrap_or(0)));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let ohlcv_p50 = percentile(&ohlcv_ms, 0.5);
+    Ok(LatencyReport {
+        lake_trades,
+        tail_trades,
+        iterations,
+        build_seconds,
+        recent_rows,
+        recent_p50_ms: percentile(&recent_ms, 0.5),
+        recent_p99_ms: percentile(&recent_ms, 0.99),
+        ohlcv_bars,
+        ohlcv_p50_ms: ohlcv_p50,
+        ohlcv_p99_ms: percentile(&ohlcv_ms, 0.99),
+        duckdb_ohlcv_p50_ms: duck.map(|d| d.0),
+        duckdb_ohlcv_bars: duck.map(|d| d.1),
+        ohlcv_ratio: duck.map(|d| ohlcv_p50 / d.0),
+    })
+}

@@ -1,0 +1,486 @@
+//! `market.trades_live`: the committed lake at one pinned snapshot S plus
+//! the tail rows at or past S's recorded Kafka offsets (UNION ALL). The
+//! split is by offset, not by time, so the union has no overlap and no gap.
+//!
+//! Pinning: a scan takes a snapshot S (the newest the query side knows),
+//! reads S's offsets, and asks the tail for the rows at or past them. The
+//! tail drops rows only after a commit is visible; if it already dropped
+//! rows S does not hold (a newer commit landed in between), it answers
+//! `Stale` and the scan pins the table's current snapshot instead.
+
+use std::any::Any;
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, RwLock};
+
+use actix::Recipient;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{CatalogProvider, SchemaProvider, Session, TableProvider};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
+use iceberg::table::Table;
+use iceberg::{Catalog, TableIdent};
+use iceberg_datafusion::IcebergStaticTableProvider;
+use serde::Serialize;
+
+use crate::actors::tail::TailError;
+use crate::lake::batch;
+use crate::lake::commit::{KafkaOffsets, current_offsets};
+use crate::messages::tail::{TailFilter, TailScan};
+
+/// Name of the hybrid table in the lake's namespace.
+pub const LIVE_TABLE: &str = "trades_live";
+
+/// Times a scan re-pins after the tail answered `Stale`. Each retry loads
+/// the catalog's current snapshot, which the tail can only be behind of, so
+/// more than one retry means commits landing back to back.
+const MAX_PIN_ATTEMPTS: usize = 8;
+
+/// The snapshot queries pin unless the tail says it is too old. The query
+/// actor refreshes it after every commit, so most scans skip the catalog.
+#[derive(Clone, Default)]
+pub struct PinnedTable(Arc<RwLock<Option<Table>>>);
+
+impl PinnedTable {
+    pub fn get(&self) -> Option<Table> {
+        self.0.read().ok().and_then(|t| t.clone())
+    }
+
+    /// Replaces the pinned table unless the one held is newer (two loads can
+    /// finish out of order).
+    pub fn set(&self, table: Table) {
+        let seq = |t: &Table| t.metadata().last_sequence_number();
+        if let Ok(mut held) = self.0.write()
+            && held.as_ref().is_none_or(|h| seq(h) <= seq(&table))
+        {
+            *held = Some(table);
+        }
+    }
+}
+
+/// What one scan of the hybrid table read: the snapshot it pinned and how
+/// many tail rows it added (before the query's own filters). The API
+/// reports it; SQL users see only the rows.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ScanInfo {
+    pub snapshot_id: Option<i64>,
+    pub tail_rows: usize,
+}
+
+/// The hybrid table provider.
+#[derive(Clone)]
+pub struct HybridTable {
+    catalog: Arc<dyn Catalog>,
+    ident: TableIdent,
+    schema: SchemaRef,
+    tail: Option<Recipient<TailScan>>,
+    pinned: PinnedTable,
+    info: Option<Arc<Mutex<ScanInfo>>>,
+}
+
+impl fmt::Debug for HybridTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HybridTable")
+            .field("ident", &self.ident)
+            .field("tail", &self.tail.is_some())
+            .finish()
+    }
+}
+
+impl HybridTable {
+    /// `tail` is `None` when no daemon runs in this process: the table is
+    /// then the lake alone.
+    pub fn new(
+        catalog: Arc<dyn Catalog>,
+        ident: TableIdent,
+        schema: SchemaRef,
+        tail: Option<Recipient<TailScan>>,
+        pinned: PinnedTable,
+    ) -> Self {
+        Self {
+            catalog,
+            ident,
+            schema,
+            tail,
+            pinned,
+            info: None,
+        }
+    }
+
+    /// The same table, recording what its scans read into `info`.
+    pub fn with_info(&self, info: Arc<Mutex<ScanInfo>>) -> Self {
+        let mut t = self.clone();
+        t.info = Some(info);
+        t
+    }
+
+    async fn load(&self) -> DFResult<Table> {
+        let t = self
+            .catalog
+            .load_table(&self.ident)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        self.pinned.set(t.clone());
+        Ok(t)
+    }
+
+    /// The pinned snapshot and the tail rows past its offsets, consistent.
+    async fn pin(
+        &self,
+        filter: &TailFilter,
+    ) -> DFResult<(Table, Option<i64>, Vec<crate::model::TradeV2>)> {
+        // Without a tail nobody refreshes the pinned table: always load.
+        let mut fresh = self.tail.is_none();
+        for _ in 0..MAX_PIN_ATTEMPTS {
+            let table = match (fresh, self.pinned.get()) {
+                (false, Some(t)) => t,
+                _ => self.load().await?,
+            };
+            let (snapshot_id, since) = match current_offsets(&table)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?
+            {
+                Some((id, o)) => (Some(id), o),
+                // A snapshot without offsets was not written by ticklake;
+                // it covers no tail row.
+                None => (
+                    table.metadata().current_snapshot().map(|s| s.snapshot_id()),
+                    KafkaOffsets::default(),
+                ),
+            };
+            let Some(tail) = &self.tail else {
+                return Ok((table, snapshot_id, Vec::new()));
+            };
+            let scan = TailScan {
+                since,
+                filter: filter.clone(),
+            };
+            match tail.send(scan).await {
+                Ok(Ok(rows)) => return Ok((table, snapshot_id, rows)),
+                Ok(Err(TailError::Stale { .. })) => fresh = true,
+                Err(e) => {
+                    return Err(DataFusionError::Execution(format!(
+                        "tail actor unavailable: {e}"
+                    )));
+                }
+            }
+        }
+        Err(DataFusionError::Execution(format!(
+            "could not pin a snapshot consistent with the tail after {MAX_PIN_ATTEMPTS} attempts"
+        )))
+    }
+}
+
+#[async_trait]
+impl TableProvider for HybridTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let filter = tail_filter(filters);
+        let (table, snapshot_id, mut rows) = self.pin(&filter).await?;
+        if let Some(info) = &self.info
+            && let Ok(mut i) = info.lock()
+        {
+            *i = ScanInfo {
+                snapshot_id,
+                tail_rows: rows.len(),
+            };
+        }
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::with_capacity(2);
+        match snapshot_id {
+            // The lake side gets the same filters: partition (day, exchange)
+            // and file pruning happen in the iceberg scan.
+            Some(id) => {
+                let lake = IcebergStaticTableProvider::try_new_from_table_snapshot(table, id)
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                inputs.push(lake.scan(state, projection, filters, limit).await?);
+            }
+            None => {
+                let projected = match projection {
+                    Some(p) => Arc::new(self.schema.project(p)?),
+                    None => self.schema.clone(),
+                };
+                inputs.push(Arc::new(EmptyExec::new(projected)));
+            }
+        }
+        if !rows.is_empty() {
+            let b = batch::trades_batch(&self.schema, &mut rows)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            inputs.push(MemorySourceConfig::try_new_exec(
+                &[vec![b]],
+                self.schema.clone(),
+                projection.cloned(),
+            )?);
+        }
+        UnionExec::try_new(inputs)
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DFResult<Vec<TableProviderFilterPushDown>> {
+        // Both sides only prune with the filters; DataFusion re-applies them
+        // above the union, which keeps the answer exact whatever was pruned.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+}
+
+/// What the tail's index can use from the pushed-down filters: equality and
+/// IN on symbol and exchange, ranges on timestamp, in conjunctions. Anything
+/// else is ignored (the tail then returns more rows, never fewer).
+pub fn tail_filter(filters: &[Expr]) -> TailFilter {
+    let mut f = TailFilter::default();
+    let narrow = |set: &mut Option<BTreeSet<String>>, values: BTreeSet<String>| {
+        *set = Some(match set.take() {
+            Some(old) => old.intersection(&values).cloned().collect(),
+            None => values,
+        });
+    };
+    for e in filters.iter().flat_map(split_conjunction) {
+        match e {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                let (col, op, value) = match (left.as_ref(), right.as_ref()) {
+                    (Expr::Column(c), Expr::Literal(v, _)) => (c, *op, v),
+                    (Expr::Literal(v, _), Expr::Column(c)) => match op.swap() {
+                        Some(op) => (c, op, v),
+                        None => continue,
+                    },
+                    _ => continue,
+                };
+                match (col.name.as_str(), op) {
+                    ("symbol", Operator::Eq) => {
+                        if let Some(s) = string_value(value) {
+                            narrow(&mut f.symbols, BTreeSet::from([s]));
+                        }
+                    }
+                    ("exchange", Operator::Eq) => {
+                        if let Some(s) = string_value(value) {
+                            narrow(&mut f.exchanges, BTreeSet::from([s]));
+                        }
+                    }
+                    ("timestamp", op) => {
+                        let Some((lo, hi)) = micros_bounds(value) else {
+                            continue;
+                        };
+                        // Bounds are widened to whole microseconds: a row
+                        // too many is filtered later, one too few is lost.
+                        match op {
+                            Operator::Gt | Operator::GtEq => {
+                                f.start_us = Some(f.start_us.map_or(lo, |s| s.max(lo)));
+                            }
+                            Operator::Lt | Operator::LtEq => {
+                                f.end_us = Some(f.end_us.map_or(hi, |s| s.min(hi)));
+                            }
+                            Operator::Eq => {
+                                f.start_us = Some(f.start_us.map_or(lo, |s| s.max(lo)));
+                                f.end_us = Some(f.end_us.map_or(hi, |s| s.min(hi)));
+                            }
+                            _ => {}
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Expr::InList(il) if !il.negated => {
+                let Expr::Column(c) = il.expr.as_ref() else {
+                    continue;
+                };
+                let values: Option<BTreeSet<String>> = il
+                    .list
+                    .iter()
+                    .map(|e| match e {
+                        Expr::Literal(v, _) => string_value(v),
+                        _ => None,
+                    })
+                    .collect();
+                match (c.name.as_str(), values) {
+                    ("symbol", Some(v)) => narrow(&mut f.symbols, v),
+                    ("exchange", Some(v)) => narrow(&mut f.exchanges, v),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    f
+}
+
+fn string_value(v: &ScalarValue) -> Option<String> {
+    match v {
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// A timestamp literal as the whole microseconds just below and above it.
+fn micros_bounds(v: &ScalarValue) -> Option<(i64, i64)> {
+    match v {
+        ScalarValue::TimestampMicrosecond(Some(x), _) => Some((*x, *x)),
+        ScalarValue::TimestampMillisecond(Some(x), _) => {
+            let us = x.checked_mul(1000)?;
+            Some((us, us))
+        }
+        ScalarValue::TimestampSecond(Some(x), _) => {
+            let us = x.checked_mul(1_000_000)?;
+            Some((us, us))
+        }
+        ScalarValue::TimestampNanosecond(Some(x), _) => {
+            Some((x.div_euclid(1000), x.div_euclid(1000) + 1))
+        }
+        _ => None,
+    }
+}
+
+/// The lake's catalog with `trades_live` added to its namespace. Iceberg's
+/// own schema provider would turn a registered table into a new Iceberg
+/// table, so the live table is served by this wrapper instead.
+#[derive(Debug)]
+pub struct LiveCatalog {
+    inner: Arc<dyn CatalogProvider>,
+    namespace: String,
+    schema: Arc<LiveSchema>,
+}
+
+impl LiveCatalog {
+    pub fn new(inner: Arc<dyn CatalogProvider>, namespace: &str, live: HybridTable) -> Self {
+        let schema = Arc::new(LiveSchema {
+            inner: inner.schema(namespace),
+            extra: HashMap::from([(
+                LIVE_TABLE.to_string(),
+                Arc::new(live) as Arc<dyn TableProvider>,
+            )]),
+        });
+        Self {
+            inner,
+            namespace: namespace.to_string(),
+            schema,
+        }
+    }
+}
+
+impl CatalogProvider for LiveCatalog {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema_names(&self) -> Vec<String> {
+        let mut names = self.inner.schema_names();
+        if !names.contains(&self.namespace) {
+            names.push(self.namespace.clone());
+        }
+        names
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == self.namespace {
+            Some(self.schema.clone())
+        } else {
+            self.inner.schema(name)
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LiveSchema {
+    inner: Option<Arc<dyn SchemaProvider>>,
+    extra: HashMap<String, Arc<dyn TableProvider>>,
+}
+
+#[async_trait]
+impl SchemaProvider for LiveSchema {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.extra.keys().cloned().collect();
+        if let Some(i) = &self.inner {
+            names.extend(i.table_names());
+        }
+        names
+    }
+
+    async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
+        if let Some(t) = self.extra.get(name) {
+            return Ok(Some(t.clone()));
+        }
+        match &self.inner {
+            Some(i) => i.table(name).await,
+            None => Ok(None),
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.extra.contains_key(name) || self.inner.as_ref().is_some_and(|i| i.table_exist(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::{col, lit};
+
+    fn ts(us: i64) -> Expr {
+        Expr::Literal(
+            ScalarValue::TimestampMicrosecond(Some(us), Some("+00:00".into())),
+            None,
+        )
+    }
+
+    #[test]
+    fn filters_on_symbol_exchange_and_time_reach_the_tail() {
+        let f = tail_filter(&[
+            col("symbol").eq(lit("BTCUSDT")),
+            col("exchange")
+                .in_list(vec![lit("BINANCE"), lit("ASX")], false)
+                .and(col("timestamp").gt_eq(ts(10))),
+            ts(50).gt(col("timestamp")),
+        ]);
+        assert_eq!(f.symbols, Some(BTreeSet::from(["BTCUSDT".to_string()])));
+        assert_eq!(
+            f.exchanges,
+            Some(BTreeSet::from(["ASX".to_string(), "BINANCE".to_string()]))
+        );
+        assert_eq!((f.start_us, f.end_us), (Some(10), Some(50)));
+    }
+
+    #[test]
+    fn unusable_filters_never_narrow() {
+        let f = tail_filter(&[
+            col("symbol").eq(lit("A")).or(col("symbol").eq(lit("B"))),
+            col("price").gt(lit(5)),
+            col("symbol").in_list(vec![lit("A")], true),
+            col("timestamp").not_eq(ts(3)),
+        ]);
+        assert_eq!(f, TailFilter::default());
+        // two different symbols in one conjunction match nothing
+        let f = tail_filter(&[col("symbol").eq(lit("A")), col("symbol").eq(lit("B"))]);
+        assert_eq!(f.symbols, Some(BTreeSet::new()));
+    }
+}

@@ -1,0 +1,52 @@
+//! Messages to the `TailActor`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use actix::Message;
+
+use crate::lake::commit::KafkaOffsets;
+use crate::model::TradeV2;
+
+/// A consumed trade with the Kafka position it was read from. The position
+/// is what splits a hybrid read exactly: rows at or past a snapshot's
+/// recorded offsets are not in that snapshot, all others are.
+#[derive(Debug, Clone)]
+pub struct TailRow {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub trade: TradeV2,
+}
+
+/// Trades the consumer has just read, in Kafka order per partition. Sent
+/// (and awaited) before the same trades go to the writer, so the tail always
+/// holds a row before any commit can cover it.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Tailed(pub Vec<TailRow>);
+
+/// Which tail rows a query can use. Every field narrows; `None` means no
+/// restriction. Bounds are inclusive, in UTC microseconds. The filter only
+/// prunes: the query re-applies its own predicates on the result.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TailFilter {
+    pub symbols: Option<BTreeSet<String>>,
+    pub exchanges: Option<BTreeSet<String>>,
+    pub start_us: Option<i64>,
+    pub end_us: Option<i64>,
+}
+
+/// The tail rows at or past `since` (a pinned snapshot's offsets) that match
+/// `filter`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<TradeV2>, crate::actors::tail::TailError>")]
+pub struct TailScan {
+    pub since: KafkaOffsets,
+    pub filter: TailFilter,
+}
+
+/// The tail's size and position, for `/v1/snapshots` and tests.
+#[derive(Debug, Message)]
+#[rtype(result = "crate::actors::tail::TailState")]
+pub struct ObserveTail;
