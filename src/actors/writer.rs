@@ -1,11 +1,12 @@
 //! WriterActor: one per Iceberg table. It buffers consumed rows and commits
 //! them as one fast-append on a row or age limit, recording in the snapshot
-//! the next Kafka offset of every partition it has taken in. While a commit
-//! runs the actor reads no messages, so the consumer is pushed back.
+//! the next Kafka offset of every partition it has taken in. One commit
+//! runs at a time, on the tokio pool; meanwhile the actor keeps taking rows
+//! into a second buffer, and only when that one is full too does it stop
+//! reading, which pushes the consumer back (the rest waits in Kafka).
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,6 +107,16 @@ impl WriterState {
     }
 }
 
+/// Where a commit task leaves its outcome for the actor.
+type OutcomeSlot = Arc<std::sync::Mutex<Option<FlushOutcome>>>;
+
+/// A commit running on the tokio pool.
+struct InFlight {
+    /// Turns true when the task has ended and its outcome is in `slot`.
+    done: watch::Receiver<bool>,
+    slot: OutcomeSlot,
+}
+
 /// The commit breaker, shared between the actor (for its state) and the
 /// flush task that calls Iceberg.
 type SharedBreaker = Arc<std::sync::Mutex<CircuitBreaker>>;
@@ -142,6 +153,10 @@ pub struct WriterActor {
     /// in the buffer. A trade whose id is in either is a second copy.
     committed_ids: Dedup,
     buffered_ids: HashSet<u128>,
+    /// Ids of the rows in the running commit.
+    in_commit_ids: HashSet<u128>,
+    /// The running commit, if any.
+    in_flight: Option<InFlight>,
     metrics: Metrics,
     breaker: SharedBreaker,
     epoch: Instant,
@@ -192,6 +207,8 @@ impl WriterActor {
             chaos_failures,
             committed_ids,
             buffered_ids: HashSet::new(),
+            in_commit_ids: HashSet::new(),
+            in_flight: None,
             metrics,
             breaker: Arc::new(std::sync::Mutex::new(breaker)),
             epoch: Instant::now(),
@@ -235,9 +252,10 @@ impl WriterActor {
         self.kind.name()
     }
 
-    /// Takes everything buffered into a flush future; callers make the
-    /// actor wait on it (`ctx.wait`), so flushes never overlap.
-    fn flush(&mut self) -> Option<Pin<Box<dyn Future<Output = FlushOutcome>>>> {
+    /// Takes everything buffered into a commit task on the tokio pool.
+    /// Only [`start_flush`](Self::start_flush) calls it, so that commits
+    /// never overlap.
+    fn flush(&mut self) -> Option<tokio::task::JoinHandle<FlushOutcome>> {
         if !self.dirty && self.buffer.is_empty() {
             return None;
         }
@@ -341,12 +359,77 @@ impl WriterActor {
             }
         });
         tracing::debug!(table, rows = n, "flushing");
-        Some(Box::pin(async move {
-            match task.await {
+        Some(task)
+    }
+
+    /// Starts a commit of what is buffered unless one is running. The actor
+    /// keeps taking rows into a fresh buffer meanwhile, so the consumer (and
+    /// the tail in front of the writer) do not stall for the commit's
+    /// duration.
+    fn start_flush(&mut self, ctx: &mut Context<Self>) -> bool {
+        if self.in_flight.is_some() {
+            return false;
+        }
+        let Some(task) = self.flush() else {
+            return false;
+        };
+        // The rows now being committed: still duplicates for new arrivals.
+        std::mem::swap(&mut self.buffered_ids, &mut self.in_commit_ids);
+        self.buffered_ids.clear();
+        let (done_tx, done) = watch::channel(false);
+        let slot: OutcomeSlot = Arc::new(std::sync::Mutex::new(None));
+        let filled = slot.clone();
+        tokio::spawn(async move {
+            let outcome = match task.await {
                 Ok(r) => r,
                 Err(e) => Err(WriterError::Join(e.to_string())),
+            };
+            *filled.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+            let _ = done_tx.send(true);
+        });
+        let mut wait = done.clone();
+        self.in_flight = Some(InFlight { done, slot });
+        ctx.spawn(
+            async move {
+                let _ = wait.wait_for(|d| *d).await;
             }
-        }))
+            .into_actor(self)
+            .map(|_, act, ctx| {
+                act.finish_flush(ctx);
+            }),
+        );
+        true
+    }
+
+    /// Completes the running commit if its outcome is in; whichever of the
+    /// waiters gets here first does it, the others find nothing to do.
+    fn finish_flush(
+        &mut self,
+        ctx: &mut Context<Self>,
+    ) -> Option<Result<Option<i64>, WriterError>> {
+        let outcome = self
+            .in_flight
+            .as_ref()?
+            .slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        self.in_flight = None;
+        let out = self.after_flush(outcome, ctx);
+        if self.buffer.len() >= self.policy.max_rows {
+            self.start_flush(ctx);
+        }
+        Some(out)
+    }
+
+    /// A future that resolves when the running commit (if any) has ended.
+    fn flush_done(&self) -> impl Future<Output = ()> + use<> {
+        let done = self.in_flight.as_ref().map(|i| i.done.clone());
+        async move {
+            if let Some(mut d) = done {
+                let _ = d.wait_for(|x| *x).await;
+            }
+        }
     }
 
     fn after_flush(
@@ -392,7 +475,7 @@ impl WriterActor {
                     "committed"
                 );
                 self.failures_in_row = 0;
-                for k in self.buffered_ids.drain() {
+                for k in self.in_commit_ids.drain() {
                     self.committed_ids.first_time_key(k);
                 }
                 for l in &self.listeners {
@@ -450,6 +533,7 @@ impl WriterActor {
             .unwrap_or(Duration::from_secs(30));
         self.buffer = empty_rows(self.kind);
         self.buffered_ids.clear();
+        self.in_commit_ids.clear();
         self.dirty = false;
         self.oldest = None;
         let catalog = self.catalog.clone();
@@ -563,10 +647,8 @@ impl Actor for WriterActor {
             let due = act
                 .oldest
                 .is_some_and(|t| t.elapsed() >= act.policy.max_age);
-            if due && let Some(f) = act.flush() {
-                ctx.wait(f.into_actor(act).map(|res, act, ctx| {
-                    let _ = act.after_flush(res, ctx);
-                }));
+            if due {
+                act.start_flush(ctx);
             }
         });
     }
@@ -592,9 +674,13 @@ impl Handler<Consumed> for WriterActor {
                 let offered = r.len();
                 let had = b.len();
                 let committed = &self.committed_ids;
+                let in_commit = &self.in_commit_ids;
                 let buffered = &mut self.buffered_ids;
                 b.extend(r.into_iter().filter(|t| {
-                    !committed.contains(&t.message_id) && buffered.insert(dedup::key(&t.message_id))
+                    let k = dedup::key(&t.message_id);
+                    !committed.contains(&t.message_id)
+                        && !in_commit.contains(&k)
+                        && buffered.insert(k)
                 }));
                 let dropped = offered - (b.len() - had);
                 if dropped > 0 {
@@ -622,10 +708,14 @@ impl Handler<Consumed> for WriterActor {
             .set(self.buffer.len() as i64);
         self.publish_state();
         if self.buffer.len() >= self.policy.max_rows
-            && let Some(f) = self.flush()
+            && !self.start_flush(ctx)
+            && self.buffer.len() >= 2 * self.policy.max_rows
         {
-            ctx.wait(f.into_actor(self).map(|res, act, ctx| {
-                let _ = act.after_flush(res, ctx);
+            // A commit runs and a second full buffer waits: stop reading
+            // until it ends. The consumer blocks and the rest stays in
+            // Kafka, so memory stays bounded at two buffers.
+            ctx.wait(self.flush_done().into_actor(self).map(|_, act, ctx| {
+                act.finish_flush(ctx);
             }));
         }
     }
@@ -634,14 +724,21 @@ impl Handler<Consumed> for WriterActor {
 impl Handler<Flush> for WriterActor {
     type Result = AtomicResponse<Self, Result<Option<i64>, WriterError>>;
 
+    /// Commits everything taken in so far: waits for a running commit, then
+    /// commits the rest; nothing else is read meanwhile.
     fn handle(&mut self, _: Flush, _ctx: &mut Self::Context) -> Self::Result {
-        match self.flush() {
-            None => AtomicResponse::new(Box::pin(actix::fut::ready(Ok(None)))),
-            Some(f) => AtomicResponse::new(Box::pin(
-                f.into_actor(self)
-                    .map(|res, act, ctx| act.after_flush(res, ctx)),
-            )),
-        }
+        AtomicResponse::new(Box::pin(self.flush_done().into_actor(self).then(
+            |_, act, ctx| {
+                let earlier = act.finish_flush(ctx);
+                act.start_flush(ctx);
+                act.flush_done().into_actor(act).map(move |_, act, ctx| {
+                    match act.finish_flush(ctx) {
+                        Some(r) => r,
+                        None => earlier.unwrap_or(Ok(None)),
+                    }
+                })
+            },
+        )))
     }
 }
 
