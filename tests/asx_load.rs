@@ -12,12 +12,12 @@ use std::process::Command;
 
 use common::*;
 
-/// The ASX sample lives beside the repository (`../shared/data/asx`), or
-/// where `TICKLAKE_TEST_ASX_DIR` says. Missing data fails the test.
+/// The ASX sample shipped in `tests/fixtures/asx`, or where
+/// `TICKLAKE_TEST_ASX_DIR` says. Missing data fails the test.
 fn asx_dir() -> PathBuf {
     let dir = std::env::var("TICKLAKE_TEST_ASX_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/asx"));
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/asx"));
     assert!(
         dir.join("trades").is_dir(),
         "ASX sample not found at {}: set TICKLAKE_TEST_ASX_DIR",
