@@ -397,6 +397,9 @@ pub struct ApiConfig {
     /// Wall-time limit of one query in milliseconds; past it the API
     /// answers 504 and the query is dropped.
     pub timeout_ms: u64,
+    /// Memory one query engine may use for sorts, joins and aggregations
+    /// (bytes); a query that needs more fails instead of growing the daemon.
+    pub max_memory_bytes: usize,
 }
 
 impl Default for ApiConfig {
@@ -405,6 +408,7 @@ impl Default for ApiConfig {
             max_rows: 10_000,
             default_limit: 1_000,
             timeout_ms: 10_000,
+            max_memory_bytes: 1 << 30,
         }
     }
 }

@@ -53,7 +53,13 @@ pub async fn engine(cfg: &Config, tail: Option<Recipient<TailScan>>) -> Result<E
     let config = SessionConfig::new()
         .with_default_catalog_and_schema(CATALOG, &cfg.lake.namespace)
         .with_information_schema(true);
-    let ctx = SessionContext::new_with_config(config);
+    // Bounded: a user query that needs more memory than this fails with
+    // "resources exhausted" instead of growing the daemon (it shares the
+    // process with ingestion).
+    let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+        .with_memory_limit(cfg.api.max_memory_bytes, 1.0)
+        .build_arc()?;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
     let pinned = PinnedTable::default();
     let ident = lake::table_ident(cfg, TableKind::Trades);
     let live = HybridTable::new(
