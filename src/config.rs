@@ -251,11 +251,12 @@ impl Default for WriterConfig {
     }
 }
 
-/// `[http]`: the status and metrics endpoints.
+/// `[http]`: status, metrics, health and the query API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Serve `/metrics`, `/healthz` and `/readyz`.
+    /// Serve `/status`, `/metrics`, `/healthz`, `/readyz`, the `/v1` query
+    /// API and `/openapi.json`.
     pub enabled: bool,
     /// Listen address; loopback by default so nothing is exposed by accident.
     pub listen: String,
