@@ -292,12 +292,7 @@ fn main() -> anyhow::Result<()> {
             let report = sys.block_on(async move {
                 ticklake::bench::run(&cfg, trades, std::time::Duration::from_secs(600)).await
             })?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{report}");
-            }
-            Ok(())
+            print_report(&report, json)
         }
         Command::BenchApi {
             which:
@@ -318,12 +313,7 @@ fn main() -> anyhow::Result<()> {
                 sys.block_on(
                     async move { ticklake::bench_api::freshness(&cfg, rate, seconds).await },
                 )?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{report}");
-            }
-            Ok(())
+            print_report(&report, json)
         }
         Command::BenchApi {
             which:
@@ -352,12 +342,7 @@ fn main() -> anyhow::Result<()> {
                 )
                 .await
             })?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{report}");
-            }
-            Ok(())
+            print_report(&report, json)
         }
         Command::Load {
             source:
@@ -424,4 +409,17 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
             anyhow::bail!("daemon stopped after a permanent failure: {reason}")
         }
     }
+}
+
+/// A benchmark report as one JSON line, or as text.
+fn print_report<R: serde::Serialize + std::fmt::Display>(
+    report: &R,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
 }

@@ -247,22 +247,7 @@ impl Engine {
                         .and(col("message_id").gt(lit(c.message_id.as_str())))),
             );
         }
-        let df = match conjunction(preds) {
-            Some(p) => df.filter(p).map_err(df_err)?,
-            None => df,
-        };
-        let batches = df
-            .sort(vec![
-                col("timestamp").sort(true, false),
-                col("message_id").sort(true, false),
-            ])
-            .and_then(|d| d.limit(0, Some(limit + 1)))
-            .and_then(|d| d.select(trade_columns()))
-            .map_err(df_err)?
-            .collect()
-            .await
-            .map_err(df_err)?;
-        let mut rows = json_rows(&batches)?;
+        let mut rows = trades_in_order(df, preds, true, limit + 1).await?;
         let next_cursor = if rows.len() > limit {
             rows.truncate(limit);
             rows.last().and_then(cursor_of).map(|c| c.render())
@@ -292,23 +277,8 @@ impl Engine {
         if let Some(x) = &r.exchange {
             preds.push(col("exchange").eq(lit(x.as_str())));
         }
-        let df = match conjunction(preds) {
-            Some(p) => df.filter(p).map_err(df_err)?,
-            None => df,
-        };
         // Newest first, so a cut at the row limit keeps the latest trades.
-        let batches = df
-            .sort(vec![
-                col("timestamp").sort(false, false),
-                col("message_id").sort(false, false),
-            ])
-            .and_then(|d| d.limit(0, Some(limit + 1)))
-            .and_then(|d| d.select(trade_columns()))
-            .map_err(df_err)?
-            .collect()
-            .await
-            .map_err(df_err)?;
-        let mut rows = json_rows(&batches)?;
+        let mut rows = trades_in_order(df, preds, false, limit + 1).await?;
         let truncated = rows.len() > limit;
         rows.truncate(limit);
         let i = Self::read_info(&info);
@@ -507,4 +477,30 @@ fn cursor_of(row: &Value) -> Option<Cursor> {
         timestamp_us,
         message_id: row.get("message_id")?.as_str()?.to_string(),
     })
+}
+
+/// The trades of `df` matching every predicate, ordered by (timestamp,
+/// message_id) ascending or descending, at most `limit`, as JSON rows.
+async fn trades_in_order(
+    df: DataFrame,
+    preds: Vec<Expr>,
+    ascending: bool,
+    limit: usize,
+) -> Result<Vec<Value>, ApiError> {
+    let df = match conjunction(preds) {
+        Some(p) => df.filter(p).map_err(df_err)?,
+        None => df,
+    };
+    let batches = df
+        .sort(vec![
+            col("timestamp").sort(ascending, false),
+            col("message_id").sort(ascending, false),
+        ])
+        .and_then(|d| d.limit(0, Some(limit)))
+        .and_then(|d| d.select(trade_columns()))
+        .map_err(df_err)?
+        .collect()
+        .await
+        .map_err(df_err)?;
+    json_rows(&batches)
 }
