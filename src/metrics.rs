@@ -332,6 +332,35 @@ impl Metrics {
             .inc_by(n);
     }
 
+    /// Runs `f` on `breaker` at `now_ms` and records what it leaves: the
+    /// state gauge always, and a change of state as a counter and a log line.
+    pub fn breaker_call<T>(
+        &self,
+        breaker: &mut crate::degrade::breaker::CircuitBreaker,
+        now_ms: u64,
+        f: impl FnOnce(&mut crate::degrade::breaker::CircuitBreaker, u64) -> T,
+    ) -> T {
+        use crate::degrade::breaker::BreakerState;
+        let before = breaker.state();
+        let out = f(breaker, now_ms);
+        let after = breaker.state();
+        let name = breaker.name();
+        if before != after {
+            tracing::warn!(breaker = %name, from = %before, to = %after, "circuit breaker changed state");
+            self.breaker_transitions
+                .with_label_values(&[name, after.as_str()])
+                .inc();
+        }
+        self.breaker_state
+            .with_label_values(&[name])
+            .set(match after {
+                BreakerState::Closed => 0,
+                BreakerState::HalfOpen => 1,
+                BreakerState::Open => 2,
+            });
+        out
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

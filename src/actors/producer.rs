@@ -275,20 +275,7 @@ impl ProducerActor {
     /// Runs a breaker call and records any state change it caused.
     fn with_breaker(&mut self, f: impl FnOnce(&mut CircuitBreaker, u64)) {
         let now = self.now_ms();
-        let before = self.breaker.state();
-        f(&mut self.breaker, now);
-        let after = self.breaker.state();
-        if before != after {
-            tracing::warn!(breaker = "producer", from = %before, to = %after, "circuit breaker changed state");
-            self.metrics
-                .breaker_transitions
-                .with_label_values(&["producer", after.as_str()])
-                .inc();
-        }
-        self.metrics
-            .breaker_state
-            .with_label_values(&["producer"])
-            .set(breaker_gauge(after));
+        self.metrics.breaker_call(&mut self.breaker, now, f);
     }
 
     fn handle_data(&mut self, out: Outgoing, ctx: &mut Context<Self>) {
@@ -655,14 +642,6 @@ enum ReplayStop {
     Corrupt(String),
     #[error("kafka: {0}")]
     Kafka(String),
-}
-
-fn breaker_gauge(state: BreakerState) -> i64 {
-    match state {
-        BreakerState::Closed => 0,
-        BreakerState::HalfOpen => 1,
-        BreakerState::Open => 2,
-    }
 }
 
 /// Hands one record to librdkafka and arranges for its delivery report:

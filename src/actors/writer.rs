@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::dedup::{self, Dedup};
-use crate::degrade::breaker::{BreakerConfig, BreakerSnapshot, BreakerState, CircuitBreaker};
+use crate::degrade::breaker::{BreakerConfig, BreakerSnapshot, CircuitBreaker};
 use crate::lake::commit::{self, KafkaOffsets};
 use crate::lake::{LakeError, TableKind, batch};
 use crate::messages::consumer::Committed;
@@ -317,7 +317,7 @@ impl WriterActor {
                 // consumer, blocked behind this commit, leaves the rest in
                 // Kafka, which is the on-disk log for this path.
                 loop {
-                    let wait = breaker_call(&breaker, &metrics, table, epoch, |b, now| {
+                    let wait = breaker_call(&breaker, &metrics, epoch, |b, now| {
                         if b.allow(now) {
                             None
                         } else {
@@ -332,7 +332,7 @@ impl WriterActor {
                 match commit::append(catalog.as_ref(), &ident, Some(&batch), &offsets, target).await
                 {
                     Ok(c) => {
-                        breaker_call(&breaker, &metrics, table, epoch, |b, now| b.on_success(now));
+                        breaker_call(&breaker, &metrics, epoch, |b, now| b.on_success(now));
                         metrics
                             .writer_commit_seconds
                             .with_label_values(&[table])
@@ -340,7 +340,7 @@ impl WriterActor {
                         return Ok((c, offsets));
                     }
                     Err(e) if e.is_retryable() => {
-                        breaker_call(&breaker, &metrics, table, epoch, |b, now| b.on_failure(now));
+                        breaker_call(&breaker, &metrics, epoch, |b, now| b.on_failure(now));
                         metrics
                             .writer_commits
                             .with_label_values(&[table, "retry"])
@@ -597,7 +597,6 @@ type FlushOutcome = Result<(commit::Committed, KafkaOffsets), WriterError>;
 fn breaker_call<T>(
     breaker: &SharedBreaker,
     metrics: &Metrics,
-    table: &'static str,
     epoch: Instant,
     f: impl FnOnce(&mut CircuitBreaker, u64) -> T,
 ) -> T {
@@ -605,26 +604,7 @@ fn breaker_call<T>(
     // A poisoned lock only means another thread panicked mid-call; the
     // breaker's state is still a valid state.
     let mut b = breaker.lock().unwrap_or_else(|p| p.into_inner());
-    let before = b.state();
-    let out = f(&mut b, now);
-    let after = b.state();
-    let name = format!("commit.{table}");
-    if before != after {
-        tracing::warn!(breaker = %name, from = %before, to = %after, "circuit breaker changed state");
-        metrics
-            .breaker_transitions
-            .with_label_values(&[&name, after.as_str()])
-            .inc();
-    }
-    metrics
-        .breaker_state
-        .with_label_values(&[&name])
-        .set(match after {
-            BreakerState::Closed => 0,
-            BreakerState::HalfOpen => 1,
-            BreakerState::Open => 2,
-        });
-    out
+    metrics.breaker_call(&mut b, now, f)
 }
 
 fn empty_rows(kind: TableKind) -> Rows {
