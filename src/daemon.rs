@@ -536,20 +536,10 @@ impl Daemon {
         loop {
             let client = self.watermark_client.clone();
             let topics = self.topics.clone();
-            let highs = tokio::task::spawn_blocking(move || {
-                let mut v = Vec::new();
-                for (t, parts) in &topics {
-                    for p in parts {
-                        match client.fetch_watermarks(t, *p, Duration::from_secs(5)) {
-                            Ok((_, hi)) => v.push((t.clone(), *p, hi)),
-                            // The broker is away: there is nothing more to
-                            // drain from it, and asking partition by
-                            // partition would only add timeouts.
-                            Err(_) => return v,
-                        }
-                    }
-                }
-                v
+            // Stops at the first error: with the broker away there is
+            // nothing more to drain from it.
+            let (highs, _) = tokio::task::spawn_blocking(move || {
+                kafka::high_watermarks(&client, &topics, Duration::from_secs(5))
             })
             .await
             .map_err(|e| DaemonError::Join(e.to_string()))?;
@@ -557,7 +547,7 @@ impl Daemon {
             let b = self.dead_letters.send(GetPositions).await?;
             let behind = highs
                 .iter()
-                .filter(|(t, p, hi)| a.get(t, *p).or(b.get(t, *p)).unwrap_or(0) < *hi)
+                .filter(|((t, p), hi)| a.get(t, *p).or(b.get(t, *p)).unwrap_or(0) < **hi)
                 .count();
             if behind == 0 {
                 break;

@@ -1,6 +1,7 @@
 //! Kafka plumbing shared by the producer and consumer actors: client
 //! configuration, the embedded in-process cluster, topics and cluster ids.
 
+use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -195,4 +196,27 @@ pub fn cluster_and_partitions(
         return Err(KafkaSetupError::NoPartitions(topic.to_string()));
     }
     Ok((id, parts))
+}
+
+/// The high watermark of every partition of `topics`, asked partition by
+/// partition (blocking). It stops at the first error, because a broker that
+/// is away would only add one timeout per partition, and returns what it
+/// got with that error.
+pub fn high_watermarks(
+    client: &BaseConsumer,
+    topics: &[(String, Vec<i32>)],
+    timeout: Duration,
+) -> (BTreeMap<(String, i32), i64>, Option<KafkaError>) {
+    let mut highs = BTreeMap::new();
+    for (t, parts) in topics {
+        for p in parts {
+            match client.fetch_watermarks(t, *p, timeout) {
+                Ok((_, hi)) => {
+                    highs.insert((t.clone(), *p), hi);
+                }
+                Err(e) => return (highs, Some(e)),
+            }
+        }
+    }
+    (highs, None)
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -148,16 +148,10 @@ impl DegradationSupervisor {
         ctx.spawn(
             async move {
                 tokio::task::spawn_blocking(move || {
-                    let mut highs = BTreeMap::new();
-                    for (t, parts) in &topics {
-                        for p in parts {
-                            let (_, hi) = client
-                                .fetch_watermarks(t, *p, timeout)
-                                .map_err(|e| e.to_string())?;
-                            highs.insert((t.clone(), *p), hi);
-                        }
+                    match crate::kafka::high_watermarks(&client, &topics, timeout) {
+                        (highs, None) => Ok(highs),
+                        (_, Some(e)) => Err(e.to_string()),
                     }
-                    Ok::<_, String>(highs)
                 })
                 .await
                 .map_err(|e| e.to_string())
