@@ -161,7 +161,7 @@ pub async fn collect(src: &StatusSources) -> Value {
     for w in &writers {
         children.push(json!({
             "name": format!("writer.{}", w.table),
-            "state": if w.committing { "committing" } else { "buffering" },
+            "state": if w.commit_started.is_some() { "committing" } else { "buffering" },
             "restarts": w.restarts,
             "duplicates_dropped": w.duplicates_dropped,
             "last_error": w.last_error,

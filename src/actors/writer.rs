@@ -76,13 +76,12 @@ pub struct WriterState {
     pub rows_committed: u64,
     pub last_snapshot_id: Option<i64>,
     pub last_commit_ms: Option<u64>,
-    /// Milliseconds since the actor started at which the last commit ended.
+    /// When the last commit ended.
     #[serde(skip)]
     pub last_commit_end: Option<Instant>,
-    /// Set while a commit runs.
+    /// When the running commit started; `None` while none runs.
     #[serde(skip)]
     pub commit_started: Option<Instant>,
-    pub committing: bool,
     /// In-place restarts: rewinds to the last snapshot after a failed commit.
     pub restarts: u64,
     /// Trades dropped because their message id was already committed or
@@ -278,7 +277,6 @@ impl WriterActor {
         let epoch = self.epoch;
         let chaos = self.chaos_failures.clone();
         self.state.commit_started = Some(Instant::now());
-        self.state.committing = true;
         self.publish_state();
         let task = tokio::spawn(async move {
             let started = Instant::now();
@@ -443,7 +441,6 @@ impl WriterActor {
                 Some(u64::try_from(s.elapsed().as_millis()).unwrap_or(u64::MAX));
             self.state.last_commit_end = Some(Instant::now());
         }
-        self.state.committing = false;
         match &res {
             Ok((c, _)) => {
                 self.state.commits += 1;
