@@ -21,12 +21,7 @@ fn ingested() -> (Env, Proc, Proc, u64) {
     // --live: a reconnect gets only new frames, so the counts stay exact.
     let (replay, url) = start_replay(&[cap], &["--live", "--rate", "2000"]);
     let env = Env::new("embedded", Some(&url), "");
-    env.set("feeds.binance", "streams", r#"["aggTrade"]"#);
-    env.set(
-        "feeds.binance",
-        "symbols",
-        r#"["btcusdt", "ethusdt", "dotusdt"]"#,
-    );
+    env.capture_feed();
     let daemon = env.start_daemon("daemon");
     wait_until("capture received", Duration::from_secs(60), || {
         status(&env)["accounting"].as_array().is_some_and(|a| {

@@ -133,12 +133,7 @@ fn hybrid_reads_are_exact_while_trades_stream_and_commits_land() {
     // ~4,700 frames at 250/s: about 19 s of streaming, ~100 trades/s.
     let (_replay, url) = start_replay(std::slice::from_ref(&cap), &["--rate", "250"]);
     let env = Env::new(&brokers, Some(&url), "");
-    env.set("feeds.binance", "streams", r#"["aggTrade"]"#);
-    env.set(
-        "feeds.binance",
-        "symbols",
-        r#"["btcusdt", "ethusdt", "dotusdt"]"#,
-    );
+    env.capture_feed();
     env.set("writer", "max_rows", "1000000");
     env.set("writer", "max_age_ms", "1000");
     let mut daemon = env.start_daemon("daemon");
@@ -275,13 +270,7 @@ fn hybrid_reads_are_exact_while_trades_stream_and_commits_land() {
     // `ticklake query` runs on the daemon while it answers, on the lake
     // alone (and says so) once it is gone.
     let cli = |sql: &str| {
-        let out = std::process::Command::new(bin())
-            .args(["query", "--format", "json", "--config"])
-            .arg(&env.config)
-            .arg(sql)
-            .env("TICKLAKE_LOG", "warn")
-            .output()
-            .unwrap();
+        let out = env.query_output(sql);
         assert!(
             out.status.success(),
             "{}",

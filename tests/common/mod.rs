@@ -152,16 +152,21 @@ listen = "127.0.0.1:{http_port}"
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    /// The feed on the three symbols of the recorded capture, aggTrade, and
-    /// one connection for the whole run: once the capture ends it must not
-    /// reconnect and be served the capture again.
-    pub fn one_pass_feed(&self) {
+    /// The feed on the three symbols of the recorded capture, aggTrade.
+    pub fn capture_feed(&self) {
         self.set("feeds.binance", "streams", r#"["aggTrade"]"#);
         self.set(
             "feeds.binance",
             "symbols",
             r#"["btcusdt", "ethusdt", "dotusdt"]"#,
         );
+    }
+
+    /// [`capture_feed`](Self::capture_feed), and one connection for the
+    /// whole run: once the capture ends it must not
+    /// reconnect and be served the capture again.
+    pub fn one_pass_feed(&self) {
+        self.capture_feed();
         self.set("feeds.binance", "backoff_initial_ms", "600000");
         self.set("feeds.binance", "backoff_max_ms", "600000");
         self.set("feeds.binance", "stale_after_secs", "600");
@@ -193,15 +198,20 @@ listen = "127.0.0.1:{http_port}"
         p
     }
 
-    /// `ticklake query --format json`, one JSON object per row.
-    pub fn query(&self, sql: &str) -> Vec<serde_json::Value> {
-        let out = Command::new(bin())
+    /// `ticklake query --format json` as run, with its output and status.
+    pub fn query_output(&self, sql: &str) -> std::process::Output {
+        Command::new(bin())
             .args(["query", "--format", "json", "--config"])
             .arg(&self.config)
             .arg(sql)
             .env("TICKLAKE_LOG", "warn")
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// `ticklake query --format json`, one JSON object per row.
+    pub fn query(&self, sql: &str) -> Vec<serde_json::Value> {
+        let out = self.query_output(sql);
         assert!(
             out.status.success(),
             "query failed: {sql}\n{}",
