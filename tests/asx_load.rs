@@ -93,14 +93,17 @@ fn load_asx_lands_every_trade_exactly_once() {
     let env = Env::new(&brokers, None, "");
     env.set("writer", "max_rows", "100000");
     env.set("writer", "max_age_ms", "1000");
-    let out = Command::new(bin())
-        .args(["load", "asx", "--config"])
-        .arg(&env.config)
-        .arg("--dir")
-        .arg(&dir)
-        .env("TICKLAKE_LOG", "warn")
-        .output()
-        .unwrap();
+    let load = || {
+        Command::new(bin())
+            .args(["load", "asx", "--config"])
+            .arg(&env.config)
+            .arg("--dir")
+            .arg(&dir)
+            .env("TICKLAKE_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = load();
     assert!(
         out.status.success(),
         "load failed: {}",
@@ -156,14 +159,7 @@ fn load_asx_lands_every_trade_exactly_once() {
     println!("{} spot-checked rows match their CSV lines", spot.len());
 
     // A second load would store every trade twice; it is refused.
-    let again = Command::new(bin())
-        .args(["load", "asx", "--config"])
-        .arg(&env.config)
-        .arg("--dir")
-        .arg(&dir)
-        .env("TICKLAKE_LOG", "warn")
-        .output()
-        .unwrap();
+    let again = load();
     assert!(!again.status.success());
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(err.contains("already holds"), "{err}");

@@ -157,19 +157,7 @@ fn hybrid_reads_are_exact_while_trades_stream_and_commits_land() {
         let t = &truth[symbol];
 
         // 1. One symbol through /v1/trades.
-        let (status, body) = http(
-            port,
-            "GET",
-            &format!("/v1/trades?symbol={symbol}&limit=10000"),
-            None,
-        );
-        assert_eq!(status, 200, "{body}");
-        let got: Vec<Row> = body["trades"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(api_row)
-            .collect();
+        let (body, got) = get_trades(port, &format!("/v1/trades?symbol={symbol}&limit=10000"));
         let k = check_prefix("/v1/trades", symbol, &got, t, None);
         let prev = best.entry(symbol.clone()).or_default();
         assert!(
@@ -196,23 +184,14 @@ fn hybrid_reads_are_exact_while_trades_stream_and_commits_land() {
                 .unwrap()
                 .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
         };
-        let (status, body) = http(
+        let (_, got) = get_trades(
             port,
-            "GET",
             &format!(
                 "/v1/trades?symbol={symbol}&start={}&end={}&limit=10000",
                 fmt(s_us),
                 fmt(e_us)
             ),
-            None,
         );
-        assert_eq!(status, 200, "{body}");
-        let got: Vec<Row> = body["trades"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(api_row)
-            .collect();
         check_prefix("/v1/trades range", symbol, &got, t, Some((s_us, e_us)));
         queries += 1;
 
@@ -291,4 +270,17 @@ fn hybrid_reads_are_exact_while_trades_stream_and_commits_land() {
     let (v, err) = cli("select count(*) as n from market.trades_live");
     assert_eq!(v["n"].as_i64(), Some(truth_all.len() as i64));
     assert!(err.contains("committed lake only"), "{err}");
+}
+
+/// `GET path` on `/v1/trades`: must answer 200; the body and its rows.
+fn get_trades(port: u16, path: &str) -> (Value, Vec<Row>) {
+    let (status, body) = http(port, "GET", path, None);
+    assert_eq!(status, 200, "{body}");
+    let rows = body["trades"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(api_row)
+        .collect();
+    (body, rows)
 }
