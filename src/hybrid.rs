@@ -214,10 +214,26 @@ impl TableProvider for HybridTable {
             // The lake side gets the same filters: partition (day, exchange)
             // and file pruning happen in the iceberg scan.
             Some(id) => {
-                let lake = IcebergStaticTableProvider::try_new_from_table_snapshot(table, id)
-                    .await
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                inputs.push(lake.scan(state, projection, filters, limit).await?);
+                let fast = crate::lake::scan::parquet_plan(
+                    state,
+                    &table,
+                    id,
+                    &self.schema,
+                    projection,
+                    filters,
+                    limit,
+                )
+                .await?;
+                match fast {
+                    Some(plan) => inputs.push(plan),
+                    None => {
+                        let lake =
+                            IcebergStaticTableProvider::try_new_from_table_snapshot(table, id)
+                                .await
+                                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                        inputs.push(lake.scan(state, projection, filters, limit).await?);
+                    }
+                }
             }
             None => {
                 let projected = match projection {

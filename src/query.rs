@@ -52,7 +52,12 @@ pub async fn engine(cfg: &Config, tail: Option<Recipient<TailScan>>) -> Result<E
     lake::ensure_table(catalog.as_ref(), cfg, TableKind::DeadLetters).await?;
     let config = SessionConfig::new()
         .with_default_catalog_and_schema(CATALOG, &cfg.lake.namespace)
-        .with_information_schema(true);
+        .with_information_schema(true)
+        // Filters run inside the Parquet reader: rows are decoded only for
+        // the columns of rows that pass (a symbol's rows are a small run of
+        // each file, which is sorted by symbol and time).
+        .set_bool("datafusion.execution.parquet.pushdown_filters", true)
+        .set_bool("datafusion.execution.parquet.reorder_filters", true);
     // Bounded: a user query that needs more memory than this fails with
     // "resources exhausted" instead of growing the daemon (it shares the
     // process with ingestion).

@@ -206,8 +206,10 @@ fn every_endpoint_matches_its_golden_file() {
             .with_clock(Arc::new(move || now));
         let engine = Arc::new(engine);
 
-        // Filters reach the lake side of trades_live: the Iceberg scan gets
-        // them as its predicate (partition, file and row-group pruning).
+        // Filters reach the lake side of trades_live: Iceberg plans the
+        // files with them (partition and file pruning) and the Parquet scan
+        // gets them as its predicate (row-group and page pruning, filtering
+        // inside the reader).
         let explain = engine
             .context()
             .sql(
@@ -225,12 +227,13 @@ fn every_endpoint_matches_its_golden_file() {
             .to_string();
         let scan = plan
             .lines()
-            .find(|l| l.contains("IcebergTableScan"))
-            .unwrap_or_else(|| panic!("no iceberg scan in\n{plan}"));
+            .find(|l| l.contains("file_type=parquet"))
+            .unwrap_or_else(|| panic!("no parquet scan in\n{plan}"));
         for needle in [
-            "symbol = \"BTCUSDT\"",
-            "exchange = \"BINANCE\"",
-            "timestamp >=",
+            "symbol@2 = BTCUSDT",
+            "exchange@3 = BINANCE",
+            "timestamp@5 >= 1617566580000000",
+            "pruning_predicate=",
         ] {
             assert!(scan.contains(needle), "{needle} not pushed down: {scan}");
         }

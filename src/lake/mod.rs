@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod commit;
+pub mod scan;
 pub mod schema;
 
 use std::collections::HashMap;
