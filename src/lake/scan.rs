@@ -69,7 +69,7 @@ async fn plan_files(
 fn balanced_groups(files: Vec<(PartitionedFile, u64)>, n: usize) -> Vec<FileGroup> {
     let n = n.max(1).min(files.len().max(1));
     let mut files = files;
-    files.sort_by(|a, b| b.1.cmp(&a.1));
+    files.sort_by_key(|f| std::cmp::Reverse(f.1));
     let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..n).map(|_| (0, Vec::new())).collect();
     for (f, size) in files {
         if let Some(g) = groups.iter_mut().min_by_key(|g| g.0) {
