@@ -373,7 +373,7 @@ pub async fn latency(
         done = end;
         tracing::info!(rows = done, "bench lake built so far");
     }
-    let tail = TailActor::new("bench", tail_trades + 1).start();
+    let tail = TailActor::new("bench", tail_trades + 1, schema.clone()).start();
     let rows: Vec<TailRow> = (0..tail_trades)
         .map(|j| {
             let i = lake_trades + j;
@@ -419,6 +419,13 @@ pub async fn latency(
             .await
             .map_err(|e| BenchApiError::Poll(e.to_string()))
     };
+    // The answer's row count, read after the clock stopped.
+    let count = |a: &crate::api::engine::Answer| {
+        serde_json::from_str::<serde_json::Value>(a.as_str())
+            .ok()
+            .and_then(|v| v["count"].as_u64())
+            .unwrap_or(0) as usize
+    };
     // Warm the caches (metadata, page cache) once each.
     run(recent()).await?;
     run(ohlcv()).await?;
@@ -427,10 +434,10 @@ pub async fn latency(
     for _ in 0..iterations {
         let t = Instant::now();
         let v = timed(&mut recent_ms, t, run(recent()).await?);
-        recent_rows = v["count"].as_u64().unwrap_or(0) as usize;
+        recent_rows = count(&v);
         let t = Instant::now();
         let v = timed(&mut ohlcv_ms, t, run(ohlcv()).await?);
-        ohlcv_bars = v["count"].as_u64().unwrap_or(0) as usize;
+        ohlcv_bars = count(&v);
     }
     recent_ms.sort_by(f64::total_cmp);
     ohlcv_ms.sort_by(f64::total_cmp);

@@ -320,11 +320,13 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     let tail_ctx = Context::<TailActor>::new();
     let tail = tail_ctx.address();
     let engine = crate::query::engine(&cfg, Some(tail.clone().recipient())).await?;
+    let trades_schema = engine.trades_schema();
     let query = QueryActor::new(Arc::new(engine)).start();
     trades.do_send(AddCommitListener(tail.clone().recipient()));
     trades.do_send(AddCommitListener(query.clone().recipient()));
     tail_ctx.run(
-        TailActor::new(&cluster_id, cfg.tail.max_rows).with_writer(trades.clone().recipient()),
+        TailActor::new(&cluster_id, cfg.tail.max_rows, trades_schema)
+            .with_writer(trades.clone().recipient()),
     );
     let consumer_actor = ConsumerActor::new(
         consumer,

@@ -14,6 +14,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 
 use actix::Recipient;
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, Session, TableProvider};
@@ -32,7 +33,6 @@ use iceberg_datafusion::IcebergStaticTableProvider;
 use serde::Serialize;
 
 use crate::actors::tail::TailError;
-use crate::lake::batch;
 use crate::lake::commit::{KafkaOffsets, current_offsets};
 use crate::messages::tail::{TailFilter, TailScan};
 
@@ -133,10 +133,7 @@ impl HybridTable {
     }
 
     /// The pinned snapshot and the tail rows past its offsets, consistent.
-    async fn pin(
-        &self,
-        filter: &TailFilter,
-    ) -> DFResult<(Table, Option<i64>, Vec<crate::model::TradeV2>)> {
+    async fn pin(&self, filter: &TailFilter) -> DFResult<(Table, Option<i64>, Vec<RecordBatch>)> {
         // Without a tail nobody refreshes the pinned table: always load.
         let mut fresh = self.tail.is_none();
         for _ in 0..MAX_PIN_ATTEMPTS {
@@ -165,6 +162,7 @@ impl HybridTable {
             match tail.send(scan).await {
                 Ok(Ok(rows)) => return Ok((table, snapshot_id, rows)),
                 Ok(Err(TailError::Stale { .. })) => fresh = true,
+                Ok(Err(e)) => return Err(DataFusionError::Execution(e.to_string())),
                 Err(e) => {
                     return Err(DataFusionError::Execution(format!(
                         "tail actor unavailable: {e}"
@@ -200,13 +198,13 @@ impl TableProvider for HybridTable {
         limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         let filter = tail_filter(filters);
-        let (table, snapshot_id, mut rows) = self.pin(&filter).await?;
+        let (table, snapshot_id, rows) = self.pin(&filter).await?;
         if let Some(info) = &self.info
             && let Ok(mut i) = info.lock()
         {
             *i = ScanInfo {
                 snapshot_id,
-                tail_rows: rows.len(),
+                tail_rows: rows.iter().map(|b| b.num_rows()).sum(),
             };
         }
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::with_capacity(2);
@@ -244,10 +242,8 @@ impl TableProvider for HybridTable {
             }
         }
         if !rows.is_empty() {
-            let b = batch::trades_batch(&self.schema, &mut rows)
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
             inputs.push(MemorySourceConfig::try_new_exec(
-                &[vec![b]],
+                &[rows],
                 self.schema.clone(),
                 projection.cloned(),
             )?);

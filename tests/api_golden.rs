@@ -186,7 +186,7 @@ fn every_endpoint_matches_its_golden_file() {
         }
         // The tail: every row from tail_from on, overlapping the last commit.
         let from = partition_map(&setup["tail_from"]);
-        let tail = TailActor::new(CLUSTER, 10_000).start();
+        let tail = TailActor::new(CLUSTER, 10_000, schema.clone()).start();
         let tail_rows: Vec<TailRow> = input
             .iter()
             .filter(|r| r.offset >= from[&r.partition])

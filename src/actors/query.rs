@@ -8,7 +8,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::api::ApiError;
-use crate::api::engine::Engine;
+use crate::api::engine::{Answer, Engine};
 use crate::lake::schema::TRADES_TABLE;
 use crate::messages::consumer::Committed;
 use crate::messages::query::RunQuery;
@@ -28,7 +28,7 @@ impl Actor for QueryActor {
 }
 
 impl Handler<RunQuery> for QueryActor {
-    type Result = ResponseFuture<Result<serde_json::Value, ApiError>>;
+    type Result = ResponseFuture<Result<Answer, ApiError>>;
 
     fn handle(&mut self, msg: RunQuery, _ctx: &mut Self::Context) -> Self::Result {
         let engine = self.engine.clone();

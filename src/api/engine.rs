@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::TableProvider;
@@ -34,6 +34,70 @@ use crate::sql_guard;
 
 /// The wall clock in UTC microseconds; tests fix it.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// An answer: one JSON object, as text. Rows are written straight from
+/// Arrow into the text; building a `serde_json::Value` per row first cost
+/// more than the query itself on a 10,000-row answer.
+#[derive(Debug, Clone)]
+pub struct Answer(String);
+
+impl Answer {
+    fn of(v: &Value) -> Result<Self, ApiError> {
+        serde_json::to_string(v)
+            .map(Answer)
+            .map_err(ApiError::internal)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// A JSON object of `head`'s fields (an object) plus `key` holding `rows`
+/// (a JSON array, as text).
+fn answer(head: Value, key: &str, rows: JsonRows) -> Result<Answer, ApiError> {
+    let Answer(mut text) = Answer::of(&head)?;
+    if !head.is_object() || text.pop() != Some('}') {
+        return Err(ApiError::Internal(
+            "an answer's head is not an object".into(),
+        ));
+    }
+    if text.len() > 1 {
+        text.push(',');
+    }
+    text.push_str(&serde_json::to_string(key).map_err(ApiError::internal)?);
+    text.push(':');
+    text.push_str(&rows.0);
+    text.push('}');
+    Ok(Answer(text))
+}
+
+fn rows_in(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(|b| b.num_rows()).sum()
+}
+
+/// The first `n` rows of `batches`.
+fn first_rows(batches: Vec<RecordBatch>, n: usize) -> Vec<RecordBatch> {
+    let mut left = n;
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        if left == 0 {
+            break;
+        }
+        let take = b.num_rows().min(left);
+        left -= take;
+        out.push(if take == b.num_rows() {
+            b
+        } else {
+            b.slice(0, take)
+        });
+    }
+    out
+}
 
 pub struct Engine {
     ctx: SessionContext,
@@ -107,8 +171,11 @@ fn exact(batch: &RecordBatch) -> Result<RecordBatch, ApiError> {
     RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(ApiError::internal)
 }
 
+/// A JSON array of row objects, as text, written by arrow-json.
+pub struct JsonRows(String);
+
 /// Batches as a JSON array of row objects (nulls written out).
-pub fn json_rows(batches: &[RecordBatch]) -> Result<Vec<Value>, ApiError> {
+pub fn json_rows(batches: &[RecordBatch]) -> Result<JsonRows, ApiError> {
     let mut buf = Vec::new();
     {
         let mut w = arrow::json::WriterBuilder::new()
@@ -120,9 +187,11 @@ pub fn json_rows(batches: &[RecordBatch]) -> Result<Vec<Value>, ApiError> {
         w.finish().map_err(ApiError::internal)?;
     }
     if buf.is_empty() {
-        return Ok(Vec::new());
+        buf.extend_from_slice(b"[]");
     }
-    serde_json::from_slice(&buf).map_err(ApiError::internal)
+    String::from_utf8(buf)
+        .map(JsonRows)
+        .map_err(ApiError::internal)
 }
 
 impl Engine {
@@ -151,6 +220,11 @@ impl Engine {
         self
     }
 
+    /// The Arrow schema of `market.trades_live` (the trades table's).
+    pub fn trades_schema(&self) -> arrow::datatypes::SchemaRef {
+        self.live.schema()
+    }
+
     /// The session, for the CLI and tests.
     pub fn context(&self) -> &SessionContext {
         &self.ctx
@@ -165,7 +239,7 @@ impl Engine {
     }
 
     /// Runs one request within the configured time limit.
-    pub async fn run(&self, req: QueryRequest) -> Result<Value, ApiError> {
+    pub async fn run(&self, req: QueryRequest) -> Result<Answer, ApiError> {
         let ms = self.limits.timeout_ms;
         let fut = async {
             match req {
@@ -219,7 +293,7 @@ impl Engine {
         info.lock().map(|i| i.clone()).unwrap_or_default()
     }
 
-    async fn trades(&self, r: TradesRequest) -> Result<Value, ApiError> {
+    async fn trades(&self, r: TradesRequest) -> Result<Answer, ApiError> {
         let limit = r
             .limit
             .unwrap_or(self.limits.default_limit)
@@ -247,25 +321,25 @@ impl Engine {
                         .and(col("message_id").gt(lit(c.message_id.as_str())))),
             );
         }
-        let mut rows = trades_in_order(df, preds, true, limit + 1).await?;
-        let next_cursor = if rows.len() > limit {
-            rows.truncate(limit);
-            rows.last().and_then(cursor_of).map(|c| c.render())
+        let batches = trades_in_order(df, preds, true, limit + 1).await?;
+        let next_cursor = if rows_in(&batches) > limit {
+            cursor_at(&batches, limit - 1)?.map(|c| c.render())
         } else {
             None
         };
+        let batches = first_rows(batches, limit);
         let i = Self::read_info(&info);
-        Ok(json!({
+        let head = json!({
             "source": source,
             "snapshot_id": i.snapshot_id,
             "tail_rows_scanned": i.tail_rows,
-            "count": rows.len(),
+            "count": rows_in(&batches),
             "next_cursor": next_cursor,
-            "trades": rows,
-        }))
+        });
+        answer(head, "trades", json_rows(&batches)?)
     }
 
-    async fn recent(&self, r: RecentRequest) -> Result<Value, ApiError> {
+    async fn recent(&self, r: RecentRequest) -> Result<Answer, ApiError> {
         let now = (self.clock)();
         let start = now - r.minutes * 60_000_000;
         let limit = self.limits.max_rows;
@@ -278,22 +352,22 @@ impl Engine {
             preds.push(col("exchange").eq(lit(x.as_str())));
         }
         // Newest first, so a cut at the row limit keeps the latest trades.
-        let mut rows = trades_in_order(df, preds, false, limit + 1).await?;
-        let truncated = rows.len() > limit;
-        rows.truncate(limit);
+        let batches = trades_in_order(df, preds, false, limit + 1).await?;
+        let truncated = rows_in(&batches) > limit;
+        let batches = first_rows(batches, limit);
         let i = Self::read_info(&info);
-        Ok(json!({
+        let head = json!({
             "source": source,
             "snapshot_id": i.snapshot_id,
             "tail_rows_scanned": i.tail_rows,
             "since": rfc3339(start),
-            "count": rows.len(),
+            "count": rows_in(&batches),
             "truncated": truncated,
-            "trades": rows,
-        }))
+        });
+        answer(head, "trades", json_rows(&batches)?)
     }
 
-    async fn ohlcv(&self, r: OhlcvRequest) -> Result<Value, ApiError> {
+    async fn ohlcv(&self, r: OhlcvRequest) -> Result<Answer, ApiError> {
         let step = r.interval.micros();
         let bars = r.end_us.saturating_sub(r.start_us).saturating_add(step - 1) / step;
         if bars > self.limits.max_rows as i64 {
@@ -346,20 +420,19 @@ impl Engine {
             .collect()
             .await
             .map_err(df_err)?;
-        let rows = json_rows(&batches)?;
         let i = Self::read_info(&info);
-        Ok(json!({
+        let head = json!({
             "source": source,
             "snapshot_id": i.snapshot_id,
             "tail_rows_scanned": i.tail_rows,
             "symbol": r.symbol,
             "interval": r.interval.as_str(),
-            "count": rows.len(),
-            "bars": rows,
-        }))
+            "count": rows_in(&batches),
+        });
+        answer(head, "bars", json_rows(&batches)?)
     }
 
-    async fn symbols(&self) -> Result<Value, ApiError> {
+    async fn symbols(&self) -> Result<Answer, ApiError> {
         let (df, info, source) = self.source(None).await?;
         let batches = df
             .aggregate(
@@ -380,17 +453,16 @@ impl Engine {
             .collect()
             .await
             .map_err(df_err)?;
-        let rows = json_rows(&batches)?;
         let i = Self::read_info(&info);
-        Ok(json!({
+        let head = json!({
             "source": source,
             "snapshot_id": i.snapshot_id,
-            "count": rows.len(),
-            "symbols": rows,
-        }))
+            "count": rows_in(&batches),
+        });
+        answer(head, "symbols", json_rows(&batches)?)
     }
 
-    async fn snapshots(&self) -> Result<Value, ApiError> {
+    async fn snapshots(&self) -> Result<Answer, ApiError> {
         let table = self
             .catalog
             .load_table(&self.ident)
@@ -419,7 +491,7 @@ impl Engine {
                 })
             })
             .collect();
-        Ok(json!({
+        Answer::of(&json!({
             "table": self.ident.to_string(),
             "current_snapshot_id": md.current_snapshot().map(|s| s.snapshot_id()),
             "count": list.len(),
@@ -427,7 +499,7 @@ impl Engine {
         }))
     }
 
-    async fn sql(&self, sql: &str) -> Result<Value, ApiError> {
+    async fn sql(&self, sql: &str) -> Result<Answer, ApiError> {
         sql_guard::check(sql).map_err(ApiError::Rejected)?;
         // The guard already refused these; the session refuses them again
         // so a guard bug cannot turn into a write.
@@ -452,55 +524,94 @@ impl Engine {
             n += b.num_rows();
             batches.push(b);
         }
-        let rows = json_rows(&batches)?;
         let columns: Vec<Value> = schema
             .fields()
             .iter()
             .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
             .collect();
-        Ok(json!({
+        let head = json!({
             "columns": columns,
-            "count": rows.len(),
+            "count": rows_in(&batches),
             "truncated": truncated,
-            "rows": rows,
-        }))
+        });
+        answer(head, "rows", json_rows(&batches)?)
     }
 }
 
-/// The cursor after a returned trade row.
-fn cursor_of(row: &Value) -> Option<Cursor> {
-    let ts = row.get("timestamp")?.as_str()?;
-    let timestamp_us = chrono::DateTime::parse_from_rfc3339(ts)
-        .ok()?
-        .timestamp_micros();
-    Some(Cursor {
-        timestamp_us,
-        message_id: row.get("message_id")?.as_str()?.to_string(),
-    })
+/// The cursor after row `i` of `batches` (trade rows).
+fn cursor_at(batches: &[RecordBatch], mut i: usize) -> Result<Option<Cursor>, ApiError> {
+    for b in batches {
+        if i >= b.num_rows() {
+            i -= b.num_rows();
+            continue;
+        }
+        let column = |name: &str, to: &DataType| {
+            let c = b
+                .column_by_name(name)
+                .ok_or_else(|| ApiError::Internal(format!("no {name} column")))?;
+            cast(&c.slice(i, 1), to).map_err(ApiError::internal)
+        };
+        let ts = column("timestamp", &DataType::Int64)?;
+        let id = column("message_id", &DataType::Utf8)?;
+        let (Some(ts), Some(id)) = (
+            ts.as_any().downcast_ref::<arrow::array::Int64Array>(),
+            id.as_any().downcast_ref::<arrow::array::StringArray>(),
+        ) else {
+            return Err(ApiError::Internal("cursor columns of another type".into()));
+        };
+        if ts.is_null(0) || id.is_null(0) {
+            return Ok(None);
+        }
+        return Ok(Some(Cursor {
+            timestamp_us: ts.value(0),
+            message_id: id.value(0).to_string(),
+        }));
+    }
+    Ok(None)
 }
 
 /// The trades of `df` matching every predicate, ordered by (timestamp,
-/// message_id) ascending or descending, at most `limit`, as JSON rows.
+/// message_id) ascending or descending, at most `limit`.
 async fn trades_in_order(
     df: DataFrame,
     preds: Vec<Expr>,
     ascending: bool,
     limit: usize,
-) -> Result<Vec<Value>, ApiError> {
+) -> Result<Vec<RecordBatch>, ApiError> {
     let df = match conjunction(preds) {
         Some(p) => df.filter(p).map_err(df_err)?,
         None => df,
     };
-    let batches = df
-        .sort(vec![
-            col("timestamp").sort(ascending, false),
-            col("message_id").sort(ascending, false),
-        ])
-        .and_then(|d| d.limit(0, Some(limit)))
-        .and_then(|d| d.select(trade_columns()))
-        .map_err(df_err)?
-        .collect()
-        .await
-        .map_err(df_err)?;
-    json_rows(&batches)
+    df.sort(vec![
+        col("timestamp").sort(ascending, false),
+        col("message_id").sort(ascending, false),
+    ])
+    .and_then(|d| d.limit(0, Some(limit)))
+    .and_then(|d| d.select(trade_columns()))
+    .map_err(df_err)?
+    .collect()
+    .await
+    .map_err(df_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_is_the_head_plus_the_rows_as_one_object() {
+        let rows = || JsonRows(r#"[{"a":1},{"a":"x"}]"#.to_string());
+        let a = answer(json!({"count": 2, "s": "}"}), "rows", rows()).unwrap();
+        let v: Value = serde_json::from_str(a.as_str()).unwrap();
+        assert_eq!(v, json!({"count": 2, "s": "}", "rows": [{"a": 1}, {"a": "x"}]}));
+        let a = answer(json!({}), "rows", rows()).unwrap();
+        let v: Value = serde_json::from_str(a.as_str()).unwrap();
+        assert_eq!(v, json!({"rows": [{"a": 1}, {"a": "x"}]}));
+        assert!(answer(json!([1]), "rows", rows()).is_err());
+    }
+
+    #[test]
+    fn no_batches_are_an_empty_array() {
+        assert_eq!(json_rows(&[]).unwrap().0, "[]");
+    }
 }

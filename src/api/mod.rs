@@ -162,7 +162,9 @@ async fn run(state: &ApiState, req: QueryRequest) -> Result<HttpResponse, ApiErr
         .send(RunQuery(req))
         .await
         .map_err(|e| ApiError::Unavailable(format!("query actor: {e}")))??;
-    Ok(HttpResponse::Ok().json(body))
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body.into_string()))
 }
 
 /// Upper bound of `limit`; the engine also caps it at `api.max_rows`.

@@ -130,7 +130,11 @@ pub fn trades_batch(schema: &SchemaRef, rows: &mut [TradeV2]) -> Result<RecordBa
             b.message_id.as_str(),
         ))
     });
-    let rows: &[TradeV2] = rows;
+    trades_batch_as_is(schema, rows)
+}
+
+/// Trades to one batch, in the order given.
+pub fn trades_batch_as_is(schema: &SchemaRef, rows: &[TradeV2]) -> Result<RecordBatch, LakeError> {
     let n = rows.len();
     let cols: Vec<ArrayRef> = vec![
         strings(rows.iter().map(|r| r.message_id.as_str())),

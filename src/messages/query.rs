@@ -50,5 +50,5 @@ pub enum QueryRequest {
 
 /// Runs one request; the reply is the endpoint's JSON body.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<serde_json::Value, crate::api::ApiError>")]
+#[rtype(result = "Result<crate::api::engine::Answer, crate::api::ApiError>")]
 pub struct RunQuery(pub QueryRequest);

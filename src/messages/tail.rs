@@ -40,7 +40,7 @@ pub struct TailFilter {
 /// The tail rows at or past `since` (a pinned snapshot's offsets) that match
 /// `filter`.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Vec<TradeV2>, crate::actors::tail::TailError>")]
+#[rtype(result = "Result<Vec<arrow::array::RecordBatch>, crate::actors::tail::TailError>")]
 pub struct TailScan {
     pub since: KafkaOffsets,
     pub filter: TailFilter,
