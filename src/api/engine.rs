@@ -364,7 +364,10 @@ impl Engine {
             "count": rows_in(&batches),
             "truncated": truncated,
         });
-        answer(head, "trades", json_rows(&batches)?)
+        let t = std::time::Instant::now();
+        let rows = json_rows(&batches)?;
+        tracing::debug!(json_ms = t.elapsed().as_secs_f64() * 1000.0, "recent answer");
+        answer(head, "trades", rows)
     }
 
     async fn ohlcv(&self, r: OhlcvRequest) -> Result<Answer, ApiError> {
@@ -582,16 +585,29 @@ async fn trades_in_order(
         Some(p) => df.filter(p).map_err(df_err)?,
         None => df,
     };
-    df.sort(vec![
-        col("timestamp").sort(ascending, false),
-        col("message_id").sort(ascending, false),
-    ])
-    .and_then(|d| d.limit(0, Some(limit)))
-    .and_then(|d| d.select(trade_columns()))
-    .map_err(df_err)?
-    .collect()
-    .await
-    .map_err(df_err)
+    let t0 = std::time::Instant::now();
+    let df = df
+        .sort(vec![
+            col("timestamp").sort(ascending, false),
+            col("message_id").sort(ascending, false),
+        ])
+        .and_then(|d| d.limit(0, Some(limit)))
+        .and_then(|d| d.select(trade_columns()))
+        .map_err(df_err)?;
+    let task = Arc::new(df.task_ctx());
+    let plan = df.create_physical_plan().await.map_err(df_err)?;
+    let t1 = std::time::Instant::now();
+    let batches = datafusion::physical_plan::collect(plan, task)
+        .await
+        .map_err(df_err)?;
+    // Where a slow answer spent its time, for `RUST_LOG=ticklake::api=debug`.
+    tracing::debug!(
+        plan_ms = (t1 - t0).as_secs_f64() * 1000.0,
+        execute_ms = t1.elapsed().as_secs_f64() * 1000.0,
+        rows = rows_in(&batches),
+        "trades query"
+    );
+    Ok(batches)
 }
 
 #[cfg(test)]
