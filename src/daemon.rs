@@ -406,9 +406,10 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         // Its own thread too: parsing every frame is the first step of
         // every trade's path.
         let feed_arbiter = actix::Arbiter::new();
-        Some(Supervisor::start_in_arbiter(&feed_arbiter.handle(), move |_| {
-            BinanceFeedActor::new(fcfg, lanes, instruments, m)
-        }))
+        Some(Supervisor::start_in_arbiter(
+            &feed_arbiter.handle(),
+            move |_| BinanceFeedActor::new(fcfg, lanes, instruments, m),
+        ))
     } else {
         tracing::info!("binance feed disabled");
         None

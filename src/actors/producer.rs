@@ -12,8 +12,8 @@
 
 use std::collections::HashMap;
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -853,11 +853,10 @@ impl StreamHandler<Undelivered> for ProducerActor {
     }
 
     fn finished(&mut self, _ctx: &mut Self::Context) {}
-}/// The receivers are only touched from the producer's own thread; the
+}
+/// The receivers are only touched from the producer's own thread; the
 /// mutex is there so the actor can be moved onto its arbiter. A panic while
 /// holding it leaves the receiver usable, so poisoning is ignored.
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
-
-

@@ -366,7 +366,10 @@ impl Engine {
         });
         let t = std::time::Instant::now();
         let rows = json_rows(&batches)?;
-        tracing::debug!(json_ms = t.elapsed().as_secs_f64() * 1000.0, "recent answer");
+        tracing::debug!(
+            json_ms = t.elapsed().as_secs_f64() * 1000.0,
+            "recent answer"
+        );
         answer(head, "trades", rows)
     }
 
@@ -619,7 +622,10 @@ mod tests {
         let rows = || JsonRows(r#"[{"a":1},{"a":"x"}]"#.to_string());
         let a = answer(json!({"count": 2, "s": "}"}), "rows", rows()).unwrap();
         let v: Value = serde_json::from_str(a.as_str()).unwrap();
-        assert_eq!(v, json!({"count": 2, "s": "}", "rows": [{"a": 1}, {"a": "x"}]}));
+        assert_eq!(
+            v,
+            json!({"count": 2, "s": "}", "rows": [{"a": 1}, {"a": "x"}]})
+        );
         let a = answer(json!({}), "rows", rows()).unwrap();
         let v: Value = serde_json::from_str(a.as_str()).unwrap();
         assert_eq!(v, json!({"rows": [{"a": 1}, {"a": "x"}]}));
