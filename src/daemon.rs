@@ -349,14 +349,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     let consumer_state = consumer_actor.subscribe();
     // Supervised: a consumer whose loop ends, or that the watchdog stops,
     // is restarted at the writers' positions.
-    // The consumer and the producer each get a thread (arbiter) of their
-    // own: at thousands of records a second they would otherwise queue
-    // behind each other and behind the feed, the tail and the writers on
-    // the system arbiter, and every trade's path to a query would wait in
-    // that queue.
-    let consumer_arbiter = actix::Arbiter::new();
-    let consumer_addr =
-        Supervisor::start_in_arbiter(&consumer_arbiter.handle(), move |_| consumer_actor);
+    let consumer_addr = Supervisor::start(move |_| consumer_actor);
     for w in [&trades, &dead_letters] {
         // Sent before any rows can reach the writer, so no commit misses it.
         w.do_send(AddCommitListener(consumer_addr.clone().recipient()));
@@ -377,9 +370,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
             replay_batch: cfg.spill.replay_batch,
         },
     )?;
-    let producer_arbiter = actix::Arbiter::new();
-    let _producer_addr =
-        Supervisor::start_in_arbiter(&producer_arbiter.handle(), move |_| producer_actor);
+    let _producer_addr = Supervisor::start(move |_| producer_actor);
 
     let machine = LevelMachine::new(cfg.degradation.clone())
         .map_err(|e| DaemonError::Config(e.to_string()))?;
@@ -403,13 +394,9 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         let fcfg = cfg.feeds.binance.clone();
         let lanes = producer.lanes.clone();
         let m = metrics.clone();
-        // Its own thread too: parsing every frame is the first step of
-        // every trade's path.
-        let feed_arbiter = actix::Arbiter::new();
-        Some(Supervisor::start_in_arbiter(
-            &feed_arbiter.handle(),
-            move |_| BinanceFeedActor::new(fcfg, lanes, instruments, m),
-        ))
+        Some(Supervisor::start(move |_| {
+            BinanceFeedActor::new(fcfg, lanes, instruments, m)
+        }))
     } else {
         tracing::info!("binance feed disabled");
         None
