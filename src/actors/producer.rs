@@ -10,10 +10,11 @@
 //! them once the broker is back, without duplicates), and the log is
 //! replayed in order behind them when the breaker closes.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-
+use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -180,7 +181,7 @@ pub struct ProducerActor {
     metrics: Metrics,
     /// Shared with the stream that polls it, so control messages can pause
     /// and resume lanes. Both run on this actor's thread, never at once.
-    rx: Arc<Mutex<LaneReceiver<ProducerControl, Outgoing>>>,
+    rx: Rc<RefCell<LaneReceiver<ProducerControl, Outgoing>>>,
     level: Level,
     breaker: CircuitBreaker,
     stall: Duration,
@@ -200,7 +201,7 @@ pub struct ProducerActor {
     busy_since_ms: u64,
     delivered_at_last_tick: u64,
     undelivered_tx: mpsc::UnboundedSender<Undelivered>,
-    undelivered_rx: Arc<Mutex<mpsc::UnboundedReceiver<Undelivered>>>,
+    undelivered_rx: Rc<RefCell<mpsc::UnboundedReceiver<Undelivered>>>,
     epoch: Instant,
     state: ProducerState,
     state_tx: watch::Sender<ProducerState>,
@@ -245,7 +246,7 @@ impl ProducerActor {
             producer,
             encoder,
             metrics,
-            rx: Arc::new(Mutex::new(rx)),
+            rx: Rc::new(RefCell::new(rx)),
             level: Level::Normal,
             breaker,
             stall: settings.stall,
@@ -259,7 +260,7 @@ impl ProducerActor {
             busy_since_ms: 0,
             delivered_at_last_tick: 0,
             undelivered_tx,
-            undelivered_rx: Arc::new(Mutex::new(undelivered_rx)),
+            undelivered_rx: Rc::new(RefCell::new(undelivered_rx)),
             epoch: Instant::now(),
             state: ProducerState::default(),
             state_tx,
@@ -625,7 +626,7 @@ impl ProducerActor {
             .with_label_values::<&str>(&[])
             .set(i64::try_from(spill.pending_bytes).unwrap_or(i64::MAX));
         self.state.spill = Some(spill);
-        self.state.lanes = Some(locked(&self.rx).stats());
+        self.state.lanes = Some(self.rx.borrow().stats());
         self.state_tx.send_replace(self.state.clone());
     }
 }
@@ -728,11 +729,11 @@ impl Actor for ProducerActor {
         // while the receivers themselves, and what they hold, live on.
         let rx = self.rx.clone();
         ctx.add_stream(futures::stream::poll_fn(move |cx| {
-            locked(&rx).poll_recv(cx)
+            rx.borrow_mut().poll_recv(cx)
         }));
         let undelivered = self.undelivered_rx.clone();
         ctx.add_stream(futures::stream::poll_fn(move |cx| {
-            locked(&undelivered).poll_recv(cx)
+            undelivered.borrow_mut().poll_recv(cx)
         }));
         self.with_breaker(|_, _| {});
         self.publish_state();
@@ -762,12 +763,12 @@ impl StreamHandler<Envelope<ProducerControl, Outgoing>> for ProducerActor {
                 self.level = level;
             }
             Envelope::Control(ProducerControl::Pause(tier)) => {
-                if let Err(e) = locked(&self.rx).pause(tier) {
+                if let Err(e) = self.rx.borrow_mut().pause(tier) {
                     tracing::warn!(error = %e, "pause ignored");
                 }
             }
             Envelope::Control(ProducerControl::Resume(tier)) => {
-                if let Err(e) = locked(&self.rx).resume(tier) {
+                if let Err(e) = self.rx.borrow_mut().resume(tier) {
                     tracing::warn!(error = %e, "resume ignored");
                 }
             }
@@ -814,7 +815,7 @@ impl StreamHandler<Envelope<ProducerControl, Outgoing>> for ProducerActor {
                         // Spill what came back before answering: the caller
                         // may be about to exit.
                         let mut back = Vec::new();
-                        while let Ok(u) = locked(&act.undelivered_rx).try_recv() {
+                        while let Ok(u) = act.undelivered_rx.borrow_mut().try_recv() {
                             back.push(u);
                         }
                         let spilled = back.len();
@@ -853,10 +854,4 @@ impl StreamHandler<Undelivered> for ProducerActor {
     }
 
     fn finished(&mut self, _ctx: &mut Self::Context) {}
-}
-/// The receivers are only touched from the producer's own thread; the
-/// mutex is there so the actor can be moved onto its arbiter. A panic while
-/// holding it leaves the receiver usable, so poisoning is ignored.
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
