@@ -25,7 +25,6 @@ use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 use iceberg::table::Table;
 use iceberg::{Catalog, TableIdent};
@@ -209,8 +208,8 @@ impl TableProvider for HybridTable {
         }
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::with_capacity(2);
         match snapshot_id {
-            // The lake side gets the same filters: partition (day, exchange)
-            // and file pruning happen in the iceberg scan.
+            // The lake side gets the same filters: Iceberg prunes partitions
+            // (day, exchange) and files, the Parquet reader row groups and pages.
             Some(id) => {
                 let fast = crate::lake::scan::parquet_plan(
                     state,
@@ -233,13 +232,7 @@ impl TableProvider for HybridTable {
                     }
                 }
             }
-            None => {
-                let projected = match projection {
-                    Some(p) => Arc::new(self.schema.project(p)?),
-                    None => self.schema.clone(),
-                };
-                inputs.push(Arc::new(EmptyExec::new(projected)));
-            }
+            None => inputs.push(crate::lake::scan::empty_plan(&self.schema, projection)?),
         }
         if !rows.is_empty() {
             inputs.push(MemorySourceConfig::try_new_exec(

@@ -64,24 +64,17 @@ async fn plan_files(
         .map_err(ext)
 }
 
-/// The files spread over `n` groups of about equal bytes, largest first,
-/// each group one partition of the scan.
-fn balanced_groups(files: Vec<(PartitionedFile, u64)>, n: usize) -> Vec<FileGroup> {
-    let n = n.max(1).min(files.len().max(1));
-    let mut files = files;
-    files.sort_by_key(|f| std::cmp::Reverse(f.1));
-    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..n).map(|_| (0, Vec::new())).collect();
-    for (f, size) in files {
-        if let Some(g) = groups.iter_mut().min_by_key(|g| g.0) {
-            g.0 += size;
-            g.1.push(f);
-        }
-    }
-    groups
-        .into_iter()
-        .filter(|g| !g.1.is_empty())
-        .map(|g| FileGroup::new(g.1))
-        .collect()
+/// An empty scan with the projected schema: no snapshot, or no file left
+/// after pruning.
+pub fn empty_plan(
+    schema: &SchemaRef,
+    projection: Option<&Vec<usize>>,
+) -> DFResult<Arc<dyn ExecutionPlan>> {
+    let projected = match projection {
+        Some(p) => Arc::new(schema.project(p)?),
+        None => schema.clone(),
+    };
+    Ok(Arc::new(EmptyExec::new(projected)))
 }
 
 /// A DataFusion plan reading `table` at `snapshot_id`, or `None` when the
@@ -112,26 +105,24 @@ pub async fn parquet_plan(
         if t.start != 0 || t.length != t.file_size_in_bytes {
             f = f.with_range(t.start as i64, (t.start + t.length) as i64);
         }
-        files.push((f, t.length));
+        files.push(f);
     }
     if files.is_empty() {
-        let projected = match projection {
-            Some(p) => Arc::new(schema.project(p)?),
-            None => schema.clone(),
-        };
-        return Ok(Some(Arc::new(EmptyExec::new(projected))));
+        return empty_plan(schema, projection).map(Some);
     }
     // The filters reach the Parquet source through DataFusion's own filter
     // pushdown (through the union above), so they are not set here too.
-    let source = ParquetSource::new(schema.clone())
-        .with_table_parquet_options(state.table_options().parquet.clone());
-    let groups = balanced_groups(files, state.config().target_partitions());
+    let source = ParquetSource::new(schema.clone());
+    // One group per target partition, as a listing table splits its files;
+    // the physical optimizer may split large files further by byte range.
+    let groups = FileGroup::new(files).split_files(state.config().target_partitions());
     let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
         .with_file_groups(groups)
         .with_projection_indices(projection.cloned())?
         .with_limit(limit)
         .build();
-    // Through ParquetFormat so the session's footer cache serves the reads.
+    // Through ParquetFormat so the session's Parquet options apply and its
+    // footer cache serves the reads.
     let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
     Ok(Some(format.create_physical_plan(state, config).await?))
 }
@@ -145,17 +136,5 @@ mod tests {
         assert_eq!(local_path("file:///w/a.parquet"), Some("/w/a.parquet"));
         assert_eq!(local_path("/w/a.parquet"), Some("/w/a.parquet"));
         assert_eq!(local_path("s3://bucket/a.parquet"), None);
-    }
-
-    #[test]
-    fn groups_balance_bytes() {
-        let f = |n: &str, s: u64| (PartitionedFile::new(n, s), s);
-        let g = balanced_groups(vec![f("a", 10), f("b", 7), f("c", 3), f("d", 1)], 2);
-        let sizes: Vec<u64> = g
-            .iter()
-            .map(|g| g.iter().map(|f| f.object_meta.size).sum())
-            .collect();
-        assert_eq!(sizes, vec![11, 10]);
-        assert_eq!(balanced_groups(vec![f("a", 1)], 4).len(), 1);
     }
 }
