@@ -68,24 +68,29 @@ struct Segment {
     max_ts: i64,
 }
 
+/// Per partition among `pos`: its lowest and highest offset.
+fn spans(pos: &[Pos]) -> Vec<(u32, i64, i64)> {
+    let mut spans: Vec<(u32, i64, i64)> = Vec::new();
+    for &(p, o) in pos {
+        match spans.iter_mut().find(|s| s.0 == p) {
+            Some(s) => {
+                s.1 = s.1.min(o);
+                s.2 = s.2.max(o);
+            }
+            None => spans.push((p, o, o)),
+        }
+    }
+    spans
+}
+
 impl Segment {
     fn new(schema: &SchemaRef, trades: &[TradeV2], pos: Vec<Pos>) -> Result<Self, TailError> {
         let batch =
             trades_batch_as_is(schema, trades).map_err(|e| TailError::Arrow(e.to_string()))?;
-        let mut spans: Vec<(u32, i64, i64)> = Vec::new();
-        for &(p, o) in &pos {
-            match spans.iter_mut().find(|s| s.0 == p) {
-                Some(s) => {
-                    s.1 = s.1.min(o);
-                    s.2 = s.2.max(o);
-                }
-                None => spans.push((p, o, o)),
-            }
-        }
         Ok(Self {
             batch,
+            spans: spans(&pos),
             pos,
-            spans,
             exchanges: trades.iter().map(|t| t.exchange.clone()).collect(),
             min_ts: trades
                 .iter()
@@ -292,6 +297,9 @@ impl TailStore {
                 .into_iter()
                 .filter_map(|seg| match seg.from(&from) {
                     Ok(Some(b)) if b.num_rows() == seg.len() => Some(seg),
+                    // Straddling the commit: the rows past it. Exchanges and
+                    // the time range stay those of the whole run, which only
+                    // makes a scan skip it less often.
                     Ok(Some(b)) => {
                         let pos: Vec<Pos> = seg
                             .pos
@@ -301,7 +309,7 @@ impl TailStore {
                             .collect();
                         Some(Segment {
                             batch: b,
-                            spans: seg.spans.clone(),
+                            spans: spans(&pos),
                             pos,
                             ..seg
                         })
@@ -311,24 +319,10 @@ impl TailStore {
                     // schema; keep the rows if it somehow does.
                     Err(_) => Some(seg),
                 })
-                .map(|mut seg| {
-                    seg.spans.retain(|&(p, _, hi)| hi >= at(p));
-                    for s in &mut seg.spans {
-                        s.1 = s.1.max(at(s.0));
-                    }
-                    seg
-                })
                 .collect();
-            let mut i = 0;
-            while i < sym.open.len() {
-                let (p, o) = sym.open_pos[i];
-                if o < at(p) {
-                    sym.open.remove(i);
-                    sym.open_pos.remove(i);
-                } else {
-                    i += 1;
-                }
-            }
+            let mut keep = sym.open_pos.iter().map(|&(p, o)| o >= at(p));
+            sym.open.retain(|_| keep.next().unwrap_or(true));
+            sym.open_pos.retain(|&(p, o)| o >= at(p));
             let n = sym.len();
             kept += n;
             n > 0
@@ -345,10 +339,11 @@ impl TailStore {
         filter: &TailFilter,
     ) -> Result<Vec<RecordBatch>, TailError> {
         // A snapshot recorded on another cluster covers none of these rows.
+        let none = KafkaOffsets::default();
         let since = if since.cluster_id == self.cluster_id {
-            since.clone()
+            since
         } else {
-            KafkaOffsets::default()
+            &none
         };
         for (topic, parts) in &self.pruned.topics {
             for (p, pruned) in parts {
@@ -363,7 +358,7 @@ impl TailStore {
                 }
             }
         }
-        let from = self.per_index(&since);
+        let from = self.per_index(since);
         let at = |p: u32| from.get(p as usize).copied().unwrap_or(0);
         let mut out = Vec::new();
         let mut read = |sym: &SymbolRows| -> Result<(), TailError> {
