@@ -176,6 +176,7 @@ pub struct JsonRows(String);
 
 /// Batches as a JSON array of row objects (nulls written out).
 pub fn json_rows(batches: &[RecordBatch]) -> Result<JsonRows, ApiError> {
+    let started = std::time::Instant::now();
     let mut buf = Vec::new();
     {
         let mut w = arrow::json::WriterBuilder::new()
@@ -189,6 +190,14 @@ pub fn json_rows(batches: &[RecordBatch]) -> Result<JsonRows, ApiError> {
     if buf.is_empty() {
         buf.extend_from_slice(b"[]");
     }
+    // With the query's own timings (trades_in_order), where a slow answer
+    // spent its time, for `RUST_LOG=ticklake::api=debug`.
+    tracing::debug!(
+        json_ms = started.elapsed().as_secs_f64() * 1000.0,
+        rows = rows_in(batches),
+        bytes = buf.len(),
+        "answer rows as json"
+    );
     String::from_utf8(buf)
         .map(JsonRows)
         .map_err(ApiError::internal)
@@ -364,13 +373,7 @@ impl Engine {
             "count": rows_in(&batches),
             "truncated": truncated,
         });
-        let t = std::time::Instant::now();
-        let rows = json_rows(&batches)?;
-        tracing::debug!(
-            json_ms = t.elapsed().as_secs_f64() * 1000.0,
-            "recent answer"
-        );
-        answer(head, "trades", rows)
+        answer(head, "trades", json_rows(&batches)?)
     }
 
     async fn ohlcv(&self, r: OhlcvRequest) -> Result<Answer, ApiError> {
