@@ -32,6 +32,11 @@ pub enum BenchApiError {
     Poll(String),
 }
 
+/// Rows per poll of `/v1/trades/recent`: at 10k trades/s the measured
+/// symbol gets 1,000 per second, so a trade stays in the page for about
+/// half a second.
+const POLL_LIMIT: usize = 500;
+
 /// The symbols of the synthetic stream; freshness is measured on the first.
 const SYMBOLS: [&str; 10] = [
     "BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT", "TRXUSDT",
@@ -46,7 +51,7 @@ pub struct FreshnessReport {
     /// Trades of the measured symbol that were sent.
     pub measured_sent: usize,
     /// Of those, how many an answer returned (a trade can fall out of the
-    /// newest-`api.max_rows` window between two polls).
+    /// newest-`POLL_LIMIT` window between two polls).
     pub measured_seen: usize,
     pub polls: usize,
     pub p50_ms: f64,
@@ -162,9 +167,6 @@ pub async fn freshness(
     cfg.feeds.binance.url = format!("ws://{ws}");
     cfg.feeds.binance.symbols = SYMBOLS.iter().map(|s| s.to_ascii_lowercase()).collect();
     cfg.feeds.binance.streams = vec![BinanceStream::Trade];
-    // Polls return the newest trades; a small page keeps a poll cheap.
-    cfg.api.max_rows = 500;
-    cfg.api.default_limit = 500;
     let d = daemon::start(cfg.clone()).await?;
     let http = d.http_addr.ok_or(BenchApiError::NoHttp)?;
 
@@ -179,7 +181,11 @@ pub async fn freshness(
             let t0 = Instant::now();
             let body = get(
                 http,
-                &format!("/v1/trades/recent?symbol={}&minutes=5", SYMBOLS[0]),
+                // The newest trades; a small page keeps a poll cheap.
+                &format!(
+                    "/v1/trades/recent?symbol={}&minutes=5&limit={POLL_LIMIT}",
+                    SYMBOLS[0]
+                ),
             )?;
             let arrived = now_us();
             poll_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
@@ -402,6 +408,7 @@ pub async fn latency(
             symbol: symbol.clone(),
             exchange: None,
             minutes: 15,
+            limit: None,
         })
     };
     let ohlcv = || {

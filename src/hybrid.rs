@@ -83,6 +83,26 @@ pub struct HybridTable {
     tail: Option<Recipient<TailScan>>,
     pinned: PinnedTable,
     info: Option<Arc<Mutex<ScanInfo>>>,
+    /// A pin taken before planning (`pin_now`), which scans use instead of
+    /// pinning themselves.
+    pin: Option<Pin>,
+}
+
+/// One consistent pin: a snapshot of the lake, and the tail rows at or past
+/// its offsets that match the filter it was taken with.
+#[derive(Clone)]
+pub struct Pin {
+    table: Table,
+    snapshot_id: Option<i64>,
+    rows: Vec<RecordBatch>,
+}
+
+impl Pin {
+    /// The tail rows (filtered per segment only: rows outside the filter
+    /// can be among them).
+    pub fn rows(&self) -> &[RecordBatch] {
+        &self.rows
+    }
 }
 
 impl fmt::Debug for HybridTable {
@@ -111,6 +131,7 @@ impl HybridTable {
             tail,
             pinned,
             info: None,
+            pin: None,
         }
     }
 
@@ -118,6 +139,25 @@ impl HybridTable {
     pub fn with_info(&self, info: Arc<Mutex<ScanInfo>>) -> Self {
         let mut t = self.clone();
         t.info = Some(info);
+        t
+    }
+
+    /// Pins now, for a query that wants to look at the tail rows before it
+    /// is planned. `filter` must be at least as wide as the query's own
+    /// predicates: the scans of a table made with `at` use these rows.
+    pub async fn pin_now(&self, filter: &TailFilter) -> DFResult<Pin> {
+        let (table, snapshot_id, rows) = self.pin(filter).await?;
+        Ok(Pin {
+            table,
+            snapshot_id,
+            rows,
+        })
+    }
+
+    /// The same table, reading `pin` instead of pinning at scan time.
+    pub fn at(&self, pin: Pin) -> Self {
+        let mut t = self.clone();
+        t.pin = Some(pin);
         t
     }
 
@@ -196,8 +236,10 @@ impl TableProvider for HybridTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let filter = tail_filter(filters);
-        let (table, snapshot_id, rows) = self.pin(&filter).await?;
+        let (table, snapshot_id, rows) = match &self.pin {
+            Some(p) => (p.table.clone(), p.snapshot_id, p.rows.clone()),
+            None => self.pin(&tail_filter(filters)).await?,
+        };
         if let Some(info) = &self.info
             && let Ok(mut i) = info.lock()
         {
@@ -332,6 +374,70 @@ pub fn tail_filter(filters: &[Expr]) -> TailFilter {
         }
     }
     f
+}
+
+/// The `k`-th newest timestamp among the rows of `rows` that match
+/// `filter` exactly, when at least `k` of them do. Here the filter's bounds
+/// are read as exact and inclusive, so it must say precisely what the
+/// query asks: a wider filter (like `tail_filter`'s widened bounds) would
+/// count rows the query does not want and place the bound too late.
+///
+/// A query for the newest `k` rows of the hybrid table can then add
+/// `timestamp >= t`: at least `k` rows at or after `t` exist (rows only move
+/// from the tail into the lake, never out of the union), so no row before
+/// `t` can be among the newest `k`. The lake side then skips every file and
+/// row group that ends before `t`, which for "the last minutes of a symbol"
+/// is usually all of them.
+pub fn kth_newest_timestamp(
+    rows: &[RecordBatch],
+    filter: &TailFilter,
+    k: usize,
+) -> DFResult<Option<i64>> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::TimestampMicrosecondType;
+    if k == 0 {
+        return Ok(None);
+    }
+    let mut ts: Vec<i64> = Vec::new();
+    for b in rows {
+        let column = |name: &str| {
+            b.column_by_name(name).ok_or_else(|| {
+                DataFusionError::Internal(format!("tail rows without a {name} column"))
+            })
+        };
+        let (symbol, exchange, time) =
+            (column("symbol")?, column("exchange")?, column("timestamp")?);
+        let (Some(symbol), Some(exchange), Some(time)) = (
+            symbol.as_string_opt::<i32>(),
+            exchange.as_string_opt::<i32>(),
+            time.as_primitive_opt::<TimestampMicrosecondType>(),
+        ) else {
+            return Err(DataFusionError::Internal(
+                "tail rows of another schema".into(),
+            ));
+        };
+        let within = |set: &Option<BTreeSet<String>>, a: &arrow::array::StringArray, i: usize| {
+            set.as_ref()
+                .is_none_or(|s| a.is_valid(i) && s.contains(a.value(i)))
+        };
+        for i in 0..b.num_rows() {
+            if time.is_null(i)
+                || !within(&filter.symbols, symbol, i)
+                || !within(&filter.exchanges, exchange, i)
+            {
+                continue;
+            }
+            let t = time.value(i);
+            if filter.start_us.is_none_or(|s| t >= s) && filter.end_us.is_none_or(|e| t <= e) {
+                ts.push(t);
+            }
+        }
+    }
+    if ts.len() < k {
+        return Ok(None);
+    }
+    let (_, kth, _) = ts.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+    Ok(Some(*kth))
 }
 
 fn string_value(v: &ScalarValue) -> Option<String> {
@@ -487,5 +593,82 @@ mod tests {
         // two different symbols in one conjunction match nothing
         let f = tail_filter(&[col("symbol").eq(lit("A")), col("symbol").eq(lit("B"))]);
         assert_eq!(f.symbols, Some(BTreeSet::new()));
+    }
+
+    fn rows(n: usize) -> RecordBatch {
+        use arrow::array::{StringArray, TimestampMicrosecondArray};
+        let sym = ["A", "B", "C"];
+        let exch = ["X", "Y"];
+        RecordBatch::try_from_iter(vec![
+            (
+                "symbol",
+                Arc::new(StringArray::from_iter_values((0..n).map(|i| sym[i % 3])))
+                    as arrow::array::ArrayRef,
+            ),
+            (
+                "exchange",
+                Arc::new(StringArray::from_iter_values((0..n).map(|i| exch[i % 2]))),
+            ),
+            (
+                "timestamp",
+                Arc::new(
+                    TimestampMicrosecondArray::from_iter_values(
+                        (0..n).map(|i| ((i * 7919) % 1000) as i64),
+                    )
+                    .with_timezone("+00:00"),
+                ),
+            ),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn the_kth_newest_timestamp_counts_only_matching_rows() {
+        let batches = vec![rows(600), rows(400).slice(100, 300)];
+        let filter = TailFilter {
+            symbols: Some(["A".to_string()].into()),
+            exchanges: Some(["Y".to_string()].into()),
+            start_us: Some(100),
+            end_us: Some(900),
+        };
+        // The same by brute force.
+        let mut want: Vec<i64> = Vec::new();
+        for b in &batches {
+            let s = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap();
+            let x = b
+                .column(1)
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap();
+            let t = b
+                .column(2)
+                .as_any()
+                .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+                .unwrap();
+            for i in 0..b.num_rows() {
+                if s.value(i) == "A" && x.value(i) == "Y" && (100..=900).contains(&t.value(i)) {
+                    want.push(t.value(i));
+                }
+            }
+        }
+        want.sort_unstable_by(|a, b| b.cmp(a));
+        assert!(want.len() > 20, "the fixture must match some rows");
+        for k in [1, 2, 10, want.len()] {
+            assert_eq!(
+                kth_newest_timestamp(&batches, &filter, k).unwrap(),
+                Some(want[k - 1]),
+                "k = {k}"
+            );
+        }
+        assert_eq!(
+            kth_newest_timestamp(&batches, &filter, want.len() + 1).unwrap(),
+            None
+        );
+        assert_eq!(kth_newest_timestamp(&batches, &filter, 0).unwrap(), None);
+        assert_eq!(kth_newest_timestamp(&[], &filter, 1).unwrap(), None);
     }
 }

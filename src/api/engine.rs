@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use arrow::array::{Array, RecordBatch};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::DataType;
 use datafusion::catalog::TableProvider;
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
@@ -17,18 +17,20 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::functions::datetime::expr_fn::date_bin;
 use datafusion::functions_aggregate::expr_fn::{count, first_value, last_value, max, min, sum};
 use datafusion::logical_expr::utils::conjunction;
-use datafusion::prelude::{DataFrame, Expr, SessionContext, cast as cast_expr, col, lit};
+use datafusion::prelude::{DataFrame, Expr, SessionContext, col, lit};
 use futures::StreamExt;
 use iceberg::{Catalog, TableIdent};
 use iceberg_datafusion::IcebergStaticTableProvider;
 use serde_json::{Value, json};
 
 use super::ApiError;
+use super::json::{JsonRows, json_rows};
 use super::params::Cursor;
 use crate::config::ApiConfig;
-use crate::hybrid::{HybridTable, PinnedTable, ScanInfo};
+use crate::hybrid::{HybridTable, Pin, PinnedTable, ScanInfo, kth_newest_timestamp};
 use crate::lake::commit::OFFSETS_PROPERTY;
 use crate::messages::query::{OhlcvRequest, QueryRequest, RecentRequest, TradesRequest};
+use crate::messages::tail::TailFilter;
 use crate::model::now_us;
 use crate::sql_guard;
 
@@ -125,8 +127,9 @@ fn rfc3339(us: i64) -> Option<String> {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
 }
 
-/// Columns `/v1/trades` returns. Prices and quantities are strings so they
-/// stay exact (a JSON number would be read as a float by most clients).
+/// Columns `/v1/trades` returns. Prices and quantities are written as JSON
+/// strings (`super::json`), so they stay exact: a JSON number would be read
+/// as a float by most clients.
 fn trade_columns() -> Vec<Expr> {
     vec![
         col("message_id"),
@@ -136,71 +139,11 @@ fn trade_columns() -> Vec<Expr> {
         col("asset_class"),
         col("timestamp"),
         col("ingestion_timestamp"),
-        cast_expr(col("price"), DataType::Utf8).alias("price"),
-        cast_expr(col("quantity"), DataType::Utf8).alias("quantity"),
+        col("price"),
+        col("quantity"),
         col("currency"),
         col("side"),
     ]
-}
-
-/// Decimal columns as strings, so a JSON answer keeps every digit.
-fn exact(batch: &RecordBatch) -> Result<RecordBatch, ApiError> {
-    let schema = batch.schema();
-    if !schema.fields().iter().any(|f| {
-        matches!(
-            f.data_type(),
-            DataType::Decimal128(..) | DataType::Decimal256(..)
-        )
-    }) {
-        return Ok(batch.clone());
-    }
-    let mut fields = Vec::with_capacity(schema.fields().len());
-    let mut cols = Vec::with_capacity(schema.fields().len());
-    for (f, c) in schema.fields().iter().zip(batch.columns()) {
-        if matches!(
-            f.data_type(),
-            DataType::Decimal128(..) | DataType::Decimal256(..)
-        ) {
-            cols.push(cast(c, &DataType::Utf8).map_err(ApiError::internal)?);
-            fields.push(Field::new(f.name(), DataType::Utf8, f.is_nullable()));
-        } else {
-            cols.push(c.clone());
-            fields.push(f.as_ref().clone());
-        }
-    }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(ApiError::internal)
-}
-
-/// A JSON array of row objects, as text, written by arrow-json.
-pub struct JsonRows(String);
-
-/// Batches as a JSON array of row objects (nulls written out).
-pub fn json_rows(batches: &[RecordBatch]) -> Result<JsonRows, ApiError> {
-    let started = std::time::Instant::now();
-    let mut buf = Vec::new();
-    {
-        let mut w = arrow::json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, arrow::json::writer::JsonArray>(&mut buf);
-        for b in batches {
-            w.write(&exact(b)?).map_err(ApiError::internal)?;
-        }
-        w.finish().map_err(ApiError::internal)?;
-    }
-    if buf.is_empty() {
-        buf.extend_from_slice(b"[]");
-    }
-    // With the query's own timings (trades_in_order), where a slow answer
-    // spent its time, for `RUST_LOG=ticklake::api=debug`.
-    tracing::debug!(
-        json_ms = started.elapsed().as_secs_f64() * 1000.0,
-        rows = rows_in(batches),
-        bytes = buf.len(),
-        "answer rows as json"
-    );
-    String::from_utf8(buf)
-        .map(JsonRows)
-        .map_err(ApiError::internal)
 }
 
 impl Engine {
@@ -298,6 +241,13 @@ impl Engine {
         Ok((self.ctx.read_table(provider).map_err(df_err)?, info, source))
     }
 
+    /// The hybrid table at a pin taken beforehand.
+    fn pinned_source(&self, pin: Pin) -> Result<(DataFrame, Arc<Mutex<ScanInfo>>), ApiError> {
+        let info = Arc::new(Mutex::new(ScanInfo::default()));
+        let provider = Arc::new(self.live.with_info(info.clone()).at(pin));
+        Ok((self.ctx.read_table(provider).map_err(df_err)?, info))
+    }
+
     fn read_info(info: &Mutex<ScanInfo>) -> ScanInfo {
         info.lock().map(|i| i.clone()).unwrap_or_default()
     }
@@ -351,8 +301,10 @@ impl Engine {
     async fn recent(&self, r: RecentRequest) -> Result<Answer, ApiError> {
         let now = (self.clock)();
         let start = now - r.minutes * 60_000_000;
-        let limit = self.limits.max_rows;
-        let (df, info, source) = self.source(None).await?;
+        let limit = r
+            .limit
+            .unwrap_or(self.limits.max_rows)
+            .min(self.limits.max_rows);
         let mut preds = vec![
             col("symbol").eq(lit(r.symbol.as_str())),
             col("timestamp").gt_eq(ts_lit(start)),
@@ -360,13 +312,28 @@ impl Engine {
         if let Some(x) = &r.exchange {
             preds.push(col("exchange").eq(lit(x.as_str())));
         }
+        // Exactly the predicates above, for counting tail rows.
+        let wanted = TailFilter {
+            symbols: Some([r.symbol.clone()].into()),
+            exchanges: r.exchange.as_ref().map(|x| [x.clone()].into()),
+            start_us: Some(start),
+            end_us: None,
+        };
+        let pin = self.live.pin_now(&wanted).await.map_err(df_err)?;
+        // When the tail alone holds more than a page of the newest trades,
+        // the lake can only add older ones: bound the time from below so
+        // the lake side reads nothing it would throw away.
+        if let Some(t) = kth_newest_timestamp(pin.rows(), &wanted, limit + 1).map_err(df_err)? {
+            preds.push(col("timestamp").gt_eq(ts_lit(t)));
+        }
+        let (df, info) = self.pinned_source(pin)?;
         // Newest first, so a cut at the row limit keeps the latest trades.
         let batches = trades_in_order(df, preds, false, limit + 1).await?;
         let truncated = rows_in(&batches) > limit;
         let batches = first_rows(batches, limit);
         let i = Self::read_info(&info);
         let head = json!({
-            "source": source,
+            "source": "hybrid",
             "snapshot_id": i.snapshot_id,
             "tail_rows_scanned": i.tail_rows,
             "since": rfc3339(start),
@@ -633,10 +600,5 @@ mod tests {
         let v: Value = serde_json::from_str(a.as_str()).unwrap();
         assert_eq!(v, json!({"rows": [{"a": 1}, {"a": "x"}]}));
         assert!(answer(json!([1]), "rows", rows()).is_err());
-    }
-
-    #[test]
-    fn no_batches_are_an_empty_array() {
-        assert_eq!(json_rows(&[]).unwrap().0, "[]");
     }
 }

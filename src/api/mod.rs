@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod engine;
+pub mod json;
 pub mod openapi;
 pub mod params;
 
@@ -201,11 +202,12 @@ async fn trades(state: web::Data<ApiState>, q: Query) -> Result<HttpResponse, Ap
 }
 
 async fn recent(state: web::Data<ApiState>, q: Query) -> Result<HttpResponse, ApiError> {
-    let p = Params::new(&q, &["symbol", "exchange", "minutes"])?;
+    let p = Params::new(&q, &["symbol", "exchange", "minutes", "limit"])?;
     let req = RecentRequest {
         symbol: p.required_name("symbol")?,
         exchange: p.name("exchange")?,
         minutes: p.int("minutes", 1, 7 * 24 * 60)?.unwrap_or(15),
+        limit: p.int("limit", 1, MAX_LIMIT)?.map(|n| n as usize),
     };
     run(&state, QueryRequest::Recent(req)).await
 }

@@ -95,7 +95,8 @@ pub fn document() -> Value {
                 "summary": "The trades of the last minutes of one symbol, newest first (hybrid)",
                 "parameters": [
                     symbol(true), exchange.clone(),
-                    param("minutes", false, "Window length, default 15, at most 10080.", json!({"type": "integer", "minimum": 1, "maximum": 10080}))
+                    param("minutes", false, "Window length, default 15, at most 10080.", json!({"type": "integer", "minimum": 1, "maximum": 10080})),
+                    param("limit", false, "At most this many of the newest trades (default and at most api.max_rows).", json!({"type": "integer", "minimum": 1}))
                 ],
                 "responses": ok("Recent trades", "RecentTrades")
             }},

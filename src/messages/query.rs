@@ -25,6 +25,9 @@ pub struct RecentRequest {
     pub symbol: String,
     pub exchange: Option<String>,
     pub minutes: i64,
+    /// At most this many of the newest trades (default and cap
+    /// `api.max_rows`).
+    pub limit: Option<usize>,
 }
 
 /// `GET /v1/ohlcv`.
