@@ -251,7 +251,8 @@ impl WriterActor {
         self.kind.name()
     }
 
-    /// Takes everything buffered into a commit task on the tokio pool.
+    /// Takes everything buffered into a commit task on the commit runtime
+    /// (`lake::background`).
     /// Only [`start_flush`](Self::start_flush) calls it, so that commits
     /// never overlap.
     fn flush(&mut self) -> Option<tokio::task::JoinHandle<FlushOutcome>> {
@@ -278,7 +279,7 @@ impl WriterActor {
         let chaos = self.chaos_failures.clone();
         self.state.commit_started = Some(Instant::now());
         self.publish_state();
-        let task = tokio::spawn(async move {
+        let task = crate::lake::background::handle().spawn(async move {
             let started = Instant::now();
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;

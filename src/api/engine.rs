@@ -570,9 +570,15 @@ async fn trades_in_order(
     let task = Arc::new(df.task_ctx());
     let plan = df.create_physical_plan().await.map_err(df_err)?;
     let t1 = std::time::Instant::now();
-    let batches = datafusion::physical_plan::collect(plan, task)
+    let batches = datafusion::physical_plan::collect(plan.clone(), task)
         .await
         .map_err(df_err)?;
+    // The executed plan with each operator's metrics, for
+    // `RUST_LOG=ticklake::api=trace`.
+    tracing::trace!(
+        plan = %datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref()).indent(true),
+        "trades query plan"
+    );
     // Where a slow answer spent its time, for `RUST_LOG=ticklake::api=debug`.
     tracing::debug!(
         plan_ms = (t1 - t0).as_secs_f64() * 1000.0,

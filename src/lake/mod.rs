@@ -1,6 +1,7 @@
 //! The Iceberg side: the SQL catalog, the `market` tables, Arrow conversion of
 //! records, and commits that carry Kafka offsets in their snapshot summary.
 
+pub mod background;
 pub mod batch;
 pub mod commit;
 pub mod scan;
