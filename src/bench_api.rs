@@ -58,6 +58,11 @@ pub struct FreshnessReport {
     pub p99_ms: f64,
     pub max_ms: f64,
     pub poll_p50_ms: f64,
+    /// The first part of that path for every trade of the run, feed to
+    /// tail (queryable), from the daemon's `ticklake_queryable_lag_seconds`
+    /// histogram: the upper bounds of the buckets holding the p50 and p99.
+    pub queryable_p50_ms_at_most: Option<f64>,
+    pub queryable_p99_ms_at_most: Option<f64>,
 }
 
 impl std::fmt::Display for FreshnessReport {
@@ -76,8 +81,56 @@ impl std::fmt::Display for FreshnessReport {
             self.measured_sent,
             self.polls,
             self.poll_p50_ms
-        )
+        )?;
+        if let (Some(a), Some(b)) = (self.queryable_p50_ms_at_most, self.queryable_p99_ms_at_most) {
+            write!(
+                f,
+                "; of that, feed → tail (queryable) p50 ≤ {a} ms, p99 ≤ {b} ms (histogram buckets)"
+            )?;
+        }
+        Ok(())
     }
+}
+
+/// The upper bounds (in ms) of the buckets of Prometheus histogram `name`
+/// (all series summed) that hold quantiles `qs`, read from a scrape.
+fn histogram_quantiles_ms(scrape: &str, name: &str, qs: &[f64]) -> Vec<Option<f64>> {
+    let prefix = format!("{name}_bucket{{");
+    let mut buckets: std::collections::BTreeMap<u64, f64> = Default::default();
+    for line in scrape.lines().filter(|l| l.starts_with(&prefix)) {
+        let (Some(le), Some(n)) = (
+            line.split("le=\"").nth(1).and_then(|r| r.split('"').next()),
+            line.rsplit(' ').next().and_then(|n| n.parse::<f64>().ok()),
+        ) else {
+            continue;
+        };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            match le.parse::<f64>() {
+                Ok(v) => v,
+                Err(_) => continue,
+            }
+        };
+        *buckets.entry(le.to_bits()).or_default() += n;
+    }
+    let mut sorted: Vec<(f64, f64)> = buckets
+        .into_iter()
+        .map(|(b, n)| (f64::from_bits(b), n))
+        .collect();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = sorted.last().map(|b| b.1).unwrap_or(0.0);
+    qs.iter()
+        .map(|q| {
+            if total == 0.0 {
+                return None;
+            }
+            sorted
+                .iter()
+                .find(|(_, n)| *n >= q * total)
+                .map(|(le, _)| le * 1000.0)
+        })
+        .collect()
 }
 
 fn frames(n: usize, rate: f64) -> Vec<CapturedFrame> {
@@ -209,6 +262,11 @@ pub async fn freshness(
         .await
         .map_err(|e| BenchApiError::Poll(e.to_string()))?
         .map_err(BenchApiError::Poll)?;
+    let scrape = tokio::task::spawn_blocking(move || get(http, "/metrics"))
+        .await
+        .map_err(|e| BenchApiError::Poll(e.to_string()))?
+        .map_err(BenchApiError::Poll)?;
+    let queryable = histogram_quantiles_ms(&scrape, "ticklake_queryable_lag_seconds", &[0.5, 0.99]);
     let _ = stop_tx.send(());
     let _ = replay.await;
     d.shutdown(Duration::from_secs(30)).await?;
@@ -230,6 +288,8 @@ pub async fn freshness(
         p99_ms: percentile(&lat, 0.99),
         max_ms: lat.last().copied().unwrap_or(f64::NAN),
         poll_p50_ms: percentile(&poll_ms, 0.5),
+        queryable_p50_ms_at_most: queryable[0],
+        queryable_p99_ms_at_most: queryable[1],
     })
 }
 
@@ -491,4 +551,32 @@ pub async fn latency(
         duckdb_ohlcv_bars: duck.map(|d| d.1),
         ohlcv_ratio: duck.map(|d| ohlcv_p50 / d.0),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_the_bounds_of_the_buckets_holding_them() {
+        // Two series; summed: 10 at ≤1ms, 90 at ≤5ms, 99 at ≤20ms, 100 in all.
+        let scrape = r#"# TYPE h histogram
+h_bucket{exchange="A",le="0.001"} 10
+h_bucket{exchange="A",le="0.005"} 60
+h_bucket{exchange="A",le="0.02"} 69
+h_bucket{exchange="A",le="+Inf"} 70
+h_bucket{exchange="B",le="0.001"} 0
+h_bucket{exchange="B",le="0.005"} 30
+h_bucket{exchange="B",le="0.02"} 30
+h_bucket{exchange="B",le="+Inf"} 30
+h_sum{exchange="A"} 1
+other_bucket{le="0.001"} 1000
+"#;
+        let q = histogram_quantiles_ms(scrape, "h", &[0.1, 0.5, 0.99, 1.0]);
+        assert_eq!(
+            q,
+            vec![Some(1.0), Some(5.0), Some(20.0), Some(f64::INFINITY)]
+        );
+        assert_eq!(histogram_quantiles_ms("", "h", &[0.5]), vec![None]);
+    }
 }

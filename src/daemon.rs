@@ -326,7 +326,8 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     trades.do_send(AddCommitListener(query.clone().recipient()));
     tail_ctx.run(
         TailActor::new(&cluster_id, cfg.tail.max_rows, trades_schema)
-            .with_writer(trades.clone().recipient()),
+            .with_writer(trades.clone().recipient())
+            .with_metrics(metrics.clone()),
     );
     let consumer_actor = ConsumerActor::new(
         consumer,

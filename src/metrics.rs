@@ -31,6 +31,9 @@ pub struct Metrics {
     pub writer_buffered_rows: IntGaugeVec,
     /// Wall time of an Iceberg flush (Parquet write and commit), by table.
     pub writer_commit_seconds: HistogramVec,
+    /// Time from a trade's arrival at the feed to its row being queryable
+    /// (held by the tail), by exchange.
+    pub queryable_lag_seconds: HistogramVec,
     /// The accounting identity's counters; see [`Outcome`].
     pub messages: IntCounterVec,
     pub shed: IntCounterVec,
@@ -171,6 +174,19 @@ impl Metrics {
             &["table"],
         )?;
         registry.register(Box::new(writer_commit_seconds.clone()))?;
+        let queryable_lag_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "ticklake_queryable_lag_seconds",
+                "Time from a trade's arrival at the feed actor (its ingestion \
+                 timestamp) to its row being queryable in the tail, by exchange.",
+            )
+            .buckets(vec![
+                0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+                0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 30.0,
+            ]),
+            &["exchange"],
+        )?;
+        registry.register(Box::new(queryable_lag_seconds.clone()))?;
         let messages = counter(
             "ticklake_messages_total",
             "Feed messages by exchange, tier and outcome: received, published \
@@ -311,6 +327,7 @@ impl Metrics {
             writer_rows,
             writer_buffered_rows,
             writer_commit_seconds,
+            queryable_lag_seconds,
         })
     }
 

@@ -25,7 +25,8 @@ use crate::lake::schema::TRADES_TABLE;
 use crate::messages::consumer::Committed;
 use crate::messages::tail::{ObserveTail, TailFilter, TailRow, TailScan, Tailed};
 use crate::messages::writer::Flush;
-use crate::model::TradeV2;
+use crate::metrics::Metrics;
+use crate::model::{TradeV2, now_us};
 
 /// Rows of one symbol converted to Arrow together. Small enough that
 /// converting the open run at scan time is cheap, large enough that a
@@ -427,6 +428,7 @@ pub struct TailActor {
     /// Whether an early flush was asked for and no commit arrived since, so
     /// a full tail asks once, not on every consumed chunk.
     flush_requested: bool,
+    metrics: Option<Metrics>,
 }
 
 impl TailActor {
@@ -437,7 +439,14 @@ impl TailActor {
             max_rows,
             writer: None,
             flush_requested: false,
+            metrics: None,
         }
+    }
+
+    /// Observes each row's feed-to-queryable lag into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn with_writer(mut self, writer: Recipient<Flush>) -> Self {
@@ -459,6 +468,26 @@ impl Handler<Tailed> for TailActor {
     type Result = ();
 
     fn handle(&mut self, msg: Tailed, _ctx: &mut Self::Context) {
+        if let Some(m) = &self.metrics {
+            // Rows come in runs of one exchange: look its series up once
+            // per run, not per row.
+            let now = now_us();
+            let mut series: Option<(&str, prometheus::Histogram)> = None;
+            for r in &msg.0 {
+                let t = &r.trade;
+                if t.ingestion_timestamp_us <= 0 {
+                    continue;
+                }
+                let h = match &series {
+                    Some((x, h)) if *x == t.exchange => h,
+                    _ => {
+                        let h = m.queryable_lag_seconds.with_label_values(&[&t.exchange]);
+                        &series.insert((t.exchange.as_str(), h)).1
+                    }
+                };
+                h.observe((now - t.ingestion_timestamp_us).max(0) as f64 / 1e6);
+            }
+        }
         self.store.push(msg.0);
         if self.store.len() >= self.max_rows
             && !self.flush_requested
