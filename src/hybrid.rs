@@ -103,6 +103,20 @@ impl Pin {
     pub fn rows(&self) -> &[RecordBatch] {
         &self.rows
     }
+
+    pub fn snapshot_id(&self) -> Option<i64> {
+        self.snapshot_id
+    }
+
+    /// The same snapshot without the tail: a table `at` it is the lake
+    /// alone, at exactly the snapshot these tail rows complement.
+    pub fn lake_only(&self) -> Self {
+        Self {
+            table: self.table.clone(),
+            snapshot_id: self.snapshot_id,
+            rows: Vec::new(),
+        }
+    }
 }
 
 impl fmt::Debug for HybridTable {
@@ -376,29 +390,14 @@ pub fn tail_filter(filters: &[Expr]) -> TailFilter {
     f
 }
 
-/// The `k`-th newest timestamp among the rows of `rows` that match
-/// `filter` exactly, when at least `k` of them do. Here the filter's bounds
+/// The rows of `rows` that match `filter` exactly. Here the filter's bounds
 /// are read as exact and inclusive, so it must say precisely what the
 /// query asks: a wider filter (like `tail_filter`'s widened bounds) would
-/// count rows the query does not want and place the bound too late.
-///
-/// A query for the newest `k` rows of the hybrid table can then add
-/// `timestamp >= t`: at least `k` rows at or after `t` exist (rows only move
-/// from the tail into the lake, never out of the union), so no row before
-/// `t` can be among the newest `k`. The lake side then skips every file and
-/// row group that ends before `t`, which for "the last minutes of a symbol"
-/// is usually all of them.
-pub fn kth_newest_timestamp(
-    rows: &[RecordBatch],
-    filter: &TailFilter,
-    k: usize,
-) -> DFResult<Option<i64>> {
-    use arrow::array::{Array, AsArray};
+/// keep rows the query does not want.
+pub fn rows_matching(rows: &[RecordBatch], filter: &TailFilter) -> DFResult<Vec<RecordBatch>> {
+    use arrow::array::{Array, AsArray, BooleanArray};
     use arrow::datatypes::TimestampMicrosecondType;
-    if k == 0 {
-        return Ok(None);
-    }
-    let mut ts: Vec<i64> = Vec::new();
+    let mut out = Vec::with_capacity(rows.len());
     for b in rows {
         let column = |name: &str| {
             b.column_by_name(name).ok_or_else(|| {
@@ -420,18 +419,52 @@ pub fn kth_newest_timestamp(
             set.as_ref()
                 .is_none_or(|s| a.is_valid(i) && s.contains(a.value(i)))
         };
-        for i in 0..b.num_rows() {
-            if time.is_null(i)
-                || !within(&filter.symbols, symbol, i)
-                || !within(&filter.exchanges, exchange, i)
-            {
-                continue;
-            }
-            let t = time.value(i);
-            if filter.start_us.is_none_or(|s| t >= s) && filter.end_us.is_none_or(|e| t <= e) {
-                ts.push(t);
-            }
+        let mask: BooleanArray = (0..b.num_rows())
+            .map(|i| {
+                let t = time.value(i);
+                Some(
+                    time.is_valid(i)
+                        && within(&filter.symbols, symbol, i)
+                        && within(&filter.exchanges, exchange, i)
+                        && filter.start_us.is_none_or(|s| t >= s)
+                        && filter.end_us.is_none_or(|e| t <= e),
+                )
+            })
+            .collect();
+        let kept = arrow::compute::filter_record_batch(b, &mask)?;
+        if kept.num_rows() > 0 {
+            out.push(kept);
         }
+    }
+    Ok(out)
+}
+
+/// The `k`-th newest timestamp of `rows`, when they hold at least `k`.
+///
+/// A query for the newest `k` rows of the hybrid table matching a filter
+/// can then add `timestamp >= t`, where `t` is taken over the tail rows
+/// matching that filter (`rows_matching`): at least `k` rows at or after
+/// `t` exist (rows only move from the tail into the lake, never out of the
+/// union), so no row before `t` can be among the newest `k`. The lake side
+/// then skips every file and row group that ends before `t`, which for "the
+/// last minutes of a symbol" is usually all of them.
+pub fn kth_newest_timestamp(rows: &[RecordBatch], k: usize) -> DFResult<Option<i64>> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::TimestampMicrosecondType;
+    if k == 0 {
+        return Ok(None);
+    }
+    let mut ts: Vec<i64> = Vec::with_capacity(rows.iter().map(|b| b.num_rows()).sum());
+    for b in rows {
+        let Some(time) = b
+            .column_by_name("timestamp")
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+        else {
+            return Err(DataFusionError::Internal(
+                "tail rows of another schema".into(),
+            ));
+        };
+        ts.extend(time.iter().flatten());
     }
     if ts.len() < k {
         return Ok(None);
@@ -623,7 +656,7 @@ mod tests {
     }
 
     #[test]
-    fn the_kth_newest_timestamp_counts_only_matching_rows() {
+    fn exactly_the_matching_rows_and_their_kth_newest_timestamp() {
         let batches = vec![rows(600), rows(400).slice(100, 300)];
         let filter = TailFilter {
             symbols: Some(["A".to_string()].into()),
@@ -657,18 +690,23 @@ mod tests {
         }
         want.sort_unstable_by(|a, b| b.cmp(a));
         assert!(want.len() > 20, "the fixture must match some rows");
+        let matching = rows_matching(&batches, &filter).unwrap();
+        assert_eq!(
+            matching.iter().map(|b| b.num_rows()).sum::<usize>(),
+            want.len()
+        );
         for k in [1, 2, 10, want.len()] {
             assert_eq!(
-                kth_newest_timestamp(&batches, &filter, k).unwrap(),
+                kth_newest_timestamp(&matching, k).unwrap(),
                 Some(want[k - 1]),
                 "k = {k}"
             );
         }
         assert_eq!(
-            kth_newest_timestamp(&batches, &filter, want.len() + 1).unwrap(),
+            kth_newest_timestamp(&matching, want.len() + 1).unwrap(),
             None
         );
-        assert_eq!(kth_newest_timestamp(&batches, &filter, 0).unwrap(), None);
-        assert_eq!(kth_newest_timestamp(&[], &filter, 1).unwrap(), None);
+        assert_eq!(kth_newest_timestamp(&matching, 0).unwrap(), None);
+        assert_eq!(kth_newest_timestamp(&[], 1).unwrap(), None);
     }
 }

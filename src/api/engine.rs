@@ -27,7 +27,7 @@ use super::ApiError;
 use super::json::{JsonRows, json_rows};
 use super::params::Cursor;
 use crate::config::ApiConfig;
-use crate::hybrid::{HybridTable, Pin, PinnedTable, ScanInfo, kth_newest_timestamp};
+use crate::hybrid::{HybridTable, Pin, PinnedTable, ScanInfo, kth_newest_timestamp, rows_matching};
 use crate::lake::commit::OFFSETS_PROPERTY;
 use crate::messages::query::{OhlcvRequest, QueryRequest, RecentRequest, TradesRequest};
 use crate::messages::tail::TailFilter;
@@ -130,20 +130,71 @@ fn rfc3339(us: i64) -> Option<String> {
 /// Columns `/v1/trades` returns. Prices and quantities are written as JSON
 /// strings (`super::json`), so they stay exact: a JSON number would be read
 /// as a float by most clients.
+const TRADE_COLUMNS: [&str; 11] = [
+    "message_id",
+    "trade_id",
+    "symbol",
+    "exchange",
+    "asset_class",
+    "timestamp",
+    "ingestion_timestamp",
+    "price",
+    "quantity",
+    "currency",
+    "side",
+];
+
 fn trade_columns() -> Vec<Expr> {
-    vec![
-        col("message_id"),
-        col("trade_id"),
-        col("symbol"),
-        col("exchange"),
-        col("asset_class"),
-        col("timestamp"),
-        col("ingestion_timestamp"),
-        col("price"),
-        col("quantity"),
-        col("currency"),
-        col("side"),
-    ]
+    TRADE_COLUMNS.iter().map(|c| col(*c)).collect()
+}
+
+/// `batch` (tail rows, or an answer's rows) with the columns of
+/// `TRADE_COLUMNS`, in that order.
+fn trade_projection(batch: &RecordBatch) -> Result<RecordBatch, ApiError> {
+    let schema = batch.schema();
+    let indices = TRADE_COLUMNS
+        .iter()
+        .map(|c| schema.index_of(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ApiError::internal)?;
+    batch.project(&indices).map_err(ApiError::internal)
+}
+
+/// The first `n` of `batches` (trade rows of one schema) by (timestamp,
+/// message_id) descending, the order of `trades_in_order(.., false, ..)`.
+fn newest_first(batches: &[RecordBatch], n: usize) -> Result<Vec<RecordBatch>, ApiError> {
+    use arrow::compute::{
+        SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch,
+    };
+    let Some(first) = batches.first() else {
+        return Ok(Vec::new());
+    };
+    let schema = first.schema();
+    // Lake rows come from DataFusion; give them the tail's field metadata.
+    let rows: Vec<RecordBatch> = batches
+        .iter()
+        .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(ApiError::internal)?;
+    let all = concat_batches(&schema, &rows).map_err(ApiError::internal)?;
+    let desc = SortOptions {
+        descending: true,
+        nulls_first: false,
+    };
+    let key = |name: &str| -> Result<SortColumn, ApiError> {
+        Ok(SortColumn {
+            values: all
+                .column_by_name(name)
+                .ok_or_else(|| ApiError::Internal(format!("no {name} column")))?
+                .clone(),
+            options: Some(desc),
+        })
+    };
+    let order = lexsort_to_indices(&[key("timestamp")?, key("message_id")?], Some(n))
+        .map_err(ApiError::internal)?;
+    Ok(vec![
+        take_record_batch(&all, &order).map_err(ApiError::internal)?,
+    ])
 }
 
 impl Engine {
@@ -312,7 +363,7 @@ impl Engine {
         if let Some(x) = &r.exchange {
             preds.push(col("exchange").eq(lit(x.as_str())));
         }
-        // Exactly the predicates above, for counting tail rows.
+        // Exactly the predicates above, for picking tail rows.
         let wanted = TailFilter {
             symbols: Some([r.symbol.clone()].into()),
             exchanges: r.exchange.as_ref().map(|x| [x.clone()].into()),
@@ -320,27 +371,84 @@ impl Engine {
             end_us: None,
         };
         let pin = self.live.pin_now(&wanted).await.map_err(df_err)?;
-        // When the tail alone holds more than a page of the newest trades,
-        // the lake can only add older ones: bound the time from below so
-        // the lake side reads nothing it would throw away.
-        if let Some(t) = kth_newest_timestamp(pin.rows(), &wanted, limit + 1).map_err(df_err)? {
-            preds.push(col("timestamp").gt_eq(ts_lit(t)));
-        }
-        let (df, info) = self.pinned_source(pin)?;
-        // Newest first, so a cut at the row limit keeps the latest trades.
-        let batches = trades_in_order(df, preds, false, limit + 1).await?;
-        let truncated = rows_in(&batches) > limit;
-        let batches = first_rows(batches, limit);
-        let i = Self::read_info(&info);
+        let scanned = rows_in(pin.rows());
+        let snapshot_id = pin.snapshot_id();
+        let tail = rows_matching(pin.rows(), &wanted).map_err(df_err)?;
+        let (batches, truncated) = match kth_newest_timestamp(&tail, limit).map_err(df_err)? {
+            Some(t) => self.recent_from_tail(pin, tail, preds, t, limit).await?,
+            None => {
+                // The tail cannot fill the page: the whole window, hybrid.
+                let (df, _) = self.pinned_source(pin)?;
+                // Newest first, so a cut at the row limit keeps the latest trades.
+                let batches = trades_in_order(df, preds, false, limit + 1).await?;
+                let truncated = rows_in(&batches) > limit;
+                (first_rows(batches, limit), truncated)
+            }
+        };
         let head = json!({
             "source": "hybrid",
-            "snapshot_id": i.snapshot_id,
-            "tail_rows_scanned": i.tail_rows,
+            "snapshot_id": snapshot_id,
+            "tail_rows_scanned": scanned,
             "since": rfc3339(start),
             "count": rows_in(&batches),
             "truncated": truncated,
         });
         answer(head, "trades", json_rows(&batches)?)
+    }
+
+    /// The newest `limit` rows of the window when the tail alone holds at
+    /// least `limit` of them (`tail`, matching exactly), `t` being the
+    /// timestamp of the `limit`-th newest: every row of the page is at or
+    /// after `t` (see `kth_newest_timestamp`). So the page is the newest of
+    /// the tail rows plus the lake rows at or after `t`, which the lake
+    /// side usually prunes to nothing, and the window holds more than the
+    /// page if that union does or the lake has a row before `t`. The two
+    /// lake reads run together; the tail rows are sorted in memory.
+    async fn recent_from_tail(
+        &self,
+        pin: Pin,
+        tail: Vec<RecordBatch>,
+        preds: Vec<Expr>,
+        t: i64,
+        limit: usize,
+    ) -> Result<(Vec<RecordBatch>, bool), ApiError> {
+        let lake = Arc::new(self.live.at(pin.lake_only()));
+        let with = |extra: Expr| {
+            let mut p = preds.clone();
+            p.push(extra);
+            conjunction(p)
+        };
+        let newer = {
+            let df = self.ctx.read_table(lake.clone()).map_err(df_err)?;
+            trades_in_order(
+                df,
+                vec![with(col("timestamp").gt_eq(ts_lit(t))).unwrap_or(lit(true))],
+                false,
+                limit + 1,
+            )
+        };
+        let older = async {
+            let mut df = self.ctx.read_table(lake).map_err(df_err)?;
+            if let Some(p) = with(col("timestamp").lt(ts_lit(t))) {
+                df = df.filter(p).map_err(df_err)?;
+            }
+            let batches = df
+                .limit(0, Some(1))
+                .and_then(|d| d.select(vec![col("timestamp")]))
+                .map_err(df_err)?
+                .collect()
+                .await
+                .map_err(df_err)?;
+            Ok::<_, ApiError>(rows_in(&batches) > 0)
+        };
+        let (newer, older) = futures::try_join!(newer, older)?;
+        let mut rows = Vec::with_capacity(tail.len() + newer.len());
+        for b in tail.iter().chain(&newer) {
+            rows.push(trade_projection(b)?);
+        }
+        let page = newest_first(&rows, limit + 1)?;
+        let truncated = rows_in(&page) > limit || older;
+        Ok((first_rows(page, limit), truncated))
     }
 
     async fn ohlcv(&self, r: OhlcvRequest) -> Result<Answer, ApiError> {
