@@ -4,6 +4,7 @@
 //! DataFrame API, never as SQL text; only `/v1/sql` parses SQL, behind the
 //! read-only guard.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -109,6 +110,22 @@ pub struct Engine {
     pinned: PinnedTable,
     limits: ApiConfig,
     clock: Clock,
+    /// Per (symbol, exchange) asked of `/v1/trades/recent`: the newest
+    /// timestamp the lake holds at one snapshot (`LakeNewest`).
+    lake_newest: Mutex<HashMap<(String, Option<String>), LakeNewest>>,
+}
+
+/// The newest timestamp of a symbol's (and exchange's) trades at or after
+/// `from` in the lake at one snapshot, `None` when it holds none. The lake
+/// at a snapshot never changes, so this stays true for as long as queries
+/// pin that snapshot, and it answers the recent page's two questions of the
+/// lake (rows at or after t? rows between the window's start and t?)
+/// without reading it, unless the lake holds rows at or after t.
+#[derive(Debug, Clone, Copy)]
+struct LakeNewest {
+    snapshot_id: i64,
+    from: i64,
+    newest: Option<i64>,
 }
 
 fn ts_lit(us: i64) -> Expr {
@@ -143,6 +160,37 @@ const TRADE_COLUMNS: [&str; 11] = [
     "currency",
     "side",
 ];
+
+/// What `/v1/trades/recent` asks of the trades: one symbol, maybe one
+/// exchange, from `start` on.
+struct RecentWindow<'a> {
+    symbol: &'a str,
+    exchange: Option<&'a str>,
+    start: i64,
+}
+
+impl RecentWindow<'_> {
+    fn preds(&self) -> Vec<Expr> {
+        let mut preds = vec![
+            col("symbol").eq(lit(self.symbol)),
+            col("timestamp").gt_eq(ts_lit(self.start)),
+        ];
+        if let Some(x) = self.exchange {
+            preds.push(col("exchange").eq(lit(x)));
+        }
+        preds
+    }
+
+    /// The same, for picking tail rows (exact, inclusive bounds).
+    fn tail_filter(&self) -> TailFilter {
+        TailFilter {
+            symbols: Some([self.symbol.to_string()].into()),
+            exchanges: self.exchange.map(|x| [x.to_string()].into()),
+            start_us: Some(self.start),
+            end_us: None,
+        }
+    }
+}
 
 fn trade_columns() -> Vec<Expr> {
     TRADE_COLUMNS.iter().map(|c| col(*c)).collect()
@@ -214,6 +262,7 @@ impl Engine {
             pinned,
             limits,
             clock: Arc::new(now_us),
+            lake_newest: Mutex::new(HashMap::new()),
         }
     }
 
@@ -356,31 +405,29 @@ impl Engine {
             .limit
             .unwrap_or(self.limits.max_rows)
             .min(self.limits.max_rows);
-        let mut preds = vec![
-            col("symbol").eq(lit(r.symbol.as_str())),
-            col("timestamp").gt_eq(ts_lit(start)),
-        ];
-        if let Some(x) = &r.exchange {
-            preds.push(col("exchange").eq(lit(x.as_str())));
-        }
-        // Exactly the predicates above, for picking tail rows.
-        let wanted = TailFilter {
-            symbols: Some([r.symbol.clone()].into()),
-            exchanges: r.exchange.as_ref().map(|x| [x.clone()].into()),
-            start_us: Some(start),
-            end_us: None,
+        let window = RecentWindow {
+            symbol: &r.symbol,
+            exchange: r.exchange.as_deref(),
+            start,
         };
+        let wanted = window.tail_filter();
+        let started = std::time::Instant::now();
         let pin = self.live.pin_now(&wanted).await.map_err(df_err)?;
         let scanned = rows_in(pin.rows());
         let snapshot_id = pin.snapshot_id();
         let tail = rows_matching(pin.rows(), &wanted).map_err(df_err)?;
+        tracing::debug!(
+            pin_ms = started.elapsed().as_secs_f64() * 1000.0,
+            scanned,
+            "recent: pinned, tail rows picked"
+        );
         let (batches, truncated) = match kth_newest_timestamp(&tail, limit).map_err(df_err)? {
-            Some(t) => self.recent_from_tail(pin, tail, preds, t, limit).await?,
+            Some(t) => self.recent_from_tail(pin, tail, window, t, limit).await?,
             None => {
                 // The tail cannot fill the page: the whole window, hybrid.
                 let (df, _) = self.pinned_source(pin)?;
                 // Newest first, so a cut at the row limit keeps the latest trades.
-                let batches = trades_in_order(df, preds, false, limit + 1).await?;
+                let batches = trades_in_order(df, window.preds(), false, limit + 1).await?;
                 let truncated = rows_in(&batches) > limit;
                 (first_rows(batches, limit), truncated)
             }
@@ -408,47 +455,142 @@ impl Engine {
         &self,
         pin: Pin,
         tail: Vec<RecordBatch>,
-        preds: Vec<Expr>,
+        window: RecentWindow<'_>,
         t: i64,
         limit: usize,
     ) -> Result<(Vec<RecordBatch>, bool), ApiError> {
+        let started = std::time::Instant::now();
         let lake = Arc::new(self.live.at(pin.lake_only()));
+        let preds = window.preds();
         let with = |extra: Expr| {
             let mut p = preds.clone();
             p.push(extra);
             conjunction(p)
         };
-        let newer = {
-            let df = self.ctx.read_table(lake.clone()).map_err(df_err)?;
-            trades_in_order(
-                df,
-                vec![with(col("timestamp").gt_eq(ts_lit(t))).unwrap_or(lit(true))],
-                false,
-                limit + 1,
-            )
+        let known = match pin.snapshot_id() {
+            // No snapshot: the lake holds nothing.
+            None => Some((false, false)),
+            Some(id) => self
+                .lake_newest(lake.clone(), id, &window)
+                .await?
+                .map(|newest| match newest {
+                    None => (false, false),
+                    Some(m) if m < t => (false, m >= window.start),
+                    // The lake has rows at or after t: read them.
+                    Some(_) => (true, true),
+                })
+                .filter(|&(newer, _)| !newer),
         };
-        let older = async {
-            let mut df = self.ctx.read_table(lake).map_err(df_err)?;
-            if let Some(p) = with(col("timestamp").lt(ts_lit(t))) {
-                df = df.filter(p).map_err(df_err)?;
+        let (newer, older) = match known {
+            Some((_, older)) => (Vec::new(), older),
+            None => {
+                let newer = {
+                    let df = self.ctx.read_table(lake.clone()).map_err(df_err)?;
+                    trades_in_order(
+                        df,
+                        vec![with(col("timestamp").gt_eq(ts_lit(t))).unwrap_or(lit(true))],
+                        false,
+                        limit + 1,
+                    )
+                };
+                let older = async {
+                    let mut df = self.ctx.read_table(lake).map_err(df_err)?;
+                    if let Some(p) = with(col("timestamp").lt(ts_lit(t))) {
+                        df = df.filter(p).map_err(df_err)?;
+                    }
+                    let batches = df
+                        .limit(0, Some(1))
+                        .and_then(|d| d.select(vec![col("timestamp")]))
+                        .map_err(df_err)?
+                        .collect()
+                        .await
+                        .map_err(df_err)?;
+                    Ok::<_, ApiError>(rows_in(&batches) > 0)
+                };
+                futures::try_join!(newer, older)?
             }
-            let batches = df
-                .limit(0, Some(1))
-                .and_then(|d| d.select(vec![col("timestamp")]))
-                .map_err(df_err)?
-                .collect()
-                .await
-                .map_err(df_err)?;
-            Ok::<_, ApiError>(rows_in(&batches) > 0)
         };
-        let (newer, older) = futures::try_join!(newer, older)?;
+        let t1 = std::time::Instant::now();
         let mut rows = Vec::with_capacity(tail.len() + newer.len());
         for b in tail.iter().chain(&newer) {
             rows.push(trade_projection(b)?);
         }
         let page = newest_first(&rows, limit + 1)?;
         let truncated = rows_in(&page) > limit || older;
+        // Where a slow page spent its time, for `RUST_LOG=ticklake::api=debug`.
+        tracing::debug!(
+            lake_ms = (t1 - started).as_secs_f64() * 1000.0,
+            merge_ms = t1.elapsed().as_secs_f64() * 1000.0,
+            tail_rows = rows_in(&tail),
+            lake_rows = rows_in(&newer),
+            lake_read = known.is_none(),
+            "recent page from the tail"
+        );
         Ok((first_rows(page, limit), truncated))
+    }
+
+    /// `LakeNewest` of the window's symbol at `snapshot_id`, read from the
+    /// lake (`lake`, pinned there) unless known. `None` if it cannot be
+    /// read as a timestamp (the caller then reads the lake itself).
+    async fn lake_newest(
+        &self,
+        lake: Arc<HybridTable>,
+        snapshot_id: i64,
+        window: &RecentWindow<'_>,
+    ) -> Result<Option<Option<i64>>, ApiError> {
+        let key = (
+            window.symbol.to_string(),
+            window.exchange.map(str::to_string),
+        );
+        let cached = self
+            .lake_newest
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&key).copied())
+            .filter(|k| k.snapshot_id == snapshot_id && k.from <= window.start);
+        if let Some(k) = cached {
+            // Rows at or after `from` include every row at or after start.
+            return Ok(Some(k.newest.filter(|&m| m >= window.start)));
+        }
+        let df = self.ctx.read_table(lake).map_err(df_err)?;
+        let df = match conjunction(window.preds()) {
+            Some(p) => df.filter(p).map_err(df_err)?,
+            None => df,
+        };
+        let batches = df
+            .aggregate(vec![], vec![max(col("timestamp")).alias("newest")])
+            .map_err(df_err)?
+            .collect()
+            .await
+            .map_err(df_err)?;
+        let newest = match batches.first().map(|b| b.column(0)) {
+            Some(c) if c.len() == 1 => match ScalarValue::try_from_array(c, 0) {
+                Ok(ScalarValue::TimestampMicrosecond(v, _)) => v,
+                _ => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        if let Ok(mut c) = self.lake_newest.lock() {
+            // Only the newest snapshot is worth keeping facts of.
+            c.retain(|_, k| k.snapshot_id == snapshot_id);
+            c.insert(
+                key,
+                LakeNewest {
+                    snapshot_id,
+                    from: window.start,
+                    newest,
+                },
+            );
+        }
+        Ok(Some(newest))
+    }
+
+    /// Forgets what `/v1/trades/recent` learned of the lake, as a new
+    /// snapshot would; for `ticklake bench-api latency`'s cold runs.
+    pub fn forget_lake_facts(&self) {
+        if let Ok(mut c) = self.lake_newest.lock() {
+            c.clear();
+        }
     }
 
     async fn ohlcv(&self, r: OhlcvRequest) -> Result<Answer, ApiError> {
