@@ -63,7 +63,11 @@ impl Answer {
 /// A JSON object of `head`'s fields (an object) plus `key` holding `rows`
 /// (a JSON array, as text).
 fn answer(head: Value, key: &str, rows: JsonRows) -> Result<Answer, ApiError> {
-    let Answer(mut text) = Answer::of(&head)?;
+    let Answer(head_text) = Answer::of(&head)?;
+    let key = serde_json::to_string(key).map_err(ApiError::internal)?;
+    // One allocation: the rows can be megabytes.
+    let mut text = String::with_capacity(head_text.len() + key.len() + rows.0.len() + 2);
+    text.push_str(&head_text);
     if !head.is_object() || text.pop() != Some('}') {
         return Err(ApiError::Internal(
             "an answer's head is not an object".into(),
@@ -72,7 +76,7 @@ fn answer(head: Value, key: &str, rows: JsonRows) -> Result<Answer, ApiError> {
     if text.len() > 1 {
         text.push(',');
     }
-    text.push_str(&serde_json::to_string(key).map_err(ApiError::internal)?);
+    text.push_str(&key);
     text.push(':');
     text.push_str(&rows.0);
     text.push('}');

@@ -237,17 +237,36 @@ fn exact(batch: &RecordBatch) -> Result<RecordBatch, ApiError> {
     RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(ApiError::internal)
 }
 
-/// `batches` as one JSON array (`[...]`, or nothing when there is no row).
-fn encode(batches: &[RecordBatch]) -> Result<Vec<u8>, ApiError> {
+/// Rows encoded before sizing the buffer from what they took.
+const SAMPLE_ROWS: usize = 64;
+
+/// `batches` as one JSON array (`[...]`, or nothing when there is no row),
+/// in a buffer sized for `room_for` rows like the first ones: a 3 MB answer
+/// grown by doubling was copied several times over.
+fn encode(batches: &[RecordBatch], room_for: usize) -> Result<Vec<u8>, ApiError> {
     let mut buf = Vec::new();
     let mut w = arrow::json::WriterBuilder::new()
         .with_explicit_nulls(true)
         .with_encoder_factory(Arc::new(AnswerEncoders))
         .build::<_, JsonArray>(&mut buf);
+    let mut sized = false;
     for b in batches {
-        w.write(&exact(b)?).map_err(ApiError::internal)?;
+        let b = exact(b)?;
+        if !sized && b.num_rows() > SAMPLE_ROWS {
+            w.write(&b.slice(0, SAMPLE_ROWS))
+                .map_err(ApiError::internal)?;
+            let per_row = w.get_ref().len() / SAMPLE_ROWS + 1;
+            let more = room_for.saturating_sub(SAMPLE_ROWS) * per_row;
+            w.get_mut().reserve(more + more / 8);
+            sized = true;
+            w.write(&b.slice(SAMPLE_ROWS, b.num_rows() - SAMPLE_ROWS))
+                .map_err(ApiError::internal)?;
+        } else {
+            w.write(&b).map_err(ApiError::internal)?;
+        }
     }
     w.finish().map_err(ApiError::internal)?;
+    drop(w);
     Ok(buf)
 }
 
@@ -275,8 +294,9 @@ pub fn json_rows(batches: &[RecordBatch]) -> Result<JsonRows, ApiError> {
     let mut buf = if rows >= PARALLEL_ROWS {
         let (a, b) = split_rows(batches, rows / 2);
         let (a, b) = std::thread::scope(|s| {
-            let second = s.spawn(|| encode(&b));
-            let first = encode(&a);
+            let second = s.spawn(|| encode(&b, rows - rows / 2));
+            // Room for both halves: the second is appended to it.
+            let first = encode(&a, rows);
             (
                 first,
                 second
@@ -293,7 +313,7 @@ pub fn json_rows(batches: &[RecordBatch]) -> Result<JsonRows, ApiError> {
         a.extend_from_slice(&b[1..]);
         a
     } else {
-        encode(batches)?
+        encode(batches, rows)?
     };
     if buf.is_empty() {
         buf.extend_from_slice(b"[]");
