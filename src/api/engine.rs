@@ -453,8 +453,10 @@ impl Engine {
     /// after `t` (see `kth_newest_timestamp`). So the page is the newest of
     /// the tail rows plus the lake rows at or after `t`, which the lake
     /// side usually prunes to nothing, and the window holds more than the
-    /// page if that union does or the lake has a row before `t`. The two
-    /// lake reads run together; the tail rows are sorted in memory.
+    /// page if that union does or the lake has a row before `t`. Both
+    /// questions to the lake are answered by `lake_newest` unless the lake
+    /// holds rows at or after `t`; then the two reads run together. The
+    /// rows are sorted in memory.
     async fn recent_from_tail(
         &self,
         pin: Pin,
@@ -471,22 +473,20 @@ impl Engine {
             p.push(extra);
             conjunction(p)
         };
-        let known = match pin.snapshot_id() {
+        // Whether the lake has rows between the start and t, when it is
+        // known to hold none at or after t.
+        let known: Option<bool> = match pin.snapshot_id() {
             // No snapshot: the lake holds nothing.
-            None => Some((false, false)),
-            Some(id) => self
-                .lake_newest(lake.clone(), id, &window)
-                .await?
-                .map(|newest| match newest {
-                    None => (false, false),
-                    Some(m) if m < t => (false, m >= window.start),
-                    // The lake has rows at or after t: read them.
-                    Some(_) => (true, true),
-                })
-                .filter(|&(newer, _)| !newer),
+            None => Some(false),
+            Some(id) => match self.lake_newest(lake.clone(), id, &window).await? {
+                Some(None) => Some(false),
+                Some(Some(m)) if m < t => Some(m >= window.start),
+                // Unknown, or the lake has rows at or after t: read them.
+                _ => None,
+            },
         };
         let (newer, older) = match known {
-            Some((_, older)) => (Vec::new(), older),
+            Some(older) => (Vec::new(), older),
             None => {
                 let newer = {
                     let df = self.ctx.read_table(lake.clone()).map_err(df_err)?;
