@@ -311,8 +311,9 @@ pub struct LatencyReport {
     pub recent_p50_ms: f64,
     pub recent_p99_ms: f64,
     /// The same query with what the engine knows of the lake at the pinned
-    /// snapshot forgotten before each run, as on the first query after a
-    /// commit.
+    /// snapshot forgotten before each run: the cost of learning it, which
+    /// the daemon pays once per snapshot and symbol, right after a commit
+    /// (`Engine::refresh`), or on the first query of a symbol.
     pub recent_cold_p50_ms: f64,
     pub recent_cold_p99_ms: f64,
     pub ohlcv_bars: usize,
@@ -335,7 +336,7 @@ impl std::fmt::Display for LatencyReport {
         writeln!(
             f,
             "last 15 minutes of one symbol: p50 {:.1} ms, p99 {:.1} ms ({} rows); \
-             first query after a commit: p50 {:.1} ms, p99 {:.1} ms",
+             with the lake facts cold: p50 {:.1} ms, p99 {:.1} ms",
             self.recent_p50_ms,
             self.recent_p99_ms,
             self.recent_rows,

@@ -108,6 +108,17 @@ impl Pin {
         self.snapshot_id
     }
 
+    /// The current snapshot of `table`, without the tail: a table `at` it
+    /// is the lake alone.
+    pub fn lake_at(table: Table) -> Self {
+        let snapshot_id = table.metadata().current_snapshot().map(|s| s.snapshot_id());
+        Self {
+            table,
+            snapshot_id,
+            rows: Vec::new(),
+        }
+    }
+
     /// The same snapshot without the tail: a table `at` it is the lake
     /// alone, at exactly the snapshot these tail rows complement.
     pub fn lake_only(&self) -> Self {

@@ -15,7 +15,9 @@ use ticklake::actors::tail::TailActor;
 use ticklake::api::engine::Engine;
 use ticklake::config::Config;
 use ticklake::lake::commit::{self, KafkaOffsets};
+use ticklake::lake::schema::TRADES_TABLE;
 use ticklake::lake::{self, TableKind};
+use ticklake::messages::consumer::Committed;
 use ticklake::messages::query::{QueryRequest, RecentRequest};
 use ticklake::messages::tail::{TailRow, Tailed};
 use ticklake::model::{AssetClass, Dec8, Side, TradeV2, message_id};
@@ -77,6 +79,10 @@ fn shape(i: usize, tail: bool) -> (&'static str, &'static str, i64) {
 
 struct Fixture {
     engine: Engine,
+    catalog: Arc<dyn iceberg::Catalog>,
+    ident: iceberg::TableIdent,
+    schema: arrow::datatypes::SchemaRef,
+    tail: actix::Addr<TailActor>,
     all: Vec<TradeV2>,
     /// How many of `all` (the first ones) are in the lake.
     lake_n: usize,
@@ -135,12 +141,16 @@ async fn fixture() -> Fixture {
         })
         .collect();
     tail.send(Tailed(rows)).await.unwrap();
-    let engine = ticklake::query::engine(&cfg, Some(tail.recipient()))
+    let engine = ticklake::query::engine(&cfg, Some(tail.clone().recipient()))
         .await
         .unwrap()
         .with_clock(Arc::new(|| NOW));
     Fixture {
         engine,
+        catalog,
+        ident,
+        schema,
+        tail,
         all,
         lake_n,
         _dir: dir,
@@ -175,10 +185,11 @@ fn truth(
     )
 }
 
-#[actix_rt::test]
-async fn recent_pages_equal_brute_force_at_every_size() {
-    let f = fixture().await;
+/// Asks every page size of every window and compares with brute force;
+/// returns how many answers, and the snapshot they pinned.
+async fn check_every_page(f: &Fixture) -> (usize, Option<i64>) {
     let mut checked = 0;
+    let mut snapshot = None;
     for symbol in ["BTCUSDT", "ETHUSDT", "RARE"] {
         for exchange in [None, Some("KRAKEN")] {
             for minutes in [1, 6, 15, 30] {
@@ -210,16 +221,57 @@ async fn recent_pages_equal_brute_force_at_every_size() {
                     assert_eq!(got, want, "{what}");
                     assert_eq!(v["truncated"], Value::Bool(truncated), "{what}");
                     assert_eq!(v["count"].as_u64(), Some(want.len() as u64), "{what}");
+                    snapshot = v["snapshot_id"].as_i64();
                     checked += 1;
                 }
             }
         }
     }
+    (checked, snapshot)
+}
+
+#[actix_rt::test]
+async fn recent_pages_equal_brute_force_at_every_size() {
+    let f = fixture().await;
     // The fixture must reach the cases it is about: a page the tail fills
     // alone, one it cannot, and windows reaching into the lake.
     let (full, _) = truth(&f.all, "BTCUSDT", None, 30, 1000);
     assert_eq!(full.len(), 1000);
     let (rare, _) = truth(&f.all, "RARE", None, 30, 1000);
     assert!(!rare.is_empty() && rare.len() < 1000, "{}", rare.len());
-    println!("{checked} recent answers equal brute force");
+    let (checked, before) = check_every_page(&f).await;
+
+    // A commit of part of the tail, as the writer makes it, then the query
+    // side's refresh (which re-learns the lake at the new snapshot): the
+    // union is the same, so every answer must be too.
+    let moved = f.lake_n + 1000;
+    let mut rows = f.all[f.lake_n..moved].to_vec();
+    let mut offsets = KafkaOffsets {
+        cluster_id: "test".into(),
+        ..Default::default()
+    };
+    offsets.set("t.trades", 0, moved as i64);
+    let batch = lake::batch::trades_batch(&f.schema, &mut rows).unwrap();
+    let c = commit::append(
+        f.catalog.as_ref(),
+        &f.ident,
+        Some(&batch),
+        &offsets,
+        128 << 20,
+    )
+    .await
+    .unwrap();
+    f.tail
+        .send(Committed {
+            table: TRADES_TABLE,
+            snapshot_id: c.snapshot_id,
+            offsets,
+        })
+        .await
+        .unwrap();
+    f.engine.refresh().await;
+    let (again, after) = check_every_page(&f).await;
+    assert_ne!(before, after, "the second round must pin the new snapshot");
+    assert_eq!(after, Some(c.snapshot_id));
+    println!("{} recent answers equal brute force", checked + again);
 }

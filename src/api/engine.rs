@@ -125,6 +125,9 @@ pub struct Engine {
 /// pin that snapshot, and it answers the recent page's two questions of the
 /// lake (rows at or after t? rows between the window's start and t?)
 /// without reading it, unless the lake holds rows at or after t.
+/// Symbols whose `LakeNewest` is kept before older snapshots' are dropped.
+const MAX_LAKE_FACTS: usize = 4096;
+
 #[derive(Debug, Clone, Copy)]
 struct LakeNewest {
     snapshot_id: i64,
@@ -287,10 +290,40 @@ impl Engine {
     }
 
     /// Loads the table's newest snapshot for later scans to pin.
+    /// Then learns, at the new snapshot, what `/v1/trades/recent` knew of
+    /// the lake at the old one, so that a poller's first page after a
+    /// commit need not read the lake for it.
     pub async fn refresh(&self) {
-        match self.catalog.load_table(&self.ident).await {
-            Ok(t) => self.pinned.set(t),
-            Err(e) => tracing::warn!(error = %e, "query: reloading the trades table failed"),
+        let table = match self.catalog.load_table(&self.ident).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "query: reloading the trades table failed");
+                return;
+            }
+        };
+        self.pinned.set(table.clone());
+        let pin = Pin::lake_at(table);
+        let Some(id) = pin.snapshot_id() else {
+            return;
+        };
+        let known: Vec<((String, Option<String>), i64)> = match self.lake_newest.lock() {
+            Ok(c) => c
+                .iter()
+                .filter(|(_, k)| k.snapshot_id != id)
+                .map(|(key, k)| (key.clone(), k.from))
+                .collect(),
+            Err(_) => return,
+        };
+        let lake = Arc::new(self.live.at(pin));
+        for ((symbol, exchange), from) in known {
+            let window = RecentWindow {
+                symbol: &symbol,
+                exchange: exchange.as_deref(),
+                start: from,
+            };
+            if let Err(e) = self.lake_newest(lake.clone(), id, &window).await {
+                tracing::debug!(symbol, error = %e, "query: could not learn the lake's newest trade");
+            }
         }
     }
 
@@ -575,8 +608,11 @@ impl Engine {
             _ => return Ok(None),
         };
         if let Ok(mut c) = self.lake_newest.lock() {
-            // Only the newest snapshot is worth keeping facts of.
-            c.retain(|_, k| k.snapshot_id == snapshot_id);
+            // One entry per symbol asked for, the latest learned; many
+            // symbols: keep those of this snapshot only.
+            if c.len() >= MAX_LAKE_FACTS {
+                c.retain(|_, k| k.snapshot_id == snapshot_id);
+            }
             c.insert(
                 key,
                 LakeNewest {
@@ -589,8 +625,8 @@ impl Engine {
         Ok(Some(newest))
     }
 
-    /// Forgets what `/v1/trades/recent` learned of the lake, as a new
-    /// snapshot would; for `ticklake bench-api latency`'s cold runs.
+    /// Forgets what `/v1/trades/recent` learned of the lake; for
+    /// `ticklake bench-api latency`'s cold runs.
     pub fn forget_lake_facts(&self) {
         if let Ok(mut c) = self.lake_newest.lock() {
             c.clear();
