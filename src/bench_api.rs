@@ -313,7 +313,7 @@ pub struct LatencyReport {
     /// The same query with what the engine knows of the lake at the pinned
     /// snapshot forgotten before each run: the cost of learning it, which
     /// the daemon pays once per snapshot and symbol, right after a commit
-    /// (`Engine::refresh`), or on the first query of a symbol.
+    /// (`Engine::learn_lake_facts`), or on the first query of a symbol.
     pub recent_cold_p50_ms: f64,
     pub recent_cold_p99_ms: f64,
     pub ohlcv_bars: usize,

@@ -241,9 +241,9 @@ async fn recent_pages_equal_brute_force_at_every_size() {
     assert!(!rare.is_empty() && rare.len() < 1000, "{}", rare.len());
     let (checked, before) = check_every_page(&f).await;
 
-    // A commit of part of the tail, as the writer makes it, then the query
-    // side's refresh (which re-learns the lake at the new snapshot): the
-    // union is the same, so every answer must be too.
+    // A commit of part of the tail, as the writer makes it, then what the
+    // query side does on a commit (re-pin, re-learn the lake at the new
+    // snapshot): the union is the same, so every answer must be too.
     let moved = f.lake_n + 1000;
     let mut rows = f.all[f.lake_n..moved].to_vec();
     let mut offsets = KafkaOffsets {
@@ -270,6 +270,7 @@ async fn recent_pages_equal_brute_force_at_every_size() {
         .await
         .unwrap();
     f.engine.refresh().await;
+    f.engine.learn_lake_facts().await;
     let (again, after) = check_every_page(&f).await;
     assert_ne!(before, after, "the second round must pin the new snapshot");
     assert_eq!(after, Some(c.snapshot_id));

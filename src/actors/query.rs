@@ -48,6 +48,14 @@ impl Handler<Committed> for QueryActor {
             return;
         }
         let engine = self.engine.clone();
-        tokio::spawn(async move { engine.refresh().await });
+        tokio::spawn(async move {
+            engine.refresh().await;
+            // Off the pool: nobody waits on it.
+            let learn = crate::lake::background::handle()
+                .spawn(async move { engine.learn_lake_facts().await });
+            if let Err(e) = learn.await {
+                tracing::debug!(error = %e, "query: learning the lake's newest trades failed");
+            }
+        });
     }
 }

@@ -290,18 +290,22 @@ impl Engine {
     }
 
     /// Loads the table's newest snapshot for later scans to pin.
-    /// Then learns, at the new snapshot, what `/v1/trades/recent` knew of
-    /// the lake at the old one, so that a poller's first page after a
-    /// commit need not read the lake for it.
     pub async fn refresh(&self) {
-        let table = match self.catalog.load_table(&self.ident).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(error = %e, "query: reloading the trades table failed");
-                return;
-            }
+        match self.catalog.load_table(&self.ident).await {
+            Ok(t) => self.pinned.set(t),
+            Err(e) => tracing::warn!(error = %e, "query: reloading the trades table failed"),
+        }
+    }
+
+    /// Learns, at the pinned snapshot, what `/v1/trades/recent` knew of the
+    /// lake at an older one (the newest trade of each symbol asked so far),
+    /// so that a poller's first page after a commit need not read the lake
+    /// for it. Background work: the query actor runs it on the commit
+    /// runtime, below the ingest path.
+    pub async fn learn_lake_facts(&self) {
+        let Some(table) = self.pinned.get() else {
+            return;
         };
-        self.pinned.set(table.clone());
         let pin = Pin::lake_at(table);
         let Some(id) = pin.snapshot_id() else {
             return;
