@@ -98,8 +98,8 @@ pub struct Pin {
 }
 
 impl Pin {
-    /// The tail rows (filtered per segment only: rows outside the filter
-    /// can be among them).
+    /// The tail rows, exactly those matching the filter the pin was taken
+    /// with (`TailStore::scan`).
     pub fn rows(&self) -> &[RecordBatch] {
         &self.rows
     }
@@ -401,60 +401,12 @@ pub fn tail_filter(filters: &[Expr]) -> TailFilter {
     f
 }
 
-/// The rows of `rows` that match `filter` exactly. Here the filter's bounds
-/// are read as exact and inclusive, so it must say precisely what the
-/// query asks: a wider filter (like `tail_filter`'s widened bounds) would
-/// keep rows the query does not want.
-pub fn rows_matching(rows: &[RecordBatch], filter: &TailFilter) -> DFResult<Vec<RecordBatch>> {
-    use arrow::array::{Array, AsArray, BooleanArray};
-    use arrow::datatypes::TimestampMicrosecondType;
-    let mut out = Vec::with_capacity(rows.len());
-    for b in rows {
-        let column = |name: &str| {
-            b.column_by_name(name).ok_or_else(|| {
-                DataFusionError::Internal(format!("tail rows without a {name} column"))
-            })
-        };
-        let (symbol, exchange, time) =
-            (column("symbol")?, column("exchange")?, column("timestamp")?);
-        let (Some(symbol), Some(exchange), Some(time)) = (
-            symbol.as_string_opt::<i32>(),
-            exchange.as_string_opt::<i32>(),
-            time.as_primitive_opt::<TimestampMicrosecondType>(),
-        ) else {
-            return Err(DataFusionError::Internal(
-                "tail rows of another schema".into(),
-            ));
-        };
-        let within = |set: &Option<BTreeSet<String>>, a: &arrow::array::StringArray, i: usize| {
-            set.as_ref()
-                .is_none_or(|s| a.is_valid(i) && s.contains(a.value(i)))
-        };
-        let mask: BooleanArray = (0..b.num_rows())
-            .map(|i| {
-                let t = time.value(i);
-                Some(
-                    time.is_valid(i)
-                        && within(&filter.symbols, symbol, i)
-                        && within(&filter.exchanges, exchange, i)
-                        && filter.start_us.is_none_or(|s| t >= s)
-                        && filter.end_us.is_none_or(|e| t <= e),
-                )
-            })
-            .collect();
-        let kept = arrow::compute::filter_record_batch(b, &mask)?;
-        if kept.num_rows() > 0 {
-            out.push(kept);
-        }
-    }
-    Ok(out)
-}
-
 /// The `k`-th newest timestamp of `rows`, when they hold at least `k`.
 ///
 /// A query for the newest `k` rows of the hybrid table matching a filter
 /// can then add `timestamp >= t`, where `t` is taken over the tail rows
-/// matching that filter (`rows_matching`): at least `k` rows at or after
+/// matching that filter exactly (a tail scan with a filter that says
+/// precisely what the query asks): at least `k` rows at or after
 /// `t` exist (rows only move from the tail into the lake, never out of the
 /// union), so no row before `t` can be among the newest `k`. The lake side
 /// then skips every file and row group that ends before `t`, which for "the
@@ -701,7 +653,10 @@ mod tests {
         }
         want.sort_unstable_by(|a, b| b.cmp(a));
         assert!(want.len() > 20, "the fixture must match some rows");
-        let matching = rows_matching(&batches, &filter).unwrap();
+        let matching: Vec<RecordBatch> = batches
+            .iter()
+            .map(|b| crate::actors::tail::rows_matching(b, &filter).unwrap())
+            .collect();
         assert_eq!(
             matching.iter().map(|b| b.num_rows()).sum::<usize>(),
             want.len()

@@ -134,6 +134,54 @@ impl Segment {
             && filter.start_us.is_none_or(|s| self.max_ts >= s)
             && filter.end_us.is_none_or(|e| self.min_ts <= e)
     }
+
+    /// Whether every row matches `filter` (symbols aside: a segment holds
+    /// one symbol, and scans pick segments by symbol).
+    fn all_match(&self, filter: &TailFilter) -> bool {
+        filter
+            .exchanges
+            .as_ref()
+            .is_none_or(|x| self.exchanges.is_subset(x))
+            && filter.start_us.is_none_or(|s| self.min_ts >= s)
+            && filter.end_us.is_none_or(|e| self.max_ts <= e)
+    }
+}
+
+/// The rows of `batch` (trades) that match `filter` exactly, bounds
+/// inclusive.
+pub fn rows_matching(batch: &RecordBatch, filter: &TailFilter) -> Result<RecordBatch, TailError> {
+    use arrow::array::{Array, AsArray, StringArray};
+    use arrow::datatypes::TimestampMicrosecondType;
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .ok_or_else(|| TailError::Arrow(format!("tail rows without a {name} column")))
+    };
+    let (symbol, exchange, time) = (column("symbol")?, column("exchange")?, column("timestamp")?);
+    let (Some(symbol), Some(exchange), Some(time)) = (
+        symbol.as_string_opt::<i32>(),
+        exchange.as_string_opt::<i32>(),
+        time.as_primitive_opt::<TimestampMicrosecondType>(),
+    ) else {
+        return Err(TailError::Arrow("tail rows of another schema".into()));
+    };
+    let within = |set: &Option<BTreeSet<String>>, a: &StringArray, i: usize| {
+        set.as_ref()
+            .is_none_or(|s| a.is_valid(i) && s.contains(a.value(i)))
+    };
+    let mask: BooleanArray = (0..batch.num_rows())
+        .map(|i| {
+            let t = time.value(i);
+            Some(
+                time.is_valid(i)
+                    && within(&filter.symbols, symbol, i)
+                    && within(&filter.exchanges, exchange, i)
+                    && filter.start_us.is_none_or(|s| t >= s)
+                    && filter.end_us.is_none_or(|e| t <= e),
+            )
+        })
+        .collect();
+    filter_record_batch(batch, &mask).map_err(|e| TailError::Arrow(e.to_string()))
 }
 
 /// One symbol's rows: sealed segments, then the open run.
@@ -331,9 +379,10 @@ impl TailStore {
         self.rows = kept;
     }
 
-    /// The rows at or past `since` that match `filter` (as far as a whole
-    /// segment can tell; the query filters the rows again), or `Stale` when
-    /// rows past `since` were already dropped.
+    /// The rows at or past `since` that match `filter`, exactly (bounds
+    /// inclusive), or `Stale` when rows past `since` were already dropped.
+    /// A sealed segment whose rows all match is handed out as it is; only
+    /// those straddling a bound are filtered row by row.
     pub fn scan(
         &self,
         since: &KafkaOffsets,
@@ -364,8 +413,10 @@ impl TailStore {
         let mut out = Vec::new();
         let mut read = |sym: &SymbolRows| -> Result<(), TailError> {
             for seg in sym.sealed.iter().filter(|s| s.matches(filter)) {
-                if let Some(b) = seg.from(&from)? {
-                    out.push(b);
+                match seg.from(&from)? {
+                    Some(b) if seg.all_match(filter) => out.push(b),
+                    Some(b) => out.push(rows_matching(&b, filter)?),
+                    None => {}
                 }
             }
             let keep = |t: &TradeV2, &(p, o): &Pos| {

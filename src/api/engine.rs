@@ -25,10 +25,10 @@ use iceberg_datafusion::IcebergStaticTableProvider;
 use serde_json::{Value, json};
 
 use super::ApiError;
-use super::json::{JsonRows, json_rows};
+use super::json::{JsonRows, json_rows, split_rows};
 use super::params::Cursor;
 use crate::config::ApiConfig;
-use crate::hybrid::{HybridTable, Pin, PinnedTable, ScanInfo, kth_newest_timestamp, rows_matching};
+use crate::hybrid::{HybridTable, Pin, PinnedTable, ScanInfo, kth_newest_timestamp};
 use crate::lake::commit::OFFSETS_PROPERTY;
 use crate::messages::query::{OhlcvRequest, QueryRequest, RecentRequest, TradesRequest};
 use crate::messages::tail::TailFilter;
@@ -89,21 +89,7 @@ fn rows_in(batches: &[RecordBatch]) -> usize {
 
 /// The first `n` rows of `batches`.
 fn first_rows(batches: Vec<RecordBatch>, n: usize) -> Vec<RecordBatch> {
-    let mut left = n;
-    let mut out = Vec::with_capacity(batches.len());
-    for b in batches {
-        if left == 0 {
-            break;
-        }
-        let take = b.num_rows().min(left);
-        left -= take;
-        out.push(if take == b.num_rows() {
-            b
-        } else {
-            b.slice(0, take)
-        });
-    }
-    out
+    split_rows(&batches, n).0
 }
 
 pub struct Engine {
@@ -125,15 +111,15 @@ pub struct Engine {
 /// pin that snapshot, and it answers the recent page's two questions of the
 /// lake (rows at or after t? rows between the window's start and t?)
 /// without reading it, unless the lake holds rows at or after t.
-/// Symbols whose `LakeNewest` is kept before older snapshots' are dropped.
-const MAX_LAKE_FACTS: usize = 4096;
-
 #[derive(Debug, Clone, Copy)]
 struct LakeNewest {
     snapshot_id: i64,
     from: i64,
     newest: Option<i64>,
 }
+
+/// Symbols whose `LakeNewest` is kept before older snapshots' are dropped.
+const MAX_LAKE_FACTS: usize = 4096;
 
 fn ts_lit(us: i64) -> Expr {
     lit(ScalarValue::TimestampMicrosecond(
@@ -451,19 +437,21 @@ impl Engine {
             exchange: r.exchange.as_deref(),
             start,
         };
-        let wanted = window.tail_filter();
         let started = std::time::Instant::now();
-        let pin = self.live.pin_now(&wanted).await.map_err(df_err)?;
+        let pin = self
+            .live
+            .pin_now(&window.tail_filter())
+            .await
+            .map_err(df_err)?;
         let scanned = rows_in(pin.rows());
         let snapshot_id = pin.snapshot_id();
-        let tail = rows_matching(pin.rows(), &wanted).map_err(df_err)?;
         tracing::debug!(
             pin_ms = started.elapsed().as_secs_f64() * 1000.0,
             scanned,
             "recent: pinned, tail rows picked"
         );
-        let (batches, truncated) = match kth_newest_timestamp(&tail, limit).map_err(df_err)? {
-            Some(t) => self.recent_from_tail(pin, tail, window, t, limit).await?,
+        let (batches, truncated) = match kth_newest_timestamp(pin.rows(), limit).map_err(df_err)? {
+            Some(t) => self.recent_from_tail(pin, window, t, limit).await?,
             None => {
                 // The tail cannot fill the page: the whole window, hybrid.
                 let (df, _) = self.pinned_source(pin)?;
@@ -485,7 +473,7 @@ impl Engine {
     }
 
     /// The newest `limit` rows of the window when the tail alone holds at
-    /// least `limit` of them (`tail`, matching exactly), `t` being the
+    /// least `limit` of them (`pin`'s rows, matching exactly), `t` being the
     /// timestamp of the `limit`-th newest: every row of the page is at or
     /// after `t` (see `kth_newest_timestamp`). So the page is the newest of
     /// the tail rows plus the lake rows at or after `t`, which the lake
@@ -497,18 +485,17 @@ impl Engine {
     async fn recent_from_tail(
         &self,
         pin: Pin,
-        tail: Vec<RecordBatch>,
         window: RecentWindow<'_>,
         t: i64,
         limit: usize,
     ) -> Result<(Vec<RecordBatch>, bool), ApiError> {
         let started = std::time::Instant::now();
         let lake = Arc::new(self.live.at(pin.lake_only()));
-        let preds = window.preds();
+        // The window's predicates and one more on the timestamp.
         let with = |extra: Expr| {
-            let mut p = preds.clone();
+            let mut p = window.preds();
             p.push(extra);
-            conjunction(p)
+            p
         };
         // Whether the lake has rows between the start and t, when it is
         // known to hold none at or after t.
@@ -529,17 +516,14 @@ impl Engine {
                     let df = self.ctx.read_table(lake.clone()).map_err(df_err)?;
                     trades_in_order(
                         df,
-                        vec![with(col("timestamp").gt_eq(ts_lit(t))).unwrap_or(lit(true))],
+                        with(col("timestamp").gt_eq(ts_lit(t))),
                         false,
                         limit + 1,
                     )
                 };
                 let older = async {
-                    let mut df = self.ctx.read_table(lake).map_err(df_err)?;
-                    if let Some(p) = with(col("timestamp").lt(ts_lit(t))) {
-                        df = df.filter(p).map_err(df_err)?;
-                    }
-                    let batches = df
+                    let df = self.ctx.read_table(lake).map_err(df_err)?;
+                    let batches = filtered(df, with(col("timestamp").lt(ts_lit(t))))?
                         .limit(0, Some(1))
                         .and_then(|d| d.select(vec![col("timestamp")]))
                         .map_err(df_err)?
@@ -552,6 +536,7 @@ impl Engine {
             }
         };
         let t1 = std::time::Instant::now();
+        let tail = pin.rows();
         let mut rows = Vec::with_capacity(tail.len() + newer.len());
         for b in tail.iter().chain(&newer) {
             rows.push(trade_projection(b)?);
@@ -562,7 +547,7 @@ impl Engine {
         tracing::debug!(
             lake_ms = (t1 - started).as_secs_f64() * 1000.0,
             merge_ms = t1.elapsed().as_secs_f64() * 1000.0,
-            tail_rows = rows_in(&tail),
+            tail_rows = rows_in(tail),
             lake_rows = rows_in(&newer),
             lake_read = known.is_none(),
             "recent page from the tail"
@@ -594,11 +579,7 @@ impl Engine {
             return Ok(Some(k.newest.filter(|&m| m >= window.start)));
         }
         let df = self.ctx.read_table(lake).map_err(df_err)?;
-        let df = match conjunction(window.preds()) {
-            Some(p) => df.filter(p).map_err(df_err)?,
-            None => df,
-        };
-        let batches = df
+        let batches = filtered(df, window.preds())?
             .aggregate(vec![], vec![max(col("timestamp")).alias("newest")])
             .map_err(df_err)?
             .collect()
@@ -669,11 +650,7 @@ impl Engine {
         };
         let stride = lit(ScalarValue::new_interval_mdn(0, 0, step * 1000));
         let bucket = date_bin(stride, col("timestamp"), ts_lit(0)).alias("time");
-        let df = match conjunction(preds) {
-            Some(p) => df.filter(p).map_err(df_err)?,
-            None => df,
-        };
-        let batches = df
+        let batches = filtered(df, preds)?
             .aggregate(
                 vec![bucket],
                 vec![
@@ -840,6 +817,14 @@ fn cursor_at(batches: &[RecordBatch], mut i: usize) -> Result<Option<Cursor>, Ap
     Ok(None)
 }
 
+/// `df`'s rows matching every predicate.
+fn filtered(df: DataFrame, preds: Vec<Expr>) -> Result<DataFrame, ApiError> {
+    match conjunction(preds) {
+        Some(p) => df.filter(p).map_err(df_err),
+        None => Ok(df),
+    }
+}
+
 /// The trades of `df` matching every predicate, ordered by (timestamp,
 /// message_id) ascending or descending, at most `limit`.
 async fn trades_in_order(
@@ -848,10 +833,7 @@ async fn trades_in_order(
     ascending: bool,
     limit: usize,
 ) -> Result<Vec<RecordBatch>, ApiError> {
-    let df = match conjunction(preds) {
-        Some(p) => df.filter(p).map_err(df_err)?,
-        None => df,
-    };
+    let df = filtered(df, preds)?;
     let t0 = std::time::Instant::now();
     let df = df
         .sort(vec![

@@ -271,7 +271,10 @@ fn encode(batches: &[RecordBatch], room_for: usize) -> Result<Vec<u8>, ApiError>
 }
 
 /// `batches` split into the first `n` rows and the rest (zero-copy).
-fn split_rows(batches: &[RecordBatch], n: usize) -> (Vec<RecordBatch>, Vec<RecordBatch>) {
+pub(super) fn split_rows(
+    batches: &[RecordBatch],
+    n: usize,
+) -> (Vec<RecordBatch>, Vec<RecordBatch>) {
     let (mut head, mut rest) = (Vec::new(), Vec::new());
     let mut left = n;
     for b in batches {

@@ -27,8 +27,9 @@ pub struct TailRow {
 pub struct Tailed(pub Vec<TailRow>);
 
 /// Which tail rows a query can use. Every field narrows; `None` means no
-/// restriction. Bounds are inclusive, in UTC microseconds. The filter only
-/// prunes: the query re-applies its own predicates on the result.
+/// restriction. Bounds are inclusive, in UTC microseconds. The tail returns
+/// exactly the rows that match; a query still re-applies its own predicates
+/// on them, since `hybrid::tail_filter` widens what it cannot express.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TailFilter {
     pub symbols: Option<BTreeSet<String>>,
