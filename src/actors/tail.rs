@@ -805,95 +805,43 @@ mod tests {
         };
         assert_eq!(count(&s.scan(&since, &f).unwrap()), 0);
     }
-}
-
-#[cfg(test)]
-mod segment_tests {
-    use super::*;
-    use crate::model::{AssetClass, Dec8, Side};
-
-    fn row(p: i32, offset: i64, symbol: &str) -> TailRow {
-        TailRow {
-            topic: Arc::from("t"),
-            partition: p,
-            offset,
-            trade: TradeV2 {
-                message_id: format!("{symbol}-{offset}"),
-                trade_id: format!("X-{offset}"),
-                symbol: symbol.into(),
-                exchange: "X".into(),
-                asset_class: AssetClass::Crypto,
-                timestamp_us: offset,
-                ingestion_timestamp_us: offset,
-                price: Dec8::from_unscaled(offset).unwrap(),
-                quantity: Dec8::from_unscaled(1).unwrap(),
-                currency: "USDT".into(),
-                side: Side::Buy,
-                trade_conditions: vec![],
-                source_sequence: Some(offset),
-                platform_sequence: None,
-                vendor_data: None,
-            },
-        }
-    }
-
-    fn offsets(parts: &[(i32, i64)]) -> KafkaOffsets {
-        let mut o = KafkaOffsets {
-            cluster_id: "c".into(),
-            ..Default::default()
-        };
-        for (p, n) in parts {
-            o.set("t", *p, *n);
-        }
-        o
-    }
-
-    fn sorted_offsets(batches: &[RecordBatch]) -> Vec<i64> {
-        let mut v: Vec<i64> = batches
-            .iter()
-            .flat_map(|b| {
-                let c = b
-                    .column_by_name("source_sequence")
-                    .unwrap()
-                    .as_any()
-                    .downcast_ref::<arrow::array::Int64Array>()
-                    .unwrap()
-                    .clone();
-                c.values().to_vec()
-            })
-            .collect();
-        v.sort();
-        v
-    }
 
     /// Rows spread over sealed segments and the open run, two partitions
     /// interleaved: every split point and every prune point gives exactly
     /// the rows at or past it, whole segments shared and straddling ones
-    /// filtered.
+    /// filtered; so do time bounds that cut through sealed segments.
     #[test]
     fn segments_split_and_prune_exactly_at_any_offset() {
-        let schema =
-            crate::lake::batch::arrow_schema(&crate::lake::schema::trades_schema().unwrap())
-                .unwrap();
         let n = (SEGMENT_ROWS * 3 + 17) as i64;
         let all: Vec<TailRow> = (0..n).map(|o| row((o % 2) as i32, o, "A")).collect();
-        let mut s = TailStore::new("c", schema.clone());
+        let mut s = store();
         for chunk in all.chunks(300) {
             s.push(chunk.to_vec());
         }
         assert_eq!(s.len(), n as usize);
         assert!(s.by_symbol["A"].sealed.len() >= 2, "rows were sealed");
         for cut in [0, 1, 511, 1024, 1025, 2047, 2500, n - 1, n] {
-            let since = offsets(&[(0, cut), (1, cut)]);
-            let got = sorted_offsets(&s.scan(&since, &TailFilter::default()).unwrap());
+            let since = offsets("c", &[(0, cut), (1, cut)]);
+            let got = ids(&s.scan(&since, &TailFilter::default()).unwrap());
             let want: Vec<i64> = (cut..n).collect();
             assert_eq!(got, want, "split at {cut}");
         }
+        // Timestamps equal offsets here.
+        let since = offsets("c", &[]);
+        for (lo, hi) in [(0, n), (100, 1500), (1023, 1024), (2000, n + 5)] {
+            let f = TailFilter {
+                start_us: Some(lo),
+                end_us: Some(hi),
+                ..Default::default()
+            };
+            let got = ids(&s.scan(&since, &f).unwrap());
+            assert_eq!(got, (lo..=hi.min(n - 1)).collect::<Vec<_>>(), "{lo}..={hi}");
+        }
         for cut in [700, 1500, 3000, n] {
-            s.prune(&offsets(&[(0, cut), (1, cut)]));
+            s.prune(&offsets("c", &[(0, cut), (1, cut)]));
             assert_eq!(s.len(), (n - cut) as usize, "pruned to {cut}");
-            let since = offsets(&[(0, cut), (1, cut)]);
-            let got = sorted_offsets(&s.scan(&since, &TailFilter::default()).unwrap());
+            let since = offsets("c", &[(0, cut), (1, cut)]);
+            let got = ids(&s.scan(&since, &TailFilter::default()).unwrap());
             assert_eq!(got, (cut..n).collect::<Vec<_>>(), "after prune to {cut}");
         }
         assert!(s.is_empty());
