@@ -144,7 +144,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     let trades_topic = cfg.kafka.trades_topic(&exchange);
     let dl_topic = cfg.kafka.dead_letter_topic.clone();
     // Equities loaded by `ticklake load asx` travel on their own topic.
-    let asx_topic = cfg.kafka.trades_topic(crate::loaders::asx::EXCHANGE);
+    let asx_topic = cfg.kafka.trades_topic(crate::exchanges::ASX);
     let mut topic_names = vec![trades_topic.clone(), dl_topic.clone()];
     if !topic_names.contains(&asx_topic) {
         topic_names.insert(1, asx_topic);

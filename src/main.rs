@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ticklake::config::Config;
 use ticklake::query::OutputFormat;
-use ticklake::replay::{Pacing, ReplayOptions, ReplayServer};
+use ticklake::tools::replay::{Pacing, ReplayOptions, ReplayServer};
 
 /// mimalloc instead of glibc's malloc. The daemon allocates small strings
 /// for every trade on the ingest thread while commits free whole buffers
@@ -239,7 +239,7 @@ fn main() -> anyhow::Result<()> {
             live,
             retime,
         } => {
-            let frames = ticklake::capture::read_captures(&capture)?;
+            let frames = ticklake::tools::capture::read_captures(&capture)?;
             let pacing = match (speed, rate) {
                 (Some(s), _) if s > 0.0 => Pacing::Speed(s),
                 (_, Some(r)) if r > 0.0 => Pacing::Rate(r),
@@ -318,7 +318,7 @@ fn main() -> anyhow::Result<()> {
             let cfg = Config::load(config.as_deref())?;
             let sys = actix_system();
             let report = sys.block_on(async move {
-                ticklake::bench::run(&cfg, trades, std::time::Duration::from_secs(600)).await
+                ticklake::tools::bench::run(&cfg, trades, std::time::Duration::from_secs(600)).await
             })?;
             print_report(&report, json)
         }
@@ -339,7 +339,7 @@ fn main() -> anyhow::Result<()> {
             let sys = actix_system();
             let report =
                 sys.block_on(
-                    async move { ticklake::bench_api::freshness(&cfg, rate, seconds).await },
+                    async move { ticklake::tools::bench_api::freshness(&cfg, rate, seconds).await },
                 )?;
             print_report(&report, json)
         }
@@ -361,7 +361,7 @@ fn main() -> anyhow::Result<()> {
             let cfg = Config::load(config.as_deref())?;
             let sys = actix_system();
             let report = sys.block_on(async move {
-                ticklake::bench_api::latency(
+                ticklake::tools::bench_api::latency(
                     &cfg,
                     lake_trades,
                     tail_trades,
@@ -383,7 +383,7 @@ fn main() -> anyhow::Result<()> {
             let cfg = Config::load(config.as_deref())?;
             let sys = actix_system();
             let report = sys.block_on(async move {
-                ticklake::loaders::load::asx(
+                ticklake::tools::loaders::load::asx(
                     &cfg,
                     &dir,
                     std::time::Duration::from_secs(timeout_secs),
@@ -413,7 +413,7 @@ fn main() -> anyhow::Result<()> {
             let cfg = Config::load(config.as_deref())?;
             let rt = multi_thread_runtime()?;
             rt.block_on(async move {
-                let report = ticklake::produce::produce(&cfg, &capture).await?;
+                let report = ticklake::tools::produce::produce(&cfg, &capture).await?;
                 println!("{}", serde_json::to_string(&report)?);
                 anyhow::Ok(())
             })

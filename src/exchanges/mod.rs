@@ -2,6 +2,10 @@
 
 pub mod binance;
 
+/// The exchange name of equities loaded by `ticklake load asx`; the daemon
+/// reads their topic too, so they land like any live trade.
+pub const ASX: &str = "ASX";
+
 /// What a frame turned out to be.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Parsed {

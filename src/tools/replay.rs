@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{debug, error, info, warn};
 
-use crate::capture::CapturedFrame;
+use crate::tools::capture::CapturedFrame;
 
 /// Longest recorded silence, in seconds, that [`Pacing::Speed`] reproduces.
 const MAX_RECORDED_GAP_SECS: f64 = 5.0;

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::daemon::{self, DaemonError};
 use crate::instruments::Tier;
-use crate::loaders::asx::{self, AsxError};
+use crate::tools::loaders::asx::{self, AsxError};
 use crate::messages::producer::Outgoing;
 use crate::model::now_us;
 

@@ -14,7 +14,7 @@ use chrono_tz::Australia::Sydney;
 
 use crate::model::{AssetClass, Dec8, Side, TradeV2, message_id};
 
-pub const EXCHANGE: &str = "ASX";
+pub const EXCHANGE: &str = crate::exchanges::ASX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AsxError {

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::actors::producer::{Encoder, enqueue};
-use crate::capture;
+use crate::tools::capture;
 use crate::config::Config;
 use crate::exchanges::{Parsed, binance};
 use crate::messages::producer::Record;

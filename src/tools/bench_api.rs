@@ -14,18 +14,18 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::capture::CapturedFrame;
+use crate::tools::capture::CapturedFrame;
 use crate::config::{BinanceStream, Config};
 use crate::daemon::{self, DaemonError};
 use crate::model::now_us;
-use crate::replay::{Pacing, ReplayOptions, ReplayServer};
+use crate::tools::replay::{Pacing, ReplayOptions, ReplayServer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchApiError {
     #[error(transparent)]
     Daemon(#[from] DaemonError),
     #[error(transparent)]
-    Replay(#[from] crate::replay::ReplayError),
+    Replay(#[from] crate::tools::replay::ReplayError),
     #[error("the daemon serves no http endpoint")]
     NoHttp,
     #[error("poll: {0}")]

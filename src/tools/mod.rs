@@ -1,0 +1,11 @@
+//! The verbs that are not the daemon: benchmarks, replay of recorded
+//! captures, offline produce, and loaders of historical data sets. They use
+//! the daemon's parts (`crate::daemon`, `crate::kafka`, `crate::query`); the
+//! daemon never uses them.
+
+pub mod bench;
+pub mod bench_api;
+pub mod capture;
+pub mod loaders;
+pub mod produce;
+pub mod replay;
