@@ -13,7 +13,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::actors::binance_feed::{BinanceFeedActor, StopFeed};
 use crate::actors::consumer::{ConsumerActor, Routes};
 use crate::actors::degradation::{DegradationSupervisor, SupervisorInputs};
-use crate::actors::producer::{Encoder, ProducerActor, ProducerHandle, ProducerSettings};
+use crate::actors::producer::{ProducerActor, ProducerHandle, ProducerSettings};
+use crate::kafka::encoder::Encoder;
 use crate::actors::query::QueryActor;
 use crate::actors::tail::TailActor;
 use crate::actors::writer::{FlushPolicy, WriterActor};
@@ -26,7 +27,7 @@ use crate::lake::{self, LakeError, TableKind};
 use crate::messages::producer::ProducerControl;
 use crate::messages::writer::{AddCommitListener, Flush, GetPositions, SetRestarter};
 use crate::metrics::{Metrics, MetricsError};
-use crate::registry::{LocalRegistry, RegistryError};
+use crate::kafka::registry::{LocalRegistry, RegistryError};
 use crate::status::StatusSources;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +41,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
-    Avro(#[from] crate::avro::AvroError),
+    Avro(#[from] crate::kafka::avro::AvroError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
     #[error("http server on {listen}: {source}")]
@@ -138,7 +139,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     let metrics = Metrics::new()?;
     let data_dir = cfg.data_dir_abs();
     let registry = LocalRegistry::open(&data_dir)?;
-    let codec = Arc::new(crate::registry::codec(&registry)?);
+    let codec = Arc::new(crate::kafka::registry::codec(&registry)?);
 
     let exchange = cfg.feeds.binance.exchange.clone();
     let trades_topic = cfg.kafka.trades_topic(&exchange);

@@ -4,7 +4,6 @@
 
 pub mod actors;
 pub mod api;
-pub mod avro;
 pub mod config;
 pub mod daemon;
 pub mod dedup;
@@ -20,7 +19,6 @@ pub mod messages;
 pub mod metrics;
 pub mod model;
 pub mod query;
-pub mod registry;
 pub mod sql_guard;
 pub mod status;
 pub mod tools;

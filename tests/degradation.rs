@@ -522,8 +522,8 @@ fn read_trade_ids(
 ) -> BTreeMap<String, Vec<i64>> {
     use rdkafka::Message;
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let registry = ticklake::registry::LocalRegistry::open(data_dir).unwrap();
-    let codec = ticklake::registry::codec(&registry).unwrap();
+    let registry = ticklake::kafka::registry::LocalRegistry::open(data_dir).unwrap();
+    let codec = ticklake::kafka::registry::codec(&registry).unwrap();
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("check"))

@@ -13,7 +13,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::actors::writer::WriterActor;
-use crate::avro::Codec;
+use crate::kafka::avro::Codec;
 use crate::messages::consumer::Committed;
 pub use crate::messages::consumer::RestartConsumer;
 use crate::messages::tail::{TailRow, Tailed};

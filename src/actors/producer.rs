@@ -11,20 +11,20 @@
 //! replayed in order behind them when the breaker closes.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use rdkafka::Message as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::producer::{FutureProducer, Producer, PurgeConfig};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::avro::{AvroError, Codec};
+use crate::kafka::avro::AvroError;
+use crate::kafka::delivery::{Deliveries, Undelivered, dispatch, tier_label};
+use crate::kafka::encoder::{Encoded, Encoder};
 use crate::degrade::breaker::{BreakerConfig, BreakerSnapshot, BreakerState, CircuitBreaker};
 use crate::degrade::level::Level;
 use crate::degrade::policy::{self, Action, SpillEntry};
@@ -55,95 +55,6 @@ impl ProducerError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, ProducerError::Kafka(_) | ProducerError::Join(_))
     }
-}
-
-/// Encodes a record and picks its topic and key. Shared with the offline
-/// `ticklake produce` path so both write byte-identical records.
-pub struct Encoder {
-    codec: Arc<Codec>,
-    trades_topics: HashMap<String, String>,
-    topic_prefix: String,
-    dead_letter_topic: String,
-}
-
-/// A record ready for Kafka.
-pub struct Encoded {
-    pub topic: String,
-    pub key: String,
-    pub payload: Vec<u8>,
-}
-
-impl Encoder {
-    pub fn new(codec: Arc<Codec>, kafka: &crate::config::KafkaConfig) -> Self {
-        Self {
-            codec,
-            trades_topics: HashMap::new(),
-            topic_prefix: kafka.trades_topic_prefix.clone(),
-            dead_letter_topic: kafka.dead_letter_topic.clone(),
-        }
-    }
-
-    pub fn encode(&mut self, record: &Record) -> Result<Encoded, AvroError> {
-        Ok(match record {
-            Record::Trade(t) => {
-                let prefix = &self.topic_prefix;
-                let topic = self
-                    .trades_topics
-                    .entry(t.exchange.clone())
-                    .or_insert_with(|| format!("{prefix}.{}", t.exchange.to_ascii_lowercase()))
-                    .clone();
-                Encoded {
-                    topic,
-                    // keyed by symbol: one symbol's trades stay in order on one partition
-                    key: t.symbol.clone(),
-                    payload: self.codec.encode_trade(t)?,
-                }
-            }
-            Record::DeadLetter(d) => Encoded {
-                topic: self.dead_letter_topic.clone(),
-                key: d.exchange.clone(),
-                payload: self.codec.encode_dead_letter(d)?,
-            },
-        })
-    }
-}
-
-/// Enqueues one record, waiting while librdkafka's queue is full; returns
-/// the delivery future. Waiting here is the backpressure to the feeds.
-pub async fn enqueue(
-    producer: &FutureProducer,
-    rec: &Encoded,
-) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
-    loop {
-        let fr = FutureRecord::to(&rec.topic)
-            .key(&rec.key)
-            .payload(&rec.payload);
-        match producer.send_result(fr) {
-            Ok(f) => return Ok(f),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err((e, _)) => return Err(e),
-        }
-    }
-}
-
-/// Delivery progress, shared with the tasks that await librdkafka's
-/// delivery reports (they run on other threads).
-#[derive(Debug, Default)]
-struct Deliveries {
-    /// Records handed to librdkafka and not yet acknowledged or failed.
-    in_flight: AtomicU64,
-    delivered: AtomicU64,
-    failed: AtomicU64,
-    /// Milliseconds since the actor's epoch of the last acknowledgement.
-    last_delivery_ms: AtomicU64,
-}
-
-/// A record librdkafka gave back as undeliverable; it goes to the spill log.
-struct Undelivered {
-    entry: SpillEntry,
-    error: String,
 }
 
 /// What `/status` shows for the producer.
@@ -216,10 +127,6 @@ pub struct ProducerSettings {
 
 fn tier_slot(tier: Option<Tier>) -> usize {
     tier.map_or(3, Tier::index)
-}
-
-fn tier_label(tier: Option<Tier>) -> &'static str {
-    tier.map_or("none", Tier::label)
 }
 
 impl ProducerActor {
@@ -642,83 +549,6 @@ enum ReplayStop {
     Corrupt(String),
     #[error("kafka: {0}")]
     Kafka(String),
-}
-
-/// Hands one record to librdkafka and arranges for its delivery report:
-/// an acknowledgement counts as published, a failure sends the record back
-/// to the actor for the spill log.
-fn dispatch(
-    producer: &FutureProducer,
-    entry: &SpillEntry,
-    deliveries: &Arc<Deliveries>,
-    metrics: &Metrics,
-    undelivered: &mpsc::UnboundedSender<Undelivered>,
-    epoch: Instant,
-) -> Result<(), KafkaError> {
-    let fr = FutureRecord::to(&entry.topic)
-        .key(&entry.key)
-        .payload(&entry.payload);
-    let delivery = producer.send_result(fr).map_err(|(e, _)| e)?;
-    deliveries.in_flight.fetch_add(1, Ordering::Relaxed);
-    let deliveries = deliveries.clone();
-    let metrics = metrics.clone();
-    let undelivered = undelivered.clone();
-    let exchange = entry.exchange.clone();
-    let tier = entry.tier;
-    let topic = entry.topic.clone();
-    metrics
-        .producer_records
-        .with_label_values(&[&topic, "enqueued"])
-        .inc();
-    tokio::spawn(async move {
-        let outcome = delivery.await;
-        let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        match outcome {
-            Ok(Ok(_)) => {
-                deliveries.delivered.fetch_add(1, Ordering::Relaxed);
-                deliveries.last_delivery_ms.fetch_max(ms, Ordering::Relaxed);
-                deliveries.in_flight.fetch_sub(1, Ordering::Relaxed);
-                metrics
-                    .producer_records
-                    .with_label_values(&[&topic, "delivered"])
-                    .inc();
-                if tier.is_some() {
-                    metrics.account(&exchange, tier_label(tier), Outcome::Published, 1);
-                }
-            }
-            Ok(Err((e, msg))) => {
-                deliveries.failed.fetch_add(1, Ordering::Relaxed);
-                deliveries.in_flight.fetch_sub(1, Ordering::Relaxed);
-                metrics
-                    .producer_records
-                    .with_label_values(&[&topic, "failed"])
-                    .inc();
-                tracing::warn!(topic = %topic, error = %e, "delivery failed; record goes to the spill log");
-                let entry = SpillEntry {
-                    exchange,
-                    tier,
-                    topic,
-                    key: msg
-                        .key()
-                        .map(|k| String::from_utf8_lossy(k).into_owned())
-                        .unwrap_or_default(),
-                    payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                };
-                let _ = undelivered.send(Undelivered {
-                    entry,
-                    error: e.to_string(),
-                });
-            }
-            Err(_) => {
-                // The producer went away (shutdown); the record may or may
-                // not have been written and cannot be resent from here.
-                deliveries.failed.fetch_add(1, Ordering::Relaxed);
-                deliveries.in_flight.fetch_sub(1, Ordering::Relaxed);
-                tracing::error!(topic = %topic, "producer dropped before delivery");
-            }
-        }
-    });
-    Ok(())
 }
 
 impl Actor for ProducerActor {

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 
-use crate::actors::producer::{Encoded, enqueue};
+use crate::kafka::encoder::{Encoded, enqueue};
 use crate::config::Config;
 use crate::daemon::{self, DaemonError};
 use crate::degrade::level::Level;
@@ -28,9 +28,9 @@ pub enum BenchError {
     #[error("kafka: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
-    Avro(#[from] crate::avro::AvroError),
+    Avro(#[from] crate::kafka::avro::AvroError),
     #[error(transparent)]
-    Registry(#[from] crate::registry::RegistryError),
+    Registry(#[from] crate::kafka::registry::RegistryError),
     #[error("producer: {0}")]
     Producer(String),
     #[error("{stage} did not finish within {secs} s ({done} of {total})")]
@@ -207,8 +207,8 @@ async fn measure(cfg: &Config, n: usize, timeout: Duration) -> Result<BenchRepor
     let d = daemon::start(cfg.clone()).await?;
 
     // The ceiling: the same encoded bytes, straight into rdkafka.
-    let registry = crate::registry::LocalRegistry::open(&cfg.data_dir_abs())?;
-    let codec = Arc::new(crate::registry::codec(&registry)?);
+    let registry = crate::kafka::registry::LocalRegistry::open(&cfg.data_dir_abs())?;
+    let codec = Arc::new(crate::kafka::registry::codec(&registry)?);
     let raw_topic = format!("{}.raw", cfg.kafka.trades_topic_prefix);
     // The embedded cluster creates topics on first use (and has no admin
     // API); a real broker may not, so create it there.
@@ -230,7 +230,7 @@ async fn measure(cfg: &Config, n: usize, timeout: Duration) -> Result<BenchRepor
                 payload: codec.encode_trade(t)?,
             })
         })
-        .collect::<Result<_, crate::avro::AvroError>>()?;
+        .collect::<Result<_, crate::kafka::avro::AvroError>>()?;
     let record_bytes = payloads.first().map(|p| p.payload.len()).unwrap_or(0);
     let producer: FutureProducer =
         crate::kafka::producer_config(&cfg.kafka, &d.bootstrap).create()?;

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::actors::producer::{Encoder, enqueue};
+use crate::kafka::encoder::{Encoder, enqueue};
 use crate::tools::capture;
 use crate::config::Config;
 use crate::exchanges::{Parsed, binance};
 use crate::messages::producer::Record;
 use crate::model::{DeadLetter, now_us};
-use crate::registry::LocalRegistry;
+use crate::kafka::registry::LocalRegistry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
@@ -26,9 +26,9 @@ pub enum ProduceError {
     #[error(transparent)]
     Capture(#[from] capture::CaptureError),
     #[error(transparent)]
-    Registry(#[from] crate::registry::RegistryError),
+    Registry(#[from] crate::kafka::registry::RegistryError),
     #[error(transparent)]
-    Avro(#[from] crate::avro::AvroError),
+    Avro(#[from] crate::kafka::avro::AvroError),
     #[error(transparent)]
     Setup(#[from] crate::kafka::KafkaSetupError),
     #[error("kafka: {0}")]
@@ -52,7 +52,7 @@ pub async fn produce(cfg: &Config, captures: &[PathBuf]) -> Result<ProduceReport
     }
     let frames = capture::read_captures(captures)?;
     let registry = LocalRegistry::open(&cfg.data_dir_abs())?;
-    let codec = Arc::new(crate::registry::codec(&registry)?);
+    let codec = Arc::new(crate::kafka::registry::codec(&registry)?);
     let mut encoder = Encoder::new(codec, &cfg.kafka);
     let exchange = cfg.feeds.binance.exchange.clone();
     let topics = vec![

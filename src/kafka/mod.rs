@@ -1,5 +1,12 @@
 //! Kafka plumbing shared by the producer and consumer actors: client
-//! configuration, the embedded in-process cluster, topics and cluster ids.
+//! configuration, the embedded in-process cluster, topics and cluster ids
+//! (here), the Avro codec and the schema registry, the encoder that turns
+//! a record into topic, key and payload, and delivery reports.
+
+pub mod avro;
+pub mod delivery;
+pub mod encoder;
+pub mod registry;
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;

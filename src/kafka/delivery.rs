@@ -1,0 +1,117 @@
+//! Delivery reports: a record handed to librdkafka is counted in flight
+//! until its report arrives; an acknowledgement counts it as published, a
+//! failure sends it back to the producer actor for the spill log.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use rdkafka::Message as _;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::mpsc;
+
+use crate::degrade::policy::SpillEntry;
+use crate::instruments::Tier;
+use crate::metrics::{Metrics, Outcome};
+
+/// The accounting label of a record's tier; dead letters have none.
+pub fn tier_label(tier: Option<Tier>) -> &'static str {
+    tier.map_or("none", Tier::label)
+}
+
+/// Delivery progress, shared with the tasks that await librdkafka's
+/// delivery reports (they run on other threads).
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    /// Records handed to librdkafka and not yet acknowledged or failed.
+    pub in_flight: AtomicU64,
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
+    /// Milliseconds since the actor's epoch of the last acknowledgement.
+    pub last_delivery_ms: AtomicU64,
+}
+
+/// A record librdkafka gave back as undeliverable; it goes to the spill log.
+pub struct Undelivered {
+    pub entry: SpillEntry,
+    pub error: String,
+}
+
+/// Hands one record to librdkafka and arranges for its delivery report:
+/// an acknowledgement counts as published, a failure sends the record back
+/// to the actor for the spill log.
+pub fn dispatch(
+    producer: &FutureProducer,
+    entry: &SpillEntry,
+    deliveries: &Arc<Deliveries>,
+    metrics: &Metrics,
+    undelivered: &mpsc::UnboundedSender<Undelivered>,
+    epoch: Instant,
+) -> Result<(), KafkaError> {
+    let fr = FutureRecord::to(&entry.topic)
+        .key(&entry.key)
+        .payload(&entry.payload);
+    let delivery = producer.send_result(fr).map_err(|(e, _)| e)?;
+    deliveries.in_flight.fetch_add(1, Ordering::Relaxed);
+    let deliveries = deliveries.clone();
+    let metrics = metrics.clone();
+    let undelivered = undelivered.clone();
+    let exchange = entry.exchange.clone();
+    let tier = entry.tier;
+    let topic = entry.topic.clone();
+    metrics
+        .producer_records
+        .with_label_values(&[&topic, "enqueued"])
+        .inc();
+    tokio::spawn(async move {
+        let outcome = delivery.await;
+        let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match outcome {
+            Ok(Ok(_)) => {
+                deliveries.delivered.fetch_add(1, Ordering::Relaxed);
+                deliveries.last_delivery_ms.fetch_max(ms, Ordering::Relaxed);
+                deliveries.in_flight.fetch_sub(1, Ordering::Relaxed);
+                metrics
+                    .producer_records
+                    .with_label_values(&[&topic, "delivered"])
+                    .inc();
+                if tier.is_some() {
+                    metrics.account(&exchange, tier_label(tier), Outcome::Published, 1);
+                }
+            }
+            Ok(Err((e, msg))) => {
+                deliveries.failed.fetch_add(1, Ordering::Relaxed);
+                deliveries.in_flight.fetch_sub(1, Ordering::Relaxed);
+                metrics
+                    .producer_records
+                    .with_label_values(&[&topic, "failed"])
+                    .inc();
+                tracing::warn!(topic = %topic, error = %e, "delivery failed; record goes to the spill log");
+                let entry = SpillEntry {
+                    exchange,
+                    tier,
+                    topic,
+                    key: msg
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .unwrap_or_default(),
+                    payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                };
+                let _ = undelivered.send(Undelivered {
+                    entry,
+                    error: e.to_string(),
+                });
+            }
+            Err(_) => {
+                // The producer went away (shutdown); the record may or may
+                // not have been written and cannot be resent from here.
+                deliveries.failed.fetch_add(1, Ordering::Relaxed);
+                deliveries.in_flight.fetch_sub(1, Ordering::Relaxed);
+                tracing::error!(topic = %topic, "producer dropped before delivery");
+            }
+        }
+    });
+    Ok(())
+}
+
