@@ -54,7 +54,7 @@ pub enum DaemonError {
     #[error("actor mailbox closed: {0}")]
     Mailbox(#[from] MailboxError),
     #[error(transparent)]
-    Query(#[from] crate::query::QueryError),
+    Query(#[from] crate::query::session::SessionError),
     #[error(transparent)]
     Producer(#[from] crate::actors::producer::ProducerError),
     #[error("spill log: {0}")]
@@ -320,7 +320,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     // any row can reach the writer, so none is missed.
     let tail_ctx = Context::<TailActor>::new();
     let tail = tail_ctx.address();
-    let engine = crate::query::engine(&cfg, Some(tail.clone().recipient())).await?;
+    let engine = crate::query::session::engine(&cfg, Some(tail.clone().recipient())).await?;
     let trades_schema = engine.trades_schema();
     let query = QueryActor::new(Arc::new(engine)).start();
     trades.do_send(AddCommitListener(tail.clone().recipient()));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ticklake::config::Config;
-use ticklake::query::OutputFormat;
+use ticklake::query::session::OutputFormat;
 use ticklake::tools::replay::{Pacing, ReplayOptions, ReplayServer};
 
 /// mimalloc instead of glibc's malloc. The daemon allocates small strings
@@ -301,9 +301,9 @@ fn main() -> anyhow::Result<()> {
             );
             let rt = multi_thread_runtime()?;
             rt.block_on(async move {
-                let ctx = ticklake::query::session(&cfg).await?;
-                let batches = ticklake::query::run_sql(&ctx, &sql).await?;
-                print!("{}", ticklake::query::format(&batches, format)?);
+                let ctx = ticklake::query::session::session(&cfg).await?;
+                let batches = ticklake::query::session::run_sql(&ctx, &sql).await?;
+                print!("{}", ticklake::query::session::format(&batches, format)?);
                 if format == OutputFormat::Table {
                     println!();
                 }

@@ -200,7 +200,7 @@ fn every_endpoint_matches_its_golden_file() {
         tail.send(Tailed(tail_rows)).await.unwrap();
 
         let now = micros(setup["now"].as_str().unwrap());
-        let engine = ticklake::query::engine(&cfg, Some(tail.clone().recipient()))
+        let engine = ticklake::query::session::engine(&cfg, Some(tail.clone().recipient()))
             .await
             .unwrap()
             .with_clock(Arc::new(move || now));

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use actix::Actor;
 use serde_json::Value;
 use ticklake::actors::tail::TailActor;
-use ticklake::api::engine::Engine;
+use ticklake::query::engine::Engine;
 use ticklake::config::Config;
 use ticklake::lake::commit::{self, KafkaOffsets};
 use ticklake::lake::schema::TRADES_TABLE;
@@ -141,7 +141,7 @@ async fn fixture() -> Fixture {
         })
         .collect();
     tail.send(Tailed(rows)).await.unwrap();
-    let engine = ticklake::query::engine(&cfg, Some(tail.clone().recipient()))
+    let engine = ticklake::query::session::engine(&cfg, Some(tail.clone().recipient()))
         .await
         .unwrap()
         .with_clock(Arc::new(|| NOW));

@@ -7,11 +7,10 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::api::ApiError;
-use crate::api::engine::{Answer, Engine};
 use crate::lake::schema::TRADES_TABLE;
 use crate::messages::consumer::Committed;
-use crate::messages::query::RunQuery;
+use crate::messages::query::{Answer, QueryError, RunQuery};
+use crate::query::engine::Engine;
 
 pub struct QueryActor {
     engine: Arc<Engine>,
@@ -28,14 +27,14 @@ impl Actor for QueryActor {
 }
 
 impl Handler<RunQuery> for QueryActor {
-    type Result = ResponseFuture<Result<Answer, ApiError>>;
+    type Result = ResponseFuture<Result<Answer, QueryError>>;
 
     fn handle(&mut self, msg: RunQuery, _ctx: &mut Self::Context) -> Self::Result {
         let engine = self.engine.clone();
         let task = tokio::spawn(async move { engine.run(msg.0).await });
         Box::pin(async move {
             task.await
-                .unwrap_or_else(|e| Err(ApiError::Internal(format!("query task failed: {e}"))))
+                .unwrap_or_else(|e| Err(QueryError::Internal(format!("query task failed: {e}"))))
         })
     }
 }

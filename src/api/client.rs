@@ -12,7 +12,7 @@ use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use serde_json::Value;
 
-use crate::query::OutputFormat;
+use crate::query::session::OutputFormat;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -150,5 +150,5 @@ pub fn format(answer: &Value, fmt: OutputFormat) -> Result<String, ClientError> 
         })
         .collect();
     let batch = RecordBatch::try_new(schema, arrays)?;
-    crate::query::format(&[batch], fmt).map_err(|e| malformed(&e.to_string()))
+    crate::query::session::format(&[batch], fmt).map_err(|e| malformed(&e.to_string()))
 }

@@ -1,10 +1,10 @@
 //! The HTTP query API under `/v1`, and its OpenAPI document at
-//! `/openapi.json`. Handlers only parse and validate; the `QueryActor`
-//! runs every query. Every error is JSON `{error, detail}`.
+//! `/openapi.json`. HTTP only: handlers parse and validate parameters, the
+//! `QueryActor` runs every query (`crate::query` answers it), and a
+//! [`QueryError`] becomes a status code here. Every error is JSON
+//! `{error, detail}`.
 
 pub mod client;
-pub mod engine;
-pub mod json;
 pub mod openapi;
 pub mod params;
 
@@ -13,11 +13,11 @@ use std::collections::HashMap;
 use actix::Recipient;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError, web};
-use datafusion::error::DataFusionError;
 use serde::Deserialize;
 
-use crate::messages::query::{OhlcvRequest, QueryRequest, RecentRequest, RunQuery, TradesRequest};
-use crate::sql_guard::GuardError;
+use crate::messages::query::{
+    OhlcvRequest, QueryError, QueryRequest, RecentRequest, RunQuery, TradesRequest,
+};
 use params::Params;
 
 /// Why a request failed. `error` in the body is the variant's code, `detail`
@@ -27,7 +27,7 @@ pub enum ApiError {
     #[error("parameter `{param}`: {reason}")]
     BadParam { param: String, reason: String },
     #[error("{0}")]
-    Rejected(GuardError),
+    Rejected(String),
     #[error("{0}")]
     InvalidQuery(String),
     #[error("{0}")]
@@ -48,25 +48,6 @@ impl ApiError {
         }
     }
 
-    pub fn internal(e: impl std::fmt::Display) -> Self {
-        ApiError::Internal(e.to_string())
-    }
-
-    /// A query the user got wrong (unknown column, type mismatch) is theirs
-    /// to fix (400); anything else is ours (500).
-    pub fn from_datafusion(e: DataFusionError) -> Self {
-        match e.find_root() {
-            DataFusionError::Plan(_)
-            | DataFusionError::SchemaError(..)
-            | DataFusionError::SQL(..)
-            | DataFusionError::NotImplemented(_) => {
-                ApiError::InvalidQuery(e.find_root().to_string())
-            }
-            DataFusionError::ResourcesExhausted(m) => ApiError::Unavailable(m.clone()),
-            _ => ApiError::Internal(e.to_string()),
-        }
-    }
-
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadParam { .. } => "bad_parameter",
@@ -76,6 +57,22 @@ impl ApiError {
             ApiError::Timeout(_) => "timeout",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// The query side's verdict, one to one: the variant says whose fault it
+/// was, and so which status code it gets.
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::BadParam { param, reason } => ApiError::BadParam { param, reason },
+            QueryError::Rejected(m) => ApiError::Rejected(m),
+            QueryError::InvalidQuery(m) => ApiError::InvalidQuery(m),
+            QueryError::NotFound(m) => ApiError::NotFound(m),
+            QueryError::Timeout(ms) => ApiError::Timeout(ms),
+            QueryError::Unavailable(m) => ApiError::Unavailable(m),
+            QueryError::Internal(m) => ApiError::Internal(m),
         }
     }
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use chrono::DateTime;
 
 use super::ApiError;
+use crate::messages::query::{Cursor, Interval};
 
 /// A validated instrument or exchange name: letters, digits and `._-`,
 /// at most 64 characters. Matched exactly (case-sensitive), as stored.
@@ -48,6 +49,21 @@ fn int(param: &'static str, v: &str, min: i64, max: i64) -> Result<i64, ApiError
         ));
     }
     Ok(n)
+}
+
+/// A cursor as `/v1/trades` rendered it (`Cursor::render`).
+fn cursor(param: &'static str, v: &str) -> Result<Cursor, ApiError> {
+    let bad = || ApiError::bad(param, format!("{v:?} is not a cursor returned by this API"));
+    let (ts, id) = v.split_once(':').ok_or_else(bad)?;
+    let timestamp_us = ts.parse().map_err(|_| bad())?;
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+    {
+        return Err(bad());
+    }
+    Ok(Cursor {
+        timestamp_us,
+        message_id: id.to_string(),
+    })
 }
 
 /// The query string, refusing parameters an endpoint does not know (a typo
@@ -100,86 +116,13 @@ impl<'a> Params<'a> {
     }
 
     pub fn cursor(&self, k: &'static str) -> Result<Option<Cursor>, ApiError> {
-        self.get(k).map(|v| Cursor::parse(k, v)).transpose()
+        self.get(k).map(|v| cursor(k, v)).transpose()
     }
 
     pub fn interval(&self, k: &'static str) -> Result<Interval, ApiError> {
         let v = self.get(k).ok_or_else(|| ApiError::bad(k, "is required"))?;
         Interval::parse(v)
             .ok_or_else(|| ApiError::bad(k, format!("{v:?} is not one of 1m, 5m, 15m, 1h, 1d")))
-    }
-}
-
-/// Where the next page starts: after the row with this (timestamp,
-/// message_id), the order `/v1/trades` pages in. Rendered as
-/// `<timestamp µs>:<message_id>`; clients pass it back unchanged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cursor {
-    pub timestamp_us: i64,
-    pub message_id: String,
-}
-
-impl Cursor {
-    fn parse(param: &'static str, v: &str) -> Result<Self, ApiError> {
-        let bad = || ApiError::bad(param, format!("{v:?} is not a cursor returned by this API"));
-        let (ts, id) = v.split_once(':').ok_or_else(bad)?;
-        let timestamp_us = ts.parse().map_err(|_| bad())?;
-        if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
-        {
-            return Err(bad());
-        }
-        Ok(Self {
-            timestamp_us,
-            message_id: id.to_string(),
-        })
-    }
-
-    pub fn render(&self) -> String {
-        format!("{}:{}", self.timestamp_us, self.message_id)
-    }
-}
-
-/// OHLCV bar widths.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Interval {
-    M1,
-    M5,
-    M15,
-    H1,
-    D1,
-}
-
-impl Interval {
-    fn parse(v: &str) -> Option<Self> {
-        Some(match v {
-            "1m" => Interval::M1,
-            "5m" => Interval::M5,
-            "15m" => Interval::M15,
-            "1h" => Interval::H1,
-            "1d" => Interval::D1,
-            _ => return None,
-        })
-    }
-
-    pub fn micros(self) -> i64 {
-        const MIN: i64 = 60_000_000;
-        match self {
-            Interval::M1 => MIN,
-            Interval::M5 => 5 * MIN,
-            Interval::M15 => 15 * MIN,
-            Interval::H1 => 60 * MIN,
-            Interval::D1 => 24 * 60 * MIN,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Interval::M1 => "1m",
-            Interval::M5 => "5m",
-            Interval::M15 => "15m",
-            Interval::H1 => "1h",
-            Interval::D1 => "1d",
-        }
     }
 }
 

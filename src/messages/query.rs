@@ -1,8 +1,8 @@
-//! Messages to the `QueryActor`: one typed request per `/v1` endpoint.
+//! Messages to the `QueryActor`: one typed request per `/v1` endpoint, and
+//! the reply: an [`Answer`] or a [`QueryError`] that says whose fault it was
+//! (the HTTP layer maps it to a status code).
 
 use actix::Message;
-
-use crate::api::params::{Cursor, Interval};
 
 /// `GET /v1/trades`.
 #[derive(Debug, Clone, Default)]
@@ -53,5 +53,127 @@ pub enum QueryRequest {
 
 /// Runs one request; the reply is the endpoint's JSON body.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<crate::api::engine::Answer, crate::api::ApiError>")]
+#[rtype(result = "Result<Answer, QueryError>")]
 pub struct RunQuery(pub QueryRequest);
+
+/// Where the next page starts: after the row with this (timestamp,
+/// message_id), the order `/v1/trades` pages in. Rendered as
+/// `<timestamp µs>:<message_id>`; clients pass it back unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub timestamp_us: i64,
+    pub message_id: String,
+}
+
+impl Cursor {
+    pub fn render(&self) -> String {
+        format!("{}:{}", self.timestamp_us, self.message_id)
+    }
+}
+
+/// OHLCV bar widths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interval {
+    M1,
+    M5,
+    M15,
+    H1,
+    D1,
+}
+
+impl Interval {
+    /// `1m`, `5m`, `15m`, `1h` or `1d`.
+    pub fn parse(v: &str) -> Option<Self> {
+        Some(match v {
+            "1m" => Interval::M1,
+            "5m" => Interval::M5,
+            "15m" => Interval::M15,
+            "1h" => Interval::H1,
+            "1d" => Interval::D1,
+            _ => return None,
+        })
+    }
+
+    pub fn micros(self) -> i64 {
+        const MIN: i64 = 60_000_000;
+        match self {
+            Interval::M1 => MIN,
+            Interval::M5 => 5 * MIN,
+            Interval::M15 => 15 * MIN,
+            Interval::H1 => 60 * MIN,
+            Interval::D1 => 24 * 60 * MIN,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Interval::M1 => "1m",
+            Interval::M5 => "5m",
+            Interval::M15 => "15m",
+            Interval::H1 => "1h",
+            Interval::D1 => "1d",
+        }
+    }
+}
+
+/// An answer: one JSON object, as text. Rows are written straight from
+/// Arrow into the text; building a `serde_json::Value` per row first cost
+/// more than the query itself on a 10,000-row answer.
+#[derive(Debug, Clone)]
+pub struct Answer(String);
+
+impl Answer {
+    /// `text` must be one JSON object.
+    pub fn from_json_text(text: String) -> Self {
+        Answer(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// Why a query failed, and so whose fault it was: the caller's (a bad
+/// parameter, a rejected or invalid query, something that does not exist),
+/// the daemon's capacity (timeout, unavailable: retry later) or ours
+/// (internal). `code()` is the stable name clients see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("parameter `{param}`: {reason}")]
+    BadParam { param: String, reason: String },
+    /// Refused by the read-only SQL guard before planning.
+    #[error("{0}")]
+    Rejected(String),
+    #[error("{0}")]
+    InvalidQuery(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the query ran longer than the limit of {0} ms")]
+    Timeout(u64),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl QueryError {
+    pub fn bad(param: &str, reason: impl Into<String>) -> Self {
+        QueryError::BadParam {
+            param: param.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        QueryError::Internal(e.to_string())
+    }
+
+    /// Whether the same query may succeed later unchanged.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, QueryError::Timeout(_) | QueryError::Unavailable(_))
+    }
+}

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use actix::Message;
+use serde::Serialize;
 
 use crate::lake::commit::KafkaOffsets;
 use crate::model::TradeV2;
@@ -41,7 +42,7 @@ pub struct TailFilter {
 /// The tail rows at or past `since` (a pinned snapshot's offsets) that match
 /// `filter`.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Vec<arrow::array::RecordBatch>, crate::actors::tail::TailError>")]
+#[rtype(result = "Result<Vec<arrow::array::RecordBatch>, TailError>")]
 pub struct TailScan {
     pub since: KafkaOffsets,
     pub filter: TailFilter,
@@ -49,5 +50,35 @@ pub struct TailScan {
 
 /// The tail's size and position, for `/v1/snapshots` and tests.
 #[derive(Debug, Message)]
-#[rtype(result = "crate::actors::tail::TailState")]
+#[rtype(result = "TailState")]
 pub struct ObserveTail;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TailError {
+    /// The tail already dropped rows the pinned snapshot does not hold: a
+    /// newer snapshot is visible, and the reader must pin that one instead.
+    /// Retrying with a freshly loaded table always succeeds eventually,
+    /// because the tail only learns of a commit after it is visible.
+    #[error(
+        "tail pruned {topic}/{partition} to {pruned}, past the pinned snapshot's {since}; reload the table"
+    )]
+    Stale {
+        topic: String,
+        partition: i32,
+        pruned: i64,
+        since: i64,
+    },
+    /// Rows could not be converted to Arrow (they are kept; the query fails).
+    #[error("tail rows to arrow: {0}")]
+    Arrow(String),
+}
+
+/// What the tail holds, for observers.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TailState {
+    pub rows: usize,
+    pub symbols: usize,
+    pub max_rows: usize,
+    /// Offsets of the newest commit the tail has pruned to.
+    pub pruned: KafkaOffsets,
+}

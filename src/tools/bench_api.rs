@@ -467,7 +467,7 @@ pub async fn latency(
     tail.send(Tailed(rows))
         .await
         .map_err(|e| BenchApiError::Poll(e.to_string()))?;
-    let engine = crate::query::engine(&cfg, Some(tail.recipient()))
+    let engine = crate::query::session::engine(&cfg, Some(tail.recipient()))
         .await
         .map_err(|e| BenchApiError::Poll(e.to_string()))?
         .with_clock(Arc::new(move || now));
@@ -498,7 +498,7 @@ pub async fn latency(
             .map_err(|e| BenchApiError::Poll(e.to_string()))
     };
     // The answer's row count, read after the clock stopped.
-    let count = |a: &crate::api::engine::Answer| {
+    let count = |a: &crate::messages::query::Answer| {
         serde_json::from_str::<serde_json::Value>(a.as_str())
             .ok()
             .and_then(|v| v["count"].as_u64())

@@ -23,7 +23,7 @@ pub enum LoadError {
     #[error(transparent)]
     Daemon(#[from] DaemonError),
     #[error(transparent)]
-    Query(#[from] crate::query::QueryError),
+    Query(#[from] crate::query::session::SessionError),
     #[error(
         "a ticklake daemon answers on {0}: stop it first (two writers on one table would record each other's offsets)"
     )]
@@ -60,15 +60,15 @@ fn daemon_running(cfg: &Config) -> bool {
 }
 
 async fn already_loaded(cfg: &Config, exchange: &'static str) -> Result<i64, LoadError> {
-    let ctx = crate::query::session(cfg).await?;
+    let ctx = crate::query::session::session(cfg).await?;
     let df = ctx
         .table("trades")
         .await
         .and_then(|t| {
             t.filter(datafusion::prelude::col("exchange").eq(datafusion::prelude::lit(exchange)))
         })
-        .map_err(crate::query::QueryError::from)?;
-    Ok(df.count().await.map_err(crate::query::QueryError::from)? as i64)
+        .map_err(crate::query::session::SessionError::from)?;
+    Ok(df.count().await.map_err(crate::query::session::SessionError::from)? as i64)
 }
 
 /// Loads every ASX trade under `dir`. Must run inside an actix `System`.

@@ -24,52 +24,37 @@ use iceberg::{Catalog, TableIdent};
 use iceberg_datafusion::IcebergStaticTableProvider;
 use serde_json::{Value, json};
 
-use super::ApiError;
+use super::hybrid::{HybridTable, Pin, PinnedTable, ScanInfo, kth_newest_timestamp};
 use super::json::{JsonRows, json_rows, split_rows};
-use super::params::Cursor;
+use super::sql_guard;
 use crate::config::ApiConfig;
-use crate::hybrid::{HybridTable, Pin, PinnedTable, ScanInfo, kth_newest_timestamp};
 use crate::lake::commit::OFFSETS_PROPERTY;
-use crate::messages::query::{OhlcvRequest, QueryRequest, RecentRequest, TradesRequest};
+use crate::messages::query::{
+    Answer, Cursor, OhlcvRequest, QueryError, QueryRequest, RecentRequest, TradesRequest,
+};
 use crate::messages::tail::TailFilter;
 use crate::model::now_us;
-use crate::sql_guard;
 
 /// The wall clock in UTC microseconds; tests fix it.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
-/// An answer: one JSON object, as text. Rows are written straight from
-/// Arrow into the text; building a `serde_json::Value` per row first cost
-/// more than the query itself on a 10,000-row answer.
-#[derive(Debug, Clone)]
-pub struct Answer(String);
-
-impl Answer {
-    fn of(v: &Value) -> Result<Self, ApiError> {
-        serde_json::to_string(v)
-            .map(Answer)
-            .map_err(ApiError::internal)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn into_string(self) -> String {
-        self.0
-    }
+/// `v` (an object) as an answer.
+fn answer_of(v: &Value) -> Result<Answer, QueryError> {
+    serde_json::to_string(v)
+        .map(Answer::from_json_text)
+        .map_err(QueryError::internal)
 }
 
 /// A JSON object of `head`'s fields (an object) plus `key` holding `rows`
 /// (a JSON array, as text).
-fn answer(head: Value, key: &str, rows: JsonRows) -> Result<Answer, ApiError> {
-    let Answer(head_text) = Answer::of(&head)?;
-    let key = serde_json::to_string(key).map_err(ApiError::internal)?;
+fn answer(head: Value, key: &str, rows: JsonRows) -> Result<Answer, QueryError> {
+    let head_text = answer_of(&head)?.into_string();
+    let key = serde_json::to_string(key).map_err(QueryError::internal)?;
     // One allocation: the rows can be megabytes.
     let mut text = String::with_capacity(head_text.len() + key.len() + rows.0.len() + 2);
     text.push_str(&head_text);
     if !head.is_object() || text.pop() != Some('}') {
-        return Err(ApiError::Internal(
+        return Err(QueryError::Internal(
             "an answer's head is not an object".into(),
         ));
     }
@@ -80,7 +65,7 @@ fn answer(head: Value, key: &str, rows: JsonRows) -> Result<Answer, ApiError> {
     text.push(':');
     text.push_str(&rows.0);
     text.push('}');
-    Ok(Answer(text))
+    Ok(Answer::from_json_text(text))
 }
 
 fn rows_in(batches: &[RecordBatch]) -> usize {
@@ -128,8 +113,20 @@ fn ts_lit(us: i64) -> Expr {
     ))
 }
 
-fn df_err(e: DataFusionError) -> ApiError {
-    ApiError::from_datafusion(e)
+/// A query the user got wrong (unknown column, type mismatch) is theirs
+/// to fix; running out of the query memory is a capacity limit; anything
+/// else is ours.
+fn df_err(e: DataFusionError) -> QueryError {
+    match e.find_root() {
+        DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::SQL(..)
+        | DataFusionError::NotImplemented(_) => {
+            QueryError::InvalidQuery(e.find_root().to_string())
+        }
+        DataFusionError::ResourcesExhausted(m) => QueryError::Unavailable(m.clone()),
+        _ => QueryError::Internal(e.to_string()),
+    }
 }
 
 fn rfc3339(us: i64) -> Option<String> {
@@ -191,19 +188,19 @@ fn trade_columns() -> Vec<Expr> {
 
 /// `batch` (tail rows, or an answer's rows) with the columns of
 /// `TRADE_COLUMNS`, in that order.
-fn trade_projection(batch: &RecordBatch) -> Result<RecordBatch, ApiError> {
+fn trade_projection(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
     let schema = batch.schema();
     let indices = TRADE_COLUMNS
         .iter()
         .map(|c| schema.index_of(c))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(ApiError::internal)?;
-    batch.project(&indices).map_err(ApiError::internal)
+        .map_err(QueryError::internal)?;
+    batch.project(&indices).map_err(QueryError::internal)
 }
 
 /// The first `n` of `batches` (trade rows of one schema) by (timestamp,
 /// message_id) descending, the order of `trades_in_order(.., false, ..)`.
-fn newest_first(batches: &[RecordBatch], n: usize) -> Result<Vec<RecordBatch>, ApiError> {
+fn newest_first(batches: &[RecordBatch], n: usize) -> Result<Vec<RecordBatch>, QueryError> {
     use arrow::compute::{
         SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch,
     };
@@ -216,25 +213,25 @@ fn newest_first(batches: &[RecordBatch], n: usize) -> Result<Vec<RecordBatch>, A
         .iter()
         .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
         .collect::<Result<_, _>>()
-        .map_err(ApiError::internal)?;
-    let all = concat_batches(&schema, &rows).map_err(ApiError::internal)?;
+        .map_err(QueryError::internal)?;
+    let all = concat_batches(&schema, &rows).map_err(QueryError::internal)?;
     let desc = SortOptions {
         descending: true,
         nulls_first: false,
     };
-    let key = |name: &str| -> Result<SortColumn, ApiError> {
+    let key = |name: &str| -> Result<SortColumn, QueryError> {
         Ok(SortColumn {
             values: all
                 .column_by_name(name)
-                .ok_or_else(|| ApiError::Internal(format!("no {name} column")))?
+                .ok_or_else(|| QueryError::Internal(format!("no {name} column")))?
                 .clone(),
             options: Some(desc),
         })
     };
     let order = lexsort_to_indices(&[key("timestamp")?, key("message_id")?], Some(n))
-        .map_err(ApiError::internal)?;
+        .map_err(QueryError::internal)?;
     Ok(vec![
-        take_record_batch(&all, &order).map_err(ApiError::internal)?,
+        take_record_batch(&all, &order).map_err(QueryError::internal)?,
     ])
 }
 
@@ -318,7 +315,7 @@ impl Engine {
     }
 
     /// Runs one request within the configured time limit.
-    pub async fn run(&self, req: QueryRequest) -> Result<Answer, ApiError> {
+    pub async fn run(&self, req: QueryRequest) -> Result<Answer, QueryError> {
         let ms = self.limits.timeout_ms;
         let fut = async {
             match req {
@@ -332,7 +329,7 @@ impl Engine {
         };
         tokio::time::timeout(Duration::from_millis(ms), fut)
             .await
-            .unwrap_or(Err(ApiError::Timeout(ms)))
+            .unwrap_or(Err(QueryError::Timeout(ms)))
     }
 
     /// The hybrid table, recording what its scan read, or the lake at one
@@ -340,7 +337,7 @@ impl Engine {
     async fn source(
         &self,
         snapshot_id: Option<i64>,
-    ) -> Result<(DataFrame, Arc<Mutex<ScanInfo>>, &'static str), ApiError> {
+    ) -> Result<(DataFrame, Arc<Mutex<ScanInfo>>, &'static str), QueryError> {
         let info = Arc::new(Mutex::new(ScanInfo::default()));
         let (provider, source): (Arc<dyn TableProvider>, _) = match snapshot_id {
             None => (Arc::new(self.live.with_info(info.clone())), "hybrid"),
@@ -349,9 +346,9 @@ impl Engine {
                     .catalog
                     .load_table(&self.ident)
                     .await
-                    .map_err(ApiError::internal)?;
+                    .map_err(QueryError::internal)?;
                 if table.metadata().snapshot_by_id(id).is_none() {
-                    return Err(ApiError::NotFound(format!(
+                    return Err(QueryError::NotFound(format!(
                         "snapshot {id} does not exist in {}",
                         self.ident
                     )));
@@ -361,7 +358,7 @@ impl Engine {
                 }
                 let p = IcebergStaticTableProvider::try_new_from_table_snapshot(table, id)
                     .await
-                    .map_err(ApiError::internal)?;
+                    .map_err(QueryError::internal)?;
                 (Arc::new(p), "lake")
             }
         };
@@ -369,7 +366,7 @@ impl Engine {
     }
 
     /// The hybrid table at a pin taken beforehand.
-    fn pinned_source(&self, pin: Pin) -> Result<(DataFrame, Arc<Mutex<ScanInfo>>), ApiError> {
+    fn pinned_source(&self, pin: Pin) -> Result<(DataFrame, Arc<Mutex<ScanInfo>>), QueryError> {
         let info = Arc::new(Mutex::new(ScanInfo::default()));
         let provider = Arc::new(self.live.with_info(info.clone()).at(pin));
         Ok((self.ctx.read_table(provider).map_err(df_err)?, info))
@@ -379,7 +376,7 @@ impl Engine {
         info.lock().map(|i| i.clone()).unwrap_or_default()
     }
 
-    async fn trades(&self, r: TradesRequest) -> Result<Answer, ApiError> {
+    async fn trades(&self, r: TradesRequest) -> Result<Answer, QueryError> {
         let limit = r
             .limit
             .unwrap_or(self.limits.default_limit)
@@ -425,7 +422,7 @@ impl Engine {
         answer(head, "trades", json_rows(&batches)?)
     }
 
-    async fn recent(&self, r: RecentRequest) -> Result<Answer, ApiError> {
+    async fn recent(&self, r: RecentRequest) -> Result<Answer, QueryError> {
         let now = (self.clock)();
         let start = now - r.minutes * 60_000_000;
         let limit = r
@@ -488,7 +485,7 @@ impl Engine {
         window: RecentWindow<'_>,
         t: i64,
         limit: usize,
-    ) -> Result<(Vec<RecordBatch>, bool), ApiError> {
+    ) -> Result<(Vec<RecordBatch>, bool), QueryError> {
         let started = std::time::Instant::now();
         let lake = Arc::new(self.live.at(pin.lake_only()));
         // The window's predicates and one more on the timestamp.
@@ -530,7 +527,7 @@ impl Engine {
                         .collect()
                         .await
                         .map_err(df_err)?;
-                    Ok::<_, ApiError>(rows_in(&batches) > 0)
+                    Ok::<_, QueryError>(rows_in(&batches) > 0)
                 };
                 futures::try_join!(newer, older)?
             }
@@ -563,7 +560,7 @@ impl Engine {
         lake: Arc<HybridTable>,
         snapshot_id: i64,
         window: &RecentWindow<'_>,
-    ) -> Result<Option<Option<i64>>, ApiError> {
+    ) -> Result<Option<Option<i64>>, QueryError> {
         let key = (
             window.symbol.to_string(),
             window.exchange.map(str::to_string),
@@ -618,11 +615,11 @@ impl Engine {
         }
     }
 
-    async fn ohlcv(&self, r: OhlcvRequest) -> Result<Answer, ApiError> {
+    async fn ohlcv(&self, r: OhlcvRequest) -> Result<Answer, QueryError> {
         let step = r.interval.micros();
         let bars = r.end_us.saturating_sub(r.start_us).saturating_add(step - 1) / step;
         if bars > self.limits.max_rows as i64 {
-            return Err(ApiError::bad(
+            return Err(QueryError::bad(
                 "interval",
                 format!(
                     "{} bars of {} between start and end exceed the limit of {}",
@@ -679,7 +676,7 @@ impl Engine {
         answer(head, "bars", json_rows(&batches)?)
     }
 
-    async fn symbols(&self) -> Result<Answer, ApiError> {
+    async fn symbols(&self) -> Result<Answer, QueryError> {
         let (df, info, source) = self.source(None).await?;
         let batches = df
             .aggregate(
@@ -709,12 +706,12 @@ impl Engine {
         answer(head, "symbols", json_rows(&batches)?)
     }
 
-    async fn snapshots(&self) -> Result<Answer, ApiError> {
+    async fn snapshots(&self) -> Result<Answer, QueryError> {
         let table = self
             .catalog
             .load_table(&self.ident)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(QueryError::internal)?;
         let md = table.metadata();
         let mut snaps: Vec<_> = md.snapshots().collect();
         snaps.sort_by_key(|s| s.sequence_number());
@@ -738,7 +735,7 @@ impl Engine {
                 })
             })
             .collect();
-        Answer::of(&json!({
+        answer_of(&json!({
             "table": self.ident.to_string(),
             "current_snapshot_id": md.current_snapshot().map(|s| s.snapshot_id()),
             "count": list.len(),
@@ -746,8 +743,8 @@ impl Engine {
         }))
     }
 
-    async fn sql(&self, sql: &str) -> Result<Answer, ApiError> {
-        sql_guard::check(sql).map_err(ApiError::Rejected)?;
+    async fn sql(&self, sql: &str) -> Result<Answer, QueryError> {
+        sql_guard::check(sql).map_err(|e| QueryError::Rejected(e.to_string()))?;
         // The guard already refused these; the session refuses them again
         // so a guard bug cannot turn into a write.
         let opts = SQLOptions::new()
@@ -786,7 +783,7 @@ impl Engine {
 }
 
 /// The cursor after row `i` of `batches` (trade rows).
-fn cursor_at(batches: &[RecordBatch], mut i: usize) -> Result<Option<Cursor>, ApiError> {
+fn cursor_at(batches: &[RecordBatch], mut i: usize) -> Result<Option<Cursor>, QueryError> {
     for b in batches {
         if i >= b.num_rows() {
             i -= b.num_rows();
@@ -795,8 +792,8 @@ fn cursor_at(batches: &[RecordBatch], mut i: usize) -> Result<Option<Cursor>, Ap
         let column = |name: &str, to: &DataType| {
             let c = b
                 .column_by_name(name)
-                .ok_or_else(|| ApiError::Internal(format!("no {name} column")))?;
-            cast(&c.slice(i, 1), to).map_err(ApiError::internal)
+                .ok_or_else(|| QueryError::Internal(format!("no {name} column")))?;
+            cast(&c.slice(i, 1), to).map_err(QueryError::internal)
         };
         let ts = column("timestamp", &DataType::Int64)?;
         let id = column("message_id", &DataType::Utf8)?;
@@ -804,7 +801,7 @@ fn cursor_at(batches: &[RecordBatch], mut i: usize) -> Result<Option<Cursor>, Ap
             ts.as_any().downcast_ref::<arrow::array::Int64Array>(),
             id.as_any().downcast_ref::<arrow::array::StringArray>(),
         ) else {
-            return Err(ApiError::Internal("cursor columns of another type".into()));
+            return Err(QueryError::Internal("cursor columns of another type".into()));
         };
         if ts.is_null(0) || id.is_null(0) {
             return Ok(None);
@@ -818,7 +815,7 @@ fn cursor_at(batches: &[RecordBatch], mut i: usize) -> Result<Option<Cursor>, Ap
 }
 
 /// `df`'s rows matching every predicate.
-fn filtered(df: DataFrame, preds: Vec<Expr>) -> Result<DataFrame, ApiError> {
+fn filtered(df: DataFrame, preds: Vec<Expr>) -> Result<DataFrame, QueryError> {
     match conjunction(preds) {
         Some(p) => df.filter(p).map_err(df_err),
         None => Ok(df),
@@ -832,7 +829,7 @@ async fn trades_in_order(
     preds: Vec<Expr>,
     ascending: bool,
     limit: usize,
-) -> Result<Vec<RecordBatch>, ApiError> {
+) -> Result<Vec<RecordBatch>, QueryError> {
     let df = filtered(df, preds)?;
     let t0 = std::time::Instant::now();
     let df = df

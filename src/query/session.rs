@@ -8,14 +8,14 @@ use arrow::array::RecordBatch;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use iceberg_datafusion::IcebergCatalogProvider;
 
-use crate::api::engine::Engine;
 use crate::config::Config;
-use crate::hybrid::{HybridTable, LiveCatalog, PinnedTable};
+use super::engine::Engine;
+use super::hybrid::{HybridTable, LiveCatalog, PinnedTable};
 use crate::lake::{self, LakeError, TableKind};
 use crate::messages::tail::TailScan;
 
 #[derive(Debug, thiserror::Error)]
-pub enum QueryError {
+pub enum SessionError {
     #[error(transparent)]
     Lake(#[from] LakeError),
     #[error("iceberg: {0}")]
@@ -40,13 +40,13 @@ pub enum OutputFormat {
 /// A DataFusion session over the lake. The tables are created if missing,
 /// so a query on a fresh data directory answers with zero rows, not an error.
 /// `market.trades_live` is the lake alone here (no tail in this process).
-pub async fn session(cfg: &Config) -> Result<SessionContext, QueryError> {
+pub async fn session(cfg: &Config) -> Result<SessionContext, SessionError> {
     Ok(engine(cfg, None).await?.context().clone())
 }
 
 /// The query engine over the lake, with `market.trades_live` reading the
 /// given tail beside the lake (the daemon's), or the lake alone.
-pub async fn engine(cfg: &Config, tail: Option<Recipient<TailScan>>) -> Result<Engine, QueryError> {
+pub async fn engine(cfg: &Config, tail: Option<Recipient<TailScan>>) -> Result<Engine, SessionError> {
     let catalog = lake::open_catalog(cfg).await?;
     let trades = lake::ensure_table(catalog.as_ref(), cfg, TableKind::Trades).await?;
     lake::ensure_table(catalog.as_ref(), cfg, TableKind::DeadLetters).await?;
@@ -96,12 +96,12 @@ pub async fn engine(cfg: &Config, tail: Option<Recipient<TailScan>>) -> Result<E
     ))
 }
 
-pub async fn run_sql(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+pub async fn run_sql(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, SessionError> {
     Ok(ctx.sql(sql).await?.collect().await?)
 }
 
 /// Renders batches as an ASCII table, CSV with a header, or JSON lines.
-pub fn format(batches: &[RecordBatch], fmt: OutputFormat) -> Result<String, QueryError> {
+pub fn format(batches: &[RecordBatch], fmt: OutputFormat) -> Result<String, SessionError> {
     match fmt {
         OutputFormat::Table => Ok(arrow::util::pretty::pretty_format_batches(batches)?.to_string()),
         OutputFormat::Csv => {

@@ -24,7 +24,7 @@ use arrow::json::{Encoder, EncoderFactory, EncoderOptions};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use chrono::Datelike;
 
-use super::ApiError;
+use crate::messages::query::QueryError;
 
 /// Rows from which an answer is encoded on two threads.
 const PARALLEL_ROWS: usize = 4096;
@@ -213,7 +213,7 @@ fn put_digits(buf: &mut [u8], mut v: u32) {
 
 /// Decimal types the factory does not write (other widths, negative
 /// scales) as strings, so a JSON answer keeps every digit.
-fn exact(batch: &RecordBatch) -> Result<RecordBatch, ApiError> {
+fn exact(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
     let schema = batch.schema();
     let needs_cast = |t: &DataType| match t {
         DataType::Decimal128(_, s) => *s < 0,
@@ -227,14 +227,14 @@ fn exact(batch: &RecordBatch) -> Result<RecordBatch, ApiError> {
     let mut cols = Vec::with_capacity(schema.fields().len());
     for (f, c) in schema.fields().iter().zip(batch.columns()) {
         if needs_cast(f.data_type()) {
-            cols.push(cast(c, &DataType::Utf8).map_err(ApiError::internal)?);
+            cols.push(cast(c, &DataType::Utf8).map_err(QueryError::internal)?);
             fields.push(Field::new(f.name(), DataType::Utf8, f.is_nullable()));
         } else {
             cols.push(c.clone());
             fields.push(f.as_ref().clone());
         }
     }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(ApiError::internal)
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(QueryError::internal)
 }
 
 /// Rows encoded before sizing the buffer from what they took.
@@ -243,7 +243,7 @@ const SAMPLE_ROWS: usize = 64;
 /// `batches` as one JSON array (`[...]`, or nothing when there is no row),
 /// in a buffer sized for `room_for` rows like the first ones: a 3 MB answer
 /// grown by doubling was copied several times over.
-fn encode(batches: &[RecordBatch], room_for: usize) -> Result<Vec<u8>, ApiError> {
+fn encode(batches: &[RecordBatch], room_for: usize) -> Result<Vec<u8>, QueryError> {
     let mut buf = Vec::new();
     let mut w = arrow::json::WriterBuilder::new()
         .with_explicit_nulls(true)
@@ -254,18 +254,18 @@ fn encode(batches: &[RecordBatch], room_for: usize) -> Result<Vec<u8>, ApiError>
         let b = exact(b)?;
         if !sized && b.num_rows() > SAMPLE_ROWS {
             w.write(&b.slice(0, SAMPLE_ROWS))
-                .map_err(ApiError::internal)?;
+                .map_err(QueryError::internal)?;
             let per_row = w.get_ref().len() / SAMPLE_ROWS + 1;
             let more = room_for.saturating_sub(SAMPLE_ROWS) * per_row;
             w.get_mut().reserve(more + more / 8);
             sized = true;
             w.write(&b.slice(SAMPLE_ROWS, b.num_rows() - SAMPLE_ROWS))
-                .map_err(ApiError::internal)?;
+                .map_err(QueryError::internal)?;
         } else {
-            w.write(&b).map_err(ApiError::internal)?;
+            w.write(&b).map_err(QueryError::internal)?;
         }
     }
-    w.finish().map_err(ApiError::internal)?;
+    w.finish().map_err(QueryError::internal)?;
     drop(w);
     Ok(buf)
 }
@@ -291,7 +291,7 @@ pub(super) fn split_rows(
 }
 
 /// Batches as a JSON array of row objects (nulls written out).
-pub fn json_rows(batches: &[RecordBatch]) -> Result<JsonRows, ApiError> {
+pub fn json_rows(batches: &[RecordBatch]) -> Result<JsonRows, QueryError> {
     let started = std::time::Instant::now();
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     let mut buf = if rows >= PARALLEL_ROWS {
@@ -304,13 +304,13 @@ pub fn json_rows(batches: &[RecordBatch]) -> Result<JsonRows, ApiError> {
                 first,
                 second
                     .join()
-                    .unwrap_or_else(|_| Err(ApiError::Internal("json encoder panicked".into()))),
+                    .unwrap_or_else(|_| Err(QueryError::Internal("json encoder panicked".into()))),
             )
         });
         let (mut a, b) = (a?, b?);
         // "[x,y]" + "[z]" → "[x,y,z]"
         if a.pop() != Some(b']') || b.first() != Some(&b'[') {
-            return Err(ApiError::Internal("json halves are not arrays".into()));
+            return Err(QueryError::Internal("json halves are not arrays".into()));
         }
         a.push(b',');
         a.extend_from_slice(&b[1..]);
@@ -331,7 +331,7 @@ pub fn json_rows(batches: &[RecordBatch]) -> Result<JsonRows, ApiError> {
     );
     String::from_utf8(buf)
         .map(JsonRows)
-        .map_err(ApiError::internal)
+        .map_err(QueryError::internal)
 }
 
 #[cfg(test)]

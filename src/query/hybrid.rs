@@ -31,9 +31,8 @@ use iceberg::{Catalog, TableIdent};
 use iceberg_datafusion::IcebergStaticTableProvider;
 use serde::Serialize;
 
-use crate::actors::tail::TailError;
 use crate::lake::commit::{KafkaOffsets, current_offsets};
-use crate::messages::tail::{TailFilter, TailScan};
+use crate::messages::tail::{TailError, TailFilter, TailScan};
 
 /// Name of the hybrid table in the lake's namespace.
 pub const LIVE_TABLE: &str = "trades_live";
@@ -655,7 +654,7 @@ mod tests {
         assert!(want.len() > 20, "the fixture must match some rows");
         let matching: Vec<RecordBatch> = batches
             .iter()
-            .map(|b| crate::actors::tail::rows_matching(b, &filter).unwrap())
+            .map(|b| crate::query::tail::rows_matching(b, &filter).unwrap())
             .collect();
         assert_eq!(
             matching.iter().map(|b| b.num_rows()).sum::<usize>(),
