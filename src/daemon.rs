@@ -64,7 +64,7 @@ pub enum DaemonError {
     #[error("config: {0}")]
     Config(String),
     #[error(transparent)]
-    Writer(#[from] crate::actors::writer::WriterError),
+    Writer(#[from] crate::messages::writer::WriterError),
 }
 
 /// Where every table starts reading: its snapshot's offsets when they were

@@ -141,7 +141,7 @@ mod tests {
     }
 
     impl Handler<Flush> for FakeWriter {
-        type Result = Result<Option<i64>, crate::actors::writer::WriterError>;
+        type Result = Result<Option<i64>, crate::messages::writer::WriterError>;
 
         fn handle(&mut self, _: Flush, _ctx: &mut Self::Context) -> Self::Result {
             self.0 += 1;

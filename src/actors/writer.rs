@@ -25,24 +25,9 @@ use crate::lake::{LakeError, TableKind, batch};
 use crate::messages::consumer::Committed;
 use crate::messages::consumer::RestartConsumer;
 use crate::messages::writer::{
-    AddCommitListener, Consumed, Flush, GetPositions, Rows, SetRestarter,
+    AddCommitListener, Consumed, Flush, GetPositions, Rows, SetRestarter, WriterError,
 };
 use crate::metrics::Metrics;
-
-#[derive(Debug, thiserror::Error)]
-pub enum WriterError {
-    #[error("table {table}: {source}")]
-    Lake {
-        table: &'static str,
-        source: Box<LakeError>,
-    },
-    #[error("flush task failed: {0}")]
-    Join(String),
-    #[error("writer config: {0}")]
-    Config(String),
-    #[error("commit failed on purpose (chaos.fail_commits)")]
-    Chaos,
-}
 
 /// Flush limits.
 #[derive(Debug, Clone)]

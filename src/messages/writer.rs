@@ -2,6 +2,7 @@
 
 use actix::Message;
 
+use crate::lake::LakeError;
 use crate::lake::commit::KafkaOffsets;
 use crate::model::{DeadLetter, TradeV2};
 
@@ -39,7 +40,7 @@ pub struct Consumed {
 
 /// Commit whatever is buffered now.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Option<i64>, crate::actors::writer::WriterError>")]
+#[rtype(result = "Result<Option<i64>, WriterError>")]
 pub struct Flush;
 
 /// The offsets this writer has taken in (committed or buffered).
@@ -58,3 +59,19 @@ pub struct AddCommitListener(pub actix::Recipient<crate::messages::consumer::Com
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SetRestarter(pub actix::Recipient<crate::messages::consumer::RestartConsumer>);
+
+/// Why a flush (a commit) failed; the reply to [`Flush`].
+#[derive(Debug, thiserror::Error)]
+pub enum WriterError {
+    #[error("table {table}: {source}")]
+    Lake {
+        table: &'static str,
+        source: Box<LakeError>,
+    },
+    #[error("flush task failed: {0}")]
+    Join(String),
+    #[error("writer config: {0}")]
+    Config(String),
+    #[error("commit failed on purpose (chaos.fail_commits)")]
+    Chaos,
+}
