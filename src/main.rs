@@ -337,10 +337,9 @@ fn main() -> anyhow::Result<()> {
             );
             let cfg = Config::load(config.as_deref())?;
             let sys = actix_system();
-            let report =
-                sys.block_on(
-                    async move { ticklake::tools::bench_api::freshness(&cfg, rate, seconds).await },
-                )?;
+            let report = sys.block_on(async move {
+                ticklake::tools::bench_api::freshness(&cfg, rate, seconds).await
+            })?;
             print_report(&report, json)
         }
         Command::BenchApi {

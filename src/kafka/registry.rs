@@ -152,7 +152,9 @@ impl SchemaRegistry for LocalRegistry {
 }
 
 /// Registers both ticklake schemas and builds the codec for their ids.
-pub fn codec(registry: &dyn SchemaRegistry) -> Result<crate::kafka::avro::Codec, crate::kafka::avro::AvroError> {
+pub fn codec(
+    registry: &dyn SchemaRegistry,
+) -> Result<crate::kafka::avro::Codec, crate::kafka::avro::AvroError> {
     use crate::kafka::avro::*;
     let trade = registry
         .register(TRADE_SUBJECT, TRADE_SCHEMA_JSON)
@@ -177,14 +179,20 @@ mod tests {
     fn ids_are_stable_and_per_schema() {
         let dir = tempfile::tempdir().unwrap();
         let r = LocalRegistry::open(dir.path()).unwrap();
-        let a = r.register("t", crate::kafka::avro::TRADE_SCHEMA_JSON).unwrap();
+        let a = r
+            .register("t", crate::kafka::avro::TRADE_SCHEMA_JSON)
+            .unwrap();
         let b = r
             .register("d", crate::kafka::avro::DEAD_LETTER_SCHEMA_JSON)
             .unwrap();
         assert_ne!(a, b);
         // a second process opening the same directory sees the same ids
         let r2 = LocalRegistry::open(dir.path()).unwrap();
-        assert_eq!(r2.register("t", crate::kafka::avro::TRADE_SCHEMA_JSON).unwrap(), a);
+        assert_eq!(
+            r2.register("t", crate::kafka::avro::TRADE_SCHEMA_JSON)
+                .unwrap(),
+            a
+        );
         assert!(r2.schema(a).unwrap().unwrap().contains("TradeV2"));
         assert_eq!(r2.schema(999).unwrap(), None);
     }
@@ -194,7 +202,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("schemas.json"), b"{not json").unwrap();
         let r = LocalRegistry::open(dir.path()).unwrap();
-        let e = r.register("t", crate::kafka::avro::TRADE_SCHEMA_JSON).unwrap_err();
+        let e = r
+            .register("t", crate::kafka::avro::TRADE_SCHEMA_JSON)
+            .unwrap_err();
         assert!(e.to_string().contains("corrupt"), "{e}");
     }
 }

@@ -121,9 +121,7 @@ fn df_err(e: DataFusionError) -> QueryError {
         DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)
         | DataFusionError::SQL(..)
-        | DataFusionError::NotImplemented(_) => {
-            QueryError::InvalidQuery(e.find_root().to_string())
-        }
+        | DataFusionError::NotImplemented(_) => QueryError::InvalidQuery(e.find_root().to_string()),
         DataFusionError::ResourcesExhausted(m) => QueryError::Unavailable(m.clone()),
         _ => QueryError::Internal(e.to_string()),
     }
@@ -801,7 +799,9 @@ fn cursor_at(batches: &[RecordBatch], mut i: usize) -> Result<Option<Cursor>, Qu
             ts.as_any().downcast_ref::<arrow::array::Int64Array>(),
             id.as_any().downcast_ref::<arrow::array::StringArray>(),
         ) else {
-            return Err(QueryError::Internal("cursor columns of another type".into()));
+            return Err(QueryError::Internal(
+                "cursor columns of another type".into(),
+            ));
         };
         if ts.is_null(0) || id.is_null(0) {
             return Ok(None);

@@ -8,9 +8,9 @@ use arrow::array::RecordBatch;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use iceberg_datafusion::IcebergCatalogProvider;
 
-use crate::config::Config;
 use super::engine::Engine;
 use super::hybrid::{HybridTable, LiveCatalog, PinnedTable};
+use crate::config::Config;
 use crate::lake::{self, LakeError, TableKind};
 use crate::messages::tail::TailScan;
 
@@ -46,7 +46,10 @@ pub async fn session(cfg: &Config) -> Result<SessionContext, SessionError> {
 
 /// The query engine over the lake, with `market.trades_live` reading the
 /// given tail beside the lake (the daemon's), or the lake alone.
-pub async fn engine(cfg: &Config, tail: Option<Recipient<TailScan>>) -> Result<Engine, SessionError> {
+pub async fn engine(
+    cfg: &Config,
+    tail: Option<Recipient<TailScan>>,
+) -> Result<Engine, SessionError> {
     let catalog = lake::open_catalog(cfg).await?;
     let trades = lake::ensure_table(catalog.as_ref(), cfg, TableKind::Trades).await?;
     lake::ensure_table(catalog.as_ref(), cfg, TableKind::DeadLetters).await?;

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::kafka::encoder::{Encoder, enqueue};
-use crate::tools::capture;
 use crate::config::Config;
 use crate::exchanges::{Parsed, binance};
+use crate::kafka::encoder::{Encoder, enqueue};
+use crate::kafka::registry::LocalRegistry;
 use crate::messages::producer::Record;
 use crate::model::{DeadLetter, now_us};
-use crate::kafka::registry::LocalRegistry;
+use crate::tools::capture;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {

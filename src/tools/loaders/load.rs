@@ -12,9 +12,9 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::daemon::{self, DaemonError};
 use crate::instruments::Tier;
-use crate::tools::loaders::asx::{self, AsxError};
 use crate::messages::producer::Outgoing;
 use crate::model::now_us;
+use crate::tools::loaders::asx::{self, AsxError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -68,7 +68,10 @@ async fn already_loaded(cfg: &Config, exchange: &'static str) -> Result<i64, Loa
             t.filter(datafusion::prelude::col("exchange").eq(datafusion::prelude::lit(exchange)))
         })
         .map_err(crate::query::session::SessionError::from)?;
-    Ok(df.count().await.map_err(crate::query::session::SessionError::from)? as i64)
+    Ok(df
+        .count()
+        .await
+        .map_err(crate::query::session::SessionError::from)? as i64)
 }
 
 /// Loads every ASX trade under `dir`. Must run inside an actix `System`.
