@@ -7,6 +7,7 @@
 pub mod client;
 pub mod openapi;
 pub mod params;
+pub mod server;
 
 use std::collections::HashMap;
 
@@ -20,78 +21,38 @@ use crate::messages::query::{
 };
 use params::Params;
 
-/// Why a request failed. `error` in the body is the variant's code, `detail`
-/// its message.
+/// Why a request failed: the query side's verdict (or the handler's, for
+/// a parameter), which says whose fault it was and so which status code it
+/// gets. `error` in the body is its code, `detail` its message.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("parameter `{param}`: {reason}")]
-    BadParam { param: String, reason: String },
-    #[error("{0}")]
-    Rejected(String),
-    #[error("{0}")]
-    InvalidQuery(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("the query ran longer than the limit of {0} ms")]
-    Timeout(u64),
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Internal(String),
-}
+#[error(transparent)]
+pub struct ApiError(#[from] pub QueryError);
 
 impl ApiError {
     pub fn bad(param: &str, reason: impl Into<String>) -> Self {
-        ApiError::BadParam {
-            param: param.to_string(),
-            reason: reason.into(),
-        }
+        ApiError(QueryError::bad(param, reason))
     }
 
     pub fn code(&self) -> &'static str {
-        match self {
-            ApiError::BadParam { .. } => "bad_parameter",
-            ApiError::Rejected(_) => "rejected_query",
-            ApiError::InvalidQuery(_) => "invalid_query",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::Timeout(_) => "timeout",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::Internal(_) => "internal",
-        }
-    }
-}
-
-/// The query side's verdict, one to one: the variant says whose fault it
-/// was, and so which status code it gets.
-impl From<QueryError> for ApiError {
-    fn from(e: QueryError) -> Self {
-        match e {
-            QueryError::BadParam { param, reason } => ApiError::BadParam { param, reason },
-            QueryError::Rejected(m) => ApiError::Rejected(m),
-            QueryError::InvalidQuery(m) => ApiError::InvalidQuery(m),
-            QueryError::NotFound(m) => ApiError::NotFound(m),
-            QueryError::Timeout(ms) => ApiError::Timeout(ms),
-            QueryError::Unavailable(m) => ApiError::Unavailable(m),
-            QueryError::Internal(m) => ApiError::Internal(m),
-        }
+        self.0.code()
     }
 }
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            ApiError::BadParam { .. } | ApiError::Rejected(_) | ApiError::InvalidQuery(_) => {
+        match &self.0 {
+            QueryError::BadParam { .. } | QueryError::Rejected(_) | QueryError::InvalidQuery(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            QueryError::NotFound(_) => StatusCode::NOT_FOUND,
+            QueryError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            QueryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        if matches!(self, ApiError::Internal(_)) {
+        if matches!(self.0, QueryError::Internal(_)) {
             tracing::warn!(error = %self, "api request failed");
         }
         HttpResponse::build(self.status_code())
@@ -159,7 +120,7 @@ async fn run(state: &ApiState, req: QueryRequest) -> Result<HttpResponse, ApiErr
         .query
         .send(RunQuery(req))
         .await
-        .map_err(|e| ApiError::Unavailable(format!("query actor: {e}")))??;
+        .map_err(|e| QueryError::Unavailable(format!("query actor: {e}")))??;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(body.into_string()))
@@ -249,10 +210,7 @@ async fn sql(
 }
 
 async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!(
-        "no endpoint {}; see /openapi.json",
-        req.path()
-    )))
+    Err(QueryError::NotFound(format!("no endpoint {}; see /openapi.json", req.path())).into())
 }
 
 async fn method_not_allowed(req: actix_web::HttpRequest) -> HttpResponse {

@@ -56,8 +56,7 @@ fn cursor(param: &'static str, v: &str) -> Result<Cursor, ApiError> {
     let bad = || ApiError::bad(param, format!("{v:?} is not a cursor returned by this API"));
     let (ts, id) = v.split_once(':').ok_or_else(bad)?;
     let timestamp_us = ts.parse().map_err(|_| bad())?;
-    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
-    {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
         return Err(bad());
     }
     Ok(Cursor {
@@ -80,13 +79,13 @@ impl<'a> Params<'a> {
             .collect();
         unknown.sort();
         if let Some(k) = unknown.first() {
-            return Err(ApiError::BadParam {
-                param: (*k).clone(),
-                reason: format!(
+            return Err(ApiError::bad(
+                k,
+                format!(
                     "unknown parameter; this endpoint takes {}",
                     known.join(", ")
                 ),
-            });
+            ));
         }
         Ok(Self { map })
     }

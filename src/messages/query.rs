@@ -172,6 +172,19 @@ impl QueryError {
         QueryError::Internal(e.to_string())
     }
 
+    /// The stable name of the error that clients see.
+    pub fn code(&self) -> &'static str {
+        match self {
+            QueryError::BadParam { .. } => "bad_parameter",
+            QueryError::Rejected(_) => "rejected_query",
+            QueryError::InvalidQuery(_) => "invalid_query",
+            QueryError::NotFound(_) => "not_found",
+            QueryError::Timeout(_) => "timeout",
+            QueryError::Unavailable(_) => "unavailable",
+            QueryError::Internal(_) => "internal",
+        }
+    }
+
     /// Whether the same query may succeed later unchanged.
     pub fn is_retryable(&self) -> bool {
         matches!(self, QueryError::Timeout(_) | QueryError::Unavailable(_))
