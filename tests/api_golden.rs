@@ -23,7 +23,7 @@ use ticklake::config::Config;
 use ticklake::lake::commit::{self, KafkaOffsets};
 use ticklake::lake::{self, TableKind};
 use ticklake::messages::tail::{TailRow, Tailed};
-use ticklake::model::{AssetClass, Dec8, Side, TradeV2, message_id};
+use ticklake::model::{AssetClass, Dec8, Side, TradeV2};
 
 const TOPIC: &str = "golden.trades";
 const CLUSTER: &str = "golden-cluster";
@@ -61,31 +61,23 @@ fn read_input() -> Vec<Input> {
             Input {
                 partition: c[0].parse().unwrap(),
                 offset: c[1].parse().unwrap(),
-                trade: TradeV2 {
-                    message_id: message_id(exchange, "trade", symbol, trade_id),
-                    trade_id: trade_id.to_string(),
-                    symbol: symbol.to_string(),
-                    exchange: exchange.to_string(),
-                    asset_class: if equity {
+                trade: TradeV2::builder(exchange, symbol, trade_id, ts)
+                    .trade_id(trade_id)
+                    .asset_class(if equity {
                         AssetClass::Equities
                     } else {
                         AssetClass::Crypto
-                    },
-                    timestamp_us: ts,
-                    ingestion_timestamp_us: ts,
-                    price: Dec8::parse(c[5]).unwrap(),
-                    quantity: Dec8::parse(c[6]).unwrap(),
-                    currency: if equity { "AUD" } else { "USDT" }.to_string(),
-                    side: match c[7] {
+                    })
+                    .price(Dec8::parse(c[5]).unwrap())
+                    .quantity(Dec8::parse(c[6]).unwrap())
+                    .currency(if equity { "AUD" } else { "USDT" })
+                    .side(match c[7] {
                         "BUY" => Side::Buy,
                         "SELL" => Side::Sell,
                         _ => Side::Unknown,
-                    },
-                    trade_conditions: Vec::new(),
-                    source_sequence: trade_id.rsplit('-').next().and_then(|s| s.parse().ok()),
-                    platform_sequence: None,
-                    vendor_data: None,
-                },
+                    })
+                    .source_sequence(trade_id.rsplit('-').next().and_then(|s| s.parse().ok()))
+                    .build(),
             }
         })
         .collect()

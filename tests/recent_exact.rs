@@ -12,7 +12,6 @@ use std::sync::Arc;
 use actix::Actor;
 use serde_json::Value;
 use ticklake::actors::tail::TailActor;
-use ticklake::query::engine::Engine;
 use ticklake::config::Config;
 use ticklake::lake::commit::{self, KafkaOffsets};
 use ticklake::lake::schema::TRADES_TABLE;
@@ -20,33 +19,23 @@ use ticklake::lake::{self, TableKind};
 use ticklake::messages::consumer::Committed;
 use ticklake::messages::query::{QueryRequest, RecentRequest};
 use ticklake::messages::tail::{TailRow, Tailed};
-use ticklake::model::{AssetClass, Dec8, Side, TradeV2, message_id};
+use ticklake::model::{Dec8, Side, TradeV2};
+use ticklake::query::engine::Engine;
 
 const NOW: i64 = 1_800_000_000_000_000;
 const MINUTE: i64 = 60_000_000;
 
 fn trade(i: usize, symbol: &str, exchange: &str, ts: i64) -> TradeV2 {
-    TradeV2 {
-        message_id: message_id(exchange, "trade", symbol, &i.to_string()),
-        trade_id: format!("{exchange}-{i}"),
-        symbol: symbol.to_string(),
-        exchange: exchange.to_string(),
-        asset_class: AssetClass::Crypto,
-        timestamp_us: ts,
-        ingestion_timestamp_us: ts,
-        price: Dec8::from_unscaled(1_000_000_000 + i as i64).unwrap(),
-        quantity: Dec8::from_unscaled(1 + i as i64).unwrap(),
-        currency: "USDT".to_string(),
-        side: if i.is_multiple_of(2) {
+    TradeV2::builder(exchange, symbol, &i.to_string(), ts)
+        .price(Dec8::from_unscaled(1_000_000_000 + i as i64).unwrap())
+        .quantity(Dec8::from_unscaled(1 + i as i64).unwrap())
+        .side(if i.is_multiple_of(2) {
             Side::Buy
         } else {
             Side::Sell
-        },
-        trade_conditions: Vec::new(),
-        source_sequence: Some(i as i64),
-        platform_sequence: None,
-        vendor_data: None,
-    }
+        })
+        .source_sequence(Some(i as i64))
+        .build()
 }
 
 /// Trade `i`: symbol, exchange and time. Times fall on a coarse grid (so

@@ -409,26 +409,17 @@ fn value_to_trade(v: Value) -> Result<TradeV2, AvroError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::message_id;
 
     fn sample() -> TradeV2 {
-        TradeV2 {
-            message_id: message_id("BINANCE", "trade", "BTCUSDT", "1"),
-            trade_id: "BINANCE-1".into(),
-            symbol: "BTCUSDT".into(),
-            exchange: "BINANCE".into(),
-            asset_class: AssetClass::Crypto,
-            timestamp_us: 1_700_000_000_123_000,
-            ingestion_timestamp_us: 1_700_000_000_200_000,
-            price: Dec8::parse("58792.76").unwrap(),
-            quantity: Dec8::parse("-0.00000001").unwrap(),
-            currency: "USDT".into(),
-            side: Side::SellShort,
-            trade_conditions: vec!["X".into(), "Y".into()],
-            source_sequence: Some(42),
-            platform_sequence: None,
-            vendor_data: Some(BTreeMap::from([("stream".into(), "trade".into())])),
-        }
+        TradeV2::builder("BINANCE", "BTCUSDT", "1", 1_700_000_000_123_000)
+            .ingested_at(1_700_000_000_200_000)
+            .price(Dec8::parse("58792.76").unwrap())
+            .quantity(Dec8::parse("-0.00000001").unwrap())
+            .side(Side::SellShort)
+            .conditions(vec!["X".into(), "Y".into()])
+            .source_sequence(Some(42))
+            .vendor_data(Some(BTreeMap::from([("stream".into(), "trade".into())])))
+            .build()
     }
 
     #[test]

@@ -184,23 +184,14 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn trade(sym: &str, ts: i64, vendor: bool) -> TradeV2 {
-        TradeV2 {
-            message_id: message_id("X", "trade", sym, &ts.to_string()),
-            trade_id: format!("X-{ts}"),
-            symbol: sym.into(),
-            exchange: "X".into(),
-            asset_class: AssetClass::Crypto,
-            timestamp_us: ts,
-            ingestion_timestamp_us: ts + 1,
-            price: Dec8::parse("1.5").unwrap(),
-            quantity: Dec8::parse("2").unwrap(),
-            currency: "USDT".into(),
-            side: Side::Buy,
-            trade_conditions: vec!["a".into()],
-            source_sequence: Some(ts),
-            platform_sequence: None,
-            vendor_data: vendor.then(|| BTreeMap::from([("k".into(), "v".into())])),
-        }
+        TradeV2::builder("X", sym, &ts.to_string(), ts)
+            .ingested_at(ts + 1)
+            .price(Dec8::parse("1.5").unwrap())
+            .quantity(Dec8::parse("2").unwrap())
+            .conditions(vec!["a".into()])
+            .source_sequence(Some(ts))
+            .vendor_data(vendor.then(|| BTreeMap::from([("k".into(), "v".into())])))
+            .build()
     }
 
     #[test]

@@ -11,13 +11,13 @@ use futures::StreamExt;
 use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 
-use crate::kafka::encoder::{Encoded, enqueue};
 use crate::config::Config;
 use crate::daemon::{self, DaemonError};
 use crate::degrade::level::Level;
 use crate::instruments::Tier;
+use crate::kafka::encoder::{Encoded, enqueue};
 use crate::messages::producer::Outgoing;
-use crate::model::{AssetClass, Dec8, Side, TradeV2, message_id, now_us};
+use crate::model::{Dec8, Side, TradeV2, now_us};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -152,27 +152,19 @@ fn synthetic_from(first: usize, n: usize) -> Vec<TradeV2> {
         .map(|i| {
             let symbol = symbols[i % symbols.len()];
             let id = (i / symbols.len()).to_string();
-            TradeV2 {
-                message_id: message_id("BENCH", "trade", symbol, &id),
-                trade_id: format!("BENCH-{id}"),
-                symbol: symbol.to_string(),
-                exchange: "BENCH".to_string(),
-                asset_class: AssetClass::Crypto,
-                timestamp_us: start + i as i64,
-                ingestion_timestamp_us: start + i as i64,
-                price: Dec8::from_unscaled(6_500_000_000_000 + (i as i64 % 100_000))
-                    .unwrap_or_default(),
-                quantity: Dec8::from_unscaled(1_000_000 + (i as i64 % 997)).unwrap_or_default(),
-                currency: "USDT".to_string(),
-                side: if i % 2 == 0 { Side::Buy } else { Side::Sell },
-                trade_conditions: Vec::new(),
-                source_sequence: Some(i as i64),
-                platform_sequence: None,
-                vendor_data: Some(BTreeMap::from([(
+            TradeV2::builder("BENCH", symbol, &id, start + i as i64)
+                .price(
+                    Dec8::from_unscaled(6_500_000_000_000 + (i as i64 % 100_000))
+                        .unwrap_or_default(),
+                )
+                .quantity(Dec8::from_unscaled(1_000_000 + (i as i64 % 997)).unwrap_or_default())
+                .side(if i % 2 == 0 { Side::Buy } else { Side::Sell })
+                .source_sequence(Some(i as i64))
+                .vendor_data(Some(BTreeMap::from([(
                     "stream".to_string(),
                     "trade".to_string(),
-                )])),
-            }
+                )])))
+                .build()
         })
         .collect()
 }

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::tools::capture::CapturedFrame;
 use crate::config::{BinanceStream, Config};
 use crate::daemon::{self, DaemonError};
 use crate::model::now_us;
+use crate::tools::capture::CapturedFrame;
 use crate::tools::replay::{Pacing, ReplayOptions, ReplayServer};
 
 #[derive(Debug, thiserror::Error)]
@@ -360,30 +360,18 @@ impl std::fmt::Display for LatencyReport {
 }
 
 fn synthetic_trade(i: usize, ts: i64) -> crate::model::TradeV2 {
-    use crate::model::{AssetClass, Dec8, Side, TradeV2, message_id};
+    use crate::model::{Dec8, Side, TradeV2};
     let symbol = SYMBOLS[i % SYMBOLS.len()];
-    let id = i.to_string();
-    TradeV2 {
-        message_id: message_id("BENCH", "trade", symbol, &id),
-        trade_id: format!("BENCH-{id}"),
-        symbol: symbol.to_string(),
-        exchange: "BENCH".to_string(),
-        asset_class: AssetClass::Crypto,
-        timestamp_us: ts,
-        ingestion_timestamp_us: ts,
-        price: Dec8::from_unscaled(6_500_000_000_000 + (i as i64 % 100_000)).unwrap_or_default(),
-        quantity: Dec8::from_unscaled(1_000_000 + (i as i64 % 997)).unwrap_or_default(),
-        currency: "USDT".to_string(),
-        side: if i.is_multiple_of(2) {
+    TradeV2::builder("BENCH", symbol, &i.to_string(), ts)
+        .price(Dec8::from_unscaled(6_500_000_000_000 + (i as i64 % 100_000)).unwrap_or_default())
+        .quantity(Dec8::from_unscaled(1_000_000 + (i as i64 % 997)).unwrap_or_default())
+        .side(if i.is_multiple_of(2) {
             Side::Buy
         } else {
             Side::Sell
-        },
-        trade_conditions: Vec::new(),
-        source_sequence: Some(i as i64),
-        platform_sequence: None,
-        vendor_data: None,
-    }
+        })
+        .source_sequence(Some(i as i64))
+        .build()
 }
 
 fn timed<T>(ms: &mut Vec<f64>, started: Instant, v: T) -> T {
@@ -486,7 +474,7 @@ pub async fn latency(
         QueryRequest::Ohlcv(OhlcvRequest {
             symbol: symbol.clone(),
             exchange: None,
-            interval: crate::api::params::Interval::M1,
+            interval: crate::messages::query::Interval::M1,
             start_us: now - day,
             end_us: now,
         })
