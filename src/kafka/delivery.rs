@@ -2,10 +2,12 @@
 //! until its report arrives; an acknowledgement counts it as published, a
 //! failure sends it back to the producer actor for the spill log.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use prometheus::IntCounter;
 use rdkafka::Message as _;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -38,6 +40,67 @@ pub struct Undelivered {
     pub error: String,
 }
 
+/// The counters one record's delivery touches. Looked up once per (topic,
+/// exchange, tier) by [`DeliveryCounters`] and cloned per record (a few
+/// reference counts) instead of a label lookup per record.
+#[derive(Clone)]
+pub struct RecordCounters {
+    enqueued: IntCounter,
+    delivered: IntCounter,
+    failed: IntCounter,
+    /// The accounting's `published`; dead letters have no tier and none.
+    published: Option<IntCounter>,
+}
+
+/// [`RecordCounters`] kept per topic, exchange and tier.
+pub struct DeliveryCounters {
+    metrics: Metrics,
+    kept: HashMap<String, HashMap<String, [Option<RecordCounters>; 4]>>,
+}
+
+impl DeliveryCounters {
+    pub fn new(metrics: Metrics) -> Self {
+        Self {
+            metrics,
+            kept: HashMap::new(),
+        }
+    }
+
+    pub fn of(&mut self, topic: &str, exchange: &str, tier: Option<Tier>) -> RecordCounters {
+        if let Some(c) = self
+            .kept
+            .get(topic)
+            .and_then(|e| e.get(exchange))
+            .and_then(|t| t[tier.map_or(3, Tier::index)].as_ref())
+        {
+            return c.clone();
+        }
+        let records = |outcome: &str| {
+            self.metrics
+                .producer_records
+                .with_label_values(&[topic, outcome])
+        };
+        let c = RecordCounters {
+            enqueued: records("enqueued"),
+            delivered: records("delivered"),
+            failed: records("failed"),
+            published: tier.map(|t| {
+                self.metrics.messages.with_label_values(&[
+                    exchange,
+                    t.label(),
+                    Outcome::Published.as_str(),
+                ])
+            }),
+        };
+        self.kept
+            .entry(topic.to_string())
+            .or_default()
+            .entry(exchange.to_string())
+            .or_default()[tier.map_or(3, Tier::index)] = Some(c.clone());
+        c
+    }
+}
+
 /// Hands one record to librdkafka and arranges for its delivery report:
 /// an acknowledgement counts as published, a failure sends the record back
 /// to the actor for the spill log.
@@ -45,7 +108,7 @@ pub fn dispatch(
     producer: &FutureProducer,
     entry: &SpillEntry,
     deliveries: &Arc<Deliveries>,
-    metrics: &Metrics,
+    counters: RecordCounters,
     undelivered: &mpsc::UnboundedSender<Undelivered>,
     epoch: Instant,
 ) -> Result<(), KafkaError> {
@@ -55,15 +118,11 @@ pub fn dispatch(
     let delivery = producer.send_result(fr).map_err(|(e, _)| e)?;
     deliveries.in_flight.fetch_add(1, Ordering::Relaxed);
     let deliveries = deliveries.clone();
-    let metrics = metrics.clone();
     let undelivered = undelivered.clone();
     let exchange = entry.exchange.clone();
     let tier = entry.tier;
     let topic = entry.topic.clone();
-    metrics
-        .producer_records
-        .with_label_values(&[&topic, "enqueued"])
-        .inc();
+    counters.enqueued.inc();
     tokio::spawn(async move {
         let outcome = delivery.await;
         let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -72,21 +131,15 @@ pub fn dispatch(
                 deliveries.delivered.fetch_add(1, Ordering::Relaxed);
                 deliveries.last_delivery_ms.fetch_max(ms, Ordering::Relaxed);
                 deliveries.in_flight.fetch_sub(1, Ordering::Relaxed);
-                metrics
-                    .producer_records
-                    .with_label_values(&[&topic, "delivered"])
-                    .inc();
-                if tier.is_some() {
-                    metrics.account(&exchange, tier_label(tier), Outcome::Published, 1);
+                counters.delivered.inc();
+                if let Some(p) = &counters.published {
+                    p.inc();
                 }
             }
             Ok(Err((e, msg))) => {
                 deliveries.failed.fetch_add(1, Ordering::Relaxed);
                 deliveries.in_flight.fetch_sub(1, Ordering::Relaxed);
-                metrics
-                    .producer_records
-                    .with_label_values(&[&topic, "failed"])
-                    .inc();
+                counters.failed.inc();
                 tracing::warn!(topic = %topic, error = %e, "delivery failed; record goes to the spill log");
                 let entry = SpillEntry {
                     exchange,
@@ -114,4 +167,3 @@ pub fn dispatch(
     });
     Ok(())
 }
-

@@ -1,0 +1,196 @@
+//! Telemetry as typed events, as Vector's `internal_events`: each event
+//! logs and counts in one place, with the standard labels, so an actor says
+//! what happened (`feed.malformed(&error, bytes)`) instead of making five
+//! metric calls and a log line.
+//!
+//! Counters on the hot path are looked up once per label set and kept:
+//! `with_label_values` hashes the label strings and takes a lock on every
+//! call. They are looked up on first use, not up front, so a series appears
+//! on `/metrics` (and a row in the accounting) only once something
+//! happened, exactly as before.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use prometheus::IntCounter;
+
+use crate::exchanges::FrameError;
+use crate::instruments::Tier;
+use crate::metrics::{Metrics, Outcome};
+
+/// The accounting label of a message without a tier (a dead letter).
+const NO_TIER: &str = "none";
+
+/// Counters kept per label set, looked up on first use.
+struct Kept<K> {
+    counters: RefCell<HashMap<K, IntCounter>>,
+}
+
+impl<K: std::hash::Hash + Eq + Copy> Kept<K> {
+    fn new() -> Self {
+        Self {
+            counters: RefCell::new(HashMap::new()),
+        }
+    }
+
+    fn inc(&self, key: K, look_up: impl FnOnce() -> IntCounter) {
+        self.counters
+            .borrow_mut()
+            .entry(key)
+            .or_insert_with(look_up)
+            .inc();
+    }
+}
+
+/// The events of one exchange feed. Lives on the feed's thread.
+pub struct FeedEvents {
+    metrics: Metrics,
+    exchange: String,
+    frames: Kept<&'static str>,
+    accounts: Kept<(&'static str, Outcome)>,
+    duplicates: Kept<()>,
+    dead_letters: Kept<&'static str>,
+}
+
+impl FeedEvents {
+    pub fn new(metrics: Metrics, exchange: &str) -> Self {
+        Self {
+            metrics,
+            exchange: exchange.to_string(),
+            frames: Kept::new(),
+            accounts: Kept::new(),
+            duplicates: Kept::new(),
+            dead_letters: Kept::new(),
+        }
+    }
+
+    fn frame(&self, kind: &'static str) {
+        self.frames.inc(kind, || {
+            self.metrics
+                .feed_frames
+                .with_label_values(&[&self.exchange, kind])
+        });
+    }
+
+    fn account(&self, tier: &'static str, outcome: Outcome) {
+        self.accounts.inc((tier, outcome), || {
+            self.metrics
+                .messages
+                .with_label_values(&[&self.exchange, tier, outcome.as_str()])
+        });
+    }
+
+    /// A trade frame (`kind`: its stream, `trade` or `aggTrade`) arrived
+    /// for a symbol of `tier`: received, in the accounting identity.
+    pub fn trade_received(&self, kind: &'static str, tier: Tier) {
+        self.frame(kind);
+        self.account(tier.label(), Outcome::Received);
+    }
+
+    /// A trade already seen (a reconnect overlap): deduplicated.
+    pub fn duplicate(&self, tier: Tier) {
+        self.duplicates.inc((), || {
+            self.metrics
+                .feed_duplicates
+                .with_label_values(&[&self.exchange])
+        });
+        self.account(tier.label(), Outcome::Deduplicated);
+    }
+
+    /// A well-formed frame of a kind the feed does not store.
+    pub fn skipped(&self, kind: &'static str) {
+        self.frame(kind);
+    }
+
+    /// A frame that could not be parsed: it goes to the dead-letter topic
+    /// with its raw bytes, so it is received and dead-lettered at once.
+    pub fn malformed(&self, error: &FrameError, bytes: usize) {
+        self.frame("malformed");
+        self.dead_letters.inc(error.class(), || {
+            self.metrics
+                .feed_dead_letters
+                .with_label_values(&[&self.exchange, error.class()])
+        });
+        self.account(NO_TIER, Outcome::Received);
+        self.account(NO_TIER, Outcome::DeadLettered);
+        tracing::warn!(exchange = %self.exchange, reason = %error, bytes, "malformed frame dead-lettered");
+    }
+
+    /// A connection attempt ended as `outcome` (`connected`, `failed`,
+    /// `restart`).
+    pub fn connection(&self, outcome: &str) {
+        self.metrics
+            .feed_connections
+            .with_label_values(&[&self.exchange, outcome])
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> u64 {
+        m.registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|s| {
+                labels.iter().all(|(k, v)| {
+                    s.get_label()
+                        .iter()
+                        .any(|l| l.name() == *k && l.value() == *v)
+                })
+            })
+            .map(|s| s.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    #[test]
+    fn a_malformed_frame_is_counted_everywhere_it_belongs() {
+        let m = Metrics::new().unwrap();
+        let events = FeedEvents::new(m.clone(), "BINANCE");
+        events.malformed(&FrameError::Empty, 0);
+        events.malformed(&FrameError::Empty, 0);
+        assert_eq!(
+            value(&m, "ticklake_feed_frames_total", &[("kind", "malformed")]),
+            2
+        );
+        assert_eq!(value(&m, "ticklake_feed_dead_letters_total", &[]), 2);
+        let accounts = crate::metrics::accounts(&m);
+        assert_eq!(accounts.len(), 1);
+        assert_eq!(accounts[0].tier, "none");
+        assert_eq!(
+            (
+                accounts[0].received,
+                accounts[0].dead_lettered,
+                accounts[0].in_flight
+            ),
+            (2, 2, 0)
+        );
+    }
+
+    #[test]
+    fn series_appear_only_once_something_happened() {
+        let m = Metrics::new().unwrap();
+        let events = FeedEvents::new(m.clone(), "BINANCE");
+        assert!(crate::metrics::accounts(&m).is_empty());
+        events.trade_received("trade", Tier::Two);
+        events.trade_received("trade", Tier::Two);
+        events.duplicate(Tier::Two);
+        events.skipped("depthUpdate");
+        let accounts = crate::metrics::accounts(&m);
+        assert_eq!(accounts.len(), 1, "only tier 2 saw traffic");
+        assert_eq!((accounts[0].received, accounts[0].deduplicated), (2, 1));
+        assert_eq!(value(&m, "ticklake_feed_duplicates_total", &[]), 1);
+        assert_eq!(
+            value(&m, "ticklake_feed_frames_total", &[("kind", "trade")]),
+            2
+        );
+        assert_eq!(
+            value(&m, "ticklake_feed_frames_total", &[("kind", "depthUpdate")]),
+            1
+        );
+    }
+}
