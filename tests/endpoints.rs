@@ -57,7 +57,9 @@ fn status_endpoint_and_cli_show_the_tree_level_breakers_and_accounting() {
             "consumer",
             "writer.trades",
             "writer.dead_letters",
-            "degradation_supervisor"
+            "degradation_supervisor",
+            "tail",
+            "query"
         ]
     );
     for c in s["tree"]["children"].as_array().unwrap() {

@@ -9,18 +9,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use crate::actors::observe::{Health, ObservableState, Published, RestartPolicy, Restarts};
 use crate::config::BinanceFeedConfig;
 use crate::dedup::Dedup;
 use crate::exchanges::{FrameError, Parsed, binance};
 use crate::instruments::Instruments;
+use crate::messages::observe::Observe;
 use crate::messages::producer::{Outgoing, ProducerLanes};
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::Metrics;
 use crate::model::{DeadLetter, now_us};
+use crate::telemetry::FeedEvents;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
@@ -49,8 +51,31 @@ pub struct FeedState {
     pub exchange: String,
     pub url: String,
     pub connected: bool,
-    pub restarts: u64,
-    pub last_error: Option<String>,
+    #[serde(flatten)]
+    pub health: Health,
+}
+
+impl ObservableState for FeedState {
+    fn name(&self) -> String {
+        format!("feed.{}", self.exchange.to_ascii_lowercase())
+    }
+
+    fn status(&self) -> String {
+        if self.connected {
+            "connected"
+        } else {
+            "connecting"
+        }
+        .into()
+    }
+
+    fn health(&self) -> &Health {
+        &self.health
+    }
+
+    fn throughput_key(&self) -> Option<String> {
+        Some("feed.received".into())
+    }
 }
 
 pub struct BinanceFeedActor {
@@ -58,14 +83,16 @@ pub struct BinanceFeedActor {
     producer: ProducerLanes,
     instruments: Arc<Instruments>,
     metrics: Metrics,
-    backoff: ExponentialBackoff,
+    restarts: Restarts,
     state: FeedState,
+    published: Published<FeedState>,
     /// Set by `StopFeed`: the supervisor still restarts the actor, but it
     /// stays idle instead of reconnecting.
     stopping: bool,
     /// Shared with the connection task; kept across restarts, which is
     /// exactly when overlaps happen.
     dedup: Rc<RefCell<Dedup>>,
+    events: Rc<FeedEvents>,
 }
 
 impl BinanceFeedActor {
@@ -76,7 +103,12 @@ impl BinanceFeedActor {
         metrics: Metrics,
     ) -> Self {
         let cfg_dedup = cfg.dedup_capacity;
-        let backoff = backoff_for(&cfg);
+        let exchange = cfg.exchange.clone();
+        let metrics_for_events = metrics.clone();
+        let restarts = Restarts::new(
+            format!("feed.{}", cfg.exchange.to_ascii_lowercase()),
+            RestartPolicy::from_millis(cfg.backoff_initial_ms, cfg.backoff_max_ms),
+        );
         let state = FeedState {
             exchange: cfg.exchange.clone(),
             url: stream_url(&cfg),
@@ -87,22 +119,14 @@ impl BinanceFeedActor {
             producer,
             instruments,
             metrics,
-            backoff,
+            restarts,
+            published: Published::new(state.clone()),
             state,
             stopping: false,
             dedup: Rc::new(RefCell::new(Dedup::new(cfg_dedup))),
+            events: Rc::new(FeedEvents::new(metrics_for_events, &exchange)),
         }
     }
-}
-
-fn backoff_for(cfg: &BinanceFeedConfig) -> ExponentialBackoff {
-    ExponentialBuilder::new()
-        .with_min_delay(Duration::from_millis(cfg.backoff_initial_ms))
-        .with_max_delay(Duration::from_millis(cfg.backoff_max_ms))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 /// The combined-stream URL for the configured symbols and streams.
@@ -123,6 +147,17 @@ pub fn stream_url(cfg: &BinanceFeedConfig) -> String {
     )
 }
 
+impl BinanceFeedActor {
+    /// The state this feed publishes after every change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<FeedState> {
+        self.published.subscribe()
+    }
+
+    fn publish_state(&self) {
+        self.published.publish(&self.state);
+    }
+}
+
 impl Actor for BinanceFeedActor {
     type Context = Context<Self>;
 
@@ -130,13 +165,7 @@ impl Actor for BinanceFeedActor {
         if self.stopping {
             return;
         }
-        let delay = if self.state.restarts == 0 {
-            Duration::ZERO
-        } else {
-            self.backoff
-                .next()
-                .unwrap_or(Duration::from_millis(self.cfg.backoff_max_ms))
-        };
+        let delay = self.restarts.delay(&self.state.health);
         let url = self.state.url.clone();
         tracing::info!(exchange = %self.cfg.exchange, url = %url, delay_ms = delay.as_millis() as u64, "feed connecting");
         let conn = Connection {
@@ -144,7 +173,7 @@ impl Actor for BinanceFeedActor {
             url,
             producer: self.producer.clone(),
             instruments: self.instruments.clone(),
-            metrics: self.metrics.clone(),
+            events: self.events.clone(),
             addr: ctx.address(),
             dedup: self.dedup.clone(),
         };
@@ -153,13 +182,14 @@ impl Actor for BinanceFeedActor {
             match res {
                 Ok(ConnEnd::Rotated) => {
                     tracing::info!(exchange = %act.cfg.exchange, "feed rotating connection");
-                    act.backoff = backoff_for(&act.cfg);
+                    act.restarts.reset();
                 }
                 Err(e) => {
                     tracing::warn!(exchange = %act.cfg.exchange, error = %e, "feed connection ended");
-                    act.state.last_error = Some(e.to_string());
+                    act.state.health.last_error = Some(e.to_string());
                 }
             }
+            act.publish_state();
             ctx.stop();
         }));
     }
@@ -170,11 +200,9 @@ impl Supervised for BinanceFeedActor {
         if self.stopping {
             return;
         }
-        self.state.restarts += 1;
-        self.metrics
-            .feed_connections
-            .with_label_values(&[&self.cfg.exchange, "restart"])
-            .inc();
+        self.restarts.count(&mut self.state.health, &self.metrics);
+        self.events.connection("restart");
+        self.publish_state();
     }
 }
 
@@ -188,7 +216,8 @@ impl Handler<Connected> for BinanceFeedActor {
     type Result = ();
     fn handle(&mut self, _: Connected, _ctx: &mut Self::Context) {
         self.state.connected = true;
-        self.backoff = backoff_for(&self.cfg);
+        self.restarts.reset();
+        self.publish_state();
     }
 }
 
@@ -205,14 +234,9 @@ impl Handler<StopFeed> for BinanceFeedActor {
     }
 }
 
-/// Snapshot of the feed's state.
-#[derive(Message)]
-#[rtype(result = "FeedState")]
-pub struct ObserveFeed;
-
-impl Handler<ObserveFeed> for BinanceFeedActor {
-    type Result = MessageResult<ObserveFeed>;
-    fn handle(&mut self, _: ObserveFeed, _ctx: &mut Self::Context) -> Self::Result {
+impl Handler<Observe<FeedState>> for BinanceFeedActor {
+    type Result = MessageResult<Observe<FeedState>>;
+    fn handle(&mut self, _: Observe<FeedState>, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.state.clone())
     }
 }
@@ -222,7 +246,7 @@ struct Connection {
     url: String,
     producer: ProducerLanes,
     instruments: Arc<Instruments>,
-    metrics: Metrics,
+    events: Rc<FeedEvents>,
     addr: Addr<BinanceFeedActor>,
     dedup: Rc<RefCell<Dedup>>,
 }
@@ -239,21 +263,21 @@ impl Connection {
         let ws = match connect {
             Ok(Ok((ws, _))) => ws,
             Ok(Err(e)) => {
-                self.count_connect("failed");
+                self.events.connection("failed");
                 return Err(FeedError::Connect {
                     url: self.url.clone(),
                     reason: e.to_string(),
                 });
             }
             Err(_) => {
-                self.count_connect("failed");
+                self.events.connection("failed");
                 return Err(FeedError::Connect {
                     url: self.url.clone(),
                     reason: "timed out after 15s".into(),
                 });
             }
         };
-        self.count_connect("connected");
+        self.events.connection("connected");
         tracing::info!(exchange, url = %self.url, "feed connected");
         let (mut sink, mut stream) = ws.split();
         let stale = Duration::from_secs(self.cfg.stale_after_secs);
@@ -293,13 +317,6 @@ impl Connection {
         }
     }
 
-    fn count_connect(&self, outcome: &str) {
-        self.metrics
-            .feed_connections
-            .with_label_values(&[&self.cfg.exchange, outcome])
-            .inc();
-    }
-
     /// Parses one frame; trades go to the producer on their tier's lane,
     /// malformed frames to the dead-letter topic with their raw bytes (on
     /// the tier-1 lane: they are never shed). Waiting on a full lane here is
@@ -313,50 +330,25 @@ impl Connection {
         };
         let out = match parsed {
             Ok(Parsed::Trade(t)) => {
-                let kind = t
-                    .vendor_data
-                    .as_ref()
-                    .and_then(|v| v.get("stream"))
-                    .map(String::as_str)
-                    .unwrap_or("trade");
-                self.metrics
-                    .feed_frames
-                    .with_label_values(&[exchange, kind])
-                    .inc();
+                // The parser names the stream; anything else is a plain trade.
+                let kind = match t.vendor_data.as_ref().and_then(|v| v.get("stream")) {
+                    Some(k) if k == "aggTrade" => "aggTrade",
+                    _ => "trade",
+                };
                 let tier = self.instruments.tier(&t.exchange, &t.symbol);
-                self.metrics
-                    .account(&t.exchange, tier.label(), Outcome::Received, 1);
+                self.events.trade_received(kind, tier);
                 if !self.dedup.borrow_mut().first_time(&t.message_id) {
-                    self.metrics
-                        .feed_duplicates
-                        .with_label_values(&[exchange])
-                        .inc();
-                    self.metrics
-                        .account(&t.exchange, tier.label(), Outcome::Deduplicated, 1);
+                    self.events.duplicate(tier);
                     return Ok(());
                 }
                 Outgoing::trade(*t, tier)
             }
             Ok(Parsed::Skipped(kind)) => {
-                self.metrics
-                    .feed_frames
-                    .with_label_values(&[exchange, kind])
-                    .inc();
+                self.events.skipped(kind);
                 return Ok(());
             }
             Err(e) => {
-                self.metrics
-                    .feed_frames
-                    .with_label_values(&[exchange, "malformed"])
-                    .inc();
-                self.metrics
-                    .feed_dead_letters
-                    .with_label_values(&[exchange, e.class()])
-                    .inc();
-                self.metrics.account(exchange, "none", Outcome::Received, 1);
-                self.metrics
-                    .account(exchange, "none", Outcome::DeadLettered, 1);
-                tracing::warn!(exchange, reason = %e, bytes = raw.len(), "malformed frame dead-lettered");
+                self.events.malformed(&e, raw.len());
                 Outgoing::dead_letter(DeadLetter::new(
                     exchange,
                     &self.url,
@@ -391,19 +383,5 @@ mod tests {
             stream_url(&cfg),
             "wss://stream.binance.com:9443/stream?streams=btcusdt@trade/btcusdt@aggTrade/ethusdt@trade/ethusdt@aggTrade"
         );
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let cfg = BinanceFeedConfig {
-            backoff_initial_ms: 100,
-            backoff_max_ms: 1000,
-            ..BinanceFeedConfig::default()
-        };
-        let delays: Vec<Duration> = backoff_for(&cfg).take(10).collect();
-        // jitter adds up to one more base delay, never beyond twice the cap
-        assert!(delays[0] >= Duration::from_millis(100) && delays[0] <= Duration::from_millis(200));
-        assert!(delays.iter().all(|d| *d <= Duration::from_millis(2000)));
-        assert!(delays[9] >= Duration::from_millis(1000));
     }
 }

@@ -4,18 +4,18 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::prelude::*;
-use backon::BackoffBuilder;
 use futures::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use crate::actors::observe::{Health, ObservableState, Published, RestartPolicy, Restarts};
 use crate::actors::writer::WriterActor;
 use crate::kafka::avro::Codec;
 use crate::messages::consumer::Committed;
 pub use crate::messages::consumer::RestartConsumer;
+use crate::messages::observe::Observe;
 use crate::messages::tail::{TailRow, Tailed};
 use crate::messages::writer::{Consumed, GetPositions, Rows};
 use crate::metrics::Metrics;
@@ -37,8 +37,31 @@ pub struct Routes {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ConsumerState {
     pub running: bool,
-    pub restarts: u64,
-    pub last_error: Option<String>,
+    #[serde(flatten)]
+    pub health: Health,
+}
+
+impl ObservableState for ConsumerState {
+    fn name(&self) -> String {
+        "consumer".into()
+    }
+
+    fn status(&self) -> String {
+        if self.running {
+            "running"
+        } else {
+            "restarting"
+        }
+        .into()
+    }
+
+    fn health(&self) -> &Health {
+        &self.health
+    }
+
+    fn throughput_key(&self) -> Option<String> {
+        Some("consumer.records".into())
+    }
 }
 
 pub struct ConsumerActor {
@@ -47,9 +70,9 @@ pub struct ConsumerActor {
     routes: Routes,
     /// Set by a restart: seek to what the writers hold before reading on.
     reseek: bool,
-    backoff: backon::ExponentialBackoff,
+    restarts: Restarts,
     state: ConsumerState,
-    state_tx: tokio::sync::watch::Sender<ConsumerState>,
+    published: Published<ConsumerState>,
     cluster_id: String,
     metrics: Metrics,
     /// Records per routed message; at most the writer's row limit, so a
@@ -65,17 +88,16 @@ impl ConsumerActor {
         cluster_id: String,
         metrics: Metrics,
         max_rows: usize,
-        restart_backoff: backon::ExponentialBuilder,
+        restart: RestartPolicy,
     ) -> Self {
-        let (state_tx, _) = tokio::sync::watch::channel(ConsumerState::default());
         Self {
             consumer,
             codec,
             routes,
             reseek: false,
-            backoff: restart_backoff.build(),
+            restarts: Restarts::new("consumer", restart),
             state: ConsumerState::default(),
-            state_tx,
+            published: Published::new(ConsumerState::default()),
             cluster_id,
             metrics,
             chunk: max_rows.clamp(1, MAX_CHUNK),
@@ -85,7 +107,7 @@ impl ConsumerActor {
 
 impl ConsumerActor {
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<ConsumerState> {
-        self.state_tx.subscribe()
+        self.published.subscribe()
     }
 }
 
@@ -123,16 +145,12 @@ impl Actor for ConsumerActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         let routes = self.routes.clone();
         let reseek_first = std::mem::take(&mut self.reseek);
-        let generation = self.state.restarts;
+        let generation = self.state.health.restarts;
         // Restarts wait a capped, jittered, growing delay so a consumer that
         // fails at once does not spin.
-        let delay = if reseek_first {
-            self.backoff.next().unwrap_or(Duration::from_secs(30))
-        } else {
-            Duration::ZERO
-        };
+        let delay = self.restarts.delay(&self.state.health);
         self.state.running = true;
-        self.state_tx.send_replace(self.state.clone());
+        self.published.publish(&self.state);
         let consumer = self.consumer.clone();
         let codec = self.codec.clone();
         let metrics = self.metrics.clone();
@@ -240,8 +258,8 @@ impl Actor for ConsumerActor {
         };
         ctx.spawn(fut.into_actor(self).map(|end, act, ctx| {
             act.state.running = false;
-            act.state.last_error = end;
-            act.state_tx.send_replace(act.state.clone());
+            act.state.health.last_error = end;
+            act.published.publish(&act.state);
             // The supervisor restarts it (see `restarting`).
             ctx.stop();
         }));
@@ -251,12 +269,7 @@ impl Actor for ConsumerActor {
 impl Supervised for ConsumerActor {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         self.reseek = true;
-        self.state.restarts += 1;
-        self.metrics
-            .actor_restarts
-            .with_label_values(&["consumer"])
-            .inc();
-        tracing::warn!(restarts = self.state.restarts, "consumer restarting");
+        self.restarts.count(&mut self.state.health, &self.metrics);
     }
 }
 
@@ -264,10 +277,19 @@ impl Handler<RestartConsumer> for ConsumerActor {
     type Result = MessageResult<RestartConsumer>;
 
     fn handle(&mut self, _: RestartConsumer, ctx: &mut Self::Context) -> Self::Result {
-        self.state.last_error = Some("restart requested (watchdog or a rewinding writer)".into());
+        self.state.health.last_error =
+            Some("restart requested (watchdog or a rewinding writer)".into());
         ctx.stop();
         // `restarting` bumps the count; the new loop stamps that number.
-        MessageResult(self.state.restarts + 1)
+        MessageResult(self.state.health.restarts + 1)
+    }
+}
+
+impl Handler<Observe<ConsumerState>> for ConsumerActor {
+    type Result = MessageResult<Observe<ConsumerState>>;
+
+    fn handle(&mut self, _: Observe<ConsumerState>, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.state.clone())
     }
 }
 

@@ -19,9 +19,11 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::actors::consumer::{ConsumerActor, RestartConsumer};
+use crate::actors::observe::{Health, ObservableState, Published, RestartPolicy, Restarts};
 use crate::actors::producer::ProducerState;
 use crate::actors::writer::WriterState;
 use crate::degrade::level::{Level, LevelMachine, LevelSnapshot, Signal, Signals};
+use crate::messages::observe::Observe;
 use crate::messages::producer::{ProducerControl, ProducerLanes};
 use crate::metrics::Metrics;
 
@@ -39,8 +41,31 @@ pub struct SupervisorState {
     /// `producer.delivered`, `consumer.records`, `writer.<table>.rows`.
     pub rates: BTreeMap<String, f64>,
     pub watchdog_restarts: u64,
-    pub restarts: u64,
-    pub last_error: Option<String>,
+    #[serde(flatten)]
+    pub health: Health,
+}
+
+impl ObservableState for SupervisorState {
+    fn name(&self) -> String {
+        "degradation_supervisor".into()
+    }
+
+    fn status(&self) -> String {
+        "running".into()
+    }
+
+    fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Its level, lag and rates are the top of the `/status` document;
+    /// the tree shows only its own work.
+    fn details(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("samples".into(), self.samples.into());
+        m.insert("watchdog_restarts".into(), self.watchdog_restarts.into());
+        m
+    }
 }
 
 pub struct DegradationSupervisor {
@@ -64,7 +89,8 @@ pub struct DegradationSupervisor {
     epoch: Instant,
     metrics: Metrics,
     state: SupervisorState,
-    state_tx: watch::Sender<SupervisorState>,
+    published: Published<SupervisorState>,
+    restarts: Restarts,
 }
 
 /// Inputs of the supervisor.
@@ -91,10 +117,10 @@ impl DegradationSupervisor {
             samples: 0,
             rates: BTreeMap::new(),
             watchdog_restarts: 0,
-            restarts: 0,
-            last_error: None,
+            health: Health::default(),
         };
-        let (state_tx, rx) = watch::channel(state.clone());
+        let published = Published::new(state.clone());
+        let rx = published.subscribe();
         let sample = Duration::from_millis(machine.config().sample_ms.max(10));
         for signal in Signal::ALL {
             for (i, t) in machine.config().thresholds.get(signal).iter().enumerate() {
@@ -126,7 +152,9 @@ impl DegradationSupervisor {
                 epoch: Instant::now(),
                 metrics,
                 state,
-                state_tx,
+                published,
+                // A restart only re-arms the sampling timer: no wait.
+                restarts: Restarts::new("degradation_supervisor", RestartPolicy::IMMEDIATE),
             },
             rx,
         )
@@ -165,7 +193,7 @@ impl DegradationSupervisor {
                         act.highs = h;
                         act.highs_at = Some(asked);
                     }
-                    Err(e) => act.state.last_error = Some(format!("watermarks: {e}")),
+                    Err(e) => act.state.health.last_error = Some(format!("watermarks: {e}")),
                 }
             }),
         );
@@ -244,7 +272,7 @@ impl DegradationSupervisor {
                 .send_control(ProducerControl::SetLevel(t.to))
                 .is_err()
             {
-                self.state.last_error = Some("producer mailbox closed".into());
+                self.state.health.last_error = Some("producer mailbox closed".into());
             }
         }
         self.metrics
@@ -284,7 +312,7 @@ impl DegradationSupervisor {
         let window = self.rate_base.0.elapsed();
         if window >= Duration::from_secs(1) {
             // Feed messages received, all exchanges (read once per window).
-            let received: u64 = crate::status::accounts(&self.metrics)
+            let received: u64 = crate::metrics::accounts(&self.metrics)
                 .iter()
                 .map(|a| a.received)
                 .sum();
@@ -306,7 +334,7 @@ impl DegradationSupervisor {
             .highs_at
             .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
         self.state.samples += 1;
-        self.state_tx.send_replace(self.state.clone());
+        self.published.publish(&self.state);
     }
 }
 
@@ -323,10 +351,14 @@ impl Supervised for DegradationSupervisor {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         // The level machine and its history survive a restart (same value).
         self.fetching = false;
-        self.state.restarts += 1;
-        self.metrics
-            .actor_restarts
-            .with_label_values(&["degradation_supervisor"])
-            .inc();
+        self.restarts.count(&mut self.state.health, &self.metrics);
+    }
+}
+
+impl Handler<Observe<SupervisorState>> for DegradationSupervisor {
+    type Result = MessageResult<Observe<SupervisorState>>;
+
+    fn handle(&mut self, _: Observe<SupervisorState>, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.state.clone())
     }
 }

@@ -1,8 +1,10 @@
-//! The daemon's actors, one per file.
+//! The daemon's actors, one per file, and (`observe`) the observable
+//! state and restart bookkeeping they share.
 
 pub mod binance_feed;
 pub mod consumer;
 pub mod degradation;
+pub mod observe;
 pub mod producer;
 pub mod query;
 pub mod tail;

@@ -22,15 +22,18 @@ use rdkafka::producer::{FutureProducer, Producer, PurgeConfig};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::kafka::avro::AvroError;
-use crate::kafka::delivery::{Deliveries, Undelivered, dispatch, tier_label};
-use crate::kafka::encoder::{Encoded, Encoder};
+use crate::actors::observe::{Health, ObservableState, Published, RestartPolicy, Restarts};
+
 use crate::degrade::breaker::{BreakerConfig, BreakerSnapshot, BreakerState, CircuitBreaker};
 use crate::degrade::level::Level;
 use crate::degrade::policy::{self, Action, SpillEntry};
 use crate::degrade::spill::{ReplayError, SpillLog, SpillSnapshot};
 use crate::instruments::Tier;
+use crate::kafka::avro::AvroError;
+use crate::kafka::delivery::{Deliveries, DeliveryCounters, Undelivered, dispatch, tier_label};
+use crate::kafka::encoder::{Encoded, Encoder};
 use crate::lanes::{Envelope, LaneReceiver, MailboxStats};
+use crate::messages::observe::Observe;
 use crate::messages::producer::{Outgoing, ProducerControl, ProducerLanes, Record};
 use crate::metrics::{Metrics, Outcome};
 use crate::model::{DeadLetter, now_us};
@@ -60,7 +63,6 @@ impl ProducerError {
 /// What `/status` shows for the producer.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ProducerState {
-    pub restarts: u64,
     pub level: Option<Level>,
     pub in_flight: u64,
     pub enqueued: u64,
@@ -75,7 +77,34 @@ pub struct ProducerState {
     pub breaker: Option<BreakerSnapshot>,
     pub spill: Option<SpillSnapshot>,
     pub lanes: Option<MailboxStats>,
-    pub last_error: Option<String>,
+    #[serde(flatten)]
+    pub health: Health,
+}
+
+impl ObservableState for ProducerState {
+    fn name(&self) -> String {
+        "producer".into()
+    }
+
+    fn status(&self) -> String {
+        match self.breaker.as_ref().map(|b| b.state.as_str()) {
+            Some("CLOSED") | None => "running",
+            Some(_) => "broker unavailable: spilling",
+        }
+        .into()
+    }
+
+    fn health(&self) -> &Health {
+        &self.health
+    }
+
+    fn throughput_key(&self) -> Option<String> {
+        Some("producer.delivered".into())
+    }
+
+    fn breaker(&self) -> Option<&BreakerSnapshot> {
+        self.breaker.as_ref()
+    }
 }
 
 /// The producer's handles for other actors: the mailbox to send on and the
@@ -108,6 +137,7 @@ pub struct ProducerActor {
     /// goes to the log: a restarted daemon replays it first.
     carried: u64,
     deliveries: Arc<Deliveries>,
+    counters: DeliveryCounters,
     /// When `in_flight` last rose from zero, for the stall check.
     busy_since_ms: u64,
     delivered_at_last_tick: u64,
@@ -115,7 +145,8 @@ pub struct ProducerActor {
     undelivered_rx: Rc<RefCell<mpsc::UnboundedReceiver<Undelivered>>>,
     epoch: Instant,
     state: ProducerState,
-    state_tx: watch::Sender<ProducerState>,
+    published: Published<ProducerState>,
+    restarts: Restarts,
 }
 
 /// Settings of the producer actor beyond the Kafka client.
@@ -144,11 +175,13 @@ impl ProducerActor {
         let breaker = CircuitBreaker::new("producer", settings.breaker)
             .map_err(|e| ProducerError::Config(e.to_string()))?;
         let (undelivered_tx, undelivered_rx) = mpsc::unbounded_channel();
-        let (state_tx, state) = watch::channel(ProducerState::default());
+        let published = Published::new(ProducerState::default());
+        let state = published.subscribe();
         let carried = spill.pending();
         if carried > 0 {
             tracing::info!(records = carried, dir = %spill.dir().display(), "spill log holds records from an earlier run; replaying them first");
         }
+        let counters = DeliveryCounters::new(metrics.clone());
         let actor = Self {
             producer,
             encoder,
@@ -164,13 +197,16 @@ impl ProducerActor {
             spilled_by_tier: [0; 4],
             carried,
             deliveries: Arc::new(Deliveries::default()),
+            counters,
             busy_since_ms: 0,
             delivered_at_last_tick: 0,
             undelivered_tx,
             undelivered_rx: Rc::new(RefCell::new(undelivered_rx)),
             epoch: Instant::now(),
             state: ProducerState::default(),
-            state_tx,
+            published,
+            // A restart only re-arms the streams and the tick: no wait.
+            restarts: Restarts::new("producer", RestartPolicy::IMMEDIATE),
         };
         Ok((actor, ProducerHandle { lanes, state }))
     }
@@ -228,7 +264,7 @@ impl ProducerActor {
                     self.metrics
                         .account(&exchange, t.label(), Outcome::DeadLettered, 1);
                     // It was counted as received; the dead letter replaces it.
-                    self.state.last_error = Some(format!("encode: {e}"));
+                    self.state.health.last_error = Some(format!("encode: {e}"));
                 }
                 match self.encoder.encode(&Record::DeadLetter(Box::new(dl))) {
                     Ok(enc) => self.route(enc, &exchange, None, Action::Publish, ctx),
@@ -267,11 +303,12 @@ impl ProducerActor {
             self.spill_entry(entry);
             return;
         }
+        let counters = self.counters.of(&entry.topic, &entry.exchange, entry.tier);
         match dispatch(
             &self.producer,
             &entry,
             &self.deliveries,
-            &self.metrics,
+            counters.clone(),
             &self.undelivered_tx,
             self.epoch,
         ) {
@@ -283,7 +320,6 @@ impl ProducerActor {
                 // problem, and the record is safer in the spill log.
                 let producer = self.producer.clone();
                 let deliveries = self.deliveries.clone();
-                let metrics = self.metrics.clone();
                 let tx = self.undelivered_tx.clone();
                 let epoch = self.epoch;
                 let stall = self.stall;
@@ -292,7 +328,8 @@ impl ProducerActor {
                         let deadline = Instant::now() + stall;
                         loop {
                             tokio::time::sleep(Duration::from_millis(2)).await;
-                            match dispatch(&producer, &entry, &deliveries, &metrics, &tx, epoch) {
+                            let c = counters.clone();
+                            match dispatch(&producer, &entry, &deliveries, c, &tx, epoch) {
                                 Ok(()) => return Ok(()),
                                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
                                     if Instant::now() < deadline => {}
@@ -304,7 +341,7 @@ impl ProducerActor {
                     .map(|res, act, _| match res {
                         Ok(()) => act.note_enqueued(),
                         Err((entry, error)) => {
-                            act.state.last_error = Some(format!("produce: {error}"));
+                            act.state.health.last_error = Some(format!("produce: {error}"));
                             act.with_breaker(|b, now| b.on_failure(now));
                             act.spill_entry(entry);
                         }
@@ -313,7 +350,7 @@ impl ProducerActor {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "produce failed; record spilled");
-                self.state.last_error = Some(format!("produce: {e}"));
+                self.state.health.last_error = Some(format!("produce: {e}"));
                 self.with_breaker(|b, now| b.on_failure(now));
                 self.spill_entry(entry);
             }
@@ -333,7 +370,7 @@ impl ProducerActor {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "record cannot be spilled");
-                self.state.last_error = Some(e.to_string());
+                self.state.health.last_error = Some(e.to_string());
                 return;
             }
         };
@@ -341,7 +378,7 @@ impl ProducerActor {
             // The disk is the last resort; without it the record would be
             // lost, so say so as loudly as possible.
             tracing::error!(error = %e, exchange = %entry.exchange, "spill log append failed; record lost");
-            self.state.last_error = Some(format!("spill: {e}"));
+            self.state.health.last_error = Some(format!("spill: {e}"));
             self.metrics
                 .actor_errors
                 .with_label_values(&["producer", "spill"])
@@ -368,7 +405,7 @@ impl ProducerActor {
         let mut budget = self.replay_batch;
         let producer = self.producer.clone();
         let deliveries = self.deliveries.clone();
-        let metrics = self.metrics.clone();
+        let counters = &mut self.counters;
         let tx = self.undelivered_tx.clone();
         let epoch = self.epoch;
         let mut replayed: Vec<(String, Option<Tier>)> = Vec::new();
@@ -380,7 +417,8 @@ impl ProducerActor {
                 Ok(e) => e,
                 Err(e) => return Err(ReplayStop::Corrupt(e.to_string())),
             };
-            match dispatch(&producer, &entry, &deliveries, &metrics, &tx, epoch) {
+            let c = counters.of(&entry.topic, &entry.exchange, entry.tier);
+            match dispatch(&producer, &entry, &deliveries, c, &tx, epoch) {
                 Ok(()) => {
                     budget -= 1;
                     replayed.push((entry.exchange, entry.tier));
@@ -416,12 +454,12 @@ impl ProducerActor {
                 ReplayStop::Budget | ReplayStop::QueueFull => {}
                 ReplayStop::Corrupt(e) | ReplayStop::Kafka(e) => {
                     tracing::error!(error = %e, "spill replay stopped");
-                    self.state.last_error = Some(format!("spill replay: {e}"));
+                    self.state.health.last_error = Some(format!("spill replay: {e}"));
                 }
             },
             Err(e) => {
                 tracing::error!(error = %e, "spill replay failed");
-                self.state.last_error = Some(format!("spill replay: {e}"));
+                self.state.health.last_error = Some(format!("spill replay: {e}"));
             }
         }
         if self.spill.pending() == 0 {
@@ -453,7 +491,7 @@ impl ProducerActor {
         match self.breaker.state() {
             BreakerState::Closed => {
                 if stalled {
-                    self.state.last_error = Some(format!(
+                    self.state.health.last_error = Some(format!(
                         "{in_flight} records without a delivery for {stall_ms} ms"
                     ));
                     self.with_breaker(|b, now| b.on_failure(now));
@@ -534,7 +572,7 @@ impl ProducerActor {
             .set(i64::try_from(spill.pending_bytes).unwrap_or(i64::MAX));
         self.state.spill = Some(spill);
         self.state.lanes = Some(self.rx.borrow().stats());
-        self.state_tx.send_replace(self.state.clone());
+        self.published.publish(&self.state);
     }
 }
 
@@ -573,12 +611,16 @@ impl Actor for ProducerActor {
 
 impl Supervised for ProducerActor {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        self.state.restarts += 1;
-        self.metrics
-            .actor_restarts
-            .with_label_values(&["producer"])
-            .inc();
-        tracing::warn!(restarts = self.state.restarts, "producer restarting");
+        self.restarts.count(&mut self.state.health, &self.metrics);
+    }
+}
+
+impl Handler<Observe<ProducerState>> for ProducerActor {
+    type Result = MessageResult<Observe<ProducerState>>;
+
+    fn handle(&mut self, _: Observe<ProducerState>, _ctx: &mut Self::Context) -> Self::Result {
+        self.publish_state();
+        MessageResult(self.state.clone())
     }
 }
 
@@ -678,7 +720,7 @@ impl StreamHandler<Envelope<ProducerControl, Outgoing>> for ProducerActor {
 
 impl StreamHandler<Undelivered> for ProducerActor {
     fn handle(&mut self, u: Undelivered, _ctx: &mut Self::Context) {
-        self.state.last_error = Some(format!("delivery: {}", u.error));
+        self.state.health.last_error = Some(format!("delivery: {}", u.error));
         self.with_breaker(|b, now| b.on_failure(now));
         self.spill_entry(u.entry);
     }

@@ -6,19 +6,60 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
+use serde::Serialize;
 
+use crate::actors::observe::{Health, ObservableState, Published};
 use crate::lake::schema::TRADES_TABLE;
 use crate::messages::consumer::Committed;
+use crate::messages::observe::Observe;
 use crate::messages::query::{Answer, QueryError, RunQuery};
 use crate::query::engine::Engine;
 
+/// What `/status` shows of the query actor.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueryState {
+    /// Requests taken in.
+    pub queries: u64,
+    /// Commits of `market.trades` heard of, each a re-pin.
+    pub commits_seen: u64,
+    /// The newest of them.
+    pub last_snapshot_id: Option<i64>,
+    #[serde(flatten)]
+    pub health: Health,
+}
+
+impl ObservableState for QueryState {
+    fn name(&self) -> String {
+        "query".into()
+    }
+
+    fn status(&self) -> String {
+        "running".into()
+    }
+
+    fn health(&self) -> &Health {
+        &self.health
+    }
+}
+
 pub struct QueryActor {
     engine: Arc<Engine>,
+    state: QueryState,
+    published: Published<QueryState>,
 }
 
 impl QueryActor {
     pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+        Self {
+            engine,
+            state: QueryState::default(),
+            published: Published::new(QueryState::default()),
+        }
+    }
+
+    /// The state this actor publishes after every change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<QueryState> {
+        self.published.subscribe()
     }
 }
 
@@ -30,6 +71,8 @@ impl Handler<RunQuery> for QueryActor {
     type Result = ResponseFuture<Result<Answer, QueryError>>;
 
     fn handle(&mut self, msg: RunQuery, _ctx: &mut Self::Context) -> Self::Result {
+        self.state.queries += 1;
+        self.published.publish(&self.state);
         let engine = self.engine.clone();
         let task = tokio::spawn(async move { engine.run(msg.0).await });
         Box::pin(async move {
@@ -46,6 +89,9 @@ impl Handler<Committed> for QueryActor {
         if msg.table != TRADES_TABLE {
             return;
         }
+        self.state.commits_seen += 1;
+        self.state.last_snapshot_id = Some(msg.snapshot_id);
+        self.published.publish(&self.state);
         let engine = self.engine.clone();
         tokio::spawn(async move {
             engine.refresh().await;
@@ -56,5 +102,13 @@ impl Handler<Committed> for QueryActor {
                 tracing::debug!(error = %e, "query: learning the lake's newest trades failed");
             }
         });
+    }
+}
+
+impl Handler<Observe<QueryState>> for QueryActor {
+    type Result = MessageResult<Observe<QueryState>>;
+
+    fn handle(&mut self, _: Observe<QueryState>, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.state.clone())
     }
 }

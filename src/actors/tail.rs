@@ -8,16 +8,38 @@ use actix::prelude::*;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
+use crate::actors::observe::{Health, ObservableState, Published};
 use crate::lake::schema::TRADES_TABLE;
 use crate::messages::consumer::Committed;
-use crate::messages::tail::{ObserveTail, TailError, Tailed, TailScan};
+use crate::messages::observe::Observe;
+use crate::messages::tail::{TailError, TailScan, TailState, Tailed};
 use crate::messages::writer::Flush;
 use crate::metrics::Metrics;
 use crate::model::now_us;
 use crate::query::tail::TailStore;
 
+impl ObservableState for TailState {
+    fn name(&self) -> String {
+        "tail".into()
+    }
+
+    fn status(&self) -> String {
+        if self.rows >= self.max_rows {
+            "full: commit asked for"
+        } else {
+            "running"
+        }
+        .into()
+    }
+
+    fn health(&self) -> &Health {
+        &self.health
+    }
+}
+
 pub struct TailActor {
     store: TailStore,
+    published: Published<TailState>,
     max_rows: usize,
     /// The trades writer, asked to commit early when the tail is full.
     writer: Option<Recipient<Flush>>,
@@ -30,8 +52,10 @@ pub struct TailActor {
 impl TailActor {
     /// `schema` is the trades table's Arrow schema (the hybrid table's).
     pub fn new(cluster_id: &str, max_rows: usize, schema: SchemaRef) -> Self {
+        let store = TailStore::new(cluster_id, schema);
         Self {
-            store: TailStore::new(cluster_id, schema),
+            published: Published::new(store.state(max_rows)),
+            store,
             max_rows,
             writer: None,
             flush_requested: false,
@@ -48,6 +72,15 @@ impl TailActor {
     pub fn with_writer(mut self, writer: Recipient<Flush>) -> Self {
         self.writer = Some(writer);
         self
+    }
+
+    /// The state this tail publishes after every change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<TailState> {
+        self.published.subscribe()
+    }
+
+    fn publish_state(&self) {
+        self.published.publish(&self.store.state(self.max_rows));
     }
 }
 
@@ -97,6 +130,7 @@ impl Handler<Tailed> for TailActor {
             self.flush_requested = true;
             w.do_send(Flush);
         }
+        self.publish_state();
     }
 }
 
@@ -109,6 +143,7 @@ impl Handler<Committed> for TailActor {
         }
         self.store.prune(&msg.offsets);
         self.flush_requested = false;
+        self.publish_state();
     }
 }
 
@@ -120,10 +155,10 @@ impl Handler<TailScan> for TailActor {
     }
 }
 
-impl Handler<ObserveTail> for TailActor {
-    type Result = MessageResult<ObserveTail>;
+impl Handler<Observe<TailState>> for TailActor {
+    type Result = MessageResult<Observe<TailState>>;
 
-    fn handle(&mut self, _: ObserveTail, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _: Observe<TailState>, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.store.state(self.max_rows))
     }
 }
@@ -168,7 +203,7 @@ mod tests {
         let tail = TailActor::new("c", 5, schema())
             .with_writer(writer.clone().recipient())
             .start();
-        let observe = || async { tail.send(ObserveTail).await.unwrap() };
+        let observe = || async { tail.send(Observe::<TailState>::new()).await.unwrap() };
         tail.send(Tailed((0..4).map(|o| row(0, o, "A")).collect()))
             .await
             .unwrap();

@@ -12,18 +12,20 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use arrow::datatypes::SchemaRef;
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use iceberg::{Catalog, TableIdent};
 
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::actors::observe::{Health, ObservableState, Published, RestartPolicy, Restarts};
 use crate::dedup::{self, Dedup};
 use crate::degrade::breaker::{BreakerConfig, BreakerSnapshot, CircuitBreaker};
 use crate::lake::commit::{self, KafkaOffsets};
-use crate::lake::{LakeError, TableKind, batch};
+use crate::lake::{TableKind, batch};
 use crate::messages::consumer::Committed;
 use crate::messages::consumer::RestartConsumer;
+use crate::messages::observe::Observe;
 use crate::messages::writer::{
     AddCommitListener, Consumed, Flush, GetPositions, Rows, SetRestarter, WriterError,
 };
@@ -41,7 +43,7 @@ pub struct FlushPolicy {
     pub breaker: BreakerConfig,
     /// Delay before rewinding after a permanent commit failure; grows per
     /// failure in a row.
-    pub restart_backoff: ExponentialBuilder,
+    pub restart: RestartPolicy,
     /// Chaos: this many commits fail permanently (as a broken catalog
     /// would), to exercise the recovery.
     pub fail_commits: u32,
@@ -67,13 +69,55 @@ pub struct WriterState {
     /// When the running commit started; `None` while none runs.
     #[serde(skip)]
     pub commit_started: Option<Instant>,
-    /// In-place restarts: rewinds to the last snapshot after a failed commit.
-    pub restarts: u64,
     /// Trades dropped because their message id was already committed or
     /// buffered.
     pub duplicates_dropped: u64,
     pub breaker: Option<BreakerSnapshot>,
-    pub last_error: Option<String>,
+    /// Its restarts are in-place rewinds to the last snapshot after a
+    /// failed commit.
+    #[serde(flatten)]
+    pub health: Health,
+}
+
+impl ObservableState for WriterState {
+    fn name(&self) -> String {
+        format!("writer.{}", self.table)
+    }
+
+    fn status(&self) -> String {
+        if self.commit_started.is_some() {
+            "committing"
+        } else {
+            "buffering"
+        }
+        .into()
+    }
+
+    fn health(&self) -> &Health {
+        &self.health
+    }
+
+    fn throughput_key(&self) -> Option<String> {
+        Some(format!("writer.{}.rows", self.table))
+    }
+
+    fn breaker(&self) -> Option<&BreakerSnapshot> {
+        self.breaker.as_ref()
+    }
+
+    /// The positions as topic → partition → next offset (the cluster id is
+    /// the consumer's, shown once in the logs).
+    fn details(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        m.insert(
+            "positions".into(),
+            serde_json::to_value(&self.positions.topics).unwrap_or_default(),
+        );
+        m
+    }
 }
 
 impl WriterState {
@@ -129,7 +173,7 @@ pub struct WriterActor {
     /// `Consumed` from an older consumer loop than this is dropped: after a
     /// rewind it lies beyond the positions the writer went back to.
     min_generation: u64,
-    restart_backoff: ExponentialBackoff,
+    restarts: Restarts,
     /// Failures in a row, for the restart delay.
     failures_in_row: u32,
     chaos_failures: Arc<std::sync::atomic::AtomicU32>,
@@ -145,7 +189,7 @@ pub struct WriterActor {
     breaker: SharedBreaker,
     epoch: Instant,
     state: WriterState,
-    state_tx: watch::Sender<WriterState>,
+    published: Published<WriterState>,
 }
 
 impl WriterActor {
@@ -158,7 +202,7 @@ impl WriterActor {
         start: KafkaOffsets,
         metrics: Metrics,
     ) -> Result<Self, WriterError> {
-        let restart_backoff = policy.restart_backoff.build();
+        let restarts = Restarts::new(format!("writer.{}", kind.name()), policy.restart);
         let committed_ids = Dedup::new(policy.dedup_capacity);
         let chaos_failures = Arc::new(std::sync::atomic::AtomicU32::new(policy.fail_commits));
         let breaker =
@@ -170,7 +214,6 @@ impl WriterActor {
             breaker: Some(breaker.snapshot()),
             ..WriterState::default()
         };
-        let (state_tx, _) = watch::channel(state.clone());
         Ok(Self {
             kind,
             catalog,
@@ -186,7 +229,7 @@ impl WriterActor {
             fatal: None,
             restarter: None,
             min_generation: 0,
-            restart_backoff,
+            restarts,
             failures_in_row: 0,
             chaos_failures,
             committed_ids,
@@ -196,8 +239,8 @@ impl WriterActor {
             metrics,
             breaker: Arc::new(std::sync::Mutex::new(breaker)),
             epoch: Instant::now(),
+            published: Published::new(state.clone()),
             state,
-            state_tx,
         })
     }
 
@@ -215,7 +258,7 @@ impl WriterActor {
 
     /// The state this writer publishes after every change.
     pub fn subscribe(&self) -> watch::Receiver<WriterState> {
-        self.state_tx.subscribe()
+        self.published.subscribe()
     }
 
     fn publish_state(&mut self) {
@@ -224,7 +267,7 @@ impl WriterActor {
         if let Ok(b) = self.breaker.lock() {
             self.state.breaker = Some(b.snapshot());
         }
-        self.state_tx.send_replace(self.state.clone());
+        self.published.publish(&self.state);
     }
 
     pub fn with_fatal(mut self, fatal: tokio::sync::mpsc::UnboundedSender<String>) -> Self {
@@ -433,7 +476,7 @@ impl WriterActor {
                 self.state.rows_committed += c.rows as u64;
                 self.state.last_snapshot_id = Some(c.snapshot_id);
             }
-            Err(e) => self.state.last_error = Some(e.to_string()),
+            Err(e) => self.state.health.last_error = Some(e.to_string()),
         }
         self.publish_state();
         self.metrics
@@ -505,15 +548,8 @@ impl WriterActor {
     fn rewind(&mut self, ctx: &mut Context<Self>) {
         let table = self.table();
         self.failures_in_row += 1;
-        self.state.restarts += 1;
-        self.metrics
-            .actor_restarts
-            .with_label_values(&[&format!("writer.{table}")])
-            .inc();
-        let delay = self
-            .restart_backoff
-            .next()
-            .unwrap_or(Duration::from_secs(30));
+        self.restarts.count(&mut self.state.health, &self.metrics);
+        let delay = self.restarts.next_delay();
         self.buffer = empty_rows(self.kind);
         self.buffered_ids.clear();
         self.in_commit_ids.clear();
@@ -551,7 +587,7 @@ impl WriterActor {
                         // Cannot know what is committed: try the whole
                         // rewind again later rather than guess.
                         tracing::error!(table, error = %e, "cannot load the table to rewind; retrying");
-                        act.state.last_error = Some(format!("rewind: {e}"));
+                        act.state.health.last_error = Some(format!("rewind: {e}"));
                         act.rewind(ctx);
                         return futures::future::Either::Left(actix::fut::ready(()));
                     }
@@ -718,6 +754,15 @@ impl Handler<AddCommitListener> for WriterActor {
 
     fn handle(&mut self, msg: AddCommitListener, _ctx: &mut Self::Context) {
         self.listeners.push(msg.0);
+    }
+}
+
+impl Handler<Observe<WriterState>> for WriterActor {
+    type Result = MessageResult<Observe<WriterState>>;
+
+    fn handle(&mut self, _: Observe<WriterState>, _ctx: &mut Self::Context) -> Self::Result {
+        self.publish_state();
+        MessageResult(self.state.clone())
     }
 }
 

@@ -1,6 +1,6 @@
-//! The daemon's HTTP endpoints: `/status` (supervision tree, level,
+//! The daemon's HTTP server: `/status` (supervision tree, level,
 //! breakers, accounting), `/metrics` (Prometheus), `/healthz`, `/readyz`,
-//! and the query API (`/v1/*`, `/openapi.json`, see `crate::api`).
+//! and the query API (`/v1/*`, `/openapi.json`, see `super::configure`).
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 
@@ -26,7 +26,7 @@ pub fn start(
     listen: &str,
     m: Metrics,
     sources: StatusSources,
-    api: Option<crate::api::ApiState>,
+    api: Option<super::ApiState>,
 ) -> std::io::Result<std::net::SocketAddr> {
     let data = web::Data::new(m);
     let sources = web::Data::new(sources);
@@ -40,7 +40,7 @@ pub fn start(
             .route("/readyz", web::get().to(healthz))
             .configure(|c| {
                 if let Some(api) = &api {
-                    crate::api::configure(c, api.clone());
+                    super::configure(c, api.clone());
                 }
             })
     })

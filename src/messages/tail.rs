@@ -7,6 +7,7 @@ use actix::Message;
 use serde::Serialize;
 
 use crate::lake::commit::KafkaOffsets;
+use crate::messages::observe::Health;
 use crate::model::TradeV2;
 
 /// A consumed trade with the Kafka position it was read from. The position
@@ -48,11 +49,6 @@ pub struct TailScan {
     pub filter: TailFilter,
 }
 
-/// The tail's size and position, for `/v1/snapshots` and tests.
-#[derive(Debug, Message)]
-#[rtype(result = "TailState")]
-pub struct ObserveTail;
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TailError {
     /// The tail already dropped rows the pinned snapshot does not hold: a
@@ -73,7 +69,7 @@ pub enum TailError {
     Arrow(String),
 }
 
-/// What the tail holds, for observers.
+/// What the tail holds, for observers (`Observe<TailState>`, `/status`).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct TailState {
     pub rows: usize,
@@ -81,4 +77,6 @@ pub struct TailState {
     pub max_rows: usize,
     /// Offsets of the newest commit the tail has pruned to.
     pub pruned: KafkaOffsets,
+    #[serde(flatten)]
+    pub health: Health,
 }

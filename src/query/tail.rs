@@ -431,6 +431,7 @@ impl TailStore {
             symbols: self.by_symbol.len(),
             max_rows,
             pruned: self.pruned.clone(),
+            health: Default::default(),
         }
     }
 }
@@ -439,26 +440,14 @@ impl TailStore {
 #[cfg(test)]
 pub(crate) mod test_rows {
     use super::*;
-    use crate::model::{AssetClass, Dec8, Side};
+    use crate::model::Dec8;
 
     pub(crate) fn trade(symbol: &str, ts: i64) -> TradeV2 {
-        TradeV2 {
-            message_id: format!("{symbol}-{ts}"),
-            trade_id: format!("X-{ts}"),
-            symbol: symbol.into(),
-            exchange: "X".into(),
-            asset_class: AssetClass::Crypto,
-            timestamp_us: ts,
-            ingestion_timestamp_us: ts,
-            price: Dec8::from_unscaled(1).unwrap(),
-            quantity: Dec8::from_unscaled(1).unwrap(),
-            currency: "USDT".into(),
-            side: Side::Buy,
-            trade_conditions: vec![],
-            source_sequence: None,
-            platform_sequence: None,
-            vendor_data: None,
-        }
+        TradeV2::builder("X", symbol, &ts.to_string(), ts)
+            .message_id(format!("{symbol}-{ts}"))
+            .price(Dec8::from_unscaled(1).unwrap())
+            .quantity(Dec8::from_unscaled(1).unwrap())
+            .build()
     }
 
     pub(crate) fn row(p: i32, offset: i64, symbol: &str) -> TailRow {
@@ -484,7 +473,6 @@ pub(crate) mod test_rows {
     pub(crate) fn schema() -> SchemaRef {
         crate::lake::batch::arrow_schema(&crate::lake::schema::trades_schema().unwrap()).unwrap()
     }
-
 }
 
 #[cfg(test)]

@@ -1,0 +1,329 @@
+//! The daemon's stages, spawned last stage first: each function starts one
+//! stage and returns the addresses and observed states the earlier stages
+//! and `/status` need.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use rdkafka::producer::FutureProducer;
+
+use super::DaemonError;
+use super::kafka::{KafkaReady, assigned_consumer, start_positions};
+use crate::actors::binance_feed::BinanceFeedActor;
+use crate::actors::consumer::{ConsumerActor, Routes};
+use crate::actors::degradation::{DegradationSupervisor, SupervisorInputs, SupervisorState};
+use crate::actors::observe::{RestartPolicy, StatusNode};
+use crate::actors::producer::{ProducerActor, ProducerHandle, ProducerSettings};
+use crate::actors::query::QueryActor;
+use crate::actors::tail::TailActor;
+use crate::actors::writer::{FlushPolicy, WriterActor, WriterState};
+use crate::config::Config;
+use crate::degrade::level::LevelMachine;
+use crate::degrade::spill::SpillLog;
+use crate::kafka;
+use crate::kafka::avro::Codec;
+use crate::kafka::encoder::Encoder;
+use crate::lake::commit::{KafkaOffsets, current_offsets};
+use crate::lake::{self, TableKind};
+use crate::messages::writer::{AddCommitListener, SetRestarter};
+use crate::metrics::Metrics;
+use crate::status::StatusSources;
+
+/// The lake side: a writer per table, the tail and the query actor.
+pub struct LakeStage {
+    pub trades: Addr<WriterActor>,
+    pub dead_letters: Addr<WriterActor>,
+    pub writer_states: Vec<tokio::sync::watch::Receiver<WriterState>>,
+    /// The writers' states, for `/status`.
+    pub states: Vec<Arc<dyn StatusNode>>,
+    pub trades_start: KafkaOffsets,
+    pub dl_start: KafkaOffsets,
+    pub tail: Addr<TailActor>,
+    pub tail_state: Arc<dyn StatusNode>,
+    pub query: Addr<QueryActor>,
+    pub query_state: Arc<dyn StatusNode>,
+}
+
+/// The writers, each starting at its snapshot's offsets, then the tail and
+/// the query actor, which hear of every trades commit.
+pub async fn lake(
+    cfg: &Config,
+    kafka: &KafkaReady,
+    metrics: &Metrics,
+    fatal: tokio::sync::mpsc::UnboundedSender<String>,
+) -> Result<LakeStage, DaemonError> {
+    let catalog = lake::open_catalog(cfg).await?;
+    let trades_table = lake::ensure_table(catalog.as_ref(), cfg, TableKind::Trades).await?;
+    let dl_table = lake::ensure_table(catalog.as_ref(), cfg, TableKind::DeadLetters).await?;
+    let trades_start = start_positions(
+        "trades",
+        current_offsets(&trades_table)?,
+        &kafka.cluster_id,
+        &kafka.topics_of(false),
+        &kafka.watermarks,
+    );
+    let dl_start = start_positions(
+        "dead_letters",
+        current_offsets(&dl_table)?,
+        &kafka.cluster_id,
+        &kafka.topics_of(true),
+        &kafka.watermarks,
+    );
+
+    let policy = FlushPolicy {
+        max_rows: cfg.writer.max_rows,
+        max_age: Duration::from_millis(cfg.writer.max_age_ms),
+        target_file_size: cfg.writer.target_file_size_bytes,
+        delay_per_row: Duration::from_micros(cfg.chaos.writer_delay_us_per_row),
+        breaker: cfg.breaker.commit.clone(),
+        restart: restart_policy(cfg),
+        fail_commits: 0,
+        dedup_capacity: cfg.writer.dedup_capacity,
+    };
+    let window_us = i64::try_from(cfg.writer.dedup_window_secs)
+        .unwrap_or(i64::MAX / 2_000_000)
+        .saturating_mul(1_000_000);
+    let recent = lake::commit::recent_message_ids(
+        &trades_table,
+        crate::model::now_us().saturating_sub(window_us),
+    )
+    .await?;
+    tracing::info!(
+        ids = recent.len(),
+        window_secs = cfg.writer.dedup_window_secs,
+        "recent trade ids read back for de-duplication"
+    );
+    if cfg.chaos.writer_delay_us_per_row > 0 {
+        tracing::warn!(
+            us_per_row = cfg.chaos.writer_delay_us_per_row,
+            "chaos: the iceberg writer is slowed on purpose"
+        );
+    }
+    if cfg.chaos.fail_trade_commits > 0 {
+        tracing::warn!(
+            commits = cfg.chaos.fail_trade_commits,
+            "chaos: market.trades commits will fail on purpose"
+        );
+    }
+    let trades = WriterActor::new(
+        TableKind::Trades,
+        catalog.clone(),
+        lake::table_ident(cfg, TableKind::Trades),
+        lake::batch::arrow_schema(trades_table.metadata().current_schema())?,
+        FlushPolicy {
+            fail_commits: cfg.chaos.fail_trade_commits,
+            ..policy.clone()
+        },
+        trades_start.clone(),
+        metrics.clone(),
+    )?
+    .seed_committed(&recent)
+    .with_fatal(fatal.clone());
+    let trades_state = trades.subscribe();
+    let trades = trades.start();
+    let dead_letters = WriterActor::new(
+        TableKind::DeadLetters,
+        catalog.clone(),
+        lake::table_ident(cfg, TableKind::DeadLetters),
+        lake::batch::arrow_schema(dl_table.metadata().current_schema())?,
+        policy,
+        dl_start.clone(),
+        metrics.clone(),
+    )?
+    .with_fatal(fatal);
+    let dl_state = dead_letters.subscribe();
+    let dead_letters = dead_letters.start();
+
+    // The tail and the query actor hear of every trades commit; told before
+    // any row can reach the writer, so none is missed.
+    let tail_ctx = Context::<TailActor>::new();
+    let tail = tail_ctx.address();
+    let engine = crate::query::session::engine(cfg, Some(tail.clone().recipient())).await?;
+    let trades_schema = engine.trades_schema();
+    let query_actor = QueryActor::new(Arc::new(engine));
+    let query_state = query_actor.subscribe();
+    let query = query_actor.start();
+    trades.do_send(AddCommitListener(tail.clone().recipient()));
+    trades.do_send(AddCommitListener(query.clone().recipient()));
+    let tail_actor = TailActor::new(&kafka.cluster_id, cfg.tail.max_rows, trades_schema)
+        .with_writer(trades.clone().recipient())
+        .with_metrics(metrics.clone());
+    let tail_state = tail_actor.subscribe();
+    tail_ctx.run(tail_actor);
+    Ok(LakeStage {
+        trades,
+        dead_letters,
+        writer_states: vec![trades_state.clone(), dl_state.clone()],
+        states: vec![Arc::new(trades_state), Arc::new(dl_state)],
+        trades_start,
+        dl_start,
+        tail,
+        tail_state: Arc::new(tail_state),
+        query,
+        query_state: Arc::new(query_state),
+    })
+}
+
+/// How every supervised actor backs off between restarts.
+fn restart_policy(cfg: &Config) -> RestartPolicy {
+    RestartPolicy::from_millis(
+        cfg.supervision.restart_backoff_initial_ms,
+        cfg.supervision.restart_backoff_max_ms,
+    )
+}
+
+pub struct ConsumerStage {
+    pub addr: Addr<ConsumerActor>,
+    pub state: Arc<dyn StatusNode>,
+}
+
+/// The consumer, supervised: a consumer whose loop ends, or that the
+/// watchdog stops, is restarted at the writers' positions.
+pub fn consumer(
+    cfg: &Config,
+    kafka: &KafkaReady,
+    lake: &LakeStage,
+    codec: Arc<Codec>,
+    metrics: &Metrics,
+) -> Result<ConsumerStage, DaemonError> {
+    let consumer = assigned_consumer(cfg, kafka, &[&lake.trades_start, &lake.dl_start])?;
+    let actor = ConsumerActor::new(
+        consumer,
+        codec,
+        Routes {
+            trades_topics: kafka
+                .topics_of(false)
+                .into_iter()
+                .map(|(t, _)| t)
+                .collect::<HashSet<_>>(),
+            dead_letter_topic: kafka.dead_letter_topic.clone(),
+            trades: lake.trades.clone(),
+            dead_letters: lake.dead_letters.clone(),
+            tail: Some(lake.tail.clone().recipient()),
+        },
+        kafka.cluster_id.clone(),
+        metrics.clone(),
+        cfg.writer.max_rows,
+        restart_policy(cfg),
+    );
+    let state = actor.subscribe();
+    let addr = Supervisor::start(move |_| actor);
+    for w in [&lake.trades, &lake.dead_letters] {
+        // Sent before any rows can reach the writer, so no commit misses it.
+        w.do_send(AddCommitListener(addr.clone().recipient()));
+        w.do_send(SetRestarter(addr.clone().recipient()));
+    }
+    Ok(ConsumerStage {
+        addr,
+        state: Arc::new(state),
+    })
+}
+
+/// The producer, supervised, with the spill log it replays first.
+pub fn producer(
+    cfg: &Config,
+    kafka: &KafkaReady,
+    codec: Arc<Codec>,
+    metrics: &Metrics,
+) -> Result<ProducerHandle, DaemonError> {
+    let spill = SpillLog::open(&cfg.spill_dir(), cfg.spill.segment_bytes)?;
+    let rdk: FutureProducer = kafka::producer_config(&cfg.kafka, &kafka.bootstrap).create()?;
+    let (actor, handle) = ProducerActor::new(
+        rdk,
+        Encoder::new(codec, &cfg.kafka),
+        metrics.clone(),
+        &cfg.lanes.capacity,
+        spill,
+        ProducerSettings {
+            breaker: cfg.breaker.producer.clone(),
+            stall: Duration::from_millis(cfg.breaker.stall_ms),
+            replay_batch: cfg.spill.replay_batch,
+        },
+    )?;
+    Supervisor::start(move |_| actor);
+    Ok(handle)
+}
+
+/// The degradation supervisor, steering the producer's lanes and watching
+/// the consumer's progress.
+pub fn supervisor(
+    cfg: &Config,
+    kafka: &KafkaReady,
+    lake: &LakeStage,
+    producer: &ProducerHandle,
+    consumer: Addr<ConsumerActor>,
+    metrics: &Metrics,
+) -> Result<tokio::sync::watch::Receiver<SupervisorState>, DaemonError> {
+    let machine = LevelMachine::new(cfg.degradation.clone())
+        .map_err(|e| DaemonError::Config(e.to_string()))?;
+    let (supervisor, state) = DegradationSupervisor::new(
+        machine,
+        SupervisorInputs {
+            lanes: producer.lanes.clone(),
+            producer: producer.state.clone(),
+            writers: lake.writer_states.clone(),
+            watermarks: kafka.watermark_client.clone(),
+            topics: kafka.topics.clone(),
+            consumer: Some(consumer),
+            watchdog: Duration::from_secs(cfg.supervision.watchdog_secs),
+        },
+        metrics.clone(),
+    );
+    Supervisor::start(move |_| supervisor);
+    Ok(state)
+}
+
+pub struct FeedStage {
+    pub addr: Addr<BinanceFeedActor>,
+    pub state: Arc<dyn StatusNode>,
+}
+
+/// The exchange feed, supervised, when enabled.
+pub fn feed(
+    cfg: &Config,
+    producer: &ProducerHandle,
+    metrics: &Metrics,
+) -> Result<Option<FeedStage>, DaemonError> {
+    if !cfg.feeds.binance.enabled {
+        tracing::info!("binance feed disabled");
+        return Ok(None);
+    }
+    let instruments = Arc::new(cfg.instruments()?);
+    let actor = BinanceFeedActor::new(
+        cfg.feeds.binance.clone(),
+        producer.lanes.clone(),
+        instruments,
+        metrics.clone(),
+    );
+    let state = actor.subscribe();
+    let addr = Supervisor::start(move |_| actor);
+    Ok(Some(FeedStage {
+        addr,
+        state: Arc::new(state),
+    }))
+}
+
+/// `/status`, `/metrics` and the query API, when enabled.
+pub fn http(
+    cfg: &Config,
+    metrics: &Metrics,
+    status: &StatusSources,
+    query: &Addr<QueryActor>,
+) -> Result<Option<std::net::SocketAddr>, DaemonError> {
+    if !cfg.http.enabled {
+        return Ok(None);
+    }
+    let api = crate::api::ApiState {
+        query: query.clone().recipient(),
+    };
+    let addr =
+        crate::api::server::start(&cfg.http.listen, metrics.clone(), status.clone(), Some(api))
+            .map_err(|source| DaemonError::Http {
+                listen: cfg.http.listen.clone(),
+                source,
+            })?;
+    tracing::info!(addr = %addr, "http endpoints up");
+    Ok(Some(addr))
+}
