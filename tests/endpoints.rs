@@ -57,9 +57,9 @@ fn status_endpoint_and_cli_show_the_tree_level_breakers_and_accounting() {
             "consumer",
             "writer.trades",
             "writer.dead_letters",
-            "degradation_supervisor",
             "tail",
-            "query"
+            "query",
+            "degradation_supervisor"
         ]
     );
     for c in s["tree"]["children"].as_array().unwrap() {

@@ -115,8 +115,8 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     actors.push(Arc::new(producer.state.clone()));
     actors.push(consumer.state);
     actors.extend(lake.states);
-    actors.push(Arc::new(supervisor.clone()));
     actors.extend([lake.tail_state, lake.query_state]);
+    actors.push(Arc::new(supervisor.clone()));
     let status = StatusSources {
         started: Instant::now(),
         actors,
