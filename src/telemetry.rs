@@ -14,6 +14,7 @@ use std::collections::HashMap;
 
 use prometheus::IntCounter;
 
+use crate::degrade::level::Level;
 use crate::exchanges::FrameError;
 use crate::instruments::Tier;
 use crate::metrics::{Metrics, Outcome};
@@ -39,6 +40,30 @@ impl<K: std::hash::Hash + Eq + Copy> Kept<K> {
             .entry(key)
             .or_insert_with(look_up)
             .inc();
+    }
+}
+
+/// Counters kept per exchange, then per key, looked up on first use; the
+/// exchange is looked up by `&str`, so a hit allocates nothing.
+struct PerExchange<K> {
+    counters: RefCell<HashMap<String, HashMap<K, IntCounter>>>,
+}
+
+impl<K: std::hash::Hash + Eq + Copy> PerExchange<K> {
+    fn new() -> Self {
+        Self {
+            counters: RefCell::new(HashMap::new()),
+        }
+    }
+
+    fn inc(&self, exchange: &str, key: K, look_up: impl FnOnce() -> IntCounter) {
+        let mut kept = self.counters.borrow_mut();
+        if !kept.contains_key(exchange) {
+            kept.insert(exchange.to_string(), HashMap::new());
+        }
+        if let Some(by_key) = kept.get_mut(exchange) {
+            by_key.entry(key).or_insert_with(look_up).inc();
+        }
     }
 }
 
@@ -126,6 +151,80 @@ impl FeedEvents {
     }
 }
 
+/// The producer's events. Lives on the producer's thread. Only trades
+/// carry a tier; a dead letter's outcomes are not in the accounting (its
+/// frame was counted as dead-lettered when it arrived).
+pub struct ProducerEvents {
+    metrics: Metrics,
+    accounts: PerExchange<(Tier, Outcome)>,
+    /// `ticklake_shed_total`.
+    shed: PerExchange<(Tier, Level)>,
+}
+
+impl ProducerEvents {
+    pub fn new(metrics: Metrics) -> Self {
+        Self {
+            metrics,
+            accounts: PerExchange::new(),
+            shed: PerExchange::new(),
+        }
+    }
+
+    fn account(&self, exchange: &str, tier: Option<Tier>, outcome: Outcome) {
+        let Some(tier) = tier else {
+            return;
+        };
+        self.accounts.inc(exchange, (tier, outcome), || {
+            self.metrics
+                .messages
+                .with_label_values(&[exchange, tier.label(), outcome.as_str()])
+        });
+    }
+
+    /// A trade dropped on purpose at `level`.
+    pub fn shed(&self, exchange: &str, tier: Tier, level: Level) {
+        self.account(exchange, Some(tier), Outcome::Shed);
+        self.shed.inc(exchange, (tier, level), || {
+            self.metrics
+                .shed
+                .with_label_values(&[exchange, tier.label(), level.as_str()])
+        });
+    }
+
+    /// A record that could not be encoded: a bug, not an overload. It goes
+    /// on as a dead letter, so a trade counts as dead-lettered.
+    pub fn unencodable(&self, exchange: &str, tier: Option<Tier>, error: &dyn std::fmt::Display) {
+        tracing::error!(exchange, error = %error, "record could not be encoded; dead-lettering it");
+        self.account(exchange, tier, Outcome::DeadLettered);
+    }
+
+    /// A record written to the spill log.
+    pub fn spilled(&self, exchange: &str, tier: Option<Tier>) {
+        self.account(exchange, tier, Outcome::Spilled);
+    }
+
+    /// A record the spill log could not take: lost, and said as loudly as
+    /// possible.
+    pub fn spill_failed(&self, exchange: &str, error: &dyn std::fmt::Display) {
+        tracing::error!(error = %error, exchange, "spill log append failed; record lost");
+        self.metrics
+            .actor_errors
+            .with_label_values(&["producer", "spill"])
+            .inc();
+    }
+
+    /// A record replayed from the spill log: one this run spilled, or one
+    /// an earlier run left there (restored).
+    pub fn replayed(&self, exchange: &str, tier: Option<Tier>, from_earlier_run: bool) {
+        let outcome = if from_earlier_run {
+            Outcome::Restored
+        } else {
+            Outcome::Replayed
+        };
+        self.account(exchange, tier, outcome);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +289,31 @@ mod tests {
         );
         assert_eq!(
             value(&m, "ticklake_feed_frames_total", &[("kind", "depthUpdate")]),
+            1
+        );
+    }
+
+    #[test]
+    fn producer_outcomes_count_for_trades_only() {
+        let m = Metrics::new().unwrap();
+        let events = ProducerEvents::new(m.clone());
+        events.shed("BINANCE", Tier::Three, Level::Graceful);
+        events.spilled("BINANCE", Some(Tier::Three));
+        events.spilled("BINANCE", None);
+        events.replayed("BINANCE", Some(Tier::Three), false);
+        events.replayed("BINANCE", Some(Tier::Three), true);
+        events.unencodable("BINANCE", None, &"bad");
+        let a = crate::metrics::accounts(&m);
+        assert_eq!(a.len(), 1, "a dead letter's outcomes are not accounted");
+        assert_eq!((a[0].tier.as_str(), a[0].shed, a[0].restored), ("3", 1, 1));
+        // spilled 1, replayed 1: nothing pending
+        assert_eq!(a[0].spilled_pending, 0);
+        assert_eq!(
+            value(
+                &m,
+                "ticklake_shed_total",
+                &[("tier", "3"), ("level", "GRACEFUL")]
+            ),
             1
         );
     }

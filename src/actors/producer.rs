@@ -30,13 +30,14 @@ use crate::degrade::policy::{self, Action, SpillEntry};
 use crate::degrade::spill::{ReplayError, SpillLog, SpillSnapshot};
 use crate::instruments::Tier;
 use crate::kafka::avro::AvroError;
-use crate::kafka::delivery::{Deliveries, DeliveryCounters, Undelivered, dispatch, tier_label};
+use crate::kafka::delivery::{Deliveries, DeliveryCounters, Undelivered, dispatch};
 use crate::kafka::encoder::{Encoded, Encoder};
 use crate::lanes::{Envelope, LaneReceiver, MailboxStats};
 use crate::messages::observe::Observe;
 use crate::messages::producer::{Outgoing, ProducerControl, ProducerLanes, Record};
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::Metrics;
 use crate::model::{DeadLetter, now_us};
+use crate::telemetry::ProducerEvents;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProducerError {
@@ -138,6 +139,7 @@ pub struct ProducerActor {
     carried: u64,
     deliveries: Arc<Deliveries>,
     counters: DeliveryCounters,
+    events: ProducerEvents,
     /// When `in_flight` last rose from zero, for the stall check.
     busy_since_ms: u64,
     delivered_at_last_tick: u64,
@@ -182,6 +184,7 @@ impl ProducerActor {
             tracing::info!(records = carried, dir = %spill.dir().display(), "spill log holds records from an earlier run; replaying them first");
         }
         let counters = DeliveryCounters::new(metrics.clone());
+        let events = ProducerEvents::new(metrics.clone());
         let actor = Self {
             producer,
             encoder,
@@ -198,6 +201,7 @@ impl ProducerActor {
             carried,
             deliveries: Arc::new(Deliveries::default()),
             counters,
+            events,
             busy_since_ms: 0,
             delivered_at_last_tick: 0,
             undelivered_tx,
@@ -234,12 +238,9 @@ impl ProducerActor {
         };
         if act == Action::Shed {
             self.state.shed += 1;
-            self.metrics
-                .account(&exchange, tier_label(tier), Outcome::Shed, 1);
-            self.metrics
-                .shed
-                .with_label_values(&[&exchange, tier_label(tier), self.level.as_str()])
-                .inc();
+            if let Some(t) = tier {
+                self.events.shed(&exchange, t, self.level);
+            }
             return;
         }
         if policy::skips_enrichment(self.level)
@@ -253,16 +254,14 @@ impl ProducerActor {
             Err(e) => {
                 // A record that cannot be encoded is a bug, not an overload;
                 // keep it as a dead letter with its JSON form.
-                tracing::error!(error = %e, "record could not be encoded; dead-lettering it");
+                self.events.unencodable(&exchange, tier, &e);
                 let raw = match &record {
                     Record::Trade(t) => serde_json::to_vec(t).unwrap_or_default(),
                     Record::DeadLetter(d) => d.raw.clone(),
                 };
                 let dl =
                     DeadLetter::new(&exchange, "producer", now_us(), format!("encode: {e}"), raw);
-                if let Some(t) = tier {
-                    self.metrics
-                        .account(&exchange, t.label(), Outcome::DeadLettered, 1);
+                if tier.is_some() {
                     // It was counted as received; the dead letter replaces it.
                     self.state.health.last_error = Some(format!("encode: {e}"));
                 }
@@ -375,23 +374,15 @@ impl ProducerActor {
             }
         };
         if let Err(e) = self.spill.append(&bytes) {
-            // The disk is the last resort; without it the record would be
-            // lost, so say so as loudly as possible.
-            tracing::error!(error = %e, exchange = %entry.exchange, "spill log append failed; record lost");
+            // The disk is the last resort; without it the record is lost.
+            self.events.spill_failed(&entry.exchange, &e);
             self.state.health.last_error = Some(format!("spill: {e}"));
-            self.metrics
-                .actor_errors
-                .with_label_values(&["producer", "spill"])
-                .inc();
             return;
         }
         self.spill_dirty = true;
         self.spilled_by_tier[tier_slot(entry.tier)] += 1;
         self.state.spilled += 1;
-        if entry.tier.is_some() {
-            self.metrics
-                .account(&entry.exchange, tier_label(entry.tier), Outcome::Spilled, 1);
-        }
+        self.events.spilled(&entry.exchange, entry.tier);
     }
 
     /// Drains up to one batch of the spill log into librdkafka, in order.
@@ -431,20 +422,14 @@ impl ProducerActor {
             }
         });
         for (exchange, tier) in replayed {
-            if self.carried > 0 {
+            let from_earlier_run = self.carried > 0;
+            if from_earlier_run {
                 self.carried -= 1;
-                if tier.is_some() {
-                    self.metrics
-                        .account(&exchange, tier_label(tier), Outcome::Restored, 1);
-                }
             } else {
                 let slot = &mut self.spilled_by_tier[tier_slot(tier)];
                 *slot = slot.saturating_sub(1);
-                if tier.is_some() {
-                    self.metrics
-                        .account(&exchange, tier_label(tier), Outcome::Replayed, 1);
-                }
             }
+            self.events.replayed(&exchange, tier, from_earlier_run);
             self.state.replayed += 1;
             self.note_enqueued();
         }

@@ -17,11 +17,6 @@ use crate::degrade::policy::SpillEntry;
 use crate::instruments::Tier;
 use crate::metrics::{Metrics, Outcome};
 
-/// The accounting label of a record's tier; dead letters have none.
-pub fn tier_label(tier: Option<Tier>) -> &'static str {
-    tier.map_or("none", Tier::label)
-}
-
 /// Delivery progress, shared with the tasks that await librdkafka's
 /// delivery reports (they run on other threads).
 #[derive(Debug, Default)]
