@@ -2,7 +2,7 @@
 //! recorded in the lake, decodes Avro and routes rows to the table writers.
 //! After each Iceberg commit it commits the same offsets to the Kafka group.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -164,6 +164,8 @@ impl Actor for ConsumerActor {
                 return Some(e);
             }
             let mut stream = consumer.stream().ready_chunks(chunk_size);
+            // Looked up once per topic, not per record.
+            let mut records_of: HashMap<String, prometheus::IntCounter> = HashMap::new();
             while let Some(chunk) = stream.next().await {
                 let mut trades: Vec<TradeV2> = Vec::new();
                 let mut dead: Vec<DeadLetter> = Vec::new();
@@ -181,7 +183,14 @@ impl Actor for ConsumerActor {
                     let topic = m.topic().to_string();
                     let pos = (topic.clone(), m.partition(), m.offset() + 1);
                     let payload = m.payload().unwrap_or_default();
-                    metrics.consumer_records.with_label_values(&[&topic]).inc();
+                    match records_of.get(&topic) {
+                        Some(c) => c.inc(),
+                        None => {
+                            let c = metrics.consumer_records.with_label_values(&[&topic]);
+                            c.inc();
+                            records_of.insert(topic.clone(), c);
+                        }
+                    }
                     let is_dead_topic = topic == routes.dead_letter_topic;
                     let decoded = if is_dead_topic {
                         codec.decode_dead_letter(payload).map(|d| {
