@@ -72,41 +72,9 @@ pub async fn lake(
         &kafka.watermarks,
     );
 
-    let policy = FlushPolicy {
-        max_rows: cfg.writer.max_rows,
-        max_age: Duration::from_millis(cfg.writer.max_age_ms),
-        target_file_size: cfg.writer.target_file_size_bytes,
-        delay_per_row: Duration::from_micros(cfg.chaos.writer_delay_us_per_row),
-        breaker: cfg.breaker.commit.clone(),
-        restart: restart_policy(cfg),
-        fail_commits: 0,
-        dedup_capacity: cfg.writer.dedup_capacity,
-    };
-    let window_us = i64::try_from(cfg.writer.dedup_window_secs)
-        .unwrap_or(i64::MAX / 2_000_000)
-        .saturating_mul(1_000_000);
-    let recent = lake::commit::recent_message_ids(
-        &trades_table,
-        crate::model::now_us().saturating_sub(window_us),
-    )
-    .await?;
-    tracing::info!(
-        ids = recent.len(),
-        window_secs = cfg.writer.dedup_window_secs,
-        "recent trade ids read back for de-duplication"
-    );
-    if cfg.chaos.writer_delay_us_per_row > 0 {
-        tracing::warn!(
-            us_per_row = cfg.chaos.writer_delay_us_per_row,
-            "chaos: the iceberg writer is slowed on purpose"
-        );
-    }
-    if cfg.chaos.fail_trade_commits > 0 {
-        tracing::warn!(
-            commits = cfg.chaos.fail_trade_commits,
-            "chaos: market.trades commits will fail on purpose"
-        );
-    }
+    let policy = flush_policy(cfg);
+    let recent = recent_trade_ids(cfg, &trades_table).await?;
+    warn_of_chaos(cfg);
     let trades = WriterActor::new(
         TableKind::Trades,
         catalog.clone(),
@@ -136,8 +104,93 @@ pub async fn lake(
     let dl_state = dead_letters.subscribe();
     let dead_letters = dead_letters.start();
 
-    // The tail and the query actor hear of every trades commit; told before
-    // any row can reach the writer, so none is missed.
+    let QuerySide {
+        tail,
+        tail_state,
+        query,
+        query_state,
+    } = tail_and_query(cfg, kafka, &trades, metrics).await?;
+    Ok(LakeStage {
+        trades,
+        dead_letters,
+        writer_states: vec![trades_state.clone(), dl_state.clone()],
+        states: vec![Arc::new(trades_state), Arc::new(dl_state)],
+        trades_start,
+        dl_start,
+        tail,
+        tail_state,
+        query,
+        query_state,
+    })
+}
+
+/// The writers' flush limits and restart policy.
+fn flush_policy(cfg: &Config) -> FlushPolicy {
+    FlushPolicy {
+        max_rows: cfg.writer.max_rows,
+        max_age: Duration::from_millis(cfg.writer.max_age_ms),
+        target_file_size: cfg.writer.target_file_size_bytes,
+        delay_per_row: Duration::from_micros(cfg.chaos.writer_delay_us_per_row),
+        breaker: cfg.breaker.commit.clone(),
+        restart: restart_policy(cfg),
+        fail_commits: 0,
+        dedup_capacity: cfg.writer.dedup_capacity,
+    }
+}
+
+/// The message ids of the trades committed in the last
+/// `writer.dedup_window_secs`, so a trade that reaches Kafka twice across a
+/// restart is still recognised.
+async fn recent_trade_ids(
+    cfg: &Config,
+    trades: &iceberg::table::Table,
+) -> Result<Vec<String>, DaemonError> {
+    let window_us = i64::try_from(cfg.writer.dedup_window_secs)
+        .unwrap_or(i64::MAX / 2_000_000)
+        .saturating_mul(1_000_000);
+    let recent =
+        lake::commit::recent_message_ids(trades, crate::model::now_us().saturating_sub(window_us))
+            .await?;
+    tracing::info!(
+        ids = recent.len(),
+        window_secs = cfg.writer.dedup_window_secs,
+        "recent trade ids read back for de-duplication"
+    );
+    Ok(recent)
+}
+
+/// Faults injected on purpose are said at start, loudly.
+fn warn_of_chaos(cfg: &Config) {
+    if cfg.chaos.writer_delay_us_per_row > 0 {
+        tracing::warn!(
+            us_per_row = cfg.chaos.writer_delay_us_per_row,
+            "chaos: the iceberg writer is slowed on purpose"
+        );
+    }
+    if cfg.chaos.fail_trade_commits > 0 {
+        tracing::warn!(
+            commits = cfg.chaos.fail_trade_commits,
+            "chaos: market.trades commits will fail on purpose"
+        );
+    }
+}
+
+/// The tail and the query actor, with their observed states.
+struct QuerySide {
+    tail: Addr<TailActor>,
+    tail_state: Arc<dyn StatusNode>,
+    query: Addr<QueryActor>,
+    query_state: Arc<dyn StatusNode>,
+}
+
+/// The tail and the query actor. Both hear of every trades commit; they
+/// are told before any row can reach the writer, so none is missed.
+async fn tail_and_query(
+    cfg: &Config,
+    kafka: &KafkaReady,
+    trades: &Addr<WriterActor>,
+    metrics: &Metrics,
+) -> Result<QuerySide, DaemonError> {
     let tail_ctx = Context::<TailActor>::new();
     let tail = tail_ctx.address();
     let engine = crate::query::session::engine(cfg, Some(tail.clone().recipient())).await?;
@@ -152,13 +205,7 @@ pub async fn lake(
         .with_metrics(metrics.clone());
     let tail_state = tail_actor.subscribe();
     tail_ctx.run(tail_actor);
-    Ok(LakeStage {
-        trades,
-        dead_letters,
-        writer_states: vec![trades_state.clone(), dl_state.clone()],
-        states: vec![Arc::new(trades_state), Arc::new(dl_state)],
-        trades_start,
-        dl_start,
+    Ok(QuerySide {
         tail,
         tail_state: Arc::new(tail_state),
         query,
