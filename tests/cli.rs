@@ -140,3 +140,45 @@ fn bench_reports_end_to_end_and_raw_rates_on_the_embedded_cluster() {
     assert!(r["commits"].as_u64().unwrap() >= 1, "{r}");
     println!("bench (debug build, 3000 trades): {r}");
 }
+
+#[test]
+fn query_without_a_daemon_is_read_only() {
+    // No daemon answers on the port, so `ticklake query` reads the lake
+    // itself: an INSERT there would commit a snapshot without Kafka offsets,
+    // a COPY would write files. Both are refused; a SELECT still answers.
+    let dir = tempfile::tempdir().unwrap();
+    let envs = [
+        ("TICKLAKE_DATA_DIR", dir.path().join("data")),
+        (
+            "TICKLAKE_HTTP__LISTEN",
+            format!("127.0.0.1:{}", free_port()).into(),
+        ),
+    ];
+    let query = |sql: &str| {
+        let mut c = Command::new(bin());
+        c.args(["query", sql]).current_dir(dir.path());
+        for (k, v) in &envs {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    for sql in [
+        "insert into market.trades (symbol) values ('X')",
+        "copy (select 1) to 'out.csv'",
+        "create table market.evil as select 1",
+        "select 1; drop table market.trades",
+    ] {
+        let out = query(sql);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{sql:?} was not refused");
+        assert!(err.contains("refused"), "{sql:?}: {err}");
+    }
+    let out = query("select count(*) as n from market.trades");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains('0'));
+    assert!(!dir.path().join("out.csv").exists(), "COPY wrote a file");
+}

@@ -14,7 +14,6 @@ use arrow::datatypes::DataType;
 use datafusion::catalog::TableProvider;
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
-use datafusion::execution::context::SQLOptions;
 use datafusion::functions::datetime::expr_fn::date_bin;
 use datafusion::functions_aggregate::expr_fn::{count, first_value, last_value, max, min, sum};
 use datafusion::logical_expr::utils::conjunction;
@@ -434,13 +433,11 @@ impl Engine {
 
     async fn sql(&self, sql: &str) -> Result<Answer, QueryError> {
         sql_guard::check(sql).map_err(|e| QueryError::Rejected(e.to_string()))?;
-        // The guard already refused these; the session refuses them again
-        // so a guard bug cannot turn into a write.
-        let opts = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let df = self.ctx.sql_with_options(sql, opts).await.map_err(df_err)?;
+        let df = self
+            .ctx
+            .sql_with_options(sql, super::session::read_only())
+            .await
+            .map_err(df_err)?;
         let schema = df.schema().as_arrow().clone();
         let max_rows = self.limits.max_rows;
         let mut stream = df.execute_stream().await.map_err(df_err)?;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use actix::Recipient;
 use arrow::array::RecordBatch;
+use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use iceberg_datafusion::IcebergCatalogProvider;
 
@@ -24,6 +25,9 @@ pub enum SessionError {
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error("formatting: {0}")]
     Format(#[from] arrow::error::ArrowError),
+    /// Refused by the read-only guard: nothing here writes to the lake.
+    #[error("refused: {0}")]
+    Rejected(#[from] super::sql_guard::GuardError),
 }
 
 /// Name under which the Iceberg catalog is registered in DataFusion.
@@ -99,8 +103,25 @@ pub async fn engine(
     ))
 }
 
+/// What the session may run: queries only. The guard (`sql_guard`) refuses
+/// anything else first; these options refuse it again, so a guard bug
+/// cannot turn into a write.
+pub fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// Runs one query, read-only, as `POST /v1/sql` does: an `INSERT` or a
+/// `COPY` here would commit a snapshot without Kafka offsets.
 pub async fn run_sql(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, SessionError> {
-    Ok(ctx.sql(sql).await?.collect().await?)
+    super::sql_guard::check(sql)?;
+    Ok(ctx
+        .sql_with_options(sql, read_only())
+        .await?
+        .collect()
+        .await?)
 }
 
 /// Renders batches as an ASCII table, CSV with a header, or JSON lines.
