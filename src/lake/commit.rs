@@ -52,20 +52,33 @@ impl KafkaOffsets {
     }
 }
 
-/// The offsets recorded by the table's current snapshot, if any.
+/// The offsets recorded by the newest snapshot that carries them, walking
+/// back from the current one through its parents. A snapshot without them
+/// was written by someone else (another engine appending, a maintenance
+/// job); it holds no Kafka records, so the positions are still those of the
+/// newest ticklake commit below it. Reading `None` there instead would send
+/// the consumer back to the start of every partition.
 pub fn current_offsets(table: &Table) -> Result<Option<(i64, KafkaOffsets)>, LakeError> {
-    let Some(snap) = table.metadata().current_snapshot() else {
-        return Ok(None);
-    };
-    match snap.summary().additional_properties.get(OFFSETS_PROPERTY) {
-        None => Ok(None),
-        Some(json) => serde_json::from_str(json)
-            .map(|o| Some((snap.snapshot_id(), o)))
-            .map_err(|e| LakeError::Offsets {
-                snapshot_id: snap.snapshot_id(),
-                reason: e.to_string(),
-            }),
+    let meta = table.metadata();
+    let mut next = meta.current_snapshot();
+    while let Some(snap) = next {
+        if let Some(json) = snap.summary().additional_properties.get(OFFSETS_PROPERTY) {
+            return serde_json::from_str(json)
+                .map(|o| Some((snap.snapshot_id(), o)))
+                .map_err(|e| LakeError::Offsets {
+                    snapshot_id: snap.snapshot_id(),
+                    reason: e.to_string(),
+                });
+        }
+        tracing::warn!(
+            snapshot_id = snap.snapshot_id(),
+            "snapshot carries no kafka offsets (written by another engine?); taking its parent's"
+        );
+        next = snap
+            .parent_snapshot_id()
+            .and_then(|id| meta.snapshot_by_id(id));
     }
+    Ok(None)
 }
 
 /// What a commit produced.
@@ -176,4 +189,71 @@ pub async fn recent_message_ids(table: &Table, since_us: i64) -> Result<Vec<Stri
         ids.extend(col.iter().flatten().map(str::to_string));
     }
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::lake::{self, TableKind};
+
+    fn offsets(next: i64) -> KafkaOffsets {
+        let mut o = KafkaOffsets {
+            cluster_id: "c".into(),
+            ..Default::default()
+        };
+        o.set("t", 0, next);
+        o
+    }
+
+    /// A snapshot another engine appends carries no offsets; the positions
+    /// are still those of the newest ticklake commit below it, never "none"
+    /// (which would send the consumer back to offset 0).
+    #[tokio::test]
+    async fn offsets_come_from_the_newest_snapshot_that_carries_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        cfg.lake.catalog_uri = String::new();
+        cfg.lake.warehouse = String::new();
+        let catalog = lake::open_catalog(&cfg).await.unwrap();
+        let table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
+            .await
+            .unwrap();
+        assert_eq!(current_offsets(&table).unwrap(), None, "no snapshot yet");
+        let ident = lake::table_ident(&cfg, TableKind::Trades);
+        append(catalog.as_ref(), &ident, None, &offsets(5), 1 << 20)
+            .await
+            .unwrap();
+        let ours = append(catalog.as_ref(), &ident, None, &offsets(9), 1 << 20)
+            .await
+            .unwrap();
+        // Two foreign snapshots on top, with properties of their own (as
+        // Spark records its app id) but not ours.
+        for _ in 0..2 {
+            let table = catalog.load_table(&ident).await.unwrap();
+            let tx = Transaction::new(&table);
+            let tx = tx
+                .fast_append()
+                .set_snapshot_properties(HashMap::from([(
+                    "spark.app.id".to_string(),
+                    "another-engine".to_string(),
+                )]))
+                .apply(tx)
+                .unwrap();
+            tx.commit(catalog.as_ref()).await.unwrap();
+        }
+        let table = catalog.load_table(&ident).await.unwrap();
+        assert_ne!(
+            table.metadata().current_snapshot().map(|s| s.snapshot_id()),
+            Some(ours.snapshot_id),
+            "the foreign snapshots are current"
+        );
+        assert_eq!(
+            current_offsets(&table).unwrap(),
+            Some((ours.snapshot_id, offsets(9)))
+        );
+    }
 }

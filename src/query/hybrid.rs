@@ -31,7 +31,7 @@ use iceberg::{Catalog, TableIdent};
 use iceberg_datafusion::IcebergStaticTableProvider;
 use serde::Serialize;
 
-use crate::lake::commit::{KafkaOffsets, current_offsets};
+use crate::lake::commit::current_offsets;
 use crate::messages::tail::{TailError, TailFilter, TailScan};
 
 /// Name of the hybrid table in the lake's namespace.
@@ -204,17 +204,14 @@ impl HybridTable {
                 (false, Some(t)) => t,
                 _ => self.load().await?,
             };
-            let (snapshot_id, since) = match current_offsets(&table)
+            let snapshot_id = table.metadata().current_snapshot().map(|s| s.snapshot_id());
+            // The offsets of the newest ticklake commit at or below it: a
+            // snapshot another engine wrote on top holds no Kafka record.
+            // No offsets at all: the lake covers no tail row.
+            let since = current_offsets(&table)
                 .map_err(|e| DataFusionError::External(Box::new(e)))?
-            {
-                Some((id, o)) => (Some(id), o),
-                // A snapshot without offsets was not written by ticklake;
-                // it covers no tail row.
-                None => (
-                    table.metadata().current_snapshot().map(|s| s.snapshot_id()),
-                    KafkaOffsets::default(),
-                ),
-            };
+                .map(|(_, o)| o)
+                .unwrap_or_default();
             let Some(tail) = &self.tail else {
                 return Ok((table, snapshot_id, Vec::new()));
             };
