@@ -72,6 +72,23 @@ fn run_with_no_config_comes_up_on_the_embedded_default() {
         metric_sum(&m, "ticklake_feed_connections_total", "outcome=\"failed\"") >= 3.0
     });
     assert!(dir.path().join("data/catalog.db").exists());
+    // A second daemon on the same data directory would overwrite this
+    // one's offsets and spill log: it refuses at once, naming the lock.
+    let second = Command::new(bin())
+        .arg("run")
+        .env("TICKLAKE_DATA_DIR", dir.path().join("data"))
+        .env(
+            "TICKLAKE_HTTP__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second daemon started: {err}");
+    assert!(
+        err.contains("ticklake.lock") && err.contains("in use by another ticklake process"),
+        "{err}"
+    );
     let status = p.terminate();
     assert!(status.success(), "exit {status}:\n{}", p.log_tail());
 }

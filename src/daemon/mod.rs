@@ -9,6 +9,7 @@
 //! feed and HTTP (`stages`). `shutdown` runs and stops the daemon.
 
 mod kafka;
+pub mod lock;
 mod shutdown;
 mod stages;
 
@@ -67,6 +68,8 @@ pub enum DaemonError {
     Config(String),
     #[error(transparent)]
     Writer(#[from] crate::messages::writer::WriterError),
+    #[error(transparent)]
+    Locked(#[from] lock::LockError),
 }
 
 /// Running daemon handles, for shutdown.
@@ -90,10 +93,13 @@ pub struct Daemon {
     /// The uncommitted trades, and the queries over them and the lake.
     pub tail: Addr<TailActor>,
     pub query: Addr<QueryActor>,
+    /// This process's claim on the data directory, released at exit.
+    _lock: lock::DataDirLock,
 }
 
 /// Builds and starts every actor. Must run inside an actix `System`.
 pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
+    let lock = lock::DataDirLock::acquire(&cfg.data_dir_abs())?;
     let metrics = Metrics::new()?;
     let registry = LocalRegistry::open(&cfg.data_dir_abs())?;
     let codec = Arc::new(crate::kafka::registry::codec(&registry)?);
@@ -141,6 +147,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         http_addr,
         tail: lake.tail,
         query: lake.query,
+        _lock: lock,
     })
 }
 

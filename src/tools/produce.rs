@@ -35,6 +35,8 @@ pub enum ProduceError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("{failed} records were not delivered; first error: {first}")]
     Delivery { failed: usize, first: String },
+    #[error(transparent)]
+    Locked(#[from] crate::daemon::lock::LockError),
 }
 
 /// What was published.
@@ -50,6 +52,7 @@ pub async fn produce(cfg: &Config, captures: &[PathBuf]) -> Result<ProduceReport
     if cfg.kafka.is_embedded() {
         return Err(ProduceError::Embedded);
     }
+    let _lock = crate::daemon::lock::DataDirLock::acquire(&cfg.data_dir_abs())?;
     let frames = capture::read_captures(captures)?;
     let registry = LocalRegistry::open(&cfg.data_dir_abs())?;
     let codec = Arc::new(crate::kafka::registry::codec(&registry)?);
