@@ -10,6 +10,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+/// The longest time any setting may name: 366 days.
+const MAX_DURATION_MS: u64 = 366 * 24 * 3600 * 1000;
+
 /// A config problem, always naming the key and where it came from.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -499,11 +502,11 @@ impl Config {
         if let Some(s) = b
             .symbols
             .iter()
-            .find(|s| s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric()))
+            .find(|s| s.is_empty() || s.len() > 32 || !s.chars().all(|c| c.is_ascii_alphanumeric()))
         {
             return Err(err(
                 "feeds.binance.symbols",
-                format!("{s:?} is not a symbol"),
+                format!("{s:?} is not a symbol (1 to 32 letters and digits)"),
             ));
         }
         if b.enabled && b.streams.is_empty() {
@@ -607,7 +610,56 @@ impl Config {
         if let Err(e) = self.http.listen.parse::<SocketAddr>() {
             return Err(err("http.listen", format!("{:?}: {e}", self.http.listen)));
         }
+        // A time beyond a year is a typo, and the clock plus such a value
+        // overflows (a panic at start, not an error naming the key).
+        for (key, ms) in self.durations_ms() {
+            if ms > MAX_DURATION_MS {
+                return Err(err(key, "must be at most 366 days".into()));
+            }
+        }
         Ok(())
+    }
+
+    /// Every time-valued setting, in milliseconds (saturating).
+    fn durations_ms(&self) -> [(&'static str, u64); 16] {
+        let b = &self.feeds.binance;
+        let secs = |s: u64| s.saturating_mul(1000);
+        [
+            ("feeds.binance.backoff_initial_ms", b.backoff_initial_ms),
+            ("feeds.binance.backoff_max_ms", b.backoff_max_ms),
+            ("feeds.binance.stale_after_secs", secs(b.stale_after_secs)),
+            (
+                "feeds.binance.max_connection_secs",
+                secs(b.max_connection_secs),
+            ),
+            ("writer.max_age_ms", self.writer.max_age_ms),
+            (
+                "writer.dedup_window_secs",
+                secs(self.writer.dedup_window_secs),
+            ),
+            ("degradation.sample_ms", self.degradation.sample_ms),
+            ("degradation.cooldown_ms", self.degradation.cooldown_ms),
+            ("breaker.stall_ms", self.breaker.stall_ms),
+            ("breaker.producer.open_ms", self.breaker.producer.open_ms),
+            ("breaker.commit.open_ms", self.breaker.commit.open_ms),
+            (
+                "supervision.watchdog_secs",
+                secs(self.supervision.watchdog_secs),
+            ),
+            (
+                "supervision.restart_backoff_initial_ms",
+                self.supervision.restart_backoff_initial_ms,
+            ),
+            (
+                "supervision.restart_backoff_max_ms",
+                self.supervision.restart_backoff_max_ms,
+            ),
+            ("api.timeout_ms", self.api.timeout_ms),
+            (
+                "chaos.writer_delay_us_per_row",
+                self.chaos.writer_delay_us_per_row / 1000,
+            ),
+        ]
     }
 
     /// The data directory as an absolute path.
@@ -777,6 +829,26 @@ mod tests {
             let f = write("[feeds.binance]\nstreams = [\"depth\"]\n");
             let e = Config::load(Some(f.path())).unwrap_err().to_string();
             assert!(e.contains("feeds.binance.streams"), "{e}");
+        });
+    }
+
+    #[test]
+    fn out_of_range_times_name_the_key_instead_of_panicking() {
+        jailed(|| {
+            for (section, key) in [
+                ("feeds.binance", "max_connection_secs"),
+                ("writer", "max_age_ms"),
+                ("breaker.commit", "open_ms"),
+                ("api", "timeout_ms"),
+            ] {
+                // The largest integer TOML holds.
+                let f = write(&format!("[{section}]\n{key} = 9223372036854775807\n"));
+                let e = Config::load(Some(f.path())).unwrap_err().to_string();
+                assert!(e.contains(&format!("{section}.{key}")), "{e}");
+                assert!(e.contains("366 days"), "{e}");
+            }
+            let f = write("[feeds.binance]\nmax_connection_secs = 31622400\n");
+            Config::load(Some(f.path())).expect("366 days is allowed");
         });
     }
 
