@@ -171,7 +171,8 @@ pub struct BinanceFeedConfig {
     pub backoff_initial_ms: u64,
     /// Cap on the reconnect delay in milliseconds.
     pub backoff_max_ms: u64,
-    /// Reconnect when no frame arrived for this many seconds.
+    /// Reconnect when no data frame arrived for this many seconds (pings
+    /// and pongs do not count).
     pub stale_after_secs: u64,
     /// Rotate the connection after this many seconds (Binance drops at 24 h).
     pub max_connection_secs: u64,

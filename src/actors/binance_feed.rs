@@ -32,7 +32,7 @@ pub enum FeedError {
     Ws(#[from] tokio_tungstenite::tungstenite::Error),
     #[error("server closed the connection: {0}")]
     Closed(String),
-    #[error("no frame for {0:?}; feed is stale")]
+    #[error("no data frame for {0:?}; feed is stale")]
     Stale(Duration),
     #[error("producer unavailable: {0}")]
     Producer(String),
@@ -284,23 +284,29 @@ impl Connection {
         let rotate_at =
             tokio::time::Instant::now() + Duration::from_secs(self.cfg.max_connection_secs);
         let mut announced = false;
+        // Only data frames prove the feed alive: a server that answers
+        // pings but sends no data is as stale as a silent one.
+        let mut stale_at = tokio::time::Instant::now() + stale;
         loop {
             let next = tokio::select! {
-                n = tokio::time::timeout(stale, stream.next()) => n,
+                n = stream.next() => n,
+                _ = tokio::time::sleep_until(stale_at) => return Err(FeedError::Stale(stale)),
                 _ = tokio::time::sleep_until(rotate_at) => {
                     let _ = sink.send(WsMessage::Close(None)).await;
                     return Ok(ConnEnd::Rotated);
                 }
             };
             let msg = match next {
-                Err(_) => return Err(FeedError::Stale(stale)),
-                Ok(None) => return Err(FeedError::Closed("stream ended".into())),
-                Ok(Some(Err(e))) => return Err(e.into()),
-                Ok(Some(Ok(m))) => m,
+                None => return Err(FeedError::Closed("stream ended".into())),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(m)) => m,
             };
             if !announced {
                 announced = true;
                 self.addr.do_send(Connected);
+            }
+            if matches!(msg, WsMessage::Text(_) | WsMessage::Binary(_)) {
+                stale_at = tokio::time::Instant::now() + stale;
             }
             match msg {
                 WsMessage::Text(t) => self.on_frame(t.as_bytes(), Some(t.as_str())).await?,
@@ -383,5 +389,57 @@ mod tests {
             stream_url(&cfg),
             "wss://stream.binance.com:9443/stream?streams=btcusdt@trade/btcusdt@aggTrade/ethusdt@trade/ethusdt@aggTrade"
         );
+    }
+
+    /// A server that answers the handshake and then only pings: the feed
+    /// must call it stale after `stale_after_secs`, not stay connected.
+    #[actix_rt::test]
+    async fn pings_alone_do_not_keep_a_feed_alive() {
+        use tokio_tungstenite::tungstenite::Bytes;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if ws
+                    .send(WsMessage::Ping(Bytes::from_static(b"p")))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let cfg = BinanceFeedConfig {
+            url: format!("ws://127.0.0.1:{port}"),
+            stale_after_secs: 1,
+            backoff_initial_ms: 60_000,
+            backoff_max_ms: 60_000,
+            ..BinanceFeedConfig::default()
+        };
+        let (lanes, _rx) = crate::lanes::mailbox(&[8, 8, 8]).unwrap();
+        let instruments = Arc::new(Instruments::builtin().unwrap());
+        let metrics = Metrics::new().unwrap();
+        let feed =
+            Supervisor::start(move |_| BinanceFeedActor::new(cfg, lanes, instruments, metrics));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let state = loop {
+            let s = feed.send(Observe::<FeedState>::new()).await.unwrap();
+            let restarted = s.health.last_error.is_some() && s.health.restarts > 0;
+            if restarted || std::time::Instant::now() > deadline {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let error = state.health.last_error.unwrap_or_default();
+        assert!(error.contains("stale"), "{error}");
+        assert_eq!(
+            state.health.restarts, 1,
+            "restarted once, waiting out its backoff"
+        );
+        server.abort();
     }
 }
