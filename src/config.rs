@@ -405,6 +405,9 @@ pub struct ApiConfig {
     /// Memory one query engine may use for sorts, joins and aggregations
     /// (bytes); a query that needs more fails instead of growing the daemon.
     pub max_memory_bytes: usize,
+    /// Queries that may run at once; one more is answered 429 at once
+    /// instead of queuing behind them.
+    pub max_concurrent: usize,
 }
 
 impl Default for ApiConfig {
@@ -414,6 +417,7 @@ impl Default for ApiConfig {
             default_limit: 1_000,
             timeout_ms: 10_000,
             max_memory_bytes: 1 << 30,
+            max_concurrent: 8,
         }
     }
 }
@@ -607,6 +611,12 @@ impl Config {
         }
         if self.api.timeout_ms == 0 {
             return Err(err("api.timeout_ms", "must be > 0".into()));
+        }
+        if !(1..=1024).contains(&self.api.max_concurrent) {
+            return Err(err(
+                "api.max_concurrent",
+                "must be between 1 and 1024".into(),
+            ));
         }
         if let Err(e) = self.http.listen.parse::<SocketAddr>() {
             return Err(err("http.listen", format!("{:?}: {e}", self.http.listen)));

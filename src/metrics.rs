@@ -284,7 +284,7 @@ impl Metrics {
         )?;
         let actor_panics = counter(
             "ticklake_actor_panics_total",
-            "Panics, by thread; a panic stops the daemon for a clean restart.",
+            "Panics, by thread; a panic stops the daemon for a clean restart, except on a query thread, where it fails that query only.",
             &["thread"],
         )?;
         let resident_memory = gauge(

@@ -236,3 +236,125 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
     assert!(scraped > 0.0 && scraped <= ours);
     assert!(daemon.terminate().success());
 }
+
+/// Hostile `/v1/sql` requests against a daemon that is ingesting: each is
+/// refused or fails alone (4xx/5xx), `/healthz` answers after every one,
+/// the daemon is never restarted, and ingest goes on.
+#[test]
+fn hostile_sql_is_refused_and_the_daemon_carries_on() {
+    // Looped, so frames keep coming while the requests land (a repeated
+    // trade is received, then de-duplicated).
+    let (_replay, url) = start_replay(
+        &[capture("BINANCE-ee25be.0.txt")],
+        &["--live", "--loop", "--rate", "500"],
+    );
+    let env = Env::new("embedded", Some(&url), "");
+    env.capture_feed();
+    let mut daemon = env.start_daemon("daemon");
+    let received = |s: &Value| -> u64 {
+        s["accounting"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["received"].as_u64().unwrap())
+            .sum()
+    };
+    wait_until("frames received", Duration::from_secs(60), || {
+        received(&status(&env)) > 0
+    });
+    let before = received(&status(&env));
+    let chain = |n: usize, op: &str| {
+        let terms: Vec<String> = (0..n).map(|i| format!("price = {i}")).collect();
+        format!("select * from market.trades where {}", terms.join(op))
+    };
+    let nested = |n: usize| format!("select {}1{}", "(".repeat(n), ")".repeat(n));
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("OR chain", chain(20_000, " or "), "rejected_query"),
+        ("AND chain", chain(20_000, " and "), "rejected_query"),
+        (
+            "arithmetic chain",
+            format!("select {}", vec!["1"; 20_000].join(" + ")),
+            "rejected_query",
+        ),
+        (
+            "string concatenation chain",
+            format!("select {}", vec!["'x'"; 20_000].join(" || ")),
+            "rejected_query",
+        ),
+        ("deep parentheses", nested(5_000), "rejected_query"),
+        (
+            "huge statement",
+            format!("select '{}'", "x".repeat(300 << 10)),
+            "rejected_query",
+        ),
+        (
+            "insert",
+            "insert into market.trades (symbol) values ('X')".into(),
+            "rejected_query",
+        ),
+        (
+            "copy",
+            "copy (select 1) to '/tmp/ticklake-evil.csv'".into(),
+            "rejected_query",
+        ),
+        (
+            "file table function",
+            "select * from read_parquet('/etc/passwd')".into(),
+            "rejected_query",
+        ),
+        (
+            "second statement",
+            "select 1; drop table market.trades".into(),
+            "rejected_query",
+        ),
+        (
+            "select into",
+            "select * into evil from market.trades".into(),
+            "rejected_query",
+        ),
+        (
+            "string past the 2 GiB limit",
+            "select length(repeat('ab', 1073741824))".into(),
+            "internal",
+        ),
+        (
+            "unknown column",
+            "select nope from market.trades".into(),
+            "invalid_query",
+        ),
+    ];
+    for (what, sql, code) in &cases {
+        let (http_status, answer) = http(
+            env.http_port,
+            "POST",
+            "/v1/sql",
+            Some(&serde_json::json!({ "sql": sql })),
+        );
+        println!("{what}: {http_status} {}", answer["error"]);
+        assert!((400..600).contains(&http_status), "{what}: {http_status}");
+        assert_eq!(answer["error"], *code, "{what}: {answer}");
+        assert!(
+            http_get(env.http_port, "/healthz").is_some(),
+            "{what}: the daemon stopped answering\n{}",
+            daemon.log_tail()
+        );
+    }
+    assert!(!std::path::Path::new("/tmp/ticklake-evil.csv").exists());
+    let s = status(&env);
+    for c in s["tree"]["children"].as_array().unwrap() {
+        assert_eq!(c["restarts"], 0, "{c}");
+    }
+    assert!(
+        s["tree"]["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "query" && c["queries"].as_u64() >= Some(cases.len() as u64)),
+        "{s}"
+    );
+    // Ingest went on: the replay keeps streaming, and more arrives.
+    wait_until("ingest goes on", Duration::from_secs(30), || {
+        received(&status(&env)) > before
+    });
+    assert!(daemon.terminate().success());
+}

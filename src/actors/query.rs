@@ -20,6 +20,8 @@ use crate::query::engine::Engine;
 pub struct QueryState {
     /// Requests taken in.
     pub queries: u64,
+    /// Of those, refused because every slot was taken (429).
+    pub refused_busy: u64,
     /// Commits of `market.trades` heard of, each a re-pin.
     pub commits_seen: u64,
     /// The newest of them.
@@ -44,6 +46,8 @@ impl ObservableState for QueryState {
 
 pub struct QueryActor {
     engine: Arc<Engine>,
+    /// One permit per query allowed to run at once (`api.max_concurrent`).
+    slots: Arc<tokio::sync::Semaphore>,
     state: QueryState,
     published: Published<QueryState>,
 }
@@ -51,6 +55,7 @@ pub struct QueryActor {
 impl QueryActor {
     pub fn new(engine: Arc<Engine>) -> Self {
         Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(engine.max_concurrent())),
             engine,
             state: QueryState::default(),
             published: Published::new(QueryState::default()),
@@ -72,12 +77,28 @@ impl Handler<RunQuery> for QueryActor {
 
     fn handle(&mut self, msg: RunQuery, _ctx: &mut Self::Context) -> Self::Result {
         self.state.queries += 1;
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            self.state.refused_busy += 1;
+            self.published.publish(&self.state);
+            let max = self.engine.max_concurrent();
+            return Box::pin(async move { Err(QueryError::TooBusy(max)) });
+        };
         self.published.publish(&self.state);
         let engine = self.engine.clone();
-        let task = tokio::spawn(async move { engine.run(msg.0).await });
+        // On the query runtime: its own threads and stacks, and a panic
+        // there fails this query only (see `query::pool`).
+        let task = crate::query::pool::handle().spawn(async move {
+            let _slot = slot;
+            engine.run(msg.0).await
+        });
         Box::pin(async move {
-            task.await
-                .unwrap_or_else(|e| Err(QueryError::Internal(format!("query task failed: {e}"))))
+            match task.await {
+                Ok(answer) => answer,
+                Err(e) if e.is_panic() => Err(QueryError::Internal(
+                    "the query failed inside the engine (a panic, logged and counted in ticklake_actor_panics_total); the daemon carries on".into(),
+                )),
+                Err(e) => Err(QueryError::Internal(format!("query task failed: {e}"))),
+            }
         })
     }
 }

@@ -47,6 +47,7 @@ impl ResponseError for ApiError {
             QueryError::NotFound(_) => StatusCode::NOT_FOUND,
             QueryError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             QueryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            QueryError::TooBusy(_) => StatusCode::TOO_MANY_REQUESTS,
             QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -154,7 +154,8 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
 /// A panic inside an actor kills that actor's task, where no supervisor
 /// can see it. Count it, and stop the daemon non-zero so the process
 /// supervisor (systemd) restarts it: the restart resumes exactly once from
-/// the snapshots' offsets and the spill log.
+/// the snapshots' offsets and the spill log. A panic on a query thread is
+/// counted and logged only (see `query::pool`).
 fn install_panic_hook(metrics: Metrics, fatal: tokio::sync::mpsc::UnboundedSender<String>) {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -163,8 +164,17 @@ fn install_panic_hook(metrics: Metrics, fatal: tokio::sync::mpsc::UnboundedSende
             .unwrap_or("unnamed")
             .to_string();
         metrics.actor_panics.with_label_values(&[&thread]).inc();
-        let _ = fatal.send(format!("panic in thread {thread}: {info}"));
         previous(info);
+        // A query's panic fails that query only: its task answers 500 and
+        // the engine holds no state the panic could have broken.
+        if crate::query::pool::on_query_thread() {
+            tracing::error!(
+                thread,
+                "a query panicked; it fails alone and the daemon carries on"
+            );
+            return;
+        }
+        let _ = fatal.send(format!("panic in thread {thread}: {info}"));
     }));
 }
 

@@ -156,6 +156,9 @@ pub enum QueryError {
     Timeout(u64),
     #[error("{0}")]
     Unavailable(String),
+    /// Every query slot (`api.max_concurrent`) is taken: retry shortly.
+    #[error("{0} queries are running, the most this daemon runs at once; retry shortly")]
+    TooBusy(usize),
     #[error("{0}")]
     Internal(String),
 }
@@ -181,12 +184,16 @@ impl QueryError {
             QueryError::NotFound(_) => "not_found",
             QueryError::Timeout(_) => "timeout",
             QueryError::Unavailable(_) => "unavailable",
+            QueryError::TooBusy(_) => "too_busy",
             QueryError::Internal(_) => "internal",
         }
     }
 
     /// Whether the same query may succeed later unchanged.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, QueryError::Timeout(_) | QueryError::Unavailable(_))
+        matches!(
+            self,
+            QueryError::Timeout(_) | QueryError::Unavailable(_) | QueryError::TooBusy(_)
+        )
     }
 }

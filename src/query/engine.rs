@@ -183,6 +183,11 @@ impl Engine {
     }
 
     /// The session, for the CLI and tests.
+    /// How many queries may run at once (`api.max_concurrent`).
+    pub fn max_concurrent(&self) -> usize {
+        self.limits.max_concurrent
+    }
+
     pub fn context(&self) -> &SessionContext {
         &self.ctx
     }

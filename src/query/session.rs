@@ -28,6 +28,8 @@ pub enum SessionError {
     /// Refused by the read-only guard: nothing here writes to the lake.
     #[error("refused: {0}")]
     Rejected(#[from] super::sql_guard::GuardError),
+    #[error("the query task failed: {0}")]
+    Task(String),
 }
 
 /// Name under which the Iceberg catalog is registered in DataFusion.
@@ -113,15 +115,23 @@ pub fn read_only() -> SQLOptions {
         .with_allow_statements(false)
 }
 
-/// Runs one query, read-only, as `POST /v1/sql` does: an `INSERT` or a
-/// `COPY` here would commit a snapshot without Kafka offsets.
+/// Runs one query, read-only, as `POST /v1/sql` does (an `INSERT` or a
+/// `COPY` here would commit a snapshot without Kafka offsets), and on the
+/// query runtime, whose stacks the guard's limits are sized for.
 pub async fn run_sql(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, SessionError> {
-    super::sql_guard::check(sql)?;
-    Ok(ctx
-        .sql_with_options(sql, read_only())
-        .await?
-        .collect()
-        .await?)
+    let ctx = ctx.clone();
+    let sql = sql.to_string();
+    super::pool::handle()
+        .spawn(async move {
+            super::sql_guard::check(&sql)?;
+            Ok(ctx
+                .sql_with_options(&sql, read_only())
+                .await?
+                .collect()
+                .await?)
+        })
+        .await
+        .map_err(|e| SessionError::Task(e.to_string()))?
 }
 
 /// Renders batches as an ASCII table, CSV with a header, or JSON lines.

@@ -2,13 +2,28 @@
 //! SELECT or WITH query; no DDL, DML, COPY, external tables, `SELECT INTO`,
 //! or table functions (which can read arbitrary files). It parses with
 //! DataFusion's own parser, so what it accepts is what DataFusion would run.
+//!
+//! It also bounds the work a statement can ask of the planner: its size,
+//! and how deep its expressions nest. Planning, optimizing and evaluating
+//! recurse once per level, and a flat chain such as `a OR b OR c …` is a
+//! left-deep tree, as deep as it is long; the parser's own nesting limit
+//! only counts parentheses. Run it on a query thread (`query::pool`): a
+//! deep tree takes stack to visit and to drop.
 
 use std::ops::ControlFlow;
 
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{
-    Query, SetExpr, Statement as SqlStatement, TableFactor, Visit, Visitor,
+    Expr, Query, SetExpr, Statement as SqlStatement, TableFactor, Visit, Visitor,
 };
+
+/// Longest statement accepted, in bytes: far beyond any hand-written query
+/// (a 1,000-symbol `IN` list is about 12 KiB).
+pub const MAX_SQL_BYTES: usize = 256 * 1024;
+
+/// Deepest nesting of expressions accepted: an `OR` chain of this many
+/// terms, or this many levels of parentheses and operators.
+pub const MAX_EXPR_DEPTH: usize = 256;
 
 /// Why a query was refused. The message is what the API returns as `detail`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +40,12 @@ pub enum GuardError {
     SelectInto,
     #[error("table function {0} is not allowed: it can read files outside the lake")]
     TableFunction(String),
+    #[error("the query is {bytes} bytes; at most {MAX_SQL_BYTES} are accepted")]
+    TooLong { bytes: usize },
+    #[error(
+        "expressions nest deeper than {MAX_EXPR_DEPTH} levels (a long chain of AND, OR or arithmetic is as deep as it is long); use IN (…) or split the query"
+    )]
+    TooDeep,
 }
 
 impl GuardError {
@@ -37,6 +58,8 @@ impl GuardError {
             GuardError::NotAQuery(_) => "not_a_query",
             GuardError::SelectInto => "select_into",
             GuardError::TableFunction(_) => "table_function",
+            GuardError::TooLong { .. } => "too_long",
+            GuardError::TooDeep => "too_deep",
         }
     }
 }
@@ -45,6 +68,9 @@ impl GuardError {
 pub fn check(sql: &str) -> Result<(), GuardError> {
     if sql.trim().trim_matches(';').trim().is_empty() {
         return Err(GuardError::Empty);
+    }
+    if sql.len() > MAX_SQL_BYTES {
+        return Err(GuardError::TooLong { bytes: sql.len() });
     }
     let statements = DFParser::parse_sql(sql).map_err(|e| GuardError::Parse(e.to_string()))?;
     if statements.len() != 1 {
@@ -65,7 +91,7 @@ pub fn check(sql: &str) -> Result<(), GuardError> {
         DfStatement::Explain(_) => return Err(GuardError::NotAQuery("EXPLAIN".into())),
         DfStatement::Reset(_) => return Err(GuardError::NotAQuery("RESET".into())),
     };
-    let mut v = ReadOnly;
+    let mut v = ReadOnly { depth: 0 };
     match query.visit(&mut v) {
         ControlFlow::Break(e) => Err(e),
         ControlFlow::Continue(()) => Ok(()),
@@ -91,11 +117,27 @@ fn statement_kind(s: &SqlStatement) -> String {
     }
 }
 
-/// Walks the whole query, subqueries and CTEs included.
-struct ReadOnly;
+/// Walks the whole query, subqueries and CTEs included, and stops as soon
+/// as expressions nest deeper than `MAX_EXPR_DEPTH`.
+struct ReadOnly {
+    depth: usize,
+}
 
 impl Visitor for ReadOnly {
     type Break = GuardError;
+
+    fn pre_visit_expr(&mut self, _e: &Expr) -> ControlFlow<GuardError> {
+        self.depth += 1;
+        if self.depth > MAX_EXPR_DEPTH {
+            return ControlFlow::Break(GuardError::TooDeep);
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_expr(&mut self, _e: &Expr) -> ControlFlow<GuardError> {
+        self.depth -= 1;
+        ControlFlow::Continue(())
+    }
 
     fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<GuardError> {
         if let SetExpr::Select(s) = q.body.as_ref()
@@ -215,5 +257,47 @@ mod tests {
             assert_eq!(e.class(), *class, "{sql}: {e}");
             assert!(e.to_string().contains(fragment), "{sql}: {e}");
         }
+    }
+
+    /// Run as queries run: on a thread with the query pool's stack.
+    fn on_query_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn long_chains_and_huge_statements_are_refused_before_planning() {
+        on_query_stack(|| {
+            let chain = |n: usize, op: &str| {
+                let terms: Vec<String> = (0..n).map(|i| format!("price = {i}")).collect();
+                format!("select * from market.trades where {}", terms.join(op))
+            };
+            // A chain of n terms nests n - 1 levels, plus the comparisons.
+            assert_eq!(check(&chain(100, " or ")), Ok(()));
+            for (sql, what) in [
+                (chain(5_000, " or "), "OR chain"),
+                (chain(5_000, " and "), "AND chain"),
+                (
+                    format!("select {} from market.trades", vec!["1"; 5_000].join(" + ")),
+                    "arithmetic chain",
+                ),
+            ] {
+                let e = check(&sql).unwrap_err();
+                assert_eq!(e.class(), "too_deep", "{what}: {e}");
+            }
+            // The same test as a list is flat, and fine.
+            let list: Vec<String> = (0..5_000).map(|i| i.to_string()).collect();
+            let sql = format!(
+                "select * from market.trades where price in ({})",
+                list.join(", ")
+            );
+            assert_eq!(check(&sql), Ok(()));
+            let huge = format!("select '{}'", "x".repeat(MAX_SQL_BYTES));
+            assert_eq!(check(&huge).unwrap_err().class(), "too_long");
+        });
     }
 }
