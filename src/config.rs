@@ -264,6 +264,14 @@ pub struct HttpConfig {
     pub enabled: bool,
     /// Listen address; loopback by default so nothing is exposed by accident.
     pub listen: String,
+    /// Host names a request may carry in its Host header besides IP
+    /// literals and `localhost` (e.g. the name a proxy or a scraper uses).
+    /// Any other name is refused with 421, so a web page cannot reach the
+    /// API by rebinding its own domain to this address.
+    pub allowed_hosts: Vec<String>,
+    /// Open connections per HTTP worker (there are two); more wait in the
+    /// listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -271,6 +279,8 @@ impl Default for HttpConfig {
         Self {
             enabled: true,
             listen: "127.0.0.1:9464".into(),
+            allowed_hosts: Vec::new(),
+            max_connections: 256,
         }
     }
 }
@@ -620,6 +630,23 @@ impl Config {
         }
         if let Err(e) = self.http.listen.parse::<SocketAddr>() {
             return Err(err("http.listen", format!("{:?}: {e}", self.http.listen)));
+        }
+        if !(1..=65_536).contains(&self.http.max_connections) {
+            return Err(err(
+                "http.max_connections",
+                "must be between 1 and 65536".into(),
+            ));
+        }
+        if let Some(h) = self
+            .http
+            .allowed_hosts
+            .iter()
+            .find(|h| h.is_empty() || h.contains([':', '/', ' ']))
+        {
+            return Err(err(
+                "http.allowed_hosts",
+                format!("{h:?} is not a host name (no port, no scheme)"),
+            ));
         }
         // A time beyond a year is a typo, and the clock plus such a value
         // overflows (a panic at start, not an error naming the key).

@@ -340,6 +340,29 @@ fn hostile_sql_is_refused_and_the_daemon_carries_on() {
         );
     }
     assert!(!std::path::Path::new("/tmp/ticklake-evil.csv").exists());
+    // A web page that rebinds its own domain to 127.0.0.1 still sends that
+    // domain as Host: refused, whatever the path. IP literals and
+    // localhost are answered.
+    let with_host = |host: &str| -> String {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", env.http_port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            c,
+            "GET /v1/symbols HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = String::new();
+        c.read_to_string(&mut buf).unwrap();
+        buf
+    };
+    let refused = with_host("evil.example:80");
+    assert!(refused.starts_with("HTTP/1.1 421"), "{refused}");
+    assert!(refused.contains("misdirected_request"), "{refused}");
+    for host in ["localhost", &format!("127.0.0.1:{}", env.http_port)] {
+        let ok = with_host(host);
+        assert!(ok.starts_with("HTTP/1.1 200"), "{host}: {ok}");
+    }
     let s = status(&env);
     for c in s["tree"]["children"].as_array().unwrap() {
         assert_eq!(c["restarts"], 0, "{c}");

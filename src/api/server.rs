@@ -2,10 +2,83 @@
 //! breakers, accounting), `/metrics` (Prometheus), `/healthz`, `/readyz`,
 //! and the query API (`/v1/*`, `/openapi.json`, see `super::configure`).
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::HOST;
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{App, Error, HttpResponse, HttpServer, web};
+
+use crate::config::HttpConfig;
 use crate::metrics::Metrics;
 use crate::status::StatusSources;
+
+/// A client must send its request head within this time; a slow-loris
+/// connection is closed instead of holding a slot.
+const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle keep-alive connections are closed after this.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// Host names, besides IP literals and `localhost`, that may address the
+/// daemon (`http.allowed_hosts`), lowercase.
+#[derive(Clone)]
+struct AllowedHosts(Arc<Vec<String>>);
+
+/// The host name of a Host header value, without its port, lowercase.
+fn host_name(value: &str) -> String {
+    let v = value.trim();
+    let name = match v.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => match v.rsplit_once(':') {
+            Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+            _ => v,
+        },
+    };
+    name.to_ascii_lowercase()
+}
+
+/// Whether a request naming `host` may be answered. A page on another site
+/// can make its own domain resolve to 127.0.0.1 (DNS rebinding) and then
+/// read the loopback API from the user's browser; its requests still carry
+/// that domain in Host. IP literals and `localhost` cannot be rebound.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = host_name(host);
+    name.parse::<IpAddr>().is_ok() || name == "localhost" || allowed.contains(&name)
+}
+
+async fn check_host(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    let allowed = req
+        .app_data::<web::Data<AllowedHosts>>()
+        .map(|a| a.0.clone())
+        .unwrap_or_default();
+    match host {
+        Some(h) if !host_allowed(&h, &allowed) => {
+            let body = serde_json::json!({
+                "error": "misdirected_request",
+                "detail": format!("host {:?} is not one this daemon answers to; add it to http.allowed_hosts", host_name(&h)),
+            });
+            Ok(req.into_response(
+                HttpResponse::MisdirectedRequest()
+                    .json(body)
+                    .map_into_right_body(),
+            ))
+        }
+        // No Host header (HTTP/1.0): not a browser.
+        _ => Ok(next.call(req).await?.map_into_left_body()),
+    }
+}
 
 async fn metrics(m: web::Data<Metrics>) -> HttpResponse {
     HttpResponse::Ok()
@@ -23,15 +96,23 @@ async fn healthz() -> HttpResponse {
 
 /// Starts the server on the current actix system; it stops with the system.
 pub fn start(
-    listen: &str,
+    http: &HttpConfig,
     m: Metrics,
     sources: StatusSources,
     api: Option<super::ApiState>,
 ) -> std::io::Result<std::net::SocketAddr> {
     let data = web::Data::new(m);
     let sources = web::Data::new(sources);
+    let allowed = web::Data::new(AllowedHosts(Arc::new(
+        http.allowed_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+    )));
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(from_fn(check_host))
+            .app_data(allowed.clone())
             .app_data(data.clone())
             .app_data(sources.clone())
             .route("/status", web::get().to(status))
@@ -47,8 +128,11 @@ pub fn start(
     // Queries run on the tokio pool, not on the workers; two workers keep
     // /metrics and /status answering while one sends a large response.
     .workers(2)
+    .max_connections(http.max_connections)
+    .client_request_timeout(REQUEST_HEAD_TIMEOUT)
+    .keep_alive(KEEP_ALIVE)
     .disable_signals()
-    .bind(listen)?;
+    .bind(&http.listen)?;
     let addr = server
         .addrs()
         .first()
@@ -56,4 +140,35 @@ pub fn start(
         .ok_or_else(|| std::io::Error::other("no listen address"))?;
     actix_rt::spawn(server.run());
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_names_that_cannot_be_rebound_or_were_configured_pass() {
+        let allowed = vec!["ticklake.internal".to_string()];
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:9464",
+            "[::1]:9464",
+            "10.1.2.3:80",
+            "localhost:9464",
+            "LOCALHOST",
+            "ticklake.internal:9464",
+            "Ticklake.Internal",
+        ] {
+            assert!(host_allowed(ok, &allowed), "{ok}");
+        }
+        for refused in [
+            "evil.example",
+            "evil.example:9464",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:9464",
+            "ticklake.internal.evil",
+        ] {
+            assert!(!host_allowed(refused, &allowed), "{refused}");
+        }
+    }
 }

@@ -365,12 +365,11 @@ pub fn http(
     let api = crate::api::ApiState {
         query: query.clone().recipient(),
     };
-    let addr =
-        crate::api::server::start(&cfg.http.listen, metrics.clone(), status.clone(), Some(api))
-            .map_err(|source| DaemonError::Http {
-                listen: cfg.http.listen.clone(),
-                source,
-            })?;
+    let addr = crate::api::server::start(&cfg.http, metrics.clone(), status.clone(), Some(api))
+        .map_err(|source| DaemonError::Http {
+            listen: cfg.http.listen.clone(),
+            source,
+        })?;
     tracing::info!(addr = %addr, "http endpoints up");
     Ok(Some(addr))
 }
