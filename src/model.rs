@@ -328,13 +328,19 @@ pub struct DeadLetter {
     pub raw: Vec<u8>,
 }
 
+/// Most raw bytes a dead letter keeps. A broker refuses a record above its
+/// maximum size (1 MB by default), and a refused record would sit at the
+/// head of the spill log; a frame larger than this keeps its first bytes,
+/// and the reason records the original size and a checksum of the whole.
+pub const MAX_DEAD_LETTER_RAW: usize = 256 * 1024;
+
 impl DeadLetter {
     pub fn new(
         exchange: &str,
         source: &str,
         received_at_us: i64,
-        reason: String,
-        raw: Vec<u8>,
+        mut reason: String,
+        mut raw: Vec<u8>,
     ) -> Self {
         let mut key = Vec::with_capacity(raw.len() + 64);
         key.extend_from_slice(exchange.as_bytes());
@@ -344,6 +350,14 @@ impl DeadLetter {
         key.extend_from_slice(&received_at_us.to_be_bytes());
         key.extend_from_slice(&raw);
         let dead_letter_id = uuid::Uuid::new_v5(&MESSAGE_NAMESPACE, &key).to_string();
+        if raw.len() > MAX_DEAD_LETTER_RAW {
+            reason = format!(
+                "{reason} (frame of {} bytes, first {MAX_DEAD_LETTER_RAW} kept; crc32 of the whole {:08x})",
+                raw.len(),
+                crc32fast::hash(&raw)
+            );
+            raw.truncate(MAX_DEAD_LETTER_RAW);
+        }
         Self {
             dead_letter_id,
             exchange: exchange.to_string(),
@@ -407,5 +421,39 @@ mod tests {
         assert_eq!(a, message_id("BINANCE", "aggTrade", "BTCUSDT", "1"));
         assert_ne!(a, message_id("BINANCE", "trade", "BTCUSDT", "1"));
         assert_ne!(a, message_id("BINANCE", "aggTrade", "ETHUSDT", "1"));
+    }
+
+    #[test]
+    fn a_huge_frame_is_dead_lettered_capped_with_its_size_and_checksum() {
+        let raw = vec![b'x'; 2 << 20];
+        let d = DeadLetter::new("BINANCE", "ws://x", 1, "invalid json".into(), raw.clone());
+        assert_eq!(d.raw.len(), MAX_DEAD_LETTER_RAW);
+        assert!(
+            d.reason.starts_with("invalid json (frame of 2097152 bytes"),
+            "{}",
+            d.reason
+        );
+        assert!(
+            d.reason.contains(&format!("{:08x}", crc32fast::hash(&raw))),
+            "{}",
+            d.reason
+        );
+        // The id still names the whole frame: two frames that share their
+        // first bytes are two dead letters.
+        let mut other = raw.clone();
+        other[(2 << 20) - 1] = b'y';
+        let e = DeadLetter::new("BINANCE", "ws://x", 1, "invalid json".into(), other);
+        assert_ne!(d.dead_letter_id, e.dead_letter_id);
+        let small = DeadLetter::new(
+            "BINANCE",
+            "ws://x",
+            1,
+            "invalid json".into(),
+            vec![b'x'; 10],
+        );
+        assert_eq!(
+            (small.raw.len(), small.reason.as_str()),
+            (10, "invalid json")
+        );
     }
 }
