@@ -700,6 +700,18 @@ impl Config {
         ]
     }
 
+    /// This config with every file under `dir`: the data directory, and
+    /// the catalog and warehouse derived from it (an explicit
+    /// `lake.catalog_uri` or `lake.warehouse` is dropped). For benchmarks
+    /// and tests that need a lake of their own.
+    pub fn under(&self, dir: &Path) -> Config {
+        let mut c = self.clone();
+        c.data_dir = dir.to_path_buf();
+        c.lake.catalog_uri = String::new();
+        c.lake.warehouse = String::new();
+        c
+    }
+
     /// The data directory as an absolute path.
     pub fn data_dir_abs(&self) -> PathBuf {
         if self.data_dir.is_absolute() {

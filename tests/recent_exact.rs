@@ -80,12 +80,7 @@ struct Fixture {
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config {
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
-    };
-    cfg.lake.catalog_uri = String::new();
-    cfg.lake.warehouse = String::new();
+    let mut cfg = Config::default().under(dir.path());
     cfg.api.max_rows = 1000;
     let catalog = lake::open_catalog(&cfg).await.unwrap();
     let table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)

@@ -212,12 +212,7 @@ mod tests {
     #[tokio::test]
     async fn offsets_come_from_the_newest_snapshot_that_carries_them() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = Config {
-            data_dir: dir.path().to_path_buf(),
-            ..Default::default()
-        };
-        cfg.lake.catalog_uri = String::new();
-        cfg.lake.warehouse = String::new();
+        let cfg = Config::default().under(dir.path());
         let catalog = lake::open_catalog(&cfg).await.unwrap();
         let table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
             .await

@@ -178,10 +178,7 @@ pub async fn run(
 ) -> Result<BenchReport, BenchError> {
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let dir = std::env::temp_dir().join(format!("ticklake-bench-{run_id}"));
-    let mut cfg = base.clone();
-    cfg.data_dir = dir.clone();
-    cfg.lake.catalog_uri = String::new();
-    cfg.lake.warehouse = String::new();
+    let mut cfg = base.under(&dir);
     cfg.http.enabled = false;
     cfg.feeds.binance.enabled = false;
     // the synthetic trades carry exchange BENCH, so the consumer reads that topic

@@ -207,10 +207,7 @@ pub async fn freshness(
         let _ = stop_rx.await;
     }));
 
-    let mut cfg = base.clone();
-    cfg.data_dir = dir.clone();
-    cfg.lake.catalog_uri = String::new();
-    cfg.lake.warehouse = String::new();
+    let mut cfg = base.under(&dir);
     cfg.http.enabled = true;
     cfg.http.listen = "127.0.0.1:0".into();
     cfg.kafka.trades_topic_prefix = format!("bench{run_id}.trades");
@@ -397,10 +394,7 @@ pub async fn latency(
     let lake_err = |e: crate::lake::LakeError| BenchApiError::Poll(e.to_string());
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let dir = std::env::temp_dir().join(format!("ticklake-bench-latency-{run_id}"));
-    let mut cfg = base.clone();
-    cfg.data_dir = dir.clone();
-    cfg.lake.catalog_uri = String::new();
-    cfg.lake.warehouse = String::new();
+    let cfg = base.under(&dir);
     let started = Instant::now();
     let catalog = lake::open_catalog(&cfg).await.map_err(lake_err)?;
     let table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
