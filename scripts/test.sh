@@ -50,6 +50,7 @@ export TICKLAKE_TEST_SCRIPTS="${TICKLAKE_TEST_SCRIPTS:-$repo_root/scripts}"
 
 echo "test.sh: brokers=$TICKLAKE_TEST_BROKERS tansu_dir=${TICKLAKE_TEST_TANSU_DIR:-} python=$TICKLAKE_TEST_PYTHON" >&2
 
+python3 scripts/layout_check.py
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets -- --test-threads=2

@@ -1,0 +1,257 @@
+//! Validation of a loaded config: every value in range, every error naming
+//! its key and where it came from. No IO: whether the brokers or the
+//! exchange answer is a health check, not a config error.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::Figment;
+
+use super::{Config, ConfigError, source_of};
+
+/// The longest time any setting may name: 366 days.
+const MAX_DURATION_MS: u64 = 366 * 24 * 3600 * 1000;
+
+impl Config {
+    pub(super) fn validate(&self, fig: &Figment, file: Option<&Path>) -> Result<(), ConfigError> {
+        let err = |key: &str, reason: String| ConfigError::Key {
+            key: key.to_string(),
+            source_name: source_of(fig, key, file),
+            reason,
+        };
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(err(
+                "kafka.brokers",
+                "must be `embedded` or a bootstrap list".into(),
+            ));
+        }
+        if !(1..=1024).contains(&self.kafka.embedded_partitions) {
+            return Err(err(
+                "kafka.embedded_partitions",
+                "must be between 1 and 1024".into(),
+            ));
+        }
+        if !["none", "gzip", "snappy", "lz4"].contains(&self.kafka.compression.as_str()) {
+            return Err(err(
+                "kafka.compression",
+                format!(
+                    "{:?} is not one of none, gzip, snappy, lz4",
+                    self.kafka.compression
+                ),
+            ));
+        }
+        for (k, v) in [
+            ("kafka.trades_topic_prefix", &self.kafka.trades_topic_prefix),
+            ("kafka.dead_letter_topic", &self.kafka.dead_letter_topic),
+            ("kafka.consumer_group", &self.kafka.consumer_group),
+            ("feeds.binance.exchange", &self.feeds.binance.exchange),
+            ("lake.namespace", &self.lake.namespace),
+            ("lake.catalog_name", &self.lake.catalog_name),
+        ] {
+            if v.trim().is_empty() {
+                return Err(err(k, "must not be empty".into()));
+            }
+        }
+        let b = &self.feeds.binance;
+        match url::Url::parse(&b.url) {
+            Ok(u) if u.scheme() == "ws" || u.scheme() == "wss" => {}
+            Ok(u) => {
+                return Err(err(
+                    "feeds.binance.url",
+                    format!("scheme {:?} is not ws or wss", u.scheme()),
+                ));
+            }
+            Err(e) => return Err(err("feeds.binance.url", format!("{:?}: {e}", b.url))),
+        }
+        if b.enabled && b.symbols.is_empty() {
+            return Err(err(
+                "feeds.binance.symbols",
+                "needs at least one symbol".into(),
+            ));
+        }
+        if let Some(s) = b
+            .symbols
+            .iter()
+            .find(|s| s.is_empty() || s.len() > 32 || !s.chars().all(|c| c.is_ascii_alphanumeric()))
+        {
+            return Err(err(
+                "feeds.binance.symbols",
+                format!("{s:?} is not a symbol (1 to 32 letters and digits)"),
+            ));
+        }
+        if b.enabled && b.streams.is_empty() {
+            return Err(err(
+                "feeds.binance.streams",
+                "needs trade and/or aggTrade".into(),
+            ));
+        }
+        if b.backoff_initial_ms == 0 || b.backoff_max_ms < b.backoff_initial_ms {
+            return Err(err(
+                "feeds.binance.backoff_max_ms",
+                "backoff_initial_ms must be > 0 and <= backoff_max_ms".into(),
+            ));
+        }
+        if b.stale_after_secs == 0 {
+            return Err(err("feeds.binance.stale_after_secs", "must be > 0".into()));
+        }
+        if b.max_connection_secs == 0 {
+            return Err(err(
+                "feeds.binance.max_connection_secs",
+                "must be > 0".into(),
+            ));
+        }
+        if b.dedup_capacity == 0 {
+            return Err(err("feeds.binance.dedup_capacity", "must be > 0".into()));
+        }
+        if self.writer.max_rows == 0 {
+            return Err(err("writer.max_rows", "must be > 0".into()));
+        }
+        if self.writer.dedup_capacity == 0 {
+            return Err(err("writer.dedup_capacity", "must be > 0".into()));
+        }
+        if self.writer.max_age_ms == 0 {
+            return Err(err("writer.max_age_ms", "must be > 0".into()));
+        }
+        if self.writer.target_file_size_bytes < 1 << 20 {
+            return Err(err(
+                "writer.target_file_size_bytes",
+                "must be at least 1 MiB".into(),
+            ));
+        }
+        if let Some(t) = self.lanes.capacity.iter().position(|c| *c == 0) {
+            return Err(err(
+                &format!("lanes.capacity.{t}"),
+                "every lane needs a capacity > 0".into(),
+            ));
+        }
+        if let Err(e) = self.degradation.validate() {
+            return Err(err(e.key(), e.to_string()));
+        }
+        if self.degradation.sample_ms == 0 {
+            return Err(err("degradation.sample_ms", "must be > 0".into()));
+        }
+        for (name, b) in [
+            ("producer", &self.breaker.producer),
+            ("commit", &self.breaker.commit),
+        ] {
+            if let Err(crate::degrade::breaker::BreakerConfigError::Zero { key }) = b.validate() {
+                return Err(err(
+                    &format!("breaker.{name}.{key}"),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
+        if self.breaker.stall_ms == 0 {
+            return Err(err("breaker.stall_ms", "must be > 0".into()));
+        }
+        if self.spill.segment_bytes < 4096 {
+            return Err(err("spill.segment_bytes", "must be at least 4096".into()));
+        }
+        if self.spill.replay_batch == 0 {
+            return Err(err("spill.replay_batch", "must be > 0".into()));
+        }
+        let s = &self.supervision;
+        if s.watchdog_secs == 0 {
+            return Err(err("supervision.watchdog_secs", "must be > 0".into()));
+        }
+        if s.restart_backoff_initial_ms == 0
+            || s.restart_backoff_max_ms < s.restart_backoff_initial_ms
+        {
+            return Err(err(
+                "supervision.restart_backoff_max_ms",
+                "restart_backoff_initial_ms must be > 0 and <= restart_backoff_max_ms".into(),
+            ));
+        }
+        if self.tail.max_rows == 0 {
+            return Err(err("tail.max_rows", "must be > 0".into()));
+        }
+        if self.api.max_rows == 0 {
+            return Err(err("api.max_rows", "must be > 0".into()));
+        }
+        if self.api.default_limit == 0 || self.api.default_limit > self.api.max_rows {
+            return Err(err(
+                "api.default_limit",
+                "must be > 0 and <= api.max_rows".into(),
+            ));
+        }
+        if self.api.timeout_ms == 0 {
+            return Err(err("api.timeout_ms", "must be > 0".into()));
+        }
+        if !(1..=1024).contains(&self.api.max_concurrent) {
+            return Err(err(
+                "api.max_concurrent",
+                "must be between 1 and 1024".into(),
+            ));
+        }
+        if let Err(e) = self.http.listen.parse::<SocketAddr>() {
+            return Err(err("http.listen", format!("{:?}: {e}", self.http.listen)));
+        }
+        if !(1..=65_536).contains(&self.http.max_connections) {
+            return Err(err(
+                "http.max_connections",
+                "must be between 1 and 65536".into(),
+            ));
+        }
+        if let Some(h) = self
+            .http
+            .allowed_hosts
+            .iter()
+            .find(|h| h.is_empty() || h.contains([':', '/', ' ']))
+        {
+            return Err(err(
+                "http.allowed_hosts",
+                format!("{h:?} is not a host name (no port, no scheme)"),
+            ));
+        }
+        // A time beyond a year is a typo, and the clock plus such a value
+        // overflows (a panic at start, not an error naming the key).
+        for (key, ms) in self.durations_ms() {
+            if ms > MAX_DURATION_MS {
+                return Err(err(key, "must be at most 366 days".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every time-valued setting, in milliseconds (saturating).
+    fn durations_ms(&self) -> [(&'static str, u64); 16] {
+        let b = &self.feeds.binance;
+        let secs = |s: u64| s.saturating_mul(1000);
+        [
+            ("feeds.binance.backoff_initial_ms", b.backoff_initial_ms),
+            ("feeds.binance.backoff_max_ms", b.backoff_max_ms),
+            ("feeds.binance.stale_after_secs", secs(b.stale_after_secs)),
+            (
+                "feeds.binance.max_connection_secs",
+                secs(b.max_connection_secs),
+            ),
+            ("writer.max_age_ms", self.writer.max_age_ms),
+            (
+                "writer.dedup_window_secs",
+                secs(self.writer.dedup_window_secs),
+            ),
+            ("degradation.sample_ms", self.degradation.sample_ms),
+            ("degradation.cooldown_ms", self.degradation.cooldown_ms),
+            ("breaker.stall_ms", self.breaker.stall_ms),
+            ("breaker.producer.open_ms", self.breaker.producer.open_ms),
+            ("breaker.commit.open_ms", self.breaker.commit.open_ms),
+            (
+                "supervision.watchdog_secs",
+                secs(self.supervision.watchdog_secs),
+            ),
+            (
+                "supervision.restart_backoff_initial_ms",
+                self.supervision.restart_backoff_initial_ms,
+            ),
+            (
+                "supervision.restart_backoff_max_ms",
+                self.supervision.restart_backoff_max_ms,
+            ),
+            ("api.timeout_ms", self.api.timeout_ms),
+            (
+                "chaos.writer_delay_us_per_row",
+                self.chaos.writer_delay_us_per_row / 1000,
+            ),
+        ]
+    }
+}
