@@ -70,7 +70,8 @@ pub fn current_offsets(table: &Table) -> Result<Option<(i64, KafkaOffsets)>, Lak
                     reason: e.to_string(),
                 });
         }
-        tracing::warn!(
+        // Debug only: every hybrid query pins, and so walks, again.
+        tracing::debug!(
             snapshot_id = snap.snapshot_id(),
             "snapshot carries no kafka offsets (written by another engine?); taking its parent's"
         );
