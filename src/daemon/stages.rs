@@ -59,14 +59,14 @@ pub async fn lake(
     let dl_table = lake::ensure_table(catalog.as_ref(), cfg, TableKind::DeadLetters).await?;
     let trades_start = start_positions(
         "trades",
-        current_offsets(&trades_table)?,
+        recorded_offsets("trades", &trades_table)?,
         &kafka.cluster_id,
         &kafka.topics_of(false),
         &kafka.watermarks,
     );
     let dl_start = start_positions(
         "dead_letters",
-        current_offsets(&dl_table)?,
+        recorded_offsets("dead_letters", &dl_table)?,
         &kafka.cluster_id,
         &kafka.topics_of(true),
         &kafka.watermarks,
@@ -122,6 +122,23 @@ pub async fn lake(
         query,
         query_state,
     })
+}
+
+/// The offsets of the newest snapshot that carries them, said loudly when
+/// that is not the current one (another engine wrote on top).
+fn recorded_offsets(
+    table: &str,
+    t: &iceberg::table::Table,
+) -> Result<Option<(i64, KafkaOffsets)>, DaemonError> {
+    let recorded = current_offsets(t)?;
+    let current = t.metadata().current_snapshot().map(|s| s.snapshot_id());
+    if let Some((id, _)) = &recorded
+        && current != Some(*id)
+    {
+        tracing::warn!(table, current_snapshot = ?current, offsets_snapshot = id,
+            "the newest snapshot carries no kafka offsets (written by another engine?); resuming from an older one's");
+    }
+    Ok(recorded)
 }
 
 /// The writers' flush limits and restart policy.
