@@ -95,12 +95,7 @@ fn trade(
     id_field: &'static str,
 ) -> Result<TradeV2, FrameError> {
     let symbol = string(obj, "s")?;
-    if symbol.is_empty() {
-        return Err(FrameError::Invalid {
-            field: "s",
-            reason: "empty symbol".into(),
-        });
-    }
+    super::check_symbol(symbol)?;
     let id = integer(obj, id_field)?;
     let price = decimal(obj, "p")?;
     let quantity = decimal(obj, "q")?;
@@ -344,5 +339,23 @@ mod tests {
         assert_eq!(quote_currency("OMGBUSD"), "BUSD");
         assert_eq!(quote_currency("ETHBTC"), "BTC");
         assert_eq!(quote_currency("USDT"), "");
+    }
+
+    #[test]
+    fn symbols_out_of_pattern_are_malformed_frames() {
+        let frame = |s: &str| {
+            format!(
+                r#"{{"e":"trade","E":1,"s":{},"t":1,"p":"1.0","q":"1.0","T":1,"m":true}}"#,
+                serde_json::Value::from(s)
+            )
+        };
+        assert!(parse_frame(&frame("BTCUSDT"), "BINANCE", 1).is_ok());
+        for bad in ["", "A\u{0}B", "BTC USDT", "BTC'--", &"X".repeat(33)] {
+            let e = parse_frame(&frame(bad), "BINANCE", 1).unwrap_err();
+            assert!(
+                matches!(e, FrameError::Invalid { field: "s", .. }),
+                "{bad:?}: {e}"
+            );
+        }
     }
 }
