@@ -237,9 +237,10 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
     assert!(daemon.terminate().success());
 }
 
-/// Hostile `/v1/sql` requests against a daemon that is ingesting: each is
-/// refused or fails alone (4xx/5xx), `/healthz` answers after every one,
-/// the daemon is never restarted, and ingest goes on.
+/// Twenty classes of hostile `/v1/sql` requests, and a rebound Host header,
+/// against a daemon that is ingesting: each is refused or fails alone
+/// (4xx/5xx), `/healthz` answers after every one, the daemon is never
+/// restarted, and ingest goes on.
 #[test]
 fn hostile_sql_is_refused_and_the_daemon_carries_on() {
     // Looped, so frames keep coming while the requests land (a repeated
@@ -321,6 +322,41 @@ fn hostile_sql_is_refused_and_the_daemon_carries_on() {
             "unknown column",
             "select nope from market.trades".into(),
             "invalid_query",
+        ),
+        (
+            "UNION chain",
+            vec!["select 1"; 5_000].join(" union all "),
+            "rejected_query",
+        ),
+        (
+            "deep subqueries",
+            format!(
+                "select * from {}market.trades{}",
+                "(select * from ".repeat(300),
+                ") s".repeat(300)
+            ),
+            "rejected_query",
+        ),
+        ("explain", "explain select 1".into(), "rejected_query"),
+        (
+            "set a session option",
+            "set datafusion.execution.target_partitions = 1".into(),
+            "rejected_query",
+        ),
+        (
+            "external table",
+            "create external table x stored as parquet location '/etc'".into(),
+            "rejected_query",
+        ),
+        (
+            "unknown table",
+            "select * from market.nope".into(),
+            "invalid_query",
+        ),
+        (
+            "binary garbage",
+            "\u{0}\u{1}\u{7f}select".into(),
+            "rejected_query",
         ),
     ];
     for (what, sql, code) in &cases {
