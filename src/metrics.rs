@@ -42,6 +42,7 @@ pub struct Metrics {
     /// The accounting identity's counters; see [`Outcome`].
     pub messages: IntCounterVec,
     pub shed: IntCounterVec,
+    pub spill_quarantined: IntCounterVec,
     pub degradation_level: IntGaugeVec,
     pub level_transitions: IntCounterVec,
     pub signals: GaugeVec,
@@ -74,10 +75,12 @@ pub enum Outcome {
     Restored,
     DeadLettered,
     Deduplicated,
+    /// Refused by the broker for good and moved to the quarantine file.
+    Quarantined,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Received,
         Outcome::Published,
         Outcome::Shed,
@@ -86,6 +89,7 @@ impl Outcome {
         Outcome::Restored,
         Outcome::DeadLettered,
         Outcome::Deduplicated,
+        Outcome::Quarantined,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -98,6 +102,7 @@ impl Outcome {
             Outcome::Restored => "restored",
             Outcome::DeadLettered => "dead_lettered",
             Outcome::Deduplicated => "deduplicated",
+            Outcome::Quarantined => "quarantined",
         }
     }
 }
@@ -205,6 +210,11 @@ impl Metrics {
             "Messages shed on purpose, by exchange, tier and the level that shed them.",
             &["exchange", "tier", "level"],
         )?;
+        let spill_quarantined = counter(
+            "ticklake_spill_quarantined_total",
+            "Records the broker refused for good, moved from the spill log to its quarantine file, by exchange.",
+            &["exchange"],
+        )?;
         let gauge =
             |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, MetricsError> {
                 let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
@@ -305,6 +315,7 @@ impl Metrics {
         Ok(Self {
             messages,
             shed,
+            spill_quarantined,
             degradation_level,
             level_transitions,
             signals,
@@ -410,10 +421,12 @@ pub struct Account {
     pub spilled_pending: u64,
     pub dead_lettered: u64,
     pub deduplicated: u64,
+    /// Refused by the broker for good, kept in the quarantine file.
+    pub quarantined: u64,
     /// In a lane or waiting for the broker's acknowledgement: the left side
     /// minus the settled terms. Zero once the daemon is idle, when the
     /// identity `received + restored = published + shed + spilled_pending +
-    /// dead_lettered + deduplicated` holds exactly.
+    /// dead_lettered + deduplicated + quarantined` holds exactly.
     pub in_flight: i64,
 }
 
@@ -451,6 +464,8 @@ pub fn accounts(metrics: &Metrics) -> Vec<Account> {
         .into_iter()
         .map(|((exchange, tier), c)| {
             let g = |o: Outcome| c.get(o.as_str()).copied().unwrap_or(0);
+            // A quarantined record left the log as a replayed (or
+            // restored) one does, so it is no longer pending.
             let spilled_pending = g(Outcome::Spilled).saturating_sub(g(Outcome::Replayed));
             let mut a = Account {
                 exchange,
@@ -462,12 +477,16 @@ pub fn accounts(metrics: &Metrics) -> Vec<Account> {
                 spilled_pending,
                 dead_lettered: g(Outcome::DeadLettered),
                 deduplicated: g(Outcome::Deduplicated),
+                quarantined: g(Outcome::Quarantined),
                 in_flight: 0,
             };
             let left = (a.received + a.restored) as i64;
-            let settled =
-                (a.published + a.shed + a.spilled_pending + a.dead_lettered + a.deduplicated)
-                    as i64;
+            let settled = (a.published
+                + a.shed
+                + a.spilled_pending
+                + a.dead_lettered
+                + a.deduplicated
+                + a.quarantined) as i64;
             a.in_flight = left - settled;
             a
         })

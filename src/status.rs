@@ -140,13 +140,13 @@ pub fn render(v: &Value) -> String {
     );
     let _ = writeln!(
         out,
-        "accounting (received + restored = published + shed + spilled_pending + dead_lettered + deduplicated + in_flight)"
+        "accounting (received + restored = published + shed + spilled_pending + dead_lettered + deduplicated + in_flight + quarantined)"
     );
     if let Some(accts) = v["accounting"].as_array() {
         for a in accts {
             let _ = writeln!(
                 out,
-                "  {:<12} tier {:<4} {} + {} = {} + {} + {} + {} + {} + {}",
+                "  {:<12} tier {:<4} {} + {} = {} + {} + {} + {} + {} + {} + {}",
                 s(&a["exchange"]),
                 s(&a["tier"]),
                 s(&a["received"]),
@@ -157,6 +157,7 @@ pub fn render(v: &Value) -> String {
                 s(&a["dead_lettered"]),
                 s(&a["deduplicated"]),
                 s(&a["in_flight"]),
+                s(&a["quarantined"]),
             );
         }
     }

@@ -213,6 +213,16 @@ impl ProducerEvents {
             .inc();
     }
 
+    /// A record the broker refuses for good, moved to the quarantine file.
+    pub fn quarantined(&self, exchange: &str, tier: Option<Tier>, error: &dyn std::fmt::Display) {
+        tracing::error!(exchange, error = %error, "the broker refuses this record for good; moved to the quarantine file");
+        self.account(exchange, tier, Outcome::Quarantined);
+        self.metrics
+            .spill_quarantined
+            .with_label_values(&[exchange])
+            .inc();
+    }
+
     /// A record replayed from the spill log: one this run spilled, or one
     /// an earlier run left there (restored).
     pub fn replayed(&self, exchange: &str, tier: Option<Tier>, from_earlier_run: bool) {

@@ -27,10 +27,13 @@ use crate::actors::observe::{Health, ObservableState, Published, RestartPolicy, 
 use crate::degrade::breaker::{BreakerConfig, BreakerSnapshot, BreakerState, CircuitBreaker};
 use crate::degrade::level::Level;
 use crate::degrade::policy::{self, Action, SpillEntry};
+use crate::degrade::quarantine::Quarantine;
 use crate::degrade::spill::{ReplayError, SpillLog, SpillSnapshot};
 use crate::instruments::Tier;
 use crate::kafka::avro::AvroError;
-use crate::kafka::delivery::{Deliveries, DeliveryCounters, Undelivered, dispatch};
+use crate::kafka::delivery::{
+    Deliveries, DeliveryCounters, Undelivered, dispatch, refused_for_good,
+};
 use crate::kafka::encoder::{Encoded, Encoder};
 use crate::lanes::{Envelope, LaneReceiver, MailboxStats};
 use crate::messages::observe::Observe;
@@ -71,6 +74,8 @@ pub struct ProducerState {
     pub failed_deliveries: u64,
     pub spilled: u64,
     pub replayed: u64,
+    /// Refused by the broker for good and moved to the quarantine file.
+    pub quarantined: u64,
     /// Records found in the spill log at start and not yet replayed.
     pub carried_over_pending: u64,
     pub shed: u64,
@@ -140,6 +145,8 @@ pub struct ProducerActor {
     deliveries: Arc<Deliveries>,
     counters: DeliveryCounters,
     events: ProducerEvents,
+    /// Beside the spill log: records the broker refuses for good.
+    quarantine: Quarantine,
     /// When `in_flight` last rose from zero, for the stall check.
     busy_since_ms: u64,
     delivered_at_last_tick: u64,
@@ -185,6 +192,7 @@ impl ProducerActor {
         }
         let counters = DeliveryCounters::new(metrics.clone());
         let events = ProducerEvents::new(metrics.clone());
+        let quarantine = Quarantine::new(spill.dir());
         let actor = Self {
             producer,
             encoder,
@@ -202,6 +210,7 @@ impl ProducerActor {
             deliveries: Arc::new(Deliveries::default()),
             counters,
             events,
+            quarantine,
             busy_since_ms: 0,
             delivered_at_last_tick: 0,
             undelivered_tx,
@@ -347,6 +356,7 @@ impl ProducerActor {
                     }),
                 );
             }
+            Err(e) if refused_for_good(&e) => self.quarantine_entry(entry, &e.to_string()),
             Err(e) => {
                 tracing::warn!(error = %e, "produce failed; record spilled");
                 self.state.health.last_error = Some(format!("produce: {e}"));
@@ -362,6 +372,39 @@ impl ProducerActor {
         if self.deliveries.in_flight.load(Ordering::Relaxed) == 1 {
             self.busy_since_ms = self.now_ms();
         }
+    }
+
+    /// A record the broker will never take: to the quarantine file, counted,
+    /// so that it neither stands at the head of the spill log nor is lost.
+    /// It does not count against the breaker: the broker is fine.
+    fn quarantine_entry(&mut self, entry: SpillEntry, error: &str) {
+        let put = entry
+            .encode()
+            .map_err(|e| e.to_string())
+            .and_then(|b| self.quarantine.put(&b).map_err(|e| e.to_string()));
+        match put {
+            Ok(()) => {
+                self.events.quarantined(&entry.exchange, entry.tier, &error);
+                self.state.quarantined += 1;
+            }
+            Err(e) => {
+                // Without the quarantine file the spill log is the next
+                // best place; replay will meet the record again.
+                self.state.health.last_error = Some(format!("quarantine: {e}"));
+                self.spill_entry(entry);
+            }
+        }
+    }
+
+    /// A record librdkafka gave back.
+    fn take_back(&mut self, u: Undelivered) {
+        if u.refused_for_good {
+            self.quarantine_entry(u.entry, &u.error);
+            return;
+        }
+        self.state.health.last_error = Some(format!("delivery: {}", u.error));
+        self.with_breaker(|b, now| b.on_failure(now));
+        self.spill_entry(u.entry);
     }
 
     fn spill_entry(&mut self, entry: SpillEntry) {
@@ -397,9 +440,12 @@ impl ProducerActor {
         let producer = self.producer.clone();
         let deliveries = self.deliveries.clone();
         let counters = &mut self.counters;
+        let quarantine = &mut self.quarantine;
         let tx = self.undelivered_tx.clone();
         let epoch = self.epoch;
-        let mut replayed: Vec<(String, Option<Tier>)> = Vec::new();
+        // Records that left the log, in log order: replayed, or moved to
+        // the quarantine file (with the broker's refusal).
+        let mut left_log: Vec<(String, Option<Tier>, Option<String>)> = Vec::new();
         let result = self.spill.replay(|bytes| -> Result<(), ReplayStop> {
             if budget == 0 {
                 return Err(ReplayStop::Budget);
@@ -412,16 +458,23 @@ impl ProducerActor {
             match dispatch(&producer, &entry, &deliveries, c, &tx, epoch) {
                 Ok(()) => {
                     budget -= 1;
-                    replayed.push((entry.exchange, entry.tier));
+                    left_log.push((entry.exchange, entry.tier, None));
                     Ok(())
                 }
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                     Err(ReplayStop::QueueFull)
                 }
+                Err(e) if refused_for_good(&e) => match quarantine.put(bytes) {
+                    Ok(()) => {
+                        left_log.push((entry.exchange, entry.tier, Some(e.to_string())));
+                        Ok(())
+                    }
+                    Err(q) => Err(ReplayStop::Kafka(format!("{e}; quarantine: {q}"))),
+                },
                 Err(e) => Err(ReplayStop::Kafka(e.to_string())),
             }
         });
-        for (exchange, tier) in replayed {
+        for (exchange, tier, refused) in left_log {
             let from_earlier_run = self.carried > 0;
             if from_earlier_run {
                 self.carried -= 1;
@@ -429,9 +482,19 @@ impl ProducerActor {
                 let slot = &mut self.spilled_by_tier[tier_slot(tier)];
                 *slot = slot.saturating_sub(1);
             }
+            // Out of the log either way; a quarantined record is then
+            // settled as quarantined instead of in flight.
             self.events.replayed(&exchange, tier, from_earlier_run);
-            self.state.replayed += 1;
-            self.note_enqueued();
+            match refused {
+                None => {
+                    self.state.replayed += 1;
+                    self.note_enqueued();
+                }
+                Some(error) => {
+                    self.events.quarantined(&exchange, tier, &error);
+                    self.state.quarantined += 1;
+                }
+            }
         }
         match result {
             Ok(_) => {}
@@ -677,7 +740,7 @@ impl StreamHandler<Envelope<ProducerControl, Outgoing>> for ProducerActor {
                         }
                         let spilled = back.len();
                         for u in back {
-                            act.spill_entry(u.entry);
+                            act.take_back(u);
                         }
                         if let Err(e) = act.spill.sync() {
                             tracing::error!(error = %e, "spill log sync failed at flush");
@@ -705,10 +768,93 @@ impl StreamHandler<Envelope<ProducerControl, Outgoing>> for ProducerActor {
 
 impl StreamHandler<Undelivered> for ProducerActor {
     fn handle(&mut self, u: Undelivered, _ctx: &mut Self::Context) {
-        self.state.health.last_error = Some(format!("delivery: {}", u.error));
-        self.with_breaker(|b, now| b.on_failure(now));
-        self.spill_entry(u.entry);
+        self.take_back(u);
     }
 
     fn finished(&mut self, _ctx: &mut Self::Context) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KafkaConfig;
+    use crate::kafka::EmbeddedCluster;
+    use crate::kafka::avro::Codec;
+
+    /// A spill log from an earlier run holds a record too large for the
+    /// producer, then a normal one. The large one goes to the quarantine
+    /// file, replay goes on behind it, and the accounting balances.
+    #[actix_rt::test]
+    async fn a_record_refused_for_good_is_quarantined_and_replay_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let topic = "q.trades".to_string();
+        let cluster = EmbeddedCluster::start(std::slice::from_ref(&topic), 1).unwrap();
+        let entry = |payload: Vec<u8>| SpillEntry {
+            exchange: "X".into(),
+            tier: Some(Tier::One),
+            topic: topic.clone(),
+            key: "k".into(),
+            payload,
+        };
+        {
+            let mut log = SpillLog::open(dir.path(), 1 << 20).unwrap();
+            log.append(&entry(vec![1; 200_000]).encode().unwrap())
+                .unwrap();
+            log.append(&entry(vec![2; 100]).encode().unwrap()).unwrap();
+            log.sync().unwrap();
+        }
+        let spill = SpillLog::open(dir.path(), 1 << 20).unwrap();
+        let kafka = KafkaConfig::default();
+        let rdk: FutureProducer = crate::kafka::producer_config(&kafka, cluster.bootstrap())
+            .set("message.max.bytes", "100000")
+            .create()
+            .unwrap();
+        let metrics = Metrics::new().unwrap();
+        let (actor, _handle) = ProducerActor::new(
+            rdk,
+            Encoder::new(Arc::new(Codec::new(1, 2).unwrap()), &kafka),
+            metrics.clone(),
+            &[8, 8, 8],
+            spill,
+            ProducerSettings {
+                breaker: BreakerConfig::default(),
+                stall: Duration::from_secs(10),
+                replay_batch: 10,
+            },
+        )
+        .unwrap();
+        let addr = actor.start();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let state = loop {
+            let s = addr.send(Observe::<ProducerState>::new()).await.unwrap();
+            let drained = s.spill.as_ref().is_some_and(|p| p.pending == 0);
+            if (drained && s.delivered == 1) || Instant::now() > deadline {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(
+            (state.quarantined, state.replayed, state.delivered),
+            (1, 1, 1)
+        );
+        let kept = crate::degrade::quarantine::read(
+            &dir.path().join(crate::degrade::quarantine::QUARANTINE_FILE),
+        )
+        .unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(SpillEntry::decode(&kept[0]).unwrap().payload.len(), 200_000);
+        let a = crate::metrics::accounts(&metrics);
+        assert_eq!(a.len(), 1);
+        assert_eq!(
+            (
+                a[0].restored,
+                a[0].published,
+                a[0].quarantined,
+                a[0].in_flight
+            ),
+            (2, 1, 1, 0),
+            "{a:?}"
+        );
+        assert_eq!(metrics.spill_quarantined.with_label_values(&["X"]).get(), 1);
+    }
 }

@@ -5,4 +5,5 @@
 pub mod breaker;
 pub mod level;
 pub mod policy;
+pub mod quarantine;
 pub mod spill;

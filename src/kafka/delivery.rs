@@ -33,6 +33,22 @@ pub struct Deliveries {
 pub struct Undelivered {
     pub entry: SpillEntry,
     pub error: String,
+    /// The broker will never take it (see [`refused_for_good`]).
+    pub refused_for_good: bool,
+}
+
+/// Whether the broker (or librdkafka on its behalf) will never take this
+/// record, however often it is sent: too large for the topic, or
+/// malformed. Such a record is quarantined, not spilled again, or it would
+/// stand at the head of the spill log forever.
+pub fn refused_for_good(e: &KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as C;
+    matches!(
+        e,
+        KafkaError::MessageProduction(
+            C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidMessage | C::InvalidRecord
+        )
+    )
 }
 
 /// The counters one record's delivery touches. Looked up once per (topic,
@@ -148,6 +164,7 @@ pub fn dispatch(
                 };
                 let _ = undelivered.send(Undelivered {
                     entry,
+                    refused_for_good: refused_for_good(&e),
                     error: e.to_string(),
                 });
             }
