@@ -133,3 +133,47 @@ impl Handler<Observe<QueryState>> for QueryActor {
         MessageResult(self.state.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::messages::query::QueryRequest;
+
+    /// With one slot, a second query while the first runs is refused at
+    /// once (429), and the slot is free again once the first ends.
+    #[actix_rt::test]
+    async fn queries_beyond_the_slots_are_refused_not_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default().under(dir.path());
+        cfg.api.max_concurrent = 1;
+        cfg.api.timeout_ms = 2_000;
+        let engine = crate::query::session::engine(&cfg, None).await.unwrap();
+        let actor = QueryActor::new(Arc::new(engine)).start();
+        // A cartesian product of 10^12 rows: runs until the timeout.
+        let values = format!(
+            "(values {}) ",
+            (0..1000)
+                .map(|i| format!("({i})"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let slow = format!(
+            "select sum(a.column1 * b.column1 + c.column1 - d.column1) \
+             from {values} a, {values} b, {values} c, {values} d"
+        );
+        let first = actor.send(RunQuery(QueryRequest::Sql(slow)));
+        let second = actor.send(RunQuery(QueryRequest::Sql("select 1".into())));
+        let (first, second) = futures::join!(first, second);
+        assert_eq!(second.unwrap().unwrap_err(), QueryError::TooBusy(1));
+        assert_eq!(first.unwrap().unwrap_err(), QueryError::Timeout(2_000));
+        // The slot came back with the first query.
+        let third = actor
+            .send(RunQuery(QueryRequest::Sql("select 1".into())))
+            .await
+            .unwrap();
+        assert!(third.is_ok(), "{third:?}");
+        let state = actor.send(Observe::<QueryState>::new()).await.unwrap();
+        assert_eq!((state.queries, state.refused_busy), (3, 1));
+    }
+}
