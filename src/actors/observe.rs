@@ -47,10 +47,15 @@ pub trait ObservableState: Clone + Serialize + Send + Sync + 'static {
     /// The fields of its `/status` node beyond name, state, restarts,
     /// last error and throughput: by default the whole state.
     fn details(&self) -> Map<String, Value> {
-        match serde_json::to_value(self) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        }
+        fields_of(self)
+    }
+}
+
+/// A state's serialized fields, for `details` and its overrides.
+pub fn fields_of(state: &impl Serialize) -> Map<String, Value> {
+    match serde_json::to_value(state) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
     }
 }
 

@@ -108,10 +108,7 @@ impl ObservableState for WriterState {
     /// The positions as topic → partition → next offset (the cluster id is
     /// the consumer's, shown once in the logs).
     fn details(&self) -> serde_json::Map<String, serde_json::Value> {
-        let mut m = match serde_json::to_value(self) {
-            Ok(serde_json::Value::Object(m)) => m,
-            _ => serde_json::Map::new(),
-        };
+        let mut m = crate::actors::observe::fields_of(self);
         m.insert(
             "positions".into(),
             serde_json::to_value(&self.positions.topics).unwrap_or_default(),
