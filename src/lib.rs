@@ -13,6 +13,7 @@ pub mod instruments;
 pub mod kafka;
 pub mod lake;
 pub mod lanes;
+pub mod ledger;
 pub mod messages;
 pub mod metrics;
 pub mod model;

@@ -58,12 +58,18 @@ pub struct Metrics {
     pub actor_panics: IntCounterVec,
     pub writer_duplicates: IntCounterVec,
     pub resident_memory: IntGaugeVec,
+    /// Records that left the producer and can no longer reach the lake,
+    /// by topic and partition; the ranges are in `losses`.
+    pub records_lost: IntCounterVec,
+    pub losses: crate::ledger::Losses,
 }
 
 /// Where a feed message ended up. Per exchange and tier, at any moment:
 /// `received + restored = published + shed + spilled - replayed +
 /// dead_lettered + deduplicated + in flight`, where in flight is what sits in
-/// a lane or waits for the broker's acknowledgement.
+/// a lane or waits for the broker's acknowledgement. Down to the lake:
+/// `published = stored + deduplicated_at_writer + in transit`, where in
+/// transit is on the broker or in a writer's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -77,10 +83,19 @@ pub enum Outcome {
     Deduplicated,
     /// Refused by the broker for good and moved to the quarantine file.
     Quarantined,
+    /// Committed to the lake by a writer (counted at commit).
+    Stored,
+    /// A second copy of a committed trade, dropped by the writer (counted
+    /// at the commit that covers its offset).
+    DeduplicatedAtWriter,
+    /// Committed (or dropped as a copy) in this run but published by an
+    /// earlier one: its offset lies below the partition's end at start.
+    /// Outside this run's identity, shown so nothing goes uncounted.
+    CarriedOver,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Received,
         Outcome::Published,
         Outcome::Shed,
@@ -90,6 +105,9 @@ impl Outcome {
         Outcome::DeadLettered,
         Outcome::Deduplicated,
         Outcome::Quarantined,
+        Outcome::Stored,
+        Outcome::DeduplicatedAtWriter,
+        Outcome::CarriedOver,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -103,6 +121,9 @@ impl Outcome {
             Outcome::DeadLettered => "dead_lettered",
             Outcome::Deduplicated => "deduplicated",
             Outcome::Quarantined => "quarantined",
+            Outcome::Stored => "stored",
+            Outcome::DeduplicatedAtWriter => "deduplicated_at_writer",
+            Outcome::CarriedOver => "carried_over",
         }
     }
 }
@@ -202,7 +223,9 @@ impl Metrics {
             "Feed messages by exchange, tier and outcome: received, published \
              (acknowledged by the broker), shed, spilled, replayed (from the \
              spill log), restored (found in the spill log at start), \
-             dead_lettered, deduplicated.",
+             dead_lettered, deduplicated, quarantined; and down in the lake: \
+             stored, deduplicated_at_writer, carried_over (committed now, \
+             published by an earlier run).",
             &["exchange", "tier", "outcome"],
         )?;
         let shed = counter(
@@ -302,6 +325,12 @@ impl Metrics {
             "Resident set size of the daemon, as sampled by the degradation supervisor.",
             &[],
         )?;
+        let records_lost = counter(
+            "ticklake_records_lost_total",
+            "Records that left the producer and can no longer reach the lake \
+             (offsets the writers never received), by topic and partition.",
+            &["topic", "partition"],
+        )?;
         // Unlabelled series exist from the start, so a scrape before the
         // first sample still shows them (at 0).
         for g in [
@@ -313,6 +342,8 @@ impl Metrics {
             g.with_label_values::<&str>(&[]).set(0);
         }
         Ok(Self {
+            losses: crate::ledger::Losses::new(records_lost.clone()),
+            records_lost,
             messages,
             shed,
             spill_quarantined,
@@ -423,6 +454,17 @@ pub struct Account {
     pub deduplicated: u64,
     /// Refused by the broker for good, kept in the quarantine file.
     pub quarantined: u64,
+    /// Committed to the lake (this run's records).
+    pub stored: u64,
+    /// Second copies the writer dropped (this run's records).
+    pub deduplicated_at_writer: u64,
+    /// Published and not yet committed: on the broker or in a writer's
+    /// buffer, `published - stored - deduplicated_at_writer`. Zero once
+    /// the lake has everything this run published.
+    pub in_transit: i64,
+    /// Committed in this run, published by an earlier one (not part of
+    /// this run's identity).
+    pub carried_over: u64,
     /// In a lane or waiting for the broker's acknowledgement: the left side
     /// minus the settled terms. Zero once the daemon is idle, when the
     /// identity `received + restored = published + shed + spilled_pending +
@@ -478,8 +520,13 @@ pub fn accounts(metrics: &Metrics) -> Vec<Account> {
                 dead_lettered: g(Outcome::DeadLettered),
                 deduplicated: g(Outcome::Deduplicated),
                 quarantined: g(Outcome::Quarantined),
+                stored: g(Outcome::Stored),
+                deduplicated_at_writer: g(Outcome::DeduplicatedAtWriter),
+                in_transit: 0,
+                carried_over: g(Outcome::CarriedOver),
                 in_flight: 0,
             };
+            a.in_transit = a.published as i64 - (a.stored + a.deduplicated_at_writer) as i64;
             let left = (a.received + a.restored) as i64;
             let settled = (a.published
                 + a.shed

@@ -36,7 +36,13 @@ pub async fn collect(src: &StatusSources) -> Value {
     let breakers: Vec<Value> = src.actors.iter().filter_map(|a| a.breaker()).collect();
     let spill = src.producer.borrow().spill.clone();
     let accounting = accounts(&src.metrics);
-    let balanced = accounting.iter().all(|a| a.in_flight == 0);
+    let losses = src.metrics.losses.report();
+    let balanced = settled(
+        &accounting,
+        &sup.in_transit,
+        sup.lag_age_ms.is_some(),
+        losses.lost_records,
+    );
     json!({
         "uptime_secs": src.started.elapsed().as_secs(),
         "level": sup.level.level,
@@ -46,9 +52,37 @@ pub async fn collect(src: &StatusSources) -> Value {
         "breakers": breakers,
         "spill": spill,
         "accounting": accounting,
+        "lake": {
+            "in_transit": sup.in_transit,
+            "lost_records": losses.lost_records,
+            "lost_ranges": losses.ranges,
+            "older_lost_ranges_not_listed": losses.older_ranges_not_listed,
+        },
         "accounting_settled": balanced,
         "tree": {"name": "ticklake", "state": "running", "children": children},
     })
+}
+
+/// Whether the whole chain balances, from the feed down to the lake: no
+/// message in a lane or waiting for the broker, everything this run
+/// published committed (or dropped as a second copy), nothing on any
+/// partition past the last commit (as of watermarks that were read at all),
+/// and nothing lost.
+pub fn settled(
+    accounting: &[crate::metrics::Account],
+    in_transit: &std::collections::BTreeMap<String, std::collections::BTreeMap<i32, i64>>,
+    watermarks_read: bool,
+    lost_records: i64,
+) -> bool {
+    accounting
+        .iter()
+        .all(|a| a.in_flight == 0 && a.in_transit == 0)
+        && watermarks_read
+        && in_transit
+            .values()
+            .flat_map(|p| p.values())
+            .all(|n| *n == 0)
+        && lost_records == 0
 }
 
 /// `ticklake status`: the same document as an indented tree.
@@ -161,6 +195,45 @@ pub fn render(v: &Value) -> String {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "lake (published = stored + deduplicated_at_writer + in_transit; carried over from an earlier run shown apart)"
+    );
+    if let Some(accts) = v["accounting"].as_array() {
+        for a in accts {
+            let _ = writeln!(
+                out,
+                "  {:<12} tier {:<4} {} = {} + {} + {}   carried over {}",
+                s(&a["exchange"]),
+                s(&a["tier"]),
+                s(&a["published"]),
+                s(&a["stored"]),
+                s(&a["deduplicated_at_writer"]),
+                s(&a["in_transit"]),
+                s(&a["carried_over"]),
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "lost records: {}   settled: {}",
+        s(&v["lake"]["lost_records"]),
+        s(&v["accounting_settled"])
+    );
+    if let Some(ranges) = v["lake"]["lost_ranges"].as_array() {
+        for r in ranges {
+            let _ = writeln!(
+                out,
+                "  lost {}[{}] offsets {}..{} ({} records, {})",
+                s(&r["topic"]),
+                s(&r["partition"]),
+                s(&r["from"]),
+                s(&r["to"]),
+                s(&r["records"]),
+                s(&r["cause"]),
+            );
+        }
+    }
     out
 }
 
@@ -186,10 +259,47 @@ mod tests {
         assert_eq!(a[1].spilled_pending, 3);
         // 5 = 1 published + 1 shed + 3 pending, nothing in flight
         assert_eq!(a[1].in_flight, 0);
+        // Not settled: tier 1 has messages in flight.
+        let none = std::collections::BTreeMap::new();
+        assert!(!settled(&a, &none, true, 0));
         let rendered = render(&json!({"accounting": a, "level": "NORMAL"}));
         assert!(
             rendered.contains("tier 3    5 + 0 = 1 + 1 + 3 + 0 + 0 + 0"),
             "{rendered}"
+        );
+    }
+
+    #[test]
+    fn settled_only_when_the_lake_has_everything_published() {
+        let m = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
+        m.account("BINANCE", "1", Outcome::Received, 10);
+        m.account("BINANCE", "1", Outcome::Published, 10);
+        let mut in_transit = std::collections::BTreeMap::new();
+        in_transit.insert("t".to_string(), [(0, 0i64)].into_iter().collect());
+        // Published, not yet committed.
+        let a = accounts(&m);
+        assert_eq!(a[0].in_transit, 10);
+        assert!(!settled(&a, &in_transit, true, 0));
+        m.account("BINANCE", "1", Outcome::Stored, 8);
+        m.account("BINANCE", "1", Outcome::DeduplicatedAtWriter, 2);
+        let a = accounts(&m);
+        assert_eq!(a[0].in_transit, 0);
+        assert!(settled(&a, &in_transit, true, 0));
+        // Unknown watermarks, a partition with records past the last
+        // commit, or a loss: not settled.
+        assert!(!settled(&a, &in_transit, false, 0));
+        assert!(!settled(&a, &in_transit, true, 3));
+        in_transit.get_mut("t").unwrap().insert(1, 4);
+        assert!(!settled(&a, &in_transit, true, 0));
+        let text = render(&json!({"accounting": a, "lake": {"lost_records": 3,
+            "lost_ranges": [{"topic": "t", "partition": 1, "from": 5, "to": 8, "records": 3, "cause": "skipped"}]}}));
+        assert!(
+            text.contains("BINANCE      tier 1    10 = 8 + 2 + 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lost t[1] offsets 5..8 (3 records, skipped)"),
+            "{text}"
         );
     }
 }

@@ -13,6 +13,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use crate::actors::observe::{Health, ObservableState, Published, RestartPolicy, Restarts};
 use crate::actors::writer::WriterActor;
 use crate::kafka::avro::Codec;
+use crate::kafka::window::{self, BrokerWindow};
 use crate::messages::consumer::Committed;
 pub use crate::messages::consumer::RestartConsumer;
 use crate::messages::observe::Observe;
@@ -31,6 +32,14 @@ pub struct Routes {
     /// Also gets every trade with its offset, before the writer does, for
     /// hybrid queries.
     pub tail: Option<Recipient<Tailed>>,
+    /// Each partition's end at start: a record below it was published by
+    /// an earlier run (the writer counts it as carried over).
+    pub start_ends: Arc<HashMap<String, HashMap<i32, i64>>>,
+    /// The embedded broker's window, told of every record read.
+    pub window: Option<Arc<BrokerWindow>>,
+    /// Chaos (`chaos.lose`): records treated as deleted before they were
+    /// read, by topic, partition and offsets.
+    pub lose: Option<(String, i32, std::ops::Range<i64>)>,
 }
 
 /// What `/status` shows for the consumer.
@@ -172,6 +181,7 @@ impl Actor for ConsumerActor {
                 let mut trade_pos = Vec::new();
                 let mut dead_pos = Vec::new();
                 let mut tail_rows = Vec::new();
+                let mut carried = Vec::new();
                 for m in chunk {
                     let m = match m {
                         Ok(m) => m,
@@ -180,9 +190,21 @@ impl Actor for ConsumerActor {
                             continue;
                         }
                     };
+                    if let Some((t, p, range)) = &routes.lose
+                        && m.partition() == *p
+                        && range.contains(&m.offset())
+                        && m.topic() == t
+                    {
+                        continue;
+                    }
                     let topic = m.topic().to_string();
                     let pos = (topic.clone(), m.partition(), m.offset() + 1);
                     let payload = m.payload().unwrap_or_default();
+                    if let Some(w) = &routes.window {
+                        let key = m.key().map_or(0, <[u8]>::len);
+                        let est = window::estimate(key, payload.len());
+                        w.consumed(&topic, m.partition(), m.offset(), est);
+                    }
                     match records_of.get(&topic) {
                         Some(c) => c.inc(),
                         None => {
@@ -198,6 +220,18 @@ impl Actor for ConsumerActor {
                         })
                     } else if routes.trades_topics.contains(&topic) {
                         codec.decode_trade(payload).map(|t| {
+                            let below_start = routes
+                                .start_ends
+                                .get(topic.as_str())
+                                .and_then(|p| p.get(&m.partition()))
+                                .is_some_and(|end| m.offset() < *end);
+                            // Filled only once a carried row shows up.
+                            if below_start && carried.is_empty() {
+                                carried.resize(trades.len(), false);
+                            }
+                            if !carried.is_empty() {
+                                carried.push(below_start);
+                            }
                             if routes.tail.is_some() {
                                 tail_rows.push(TailRow {
                                     topic: Arc::from(topic.as_str()),
@@ -246,6 +280,7 @@ impl Actor for ConsumerActor {
                         rows: Rows::Trades(trades),
                         positions: trade_pos,
                         generation,
+                        carried,
                     };
                     if routes.trades.send(msg).await.is_err() {
                         break;
@@ -256,6 +291,7 @@ impl Actor for ConsumerActor {
                         rows: Rows::DeadLetters(dead),
                         positions: dead_pos,
                         generation,
+                        carried: Vec::new(),
                     };
                     if routes.dead_letters.send(msg).await.is_err() {
                         break;

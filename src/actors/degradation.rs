@@ -36,6 +36,10 @@ pub struct SupervisorState {
     pub lag: BTreeMap<String, BTreeMap<i32, i64>>,
     /// Age of the watermarks behind `lag`; the lag is only as fresh as this.
     pub lag_age_ms: Option<u64>,
+    /// Records in transit per topic and partition: high watermark minus
+    /// the offset recorded by the writers' last commit (on the broker or in
+    /// a writer's buffer), from the same watermarks as `lag`.
+    pub in_transit: BTreeMap<String, BTreeMap<i32, i64>>,
     pub samples: u64,
     /// Per-second rates over the last second or so: `feed.received`,
     /// `producer.delivered`, `consumer.records`, `writer.<table>.rows`.
@@ -114,6 +118,7 @@ impl DegradationSupervisor {
             level: machine.snapshot(),
             lag: BTreeMap::new(),
             lag_age_ms: None,
+            in_transit: BTreeMap::new(),
             samples: 0,
             rates: BTreeMap::new(),
             watchdog_restarts: 0,
@@ -205,6 +210,7 @@ impl DegradationSupervisor {
         let mut lag_total = 0i64;
         let mut lag = BTreeMap::<String, BTreeMap<i32, i64>>::new();
         let mut position_sum = 0i64;
+        let mut in_transit = BTreeMap::<String, BTreeMap<i32, i64>>::new();
         for ((topic, p), hi) in &self.highs {
             let pos = writers
                 .iter()
@@ -214,6 +220,15 @@ impl DegradationSupervisor {
             lag_total += l;
             position_sum += pos;
             lag.entry(topic.clone()).or_default().insert(*p, l);
+            let committed = writers
+                .iter()
+                .find_map(|w| w.committed.get(topic, *p))
+                .unwrap_or(0);
+            // A commit newer than the watermarks reads as nothing waiting.
+            in_transit
+                .entry(topic.clone())
+                .or_default()
+                .insert(*p, (hi - committed).max(0));
         }
         let stats = self.lanes.stats();
         let mut fill: f64 = 0.0;
@@ -330,6 +345,7 @@ impl DegradationSupervisor {
 
         self.state.level = self.machine.snapshot();
         self.state.lag = lag;
+        self.state.in_transit = in_transit;
         self.state.lag_age_ms = self
             .highs_at
             .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));

@@ -380,6 +380,21 @@ pub struct ChaosConfig {
     /// a broken catalog would; the writer rewinds to its last snapshot and
     /// the consumer re-reads from there.
     pub fail_trade_commits: u32,
+    /// A range of records the consumer acts as if the broker had deleted
+    /// before it read them (what an eviction or retention does), to show
+    /// that the loss is detected and reported. Off while `count` is 0.
+    pub lose: LoseRecords,
+}
+
+/// `[chaos.lose]`: offsets `from .. from + count` of one partition.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoseRecords {
+    /// Empty: the trades topic of the Binance feed's exchange.
+    pub topic: String,
+    pub partition: i32,
+    pub from: i64,
+    pub count: i64,
 }
 
 /// `[tail]`: the uncommitted trades held in memory for hybrid queries.

@@ -52,6 +52,16 @@ impl Config {
                 return Err(err(k, "must not be empty".into()));
             }
         }
+        let lose = &self.chaos.lose;
+        for (k, v) in [
+            ("chaos.lose.partition", i64::from(lose.partition)),
+            ("chaos.lose.from", lose.from),
+            ("chaos.lose.count", lose.count),
+        ] {
+            if v < 0 {
+                return Err(err(k, format!("{v} is negative")));
+            }
+        }
         let b = &self.feeds.binance;
         match url::Url::parse(&b.url) {
             Ok(u) if u.scheme() == "ws" || u.scheme() == "wss" => {}

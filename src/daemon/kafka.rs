@@ -2,7 +2,7 @@
 //! topics, the cluster id, partitions and watermarks, and where each table
 //! starts reading (the offsets recorded in its latest snapshot).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +11,10 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::DaemonError;
 use crate::config::Config;
+use crate::kafka::window::BrokerWindow;
 use crate::kafka::{self, EmbeddedCluster};
 use crate::lake::commit::KafkaOffsets;
+use crate::ledger::{LossCause, Losses};
 
 /// The Kafka side, ready for the actors.
 pub struct KafkaReady {
@@ -28,6 +30,9 @@ pub struct KafkaReady {
     pub watermarks: BTreeMap<(String, i32), (i64, i64)>,
     /// A client for watermark reads (degradation lag, shutdown drain).
     pub watermark_client: Arc<BaseConsumer>,
+    /// The embedded cluster's window (see `kafka::window`); `None` on a
+    /// real broker.
+    pub window: Option<Arc<BrokerWindow>>,
 }
 
 impl KafkaReady {
@@ -38,6 +43,15 @@ impl KafkaReady {
             .filter(|(t, _)| (*t == self.dead_letter_topic) == dead_letters)
             .cloned()
             .collect()
+    }
+
+    /// Each partition's end at start, by topic.
+    pub fn start_ends(&self) -> HashMap<String, HashMap<i32, i64>> {
+        let mut ends: HashMap<String, HashMap<i32, i64>> = HashMap::new();
+        for ((t, p), (_, hi)) in &self.watermarks {
+            ends.entry(t.clone()).or_default().insert(*p, *hi);
+        }
+        ends
     }
 }
 
@@ -102,7 +116,11 @@ pub async fn prepare(cfg: &Config) -> Result<KafkaReady, DaemonError> {
         .await
         .map_err(|e| DaemonError::Join(e.to_string()))??;
     tracing::info!(cluster_id = %cluster_id, bootstrap = %bootstrap, "kafka ready");
+    let window = embedded
+        .is_some()
+        .then(|| Arc::new(BrokerWindow::new(&topics)));
     Ok(KafkaReady {
+        window,
         embedded,
         bootstrap,
         cluster_id,
@@ -135,13 +153,16 @@ pub fn assigned_consumer(
 
 /// Where every table starts reading: its snapshot's offsets when they were
 /// recorded on this cluster and still lie within the partitions, else the
-/// beginning of each partition (logged, never silent).
+/// beginning of each partition (logged, never silent). A recorded offset
+/// below a partition's first one means the records between were deleted
+/// before the lake had them: a loss, recorded in `losses`.
 pub fn start_positions(
     table: &str,
     recorded: Option<(i64, KafkaOffsets)>,
     cluster_id: &str,
     topics: &[(String, Vec<i32>)],
     watermarks: &BTreeMap<(String, i32), (i64, i64)>,
+    losses: &Losses,
 ) -> KafkaOffsets {
     let mut start = KafkaOffsets {
         cluster_id: cluster_id.to_string(),
@@ -163,7 +184,10 @@ pub fn start_positions(
                 .copied()
                 .unwrap_or((0, 0));
             let next = match recorded.as_ref().and_then(|(_, o)| o.get(topic, *p)) {
-                Some(n) if n <= hi => n.max(lo),
+                Some(n) if n <= hi => {
+                    losses.record(topic, *p, n, lo, LossCause::BelowLogStart);
+                    n.max(lo)
+                }
                 Some(n) => {
                     tracing::warn!(table, topic = %topic, partition = p, recorded = n, high = hi,
                         "recorded offset lies past the partition end; reading from the beginning");

@@ -54,6 +54,18 @@ pub async fn lake(
     metrics: &Metrics,
     fatal: tokio::sync::mpsc::UnboundedSender<String>,
 ) -> Result<LakeStage, DaemonError> {
+    // Every partition's loss series exists from the start at 0, so that
+    // Prometheus sees the first loss as an increase and the alert fires.
+    for (topic, parts) in &kafka.topics {
+        for p in parts {
+            metrics
+                .records_lost
+                .with_label_values(&[topic.as_str(), &p.to_string()]);
+        }
+    }
+    metrics
+        .spill_quarantined
+        .with_label_values(&[cfg.feeds.binance.exchange.as_str()]);
     let catalog = lake::open_catalog(cfg).await?;
     let trades_table = lake::ensure_table(catalog.as_ref(), cfg, TableKind::Trades).await?;
     let dl_table = lake::ensure_table(catalog.as_ref(), cfg, TableKind::DeadLetters).await?;
@@ -63,6 +75,7 @@ pub async fn lake(
         &kafka.cluster_id,
         &kafka.topics_of(false),
         &kafka.watermarks,
+        &metrics.losses,
     );
     let dl_start = start_positions(
         "dead_letters",
@@ -70,6 +83,7 @@ pub async fn lake(
         &kafka.cluster_id,
         &kafka.topics_of(true),
         &kafka.watermarks,
+        &metrics.losses,
     );
 
     let policy = flush_policy(cfg);
@@ -88,6 +102,7 @@ pub async fn lake(
         metrics.clone(),
     )?
     .seed_committed(&recent)
+    .with_tally(Arc::new(cfg.instruments()?))
     .with_fatal(fatal.clone());
     let trades_state = trades.subscribe();
     let trades = trades.start();
@@ -230,6 +245,22 @@ async fn tail_and_query(
     })
 }
 
+/// `chaos.lose`, said loudly when set.
+fn chaos_loss(cfg: &Config) -> Option<(String, i32, std::ops::Range<i64>)> {
+    let l = &cfg.chaos.lose;
+    if l.count <= 0 {
+        return None;
+    }
+    let topic = if l.topic.is_empty() {
+        cfg.kafka.trades_topic(&cfg.feeds.binance.exchange)
+    } else {
+        l.topic.clone()
+    };
+    tracing::warn!(topic = %topic, partition = l.partition, from = l.from, count = l.count,
+        "chaos: the consumer acts as if these records had been deleted before it read them");
+    Some((topic, l.partition, l.from..l.from.saturating_add(l.count)))
+}
+
 /// How every supervised actor backs off between restarts.
 fn restart_policy(cfg: &Config) -> RestartPolicy {
     RestartPolicy::from_millis(
@@ -266,6 +297,9 @@ pub fn consumer(
             trades: lake.trades.clone(),
             dead_letters: lake.dead_letters.clone(),
             tail: Some(lake.tail.clone().recipient()),
+            start_ends: Arc::new(kafka.start_ends()),
+            lose: chaos_loss(cfg),
+            window: kafka.window.clone(),
         },
         kafka.cluster_id.clone(),
         metrics.clone(),
@@ -306,6 +340,7 @@ pub fn producer(
             replay_batch: cfg.spill.replay_batch,
         },
     )?;
+    let actor = actor.with_window(kafka.window.clone());
     Supervisor::start(move |_| actor);
     Ok(handle)
 }

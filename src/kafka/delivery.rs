@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::degrade::policy::SpillEntry;
 use crate::instruments::Tier;
+use crate::kafka::window::{self, BrokerWindow};
 use crate::metrics::{Metrics, Outcome};
 
 /// Delivery progress, shared with the tasks that await librdkafka's
@@ -112,21 +113,52 @@ impl DeliveryCounters {
     }
 }
 
+/// Where a record goes and what it reports to.
+pub struct Route<'a> {
+    pub producer: &'a FutureProducer,
+    pub deliveries: &'a Arc<Deliveries>,
+    pub undelivered: &'a mpsc::UnboundedSender<Undelivered>,
+    /// The embedded broker's window; `None` on a real broker.
+    pub window: Option<&'a Arc<BrokerWindow>>,
+    pub epoch: Instant,
+}
+
+/// Whether `entry` is held back by the embedded broker's window (the
+/// consumer is too far behind for the cluster to keep more).
+pub fn window_full(window: Option<&Arc<BrokerWindow>>, entry: &SpillEntry) -> bool {
+    window.is_some_and(|w| {
+        !w.has_room(
+            &entry.topic,
+            window::estimate(entry.key.len(), entry.payload.len()),
+        )
+    })
+}
+
 /// Hands one record to librdkafka and arranges for its delivery report:
 /// an acknowledgement counts as published, a failure sends the record back
-/// to the actor for the spill log.
+/// to the actor for the spill log. A record the embedded broker's window
+/// holds back is refused as `QueueFull`, as librdkafka refuses one when its
+/// own queue is full, and handled the same way.
 pub fn dispatch(
-    producer: &FutureProducer,
+    route: &Route<'_>,
     entry: &SpillEntry,
-    deliveries: &Arc<Deliveries>,
     counters: RecordCounters,
-    undelivered: &mpsc::UnboundedSender<Undelivered>,
-    epoch: Instant,
 ) -> Result<(), KafkaError> {
+    let est = window::estimate(entry.key.len(), entry.payload.len());
+    if window_full(route.window, entry) {
+        return Err(KafkaError::MessageProduction(
+            rdkafka::types::RDKafkaErrorCode::QueueFull,
+        ));
+    }
     let fr = FutureRecord::to(&entry.topic)
         .key(&entry.key)
         .payload(&entry.payload);
-    let delivery = producer.send_result(fr).map_err(|(e, _)| e)?;
+    let delivery = route.producer.send_result(fr).map_err(|(e, _)| e)?;
+    let window = route.window.cloned();
+    if let Some(w) = &window {
+        w.enqueued(est);
+    }
+    let (deliveries, undelivered, epoch) = (route.deliveries, route.undelivered, route.epoch);
     deliveries.in_flight.fetch_add(1, Ordering::Relaxed);
     let deliveries = deliveries.clone();
     let undelivered = undelivered.clone();
@@ -138,7 +170,10 @@ pub fn dispatch(
         let outcome = delivery.await;
         let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         match outcome {
-            Ok(Ok(_)) => {
+            Ok(Ok(d)) => {
+                if let Some(w) = &window {
+                    w.delivered(&topic, d.partition, est);
+                }
                 deliveries.delivered.fetch_add(1, Ordering::Relaxed);
                 deliveries.last_delivery_ms.fetch_max(ms, Ordering::Relaxed);
                 deliveries.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -148,6 +183,9 @@ pub fn dispatch(
                 }
             }
             Ok(Err((e, msg))) => {
+                if let Some(w) = &window {
+                    w.failed(est);
+                }
                 deliveries.failed.fetch_add(1, Ordering::Relaxed);
                 deliveries.in_flight.fetch_sub(1, Ordering::Relaxed);
                 counters.failed.inc();
@@ -169,6 +207,9 @@ pub fn dispatch(
                 });
             }
             Err(_) => {
+                if let Some(w) = &window {
+                    w.failed(est);
+                }
                 // The producer went away (shutdown); the record may or may
                 // not have been written and cannot be resent from here.
                 deliveries.failed.fetch_add(1, Ordering::Relaxed);

@@ -7,6 +7,7 @@ pub mod avro;
 pub mod delivery;
 pub mod encoder;
 pub mod registry;
+pub mod window;
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;

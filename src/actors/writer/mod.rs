@@ -4,6 +4,14 @@
 //! runs at a time, on the tokio pool; meanwhile the actor keeps taking rows
 //! into a second buffer, and only when that one is full too does it stop
 //! reading, which pushes the consumer back (the rest waits in Kafka).
+//!
+//! The writer is also where a loss shows: the offsets it takes in must run
+//! on without a hole from where it started, so a record the consumer went
+//! past without handing over is counted as lost (see `ledger`), and the
+//! trades writer counts what it stored per exchange and tier (`tally`).
+
+mod flush;
+mod tally;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -12,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use arrow::datatypes::SchemaRef;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use iceberg::{Catalog, TableIdent};
 
 use serde::Serialize;
@@ -23,6 +30,7 @@ use crate::dedup::{self, Dedup};
 use crate::degrade::breaker::{BreakerConfig, BreakerSnapshot, CircuitBreaker};
 use crate::lake::commit::{self, KafkaOffsets};
 use crate::lake::{TableKind, batch};
+use crate::ledger::LossCause;
 use crate::messages::consumer::Committed;
 use crate::messages::consumer::RestartConsumer;
 use crate::messages::observe::Observe;
@@ -30,6 +38,8 @@ use crate::messages::writer::{
     AddCommitListener, Consumed, Flush, GetPositions, Rows, SetRestarter, WriterError,
 };
 use crate::metrics::Metrics;
+use flush::{CommitTarget, FlushOutcome, SharedBreaker, commit_with_retries};
+use tally::{Fate, Tally};
 
 /// Flush limits.
 #[derive(Debug, Clone)]
@@ -57,6 +67,10 @@ pub struct FlushPolicy {
 pub struct WriterState {
     pub table: &'static str,
     pub buffered_rows: usize,
+    /// Next offset of every partition in the last commit (where the writer
+    /// started until it commits).
+    #[serde(skip)]
+    pub committed: KafkaOffsets,
     /// Next offset of every partition taken in (committed or buffered).
     pub positions: KafkaOffsets,
     pub commits: u64,
@@ -142,10 +156,6 @@ struct InFlight {
     slot: OutcomeSlot,
 }
 
-/// The commit breaker, shared between the actor (for its state) and the
-/// flush task that calls Iceberg.
-type SharedBreaker = Arc<std::sync::Mutex<CircuitBreaker>>;
-
 pub struct WriterActor {
     kind: TableKind,
     catalog: Arc<dyn Catalog>,
@@ -180,6 +190,9 @@ pub struct WriterActor {
     buffered_ids: HashSet<u128>,
     /// Ids of the rows in the running commit.
     in_commit_ids: HashSet<u128>,
+    /// Trades only: stored, deduplicated and carried-over rows per exchange
+    /// and tier, counted at commit.
+    tally: Option<Tally>,
     /// The running commit, if any.
     in_flight: Option<InFlight>,
     metrics: Metrics,
@@ -208,6 +221,7 @@ impl WriterActor {
         let state = WriterState {
             table: kind.name(),
             positions: start.clone(),
+            committed: start.clone(),
             breaker: Some(breaker.snapshot()),
             ..WriterState::default()
         };
@@ -232,6 +246,7 @@ impl WriterActor {
             committed_ids,
             buffered_ids: HashSet::new(),
             in_commit_ids: HashSet::new(),
+            tally: None,
             in_flight: None,
             metrics,
             breaker: Arc::new(std::sync::Mutex::new(breaker)),
@@ -250,6 +265,13 @@ impl WriterActor {
         for id in ids {
             self.committed_ids.first_time(id);
         }
+        self
+    }
+
+    /// Counts stored rows per exchange and tier for the accounting
+    /// identity (the trades table), with tiers from `instruments`.
+    pub fn with_tally(mut self, instruments: Arc<crate::instruments::Instruments>) -> Self {
+        self.tally = Some(Tally::new(instruments));
         self
     }
 
@@ -327,60 +349,13 @@ impl WriterActor {
                 table,
                 source: Box::new(source),
             })?;
-            // Retry transient failures forever with capped backoff: the rows
-            // are still in Kafka, but giving up here would stall the table.
-            let mut backoff = ExponentialBuilder::new()
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(Duration::from_secs(10))
-                .with_jitter()
-                .without_max_times()
-                .build();
-            loop {
-                // While the breaker is open, wait out its open time instead
-                // of hammering the catalog; the rows stay buffered and the
-                // consumer, blocked behind this commit, leaves the rest in
-                // Kafka, which is the on-disk log for this path.
-                loop {
-                    let wait = breaker_call(&breaker, &metrics, epoch, |b, now| {
-                        if b.allow(now) {
-                            None
-                        } else {
-                            Some(Duration::from_millis(b.config().open_ms.clamp(10, 1000)))
-                        }
-                    });
-                    match wait {
-                        Some(d) => tokio::time::sleep(d).await,
-                        None => break,
-                    }
-                }
-                match commit::append(catalog.as_ref(), &ident, Some(&batch), &offsets, target).await
-                {
-                    Ok(c) => {
-                        breaker_call(&breaker, &metrics, epoch, |b, now| b.on_success(now));
-                        metrics
-                            .writer_commit_seconds
-                            .with_label_values(&[table])
-                            .observe(started.elapsed().as_secs_f64());
-                        return Ok((c, offsets));
-                    }
-                    Err(e) if e.is_retryable() => {
-                        breaker_call(&breaker, &metrics, epoch, |b, now| b.on_failure(now));
-                        metrics
-                            .writer_commits
-                            .with_label_values(&[table, "retry"])
-                            .inc();
-                        let d = backoff.next().unwrap_or(Duration::from_secs(10));
-                        tracing::warn!(table, error = %e, retry_in_ms = d.as_millis() as u64, "iceberg commit failed; retrying");
-                        tokio::time::sleep(d).await;
-                    }
-                    Err(source) => {
-                        return Err(WriterError::Lake {
-                            table,
-                            source: Box::new(source),
-                        });
-                    }
-                }
-            }
+            let to = CommitTarget {
+                catalog,
+                ident,
+                table,
+                target,
+            };
+            commit_with_retries(&to, &batch, offsets, &breaker, &metrics, epoch, started).await
         });
         tracing::debug!(table, rows = n, "flushing");
         Some(task)
@@ -400,6 +375,9 @@ impl WriterActor {
         // The rows now being committed: still duplicates for new arrivals.
         std::mem::swap(&mut self.buffered_ids, &mut self.in_commit_ids);
         self.buffered_ids.clear();
+        if let Some(t) = &mut self.tally {
+            t.begin_commit();
+        }
         let (done_tx, done) = watch::channel(false);
         let slot: OutcomeSlot = Arc::new(std::sync::Mutex::new(None));
         let filled = slot.clone();
@@ -468,7 +446,8 @@ impl WriterActor {
             self.state.last_commit_end = Some(Instant::now());
         }
         match &res {
-            Ok((c, _)) => {
+            Ok((c, offsets)) => {
+                self.state.committed = offsets.clone();
                 self.state.commits += 1;
                 self.state.rows_committed += c.rows as u64;
                 self.state.last_snapshot_id = Some(c.snapshot_id);
@@ -500,6 +479,9 @@ impl WriterActor {
                 self.failures_in_row = 0;
                 for k in self.in_commit_ids.drain() {
                     self.committed_ids.first_time_key(k);
+                }
+                if let Some(t) = &mut self.tally {
+                    t.committed(&self.metrics);
                 }
                 for l in &self.listeners {
                     l.do_send(Committed {
@@ -550,6 +532,9 @@ impl WriterActor {
         self.buffer = empty_rows(self.kind);
         self.buffered_ids.clear();
         self.in_commit_ids.clear();
+        if let Some(t) = &mut self.tally {
+            t.forget();
+        }
         self.dirty = false;
         self.oldest = None;
         let catalog = self.catalog.clone();
@@ -607,22 +592,6 @@ impl WriterActor {
     }
 }
 
-type FlushOutcome = Result<(commit::Committed, KafkaOffsets), WriterError>;
-
-/// Runs `f` on the commit breaker and records a state change it caused.
-fn breaker_call<T>(
-    breaker: &SharedBreaker,
-    metrics: &Metrics,
-    epoch: Instant,
-    f: impl FnOnce(&mut CircuitBreaker, u64) -> T,
-) -> T {
-    let now = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-    // A poisoned lock only means another thread panicked mid-call; the
-    // breaker's state is still a valid state.
-    let mut b = breaker.lock().unwrap_or_else(|p| p.into_inner());
-    metrics.breaker_call(&mut b, now, f)
-}
-
 fn empty_rows(kind: TableKind) -> Rows {
     match kind {
         TableKind::Trades => Rows::Trades(Vec::new()),
@@ -659,6 +628,21 @@ impl Handler<Consumed> for WriterActor {
             return;
         }
         for (topic, partition, next) in &msg.positions {
+            // Offsets run on without holes; one the consumer went past
+            // without handing it over is a lost record (an offset reset
+            // after the broker deleted it), counted and shown, never
+            // silently skipped.
+            if let Some(expected) = self.positions.get(topic, *partition)
+                && next - 1 > expected
+            {
+                self.metrics.losses.record(
+                    topic,
+                    *partition,
+                    expected,
+                    next - 1,
+                    LossCause::Skipped,
+                );
+            }
             self.positions.set(topic, *partition, *next);
         }
         if !msg.positions.is_empty() {
@@ -672,11 +656,18 @@ impl Handler<Consumed> for WriterActor {
                 let committed = &self.committed_ids;
                 let in_commit = &self.in_commit_ids;
                 let buffered = &mut self.buffered_ids;
-                b.extend(r.into_iter().filter(|t| {
+                let mut tally = self.tally.as_mut();
+                let carried = &msg.carried;
+                b.extend(r.into_iter().enumerate().filter_map(|(i, t)| {
                     let k = dedup::key(&t.message_id);
-                    !committed.contains(&t.message_id)
+                    let first = !committed.contains(&t.message_id)
                         && !in_commit.contains(&k)
-                        && buffered.insert(k)
+                        && buffered.insert(k);
+                    if let Some(tally) = tally.as_deref_mut() {
+                        let fate = if first { Fate::Stored } else { Fate::Duplicate };
+                        tally.note(&t, fate, carried.get(i).copied().unwrap_or(false));
+                    }
+                    first.then_some(t)
                 }));
                 let dropped = offered - (b.len() - had);
                 if dropped > 0 {

@@ -19,28 +19,31 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer, PurgeConfig};
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::actors::observe::{Health, ObservableState, Published, RestartPolicy, Restarts};
+use crate::actors::observe::{Published, RestartPolicy, Restarts};
 
-use crate::degrade::breaker::{BreakerConfig, BreakerSnapshot, BreakerState, CircuitBreaker};
+use crate::degrade::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use crate::degrade::level::Level;
 use crate::degrade::policy::{self, Action, SpillEntry};
 use crate::degrade::quarantine::Quarantine;
-use crate::degrade::spill::{ReplayError, SpillLog, SpillSnapshot};
+use crate::degrade::spill::{ReplayError, SpillLog};
 use crate::instruments::Tier;
 use crate::kafka::avro::AvroError;
 use crate::kafka::delivery::{
-    Deliveries, DeliveryCounters, Undelivered, dispatch, refused_for_good,
+    Deliveries, DeliveryCounters, Route, Undelivered, dispatch, refused_for_good, window_full,
 };
 use crate::kafka::encoder::{Encoded, Encoder};
-use crate::lanes::{Envelope, LaneReceiver, MailboxStats};
+use crate::kafka::window::BrokerWindow;
+use crate::lanes::{Envelope, LaneReceiver};
 use crate::messages::observe::Observe;
 use crate::messages::producer::{Outgoing, ProducerControl, ProducerLanes, Record};
 use crate::metrics::Metrics;
 use crate::model::{DeadLetter, now_us};
 use crate::telemetry::ProducerEvents;
+
+mod state;
+pub use state::ProducerState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProducerError {
@@ -61,55 +64,6 @@ impl ProducerError {
     /// broker errors may pass.
     pub fn is_retryable(&self) -> bool {
         matches!(self, ProducerError::Kafka(_) | ProducerError::Join(_))
-    }
-}
-
-/// What `/status` shows for the producer.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ProducerState {
-    pub level: Option<Level>,
-    pub in_flight: u64,
-    pub enqueued: u64,
-    pub delivered: u64,
-    pub failed_deliveries: u64,
-    pub spilled: u64,
-    pub replayed: u64,
-    /// Refused by the broker for good and moved to the quarantine file.
-    pub quarantined: u64,
-    /// Records found in the spill log at start and not yet replayed.
-    pub carried_over_pending: u64,
-    pub shed: u64,
-    pub enrichment_skipped: u64,
-    pub breaker: Option<BreakerSnapshot>,
-    pub spill: Option<SpillSnapshot>,
-    pub lanes: Option<MailboxStats>,
-    #[serde(flatten)]
-    pub health: Health,
-}
-
-impl ObservableState for ProducerState {
-    fn name(&self) -> String {
-        "producer".into()
-    }
-
-    fn status(&self) -> String {
-        match self.breaker.as_ref().map(|b| b.state.as_str()) {
-            Some("CLOSED") | None => "running",
-            Some(_) => "broker unavailable: spilling",
-        }
-        .into()
-    }
-
-    fn health(&self) -> &Health {
-        &self.health
-    }
-
-    fn throughput_key(&self) -> Option<String> {
-        Some("producer.delivered".into())
-    }
-
-    fn breaker(&self) -> Option<&BreakerSnapshot> {
-        self.breaker.as_ref()
     }
 }
 
@@ -151,6 +105,8 @@ pub struct ProducerActor {
     busy_since_ms: u64,
     delivered_at_last_tick: u64,
     undelivered_tx: mpsc::UnboundedSender<Undelivered>,
+    /// The embedded broker's window (`None` on a real broker).
+    window: Option<Arc<BrokerWindow>>,
     undelivered_rx: Rc<RefCell<mpsc::UnboundedReceiver<Undelivered>>>,
     epoch: Instant,
     state: ProducerState,
@@ -214,6 +170,7 @@ impl ProducerActor {
             busy_since_ms: 0,
             delivered_at_last_tick: 0,
             undelivered_tx,
+            window: None,
             undelivered_rx: Rc::new(RefCell::new(undelivered_rx)),
             epoch: Instant::now(),
             state: ProducerState::default(),
@@ -222,6 +179,22 @@ impl ProducerActor {
             restarts: Restarts::new("producer", RestartPolicy::IMMEDIATE),
         };
         Ok((actor, ProducerHandle { lanes, state }))
+    }
+
+    /// Holds records back while the embedded broker's window is full.
+    pub fn with_window(mut self, window: Option<Arc<BrokerWindow>>) -> Self {
+        self.window = window;
+        self
+    }
+
+    fn to_broker(&self) -> Route<'_> {
+        Route {
+            producer: &self.producer,
+            deliveries: &self.deliveries,
+            undelivered: &self.undelivered_tx,
+            window: self.window.as_ref(),
+            epoch: self.epoch,
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -312,32 +285,29 @@ impl ProducerActor {
             return;
         }
         let counters = self.counters.of(&entry.topic, &entry.exchange, entry.tier);
-        match dispatch(
-            &self.producer,
-            &entry,
-            &self.deliveries,
-            counters.clone(),
-            &self.undelivered_tx,
-            self.epoch,
-        ) {
+        match dispatch(&self.to_broker(), &entry, counters.clone()) {
             Ok(()) => self.note_enqueued(),
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                 // Wait for room, in order (nothing else is read meanwhile, so
                 // the lanes fill and push back on the feeds). Give up after
                 // the stall time: a queue that does not drain is a broker
                 // problem, and the record is safer in the spill log.
-                let producer = self.producer.clone();
-                let deliveries = self.deliveries.clone();
-                let tx = self.undelivered_tx.clone();
-                let epoch = self.epoch;
-                let stall = self.stall;
+                let (producer, deliveries) = (self.producer.clone(), self.deliveries.clone());
+                let (tx, window) = (self.undelivered_tx.clone(), self.window.clone());
+                let (epoch, stall) = (self.epoch, self.stall);
                 ctx.wait(
                     async move {
                         let deadline = Instant::now() + stall;
+                        let route = Route {
+                            producer: &producer,
+                            deliveries: &deliveries,
+                            undelivered: &tx,
+                            window: window.as_ref(),
+                            epoch,
+                        };
                         loop {
                             tokio::time::sleep(Duration::from_millis(2)).await;
-                            let c = counters.clone();
-                            match dispatch(&producer, &entry, &deliveries, c, &tx, epoch) {
+                            match dispatch(&route, &entry, counters.clone()) {
                                 Ok(()) => return Ok(()),
                                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
                                     if Instant::now() < deadline => {}
@@ -348,6 +318,12 @@ impl ProducerActor {
                     .into_actor(self)
                     .map(|res, act, _| match res {
                         Ok(()) => act.note_enqueued(),
+                        // The embedded broker is fine, its consumer is behind:
+                        // to the spill log, which replays as the window opens.
+                        Err((entry, _)) if window_full(act.window.as_ref(), &entry) => {
+                            act.state.window_spilled += 1;
+                            act.spill_entry(entry);
+                        }
                         Err((entry, error)) => {
                             act.state.health.last_error = Some(format!("produce: {error}"));
                             act.with_breaker(|b, now| b.on_failure(now));
@@ -437,12 +413,15 @@ impl ProducerActor {
             return;
         }
         let mut budget = self.replay_batch;
-        let producer = self.producer.clone();
-        let deliveries = self.deliveries.clone();
+        let route = Route {
+            producer: &self.producer,
+            deliveries: &self.deliveries,
+            undelivered: &self.undelivered_tx,
+            window: self.window.as_ref(),
+            epoch: self.epoch,
+        };
         let counters = &mut self.counters;
         let quarantine = &mut self.quarantine;
-        let tx = self.undelivered_tx.clone();
-        let epoch = self.epoch;
         // Records that left the log, in log order: replayed, or moved to
         // the quarantine file (with the broker's refusal).
         let mut left_log: Vec<(String, Option<Tier>, Option<String>)> = Vec::new();
@@ -455,7 +434,7 @@ impl ProducerActor {
                 Err(e) => return Err(ReplayStop::Corrupt(e.to_string())),
             };
             let c = counters.of(&entry.topic, &entry.exchange, entry.tier);
-            match dispatch(&producer, &entry, &deliveries, c, &tx, epoch) {
+            match dispatch(&route, &entry, c) {
                 Ok(()) => {
                     budget -= 1;
                     left_log.push((entry.exchange, entry.tier, None));
@@ -608,6 +587,7 @@ impl ProducerActor {
         self.state.delivered = self.deliveries.delivered.load(Ordering::Relaxed);
         self.state.failed_deliveries = self.deliveries.failed.load(Ordering::Relaxed);
         self.state.carried_over_pending = self.carried;
+        self.state.window = self.window.as_ref().map(|w| w.snapshot());
         self.state.breaker = Some(self.breaker.snapshot());
         let spill = self.spill.snapshot();
         self.metrics
