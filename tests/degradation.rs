@@ -271,6 +271,27 @@ replay_batch = 200
     assert_eq!(all[0]["n"].as_u64().unwrap(), published_total);
     assert_eq!(all[0]["d"].as_u64().unwrap(), published_total);
 
+    // The daemon's own account down to the lake agrees, on the real broker:
+    // every tier's published records stored, nothing in transit or lost.
+    let mut lake = Value::Null;
+    wait_until(
+        "accounting settled down to the lake",
+        Duration::from_secs(60),
+        || {
+            lake = status(&env);
+            lake["accounting_settled"] == true
+        },
+    );
+    for (tier, a) in accounts(&lake) {
+        println!("tier {tier} down to the lake: {a}");
+        assert_eq!(
+            n(&a, "published"),
+            n(&a, "stored") + n(&a, "deduplicated_at_writer"),
+            "tier {tier}"
+        );
+    }
+    assert_eq!(lake["lake"]["lost_records"], 0);
+
     // Memory stayed bounded: lanes, librdkafka's queue and the writer's
     // buffer are all bounded, so a flood does not grow the heap.
     const RSS_BOUND: u64 = 512 << 20;
