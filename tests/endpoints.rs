@@ -178,14 +178,40 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
     );
     assert!(out.status.success() && said.trim().is_empty(), "{said}");
 
-    // A real Prometheus server scraping the daemon every second.
+    // The shipped alert rules are valid, and on the daemon's own series.
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/alerts.yml");
+    let out = tool("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    println!(
+        "promtool check rules: exit {:?} {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    assert!(out.status.success());
+    let rules_text = std::fs::read_to_string(&rules).unwrap();
+    for series in [
+        "ticklake_records_lost_total",
+        "ticklake_spill_quarantined_total",
+    ] {
+        assert!(
+            rules_text.contains(series) && text.contains(series),
+            "{series}"
+        );
+    }
+
+    // A real Prometheus server scraping the daemon every second, with the
+    // rules loaded.
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = dir.path().join("prometheus.yml");
     std::fs::write(
         &cfg,
         format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ticklake\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            "global:\n  scrape_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: ticklake\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            rules.display(),
             env.http_port
         ),
     )
@@ -234,6 +260,8 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
     let ours = env.counter("ticklake_messages_total", "outcome=\"received\"");
     println!("prometheus: up=1, received {scraped} (daemon now {ours})");
     assert!(scraped > 0.0 && scraped <= ours);
+    let loaded = http_get(port, "/api/v1/rules").unwrap_or_default();
+    assert!(loaded.contains("TicklakeRecordsLost"), "{loaded}");
     assert!(daemon.terminate().success());
 }
 
