@@ -173,29 +173,64 @@ fn query_without_a_daemon_is_read_only() {
     ];
     let query = |sql: &str| {
         let mut c = Command::new(bin());
-        c.args(["query", sql]).current_dir(dir.path());
+        c.args(["query", "--format", "json", sql])
+            .current_dir(dir.path());
         for (k, v) in &envs {
             c.env(k, v);
         }
         c.output().unwrap()
     };
-    for sql in [
-        "insert into market.trades (symbol) values ('X')",
-        "copy (select 1) to 'out.csv'",
-        "create table market.evil as select 1",
-        "select 1; drop table market.trades",
+    let rows = |sql: &str| {
+        let out = query(sql);
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    // The metadata table, whole: its provider ignores a projection.
+    let snapshots = || rows("select * from market.\"trades$snapshots\"").len();
+    let before = snapshots();
+    let abs = dir.path().join("abs.csv");
+    let parquet = dir.path().join("trades.parquet");
+    for (sql, kind) in [
+        ("insert into market.trades (symbol) values ('X')", "INSERT"),
+        (
+            "insert into market.trades select * from market.trades",
+            "INSERT",
+        ),
+        ("copy (select 1) to 'out.csv'", "COPY"),
+        (&format!("copy (select 1) to '{}'", abs.display()), "COPY"),
+        (
+            &format!("copy market.trades to '{}'", parquet.display()),
+            "COPY",
+        ),
+        ("create table market.evil as select 1", "CREATE TABLE"),
+        ("select 1; drop table market.trades", "only one statement"),
     ] {
         let out = query(sql);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{sql:?} was not refused");
-        assert!(err.contains("refused"), "{sql:?}: {err}");
+        let said = err.lines().find(|l| l.contains("refused")).unwrap_or("");
+        println!("{sql} -> exit {:?}: {said}", out.status.code());
+        assert!(
+            err.contains("refused") && err.contains(kind),
+            "{sql:?}: {err}"
+        );
     }
-    let out = query("select count(*) as n from market.trades");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let n = rows("select count(*) as n from market.trades");
+    assert_eq!(n[0]["n"], 0, "{n:?}");
+    assert_eq!(
+        snapshots(),
+        before,
+        "a refused statement committed a snapshot"
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains('0'));
-    assert!(!dir.path().join("out.csv").exists(), "COPY wrote a file");
+    for f in [dir.path().join("out.csv"), abs, parquet] {
+        assert!(!f.exists(), "COPY wrote {}", f.display());
+    }
 }

@@ -425,8 +425,10 @@ pub struct ApiConfig {
     /// Wall-time limit of one query in milliseconds; past it the API
     /// answers 504 and the query is dropped.
     pub timeout_ms: u64,
-    /// Memory one query engine may use for sorts, joins and aggregations
-    /// (bytes); a query that needs more fails instead of growing the daemon.
+    /// Memory one query engine may use for sorts, joins and aggregations,
+    /// and for the answers it builds (the result rows it holds and their
+    /// JSON text), in bytes, shared by the queries running at once; a query
+    /// that needs more fails instead of growing the daemon.
     pub max_memory_bytes: usize,
     /// Queries that may run at once; one more is answered 429 at once
     /// instead of queuing behind them.

@@ -14,6 +14,7 @@ use arrow::datatypes::DataType;
 use datafusion::catalog::TableProvider;
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::functions::datetime::expr_fn::date_bin;
 use datafusion::functions_aggregate::expr_fn::{count, first_value, last_value, max, min, sum};
 use datafusion::logical_expr::utils::conjunction;
@@ -24,7 +25,7 @@ use iceberg_datafusion::IcebergStaticTableProvider;
 use serde_json::{Value, json};
 
 use super::hybrid::{HybridTable, Pin, PinnedTable, ScanInfo, kth_newest_timestamp};
-use super::json::{JsonRows, json_rows, split_rows};
+use super::json::{json_rows, split_rows, take, too_large};
 use super::sql_guard;
 use crate::config::ApiConfig;
 use crate::lake::commit::OFFSETS_PROPERTY;
@@ -46,13 +47,22 @@ fn answer_of(v: &Value) -> Result<Answer, QueryError> {
         .map_err(QueryError::internal)
 }
 
-/// A JSON object of `head`'s fields (an object) plus `key` holding `rows`
-/// (a JSON array, as text).
-fn answer(head: Value, key: &str, rows: JsonRows) -> Result<Answer, QueryError> {
+/// A JSON object of `head`'s fields (an object) plus `key` holding the
+/// rows of `batches` (a JSON array). The answer's text counts against
+/// `budget`, a reservation of the query memory pool, while it is built.
+fn answer(
+    head: Value,
+    key: &str,
+    batches: &[RecordBatch],
+    budget: &MemoryReservation,
+) -> Result<Answer, QueryError> {
+    let rows = json_rows(batches, budget)?;
     let head_text = answer_of(&head)?.into_string();
     let key = serde_json::to_string(key).map_err(QueryError::internal)?;
+    let len = head_text.len() + key.len() + rows.0.len() + 2;
+    take(budget, len).map_err(|e| too_large(&e.to_string()))?;
     // One allocation: the rows can be megabytes.
-    let mut text = String::with_capacity(head_text.len() + key.len() + rows.0.len() + 2);
+    let mut text = String::with_capacity(len);
     text.push_str(&head_text);
     if !head.is_object() || text.pop() != Some('}') {
         return Err(QueryError::Internal(
@@ -192,6 +202,14 @@ impl Engine {
         &self.ctx
     }
 
+    /// A reservation of the query memory pool (`api.max_memory_bytes`) for
+    /// one answer: what it holds of the result and its JSON text count
+    /// there, beside the operators of every running query, so a large
+    /// answer fails instead of growing the daemon.
+    fn answer_budget(&self) -> MemoryReservation {
+        MemoryConsumer::new("answer").register(&self.ctx.runtime_env().memory_pool)
+    }
+
     /// Loads the table's newest snapshot for later scans to pin.
     pub async fn refresh(&self) {
         match self.catalog.load_table(&self.ident).await {
@@ -305,7 +323,7 @@ impl Engine {
             "count": rows_in(&batches),
             "next_cursor": next_cursor,
         });
-        answer(head, "trades", json_rows(&batches)?)
+        answer(head, "trades", &batches, &self.answer_budget())
     }
 
     async fn ohlcv(&self, r: OhlcvRequest) -> Result<Answer, QueryError> {
@@ -366,7 +384,7 @@ impl Engine {
             "interval": r.interval.as_str(),
             "count": rows_in(&batches),
         });
-        answer(head, "bars", json_rows(&batches)?)
+        answer(head, "bars", &batches, &self.answer_budget())
     }
 
     async fn symbols(&self) -> Result<Answer, QueryError> {
@@ -396,7 +414,7 @@ impl Engine {
             "snapshot_id": i.snapshot_id,
             "count": rows_in(&batches),
         });
-        answer(head, "symbols", json_rows(&batches)?)
+        answer(head, "symbols", &batches, &self.answer_budget())
     }
 
     async fn snapshots(&self) -> Result<Answer, QueryError> {
@@ -446,11 +464,15 @@ impl Engine {
         let schema = df.schema().as_arrow().clone();
         let max_rows = self.limits.max_rows;
         let mut stream = df.execute_stream().await.map_err(df_err)?;
+        let budget = self.answer_budget();
         let mut batches = Vec::new();
         let mut n = 0;
         let mut truncated = false;
         while let Some(b) = stream.next().await {
             let b = b.map_err(df_err)?;
+            // Kept until the answer is written: counted as the operators'
+            // memory is (a projection's output is not).
+            take(&budget, b.get_array_memory_size()).map_err(|e| too_large(&e.to_string()))?;
             if n + b.num_rows() > max_rows {
                 batches.push(b.slice(0, max_rows - n));
                 truncated = true;
@@ -469,7 +491,7 @@ impl Engine {
             "count": rows_in(&batches),
             "truncated": truncated,
         });
-        answer(head, "rows", json_rows(&batches)?)
+        answer(head, "rows", &batches, &budget)
     }
 }
 
@@ -559,18 +581,45 @@ async fn trades_in_order(
 mod tests {
     use super::*;
 
+    fn pool(bytes: usize) -> Arc<dyn datafusion::execution::memory_pool::MemoryPool> {
+        Arc::new(datafusion::execution::memory_pool::GreedyMemoryPool::new(
+            bytes,
+        ))
+    }
+
     #[test]
     fn an_answer_is_the_head_plus_the_rows_as_one_object() {
-        let rows = || JsonRows(r#"[{"a":1},{"a":"x"}]"#.to_string());
-        let a = answer(json!({"count": 2, "s": "}"}), "rows", rows()).unwrap();
+        let rows = [RecordBatch::try_from_iter([(
+            "a",
+            Arc::new(arrow::array::Int64Array::from(vec![1, 2])) as _,
+        )])
+        .unwrap()];
+        let budget = MemoryConsumer::new("test").register(&pool(1 << 20));
+        let a = answer(json!({"count": 2, "s": "}"}), "rows", &rows, &budget).unwrap();
         let v: Value = serde_json::from_str(a.as_str()).unwrap();
         assert_eq!(
             v,
-            json!({"count": 2, "s": "}", "rows": [{"a": 1}, {"a": "x"}]})
+            json!({"count": 2, "s": "}", "rows": [{"a": 1}, {"a": 2}]})
         );
-        let a = answer(json!({}), "rows", rows()).unwrap();
+        let a = answer(json!({}), "rows", &rows, &budget).unwrap();
         let v: Value = serde_json::from_str(a.as_str()).unwrap();
-        assert_eq!(v, json!({"rows": [{"a": 1}, {"a": "x"}]}));
-        assert!(answer(json!([1]), "rows", rows()).is_err());
+        assert_eq!(v, json!({"rows": [{"a": 1}, {"a": 2}]}));
+        assert!(answer(json!([1]), "rows", &rows, &budget).is_err());
+    }
+
+    #[test]
+    fn an_answer_larger_than_the_pool_is_refused_not_built() {
+        // 100 rows of 100 KB: 10 MB of JSON against a 1 MiB pool.
+        let big =
+            arrow::array::StringArray::from_iter_values((0..100).map(|_| "x".repeat(100_000)));
+        let rows = [RecordBatch::try_from_iter([("s", Arc::new(big) as _)]).unwrap()];
+        let budget = MemoryConsumer::new("test").register(&pool(1 << 20));
+        let e = answer(json!({}), "rows", &rows, &budget).unwrap_err();
+        assert_eq!(e.code(), "unavailable", "{e}");
+        assert!(e.to_string().contains("api.max_memory_bytes"), "{e}");
+        // The same answer in a pool large enough is written whole.
+        let budget = MemoryConsumer::new("test").register(&pool(1 << 30));
+        let a = answer(json!({}), "rows", &rows, &budget).unwrap();
+        assert!(a.as_str().len() > 10_000_000);
     }
 }

@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use arrow::array::ArrayData;
 use arrow::array::{Array, AsArray, Decimal128Array, RecordBatch, TimestampMicrosecondArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, TimeUnit};
@@ -23,6 +24,8 @@ use arrow::json::writer::{JsonArray, NullableEncoder};
 use arrow::json::{Encoder, EncoderFactory, EncoderOptions};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use chrono::Datelike;
+use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::MemoryReservation;
 
 use crate::messages::query::QueryError;
 
@@ -240,34 +243,228 @@ fn exact(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
 /// Rows encoded before sizing the buffer from what they took.
 const SAMPLE_ROWS: usize = 64;
 
+/// The most asked of the pool in one step. Far above any pool, and far
+/// below where its `used + asked` could overflow.
+const MAX_ASK: usize = 1 << 48;
+
+/// Counts `bytes` more against `budget`, or says why not.
+pub(super) fn take(budget: &MemoryReservation, bytes: usize) -> Result<(), DataFusionError> {
+    if bytes > MAX_ASK {
+        return Err(DataFusionError::ResourcesExhausted(format!(
+            "{bytes} bytes asked for at once"
+        )));
+    }
+    budget.try_grow(bytes)
+}
+
+/// The answer's bytes, counted against the query memory pool
+/// (`api.max_memory_bytes`) as the buffer grows: an answer that would need
+/// more fails with "resources exhausted" instead of growing the daemon
+/// until an allocation aborts it.
+struct Counted<'a> {
+    buf: Vec<u8>,
+    budget: &'a MemoryReservation,
+}
+
+impl Counted<'_> {
+    /// Room for `more` bytes, the capacity it adds counted first. Grows by
+    /// doubling, as `Vec` would, so appends stay amortized.
+    fn reserve(&mut self, more: usize) -> Result<(), DataFusionError> {
+        let need = self.buf.len().saturating_add(more);
+        if need <= self.buf.capacity() {
+            return Ok(());
+        }
+        let target = need.max(self.buf.capacity().saturating_mul(2));
+        take(self.budget, target - self.buf.capacity())?;
+        self.buf.reserve_exact(target - self.buf.len());
+        // The allocator may round up; what it gave is what is held.
+        self.budget.grow(self.buf.capacity() - target);
+        Ok(())
+    }
+
+    /// Room for `more` bytes if the pool has it; a pre-sizing hint that
+    /// the pool refuses is dropped, and the buffer grows as it is written.
+    fn reserve_hint(&mut self, more: usize) {
+        let _ = self.reserve(more);
+    }
+}
+
+impl std::io::Write for Counted<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.reserve(data.len()).map_err(std::io::Error::other)?;
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A refusal of the pool, or any other failure, as the query's error.
+fn encode_err(e: ArrowError) -> QueryError {
+    let root = match &e {
+        ArrowError::IoError(_, io) => io
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<DataFusionError>())
+            .map(|d| d.find_root()),
+        ArrowError::ExternalError(x) => x.downcast_ref::<DataFusionError>().map(|d| d.find_root()),
+        _ => None,
+    };
+    match root {
+        Some(DataFusionError::ResourcesExhausted(m)) => too_large(m),
+        _ => QueryError::internal(e),
+    }
+}
+
+pub(super) fn too_large(why: &str) -> QueryError {
+    QueryError::Unavailable(format!(
+        "the answer needs more memory than the query engine may use (api.max_memory_bytes): {why}; ask for fewer rows or smaller values"
+    ))
+}
+
+/// Writes `b` counting the worst case first. arrow-json hands its output
+/// over every 8 KiB but encodes one row whole into a buffer of its own, and
+/// one row can be gigabytes of JSON (a long list of booleans is 6 bytes per
+/// bit); so the most the slice could take is reserved before it is
+/// written, and a slice that does not fit is written in halves, down to a
+/// single row that is refused.
+fn write_bounded<W: std::io::Write>(
+    w: &mut arrow::json::Writer<W, JsonArray>,
+    b: &RecordBatch,
+    budget: &MemoryReservation,
+) -> Result<(), QueryError> {
+    let worst = json_bound(&arrow::array::StructArray::from(b.clone()).into_data());
+    match take(budget, worst) {
+        Ok(()) => {
+            let written = w.write(b).map_err(encode_err);
+            budget.shrink(worst);
+            written
+        }
+        Err(e) if b.num_rows() <= 1 => Err(too_large(&format!(
+            "one row could take {worst} bytes of JSON ({e})"
+        ))),
+        Err(_) => {
+            let half = b.num_rows() / 2;
+            write_bounded(w, &b.slice(0, half), budget)?;
+            write_bounded(w, &b.slice(half, b.num_rows() - half), budget)
+        }
+    }
+}
+
+/// An upper bound of the JSON text arrow-json writes for `d`'s rows, from
+/// lengths and offsets only (nothing is read twice). Strings may grow six
+/// times (`\u0000`), a boolean or a null is five characters plus a comma,
+/// any fixed-width value fits in 96, and a dictionary or run-end encoded
+/// value may repeat its whole value array per row.
+fn json_bound(d: &ArrayData) -> usize {
+    const PER_VALUE: usize = 8;
+    const FIXED: usize = 96;
+    let (o, n) = (d.offset(), d.len());
+    let offsets32 = |i: usize| -> usize {
+        let v: &[i32] = d.buffers().first().map_or(&[], |b| b.typed_data());
+        v.get(i).map_or(0, |x| usize::try_from(*x).unwrap_or(0))
+    };
+    let offsets64 = |i: usize| -> usize {
+        let v: &[i64] = d.buffers().first().map_or(&[], |b| b.typed_data());
+        v.get(i).map_or(0, |x| usize::try_from(*x).unwrap_or(0))
+    };
+    let child = |i: usize, start: usize, len: usize| -> usize {
+        d.child_data().get(i).map_or(0, |c| {
+            json_bound(&c.slice(start, len.min(c.len().saturating_sub(start))))
+        })
+    };
+    let per_row = n.saturating_mul(PER_VALUE);
+    let bound = match d.data_type() {
+        DataType::Null | DataType::Boolean => per_row,
+        DataType::Utf8 | DataType::Binary => {
+            (offsets32(o + n) - offsets32(o).min(offsets32(o + n))).saturating_mul(6)
+        }
+        DataType::LargeUtf8 | DataType::LargeBinary => {
+            (offsets64(o + n) - offsets64(o).min(offsets64(o + n))).saturating_mul(6)
+        }
+        DataType::Utf8View | DataType::BinaryView => {
+            let views: &[u128] = d.buffers().first().map_or(&[], |b| b.typed_data());
+            views
+                .get(o..o + n)
+                .map_or(0, |v| v.iter().map(|v| (*v as u32) as usize).sum::<usize>())
+                .saturating_mul(6)
+        }
+        DataType::FixedSizeBinary(w) => n.saturating_mul(*w as usize).saturating_mul(6),
+        DataType::List(_) | DataType::Map(..) => {
+            let (a, b) = (offsets32(o), offsets32(o + n));
+            child(0, a, b.saturating_sub(a))
+        }
+        DataType::LargeList(_) => {
+            let (a, b) = (offsets64(o), offsets64(o + n));
+            child(0, a, b.saturating_sub(a))
+        }
+        DataType::FixedSizeList(_, k) => {
+            let k = *k as usize;
+            child(0, o.saturating_mul(k), n.saturating_mul(k))
+        }
+        DataType::Struct(fields) => fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                child(i, o, n).saturating_add(n.saturating_mul(f.name().len().saturating_mul(6)))
+            })
+            .fold(0usize, usize::saturating_add),
+        DataType::Dictionary(..) => {
+            let values = d.child_data().first().map_or(0, json_bound);
+            n.saturating_mul(values)
+        }
+        DataType::RunEndEncoded(..) => {
+            let values = d.child_data().get(1).map_or(0, json_bound);
+            n.saturating_mul(values)
+        }
+        t if t.is_primitive() => n.saturating_mul(FIXED),
+        // Anything else (unions, list views): the data it holds, at the
+        // widest expansion of any type above, per row.
+        _ => d
+            .get_slice_memory_size()
+            .unwrap_or(usize::MAX)
+            .saturating_mul(48),
+    };
+    bound.saturating_add(per_row)
+}
+
 /// `batches` as one JSON array (`[...]`, or nothing when there is no row),
-/// in a buffer sized for `room_for` rows like the first ones: a 3 MB answer
-/// grown by doubling was copied several times over.
-fn encode(batches: &[RecordBatch], room_for: usize) -> Result<Vec<u8>, QueryError> {
-    let mut buf = Vec::new();
+/// in a buffer sized for `room_for` rows like the first ones (a 3 MB answer
+/// grown by doubling was copied several times over), every byte counted
+/// against `budget`.
+fn encode(
+    batches: &[RecordBatch],
+    room_for: usize,
+    budget: &MemoryReservation,
+) -> Result<Vec<u8>, QueryError> {
     let mut w = arrow::json::WriterBuilder::new()
         .with_explicit_nulls(true)
         .with_encoder_factory(Arc::new(AnswerEncoders))
-        .build::<_, JsonArray>(&mut buf);
+        .build::<_, JsonArray>(Counted {
+            buf: Vec::new(),
+            budget,
+        });
     let mut sized = false;
     for b in batches {
         let b = exact(b)?;
         if !sized && b.num_rows() > SAMPLE_ROWS {
-            w.write(&b.slice(0, SAMPLE_ROWS))
-                .map_err(QueryError::internal)?;
-            let per_row = w.get_ref().len() / SAMPLE_ROWS + 1;
-            let more = room_for.saturating_sub(SAMPLE_ROWS) * per_row;
-            w.get_mut().reserve(more + more / 8);
+            write_bounded(&mut w, &b.slice(0, SAMPLE_ROWS), budget)?;
+            let per_row = w.get_ref().buf.len() / SAMPLE_ROWS + 1;
+            let more = room_for.saturating_sub(SAMPLE_ROWS).saturating_mul(per_row);
+            w.get_mut().reserve_hint(more.saturating_add(more / 8));
             sized = true;
-            w.write(&b.slice(SAMPLE_ROWS, b.num_rows() - SAMPLE_ROWS))
-                .map_err(QueryError::internal)?;
+            write_bounded(
+                &mut w,
+                &b.slice(SAMPLE_ROWS, b.num_rows() - SAMPLE_ROWS),
+                budget,
+            )?;
         } else {
-            w.write(&b).map_err(QueryError::internal)?;
+            write_bounded(&mut w, &b, budget)?;
         }
     }
-    w.finish().map_err(QueryError::internal)?;
-    drop(w);
-    Ok(buf)
+    w.finish().map_err(encode_err)?;
+    Ok(w.into_inner().buf)
 }
 
 /// `batches` split into the first `n` rows and the rest (zero-copy).
@@ -290,33 +487,47 @@ pub(super) fn split_rows(
     (head, rest)
 }
 
-/// Batches as a JSON array of row objects (nulls written out).
-pub fn json_rows(batches: &[RecordBatch]) -> Result<JsonRows, QueryError> {
+/// Batches as a JSON array of row objects (nulls written out), the
+/// text counted against `budget` (a reservation of the query memory pool,
+/// which the caller keeps while it holds the answer).
+pub fn json_rows(
+    batches: &[RecordBatch],
+    budget: &MemoryReservation,
+) -> Result<JsonRows, QueryError> {
     let started = std::time::Instant::now();
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     let mut buf = if rows >= PARALLEL_ROWS {
         let (a, b) = split_rows(batches, rows / 2);
         let (a, b) = std::thread::scope(|s| {
-            let second = s.spawn(|| encode(&b, rows - rows / 2));
+            // Named as a query thread: a panic in the encoder fails this
+            // answer (the panic hook knows the name), not the daemon.
+            let second = std::thread::Builder::new()
+                .name(format!("{}-json", super::pool::THREAD_NAME))
+                .spawn_scoped(s, || encode(&b, rows - rows / 2, budget));
             // Room for both halves: the second is appended to it.
-            let first = encode(&a, rows);
-            (
-                first,
-                second
+            let first = encode(&a, rows, budget);
+            let second = match second {
+                Ok(h) => h
                     .join()
                     .unwrap_or_else(|_| Err(QueryError::Internal("json encoder panicked".into()))),
-            )
+                Err(e) => Err(QueryError::internal(e)),
+            };
+            (first, second)
         });
-        let (mut a, b) = (a?, b?);
+        let (a, b) = (a?, b?);
         // "[x,y]" + "[z]" → "[x,y,z]"
-        if a.pop() != Some(b']') || b.first() != Some(&b'[') {
+        let mut a = Counted { buf: a, budget };
+        if a.buf.pop() != Some(b']') || b.first() != Some(&b'[') {
             return Err(QueryError::Internal("json halves are not arrays".into()));
         }
-        a.push(b',');
-        a.extend_from_slice(&b[1..]);
-        a
+        a.reserve(b.len()).map_err(|e| too_large(&e.to_string()))?;
+        a.buf.push(b',');
+        a.buf.extend_from_slice(&b[1..]);
+        budget.shrink(b.capacity().min(budget.size()));
+        drop(b);
+        a.buf
     } else {
-        encode(batches, rows)?
+        encode(batches, rows, budget)?
     };
     if buf.is_empty() {
         buf.extend_from_slice(b"[]");
@@ -337,8 +548,19 @@ pub fn json_rows(batches: &[RecordBatch]) -> Result<JsonRows, QueryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{ArrayRef, Int64Array, StringArray};
+    use arrow::array::{ArrayRef, BooleanArray, Int64Array, ListArray, StringArray};
+    use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryConsumer, MemoryPool};
     use rand::{Rng, SeedableRng};
+
+    /// A reservation of a pool of its own, `bytes` large.
+    fn budget(bytes: usize) -> MemoryReservation {
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(bytes));
+        MemoryConsumer::new("test").register(&pool)
+    }
+
+    fn roomy() -> MemoryReservation {
+        budget(1 << 30)
+    }
 
     /// What arrow-json writes for `batches` with the decimals cast to Utf8
     /// first: the answers' format before the factory existed.
@@ -439,7 +661,7 @@ mod tests {
     fn the_encoders_write_what_arrow_writes() {
         for seed in 0..4 {
             let b = batch(2000, seed);
-            let ours = json_rows(std::slice::from_ref(&b)).unwrap();
+            let ours = json_rows(std::slice::from_ref(&b), &roomy()).unwrap();
             let theirs = reference(std::slice::from_ref(&b));
             assert_eq!(ours.as_str(), theirs, "seed {seed}");
         }
@@ -449,7 +671,7 @@ mod tests {
     fn halves_join_into_the_same_array() {
         // Over the parallel threshold, split across uneven batches.
         let batches = vec![batch(3001, 7), batch(1, 8), batch(2500, 9)];
-        let ours = json_rows(&batches).unwrap();
+        let ours = json_rows(&batches, &roomy()).unwrap();
         assert_eq!(ours.as_str(), reference(&batches));
         let v: serde_json::Value = serde_json::from_str(ours.as_str()).unwrap();
         assert_eq!(v.as_array().unwrap().len(), 5502);
@@ -475,8 +697,72 @@ mod tests {
 
     #[test]
     fn no_rows_are_an_empty_array() {
-        assert_eq!(json_rows(&[]).unwrap().as_str(), "[]");
+        assert_eq!(json_rows(&[], &roomy()).unwrap().as_str(), "[]");
         let b = batch(10, 1).slice(0, 0);
-        assert_eq!(json_rows(&[b]).unwrap().as_str(), "[]");
+        assert_eq!(json_rows(&[b], &roomy()).unwrap().as_str(), "[]");
+    }
+
+    #[test]
+    fn the_bound_is_never_below_what_is_written() {
+        let strings = StringArray::from_iter_values((0..300).map(|i| "\u{1}\"".repeat(i % 17)));
+        let lists = ListArray::from_iter_primitive::<arrow::datatypes::Int64Type, _, _>(
+            (0..300).map(|i| Some((0..i % 23).map(|v| Some(-v * 1_000_000_007)))),
+        );
+        let dict: arrow::array::DictionaryArray<arrow::datatypes::Int8Type> =
+            (0..300).map(|i| ["a", "\u{0}bc"][i % 2]).collect();
+        let odd = RecordBatch::try_from_iter([
+            ("s", Arc::new(strings) as ArrayRef),
+            ("l", Arc::new(lists) as ArrayRef),
+            ("d", Arc::new(dict) as ArrayRef),
+            (
+                "b",
+                Arc::new(BooleanArray::from(vec![false; 300])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        for b in [batch(2000, 3), odd] {
+            for (o, n) in [(0, b.num_rows()), (1, 1), (17, 100)] {
+                let slice = b.slice(o, n);
+                let bound = json_bound(&arrow::array::StructArray::from(slice.clone()).into_data());
+                let written = json_rows(&[slice], &roomy()).unwrap().0.len();
+                assert!(bound >= written, "bound {bound} < written {written}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_first_rows_do_not_size_the_buffer_past_the_pool() {
+        // 65 rows of 100 KB, then 9,935 short ones: extrapolated from the
+        // first 64 rows, the buffer would be a gigabyte. Within a 64 MiB
+        // pool the answer (6.5 MB) is still written, exactly.
+        let s = StringArray::from_iter_values((0..10_000).map(|i| {
+            if i < 65 {
+                "x".repeat(100_000)
+            } else {
+                "y".into()
+            }
+        }));
+        let b = RecordBatch::try_from_iter([("s", Arc::new(s) as ArrayRef)]).unwrap();
+        let ours = json_rows(std::slice::from_ref(&b), &budget(64 << 20)).unwrap();
+        assert_eq!(ours.as_str(), reference(&[b]));
+    }
+
+    #[test]
+    fn one_row_larger_than_the_pool_is_refused_before_it_is_encoded() {
+        // One row: a list of 10 million booleans, 1.25 MB in arrow and 60 MB
+        // of JSON, against a 16 MiB pool.
+        let values = BooleanArray::from(vec![false; 10_000_000]);
+        let list = ListArray::new(
+            Arc::new(Field::new_list_field(DataType::Boolean, false)),
+            arrow::buffer::OffsetBuffer::from_lengths([10_000_000]),
+            Arc::new(values),
+            None,
+        );
+        let b = RecordBatch::try_from_iter([("l", Arc::new(list) as ArrayRef)]).unwrap();
+        let Err(e) = json_rows(&[b], &budget(16 << 20)) else {
+            panic!("a 60 MB row was written within a 16 MiB pool");
+        };
+        assert_eq!(e.code(), "unavailable", "{e}");
+        assert!(e.to_string().contains("one row could take"), "{e}");
     }
 }

@@ -167,7 +167,7 @@ impl Engine {
             "count": rows_in(&batches),
             "truncated": truncated,
         });
-        answer(head, "trades", json_rows(&batches)?)
+        answer(head, "trades", &batches, &self.answer_budget())
     }
 
     /// The newest `limit` rows of the window when the tail alone holds at
