@@ -145,20 +145,36 @@ fn wait_settled(env: &Env, timeout: Duration, mut each: impl FnMut(&Value)) -> V
     }
 }
 
+/// The offered rate of the overload flood, frames per second.
+const FLOOD_RATE: u64 = 20_000;
+
+/// Item 9's overload: the flood is offered at `TICKLAKE_OVERLOAD_FACTOR`
+/// (default 3; the long form is 5) times the rate the writer can sustain
+/// at NORMAL, which the chaos delay per row sets to `FLOOD_RATE / factor`
+/// rows per second.
 #[test]
 fn overload_degrades_by_tier_keeps_tier_one_and_accounts_for_everything() {
     let brokers = tansu();
+    let factor: f64 = std::env::var("TICKLAKE_OVERLOAD_FACTOR")
+        .ok()
+        .map(|v| v.parse().expect("TICKLAKE_OVERLOAD_FACTOR is a number"))
+        .unwrap_or(3.0);
+    assert!(factor >= 1.0, "an overload factor below 1 is no overload");
+    let delay_us = (factor * 1e6 / FLOOD_RATE as f64).round() as u64;
     let work = tempfile::tempdir().unwrap();
     let (flood, counts) = renumbered_capture(work.path(), 80);
     let total: u64 = counts.values().sum();
-    println!("flood: {total} trades {counts:?}");
+    println!(
+        "flood: {total} trades {counts:?} at {FLOOD_RATE}/s, {factor}x the writer's {:.0} rows/s ({delay_us} us per row)",
+        1e6 / delay_us as f64
+    );
 
-    // 20k frames/s against a writer slowed to at most ~6k rows/s.
-    let (mut replay, url) = start_replay(&[flood], &["--rate", "20000"]);
+    let (mut replay, url) = start_replay(&[flood], &["--rate", &FLOOD_RATE.to_string()]);
     let env = Env::new(
         &brokers,
         Some(&url),
-        r#"
+        &format!(
+            r#"
 [degradation]
 sample_ms = 100
 cooldown_ms = 500
@@ -171,11 +187,12 @@ producer_queue = [100000000.0, 200000000.0, 300000000.0, 400000000.0]
 commit_latency_ms = [100000000.0, 200000000.0, 300000000.0, 400000000.0]
 
 [chaos]
-writer_delay_us_per_row = 150
+writer_delay_us_per_row = {delay_us}
 
 [spill]
 replay_batch = 200
-"#,
+"#
+        ),
     );
     feed_for_flood(&env);
     env.set("writer", "max_rows", "5000");
@@ -220,6 +237,21 @@ replay_batch = 200
         daemon.log_tail()
     );
     assert_eq!(s["level"], "NORMAL");
+    // No flapping: the level never changed sooner than the cooldown after
+    // its last change.
+    let cooldown_ms = s["degradation"]["cooldown_ms"].as_u64().unwrap();
+    let at: Vec<u64> = s["degradation"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["at_ms"].as_u64().unwrap())
+        .collect();
+    let closest = at.windows(2).map(|w| w[1] - w[0]).min();
+    println!(
+        "{} transitions, closest {closest:?} ms apart (cooldown {cooldown_ms} ms)",
+        at.len()
+    );
+    assert!(closest.is_none_or(|c| c >= cooldown_ms), "flapping: {at:?}");
 
     // The identity, exactly, per tier, and against the replayed count.
     let acc = accounts(&s);
@@ -342,17 +374,36 @@ fn tansu_cmd(verb: &str, dir: &Path) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// Item 9's outage: the broker is down for `TICKLAKE_OUTAGE_SECS` (default
+/// 20; the long form is 60) in the middle of a replay at
+/// `TICKLAKE_OUTAGE_RATE` trades per second (default 200; the long form is
+/// 1,000).
 #[test]
 fn broker_outage_opens_the_breaker_spills_and_replays_in_order_exactly_once() {
     // The shared broker must exist (the suite runs on Tansu), but this test
     // stops and starts one of its own.
     let _ = tansu();
+    let number = |key: &str, default: u64| -> u64 {
+        std::env::var(key)
+            .ok()
+            .map(|v| v.parse().unwrap_or_else(|_| panic!("{key} is a number")))
+            .unwrap_or(default)
+    };
+    let outage = Duration::from_secs(number("TICKLAKE_OUTAGE_SECS", 20));
+    let rate = number("TICKLAKE_OUTAGE_RATE", 200);
     let broker = OwnTansu::start();
     let work = tempfile::tempdir().unwrap();
-    let (capture, counts) = renumbered_capture(work.path(), 3);
+    // Enough copies of the capture for the ingest to outlast the outage.
+    let (_, one) = renumbered_capture(work.path(), 1);
+    let per_copy: u64 = one.values().sum();
+    let copies = (rate * (outage.as_secs() + 8)).div_ceil(per_copy).max(3);
+    let (capture, counts) = renumbered_capture(work.path(), copies as i64);
     let total: u64 = counts.values().sum();
-    // ~28 s of ingest at 200 trades/s; the outage is in the middle of it.
-    let (mut replay, url) = start_replay(&[capture], &["--rate", "200"]);
+    println!(
+        "outage of {}s during {total} trades at {rate}/s",
+        outage.as_secs()
+    );
+    let (mut replay, url) = start_replay(&[capture], &["--rate", &rate.to_string()]);
     let env = outage_env(&broker, &url);
     let mut daemon = env.start_daemon("daemon");
 
@@ -366,8 +417,8 @@ fn broker_outage_opens_the_breaker_spills_and_replays_in_order_exactly_once() {
         status(&env)["breakers"][0]["state"] == "OPEN"
     });
     let spilled_during_outage = {
-        // Keep the broker down for 20 s in all.
-        std::thread::sleep(Duration::from_secs(20).saturating_sub(stopped_at.elapsed()));
+        // Keep the broker down for the whole outage.
+        std::thread::sleep(outage.saturating_sub(stopped_at.elapsed()));
         status(&env)["spill"]["pending"].as_u64().unwrap()
     };
     let again = tansu_cmd("start", broker.dir.path());
@@ -450,6 +501,16 @@ fn broker_outage_opens_the_breaker_spills_and_replays_in_order_exactly_once() {
         daemon.log_tail()
     );
     assert_eq!(rows[0]["d"].as_u64().unwrap(), total);
+    // And the daemon's own account agrees, down to the lake.
+    let mut s = Value::Null;
+    wait_until("accounting settled", Duration::from_secs(60), || {
+        s = status(&env);
+        s["accounting_settled"] == true
+    });
+    let t1 = &accounts(&s)["1"];
+    println!("tier 1 after the outage: {t1}");
+    assert_eq!(n(t1, "stored"), counts["BTCUSDT"]);
+    assert_eq!(s["lake"]["lost_records"], 0);
     assert!(daemon.terminate().success());
 }
 
