@@ -148,16 +148,19 @@ fn wait_settled(env: &Env, timeout: Duration, mut each: impl FnMut(&Value)) -> V
 /// The offered rate of the overload flood, frames per second.
 const FLOOD_RATE: u64 = 20_000;
 
-/// Item 9's overload: the flood is offered at `TICKLAKE_OVERLOAD_FACTOR`
+/// Item 9's overload: the flood is offered at `TICKLAKE_TEST_OVERLOAD_FACTOR`
 /// (default 3; the long form is 5) times the rate the writer can sustain
 /// at NORMAL, which the chaos delay per row sets to `FLOOD_RATE / factor`
 /// rows per second.
 #[test]
 fn overload_degrades_by_tier_keeps_tier_one_and_accounts_for_everything() {
     let brokers = tansu();
-    let factor: f64 = std::env::var("TICKLAKE_OVERLOAD_FACTOR")
+    let factor: f64 = std::env::var("TICKLAKE_TEST_OVERLOAD_FACTOR")
         .ok()
-        .map(|v| v.parse().expect("TICKLAKE_OVERLOAD_FACTOR is a number"))
+        .map(|v| {
+            v.parse()
+                .expect("TICKLAKE_TEST_OVERLOAD_FACTOR is a number")
+        })
         .unwrap_or(3.0);
     assert!(factor >= 1.0, "an overload factor below 1 is no overload");
     let delay_us = (factor * 1e6 / FLOOD_RATE as f64).round() as u64;
@@ -374,9 +377,9 @@ fn tansu_cmd(verb: &str, dir: &Path) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// Item 9's outage: the broker is down for `TICKLAKE_OUTAGE_SECS` (default
+/// Item 9's outage: the broker is down for `TICKLAKE_TEST_OUTAGE_SECS` (default
 /// 20; the long form is 60) in the middle of a replay at
-/// `TICKLAKE_OUTAGE_RATE` trades per second (default 200; the long form is
+/// `TICKLAKE_TEST_OUTAGE_RATE` trades per second (default 200; the long form is
 /// 1,000).
 #[test]
 fn broker_outage_opens_the_breaker_spills_and_replays_in_order_exactly_once() {
@@ -389,8 +392,8 @@ fn broker_outage_opens_the_breaker_spills_and_replays_in_order_exactly_once() {
             .map(|v| v.parse().unwrap_or_else(|_| panic!("{key} is a number")))
             .unwrap_or(default)
     };
-    let outage = Duration::from_secs(number("TICKLAKE_OUTAGE_SECS", 20));
-    let rate = number("TICKLAKE_OUTAGE_RATE", 200);
+    let outage = Duration::from_secs(number("TICKLAKE_TEST_OUTAGE_SECS", 20));
+    let rate = number("TICKLAKE_TEST_OUTAGE_RATE", 200);
     let broker = OwnTansu::start();
     let work = tempfile::tempdir().unwrap();
     // Enough copies of the capture for the ingest to outlast the outage.

@@ -5,7 +5,7 @@
 //! the lake-side identity must say so; and a loss forced on purpose
 //! (`chaos.lose`) must be reported, never balanced away.
 //!
-//! `TICKLAKE_FLOOD_TRADES` sets the flood's size (default 100,000, enough
+//! `TICKLAKE_TEST_FLOOD_TRADES` sets the flood's size (default 100,000, enough
 //! to pass the cluster's limit on one partition several times over; the
 //! long form is 400,000).
 
@@ -99,9 +99,9 @@ fn embedded_env(url: &str, extra: &str) -> Env {
 
 #[test]
 fn a_flood_with_a_slow_writer_loses_nothing_in_the_embedded_broker() {
-    let trades: u64 = std::env::var("TICKLAKE_FLOOD_TRADES")
+    let trades: u64 = std::env::var("TICKLAKE_TEST_FLOOD_TRADES")
         .ok()
-        .map(|v| v.parse().expect("TICKLAKE_FLOOD_TRADES is a number"))
+        .map(|v| v.parse().expect("TICKLAKE_TEST_FLOOD_TRADES is a number"))
         .unwrap_or(100_000);
     let work = tempfile::tempdir().unwrap();
     let capture = flood(work.path(), trades);

@@ -91,20 +91,20 @@ fn sigkill_during_writes_never_duplicates_or_loses() {
 /// started again on the same data directory each time. Every connection is
 /// served the whole capture again, so a trade may reach the broker several
 /// times; the lake must end with every trade of the capture exactly once,
-/// and hold no second copy at any kill. `TICKLAKE_KILLS` sets the number of
-/// kills (default 8; the long form is 50), `TICKLAKE_KILL_SEED` the seed of
+/// and hold no second copy at any kill. `TICKLAKE_TEST_KILLS` sets the number of
+/// kills (default 8; the long form is 50), `TICKLAKE_TEST_KILL_SEED` the seed of
 /// the random kill points (printed, so a failure can be replayed).
 #[test]
 fn sigkill_at_random_points_while_streaming_and_draining_loses_and_doubles_nothing() {
     use rand::{Rng, SeedableRng};
     let brokers = tansu();
-    let kills: u32 = std::env::var("TICKLAKE_KILLS")
+    let kills: u32 = std::env::var("TICKLAKE_TEST_KILLS")
         .ok()
-        .map(|v| v.parse().expect("TICKLAKE_KILLS is a number"))
+        .map(|v| v.parse().expect("TICKLAKE_TEST_KILLS is a number"))
         .unwrap_or(8);
-    let seed: u64 = std::env::var("TICKLAKE_KILL_SEED")
+    let seed: u64 = std::env::var("TICKLAKE_TEST_KILL_SEED")
         .ok()
-        .map(|v| v.parse().expect("TICKLAKE_KILL_SEED is a number"))
+        .map(|v| v.parse().expect("TICKLAKE_TEST_KILL_SEED is a number"))
         .unwrap_or_else(rand::random);
     println!("kills {kills}, seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
