@@ -32,9 +32,10 @@ pub struct Routes {
     /// Also gets every trade with its offset, before the writer does, for
     /// hybrid queries.
     pub tail: Option<Recipient<Tailed>>,
-    /// Each partition's end at start: a record below it was published by
-    /// an earlier run (the writer counts it as carried over).
-    pub start_ends: Arc<HashMap<String, HashMap<i32, i64>>>,
+    /// This run's id: a trade without it on its record was published by
+    /// an earlier run or another producer (the writer counts it as carried
+    /// over).
+    pub run: crate::kafka::RunId,
     /// The embedded broker's window, told of every record read.
     pub window: Option<Arc<BrokerWindow>>,
     /// Chaos (`chaos.lose`): records treated as deleted before they were
@@ -220,17 +221,13 @@ impl Actor for ConsumerActor {
                         })
                     } else if routes.trades_topics.contains(&topic) {
                         codec.decode_trade(payload).map(|t| {
-                            let below_start = routes
-                                .start_ends
-                                .get(topic.as_str())
-                                .and_then(|p| p.get(&m.partition()))
-                                .is_some_and(|end| m.offset() < *end);
+                            let earlier = !crate::kafka::published_by(&m, &routes.run);
                             // Filled only once a carried row shows up.
-                            if below_start && carried.is_empty() {
+                            if earlier && carried.is_empty() {
                                 carried.resize(trades.len(), false);
                             }
                             if !carried.is_empty() {
-                                carried.push(below_start);
+                                carried.push(earlier);
                             }
                             if routes.tail.is_some() {
                                 tail_rows.push(TailRow {

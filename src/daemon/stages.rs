@@ -297,7 +297,7 @@ pub fn consumer(
             trades: lake.trades.clone(),
             dead_letters: lake.dead_letters.clone(),
             tail: Some(lake.tail.clone().recipient()),
-            start_ends: Arc::new(kafka.start_ends()),
+            run: kafka.run,
             lose: chaos_loss(cfg),
             window: kafka.window.clone(),
         },
@@ -340,7 +340,7 @@ pub fn producer(
             replay_batch: cfg.spill.replay_batch,
         },
     )?;
-    let actor = actor.with_window(kafka.window.clone());
+    let actor = actor.with_window(kafka.window.clone()).with_run(kafka.run);
     Supervisor::start(move |_| actor);
     Ok(handle)
 }

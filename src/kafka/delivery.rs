@@ -120,6 +120,8 @@ pub struct Route<'a> {
     pub undelivered: &'a mpsc::UnboundedSender<Undelivered>,
     /// The embedded broker's window; `None` on a real broker.
     pub window: Option<&'a Arc<BrokerWindow>>,
+    /// This run's id, put on every record (see `kafka::RUN_HEADER`).
+    pub run: &'a crate::kafka::RunId,
     pub epoch: Instant,
 }
 
@@ -152,7 +154,8 @@ pub fn dispatch(
     }
     let fr = FutureRecord::to(&entry.topic)
         .key(&entry.key)
-        .payload(&entry.payload);
+        .payload(&entry.payload)
+        .headers(crate::kafka::run_headers(route.run));
     let delivery = route.producer.send_result(fr).map_err(|(e, _)| e)?;
     let window = route.window.cloned();
     if let Some(w) = &window {

@@ -36,9 +36,9 @@ pub struct Consumed {
     pub positions: Vec<(String, i32, i64)>,
     /// The consumer loop's generation (its restart count).
     pub generation: u64,
-    /// Trades only, one per row when any row of the batch lies below its
-    /// partition's end at start (published by an earlier run); empty
-    /// otherwise, which means none.
+    /// Trades only, one per row when any row of the batch was published by
+    /// an earlier run or another producer (its record lacks this run's id);
+    /// empty otherwise, which means none.
     pub carried: Vec<bool>,
 }
 

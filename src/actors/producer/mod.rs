@@ -107,6 +107,8 @@ pub struct ProducerActor {
     undelivered_tx: mpsc::UnboundedSender<Undelivered>,
     /// The embedded broker's window (`None` on a real broker).
     window: Option<Arc<BrokerWindow>>,
+    /// This run's id, on every record.
+    run: crate::kafka::RunId,
     undelivered_rx: Rc<RefCell<mpsc::UnboundedReceiver<Undelivered>>>,
     epoch: Instant,
     state: ProducerState,
@@ -171,6 +173,7 @@ impl ProducerActor {
             delivered_at_last_tick: 0,
             undelivered_tx,
             window: None,
+            run: rand::random(),
             undelivered_rx: Rc::new(RefCell::new(undelivered_rx)),
             epoch: Instant::now(),
             state: ProducerState::default(),
@@ -187,12 +190,19 @@ impl ProducerActor {
         self
     }
 
+    /// Marks records with the daemon's run id, which its consumer knows.
+    pub fn with_run(mut self, run: crate::kafka::RunId) -> Self {
+        self.run = run;
+        self
+    }
+
     fn to_broker(&self) -> Route<'_> {
         Route {
             producer: &self.producer,
             deliveries: &self.deliveries,
             undelivered: &self.undelivered_tx,
             window: self.window.as_ref(),
+            run: &self.run,
             epoch: self.epoch,
         }
     }
@@ -294,7 +304,7 @@ impl ProducerActor {
                 // problem, and the record is safer in the spill log.
                 let (producer, deliveries) = (self.producer.clone(), self.deliveries.clone());
                 let (tx, window) = (self.undelivered_tx.clone(), self.window.clone());
-                let (epoch, stall) = (self.epoch, self.stall);
+                let (epoch, stall, run) = (self.epoch, self.stall, self.run);
                 ctx.wait(
                     async move {
                         let deadline = Instant::now() + stall;
@@ -303,6 +313,7 @@ impl ProducerActor {
                             deliveries: &deliveries,
                             undelivered: &tx,
                             window: window.as_ref(),
+                            run: &run,
                             epoch,
                         };
                         loop {
@@ -418,6 +429,7 @@ impl ProducerActor {
             deliveries: &self.deliveries,
             undelivered: &self.undelivered_tx,
             window: self.window.as_ref(),
+            run: &self.run,
             epoch: self.epoch,
         };
         let counters = &mut self.counters;

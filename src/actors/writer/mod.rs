@@ -271,7 +271,7 @@ impl WriterActor {
     /// Counts stored rows per exchange and tier for the accounting
     /// identity (the trades table), with tiers from `instruments`.
     pub fn with_tally(mut self, instruments: Arc<crate::instruments::Instruments>) -> Self {
-        self.tally = Some(Tally::new(instruments));
+        self.tally = Some(Tally::new(instruments, self.policy.dedup_capacity));
         self
     }
 
@@ -665,7 +665,7 @@ impl Handler<Consumed> for WriterActor {
                         && buffered.insert(k);
                     if let Some(tally) = tally.as_deref_mut() {
                         let fate = if first { Fate::Stored } else { Fate::Duplicate };
-                        tally.note(&t, fate, carried.get(i).copied().unwrap_or(false));
+                        tally.note(&t, k, fate, carried.get(i).copied().unwrap_or(false));
                     }
                     first.then_some(t)
                 }));

@@ -3,10 +3,18 @@
 //! exchange and tier. They are counted when the commit that covers them
 //! succeeds, never before: a failed commit rewinds and reads the same
 //! records again, and counting them twice would hide a loss.
+//!
+//! `published` counts acknowledgements, one per trade the run sent (the
+//! feed drops repeats before they are sent). A trade can still reach the
+//! broker twice: a write whose acknowledgement was lost and that the
+//! producer sent again, or a broker's own retry. Only the first copy of a
+//! message id of this run counts against `published`; the others are
+//! `extra_copies`, shown apart, so the identity stays exact.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use crate::dedup::Dedup;
 use crate::instruments::{Instruments, Tier};
 use crate::metrics::{Metrics, Outcome};
 use crate::model::TradeV2;
@@ -19,14 +27,15 @@ pub enum Fate {
 }
 
 /// Outcomes in the order of a count slot.
-const OUTCOMES: [Outcome; 3] = [
+const OUTCOMES: [Outcome; 4] = [
     Outcome::Stored,
     Outcome::DeduplicatedAtWriter,
     Outcome::CarriedOver,
+    Outcome::ExtraCopy,
 ];
 
 /// Per tier, counts in the order of [`OUTCOMES`].
-type Counts = [[u64; 3]; 3];
+type Counts = [[u64; 4]; 3];
 
 pub struct Tally {
     instruments: Arc<Instruments>,
@@ -37,15 +46,23 @@ pub struct Tally {
     pending: HashMap<String, Counts>,
     /// Rows of the running commit.
     in_commit: HashMap<String, Counts>,
+    /// Message ids of this run's trades seen so far: committed (bounded,
+    /// oldest forgotten first), in the running commit, and since.
+    run_committed: Dedup,
+    run_in_commit: HashSet<u128>,
+    run_pending: HashSet<u128>,
 }
 
 impl Tally {
-    pub fn new(instruments: Arc<Instruments>) -> Self {
+    pub fn new(instruments: Arc<Instruments>, capacity: usize) -> Self {
         Self {
             instruments,
             tiers: HashMap::new(),
             pending: HashMap::new(),
             in_commit: HashMap::new(),
+            run_committed: Dedup::new(capacity),
+            run_in_commit: HashSet::new(),
+            run_pending: HashSet::new(),
         }
     }
 
@@ -61,13 +78,23 @@ impl Tally {
         t
     }
 
-    /// One consumed trade. `carried`: published by an earlier run.
-    pub fn note(&mut self, t: &TradeV2, fate: Fate, carried: bool) {
+    /// One consumed trade with its message-id key. `carried`: published
+    /// by an earlier run or another producer.
+    pub fn note(&mut self, t: &TradeV2, key: u128, fate: Fate, carried: bool) {
         let tier = self.tier(&t.exchange, &t.symbol);
-        let slot = match (carried, fate) {
-            (true, _) => 2,
-            (false, Fate::Stored) => 0,
-            (false, Fate::Duplicate) => 1,
+        let slot = if carried {
+            2
+        } else if self.run_pending.contains(&key)
+            || self.run_in_commit.contains(&key)
+            || self.run_committed.contains_key(key)
+        {
+            3
+        } else {
+            self.run_pending.insert(key);
+            match fate {
+                Fate::Stored => 0,
+                Fate::Duplicate => 1,
+            }
         };
         let counts = match self.pending.get_mut(t.exchange.as_str()) {
             Some(c) => c,
@@ -81,10 +108,14 @@ impl Tally {
         // One commit runs at a time; anything left from an earlier one was
         // settled or forgotten already.
         self.in_commit = std::mem::take(&mut self.pending);
+        self.run_in_commit = std::mem::take(&mut self.run_pending);
     }
 
     /// The running commit succeeded: its rows count now.
     pub fn committed(&mut self, metrics: &Metrics) {
+        for k in self.run_in_commit.drain() {
+            self.run_committed.first_time_key(k);
+        }
         for (exchange, counts) in self.in_commit.drain() {
             for tier in Tier::ALL {
                 for (slot, outcome) in OUTCOMES.iter().enumerate() {
@@ -101,6 +132,8 @@ impl Tally {
     pub fn forget(&mut self) {
         self.pending.clear();
         self.in_commit.clear();
+        self.run_pending.clear();
+        self.run_in_commit.clear();
     }
 }
 
@@ -116,15 +149,16 @@ mod tests {
     #[test]
     fn counts_land_only_with_their_commit() {
         let m = Metrics::new().unwrap();
-        let mut t = Tally::new(Arc::new(Instruments::builtin().unwrap()));
+        let mut t = Tally::new(Arc::new(Instruments::builtin().unwrap()), 100);
         let btc = trade("BTCUSDT");
-        t.note(&btc, Fate::Stored, false);
-        t.note(&btc, Fate::Stored, false);
-        t.note(&btc, Fate::Duplicate, false);
-        t.note(&btc, Fate::Stored, true);
+        t.note(&btc, 1, Fate::Stored, false);
+        t.note(&btc, 2, Fate::Stored, false);
+        // An earlier run's copy of trade 3 is in the lake already.
+        t.note(&btc, 3, Fate::Duplicate, false);
+        t.note(&btc, 4, Fate::Stored, true);
         t.begin_commit();
         // Taken in while the commit runs: belongs to the next one.
-        t.note(&btc, Fate::Stored, false);
+        t.note(&btc, 5, Fate::Stored, false);
         assert!(accounts(&m).is_empty(), "nothing counts before the commit");
         t.committed(&m);
         let a = accounts(&m);
@@ -138,5 +172,12 @@ mod tests {
         t.begin_commit();
         t.committed(&m);
         assert_eq!(accounts(&m)[0].stored, 2);
+        // A second copy of this run's trade 1 (its first write's
+        // acknowledgement was lost): an extra copy, not a second publish.
+        t.note(&btc, 1, Fate::Duplicate, false);
+        t.begin_commit();
+        t.committed(&m);
+        let a = accounts(&m);
+        assert_eq!((a[0].deduplicated_at_writer, a[0].extra_copies), (1, 1));
     }
 }
