@@ -110,7 +110,8 @@ async fn fixture() -> Fixture {
             .await
             .unwrap();
     }
-    let tail = TailActor::new("test", 1_000_000, schema.clone()).start();
+    let view = ticklake::query::tail::TailView::default();
+    let tail = TailActor::new("test", 1_000_000, schema.clone(), view.clone()).start();
     let rows: Vec<TailRow> = (lake_n..lake_n + 3000)
         .map(|i| {
             let (s, x, ts) = shape(i, true);
@@ -125,7 +126,7 @@ async fn fixture() -> Fixture {
         })
         .collect();
     tail.send(Tailed(rows)).await.unwrap();
-    let engine = ticklake::query::session::engine(&cfg, Some(tail.clone().recipient()))
+    let engine = ticklake::query::session::engine(&cfg, Some(view))
         .await
         .unwrap()
         .with_clock(Arc::new(|| NOW));

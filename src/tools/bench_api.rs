@@ -432,7 +432,8 @@ pub async fn latency(
         done = end;
         tracing::info!(rows = done, "bench lake built so far");
     }
-    let tail = TailActor::new("bench", tail_trades + 1, schema.clone()).start();
+    let view = crate::query::tail::TailView::default();
+    let tail = TailActor::new("bench", tail_trades + 1, schema.clone(), view.clone()).start();
     let rows: Vec<TailRow> = (0..tail_trades)
         .map(|j| {
             let i = lake_trades + j;
@@ -449,7 +450,7 @@ pub async fn latency(
     tail.send(Tailed(rows))
         .await
         .map_err(|e| BenchApiError::Poll(e.to_string()))?;
-    let engine = crate::query::session::engine(&cfg, Some(tail.recipient()))
+    let engine = crate::query::session::engine(&cfg, Some(view))
         .await
         .map_err(|e| BenchApiError::Poll(e.to_string()))?
         .with_clock(Arc::new(move || now));

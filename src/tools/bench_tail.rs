@@ -141,9 +141,10 @@ pub async fn tail_scans(
         crate::lake::batch::arrow_schema(table.metadata().current_schema()).map_err(|e| err(&e))?
     };
     // Nothing commits here, so nothing is pruned: the tail only grows.
-    let tail = TailActor::new("bench", usize::MAX, schema).start();
+    let view = crate::query::tail::TailView::default();
+    let tail = TailActor::new("bench", usize::MAX, schema, view.clone()).start();
     let engine = Arc::new(
-        crate::query::session::engine(&cfg, Some(tail.clone().recipient()))
+        crate::query::session::engine(&cfg, Some(view))
             .await
             .map_err(|e| err(&e))?,
     );
