@@ -56,6 +56,14 @@ pub enum QueryRequest {
 #[rtype(result = "Result<Answer, QueryError>")]
 pub struct RunQuery(pub QueryRequest);
 
+/// A query's work has stopped and its slot is free again (sent by the
+/// query's own task, which may end after its answer, e.g. a timeout).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct QueryDone {
+    pub timed_out: bool,
+}
+
 /// Where the next page starts: after the row with this (timestamp,
 /// message_id), the order `/v1/trades` pages in. Rendered as
 /// `<timestamp µs>:<message_id>`; clients pass it back unchanged.

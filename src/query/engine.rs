@@ -3,10 +3,13 @@
 //! value a client passes reaches DataFusion as a typed literal through the
 //! DataFrame API, never as SQL text; only `/v1/sql` parses SQL, behind the
 //! read-only guard.
+//!
+//! Every request runs with a `Cancel`: its deadline, checked between
+//! planning phases and between batches, and wrapped around every operator
+//! of its plan.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arrow::array::{Array, RecordBatch};
 use arrow::compute::cast;
@@ -18,12 +21,14 @@ use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::functions::datetime::expr_fn::date_bin;
 use datafusion::functions_aggregate::expr_fn::{count, first_value, last_value, max, min, sum};
 use datafusion::logical_expr::utils::conjunction;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, Expr, SessionContext, col, lit};
 use futures::StreamExt;
 use iceberg::{Catalog, TableIdent};
 use iceberg_datafusion::IcebergStaticTableProvider;
 use serde_json::{Value, json};
 
+use super::cancel::Cancel;
 use super::hybrid::{HybridTable, Pin, PinnedTable, ScanInfo, kth_newest_timestamp};
 use super::json::{json_rows, split_rows, take, too_large};
 use super::sql_guard;
@@ -40,6 +45,11 @@ mod recent;
 /// The wall clock in UTC microseconds; tests fix it.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
+/// What one request runs with: its deadline and cancellation.
+pub(super) struct Request<'a> {
+    cancel: &'a Cancel,
+}
+
 /// `v` (an object) as an answer.
 fn answer_of(v: &Value) -> Result<Answer, QueryError> {
     serde_json::to_string(v)
@@ -55,8 +65,9 @@ fn answer(
     key: &str,
     batches: &[RecordBatch],
     budget: &MemoryReservation,
+    cancel: &Cancel,
 ) -> Result<Answer, QueryError> {
-    let rows = json_rows(batches, budget)?;
+    let rows = json_rows(batches, budget, cancel)?;
     let head_text = answer_of(&head)?.into_string();
     let key = serde_json::to_string(key).map_err(QueryError::internal)?;
     let len = head_text.len() + key.len() + rows.0.len() + 2;
@@ -120,6 +131,81 @@ fn df_err(e: DataFusionError) -> QueryError {
         DataFusionError::ResourcesExhausted(m) => QueryError::Unavailable(m.clone()),
         _ => QueryError::Internal(e.to_string()),
     }
+}
+
+/// `df`'s physical plan, tracked by `q`'s cancellation, with the task
+/// context to run it in. Optimizing and planning are synchronous and can
+/// be long for a large statement: the deadline is checked before, between
+/// and after them.
+async fn physical(
+    df: DataFrame,
+    q: &Request<'_>,
+) -> Result<
+    (
+        Arc<dyn ExecutionPlan>,
+        Arc<datafusion::execution::TaskContext>,
+    ),
+    QueryError,
+> {
+    q.cancel.check()?;
+    let (state, plan) = df.into_parts();
+    let plan = state.optimize(&plan).map_err(df_err)?;
+    q.cancel.check()?;
+    let physical = state
+        .query_planner()
+        .create_physical_plan(&plan, &state)
+        .await
+        .map_err(df_err)?;
+    q.cancel.check()?;
+    let task = Arc::new(datafusion::execution::TaskContext::from(&state));
+    Ok((q.cancel.track(physical).map_err(df_err)?, task))
+}
+
+/// Runs `plan` and keeps its rows, at most `max_rows` of them (then
+/// `true`: more were cut), each counted against `budget` when given;
+/// stops with `Timeout` between batches once the query is cancelled.
+async fn run_plan(
+    plan: Arc<dyn ExecutionPlan>,
+    task: Arc<datafusion::execution::TaskContext>,
+    q: &Request<'_>,
+    max_rows: Option<usize>,
+    budget: Option<&MemoryReservation>,
+) -> Result<(Vec<RecordBatch>, bool), QueryError> {
+    let mut stream = datafusion::physical_plan::execute_stream(plan, task).map_err(df_err)?;
+    let mut batches = Vec::new();
+    let mut n = 0;
+    let mut truncated = false;
+    while let Some(b) = stream.next().await {
+        q.cancel.check()?;
+        let b = b.map_err(df_err)?;
+        if let Some(budget) = budget {
+            take(budget, b.get_array_memory_size()).map_err(|e| too_large(&e.to_string()))?;
+        }
+        let b = match max_rows {
+            Some(max) if n + b.num_rows() > max => {
+                truncated = true;
+                b.slice(0, max - n)
+            }
+            _ => b,
+        };
+        n += b.num_rows();
+        batches.push(b);
+        if truncated {
+            break;
+        }
+    }
+    Ok((batches, truncated))
+}
+
+/// `df` planned and run (`physical`, `run_plan`).
+async fn collect(
+    df: DataFrame,
+    q: &Request<'_>,
+    max_rows: Option<usize>,
+    budget: Option<&MemoryReservation>,
+) -> Result<(Vec<RecordBatch>, bool), QueryError> {
+    let (plan, task) = physical(df, q).await?;
+    run_plan(plan, task, q, max_rows, budget).await
 }
 
 fn rfc3339(us: i64) -> Option<String> {
@@ -192,12 +278,17 @@ impl Engine {
         self.live.schema()
     }
 
-    /// The session, for the CLI and tests.
     /// How many queries may run at once (`api.max_concurrent`).
     pub fn max_concurrent(&self) -> usize {
         self.limits.max_concurrent
     }
 
+    /// The time limit of one query (`api.timeout_ms`).
+    pub fn timeout_ms(&self) -> u64 {
+        self.limits.timeout_ms
+    }
+
+    /// The session, for the CLI and tests.
     pub fn context(&self) -> &SessionContext {
         &self.ctx
     }
@@ -218,22 +309,44 @@ impl Engine {
         }
     }
 
-    /// Runs one request within the configured time limit.
+    /// Runs one request within the configured time limit, and returns
+    /// once its work has stopped.
     pub async fn run(&self, req: QueryRequest) -> Result<Answer, QueryError> {
-        let ms = self.limits.timeout_ms;
+        let cancel = Cancel::after(self.limits.timeout_ms);
+        let answer = self.run_until(req, &cancel).await;
+        cancel.stopped().await;
+        answer
+    }
+
+    /// Runs one request until `cancel` stops it (its deadline, or a call to
+    /// `Cancel::cancel`). It returns at the next check after that; streams
+    /// of its plan still running in DataFusion's tasks end at their next
+    /// batch, and `cancel.stopped()` says when they all have.
+    pub async fn run_until(
+        &self,
+        req: QueryRequest,
+        cancel: &Cancel,
+    ) -> Result<Answer, QueryError> {
+        let q = Request { cancel };
         let fut = async {
             match req {
-                QueryRequest::Trades(r) => self.trades(r).await,
-                QueryRequest::Recent(r) => self.recent(r).await,
-                QueryRequest::Ohlcv(r) => self.ohlcv(r).await,
-                QueryRequest::Symbols => self.symbols().await,
+                QueryRequest::Trades(r) => self.trades(r, &q).await,
+                QueryRequest::Recent(r) => self.recent(r, &q).await,
+                QueryRequest::Ohlcv(r) => self.ohlcv(r, &q).await,
+                QueryRequest::Symbols => self.symbols(&q).await,
                 QueryRequest::Snapshots => self.snapshots().await,
-                QueryRequest::Sql(sql) => self.sql(&sql).await,
+                QueryRequest::Sql(sql) => self.sql(&sql, &q).await,
             }
         };
-        tokio::time::timeout(Duration::from_millis(ms), fut)
-            .await
-            .unwrap_or(Err(QueryError::Timeout(ms)))
+        let timeout = QueryError::Timeout(cancel.timeout_ms());
+        match tokio::time::timeout_at(cancel.deadline(), fut).await {
+            Ok(Ok(answer)) => Ok(answer),
+            // A stream cut short by the cancellation fails with an error of
+            // its own; the query timed out.
+            Ok(Err(_)) if cancel.is_cancelled() => Err(timeout),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(timeout),
+        }
     }
 
     /// The hybrid table, recording what its scan read, or the lake at one
@@ -280,7 +393,7 @@ impl Engine {
         info.lock().map(|i| i.clone()).unwrap_or_default()
     }
 
-    async fn trades(&self, r: TradesRequest) -> Result<Answer, QueryError> {
+    async fn trades(&self, r: TradesRequest, q: &Request<'_>) -> Result<Answer, QueryError> {
         let limit = r
             .limit
             .unwrap_or(self.limits.default_limit)
@@ -308,7 +421,7 @@ impl Engine {
                         .and(col("message_id").gt(lit(c.message_id.as_str())))),
             );
         }
-        let batches = trades_in_order(df, preds, true, limit + 1).await?;
+        let batches = trades_in_order(df, preds, true, limit + 1, q).await?;
         let next_cursor = if rows_in(&batches) > limit {
             cursor_at(&batches, limit - 1)?.map(|c| c.render())
         } else {
@@ -323,10 +436,10 @@ impl Engine {
             "count": rows_in(&batches),
             "next_cursor": next_cursor,
         });
-        answer(head, "trades", &batches, &self.answer_budget())
+        answer(head, "trades", &batches, &self.answer_budget(), q.cancel)
     }
 
-    async fn ohlcv(&self, r: OhlcvRequest) -> Result<Answer, QueryError> {
+    async fn ohlcv(&self, r: OhlcvRequest, q: &Request<'_>) -> Result<Answer, QueryError> {
         let step = r.interval.micros();
         let bars = r.end_us.saturating_sub(r.start_us).saturating_add(step - 1) / step;
         if bars > self.limits.max_rows as i64 {
@@ -358,7 +471,7 @@ impl Engine {
         };
         let stride = lit(ScalarValue::new_interval_mdn(0, 0, step * 1000));
         let bucket = date_bin(stride, col("timestamp"), ts_lit(0)).alias("time");
-        let batches = filtered(df, preds)?
+        let df = filtered(df, preds)?
             .aggregate(
                 vec![bucket],
                 vec![
@@ -371,10 +484,8 @@ impl Engine {
                 ],
             )
             .and_then(|d| d.sort(vec![col("time").sort(true, false)]))
-            .map_err(df_err)?
-            .collect()
-            .await
             .map_err(df_err)?;
+        let (batches, _) = collect(df, q, None, None).await?;
         let i = Self::read_info(&info);
         let head = json!({
             "source": source,
@@ -384,12 +495,12 @@ impl Engine {
             "interval": r.interval.as_str(),
             "count": rows_in(&batches),
         });
-        answer(head, "bars", &batches, &self.answer_budget())
+        answer(head, "bars", &batches, &self.answer_budget(), q.cancel)
     }
 
-    async fn symbols(&self) -> Result<Answer, QueryError> {
+    async fn symbols(&self, q: &Request<'_>) -> Result<Answer, QueryError> {
         let (df, info, source) = self.source(None).await?;
-        let batches = df
+        let df = df
             .aggregate(
                 vec![col("exchange"), col("symbol")],
                 vec![
@@ -404,17 +515,15 @@ impl Engine {
                     col("symbol").sort(true, false),
                 ])
             })
-            .map_err(df_err)?
-            .collect()
-            .await
             .map_err(df_err)?;
+        let (batches, _) = collect(df, q, None, None).await?;
         let i = Self::read_info(&info);
         let head = json!({
             "source": source,
             "snapshot_id": i.snapshot_id,
             "count": rows_in(&batches),
         });
-        answer(head, "symbols", &batches, &self.answer_budget())
+        answer(head, "symbols", &batches, &self.answer_budget(), q.cancel)
     }
 
     async fn snapshots(&self) -> Result<Answer, QueryError> {
@@ -454,33 +563,23 @@ impl Engine {
         }))
     }
 
-    async fn sql(&self, sql: &str) -> Result<Answer, QueryError> {
+    async fn sql(&self, sql: &str, q: &Request<'_>) -> Result<Answer, QueryError> {
+        q.cancel.check()?;
         sql_guard::check(sql).map_err(|e| QueryError::Rejected(e.to_string()))?;
+        q.cancel.check()?;
+        // Parsing and the logical plan; then `collect` optimizes, plans and
+        // runs it, checking the deadline between each.
         let df = self
             .ctx
             .sql_with_options(sql, super::session::read_only())
             .await
             .map_err(df_err)?;
         let schema = df.schema().as_arrow().clone();
-        let max_rows = self.limits.max_rows;
-        let mut stream = df.execute_stream().await.map_err(df_err)?;
+        // Kept until the answer is written: counted as the operators'
+        // memory is (a projection's output is not).
         let budget = self.answer_budget();
-        let mut batches = Vec::new();
-        let mut n = 0;
-        let mut truncated = false;
-        while let Some(b) = stream.next().await {
-            let b = b.map_err(df_err)?;
-            // Kept until the answer is written: counted as the operators'
-            // memory is (a projection's output is not).
-            take(&budget, b.get_array_memory_size()).map_err(|e| too_large(&e.to_string()))?;
-            if n + b.num_rows() > max_rows {
-                batches.push(b.slice(0, max_rows - n));
-                truncated = true;
-                break;
-            }
-            n += b.num_rows();
-            batches.push(b);
-        }
+        let (batches, truncated) =
+            collect(df, q, Some(self.limits.max_rows), Some(&budget)).await?;
         let columns: Vec<Value> = schema
             .fields()
             .iter()
@@ -491,7 +590,7 @@ impl Engine {
             "count": rows_in(&batches),
             "truncated": truncated,
         });
-        answer(head, "rows", &batches, &budget)
+        answer(head, "rows", &batches, &budget, q.cancel)
     }
 }
 
@@ -544,6 +643,7 @@ async fn trades_in_order(
     preds: Vec<Expr>,
     ascending: bool,
     limit: usize,
+    q: &Request<'_>,
 ) -> Result<Vec<RecordBatch>, QueryError> {
     let df = filtered(df, preds)?;
     let t0 = std::time::Instant::now();
@@ -555,12 +655,9 @@ async fn trades_in_order(
         .and_then(|d| d.limit(0, Some(limit)))
         .and_then(|d| d.select(trade_columns()))
         .map_err(df_err)?;
-    let task = Arc::new(df.task_ctx());
-    let plan = df.create_physical_plan().await.map_err(df_err)?;
+    let (plan, task) = physical(df, q).await?;
     let t1 = std::time::Instant::now();
-    let batches = datafusion::physical_plan::collect(plan.clone(), task)
-        .await
-        .map_err(df_err)?;
+    let (batches, _) = run_plan(plan.clone(), task, q, None, None).await?;
     // The executed plan with each operator's metrics, for
     // `RUST_LOG=ticklake::api=trace`.
     tracing::trace!(
@@ -581,6 +678,11 @@ async fn trades_in_order(
 mod tests {
     use super::*;
 
+    /// No deadline near.
+    fn far() -> Cancel {
+        Cancel::after(3_600_000)
+    }
+
     fn pool(bytes: usize) -> Arc<dyn datafusion::execution::memory_pool::MemoryPool> {
         Arc::new(datafusion::execution::memory_pool::GreedyMemoryPool::new(
             bytes,
@@ -595,16 +697,23 @@ mod tests {
         )])
         .unwrap()];
         let budget = MemoryConsumer::new("test").register(&pool(1 << 20));
-        let a = answer(json!({"count": 2, "s": "}"}), "rows", &rows, &budget).unwrap();
+        let a = answer(
+            json!({"count": 2, "s": "}"}),
+            "rows",
+            &rows,
+            &budget,
+            &far(),
+        )
+        .unwrap();
         let v: Value = serde_json::from_str(a.as_str()).unwrap();
         assert_eq!(
             v,
             json!({"count": 2, "s": "}", "rows": [{"a": 1}, {"a": 2}]})
         );
-        let a = answer(json!({}), "rows", &rows, &budget).unwrap();
+        let a = answer(json!({}), "rows", &rows, &budget, &far()).unwrap();
         let v: Value = serde_json::from_str(a.as_str()).unwrap();
         assert_eq!(v, json!({"rows": [{"a": 1}, {"a": 2}]}));
-        assert!(answer(json!([1]), "rows", &rows, &budget).is_err());
+        assert!(answer(json!([1]), "rows", &rows, &budget, &far()).is_err());
     }
 
     #[test]
@@ -614,12 +723,12 @@ mod tests {
             arrow::array::StringArray::from_iter_values((0..100).map(|_| "x".repeat(100_000)));
         let rows = [RecordBatch::try_from_iter([("s", Arc::new(big) as _)]).unwrap()];
         let budget = MemoryConsumer::new("test").register(&pool(1 << 20));
-        let e = answer(json!({}), "rows", &rows, &budget).unwrap_err();
+        let e = answer(json!({}), "rows", &rows, &budget, &far()).unwrap_err();
         assert_eq!(e.code(), "unavailable", "{e}");
         assert!(e.to_string().contains("api.max_memory_bytes"), "{e}");
         // The same answer in a pool large enough is written whole.
         let budget = MemoryConsumer::new("test").register(&pool(1 << 30));
-        let a = answer(json!({}), "rows", &rows, &budget).unwrap();
+        let a = answer(json!({}), "rows", &rows, &budget, &far()).unwrap();
         assert!(a.as_str().len() > 10_000_000);
     }
 }

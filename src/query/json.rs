@@ -27,6 +27,7 @@ use chrono::Datelike;
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::MemoryReservation;
 
+use super::cancel::Cancel;
 use crate::messages::query::QueryError;
 
 /// Rows from which an answer is encoded on two threads.
@@ -432,11 +433,13 @@ fn json_bound(d: &ArrayData) -> usize {
 /// `batches` as one JSON array (`[...]`, or nothing when there is no row),
 /// in a buffer sized for `room_for` rows like the first ones (a 3 MB answer
 /// grown by doubling was copied several times over), every byte counted
-/// against `budget`.
+/// against `budget`. Stops with `Timeout` between batches once the query
+/// is cancelled.
 fn encode(
     batches: &[RecordBatch],
     room_for: usize,
     budget: &MemoryReservation,
+    cancel: &Cancel,
 ) -> Result<Vec<u8>, QueryError> {
     let mut w = arrow::json::WriterBuilder::new()
         .with_explicit_nulls(true)
@@ -447,6 +450,7 @@ fn encode(
         });
     let mut sized = false;
     for b in batches {
+        cancel.check()?;
         let b = exact(b)?;
         if !sized && b.num_rows() > SAMPLE_ROWS {
             write_bounded(&mut w, &b.slice(0, SAMPLE_ROWS), budget)?;
@@ -489,10 +493,12 @@ pub(super) fn split_rows(
 
 /// Batches as a JSON array of row objects (nulls written out), the
 /// text counted against `budget` (a reservation of the query memory pool,
-/// which the caller keeps while it holds the answer).
+/// which the caller keeps while it holds the answer), stopping with
+/// `Timeout` once `cancel` says so.
 pub fn json_rows(
     batches: &[RecordBatch],
     budget: &MemoryReservation,
+    cancel: &Cancel,
 ) -> Result<JsonRows, QueryError> {
     let started = std::time::Instant::now();
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
@@ -503,9 +509,9 @@ pub fn json_rows(
             // answer (the panic hook knows the name), not the daemon.
             let second = std::thread::Builder::new()
                 .name(format!("{}-json", super::pool::THREAD_NAME))
-                .spawn_scoped(s, || encode(&b, rows - rows / 2, budget));
+                .spawn_scoped(s, || encode(&b, rows - rows / 2, budget, cancel));
             // Room for both halves: the second is appended to it.
-            let first = encode(&a, rows, budget);
+            let first = encode(&a, rows, budget, cancel);
             let second = match second {
                 Ok(h) => h
                     .join()
@@ -527,7 +533,7 @@ pub fn json_rows(
         drop(b);
         a.buf
     } else {
-        encode(batches, rows, budget)?
+        encode(batches, rows, budget, cancel)?
     };
     if buf.is_empty() {
         buf.extend_from_slice(b"[]");
@@ -560,6 +566,11 @@ mod tests {
 
     fn roomy() -> MemoryReservation {
         budget(1 << 30)
+    }
+
+    /// No deadline near.
+    fn far() -> Cancel {
+        Cancel::after(3_600_000)
     }
 
     /// What arrow-json writes for `batches` with the decimals cast to Utf8
@@ -661,7 +672,7 @@ mod tests {
     fn the_encoders_write_what_arrow_writes() {
         for seed in 0..4 {
             let b = batch(2000, seed);
-            let ours = json_rows(std::slice::from_ref(&b), &roomy()).unwrap();
+            let ours = json_rows(std::slice::from_ref(&b), &roomy(), &far()).unwrap();
             let theirs = reference(std::slice::from_ref(&b));
             assert_eq!(ours.as_str(), theirs, "seed {seed}");
         }
@@ -671,7 +682,7 @@ mod tests {
     fn halves_join_into_the_same_array() {
         // Over the parallel threshold, split across uneven batches.
         let batches = vec![batch(3001, 7), batch(1, 8), batch(2500, 9)];
-        let ours = json_rows(&batches, &roomy()).unwrap();
+        let ours = json_rows(&batches, &roomy(), &far()).unwrap();
         assert_eq!(ours.as_str(), reference(&batches));
         let v: serde_json::Value = serde_json::from_str(ours.as_str()).unwrap();
         assert_eq!(v.as_array().unwrap().len(), 5502);
@@ -697,9 +708,9 @@ mod tests {
 
     #[test]
     fn no_rows_are_an_empty_array() {
-        assert_eq!(json_rows(&[], &roomy()).unwrap().as_str(), "[]");
+        assert_eq!(json_rows(&[], &roomy(), &far()).unwrap().as_str(), "[]");
         let b = batch(10, 1).slice(0, 0);
-        assert_eq!(json_rows(&[b], &roomy()).unwrap().as_str(), "[]");
+        assert_eq!(json_rows(&[b], &roomy(), &far()).unwrap().as_str(), "[]");
     }
 
     #[test]
@@ -724,7 +735,7 @@ mod tests {
             for (o, n) in [(0, b.num_rows()), (1, 1), (17, 100)] {
                 let slice = b.slice(o, n);
                 let bound = json_bound(&arrow::array::StructArray::from(slice.clone()).into_data());
-                let written = json_rows(&[slice], &roomy()).unwrap().0.len();
+                let written = json_rows(&[slice], &roomy(), &far()).unwrap().0.len();
                 assert!(bound >= written, "bound {bound} < written {written}");
             }
         }
@@ -743,7 +754,7 @@ mod tests {
             }
         }));
         let b = RecordBatch::try_from_iter([("s", Arc::new(s) as ArrayRef)]).unwrap();
-        let ours = json_rows(std::slice::from_ref(&b), &budget(64 << 20)).unwrap();
+        let ours = json_rows(std::slice::from_ref(&b), &budget(64 << 20), &far()).unwrap();
         assert_eq!(ours.as_str(), reference(&[b]));
     }
 
@@ -759,10 +770,20 @@ mod tests {
             None,
         );
         let b = RecordBatch::try_from_iter([("l", Arc::new(list) as ArrayRef)]).unwrap();
-        let Err(e) = json_rows(&[b], &budget(16 << 20)) else {
+        let Err(e) = json_rows(&[b], &budget(16 << 20), &far()) else {
             panic!("a 60 MB row was written within a 16 MiB pool");
         };
         assert_eq!(e.code(), "unavailable", "{e}");
         assert!(e.to_string().contains("one row could take"), "{e}");
+    }
+
+    #[test]
+    fn encoding_stops_once_cancelled() {
+        let cancel = far();
+        cancel.cancel();
+        let e = json_rows(&[batch(10, 1)], &roomy(), &cancel)
+            .err()
+            .expect("cancelled");
+        assert!(matches!(e, QueryError::Timeout(_)), "{e:?}");
     }
 }

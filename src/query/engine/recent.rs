@@ -111,19 +111,26 @@ impl Engine {
             Err(_) => return,
         };
         let lake = Arc::new(self.live.at(pin));
+        // Background work, with a request's time limit all the same.
+        let cancel = Cancel::after(self.limits.timeout_ms);
+        let q = Request { cancel: &cancel };
         for ((symbol, exchange), from) in known {
             let window = RecentWindow {
                 symbol: &symbol,
                 exchange: exchange.as_deref(),
                 start: from,
             };
-            if let Err(e) = self.lake_newest(lake.clone(), id, &window).await {
+            if let Err(e) = self.lake_newest(lake.clone(), id, &window, &q).await {
                 tracing::debug!(symbol, error = %e, "query: could not learn the lake's newest trade");
             }
         }
     }
 
-    pub(super) async fn recent(&self, r: RecentRequest) -> Result<Answer, QueryError> {
+    pub(super) async fn recent(
+        &self,
+        r: RecentRequest,
+        q: &Request<'_>,
+    ) -> Result<Answer, QueryError> {
         let now = (self.clock)();
         let start = now - r.minutes * 60_000_000;
         let limit = r
@@ -148,13 +155,14 @@ impl Engine {
             scanned,
             "recent: pinned, tail rows picked"
         );
+        q.cancel.check()?;
         let (batches, truncated) = match kth_newest_timestamp(pin.rows(), limit).map_err(df_err)? {
-            Some(t) => self.recent_from_tail(pin, window, t, limit).await?,
+            Some(t) => self.recent_from_tail(pin, window, t, limit, q).await?,
             None => {
                 // The tail cannot fill the page: the whole window, hybrid.
                 let (df, _) = self.pinned_source(pin)?;
                 // Newest first, so a cut at the row limit keeps the latest trades.
-                let batches = trades_in_order(df, window.preds(), false, limit + 1).await?;
+                let batches = trades_in_order(df, window.preds(), false, limit + 1, q).await?;
                 let truncated = rows_in(&batches) > limit;
                 (first_rows(batches, limit), truncated)
             }
@@ -167,7 +175,7 @@ impl Engine {
             "count": rows_in(&batches),
             "truncated": truncated,
         });
-        answer(head, "trades", &batches, &self.answer_budget())
+        answer(head, "trades", &batches, &self.answer_budget(), q.cancel)
     }
 
     /// The newest `limit` rows of the window when the tail alone holds at
@@ -186,6 +194,7 @@ impl Engine {
         window: RecentWindow<'_>,
         t: i64,
         limit: usize,
+        q: &Request<'_>,
     ) -> Result<(Vec<RecordBatch>, bool), QueryError> {
         let started = std::time::Instant::now();
         let lake = Arc::new(self.live.at(pin.lake_only()));
@@ -200,7 +209,7 @@ impl Engine {
         let known: Option<bool> = match pin.snapshot_id() {
             // No snapshot: the lake holds nothing.
             None => Some(false),
-            Some(id) => match self.lake_newest(lake.clone(), id, &window).await? {
+            Some(id) => match self.lake_newest(lake.clone(), id, &window, q).await? {
                 Some(None) => Some(false),
                 Some(Some(m)) if m < t => Some(m >= window.start),
                 // Unknown, or the lake has rows at or after t: read them.
@@ -210,29 +219,31 @@ impl Engine {
         let (newer, older) = match known {
             Some(older) => (Vec::new(), older),
             None => {
-                let newer = {
-                    let df = self.ctx.read_table(lake.clone()).map_err(df_err)?;
+                let newer_lake = lake.clone();
+                let newer = async {
+                    let df = self.ctx.read_table(newer_lake).map_err(df_err)?;
                     trades_in_order(
                         df,
                         with(col("timestamp").gt_eq(ts_lit(t))),
                         false,
                         limit + 1,
+                        q,
                     )
+                    .await
                 };
                 let older = async {
                     let df = self.ctx.read_table(lake).map_err(df_err)?;
-                    let batches = filtered(df, with(col("timestamp").lt(ts_lit(t))))?
+                    let df = filtered(df, with(col("timestamp").lt(ts_lit(t))))?
                         .limit(0, Some(1))
                         .and_then(|d| d.select(vec![col("timestamp")]))
-                        .map_err(df_err)?
-                        .collect()
-                        .await
                         .map_err(df_err)?;
+                    let (batches, _) = collect(df, q, None, None).await?;
                     Ok::<_, QueryError>(rows_in(&batches) > 0)
                 };
                 futures::try_join!(newer, older)?
             }
         };
+        q.cancel.check()?;
         let t1 = std::time::Instant::now();
         let tail = pin.rows();
         let mut rows = Vec::with_capacity(tail.len() + newer.len());
@@ -261,6 +272,7 @@ impl Engine {
         lake: Arc<HybridTable>,
         snapshot_id: i64,
         window: &RecentWindow<'_>,
+        q: &Request<'_>,
     ) -> Result<Option<Option<i64>>, QueryError> {
         let key = (
             window.symbol.to_string(),
@@ -277,12 +289,10 @@ impl Engine {
             return Ok(Some(k.newest.filter(|&m| m >= window.start)));
         }
         let df = self.ctx.read_table(lake).map_err(df_err)?;
-        let batches = filtered(df, window.preds())?
+        let df = filtered(df, window.preds())?
             .aggregate(vec![], vec![max(col("timestamp")).alias("newest")])
-            .map_err(df_err)?
-            .collect()
-            .await
             .map_err(df_err)?;
+        let (batches, _) = collect(df, q, None, None).await?;
         let newest = match batches.first().map(|b| b.column(0)) {
             Some(c) if c.len() == 1 => match ScalarValue::try_from_array(c, 0) {
                 Ok(ScalarValue::TimestampMicrosecond(v, _)) => v,
