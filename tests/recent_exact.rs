@@ -194,7 +194,7 @@ async fn check_every_page(f: &Fixture) -> (usize, Option<i64>) {
                         limit: Some(limit),
                     });
                     let a = f.engine.run(req).await.unwrap();
-                    let v: Value = serde_json::from_str(a.as_str()).unwrap();
+                    let v: Value = serde_json::from_str(&a.text()).unwrap();
                     let got: Vec<String> = v["trades"]
                         .as_array()
                         .unwrap()

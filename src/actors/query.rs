@@ -342,4 +342,54 @@ mod tests {
         assert_eq!(BUSY_CALLS.load(Ordering::SeqCst), calls);
         assert_eq!(state.borrow().timed_out, 1);
     }
+
+    /// An answer that needs more than `api.max_memory_bytes` (its rows, or
+    /// its JSON text) is refused with the limit named, gives its memory
+    /// back, and the next query runs.
+    #[actix_rt::test]
+    async fn answers_past_the_memory_limit_are_refused_and_the_daemon_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default().under(dir.path());
+        cfg.api.max_memory_bytes = 4 << 20;
+        let pool = std::sync::Mutex::new(None);
+        let (actor, _) = actor(&cfg, |e| {
+            *pool.lock().unwrap() = Some(e.context().runtime_env().memory_pool.clone());
+        })
+        .await;
+        let pool = pool.into_inner().unwrap().unwrap();
+        // 20 MB of rows.
+        let rows = actor
+            .send(sql(&format!(
+                "select repeat('x', 1000000) as s from {}",
+                values(20)
+            )))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(&rows, QueryError::OverMemory(m) if m.contains("rows") && m.contains("4194304 bytes of api.max_memory_bytes")),
+            "{rows:?}"
+        );
+        // 700 KB of rows whose JSON text (every byte escaped as \u0001)
+        // would take six times that.
+        let text = actor
+            .send(sql("select repeat(chr(1), 700000) as s"))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(&text, QueryError::OverMemory(m) if m.contains("JSON text")),
+            "{text:?}"
+        );
+        assert_eq!(pool.reserved(), 0, "refused answers hold nothing");
+        let fits = actor
+            .send(sql("select repeat('x', 1000000) as s"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(fits.len() > 1_000_000);
+        assert!(pool.reserved() >= 1_000_000, "an answer counts until sent");
+        drop(fits);
+        assert_eq!(pool.reserved(), 0);
+    }
 }

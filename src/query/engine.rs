@@ -4,9 +4,10 @@
 //! DataFrame API, never as SQL text; only `/v1/sql` parses SQL, behind the
 //! read-only guard.
 //!
-//! Every request runs with a `Cancel`: its deadline, checked between
+//! Every request runs with a `Cancel` (its deadline, checked between
 //! planning phases and between batches, and wrapped around every operator
-//! of its plan.
+//! of its plan) and an `AnswerMemory` (the rows it collects and the JSON
+//! text it writes, counted against `api.max_memory_bytes`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,6 @@ use arrow::datatypes::DataType;
 use datafusion::catalog::TableProvider;
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::functions::datetime::expr_fn::date_bin;
 use datafusion::functions_aggregate::expr_fn::{count, first_value, last_value, max, min, sum};
 use datafusion::logical_expr::utils::conjunction;
@@ -28,9 +28,10 @@ use iceberg::{Catalog, TableIdent};
 use iceberg_datafusion::IcebergStaticTableProvider;
 use serde_json::{Value, json};
 
+use super::budget::{AnswerMemory, Held};
 use super::cancel::Cancel;
 use super::hybrid::{HybridTable, Pin, PinnedTable, ScanInfo, kth_newest_timestamp};
-use super::json::{json_rows, split_rows, take, too_large};
+use super::json::{JsonRows, json_rows, split_rows};
 use super::sql_guard;
 use crate::config::ApiConfig;
 use crate::lake::commit::OFFSETS_PROPERTY;
@@ -45,49 +46,49 @@ mod recent;
 /// The wall clock in UTC microseconds; tests fix it.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
-/// What one request runs with: its deadline and cancellation.
+/// What one request runs with: its deadline and cancellation, and the
+/// memory its answer may hold.
 pub(super) struct Request<'a> {
     cancel: &'a Cancel,
+    memory: AnswerMemory,
 }
 
-/// `v` (an object) as an answer.
-fn answer_of(v: &Value) -> Result<Answer, QueryError> {
-    serde_json::to_string(v)
-        .map(Answer::from_json_text)
-        .map_err(QueryError::internal)
+/// `v` (an object) as an answer, its text counted on the query memory.
+fn answer_of(v: &Value, q: &Request<'_>) -> Result<Answer, QueryError> {
+    let text = serde_json::to_string(v).map_err(QueryError::internal)?;
+    let held = q.memory.empty();
+    q.memory
+        .grow(&held, text.capacity(), "the answer's JSON text")?;
+    Ok(Answer::from_parts(vec![text.into_bytes()], Some(held)))
 }
 
-/// A JSON object of `head`'s fields (an object) plus `key` holding the
-/// rows of `batches` (a JSON array). The answer's text counts against
-/// `budget`, a reservation of the query memory pool, while it is built.
-fn answer(
-    head: Value,
-    key: &str,
-    batches: &[RecordBatch],
-    budget: &MemoryReservation,
-    cancel: &Cancel,
-) -> Result<Answer, QueryError> {
-    let rows = json_rows(batches, budget, cancel)?;
-    let head_text = answer_of(&head)?.into_string();
+/// A JSON object of `head`'s fields (an object) plus `key` holding `rows`
+/// (a JSON array, in parts): the parts are kept as they are, the head
+/// goes in front of them.
+fn answer(head: Value, key: &str, rows: JsonRows) -> Result<Answer, QueryError> {
+    let mut prefix = serde_json::to_string(&head).map_err(QueryError::internal)?;
     let key = serde_json::to_string(key).map_err(QueryError::internal)?;
-    let len = head_text.len() + key.len() + rows.0.len() + 2;
-    take(budget, len).map_err(|e| too_large(&e.to_string()))?;
-    // One allocation: the rows can be megabytes.
-    let mut text = String::with_capacity(len);
-    text.push_str(&head_text);
-    if !head.is_object() || text.pop() != Some('}') {
+    if !head.is_object() || prefix.pop() != Some('}') {
         return Err(QueryError::Internal(
             "an answer's head is not an object".into(),
         ));
     }
-    if text.len() > 1 {
-        text.push(',');
+    if prefix.len() > 1 {
+        prefix.push(',');
     }
-    text.push_str(&key);
-    text.push(':');
-    text.push_str(&rows.0);
-    text.push('}');
-    Ok(Answer::from_json_text(text))
+    prefix.push_str(&key);
+    prefix.push(':');
+    let JsonRows {
+        parts: rows,
+        memory,
+    } = rows;
+    // Small next to the rows, so counted without a check.
+    memory.grow(prefix.capacity() + 1);
+    let mut parts = Vec::with_capacity(rows.len() + 2);
+    parts.push(prefix.into_bytes());
+    parts.extend(rows);
+    parts.push(b"}".to_vec());
+    Ok(Answer::from_parts(parts, Some(memory)))
 }
 
 fn rows_in(batches: &[RecordBatch]) -> usize {
@@ -128,7 +129,10 @@ fn df_err(e: DataFusionError) -> QueryError {
         | DataFusionError::SchemaError(..)
         | DataFusionError::SQL(..)
         | DataFusionError::NotImplemented(_) => QueryError::InvalidQuery(e.find_root().to_string()),
-        DataFusionError::ResourcesExhausted(m) => QueryError::Unavailable(m.clone()),
+        DataFusionError::ResourcesExhausted(m) => QueryError::OverMemory(format!(
+            "the query's operators need more memory than is left of api.max_memory_bytes \
+             (the queries running at once share it); narrow the query: {m}"
+        )),
         _ => QueryError::Internal(e.to_string()),
     }
 }
@@ -162,25 +166,23 @@ async fn physical(
 }
 
 /// Runs `plan` and keeps its rows, at most `max_rows` of them (then
-/// `true`: more were cut), each counted against `budget` when given;
-/// stops with `Timeout` between batches once the query is cancelled.
+/// `true`: more were cut), each batch counted on `q`'s answer memory
+/// before it is kept; stops with `Timeout` between batches once the
+/// query is cancelled.
 async fn run_plan(
     plan: Arc<dyn ExecutionPlan>,
     task: Arc<datafusion::execution::TaskContext>,
     q: &Request<'_>,
     max_rows: Option<usize>,
-    budget: Option<&MemoryReservation>,
-) -> Result<(Vec<RecordBatch>, bool), QueryError> {
+) -> Result<(Held, bool), QueryError> {
     let mut stream = datafusion::physical_plan::execute_stream(plan, task).map_err(df_err)?;
+    let held = q.memory.empty();
     let mut batches = Vec::new();
     let mut n = 0;
     let mut truncated = false;
     while let Some(b) = stream.next().await {
         q.cancel.check()?;
         let b = b.map_err(df_err)?;
-        if let Some(budget) = budget {
-            take(budget, b.get_array_memory_size()).map_err(|e| too_large(&e.to_string()))?;
-        }
         let b = match max_rows {
             Some(max) if n + b.num_rows() > max => {
                 truncated = true;
@@ -188,13 +190,14 @@ async fn run_plan(
             }
             _ => b,
         };
+        q.memory.hold_batch(&held, &b)?;
         n += b.num_rows();
         batches.push(b);
         if truncated {
             break;
         }
     }
-    Ok((batches, truncated))
+    Ok((Held::new(batches, held), truncated))
 }
 
 /// `df` planned and run (`physical`, `run_plan`).
@@ -202,10 +205,9 @@ async fn collect(
     df: DataFrame,
     q: &Request<'_>,
     max_rows: Option<usize>,
-    budget: Option<&MemoryReservation>,
-) -> Result<(Vec<RecordBatch>, bool), QueryError> {
+) -> Result<(Held, bool), QueryError> {
     let (plan, task) = physical(df, q).await?;
-    run_plan(plan, task, q, max_rows, budget).await
+    run_plan(plan, task, q, max_rows).await
 }
 
 fn rfc3339(us: i64) -> Option<String> {
@@ -293,14 +295,6 @@ impl Engine {
         &self.ctx
     }
 
-    /// A reservation of the query memory pool (`api.max_memory_bytes`) for
-    /// one answer: what it holds of the result and its JSON text count
-    /// there, beside the operators of every running query, so a large
-    /// answer fails instead of growing the daemon.
-    fn answer_budget(&self) -> MemoryReservation {
-        MemoryConsumer::new("answer").register(&self.ctx.runtime_env().memory_pool)
-    }
-
     /// Loads the table's newest snapshot for later scans to pin.
     pub async fn refresh(&self) {
         match self.catalog.load_table(&self.ident).await {
@@ -327,14 +321,20 @@ impl Engine {
         req: QueryRequest,
         cancel: &Cancel,
     ) -> Result<Answer, QueryError> {
-        let q = Request { cancel };
+        let q = Request {
+            cancel,
+            memory: AnswerMemory::new(
+                &self.ctx.runtime_env().memory_pool,
+                self.limits.max_memory_bytes,
+            ),
+        };
         let fut = async {
             match req {
                 QueryRequest::Trades(r) => self.trades(r, &q).await,
                 QueryRequest::Recent(r) => self.recent(r, &q).await,
                 QueryRequest::Ohlcv(r) => self.ohlcv(r, &q).await,
                 QueryRequest::Symbols => self.symbols(&q).await,
-                QueryRequest::Snapshots => self.snapshots().await,
+                QueryRequest::Snapshots => self.snapshots(&q).await,
                 QueryRequest::Sql(sql) => self.sql(&sql, &q).await,
             }
         };
@@ -421,13 +421,13 @@ impl Engine {
                         .and(col("message_id").gt(lit(c.message_id.as_str())))),
             );
         }
-        let batches = trades_in_order(df, preds, true, limit + 1, q).await?;
-        let next_cursor = if rows_in(&batches) > limit {
-            cursor_at(&batches, limit - 1)?.map(|c| c.render())
+        let rows = trades_in_order(df, preds, true, limit + 1, q).await?;
+        let next_cursor = if rows_in(&rows.batches) > limit {
+            cursor_at(&rows.batches, limit - 1)?.map(|c| c.render())
         } else {
             None
         };
-        let batches = first_rows(batches, limit);
+        let batches = first_rows(rows.batches.clone(), limit);
         let i = Self::read_info(&info);
         let head = json!({
             "source": source,
@@ -436,7 +436,7 @@ impl Engine {
             "count": rows_in(&batches),
             "next_cursor": next_cursor,
         });
-        answer(head, "trades", &batches, &self.answer_budget(), q.cancel)
+        answer(head, "trades", json_rows(&batches, &q.memory, q.cancel)?)
     }
 
     async fn ohlcv(&self, r: OhlcvRequest, q: &Request<'_>) -> Result<Answer, QueryError> {
@@ -485,7 +485,8 @@ impl Engine {
             )
             .and_then(|d| d.sort(vec![col("time").sort(true, false)]))
             .map_err(df_err)?;
-        let (batches, _) = collect(df, q, None, None).await?;
+        let (rows, _) = collect(df, q, None).await?;
+        let batches = &rows.batches;
         let i = Self::read_info(&info);
         let head = json!({
             "source": source,
@@ -493,9 +494,9 @@ impl Engine {
             "tail_rows_scanned": i.tail_rows,
             "symbol": r.symbol,
             "interval": r.interval.as_str(),
-            "count": rows_in(&batches),
+            "count": rows_in(batches),
         });
-        answer(head, "bars", &batches, &self.answer_budget(), q.cancel)
+        answer(head, "bars", json_rows(batches, &q.memory, q.cancel)?)
     }
 
     async fn symbols(&self, q: &Request<'_>) -> Result<Answer, QueryError> {
@@ -516,17 +517,18 @@ impl Engine {
                 ])
             })
             .map_err(df_err)?;
-        let (batches, _) = collect(df, q, None, None).await?;
+        let (rows, _) = collect(df, q, None).await?;
+        let batches = &rows.batches;
         let i = Self::read_info(&info);
         let head = json!({
             "source": source,
             "snapshot_id": i.snapshot_id,
-            "count": rows_in(&batches),
+            "count": rows_in(batches),
         });
-        answer(head, "symbols", &batches, &self.answer_budget(), q.cancel)
+        answer(head, "symbols", json_rows(batches, &q.memory, q.cancel)?)
     }
 
-    async fn snapshots(&self) -> Result<Answer, QueryError> {
+    async fn snapshots(&self, q: &Request<'_>) -> Result<Answer, QueryError> {
         let table = self
             .catalog
             .load_table(&self.ident)
@@ -555,12 +557,15 @@ impl Engine {
                 })
             })
             .collect();
-        answer_of(&json!({
-            "table": self.ident.to_string(),
-            "current_snapshot_id": md.current_snapshot().map(|s| s.snapshot_id()),
-            "count": list.len(),
-            "snapshots": list,
-        }))
+        answer_of(
+            &json!({
+                "table": self.ident.to_string(),
+                "current_snapshot_id": md.current_snapshot().map(|s| s.snapshot_id()),
+                "count": list.len(),
+                "snapshots": list,
+            }),
+            q,
+        )
     }
 
     async fn sql(&self, sql: &str, q: &Request<'_>) -> Result<Answer, QueryError> {
@@ -575,11 +580,8 @@ impl Engine {
             .await
             .map_err(df_err)?;
         let schema = df.schema().as_arrow().clone();
-        // Kept until the answer is written: counted as the operators'
-        // memory is (a projection's output is not).
-        let budget = self.answer_budget();
-        let (batches, truncated) =
-            collect(df, q, Some(self.limits.max_rows), Some(&budget)).await?;
+        let (rows, truncated) = collect(df, q, Some(self.limits.max_rows)).await?;
+        let batches = &rows.batches;
         let columns: Vec<Value> = schema
             .fields()
             .iter()
@@ -587,10 +589,10 @@ impl Engine {
             .collect();
         let head = json!({
             "columns": columns,
-            "count": rows_in(&batches),
+            "count": rows_in(batches),
             "truncated": truncated,
         });
-        answer(head, "rows", &batches, &budget, q.cancel)
+        answer(head, "rows", json_rows(batches, &q.memory, q.cancel)?)
     }
 }
 
@@ -644,7 +646,7 @@ async fn trades_in_order(
     ascending: bool,
     limit: usize,
     q: &Request<'_>,
-) -> Result<Vec<RecordBatch>, QueryError> {
+) -> Result<Held, QueryError> {
     let df = filtered(df, preds)?;
     let t0 = std::time::Instant::now();
     let df = df
@@ -657,7 +659,7 @@ async fn trades_in_order(
         .map_err(df_err)?;
     let (plan, task) = physical(df, q).await?;
     let t1 = std::time::Instant::now();
-    let (batches, _) = run_plan(plan.clone(), task, q, None, None).await?;
+    let (rows, _) = run_plan(plan.clone(), task, q, None).await?;
     // The executed plan with each operator's metrics, for
     // `RUST_LOG=ticklake::api=trace`.
     tracing::trace!(
@@ -668,67 +670,33 @@ async fn trades_in_order(
     tracing::debug!(
         plan_ms = (t1 - t0).as_secs_f64() * 1000.0,
         execute_ms = t1.elapsed().as_secs_f64() * 1000.0,
-        rows = rows_in(&batches),
+        rows = rows_in(&rows.batches),
         "trades query"
     );
-    Ok(batches)
+    Ok(rows)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// No deadline near.
-    fn far() -> Cancel {
-        Cancel::after(3_600_000)
-    }
-
-    fn pool(bytes: usize) -> Arc<dyn datafusion::execution::memory_pool::MemoryPool> {
-        Arc::new(datafusion::execution::memory_pool::GreedyMemoryPool::new(
-            bytes,
-        ))
-    }
-
     #[test]
     fn an_answer_is_the_head_plus_the_rows_as_one_object() {
-        let rows = [RecordBatch::try_from_iter([(
-            "a",
-            Arc::new(arrow::array::Int64Array::from(vec![1, 2])) as _,
-        )])
-        .unwrap()];
-        let budget = MemoryConsumer::new("test").register(&pool(1 << 20));
-        let a = answer(
-            json!({"count": 2, "s": "}"}),
-            "rows",
-            &rows,
-            &budget,
-            &far(),
-        )
-        .unwrap();
-        let v: Value = serde_json::from_str(a.as_str()).unwrap();
+        use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryConsumer, MemoryPool};
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 20));
+        let rows = || JsonRows {
+            parts: vec![br#"[{"a":1},"#.to_vec(), br#"{"a":"x"}]"#.to_vec()],
+            memory: MemoryConsumer::new("test").register(&pool),
+        };
+        let a = answer(json!({"count": 2, "s": "}"}), "rows", rows()).unwrap();
+        let v: Value = serde_json::from_str(&a.text()).unwrap();
         assert_eq!(
             v,
-            json!({"count": 2, "s": "}", "rows": [{"a": 1}, {"a": 2}]})
+            json!({"count": 2, "s": "}", "rows": [{"a": 1}, {"a": "x"}]})
         );
-        let a = answer(json!({}), "rows", &rows, &budget, &far()).unwrap();
-        let v: Value = serde_json::from_str(a.as_str()).unwrap();
-        assert_eq!(v, json!({"rows": [{"a": 1}, {"a": 2}]}));
-        assert!(answer(json!([1]), "rows", &rows, &budget, &far()).is_err());
-    }
-
-    #[test]
-    fn an_answer_larger_than_the_pool_is_refused_not_built() {
-        // 100 rows of 100 KB: 10 MB of JSON against a 1 MiB pool.
-        let big =
-            arrow::array::StringArray::from_iter_values((0..100).map(|_| "x".repeat(100_000)));
-        let rows = [RecordBatch::try_from_iter([("s", Arc::new(big) as _)]).unwrap()];
-        let budget = MemoryConsumer::new("test").register(&pool(1 << 20));
-        let e = answer(json!({}), "rows", &rows, &budget, &far()).unwrap_err();
-        assert_eq!(e.code(), "unavailable", "{e}");
-        assert!(e.to_string().contains("api.max_memory_bytes"), "{e}");
-        // The same answer in a pool large enough is written whole.
-        let budget = MemoryConsumer::new("test").register(&pool(1 << 30));
-        let a = answer(json!({}), "rows", &rows, &budget, &far()).unwrap();
-        assert!(a.as_str().len() > 10_000_000);
+        let a = answer(json!({}), "rows", rows()).unwrap();
+        let v: Value = serde_json::from_str(&a.text()).unwrap();
+        assert_eq!(v, json!({"rows": [{"a": 1}, {"a": "x"}]}));
+        assert!(answer(json!([1]), "rows", rows()).is_err());
     }
 }

@@ -482,7 +482,7 @@ pub async fn latency(
     };
     // The answer's row count, read after the clock stopped.
     let count = |a: &crate::messages::query::Answer| {
-        serde_json::from_str::<serde_json::Value>(a.as_str())
+        serde_json::from_str::<serde_json::Value>(&a.text())
             .ok()
             .and_then(|v| v["count"].as_u64())
             .unwrap_or(0) as usize

@@ -111,9 +111,15 @@ impl Engine {
             Err(_) => return,
         };
         let lake = Arc::new(self.live.at(pin));
-        // Background work, with a request's time limit all the same.
+        // Background work, with a request's limits all the same.
         let cancel = Cancel::after(self.limits.timeout_ms);
-        let q = Request { cancel: &cancel };
+        let q = Request {
+            cancel: &cancel,
+            memory: AnswerMemory::new(
+                &self.ctx.runtime_env().memory_pool,
+                self.limits.max_memory_bytes,
+            ),
+        };
         for ((symbol, exchange), from) in known {
             let window = RecentWindow {
                 symbol: &symbol,
@@ -156,17 +162,18 @@ impl Engine {
             "recent: pinned, tail rows picked"
         );
         q.cancel.check()?;
-        let (batches, truncated) = match kth_newest_timestamp(pin.rows(), limit).map_err(df_err)? {
+        let (rows, truncated) = match kth_newest_timestamp(pin.rows(), limit).map_err(df_err)? {
             Some(t) => self.recent_from_tail(pin, window, t, limit, q).await?,
             None => {
                 // The tail cannot fill the page: the whole window, hybrid.
                 let (df, _) = self.pinned_source(pin)?;
                 // Newest first, so a cut at the row limit keeps the latest trades.
-                let batches = trades_in_order(df, window.preds(), false, limit + 1, q).await?;
-                let truncated = rows_in(&batches) > limit;
-                (first_rows(batches, limit), truncated)
+                let rows = trades_in_order(df, window.preds(), false, limit + 1, q).await?;
+                let truncated = rows_in(&rows.batches) > limit;
+                (rows, truncated)
             }
         };
+        let batches = first_rows(rows.batches.clone(), limit);
         let head = json!({
             "source": "hybrid",
             "snapshot_id": snapshot_id,
@@ -175,7 +182,7 @@ impl Engine {
             "count": rows_in(&batches),
             "truncated": truncated,
         });
-        answer(head, "trades", &batches, &self.answer_budget(), q.cancel)
+        answer(head, "trades", json_rows(&batches, &q.memory, q.cancel)?)
     }
 
     /// The newest `limit` rows of the window when the tail alone holds at
@@ -187,7 +194,9 @@ impl Engine {
     /// page if that union does or the lake has a row before `t`. Both
     /// questions to the lake are answered by `lake_newest` unless the lake
     /// holds rows at or after `t`; then the two reads run together. The
-    /// rows are sorted in memory.
+    /// rows are sorted in memory, which counts on the answer memory; the
+    /// page (at most `limit + 1` rows, the first `limit` of them the
+    /// answer) is returned held.
     async fn recent_from_tail(
         &self,
         pin: Pin,
@@ -195,7 +204,7 @@ impl Engine {
         t: i64,
         limit: usize,
         q: &Request<'_>,
-    ) -> Result<(Vec<RecordBatch>, bool), QueryError> {
+    ) -> Result<(Held, bool), QueryError> {
         let started = std::time::Instant::now();
         let lake = Arc::new(self.live.at(pin.lake_only()));
         // The window's predicates and one more on the timestamp.
@@ -237,31 +246,44 @@ impl Engine {
                         .limit(0, Some(1))
                         .and_then(|d| d.select(vec![col("timestamp")]))
                         .map_err(df_err)?;
-                    let (batches, _) = collect(df, q, None, None).await?;
-                    Ok::<_, QueryError>(rows_in(&batches) > 0)
+                    let (rows, _) = collect(df, q, None).await?;
+                    Ok::<_, QueryError>(rows_in(&rows.batches) > 0)
                 };
-                futures::try_join!(newer, older)?
+                let (newer, older) = futures::try_join!(newer, older)?;
+                (vec![newer], older)
             }
         };
         q.cancel.check()?;
         let t1 = std::time::Instant::now();
         let tail = pin.rows();
-        let mut rows = Vec::with_capacity(tail.len() + newer.len());
-        for b in tail.iter().chain(&newer) {
+        let mut rows = Vec::new();
+        for b in tail.iter().chain(newer.iter().flat_map(|h| &h.batches)) {
             rows.push(trade_projection(b)?);
         }
+        // The sort copies the rows it is given into one batch first.
+        let sorting = q.memory.empty();
+        q.memory.grow(
+            &sorting,
+            rows.iter().map(RecordBatch::get_array_memory_size).sum(),
+            "sorting the page",
+        )?;
         let page = newest_first(&rows, limit + 1)?;
+        drop(sorting);
+        let held = q.memory.empty();
+        for b in &page {
+            q.memory.hold_batch(&held, b)?;
+        }
         let truncated = rows_in(&page) > limit || older;
         // Where a slow page spent its time, for `RUST_LOG=ticklake::api=debug`.
         tracing::debug!(
             lake_ms = (t1 - started).as_secs_f64() * 1000.0,
             merge_ms = t1.elapsed().as_secs_f64() * 1000.0,
             tail_rows = rows_in(tail),
-            lake_rows = rows_in(&newer),
+            lake_rows = newer.iter().map(|h| rows_in(&h.batches)).sum::<usize>(),
             lake_read = known.is_none(),
             "recent page from the tail"
         );
-        Ok((first_rows(page, limit), truncated))
+        Ok((Held::new(page, held), truncated))
     }
 
     /// `LakeNewest` of the window's symbol at `snapshot_id`, read from the
@@ -292,8 +314,8 @@ impl Engine {
         let df = filtered(df, window.preds())?
             .aggregate(vec![], vec![max(col("timestamp")).alias("newest")])
             .map_err(df_err)?;
-        let (batches, _) = collect(df, q, None, None).await?;
-        let newest = match batches.first().map(|b| b.column(0)) {
+        let (rows, _) = collect(df, q, None).await?;
+        let newest = match rows.batches.first().map(|b| b.column(0)) {
             Some(c) if c.len() == 1 => match ScalarValue::try_from_array(c, 0) {
                 Ok(ScalarValue::TimestampMicrosecond(v, _)) => v,
                 _ => return Ok(None),
