@@ -178,6 +178,30 @@ enum BenchApi {
         #[arg(long)]
         json: bool,
     },
+    /// Whether whole-tail hybrid scans make ingest wait: the latency of
+    /// handing a chunk of trades to the tail, with and without scans.
+    TailScans {
+        #[arg(long, env = "TICKLAKE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Trades in the tail before the measurement.
+        #[arg(long, default_value_t = 200_000)]
+        tail_trades: usize,
+        /// Symbols they are spread over.
+        #[arg(long, default_value_t = 400)]
+        symbols: usize,
+        /// Trades per second handed to the tail.
+        #[arg(long, default_value_t = 20_000.0)]
+        rate: f64,
+        /// Trades per hand-over.
+        #[arg(long, default_value_t = 200)]
+        chunk: usize,
+        /// Length of each phase (no scans, then scans).
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -366,6 +390,37 @@ fn main() -> anyhow::Result<()> {
                     tail_trades,
                     iterations,
                     duckdb_python.as_deref(),
+                )
+                .await
+            })?;
+            print_report(&report, json)
+        }
+        Command::BenchApi {
+            which:
+                BenchApi::TailScans {
+                    config,
+                    tail_trades,
+                    symbols,
+                    rate,
+                    chunk,
+                    seconds,
+                    json,
+                },
+        } => {
+            anyhow::ensure!(
+                symbols > 0 && rate > 0.0 && chunk > 0 && seconds > 0,
+                "--symbols, --rate, --chunk and --seconds must be positive"
+            );
+            let cfg = Config::load(config.as_deref())?;
+            let sys = actix_system();
+            let report = sys.block_on(async move {
+                ticklake::tools::bench_tail::tail_scans(
+                    &cfg,
+                    tail_trades,
+                    symbols,
+                    rate,
+                    chunk,
+                    seconds,
                 )
                 .await
             })?;

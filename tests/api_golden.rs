@@ -178,7 +178,8 @@ fn every_endpoint_matches_its_golden_file() {
         }
         // The tail: every row from tail_from on, overlapping the last commit.
         let from = partition_map(&setup["tail_from"]);
-        let tail = TailActor::new(CLUSTER, 10_000, schema.clone()).start();
+        let view = ticklake::query::tail::TailView::default();
+        let tail = TailActor::new(CLUSTER, 10_000, schema.clone(), view.clone()).start();
         let tail_rows: Vec<TailRow> = input
             .iter()
             .filter(|r| r.offset >= from[&r.partition])
@@ -192,7 +193,7 @@ fn every_endpoint_matches_its_golden_file() {
         tail.send(Tailed(tail_rows)).await.unwrap();
 
         let now = micros(setup["now"].as_str().unwrap());
-        let engine = ticklake::query::session::engine(&cfg, Some(tail.clone().recipient()))
+        let engine = ticklake::query::session::engine(&cfg, Some(view))
             .await
             .unwrap()
             .with_clock(Arc::new(move || now));

@@ -265,7 +265,7 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
     assert!(daemon.terminate().success());
 }
 
-/// Twenty classes of hostile `/v1/sql` requests, and a rebound Host header,
+/// Twenty-two classes of hostile `/v1/sql` requests, and a rebound Host header,
 /// against a daemon that is ingesting: each is refused or fails alone
 /// (4xx/5xx), `/healthz` answers after every one, the daemon is never
 /// restarted, and ingest goes on.
@@ -277,7 +277,12 @@ fn hostile_sql_is_refused_and_the_daemon_carries_on() {
         &[capture("BINANCE-ee25be.0.txt")],
         &["--live", "--loop", "--rate", "500"],
     );
-    let env = Env::new("embedded", Some(&url), "");
+    // Limits small enough for the memory and time classes below to reach.
+    let env = Env::new(
+        "embedded",
+        Some(&url),
+        "[api]\nmax_memory_bytes = 67108864\ntimeout_ms = 5000\n",
+    );
     env.capture_feed();
     let mut daemon = env.start_daemon("daemon");
     let received = |s: &Value| -> u64 {
@@ -350,6 +355,29 @@ fn hostile_sql_is_refused_and_the_daemon_carries_on() {
             "unknown column",
             "select nope from market.trades".into(),
             "invalid_query",
+        ),
+        (
+            // 20 MB of rows whose JSON text (\u0001 per byte) needs six
+            // times that, past the 64 MiB of api.max_memory_bytes.
+            "answer past the memory limit",
+            "select repeat(chr(1), 20000000) as s".into(),
+            "memory_limit",
+        ),
+        (
+            "query past the time limit",
+            {
+                let v = format!(
+                    "(values {})",
+                    (0..1000)
+                        .map(|i| format!("({i})"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+                format!(
+                    "select sum(a.column1 * b.column1 - c.column1) from {v} a, {v} b, {v} c, {v} d"
+                )
+            },
+            "timeout",
         ),
         (
             "UNION chain",

@@ -110,7 +110,8 @@ async fn fixture() -> Fixture {
             .await
             .unwrap();
     }
-    let tail = TailActor::new("test", 1_000_000, schema.clone()).start();
+    let view = ticklake::query::tail::TailView::default();
+    let tail = TailActor::new("test", 1_000_000, schema.clone(), view.clone()).start();
     let rows: Vec<TailRow> = (lake_n..lake_n + 3000)
         .map(|i| {
             let (s, x, ts) = shape(i, true);
@@ -125,7 +126,7 @@ async fn fixture() -> Fixture {
         })
         .collect();
     tail.send(Tailed(rows)).await.unwrap();
-    let engine = ticklake::query::session::engine(&cfg, Some(tail.clone().recipient()))
+    let engine = ticklake::query::session::engine(&cfg, Some(view))
         .await
         .unwrap()
         .with_clock(Arc::new(|| NOW));
@@ -193,7 +194,7 @@ async fn check_every_page(f: &Fixture) -> (usize, Option<i64>) {
                         limit: Some(limit),
                     });
                     let a = f.engine.run(req).await.unwrap();
-                    let v: Value = serde_json::from_str(a.as_str()).unwrap();
+                    let v: Value = serde_json::from_str(&a.text()).unwrap();
                     let got: Vec<String> = v["trades"]
                         .as_array()
                         .unwrap()

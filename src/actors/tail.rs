@@ -3,20 +3,24 @@
 //! drops what that commit covers; it never drops anything else. When it
 //! holds `tail.max_rows` rows it asks the writer to commit early, which is
 //! what bounds its memory.
+//!
+//! It runs on the ingest arbiter and never scans for a query: after every
+//! change it publishes a snapshot of the store to its `TailView`, which
+//! hybrid scans read on the query runtime, so a big scan cannot hold up
+//! the consumer, which awaits every hand-over to this actor.
 
 use actix::prelude::*;
-use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
 use crate::actors::observe::{Health, ObservableState, Published};
 use crate::lake::schema::TRADES_TABLE;
 use crate::messages::consumer::Committed;
 use crate::messages::observe::Observe;
-use crate::messages::tail::{TailError, TailScan, TailState, Tailed};
+use crate::messages::tail::{TailState, Tailed};
 use crate::messages::writer::Flush;
 use crate::metrics::Metrics;
 use crate::model::now_us;
-use crate::query::tail::TailStore;
+use crate::query::tail::{TailStore, TailView};
 
 impl ObservableState for TailState {
     fn name(&self) -> String {
@@ -39,6 +43,8 @@ impl ObservableState for TailState {
 
 pub struct TailActor {
     store: TailStore,
+    /// Where scans read the store, published after every change.
+    view: TailView,
     published: Published<TailState>,
     /// When the state was last published from the data path.
     published_at: std::time::Instant,
@@ -52,13 +58,16 @@ pub struct TailActor {
 }
 
 impl TailActor {
-    /// `schema` is the trades table's Arrow schema (the hybrid table's).
-    pub fn new(cluster_id: &str, max_rows: usize, schema: SchemaRef) -> Self {
+    /// `schema` is the trades table's Arrow schema (the hybrid table's);
+    /// `view` is where the hybrid table reads the rows.
+    pub fn new(cluster_id: &str, max_rows: usize, schema: SchemaRef, view: TailView) -> Self {
         let store = TailStore::new(cluster_id, schema);
+        view.publish(store.snapshot());
         Self {
             published: Published::new(store.state(max_rows)),
             published_at: std::time::Instant::now(),
             store,
+            view,
             max_rows,
             writer: None,
             flush_requested: false,
@@ -88,7 +97,8 @@ impl TailActor {
     }
 }
 
-/// How stale the tail's published size may get on the data path.
+/// How stale the tail's published size (`/status`) may get on the data
+/// path. The rows themselves are published at once.
 const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Actor for TailActor {
@@ -125,6 +135,9 @@ impl Handler<Tailed> for TailActor {
             }
         }
         self.store.push(msg.0);
+        // Queryable from here on; a snapshot shares the rows, so this costs
+        // a pointer pair per symbol.
+        self.view.publish(self.store.snapshot());
         if self.store.len() >= self.max_rows
             && !self.flush_requested
             && let Some(w) = &self.writer
@@ -154,16 +167,9 @@ impl Handler<Committed> for TailActor {
             return;
         }
         self.store.prune(&msg.offsets);
+        self.view.publish(self.store.snapshot());
         self.flush_requested = false;
         self.publish_state();
-    }
-}
-
-impl Handler<TailScan> for TailActor {
-    type Result = Result<Vec<RecordBatch>, TailError>;
-
-    fn handle(&mut self, msg: TailScan, _ctx: &mut Self::Context) -> Self::Result {
-        self.store.scan(&msg.since, &msg.filter)
     }
 }
 
@@ -212,9 +218,11 @@ mod tests {
     #[actix_rt::test]
     async fn a_full_tail_asks_for_one_early_commit_and_keeps_every_row() {
         let writer = FakeWriter(0).start();
-        let tail = TailActor::new("c", 5, schema())
+        let view = TailView::default();
+        let tail = TailActor::new("c", 5, schema(), view.clone())
             .with_writer(writer.clone().recipient())
             .start();
+        let all = crate::messages::tail::TailFilter::default();
         let observe = || async { tail.send(Observe::<TailState>::new()).await.unwrap() };
         tail.send(Tailed((0..4).map(|o| row(0, o, "A")).collect()))
             .await
@@ -231,6 +239,14 @@ mod tests {
             "asked once, not per chunk"
         );
         assert_eq!(observe().await.rows, 9, "nothing is dropped over the bound");
+        let rows = |since| -> usize {
+            view.scan(&since, &all)
+                .unwrap()
+                .iter()
+                .map(|b| b.num_rows())
+                .sum()
+        };
+        assert_eq!(rows(offsets("c", &[])), 9, "published with each chunk");
         tail.send(Committed {
             table: TRADES_TABLE,
             snapshot_id: 1,
@@ -240,6 +256,11 @@ mod tests {
         .unwrap();
         let state = observe().await;
         assert_eq!(state.rows, 2);
+        assert_eq!(rows(offsets("c", &[(0, 7)])), 2, "published with the prune");
+        assert!(
+            view.scan(&offsets("c", &[(0, 6)]), &all).is_err(),
+            "a scan pinned below the commit is told it is stale"
+        );
         assert_eq!(state.pruned.get("t", 0), Some(7));
         tail.send(Tailed((9..14).map(|o| row(0, o, "A")).collect()))
             .await

@@ -46,6 +46,9 @@ impl ResponseError for ApiError {
             }
             QueryError::NotFound(_) => StatusCode::NOT_FOUND,
             QueryError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            // The server cannot hold what the request needs (RFC 4918):
+            // the answer or the query's operators outgrew the query memory.
+            QueryError::OverMemory(_) => StatusCode::INSUFFICIENT_STORAGE,
             QueryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             QueryError::TooBusy(_) => StatusCode::TOO_MANY_REQUESTS,
             QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -117,14 +120,56 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: ApiState) {
 type Query = web::Query<HashMap<String, String>>;
 
 async fn run(state: &ApiState, req: QueryRequest) -> Result<HttpResponse, ApiError> {
-    let body = state
+    let answer = state
         .query
         .send(RunQuery(req))
         .await
         .map_err(|e| QueryError::Unavailable(format!("query actor: {e}")))??;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(body.into_string()))
+        .body(AnswerBody::new(answer)))
+}
+
+/// An answer as a response body: its parts in order, no copy, each
+/// released from the query memory as it is handed to the connection.
+struct AnswerBody {
+    parts: std::vec::IntoIter<Vec<u8>>,
+    size: u64,
+    memory: Option<datafusion::execution::memory_pool::MemoryReservation>,
+}
+
+impl AnswerBody {
+    fn new(answer: crate::messages::query::Answer) -> Self {
+        let size = answer.len() as u64;
+        let (parts, memory) = answer.into_parts();
+        Self {
+            parts: parts.into_iter(),
+            size,
+            memory,
+        }
+    }
+}
+
+impl actix_web::body::MessageBody for AnswerBody {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        actix_web::body::BodySize::Sized(self.size)
+    }
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<web::Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        let next = this.parts.next().map(|part| {
+            if let Some(m) = &this.memory {
+                m.shrink(part.capacity().min(m.size()));
+            }
+            Ok(web::Bytes::from(part))
+        });
+        std::task::Poll::Ready(next)
+    }
 }
 
 /// Upper bound of `limit`; the engine also caps it at `api.max_rows`.
@@ -220,4 +265,26 @@ async fn method_not_allowed(req: actix_web::HttpRequest) -> HttpResponse {
         "detail": format!("{} is not allowed on {}; see /openapi.json", req.method(), req.path()),
     });
     HttpResponse::MethodNotAllowed().json(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_limits_have_status_codes_of_their_own() {
+        let status = |e: QueryError| (ApiError(e.clone()).status_code(), e.code());
+        assert_eq!(
+            status(QueryError::Timeout(10)),
+            (StatusCode::GATEWAY_TIMEOUT, "timeout")
+        );
+        assert_eq!(
+            status(QueryError::OverMemory("the answer".into())),
+            (StatusCode::INSUFFICIENT_STORAGE, "memory_limit")
+        );
+        assert_eq!(
+            status(QueryError::TooBusy(8)),
+            (StatusCode::TOO_MANY_REQUESTS, "too_busy")
+        );
+    }
 }

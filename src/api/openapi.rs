@@ -21,7 +21,9 @@ fn ok(desc: &str, schema: &str) -> Value {
     json!({
         "200": {"description": desc, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}},
         "400": {"$ref": "#/components/responses/BadRequest"},
+        "429": {"$ref": "#/components/responses/TooBusy"},
         "504": {"$ref": "#/components/responses/Timeout"},
+        "507": {"$ref": "#/components/responses/OverMemory"},
         "500": {"$ref": "#/components/responses/Internal"},
     })
 }
@@ -120,7 +122,7 @@ pub fn document() -> Value {
             }},
             "/v1/sql": {"post": {
                 "summary": "One read-only SQL query (SELECT or WITH) over market.trades, market.trades_live and market.dead_letters",
-                "description": "DDL, DML, COPY, CREATE EXTERNAL TABLE, SELECT INTO, SET, EXPLAIN, table functions (read_csv, read_parquet, ...) and multiple statements are refused with 400 and the reason. At most api.max_rows rows are returned (truncated is then true); a query running longer than api.timeout_ms fails with 504. Decimals are returned as strings.",
+                "description": "DDL, DML, COPY, CREATE EXTERNAL TABLE, SELECT INTO, SET, EXPLAIN, table functions (read_csv, read_parquet, ...) and multiple statements are refused with 400 and the reason. At most api.max_rows rows are returned (truncated is then true); a query running longer than api.timeout_ms fails with 504, and one whose answer (its rows and their JSON text) or whose sorts, joins and aggregations need more than api.max_memory_bytes fails with 507. Decimals are returned as strings.",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["sql"], "properties": {"sql": {"type": "string"}}, "additionalProperties": false}}}},
                 "responses": ok("The result", "SqlResult")
             }}
@@ -146,12 +148,14 @@ pub fn document() -> Value {
                     "count": {"type": "integer"}, "truncated": {"type": "boolean"},
                     "rows": {"type": "array", "items": {"type": "object"}}}},
                 "Error": {"type": "object", "required": ["error", "detail"], "properties": {
-                    "error": {"type": "string", "enum": ["bad_parameter", "rejected_query", "invalid_query", "not_found", "method_not_allowed", "timeout", "unavailable", "internal"]},
+                    "error": {"type": "string", "enum": ["bad_parameter", "rejected_query", "invalid_query", "not_found", "method_not_allowed", "too_busy", "timeout", "memory_limit", "unavailable", "internal"]},
                     "detail": {"type": "string", "description": "What was wrong; names the parameter for bad_parameter."}}}
             },
             "responses": {
                 "BadRequest": {"description": "A bad parameter or a refused query", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                "TooBusy": {"description": "api.max_concurrent queries are running; retry shortly", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
                 "Timeout": {"description": "The query ran longer than api.timeout_ms", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                "OverMemory": {"description": "The answer (rows and JSON text) or the query's operators need more than is left of api.max_memory_bytes, which the queries running at once share", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
                 "Internal": {"description": "A server-side failure", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             }
         }

@@ -423,12 +423,14 @@ pub struct ApiConfig {
     /// Page size of `/v1/trades` when the request gives no `limit`.
     pub default_limit: usize,
     /// Wall-time limit of one query in milliseconds; past it the API
-    /// answers 504 and the query is dropped.
+    /// answers 504 at once, and the query stops at its next phase or batch,
+    /// holding its `max_concurrent` slot until it has.
     pub timeout_ms: u64,
     /// Memory one query engine may use for sorts, joins and aggregations,
     /// and for the answers it builds (the result rows it holds and their
-    /// JSON text), in bytes, shared by the queries running at once; a query
-    /// that needs more fails instead of growing the daemon.
+    /// JSON text, until sent), in bytes, shared by the queries running at
+    /// once; a query that needs more fails (507) instead of growing the
+    /// daemon.
     pub max_memory_bytes: usize,
     /// Queries that may run at once; one more is answered 429 at once
     /// instead of queuing behind them.

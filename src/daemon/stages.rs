@@ -225,16 +225,23 @@ async fn tail_and_query(
 ) -> Result<QuerySide, DaemonError> {
     let tail_ctx = Context::<TailActor>::new();
     let tail = tail_ctx.address();
-    let engine = crate::query::session::engine(cfg, Some(tail.clone().recipient())).await?;
+    // Hybrid scans read the tail's published snapshots, not the actor.
+    let tail_view = crate::query::tail::TailView::default();
+    let engine = crate::query::session::engine(cfg, Some(tail_view.clone())).await?;
     let trades_schema = engine.trades_schema();
     let query_actor = QueryActor::new(Arc::new(engine));
     let query_state = query_actor.subscribe();
     let query = query_actor.start();
     trades.do_send(AddCommitListener(tail.clone().recipient()));
     trades.do_send(AddCommitListener(query.clone().recipient()));
-    let tail_actor = TailActor::new(&kafka.cluster_id, cfg.tail.max_rows, trades_schema)
-        .with_writer(trades.clone().recipient())
-        .with_metrics(metrics.clone());
+    let tail_actor = TailActor::new(
+        &kafka.cluster_id,
+        cfg.tail.max_rows,
+        trades_schema,
+        tail_view,
+    )
+    .with_writer(trades.clone().recipient())
+    .with_metrics(metrics.clone());
     let tail_state = tail_actor.subscribe();
     tail_ctx.run(tail_actor);
     Ok(QuerySide {

@@ -2,6 +2,7 @@
 //! schema (field-id metadata included, nested fields too), so the Parquet
 //! writer can match columns by id.
 
+use std::borrow::Borrow;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -52,20 +53,25 @@ fn field_type(schema: &ArrowSchema, name: &str) -> Result<DataType, LakeError> {
     Ok(schema.field_with_name(name)?.data_type().clone())
 }
 
-fn list_of_strings(
+/// `rows` as trades, whether they are trades or references to them.
+fn trades<R: Borrow<TradeV2>>(rows: &[R]) -> impl Iterator<Item = &TradeV2> + Clone {
+    rows.iter().map(Borrow::borrow)
+}
+
+fn list_of_strings<R: Borrow<TradeV2>>(
     schema: &ArrowSchema,
     name: &str,
-    rows: &[TradeV2],
+    rows: &[R],
 ) -> Result<ArrayRef, LakeError> {
     let DataType::List(elem) = field_type(schema, name)? else {
         return Err(LakeError::Catalog(format!("column {name} is not a list")));
     };
     let mut values = StringBuilder::new();
-    for c in rows.iter().flat_map(|r| r.trade_conditions.iter()) {
+    for c in trades(rows).flat_map(|r| r.trade_conditions.iter()) {
         values.append_value(c);
     }
     let values = values.finish();
-    let offsets = OffsetBuffer::from_lengths(rows.iter().map(|r| r.trade_conditions.len()));
+    let offsets = OffsetBuffer::from_lengths(trades(rows).map(|r| r.trade_conditions.len()));
     Ok(Arc::new(ListArray::try_new(
         elem,
         offsets,
@@ -74,10 +80,10 @@ fn list_of_strings(
     )?))
 }
 
-fn map_of_strings(
+fn map_of_strings<R: Borrow<TradeV2>>(
     schema: &ArrowSchema,
     name: &str,
-    rows: &[TradeV2],
+    rows: &[R],
 ) -> Result<ArrayRef, LakeError> {
     let DataType::Map(entries, sorted) = field_type(schema, name)? else {
         return Err(LakeError::Catalog(format!("column {name} is not a map")));
@@ -91,7 +97,7 @@ fn map_of_strings(
     let mut vals = StringBuilder::new();
     let mut lengths = Vec::with_capacity(rows.len());
     let mut valid = Vec::with_capacity(rows.len());
-    for r in rows {
+    for r in trades(rows) {
         match &r.vendor_data {
             Some(m) => {
                 for (k, v) in m {
@@ -134,23 +140,29 @@ pub fn trades_batch(schema: &SchemaRef, rows: &mut [TradeV2]) -> Result<RecordBa
 }
 
 /// Trades to one batch, in the order given.
-pub fn trades_batch_as_is(schema: &SchemaRef, rows: &[TradeV2]) -> Result<RecordBatch, LakeError> {
+///
+/// `rows` may be trades or references to them: the tail converts rows it
+/// shares with published snapshots without copying them first.
+pub fn trades_batch_as_is<R: Borrow<TradeV2>>(
+    schema: &SchemaRef,
+    rows: &[R],
+) -> Result<RecordBatch, LakeError> {
     let n = rows.len();
     let cols: Vec<ArrayRef> = vec![
-        strings(rows.iter().map(|r| r.message_id.as_str())),
-        strings(rows.iter().map(|r| r.trade_id.as_str())),
-        strings(rows.iter().map(|r| r.symbol.as_str())),
-        strings(rows.iter().map(|r| r.exchange.as_str())),
-        strings(rows.iter().map(|r| r.asset_class.as_str())),
-        timestamps(rows.iter().map(|r| r.timestamp_us), n),
-        timestamps(rows.iter().map(|r| r.ingestion_timestamp_us), n),
-        decimals(rows.iter().map(|r| r.price.unscaled()), n)?,
-        decimals(rows.iter().map(|r| r.quantity.unscaled()), n)?,
-        strings(rows.iter().map(|r| r.currency.as_str())),
-        strings(rows.iter().map(|r| r.side.as_str())),
+        strings(trades(rows).map(|r| r.message_id.as_str())),
+        strings(trades(rows).map(|r| r.trade_id.as_str())),
+        strings(trades(rows).map(|r| r.symbol.as_str())),
+        strings(trades(rows).map(|r| r.exchange.as_str())),
+        strings(trades(rows).map(|r| r.asset_class.as_str())),
+        timestamps(trades(rows).map(|r| r.timestamp_us), n),
+        timestamps(trades(rows).map(|r| r.ingestion_timestamp_us), n),
+        decimals(trades(rows).map(|r| r.price.unscaled()), n)?,
+        decimals(trades(rows).map(|r| r.quantity.unscaled()), n)?,
+        strings(trades(rows).map(|r| r.currency.as_str())),
+        strings(trades(rows).map(|r| r.side.as_str())),
         list_of_strings(schema, "trade_conditions", rows)?,
-        longs(rows.iter().map(|r| r.source_sequence), n),
-        longs(rows.iter().map(|r| r.platform_sequence), n),
+        longs(trades(rows).map(|r| r.source_sequence), n),
+        longs(trades(rows).map(|r| r.platform_sequence), n),
         map_of_strings(schema, "vendor_data", rows)?,
     ];
     Ok(RecordBatch::try_new(schema.clone(), cols)?)

@@ -3,6 +3,7 @@
 //! (the HTTP layer maps it to a status code).
 
 use actix::Message;
+use datafusion::execution::memory_pool::MemoryReservation;
 
 /// `GET /v1/trades`.
 #[derive(Debug, Clone, Default)]
@@ -55,6 +56,14 @@ pub enum QueryRequest {
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Answer, QueryError>")]
 pub struct RunQuery(pub QueryRequest);
+
+/// A query's work has stopped and its slot is free again (sent by the
+/// query's own task, which may end after its answer, e.g. a timeout).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct QueryDone {
+    pub timed_out: bool,
+}
 
 /// Where the next page starts: after the row with this (timestamp,
 /// message_id), the order `/v1/trades` pages in. Rendered as
@@ -116,24 +125,53 @@ impl Interval {
     }
 }
 
-/// An answer: one JSON object, as text. Rows are written straight from
-/// Arrow into the text; building a `serde_json::Value` per row first cost
-/// more than the query itself on a 10,000-row answer.
-#[derive(Debug, Clone)]
-pub struct Answer(String);
+/// An answer: one JSON object, as text in parts that follow each other.
+/// Rows are written straight from Arrow into the text, part by part
+/// (`crate::query::json`); the parts are sent as they are, never joined.
+/// `memory` counts them on the query memory (`api.max_memory_bytes`) until
+/// they are sent or dropped.
+pub struct Answer {
+    parts: Vec<Vec<u8>>,
+    memory: Option<MemoryReservation>,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer")
+            .field("parts", &self.parts.len())
+            .field("bytes", &self.len())
+            .finish()
+    }
+}
 
 impl Answer {
     /// `text` must be one JSON object.
     pub fn from_json_text(text: String) -> Self {
-        Answer(text)
+        Self::from_parts(vec![text.into_bytes()], None)
     }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
+    /// `parts`, one after the other, must be one JSON object.
+    pub fn from_parts(parts: Vec<Vec<u8>>, memory: Option<MemoryReservation>) -> Self {
+        Self { parts, memory }
     }
 
-    pub fn into_string(self) -> String {
-        self.0
+    /// Bytes of the text.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole text in one string: a copy, for the CLI, tests and tools.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.parts.concat()).into_owned()
+    }
+
+    /// The parts, and what counts them on the query memory.
+    pub fn into_parts(self) -> (Vec<Vec<u8>>, Option<MemoryReservation>) {
+        (self.parts, self.memory)
     }
 }
 
@@ -154,6 +192,11 @@ pub enum QueryError {
     NotFound(String),
     #[error("the query ran longer than the limit of {0} ms")]
     Timeout(u64),
+    /// The query's operators or its answer need more of the query memory
+    /// (`api.max_memory_bytes`, shared by the queries running at once)
+    /// than is left; the message says what and how much.
+    #[error("{0}")]
+    OverMemory(String),
     #[error("{0}")]
     Unavailable(String),
     /// Every query slot (`api.max_concurrent`) is taken: retry shortly.
@@ -183,6 +226,7 @@ impl QueryError {
             QueryError::InvalidQuery(_) => "invalid_query",
             QueryError::NotFound(_) => "not_found",
             QueryError::Timeout(_) => "timeout",
+            QueryError::OverMemory(_) => "memory_limit",
             QueryError::Unavailable(_) => "unavailable",
             QueryError::TooBusy(_) => "too_busy",
             QueryError::Internal(_) => "internal",

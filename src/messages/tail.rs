@@ -40,15 +40,6 @@ pub struct TailFilter {
     pub end_us: Option<i64>,
 }
 
-/// The tail rows at or past `since` (a pinned snapshot's offsets) that match
-/// `filter`.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<Vec<arrow::array::RecordBatch>, TailError>")]
-pub struct TailScan {
-    pub since: KafkaOffsets,
-    pub filter: TailFilter,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TailError {
     /// The tail already dropped rows the pinned snapshot does not hold: a

@@ -3,10 +3,14 @@
 //! value a client passes reaches DataFusion as a typed literal through the
 //! DataFrame API, never as SQL text; only `/v1/sql` parses SQL, behind the
 //! read-only guard.
+//!
+//! Every request runs with a `Cancel` (its deadline, checked between
+//! planning phases and between batches, and wrapped around every operator
+//! of its plan) and an `AnswerMemory` (the rows it collects and the JSON
+//! text it writes, counted against `api.max_memory_bytes`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arrow::array::{Array, RecordBatch};
 use arrow::compute::cast;
@@ -14,18 +18,20 @@ use arrow::datatypes::DataType;
 use datafusion::catalog::TableProvider;
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::functions::datetime::expr_fn::date_bin;
 use datafusion::functions_aggregate::expr_fn::{count, first_value, last_value, max, min, sum};
 use datafusion::logical_expr::utils::conjunction;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, Expr, SessionContext, col, lit};
 use futures::StreamExt;
 use iceberg::{Catalog, TableIdent};
 use iceberg_datafusion::IcebergStaticTableProvider;
 use serde_json::{Value, json};
 
+use super::budget::{AnswerMemory, Held};
+use super::cancel::Cancel;
 use super::hybrid::{HybridTable, Pin, PinnedTable, ScanInfo, kth_newest_timestamp};
-use super::json::{json_rows, split_rows, take, too_large};
+use super::json::{JsonRows, json_rows, split_rows};
 use super::sql_guard;
 use crate::config::ApiConfig;
 use crate::lake::commit::OFFSETS_PROPERTY;
@@ -40,43 +46,49 @@ mod recent;
 /// The wall clock in UTC microseconds; tests fix it.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
-/// `v` (an object) as an answer.
-fn answer_of(v: &Value) -> Result<Answer, QueryError> {
-    serde_json::to_string(v)
-        .map(Answer::from_json_text)
-        .map_err(QueryError::internal)
+/// What one request runs with: its deadline and cancellation, and the
+/// memory its answer may hold.
+pub(super) struct Request<'a> {
+    cancel: &'a Cancel,
+    memory: AnswerMemory,
 }
 
-/// A JSON object of `head`'s fields (an object) plus `key` holding the
-/// rows of `batches` (a JSON array). The answer's text counts against
-/// `budget`, a reservation of the query memory pool, while it is built.
-fn answer(
-    head: Value,
-    key: &str,
-    batches: &[RecordBatch],
-    budget: &MemoryReservation,
-) -> Result<Answer, QueryError> {
-    let rows = json_rows(batches, budget)?;
-    let head_text = answer_of(&head)?.into_string();
+/// `v` (an object) as an answer, its text counted on the query memory.
+fn answer_of(v: &Value, q: &Request<'_>) -> Result<Answer, QueryError> {
+    let text = serde_json::to_string(v).map_err(QueryError::internal)?;
+    let held = q.memory.empty();
+    q.memory
+        .grow(&held, text.capacity(), "the answer's JSON text")?;
+    Ok(Answer::from_parts(vec![text.into_bytes()], Some(held)))
+}
+
+/// A JSON object of `head`'s fields (an object) plus `key` holding `rows`
+/// (a JSON array, in parts): the parts are kept as they are, the head
+/// goes in front of them.
+fn answer(head: Value, key: &str, rows: JsonRows) -> Result<Answer, QueryError> {
+    let mut prefix = serde_json::to_string(&head).map_err(QueryError::internal)?;
     let key = serde_json::to_string(key).map_err(QueryError::internal)?;
-    let len = head_text.len() + key.len() + rows.0.len() + 2;
-    take(budget, len).map_err(|e| too_large(&e.to_string()))?;
-    // One allocation: the rows can be megabytes.
-    let mut text = String::with_capacity(len);
-    text.push_str(&head_text);
-    if !head.is_object() || text.pop() != Some('}') {
+    if !head.is_object() || prefix.pop() != Some('}') {
         return Err(QueryError::Internal(
             "an answer's head is not an object".into(),
         ));
     }
-    if text.len() > 1 {
-        text.push(',');
+    if prefix.len() > 1 {
+        prefix.push(',');
     }
-    text.push_str(&key);
-    text.push(':');
-    text.push_str(&rows.0);
-    text.push('}');
-    Ok(Answer::from_json_text(text))
+    prefix.push_str(&key);
+    prefix.push(':');
+    let JsonRows {
+        parts: rows,
+        memory,
+    } = rows;
+    // Small next to the rows, so counted without a check.
+    memory.grow(prefix.capacity() + 1);
+    let mut parts = Vec::with_capacity(rows.len() + 2);
+    parts.push(prefix.into_bytes());
+    parts.extend(rows);
+    parts.push(b"}".to_vec());
+    Ok(Answer::from_parts(parts, Some(memory)))
 }
 
 fn rows_in(batches: &[RecordBatch]) -> usize {
@@ -117,9 +129,85 @@ fn df_err(e: DataFusionError) -> QueryError {
         | DataFusionError::SchemaError(..)
         | DataFusionError::SQL(..)
         | DataFusionError::NotImplemented(_) => QueryError::InvalidQuery(e.find_root().to_string()),
-        DataFusionError::ResourcesExhausted(m) => QueryError::Unavailable(m.clone()),
+        DataFusionError::ResourcesExhausted(m) => QueryError::OverMemory(format!(
+            "the query's operators need more memory than is left of api.max_memory_bytes \
+             (the queries running at once share it); narrow the query: {m}"
+        )),
         _ => QueryError::Internal(e.to_string()),
     }
+}
+
+/// `df`'s physical plan, tracked by `q`'s cancellation, with the task
+/// context to run it in. Optimizing and planning are synchronous and can
+/// be long for a large statement: the deadline is checked before, between
+/// and after them.
+async fn physical(
+    df: DataFrame,
+    q: &Request<'_>,
+) -> Result<
+    (
+        Arc<dyn ExecutionPlan>,
+        Arc<datafusion::execution::TaskContext>,
+    ),
+    QueryError,
+> {
+    q.cancel.check()?;
+    let (state, plan) = df.into_parts();
+    let plan = state.optimize(&plan).map_err(df_err)?;
+    q.cancel.check()?;
+    let physical = state
+        .query_planner()
+        .create_physical_plan(&plan, &state)
+        .await
+        .map_err(df_err)?;
+    q.cancel.check()?;
+    let task = Arc::new(datafusion::execution::TaskContext::from(&state));
+    Ok((q.cancel.track(physical).map_err(df_err)?, task))
+}
+
+/// Runs `plan` and keeps its rows, at most `max_rows` of them (then
+/// `true`: more were cut), each batch counted on `q`'s answer memory
+/// before it is kept; stops with `Timeout` between batches once the
+/// query is cancelled.
+async fn run_plan(
+    plan: Arc<dyn ExecutionPlan>,
+    task: Arc<datafusion::execution::TaskContext>,
+    q: &Request<'_>,
+    max_rows: Option<usize>,
+) -> Result<(Held, bool), QueryError> {
+    let mut stream = datafusion::physical_plan::execute_stream(plan, task).map_err(df_err)?;
+    let held = q.memory.empty();
+    let mut batches = Vec::new();
+    let mut n = 0;
+    let mut truncated = false;
+    while let Some(b) = stream.next().await {
+        q.cancel.check()?;
+        let b = b.map_err(df_err)?;
+        let b = match max_rows {
+            Some(max) if n + b.num_rows() > max => {
+                truncated = true;
+                b.slice(0, max - n)
+            }
+            _ => b,
+        };
+        q.memory.hold_batch(&held, &b)?;
+        n += b.num_rows();
+        batches.push(b);
+        if truncated {
+            break;
+        }
+    }
+    Ok((Held::new(batches, held), truncated))
+}
+
+/// `df` planned and run (`physical`, `run_plan`).
+async fn collect(
+    df: DataFrame,
+    q: &Request<'_>,
+    max_rows: Option<usize>,
+) -> Result<(Held, bool), QueryError> {
+    let (plan, task) = physical(df, q).await?;
+    run_plan(plan, task, q, max_rows).await
 }
 
 fn rfc3339(us: i64) -> Option<String> {
@@ -192,22 +280,19 @@ impl Engine {
         self.live.schema()
     }
 
-    /// The session, for the CLI and tests.
     /// How many queries may run at once (`api.max_concurrent`).
     pub fn max_concurrent(&self) -> usize {
         self.limits.max_concurrent
     }
 
-    pub fn context(&self) -> &SessionContext {
-        &self.ctx
+    /// The time limit of one query (`api.timeout_ms`).
+    pub fn timeout_ms(&self) -> u64 {
+        self.limits.timeout_ms
     }
 
-    /// A reservation of the query memory pool (`api.max_memory_bytes`) for
-    /// one answer: what it holds of the result and its JSON text count
-    /// there, beside the operators of every running query, so a large
-    /// answer fails instead of growing the daemon.
-    fn answer_budget(&self) -> MemoryReservation {
-        MemoryConsumer::new("answer").register(&self.ctx.runtime_env().memory_pool)
+    /// The session, for the CLI and tests.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
     }
 
     /// Loads the table's newest snapshot for later scans to pin.
@@ -218,22 +303,50 @@ impl Engine {
         }
     }
 
-    /// Runs one request within the configured time limit.
+    /// Runs one request within the configured time limit, and returns
+    /// once its work has stopped.
     pub async fn run(&self, req: QueryRequest) -> Result<Answer, QueryError> {
-        let ms = self.limits.timeout_ms;
+        let cancel = Cancel::after(self.limits.timeout_ms);
+        let answer = self.run_until(req, &cancel).await;
+        cancel.stopped().await;
+        answer
+    }
+
+    /// Runs one request until `cancel` stops it (its deadline, or a call to
+    /// `Cancel::cancel`). It returns at the next check after that; streams
+    /// of its plan still running in DataFusion's tasks end at their next
+    /// batch, and `cancel.stopped()` says when they all have.
+    pub async fn run_until(
+        &self,
+        req: QueryRequest,
+        cancel: &Cancel,
+    ) -> Result<Answer, QueryError> {
+        let q = Request {
+            cancel,
+            memory: AnswerMemory::new(
+                &self.ctx.runtime_env().memory_pool,
+                self.limits.max_memory_bytes,
+            ),
+        };
         let fut = async {
             match req {
-                QueryRequest::Trades(r) => self.trades(r).await,
-                QueryRequest::Recent(r) => self.recent(r).await,
-                QueryRequest::Ohlcv(r) => self.ohlcv(r).await,
-                QueryRequest::Symbols => self.symbols().await,
-                QueryRequest::Snapshots => self.snapshots().await,
-                QueryRequest::Sql(sql) => self.sql(&sql).await,
+                QueryRequest::Trades(r) => self.trades(r, &q).await,
+                QueryRequest::Recent(r) => self.recent(r, &q).await,
+                QueryRequest::Ohlcv(r) => self.ohlcv(r, &q).await,
+                QueryRequest::Symbols => self.symbols(&q).await,
+                QueryRequest::Snapshots => self.snapshots(&q).await,
+                QueryRequest::Sql(sql) => self.sql(&sql, &q).await,
             }
         };
-        tokio::time::timeout(Duration::from_millis(ms), fut)
-            .await
-            .unwrap_or(Err(QueryError::Timeout(ms)))
+        let timeout = QueryError::Timeout(cancel.timeout_ms());
+        match tokio::time::timeout_at(cancel.deadline(), fut).await {
+            Ok(Ok(answer)) => Ok(answer),
+            // A stream cut short by the cancellation fails with an error of
+            // its own; the query timed out.
+            Ok(Err(_)) if cancel.is_cancelled() => Err(timeout),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(timeout),
+        }
     }
 
     /// The hybrid table, recording what its scan read, or the lake at one
@@ -280,7 +393,7 @@ impl Engine {
         info.lock().map(|i| i.clone()).unwrap_or_default()
     }
 
-    async fn trades(&self, r: TradesRequest) -> Result<Answer, QueryError> {
+    async fn trades(&self, r: TradesRequest, q: &Request<'_>) -> Result<Answer, QueryError> {
         let limit = r
             .limit
             .unwrap_or(self.limits.default_limit)
@@ -308,13 +421,13 @@ impl Engine {
                         .and(col("message_id").gt(lit(c.message_id.as_str())))),
             );
         }
-        let batches = trades_in_order(df, preds, true, limit + 1).await?;
-        let next_cursor = if rows_in(&batches) > limit {
-            cursor_at(&batches, limit - 1)?.map(|c| c.render())
+        let rows = trades_in_order(df, preds, true, limit + 1, q).await?;
+        let next_cursor = if rows_in(&rows.batches) > limit {
+            cursor_at(&rows.batches, limit - 1)?.map(|c| c.render())
         } else {
             None
         };
-        let batches = first_rows(batches, limit);
+        let batches = first_rows(rows.batches.clone(), limit);
         let i = Self::read_info(&info);
         let head = json!({
             "source": source,
@@ -323,10 +436,10 @@ impl Engine {
             "count": rows_in(&batches),
             "next_cursor": next_cursor,
         });
-        answer(head, "trades", &batches, &self.answer_budget())
+        answer(head, "trades", json_rows(&batches, &q.memory, q.cancel)?)
     }
 
-    async fn ohlcv(&self, r: OhlcvRequest) -> Result<Answer, QueryError> {
+    async fn ohlcv(&self, r: OhlcvRequest, q: &Request<'_>) -> Result<Answer, QueryError> {
         let step = r.interval.micros();
         let bars = r.end_us.saturating_sub(r.start_us).saturating_add(step - 1) / step;
         if bars > self.limits.max_rows as i64 {
@@ -358,7 +471,7 @@ impl Engine {
         };
         let stride = lit(ScalarValue::new_interval_mdn(0, 0, step * 1000));
         let bucket = date_bin(stride, col("timestamp"), ts_lit(0)).alias("time");
-        let batches = filtered(df, preds)?
+        let df = filtered(df, preds)?
             .aggregate(
                 vec![bucket],
                 vec![
@@ -371,10 +484,9 @@ impl Engine {
                 ],
             )
             .and_then(|d| d.sort(vec![col("time").sort(true, false)]))
-            .map_err(df_err)?
-            .collect()
-            .await
             .map_err(df_err)?;
+        let (rows, _) = collect(df, q, None).await?;
+        let batches = &rows.batches;
         let i = Self::read_info(&info);
         let head = json!({
             "source": source,
@@ -382,14 +494,14 @@ impl Engine {
             "tail_rows_scanned": i.tail_rows,
             "symbol": r.symbol,
             "interval": r.interval.as_str(),
-            "count": rows_in(&batches),
+            "count": rows_in(batches),
         });
-        answer(head, "bars", &batches, &self.answer_budget())
+        answer(head, "bars", json_rows(batches, &q.memory, q.cancel)?)
     }
 
-    async fn symbols(&self) -> Result<Answer, QueryError> {
+    async fn symbols(&self, q: &Request<'_>) -> Result<Answer, QueryError> {
         let (df, info, source) = self.source(None).await?;
-        let batches = df
+        let df = df
             .aggregate(
                 vec![col("exchange"), col("symbol")],
                 vec![
@@ -404,20 +516,19 @@ impl Engine {
                     col("symbol").sort(true, false),
                 ])
             })
-            .map_err(df_err)?
-            .collect()
-            .await
             .map_err(df_err)?;
+        let (rows, _) = collect(df, q, None).await?;
+        let batches = &rows.batches;
         let i = Self::read_info(&info);
         let head = json!({
             "source": source,
             "snapshot_id": i.snapshot_id,
-            "count": rows_in(&batches),
+            "count": rows_in(batches),
         });
-        answer(head, "symbols", &batches, &self.answer_budget())
+        answer(head, "symbols", json_rows(batches, &q.memory, q.cancel)?)
     }
 
-    async fn snapshots(&self) -> Result<Answer, QueryError> {
+    async fn snapshots(&self, q: &Request<'_>) -> Result<Answer, QueryError> {
         let table = self
             .catalog
             .load_table(&self.ident)
@@ -446,41 +557,31 @@ impl Engine {
                 })
             })
             .collect();
-        answer_of(&json!({
-            "table": self.ident.to_string(),
-            "current_snapshot_id": md.current_snapshot().map(|s| s.snapshot_id()),
-            "count": list.len(),
-            "snapshots": list,
-        }))
+        answer_of(
+            &json!({
+                "table": self.ident.to_string(),
+                "current_snapshot_id": md.current_snapshot().map(|s| s.snapshot_id()),
+                "count": list.len(),
+                "snapshots": list,
+            }),
+            q,
+        )
     }
 
-    async fn sql(&self, sql: &str) -> Result<Answer, QueryError> {
+    async fn sql(&self, sql: &str, q: &Request<'_>) -> Result<Answer, QueryError> {
+        q.cancel.check()?;
         sql_guard::check(sql).map_err(|e| QueryError::Rejected(e.to_string()))?;
+        q.cancel.check()?;
+        // Parsing and the logical plan; then `collect` optimizes, plans and
+        // runs it, checking the deadline between each.
         let df = self
             .ctx
             .sql_with_options(sql, super::session::read_only())
             .await
             .map_err(df_err)?;
         let schema = df.schema().as_arrow().clone();
-        let max_rows = self.limits.max_rows;
-        let mut stream = df.execute_stream().await.map_err(df_err)?;
-        let budget = self.answer_budget();
-        let mut batches = Vec::new();
-        let mut n = 0;
-        let mut truncated = false;
-        while let Some(b) = stream.next().await {
-            let b = b.map_err(df_err)?;
-            // Kept until the answer is written: counted as the operators'
-            // memory is (a projection's output is not).
-            take(&budget, b.get_array_memory_size()).map_err(|e| too_large(&e.to_string()))?;
-            if n + b.num_rows() > max_rows {
-                batches.push(b.slice(0, max_rows - n));
-                truncated = true;
-                break;
-            }
-            n += b.num_rows();
-            batches.push(b);
-        }
+        let (rows, truncated) = collect(df, q, Some(self.limits.max_rows)).await?;
+        let batches = &rows.batches;
         let columns: Vec<Value> = schema
             .fields()
             .iter()
@@ -488,10 +589,10 @@ impl Engine {
             .collect();
         let head = json!({
             "columns": columns,
-            "count": rows_in(&batches),
+            "count": rows_in(batches),
             "truncated": truncated,
         });
-        answer(head, "rows", &batches, &budget)
+        answer(head, "rows", json_rows(batches, &q.memory, q.cancel)?)
     }
 }
 
@@ -544,7 +645,8 @@ async fn trades_in_order(
     preds: Vec<Expr>,
     ascending: bool,
     limit: usize,
-) -> Result<Vec<RecordBatch>, QueryError> {
+    q: &Request<'_>,
+) -> Result<Held, QueryError> {
     let df = filtered(df, preds)?;
     let t0 = std::time::Instant::now();
     let df = df
@@ -555,12 +657,9 @@ async fn trades_in_order(
         .and_then(|d| d.limit(0, Some(limit)))
         .and_then(|d| d.select(trade_columns()))
         .map_err(df_err)?;
-    let task = Arc::new(df.task_ctx());
-    let plan = df.create_physical_plan().await.map_err(df_err)?;
+    let (plan, task) = physical(df, q).await?;
     let t1 = std::time::Instant::now();
-    let batches = datafusion::physical_plan::collect(plan.clone(), task)
-        .await
-        .map_err(df_err)?;
+    let (rows, _) = run_plan(plan.clone(), task, q, None).await?;
     // The executed plan with each operator's metrics, for
     // `RUST_LOG=ticklake::api=trace`.
     tracing::trace!(
@@ -571,55 +670,33 @@ async fn trades_in_order(
     tracing::debug!(
         plan_ms = (t1 - t0).as_secs_f64() * 1000.0,
         execute_ms = t1.elapsed().as_secs_f64() * 1000.0,
-        rows = rows_in(&batches),
+        rows = rows_in(&rows.batches),
         "trades query"
     );
-    Ok(batches)
+    Ok(rows)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn pool(bytes: usize) -> Arc<dyn datafusion::execution::memory_pool::MemoryPool> {
-        Arc::new(datafusion::execution::memory_pool::GreedyMemoryPool::new(
-            bytes,
-        ))
-    }
-
     #[test]
     fn an_answer_is_the_head_plus_the_rows_as_one_object() {
-        let rows = [RecordBatch::try_from_iter([(
-            "a",
-            Arc::new(arrow::array::Int64Array::from(vec![1, 2])) as _,
-        )])
-        .unwrap()];
-        let budget = MemoryConsumer::new("test").register(&pool(1 << 20));
-        let a = answer(json!({"count": 2, "s": "}"}), "rows", &rows, &budget).unwrap();
-        let v: Value = serde_json::from_str(a.as_str()).unwrap();
+        use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryConsumer, MemoryPool};
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 20));
+        let rows = || JsonRows {
+            parts: vec![br#"[{"a":1},"#.to_vec(), br#"{"a":"x"}]"#.to_vec()],
+            memory: MemoryConsumer::new("test").register(&pool),
+        };
+        let a = answer(json!({"count": 2, "s": "}"}), "rows", rows()).unwrap();
+        let v: Value = serde_json::from_str(&a.text()).unwrap();
         assert_eq!(
             v,
-            json!({"count": 2, "s": "}", "rows": [{"a": 1}, {"a": 2}]})
+            json!({"count": 2, "s": "}", "rows": [{"a": 1}, {"a": "x"}]})
         );
-        let a = answer(json!({}), "rows", &rows, &budget).unwrap();
-        let v: Value = serde_json::from_str(a.as_str()).unwrap();
-        assert_eq!(v, json!({"rows": [{"a": 1}, {"a": 2}]}));
-        assert!(answer(json!([1]), "rows", &rows, &budget).is_err());
-    }
-
-    #[test]
-    fn an_answer_larger_than_the_pool_is_refused_not_built() {
-        // 100 rows of 100 KB: 10 MB of JSON against a 1 MiB pool.
-        let big =
-            arrow::array::StringArray::from_iter_values((0..100).map(|_| "x".repeat(100_000)));
-        let rows = [RecordBatch::try_from_iter([("s", Arc::new(big) as _)]).unwrap()];
-        let budget = MemoryConsumer::new("test").register(&pool(1 << 20));
-        let e = answer(json!({}), "rows", &rows, &budget).unwrap_err();
-        assert_eq!(e.code(), "unavailable", "{e}");
-        assert!(e.to_string().contains("api.max_memory_bytes"), "{e}");
-        // The same answer in a pool large enough is written whole.
-        let budget = MemoryConsumer::new("test").register(&pool(1 << 30));
-        let a = answer(json!({}), "rows", &rows, &budget).unwrap();
-        assert!(a.as_str().len() > 10_000_000);
+        let a = answer(json!({}), "rows", rows()).unwrap();
+        let v: Value = serde_json::from_str(&a.text()).unwrap();
+        assert_eq!(v, json!({"rows": [{"a": 1}, {"a": "x"}]}));
+        assert!(answer(json!([1]), "rows", rows()).is_err());
     }
 }

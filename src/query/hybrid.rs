@@ -3,17 +3,18 @@
 //! split is by offset, not by time, so the union has no overlap and no gap.
 //!
 //! Pinning: a scan takes a snapshot S (the newest the query side knows),
-//! reads S's offsets, and asks the tail for the rows at or past them. The
-//! tail drops rows only after a commit is visible; if it already dropped
-//! rows S does not hold (a newer commit landed in between), it answers
-//! `Stale` and the scan pins the table's current snapshot instead.
+//! reads S's offsets, and reads the tail rows at or past them from the
+//! tail's newest published snapshot, on the query's own thread (the tail
+//! actor is not asked). The tail drops rows only after a commit is
+//! visible; if it already dropped rows S does not hold (a newer commit
+//! landed in between), the read answers `Stale` and the scan pins the
+//! table's current snapshot instead.
 
 use std::any::Any;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 
-use actix::Recipient;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
@@ -32,7 +33,8 @@ use iceberg_datafusion::IcebergStaticTableProvider;
 use serde::Serialize;
 
 use crate::lake::commit::current_offsets;
-use crate::messages::tail::{TailError, TailFilter, TailScan};
+use crate::messages::tail::{TailError, TailFilter};
+use crate::query::tail::TailView;
 
 /// Name of the hybrid table in the lake's namespace.
 pub const LIVE_TABLE: &str = "trades_live";
@@ -79,7 +81,7 @@ pub struct HybridTable {
     catalog: Arc<dyn Catalog>,
     ident: TableIdent,
     schema: SchemaRef,
-    tail: Option<Recipient<TailScan>>,
+    tail: Option<TailView>,
     pinned: PinnedTable,
     info: Option<Arc<Mutex<ScanInfo>>>,
     /// A pin taken before planning (`pin_now`), which scans use instead of
@@ -145,7 +147,7 @@ impl HybridTable {
         catalog: Arc<dyn Catalog>,
         ident: TableIdent,
         schema: SchemaRef,
-        tail: Option<Recipient<TailScan>>,
+        tail: Option<TailView>,
         pinned: PinnedTable,
     ) -> Self {
         Self {
@@ -215,19 +217,12 @@ impl HybridTable {
             let Some(tail) = &self.tail else {
                 return Ok((table, snapshot_id, Vec::new()));
             };
-            let scan = TailScan {
-                since,
-                filter: filter.clone(),
-            };
-            match tail.send(scan).await {
-                Ok(Ok(rows)) => return Ok((table, snapshot_id, rows)),
-                Ok(Err(TailError::Stale { .. })) => fresh = true,
-                Ok(Err(e)) => return Err(DataFusionError::Execution(e.to_string())),
-                Err(e) => {
-                    return Err(DataFusionError::Execution(format!(
-                        "tail actor unavailable: {e}"
-                    )));
-                }
+            // Synchronous and on this (query) thread: the tail's newest
+            // snapshot shares its rows, and ingest goes on meanwhile.
+            match tail.scan(&since, filter) {
+                Ok(rows) => return Ok((table, snapshot_id, rows)),
+                Err(TailError::Stale { .. }) => fresh = true,
+                Err(e) => return Err(DataFusionError::Execution(e.to_string())),
             }
         }
         Err(DataFusionError::Execution(format!(

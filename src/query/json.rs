@@ -10,34 +10,54 @@
 //!   fractional digits), without chrono's per-value formatting machinery.
 //!   Values outside years 1970..=9999 go through arrow's formatter.
 //!
+//! The text is written in parts of about `PART_BYTES`, and each part's
+//! memory is reserved on the query memory (`super::budget`) before it is
+//! allocated, from an upper bound of its rows' encoded size (`bounds`): an
+//! answer never allocates past `api.max_memory_bytes`, however large its
+//! values. The parts are sent as they are (HTTP streams them), so the
+//! answer is never copied into one buffer. Between parts the encoder checks
+//! the query's deadline.
+//!
 //! A 10,000-row answer is about 3 MB of text, so large answers are encoded
-//! in two halves on two threads and joined.
+//! in two halves on two threads.
 
 use std::sync::Arc;
 
-use arrow::array::ArrayData;
-use arrow::array::{Array, AsArray, Decimal128Array, RecordBatch, TimestampMicrosecondArray};
+use arrow::array::{
+    Array, AsArray, Decimal128Array, RecordBatch, StructArray, TimestampMicrosecondArray,
+};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, TimeUnit};
 use arrow::error::ArrowError;
-use arrow::json::writer::{JsonArray, NullableEncoder};
+use arrow::json::writer::{NullableEncoder, make_encoder};
 use arrow::json::{Encoder, EncoderFactory, EncoderOptions};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use chrono::Datelike;
-use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::MemoryReservation;
 
+use super::budget::AnswerMemory;
+use super::cancel::Cancel;
 use crate::messages::query::QueryError;
 
 /// Rows from which an answer is encoded on two threads.
 const PARALLEL_ROWS: usize = 4096;
 
-/// A JSON array of row objects, as text.
-pub struct JsonRows(pub(super) String);
+/// The most a part of the text may need by its rows' bounds, unless one
+/// row alone needs more. Small enough that a part's worst case is a small
+/// reservation; large enough that the parts are few.
+const PART_BYTES: usize = 1 << 20;
+
+/// A JSON array of row objects, as text in parts (to be concatenated), and
+/// the reservation that counts them on the query memory.
+pub struct JsonRows {
+    pub(super) parts: Vec<Vec<u8>>,
+    pub(super) memory: MemoryReservation,
+}
 
 impl JsonRows {
-    pub fn as_str(&self) -> &str {
-        &self.0
+    /// The text in one string (a copy), for tests and tools.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.parts.concat()).into_owned()
     }
 }
 
@@ -240,231 +260,275 @@ fn exact(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
     RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(QueryError::internal)
 }
 
-/// Rows encoded before sizing the buffer from what they took.
-const SAMPLE_ROWS: usize = 64;
-
-/// The most asked of the pool in one step. Far above any pool, and far
-/// below where its `used + asked` could overflow.
-const MAX_ASK: usize = 1 << 48;
-
-/// Counts `bytes` more against `budget`, or says why not.
-pub(super) fn take(budget: &MemoryReservation, bytes: usize) -> Result<(), DataFusionError> {
-    if bytes > MAX_ASK {
-        return Err(DataFusionError::ResourcesExhausted(format!(
-            "{bytes} bytes asked for at once"
-        )));
-    }
-    budget.try_grow(bytes)
+/// What a JSON value takes at most, by type, when it is one of fixed width:
+/// `false`, 20 digits of an i64 or u64, a float as arrow-json writes it,
+/// a quoted decimal of up to 77 digits with sign and point, and temporal
+/// values (or arrow's error text for one it cannot format), quoted.
+fn fixed_bound(t: &DataType) -> Option<usize> {
+    Some(match t {
+        DataType::Null => 4,
+        DataType::Boolean => 5,
+        t if t.is_integer() => 20,
+        t if t.is_floating() => 32,
+        DataType::Decimal32(..)
+        | DataType::Decimal64(..)
+        | DataType::Decimal128(..)
+        | DataType::Decimal256(..) => 96,
+        t if t.is_temporal() => 256,
+        _ => return None,
+    })
 }
 
-/// The answer's bytes, counted against the query memory pool
-/// (`api.max_memory_bytes`) as the buffer grows: an answer that would need
-/// more fails with "resources exhausted" instead of growing the daemon
-/// until an allocation aborts it.
-struct Counted<'a> {
-    buf: Vec<u8>,
-    budget: &'a MemoryReservation,
-}
-
-impl Counted<'_> {
-    /// Room for `more` bytes, the capacity it adds counted first. Grows by
-    /// doubling, as `Vec` would, so appends stay amortized.
-    fn reserve(&mut self, more: usize) -> Result<(), DataFusionError> {
-        let need = self.buf.len().saturating_add(more);
-        if need <= self.buf.capacity() {
-            return Ok(());
-        }
-        let target = need.max(self.buf.capacity().saturating_mul(2));
-        take(self.budget, target - self.buf.capacity())?;
-        self.buf.reserve_exact(target - self.buf.len());
-        // The allocator may round up; what it gave is what is held.
-        self.budget.grow(self.buf.capacity() - target);
-        Ok(())
-    }
-
-    /// Room for `more` bytes if the pool has it; a pre-sizing hint that
-    /// the pool refuses is dropped, and the buffer grows as it is written.
-    fn reserve_hint(&mut self, more: usize) {
-        let _ = self.reserve(more);
+/// Bytes `b` takes inside a JSON string, as serde_json escapes it.
+const fn escaped(b: u8) -> usize {
+    match b {
+        b'"' | b'\\' | 0x08 | 0x09 | 0x0a | 0x0c | 0x0d => 2,
+        0..0x20 => 6,
+        _ => 1,
     }
 }
 
-impl std::io::Write for Counted<'_> {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.reserve(data.len()).map_err(std::io::Error::other)?;
-        self.buf.extend_from_slice(data);
-        Ok(data.len())
+const ESCAPED: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = escaped(i as u8) as u8;
+        i += 1;
     }
+    t
+};
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+/// Strings up to this long are bounded at six bytes a byte (as if every
+/// byte were escaped as `\u00XX`) without reading them, which keeps the
+/// bounds cheap for an answer of many short values; longer ones are read,
+/// so that a large value is not refused for escapes it does not have.
+const SCAN_STRINGS_FROM: usize = 4096;
+
+/// `s` as a JSON string, quotes included, at most.
+fn string_bound(s: &[u8]) -> usize {
+    if s.len() <= SCAN_STRINGS_FROM {
+        2 + 6 * s.len()
+    } else {
+        2 + s
+            .iter()
+            .map(|&b| ESCAPED[b as usize] as usize)
+            .sum::<usize>()
     }
 }
 
-/// A refusal of the pool, or any other failure, as the query's error.
-fn encode_err(e: ArrowError) -> QueryError {
-    let root = match &e {
-        ArrowError::IoError(_, io) => io
-            .get_ref()
-            .and_then(|i| i.downcast_ref::<DataFusionError>())
-            .map(|d| d.find_root()),
-        ArrowError::ExternalError(x) => x.downcast_ref::<DataFusionError>().map(|d| d.find_root()),
-        _ => None,
+/// Per row of `array`, at most how many bytes arrow-json (with this
+/// module's encoders) writes for it: strings with their escapes
+/// (`string_bound`), twice the bytes of binary (hex), the elements of lists, maps
+/// and structs with their separators, and `fixed_bound` for the rest. A
+/// null takes 4 (`null`).
+fn bounds(array: &dyn Array) -> Result<Vec<usize>, QueryError> {
+    let n = array.len();
+    let null_or = |i: usize, v: usize| if array.is_null(i) { 4 } else { v };
+    if let Some(w) = fixed_bound(array.data_type()) {
+        return Ok(vec![w; n]);
+    }
+    // Per row, the sum over its range of child elements, each plus a comma.
+    let elements = |child: &[usize], ranges: &mut dyn Iterator<Item = (usize, usize)>| {
+        ranges
+            .enumerate()
+            .map(|(i, (from, to))| {
+                null_or(i, 2 + child[from..to].iter().map(|b| b + 1).sum::<usize>())
+            })
+            .collect::<Vec<usize>>()
     };
-    match root {
-        Some(DataFusionError::ResourcesExhausted(m)) => too_large(m),
-        _ => QueryError::internal(e),
-    }
-}
-
-pub(super) fn too_large(why: &str) -> QueryError {
-    QueryError::Unavailable(format!(
-        "the answer needs more memory than the query engine may use (api.max_memory_bytes): {why}; ask for fewer rows or smaller values"
-    ))
-}
-
-/// Writes `b` counting the worst case first. arrow-json hands its output
-/// over every 8 KiB but encodes one row whole into a buffer of its own, and
-/// one row can be gigabytes of JSON (a long list of booleans is 6 bytes per
-/// bit); so the most the slice could take is reserved before it is
-/// written, and a slice that does not fit is written in halves, down to a
-/// single row that is refused.
-fn write_bounded<W: std::io::Write>(
-    w: &mut arrow::json::Writer<W, JsonArray>,
-    b: &RecordBatch,
-    budget: &MemoryReservation,
-) -> Result<(), QueryError> {
-    let worst = json_bound(&arrow::array::StructArray::from(b.clone()).into_data());
-    match take(budget, worst) {
-        Ok(()) => {
-            let written = w.write(b).map_err(encode_err);
-            budget.shrink(worst);
-            written
+    Ok(match array.data_type() {
+        DataType::Utf8 => {
+            let a = array.as_string::<i32>();
+            (0..n)
+                .map(|i| null_or(i, string_bound(a.value(i).as_bytes())))
+                .collect()
         }
-        Err(e) if b.num_rows() <= 1 => Err(too_large(&format!(
-            "one row could take {worst} bytes of JSON ({e})"
-        ))),
-        Err(_) => {
-            let half = b.num_rows() / 2;
-            write_bounded(w, &b.slice(0, half), budget)?;
-            write_bounded(w, &b.slice(half, b.num_rows() - half), budget)
+        DataType::LargeUtf8 => {
+            let a = array.as_string::<i64>();
+            (0..n)
+                .map(|i| null_or(i, string_bound(a.value(i).as_bytes())))
+                .collect()
         }
-    }
-}
-
-/// An upper bound of the JSON text arrow-json writes for `d`'s rows, from
-/// lengths and offsets only (nothing is read twice). Strings may grow six
-/// times (`\u0000`), a boolean or a null is five characters plus a comma,
-/// any fixed-width value fits in 96, and a dictionary or run-end encoded
-/// value may repeat its whole value array per row.
-fn json_bound(d: &ArrayData) -> usize {
-    const PER_VALUE: usize = 8;
-    const FIXED: usize = 96;
-    let (o, n) = (d.offset(), d.len());
-    let offsets32 = |i: usize| -> usize {
-        let v: &[i32] = d.buffers().first().map_or(&[], |b| b.typed_data());
-        v.get(i).map_or(0, |x| usize::try_from(*x).unwrap_or(0))
-    };
-    let offsets64 = |i: usize| -> usize {
-        let v: &[i64] = d.buffers().first().map_or(&[], |b| b.typed_data());
-        v.get(i).map_or(0, |x| usize::try_from(*x).unwrap_or(0))
-    };
-    let child = |i: usize, start: usize, len: usize| -> usize {
-        d.child_data().get(i).map_or(0, |c| {
-            json_bound(&c.slice(start, len.min(c.len().saturating_sub(start))))
-        })
-    };
-    let per_row = n.saturating_mul(PER_VALUE);
-    let bound = match d.data_type() {
-        DataType::Null | DataType::Boolean => per_row,
-        DataType::Utf8 | DataType::Binary => {
-            (offsets32(o + n) - offsets32(o).min(offsets32(o + n))).saturating_mul(6)
+        DataType::Utf8View => {
+            let a = array.as_string_view();
+            (0..n)
+                .map(|i| null_or(i, string_bound(a.value(i).as_bytes())))
+                .collect()
         }
-        DataType::LargeUtf8 | DataType::LargeBinary => {
-            (offsets64(o + n) - offsets64(o).min(offsets64(o + n))).saturating_mul(6)
+        DataType::Binary => {
+            let a = array.as_binary::<i32>();
+            (0..n)
+                .map(|i| null_or(i, 2 + 2 * a.value(i).len()))
+                .collect()
         }
-        DataType::Utf8View | DataType::BinaryView => {
-            let views: &[u128] = d.buffers().first().map_or(&[], |b| b.typed_data());
-            views
-                .get(o..o + n)
-                .map_or(0, |v| v.iter().map(|v| (*v as u32) as usize).sum::<usize>())
-                .saturating_mul(6)
+        DataType::LargeBinary => {
+            let a = array.as_binary::<i64>();
+            (0..n)
+                .map(|i| null_or(i, 2 + 2 * a.value(i).len()))
+                .collect()
         }
-        DataType::FixedSizeBinary(w) => n.saturating_mul(*w as usize).saturating_mul(6),
-        DataType::List(_) | DataType::Map(..) => {
-            let (a, b) = (offsets32(o), offsets32(o + n));
-            child(0, a, b.saturating_sub(a))
+        DataType::BinaryView => {
+            let a = array.as_binary_view();
+            (0..n)
+                .map(|i| null_or(i, 2 + 2 * a.value(i).len()))
+                .collect()
+        }
+        DataType::FixedSizeBinary(w) => vec![(2 + 2 * (*w).max(0) as usize).max(4); n],
+        DataType::List(_) => {
+            let a = array.as_list::<i32>();
+            let child = bounds(a.values().as_ref())?;
+            let o = a.value_offsets();
+            elements(
+                &child,
+                &mut o.windows(2).map(|w| (w[0] as usize, w[1] as usize)),
+            )
         }
         DataType::LargeList(_) => {
-            let (a, b) = (offsets64(o), offsets64(o + n));
-            child(0, a, b.saturating_sub(a))
+            let a = array.as_list::<i64>();
+            let child = bounds(a.values().as_ref())?;
+            let o = a.value_offsets();
+            elements(
+                &child,
+                &mut o.windows(2).map(|w| (w[0] as usize, w[1] as usize)),
+            )
         }
-        DataType::FixedSizeList(_, k) => {
-            let k = *k as usize;
-            child(0, o.saturating_mul(k), n.saturating_mul(k))
+        DataType::ListView(_) => {
+            let a = array.as_list_view::<i32>();
+            let child = bounds(a.values().as_ref())?;
+            let (o, l) = (a.value_offsets(), a.value_sizes());
+            elements(
+                &child,
+                &mut o
+                    .iter()
+                    .zip(l)
+                    .map(|(&o, &l)| (o as usize, (o + l) as usize)),
+            )
         }
-        DataType::Struct(fields) => fields
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                child(i, o, n).saturating_add(n.saturating_mul(f.name().len().saturating_mul(6)))
-            })
-            .fold(0usize, usize::saturating_add),
+        DataType::LargeListView(_) => {
+            let a = array.as_list_view::<i64>();
+            let child = bounds(a.values().as_ref())?;
+            let (o, l) = (a.value_offsets(), a.value_sizes());
+            elements(
+                &child,
+                &mut o
+                    .iter()
+                    .zip(l)
+                    .map(|(&o, &l)| (o as usize, (o + l) as usize)),
+            )
+        }
+        DataType::FixedSizeList(_, w) => {
+            let a = array.as_fixed_size_list();
+            let child = bounds(a.values().as_ref())?;
+            let w = (*w).max(0) as usize;
+            let start = a.offset() * w;
+            elements(
+                &child,
+                &mut (0..n).map(|i| (start + i * w, start + (i + 1) * w)),
+            )
+        }
+        DataType::Struct(fields) => {
+            let a = array.as_struct();
+            let mut total = vec![2usize; n];
+            for (f, c) in fields.iter().zip(a.columns()) {
+                // `"name":value,`
+                let name = string_bound(f.name().as_bytes()) + 2;
+                for (t, b) in total.iter_mut().zip(bounds(c.as_ref())?) {
+                    *t += name + b;
+                }
+            }
+            (0..n).map(|i| null_or(i, total[i])).collect()
+        }
+        DataType::Map(..) => {
+            let a = array.as_map();
+            let (k, v) = (bounds(a.keys().as_ref())?, bounds(a.values().as_ref())?);
+            let entries: Vec<usize> = k.iter().zip(&v).map(|(k, v)| k + 1 + v).collect();
+            let o = a.value_offsets();
+            elements(
+                &entries,
+                &mut o.windows(2).map(|w| (w[0] as usize, w[1] as usize)),
+            )
+        }
         DataType::Dictionary(..) => {
-            let values = d.child_data().first().map_or(0, json_bound);
-            n.saturating_mul(values)
+            let a = array.as_any_dictionary();
+            let values = bounds(a.values().as_ref())?;
+            let keys = a.normalized_keys();
+            (0..n)
+                .map(|i| null_or(i, values.get(keys[i]).copied().unwrap_or(4)))
+                .collect()
         }
         DataType::RunEndEncoded(..) => {
-            let values = d.child_data().get(1).map_or(0, json_bound);
-            n.saturating_mul(values)
+            // The second child holds the runs' values, whatever the type
+            // of the run ends.
+            let data = array.to_data();
+            let values = match data.child_data().get(1) {
+                Some(v) => bounds(arrow::array::make_array(v.clone()).as_ref())?,
+                None => Vec::new(),
+            };
+            // Any row may be any run's value.
+            vec![values.into_iter().max().unwrap_or(0).max(4); n]
         }
-        t if t.is_primitive() => n.saturating_mul(FIXED),
-        // Anything else (unions, list views): the data it holds, at the
-        // widest expansion of any type above, per row.
-        _ => d
-            .get_slice_memory_size()
-            .unwrap_or(usize::MAX)
-            .saturating_mul(48),
-    };
-    bound.saturating_add(per_row)
+        other => {
+            return Err(QueryError::Internal(format!(
+                "no JSON size bound for a column of type {other}"
+            )));
+        }
+    })
 }
 
-/// `batches` as one JSON array (`[...]`, or nothing when there is no row),
-/// in a buffer sized for `room_for` rows like the first ones (a 3 MB answer
-/// grown by doubling was copied several times over), every byte counted
-/// against `budget`.
+/// `batches`' rows as JSON objects separated by commas, in parts, each
+/// part's bound reserved in `held` before it is allocated and the reserve
+/// set to what it took after. Stops with `Timeout` between parts once the
+/// query is cancelled.
 fn encode(
     batches: &[RecordBatch],
-    room_for: usize,
-    budget: &MemoryReservation,
-) -> Result<Vec<u8>, QueryError> {
-    let mut w = arrow::json::WriterBuilder::new()
+    memory: &AnswerMemory,
+    held: &MemoryReservation,
+    cancel: &Cancel,
+) -> Result<Vec<Vec<u8>>, QueryError> {
+    let options = EncoderOptions::default()
         .with_explicit_nulls(true)
-        .with_encoder_factory(Arc::new(AnswerEncoders))
-        .build::<_, JsonArray>(Counted {
-            buf: Vec::new(),
-            budget,
-        });
-    let mut sized = false;
+        .with_encoder_factory(Arc::new(AnswerEncoders));
+    let mut parts = Vec::new();
+    let mut first = true;
     for b in batches {
         let b = exact(b)?;
-        if !sized && b.num_rows() > SAMPLE_ROWS {
-            write_bounded(&mut w, &b.slice(0, SAMPLE_ROWS), budget)?;
-            let per_row = w.get_ref().buf.len() / SAMPLE_ROWS + 1;
-            let more = room_for.saturating_sub(SAMPLE_ROWS).saturating_mul(per_row);
-            w.get_mut().reserve_hint(more.saturating_add(more / 8));
-            sized = true;
-            write_bounded(
-                &mut w,
-                &b.slice(SAMPLE_ROWS, b.num_rows() - SAMPLE_ROWS),
-                budget,
-            )?;
-        } else {
-            write_bounded(&mut w, &b, budget)?;
+        if b.num_rows() == 0 {
+            continue;
+        }
+        let rows = StructArray::from(b.clone());
+        let field = Arc::new(Field::new_struct("", b.schema().fields().clone(), false));
+        let mut encoder = make_encoder(&field, &rows, &options).map_err(QueryError::internal)?;
+        let bounds = bounds(&rows)?;
+        let mut i = 0;
+        while i < bounds.len() {
+            cancel.check()?;
+            // Rows i..j, a comma each.
+            let (mut j, mut need) = (i, 0usize);
+            while j < bounds.len() && (j == i || need + bounds[j] < PART_BYTES) {
+                need += bounds[j] + 1;
+                j += 1;
+            }
+            memory.grow(held, need, "the answer's JSON text")?;
+            let mut part = Vec::with_capacity(need);
+            for idx in i..j {
+                if !first {
+                    part.push(b',');
+                }
+                first = false;
+                encoder.encode(idx, &mut part);
+            }
+            debug_assert!(part.len() <= need, "a row outgrew its JSON bound");
+            part.shrink_to_fit();
+            match part.capacity().cmp(&need) {
+                std::cmp::Ordering::Less => held.shrink(need - part.capacity()),
+                std::cmp::Ordering::Greater => held.grow(part.capacity() - need),
+                std::cmp::Ordering::Equal => {}
+            }
+            parts.push(part);
+            i = j;
         }
     }
-    w.finish().map_err(encode_err)?;
-    Ok(w.into_inner().buf)
+    Ok(parts)
 }
 
 /// `batches` split into the first `n` rows and the rest (zero-copy).
@@ -487,79 +551,82 @@ pub(super) fn split_rows(
     (head, rest)
 }
 
-/// Batches as a JSON array of row objects (nulls written out), the
-/// text counted against `budget` (a reservation of the query memory pool,
-/// which the caller keeps while it holds the answer).
+/// Batches as a JSON array of row objects (nulls written out), counted on
+/// the query memory, stopping with `Timeout` once `cancel` says so.
 pub fn json_rows(
     batches: &[RecordBatch],
-    budget: &MemoryReservation,
+    memory: &AnswerMemory,
+    cancel: &Cancel,
 ) -> Result<JsonRows, QueryError> {
     let started = std::time::Instant::now();
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-    let mut buf = if rows >= PARALLEL_ROWS {
+    let held = memory.empty();
+    let mut parts = vec![b"[".to_vec()];
+    if rows >= PARALLEL_ROWS {
         let (a, b) = split_rows(batches, rows / 2);
         let (a, b) = std::thread::scope(|s| {
-            // Named as a query thread: a panic in the encoder fails this
-            // answer (the panic hook knows the name), not the daemon.
+            // Named as a query thread: a panic in it fails this query only.
             let second = std::thread::Builder::new()
                 .name(format!("{}-json", super::pool::THREAD_NAME))
-                .spawn_scoped(s, || encode(&b, rows - rows / 2, budget));
-            // Room for both halves: the second is appended to it.
-            let first = encode(&a, rows, budget);
+                .spawn_scoped(s, || encode(&b, memory, &held, cancel));
+            let first = encode(&a, memory, &held, cancel);
             let second = match second {
                 Ok(h) => h
                     .join()
                     .unwrap_or_else(|_| Err(QueryError::Internal("json encoder panicked".into()))),
-                Err(e) => Err(QueryError::internal(e)),
+                // No thread to be had: this one does both halves.
+                Err(_) => encode(&b, memory, &held, cancel),
             };
             (first, second)
         });
         let (a, b) = (a?, b?);
-        // "[x,y]" + "[z]" → "[x,y,z]"
-        let mut a = Counted { buf: a, budget };
-        if a.buf.pop() != Some(b']') || b.first() != Some(&b'[') {
-            return Err(QueryError::Internal("json halves are not arrays".into()));
+        let both = !a.is_empty() && !b.is_empty();
+        parts.extend(a);
+        if both {
+            parts.push(b",".to_vec());
         }
-        a.reserve(b.len()).map_err(|e| too_large(&e.to_string()))?;
-        a.buf.push(b',');
-        a.buf.extend_from_slice(&b[1..]);
-        budget.shrink(b.capacity().min(budget.size()));
-        drop(b);
-        a.buf
+        parts.extend(b);
     } else {
-        encode(batches, rows, budget)?
-    };
-    if buf.is_empty() {
-        buf.extend_from_slice(b"[]");
+        parts.extend(encode(batches, memory, &held, cancel)?);
     }
+    parts.push(b"]".to_vec());
     // With the query's own timings (trades_in_order), where a slow answer
     // spent its time, for `RUST_LOG=ticklake::api=debug`.
     tracing::debug!(
         json_ms = started.elapsed().as_secs_f64() * 1000.0,
         rows,
-        bytes = buf.len(),
+        bytes = parts.iter().map(Vec::len).sum::<usize>(),
         "answer rows as json"
     );
-    String::from_utf8(buf)
-        .map(JsonRows)
-        .map_err(QueryError::internal)
+    Ok(JsonRows {
+        parts,
+        memory: held,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{ArrayRef, BooleanArray, Int64Array, ListArray, StringArray};
-    use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryConsumer, MemoryPool};
+    use arrow::array::{ArrayRef, Int64Array, StringArray};
+    use arrow::json::writer::JsonArray;
+    use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
     use rand::{Rng, SeedableRng};
 
-    /// A reservation of a pool of its own, `bytes` large.
-    fn budget(bytes: usize) -> MemoryReservation {
-        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(bytes));
-        MemoryConsumer::new("test").register(&pool)
-    }
-
-    fn roomy() -> MemoryReservation {
-        budget(1 << 30)
+    /// `batches` as text, with room to spare and no deadline near.
+    fn json_text(batches: &[RecordBatch]) -> String {
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(usize::MAX / 2));
+        let memory = AnswerMemory::new(&pool, usize::MAX / 2);
+        let rows = json_rows(batches, &memory, &Cancel::after(3_600_000)).unwrap();
+        assert_eq!(
+            rows.memory.size(),
+            rows.parts
+                .iter()
+                .filter(|p| !matches!(p.as_slice(), b"[" | b"," | b"]"))
+                .map(Vec::capacity)
+                .sum::<usize>(),
+            "the reservation is what the rows' parts hold"
+        );
+        rows.text()
     }
 
     /// What arrow-json writes for `batches` with the decimals cast to Utf8
@@ -661,9 +728,9 @@ mod tests {
     fn the_encoders_write_what_arrow_writes() {
         for seed in 0..4 {
             let b = batch(2000, seed);
-            let ours = json_rows(std::slice::from_ref(&b), &roomy()).unwrap();
+            let ours = json_text(std::slice::from_ref(&b));
             let theirs = reference(std::slice::from_ref(&b));
-            assert_eq!(ours.as_str(), theirs, "seed {seed}");
+            assert_eq!(ours, theirs, "seed {seed}");
         }
     }
 
@@ -671,9 +738,9 @@ mod tests {
     fn halves_join_into_the_same_array() {
         // Over the parallel threshold, split across uneven batches.
         let batches = vec![batch(3001, 7), batch(1, 8), batch(2500, 9)];
-        let ours = json_rows(&batches, &roomy()).unwrap();
-        assert_eq!(ours.as_str(), reference(&batches));
-        let v: serde_json::Value = serde_json::from_str(ours.as_str()).unwrap();
+        let ours = json_text(&batches);
+        assert_eq!(ours, reference(&batches));
+        let v: serde_json::Value = serde_json::from_str(&ours).unwrap();
         assert_eq!(v.as_array().unwrap().len(), 5502);
     }
 
@@ -697,18 +764,230 @@ mod tests {
 
     #[test]
     fn no_rows_are_an_empty_array() {
-        assert_eq!(json_rows(&[], &roomy()).unwrap().as_str(), "[]");
+        assert_eq!(json_text(&[]), "[]");
         let b = batch(10, 1).slice(0, 0);
-        assert_eq!(json_rows(&[b], &roomy()).unwrap().as_str(), "[]");
+        assert_eq!(json_text(&[b]), "[]");
+    }
+
+    /// Columns of every kind an answer can hold, nested ones too, with
+    /// nulls, escapes and sliced offsets.
+    fn wide_batch(n: usize, seed: u64) -> RecordBatch {
+        use arrow::array::{
+            BinaryArray, BooleanArray, DictionaryArray, Float64Array, ListArray, MapBuilder,
+            StringBuilder, StructArray as Struct,
+        };
+        use arrow::datatypes::{Int8Type, Int32Type};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let text = |rng: &mut rand::rngs::StdRng| -> String {
+            let len = rng.random_range(0..12);
+            (0..len)
+                .map(|_| match rng.random_range(0..6) {
+                    0 => '"',
+                    1 => '\\',
+                    2 => char::from(rng.random_range(0u8..0x20)),
+                    3 => 'é',
+                    _ => 'x',
+                })
+                .collect()
+        };
+        let strings: Vec<Option<String>> = (0..n)
+            .map(|i| (i % 4 != 0).then(|| text(&mut rng)))
+            .collect();
+        let list = ListArray::from_iter_primitive::<Int32Type, _, _>((0..n).map(|i| {
+            (i % 5 != 0).then(|| {
+                (0..i % 4)
+                    .map(|j| (j % 3 != 0).then_some(j as i32 * -7))
+                    .collect::<Vec<_>>()
+            })
+        }));
+        let mut map = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+        for i in 0..n {
+            for j in 0..i % 3 {
+                map.keys().append_value(format!("k\"{j}"));
+                map.values().append_option((j != 1).then(|| text(&mut rng)));
+            }
+            map.append(i % 7 != 0).unwrap();
+        }
+        let dict: DictionaryArray<Int8Type> = (0..n)
+            .map(|i| (i % 3 != 0).then(|| ["a", "b\n", "\u{1}"][i % 3]))
+            .collect();
+        let structs = Struct::from(vec![
+            (
+                Arc::new(Field::new("f\"", DataType::Float64, true)),
+                Arc::new(Float64Array::from_iter(
+                    (0..n).map(|i| (i % 2 == 0).then(|| -1.0e-300 * i as f64)),
+                )) as ArrayRef,
+            ),
+            (
+                Arc::new(Field::new("b", DataType::Boolean, true)),
+                Arc::new(BooleanArray::from_iter(
+                    (0..n).map(|i| (i % 3 != 1).then_some(i % 2 == 0)),
+                )),
+            ),
+        ]);
+        let cols: Vec<(&str, ArrayRef)> = vec![
+            ("s", Arc::new(StringArray::from(strings))),
+            ("list", Arc::new(list)),
+            ("map", Arc::new(map.finish())),
+            ("dict", Arc::new(dict)),
+            ("struct", Arc::new(structs)),
+            (
+                "bin",
+                Arc::new(BinaryArray::from_iter(
+                    (0..n).map(|i| (i % 6 != 0).then(|| vec![0xffu8; i % 9])),
+                )),
+            ),
+        ];
+        let b = RecordBatch::try_from_iter(cols).unwrap();
+        // Sliced: offsets that do not start at zero.
+        b.slice(1, n - 2)
+    }
+
+    /// No row's JSON text is longer than its bound, for every column type,
+    /// so a part never outgrows the memory reserved for it.
+    #[test]
+    fn every_row_fits_its_bound() {
+        let options = EncoderOptions::default()
+            .with_explicit_nulls(true)
+            .with_encoder_factory(Arc::new(AnswerEncoders));
+        let runs = RecordBatch::try_from_iter(vec![(
+            "r",
+            Arc::new(
+                arrow::array::RunArray::<arrow::datatypes::Int32Type>::try_new(
+                    &arrow::array::Int32Array::from(vec![2, 5, 9]),
+                    &StringArray::from(vec![Some("\"q\""), None, Some("long\u{1}")]),
+                )
+                .unwrap(),
+            ) as ArrayRef,
+        )])
+        .unwrap();
+        for b in [wide_batch(300, 1), wide_batch(300, 2), batch(500, 3), runs] {
+            let b = exact(&b).unwrap();
+            let rows = StructArray::from(b.clone());
+            let field = Arc::new(Field::new_struct("", b.schema().fields().clone(), false));
+            let mut encoder = make_encoder(&field, &rows, &options).unwrap();
+            let bounds = bounds(&rows).unwrap();
+            assert_eq!(bounds.len(), b.num_rows());
+            for (i, bound) in bounds.iter().enumerate() {
+                let mut out = Vec::new();
+                encoder.encode(i, &mut out);
+                assert!(
+                    out.len() <= *bound,
+                    "row {i}: {} bytes over a bound of {bound}: {}",
+                    out.len(),
+                    String::from_utf8_lossy(&out)
+                );
+            }
+        }
+        // The text is still what arrow writes.
+        let b = wide_batch(50, 4);
+        assert_eq!(json_text(std::slice::from_ref(&b)), reference(&[b]));
+    }
+
+    /// An answer larger than what is left of the query memory fails with
+    /// the limit named, before its text is allocated, and gives back what
+    /// it had reserved.
+    #[test]
+    fn an_answer_past_the_memory_limit_fails_and_frees_its_reservation() {
+        // One row of 3 MB: one part, reserved whole before it is written.
+        let big = RecordBatch::try_from_iter(vec![(
+            "s",
+            Arc::new(StringArray::from(vec!["x".repeat(3 << 20)])) as ArrayRef,
+        )])
+        .unwrap();
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(2 << 20));
+        let memory = AnswerMemory::new(&pool, 2 << 20);
+        let cancel = Cancel::after(3_600_000);
+        let e = json_rows(std::slice::from_ref(&big), &memory, &cancel)
+            .err()
+            .expect("over the limit");
+        assert!(
+            matches!(&e, QueryError::OverMemory(m) if m.contains("api.max_memory_bytes")),
+            "{e:?}"
+        );
+        assert_eq!(pool.reserved(), 0);
+        // With room, the same answer is written and counted.
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(8 << 20));
+        let memory = AnswerMemory::new(&pool, 8 << 20);
+        let rows = json_rows(std::slice::from_ref(&big), &memory, &cancel).unwrap();
+        assert!(pool.reserved() >= (3 << 20) + 8);
+        drop(rows);
+        assert_eq!(pool.reserved(), 0);
+    }
+
+    /// A pool that cancels the query when the answer reserves its `at`-th
+    /// part: the encoder must stop at the next part.
+    #[derive(Debug)]
+    struct CancelOnGrow {
+        inner: GreedyMemoryPool,
+        grows: std::sync::atomic::AtomicUsize,
+        at: usize,
+        cancel: Cancel,
+    }
+
+    impl MemoryPool for CancelOnGrow {
+        fn grow(&self, r: &MemoryReservation, n: usize) {
+            self.inner.grow(r, n)
+        }
+
+        fn shrink(&self, r: &MemoryReservation, n: usize) {
+            self.inner.shrink(r, n)
+        }
+
+        fn try_grow(&self, r: &MemoryReservation, n: usize) -> datafusion::error::Result<()> {
+            use std::sync::atomic::Ordering;
+            if self.grows.fetch_add(1, Ordering::Relaxed) + 1 == self.at {
+                self.cancel.cancel();
+            }
+            self.inner.try_grow(r, n)
+        }
+
+        fn reserved(&self) -> usize {
+            self.inner.reserved()
+        }
     }
 
     #[test]
-    fn the_bound_is_never_below_what_is_written() {
+    fn encoding_stops_at_the_next_part_once_cancelled() {
+        // Ten rows of 600 KB: a part each.
+        let rows: Vec<RecordBatch> = (0..10)
+            .map(|_| {
+                RecordBatch::try_from_iter(vec![(
+                    "s",
+                    Arc::new(StringArray::from(vec!["y".repeat(600 << 10)])) as ArrayRef,
+                )])
+                .unwrap()
+            })
+            .collect();
+        let cancel = Cancel::after(3_600_000);
+        let pool = Arc::new(CancelOnGrow {
+            inner: GreedyMemoryPool::new(1 << 30),
+            grows: Default::default(),
+            at: 3,
+            cancel: cancel.clone(),
+        });
+        let dyn_pool: Arc<dyn MemoryPool> = pool.clone();
+        let memory = AnswerMemory::new(&dyn_pool, 1 << 30);
+        let e = json_rows(&rows, &memory, &cancel).err().expect("cancelled");
+        assert!(matches!(e, QueryError::Timeout(_)), "{e:?}");
+        assert_eq!(
+            pool.grows.load(std::sync::atomic::Ordering::Relaxed),
+            3,
+            "the part reserved when the query was cancelled is the last"
+        );
+        assert_eq!(dyn_pool.reserved(), 0, "what was written is given back");
+    }
+
+    /// Rows that take little in arrow and much in JSON, sliced: each row's
+    /// bound covers what is written for it.
+    #[test]
+    fn escapes_lists_and_dictionaries_fit_their_bounds() {
+        use arrow::array::{BooleanArray, DictionaryArray, ListArray};
         let strings = StringArray::from_iter_values((0..300).map(|i| "\u{1}\"".repeat(i % 17)));
         let lists = ListArray::from_iter_primitive::<arrow::datatypes::Int64Type, _, _>(
             (0..300).map(|i| Some((0..i % 23).map(|v| Some(-v * 1_000_000_007)))),
         );
-        let dict: arrow::array::DictionaryArray<arrow::datatypes::Int8Type> =
+        let dict: DictionaryArray<arrow::datatypes::Int8Type> =
             (0..300).map(|i| ["a", "\u{0}bc"][i % 2]).collect();
         let odd = RecordBatch::try_from_iter([
             ("s", Arc::new(strings) as ArrayRef),
@@ -720,21 +999,21 @@ mod tests {
             ),
         ])
         .unwrap();
-        for b in [batch(2000, 3), odd] {
-            for (o, n) in [(0, b.num_rows()), (1, 1), (17, 100)] {
-                let slice = b.slice(o, n);
-                let bound = json_bound(&arrow::array::StructArray::from(slice.clone()).into_data());
-                let written = json_rows(&[slice], &roomy()).unwrap().0.len();
-                assert!(bound >= written, "bound {bound} < written {written}");
-            }
+        for (o, n) in [(0, 300), (1, 1), (17, 100)] {
+            let slice = odd.slice(o, n);
+            let rows = StructArray::from(slice.clone());
+            let bound: usize = bounds(&rows).unwrap().iter().map(|b| b + 1).sum();
+            let written = json_text(std::slice::from_ref(&slice)).len();
+            assert!(bound + 2 >= written, "bound {bound} < written {written}");
+            assert_eq!(json_text(std::slice::from_ref(&slice)), reference(&[slice]));
         }
     }
 
+    /// 65 rows of 100 KB, then 9,935 short ones (an answer buffer once
+    /// sized from its first 64 rows asked for a gigabyte): within a 64 MiB
+    /// pool the 6.5 MB answer is written, exactly.
     #[test]
-    fn the_first_rows_do_not_size_the_buffer_past_the_pool() {
-        // 65 rows of 100 KB, then 9,935 short ones: extrapolated from the
-        // first 64 rows, the buffer would be a gigabyte. Within a 64 MiB
-        // pool the answer (6.5 MB) is still written, exactly.
+    fn large_first_rows_do_not_size_the_answer() {
         let s = StringArray::from_iter_values((0..10_000).map(|i| {
             if i < 65 {
                 "x".repeat(100_000)
@@ -743,14 +1022,18 @@ mod tests {
             }
         }));
         let b = RecordBatch::try_from_iter([("s", Arc::new(s) as ArrayRef)]).unwrap();
-        let ours = json_rows(std::slice::from_ref(&b), &budget(64 << 20)).unwrap();
-        assert_eq!(ours.as_str(), reference(&[b]));
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(64 << 20));
+        let memory = AnswerMemory::new(&pool, 64 << 20);
+        let rows = json_rows(std::slice::from_ref(&b), &memory, &Cancel::after(3_600_000)).unwrap();
+        assert_eq!(rows.text(), reference(&[b]));
     }
 
+    /// One row whose JSON is far larger than its arrow (a list of ten
+    /// million booleans: 1.25 MB, and 60 MB of text) is refused before it
+    /// is encoded when the pool cannot hold its text.
     #[test]
-    fn one_row_larger_than_the_pool_is_refused_before_it_is_encoded() {
-        // One row: a list of 10 million booleans, 1.25 MB in arrow and 60 MB
-        // of JSON, against a 16 MiB pool.
+    fn one_row_past_the_pool_is_refused_before_it_is_encoded() {
+        use arrow::array::{BooleanArray, ListArray};
         let values = BooleanArray::from(vec![false; 10_000_000]);
         let list = ListArray::new(
             Arc::new(Field::new_list_field(DataType::Boolean, false)),
@@ -759,10 +1042,13 @@ mod tests {
             None,
         );
         let b = RecordBatch::try_from_iter([("l", Arc::new(list) as ArrayRef)]).unwrap();
-        let Err(e) = json_rows(&[b], &budget(16 << 20)) else {
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(16 << 20));
+        let memory = AnswerMemory::new(&pool, 16 << 20);
+        let Err(e) = json_rows(&[b], &memory, &Cancel::after(3_600_000)) else {
             panic!("a 60 MB row was written within a 16 MiB pool");
         };
-        assert_eq!(e.code(), "unavailable", "{e}");
-        assert!(e.to_string().contains("one row could take"), "{e}");
+        assert_eq!(e.code(), "memory_limit", "{e}");
+        assert!(e.to_string().contains("JSON text"), "{e}");
+        assert_eq!(pool.reserved(), 0);
     }
 }

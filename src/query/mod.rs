@@ -2,11 +2,15 @@
 //! the lake (`session`), the engine that runs each `/v1` request and writes
 //! its JSON answer (`engine`, `json`), the hybrid table that reads one
 //! pinned snapshot plus the tail rows past its offsets (`hybrid`), the
-//! read-only SQL guard (`sql_guard`), the tail's data store (`tail`), and
-//! the runtime queries run on (`pool`).
+//! read-only SQL guard (`sql_guard`), the tail's data store (`tail`), the
+//! runtime queries run on (`pool`), and what bounds each query: its
+//! deadline and cancellation (`cancel`) and its answer's memory
+//! (`budget`).
 //! The actors that own these live in `crate::actors` (`query`, `tail`);
 //! the HTTP routes in `crate::api`.
 
+pub mod budget;
+pub mod cancel;
 pub mod engine;
 pub mod hybrid;
 pub mod json;

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use actix::Recipient;
 use arrow::array::RecordBatch;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -11,9 +10,9 @@ use iceberg_datafusion::IcebergCatalogProvider;
 
 use super::engine::Engine;
 use super::hybrid::{HybridTable, LiveCatalog, PinnedTable};
+use super::tail::TailView;
 use crate::config::Config;
 use crate::lake::{self, LakeError, TableKind};
-use crate::messages::tail::TailScan;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -52,10 +51,7 @@ pub async fn session(cfg: &Config) -> Result<SessionContext, SessionError> {
 
 /// The query engine over the lake, with `market.trades_live` reading the
 /// given tail beside the lake (the daemon's), or the lake alone.
-pub async fn engine(
-    cfg: &Config,
-    tail: Option<Recipient<TailScan>>,
-) -> Result<Engine, SessionError> {
+pub async fn engine(cfg: &Config, tail: Option<TailView>) -> Result<Engine, SessionError> {
     let catalog = lake::open_catalog(cfg).await?;
     let trades = lake::ensure_table(catalog.as_ref(), cfg, TableKind::Trades).await?;
     lake::ensure_table(catalog.as_ref(), cfg, TableKind::DeadLetters).await?;

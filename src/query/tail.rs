@@ -1,16 +1,26 @@
 //! The tail's data store: the trades consumed past the latest commit, as
 //! Arrow, per symbol, each row with its Kafka position, so a query can read
-//! them beside the lake and split exactly at a snapshot's offsets. The
-//! `TailActor` (`crate::actors::tail`) owns one and feeds it.
+//! them beside the lake and split exactly at a snapshot's offsets.
 //!
-//! Rows are kept in sealed segments of `SEGMENT_ROWS` rows plus one open
-//! run still being filled. A scan hands out the sealed segments it needs as
-//! they are (the buffers are shared, not copied), so a query over 10,000
-//! tail rows costs about as much as one over 100; only the open run is
-//! converted at scan time.
+//! The `TailActor` (`crate::actors::tail`) owns the one `TailStore` and
+//! feeds it on the ingest arbiter. After every change it publishes a
+//! `TailSnapshot` to a `TailView`, and queries scan that snapshot on their
+//! own threads: a scan never goes through the actor, so however big it is,
+//! ingest never waits for it. A snapshot is immutable and shares its rows
+//! with the store instead of copying them:
+//!
+//! - rows are kept in sealed segments of at least `SEGMENT_ROWS` rows of
+//!   one symbol, as Arrow, which a scan hands out as they are (the buffers
+//!   are shared), so a query over 10,000 tail rows costs about as much as
+//!   one over 100;
+//! - the rows still being gathered for a symbol's next segment (its open
+//!   run) are a chain of immutable links, one per push, so publishing needs
+//!   no copy of them; only a scan converts the open rows it reads to Arrow.
+//!
+//! Publishing a snapshot therefore costs one pointer pair per symbol.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use arrow::array::{BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
@@ -22,7 +32,7 @@ use crate::messages::tail::{TailError, TailFilter, TailRow, TailState};
 use crate::model::TradeV2;
 
 /// Rows of one symbol converted to Arrow together. Small enough that
-/// converting the open run at scan time is cheap, large enough that a
+/// converting an open run at scan time is cheap, large enough that a
 /// query reads few batches.
 const SEGMENT_ROWS: usize = 1024;
 
@@ -58,7 +68,7 @@ fn spans(pos: &[Pos]) -> Vec<(u32, i64, i64)> {
 }
 
 impl Segment {
-    fn new(schema: &SchemaRef, trades: &[TradeV2], pos: Vec<Pos>) -> Result<Self, TailError> {
+    fn new(schema: &SchemaRef, trades: &[&TradeV2], pos: Vec<Pos>) -> Result<Self, TailError> {
         let batch =
             trades_batch_as_is(schema, trades).map_err(|e| TailError::Arrow(e.to_string()))?;
         Ok(Self {
@@ -157,17 +167,64 @@ pub fn rows_matching(batch: &RecordBatch, filter: &TailFilter) -> Result<RecordB
     filter_record_batch(batch, &mask).map_err(|e| TailError::Arrow(e.to_string()))
 }
 
-/// One symbol's rows: sealed segments, then the open run.
-#[derive(Debug, Default)]
+/// The rows one push brought for one symbol's open run, linked to the
+/// older ones. A link never changes once made, so a snapshot holding the
+/// newest link sees exactly the open rows of its moment, however the run
+/// grows or is sealed afterwards.
+#[derive(Debug)]
+struct OpenLink {
+    trades: Vec<TradeV2>,
+    pos: Vec<Pos>,
+    older: Option<Arc<OpenLink>>,
+}
+
+impl Drop for OpenLink {
+    /// A run holds up to a link per row; dropping them one by one instead
+    /// of recursively keeps a long chain from exhausting the stack.
+    fn drop(&mut self) {
+        let mut next = self.older.take();
+        while let Some(link) = next {
+            next = match Arc::try_unwrap(link) {
+                Ok(mut l) => l.older.take(),
+                // Still shared with a snapshot, which drops it later.
+                Err(_) => None,
+            };
+        }
+    }
+}
+
+/// One symbol's rows: sealed segments, then the open run. A clone (what a
+/// snapshot takes) copies two pointers.
+#[derive(Debug, Clone, Default)]
 struct SymbolRows {
-    sealed: Vec<Segment>,
-    open: Vec<TradeV2>,
-    open_pos: Vec<Pos>,
+    sealed: Arc<Vec<Arc<Segment>>>,
+    /// The newest link of the open run.
+    open: Option<Arc<OpenLink>>,
+    open_len: usize,
 }
 
 impl SymbolRows {
     fn len(&self) -> usize {
-        self.sealed.iter().map(Segment::len).sum::<usize>() + self.open.len()
+        self.sealed.iter().map(|s| s.len()).sum::<usize>() + self.open_len
+    }
+
+    /// The open run's links, oldest first.
+    fn open_links(&self) -> Vec<&OpenLink> {
+        let mut links = Vec::new();
+        let mut at = self.open.as_deref();
+        while let Some(link) = at {
+            links.push(link);
+            at = link.older.as_deref();
+        }
+        links.reverse();
+        links
+    }
+
+    /// The open run's rows with their positions, oldest first.
+    fn open_rows(&self) -> impl Iterator<Item = (&TradeV2, Pos)> {
+        self.open_links()
+            .into_iter()
+            .flat_map(|l| l.trades.iter().zip(l.pos.iter().copied()))
     }
 }
 
@@ -176,14 +233,14 @@ impl SymbolRows {
 /// tested without a running system.
 #[derive(Debug)]
 pub struct TailStore {
-    cluster_id: String,
+    cluster_id: Arc<str>,
     schema: SchemaRef,
-    by_symbol: HashMap<String, SymbolRows>,
+    by_symbol: HashMap<Arc<str>, SymbolRows>,
     rows: usize,
     /// Highest committed offsets seen, i.e. everything below is gone.
-    pruned: KafkaOffsets,
+    pruned: Arc<KafkaOffsets>,
     /// The (topic, partition) pairs seen, indexed by `Pos`'s first field.
-    partitions: Vec<(Arc<str>, i32)>,
+    partitions: Arc<Vec<(Arc<str>, i32)>>,
     partition_index: HashMap<(Arc<str>, i32), u32>,
     /// Highest offset taken in per partition index. A partition is read in
     /// offset order, so anything at or below it is a re-read (a consumer
@@ -192,19 +249,28 @@ pub struct TailStore {
     newest: Vec<i64>,
 }
 
+/// Per partition index of `partitions`, the first offset of `offsets` (0
+/// when absent).
+fn per_index(partitions: &[(Arc<str>, i32)], offsets: &KafkaOffsets) -> Vec<i64> {
+    partitions
+        .iter()
+        .map(|(t, p)| offsets.get(t, *p).unwrap_or(0))
+        .collect()
+}
+
 impl TailStore {
     /// `schema` is the trades table's Arrow schema, which scans return.
     pub fn new(cluster_id: &str, schema: SchemaRef) -> Self {
         Self {
-            cluster_id: cluster_id.to_string(),
+            cluster_id: Arc::from(cluster_id),
             schema,
             by_symbol: HashMap::new(),
             rows: 0,
-            pruned: KafkaOffsets {
+            pruned: Arc::new(KafkaOffsets {
                 cluster_id: cluster_id.to_string(),
                 topics: Default::default(),
-            },
-            partitions: Vec::new(),
+            }),
+            partitions: Arc::default(),
             partition_index: HashMap::new(),
             newest: Vec::new(),
         }
@@ -223,25 +289,19 @@ impl TailStore {
             return *i;
         }
         let i = self.partitions.len() as u32;
-        self.partitions.push((topic.clone(), partition));
+        // A new partition is rare; snapshots keep the list they saw.
+        Arc::make_mut(&mut self.partitions).push((topic.clone(), partition));
         self.partition_index.insert((topic.clone(), partition), i);
         self.newest.push(i64::MIN);
         i
-    }
-
-    /// Per partition index, the first offset of `offsets` (0 when absent).
-    fn per_index(&self, offsets: &KafkaOffsets) -> Vec<i64> {
-        self.partitions
-            .iter()
-            .map(|(t, p)| offsets.get(t, *p).unwrap_or(0))
-            .collect()
     }
 
     /// Adds consumed rows. A row the tail has seen before (a re-read) or
     /// that lies below the pruned offsets (already in the lake) is not kept
     /// twice.
     pub fn push(&mut self, rows: Vec<TailRow>) {
-        let mut touched = BTreeSet::new();
+        // This push's rows per symbol, each becoming one link.
+        let mut fresh: HashMap<Arc<str>, (Vec<TradeV2>, Vec<Pos>)> = HashMap::new();
         for r in rows {
             if self
                 .pruned
@@ -257,58 +317,60 @@ impl TailStore {
             }
             *newest = r.offset;
             self.rows += 1;
-            let sym = self.by_symbol.entry(r.trade.symbol.clone()).or_default();
-            if sym.open.len() + 1 >= SEGMENT_ROWS {
-                touched.insert(r.trade.symbol.clone());
+            let run = match fresh.get_mut(r.trade.symbol.as_str()) {
+                Some(run) => run,
+                None => {
+                    // The name the store already holds, when it does.
+                    let name = match self.by_symbol.get_key_value(r.trade.symbol.as_str()) {
+                        Some((name, _)) => name.clone(),
+                        None => Arc::from(r.trade.symbol.as_str()),
+                    };
+                    fresh.entry(name).or_default()
+                }
+            };
+            run.0.push(r.trade);
+            run.1.push((p, r.offset));
+        }
+        for (symbol, (trades, pos)) in fresh {
+            let sym = match self.by_symbol.get_mut(&symbol) {
+                Some(sym) => sym,
+                None => self.by_symbol.entry(symbol).or_default(),
+            };
+            sym.open_len += trades.len();
+            sym.open = Some(Arc::new(OpenLink {
+                trades,
+                pos,
+                older: sym.open.take(),
+            }));
+            if sym.open_len >= SEGMENT_ROWS {
+                seal(&self.schema, sym);
             }
-            sym.open.push(r.trade);
-            sym.open_pos.push((p, r.offset));
-        }
-        for s in touched {
-            self.seal(&s);
-        }
-    }
-
-    /// Converts a symbol's full open run into a segment. On failure the
-    /// rows stay in the open run: nothing is dropped, and scans report it.
-    fn seal(&mut self, symbol: &str) {
-        let Some(sym) = self.by_symbol.get_mut(symbol) else {
-            return;
-        };
-        if sym.open.len() < SEGMENT_ROWS {
-            return;
-        }
-        match Segment::new(&self.schema, &sym.open, sym.open_pos.clone()) {
-            Ok(seg) => {
-                sym.open.clear();
-                sym.open_pos.clear();
-                sym.sealed.push(seg);
-            }
-            Err(e) => tracing::warn!(symbol, error = %e, "tail: could not seal rows as arrow"),
         }
     }
 
     /// Drops every row a commit covers. Offsets of another cluster (the
     /// embedded one of an earlier run) say nothing about these rows.
     pub fn prune(&mut self, committed: &KafkaOffsets) {
-        if committed.cluster_id != self.cluster_id {
+        if committed.cluster_id != *self.cluster_id {
             return;
         }
+        let pruned = Arc::make_mut(&mut self.pruned);
         for (topic, parts) in &committed.topics {
             for (p, next) in parts {
-                if self.pruned.get(topic, *p).is_none_or(|old| *next > old) {
-                    self.pruned.set(topic, *p, *next);
+                if pruned.get(topic, *p).is_none_or(|old| *next > old) {
+                    pruned.set(topic, *p, *next);
                 }
             }
         }
-        let from = self.per_index(&self.pruned);
+        let from = per_index(&self.partitions, &self.pruned);
         let at = |p: u32| from.get(p as usize).copied().unwrap_or(0);
         let mut kept = 0;
         self.by_symbol.retain(|_, sym| {
-            sym.sealed = std::mem::take(&mut sym.sealed)
-                .into_iter()
+            let sealed: Vec<Arc<Segment>> = sym
+                .sealed
+                .iter()
                 .filter_map(|seg| match seg.from(&from) {
-                    Ok(Some(b)) if b.num_rows() == seg.len() => Some(seg),
+                    Ok(Some(b)) if b.num_rows() == seg.len() => Some(seg.clone()),
                     // Straddling the commit: the rows past it. Exchanges and
                     // the time range stay those of the whole run, which only
                     // makes a scan skip it less often.
@@ -319,22 +381,39 @@ impl TailStore {
                             .copied()
                             .filter(|&(p, o)| o >= at(p))
                             .collect();
-                        Some(Segment {
+                        Some(Arc::new(Segment {
                             batch: b,
                             spans: spans(&pos),
                             pos,
-                            ..seg
-                        })
+                            exchanges: seg.exchanges.clone(),
+                            min_ts: seg.min_ts,
+                            max_ts: seg.max_ts,
+                        }))
                     }
                     Ok(None) => None,
                     // Filtering an existing batch cannot fail on its own
                     // schema; keep the rows if it somehow does.
-                    Err(_) => Some(seg),
+                    Err(_) => Some(seg.clone()),
                 })
                 .collect();
-            let mut keep = sym.open_pos.iter().map(|&(p, o)| o >= at(p));
-            sym.open.retain(|_| keep.next().unwrap_or(true));
-            sym.open_pos.retain(|&(p, o)| o >= at(p));
+            sym.sealed = Arc::new(sealed);
+            if sym.open_rows().any(|(_, (p, o))| o < at(p)) {
+                // The rows past the commit, as one new link; snapshots
+                // keep the old chain.
+                let (trades, pos): (Vec<TradeV2>, Vec<Pos>) = sym
+                    .open_rows()
+                    .filter(|&(_, (p, o))| o >= at(p))
+                    .map(|(t, p)| (t.clone(), p))
+                    .unzip();
+                sym.open_len = trades.len();
+                sym.open = (!trades.is_empty()).then(|| {
+                    Arc::new(OpenLink {
+                        trades,
+                        pos,
+                        older: None,
+                    })
+                });
+            }
             let n = sym.len();
             kept += n;
             n > 0
@@ -342,6 +421,63 @@ impl TailStore {
         self.rows = kept;
     }
 
+    /// What scans read: the rows and offsets as they are now, shared.
+    pub fn snapshot(&self) -> TailSnapshot {
+        TailSnapshot {
+            cluster_id: self.cluster_id.clone(),
+            schema: self.schema.clone(),
+            by_symbol: self.by_symbol.clone(),
+            pruned: self.pruned.clone(),
+            partitions: self.partitions.clone(),
+        }
+    }
+
+    /// What the store holds, for observers.
+    pub fn state(&self, max_rows: usize) -> TailState {
+        TailState {
+            rows: self.rows,
+            symbols: self.by_symbol.len(),
+            max_rows,
+            pruned: (*self.pruned).clone(),
+            health: Default::default(),
+        }
+    }
+}
+
+/// Converts a symbol's full open run into a segment. On failure the rows
+/// stay in the open run: nothing is dropped, and scans report it.
+fn seal(schema: &SchemaRef, sym: &mut SymbolRows) {
+    let segment = {
+        let links = sym.open_links();
+        let trades: Vec<&TradeV2> = links.iter().flat_map(|l| l.trades.iter()).collect();
+        let pos: Vec<Pos> = links.iter().flat_map(|l| l.pos.iter().copied()).collect();
+        Segment::new(schema, &trades, pos)
+    };
+    match segment {
+        Ok(seg) => {
+            let mut sealed = Vec::with_capacity(sym.sealed.len() + 1);
+            sealed.extend(sym.sealed.iter().cloned());
+            sealed.push(Arc::new(seg));
+            sym.sealed = Arc::new(sealed);
+            sym.open = None;
+            sym.open_len = 0;
+        }
+        Err(e) => tracing::warn!(error = %e, "tail: could not seal rows as arrow"),
+    }
+}
+
+/// The tail at one moment, immutable: its rows and the offsets it had
+/// pruned to then. Scans read it on the query side; the store moves on.
+#[derive(Debug)]
+pub struct TailSnapshot {
+    cluster_id: Arc<str>,
+    schema: SchemaRef,
+    by_symbol: HashMap<Arc<str>, SymbolRows>,
+    pruned: Arc<KafkaOffsets>,
+    partitions: Arc<Vec<(Arc<str>, i32)>>,
+}
+
+impl TailSnapshot {
     /// The rows at or past `since` that match `filter`, exactly (bounds
     /// inclusive), or `Stale` when rows past `since` were already dropped.
     /// A sealed segment whose rows all match is handed out as it is; only
@@ -353,7 +489,7 @@ impl TailStore {
     ) -> Result<Vec<RecordBatch>, TailError> {
         // A snapshot recorded on another cluster covers none of these rows.
         let none = KafkaOffsets::default();
-        let since = if since.cluster_id == self.cluster_id {
+        let since = if since.cluster_id == *self.cluster_id {
             since
         } else {
             &none
@@ -371,7 +507,7 @@ impl TailStore {
                 }
             }
         }
-        let from = self.per_index(since);
+        let from = per_index(&self.partitions, since);
         let at = |p: u32| from.get(p as usize).copied().unwrap_or(0);
         let mut out = Vec::new();
         let mut read = |sym: &SymbolRows| -> Result<(), TailError> {
@@ -382,7 +518,7 @@ impl TailStore {
                     None => {}
                 }
             }
-            let keep = |t: &TradeV2, &(p, o): &Pos| {
+            let keep = |t: &TradeV2, (p, o): Pos| {
                 o >= at(p)
                     && filter
                         .exchanges
@@ -391,12 +527,10 @@ impl TailStore {
                     && filter.start_us.is_none_or(|s| t.timestamp_us >= s)
                     && filter.end_us.is_none_or(|s| t.timestamp_us <= s)
             };
-            let open: Vec<TradeV2> = sym
-                .open
-                .iter()
-                .zip(&sym.open_pos)
-                .filter(|(t, p)| keep(t, p))
-                .map(|(t, _)| t.clone())
+            let open: Vec<&TradeV2> = sym
+                .open_rows()
+                .filter(|&(t, p)| keep(t, p))
+                .map(|(t, _)| t)
                 .collect();
             if !open.is_empty() {
                 out.push(
@@ -409,7 +543,7 @@ impl TailStore {
         match &filter.symbols {
             Some(symbols) => {
                 for s in symbols {
-                    if let Some(sym) = self.by_symbol.get(s) {
+                    if let Some(sym) = self.by_symbol.get(s.as_str()) {
                         read(sym)?;
                     }
                 }
@@ -423,15 +557,44 @@ impl TailStore {
         out.retain(|b| b.num_rows() > 0);
         Ok(out)
     }
+}
 
-    /// What the store holds, for observers.
-    pub fn state(&self, max_rows: usize) -> TailState {
-        TailState {
-            rows: self.rows,
-            symbols: self.by_symbol.len(),
-            max_rows,
-            pruned: self.pruned.clone(),
-            health: Default::default(),
+/// Where the tail actor publishes its snapshots and queries take them.
+/// Either side holds the lock only to copy or swap one pointer, so neither
+/// ever waits for the other's work. Until the actor publishes, the tail is
+/// empty.
+#[derive(Debug, Clone, Default)]
+pub struct TailView(Arc<RwLock<Option<Arc<TailSnapshot>>>>);
+
+impl TailView {
+    pub fn publish(&self, snapshot: TailSnapshot) {
+        let new = Some(Arc::new(snapshot));
+        let old = match self.0.write() {
+            Ok(mut held) => std::mem::replace(&mut *held, new),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), new),
+        };
+        // The previous snapshot is freed here, outside the lock, unless a
+        // scan still reads it.
+        drop(old);
+    }
+
+    /// The newest snapshot, `None` before the first.
+    pub fn load(&self) -> Option<Arc<TailSnapshot>> {
+        match self.0.read() {
+            Ok(held) => held.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// `TailSnapshot::scan` on the newest snapshot.
+    pub fn scan(
+        &self,
+        since: &KafkaOffsets,
+        filter: &TailFilter,
+    ) -> Result<Vec<RecordBatch>, TailError> {
+        match self.load() {
+            Some(snapshot) => snapshot.scan(since, filter),
+            None => Ok(Vec::new()),
         }
     }
 }
@@ -482,6 +645,17 @@ mod tests {
 
     fn store() -> TailStore {
         TailStore::new("c", schema())
+    }
+
+    impl TailStore {
+        /// A scan of the snapshot taken now.
+        fn scan(
+            &self,
+            since: &KafkaOffsets,
+            filter: &TailFilter,
+        ) -> Result<Vec<RecordBatch>, TailError> {
+            self.snapshot().scan(since, filter)
+        }
     }
 
     /// The timestamps (= offsets in these tests) of the rows, sorted.
@@ -622,5 +796,107 @@ mod tests {
             assert_eq!(got, (cut..n).collect::<Vec<_>>(), "after prune to {cut}");
         }
         assert!(s.is_empty());
+    }
+
+    /// A snapshot is the tail of its moment: rows pushed, sealed or pruned
+    /// afterwards change what the store and newer snapshots hold, never it.
+    #[test]
+    fn a_snapshot_keeps_what_it_saw_while_the_store_moves_on() {
+        let mut s = store();
+        // A sealed segment of A, an open run of B.
+        s.push((0..1100).map(|o| row(0, o, "A")).collect());
+        s.push((0..10).map(|o| row(1, o, "B")).collect());
+        let before = s.snapshot();
+        let all = TailFilter::default();
+        let none = offsets("c", &[]);
+        let want_before: Vec<i64> = (0..10).chain(0..1100).collect::<Vec<_>>();
+        let sorted = |mut v: Vec<i64>| {
+            v.sort();
+            v
+        };
+        assert_eq!(
+            ids(&before.scan(&none, &all).unwrap()),
+            sorted(want_before.clone())
+        );
+        // A's next rows are sealed too, the commit cuts through A's first
+        // segment, and B is pruned away.
+        s.push((1100..2200).map(|o| row(0, o, "A")).collect());
+        s.prune(&offsets("c", &[(0, 1050), (1, 10)]));
+        assert_eq!(ids(&before.scan(&none, &all).unwrap()), sorted(want_before));
+        let after = s.snapshot();
+        assert!(matches!(
+            after.scan(&none, &all),
+            Err(TailError::Stale { pruned: 1050, .. })
+        ));
+        let since = offsets("c", &[(0, 1050), (1, 10)]);
+        assert_eq!(
+            ids(&after.scan(&since, &all).unwrap()),
+            (1050..2200).collect::<Vec<_>>()
+        );
+    }
+
+    /// A symbol that gets one row per push: its open run is a chain of a
+    /// link per row, sealed at the segment size and pruned at any point,
+    /// and scans of it are exact throughout.
+    #[test]
+    fn one_row_per_push_chains_seal_and_prune_exactly() {
+        let n = (SEGMENT_ROWS * 2 + 300) as i64;
+        let mut s = store();
+        let mut held = Vec::new();
+        for o in 0..n {
+            s.push(vec![row((o % 2) as i32, o, "A")]);
+            if o % 500 == 0 {
+                held.push((o, s.snapshot()));
+            }
+        }
+        assert_eq!(s.by_symbol["A"].sealed.len(), 2);
+        assert_eq!(s.by_symbol["A"].open_len, 300);
+        let all = TailFilter::default();
+        for cut in [0, 700, 2100, n - 1] {
+            let since = offsets("c", &[(0, cut), (1, cut)]);
+            let got = ids(&s.scan(&since, &all).unwrap());
+            assert_eq!(got, (cut..n).collect::<Vec<_>>(), "split at {cut}");
+        }
+        s.prune(&offsets("c", &[(0, 2200), (1, 2200)]));
+        assert_eq!(s.len(), (n - 2200) as usize);
+        let since = offsets("c", &[(0, 2200), (1, 2200)]);
+        assert_eq!(
+            ids(&s.scan(&since, &all).unwrap()),
+            (2200..n).collect::<Vec<_>>()
+        );
+        // Snapshots taken along the way still read their own prefix.
+        let none = offsets("c", &[]);
+        for (o, snap) in &held {
+            assert_eq!(
+                ids(&snap.scan(&none, &all).unwrap()),
+                (0..=*o).collect::<Vec<_>>()
+            );
+        }
+        s.prune(&offsets("c", &[(0, n), (1, n)]));
+        assert!(s.is_empty());
+    }
+
+    /// The view hands out the newest published snapshot; before any, the
+    /// tail is empty.
+    #[test]
+    fn the_view_serves_the_newest_snapshot() {
+        let view = TailView::default();
+        let none = offsets("c", &[]);
+        let all = TailFilter::default();
+        assert!(view.scan(&none, &all).unwrap().is_empty());
+        let mut s = store();
+        s.push((0..5).map(|o| row(0, o, "A")).collect());
+        view.publish(s.snapshot());
+        let held = view.load().unwrap();
+        s.push((5..8).map(|o| row(0, o, "A")).collect());
+        view.publish(s.snapshot());
+        assert_eq!(
+            ids(&view.scan(&none, &all).unwrap()),
+            (0..8).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            ids(&held.scan(&none, &all).unwrap()),
+            (0..5).collect::<Vec<_>>()
+        );
     }
 }

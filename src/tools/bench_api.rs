@@ -432,7 +432,8 @@ pub async fn latency(
         done = end;
         tracing::info!(rows = done, "bench lake built so far");
     }
-    let tail = TailActor::new("bench", tail_trades + 1, schema.clone()).start();
+    let view = crate::query::tail::TailView::default();
+    let tail = TailActor::new("bench", tail_trades + 1, schema.clone(), view.clone()).start();
     let rows: Vec<TailRow> = (0..tail_trades)
         .map(|j| {
             let i = lake_trades + j;
@@ -449,7 +450,7 @@ pub async fn latency(
     tail.send(Tailed(rows))
         .await
         .map_err(|e| BenchApiError::Poll(e.to_string()))?;
-    let engine = crate::query::session::engine(&cfg, Some(tail.recipient()))
+    let engine = crate::query::session::engine(&cfg, Some(view))
         .await
         .map_err(|e| BenchApiError::Poll(e.to_string()))?
         .with_clock(Arc::new(move || now));
@@ -481,7 +482,7 @@ pub async fn latency(
     };
     // The answer's row count, read after the clock stopped.
     let count = |a: &crate::messages::query::Answer| {
-        serde_json::from_str::<serde_json::Value>(a.as_str())
+        serde_json::from_str::<serde_json::Value>(&a.text())
             .ok()
             .and_then(|v| v["count"].as_u64())
             .unwrap_or(0) as usize

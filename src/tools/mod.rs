@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod bench_api;
+pub mod bench_tail;
 pub mod capture;
 pub mod loaders;
 pub mod produce;

@@ -111,19 +111,32 @@ impl Engine {
             Err(_) => return,
         };
         let lake = Arc::new(self.live.at(pin));
+        // Background work, with a request's limits all the same.
+        let cancel = Cancel::after(self.limits.timeout_ms);
+        let q = Request {
+            cancel: &cancel,
+            memory: AnswerMemory::new(
+                &self.ctx.runtime_env().memory_pool,
+                self.limits.max_memory_bytes,
+            ),
+        };
         for ((symbol, exchange), from) in known {
             let window = RecentWindow {
                 symbol: &symbol,
                 exchange: exchange.as_deref(),
                 start: from,
             };
-            if let Err(e) = self.lake_newest(lake.clone(), id, &window).await {
+            if let Err(e) = self.lake_newest(lake.clone(), id, &window, &q).await {
                 tracing::debug!(symbol, error = %e, "query: could not learn the lake's newest trade");
             }
         }
     }
 
-    pub(super) async fn recent(&self, r: RecentRequest) -> Result<Answer, QueryError> {
+    pub(super) async fn recent(
+        &self,
+        r: RecentRequest,
+        q: &Request<'_>,
+    ) -> Result<Answer, QueryError> {
         let now = (self.clock)();
         let start = now - r.minutes * 60_000_000;
         let limit = r
@@ -148,17 +161,19 @@ impl Engine {
             scanned,
             "recent: pinned, tail rows picked"
         );
-        let (batches, truncated) = match kth_newest_timestamp(pin.rows(), limit).map_err(df_err)? {
-            Some(t) => self.recent_from_tail(pin, window, t, limit).await?,
+        q.cancel.check()?;
+        let (rows, truncated) = match kth_newest_timestamp(pin.rows(), limit).map_err(df_err)? {
+            Some(t) => self.recent_from_tail(pin, window, t, limit, q).await?,
             None => {
                 // The tail cannot fill the page: the whole window, hybrid.
                 let (df, _) = self.pinned_source(pin)?;
                 // Newest first, so a cut at the row limit keeps the latest trades.
-                let batches = trades_in_order(df, window.preds(), false, limit + 1).await?;
-                let truncated = rows_in(&batches) > limit;
-                (first_rows(batches, limit), truncated)
+                let rows = trades_in_order(df, window.preds(), false, limit + 1, q).await?;
+                let truncated = rows_in(&rows.batches) > limit;
+                (rows, truncated)
             }
         };
+        let batches = first_rows(rows.batches.clone(), limit);
         let head = json!({
             "source": "hybrid",
             "snapshot_id": snapshot_id,
@@ -167,7 +182,7 @@ impl Engine {
             "count": rows_in(&batches),
             "truncated": truncated,
         });
-        answer(head, "trades", &batches, &self.answer_budget())
+        answer(head, "trades", json_rows(&batches, &q.memory, q.cancel)?)
     }
 
     /// The newest `limit` rows of the window when the tail alone holds at
@@ -179,14 +194,17 @@ impl Engine {
     /// page if that union does or the lake has a row before `t`. Both
     /// questions to the lake are answered by `lake_newest` unless the lake
     /// holds rows at or after `t`; then the two reads run together. The
-    /// rows are sorted in memory.
+    /// rows are sorted in memory, which counts on the answer memory; the
+    /// page (at most `limit + 1` rows, the first `limit` of them the
+    /// answer) is returned held.
     async fn recent_from_tail(
         &self,
         pin: Pin,
         window: RecentWindow<'_>,
         t: i64,
         limit: usize,
-    ) -> Result<(Vec<RecordBatch>, bool), QueryError> {
+        q: &Request<'_>,
+    ) -> Result<(Held, bool), QueryError> {
         let started = std::time::Instant::now();
         let lake = Arc::new(self.live.at(pin.lake_only()));
         // The window's predicates and one more on the timestamp.
@@ -200,7 +218,7 @@ impl Engine {
         let known: Option<bool> = match pin.snapshot_id() {
             // No snapshot: the lake holds nothing.
             None => Some(false),
-            Some(id) => match self.lake_newest(lake.clone(), id, &window).await? {
+            Some(id) => match self.lake_newest(lake.clone(), id, &window, q).await? {
                 Some(None) => Some(false),
                 Some(Some(m)) if m < t => Some(m >= window.start),
                 // Unknown, or the lake has rows at or after t: read them.
@@ -210,47 +228,62 @@ impl Engine {
         let (newer, older) = match known {
             Some(older) => (Vec::new(), older),
             None => {
-                let newer = {
-                    let df = self.ctx.read_table(lake.clone()).map_err(df_err)?;
+                let newer_lake = lake.clone();
+                let newer = async {
+                    let df = self.ctx.read_table(newer_lake).map_err(df_err)?;
                     trades_in_order(
                         df,
                         with(col("timestamp").gt_eq(ts_lit(t))),
                         false,
                         limit + 1,
+                        q,
                     )
+                    .await
                 };
                 let older = async {
                     let df = self.ctx.read_table(lake).map_err(df_err)?;
-                    let batches = filtered(df, with(col("timestamp").lt(ts_lit(t))))?
+                    let df = filtered(df, with(col("timestamp").lt(ts_lit(t))))?
                         .limit(0, Some(1))
                         .and_then(|d| d.select(vec![col("timestamp")]))
-                        .map_err(df_err)?
-                        .collect()
-                        .await
                         .map_err(df_err)?;
-                    Ok::<_, QueryError>(rows_in(&batches) > 0)
+                    let (rows, _) = collect(df, q, None).await?;
+                    Ok::<_, QueryError>(rows_in(&rows.batches) > 0)
                 };
-                futures::try_join!(newer, older)?
+                let (newer, older) = futures::try_join!(newer, older)?;
+                (vec![newer], older)
             }
         };
+        q.cancel.check()?;
         let t1 = std::time::Instant::now();
         let tail = pin.rows();
-        let mut rows = Vec::with_capacity(tail.len() + newer.len());
-        for b in tail.iter().chain(&newer) {
+        let mut rows = Vec::new();
+        for b in tail.iter().chain(newer.iter().flat_map(|h| &h.batches)) {
             rows.push(trade_projection(b)?);
         }
+        // The sort copies the rows it is given into one batch first.
+        let sorting = q.memory.empty();
+        q.memory.grow(
+            &sorting,
+            rows.iter().map(RecordBatch::get_array_memory_size).sum(),
+            "sorting the page",
+        )?;
         let page = newest_first(&rows, limit + 1)?;
+        drop(sorting);
+        let held = q.memory.empty();
+        for b in &page {
+            q.memory.hold_batch(&held, b)?;
+        }
         let truncated = rows_in(&page) > limit || older;
         // Where a slow page spent its time, for `RUST_LOG=ticklake::api=debug`.
         tracing::debug!(
             lake_ms = (t1 - started).as_secs_f64() * 1000.0,
             merge_ms = t1.elapsed().as_secs_f64() * 1000.0,
             tail_rows = rows_in(tail),
-            lake_rows = rows_in(&newer),
+            lake_rows = newer.iter().map(|h| rows_in(&h.batches)).sum::<usize>(),
             lake_read = known.is_none(),
             "recent page from the tail"
         );
-        Ok((first_rows(page, limit), truncated))
+        Ok((Held::new(page, held), truncated))
     }
 
     /// `LakeNewest` of the window's symbol at `snapshot_id`, read from the
@@ -261,6 +294,7 @@ impl Engine {
         lake: Arc<HybridTable>,
         snapshot_id: i64,
         window: &RecentWindow<'_>,
+        q: &Request<'_>,
     ) -> Result<Option<Option<i64>>, QueryError> {
         let key = (
             window.symbol.to_string(),
@@ -277,13 +311,11 @@ impl Engine {
             return Ok(Some(k.newest.filter(|&m| m >= window.start)));
         }
         let df = self.ctx.read_table(lake).map_err(df_err)?;
-        let batches = filtered(df, window.preds())?
+        let df = filtered(df, window.preds())?
             .aggregate(vec![], vec![max(col("timestamp")).alias("newest")])
-            .map_err(df_err)?
-            .collect()
-            .await
             .map_err(df_err)?;
-        let newest = match batches.first().map(|b| b.column(0)) {
+        let (rows, _) = collect(df, q, None).await?;
+        let newest = match rows.batches.first().map(|b| b.column(0)) {
             Some(c) if c.len() == 1 => match ScalarValue::try_from_array(c, 0) {
                 Ok(ScalarValue::TimestampMicrosecond(v, _)) => v,
                 _ => return Ok(None),
