@@ -138,7 +138,10 @@ fn sigkill_at_random_points_while_streaming_and_draining_loses_and_doubles_nothi
     let env = Env::new(&brokers, Some("ws://127.0.0.1:9/unused"), "");
     // Each run connects once: a pass of its replay, then no reconnect.
     env.one_pass_feed();
-    env.set("writer", "max_rows", "50");
+    // Commits every 200 ms, so kills land before, during and after them;
+    // rows enough per commit that the backlog the kills leave in the topic
+    // (mostly copies already committed) drains at a useful pace.
+    env.set("writer", "max_rows", "1000");
     env.set("writer", "max_age_ms", "200");
 
     // A round's replay: the previous copy again, then a new one, at a rate
@@ -191,7 +194,7 @@ fn sigkill_at_random_points_while_streaming_and_draining_loses_and_doubles_nothi
     let d = env.start_daemon("final");
     wait_until(
         "every trade of every copy committed",
-        Duration::from_secs(120),
+        Duration::from_secs(600),
         || env.count("select count(*) from market.trades") >= expected,
     );
     std::thread::sleep(Duration::from_secs(1));
