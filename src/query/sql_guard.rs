@@ -163,6 +163,15 @@ impl Visitor for ReadOnly {
                     open.push(left);
                     open.push(right);
                 }
+                // `WITH t AS (…) INSERT …` parses as a query whose body is
+                // the statement (and so can a subquery or a CTE's body):
+                // refused like the statement on its own.
+                SetExpr::Insert(s)
+                | SetExpr::Update(s)
+                | SetExpr::Delete(s)
+                | SetExpr::Merge(s) => {
+                    return ControlFlow::Break(GuardError::NotAQuery(statement_kind(s)));
+                }
                 _ => terms += 1,
             }
             if terms > MAX_SET_TERMS {
@@ -274,6 +283,26 @@ mod tests {
                 "select * from market.trades where symbol in (select s from generate_series(1, 3) g(s))",
                 "table_function",
                 "generate_series",
+            ),
+            (
+                "with t as (select 1) insert into market.trades (symbol) values ('X')",
+                "not_a_query",
+                "INSERT",
+            ),
+            (
+                "with t as (select 1) update market.trades set price = 0",
+                "not_a_query",
+                "UPDATE",
+            ),
+            (
+                "with t as (select 1) delete from market.trades",
+                "not_a_query",
+                "DELETE",
+            ),
+            (
+                "with a as (select 1), b as (select 2) insert into market.trades select * from a",
+                "not_a_query",
+                "INSERT",
             ),
         ];
         for (sql, class, fragment) in cases {
