@@ -120,10 +120,13 @@ fn ts_lit(us: i64) -> Expr {
     ))
 }
 
-/// A query the user got wrong (unknown column, type mismatch) is theirs
-/// to fix; running out of the query memory is a capacity limit; anything
-/// else is ours.
+/// A query the user got wrong (unknown column, type mismatch) or one that
+/// asks a function for more than its size limit is theirs to fix; running
+/// out of the query memory is a capacity limit; anything else is ours.
 fn df_err(e: DataFusionError) -> QueryError {
+    if let Some(l) = super::limits::LimitError::find(&e) {
+        return QueryError::Rejected(l.to_string());
+    }
     match e.find_root() {
         DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)

@@ -4,8 +4,9 @@
 //! pinned snapshot plus the tail rows past its offsets (`hybrid`), the
 //! read-only SQL guard (`sql_guard`), the tail's data store (`tail`), the
 //! runtime queries run on (`pool`), and what bounds each query: its
-//! deadline and cancellation (`cancel`) and its answer's memory
-//! (`budget`).
+//! deadline and cancellation (`cancel`), its answer's memory (`budget`),
+//! and the size of what functions build from an argument's value
+//! (`limits`).
 //! The actors that own these live in `crate::actors` (`query`, `tail`);
 //! the HTTP routes in `crate::api`.
 
@@ -14,6 +15,7 @@ pub mod cancel;
 pub mod engine;
 pub mod hybrid;
 pub mod json;
+pub mod limits;
 pub mod pool;
 pub mod session;
 pub mod sql_guard;

@@ -29,6 +29,8 @@ pub enum SessionError {
     Rejected(#[from] super::sql_guard::GuardError),
     #[error("the query task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Limits(#[from] super::limits::LimitError),
 }
 
 /// Name under which the Iceberg catalog is registered in DataFusion.
@@ -70,6 +72,9 @@ pub async fn engine(cfg: &Config, tail: Option<TailView>) -> Result<Engine, Sess
         .with_memory_limit(cfg.api.max_memory_bytes, 1.0)
         .build_arc()?;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
+    // Functions that build their result from an argument's value are
+    // bounded before they allocate (an allocation that fails aborts).
+    super::limits::register(&ctx, cfg.api.max_memory_bytes)?;
     let pinned = PinnedTable::default();
     let ident = lake::table_ident(cfg, TableKind::Trades);
     let live = HybridTable::new(
