@@ -4,8 +4,9 @@
 Each class is one way a careless or hostile client can hurt the daemon:
 statements that used to end the process (an oversized string result, long
 flat chains of operators that overflowed the stack, an answer whose JSON
-buffer was sized from its first rows), statements that ask for more memory
-or time than the query API allows, more queries at once than
+buffer was sized from its first rows, functions that size their result
+from an argument's value), statements that ask for more memory or time
+than the query API allows, more queries at once than
 `api.max_concurrent`, and attempts to get a write, a file access or a
 session change past the read-only guard.
 
@@ -170,6 +171,69 @@ def classes(scratch):
             TIMEOUT,
             [f"select sum(a.column1 * b.column1 + c.column1 - d.column1) from {cross4}"],
         ),
+        # Functions that size their result from an argument's value: each
+        # used to abort the daemon on a failed allocation, or to run for
+        # minutes where no timeout reaches. Refused before they allocate,
+        # 400 with the function and the limit (api.max_memory_bytes).
+        (
+            "series of billions",
+            REFUSED,
+            [
+                "select cardinality(range(1, 2000000000))",
+                "select cardinality(generate_series(1, 2000000000))",
+                "select generate_series(timestamp '1970-01-01 00:00:00', timestamp '2100-01-01 00:00:00', interval '1 second')",
+            ],
+        ),
+        (
+            "array_repeat of a billion",
+            REFUSED,
+            [
+                "select array_repeat(null, 1000000000)",
+                "select array_repeat(false, 400000000)",
+                "select list_repeat(1, 1000000000)",
+                "select array_resize([1], 1000000000)",
+            ],
+        ),
+        ("padding to gigabytes", REFUSED, ["select lpad('x', 2000000000)", "select rpad('x', 2000000000, 'é')"]),
+        (
+            "generated values in a cross join",
+            REFUSED,
+            # 300 KB per row, 2.4 GB per batch.
+            [f"select max(length(s)) from (select repeat(a.column1::varchar, 100000) s from {v1k} a, {v1k} b)"],
+        ),
+        (
+            "constant series in every row",
+            REFUSED,
+            # An 800 KB list copied into each of 10,000 rows.
+            ["select range(0, 100000) from (select unnest(range(0, 10000)))"],
+        ),
+        (
+            "series that stands still",
+            REFUSED,
+            # February 1st plus a month less 28 days is February 1st.
+            ["select range(date '2023-02-01', date '2022-01-01', interval '1 month -28 days')"],
+        ),
+        (
+            "products of small arguments",
+            REFUSED,
+            [
+                "select length(replace(repeat('a', 100000), 'a', repeat('b', 100000)))",
+                "select length(regexp_replace(repeat('a', 100000), 'a', repeat('b', 100000), 'g'))",
+                "select length(array_to_string(range(0, 100000), repeat(',', 100000)))",
+                "select cardinality(array_replace_all(array_repeat([1], 50000), [1], range(0, 50000)))",
+                "select to_char(now(), repeat('%+', 100000))",
+            ],
+        ),
+        (
+            "many generated columns at once",
+            FAILED,
+            # 100 columns of 100 MB: each fits, together they are 10 GB.
+            [
+                "select "
+                + ", ".join(f"repeat('x', 1000000 + i + {k}) c{k}" for k in range(100))
+                + " from (select unnest(range(0, 100)) i)"
+            ],
+        ),
         # Guard bypass attempts: each must be refused, never run.
         ("insert", REFUSED, [insert]),
         (
@@ -184,6 +248,7 @@ def classes(scratch):
                 f"with t as (select 1) {insert}",
                 "with t as (select 1) update market.trades set price = 0",
                 "with t as (select 1) delete from market.trades",
+                f"with a as (select 1), b as (select 2) {insert}",
             ],
         ),
         (

@@ -347,9 +347,19 @@ fn hostile_sql_is_refused_and_the_daemon_carries_on() {
             "rejected_query",
         ),
         (
-            "string past the 2 GiB limit",
+            "string past the value limit",
             "select length(repeat('ab', 1073741824))".into(),
-            "internal",
+            "rejected_query",
+        ),
+        (
+            "series past the value limit",
+            "select cardinality(range(1, 2000000000))".into(),
+            "rejected_query",
+        ),
+        (
+            "DML inside WITH",
+            "with t as (select 1) insert into market.trades (symbol) values ('X')".into(),
+            "rejected_query",
         ),
         (
             "unknown column",
