@@ -427,10 +427,11 @@ pub struct ApiConfig {
     /// holding its `max_concurrent` slot until it has.
     pub timeout_ms: u64,
     /// Memory one query engine may use for sorts, joins and aggregations,
-    /// and for the answers it builds (the result rows it holds and their
-    /// JSON text, until sent), in bytes, shared by the queries running at
-    /// once; a query that needs more fails (507) instead of growing the
-    /// daemon.
+    /// for the results of the functions that size them from an argument
+    /// (`query::limits`), and for the answers it builds (the result rows
+    /// it holds and their JSON text, until sent), in bytes, shared by the
+    /// queries running at once; a query that needs more fails (507)
+    /// instead of growing the daemon.
     pub max_memory_bytes: usize,
     /// Queries that may run at once; one more is answered 429 at once
     /// instead of queuing behind them.
