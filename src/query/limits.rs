@@ -493,21 +493,20 @@ mod tests {
             .unwrap()
     }
 
-    /// How `sql` fails on the session's query path (guard, then
-    /// DataFusion on the query runtime).
-    async fn failure(ctx: &SessionContext, sql: &str) -> DataFusionError {
+    /// How `sql` fails on `ticklake query`'s path (guard, then DataFusion
+    /// on the query runtime).
+    async fn failure(ctx: &SessionContext, sql: &str) -> SessionError {
         match session::run_sql(ctx, sql).await {
-            Err(SessionError::DataFusion(e)) => e,
-            Err(e) => panic!("{sql}: failed otherwise: {e}"),
+            Err(e) => e,
             Ok(b) => panic!("{sql}: ran, {} batches", b.len()),
         }
     }
 
     async fn refusal(ctx: &SessionContext, sql: &str) -> LimitError {
-        let e = failure(ctx, sql).await;
-        LimitError::find(&e)
-            .cloned()
-            .unwrap_or_else(|| panic!("{sql}: not refused by a limit: {e}"))
+        match failure(ctx, sql).await {
+            SessionError::Limits(l) => l,
+            e => panic!("{sql}: not refused by a limit: {e}"),
+        }
     }
 
     /// Statements that abort the process without the bounds (a failed
@@ -604,8 +603,9 @@ mod tests {
             "select {} from (select unnest(range(0, 100)) i)",
             columns.join(", ")
         );
-        let e = failure(&ctx, &sql).await;
-        assert!(LimitError::find(&e).is_none(), "{e}");
+        let SessionError::DataFusion(e) = failure(&ctx, &sql).await else {
+            panic!("not DataFusion's refusal");
+        };
         let DataFusionError::ResourcesExhausted(m) = e.find_root() else {
             panic!("not a memory refusal: {e}");
         };

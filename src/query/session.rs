@@ -125,14 +125,23 @@ pub async fn run_sql(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>
     super::pool::handle()
         .spawn(async move {
             super::sql_guard::check(&sql)?;
-            Ok(ctx
+            let df = ctx
                 .sql_with_options(&sql, read_only())
-                .await?
-                .collect()
-                .await?)
+                .await
+                .map_err(refusal_or)?;
+            df.collect().await.map_err(refusal_or)
         })
         .await
         .map_err(|e| SessionError::Task(e.to_string()))?
+}
+
+/// A function's size limit by its own message (it travels wrapped in
+/// DataFusion's errors), anything else as DataFusion's.
+fn refusal_or(e: datafusion::error::DataFusionError) -> SessionError {
+    match super::limits::LimitError::find(&e) {
+        Some(l) => SessionError::Limits(l.clone()),
+        None => SessionError::DataFusion(e),
+    }
 }
 
 /// Renders batches as an ASCII table, CSV with a header, or JSON lines.
