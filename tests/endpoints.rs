@@ -367,10 +367,19 @@ fn hostile_sql_is_refused_and_the_daemon_carries_on() {
             "invalid_query",
         ),
         (
-            // 20 MB of rows whose JSON text (\u0001 per byte) needs six
-            // times that, past the 64 MiB of api.max_memory_bytes.
+            // 12 MB of rows whose JSON text (\u0001 per byte) needs six
+            // times that, past the 64 MiB of api.max_memory_bytes. From a
+            // literal: `repeat` would be refused first, past its value
+            // limit.
             "answer past the memory limit",
-            "select repeat(chr(1), 20000000) as s".into(),
+            format!(
+                "select translate('{}', 'x', chr(1)) as s from (values {})",
+                "x".repeat(200_000),
+                (0..60)
+                    .map(|i| format!("({i})"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             "memory_limit",
         ),
         (

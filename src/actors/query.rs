@@ -357,11 +357,14 @@ mod tests {
         })
         .await;
         let pool = pool.into_inner().unwrap().unwrap();
-        // 20 MB of rows.
+        // 20 MB of rows. Literals, not `repeat`: a function that builds
+        // large values is refused before the answer (`query::limits`).
+        let x = |n: usize| "x".repeat(n);
         let rows = actor
             .send(sql(&format!(
-                "select repeat('x', 1000000) as s from {}",
-                values(20)
+                "select '{}' as s from {}",
+                x(200_000),
+                values(100)
             )))
             .await
             .unwrap()
@@ -370,10 +373,14 @@ mod tests {
             matches!(&rows, QueryError::OverMemory(m) if m.contains("rows") && m.contains("4194304 bytes of api.max_memory_bytes")),
             "{rows:?}"
         );
-        // 700 KB of rows whose JSON text (every byte escaped as \u0001)
+        // 720 KB of rows whose JSON text (every byte escaped as \u0001)
         // would take six times that.
         let text = actor
-            .send(sql("select repeat(chr(1), 700000) as s"))
+            .send(sql(&format!(
+                "select translate('{}', 'x', chr(1)) as s from {}",
+                x(240_000),
+                values(3)
+            )))
             .await
             .unwrap()
             .unwrap_err();
@@ -383,12 +390,12 @@ mod tests {
         );
         assert_eq!(pool.reserved(), 0, "refused answers hold nothing");
         let fits = actor
-            .send(sql("select repeat('x', 1000000) as s"))
+            .send(sql(&format!("select '{}' as s", x(250_000))))
             .await
             .unwrap()
             .unwrap();
-        assert!(fits.len() > 1_000_000);
-        assert!(pool.reserved() >= 1_000_000, "an answer counts until sent");
+        assert!(fits.len() > 250_000);
+        assert!(pool.reserved() >= 250_000, "an answer counts until sent");
         drop(fits);
         assert_eq!(pool.reserved(), 0);
     }
