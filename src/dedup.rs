@@ -39,11 +39,6 @@ impl Dedup {
         self.seen.contains(&key(message_id))
     }
 
-    /// [`contains`](Self::contains) on a key from [`key`].
-    pub fn contains_key(&self, key: u128) -> bool {
-        self.seen.contains(&key)
-    }
-
     /// [`first_time`](Self::first_time) on a key from [`key`].
     pub fn first_time_key(&mut self, key: u128) -> bool {
         if !self.seen.insert(key) {

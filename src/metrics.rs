@@ -88,18 +88,16 @@ pub enum Outcome {
     /// A second copy of a committed trade, dropped by the writer (counted
     /// at the commit that covers its offset).
     DeduplicatedAtWriter,
-    /// Committed (or dropped as a copy) in this run but published by an
-    /// earlier run or another producer: its record lacks this run's id.
-    /// Outside this run's identity, shown so nothing goes uncounted.
+    /// Committed (or dropped as a copy) in this run at an offset no
+    /// acknowledgement of this run names: published by an earlier run,
+    /// another producer, or a second physical copy of a record whose first
+    /// acknowledgement was lost. Outside this run's identity, shown so
+    /// nothing goes uncounted (see `kafka::acks`).
     CarriedOver,
-    /// A further copy of a trade this run published once (a write whose
-    /// acknowledgement was lost and that was sent again, or the broker's
-    /// own retry), dropped by the writer. Outside the identity.
-    ExtraCopy,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Received,
         Outcome::Published,
         Outcome::Shed,
@@ -112,7 +110,6 @@ impl Outcome {
         Outcome::Stored,
         Outcome::DeduplicatedAtWriter,
         Outcome::CarriedOver,
-        Outcome::ExtraCopy,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -129,7 +126,6 @@ impl Outcome {
             Outcome::Stored => "stored",
             Outcome::DeduplicatedAtWriter => "deduplicated_at_writer",
             Outcome::CarriedOver => "carried_over",
-            Outcome::ExtraCopy => "extra_copies",
         }
     }
 }
@@ -231,7 +227,7 @@ impl Metrics {
              spill log), restored (found in the spill log at start), \
              dead_lettered, deduplicated, quarantined; and down in the lake: \
              stored, deduplicated_at_writer, carried_over (committed now, \
-             published by an earlier run), extra_copies.",
+             published by an earlier run or another producer).",
             &["exchange", "tier", "outcome"],
         )?;
         let shed = counter(
@@ -471,9 +467,6 @@ pub struct Account {
     /// Committed in this run, published by an earlier one (not part of
     /// this run's identity).
     pub carried_over: u64,
-    /// Further copies of trades this run published once, dropped by the
-    /// writer (not part of the identity).
-    pub extra_copies: u64,
     /// In a lane or waiting for the broker's acknowledgement: the left side
     /// minus the settled terms. Zero once the daemon is idle, when the
     /// identity `received + restored = published + shed + spilled_pending +
@@ -533,7 +526,6 @@ pub fn accounts(metrics: &Metrics) -> Vec<Account> {
                 deduplicated_at_writer: g(Outcome::DeduplicatedAtWriter),
                 in_transit: 0,
                 carried_over: g(Outcome::CarriedOver),
-                extra_copies: g(Outcome::ExtraCopy),
                 in_flight: 0,
             };
             a.in_transit = a.published as i64 - (a.stored + a.deduplicated_at_writer) as i64;

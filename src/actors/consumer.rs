@@ -32,10 +32,6 @@ pub struct Routes {
     /// Also gets every trade with its offset, before the writer does, for
     /// hybrid queries.
     pub tail: Option<Recipient<Tailed>>,
-    /// This run's id: a trade without it on its record was published by
-    /// an earlier run or another producer (the writer counts it as carried
-    /// over).
-    pub run: crate::kafka::RunId,
     /// The embedded broker's window, told of every record read.
     pub window: Option<Arc<BrokerWindow>>,
     /// Chaos (`chaos.lose`): records treated as deleted before they were
@@ -176,13 +172,14 @@ impl Actor for ConsumerActor {
             let mut stream = consumer.stream().ready_chunks(chunk_size);
             // Looked up once per topic, not per record.
             let mut records_of: HashMap<String, prometheus::IntCounter> = HashMap::new();
+            let mut topic_names: HashMap<String, Arc<str>> = HashMap::new();
             while let Some(chunk) = stream.next().await {
                 let mut trades: Vec<TradeV2> = Vec::new();
                 let mut dead: Vec<DeadLetter> = Vec::new();
                 let mut trade_pos = Vec::new();
                 let mut dead_pos = Vec::new();
                 let mut tail_rows = Vec::new();
-                let mut carried = Vec::new();
+                let mut at = Vec::new();
                 for m in chunk {
                     let m = match m {
                         Ok(m) => m,
@@ -221,14 +218,15 @@ impl Actor for ConsumerActor {
                         })
                     } else if routes.trades_topics.contains(&topic) {
                         codec.decode_trade(payload).map(|t| {
-                            let earlier = !crate::kafka::published_by(&m, &routes.run);
-                            // Filled only once a carried row shows up.
-                            if earlier && carried.is_empty() {
-                                carried.resize(trades.len(), false);
-                            }
-                            if !carried.is_empty() {
-                                carried.push(earlier);
-                            }
+                            let name = match topic_names.get(topic.as_str()) {
+                                Some(n) => n.clone(),
+                                None => {
+                                    let n: Arc<str> = Arc::from(topic.as_str());
+                                    topic_names.insert(topic.clone(), n.clone());
+                                    n
+                                }
+                            };
+                            at.push((name, m.partition(), m.offset()));
                             if routes.tail.is_some() {
                                 tail_rows.push(TailRow {
                                     topic: Arc::from(topic.as_str()),
@@ -277,7 +275,7 @@ impl Actor for ConsumerActor {
                         rows: Rows::Trades(trades),
                         positions: trade_pos,
                         generation,
-                        carried,
+                        at,
                     };
                     if routes.trades.send(msg).await.is_err() {
                         break;
@@ -288,7 +286,7 @@ impl Actor for ConsumerActor {
                         rows: Rows::DeadLetters(dead),
                         positions: dead_pos,
                         generation,
-                        carried: Vec::new(),
+                        at: Vec::new(),
                     };
                     if routes.dead_letters.send(msg).await.is_err() {
                         break;

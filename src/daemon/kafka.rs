@@ -2,7 +2,7 @@
 //! topics, the cluster id, partitions and watermarks, and where each table
 //! starts reading (the offsets recorded in its latest snapshot).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,8 +33,6 @@ pub struct KafkaReady {
     /// The embedded cluster's window (see `kafka::window`); `None` on a
     /// real broker.
     pub window: Option<Arc<BrokerWindow>>,
-    /// This run's id, on every record it publishes (`kafka::RUN_HEADER`).
-    pub run: kafka::RunId,
 }
 
 impl KafkaReady {
@@ -45,6 +43,15 @@ impl KafkaReady {
             .filter(|(t, _)| (*t == self.dead_letter_topic) == dead_letters)
             .cloned()
             .collect()
+    }
+
+    /// Each partition's end at start, by topic.
+    pub fn start_ends(&self) -> HashMap<String, HashMap<i32, i64>> {
+        let mut ends: HashMap<String, HashMap<i32, i64>> = HashMap::new();
+        for ((t, p), (_, hi)) in &self.watermarks {
+            ends.entry(t.clone()).or_default().insert(*p, *hi);
+        }
+        ends
     }
 }
 
@@ -114,7 +121,6 @@ pub async fn prepare(cfg: &Config) -> Result<KafkaReady, DaemonError> {
         .then(|| Arc::new(BrokerWindow::new(&topics)));
     Ok(KafkaReady {
         window,
-        run: rand::random(),
         embedded,
         bootstrap,
         cluster_id,

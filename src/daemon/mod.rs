@@ -109,7 +109,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     install_panic_hook(metrics.clone(), fatal_tx.clone());
     let lake = stages::lake(&cfg, &kafka, &metrics, fatal_tx).await?;
     let consumer = stages::consumer(&cfg, &kafka, &lake, codec.clone(), &metrics)?;
-    let producer = stages::producer(&cfg, &kafka, codec, &metrics)?;
+    let producer = stages::producer(&cfg, &kafka, lake.ledger.clone(), codec, &metrics)?;
     let supervisor = stages::supervisor(&cfg, &kafka, &lake, &producer, consumer.addr, &metrics)?;
     let feed = stages::feed(&cfg, &producer, &metrics)?;
 

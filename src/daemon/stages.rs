@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::degrade::level::LevelMachine;
 use crate::degrade::spill::SpillLog;
 use crate::kafka;
+use crate::kafka::acks::AckLedger;
 use crate::kafka::avro::Codec;
 use crate::kafka::encoder::Encoder;
 use crate::lake::commit::{KafkaOffsets, current_offsets};
@@ -44,6 +45,8 @@ pub struct LakeStage {
     pub tail_state: Arc<dyn StatusNode>,
     pub query: Addr<QueryActor>,
     pub query_state: Arc<dyn StatusNode>,
+    /// Where the producer's acknowledgements meet the trades commits.
+    pub ledger: Arc<AckLedger>,
 }
 
 /// The writers, each starting at its snapshot's offsets, then the tail and
@@ -88,6 +91,7 @@ pub async fn lake(
 
     let policy = flush_policy(cfg);
     let recent = recent_trade_ids(cfg, &trades_table).await?;
+    let ledger = Arc::new(AckLedger::new(metrics.clone(), kafka.start_ends()));
     warn_of_chaos(cfg);
     let trades = WriterActor::new(
         TableKind::Trades,
@@ -102,7 +106,7 @@ pub async fn lake(
         metrics.clone(),
     )?
     .seed_committed(&recent)
-    .with_tally(Arc::new(cfg.instruments()?))
+    .with_tally(Arc::new(cfg.instruments()?), ledger.clone())
     .with_fatal(fatal.clone());
     let trades_state = trades.subscribe();
     let trades = trades.start();
@@ -136,6 +140,7 @@ pub async fn lake(
         tail_state,
         query,
         query_state,
+        ledger,
     })
 }
 
@@ -304,7 +309,6 @@ pub fn consumer(
             trades: lake.trades.clone(),
             dead_letters: lake.dead_letters.clone(),
             tail: Some(lake.tail.clone().recipient()),
-            run: kafka.run,
             lose: chaos_loss(cfg),
             window: kafka.window.clone(),
         },
@@ -330,6 +334,7 @@ pub fn consumer(
 pub fn producer(
     cfg: &Config,
     kafka: &KafkaReady,
+    ledger: Arc<AckLedger>,
     codec: Arc<Codec>,
     metrics: &Metrics,
 ) -> Result<ProducerHandle, DaemonError> {
@@ -347,7 +352,9 @@ pub fn producer(
             replay_batch: cfg.spill.replay_batch,
         },
     )?;
-    let actor = actor.with_window(kafka.window.clone()).with_run(kafka.run);
+    let actor = actor
+        .with_window(kafka.window.clone())
+        .with_ledger(Some(ledger));
     Supervisor::start(move |_| actor);
     Ok(handle)
 }

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::degrade::policy::SpillEntry;
 use crate::instruments::Tier;
+use crate::kafka::acks::AckLedger;
 use crate::kafka::window::{self, BrokerWindow};
 use crate::metrics::{Metrics, Outcome};
 
@@ -120,8 +121,8 @@ pub struct Route<'a> {
     pub undelivered: &'a mpsc::UnboundedSender<Undelivered>,
     /// The embedded broker's window; `None` on a real broker.
     pub window: Option<&'a Arc<BrokerWindow>>,
-    /// This run's id, put on every record (see `kafka::RUN_HEADER`).
-    pub run: &'a crate::kafka::RunId,
+    /// Where acknowledged trades meet the lake's commits.
+    pub ledger: Option<&'a Arc<AckLedger>>,
     pub epoch: Instant,
 }
 
@@ -154,10 +155,10 @@ pub fn dispatch(
     }
     let fr = FutureRecord::to(&entry.topic)
         .key(&entry.key)
-        .payload(&entry.payload)
-        .headers(crate::kafka::run_headers(route.run));
+        .payload(&entry.payload);
     let delivery = route.producer.send_result(fr).map_err(|(e, _)| e)?;
     let window = route.window.cloned();
+    let ledger = route.ledger.cloned();
     if let Some(w) = &window {
         w.enqueued(est);
     }
@@ -176,6 +177,9 @@ pub fn dispatch(
             Ok(Ok(d)) => {
                 if let Some(w) = &window {
                     w.delivered(&topic, d.partition, est);
+                }
+                if let (Some(l), Some(t)) = (&ledger, tier) {
+                    l.acked(&topic, d.partition, d.offset, &exchange, t);
                 }
                 deliveries.delivered.fetch_add(1, Ordering::Relaxed);
                 deliveries.last_delivery_ms.fetch_max(ms, Ordering::Relaxed);

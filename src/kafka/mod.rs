@@ -3,6 +3,7 @@
 //! (here), the Avro codec and the schema registry, the encoder that turns
 //! a record into topic, key and payload, and delivery reports.
 
+pub mod acks;
 pub mod avro;
 pub mod delivery;
 pub mod encoder;
@@ -19,7 +20,6 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -42,33 +42,6 @@ pub enum KafkaSetupError {
         bootstrap: String,
         source: KafkaError,
     },
-}
-
-/// The header on every record the daemon publishes, naming the run (the
-/// process) that published it. The lake's accounting counts a committed
-/// row against this run's `published` only when it carries this run's id;
-/// any other row (an earlier run's, a record the broker appended after that
-/// run died, another producer's) is carried over. Offsets alone cannot
-/// tell: a killed run's last batch may land after the next run started.
-pub const RUN_HEADER: &str = "ticklake-run";
-
-/// A run's id: random per process.
-pub type RunId = [u8; 8];
-
-/// The headers of a record published by `run`.
-pub fn run_headers(run: &RunId) -> OwnedHeaders {
-    OwnedHeaders::new_with_capacity(1).insert(Header {
-        key: RUN_HEADER,
-        value: Some(&run[..]),
-    })
-}
-
-/// Whether a consumed record was published by `run`.
-pub fn published_by(m: &impl rdkafka::Message, run: &RunId) -> bool {
-    m.headers().is_some_and(|h| {
-        h.iter()
-            .any(|x| x.key == RUN_HEADER && x.value == Some(&run[..]))
-    })
 }
 
 /// librdkafka's in-process cluster. It is `!Send`, so it lives on its own

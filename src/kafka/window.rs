@@ -26,11 +26,10 @@ pub const BUDGET_BYTES: i64 = 4 * 1024 * 1024;
 /// record, so the cluster's 100,000-batch limit is never reached.
 pub const BUDGET_RECORDS: i64 = 60_000;
 /// Added to key and value per record: the record's own header (at most
-/// about 20 bytes of varints and attributes), the run header (about 25
-/// bytes), the batch header (61 bytes) in the worst case of a batch of one,
-/// and compression framing, which can only make a batch of random prices a
-/// little larger than its input.
-pub const RECORD_OVERHEAD: i64 = 128;
+/// about 20 bytes of varints and attributes), the batch header (61 bytes)
+/// in the worst case of a batch of one, and compression framing, which can
+/// only make a batch of random prices a little larger than its input.
+pub const RECORD_OVERHEAD: i64 = 96;
 
 /// A record's worst-case share of the cluster's per-partition bytes.
 pub fn estimate(key_len: usize, value_len: usize) -> i64 {

@@ -36,10 +36,9 @@ pub struct Consumed {
     pub positions: Vec<(String, i32, i64)>,
     /// The consumer loop's generation (its restart count).
     pub generation: u64,
-    /// Trades only, one per row when any row of the batch was published by
-    /// an earlier run or another producer (its record lacks this run's id);
-    /// empty otherwise, which means none.
-    pub carried: Vec<bool>,
+    /// Trades only: each row's topic, partition and offset, in row order,
+    /// for the lake's accounting (empty for rows that need none).
+    pub at: Vec<(std::sync::Arc<str>, i32, i64)>,
 }
 
 /// Commit whatever is buffered now.

@@ -29,6 +29,7 @@ use crate::degrade::policy::{self, Action, SpillEntry};
 use crate::degrade::quarantine::Quarantine;
 use crate::degrade::spill::{ReplayError, SpillLog};
 use crate::instruments::Tier;
+use crate::kafka::acks::AckLedger;
 use crate::kafka::avro::AvroError;
 use crate::kafka::delivery::{
     Deliveries, DeliveryCounters, Route, Undelivered, dispatch, refused_for_good, window_full,
@@ -107,8 +108,8 @@ pub struct ProducerActor {
     undelivered_tx: mpsc::UnboundedSender<Undelivered>,
     /// The embedded broker's window (`None` on a real broker).
     window: Option<Arc<BrokerWindow>>,
-    /// This run's id, on every record.
-    run: crate::kafka::RunId,
+    /// Where acknowledged trades meet the lake's commits.
+    ledger: Option<Arc<AckLedger>>,
     undelivered_rx: Rc<RefCell<mpsc::UnboundedReceiver<Undelivered>>>,
     epoch: Instant,
     state: ProducerState,
@@ -173,7 +174,7 @@ impl ProducerActor {
             delivered_at_last_tick: 0,
             undelivered_tx,
             window: None,
-            run: rand::random(),
+            ledger: None,
             undelivered_rx: Rc::new(RefCell::new(undelivered_rx)),
             epoch: Instant::now(),
             state: ProducerState::default(),
@@ -190,9 +191,9 @@ impl ProducerActor {
         self
     }
 
-    /// Marks records with the daemon's run id, which its consumer knows.
-    pub fn with_run(mut self, run: crate::kafka::RunId) -> Self {
-        self.run = run;
+    /// Tells the lake's accounting of every acknowledged trade.
+    pub fn with_ledger(mut self, ledger: Option<Arc<AckLedger>>) -> Self {
+        self.ledger = ledger;
         self
     }
 
@@ -202,7 +203,7 @@ impl ProducerActor {
             deliveries: &self.deliveries,
             undelivered: &self.undelivered_tx,
             window: self.window.as_ref(),
-            run: &self.run,
+            ledger: self.ledger.as_ref(),
             epoch: self.epoch,
         }
     }
@@ -304,7 +305,7 @@ impl ProducerActor {
                 // problem, and the record is safer in the spill log.
                 let (producer, deliveries) = (self.producer.clone(), self.deliveries.clone());
                 let (tx, window) = (self.undelivered_tx.clone(), self.window.clone());
-                let (epoch, stall, run) = (self.epoch, self.stall, self.run);
+                let (epoch, stall, ledger) = (self.epoch, self.stall, self.ledger.clone());
                 ctx.wait(
                     async move {
                         let deadline = Instant::now() + stall;
@@ -313,7 +314,7 @@ impl ProducerActor {
                             deliveries: &deliveries,
                             undelivered: &tx,
                             window: window.as_ref(),
-                            run: &run,
+                            ledger: ledger.as_ref(),
                             epoch,
                         };
                         loop {
@@ -429,7 +430,7 @@ impl ProducerActor {
             deliveries: &self.deliveries,
             undelivered: &self.undelivered_tx,
             window: self.window.as_ref(),
-            run: &self.run,
+            ledger: self.ledger.as_ref(),
             epoch: self.epoch,
         };
         let counters = &mut self.counters;

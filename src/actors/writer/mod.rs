@@ -270,8 +270,12 @@ impl WriterActor {
 
     /// Counts stored rows per exchange and tier for the accounting
     /// identity (the trades table), with tiers from `instruments`.
-    pub fn with_tally(mut self, instruments: Arc<crate::instruments::Instruments>) -> Self {
-        self.tally = Some(Tally::new(instruments, self.policy.dedup_capacity));
+    pub fn with_tally(
+        mut self,
+        instruments: Arc<crate::instruments::Instruments>,
+        ledger: Arc<crate::kafka::acks::AckLedger>,
+    ) -> Self {
+        self.tally = Some(Tally::new(instruments, ledger));
         self
     }
 
@@ -481,7 +485,7 @@ impl WriterActor {
                     self.committed_ids.first_time_key(k);
                 }
                 if let Some(t) = &mut self.tally {
-                    t.committed(&self.metrics);
+                    t.committed();
                 }
                 for l in &self.listeners {
                     l.do_send(Committed {
@@ -657,15 +661,15 @@ impl Handler<Consumed> for WriterActor {
                 let in_commit = &self.in_commit_ids;
                 let buffered = &mut self.buffered_ids;
                 let mut tally = self.tally.as_mut();
-                let carried = &msg.carried;
+                let at = &msg.at;
                 b.extend(r.into_iter().enumerate().filter_map(|(i, t)| {
                     let k = dedup::key(&t.message_id);
                     let first = !committed.contains(&t.message_id)
                         && !in_commit.contains(&k)
                         && buffered.insert(k);
-                    if let Some(tally) = tally.as_deref_mut() {
+                    if let (Some(tally), Some(at)) = (tally.as_deref_mut(), at.get(i)) {
                         let fate = if first { Fate::Stored } else { Fate::Duplicate };
-                        tally.note(&t, k, fate, carried.get(i).copied().unwrap_or(false));
+                        tally.note(&t, at, fate);
                     }
                     first.then_some(t)
                 }));

@@ -1,0 +1,218 @@
+//! The lake side of the accounting identity, matched record by record: a
+//! trade counts against this run's `published` once the broker acknowledged
+//! it at an offset, and as `stored` (or `deduplicated_at_writer`) once a
+//! commit of the trades table covered that same offset. The two halves meet
+//! here, in whichever order they arrive (a commit can cover a record
+//! before its acknowledgement reaches the producer).
+//!
+//! What a commit covers and no acknowledgement of this run names was
+//! published by someone else: an earlier run (below a partition's end at
+//! start, at once; or a killed run's last batch that the broker appended
+//! after the restart), another producer, or a second physical copy of a
+//! record whose first write's acknowledgement was lost. Those rows are
+//! `carried_over`, outside this run's identity: at once below the start
+//! end, else after [`UNMATCHED_AFTER`] without an acknowledgement.
+//!
+//! So, exactly: `published = stored + deduplicated_at_writer + in_transit`,
+//! where in transit is acknowledged and not yet covered by a commit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::instruments::Tier;
+use crate::metrics::{Metrics, Outcome};
+
+/// How long a committed row at or past the start end waits for this run's
+/// acknowledgement of its offset before it counts as someone else's. Acks
+/// arrive within the broker's round trip; this is far beyond it.
+pub const UNMATCHED_AFTER: Duration = Duration::from_secs(30);
+
+/// What the trades writer did with a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    Stored,
+    Duplicate,
+}
+
+impl Fate {
+    fn outcome(self) -> Outcome {
+        match self {
+            Fate::Stored => Outcome::Stored,
+            Fate::Duplicate => Outcome::DeduplicatedAtWriter,
+        }
+    }
+}
+
+/// A committed row: where it was and what became of it.
+#[derive(Debug, Clone)]
+pub struct CommittedRow {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub exchange: Arc<str>,
+    pub tier: Tier,
+    pub fate: Fate,
+}
+
+#[derive(Default)]
+struct Part {
+    /// Acknowledged, no commit yet: offset → (exchange, tier).
+    acked: BTreeMap<i64, (Arc<str>, Tier)>,
+    /// Committed at or past the start end, no acknowledgement yet.
+    waiting: BTreeMap<i64, (CommittedRow, Instant)>,
+}
+
+/// Shared by the producer's delivery reports and the trades writer.
+pub struct AckLedger {
+    metrics: Metrics,
+    /// Each partition's end when the daemon started: below it, nothing is
+    /// this run's.
+    start_ends: HashMap<String, HashMap<i32, i64>>,
+    parts: Mutex<HashMap<(Arc<str>, i32), Part>>,
+}
+
+impl AckLedger {
+    pub fn new(metrics: Metrics, start_ends: HashMap<String, HashMap<i32, i64>>) -> Self {
+        Self {
+            metrics,
+            start_ends,
+            parts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn start_end(&self, topic: &str, partition: i32) -> i64 {
+        self.start_ends
+            .get(topic)
+            .and_then(|p| p.get(&partition))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The broker acknowledged a trade of `exchange` and `tier` at
+    /// `offset` (it is already counted as published).
+    pub fn acked(&self, topic: &str, partition: i32, offset: i64, exchange: &str, tier: Tier) {
+        let matched = {
+            let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+            let part = parts.entry((Arc::from(topic), partition)).or_default();
+            match part.waiting.remove(&offset) {
+                Some((row, _)) => Some(row.fate),
+                None => {
+                    part.acked.insert(offset, (Arc::from(exchange), tier));
+                    None
+                }
+            }
+        };
+        if let Some(fate) = matched {
+            self.metrics
+                .account(exchange, tier.label(), fate.outcome(), 1);
+        }
+    }
+
+    /// A commit of the trades table succeeded with these rows.
+    pub fn committed(&self, rows: Vec<CommittedRow>) {
+        let now = Instant::now();
+        let mut counts: HashMap<(Arc<str>, Tier, Outcome), u64> = HashMap::new();
+        {
+            let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+            for row in rows {
+                if row.offset < self.start_end(&row.topic, row.partition) {
+                    *counts
+                        .entry((row.exchange.clone(), row.tier, Outcome::CarriedOver))
+                        .or_default() += 1;
+                    continue;
+                }
+                let part = parts.entry((row.topic.clone(), row.partition)).or_default();
+                match part.acked.remove(&row.offset) {
+                    Some((exchange, tier)) => {
+                        *counts
+                            .entry((exchange, tier, row.fate.outcome()))
+                            .or_default() += 1;
+                    }
+                    None => {
+                        part.waiting.insert(row.offset, (row, now));
+                    }
+                }
+            }
+            // Rows no acknowledgement of this run claimed in time.
+            for part in parts.values_mut() {
+                let stale: Vec<i64> = part
+                    .waiting
+                    .iter()
+                    .filter(|(_, (_, at))| now.duration_since(*at) >= UNMATCHED_AFTER)
+                    .map(|(o, _)| *o)
+                    .collect();
+                for o in stale {
+                    if let Some((row, _)) = part.waiting.remove(&o) {
+                        *counts
+                            .entry((row.exchange, row.tier, Outcome::CarriedOver))
+                            .or_default() += 1;
+                    }
+                }
+            }
+        }
+        for ((exchange, tier, outcome), n) in counts {
+            self.metrics.account(&exchange, tier.label(), outcome, n);
+        }
+    }
+
+    /// Acknowledged and not yet covered by a commit, and committed rows
+    /// still waiting for an acknowledgement.
+    pub fn pending(&self) -> (usize, usize) {
+        let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        parts
+            .values()
+            .fold((0, 0), |(a, w), p| (a + p.acked.len(), w + p.waiting.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::accounts;
+
+    fn row(offset: i64, fate: Fate) -> CommittedRow {
+        CommittedRow {
+            topic: Arc::from("t"),
+            partition: 0,
+            offset,
+            exchange: Arc::from("BINANCE"),
+            tier: Tier::One,
+            fate,
+        }
+    }
+
+    #[test]
+    fn acknowledgements_and_commits_meet_in_either_order() {
+        let m = Metrics::new().unwrap();
+        let mut ends = HashMap::new();
+        ends.insert("t".to_string(), [(0, 10i64)].into_iter().collect());
+        let l = AckLedger::new(m.clone(), ends);
+        m.account("BINANCE", "1", Outcome::Published, 3);
+        // Offset 10: acked, then committed. 11: committed, then acked.
+        // 12: acked, not committed yet. 5: below the start end.
+        l.acked("t", 0, 10, "BINANCE", Tier::One);
+        l.acked("t", 0, 12, "BINANCE", Tier::One);
+        l.committed(vec![
+            row(10, Fate::Stored),
+            row(11, Fate::Duplicate),
+            row(5, Fate::Stored),
+        ]);
+        assert_eq!(l.pending(), (1, 1));
+        l.acked("t", 0, 11, "BINANCE", Tier::One);
+        let a = &accounts(&m)[0];
+        assert_eq!(
+            (
+                a.stored,
+                a.deduplicated_at_writer,
+                a.carried_over,
+                a.in_transit
+            ),
+            (1, 1, 1, 1)
+        );
+        l.committed(vec![row(12, Fate::Stored)]);
+        let a = &accounts(&m)[0];
+        assert_eq!((a.stored, a.in_transit), (2, 0));
+        assert_eq!(l.pending(), (0, 0));
+    }
+}
