@@ -402,7 +402,7 @@ pub fn feed(
         producer.lanes.clone(),
         instruments,
         metrics.clone(),
-    );
+    )?;
     let state = actor.subscribe();
     let addr = Supervisor::start(move |_| actor);
     Ok(Some(FeedStage {
