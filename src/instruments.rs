@@ -1,10 +1,21 @@
-//! Symbol priority tiers (`config/instruments.toml`). Under overload the
-//! daemon keeps tier 1 always and degrades tier 3 first.
+//! The instruments file (`config/instruments.toml`): per exchange, the
+//! pattern its symbols must match and the symbol priority tiers. Under
+//! overload the daemon keeps tier 1 always and degrades tier 3 first.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use regex::Regex;
 use serde::Deserialize;
+
+/// Longest symbol any exchange's pattern may allow, in bytes. The symbol is
+/// a partition value of the lake and a key of every index over the tail;
+/// no venue's tickers come near it.
+pub const MAX_SYMBOL_LEN: usize = 32;
+
+/// Most characters of a refused symbol quoted in its dead letter's reason:
+/// the frame's raw bytes keep the whole of it.
+const SHOWN_SYMBOL_CHARS: usize = 40;
 
 /// Priority tier of a symbol; lower is more important.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -51,6 +62,96 @@ pub enum InstrumentsError {
         exchange: String,
         symbol: String,
     },
+    #[error("instruments file {path}: key `{key}`: {reason}")]
+    Key {
+        path: String,
+        key: String,
+        reason: String,
+    },
+    #[error(
+        "instruments file {path}: no section `[exchanges.{exchange}]`, so no `symbol_pattern` for the symbols of exchange {exchange}"
+    )]
+    NoExchange { path: String, exchange: String },
+}
+
+/// A symbol its exchange's `symbol_pattern` refuses. The text is the dead
+/// letter's reason, so it names the key to look at.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("symbol {shown} does not match exchanges.{exchange}.symbol_pattern `{pattern}`")]
+pub struct SymbolError {
+    pub exchange: String,
+    pub pattern: String,
+    /// The symbol quoted, cut to `SHOWN_SYMBOL_CHARS` characters.
+    pub shown: String,
+}
+
+/// The symbols one exchange may send: `exchanges.<name>.symbol_pattern`,
+/// matched against the whole symbol. It bounds length and charset before a
+/// symbol becomes a record key and a partition of the lake.
+#[derive(Debug, Clone)]
+pub struct SymbolRule {
+    exchange: String,
+    pattern: String,
+    /// `pattern` anchored at both ends, so `[A-Z]{3}` cannot match inside
+    /// a longer symbol whatever the file says.
+    regex: Regex,
+}
+
+impl SymbolRule {
+    /// Compiles `pattern`; the error is the reason, for the caller to name
+    /// the key and the file. A pattern must refuse the empty symbol and
+    /// bound the length at `MAX_SYMBOL_LEN` bytes: an unbounded pattern
+    /// (`[A-Z]+`) would let a hostile frame choose the key's size.
+    pub fn new(exchange: &str, pattern: &str) -> Result<Self, String> {
+        // Parsed alone first, so an error quotes the pattern as written;
+        // the anchors added below match no characters and change no length.
+        let hir = regex_syntax::Parser::new()
+            .parse(pattern)
+            .map_err(|e| format!("not a regular expression: {e}"))?;
+        let props = hir.properties();
+        if props.minimum_len() == Some(0) {
+            return Err(format!("`{pattern}` matches the empty symbol"));
+        }
+        match props.maximum_len() {
+            None => {
+                return Err(format!(
+                    "`{pattern}` matches symbols of any length; bound it (e.g. `[A-Z0-9]{{4,20}}`) to at most {MAX_SYMBOL_LEN} bytes"
+                ));
+            }
+            Some(n) if n > MAX_SYMBOL_LEN => {
+                return Err(format!(
+                    "`{pattern}` matches symbols of up to {n} bytes; at most {MAX_SYMBOL_LEN} are stored"
+                ));
+            }
+            Some(_) => {}
+        }
+        let regex = Regex::new(&format!("^(?:{pattern})$"))
+            .map_err(|e| format!("not a regular expression: {e}"))?;
+        Ok(Self {
+            exchange: exchange.to_string(),
+            pattern: pattern.to_string(),
+            regex,
+        })
+    }
+
+    /// Whether `symbol` is one this exchange may send.
+    pub fn check(&self, symbol: &str) -> Result<(), SymbolError> {
+        if self.regex.is_match(symbol) {
+            return Ok(());
+        }
+        let mut shown = format!(
+            "{:?}",
+            symbol.chars().take(SHOWN_SYMBOL_CHARS).collect::<String>()
+        );
+        if symbol.chars().nth(SHOWN_SYMBOL_CHARS).is_some() {
+            shown = format!("{shown}… ({} bytes)", symbol.len());
+        }
+        Err(SymbolError {
+            exchange: self.exchange.clone(),
+            pattern: self.pattern.clone(),
+            shown,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +164,9 @@ struct File {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExchangeTiers {
+    /// Required; optional here only so that its absence is reported with
+    /// the key and the file rather than as serde's bare "missing field".
+    symbol_pattern: Option<String>,
     /// Always kept.
     #[serde(default)]
     tier1: Vec<String>,
@@ -71,10 +175,15 @@ struct ExchangeTiers {
     tier2: Vec<String>,
 }
 
-/// Tier lookup for every exchange; unknown symbols are tier 3.
-#[derive(Debug, Clone, Default)]
+/// Symbol rules and tier lookup for every exchange; unknown symbols are
+/// tier 3.
+#[derive(Debug, Clone)]
 pub struct Instruments {
+    /// Where the file came from, for errors found after loading.
+    path: String,
     tiers: HashMap<(String, String), Tier>,
+    /// Keyed by the upper-cased exchange name.
+    rules: HashMap<String, SymbolRule>,
 }
 
 impl Instruments {
@@ -101,8 +210,40 @@ impl Instruments {
             reason: e.to_string(),
         })?;
         let mut tiers = HashMap::new();
+        let mut rules = HashMap::new();
         for (exchange, t) in file.exchanges {
             let ex = exchange.to_ascii_uppercase();
+            let key = format!("exchanges.{exchange}.symbol_pattern");
+            let key_err = |key: String, reason: String| InstrumentsError::Key {
+                path: path.to_string(),
+                key,
+                reason,
+            };
+            let pattern = t.symbol_pattern.as_deref().ok_or_else(|| {
+                key_err(
+                    key.clone(),
+                    "missing: every exchange needs the pattern its symbols must match".into(),
+                )
+            })?;
+            let rule = SymbolRule::new(&exchange, pattern).map_err(|r| key_err(key.clone(), r))?;
+            // A listed symbol the pattern refuses could never arrive: a typo
+            // in either, told now rather than found as dead letters. Tiers
+            // match case-insensitively, so the upper-cased form counts too.
+            for (tier, list) in [("tier1", &t.tier1), ("tier2", &t.tier2)] {
+                for s in list {
+                    rule.check(s)
+                        .or_else(|_| rule.check(&s.to_ascii_uppercase()))
+                        .map_err(|e| {
+                            key_err(format!("exchanges.{exchange}.{tier}"), e.to_string())
+                        })?;
+                }
+            }
+            if rules.insert(ex.clone(), rule).is_some() {
+                return Err(key_err(
+                    format!("exchanges.{exchange}"),
+                    "the exchange is listed twice (names are case-insensitive)".into(),
+                ));
+            }
             for s in &t.tier1 {
                 tiers.insert((ex.clone(), s.to_ascii_uppercase()), Tier::One);
             }
@@ -119,7 +260,22 @@ impl Instruments {
                 }
             }
         }
-        Ok(Self { tiers })
+        Ok(Self {
+            path: path.to_string(),
+            tiers,
+            rules,
+        })
+    }
+
+    /// The symbol rule of `exchange` (case-insensitive). An exchange the
+    /// file does not list has none: its feed or loader refuses to start.
+    pub fn symbol_rule(&self, exchange: &str) -> Result<&SymbolRule, InstrumentsError> {
+        self.rules
+            .get(&exchange.to_ascii_uppercase())
+            .ok_or_else(|| InstrumentsError::NoExchange {
+                path: self.path.clone(),
+                exchange: exchange.to_string(),
+            })
     }
 
     pub fn tier(&self, exchange: &str, symbol: &str) -> Tier {
@@ -153,8 +309,11 @@ mod tests {
 
     #[test]
     fn overlap_and_unknown_keys_are_named() {
-        let e = Instruments::parse("[exchanges.X]\ntier1=[\"A\"]\ntier2=[\"a\"]\n", "f.toml")
-            .unwrap_err();
+        let e = Instruments::parse(
+            "[exchanges.X]\nsymbol_pattern=\"[A-Z]{1,8}\"\ntier1=[\"A\"]\ntier2=[\"a\"]\n",
+            "f.toml",
+        )
+        .unwrap_err();
         assert!(
             e.to_string().contains("exchanges.X") && e.to_string().contains("f.toml"),
             "{e}"
@@ -162,6 +321,130 @@ mod tests {
         let e = Instruments::parse("[exchanges.X]\ntier4=[\"A\"]\n", "f.toml").unwrap_err();
         assert!(
             e.to_string().contains("tier4") && e.to_string().contains("f.toml"),
+            "{e}"
+        );
+    }
+
+    /// Every symbol in the recorded captures and the ASX sample, and every
+    /// tier symbol, passes the shipped patterns.
+    #[test]
+    fn shipped_patterns_accept_real_symbols() {
+        let i = Instruments::builtin().unwrap();
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let mut seen = 0;
+        for (exchange, capture) in [
+            ("BINANCE", "captures/BINANCE-ee25be.0.txt"),
+            ("BINANCE_US", "captures/BINANCE_US.ws.1.0.txt"),
+        ] {
+            let text = std::fs::read_to_string(fixtures.join(capture)).unwrap();
+            let rule = i.symbol_rule(exchange).unwrap();
+            for s in text.split("\"s\":\"").skip(1) {
+                let symbol = &s[..s.find('"').unwrap()];
+                assert_eq!(rule.check(symbol), Ok(()), "{exchange} {symbol}");
+                seen += 1;
+            }
+        }
+        let companies =
+            std::fs::read_to_string(fixtures.join("asx/reference-data/company_info.csv")).unwrap();
+        for line in companies.lines().skip(1) {
+            let symbol = line.split(',').nth(1).unwrap();
+            assert_eq!(i.symbol_rule("asx").unwrap().check(symbol), Ok(()));
+            seen += 1;
+        }
+        assert!(seen > 1_000, "only {seen} symbols found in the fixtures");
+    }
+
+    #[test]
+    fn symbols_outside_the_pattern_are_refused_with_the_key() {
+        let i = Instruments::builtin().unwrap();
+        let rule = i.symbol_rule("Binance").unwrap();
+        for bad in [
+            "",
+            "btcusdt",
+            "BTC USDT",
+            "BTC-USDT",
+            "BTC'--",
+            "A\u{0}BCD",
+            "ÄBCDEF",
+            &"X".repeat(21),
+        ] {
+            let e = rule.check(bad).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("exchanges.BINANCE.symbol_pattern `[A-Z0-9]{4,20}`"),
+                "{bad:?}: {e}"
+            );
+        }
+        // The reason quotes a huge symbol only in part: the raw frame keeps it.
+        let huge = "Y".repeat(1 << 20);
+        let e = rule.check(&huge).unwrap_err().to_string();
+        assert!(
+            e.len() < 200 && e.contains(&format!("{} bytes", 1 << 20)),
+            "{e}"
+        );
+        // Anchored: a pattern matching part of a symbol does not pass it.
+        let three = SymbolRule::new("X", "[A-Z]{3}").unwrap();
+        assert_eq!(three.check("BHP"), Ok(()));
+        assert!(three.check("BHPX").is_err() && three.check("xBHP").is_err());
+        assert!(
+            i.symbol_rule("ASX").unwrap().check("BHP").is_ok()
+                && i.symbol_rule("ASX").unwrap().check("BHPBILLITON").is_err()
+        );
+    }
+
+    #[test]
+    fn bad_or_missing_patterns_name_the_key_and_the_file() {
+        let cases = [
+            ("tier1 = [\"A\"]", "missing"),
+            ("symbol_pattern = \"[A-Z\"", "not a regular expression"),
+            ("symbol_pattern = \"[A-Z]+\"", "any length"),
+            ("symbol_pattern = \"[A-Z]{1,33}\"", "up to 33 bytes"),
+            ("symbol_pattern = \"[A-Z]{0,8}\"", "empty symbol"),
+            ("symbol_pattern = \"A|\"", "empty symbol"),
+        ];
+        for (body, why) in cases {
+            let text = format!("[exchanges.KRAKEN]\n{body}\n");
+            let e = Instruments::parse(&text, "conf/instruments.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("conf/instruments.toml")
+                    && e.contains("`exchanges.KRAKEN.symbol_pattern`")
+                    && e.contains(why),
+                "{body}: {e}"
+            );
+        }
+        // A tier symbol its pattern refuses would never be seen.
+        let e = Instruments::parse(
+            "[exchanges.KRAKEN]\nsymbol_pattern = \"[A-Z]{3}/[A-Z]{3}\"\ntier1 = [\"XBT/USD\", \"ETHUSD\"]\n",
+            "k.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("k.toml") && e.contains("`exchanges.KRAKEN.tier1`") && e.contains("ETHUSD"),
+            "{e}"
+        );
+        // Names are case-insensitive, so one exchange cannot get two rules.
+        let e = Instruments::parse(
+            "[exchanges.asx]\nsymbol_pattern = \"[A-Z]{3}\"\n[exchanges.ASX]\nsymbol_pattern = \"[A-Z]{4}\"\n",
+            "a.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("a.toml") && e.contains("listed twice"), "{e}");
+        // An exchange without a section has no rule, and says where to add it.
+        let i = Instruments::parse(
+            "[exchanges.KRAKEN]\nsymbol_pattern = \"[A-Z]{3}/[A-Z]{3}\"\n",
+            "k.toml",
+        )
+        .unwrap();
+        assert!(i.symbol_rule("kraken").is_ok());
+        let e = i.symbol_rule("COINBASE").unwrap_err().to_string();
+        assert!(
+            e.contains("k.toml")
+                && e.contains("[exchanges.COINBASE]")
+                && e.contains("symbol_pattern"),
             "{e}"
         );
     }

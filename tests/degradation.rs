@@ -69,6 +69,7 @@ fn set_top_level(env: &Env, line: &str) {
 }
 
 const TIERS: &str = r#"[exchanges.BINANCE]
+symbol_pattern = "[A-Z0-9]{4,20}"
 tier1 = ["BTCUSDT"]
 tier2 = ["ETHUSDT"]
 "#;

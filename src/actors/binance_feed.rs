@@ -17,7 +17,7 @@ use crate::actors::observe::{Health, ObservableState, Published, RestartPolicy, 
 use crate::config::BinanceFeedConfig;
 use crate::dedup::Dedup;
 use crate::exchanges::{FrameError, Parsed, binance};
-use crate::instruments::Instruments;
+use crate::instruments::{Instruments, InstrumentsError, SymbolError, SymbolRule};
 use crate::messages::observe::Observe;
 use crate::messages::producer::{Outgoing, ProducerLanes};
 use crate::metrics::Metrics;
@@ -36,6 +36,13 @@ pub enum FeedError {
     Stale(Duration),
     #[error("producer unavailable: {0}")]
     Producer(String),
+    /// The feed's exchange has no symbol rule in the instruments file.
+    #[error(transparent)]
+    Instruments(#[from] InstrumentsError),
+    /// A subscribed symbol its exchange's rule refuses: every frame of it
+    /// would be a dead letter.
+    #[error("feeds.binance.symbols: {0}")]
+    Subscription(SymbolError),
 }
 
 /// Why a connection ended without an error.
@@ -82,6 +89,9 @@ pub struct BinanceFeedActor {
     cfg: BinanceFeedConfig,
     producer: ProducerLanes,
     instruments: Arc<Instruments>,
+    /// The exchange's `symbol_pattern`: every trade's symbol is checked
+    /// against it before the trade becomes a record.
+    symbols: SymbolRule,
     metrics: Metrics,
     restarts: Restarts,
     state: FeedState,
@@ -96,12 +106,21 @@ pub struct BinanceFeedActor {
 }
 
 impl BinanceFeedActor {
+    /// Fails when the instruments file has no symbol rule for the feed's
+    /// exchange, or the rule refuses a symbol the feed subscribes to (in
+    /// upper case, as Binance sends it in frames).
     pub fn new(
         cfg: BinanceFeedConfig,
         producer: ProducerLanes,
         instruments: Arc<Instruments>,
         metrics: Metrics,
-    ) -> Self {
+    ) -> Result<Self, FeedError> {
+        let symbols = instruments.symbol_rule(&cfg.exchange)?.clone();
+        for s in &cfg.symbols {
+            symbols
+                .check(&s.to_ascii_uppercase())
+                .map_err(FeedError::Subscription)?;
+        }
         let cfg_dedup = cfg.dedup_capacity;
         let exchange = cfg.exchange.clone();
         let metrics_for_events = metrics.clone();
@@ -114,10 +133,11 @@ impl BinanceFeedActor {
             url: stream_url(&cfg),
             ..FeedState::default()
         };
-        Self {
+        Ok(Self {
             cfg,
             producer,
             instruments,
+            symbols,
             metrics,
             restarts,
             published: Published::new(state.clone()),
@@ -125,7 +145,7 @@ impl BinanceFeedActor {
             stopping: false,
             dedup: Rc::new(RefCell::new(Dedup::new(cfg_dedup))),
             events: Rc::new(FeedEvents::new(metrics_for_events, &exchange)),
-        }
+        })
     }
 }
 
@@ -173,6 +193,7 @@ impl Actor for BinanceFeedActor {
             url,
             producer: self.producer.clone(),
             instruments: self.instruments.clone(),
+            symbols: self.symbols.clone(),
             events: self.events.clone(),
             addr: ctx.address(),
             dedup: self.dedup.clone(),
@@ -246,6 +267,7 @@ struct Connection {
     url: String,
     producer: ProducerLanes,
     instruments: Arc<Instruments>,
+    symbols: SymbolRule,
     events: Rc<FeedEvents>,
     addr: Addr<BinanceFeedActor>,
     dedup: Rc<RefCell<Dedup>>,
@@ -324,14 +346,15 @@ impl Connection {
     }
 
     /// Parses one frame; trades go to the producer on their tier's lane,
-    /// malformed frames to the dead-letter topic with their raw bytes (on
-    /// the tier-1 lane: they are never shed). Waiting on a full lane here is
+    /// malformed frames (a symbol outside the exchange's pattern among them)
+    /// to the dead-letter topic with their raw bytes (on the tier-1 lane:
+    /// they are never shed). Waiting on a full lane here is
     /// deliberate: it is the backpressure path.
     async fn on_frame(&self, raw: &[u8], text: Option<&str>) -> Result<(), FeedError> {
         let exchange = self.cfg.exchange.as_str();
         let received = now_us();
         let parsed = match text {
-            Some(t) => binance::parse_frame(t, exchange, received),
+            Some(t) => binance::parse_frame(t, exchange, &self.symbols, received),
             None => Err(FrameError::Binary(raw.len())),
         };
         let out = match parsed {
@@ -423,8 +446,8 @@ mod tests {
         let (lanes, _rx) = crate::lanes::mailbox(&[8, 8, 8]).unwrap();
         let instruments = Arc::new(Instruments::builtin().unwrap());
         let metrics = Metrics::new().unwrap();
-        let feed =
-            Supervisor::start(move |_| BinanceFeedActor::new(cfg, lanes, instruments, metrics));
+        let actor = BinanceFeedActor::new(cfg, lanes, instruments, metrics).unwrap();
+        let feed = Supervisor::start(move |_| actor);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let state = loop {
             let s = feed.send(Observe::<FeedState>::new()).await.unwrap();
@@ -441,5 +464,95 @@ mod tests {
             "restarted once, waiting out its backoff"
         );
         server.abort();
+    }
+
+    /// A trade whose symbol the exchange's pattern refuses reaches the
+    /// producer as a dead letter, with the frame's bytes and the reason;
+    /// the good trade behind it still arrives as a trade.
+    #[actix_rt::test]
+    async fn a_symbol_outside_the_pattern_becomes_a_dead_letter() {
+        use crate::lanes::Envelope;
+        use crate::messages::producer::Record;
+
+        let bad =
+            r#"{"e":"trade","E":1,"s":"BTC'--USDT","t":1,"p":"1.0","q":"1.0","T":1,"m":true}"#;
+        let good = r#"{"e":"trade","E":1,"s":"BTCUSDT","t":2,"p":"1.0","q":"1.0","T":1,"m":true}"#;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            for frame in [bad, good] {
+                ws.send(WsMessage::text(frame)).await.unwrap();
+            }
+            // Keep the connection open until the test ends.
+            futures::future::pending::<()>().await;
+        });
+        let cfg = BinanceFeedConfig {
+            url: format!("ws://127.0.0.1:{port}"),
+            ..BinanceFeedConfig::default()
+        };
+        let (lanes, mut rx) = crate::lanes::mailbox(&[8, 8, 8]).unwrap();
+        let instruments = Arc::new(Instruments::builtin().unwrap());
+        let actor =
+            BinanceFeedActor::new(cfg, lanes, instruments, Metrics::new().unwrap()).unwrap();
+        let feed = Supervisor::start(move |_| actor);
+        let mut next = async || {
+            // A bound on a hung test, not a timing assertion.
+            match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+                Ok(Some(Envelope::Data { tier, data })) => (tier, data.record),
+                other => panic!("expected a record, got {other:?}"),
+            }
+        };
+        match next().await {
+            (0, Record::DeadLetter(d)) => {
+                assert_eq!(d.raw, bad.as_bytes());
+                assert_eq!(d.exchange, "BINANCE");
+                assert!(
+                    d.reason.contains(r#"symbol "BTC'--USDT""#)
+                        && d.reason.contains("exchanges.BINANCE.symbol_pattern"),
+                    "{}",
+                    d.reason
+                );
+            }
+            other => panic!("expected a dead letter on the tier-1 lane, got {other:?}"),
+        }
+        match next().await {
+            (_, Record::Trade(t)) => assert_eq!(t.symbol, "BTCUSDT"),
+            other => panic!("expected the good trade, got {other:?}"),
+        }
+        feed.do_send(StopFeed);
+        server.abort();
+    }
+
+    #[test]
+    fn a_feed_needs_a_rule_for_its_exchange_that_passes_its_symbols() {
+        let instruments = Arc::new(Instruments::builtin().unwrap());
+        let start = |cfg: BinanceFeedConfig| {
+            let (lanes, _rx) = crate::lanes::mailbox(&[8, 8, 8]).unwrap();
+            BinanceFeedActor::new(cfg, lanes, instruments.clone(), Metrics::new().unwrap())
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert_eq!(start(BinanceFeedConfig::default()), None);
+        let e = start(BinanceFeedConfig {
+            exchange: "KRAKEN".into(),
+            ..BinanceFeedConfig::default()
+        })
+        .unwrap();
+        assert!(
+            e.contains("[exchanges.KRAKEN]") && e.contains("symbol_pattern"),
+            "{e}"
+        );
+        let e = start(BinanceFeedConfig {
+            symbols: vec!["btcusdt".into(), "x".into()],
+            ..BinanceFeedConfig::default()
+        })
+        .unwrap();
+        assert!(
+            e.starts_with("feeds.binance.symbols: symbol \"X\"")
+                && e.contains("exchanges.BINANCE.symbol_pattern"),
+            "{e}"
+        );
     }
 }

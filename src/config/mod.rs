@@ -36,8 +36,9 @@ pub struct Config {
     pub lake: LakeConfig,
     pub writer: WriterConfig,
     pub http: HttpConfig,
-    /// Symbol priority tiers (see `config/instruments.toml`). Empty: the
-    /// tiers built into the binary, which are that file's contents.
+    /// Symbol patterns and priority tiers per exchange (see
+    /// `config/instruments.toml`). Empty: the file built into the binary,
+    /// which is that file's contents.
     pub instruments_file: String,
     pub lanes: LanesConfig,
     pub degradation: crate::degrade::level::DegradationConfig,
@@ -508,7 +509,8 @@ impl Config {
         }
     }
 
-    /// The symbol tiers: the configured file, else the built-in defaults.
+    /// The instruments (symbol patterns and tiers): the configured file,
+    /// else the built-in defaults.
     pub fn instruments(
         &self,
     ) -> Result<crate::instruments::Instruments, crate::instruments::InstrumentsError> {

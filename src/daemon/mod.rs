@@ -64,6 +64,8 @@ pub enum DaemonError {
     Spill(#[from] crate::degrade::spill::SpillError),
     #[error(transparent)]
     Instruments(#[from] crate::instruments::InstrumentsError),
+    #[error(transparent)]
+    Feed(#[from] crate::actors::binance_feed::FeedError),
     #[error("config: {0}")]
     Config(String),
     #[error(transparent)]

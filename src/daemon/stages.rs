@@ -409,7 +409,7 @@ pub fn feed(
         producer.lanes.clone(),
         instruments,
         metrics.clone(),
-    );
+    )?;
     let state = actor.subscribe();
     let addr = Supervisor::start(move |_| actor);
     Ok(Some(FeedStage {

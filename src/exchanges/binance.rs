@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::{FrameError, Parsed};
+use crate::instruments::SymbolRule;
 use crate::model::{AssetClass, Dec8, Side, TradeV2, message_id};
 
 /// Quote currencies, longest first so `FDUSD` wins over `USD`.
@@ -23,8 +24,14 @@ pub fn quote_currency(symbol: &str) -> &'static str {
         .unwrap_or("")
 }
 
-/// Parses one text frame received from a Binance WebSocket.
-pub fn parse_frame(text: &str, exchange: &str, received_us: i64) -> Result<Parsed, FrameError> {
+/// Parses one text frame received from a Binance WebSocket. A trade's
+/// symbol must pass `symbols`, the exchange's rule from the instruments file.
+pub fn parse_frame(
+    text: &str,
+    exchange: &str,
+    symbols: &SymbolRule,
+    received_us: i64,
+) -> Result<Parsed, FrameError> {
     if text.trim().is_empty() {
         return Err(FrameError::Empty);
     }
@@ -49,8 +56,8 @@ pub fn parse_frame(text: &str, exchange: &str, received_us: i64) -> Result<Parse
     };
     match obj.get("e") {
         Some(Value::String(e)) => match e.as_str() {
-            "trade" => trade(obj, exchange, received_us, "trade", "t").map(boxed),
-            "aggTrade" => trade(obj, exchange, received_us, "aggTrade", "a").map(boxed),
+            "trade" => trade(obj, exchange, symbols, received_us, "trade", "t").map(boxed),
+            "aggTrade" => trade(obj, exchange, symbols, received_us, "aggTrade", "a").map(boxed),
             "depthUpdate" => Ok(Parsed::Skipped("depth")),
             "kline" => Ok(Parsed::Skipped("kline")),
             "24hrTicker" | "24hrMiniTicker" => Ok(Parsed::Skipped("ticker")),
@@ -90,12 +97,15 @@ fn classify_untyped(stream: Option<&str>, obj: &Map<String, Value>) -> &'static 
 fn trade(
     obj: &Map<String, Value>,
     exchange: &str,
+    symbols: &SymbolRule,
     received_us: i64,
     kind: &'static str,
     id_field: &'static str,
 ) -> Result<TradeV2, FrameError> {
     let symbol = string(obj, "s")?;
-    super::check_symbol(symbol)?;
+    symbols
+        .check(symbol)
+        .map_err(|source| FrameError::Symbol { field: "s", source })?;
     let id = integer(obj, id_field)?;
     let price = decimal(obj, "p")?;
     let quantity = decimal(obj, "q")?;
@@ -222,6 +232,19 @@ mod tests {
     const AGG: &str = r#"{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":1617566591400,"s":"BTCUSDT","a":668497736,"p":"58792.76000000","q":"0.00170000","f":756431580,"l":756431580,"T":1617566591399,"m":true,"M":true}}"#;
     const RAW_TRADE: &str = r#"{"e":"trade","E":1,"s":"ETHUSDT","t":12345,"p":"2000.10","q":"1.5","T":1700000000123,"m":false,"M":true}"#;
 
+    /// The shipped Binance rule, as the feed gets it.
+    fn binance() -> SymbolRule {
+        crate::instruments::Instruments::builtin()
+            .unwrap()
+            .symbol_rule("BINANCE")
+            .unwrap()
+            .clone()
+    }
+
+    fn parse(text: &str, exchange: &str, received_us: i64) -> Result<Parsed, FrameError> {
+        parse_frame(text, exchange, &binance(), received_us)
+    }
+
     fn trade_of(p: Parsed) -> TradeV2 {
         match p {
             Parsed::Trade(t) => *t,
@@ -231,7 +254,7 @@ mod tests {
 
     #[test]
     fn parses_combined_agg_trade() {
-        let t = trade_of(parse_frame(AGG, "BINANCE", 7).unwrap());
+        let t = trade_of(parse(AGG, "BINANCE", 7).unwrap());
         assert_eq!(t.symbol, "BTCUSDT");
         assert_eq!(t.trade_id, "BINANCE-668497736");
         assert_eq!(t.price.to_string(), "58792.76000000");
@@ -248,7 +271,7 @@ mod tests {
 
     #[test]
     fn parses_raw_trade_with_buyer_aggressor() {
-        let t = trade_of(parse_frame(RAW_TRADE, "BINANCE", 0).unwrap());
+        let t = trade_of(parse(RAW_TRADE, "BINANCE", 0).unwrap());
         assert_eq!(t.side, Side::Buy);
         assert_eq!(t.price.to_string(), "2000.10000000");
         assert_eq!(
@@ -279,7 +302,7 @@ mod tests {
         ];
         for (frame, kind) in cases {
             assert_eq!(
-                parse_frame(frame, "BINANCE", 0),
+                parse(frame, "BINANCE", 0),
                 Ok(Parsed::Skipped(kind)),
                 "{frame}"
             );
@@ -296,36 +319,36 @@ mod tests {
             ),
             ("42", "not_object"),
             (
-                r#"{"e":"trade","s":"X","t":1,"p":58.1,"q":"1","T":1,"m":true}"#,
+                r#"{"e":"trade","s":"XRPUSDT","t":1,"p":58.1,"q":"1","T":1,"m":true}"#,
                 "wrong_type",
             ),
             (
-                r#"{"e":"trade","s":"X","t":"1","p":"1","q":"1","T":1,"m":true}"#,
+                r#"{"e":"trade","s":"XRPUSDT","t":"1","p":"1","q":"1","T":1,"m":true}"#,
                 "wrong_type",
             ),
             (
-                r#"{"e":"trade","s":"X","t":1,"p":"99999999999.5","q":"1","T":1,"m":true}"#,
+                r#"{"e":"trade","s":"XRPUSDT","t":1,"p":"99999999999.5","q":"1","T":1,"m":true}"#,
                 "decimal",
             ),
             (
-                r#"{"e":"trade","s":"X","t":1,"p":"1","q":"1","T":1}"#,
+                r#"{"e":"trade","s":"XRPUSDT","t":1,"p":"1","q":"1","T":1}"#,
                 "missing_field",
             ),
             (
-                r#"{"e":"trade","s":"X","t":1,"p":"1","q":"1","T":1,"m":"yes"}"#,
+                r#"{"e":"trade","s":"XRPUSDT","t":1,"p":"1","q":"1","T":1,"m":"yes"}"#,
                 "wrong_type",
             ),
             (
-                r#"{"e":"trade","s":"X","t":1,"p":"1","q":"1","T":99999999999999999,"m":true}"#,
+                r#"{"e":"trade","s":"XRPUSDT","t":1,"p":"1","q":"1","T":99999999999999999,"m":true}"#,
                 "invalid_value",
             ),
         ];
         for (frame, class) in cases {
-            let err = parse_frame(frame, "BINANCE", 0).unwrap_err();
+            let err = parse(frame, "BINANCE", 0).unwrap_err();
             assert_eq!(err.class(), class, "{frame}: {err}");
         }
-        let err = parse_frame(
-            r#"{"e":"trade","s":"X","t":1,"p":58.1,"q":"1","T":1,"m":true}"#,
+        let err = parse(
+            r#"{"e":"trade","s":"XRPUSDT","t":1,"p":58.1,"q":"1","T":1,"m":true}"#,
             "B",
             0,
         )
@@ -349,13 +372,26 @@ mod tests {
                 serde_json::Value::from(s)
             )
         };
-        assert!(parse_frame(&frame("BTCUSDT"), "BINANCE", 1).is_ok());
-        for bad in ["", "A\u{0}B", "BTC USDT", "BTC'--", &"X".repeat(33)] {
-            let e = parse_frame(&frame(bad), "BINANCE", 1).unwrap_err();
+        assert!(parse(&frame("BTCUSDT"), "BINANCE", 1).is_ok());
+        for bad in [
+            "",
+            "A\u{0}B",
+            "BTC USDT",
+            "BTC'--",
+            "btcusdt",
+            &"X".repeat(33),
+        ] {
+            let e = parse(&frame(bad), "BINANCE", 1).unwrap_err();
+            assert_eq!(e.class(), "bad_symbol", "{bad:?}: {e}");
             assert!(
-                matches!(e, FrameError::Invalid { field: "s", .. }),
+                e.to_string().starts_with("field `s`: symbol ")
+                    && e.to_string().contains("exchanges.BINANCE.symbol_pattern"),
                 "{bad:?}: {e}"
             );
         }
+        // The rule is the configured one, not a fixed charset.
+        let dashed = SymbolRule::new("COINBASE", "[A-Z]{2,6}-[A-Z]{2,6}").unwrap();
+        assert!(parse_frame(&frame("BTC-USD"), "COINBASE", &dashed, 1).is_ok());
+        assert!(parse_frame(&frame("BTCUSD"), "COINBASE", &dashed, 1).is_err());
     }
 }

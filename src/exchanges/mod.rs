@@ -6,29 +6,6 @@ pub mod binance;
 /// reads their topic too, so they land like any live trade.
 pub const ASX: &str = "ASX";
 
-/// Longest instrument symbol stored.
-pub const MAX_SYMBOL_LEN: usize = 32;
-
-/// Checks a symbol from a frame before it reaches a record: 1 to
-/// `MAX_SYMBOL_LEN` ASCII letters, digits and `-_/.` (the separators
-/// venues use: `BTC-USD`, `XBT/USD`). Anything else is a malformed frame,
-/// dead-lettered, not a row keyed by arbitrary bytes.
-pub fn check_symbol(symbol: &str) -> Result<(), FrameError> {
-    let reason = if symbol.is_empty() {
-        "empty symbol".to_string()
-    } else if symbol.len() > MAX_SYMBOL_LEN {
-        format!("symbol of {} bytes; at most {MAX_SYMBOL_LEN}", symbol.len())
-    } else if let Some(c) = symbol
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '/' | '.')))
-    {
-        format!("symbol contains {c:?}; only letters, digits and -_/. are allowed")
-    } else {
-        return Ok(());
-    };
-    Err(FrameError::Invalid { field: "s", reason })
-}
-
 /// What a frame turned out to be.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Parsed {
@@ -65,6 +42,13 @@ pub enum FrameError {
     },
     #[error("field `{field}`: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// The symbol field, against the exchange's configured pattern
+    /// (`instruments::SymbolRule`).
+    #[error("field `{field}`: {source}")]
+    Symbol {
+        field: &'static str,
+        source: crate::instruments::SymbolError,
+    },
 }
 
 impl FrameError {
@@ -80,6 +64,7 @@ impl FrameError {
             FrameError::WrongType { .. } => "wrong_type",
             FrameError::Decimal { .. } => "decimal",
             FrameError::Invalid { .. } => "invalid_value",
+            FrameError::Symbol { .. } => "bad_symbol",
         }
     }
 }

@@ -4,18 +4,30 @@
 //! DataFusion's own parser, so what it accepts is what DataFusion would run.
 //!
 //! It also bounds the work a statement can ask of the planner: its size,
-//! and how deep its expressions nest. Planning, optimizing and evaluating
-//! recurse once per level, and a flat chain such as `a OR b OR c …` is a
-//! left-deep tree, as deep as it is long; the parser's own nesting limit
-//! only counts parentheses. Run it on a query thread (`query::pool`): a
-//! deep tree takes stack to visit and to drop.
+//! how deep its expressions nest, and how many tables its plan holds.
+//! Planning, optimizing and evaluating recurse once per level, and a flat
+//! chain such as `a OR b OR c …` is a left-deep tree, as deep as it is
+//! long; the parser's own nesting limit only counts parentheses. A CTE is
+//! planned again at every reference, so a few hundred bytes of
+//! `WITH c1 AS (SELECT … FROM c0 x, c0 y), c2 AS (… c1 x, c1 y) …` make a
+//! plan that doubles with each CTE (14 took 2.5 s to plan, and each two
+//! more take four times as long). Run it on a query thread (`query::pool`):
+//! a deep tree takes stack to visit and to drop.
+//!
+//! Before any of that, a scan of the tokens (`shape`) refuses what would
+//! make the parser itself hang or overflow its stack; see there.
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{
-    Expr, Query, SetExpr, Statement as SqlStatement, TableFactor, Visit, Visitor,
+    Expr, Ident, ObjectNamePart, Query, SetExpr, Statement as SqlStatement, TableFactor, Visit,
+    Visitor,
 };
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 /// Longest statement accepted, in bytes: far beyond any hand-written query
 /// (a 1,000-symbol `IN` list is about 12 KiB).
@@ -29,6 +41,70 @@ pub const MAX_EXPR_DEPTH: usize = 256;
 /// 5,000 took the planner 20 s, past any timeout (planning cannot be
 /// interrupted).
 pub const MAX_SET_TERMS: usize = 256;
+
+/// Most table scans the plan of one query may hold: every table named,
+/// with a CTE counted once where it is defined and again, with all it
+/// reads, at every reference. Planning took about 60 µs per table in an
+/// unoptimized build (a chain of 400 CTEs, each reading the one before:
+/// 80,000 tables, 1.5 s), and planning cannot be interrupted.
+pub const MAX_PLANNED_TABLES: usize = 4096;
+
+/// Deepest nesting of brackets (`(`, `[`, `{`) accepted. The parser
+/// refuses about 50 levels anyway; refusing here is cheaper and certain.
+pub const MAX_NESTING: usize = 64;
+
+/// Deepest nesting of the parenthesised forms the parser first tries as
+/// special syntax and, when that fails, again as a plain function call:
+/// `CAST(`, `EXTRACT(`, `SUBSTRING(`, `TRIM(` … (see `SPECIAL_FORMS`).
+/// Each level doubles the parser's work on a statement that fails inside:
+/// 20 nested `CAST(` took 1.5 s to refuse, 30 about half an hour, and 47
+/// well-formed ones hit the parser's recursion limit and never returned.
+/// The parser behind DataFusion 53 (sqlparser 0.61) has no fix; upstream
+/// fixed it later (apache/datafusion-sqlparser-rs#2352).
+pub const MAX_SPECIAL_NESTING: usize = 6;
+
+/// Longest run of words and `<` with nothing else between them. SQL has no
+/// such run longer than a few words, but `INTERVAL INTERVAL … 1` and
+/// `ARRAY<ARRAY<…>>` recurse in the parser or in the guard's walk without
+/// any limit: 25,000 `INTERVAL`s or 30,000 `ARRAY<` (200 KiB) overflowed a
+/// 64 MiB query stack, which aborts the process.
+pub const MAX_WORD_RUN: usize = 256;
+
+/// Keywords that the parser reads as special syntax when followed by `(`,
+/// and reads again as a function call when that fails (sqlparser 0.61,
+/// `parse_expr_prefix_by_reserved_word`).
+const SPECIAL_FORMS: &[Keyword] = &[
+    Keyword::CAST,
+    Keyword::TRY_CAST,
+    Keyword::SAFE_CAST,
+    Keyword::CONVERT,
+    Keyword::TRY_CONVERT,
+    Keyword::EXTRACT,
+    Keyword::CEIL,
+    Keyword::FLOOR,
+    Keyword::POSITION,
+    Keyword::SUBSTR,
+    Keyword::SUBSTRING,
+    Keyword::OVERLAY,
+    Keyword::TRIM,
+    Keyword::EXISTS,
+    Keyword::ARRAY,
+    Keyword::STRUCT,
+    Keyword::MAP,
+    Keyword::INTERVAL,
+    Keyword::NOT,
+    Keyword::MATCH,
+    Keyword::CASE,
+    Keyword::CURRENT_DATE,
+    Keyword::CURRENT_TIME,
+    Keyword::CURRENT_TIMESTAMP,
+    Keyword::LOCALTIME,
+    Keyword::LOCALTIMESTAMP,
+    Keyword::CURRENT_USER,
+    Keyword::CURRENT_CATALOG,
+    Keyword::SESSION_USER,
+    Keyword::USER,
+];
 
 /// Why a query was refused. The message is what the API returns as `detail`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +129,15 @@ pub enum GuardError {
     TooDeep,
     #[error("more than {MAX_SET_TERMS} UNION, INTERSECT or EXCEPT terms in one query")]
     TooManySetTerms,
+    #[error(
+        "the plan would scan more than {MAX_PLANNED_TABLES} tables (a CTE is planned again, with all it reads, at every reference); simplify the query or split it"
+    )]
+    TooManyTables,
+    #[error("the query nests {what} deeper than {limit} levels")]
+    TooNested { what: &'static str, limit: usize },
+    /// DataFusion 53's planner panics on these (apache/datafusion#21431).
+    #[error("a typed literal needs a quoted string after its type, found `{0}`")]
+    TypedLiteral(String),
 }
 
 impl GuardError {
@@ -68,6 +153,9 @@ impl GuardError {
             GuardError::TooLong { .. } => "too_long",
             GuardError::TooDeep => "too_deep",
             GuardError::TooManySetTerms => "too_many_set_terms",
+            GuardError::TooManyTables => "too_many_tables",
+            GuardError::TooNested { .. } => "too_nested",
+            GuardError::TypedLiteral(_) => "typed_literal",
         }
     }
 }
@@ -80,6 +168,7 @@ pub fn check(sql: &str) -> Result<(), GuardError> {
     if sql.len() > MAX_SQL_BYTES {
         return Err(GuardError::TooLong { bytes: sql.len() });
     }
+    shape(sql)?;
     let statements = DFParser::parse_sql(sql).map_err(|e| GuardError::Parse(e.to_string()))?;
     if statements.len() != 1 {
         return Err(GuardError::Multiple(statements.len()));
@@ -99,11 +188,73 @@ pub fn check(sql: &str) -> Result<(), GuardError> {
         DfStatement::Explain(_) => return Err(GuardError::NotAQuery("EXPLAIN".into())),
         DfStatement::Reset(_) => return Err(GuardError::NotAQuery("RESET".into())),
     };
-    let mut v = ReadOnly { depth: 0 };
+    let mut v = ReadOnly::default();
     match query.visit(&mut v) {
         ControlFlow::Break(e) => Err(e),
         ControlFlow::Continue(()) => Ok(()),
     }
+}
+
+/// Refuses, from the tokens alone and in one pass, the shapes that make
+/// the parser's work explode or its recursion unbounded: brackets nested
+/// past `MAX_NESTING`, special forms nested past `MAX_SPECIAL_NESTING`,
+/// and runs of words past `MAX_WORD_RUN`. The tokenizer does not recurse.
+fn shape(sql: &str) -> Result<(), GuardError> {
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize()
+        .map_err(|e| GuardError::Parse(e.to_string()))?;
+    // For each open bracket: whether it opened a special form.
+    let mut open: Vec<bool> = Vec::new();
+    let mut special = 0usize;
+    let mut run = 0usize;
+    // The keyword just before, when the last token was a word.
+    let mut after: Option<Keyword> = None;
+    for t in &tokens {
+        let keyword = match t {
+            Token::Whitespace(_) => continue,
+            Token::Word(w) => Some(w.keyword),
+            _ => None,
+        };
+        match t {
+            Token::LParen | Token::LBracket | Token::LBrace => {
+                let is_special =
+                    *t == Token::LParen && after.is_some_and(|k| SPECIAL_FORMS.contains(&k));
+                open.push(is_special);
+                special += usize::from(is_special);
+                if open.len() > MAX_NESTING {
+                    return Err(GuardError::TooNested {
+                        what: "brackets",
+                        limit: MAX_NESTING,
+                    });
+                }
+                if special > MAX_SPECIAL_NESTING {
+                    return Err(GuardError::TooNested {
+                        what: "CAST, EXTRACT, SUBSTRING, TRIM and other special forms",
+                        limit: MAX_SPECIAL_NESTING,
+                    });
+                }
+            }
+            // Pops the bracket it closes, special or not; an unbalanced
+            // close is the parser's to report.
+            Token::RParen | Token::RBracket | Token::RBrace if open.pop() == Some(true) => {
+                special -= 1;
+            }
+            _ => {}
+        }
+        if matches!(t, Token::Word(_) | Token::Lt) {
+            run += 1;
+            if run > MAX_WORD_RUN {
+                return Err(GuardError::TooNested {
+                    what: "a run of words or `<` (INTERVAL INTERVAL …, ARRAY<ARRAY<…)",
+                    limit: MAX_WORD_RUN,
+                });
+            }
+        } else {
+            run = 0;
+        }
+        after = keyword;
+    }
+    Ok(())
 }
 
 /// The statement's leading keywords, e.g. `INSERT`, `CREATE TABLE`.
@@ -126,18 +277,61 @@ fn statement_kind(s: &SqlStatement) -> String {
 }
 
 /// Walks the whole query, subqueries and CTEs included, and stops as soon
-/// as expressions nest deeper than `MAX_EXPR_DEPTH`.
+/// as expressions nest deeper than `MAX_EXPR_DEPTH` or the plan would hold
+/// more than `MAX_PLANNED_TABLES` tables.
+#[derive(Default)]
 struct ReadOnly {
     depth: usize,
+    /// Tables the plan holds so far.
+    tables: usize,
+    /// CTE bodies announced by a WITH and not yet entered, by address
+    /// (the visitor walks this very tree), with the CTE's name.
+    announced: HashMap<usize, String>,
+    /// CTE bodies being walked, innermost last: address, name, and the
+    /// tables its plan holds so far.
+    open: Vec<(usize, String, usize)>,
+    /// Tables in the plan of each CTE walked, by name.
+    cte_tables: HashMap<String, usize>,
+}
+
+/// A table name as the planner resolves it: unquoted names fold to lower
+/// case.
+fn normalized(ident: &Ident) -> String {
+    match ident.quote_style {
+        None => ident.value.to_lowercase(),
+        Some(_) => ident.value.clone(),
+    }
+}
+
+impl ReadOnly {
+    /// Counts `n` tables in the plan, and in the CTE being walked.
+    fn plan_tables(&mut self, n: usize) -> ControlFlow<GuardError> {
+        self.tables = self.tables.saturating_add(n);
+        if let Some((_, _, in_cte)) = self.open.last_mut() {
+            *in_cte = in_cte.saturating_add(n);
+        }
+        if self.tables > MAX_PLANNED_TABLES {
+            return ControlFlow::Break(GuardError::TooManyTables);
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 impl Visitor for ReadOnly {
     type Break = GuardError;
 
-    fn pre_visit_expr(&mut self, _e: &Expr) -> ControlFlow<GuardError> {
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<GuardError> {
         self.depth += 1;
         if self.depth > MAX_EXPR_DEPTH {
             return ControlFlow::Break(GuardError::TooDeep);
+        }
+        // `TIMESTAMP 7`, `INT 7`, `x[1] 7`: the parser takes a type and a
+        // number for a typed literal, which the planner expects to hold a
+        // string and unwraps.
+        if let Expr::TypedString(t) = e
+            && t.value.clone().into_string().is_none()
+        {
+            return ControlFlow::Break(GuardError::TypedLiteral(t.value.to_string()));
         }
         ControlFlow::Continue(())
     }
@@ -152,6 +346,19 @@ impl Visitor for ReadOnly {
             && s.into.is_some()
         {
             return ControlFlow::Break(GuardError::SelectInto);
+        }
+        if let Some(with) = &q.with {
+            for cte in &with.cte_tables {
+                let body: &Query = &cte.query;
+                self.announced
+                    .insert(body as *const Query as usize, normalized(&cte.alias.name));
+            }
+        }
+        let at = q as *const Query as usize;
+        if let Some(name) = self.announced.remove(&at) {
+            // A CTE's plan is at least its own projection.
+            self.open.push((at, name, 0));
+            self.plan_tables(1)?;
         }
         // Counted before the visit descends into the terms, and without
         // recursion: a chain is as deep as it is long.
@@ -181,8 +388,30 @@ impl Visitor for ReadOnly {
         ControlFlow::Continue(())
     }
 
+    fn post_visit_query(&mut self, q: &Query) -> ControlFlow<GuardError> {
+        let at = q as *const Query as usize;
+        if self.open.last().is_some_and(|(open, _, _)| *open == at)
+            && let Some((_, name, tables)) = self.open.pop()
+        {
+            self.cte_tables.insert(name, tables);
+        }
+        ControlFlow::Continue(())
+    }
+
     fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<GuardError> {
         match t {
+            // A reference to a CTE plans the CTE again; any other name is
+            // one scan.
+            TableFactor::Table {
+                name, args: None, ..
+            } => {
+                let cte = match name.0.as_slice() {
+                    [ObjectNamePart::Identifier(id)] => self.cte_tables.get(&normalized(id)),
+                    _ => None,
+                };
+                let n = cte.copied().unwrap_or(1);
+                self.plan_tables(n)
+            }
             TableFactor::Table {
                 name,
                 args: Some(_),
@@ -211,6 +440,7 @@ mod tests {
             "with t as (select symbol, price from market.trades) select symbol, max(price) from t group by symbol",
             "select * from (select * from market.trades) s join market.dead_letters d on s.exchange = d.exchange",
             "select 1 union all select 2",
+            "select * from market.trades where timestamp > timestamp '2024-01-01T00:00:00Z'",
         ] {
             assert_eq!(check(sql), Ok(()), "{sql}");
         }
@@ -304,6 +534,12 @@ mod tests {
                 "not_a_query",
                 "INSERT",
             ),
+            ("select timestamp 7", "typed_literal", "found `7`"),
+            (
+                "select trade_conditions[1] 7 from market.trades",
+                "typed_literal",
+                "found `7`",
+            ),
         ];
         for (sql, class, fragment) in cases {
             let e = check(sql).expect_err(sql);
@@ -357,6 +593,99 @@ mod tests {
             );
             let huge = format!("select '{}'", "x".repeat(MAX_SQL_BYTES));
             assert_eq!(check(&huge).unwrap_err().class(), "too_long");
+        });
+    }
+
+    /// What would hang the parser or overflow a query thread's stack is
+    /// refused from the tokens, before the parser sees it; the same shapes
+    /// a few levels shallower still parse.
+    #[test]
+    fn shapes_that_explode_the_parser_are_refused_from_the_tokens() {
+        on_query_stack(|| {
+            let nested = |n: usize, open: &str, inner: &str, close: &str| {
+                format!("select {}{inner}{}", open.repeat(n), close.repeat(n))
+            };
+            let too_nested = |sql: &str, what: &str| {
+                let e = check(sql).unwrap_err();
+                assert_eq!(e.class(), "too_nested", "{e}");
+                assert!(e.to_string().contains(what), "{e}");
+            };
+            // Special forms: fine to the limit, refused past it, whether
+            // they would parse or fail inside (the exponential case).
+            let casts = |n: usize, inner: &str| nested(n, "cast(", inner, " as bigint)");
+            assert_eq!(check(&casts(MAX_SPECIAL_NESTING, "price")), Ok(()));
+            too_nested(&casts(MAX_SPECIAL_NESTING + 1, "price"), "CAST");
+            too_nested(&casts(30, "1 as )"), "CAST");
+            too_nested(&casts(60, "1"), "CAST");
+            let mixed = "select extract(year from cast(substring(trim(cast(cast(cast('2024' as varchar) as varchar) as varchar)) from 1 for 4) as date))";
+            too_nested(mixed, "special forms");
+            // Plain calls and brackets may nest deeper.
+            assert_eq!(
+                check(&nested(MAX_SPECIAL_NESTING * 3, "abs(", "price", ")")),
+                Ok(())
+            );
+            too_nested(&nested(MAX_NESTING + 1, "(", "1", ")"), "brackets");
+            too_nested(&nested(MAX_NESTING + 1, "[", "1", "]"), "brackets");
+            // Runs that recurse without a limit, within the size limit.
+            let intervals = nested(25_000, "interval ", "1", "");
+            assert!(intervals.len() < MAX_SQL_BYTES);
+            too_nested(&intervals, "INTERVAL");
+            let arrays = format!("select cast(1 as {})", nested(30_000, "array<", "int", ">"));
+            assert!(arrays.len() < MAX_SQL_BYTES);
+            too_nested(&arrays, "ARRAY<");
+            assert_eq!(
+                check("select cast(price as array<array<int>>) from market.trades"),
+                Ok(())
+            );
+            // An unterminated string is a parse error, from the tokenizer.
+            assert_eq!(check("select 'abc").unwrap_err().class(), "parse");
+        });
+    }
+
+    /// CTEs are planned again at every reference: a chain of them grows the
+    /// plan quadratically, two references each double it per CTE.
+    #[test]
+    fn ctes_that_multiply_the_plan_are_refused_before_planning() {
+        on_query_stack(|| {
+            let ctes = |n: usize, body: &dyn Fn(usize) -> String| {
+                let mut q = String::from("with c0 as (select 1 as a)");
+                for i in 1..n {
+                    q += &format!(", c{i} as ({})", body(i - 1));
+                }
+                format!("{q} select * from c{}", n - 1)
+            };
+            let chain = |prev: usize| format!("select a + 1 as a from c{prev}");
+            let double = |prev: usize| format!("select x.a from c{prev} x, C{prev} y");
+            // A chain of n CTEs holds 1 + 2 + … + n tables.
+            assert_eq!(check(&ctes(80, &chain)), Ok(()));
+            assert_eq!(
+                check(&ctes(100, &chain)).unwrap_err().class(),
+                "too_many_tables"
+            );
+            // Doubling: 2^n tables; the name matches as DataFusion resolves
+            // it (`C5` is `c5`).
+            assert_eq!(check(&ctes(10, &double)), Ok(()));
+            let e = check(&ctes(14, &double)).unwrap_err();
+            assert_eq!(e.class(), "too_many_tables", "{e}");
+            assert!(e.to_string().contains("CTE"), "{e}");
+            // A quoted name is another name: no CTE, one table each.
+            let quoted = |prev: usize| format!("select x.a from \"C{prev}\" x, \"C{prev}\" y");
+            assert_eq!(check(&ctes(40, &quoted)), Ok(()));
+            // Plain tables count one each, wherever they are named.
+            let joins = |n: usize| {
+                let tables = vec!["market.trades"; n].join(", ");
+                format!("select count(*) from {tables}")
+            };
+            assert_eq!(check(&joins(MAX_PLANNED_TABLES)), Ok(()));
+            assert_eq!(
+                check(&joins(MAX_PLANNED_TABLES + 1)).unwrap_err().class(),
+                "too_many_tables"
+            );
+            let sub = format!(
+                "select * from market.trades where symbol in (select symbol from {})",
+                vec!["market.trades"; MAX_PLANNED_TABLES].join(", ")
+            );
+            assert_eq!(check(&sub).unwrap_err().class(), "too_many_tables");
         });
     }
 }

@@ -37,6 +37,8 @@ pub enum ProduceError {
     Delivery { failed: usize, first: String },
     #[error(transparent)]
     Locked(#[from] crate::daemon::lock::LockError),
+    #[error(transparent)]
+    Instruments(#[from] crate::instruments::InstrumentsError),
 }
 
 /// What was published.
@@ -58,6 +60,9 @@ pub async fn produce(cfg: &Config, captures: &[PathBuf]) -> Result<ProduceReport
     let codec = Arc::new(crate::kafka::registry::codec(&registry)?);
     let mut encoder = Encoder::new(codec, &cfg.kafka);
     let exchange = cfg.feeds.binance.exchange.clone();
+    // The feed's symbol rule: a recorded frame passes or fails as it would live.
+    let instruments = cfg.instruments()?;
+    let symbols = instruments.symbol_rule(&exchange)?;
     let topics = vec![
         cfg.kafka.trades_topic(&exchange),
         cfg.kafka.dead_letter_topic.clone(),
@@ -86,7 +91,7 @@ pub async fn produce(cfg: &Config, captures: &[PathBuf]) -> Result<ProduceReport
         // The recording's receive time stands in for ingestion time, so the
         // same capture always produces the same records.
         let received = f.ts.map(|t| (t * 1e6) as i64).unwrap_or_else(now_us);
-        let record = match binance::parse_frame(&f.data, &exchange, received) {
+        let record = match binance::parse_frame(&f.data, &exchange, symbols, received) {
             Ok(Parsed::Trade(t)) => {
                 report.trades += 1;
                 Record::Trade(t)

@@ -5,6 +5,10 @@
 //! `reference-data/company_info.csv` maps company ids to symbols. The files
 //! carry no trade ids, so a trade's id is its symbol, day and line number:
 //! stable across loads, so a reload produces the same message ids.
+//!
+//! A company's symbol is checked against the ASX `symbol_pattern` of the
+//! instruments file before any of its rows becomes a trade; the rows of a
+//! company it refuses become dead letters, one per row, with the reason.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -12,7 +16,8 @@ use std::path::{Path, PathBuf};
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
 use chrono_tz::Australia::Sydney;
 
-use crate::model::{AssetClass, Dec8, Side, TradeV2, message_id};
+use crate::instruments::SymbolRule;
+use crate::model::{AssetClass, DeadLetter, Dec8, Side, TradeV2, message_id};
 
 pub const EXCHANGE: &str = crate::exchanges::ASX;
 
@@ -127,8 +132,17 @@ pub fn parse_row(
     })
 }
 
-/// Every trade in `dir/trades/*.csv`, files in name order, rows in order.
-pub fn trades(dir: &Path, ingested_us: i64) -> Result<Vec<TradeV2>, AsxError> {
+/// What a directory holds, ready to publish.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub trades: Vec<TradeV2>,
+    /// One per row of a company whose symbol `symbols` refuses.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// Every row in `dir/trades/*.csv`, files in name order, rows in order: a
+/// trade, or a dead letter when its company's symbol fails `symbols`.
+pub fn load(dir: &Path, ingested_us: i64, symbols: &SymbolRule) -> Result<Loaded, AsxError> {
     let ids = companies(dir)?;
     let trades_dir = dir.join("trades");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&trades_dir)
@@ -140,7 +154,7 @@ pub fn trades(dir: &Path, ingested_us: i64) -> Result<Vec<TradeV2>, AsxError> {
         .filter(|p| p.extension().is_some_and(|x| x == "csv"))
         .collect();
     files.sort();
-    let mut out = Vec::new();
+    let mut out = Loaded::default();
     for path in files {
         let id = path
             .file_stem()
@@ -150,8 +164,19 @@ pub fn trades(dir: &Path, ingested_us: i64) -> Result<Vec<TradeV2>, AsxError> {
             path: path.clone(),
             id: id.clone(),
         })?;
+        let refused = symbols.check(symbol).err();
         for (i, row) in read(&path)?.lines().enumerate() {
             if row.trim().is_empty() {
+                continue;
+            }
+            if let Some(e) = &refused {
+                out.dead_letters.push(DeadLetter::new(
+                    EXCHANGE,
+                    &format!("{}:{}", path.display(), i + 1),
+                    ingested_us,
+                    format!("company {id}: {e}"),
+                    row.as_bytes().to_vec(),
+                ));
                 continue;
             }
             let t = parse_row(symbol, row, i + 1, ingested_us).map_err(|reason| AsxError::Row {
@@ -159,7 +184,7 @@ pub fn trades(dir: &Path, ingested_us: i64) -> Result<Vec<TradeV2>, AsxError> {
                 line: i + 1,
                 reason,
             })?;
-            out.push(t);
+            out.trades.push(t);
         }
     }
     Ok(out)
@@ -211,6 +236,20 @@ mod tests {
         );
     }
 
+    fn asx_rule() -> SymbolRule {
+        crate::instruments::Instruments::builtin()
+            .unwrap()
+            .symbol_rule(EXCHANGE)
+            .unwrap()
+            .clone()
+    }
+
+    fn trades(dir: &Path) -> Result<Vec<TradeV2>, AsxError> {
+        let loaded = load(dir, 0, &asx_rule())?;
+        assert!(loaded.dead_letters.is_empty());
+        Ok(loaded.trades)
+    }
+
     #[test]
     fn a_directory_loads_with_company_symbols_and_names_bad_lines() {
         let dir = tempfile::tempdir().unwrap();
@@ -231,7 +270,7 @@ mod tests {
             "03/11/2014,11:00:00.000,60.10,5,,,\n",
         )
         .unwrap();
-        let t = trades(dir.path(), 0).unwrap();
+        let t = trades(dir.path()).unwrap();
         assert_eq!(
             t.iter().map(|t| t.symbol.as_str()).collect::<Vec<_>>(),
             ["BHP", "BHP", "RIO"]
@@ -241,13 +280,48 @@ mod tests {
             "03/11/2014,11:00:00.000,x,5,,,\n",
         )
         .unwrap();
-        let e = trades(dir.path(), 0).unwrap_err().to_string();
+        let e = trades(dir.path()).unwrap_err().to_string();
         assert!(e.contains("7458.csv:1") && e.contains("price"), "{e}");
         std::fs::remove_file(dir.path().join("trades/7458.csv")).unwrap();
         std::fs::write(dir.path().join("trades/9999.csv"), "").unwrap();
         assert!(matches!(
-            trades(dir.path(), 0),
+            trades(dir.path()),
             Err(AsxError::UnknownCompany { .. })
         ));
+    }
+
+    #[test]
+    fn rows_of_a_symbol_outside_the_pattern_become_dead_letters() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("reference-data")).unwrap();
+        std::fs::create_dir_all(dir.path().join("trades")).unwrap();
+        std::fs::write(
+            dir.path().join("reference-data/company_info.csv"),
+            "company_id,symbol,company_name\n7078,BHP,BHP BILLITON LTD\n9,B H'P,HOSTILE\n",
+        )
+        .unwrap();
+        let row = "03/10/2014,10:05:44.516,37.51,40000,3,X,";
+        std::fs::write(dir.path().join("trades/7078.csv"), format!("{row}\n")).unwrap();
+        std::fs::write(dir.path().join("trades/9.csv"), format!("{row}\n\n{row}\n")).unwrap();
+        let loaded = load(dir.path(), 5, &asx_rule()).unwrap();
+        assert_eq!(loaded.trades.len(), 1);
+        assert_eq!(loaded.trades[0].symbol, "BHP");
+        assert_eq!(loaded.dead_letters.len(), 2, "one per row, none dropped");
+        for (d, line) in loaded.dead_letters.iter().zip([1, 3]) {
+            assert_eq!(d.exchange, EXCHANGE);
+            assert_eq!(d.raw, row.as_bytes());
+            assert!(d.source.ends_with(&format!("9.csv:{line}")), "{}", d.source);
+            assert!(
+                d.reason.contains("company 9")
+                    && d.reason.contains("\"B H'P\"")
+                    && d.reason.contains("exchanges.ASX.symbol_pattern"),
+                "{}",
+                d.reason
+            );
+        }
+        assert_ne!(
+            loaded.dead_letters[0].dead_letter_id,
+            loaded.dead_letters[1].dead_letter_id
+        );
     }
 }

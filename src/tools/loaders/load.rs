@@ -32,12 +32,14 @@ pub enum LoadError {
     AlreadyLoaded(i64, &'static str),
     #[error("publishing: {0}")]
     Publish(String),
-    #[error("only {committed} of {total} trades were committed within {secs} s")]
+    #[error("only {committed} of {total} trades and dead letters were committed within {secs} s")]
     Incomplete {
         committed: u64,
         total: u64,
         secs: u64,
     },
+    #[error(transparent)]
+    Instruments(#[from] crate::instruments::InstrumentsError),
 }
 
 #[derive(Debug, Serialize)]
@@ -45,6 +47,9 @@ pub struct LoadReport {
     pub exchange: &'static str,
     pub trades: usize,
     pub committed: u64,
+    /// Rows whose symbol the ASX `symbol_pattern` refuses, stored in
+    /// `dead_letters` instead.
+    pub dead_letters: usize,
     pub seconds: f64,
 }
 
@@ -83,8 +88,13 @@ pub async fn asx(cfg: &Config, dir: &Path, timeout: Duration) -> Result<LoadRepo
     if existing > 0 {
         return Err(LoadError::AlreadyLoaded(existing, asx::EXCHANGE));
     }
-    let trades = asx::trades(dir, now_us())?;
+    let instruments = cfg.instruments()?;
+    let asx::Loaded {
+        trades,
+        dead_letters,
+    } = asx::load(dir, now_us(), instruments.symbol_rule(asx::EXCHANGE)?)?;
     let n = trades.len();
+    let n_dead = dead_letters.len();
     let mut cfg = cfg.clone();
     cfg.feeds.binance.enabled = false;
     cfg.http.enabled = false;
@@ -108,22 +118,37 @@ pub async fn asx(cfg: &Config, dir: &Path, timeout: Duration) -> Result<LoadRepo
             .map_err(|e| LoadError::Publish(e.to_string()))?;
         pb.inc(1);
     }
+    for letter in dead_letters {
+        d.producer
+            .lanes
+            .send_data(Tier::One.index(), Outgoing::dead_letter(letter))
+            .await
+            .map_err(|e| LoadError::Publish(e.to_string()))?;
+    }
     pb.set_message("committing");
     pb.set_position(0);
     let committed = || d.metrics.writer_rows.with_label_values(&["trades"]).get();
+    let dead_committed = || {
+        d.metrics
+            .writer_rows
+            .with_label_values(&["dead_letters"])
+            .get()
+    };
     d.drain_and_flush(timeout).await?;
-    while committed() < n as u64 && started.elapsed() < timeout {
+    while (committed() < n as u64 || dead_committed() < n_dead as u64)
+        && started.elapsed() < timeout
+    {
         pb.set_position(committed());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     pb.set_position(committed());
     pb.finish_with_message("committed");
-    let done = committed();
+    let (done, dead_done) = (committed(), dead_committed());
     d.shutdown(Duration::from_secs(30)).await?;
-    if done < n as u64 {
+    if done < n as u64 || dead_done < n_dead as u64 {
         return Err(LoadError::Incomplete {
-            committed: done,
-            total: n as u64,
+            committed: done + dead_done,
+            total: (n + n_dead) as u64,
             secs: timeout.as_secs(),
         });
     }
@@ -131,6 +156,7 @@ pub async fn asx(cfg: &Config, dir: &Path, timeout: Duration) -> Result<LoadRepo
         exchange: asx::EXCHANGE,
         trades: n,
         committed: done,
+        dead_letters: n_dead,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
