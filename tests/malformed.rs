@@ -249,7 +249,11 @@ fn a_two_megabyte_frame_then_a_restart_keeps_ingesting_and_settles() {
     env.one_pass_feed();
     env.set("feeds.binance", "symbols", r#"["btcusdt"]"#);
     let tiers = env.dir.path().join("instruments.toml");
-    std::fs::write(&tiers, "[exchanges.BINANCE]\ntier1 = [\"BTCUSDT\"]\n").unwrap();
+    std::fs::write(
+        &tiers,
+        "[exchanges.BINANCE]\nsymbol_pattern = \"[A-Z0-9]{4,20}\"\ntier1 = [\"BTCUSDT\"]\n",
+    )
+    .unwrap();
     let text = std::fs::read_to_string(&env.config).unwrap();
     std::fs::write(
         &env.config,
