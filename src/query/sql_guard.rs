@@ -15,18 +15,21 @@
 //! a deep tree takes stack to visit and to drop.
 //!
 //! Before any of that, a scan of the tokens (`shape`) refuses what would
-//! make the parser itself hang or overflow its stack; see there.
+//! make the parser recurse without limit and overflow its stack, and the
+//! parse itself runs on a budget (`metered`): the parser backtracks, and
+//! some short statements would otherwise keep it busy for hours.
+
+mod metered;
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 
-use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{
     Expr, Ident, ObjectNamePart, Query, SetExpr, Statement as SqlStatement, TableFactor, Visit,
     Visitor,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 /// Longest statement accepted, in bytes: far beyond any hand-written query
@@ -53,58 +56,12 @@ pub const MAX_PLANNED_TABLES: usize = 4096;
 /// refuses about 50 levels anyway; refusing here is cheaper and certain.
 pub const MAX_NESTING: usize = 64;
 
-/// Deepest nesting of the parenthesised forms the parser first tries as
-/// special syntax and, when that fails, again as a plain function call:
-/// `CAST(`, `EXTRACT(`, `SUBSTRING(`, `TRIM(` … (see `SPECIAL_FORMS`).
-/// Each level doubles the parser's work on a statement that fails inside:
-/// 20 nested `CAST(` took 1.5 s to refuse, 30 about half an hour, and 47
-/// well-formed ones hit the parser's recursion limit and never returned.
-/// The parser behind DataFusion 53 (sqlparser 0.61) has no fix; upstream
-/// fixed it later (apache/datafusion-sqlparser-rs#2352).
-pub const MAX_SPECIAL_NESTING: usize = 6;
-
 /// Longest run of words and `<` with nothing else between them. SQL has no
 /// such run longer than a few words, but `INTERVAL INTERVAL … 1` and
 /// `ARRAY<ARRAY<…>>` recurse in the parser or in the guard's walk without
 /// any limit: 25,000 `INTERVAL`s or 30,000 `ARRAY<` (200 KiB) overflowed a
 /// 64 MiB query stack, which aborts the process.
 pub const MAX_WORD_RUN: usize = 256;
-
-/// Keywords that the parser reads as special syntax when followed by `(`,
-/// and reads again as a function call when that fails (sqlparser 0.61,
-/// `parse_expr_prefix_by_reserved_word`).
-const SPECIAL_FORMS: &[Keyword] = &[
-    Keyword::CAST,
-    Keyword::TRY_CAST,
-    Keyword::SAFE_CAST,
-    Keyword::CONVERT,
-    Keyword::TRY_CONVERT,
-    Keyword::EXTRACT,
-    Keyword::CEIL,
-    Keyword::FLOOR,
-    Keyword::POSITION,
-    Keyword::SUBSTR,
-    Keyword::SUBSTRING,
-    Keyword::OVERLAY,
-    Keyword::TRIM,
-    Keyword::EXISTS,
-    Keyword::ARRAY,
-    Keyword::STRUCT,
-    Keyword::MAP,
-    Keyword::INTERVAL,
-    Keyword::NOT,
-    Keyword::MATCH,
-    Keyword::CASE,
-    Keyword::CURRENT_DATE,
-    Keyword::CURRENT_TIME,
-    Keyword::CURRENT_TIMESTAMP,
-    Keyword::LOCALTIME,
-    Keyword::LOCALTIMESTAMP,
-    Keyword::CURRENT_USER,
-    Keyword::CURRENT_CATALOG,
-    Keyword::SESSION_USER,
-    Keyword::USER,
-];
 
 /// Why a query was refused. The message is what the API returns as `detail`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -135,6 +92,10 @@ pub enum GuardError {
     TooManyTables,
     #[error("the query nests {what} deeper than {limit} levels")]
     TooNested { what: &'static str, limit: usize },
+    #[error(
+        "the statement makes the parser backtrack past {steps} steps (CASE, NOT, INTERVAL or CAST nested in a chain that fails inside); simplify it"
+    )]
+    TooComplex { steps: usize },
     /// DataFusion 53's planner panics on these (apache/datafusion#21431).
     #[error("a typed literal needs a quoted string after its type, found `{0}`")]
     TypedLiteral(String),
@@ -156,6 +117,7 @@ impl GuardError {
             GuardError::TooManyTables => "too_many_tables",
             GuardError::TooNested { .. } => "too_nested",
             GuardError::TypedLiteral(_) => "typed_literal",
+            GuardError::TooComplex { .. } => "too_complex",
         }
     }
 }
@@ -168,8 +130,18 @@ pub fn check(sql: &str) -> Result<(), GuardError> {
     if sql.len() > MAX_SQL_BYTES {
         return Err(GuardError::TooLong { bytes: sql.len() });
     }
-    shape(sql)?;
-    let statements = DFParser::parse_sql(sql).map_err(|e| GuardError::Parse(e.to_string()))?;
+    let tokens = shape(sql)?;
+    let dialect = metered::Metered::for_tokens(tokens);
+    let parsed = DFParserBuilder::new(sql)
+        .with_dialect(&dialect)
+        .build()
+        .and_then(|mut p| p.parse_statements());
+    if dialect.exhausted() {
+        return Err(GuardError::TooComplex {
+            steps: dialect.steps(),
+        });
+    }
+    let statements = parsed.map_err(|e| GuardError::Parse(e.to_string()))?;
     if statements.len() != 1 {
         return Err(GuardError::Multiple(statements.len()));
     }
@@ -196,49 +168,33 @@ pub fn check(sql: &str) -> Result<(), GuardError> {
 }
 
 /// Refuses, from the tokens alone and in one pass, the shapes that make
-/// the parser's work explode or its recursion unbounded: brackets nested
-/// past `MAX_NESTING`, special forms nested past `MAX_SPECIAL_NESTING`,
-/// and runs of words past `MAX_WORD_RUN`. The tokenizer does not recurse.
-fn shape(sql: &str) -> Result<(), GuardError> {
+/// the parser's recursion deep or unbounded: brackets nested past
+/// `MAX_NESTING` and runs of words past `MAX_WORD_RUN`. The tokenizer does
+/// not recurse. Answers the number of tokens, whitespace aside.
+fn shape(sql: &str) -> Result<usize, GuardError> {
     let tokens = Tokenizer::new(&GenericDialect {}, sql)
         .tokenize()
         .map_err(|e| GuardError::Parse(e.to_string()))?;
-    // For each open bracket: whether it opened a special form.
-    let mut open: Vec<bool> = Vec::new();
-    let mut special = 0usize;
+    let mut depth = 0usize;
     let mut run = 0usize;
-    // The keyword just before, when the last token was a word.
-    let mut after: Option<Keyword> = None;
+    let mut count = 0usize;
     for t in &tokens {
-        let keyword = match t {
-            Token::Whitespace(_) => continue,
-            Token::Word(w) => Some(w.keyword),
-            _ => None,
-        };
+        if matches!(t, Token::Whitespace(_)) {
+            continue;
+        }
+        count += 1;
         match t {
             Token::LParen | Token::LBracket | Token::LBrace => {
-                let is_special =
-                    *t == Token::LParen && after.is_some_and(|k| SPECIAL_FORMS.contains(&k));
-                open.push(is_special);
-                special += usize::from(is_special);
-                if open.len() > MAX_NESTING {
+                depth += 1;
+                if depth > MAX_NESTING {
                     return Err(GuardError::TooNested {
                         what: "brackets",
                         limit: MAX_NESTING,
                     });
                 }
-                if special > MAX_SPECIAL_NESTING {
-                    return Err(GuardError::TooNested {
-                        what: "CAST, EXTRACT, SUBSTRING, TRIM and other special forms",
-                        limit: MAX_SPECIAL_NESTING,
-                    });
-                }
             }
-            // Pops the bracket it closes, special or not; an unbalanced
-            // close is the parser's to report.
-            Token::RParen | Token::RBracket | Token::RBrace if open.pop() == Some(true) => {
-                special -= 1;
-            }
+            // An unbalanced close is the parser's to report.
+            Token::RParen | Token::RBracket | Token::RBrace => depth = depth.saturating_sub(1),
             _ => {}
         }
         if matches!(t, Token::Word(_) | Token::Lt) {
@@ -252,9 +208,8 @@ fn shape(sql: &str) -> Result<(), GuardError> {
         } else {
             run = 0;
         }
-        after = keyword;
     }
-    Ok(())
+    Ok(count)
 }
 
 /// The statement's leading keywords, e.g. `INSERT`, `CREATE TABLE`.
@@ -596,11 +551,11 @@ mod tests {
         });
     }
 
-    /// What would hang the parser or overflow a query thread's stack is
-    /// refused from the tokens, before the parser sees it; the same shapes
-    /// a few levels shallower still parse.
+    /// What would overflow a query thread's stack in the parser or in the
+    /// guard's walk is refused from the tokens, before the parser sees it;
+    /// the same shapes a few levels shallower still parse.
     #[test]
-    fn shapes_that_explode_the_parser_are_refused_from_the_tokens() {
+    fn shapes_that_recurse_without_limit_are_refused_from_the_tokens() {
         on_query_stack(|| {
             let nested = |n: usize, open: &str, inner: &str, close: &str| {
                 format!("select {}{inner}{}", open.repeat(n), close.repeat(n))
@@ -610,20 +565,11 @@ mod tests {
                 assert_eq!(e.class(), "too_nested", "{e}");
                 assert!(e.to_string().contains(what), "{e}");
             };
-            // Special forms: fine to the limit, refused past it, whether
-            // they would parse or fail inside (the exponential case).
+            // Special forms nest like any call (the parse budget, not a
+            // depth, stops their backtracking: see `metered`).
             let casts = |n: usize, inner: &str| nested(n, "cast(", inner, " as bigint)");
-            assert_eq!(check(&casts(MAX_SPECIAL_NESTING, "price")), Ok(()));
-            too_nested(&casts(MAX_SPECIAL_NESTING + 1, "price"), "CAST");
-            too_nested(&casts(30, "1 as )"), "CAST");
-            too_nested(&casts(60, "1"), "CAST");
-            let mixed = "select extract(year from cast(substring(trim(cast(cast(cast('2024' as varchar) as varchar) as varchar)) from 1 for 4) as date))";
-            too_nested(mixed, "special forms");
-            // Plain calls and brackets may nest deeper.
-            assert_eq!(
-                check(&nested(MAX_SPECIAL_NESTING * 3, "abs(", "price", ")")),
-                Ok(())
-            );
+            assert_eq!(check(&casts(12, "price")), Ok(()));
+            assert_eq!(check(&nested(30, "abs(", "price", ")")), Ok(()));
             too_nested(&nested(MAX_NESTING + 1, "(", "1", ")"), "brackets");
             too_nested(&nested(MAX_NESTING + 1, "[", "1", "]"), "brackets");
             // Runs that recurse without a limit, within the size limit.
