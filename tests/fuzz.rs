@@ -447,12 +447,38 @@ fn sql_guard_and_planning() {
     let panics: Mutex<BTreeMap<String, (u64, String)>> = Mutex::default();
     let slowest = Mutex::new((0.0f64, String::new()));
     record_query_panics();
+    // A statement that never finishes would stop the run without a word:
+    // one still running after a minute is printed (once), so a hang in a
+    // long run names its input. Reporting only; nothing here is timed.
+    let running = Arc::new(Mutex::new((
+        std::time::Instant::now(),
+        String::new(),
+        false,
+    )));
+    let watch = Arc::downgrade(&running);
+    std::thread::spawn(move || {
+        while let Some(running) = watch.upgrade() {
+            {
+                let mut r = running.lock().unwrap();
+                if !r.2 && r.0.elapsed() > std::time::Duration::from_secs(60) {
+                    r.2 = true;
+                    eprintln!(
+                        "fuzz sql: still running after 60 s: {:?}",
+                        head(&r.1, 2_000)
+                    );
+                }
+            }
+            drop(running);
+            std::thread::sleep(std::time::Duration::from_secs(5));
+        }
+    });
     fuzz_with(
         "sql guard and planning",
         cases(5_000),
         statements,
         |sql: String| {
             let started = std::time::Instant::now();
+            *running.lock().unwrap() = (started, sql.clone(), false);
             // As the daemon runs a query: a task on the query pool, whose
             // threads have the large stack the guard's limits are sized
             // for. A panic is caught and tallied by site; at the end any
