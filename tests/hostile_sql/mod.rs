@@ -513,6 +513,9 @@ const TOKENS: &[&str] = &[
 /// 256 levels and terms (one either side), and far past them.
 const SIZES: &[usize] = &[2, 10, 100, 200, 255, 256, 257, 300, 1_000, 5_000, 20_000];
 
+/// Most tokens a mutated statement grows to: past the guard's 256 KiB.
+const MAX_MUTATED_TOKENS: usize = 50_000;
+
 /// Lengths of huge literals: up to the guard's 256 KiB and past it.
 const LENGTHS: &[usize] = &[0, 1, 1_000, 65_536, 200_000, 262_143, 262_144, 300_000];
 
@@ -1321,11 +1324,19 @@ impl Hostile {
                 }
                 1 => {
                     let j = self.rng.random_range(i..tokens.len());
-                    let times = self.pick(&[1usize, 2, 10, 300]);
                     let span: Vec<String> = tokens[i..=j].to_vec();
-                    for _ in 0..times {
-                        tokens.splice(i..i, span.iter().cloned());
-                    }
+                    // Repeated spans compound over the ops; past the cap
+                    // a statement is only refused for its size, and the
+                    // growth would be exponential in memory.
+                    let room = MAX_MUTATED_TOKENS.saturating_sub(tokens.len()) / span.len();
+                    let times = self.pick(&[1usize, 2, 10, 300]).min(room);
+                    let block: Vec<String> = span
+                        .iter()
+                        .cycle()
+                        .take(span.len() * times)
+                        .cloned()
+                        .collect();
+                    tokens.splice(i..i, block);
                 }
                 2 => {
                     let j = self.rng.random_range(0..tokens.len());
