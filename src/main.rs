@@ -50,6 +50,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Internal: runs one `/v1/sql` statement for the daemon that started
+    /// it, over stdin and stdout (`api.sql_isolation`). Not for use by hand.
+    #[command(name = "sql-worker", hide = true)]
+    SqlWorker,
     /// Run the daemon (feeds, producer, consumer, Iceberg writers, HTTP).
     Run {
         /// Config file (TOML); without it the built-in defaults apply.
@@ -254,6 +258,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(config),
+        Command::SqlWorker => Ok(ticklake::query::isolate::worker::main()?),
         Command::Replay {
             capture,
             listen,

@@ -39,6 +39,8 @@ pub struct Metrics {
     /// Time from a trade's arrival at the feed to its row being queryable
     /// (held by the tail), by exchange.
     pub queryable_lag_seconds: HistogramVec,
+    /// SQL worker processes lost, by cause (`query::isolate`).
+    pub query_workers_lost: IntCounterVec,
     /// The accounting identity's counters; see [`Outcome`].
     pub messages: IntCounterVec,
     pub shed: IntCounterVec,
@@ -327,6 +329,16 @@ impl Metrics {
             "Resident set size of the daemon, as sampled by the degradation supervisor.",
             &[],
         )?;
+        let query_workers_lost = counter(
+            "ticklake_query_workers_lost_total",
+            "SQL worker processes that died running a statement, by cause \
+             (memory: past api.sql_worker_memory_bytes; crash; protocol); \
+             each failed its statement alone.",
+            &["cause"],
+        )?;
+        for cause in crate::query::isolate::CAUSES {
+            query_workers_lost.with_label_values(&[cause]).inc_by(0);
+        }
         let records_lost = counter(
             "ticklake_records_lost_total",
             "Records that left the producer and can no longer reach the lake \
@@ -377,6 +389,7 @@ impl Metrics {
             writer_buffered_rows,
             writer_commit_seconds,
             queryable_lag_seconds,
+            query_workers_lost,
         })
     }
 

@@ -437,6 +437,18 @@ pub struct ApiConfig {
     /// Queries that may run at once; one more is answered 429 at once
     /// instead of queuing behind them.
     pub max_concurrent: usize,
+    /// Run each `POST /v1/sql` statement in a worker process of its own
+    /// (`ticklake sql-worker`), so that no statement can end the daemon:
+    /// DataFusion's operators copy values without asking the memory pool
+    /// (a cross join repeats a value into every row of a batch), and an
+    /// allocation that fails aborts the whole process. The `/v1` endpoints
+    /// with a fixed shape run in the daemon.
+    pub sql_isolation: bool,
+    /// Address space one SQL worker process may map, in bytes. An
+    /// allocation past it fails and ends that worker alone; the query is
+    /// answered 507. Counts the binary, stacks and allocator reservations
+    /// besides the query's data, so keep it well above `max_memory_bytes`.
+    pub sql_worker_memory_bytes: u64,
 }
 
 impl Default for ApiConfig {
@@ -447,6 +459,8 @@ impl Default for ApiConfig {
             timeout_ms: 10_000,
             max_memory_bytes: 1 << 30,
             max_concurrent: 8,
+            sql_isolation: true,
+            sql_worker_memory_bytes: 4 << 30,
         }
     }
 }

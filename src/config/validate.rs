@@ -193,6 +193,16 @@ impl Config {
                 "must be between 1 and 1024".into(),
             ));
         }
+        // The worker maps its binary, stacks and allocator arenas besides
+        // the query's data: 256 MiB on top of the query memory is the least
+        // that leaves a query any room.
+        let least = self.api.max_memory_bytes as u64 + (256 << 20);
+        if self.api.sql_isolation && self.api.sql_worker_memory_bytes < least {
+            return Err(err(
+                "api.sql_worker_memory_bytes",
+                format!("must be at least api.max_memory_bytes + 256 MiB ({least})"),
+            ));
+        }
         if let Err(e) = self.http.listen.parse::<SocketAddr>() {
             return Err(err("http.listen", format!("{:?}: {e}", self.http.listen)));
         }

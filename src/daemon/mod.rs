@@ -58,6 +58,8 @@ pub enum DaemonError {
     Mailbox(#[from] MailboxError),
     #[error(transparent)]
     Query(#[from] crate::query::session::SessionError),
+    #[error("SQL workers (api.sql_isolation): {0}")]
+    SqlWorkers(String),
     #[error(transparent)]
     Producer(#[from] crate::actors::producer::ProducerError),
     #[error("spill log: {0}")]

@@ -232,7 +232,10 @@ async fn tail_and_query(
     let tail = tail_ctx.address();
     // Hybrid scans read the tail's published snapshots, not the actor.
     let tail_view = crate::query::tail::TailView::default();
-    let engine = crate::query::session::engine(cfg, Some(tail_view.clone())).await?;
+    let mut engine = crate::query::session::engine(cfg, Some(tail_view.clone())).await?;
+    if cfg.api.sql_isolation {
+        engine = engine.with_sql_workers(sql_workers(cfg, metrics).await?);
+    }
     let trades_schema = engine.trades_schema();
     let query_actor = QueryActor::new(Arc::new(engine));
     let query_state = query_actor.subscribe();
@@ -255,6 +258,21 @@ async fn tail_and_query(
         query,
         query_state: Arc::new(query_state),
     })
+}
+
+/// The worker processes `/v1/sql` runs in (`query::isolate`): this very
+/// binary, with one spare started now.
+async fn sql_workers(
+    cfg: &Config,
+    metrics: &Metrics,
+) -> Result<Arc<crate::query::isolate::SqlWorkers>, DaemonError> {
+    let exe = std::env::current_exe().map_err(|e| DaemonError::SqlWorkers(e.to_string()))?;
+    let workers =
+        crate::query::isolate::SqlWorkers::new(exe, cfg, Some(metrics.query_workers_lost.clone()))
+            .map_err(|e| DaemonError::SqlWorkers(e.to_string()))?;
+    let workers = Arc::new(workers);
+    workers.warm().await;
+    Ok(workers)
 }
 
 /// `chaos.lose`, said loudly when set.

@@ -32,7 +32,7 @@ pub struct Tailed(pub Vec<TailRow>);
 /// restriction. Bounds are inclusive, in UTC microseconds. The tail returns
 /// exactly the rows that match; a query still re-applies its own predicates
 /// on them, since `hybrid::tail_filter` widens what it cannot express.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TailFilter {
     pub symbols: Option<BTreeSet<String>>,
     pub exchanges: Option<BTreeSet<String>>,

@@ -108,6 +108,8 @@ pub struct Engine {
     pinned: PinnedTable,
     limits: ApiConfig,
     clock: Clock,
+    /// Where `/v1/sql` statements run, when not in this process.
+    sql_workers: Option<Arc<super::isolate::SqlWorkers>>,
     /// Per (symbol, exchange) asked of `/v1/trades/recent`: the newest
     /// timestamp the lake holds at one snapshot (`LakeNewest`).
     lake_newest: Mutex<HashMap<(String, Option<String>), recent::LakeNewest>>,
@@ -268,8 +270,15 @@ impl Engine {
             pinned,
             limits,
             clock: Arc::new(now_us),
+            sql_workers: None,
             lake_newest: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same engine running `/v1/sql` statements in worker processes.
+    pub fn with_sql_workers(mut self, workers: Arc<super::isolate::SqlWorkers>) -> Self {
+        self.sql_workers = Some(workers);
+        self
     }
 
     /// The same engine reading "now" (for `/v1/trades/recent`) from `clock`.
@@ -338,7 +347,15 @@ impl Engine {
                 QueryRequest::Ohlcv(r) => self.ohlcv(r, &q).await,
                 QueryRequest::Symbols => self.symbols(&q).await,
                 QueryRequest::Snapshots => self.snapshots(&q).await,
-                QueryRequest::Sql(sql) => self.sql(&sql, &q).await,
+                QueryRequest::Sql(sql) => match &self.sql_workers {
+                    Some(workers) => {
+                        // Refused here without a worker: the guard is cheap
+                        // and has been fuzzed not to hang or crash.
+                        sql_guard::check(&sql).map_err(|e| QueryError::Rejected(e.to_string()))?;
+                        workers.run(&sql, &self.live, &q.memory).await
+                    }
+                    None => self.sql(&sql, &q).await,
+                },
             }
         };
         let timeout = QueryError::Timeout(cancel.timeout_ms());

@@ -75,6 +75,14 @@ pub struct ScanInfo {
     pub tail_rows: usize,
 }
 
+/// Pins taken by another process: a SQL worker (`query::isolate`) has no
+/// tail of its own, and asks the daemon that started it, which pins as its
+/// own scans do and sends the snapshot id and the tail rows.
+#[async_trait]
+pub trait RemotePin: Send + Sync {
+    async fn pin(&self, filter: &TailFilter) -> DFResult<(Option<i64>, Vec<RecordBatch>)>;
+}
+
 /// The hybrid table provider.
 #[derive(Clone)]
 pub struct HybridTable {
@@ -82,6 +90,8 @@ pub struct HybridTable {
     ident: TableIdent,
     schema: SchemaRef,
     tail: Option<TailView>,
+    /// Set in a SQL worker: pins come from the daemon.
+    remote: Option<Arc<dyn RemotePin>>,
     pinned: PinnedTable,
     info: Option<Arc<Mutex<ScanInfo>>>,
     /// A pin taken before planning (`pin_now`), which scans use instead of
@@ -155,10 +165,17 @@ impl HybridTable {
             ident,
             schema,
             tail,
+            remote: None,
             pinned,
             info: None,
             pin: None,
         }
+    }
+
+    /// The same table, pinning through `remote` (in a SQL worker).
+    pub fn with_remote(mut self, remote: Arc<dyn RemotePin>) -> Self {
+        self.remote = Some(remote);
+        self
     }
 
     /// The same table, recording what its scans read into `info`.
@@ -199,6 +216,22 @@ impl HybridTable {
 
     /// The pinned snapshot and the tail rows past its offsets, consistent.
     async fn pin(&self, filter: &TailFilter) -> DFResult<(Table, Option<i64>, Vec<RecordBatch>)> {
+        if let Some(remote) = &self.remote {
+            let (snapshot_id, rows) = remote.pin(filter).await?;
+            // The daemon's pin came from the catalog, so the catalog's
+            // table holds that snapshot (older ones are only expired long
+            // after any pin of them).
+            let table = self.load().await?;
+            if let Some(id) = snapshot_id
+                && table.metadata().snapshot_by_id(id).is_none()
+            {
+                return Err(DataFusionError::Execution(format!(
+                    "snapshot {id} pinned by the daemon is not in {}",
+                    self.ident
+                )));
+            }
+            return Ok((table, snapshot_id, rows));
+        }
         // Without a tail nobody refreshes the pinned table: always load.
         let mut fresh = self.tail.is_none();
         for _ in 0..MAX_PIN_ATTEMPTS {

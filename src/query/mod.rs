@@ -6,7 +6,8 @@
 //! runtime queries run on (`pool`), and what bounds each query: its
 //! deadline and cancellation (`cancel`), its answer's memory (`budget`),
 //! and the size of what functions build from an argument's value
-//! (`limits`).
+//! (`limits`); and the worker processes `/v1/sql` statements run in
+//! (`isolate`).
 //! The actors that own these live in `crate::actors` (`query`, `tail`);
 //! the HTTP routes in `crate::api`.
 
@@ -14,6 +15,7 @@ pub mod budget;
 pub mod cancel;
 pub mod engine;
 pub mod hybrid;
+pub mod isolate;
 pub mod json;
 pub mod limits;
 pub mod pool;

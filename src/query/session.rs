@@ -9,7 +9,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use iceberg_datafusion::IcebergCatalogProvider;
 
 use super::engine::Engine;
-use super::hybrid::{HybridTable, LiveCatalog, PinnedTable};
+use super::hybrid::{HybridTable, LiveCatalog, PinnedTable, RemotePin};
 use super::tail::TailView;
 use crate::config::Config;
 use crate::lake::{self, LakeError, TableKind};
@@ -54,6 +54,23 @@ pub async fn session(cfg: &Config) -> Result<SessionContext, SessionError> {
 /// The query engine over the lake, with `market.trades_live` reading the
 /// given tail beside the lake (the daemon's), or the lake alone.
 pub async fn engine(cfg: &Config, tail: Option<TailView>) -> Result<Engine, SessionError> {
+    build(cfg, tail, None).await
+}
+
+/// The query engine of a SQL worker: `market.trades_live` pins through the
+/// daemon that started the worker (`query::isolate`).
+pub async fn engine_pinned_by(
+    cfg: &Config,
+    remote: Arc<dyn RemotePin>,
+) -> Result<Engine, SessionError> {
+    build(cfg, None, Some(remote)).await
+}
+
+async fn build(
+    cfg: &Config,
+    tail: Option<TailView>,
+    remote: Option<Arc<dyn RemotePin>>,
+) -> Result<Engine, SessionError> {
     let catalog = lake::open_catalog(cfg).await?;
     let trades = lake::ensure_table(catalog.as_ref(), cfg, TableKind::Trades).await?;
     lake::ensure_table(catalog.as_ref(), cfg, TableKind::DeadLetters).await?;
@@ -77,13 +94,16 @@ pub async fn engine(cfg: &Config, tail: Option<TailView>) -> Result<Engine, Sess
     super::limits::register(&ctx, cfg.api.max_memory_bytes)?;
     let pinned = PinnedTable::default();
     let ident = lake::table_ident(cfg, TableKind::Trades);
-    let live = HybridTable::new(
+    let mut live = HybridTable::new(
         catalog.clone(),
         ident.clone(),
         lake::batch::arrow_schema(trades.metadata().current_schema())?,
         tail,
         pinned.clone(),
     );
+    if let Some(remote) = remote {
+        live = live.with_remote(remote);
+    }
     pinned.set(trades);
     // The provider snapshots the table list at construction, so it is
     // built after the tables are ensured.
