@@ -125,6 +125,9 @@ def classes(scratch):
     v1k = values(1000)
     cross4 = f"{v1k} a, {v1k} b, {v1k} c, {v1k} d"
     insert = "insert into market.trades (symbol) values ('HOSTILE')"
+    # One 1 MB value, with 64-bit offsets so that copies of it do not stop
+    # at arrow's 2 GB limit of a string column (which panics instead).
+    big = "select arrow_cast(repeat('a', 1000000), 'LargeUtf8') as x"
     return [
         # Item 1: statements that ended the daemon, or could.
         ("oversized string result", FAILED, ["select length(repeat('ab', 1073741824))"]),
@@ -233,6 +236,28 @@ def classes(scratch):
                 "select "
                 + ", ".join(f"repeat('x', 1000000 + i + {k}) c{k}" for k in range(100))
                 + " from (select unnest(range(0, 100)) i)"
+            ],
+        ),
+        # Operators that copy a value without asking the memory pool: a
+        # cross join repeats a 1 MB value into every row of its batch
+        # (100,000 rows want 100 GB), and ||, concat and [...] copy their
+        # inputs as often as they are named. In the daemon's own process
+        # the first of these grew it to 16 GB and the kernel killed it;
+        # in a SQL worker (api.sql_isolation) the worker alone ends.
+        (
+            "cross join copying a value into every row",
+            FAILED,
+            [
+                f"select max(length(a.x)) from ({big}) a cross join unnest(range(0, 100000)) u",
+            ],
+        ),
+        (
+            "operators copying their inputs",
+            FAILED,
+            [
+                f"select max(length(a.x || a.x || a.x || a.x)) from ({big}) a cross join unnest(range(0, 100000)) u",
+                f"select max(length(concat(a.x, a.x, a.x, a.x))) from ({big}) a cross join unnest(range(0, 100000)) u",
+                f"select max(cardinality([a.x, a.x, a.x, a.x])) from ({big}) a cross join unnest(range(0, 100000)) u",
             ],
         ),
         # Guard bypass attempts: each must be refused, never run.

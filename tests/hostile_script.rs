@@ -75,6 +75,13 @@ fn the_hostile_sql_script_passes_against_an_ingesting_daemon() {
         )),
         "{summary}"
     );
+    // The copying classes ended SQL workers, not the daemon: each such
+    // statement ran out of its worker's address space and was counted.
+    let lost_to_memory = env.counter("ticklake_query_workers_lost_total", "cause=\"memory\"");
+    assert!(
+        lost_to_memory >= 4.0,
+        "the copying statements should each end a worker on memory; lost: {lost_to_memory}"
+    );
     // The daemon that took all of it is the one that was started, and it
     // still stops gracefully.
     assert!(
