@@ -330,11 +330,13 @@ fn main() -> anyhow::Result<()> {
             );
             let rt = multi_thread_runtime()?;
             rt.block_on(async move {
-                let ctx = ticklake::query::session::session(&cfg).await?;
-                let batches = ticklake::query::session::run_sql(&ctx, &sql).await?;
-                print!("{}", ticklake::query::session::format(&batches, format)?);
+                let answer = ticklake::query::isolate::run_local(&cfg, &sql).await?;
+                print!("{}", ticklake::api::client::format(&answer, format)?);
                 if format == OutputFormat::Table {
                     println!();
+                }
+                if answer.get("truncated").and_then(|t| t.as_bool()) == Some(true) {
+                    eprintln!("ticklake query: the answer was cut at api.max_rows rows");
                 }
                 anyhow::Ok(())
             })

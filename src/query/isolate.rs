@@ -83,6 +83,9 @@ pub struct SqlWorkers {
     answer_limit: usize,
     memory_bytes: u64,
     idle: Mutex<Vec<Worker>>,
+    /// Whether a worker is started ahead when the idle list runs empty
+    /// (the daemon; not a one-shot CLI query).
+    ahead: bool,
     lost: Option<IntCounterVec>,
 }
 
@@ -116,8 +119,15 @@ impl SqlWorkers {
             answer_limit: cfg.api.max_memory_bytes,
             memory_bytes: cfg.api.sql_worker_memory_bytes,
             idle: Mutex::new(Vec::new()),
+            ahead: true,
             lost,
         })
+    }
+
+    /// The same, starting workers only when a statement needs one.
+    pub fn on_demand(mut self) -> Self {
+        self.ahead = false;
+        self
     }
 
     async fn start(&self) -> Result<Worker, IsolateError> {
@@ -167,7 +177,7 @@ impl SqlWorkers {
             }
         };
         let now_empty = self.idle.lock().map(|i| i.is_empty()).unwrap_or(true);
-        if now_empty {
+        if now_empty && self.ahead {
             let this = self.clone();
             tokio::spawn(async move { this.warm().await });
         }
@@ -309,5 +319,41 @@ impl SqlWorkers {
                 )),
             ),
         }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error(transparent)]
+    Session(#[from] super::session::SessionError),
+    #[error(transparent)]
+    Isolate(#[from] IsolateError),
+    #[error("the SQL worker is this binary, whose path is unknown: {0}")]
+    Exe(std::io::Error),
+    #[error("refused: {0}")]
+    Rejected(String),
+    #[error("{code}: {detail}")]
+    Failed { code: &'static str, detail: String },
+    #[error("the answer is not JSON: {0}")]
+    Answer(#[from] serde_json::Error),
+}
+
+/// `ticklake query` with no daemon running: the statement over the
+/// committed lake, under the same guard, limits and isolation as
+/// `POST /v1/sql`, answered as the API would (decimals as strings).
+pub async fn run_local(cfg: &Config, sql: &str) -> Result<serde_json::Value, LocalError> {
+    let mut engine = super::session::engine(cfg, None).await?;
+    if cfg.api.sql_isolation {
+        let exe = std::env::current_exe().map_err(LocalError::Exe)?;
+        engine = engine.with_sql_workers(Arc::new(SqlWorkers::new(exe, cfg, None)?.on_demand()));
+    }
+    let request = crate::messages::query::QueryRequest::Sql(sql.to_string());
+    match engine.run(request).await {
+        Ok(answer) => Ok(serde_json::from_str(&answer.text())?),
+        Err(QueryError::Rejected(why)) => Err(LocalError::Rejected(why)),
+        Err(e) => Err(LocalError::Failed {
+            code: e.code(),
+            detail: e.to_string(),
+        }),
     }
 }
