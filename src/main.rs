@@ -124,6 +124,16 @@ enum Command {
         #[command(subcommand)]
         which: BenchApi,
     },
+    /// Expire old snapshots of both tables (`maintenance.snapshot_retention`)
+    /// and delete the files only they referenced, while no daemon runs;
+    /// prints one report per table.
+    Maintain {
+        #[arg(long, env = "TICKLAKE_CONFIG")]
+        config: Option<PathBuf>,
+        /// One JSON object per table instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the running daemon's supervision tree, degradation level,
     /// breakers and accounting (from its `/status` endpoint).
     Status {
@@ -452,6 +462,31 @@ fn main() -> anyhow::Result<()> {
                 .await
             })?;
             println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Maintain { config, json } => {
+            let cfg = Config::load(config.as_deref())?;
+            let rt = multi_thread_runtime()?;
+            let reports = rt.block_on(ticklake::tools::maintain::maintain(&cfg))?;
+            for r in reports {
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "{}: {} snapshots expired ({} -> {}), {} manifest lists and {} metadata files deleted ({} bytes), {} data files, metadata {} bytes, {} ms",
+                        r.table,
+                        r.expired,
+                        r.snapshots_before,
+                        r.snapshots_after,
+                        r.manifest_lists_deleted,
+                        r.metadata_files_deleted,
+                        r.bytes_deleted,
+                        r.data_files,
+                        r.metadata_bytes,
+                        r.duration_ms
+                    );
+                }
+            }
             Ok(())
         }
         Command::Status { config, json } => {

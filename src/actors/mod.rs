@@ -4,6 +4,7 @@
 pub mod binance_feed;
 pub mod consumer;
 pub mod degradation;
+pub mod maintenance;
 pub mod observe;
 pub mod producer;
 pub mod query;

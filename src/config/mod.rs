@@ -48,6 +48,7 @@ pub struct Config {
     pub chaos: ChaosConfig,
     pub tail: TailConfig,
     pub api: ApiConfig,
+    pub maintenance: MaintenanceConfig,
 }
 
 impl Default for Config {
@@ -68,6 +69,7 @@ impl Default for Config {
             chaos: ChaosConfig::default(),
             tail: TailConfig::default(),
             api: ApiConfig::default(),
+            maintenance: MaintenanceConfig::default(),
         }
     }
 }
@@ -462,6 +464,39 @@ impl Default for ApiConfig {
             sql_isolation: true,
             sql_worker_memory_bytes: 4 << 30,
         }
+    }
+}
+
+/// `[maintenance]`: what the daemon does to keep its tables small
+/// (`lake::maintain`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceConfig {
+    /// Whether the daemon runs maintenance on a schedule.
+    pub enabled: bool,
+    /// Seconds between runs; the first runs this long after the start.
+    pub interval_secs: u64,
+    /// Snapshots older than this are expired (`1h`, `30m`, `7d`): time
+    /// travel reaches this far back. The current snapshot and the newest
+    /// one carrying Kafka offsets are always kept.
+    pub snapshot_retention: String,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_secs: 600,
+            snapshot_retention: "1h".into(),
+        }
+    }
+}
+
+impl MaintenanceConfig {
+    /// `snapshot_retention` as a duration; `validate` has checked it.
+    pub fn retention(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.snapshot_retention)
+            .unwrap_or(std::time::Duration::from_secs(3600))
     }
 }
 

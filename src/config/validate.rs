@@ -203,6 +203,18 @@ impl Config {
                 format!("must be at least api.max_memory_bytes + 256 MiB ({least})"),
             ));
         }
+        if let Err(e) = humantime::parse_duration(&self.maintenance.snapshot_retention) {
+            return Err(err(
+                "maintenance.snapshot_retention",
+                format!(
+                    "{:?} is not a duration like 1h or 30m: {e}",
+                    self.maintenance.snapshot_retention
+                ),
+            ));
+        }
+        if self.maintenance.interval_secs == 0 {
+            return Err(err("maintenance.interval_secs", "must be > 0".into()));
+        }
         if let Err(e) = self.http.listen.parse::<SocketAddr>() {
             return Err(err("http.listen", format!("{:?}: {e}", self.http.listen)));
         }

@@ -14,6 +14,7 @@ use super::kafka::{KafkaReady, assigned_consumer, start_positions};
 use crate::actors::binance_feed::BinanceFeedActor;
 use crate::actors::consumer::{ConsumerActor, Routes};
 use crate::actors::degradation::{DegradationSupervisor, SupervisorInputs, SupervisorState};
+use crate::actors::maintenance::{MaintenanceActor, MaintenanceMetrics};
 use crate::actors::observe::{RestartPolicy, StatusNode};
 use crate::actors::producer::{ProducerActor, ProducerHandle, ProducerSettings};
 use crate::actors::query::QueryActor;
@@ -129,11 +130,14 @@ pub async fn lake(
         query,
         query_state,
     } = tail_and_query(cfg, kafka, &trades, metrics).await?;
+    let mut states: Vec<Arc<dyn StatusNode>> =
+        vec![Arc::new(trades_state.clone()), Arc::new(dl_state.clone())];
+    states.push(maintenance(cfg, catalog, metrics)?);
     Ok(LakeStage {
         trades,
         dead_letters,
-        writer_states: vec![trades_state.clone(), dl_state.clone()],
-        states: vec![Arc::new(trades_state), Arc::new(dl_state)],
+        writer_states: vec![trades_state, dl_state],
+        states,
         trades_start,
         dl_start,
         tail,
@@ -258,6 +262,27 @@ async fn tail_and_query(
         query,
         query_state: Arc::new(query_state),
     })
+}
+
+/// The maintenance actor (`maintenance.enabled`) over both tables.
+fn maintenance(
+    cfg: &Config,
+    catalog: Arc<dyn iceberg::Catalog>,
+    metrics: &Metrics,
+) -> Result<Arc<dyn StatusNode>, DaemonError> {
+    if !cfg.maintenance.enabled {
+        return Ok(Arc::new(crate::actors::observe::Disabled("maintenance")));
+    }
+    let m = MaintenanceMetrics::register(&metrics.registry)
+        .map_err(|e| DaemonError::Metrics(e.into()))?;
+    let tables = vec![
+        lake::table_ident(cfg, TableKind::Trades),
+        lake::table_ident(cfg, TableKind::DeadLetters),
+    ];
+    let actor = MaintenanceActor::new(catalog, tables, &cfg.maintenance, m);
+    let state = actor.subscribe();
+    actor.start();
+    Ok(Arc::new(state))
 }
 
 /// The worker processes `/v1/sql` runs in (`query::isolate`): this very

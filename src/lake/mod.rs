@@ -4,6 +4,7 @@
 pub mod background;
 pub mod batch;
 pub mod commit;
+pub mod maintain;
 pub mod scan;
 pub mod schema;
 

@@ -1,5 +1,6 @@
 //! The verbs that are not the daemon: benchmarks, replay of recorded
-//! captures, offline produce, and loaders of historical data sets. They use
+//! captures, offline produce, loaders of historical data sets, and lake
+//! maintenance by hand. They use
 //! the daemon's parts (`crate::daemon`, `crate::kafka`, `crate::query`); the
 //! daemon never uses them.
 
@@ -8,5 +9,6 @@ pub mod bench_api;
 pub mod bench_tail;
 pub mod capture;
 pub mod loaders;
+pub mod maintain;
 pub mod produce;
 pub mod replay;

@@ -1,0 +1,281 @@
+//! MaintenanceActor: every `maintenance.interval_secs` it expires old
+//! snapshots of both tables and deletes the files only they referenced
+//! (`lake::maintain`). The work runs on the commit runtime (a low-priority
+//! thread, `lake::background`), never on an arbiter; one run at a time.
+//! A failed run (a commit conflict with a writer, an IO error) is counted
+//! and logged, and the next run tries again: nothing waits on it.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use iceberg::{Catalog, TableIdent};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use serde::Serialize;
+use std::sync::Arc;
+
+use crate::actors::observe::{Health, ObservableState, Published};
+use crate::lake::LakeError;
+use crate::lake::maintain::{self, MaintainReport};
+
+/// The maintenance metrics, on the daemon's registry.
+#[derive(Clone)]
+pub struct MaintenanceMetrics {
+    runs: IntCounterVec,
+    expired: IntCounterVec,
+    files_deleted: IntCounterVec,
+    bytes_deleted: IntCounterVec,
+    snapshots: IntGaugeVec,
+    data_files: IntGaugeVec,
+    metadata_bytes: IntGaugeVec,
+}
+
+impl MaintenanceMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["table"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
+        Ok(Self {
+            runs: counter(
+                "ticklake_maintenance_runs_total",
+                "Maintenance runs per table, by outcome (ok, failed).",
+                &["table", "outcome"],
+            )?,
+            expired: counter(
+                "ticklake_maintenance_snapshots_expired_total",
+                "Snapshots expired by maintenance.",
+                &["table"],
+            )?,
+            files_deleted: counter(
+                "ticklake_maintenance_files_deleted_total",
+                "Files deleted by maintenance, by kind (manifest_list, metadata).",
+                &["table", "kind"],
+            )?,
+            bytes_deleted: counter(
+                "ticklake_maintenance_bytes_deleted_total",
+                "Bytes of the files deleted by maintenance.",
+                &["table"],
+            )?,
+            snapshots: gauge(
+                "ticklake_lake_snapshots",
+                "Snapshots in the table's metadata after the last maintenance run.",
+            )?,
+            data_files: gauge(
+                "ticklake_lake_data_files",
+                "Data files of the table's current snapshot at the last maintenance run.",
+            )?,
+            metadata_bytes: gauge(
+                "ticklake_lake_metadata_bytes",
+                "Size of the table's current metadata file, which every reader loads, at the last maintenance run.",
+            )?,
+        })
+    }
+
+    fn record(&self, r: &MaintainReport) {
+        let t = r.table.as_str();
+        self.runs.with_label_values(&[t, "ok"]).inc();
+        self.expired
+            .with_label_values(&[t])
+            .inc_by(r.expired as u64);
+        self.files_deleted
+            .with_label_values(&[t, "manifest_list"])
+            .inc_by(r.manifest_lists_deleted as u64);
+        self.files_deleted
+            .with_label_values(&[t, "metadata"])
+            .inc_by(r.metadata_files_deleted as u64);
+        self.bytes_deleted
+            .with_label_values(&[t])
+            .inc_by(r.bytes_deleted);
+        self.snapshots
+            .with_label_values(&[t])
+            .set(r.snapshots_after as i64);
+        self.data_files
+            .with_label_values(&[t])
+            .set(r.data_files as i64);
+        self.metadata_bytes
+            .with_label_values(&[t])
+            .set(r.metadata_bytes as i64);
+    }
+}
+
+/// What `/status` shows of maintenance.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MaintenanceState {
+    pub runs: u64,
+    pub failures: u64,
+    pub running: bool,
+    pub interval_secs: u64,
+    pub snapshot_retention: String,
+    /// End of the last run, RFC 3339.
+    pub last_run: Option<String>,
+    /// The last run's report per table.
+    pub tables: Vec<MaintainReport>,
+    #[serde(flatten)]
+    pub health: Health,
+}
+
+impl ObservableState for MaintenanceState {
+    fn name(&self) -> String {
+        "maintenance".into()
+    }
+
+    fn status(&self) -> String {
+        if self.running { "running" } else { "idle" }.into()
+    }
+
+    fn health(&self) -> &Health {
+        &self.health
+    }
+}
+
+pub struct MaintenanceActor {
+    catalog: Arc<dyn Catalog>,
+    tables: Vec<TableIdent>,
+    interval: Duration,
+    retention: Duration,
+    metrics: MaintenanceMetrics,
+    state: MaintenanceState,
+    published: Published<MaintenanceState>,
+}
+
+impl MaintenanceActor {
+    pub fn new(
+        catalog: Arc<dyn Catalog>,
+        tables: Vec<TableIdent>,
+        cfg: &crate::config::MaintenanceConfig,
+        metrics: MaintenanceMetrics,
+    ) -> Self {
+        let state = MaintenanceState {
+            interval_secs: cfg.interval_secs,
+            snapshot_retention: cfg.snapshot_retention.clone(),
+            ..MaintenanceState::default()
+        };
+        Self {
+            catalog,
+            tables,
+            interval: Duration::from_secs(cfg.interval_secs),
+            retention: cfg.retention(),
+            metrics,
+            published: Published::new(state.clone()),
+            state,
+        }
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<MaintenanceState> {
+        self.published.subscribe()
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.state.running {
+            return;
+        }
+        self.state.running = true;
+        self.published.publish(&self.state);
+        let catalog = self.catalog.clone();
+        let tables = self.tables.clone();
+        let retention = self.retention;
+        let job = crate::lake::background::handle()
+            .spawn(async move { run(catalog.as_ref(), &tables, retention).await });
+        ctx.spawn(
+            async move {
+                job.await.unwrap_or_else(|e| {
+                    vec![Err(LakeError::Catalog(format!("maintenance task: {e}")))]
+                })
+            }
+            .into_actor(self)
+            .map(|results, a, _| a.finished(results)),
+        );
+    }
+
+    fn finished(&mut self, results: Vec<Result<MaintainReport, LakeError>>) {
+        self.state.running = false;
+        self.state.runs += 1;
+        self.state.last_run = Some(chrono::Utc::now().to_rfc3339());
+        let mut reports = Vec::new();
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(report) => {
+                    tracing::info!(
+                        table = %report.table,
+                        expired = report.expired,
+                        snapshots = report.snapshots_after,
+                        files_deleted = report.manifest_lists_deleted + report.metadata_files_deleted,
+                        bytes_deleted = report.bytes_deleted,
+                        ms = report.duration_ms,
+                        "maintenance: snapshots expired"
+                    );
+                    self.metrics.record(&report);
+                    reports.push(report);
+                }
+                Err(e) => {
+                    let table = self
+                        .tables
+                        .get(i)
+                        .map(|t| t.to_string())
+                        .unwrap_or_default();
+                    tracing::warn!(table, error = %e, "maintenance failed; the next run tries again");
+                    self.metrics
+                        .runs
+                        .with_label_values(&[&table, "failed"])
+                        .inc();
+                    self.state.failures += 1;
+                    self.state.health.last_error = Some(format!("{table}: {e}"));
+                }
+            }
+        }
+        self.state.tables = reports;
+        self.published.publish(&self.state);
+    }
+}
+
+/// One run over `tables`, one result each, in order.
+pub async fn run(
+    catalog: &dyn Catalog,
+    tables: &[TableIdent],
+    retention: Duration,
+) -> Vec<Result<MaintainReport, LakeError>> {
+    let mut out = Vec::with_capacity(tables.len());
+    for t in tables {
+        out.push(maintain::expire(catalog, t, retention, maintain::METADATA_GRACE).await);
+    }
+    out
+}
+
+impl Actor for MaintenanceActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.interval, |a, ctx| a.tick(ctx));
+    }
+}
+
+/// Runs maintenance now (tests, and `ticklake maintain` in-process).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RunNow;
+
+impl Handler<RunNow> for MaintenanceActor {
+    type Result = ();
+
+    fn handle(&mut self, _: RunNow, ctx: &mut Self::Context) {
+        self.tick(ctx);
+    }
+}
+
+impl Handler<crate::messages::observe::Observe<MaintenanceState>> for MaintenanceActor {
+    type Result = MessageResult<crate::messages::observe::Observe<MaintenanceState>>;
+
+    fn handle(
+        &mut self,
+        _: crate::messages::observe::Observe<MaintenanceState>,
+        _ctx: &mut Self::Context,
+    ) -> Self::Result {
+        MessageResult(self.state.clone())
+    }
+}

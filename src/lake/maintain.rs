@@ -1,0 +1,378 @@
+//! Lake maintenance: snapshot expiry, and the files that only expired
+//! snapshots referenced.
+//!
+//! The writers commit every `writer.max_age_ms`: at 5 s that is 17,000
+//! snapshots a day per table. Every snapshot stays in the table's metadata
+//! file, which every reader loads whole (a planning query, a commit, the
+//! query side's re-pin after each commit), and every commit writes a new
+//! metadata file holding all of them: both grow without bound.
+//!
+//! So snapshots older than `maintenance.snapshot_retention` are expired
+//! (iceberg's `expire_snapshots`), except:
+//! - the current snapshot (iceberg keeps branch heads);
+//! - the newest snapshot that carries the recorded Kafka offsets: the
+//!   consumer's start positions and the hybrid split are read from it
+//!   (`commit::current_offsets`), and a snapshot another engine wrote on
+//!   top carries none. The cutoff is moved back to it, so it stays.
+//!
+//! Then the files nothing references any more are deleted:
+//! - each expired snapshot's manifest list (one file per snapshot, never
+//!   shared);
+//! - metadata files that are neither the current one nor in its metadata
+//!   log, and older than [`METADATA_GRACE`]: a writer's commit writes its
+//!   new metadata file before the catalog points at it, and such a file
+//!   must not be taken for garbage.
+//!
+//! The writers only append, so every manifest and data file of an expired
+//! snapshot is still referenced by the current one; compaction, which
+//! replaces files, is what will free them. Expiry commits through the
+//! catalog like any writer: a conflict with a concurrent append fails this
+//! run (retried at the next), never the append.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::{Catalog, TableIdent};
+use serde::Serialize;
+
+use super::LakeError;
+use super::commit::current_offsets;
+
+/// Metadata files younger than this are never deleted (see the module
+/// docs): far longer than any commit takes.
+pub const METADATA_GRACE: Duration = Duration::from_secs(600);
+
+/// What one maintenance run did to one table.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct MaintainReport {
+    pub table: String,
+    pub duration_ms: u64,
+    pub snapshots_before: usize,
+    pub snapshots_after: usize,
+    pub expired: usize,
+    /// The newest snapshot carrying Kafka offsets, kept whatever its age.
+    pub offsets_snapshot: Option<i64>,
+    pub manifest_lists_deleted: usize,
+    pub metadata_files_deleted: usize,
+    pub bytes_deleted: u64,
+    /// Data files of the current snapshot (from its summary).
+    pub data_files: u64,
+    /// Size of the current metadata file, which every reader loads.
+    pub metadata_bytes: u64,
+}
+
+/// Expires `ident`'s snapshots older than `retention` and deletes the
+/// files only they referenced; metadata files only once older than
+/// `metadata_grace` ([`METADATA_GRACE`] outside tests).
+pub async fn expire(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    retention: Duration,
+    metadata_grace: Duration,
+) -> Result<MaintainReport, LakeError> {
+    let started = Instant::now();
+    let table = catalog.load_table(ident).await?;
+    let before = table.clone();
+    let meta = before.metadata();
+    let mut report = MaintainReport {
+        table: ident.to_string(),
+        snapshots_before: meta.snapshots().count(),
+        ..MaintainReport::default()
+    };
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut cutoff =
+        now_ms.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+    if let Some((id, _)) = current_offsets(&table)? {
+        report.offsets_snapshot = Some(id);
+        if let Some(s) = meta.snapshot_by_id(id) {
+            // Expiry takes snapshots strictly older than the cutoff.
+            cutoff = cutoff.min(s.timestamp_ms());
+        }
+    }
+    let current = meta.current_snapshot_id();
+    let due = meta
+        .snapshots()
+        .filter(|s| s.timestamp_ms() < cutoff && Some(s.snapshot_id()) != current)
+        .count();
+    let table = if due == 0 {
+        table
+    } else {
+        let tx = Transaction::new(&table);
+        let tx = tx
+            .expire_snapshots()
+            .expire_older_than_ms(cutoff)
+            .retain_last(1)
+            .apply(tx)?;
+        tx.commit(catalog).await?
+    };
+    let after = table.metadata();
+    let kept: HashSet<i64> = after.snapshots().map(|s| s.snapshot_id()).collect();
+    let kept_lists: HashSet<&str> = after.snapshots().map(|s| s.manifest_list()).collect();
+    report.snapshots_after = kept.len();
+    let mut deleted = Vec::new();
+    for s in meta
+        .snapshots()
+        .filter(|s| !kept.contains(&s.snapshot_id()))
+    {
+        report.expired += 1;
+        if !s.manifest_list().is_empty() && !kept_lists.contains(s.manifest_list()) {
+            deleted.push(s.manifest_list().to_string());
+        }
+    }
+    let (n, bytes) = delete_files(table.file_io(), &deleted).await;
+    report.manifest_lists_deleted = n;
+    report.bytes_deleted += bytes;
+
+    if let Some(current) = table.metadata_location() {
+        let mut keep: HashSet<PathBuf> = after
+            .metadata_log()
+            .iter()
+            .filter_map(|m| local_path(&m.metadata_file))
+            .collect();
+        if let Some(p) = local_path(current) {
+            report.metadata_bytes = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            keep.insert(p);
+        }
+        let stale = stale_metadata_files(after.location(), &keep, metadata_grace);
+        let (n, bytes) = delete_files(table.file_io(), &stale).await;
+        report.metadata_files_deleted = n;
+        report.bytes_deleted += bytes;
+    }
+    report.data_files = after
+        .current_snapshot()
+        .and_then(|s| s.summary().additional_properties.get("total-data-files"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// A `file://` location (or a plain path) as a local path; `None` for
+/// another scheme, whose files this module does not list.
+fn local_path(location: &str) -> Option<PathBuf> {
+    match location.split_once("://") {
+        Some(("file", rest)) => Some(PathBuf::from(rest)),
+        Some(_) => None,
+        None => Some(PathBuf::from(location)),
+    }
+}
+
+/// Metadata files under `table_location`/metadata that are not in `keep`
+/// and older than `grace`, as locations for the table's FileIO.
+fn stale_metadata_files(
+    table_location: &str,
+    keep: &HashSet<PathBuf>,
+    grace: Duration,
+) -> Vec<String> {
+    let Some(dir) = local_path(table_location).map(|p| p.join("metadata")) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let now = SystemTime::now();
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".metadata.json"))
+        })
+        .filter(|p| !keep.contains(p))
+        .filter(|p| older_than(p, now, grace))
+        .map(|p| format!("file://{}", p.display()))
+        .collect()
+}
+
+fn older_than(p: &Path, now: SystemTime, age: Duration) -> bool {
+    std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| now.duration_since(t).ok())
+        .is_some_and(|d| d >= age)
+}
+
+/// Deletes `locations`, returning how many went and their bytes. A file
+/// that will not go is logged and left for the next run.
+async fn delete_files(io: &iceberg::io::FileIO, locations: &[String]) -> (usize, u64) {
+    let mut n = 0;
+    let mut bytes = 0;
+    for loc in locations {
+        let size = local_path(loc)
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len());
+        match io.delete(loc).await {
+            Ok(()) => {
+                n += 1;
+                bytes += size;
+            }
+            Err(e) => tracing::warn!(file = %loc, error = %e, "maintenance: could not delete"),
+        }
+    }
+    (n, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use futures::TryStreamExt;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::lake::commit::{KafkaOffsets, append};
+    use crate::lake::{self, TableKind};
+    use crate::model::TradeV2;
+
+    fn offsets(next: i64) -> KafkaOffsets {
+        let mut o = KafkaOffsets {
+            cluster_id: "c".into(),
+            ..Default::default()
+        };
+        o.set("t", 0, next);
+        o
+    }
+
+    async fn rows(catalog: &dyn Catalog, ident: &TableIdent) -> usize {
+        let table = catalog.load_table(ident).await.unwrap();
+        let stream = table.scan().build().unwrap().to_arrow().await.unwrap();
+        let batches: Vec<_> = stream.try_collect().await.unwrap();
+        batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    fn manifest_lists(dir: &Path) -> usize {
+        walk(dir)
+            .iter()
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("snap-"))
+            })
+            .count()
+    }
+
+    fn metadata_files(dir: &Path) -> usize {
+        walk(dir)
+            .iter()
+            .filter(|p| p.to_string_lossy().ends_with(".metadata.json"))
+            .count()
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    /// Ten commits of one trade each, then expiry with no retention: one
+    /// snapshot is left, every row still reads, the offsets are the newest,
+    /// and the manifest lists and metadata files of the others are gone.
+    /// With a foreign snapshot on top, the newest ticklake commit stays.
+    #[tokio::test]
+    async fn expiry_keeps_the_rows_and_the_newest_offsets_and_deletes_what_only_expired_snapshots_held()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::default().under(dir.path());
+        let catalog = lake::open_catalog(&cfg).await.unwrap();
+        let table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
+            .await
+            .unwrap();
+        let schema = lake::batch::arrow_schema(table.metadata().current_schema()).unwrap();
+        let ident = lake::table_ident(&cfg, TableKind::Trades);
+        for i in 0..10i64 {
+            let mut trade =
+                [
+                    TradeV2::builder("X", "BTCUSDT", &i.to_string(), 1_700_000_000_000_000 + i)
+                        .build(),
+                ];
+            let batch = lake::batch::trades_batch(&schema, &mut trade).unwrap();
+            append(
+                catalog.as_ref(),
+                &ident,
+                Some(&batch),
+                &offsets(i + 1),
+                1 << 20,
+            )
+            .await
+            .unwrap();
+        }
+        let warehouse = dir.path().to_path_buf();
+        assert_eq!(manifest_lists(&warehouse), 10);
+        // A metadata file no commit references (one a failed commit left
+        // behind): young, it is kept; past the grace, it goes.
+        let table = catalog.load_table(&ident).await.unwrap();
+        let current = local_path(table.metadata_location().unwrap()).unwrap();
+        let orphan = current.with_file_name("99999-orphan.metadata.json");
+        std::fs::copy(&current, &orphan).unwrap();
+        let metadata_before = metadata_files(&warehouse);
+
+        // A long retention expires nothing.
+        let r = expire(
+            catalog.as_ref(),
+            &ident,
+            Duration::from_secs(3600),
+            METADATA_GRACE,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (r.snapshots_before, r.snapshots_after, r.expired),
+            (10, 10, 0)
+        );
+        assert_eq!(r.metadata_files_deleted, 0);
+        assert!(orphan.exists());
+
+        let r = expire(catalog.as_ref(), &ident, Duration::ZERO, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.snapshots_before, r.expired, r.snapshots_after),
+            (10, 9, 1),
+            "{r:?}"
+        );
+        assert_eq!(r.manifest_lists_deleted, 9);
+        // The commits' own metadata files are in the metadata log, which
+        // keeps the last 100.
+        assert_eq!(r.metadata_files_deleted, 1, "{r:?}");
+        assert!(!orphan.exists());
+        assert!(r.bytes_deleted > 0);
+        assert_eq!(r.data_files, 10);
+        assert_eq!(manifest_lists(&warehouse), 1);
+        assert_eq!(metadata_files(&warehouse), metadata_before);
+        assert_eq!(
+            rows(catalog.as_ref(), &ident).await,
+            10,
+            "every row still reads"
+        );
+        let table = catalog.load_table(&ident).await.unwrap();
+        let (id, o) = current_offsets(&table).unwrap().unwrap();
+        assert_eq!(o, offsets(10));
+        assert_eq!(r.offsets_snapshot, Some(id));
+
+        // A foreign snapshot on top: the newest one with offsets is kept.
+        let tx = Transaction::new(&table);
+        let tx = tx
+            .fast_append()
+            .set_snapshot_properties(HashMap::from([("engine".to_string(), "other".to_string())]))
+            .apply(tx)
+            .unwrap();
+        tx.commit(catalog.as_ref()).await.unwrap();
+        let r = expire(catalog.as_ref(), &ident, Duration::ZERO, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!((r.expired, r.snapshots_after), (0, 2), "{r:?}");
+        let table = catalog.load_table(&ident).await.unwrap();
+        assert_eq!(current_offsets(&table).unwrap(), Some((id, offsets(10))));
+        assert_eq!(rows(catalog.as_ref(), &ident).await, 10);
+    }
+}

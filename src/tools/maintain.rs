@@ -1,0 +1,48 @@
+//! `ticklake maintain`: one maintenance run (`lake::maintain`) over both
+//! tables, by hand, while no daemon runs. A running daemon maintains its
+//! own tables every `maintenance.interval_secs`, and holds the data
+//! directory's lock, so this refuses then and says so.
+
+use crate::config::Config;
+use crate::lake::maintain::MaintainReport;
+use crate::lake::{self, LakeError, TableKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MaintainError {
+    #[error(
+        "{0} (a running daemon maintains its tables itself every maintenance.interval_secs; see `ticklake status`)"
+    )]
+    Locked(#[from] crate::daemon::lock::LockError),
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    #[error("{table}: {source}")]
+    Table {
+        table: String,
+        source: Box<LakeError>,
+    },
+}
+
+/// Expires old snapshots of both tables (`maintenance.snapshot_retention`)
+/// and deletes the files only they referenced.
+pub async fn maintain(cfg: &Config) -> Result<Vec<MaintainReport>, MaintainError> {
+    let _lock = crate::daemon::lock::DataDirLock::acquire(&cfg.data_dir_abs())?;
+    let catalog = lake::open_catalog(cfg).await?;
+    let mut tables = Vec::new();
+    for kind in [TableKind::Trades, TableKind::DeadLetters] {
+        lake::ensure_table(catalog.as_ref(), cfg, kind).await?;
+        tables.push(lake::table_ident(cfg, kind));
+    }
+    let results =
+        crate::actors::maintenance::run(catalog.as_ref(), &tables, cfg.maintenance.retention())
+            .await;
+    results
+        .into_iter()
+        .zip(&tables)
+        .map(|(r, t)| {
+            r.map_err(|source| MaintainError::Table {
+                table: t.to_string(),
+                source: Box::new(source),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,178 @@
+//! Lake maintenance in a running daemon: while a capture streams in and
+//! the writers commit every 300 ms, snapshots older than a second are
+//! expired every two seconds. Every trade still lands once, the snapshot
+//! count stays bounded, `/status` and `/metrics` show the runs, and after
+//! a SIGKILL and a restart on the same data directory (the capture is
+//! served again from its start) nothing is lost or doubled: the consumer's
+//! positions come from the snapshot with offsets that expiry kept.
+//! `ticklake maintain` refuses while the daemon holds the data directory
+//! and runs once it is gone. Embedded broker.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn status(env: &Env) -> Value {
+    serde_json::from_str(&http_get(env.http_port, "/status").unwrap()).unwrap()
+}
+
+fn maintenance(env: &Env) -> Value {
+    status(env)["tree"]["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "maintenance")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Distinct aggTrade ids per symbol in the capture: what the lake must
+/// hold, each once.
+fn truth_count() -> i64 {
+    let mut ids = BTreeSet::new();
+    for f in received_frames(&capture("BINANCE-ee25be.0.txt")) {
+        let v: Value = serde_json::from_str(&f).unwrap();
+        let d = &v["data"];
+        if d["e"] == "aggTrade" {
+            ids.insert((
+                d["s"].as_str().unwrap().to_string(),
+                d["a"].as_i64().unwrap(),
+            ));
+        }
+    }
+    ids.len() as i64
+}
+
+fn lake_counts(env: &Env) -> (i64, i64) {
+    let rows =
+        env.query("select count(*) as n, count(distinct message_id) as d from market.trades");
+    (
+        rows[0]["n"].as_i64().unwrap(),
+        rows[0]["d"].as_i64().unwrap(),
+    )
+}
+
+fn snapshots(env: &Env) -> usize {
+    // The metadata table answers whole rows only.
+    env.query("select * from market.\"trades$snapshots\"").len()
+}
+
+fn maintain(env: &Env) -> std::process::Output {
+    Command::new(bin())
+        .args(["maintain", "--json", "--config"])
+        .arg(&env.config)
+        .env("TICKLAKE_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn expiry_keeps_every_trade_once_across_a_kill_and_bounds_the_snapshots() {
+    let want = truth_count();
+    let (_replay, url) = start_replay(&[capture("BINANCE-ee25be.0.txt")], &["--rate", "400"]);
+    let env = Env::new(
+        "embedded",
+        Some(&url),
+        "[maintenance]\ninterval_secs = 2\nsnapshot_retention = \"1s\"\n",
+    );
+    env.one_pass_feed();
+    let mut daemon = env.start_daemon("first");
+
+    wait_until(
+        "two maintenance runs that expired snapshots",
+        Duration::from_secs(120),
+        || {
+            let m = maintenance(&env);
+            m["runs"].as_u64().unwrap_or(0) >= 2
+                && env.counter(
+                    "ticklake_maintenance_snapshots_expired_total",
+                    "market.trades",
+                ) > 0.0
+        },
+    );
+    let out = maintain(&env);
+    assert!(!out.status.success(), "maintain ran beside the daemon");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ticklake.lock"), "{err}");
+
+    wait_until("every trade in the lake", Duration::from_secs(180), || {
+        status(&env)["accounting_settled"] == true && lake_counts(&env).0 >= want
+    });
+    // One more run after the last commit.
+    let runs = maintenance(&env)["runs"].as_u64().unwrap();
+    wait_until("a run after the stream", Duration::from_secs(30), || {
+        maintenance(&env)["runs"].as_u64().unwrap() > runs + 1
+    });
+    let m = maintenance(&env);
+    println!("maintenance: {m}");
+    let commits = env.counter(
+        "ticklake_writer_commits_total",
+        "outcome=\"ok\",table=\"trades\"",
+    );
+    let kept = snapshots(&env);
+    let expired = env.counter(
+        "ticklake_maintenance_snapshots_expired_total",
+        "market.trades",
+    );
+    println!("trades commits {commits}, snapshots kept {kept}, expired {expired}");
+    assert!(
+        commits >= 10.0,
+        "only {commits} commits: the stream was too short"
+    );
+    assert!(expired >= 5.0, "expired {expired}");
+    // A second of retention and a two-second interval keep a handful.
+    assert!(kept <= 20, "{kept} snapshots kept after {commits} commits");
+    assert_eq!(m["failures"], 0, "{m}");
+    assert_eq!(lake_counts(&env), (want, want));
+
+    // SIGKILL once settled, then the same data directory again: the
+    // capture is served again from its start, and every trade is a
+    // duplicate.
+    daemon.kill();
+    let mut daemon = env.start_daemon("second");
+    wait_until(
+        "the replayed capture consumed",
+        Duration::from_secs(180),
+        || {
+            let s = status(&env);
+            s["accounting_settled"] == true
+                && s["accounting"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .map(|x| x["received"].as_i64().unwrap_or(0))
+                        .sum::<i64>()
+                        >= want
+                })
+        },
+    );
+    assert_eq!(
+        lake_counts(&env),
+        (want, want),
+        "no trade lost or doubled across the kill"
+    );
+    assert!(daemon.terminate().success(), "{}", daemon.log_tail());
+
+    // Now the data directory is free: `ticklake maintain` runs.
+    let out = maintain(&env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    println!("ticklake maintain: {reports:?}");
+    let tables: Vec<&str> = reports
+        .iter()
+        .map(|r| r["table"].as_str().unwrap())
+        .collect();
+    assert_eq!(tables, ["market.trades", "market.dead_letters"]);
+    assert!(reports[0]["snapshots_after"].as_u64().unwrap() >= 1);
+    assert_eq!(lake_counts(&env), (want, want));
+}
