@@ -1,12 +1,13 @@
 //! Lake maintenance in a running daemon: while a capture streams in and
-//! the writers commit every 300 ms, snapshots older than a second are
-//! expired every two seconds. Every trade still lands once, the snapshot
+//! the writers commit every 300 ms, every two seconds the small files are
+//! compacted and snapshots older than a second are expired. Every trade still lands once, the snapshot
 //! count stays bounded, `/status` and `/metrics` show the runs, and after
 //! a SIGKILL and a restart on the same data directory (the capture is
 //! served again from its start) nothing is lost or doubled: the consumer's
 //! positions come from the snapshot with offsets that expiry kept.
 //! `ticklake maintain` refuses while the daemon holds the data directory
-//! and runs once it is gone. Embedded broker.
+//! and runs once it is gone; pyiceberg then reads the compacted table and
+//! gets every trade once. Embedded broker.
 
 mod common;
 
@@ -78,7 +79,8 @@ fn expiry_keeps_every_trade_once_across_a_kill_and_bounds_the_snapshots() {
     let env = Env::new(
         "embedded",
         Some(&url),
-        "[maintenance]\ninterval_secs = 2\nsnapshot_retention = \"1s\"\n",
+        "[maintenance]\ninterval_secs = 2\nsnapshot_retention = \"1s\"\n\
+         compact_min_files = 4\ncompact_min_age = \"0s\"\n",
     );
     env.one_pass_feed();
     let mut daemon = env.start_daemon("first");
@@ -120,6 +122,23 @@ fn expiry_keeps_every_trade_once_across_a_kill_and_bounds_the_snapshots() {
         "market.trades",
     );
     println!("trades commits {commits}, snapshots kept {kept}, expired {expired}");
+    let compacted = |kind: &str| {
+        env.counter(
+            "ticklake_compaction_files_total",
+            &format!("kind=\"{kind}\",table=\"market.trades\""),
+        )
+    };
+    let (replaced, written) = (compacted("replaced"), compacted("written"));
+    let data_files = env.counter("ticklake_lake_data_files", "table=\"market.trades\"");
+    println!("compaction: {replaced} files replaced by {written}; {data_files} data files now");
+    assert!(
+        replaced >= 8.0 && written < replaced,
+        "replaced {replaced}, written {written}"
+    );
+    assert!(
+        data_files < commits / 2.0,
+        "{data_files} data files after {commits} commits"
+    );
     assert!(
         commits >= 10.0,
         "only {commits} commits: the stream was too short"
@@ -175,4 +194,36 @@ fn expiry_keeps_every_trade_once_across_a_kill_and_bounds_the_snapshots() {
     assert_eq!(tables, ["market.trades", "market.dead_letters"]);
     assert!(reports[0]["snapshots_after"].as_u64().unwrap() >= 1);
     assert_eq!(lake_counts(&env), (want, want));
+
+    // Another engine reads the compacted table: every trade once.
+    let data = env.data_dir();
+    let out = Command::new(python())
+        .arg(scripts_dir().join("pyiceberg_read.py"))
+        .args([
+            "--catalog-uri",
+            &format!("sqlite:///{}/catalog.db", data.display()),
+        ])
+        .args([
+            "--warehouse",
+            &format!("file://{}/warehouse", data.display()),
+        ])
+        .args(["--catalog-name", "ticklake", "--table", "market.trades"])
+        .args(["--columns", "message_id"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pyiceberg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let py: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: BTreeSet<&str> = py["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["message_id"].as_str().unwrap())
+        .collect();
+    println!("pyiceberg: {} rows, {} distinct", py["rows"], ids.len());
+    assert_eq!(py["rows"].as_i64().unwrap(), want);
+    assert_eq!(ids.len() as i64, want);
 }

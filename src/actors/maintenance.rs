@@ -1,7 +1,8 @@
-//! MaintenanceActor: every `maintenance.interval_secs` it expires old
-//! snapshots of both tables and deletes the files only they referenced
-//! (`lake::maintain`). The work runs on the commit runtime (a low-priority
-//! thread, `lake::background`), never on an arbiter; one run at a time.
+//! MaintenanceActor: every `maintenance.interval_secs` it compacts both
+//! tables (`lake::compact`), then expires old snapshots and deletes the
+//! files only they referenced (`lake::maintain`). The work runs on the
+//! commit runtime (a low-priority thread, `lake::background`), never on an
+//! arbiter; one run at a time.
 //! A failed run (a commit conflict with a writer, an IO error) is counted
 //! and logged, and the next run tries again: nothing waits on it.
 
@@ -14,8 +15,10 @@ use serde::Serialize;
 use std::sync::Arc;
 
 use crate::actors::observe::{Health, ObservableState, Published};
-use crate::lake::LakeError;
+use crate::config::Config;
+use crate::lake::compact::{self, CatalogDb, CompactPolicy};
 use crate::lake::maintain::{self, MaintainReport};
+use crate::lake::{self, LakeError, TableKind};
 
 /// The maintenance metrics, on the daemon's registry.
 #[derive(Clone)]
@@ -24,6 +27,8 @@ pub struct MaintenanceMetrics {
     expired: IntCounterVec,
     files_deleted: IntCounterVec,
     bytes_deleted: IntCounterVec,
+    compacted: IntCounterVec,
+    compaction_failures: IntCounterVec,
     snapshots: IntGaugeVec,
     data_files: IntGaugeVec,
     metadata_bytes: IntGaugeVec,
@@ -54,12 +59,22 @@ impl MaintenanceMetrics {
             )?,
             files_deleted: counter(
                 "ticklake_maintenance_files_deleted_total",
-                "Files deleted by maintenance, by kind (manifest_list, metadata).",
+                "Files deleted by maintenance, by kind (manifest_list, manifest, data, metadata).",
                 &["table", "kind"],
             )?,
             bytes_deleted: counter(
                 "ticklake_maintenance_bytes_deleted_total",
                 "Bytes of the files deleted by maintenance.",
+                &["table"],
+            )?,
+            compacted: counter(
+                "ticklake_compaction_files_total",
+                "Data files replaced and written by compaction.",
+                &["table", "kind"],
+            )?,
+            compaction_failures: counter(
+                "ticklake_compaction_failures_total",
+                "Compactions that failed (the next run tries again).",
                 &["table"],
             )?,
             snapshots: gauge(
@@ -89,6 +104,23 @@ impl MaintenanceMetrics {
         self.files_deleted
             .with_label_values(&[t, "metadata"])
             .inc_by(r.metadata_files_deleted as u64);
+        self.files_deleted
+            .with_label_values(&[t, "manifest"])
+            .inc_by(r.manifests_deleted as u64);
+        self.files_deleted
+            .with_label_values(&[t, "data"])
+            .inc_by(r.data_files_deleted as u64);
+        if let Some(c) = &r.compaction {
+            self.compacted
+                .with_label_values(&[t, "replaced"])
+                .inc_by(c.files_replaced as u64);
+            self.compacted
+                .with_label_values(&[t, "written"])
+                .inc_by(c.files_written as u64);
+        }
+        if r.compaction_error.is_some() {
+            self.compaction_failures.with_label_values(&[t]).inc();
+        }
         self.bytes_deleted
             .with_label_values(&[t])
             .inc_by(r.bytes_deleted);
@@ -101,6 +133,103 @@ impl MaintenanceMetrics {
         self.metadata_bytes
             .with_label_values(&[t])
             .set(r.metadata_bytes as i64);
+    }
+}
+
+/// One table's part in a run: its ident and the columns its rewritten
+/// rows are sorted by.
+#[derive(Debug, Clone)]
+pub struct MaintainedTable {
+    pub ident: TableIdent,
+    pub sort: Vec<String>,
+}
+
+/// Everything a run needs, built once from the config.
+#[derive(Clone)]
+pub struct Job {
+    catalog: Arc<dyn Catalog>,
+    /// The catalog's pointer table, when compaction is on and possible.
+    db: Option<Arc<CatalogDb>>,
+    tables: Vec<MaintainedTable>,
+    retention: Duration,
+    compact: CompactPolicy,
+}
+
+impl Job {
+    /// Both tables of `cfg`, maintained by its `[maintenance]` keys.
+    pub async fn from_config(cfg: &Config, catalog: Arc<dyn Catalog>) -> Result<Self, LakeError> {
+        let db = if cfg.maintenance.compact {
+            let db = CatalogDb::open(cfg).await?;
+            if db.is_none() {
+                tracing::warn!(
+                    uri = %cfg.catalog_uri(),
+                    "maintenance: compaction swaps the metadata pointer of SQLite catalogs only; this catalog is not compacted"
+                );
+            }
+            db.map(Arc::new)
+        } else {
+            None
+        };
+        Ok(Self {
+            catalog,
+            db,
+            tables: vec![
+                MaintainedTable {
+                    ident: lake::table_ident(cfg, TableKind::Trades),
+                    sort: vec!["symbol".into(), "timestamp".into()],
+                },
+                MaintainedTable {
+                    ident: lake::table_ident(cfg, TableKind::DeadLetters),
+                    sort: vec!["received_at".into()],
+                },
+            ],
+            retention: cfg.maintenance.retention(),
+            compact: CompactPolicy {
+                target_file_size: cfg.writer.target_file_size_bytes,
+                min_files: cfg.maintenance.compact_min_files,
+                min_age: cfg.maintenance.compact_min_age(),
+                sort: Vec::new(),
+            },
+        })
+    }
+
+    pub fn tables(&self) -> impl Iterator<Item = &TableIdent> {
+        self.tables.iter().map(|t| &t.ident)
+    }
+
+    /// One run: per table, compaction (when on), then expiry; one result
+    /// each, in order. A failed compaction is in its table's report, and
+    /// expiry still runs.
+    pub async fn run(&self) -> Vec<Result<MaintainReport, LakeError>> {
+        let mut out = Vec::with_capacity(self.tables.len());
+        for t in &self.tables {
+            let mut compaction = None;
+            let mut compaction_error = None;
+            if let Some(db) = &self.db {
+                let policy = CompactPolicy {
+                    sort: t.sort.clone(),
+                    ..self.compact.clone()
+                };
+                match compact::compact(self.catalog.as_ref(), db, &t.ident, &policy).await {
+                    Ok(c) => compaction = Some(c),
+                    Err(e) => compaction_error = Some(e.to_string()),
+                }
+            }
+            let r = maintain::expire(
+                self.catalog.as_ref(),
+                &t.ident,
+                self.retention,
+                maintain::METADATA_GRACE,
+            )
+            .await
+            .map(|mut r| {
+                r.compaction = compaction;
+                r.compaction_error = compaction_error;
+                r
+            });
+            out.push(r);
+        }
+        out
     }
 }
 
@@ -135,10 +264,8 @@ impl ObservableState for MaintenanceState {
 }
 
 pub struct MaintenanceActor {
-    catalog: Arc<dyn Catalog>,
-    tables: Vec<TableIdent>,
+    job: Job,
     interval: Duration,
-    retention: Duration,
     metrics: MaintenanceMetrics,
     state: MaintenanceState,
     published: Published<MaintenanceState>,
@@ -146,8 +273,7 @@ pub struct MaintenanceActor {
 
 impl MaintenanceActor {
     pub fn new(
-        catalog: Arc<dyn Catalog>,
-        tables: Vec<TableIdent>,
+        job: Job,
         cfg: &crate::config::MaintenanceConfig,
         metrics: MaintenanceMetrics,
     ) -> Self {
@@ -157,10 +283,8 @@ impl MaintenanceActor {
             ..MaintenanceState::default()
         };
         Self {
-            catalog,
-            tables,
+            job,
             interval: Duration::from_secs(cfg.interval_secs),
-            retention: cfg.retention(),
             metrics,
             published: Published::new(state.clone()),
             state,
@@ -177,11 +301,8 @@ impl MaintenanceActor {
         }
         self.state.running = true;
         self.published.publish(&self.state);
-        let catalog = self.catalog.clone();
-        let tables = self.tables.clone();
-        let retention = self.retention;
-        let job = crate::lake::background::handle()
-            .spawn(async move { run(catalog.as_ref(), &tables, retention).await });
+        let work = self.job.clone();
+        let job = crate::lake::background::handle().spawn(async move { work.run().await });
         ctx.spawn(
             async move {
                 job.await.unwrap_or_else(|e| {
@@ -201,11 +322,31 @@ impl MaintenanceActor {
         for (i, r) in results.into_iter().enumerate() {
             match r {
                 Ok(report) => {
+                    if let Some(c) = report.compaction.as_ref().filter(|c| c.files_replaced > 0) {
+                        tracing::info!(
+                            table = %c.table,
+                            partitions = c.partitions,
+                            files_replaced = c.files_replaced,
+                            files_written = c.files_written,
+                            rows = c.rows,
+                            attempts = c.attempts,
+                            ms = c.duration_ms,
+                            "maintenance: small files compacted"
+                        );
+                    }
+                    if let Some(e) = &report.compaction_error {
+                        tracing::warn!(table = %report.table, error = %e, "maintenance: compaction failed; the next run tries again");
+                        self.state.health.last_error =
+                            Some(format!("{}: compaction: {e}", report.table));
+                    }
                     tracing::info!(
                         table = %report.table,
                         expired = report.expired,
                         snapshots = report.snapshots_after,
-                        files_deleted = report.manifest_lists_deleted + report.metadata_files_deleted,
+                        files_deleted = report.manifest_lists_deleted
+                            + report.manifests_deleted
+                            + report.data_files_deleted
+                            + report.metadata_files_deleted,
                         bytes_deleted = report.bytes_deleted,
                         ms = report.duration_ms,
                         "maintenance: snapshots expired"
@@ -215,8 +356,9 @@ impl MaintenanceActor {
                 }
                 Err(e) => {
                     let table = self
-                        .tables
-                        .get(i)
+                        .job
+                        .tables()
+                        .nth(i)
                         .map(|t| t.to_string())
                         .unwrap_or_default();
                     tracing::warn!(table, error = %e, "maintenance failed; the next run tries again");
@@ -232,19 +374,6 @@ impl MaintenanceActor {
         self.state.tables = reports;
         self.published.publish(&self.state);
     }
-}
-
-/// One run over `tables`, one result each, in order.
-pub async fn run(
-    catalog: &dyn Catalog,
-    tables: &[TableIdent],
-    retention: Duration,
-) -> Vec<Result<MaintainReport, LakeError>> {
-    let mut out = Vec::with_capacity(tables.len());
-    for t in tables {
-        out.push(maintain::expire(catalog, t, retention, maintain::METADATA_GRACE).await);
-    }
-    out
 }
 
 impl Actor for MaintenanceActor {

@@ -480,6 +480,15 @@ pub struct MaintenanceConfig {
     /// travel reaches this far back. The current snapshot and the newest
     /// one carrying Kafka offsets are always kept.
     pub snapshot_retention: String,
+    /// Whether runs also compact: the small files of each partition,
+    /// rewritten sorted into files of `writer.target_file_size_bytes` in
+    /// one `replace` commit (`lake::compact`). SQLite catalogs only.
+    pub compact: bool,
+    /// Fewest small files of one partition worth a rewrite.
+    pub compact_min_files: usize,
+    /// Files added more recently than this are left alone: the writers
+    /// may still add to their time range (`10m`, `1h`).
+    pub compact_min_age: String,
 }
 
 impl Default for MaintenanceConfig {
@@ -488,6 +497,9 @@ impl Default for MaintenanceConfig {
             enabled: true,
             interval_secs: 600,
             snapshot_retention: "1h".into(),
+            compact: true,
+            compact_min_files: 8,
+            compact_min_age: "10m".into(),
         }
     }
 }
@@ -497,6 +509,12 @@ impl MaintenanceConfig {
     pub fn retention(&self) -> std::time::Duration {
         humantime::parse_duration(&self.snapshot_retention)
             .unwrap_or(std::time::Duration::from_secs(3600))
+    }
+
+    /// `compact_min_age` as a duration; `validate` has checked it.
+    pub fn compact_min_age(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.compact_min_age)
+            .unwrap_or(std::time::Duration::from_secs(600))
     }
 }
 

@@ -212,6 +212,21 @@ impl Config {
                 ),
             ));
         }
+        if let Err(e) = humantime::parse_duration(&self.maintenance.compact_min_age) {
+            return Err(err(
+                "maintenance.compact_min_age",
+                format!(
+                    "{:?} is not a duration like 10m or 1h: {e}",
+                    self.maintenance.compact_min_age
+                ),
+            ));
+        }
+        if self.maintenance.compact_min_files < 2 {
+            return Err(err(
+                "maintenance.compact_min_files",
+                "must be at least 2".into(),
+            ));
+        }
         if self.maintenance.interval_secs == 0 {
             return Err(err("maintenance.interval_secs", "must be > 0".into()));
         }

@@ -132,7 +132,7 @@ pub async fn lake(
     } = tail_and_query(cfg, kafka, &trades, metrics).await?;
     let mut states: Vec<Arc<dyn StatusNode>> =
         vec![Arc::new(trades_state.clone()), Arc::new(dl_state.clone())];
-    states.push(maintenance(cfg, catalog, metrics)?);
+    states.push(maintenance(cfg, catalog, metrics).await?);
     Ok(LakeStage {
         trades,
         dead_letters,
@@ -265,7 +265,7 @@ async fn tail_and_query(
 }
 
 /// The maintenance actor (`maintenance.enabled`) over both tables.
-fn maintenance(
+async fn maintenance(
     cfg: &Config,
     catalog: Arc<dyn iceberg::Catalog>,
     metrics: &Metrics,
@@ -275,11 +275,8 @@ fn maintenance(
     }
     let m = MaintenanceMetrics::register(&metrics.registry)
         .map_err(|e| DaemonError::Metrics(e.into()))?;
-    let tables = vec![
-        lake::table_ident(cfg, TableKind::Trades),
-        lake::table_ident(cfg, TableKind::DeadLetters),
-    ];
-    let actor = MaintenanceActor::new(catalog, tables, &cfg.maintenance, m);
+    let job = crate::actors::maintenance::Job::from_config(cfg, catalog).await?;
+    let actor = MaintenanceActor::new(job, &cfg.maintenance, m);
     let state = actor.subscribe();
     actor.start();
     Ok(Arc::new(state))

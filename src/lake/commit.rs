@@ -82,6 +82,46 @@ pub fn current_offsets(table: &Table) -> Result<Option<(i64, KafkaOffsets)>, Lak
     Ok(None)
 }
 
+/// Writes `batch` as Parquet files of the table, split by its partition
+/// spec and rolled at `target_file_size`, and returns them for a commit.
+/// Nothing references them until a commit does.
+pub async fn write_data_files(
+    table: &Table,
+    batch: &RecordBatch,
+    target_file_size: usize,
+) -> Result<Vec<iceberg::spec::DataFile>, LakeError> {
+    let md = table.metadata();
+    // Rows arrive sorted by (symbol, timestamp); row groups of 64k rows
+    // give each symbol its own groups, whose statistics let a query on
+    // one symbol skip the rest of the file.
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(64 * 1024))
+        .build();
+    let parquet = ParquetWriterBuilder::new(props, md.current_schema().clone());
+    let rolling = RollingFileWriterBuilder::new(
+        parquet,
+        target_file_size,
+        table.file_io().clone(),
+        DefaultLocationGenerator::new(md)?,
+        // a fresh prefix per flush: names never collide across restarts
+        DefaultFileNameGenerator::new(
+            format!("ticklake-{}", uuid::Uuid::new_v4()),
+            None,
+            DataFileFormat::Parquet,
+        ),
+    );
+    let mut writer = FanoutWriter::new(DataFileWriterBuilder::new(rolling));
+    let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
+        md.current_schema().clone(),
+        md.default_partition_spec().clone(),
+    )?;
+    for (key, part) in splitter.split(batch)? {
+        writer.write(key, part).await?;
+    }
+    Ok(writer.close().await?)
+}
+
 /// What a commit produced.
 #[derive(Debug, Clone)]
 pub struct Committed {
@@ -105,36 +145,7 @@ pub async fn append(
     let mut rows = 0;
     if let Some(batch) = batch.filter(|b| b.num_rows() > 0) {
         rows = batch.num_rows();
-        let md = table.metadata();
-        // Rows arrive sorted by (symbol, timestamp); row groups of 64k rows
-        // give each symbol its own groups, whose statistics let a query on
-        // one symbol skip the rest of the file.
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .set_max_row_group_row_count(Some(64 * 1024))
-            .build();
-        let parquet = ParquetWriterBuilder::new(props, md.current_schema().clone());
-        let rolling = RollingFileWriterBuilder::new(
-            parquet,
-            target_file_size,
-            table.file_io().clone(),
-            DefaultLocationGenerator::new(md)?,
-            // a fresh prefix per flush: names never collide across restarts
-            DefaultFileNameGenerator::new(
-                format!("ticklake-{}", uuid::Uuid::new_v4()),
-                None,
-                DataFileFormat::Parquet,
-            ),
-        );
-        let mut writer = FanoutWriter::new(DataFileWriterBuilder::new(rolling));
-        let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
-            md.current_schema().clone(),
-            md.default_partition_spec().clone(),
-        )?;
-        for (key, part) in splitter.split(batch)? {
-            writer.write(key, part).await?;
-        }
-        data_files = writer.close().await?;
+        data_files = write_data_files(&table, batch, target_file_size).await?;
     }
     let files = data_files.len();
     let json = serde_json::to_string(offsets).map_err(|e| LakeError::Catalog(e.to_string()))?;

@@ -29,10 +29,12 @@
 //! catalog like any writer: a conflict with a concurrent append fails this
 //! run (retried at the next), never the append.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use iceberg::spec::ManifestFile;
+use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableIdent};
 use serde::Serialize;
@@ -55,12 +57,19 @@ pub struct MaintainReport {
     /// The newest snapshot carrying Kafka offsets, kept whatever its age.
     pub offsets_snapshot: Option<i64>,
     pub manifest_lists_deleted: usize,
+    /// Manifests and data files only expired snapshots referenced: those
+    /// a compaction replaced.
+    pub manifests_deleted: usize,
+    pub data_files_deleted: usize,
     pub metadata_files_deleted: usize,
     pub bytes_deleted: u64,
     /// Data files of the current snapshot (from its summary).
     pub data_files: u64,
     /// Size of the current metadata file, which every reader loads.
     pub metadata_bytes: u64,
+    /// The compaction that ran before the expiry, if any.
+    pub compaction: Option<super::compact::CompactReport>,
+    pub compaction_error: Option<String>,
 }
 
 /// Expires `ident`'s snapshots older than `retention` and deletes the
@@ -111,16 +120,27 @@ pub async fn expire(
     let kept: HashSet<i64> = after.snapshots().map(|s| s.snapshot_id()).collect();
     let kept_lists: HashSet<&str> = after.snapshots().map(|s| s.manifest_list()).collect();
     report.snapshots_after = kept.len();
-    let mut deleted = Vec::new();
-    for s in meta
+    let expired: Vec<_> = meta
         .snapshots()
         .filter(|s| !kept.contains(&s.snapshot_id()))
-    {
-        report.expired += 1;
+        .cloned()
+        .collect();
+    report.expired = expired.len();
+    // Manifests and data files reachable only from expired snapshots:
+    // read before their manifest lists go.
+    let (manifests, data_files) = unreachable(&before, &table, &expired).await?;
+    let mut deleted = Vec::new();
+    for s in &expired {
         if !s.manifest_list().is_empty() && !kept_lists.contains(s.manifest_list()) {
             deleted.push(s.manifest_list().to_string());
         }
     }
+    let (n, bytes) = delete_files(table.file_io(), &data_files).await;
+    report.data_files_deleted = n;
+    report.bytes_deleted += bytes;
+    let (n, bytes) = delete_files(table.file_io(), &manifests).await;
+    report.manifests_deleted = n;
+    report.bytes_deleted += bytes;
     let (n, bytes) = delete_files(table.file_io(), &deleted).await;
     report.manifest_lists_deleted = n;
     report.bytes_deleted += bytes;
@@ -147,6 +167,55 @@ pub async fn expire(
         .unwrap_or(0);
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// The manifests and data files that `expired` (snapshots of `before`)
+/// referenced and no snapshot of `after` does. With appends only, every
+/// manifest is carried into the next snapshot and this reads just the
+/// manifest lists; after a compaction it also reads the manifests.
+async fn unreachable(
+    before: &Table,
+    after: &Table,
+    expired: &[iceberg::spec::SnapshotRef],
+) -> Result<(Vec<String>, Vec<String>), LakeError> {
+    let mut kept: HashMap<String, ManifestFile> = HashMap::new();
+    for s in after.metadata().snapshots() {
+        for m in after.manifest_list_reader(s).load().await?.entries() {
+            kept.entry(m.manifest_path.clone())
+                .or_insert_with(|| m.clone());
+        }
+    }
+    let mut gone: HashMap<String, ManifestFile> = HashMap::new();
+    for s in expired {
+        for m in before.manifest_list_reader(s).load().await?.entries() {
+            if !kept.contains_key(&m.manifest_path) {
+                gone.entry(m.manifest_path.clone())
+                    .or_insert_with(|| m.clone());
+            }
+        }
+    }
+    if gone.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let mut live = HashSet::new();
+    for m in kept.values() {
+        // A DELETED entry records a file's removal; a kept snapshot that
+        // still reads the file lists it alive in its own manifests.
+        for e in m.load_manifest(after.file_io()).await?.entries() {
+            if e.is_alive() {
+                live.insert(e.data_file.file_path().to_string());
+            }
+        }
+    }
+    let mut files = HashSet::new();
+    for m in gone.values() {
+        for e in m.load_manifest(before.file_io()).await?.entries() {
+            if !live.contains(e.data_file.file_path()) {
+                files.insert(e.data_file.file_path().to_string());
+            }
+        }
+    }
+    Ok((gone.into_keys().collect(), files.into_iter().collect()))
 }
 
 /// A `file://` location (or a plain path) as a local path; `None` for

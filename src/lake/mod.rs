@@ -4,6 +4,7 @@
 pub mod background;
 pub mod batch;
 pub mod commit;
+pub mod compact;
 pub mod maintain;
 pub mod scan;
 pub mod schema;
@@ -31,6 +32,8 @@ pub enum LakeError {
     Catalog(String),
     #[error("warehouse {0}: {1}")]
     Warehouse(String, std::io::Error),
+    #[error("parquet: {0}")]
+    Parquet(String),
     #[error("snapshot {snapshot_id}: bad offsets property: {reason}")]
     Offsets { snapshot_id: i64, reason: String },
 }
@@ -44,7 +47,7 @@ impl LakeError {
                 e.kind(),
                 iceberg::ErrorKind::DataInvalid | iceberg::ErrorKind::FeatureUnsupported
             ),
-            LakeError::Arrow(_) | LakeError::Offsets { .. } => false,
+            LakeError::Arrow(_) | LakeError::Parquet(_) | LakeError::Offsets { .. } => false,
             LakeError::Catalog(_) | LakeError::Warehouse(..) => true,
         }
     }

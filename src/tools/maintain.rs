@@ -27,17 +27,14 @@ pub enum MaintainError {
 pub async fn maintain(cfg: &Config) -> Result<Vec<MaintainReport>, MaintainError> {
     let _lock = crate::daemon::lock::DataDirLock::acquire(&cfg.data_dir_abs())?;
     let catalog = lake::open_catalog(cfg).await?;
-    let mut tables = Vec::new();
     for kind in [TableKind::Trades, TableKind::DeadLetters] {
         lake::ensure_table(catalog.as_ref(), cfg, kind).await?;
-        tables.push(lake::table_ident(cfg, kind));
     }
-    let results =
-        crate::actors::maintenance::run(catalog.as_ref(), &tables, cfg.maintenance.retention())
-            .await;
-    results
+    let job = crate::actors::maintenance::Job::from_config(cfg, catalog).await?;
+    job.run()
+        .await
         .into_iter()
-        .zip(&tables)
+        .zip(job.tables())
         .map(|(r, t)| {
             r.map_err(|source| MaintainError::Table {
                 table: t.to_string(),

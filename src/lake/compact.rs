@@ -1,0 +1,745 @@
+//! Compaction: the small files of closed time ranges rewritten into files
+//! of `writer.target_file_size_bytes`, sorted, and swapped in by one
+//! atomic `replace` commit that carries the recorded Kafka offsets forward.
+//!
+//! A writer commits one small file per partition every
+//! `writer.max_age_ms`, and one manifest with it; every scan plans from
+//! all manifests and opens every file its filters do not prune. A file is
+//! a candidate when it is smaller than half the target and the snapshot
+//! that added it is older than `maintenance.compact_min_age` (the range
+//! it covers is closed: the writers have moved on). Per partition, at
+//! least `maintenance.compact_min_files` such files are rewritten, a
+//! target's worth at a time, sorted by the table's sort columns.
+//!
+//! The commit: iceberg 0.10 has no rewrite action, and the parts a new
+//! kind of commit needs in it (`TransactionAction`, `TableCommit`'s
+//! builder) are crate-private. So the new snapshot is built with its
+//! public spec types: one manifest per partition holding every live file
+//! (EXISTING, with their sequence numbers), the replaced ones (DELETED)
+//! and the new ones (ADDED), a manifest list, a `replace` snapshot with
+//! the offsets of the snapshot it replaces, and the next metadata file.
+//! Then the catalog's pointer is swapped with the same compare-and-set the
+//! SQL catalog's own `update_table` runs, so a writer's append that landed
+//! meanwhile makes the swap fail. On a conflict the commit is built again
+//! on top of the new snapshot (its new files carried as EXISTING: an
+//! append is never lost), without rewriting the data. Merging the
+//! manifests is part of it: after a compaction a scan reads one manifest
+//! per partition.
+//!
+//! The replaced files stay readable by the older snapshots (time travel)
+//! until those expire (`maintain`), which then deletes them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use iceberg::spec::{
+    DataFile, MAIN_BRANCH, ManifestContentType, ManifestEntry, ManifestFile, ManifestListWriter,
+    ManifestWriterBuilder, Operation, Snapshot, SnapshotReference, SnapshotRetention,
+    SnapshotSummaryCollector, Summary, TableMetadata, TableMetadataBuilder,
+};
+use iceberg::table::Table;
+use iceberg::{Catalog, MetadataLocation, TableIdent};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::Serialize;
+
+use super::LakeError;
+use super::commit::{OFFSETS_PROPERTY, current_offsets, write_data_files};
+
+/// Times a replace commit is built again after a writer's commit won.
+const MAX_ATTEMPTS: usize = 8;
+
+/// What to compact.
+#[derive(Debug, Clone)]
+pub struct CompactPolicy {
+    /// Size of the files written (`writer.target_file_size_bytes`); files
+    /// under half of it are small.
+    pub target_file_size: usize,
+    /// Fewest small files of one partition worth a rewrite.
+    pub min_files: usize,
+    /// Files added more recently than this are left alone.
+    pub min_age: Duration,
+    /// Columns the rewritten rows are sorted by.
+    pub sort: Vec<String>,
+}
+
+/// What one compaction of one table did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct CompactReport {
+    pub table: String,
+    /// Partitions with files rewritten.
+    pub partitions: usize,
+    pub files_replaced: usize,
+    pub files_written: usize,
+    pub rows: u64,
+    pub bytes_replaced: u64,
+    pub bytes_written: u64,
+    /// Manifests of the table's current snapshot before and after.
+    pub manifests_before: usize,
+    pub manifests_after: usize,
+    /// The `replace` snapshot, if one was committed.
+    pub snapshot_id: Option<i64>,
+    /// Commit attempts (more than one: a writer's commit won a race).
+    pub attempts: usize,
+    pub duration_ms: u64,
+}
+
+/// The SQL catalog's table of metadata pointers, for the compare-and-set.
+pub struct CatalogDb {
+    pool: sqlx::SqlitePool,
+    catalog_name: String,
+}
+
+impl CatalogDb {
+    /// The catalog database of `cfg`, if it is SQLite (the default); a
+    /// PostgreSQL catalog is not swapped by this module.
+    pub async fn open(cfg: &crate::config::Config) -> Result<Option<Self>, LakeError> {
+        let uri = cfg.catalog_uri();
+        if !uri.starts_with("sqlite:") {
+            return Ok(None);
+        }
+        let pool = sqlx::SqlitePool::connect(&uri)
+            .await
+            .map_err(|e| LakeError::Catalog(format!("opening {uri}: {e}")))?;
+        Ok(Some(Self {
+            pool,
+            catalog_name: cfg.lake.catalog_name.clone(),
+        }))
+    }
+
+    /// Points `ident` at `new` if it still points at `old`; `false` if
+    /// another commit moved it first. The statement is the SQL catalog's
+    /// own (`update_table` in iceberg-catalog-sql 0.10).
+    async fn swap(&self, ident: &TableIdent, old: &str, new: &str) -> Result<bool, LakeError> {
+        let done = sqlx::query(
+            "UPDATE iceberg_tables
+             SET metadata_location = ?, previous_metadata_location = ?
+             WHERE catalog_name = ?
+               AND table_name = ?
+               AND table_namespace = ?
+               AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL)
+               AND metadata_location = ?",
+        )
+        .bind(new)
+        .bind(old)
+        .bind(&self.catalog_name)
+        .bind(ident.name())
+        .bind(ident.namespace().join("."))
+        .bind(old)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| LakeError::Catalog(format!("swapping {ident}'s metadata: {e}")))?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+/// Compacts `ident` by `policy`.
+pub async fn compact(
+    catalog: &dyn Catalog,
+    db: &CatalogDb,
+    ident: &TableIdent,
+    policy: &CompactPolicy,
+) -> Result<CompactReport, LakeError> {
+    let started = Instant::now();
+    let table = catalog.load_table(ident).await?;
+    let entries = alive_entries(&table).await?;
+    let mut report = CompactReport {
+        table: ident.to_string(),
+        manifests_before: manifest_count(&table).await?,
+        ..CompactReport::default()
+    };
+    let chunks = plan(&table, &entries, policy);
+    if chunks.is_empty() {
+        report.manifests_after = report.manifests_before;
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        return Ok(report);
+    }
+    let mut replaced = HashSet::new();
+    let mut added = Vec::new();
+    let mut partitions = HashSet::new();
+    for chunk in &chunks {
+        let files = rewrite(&table, chunk, policy).await?;
+        for e in chunk {
+            replaced.insert(e.data_file.file_path().to_string());
+            report.bytes_replaced += e.data_file.file_size_in_bytes();
+            report.rows += e.data_file.record_count();
+            partitions.insert(partition_key(e));
+        }
+        report.bytes_written += files.iter().map(|f| f.file_size_in_bytes()).sum::<u64>();
+        added.extend(files);
+    }
+    report.partitions = partitions.len();
+    report.files_replaced = replaced.len();
+    report.files_written = added.len();
+
+    let mut table = table;
+    for attempt in 1..=MAX_ATTEMPTS {
+        report.attempts = attempt;
+        let staged = stage(&table, &replaced, &added).await?;
+        let old = table
+            .metadata_location()
+            .ok_or_else(|| LakeError::Catalog(format!("{ident} has no metadata file")))?
+            .to_string();
+        if db.swap(ident, &old, &staged.location).await? {
+            report.snapshot_id = Some(staged.snapshot_id);
+            report.manifests_after = staged.manifests;
+            report.duration_ms = started.elapsed().as_millis() as u64;
+            return Ok(report);
+        }
+        // A writer committed first: build again on its snapshot.
+        discard(&table, &staged.written).await;
+        table = catalog.load_table(ident).await?;
+        let alive: HashSet<String> = alive_entries(&table)
+            .await?
+            .iter()
+            .map(|e| e.data_file.file_path().to_string())
+            .collect();
+        if !replaced.iter().all(|p| alive.contains(p)) {
+            // Someone else replaced them: ours are garbage.
+            discard_paths(&table, added.iter().map(|f| f.file_path().to_string())).await;
+            return Err(LakeError::Catalog(format!(
+                "{ident}: the files to replace changed under the compaction; nothing committed"
+            )));
+        }
+    }
+    discard_paths(&table, added.iter().map(|f| f.file_path().to_string())).await;
+    Err(LakeError::Catalog(format!(
+        "{ident}: writers committed first {MAX_ATTEMPTS} times in a row; compaction gave up this run"
+    )))
+}
+
+/// The live entries of the current snapshot's data manifests.
+async fn alive_entries(table: &Table) -> Result<Vec<ManifestEntry>, LakeError> {
+    let Some(snapshot) = table.metadata().current_snapshot() else {
+        return Ok(Vec::new());
+    };
+    let list = table.manifest_list_reader(snapshot).load().await?;
+    let mut out = Vec::new();
+    for mf in list.entries() {
+        if mf.content != ManifestContentType::Data {
+            return Err(LakeError::Catalog(format!(
+                "{} has delete files (written by another engine); compaction does not apply them",
+                table.identifier()
+            )));
+        }
+        let manifest = mf.load_manifest(table.file_io()).await?;
+        out.extend(
+            manifest
+                .entries()
+                .iter()
+                .filter(|e| e.is_alive())
+                .map(|e| (**e).clone()),
+        );
+    }
+    Ok(out)
+}
+
+async fn manifest_count(table: &Table) -> Result<usize, LakeError> {
+    match table.metadata().current_snapshot() {
+        Some(s) => Ok(table.manifest_list_reader(s).load().await?.entries().len()),
+        None => Ok(0),
+    }
+}
+
+fn partition_key(e: &ManifestEntry) -> String {
+    format!("{:?}", e.data_file.partition())
+}
+
+/// The chunks to rewrite: per partition, the small files old enough, in
+/// the order they were added, a target's worth at a time; a chunk of fewer
+/// than `min_files` is left for a later run.
+fn plan(
+    table: &Table,
+    entries: &[ManifestEntry],
+    policy: &CompactPolicy,
+) -> Vec<Vec<ManifestEntry>> {
+    let meta = table.metadata();
+    let cutoff = chrono::Utc::now().timestamp_millis()
+        - i64::try_from(policy.min_age.as_millis()).unwrap_or(i64::MAX);
+    let added_at: HashMap<i64, i64> = meta
+        .snapshots()
+        .map(|s| (s.snapshot_id(), s.timestamp_ms()))
+        .collect();
+    let small = (policy.target_file_size / 2) as u64;
+    let mut groups: BTreeMap<String, Vec<&ManifestEntry>> = BTreeMap::new();
+    for e in entries {
+        // A snapshot already expired is older than any cutoff.
+        let old = e
+            .snapshot_id
+            .and_then(|id| added_at.get(&id))
+            .is_none_or(|t| *t < cutoff);
+        if old && e.data_file.file_size_in_bytes() < small {
+            groups.entry(partition_key(e)).or_default().push(e);
+        }
+    }
+    let mut chunks = Vec::new();
+    for (_, mut files) in groups {
+        files.sort_by_key(|e| e.sequence_number);
+        let mut chunk: Vec<ManifestEntry> = Vec::new();
+        let mut bytes = 0u64;
+        for e in files {
+            chunk.push(e.clone());
+            bytes += e.data_file.file_size_in_bytes();
+            if bytes >= policy.target_file_size as u64 {
+                if chunk.len() >= policy.min_files {
+                    chunks.push(std::mem::take(&mut chunk));
+                } else {
+                    chunk.clear();
+                }
+                bytes = 0;
+            }
+        }
+        if chunk.len() >= policy.min_files {
+            chunks.push(chunk);
+        }
+    }
+    chunks
+}
+
+/// Reads a chunk's files, sorts their rows and writes them as new files.
+async fn rewrite(
+    table: &Table,
+    chunk: &[ManifestEntry],
+    policy: &CompactPolicy,
+) -> Result<Vec<DataFile>, LakeError> {
+    let mut batches = Vec::new();
+    for e in chunk {
+        let bytes = table
+            .file_io()
+            .new_input(e.data_file.file_path())?
+            .read()
+            .await?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .and_then(|b| b.build())
+            .map_err(|err| LakeError::Parquet(format!("{}: {err}", e.data_file.file_path())))?;
+        for b in reader {
+            batches.push(b?);
+        }
+    }
+    let Some(first) = batches.first() else {
+        return Ok(Vec::new());
+    };
+    let all = concat_batches(&first.schema(), &batches)?;
+    let want: u64 = chunk.iter().map(|e| e.data_file.record_count()).sum();
+    if all.num_rows() as u64 != want {
+        return Err(LakeError::Parquet(format!(
+            "read {} rows from files whose manifests say {want}",
+            all.num_rows()
+        )));
+    }
+    let sorted = sort(&all, &policy.sort)?;
+    write_data_files(table, &sorted, policy.target_file_size).await
+}
+
+fn sort(batch: &RecordBatch, columns: &[String]) -> Result<RecordBatch, LakeError> {
+    let keys = columns
+        .iter()
+        .filter_map(|c| batch.column_by_name(c))
+        .map(|values| SortColumn {
+            values: values.clone(),
+            options: None,
+        })
+        .collect::<Vec<_>>();
+    if keys.is_empty() {
+        return Ok(batch.clone());
+    }
+    let order = lexsort_to_indices(&keys, None)?;
+    Ok(take_record_batch(batch, &order)?)
+}
+
+/// A replace commit written and not yet swapped in.
+struct Staged {
+    snapshot_id: i64,
+    location: String,
+    manifests: usize,
+    /// Its manifests, manifest list and metadata file, to delete if the
+    /// swap loses.
+    written: Vec<String>,
+}
+
+/// Writes the manifests, manifest list and metadata file of a `replace`
+/// snapshot on top of `table`'s current one.
+async fn stage(
+    table: &Table,
+    replaced: &HashSet<String>,
+    added: &[DataFile],
+) -> Result<Staged, LakeError> {
+    let meta = table.metadata();
+    let base = meta
+        .current_snapshot()
+        .ok_or_else(|| LakeError::Catalog("compaction of a table without a snapshot".into()))?;
+    let entries = alive_entries(table).await?;
+    let snapshot_id = new_snapshot_id(meta);
+    let seq = meta.next_sequence_number();
+    let schema = meta.current_schema().clone();
+    let spec = meta.default_partition_spec().as_ref().clone();
+    let commit = uuid::Uuid::new_v4();
+    let mut written = Vec::new();
+
+    let mut by_partition: BTreeMap<String, (Vec<&ManifestEntry>, Vec<&DataFile>)> = BTreeMap::new();
+    for e in &entries {
+        by_partition.entry(partition_key(e)).or_default().0.push(e);
+    }
+    for f in added {
+        by_partition
+            .entry(format!("{:?}", f.partition()))
+            .or_default()
+            .1
+            .push(f);
+    }
+    let mut summary = SnapshotSummaryCollector::default();
+    let mut manifests: Vec<ManifestFile> = Vec::new();
+    for (i, (_, (old, new))) in by_partition.into_iter().enumerate() {
+        let path = format!("{}/metadata/{commit}-m{i}.avro", meta.location());
+        let mut w = ManifestWriterBuilder::new(
+            table.file_io().new_output(&path)?,
+            Some(snapshot_id),
+            schema.clone(),
+            spec.clone(),
+        )
+        .build_v2_data();
+        for e in old {
+            let data_seq = e.sequence_number.unwrap_or(0);
+            let file_seq = e.file_sequence_number.or(e.sequence_number);
+            if replaced.contains(e.data_file.file_path()) {
+                summary.remove_file(
+                    &e.data_file,
+                    schema.clone(),
+                    meta.default_partition_spec().clone(),
+                );
+                w.add_delete_file(e.data_file.clone(), data_seq, file_seq)?;
+            } else {
+                let added_by = e.snapshot_id.unwrap_or(base.snapshot_id());
+                w.add_existing_file(e.data_file.clone(), added_by, data_seq, file_seq)?;
+            }
+        }
+        for f in new {
+            summary.add_file(f, schema.clone(), meta.default_partition_spec().clone());
+            w.add_file(f.clone(), seq)?;
+        }
+        written.push(path);
+        manifests.push(w.write_manifest_file().await?);
+    }
+    let manifest_count = manifests.len();
+
+    let list_path = format!(
+        "{}/metadata/snap-{snapshot_id}-0-{commit}.avro",
+        meta.location()
+    );
+    let mut list = ManifestListWriter::v2(
+        table.file_io().new_output(&list_path)?.writer().await?,
+        snapshot_id,
+        Some(base.snapshot_id()),
+        seq,
+    );
+    list.add_manifests(manifests.into_iter())?;
+    list.close().await?;
+    written.push(list_path.clone());
+
+    let mut properties = summary.build();
+    totals(&mut properties, base.summary(), replaced.len(), added);
+    // The rows are the same, so the Kafka positions are too; a snapshot
+    // without them would make readers walk back to an older one.
+    if let Some((_, offsets)) = current_offsets(table)? {
+        let json =
+            serde_json::to_string(&offsets).map_err(|e| LakeError::Catalog(e.to_string()))?;
+        properties.insert(OFFSETS_PROPERTY.to_string(), json);
+    }
+    let snapshot = Snapshot::builder()
+        .with_manifest_list(list_path)
+        .with_snapshot_id(snapshot_id)
+        .with_parent_snapshot_id(Some(base.snapshot_id()))
+        .with_sequence_number(seq)
+        .with_summary(Summary {
+            operation: Operation::Replace,
+            additional_properties: properties,
+        })
+        .with_schema_id(meta.current_schema_id())
+        .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
+        .build();
+    let current_location = table
+        .metadata_location()
+        .ok_or_else(|| LakeError::Catalog("the table has no metadata file".into()))?;
+    let next =
+        TableMetadataBuilder::new_from_metadata(meta.clone(), Some(current_location.to_string()))
+            .add_snapshot(snapshot)?
+            .set_ref(
+                MAIN_BRANCH,
+                SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)),
+            )?
+            .build()?
+            .metadata;
+    let location = MetadataLocation::from_str(current_location)?.with_next_version();
+    next.write_to(table.file_io(), &location).await?;
+    let location = location.to_string();
+    written.push(location.clone());
+    Ok(Staged {
+        snapshot_id,
+        location,
+        manifests: manifest_count,
+        written,
+    })
+}
+
+/// The snapshot's running totals: the base's, less what was replaced,
+/// plus what was written.
+fn totals(
+    properties: &mut HashMap<String, String>,
+    base: &Summary,
+    replaced_files: usize,
+    added: &[DataFile],
+) {
+    let get = |k: &str| -> u64 {
+        base.additional_properties
+            .get(k)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let add = |k: &str, p: &HashMap<String, String>| -> u64 {
+        p.get(k).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    let deleted_records = add("deleted-records", properties);
+    let removed_size = add("removed-files-size", properties);
+    let added_records: u64 = added.iter().map(|f| f.record_count()).sum();
+    let added_size: u64 = added.iter().map(|f| f.file_size_in_bytes()).sum();
+    // Saturating: a base written by another engine may lack its totals.
+    let files =
+        (get("total-data-files") + added.len() as u64).saturating_sub(replaced_files as u64);
+    let records = (get("total-records") + added_records).saturating_sub(deleted_records);
+    let size = (get("total-files-size") + added_size).saturating_sub(removed_size);
+    for (k, v) in [
+        ("total-data-files", files),
+        ("total-records", records),
+        ("total-files-size", size),
+        ("total-delete-files", get("total-delete-files")),
+        ("total-position-deletes", get("total-position-deletes")),
+        ("total-equality-deletes", get("total-equality-deletes")),
+    ] {
+        properties.insert(k.to_string(), v.to_string());
+    }
+}
+
+/// A snapshot id no snapshot of the table has.
+fn new_snapshot_id(meta: &TableMetadata) -> i64 {
+    loop {
+        let id = (uuid::Uuid::new_v4().as_u128() as i64).wrapping_abs();
+        if id > 0 && meta.snapshot_by_id(id).is_none() {
+            return id;
+        }
+    }
+}
+
+async fn discard(table: &Table, staged: &[String]) {
+    discard_paths(table, staged.iter().cloned()).await;
+}
+
+async fn discard_paths(table: &Table, paths: impl Iterator<Item = String>) {
+    for p in paths {
+        if let Err(e) = table.file_io().delete(&p).await {
+            tracing::warn!(file = %p, error = %e, "compaction: could not delete a file it wrote");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::TryStreamExt;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::lake::commit::{KafkaOffsets, append};
+    use crate::lake::{self, TableKind};
+    use crate::model::TradeV2;
+
+    fn offsets(next: i64) -> KafkaOffsets {
+        let mut o = KafkaOffsets {
+            cluster_id: "c".into(),
+            ..Default::default()
+        };
+        o.set("t", 0, next);
+        o
+    }
+
+    fn policy() -> CompactPolicy {
+        CompactPolicy {
+            target_file_size: 1 << 20,
+            min_files: 4,
+            min_age: Duration::ZERO,
+            sort: vec!["symbol".into(), "timestamp".into()],
+        }
+    }
+
+    /// (symbol, trade id) of every row, in file order.
+    async fn rows(catalog: &dyn Catalog, ident: &TableIdent) -> Vec<(String, String)> {
+        let table = catalog.load_table(ident).await.unwrap();
+        let stream = table.scan().build().unwrap().to_arrow().await.unwrap();
+        let batches: Vec<RecordBatch> = stream.try_collect().await.unwrap();
+        let mut out = Vec::new();
+        for b in batches {
+            let col = |n: &str| {
+                arrow::compute::cast(
+                    b.column_by_name(n).unwrap(),
+                    &arrow::datatypes::DataType::Utf8,
+                )
+                .unwrap()
+            };
+            let (s, t) = (col("symbol"), col("trade_id"));
+            let s = s
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap();
+            let t = t
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap();
+            for i in 0..b.num_rows() {
+                out.push((s.value(i).to_string(), t.value(i).to_string()));
+            }
+        }
+        out
+    }
+
+    async fn commit_trades(cfg: &Config, catalog: &dyn Catalog, n: i64, from: i64) {
+        let ident = lake::table_ident(cfg, TableKind::Trades);
+        let table = catalog.load_table(&ident).await.unwrap();
+        let schema = lake::batch::arrow_schema(table.metadata().current_schema()).unwrap();
+        for i in from..from + n {
+            // Alternate symbols, so sorting has work to do.
+            let sym = if i % 2 == 0 { "ETHUSDT" } else { "BTCUSDT" };
+            let mut t =
+                [TradeV2::builder("X", sym, &i.to_string(), 1_700_000_000_000_000 + i).build()];
+            let batch = lake::batch::trades_batch(&schema, &mut t).unwrap();
+            append(catalog, &ident, Some(&batch), &offsets(i + 1), 1 << 20)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Twelve one-row commits become one sorted file in one `replace`
+    /// snapshot that carries the offsets; a writer's append that wins the
+    /// race is kept; expiry then deletes what only old snapshots held.
+    #[tokio::test]
+    async fn small_files_become_one_sorted_file_and_no_append_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::default().under(dir.path());
+        let catalog = lake::open_catalog(&cfg).await.unwrap();
+        lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
+            .await
+            .unwrap();
+        let ident = lake::table_ident(&cfg, TableKind::Trades);
+        let db = CatalogDb::open(&cfg).await.unwrap().unwrap();
+        commit_trades(&cfg, catalog.as_ref(), 12, 0).await;
+        let mut before = rows(catalog.as_ref(), &ident).await;
+        before.sort();
+
+        // Too few files for the policy: nothing happens.
+        let r = compact(
+            catalog.as_ref(),
+            &db,
+            &ident,
+            &CompactPolicy {
+                min_files: 13,
+                ..policy()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!((r.files_replaced, r.snapshot_id), (0, None));
+
+        let r = compact(catalog.as_ref(), &db, &ident, &policy())
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.files_replaced, r.files_written, r.rows),
+            (12, 1, 12),
+            "{r:?}"
+        );
+        assert_eq!(
+            (r.manifests_before, r.manifests_after, r.attempts),
+            (12, 1, 1)
+        );
+        let table = catalog.load_table(&ident).await.unwrap();
+        let snap = table.metadata().current_snapshot().unwrap();
+        assert_eq!(Some(snap.snapshot_id()), r.snapshot_id);
+        assert_eq!(snap.summary().operation, Operation::Replace);
+        assert_eq!(
+            snap.summary().additional_properties.get("total-data-files"),
+            Some(&"1".to_string())
+        );
+        assert_eq!(
+            snap.summary().additional_properties.get("total-records"),
+            Some(&"12".to_string())
+        );
+        assert_eq!(current_offsets(&table).unwrap().unwrap().1, offsets(12));
+        let after = rows(catalog.as_ref(), &ident).await;
+        let mut sorted = after.clone();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(after, sorted, "the new file is sorted by symbol");
+        let mut after_all = after.clone();
+        after_all.sort();
+        assert_eq!(after_all, before, "the same rows");
+
+        // A replace commit staged on this snapshot, then a writer's append
+        // lands first: the swap must fail, and a new run keeps the append.
+        commit_trades(&cfg, catalog.as_ref(), 4, 100).await;
+        let table = catalog.load_table(&ident).await.unwrap();
+        let entries = alive_entries(&table).await.unwrap();
+        let chunks = plan(&table, &entries, &policy());
+        assert_eq!(chunks.len(), 1);
+        let added = rewrite(&table, &chunks[0], &policy()).await.unwrap();
+        let replaced: HashSet<String> = chunks[0]
+            .iter()
+            .map(|e| e.data_file.file_path().to_string())
+            .collect();
+        let staged = stage(&table, &replaced, &added).await.unwrap();
+        commit_trades(&cfg, catalog.as_ref(), 1, 200).await;
+        let old = table.metadata_location().unwrap();
+        assert!(
+            !db.swap(&ident, old, &staged.location).await.unwrap(),
+            "a stale swap must lose"
+        );
+        discard(&table, &staged.written).await;
+        discard_paths(&table, added.iter().map(|f| f.file_path().to_string())).await;
+        let r = compact(catalog.as_ref(), &db, &ident, &policy())
+            .await
+            .unwrap();
+        assert_eq!(r.files_replaced, 6, "{r:?}");
+        let got = rows(catalog.as_ref(), &ident).await;
+        assert_eq!(got.len(), 17, "every append is still there");
+        let ids: HashSet<&str> = got.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(ids.len(), 17);
+        assert!(ids.contains("X-200"));
+        let table = catalog.load_table(&ident).await.unwrap();
+        assert_eq!(current_offsets(&table).unwrap().unwrap().1, offsets(201));
+
+        // Expiry deletes the replaced files once no snapshot holds them.
+        let files_before = count_parquet(dir.path());
+        let e =
+            crate::lake::maintain::expire(catalog.as_ref(), &ident, Duration::ZERO, Duration::ZERO)
+                .await
+                .unwrap();
+        assert_eq!(e.snapshots_after, 1, "{e:?}");
+        // The 12 first files, the first compaction's, the 4 and the 1
+        // appended after it: all replaced by the second compaction.
+        assert_eq!(e.data_files_deleted, 18, "{e:?}");
+        assert_eq!(count_parquet(dir.path()), files_before - 18);
+        assert_eq!(count_parquet(dir.path()), 1);
+        assert!(e.manifests_deleted > 0, "{e:?}");
+        assert_eq!(rows(catalog.as_ref(), &ident).await.len(), 17);
+    }
+
+    fn count_parquet(dir: &std::path::Path) -> usize {
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                n += count_parquet(&p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                n += 1;
+            }
+        }
+        n
+    }
+}
