@@ -53,6 +53,7 @@
 //! what they copy already exists, at most as many times as the statement
 //! names it. Aggregates grow inside operators that count against the pool.
 
+mod contained;
 mod size;
 
 use std::any::Any;
@@ -199,6 +200,7 @@ pub fn register(ctx: &SessionContext, max_memory_bytes: usize) -> Result<(), Lim
             }),
         );
     }
+    contained::register(ctx)?;
     Ok(())
 }
 

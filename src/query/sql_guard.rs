@@ -56,6 +56,11 @@ pub const MAX_PLANNED_TABLES: usize = 4096;
 /// refuses about 50 levels anyway; refusing here is cheaper and certain.
 pub const MAX_NESTING: usize = 64;
 
+/// Most parts of a dotted name in an expression: catalog, schema, table,
+/// column and a struct field. Longer ones that match no column panic
+/// DataFusion 53's planner, and the tables here have no deeper structs.
+pub const MAX_NAME_PARTS: usize = 5;
+
 /// Longest run of words and `<` with nothing else between them. SQL has no
 /// such run longer than a few words, but `INTERVAL INTERVAL … 1` and
 /// `ARRAY<ARRAY<…>>` recurse in the parser or in the guard's walk without
@@ -99,6 +104,12 @@ pub enum GuardError {
     /// DataFusion 53's planner panics on these (apache/datafusion#21431).
     #[error("a typed literal needs a quoted string after its type, found `{0}`")]
     TypedLiteral(String),
+    /// DataFusion 53's planner unwraps an error on a name of more parts
+    /// that matches no column (`datafusion-sql` `expr/identifier.rs`).
+    #[error(
+        "the name `{0}` has more than {MAX_NAME_PARTS} parts; a column is at most catalog.schema.table.column.field"
+    )]
+    LongName(String),
 }
 
 impl GuardError {
@@ -118,6 +129,7 @@ impl GuardError {
             GuardError::TooNested { .. } => "too_nested",
             GuardError::TypedLiteral(_) => "typed_literal",
             GuardError::TooComplex { .. } => "too_complex",
+            GuardError::LongName(_) => "long_name",
         }
     }
 }
@@ -287,6 +299,12 @@ impl Visitor for ReadOnly {
             && t.value.clone().into_string().is_none()
         {
             return ControlFlow::Break(GuardError::TypedLiteral(t.value.to_string()));
+        }
+        if let Expr::CompoundIdentifier(parts) = e
+            && parts.len() > MAX_NAME_PARTS
+        {
+            let name: Vec<&str> = parts.iter().map(|p| p.value.as_str()).collect();
+            return ControlFlow::Break(GuardError::LongName(name.join(".")));
         }
         ControlFlow::Continue(())
     }
@@ -490,6 +508,11 @@ mod tests {
                 "INSERT",
             ),
             ("select timestamp 7", "typed_literal", "found `7`"),
+            (
+                "select * from market.trades s join market.dead_letters d on s.exchange = d.d.d.d.d.d.exchange",
+                "long_name",
+                "d.d.d.d.d.d.exchange",
+            ),
             (
                 "select trade_conditions[1] 7 from market.trades",
                 "typed_literal",
