@@ -57,6 +57,8 @@ fn status_endpoint_and_cli_show_the_tree_level_breakers_and_accounting() {
             "consumer",
             "writer.trades",
             "writer.dead_letters",
+            "bars",
+            "maintenance",
             "tail",
             "query",
             "degradation_supervisor"

@@ -49,6 +49,20 @@ fn truth_count() -> i64 {
     ids.len() as i64
 }
 
+/// First and last trade time (ms) of BTCUSDT in the capture.
+fn btc_span() -> (i64, i64) {
+    let mut span = (i64::MAX, i64::MIN);
+    for f in received_frames(&capture("BINANCE-ee25be.0.txt")) {
+        let v: Value = serde_json::from_str(&f).unwrap();
+        let d = &v["data"];
+        if d["e"] == "aggTrade" && d["s"] == "BTCUSDT" {
+            let t = d["T"].as_i64().unwrap();
+            span = (span.0.min(t), span.1.max(t));
+        }
+    }
+    span
+}
+
 fn lake_counts(env: &Env) -> (i64, i64) {
     let rows =
         env.query("select count(*) as n, count(distinct message_id) as d from market.trades");
@@ -173,6 +187,52 @@ fn expiry_keeps_every_trade_once_across_a_kill_and_bounds_the_snapshots() {
         (want, want),
         "no trade lost or doubled across the kill"
     );
+    // The minute bars summarized every trade once, across the kill too.
+    let summarized = || env.count("select cast(sum(trades) as bigint) as n from market.ohlcv_1m");
+    wait_until(
+        "the bars cover every trade",
+        Duration::from_secs(60),
+        || summarized() >= want,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(summarized(), want, "every trade in the minute bars once");
+    // `/v1/ohlcv` from the bars (whole minutes) equals the raw way (a
+    // start off the minute), for every interval.
+    let (first_ms, last_ms) = btc_span();
+    let day_ms = 86_400_000;
+    let start = first_ms.div_euclid(day_ms) * day_ms;
+    let end = (last_ms.div_euclid(day_ms) + 1) * day_ms;
+    let iso = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    for interval in ["1m", "5m", "15m", "1h", "1d"] {
+        let bars = |from: i64| {
+            let path = format!(
+                "/v1/ohlcv?symbol=BTCUSDT&interval={interval}&start={}&end={}",
+                iso(from),
+                iso(end)
+            );
+            let (status, body) = http(env.http_port, "GET", &path, None);
+            assert_eq!(status, 200, "{path}: {body}");
+            body["bars"].clone()
+        };
+        let (fast, raw) = (bars(start), bars(start - 1));
+        assert_eq!(fast, raw, "{interval}");
+        if interval == "1d" {
+            let n: i64 = fast
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["trades"].as_i64().unwrap())
+                .sum();
+            assert!(n > 0 && n < want, "{n}");
+            println!(
+                "ohlcv BTCUSDT 1d from the bars: {n} trades, equal to the raw way on every interval"
+            );
+        }
+    }
     assert!(daemon.terminate().success(), "{}", daemon.log_tail());
 
     // Now the data directory is free: `ticklake maintain` runs.
@@ -191,7 +251,10 @@ fn expiry_keeps_every_trade_once_across_a_kill_and_bounds_the_snapshots() {
         .iter()
         .map(|r| r["table"].as_str().unwrap())
         .collect();
-    assert_eq!(tables, ["market.trades", "market.dead_letters"]);
+    assert_eq!(
+        tables,
+        ["market.trades", "market.dead_letters", "market.ohlcv_1m"]
+    );
     assert!(reports[0]["snapshots_after"].as_u64().unwrap() >= 1);
     assert_eq!(lake_counts(&env), (want, want));
 

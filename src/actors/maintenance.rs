@@ -151,6 +151,8 @@ pub struct Job {
     /// The catalog's pointer table, when compaction is on and possible.
     db: Option<Arc<CatalogDb>>,
     tables: Vec<MaintainedTable>,
+    /// `market.ohlcv_1m`, whose coverage keeps trades snapshots from expiry.
+    bars: Option<TableIdent>,
     retention: Duration,
     compact: CompactPolicy,
 }
@@ -182,7 +184,14 @@ impl Job {
                     ident: lake::table_ident(cfg, TableKind::DeadLetters),
                     sort: vec!["received_at".into()],
                 },
-            ],
+            ]
+            .into_iter()
+            .chain(cfg.lake.bars.then(|| MaintainedTable {
+                ident: lake::bars_ident(cfg),
+                sort: vec!["exchange".into(), "symbol".into(), "minute".into()],
+            }))
+            .collect(),
+            bars: cfg.lake.bars.then(|| lake::bars_ident(cfg)),
             retention: cfg.maintenance.retention(),
             compact: CompactPolicy {
                 target_file_size: cfg.writer.target_file_size_bytes,
@@ -191,6 +200,16 @@ impl Job {
                 sort: Vec::new(),
             },
         })
+    }
+
+    /// For the trades table: the trades sequence the bars cover.
+    async fn bars_cover(&self, table: &TableIdent) -> Option<i64> {
+        let bars = self.bars.as_ref()?;
+        if table.name() != crate::lake::schema::TRADES_TABLE {
+            return None;
+        }
+        let t = self.catalog.load_table(bars).await.ok()?;
+        crate::lake::bars::covered(&t).map(|(_, seq)| seq)
     }
 
     pub fn tables(&self) -> impl Iterator<Item = &TableIdent> {
@@ -215,11 +234,13 @@ impl Job {
                     Err(e) => compaction_error = Some(e.to_string()),
                 }
             }
+            let keep_after = self.bars_cover(&t.ident).await;
             let r = maintain::expire(
                 self.catalog.as_ref(),
                 &t.ident,
                 self.retention,
                 maintain::METADATA_GRACE,
+                keep_after,
             )
             .await
             .map(|mut r| {

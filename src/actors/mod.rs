@@ -1,6 +1,7 @@
 //! The daemon's actors, one per file, and (`observe`) the observable
 //! state and restart bookkeeping they share.
 
+pub mod bars;
 pub mod binance_feed;
 pub mod consumer;
 pub mod degradation;

@@ -213,6 +213,9 @@ pub struct LakeConfig {
     pub warehouse: String,
     /// Iceberg namespace of the tables.
     pub namespace: String,
+    /// Keep minute bars (`market.ohlcv_1m`) as trades commit, and answer
+    /// `/v1/ohlcv` from them (`lake::bars`).
+    pub bars: bool,
 }
 
 impl Default for LakeConfig {
@@ -222,6 +225,7 @@ impl Default for LakeConfig {
             catalog_uri: String::new(),
             warehouse: String::new(),
             namespace: "market".into(),
+            bars: true,
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::kafka;
 use crate::kafka::acks::AckLedger;
 use crate::kafka::avro::Codec;
 use crate::kafka::encoder::Encoder;
+use crate::lake::LakeError;
 use crate::lake::commit::{KafkaOffsets, current_offsets};
 use crate::lake::{self, TableKind};
 use crate::messages::writer::{AddCommitListener, SetRestarter};
@@ -130,8 +131,10 @@ pub async fn lake(
         query,
         query_state,
     } = tail_and_query(cfg, kafka, &trades, metrics).await?;
+    let bars_state = bars(cfg, catalog.clone(), &trades).await?;
     let mut states: Vec<Arc<dyn StatusNode>> =
         vec![Arc::new(trades_state.clone()), Arc::new(dl_state.clone())];
+    states.extend(bars_state);
     states.push(maintenance(cfg, catalog, metrics).await?);
     Ok(LakeStage {
         trades,
@@ -262,6 +265,36 @@ async fn tail_and_query(
         query,
         query_state: Arc::new(query_state),
     })
+}
+
+/// The bars actor (`lake.bars`): `market.ohlcv_1m` follows every trades
+/// commit.
+async fn bars(
+    cfg: &Config,
+    catalog: Arc<dyn iceberg::Catalog>,
+    trades: &Addr<WriterActor>,
+) -> Result<Option<Arc<dyn StatusNode>>, DaemonError> {
+    if !cfg.lake.bars {
+        return Ok(None);
+    }
+    let ident = lake::bars_ident(cfg);
+    lake::ensure(
+        catalog.as_ref(),
+        &ident,
+        lake::schema::bars_schema().map_err(LakeError::from)?,
+        lake::schema::bars_partition_spec().map_err(LakeError::from)?,
+    )
+    .await?;
+    let actor = crate::actors::bars::BarsActor::new(
+        catalog,
+        lake::table_ident(cfg, TableKind::Trades),
+        ident,
+        cfg.writer.target_file_size_bytes,
+    );
+    let state = actor.subscribe();
+    let addr = actor.start();
+    trades.do_send(AddCommitListener(addr.recipient()));
+    Ok(Some(Arc::new(state)))
 }
 
 /// The maintenance actor (`maintenance.enabled`) over both tables.

@@ -447,6 +447,11 @@ async fn stage(
             serde_json::to_string(&offsets).map_err(|e| LakeError::Catalog(e.to_string()))?;
         properties.insert(OFFSETS_PROPERTY.to_string(), json);
     }
+    // Likewise what the minute bars cover (`bars`): without it the bars
+    // would summarize every trade again.
+    if let Some((_, seq)) = super::bars::covered(table) {
+        properties.insert(super::bars::COVERED_PROPERTY.to_string(), seq.to_string());
+    }
     let snapshot = Snapshot::builder()
         .with_manifest_list(list_path)
         .with_snapshot_id(snapshot_id)
@@ -716,10 +721,15 @@ mod tests {
 
         // Expiry deletes the replaced files once no snapshot holds them.
         let files_before = count_parquet(dir.path());
-        let e =
-            crate::lake::maintain::expire(catalog.as_ref(), &ident, Duration::ZERO, Duration::ZERO)
-                .await
-                .unwrap();
+        let e = crate::lake::maintain::expire(
+            catalog.as_ref(),
+            &ident,
+            Duration::ZERO,
+            Duration::ZERO,
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(e.snapshots_after, 1, "{e:?}");
         // The 12 first files, the first compaction's, the 4 and the 1
         // appended after it: all replaced by the second compaction.

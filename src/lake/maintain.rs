@@ -75,11 +75,16 @@ pub struct MaintainReport {
 /// Expires `ident`'s snapshots older than `retention` and deletes the
 /// files only they referenced; metadata files only once older than
 /// `metadata_grace` ([`METADATA_GRACE`] outside tests).
+///
+/// Snapshots with a sequence number past `keep_after` are kept whatever
+/// their age: the minute bars have not summarized them yet (`bars`), and
+/// they are how the bars find the rows they added.
 pub async fn expire(
     catalog: &dyn Catalog,
     ident: &TableIdent,
     retention: Duration,
     metadata_grace: Duration,
+    keep_after: Option<i64>,
 ) -> Result<MaintainReport, LakeError> {
     let started = Instant::now();
     let table = catalog.load_table(ident).await?;
@@ -95,10 +100,27 @@ pub async fn expire(
         now_ms.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
     if let Some((id, _)) = current_offsets(&table)? {
         report.offsets_snapshot = Some(id);
+    }
+    // The newest snapshots carrying what readers walk back for: the Kafka
+    // offsets, and what the minute bars cover (`bars`).
+    let carriers = [
+        report.offsets_snapshot,
+        super::bars::covered(&table).map(|(id, _)| id),
+    ];
+    for id in carriers.into_iter().flatten() {
         if let Some(s) = meta.snapshot_by_id(id) {
             // Expiry takes snapshots strictly older than the cutoff.
             cutoff = cutoff.min(s.timestamp_ms());
         }
+    }
+    if let Some(seq) = keep_after
+        && let Some(first) = meta
+            .snapshots()
+            .filter(|s| s.sequence_number() > seq)
+            .map(|s| s.timestamp_ms())
+            .min()
+    {
+        cutoff = cutoff.min(first);
     }
     let current = meta.current_snapshot_id();
     let due = meta
@@ -391,6 +413,7 @@ mod tests {
             &ident,
             Duration::from_secs(3600),
             METADATA_GRACE,
+            None,
         )
         .await
         .unwrap();
@@ -401,9 +424,15 @@ mod tests {
         assert_eq!(r.metadata_files_deleted, 0);
         assert!(orphan.exists());
 
-        let r = expire(catalog.as_ref(), &ident, Duration::ZERO, Duration::ZERO)
-            .await
-            .unwrap();
+        let r = expire(
+            catalog.as_ref(),
+            &ident,
+            Duration::ZERO,
+            Duration::ZERO,
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             (r.snapshots_before, r.expired, r.snapshots_after),
             (10, 9, 1),
@@ -436,9 +465,15 @@ mod tests {
             .apply(tx)
             .unwrap();
         tx.commit(catalog.as_ref()).await.unwrap();
-        let r = expire(catalog.as_ref(), &ident, Duration::ZERO, Duration::ZERO)
-            .await
-            .unwrap();
+        let r = expire(
+            catalog.as_ref(),
+            &ident,
+            Duration::ZERO,
+            Duration::ZERO,
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!((r.expired, r.snapshots_after), (0, 2), "{r:?}");
         let table = catalog.load_table(&ident).await.unwrap();
         assert_eq!(current_offsets(&table).unwrap(), Some((id, offsets(10))));

@@ -2,6 +2,7 @@
 //! records, and commits that carry Kafka offsets in their snapshot summary.
 
 pub mod background;
+pub mod bars;
 pub mod batch;
 pub mod commit;
 pub mod compact;
@@ -108,6 +109,14 @@ pub fn table_ident(cfg: &Config, kind: TableKind) -> TableIdent {
     )
 }
 
+/// `market.ohlcv_1m` (`bars`).
+pub fn bars_ident(cfg: &Config) -> TableIdent {
+    TableIdent::new(
+        NamespaceIdent::new(cfg.lake.namespace.clone()),
+        schema::BARS_TABLE.to_string(),
+    )
+}
+
 /// Loads a table, creating the namespace and table on first use. Two
 /// processes racing to create it is fine: the loser loads the winner's table.
 pub async fn ensure_table(
@@ -115,9 +124,26 @@ pub async fn ensure_table(
     cfg: &Config,
     kind: TableKind,
 ) -> Result<Table, LakeError> {
-    let ident = table_ident(cfg, kind);
-    if catalog.table_exists(&ident).await? {
-        return Ok(catalog.load_table(&ident).await?);
+    let (schema, spec) = match kind {
+        TableKind::Trades => (schema::trades_schema()?, schema::trades_partition_spec()?),
+        TableKind::DeadLetters => (
+            schema::dead_letters_schema()?,
+            schema::dead_letters_partition_spec()?,
+        ),
+    };
+    ensure(catalog, &table_ident(cfg, kind), schema, spec).await
+}
+
+/// Loads `ident`, creating its namespace and the table with `schema` and
+/// `spec` on first use.
+pub async fn ensure(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    schema: iceberg::spec::Schema,
+    spec: iceberg::spec::UnboundPartitionSpec,
+) -> Result<Table, LakeError> {
+    if catalog.table_exists(ident).await? {
+        return Ok(catalog.load_table(ident).await?);
     }
     let ns = ident.namespace().clone();
     if !catalog.namespace_exists(&ns).await?
@@ -126,15 +152,8 @@ pub async fn ensure_table(
     {
         return Err(e.into());
     }
-    let (schema, spec) = match kind {
-        TableKind::Trades => (schema::trades_schema()?, schema::trades_partition_spec()?),
-        TableKind::DeadLetters => (
-            schema::dead_letters_schema()?,
-            schema::dead_letters_partition_spec()?,
-        ),
-    };
     let creation = TableCreation::builder()
-        .name(kind.name().to_string())
+        .name(ident.name().to_string())
         .schema(schema)
         .partition_spec(spec)
         .properties(HashMap::from([
@@ -148,8 +167,8 @@ pub async fn ensure_table(
     match catalog.create_table(&ns, creation).await {
         Ok(t) => Ok(t),
         Err(e) => {
-            if catalog.table_exists(&ident).await? {
-                Ok(catalog.load_table(&ident).await?)
+            if catalog.table_exists(ident).await? {
+                Ok(catalog.load_table(ident).await?)
             } else {
                 Err(e.into())
             }

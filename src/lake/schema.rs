@@ -11,6 +11,7 @@ use crate::model::{DECIMAL_PRECISION, DECIMAL_SCALE};
 
 pub const TRADES_TABLE: &str = "trades";
 pub const DEAD_LETTERS_TABLE: &str = "dead_letters";
+pub const BARS_TABLE: &str = "ohlcv_1m";
 
 fn string(id: i32, name: &str, required: bool) -> Arc<NestedField> {
     Arc::new(NestedField::new(
@@ -96,5 +97,53 @@ pub fn dead_letters_schema() -> iceberg::Result<Schema> {
 pub fn dead_letters_partition_spec() -> iceberg::Result<UnboundPartitionSpec> {
     Ok(UnboundPartitionSpec::builder()
         .add_partition_field(4, "received_at_day", Transform::Day)?
+        .build())
+}
+
+/// Sums of quantities: room for any number of trades' decimals.
+fn volume_decimal() -> PrimitiveType {
+    PrimitiveType::Decimal {
+        precision: 38,
+        scale: DECIMAL_SCALE,
+    }
+}
+
+/// `market.ohlcv_1m`: one row per (exchange, symbol, minute) and per
+/// summarizing commit (`lake::bars`). A minute whose trades arrived over
+/// several commits, or late, has several rows; readers merge them:
+/// `open` is that of the row with the least (`open_ts`, `open_seq`,
+/// `open_id`), `close` of the greatest (`close_ts`, `close_seq`,
+/// `close_id`), high, low, volume and trades combine. That is the order
+/// `/v1/ohlcv` takes trades in (timestamp, source sequence, message id).
+pub fn bars_schema() -> iceberg::Result<Schema> {
+    Schema::builder()
+        .with_schema_id(0)
+        .with_fields(vec![
+            string(1, "exchange", true),
+            string(2, "symbol", true),
+            prim(3, "minute", PrimitiveType::Timestamptz, true),
+            prim(4, "open", decimal(), true),
+            prim(5, "high", decimal(), true),
+            prim(6, "low", decimal(), true),
+            prim(7, "close", decimal(), true),
+            prim(8, "volume", volume_decimal(), true),
+            prim(9, "trades", PrimitiveType::Long, true),
+            string(10, "first_trade_id", true),
+            string(11, "last_trade_id", true),
+            prim(12, "open_ts", PrimitiveType::Timestamptz, true),
+            prim(13, "open_seq", PrimitiveType::Long, false),
+            string(14, "open_id", true),
+            prim(15, "close_ts", PrimitiveType::Timestamptz, true),
+            prim(16, "close_seq", PrimitiveType::Long, false),
+            string(17, "close_id", true),
+        ])
+        .build()
+}
+
+/// Partitioned like the trades: day(minute) and exchange.
+pub fn bars_partition_spec() -> iceberg::Result<UnboundPartitionSpec> {
+    Ok(UnboundPartitionSpec::builder()
+        .add_partition_field(3, "minute_day", Transform::Day)?
+        .add_partition_field(1, "exchange", Transform::Identity)?
         .build())
 }

@@ -41,6 +41,7 @@ use crate::messages::query::{
 use crate::messages::tail::TailFilter;
 use crate::model::now_us;
 
+mod bars;
 mod recent;
 
 /// The wall clock in UTC microseconds; tests fix it.
@@ -110,6 +111,8 @@ pub struct Engine {
     clock: Clock,
     /// Where `/v1/sql` statements run, when not in this process.
     sql_workers: Option<Arc<super::isolate::SqlWorkers>>,
+    /// Whether `/v1/ohlcv` may read the minute bars (`engine::bars`).
+    bars: bool,
     /// Per (symbol, exchange) asked of `/v1/trades/recent`: the newest
     /// timestamp the lake holds at one snapshot (`LakeNewest`).
     lake_newest: Mutex<HashMap<(String, Option<String>), recent::LakeNewest>>,
@@ -271,8 +274,15 @@ impl Engine {
             limits,
             clock: Arc::new(now_us),
             sql_workers: None,
+            bars: true,
             lake_newest: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same engine computing `/v1/ohlcv` from the raw trades only.
+    pub fn without_bars(mut self) -> Self {
+        self.bars = false;
+        self
     }
 
     /// The same engine running `/v1/sql` statements in worker processes.
@@ -472,6 +482,9 @@ impl Engine {
                     self.limits.max_rows
                 ),
             ));
+        }
+        if let Some(answer) = self.ohlcv_from_bars(&r, q).await? {
+            return Ok(answer);
         }
         let (df, info, source) = self.source(None).await?;
         let mut preds = vec![

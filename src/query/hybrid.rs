@@ -119,6 +119,11 @@ impl Pin {
         self.snapshot_id
     }
 
+    /// The trades table the pin read its snapshot from.
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
     /// The current snapshot of `table`, without the tail: a table `at` it
     /// is the lake alone.
     pub fn lake_at(table: Table) -> Self {

@@ -30,6 +30,15 @@ pub async fn maintain(cfg: &Config) -> Result<Vec<MaintainReport>, MaintainError
     for kind in [TableKind::Trades, TableKind::DeadLetters] {
         lake::ensure_table(catalog.as_ref(), cfg, kind).await?;
     }
+    if cfg.lake.bars {
+        lake::ensure(
+            catalog.as_ref(),
+            &lake::bars_ident(cfg),
+            lake::schema::bars_schema().map_err(LakeError::from)?,
+            lake::schema::bars_partition_spec().map_err(LakeError::from)?,
+        )
+        .await?;
+    }
     let job = crate::actors::maintenance::Job::from_config(cfg, catalog).await?;
     job.run()
         .await

@@ -1,0 +1,501 @@
+//! Minute bars kept at write time: `market.ohlcv_1m`.
+//!
+//! The bars are a summary of `market.trades`, kept by following its
+//! snapshots rather than Kafka: each bars commit summarizes the rows that
+//! the trades snapshots after the last summarized one added, and records
+//! the sequence number of the newest trades snapshot it covers
+//! ([`COVERED_PROPERTY`]). A crash before a bars commit leaves that number
+//! where it was, and the next run summarizes the same snapshots again; a
+//! crash after it, the next run starts past them. So every trade is
+//! summarized exactly once, whichever the order of the two commits, with
+//! no second consumer and no offsets of its own to keep in step.
+//!
+//! A row is a partial bar: the trades of one (exchange, symbol, minute)
+//! that one bars commit saw. A minute whose trades came over several
+//! trades commits, or a trade that arrived after its minute was
+//! summarized (late), gives the minute another row, a correction; readers
+//! merge a minute's rows (`bars_schema` says how), which gives exactly
+//! what computing from the raw trades gives.
+//!
+//! Snapshots that add no rows (`replace`, from compaction) are skipped;
+//! deletes by another engine are not reflected (ticklake never deletes).
+//! A first run over a lake with history summarizes the current snapshot
+//! whole.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, Decimal128Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use iceberg::spec::{ManifestStatus, Operation, SnapshotRef};
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::{Catalog, TableIdent};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::Serialize;
+
+use super::LakeError;
+use super::commit::write_data_files;
+
+/// Snapshot-summary key of a bars commit: the sequence number of the
+/// newest trades snapshot it covers.
+pub const COVERED_PROPERTY: &str = "ticklake.ohlcv.trades_sequence";
+
+const MINUTE_US: i64 = 60_000_000;
+
+/// Where a trade sits in the order bars take trades in: timestamp, then
+/// source sequence (none first), then message id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Key {
+    pub ts: i64,
+    pub seq: Option<i64>,
+    pub id: String,
+}
+
+/// Some trades of one (exchange, symbol, minute).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partial {
+    pub open: i128,
+    pub high: i128,
+    pub low: i128,
+    pub close: i128,
+    pub volume: i128,
+    pub trades: i64,
+    pub open_key: Key,
+    pub close_key: Key,
+    pub first_trade_id: String,
+    pub last_trade_id: String,
+}
+
+/// Partial bars by (exchange, symbol, minute start in µs).
+#[derive(Debug, Default)]
+pub struct Aggregator {
+    bars: BTreeMap<(String, String, i64), Partial>,
+}
+
+fn strings(b: &RecordBatch, name: &str) -> Result<StringArray, LakeError> {
+    let c = column(b, name)?;
+    let c = arrow::compute::cast(c, &DataType::Utf8)?;
+    Ok(c.as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .unwrap_or_else(|| StringArray::from(Vec::<Option<String>>::new())))
+}
+
+fn column<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, LakeError> {
+    b.column_by_name(name)
+        .ok_or_else(|| LakeError::Parquet(format!("trades rows without column {name}")))
+}
+
+fn typed<T: Clone + 'static>(b: &RecordBatch, name: &str) -> Result<T, LakeError> {
+    column(b, name)?
+        .as_any()
+        .downcast_ref::<T>()
+        .cloned()
+        .ok_or_else(|| LakeError::Parquet(format!("column {name} has an unexpected type")))
+}
+
+impl Aggregator {
+    /// Adds trades rows (the trades table's columns), those for which
+    /// `keep(exchange, symbol, timestamp)` holds.
+    pub fn add(
+        &mut self,
+        b: &RecordBatch,
+        keep: impl Fn(&str, &str, i64) -> bool,
+    ) -> Result<(), LakeError> {
+        let exchange = strings(b, "exchange")?;
+        let symbol = strings(b, "symbol")?;
+        let message_id = strings(b, "message_id")?;
+        let trade_id = strings(b, "trade_id")?;
+        let ts_col = arrow::compute::cast(
+            column(b, "timestamp")?,
+            &DataType::Timestamp(TimeUnit::Microsecond, None),
+        )?;
+        let ts = ts_col
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .ok_or_else(|| LakeError::Parquet("timestamp is not in microseconds".into()))?;
+        let price: Decimal128Array = typed(b, "price")?;
+        let quantity: Decimal128Array = typed(b, "quantity")?;
+        let seq: Int64Array = typed(b, "source_sequence")?;
+        for i in 0..b.num_rows() {
+            let (x, s, t) = (exchange.value(i), symbol.value(i), ts.value(i));
+            if !keep(x, s, t) {
+                continue;
+            }
+            let key = Key {
+                ts: t,
+                seq: seq.is_valid(i).then(|| seq.value(i)),
+                id: message_id.value(i).to_string(),
+            };
+            let (p, q) = (price.value(i), quantity.value(i));
+            let minute = t.div_euclid(MINUTE_US) * MINUTE_US;
+            let id = trade_id.value(i);
+            match self.bars.get_mut(&(x.to_string(), s.to_string(), minute)) {
+                Some(bar) => {
+                    bar.high = bar.high.max(p);
+                    bar.low = bar.low.min(p);
+                    bar.volume += q;
+                    bar.trades += 1;
+                    if key < bar.open_key {
+                        bar.open = p;
+                        bar.first_trade_id = id.to_string();
+                        bar.open_key = key.clone();
+                    }
+                    if key > bar.close_key {
+                        bar.close = p;
+                        bar.last_trade_id = id.to_string();
+                        bar.close_key = key;
+                    }
+                }
+                None => {
+                    self.bars.insert(
+                        (x.to_string(), s.to_string(), minute),
+                        Partial {
+                            open: p,
+                            high: p,
+                            low: p,
+                            close: p,
+                            volume: q,
+                            trades: 1,
+                            open_key: key.clone(),
+                            close_key: key,
+                            first_trade_id: id.to_string(),
+                            last_trade_id: id.to_string(),
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.bars.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bars.is_empty()
+    }
+
+    /// The partial bars as rows of `schema` (the bars table's Arrow schema).
+    pub fn into_batch(self, schema: &SchemaRef) -> Result<RecordBatch, LakeError> {
+        let n = self.bars.len();
+        let ts = |v: Vec<i64>| -> ArrayRef {
+            Arc::new(TimestampMicrosecondArray::from(v).with_timezone("+00:00"))
+        };
+        let dec = |v: Vec<i128>, p: u8| -> Result<ArrayRef, LakeError> {
+            Ok(Arc::new(
+                Decimal128Array::from(v)
+                    .with_precision_and_scale(p, crate::model::DECIMAL_SCALE as i8)?,
+            ))
+        };
+        let mut cols: BTreeMap<&str, Vec<i128>> = BTreeMap::new();
+        let (mut exchange, mut symbol, mut minute) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut trades, mut first, mut last) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut open_ts, mut open_seq, mut open_id) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut close_ts, mut close_seq, mut close_id) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for ((x, s, m), b) in self.bars {
+            exchange.push(x);
+            symbol.push(s);
+            minute.push(m);
+            for (k, v) in [
+                ("open", b.open),
+                ("high", b.high),
+                ("low", b.low),
+                ("close", b.close),
+                ("volume", b.volume),
+            ] {
+                cols.entry(k).or_default().push(v);
+            }
+            trades.push(b.trades);
+            first.push(b.first_trade_id);
+            last.push(b.last_trade_id);
+            open_ts.push(b.open_key.ts);
+            open_seq.push(b.open_key.seq);
+            open_id.push(b.open_key.id);
+            close_ts.push(b.close_key.ts);
+            close_seq.push(b.close_key.seq);
+            close_id.push(b.close_key.id);
+        }
+        let mut take = |k: &str| cols.remove(k).unwrap_or_default();
+        let p = crate::model::DECIMAL_PRECISION;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(exchange)),
+            Arc::new(StringArray::from(symbol)),
+            ts(minute),
+            dec(take("open"), p)?,
+            dec(take("high"), p)?,
+            dec(take("low"), p)?,
+            dec(take("close"), p)?,
+            dec(take("volume"), 38)?,
+            Arc::new(Int64Array::from(trades)),
+            Arc::new(StringArray::from(first)),
+            Arc::new(StringArray::from(last)),
+            ts(open_ts),
+            Arc::new(Int64Array::from(open_seq)),
+            Arc::new(StringArray::from(open_id)),
+            ts(close_ts),
+            Arc::new(Int64Array::from(close_seq)),
+            Arc::new(StringArray::from(close_id)),
+        ];
+        Ok(RecordBatch::try_new(schema.clone(), columns)?)
+    }
+}
+
+/// The sequence number of the newest trades snapshot the bars cover, from
+/// the newest bars snapshot that records it (walking back), with that
+/// snapshot's id.
+pub fn covered(bars: &Table) -> Option<(i64, i64)> {
+    let meta = bars.metadata();
+    let mut next = meta.current_snapshot();
+    while let Some(s) = next {
+        if let Some(seq) = s
+            .summary()
+            .additional_properties
+            .get(COVERED_PROPERTY)
+            .and_then(|v| v.parse().ok())
+        {
+            return Some((s.snapshot_id(), seq));
+        }
+        next = s
+            .parent_snapshot_id()
+            .and_then(|id| meta.snapshot_by_id(id));
+    }
+    None
+}
+
+/// The newest bars snapshot that covers at most trades sequence `upto`,
+/// with what it covers: what a reader pinned at that trades snapshot
+/// merges with the rows after it.
+pub fn covered_at_most(bars: &Table, upto: i64) -> Option<(i64, i64)> {
+    let meta = bars.metadata();
+    let mut next = meta.current_snapshot();
+    while let Some(s) = next {
+        if let Some(seq) = s
+            .summary()
+            .additional_properties
+            .get(COVERED_PROPERTY)
+            .and_then(|v| v.parse::<i64>().ok())
+            && seq <= upto
+        {
+            return Some((s.snapshot_id(), seq));
+        }
+        next = s
+            .parent_snapshot_id()
+            .and_then(|id| meta.snapshot_by_id(id));
+    }
+    None
+}
+
+/// The trades snapshots after sequence `after` up to `upto` that added
+/// rows, oldest first; `None` when one of them is gone (expired), so the
+/// rows between cannot be told.
+pub fn snapshots_between(trades: &Table, after: i64, upto: i64) -> Option<Vec<SnapshotRef>> {
+    let meta = trades.metadata();
+    let mut out: Vec<SnapshotRef> = Vec::new();
+    let mut next = meta.current_snapshot();
+    let mut oldest_seen = None;
+    // Walk back from the current snapshot to the one at `after`.
+    while let Some(s) = next {
+        if s.sequence_number() <= after {
+            break;
+        }
+        if s.sequence_number() <= upto && adds_rows(s) {
+            out.push(s.clone());
+        }
+        oldest_seen = Some(s.sequence_number());
+        next = s
+            .parent_snapshot_id()
+            .and_then(|id| meta.snapshot_by_id(id));
+    }
+    // Each commit takes the next sequence number, so the walk is whole if
+    // it reached `after`, or if the history it ran out of stops right
+    // above `after` (that snapshot itself expired).
+    let whole = match next {
+        Some(s) => s.sequence_number() == after,
+        None => oldest_seen.is_none_or(|o| o == after + 1),
+    };
+    if !whole {
+        return None;
+    }
+    out.reverse();
+    Some(out)
+}
+
+fn adds_rows(s: &SnapshotRef) -> bool {
+    matches!(
+        s.summary().operation,
+        Operation::Append | Operation::Overwrite
+    )
+}
+
+/// The data files `snapshot` added, from its own manifests: they stay
+/// readable there after a compaction replaced them, until the snapshot
+/// expires.
+pub async fn added_files(table: &Table, snapshot: &SnapshotRef) -> Result<Vec<String>, LakeError> {
+    let list = table.manifest_list_reader(snapshot).load().await?;
+    let mut files = Vec::new();
+    for m in list
+        .entries()
+        .iter()
+        .filter(|m| m.added_snapshot_id == snapshot.snapshot_id())
+    {
+        for e in m.load_manifest(table.file_io()).await?.entries() {
+            if e.status() == ManifestStatus::Added
+                && e.snapshot_id() == Some(snapshot.snapshot_id())
+            {
+                files.push(e.file_path().to_string());
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Every live data file of the current snapshot (a first summary).
+async fn live_files(table: &Table) -> Result<Vec<String>, LakeError> {
+    let Some(s) = table.metadata().current_snapshot() else {
+        return Ok(Vec::new());
+    };
+    let mut files = Vec::new();
+    for m in table.manifest_list_reader(s).load().await?.entries() {
+        for e in m.load_manifest(table.file_io()).await?.entries() {
+            if e.is_alive() {
+                files.push(e.file_path().to_string());
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// The rows of a Parquet data file of `table`.
+pub async fn read_file(table: &Table, path: &str) -> Result<Vec<RecordBatch>, LakeError> {
+    let bytes = table.file_io().new_input(path)?.read().await?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|e| LakeError::Parquet(format!("{path}: {e}")))?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// What one catch-up did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct CatchUp {
+    /// Trades snapshots summarized.
+    pub trades_snapshots: usize,
+    pub trades_rows: u64,
+    /// Partial bars written.
+    pub bars: usize,
+    /// The trades sequence number covered now.
+    pub covered: Option<i64>,
+    pub snapshot_id: Option<i64>,
+}
+
+/// Summarizes the trades snapshots the bars do not cover yet into one bars
+/// commit. Nothing to do: no commit.
+pub async fn catch_up(
+    catalog: &dyn Catalog,
+    trades_ident: &TableIdent,
+    bars_ident: &TableIdent,
+    target_file_size: usize,
+) -> Result<CatchUp, LakeError> {
+    catch_up_to(catalog, trades_ident, bars_ident, target_file_size, None).await
+}
+
+/// [`catch_up`], covering at most the trades snapshots up to sequence
+/// `upto` (tests leave the rest to the readers).
+pub async fn catch_up_to(
+    catalog: &dyn Catalog,
+    trades_ident: &TableIdent,
+    bars_ident: &TableIdent,
+    target_file_size: usize,
+    upto: Option<i64>,
+) -> Result<CatchUp, LakeError> {
+    let bars = catalog.load_table(bars_ident).await?;
+    let trades = catalog.load_table(trades_ident).await?;
+    let Some(current) = trades.metadata().current_snapshot() else {
+        return Ok(CatchUp::default());
+    };
+    let upto = upto.map_or(current.sequence_number(), |u| {
+        u.min(current.sequence_number())
+    });
+    let after = covered(&bars).map(|(_, seq)| seq);
+    let mut report = CatchUp {
+        covered: after,
+        ..CatchUp::default()
+    };
+    if after.is_some_and(|a| a >= upto) {
+        return Ok(report);
+    }
+    // From the start of the history when nothing is covered yet; a history
+    // that lost its start to expiry is summarized from the current
+    // snapshot's files, whole.
+    let files = match snapshots_between(&trades, after.unwrap_or(0), upto) {
+        Some(snapshots) => {
+            report.trades_snapshots = snapshots.len();
+            let mut files = Vec::new();
+            for s in &snapshots {
+                files.extend(added_files(&trades, s).await?);
+            }
+            files
+        }
+        None if after.is_none() && upto == current.sequence_number() => {
+            report.trades_snapshots = 1;
+            live_files(&trades).await?
+        }
+        None => {
+            return Err(LakeError::Catalog(format!(
+                "trades snapshots after sequence {} were expired before the bars summarized them; \
+                 /v1/ohlcv reads the raw trades for them",
+                after.unwrap_or(0)
+            )));
+        }
+    };
+    let mut agg = Aggregator::default();
+    for f in &files {
+        for b in read_file(&trades, f).await? {
+            report.trades_rows += b.num_rows() as u64;
+            agg.add(&b, |_, _, _| true)?;
+        }
+    }
+    report.bars = agg.len();
+    let schema = super::batch::arrow_schema(bars.metadata().current_schema())?;
+    let batch = agg.into_batch(&schema)?;
+    let data_files = if batch.num_rows() > 0 {
+        write_data_files(&bars, &batch, target_file_size).await?
+    } else {
+        Vec::new()
+    };
+    let tx = Transaction::new(&bars);
+    let tx = tx
+        .fast_append()
+        .with_check_duplicate(false)
+        .add_data_files(data_files)
+        .set_snapshot_properties(std::collections::HashMap::from([(
+            COVERED_PROPERTY.to_string(),
+            upto.to_string(),
+        )]))
+        .apply(tx)?;
+    let table = tx.commit(catalog).await?;
+    report.covered = Some(upto);
+    report.snapshot_id = table.metadata().current_snapshot_id();
+    Ok(report)
+}

@@ -1,0 +1,325 @@
+//! `/v1/ohlcv` from the minute bars kept at write time (`lake::bars`).
+//!
+//! The answer is the one the raw trades give, bar for bar: the bars table
+//! at the newest snapshot that covers no more than the pinned trades
+//! snapshot, merged with partial bars computed here from what it does not
+//! cover: the rows the trades snapshots after it added (usually none: the
+//! bars follow each trades commit within moments) and the tail rows past
+//! the pinned snapshot's offsets. A minute's partial rows merge by the
+//! trades order (timestamp, source sequence, message id), so late trades
+//! and minutes split over commits come out as the raw computation gives.
+//!
+//! Only whole minutes can come from bars: a request whose start or end is
+//! not on a minute, an empty lake, or bars that cannot be matched to the
+//! pinned snapshot (no bars table, expired history) go the raw way.
+
+use std::sync::Arc;
+
+use datafusion::common::ScalarValue;
+use datafusion::functions::datetime::expr_fn::date_bin;
+use datafusion::functions_aggregate::expr_fn::{first_value, last_value, max, min, sum};
+use datafusion::prelude::{col, lit};
+use iceberg::TableIdent;
+use iceberg_datafusion::IcebergStaticTableProvider;
+use serde_json::json;
+
+use super::{Engine, Request, answer, collect, df_err, filtered, rows_in, ts_lit};
+use crate::lake::bars::{self, Aggregator};
+use crate::lake::schema::BARS_TABLE;
+use crate::messages::query::{Answer, OhlcvRequest, QueryError};
+use crate::query::hybrid::tail_filter;
+use crate::query::json::json_rows;
+
+const MINUTE_US: i64 = 60_000_000;
+
+impl Engine {
+    /// The OHLCV answer from the bars, or `None` when it must come from
+    /// the raw trades.
+    pub(super) async fn ohlcv_from_bars(
+        &self,
+        r: &OhlcvRequest,
+        q: &Request<'_>,
+    ) -> Result<Option<Answer>, QueryError> {
+        if !self.bars || r.start_us % MINUTE_US != 0 || r.end_us % MINUTE_US != 0 {
+            return Ok(None);
+        }
+        let ident = TableIdent::new(self.ident.namespace().clone(), BARS_TABLE.to_string());
+        let Ok(table) = self.catalog.load_table(&ident).await else {
+            return Ok(None);
+        };
+        q.cancel.check()?;
+        // The raw way's filters, so the tail gives the same rows.
+        let mut preds = vec![
+            col("symbol").eq(lit(r.symbol.as_str())),
+            col("timestamp").gt_eq(ts_lit(r.start_us)),
+            col("timestamp").lt(ts_lit(r.end_us)),
+        ];
+        if let Some(x) = &r.exchange {
+            preds.push(col("exchange").eq(lit(x.as_str())));
+        }
+        let pin = self
+            .live
+            .pin_now(&tail_filter(&preds))
+            .await
+            .map_err(df_err)?;
+        let Some(snapshot_id) = pin.snapshot_id() else {
+            return Ok(None);
+        };
+        let trades = pin.table();
+        let Some(upto) = trades
+            .metadata()
+            .snapshot_by_id(snapshot_id)
+            .map(|s| s.sequence_number())
+        else {
+            return Ok(None);
+        };
+        let Some((bars_snapshot, covered)) = bars::covered_at_most(&table, upto) else {
+            return Ok(None);
+        };
+        let Some(gap) = bars::snapshots_between(trades, covered, upto) else {
+            return Ok(None);
+        };
+        let keep = |x: &str, s: &str, t: i64| {
+            s == r.symbol
+                && r.exchange.as_deref().is_none_or(|e| e == x)
+                && t >= r.start_us
+                && t < r.end_us
+        };
+        let mut partials = Aggregator::default();
+        for s in &gap {
+            for f in bars::added_files(trades, s)
+                .await
+                .map_err(QueryError::internal)?
+            {
+                for b in bars::read_file(trades, &f)
+                    .await
+                    .map_err(QueryError::internal)?
+                {
+                    partials.add(&b, keep).map_err(QueryError::internal)?;
+                }
+            }
+            q.cancel.check()?;
+        }
+        for b in pin.rows() {
+            partials.add(b, keep).map_err(QueryError::internal)?;
+        }
+        let tail_rows: usize = pin.rows().iter().map(|b| b.num_rows()).sum();
+        let schema = crate::lake::batch::arrow_schema(table.metadata().current_schema())
+            .map_err(QueryError::internal)?;
+        let extra = partials.into_batch(&schema).map_err(QueryError::internal)?;
+
+        let provider =
+            IcebergStaticTableProvider::try_new_from_table_snapshot(table, bars_snapshot)
+                .await
+                .map_err(QueryError::internal)?;
+        let mut preds = vec![
+            col("symbol").eq(lit(r.symbol.as_str())),
+            col("minute").gt_eq(ts_lit(r.start_us)),
+            col("minute").lt(ts_lit(r.end_us)),
+        ];
+        if let Some(x) = &r.exchange {
+            preds.push(col("exchange").eq(lit(x.as_str())));
+        }
+        let stored = filtered(
+            self.ctx.read_table(Arc::new(provider)).map_err(df_err)?,
+            preds,
+        )?;
+        let fresh = self.ctx.read_batch(extra).map_err(df_err)?;
+        let open_order = || {
+            vec![
+                col("open_ts").sort(true, false),
+                col("open_seq").sort(true, true),
+                col("open_id").sort(true, false),
+            ]
+        };
+        let close_order = || {
+            vec![
+                col("close_ts").sort(true, false),
+                col("close_seq").sort(true, true),
+                col("close_id").sort(true, false),
+            ]
+        };
+        let step = r.interval.micros();
+        let stride = lit(ScalarValue::new_interval_mdn(0, 0, step * 1000));
+        let bucket = date_bin(stride, col("minute"), ts_lit(0)).alias("time");
+        let df = stored
+            .union(fresh)
+            .and_then(|d| {
+                d.aggregate(
+                    vec![bucket],
+                    vec![
+                        first_value(col("open"), open_order()).alias("open"),
+                        max(col("high")).alias("high"),
+                        min(col("low")).alias("low"),
+                        last_value(col("close"), close_order()).alias("close"),
+                        sum(col("volume")).alias("volume"),
+                        sum(col("trades")).alias("trades"),
+                    ],
+                )
+            })
+            .and_then(|d| d.sort(vec![col("time").sort(true, false)]))
+            .map_err(df_err)?;
+        let (rows, _) = collect(df, q, None).await?;
+        let batches = &rows.batches;
+        let head = json!({
+            "source": "hybrid",
+            "snapshot_id": snapshot_id,
+            "tail_rows_scanned": tail_rows,
+            "symbol": r.symbol,
+            "interval": r.interval.as_str(),
+            "count": rows_in(batches),
+        });
+        Ok(Some(answer(
+            head,
+            "bars",
+            json_rows(batches, &q.memory, q.cancel)?,
+        )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::lake::commit::{KafkaOffsets, append};
+    use crate::lake::{self, TableKind};
+    use crate::messages::query::{Interval, QueryRequest};
+    use crate::model::{Dec8, TradeV2};
+
+    const DAY: i64 = 86_400_000_000;
+    const T0: i64 = 1_700_006_400_000_000; // a day's start
+
+    fn trade(id: i64, ts: i64, price: &str, qty: &str, seq: Option<i64>) -> TradeV2 {
+        let mut t = TradeV2::builder("X", "BTCUSDT", &id.to_string(), ts)
+            .price(Dec8::parse(price).unwrap())
+            .quantity(Dec8::parse(qty).unwrap())
+            .build();
+        t.source_sequence = seq;
+        t
+    }
+
+    async fn commit(
+        cfg: &Config,
+        catalog: &dyn iceberg::Catalog,
+        mut rows: Vec<TradeV2>,
+        next: i64,
+    ) {
+        let ident = lake::table_ident(cfg, TableKind::Trades);
+        let table = catalog.load_table(&ident).await.unwrap();
+        let schema = lake::batch::arrow_schema(table.metadata().current_schema()).unwrap();
+        let batch = lake::batch::trades_batch(&schema, &mut rows).unwrap();
+        let mut o = KafkaOffsets {
+            cluster_id: "c".into(),
+            ..Default::default()
+        };
+        o.set("t", 0, next);
+        append(catalog, &ident, Some(&batch), &o, 1 << 20)
+            .await
+            .unwrap();
+    }
+
+    /// Every interval, from the bars equal to from the raw trades: with a
+    /// commit the bars do not cover yet, with late trades that land after
+    /// their minute was summarized (a new open, a new close, a new high),
+    /// and with ties on the timestamp broken by source sequence.
+    #[tokio::test]
+    async fn bars_answer_as_the_raw_trades_do_on_every_interval_with_late_trades() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::default().under(dir.path());
+        let raw = crate::query::session::engine(&cfg, None)
+            .await
+            .unwrap()
+            .without_bars();
+        let fast = crate::query::session::engine(&cfg, None).await.unwrap();
+        let catalog = lake::open_catalog(&cfg).await.unwrap();
+        let trades = lake::table_ident(&cfg, TableKind::Trades);
+        let bars_ident = lake::bars_ident(&cfg);
+        lake::ensure(
+            catalog.as_ref(),
+            &bars_ident,
+            lake::schema::bars_schema().unwrap(),
+            lake::schema::bars_partition_spec().unwrap(),
+        )
+        .await
+        .unwrap();
+        let m = 60_000_000;
+        // Minutes 0..3 of the day, ties on the timestamp in minute 1.
+        commit(
+            &cfg,
+            catalog.as_ref(),
+            vec![
+                trade(1, T0 + 5, "100", "1", Some(10)),
+                trade(2, T0 + 30_000_000, "101.5", "0.25", None),
+                trade(3, T0 + m + 7, "99", "2", Some(3)),
+                trade(4, T0 + m + 7, "98", "1", Some(2)),
+                trade(5, T0 + m + 7, "97", "1", None),
+                trade(6, T0 + 2 * m + 1, "103", "0.5", Some(1)),
+                trade(7, T0 + 16 * m, "104", "3", Some(1)),
+            ],
+            7,
+        )
+        .await;
+        let ask = |interval| {
+            QueryRequest::Ohlcv(OhlcvRequest {
+                symbol: "BTCUSDT".into(),
+                exchange: None,
+                interval,
+                start_us: T0,
+                end_us: T0 + DAY,
+            })
+        };
+        let intervals = [
+            Interval::M1,
+            Interval::M5,
+            Interval::M15,
+            Interval::H1,
+            Interval::D1,
+        ];
+        let check = |phase: &'static str| {
+            let (raw, fast) = (&raw, &fast);
+            async move {
+                for i in intervals {
+                    let want = raw.run(ask(i)).await.unwrap().text();
+                    let got = fast.run(ask(i)).await.unwrap().text();
+                    assert_eq!(got, want, "{phase}, {}", i.as_str());
+                }
+            }
+        };
+        check("no bars yet").await;
+        lake::bars::catch_up(catalog.as_ref(), &trades, &bars_ident, 1 << 20)
+            .await
+            .unwrap();
+        check("bars of every commit").await;
+        // Late: a new open and a new high for minute 0, a new close for
+        // minute 2, a trade tied with minute 1's open on the timestamp.
+        commit(
+            &cfg,
+            catalog.as_ref(),
+            vec![
+                trade(8, T0 + 1, "95", "1", Some(1)),
+                trade(9, T0 + 40_000_000, "120", "1", None),
+                trade(10, T0 + 2 * m + 50_000_000, "90", "4", Some(9)),
+                trade(11, T0 + m + 7, "96", "1", Some(1)),
+            ],
+            11,
+        )
+        .await;
+        check("late trades not summarized yet").await;
+        let c = lake::bars::catch_up(catalog.as_ref(), &trades, &bars_ident, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(c.trades_rows, 4, "{c:?}");
+        check("late trades as correction rows").await;
+        // The answer is what the trades say, not just what both agree on.
+        let text = fast.run(ask(Interval::M1)).await.unwrap().text();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let bar0 = &v["bars"][0];
+        assert_eq!(bar0["open"], "95.00000000", "{v}");
+        assert_eq!(bar0["high"], "120.00000000", "{v}");
+        assert_eq!(bar0["trades"], 4, "{v}");
+        let bar1 = &v["bars"][1];
+        assert_eq!(bar1["open"], "97.00000000", "no sequence sorts first: {v}");
+        assert_eq!(bar1["close"], "99.00000000", "{v}");
+        assert_eq!(v["bars"][2]["close"], "90.00000000", "{v}");
+    }
+}
