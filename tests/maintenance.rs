@@ -290,3 +290,179 @@ fn expiry_keeps_every_trade_once_across_a_kill_and_bounds_the_snapshots() {
     assert_eq!(py["rows"].as_i64().unwrap(), want);
     assert_eq!(ids.len() as i64, want);
 }
+
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} is a number")))
+        .unwrap_or(default)
+}
+
+/// The capture's aggTrade frames, renumbered copy after copy until
+/// `total` trades, with trade times from now on at `rate` a second, so the
+/// daemon sees a live market: "the last 15 minutes" holds them.
+fn live_capture(dir: &std::path::Path, total: u64, rate: u64) -> std::path::PathBuf {
+    let frames: Vec<Value> = received_frames(&capture("BINANCE-ee25be.0.txt"))
+        .iter()
+        .map(|f| serde_json::from_str::<Value>(f).unwrap())
+        .filter(|v| v["data"]["e"] == "aggTrade")
+        .collect();
+    let start_ms = chrono::Utc::now().timestamp_millis();
+    let mut out = String::new();
+    for i in 0..total {
+        let mut v = frames[(i as usize) % frames.len()].clone();
+        let copy = (i as usize / frames.len()) as i64;
+        let d = v.get_mut("data").unwrap();
+        for k in ["a", "f", "l"] {
+            d[k] = Value::from(d[k].as_i64().unwrap() + copy * 10_000_000_000);
+        }
+        let t = start_ms + (i * 1000 / rate) as i64;
+        d["T"] = Value::from(t);
+        d["E"] = Value::from(t);
+        out.push_str(&v.to_string());
+        out.push('\n');
+    }
+    let path = dir.join("live.txt");
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+/// Median wall time of `n` GETs of `path`, in ms (reported, not judged).
+fn latency_ms(env: &Env, path: &str, n: usize) -> f64 {
+    let mut t: Vec<f64> = (0..n)
+        .map(|_| {
+            let s = std::time::Instant::now();
+            let (status, body) = http(env.http_port, "GET", path, None);
+            assert_eq!(status, 200, "{path}: {body}");
+            s.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[n / 2]
+}
+
+/// A daemon that lives: trades stream in at `TICKLAKE_TEST_SOAK_RATE` a
+/// second (default 500) for `TICKLAKE_TEST_SOAK_SECS` (default 20; the
+/// long form is 600 s at 2,000), the writer commits every 100 ms, and
+/// maintenance runs every twentieth of the run (at least 5 s). Query
+/// latency near the start and at the end, and the snapshot and file
+/// counts, are printed; the counts must stay bounded by what retention and
+/// compaction allow. Then SIGKILL and a restart: every trade once, in the
+/// trades and in the minute bars.
+#[test]
+fn a_living_daemon_keeps_its_lake_bounded_and_exact() {
+    let secs = knob("TICKLAKE_TEST_SOAK_SECS", 20);
+    let rate = knob("TICKLAKE_TEST_SOAK_RATE", 500);
+    let total = secs * rate;
+    let dir = tempfile::tempdir().unwrap();
+    let file = live_capture(dir.path(), total, rate);
+    let (_replay, url) = start_replay(&[file.clone()], &["--rate", &rate.to_string()]);
+    let interval = (secs / 20).max(5);
+    let retention = interval * 2;
+    let env = Env::new(
+        "embedded",
+        Some(&url),
+        &format!(
+            "[maintenance]\ninterval_secs = {interval}\nsnapshot_retention = \"{retention}s\"\n\
+             compact_min_files = 8\ncompact_min_age = \"{interval}s\"\n"
+        ),
+    );
+    env.one_pass_feed();
+    env.set("writer", "max_age_ms", "100");
+    env.set("writer", "max_rows", "100000");
+    let mut daemon = env.start_daemon("soak");
+    let recent = "/v1/trades/recent?symbol=BTCUSDT&minutes=15&limit=1000";
+    let day = |now_ms: i64| {
+        let d = 86_400_000;
+        let iso = |ms: i64| {
+            chrono::DateTime::from_timestamp_millis(ms)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        };
+        format!(
+            "/v1/ohlcv?symbol=BTCUSDT&interval=1m&start={}&end={}",
+            iso(now_ms.div_euclid(d) * d),
+            iso((now_ms.div_euclid(d) + 1) * d)
+        )
+    };
+    let received = || {
+        status(&env)["accounting"].as_array().map_or(0, |a| {
+            a.iter()
+                .map(|x| x["received"].as_u64().unwrap_or(0))
+                .sum::<u64>()
+        })
+    };
+    wait_until(
+        "a tenth of the trades",
+        Duration::from_secs(secs * 3 + 60),
+        || received() >= total / 10,
+    );
+    let now = chrono::Utc::now().timestamp_millis();
+    let start = (
+        latency_ms(&env, recent, 11),
+        latency_ms(&env, &day(now), 11),
+    );
+    wait_until(
+        "every trade in the lake",
+        Duration::from_secs(secs * 3 + 120),
+        || status(&env)["accounting_settled"] == true && lake_counts(&env).0 >= total as i64,
+    );
+    let end = (
+        latency_ms(&env, recent, 11),
+        latency_ms(&env, &day(now), 11),
+    );
+    let gauge = |name: &str| env.counter(name, "table=\"market.trades\"");
+    let commits = env.counter(
+        "ticklake_writer_commits_total",
+        "outcome=\"ok\",table=\"trades\"",
+    );
+    let (snaps, files) = (
+        gauge("ticklake_lake_snapshots"),
+        gauge("ticklake_lake_data_files"),
+    );
+    println!(
+        "soak {secs} s at {rate}/s: {commits} trades commits; at the last maintenance run {snaps} snapshots, {files} data files; \
+         recent 15 min p50 {:.1} ms -> {:.1} ms, 1 day of 1m OHLCV p50 {:.1} ms -> {:.1} ms (debug build)",
+        start.0, end.0, start.1, end.1
+    );
+    // What retention, the interval and compaction leave, with room for a
+    // run's lag: commits every 100 ms over retention plus two intervals.
+    let bound = ((retention + 2 * interval) * 10 + 50) as f64;
+    assert!(
+        snaps <= bound,
+        "{snaps} snapshots kept (bound {bound}) after {commits} commits"
+    );
+    assert!(
+        files <= bound,
+        "{files} data files (bound {bound}) after {commits} commits"
+    );
+    assert_eq!(lake_counts(&env), (total as i64, total as i64));
+
+    // SIGKILL, then the same data directory, served the trades again
+    // quickly: nothing lost, nothing doubled.
+    daemon.kill();
+    let (_again, url) = start_replay(&[file], &["--rate", &(rate * 5).to_string()]);
+    env.set("feeds.binance", "url", &format!("\"{url}\""));
+    let mut daemon = env.start_daemon("soak-restarted");
+    wait_until(
+        "the trades served again",
+        Duration::from_secs(secs + 120),
+        || received() >= total && status(&env)["accounting_settled"] == true,
+    );
+    assert_eq!(
+        lake_counts(&env),
+        (total as i64, total as i64),
+        "exactly once across the kill"
+    );
+    let summarized = || env.count("select cast(sum(trades) as bigint) as n from market.ohlcv_1m");
+    wait_until(
+        "the bars cover every trade",
+        Duration::from_secs(60),
+        || summarized() >= total as i64,
+    );
+    assert_eq!(
+        summarized(),
+        total as i64,
+        "every trade in the minute bars once"
+    );
+    assert!(daemon.terminate().success(), "{}", daemon.log_tail());
+}
