@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -103,30 +102,17 @@ fn replayed_captures_land_in_iceberg_exactly() {
     );
 
     // C: an independent reader gets the same rows.
-    let data = env.data_dir();
-    let out = Command::new(python())
-        .arg(scripts_dir().join("pyiceberg_read.py"))
-        .args([
-            "--catalog-uri",
-            &format!("sqlite:///{}/catalog.db", data.display()),
-        ])
-        .args([
-            "--warehouse",
-            &format!("file://{}/warehouse", data.display()),
-        ])
-        .args(["--catalog-name", "ticklake", "--table", "market.trades"])
-        .args([
+    let py = env.pyiceberg(
+        "pyiceberg_read.py",
+        &[
+            "--catalog-name",
+            "ticklake",
+            "--table",
+            "market.trades",
             "--columns",
             "message_id,symbol,price,quantity,side,timestamp",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pyiceberg: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(py["rows"].as_i64().unwrap(), expected);
     let ours = env.query(
         "select message_id, symbol, cast(price as varchar) as price, cast(quantity as varchar) as quantity, \

@@ -9,11 +9,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
 
 /// The "consumer start position" lines of a daemon's log for `topic`:
 /// partition → offset. The log is tracing's, with colours.
@@ -78,7 +76,8 @@ fn trades_of(capture_name: &str) -> i64 {
 #[test]
 fn a_foreign_snapshot_does_not_reset_the_consumer() {
     let brokers = tansu();
-    let python = python();
+    // Fails loudly when the test's Python is missing.
+    let _ = python();
     let first = trades_of("BINANCE-ee25be.0.txt");
     let second = trades_of("BINANCE_US.ws.1.0.txt");
     assert!(first > 1000 && second > 0, "captures: {first}, {second}");
@@ -103,26 +102,10 @@ fn a_foreign_snapshot_does_not_reset_the_consumer() {
     );
 
     // 2. Another engine appends to market.trades.
-    let data = env.data_dir();
-    let out = Command::new(&python)
-        .arg(scripts_dir().join("pyiceberg_append.py"))
-        .args([
-            "--catalog-uri",
-            &format!("sqlite:///{}/catalog.db", data.display()),
-        ])
-        .args([
-            "--warehouse",
-            &format!("file://{}/warehouse", data.display()),
-        ])
-        .args(["--table", "market.trades", "--rows", "5"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pyiceberg_append: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let foreign = env.pyiceberg(
+        "pyiceberg_append.py",
+        &["--table", "market.trades", "--rows", "5"],
     );
-    let foreign: Value = serde_json::from_slice(&out.stdout).unwrap();
     println!("pyiceberg appended: {foreign}");
     let foreign_rows = foreign["appended"].as_i64().unwrap();
     assert!(

@@ -259,27 +259,17 @@ fn expiry_keeps_every_trade_once_across_a_kill_and_bounds_the_snapshots() {
     assert_eq!(lake_counts(&env), (want, want));
 
     // Another engine reads the compacted table: every trade once.
-    let data = env.data_dir();
-    let out = Command::new(python())
-        .arg(scripts_dir().join("pyiceberg_read.py"))
-        .args([
-            "--catalog-uri",
-            &format!("sqlite:///{}/catalog.db", data.display()),
-        ])
-        .args([
-            "--warehouse",
-            &format!("file://{}/warehouse", data.display()),
-        ])
-        .args(["--catalog-name", "ticklake", "--table", "market.trades"])
-        .args(["--columns", "message_id"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pyiceberg: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let py = env.pyiceberg(
+        "pyiceberg_read.py",
+        &[
+            "--catalog-name",
+            "ticklake",
+            "--table",
+            "market.trades",
+            "--columns",
+            "message_id",
+        ],
     );
-    let py: Value = serde_json::from_slice(&out.stdout).unwrap();
     let ids: BTreeSet<&str> = py["data"]
         .as_array()
         .unwrap()
@@ -355,7 +345,7 @@ fn a_living_daemon_keeps_its_lake_bounded_and_exact() {
     let total = secs * rate;
     let dir = tempfile::tempdir().unwrap();
     let file = live_capture(dir.path(), total, rate);
-    let (_replay, url) = start_replay(&[file.clone()], &["--rate", &rate.to_string()]);
+    let (_replay, url) = start_replay(std::slice::from_ref(&file), &["--rate", &rate.to_string()]);
     let interval = (secs / 20).max(5);
     let retention = interval * 2;
     let env = Env::new(

@@ -183,80 +183,44 @@ impl Aggregator {
 
     /// The partial bars as rows of `schema` (the bars table's Arrow schema).
     pub fn into_batch(self, schema: &SchemaRef) -> Result<RecordBatch, LakeError> {
-        let n = self.bars.len();
-        let ts = |v: Vec<i64>| -> ArrayRef {
-            Arc::new(TimestampMicrosecondArray::from(v).with_timezone("+00:00"))
+        type Row = ((String, String, i64), Partial);
+        let rows: Vec<Row> = self.bars.into_iter().collect();
+        let text = |f: fn(&Row) -> &str| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
         };
-        let dec = |v: Vec<i128>, p: u8| -> Result<ArrayRef, LakeError> {
-            Ok(Arc::new(
-                Decimal128Array::from(v)
-                    .with_precision_and_scale(p, crate::model::DECIMAL_SCALE as i8)?,
-            ))
+        let time = |f: fn(&Row) -> i64| -> ArrayRef {
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(f))
+                    .with_timezone("+00:00"),
+            )
         };
-        let mut cols: BTreeMap<&str, Vec<i128>> = BTreeMap::new();
-        let (mut exchange, mut symbol, mut minute) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut trades, mut first, mut last) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut open_ts, mut open_seq, mut open_id) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut close_ts, mut close_seq, mut close_id) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for ((x, s, m), b) in self.bars {
-            exchange.push(x);
-            symbol.push(s);
-            minute.push(m);
-            for (k, v) in [
-                ("open", b.open),
-                ("high", b.high),
-                ("low", b.low),
-                ("close", b.close),
-                ("volume", b.volume),
-            ] {
-                cols.entry(k).or_default().push(v);
-            }
-            trades.push(b.trades);
-            first.push(b.first_trade_id);
-            last.push(b.last_trade_id);
-            open_ts.push(b.open_key.ts);
-            open_seq.push(b.open_key.seq);
-            open_id.push(b.open_key.id);
-            close_ts.push(b.close_key.ts);
-            close_seq.push(b.close_key.seq);
-            close_id.push(b.close_key.id);
-        }
-        let mut take = |k: &str| cols.remove(k).unwrap_or_default();
+        let long = |f: fn(&Row) -> Option<i64>| -> ArrayRef {
+            Arc::new(Int64Array::from_iter(rows.iter().map(f)))
+        };
+        let dec = |f: fn(&Row) -> i128, precision: u8| {
+            Decimal128Array::from_iter_values(rows.iter().map(f))
+                .with_precision_and_scale(precision, crate::model::DECIMAL_SCALE as i8)
+                .map(|a| Arc::new(a) as ArrayRef)
+        };
         let p = crate::model::DECIMAL_PRECISION;
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from(exchange)),
-            Arc::new(StringArray::from(symbol)),
-            ts(minute),
-            dec(take("open"), p)?,
-            dec(take("high"), p)?,
-            dec(take("low"), p)?,
-            dec(take("close"), p)?,
-            dec(take("volume"), 38)?,
-            Arc::new(Int64Array::from(trades)),
-            Arc::new(StringArray::from(first)),
-            Arc::new(StringArray::from(last)),
-            ts(open_ts),
-            Arc::new(Int64Array::from(open_seq)),
-            Arc::new(StringArray::from(open_id)),
-            ts(close_ts),
-            Arc::new(Int64Array::from(close_seq)),
-            Arc::new(StringArray::from(close_id)),
+            text(|r| &r.0.0),
+            text(|r| &r.0.1),
+            time(|r| r.0.2),
+            dec(|r| r.1.open, p)?,
+            dec(|r| r.1.high, p)?,
+            dec(|r| r.1.low, p)?,
+            dec(|r| r.1.close, p)?,
+            dec(|r| r.1.volume, 38)?,
+            long(|r| Some(r.1.trades)),
+            text(|r| &r.1.first_trade_id),
+            text(|r| &r.1.last_trade_id),
+            time(|r| r.1.open_key.ts),
+            long(|r| r.1.open_key.seq),
+            text(|r| &r.1.open_key.id),
+            time(|r| r.1.close_key.ts),
+            long(|r| r.1.close_key.seq),
+            text(|r| &r.1.close_key.id),
         ];
         Ok(RecordBatch::try_new(schema.clone(), columns)?)
     }

@@ -24,6 +24,17 @@ use serde::{Deserialize, Serialize};
 
 use super::LakeError;
 
+/// Offsets of one partition of topic `t` on cluster `c`, for tests.
+#[cfg(test)]
+pub(crate) fn one_partition(next: i64) -> KafkaOffsets {
+    let mut o = KafkaOffsets {
+        cluster_id: "c".into(),
+        ..Default::default()
+    };
+    o.set("t", 0, next);
+    o
+}
+
 /// Snapshot-summary key holding the offsets as JSON.
 pub const OFFSETS_PROPERTY: &str = "ticklake.kafka.offsets";
 
@@ -210,12 +221,7 @@ mod tests {
     use crate::lake::{self, TableKind};
 
     fn offsets(next: i64) -> KafkaOffsets {
-        let mut o = KafkaOffsets {
-            cluster_id: "c".into(),
-            ..Default::default()
-        };
-        o.set("t", 0, next);
-        o
+        one_partition(next)
     }
 
     /// A snapshot another engine appends carries no offsets; the positions

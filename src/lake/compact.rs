@@ -559,12 +559,7 @@ mod tests {
     use crate::model::TradeV2;
 
     fn offsets(next: i64) -> KafkaOffsets {
-        let mut o = KafkaOffsets {
-            cluster_id: "c".into(),
-            ..Default::default()
-        };
-        o.set("t", 0, next);
-        o
+        crate::lake::commit::one_partition(next)
     }
 
     fn policy() -> CompactPolicy {

@@ -487,14 +487,7 @@ impl Engine {
             return Ok(answer);
         }
         let (df, info, source) = self.source(None).await?;
-        let mut preds = vec![
-            col("symbol").eq(lit(r.symbol.as_str())),
-            col("timestamp").gt_eq(ts_lit(r.start_us)),
-            col("timestamp").lt(ts_lit(r.end_us)),
-        ];
-        if let Some(x) = &r.exchange {
-            preds.push(col("exchange").eq(lit(x.as_str())));
-        }
+        let preds = ohlcv_filters(&r, "timestamp");
         let order = || {
             vec![
                 col("timestamp").sort(true, false),
@@ -627,6 +620,20 @@ impl Engine {
         });
         answer(head, "rows", json_rows(batches, &q.memory, q.cancel)?)
     }
+}
+
+/// The rows an OHLCV request covers: its symbol, its exchange if given,
+/// and `time_column` in [start, end).
+fn ohlcv_filters(r: &OhlcvRequest, time_column: &str) -> Vec<Expr> {
+    let mut preds = vec![
+        col("symbol").eq(lit(r.symbol.as_str())),
+        col(time_column).gt_eq(ts_lit(r.start_us)),
+        col(time_column).lt(ts_lit(r.end_us)),
+    ];
+    if let Some(x) = &r.exchange {
+        preds.push(col("exchange").eq(lit(x.as_str())));
+    }
+    preds
 }
 
 /// The cursor after row `i` of `batches` (trade rows).

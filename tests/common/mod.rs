@@ -237,6 +237,31 @@ listen = "127.0.0.1:{http_port}"
         v.as_i64().unwrap()
     }
 
+    /// Runs a pyiceberg script of `scripts/` on this test's lake (its SQL
+    /// catalog and warehouse) with `args`, and returns its JSON output.
+    pub fn pyiceberg(&self, script: &str, args: &[&str]) -> serde_json::Value {
+        let data = self.data_dir();
+        let out = Command::new(python())
+            .arg(scripts_dir().join(script))
+            .args([
+                "--catalog-uri",
+                &format!("sqlite:///{}/catalog.db", data.display()),
+            ])
+            .args([
+                "--warehouse",
+                &format!("file://{}/warehouse", data.display()),
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     pub fn metrics(&self) -> String {
         http_get(self.http_port, "/metrics").unwrap_or_default()
     }

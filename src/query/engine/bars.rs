@@ -23,7 +23,7 @@ use iceberg::TableIdent;
 use iceberg_datafusion::IcebergStaticTableProvider;
 use serde_json::json;
 
-use super::{Engine, Request, answer, collect, df_err, filtered, rows_in, ts_lit};
+use super::{Engine, Request, answer, collect, df_err, filtered, ohlcv_filters, rows_in, ts_lit};
 use crate::lake::bars::{self, Aggregator};
 use crate::lake::schema::BARS_TABLE;
 use crate::messages::query::{Answer, OhlcvRequest, QueryError};
@@ -49,14 +49,7 @@ impl Engine {
         };
         q.cancel.check()?;
         // The raw way's filters, so the tail gives the same rows.
-        let mut preds = vec![
-            col("symbol").eq(lit(r.symbol.as_str())),
-            col("timestamp").gt_eq(ts_lit(r.start_us)),
-            col("timestamp").lt(ts_lit(r.end_us)),
-        ];
-        if let Some(x) = &r.exchange {
-            preds.push(col("exchange").eq(lit(x.as_str())));
-        }
+        let preds = ohlcv_filters(r, "timestamp");
         let pin = self
             .live
             .pin_now(&tail_filter(&preds))
@@ -112,14 +105,7 @@ impl Engine {
             IcebergStaticTableProvider::try_new_from_table_snapshot(table, bars_snapshot)
                 .await
                 .map_err(QueryError::internal)?;
-        let mut preds = vec![
-            col("symbol").eq(lit(r.symbol.as_str())),
-            col("minute").gt_eq(ts_lit(r.start_us)),
-            col("minute").lt(ts_lit(r.end_us)),
-        ];
-        if let Some(x) = &r.exchange {
-            preds.push(col("exchange").eq(lit(x.as_str())));
-        }
+        let preds = ohlcv_filters(r, "minute");
         let stored = filtered(
             self.ctx.read_table(Arc::new(provider)).map_err(df_err)?,
             preds,
@@ -181,7 +167,7 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::lake::commit::{KafkaOffsets, append};
+    use crate::lake::commit::append;
     use crate::lake::{self, TableKind};
     use crate::messages::query::{Interval, QueryRequest};
     use crate::model::{Dec8, TradeV2};
@@ -208,11 +194,7 @@ mod tests {
         let table = catalog.load_table(&ident).await.unwrap();
         let schema = lake::batch::arrow_schema(table.metadata().current_schema()).unwrap();
         let batch = lake::batch::trades_batch(&schema, &mut rows).unwrap();
-        let mut o = KafkaOffsets {
-            cluster_id: "c".into(),
-            ..Default::default()
-        };
-        o.set("t", 0, next);
+        let o = crate::lake::commit::one_partition(next);
         append(catalog, &ident, Some(&batch), &o, 1 << 20)
             .await
             .unwrap();
