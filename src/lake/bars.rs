@@ -230,22 +230,7 @@ impl Aggregator {
 /// the newest bars snapshot that records it (walking back), with that
 /// snapshot's id.
 pub fn covered(bars: &Table) -> Option<(i64, i64)> {
-    let meta = bars.metadata();
-    let mut next = meta.current_snapshot();
-    while let Some(s) = next {
-        if let Some(seq) = s
-            .summary()
-            .additional_properties
-            .get(COVERED_PROPERTY)
-            .and_then(|v| v.parse().ok())
-        {
-            return Some((s.snapshot_id(), seq));
-        }
-        next = s
-            .parent_snapshot_id()
-            .and_then(|id| meta.snapshot_by_id(id));
-    }
-    None
+    covered_at_most(bars, i64::MAX)
 }
 
 /// The newest bars snapshot that covers at most trades sequence `upto`,
