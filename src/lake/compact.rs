@@ -664,6 +664,15 @@ mod tests {
         let snap = table.metadata().current_snapshot().unwrap();
         assert_eq!(Some(snap.snapshot_id()), r.snapshot_id);
         assert_eq!(snap.summary().operation, Operation::Replace);
+        // And so readers see it: the metadata table through SQL.
+        let ctx = crate::query::session::session(&cfg).await.unwrap();
+        let ops = crate::query::session::run_sql(&ctx, "select * from market.\"trades$snapshots\"")
+            .await
+            .unwrap();
+        let text = arrow::util::pretty::pretty_format_batches(&ops)
+            .unwrap()
+            .to_string();
+        assert!(text.contains("| replace"), "{text}");
         assert_eq!(
             snap.summary().additional_properties.get("total-data-files"),
             Some(&"1".to_string())
