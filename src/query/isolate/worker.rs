@@ -53,6 +53,7 @@ struct Pipe {
 /// Runs one worker to its end. Errors before the statement ran are the
 /// caller's to print; the daemon sees the pipe close.
 pub fn main() -> Result<(), WorkerError> {
+    die_with_parent();
     let handle = crate::query::pool::handle();
     handle
         .block_on(handle.spawn(serve()))
@@ -117,6 +118,17 @@ async fn expect(p: &mut Pipe, kind: Kind, limit: usize) -> Result<Vec<u8>, Worke
 async fn reply_error<W: AsyncWrite + Unpin>(w: &mut W, e: &QueryError) -> Result<(), WorkerError> {
     wire::write_json(w, Kind::Error, &ErrorFrame::of(e)).await?;
     Ok(())
+}
+
+/// A daemon killed outright (SIGKILL, the OOM killer) cannot stop its
+/// workers; the kernel does it for it, so none runs on without a daemon to
+/// answer. (An idle worker would also see its pipe close.)
+fn die_with_parent() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl with PR_SET_PDEATHSIG reads one integer argument.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
 }
 
 /// Past this, an allocation fails and the worker aborts: the daemon then
