@@ -69,7 +69,7 @@ impl MaintenanceMetrics {
             )?,
             compacted: counter(
                 "ticklake_compaction_files_total",
-                "Data files replaced and written by compaction.",
+                "Data files replaced and written by compaction, and dropped with partitions past maintenance.retention_days (retired).",
                 &["table", "kind"],
             )?,
             compaction_failures: counter(
@@ -118,6 +118,11 @@ impl MaintenanceMetrics {
                 .with_label_values(&[t, "written"])
                 .inc_by(c.files_written as u64);
         }
+        if let Some(x) = &r.retired {
+            self.compacted
+                .with_label_values(&[t, "retired"])
+                .inc_by(x.files as u64);
+        }
         if r.compaction_error.is_some() {
             self.compaction_failures.with_label_values(&[t]).inc();
         }
@@ -155,17 +160,21 @@ pub struct Job {
     bars: Option<TableIdent>,
     retention: Duration,
     compact: CompactPolicy,
+    /// Whether compaction runs (`maintenance.compact`); `db` may be there
+    /// for `retention_days` alone.
+    compacting: bool,
+    retention_days: u32,
 }
 
 impl Job {
     /// Both tables of `cfg`, maintained by its `[maintenance]` keys.
     pub async fn from_config(cfg: &Config, catalog: Arc<dyn Catalog>) -> Result<Self, LakeError> {
-        let db = if cfg.maintenance.compact {
+        let db = if cfg.maintenance.compact || cfg.maintenance.retention_days > 0 {
             let db = CatalogDb::open(cfg).await?;
             if db.is_none() {
                 tracing::warn!(
                     uri = %cfg.catalog_uri(),
-                    "maintenance: compaction swaps the metadata pointer of SQLite catalogs only; this catalog is not compacted"
+                    "maintenance: compaction and partition retention swap the metadata pointer of SQLite catalogs only; this catalog gets neither"
                 );
             }
             db.map(Arc::new)
@@ -199,6 +208,8 @@ impl Job {
                 min_age: cfg.maintenance.compact_min_age(),
                 sort: Vec::new(),
             },
+            compacting: cfg.maintenance.compact,
+            retention_days: cfg.maintenance.retention_days,
         })
     }
 
@@ -224,7 +235,16 @@ impl Job {
         for t in &self.tables {
             let mut compaction = None;
             let mut compaction_error = None;
-            if let Some(db) = &self.db {
+            let mut retired = None;
+            if let Some(db) = self.db.as_ref().filter(|_| self.retention_days > 0) {
+                match compact::retire(self.catalog.as_ref(), db, &t.ident, self.retention_days)
+                    .await
+                {
+                    Ok(r) => retired = Some(r),
+                    Err(e) => compaction_error = Some(format!("retention: {e}")),
+                }
+            }
+            if let Some(db) = self.db.as_ref().filter(|_| self.compacting) {
                 let policy = CompactPolicy {
                     sort: t.sort.clone(),
                     ..self.compact.clone()
@@ -245,6 +265,7 @@ impl Job {
             .await
             .map(|mut r| {
                 r.compaction = compaction;
+                r.retired = retired;
                 r.compaction_error = compaction_error;
                 r
             });

@@ -493,6 +493,10 @@ pub struct MaintenanceConfig {
     /// Files added more recently than this are left alone: the writers
     /// may still add to their time range (`10m`, `1h`).
     pub compact_min_age: String,
+    /// Day partitions older than this many days are dropped from the
+    /// tables (a `delete` commit; the files go when the snapshots that
+    /// read them expire). 0 keeps everything.
+    pub retention_days: u32,
 }
 
 impl Default for MaintenanceConfig {
@@ -504,6 +508,7 @@ impl Default for MaintenanceConfig {
             compact: true,
             compact_min_files: 8,
             compact_min_age: "10m".into(),
+            retention_days: 0,
         }
     }
 }

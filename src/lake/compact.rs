@@ -210,6 +210,81 @@ pub async fn compact(
     )))
 }
 
+/// What dropping old partitions did to one table.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RetireReport {
+    pub table: String,
+    pub files: usize,
+    pub rows: u64,
+    pub bytes: u64,
+    /// The `delete` snapshot, if one was committed.
+    pub snapshot_id: Option<i64>,
+}
+
+/// Drops from `ident` the data files of day partitions more than
+/// `retention_days` days before today (the first partition field, a day
+/// transform), in one `delete` commit swapped in like a compaction's. The
+/// files themselves go when the snapshots that still read them expire.
+pub async fn retire(
+    catalog: &dyn Catalog,
+    db: &CatalogDb,
+    ident: &TableIdent,
+    retention_days: u32,
+) -> Result<RetireReport, LakeError> {
+    let today = chrono::Utc::now().timestamp().div_euclid(86_400);
+    let first_kept = today - i64::from(retention_days);
+    let mut report = RetireReport {
+        table: ident.to_string(),
+        ..RetireReport::default()
+    };
+    for _ in 0..MAX_ATTEMPTS {
+        let table = catalog.load_table(ident).await?;
+        let old: Vec<ManifestEntry> = alive_entries(&table)
+            .await?
+            .into_iter()
+            .filter(|e| day_of(e).is_some_and(|d| d < first_kept))
+            .collect();
+        if old.is_empty() {
+            return Ok(report);
+        }
+        let gone: HashSet<String> = old
+            .iter()
+            .map(|e| e.data_file.file_path().to_string())
+            .collect();
+        let staged = stage_as(&table, &gone, &[], Operation::Delete).await?;
+        let current = table
+            .metadata_location()
+            .ok_or_else(|| LakeError::Catalog(format!("{ident} has no metadata file")))?;
+        if db.swap(ident, current, &staged.location).await? {
+            report.files = old.len();
+            report.rows = old.iter().map(|e| e.data_file.record_count()).sum();
+            report.bytes = old.iter().map(|e| e.data_file.file_size_in_bytes()).sum();
+            report.snapshot_id = Some(staged.snapshot_id);
+            return Ok(report);
+        }
+        discard(&table, &staged.written).await;
+    }
+    Err(LakeError::Catalog(format!(
+        "{ident}: writers committed first {MAX_ATTEMPTS} times in a row; old partitions stay until the next run"
+    )))
+}
+
+/// The day (since the Unix epoch) of an entry's partition, when its first
+/// partition field is a day.
+fn day_of(e: &ManifestEntry) -> Option<i64> {
+    match e
+        .data_file
+        .partition()
+        .fields()
+        .first()?
+        .as_ref()?
+        .as_primitive_literal()?
+    {
+        iceberg::spec::PrimitiveLiteral::Int(d) => Some(i64::from(d)),
+        _ => None,
+    }
+}
+
 /// The live entries of the current snapshot's data manifests.
 async fn alive_entries(table: &Table) -> Result<Vec<ManifestEntry>, LakeError> {
     let Some(snapshot) = table.metadata().current_snapshot() else {
@@ -366,6 +441,17 @@ async fn stage(
     replaced: &HashSet<String>,
     added: &[DataFile],
 ) -> Result<Staged, LakeError> {
+    stage_as(table, replaced, added, Operation::Replace).await
+}
+
+/// [`stage`] for any operation: `Replace` (compaction) or `Delete` (whole
+/// partitions past retention, nothing added).
+async fn stage_as(
+    table: &Table,
+    replaced: &HashSet<String>,
+    added: &[DataFile],
+    operation: Operation,
+) -> Result<Staged, LakeError> {
     let meta = table.metadata();
     let base = meta
         .current_snapshot()
@@ -458,7 +544,7 @@ async fn stage(
         .with_parent_snapshot_id(Some(base.snapshot_id()))
         .with_sequence_number(seq)
         .with_summary(Summary {
-            operation: Operation::Replace,
+            operation,
             additional_properties: properties,
         })
         .with_schema_id(meta.current_schema_id())
@@ -742,6 +828,49 @@ mod tests {
         assert_eq!(count_parquet(dir.path()), 1);
         assert!(e.manifests_deleted > 0, "{e:?}");
         assert_eq!(rows(catalog.as_ref(), &ident).await.len(), 17);
+    }
+
+    /// Partitions older than the retention go in one `delete` commit that
+    /// keeps the offsets; today's rows stay.
+    #[tokio::test]
+    async fn partitions_past_retention_are_dropped_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::default().under(dir.path());
+        let catalog = lake::open_catalog(&cfg).await.unwrap();
+        let table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
+            .await
+            .unwrap();
+        let ident = lake::table_ident(&cfg, TableKind::Trades);
+        let db = CatalogDb::open(&cfg).await.unwrap().unwrap();
+        let schema = lake::batch::arrow_schema(table.metadata().current_schema()).unwrap();
+        let now = chrono::Utc::now().timestamp_micros();
+        let day = 86_400_000_000i64;
+        for (i, ts) in [now - 10 * day, now - 3 * day, now - 3 * day + 1, now]
+            .iter()
+            .enumerate()
+        {
+            let mut t = [TradeV2::builder("X", "BTCUSDT", &i.to_string(), *ts).build()];
+            let batch = lake::batch::trades_batch(&schema, &mut t).unwrap();
+            append(
+                catalog.as_ref(),
+                &ident,
+                Some(&batch),
+                &offsets(i as i64 + 1),
+                1 << 20,
+            )
+            .await
+            .unwrap();
+        }
+        let r = retire(catalog.as_ref(), &db, &ident, 30).await.unwrap();
+        assert_eq!((r.files, r.snapshot_id), (0, None), "nothing is that old");
+        let r = retire(catalog.as_ref(), &db, &ident, 2).await.unwrap();
+        assert_eq!((r.files, r.rows), (3, 3), "{r:?}");
+        let table = catalog.load_table(&ident).await.unwrap();
+        let snap = table.metadata().current_snapshot().unwrap();
+        assert_eq!(snap.summary().operation, Operation::Delete);
+        assert_eq!(current_offsets(&table).unwrap().unwrap().1, offsets(4));
+        let left = rows(catalog.as_ref(), &ident).await;
+        assert_eq!(left, vec![("BTCUSDT".to_string(), "X-3".to_string())]);
     }
 
     fn count_parquet(dir: &std::path::Path) -> usize {

@@ -67,6 +67,8 @@ pub struct MaintainReport {
     pub data_files: u64,
     /// Size of the current metadata file, which every reader loads.
     pub metadata_bytes: u64,
+    /// Old partitions dropped before the compaction (`retention_days`).
+    pub retired: Option<super::compact::RetireReport>,
     /// The compaction that ran before the expiry, if any.
     pub compaction: Option<super::compact::CompactReport>,
     pub compaction_error: Option<String>,
