@@ -72,6 +72,17 @@ fn lake_counts(env: &Env) -> (i64, i64) {
     )
 }
 
+/// The same through the hybrid table, which plans the lake side itself:
+/// after compactions and expiry it must still see each trade once.
+fn live_counts(env: &Env) -> (i64, i64) {
+    let rows =
+        env.query("select count(*) as n, count(distinct message_id) as d from market.trades_live");
+    (
+        rows[0]["n"].as_i64().unwrap(),
+        rows[0]["d"].as_i64().unwrap(),
+    )
+}
+
 fn snapshots(env: &Env) -> usize {
     // The metadata table answers whole rows only.
     env.query("select * from market.\"trades$snapshots\"").len()
@@ -162,6 +173,7 @@ fn expiry_keeps_every_trade_once_across_a_kill_and_bounds_the_snapshots() {
     assert!(kept <= 20, "{kept} snapshots kept after {commits} commits");
     assert_eq!(m["failures"], 0, "{m}");
     assert_eq!(lake_counts(&env), (want, want));
+    assert_eq!(live_counts(&env), (want, want));
 
     // SIGKILL once settled, then the same data directory again: the
     // capture is served again from its start, and every trade is a
@@ -257,6 +269,7 @@ fn expiry_keeps_every_trade_once_across_a_kill_and_bounds_the_snapshots() {
     );
     assert!(reports[0]["snapshots_after"].as_u64().unwrap() >= 1);
     assert_eq!(lake_counts(&env), (want, want));
+    assert_eq!(live_counts(&env), (want, want));
 
     // Another engine reads the compacted table: every trade once.
     let py = env.pyiceberg(
@@ -426,6 +439,7 @@ fn a_living_daemon_keeps_its_lake_bounded_and_exact() {
         "{files} data files (bound {bound}) after {commits} commits"
     );
     assert_eq!(lake_counts(&env), (total as i64, total as i64));
+    assert_eq!(live_counts(&env), (total as i64, total as i64));
 
     // SIGKILL, then the same data directory, served the trades again
     // quickly: nothing lost, nothing doubled.

@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::lake::compact::{self, CatalogDb, CompactPolicy};
 use crate::lake::maintain::{self, MaintainReport};
 use crate::lake::{self, LakeError, TableKind};
+use crate::messages::query::LakeChanged;
 
 /// The maintenance metrics, on the daemon's registry.
 #[derive(Clone)]
@@ -307,6 +308,8 @@ impl ObservableState for MaintenanceState {
 
 pub struct MaintenanceActor {
     job: Job,
+    /// Told after every run, so queries re-pin past what the run replaced.
+    listeners: Vec<Recipient<LakeChanged>>,
     interval: Duration,
     metrics: MaintenanceMetrics,
     state: MaintenanceState,
@@ -326,11 +329,18 @@ impl MaintenanceActor {
         };
         Self {
             job,
+            listeners: Vec::new(),
             interval: Duration::from_secs(cfg.interval_secs),
             metrics,
             published: Published::new(state.clone()),
             state,
         }
+    }
+
+    /// Tells `r` after every run which tables it committed to.
+    pub fn notify(mut self, r: Recipient<LakeChanged>) -> Self {
+        self.listeners.push(r);
+        self
     }
 
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<MaintenanceState> {
@@ -394,6 +404,26 @@ impl MaintenanceActor {
                         "maintenance: snapshots expired"
                     );
                     self.metrics.record(&report);
+                    let changed = report.expired > 0
+                        || report
+                            .retired
+                            .as_ref()
+                            .is_some_and(|r| r.snapshot_id.is_some())
+                        || report
+                            .compaction
+                            .as_ref()
+                            .is_some_and(|c| c.snapshot_id.is_some());
+                    if changed {
+                        let table = match report.table.rsplit('.').next() {
+                            Some(crate::lake::schema::TRADES_TABLE) => {
+                                crate::lake::schema::TRADES_TABLE
+                            }
+                            _ => "",
+                        };
+                        for l in &self.listeners {
+                            l.do_send(LakeChanged { table });
+                        }
+                    }
                     reports.push(report);
                 }
                 Err(e) => {

@@ -18,7 +18,7 @@ use crate::actors::observe::{Health, ObservableState, Published};
 use crate::lake::schema::TRADES_TABLE;
 use crate::messages::consumer::Committed;
 use crate::messages::observe::Observe;
-use crate::messages::query::{Answer, QueryDone, QueryError, RunQuery};
+use crate::messages::query::{Answer, LakeChanged, QueryDone, QueryError, RunQuery};
 use crate::query::cancel::Cancel;
 use crate::query::engine::Engine;
 
@@ -200,6 +200,18 @@ impl Handler<Committed> for QueryActor {
                 tracing::debug!(error = %e, "query: learning the lake's newest trades failed");
             }
         });
+    }
+}
+
+impl Handler<LakeChanged> for QueryActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: LakeChanged, _ctx: &mut Self::Context) {
+        if msg.table != TRADES_TABLE {
+            return;
+        }
+        let engine = self.engine.clone();
+        tokio::spawn(async move { engine.refresh().await });
     }
 }
 

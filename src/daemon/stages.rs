@@ -135,7 +135,7 @@ pub async fn lake(
     let mut states: Vec<Arc<dyn StatusNode>> =
         vec![Arc::new(trades_state.clone()), Arc::new(dl_state.clone())];
     states.extend(bars_state);
-    states.push(maintenance(cfg, catalog, metrics).await?);
+    states.push(maintenance(cfg, catalog, metrics, &query).await?);
     Ok(LakeStage {
         trades,
         dead_letters,
@@ -302,6 +302,7 @@ async fn maintenance(
     cfg: &Config,
     catalog: Arc<dyn iceberg::Catalog>,
     metrics: &Metrics,
+    query: &Addr<QueryActor>,
 ) -> Result<Arc<dyn StatusNode>, DaemonError> {
     if !cfg.maintenance.enabled {
         return Ok(Arc::new(crate::actors::observe::Disabled("maintenance")));
@@ -309,7 +310,7 @@ async fn maintenance(
     let m = MaintenanceMetrics::register(&metrics.registry)
         .map_err(|e| DaemonError::Metrics(e.into()))?;
     let job = crate::actors::maintenance::Job::from_config(cfg, catalog).await?;
-    let actor = MaintenanceActor::new(job, &cfg.maintenance, m);
+    let actor = MaintenanceActor::new(job, &cfg.maintenance, m).notify(query.clone().recipient());
     let state = actor.subscribe();
     actor.start();
     Ok(Arc::new(state))

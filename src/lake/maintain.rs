@@ -100,6 +100,18 @@ pub async fn expire(
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut cutoff =
         now_ms.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+    // A snapshot is readable for as long as it is current, and for the
+    // retention after that: keep the one that was current at the cutoff
+    // (a query that pinned it just before a compaction replaced it reads
+    // its files), not only those taken after it.
+    if let Some(t) = meta
+        .snapshots()
+        .map(|s| s.timestamp_ms())
+        .filter(|t| *t < cutoff)
+        .max()
+    {
+        cutoff = t;
+    }
     if let Some((id, _)) = current_offsets(&table)? {
         report.offsets_snapshot = Some(id);
     }

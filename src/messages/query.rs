@@ -57,6 +57,15 @@ pub enum QueryRequest {
 #[rtype(result = "Result<Answer, QueryError>")]
 pub struct RunQuery(pub QueryRequest);
 
+/// Maintenance committed to `table` (a compaction, a partition drop, an
+/// expiry): re-pin its newest snapshot. A pin older than the commit may
+/// be expired, and its files deleted, by the time a query reads it.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct LakeChanged {
+    pub table: &'static str,
+}
+
 /// A query's work has stopped and its slot is free again (sent by the
 /// query's own task, which may end after its answer, e.g. a timeout).
 #[derive(Debug, Message)]
