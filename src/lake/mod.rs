@@ -4,6 +4,7 @@
 pub mod background;
 pub mod batch;
 pub mod commit;
+pub mod files;
 pub mod scan;
 pub mod schema;
 

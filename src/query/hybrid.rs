@@ -33,6 +33,7 @@ use iceberg_datafusion::IcebergStaticTableProvider;
 use serde::Serialize;
 
 use crate::lake::commit::current_offsets;
+use crate::lake::files::Planner;
 use crate::messages::tail::{TailError, TailFilter};
 use crate::query::tail::TailView;
 
@@ -87,6 +88,8 @@ pub struct HybridTable {
     /// A pin taken before planning (`pin_now`), which scans use instead of
     /// pinning themselves.
     pin: Option<Pin>,
+    /// Plans the lake side's files; shared by every clone of the table.
+    planner: Planner,
 }
 
 /// One consistent pin: a snapshot of the lake, and the tail rows at or past
@@ -158,6 +161,7 @@ impl HybridTable {
             pinned,
             info: None,
             pin: None,
+            planner: Planner::default(),
         }
     }
 
@@ -271,6 +275,7 @@ impl TableProvider for HybridTable {
             Some(id) => {
                 let fast = crate::lake::scan::parquet_plan(
                     state,
+                    &self.planner,
                     &table,
                     id,
                     &self.schema,
