@@ -169,6 +169,11 @@ enum BenchApi {
         /// Kafka offsets each (10,000 when given without a value).
         #[arg(long, num_args = 0..=1, default_missing_value = "10000")]
         commits: Option<usize>,
+        /// Keep the lake in this directory, and reuse the one an earlier
+        /// run kept there (same --lake-trades and --commits) instead of
+        /// building it again.
+        #[arg(long)]
+        lake_dir: Option<PathBuf>,
         /// Uncommitted trades in the tail.
         #[arg(long, default_value_t = 100_000)]
         tail_trades: usize,
@@ -377,6 +382,7 @@ fn main() -> anyhow::Result<()> {
                     config,
                     lake_trades,
                     commits,
+                    lake_dir,
                     tail_trades,
                     iterations,
                     duckdb_python,
@@ -398,6 +404,7 @@ fn main() -> anyhow::Result<()> {
                     &cfg,
                     lake_trades,
                     commits,
+                    lake_dir.as_deref(),
                     tail_trades,
                     iterations,
                     duckdb_python.as_deref(),

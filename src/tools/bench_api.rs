@@ -34,6 +34,8 @@ pub enum BenchApiError {
     NoHttp,
     #[error("poll: {0}")]
     Poll(String),
+    #[error("bench lake {0}: {1}")]
+    LakeDir(std::path::PathBuf, String),
 }
 
 /// Rows per poll of `/v1/trades/recent`: at 10k trades/s the measured
@@ -446,6 +448,7 @@ pub async fn latency(
     base: &Config,
     lake_trades: usize,
     commits: Option<usize>,
+    lake_dir: Option<&std::path::Path>,
     tail_trades: usize,
     iterations: usize,
     duckdb_python: Option<&std::path::Path>,
@@ -457,8 +460,26 @@ pub async fn latency(
     use actix::Actor;
 
     let lake_err = |e: crate::lake::LakeError| BenchApiError::Poll(e.to_string());
-    let run_id = uuid::Uuid::new_v4().simple().to_string();
-    let dir = std::env::temp_dir().join(format!("ticklake-bench-latency-{run_id}"));
+    let (dir, keep) = match lake_dir {
+        Some(d) => (d.to_path_buf(), true),
+        None => {
+            let run_id = uuid::Uuid::new_v4().simple().to_string();
+            let d = std::env::temp_dir().join(format!("ticklake-bench-latency-{run_id}"));
+            (d, false)
+        }
+    };
+    let built = history::Built::read(&dir)?;
+    if let Some(b) = &built
+        && (b.lake_trades, b.commits) != (lake_trades, commits)
+    {
+        return Err(BenchApiError::LakeDir(
+            dir.clone(),
+            format!(
+                "it holds a lake of {} trades in {:?} commits, not {lake_trades} in {commits:?}",
+                b.lake_trades, b.commits
+            ),
+        ));
+    }
     let cfg = base.under(&dir);
     let started = Instant::now();
     let catalog = lake::open_catalog(&cfg).await.map_err(lake_err)?;
@@ -467,7 +488,9 @@ pub async fn latency(
         .map_err(lake_err)?;
     let schema = lake::batch::arrow_schema(table.metadata().current_schema()).map_err(lake_err)?;
     let ident = lake::table_ident(&cfg, TableKind::Trades);
-    let now = now_us();
+    // A lake kept from an earlier run keeps that run's clock, so its
+    // trades stay where the queries look.
+    let now = built.as_ref().map_or_else(now_us, |b| b.now_us);
     let day = 86_400_000_000i64;
     let tail_span = 300_000_000i64;
     let lake_start = now - tail_span - day;
@@ -478,7 +501,29 @@ pub async fn latency(
         span: day,
         topic,
     };
-    history::build(catalog.as_ref(), &ident, &schema, &shape, commits).await?;
+    if built.is_none() {
+        history::build(catalog.as_ref(), &ident, &schema, &shape, commits).await?;
+        if keep {
+            history::Built {
+                now_us: now,
+                lake_trades,
+                commits,
+            }
+            .write(&dir)?;
+        }
+    }
+    // The tail starts at the lake's next offset: past the lake's own
+    // trades, and past the commits an earlier run on a kept lake added.
+    let first = {
+        let table = catalog
+            .load_table(&ident)
+            .await
+            .map_err(|e| BenchApiError::Poll(e.to_string()))?;
+        lake::commit::current_offsets(&table)
+            .map_err(lake_err)?
+            .and_then(|(_, o)| o.get(topic, 0))
+            .map_or(lake_trades, |o| o.max(0) as usize)
+    };
     let view = crate::query::tail::TailView::default();
     let tail = TailActor::new("bench", tail_trades + 1, schema.clone(), view.clone()).start();
     let tail_ts = |j: usize| {
@@ -486,7 +531,7 @@ pub async fn latency(
     };
     let rows: Vec<TailRow> = (0..tail_trades)
         .map(|j| {
-            let i = lake_trades + j;
+            let i = first + j;
             TailRow {
                 topic: Arc::from(topic),
                 partition: 0,
@@ -565,7 +610,7 @@ pub async fn latency(
     for c in 0..AFTER_COMMITS {
         let (from, to) = (c * step, (c + 1) * step);
         let rows = (from..to)
-            .map(|j| synthetic_trade(lake_trades + j, tail_ts(j)))
+            .map(|j| synthetic_trade(first + j, tail_ts(j)))
             .collect();
         history::commit_trades(
             catalog.as_ref(),
@@ -573,7 +618,7 @@ pub async fn latency(
             &schema,
             topic,
             rows,
-            (lake_trades + to) as i64,
+            (first + to) as i64,
         )
         .await?;
         let t = Instant::now();
@@ -616,7 +661,9 @@ pub async fn latency(
             .as_f64()
             .map(|p| (p, v["bars"].as_u64().unwrap_or(0)));
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if !keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     let ohlcv_p50 = percentile(&ohlcv_ms, 0.5);
     let max = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
     Ok(LatencyReport {

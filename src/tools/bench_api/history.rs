@@ -25,6 +25,40 @@ fn ice_err(e: iceberg::Error) -> BenchApiError {
     BenchApiError::Poll(e.to_string())
 }
 
+/// What a lake kept with `--lake-dir` was built with, in
+/// `bench-lake.json` beside it: a later run reuses it only for the same
+/// sizes, and with the same clock.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub(super) struct Built {
+    pub now_us: i64,
+    pub lake_trades: usize,
+    pub commits: Option<usize>,
+}
+
+const BUILT_FILE: &str = "bench-lake.json";
+
+impl Built {
+    /// What `dir` holds, `None` when it holds no finished bench lake.
+    pub fn read(dir: &std::path::Path) -> Result<Option<Self>, BenchApiError> {
+        let path = dir.join(BUILT_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| BenchApiError::LakeDir(path, e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(BenchApiError::LakeDir(path, e.to_string())),
+        }
+    }
+
+    /// Marks `dir`'s lake finished, after its last commit.
+    pub fn write(&self, dir: &std::path::Path) -> Result<(), BenchApiError> {
+        let path = dir.join(BUILT_FILE);
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| BenchApiError::LakeDir(path.clone(), e.to_string()))?;
+        std::fs::write(&path, json).map_err(|e| BenchApiError::LakeDir(path, e.to_string()))
+    }
+}
+
 /// Where the synthetic trades go: `trades` of them, trade `i` at
 /// `start + i * span / trades`, on `topic` partition 0 at offset `i`.
 pub(super) struct Shape<'a> {
