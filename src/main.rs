@@ -178,6 +178,16 @@ enum BenchApi {
         /// Trades committed to the lake.
         #[arg(long, default_value_t = 10_000_000)]
         lake_trades: usize,
+        /// Build the lake as a daemon does: this many small commits of
+        /// equal size over the day, one Parquet file and one snapshot with
+        /// Kafka offsets each (10,000 when given without a value).
+        #[arg(long, num_args = 0..=1, default_missing_value = "10000")]
+        commits: Option<usize>,
+        /// Keep the lake in this directory, and reuse the one an earlier
+        /// run kept there (same --lake-trades and --commits) instead of
+        /// building it again.
+        #[arg(long)]
+        lake_dir: Option<PathBuf>,
         /// Uncommitted trades in the tail.
         #[arg(long, default_value_t = 100_000)]
         tail_trades: usize,
@@ -388,6 +398,8 @@ fn main() -> anyhow::Result<()> {
                 BenchApi::Latency {
                     config,
                     lake_trades,
+                    commits,
+                    lake_dir,
                     tail_trades,
                     iterations,
                     duckdb_python,
@@ -398,12 +410,18 @@ fn main() -> anyhow::Result<()> {
                 lake_trades > 0 && iterations > 0,
                 "--lake-trades and --iterations must be positive"
             );
+            anyhow::ensure!(
+                commits.is_none_or(|c| c > 0 && c <= lake_trades),
+                "--commits must be positive and at most --lake-trades"
+            );
             let cfg = Config::load(config.as_deref())?;
             let sys = actix_system();
             let report = sys.block_on(async move {
                 ticklake::tools::bench_api::latency(
                     &cfg,
                     lake_trades,
+                    commits,
+                    lake_dir.as_deref(),
                     tail_trades,
                     iterations,
                     duckdb_python.as_deref(),

@@ -6,6 +6,7 @@ pub mod bars;
 pub mod batch;
 pub mod commit;
 pub mod compact;
+pub mod files;
 pub mod maintain;
 pub mod scan;
 pub mod schema;

@@ -20,19 +20,13 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
-use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::error::Result as DFResult;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
-use futures::TryStreamExt;
-use iceberg::scan::FileScanTask;
-use iceberg::spec::DataFileFormat;
 use iceberg::table::Table;
-use iceberg_datafusion::physical_plan::convert_filters_to_predicate;
 
-fn ext(e: iceberg::Error) -> DataFusionError {
-    DataFusionError::External(Box::new(e))
-}
+use super::files::Planner;
 
 /// The local path of a data file, or `None` for a path on another store.
 fn local_path(location: &str) -> Option<&str> {
@@ -41,27 +35,6 @@ fn local_path(location: &str) -> Option<&str> {
         None if location.starts_with('/') => Some(location),
         None => None,
     }
-}
-
-/// The files of `snapshot_id` that can hold rows matching `filters`, as
-/// Iceberg plans them.
-async fn plan_files(
-    table: &Table,
-    snapshot_id: i64,
-    filters: &[Expr],
-) -> DFResult<Vec<FileScanTask>> {
-    let mut scan = table.scan().snapshot_id(snapshot_id).select_all();
-    if let Some(p) = convert_filters_to_predicate(filters) {
-        scan = scan.with_filter(p);
-    }
-    scan.build()
-        .map_err(ext)?
-        .plan_files()
-        .await
-        .map_err(ext)?
-        .try_collect()
-        .await
-        .map_err(ext)
 }
 
 /// An empty scan with the projected schema: no snapshot, or no file left
@@ -80,8 +53,10 @@ pub fn empty_plan(
 /// A DataFusion plan reading `table` at `snapshot_id`, or `None` when the
 /// fast path does not apply (see the module comment). `schema` is the
 /// table's Arrow schema; `filters` only prune, the caller filters again.
+#[allow(clippy::too_many_arguments)]
 pub async fn parquet_plan(
     state: &dyn Session,
+    planner: &Planner,
     table: &Table,
     snapshot_id: i64,
     schema: &SchemaRef,
@@ -92,20 +67,15 @@ pub async fn parquet_plan(
     if table.metadata().schemas_iter().count() != 1 {
         return Ok(None);
     }
-    let tasks = plan_files(table, snapshot_id, filters).await?;
-    let mut files = Vec::with_capacity(tasks.len());
-    for t in &tasks {
-        if !t.deletes.is_empty() || t.data_file_format != DataFileFormat::Parquet {
-            return Ok(None);
-        }
-        let Some(path) = local_path(&t.data_file_path) else {
+    let Some(planned) = planner.plan(table, snapshot_id, filters).await? else {
+        return Ok(None);
+    };
+    let mut files = Vec::with_capacity(planned.len());
+    for f in &planned {
+        let Some(path) = local_path(&f.path) else {
             return Ok(None);
         };
-        let mut f = PartitionedFile::new(path.trim_start_matches('/'), t.file_size_in_bytes);
-        if t.start != 0 || t.length != t.file_size_in_bytes {
-            f = f.with_range(t.start as i64, (t.start + t.length) as i64);
-        }
-        files.push(f);
+        files.push(PartitionedFile::new(path.trim_start_matches('/'), f.size));
     }
     if files.is_empty() {
         return empty_plan(schema, projection).map(Some);

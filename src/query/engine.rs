@@ -320,7 +320,14 @@ impl Engine {
     /// Loads the table's newest snapshot for later scans to pin.
     pub async fn refresh(&self) {
         match self.catalog.load_table(&self.ident).await {
-            Ok(t) => self.pinned.set(t),
+            Ok(t) => {
+                // Before the table is pinned: a query on it finds its files
+                // indexed (the new manifest read once, here).
+                if let Err(e) = self.live.prepare(&t).await {
+                    tracing::debug!(error = %e, "query: indexing the new snapshot's files failed; the first scan retries");
+                }
+                self.pinned.set(t)
+            }
             Err(e) => tracing::warn!(error = %e, "query: reloading the trades table failed"),
         }
     }

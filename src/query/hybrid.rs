@@ -11,7 +11,7 @@
 //! table's current snapshot instead.
 
 use std::any::Any;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -19,12 +19,10 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, Session, TableProvider};
-use datafusion::common::ScalarValue;
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result as DFResult};
-use datafusion::logical_expr::utils::split_conjunction;
-use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
 use iceberg::table::Table;
@@ -33,6 +31,7 @@ use iceberg_datafusion::IcebergStaticTableProvider;
 use serde::Serialize;
 
 use crate::lake::commit::current_offsets;
+use crate::lake::files::{Bounds, Planner};
 use crate::messages::tail::{TailError, TailFilter};
 use crate::query::tail::TailView;
 
@@ -97,6 +96,8 @@ pub struct HybridTable {
     /// A pin taken before planning (`pin_now`), which scans use instead of
     /// pinning themselves.
     pin: Option<Pin>,
+    /// Plans the lake side's files; shared by every clone of the table.
+    planner: Planner,
 }
 
 /// One consistent pin: a snapshot of the lake, and the tail rows at or past
@@ -174,6 +175,7 @@ impl HybridTable {
             pinned,
             info: None,
             pin: None,
+            planner: Planner::default(),
         }
     }
 
@@ -217,6 +219,12 @@ impl HybridTable {
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         self.pinned.set(t.clone());
         Ok(t)
+    }
+
+    /// Indexes the files of `table`'s current snapshot for the scans to
+    /// come, so the first query after a commit does not pay for it.
+    pub async fn prepare(&self, table: &Table) -> DFResult<()> {
+        self.planner.prepare(table).await
     }
 
     /// The pinned snapshot and the tail rows past its offsets, consistent.
@@ -309,6 +317,7 @@ impl TableProvider for HybridTable {
             Some(id) => {
                 let fast = crate::lake::scan::parquet_plan(
                     state,
+                    &self.planner,
                     &table,
                     id,
                     &self.schema,
@@ -351,83 +360,22 @@ impl TableProvider for HybridTable {
 }
 
 /// What the tail's index can use from the pushed-down filters: equality and
-/// IN on symbol and exchange, ranges on timestamp, in conjunctions. Anything
-/// else is ignored (the tail then returns more rows, never fewer).
+/// IN on symbol and exchange, ranges on timestamp, in conjunctions
+/// (`Bounds::of`). Anything else is ignored (the tail then returns more
+/// rows, never fewer).
 pub fn tail_filter(filters: &[Expr]) -> TailFilter {
-    let mut f = TailFilter::default();
-    let narrow = |set: &mut Option<BTreeSet<String>>, values: BTreeSet<String>| {
-        *set = Some(match set.take() {
-            Some(old) => old.intersection(&values).cloned().collect(),
-            None => values,
-        });
-    };
-    for e in filters.iter().flat_map(split_conjunction) {
-        match e {
-            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-                let (col, op, value) = match (left.as_ref(), right.as_ref()) {
-                    (Expr::Column(c), Expr::Literal(v, _)) => (c, *op, v),
-                    (Expr::Literal(v, _), Expr::Column(c)) => match op.swap() {
-                        Some(op) => (c, op, v),
-                        None => continue,
-                    },
-                    _ => continue,
-                };
-                match (col.name.as_str(), op) {
-                    ("symbol", Operator::Eq) => {
-                        if let Some(s) = string_value(value) {
-                            narrow(&mut f.symbols, BTreeSet::from([s]));
-                        }
-                    }
-                    ("exchange", Operator::Eq) => {
-                        if let Some(s) = string_value(value) {
-                            narrow(&mut f.exchanges, BTreeSet::from([s]));
-                        }
-                    }
-                    ("timestamp", op) => {
-                        let Some((lo, hi)) = micros_bounds(value) else {
-                            continue;
-                        };
-                        // Bounds are widened to whole microseconds: a row
-                        // too many is filtered later, one too few is lost.
-                        match op {
-                            Operator::Gt | Operator::GtEq => {
-                                f.start_us = Some(f.start_us.map_or(lo, |s| s.max(lo)));
-                            }
-                            Operator::Lt | Operator::LtEq => {
-                                f.end_us = Some(f.end_us.map_or(hi, |s| s.min(hi)));
-                            }
-                            Operator::Eq => {
-                                f.start_us = Some(f.start_us.map_or(lo, |s| s.max(lo)));
-                                f.end_us = Some(f.end_us.map_or(hi, |s| s.min(hi)));
-                            }
-                            _ => {}
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            Expr::InList(il) if !il.negated => {
-                let Expr::Column(c) = il.expr.as_ref() else {
-                    continue;
-                };
-                let values: Option<BTreeSet<String>> = il
-                    .list
-                    .iter()
-                    .map(|e| match e {
-                        Expr::Literal(v, _) => string_value(v),
-                        _ => None,
-                    })
-                    .collect();
-                match (c.name.as_str(), values) {
-                    ("symbol", Some(v)) => narrow(&mut f.symbols, v),
-                    ("exchange", Some(v)) => narrow(&mut f.exchanges, v),
-                    _ => {}
-                }
-            }
-            _ => {}
-        }
+    let Bounds {
+        symbols,
+        exchanges,
+        start_us,
+        end_us,
+    } = Bounds::of(filters);
+    TailFilter {
+        symbols,
+        exchanges,
+        start_us,
+        end_us,
     }
-    f
 }
 
 /// The `k`-th newest timestamp of `rows`, when they hold at least `k`.
@@ -463,34 +411,6 @@ pub fn kth_newest_timestamp(rows: &[RecordBatch], k: usize) -> DFResult<Option<i
     }
     let (_, kth, _) = ts.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
     Ok(Some(*kth))
-}
-
-fn string_value(v: &ScalarValue) -> Option<String> {
-    match v {
-        ScalarValue::Utf8(Some(s))
-        | ScalarValue::LargeUtf8(Some(s))
-        | ScalarValue::Utf8View(Some(s)) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-/// A timestamp literal as the whole microseconds just below and above it.
-fn micros_bounds(v: &ScalarValue) -> Option<(i64, i64)> {
-    match v {
-        ScalarValue::TimestampMicrosecond(Some(x), _) => Some((*x, *x)),
-        ScalarValue::TimestampMillisecond(Some(x), _) => {
-            let us = x.checked_mul(1000)?;
-            Some((us, us))
-        }
-        ScalarValue::TimestampSecond(Some(x), _) => {
-            let us = x.checked_mul(1_000_000)?;
-            Some((us, us))
-        }
-        ScalarValue::TimestampNanosecond(Some(x), _) => {
-            Some((x.div_euclid(1000), x.div_euclid(1000) + 1))
-        }
-        _ => None,
-    }
 }
 
 /// The lake's catalog with `trades_live` added to its namespace. Iceberg's
@@ -580,7 +500,9 @@ impl SchemaProvider for LiveSchema {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::common::ScalarValue;
     use datafusion::prelude::{col, lit};
+    use std::collections::BTreeSet;
 
     fn ts(us: i64) -> Expr {
         Expr::Literal(

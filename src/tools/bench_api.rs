@@ -20,6 +20,10 @@ use crate::model::now_us;
 use crate::tools::capture::CapturedFrame;
 use crate::tools::replay::{Pacing, ReplayOptions, ReplayServer};
 
+mod history;
+
+pub use history::PlanProfile;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BenchApiError {
     #[error(transparent)]
@@ -30,6 +34,8 @@ pub enum BenchApiError {
     NoHttp,
     #[error("poll: {0}")]
     Poll(String),
+    #[error("bench lake {0}: {1}")]
+    LakeDir(std::path::PathBuf, String),
 }
 
 /// Rows per poll of `/v1/trades/recent`: at 10k trades/s the measured
@@ -301,21 +307,30 @@ pub async fn freshness(
 #[derive(Debug, Serialize)]
 pub struct LatencyReport {
     pub lake_trades: usize,
+    /// Commits the lake was built in (`--commits`), or `None`: a few large
+    /// ones.
+    pub commits: Option<usize>,
     pub tail_trades: usize,
     pub iterations: usize,
     pub build_seconds: f64,
+    pub plan: PlanProfile,
     pub recent_rows: usize,
     pub recent_p50_ms: f64,
     pub recent_p99_ms: f64,
+    pub recent_max_ms: f64,
     /// The same query with what the engine knows of the lake at the pinned
     /// snapshot forgotten before each run: the cost of learning it, which
     /// the daemon pays once per snapshot and symbol, right after a commit
     /// (`Engine::learn_lake_facts`), or on the first query of a symbol.
     pub recent_cold_p50_ms: f64,
     pub recent_cold_p99_ms: f64,
+    pub recent_cold_max_ms: f64,
     pub ohlcv_bars: usize,
     pub ohlcv_p50_ms: f64,
     pub ohlcv_p99_ms: f64,
+    pub ohlcv_max_ms: f64,
+    /// Right after a commit (medians over `AFTER_COMMITS` commits).
+    pub after_commit: AfterCommitReport,
     /// DuckDB on the lake's Parquet files (lake rows only, no tail).
     pub duckdb_ohlcv_p50_ms: Option<f64>,
     pub duckdb_ohlcv_bars: Option<u64>,
@@ -325,25 +340,39 @@ pub struct LatencyReport {
 
 impl std::fmt::Display for LatencyReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let commits = match self.commits {
+            Some(n) => format!("{n} commits"),
+            None => "a few large commits".into(),
+        };
         writeln!(
             f,
-            "lake {} trades + tail {} trades (built in {:.1} s), {} iterations",
+            "lake {} trades in {commits} + tail {} trades (built in {:.1} s), {} iterations",
             self.lake_trades, self.tail_trades, self.build_seconds, self.iterations
         )?;
+        writeln!(f, "{}", self.plan)?;
         writeln!(
             f,
-            "last 15 minutes of one symbol: p50 {:.1} ms, p99 {:.1} ms ({} rows); \
-             with the lake facts cold: p50 {:.1} ms, p99 {:.1} ms",
+            "last 15 minutes of one symbol: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} rows); \
+             with the lake facts cold: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             self.recent_p50_ms,
             self.recent_p99_ms,
+            self.recent_max_ms,
             self.recent_rows,
             self.recent_cold_p50_ms,
-            self.recent_cold_p99_ms
+            self.recent_cold_p99_ms,
+            self.recent_cold_max_ms
         )?;
         write!(
             f,
-            "one day of 1-minute OHLCV:     p50 {:.1} ms, p99 {:.1} ms ({} bars)",
-            self.ohlcv_p50_ms, self.ohlcv_p99_ms, self.ohlcv_bars
+            "one day of 1-minute OHLCV:     p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} bars)",
+            self.ohlcv_p50_ms, self.ohlcv_p99_ms, self.ohlcv_max_ms, self.ohlcv_bars
+        )?;
+        let a = &self.after_commit;
+        write!(
+            f,
+            "\nafter each commit (median of {AFTER_COMMITS}): refresh {:.1} ms, learning the lake facts {:.1} ms, \
+             then last 15 minutes {:.1} ms, OHLCV {:.1} ms",
+            a.refresh_ms, a.learn_ms, a.recent_ms, a.ohlcv_ms
         )?;
         if let (Some(d), Some(r)) = (self.duckdb_ohlcv_p50_ms, self.ohlcv_ratio) {
             write!(
@@ -354,6 +383,44 @@ impl std::fmt::Display for LatencyReport {
         }
         Ok(())
     }
+}
+
+/// Commits made after the timed runs, each followed by the first queries
+/// on the new snapshot.
+const AFTER_COMMITS: usize = 5;
+
+#[derive(Default)]
+struct AfterCommit {
+    refresh_ms: Vec<f64>,
+    learn_ms: Vec<f64>,
+    recent_ms: Vec<f64>,
+    ohlcv_ms: Vec<f64>,
+}
+
+impl AfterCommit {
+    fn medians(self) -> AfterCommitReport {
+        let m = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            percentile(&v, 0.5)
+        };
+        AfterCommitReport {
+            refresh_ms: m(self.refresh_ms),
+            learn_ms: m(self.learn_ms),
+            recent_ms: m(self.recent_ms),
+            ohlcv_ms: m(self.ohlcv_ms),
+        }
+    }
+}
+
+/// What a commit costs the query side, and the first queries after it.
+#[derive(Debug, Serialize)]
+pub struct AfterCommitReport {
+    /// `Engine::refresh`: the query actor's reload of the table.
+    pub refresh_ms: f64,
+    /// `Engine::learn_lake_facts`, run in the background after it.
+    pub learn_ms: f64,
+    pub recent_ms: f64,
+    pub ohlcv_ms: f64,
 }
 
 fn synthetic_trade(i: usize, ts: i64) -> crate::model::TradeV2 {
@@ -380,20 +447,39 @@ fn timed<T>(ms: &mut Vec<f64>, started: Instant, v: T) -> T {
 pub async fn latency(
     base: &Config,
     lake_trades: usize,
+    commits: Option<usize>,
+    lake_dir: Option<&std::path::Path>,
     tail_trades: usize,
     iterations: usize,
     duckdb_python: Option<&std::path::Path>,
 ) -> Result<LatencyReport, BenchApiError> {
     use crate::actors::tail::TailActor;
-    use crate::lake::commit::{self, KafkaOffsets};
     use crate::lake::{self, TableKind};
     use crate::messages::query::{OhlcvRequest, QueryRequest, RecentRequest};
     use crate::messages::tail::{TailRow, Tailed};
     use actix::Actor;
 
     let lake_err = |e: crate::lake::LakeError| BenchApiError::Poll(e.to_string());
-    let run_id = uuid::Uuid::new_v4().simple().to_string();
-    let dir = std::env::temp_dir().join(format!("ticklake-bench-latency-{run_id}"));
+    let (dir, keep) = match lake_dir {
+        Some(d) => (d.to_path_buf(), true),
+        None => {
+            let run_id = uuid::Uuid::new_v4().simple().to_string();
+            let d = std::env::temp_dir().join(format!("ticklake-bench-latency-{run_id}"));
+            (d, false)
+        }
+    };
+    let built = history::Built::read(&dir)?;
+    if let Some(b) = &built
+        && (b.lake_trades, b.commits) != (lake_trades, commits)
+    {
+        return Err(BenchApiError::LakeDir(
+            dir.clone(),
+            format!(
+                "it holds a lake of {} trades in {:?} commits, not {lake_trades} in {commits:?}",
+                b.lake_trades, b.commits
+            ),
+        ));
+    }
     let cfg = base.under(&dir);
     let started = Instant::now();
     let catalog = lake::open_catalog(&cfg).await.map_err(lake_err)?;
@@ -402,48 +488,55 @@ pub async fn latency(
         .map_err(lake_err)?;
     let schema = lake::batch::arrow_schema(table.metadata().current_schema()).map_err(lake_err)?;
     let ident = lake::table_ident(&cfg, TableKind::Trades);
-    let now = now_us();
+    // A lake kept from an earlier run keeps that run's clock, so its
+    // trades stay where the queries look.
+    let now = built.as_ref().map_or_else(now_us, |b| b.now_us);
     let day = 86_400_000_000i64;
     let tail_span = 300_000_000i64;
     let lake_start = now - tail_span - day;
     let topic = "bench.trades";
-    // Time slices of at most 500k rows, as successive writer commits are.
-    let chunk = 500_000;
-    let mut done = 0;
-    while done < lake_trades {
-        let end = (done + chunk).min(lake_trades);
-        let mut rows: Vec<_> = (done..end)
-            .map(|i| {
-                synthetic_trade(
-                    i,
-                    lake_start + (i as i128 * day as i128 / lake_trades as i128) as i64,
-                )
-            })
-            .collect();
-        let mut offsets = KafkaOffsets {
-            cluster_id: "bench".into(),
-            ..Default::default()
-        };
-        offsets.set(topic, 0, end as i64);
-        let batch = lake::batch::trades_batch(&schema, &mut rows).map_err(lake_err)?;
-        commit::append(catalog.as_ref(), &ident, Some(&batch), &offsets, 128 << 20)
-            .await
-            .map_err(lake_err)?;
-        done = end;
-        tracing::info!(rows = done, "bench lake built so far");
+    let shape = history::Shape {
+        trades: lake_trades,
+        start: lake_start,
+        span: day,
+        topic,
+    };
+    if built.is_none() {
+        history::build(catalog.as_ref(), &ident, &schema, &shape, commits).await?;
+        if keep {
+            history::Built {
+                now_us: now,
+                lake_trades,
+                commits,
+            }
+            .write(&dir)?;
+        }
     }
+    // The tail starts at the lake's next offset: past the lake's own
+    // trades, and past the commits an earlier run on a kept lake added.
+    let first = {
+        let table = catalog
+            .load_table(&ident)
+            .await
+            .map_err(|e| BenchApiError::Poll(e.to_string()))?;
+        lake::commit::current_offsets(&table)
+            .map_err(lake_err)?
+            .and_then(|(_, o)| o.get(topic, 0))
+            .map_or(lake_trades, |o| o.max(0) as usize)
+    };
     let view = crate::query::tail::TailView::default();
     let tail = TailActor::new("bench", tail_trades + 1, schema.clone(), view.clone()).start();
+    let tail_ts = |j: usize| {
+        now - tail_span + (j as i128 * tail_span as i128 / tail_trades.max(1) as i128) as i64
+    };
     let rows: Vec<TailRow> = (0..tail_trades)
         .map(|j| {
-            let i = lake_trades + j;
-            let ts = now - tail_span
-                + (j as i128 * tail_span as i128 / tail_trades.max(1) as i128) as i64;
+            let i = first + j;
             TailRow {
                 topic: Arc::from(topic),
                 partition: 0,
                 offset: i as i64,
-                trade: synthetic_trade(i, ts),
+                trade: synthetic_trade(i, tail_ts(j)),
             }
         })
         .collect();
@@ -457,6 +550,7 @@ pub async fn latency(
     let build_seconds = started.elapsed().as_secs_f64();
 
     let symbol = SYMBOLS[0].to_string();
+    let plan = history::profile(&catalog, &ident, &symbol, now, day, 5).await?;
     let recent = || {
         QueryRequest::Recent(RecentRequest {
             symbol: symbol.clone(),
@@ -506,6 +600,38 @@ pub async fn latency(
         let t = Instant::now();
         timed(&mut cold_ms, t, run(recent()).await?);
     }
+    // As the daemon lives: a commit, the query actor's refresh and its
+    // learning of the lake's newest trades, then the first queries on the
+    // new snapshot. The commits take the tail's oldest trades, as the
+    // writer would (the tail keeps them: a pin past their offsets skips
+    // them, so the answers stay exact).
+    let mut after = AfterCommit::default();
+    let step = (tail_trades / 20).max(1);
+    for c in 0..AFTER_COMMITS {
+        let (from, to) = (c * step, (c + 1) * step);
+        let rows = (from..to)
+            .map(|j| synthetic_trade(first + j, tail_ts(j)))
+            .collect();
+        history::commit_trades(
+            catalog.as_ref(),
+            &ident,
+            &schema,
+            topic,
+            rows,
+            (first + to) as i64,
+        )
+        .await?;
+        let t = Instant::now();
+        engine.refresh().await;
+        timed(&mut after.refresh_ms, t, ());
+        let t = Instant::now();
+        engine.learn_lake_facts().await;
+        timed(&mut after.learn_ms, t, ());
+        let t = Instant::now();
+        timed(&mut after.recent_ms, t, run(recent()).await?);
+        let t = Instant::now();
+        timed(&mut after.ohlcv_ms, t, run(ohlcv()).await?);
+    }
     recent_ms.sort_by(f64::total_cmp);
     cold_ms.sort_by(f64::total_cmp);
     ohlcv_ms.sort_by(f64::total_cmp);
@@ -535,21 +661,30 @@ pub async fn latency(
             .as_f64()
             .map(|p| (p, v["bars"].as_u64().unwrap_or(0)));
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if !keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     let ohlcv_p50 = percentile(&ohlcv_ms, 0.5);
+    let max = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
     Ok(LatencyReport {
         lake_trades,
+        commits,
         tail_trades,
         iterations,
         build_seconds,
+        plan,
         recent_rows,
         recent_p50_ms: percentile(&recent_ms, 0.5),
         recent_p99_ms: percentile(&recent_ms, 0.99),
+        recent_max_ms: max(&recent_ms),
         recent_cold_p50_ms: percentile(&cold_ms, 0.5),
         recent_cold_p99_ms: percentile(&cold_ms, 0.99),
+        recent_cold_max_ms: max(&cold_ms),
         ohlcv_bars,
         ohlcv_p50_ms: ohlcv_p50,
         ohlcv_p99_ms: percentile(&ohlcv_ms, 0.99),
+        ohlcv_max_ms: max(&ohlcv_ms),
+        after_commit: after.medians(),
         duckdb_ohlcv_p50_ms: duck.map(|d| d.0),
         duckdb_ohlcv_bars: duck.map(|d| d.1),
         ohlcv_ratio: duck.map(|d| ohlcv_p50 / d.0),
