@@ -198,6 +198,11 @@ enum BenchApi {
         /// same OHLCV on the lake's Parquet files.
         #[arg(long)]
         duckdb_python: Option<PathBuf>,
+        /// First do to the lake what the daemon's bars actor and
+        /// maintenance do: summarize the minute bars, compact, expire. On a
+        /// kept lake (--lake-dir) this changes it for later runs too.
+        #[arg(long)]
+        maintain: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -403,6 +408,7 @@ fn main() -> anyhow::Result<()> {
                     tail_trades,
                     iterations,
                     duckdb_python,
+                    maintain,
                     json,
                 },
         } => {
@@ -425,6 +431,7 @@ fn main() -> anyhow::Result<()> {
                     tail_trades,
                     iterations,
                     duckdb_python.as_deref(),
+                    maintain,
                 )
                 .await
             })?;

@@ -307,6 +307,8 @@ pub async fn freshness(
 #[derive(Debug, Serialize)]
 pub struct LatencyReport {
     pub lake_trades: usize,
+    /// With `--maintain`: what maintenance did to each table first.
+    pub maintenance: Option<Vec<crate::lake::maintain::MaintainReport>>,
     /// Commits the lake was built in (`--commits`), or `None`: a few large
     /// ones.
     pub commits: Option<usize>,
@@ -349,6 +351,26 @@ impl std::fmt::Display for LatencyReport {
             "lake {} trades in {commits} + tail {} trades (built in {:.1} s), {} iterations",
             self.lake_trades, self.tail_trades, self.build_seconds, self.iterations
         )?;
+        for r in self.maintenance.iter().flatten() {
+            let c = r.compaction.as_ref();
+            writeln!(
+                f,
+                "maintained {}: {} files compacted into {} ({} ms), {} snapshots expired ({} -> {}), {} files deleted, now {} data files, metadata {} bytes",
+                r.table,
+                c.map_or(0, |c| c.files_replaced),
+                c.map_or(0, |c| c.files_written),
+                c.map_or(0, |c| c.duration_ms),
+                r.expired,
+                r.snapshots_before,
+                r.snapshots_after,
+                r.manifest_lists_deleted
+                    + r.manifests_deleted
+                    + r.data_files_deleted
+                    + r.metadata_files_deleted,
+                r.data_files,
+                r.metadata_bytes
+            )?;
+        }
         writeln!(f, "{}", self.plan)?;
         writeln!(
             f,
@@ -444,6 +466,62 @@ fn timed<T>(ms: &mut Vec<f64>, started: Instant, v: T) -> T {
 }
 
 /// Runs the latency measurement. Must run inside an actix `System`.
+/// What the daemon's bars actor and maintenance leave of a lake, done at
+/// once: the minute bars summarized, then every table compacted (files of
+/// any age, two or more per partition) and its history expired.
+async fn maintain_lake(
+    cfg: &Config,
+    catalog: &Arc<dyn iceberg::Catalog>,
+    trades: &iceberg::TableIdent,
+) -> Result<Vec<crate::lake::maintain::MaintainReport>, BenchApiError> {
+    use crate::lake;
+    let err = |e: lake::LakeError| BenchApiError::Poll(format!("maintenance: {e}"));
+    lake::ensure_table(catalog.as_ref(), cfg, lake::TableKind::DeadLetters)
+        .await
+        .map_err(err)?;
+    let bars = lake::bars_ident(cfg);
+    lake::ensure(
+        catalog.as_ref(),
+        &bars,
+        lake::schema::bars_schema().map_err(|e| err(e.into()))?,
+        lake::schema::bars_partition_spec().map_err(|e| err(e.into()))?,
+    )
+    .await
+    .map_err(err)?;
+    let started = Instant::now();
+    let summary = lake::bars::catch_up(
+        catalog.as_ref(),
+        trades,
+        &bars,
+        cfg.writer.target_file_size_bytes,
+    )
+    .await
+    .map_err(err)?;
+    tracing::info!(
+        bars = summary.bars,
+        rows = summary.trades_rows,
+        seconds = started.elapsed().as_secs_f64(),
+        "bench lake: minute bars summarized"
+    );
+    let mut mcfg = cfg.clone();
+    mcfg.maintenance.compact_min_age = "0s".into();
+    mcfg.maintenance.compact_min_files = 2;
+    mcfg.maintenance.snapshot_retention = "0s".into();
+    let job = crate::actors::maintenance::Job::from_config(&mcfg, catalog.clone())
+        .await
+        .map_err(err)?;
+    let reports = job
+        .run()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    for r in &reports {
+        tracing::info!(report = %serde_json::to_string(r).unwrap_or_default(), "bench lake: maintained");
+    }
+    Ok(reports)
+}
+
 pub async fn latency(
     base: &Config,
     lake_trades: usize,
@@ -452,6 +530,7 @@ pub async fn latency(
     tail_trades: usize,
     iterations: usize,
     duckdb_python: Option<&std::path::Path>,
+    maintain: bool,
 ) -> Result<LatencyReport, BenchApiError> {
     use crate::actors::tail::TailActor;
     use crate::lake::{self, TableKind};
@@ -524,6 +603,11 @@ pub async fn latency(
             .and_then(|(_, o)| o.get(topic, 0))
             .map_or(lake_trades, |o| o.max(0) as usize)
     };
+    let maintenance = if maintain {
+        Some(maintain_lake(&cfg, &catalog, &ident).await?)
+    } else {
+        None
+    };
     let view = crate::query::tail::TailView::default();
     let tail = TailActor::new("bench", tail_trades + 1, schema.clone(), view.clone()).start();
     let tail_ts = |j: usize| {
@@ -549,6 +633,9 @@ pub async fn latency(
         .with_clock(Arc::new(move || now));
     let build_seconds = started.elapsed().as_secs_f64();
 
+    // Whole minutes, as a client asks for bars: the minute table can
+    // answer them (`query::engine::bars`).
+    let ohlcv_end = (now.div_euclid(60_000_000) + 1) * 60_000_000;
     let symbol = SYMBOLS[0].to_string();
     let plan = history::profile(&catalog, &ident, &symbol, now, day, 5).await?;
     let recent = || {
@@ -564,8 +651,8 @@ pub async fn latency(
             symbol: symbol.clone(),
             exchange: None,
             interval: crate::messages::query::Interval::M1,
-            start_us: now - day,
-            end_us: now,
+            start_us: ohlcv_end - day,
+            end_us: ohlcv_end,
         })
     };
     let run = |q| async {
@@ -640,12 +727,17 @@ pub async fn latency(
     if let Some(py) = duckdb_python {
         let script =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_duckdb.py");
-        let glob = format!("{}/warehouse/**/*.parquet", dir.display());
+        // The trades table's files only (the minute bars sit beside it).
+        let glob = format!(
+            "{}/warehouse/{}/trades/**/*.parquet",
+            dir.display(),
+            cfg.lake.namespace
+        );
         let out = std::process::Command::new(py)
             .arg(script)
             .args(["--glob", &glob, "--symbol", &symbol])
-            .args(["--start-us", &(now - day).to_string()])
-            .args(["--end-us", &now.to_string()])
+            .args(["--start-us", &(ohlcv_end - day).to_string()])
+            .args(["--end-us", &ohlcv_end.to_string()])
             .args(["--iterations", &iterations.max(1).to_string()])
             .output()
             .map_err(|e| BenchApiError::Poll(format!("duckdb: {e}")))?;
@@ -667,6 +759,7 @@ pub async fn latency(
     let ohlcv_p50 = percentile(&ohlcv_ms, 0.5);
     let max = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
     Ok(LatencyReport {
+        maintenance,
         lake_trades,
         commits,
         tail_trades,
