@@ -425,13 +425,15 @@ fn main() -> anyhow::Result<()> {
             let report = sys.block_on(async move {
                 ticklake::tools::bench_api::latency(
                     &cfg,
-                    lake_trades,
-                    commits,
-                    lake_dir.as_deref(),
-                    tail_trades,
-                    iterations,
-                    duckdb_python.as_deref(),
-                    maintain,
+                    &ticklake::tools::bench_api::LatencyOptions {
+                        lake_trades,
+                        commits,
+                        lake_dir,
+                        tail_trades,
+                        iterations,
+                        duckdb_python,
+                        maintain,
+                    },
                 )
                 .await
             })?;

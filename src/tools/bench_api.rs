@@ -522,16 +522,28 @@ async fn maintain_lake(
     Ok(reports)
 }
 
-pub async fn latency(
-    base: &Config,
-    lake_trades: usize,
-    commits: Option<usize>,
-    lake_dir: Option<&std::path::Path>,
-    tail_trades: usize,
-    iterations: usize,
-    duckdb_python: Option<&std::path::Path>,
-    maintain: bool,
-) -> Result<LatencyReport, BenchApiError> {
+/// What `ticklake bench-api latency` measures on (its flags).
+#[derive(Debug, Clone)]
+pub struct LatencyOptions {
+    pub lake_trades: usize,
+    pub commits: Option<usize>,
+    pub lake_dir: Option<std::path::PathBuf>,
+    pub tail_trades: usize,
+    pub iterations: usize,
+    pub duckdb_python: Option<std::path::PathBuf>,
+    pub maintain: bool,
+}
+
+pub async fn latency(base: &Config, o: &LatencyOptions) -> Result<LatencyReport, BenchApiError> {
+    let (lake_trades, commits, tail_trades, iterations, maintain) = (
+        o.lake_trades,
+        o.commits,
+        o.tail_trades,
+        o.iterations,
+        o.maintain,
+    );
+    let lake_dir = o.lake_dir.as_deref();
+    let duckdb_python = o.duckdb_python.as_deref();
     use crate::actors::tail::TailActor;
     use crate::lake::{self, TableKind};
     use crate::messages::query::{OhlcvRequest, QueryRequest, RecentRequest};
