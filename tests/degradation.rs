@@ -518,11 +518,23 @@ fn broker_outage_opens_the_breaker_spills_and_replays_in_order_exactly_once() {
     );
     assert_eq!(rows[0]["d"].as_u64().unwrap(), total);
     // And the daemon's own account agrees, down to the lake.
-    let mut s = Value::Null;
-    wait_until("accounting settled", Duration::from_secs(60), || {
+    let mut s;
+    let started = std::time::Instant::now();
+    while {
         s = status(&env);
-        s["accounting_settled"] == true
-    });
+        s["accounting_settled"] != true
+    } {
+        // What is still open, should it never settle.
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "accounting not settled 60 s after every row landed: accounting {}, lake {}, lag {} (age {} ms)",
+            s["accounting"],
+            s["lake"],
+            s["lag"],
+            s["lag_age_ms"]
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let t1 = &accounts(&s)["1"];
     println!("tier 1 after the outage: {t1}");
     assert_eq!(n(t1, "stored"), counts["BTCUSDT"]);

@@ -709,12 +709,7 @@ mod tests {
     #[tokio::test]
     async fn small_files_become_one_sorted_file_and_no_append_is_lost() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = Config::default().under(dir.path());
-        let catalog = lake::open_catalog(&cfg).await.unwrap();
-        lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
-            .await
-            .unwrap();
-        let ident = lake::table_ident(&cfg, TableKind::Trades);
+        let (cfg, catalog, _, ident, _) = lake::test_lake(dir.path()).await;
         let db = CatalogDb::open(&cfg).await.unwrap().unwrap();
         commit_trades(&cfg, catalog.as_ref(), 12, 0).await;
         let mut before = rows(catalog.as_ref(), &ident).await;
@@ -835,14 +830,8 @@ mod tests {
     #[tokio::test]
     async fn partitions_past_retention_are_dropped_and_the_rest_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = Config::default().under(dir.path());
-        let catalog = lake::open_catalog(&cfg).await.unwrap();
-        let table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
-            .await
-            .unwrap();
-        let ident = lake::table_ident(&cfg, TableKind::Trades);
+        let (cfg, catalog, _, ident, schema) = lake::test_lake(dir.path()).await;
         let db = CatalogDb::open(&cfg).await.unwrap().unwrap();
-        let schema = lake::batch::arrow_schema(table.metadata().current_schema()).unwrap();
         let now = chrono::Utc::now().timestamp_micros();
         let day = 86_400_000_000i64;
         for (i, ts) in [now - 10 * day, now - 3 * day, now - 3 * day + 1, now]

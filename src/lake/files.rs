@@ -427,8 +427,7 @@ fn micros_bounds(v: &ScalarValue) -> Option<(i64, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::lake::{self, TableKind, commit};
+    use crate::lake::{self, commit};
     use crate::model::{Dec8, TradeV2};
     use datafusion::prelude::{col, lit};
 
@@ -491,13 +490,7 @@ mod tests {
     #[tokio::test]
     async fn the_index_extended_by_commits_keeps_what_iceberg_keeps() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = Config::default().under(dir.path());
-        let catalog = lake::open_catalog(&cfg).await.unwrap();
-        let table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
-            .await
-            .unwrap();
-        let schema = lake::batch::arrow_schema(table.metadata().current_schema()).unwrap();
-        let ident = lake::table_ident(&cfg, TableKind::Trades);
+        let (_, catalog, _, ident, schema) = lake::test_lake(dir.path()).await;
         let planner = Planner::default();
         let hour = 3_600_000_000i64;
         let day0 = 1_700_000_000_000_000i64 - 1_700_000_000_000_000i64 % (24 * hour);

@@ -327,9 +327,8 @@ mod tests {
     use futures::TryStreamExt;
 
     use super::*;
-    use crate::config::Config;
+    use crate::lake;
     use crate::lake::commit::{KafkaOffsets, append};
-    use crate::lake::{self, TableKind};
     use crate::model::TradeV2;
 
     fn offsets(next: i64) -> KafkaOffsets {
@@ -382,13 +381,7 @@ mod tests {
     async fn expiry_keeps_the_rows_and_the_newest_offsets_and_deletes_what_only_expired_snapshots_held()
      {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = Config::default().under(dir.path());
-        let catalog = lake::open_catalog(&cfg).await.unwrap();
-        let table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
-            .await
-            .unwrap();
-        let schema = lake::batch::arrow_schema(table.metadata().current_schema()).unwrap();
-        let ident = lake::table_ident(&cfg, TableKind::Trades);
+        let (_, catalog, _, ident, schema) = lake::test_lake(dir.path()).await;
         for i in 0..10i64 {
             let mut trade =
                 [

@@ -110,6 +110,28 @@ pub fn table_ident(cfg: &Config, kind: TableKind) -> TableIdent {
     )
 }
 
+/// A fresh lake under `dir` with its trades table, for tests: the config,
+/// the catalog, the table, its ident and its Arrow schema.
+#[cfg(test)]
+pub(crate) async fn test_lake(
+    dir: &std::path::Path,
+) -> (
+    Config,
+    Arc<dyn Catalog>,
+    Table,
+    TableIdent,
+    arrow::datatypes::SchemaRef,
+) {
+    let cfg = Config::default().under(dir);
+    let catalog = open_catalog(&cfg).await.unwrap();
+    let table = ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
+        .await
+        .unwrap();
+    let schema = batch::arrow_schema(table.metadata().current_schema()).unwrap();
+    let ident = table_ident(&cfg, TableKind::Trades);
+    (cfg, catalog, table, ident, schema)
+}
+
 /// `market.ohlcv_1m` (`bars`).
 pub fn bars_ident(cfg: &Config) -> TableIdent {
     TableIdent::new(
