@@ -34,11 +34,10 @@ use iceberg::spec::{ManifestStatus, Operation, SnapshotRef};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableIdent};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 
 use super::LakeError;
-use super::commit::write_data_files;
+use super::commit::{live_entries, read_data_file, write_data_files};
 
 /// Snapshot-summary key of a bars commit: the sequence number of the
 /// newest trades snapshot it covers.
@@ -320,31 +319,6 @@ pub async fn added_files(table: &Table, snapshot: &SnapshotRef) -> Result<Vec<St
     Ok(files)
 }
 
-/// Every live data file of the current snapshot (a first summary).
-async fn live_files(table: &Table) -> Result<Vec<String>, LakeError> {
-    let Some(s) = table.metadata().current_snapshot() else {
-        return Ok(Vec::new());
-    };
-    let mut files = Vec::new();
-    for m in table.manifest_list_reader(s).load().await?.entries() {
-        for e in m.load_manifest(table.file_io()).await?.entries() {
-            if e.is_alive() {
-                files.push(e.file_path().to_string());
-            }
-        }
-    }
-    Ok(files)
-}
-
-/// The rows of a Parquet data file of `table`.
-pub async fn read_file(table: &Table, path: &str) -> Result<Vec<RecordBatch>, LakeError> {
-    let bytes = table.file_io().new_input(path)?.read().await?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .and_then(|b| b.build())
-        .map_err(|e| LakeError::Parquet(format!("{path}: {e}")))?;
-    Ok(reader.collect::<Result<Vec<_>, _>>()?)
-}
-
 /// What one catch-up did.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct CatchUp {
@@ -408,7 +382,11 @@ pub async fn catch_up_to(
         }
         None if after.is_none() && upto == current.sequence_number() => {
             report.trades_snapshots = 1;
-            live_files(&trades).await?
+            live_entries(&trades)
+                .await?
+                .iter()
+                .map(|e| e.data_file.file_path().to_string())
+                .collect()
         }
         None => {
             return Err(LakeError::Catalog(format!(
@@ -420,7 +398,7 @@ pub async fn catch_up_to(
     };
     let mut agg = Aggregator::default();
     for f in &files {
-        for b in read_file(&trades, f).await? {
+        for b in read_data_file(&trades, f).await? {
             report.trades_rows += b.num_rows() as u64;
             agg.add(&b, |_, _, _| true)?;
         }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use arrow::array::RecordBatch;
 use iceberg::arrow::RecordBatchPartitionSplitter;
-use iceberg::spec::DataFileFormat;
+use iceberg::spec::{DataFileFormat, ManifestContentType, ManifestEntry};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
@@ -18,6 +18,7 @@ use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
 use iceberg::{Catalog, TableIdent};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
@@ -131,6 +132,43 @@ pub async fn write_data_files(
         writer.write(key, part).await?;
     }
     Ok(writer.close().await?)
+}
+
+/// The live entries of the current snapshot's data manifests. A table
+/// with delete files (another engine's) is refused: ticklake's readers of
+/// these entries do not apply them.
+pub async fn live_entries(table: &Table) -> Result<Vec<ManifestEntry>, LakeError> {
+    let Some(snapshot) = table.metadata().current_snapshot() else {
+        return Ok(Vec::new());
+    };
+    let list = table.manifest_list_reader(snapshot).load().await?;
+    let mut out = Vec::new();
+    for mf in list.entries() {
+        if mf.content != ManifestContentType::Data {
+            return Err(LakeError::Catalog(format!(
+                "{} has delete files (written by another engine); they are not applied here",
+                table.identifier()
+            )));
+        }
+        let manifest = mf.load_manifest(table.file_io()).await?;
+        out.extend(
+            manifest
+                .entries()
+                .iter()
+                .filter(|e| e.is_alive())
+                .map(|e| (**e).clone()),
+        );
+    }
+    Ok(out)
+}
+
+/// The rows of a Parquet data file of `table`.
+pub async fn read_data_file(table: &Table, path: &str) -> Result<Vec<RecordBatch>, LakeError> {
+    let bytes = table.file_io().new_input(path)?.read().await?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|e| LakeError::Parquet(format!("{path}: {e}")))?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 
 /// What a commit produced.

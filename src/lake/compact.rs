@@ -36,17 +36,18 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
 use iceberg::spec::{
-    DataFile, MAIN_BRANCH, ManifestContentType, ManifestEntry, ManifestFile, ManifestListWriter,
-    ManifestWriterBuilder, Operation, Snapshot, SnapshotReference, SnapshotRetention,
-    SnapshotSummaryCollector, Summary, TableMetadata, TableMetadataBuilder,
+    DataFile, MAIN_BRANCH, ManifestEntry, ManifestFile, ManifestListWriter, ManifestWriterBuilder,
+    Operation, Snapshot, SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, Summary,
+    TableMetadata, TableMetadataBuilder,
 };
 use iceberg::table::Table;
 use iceberg::{Catalog, MetadataLocation, TableIdent};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 
 use super::LakeError;
-use super::commit::{OFFSETS_PROPERTY, current_offsets, write_data_files};
+use super::commit::{
+    OFFSETS_PROPERTY, current_offsets, live_entries, read_data_file, write_data_files,
+};
 
 /// Times a replace commit is built again after a writer's commit won.
 const MAX_ATTEMPTS: usize = 8;
@@ -144,7 +145,7 @@ pub async fn compact(
 ) -> Result<CompactReport, LakeError> {
     let started = Instant::now();
     let table = catalog.load_table(ident).await?;
-    let entries = alive_entries(&table).await?;
+    let entries = live_entries(&table).await?;
     let mut report = CompactReport {
         table: ident.to_string(),
         manifests_before: manifest_count(&table).await?,
@@ -191,7 +192,7 @@ pub async fn compact(
         // A writer committed first: build again on its snapshot.
         discard(&table, &staged.written).await;
         table = catalog.load_table(ident).await?;
-        let alive: HashSet<String> = alive_entries(&table)
+        let alive: HashSet<String> = live_entries(&table)
             .await?
             .iter()
             .map(|e| e.data_file.file_path().to_string())
@@ -239,7 +240,7 @@ pub async fn retire(
     };
     for _ in 0..MAX_ATTEMPTS {
         let table = catalog.load_table(ident).await?;
-        let old: Vec<ManifestEntry> = alive_entries(&table)
+        let old: Vec<ManifestEntry> = live_entries(&table)
             .await?
             .into_iter()
             .filter(|e| day_of(e).is_some_and(|d| d < first_kept))
@@ -283,32 +284,6 @@ fn day_of(e: &ManifestEntry) -> Option<i64> {
         iceberg::spec::PrimitiveLiteral::Int(d) => Some(i64::from(d)),
         _ => None,
     }
-}
-
-/// The live entries of the current snapshot's data manifests.
-async fn alive_entries(table: &Table) -> Result<Vec<ManifestEntry>, LakeError> {
-    let Some(snapshot) = table.metadata().current_snapshot() else {
-        return Ok(Vec::new());
-    };
-    let list = table.manifest_list_reader(snapshot).load().await?;
-    let mut out = Vec::new();
-    for mf in list.entries() {
-        if mf.content != ManifestContentType::Data {
-            return Err(LakeError::Catalog(format!(
-                "{} has delete files (written by another engine); compaction does not apply them",
-                table.identifier()
-            )));
-        }
-        let manifest = mf.load_manifest(table.file_io()).await?;
-        out.extend(
-            manifest
-                .entries()
-                .iter()
-                .filter(|e| e.is_alive())
-                .map(|e| (**e).clone()),
-        );
-    }
-    Ok(out)
 }
 
 async fn manifest_count(table: &Table) -> Result<usize, LakeError> {
@@ -381,17 +356,7 @@ async fn rewrite(
 ) -> Result<Vec<DataFile>, LakeError> {
     let mut batches = Vec::new();
     for e in chunk {
-        let bytes = table
-            .file_io()
-            .new_input(e.data_file.file_path())?
-            .read()
-            .await?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .and_then(|b| b.build())
-            .map_err(|err| LakeError::Parquet(format!("{}: {err}", e.data_file.file_path())))?;
-        for b in reader {
-            batches.push(b?);
-        }
+        batches.extend(read_data_file(table, e.data_file.file_path()).await?);
     }
     let Some(first) = batches.first() else {
         return Ok(Vec::new());
@@ -456,7 +421,7 @@ async fn stage_as(
     let base = meta
         .current_snapshot()
         .ok_or_else(|| LakeError::Catalog("compaction of a table without a snapshot".into()))?;
-    let entries = alive_entries(table).await?;
+    let entries = live_entries(table).await?;
     let snapshot_id = new_snapshot_id(meta);
     let seq = meta.next_sequence_number();
     let schema = meta.current_schema().clone();
@@ -775,7 +740,7 @@ mod tests {
         // lands first: the swap must fail, and a new run keeps the append.
         commit_trades(&cfg, catalog.as_ref(), 4, 100).await;
         let table = catalog.load_table(&ident).await.unwrap();
-        let entries = alive_entries(&table).await.unwrap();
+        let entries = live_entries(&table).await.unwrap();
         let chunks = plan(&table, &entries, &policy());
         assert_eq!(chunks.len(), 1);
         let added = rewrite(&table, &chunks[0], &policy()).await.unwrap();

@@ -84,7 +84,7 @@ impl Engine {
                 .await
                 .map_err(QueryError::internal)?
             {
-                for b in bars::read_file(trades, &f)
+                for b in crate::lake::commit::read_data_file(trades, &f)
                     .await
                     .map_err(QueryError::internal)?
                 {
