@@ -17,9 +17,10 @@ use serde::Serialize;
 use crate::actors::observe::{Health, ObservableState, Published};
 use crate::lake::LakeError;
 use crate::lake::bars::{self, CatchUp};
-use crate::lake::schema::TRADES_TABLE;
+use crate::lake::schema::{BARS_TABLE, TRADES_TABLE};
 use crate::messages::consumer::Committed;
 use crate::messages::observe::Observe;
+use crate::messages::query::LakeChanged;
 
 /// How often a run is tried with no commit heard (after a failure).
 const RETRY: Duration = Duration::from_secs(30);
@@ -62,6 +63,9 @@ pub struct BarsActor {
     target_file_size: usize,
     /// A commit was heard while a run was on.
     again: bool,
+    /// Told of every bars commit (the query actor, which keeps the bars
+    /// table loaded).
+    listeners: Vec<Recipient<LakeChanged>>,
     state: BarsState,
     published: Published<BarsState>,
 }
@@ -79,9 +83,16 @@ impl BarsActor {
             bars,
             target_file_size,
             again: false,
+            listeners: Vec::new(),
             state: BarsState::default(),
             published: Published::new(BarsState::default()),
         }
+    }
+
+    /// Tells `r` of every bars commit.
+    pub fn notify(mut self, r: Recipient<LakeChanged>) -> Self {
+        self.listeners.push(r);
+        self
     }
 
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<BarsState> {
@@ -122,6 +133,9 @@ impl BarsActor {
                 self.state.trades_summarized += c.trades_rows;
                 self.state.covered = c.covered;
                 if c.snapshot_id.is_some() {
+                    for l in &self.listeners {
+                        l.do_send(LakeChanged { table: BARS_TABLE });
+                    }
                     tracing::debug!(
                         trades_snapshots = c.trades_snapshots,
                         rows = c.trades_rows,

@@ -15,7 +15,7 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use crate::actors::observe::{Health, ObservableState, Published};
-use crate::lake::schema::TRADES_TABLE;
+use crate::lake::schema::{BARS_TABLE, TRADES_TABLE};
 use crate::messages::consumer::Committed;
 use crate::messages::observe::Observe;
 use crate::messages::query::{Answer, LakeChanged, QueryDone, QueryError, RunQuery};
@@ -207,11 +207,16 @@ impl Handler<LakeChanged> for QueryActor {
     type Result = ();
 
     fn handle(&mut self, msg: LakeChanged, _ctx: &mut Self::Context) {
-        if msg.table != TRADES_TABLE {
-            return;
-        }
         let engine = self.engine.clone();
-        tokio::spawn(async move { engine.refresh().await });
+        match msg.table {
+            TRADES_TABLE => {
+                tokio::spawn(async move { engine.refresh().await });
+            }
+            BARS_TABLE => {
+                tokio::spawn(async move { engine.refresh_bars().await });
+            }
+            _ => {}
+        }
     }
 }
 

@@ -131,7 +131,7 @@ pub async fn lake(
         query,
         query_state,
     } = tail_and_query(cfg, kafka, &trades, metrics).await?;
-    let bars_state = bars(cfg, catalog.clone(), &trades).await?;
+    let bars_state = bars(cfg, catalog.clone(), &trades, &query).await?;
     let mut states: Vec<Arc<dyn StatusNode>> =
         vec![Arc::new(trades_state.clone()), Arc::new(dl_state.clone())];
     states.extend(bars_state);
@@ -243,6 +243,10 @@ async fn tail_and_query(
     if cfg.api.sql_isolation {
         engine = engine.with_sql_workers(sql_workers(cfg, metrics).await?);
     }
+    if cfg.lake.bars {
+        // The bars actor tells the query actor of each bars commit.
+        engine = engine.with_bars_cached();
+    }
     let trades_schema = engine.trades_schema();
     let query_actor = QueryActor::new(Arc::new(engine));
     let query_state = query_actor.subscribe();
@@ -273,6 +277,7 @@ async fn bars(
     cfg: &Config,
     catalog: Arc<dyn iceberg::Catalog>,
     trades: &Addr<WriterActor>,
+    query: &Addr<QueryActor>,
 ) -> Result<Option<Arc<dyn StatusNode>>, DaemonError> {
     if !cfg.lake.bars {
         return Ok(None);
@@ -290,7 +295,8 @@ async fn bars(
         lake::table_ident(cfg, TableKind::Trades),
         ident,
         cfg.writer.target_file_size_bytes,
-    );
+    )
+    .notify(query.clone().recipient());
     let state = actor.subscribe();
     let addr = actor.start();
     trades.do_send(AddCommitListener(addr.recipient()));

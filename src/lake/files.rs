@@ -31,6 +31,10 @@ fn ext(e: iceberg::Error) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
 
+/// The time column of the trades table, which planners prune by unless
+/// told another (`Planner::for_time_column`).
+const TIMESTAMP: &str = "timestamp";
+
 /// Snapshots whose file lists are kept: the newest, and the ones queries
 /// still running may have pinned before a commit.
 const SNAPSHOTS_KEPT: usize = 4;
@@ -54,6 +58,12 @@ impl Bounds {
     /// exchange, ranges on timestamp, in conjunctions. Anything else is
     /// ignored: the bounds are then wider than the filters, never narrower.
     pub fn of(filters: &[Expr]) -> Self {
+        Self::of_table(filters, TIMESTAMP)
+    }
+
+    /// The same, with the table's time column named `time` (the minute
+    /// bars' `minute`).
+    pub fn of_table(filters: &[Expr], time: &str) -> Self {
         let mut f = Bounds::default();
         let narrow = |set: &mut Option<BTreeSet<String>>, values: BTreeSet<String>| {
             *set = Some(match set.take() {
@@ -73,17 +83,7 @@ impl Bounds {
                         _ => continue,
                     };
                     match (col.name.as_str(), op) {
-                        ("symbol", Operator::Eq) => {
-                            if let Some(s) = string_value(value) {
-                                narrow(&mut f.symbols, BTreeSet::from([s]));
-                            }
-                        }
-                        ("exchange", Operator::Eq) => {
-                            if let Some(s) = string_value(value) {
-                                narrow(&mut f.exchanges, BTreeSet::from([s]));
-                            }
-                        }
-                        ("timestamp", op) => {
+                        (name, op) if name == time => {
                             let Some((lo, hi)) = micros_bounds(value) else {
                                 continue;
                             };
@@ -101,6 +101,16 @@ impl Bounds {
                                     f.end_us = Some(f.end_us.map_or(hi, |s| s.min(hi)));
                                 }
                                 _ => {}
+                            }
+                        }
+                        ("symbol", Operator::Eq) => {
+                            if let Some(s) = string_value(value) {
+                                narrow(&mut f.symbols, BTreeSet::from([s]));
+                            }
+                        }
+                        ("exchange", Operator::Eq) => {
+                            if let Some(s) = string_value(value) {
+                                narrow(&mut f.exchanges, BTreeSet::from([s]));
                             }
                         }
                         _ => {}
@@ -248,8 +258,10 @@ pub struct PlannedFile {
 
 /// Plans the data files of a snapshot for a set of filters, from an index
 /// of the table's manifests kept across snapshots; clones share it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Planner {
+    /// The timestamp column files are pruned by.
+    time: Arc<str>,
     index: Arc<Mutex<Index>>,
     /// Held while a snapshot is indexed, so the queries arriving right
     /// after a commit wait for one reading of the new manifests instead of
@@ -263,7 +275,23 @@ impl std::fmt::Debug for Planner {
     }
 }
 
+impl Default for Planner {
+    fn default() -> Self {
+        Self::for_time_column(TIMESTAMP)
+    }
+}
+
 impl Planner {
+    /// A planner for a table whose time column is `time` (the trades':
+    /// `timestamp`, the default).
+    pub fn for_time_column(time: &str) -> Self {
+        Self {
+            time: time.into(),
+            index: Arc::default(),
+            indexing: Arc::default(),
+        }
+    }
+
     fn cached(&self, key: (uuid::Uuid, i64)) -> Option<SnapshotFiles> {
         let index = self.index.lock().ok()?;
         index
@@ -290,7 +318,7 @@ impl Planner {
         let schema = snapshot.schema(md).map_err(ext)?;
         let id = |name: &str| schema.field_by_name(name).map(|f| f.id);
         let columns = Columns {
-            timestamp: id("timestamp"),
+            timestamp: id(&self.time),
             symbol: id("symbol"),
             exchange: id("exchange"),
         };
@@ -379,7 +407,7 @@ impl Planner {
         let Some(manifests) = self.files(table, snapshot_id).await? else {
             return Ok(None);
         };
-        let bounds = Bounds::of(filters);
+        let bounds = Bounds::of_table(filters, &self.time);
         let mut files = Vec::new();
         for f in manifests.iter().flat_map(|m| m.iter()) {
             if !f.parquet {

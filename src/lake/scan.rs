@@ -11,20 +11,25 @@
 //! local file system, and no delete files. Anything else returns `None`, and
 //! the caller falls back to the Iceberg reader.
 
+use std::any::Any;
+use std::fmt;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
-use datafusion::catalog::Session;
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
-use datafusion::error::Result as DFResult;
-use datafusion::logical_expr::Expr;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use iceberg::table::Table;
+use iceberg_datafusion::IcebergStaticTableProvider;
 
 use super::files::Planner;
 
@@ -95,6 +100,91 @@ pub async fn parquet_plan(
     // footer cache serves the reads.
     let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
     Ok(Some(format.create_physical_plan(state, config).await?))
+}
+
+/// One snapshot of a table as a DataFusion table, read through the fast
+/// path where it applies and Iceberg's reader where it does not. The
+/// minute bars are read so: their files planned from the planner's index,
+/// not from the manifests at every request.
+pub struct SnapshotTable {
+    table: Table,
+    snapshot_id: i64,
+    planner: Planner,
+    schema: SchemaRef,
+}
+
+impl fmt::Debug for SnapshotTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotTable")
+            .field("table", self.table.identifier())
+            .field("snapshot_id", &self.snapshot_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SnapshotTable {
+    pub fn new(table: Table, snapshot_id: i64, planner: Planner) -> Result<Self, super::LakeError> {
+        let schema = super::batch::arrow_schema(table.metadata().current_schema())?;
+        Ok(Self {
+            table,
+            snapshot_id,
+            planner,
+            schema,
+        })
+    }
+}
+
+#[async_trait]
+impl TableProvider for SnapshotTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let fast = parquet_plan(
+            state,
+            &self.planner,
+            &self.table,
+            self.snapshot_id,
+            &self.schema,
+            projection,
+            filters,
+            limit,
+        )
+        .await?;
+        if let Some(plan) = fast {
+            return Ok(plan);
+        }
+        let slow = IcebergStaticTableProvider::try_new_from_table_snapshot(
+            self.table.clone(),
+            self.snapshot_id,
+        )
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        slow.scan(state, projection, filters, limit).await
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DFResult<Vec<TableProviderFilterPushDown>> {
+        // They only prune; DataFusion filters the rows again.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
 }
 
 #[cfg(test)]

@@ -111,8 +111,8 @@ pub struct Engine {
     clock: Clock,
     /// Where `/v1/sql` statements run, when not in this process.
     sql_workers: Option<Arc<super::isolate::SqlWorkers>>,
-    /// Whether `/v1/ohlcv` may read the minute bars (`engine::bars`).
-    bars: bool,
+    /// Where `/v1/ohlcv` finds the minute bars (`engine::bars`).
+    bars: bars::BarsSource,
     /// Per (symbol, exchange) asked of `/v1/trades/recent`: the newest
     /// timestamp the lake holds at one snapshot (`LakeNewest`).
     lake_newest: Mutex<HashMap<(String, Option<String>), recent::LakeNewest>>,
@@ -274,14 +274,22 @@ impl Engine {
             limits,
             clock: Arc::new(now_us),
             sql_workers: None,
-            bars: true,
+            bars: bars::BarsSource::default(),
             lake_newest: Mutex::new(HashMap::new()),
         }
     }
 
     /// The same engine computing `/v1/ohlcv` from the raw trades only.
     pub fn without_bars(mut self) -> Self {
-        self.bars = false;
+        self.bars.enabled = false;
+        self
+    }
+
+    /// The same engine keeping the bars table loaded between requests;
+    /// whoever builds it this way calls `refresh_bars` after every bars
+    /// commit (the daemon's query actor, told by the bars actor).
+    pub fn with_bars_cached(mut self) -> Self {
+        self.bars.cached = Some(PinnedTable::default());
         self
     }
 
