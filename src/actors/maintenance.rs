@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use iceberg::{Catalog, TableIdent};
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -33,6 +33,7 @@ pub struct MaintenanceMetrics {
     snapshots: IntGaugeVec,
     data_files: IntGaugeVec,
     metadata_bytes: IntGaugeVec,
+    duration: HistogramVec,
 }
 
 impl MaintenanceMetrics {
@@ -90,12 +91,31 @@ impl MaintenanceMetrics {
                 "ticklake_lake_metadata_bytes",
                 "Size of the table's current metadata file, which every reader loads, at the last maintenance run.",
             )?,
+            duration: {
+                // Runs take from milliseconds (nothing to do) to a minute
+                // (a first compaction of a day's small files).
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "ticklake_maintenance_duration_seconds",
+                        "Duration of one table's maintenance run (compaction, expiry, file deletion), on the commit runtime.",
+                    )
+                    .buckets(vec![
+                        0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+                    ]),
+                    &["table"],
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
         })
     }
 
     fn record(&self, r: &MaintainReport) {
         let t = r.table.as_str();
         self.runs.with_label_values(&[t, "ok"]).inc();
+        self.duration
+            .with_label_values(&[t])
+            .observe(r.duration_ms as f64 / 1000.0);
         self.expired
             .with_label_values(&[t])
             .inc_by(r.expired as u64);
@@ -148,6 +168,7 @@ impl MaintenanceMetrics {
 pub struct MaintainedTable {
     pub ident: TableIdent,
     pub sort: Vec<String>,
+    pub merge: Option<compact::Merge>,
 }
 
 /// Everything a run needs, built once from the config.
@@ -189,16 +210,19 @@ impl Job {
                 MaintainedTable {
                     ident: lake::table_ident(cfg, TableKind::Trades),
                     sort: vec!["symbol".into(), "timestamp".into()],
+                    merge: None,
                 },
                 MaintainedTable {
                     ident: lake::table_ident(cfg, TableKind::DeadLetters),
                     sort: vec!["received_at".into()],
+                    merge: None,
                 },
             ]
             .into_iter()
             .chain(cfg.lake.bars.then(|| MaintainedTable {
                 ident: lake::bars_ident(cfg),
                 sort: vec!["exchange".into(), "symbol".into(), "minute".into()],
+                merge: Some(lake::bars::merge_partials),
             }))
             .collect(),
             bars: cfg.lake.bars.then(|| lake::bars_ident(cfg)),
@@ -208,6 +232,7 @@ impl Job {
                 min_files: cfg.maintenance.compact_min_files,
                 min_age: cfg.maintenance.compact_min_age(),
                 sort: Vec::new(),
+                merge: None,
             },
             compacting: cfg.maintenance.compact,
             retention_days: cfg.maintenance.retention_days,
@@ -248,6 +273,7 @@ impl Job {
             if let Some(db) = self.db.as_ref().filter(|_| self.compacting) {
                 let policy = CompactPolicy {
                     sort: t.sort.clone(),
+                    merge: t.merge,
                     ..self.compact.clone()
                 };
                 match compact::compact(self.catalog.as_ref(), db, &t.ident, &policy).await {
@@ -414,10 +440,10 @@ impl MaintenanceActor {
                             .as_ref()
                             .is_some_and(|c| c.snapshot_id.is_some());
                     if changed {
+                        use crate::lake::schema::{BARS_TABLE, TRADES_TABLE};
                         let table = match report.table.rsplit('.').next() {
-                            Some(crate::lake::schema::TRADES_TABLE) => {
-                                crate::lake::schema::TRADES_TABLE
-                            }
+                            Some(TRADES_TABLE) => TRADES_TABLE,
+                            Some(BARS_TABLE) => BARS_TABLE,
                             _ => "",
                         };
                         for l in &self.listeners {

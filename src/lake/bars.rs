@@ -17,6 +17,7 @@
 //! merge a minute's rows (`bars_schema` says how), which gives exactly
 //! what computing from the raw trades gives.
 //!
+//! Compaction merges a minute's partial rows into one (`merge_partials`).
 //! Snapshots that add no rows (`replace`, from compaction) are skipped;
 //! deletes by another engine are not reflected (ticklake never deletes).
 //! A first run over a lake with history summarizes the current snapshot
@@ -67,6 +68,36 @@ pub struct Partial {
     pub close_key: Key,
     pub first_trade_id: String,
     pub last_trade_id: String,
+}
+
+impl Partial {
+    /// Takes in another partial bar of the same minute: the two as one.
+    fn absorb(&mut self, o: Partial) {
+        self.high = self.high.max(o.high);
+        self.low = self.low.min(o.low);
+        self.volume += o.volume;
+        self.trades += o.trades;
+        if o.open_key < self.open_key {
+            self.open = o.open;
+            self.first_trade_id = o.first_trade_id;
+            self.open_key = o.open_key;
+        }
+        if o.close_key > self.close_key {
+            self.close = o.close;
+            self.last_trade_id = o.last_trade_id;
+            self.close_key = o.close_key;
+        }
+    }
+}
+
+/// Compaction's merge of the bars table's rows: a minute's partial bars,
+/// however many commits and corrections gave them, become one row, so a
+/// day's bars stay 1,440 rows a symbol however often the trades commit.
+/// Readers merge partials the same way, so their answers do not change.
+pub fn merge_partials(rows: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, LakeError> {
+    let mut a = Aggregator::default();
+    a.add_partials(rows)?;
+    a.into_batch(schema)
 }
 
 /// Partial bars by (exchange, symbol, minute start in µs).
@@ -166,6 +197,75 @@ impl Aggregator {
                             last_trade_id: id.to_string(),
                         },
                     );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds partial bars (rows of the bars table), merging them with those
+    /// of the same (exchange, symbol, minute) as readers do.
+    pub fn add_partials(&mut self, b: &RecordBatch) -> Result<(), LakeError> {
+        let exchange = strings(b, "exchange")?;
+        let symbol = strings(b, "symbol")?;
+        let first = strings(b, "first_trade_id")?;
+        let last = strings(b, "last_trade_id")?;
+        let open_id = strings(b, "open_id")?;
+        let close_id = strings(b, "close_id")?;
+        let micros = |name: &str| -> Result<TimestampMicrosecondArray, LakeError> {
+            let c = arrow::compute::cast(
+                column(b, name)?,
+                &DataType::Timestamp(TimeUnit::Microsecond, None),
+            )?;
+            c.as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .cloned()
+                .ok_or_else(|| LakeError::Parquet(format!("{name} is not in microseconds")))
+        };
+        let (minute, open_ts, close_ts) =
+            (micros("minute")?, micros("open_ts")?, micros("close_ts")?);
+        let dec = |name: &str| typed::<Decimal128Array>(b, name);
+        let (open, high, low, close, volume) = (
+            dec("open")?,
+            dec("high")?,
+            dec("low")?,
+            dec("close")?,
+            dec("volume")?,
+        );
+        let trades: Int64Array = typed(b, "trades")?;
+        let open_seq: Int64Array = typed(b, "open_seq")?;
+        let close_seq: Int64Array = typed(b, "close_seq")?;
+        let seq = |a: &Int64Array, i: usize| a.is_valid(i).then(|| a.value(i));
+        for i in 0..b.num_rows() {
+            let p = Partial {
+                open: open.value(i),
+                high: high.value(i),
+                low: low.value(i),
+                close: close.value(i),
+                volume: volume.value(i),
+                trades: trades.value(i),
+                open_key: Key {
+                    ts: open_ts.value(i),
+                    seq: seq(&open_seq, i),
+                    id: open_id.value(i).to_string(),
+                },
+                close_key: Key {
+                    ts: close_ts.value(i),
+                    seq: seq(&close_seq, i),
+                    id: close_id.value(i).to_string(),
+                },
+                first_trade_id: first.value(i).to_string(),
+                last_trade_id: last.value(i).to_string(),
+            };
+            let k = (
+                exchange.value(i).to_string(),
+                symbol.value(i).to_string(),
+                minute.value(i),
+            );
+            match self.bars.get_mut(&k) {
+                Some(bar) => bar.absorb(p),
+                None => {
+                    self.bars.insert(k, p);
                 }
             }
         }

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use arrow::datatypes::SchemaRef;
 use iceberg::spec::{
     DataFile, MAIN_BRANCH, ManifestEntry, ManifestFile, ManifestListWriter, ManifestWriterBuilder,
     Operation, Snapshot, SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, Summary,
@@ -64,7 +65,14 @@ pub struct CompactPolicy {
     pub min_age: Duration,
     /// Columns the rewritten rows are sorted by.
     pub sort: Vec<String>,
+    /// Rows that may be merged first: the minute bars' partial rows of one
+    /// minute become one (`bars::merge_partials`).
+    pub merge: Option<Merge>,
 }
+
+/// Merges the rows of the files being replaced (all of them, read whole),
+/// given the table's Arrow schema, into the rows written instead.
+pub type Merge = fn(&RecordBatch, &SchemaRef) -> Result<RecordBatch, LakeError>;
 
 /// What one compaction of one table did.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -369,6 +377,13 @@ async fn rewrite(
             all.num_rows()
         )));
     }
+    let all = match policy.merge {
+        Some(merge) => merge(
+            &all,
+            &super::batch::arrow_schema(table.metadata().current_schema())?,
+        )?,
+        None => all,
+    };
     let sorted = sort(&all, &policy.sort)?;
     write_data_files(table, &sorted, policy.target_file_size).await
 }
@@ -619,6 +634,7 @@ mod tests {
             min_files: 4,
             min_age: Duration::ZERO,
             sort: vec!["symbol".into(), "timestamp".into()],
+            merge: None,
         }
     }
 

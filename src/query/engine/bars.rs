@@ -15,24 +15,83 @@
 
 use std::sync::Arc;
 
+use datafusion::catalog::TableProvider;
 use datafusion::common::ScalarValue;
 use datafusion::functions::datetime::expr_fn::date_bin;
 use datafusion::functions_aggregate::expr_fn::{first_value, last_value, max, min, sum};
 use datafusion::prelude::{col, lit};
 use iceberg::TableIdent;
-use iceberg_datafusion::IcebergStaticTableProvider;
+use iceberg::table::Table;
 use serde_json::json;
 
 use super::{Engine, Request, answer, collect, df_err, filtered, ohlcv_filters, rows_in, ts_lit};
 use crate::lake::bars::{self, Aggregator};
+use crate::lake::files::Planner;
+use crate::lake::scan::SnapshotTable;
 use crate::lake::schema::BARS_TABLE;
 use crate::messages::query::{Answer, OhlcvRequest, QueryError};
-use crate::query::hybrid::tail_filter;
+use crate::query::hybrid::{PinnedTable, tail_filter};
 use crate::query::json::json_rows;
 
 const MINUTE_US: i64 = 60_000_000;
 
+/// Where `/v1/ohlcv` finds the minute bars.
+pub(crate) struct BarsSource {
+    pub(super) enabled: bool,
+    /// The bars table as last loaded, when something refreshes it after
+    /// each bars commit; otherwise it is loaded at every request. A stale
+    /// one is still exact (what it does not cover is summarized at query
+    /// time), only slower.
+    pub(super) cached: Option<PinnedTable>,
+    /// Its files, indexed once per manifest: a request plans them in
+    /// memory instead of reading the manifest list and manifests.
+    planner: Planner,
+}
+
+impl Default for BarsSource {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cached: None,
+            planner: Planner::for_time_column("minute"),
+        }
+    }
+}
+
 impl Engine {
+    fn bars_ident(&self) -> TableIdent {
+        TableIdent::new(self.ident.namespace().clone(), BARS_TABLE.to_string())
+    }
+
+    /// Loads the bars table's newest snapshot and indexes its files, for
+    /// the requests to come (an engine made `with_bars_cached`).
+    pub async fn refresh_bars(&self) {
+        let Some(cache) = &self.bars.cached else {
+            return;
+        };
+        match self.catalog.load_table(&self.bars_ident()).await {
+            Ok(t) => {
+                if let Err(e) = self.bars.planner.prepare(&t).await {
+                    tracing::debug!(error = %e, "query: indexing the bars' files failed; the first request retries");
+                }
+                cache.set(t);
+            }
+            Err(e) => tracing::debug!(error = %e, "query: loading the bars table failed"),
+        }
+    }
+
+    /// The bars table: the one kept loaded, else from the catalog.
+    async fn bars_table(&self) -> Option<Table> {
+        if let Some(t) = self.bars.cached.as_ref().and_then(PinnedTable::get) {
+            return Some(t);
+        }
+        let t = self.catalog.load_table(&self.bars_ident()).await.ok()?;
+        if let Some(cache) = &self.bars.cached {
+            cache.set(t.clone());
+        }
+        Some(t)
+    }
+
     /// The OHLCV answer from the bars, or `None` when it must come from
     /// the raw trades.
     pub(super) async fn ohlcv_from_bars(
@@ -40,11 +99,10 @@ impl Engine {
         r: &OhlcvRequest,
         q: &Request<'_>,
     ) -> Result<Option<Answer>, QueryError> {
-        if !self.bars || r.start_us % MINUTE_US != 0 || r.end_us % MINUTE_US != 0 {
+        if !self.bars.enabled || r.start_us % MINUTE_US != 0 || r.end_us % MINUTE_US != 0 {
             return Ok(None);
         }
-        let ident = TableIdent::new(self.ident.namespace().clone(), BARS_TABLE.to_string());
-        let Ok(table) = self.catalog.load_table(&ident).await else {
+        let Some(table) = self.bars_table().await else {
             return Ok(None);
         };
         q.cancel.check()?;
@@ -97,14 +155,11 @@ impl Engine {
             partials.add(b, keep).map_err(QueryError::internal)?;
         }
         let tail_rows: usize = pin.rows().iter().map(|b| b.num_rows()).sum();
-        let schema = crate::lake::batch::arrow_schema(table.metadata().current_schema())
+        let provider = SnapshotTable::new(table, bars_snapshot, self.bars.planner.clone())
             .map_err(QueryError::internal)?;
-        let extra = partials.into_batch(&schema).map_err(QueryError::internal)?;
-
-        let provider =
-            IcebergStaticTableProvider::try_new_from_table_snapshot(table, bars_snapshot)
-                .await
-                .map_err(QueryError::internal)?;
+        let extra = partials
+            .into_batch(&provider.schema())
+            .map_err(QueryError::internal)?;
         let preds = ohlcv_filters(r, "minute");
         let stored = filtered(
             self.ctx.read_table(Arc::new(provider)).map_err(df_err)?,
@@ -213,6 +268,11 @@ mod tests {
             .unwrap()
             .without_bars();
         let fast = crate::query::session::engine(&cfg, None).await.unwrap();
+        // As the daemon's: the bars table kept loaded, refreshed when told.
+        let kept = crate::query::session::engine(&cfg, None)
+            .await
+            .unwrap()
+            .with_bars_cached();
         let catalog = lake::open_catalog(&cfg).await.unwrap();
         let trades = lake::table_ident(&cfg, TableKind::Trades);
         let bars_ident = lake::bars_ident(&cfg);
@@ -258,12 +318,14 @@ mod tests {
             Interval::D1,
         ];
         let check = |phase: &'static str| {
-            let (raw, fast) = (&raw, &fast);
+            let (raw, fast, kept) = (&raw, &fast, &kept);
             async move {
                 for i in intervals {
                     let want = raw.run(ask(i)).await.unwrap().text();
                     let got = fast.run(ask(i)).await.unwrap().text();
                     assert_eq!(got, want, "{phase}, {}", i.as_str());
+                    let got = kept.run(ask(i)).await.unwrap().text();
+                    assert_eq!(got, want, "{phase}, kept bars, {}", i.as_str());
                 }
             }
         };
@@ -271,6 +333,8 @@ mod tests {
         lake::bars::catch_up(catalog.as_ref(), &trades, &bars_ident, 1 << 20)
             .await
             .unwrap();
+        check("bars of every commit, the kept table not refreshed").await;
+        kept.refresh_bars().await;
         check("bars of every commit").await;
         // Late: a new open and a new high for minute 0, a new close for
         // minute 2, a trade tied with minute 1's open on the timestamp.
@@ -291,6 +355,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(c.trades_rows, 4, "{c:?}");
+        kept.refresh_bars().await;
         check("late trades as correction rows").await;
         // The answer is what the trades say, not just what both agree on.
         let text = fast.run(ask(Interval::M1)).await.unwrap().text();
@@ -303,5 +368,35 @@ mod tests {
         assert_eq!(bar1["open"], "97.00000000", "no sequence sorts first: {v}");
         assert_eq!(bar1["close"], "99.00000000", "{v}");
         assert_eq!(v["bars"][2]["close"], "90.00000000", "{v}");
+
+        // Compaction merges each minute's partial rows (two commits and a
+        // correction) into one, and the answers stay the raw trades'.
+        let bar_rows = |t: &iceberg::table::Table| {
+            t.metadata()
+                .current_snapshot()
+                .and_then(|s| s.summary().additional_properties.get("total-records"))
+                .and_then(|n| n.parse::<u64>().ok())
+        };
+        let before = catalog.load_table(&bars_ident).await.unwrap();
+        assert_eq!(bar_rows(&before), Some(7), "4 minutes, then 3 corrections");
+        let db = crate::lake::compact::CatalogDb::open(&cfg)
+            .await
+            .unwrap()
+            .unwrap();
+        let policy = crate::lake::compact::CompactPolicy {
+            target_file_size: 1 << 20,
+            min_files: 2,
+            min_age: std::time::Duration::ZERO,
+            sort: vec!["exchange".into(), "symbol".into(), "minute".into()],
+            merge: Some(crate::lake::bars::merge_partials),
+        };
+        let r = crate::lake::compact::compact(catalog.as_ref(), &db, &bars_ident, &policy)
+            .await
+            .unwrap();
+        assert!(r.snapshot_id.is_some(), "{r:?}");
+        let after = catalog.load_table(&bars_ident).await.unwrap();
+        assert_eq!(bar_rows(&after), Some(4), "one row per minute: {r:?}");
+        kept.refresh_bars().await;
+        check("partial rows merged by compaction").await;
     }
 }
