@@ -424,8 +424,38 @@ fn a_living_daemon_keeps_its_lake_bounded_and_exact() {
     );
     println!(
         "soak {secs} s at {rate}/s: {commits} trades commits; at the last maintenance run {snaps} snapshots, {files} data files; \
-         recent 15 min p50 {:.1} ms -> {:.1} ms, 1 day of 1m OHLCV p50 {:.1} ms -> {:.1} ms (debug build)",
-        start.0, end.0, start.1, end.1
+         recent 15 min p50 {:.1} ms -> {:.1} ms, 1 day of 1m OHLCV p50 {:.1} ms -> {:.1} ms ({} build)",
+        start.0,
+        end.0,
+        start.1,
+        end.1,
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+    // What the runs cost the commit runtime, beside the ingest.
+    let runs = env.counter(
+        "ticklake_maintenance_duration_seconds_count",
+        "table=\"market.trades\"",
+    );
+    let spent = env.counter(
+        "ticklake_maintenance_duration_seconds_sum",
+        "table=\"market.trades\"",
+    );
+    let m = maintenance(&env);
+    println!(
+        "maintenance of market.trades: {runs} runs, {spent:.2} s in all; compaction in all {} files replaced by {}; last run {}",
+        env.counter(
+            "ticklake_compaction_files_total",
+            "kind=\"replaced\",table=\"market.trades\""
+        ),
+        env.counter(
+            "ticklake_compaction_files_total",
+            "kind=\"written\",table=\"market.trades\""
+        ),
+        m["tables"]
     );
     // What retention, the interval and compaction leave, with room for a
     // run's lag: commits every 100 ms over retention plus two intervals.
