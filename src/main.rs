@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use ticklake::config::Config;
 use ticklake::query::session::OutputFormat;
 use ticklake::tools::replay::{Pacing, ReplayOptions, ReplayServer};
@@ -112,9 +112,18 @@ enum Command {
     Bench {
         #[arg(long, env = "TICKLAKE_CONFIG")]
         config: Option<PathBuf>,
-        /// Number of synthetic trades per measurement.
-        #[arg(long, default_value_t = 200_000)]
-        trades: usize,
+        /// Where the trades enter: `feed`, the whole path from generated
+        /// WebSocket frames through the feed actor; or `lanes`, trades built
+        /// before the clock starts and sent into the producer's lanes.
+        #[arg(long, value_enum, default_value_t = BenchFrom::Feed)]
+        from: BenchFrom,
+        /// Number of trades per measurement (default: 1,000,000 from the
+        /// feed, 200,000 from the lanes).
+        #[arg(long)]
+        trades: Option<usize>,
+        /// Symbols the generated frames spread over (`--from feed`).
+        #[arg(long, default_value_t = 50)]
+        symbols: usize,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -151,6 +160,16 @@ enum Command {
         #[arg(long, required = true)]
         capture: Vec<PathBuf>,
     },
+}
+
+/// Where `ticklake bench`'s trades enter the daemon.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BenchFrom {
+    /// Generated Binance frames over an in-process WebSocket server, through
+    /// the feed actor: the whole path.
+    Feed,
+    /// Trades built before the clock starts, sent into the producer's lanes.
+    Lanes,
 }
 
 #[derive(Subcommand)]
@@ -368,15 +387,30 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench {
             config,
+            from,
             trades,
+            symbols,
             json,
         } => {
             let cfg = Config::load(config.as_deref())?;
             let sys = actix_system();
-            let report = sys.block_on(async move {
-                ticklake::tools::bench::run(&cfg, trades, std::time::Duration::from_secs(600)).await
-            })?;
-            print_report(&report, json)
+            let timeout = std::time::Duration::from_secs(600);
+            match from {
+                BenchFrom::Feed => {
+                    let n = trades.unwrap_or(1_000_000);
+                    let report = sys.block_on(async move {
+                        ticklake::tools::bench::run_full(&cfg, n, symbols, timeout).await
+                    })?;
+                    print_report(&report, json)
+                }
+                BenchFrom::Lanes => {
+                    let n = trades.unwrap_or(200_000);
+                    let report = sys.block_on(async move {
+                        ticklake::tools::bench::run(&cfg, n, timeout).await
+                    })?;
+                    print_report(&report, json)
+                }
+            }
         }
         Command::BenchApi {
             which:

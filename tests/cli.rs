@@ -135,11 +135,57 @@ fn replay_retime_plays_the_capture_as_if_live() {
     }
 }
 
+/// The whole path: generated frames through the feed actor into the lake,
+/// with both ceilings, the CPU per trade and where it went.
+#[test]
+fn bench_from_the_feed_commits_every_frame_and_reports_its_costs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .args(["bench", "--trades", "3000", "--symbols", "20", "--json"])
+        .current_dir(dir.path())
+        .env("TICKLAKE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["trades"], 3000);
+    assert_eq!(r["symbols"], 20);
+    let o = &r["outcomes"];
+    assert_eq!(o["received"], 3000, "{r}");
+    let settled = ["stored", "shed", "dead_lettered"]
+        .iter()
+        .map(|k| o[k].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    assert_eq!(settled, 3000, "every frame accounted for: {r}");
+    assert_eq!(o["dead_lettered"].as_u64().unwrap_or(0), 0, "{r}");
+    for k in [
+        "end_to_end_per_s",
+        "cpu_us_per_trade",
+        "produce_ceiling_per_s",
+        "round_trip_ceiling_per_s",
+    ] {
+        assert!(r[k].as_f64().unwrap() > 0.0, "{k}: {r}");
+    }
+    assert!(r["peak_rss_bytes"].as_u64().unwrap() > 0, "{r}");
+    let threads = r["threads"].as_array().unwrap();
+    let shares: f64 = threads.iter().map(|t| t["share"].as_f64().unwrap()).sum();
+    assert!((shares - 1.0).abs() < 1e-6, "{r}");
+    assert!(
+        threads.iter().all(|t| t["name"] != "bench-exchange"),
+        "the exchange's thread is not ours: {r}"
+    );
+    println!("bench --from feed (debug build, 3000 trades): {r}");
+}
+
 #[test]
 fn bench_reports_end_to_end_and_raw_rates_on_the_embedded_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(bin())
-        .args(["bench", "--trades", "3000", "--json"])
+        .args(["bench", "--from", "lanes", "--trades", "3000", "--json"])
         .current_dir(dir.path())
         .env("TICKLAKE_LOG", "warn")
         .output()

@@ -97,6 +97,10 @@ pub struct KafkaConfig {
     pub linger_ms: u32,
     /// Extra librdkafka properties for producer and consumer (security etc.).
     pub properties: BTreeMap<String, String>,
+    /// Further topics the embedded cluster creates at start, with the same
+    /// partition count (`ticklake bench`'s ceilings); not a config key.
+    #[serde(skip)]
+    pub extra_topics: Vec<String>,
 }
 
 impl Default for KafkaConfig {
@@ -110,6 +114,7 @@ impl Default for KafkaConfig {
             compression: "lz4".into(),
             linger_ms: 5,
             properties: BTreeMap::new(),
+            extra_topics: Vec::new(),
         }
     }
 }

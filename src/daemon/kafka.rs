@@ -69,7 +69,12 @@ pub async fn prepare(cfg: &Config) -> Result<KafkaReady, DaemonError> {
     }
 
     let embedded = if cfg.kafka.is_embedded() {
-        let c = EmbeddedCluster::start(&topic_names, cfg.kafka.embedded_partitions)?;
+        let created: Vec<String> = topic_names
+            .iter()
+            .chain(&cfg.kafka.extra_topics)
+            .cloned()
+            .collect();
+        let c = EmbeddedCluster::start(&created, cfg.kafka.embedded_partitions)?;
         tracing::info!(bootstrap = c.bootstrap(), "embedded kafka cluster started");
         Some(c)
     } else {

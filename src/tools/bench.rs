@@ -1,7 +1,14 @@
-//! `ticklake bench`: the sustainable NORMAL throughput end to end (producer →
-//! Kafka → consumer → committed Iceberg), next to the broker's ceiling: a
-//! bare rdkafka producer sending records of the same size to the same broker.
+//! `ticklake bench`: throughput end to end, next to the broker's ceilings.
+//! By default over the whole path, from WebSocket frame to committed
+//! Iceberg row (`full`); `--from lanes` keeps the older measurement from
+//! the producer's lanes (trades built before the clock starts) to the lake,
+//! with its search for the sustainable NORMAL rate.
 //! Run it on a release build; a debug build measures the compiler.
+
+mod full;
+mod procstat;
+
+pub use full::FullReport;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -169,6 +176,33 @@ fn synthetic_from(first: usize, n: usize) -> Vec<TradeV2> {
         .collect()
 }
 
+/// The configuration of one bench run: a throw-away data directory, no
+/// HTTP server, topics and consumer group of its own.
+fn bench_config(base: &Config) -> (Config, std::path::PathBuf) {
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let dir = std::env::temp_dir().join(format!("ticklake-bench-{run_id}"));
+    let mut cfg = base.under(&dir);
+    cfg.http.enabled = false;
+    cfg.kafka.trades_topic_prefix = format!("bench{run_id}.trades");
+    cfg.kafka.dead_letter_topic = format!("bench{run_id}.dead_letters");
+    cfg.kafka.consumer_group = format!("bench{run_id}-lake");
+    (cfg, dir)
+}
+
+/// The full path (`bench::full`) against the configured broker. Must run
+/// inside an actix `System`.
+pub async fn run_full(
+    base: &Config,
+    trades: usize,
+    symbols: usize,
+    timeout: Duration,
+) -> Result<FullReport, BenchError> {
+    let (cfg, dir) = bench_config(base);
+    let result = full::measure(&cfg, trades, symbols, timeout).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 /// Runs both measurements against the configured broker. Must run inside an
 /// actix `System`. Uses a throw-away data directory and topics of its own.
 pub async fn run(
@@ -176,16 +210,10 @@ pub async fn run(
     trades: usize,
     timeout: Duration,
 ) -> Result<BenchReport, BenchError> {
-    let run_id = uuid::Uuid::new_v4().simple().to_string();
-    let dir = std::env::temp_dir().join(format!("ticklake-bench-{run_id}"));
-    let mut cfg = base.under(&dir);
-    cfg.http.enabled = false;
+    let (mut cfg, dir) = bench_config(base);
     cfg.feeds.binance.enabled = false;
     // the synthetic trades carry exchange BENCH, so the consumer reads that topic
     cfg.feeds.binance.exchange = "BENCH".to_string();
-    cfg.kafka.trades_topic_prefix = format!("bench{run_id}.trades");
-    cfg.kafka.dead_letter_topic = format!("bench{run_id}.dead_letters");
-    cfg.kafka.consumer_group = format!("bench{run_id}-lake");
     let result = measure(&cfg, trades, timeout).await;
     let _ = std::fs::remove_dir_all(&dir);
     result

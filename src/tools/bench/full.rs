@@ -1,0 +1,610 @@
+//! `ticklake bench` over the whole path (the default, `--from feed`): an
+//! in-process WebSocket server plays generated Binance trade frames into
+//! the daemon's real feed actor, and the clock runs from the first frame
+//! the feed received to the last trade committed to Iceberg. So the
+//! WebSocket, the JSON parse, the decimals and the message ids are inside
+//! the measurement, as they are for a user.
+//!
+//! Beside it, on the same broker and in the same run, two ceilings with
+//! records of the same size on topics of the same partition count: a bare
+//! rdkafka producer alone, and a bare producer with a bare consumer moving
+//! the same records (the round trip every trade makes). CPU is read from
+//! the kernel: the process's time per trade, and per thread group where it
+//! went. The server's own thread is left out of both; it stands for the
+//! exchange.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use rdkafka::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde::Serialize;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use super::procstat::{self, ThreadCpu};
+use super::{BenchError, synthetic_from};
+use crate::config::Config;
+use crate::daemon::{self, Daemon};
+use crate::degrade::level::Level;
+use crate::kafka::encoder::Encoded;
+use crate::model::now_us;
+
+/// Name of the server thread, whose CPU is the exchange's, not ours.
+const SERVER_THREAD: &str = "bench-exchange";
+
+/// Symbols the frames spread over: the shipped tier 1 and tier 2 lists'
+/// first ones, then names no tier lists (tier 3).
+fn symbols(n: usize) -> Vec<String> {
+    let known = [
+        "BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT", "TRXUSDT",
+        "AVAXUSDT", "LINKUSDT", "DOTUSDT", "LTCUSDT",
+    ];
+    (0..n)
+        .map(|i| match known.get(i) {
+            Some(s) => s.to_string(),
+            None => format!("ALT{i:03}USDT"),
+        })
+        .collect()
+}
+
+/// `n` Binance `trade` frames of the combined stream, as the exchange
+/// sends them: ids rising per symbol, prices and quantities with eight
+/// decimals, trade times of now.
+fn frames(n: usize, symbols: &[String]) -> Vec<Utf8Bytes> {
+    let now_ms = now_us() / 1000;
+    let lower: Vec<String> = symbols.iter().map(|s| s.to_ascii_lowercase()).collect();
+    (0..n)
+        .map(|i| {
+            let k = i % symbols.len();
+            let id = 3_000_000_000u64 + (i / symbols.len()) as u64;
+            let ms = now_ms + (i / 1000) as i64;
+            let price = 6_500_000_000_000u64 + (i as u64 * 7919) % 100_000_000;
+            let qty = 100_000u64 + (i as u64 * 104_729) % 99_000_000;
+            format!(
+                r#"{{"stream":"{}@trade","data":{{"e":"trade","E":{},"s":"{}","t":{id},"p":"{}.{:08}","q":"{}.{:08}","T":{ms},"m":{},"M":true}}}}"#,
+                lower[k],
+                ms + 1,
+                symbols[k],
+                price / 100_000_000,
+                price % 100_000_000,
+                qty / 100_000_000,
+                qty % 100_000_000,
+                i % 3 == 0,
+            )
+            .into()
+        })
+        .collect()
+}
+
+/// A WebSocket server on its own thread: the first client gets every
+/// frame as fast as it reads them, then the connection stays open (a
+/// reconnect would get nothing, as from a quiet market).
+struct Exchange {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    sent: Arc<AtomicU64>,
+}
+
+impl Exchange {
+    fn start(frames: Vec<Utf8Bytes>) -> Result<Self, BenchError> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| BenchError::Producer(format!("bench exchange: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| BenchError::Producer(format!("bench exchange: {e}")))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let sent = Arc::new(AtomicU64::new(0));
+        let counter = sent.clone();
+        let thread = std::thread::Builder::new()
+            .name(SERVER_THREAD.into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "bench exchange: no runtime");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                        return;
+                    };
+                    let serve = async {
+                        let mut first = true;
+                        let mut idle = Vec::new();
+                        loop {
+                            let Ok((tcp, _)) = listener.accept().await else {
+                                continue;
+                            };
+                            let _ = tcp.set_nodelay(true);
+                            let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
+                                continue;
+                            };
+                            let (mut sink, mut source) = ws.split();
+                            // Subscriptions and pongs are read and ignored.
+                            tokio::spawn(async move { while source.next().await.is_some() {} });
+                            if !std::mem::take(&mut first) {
+                                idle.push(sink);
+                                continue;
+                            }
+                            for (i, f) in frames.iter().enumerate() {
+                                if sink.feed(Message::Text(f.clone())).await.is_err() {
+                                    break;
+                                }
+                                counter.fetch_add(1, Ordering::Relaxed);
+                                if i % 256 == 255 && sink.flush().await.is_err() {
+                                    break;
+                                }
+                            }
+                            let _ = sink.flush().await;
+                            idle.push(sink);
+                        }
+                    };
+                    tokio::select! {
+                        _ = stopped => {}
+                        () = serve => {}
+                    }
+                });
+            })
+            .map_err(|e| BenchError::Producer(format!("bench exchange: {e}")))?;
+        Ok(Self {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+            sent,
+        })
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What the full-path run measured.
+#[derive(Debug, Serialize)]
+pub struct FullReport {
+    pub broker: String,
+    pub trades: usize,
+    pub symbols: usize,
+    pub frame_bytes: usize,
+    pub record_bytes: usize,
+    pub partitions: i32,
+    /// First frame received to last trade committed.
+    pub seconds: f64,
+    pub end_to_end_per_s: f64,
+    /// Process CPU (less the exchange's thread) per trade, in µs.
+    pub cpu_us_per_trade: f64,
+    /// Bare rdkafka producer, same record size and partition count.
+    pub produce_ceiling_per_s: f64,
+    /// Bare producer and bare consumer moving the same records.
+    pub round_trip_ceiling_per_s: f64,
+    pub ratio_to_produce: f64,
+    pub ratio_to_round_trip: f64,
+    pub commits: u64,
+    pub max_level: Level,
+    /// Outcomes of the trades by the accounting's counters.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Resident memory at its highest during the end-to-end run.
+    pub peak_rss_bytes: u64,
+    /// Where the process's CPU went during the end-to-end run.
+    pub threads: Vec<ThreadCpu>,
+}
+
+impl std::fmt::Display for FullReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "mode:                         full path (WebSocket frame -> committed Iceberg row)"
+        )?;
+        writeln!(f, "broker:                       {}", self.broker)?;
+        writeln!(
+            f,
+            "trades:                       {} over {} symbols (frame {} bytes, Avro record {} bytes, {} partitions)",
+            self.trades, self.symbols, self.frame_bytes, self.record_bytes, self.partitions
+        )?;
+        writeln!(
+            f,
+            "end to end:                   {:.0} trades/s ({:.2} s, {} commits, level at most {})",
+            self.end_to_end_per_s, self.seconds, self.commits, self.max_level
+        )?;
+        writeln!(
+            f,
+            "CPU per trade:                {:.2} µs (process, less the exchange's thread)",
+            self.cpu_us_per_trade
+        )?;
+        writeln!(
+            f,
+            "ceiling, produce only:        {:.0} records/s (ratio {:.3})",
+            self.produce_ceiling_per_s, self.ratio_to_produce
+        )?;
+        writeln!(
+            f,
+            "ceiling, produce + consume:   {:.0} records/s (ratio {:.3})",
+            self.round_trip_ceiling_per_s, self.ratio_to_round_trip
+        )?;
+        let outcomes: Vec<String> = self
+            .outcomes
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        writeln!(f, "outcomes:                     {}", outcomes.join(", "))?;
+        writeln!(
+            f,
+            "peak resident memory:         {:.1} MiB",
+            self.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+        )?;
+        write!(f, "CPU by thread (end to end):")?;
+        for t in &self.threads {
+            write!(
+                f,
+                "\n  {:<28} {:>3} thread(s) {:>8.2} s  {:>5.1} %",
+                t.name,
+                t.threads,
+                t.cpu_secs,
+                t.share * 100.0
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The accounting's counters summed over exchanges and tiers, by outcome.
+fn outcomes(d: &Daemon) -> BTreeMap<String, u64> {
+    use prometheus::core::Collector;
+    let mut out = BTreeMap::new();
+    for family in d.metrics.messages.collect() {
+        for m in family.get_metric() {
+            let outcome = m
+                .get_label()
+                .iter()
+                .find(|l| l.name() == "outcome")
+                .map(|l| l.value().to_string())
+                .unwrap_or_default();
+            *out.entry(outcome).or_default() += m.get_counter().get_value() as u64;
+        }
+    }
+    out
+}
+
+/// Runs the full path, then the two ceilings. Must run inside an actix
+/// `System`; `cfg` is the bench's throw-away configuration.
+pub async fn measure(
+    cfg: &Config,
+    n: usize,
+    symbol_count: usize,
+    timeout: Duration,
+) -> Result<FullReport, BenchError> {
+    let syms = symbols(symbol_count.max(1));
+    let played = frames(n, &syms);
+    let frame_bytes = played.first().map(|f| f.len()).unwrap_or(0);
+    let exchange = Exchange::start(played)?;
+    let mut cfg = cfg.clone();
+    cfg.feeds.binance.enabled = true;
+    cfg.feeds.binance.exchange = "BINANCE".into();
+    cfg.feeds.binance.url = format!("ws://{}", exchange.addr);
+    cfg.feeds.binance.symbols = syms.clone();
+    cfg.feeds.binance.streams = vec![crate::config::BinanceStream::Trade];
+    // Ids are remembered for the whole run: nothing is forgotten early.
+    cfg.feeds.binance.dedup_capacity = cfg.feeds.binance.dedup_capacity.max(n);
+    let partitions = cfg.kafka.embedded_partitions;
+    let ceiling_topics = [
+        format!("{}.ceiling-produce", cfg.kafka.trades_topic_prefix),
+        format!("{}.ceiling-round-trip", cfg.kafka.trades_topic_prefix),
+    ];
+    cfg.kafka.extra_topics = ceiling_topics.to_vec();
+
+    let threads_before = procstat::threads();
+    let cpu_before = procstat::process_cpu();
+    let d = daemon::start(cfg.clone()).await?;
+    let sampling = Arc::new(AtomicBool::new(true));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (sampling, peak) = (sampling.clone(), peak.clone());
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                if let Some(b) = procstat::resident_bytes() {
+                    peak.fetch_max(b, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let stored = || outcomes(&d).get("stored").copied().unwrap_or(0);
+    let settled = |o: &BTreeMap<String, u64>| {
+        let get = |k: &str| o.get(k).copied().unwrap_or(0);
+        get("received") >= n as u64
+            && get("stored")
+                + get("shed")
+                + get("dead_lettered")
+                + get("deduplicated")
+                + get("quarantined")
+                >= get("received")
+    };
+    let commits = || {
+        d.metrics
+            .writer_commits
+            .with_label_values(&["trades", "ok"])
+            .get()
+    };
+    let commits_before = commits();
+    let wait_started = Instant::now();
+    // The clock starts at the first frame the feed took.
+    while outcomes(&d).get("received").copied().unwrap_or(0) == 0 {
+        if wait_started.elapsed() > timeout {
+            return Err(BenchError::Timeout {
+                stage: "first frame",
+                secs: timeout.as_secs(),
+                done: exchange.sent.load(Ordering::Relaxed),
+                total: n as u64,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let started = Instant::now();
+    let mut max_level = Level::Normal;
+    let mut flushed = false;
+    loop {
+        let o = outcomes(&d);
+        max_level = max_level.max(d.status.supervisor.borrow().level.level);
+        if settled(&o) {
+            break;
+        }
+        if started.elapsed() > timeout {
+            return Err(BenchError::Timeout {
+                stage: "full path",
+                secs: timeout.as_secs(),
+                done: stored(),
+                total: n as u64,
+            });
+        }
+        // Every frame read: commit the rest now rather than wait out
+        // writer.max_age_ms, which would measure the age limit.
+        if !flushed && o.get("received").copied().unwrap_or(0) >= n as u64 {
+            d.drain_and_flush(timeout).await?;
+            flushed = true;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = procstat::process_cpu().saturating_sub(cpu_before);
+    let threads_after = procstat::threads();
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.join();
+    let mut threads = procstat::spent(&threads_before, &threads_after);
+    let server_cpu: f64 = threads
+        .iter()
+        .filter(|t| t.name == SERVER_THREAD)
+        .map(|t| t.cpu_secs)
+        .sum();
+    threads.retain(|t| t.name != SERVER_THREAD);
+    let ours: f64 = threads.iter().map(|t| t.cpu_secs).sum();
+    for t in &mut threads {
+        t.share = if ours > 0.0 { t.cpu_secs / ours } else { 0.0 };
+    }
+    let cpu_secs = (cpu.as_secs_f64() - server_cpu).max(0.0);
+    let result_outcomes = outcomes(&d);
+    let commits_run = commits() - commits_before;
+    let stored_n = result_outcomes.get("stored").copied().unwrap_or(0).max(1);
+
+    // The ceilings, on the same broker, after the daemon's run.
+    let registry = crate::kafka::registry::LocalRegistry::open(&cfg.data_dir_abs())?;
+    let codec = crate::kafka::registry::codec(&registry)?;
+    let mut rows = synthetic_from(0, n);
+    for t in &mut rows {
+        t.exchange = "BINANCE".into();
+    }
+    let encode = |topic: &str| {
+        rows.iter()
+            .map(|t| {
+                Ok(Encoded {
+                    topic: topic.to_string(),
+                    key: t.symbol.clone(),
+                    payload: codec.encode_trade(t)?,
+                })
+            })
+            .collect::<Result<Vec<_>, crate::kafka::avro::AvroError>>()
+    };
+    let produce_only = encode(&ceiling_topics[0])?;
+    let record_bytes = produce_only.first().map(|p| p.payload.len()).unwrap_or(0);
+    if !cfg.kafka.is_embedded() {
+        crate::kafka::ensure_topics(&cfg.kafka, &d.bootstrap, &ceiling_topics, partitions).await?;
+    }
+    let round_trip = encode(&ceiling_topics[1])?;
+    let (ceiling_cfg, bootstrap) = (cfg.clone(), d.bootstrap.clone());
+    let (produce_secs, round_trip_secs) = tokio::task::spawn_blocking(move || {
+        let produce = produce_all(&ceiling_cfg, &bootstrap, &produce_only)?;
+        drop(produce_only);
+        let round_trip = produce_and_consume(&ceiling_cfg, &bootstrap, &round_trip, timeout)?;
+        Ok::<_, BenchError>((produce, round_trip))
+    })
+    .await
+    .map_err(|e| BenchError::Producer(e.to_string()))??;
+    d.shutdown(Duration::from_secs(10)).await?;
+    drop(exchange);
+
+    let per_s = n as f64 / seconds;
+    let produce_per_s = n as f64 / produce_secs;
+    let round_trip_per_s = n as f64 / round_trip_secs;
+    Ok(FullReport {
+        broker: if cfg.kafka.is_embedded() {
+            "embedded (librdkafka in-process cluster)".to_string()
+        } else {
+            cfg.kafka.brokers.clone()
+        },
+        trades: n,
+        symbols: syms.len(),
+        frame_bytes,
+        record_bytes,
+        partitions,
+        seconds,
+        end_to_end_per_s: per_s,
+        cpu_us_per_trade: cpu_secs * 1e6 / stored_n as f64,
+        produce_ceiling_per_s: produce_per_s,
+        round_trip_ceiling_per_s: round_trip_per_s,
+        ratio_to_produce: per_s / produce_per_s,
+        ratio_to_round_trip: per_s / round_trip_per_s,
+        commits: commits_run,
+        max_level,
+        outcomes: result_outcomes,
+        peak_rss_bytes: peak.load(Ordering::Relaxed),
+        threads,
+    })
+}
+
+/// Counts delivery reports; the bare producer's whole context.
+#[derive(Default)]
+struct Counting {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl rdkafka::ClientContext for Counting {}
+
+impl rdkafka::producer::ProducerContext for Counting {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, r: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        match r {
+            Ok(_) => self.delivered.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// Seconds for a bare producer (librdkafka's own threads, a counter for
+/// delivery reports, nothing per record) to have every record
+/// acknowledged. Blocking.
+fn produce_all(cfg: &Config, bootstrap: &str, records: &[Encoded]) -> Result<f64, BenchError> {
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<Counting> = crate::kafka::producer_config(&cfg.kafka, bootstrap)
+        .create_with_context(Counting::default())?;
+    let started = Instant::now();
+    for r in records {
+        let mut record = BaseRecord::to(&r.topic).key(&r.key).payload(&r.payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err((e, _)) => return Err(BenchError::Client(e)),
+            }
+        }
+    }
+    let want = records.len() as u64;
+    let ctx = producer.context();
+    while ctx.delivered.load(Ordering::Relaxed) + ctx.failed.load(Ordering::Relaxed) < want {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    if ctx.failed.load(Ordering::Relaxed) > 0 {
+        return Err(BenchError::Producer(format!(
+            "{} ceiling records were not delivered",
+            ctx.failed.load(Ordering::Relaxed)
+        )));
+    }
+    Ok(secs)
+}
+
+/// Seconds from the first record sent to the last one read back by a bare
+/// consumer, assigned every partition from the start before the first
+/// send (no group join inside the measurement). Blocking.
+fn produce_and_consume(
+    cfg: &Config,
+    bootstrap: &str,
+    records: &[Encoded],
+    timeout: Duration,
+) -> Result<f64, BenchError> {
+    use rdkafka::{Offset, TopicPartitionList};
+    let Some(topic) = records.first().map(|r| r.topic.clone()) else {
+        return Ok(f64::MIN_POSITIVE);
+    };
+    let mut kafka = cfg.kafka.clone();
+    kafka.consumer_group = format!("{}-ceiling", cfg.kafka.consumer_group);
+    let consumer: BaseConsumer = crate::kafka::consumer_config(&kafka, bootstrap).create()?;
+    let meta = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+    let mut assignment = TopicPartitionList::new();
+    for t in meta.topics() {
+        for p in t.partitions() {
+            assignment.add_partition_offset(&topic, p.id(), Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    let want = records.len();
+    let started = Instant::now();
+    let reader = std::thread::spawn(move || -> Result<Instant, BenchError> {
+        let mut read = 0usize;
+        while read < want {
+            if started.elapsed() > timeout {
+                return Err(BenchError::Timeout {
+                    stage: "round-trip ceiling",
+                    secs: timeout.as_secs(),
+                    done: read as u64,
+                    total: want as u64,
+                });
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    std::hint::black_box(m.payload().map(<[u8]>::len));
+                    read += 1;
+                }
+                Some(Err(e)) => return Err(BenchError::Client(e)),
+                None => {}
+            }
+        }
+        Ok(Instant::now())
+    });
+    let sent = produce_all(cfg, bootstrap, records);
+    let done = reader
+        .join()
+        .map_err(|_| BenchError::Producer("round-trip reader panicked".into()))??;
+    sent?;
+    Ok(done.duration_since(started).as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_parse_as_binance_trades_of_distinct_ids() {
+        let syms = symbols(15);
+        assert_eq!(syms[0], "BTCUSDT");
+        assert_eq!(syms[14], "ALT014USDT");
+        let f = frames(30, &syms);
+        let mut ids = std::collections::BTreeSet::new();
+        for text in &f {
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            let d = &v["data"];
+            assert_eq!(d["e"], "trade");
+            assert!(d["p"].as_str().unwrap().split('.').nth(1).unwrap().len() == 8);
+            ids.insert((
+                d["s"].as_str().unwrap().to_string(),
+                d["t"].as_u64().unwrap(),
+            ));
+        }
+        assert_eq!(ids.len(), 30);
+    }
+}
