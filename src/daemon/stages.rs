@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use rdkafka::producer::FutureProducer;
 
 use super::DaemonError;
 use super::kafka::{KafkaReady, assigned_consumer, start_positions};
@@ -419,9 +418,8 @@ pub fn producer(
     metrics: &Metrics,
 ) -> Result<ProducerHandle, DaemonError> {
     let spill = SpillLog::open(&cfg.spill_dir(), cfg.spill.segment_bytes)?;
-    let rdk: FutureProducer = kafka::producer_config(&cfg.kafka, &kafka.bootstrap).create()?;
     let (actor, handle) = ProducerActor::new(
-        rdk,
+        kafka::producer_config(&cfg.kafka, &kafka.bootstrap),
         Encoder::new(codec, &cfg.kafka),
         metrics.clone(),
         &cfg.lanes.capacity,
@@ -430,11 +428,10 @@ pub fn producer(
             breaker: cfg.breaker.producer.clone(),
             stall: Duration::from_millis(cfg.breaker.stall_ms),
             replay_batch: cfg.spill.replay_batch,
+            window: kafka.window.clone(),
+            ledger: Some(ledger),
         },
     )?;
-    let actor = actor
-        .with_window(kafka.window.clone())
-        .with_ledger(Some(ledger));
     Supervisor::start(move |_| actor);
     Ok(handle)
 }

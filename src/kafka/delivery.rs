@@ -1,6 +1,8 @@
 //! Delivery reports: a record handed to librdkafka is counted in flight
 //! until its report arrives; an acknowledgement counts it as published, a
-//! failure sends it back to the producer actor for the spill log.
+//! failure sends it back to the producer actor for the spill log. Reports
+//! are handled in librdkafka's producer context, on its polling thread:
+//! no task, channel or wake-up per record.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,9 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use prometheus::IntCounter;
+use rdkafka::ClientContext;
 use rdkafka::Message as _;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use tokio::sync::mpsc;
 
 use crate::degrade::policy::SpillEntry;
@@ -53,22 +57,26 @@ pub fn refused_for_good(e: &KafkaError) -> bool {
     )
 }
 
-/// The counters one record's delivery touches. Looked up once per (topic,
-/// exchange, tier) by [`DeliveryCounters`] and cloned per record (a few
-/// reference counts) instead of a label lookup per record.
-#[derive(Clone)]
+/// What one record's delivery report settles: its counters, and the
+/// exchange and tier its acknowledgement is credited to. One per (topic,
+/// exchange, tier), looked up once by [`DeliveryCounters`]; each record
+/// carries a reference to it through librdkafka as its delivery opaque, so
+/// a record costs a reference count here, not an allocation or a label
+/// lookup.
 pub struct RecordCounters {
     enqueued: IntCounter,
     delivered: IntCounter,
     failed: IntCounter,
     /// The accounting's `published`; dead letters have no tier and none.
     published: Option<IntCounter>,
+    exchange: String,
+    tier: Option<Tier>,
 }
 
 /// [`RecordCounters`] kept per topic, exchange and tier.
 pub struct DeliveryCounters {
     metrics: Metrics,
-    kept: HashMap<String, HashMap<String, [Option<RecordCounters>; 4]>>,
+    kept: HashMap<String, HashMap<String, [Option<Arc<RecordCounters>>; 4]>>,
 }
 
 impl DeliveryCounters {
@@ -79,7 +87,7 @@ impl DeliveryCounters {
         }
     }
 
-    pub fn of(&mut self, topic: &str, exchange: &str, tier: Option<Tier>) -> RecordCounters {
+    pub fn of(&mut self, topic: &str, exchange: &str, tier: Option<Tier>) -> Arc<RecordCounters> {
         if let Some(c) = self
             .kept
             .get(topic)
@@ -93,7 +101,7 @@ impl DeliveryCounters {
                 .producer_records
                 .with_label_values(&[topic, outcome])
         };
-        let c = RecordCounters {
+        let c = Arc::new(RecordCounters {
             enqueued: records("enqueued"),
             delivered: records("delivered"),
             failed: records("failed"),
@@ -104,7 +112,9 @@ impl DeliveryCounters {
                     Outcome::Published.as_str(),
                 ])
             }),
-        };
+            exchange: exchange.to_string(),
+            tier,
+        });
         self.kept
             .entry(topic.to_string())
             .or_default()
@@ -114,16 +124,99 @@ impl DeliveryCounters {
     }
 }
 
-/// Where a record goes and what it reports to.
+/// What every delivery report needs besides its record's counters; the
+/// producer's librdkafka context. Reports arrive on librdkafka's polling
+/// thread: an acknowledgement is counted there and then, and only a
+/// failure sends anything anywhere (the record, back to the producer
+/// actor for the spill log).
+pub struct DeliveryContext {
+    pub deliveries: Arc<Deliveries>,
+    pub undelivered: mpsc::UnboundedSender<Undelivered>,
+    /// The embedded broker's window; `None` on a real broker.
+    pub window: Option<Arc<BrokerWindow>>,
+    /// Where acknowledged trades meet the lake's commits.
+    pub ledger: Option<Arc<AckLedger>>,
+    pub epoch: Instant,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Arc<RecordCounters>;
+
+    fn delivery(&self, report: &DeliveryResult<'_>, counters: Arc<RecordCounters>) {
+        let (msg, error) = match report {
+            Ok(m) => (m, None),
+            Err((e, m)) => (m, Some(e)),
+        };
+        let est = window::estimate(
+            msg.key().map_or(0, <[u8]>::len),
+            msg.payload().map_or(0, <[u8]>::len),
+        );
+        let d = &self.deliveries;
+        match error {
+            None => {
+                if let Some(w) = &self.window {
+                    w.delivered(msg.topic(), msg.partition(), est);
+                }
+                if let (Some(l), Some(t)) = (&self.ledger, counters.tier) {
+                    l.acked(
+                        msg.topic(),
+                        msg.partition(),
+                        msg.offset(),
+                        &counters.exchange,
+                        t,
+                    );
+                }
+                let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+                d.delivered.fetch_add(1, Ordering::Relaxed);
+                d.last_delivery_ms.fetch_max(ms, Ordering::Relaxed);
+                d.in_flight.fetch_sub(1, Ordering::Relaxed);
+                counters.delivered.inc();
+                if let Some(p) = &counters.published {
+                    p.inc();
+                }
+            }
+            Some(e) => {
+                if let Some(w) = &self.window {
+                    w.failed(est);
+                }
+                d.failed.fetch_add(1, Ordering::Relaxed);
+                d.in_flight.fetch_sub(1, Ordering::Relaxed);
+                counters.failed.inc();
+                tracing::warn!(topic = %msg.topic(), error = %e, "delivery failed; record goes to the spill log");
+                let entry = SpillEntry {
+                    exchange: counters.exchange.clone(),
+                    tier: counters.tier,
+                    topic: msg.topic().to_string(),
+                    key: msg
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .unwrap_or_default(),
+                    payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                };
+                // The actor gone (shutdown): the record was purged with
+                // the producer and cannot be resent from here.
+                let _ = self.undelivered.send(Undelivered {
+                    entry,
+                    refused_for_good: refused_for_good(e),
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// The daemon's Kafka producer: librdkafka's own threads, and delivery
+/// reports handled by [`DeliveryContext`].
+pub type KafkaProducer = ThreadedProducer<DeliveryContext>;
+
+/// Where a record goes.
 pub struct Route<'a> {
-    pub producer: &'a FutureProducer,
+    pub producer: &'a KafkaProducer,
     pub deliveries: &'a Arc<Deliveries>,
-    pub undelivered: &'a mpsc::UnboundedSender<Undelivered>,
     /// The embedded broker's window; `None` on a real broker.
     pub window: Option<&'a Arc<BrokerWindow>>,
-    /// Where acknowledged trades meet the lake's commits.
-    pub ledger: Option<&'a Arc<AckLedger>>,
-    pub epoch: Instant,
 }
 
 /// Whether `entry` is held back by the embedded broker's window (the
@@ -137,15 +230,14 @@ pub fn window_full(window: Option<&Arc<BrokerWindow>>, entry: &SpillEntry) -> bo
     })
 }
 
-/// Hands one record to librdkafka and arranges for its delivery report:
-/// an acknowledgement counts as published, a failure sends the record back
-/// to the actor for the spill log. A record the embedded broker's window
-/// holds back is refused as `QueueFull`, as librdkafka refuses one when its
-/// own queue is full, and handled the same way.
+/// Hands one record to librdkafka; its delivery report settles it
+/// ([`DeliveryContext`]). A record the embedded broker's window holds
+/// back is refused as `QueueFull`, as librdkafka refuses one when its own
+/// queue is full, and handled the same way.
 pub fn dispatch(
     route: &Route<'_>,
     entry: &SpillEntry,
-    counters: RecordCounters,
+    counters: &Arc<RecordCounters>,
 ) -> Result<(), KafkaError> {
     let est = window::estimate(entry.key.len(), entry.payload.len());
     if window_full(route.window, entry) {
@@ -153,77 +245,26 @@ pub fn dispatch(
             rdkafka::types::RDKafkaErrorCode::QueueFull,
         ));
     }
-    let fr = FutureRecord::to(&entry.topic)
-        .key(&entry.key)
-        .payload(&entry.payload);
-    let delivery = route.producer.send_result(fr).map_err(|(e, _)| e)?;
-    let window = route.window.cloned();
-    let ledger = route.ledger.cloned();
-    if let Some(w) = &window {
+    // Counted before the send: the report may arrive (on librdkafka's
+    // thread) before `send` returns here.
+    route.deliveries.in_flight.fetch_add(1, Ordering::Relaxed);
+    if let Some(w) = route.window {
         w.enqueued(est);
     }
-    let (deliveries, undelivered, epoch) = (route.deliveries, route.undelivered, route.epoch);
-    deliveries.in_flight.fetch_add(1, Ordering::Relaxed);
-    let deliveries = deliveries.clone();
-    let undelivered = undelivered.clone();
-    let exchange = entry.exchange.clone();
-    let tier = entry.tier;
-    let topic = entry.topic.clone();
-    counters.enqueued.inc();
-    tokio::spawn(async move {
-        let outcome = delivery.await;
-        let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        match outcome {
-            Ok(Ok(d)) => {
-                if let Some(w) = &window {
-                    w.delivered(&topic, d.partition, est);
-                }
-                if let (Some(l), Some(t)) = (&ledger, tier) {
-                    l.acked(&topic, d.partition, d.offset, &exchange, t);
-                }
-                deliveries.delivered.fetch_add(1, Ordering::Relaxed);
-                deliveries.last_delivery_ms.fetch_max(ms, Ordering::Relaxed);
-                deliveries.in_flight.fetch_sub(1, Ordering::Relaxed);
-                counters.delivered.inc();
-                if let Some(p) = &counters.published {
-                    p.inc();
-                }
-            }
-            Ok(Err((e, msg))) => {
-                if let Some(w) = &window {
-                    w.failed(est);
-                }
-                deliveries.failed.fetch_add(1, Ordering::Relaxed);
-                deliveries.in_flight.fetch_sub(1, Ordering::Relaxed);
-                counters.failed.inc();
-                tracing::warn!(topic = %topic, error = %e, "delivery failed; record goes to the spill log");
-                let entry = SpillEntry {
-                    exchange,
-                    tier,
-                    topic,
-                    key: msg
-                        .key()
-                        .map(|k| String::from_utf8_lossy(k).into_owned())
-                        .unwrap_or_default(),
-                    payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                };
-                let _ = undelivered.send(Undelivered {
-                    entry,
-                    refused_for_good: refused_for_good(&e),
-                    error: e.to_string(),
-                });
-            }
-            Err(_) => {
-                if let Some(w) = &window {
-                    w.failed(est);
-                }
-                // The producer went away (shutdown); the record may or may
-                // not have been written and cannot be resent from here.
-                deliveries.failed.fetch_add(1, Ordering::Relaxed);
-                deliveries.in_flight.fetch_sub(1, Ordering::Relaxed);
-                tracing::error!(topic = %topic, "producer dropped before delivery");
-            }
+    let record = BaseRecord::with_opaque_to(&entry.topic, counters.clone())
+        .key(&entry.key)
+        .payload(&entry.payload);
+    match route.producer.send(record) {
+        Ok(()) => {
+            counters.enqueued.inc();
+            Ok(())
         }
-    });
-    Ok(())
+        Err((e, _)) => {
+            route.deliveries.in_flight.fetch_sub(1, Ordering::Relaxed);
+            if let Some(w) = route.window {
+                w.failed(est);
+            }
+            Err(e)
+        }
+    }
 }

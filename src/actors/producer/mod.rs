@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, Producer, PurgeConfig};
+use rdkafka::producer::{Producer, PurgeConfig};
 use tokio::sync::{mpsc, watch};
 
 use crate::actors::observe::{Published, RestartPolicy, Restarts};
@@ -32,7 +32,8 @@ use crate::instruments::Tier;
 use crate::kafka::acks::AckLedger;
 use crate::kafka::avro::AvroError;
 use crate::kafka::delivery::{
-    Deliveries, DeliveryCounters, Route, Undelivered, dispatch, refused_for_good, window_full,
+    Deliveries, DeliveryContext, DeliveryCounters, KafkaProducer, Route, Undelivered, dispatch,
+    refused_for_good, window_full,
 };
 use crate::kafka::encoder::{Encoded, Encoder};
 use crate::kafka::window::BrokerWindow;
@@ -77,7 +78,8 @@ pub struct ProducerHandle {
 }
 
 pub struct ProducerActor {
-    producer: FutureProducer,
+    /// Shared with the flush task, which blocks on it off the actor.
+    producer: Arc<KafkaProducer>,
     encoder: Encoder,
     metrics: Metrics,
     /// Shared with the stream that polls it, so control messages can pause
@@ -105,11 +107,8 @@ pub struct ProducerActor {
     /// When `in_flight` last rose from zero, for the stall check.
     busy_since_ms: u64,
     delivered_at_last_tick: u64,
-    undelivered_tx: mpsc::UnboundedSender<Undelivered>,
     /// The embedded broker's window (`None` on a real broker).
     window: Option<Arc<BrokerWindow>>,
-    /// Where acknowledged trades meet the lake's commits.
-    ledger: Option<Arc<AckLedger>>,
     undelivered_rx: Rc<RefCell<mpsc::UnboundedReceiver<Undelivered>>>,
     epoch: Instant,
     state: ProducerState,
@@ -122,6 +121,11 @@ pub struct ProducerSettings {
     pub breaker: BreakerConfig,
     pub stall: Duration,
     pub replay_batch: usize,
+    /// Holds records back while the embedded broker's window is full
+    /// (`None` on a real broker).
+    pub window: Option<Arc<BrokerWindow>>,
+    /// Told of every acknowledged trade, for the lake's accounting.
+    pub ledger: Option<Arc<AckLedger>>,
 }
 
 fn tier_slot(tier: Option<Tier>) -> usize {
@@ -129,10 +133,11 @@ fn tier_slot(tier: Option<Tier>) -> usize {
 }
 
 impl ProducerActor {
-    /// Builds the actor and its mailbox; the spill log must be open already
-    /// (records left in it are replayed before anything new goes out).
+    /// Builds the actor, its librdkafka producer (from `client`) and its
+    /// mailbox; the spill log must be open already (records left in it are
+    /// replayed before anything new goes out).
     pub fn new(
-        producer: FutureProducer,
+        client: rdkafka::ClientConfig,
         encoder: Encoder,
         metrics: Metrics,
         lane_capacity: &[usize],
@@ -143,6 +148,15 @@ impl ProducerActor {
         let breaker = CircuitBreaker::new("producer", settings.breaker)
             .map_err(|e| ProducerError::Config(e.to_string()))?;
         let (undelivered_tx, undelivered_rx) = mpsc::unbounded_channel();
+        let deliveries = Arc::new(Deliveries::default());
+        let epoch = Instant::now();
+        let producer = client.create_with_context(DeliveryContext {
+            deliveries: deliveries.clone(),
+            undelivered: undelivered_tx,
+            window: settings.window.clone(),
+            ledger: settings.ledger.clone(),
+            epoch,
+        })?;
         let published = Published::new(ProducerState::default());
         let state = published.subscribe();
         let carried = spill.pending();
@@ -153,7 +167,7 @@ impl ProducerActor {
         let events = ProducerEvents::new(metrics.clone());
         let quarantine = Quarantine::new(spill.dir());
         let actor = Self {
-            producer,
+            producer: Arc::new(producer),
             encoder,
             metrics,
             rx: Rc::new(RefCell::new(rx)),
@@ -166,17 +180,15 @@ impl ProducerActor {
             replay_batch: settings.replay_batch.max(1),
             spilled_by_tier: [0; 4],
             carried,
-            deliveries: Arc::new(Deliveries::default()),
+            deliveries,
             counters,
             events,
             quarantine,
             busy_since_ms: 0,
             delivered_at_last_tick: 0,
-            undelivered_tx,
-            window: None,
-            ledger: None,
+            window: settings.window,
             undelivered_rx: Rc::new(RefCell::new(undelivered_rx)),
-            epoch: Instant::now(),
+            epoch,
             state: ProducerState::default(),
             published,
             // A restart only re-arms the streams and the tick: no wait.
@@ -185,26 +197,11 @@ impl ProducerActor {
         Ok((actor, ProducerHandle { lanes, state }))
     }
 
-    /// Holds records back while the embedded broker's window is full.
-    pub fn with_window(mut self, window: Option<Arc<BrokerWindow>>) -> Self {
-        self.window = window;
-        self
-    }
-
-    /// Tells the lake's accounting of every acknowledged trade.
-    pub fn with_ledger(mut self, ledger: Option<Arc<AckLedger>>) -> Self {
-        self.ledger = ledger;
-        self
-    }
-
     fn to_broker(&self) -> Route<'_> {
         Route {
             producer: &self.producer,
             deliveries: &self.deliveries,
-            undelivered: &self.undelivered_tx,
             window: self.window.as_ref(),
-            ledger: self.ledger.as_ref(),
-            epoch: self.epoch,
         }
     }
 
@@ -296,7 +293,7 @@ impl ProducerActor {
             return;
         }
         let counters = self.counters.of(&entry.topic, &entry.exchange, entry.tier);
-        match dispatch(&self.to_broker(), &entry, counters.clone()) {
+        match dispatch(&self.to_broker(), &entry, &counters) {
             Ok(()) => self.note_enqueued(),
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                 // Wait for room, in order (nothing else is read meanwhile, so
@@ -304,22 +301,18 @@ impl ProducerActor {
                 // the stall time: a queue that does not drain is a broker
                 // problem, and the record is safer in the spill log.
                 let (producer, deliveries) = (self.producer.clone(), self.deliveries.clone());
-                let (tx, window) = (self.undelivered_tx.clone(), self.window.clone());
-                let (epoch, stall, ledger) = (self.epoch, self.stall, self.ledger.clone());
+                let (window, stall) = (self.window.clone(), self.stall);
                 ctx.wait(
                     async move {
                         let deadline = Instant::now() + stall;
                         let route = Route {
                             producer: &producer,
                             deliveries: &deliveries,
-                            undelivered: &tx,
                             window: window.as_ref(),
-                            ledger: ledger.as_ref(),
-                            epoch,
                         };
                         loop {
                             tokio::time::sleep(Duration::from_millis(2)).await;
-                            match dispatch(&route, &entry, counters.clone()) {
+                            match dispatch(&route, &entry, &counters) {
                                 Ok(()) => return Ok(()),
                                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
                                     if Instant::now() < deadline => {}
@@ -428,10 +421,7 @@ impl ProducerActor {
         let route = Route {
             producer: &self.producer,
             deliveries: &self.deliveries,
-            undelivered: &self.undelivered_tx,
             window: self.window.as_ref(),
-            ledger: self.ledger.as_ref(),
-            epoch: self.epoch,
         };
         let counters = &mut self.counters;
         let quarantine = &mut self.quarantine;
@@ -447,7 +437,7 @@ impl ProducerActor {
                 Err(e) => return Err(ReplayStop::Corrupt(e.to_string())),
             };
             let c = counters.of(&entry.topic, &entry.exchange, entry.tier);
-            match dispatch(&route, &entry, c) {
+            match dispatch(&route, &entry, &c) {
                 Ok(()) => {
                     budget -= 1;
                     left_log.push((entry.exchange, entry.tier, None));
@@ -798,10 +788,8 @@ mod tests {
         }
         let spill = SpillLog::open(dir.path(), 1 << 20).unwrap();
         let kafka = KafkaConfig::default();
-        let rdk: FutureProducer = crate::kafka::producer_config(&kafka, cluster.bootstrap())
-            .set("message.max.bytes", "100000")
-            .create()
-            .unwrap();
+        let mut rdk = crate::kafka::producer_config(&kafka, cluster.bootstrap());
+        rdk.set("message.max.bytes", "100000");
         let metrics = Metrics::new().unwrap();
         let (actor, _handle) = ProducerActor::new(
             rdk,
@@ -813,6 +801,8 @@ mod tests {
                 breaker: BreakerConfig::default(),
                 stall: Duration::from_secs(10),
                 replay_batch: 10,
+                window: None,
+                ledger: None,
             },
         )
         .unwrap();
