@@ -59,6 +59,9 @@ pub struct Metrics {
     pub actor_errors: IntCounterVec,
     pub actor_panics: IntCounterVec,
     pub writer_duplicates: IntCounterVec,
+    /// Committed ids the writer forgot for room while still inside
+    /// `writer.dedup_window_secs`.
+    pub writer_dedup_forgotten_early: IntCounterVec,
     pub resident_memory: IntGaugeVec,
     /// Records that left the producer and can no longer reach the lake,
     /// by topic and partition; the ranges are in `losses`.
@@ -319,6 +322,11 @@ impl Metrics {
             "Rows dropped by a writer because their message id was already committed or buffered.",
             &["table"],
         )?;
+        let writer_dedup_forgotten_early = counter(
+            "ticklake_writer_dedup_forgotten_early_total",
+            "Committed message ids a writer forgot for room (writer.dedup_capacity) while still inside writer.dedup_window_secs; a second copy of one of them would be stored again. Raise writer.dedup_capacity if this grows.",
+            &["table"],
+        )?;
         let actor_panics = counter(
             "ticklake_actor_panics_total",
             "Panics, by thread; a panic stops the daemon for a clean restart, except on a query thread, where it fails that query only.",
@@ -375,6 +383,7 @@ impl Metrics {
             actor_errors,
             actor_panics,
             writer_duplicates,
+            writer_dedup_forgotten_early,
             resident_memory,
             registry,
             feed_frames,

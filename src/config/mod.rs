@@ -259,7 +259,7 @@ impl Default for WriterConfig {
             max_rows: 100_000,
             max_age_ms: 5_000,
             target_file_size_bytes: 128 << 20,
-            dedup_capacity: 1_000_000,
+            dedup_capacity: 4_000_000,
             dedup_window_secs: 900,
         }
     }

@@ -178,16 +178,17 @@ fn flush_policy(cfg: &Config) -> FlushPolicy {
         restart: restart_policy(cfg),
         fail_commits: 0,
         dedup_capacity: cfg.writer.dedup_capacity,
+        dedup_window: Duration::from_secs(cfg.writer.dedup_window_secs),
     }
 }
 
 /// The message ids of the trades committed in the last
-/// `writer.dedup_window_secs`, so a trade that reaches Kafka twice across a
-/// restart is still recognised.
+/// `writer.dedup_window_secs`, oldest first, with their ingestion times, so
+/// a trade that reaches Kafka twice across a restart is still recognised.
 async fn recent_trade_ids(
     cfg: &Config,
     trades: &iceberg::table::Table,
-) -> Result<Vec<String>, DaemonError> {
+) -> Result<Vec<(String, i64)>, DaemonError> {
     let window_us = i64::try_from(cfg.writer.dedup_window_secs)
         .unwrap_or(i64::MAX / 2_000_000)
         .saturating_mul(1_000_000);

@@ -221,8 +221,12 @@ pub async fn append(
 /// Message ids of the rows ingested at or after `since_us` (UTC µs), read
 /// from the current snapshot. Files whose ingestion times all lie before it
 /// are pruned by their column statistics, so this reads only recent files.
-pub async fn recent_message_ids(table: &Table, since_us: i64) -> Result<Vec<String>, LakeError> {
+pub async fn recent_message_ids(
+    table: &Table,
+    since_us: i64,
+) -> Result<Vec<(String, i64)>, LakeError> {
     use arrow::array::{Array as _, AsArray};
+    use arrow::datatypes::TimestampMicrosecondType;
     use futures::TryStreamExt;
     use iceberg::expr::Reference;
     use iceberg::spec::Datum;
@@ -232,7 +236,7 @@ pub async fn recent_message_ids(table: &Table, since_us: i64) -> Result<Vec<Stri
     }
     let scan = table
         .scan()
-        .select(["message_id"])
+        .select(["message_id", "ingestion_timestamp"])
         .with_filter(
             Reference::new("ingestion_timestamp")
                 .greater_than_or_equal_to(Datum::timestamptz_micros(since_us)),
@@ -241,14 +245,26 @@ pub async fn recent_message_ids(table: &Table, since_us: i64) -> Result<Vec<Stri
     let mut stream = scan.to_arrow().await?;
     let mut ids = Vec::new();
     while let Some(batch) = stream.try_next().await? {
-        let Some(col) = batch.column(0).as_string_opt::<i32>() else {
+        let (Some(id), Some(at)) = (
+            batch.column(0).as_string_opt::<i32>(),
+            batch.column(1).as_primitive_opt::<TimestampMicrosecondType>(),
+        ) else {
             return Err(LakeError::Catalog(format!(
-                "message_id column has type {}",
-                batch.column(0).data_type()
+                "message_id and ingestion_timestamp have types {} and {}",
+                batch.column(0).data_type(),
+                batch.column(1).data_type()
             )));
         };
-        ids.extend(col.iter().flatten().map(str::to_string));
+        for i in 0..batch.num_rows() {
+            if id.is_valid(i) {
+                let t = if at.is_valid(i) { at.value(i) } else { since_us };
+                ids.push((id.value(i).to_string(), t));
+            }
+        }
     }
+    // Oldest first: the writer forgets in the order it remembers, and
+    // compacted files are sorted by symbol, not by time.
+    ids.sort_by_key(|(_, t)| *t);
     Ok(ids)
 }
 

@@ -60,6 +60,8 @@ pub struct FlushPolicy {
     /// Message ids of committed trades remembered to drop a record that
     /// reaches Kafka twice (see [`WriterActor::seed_committed`]).
     pub dedup_capacity: usize,
+    /// How long committed ids are remembered (`writer.dedup_window_secs`).
+    pub dedup_window: Duration,
 }
 
 /// What `/status` and the degradation supervisor see of a writer.
@@ -86,6 +88,8 @@ pub struct WriterState {
     /// Trades dropped because their message id was already committed or
     /// buffered.
     pub duplicates_dropped: u64,
+    /// Committed ids forgotten for room while inside the dedup window.
+    pub dedup_forgotten_early: u64,
     pub breaker: Option<BreakerSnapshot>,
     /// Its restarts are in-place rewinds to the last snapshot after a
     /// failed commit.
@@ -261,11 +265,33 @@ impl WriterActor {
     /// stored once. That happens when a broker wrote a record but its
     /// acknowledgement was lost with the connection: the producer cannot
     /// know, and sends it again (from the spill log, or after a restart).
-    pub fn seed_committed(mut self, ids: &[String]) -> Self {
-        for id in ids {
-            self.committed_ids.first_time(id);
+    pub fn seed_committed(mut self, ids: &[(String, i64)]) -> Self {
+        for (id, at) in ids {
+            self.committed_ids.first_time_key_at(dedup::key(id), *at);
         }
         self
+    }
+
+    /// Remembers the ids of the commit that just landed, forgets those
+    /// older than the window, and says so loudly when room forced out ids
+    /// still inside it.
+    fn remember_committed(&mut self) {
+        let now = crate::model::now_us();
+        for k in self.in_commit_ids.drain() {
+            self.committed_ids.first_time_key_at(k, now);
+        }
+        let window = i64::try_from(self.policy.dedup_window.as_micros()).unwrap_or(i64::MAX);
+        self.committed_ids.forget_before(now.saturating_sub(window));
+        let early = self.committed_ids.forgotten_early();
+        let new = early.saturating_sub(self.state.dedup_forgotten_early);
+        if new > 0 {
+            tracing::warn!(table = self.kind.name(), ids = new, capacity = self.policy.dedup_capacity, "committed ids forgotten inside writer.dedup_window_secs for lack of room: a second copy of one would be stored; raise writer.dedup_capacity");
+            self.state.dedup_forgotten_early = early;
+            self.metrics
+                .writer_dedup_forgotten_early
+                .with_label_values(&[self.kind.name()])
+                .inc_by(new);
+        }
     }
 
     /// Counts stored rows per exchange and tier for the accounting
@@ -481,9 +507,7 @@ impl WriterActor {
                     "committed"
                 );
                 self.failures_in_row = 0;
-                for k in self.in_commit_ids.drain() {
-                    self.committed_ids.first_time_key(k);
-                }
+                self.remember_committed();
                 if let Some(t) = &mut self.tally {
                     t.committed();
                 }
