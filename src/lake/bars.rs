@@ -272,6 +272,22 @@ impl Aggregator {
         Ok(())
     }
 
+    /// Adds `other`'s partial bars, those for which `keep(exchange,
+    /// symbol, minute)` holds.
+    pub fn merge_from(&mut self, other: &Aggregator, keep: impl Fn(&str, &str, i64) -> bool) {
+        for ((x, s, m), p) in &other.bars {
+            if !keep(x, s, *m) {
+                continue;
+            }
+            match self.bars.get_mut(&(x.clone(), s.clone(), *m)) {
+                Some(bar) => bar.absorb(p.clone()),
+                None => {
+                    self.bars.insert((x.clone(), s.clone(), *m), p.clone());
+                }
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.bars.len()
     }

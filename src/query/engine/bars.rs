@@ -13,7 +13,8 @@
 //! not on a minute, an empty lake, or bars that cannot be matched to the
 //! pinned snapshot (no bars table, expired history) go the raw way.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use datafusion::catalog::TableProvider;
 use datafusion::common::ScalarValue;
@@ -46,7 +47,17 @@ pub(crate) struct BarsSource {
     /// Its files, indexed once per manifest: a request plans them in
     /// memory instead of reading the manifest list and manifests.
     planner: Planner,
+    /// The partial bars of every symbol in the rows each recent trades
+    /// snapshot added, by (table uuid, snapshot id): the snapshots the bars
+    /// do not cover yet are summarized once, not at every request.
+    gap: Mutex<VecDeque<(GapKey, Arc<Aggregator>)>>,
 }
+
+type GapKey = (uuid::Uuid, i64);
+
+/// Trades snapshots whose partial bars are kept: more than the bars ever
+/// lag behind the trades.
+const GAP_SNAPSHOTS_KEPT: usize = 256;
 
 impl Default for BarsSource {
     fn default() -> Self {
@@ -54,6 +65,7 @@ impl Default for BarsSource {
             enabled: true,
             cached: None,
             planner: Planner::for_time_column("minute"),
+            gap: Mutex::new(VecDeque::new()),
         }
     }
 }
@@ -78,6 +90,44 @@ impl Engine {
             }
             Err(e) => tracing::debug!(error = %e, "query: loading the bars table failed"),
         }
+    }
+
+    /// The partial bars of the rows trades snapshot `s` added, every
+    /// symbol's, summarized on the first request that needs them.
+    async fn gap_summary(
+        &self,
+        trades: &Table,
+        key: GapKey,
+        s: &iceberg::spec::SnapshotRef,
+    ) -> Result<Arc<Aggregator>, QueryError> {
+        let cached = |g: &VecDeque<(GapKey, Arc<Aggregator>)>| {
+            g.iter().find(|(k, _)| *k == key).map(|(_, a)| a.clone())
+        };
+        if let Some(a) = self.bars.gap.lock().ok().and_then(|g| cached(&g)) {
+            return Ok(a);
+        }
+        let mut all = Aggregator::default();
+        for f in bars::added_files(trades, s)
+            .await
+            .map_err(QueryError::internal)?
+        {
+            for b in crate::lake::commit::read_data_file(trades, &f)
+                .await
+                .map_err(QueryError::internal)?
+            {
+                all.add(&b, |_, _, _| true).map_err(QueryError::internal)?;
+            }
+        }
+        let all = Arc::new(all);
+        if let Ok(mut g) = self.bars.gap.lock() {
+            if cached(&g).is_none() {
+                g.push_back((key, all.clone()));
+            }
+            while g.len() > GAP_SNAPSHOTS_KEPT {
+                g.pop_front();
+            }
+        }
+        Ok(all)
     }
 
     /// The bars table: the one kept loaded, else from the catalog.
@@ -137,18 +187,11 @@ impl Engine {
                 && t < r.end_us
         };
         let mut partials = Aggregator::default();
+        let uuid = trades.metadata().uuid();
         for s in &gap {
-            for f in bars::added_files(trades, s)
-                .await
-                .map_err(QueryError::internal)?
-            {
-                for b in crate::lake::commit::read_data_file(trades, &f)
-                    .await
-                    .map_err(QueryError::internal)?
-                {
-                    partials.add(&b, keep).map_err(QueryError::internal)?;
-                }
-            }
+            let summary = self.gap_summary(trades, (uuid, s.snapshot_id()), s).await?;
+            // Whole minutes: the bounds by minute are the bounds by time.
+            partials.merge_from(&summary, |x, s, m| keep(x, s, m));
             q.cancel.check()?;
         }
         for b in pin.rows() {
