@@ -1,7 +1,8 @@
 //! Fuzzing on the stable toolchain: every parser of external input takes
 //! mutated real inputs and random bytes, and must answer Ok or Err, never
 //! panic. Targets: the Binance frame parser, the capture reader, Avro
-//! decoding, the spill log's segment scan and replay, and the SQL guard
+//! decoding (where the direct trade decoder must also agree with
+//! apache-avro's), the spill log's segment scan and replay, and the SQL guard
 //! together with DataFusion's planning on the daemon's session.
 //!
 //! Inputs are the recorded captures (and records and statements built from
@@ -27,7 +28,8 @@ use futures::FutureExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use ticklake::degrade::spill::SpillLog;
-use ticklake::kafka::avro::Codec;
+use ticklake::kafka::avro::{AvroError, Codec};
+use ticklake::kafka::avro_direct::STRICTER_THAN_APACHE_AVRO;
 use ticklake::model::{DeadLetter, Dec8, Side, TradeV2};
 use ticklake::query::{pool, session, sql_guard};
 
@@ -245,8 +247,20 @@ fn trade(i: i64) -> TradeV2 {
 #[test]
 fn avro_records() {
     let codec = Codec::new(1, 2).unwrap();
-    let mut seeds: Vec<Vec<u8>> = (0..8)
-        .map(|i| codec.encode_trade(&trade(i)).unwrap())
+    let mut trades: Vec<TradeV2> = (0..8).map(trade).collect();
+    // The shapes `trade` does not make: no conditions, no vendor data, a map
+    // of several entries, multi-byte text.
+    let mut bare = trade(8);
+    bare.trade_conditions.clear();
+    bare.vendor_data = None;
+    bare.platform_sequence = Some(-1);
+    let mut full = trade(9);
+    full.trade_conditions = vec!["é".into(), String::new(), "中".into()];
+    full.vendor_data = Some((0..4).map(|i| (format!("k{i}"), "v".repeat(i))).collect());
+    trades.extend([bare, full]);
+    let mut seeds: Vec<Vec<u8>> = trades
+        .iter()
+        .map(|t| codec.encode_trade(t).unwrap())
         .collect();
     for f in frames().iter().take(4) {
         let d = DeadLetter::new("BINANCE", "ws://x", 1, "fuzz".into(), f.clone());
@@ -254,7 +268,24 @@ fn avro_records() {
     }
     fuzz("avro decode", seeds, |bytes| {
         let _ = codec.kind_of(bytes);
-        let _ = codec.decode_trade(bytes);
+        // decode_trade is the direct decoder: where apache-avro's refuses,
+        // it must refuse; where both read, they must read the same record;
+        // it may refuse more only for the reasons it names.
+        match (
+            codec.decode_trade_reference(bytes),
+            codec.decode_trade(bytes),
+        ) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "the trade decoders disagree"),
+            (Err(_), Err(_)) => {}
+            (Err(e), Ok(t)) => {
+                panic!("apache-avro refuses ({e}) what the direct decoder reads: {t:?}")
+            }
+            (Ok(t), Err(e)) => assert!(
+                matches!(&e, AvroError::Field { reason, .. }
+                    if STRICTER_THAN_APACHE_AVRO.contains(&reason.as_str())),
+                "the direct decoder refuses ({e}) what apache-avro reads: {t:?}"
+            ),
+        }
         let _ = codec.decode_dead_letter(bytes);
     });
 }

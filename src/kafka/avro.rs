@@ -1,5 +1,10 @@
 //! Avro encoding of `TradeV2` and dead letters in the Confluent wire format:
 //! magic byte 0, a 4-byte big-endian schema id, then the Avro datum.
+//!
+//! Trades, the hot path, go through the hand-written codec in
+//! `avro_direct`; dead letters, which are rare, through apache-avro. The
+//! apache-avro path for trades is kept as the reference the direct one is
+//! tested against.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
@@ -9,7 +14,10 @@ use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::{Decimal, Schema};
 
+use crate::kafka::avro_direct;
 use crate::model::{AssetClass, DeadLetter, Dec8, Side, TradeV2};
+
+pub use crate::kafka::avro_direct::AvroError;
 
 /// Subject under which the trade schema is registered (Confluent's
 /// TopicRecordNameStrategy style, independent of the topic name).
@@ -60,20 +68,6 @@ static DEAD_LETTER_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
     Schema::parse_str(DEAD_LETTER_SCHEMA_JSON).expect("DeadLetterV1 schema is valid")
 });
 
-#[derive(Debug, thiserror::Error)]
-pub enum AvroError {
-    #[error("record too short for the confluent wire format ({0} bytes)")]
-    TooShort(usize),
-    #[error("bad magic byte {0}; expected 0 (confluent wire format)")]
-    Magic(u8),
-    #[error("unknown schema id {0}")]
-    UnknownSchema(u32),
-    #[error("avro: {0}")]
-    Avro(#[from] Box<apache_avro::Error>),
-    #[error("field `{field}`: {reason}")]
-    Field { field: &'static str, reason: String },
-}
-
 impl From<apache_avro::Error> for AvroError {
     fn from(e: apache_avro::Error) -> Self {
         AvroError::Avro(Box::new(e))
@@ -117,7 +111,24 @@ impl Codec {
         })
     }
 
+    /// Never fails; the `Result` stays so that callers written for the
+    /// apache-avro path, which could, need not change.
     pub fn encode_trade(&self, t: &TradeV2) -> Result<Vec<u8>, AvroError> {
+        let mut buf = Vec::new();
+        self.encode_trade_into(&mut buf, t);
+        Ok(buf)
+    }
+
+    /// Appends a framed trade to `buf`, for a caller that reuses a buffer.
+    pub fn encode_trade_into(&self, buf: &mut Vec<u8>, t: &TradeV2) {
+        avro_direct::encode_trade_into(buf, self.trade_id, t);
+    }
+
+    /// apache-avro's encoding of a trade, through its `Value` tree: the
+    /// reference the direct codec is checked against, for tests only.
+    /// `vendor_data` goes through a `HashMap`, so a map of two or more
+    /// entries comes out in an order that changes from run to run.
+    pub fn encode_trade_reference(&self, t: &TradeV2) -> Result<Vec<u8>, AvroError> {
         let body = self.trade_writer.write_value_to_vec(trade_to_value(t))?;
         Ok(frame(self.trade_id, body))
     }
@@ -156,6 +167,16 @@ impl Codec {
     }
 
     pub fn decode_trade(&self, bytes: &[u8]) -> Result<TradeV2, AvroError> {
+        let (id, body) = unframe(bytes)?;
+        if id != self.trade_id {
+            return Err(AvroError::UnknownSchema(id));
+        }
+        avro_direct::decode_trade_body(body)
+    }
+
+    /// apache-avro's decoding of a trade, through its `Value` tree: the
+    /// reference the direct codec is checked against, for tests only.
+    pub fn decode_trade_reference(&self, bytes: &[u8]) -> Result<TradeV2, AvroError> {
         let (id, mut body) = unframe(bytes)?;
         if id != self.trade_id {
             return Err(AvroError::UnknownSchema(id));

@@ -5,6 +5,7 @@
 
 pub mod acks;
 pub mod avro;
+pub mod avro_direct;
 pub mod delivery;
 pub mod encoder;
 pub mod registry;
