@@ -96,7 +96,7 @@ impl Partial {
 /// Readers merge partials the same way, so their answers do not change.
 pub fn merge_partials(rows: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, LakeError> {
     let mut a = Aggregator::default();
-    a.add_partials(rows)?;
+    a.add_partials(rows, |_, _, _| true)?;
     a.into_batch(schema)
 }
 
@@ -203,9 +203,14 @@ impl Aggregator {
         Ok(())
     }
 
-    /// Adds partial bars (rows of the bars table), merging them with those
-    /// of the same (exchange, symbol, minute) as readers do.
-    pub fn add_partials(&mut self, b: &RecordBatch) -> Result<(), LakeError> {
+    /// Adds partial bars (rows of the bars table), those for which
+    /// `keep(exchange, symbol, minute)` holds, merging them with those of
+    /// the same (exchange, symbol, minute) as readers do.
+    pub fn add_partials(
+        &mut self,
+        b: &RecordBatch,
+        keep: impl Fn(&str, &str, i64) -> bool,
+    ) -> Result<(), LakeError> {
         let exchange = strings(b, "exchange")?;
         let symbol = strings(b, "symbol")?;
         let first = strings(b, "first_trade_id")?;
@@ -237,6 +242,9 @@ impl Aggregator {
         let close_seq: Int64Array = typed(b, "close_seq")?;
         let seq = |a: &Int64Array, i: usize| a.is_valid(i).then(|| a.value(i));
         for i in 0..b.num_rows() {
+            if !keep(exchange.value(i), symbol.value(i), minute.value(i)) {
+                continue;
+            }
             let p = Partial {
                 open: open.value(i),
                 high: high.value(i),

@@ -105,10 +105,15 @@ pub async fn write_data_files(
     let md = table.metadata();
     // Rows arrive sorted by (symbol, timestamp); row groups of 64k rows
     // give each symbol its own groups, whose statistics let a query on
-    // one symbol skip the rest of the file.
+    // one symbol skip the rest of the file. Pages of at most 8k rows, with
+    // the page index, let "the last minutes" of a symbol read the few pages
+    // its time range covers instead of whole row groups (a 64k-row group
+    // spans an hour and a half of a busy symbol).
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_row_count(Some(64 * 1024))
+        .set_data_page_row_count_limit(8 * 1024)
+        .set_statistics_enabled(parquet::file::properties::EnabledStatistics::Page)
         .build();
     let parquet = ParquetWriterBuilder::new(props, md.current_schema().clone());
     let rolling = RollingFileWriterBuilder::new(
@@ -247,7 +252,9 @@ pub async fn recent_message_ids(
     while let Some(batch) = stream.try_next().await? {
         let (Some(id), Some(at)) = (
             batch.column(0).as_string_opt::<i32>(),
-            batch.column(1).as_primitive_opt::<TimestampMicrosecondType>(),
+            batch
+                .column(1)
+                .as_primitive_opt::<TimestampMicrosecondType>(),
         ) else {
             return Err(LakeError::Catalog(format!(
                 "message_id and ingestion_timestamp have types {} and {}",
@@ -257,7 +264,11 @@ pub async fn recent_message_ids(
         };
         for i in 0..batch.num_rows() {
             if id.is_valid(i) {
-                let t = if at.is_valid(i) { at.value(i) } else { since_us };
+                let t = if at.is_valid(i) {
+                    at.value(i)
+                } else {
+                    since_us
+                };
                 ids.push((id.value(i).to_string(), t));
             }
         }

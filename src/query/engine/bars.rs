@@ -13,10 +13,10 @@
 //! not on a minute, an empty lake, or bars that cannot be matched to the
 //! pinned snapshot (no bars table, expired history) go the raw way.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use datafusion::catalog::TableProvider;
+use arrow::array::RecordBatch;
 use datafusion::common::ScalarValue;
 use datafusion::functions::datetime::expr_fn::date_bin;
 use datafusion::functions_aggregate::expr_fn::{first_value, last_value, max, min, sum};
@@ -51,7 +51,21 @@ pub(crate) struct BarsSource {
     /// snapshot added, by (table uuid, snapshot id): the snapshots the bars
     /// do not cover yet are summarized once, not at every request.
     gap: Mutex<VecDeque<(GapKey, Arc<Aggregator>)>>,
+    /// The bars table's data files, decoded once each (files never change;
+    /// a minute's bars are a few rows, and between compactions a day's
+    /// bars sit in hundreds of small files).
+    files: Mutex<FileCache>,
 }
+
+/// Decoded files by path, within a byte budget.
+#[derive(Default)]
+struct FileCache {
+    files: HashMap<Arc<str>, Arc<Vec<RecordBatch>>>,
+    bytes: usize,
+}
+
+/// What the decoded bars files may hold; past it the cache starts over.
+const BARS_CACHE_BYTES: usize = 256 << 20;
 
 type GapKey = (uuid::Uuid, i64);
 
@@ -66,6 +80,7 @@ impl Default for BarsSource {
             cached: None,
             planner: Planner::for_time_column("minute"),
             gap: Mutex::new(VecDeque::new()),
+            files: Mutex::new(FileCache::default()),
         }
     }
 }
@@ -128,6 +143,55 @@ impl Engine {
             }
         }
         Ok(all)
+    }
+
+    /// The decoded data files of `table` at `snapshot` that can hold rows
+    /// matching `preds`, or `None` when the planner cannot list them.
+    async fn bars_files(
+        &self,
+        table: &Table,
+        snapshot: i64,
+        preds: &[datafusion::logical_expr::Expr],
+    ) -> Result<Option<Vec<Arc<Vec<RecordBatch>>>>, QueryError> {
+        let Some(planned) = self
+            .bars
+            .planner
+            .plan(table, snapshot, preds)
+            .await
+            .map_err(df_err)?
+        else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(planned.len());
+        for f in planned {
+            let hit = self
+                .bars
+                .files
+                .lock()
+                .ok()
+                .and_then(|c| c.files.get(&f.path).cloned());
+            let batches = match hit {
+                Some(b) => b,
+                None => {
+                    let b = Arc::new(
+                        crate::lake::commit::read_data_file(table, &f.path)
+                            .await
+                            .map_err(QueryError::internal)?,
+                    );
+                    if let Ok(mut c) = self.bars.files.lock() {
+                        let size: usize = b.iter().map(|x| x.get_array_memory_size()).sum();
+                        if c.bytes + size > BARS_CACHE_BYTES {
+                            *c = FileCache::default();
+                        }
+                        c.bytes += size;
+                        c.files.insert(f.path.clone(), b.clone());
+                    }
+                    b
+                }
+            };
+            out.push(batches);
+        }
+        Ok(Some(out))
     }
 
     /// The bars table: the one kept loaded, else from the catalog.
@@ -198,17 +262,37 @@ impl Engine {
             partials.add(b, keep).map_err(QueryError::internal)?;
         }
         let tail_rows: usize = pin.rows().iter().map(|b| b.num_rows()).sum();
-        let provider = SnapshotTable::new(table, bars_snapshot, self.bars.planner.clone())
-            .map_err(QueryError::internal)?;
-        let extra = partials
-            .into_batch(&provider.schema())
-            .map_err(QueryError::internal)?;
         let preds = ohlcv_filters(r, "minute");
-        let stored = filtered(
-            self.ctx.read_table(Arc::new(provider)).map_err(df_err)?,
-            preds,
-        )?;
+        // The stored bars merged here with the rest, from files decoded
+        // once; where the planner cannot list the files (delete files),
+        // DataFusion reads them and the union below merges.
+        let stored = match self.bars_files(&table, bars_snapshot, &preds).await? {
+            Some(files) => {
+                for b in files.iter().flat_map(|f| f.iter()) {
+                    partials
+                        .add_partials(b, |x, s, m| keep(x, s, m))
+                        .map_err(QueryError::internal)?;
+                }
+                None
+            }
+            None => Some(
+                SnapshotTable::new(table.clone(), bars_snapshot, self.bars.planner.clone())
+                    .map_err(QueryError::internal)?,
+            ),
+        };
+        let schema = crate::lake::batch::arrow_schema(table.metadata().current_schema())
+            .map_err(QueryError::internal)?;
+        let extra = partials.into_batch(&schema).map_err(QueryError::internal)?;
         let fresh = self.ctx.read_batch(extra).map_err(df_err)?;
+        let merged = match stored {
+            Some(provider) => filtered(
+                self.ctx.read_table(Arc::new(provider)).map_err(df_err)?,
+                preds,
+            )?
+            .union(fresh)
+            .map_err(df_err)?,
+            None => fresh,
+        };
         let open_order = || {
             vec![
                 col("open_ts").sort(true, false),
@@ -226,21 +310,18 @@ impl Engine {
         let step = r.interval.micros();
         let stride = lit(ScalarValue::new_interval_mdn(0, 0, step * 1000));
         let bucket = date_bin(stride, col("minute"), ts_lit(0)).alias("time");
-        let df = stored
-            .union(fresh)
-            .and_then(|d| {
-                d.aggregate(
-                    vec![bucket],
-                    vec![
-                        first_value(col("open"), open_order()).alias("open"),
-                        max(col("high")).alias("high"),
-                        min(col("low")).alias("low"),
-                        last_value(col("close"), close_order()).alias("close"),
-                        sum(col("volume")).alias("volume"),
-                        sum(col("trades")).alias("trades"),
-                    ],
-                )
-            })
+        let df = merged
+            .aggregate(
+                vec![bucket],
+                vec![
+                    first_value(col("open"), open_order()).alias("open"),
+                    max(col("high")).alias("high"),
+                    min(col("low")).alias("low"),
+                    last_value(col("close"), close_order()).alias("close"),
+                    sum(col("volume")).alias("volume"),
+                    sum(col("trades")).alias("trades"),
+                ],
+            )
             .and_then(|d| d.sort(vec![col("time").sort(true, false)]))
             .map_err(df_err)?;
         let (rows, _) = collect(df, q, None).await?;
