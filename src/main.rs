@@ -124,6 +124,10 @@ enum Command {
         /// Symbols the generated frames spread over (`--from feed`).
         #[arg(long, default_value_t = 50)]
         symbols: usize,
+        /// Frames a second the server plays (`--from feed`); without it, as
+        /// fast as the feed reads them.
+        #[arg(long)]
+        rate: Option<f64>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -390,8 +394,13 @@ fn main() -> anyhow::Result<()> {
             from,
             trades,
             symbols,
+            rate,
             json,
         } => {
+            anyhow::ensure!(
+                rate.is_none_or(|r| r > 0.0 && r.is_finite()),
+                "--rate must be a positive number of frames a second"
+            );
             let cfg = Config::load(config.as_deref())?;
             let sys = actix_system();
             let timeout = std::time::Duration::from_secs(600);
@@ -399,7 +408,7 @@ fn main() -> anyhow::Result<()> {
                 BenchFrom::Feed => {
                     let n = trades.unwrap_or(1_000_000);
                     let report = sys.block_on(async move {
-                        ticklake::tools::bench::run_full(&cfg, n, symbols, timeout).await
+                        ticklake::tools::bench::run_full(&cfg, n, symbols, rate, timeout).await
                     })?;
                     print_report(&report, json)
                 }

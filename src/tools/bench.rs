@@ -195,10 +195,11 @@ pub async fn run_full(
     base: &Config,
     trades: usize,
     symbols: usize,
+    rate: Option<f64>,
     timeout: Duration,
 ) -> Result<FullReport, BenchError> {
     let (cfg, dir) = bench_config(base);
-    let result = full::measure(&cfg, trades, symbols, timeout).await;
+    let result = full::measure(&cfg, trades, symbols, rate, timeout).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

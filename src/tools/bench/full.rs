@@ -91,7 +91,9 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn start(frames: Vec<Utf8Bytes>) -> Result<Self, BenchError> {
+    /// Serves `frames`, at `rate` frames a second when given (else as fast
+    /// as the client reads them).
+    fn start(frames: Vec<Utf8Bytes>, rate: Option<f64>) -> Result<Self, BenchError> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|e| BenchError::Producer(format!("bench exchange: {e}")))?;
@@ -136,7 +138,19 @@ impl Exchange {
                                 idle.push(sink);
                                 continue;
                             }
+                            let began = tokio::time::Instant::now();
                             for (i, f) in frames.iter().enumerate() {
+                                // Paced in slices of 64 frames, flushed
+                                // before each wait.
+                                if let Some(r) = rate.filter(|_| i % 64 == 0 && i > 0) {
+                                    let due = began + Duration::from_secs_f64(i as f64 / r);
+                                    if due > tokio::time::Instant::now() {
+                                        if sink.flush().await.is_err() {
+                                            break;
+                                        }
+                                        tokio::time::sleep_until(due).await;
+                                    }
+                                }
                                 if sink.feed(Message::Text(f.clone())).await.is_err() {
                                     break;
                                 }
@@ -183,10 +197,13 @@ pub struct FullReport {
     pub trades: usize,
     pub symbols: usize,
     pub frame_bytes: usize,
+    /// Frames a second the server offered (`None`: as fast as read).
+    pub offered_per_s: Option<f64>,
     pub record_bytes: usize,
     pub partitions: i32,
     /// First frame received to last trade committed.
     pub seconds: f64,
+    /// Trades stored in the lake per second of that.
     pub end_to_end_per_s: f64,
     /// Process CPU (less the exchange's thread) per trade, in µs.
     pub cpu_us_per_trade: f64,
@@ -215,12 +232,16 @@ impl std::fmt::Display for FullReport {
         writeln!(f, "broker:                       {}", self.broker)?;
         writeln!(
             f,
-            "trades:                       {} over {} symbols (frame {} bytes, Avro record {} bytes, {} partitions)",
+            "trades:                       {} over {} symbols, all tier 1 (frame {} bytes, Avro record {} bytes, {} partitions)",
             self.trades, self.symbols, self.frame_bytes, self.record_bytes, self.partitions
         )?;
+        match self.offered_per_s {
+            Some(r) => writeln!(f, "offered:                      {r:.0} frames/s")?,
+            None => writeln!(f, "offered:                      as fast as the feed reads")?,
+        }
         writeln!(
             f,
-            "end to end:                   {:.0} trades/s ({:.2} s, {} commits, level at most {})",
+            "end to end:                   {:.0} trades/s stored ({:.2} s, {} commits, level at most {})",
             self.end_to_end_per_s, self.seconds, self.commits, self.max_level
         )?;
         writeln!(
@@ -288,13 +309,32 @@ pub async fn measure(
     cfg: &Config,
     n: usize,
     symbol_count: usize,
+    rate: Option<f64>,
     timeout: Duration,
 ) -> Result<FullReport, BenchError> {
     let syms = symbols(symbol_count.max(1));
     let played = frames(n, &syms);
     let frame_bytes = played.first().map(|f| f.len()).unwrap_or(0);
-    let exchange = Exchange::start(played)?;
+    let exchange = Exchange::start(played, rate)?;
     let mut cfg = cfg.clone();
+    // Every bench symbol in tier 1, which no level sheds: a run faster
+    // than the pipeline pushes back on the feed (and raises the level)
+    // instead of dropping trades, so every trade is stored and the rate
+    // and the CPU per trade are those of the whole path.
+    let instruments = cfg.data_dir_abs().join("bench-instruments.toml");
+    let quoted: Vec<String> = syms.iter().map(|s| format!("\"{s}\"")).collect();
+    std::fs::create_dir_all(cfg.data_dir_abs())
+        .and_then(|()| {
+            std::fs::write(
+                &instruments,
+                format!(
+                    "[exchanges.BINANCE]\nsymbol_pattern = \"[A-Z0-9]{{4,20}}\"\ntier1 = [{}]\n",
+                    quoted.join(", ")
+                ),
+            )
+        })
+        .map_err(|e| BenchError::Producer(format!("bench instruments: {e}")))?;
+    cfg.instruments_file = instruments.display().to_string();
     cfg.feeds.binance.enabled = true;
     cfg.feeds.binance.exchange = "BINANCE".into();
     cfg.feeds.binance.url = format!("ws://{}", exchange.addr);
@@ -438,7 +478,7 @@ pub async fn measure(
     d.shutdown(Duration::from_secs(10)).await?;
     drop(exchange);
 
-    let per_s = n as f64 / seconds;
+    let per_s = stored_n as f64 / seconds;
     let produce_per_s = n as f64 / produce_secs;
     let round_trip_per_s = n as f64 / round_trip_secs;
     Ok(FullReport {
@@ -450,6 +490,7 @@ pub async fn measure(
         trades: n,
         symbols: syms.len(),
         frame_bytes,
+        offered_per_s: rate,
         record_bytes,
         partitions,
         seconds,
