@@ -97,6 +97,8 @@ pub struct Daemon {
     /// The uncommitted trades, and the queries over them and the lake.
     pub tail: Addr<TailActor>,
     pub query: Addr<QueryActor>,
+    /// The consumer's, the tail's and the writers' thread.
+    lake_arbiter: actix::Arbiter,
     /// This process's claim on the data directory, released at exit.
     _lock: lock::DataDirLock,
 }
@@ -151,6 +153,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         http_addr,
         tail: lake.tail,
         query: lake.query,
+        lake_arbiter: lake.arbiter,
         _lock: lock,
     })
 }

@@ -35,6 +35,9 @@ impl Daemon {
             feed.send(StopFeed).await?;
         }
         self.drain_and_flush(drain_timeout).await?;
+        // Everything is committed; the ingest thread can go (a bench or a
+        // test starts daemons one after another in one process).
+        self.lake_arbiter.stop();
         // Everything is committed. The Kafka clients inside the actors only
         // go away when the process exits; tearing the embedded cluster down
         // before them would just make them log connection errors.

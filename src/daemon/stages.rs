@@ -48,6 +48,11 @@ pub struct LakeStage {
     pub query_state: Arc<dyn StatusNode>,
     /// Where the producer's acknowledgements meet the trades commits.
     pub ledger: Arc<AckLedger>,
+    /// The thread the consumer, the tail and the writers run on, apart
+    /// from the feed and the producer (on the system's thread): decoding,
+    /// the tail and the writers' buffers no longer share a core with
+    /// parsing and encoding.
+    pub arbiter: Arbiter,
 }
 
 /// The writers, each starting at its snapshot's offsets, then the tail and
@@ -109,8 +114,10 @@ pub async fn lake(
     .seed_committed(&recent)
     .with_tally(Arc::new(cfg.instruments()?), ledger.clone())
     .with_fatal(fatal.clone());
+    let arbiter = Arbiter::new();
+    let lake_thread = arbiter.handle();
     let trades_state = trades.subscribe();
-    let trades = trades.start();
+    let trades = WriterActor::start_in_arbiter(&lake_thread, move |_| trades);
     let dead_letters = WriterActor::new(
         TableKind::DeadLetters,
         catalog.clone(),
@@ -122,14 +129,14 @@ pub async fn lake(
     )?
     .with_fatal(fatal);
     let dl_state = dead_letters.subscribe();
-    let dead_letters = dead_letters.start();
+    let dead_letters = WriterActor::start_in_arbiter(&lake_thread, move |_| dead_letters);
 
     let QuerySide {
         tail,
         tail_state,
         query,
         query_state,
-    } = tail_and_query(cfg, kafka, &trades, metrics).await?;
+    } = tail_and_query(cfg, kafka, &trades, metrics, &lake_thread).await?;
     let bars_state = bars(cfg, catalog.clone(), &trades, &query).await?;
     let mut states: Vec<Arc<dyn StatusNode>> =
         vec![Arc::new(trades_state.clone()), Arc::new(dl_state.clone())];
@@ -147,6 +154,7 @@ pub async fn lake(
         query,
         query_state,
         ledger,
+        arbiter,
     })
 }
 
@@ -234,9 +242,8 @@ async fn tail_and_query(
     kafka: &KafkaReady,
     trades: &Addr<WriterActor>,
     metrics: &Metrics,
+    lake_thread: &ArbiterHandle,
 ) -> Result<QuerySide, DaemonError> {
-    let tail_ctx = Context::<TailActor>::new();
-    let tail = tail_ctx.address();
     // Hybrid scans read the tail's published snapshots, not the actor.
     let tail_view = crate::query::tail::TailView::default();
     let mut engine = crate::query::session::engine(cfg, Some(tail_view.clone())).await?;
@@ -251,8 +258,6 @@ async fn tail_and_query(
     let query_actor = QueryActor::new(Arc::new(engine));
     let query_state = query_actor.subscribe();
     let query = query_actor.start();
-    trades.do_send(AddCommitListener(tail.clone().recipient()));
-    trades.do_send(AddCommitListener(query.clone().recipient()));
     let tail_actor = TailActor::new(
         &kafka.cluster_id,
         cfg.tail.max_rows,
@@ -262,7 +267,9 @@ async fn tail_and_query(
     .with_writer(trades.clone().recipient())
     .with_metrics(metrics.clone());
     let tail_state = tail_actor.subscribe();
-    tail_ctx.run(tail_actor);
+    let tail = TailActor::start_in_arbiter(lake_thread, move |_| tail_actor);
+    trades.do_send(AddCommitListener(tail.clone().recipient()));
+    trades.do_send(AddCommitListener(query.clone().recipient()));
     Ok(QuerySide {
         tail,
         tail_state: Arc::new(tail_state),
@@ -398,7 +405,7 @@ pub fn consumer(
         restart_policy(cfg),
     );
     let state = actor.subscribe();
-    let addr = Supervisor::start(move |_| actor);
+    let addr = Supervisor::start_in_arbiter(&lake.arbiter.handle(), move |_| actor);
     for w in [&lake.trades, &lake.dead_letters] {
         // Sent before any rows can reach the writer, so no commit misses it.
         w.do_send(AddCommitListener(addr.clone().recipient()));
