@@ -73,10 +73,13 @@ pub struct RecordCounters {
     tier: Option<Tier>,
 }
 
+/// One exchange's counters by tier (index 3: dead letters, no tier).
+type ByTier = [Option<Arc<RecordCounters>>; 4];
+
 /// [`RecordCounters`] kept per topic, exchange and tier.
 pub struct DeliveryCounters {
     metrics: Metrics,
-    kept: HashMap<String, HashMap<String, [Option<Arc<RecordCounters>>; 4]>>,
+    kept: HashMap<String, HashMap<String, ByTier>>,
 }
 
 impl DeliveryCounters {

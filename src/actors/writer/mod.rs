@@ -285,7 +285,12 @@ impl WriterActor {
         let early = self.committed_ids.forgotten_early();
         let new = early.saturating_sub(self.state.dedup_forgotten_early);
         if new > 0 {
-            tracing::warn!(table = self.kind.name(), ids = new, capacity = self.policy.dedup_capacity, "committed ids forgotten inside writer.dedup_window_secs for lack of room: a second copy of one would be stored; raise writer.dedup_capacity");
+            tracing::warn!(
+                table = self.kind.name(),
+                ids = new,
+                capacity = self.policy.dedup_capacity,
+                "committed ids forgotten inside writer.dedup_window_secs for lack of room: a second copy of one would be stored; raise writer.dedup_capacity"
+            );
             self.state.dedup_forgotten_early = early;
             self.metrics
                 .writer_dedup_forgotten_early
