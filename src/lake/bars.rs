@@ -120,6 +120,18 @@ fn column<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, LakeError>
         .ok_or_else(|| LakeError::Parquet(format!("trades rows without column {name}")))
 }
 
+/// A timestamp column as microseconds without a zone.
+fn micros(b: &RecordBatch, name: &str) -> Result<TimestampMicrosecondArray, LakeError> {
+    let c = arrow::compute::cast(
+        column(b, name)?,
+        &DataType::Timestamp(TimeUnit::Microsecond, None),
+    )?;
+    c.as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .cloned()
+        .ok_or_else(|| LakeError::Parquet(format!("{name} is not in microseconds")))
+}
+
 fn typed<T: Clone + 'static>(b: &RecordBatch, name: &str) -> Result<T, LakeError> {
     column(b, name)?
         .as_any()
@@ -140,14 +152,7 @@ impl Aggregator {
         let symbol = strings(b, "symbol")?;
         let message_id = strings(b, "message_id")?;
         let trade_id = strings(b, "trade_id")?;
-        let ts_col = arrow::compute::cast(
-            column(b, "timestamp")?,
-            &DataType::Timestamp(TimeUnit::Microsecond, None),
-        )?;
-        let ts = ts_col
-            .as_any()
-            .downcast_ref::<TimestampMicrosecondArray>()
-            .ok_or_else(|| LakeError::Parquet("timestamp is not in microseconds".into()))?;
+        let ts = micros(b, "timestamp")?;
         let price: Decimal128Array = typed(b, "price")?;
         let quantity: Decimal128Array = typed(b, "quantity")?;
         let seq: Int64Array = typed(b, "source_sequence")?;
@@ -217,18 +222,11 @@ impl Aggregator {
         let last = strings(b, "last_trade_id")?;
         let open_id = strings(b, "open_id")?;
         let close_id = strings(b, "close_id")?;
-        let micros = |name: &str| -> Result<TimestampMicrosecondArray, LakeError> {
-            let c = arrow::compute::cast(
-                column(b, name)?,
-                &DataType::Timestamp(TimeUnit::Microsecond, None),
-            )?;
-            c.as_any()
-                .downcast_ref::<TimestampMicrosecondArray>()
-                .cloned()
-                .ok_or_else(|| LakeError::Parquet(format!("{name} is not in microseconds")))
-        };
-        let (minute, open_ts, close_ts) =
-            (micros("minute")?, micros("open_ts")?, micros("close_ts")?);
+        let (minute, open_ts, close_ts) = (
+            micros(b, "minute")?,
+            micros(b, "open_ts")?,
+            micros(b, "close_ts")?,
+        );
         let dec = |name: &str| typed::<Decimal128Array>(b, name);
         let (open, high, low, close, volume) = (
             dec("open")?,

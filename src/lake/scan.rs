@@ -102,6 +102,39 @@ pub async fn parquet_plan(
     Ok(Some(format.create_physical_plan(state, config).await?))
 }
 
+/// A plan reading `table` at `snapshot_id`: the fast path where it applies
+/// (`parquet_plan`), else Iceberg's own reader.
+#[allow(clippy::too_many_arguments)]
+pub async fn snapshot_plan(
+    state: &dyn Session,
+    planner: &Planner,
+    table: &Table,
+    snapshot_id: i64,
+    schema: &SchemaRef,
+    projection: Option<&Vec<usize>>,
+    filters: &[Expr],
+    limit: Option<usize>,
+) -> DFResult<Arc<dyn ExecutionPlan>> {
+    let fast = parquet_plan(
+        state,
+        planner,
+        table,
+        snapshot_id,
+        schema,
+        projection,
+        filters,
+        limit,
+    )
+    .await?;
+    if let Some(plan) = fast {
+        return Ok(plan);
+    }
+    let slow = IcebergStaticTableProvider::try_new_from_table_snapshot(table.clone(), snapshot_id)
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    slow.scan(state, projection, filters, limit).await
+}
+
 /// One snapshot of a table as a DataFusion table, read through the fast
 /// path where it applies and Iceberg's reader where it does not. The
 /// minute bars are read so: their files planned from the planner's index,
@@ -155,7 +188,7 @@ impl TableProvider for SnapshotTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let fast = parquet_plan(
+        snapshot_plan(
             state,
             &self.planner,
             &self.table,
@@ -165,17 +198,7 @@ impl TableProvider for SnapshotTable {
             filters,
             limit,
         )
-        .await?;
-        if let Some(plan) = fast {
-            return Ok(plan);
-        }
-        let slow = IcebergStaticTableProvider::try_new_from_table_snapshot(
-            self.table.clone(),
-            self.snapshot_id,
-        )
         .await
-        .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        slow.scan(state, projection, filters, limit).await
     }
 
     fn supports_filters_pushdown(

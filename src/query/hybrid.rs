@@ -27,7 +27,6 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
 use iceberg::table::Table;
 use iceberg::{Catalog, TableIdent};
-use iceberg_datafusion::IcebergStaticTableProvider;
 use serde::Serialize;
 
 use crate::lake::commit::current_offsets;
@@ -314,8 +313,8 @@ impl TableProvider for HybridTable {
         match snapshot_id {
             // The lake side gets the same filters: Iceberg prunes partitions
             // (day, exchange) and files, the Parquet reader row groups and pages.
-            Some(id) => {
-                let fast = crate::lake::scan::parquet_plan(
+            Some(id) => inputs.push(
+                crate::lake::scan::snapshot_plan(
                     state,
                     &self.planner,
                     &table,
@@ -325,18 +324,8 @@ impl TableProvider for HybridTable {
                     filters,
                     limit,
                 )
-                .await?;
-                match fast {
-                    Some(plan) => inputs.push(plan),
-                    None => {
-                        let lake =
-                            IcebergStaticTableProvider::try_new_from_table_snapshot(table, id)
-                                .await
-                                .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                        inputs.push(lake.scan(state, projection, filters, limit).await?);
-                    }
-                }
-            }
+                .await?,
+            ),
             None => inputs.push(crate::lake::scan::empty_plan(&self.schema, projection)?),
         }
         if !rows.is_empty() {
