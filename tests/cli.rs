@@ -135,13 +135,14 @@ fn replay_retime_plays_the_capture_as_if_live() {
     }
 }
 
-/// The whole path: generated frames through the feed actor into the lake,
-/// with both ceilings, the CPU per trade and where it went.
-#[test]
-fn bench_from_the_feed_commits_every_frame_and_reports_its_costs() {
+/// `ticklake bench ARGS --json` on the embedded cluster, in a fresh
+/// directory: its report.
+fn bench_json(args: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(bin())
-        .args(["bench", "--trades", "3000", "--symbols", "20", "--json"])
+        .arg("bench")
+        .args(args)
+        .arg("--json")
         .current_dir(dir.path())
         .env("TICKLAKE_LOG", "warn")
         .output()
@@ -151,7 +152,14 @@ fn bench_from_the_feed_commits_every_frame_and_reports_its_costs() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The whole path: generated frames through the feed actor into the lake,
+/// with both ceilings, the CPU per trade and where it went.
+#[test]
+fn bench_from_the_feed_commits_every_frame_and_reports_its_costs() {
+    let r = bench_json(&["--trades", "3000", "--symbols", "20"]);
     assert_eq!(r["trades"], 3000);
     assert_eq!(r["symbols"], 20);
     let o = &r["outcomes"];
@@ -183,19 +191,7 @@ fn bench_from_the_feed_commits_every_frame_and_reports_its_costs() {
 
 #[test]
 fn bench_reports_end_to_end_and_raw_rates_on_the_embedded_cluster() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(bin())
-        .args(["bench", "--from", "lanes", "--trades", "3000", "--json"])
-        .current_dir(dir.path())
-        .env("TICKLAKE_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = bench_json(&["--from", "lanes", "--trades", "3000"]);
     assert_eq!(r["trades"], 3000);
     assert!(r["record_bytes"].as_u64().unwrap() > 50, "{r}");
     assert!(r["raw_produce_per_s"].as_f64().unwrap() > 0.0, "{r}");
