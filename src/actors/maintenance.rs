@@ -186,6 +186,23 @@ pub struct Job {
     /// for `retention_days` alone.
     compacting: bool,
     retention_days: u32,
+    /// This daemon's warehouse; tables located elsewhere are left alone.
+    warehouse: String,
+}
+
+/// Whether `location` (a table's, from its metadata) lies inside
+/// `warehouse`. Iceberg metadata holds absolute paths: a data directory
+/// copied elsewhere still names the original's files, and expiring or
+/// compacting through the copy would delete the original's.
+pub fn within_warehouse(location: &str, warehouse: &str) -> bool {
+    let norm = |s: &str| {
+        s.strip_prefix("file://")
+            .unwrap_or(s)
+            .trim_end_matches('/')
+            .to_string()
+    };
+    let (loc, wh) = (norm(location), norm(warehouse));
+    loc == wh || loc.starts_with(&format!("{wh}/"))
 }
 
 impl Job {
@@ -204,6 +221,7 @@ impl Job {
             None
         };
         Ok(Self {
+            warehouse: cfg.warehouse(),
             catalog,
             db,
             tables: vec![
@@ -259,6 +277,17 @@ impl Job {
     pub async fn run(&self) -> Vec<Result<MaintainReport, LakeError>> {
         let mut out = Vec::with_capacity(self.tables.len());
         for t in &self.tables {
+            if let Ok(table) = self.catalog.load_table(&t.ident).await
+                && !within_warehouse(table.metadata().location(), &self.warehouse)
+            {
+                out.push(Err(LakeError::Catalog(format!(
+                    "{} is located at {}, outside this data directory's warehouse {}; maintenance deletes files, so it leaves another warehouse's alone (a copied data directory still names the original's files)",
+                    t.ident,
+                    table.metadata().location(),
+                    self.warehouse
+                ))));
+                continue;
+            }
             let mut compaction = None;
             let mut compaction_error = None;
             let mut retired = None;
@@ -504,5 +533,28 @@ impl Handler<crate::messages::observe::Observe<MaintenanceState>> for Maintenanc
         _ctx: &mut Self::Context,
     ) -> Self::Result {
         MessageResult(self.state.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::within_warehouse;
+
+    #[test]
+    fn only_tables_inside_the_warehouse_are_maintained() {
+        let wh = "file:///data/warehouse";
+        assert!(within_warehouse("file:///data/warehouse/market/trades", wh));
+        assert!(within_warehouse("/data/warehouse/market/trades/", wh));
+        assert!(within_warehouse("file:///data/warehouse/", wh));
+        // A copy's metadata still names the original's directory.
+        assert!(!within_warehouse(
+            "file:///orig/warehouse/market/trades",
+            wh
+        ));
+        // A sibling whose name merely starts the same is outside.
+        assert!(!within_warehouse(
+            "file:///data/warehouse2/market/trades",
+            wh
+        ));
     }
 }
