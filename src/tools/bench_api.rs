@@ -644,8 +644,7 @@ pub async fn latency(base: &Config, o: &LatencyOptions) -> Result<LatencyReport,
         .map_err(|e| BenchApiError::Poll(e.to_string()))?
         .with_clock(Arc::new(move || now))
         .with_bars_cached();
-    // As the daemon's query actor does when the bars actor commits.
-    engine.refresh_bars().await;
+    engine.refresh_bars().await; // as the query actor does after a bars commit
     let build_seconds = started.elapsed().as_secs_f64();
 
     // Whole minutes, as a client asks for bars: the minute table can
