@@ -419,6 +419,23 @@ fn adds_rows(s: &SnapshotRef) -> bool {
     )
 }
 
+/// Summarizes every trade in `files` (data files of `trades`) into `agg`;
+/// returns the rows read.
+pub async fn summarize_files(
+    trades: &Table,
+    files: &[String],
+    agg: &mut Aggregator,
+) -> Result<u64, LakeError> {
+    let mut rows = 0;
+    for f in files {
+        for b in read_data_file(trades, f).await? {
+            rows += b.num_rows() as u64;
+            agg.add(&b, |_, _, _| true)?;
+        }
+    }
+    Ok(rows)
+}
+
 /// The data files `snapshot` added, from its own manifests: they stay
 /// readable there after a compaction replaced them, until the snapshot
 /// expires.
@@ -519,12 +536,7 @@ pub async fn catch_up_to(
         }
     };
     let mut agg = Aggregator::default();
-    for f in &files {
-        for b in read_data_file(&trades, f).await? {
-            report.trades_rows += b.num_rows() as u64;
-            agg.add(&b, |_, _, _| true)?;
-        }
-    }
+    report.trades_rows = summarize_files(&trades, &files, &mut agg).await?;
     report.bars = agg.len();
     let schema = super::batch::arrow_schema(bars.metadata().current_schema())?;
     let batch = agg.into_batch(&schema)?;

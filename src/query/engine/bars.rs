@@ -121,18 +121,13 @@ impl Engine {
         if let Some(a) = self.bars.gap.lock().ok().and_then(|g| cached(&g)) {
             return Ok(a);
         }
-        let mut all = Aggregator::default();
-        for f in bars::added_files(trades, s)
+        let files = bars::added_files(trades, s)
             .await
-            .map_err(QueryError::internal)?
-        {
-            for b in crate::lake::commit::read_data_file(trades, &f)
-                .await
-                .map_err(QueryError::internal)?
-            {
-                all.add(&b, |_, _, _| true).map_err(QueryError::internal)?;
-            }
-        }
+            .map_err(QueryError::internal)?;
+        let mut all = Aggregator::default();
+        bars::summarize_files(trades, &files, &mut all)
+            .await
+            .map_err(QueryError::internal)?;
         let all = Arc::new(all);
         if let Ok(mut g) = self.bars.gap.lock() {
             if cached(&g).is_none() {
