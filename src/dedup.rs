@@ -39,9 +39,10 @@ impl Dedup {
         }
     }
 
-    /// True when `message_id` is new (and remembers it).
+    /// True when `message_id` is new (and remembers it, with no time: only
+    /// room forgets it).
     pub fn first_time(&mut self, message_id: &str) -> bool {
-        self.first_time_key(key(message_id))
+        self.first_time_key_at(key(message_id), 0)
     }
 
     /// Whether `message_id` is remembered (without remembering it).
@@ -49,13 +50,8 @@ impl Dedup {
         self.seen.contains(&key(message_id))
     }
 
-    /// [`first_time`](Self::first_time) on a key from [`key`].
-    pub fn first_time_key(&mut self, key: u128) -> bool {
-        self.first_time_key_at(key, 0)
-    }
-
-    /// [`first_time_key`](Self::first_time_key), remembering it as seen at
-    /// `at_us` for [`forget_before`](Self::forget_before).
+    /// [`first_time`](Self::first_time) on a key from [`key`], remembering
+    /// it as seen at `at_us` for [`forget_before`](Self::forget_before).
     pub fn first_time_key_at(&mut self, key: u128, at_us: i64) -> bool {
         if !self.seen.insert(key) {
             return false;
