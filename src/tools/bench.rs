@@ -270,15 +270,9 @@ async fn measure(cfg: &Config, n: usize, timeout: Duration) -> Result<BenchRepor
 
     // End to end through the daemon's own actors, as fast as the lanes
     // take them: the pipeline's maximum, whatever the level.
-    let commits = || {
-        d.metrics
-            .writer_commits
-            .with_label_values(&["trades", "ok"])
-            .get()
-    };
-    let commits_before = commits();
+    let commits_before = trades_commits(&d);
     let max = phase(&d, rows, None, timeout).await?;
-    let commits_max = commits() - commits_before;
+    let commits_max = trades_commits(&d) - commits_before;
 
     // The sustainable NORMAL rate: offered at falling fractions of the
     // maximum until a run keeps up with the level NORMAL throughout.
@@ -331,6 +325,14 @@ async fn measure(cfg: &Config, n: usize, timeout: Duration) -> Result<BenchRepor
     };
     d.shutdown(Duration::from_secs(10)).await?;
     Ok(report)
+}
+
+/// The trades writer's successful commits so far.
+fn trades_commits(d: &daemon::Daemon) -> u64 {
+    d.metrics
+        .writer_commits
+        .with_label_values(&["trades", "ok"])
+        .get()
 }
 
 /// One end-to-end run.

@@ -26,12 +26,13 @@ use serde::Serialize;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::procstat::{self, ThreadCpu};
-use super::{BenchError, synthetic_from};
+use super::{BenchError, trades_commits};
 use crate::config::Config;
 use crate::daemon::{self, Daemon};
 use crate::degrade::level::Level;
+use crate::exchanges::Parsed;
 use crate::kafka::encoder::Encoded;
-use crate::model::now_us;
+use crate::model::{TradeV2, now_us};
 
 /// Name of the server thread, whose CPU is the exchange's, not ours.
 const SERVER_THREAD: &str = "bench-exchange";
@@ -78,6 +79,31 @@ fn frames(n: usize, symbols: &[String]) -> Vec<Utf8Bytes> {
             .into()
         })
         .collect()
+}
+
+/// The trades the feed makes of `frames`, parsed by the feed's own parser:
+/// the ceilings send records of exactly the sizes the daemon sends.
+fn feed_trades(cfg: &Config, frames: &[Utf8Bytes]) -> Result<Vec<TradeV2>, BenchError> {
+    let exchange = cfg.feeds.binance.exchange.as_str();
+    let instruments = cfg
+        .instruments()
+        .map_err(|e| BenchError::Producer(format!("bench instruments: {e}")))?;
+    let rule = instruments
+        .symbol_rule(exchange)
+        .map_err(|e| BenchError::Producer(format!("bench instruments: {e}")))?;
+    let received = now_us();
+    let mut trades = Vec::with_capacity(frames.len());
+    for f in frames {
+        match crate::exchanges::binance::parse_frame(f, exchange, rule, received) {
+            Ok(Parsed::Trade(t)) => trades.push(*t),
+            other => {
+                return Err(BenchError::Producer(format!(
+                    "a generated frame is not a trade: {other:?}"
+                )));
+            }
+        }
+    }
+    Ok(trades)
 }
 
 /// A WebSocket server on its own thread: the first client gets every
@@ -315,7 +341,9 @@ pub async fn measure(
     let syms = symbols(symbol_count.max(1));
     let played = frames(n, &syms);
     let frame_bytes = played.first().map(|f| f.len()).unwrap_or(0);
-    let exchange = Exchange::start(played, rate)?;
+    // Kept for the ceilings, whose records are the trades these frames
+    // become (the handles share the frames' text).
+    let exchange = Exchange::start(played.clone(), rate)?;
     let mut cfg = cfg.clone();
     // Every bench symbol in tier 1, which no level sheds: a run faster
     // than the pipeline pushes back on the feed (and raises the level)
@@ -376,13 +404,7 @@ pub async fn measure(
                 + get("quarantined")
                 >= get("received")
     };
-    let commits = || {
-        d.metrics
-            .writer_commits
-            .with_label_values(&["trades", "ok"])
-            .get()
-    };
-    let commits_before = commits();
+    let commits_before = trades_commits(&d);
     let wait_started = Instant::now();
     // The clock starts at the first frame the feed took.
     while outcomes(&d).get("received").copied().unwrap_or(0) == 0 {
@@ -439,16 +461,14 @@ pub async fn measure(
     }
     let cpu_secs = (cpu.as_secs_f64() - server_cpu).max(0.0);
     let result_outcomes = outcomes(&d);
-    let commits_run = commits() - commits_before;
+    let commits_run = trades_commits(&d) - commits_before;
     let stored_n = result_outcomes.get("stored").copied().unwrap_or(0).max(1);
 
     // The ceilings, on the same broker, after the daemon's run.
     let registry = crate::kafka::registry::LocalRegistry::open(&cfg.data_dir_abs())?;
     let codec = crate::kafka::registry::codec(&registry)?;
-    let mut rows = synthetic_from(0, n);
-    for t in &mut rows {
-        t.exchange = "BINANCE".into();
-    }
+    let rows = feed_trades(&cfg, &played)?;
+    drop(played);
     let encode = |topic: &str| {
         rows.iter()
             .map(|t| {
