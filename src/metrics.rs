@@ -41,6 +41,7 @@ pub struct Metrics {
     pub queryable_lag_seconds: HistogramVec,
     /// SQL worker processes lost, by cause (`query::isolate`).
     pub query_workers_lost: IntCounterVec,
+    pub query_recent_windows: IntCounterVec,
     /// The accounting identity's counters; see [`Outcome`].
     pub messages: IntCounterVec,
     pub shed: IntCounterVec,
@@ -347,6 +348,15 @@ impl Metrics {
         for cause in crate::query::isolate::CAUSES {
             query_workers_lost.with_label_values(&[cause]).inc_by(0);
         }
+        let query_recent_windows = counter(
+            "ticklake_query_recent_windows_total",
+            "Pages of /v1/trades/recent by how their committed rows were found \
+             (kept: decoded rows of this snapshot kept from an earlier page; \
+             carried: kept rows carried to a new snapshot by reading only the \
+             files it added; read: read from the lake, then kept; not_kept: \
+             read, too large to keep under api.recent_cache_bytes).",
+            &["outcome"],
+        )?;
         let records_lost = counter(
             "ticklake_records_lost_total",
             "Records that left the producer and can no longer reach the lake \
@@ -399,6 +409,7 @@ impl Metrics {
             writer_commit_seconds,
             queryable_lag_seconds,
             query_workers_lost,
+            query_recent_windows,
         })
     }
 

@@ -75,13 +75,17 @@ struct Fixture {
     all: Vec<TradeV2>,
     /// How many of `all` (the first ones) are in the lake.
     lake_n: usize,
+    cfg: Config,
     _dir: tempfile::TempDir,
 }
 
-async fn fixture() -> Fixture {
+/// `cache_bytes`: `api.recent_cache_bytes` (0: the lake is read at every
+/// page).
+async fn fixture(cache_bytes: usize) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::default().under(dir.path());
     cfg.api.max_rows = 1000;
+    cfg.api.recent_cache_bytes = cache_bytes;
     let catalog = lake::open_catalog(&cfg).await.unwrap();
     let table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
         .await
@@ -138,6 +142,7 @@ async fn fixture() -> Fixture {
         tail,
         all,
         lake_n,
+        cfg,
         _dir: dir,
     }
 }
@@ -177,7 +182,9 @@ async fn check_every_page(f: &Fixture) -> (usize, Option<i64>) {
     let mut snapshot = None;
     for symbol in ["BTCUSDT", "ETHUSDT", "RARE"] {
         for exchange in [None, Some("KRAKEN")] {
-            for minutes in [1, 6, 15, 30] {
+            // Widest first: with the window cache on, later pages of a
+            // symbol are served from what the widest one read.
+            for minutes in [30, 15, 6, 1] {
                 // Pages the tail fills exactly, or misses by one: then only
                 // the lake can say whether the window holds more.
                 let in_tail = truth(&f.all[f.lake_n..], symbol, exchange, minutes, usize::MAX)
@@ -215,27 +222,15 @@ async fn check_every_page(f: &Fixture) -> (usize, Option<i64>) {
     (checked, snapshot)
 }
 
-#[actix_rt::test]
-async fn recent_pages_equal_brute_force_at_every_size() {
-    let f = fixture().await;
-    // The fixture must reach the cases it is about: a page the tail fills
-    // alone, one it cannot, and windows reaching into the lake.
-    let (full, _) = truth(&f.all, "BTCUSDT", None, 30, 1000);
-    assert_eq!(full.len(), 1000);
-    let (rare, _) = truth(&f.all, "RARE", None, 30, 1000);
-    assert!(!rare.is_empty() && rare.len() < 1000, "{}", rare.len());
-    let (checked, before) = check_every_page(&f).await;
-
-    // A commit of part of the tail, as the writer makes it, then what the
-    // query side does on a commit (re-pin, re-learn the lake at the new
-    // snapshot): the union is the same, so every answer must be too.
-    let moved = f.lake_n + 1000;
-    let mut rows = f.all[f.lake_n..moved].to_vec();
+/// Commits the tail's trades `from..to` (indexes into `all`) as the writer
+/// does and tells the tail; returns the new snapshot.
+async fn commit_tail(f: &Fixture, from: usize, to: usize) -> i64 {
+    let mut rows = f.all[from..to].to_vec();
     let mut offsets = KafkaOffsets {
         cluster_id: "test".into(),
         ..Default::default()
     };
-    offsets.set("t.trades", 0, moved as i64);
+    offsets.set("t.trades", 0, to as i64);
     let batch = lake::batch::trades_batch(&f.schema, &mut rows).unwrap();
     let c = commit::append(
         f.catalog.as_ref(),
@@ -254,10 +249,100 @@ async fn recent_pages_equal_brute_force_at_every_size() {
         })
         .await
         .unwrap();
+    c.snapshot_id
+}
+
+/// Every page, then again after each way the lake changes under the query
+/// side: an append it learns of at once (as the query actor does after a
+/// commit), an append it meets only at the next query, and a compaction
+/// that replaces the files the kept windows were read from.
+async fn every_page_through_lake_changes(cache_bytes: usize) {
+    let f = fixture(cache_bytes).await;
+    // The fixture must reach the cases it is about: a page the tail fills
+    // alone, one it cannot, and windows reaching into the lake.
+    let (full, _) = truth(&f.all, "BTCUSDT", None, 30, 1000);
+    assert_eq!(full.len(), 1000);
+    let (rare, _) = truth(&f.all, "RARE", None, 30, 1000);
+    assert!(!rare.is_empty() && rare.len() < 1000, "{}", rare.len());
+    let (mut checked, pinned) = check_every_page(&f).await;
+    // How pages found their lake side, by outcome (`engine::window`).
+    let counts = |f: &Fixture| -> std::collections::HashMap<&'static str, u64> {
+        f.engine.recent_window_counts().into_iter().collect()
+    };
+    let cached = cache_bytes > 0;
+    let c1 = counts(&f);
+    if cached {
+        assert!(c1["read"] > 0 && c1["kept"] > 0, "{c1:?}");
+    }
+
+    // Part of the tail committed; the union is the same, so every answer
+    // must be too.
+    let first = commit_tail(&f, f.lake_n, f.lake_n + 1000).await;
     f.engine.refresh().await;
     f.engine.learn_lake_facts().await;
-    let (again, after) = check_every_page(&f).await;
-    assert_ne!(before, after, "the second round must pin the new snapshot");
-    assert_eq!(after, Some(c.snapshot_id));
-    println!("{} recent answers equal brute force", checked + again);
+    let (n, after) = check_every_page(&f).await;
+    assert_ne!(pinned, after, "the second round must pin the new snapshot");
+    assert_eq!(after, Some(first));
+    checked += n;
+    let c2 = counts(&f);
+    if cached {
+        // Carried to the new snapshot right after the commit: no page of
+        // this round read the lake's window whole.
+        assert!(c2["carried"] > c1["carried"], "{c2:?}");
+        assert_eq!(c2["read"], c1["read"], "{c2:?}");
+    }
+
+    // Another commit, and the next query is the first to see it.
+    let second = commit_tail(&f, f.lake_n + 1000, f.lake_n + 1500).await;
+    f.engine.refresh().await;
+    let (n, after) = check_every_page(&f).await;
+    assert_eq!(after, Some(second));
+    checked += n;
+    let c3 = counts(&f);
+    if cached {
+        // Carried by the first page of each window after the commit (a
+        // window wider than any kept is read: the tail that filled it
+        // before is smaller now), the later pages served from memory.
+        assert!(c3["carried"] > c2["carried"], "{c3:?}");
+        assert!(c3["kept"] > c2["kept"], "{c3:?}");
+    }
+
+    // Compaction rewrites every file: no window kept can be carried over.
+    let db = ticklake::lake::compact::CatalogDb::open(&f.cfg)
+        .await
+        .unwrap()
+        .expect("the test catalog is SQLite");
+    let policy = ticklake::lake::compact::CompactPolicy {
+        target_file_size: 128 << 20,
+        min_files: 2,
+        min_age: std::time::Duration::ZERO,
+        sort: vec!["symbol".into(), "timestamp".into()],
+        merge: None,
+    };
+    let report = ticklake::lake::compact::compact(f.catalog.as_ref(), &db, &f.ident, &policy)
+        .await
+        .unwrap();
+    assert!(report.files_replaced >= 4, "{report:?}");
+    f.engine.refresh().await;
+    let (n, after) = check_every_page(&f).await;
+    assert_eq!(after, report.snapshot_id);
+    checked += n;
+    let c4 = counts(&f);
+    if cached {
+        // The files the windows were read from are gone: read again.
+        assert!(c4["read"] > c3["read"], "{c4:?}");
+    } else {
+        assert!(c4.values().all(|&n| n == 0), "{c4:?}");
+    }
+    println!("api.recent_cache_bytes = {cache_bytes}: {checked} recent answers equal brute force");
+}
+
+#[actix_rt::test]
+async fn recent_pages_equal_brute_force_at_every_size() {
+    every_page_through_lake_changes(64 << 20).await;
+}
+
+#[actix_rt::test]
+async fn recent_pages_equal_brute_force_without_the_window_cache() {
+    every_page_through_lake_changes(0).await;
 }

@@ -460,6 +460,11 @@ pub struct ApiConfig {
     /// answered 507. Counts the binary, stacks and allocator reservations
     /// besides the query's data, so keep it well above `max_memory_bytes`.
     pub sql_worker_memory_bytes: u64,
+    /// Memory for the lake's rows of the windows `/v1/trades/recent` was
+    /// asked for, kept decoded between pages and carried to each new
+    /// snapshot by reading only the files it added, in bytes; 0 reads the
+    /// lake at every page. One window may take a quarter of it.
+    pub recent_cache_bytes: usize,
 }
 
 impl Default for ApiConfig {
@@ -472,6 +477,7 @@ impl Default for ApiConfig {
             max_concurrent: 8,
             sql_isolation: true,
             sql_worker_memory_bytes: 4 << 30,
+            recent_cache_bytes: 64 << 20,
         }
     }
 }

@@ -246,7 +246,9 @@ async fn tail_and_query(
 ) -> Result<QuerySide, DaemonError> {
     // Hybrid scans read the tail's published snapshots, not the actor.
     let tail_view = crate::query::tail::TailView::default();
-    let mut engine = crate::query::session::engine(cfg, Some(tail_view.clone())).await?;
+    let mut engine = crate::query::session::engine(cfg, Some(tail_view.clone()))
+        .await?
+        .with_window_metric(metrics.query_recent_windows.clone());
     if cfg.api.sql_isolation {
         engine = engine.with_sql_workers(sql_workers(cfg, metrics).await?);
     }

@@ -31,7 +31,7 @@ use datafusion::physical_plan::empty::EmptyExec;
 use iceberg::table::Table;
 use iceberg_datafusion::IcebergStaticTableProvider;
 
-use super::files::Planner;
+use super::files::{PlannedFile, Planner};
 
 /// The local path of a data file, or `None` for a path on another store.
 fn local_path(location: &str) -> Option<&str> {
@@ -55,6 +55,66 @@ pub fn empty_plan(
     Ok(Arc::new(EmptyExec::new(projected)))
 }
 
+/// The data files of `table` at `snapshot_id` that can hold rows matching
+/// `filters`, when the fast path applies to them (see the module comment),
+/// else `None`.
+pub async fn local_files(
+    planner: &Planner,
+    table: &Table,
+    snapshot_id: i64,
+    filters: &[Expr],
+) -> DFResult<Option<Vec<PlannedFile>>> {
+    if table.metadata().schemas_iter().count() != 1 {
+        return Ok(None);
+    }
+    let Some(planned) = planner.plan(table, snapshot_id, filters).await? else {
+        return Ok(None);
+    };
+    if planned.iter().any(|f| local_path(&f.path).is_none()) {
+        return Ok(None);
+    }
+    Ok(Some(planned))
+}
+
+/// A DataFusion plan reading `files` (from `local_files`) of a table whose
+/// Arrow schema is `schema`.
+pub async fn files_plan(
+    state: &dyn Session,
+    files: &[PlannedFile],
+    schema: &SchemaRef,
+    projection: Option<&Vec<usize>>,
+    limit: Option<usize>,
+) -> DFResult<Arc<dyn ExecutionPlan>> {
+    let mut parts = Vec::with_capacity(files.len());
+    for f in files {
+        let Some(path) = local_path(&f.path) else {
+            return Err(DataFusionError::Internal(format!(
+                "{} is not a local file",
+                f.path
+            )));
+        };
+        parts.push(PartitionedFile::new(path.trim_start_matches('/'), f.size));
+    }
+    if parts.is_empty() {
+        return empty_plan(schema, projection);
+    }
+    // The filters reach the Parquet source through DataFusion's own filter
+    // pushdown (through the union above), so they are not set here too.
+    let source = ParquetSource::new(schema.clone());
+    // One group per target partition, as a listing table splits its files;
+    // the physical optimizer may split large files further by byte range.
+    let groups = FileGroup::new(parts).split_files(state.config().target_partitions());
+    let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+        .with_file_groups(groups)
+        .with_projection_indices(projection.cloned())?
+        .with_limit(limit)
+        .build();
+    // Through ParquetFormat so the session's Parquet options apply and its
+    // footer cache serves the reads.
+    let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
+    format.create_physical_plan(state, config).await
+}
+
 /// A DataFusion plan reading `table` at `snapshot_id`, or `None` when the
 /// fast path does not apply (see the module comment). `schema` is the
 /// table's Arrow schema; `filters` only prune, the caller filters again.
@@ -69,37 +129,60 @@ pub async fn parquet_plan(
     filters: &[Expr],
     limit: Option<usize>,
 ) -> DFResult<Option<Arc<dyn ExecutionPlan>>> {
-    if table.metadata().schemas_iter().count() != 1 {
-        return Ok(None);
-    }
-    let Some(planned) = planner.plan(table, snapshot_id, filters).await? else {
+    let Some(files) = local_files(planner, table, snapshot_id, filters).await? else {
         return Ok(None);
     };
-    let mut files = Vec::with_capacity(planned.len());
-    for f in &planned {
-        let Some(path) = local_path(&f.path) else {
-            return Ok(None);
-        };
-        files.push(PartitionedFile::new(path.trim_start_matches('/'), f.size));
+    files_plan(state, &files, schema, projection, limit)
+        .await
+        .map(Some)
+}
+
+/// Some data files of a table, chosen by the caller (`local_files`), as a
+/// DataFusion table: the files a newer snapshot added to the ones whose
+/// rows a query engine already holds (`query::engine::window`).
+#[derive(Debug)]
+pub struct FilesTable {
+    files: Vec<PlannedFile>,
+    schema: SchemaRef,
+}
+
+impl FilesTable {
+    pub fn new(files: Vec<PlannedFile>, schema: SchemaRef) -> Self {
+        Self { files, schema }
     }
-    if files.is_empty() {
-        return empty_plan(schema, projection).map(Some);
+}
+
+#[async_trait]
+impl TableProvider for FilesTable {
+    fn as_any(&self) -> &dyn Any {
+        self
     }
-    // The filters reach the Parquet source through DataFusion's own filter
-    // pushdown (through the union above), so they are not set here too.
-    let source = ParquetSource::new(schema.clone());
-    // One group per target partition, as a listing table splits its files;
-    // the physical optimizer may split large files further by byte range.
-    let groups = FileGroup::new(files).split_files(state.config().target_partitions());
-    let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
-        .with_file_groups(groups)
-        .with_projection_indices(projection.cloned())?
-        .with_limit(limit)
-        .build();
-    // Through ParquetFormat so the session's Parquet options apply and its
-    // footer cache serves the reads.
-    let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
-    Ok(Some(format.create_physical_plan(state, config).await?))
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        files_plan(state, &self.files, &self.schema, projection, limit).await
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DFResult<Vec<TableProviderFilterPushDown>> {
+        // They only prune; DataFusion filters the rows again.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
 }
 
 /// A plan reading `table` at `snapshot_id`: the fast path where it applies

@@ -43,6 +43,8 @@ use crate::model::now_us;
 
 mod bars;
 mod recent;
+mod window;
+pub use window::OUTCOMES as RECENT_WINDOW_OUTCOMES;
 
 /// The wall clock in UTC microseconds; tests fix it.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -116,6 +118,10 @@ pub struct Engine {
     /// Per (symbol, exchange) asked of `/v1/trades/recent`: the newest
     /// timestamp the lake holds at one snapshot (`LakeNewest`).
     lake_newest: Mutex<HashMap<(String, Option<String>), recent::LakeNewest>>,
+    /// Per (symbol, exchange) asked of `/v1/trades/recent`: the lake's rows
+    /// of the window, kept between pages (`engine::window`).
+    windows: Mutex<window::WindowCache>,
+    window_counts: window::WindowCounts,
 }
 
 fn ts_lit(us: i64) -> Expr {
@@ -276,6 +282,8 @@ impl Engine {
             sql_workers: None,
             bars: bars::BarsSource::default(),
             lake_newest: Mutex::new(HashMap::new()),
+            windows: Mutex::default(),
+            window_counts: window::WindowCounts::default(),
         }
     }
 

@@ -178,6 +178,11 @@ impl HybridTable {
         }
     }
 
+    /// Plans the lake side's files (`lake::files`).
+    pub fn planner(&self) -> &Planner {
+        &self.planner
+    }
+
     /// The same table, pinning through `remote` (in a SQL worker).
     pub fn with_remote(mut self, remote: Arc<dyn RemotePin>) -> Self {
         self.remote = Some(remote);

@@ -25,14 +25,32 @@ const MAX_LAKE_FACTS: usize = 4096;
 pub(super) struct RecentWindow<'a> {
     symbol: &'a str,
     exchange: Option<&'a str>,
-    start: i64,
+    pub(super) start: i64,
 }
 
-impl RecentWindow<'_> {
-    fn preds(&self) -> Vec<Expr> {
+impl<'a> RecentWindow<'a> {
+    pub(super) fn new(symbol: &'a str, exchange: Option<&'a str>, start: i64) -> Self {
+        Self {
+            symbol,
+            exchange,
+            start,
+        }
+    }
+
+    /// Which window of the engine's caches this is: (symbol, exchange).
+    pub(super) fn key(&self) -> (String, Option<String>) {
+        (self.symbol.to_string(), self.exchange.map(str::to_string))
+    }
+
+    pub(super) fn preds(&self) -> Vec<Expr> {
+        self.preds_from(self.start)
+    }
+
+    /// The window's predicates, with its start at `from`.
+    pub(super) fn preds_from(&self, from: i64) -> Vec<Expr> {
         let mut preds = vec![
             col("symbol").eq(lit(self.symbol)),
-            col("timestamp").gt_eq(ts_lit(self.start)),
+            col("timestamp").gt_eq(ts_lit(from)),
         ];
         if let Some(x) = self.exchange {
             preds.push(col("exchange").eq(lit(x)));
@@ -88,6 +106,24 @@ fn newest_first(batches: &[RecordBatch], n: usize) -> Result<Vec<RecordBatch>, Q
     ])
 }
 
+/// The newest `limit + 1` of `rows` (trade projections), held on the
+/// answer memory; the sort's copy counts on it while it runs.
+fn page_of(rows: &[RecordBatch], limit: usize, q: &Request<'_>) -> Result<Held, QueryError> {
+    let sorting = q.memory.empty();
+    q.memory.grow(
+        &sorting,
+        rows.iter().map(RecordBatch::get_array_memory_size).sum(),
+        "sorting the page",
+    )?;
+    let page = newest_first(rows, limit + 1)?;
+    drop(sorting);
+    let held = q.memory.empty();
+    for b in &page {
+        q.memory.hold_batch(&held, b)?;
+    }
+    Ok(Held::new(page, held))
+}
+
 impl Engine {
     /// Learns, at the pinned snapshot, what `/v1/trades/recent` knew of the
     /// lake at an older one (the newest trade of each symbol asked so far),
@@ -110,7 +146,7 @@ impl Engine {
                 .collect(),
             Err(_) => return,
         };
-        let lake = Arc::new(self.live.at(pin));
+        let lake = Arc::new(self.live.at(pin.clone()));
         // Background work, with a request's limits all the same.
         let cancel = Cancel::after(self.limits.timeout_ms);
         let q = Request {
@@ -120,6 +156,7 @@ impl Engine {
                 self.limits.max_memory_bytes,
             ),
         };
+        self.refresh_windows(&pin, &q).await;
         for ((symbol, exchange), from) in known {
             let window = RecentWindow {
                 symbol: &symbol,
@@ -162,9 +199,20 @@ impl Engine {
             "recent: pinned, tail rows picked"
         );
         q.cancel.check()?;
-        let (rows, truncated) = match kth_newest_timestamp(pin.rows(), limit).map_err(df_err)? {
-            Some(t) => self.recent_from_tail(pin, window, t, limit, q).await?,
-            None => {
+        let kth = kth_newest_timestamp(pin.rows(), limit).map_err(df_err)?;
+        // The lake's rows kept from an earlier page, carried to this
+        // snapshot (`engine::window`); or read now and kept, when the tail
+        // cannot fill the page alone.
+        let from_window =
+            if self.limits.recent_cache_bytes > 0 && (kth.is_none() || self.window_kept(&window)) {
+                self.recent_with_window(&pin, &window, limit, q).await?
+            } else {
+                None
+            };
+        let (rows, truncated) = match (from_window, kth) {
+            (Some(page), _) => page,
+            (None, Some(t)) => self.recent_from_tail(pin, window, t, limit, q).await?,
+            (None, None) => {
                 // The tail cannot fill the page: the whole window, hybrid.
                 let (df, _) = self.pinned_source(pin)?;
                 // Newest first, so a cut at the row limit keeps the latest trades.
@@ -183,6 +231,40 @@ impl Engine {
             "truncated": truncated,
         });
         answer(head, "trades", json_rows(&batches, &q.memory, q.cancel)?)
+    }
+
+    /// The page from the tail rows of `pin` and the lake's rows of the
+    /// window (`lake_window`), sorted in memory: `None` when the lake's
+    /// files cannot be read so (the caller reads the hybrid table).
+    async fn recent_with_window(
+        &self,
+        pin: &Pin,
+        window: &RecentWindow<'_>,
+        limit: usize,
+        q: &Request<'_>,
+    ) -> Result<Option<(Held, bool)>, QueryError> {
+        let started = std::time::Instant::now();
+        let Some((lake, complete)) = self.lake_window(pin, window, limit, q).await? else {
+            return Ok(None);
+        };
+        q.cancel.check()?;
+        let t1 = std::time::Instant::now();
+        let rows = pin
+            .rows()
+            .iter()
+            .chain(lake.iter())
+            .map(trade_projection)
+            .collect::<Result<Vec<_>, _>>()?;
+        let page = page_of(&rows, limit, q)?;
+        let truncated = rows_in(&page.batches) > limit || !complete;
+        tracing::debug!(
+            lake_ms = (t1 - started).as_secs_f64() * 1000.0,
+            merge_ms = t1.elapsed().as_secs_f64() * 1000.0,
+            tail_rows = rows_in(pin.rows()),
+            lake_rows = rows_in(&lake),
+            "recent page from the lake window"
+        );
+        Ok(Some((page, truncated)))
     }
 
     /// The newest `limit` rows of the window when the tail alone holds at
@@ -260,20 +342,8 @@ impl Engine {
         for b in tail.iter().chain(newer.iter().flat_map(|h| &h.batches)) {
             rows.push(trade_projection(b)?);
         }
-        // The sort copies the rows it is given into one batch first.
-        let sorting = q.memory.empty();
-        q.memory.grow(
-            &sorting,
-            rows.iter().map(RecordBatch::get_array_memory_size).sum(),
-            "sorting the page",
-        )?;
-        let page = newest_first(&rows, limit + 1)?;
-        drop(sorting);
-        let held = q.memory.empty();
-        for b in &page {
-            q.memory.hold_batch(&held, b)?;
-        }
-        let truncated = rows_in(&page) > limit || older;
+        let page = page_of(&rows, limit, q)?;
+        let truncated = rows_in(&page.batches) > limit || older;
         // Where a slow page spent its time, for `RUST_LOG=ticklake::api=debug`.
         tracing::debug!(
             lake_ms = (t1 - started).as_secs_f64() * 1000.0,
@@ -283,7 +353,7 @@ impl Engine {
             lake_read = known.is_none(),
             "recent page from the tail"
         );
-        Ok((Held::new(page, held), truncated))
+        Ok((page, truncated))
     }
 
     /// `LakeNewest` of the window's symbol at `snapshot_id`, read from the
@@ -344,6 +414,9 @@ impl Engine {
     /// `ticklake bench-api latency`'s cold runs.
     pub fn forget_lake_facts(&self) {
         if let Ok(mut c) = self.lake_newest.lock() {
+            c.clear();
+        }
+        if let Ok(mut c) = self.windows.lock() {
             c.clear();
         }
     }

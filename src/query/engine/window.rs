@@ -1,0 +1,529 @@
+//! `/v1/trades/recent`'s lake side, kept decoded between queries.
+//!
+//! A poller asks for the same symbol's last minutes again and again, and
+//! the lake's part of that answer changes only when a commit adds files.
+//! Read from Parquet each time, the page cost a decode of the row groups
+//! around the window (pages of 20,000 rows and more for a window of a few
+//! thousand) and a codec set up per column chunk: most of the query's
+//! 10 ms on a compacted lake, and far more on the small files of the last
+//! minutes before compaction reaches them. So the engine keeps, per
+//! (symbol, exchange) asked, the lake's rows of the window at one snapshot
+//! (`LakeWindow`), and carries them to the next snapshot by reading only
+//! the files the commit added: Iceberg data files never change, so when
+//! every file the window was read from is still in the new snapshot, the
+//! new rows are exactly the old ones plus those of the added files. A
+//! snapshot that dropped one of them (compaction, expiry of a partition)
+//! is read again whole. The entries share `api.recent_cache_bytes`, the
+//! least recently asked dropped first.
+
+use std::collections::HashSet;
+
+use arrow::array::{BooleanArray, TimestampMicrosecondArray};
+use arrow::compute::filter_record_batch;
+
+use super::recent::RecentWindow;
+use super::*;
+use crate::lake::files::PlannedFile;
+use crate::lake::scan::{FilesTable, local_files};
+
+/// How far below a query's start an entry keeps rows when it moves on, so
+/// that pollers asking windows a few minutes apart share one entry instead
+/// of each reading the lake again.
+const KEEP_BELOW_US: i64 = 5 * 60 * 1_000_000;
+
+/// How a page's lake side was found, as counted in
+/// `ticklake_query_recent_windows_total{outcome}`: `kept` (this snapshot's
+/// rows were kept), `carried` (kept rows carried to a new snapshot, here or
+/// right after a commit), `read` (read whole, then kept), `not_kept` (read
+/// whole, too large to keep).
+pub const OUTCOMES: [&str; 4] = ["kept", "carried", "read", "not_kept"];
+
+#[derive(Clone, Copy)]
+enum Outcome {
+    Kept,
+    Carried,
+    Read,
+    NotKept,
+}
+
+/// The outcomes counted, for the engine and its metric.
+#[derive(Default)]
+pub(super) struct WindowCounts {
+    counts: [std::sync::atomic::AtomicU64; 4],
+    metric: Option<prometheus::IntCounterVec>,
+}
+
+impl WindowCounts {
+    pub(super) fn with_metric(metric: prometheus::IntCounterVec) -> Self {
+        for o in OUTCOMES {
+            metric.with_label_values(&[o]).inc_by(0);
+        }
+        Self {
+            counts: Default::default(),
+            metric: Some(metric),
+        }
+    }
+
+    fn add(&self, o: Outcome) {
+        let i = o as usize;
+        self.counts[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(m) = &self.metric {
+            m.with_label_values(&[OUTCOMES[i]]).inc();
+        }
+    }
+
+    pub(super) fn get(&self) -> [(&'static str, u64); 4] {
+        std::array::from_fn(|i| {
+            (
+                OUTCOMES[i],
+                self.counts[i].load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
+    }
+}
+
+/// Which window an entry holds: (symbol, exchange).
+type Key = (String, Option<String>);
+
+/// The lake's rows of one symbol (and exchange) with timestamps at or after
+/// `from`, at one snapshot: all of them, in no particular order, with the
+/// files they were read from.
+struct LakeWindow {
+    snapshot_id: i64,
+    sequence: i64,
+    from: i64,
+    files: HashSet<Arc<str>>,
+    rows: Vec<RecordBatch>,
+    bytes: usize,
+    used: u64,
+}
+
+/// The windows kept, within a byte budget.
+#[derive(Default)]
+pub(super) struct WindowCache {
+    entries: HashMap<Key, LakeWindow>,
+    bytes: usize,
+    tick: u64,
+}
+
+/// What an entry offers a query at a snapshot.
+enum Found {
+    /// Rows of this very snapshot, from at or before the query's start.
+    Exact(Vec<RecordBatch>),
+    /// Rows of an older snapshot to carry forward: their `from`, files
+    /// and rows.
+    Older(i64, HashSet<Arc<str>>, Vec<RecordBatch>),
+    Nothing,
+}
+
+impl WindowCache {
+    fn find(&mut self, key: &Key, snapshot_id: i64, start: i64) -> Found {
+        self.tick += 1;
+        let tick = self.tick;
+        match self.entries.get_mut(key) {
+            Some(w) if w.from <= start => {
+                w.used = tick;
+                if w.snapshot_id == snapshot_id {
+                    Found::Exact(w.rows.clone())
+                } else {
+                    Found::Older(w.from, w.files.clone(), w.rows.clone())
+                }
+            }
+            _ => Found::Nothing,
+        }
+    }
+
+    /// Keeps `w` unless an entry of a newer snapshot is there already, then
+    /// drops the least recently asked entries past `budget`.
+    fn put(&mut self, key: Key, mut w: LakeWindow, budget: usize) {
+        if w.bytes > budget / 4 {
+            return;
+        }
+        if let Some(old) = self.entries.get(&key) {
+            if old.sequence > w.sequence {
+                return;
+            }
+            self.bytes -= old.bytes;
+        }
+        self.tick += 1;
+        w.used = self.tick;
+        self.bytes += w.bytes;
+        self.entries.insert(key, w);
+        while self.bytes > budget {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, w)| w.used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some(w) = self.entries.remove(&oldest) {
+                self.bytes -= w.bytes;
+            }
+        }
+    }
+
+    fn keys(&self) -> Vec<(Key, i64)> {
+        self.entries
+            .iter()
+            .map(|(k, w)| (k.clone(), w.from))
+            .collect()
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+}
+
+/// The rows of `rows` with timestamps at or after `start`.
+fn rows_from(rows: &[RecordBatch], start: i64) -> Result<Vec<RecordBatch>, QueryError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for b in rows {
+        let ts = b
+            .column_by_name("timestamp")
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+            .ok_or_else(|| QueryError::Internal("no timestamp column in the trades".into()))?;
+        if ts.values().iter().all(|&t| t >= start) {
+            out.push(b.clone());
+            continue;
+        }
+        let keep: BooleanArray = ts.values().iter().map(|&t| Some(t >= start)).collect();
+        let kept = filter_record_batch(b, &keep).map_err(QueryError::internal)?;
+        if kept.num_rows() > 0 {
+            out.push(kept);
+        }
+    }
+    Ok(out)
+}
+
+fn bytes_of(rows: &[RecordBatch]) -> usize {
+    rows.iter().map(RecordBatch::get_array_memory_size).sum()
+}
+
+impl Engine {
+    /// The lake's rows of `window` at `pin`'s snapshot (which it must
+    /// have), newest `limit + 1` at least: `(rows, complete)`, `complete`
+    /// when they are all of them. `None` when the files cannot be planned
+    /// here (delete files, files elsewhere than the local disk): the
+    /// caller reads the hybrid table instead.
+    pub(super) async fn lake_window(
+        &self,
+        pin: &Pin,
+        window: &RecentWindow<'_>,
+        limit: usize,
+        q: &Request<'_>,
+    ) -> Result<Option<(Vec<RecordBatch>, bool)>, QueryError> {
+        let Some(snapshot_id) = pin.snapshot_id() else {
+            return Ok(Some((Vec::new(), true)));
+        };
+        let key = window.key();
+        let found = match self.windows.lock() {
+            Ok(mut c) => c.find(&key, snapshot_id, window.start),
+            Err(_) => Found::Nothing,
+        };
+        if let Found::Exact(rows) = found {
+            self.window_counts.add(Outcome::Kept);
+            return Ok(Some((rows_from(&rows, window.start)?, true)));
+        }
+        if let Found::Older(from, files, rows) = found
+            && let Some(w) = self
+                .carry_forward(pin, window, from, files, rows, q)
+                .await?
+        {
+            let rows = rows_from(&w.rows, window.start)?;
+            self.keep_window(key, w);
+            self.window_counts.add(Outcome::Carried);
+            return Ok(Some((rows, true)));
+        }
+        // Read the window whole, at most the page's rows plus one.
+        let Some(files) = self.window_files(pin, window, window.start).await? else {
+            return Ok(None);
+        };
+        let lake = Arc::new(self.live.at(pin.lake_only()));
+        let df = self.ctx.read_table(lake).map_err(df_err)?;
+        let read = trades_in_order(df, window.preds(), false, limit + 1, q).await?;
+        let rows = read.batches.clone();
+        let complete = rows_in(&rows) <= limit;
+        let bytes = bytes_of(&rows);
+        let kept = complete && bytes <= self.limits.recent_cache_bytes / 4;
+        self.window_counts.add(if kept {
+            Outcome::Read
+        } else {
+            Outcome::NotKept
+        });
+        if kept {
+            self.keep_window(
+                key,
+                LakeWindow {
+                    snapshot_id,
+                    sequence: sequence_of(pin, snapshot_id),
+                    from: window.start,
+                    files,
+                    rows: rows.clone(),
+                    bytes,
+                    used: 0,
+                },
+            );
+        }
+        Ok(Some((rows, complete)))
+    }
+
+    /// The files planned for `window`'s rows at or after `from` at `pin`'s
+    /// snapshot, when the fast path can read them.
+    async fn window_files(
+        &self,
+        pin: &Pin,
+        window: &RecentWindow<'_>,
+        from: i64,
+    ) -> Result<Option<HashSet<Arc<str>>>, QueryError> {
+        let Some(snapshot_id) = pin.snapshot_id() else {
+            return Ok(Some(HashSet::new()));
+        };
+        let preds = window.preds_from(from);
+        let files = local_files(self.live.planner(), pin.table(), snapshot_id, &preds)
+            .await
+            .map_err(df_err)?;
+        Ok(files.map(|f| f.into_iter().map(|p| p.path).collect()))
+    }
+
+    /// `rows`, the window's rows at or after `from` at an older snapshot
+    /// read from `files`, carried to `pin`'s snapshot: `None` when that
+    /// snapshot no longer holds one of those files (compaction replaced
+    /// it), or when the added files hold more rows than an entry keeps.
+    async fn carry_forward(
+        &self,
+        pin: &Pin,
+        window: &RecentWindow<'_>,
+        from: i64,
+        files: HashSet<Arc<str>>,
+        rows: Vec<RecordBatch>,
+        q: &Request<'_>,
+    ) -> Result<Option<LakeWindow>, QueryError> {
+        let Some(snapshot_id) = pin.snapshot_id() else {
+            return Ok(None);
+        };
+        let preds = window.preds_from(from);
+        let Some(now) = local_files(self.live.planner(), pin.table(), snapshot_id, &preds)
+            .await
+            .map_err(df_err)?
+        else {
+            return Ok(None);
+        };
+        let paths: HashSet<Arc<str>> = now.iter().map(|f| f.path.clone()).collect();
+        if !files.is_subset(&paths) {
+            return Ok(None);
+        }
+        let added: Vec<PlannedFile> = now
+            .into_iter()
+            .filter(|f| !files.contains(&f.path))
+            .collect();
+        let mut rows = rows;
+        if !added.is_empty() {
+            let most = self.limits.max_rows.max(1);
+            let table = Arc::new(FilesTable::new(added, self.live.schema()));
+            let df = self.ctx.read_table(table).map_err(df_err)?;
+            let read = trades_in_order(df, preds, false, most + 1, q).await?;
+            if rows_in(&read.batches) > most {
+                return Ok(None);
+            }
+            rows.extend(read.batches.iter().cloned());
+        }
+        // Rows well below what is asked now are let go, and the files
+        // planned again for what is kept.
+        let keep_from = from.max(window.start - KEEP_BELOW_US);
+        let (rows, files) = if keep_from > from {
+            match self.window_files(pin, window, keep_from).await? {
+                Some(files) => (rows_from(&rows, keep_from)?, files),
+                None => return Ok(None),
+            }
+        } else {
+            (rows, paths)
+        };
+        let bytes = bytes_of(&rows);
+        Ok(Some(LakeWindow {
+            snapshot_id,
+            sequence: sequence_of(pin, snapshot_id),
+            from: keep_from.max(from),
+            files,
+            rows,
+            bytes,
+            used: 0,
+        }))
+    }
+
+    /// How many pages found their lake side each way (`OUTCOMES`).
+    pub fn recent_window_counts(&self) -> [(&'static str, u64); 4] {
+        self.window_counts.get()
+    }
+
+    /// The same engine, counting its recent windows in `metric`
+    /// (`ticklake_query_recent_windows_total`).
+    pub fn with_window_metric(mut self, metric: prometheus::IntCounterVec) -> Self {
+        self.window_counts = WindowCounts::with_metric(metric);
+        self
+    }
+
+    /// Whether a window is kept that can serve `window` (at this snapshot
+    /// or carried forward from an older one).
+    pub(super) fn window_kept(&self, window: &RecentWindow<'_>) -> bool {
+        self.windows.lock().is_ok_and(|c| {
+            c.entries
+                .get(&window.key())
+                .is_some_and(|w| w.from <= window.start)
+        })
+    }
+
+    fn keep_window(&self, key: Key, w: LakeWindow) {
+        if let Ok(mut c) = self.windows.lock() {
+            c.put(key, w, self.limits.recent_cache_bytes);
+        }
+    }
+
+    /// Carries every window kept to `pin`'s snapshot, after a commit, so
+    /// that the first page a poller asks of the new snapshot is served from
+    /// memory. Background work, with a request's limits.
+    pub(super) async fn refresh_windows(&self, pin: &Pin, q: &Request<'_>) {
+        if self.limits.recent_cache_bytes == 0 {
+            return;
+        }
+        let Some(snapshot_id) = pin.snapshot_id() else {
+            return;
+        };
+        let keys = match self.windows.lock() {
+            Ok(c) => c.keys(),
+            Err(_) => return,
+        };
+        for ((symbol, exchange), from) in keys {
+            let window = RecentWindow::new(&symbol, exchange.as_deref(), from);
+            let key = window.key();
+            let found = match self.windows.lock() {
+                Ok(mut c) => c.find(&key, snapshot_id, from),
+                Err(_) => return,
+            };
+            let Found::Older(from, files, rows) = found else {
+                continue;
+            };
+            match self.carry_forward(pin, &window, from, files, rows, q).await {
+                Ok(Some(w)) => {
+                    self.keep_window(key, w);
+                    self.window_counts.add(Outcome::Carried);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(symbol, error = %e, "query: could not carry a recent window forward")
+                }
+            }
+        }
+    }
+}
+
+/// The sequence number of `snapshot_id` in `pin`'s table: which of two
+/// snapshots is newer.
+fn sequence_of(pin: &Pin, snapshot_id: i64) -> i64 {
+    pin.table()
+        .metadata()
+        .snapshot_by_id(snapshot_id)
+        .map_or(0, |s| s.sequence_number())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{Field, Schema, TimeUnit};
+
+    fn batch(ts: &[i64]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                "timestamp",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+                false,
+            ),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let t = TimestampMicrosecondArray::from(ts.to_vec()).with_timezone("+00:00");
+        let n = Int64Array::from(ts.to_vec());
+        RecordBatch::try_new(schema, vec![Arc::new(t), Arc::new(n)]).unwrap()
+    }
+
+    fn window(snapshot_id: i64, sequence: i64, from: i64, bytes: usize) -> LakeWindow {
+        LakeWindow {
+            snapshot_id,
+            sequence,
+            from,
+            files: HashSet::new(),
+            rows: vec![batch(&[from])],
+            bytes,
+            used: 0,
+        }
+    }
+
+    fn key(s: &str) -> Key {
+        (s.to_string(), None)
+    }
+
+    #[test]
+    fn rows_from_keeps_exactly_the_rows_at_or_after_the_start() {
+        let rows = vec![batch(&[5, 1, 9, 3]), batch(&[0, 2]), batch(&[7])];
+        let kept = rows_from(&rows, 3).unwrap();
+        let mut ts: Vec<i64> = kept
+            .iter()
+            .flat_map(|b| {
+                let c = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<TimestampMicrosecondArray>();
+                c.unwrap().values().to_vec()
+            })
+            .collect();
+        ts.sort();
+        assert_eq!(ts, vec![3, 5, 7, 9]);
+        assert_eq!(kept.len(), 2, "a batch with no row left is dropped");
+    }
+
+    #[test]
+    fn an_entry_serves_its_snapshot_and_later_starts_only() {
+        let mut c = WindowCache::default();
+        c.put(key("A"), window(10, 1, 100, 50), 1000);
+        assert!(matches!(c.find(&key("A"), 10, 100), Found::Exact(_)));
+        assert!(matches!(c.find(&key("A"), 10, 150), Found::Exact(_)));
+        // Rows from before its start are not all there.
+        assert!(matches!(c.find(&key("A"), 10, 99), Found::Nothing));
+        // Another snapshot: carried forward, not served.
+        assert!(matches!(
+            c.find(&key("A"), 11, 120),
+            Found::Older(100, _, _)
+        ));
+        assert!(matches!(c.find(&key("B"), 10, 120), Found::Nothing));
+    }
+
+    #[test]
+    fn an_older_snapshot_never_replaces_a_newer_one() {
+        let mut c = WindowCache::default();
+        c.put(key("A"), window(11, 2, 100, 50), 1000);
+        c.put(key("A"), window(10, 1, 100, 50), 1000);
+        assert!(matches!(c.find(&key("A"), 11, 100), Found::Exact(_)));
+        assert_eq!(c.bytes, 50);
+    }
+
+    #[test]
+    fn the_budget_drops_the_least_recently_asked() {
+        let mut c = WindowCache::default();
+        c.put(key("A"), window(1, 1, 0, 200), 500);
+        c.put(key("B"), window(1, 1, 0, 200), 500);
+        // A asked again: B is now the one least recently asked.
+        assert!(matches!(c.find(&key("A"), 1, 0), Found::Exact(_)));
+        c.put(key("C"), window(1, 1, 0, 200), 500);
+        assert!(matches!(c.find(&key("B"), 1, 0), Found::Nothing));
+        assert!(matches!(c.find(&key("A"), 1, 0), Found::Exact(_)));
+        assert!(matches!(c.find(&key("C"), 1, 0), Found::Exact(_)));
+        assert_eq!(c.bytes, 400);
+        // An entry larger than a quarter of the budget is not kept.
+        c.put(key("D"), window(1, 1, 0, 126), 500);
+        assert!(matches!(c.find(&key("D"), 1, 0), Found::Nothing));
+        c.clear();
+        assert_eq!(c.bytes, 0);
+    }
+}
