@@ -303,6 +303,60 @@ impl Aggregator {
     }
 
     /// The partial bars as rows of `schema` (the bars table's Arrow schema).
+    /// These partial bars rolled up into bars of `step` microseconds (a
+    /// whole number of minutes), every (exchange, symbol) of them together,
+    /// as `/v1/ohlcv` answers: columns time, open, high, low, close, volume
+    /// and trades, oldest first. A bar starts where DataFusion's
+    /// `date_bin(step, minute, 0)` puts it, and its open and close are
+    /// those of its first and last trade in the bars' order (`Key`), as
+    /// the answer computed from the raw trades takes them.
+    pub fn roll_up(self, step: i64) -> Result<RecordBatch, LakeError> {
+        use std::collections::btree_map::Entry;
+        let mut out: BTreeMap<i64, Partial> = BTreeMap::new();
+        for ((_, _, minute), p) in self.bars {
+            match out.entry(minute - minute.rem_euclid(step.max(1))) {
+                Entry::Vacant(e) => {
+                    e.insert(p);
+                }
+                Entry::Occupied(mut e) => e.get_mut().absorb(p),
+            }
+        }
+        let rows: Vec<(i64, Partial)> = out.into_iter().collect();
+        let dec = |f: fn(&Partial) -> i128, precision: u8| {
+            Decimal128Array::from_iter_values(rows.iter().map(|r| f(&r.1)))
+                .with_precision_and_scale(precision, crate::model::DECIMAL_SCALE as i8)
+                .map(|a| Arc::new(a) as ArrayRef)
+        };
+        let p = crate::model::DECIMAL_PRECISION;
+        let decimal =
+            |precision| DataType::Decimal128(precision, crate::model::DECIMAL_SCALE as i8);
+        let utc = DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()));
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("time", utc, false),
+            arrow::datatypes::Field::new("open", decimal(p), false),
+            arrow::datatypes::Field::new("high", decimal(p), false),
+            arrow::datatypes::Field::new("low", decimal(p), false),
+            arrow::datatypes::Field::new("close", decimal(p), false),
+            arrow::datatypes::Field::new("volume", decimal(38), false),
+            arrow::datatypes::Field::new("trades", DataType::Int64, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.0))
+                    .with_timezone("+00:00"),
+            ),
+            dec(|b| b.open, p)?,
+            dec(|b| b.high, p)?,
+            dec(|b| b.low, p)?,
+            dec(|b| b.close, p)?,
+            dec(|b| b.volume, 38)?,
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.1.trades),
+            )),
+        ];
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+
     pub fn into_batch(self, schema: &SchemaRef) -> Result<RecordBatch, LakeError> {
         type Row = ((String, String, i64), Partial);
         let rows: Vec<Row> = self.bars.into_iter().collect();

@@ -31,6 +31,7 @@ use crate::lake::files::Planner;
 use crate::lake::scan::SnapshotTable;
 use crate::lake::schema::BARS_TABLE;
 use crate::messages::query::{Answer, OhlcvRequest, QueryError};
+use crate::query::budget::Held;
 use crate::query::hybrid::{PinnedTable, tail_filter};
 use crate::query::json::json_rows;
 
@@ -201,6 +202,62 @@ impl Engine {
         Some(t)
     }
 
+    /// The roll-up where some bars are read by DataFusion (the planner
+    /// could not list the bars' files): the stored bars and `partials`
+    /// merged and rolled up to `step` in one query.
+    async fn roll_up_in_datafusion(
+        &self,
+        table: &Table,
+        provider: SnapshotTable,
+        partials: Aggregator,
+        preds: Vec<datafusion::logical_expr::Expr>,
+        step: i64,
+        q: &Request<'_>,
+    ) -> Result<Held, QueryError> {
+        let schema = crate::lake::batch::arrow_schema(table.metadata().current_schema())
+            .map_err(QueryError::internal)?;
+        let extra = partials.into_batch(&schema).map_err(QueryError::internal)?;
+        let fresh = self.ctx.read_batch(extra).map_err(df_err)?;
+        let merged = filtered(
+            self.ctx.read_table(Arc::new(provider)).map_err(df_err)?,
+            preds,
+        )?
+        .union(fresh)
+        .map_err(df_err)?;
+        let open_order = || {
+            vec![
+                col("open_ts").sort(true, false),
+                col("open_seq").sort(true, true),
+                col("open_id").sort(true, false),
+            ]
+        };
+        let close_order = || {
+            vec![
+                col("close_ts").sort(true, false),
+                col("close_seq").sort(true, true),
+                col("close_id").sort(true, false),
+            ]
+        };
+        let stride = lit(ScalarValue::new_interval_mdn(0, 0, step * 1000));
+        let bucket = date_bin(stride, col("minute"), ts_lit(0)).alias("time");
+        let df = merged
+            .aggregate(
+                vec![bucket],
+                vec![
+                    first_value(col("open"), open_order()).alias("open"),
+                    max(col("high")).alias("high"),
+                    min(col("low")).alias("low"),
+                    last_value(col("close"), close_order()).alias("close"),
+                    sum(col("volume")).alias("volume"),
+                    sum(col("trades")).alias("trades"),
+                ],
+            )
+            .and_then(|d| d.sort(vec![col("time").sort(true, false)]))
+            .map_err(df_err)?;
+        let (rows, _) = collect(df, q, None).await?;
+        Ok(rows)
+    }
+
     /// The OHLCV answer from the bars, or `None` when it must come from
     /// the raw trades.
     pub(super) async fn ohlcv_from_bars(
@@ -211,6 +268,7 @@ impl Engine {
         if !self.bars.enabled || r.start_us % MINUTE_US != 0 || r.end_us % MINUTE_US != 0 {
             return Ok(None);
         }
+        let t0 = std::time::Instant::now();
         let Some(table) = self.bars_table().await else {
             return Ok(None);
         };
@@ -257,6 +315,7 @@ impl Engine {
             partials.add(b, keep).map_err(QueryError::internal)?;
         }
         let tail_rows: usize = pin.rows().iter().map(|b| b.num_rows()).sum();
+        let t_gap = t0.elapsed();
         let preds = ohlcv_filters(r, "minute");
         // The stored bars merged here with the rest, from files decoded
         // once; where the planner cannot list the files (delete files),
@@ -275,51 +334,31 @@ impl Engine {
                     .map_err(QueryError::internal)?,
             ),
         };
-        let schema = crate::lake::batch::arrow_schema(table.metadata().current_schema())
-            .map_err(QueryError::internal)?;
-        let extra = partials.into_batch(&schema).map_err(QueryError::internal)?;
-        let fresh = self.ctx.read_batch(extra).map_err(df_err)?;
-        let merged = match stored {
-            Some(provider) => filtered(
-                self.ctx.read_table(Arc::new(provider)).map_err(df_err)?,
-                preds,
-            )?
-            .union(fresh)
-            .map_err(df_err)?,
-            None => fresh,
-        };
-        let open_order = || {
-            vec![
-                col("open_ts").sort(true, false),
-                col("open_seq").sort(true, true),
-                col("open_id").sort(true, false),
-            ]
-        };
-        let close_order = || {
-            vec![
-                col("close_ts").sort(true, false),
-                col("close_seq").sort(true, true),
-                col("close_id").sort(true, false),
-            ]
-        };
+        let t_stored = t0.elapsed();
         let step = r.interval.micros();
-        let stride = lit(ScalarValue::new_interval_mdn(0, 0, step * 1000));
-        let bucket = date_bin(stride, col("minute"), ts_lit(0)).alias("time");
-        let df = merged
-            .aggregate(
-                vec![bucket],
-                vec![
-                    first_value(col("open"), open_order()).alias("open"),
-                    max(col("high")).alias("high"),
-                    min(col("low")).alias("low"),
-                    last_value(col("close"), close_order()).alias("close"),
-                    sum(col("volume")).alias("volume"),
-                    sum(col("trades")).alias("trades"),
-                ],
-            )
-            .and_then(|d| d.sort(vec![col("time").sort(true, false)]))
-            .map_err(df_err)?;
-        let (rows, _) = collect(df, q, None).await?;
+        let rows = match stored {
+            // Every bar is in memory: rolled up here, as DataFusion would
+            // (`Aggregator::roll_up`; `tests` check both against the raw
+            // trades), without planning a query for 1,440 rows.
+            None => {
+                let bars = partials.roll_up(step).map_err(QueryError::internal)?;
+                let held = q.memory.empty();
+                q.memory.hold_batch(&held, &bars)?;
+                Held::new(vec![bars], held)
+            }
+            Some(provider) => {
+                self.roll_up_in_datafusion(&table, provider, partials, preds, step, q)
+                    .await?
+            }
+        };
+        // Where a slow answer spent its time, for `RUST_LOG=ticklake::query=debug`.
+        tracing::debug!(
+            gap_snapshots = gap.len(),
+            pin_and_gap_ms = t_gap.as_secs_f64() * 1000.0,
+            stored_ms = (t_stored - t_gap).as_secs_f64() * 1000.0,
+            roll_up_ms = (t0.elapsed() - t_stored).as_secs_f64() * 1000.0,
+            "ohlcv from the minute bars"
+        );
         let batches = &rows.batches;
         let head = json!({
             "source": "hybrid",
