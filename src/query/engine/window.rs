@@ -511,18 +511,22 @@ mod tests {
     #[test]
     fn the_budget_drops_the_least_recently_asked() {
         let mut c = WindowCache::default();
-        c.put(key("A"), window(1, 1, 0, 200), 500);
-        c.put(key("B"), window(1, 1, 0, 200), 500);
+        for k in ["A", "B", "C", "D"] {
+            c.put(key(k), window(1, 1, 0, 100), 400);
+        }
+        assert_eq!(c.bytes, 400);
         // A asked again: B is now the one least recently asked.
         assert!(matches!(c.find(&key("A"), 1, 0), Found::Exact(_)));
-        c.put(key("C"), window(1, 1, 0, 200), 500);
+        c.put(key("E"), window(1, 1, 0, 100), 400);
         assert!(matches!(c.find(&key("B"), 1, 0), Found::Nothing));
-        assert!(matches!(c.find(&key("A"), 1, 0), Found::Exact(_)));
-        assert!(matches!(c.find(&key("C"), 1, 0), Found::Exact(_)));
+        for k in ["A", "C", "D", "E"] {
+            assert!(matches!(c.find(&key(k), 1, 0), Found::Exact(_)), "{k}");
+        }
         assert_eq!(c.bytes, 400);
         // An entry larger than a quarter of the budget is not kept.
-        c.put(key("D"), window(1, 1, 0, 126), 500);
-        assert!(matches!(c.find(&key("D"), 1, 0), Found::Nothing));
+        c.put(key("F"), window(1, 1, 0, 101), 400);
+        assert!(matches!(c.find(&key("F"), 1, 0), Found::Nothing));
+        assert_eq!(c.bytes, 400);
         c.clear();
         assert_eq!(c.bytes, 0);
     }
