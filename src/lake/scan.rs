@@ -115,78 +115,10 @@ pub async fn files_plan(
     format.create_physical_plan(state, config).await
 }
 
-/// A DataFusion plan reading `table` at `snapshot_id`, or `None` when the
-/// fast path does not apply (see the module comment). `schema` is the
-/// table's Arrow schema; `filters` only prune, the caller filters again.
-#[allow(clippy::too_many_arguments)]
-pub async fn parquet_plan(
-    state: &dyn Session,
-    planner: &Planner,
-    table: &Table,
-    snapshot_id: i64,
-    schema: &SchemaRef,
-    projection: Option<&Vec<usize>>,
-    filters: &[Expr],
-    limit: Option<usize>,
-) -> DFResult<Option<Arc<dyn ExecutionPlan>>> {
-    let Some(files) = local_files(planner, table, snapshot_id, filters).await? else {
-        return Ok(None);
-    };
-    files_plan(state, &files, schema, projection, limit)
-        .await
-        .map(Some)
-}
-
-/// Some data files of a table, chosen by the caller (`local_files`), as a
-/// DataFusion table: the files a newer snapshot added to the ones whose
-/// rows a query engine already holds (`query::engine::window`).
-#[derive(Debug)]
-pub struct FilesTable {
-    files: Vec<PlannedFile>,
-    schema: SchemaRef,
-}
-
-impl FilesTable {
-    pub fn new(files: Vec<PlannedFile>, schema: SchemaRef) -> Self {
-        Self { files, schema }
-    }
-}
-
-#[async_trait]
-impl TableProvider for FilesTable {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        files_plan(state, &self.files, &self.schema, projection, limit).await
-    }
-
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> DFResult<Vec<TableProviderFilterPushDown>> {
-        // They only prune; DataFusion filters the rows again.
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
-    }
-}
-
 /// A plan reading `table` at `snapshot_id`: the fast path where it applies
-/// (`parquet_plan`), else Iceberg's own reader.
+/// (`local_files`, `files_plan`), else Iceberg's own reader. `schema` is
+/// the table's Arrow schema; `filters` only prune, the caller filters
+/// again.
 #[allow(clippy::too_many_arguments)]
 pub async fn snapshot_plan(
     state: &dyn Session,
@@ -198,19 +130,8 @@ pub async fn snapshot_plan(
     filters: &[Expr],
     limit: Option<usize>,
 ) -> DFResult<Arc<dyn ExecutionPlan>> {
-    let fast = parquet_plan(
-        state,
-        planner,
-        table,
-        snapshot_id,
-        schema,
-        projection,
-        filters,
-        limit,
-    )
-    .await?;
-    if let Some(plan) = fast {
-        return Ok(plan);
+    if let Some(files) = local_files(planner, table, snapshot_id, filters).await? {
+        return files_plan(state, &files, schema, projection, limit).await;
     }
     let slow = IcebergStaticTableProvider::try_new_from_table_snapshot(table.clone(), snapshot_id)
         .await
@@ -221,12 +142,17 @@ pub async fn snapshot_plan(
 /// One snapshot of a table as a DataFusion table, read through the fast
 /// path where it applies and Iceberg's reader where it does not. The
 /// minute bars are read so: their files planned from the planner's index,
-/// not from the manifests at every request.
+/// not from the manifests at every request. Or some of the snapshot's
+/// files, chosen by the caller (`local_files`): the files a newer snapshot
+/// added to those whose rows a query engine already holds
+/// (`query::engine::window`).
 pub struct SnapshotTable {
     table: Table,
     snapshot_id: i64,
     planner: Planner,
     schema: SchemaRef,
+    /// The files read instead of all that the filters keep.
+    files: Option<Vec<PlannedFile>>,
 }
 
 impl fmt::Debug for SnapshotTable {
@@ -246,7 +172,20 @@ impl SnapshotTable {
             snapshot_id,
             planner,
             schema,
+            files: None,
         })
+    }
+
+    /// `files` of `table` at `snapshot_id` (from `local_files`), and no
+    /// other.
+    pub fn of_files(
+        table: Table,
+        snapshot_id: i64,
+        files: Vec<PlannedFile>,
+    ) -> Result<Self, super::LakeError> {
+        let mut t = Self::new(table, snapshot_id, Planner::default())?;
+        t.files = Some(files);
+        Ok(t)
     }
 }
 
@@ -271,6 +210,9 @@ impl TableProvider for SnapshotTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        if let Some(files) = &self.files {
+            return files_plan(state, files, &self.schema, projection, limit).await;
+        }
         snapshot_plan(
             state,
             &self.planner,

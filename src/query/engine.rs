@@ -44,7 +44,6 @@ use crate::model::now_us;
 mod bars;
 mod recent;
 mod window;
-pub use window::OUTCOMES as RECENT_WINDOW_OUTCOMES;
 
 /// The wall clock in UTC microseconds; tests fix it.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;

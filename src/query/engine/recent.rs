@@ -158,11 +158,12 @@ impl Engine {
         };
         self.refresh_windows(&pin, &q).await;
         for ((symbol, exchange), from) in known {
-            let window = RecentWindow {
-                symbol: &symbol,
-                exchange: exchange.as_deref(),
-                start: from,
-            };
+            let window = RecentWindow::new(&symbol, exchange.as_deref(), from);
+            // A window kept for these pages answers them (`recent`), so
+            // what the lake's newest trade is would not be asked.
+            if self.limits.recent_cache_bytes > 0 && self.window_kept(&window) {
+                continue;
+            }
             if let Err(e) = self.lake_newest(lake.clone(), id, &window, &q).await {
                 tracing::debug!(symbol, error = %e, "query: could not learn the lake's newest trade");
             }
@@ -180,11 +181,7 @@ impl Engine {
             .limit
             .unwrap_or(self.limits.max_rows)
             .min(self.limits.max_rows);
-        let window = RecentWindow {
-            symbol: &r.symbol,
-            exchange: r.exchange.as_deref(),
-            start,
-        };
+        let window = RecentWindow::new(&r.symbol, r.exchange.as_deref(), start);
         let started = std::time::Instant::now();
         let pin = self
             .live
@@ -366,10 +363,7 @@ impl Engine {
         window: &RecentWindow<'_>,
         q: &Request<'_>,
     ) -> Result<Option<Option<i64>>, QueryError> {
-        let key = (
-            window.symbol.to_string(),
-            window.exchange.map(str::to_string),
-        );
+        let key = window.key();
         let cached = self
             .lake_newest
             .lock()

@@ -24,7 +24,7 @@ use arrow::compute::filter_record_batch;
 use super::recent::RecentWindow;
 use super::*;
 use crate::lake::files::PlannedFile;
-use crate::lake::scan::{FilesTable, local_files};
+use crate::lake::scan::{SnapshotTable, local_files};
 
 /// How far below a query's start an entry keeps rows when it moves on, so
 /// that pollers asking windows a few minutes apart share one entry instead
@@ -36,7 +36,7 @@ const KEEP_BELOW_US: i64 = 5 * 60 * 1_000_000;
 /// rows were kept), `carried` (kept rows carried to a new snapshot, here or
 /// right after a commit), `read` (read whole, then kept), `not_kept` (read
 /// whole, too large to keep).
-pub const OUTCOMES: [&str; 4] = ["kept", "carried", "read", "not_kept"];
+const OUTCOMES: [&str; 4] = ["kept", "carried", "read", "not_kept"];
 
 #[derive(Clone, Copy)]
 enum Outcome {
@@ -241,10 +241,10 @@ impl Engine {
         let Some(files) = self.window_files(pin, window, window.start).await? else {
             return Ok(None);
         };
-        let lake = Arc::new(self.live.at(pin.lake_only()));
-        let df = self.ctx.read_table(lake).map_err(df_err)?;
-        let read = trades_in_order(df, window.preds(), false, limit + 1, q).await?;
-        let rows = read.batches.clone();
+        let paths = files.iter().map(|f| f.path.clone()).collect();
+        let rows = self
+            .read_files(pin, files, window.preds(), limit + 1, q)
+            .await?;
         let complete = rows_in(&rows) <= limit;
         let bytes = bytes_of(&rows);
         let kept = complete && bytes <= self.limits.recent_cache_bytes / 4;
@@ -260,7 +260,7 @@ impl Engine {
                     snapshot_id,
                     sequence: sequence_of(pin, snapshot_id),
                     from: window.start,
-                    files,
+                    files: paths,
                     rows: rows.clone(),
                     bytes,
                     used: 0,
@@ -271,21 +271,44 @@ impl Engine {
     }
 
     /// The files planned for `window`'s rows at or after `from` at `pin`'s
-    /// snapshot, when the fast path can read them.
+    /// snapshot (which it must have), when the fast path can read them.
     async fn window_files(
         &self,
         pin: &Pin,
         window: &RecentWindow<'_>,
         from: i64,
-    ) -> Result<Option<HashSet<Arc<str>>>, QueryError> {
+    ) -> Result<Option<Vec<PlannedFile>>, QueryError> {
         let Some(snapshot_id) = pin.snapshot_id() else {
-            return Ok(Some(HashSet::new()));
+            return Ok(None);
         };
-        let preds = window.preds_from(from);
-        let files = local_files(self.live.planner(), pin.table(), snapshot_id, &preds)
-            .await
-            .map_err(df_err)?;
-        Ok(files.map(|f| f.into_iter().map(|p| p.path).collect()))
+        local_files(
+            self.live.planner(),
+            pin.table(),
+            snapshot_id,
+            &window.preds_from(from),
+        )
+        .await
+        .map_err(df_err)
+    }
+
+    /// The rows of `files` (of `pin`'s snapshot) matching `preds`, newest
+    /// first, at most `most`.
+    async fn read_files(
+        &self,
+        pin: &Pin,
+        files: Vec<PlannedFile>,
+        preds: Vec<Expr>,
+        most: usize,
+        q: &Request<'_>,
+    ) -> Result<Vec<RecordBatch>, QueryError> {
+        let Some(snapshot_id) = pin.snapshot_id() else {
+            return Ok(Vec::new());
+        };
+        let table = SnapshotTable::of_files(pin.table().clone(), snapshot_id, files)
+            .map_err(QueryError::internal)?;
+        let df = self.ctx.read_table(Arc::new(table)).map_err(df_err)?;
+        let read = trades_in_order(df, preds, false, most, q).await?;
+        Ok(read.batches.clone())
     }
 
     /// `rows`, the window's rows at or after `from` at an older snapshot
@@ -298,17 +321,13 @@ impl Engine {
         window: &RecentWindow<'_>,
         from: i64,
         files: HashSet<Arc<str>>,
-        rows: Vec<RecordBatch>,
+        mut rows: Vec<RecordBatch>,
         q: &Request<'_>,
     ) -> Result<Option<LakeWindow>, QueryError> {
         let Some(snapshot_id) = pin.snapshot_id() else {
             return Ok(None);
         };
-        let preds = window.preds_from(from);
-        let Some(now) = local_files(self.live.planner(), pin.table(), snapshot_id, &preds)
-            .await
-            .map_err(df_err)?
-        else {
+        let Some(now) = self.window_files(pin, window, from).await? else {
             return Ok(None);
         };
         let paths: HashSet<Arc<str>> = now.iter().map(|f| f.path.clone()).collect();
@@ -319,23 +338,25 @@ impl Engine {
             .into_iter()
             .filter(|f| !files.contains(&f.path))
             .collect();
-        let mut rows = rows;
         if !added.is_empty() {
             let most = self.limits.max_rows.max(1);
-            let table = Arc::new(FilesTable::new(added, self.live.schema()));
-            let df = self.ctx.read_table(table).map_err(df_err)?;
-            let read = trades_in_order(df, preds, false, most + 1, q).await?;
-            if rows_in(&read.batches) > most {
+            let read = self
+                .read_files(pin, added, window.preds_from(from), most + 1, q)
+                .await?;
+            if rows_in(&read) > most {
                 return Ok(None);
             }
-            rows.extend(read.batches.iter().cloned());
+            rows.extend(read);
         }
         // Rows well below what is asked now are let go, and the files
         // planned again for what is kept.
         let keep_from = from.max(window.start - KEEP_BELOW_US);
         let (rows, files) = if keep_from > from {
             match self.window_files(pin, window, keep_from).await? {
-                Some(files) => (rows_from(&rows, keep_from)?, files),
+                Some(files) => (
+                    rows_from(&rows, keep_from)?,
+                    files.into_iter().map(|f| f.path).collect(),
+                ),
                 None => return Ok(None),
             }
         } else {
@@ -345,7 +366,7 @@ impl Engine {
         Ok(Some(LakeWindow {
             snapshot_id,
             sequence: sequence_of(pin, snapshot_id),
-            from: keep_from.max(from),
+            from: keep_from,
             files,
             rows,
             bytes,
@@ -395,9 +416,8 @@ impl Engine {
             Ok(c) => c.keys(),
             Err(_) => return,
         };
-        for ((symbol, exchange), from) in keys {
-            let window = RecentWindow::new(&symbol, exchange.as_deref(), from);
-            let key = window.key();
+        for (key, from) in keys {
+            let window = RecentWindow::new(&key.0, key.1.as_deref(), from);
             let found = match self.windows.lock() {
                 Ok(mut c) => c.find(&key, snapshot_id, from),
                 Err(_) => return,
@@ -412,7 +432,7 @@ impl Engine {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::debug!(symbol, error = %e, "query: could not carry a recent window forward")
+                    tracing::debug!(symbol = %key.0, error = %e, "query: could not carry a recent window forward")
                 }
             }
         }
