@@ -132,6 +132,13 @@ fn micros(b: &RecordBatch, name: &str) -> Result<TimestampMicrosecondArray, Lake
         .ok_or_else(|| LakeError::Parquet(format!("{name} is not in microseconds")))
 }
 
+/// Unscaled decimals as a column of the trades' scale.
+fn decimals(values: impl Iterator<Item = i128>, precision: u8) -> Result<ArrayRef, LakeError> {
+    let a = Decimal128Array::from_iter_values(values)
+        .with_precision_and_scale(precision, crate::model::DECIMAL_SCALE as i8)?;
+    Ok(Arc::new(a))
+}
+
 fn typed<T: Clone + 'static>(b: &RecordBatch, name: &str) -> Result<T, LakeError> {
     column(b, name)?
         .as_any()
@@ -302,7 +309,6 @@ impl Aggregator {
         self.bars.is_empty()
     }
 
-    /// The partial bars as rows of `schema` (the bars table's Arrow schema).
     /// These partial bars rolled up into bars of `step` microseconds (a
     /// whole number of minutes), every (exchange, symbol) of them together,
     /// as `/v1/ohlcv` answers: columns time, open, high, low, close, volume
@@ -323,9 +329,7 @@ impl Aggregator {
         }
         let rows: Vec<(i64, Partial)> = out.into_iter().collect();
         let dec = |f: fn(&Partial) -> i128, precision: u8| {
-            Decimal128Array::from_iter_values(rows.iter().map(|r| f(&r.1)))
-                .with_precision_and_scale(precision, crate::model::DECIMAL_SCALE as i8)
-                .map(|a| Arc::new(a) as ArrayRef)
+            decimals(rows.iter().map(|r| f(&r.1)), precision)
         };
         let p = crate::model::DECIMAL_PRECISION;
         let decimal =
@@ -357,6 +361,7 @@ impl Aggregator {
         Ok(RecordBatch::try_new(schema, columns)?)
     }
 
+    /// The partial bars as rows of `schema` (the bars table's Arrow schema).
     pub fn into_batch(self, schema: &SchemaRef) -> Result<RecordBatch, LakeError> {
         type Row = ((String, String, i64), Partial);
         let rows: Vec<Row> = self.bars.into_iter().collect();
@@ -372,11 +377,7 @@ impl Aggregator {
         let long = |f: fn(&Row) -> Option<i64>| -> ArrayRef {
             Arc::new(Int64Array::from_iter(rows.iter().map(f)))
         };
-        let dec = |f: fn(&Row) -> i128, precision: u8| {
-            Decimal128Array::from_iter_values(rows.iter().map(f))
-                .with_precision_and_scale(precision, crate::model::DECIMAL_SCALE as i8)
-                .map(|a| Arc::new(a) as ArrayRef)
-        };
+        let dec = |f: fn(&Row) -> i128, precision: u8| decimals(rows.iter().map(f), precision);
         let p = crate::model::DECIMAL_PRECISION;
         let columns: Vec<ArrayRef> = vec![
             text(|r| &r.0.0),

@@ -130,6 +130,23 @@ fn ts_lit(us: i64) -> Expr {
     ))
 }
 
+/// The order bars take trades in, by the names of its columns: timestamp,
+/// then source sequence (none first), then message id.
+fn bar_order(ts: &str, seq: &str, id: &str) -> Vec<datafusion::logical_expr::SortExpr> {
+    vec![
+        col(ts).sort(true, false),
+        col(seq).sort(true, true),
+        col(id).sort(true, false),
+    ]
+}
+
+/// The start of the bar of `step` microseconds, from the Unix epoch, that
+/// the timestamp `column` falls in, as `time`.
+fn time_bucket(step: i64, column: &str) -> Expr {
+    let stride = lit(ScalarValue::new_interval_mdn(0, 0, step * 1000));
+    date_bin(stride, col(column), ts_lit(0)).alias("time")
+}
+
 /// A query the user got wrong (unknown column, type mismatch) or one that
 /// asks a function for more than its size limit is theirs to fix; running
 /// out of the query memory is a capacity limit; anything else is ours.
@@ -510,18 +527,10 @@ impl Engine {
         }
         let (df, info, source) = self.source(None).await?;
         let preds = ohlcv_filters(&r, "timestamp");
-        let order = || {
-            vec![
-                col("timestamp").sort(true, false),
-                col("source_sequence").sort(true, true),
-                col("message_id").sort(true, false),
-            ]
-        };
-        let stride = lit(ScalarValue::new_interval_mdn(0, 0, step * 1000));
-        let bucket = date_bin(stride, col("timestamp"), ts_lit(0)).alias("time");
+        let order = || bar_order("timestamp", "source_sequence", "message_id");
         let df = filtered(df, preds)?
             .aggregate(
-                vec![bucket],
+                vec![time_bucket(step, "timestamp")],
                 vec![
                     first_value(col("price"), order()).alias("open"),
                     max(col("price")).alias("high"),

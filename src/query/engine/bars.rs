@@ -17,15 +17,16 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
-use datafusion::common::ScalarValue;
-use datafusion::functions::datetime::expr_fn::date_bin;
 use datafusion::functions_aggregate::expr_fn::{first_value, last_value, max, min, sum};
-use datafusion::prelude::{col, lit};
+use datafusion::prelude::col;
 use iceberg::TableIdent;
 use iceberg::table::Table;
 use serde_json::json;
 
-use super::{Engine, Request, answer, collect, df_err, filtered, ohlcv_filters, rows_in, ts_lit};
+use super::{
+    Engine, Request, answer, bar_order, collect, df_err, filtered, ohlcv_filters, rows_in,
+    time_bucket,
+};
 use crate::lake::bars::{self, Aggregator};
 use crate::lake::files::Planner;
 use crate::lake::scan::SnapshotTable;
@@ -224,30 +225,16 @@ impl Engine {
         )?
         .union(fresh)
         .map_err(df_err)?;
-        let open_order = || {
-            vec![
-                col("open_ts").sort(true, false),
-                col("open_seq").sort(true, true),
-                col("open_id").sort(true, false),
-            ]
-        };
-        let close_order = || {
-            vec![
-                col("close_ts").sort(true, false),
-                col("close_seq").sort(true, true),
-                col("close_id").sort(true, false),
-            ]
-        };
-        let stride = lit(ScalarValue::new_interval_mdn(0, 0, step * 1000));
-        let bucket = date_bin(stride, col("minute"), ts_lit(0)).alias("time");
         let df = merged
             .aggregate(
-                vec![bucket],
+                vec![time_bucket(step, "minute")],
                 vec![
-                    first_value(col("open"), open_order()).alias("open"),
+                    first_value(col("open"), bar_order("open_ts", "open_seq", "open_id"))
+                        .alias("open"),
                     max(col("high")).alias("high"),
                     min(col("low")).alias("low"),
-                    last_value(col("close"), close_order()).alias("close"),
+                    last_value(col("close"), bar_order("close_ts", "close_seq", "close_id"))
+                        .alias("close"),
                     sum(col("volume")).alias("volume"),
                     sum(col("trades")).alias("trades"),
                 ],
