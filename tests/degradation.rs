@@ -186,6 +186,10 @@ fn overload_degrades_by_tier_keeps_tier_one_and_accounts_for_everything() {
     );
 
     let (mut replay, url) = start_replay(&[flood], &["--rate", &FLOOD_RATE.to_string()]);
+    // The backlog shows as consumer lag when the writer is the slowest
+    // stage, and as records in the producer's queue when the broker is
+    // (a busy CI machine: Tansu took the flood at about 7,000/s, and its
+    // watermarks came 10 s late); either must raise the level.
     let env = Env::new(
         &brokers,
         Some(&url),
@@ -199,7 +203,7 @@ recovery_factor = 0.7
 [degradation.thresholds]
 consumer_lag = [2000.0, 5000.0, 10000.0, 10000000.0]
 lane_depth = [0.9, 0.95, 0.99, 2.0]
-producer_queue = [100000000.0, 200000000.0, 300000000.0, 400000000.0]
+producer_queue = [2000.0, 5000.0, 10000.0, 10000000.0]
 commit_latency_ms = [100000000.0, 200000000.0, 300000000.0, 400000000.0]
 
 [chaos]
@@ -216,11 +220,20 @@ replay_batch = 200
 
     let started = Instant::now();
     let mut max_rss = 0u64;
+    // When the test first saw tier 3 degraded, and how many tier-3 trades
+    // the feed had received by then: the diagnosis when it never is.
+    let mut first_degraded: Option<(f64, String, u64)> = None;
     let mut watch = |s: &Value| {
         let rss = s["degradation"]["last_signals"]["rss_bytes"]
             .as_f64()
             .unwrap_or(0.0) as u64;
         max_rss = max_rss.max(rss);
+        let level = s["level"].as_str().unwrap_or_default();
+        if first_degraded.is_none() && matches!(level, "GRACEFUL" | "AGGRESSIVE" | "CIRCUIT_BREAK")
+        {
+            let tier3 = accounts(s).get("3").map_or(0, |a| n(a, "received"));
+            first_degraded = Some((started.elapsed().as_secs_f64(), level.to_string(), tier3));
+        }
     };
     wait_received(&env, total, Duration::from_secs(240), &mut watch);
     println!("flood received in {:.1}s", started.elapsed().as_secs_f64());
@@ -245,6 +258,15 @@ replay_batch = 200
         })
         .collect();
     println!("level transitions: {history:?}");
+    for t in s["degradation"]["history"].as_array().unwrap() {
+        println!(
+            "  at {} ms: {} -> {} ({})",
+            t["at_ms"], t["from"], t["to"], t["reason"]
+        );
+    }
+    println!(
+        "first seen degraded (s after start, level, tier-3 trades received): {first_degraded:?}"
+    );
     assert!(
         history
             .iter()

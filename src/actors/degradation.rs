@@ -23,6 +23,7 @@ use crate::actors::observe::{Health, ObservableState, Published, RestartPolicy, 
 use crate::actors::producer::ProducerState;
 use crate::actors::writer::WriterState;
 use crate::degrade::level::{Level, LevelMachine, LevelSnapshot, Signal, Signals};
+use crate::kafka::acks::AckLedger;
 use crate::messages::observe::Observe;
 use crate::messages::producer::{ProducerControl, ProducerLanes};
 use crate::metrics::Metrics;
@@ -85,6 +86,7 @@ pub struct DegradationSupervisor {
     fetching: bool,
     consumer: Option<Addr<ConsumerActor>>,
     watchdog: Duration,
+    acks: Option<Arc<AckLedger>>,
     /// Writers' summed positions and when they last moved.
     progress: (i64, Instant),
     blocked_ns: Vec<u64>,
@@ -106,6 +108,9 @@ pub struct SupervisorInputs {
     pub topics: Vec<(String, Vec<i32>)>,
     pub consumer: Option<Addr<ConsumerActor>>,
     pub watchdog: Duration,
+    /// The producer's acknowledgements: their offsets keep the lag fresh
+    /// while a busy broker is slow to answer for its watermarks.
+    pub acks: Option<Arc<AckLedger>>,
 }
 
 impl DegradationSupervisor {
@@ -151,6 +156,7 @@ impl DegradationSupervisor {
                 fetching: false,
                 consumer: inputs.consumer,
                 watchdog: inputs.watchdog,
+                acks: inputs.acks,
                 progress: (0, Instant::now()),
                 blocked_ns: vec![0; lanes_n],
                 rate_base: (Instant::now(), BTreeMap::new()),
@@ -206,6 +212,18 @@ impl DegradationSupervisor {
 
     fn sample(&mut self, ctx: &mut Context<Self>) {
         self.fetch_highs(ctx);
+        // A partition's end is at least one past the newest record the
+        // broker acknowledged; the watermarks can be seconds old when the
+        // broker is busy, the acknowledgements are not.
+        if let Some(acks) = &self.acks {
+            for (topic, p, high) in acks.acked_highs() {
+                if let Some(h) = self.highs.get_mut(&(topic.to_string(), p))
+                    && *h < high
+                {
+                    *h = high;
+                }
+            }
+        }
         let writers: Vec<WriterState> = self.writers.iter().map(|w| w.borrow().clone()).collect();
         let mut lag_total = 0i64;
         let mut lag = BTreeMap::<String, BTreeMap<i32, i64>>::new();

@@ -13,8 +13,19 @@
 //! `carried_over`, outside this run's identity: at once below the start
 //! end, else after [`UNMATCHED_AFTER`] without an acknowledgement.
 //!
+//! An idempotent producer's retry of a batch the broker had already written
+//! is acknowledged with no offset (librdkafka's DUPLICATE_SEQUENCE_NUMBER:
+//! persisted, offset unknown), which happens around a broker restart. Such
+//! an acknowledgement cannot meet its commit by offset; a committed row
+//! that waited [`UNMATCHED_AFTER`] in vain is matched to one of them of the
+//! same partition, exchange and tier before it would count as carried over.
+//!
 //! So, exactly: `published = stored + deduplicated_at_writer + in_transit`,
 //! where in transit is acknowledged and not yet covered by a commit.
+//!
+//! The ledger also knows each partition's highest acknowledged offset,
+//! which is fresh when the broker is too busy to answer a watermark
+//! request quickly; the degradation supervisor's lag uses it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -59,9 +70,47 @@ pub struct CommittedRow {
 struct Part {
     /// Acknowledged, no commit yet: offset → (exchange, tier).
     acked: BTreeMap<i64, (Arc<str>, Tier)>,
+    /// Acknowledged without an offset, no commit matched yet.
+    unknown: Vec<(Arc<str>, Tier)>,
     /// Committed at or past the start end, no acknowledgement yet.
     waiting: BTreeMap<i64, (CommittedRow, Instant)>,
+    /// One past the highest acknowledged offset.
+    high: i64,
 }
+
+impl Part {
+    /// Settles the committed rows that waited too long for their own
+    /// acknowledgement: one acknowledged without an offset (same exchange
+    /// and tier) claims each if there is one, else the row was someone
+    /// else's.
+    fn settle_stale(&mut self, now: Instant, counts: &mut Counts) {
+        let stale: Vec<i64> = self
+            .waiting
+            .iter()
+            .filter(|(_, (_, at))| now.duration_since(*at) >= UNMATCHED_AFTER)
+            .map(|(o, _)| *o)
+            .collect();
+        for o in stale {
+            let Some((row, _)) = self.waiting.remove(&o) else {
+                continue;
+            };
+            let claim = self
+                .unknown
+                .iter()
+                .position(|(e, t)| *t == row.tier && **e == *row.exchange);
+            let outcome = match claim {
+                Some(i) => {
+                    self.unknown.swap_remove(i);
+                    row.fate.outcome()
+                }
+                None => Outcome::CarriedOver,
+            };
+            *counts.entry((row.exchange, row.tier, outcome)).or_default() += 1;
+        }
+    }
+}
+
+type Counts = HashMap<(Arc<str>, Tier, Outcome), u64>;
 
 /// Shared by the producer's delivery reports and the trades writer.
 pub struct AckLedger {
@@ -91,10 +140,17 @@ impl AckLedger {
 
     /// The broker acknowledged a trade of `exchange` and `tier` at
     /// `offset` (it is already counted as published).
+    /// A negative `offset` is an acknowledgement without one (see the
+    /// module doc).
     pub fn acked(&self, topic: &str, partition: i32, offset: i64, exchange: &str, tier: Tier) {
         let matched = {
             let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
             let part = parts.entry((Arc::from(topic), partition)).or_default();
+            if offset < 0 {
+                part.unknown.push((Arc::from(exchange), tier));
+                return;
+            }
+            part.high = part.high.max(offset + 1);
             match part.waiting.remove(&offset) {
                 Some((row, _)) => Some(row.fate),
                 None => {
@@ -112,7 +168,7 @@ impl AckLedger {
     /// A commit of the trades table succeeded with these rows.
     pub fn committed(&self, rows: Vec<CommittedRow>) {
         let now = Instant::now();
-        let mut counts: HashMap<(Arc<str>, Tier, Outcome), u64> = HashMap::new();
+        let mut counts = Counts::new();
         {
             let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
             for row in rows {
@@ -134,35 +190,56 @@ impl AckLedger {
                     }
                 }
             }
-            // Rows no acknowledgement of this run claimed in time.
             for part in parts.values_mut() {
-                let stale: Vec<i64> = part
-                    .waiting
-                    .iter()
-                    .filter(|(_, (_, at))| now.duration_since(*at) >= UNMATCHED_AFTER)
-                    .map(|(o, _)| *o)
-                    .collect();
-                for o in stale {
-                    if let Some((row, _)) = part.waiting.remove(&o) {
-                        *counts
-                            .entry((row.exchange, row.tier, Outcome::CarriedOver))
-                            .or_default() += 1;
-                    }
+                part.settle_stale(now, &mut counts);
+            }
+        }
+        self.count(counts);
+    }
+
+    /// Settles committed rows that waited [`UNMATCHED_AFTER`] in vain. The
+    /// trades writer calls this on its timer, so a daemon that has stopped
+    /// committing still settles its last rows.
+    pub fn sweep(&self) {
+        self.sweep_at(Instant::now());
+    }
+
+    fn sweep_at(&self, now: Instant) {
+        let mut counts = Counts::new();
+        {
+            let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+            for part in parts.values_mut() {
+                if !part.waiting.is_empty() {
+                    part.settle_stale(now, &mut counts);
                 }
             }
         }
+        self.count(counts);
+    }
+
+    fn count(&self, counts: Counts) {
         for ((exchange, tier, outcome), n) in counts {
             self.metrics.account(&exchange, tier.label(), outcome, n);
         }
+    }
+
+    /// One past the highest offset acknowledged, per topic and partition.
+    pub fn acked_highs(&self) -> Vec<(Arc<str>, i32, i64)> {
+        let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        parts
+            .iter()
+            .filter(|(_, p)| p.high > 0)
+            .map(|((t, p), part)| (t.clone(), *p, part.high))
+            .collect()
     }
 
     /// Acknowledged and not yet covered by a commit, and committed rows
     /// still waiting for an acknowledgement.
     pub fn pending(&self) -> (usize, usize) {
         let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-        parts
-            .values()
-            .fold((0, 0), |(a, w), p| (a + p.acked.len(), w + p.waiting.len()))
+        parts.values().fold((0, 0), |(a, w), p| {
+            (a + p.acked.len() + p.unknown.len(), w + p.waiting.len())
+        })
     }
 }
 
@@ -214,5 +291,36 @@ mod tests {
         let a = &accounts(&m)[0];
         assert_eq!((a.stored, a.in_transit), (2, 0));
         assert_eq!(l.pending(), (0, 0));
+        assert_eq!(l.acked_highs(), vec![(Arc::from("t"), 0, 13)]);
+    }
+
+    #[test]
+    fn an_acknowledgement_without_offset_claims_a_row_left_waiting() {
+        let m = Metrics::new().unwrap();
+        let l = AckLedger::new(m.clone(), HashMap::new());
+        m.account("BINANCE", "1", Outcome::Published, 2);
+        // A retry the broker had written already: acknowledged, offset -1.
+        l.acked("t", 0, -1, "BINANCE", Tier::One);
+        l.acked("t", 0, 1, "BINANCE", Tier::One);
+        l.committed(vec![row(0, Fate::Stored), row(1, Fate::Stored)]);
+        assert_eq!(l.pending(), (1, 1));
+        let a = &accounts(&m)[0];
+        assert_eq!((a.stored, a.in_transit), (1, 1));
+        // Too early: its own acknowledgement may still come.
+        let t0 = Instant::now();
+        l.sweep_at(t0);
+        assert_eq!(accounts(&m)[0].in_transit, 1);
+        // Past the wait, the offset-less acknowledgement claims it: stored,
+        // not carried over, and nothing stays in transit.
+        l.sweep_at(t0 + UNMATCHED_AFTER + Duration::from_secs(1));
+        let a = &accounts(&m)[0];
+        assert_eq!((a.stored, a.carried_over, a.in_transit), (2, 0, 0));
+        assert_eq!(l.pending(), (0, 0));
+        // With none left to claim it, a row waiting in vain is carried over.
+        l.committed(vec![row(7, Fate::Stored)]);
+        l.sweep_at(Instant::now() + UNMATCHED_AFTER + Duration::from_secs(1));
+        let a = &accounts(&m)[0];
+        assert_eq!((a.stored, a.carried_over, a.in_transit), (2, 1, 0));
+        assert_eq!(l.acked_highs(), vec![(Arc::from("t"), 0, 2)]);
     }
 }

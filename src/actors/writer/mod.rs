@@ -648,6 +648,9 @@ impl Actor for WriterActor {
             if due {
                 act.start_flush(ctx);
             }
+            if let Some(t) = &mut act.tally {
+                t.sweep();
+            }
         });
     }
 }

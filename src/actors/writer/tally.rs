@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::instruments::{Instruments, Tier};
 pub use crate::kafka::acks::Fate;
@@ -24,6 +25,7 @@ pub struct Tally {
     pending: Vec<CommittedRow>,
     /// Rows of the running commit.
     in_commit: Vec<CommittedRow>,
+    swept: Instant,
 }
 
 impl Tally {
@@ -35,6 +37,7 @@ impl Tally {
             exchanges: HashMap::new(),
             pending: Vec::new(),
             in_commit: Vec::new(),
+            swept: Instant::now(),
         }
     }
 
@@ -81,6 +84,15 @@ impl Tally {
     /// The running commit succeeded: its rows count now.
     pub fn committed(&mut self) {
         self.ledger.committed(std::mem::take(&mut self.in_commit));
+    }
+
+    /// Settles rows that waited too long for an acknowledgement (the
+    /// ledger's `sweep`), at most once a second: the wait is 30 s.
+    pub fn sweep(&mut self) {
+        if self.swept.elapsed() >= Duration::from_secs(1) {
+            self.swept = Instant::now();
+            self.ledger.sweep();
+        }
     }
 
     /// A rewind: every row not committed is read again from Kafka.
