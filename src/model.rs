@@ -309,8 +309,31 @@ impl TradeBuilder {
 /// de-duplicated downstream. The id space matters because Binance `trade` and
 /// `aggTrade` ids are separate sequences, and both are per symbol.
 pub fn message_id(exchange: &str, id_space: &str, symbol: &str, trade_id: &str) -> String {
-    let key = format!("{exchange}\u{1f}{id_space}\u{1f}{symbol}\u{1f}{trade_id}");
-    uuid::Uuid::new_v5(&MESSAGE_NAMESPACE, key.as_bytes()).to_string()
+    // Built on the stack: this runs once per trade on the feed's thread.
+    let parts = [exchange, id_space, symbol, trade_id];
+    let len = parts.iter().map(|p| p.len()).sum::<usize>() + 3;
+    let mut stack = [0u8; 160];
+    let mut heap = Vec::new();
+    let key: &mut [u8] = if len <= stack.len() {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, 0);
+        &mut heap
+    };
+    let mut at = 0;
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            key[at] = 0x1f;
+            at += 1;
+        }
+        key[at..at + p.len()].copy_from_slice(p.as_bytes());
+        at += p.len();
+    }
+    let mut out = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::new_v5(&MESSAGE_NAMESPACE, key)
+        .hyphenated()
+        .encode_lower(&mut out)
+        .to_string()
 }
 
 /// A frame that could not be turned into a record, kept with its raw bytes.
@@ -417,6 +440,15 @@ mod tests {
 
     #[test]
     fn message_ids_are_deterministic_and_distinct_per_id_space() {
+        // The id is the v5 UUID of the four parts joined by U+001F, short
+        // key or long.
+        for sym in ["BTCUSDT", &"X".repeat(300)] {
+            let key = format!("BINANCE\u{1f}trade\u{1f}{sym}\u{1f}42");
+            assert_eq!(
+                message_id("BINANCE", "trade", sym, "42"),
+                uuid::Uuid::new_v5(&MESSAGE_NAMESPACE, key.as_bytes()).to_string()
+            );
+        }
         let a = message_id("BINANCE", "aggTrade", "BTCUSDT", "1");
         assert_eq!(a, message_id("BINANCE", "aggTrade", "BTCUSDT", "1"));
         assert_ne!(a, message_id("BINANCE", "trade", "BTCUSDT", "1"));

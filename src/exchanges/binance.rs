@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 
 use super::{FrameError, Parsed};
@@ -27,6 +29,20 @@ pub fn quote_currency(symbol: &str) -> &'static str {
 /// Parses one text frame received from a Binance WebSocket. A trade's
 /// symbol must pass `symbols`, the exchange's rule from the instruments file.
 pub fn parse_frame(
+    text: &str,
+    exchange: &str,
+    symbols: &SymbolRule,
+    received_us: i64,
+) -> Result<Parsed, FrameError> {
+    match fast_trade(text, exchange, symbols, received_us) {
+        Some(t) => Ok(boxed(t)),
+        None => parse_general(text, exchange, symbols, received_us),
+    }
+}
+
+/// Any frame, through a `serde_json::Value`: the kinds that are not
+/// trades, and the precise reason a bad frame is bad.
+fn parse_general(
     text: &str,
     exchange: &str,
     symbols: &SymbolRule,
@@ -69,6 +85,148 @@ pub fn parse_frame(
             got: kind_of(other),
         }),
         None => Ok(Parsed::Skipped(classify_untyped(stream, obj))),
+    }
+}
+
+/// The fields of a well-formed `trade` or `aggTrade` event, borrowed from
+/// the frame. Reading them typed costs no `serde_json::Value` tree and no
+/// key strings; it is the path of nearly every frame.
+#[derive(Deserialize)]
+struct TradeFields<'a> {
+    e: &'a str,
+    #[serde(rename = "E")]
+    event_time_ms: Option<i64>,
+    s: &'a str,
+    t: Option<i64>,
+    a: Option<i64>,
+    p: &'a str,
+    q: &'a str,
+    #[serde(rename = "T")]
+    time_ms: i64,
+    m: bool,
+    f: Option<i64>,
+    l: Option<i64>,
+    /// Present only in a combined-stream envelope, which is read as one.
+    stream: Option<IgnoredAny>,
+    data: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct Combined<'a> {
+    #[allow(dead_code)]
+    stream: &'a str,
+    #[serde(borrow)]
+    data: TradeFields<'a>,
+}
+
+/// The fast path: a frame that reads typed as a trade and passes every
+/// check. Anything else (another kind, a wrong type, an escaped string, a
+/// duplicate key, a bad value) returns `None`, and the general parser
+/// below answers, with the precise reason when the frame is bad; so both
+/// paths give the same result for every frame.
+fn fast_trade(
+    text: &str,
+    exchange: &str,
+    symbols: &SymbolRule,
+    received_us: i64,
+) -> Option<TradeV2> {
+    let f = if text.trim_start().starts_with(r#"{"stream""#) {
+        serde_json::from_str::<Combined<'_>>(text).ok()?.data
+    } else {
+        serde_json::from_str::<TradeFields<'_>>(text).ok()?
+    };
+    if f.stream.is_some() || f.data.is_some() {
+        return None;
+    }
+    let (kind, id) = match f.e {
+        "trade" => ("trade", f.t?),
+        "aggTrade" => ("aggTrade", f.a?),
+        _ => return None,
+    };
+    symbols.check(f.s).ok()?;
+    let price = Dec8::parse(f.p).ok()?;
+    let quantity = Dec8::parse(f.q).ok()?;
+    if f.time_ms < 0 {
+        return None;
+    }
+    let timestamp_us = f.time_ms.checked_mul(1000)?;
+    let (first, last) = if kind == "aggTrade" {
+        (f.f, f.l)
+    } else {
+        (None, None)
+    };
+    Some(assemble(Assembled {
+        exchange,
+        kind,
+        symbol: f.s,
+        id,
+        price,
+        quantity,
+        timestamp_us,
+        received_us,
+        buyer_is_maker: f.m,
+        event_time_ms: f.event_time_ms,
+        first_trade_id: first,
+        last_trade_id: last,
+    }))
+}
+
+/// Everything a trade record is made of, checked.
+struct Assembled<'a> {
+    exchange: &'a str,
+    kind: &'static str,
+    symbol: &'a str,
+    id: i64,
+    price: Dec8,
+    quantity: Dec8,
+    timestamp_us: i64,
+    received_us: i64,
+    buyer_is_maker: bool,
+    event_time_ms: Option<i64>,
+    first_trade_id: Option<i64>,
+    last_trade_id: Option<i64>,
+}
+
+fn assemble(a: Assembled<'_>) -> TradeV2 {
+    // The maker bought, so the aggressor sold.
+    let side = if a.buyer_is_maker {
+        Side::Sell
+    } else {
+        Side::Buy
+    };
+    let mut vendor = BTreeMap::new();
+    vendor.insert("stream".to_string(), a.kind.to_string());
+    if let Some(e) = a.event_time_ms {
+        vendor.insert("event_time_ms".to_string(), e.to_string());
+    }
+    if let Some(f) = a.first_trade_id {
+        vendor.insert("first_trade_id".to_string(), f.to_string());
+    }
+    if let Some(l) = a.last_trade_id {
+        vendor.insert("last_trade_id".to_string(), l.to_string());
+    }
+    let mut id_buf = itoa::Buffer::new();
+    let id_text = id_buf.format(a.id);
+    let mut trade_id = String::with_capacity(a.exchange.len() + 1 + id_text.len());
+    trade_id.push_str(a.exchange);
+    trade_id.push('-');
+    trade_id.push_str(id_text);
+    TradeV2 {
+        message_id: message_id(a.exchange, a.kind, a.symbol, id_text),
+        trade_id,
+        symbol: a.symbol.to_string(),
+        exchange: a.exchange.to_string(),
+        asset_class: AssetClass::Crypto,
+        timestamp_us: a.timestamp_us,
+        ingestion_timestamp_us: a.received_us,
+        price: a.price,
+        quantity: a.quantity,
+        currency: quote_currency(a.symbol).to_string(),
+        side,
+        trade_conditions: Vec::new(),
+        source_sequence: Some(a.id),
+        platform_sequence: None,
+        vendor_data: Some(vendor),
     }
 }
 
@@ -131,45 +289,26 @@ fn trade(
         }
         None => return Err(FrameError::Missing("m")),
     };
-    // The maker bought, so the aggressor sold.
-    let side = if buyer_is_maker {
-        Side::Sell
+    let event_time_ms = optional_integer(obj, "E")?;
+    let (first_trade_id, last_trade_id) = if kind == "aggTrade" {
+        (optional_integer(obj, "f")?, optional_integer(obj, "l")?)
     } else {
-        Side::Buy
+        (None, None)
     };
-
-    let mut vendor = BTreeMap::new();
-    vendor.insert("stream".to_string(), kind.to_string());
-    if let Some(e) = optional_integer(obj, "E")? {
-        vendor.insert("event_time_ms".to_string(), e.to_string());
-    }
-    if kind == "aggTrade" {
-        if let Some(f) = optional_integer(obj, "f")? {
-            vendor.insert("first_trade_id".to_string(), f.to_string());
-        }
-        if let Some(l) = optional_integer(obj, "l")? {
-            vendor.insert("last_trade_id".to_string(), l.to_string());
-        }
-    }
-
-    let id_text = id.to_string();
-    Ok(TradeV2 {
-        message_id: message_id(exchange, kind, symbol, &id_text),
-        trade_id: format!("{exchange}-{id_text}"),
-        symbol: symbol.to_string(),
-        exchange: exchange.to_string(),
-        asset_class: AssetClass::Crypto,
-        timestamp_us,
-        ingestion_timestamp_us: received_us,
+    Ok(assemble(Assembled {
+        exchange,
+        kind,
+        symbol,
+        id,
         price,
         quantity,
-        currency: quote_currency(symbol).to_string(),
-        side,
-        trade_conditions: Vec::new(),
-        source_sequence: Some(id),
-        platform_sequence: None,
-        vendor_data: Some(vendor),
-    })
+        timestamp_us,
+        received_us,
+        buyer_is_maker,
+        event_time_ms,
+        first_trade_id,
+        last_trade_id,
+    }))
 }
 
 fn kind_of(v: &Value) -> String {
@@ -250,6 +389,61 @@ mod tests {
             Parsed::Trade(t) => *t,
             other => panic!("expected a trade, got {other:?}"),
         }
+    }
+
+    /// Every frame the fast path accepts, the general parser turns into the
+    /// same trade: the recorded captures, the test frames, and variants a
+    /// fast path could get wrong.
+    #[test]
+    fn the_fast_path_agrees_with_the_general_parser() {
+        let rule = binance();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/captures");
+        let mut frames: Vec<String> = Vec::new();
+        for name in ["BINANCE-ee25be.0.txt", "BINANCE_US.ws.1.0.txt"] {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap();
+            // Capture lines are `<receive time>: <frame>`.
+            frames.extend(
+                text.lines()
+                    .filter_map(|l| l.split_once(": ").map(|(_, f)| f.to_string())),
+            );
+        }
+        let variants = [
+            AGG.to_string(),
+            RAW_TRADE.to_string(),
+            AGG.replace(r#""E":1617566591400,"#, ""),
+            AGG.replace(r#""E":1617566591400"#, r#""E":null"#),
+            AGG.replace(r#""s":"BTCUSDT""#, r#""s":"BTCUSDT""#),
+            AGG.replace(r#""m":true"#, r#""m":1"#),
+            AGG.replace(r#""a":668497736"#, r#""a":668497736.0"#),
+            AGG.replace(r#""p":"58792.76000000""#, r#""p":"58792.76000000","p":"1""#),
+            AGG.replace(r#""s":"BTCUSDT""#, r#""s":"btcusdt""#),
+            AGG.replace(r#""T":1617566591399"#, r#""T":-1"#),
+            AGG.replace(r#""p":"58792.76000000""#, r#""p":"5e3""#),
+            AGG.replace(r#""e":"aggTrade""#, r#""e":"trade""#),
+            RAW_TRADE.replace(r#""e":"trade""#, r#""e":"aggTrade""#),
+            format!(r#"{{"stream":"x","data":{RAW_TRADE},"extra":1}}"#),
+            format!(r#"{{"data":{RAW_TRADE},"stream":"x"}}"#),
+            RAW_TRADE.replace(r#""e":"trade","#, r#""e":"trade","data":{},"#),
+        ];
+        frames.extend(variants);
+        let (mut fast, mut general) = (0, 0);
+        for f in &frames {
+            let want = parse_general(f, "BINANCE", &rule, 7);
+            match fast_trade(f, "BINANCE", &rule, 7) {
+                Some(t) => {
+                    fast += 1;
+                    assert_eq!(want, Ok(Parsed::Trade(Box::new(t))), "{f}");
+                }
+                None => {
+                    general += 1;
+                    assert_eq!(parse(f, "BINANCE", 7), want, "{f}");
+                }
+            }
+        }
+        assert!(
+            fast > 100 && general > 100,
+            "fast {fast}, general {general}"
+        );
     }
 
     #[test]
