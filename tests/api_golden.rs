@@ -187,7 +187,7 @@ fn every_endpoint_matches_its_golden_file() {
                 topic: Arc::from(TOPIC),
                 partition: r.partition,
                 offset: r.offset,
-                trade: r.trade.clone(),
+                trade: std::sync::Arc::new(r.trade.clone()),
             })
             .collect();
         tail.send(Tailed(tail_rows)).await.unwrap();

@@ -125,7 +125,7 @@ async fn fixture(cache_bytes: usize) -> Fixture {
                 topic: Arc::from(topic),
                 partition: 0,
                 offset: i as i64,
-                trade: t,
+                trade: Arc::new(t),
             }
         })
         .collect();

@@ -145,6 +145,20 @@ async fn reseek(consumer: &StreamConsumer, routes: &Routes) -> Result<(), String
 /// Largest number of records decoded and routed as one message.
 const MAX_CHUNK: usize = 2048;
 
+/// What the loop knows of a topic it has read from.
+struct TopicInfo {
+    name: Arc<str>,
+    records: prometheus::IntCounter,
+    kind: TopicKind,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TopicKind {
+    Trades,
+    DeadLetters,
+    Other,
+}
+
 impl Actor for ConsumerActor {
     type Context = Context<Self>;
 
@@ -171,10 +185,11 @@ impl Actor for ConsumerActor {
             }
             let mut stream = consumer.stream().ready_chunks(chunk_size);
             // Looked up once per topic, not per record.
-            let mut records_of: HashMap<String, prometheus::IntCounter> = HashMap::new();
-            let mut topic_names: HashMap<String, Arc<str>> = HashMap::new();
+            // Per topic, looked up once: its shared name, its records
+            // counter, and whether it holds trades or dead letters.
+            let mut topics: HashMap<String, TopicInfo> = HashMap::new();
             while let Some(chunk) = stream.next().await {
-                let mut trades: Vec<TradeV2> = Vec::new();
+                let mut trades: Vec<Arc<TradeV2>> = Vec::new();
                 let mut dead: Vec<DeadLetter> = Vec::new();
                 let mut trade_pos = Vec::new();
                 let mut dead_pos = Vec::new();
@@ -195,57 +210,60 @@ impl Actor for ConsumerActor {
                     {
                         continue;
                     }
-                    let topic = m.topic().to_string();
+                    let info = match topics.get(m.topic()) {
+                        Some(i) => i,
+                        None => {
+                            let t = m.topic();
+                            let info = TopicInfo {
+                                name: Arc::from(t),
+                                records: metrics.consumer_records.with_label_values(&[t]),
+                                kind: if t == routes.dead_letter_topic {
+                                    TopicKind::DeadLetters
+                                } else if routes.trades_topics.iter().any(|x| x == t) {
+                                    TopicKind::Trades
+                                } else {
+                                    TopicKind::Other
+                                },
+                            };
+                            topics.entry(t.to_string()).or_insert(info)
+                        }
+                    };
+                    let topic = &info.name;
                     let pos = (topic.clone(), m.partition(), m.offset() + 1);
                     let payload = m.payload().unwrap_or_default();
                     if let Some(w) = &routes.window {
                         let key = m.key().map_or(0, <[u8]>::len);
                         let est = window::estimate(key, payload.len());
-                        w.consumed(&topic, m.partition(), m.offset(), est);
+                        w.consumed(topic, m.partition(), m.offset(), est);
                     }
-                    match records_of.get(&topic) {
-                        Some(c) => c.inc(),
-                        None => {
-                            let c = metrics.consumer_records.with_label_values(&[&topic]);
-                            c.inc();
-                            records_of.insert(topic.clone(), c);
-                        }
-                    }
-                    let is_dead_topic = topic == routes.dead_letter_topic;
-                    let decoded = if is_dead_topic {
-                        codec.decode_dead_letter(payload).map(|d| {
+                    info.records.inc();
+                    let is_dead_topic = info.kind == TopicKind::DeadLetters;
+                    let decoded = match info.kind {
+                        TopicKind::DeadLetters => codec.decode_dead_letter(payload).map(|d| {
                             dead.push(d);
-                        })
-                    } else if routes.trades_topics.contains(&topic) {
-                        codec.decode_trade(payload).map(|t| {
-                            let name = match topic_names.get(topic.as_str()) {
-                                Some(n) => n.clone(),
-                                None => {
-                                    let n: Arc<str> = Arc::from(topic.as_str());
-                                    topic_names.insert(topic.clone(), n.clone());
-                                    n
-                                }
-                            };
-                            at.push((name, m.partition(), m.offset()));
+                        }),
+                        TopicKind::Trades => codec.decode_trade(payload).map(|t| {
+                            // One row, shared by the tail and the writer.
+                            let t = Arc::new(t);
+                            at.push((topic.clone(), m.partition(), m.offset()));
                             if routes.tail.is_some() {
                                 tail_rows.push(TailRow {
-                                    topic: Arc::from(topic.as_str()),
+                                    topic: topic.clone(),
                                     partition: m.partition(),
                                     offset: m.offset(),
                                     trade: t.clone(),
                                 });
                             }
                             trades.push(t)
-                        })
-                    } else {
-                        continue;
+                        }),
+                        TopicKind::Other => continue,
                     };
                     if let Err(e) = decoded {
                         // Never skip silently: the undecodable record itself
                         // becomes a dead letter, with where it came from.
                         metrics
                             .consumer_decode_errors
-                            .with_label_values(&[&topic])
+                            .with_label_values(&[&**topic])
                             .inc();
                         tracing::warn!(topic = %topic, partition = m.partition(), offset = m.offset(), error = %e, "undecodable kafka record dead-lettered");
                         dead.push(DeadLetter::new(

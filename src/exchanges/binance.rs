@@ -412,7 +412,7 @@ mod tests {
             RAW_TRADE.to_string(),
             AGG.replace(r#""E":1617566591400,"#, ""),
             AGG.replace(r#""E":1617566591400"#, r#""E":null"#),
-            AGG.replace(r#""s":"BTCUSDT""#, r#""s":"BTCUSDT""#),
+            AGG.replace(r#""s":"BTCUSDT""#, r#""s":"BTC\u0055SDT""#),
             AGG.replace(r#""m":true"#, r#""m":1"#),
             AGG.replace(r#""a":668497736"#, r#""a":668497736.0"#),
             AGG.replace(r#""p":"58792.76000000""#, r#""p":"58792.76000000","p":"1""#),

@@ -128,8 +128,12 @@ fn map_of_strings<R: Borrow<TradeV2>>(
 }
 
 /// Trades to one batch, sorted by (symbol, timestamp) so files prune well.
-pub fn trades_batch(schema: &SchemaRef, rows: &mut [TradeV2]) -> Result<RecordBatch, LakeError> {
+pub fn trades_batch<R: Borrow<TradeV2>>(
+    schema: &SchemaRef,
+    rows: &mut [R],
+) -> Result<RecordBatch, LakeError> {
     rows.sort_by(|a, b| {
+        let (a, b) = (a.borrow(), b.borrow());
         (a.symbol.as_str(), a.timestamp_us, a.message_id.as_str()).cmp(&(
             b.symbol.as_str(),
             b.timestamp_us,

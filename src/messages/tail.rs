@@ -18,7 +18,8 @@ pub struct TailRow {
     pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
-    pub trade: TradeV2,
+    /// The writer holds the same row.
+    pub trade: Arc<TradeV2>,
 }
 
 /// Trades the consumer has just read, in Kafka order per partition. Sent

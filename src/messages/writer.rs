@@ -1,5 +1,7 @@
 //! Messages to a `WriterActor`.
 
+use std::sync::Arc;
+
 use actix::Message;
 
 use crate::lake::LakeError;
@@ -9,7 +11,8 @@ use crate::model::{DeadLetter, TradeV2};
 /// Rows for one table, decoded from Kafka.
 #[derive(Debug, Clone)]
 pub enum Rows {
-    Trades(Vec<TradeV2>),
+    /// Shared with the tail, which holds the same rows until they commit.
+    Trades(Vec<Arc<TradeV2>>),
     DeadLetters(Vec<DeadLetter>),
 }
 
@@ -33,12 +36,12 @@ impl Rows {
 #[rtype(result = "()")]
 pub struct Consumed {
     pub rows: Rows,
-    pub positions: Vec<(String, i32, i64)>,
+    pub positions: Vec<(Arc<str>, i32, i64)>,
     /// The consumer loop's generation (its restart count).
     pub generation: u64,
     /// Trades only: each row's topic, partition and offset, in row order,
     /// for the lake's accounting (empty for rows that need none).
-    pub at: Vec<(std::sync::Arc<str>, i32, i64)>,
+    pub at: Vec<(Arc<str>, i32, i64)>,
 }
 
 /// Commit whatever is buffered now.

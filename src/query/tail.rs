@@ -167,13 +167,16 @@ pub fn rows_matching(batch: &RecordBatch, filter: &TailFilter) -> Result<RecordB
     filter_record_batch(batch, &mask).map_err(|e| TailError::Arrow(e.to_string()))
 }
 
+/// Rows of one symbol with their positions, in order.
+type Run = (Vec<Arc<TradeV2>>, Vec<Pos>);
+
 /// The rows one push brought for one symbol's open run, linked to the
 /// older ones. A link never changes once made, so a snapshot holding the
 /// newest link sees exactly the open rows of its moment, however the run
 /// grows or is sealed afterwards.
 #[derive(Debug)]
 struct OpenLink {
-    trades: Vec<TradeV2>,
+    trades: Vec<Arc<TradeV2>>,
     pos: Vec<Pos>,
     older: Option<Arc<OpenLink>>,
 }
@@ -221,7 +224,7 @@ impl SymbolRows {
     }
 
     /// The open run's rows with their positions, oldest first.
-    fn open_rows(&self) -> impl Iterator<Item = (&TradeV2, Pos)> {
+    fn open_rows(&self) -> impl Iterator<Item = (&Arc<TradeV2>, Pos)> {
         self.open_links()
             .into_iter()
             .flat_map(|l| l.trades.iter().zip(l.pos.iter().copied()))
@@ -301,7 +304,7 @@ impl TailStore {
     /// twice.
     pub fn push(&mut self, rows: Vec<TailRow>) {
         // This push's rows per symbol, each becoming one link.
-        let mut fresh: HashMap<Arc<str>, (Vec<TradeV2>, Vec<Pos>)> = HashMap::new();
+        let mut fresh: HashMap<Arc<str>, Run> = HashMap::new();
         for r in rows {
             if self
                 .pruned
@@ -400,7 +403,7 @@ impl TailStore {
             if sym.open_rows().any(|(_, (p, o))| o < at(p)) {
                 // The rows past the commit, as one new link; snapshots
                 // keep the old chain.
-                let (trades, pos): (Vec<TradeV2>, Vec<Pos>) = sym
+                let (trades, pos): Run = sym
                     .open_rows()
                     .filter(|&(_, (p, o))| o >= at(p))
                     .map(|(t, p)| (t.clone(), p))
@@ -449,7 +452,10 @@ impl TailStore {
 fn seal(schema: &SchemaRef, sym: &mut SymbolRows) {
     let segment = {
         let links = sym.open_links();
-        let trades: Vec<&TradeV2> = links.iter().flat_map(|l| l.trades.iter()).collect();
+        let trades: Vec<&TradeV2> = links
+            .iter()
+            .flat_map(|l| l.trades.iter().map(|t| &**t))
+            .collect();
         let pos: Vec<Pos> = links.iter().flat_map(|l| l.pos.iter().copied()).collect();
         Segment::new(schema, &trades, pos)
     };
@@ -530,7 +536,7 @@ impl TailSnapshot {
             let open: Vec<&TradeV2> = sym
                 .open_rows()
                 .filter(|&(t, p)| keep(t, p))
-                .map(|(t, _)| t)
+                .map(|(t, _)| &**t)
                 .collect();
             if !open.is_empty() {
                 out.push(
@@ -618,7 +624,7 @@ pub(crate) mod test_rows {
             topic: Arc::from("t"),
             partition: p,
             offset,
-            trade: trade(symbol, offset),
+            trade: Arc::new(trade(symbol, offset)),
         }
     }
 

@@ -632,7 +632,7 @@ pub async fn latency(base: &Config, o: &LatencyOptions) -> Result<LatencyReport,
                 topic: Arc::from(topic),
                 partition: 0,
                 offset: i as i64,
-                trade: synthetic_trade(i, tail_ts(j)),
+                trade: Arc::new(synthetic_trade(i, tail_ts(j))),
             }
         })
         .collect();

@@ -110,7 +110,7 @@ fn row(i: usize, symbols: usize, now: i64) -> TailRow {
         topic: Arc::from(TOPIC),
         partition: 0,
         offset: i as i64,
-        trade,
+        trade: Arc::new(trade),
     }
 }
 
