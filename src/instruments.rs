@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use regex::Regex;
 use serde::Deserialize;
@@ -286,6 +287,35 @@ impl Instruments {
     }
 }
 
+/// Tiers as the hot path asks for them, per trade: each (exchange, symbol)
+/// is looked up in the instruments once, without the case-folded copies
+/// [`Instruments::tier`] makes.
+pub struct TierCache {
+    instruments: Arc<Instruments>,
+    known: HashMap<String, HashMap<String, Tier>>,
+}
+
+impl TierCache {
+    pub fn new(instruments: Arc<Instruments>) -> Self {
+        Self {
+            instruments,
+            known: HashMap::new(),
+        }
+    }
+
+    pub fn tier(&mut self, exchange: &str, symbol: &str) -> Tier {
+        if let Some(t) = self.known.get(exchange).and_then(|s| s.get(symbol)) {
+            return *t;
+        }
+        let t = self.instruments.tier(exchange, symbol);
+        self.known
+            .entry(exchange.to_string())
+            .or_default()
+            .insert(symbol.to_string(), t);
+        t
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +323,15 @@ mod tests {
     #[test]
     fn shipped_tiers_load_and_rank_symbols() {
         let i = Instruments::builtin().unwrap();
+        let mut cache = TierCache::new(Arc::new(i.clone()));
+        for (e, s) in [
+            ("BINANCE", "btcusdt"),
+            ("binance", "DOTUSDT"),
+            ("KRAKEN", "BTCUSDT"),
+        ] {
+            assert_eq!(cache.tier(e, s), i.tier(e, s), "{e} {s}");
+            assert_eq!(cache.tier(e, s), i.tier(e, s), "{e} {s}, cached");
+        }
         assert_eq!(i.tier("BINANCE", "btcusdt"), Tier::One);
         assert_eq!(i.tier("binance", "DOTUSDT"), Tier::Two);
         assert_eq!(i.tier("BINANCE", "NOSUCHCOIN"), Tier::Three);

@@ -17,7 +17,7 @@ use crate::actors::observe::{Health, ObservableState, Published, RestartPolicy, 
 use crate::config::BinanceFeedConfig;
 use crate::dedup::Dedup;
 use crate::exchanges::{FrameError, Parsed, binance};
-use crate::instruments::{Instruments, InstrumentsError, SymbolError, SymbolRule};
+use crate::instruments::{Instruments, InstrumentsError, SymbolError, SymbolRule, TierCache};
 use crate::messages::observe::Observe;
 use crate::messages::producer::{Outgoing, ProducerLanes};
 use crate::metrics::Metrics;
@@ -192,11 +192,11 @@ impl Actor for BinanceFeedActor {
             cfg: self.cfg.clone(),
             url,
             producer: self.producer.clone(),
-            instruments: self.instruments.clone(),
             symbols: self.symbols.clone(),
             events: self.events.clone(),
             addr: ctx.address(),
             dedup: self.dedup.clone(),
+            tiers: RefCell::new(TierCache::new(self.instruments.clone())),
         };
         ctx.spawn(conn.run(delay).into_actor(self).map(|res, act, ctx| {
             act.state.connected = false;
@@ -266,11 +266,11 @@ struct Connection {
     cfg: BinanceFeedConfig,
     url: String,
     producer: ProducerLanes,
-    instruments: Arc<Instruments>,
     symbols: SymbolRule,
     events: Rc<FeedEvents>,
     addr: Addr<BinanceFeedActor>,
     dedup: Rc<RefCell<Dedup>>,
+    tiers: RefCell<TierCache>,
 }
 
 impl Connection {
@@ -364,7 +364,7 @@ impl Connection {
                     Some(k) if k == "aggTrade" => "aggTrade",
                     _ => "trade",
                 };
-                let tier = self.instruments.tier(&t.exchange, &t.symbol);
+                let tier = self.tiers.borrow_mut().tier(&t.exchange, &t.symbol);
                 self.events.trade_received(kind, tier);
                 if !self.dedup.borrow_mut().first_time(&t.message_id) {
                     self.events.duplicate(tier);

@@ -9,17 +9,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::instruments::{Instruments, Tier};
+use crate::instruments::{Instruments, TierCache};
 pub use crate::kafka::acks::Fate;
 use crate::kafka::acks::{AckLedger, CommittedRow};
 use crate::model::TradeV2;
 
 pub struct Tally {
-    instruments: Arc<Instruments>,
     ledger: Arc<AckLedger>,
-    /// exchange → symbol → tier, filled on first sight; the instruments'
-    /// own lookup allocates, and this runs per row.
-    tiers: HashMap<String, HashMap<String, Tier>>,
+    tiers: TierCache,
     exchanges: HashMap<String, Arc<str>>,
     /// Rows taken in since the last commit started.
     pending: Vec<CommittedRow>,
@@ -31,9 +28,8 @@ pub struct Tally {
 impl Tally {
     pub fn new(instruments: Arc<Instruments>, ledger: Arc<AckLedger>) -> Self {
         Self {
-            instruments,
             ledger,
-            tiers: HashMap::new(),
+            tiers: TierCache::new(instruments),
             exchanges: HashMap::new(),
             pending: Vec::new(),
             in_commit: Vec::new(),
@@ -41,21 +37,9 @@ impl Tally {
         }
     }
 
-    fn tier(&mut self, exchange: &str, symbol: &str) -> Tier {
-        if let Some(t) = self.tiers.get(exchange).and_then(|s| s.get(symbol)) {
-            return *t;
-        }
-        let t = self.instruments.tier(exchange, symbol);
-        self.tiers
-            .entry(exchange.to_string())
-            .or_default()
-            .insert(symbol.to_string(), t);
-        t
-    }
-
     /// One consumed trade, read at `at` (topic, partition, offset).
     pub fn note(&mut self, t: &TradeV2, at: &(Arc<str>, i32, i64), fate: Fate) {
-        let tier = self.tier(&t.exchange, &t.symbol);
+        let tier = self.tiers.tier(&t.exchange, &t.symbol);
         let exchange = match self.exchanges.get(t.exchange.as_str()) {
             Some(e) => e.clone(),
             None => {
@@ -105,6 +89,7 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::instruments::Tier;
     use crate::metrics::{Metrics, Outcome, accounts};
 
     #[test]
