@@ -302,6 +302,14 @@ pub struct DegradationConfig {
     /// must be greater than 0 because it is what bounds the flap rate.
     #[serde(default = "default_cooldown_ms")]
     pub cooldown_ms: u64,
+    /// A level is raised only once the signals have called for it (or
+    /// higher) at every sample for this long, in milliseconds; it is then
+    /// raised to the lowest level those samples called for. A burst that
+    /// fills a lane for a few tens of milliseconds (a scheduling gap on a
+    /// busy machine) pushes back on the feed without loss, and must not
+    /// shed anything. 0 raises at the first sample.
+    #[serde(default = "default_raise_after_ms")]
+    pub raise_after_ms: u64,
     /// How often the supervisor samples its signals (ms). The machine
     /// itself ignores it; it is given the time of every sample.
     #[serde(default = "default_sample_ms")]
@@ -312,6 +320,10 @@ fn default_sample_ms() -> u64 {
     250
 }
 
+fn default_raise_after_ms() -> u64 {
+    500
+}
+
 impl Default for DegradationConfig {
     fn default() -> Self {
         Self {
@@ -319,6 +331,7 @@ impl Default for DegradationConfig {
             recovery_factor: default_recovery_factor(),
             cooldown_ms: default_cooldown_ms(),
             sample_ms: default_sample_ms(),
+            raise_after_ms: default_raise_after_ms(),
         }
     }
 }
@@ -401,6 +414,7 @@ pub struct LevelSnapshot {
     pub thresholds: Thresholds,
     pub recovery_factor: f64,
     pub cooldown_ms: u64,
+    pub raise_after_ms: u64,
     pub last_signals: Option<Signals>,
     pub last_observed_ms: Option<u64>,
     pub last_transition_ms: Option<u64>,
@@ -418,6 +432,9 @@ pub struct LevelMachine {
     last_signals: Option<Signals>,
     last_observed_ms: Option<u64>,
     history: VecDeque<Transition>,
+    /// Since when every sample has called for a higher level, the lowest
+    /// of those levels, and the reason of the sample that set it.
+    rising: Option<(u64, Level, String)>,
 }
 
 impl LevelMachine {
@@ -431,6 +448,7 @@ impl LevelMachine {
             last_signals: None,
             last_observed_ms: None,
             history: VecDeque::with_capacity(HISTORY_CAPACITY),
+            rising: None,
         })
     }
 
@@ -453,6 +471,7 @@ impl LevelMachine {
             thresholds: self.config.thresholds.clone(),
             recovery_factor: self.config.recovery_factor,
             cooldown_ms: self.config.cooldown_ms,
+            raise_after_ms: self.config.raise_after_ms,
             last_signals: self.last_signals,
             last_observed_ms: self.last_observed_ms,
             last_transition_ms: self.last_transition_ms,
@@ -497,12 +516,25 @@ impl LevelMachine {
         let (target, reason) = self.target(signals);
 
         if target > self.level {
-            if !cooled_down {
+            let reason = reason.unwrap_or_default();
+            let (since, floor, why) = match self.rising.take() {
+                Some((since, floor, why)) if floor <= target => (since, floor, why),
+                Some((since, _, _)) => (since, target, reason),
+                None => (now_ms, target, reason),
+            };
+            let held = now_ms.saturating_sub(since);
+            if held < self.config.raise_after_ms || !cooled_down {
+                self.rising = Some((since, floor, why));
                 return None;
             }
-            let reason = reason.unwrap_or_default();
-            return Some(self.transition(target, reason, now_ms));
+            let why = if self.config.raise_after_ms > 0 {
+                format!("{why}, at or above {floor} for {held} ms")
+            } else {
+                why
+            };
+            return Some(self.transition(floor, why, now_ms));
         }
+        self.rising = None;
 
         // NORMAL has nothing to recover from.
         let index = self.level.trigger_index()?;
@@ -581,7 +613,32 @@ mod tests {
             recovery_factor: 0.7,
             cooldown_ms: COOLDOWN,
             sample_ms: 250,
+            raise_after_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_level_is_raised_only_when_called_for_at_every_sample_for_raise_after_ms() {
+        let mut m = match LevelMachine::new(DegradationConfig {
+            raise_after_ms: 500,
+            ..config()
+        }) {
+            Ok(m) => m,
+            Err(e) => panic!("{e}"),
+        };
+        let soft = trigger(Signal::LaneDepth, Level::Soft);
+        let cb = trigger(Signal::LaneDepth, Level::CircuitBreak);
+        // A spike of 400 ms, even to CIRCUIT_BREAK, raises nothing.
+        assert_eq!(m.observe(&one(Signal::LaneDepth, cb), 0), None);
+        assert_eq!(m.observe(&one(Signal::LaneDepth, cb), 400), None);
+        assert_eq!(m.observe(&Signals::default(), 500), None);
+        assert_eq!(m.level(), Level::Normal);
+        // Held: raised to the lowest level the samples called for.
+        assert_eq!(m.observe(&one(Signal::LaneDepth, cb), 1000), None);
+        assert_eq!(m.observe(&one(Signal::LaneDepth, soft), 1250), None);
+        let t = m.observe(&one(Signal::LaneDepth, cb), 1500);
+        assert_eq!(t.as_ref().map(|t| t.to), Some(Level::Soft), "{t:?}");
+        assert!(t.is_some_and(|t| t.reason.contains("for 500 ms")));
     }
 
     fn machine() -> LevelMachine {
