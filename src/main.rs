@@ -277,9 +277,13 @@ fn init_tracing() {
     let filter = std::env::var("TICKLAKE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info,rdkafka=warn".into());
+    // Colours only for a terminal: a log redirected to a file (a service
+    // manager, a test harness) stays plain text that grep can read.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 

@@ -14,7 +14,8 @@ use std::time::Duration;
 use common::*;
 
 /// The "consumer start position" lines of a daemon's log for `topic`:
-/// partition → offset. The log is tracing's, with colours.
+/// partition → offset. The log is tracing's: plain when redirected to a
+/// file, but colours are stripped should a terminal ever have asked for them.
 fn start_positions(log: &Path, topic: &str) -> BTreeMap<i64, i64> {
     let text = std::fs::read_to_string(log).unwrap();
     let mut plain = String::with_capacity(text.len());
