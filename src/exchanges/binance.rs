@@ -113,6 +113,8 @@ struct TradeFields<'a> {
 
 #[derive(Deserialize)]
 struct Combined<'a> {
+    /// Never read: it is here so that only an envelope whose `stream` is a
+    /// string reads as one, as the general parser requires.
     #[allow(dead_code)]
     stream: &'a str,
     #[serde(borrow)]

@@ -84,6 +84,9 @@ impl Part {
     /// and tier) claims each if there is one, else the row was someone
     /// else's.
     fn settle_stale(&mut self, now: Instant, counts: &mut Counts) {
+        if self.waiting.is_empty() {
+            return;
+        }
         let stale: Vec<i64> = self
             .waiting
             .iter()
@@ -190,11 +193,10 @@ impl AckLedger {
                     }
                 }
             }
-            for part in parts.values_mut() {
-                part.settle_stale(now, &mut counts);
-            }
         }
         self.count(counts);
+        // Rows no acknowledgement of this run claimed in time.
+        self.sweep_at(now);
     }
 
     /// Settles committed rows that waited [`UNMATCHED_AFTER`] in vain. The
@@ -209,9 +211,7 @@ impl AckLedger {
         {
             let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
             for part in parts.values_mut() {
-                if !part.waiting.is_empty() {
-                    part.settle_stale(now, &mut counts);
-                }
+                part.settle_stale(now, &mut counts);
             }
         }
         self.count(counts);
