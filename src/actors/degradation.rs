@@ -86,7 +86,7 @@ pub struct DegradationSupervisor {
     fetching: bool,
     consumer: Option<Addr<ConsumerActor>>,
     watchdog: Duration,
-    acks: Option<Arc<AckLedger>>,
+    acks: Arc<AckLedger>,
     /// Writers' summed positions and when they last moved.
     progress: (i64, Instant),
     blocked_ns: Vec<u64>,
@@ -110,7 +110,7 @@ pub struct SupervisorInputs {
     pub watchdog: Duration,
     /// The producer's acknowledgements: their offsets keep the lag fresh
     /// while a busy broker is slow to answer for its watermarks.
-    pub acks: Option<Arc<AckLedger>>,
+    pub acks: Arc<AckLedger>,
 }
 
 impl DegradationSupervisor {
@@ -215,13 +215,11 @@ impl DegradationSupervisor {
         // A partition's end is at least one past the newest record the
         // broker acknowledged; the watermarks can be seconds old when the
         // broker is busy, the acknowledgements are not.
-        if let Some(acks) = &self.acks {
-            for (topic, p, high) in acks.acked_highs() {
-                if let Some(h) = self.highs.get_mut(&(topic.to_string(), p))
-                    && *h < high
-                {
-                    *h = high;
-                }
+        for (topic, p, high) in self.acks.acked_highs() {
+            if let Some(h) = self.highs.get_mut(&(topic.to_string(), p))
+                && *h < high
+            {
+                *h = high;
             }
         }
         let writers: Vec<WriterState> = self.writers.iter().map(|w| w.borrow().clone()).collect();

@@ -468,7 +468,7 @@ pub fn supervisor(
             topics: kafka.topics.clone(),
             consumer: Some(consumer),
             watchdog: Duration::from_secs(cfg.supervision.watchdog_secs),
-            acks: Some(lake.ledger.clone()),
+            acks: lake.ledger.clone(),
         },
         metrics.clone(),
     );
