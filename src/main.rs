@@ -161,6 +161,10 @@ enum Command {
     Produce {
         #[arg(long, env = "TICKLAKE_CONFIG")]
         config: Option<PathBuf>,
+        /// The feed (`[feeds.<name>]`) whose protocol and exchange the
+        /// frames are read as.
+        #[arg(long, default_value = "binance")]
+        feed: String,
         #[arg(long, required = true)]
         capture: Vec<PathBuf>,
     },
@@ -579,11 +583,15 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Produce { config, capture } => {
+        Command::Produce {
+            config,
+            feed,
+            capture,
+        } => {
             let cfg = Config::load(config.as_deref())?;
             let rt = multi_thread_runtime()?;
             rt.block_on(async move {
-                let report = ticklake::tools::produce::produce(&cfg, &capture).await?;
+                let report = ticklake::tools::produce::produce(&cfg, &feed, &capture).await?;
                 println!("{}", serde_json::to_string(&report)?);
                 anyhow::Ok(())
             })

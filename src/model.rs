@@ -204,6 +204,11 @@ pub struct TradeV2 {
     pub source_sequence: Option<i64>,
     pub platform_sequence: Option<i64>,
     pub vendor_data: Option<BTreeMap<String, String>>,
+    /// The normalized instrument, `BASE-QUOTE` (`BTC-USDT`, `BTC-USD`),
+    /// the same for one pair on every venue, beside the venue's own
+    /// `symbol`. Added in schema version 2: records written before it, and
+    /// rows committed before it, have none.
+    pub instrument: Option<String>,
 }
 
 /// Writes a `TradeV2` out field by field, starting from plain defaults, for
@@ -234,6 +239,7 @@ impl TradeV2 {
             source_sequence: None,
             platform_sequence: None,
             vendor_data: None,
+            instrument: None,
         })
     }
 }
@@ -296,6 +302,11 @@ impl TradeBuilder {
 
     pub fn vendor_data(mut self, v: Option<BTreeMap<String, String>>) -> Self {
         self.0.vendor_data = v;
+        self
+    }
+
+    pub fn instrument(mut self, i: Option<&str>) -> Self {
+        self.0.instrument = i.map(str::to_string);
         self
     }
 

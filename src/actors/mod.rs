@@ -2,7 +2,7 @@
 //! state and restart bookkeeping they share.
 
 pub mod bars;
-pub mod binance_feed;
+pub mod feed;
 pub mod consumer;
 pub mod degradation;
 pub mod maintenance;

@@ -32,6 +32,10 @@ pub struct Config {
     /// and the spill log. Relative paths are taken from the working directory.
     pub data_dir: PathBuf,
     pub kafka: KafkaConfig,
+    /// Left out of the serialized defaults: figment would merge the default
+    /// Binance feed into a file's own `[feeds.*]`; a missing `feeds` takes
+    /// the default through `serde(default)` instead.
+    #[serde(skip_serializing)]
     pub feeds: FeedsConfig,
     pub lake: LakeConfig,
     pub writer: WriterConfig,
@@ -133,52 +137,175 @@ impl KafkaConfig {
     }
 }
 
-/// `[feeds]`: one section per exchange.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FeedsConfig {
-    pub binance: BinanceFeedConfig,
+/// `[feeds.<name>]`: any number of feeds, each one exchange protocol run
+/// against one URL. With no `[feeds.*]` table anywhere, one Binance feed
+/// with the defaults runs; a file that names any feed runs exactly those.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FeedsConfig(pub BTreeMap<String, FeedConfig>);
+
+impl Default for FeedsConfig {
+    fn default() -> Self {
+        let mut m = BTreeMap::new();
+        m.insert("binance".to_string(), FeedConfig::named("binance"));
+        Self(m)
+    }
 }
 
-/// Binance stream kinds that carry trades.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum BinanceStream {
-    #[serde(rename = "trade")]
-    Trade,
-    #[serde(rename = "aggTrade")]
-    AggTrade,
+impl std::ops::Deref for FeedsConfig {
+    type Target = BTreeMap<String, FeedConfig>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
-impl BinanceStream {
+impl std::ops::DerefMut for FeedsConfig {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl FeedsConfig {
+    /// The feeds the daemon runs, in name order.
+    pub fn enabled(&self) -> impl Iterator<Item = &FeedConfig> {
+        self.0.values().filter(|f| f.enabled)
+    }
+
+    /// The feed named `name`; panics when there is none, so it is for tests
+    /// and tools that made the config themselves.
+    pub fn named(&mut self, name: &str) -> &mut FeedConfig {
+        self.0
+            .entry(name.to_string())
+            .or_insert_with(|| FeedConfig::named(name))
+    }
+
+    /// Fills each feed's name and its protocol's defaults for the keys left
+    /// out; an error names the feed's key.
+    fn resolve(&mut self) -> Result<(), (String, String)> {
+        for (name, f) in self.0.iter_mut() {
+            f.name = name.clone();
+            f.resolve()
+                .map_err(|(k, r)| (format!("feeds.{name}.{k}"), r))?;
+        }
+        Ok(())
+    }
+}
+
+/// The exchange protocols a feed can speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProtocolKind {
+    /// Binance spot and Binance.US combined streams (`trade`, `aggTrade`).
+    Binance,
+    /// Kraken WebSocket v2 (`wss://ws.kraken.com/v2`, `trade` channel).
+    Kraken,
+    /// Kraken WebSocket v1 (array frames), as in the recorded captures.
+    KrakenV1,
+    /// Coinbase Advanced Trade (`market_trades`, kept open by `heartbeats`).
+    Coinbase,
+    /// The legacy Coinbase Exchange feed (`matches`).
+    CoinbaseExchange,
+}
+
+impl ProtocolKind {
+    pub const ALL: [ProtocolKind; 5] = [
+        ProtocolKind::Binance,
+        ProtocolKind::Kraken,
+        ProtocolKind::KrakenV1,
+        ProtocolKind::Coinbase,
+        ProtocolKind::CoinbaseExchange,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
-            BinanceStream::Trade => "trade",
-            BinanceStream::AggTrade => "aggTrade",
+            ProtocolKind::Binance => "binance",
+            ProtocolKind::Kraken => "kraken",
+            ProtocolKind::KrakenV1 => "kraken_v1",
+            ProtocolKind::Coinbase => "coinbase",
+            ProtocolKind::CoinbaseExchange => "coinbase_exchange",
+        }
+    }
+
+    /// The protocol a feed named `name` speaks when its table does not say:
+    /// the name itself, or the part before its first `_` (`binance_us`).
+    pub fn from_feed_name(name: &str) -> Option<Self> {
+        let find = |n: &str| Self::ALL.into_iter().find(|k| k.as_str() == n);
+        find(name).or_else(|| find(name.split('_').next()?))
+    }
+
+    /// The channels a feed of this protocol may subscribe to; the first is
+    /// the default.
+    pub fn channels(self) -> &'static [&'static str] {
+        match self {
+            ProtocolKind::Binance => &["trade", "aggTrade"],
+            ProtocolKind::Kraken | ProtocolKind::KrakenV1 => &["trade"],
+            ProtocolKind::Coinbase => &["market_trades"],
+            ProtocolKind::CoinbaseExchange => &["matches"],
+        }
+    }
+
+    /// The public endpoint, for a feed storing `exchange`.
+    fn default_url(self, exchange: &str) -> &'static str {
+        match self {
+            ProtocolKind::Binance if exchange == "BINANCE_US" => "wss://stream.binance.us:9443",
+            ProtocolKind::Binance => "wss://stream.binance.com:9443",
+            ProtocolKind::Kraken => "wss://ws.kraken.com/v2",
+            ProtocolKind::KrakenV1 => "wss://ws.kraken.com",
+            ProtocolKind::Coinbase => "wss://advanced-trade-ws.coinbase.com",
+            ProtocolKind::CoinbaseExchange => "wss://ws-feed.exchange.coinbase.com",
+        }
+    }
+
+    /// The deepest pairs, in the venue's own symbol form.
+    fn default_symbols(self, exchange: &str) -> &'static [&'static str] {
+        match self {
+            ProtocolKind::Binance if exchange == "BINANCE_US" => {
+                &["btcusdt", "ethusdt", "btcusd", "ethusd", "solusdt"]
+            }
+            ProtocolKind::Binance => &["btcusdt", "ethusdt", "solusdt", "bnbusdt", "xrpusdt"],
+            ProtocolKind::Kraken => &["BTC/USD", "ETH/USD", "SOL/USD", "XRP/USD", "BTC/USDT"],
+            ProtocolKind::KrakenV1 => &["XBT/USD", "ETH/USD", "SOL/USD", "XRP/USD", "XBT/USDT"],
+            ProtocolKind::Coinbase | ProtocolKind::CoinbaseExchange => {
+                &["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "BTC-USDT"]
+            }
         }
     }
 }
 
-/// `[feeds.binance]`.
+/// `[feeds.<name>]`: one connection to one venue. `url`, `exchange`,
+/// `symbols` and `channels` left out take the protocol's defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct BinanceFeedConfig {
+pub struct FeedConfig {
+    /// The table's name (`binance` in `[feeds.binance]`); set on load.
+    #[serde(skip)]
+    pub name: String,
+    /// `binance`, `kraken`, `kraken_v1`, `coinbase` or `coinbase_exchange`.
+    /// Left out, the feed's name says it (`binance_us` speaks `binance`).
+    pub protocol: Option<ProtocolKind>,
     /// Whether the daemon runs this feed.
     pub enabled: bool,
-    /// WebSocket base URL; the feed appends `/stream?streams=...`. Point it at
-    /// `ticklake replay` (e.g. `ws://127.0.0.1:9000`) to work offline.
+    /// WebSocket URL. Binance's is a base the feed appends
+    /// `/stream?streams=...` to. Point it at `ticklake replay` (e.g.
+    /// `ws://127.0.0.1:9000`) to work offline.
     pub url: String,
-    /// Exchange name written into every record (BINANCE, BINANCE_US ...).
+    /// Exchange name written into every record (BINANCE, BINANCE_US,
+    /// KRAKEN, COINBASE ...); the feed's name in upper case by default. It
+    /// names the Kafka topic and the instruments file's section.
     pub exchange: String,
-    /// Symbols to subscribe, any case.
+    /// Symbols to subscribe, in the venue's form (`btcusdt`, `BTC/USD`,
+    /// `BTC-USD`).
     pub symbols: Vec<String>,
-    /// Streams per symbol: `trade` and/or `aggTrade`.
-    pub streams: Vec<BinanceStream>,
+    /// Channels per symbol; Binance calls them streams (`trade`,
+    /// `aggTrade`), Kraken `trade`, Coinbase `market_trades` or `matches`.
+    #[serde(alias = "streams")]
+    pub channels: Vec<String>,
     /// First reconnect delay in milliseconds; doubles per failure, with jitter.
     pub backoff_initial_ms: u64,
     /// Cap on the reconnect delay in milliseconds.
     pub backoff_max_ms: u64,
-    /// Reconnect when no data frame arrived for this many seconds (pings
-    /// and pongs do not count).
+    /// Reconnect when no frame arrived for this many seconds (WebSocket
+    /// pings and pongs do not count; a venue's heartbeat frames do).
     pub stale_after_secs: u64,
     /// Rotate the connection after this many seconds (Binance drops at 24 h).
     pub max_connection_secs: u64,
@@ -187,22 +314,82 @@ pub struct BinanceFeedConfig {
     pub dedup_capacity: usize,
 }
 
-impl Default for BinanceFeedConfig {
+impl Default for FeedConfig {
     fn default() -> Self {
         Self {
+            name: String::new(),
+            protocol: None,
             enabled: true,
-            url: "wss://stream.binance.com:9443".into(),
-            exchange: "BINANCE".into(),
-            symbols: ["btcusdt", "ethusdt", "solusdt", "bnbusdt", "xrpusdt"]
-                .map(String::from)
-                .to_vec(),
-            streams: vec![BinanceStream::Trade],
+            url: String::new(),
+            exchange: String::new(),
+            symbols: Vec::new(),
+            channels: Vec::new(),
             backoff_initial_ms: 500,
             backoff_max_ms: 30_000,
             stale_after_secs: 60,
             max_connection_secs: 23 * 3600,
             dedup_capacity: 1_000_000,
         }
+    }
+}
+
+impl FeedConfig {
+    /// The feed `name` with its protocol's defaults (the protocol from the
+    /// name; Binance when the name says none).
+    pub fn named(name: &str) -> Self {
+        let mut f = FeedConfig {
+            name: name.to_string(),
+            protocol: Some(ProtocolKind::from_feed_name(name).unwrap_or(ProtocolKind::Binance)),
+            ..FeedConfig::default()
+        };
+        let _ = f.resolve();
+        f
+    }
+
+    /// The protocol; resolved on load, so always known after it.
+    pub fn protocol(&self) -> ProtocolKind {
+        self.protocol
+            .or_else(|| ProtocolKind::from_feed_name(&self.name))
+            .unwrap_or(ProtocolKind::Binance)
+    }
+
+    /// The key path of one of this feed's keys, for error messages.
+    pub fn key(&self, field: &str) -> String {
+        format!("feeds.{}.{field}", self.name)
+    }
+
+    fn resolve(&mut self) -> Result<(), (String, String)> {
+        let kind = match self.protocol.or_else(|| ProtocolKind::from_feed_name(&self.name)) {
+            Some(k) => k,
+            None => {
+                return Err((
+                    "protocol".into(),
+                    format!(
+                        "missing, and the feed's name {:?} names no protocol; one of {}",
+                        self.name,
+                        ProtocolKind::ALL.map(|k| k.as_str()).join(", ")
+                    ),
+                ));
+            }
+        };
+        self.protocol = Some(kind);
+        if self.exchange.is_empty() {
+            self.exchange = self.name.to_ascii_uppercase();
+        }
+        if self.url.is_empty() {
+            self.url = kind.default_url(&self.exchange).to_string();
+        }
+        if self.symbols.is_empty() {
+            self.symbols = kind
+                .default_symbols(&self.exchange)
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        }
+        if self.channels.is_empty() {
+            self.channels = vec![kind.channels()[0].to_string()];
+        }
+        Ok(())
     }
 }
 
@@ -402,7 +589,7 @@ pub struct ChaosConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoseRecords {
-    /// Empty: the trades topic of the Binance feed's exchange.
+    /// Empty: the trades topic of the first feed's exchange, in name order.
     pub topic: String,
     pub partition: i32,
     pub from: i64,
@@ -559,7 +746,12 @@ impl Config {
             let k = k.as_str().to_ascii_lowercase();
             !k.starts_with("test_") && k != "log" && k != "config"
         }));
-        let cfg: Config = fig.extract().map_err(|e| from_figment(e, file))?;
+        let mut cfg: Config = fig.extract().map_err(|e| from_figment(e, file))?;
+        cfg.feeds.resolve().map_err(|(key, reason)| ConfigError::Key {
+            source_name: source_of(&fig, &key, file),
+            key,
+            reason,
+        })?;
         cfg.validate(&fig, file)?;
         Ok(cfg)
     }
@@ -743,7 +935,89 @@ mod tests {
             assert!(e.contains(&f.path().display().to_string()), "{e}");
             let f = write("[feeds.binance]\nstreams = [\"depth\"]\n");
             let e = Config::load(Some(f.path())).unwrap_err().to_string();
-            assert!(e.contains("feeds.binance.streams"), "{e}");
+            assert!(e.contains("feeds.binance.channels"), "{e}");
+            assert!(e.contains("trade, aggTrade"), "{e}");
+        });
+    }
+
+    /// A file that names feeds runs exactly those, each with its
+    /// protocol's defaults; the protocol comes from the name when left out.
+    #[test]
+    fn feeds_are_named_tables_with_their_protocols_defaults() {
+        jailed(|| {
+            let cfg = Config::load(None).unwrap();
+            assert_eq!(cfg.feeds.keys().collect::<Vec<_>>(), ["binance"]);
+            let f = write(
+                "[feeds.kraken]\n\
+                 [feeds.binance_us]\n\
+                 [feeds.coinbase]\nsymbols = [\"ETH-USD\"]\n\
+                 [feeds.cb_legacy]\nprotocol = \"coinbase_exchange\"\nexchange = \"COINBASE_EX\"\n",
+            );
+            let cfg = Config::load(Some(f.path())).unwrap();
+            assert_eq!(
+                cfg.feeds.keys().collect::<Vec<_>>(),
+                ["binance_us", "cb_legacy", "coinbase", "kraken"],
+                "the default Binance feed is not merged into a file's own feeds"
+            );
+            let k = &cfg.feeds["kraken"];
+            assert_eq!(k.protocol(), ProtocolKind::Kraken);
+            assert_eq!(
+                (k.exchange.as_str(), k.url.as_str()),
+                ("KRAKEN", "wss://ws.kraken.com/v2")
+            );
+            assert_eq!(k.channels, ["trade"]);
+            let us = &cfg.feeds["binance_us"];
+            assert_eq!(us.protocol(), ProtocolKind::Binance);
+            assert_eq!(
+                (us.exchange.as_str(), us.url.as_str()),
+                ("BINANCE_US", "wss://stream.binance.us:9443")
+            );
+            let cb = &cfg.feeds["coinbase"];
+            assert_eq!(cb.symbols, ["ETH-USD"]);
+            assert_eq!(cb.channels, ["market_trades"]);
+            let legacy = &cfg.feeds["cb_legacy"];
+            assert_eq!(legacy.protocol(), ProtocolKind::CoinbaseExchange);
+            assert_eq!(legacy.exchange, "COINBASE_EX");
+            assert_eq!(legacy.url, "wss://ws-feed.exchange.coinbase.com");
+        });
+    }
+
+    #[test]
+    fn a_feed_error_names_the_feeds_key() {
+        jailed(|| {
+            for (text, key, says) in [
+                ("[feeds.mine]\n", "feeds.mine.protocol", "names no protocol"),
+                (
+                    "[feeds.kraken]\nchannels = [\"book\"]\n",
+                    "feeds.kraken.channels",
+                    "not a trade channel of protocol kraken",
+                ),
+                (
+                    "[feeds.binance]\n[feeds.binance_2]\nexchange = \"BINANCE\"\n",
+                    "feeds.binance_2.exchange",
+                    "also the exchange of feeds.binance",
+                ),
+                (
+                    "[feeds.coinbase]\nsymbols = [\"BTC USD\"]\n",
+                    "feeds.coinbase.symbols",
+                    "is not a symbol",
+                ),
+                (
+                    "[feeds.kraken]\nprotocol = \"krakn\"\n",
+                    "feeds.kraken.protocol",
+                    "krakn",
+                ),
+            ] {
+                let f = write(text);
+                let e = Config::load(Some(f.path())).unwrap_err().to_string();
+                assert!(e.contains(key) && e.contains(says), "{text}: {e}");
+                assert!(e.contains(&f.path().display().to_string()), "{e}");
+            }
+            // Two feeds of one exchange are fine when only one runs.
+            let f = write(
+                "[feeds.binance]\n[feeds.binance_2]\nexchange = \"BINANCE\"\nenabled = false\n",
+            );
+            Config::load(Some(f.path())).unwrap();
         });
     }
 
@@ -775,7 +1049,7 @@ mod tests {
             jail.set_env("TICKLAKE_TEST_BROKERS", "127.0.0.1:1");
             jail.set_env("TICKLAKE_LOG", "debug");
             let cfg = Config::load(None).map_err(|e| e.to_string())?;
-            assert_eq!(cfg.feeds.binance.url, "ws://127.0.0.1:9000");
+            assert_eq!(cfg.feeds["binance"].url, "ws://127.0.0.1:9000");
             assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/x"));
             jail.set_env("TICKLAKE_KAFKA__BROKERZ", "x");
             let e = Config::load(None).unwrap_err().to_string();

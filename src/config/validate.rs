@@ -13,6 +13,107 @@ use super::{Config, ConfigError, source_of};
 const MAX_DURATION_MS: u64 = 366 * 24 * 3600 * 1000;
 
 impl Config {
+    /// Every feed: a ws URL, symbols and channels its protocol knows, sane
+    /// timers, and no two enabled feeds storing the same exchange name
+    /// (they would share a topic and a dedup window).
+    fn validate_feeds(&self, err: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+        let mut exchanges: std::collections::BTreeMap<&str, &str> = Default::default();
+        for f in self.feeds.values() {
+            let key = |k: &str| f.key(k);
+            let name_ok = !f.name.is_empty()
+                && f.name.len() <= 32
+                && f
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !name_ok {
+                return Err(err(
+                    &format!("feeds.{}", f.name),
+                    "a feed's name is 1 to 32 of a-z, 0-9 and _".into(),
+                ));
+            }
+            let kind = f.protocol();
+            match url::Url::parse(&f.url) {
+                Ok(u) if u.scheme() == "ws" || u.scheme() == "wss" => {}
+                Ok(u) => {
+                    return Err(err(
+                        &key("url"),
+                        format!("scheme {:?} is not ws or wss", u.scheme()),
+                    ));
+                }
+                Err(e) => return Err(err(&key("url"), format!("{:?}: {e}", f.url))),
+            }
+            let ex = f.exchange.as_str();
+            if ex.trim().is_empty()
+                || ex.len() > 32
+                || !ex
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err(err(
+                    &key("exchange"),
+                    format!("{ex:?} is not an exchange name (1 to 32 of A-Z, 0-9 and _)"),
+                ));
+            }
+            if f.enabled {
+                if let Some(other) = exchanges.insert(ex, &f.name) {
+                    return Err(err(
+                        &key("exchange"),
+                        format!("{ex} is also the exchange of feeds.{other}; each enabled feed stores its own"),
+                    ));
+                }
+            }
+            if f.enabled && f.symbols.is_empty() {
+                return Err(err(&key("symbols"), "needs at least one symbol".into()));
+            }
+            if let Some(s) = f.symbols.iter().find(|s| {
+                s.is_empty()
+                    || s.len() > 32
+                    || !s
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'))
+            }) {
+                return Err(err(
+                    &key("symbols"),
+                    format!("{s:?} is not a symbol (1 to 32 letters, digits and / - _ .)"),
+                ));
+            }
+            let known = kind.channels();
+            if f.enabled && f.channels.is_empty() {
+                return Err(err(
+                    &key("channels"),
+                    format!("needs one of {}", known.join(", ")),
+                ));
+            }
+            if let Some(c) = f.channels.iter().find(|c| !known.contains(&c.as_str())) {
+                return Err(err(
+                    &key("channels"),
+                    format!(
+                        "{c:?} is not a trade channel of protocol {}; one of {}",
+                        kind.as_str(),
+                        known.join(", ")
+                    ),
+                ));
+            }
+            if f.backoff_initial_ms == 0 || f.backoff_max_ms < f.backoff_initial_ms {
+                return Err(err(
+                    &key("backoff_max_ms"),
+                    "backoff_initial_ms must be > 0 and <= backoff_max_ms".into(),
+                ));
+            }
+            if f.stale_after_secs == 0 {
+                return Err(err(&key("stale_after_secs"), "must be > 0".into()));
+            }
+            if f.max_connection_secs == 0 {
+                return Err(err(&key("max_connection_secs"), "must be > 0".into()));
+            }
+            if f.dedup_capacity == 0 {
+                return Err(err(&key("dedup_capacity"), "must be > 0".into()));
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn validate(&self, fig: &Figment, file: Option<&Path>) -> Result<(), ConfigError> {
         let err = |key: &str, reason: String| ConfigError::Key {
             key: key.to_string(),
@@ -44,7 +145,6 @@ impl Config {
             ("kafka.trades_topic_prefix", &self.kafka.trades_topic_prefix),
             ("kafka.dead_letter_topic", &self.kafka.dead_letter_topic),
             ("kafka.consumer_group", &self.kafka.consumer_group),
-            ("feeds.binance.exchange", &self.feeds.binance.exchange),
             ("lake.namespace", &self.lake.namespace),
             ("lake.catalog_name", &self.lake.catalog_name),
         ] {
@@ -62,57 +162,7 @@ impl Config {
                 return Err(err(k, format!("{v} is negative")));
             }
         }
-        let b = &self.feeds.binance;
-        match url::Url::parse(&b.url) {
-            Ok(u) if u.scheme() == "ws" || u.scheme() == "wss" => {}
-            Ok(u) => {
-                return Err(err(
-                    "feeds.binance.url",
-                    format!("scheme {:?} is not ws or wss", u.scheme()),
-                ));
-            }
-            Err(e) => return Err(err("feeds.binance.url", format!("{:?}: {e}", b.url))),
-        }
-        if b.enabled && b.symbols.is_empty() {
-            return Err(err(
-                "feeds.binance.symbols",
-                "needs at least one symbol".into(),
-            ));
-        }
-        if let Some(s) = b
-            .symbols
-            .iter()
-            .find(|s| s.is_empty() || s.len() > 32 || !s.chars().all(|c| c.is_ascii_alphanumeric()))
-        {
-            return Err(err(
-                "feeds.binance.symbols",
-                format!("{s:?} is not a symbol (1 to 32 letters and digits)"),
-            ));
-        }
-        if b.enabled && b.streams.is_empty() {
-            return Err(err(
-                "feeds.binance.streams",
-                "needs trade and/or aggTrade".into(),
-            ));
-        }
-        if b.backoff_initial_ms == 0 || b.backoff_max_ms < b.backoff_initial_ms {
-            return Err(err(
-                "feeds.binance.backoff_max_ms",
-                "backoff_initial_ms must be > 0 and <= backoff_max_ms".into(),
-            ));
-        }
-        if b.stale_after_secs == 0 {
-            return Err(err("feeds.binance.stale_after_secs", "must be > 0".into()));
-        }
-        if b.max_connection_secs == 0 {
-            return Err(err(
-                "feeds.binance.max_connection_secs",
-                "must be > 0".into(),
-            ));
-        }
-        if b.dedup_capacity == 0 {
-            return Err(err("feeds.binance.dedup_capacity", "must be > 0".into()));
-        }
+        self.validate_feeds(&err)?;
         if self.writer.max_rows == 0 {
             return Err(err("writer.max_rows", "must be > 0".into()));
         }
@@ -257,21 +307,28 @@ impl Config {
                 return Err(err(key, "must be at most 366 days".into()));
             }
         }
+        let secs = |s: u64| s.saturating_mul(1000);
+        for f in self.feeds.values() {
+            for (k, ms) in [
+                ("backoff_initial_ms", f.backoff_initial_ms),
+                ("backoff_max_ms", f.backoff_max_ms),
+                ("stale_after_secs", secs(f.stale_after_secs)),
+                ("max_connection_secs", secs(f.max_connection_secs)),
+            ] {
+                if ms > MAX_DURATION_MS {
+                    return Err(err(&f.key(k), "must be at most 366 days".into()));
+                }
+            }
+        }
         Ok(())
     }
 
     /// Every time-valued setting, in milliseconds (saturating).
-    fn durations_ms(&self) -> [(&'static str, u64); 16] {
-        let b = &self.feeds.binance;
+    /// Every time-valued setting outside the feeds, in milliseconds
+    /// (saturating).
+    fn durations_ms(&self) -> [(&'static str, u64); 12] {
         let secs = |s: u64| s.saturating_mul(1000);
         [
-            ("feeds.binance.backoff_initial_ms", b.backoff_initial_ms),
-            ("feeds.binance.backoff_max_ms", b.backoff_max_ms),
-            ("feeds.binance.stale_after_secs", secs(b.stale_after_secs)),
-            (
-                "feeds.binance.max_connection_secs",
-                secs(b.max_connection_secs),
-            ),
             ("writer.max_age_ms", self.writer.max_age_ms),
             (
                 "writer.dedup_window_secs",

@@ -58,15 +58,19 @@ impl KafkaReady {
 /// Starts the embedded cluster or makes sure the brokers have the topics,
 /// then reads the cluster id, partitions and watermarks.
 pub async fn prepare(cfg: &Config) -> Result<KafkaReady, DaemonError> {
-    let exchange = cfg.feeds.binance.exchange.clone();
-    let trades_topic = cfg.kafka.trades_topic(&exchange);
-    let dl_topic = cfg.kafka.dead_letter_topic.clone();
+    // A topic per feed's exchange, disabled feeds included: records a
+    // feed published before it was disabled still land.
+    let mut topic_names: Vec<String> = Vec::new();
+    let exchanges = cfg.feeds.values().map(|f| f.exchange.as_str());
     // Equities loaded by `ticklake load asx` travel on their own topic.
-    let asx_topic = cfg.kafka.trades_topic(crate::exchanges::ASX);
-    let mut topic_names = vec![trades_topic, dl_topic.clone()];
-    if !topic_names.contains(&asx_topic) {
-        topic_names.insert(1, asx_topic);
+    for exchange in exchanges.chain([crate::exchanges::ASX]) {
+        let t = cfg.kafka.trades_topic(exchange);
+        if !topic_names.contains(&t) {
+            topic_names.push(t);
+        }
     }
+    let dl_topic = cfg.kafka.dead_letter_topic.clone();
+    topic_names.push(dl_topic.clone());
 
     let embedded = if cfg.kafka.is_embedded() {
         let created: Vec<String> = topic_names

@@ -19,7 +19,7 @@ use actix::prelude::*;
 use rdkafka::consumer::BaseConsumer;
 use std::sync::Arc;
 
-use crate::actors::binance_feed::BinanceFeedActor;
+use crate::actors::feed::FeedActor;
 use crate::actors::observe::{Disabled, StatusNode};
 use crate::actors::producer::ProducerHandle;
 use crate::actors::query::QueryActor;
@@ -67,7 +67,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Instruments(#[from] crate::instruments::InstrumentsError),
     #[error(transparent)]
-    Feed(#[from] crate::actors::binance_feed::FeedError),
+    Feed(#[from] crate::actors::feed::FeedError),
     #[error("config: {0}")]
     Config(String),
     #[error(transparent)]
@@ -78,7 +78,7 @@ pub enum DaemonError {
 
 /// Running daemon handles, for shutdown.
 pub struct Daemon {
-    feed: Option<Addr<BinanceFeedActor>>,
+    feeds: Vec<Addr<FeedActor>>,
     /// The producer's mailbox and state, for in-process publishers
     /// (`ticklake bench`).
     pub producer: ProducerHandle,
@@ -117,13 +117,13 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     let consumer = stages::consumer(&cfg, &kafka, &lake, codec.clone(), &metrics)?;
     let producer = stages::producer(&cfg, &kafka, lake.ledger.clone(), codec, &metrics)?;
     let supervisor = stages::supervisor(&cfg, &kafka, &lake, &producer, consumer.addr, &metrics)?;
-    let feed = stages::feed(&cfg, &producer, &metrics)?;
+    let feeds = stages::feeds(&cfg, &producer, &metrics)?;
 
     let mut actors: Vec<Arc<dyn StatusNode>> = Vec::new();
-    actors.push(match &feed {
-        Some(f) => f.state.clone(),
-        None => Arc::new(Disabled("feed")),
-    });
+    if feeds.is_empty() {
+        actors.push(Arc::new(Disabled("feed")));
+    }
+    actors.extend(feeds.iter().map(|f| f.state.clone()));
     actors.push(Arc::new(producer.state.clone()));
     actors.push(consumer.state);
     actors.extend(lake.states);
@@ -139,7 +139,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     let http_addr = stages::http(&cfg, &metrics, &status, &lake.query)?;
 
     Ok(Daemon {
-        feed: feed.map(|f| f.addr),
+        feeds: feeds.into_iter().map(|f| f.addr).collect(),
         producer,
         status,
         bootstrap: kafka.bootstrap.clone(),

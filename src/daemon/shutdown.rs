@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Daemon, DaemonError, Exit};
-use crate::actors::binance_feed::StopFeed;
+use crate::actors::feed::StopFeed;
 use crate::kafka;
 use crate::messages::producer::ProducerControl;
 use crate::messages::writer::{Flush, GetPositions};
@@ -31,7 +31,7 @@ impl Daemon {
     /// writers buffer. With the embedded cluster this is what keeps a clean
     /// shutdown from losing records that were produced but not yet landed.
     pub async fn shutdown(self, drain_timeout: Duration) -> Result<(), DaemonError> {
-        if let Some(feed) = &self.feed {
+        for feed in &self.feeds {
             feed.send(StopFeed).await?;
         }
         self.drain_and_flush(drain_timeout).await?;

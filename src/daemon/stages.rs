@@ -10,7 +10,7 @@ use actix::prelude::*;
 
 use super::DaemonError;
 use super::kafka::{KafkaReady, assigned_consumer, start_positions};
-use crate::actors::binance_feed::BinanceFeedActor;
+use crate::actors::feed::FeedActor;
 use crate::actors::consumer::{ConsumerActor, Routes};
 use crate::actors::degradation::{DegradationSupervisor, SupervisorInputs, SupervisorState};
 use crate::actors::maintenance::{MaintenanceActor, MaintenanceMetrics};
@@ -72,9 +72,11 @@ pub async fn lake(
                 .with_label_values(&[topic.as_str(), &p.to_string()]);
         }
     }
-    metrics
-        .spill_quarantined
-        .with_label_values(&[cfg.feeds.binance.exchange.as_str()]);
+    for f in cfg.feeds.values() {
+        metrics
+            .spill_quarantined
+            .with_label_values(&[f.exchange.as_str()]);
+    }
     let catalog = lake::open_catalog(cfg).await?;
     let trades_table = lake::ensure_table(catalog.as_ref(), cfg, TableKind::Trades).await?;
     let dl_table = lake::ensure_table(catalog.as_ref(), cfg, TableKind::DeadLetters).await?;
@@ -353,7 +355,9 @@ fn chaos_loss(cfg: &Config) -> Option<(String, i32, std::ops::Range<i64>)> {
         return None;
     }
     let topic = if l.topic.is_empty() {
-        cfg.kafka.trades_topic(&cfg.feeds.binance.exchange)
+        // the first feed's, in name order
+        let exchange = cfg.feeds.values().next().map(|f| f.exchange.as_str());
+        cfg.kafka.trades_topic(exchange.unwrap_or("BINANCE"))
     } else {
         l.topic.clone()
     };
@@ -477,33 +481,37 @@ pub fn supervisor(
 }
 
 pub struct FeedStage {
-    pub addr: Addr<BinanceFeedActor>,
+    pub addr: Addr<FeedActor>,
     pub state: Arc<dyn StatusNode>,
 }
 
-/// The exchange feed, supervised, when enabled.
-pub fn feed(
+/// Every enabled feed, each supervised on its own.
+pub fn feeds(
     cfg: &Config,
     producer: &ProducerHandle,
     metrics: &Metrics,
-) -> Result<Option<FeedStage>, DaemonError> {
-    if !cfg.feeds.binance.enabled {
-        tracing::info!("binance feed disabled");
-        return Ok(None);
+) -> Result<Vec<FeedStage>, DaemonError> {
+    let mut stages = Vec::new();
+    if cfg.feeds.enabled().next().is_none() {
+        tracing::info!("no feed enabled");
+        return Ok(stages);
     }
     let instruments = Arc::new(cfg.instruments()?);
-    let actor = BinanceFeedActor::new(
-        cfg.feeds.binance.clone(),
-        producer.lanes.clone(),
-        instruments,
-        metrics.clone(),
-    )?;
-    let state = actor.subscribe();
-    let addr = Supervisor::start(move |_| actor);
-    Ok(Some(FeedStage {
-        addr,
-        state: Arc::new(state),
-    }))
+    for f in cfg.feeds.enabled() {
+        let actor = FeedActor::new(
+            f.clone(),
+            producer.lanes.clone(),
+            instruments.clone(),
+            metrics.clone(),
+        )?;
+        let state = actor.subscribe();
+        let addr = Supervisor::start(move |_| actor);
+        stages.push(FeedStage {
+            addr,
+            state: Arc::new(state),
+        });
+    }
+    Ok(stages)
 }
 
 /// `/status`, `/metrics` and the query API, when enabled.

@@ -7,7 +7,8 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 
-use super::{FrameError, Parsed};
+use super::{Frame, FrameError, ParseCtx, Parsed, Protocol};
+use crate::config::{FeedConfig, ProtocolKind};
 use crate::instruments::SymbolRule;
 use crate::model::{AssetClass, Dec8, Side, TradeV2, message_id};
 
@@ -24,6 +25,67 @@ pub fn quote_currency(symbol: &str) -> &'static str {
         .find(|q| symbol.len() > q.len() && symbol.ends_with(*q))
         .copied()
         .unwrap_or("")
+}
+
+/// The Binance protocol: streams named in the URL, no subscription frames,
+/// WebSocket pings answered by the connection.
+pub struct Binance;
+
+impl Protocol for Binance {
+    fn kind(&self) -> ProtocolKind {
+        ProtocolKind::Binance
+    }
+
+    /// The combined-stream URL for the configured symbols and streams.
+    fn connect_url(&self, feed: &FeedConfig) -> String {
+        let streams: Vec<String> = feed
+            .symbols
+            .iter()
+            .flat_map(|s| {
+                feed.channels
+                    .iter()
+                    .map(move |k| format!("{}@{}", s.to_ascii_lowercase(), k))
+            })
+            .collect();
+        format!(
+            "{}/stream?streams={}",
+            feed.url.trim_end_matches('/'),
+            streams.join("/")
+        )
+    }
+
+    fn subscribe_frames(&self, _feed: &FeedConfig) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Binance sends symbols in upper case, whatever case subscribed.
+    fn frame_symbol(&self, configured: &str) -> String {
+        configured.to_ascii_uppercase()
+    }
+
+    fn instrument(&self, symbol: &str) -> Option<String> {
+        let quote = quote_currency(symbol);
+        if quote.is_empty() {
+            return None;
+        }
+        let base = &symbol[..symbol.len() - quote.len()];
+        Some(format!("{base}-{quote}"))
+    }
+
+    fn parse(
+        &self,
+        text: &str,
+        ctx: &ParseCtx<'_>,
+        out: &mut Vec<TradeV2>,
+    ) -> Result<Frame, FrameError> {
+        match parse_frame(text, ctx.exchange, ctx.symbols, ctx.received_us)? {
+            Parsed::Trade(t) => {
+                out.push(*t);
+                Ok(Frame::Trades(1))
+            }
+            Parsed::Skipped(kind) => Ok(Frame::Skipped(kind)),
+        }
+    }
 }
 
 /// Parses one text frame received from a Binance WebSocket. A trade's
@@ -229,6 +291,7 @@ fn assemble(a: Assembled<'_>) -> TradeV2 {
         source_sequence: Some(a.id),
         platform_sequence: None,
         vendor_data: Some(vendor),
+        instrument: None,
     }
 }
 

@@ -424,6 +424,7 @@ fn value_to_trade(v: Value) -> Result<TradeV2, AvroError> {
         source_sequence: take_nullable_long(&mut f, "source_sequence")?,
         platform_sequence: take_nullable_long(&mut f, "platform_sequence")?,
         vendor_data,
+        instrument: None,
     })
 }
 

@@ -213,6 +213,7 @@ pub fn decode_trade_body(body: &[u8]) -> Result<TradeV2, AvroError> {
         source_sequence: r.nullable_long("source_sequence")?,
         platform_sequence: r.nullable_long("platform_sequence")?,
         vendor_data: r.vendor_data()?,
+        instrument: None,
     })
 }
 
@@ -501,6 +502,7 @@ mod tests {
                 source_sequence: seq.0,
                 platform_sequence: seq.1,
                 vendor_data,
+                instrument: None,
             }
         }
     }

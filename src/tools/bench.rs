@@ -212,9 +212,12 @@ pub async fn run(
     timeout: Duration,
 ) -> Result<BenchReport, BenchError> {
     let (mut cfg, dir) = bench_config(base);
-    cfg.feeds.binance.enabled = false;
-    // the synthetic trades carry exchange BENCH, so the consumer reads that topic
-    cfg.feeds.binance.exchange = "BENCH".to_string();
+    // the synthetic trades carry exchange BENCH, so the consumer reads that
+    // topic: a feed of that exchange that never runs
+    cfg.feeds.clear();
+    let feed = cfg.feeds.named("binance");
+    feed.enabled = false;
+    feed.exchange = "BENCH".to_string();
     let result = measure(&cfg, trades, timeout).await;
     let _ = std::fs::remove_dir_all(&dir);
     result

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::{BinanceStream, Config};
+use crate::config::Config;
 use crate::daemon::{self, DaemonError};
 use crate::model::now_us;
 use crate::tools::capture::CapturedFrame;
@@ -219,10 +219,11 @@ pub async fn freshness(
     cfg.kafka.trades_topic_prefix = format!("bench{run_id}.trades");
     cfg.kafka.dead_letter_topic = format!("bench{run_id}.dead_letters");
     cfg.kafka.consumer_group = format!("bench{run_id}-lake");
-    cfg.feeds.binance.enabled = true;
-    cfg.feeds.binance.url = format!("ws://{ws}");
-    cfg.feeds.binance.symbols = SYMBOLS.iter().map(|s| s.to_ascii_lowercase()).collect();
-    cfg.feeds.binance.streams = vec![BinanceStream::Trade];
+    cfg.feeds.clear();
+    let feed = cfg.feeds.named("binance");
+    feed.url = format!("ws://{ws}");
+    feed.symbols = SYMBOLS.iter().map(|s| s.to_ascii_lowercase()).collect();
+    feed.channels = vec!["trade".into()];
     let d = daemon::start(cfg.clone()).await?;
     let http = d.http_addr.ok_or(BenchApiError::NoHttp)?;
 

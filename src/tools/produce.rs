@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::exchanges::{Parsed, binance};
+use crate::exchanges::{Frame, ParseCtx};
 use crate::kafka::encoder::{Encoder, enqueue};
 use crate::kafka::registry::LocalRegistry;
 use crate::messages::producer::Record;
@@ -39,6 +39,8 @@ pub enum ProduceError {
     Locked(#[from] crate::daemon::lock::LockError),
     #[error(transparent)]
     Instruments(#[from] crate::instruments::InstrumentsError),
+    #[error("--feed {0}: no such feed in the config (feeds.{0})")]
+    NoFeed(String),
 }
 
 /// What was published.
@@ -50,7 +52,18 @@ pub struct ProduceReport {
     pub skipped: BTreeMap<&'static str, usize>,
 }
 
-pub async fn produce(cfg: &Config, captures: &[PathBuf]) -> Result<ProduceReport, ProduceError> {
+/// Publishes the frames of `captures` as feed `feed` (its protocol and
+/// exchange) would have.
+pub async fn produce(
+    cfg: &Config,
+    feed: &str,
+    captures: &[PathBuf],
+) -> Result<ProduceReport, ProduceError> {
+    let feed = cfg
+        .feeds
+        .get(feed)
+        .ok_or_else(|| ProduceError::NoFeed(feed.to_string()))?;
+    let protocol = crate::exchanges::protocol(feed.protocol());
     if cfg.kafka.is_embedded() {
         return Err(ProduceError::Embedded);
     }
@@ -59,7 +72,7 @@ pub async fn produce(cfg: &Config, captures: &[PathBuf]) -> Result<ProduceReport
     let registry = LocalRegistry::open(&cfg.data_dir_abs())?;
     let codec = Arc::new(crate::kafka::registry::codec(&registry)?);
     let mut encoder = Encoder::new(codec, &cfg.kafka);
-    let exchange = cfg.feeds.binance.exchange.clone();
+    let exchange = feed.exchange.clone();
     // The feed's symbol rule: a recorded frame passes or fails as it would live.
     let instruments = cfg.instruments()?;
     let symbols = instruments.symbol_rule(&exchange)?;
@@ -87,16 +100,30 @@ pub async fn produce(cfg: &Config, captures: &[PathBuf]) -> Result<ProduceReport
         ..ProduceReport::default()
     };
     let mut deliveries = Vec::new();
+    let mut trades = Vec::new();
     for f in &frames {
         // The recording's receive time stands in for ingestion time, so the
         // same capture always produces the same records.
         let received = f.ts.map(|t| (t * 1e6) as i64).unwrap_or_else(now_us);
-        let record = match binance::parse_frame(&f.data, &exchange, symbols, received) {
-            Ok(Parsed::Trade(t)) => {
-                report.trades += 1;
-                Record::Trade(t)
+        let ctx = ParseCtx {
+            exchange: &exchange,
+            symbols,
+            received_us: received,
+        };
+        trades.clear();
+        let record = match protocol.parse(&f.data, &ctx, &mut trades) {
+            Ok(Frame::Trades(_)) => {
+                for mut t in trades.drain(..) {
+                    report.trades += 1;
+                    if t.instrument.is_none() {
+                        t.instrument = protocol.instrument(&t.symbol);
+                    }
+                    let enc = encoder.encode(&Record::Trade(Box::new(t)))?;
+                    deliveries.push(enqueue(&producer, &enc).await?);
+                }
+                continue;
             }
-            Ok(Parsed::Skipped(kind)) => {
+            Ok(Frame::Skipped(kind)) => {
                 *report.skipped.entry(kind).or_default() += 1;
                 continue;
             }

@@ -84,7 +84,11 @@ fn frames(n: usize, symbols: &[String]) -> Vec<Utf8Bytes> {
 /// The trades the feed makes of `frames`, parsed by the feed's own parser:
 /// the ceilings send records of exactly the sizes the daemon sends.
 fn feed_trades(cfg: &Config, frames: &[Utf8Bytes]) -> Result<Vec<TradeV2>, BenchError> {
-    let exchange = cfg.feeds.binance.exchange.as_str();
+    let exchange = cfg
+        .feeds
+        .get("binance")
+        .map(|f| f.exchange.as_str())
+        .unwrap_or("BINANCE");
     let instruments = cfg
         .instruments()
         .map_err(|e| BenchError::Producer(format!("bench instruments: {e}")))?;
@@ -363,13 +367,15 @@ pub async fn measure(
         })
         .map_err(|e| BenchError::Producer(format!("bench instruments: {e}")))?;
     cfg.instruments_file = instruments.display().to_string();
-    cfg.feeds.binance.enabled = true;
-    cfg.feeds.binance.exchange = "BINANCE".into();
-    cfg.feeds.binance.url = format!("ws://{}", exchange.addr);
-    cfg.feeds.binance.symbols = syms.clone();
-    cfg.feeds.binance.streams = vec![crate::config::BinanceStream::Trade];
+    // The bench's one feed, whatever the config names.
+    cfg.feeds.clear();
+    let feed = cfg.feeds.named("binance");
+    feed.exchange = "BINANCE".into();
+    feed.url = format!("ws://{}", exchange.addr);
+    feed.symbols = syms.clone();
+    feed.channels = vec!["trade".into()];
     // Ids are remembered for the whole run: nothing is forgotten early.
-    cfg.feeds.binance.dedup_capacity = cfg.feeds.binance.dedup_capacity.max(n);
+    feed.dedup_capacity = feed.dedup_capacity.max(n);
     let partitions = cfg.kafka.embedded_partitions;
     let ceiling_topics = [
         format!("{}.ceiling-produce", cfg.kafka.trades_topic_prefix),

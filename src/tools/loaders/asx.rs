@@ -129,6 +129,7 @@ pub fn parse_row(
         source_sequence: Some(line as i64),
         platform_sequence: None,
         vendor_data: (!vendor.is_empty()).then_some(vendor),
+        instrument: None,
     })
 }
 

@@ -96,7 +96,9 @@ pub async fn asx(cfg: &Config, dir: &Path, timeout: Duration) -> Result<LoadRepo
     let n = trades.len();
     let n_dead = dead_letters.len();
     let mut cfg = cfg.clone();
-    cfg.feeds.binance.enabled = false;
+    for f in cfg.feeds.values_mut() {
+        f.enabled = false;
+    }
     cfg.http.enabled = false;
     let started = Instant::now();
     let d = daemon::start(cfg).await?;

@@ -1,9 +1,11 @@
-//! BinanceFeedActor: one combined-stream WebSocket connection, run under an
-//! actix `Supervisor`. Any end of the connection (error, close, stale feed,
-//! rotation) stops the actor; the supervisor restarts it on the same address
-//! and `started` reconnects after a capped, jittered exponential backoff.
+//! FeedActor: one WebSocket connection to one venue, speaking any exchange
+//! protocol (`exchanges::Protocol`), run under an actix `Supervisor`. Any end
+//! of the connection (error, close, stale feed, rotation) stops the actor;
+//! the supervisor restarts it on the same address and `started` reconnects
+//! after a capped, jittered exponential backoff, then subscribes again.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,14 +16,14 @@ use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::actors::observe::{Health, ObservableState, Published, RestartPolicy, Restarts};
-use crate::config::BinanceFeedConfig;
+use crate::config::FeedConfig;
 use crate::dedup::Dedup;
-use crate::exchanges::{FrameError, Parsed, binance};
+use crate::exchanges::{Frame, FrameError, ParseCtx, Protocol};
 use crate::instruments::{Instruments, InstrumentsError, SymbolError, SymbolRule, TierCache};
 use crate::messages::observe::Observe;
 use crate::messages::producer::{Outgoing, ProducerLanes};
 use crate::metrics::Metrics;
-use crate::model::{DeadLetter, now_us};
+use crate::model::{DeadLetter, TradeV2, now_us};
 use crate::telemetry::FeedEvents;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +43,8 @@ pub enum FeedError {
     Instruments(#[from] InstrumentsError),
     /// A subscribed symbol its exchange's rule refuses: every frame of it
     /// would be a dead letter.
-    #[error("feeds.binance.symbols: {0}")]
-    Subscription(SymbolError),
+    #[error("{key}: {source}")]
+    Subscription { key: String, source: SymbolError },
 }
 
 /// Why a connection ended without an error.
@@ -85,8 +87,9 @@ impl ObservableState for FeedState {
     }
 }
 
-pub struct BinanceFeedActor {
-    cfg: BinanceFeedConfig,
+pub struct FeedActor {
+    cfg: FeedConfig,
+    protocol: Arc<dyn Protocol>,
     producer: ProducerLanes,
     instruments: Arc<Instruments>,
     /// The exchange's `symbol_pattern`: every trade's symbol is checked
@@ -105,21 +108,25 @@ pub struct BinanceFeedActor {
     events: Rc<FeedEvents>,
 }
 
-impl BinanceFeedActor {
+impl FeedActor {
     /// Fails when the instruments file has no symbol rule for the feed's
     /// exchange, or the rule refuses a symbol the feed subscribes to (in
-    /// upper case, as Binance sends it in frames).
+    /// the form the venue writes it in frames).
     pub fn new(
-        cfg: BinanceFeedConfig,
+        cfg: FeedConfig,
         producer: ProducerLanes,
         instruments: Arc<Instruments>,
         metrics: Metrics,
     ) -> Result<Self, FeedError> {
+        let protocol: Arc<dyn Protocol> = crate::exchanges::protocol(cfg.protocol()).into();
         let symbols = instruments.symbol_rule(&cfg.exchange)?.clone();
         for s in &cfg.symbols {
             symbols
-                .check(&s.to_ascii_uppercase())
-                .map_err(FeedError::Subscription)?;
+                .check(&protocol.frame_symbol(s))
+                .map_err(|source| FeedError::Subscription {
+                    key: cfg.key("symbols"),
+                    source,
+                })?;
         }
         let cfg_dedup = cfg.dedup_capacity;
         let exchange = cfg.exchange.clone();
@@ -130,11 +137,12 @@ impl BinanceFeedActor {
         );
         let state = FeedState {
             exchange: cfg.exchange.clone(),
-            url: stream_url(&cfg),
+            url: protocol.connect_url(&cfg),
             ..FeedState::default()
         };
         Ok(Self {
             cfg,
+            protocol,
             producer,
             instruments,
             symbols,
@@ -149,25 +157,7 @@ impl BinanceFeedActor {
     }
 }
 
-/// The combined-stream URL for the configured symbols and streams.
-pub fn stream_url(cfg: &BinanceFeedConfig) -> String {
-    let streams: Vec<String> = cfg
-        .symbols
-        .iter()
-        .flat_map(|s| {
-            cfg.streams
-                .iter()
-                .map(move |k| format!("{}@{}", s.to_ascii_lowercase(), k.as_str()))
-        })
-        .collect();
-    format!(
-        "{}/stream?streams={}",
-        cfg.url.trim_end_matches('/'),
-        streams.join("/")
-    )
-}
-
-impl BinanceFeedActor {
+impl FeedActor {
     /// The state this feed publishes after every change.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<FeedState> {
         self.published.subscribe()
@@ -178,7 +168,7 @@ impl BinanceFeedActor {
     }
 }
 
-impl Actor for BinanceFeedActor {
+impl Actor for FeedActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
@@ -190,6 +180,7 @@ impl Actor for BinanceFeedActor {
         tracing::info!(exchange = %self.cfg.exchange, url = %url, delay_ms = delay.as_millis() as u64, "feed connecting");
         let conn = Connection {
             cfg: self.cfg.clone(),
+            protocol: self.protocol.clone(),
             url,
             producer: self.producer.clone(),
             symbols: self.symbols.clone(),
@@ -197,6 +188,8 @@ impl Actor for BinanceFeedActor {
             addr: ctx.address(),
             dedup: self.dedup.clone(),
             tiers: RefCell::new(TierCache::new(self.instruments.clone())),
+            instruments: RefCell::new(HashMap::new()),
+            parsed: RefCell::new(Vec::new()),
         };
         ctx.spawn(conn.run(delay).into_actor(self).map(|res, act, ctx| {
             act.state.connected = false;
@@ -216,7 +209,7 @@ impl Actor for BinanceFeedActor {
     }
 }
 
-impl Supervised for BinanceFeedActor {
+impl Supervised for FeedActor {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         if self.stopping {
             return;
@@ -233,7 +226,7 @@ impl Supervised for BinanceFeedActor {
 #[rtype(result = "()")]
 struct Connected;
 
-impl Handler<Connected> for BinanceFeedActor {
+impl Handler<Connected> for FeedActor {
     type Result = ();
     fn handle(&mut self, _: Connected, _ctx: &mut Self::Context) {
         self.state.connected = true;
@@ -247,7 +240,7 @@ impl Handler<Connected> for BinanceFeedActor {
 #[rtype(result = "()")]
 pub struct StopFeed;
 
-impl Handler<StopFeed> for BinanceFeedActor {
+impl Handler<StopFeed> for FeedActor {
     type Result = ();
     fn handle(&mut self, _: StopFeed, ctx: &mut Self::Context) {
         self.stopping = true;
@@ -255,7 +248,7 @@ impl Handler<StopFeed> for BinanceFeedActor {
     }
 }
 
-impl Handler<Observe<FeedState>> for BinanceFeedActor {
+impl Handler<Observe<FeedState>> for FeedActor {
     type Result = MessageResult<Observe<FeedState>>;
     fn handle(&mut self, _: Observe<FeedState>, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.state.clone())
@@ -263,14 +256,19 @@ impl Handler<Observe<FeedState>> for BinanceFeedActor {
 }
 
 struct Connection {
-    cfg: BinanceFeedConfig,
+    cfg: FeedConfig,
+    protocol: Arc<dyn Protocol>,
     url: String,
     producer: ProducerLanes,
     symbols: SymbolRule,
     events: Rc<FeedEvents>,
-    addr: Addr<BinanceFeedActor>,
+    addr: Addr<FeedActor>,
     dedup: Rc<RefCell<Dedup>>,
     tiers: RefCell<TierCache>,
+    /// Each symbol's normalized instrument, asked of the protocol once.
+    instruments: RefCell<HashMap<String, Option<String>>>,
+    /// The trades of the frame being handled; kept to reuse its room.
+    parsed: RefCell<Vec<TradeV2>>,
 }
 
 impl Connection {
@@ -302,6 +300,16 @@ impl Connection {
         self.events.connection("connected");
         tracing::info!(exchange, url = %self.url, "feed connected");
         let (mut sink, mut stream) = ws.split();
+        for frame in self.protocol.subscribe_frames(&self.cfg) {
+            tracing::debug!(exchange, %frame, "feed subscribing");
+            sink.send(WsMessage::text(frame)).await?;
+        }
+        // A venue that wants an application ping gets one on its interval;
+        // the others never wake this timer.
+        let keepalive = self.protocol.keepalive();
+        let mut ping_at = keepalive
+            .as_ref()
+            .map(|(every, _)| tokio::time::Instant::now() + *every);
         let stale = Duration::from_secs(self.cfg.stale_after_secs);
         let rotate_at =
             tokio::time::Instant::now() + Duration::from_secs(self.cfg.max_connection_secs);
@@ -316,6 +324,13 @@ impl Connection {
                 _ = tokio::time::sleep_until(rotate_at) => {
                     let _ = sink.send(WsMessage::Close(None)).await;
                     return Ok(ConnEnd::Rotated);
+                }
+                _ = sleep_until_some(ping_at) => {
+                    if let Some((every, frame)) = &keepalive {
+                        sink.send(WsMessage::text(frame.clone())).await?;
+                        ping_at = Some(tokio::time::Instant::now() + *every);
+                    }
+                    continue;
                 }
             };
             let msg = match next {
@@ -353,40 +368,82 @@ impl Connection {
     async fn on_frame(&self, raw: &[u8], text: Option<&str>) -> Result<(), FeedError> {
         let exchange = self.cfg.exchange.as_str();
         let received = now_us();
+        let ctx = ParseCtx {
+            exchange,
+            symbols: &self.symbols,
+            received_us: received,
+        };
+        // Taken out of its cell: the sends below await, and nothing else
+        // touches the buffer meanwhile, but a borrow must not span them.
+        let mut trades = std::mem::take(&mut *self.parsed.borrow_mut());
+        trades.clear();
         let parsed = match text {
-            Some(t) => binance::parse_frame(t, exchange, &self.symbols, received),
+            Some(t) => self.protocol.parse(t, &ctx, &mut trades),
             None => Err(FrameError::Binary(raw.len())),
         };
-        let out = match parsed {
-            Ok(Parsed::Trade(t)) => {
-                // The parser names the stream; anything else is a plain trade.
-                let kind = match t.vendor_data.as_ref().and_then(|v| v.get("stream")) {
-                    Some(k) if k == "aggTrade" => "aggTrade",
-                    _ => "trade",
-                };
-                let tier = self.tiers.borrow_mut().tier(&t.exchange, &t.symbol);
-                self.events.trade_received(kind, tier);
-                if !self.dedup.borrow_mut().first_time(&t.message_id) {
-                    self.events.duplicate(tier);
-                    return Ok(());
-                }
-                Outgoing::trade(*t, tier)
-            }
-            Ok(Parsed::Skipped(kind)) => {
+        let result = match parsed {
+            Ok(Frame::Trades(_)) => self.send_trades(&mut trades).await,
+            Ok(Frame::Skipped(kind)) => {
                 self.events.skipped(kind);
-                return Ok(());
+                Ok(())
             }
             Err(e) => {
+                if let FrameError::Venue(reason) = &e {
+                    tracing::warn!(exchange, %reason, "the exchange reported an error");
+                }
+                // Whatever the parser pushed before it failed is not sent:
+                // the frame goes whole to the dead letters.
+                trades.clear();
                 self.events.malformed(&e, raw.len());
-                Outgoing::dead_letter(DeadLetter::new(
+                let out = Outgoing::dead_letter(DeadLetter::new(
                     exchange,
                     &self.url,
                     received,
                     e.to_string(),
                     raw.to_vec(),
-                ))
+                ));
+                self.send(out).await
             }
         };
+        *self.parsed.borrow_mut() = trades;
+        result
+    }
+
+    /// The frame's trades, each with its instrument, past dedup, onto its
+    /// tier's lane.
+    async fn send_trades(&self, trades: &mut Vec<TradeV2>) -> Result<(), FeedError> {
+        for mut t in trades.drain(..) {
+            if t.instrument.is_none() {
+                t.instrument = self.instrument(&t.symbol);
+            }
+            // The parser names the stream; anything else is a plain trade.
+            let kind = match t.vendor_data.as_ref().and_then(|v| v.get("stream")) {
+                Some(k) if k == "aggTrade" => "aggTrade",
+                _ => "trade",
+            };
+            let tier = self.tiers.borrow_mut().tier(&t.exchange, &t.symbol);
+            self.events.trade_received(kind, tier);
+            if !self.dedup.borrow_mut().first_time(&t.message_id) {
+                self.events.duplicate(tier);
+                continue;
+            }
+            self.send(Outgoing::trade(t, tier)).await?;
+        }
+        Ok(())
+    }
+
+    fn instrument(&self, symbol: &str) -> Option<String> {
+        if let Some(i) = self.instruments.borrow().get(symbol) {
+            return i.clone();
+        }
+        let i = self.protocol.instrument(symbol);
+        self.instruments
+            .borrow_mut()
+            .insert(symbol.to_string(), i.clone());
+        i
+    }
+
+    async fn send(&self, out: Outgoing) -> Result<(), FeedError> {
         let lane = out.tier.index();
         self.producer
             .send_data(lane, out)
@@ -395,21 +452,32 @@ impl Connection {
     }
 }
 
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => futures::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BinanceStream;
+
+    fn binance() -> FeedConfig {
+        FeedConfig::named("binance")
+    }
 
     #[test]
     fn combined_stream_url_lists_every_symbol_and_stream() {
-        let cfg = BinanceFeedConfig {
+        let cfg = FeedConfig {
             url: "wss://stream.binance.com:9443/".into(),
             symbols: vec!["BTCUSDT".into(), "ethusdt".into()],
-            streams: vec![BinanceStream::Trade, BinanceStream::AggTrade],
-            ..BinanceFeedConfig::default()
+            channels: vec!["trade".into(), "aggTrade".into()],
+            ..binance()
         };
         assert_eq!(
-            stream_url(&cfg),
+            crate::exchanges::binance::Binance.connect_url(&cfg),
             "wss://stream.binance.com:9443/stream?streams=btcusdt@trade/btcusdt@aggTrade/ethusdt@trade/ethusdt@aggTrade"
         );
     }
@@ -436,17 +504,17 @@ mod tests {
                 }
             }
         });
-        let cfg = BinanceFeedConfig {
+        let cfg = FeedConfig {
             url: format!("ws://127.0.0.1:{port}"),
             stale_after_secs: 1,
             backoff_initial_ms: 60_000,
             backoff_max_ms: 60_000,
-            ..BinanceFeedConfig::default()
+            ..binance()
         };
         let (lanes, _rx) = crate::lanes::mailbox(&[8, 8, 8]).unwrap();
         let instruments = Arc::new(Instruments::builtin().unwrap());
         let metrics = Metrics::new().unwrap();
-        let actor = BinanceFeedActor::new(cfg, lanes, instruments, metrics).unwrap();
+        let actor = FeedActor::new(cfg, lanes, instruments, metrics).unwrap();
         let feed = Supervisor::start(move |_| actor);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let state = loop {
@@ -488,14 +556,14 @@ mod tests {
             // Keep the connection open until the test ends.
             futures::future::pending::<()>().await;
         });
-        let cfg = BinanceFeedConfig {
+        let cfg = FeedConfig {
             url: format!("ws://127.0.0.1:{port}"),
-            ..BinanceFeedConfig::default()
+            ..binance()
         };
         let (lanes, mut rx) = crate::lanes::mailbox(&[8, 8, 8]).unwrap();
         let instruments = Arc::new(Instruments::builtin().unwrap());
         let actor =
-            BinanceFeedActor::new(cfg, lanes, instruments, Metrics::new().unwrap()).unwrap();
+            FeedActor::new(cfg, lanes, instruments, Metrics::new().unwrap()).unwrap();
         let feed = Supervisor::start(move |_| actor);
         let mut next = async || {
             // A bound on a hung test, not a timing assertion.
@@ -528,25 +596,25 @@ mod tests {
     #[test]
     fn a_feed_needs_a_rule_for_its_exchange_that_passes_its_symbols() {
         let instruments = Arc::new(Instruments::builtin().unwrap());
-        let start = |cfg: BinanceFeedConfig| {
+        let start = |cfg: FeedConfig| {
             let (lanes, _rx) = crate::lanes::mailbox(&[8, 8, 8]).unwrap();
-            BinanceFeedActor::new(cfg, lanes, instruments.clone(), Metrics::new().unwrap())
+            FeedActor::new(cfg, lanes, instruments.clone(), Metrics::new().unwrap())
                 .err()
                 .map(|e| e.to_string())
         };
-        assert_eq!(start(BinanceFeedConfig::default()), None);
-        let e = start(BinanceFeedConfig {
-            exchange: "KRAKEN".into(),
-            ..BinanceFeedConfig::default()
+        assert_eq!(start(binance()), None);
+        let e = start(FeedConfig {
+            exchange: "NOWHERE".into(),
+            ..binance()
         })
         .unwrap();
         assert!(
-            e.contains("[exchanges.KRAKEN]") && e.contains("symbol_pattern"),
+            e.contains("[exchanges.NOWHERE]") && e.contains("symbol_pattern"),
             "{e}"
         );
-        let e = start(BinanceFeedConfig {
+        let e = start(FeedConfig {
             symbols: vec!["btcusdt".into(), "x".into()],
-            ..BinanceFeedConfig::default()
+            ..binance()
         })
         .unwrap();
         assert!(
