@@ -562,8 +562,7 @@ mod tests {
         };
         let (lanes, mut rx) = crate::lanes::mailbox(&[8, 8, 8]).unwrap();
         let instruments = Arc::new(Instruments::builtin().unwrap());
-        let actor =
-            FeedActor::new(cfg, lanes, instruments, Metrics::new().unwrap()).unwrap();
+        let actor = FeedActor::new(cfg, lanes, instruments, Metrics::new().unwrap()).unwrap();
         let feed = Supervisor::start(move |_| actor);
         let mut next = async || {
             // A bound on a hung test, not a timing assertion.

@@ -359,7 +359,10 @@ impl FeedConfig {
     }
 
     fn resolve(&mut self) -> Result<(), (String, String)> {
-        let kind = match self.protocol.or_else(|| ProtocolKind::from_feed_name(&self.name)) {
+        let kind = match self
+            .protocol
+            .or_else(|| ProtocolKind::from_feed_name(&self.name))
+        {
             Some(k) => k,
             None => {
                 return Err((
@@ -747,11 +750,13 @@ impl Config {
             !k.starts_with("test_") && k != "log" && k != "config"
         }));
         let mut cfg: Config = fig.extract().map_err(|e| from_figment(e, file))?;
-        cfg.feeds.resolve().map_err(|(key, reason)| ConfigError::Key {
-            source_name: source_of(&fig, &key, file),
-            key,
-            reason,
-        })?;
+        cfg.feeds
+            .resolve()
+            .map_err(|(key, reason)| ConfigError::Key {
+                source_name: source_of(&fig, &key, file),
+                key,
+                reason,
+            })?;
         cfg.validate(&fig, file)?;
         Ok(cfg)
     }

@@ -22,8 +22,7 @@ impl Config {
             let key = |k: &str| f.key(k);
             let name_ok = !f.name.is_empty()
                 && f.name.len() <= 32
-                && f
-                    .name
+                && f.name
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
             if !name_ok {
@@ -59,7 +58,9 @@ impl Config {
                 if let Some(other) = exchanges.insert(ex, &f.name) {
                     return Err(err(
                         &key("exchange"),
-                        format!("{ex} is also the exchange of feeds.{other}; each enabled feed stores its own"),
+                        format!(
+                            "{ex} is also the exchange of feeds.{other}; each enabled feed stores its own"
+                        ),
                     ));
                 }
             }
