@@ -25,7 +25,10 @@ pub const TRADE_SUBJECT: &str = "io.ticklake.market.TradeV2";
 /// Subject of the dead-letter schema.
 pub const DEAD_LETTER_SUBJECT: &str = "io.ticklake.market.DeadLetterV1";
 
-pub const TRADE_SCHEMA_JSON: &str = r#"{
+/// The trade schema as first released, without `instrument`. Records written
+/// under it may still be in Kafka when a newer build starts; they are read
+/// with `instrument` null.
+pub const TRADE_SCHEMA_V1_JSON: &str = r#"{
   "type": "record", "name": "TradeV2", "namespace": "io.ticklake.market",
   "fields": [
     {"name": "message_id", "type": "string"},
@@ -48,6 +51,33 @@ pub const TRADE_SCHEMA_JSON: &str = r#"{
   ]
 }"#;
 
+/// The trade schema written today: version 1 plus `instrument`, an optional
+/// field with a default, so it reads every version-1 record (backward
+/// compatible, which the registry checks when it registers it).
+pub const TRADE_SCHEMA_JSON: &str = r#"{
+  "type": "record", "name": "TradeV2", "namespace": "io.ticklake.market",
+  "fields": [
+    {"name": "message_id", "type": "string"},
+    {"name": "trade_id", "type": "string"},
+    {"name": "symbol", "type": "string"},
+    {"name": "exchange", "type": "string"},
+    {"name": "asset_class", "type": {"type": "enum", "name": "AssetClass",
+      "symbols": ["CRYPTO", "EQUITIES", "FUTURES", "FX", "OTHER"]}},
+    {"name": "timestamp", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+    {"name": "ingestion_timestamp", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+    {"name": "price", "type": {"type": "bytes", "logicalType": "decimal", "precision": 18, "scale": 8}},
+    {"name": "quantity", "type": {"type": "bytes", "logicalType": "decimal", "precision": 18, "scale": 8}},
+    {"name": "currency", "type": "string"},
+    {"name": "side", "type": {"type": "enum", "name": "Side",
+      "symbols": ["BUY", "SELL", "SELL_SHORT", "UNKNOWN"]}},
+    {"name": "trade_conditions", "type": {"type": "array", "items": "string"}},
+    {"name": "source_sequence", "type": ["null", "long"], "default": null},
+    {"name": "platform_sequence", "type": ["null", "long"], "default": null},
+    {"name": "vendor_data", "type": ["null", {"type": "map", "values": "string"}], "default": null},
+    {"name": "instrument", "type": ["null", "string"], "default": null}
+  ]
+}"#;
+
 pub const DEAD_LETTER_SCHEMA_JSON: &str = r#"{
   "type": "record", "name": "DeadLetterV1", "namespace": "io.ticklake.market",
   "fields": [
@@ -64,6 +94,9 @@ pub const DEAD_LETTER_SCHEMA_JSON: &str = r#"{
 // parse failure is a build defect, not a runtime condition.
 static TRADE_SCHEMA: LazyLock<Schema> =
     LazyLock::new(|| Schema::parse_str(TRADE_SCHEMA_JSON).expect("TradeV2 schema is valid"));
+static TRADE_SCHEMA_V1: LazyLock<Schema> = LazyLock::new(|| {
+    Schema::parse_str(TRADE_SCHEMA_V1_JSON).expect("TradeV2 version 1 schema is valid")
+});
 static DEAD_LETTER_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
     Schema::parse_str(DEAD_LETTER_SCHEMA_JSON).expect("DeadLetterV1 schema is valid")
 });
@@ -84,15 +117,23 @@ pub enum RecordKind {
 /// Encodes and decodes framed records, given the ids the registry assigned.
 pub struct Codec {
     trade_id: u32,
+    /// The id of version 1 of the trade schema, when the registry has one:
+    /// records written under it by an older build are still read.
+    trade_v1_id: Option<u32>,
     dead_letter_id: u32,
     trade_writer: GenericDatumWriter<'static>,
     dead_letter_writer: GenericDatumWriter<'static>,
     trade_reader: GenericDatumReader<'static>,
+    trade_v1_reader: GenericDatumReader<'static>,
     dead_letter_reader: GenericDatumReader<'static>,
 }
 
 pub fn trade_schema() -> &'static Schema {
     &TRADE_SCHEMA
+}
+
+pub fn trade_schema_v1() -> &'static Schema {
+    &TRADE_SCHEMA_V1
 }
 
 pub fn dead_letter_schema() -> &'static Schema {
@@ -103,12 +144,35 @@ impl Codec {
     pub fn new(trade_id: u32, dead_letter_id: u32) -> Result<Self, AvroError> {
         Ok(Self {
             trade_id,
+            trade_v1_id: None,
             dead_letter_id,
             trade_writer: GenericDatumWriter::builder(&TRADE_SCHEMA).build()?,
             dead_letter_writer: GenericDatumWriter::builder(&DEAD_LETTER_SCHEMA).build()?,
             trade_reader: GenericDatumReader::builder(&TRADE_SCHEMA).build()?,
+            // Version 1 records resolved to today's schema, as a reader
+            // that follows the Avro spec resolves them.
+            trade_v1_reader: GenericDatumReader::builder(&TRADE_SCHEMA_V1)
+                .reader_schema(&TRADE_SCHEMA)
+                .build()?,
             dead_letter_reader: GenericDatumReader::builder(&DEAD_LETTER_SCHEMA).build()?,
         })
+    }
+
+    /// Also reads trades framed with `id`, version 1 of the schema.
+    pub fn with_trade_v1_id(mut self, id: Option<u32>) -> Self {
+        self.trade_v1_id = id.filter(|i| *i != self.trade_id);
+        self
+    }
+
+    /// The schema version a trade framed with `id` was written under.
+    fn trade_version(&self, id: u32) -> Option<u8> {
+        if id == self.trade_id {
+            Some(2)
+        } else if Some(id) == self.trade_v1_id {
+            Some(1)
+        } else {
+            None
+        }
     }
 
     /// Never fails; the `Result` stays so that callers written for the
@@ -157,7 +221,7 @@ impl Codec {
     /// Which record kind a framed payload holds, from its schema id.
     pub fn kind_of(&self, bytes: &[u8]) -> Result<RecordKind, AvroError> {
         let (id, _) = unframe(bytes)?;
-        if id == self.trade_id {
+        if self.trade_version(id).is_some() {
             Ok(RecordKind::Trade)
         } else if id == self.dead_letter_id {
             Ok(RecordKind::DeadLetter)
@@ -168,20 +232,22 @@ impl Codec {
 
     pub fn decode_trade(&self, bytes: &[u8]) -> Result<TradeV2, AvroError> {
         let (id, body) = unframe(bytes)?;
-        if id != self.trade_id {
-            return Err(AvroError::UnknownSchema(id));
+        match self.trade_version(id) {
+            Some(version) => avro_direct::decode_trade_body(body, version),
+            None => Err(AvroError::UnknownSchema(id)),
         }
-        avro_direct::decode_trade_body(body)
     }
 
     /// apache-avro's decoding of a trade, through its `Value` tree: the
     /// reference the direct codec is checked against, for tests only.
     pub fn decode_trade_reference(&self, bytes: &[u8]) -> Result<TradeV2, AvroError> {
         let (id, mut body) = unframe(bytes)?;
-        if id != self.trade_id {
-            return Err(AvroError::UnknownSchema(id));
-        }
-        value_to_trade(self.trade_reader.read_value(&mut body)?)
+        let reader = match self.trade_version(id) {
+            Some(2) => &self.trade_reader,
+            Some(_) => &self.trade_v1_reader,
+            None => return Err(AvroError::UnknownSchema(id)),
+        };
+        value_to_trade(reader.read_value(&mut body)?)
     }
 
     pub fn decode_dead_letter(&self, bytes: &[u8]) -> Result<DeadLetter, AvroError> {
@@ -288,6 +354,13 @@ fn trade_to_value(t: &TradeV2) -> Value {
             nullable_long(t.platform_sequence),
         ),
         ("vendor_data".into(), vendor),
+        (
+            "instrument".into(),
+            match &t.instrument {
+                Some(i) => Value::Union(1, Box::new(Value::String(i.clone()))),
+                None => Value::Union(0, Box::new(Value::Null)),
+            },
+        ),
     ])
 }
 
@@ -424,7 +497,14 @@ fn value_to_trade(v: Value) -> Result<TradeV2, AvroError> {
         source_sequence: take_nullable_long(&mut f, "source_sequence")?,
         platform_sequence: take_nullable_long(&mut f, "platform_sequence")?,
         vendor_data,
-        instrument: None,
+        instrument: match f.remove("instrument") {
+            Some(Value::Union(_, v)) => match *v {
+                Value::Null => None,
+                Value::String(s) => Some(s),
+                other => return Err(unexpected("instrument", Some(other))),
+            },
+            other => return Err(unexpected("instrument", other)),
+        },
     })
 }
 
@@ -441,7 +521,53 @@ mod tests {
             .conditions(vec!["X".into(), "Y".into()])
             .source_sequence(Some(42))
             .vendor_data(Some(BTreeMap::from([("stream".into(), "trade".into())])))
+            .instrument(Some("BTC-USDT"))
             .build()
+    }
+
+    /// Version 2 is version 1 plus `instrument`, optional with a default,
+    /// so a reader of version 2 reads what version 1 wrote.
+    #[test]
+    fn version_two_adds_instrument_and_reads_version_one() {
+        use apache_avro::schema_compatibility::SchemaCompatibility;
+        let names = |s: &Schema| match s {
+            Schema::Record(r) => r.fields.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
+            _ => panic!("not a record"),
+        };
+        let mut v1 = names(&TRADE_SCHEMA_V1);
+        v1.push("instrument".into());
+        assert_eq!(names(&TRADE_SCHEMA), v1);
+        SchemaCompatibility::can_read(&TRADE_SCHEMA_V1, &TRADE_SCHEMA)
+            .expect("version 2 reads version 1");
+    }
+
+    /// A record an older build wrote under version 1's id, still in Kafka,
+    /// decodes with `instrument` null, through both decoders.
+    #[test]
+    fn a_version_one_record_decodes_with_no_instrument() {
+        let c = Codec::new(7, 8).unwrap().with_trade_v1_id(Some(3));
+        let mut t = sample();
+        // version 1's bytes: apache-avro's writer on the version 1 schema
+        let mut v = trade_to_value(&t);
+        if let Value::Record(f) = &mut v {
+            f.retain(|(name, _)| name != "instrument");
+        }
+        let body = GenericDatumWriter::builder(&TRADE_SCHEMA_V1)
+            .build()
+            .unwrap()
+            .write_value_to_vec(v)
+            .unwrap();
+        let bytes = frame(3, body);
+        t.instrument = None;
+        assert_eq!(c.kind_of(&bytes).unwrap(), RecordKind::Trade);
+        assert_eq!(c.decode_trade(&bytes).unwrap(), t);
+        assert_eq!(c.decode_trade_reference(&bytes).unwrap(), t);
+        // without the old id known, it is an unknown schema, not a misread
+        let plain = Codec::new(7, 8).unwrap();
+        assert!(matches!(
+            plain.decode_trade(&bytes),
+            Err(AvroError::UnknownSchema(3))
+        ));
     }
 
     #[test]

@@ -36,10 +36,13 @@ const VARINT_TOO_LONG: &str = "a varint of more than 10 bytes";
 pub const UNION_CUT: &str = "the record ends where this union begins";
 /// The tenth byte of a varint carries bits past the 64th. apache-avro's
 /// reader drops them and reads a different number than was written.
+/// The record ends inside a nullable string's value: apache-avro's reader
+/// takes the union as null there too, and loses the part that was read.
+pub const UNION_BRANCH_CUT: &str = "the record ends inside this union's value";
 pub const VARINT_OVERFLOW: &str = "a varint of more than 64 bits";
 /// The reasons for which `decode_trade_body` refuses a record that
 /// apache-avro's reader takes. Everywhere else the two agree.
-pub const STRICTER_THAN_APACHE_AVRO: [&str; 2] = [UNION_CUT, VARINT_OVERFLOW];
+pub const STRICTER_THAN_APACHE_AVRO: [&str; 3] = [UNION_CUT, UNION_BRANCH_CUT, VARINT_OVERFLOW];
 
 fn fault(field: &'static str, reason: impl Into<String>) -> AvroError {
     AvroError::Field {
@@ -94,6 +97,13 @@ pub fn encode_trade_into(buf: &mut Vec<u8>, schema_id: u32, t: &TradeV2) {
             buf.push(0);
         }
     }
+    match &t.instrument {
+        None => put_long(buf, 0),
+        Some(i) => {
+            put_long(buf, 1);
+            put_str(buf, i);
+        }
+    }
 }
 
 /// At least the encoded size of `t`: every varint counted at its longest,
@@ -104,9 +114,10 @@ fn encoded_len_bound(t: &TradeV2) -> usize {
     let strings = ids + text(&t.exchange) + text(&t.currency);
     // the header, two enums, two timestamps, two decimals of 8 bytes, the
     // array's count and end, two nullable longs, the map's index, count
-    // and end
-    (5 + 2 * 10 + 2 * 10 + 2 * 9 + 11 + 2 * 11 + 12)
+    // and end, the instrument's index
+    (5 + 2 * 10 + 2 * 10 + 2 * 9 + 11 + 2 * 11 + 12 + 1)
         + strings
+        + t.instrument.as_ref().map_or(0, text)
         + t.trade_conditions.iter().map(text).sum::<usize>()
         + (t.vendor_data.iter().flatten())
             .map(|(k, v)| text(k) + text(v))
@@ -194,7 +205,10 @@ fn side_at(i: i64) -> Option<Side> {
 ///
 /// Nothing is allocated before the bytes it stands for are known to be
 /// there, so a hostile length or count costs an error, not memory.
-pub fn decode_trade_body(body: &[u8]) -> Result<TradeV2, AvroError> {
+///
+/// `version` is the schema version the datum was written under: version 1
+/// ends at `vendor_data`, version 2 adds `instrument`.
+pub fn decode_trade_body(body: &[u8], version: u8) -> Result<TradeV2, AvroError> {
     let mut r = Reader { rest: body };
     // Struct fields are evaluated in the order written: the schema's.
     Ok(TradeV2 {
@@ -213,7 +227,11 @@ pub fn decode_trade_body(body: &[u8]) -> Result<TradeV2, AvroError> {
         source_sequence: r.nullable_long("source_sequence")?,
         platform_sequence: r.nullable_long("platform_sequence")?,
         vendor_data: r.vendor_data()?,
-        instrument: None,
+        instrument: if version >= 2 {
+            r.nullable_string("instrument")?
+        } else {
+            None
+        },
     })
 }
 
@@ -353,6 +371,19 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn nullable_string(&mut self, field: &'static str) -> Result<Option<String>, AvroError> {
+        match self.union_index(field)? {
+            0 => Ok(None),
+            1 => match self.string(field) {
+                Err(AvroError::Field { reason, .. }) if reason == CUT => {
+                    Err(fault(field, UNION_BRANCH_CUT))
+                }
+                other => other.map(Some),
+            },
+            i => Err(fault(field, format!("unknown union branch {i}"))),
+        }
+    }
+
     fn vendor_data(&mut self) -> Result<Option<BTreeMap<String, String>>, AvroError> {
         const FIELD: &str = "vendor_data";
         match self.union_index(FIELD)? {
@@ -391,7 +422,7 @@ mod tests {
     use serde::Serialize;
 
     use super::*;
-    use crate::kafka::avro::{Codec, trade_schema};
+    use crate::kafka::avro::{Codec, trade_schema_v1};
 
     const ID: u32 = 7;
     const HEADER: [u8; 5] = [0, 0, 0, 0, 7];
@@ -422,7 +453,10 @@ mod tests {
             }
         }
         // A record is written field by field in the schema's order, so a
-        // tuple in that order serializes as one.
+        // tuple in that order serializes as one: version 1's fields, then
+        // `instrument` on its own (a record's bytes are its fields' bytes
+        // one after another). A tuple of all sixteen, or a struct, goes
+        // through apache-avro's `Value`, whose map is a `HashMap`.
         let row = (
             &t.message_id,
             &t.trade_id,
@@ -440,8 +474,14 @@ mod tests {
             t.platform_sequence,
             &t.vendor_data,
         );
-        let writer = GenericDatumWriter::builder(trade_schema()).build().unwrap();
-        framed(&writer.write_ser_to_vec(&row).unwrap())
+        let v1 = GenericDatumWriter::builder(trade_schema_v1())
+            .build()
+            .unwrap();
+        let mut body = v1.write_ser_to_vec(&row).unwrap();
+        let union = apache_avro::Schema::parse_str(r#"["null", "string"]"#).unwrap();
+        let instrument = GenericDatumWriter::builder(&union).build().unwrap();
+        body.extend(instrument.write_ser_to_vec(&t.instrument).unwrap());
+        framed(&body)
     }
 
     fn text() -> impl Strategy<Value = String> {
@@ -485,6 +525,7 @@ mod tests {
             trade_conditions in prop::collection::vec(text(), 0..4),
             seq in (prop::option::of(long()), prop::option::of(long())),
             vendor_data in vendor(),
+            instrument in prop::option::of(text()),
         ) -> TradeV2 {
             TradeV2 {
                 message_id: s.0,
@@ -502,7 +543,7 @@ mod tests {
                 source_sequence: seq.0,
                 platform_sequence: seq.1,
                 vendor_data,
-                instrument: None,
+                instrument,
             }
         }
     }
@@ -512,7 +553,7 @@ mod tests {
     /// one may refuse more, for the reasons it lists and no others.
     fn agree(body: &[u8]) -> Result<Option<TradeV2>, TestCaseError> {
         let reference = CODEC.decode_trade_reference(&framed(body));
-        match (reference, decode_trade_body(body)) {
+        match (reference, decode_trade_body(body, 2)) {
             (Ok(a), Ok(b)) => {
                 prop_assert_eq!(&a, &b);
                 Ok(Some(b))
@@ -551,9 +592,20 @@ mod tests {
                     put_str(&mut entries, k);
                     put_str(&mut entries, v);
                 }
-                let at = bytes.len() - entries.len() - 1;
+                // The map's entries and end marker, then `instrument`.
+                let mut after = Vec::new();
+                match &t.instrument {
+                    None => put_long(&mut after, 0),
+                    Some(i) => {
+                        put_long(&mut after, 1);
+                        put_str(&mut after, i);
+                    }
+                }
+                let at = bytes.len() - entries.len() - 1 - after.len();
                 prop_assert_eq!(bytes.len(), reference.len());
                 prop_assert_eq!(&bytes[..at], &reference[..at]);
+                prop_assert_eq!(&bytes[bytes.len() - after.len()..], &after[..]);
+                prop_assert_eq!(&reference[reference.len() - after.len()..], &after[..]);
                 prop_assert_eq!(CODEC.decode_trade_reference(&reference).unwrap(), t);
             }
         }
@@ -597,7 +649,7 @@ mod tests {
 
     /// A small valid record field by field, so a test can put odd bytes in
     /// one field and keep the others.
-    const FIELDS: [(&str, Put); 15] = [
+    const FIELDS: [(&str, Put); 16] = [
         ("message_id", |b| put_str(b, "m")),
         ("trade_id", |b| put_str(b, "t")),
         ("symbol", |b| put_str(b, "BTCUSDT")),
@@ -616,6 +668,7 @@ mod tests {
         ("source_sequence", |b| b.push(0)),
         ("platform_sequence", |b| b.push(0)),
         ("vendor_data", |b| b.push(0)),
+        ("instrument", |b| b.push(0)),
     ];
 
     /// The small record with `field`'s bytes replaced by `bytes`.
@@ -644,7 +697,7 @@ mod tests {
 
     /// The field and the reason for which the direct decoder refuses `body`.
     fn refusal(body: &[u8]) -> (&'static str, String) {
-        match decode_trade_body(body) {
+        match decode_trade_body(body, 2) {
             Err(AvroError::Field { field, reason }) => (field, reason),
             other => panic!("{other:?}"),
         }
@@ -664,7 +717,7 @@ mod tests {
             let t = t.side(side).build();
             let bytes = CODEC.encode_trade_reference(&t).unwrap();
             assert_eq!(direct(&t), bytes);
-            assert_eq!(decode_trade_body(&bytes[5..]).unwrap(), t);
+            assert_eq!(decode_trade_body(&bytes[5..], 2).unwrap(), t);
         }
     }
 
@@ -724,9 +777,10 @@ mod tests {
     fn only_cut_unions_and_varints_past_64_bits_are_refused_where_apache_avro_reads() {
         let body = with("", &[]);
         for (unions, field) in [
-            (3, "source_sequence"),
-            (2, "platform_sequence"),
-            (1, "vendor_data"),
+            (4, "source_sequence"),
+            (3, "platform_sequence"),
+            (2, "vendor_data"),
+            (1, "instrument"),
         ] {
             let cut = &body[..body.len() - unions];
             // apache-avro's reader takes the missing unions as nulls

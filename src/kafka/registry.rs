@@ -20,13 +20,28 @@ pub enum RegistryError {
     Corrupt { path: PathBuf, reason: String },
     #[error("schema for subject {subject} does not parse: {reason}")]
     BadSchema { subject: String, reason: String },
+    /// Backward compatibility, as a Confluent registry checks it by default:
+    /// the new schema must read every record the subject's latest schema
+    /// wrote.
+    #[error(
+        "schema for subject {subject} cannot read records written under its latest version (id {latest}): {reason}"
+    )]
+    Incompatible {
+        subject: String,
+        latest: u32,
+        reason: String,
+    },
 }
 
 /// Assigns and resolves schema ids. Implemented by the local file registry;
 /// a Confluent Schema Registry client is the production alternative.
 pub trait SchemaRegistry: Send + Sync {
     /// Registers `schema` under `subject` (idempotent) and returns its id.
+    /// A schema new to the subject must be backward compatible with the
+    /// subject's latest one.
     fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError>;
+    /// The id `schema` has under `subject`, without registering it.
+    fn lookup(&self, subject: &str, schema: &str) -> Result<Option<u32>, RegistryError>;
     /// The schema text for an id, if known.
     fn schema(&self, id: u32) -> Result<Option<String>, RegistryError>;
 }
@@ -132,6 +147,25 @@ impl SchemaRegistry for LocalRegistry {
         {
             return Ok(*id);
         }
+        // The subject's latest version: the highest id registered under it.
+        if let Some((latest, e)) = store
+            .schemas
+            .iter()
+            .rev()
+            .find(|(_, e)| e.subject == subject)
+        {
+            let bad = |reason: String| RegistryError::Incompatible {
+                subject: subject.to_string(),
+                latest: *latest,
+                reason,
+            };
+            let old = apache_avro::Schema::parse_str(&e.schema).map_err(|e| bad(e.to_string()))?;
+            // As written, not canonical: the canonical form drops the
+            // defaults that make an added field readable from old records.
+            let new = apache_avro::Schema::parse_str(schema).map_err(|e| bad(e.to_string()))?;
+            apache_avro::schema_compatibility::SchemaCompatibility::can_read(&old, &new)
+                .map_err(|e| bad(e.to_string()))?;
+        }
         let id = store.next_id.max(1);
         store.next_id = id + 1;
         store.schemas.insert(
@@ -145,30 +179,47 @@ impl SchemaRegistry for LocalRegistry {
         Ok(id)
     }
 
+    fn lookup(&self, subject: &str, schema: &str) -> Result<Option<u32>, RegistryError> {
+        let canon = canonical(subject, schema)?;
+        let _guard = self.lock()?;
+        Ok(self
+            .load()?
+            .schemas
+            .iter()
+            .find(|(_, e)| e.subject == subject && e.schema == canon)
+            .map(|(id, _)| *id))
+    }
+
     fn schema(&self, id: u32) -> Result<Option<String>, RegistryError> {
         let _guard = self.lock()?;
         Ok(self.load()?.schemas.remove(&id).map(|e| e.schema))
     }
 }
 
-/// Registers both ticklake schemas and builds the codec for their ids.
+/// Registers both ticklake schemas and builds the codec for their ids. A
+/// data directory an older build wrote has version 1 of the trade schema
+/// registered; the codec reads records framed with its id too.
 pub fn codec(
     registry: &dyn SchemaRegistry,
 ) -> Result<crate::kafka::avro::Codec, crate::kafka::avro::AvroError> {
     use crate::kafka::avro::*;
+    let failed = |e: RegistryError| AvroError::Field {
+        field: "registry",
+        reason: e.to_string(),
+    };
     let trade = registry
         .register(TRADE_SUBJECT, TRADE_SCHEMA_JSON)
-        .map_err(|e| AvroError::Field {
-            field: "registry",
-            reason: e.to_string(),
-        })?;
+        .map_err(failed)?;
+    let trade_v1 = registry
+        .lookup(TRADE_SUBJECT, TRADE_SCHEMA_V1_JSON)
+        .map_err(failed)?;
     let dl = registry
         .register(DEAD_LETTER_SUBJECT, DEAD_LETTER_SCHEMA_JSON)
         .map_err(|e| AvroError::Field {
             field: "registry",
             reason: e.to_string(),
         })?;
-    Codec::new(trade, dl)
+    Ok(Codec::new(trade, dl)?.with_trade_v1_id(trade_v1))
 }
 
 #[cfg(test)]
@@ -195,6 +246,44 @@ mod tests {
         );
         assert!(r2.schema(a).unwrap().unwrap().contains("TradeV2"));
         assert_eq!(r2.schema(999).unwrap(), None);
+    }
+
+    /// A data directory made by a build that knew only version 1: the new
+    /// schema gets a new id, and the codec reads records of both.
+    #[test]
+    fn a_new_version_gets_a_new_id_and_an_incompatible_one_is_refused() {
+        use crate::kafka::avro::*;
+        let dir = tempfile::tempdir().unwrap();
+        let r = LocalRegistry::open(dir.path()).unwrap();
+        let v1 = r.register(TRADE_SUBJECT, TRADE_SCHEMA_V1_JSON).unwrap();
+        let dl = r
+            .register(DEAD_LETTER_SUBJECT, DEAD_LETTER_SCHEMA_JSON)
+            .unwrap();
+        let c = codec(&r).unwrap();
+        let v2 = r.lookup(TRADE_SUBJECT, TRADE_SCHEMA_JSON).unwrap().unwrap();
+        assert!(v2 != v1 && v2 != dl, "{v1} {v2} {dl}");
+        let t = crate::model::TradeV2::builder("KRAKEN", "XBT/USD", "1", 5)
+            .instrument(Some("BTC-USD"))
+            .build();
+        let bytes = c.encode_trade(&t).unwrap();
+        assert_eq!(bytes[1..5], v2.to_be_bytes());
+        assert_eq!(c.decode_trade(&bytes).unwrap(), t);
+        // A required field added without a default cannot read version 2's
+        // records: refused, naming the subject and the latest id.
+        let breaking = TRADE_SCHEMA_JSON.replace(
+            r#"{"name": "instrument", "type": ["null", "string"], "default": null}"#,
+            r#"{"name": "instrument", "type": ["null", "string"], "default": null},
+    {"name": "venue_id", "type": "string"}"#,
+        );
+        assert_ne!(breaking, TRADE_SCHEMA_JSON);
+        let e = r
+            .register(TRADE_SUBJECT, &breaking)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(TRADE_SUBJECT) && e.contains(&format!("id {v2}")),
+            "{e}"
+        );
     }
 
     #[test]
