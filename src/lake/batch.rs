@@ -169,6 +169,16 @@ pub fn trades_batch_as_is<R: Borrow<TradeV2>>(
         longs(trades(rows).map(|r| r.platform_sequence), n),
         map_of_strings(schema, "vendor_data", rows)?,
     ];
+    let mut cols = cols;
+    // A table evolved to carry `instrument` (every table this build opens);
+    // a schema without it is written without it.
+    if schema.index_of("instrument").is_ok() {
+        cols.push(Arc::new(
+            trades(rows)
+                .map(|r| r.instrument.as_deref())
+                .collect::<StringArray>(),
+        ));
+    }
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
 }
 

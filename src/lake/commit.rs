@@ -165,13 +165,59 @@ pub async fn live_entries(table: &Table) -> Result<Vec<ManifestEntry>, LakeError
     Ok(out)
 }
 
-/// The rows of a Parquet data file of `table`.
+/// The rows of a Parquet data file of `table`, with the columns of the
+/// table's current schema the file predates added as nulls, so files
+/// written before and after a schema change concatenate.
 pub async fn read_data_file(table: &Table, path: &str) -> Result<Vec<RecordBatch>, LakeError> {
     let bytes = table.file_io().new_input(path)?.read().await?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .and_then(|b| b.build())
         .map_err(|e| LakeError::Parquet(format!("{path}: {e}")))?;
-    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    let current = super::batch::arrow_schema(table.metadata().current_schema())?;
+    batches
+        .into_iter()
+        .map(|b| with_added_columns(b, &current))
+        .collect()
+}
+
+/// `batch` with the columns of `schema` it lacks appended as nulls, in
+/// `schema`'s order; the columns it has keep their own fields. Columns are
+/// only ever added to ticklake's tables, and only optional ones.
+pub fn with_added_columns(
+    batch: RecordBatch,
+    schema: &arrow::datatypes::SchemaRef,
+) -> Result<RecordBatch, LakeError> {
+    if schema
+        .fields()
+        .iter()
+        .all(|f| batch.schema().column_with_name(f.name()).is_some())
+    {
+        return Ok(batch);
+    }
+    let have = batch.schema();
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        match have.column_with_name(f.name()) {
+            Some((i, own)) => {
+                fields.push(std::sync::Arc::new(own.clone()));
+                columns.push(batch.column(i).clone());
+            }
+            None => {
+                fields.push(f.clone());
+                columns.push(arrow::array::new_null_array(
+                    f.data_type(),
+                    batch.num_rows(),
+                ));
+            }
+        }
+    }
+    let fields: Vec<arrow::datatypes::FieldRef> = fields;
+    Ok(RecordBatch::try_new(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+        columns,
+    )?)
 }
 
 /// What a commit produced.

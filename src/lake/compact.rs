@@ -684,6 +684,146 @@ mod tests {
         }
     }
 
+    /// A table made before `instrument` existed: this build adds the column
+    /// through Iceberg's schema update, old rows read null and new ones
+    /// their instrument, through Iceberg's reader, the fast path and a
+    /// compaction that merges files of both schemas.
+    #[tokio::test]
+    async fn a_table_made_before_instrument_gains_it_and_old_rows_read_null() {
+        use datafusion::prelude::SessionContext;
+
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::default().under(dir.path());
+        let catalog = lake::open_catalog(&cfg).await.unwrap();
+        let ident = lake::table_ident(&cfg, TableKind::Trades);
+        let current = lake::schema::trades_schema().unwrap();
+        let old = iceberg::spec::Schema::builder()
+            .with_schema_id(0)
+            .with_identifier_field_ids(vec![1])
+            .with_fields(
+                current
+                    .as_struct()
+                    .fields()
+                    .iter()
+                    .filter(|f| f.name != "instrument")
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            )
+            .build()
+            .unwrap();
+        let spec = lake::schema::trades_partition_spec().unwrap();
+        lake::ensure(catalog.as_ref(), &ident, old, spec)
+            .await
+            .unwrap();
+        commit_trades(&cfg, catalog.as_ref(), 6, 0).await;
+
+        let table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
+            .await
+            .unwrap();
+        assert_eq!(table.metadata().schemas_iter().count(), 2);
+        let added = table
+            .metadata()
+            .current_schema()
+            .field_by_name("instrument");
+        assert!(
+            added.is_some_and(|f| !f.required && f.id == 19),
+            "{added:?}"
+        );
+        // opening it again changes nothing
+        let again = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
+            .await
+            .unwrap();
+        assert_eq!(again.metadata().schemas_iter().count(), 2);
+
+        let schema = lake::batch::arrow_schema(table.metadata().current_schema()).unwrap();
+        for i in 6..12i64 {
+            let mut t =
+                [
+                    TradeV2::builder("X", "BTCUSDT", &i.to_string(), 1_700_000_000_000_000 + i)
+                        .instrument(Some("BTC-USDT"))
+                        .build(),
+                ];
+            let batch = lake::batch::trades_batch(&schema, &mut t).unwrap();
+            append(
+                catalog.as_ref(),
+                &ident,
+                Some(&batch),
+                &offsets(i + 1),
+                1 << 20,
+            )
+            .await
+            .unwrap();
+        }
+
+        // (trade id, instrument) of every row, sorted.
+        let instruments = |batches: Vec<RecordBatch>| {
+            let mut out = Vec::new();
+            for b in batches {
+                let col = |n: &str| {
+                    arrow::compute::cast(
+                        b.column_by_name(n).unwrap(),
+                        &arrow::datatypes::DataType::Utf8,
+                    )
+                    .unwrap()
+                };
+                let (t, i) = (col("trade_id"), col("instrument"));
+                let t = t
+                    .as_any()
+                    .downcast_ref::<arrow::array::StringArray>()
+                    .unwrap();
+                let i = i
+                    .as_any()
+                    .downcast_ref::<arrow::array::StringArray>()
+                    .unwrap();
+                for r in 0..b.num_rows() {
+                    let inst =
+                        (!arrow::array::Array::is_null(i, r)).then(|| i.value(r).to_string());
+                    out.push((t.value(r).to_string(), inst));
+                }
+            }
+            out.sort();
+            out
+        };
+        let want: Vec<(String, Option<String>)> = {
+            let mut w: Vec<_> = (0..12i64)
+                .map(|i| (format!("X-{i}"), (i >= 6).then(|| "BTC-USDT".to_string())))
+                .collect();
+            w.sort();
+            w
+        };
+        let iceberg_rows = |table: iceberg::table::Table| async move {
+            let stream = table.scan().build().unwrap().to_arrow().await.unwrap();
+            stream.try_collect::<Vec<RecordBatch>>().await.unwrap()
+        };
+        let table = catalog.load_table(&ident).await.unwrap();
+        assert_eq!(instruments(iceberg_rows(table.clone()).await), want);
+
+        // The fast path reads both schemas' files as the current schema.
+        let snapshot = table.metadata().current_snapshot().unwrap().snapshot_id();
+        let planner = crate::lake::files::Planner::default();
+        let files = crate::lake::scan::local_files(&planner, &table, snapshot, &[])
+            .await
+            .unwrap()
+            .expect("a table that only gained columns keeps the fast path");
+        let ctx = SessionContext::new();
+        let plan = crate::lake::scan::files_plan(&ctx.state(), &files, &schema, None, None)
+            .await
+            .unwrap();
+        let fast = datafusion::physical_plan::collect(plan, ctx.task_ctx())
+            .await
+            .unwrap();
+        assert_eq!(instruments(fast), want);
+
+        // Compaction merges old files (no instrument) with new ones.
+        let db = CatalogDb::open(&cfg).await.unwrap().unwrap();
+        let r = compact(catalog.as_ref(), &db, &ident, &policy())
+            .await
+            .unwrap();
+        assert_eq!(r.files_replaced, 12, "{r:?}");
+        let table = catalog.load_table(&ident).await.unwrap();
+        assert_eq!(instruments(iceberg_rows(table).await), want);
+    }
+
     /// Twelve one-row commits become one sorted file in one `replace`
     /// snapshot that carries the offsets; a writer's append that wins the
     /// race is kept; expiry then deletes what only old snapshots held.

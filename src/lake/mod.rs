@@ -157,6 +157,46 @@ pub async fn ensure_table(
     ensure(catalog, &table_ident(cfg, kind), schema, spec).await
 }
 
+/// Adds to `table` the columns of `wanted` it lacks, through Iceberg's
+/// schema update: a table an older build made gains the columns this build
+/// writes. Only optional top-level columns are ever added (their old rows
+/// read null); a missing required column is a build defect, refused.
+pub async fn evolve(
+    catalog: &dyn Catalog,
+    table: Table,
+    wanted: &iceberg::spec::Schema,
+) -> Result<Table, LakeError> {
+    use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
+
+    let current = table.metadata().current_schema().clone();
+    let missing: Vec<_> = wanted
+        .as_struct()
+        .fields()
+        .iter()
+        .filter(|f| current.field_by_name(&f.name).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(table);
+    }
+    let tx = Transaction::new(&table);
+    let mut action = tx.update_schema();
+    for f in &missing {
+        if f.required {
+            return Err(LakeError::Catalog(format!(
+                "{}: column {} is required and cannot be added to rows already there",
+                table.identifier(),
+                f.name
+            )));
+        }
+        action = action.add_column(AddColumn::optional(&f.name, (*f.field_type).clone()));
+    }
+    let table = action.apply(tx)?.commit(catalog).await?;
+    let names: Vec<&str> = missing.iter().map(|f| f.name.as_str()).collect();
+    tracing::info!(table = %table.identifier(), columns = ?names, schema_id = table.metadata().current_schema_id(),
+        "table schema evolved");
+    Ok(table)
+}
+
 /// Loads `ident`, creating its namespace and the table with `schema` and
 /// `spec` on first use.
 pub async fn ensure(
@@ -166,7 +206,8 @@ pub async fn ensure(
     spec: iceberg::spec::UnboundPartitionSpec,
 ) -> Result<Table, LakeError> {
     if catalog.table_exists(ident).await? {
-        return Ok(catalog.load_table(ident).await?);
+        let table = catalog.load_table(ident).await?;
+        return evolve(catalog, table, &schema).await;
     }
     let ns = ident.namespace().clone();
     if !catalog.namespace_exists(&ns).await?

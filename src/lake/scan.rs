@@ -64,7 +64,7 @@ pub async fn local_files(
     snapshot_id: i64,
     filters: &[Expr],
 ) -> DFResult<Option<Vec<PlannedFile>>> {
-    if table.metadata().schemas_iter().count() != 1 {
+    if !only_columns_added(table.metadata()) {
         return Ok(None);
     }
     let Some(planned) = planner.plan(table, snapshot_id, filters).await? else {
@@ -74,6 +74,23 @@ pub async fn local_files(
         return Ok(None);
     }
     Ok(Some(planned))
+}
+
+/// Whether every schema `meta` ever had is its current one less columns
+/// added since (same ids, names and types). A file written under any of
+/// them then reads, column by column by name, as the current schema, with
+/// nulls for the columns it predates: DataFusion's schema adapter does
+/// that. Any other change (a rename, a drop, a new type) leaves the table
+/// to Iceberg's own reader.
+pub fn only_columns_added(meta: &iceberg::spec::TableMetadata) -> bool {
+    let current = meta.current_schema();
+    meta.schemas_iter().all(|s| {
+        s.as_struct().fields().iter().all(|f| {
+            current
+                .field_by_id(f.id)
+                .is_some_and(|c| c.name == f.name && c.field_type == f.field_type)
+        })
+    })
 }
 
 /// A DataFusion plan reading `files` (from `local_files`) of a table whose

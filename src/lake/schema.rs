@@ -67,6 +67,9 @@ pub fn trades_schema() -> iceberg::Result<Schema> {
                 )),
                 false,
             )),
+            // Added by schema evolution (`lake::evolve`) on tables made
+            // before it: rows committed before have none.
+            string(19, "instrument", false),
         ])
         .build()
 }
