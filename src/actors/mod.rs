@@ -2,9 +2,9 @@
 //! state and restart bookkeeping they share.
 
 pub mod bars;
-pub mod feed;
 pub mod consumer;
 pub mod degradation;
+pub mod feed;
 pub mod maintenance;
 pub mod observe;
 pub mod producer;

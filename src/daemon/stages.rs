@@ -10,9 +10,9 @@ use actix::prelude::*;
 
 use super::DaemonError;
 use super::kafka::{KafkaReady, assigned_consumer, start_positions};
-use crate::actors::feed::FeedActor;
 use crate::actors::consumer::{ConsumerActor, Routes};
 use crate::actors::degradation::{DegradationSupervisor, SupervisorInputs, SupervisorState};
+use crate::actors::feed::FeedActor;
 use crate::actors::maintenance::{MaintenanceActor, MaintenanceMetrics};
 use crate::actors::observe::{RestartPolicy, StatusNode};
 use crate::actors::producer::{ProducerActor, ProducerHandle, ProducerSettings};
