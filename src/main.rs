@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use ticklake::config::Config;
 use ticklake::query::session::OutputFormat;
-use ticklake::tools::replay::{Pacing, ReplayOptions, ReplayServer};
+use ticklake::tools::replay::{Pacing, ReplayOptions, ReplayServer, ServeSpec};
 
 /// mimalloc instead of glibc's malloc. The daemon allocates small strings
 /// for every trade on the ingest thread while commits free whole buffers
@@ -60,15 +60,25 @@ enum Command {
         #[arg(long, env = "TICKLAKE_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Serve a recorded capture over WebSocket, as an exchange would.
+    /// Serve recorded captures over WebSocket, as an exchange would: the
+    /// --capture files on --listen, and each --serve entry on its own
+    /// address, all in this process with the same pacing options.
     Replay {
-        /// Capture file(s): recorder format 1 (*.ws.N.0.txt), format 2
-        /// (*.jsonl) or one frame per line. Several play one after another.
-        #[arg(long, required = true)]
+        /// Capture file(s) served on --listen: recorder format 1
+        /// (*.ws.N.0.txt), format 2 (*.jsonl, *.jsonl.zst) or one frame per
+        /// line. Several play one after another.
+        #[arg(long, requires = "listen", required_unless_present = "serve")]
         capture: Vec<PathBuf>,
-        /// Address to listen on, e.g. 127.0.0.1:9000.
-        #[arg(long)]
-        listen: SocketAddr,
+        /// Address to listen on for --capture, e.g. 127.0.0.1:9000.
+        #[arg(long, requires = "capture", required_unless_present = "serve")]
+        listen: Option<SocketAddr>,
+        /// One more server: listen on ADDR and play FILE (several,
+        /// comma-separated, play one after another). Repeatable, e.g.
+        /// `--serve 127.0.0.1:9001=binance.txt --serve
+        /// 127.0.0.1:9002=kraken.jsonl.zst`; combines with --listen. Each
+        /// prints `replay listening on ws://ADDR for FILE[,FILE...]`.
+        #[arg(long, value_name = "ADDR=FILE[,FILE...]")]
+        serve: Vec<ServeSpec>,
         /// Play at this multiple of the recorded pace (1 = real time).
         #[arg(long, conflicts_with = "rate")]
         speed: Option<f64>,
@@ -86,6 +96,35 @@ enum Command {
         /// first timestamped frame is "now", recorded gaps are kept.
         #[arg(long)]
         retime: bool,
+    },
+    /// Record the configured feeds' raw frames, with receive times, to
+    /// zstd-compressed JSON lines (recorder format 2) that replay reads;
+    /// prints one JSON summary line per feed at the end.
+    Record {
+        #[arg(long, env = "TICKLAKE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Directory of the recordings (created when missing); one file
+        /// series per feed, `<EXCHANGE>.<yyyymmddThhmmssZ>.jsonl.zst`.
+        #[arg(long)]
+        out: PathBuf,
+        /// Record only this feed (`[feeds.<name>]`, even a disabled one);
+        /// repeatable. Default: every enabled feed.
+        #[arg(long = "feed", value_name = "NAME")]
+        feeds: Vec<String>,
+        /// Stop after this long (`30s`, `15m`, `2h`); default: until
+        /// SIGINT/SIGTERM.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Start a new file when one passes this many bytes (uncompressed).
+        #[arg(long, default_value_t = ticklake::tools::record::DEFAULT_ROTATE_BYTES)]
+        rotate_bytes: u64,
+        /// Start a new file when one is this many seconds old.
+        #[arg(long, default_value_t = ticklake::tools::record::DEFAULT_ROTATE_SECS)]
+        rotate_secs: u64,
+        /// Compress and write what was received at least this often
+        /// (milliseconds): the most a killed recorder loses.
+        #[arg(long, default_value_t = ticklake::tools::record::DEFAULT_FLUSH_MS)]
+        flush_ms: u64,
     },
     /// Run SQL and print the result: through the running daemon (lake plus
     /// uncommitted tail) when one answers on http.listen, else over the
@@ -318,42 +357,127 @@ fn main() -> anyhow::Result<()> {
         Command::Replay {
             capture,
             listen,
+            serve,
             speed,
             rate,
             looped,
             live,
             retime,
         } => {
-            let frames = ticklake::tools::capture::read_captures(&capture)?;
             let pacing = match (speed, rate) {
                 (Some(s), _) if s > 0.0 => Pacing::Speed(s),
                 (_, Some(r)) if r > 0.0 => Pacing::Rate(r),
                 (None, None) => Pacing::AsFastAsPossible,
                 _ => anyhow::bail!("--speed and --rate must be positive"),
             };
+            // --listen's server first, printed without its files, as it
+            // always was; then one per --serve.
+            let mut specs: Vec<(ServeSpec, bool)> = Vec::with_capacity(serve.len() + 1);
+            if let Some(addr) = listen {
+                specs.push((
+                    ServeSpec {
+                        addr,
+                        captures: capture,
+                    },
+                    false,
+                ));
+            }
+            specs.extend(serve.into_iter().map(|spec| (spec, true)));
             let rt = multi_thread_runtime()?;
             rt.block_on(async move {
-                let server = ReplayServer::bind(
-                    listen,
-                    ReplayOptions {
-                        frames: Arc::new(frames),
-                        pacing,
-                        looped,
-                        live,
-                        retime,
-                    },
-                )
-                .await?;
-                // The bound address on stdout lets scripts use port 0.
-                println!("replay listening on ws://{}", server.local_addr());
-                let stats = server.run(ticklake::daemon::wait_for_signal()).await?;
-                tracing::info!(
-                    clients = stats.clients,
-                    frames_sent = stats.frames_sent,
-                    "replay stopped"
-                );
+                let mut servers = Vec::with_capacity(specs.len());
+                let mut banners = Vec::with_capacity(specs.len());
+                for (spec, named) in &specs {
+                    let frames = ticklake::tools::capture::read_captures(&spec.captures)?;
+                    let server = ReplayServer::bind(
+                        spec.addr,
+                        ReplayOptions {
+                            frames: Arc::new(frames),
+                            pacing,
+                            looped,
+                            live,
+                            retime,
+                        },
+                    )
+                    .await?;
+                    // The bound address on stdout lets scripts use port 0.
+                    banners.push(if *named {
+                        let files: Vec<String> = spec
+                            .captures
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect();
+                        format!(
+                            "replay listening on ws://{} for {}",
+                            server.local_addr(),
+                            files.join(",")
+                        )
+                    } else {
+                        format!("replay listening on ws://{}", server.local_addr())
+                    });
+                    servers.push(server);
+                }
+                {
+                    use std::io::Write as _;
+                    let mut out = std::io::stdout().lock();
+                    for banner in &banners {
+                        writeln!(out, "{banner}")?;
+                    }
+                    out.flush()?;
+                }
+                let results =
+                    ticklake::tools::replay::run_all(servers, ticklake::daemon::wait_for_signal())
+                        .await;
+                for ((spec, _), result) in specs.iter().zip(results) {
+                    let stats = result?;
+                    tracing::info!(
+                        addr = %spec.addr,
+                        clients = stats.clients,
+                        frames_sent = stats.frames_sent,
+                        "replay stopped"
+                    );
+                }
                 anyhow::Ok(())
             })
+        }
+        Command::Record {
+            config,
+            out,
+            feeds,
+            duration,
+            rotate_bytes,
+            rotate_secs,
+            flush_ms,
+        } => {
+            let cfg = Config::load(config.as_deref())?;
+            let opts = ticklake::tools::record::RecordOptions {
+                out,
+                feeds,
+                duration,
+                rotate_bytes,
+                rotate_after: std::time::Duration::from_secs(rotate_secs),
+                flush_every: std::time::Duration::from_millis(flush_ms),
+            };
+            let rt = multi_thread_runtime()?;
+            let summaries = rt.block_on(ticklake::tools::record::record(
+                &cfg,
+                &opts,
+                ticklake::daemon::wait_for_signal(),
+            ))?;
+            for summary in &summaries {
+                println!("{}", serde_json::to_string(summary)?);
+            }
+            let failed: Vec<&str> = summaries
+                .iter()
+                .filter(|s| s.error.is_some())
+                .map(|s| s.feed.as_str())
+                .collect();
+            anyhow::ensure!(
+                failed.is_empty(),
+                "the recording of {} stopped early (see its summary)",
+                failed.join(", ")
+            );
+            Ok(())
         }
         Command::Query {
             config,

@@ -54,15 +54,15 @@ impl Config {
                     format!("{ex:?} is not an exchange name (1 to 32 of A-Z, 0-9 and _)"),
                 ));
             }
-            if f.enabled {
-                if let Some(other) = exchanges.insert(ex, &f.name) {
-                    return Err(err(
-                        &key("exchange"),
-                        format!(
-                            "{ex} is also the exchange of feeds.{other}; each enabled feed stores its own"
-                        ),
-                    ));
-                }
+            if f.enabled
+                && let Some(other) = exchanges.insert(ex, &f.name)
+            {
+                return Err(err(
+                    &key("exchange"),
+                    format!(
+                        "{ex} is also the exchange of feeds.{other}; each enabled feed stores its own"
+                    ),
+                ));
             }
             if f.enabled && f.symbols.is_empty() {
                 return Err(err(&key("symbols"), "needs at least one symbol".into()));

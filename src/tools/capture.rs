@@ -11,9 +11,22 @@
 //!   `{"t":"recv","ts":...,"data":"<frame>"}` carries a received frame;
 //! - plain: one frame per line, without timestamps.
 //!
+//! Any of them may be zstd-compressed (`*.jsonl.zst`, as `ticklake record`
+//! writes them; told by the zstd magic number, not the name). A compressed
+//! file is a sequence of zstd frames; one whose last frame is incomplete (the
+//! recorder was killed while writing it) is still read: every complete frame,
+//! plus the whole lines of the incomplete one's complete blocks, and
+//! [`CaptureReport::truncated`] says what was cut off.
+//!
+//! In format 2, a received binary WebSocket frame is a `recv` record with a
+//! `"b64"` field (base64) instead of `"data"`; it is skipped and counted
+//! ([`CaptureReport::binary_skipped`]), since replay serves text frames.
+//!
 //! Only frames the exchange sent are kept, because replay plays the exchange's
 //! side of the conversation.
 
+use std::fmt;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -49,20 +62,75 @@ pub enum CaptureError {
     #[error("malformed capture line {}:{line}: {reason}", path.display())]
     Parse {
         path: PathBuf,
-        /// 1-based line number in the file.
+        /// 1-based line number in the file (in the decompressed text of a
+        /// compressed file).
         line: usize,
+        reason: String,
+    },
+    /// A complete zstd frame that does not decode (a corrupt file, as
+    /// opposed to a truncated one).
+    #[error("corrupt zstd frame in capture {} at byte {offset}: {reason}", path.display())]
+    Zstd {
+        path: PathBuf,
+        offset: u64,
         reason: String,
     },
 }
 
+/// One capture file as read: its frames and what was passed over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptureReport {
+    pub format: CaptureFormat,
+    /// The received text frames, in file order.
+    pub frames: Vec<CapturedFrame>,
+    /// The file was zstd-compressed.
+    pub compressed: bool,
+    /// Received binary frames (format 2 `recv` records with `"b64"`), skipped.
+    pub binary_skipped: u64,
+    /// The compressed file ends inside a zstd frame; what was lost.
+    pub truncated: Option<Truncation>,
+}
+
+/// Where a compressed capture was cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Truncation {
+    /// Byte offset, in the file, of the incomplete zstd frame.
+    pub offset: u64,
+    /// Bytes from there to the end of the file.
+    pub tail_bytes: u64,
+    /// Decompressed bytes recovered from the incomplete frame's complete
+    /// blocks, up to its last whole line (0 when none was).
+    pub recovered_bytes: u64,
+}
+
+impl fmt::Display for Truncation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "truncated: the zstd frame at byte {} is incomplete ({} bytes to the end of the file); \
+             read every complete frame before it and {} bytes of whole lines from it",
+            self.offset, self.tail_bytes, self.recovered_bytes
+        )
+    }
+}
+
 /// Reads one capture file, detecting its format, and returns the received
-/// frames in file order.
+/// frames in file order. A truncated compressed file is read up to the cut
+/// and logged as a warning; [`read_capture_report`] tells it to the caller.
 pub fn read_capture(path: &Path) -> Result<(CaptureFormat, Vec<CapturedFrame>), CaptureError> {
+    let report = read_capture_report(path)?;
+    log_report(path, &report);
+    Ok((report.format, report.frames))
+}
+
+/// Reads one capture file, compressed or not, with what was skipped or cut
+/// off besides the frames.
+pub fn read_capture_report(path: &Path) -> Result<CaptureReport, CaptureError> {
     let bytes = std::fs::read(path).map_err(|source| CaptureError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    parse_capture(path, &bytes)
+    parse_capture_report(path, &bytes)
 }
 
 /// Reads several capture files and concatenates their frames in the order
@@ -77,11 +145,120 @@ pub fn read_captures(paths: &[PathBuf]) -> Result<Vec<CapturedFrame>, CaptureErr
     Ok(frames)
 }
 
-/// Parses capture contents; `path` is only used to name the file in errors.
+fn log_report(path: &Path, report: &CaptureReport) {
+    if let Some(cut) = &report.truncated {
+        tracing::warn!(
+            path = %path.display(),
+            frames = report.frames.len(),
+            "capture {cut}"
+        );
+    }
+    if report.binary_skipped > 0 {
+        tracing::warn!(
+            path = %path.display(),
+            skipped = report.binary_skipped,
+            "capture holds binary frames; skipped them (replay serves text frames)"
+        );
+    }
+}
+
+/// The zstd frame magic number, little-endian, as it opens a file.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Capture contents, compressed or not; `path` only names the file in errors.
+fn parse_capture_report(path: &Path, bytes: &[u8]) -> Result<CaptureReport, CaptureError> {
+    let (text, compressed, truncated) = if bytes.starts_with(&ZSTD_MAGIC) {
+        let (text, truncated) = decompress(path, bytes)?;
+        (std::borrow::Cow::Owned(text), true, truncated)
+    } else {
+        (std::borrow::Cow::Borrowed(bytes), false, None)
+    };
+    let parsed = parse_text(path, &text)?;
+    Ok(CaptureReport {
+        format: parsed.format,
+        frames: parsed.frames,
+        compressed,
+        binary_skipped: parsed.binary_skipped,
+        truncated,
+    })
+}
+
+/// Decompresses a sequence of zstd frames. Each complete frame is decoded
+/// whole; an incomplete last frame (a killed writer) yields the whole lines
+/// of its complete blocks and is reported instead of failing the file.
+fn decompress(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, Option<Truncation>), CaptureError> {
+    let mut out = Vec::with_capacity(bytes.len().saturating_mul(4));
+    let mut offset = 0usize;
+    while offset < bytes.len() {
+        let rest = &bytes[offset..];
+        let size = zstd::zstd_safe::find_frame_compressed_size(rest)
+            .ok()
+            .filter(|&n| n > 0 && n <= rest.len());
+        let Some(size) = size else {
+            // The frame's blocks run past the end of the file (or its
+            // header is cut): keep what its complete blocks decode to.
+            let whole_lines = out.len();
+            if let Ok(mut decoder) = zstd::stream::read::Decoder::with_buffer(rest) {
+                let mut chunk = vec![0u8; 64 * 1024];
+                // Ends at the first block that is not all there.
+                while let Ok(n @ 1..) = decoder.read(&mut chunk) {
+                    out.extend_from_slice(&chunk[..n]);
+                }
+            }
+            // Only whole lines: a record cut in the middle is not one.
+            let keep = out
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |newline| newline + 1);
+            out.truncate(keep);
+            return Ok((
+                out,
+                Some(Truncation {
+                    offset: offset as u64,
+                    tail_bytes: rest.len() as u64,
+                    recovered_bytes: keep.saturating_sub(whole_lines) as u64,
+                }),
+            ));
+        };
+        let frame = &rest[..size];
+        let decoded = zstd::stream::decode_all(frame).map_err(|e| CaptureError::Zstd {
+            path: path.to_path_buf(),
+            offset: offset as u64,
+            reason: e.to_string(),
+        })?;
+        out.extend_from_slice(&decoded);
+        offset += size;
+    }
+    Ok((out, None))
+}
+
+/// Parses uncompressed capture contents; `path` is only used to name the
+/// file in errors.
+#[cfg(test)]
 fn parse_capture(
     path: &Path,
     bytes: &[u8],
 ) -> Result<(CaptureFormat, Vec<CapturedFrame>), CaptureError> {
+    let parsed = parse_text(path, bytes)?;
+    Ok((parsed.format, parsed.frames))
+}
+
+struct ParsedText {
+    format: CaptureFormat,
+    frames: Vec<CapturedFrame>,
+    binary_skipped: u64,
+}
+
+/// What one capture line holds.
+enum Line {
+    Frame(CapturedFrame),
+    /// A received binary frame (format 2 `"b64"`).
+    Binary,
+    /// Not a received frame.
+    Other,
+}
+
+fn parse_text(path: &Path, bytes: &[u8]) -> Result<ParsedText, CaptureError> {
     let parse_error = |line: usize, reason: String| CaptureError::Parse {
         path: path.to_path_buf(),
         line,
@@ -110,19 +287,30 @@ fn parse_capture(
         .map_or(CaptureFormat::Plain, |&(_, first)| detect_format(first));
 
     let mut frames = Vec::with_capacity(lines.len());
+    let mut binary_skipped = 0;
     for (number, line) in lines {
-        let frame = match format {
-            CaptureFormat::Recorder1 => recorder1_frame(line),
+        let parsed = match format {
+            CaptureFormat::Recorder1 => {
+                recorder1_frame(line).map(|f| f.map_or(Line::Other, Line::Frame))
+            }
             CaptureFormat::Recorder2 => recorder2_frame(line),
-            CaptureFormat::Plain => Ok(Some(CapturedFrame {
+            CaptureFormat::Plain => Ok(Line::Frame(CapturedFrame {
                 ts: None,
                 data: line.to_owned(),
             })),
         }
         .map_err(|reason| parse_error(number, reason))?;
-        frames.extend(frame);
+        match parsed {
+            Line::Frame(frame) => frames.push(frame),
+            Line::Binary => binary_skipped += 1,
+            Line::Other => {}
+        }
     }
-    Ok((format, frames))
+    Ok(ParsedText {
+        format,
+        frames,
+        binary_skipped,
+    })
 }
 
 fn is_skipped(line: &str) -> bool {
@@ -223,10 +411,13 @@ struct Recorder2Kind {
 #[derive(Deserialize)]
 struct Recorder2Recv {
     ts: f64,
-    data: String,
+    /// The text frame; absent for a binary one.
+    data: Option<String>,
+    /// A binary frame, base64 (skipped, so not decoded).
+    b64: Option<serde::de::IgnoredAny>,
 }
 
-fn recorder2_frame(line: &str) -> Result<Option<CapturedFrame>, String> {
+fn recorder2_frame(line: &str) -> Result<Line, String> {
     let kind: Recorder2Kind =
         serde_json::from_str(line).map_err(|e| format!("invalid format 2 record: {e}"))?;
     match kind.t.as_str() {
@@ -236,17 +427,23 @@ fn recorder2_frame(line: &str) -> Result<Option<CapturedFrame>, String> {
             if !recv.ts.is_finite() {
                 return Err(format!("recv record has a non-finite ts {}", recv.ts));
             }
-            Ok(Some(CapturedFrame {
-                ts: Some(recv.ts),
-                data: recv.data,
-            }))
+            match (recv.data, recv.b64) {
+                (Some(data), _) => Ok(Line::Frame(CapturedFrame {
+                    ts: Some(recv.ts),
+                    data,
+                })),
+                (None, Some(_)) => Ok(Line::Binary),
+                (None, None) => {
+                    Err("invalid format 2 recv record: missing field `data` (or `b64`)".into())
+                }
+            }
         }
-        "header" | "connect" | "send" | "http" => Ok(None),
+        "header" | "connect" | "send" | "http" | "disconnect" => Ok(Line::Other),
         // Record types a newer recorder may add are not frames the exchange
         // sent, so they are passed over rather than failing the whole file.
         other => {
             tracing::debug!(record_type = other, "skipping unknown format 2 record type");
-            Ok(None)
+            Ok(Line::Other)
         }
     }
 }
@@ -449,6 +646,83 @@ not json is kept as is\n";
         assert_eq!(frames[0].ts, Some(1618678132.831468));
         assert_eq!(frames[5].ts, Some(1618678132.831468));
         assert_eq!(frames[9].data, "not json is kept as is");
+    }
+
+    fn zstd(text: &str) -> Vec<u8> {
+        zstd::bulk::compress(text.as_bytes(), 3).expect("compresses")
+    }
+
+    #[test]
+    fn compressed_files_read_frame_after_frame_even_across_lines() {
+        // A line split between two zstd frames, as a foreign writer may do.
+        let (first, second) = RECORDER2.split_at(RECORDER2.len() / 2);
+        let mut bytes = zstd(first);
+        bytes.extend(zstd(second));
+        let report = parse_capture_report(Path::new("k.jsonl.zst"), &bytes).expect("reads");
+        assert!(report.compressed);
+        assert_eq!(report.truncated, None);
+        assert_eq!(report.format, CaptureFormat::Recorder2);
+        assert_eq!(report.frames, parse(RECORDER2).expect("parses").1);
+
+        // Recorder format 1, compressed, is read too.
+        let report = parse_capture_report(Path::new("k.txt.zst"), &zstd(RECORDER1)).expect("reads");
+        assert_eq!(report.format, CaptureFormat::Recorder1);
+        assert_eq!(report.frames.len(), 5);
+    }
+
+    #[test]
+    fn a_cut_compressed_file_keeps_the_whole_lines_before_the_cut() {
+        let mut bytes = zstd(RECORDER2);
+        let whole = bytes.len();
+        // More lines than one block holds, so that the cut frame's first
+        // blocks still decode.
+        let big: String = (0..20_000)
+            .map(|i| format!("{{\"t\":\"recv\",\"ts\":{i}.5,\"data\":\"{{\\\"i\\\":{i}}}\"}}\n"))
+            .collect();
+        bytes.extend(zstd(&big));
+        let cut = whole + (bytes.len() - whole) * 3 / 4;
+        let report =
+            parse_capture_report(Path::new("cut.jsonl.zst"), &bytes[..cut]).expect("reads");
+        let truncated = report.truncated.expect("reported");
+        assert_eq!(truncated.offset, whole as u64);
+        assert_eq!(truncated.tail_bytes, (cut - whole) as u64);
+        assert!(truncated.recovered_bytes > 0, "{truncated}");
+        // The complete frame's two frames, then a run of the next one's.
+        assert!(report.frames.len() > 2 && report.frames.len() < 2 + 20_000);
+        for (i, f) in report.frames[2..].iter().enumerate() {
+            assert_eq!(f.data, format!("{{\"i\":{i}}}"));
+        }
+    }
+
+    #[test]
+    fn binary_frames_are_skipped_and_counted() {
+        let text = "{\"t\":\"header\",\"format\":2}\n\
+            {\"t\":\"recv\",\"ts\":1.0,\"b64\":\"AAE=\"}\n\
+            {\"t\":\"recv\",\"ts\":2.0,\"data\":\"x\"}\n\
+            {\"t\":\"disconnect\",\"conn\":\"c\",\"ts\":3.0,\"reason\":\"bye\"}\n";
+        let report = parse_capture_report(Path::new("b.jsonl"), text.as_bytes()).expect("reads");
+        assert_eq!(report.binary_skipped, 1);
+        assert_eq!(report.frames, vec![frame(Some(2.0), "x")]);
+        assert!(!report.compressed);
+    }
+
+    #[test]
+    fn a_corrupt_complete_frame_is_an_error_naming_its_offset() {
+        let mut bytes = zstd(RECORDER2);
+        let first = bytes.len();
+        let mut second = zstd::bulk::Compressor::new(3).expect("compressor");
+        second
+            .set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
+            .expect("checksum");
+        let mut second = second.compress(RECORDER1.as_bytes()).expect("compresses");
+        let last = second.len() - 1;
+        second[last] ^= 0xff;
+        bytes.extend(second);
+        let err = parse_capture_report(Path::new("bad.jsonl.zst"), &bytes).expect_err("corrupt");
+        assert!(
+            matches!(err, CaptureError::Zstd { offset, .. } if offset == first as u64),
+            "{err}"
+        );
     }
 
     #[test]

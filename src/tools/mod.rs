@@ -1,5 +1,5 @@
-//! The verbs that are not the daemon: benchmarks, replay of recorded
-//! captures, offline produce, loaders of historical data sets, and lake
+//! The verbs that are not the daemon: benchmarks, recording and replay of
+//! exchange captures, offline produce, loaders of historical data sets, and lake
 //! maintenance by hand. They use
 //! the daemon's parts (`crate::daemon`, `crate::kafka`, `crate::query`); the
 //! daemon never uses them.
@@ -11,4 +11,5 @@ pub mod capture;
 pub mod loaders;
 pub mod maintain;
 pub mod produce;
+pub mod record;
 pub mod replay;

@@ -8,10 +8,15 @@
 //! By default every client gets its own copy of the capture from the start.
 //! In live mode one timeline runs from server start and every client sees it
 //! from the moment it connects, as on a real exchange.
+//!
+//! One process may run several servers, each with its own capture on its
+//! own address ([`ServeSpec`], [`run_all`]), e.g. one per exchange.
 
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -116,6 +121,55 @@ pub enum ReplayError {
         pacing: Pacing,
         reason: &'static str,
     },
+}
+
+/// One server of `ticklake replay --serve ADDR=FILE[,FILE...]`: where it
+/// listens and the capture files it plays, one after another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeSpec {
+    pub addr: SocketAddr,
+    pub captures: Vec<PathBuf>,
+}
+
+impl FromStr for ServeSpec {
+    type Err = String;
+
+    /// `ADDR=FILE[,FILE...]`, split at the first `=` (an address has none)
+    /// and the files at each `,`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, files) = s
+            .split_once('=')
+            .ok_or_else(|| format!("expected ADDR=FILE[,FILE...], got {s:?}"))?;
+        let addr = addr
+            .trim()
+            .parse()
+            .map_err(|e| format!("{addr:?} is not a listen address (e.g. 127.0.0.1:9001): {e}"))?;
+        let captures: Vec<PathBuf> = files.split(',').map(PathBuf::from).collect();
+        if captures.iter().any(|p| p.as_os_str().is_empty()) {
+            return Err(format!("an empty capture file name in {s:?}"));
+        }
+        Ok(Self { addr, captures })
+    }
+}
+
+/// Runs bound servers side by side until `shutdown` completes, then stops
+/// them all; their stats, in the order given.
+pub async fn run_all(
+    servers: Vec<ReplayServer>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Vec<Result<ReplayStats, ReplayError>> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let runs = servers.into_iter().map(|server| {
+        let mut stop = stop_rx.clone();
+        server.run(async move { stopped(&mut stop).await })
+    });
+    let signal = async move {
+        shutdown.await;
+        // Ignored: every server may have ended already.
+        let _ = stop_tx.send(true);
+    };
+    let (stats, ()) = tokio::join!(futures::future::join_all(runs), signal);
+    stats
 }
 
 /// A bound replay server; [`ReplayServer::run`] serves clients.
@@ -969,6 +1023,59 @@ mod tests {
                 "{pacing:?}"
             );
         }
+    }
+
+    #[test]
+    fn serve_specs_parse_address_and_files() {
+        let spec: ServeSpec = "127.0.0.1:9001=a.txt,dir/b.jsonl.zst".parse().unwrap();
+        assert_eq!(spec.addr, SocketAddr::from(([127, 0, 0, 1], 9001)));
+        assert_eq!(
+            spec.captures,
+            vec![PathBuf::from("a.txt"), PathBuf::from("dir/b.jsonl.zst")]
+        );
+        let v6: ServeSpec = "[::1]:0=x=y.txt".parse().unwrap();
+        assert_eq!(v6.captures, vec![PathBuf::from("x=y.txt")]);
+        for bad in [
+            "127.0.0.1:9001",
+            "nowhere=a.txt",
+            "127.0.0.1:1=",
+            "127.0.0.1:1=a,,b",
+        ] {
+            assert!(bad.parse::<ServeSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn run_all_serves_each_capture_on_its_own_address_and_stops_all() {
+        let first = ReplayServer::bind(localhost(), options(numbered(2), Pacing::AsFastAsPossible))
+            .await
+            .expect("binds");
+        let frames = (10..13)
+            .map(|i| CapturedFrame {
+                ts: None,
+                data: format!(r#"{{"i":{i}}}"#),
+            })
+            .collect();
+        let second = ReplayServer::bind(localhost(), options(frames, Pacing::AsFastAsPossible))
+            .await
+            .expect("binds");
+        let (a, b) = (first.local_addr(), second.local_addr());
+        assert_ne!(a, b);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let all = tokio::spawn(run_all(vec![first, second], async move {
+            let _ = stopped.await;
+        }));
+        let mut ws = connect(a).await;
+        assert_eq!(read_to_close(&mut ws).await.0, vec![0, 1]);
+        let mut ws = connect(b).await;
+        assert_eq!(read_to_close(&mut ws).await.0, vec![10, 11, 12]);
+        let _ = stop.send(());
+        let stats = timeout(STEP, all).await.expect("stops").expect("no panic");
+        let sent: Vec<u64> = stats
+            .into_iter()
+            .map(|s| s.expect("ran").frames_sent)
+            .collect();
+        assert_eq!(sent, vec![2, 3]);
     }
 
     #[tokio::test]
