@@ -716,11 +716,33 @@ mod tests {
             .await
             .unwrap();
         commit_trades(&cfg, catalog.as_ref(), 6, 0).await;
+        let before = catalog.load_table(&ident).await.unwrap();
+        let old_offsets = crate::lake::commit::current_offsets(&before).unwrap().unwrap().1;
 
         let table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
             .await
             .unwrap();
         assert_eq!(table.metadata().schemas_iter().count(), 2);
+        // The current snapshot is one of the new schema, with the same
+        // offsets: Iceberg's reader selects the new column at once.
+        let current = table.metadata().current_snapshot().unwrap();
+        assert_eq!(current.schema_id(), Some(table.metadata().current_schema_id()));
+        assert_eq!(
+            crate::lake::commit::current_offsets(&table).unwrap().unwrap().1,
+            old_offsets
+        );
+        let selected = table
+            .scan()
+            .select(["trade_id", "instrument"])
+            .build()
+            .unwrap()
+            .to_arrow()
+            .await
+            .unwrap()
+            .try_collect::<Vec<RecordBatch>>()
+            .await
+            .unwrap();
+        assert_eq!(selected.iter().map(|b| b.num_rows()).sum::<usize>(), 6);
         let added = table
             .metadata()
             .current_schema()

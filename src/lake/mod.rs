@@ -190,7 +190,17 @@ pub async fn evolve(
         }
         action = action.add_column(AddColumn::optional(&f.name, (*f.field_type).clone()));
     }
-    let table = action.apply(tx)?.commit(catalog).await?;
+    let mut table = action.apply(tx)?.commit(catalog).await?;
+    // A snapshot keeps the schema it was committed under, and Iceberg's
+    // reader (the `market.trades` of SQL, pyiceberg's default scan) reads
+    // the current snapshot with it: until the next commit nobody could
+    // select the new column. An empty commit carrying the recorded offsets
+    // unchanged makes the current snapshot one of the new schema; the
+    // rows and the consumer's start are the same.
+    if let Some((_, offsets)) = commit::current_offsets(&table)? {
+        commit::append(catalog, table.identifier(), None, &offsets, 0).await?;
+        table = catalog.load_table(table.identifier()).await?;
+    }
     let names: Vec<&str> = missing.iter().map(|f| f.name.as_str()).collect();
     tracing::info!(table = %table.identifier(), columns = ?names, schema_id = table.metadata().current_schema_id(),
         "table schema evolved");
