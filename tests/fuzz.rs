@@ -1,6 +1,7 @@
 //! Fuzzing on the stable toolchain: every parser of external input takes
 //! mutated real inputs and random bytes, and must answer Ok or Err, never
-//! panic. Targets: the Binance frame parser, the capture reader, Avro
+//! panic. Targets: the Binance, Kraken (v2, v1) and Coinbase (Advanced
+//! Trade, Exchange) frame parsers, the capture reader, Avro
 //! decoding (where the direct trade decoder must also agree with
 //! apache-avro's), the spill log's segment scan and replay, and the SQL guard
 //! together with DataFusion's planning on the daemon's session.
@@ -200,6 +201,126 @@ fn binance_frames() {
         let text = String::from_utf8_lossy(bytes);
         let _ = ticklake::exchanges::binance::parse_frame(&text, "BINANCE", symbols, 1);
     });
+}
+
+/// A capture of the Kraken and Coinbase feeds, of the repository's fixtures.
+fn venue_capture(name: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/captures")
+        .join(name);
+    assert!(p.exists(), "missing capture fixture {}", p.display());
+    p
+}
+
+/// The received frames of `names`, up to 2 KiB each: the large book
+/// snapshots would only slow every input down.
+fn venue_frames(names: &[&str]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for name in names {
+        let (_, frames) = ticklake::tools::capture::read_capture(&venue_capture(name)).unwrap();
+        out.extend(
+            frames
+                .into_iter()
+                .filter(|f| f.data.len() <= 2048)
+                .map(|f| f.data.into_bytes()),
+        );
+    }
+    out
+}
+
+/// A venue protocol's parser on mutated frames, with the shipped symbol
+/// rule. Besides never panicking it keeps its promise on the output: a
+/// frame's trades, all of them, or nothing.
+fn protocol_frames(
+    name: &str,
+    kind: ticklake::config::ProtocolKind,
+    exchange: &str,
+    seeds: Vec<Vec<u8>>,
+) {
+    use ticklake::exchanges::{Frame, ParseCtx};
+    let instruments = ticklake::instruments::Instruments::builtin().unwrap();
+    let symbols = instruments.symbol_rule(exchange).unwrap();
+    let protocol = ticklake::exchanges::protocol(kind);
+    fuzz(name, seeds, |bytes| {
+        let text = String::from_utf8_lossy(bytes);
+        let ctx = ParseCtx {
+            exchange,
+            symbols,
+            received_us: 1,
+        };
+        let mut out = Vec::new();
+        match protocol.parse(&text, &ctx, &mut out) {
+            Ok(Frame::Trades(n)) => assert!(n > 0 && n == out.len(), "{n} trades, {}", out.len()),
+            Ok(Frame::Skipped(_)) | Err(_) => assert!(out.is_empty(), "{text}"),
+        }
+    });
+}
+
+/// Kraken v2 frames from its documentation (there is no v2 capture), with
+/// the number forms a float printer writes.
+const KRAKEN_V2_SEEDS: &[&str] = &[
+    r#"{"channel":"trade","type":"snapshot","data":[{"symbol":"MATIC/USD","side":"buy","price":0.5147,"qty":6423.46326,"ord_type":"limit","trade_id":4665846,"timestamp":"2023-09-25T07:48:36.925533Z"},{"symbol":"MATIC/USD","side":"sell","price":0.5147,"qty":1136.19677815,"ord_type":"market","trade_id":4665847,"timestamp":"2023-09-25T07:49:36.925603Z"}]}"#,
+    r#"{"channel":"trade","type":"update","data":[{"symbol":"BTC/USD","side":"sell","price":26958.7,"qty":1e-8,"ord_type":"market","trade_id":67592453,"timestamp":"2023-09-25T09:04:31.742648Z"}]}"#,
+    r#"{"method":"subscribe","result":{"channel":"trade","snapshot":true,"symbol":"MATIC/USD"},"success":true,"time_in":"2023-09-25T09:04:31.742599Z","time_out":"2023-09-25T09:04:31.742648Z"}"#,
+    r#"{"error":"Currency pair not supported","method":"subscribe","success":false,"symbol":"MATIC/XYZ","time_in":"2023-09-25T09:04:31.742599Z","time_out":"2023-09-25T09:04:31.742648Z"}"#,
+    r#"{"channel":"heartbeat"}"#,
+    r#"{"channel":"status","data":[{"api_version":"v2","connection_id":12393906104898154338,"system":"online","version":"2.0.4"}],"type":"update"}"#,
+    r#"{"method":"pong","req_id":101,"time_in":"2023-09-24T14:10:23.799685Z","time_out":"2023-09-24T14:10:23.799703Z"}"#,
+    r#"{"channel":"trade","type":"update","data":[{"symbol":"XBT\/USD","side":"buy","price":1.5E+3,"qty":-0.0,"ord_type":"l\u0069mit","trade_id":0,"timestamp":"2023-09-25T09:04:31Z"}]}"#,
+];
+
+/// Coinbase Advanced Trade frames from its documentation (there is no
+/// capture of it).
+const COINBASE_ADVANCED_SEEDS: &[&str] = &[
+    r#"{"channel":"market_trades","client_id":"","timestamp":"2023-02-09T20:19:35.39625135Z","sequence_num":0,"events":[{"type":"snapshot","trades":[{"trade_id":"000000000","product_id":"ETH-USD","price":"1260.01","size":"0.3","side":"BUY","time":"2019-08-14T20:42:27.265Z"}]}]}"#,
+    r#"{"channel":"market_trades","client_id":"","timestamp":"2023-02-09T20:19:35.39625135Z","sequence_num":4,"events":[{"type":"update","trades":[{"trade_id":"512346","product_id":"BTC-USD","price":"21921.74","size":"0.06317609","side":"SELL","time":"2023-02-09T20:19:35.384436Z"},{"trade_id":"512347","product_id":"BTC-USD","price":"21921.73","size":"0.00000001","side":"BUY","time":"2023-02-09T20:19:35.384436Z"}]}]}"#,
+    r#"{"channel":"heartbeats","client_id":"","timestamp":"2023-06-23T20:31:26.122969572Z","sequence_num":0,"events":[{"current_time":"2023-06-23 20:31:56.121961769 +0000 UTC m=+91717.525857105","heartbeat_counter":"3049"}]}"#,
+    r#"{"channel":"subscriptions","client_id":"","timestamp":"2023-02-09T20:32:58.036498466Z","sequence_num":1,"events":[{"subscriptions":{"market_trades":["ETH-USD"],"heartbeats":["heartbeats"]}}]}"#,
+    r#"{"type":"error","message":"failure to subscribe"}"#,
+];
+
+fn seeds_of(frames: &[&str]) -> Vec<Vec<u8>> {
+    frames.iter().map(|f| f.as_bytes().to_vec()).collect()
+}
+
+#[test]
+fn kraken_v2_frames() {
+    protocol_frames(
+        "kraken v2 frame parser",
+        ticklake::config::ProtocolKind::Kraken,
+        "KRAKEN",
+        seeds_of(KRAKEN_V2_SEEDS),
+    );
+}
+
+#[test]
+fn kraken_v1_frames() {
+    protocol_frames(
+        "kraken v1 frame parser",
+        ticklake::config::ProtocolKind::KrakenV1,
+        "KRAKEN",
+        venue_frames(&["KRAKEN.ws.48.0.txt", "KRAKEN.ws.50.0.txt"]),
+    );
+}
+
+#[test]
+fn coinbase_advanced_frames() {
+    protocol_frames(
+        "coinbase advanced frame parser",
+        ticklake::config::ProtocolKind::Coinbase,
+        "COINBASE",
+        seeds_of(COINBASE_ADVANCED_SEEDS),
+    );
+}
+
+#[test]
+fn coinbase_exchange_frames() {
+    protocol_frames(
+        "coinbase exchange frame parser",
+        ticklake::config::ProtocolKind::CoinbaseExchange,
+        "COINBASE",
+        venue_frames(&["COINBASE.ws.28.0.txt"]),
+    );
 }
 
 #[test]
