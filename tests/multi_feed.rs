@@ -304,7 +304,7 @@ fn four_feeds_land_every_captured_trade_exactly_once() {
         ("XMR-USD", "KRAKEN"),
         ("SC-EUR", "KRAKEN"),
         ("BTC-USDT", "BINANCE"),
-        ("COMP-USDT", "BINANCE_US"),
+        ("OMG-BUSD", "BINANCE_US"),
         ("SKL-USD", "COINBASE"),
     ] {
         assert!(
