@@ -57,6 +57,10 @@ enum ConnEnd {
 /// What `/status` shows for a feed.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FeedState {
+    /// The feed's table name (`binance_us` in `[feeds.binance_us]`).
+    pub feed: String,
+    /// Its exchange protocol (`binance`, `kraken`, `coinbase` ...).
+    pub protocol: String,
     pub exchange: String,
     pub url: String,
     pub connected: bool,
@@ -136,6 +140,8 @@ impl FeedActor {
             RestartPolicy::from_millis(cfg.backoff_initial_ms, cfg.backoff_max_ms),
         );
         let state = FeedState {
+            feed: cfg.name.clone(),
+            protocol: cfg.protocol().as_str().to_string(),
             exchange: cfg.exchange.clone(),
             url: protocol.connect_url(&cfg),
             ..FeedState::default()
