@@ -2,7 +2,11 @@
 //! golden file says. The input (tests/fixtures/golden/trades.csv) is laid
 //! out as two real Iceberg commits with Kafka offsets plus an uncommitted
 //! tail that overlaps the last commit (setup.json); requests.json lists the
-//! requests, expected/<name>.json the status and body of each.
+//! requests, expected/<name>.json the status and body of each. The first
+//! commit lands on the trades table as a build before `instrument` made it;
+//! the table then gains the column by schema evolution, so its rows read
+//! `instrument` null while the later rows carry theirs. Two exchanges
+//! (BINANCE and COINBASE) trade one instrument (BTC-USDT).
 //!
 //! Runs in-process on the real catalog, Parquet files, tail actor, query
 //! actor and actix-web app; no network. Regenerate the expected files with
@@ -44,18 +48,40 @@ struct Input {
     trade: TradeV2,
 }
 
+/// The trades table's schema before `instrument`: what the first commit
+/// lands under.
+fn schema_before_instrument() -> iceberg::spec::Schema {
+    let current = lake::schema::trades_schema().unwrap();
+    iceberg::spec::Schema::builder()
+        .with_schema_id(0)
+        .with_identifier_field_ids(vec![1])
+        .with_fields(
+            current
+                .as_struct()
+                .fields()
+                .iter()
+                .filter(|f| f.name != "instrument")
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+        .build()
+        .unwrap()
+}
+
 fn read_input() -> Vec<Input> {
     let text = std::fs::read_to_string(golden_dir().join("trades.csv")).unwrap();
     let mut lines = text.lines().filter(|l| !l.starts_with('#'));
     assert_eq!(
         lines.next(),
-        Some("partition,offset,symbol,exchange,timestamp,price,quantity,side,trade_id")
+        Some("partition,offset,symbol,exchange,timestamp,price,quantity,side,trade_id,instrument")
     );
     lines
         .map(|l| {
             let c: Vec<&str> = l.split(',').collect();
-            assert_eq!(c.len(), 9, "{l}");
+            assert_eq!(c.len(), 10, "{l}");
             let (exchange, symbol, trade_id) = (c[3], c[2], c[8]);
+            // Empty: a trade without instrument (stored before it existed).
+            let instrument = Some(c[9]).filter(|i| !i.is_empty());
             let equity = exchange == "ASX";
             let ts = micros(c[4]);
             Input {
@@ -77,6 +103,7 @@ fn read_input() -> Vec<Input> {
                         _ => Side::Unknown,
                     })
                     .source_sequence(trade_id.rsplit('-').next().and_then(|s| s.parse().ok()))
+                    .instrument(instrument)
                     .build(),
             }
         })
@@ -91,9 +118,10 @@ fn partition_map(v: &Value) -> BTreeMap<i32, i64> {
         .collect()
 }
 
-/// Snapshot ids are random: each becomes `<snapshot:N>` (N = commit order),
-/// and commit times become a placeholder.
-fn normalize(v: &mut Value, snapshots: &[i64]) {
+/// Snapshot ids are random: each becomes `<snapshot:N>` (N = commit order)
+/// or `<snapshot:evolved>` (the one schema evolution may commit), and
+/// commit times become a placeholder.
+fn normalize(v: &mut Value, snapshots: &[i64], evolved: Option<i64>) {
     match v {
         Value::Object(m) => {
             for (k, x) in m.iter_mut() {
@@ -104,14 +132,15 @@ fn normalize(v: &mut Value, snapshots: &[i64]) {
                 {
                     *x = match snapshots.iter().position(|s| *s == id) {
                         Some(i) => json!(format!("<snapshot:{i}>")),
+                        None if evolved == Some(id) => json!("<snapshot:evolved>"),
                         None => json!("<unknown snapshot>"),
                     };
                 } else {
-                    normalize(x, snapshots);
+                    normalize(x, snapshots, evolved);
                 }
             }
         }
-        Value::Array(a) => a.iter_mut().for_each(|x| normalize(x, snapshots)),
+        Value::Array(a) => a.iter_mut().for_each(|x| normalize(x, snapshots, evolved)),
         _ => {}
     }
 }
@@ -144,15 +173,38 @@ fn every_endpoint_matches_its_golden_file() {
     let failures = sys.block_on(async move {
         // The lake: one commit per entry of setup.commits, each with the
         // rows below its offsets and the offsets in its snapshot summary.
+        // The first on the table as a build before instrument made it, the
+        // others after this build opened (and so evolved) it.
         let catalog = lake::open_catalog(&cfg).await.unwrap();
-        let table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
-            .await
-            .unwrap();
-        let schema = lake::batch::arrow_schema(table.metadata().current_schema()).unwrap();
         let ident = lake::table_ident(&cfg, TableKind::Trades);
+        let old = lake::ensure(
+            catalog.as_ref(),
+            &ident,
+            schema_before_instrument(),
+            lake::schema::trades_partition_spec().unwrap(),
+        )
+        .await
+        .unwrap();
+        let mut schema = lake::batch::arrow_schema(old.metadata().current_schema()).unwrap();
+        assert!(schema.index_of("instrument").is_err());
         let mut snapshots = Vec::new();
+        // The snapshot the schema update may commit (carrying the offsets
+        // unchanged, no rows), when it does.
+        let mut evolved = None;
         let mut below: BTreeMap<i32, i64> = BTreeMap::new();
-        for c in setup["commits"].as_array().unwrap() {
+        for (n, c) in setup["commits"].as_array().unwrap().iter().enumerate() {
+            if n == 1 {
+                let table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
+                    .await
+                    .unwrap();
+                schema = lake::batch::arrow_schema(table.metadata().current_schema()).unwrap();
+                assert!(schema.index_of("instrument").is_ok(), "the table evolved");
+                evolved = table
+                    .metadata()
+                    .current_snapshot()
+                    .map(|s| s.snapshot_id())
+                    .filter(|id| !snapshots.contains(id));
+            }
             let upto = partition_map(c);
             let mut rows: Vec<TradeV2> = input
                 .iter()
@@ -162,6 +214,12 @@ fn every_endpoint_matches_its_golden_file() {
                 })
                 .map(|r| r.trade.clone())
                 .collect();
+            if n == 0 {
+                assert!(
+                    rows.iter().all(|t| t.instrument.is_none()),
+                    "the first commit's rows predate instrument: leave it empty in trades.csv"
+                );
+            }
             let mut offsets = KafkaOffsets {
                 cluster_id: CLUSTER.into(),
                 topics: BTreeMap::new(),
@@ -255,6 +313,27 @@ fn every_endpoint_matches_its_golden_file() {
         want.sort();
         assert_eq!(got, want, "trades_live must hold each input row once");
 
+        // And each row's instrument, through SQL over both tables: null on
+        // the rows committed before the column, the input's on the others.
+        let want: BTreeMap<&str, Option<&str>> = input
+            .iter()
+            .map(|r| (r.trade.message_id.as_str(), r.trade.instrument.as_deref()))
+            .collect();
+        assert!(want.values().any(Option::is_none) && want.values().any(Option::is_some));
+        for table in ["market.trades_live", "market.trades"] {
+            let req = web_test::TestRequest::post()
+                .uri("/v1/sql")
+                .set_json(json!({"sql": format!("select message_id, instrument from {table}")}))
+                .to_request();
+            let body: Value = web_test::call_and_read_body_json(&app, req).await;
+            let rows = body["rows"].as_array().unwrap();
+            assert!(!rows.is_empty(), "{table}: {body}");
+            for r in rows {
+                let id = r["message_id"].as_str().unwrap();
+                assert_eq!(r["instrument"].as_str(), want[id], "{table}, {id}");
+            }
+        }
+
         let openapi: Value = web_test::call_and_read_body_json(
             &app,
             web_test::TestRequest::get()
@@ -302,7 +381,7 @@ fn every_endpoint_matches_its_golden_file() {
                     "{documented} is not in /openapi.json"
                 );
             }
-            normalize(&mut body, &snapshots);
+            normalize(&mut body, &snapshots, evolved);
             let actual = json!({
                 "request": {"method": method, "path": r["path"], "body": r.get("body")},
                 "status": status,
@@ -374,7 +453,7 @@ fn every_endpoint_matches_its_golden_file() {
                 let status = resp.status().as_u16();
                 let mut body: Value =
                     serde_json::from_slice(&web_test::read_body(resp).await).unwrap();
-                normalize(&mut body, &snapshots);
+                normalize(&mut body, &snapshots, evolved);
                 let file = golden_dir().join("expected").join(format!("{name}.json"));
                 let expected: Value =
                     serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();

@@ -17,7 +17,8 @@ use actix_web::{HttpResponse, ResponseError, web};
 use serde::Deserialize;
 
 use crate::messages::query::{
-    OhlcvRequest, QueryError, QueryRequest, RecentRequest, RunQuery, TradesRequest,
+    InstrumentOhlcvRequest, InstrumentRecentRequest, OhlcvRequest, QueryError, QueryRequest,
+    RecentRequest, RunQuery, TradesRequest,
 };
 use params::Params;
 
@@ -180,6 +181,7 @@ async fn trades(state: web::Data<ApiState>, q: Query) -> Result<HttpResponse, Ap
         &q,
         &[
             "symbol",
+            "instrument",
             "exchange",
             "start",
             "end",
@@ -190,6 +192,7 @@ async fn trades(state: web::Data<ApiState>, q: Query) -> Result<HttpResponse, Ap
     )?;
     let req = TradesRequest {
         symbol: p.name("symbol")?,
+        instrument: p.instrument("instrument")?,
         exchange: p.name("exchange")?,
         start_us: p.time("start")?,
         end_us: p.time("end")?,
@@ -205,30 +208,102 @@ async fn trades(state: web::Data<ApiState>, q: Query) -> Result<HttpResponse, Ap
     run(&state, QueryRequest::Trades(req)).await
 }
 
+/// What a single-market endpoint (`/v1/trades/recent`, `/v1/ohlcv`) is
+/// about: a venue's symbol, or a normalized instrument across exchanges
+/// (narrowed to one symbol too when both are given).
+enum Market {
+    Symbol(String),
+    Instrument {
+        instrument: String,
+        symbol: Option<String>,
+    },
+}
+
+impl Market {
+    /// `symbol` or `instrument`, at least one of them.
+    fn of(p: &Params<'_>) -> Result<Self, ApiError> {
+        let symbol = p.name("symbol")?;
+        match (p.instrument("instrument")?, symbol) {
+            (Some(instrument), symbol) => Ok(Market::Instrument { instrument, symbol }),
+            (None, Some(symbol)) => Ok(Market::Symbol(symbol)),
+            (None, None) => Err(ApiError::bad(
+                "symbol",
+                "is required unless instrument is given (e.g. symbol=BTCUSDT or instrument=BTC-USDT)",
+            )),
+        }
+    }
+}
+
 async fn recent(state: web::Data<ApiState>, q: Query) -> Result<HttpResponse, ApiError> {
-    let p = Params::new(&q, &["symbol", "exchange", "minutes", "limit"])?;
-    let req = RecentRequest {
-        symbol: p.required_name("symbol")?,
-        exchange: p.name("exchange")?,
-        minutes: p.int("minutes", 1, 7 * 24 * 60)?.unwrap_or(15),
-        limit: p.int("limit", 1, MAX_LIMIT)?.map(|n| n as usize),
+    let p = Params::new(
+        &q,
+        &["symbol", "instrument", "exchange", "minutes", "limit"],
+    )?;
+    let market = Market::of(&p)?;
+    let exchange = p.name("exchange")?;
+    let minutes = p.int("minutes", 1, 7 * 24 * 60)?.unwrap_or(15);
+    let limit = p.int("limit", 1, MAX_LIMIT)?.map(|n| n as usize);
+    let req = match market {
+        Market::Symbol(symbol) => QueryRequest::Recent(RecentRequest {
+            symbol,
+            exchange,
+            minutes,
+            limit,
+        }),
+        Market::Instrument { instrument, symbol } => {
+            QueryRequest::InstrumentRecent(InstrumentRecentRequest {
+                instrument,
+                symbol,
+                exchange,
+                minutes,
+                limit,
+            })
+        }
     };
-    run(&state, QueryRequest::Recent(req)).await
+    run(&state, req).await
 }
 
 async fn ohlcv(state: web::Data<ApiState>, q: Query) -> Result<HttpResponse, ApiError> {
-    let p = Params::new(&q, &["symbol", "exchange", "interval", "start", "end"])?;
-    let req = OhlcvRequest {
-        symbol: p.required_name("symbol")?,
-        exchange: p.name("exchange")?,
-        interval: p.interval("interval")?,
-        start_us: p.required_time("start")?,
-        end_us: p.required_time("end")?,
-    };
-    if req.end_us <= req.start_us {
+    let p = Params::new(
+        &q,
+        &[
+            "symbol",
+            "instrument",
+            "exchange",
+            "interval",
+            "start",
+            "end",
+        ],
+    )?;
+    let market = Market::of(&p)?;
+    let exchange = p.name("exchange")?;
+    let interval = p.interval("interval")?;
+    let start_us = p.required_time("start")?;
+    let end_us = p.required_time("end")?;
+    if end_us <= start_us {
         return Err(ApiError::bad("end", "must be after start"));
     }
-    run(&state, QueryRequest::Ohlcv(req)).await
+    let req = match market {
+        Market::Symbol(symbol) => QueryRequest::Ohlcv(OhlcvRequest {
+            symbol,
+            exchange,
+            interval,
+            start_us,
+            end_us,
+        }),
+        // One series per exchange, side by side.
+        Market::Instrument { instrument, symbol } => {
+            QueryRequest::InstrumentOhlcv(InstrumentOhlcvRequest {
+                instrument,
+                symbol,
+                exchange,
+                interval,
+                start_us,
+                end_us,
+            })
+        }
+    };
+    run(&state, req).await
 }
 
 async fn symbols(state: web::Data<ApiState>, q: Query) -> Result<HttpResponse, ApiError> {

@@ -30,14 +30,27 @@ fn ok(desc: &str, schema: &str) -> Value {
 
 /// The document.
 pub fn document() -> Value {
-    let symbol = |required| {
+    let symbol = |required, desc: &str| {
         param(
             "symbol",
             required,
-            "Instrument as stored, e.g. BTCUSDT or BHP (case-sensitive).",
+            &format!(
+                "The venue's symbol as stored, e.g. BTCUSDT, XBT/USD or BHP (case-sensitive).{desc}"
+            ),
             string(),
         )
     };
+    let instrument = |desc: &str| {
+        param(
+            "instrument",
+            false,
+            &format!(
+                "The normalized pair, BASE-QUOTE in upper-case letters and digits (e.g. BTC-USD, BTC-USDT), the same on every exchange: the trades of every exchange unless exchange narrows them. Rows stored before trades carried an instrument have none and never match.{desc}"
+            ),
+            json!({"type": "string", "pattern": "^[A-Z0-9]{1,20}-[A-Z0-9]{1,20}$"}),
+        )
+    };
+    let one_of = " One of symbol and instrument is required; given both, both apply.";
     let exchange = param(
         "exchange",
         false,
@@ -50,6 +63,7 @@ pub fn document() -> Value {
             "message_id": {"type": "string"},
             "trade_id": {"type": "string"},
             "symbol": {"type": "string"},
+            "instrument": {"type": "string", "nullable": true, "description": "The normalized pair, BASE-QUOTE (e.g. BTC-USD); null on rows stored before trades carried it"},
             "exchange": {"type": "string"},
             "asset_class": {"type": "string"},
             "timestamp": {"type": "string", "format": "date-time"},
@@ -84,7 +98,7 @@ pub fn document() -> Value {
             "/v1/trades": {"get": {
                 "summary": "Trades in a time range, oldest first, with cursor pagination",
                 "parameters": [
-                    symbol(false), exchange.clone(),
+                    symbol(false, " With instrument too, both apply."), instrument(""), exchange.clone(),
                     param("start", false, "Inclusive lower bound.", time()),
                     param("end", false, "Exclusive upper bound.", time()),
                     param("limit", false, "Page size (default api.default_limit, at most api.max_rows).", json!({"type": "integer", "minimum": 1})),
@@ -94,9 +108,9 @@ pub fn document() -> Value {
                 "responses": ok("A page of trades", "TradePage")
             }},
             "/v1/trades/recent": {"get": {
-                "summary": "The trades of the last minutes of one symbol, newest first (hybrid)",
+                "summary": "The trades of the last minutes of one symbol or instrument, newest first (hybrid)",
                 "parameters": [
-                    symbol(true), exchange.clone(),
+                    symbol(false, one_of), instrument(one_of), exchange.clone(),
                     param("minutes", false, "Window length, default 15, at most 10080.", json!({"type": "integer", "minimum": 1, "maximum": 10080})),
                     param("limit", false, "At most this many of the newest trades (default and at most api.max_rows).", json!({"type": "integer", "minimum": 1}))
                 ],
@@ -104,8 +118,9 @@ pub fn document() -> Value {
             }},
             "/v1/ohlcv": {"get": {
                 "summary": "OHLCV bars computed from trades (hybrid)",
+                "description": "With symbol: one series, over every exchange trading the symbol unless exchange narrows it. With instrument: one series per exchange trading the instrument (only exchange's when given), never blended; every bar carries its exchange, the bars come ordered by exchange then time, and exchanges lists the exchanges that have bars. Instrument bars are computed from the raw trades.",
                 "parameters": [
-                    symbol(true), exchange.clone(),
+                    symbol(false, one_of), instrument(one_of), exchange.clone(),
                     param("interval", true, "Bar width.", json!({"type": "string", "enum": ["1m", "5m", "15m", "1h", "1d"]})),
                     param("start", true, "Inclusive lower bound.", time()),
                     param("end", true, "Exclusive upper bound.", time())
@@ -113,7 +128,7 @@ pub fn document() -> Value {
                 "responses": ok("Bars aligned to the Unix epoch, oldest first; empty intervals are omitted", "Bars")
             }},
             "/v1/symbols": {"get": {
-                "summary": "Every (exchange, symbol) with its trade count and first and last trade (hybrid)",
+                "summary": "Every (exchange, symbol) with its instrument, trade count and first and last trade (hybrid)",
                 "responses": ok("Symbols", "Symbols")
             }},
             "/v1/snapshots": {"get": {
@@ -132,10 +147,18 @@ pub fn document() -> Value {
                 "Trade": trade,
                 "TradePage": with(json!({"next_cursor": {"type": "string", "nullable": true}, "trades": {"type": "array", "items": {"$ref": "#/components/schemas/Trade"}}})),
                 "RecentTrades": with(json!({"since": {"type": "string", "format": "date-time"}, "truncated": {"type": "boolean"}, "trades": {"type": "array", "items": {"$ref": "#/components/schemas/Trade"}}})),
-                "Bars": with(json!({"symbol": {"type": "string"}, "interval": {"type": "string"}, "bars": {"type": "array", "items": {"type": "object", "properties": {
+                "Bars": with(json!({
+                    "symbol": {"type": "string", "nullable": true, "description": "The symbol asked for; null for an instrument asked without one."},
+                    "instrument": {"type": "string", "description": "Only when asked by instrument: the instrument."},
+                    "exchange": {"type": "string", "nullable": true, "description": "Only when asked by instrument: the exchange asked for, null for every exchange."},
+                    "exchanges": {"type": "array", "items": {"type": "string"}, "description": "Only when asked by instrument: the exchanges that have bars, one series each, in the order of the bars."},
+                    "interval": {"type": "string"}, "bars": {"type": "array", "items": {"type": "object", "properties": {
+                    "exchange": {"type": "string", "description": "Only when asked by instrument: the series (exchange) of the bar."},
                     "time": {"type": "string", "format": "date-time"}, "open": {"type": "string"}, "high": {"type": "string"}, "low": {"type": "string"}, "close": {"type": "string"}, "volume": {"type": "string"}, "trades": {"type": "integer"}}}}})),
                 "Symbols": with(json!({"symbols": {"type": "array", "items": {"type": "object", "properties": {
-                    "exchange": {"type": "string"}, "symbol": {"type": "string"}, "trades": {"type": "integer"}, "first_trade": {"type": "string", "format": "date-time"}, "last_trade": {"type": "string", "format": "date-time"}}}}})),
+                    "exchange": {"type": "string"}, "symbol": {"type": "string"},
+                    "instrument": {"type": "string", "nullable": true, "description": "The normalized pair of the symbol's trades; null when none of them carries one (stored before trades did)."},
+                    "trades": {"type": "integer"}, "first_trade": {"type": "string", "format": "date-time"}, "last_trade": {"type": "string", "format": "date-time"}}}}})),
                 "Snapshots": {"type": "object", "properties": {
                     "table": {"type": "string"}, "current_snapshot_id": {"type": "integer", "format": "int64", "nullable": true}, "count": {"type": "integer"},
                     "snapshots": {"type": "array", "items": {"type": "object", "properties": {
@@ -164,4 +187,48 @@ pub fn document() -> Value {
 
 pub async fn serve() -> HttpResponse {
     HttpResponse::Ok().json(document())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(op: &Value) -> Vec<(&str, bool)> {
+        op["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap(),
+                    p["required"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// `instrument` is a parameter of every endpoint that takes it, and
+    /// where either names the market, neither is required alone.
+    #[test]
+    fn instrument_is_documented_where_it_is_taken() {
+        let d = document();
+        for path in ["/v1/trades", "/v1/trades/recent", "/v1/ohlcv"] {
+            let params = names(&d["paths"][path]["get"]);
+            assert!(
+                params.contains(&("instrument", false)),
+                "{path}: {params:?}"
+            );
+            assert!(params.contains(&("symbol", false)), "{path}: {params:?}");
+        }
+        let schemas = &d["components"]["schemas"];
+        let instrument = &schemas["Trade"]["properties"]["instrument"];
+        assert_eq!(instrument["nullable"], true);
+        let symbol = &schemas["Symbols"]["properties"]["symbols"]["items"]["properties"];
+        assert!(symbol["instrument"].is_object());
+        let bars = &schemas["Bars"]["properties"];
+        for k in ["instrument", "exchange", "exchanges"] {
+            assert!(bars[k].is_object(), "{k}");
+        }
+        assert!(bars["bars"]["items"]["properties"]["exchange"].is_object());
+    }
 }

@@ -26,6 +26,36 @@ fn name(param: &'static str, v: &str) -> Result<String, ApiError> {
     Ok(v.to_string())
 }
 
+/// Longest base or quote of an instrument (Binance symbols are at most 20
+/// characters, so neither part of one is longer).
+const MAX_INSTRUMENT_PART: usize = 20;
+
+/// A validated normalized instrument: `BASE-QUOTE`, each part 1 to
+/// `MAX_INSTRUMENT_PART` upper-case letters or digits (`BTC-USD`,
+/// `1INCH-USDT`), as `TradeV2::instrument` stores it on every venue.
+/// Matched exactly.
+fn instrument(param: &'static str, v: &str) -> Result<String, ApiError> {
+    let part_ok = |p: &str| {
+        (1..=MAX_INSTRUMENT_PART).contains(&p.len())
+            && p.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    };
+    match v.split_once('-') {
+        Some((base, quote)) if part_ok(base) && part_ok(quote) => Ok(v.to_string()),
+        _ => {
+            let shown: String = v.chars().take(64).collect();
+            let more = if v.chars().count() > 64 { "…" } else { "" };
+            Err(ApiError::bad(
+                param,
+                format!(
+                    "{shown:?}{more} is not an instrument: BASE-QUOTE, each 1 to \
+                     {MAX_INSTRUMENT_PART} upper-case letters or digits, e.g. BTC-USD"
+                ),
+            ))
+        }
+    }
+}
+
 /// RFC 3339 (e.g. `2014-03-10T00:00:00Z`) to UTC microseconds.
 fn time(param: &'static str, v: &str) -> Result<i64, ApiError> {
     DateTime::parse_from_rfc3339(v)
@@ -102,6 +132,11 @@ impl<'a> Params<'a> {
         self.name(k)?.ok_or_else(|| ApiError::bad(k, "is required"))
     }
 
+    /// A normalized instrument (`BASE-QUOTE`), if given.
+    pub fn instrument(&self, k: &'static str) -> Result<Option<String>, ApiError> {
+        self.get(k).map(|v| instrument(k, v)).transpose()
+    }
+
     pub fn time(&self, k: &'static str) -> Result<Option<i64>, ApiError> {
         self.get(k).map(|v| time(k, v)).transpose()
     }
@@ -156,6 +191,45 @@ mod tests {
                 .contains("limit")
         );
         assert!(p.required_name("exchange").is_err());
+    }
+
+    #[test]
+    fn instruments_are_base_dash_quote_in_upper_case() {
+        for ok in [
+            "BTC-USD",
+            "BTC-USDT",
+            "1INCH-USDT",
+            "A-B",
+            "ABCDEFGHIJKLMNOPQRST-USD",
+        ] {
+            let m = map(&[("instrument", ok)]);
+            let p = Params::new(&m, &["instrument"]).unwrap();
+            assert_eq!(p.instrument("instrument").unwrap().as_deref(), Some(ok));
+        }
+        for bad in [
+            "",
+            "BTCUSD",
+            "btc-usd",
+            "BTC-usd",
+            "BTC/USD",
+            "BTC-",
+            "-USD",
+            "BTC-USD-X",
+            "BTC_USD",
+            "BTC USD",
+            "BTC-USD'",
+            "ABCDEFGHIJKLMNOPQRSTU-USD",
+            "BTC-ÜSD",
+        ] {
+            let m = map(&[("instrument", bad)]);
+            let p = Params::new(&m, &["instrument"]).unwrap();
+            let e = p.instrument("instrument").unwrap_err().to_string();
+            assert!(e.starts_with("parameter `instrument`:"), "{bad:?}: {e}");
+            assert!(e.contains("BASE-QUOTE"), "{bad:?}: {e}");
+        }
+        let m = map(&[]);
+        let p = Params::new(&m, &["instrument"]).unwrap();
+        assert_eq!(p.instrument("instrument").unwrap(), None);
     }
 
     #[test]

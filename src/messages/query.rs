@@ -9,6 +9,9 @@ use datafusion::execution::memory_pool::MemoryReservation;
 #[derive(Debug, Clone, Default)]
 pub struct TradesRequest {
     pub symbol: Option<String>,
+    /// The normalized `BASE-QUOTE` pair (`TradeV2::instrument`), on every
+    /// exchange unless `exchange` narrows it. With `symbol` too, both apply.
+    pub instrument: Option<String>,
     pub exchange: Option<String>,
     /// Inclusive, UTC microseconds.
     pub start_us: Option<i64>,
@@ -20,7 +23,7 @@ pub struct TradesRequest {
     pub snapshot_id: Option<i64>,
 }
 
-/// `GET /v1/trades/recent`.
+/// `GET /v1/trades/recent?symbol=`: one venue symbol.
 #[derive(Debug, Clone)]
 pub struct RecentRequest {
     pub symbol: String,
@@ -31,10 +34,37 @@ pub struct RecentRequest {
     pub limit: Option<usize>,
 }
 
-/// `GET /v1/ohlcv`.
+/// `GET /v1/trades/recent?instrument=`: one normalized instrument, on
+/// every exchange unless `exchange` narrows it (and one venue symbol too,
+/// when `symbol` is given: both apply). The same window and page as
+/// [`RecentRequest`].
+#[derive(Debug, Clone)]
+pub struct InstrumentRecentRequest {
+    pub instrument: String,
+    pub symbol: Option<String>,
+    pub exchange: Option<String>,
+    pub minutes: i64,
+    pub limit: Option<usize>,
+}
+
+/// `GET /v1/ohlcv?symbol=`: one series of bars, over every exchange that
+/// trades the symbol unless `exchange` narrows it.
 #[derive(Debug, Clone)]
 pub struct OhlcvRequest {
     pub symbol: String,
+    pub exchange: Option<String>,
+    pub interval: Interval,
+    pub start_us: i64,
+    pub end_us: i64,
+}
+
+/// `GET /v1/ohlcv?instrument=`: one series of bars per exchange trading
+/// the instrument (only `exchange`'s when given), side by side, never
+/// blended; `symbol`, when given, narrows the trades too.
+#[derive(Debug, Clone)]
+pub struct InstrumentOhlcvRequest {
+    pub instrument: String,
+    pub symbol: Option<String>,
     pub exchange: Option<String>,
     pub interval: Interval,
     pub start_us: i64,
@@ -45,7 +75,9 @@ pub struct OhlcvRequest {
 pub enum QueryRequest {
     Trades(TradesRequest),
     Recent(RecentRequest),
+    InstrumentRecent(InstrumentRecentRequest),
     Ohlcv(OhlcvRequest),
+    InstrumentOhlcv(InstrumentOhlcvRequest),
     Symbols,
     Snapshots,
     /// `POST /v1/sql`: checked by the read-only guard before it is planned.

@@ -36,13 +36,15 @@ use super::sql_guard;
 use crate::config::ApiConfig;
 use crate::lake::commit::OFFSETS_PROPERTY;
 use crate::messages::query::{
-    Answer, Cursor, OhlcvRequest, QueryError, QueryRequest, RecentRequest, TradesRequest,
+    Answer, Cursor, InstrumentRecentRequest, OhlcvRequest, QueryError, QueryRequest, RecentRequest,
+    TradesRequest,
 };
 use crate::messages::tail::TailFilter;
 use crate::model::now_us;
 
 mod bars;
 mod recent;
+mod series;
 mod window;
 
 /// The wall clock in UTC microseconds; tests fix it.
@@ -114,11 +116,11 @@ pub struct Engine {
     sql_workers: Option<Arc<super::isolate::SqlWorkers>>,
     /// Where `/v1/ohlcv` finds the minute bars (`engine::bars`).
     bars: bars::BarsSource,
-    /// Per (symbol, exchange) asked of `/v1/trades/recent`: the newest
-    /// timestamp the lake holds at one snapshot (`LakeNewest`).
-    lake_newest: Mutex<HashMap<(String, Option<String>), recent::LakeNewest>>,
-    /// Per (symbol, exchange) asked of `/v1/trades/recent`: the lake's rows
-    /// of the window, kept between pages (`engine::window`).
+    /// Per (symbol or instrument, exchange) asked of `/v1/trades/recent`:
+    /// the newest timestamp the lake holds at one snapshot (`LakeNewest`).
+    lake_newest: Mutex<HashMap<recent::WindowKey, recent::LakeNewest>>,
+    /// Per (symbol or instrument, exchange) asked of `/v1/trades/recent`:
+    /// the lake's rows of the window, kept between pages (`engine::window`).
     windows: Mutex<window::WindowCache>,
     window_counts: window::WindowCounts,
 }
@@ -247,11 +249,13 @@ fn rfc3339(us: i64) -> Option<String> {
 
 /// Columns `/v1/trades` returns. Prices and quantities are written as JSON
 /// strings (`super::json`), so they stay exact: a JSON number would be read
-/// as a float by most clients.
-const TRADE_COLUMNS: [&str; 11] = [
+/// as a float by most clients. `instrument` is null on rows from before it
+/// (`TradeV2::instrument`).
+const TRADE_COLUMNS: [&str; 12] = [
     "message_id",
     "trade_id",
     "symbol",
+    "instrument",
     "exchange",
     "asset_class",
     "timestamp",
@@ -267,15 +271,48 @@ fn trade_columns() -> Vec<Expr> {
 }
 
 /// `batch` (tail rows, or an answer's rows) with the columns of
-/// `TRADE_COLUMNS`, in that order.
+/// `TRADE_COLUMNS`, in that order; `instrument` null throughout when the
+/// batch predates it (rows of a schema without the column).
 fn trade_projection(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
     let schema = batch.schema();
+    if schema.index_of(INSTRUMENT).is_err() {
+        let mut fields: Vec<arrow::datatypes::FieldRef> = schema.fields().iter().cloned().collect();
+        fields.push(Arc::new(arrow::datatypes::Field::new(
+            INSTRUMENT,
+            DataType::Utf8,
+            true,
+        )));
+        let mut columns = batch.columns().to_vec();
+        columns.push(arrow::array::new_null_array(
+            &DataType::Utf8,
+            batch.num_rows(),
+        ));
+        let schema = arrow::datatypes::Schema::new_with_metadata(fields, schema.metadata().clone());
+        let padded =
+            RecordBatch::try_new(Arc::new(schema), columns).map_err(QueryError::internal)?;
+        return trade_projection(&padded);
+    }
     let indices = TRADE_COLUMNS
         .iter()
         .map(|c| schema.index_of(c))
         .collect::<Result<Vec<_>, _>>()
         .map_err(QueryError::internal)?;
     batch.project(&indices).map_err(QueryError::internal)
+}
+
+/// The normalized pair column of the trades (`TradeV2::instrument`), added
+/// to `market.trades` by schema evolution.
+const INSTRUMENT: &str = "instrument";
+
+/// `df` with an `instrument` column: its own, or nulls throughout when it
+/// reads a snapshot from before the column was added (time travel), whose
+/// rows have none.
+fn with_instrument(df: DataFrame) -> Result<DataFrame, QueryError> {
+    if df.schema().has_column_with_unqualified_name(INSTRUMENT) {
+        return Ok(df);
+    }
+    df.with_column(INSTRUMENT, lit(ScalarValue::Utf8(None)))
+        .map_err(df_err)
 }
 
 impl Engine {
@@ -392,8 +429,10 @@ impl Engine {
         let fut = async {
             match req {
                 QueryRequest::Trades(r) => self.trades(r, &q).await,
-                QueryRequest::Recent(r) => self.recent(r, &q).await,
+                QueryRequest::Recent(r) => self.recent(r.into(), &q).await,
+                QueryRequest::InstrumentRecent(r) => self.recent(r.into(), &q).await,
                 QueryRequest::Ohlcv(r) => self.ohlcv(r, &q).await,
+                QueryRequest::InstrumentOhlcv(r) => self.ohlcv_by_exchange(r, &q).await,
                 QueryRequest::Symbols => self.symbols(&q).await,
                 QueryRequest::Snapshots => self.snapshots(&q).await,
                 QueryRequest::Sql(sql) => match &self.sql_workers {
@@ -448,7 +487,8 @@ impl Engine {
                 (Arc::new(p), "lake")
             }
         };
-        Ok((self.ctx.read_table(provider).map_err(df_err)?, info, source))
+        let df = with_instrument(self.ctx.read_table(provider).map_err(df_err)?)?;
+        Ok((df, info, source))
     }
 
     /// The hybrid table at a pin taken beforehand.
@@ -471,6 +511,9 @@ impl Engine {
         let mut preds = Vec::new();
         if let Some(s) = &r.symbol {
             preds.push(col("symbol").eq(lit(s.as_str())));
+        }
+        if let Some(i) = &r.instrument {
+            preds.push(col(INSTRUMENT).eq(lit(i.as_str())));
         }
         if let Some(x) = &r.exchange {
             preds.push(col("exchange").eq(lit(x.as_str())));
@@ -527,19 +570,8 @@ impl Engine {
         }
         let (df, info, source) = self.source(None).await?;
         let preds = ohlcv_filters(&r, "timestamp");
-        let order = || bar_order("timestamp", "source_sequence", "message_id");
         let df = filtered(df, preds)?
-            .aggregate(
-                vec![time_bucket(step, "timestamp")],
-                vec![
-                    first_value(col("price"), order()).alias("open"),
-                    max(col("price")).alias("high"),
-                    min(col("price")).alias("low"),
-                    last_value(col("price"), order()).alias("close"),
-                    sum(col("quantity")).alias("volume"),
-                    count(lit(1)).alias("trades"),
-                ],
-            )
+            .aggregate(vec![time_bucket(step, "timestamp")], bar_aggregates())
             .and_then(|d| d.sort(vec![col("time").sort(true, false)]))
             .map_err(df_err)?;
         let (rows, _) = collect(df, q, None).await?;
@@ -562,6 +594,10 @@ impl Engine {
             .aggregate(
                 vec![col("exchange"), col("symbol")],
                 vec![
+                    // The instrument of the symbol's rows that carry one
+                    // (null when none does: rows from before the column).
+                    // A venue names one pair by one symbol, so they agree.
+                    max(col(INSTRUMENT)).alias(INSTRUMENT),
                     count(lit(1)).alias("trades"),
                     min(col("timestamp")).alias("first_trade"),
                     max(col("timestamp")).alias("last_trade"),
@@ -651,6 +687,21 @@ impl Engine {
         });
         answer(head, "rows", json_rows(batches, &q.memory, q.cancel)?)
     }
+}
+
+/// What a bar is of the trades in it (the raw way, `time` grouped by the
+/// caller): open and close by the trades order (`bar_order`), high, low,
+/// volume and the trade count.
+fn bar_aggregates() -> Vec<Expr> {
+    let order = || bar_order("timestamp", "source_sequence", "message_id");
+    vec![
+        first_value(col("price"), order()).alias("open"),
+        max(col("price")).alias("high"),
+        min(col("price")).alias("low"),
+        last_value(col("price"), order()).alias("close"),
+        sum(col("quantity")).alias("volume"),
+        count(lit(1)).alias("trades"),
+    ]
 }
 
 /// The rows an OHLCV request covers: its symbol, its exchange if given,

@@ -135,6 +135,25 @@ impl Pin {
         }
     }
 
+    /// The same pin with each batch of its tail rows narrowed by `keep`,
+    /// for a query whose predicates the tail filter could not say all of
+    /// (`instrument`): its rows then match them exactly. `keep` may drop
+    /// only rows the query's own predicates reject, since a table `at` the
+    /// pin reads these rows as the whole tail.
+    pub fn narrowed<E>(
+        self,
+        mut keep: impl FnMut(&RecordBatch) -> Result<RecordBatch, E>,
+    ) -> Result<Self, E> {
+        let mut rows = Vec::with_capacity(self.rows.len());
+        for b in &self.rows {
+            let kept = keep(b)?;
+            if kept.num_rows() > 0 {
+                rows.push(kept);
+            }
+        }
+        Ok(Self { rows, ..self })
+    }
+
     /// The same snapshot without the tail: a table `at` it is the lake
     /// alone, at exactly the snapshot these tail rows complement.
     pub fn lake_only(&self) -> Self {

@@ -7,21 +7,21 @@
 //! thousand) and a codec set up per column chunk: most of the query's
 //! 10 ms on a compacted lake, and far more on the small files of the last
 //! minutes before compaction reaches them. So the engine keeps, per
-//! (symbol, exchange) asked, the lake's rows of the window at one snapshot
-//! (`LakeWindow`), and carries them to the next snapshot by reading only
-//! the files the commit added: Iceberg data files never change, so when
-//! every file the window was read from is still in the new snapshot, the
-//! new rows are exactly the old ones plus those of the added files. A
-//! snapshot that dropped one of them (compaction, expiry of a partition)
-//! is read again whole. The entries share `api.recent_cache_bytes`, the
-//! least recently asked dropped first.
+//! (symbol or instrument, exchange) asked, the lake's rows of the window
+//! at one snapshot (`LakeWindow`), and carries them to the next snapshot
+//! by reading only the files the commit added: Iceberg data files never
+//! change, so when every file the window was read from is still in the
+//! new snapshot, the new rows are exactly the old ones plus those of the
+//! added files. A snapshot that dropped one of them (compaction, expiry of
+//! a partition) is read again whole. The entries share
+//! `api.recent_cache_bytes`, the least recently asked dropped first.
 
 use std::collections::HashSet;
 
 use arrow::array::{BooleanArray, TimestampMicrosecondArray};
 use arrow::compute::filter_record_batch;
 
-use super::recent::RecentWindow;
+use super::recent::{RecentWindow, WindowKey};
 use super::*;
 use crate::lake::files::PlannedFile;
 use crate::lake::scan::{SnapshotTable, local_files};
@@ -82,12 +82,12 @@ impl WindowCounts {
     }
 }
 
-/// Which window an entry holds: (symbol, exchange).
-type Key = (String, Option<String>);
+/// Which window an entry holds: its symbol or instrument, and exchange.
+type Key = WindowKey;
 
-/// The lake's rows of one symbol (and exchange) with timestamps at or after
-/// `from`, at one snapshot: all of them, in no particular order, with the
-/// files they were read from.
+/// The lake's rows of one symbol or instrument (and exchange) with
+/// timestamps at or after `from`, at one snapshot: all of them, in no
+/// particular order, with the files they were read from.
 struct LakeWindow {
     snapshot_id: i64,
     sequence: i64,
@@ -417,7 +417,7 @@ impl Engine {
             Err(_) => return,
         };
         for (key, from) in keys {
-            let window = RecentWindow::new(&key.0, key.1.as_deref(), from);
+            let window = RecentWindow::new(&key, from);
             let found = match self.windows.lock() {
                 Ok(mut c) => c.find(&key, snapshot_id, from),
                 Err(_) => return,
@@ -432,7 +432,7 @@ impl Engine {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::debug!(symbol = %key.0, error = %e, "query: could not carry a recent window forward")
+                    tracing::debug!(window = ?key, error = %e, "query: could not carry a recent window forward")
                 }
             }
         }
@@ -481,7 +481,11 @@ mod tests {
     }
 
     fn key(s: &str) -> Key {
-        (s.to_string(), None)
+        WindowKey {
+            symbol: Some(s.to_string()),
+            instrument: None,
+            exchange: None,
+        }
     }
 
     #[test]
