@@ -717,7 +717,10 @@ mod tests {
             .unwrap();
         commit_trades(&cfg, catalog.as_ref(), 6, 0).await;
         let before = catalog.load_table(&ident).await.unwrap();
-        let old_offsets = crate::lake::commit::current_offsets(&before).unwrap().unwrap().1;
+        let old_offsets = crate::lake::commit::current_offsets(&before)
+            .unwrap()
+            .unwrap()
+            .1;
 
         let table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
             .await
@@ -726,9 +729,15 @@ mod tests {
         // The current snapshot is one of the new schema, with the same
         // offsets: Iceberg's reader selects the new column at once.
         let current = table.metadata().current_snapshot().unwrap();
-        assert_eq!(current.schema_id(), Some(table.metadata().current_schema_id()));
         assert_eq!(
-            crate::lake::commit::current_offsets(&table).unwrap().unwrap().1,
+            current.schema_id(),
+            Some(table.metadata().current_schema_id())
+        );
+        assert_eq!(
+            crate::lake::commit::current_offsets(&table)
+                .unwrap()
+                .unwrap()
+                .1,
             old_offsets
         );
         let selected = table
