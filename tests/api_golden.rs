@@ -51,21 +51,7 @@ struct Input {
 /// The trades table's schema before `instrument`: what the first commit
 /// lands under.
 fn schema_before_instrument() -> iceberg::spec::Schema {
-    let current = lake::schema::trades_schema().unwrap();
-    iceberg::spec::Schema::builder()
-        .with_schema_id(0)
-        .with_identifier_field_ids(vec![1])
-        .with_fields(
-            current
-                .as_struct()
-                .fields()
-                .iter()
-                .filter(|f| f.name != "instrument")
-                .cloned()
-                .collect::<Vec<_>>(),
-        )
-        .build()
-        .unwrap()
+    lake::schema::trades_schema_v1().unwrap()
 }
 
 fn read_input() -> Vec<Input> {

@@ -76,21 +76,7 @@ fn a_lake_and_topic_from_before_instrument_are_read_and_extended() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let catalog = lake::open_catalog(&cfg).await.unwrap();
-        let current = lake::schema::trades_schema().unwrap();
-        let old = iceberg::spec::Schema::builder()
-            .with_schema_id(0)
-            .with_identifier_field_ids(vec![1])
-            .with_fields(
-                current
-                    .as_struct()
-                    .fields()
-                    .iter()
-                    .filter(|f| f.name != "instrument")
-                    .cloned()
-                    .collect::<Vec<_>>(),
-            )
-            .build()
-            .unwrap();
+        let old = lake::schema::trades_schema_v1().unwrap();
         let ident = lake::table_ident(&cfg, TableKind::Trades);
         let spec = lake::schema::trades_partition_spec().unwrap();
         let table = lake::ensure(catalog.as_ref(), &ident, old, spec)

@@ -39,12 +39,10 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use super::fill::{Fill, all_or_nothing, non_negative, rfc3339_us};
 use super::{Frame, FrameError, ParseCtx, Protocol};
 use crate::config::{FeedConfig, ProtocolKind};
-use crate::model::{AssetClass, Dec8, Side, TradeV2, message_id};
-
-/// The trade ids of both feeds are Coinbase's per-product trade ids.
-const ID_SPACE: &str = "trade";
+use crate::model::{Dec8, Side, TradeV2};
 
 /// Longest trade id kept as text. Coinbase's are decimal integers; a
 /// longer one is not a trade id but a hostile frame.
@@ -94,12 +92,7 @@ impl Protocol for CoinbaseAdvanced {
         ctx: &ParseCtx<'_>,
         out: &mut Vec<TradeV2>,
     ) -> Result<Frame, FrameError> {
-        let start = out.len();
-        let result = parse_advanced(text, ctx, out);
-        if result.is_err() {
-            out.truncate(start);
-        }
-        result
+        all_or_nothing(out, |out| parse_advanced(text, ctx, out))
     }
 }
 
@@ -175,6 +168,13 @@ fn coinbase_symbol(configured: &str) -> String {
 fn product_parts(symbol: &str) -> Option<(&str, &str)> {
     let (base, quote) = symbol.split_once('-')?;
     (!base.is_empty() && !quote.is_empty() && !quote.contains('-')).then_some((base, quote))
+}
+
+/// The quote currency of a product, "" when it has none.
+fn currency(symbol: &str) -> String {
+    product_parts(symbol)
+        .map(|(_, quote)| quote.to_ascii_uppercase())
+        .unwrap_or_default()
 }
 
 fn coinbase_instrument(symbol: &str) -> Option<String> {
@@ -280,9 +280,10 @@ fn advanced_trade(
         quantity: decimal(t, "size")?,
         timestamp_us: rfc3339_us(string(t, "time")?, "time")?,
         side,
+        conditions: Vec::new(),
         vendor: BTreeMap::from([("event".to_string(), kind.to_string())]),
     }
-    .into_trade(ctx))
+    .into_trade(ctx, currency(symbol), coinbase_instrument(symbol)))
 }
 
 // ------------------------------------------------------------- Exchange
@@ -329,9 +330,10 @@ fn exchange_match(obj: &Map<String, Value>, ctx: &ParseCtx<'_>) -> Result<TradeV
         quantity: decimal(obj, "size")?,
         timestamp_us: rfc3339_us(string(obj, "time")?, "time")?,
         side,
+        conditions: Vec::new(),
         vendor,
     }
-    .into_trade(ctx))
+    .into_trade(ctx, currency(symbol), coinbase_instrument(symbol)))
 }
 
 /// `message`, and `reason` when the venue gave one.
@@ -347,43 +349,6 @@ fn error_text(obj: &Map<String, Value>) -> String {
 }
 
 // ----------------------------------------------------------------- both
-
-/// One trade of either feed, checked, before it becomes a record.
-struct Fill<'a> {
-    symbol: &'a str,
-    id: &'a str,
-    sequence: Option<i64>,
-    price: Dec8,
-    quantity: Dec8,
-    timestamp_us: i64,
-    side: Side,
-    vendor: BTreeMap<String, String>,
-}
-
-impl Fill<'_> {
-    fn into_trade(self, ctx: &ParseCtx<'_>) -> TradeV2 {
-        TradeV2 {
-            message_id: message_id(ctx.exchange, ID_SPACE, self.symbol, self.id),
-            trade_id: format!("{}-{}", ctx.exchange, self.id),
-            symbol: self.symbol.to_string(),
-            exchange: ctx.exchange.to_string(),
-            asset_class: AssetClass::Crypto,
-            timestamp_us: self.timestamp_us,
-            ingestion_timestamp_us: ctx.received_us,
-            price: self.price,
-            quantity: self.quantity,
-            currency: product_parts(self.symbol)
-                .map(|(_, quote)| quote.to_ascii_uppercase())
-                .unwrap_or_default(),
-            side: self.side,
-            trade_conditions: Vec::new(),
-            source_sequence: self.sequence,
-            platform_sequence: None,
-            vendor_data: (!self.vendor.is_empty()).then_some(self.vendor),
-            instrument: coinbase_instrument(self.symbol),
-        }
-    }
-}
 
 /// The frame as a JSON object, or why it is not one.
 fn object(text: &str) -> Result<Map<String, Value>, FrameError> {
@@ -475,30 +440,7 @@ fn integer(obj: &Map<String, Value>, field: &'static str) -> Result<Option<i64>,
 fn decimal(obj: &Map<String, Value>, field: &'static str) -> Result<Dec8, FrameError> {
     let value =
         Dec8::parse(string(obj, field)?).map_err(|source| FrameError::Decimal { field, source })?;
-    if value.unscaled() < 0 {
-        return Err(FrameError::Invalid {
-            field,
-            reason: format!("{value} is negative"),
-        });
-    }
-    Ok(value)
-}
-
-/// An RFC 3339 time as microseconds since the epoch (digits below a
-/// microsecond dropped); times before the epoch are refused.
-fn rfc3339_us(text: &str, field: &'static str) -> Result<i64, FrameError> {
-    let t = chrono::DateTime::parse_from_rfc3339(text).map_err(|e| FrameError::Invalid {
-        field,
-        reason: format!("{text:?} is not an RFC 3339 time: {e}"),
-    })?;
-    let us = t.timestamp_micros();
-    if us < 0 {
-        return Err(FrameError::Invalid {
-            field,
-            reason: format!("{text:?} is before the epoch"),
-        });
-    }
-    Ok(us)
+    non_negative(value, field)
 }
 
 #[cfg(test)]
@@ -507,6 +449,7 @@ mod tests {
 
     use super::*;
     use crate::instruments::{Instruments, SymbolRule};
+    use crate::model::{AssetClass, message_id};
 
     /// The shipped Coinbase rule, as the feed gets it.
     fn coinbase() -> SymbolRule {

@@ -7,6 +7,7 @@
 
 pub mod binance;
 pub mod coinbase;
+mod fill;
 pub mod kraken;
 
 use std::time::Duration;

@@ -25,13 +25,11 @@ pub const TRADE_SUBJECT: &str = "io.ticklake.market.TradeV2";
 /// Subject of the dead-letter schema.
 pub const DEAD_LETTER_SUBJECT: &str = "io.ticklake.market.DeadLetterV1";
 
-/// The trade schema as first released, without `instrument`. Records written
-/// under it may still be in Kafka when a newer build starts; they are read
-/// with `instrument` null.
-pub const TRADE_SCHEMA_V1_JSON: &str = r#"{
-  "type": "record", "name": "TradeV2", "namespace": "io.ticklake.market",
-  "fields": [
-    {"name": "message_id", "type": "string"},
+/// The fields of version 1 of the trade schema, which version 2 keeps as
+/// they are.
+macro_rules! trade_fields_v1 {
+    () => {
+        r#"{"name": "message_id", "type": "string"},
     {"name": "trade_id", "type": "string"},
     {"name": "symbol", "type": "string"},
     {"name": "exchange", "type": "string"},
@@ -47,36 +45,38 @@ pub const TRADE_SCHEMA_V1_JSON: &str = r#"{
     {"name": "trade_conditions", "type": {"type": "array", "items": "string"}},
     {"name": "source_sequence", "type": ["null", "long"], "default": null},
     {"name": "platform_sequence", "type": ["null", "long"], "default": null},
-    {"name": "vendor_data", "type": ["null", {"type": "map", "values": "string"}], "default": null}
+    {"name": "vendor_data", "type": ["null", {"type": "map", "values": "string"}], "default": null}"#
+    };
+}
+
+/// The trade schema as first released, without `instrument`. Records written
+/// under it may still be in Kafka when a newer build starts; they are read
+/// with `instrument` null.
+pub const TRADE_SCHEMA_V1_JSON: &str = concat!(
+    r#"{
+  "type": "record", "name": "TradeV2", "namespace": "io.ticklake.market",
+  "fields": [
+    "#,
+    trade_fields_v1!(),
+    r#"
   ]
-}"#;
+}"#
+);
 
 /// The trade schema written today: version 1 plus `instrument`, an optional
 /// field with a default, so it reads every version-1 record (backward
 /// compatible, which the registry checks when it registers it).
-pub const TRADE_SCHEMA_JSON: &str = r#"{
+pub const TRADE_SCHEMA_JSON: &str = concat!(
+    r#"{
   "type": "record", "name": "TradeV2", "namespace": "io.ticklake.market",
   "fields": [
-    {"name": "message_id", "type": "string"},
-    {"name": "trade_id", "type": "string"},
-    {"name": "symbol", "type": "string"},
-    {"name": "exchange", "type": "string"},
-    {"name": "asset_class", "type": {"type": "enum", "name": "AssetClass",
-      "symbols": ["CRYPTO", "EQUITIES", "FUTURES", "FX", "OTHER"]}},
-    {"name": "timestamp", "type": {"type": "long", "logicalType": "timestamp-micros"}},
-    {"name": "ingestion_timestamp", "type": {"type": "long", "logicalType": "timestamp-micros"}},
-    {"name": "price", "type": {"type": "bytes", "logicalType": "decimal", "precision": 18, "scale": 8}},
-    {"name": "quantity", "type": {"type": "bytes", "logicalType": "decimal", "precision": 18, "scale": 8}},
-    {"name": "currency", "type": "string"},
-    {"name": "side", "type": {"type": "enum", "name": "Side",
-      "symbols": ["BUY", "SELL", "SELL_SHORT", "UNKNOWN"]}},
-    {"name": "trade_conditions", "type": {"type": "array", "items": "string"}},
-    {"name": "source_sequence", "type": ["null", "long"], "default": null},
-    {"name": "platform_sequence", "type": ["null", "long"], "default": null},
-    {"name": "vendor_data", "type": ["null", {"type": "map", "values": "string"}], "default": null},
+    "#,
+    trade_fields_v1!(),
+    r#",
     {"name": "instrument", "type": ["null", "string"], "default": null}
   ]
-}"#;
+}"#
+);
 
 pub const DEAD_LETTER_SCHEMA_JSON: &str = r#"{
   "type": "record", "name": "DeadLetterV1", "namespace": "io.ticklake.market",

@@ -638,6 +638,23 @@ mod tests {
         }
     }
 
+    /// A column of `b` as text, null as `None`.
+    fn texts(b: &RecordBatch, name: &str) -> Vec<Option<String>> {
+        use arrow::array::Array;
+        let c = arrow::compute::cast(
+            b.column_by_name(name).unwrap(),
+            &arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let c = c
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        (0..c.len())
+            .map(|i| (!c.is_null(i)).then(|| c.value(i).to_string()))
+            .collect()
+    }
+
     /// (symbol, trade id) of every row, in file order.
     async fn rows(catalog: &dyn Catalog, ident: &TableIdent) -> Vec<(String, String)> {
         let table = catalog.load_table(ident).await.unwrap();
@@ -645,25 +662,8 @@ mod tests {
         let batches: Vec<RecordBatch> = stream.try_collect().await.unwrap();
         let mut out = Vec::new();
         for b in batches {
-            let col = |n: &str| {
-                arrow::compute::cast(
-                    b.column_by_name(n).unwrap(),
-                    &arrow::datatypes::DataType::Utf8,
-                )
-                .unwrap()
-            };
-            let (s, t) = (col("symbol"), col("trade_id"));
-            let s = s
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>()
-                .unwrap();
-            let t = t
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>()
-                .unwrap();
-            for i in 0..b.num_rows() {
-                out.push((s.value(i).to_string(), t.value(i).to_string()));
-            }
+            let pairs = texts(&b, "symbol").into_iter().zip(texts(&b, "trade_id"));
+            out.extend(pairs.map(|(s, t)| (s.unwrap(), t.unwrap())));
         }
         out
     }
@@ -696,21 +696,7 @@ mod tests {
         let cfg = Config::default().under(dir.path());
         let catalog = lake::open_catalog(&cfg).await.unwrap();
         let ident = lake::table_ident(&cfg, TableKind::Trades);
-        let current = lake::schema::trades_schema().unwrap();
-        let old = iceberg::spec::Schema::builder()
-            .with_schema_id(0)
-            .with_identifier_field_ids(vec![1])
-            .with_fields(
-                current
-                    .as_struct()
-                    .fields()
-                    .iter()
-                    .filter(|f| f.name != "instrument")
-                    .cloned()
-                    .collect::<Vec<_>>(),
-            )
-            .build()
-            .unwrap();
+        let old = lake::schema::trades_schema_v1().unwrap();
         let spec = lake::schema::trades_partition_spec().unwrap();
         lake::ensure(catalog.as_ref(), &ident, old, spec)
             .await
@@ -790,27 +776,10 @@ mod tests {
         let instruments = |batches: Vec<RecordBatch>| {
             let mut out = Vec::new();
             for b in batches {
-                let col = |n: &str| {
-                    arrow::compute::cast(
-                        b.column_by_name(n).unwrap(),
-                        &arrow::datatypes::DataType::Utf8,
-                    )
-                    .unwrap()
-                };
-                let (t, i) = (col("trade_id"), col("instrument"));
-                let t = t
-                    .as_any()
-                    .downcast_ref::<arrow::array::StringArray>()
-                    .unwrap();
-                let i = i
-                    .as_any()
-                    .downcast_ref::<arrow::array::StringArray>()
-                    .unwrap();
-                for r in 0..b.num_rows() {
-                    let inst =
-                        (!arrow::array::Array::is_null(i, r)).then(|| i.value(r).to_string());
-                    out.push((t.value(r).to_string(), inst));
-                }
+                let pairs = texts(&b, "trade_id")
+                    .into_iter()
+                    .zip(texts(&b, "instrument"));
+                out.extend(pairs.map(|(t, i)| (t.unwrap(), i)));
             }
             out.sort();
             out

@@ -74,6 +74,26 @@ pub fn trades_schema() -> iceberg::Result<Schema> {
         .build()
 }
 
+/// `market.trades` as builds before `instrument` made it (version 1 of
+/// TradeV2): the tables this build finds on an upgrade, for the tests of
+/// schema evolution.
+pub fn trades_schema_v1() -> iceberg::Result<Schema> {
+    let current = trades_schema()?;
+    Schema::builder()
+        .with_schema_id(0)
+        .with_identifier_field_ids(vec![1])
+        .with_fields(
+            current
+                .as_struct()
+                .fields()
+                .iter()
+                .filter(|f| f.name != "instrument")
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+        .build()
+}
+
 /// Partitioned by day(timestamp) and exchange, as queries filter on both.
 pub fn trades_partition_spec() -> iceberg::Result<UnboundPartitionSpec> {
     Ok(UnboundPartitionSpec::builder()

@@ -52,16 +52,16 @@ mod v1;
 mod v2;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+use super::fill::all_or_nothing;
 use super::{Frame, FrameError, ParseCtx, Protocol};
 use crate::config::{FeedConfig, ProtocolKind};
-use crate::model::{AssetClass, Dec8, Side, TradeV2, message_id};
+use crate::model::TradeV2;
 
 /// Namespace of the derived ids of v1 trades. Fixed: the same trade must
 /// get the same id in every process and every replay.
@@ -71,10 +71,6 @@ pub const V1_TRADE_NAMESPACE: uuid::Uuid =
 /// How often an application ping is sent. Kraken answers `pong`; its own
 /// heartbeats come every second on a subscribed connection.
 const PING_EVERY: Duration = Duration::from_secs(30);
-
-/// The trade ids of both versions form one id space per symbol (v1's are
-/// hex digests, v2's integers; they cannot collide).
-const ID_SPACE: &str = "trade";
 
 /// Kraken WebSocket v2: JSON objects, numbers for prices.
 pub struct KrakenV2;
@@ -165,21 +161,6 @@ impl Protocol for KrakenV1 {
     }
 }
 
-/// Runs `parse`, which pushes a frame's trades one by one; when it fails
-/// part way, the trades it pushed are taken back, so a bad frame adds
-/// nothing.
-fn all_or_nothing(
-    out: &mut Vec<TradeV2>,
-    parse: impl FnOnce(&mut Vec<TradeV2>) -> Result<Frame, FrameError>,
-) -> Result<Frame, FrameError> {
-    let start = out.len();
-    let result = parse(out);
-    if result.is_err() {
-        out.truncate(start);
-    }
-    result
-}
-
 /// `n` trades pushed; a trade message with none is well-formed but empty.
 fn trades(n: usize) -> Frame {
     if n == 0 {
@@ -229,44 +210,6 @@ fn quote_currency(symbol: &str) -> String {
     pair_parts(symbol)
         .map(|(_, quote)| normalize_asset(quote))
         .unwrap_or_default()
-}
-
-/// One trade of either version, checked, before it becomes a record.
-struct Fill<'a> {
-    symbol: &'a str,
-    /// The trade id as text: v2's integer, v1's derived id.
-    id: &'a str,
-    sequence: Option<i64>,
-    price: Dec8,
-    quantity: Dec8,
-    timestamp_us: i64,
-    side: Side,
-    /// `market` or `limit`, the taker's order type.
-    order_type: &'a str,
-    vendor: BTreeMap<String, String>,
-}
-
-impl Fill<'_> {
-    fn into_trade(self, ctx: &ParseCtx<'_>) -> TradeV2 {
-        TradeV2 {
-            message_id: message_id(ctx.exchange, ID_SPACE, self.symbol, self.id),
-            trade_id: format!("{}-{}", ctx.exchange, self.id),
-            symbol: self.symbol.to_string(),
-            exchange: ctx.exchange.to_string(),
-            asset_class: AssetClass::Crypto,
-            timestamp_us: self.timestamp_us,
-            ingestion_timestamp_us: ctx.received_us,
-            price: self.price,
-            quantity: self.quantity,
-            currency: quote_currency(self.symbol),
-            side: self.side,
-            trade_conditions: vec![self.order_type.to_string()],
-            source_sequence: self.sequence,
-            platform_sequence: None,
-            vendor_data: (!self.vendor.is_empty()).then_some(self.vendor),
-            instrument: kraken_instrument(self.symbol),
-        }
-    }
 }
 
 // ------------------------------------------------------- JSON, read
@@ -367,17 +310,6 @@ fn wrong_type(field: &'static str, expected: &'static str, got: &RawValue) -> Fr
         expected,
         got: json_kind(got).to_string(),
     }
-}
-
-/// Prices and quantities of a trade are never below zero.
-fn non_negative(value: Dec8, name: &'static str) -> Result<Dec8, FrameError> {
-    if value.unscaled() < 0 {
-        return Err(FrameError::Invalid {
-            field: name,
-            reason: format!("{value} is negative"),
-        });
-    }
-    Ok(value)
 }
 
 #[cfg(test)]

@@ -9,9 +9,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    Fill, Frame, FrameError, ParseCtx, V1_TRADE_NAMESPACE, array, json_error, json_kind, member,
-    non_negative, not_object, opening, required, string, trades,
+    Frame, FrameError, ParseCtx, V1_TRADE_NAMESPACE, array, json_error, json_kind,
+    kraken_instrument, member, not_object, opening, quote_currency, required, string, trades,
 };
+use crate::exchanges::fill::{Fill, non_negative};
 use crate::model::{Dec8, Side, TradeV2};
 
 /// The members of a v1 event (`{"event": ...}`) that are read.
@@ -170,10 +171,10 @@ fn trade(
         quantity,
         timestamp_us,
         side,
-        order_type,
+        conditions: vec![order_type.to_string()],
         vendor,
     }
-    .into_trade(ctx))
+    .into_trade(ctx, quote_currency(pair), kraken_instrument(pair)))
 }
 
 /// The v5 UUID of a v1 trade's fields joined by U+001F. The join is

@@ -8,9 +8,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    Fill, Frame, FrameError, ParseCtx, array, json_error, json_kind, member, non_negative, object,
-    required, string, trades, wrong_type,
+    Frame, FrameError, ParseCtx, array, json_error, json_kind, kraken_instrument, member, object,
+    quote_currency, required, string, trades, wrong_type,
 };
+use crate::exchanges::fill::{Fill, non_negative, rfc3339_us};
 use crate::model::{Dec8, DecimalError, Side, TradeV2};
 
 /// The members of a v2 frame that are read, each as its JSON text.
@@ -183,10 +184,10 @@ fn trade(t: &Trade<'_>, kind: &'static str, ctx: &ParseCtx<'_>) -> Result<TradeV
         quantity,
         timestamp_us,
         side,
-        order_type: &order_type,
+        conditions: vec![order_type.to_string()],
         vendor: BTreeMap::from([("type".to_string(), kind.to_string())]),
     }
-    .into_trade(ctx))
+    .into_trade(ctx, quote_currency(&symbol), kraken_instrument(&symbol)))
 }
 
 /// A JSON integer literal that is a sequence number: digits only (JSON
@@ -283,23 +284,6 @@ fn word(value: &str, name: &'static str) -> Result<(), FrameError> {
         });
     }
     Ok(())
-}
-
-/// An RFC 3339 time as microseconds since the epoch (digits below a
-/// microsecond dropped); times before the epoch are refused.
-fn rfc3339_us(text: &str, name: &'static str) -> Result<i64, FrameError> {
-    let t = chrono::DateTime::parse_from_rfc3339(text).map_err(|e| FrameError::Invalid {
-        field: name,
-        reason: format!("{text:?} is not an RFC 3339 time: {e}"),
-    })?;
-    let us = t.timestamp_micros();
-    if us < 0 {
-        return Err(FrameError::Invalid {
-            field: name,
-            reason: format!("{text:?} is before the epoch"),
-        });
-    }
-    Ok(us)
 }
 
 #[cfg(test)]
