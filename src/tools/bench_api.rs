@@ -223,7 +223,6 @@ pub async fn freshness(
     let feed = cfg.feeds.named("binance");
     feed.url = format!("ws://{ws}");
     feed.symbols = SYMBOLS.iter().map(|s| s.to_ascii_lowercase()).collect();
-    feed.channels = vec!["trade".into()];
     let d = daemon::start(cfg.clone()).await?;
     let http = d.http_addr.ok_or(BenchApiError::NoHttp)?;
 
