@@ -47,11 +47,35 @@ pub enum FeedError {
     Subscription { key: String, source: SymbolError },
 }
 
-/// Why a connection ended without an error.
-#[derive(Debug)]
-enum ConnEnd {
-    /// Planned rotation before the exchange's hard connection limit.
-    Rotated,
+/// How long the connection a rotation replaced is still read after the
+/// new one delivered: frames in its buffers may be from before the new
+/// one's subscription began.
+const ROTATION_OVERLAP: Duration = Duration::from_secs(2);
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type WsSink = futures::stream::SplitSink<WsStream, WsMessage>;
+type WsRead = futures::stream::SplitStream<WsStream>;
+
+/// Which connection a message came from, during a rotation.
+#[derive(Debug, Clone, Copy)]
+enum Conn {
+    /// The feed's connection.
+    Current,
+    /// A rotation's new connection, until it delivers.
+    Incoming,
+    /// The connection a rotation replaced, until it is closed.
+    Outgoing,
+}
+
+/// The next message of a connection that may not be there (never, then).
+async fn next_of(
+    conn: &mut Option<(WsSink, WsRead)>,
+) -> Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>> {
+    match conn {
+        Some((_, read)) => read.next().await,
+        None => futures::future::pending().await,
+    }
 }
 
 /// What `/status` shows for a feed.
@@ -199,16 +223,11 @@ impl Actor for FeedActor {
         };
         ctx.spawn(conn.run(delay).into_actor(self).map(|res, act, ctx| {
             act.state.connected = false;
-            match res {
-                Ok(ConnEnd::Rotated) => {
-                    tracing::info!(exchange = %act.cfg.exchange, "feed rotating connection");
-                    act.restarts.reset();
-                }
-                Err(e) => {
-                    tracing::warn!(exchange = %act.cfg.exchange, error = %e, "feed connection ended");
-                    act.state.health.last_error = Some(e.to_string());
-                }
-            }
+            // A planned rotation happens inside the connection's run:
+            // only a failure ends it.
+            let Err(e) = res;
+            tracing::warn!(exchange = %act.cfg.exchange, error = %e, "feed connection ended");
+            act.state.health.last_error = Some(e.to_string());
             act.publish_state();
             ctx.stop();
         }));
@@ -278,8 +297,8 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(self, delay: Duration) -> Result<ConnEnd, FeedError> {
-        tokio::time::sleep(delay).await;
+    /// Connects and subscribes.
+    async fn open(&self) -> Result<(WsSink, WsRead), FeedError> {
         let exchange = self.cfg.exchange.as_str();
         let connect = tokio::time::timeout(
             Duration::from_secs(15),
@@ -305,11 +324,25 @@ impl Connection {
         };
         self.events.connection("connected");
         tracing::info!(exchange, url = %self.url, "feed connected");
-        let (mut sink, mut stream) = ws.split();
+        let (mut sink, stream) = ws.split();
         for frame in self.protocol.subscribe_frames(&self.cfg) {
             tracing::debug!(exchange, %frame, "feed subscribing");
             sink.send(WsMessage::text(frame)).await?;
         }
+        Ok((sink, stream))
+    }
+
+    /// Runs the connection until it fails. The planned rotation makes the
+    /// new connection before it breaks the old one: at `rotate_at` a second
+    /// connection is opened and subscribed; once it delivers its first data
+    /// frame it becomes the feed's, and the old one is read for
+    /// `ROTATION_OVERLAP` more (its buffers may still hold frames the new
+    /// one started after) and then closed. Both deliver the overlap; dedup
+    /// keeps one copy. So a rotation loses nothing.
+    async fn run(self, delay: Duration) -> Result<std::convert::Infallible, FeedError> {
+        tokio::time::sleep(delay).await;
+        let exchange = self.cfg.exchange.as_str();
+        let (mut sink, mut stream) = self.open().await?;
         // A venue that wants an application ping gets one on its interval;
         // the others never wake this timer.
         let keepalive = self.protocol.keepalive();
@@ -317,19 +350,44 @@ impl Connection {
             .as_ref()
             .map(|(every, _)| tokio::time::Instant::now() + *every);
         let stale = Duration::from_secs(self.cfg.stale_after_secs);
-        let rotate_at =
-            tokio::time::Instant::now() + Duration::from_secs(self.cfg.max_connection_secs);
+        let lifetime = Duration::from_secs(self.cfg.max_connection_secs);
+        let mut rotate_at = tokio::time::Instant::now() + lifetime;
+        // The connection that will replace this one, until it delivers.
+        let mut incoming: Option<(WsSink, WsRead)> = None;
+        // The one it replaced, read until `retire_at`.
+        let mut outgoing: Option<(WsSink, WsRead)> = None;
+        let mut retire_at: Option<tokio::time::Instant> = None;
         let mut announced = false;
         // Only data frames prove the feed alive: a server that answers
         // pings but sends no data is as stale as a silent one.
         let mut stale_at = tokio::time::Instant::now() + stale;
         loop {
-            let next = tokio::select! {
-                n = stream.next() => n,
+            let (next, from) = tokio::select! {
+                n = stream.next() => (n, Conn::Current),
+                n = next_of(&mut incoming) => (n, Conn::Incoming),
+                n = next_of(&mut outgoing) => (n, Conn::Outgoing),
                 _ = tokio::time::sleep_until(stale_at) => return Err(FeedError::Stale(stale)),
-                _ = tokio::time::sleep_until(rotate_at) => {
-                    let _ = sink.send(WsMessage::Close(None)).await;
-                    return Ok(ConnEnd::Rotated);
+                _ = tokio::time::sleep_until(rotate_at), if incoming.is_none() && outgoing.is_none() => {
+                    match self.open().await {
+                        Ok(c) => {
+                            tracing::info!(exchange, "feed rotating: the new connection is open");
+                            incoming = Some(c);
+                        }
+                        Err(e) => tracing::warn!(exchange, error = %e, "feed rotation: the new connection failed; the old one carries on"),
+                    }
+                    // Whether it opened or not, the next try is a lifetime away
+                    // unless it takes over first.
+                    rotate_at = tokio::time::Instant::now() + lifetime;
+                    continue;
+                }
+                _ = sleep_until_some(retire_at) => {
+                    if let Some((mut old, _)) = outgoing.take() {
+                        let _ = old.send(WsMessage::Close(None)).await;
+                    }
+                    retire_at = None;
+                    self.events.connection("rotated");
+                    tracing::info!(exchange, "feed rotated: the old connection is closed");
+                    continue;
                 }
                 _ = sleep_until_some(ping_at) => {
                     if let Some((every, frame)) = &keepalive {
@@ -339,29 +397,73 @@ impl Connection {
                     continue;
                 }
             };
-            let msg = match next {
-                None => return Err(FeedError::Closed("stream ended".into())),
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(m)) => m,
+            let msg = match (next, from) {
+                (Some(Ok(m)), _) => m,
+                (None, Conn::Current) => return Err(FeedError::Closed("stream ended".into())),
+                (Some(Err(e)), Conn::Current) => return Err(e.into()),
+                // A rotation's connection that fails is dropped; the current
+                // one carries on, and a new rotation is tried in time.
+                (end, Conn::Incoming) => {
+                    tracing::warn!(exchange, end = ?end.map(|r| r.err()), "feed rotation: the new connection ended before it delivered");
+                    incoming = None;
+                    continue;
+                }
+                (_, Conn::Outgoing) => {
+                    outgoing = None;
+                    retire_at = None;
+                    continue;
+                }
             };
             if !announced {
                 announced = true;
                 self.addr.do_send(Connected);
             }
-            if matches!(msg, WsMessage::Text(_) | WsMessage::Binary(_)) {
+            let data = matches!(msg, WsMessage::Text(_) | WsMessage::Binary(_));
+            if data {
                 stale_at = tokio::time::Instant::now() + stale;
             }
             match msg {
                 WsMessage::Text(t) => self.on_frame(t.as_bytes(), Some(t.as_str())).await?,
                 WsMessage::Binary(b) => self.on_frame(&b, None).await?,
-                WsMessage::Ping(p) => sink.send(WsMessage::Pong(p)).await?,
+                WsMessage::Ping(p) => {
+                    let to = match from {
+                        Conn::Current => &mut sink,
+                        Conn::Incoming => &mut incoming.as_mut().expect("read from it").0,
+                        Conn::Outgoing => &mut outgoing.as_mut().expect("read from it").0,
+                    };
+                    // A failed pong on a rotation's connection ends it on its
+                    // next read, handled above.
+                    let sent = to.send(WsMessage::Pong(p)).await;
+                    if matches!(from, Conn::Current) {
+                        sent?;
+                    }
+                }
                 WsMessage::Pong(_) | WsMessage::Frame(_) => {}
                 WsMessage::Close(f) => {
-                    return Err(FeedError::Closed(
-                        f.map(|f| format!("{} {}", f.code, f.reason))
-                            .unwrap_or_else(|| "no reason".into()),
-                    ));
+                    let why = f
+                        .map(|f| format!("{} {}", f.code, f.reason))
+                        .unwrap_or_else(|| "no reason".into());
+                    match from {
+                        Conn::Current => return Err(FeedError::Closed(why)),
+                        Conn::Incoming => incoming = None,
+                        Conn::Outgoing => {
+                            outgoing = None;
+                            retire_at = None;
+                        }
+                    }
                 }
+            }
+            // The new connection delivers: it takes over; the old one is
+            // read a while longer, then closed.
+            if data
+                && matches!(from, Conn::Incoming)
+                && let Some((new_sink, new_stream)) = incoming.take()
+            {
+                let old_sink = std::mem::replace(&mut sink, new_sink);
+                let old_stream = std::mem::replace(&mut stream, new_stream);
+                outgoing = Some((old_sink, old_stream));
+                retire_at = Some(tokio::time::Instant::now() + ROTATION_OVERLAP);
+                rotate_at = tokio::time::Instant::now() + lifetime;
             }
         }
     }

@@ -175,7 +175,8 @@ pub struct FeedConfig {
     /// Reconnect when no frame arrived for this many seconds (WebSocket
     /// pings and pongs do not count; a venue's heartbeat frames do).
     pub stale_after_secs: u64,
-    /// Rotate the connection after this many seconds (Binance drops at 24 h).
+    /// Rotate the connection after this many seconds (Binance drops at 24
+    /// h), making the new one before the old one is closed.
     pub max_connection_secs: u64,
     /// Message ids remembered to drop duplicates (reconnect overlaps,
     /// replays); the oldest are forgotten first.
