@@ -1,11 +1,11 @@
 //! FeedActor: one WebSocket connection to one venue, speaking any exchange
-//! protocol (`exchanges::Protocol`), run under an actix `Supervisor`. Any end
-//! of the connection (error, close, stale feed, rotation) stops the actor;
-//! the supervisor restarts it on the same address and `started` reconnects
-//! after a capped, jittered exponential backoff, then subscribes again.
+//! protocol (`exchanges::Protocol`), run under an actix `Supervisor`. Any
+//! failure of the connection (error, close, stale feed) stops the actor; the
+//! supervisor restarts it on the same address and `started` reconnects after
+//! a capped, jittered exponential backoff, then subscribes again. The
+//! planned rotation does not stop it: the new connection is made first.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -218,7 +218,6 @@ impl Actor for FeedActor {
             addr: ctx.address(),
             dedup: self.dedup.clone(),
             tiers: RefCell::new(TierCache::new(self.instruments.clone())),
-            instruments: RefCell::new(HashMap::new()),
             parsed: RefCell::new(Vec::new()),
         };
         ctx.spawn(conn.run(delay).into_actor(self).map(|res, act, ctx| {
@@ -290,8 +289,6 @@ struct Connection {
     addr: Addr<FeedActor>,
     dedup: Rc<RefCell<Dedup>>,
     tiers: RefCell<TierCache>,
-    /// Each symbol's normalized instrument, asked of the protocol once.
-    instruments: RefCell<HashMap<String, Option<String>>>,
     /// The trades of the frame being handled; kept to reuse its room.
     parsed: RefCell<Vec<TradeV2>>,
 }
@@ -517,13 +514,9 @@ impl Connection {
         result
     }
 
-    /// The frame's trades, each with its instrument, past dedup, onto its
-    /// tier's lane.
+    /// The frame's trades, past dedup, onto their tiers' lanes.
     async fn send_trades(&self, trades: &mut Vec<TradeV2>) -> Result<(), FeedError> {
-        for mut t in trades.drain(..) {
-            if t.instrument.is_none() {
-                t.instrument = self.instrument(&t.symbol);
-            }
+        for t in trades.drain(..) {
             // The parser names the stream; anything else is a plain trade.
             let kind = match t.vendor_data.as_ref().and_then(|v| v.get("stream")) {
                 Some(k) if k == "aggTrade" => "aggTrade",
@@ -538,17 +531,6 @@ impl Connection {
             self.send(Outgoing::trade(t, tier)).await?;
         }
         Ok(())
-    }
-
-    fn instrument(&self, symbol: &str) -> Option<String> {
-        if let Some(i) = self.instruments.borrow().get(symbol) {
-            return i.clone();
-        }
-        let i = self.protocol.instrument(symbol);
-        self.instruments
-            .borrow_mut()
-            .insert(symbol.to_string(), i.clone());
-        i
     }
 
     async fn send(&self, out: Outgoing) -> Result<(), FeedError> {

@@ -18,6 +18,14 @@ const QUOTES: &[&str] = &[
     "TRY", "BRL", "AUD", "JPY", "USD", "XRP", "TRX", "DOT",
 ];
 
+/// `BASE-QUOTE` of a Binance symbol (`BTCUSDT` is `BTC-USDT`), when its
+/// quote currency is one of the known ones.
+fn instrument_of(symbol: &str) -> Option<String> {
+    let quote = quote_currency(symbol);
+    let base = symbol.strip_suffix(quote).filter(|_| !quote.is_empty())?;
+    Some(format!("{base}-{quote}"))
+}
+
 /// The quote currency a Binance symbol is priced in, or "" when unknown.
 pub fn quote_currency(symbol: &str) -> &'static str {
     QUOTES
@@ -64,12 +72,7 @@ impl Protocol for Binance {
     }
 
     fn instrument(&self, symbol: &str) -> Option<String> {
-        let quote = quote_currency(symbol);
-        if quote.is_empty() {
-            return None;
-        }
-        let base = &symbol[..symbol.len() - quote.len()];
-        Some(format!("{base}-{quote}"))
+        instrument_of(symbol)
     }
 
     fn parse(
@@ -291,7 +294,7 @@ fn assemble(a: Assembled<'_>) -> TradeV2 {
         source_sequence: Some(a.id),
         platform_sequence: None,
         vendor_data: Some(vendor),
-        instrument: None,
+        instrument: instrument_of(a.symbol),
     }
 }
 
@@ -522,6 +525,7 @@ mod tests {
         assert_eq!(t.ingestion_timestamp_us, 7);
         assert_eq!(t.side, Side::Sell);
         assert_eq!(t.currency, "USDT");
+        assert_eq!(t.instrument.as_deref(), Some("BTC-USDT"));
         assert_eq!(t.source_sequence, Some(668_497_736));
         let v = t.vendor_data.unwrap();
         assert_eq!(v["stream"], "aggTrade");
@@ -621,6 +625,8 @@ mod tests {
         assert_eq!(quote_currency("OMGBUSD"), "BUSD");
         assert_eq!(quote_currency("ETHBTC"), "BTC");
         assert_eq!(quote_currency("USDT"), "");
+        assert_eq!(instrument_of("BTCFDUSD").as_deref(), Some("BTC-FDUSD"));
+        assert_eq!(instrument_of("USDT"), None);
     }
 
     #[test]

@@ -68,7 +68,8 @@ pub trait Protocol: Send + Sync {
 
     /// The normalized instrument, `BASE-QUOTE` in upper case (`BTC-USDT`,
     /// `BTC-USD`; Kraken's `XBT` is `BTC`), of a symbol as the venue writes
-    /// it in frames; `None` when it cannot be told.
+    /// it in frames; `None` when it cannot be told. `parse` sets it in every
+    /// trade it makes.
     fn instrument(&self, symbol: &str) -> Option<String>;
 
     /// Parses one text frame: its trades are pushed onto `out` (which may

@@ -113,11 +113,8 @@ pub async fn produce(
         trades.clear();
         let record = match protocol.parse(&f.data, &ctx, &mut trades) {
             Ok(Frame::Trades(_)) => {
-                for mut t in trades.drain(..) {
+                for t in trades.drain(..) {
                     report.trades += 1;
-                    if t.instrument.is_none() {
-                        t.instrument = protocol.instrument(&t.symbol);
-                    }
                     let enc = encoder.encode(&Record::Trade(Box::new(t)))?;
                     deliveries.push(enqueue(&producer, &enc).await?);
                 }
