@@ -39,8 +39,8 @@ impl FeedsConfig {
         self.0.values().filter(|f| f.enabled)
     }
 
-    /// The feed named `name`; panics when there is none, so it is for tests
-    /// and tools that made the config themselves.
+    /// The feed named `name`, added with its protocol's defaults when the
+    /// config has none: for tests and tools that make a config themselves.
     pub fn named(&mut self, name: &str) -> &mut FeedConfig {
         self.0
             .entry(name.to_string())

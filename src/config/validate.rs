@@ -14,7 +14,7 @@ const MAX_DURATION_MS: u64 = 366 * 24 * 3600 * 1000;
 
 impl Config {
     /// Every feed: a ws URL, symbols and channels its protocol knows, sane
-    /// timers, and no two enabled feeds storing the same exchange name
+    /// timers (none beyond a year), and no two enabled feeds storing the same exchange name
     /// (they would share a topic and a dedup window).
     fn validate_feeds(&self, err: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
         let mut exchanges: std::collections::BTreeMap<&str, &str> = Default::default();
@@ -110,6 +110,17 @@ impl Config {
             }
             if f.dedup_capacity == 0 {
                 return Err(err(&key("dedup_capacity"), "must be > 0".into()));
+            }
+            let secs = |s: u64| s.saturating_mul(1000);
+            for (k, ms) in [
+                ("backoff_initial_ms", f.backoff_initial_ms),
+                ("backoff_max_ms", f.backoff_max_ms),
+                ("stale_after_secs", secs(f.stale_after_secs)),
+                ("max_connection_secs", secs(f.max_connection_secs)),
+            ] {
+                if ms > MAX_DURATION_MS {
+                    return Err(err(&key(k), "must be at most 366 days".into()));
+                }
             }
         }
         Ok(())
@@ -308,23 +319,9 @@ impl Config {
                 return Err(err(key, "must be at most 366 days".into()));
             }
         }
-        let secs = |s: u64| s.saturating_mul(1000);
-        for f in self.feeds.values() {
-            for (k, ms) in [
-                ("backoff_initial_ms", f.backoff_initial_ms),
-                ("backoff_max_ms", f.backoff_max_ms),
-                ("stale_after_secs", secs(f.stale_after_secs)),
-                ("max_connection_secs", secs(f.max_connection_secs)),
-            ] {
-                if ms > MAX_DURATION_MS {
-                    return Err(err(&f.key(k), "must be at most 366 days".into()));
-                }
-            }
-        }
         Ok(())
     }
 
-    /// Every time-valued setting, in milliseconds (saturating).
     /// Every time-valued setting outside the feeds, in milliseconds
     /// (saturating).
     fn durations_ms(&self) -> [(&'static str, u64); 12] {

@@ -200,8 +200,8 @@ pub fn with_added_columns(
     let mut columns = Vec::with_capacity(schema.fields().len());
     for f in schema.fields() {
         match have.column_with_name(f.name()) {
-            Some((i, own)) => {
-                fields.push(std::sync::Arc::new(own.clone()));
+            Some((i, _)) => {
+                fields.push(have.fields()[i].clone());
                 columns.push(batch.column(i).clone());
             }
             None => {
@@ -213,7 +213,6 @@ pub fn with_added_columns(
             }
         }
     }
-    let fields: Vec<arrow::datatypes::FieldRef> = fields;
     Ok(RecordBatch::try_new(
         std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
         columns,

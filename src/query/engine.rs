@@ -553,18 +553,7 @@ impl Engine {
 
     async fn ohlcv(&self, r: OhlcvRequest, q: &Request<'_>) -> Result<Answer, QueryError> {
         let step = r.interval.micros();
-        let bars = r.end_us.saturating_sub(r.start_us).saturating_add(step - 1) / step;
-        if bars > self.limits.max_rows as i64 {
-            return Err(QueryError::bad(
-                "interval",
-                format!(
-                    "{} bars of {} between start and end exceed the limit of {}",
-                    bars,
-                    r.interval.as_str(),
-                    self.limits.max_rows
-                ),
-            ));
-        }
+        self.check_bar_count(r.interval, r.start_us, r.end_us)?;
         if let Some(answer) = self.ohlcv_from_bars(&r, q).await? {
             return Ok(answer);
         }

@@ -55,6 +55,30 @@ fn exchanges_in(batches: &[RecordBatch]) -> Result<Vec<String>, QueryError> {
 }
 
 impl Engine {
+    /// Refuses a range of more bars of `interval` than `api.max_rows`
+    /// (per series, for the per-exchange series).
+    pub(super) fn check_bar_count(
+        &self,
+        interval: crate::messages::query::Interval,
+        start_us: i64,
+        end_us: i64,
+    ) -> Result<(), QueryError> {
+        let step = interval.micros();
+        let bars = end_us.saturating_sub(start_us).saturating_add(step - 1) / step;
+        if bars > self.limits.max_rows as i64 {
+            return Err(QueryError::bad(
+                "interval",
+                format!(
+                    "{} bars of {} between start and end exceed the limit of {}",
+                    bars,
+                    interval.as_str(),
+                    self.limits.max_rows
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) async fn ohlcv_by_exchange(
         &self,
         r: InstrumentOhlcvRequest,
@@ -63,18 +87,7 @@ impl Engine {
         let step = r.interval.micros();
         // Bars per series, as `/v1/ohlcv?symbol=` bounds them; the answer
         // memory bounds the series together.
-        let bars = r.end_us.saturating_sub(r.start_us).saturating_add(step - 1) / step;
-        if bars > self.limits.max_rows as i64 {
-            return Err(QueryError::bad(
-                "interval",
-                format!(
-                    "{} bars of {} between start and end exceed the limit of {}",
-                    bars,
-                    r.interval.as_str(),
-                    self.limits.max_rows
-                ),
-            ));
-        }
+        self.check_bar_count(r.interval, r.start_us, r.end_us)?;
         let (df, info, source) = self.source(None).await?;
         let df = filtered(df, series_filters(&r))?
             .aggregate(
