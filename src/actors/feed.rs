@@ -543,7 +543,7 @@ impl Connection {
 }
 
 /// Sleeps until `at`, or forever when there is no deadline.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+pub(crate) async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => futures::future::pending().await,

@@ -34,7 +34,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use futures::{SinkExt, StreamExt};
@@ -46,9 +46,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tracing::{info, warn};
 
+use crate::actors::feed::sleep_until_some;
 use crate::actors::observe::{RestartPolicy, Restarts};
 use crate::config::{Config, FeedConfig};
 use crate::exchanges::Protocol;
+use crate::model::now_us;
 
 mod files;
 use files::SeriesWriter;
@@ -264,20 +266,6 @@ fn select_feeds(cfg: &Config, names: &[String]) -> Result<Vec<FeedConfig>, Recor
     }
     picked.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(picked)
-}
-
-/// Microseconds since the epoch, now.
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn stopped(stop: &mut watch::Receiver<bool>) {
