@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use arrow::datatypes::SchemaRef;
 use iceberg::{Catalog, TableIdent};
-
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -57,9 +56,9 @@ pub struct FlushPolicy {
     /// Chaos: this many commits fail permanently (as a broken catalog
     /// would), to exercise the recovery.
     pub fail_commits: u32,
-    /// Message ids of committed trades remembered to drop a record that
-    /// reaches Kafka twice (see [`WriterActor::seed_committed`]).
-    pub dedup_capacity: usize,
+    /// Committed trades' ids remembered (and their Bloom filter's rate) to
+    /// drop a record that reaches Kafka twice ([`WriterActor::seed_committed`]).
+    pub dedup: dedup::Sizing,
     /// How long committed ids are remembered (`writer.dedup_window_secs`).
     pub dedup_window: Duration,
 }
@@ -217,7 +216,8 @@ impl WriterActor {
         metrics: Metrics,
     ) -> Result<Self, WriterError> {
         let restarts = Restarts::new(format!("writer.{}", kind.name()), policy.restart);
-        let committed_ids = Dedup::new(policy.dedup_capacity);
+        let committed_ids =
+            Dedup::sized(policy.dedup).reporting(&metrics, &format!("writer.{}", kind.name()));
         let chaos_failures = Arc::new(std::sync::atomic::AtomicU32::new(policy.fail_commits));
         let breaker =
             CircuitBreaker::new(format!("commit.{}", kind.name()), policy.breaker.clone())
@@ -288,7 +288,7 @@ impl WriterActor {
             tracing::warn!(
                 table = self.kind.name(),
                 ids = new,
-                capacity = self.policy.dedup_capacity,
+                capacity = self.policy.dedup.capacity,
                 "committed ids forgotten inside writer.dedup_window_secs for lack of room: a second copy of one would be stored; raise writer.dedup_capacity"
             );
             self.state.dedup_forgotten_early = early;

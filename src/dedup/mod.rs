@@ -1,0 +1,271 @@
+//! Drops trades already seen, by message id: a reconnect that overlaps the
+//! previous connection, or a source that starts over, must not store a trade
+//! twice. Memory is bounded; the oldest ids are forgotten first.
+//!
+//! Two parts. The exact window (`window`) holds the most recent ids: at
+//! most `capacity` of them, and, for a caller that gives times (the
+//! writer), none seen before the cutoff it last passed to `forget_before`.
+//! It alone decides what is a duplicate. In front of it, a Bloom filter
+//! (`bloom`), sized from the capacity and `dedup.false_positive_rate`: a
+//! negative is new for certain and skips the window; a positive is looked
+//! up, and one the window does not hold is a false-positive confirmation,
+//! counted, and the id is new. Nearly every id is new, so nearly none is
+//! looked up in the window, which is what matters once the window is not in
+//! this process's memory but a shared store.
+//!
+//! Memory, for a capacity of `n` ids: the window takes 16 bytes a key plus
+//! an index of 5 bytes a bucket (a power of two, up to twice what `n`
+//! needs after much churn); the filter, two generations of `n` keys each at
+//! half the rate, `2 * 1.44 * log2(2 / rate)` bits a key: 7.6 bytes at
+//! 1e-6. `ticklake bench-dedup` measures it.
+
+mod bloom;
+mod gauges;
+mod window;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::metrics::Metrics;
+use bloom::Generations;
+use gauges::Gauges;
+use window::Window;
+
+pub use crate::config::DEFAULT_FALSE_POSITIVE_RATE;
+
+/// The filter is never built for a lower rate: below it a false positive is
+/// rarer than a flipped bit in memory, and a typo (`1e-60`) would size it
+/// at gigabytes.
+pub const MIN_FALSE_POSITIVE_RATE: f64 = 1e-12;
+
+/// New ids between two updates of the memory and fill gauges.
+const REPORT_EVERY: u32 = 1_000;
+
+/// The compact key of a message id: ids are UUIDs, and their 128-bit value
+/// keeps entries small; anything else is hashed into one.
+pub fn key(message_id: &str) -> u128 {
+    uuid::Uuid::parse_str(message_id)
+        .map(|u| u.as_u128())
+        .unwrap_or_else(|_| {
+            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, message_id.as_bytes()).as_u128()
+        })
+}
+
+/// How many ids a dedup remembers, and its Bloom filter's rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sizing {
+    pub capacity: usize,
+    pub false_positive_rate: f64,
+}
+
+impl Sizing {
+    pub const fn new(capacity: usize, false_positive_rate: f64) -> Self {
+        Self {
+            capacity,
+            false_positive_rate,
+        }
+    }
+}
+
+/// What a dedup costs and how its filter does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DedupStats {
+    /// Both generations of the Bloom filter (0 until the first id).
+    pub bloom_bytes: usize,
+    /// The exact window: keys, index and times.
+    pub exact_bytes: usize,
+    /// Fraction of the filter's bits set (estimated from the ids taken).
+    pub bloom_fill_ratio: f64,
+    /// Bloom positives the window did not hold, in all: false positives,
+    /// and ids the window forgot while the filter still holds them.
+    pub false_positives: u64,
+    /// The chance that an id never seen is a Bloom positive now.
+    pub expected_false_positive_rate: f64,
+}
+
+impl DedupStats {
+    pub fn memory_bytes(&self) -> usize {
+        self.bloom_bytes + self.exact_bytes
+    }
+}
+
+pub struct Dedup {
+    window: Window,
+    bloom: Generations,
+    false_positive_rate: f64,
+    /// Atomic only so that `contains` can count through `&self`.
+    false_positives: AtomicU64,
+    /// Keys forgotten for room while younger than the window the caller
+    /// promised to remember (`forget_before`'s cutoff): a second copy of
+    /// one of them would no longer be recognised.
+    forgotten_early: u64,
+    /// The newest cutoff given to `forget_before`.
+    cutoff: i64,
+    gauges: Option<Gauges>,
+    /// New ids since the gauges were last set.
+    unreported: u32,
+}
+
+impl Dedup {
+    /// At [`DEFAULT_FALSE_POSITIVE_RATE`].
+    pub fn new(capacity: usize) -> Self {
+        Self::with_rate(capacity, DEFAULT_FALSE_POSITIVE_RATE)
+    }
+
+    /// Remembers up to `capacity` ids (1 to `u32::MAX`), with a Bloom filter
+    /// whose false-positive rate is at most `false_positive_rate` (from
+    /// [`MIN_FALSE_POSITIVE_RATE`] up to 0.5; outside, the default). Its
+    /// hashes are keyed at random.
+    pub fn with_rate(capacity: usize, false_positive_rate: f64) -> Self {
+        Self::seeded(capacity, false_positive_rate, rand::random())
+    }
+
+    pub fn sized(s: Sizing) -> Self {
+        Self::with_rate(s.capacity, s.false_positive_rate)
+    }
+
+    /// [`with_rate`](Self::with_rate) with the hashes keyed by `seed`, so
+    /// that which ids are false positives repeats (tests, benchmarks).
+    pub fn seeded(capacity: usize, false_positive_rate: f64, seed: u128) -> Self {
+        let rate = if false_positive_rate > 0.0 && false_positive_rate < 0.5 {
+            false_positive_rate.max(MIN_FALSE_POSITIVE_RATE)
+        } else {
+            DEFAULT_FALSE_POSITIVE_RATE
+        };
+        let window = Window::new(capacity, seed);
+        Self {
+            bloom: Generations::new(window.capacity(), rate),
+            window,
+            false_positive_rate: rate,
+            false_positives: AtomicU64::new(0),
+            forgotten_early: 0,
+            cutoff: i64::MIN,
+            gauges: None,
+            unreported: 0,
+        }
+    }
+
+    /// Publishes its memory, fill and false positives as `owner`
+    /// (`feed.binance`, `writer.trades`): the false positives as they
+    /// happen, the gauges every 1,000 new ids and at every `forget_before`.
+    pub fn reporting(mut self, metrics: &Metrics, owner: &str) -> Self {
+        self.gauges = Some(Gauges::new(metrics, owner));
+        self.report();
+        self
+    }
+
+    /// True when `message_id` is new (and remembers it, with no time: only
+    /// room forgets it).
+    pub fn first_time(&mut self, message_id: &str) -> bool {
+        self.first_time_key_at(key(message_id), 0)
+    }
+
+    /// Whether `message_id` is remembered (without remembering it).
+    pub fn contains(&self, message_id: &str) -> bool {
+        self.contains_key(key(message_id))
+    }
+
+    /// [`contains`](Self::contains) on a key from [`key`].
+    pub fn contains_key(&self, key: u128) -> bool {
+        self.seen(key, self.window.hash(key))
+    }
+
+    /// [`first_time`](Self::first_time) on a key from [`key`], remembering
+    /// it as seen at `at_us` for [`forget_before`](Self::forget_before).
+    pub fn first_time_key_at(&mut self, key: u128, at_us: i64) -> bool {
+        let hash = self.window.hash(key);
+        if self.seen(key, hash) {
+            return false;
+        }
+        if self.window.is_full()
+            && let Some(at) = self.window.evict_oldest()
+            && self.cutoff > i64::MIN
+            && at >= self.cutoff
+        {
+            self.forgotten_early += 1;
+        }
+        let seq = self.window.push(key, hash, at_us);
+        let built = self.bloom.insert(hash, seq, self.window.head());
+        self.unreported += 1;
+        if built || self.unreported >= REPORT_EVERY {
+            self.report();
+        }
+        true
+    }
+
+    /// The filter first; only its positives are looked up in the window.
+    fn seen(&self, key: u128, hash: u64) -> bool {
+        if !self.bloom.may_contain(hash) {
+            return false;
+        }
+        if self.window.contains(key, hash) {
+            return true;
+        }
+        self.false_positives.fetch_add(1, Ordering::Relaxed);
+        if let Some(g) = &self.gauges {
+            g.false_positive();
+        }
+        false
+    }
+
+    /// Forgets the keys seen before `cutoff_us` (in the order they came,
+    /// which callers keep close to time order), and from then on counts a
+    /// key forgotten for room while seen at or after the newest cutoff.
+    pub fn forget_before(&mut self, cutoff_us: i64) {
+        self.cutoff = self.cutoff.max(cutoff_us);
+        self.window.forget_before(cutoff_us);
+        self.bloom.forgotten(self.window.head(), self.window.tail());
+        self.report();
+    }
+
+    /// Keys forgotten for room while still inside the window (see
+    /// [`forget_before`](Self::forget_before)), in all.
+    pub fn forgotten_early(&self) -> u64 {
+        self.forgotten_early
+    }
+
+    pub fn len(&self) -> usize {
+        self.window.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.window.len() == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.window.capacity()
+    }
+
+    /// The rate the filter is built for (the one asked, within bounds).
+    pub fn false_positive_rate(&self) -> f64 {
+        self.false_positive_rate
+    }
+
+    /// Its figures; O(1).
+    pub fn stats(&self) -> DedupStats {
+        let tail = self.window.tail();
+        DedupStats {
+            bloom_bytes: self.bloom.memory_bytes(),
+            exact_bytes: self.window.memory_bytes(),
+            bloom_fill_ratio: self.bloom.fill_ratio(tail),
+            false_positives: self.false_positives.load(Ordering::Relaxed),
+            expected_false_positive_rate: self.bloom.expected_false_positive_rate(tail),
+        }
+    }
+
+    /// The filter's bits set and all its bits, counted one by one (reads
+    /// all of it: for benchmarks and tests).
+    pub fn bloom_bits_set(&self) -> (u64, u64) {
+        self.bloom.bits_set()
+    }
+
+    fn report(&mut self) {
+        self.unreported = 0;
+        if let Some(g) = &self.gauges {
+            let memory = self.bloom.memory_bytes() + self.window.memory_bytes();
+            g.set(memory, self.bloom.fill_ratio(self.window.tail()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,202 @@
+use super::*;
+
+const SEED: u128 = 0x7469_636b_6c61_6b65;
+
+#[test]
+fn drops_repeats_and_forgets_oldest() {
+    let ids: Vec<String> = (0..3)
+        .map(|i| uuid::Uuid::from_u128(i).to_string())
+        .collect();
+    let mut d = Dedup::new(2);
+    assert!(d.first_time(&ids[0]));
+    assert!(!d.first_time(&ids[0]));
+    assert!(d.first_time(&ids[1]));
+    assert!(d.first_time(&ids[2]));
+    assert_eq!(d.len(), 2);
+    // ids[0] was evicted, so it counts as new again
+    assert!(d.first_time(&ids[0]));
+    assert!(!d.first_time(&ids[2]));
+}
+
+/// Keys older than the window go first; one forgotten for room while
+/// inside it is counted, since its second copy would pass.
+#[test]
+fn forgets_by_time_and_counts_what_room_forced_out_early() {
+    let mut d = Dedup::new(3);
+    for (k, at) in [(1u128, 10), (2, 20), (3, 30)] {
+        assert!(d.first_time_key_at(k, at));
+    }
+    d.forget_before(15);
+    assert_eq!(d.len(), 2);
+    assert!(d.first_time_key_at(1, 40), "1 was older than the window");
+    assert_eq!(d.forgotten_early(), 0);
+    // Full (2, 3, 1): room for 4 forces 2 out, seen at 20 >= 15.
+    assert!(d.first_time_key_at(4, 50));
+    assert_eq!(d.forgotten_early(), 1);
+    assert!(!d.first_time_key_at(3, 60));
+    assert!(d.first_time_key_at(2, 60), "2 was forgotten");
+}
+
+/// Capacity 1,000, 3,000 ids: generation a took 0..1000, b 1000..2000,
+/// and 2000 cleared a for 2000..3000. The window holds 2000..3000.
+#[test]
+fn generations_forget_old_ids_and_keep_catching_recent_ones() {
+    let n = 1_000u128;
+    let mut d = Dedup::seeded(n as usize, 1e-6, SEED);
+    for k in 0..3 * n {
+        assert!(d.first_time_key_at(k, 0));
+    }
+    assert_eq!(d.len(), n as usize);
+    // Recent ids: all caught, by the window, with no confirmation wasted.
+    for k in 2 * n..3 * n {
+        assert!(d.contains_key(k));
+        assert!(!d.first_time_key_at(k, 0));
+    }
+    assert_eq!(d.stats().false_positives, 0);
+    // Two generations back: cleared from the filter, so a negative at once.
+    for k in 0..n {
+        assert!(!d.contains_key(k));
+    }
+    assert_eq!(d.stats().false_positives, 0);
+    // One generation back: forgotten by the window, still in the filter:
+    // each is a positive the window does not confirm, and new.
+    for k in n..2 * n {
+        assert!(!d.contains_key(k));
+    }
+    assert_eq!(d.stats().false_positives, n as u64);
+}
+
+/// A filter built for a high rate gives many positives for ids never
+/// seen: each is looked up, counted, and the id stays new.
+#[test]
+fn false_positives_are_confirmed_by_the_window_and_counted() {
+    let mut d = Dedup::seeded(200, 0.2, SEED);
+    for k in 0..200u128 {
+        d.first_time_key_at(k, 0);
+    }
+    let probes = 20_000u128;
+    let found = (1 << 64..(1 << 64) + probes)
+        .filter(|&k| d.contains_key(k))
+        .count();
+    assert_eq!(found, 0, "the window decides");
+    let fp = d.stats().false_positives;
+    // The current generation is full, at half the rate: about 0.1.
+    let rate = fp as f64 / probes as f64;
+    assert!((0.05..0.2).contains(&rate), "{fp} of {probes}");
+    // A new id that is a positive is taken as new.
+    let positive = (1u128 << 65..)
+        .find(|&k| {
+            d.contains_key(k);
+            d.stats().false_positives > fp
+        })
+        .unwrap_or_default();
+    assert!(d.first_time_key_at(positive, 0));
+    assert_eq!(d.stats().false_positives, fp + 2);
+    assert!(!d.first_time_key_at(positive, 0));
+}
+
+/// Far more ids than the capacity: memory stops growing once both
+/// generations and the window are at size.
+#[test]
+fn memory_stays_bounded_past_the_capacity() {
+    let cap = 10_000usize;
+    let mut d = Dedup::seeded(cap, 1e-6, SEED);
+    assert_eq!(d.stats().memory_bytes(), 0, "nothing until the first id");
+    let mut k = 0u128;
+    let mut insert = |d: &mut Dedup, n: usize| {
+        for _ in 0..n {
+            d.first_time_key_at(k, 0);
+            k += 1;
+        }
+    };
+    insert(&mut d, 5 * cap);
+    let settled = d.stats();
+    insert(&mut d, 45 * cap);
+    let after = d.stats();
+    assert_eq!(d.len(), cap);
+    assert_eq!(after.bloom_bytes, settled.bloom_bytes);
+    assert!(after.exact_bytes <= settled.exact_bytes * 2, "{after:?}");
+    // Keys exactly at capacity; the index at most twice the buckets it needs.
+    let buckets = (cap * 8 / 7).next_power_of_two();
+    assert!(after.exact_bytes <= cap * 16 + 2 * buckets * 5 + 16 + 16 * 1024);
+    // 60 bits a key of capacity at 1e-6, in two generations.
+    let bloom_bits_per_key = (after.bloom_bytes * 8) as f64 / cap as f64;
+    assert!(
+        (55.0..66.0).contains(&bloom_bits_per_key),
+        "{bloom_bits_per_key}"
+    );
+    let (set, all) = d.bloom_bits_set();
+    let measured = set as f64 / all as f64;
+    assert!(
+        (after.bloom_fill_ratio - measured).abs() < 0.02,
+        "{measured} {after:?}"
+    );
+}
+
+/// The writer's use: once every id of the older generation is older than
+/// the time window, the generation is cleared, so probes of those ids no
+/// longer reach the window.
+#[test]
+fn a_time_window_retires_generations() {
+    let mut d = Dedup::seeded(1_000_000, 1e-6, SEED);
+    for k in 0..100u128 {
+        d.first_time_key_at(k, 10);
+    }
+    d.forget_before(5);
+    assert_eq!(d.len(), 100);
+    for k in 100..200u128 {
+        d.first_time_key_at(k, 20);
+    }
+    // Everything at 10 is forgotten: the generation holding it is retired.
+    d.forget_before(15);
+    assert_eq!(d.len(), 100);
+    assert!((0..100u128).all(|k| !d.contains_key(k)));
+    assert!((100..200u128).all(|k| d.contains_key(k)));
+    // Everything forgotten: both generations are cleared.
+    d.forget_before(25);
+    assert!(d.is_empty());
+    assert!((0..200u128).all(|k| !d.contains_key(k)));
+    assert_eq!(d.stats().false_positives, 0);
+    assert!(d.first_time_key_at(150, 30));
+    assert!(!d.first_time_key_at(150, 30));
+}
+
+#[test]
+fn rates_out_of_bounds_fall_back() {
+    for (asked, built) in [
+        (0.0, DEFAULT_FALSE_POSITIVE_RATE),
+        (0.5, DEFAULT_FALSE_POSITIVE_RATE),
+        (f64::NAN, DEFAULT_FALSE_POSITIVE_RATE),
+        (1e-30, MIN_FALSE_POSITIVE_RATE),
+        (1e-3, 1e-3),
+    ] {
+        assert_eq!(Dedup::with_rate(10, asked).false_positive_rate(), built);
+    }
+}
+
+#[test]
+fn reports_its_figures_as_its_owner() {
+    let metrics = Metrics::new().unwrap();
+    let mut d = Dedup::seeded(100, 0.3, SEED).reporting(&metrics, "feed.test");
+    for k in 0..100u128 {
+        d.first_time_key_at(k, 0);
+    }
+    for k in 1000..3000u128 {
+        d.contains_key(k);
+    }
+    d.forget_before(i64::MIN);
+    let owner = ["feed.test"];
+    let s = d.stats();
+    let memory = metrics.dedup_memory_bytes.with_label_values(&owner).get();
+    assert_eq!(memory as usize, s.memory_bytes());
+    let fill = metrics
+        .dedup_bloom_fill_ratio
+        .with_label_values(&owner)
+        .get();
+    assert!(fill > 0.1 && fill == s.bloom_fill_ratio, "{fill}");
+    let fp = metrics
+        .dedup_false_positives
+        .with_label_values(&owner)
+        .get();
+    assert!(fp > 0 && fp == s.false_positives);
+}

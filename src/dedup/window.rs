@@ -1,0 +1,159 @@
+//! The exact part of a dedup: the most recent keys, in the order they came,
+//! with when each was seen. Leaner than a `HashSet<u128>` beside a queue of
+//! `(u128, i64)`: each key is stored once (16 bytes, in the queue), the
+//! index holds only its 4-byte sequence number, and times are kept as runs
+//! (the feed passes none, a commit one for all its ids).
+
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+
+/// Keys seen at one time: those with sequence numbers below `end`, back to
+/// the previous run's end (or the window's oldest).
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    at: i64,
+    end: u64,
+}
+
+pub(super) struct Window {
+    /// Keys oldest first; the front one has sequence number `head`.
+    keys: VecDeque<u128>,
+    /// Every held key's sequence number, cut to 32 bits, found by the key's
+    /// hash. The window holds fewer than 2^32 keys, so a number's wrapping
+    /// distance from `head` is its exact place in `keys`.
+    index: HashTable<u32>,
+    times: VecDeque<Run>,
+    head: u64,
+    capacity: usize,
+    /// Keyed per dedup, so that nobody who picks message ids can aim them at
+    /// one bucket; the Bloom filter takes the same hash.
+    hasher: fastbloom::DefaultHasher,
+}
+
+impl Window {
+    /// At most `capacity` keys (1 to `u32::MAX`).
+    pub(super) fn new(capacity: usize, seed: u128) -> Self {
+        Self {
+            keys: VecDeque::new(),
+            index: HashTable::new(),
+            times: VecDeque::new(),
+            head: 0,
+            capacity: capacity.clamp(1, u32::MAX as usize),
+            hasher: fastbloom::DefaultHasher::seeded(&seed.to_le_bytes()),
+        }
+    }
+
+    pub(super) fn hash(&self, key: u128) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// Sequence number of the oldest key held.
+    pub(super) fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// Sequence number the next key gets.
+    pub(super) fn tail(&self) -> u64 {
+        self.head + self.keys.len() as u64
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub(super) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub(super) fn is_full(&self) -> bool {
+        self.keys.len() >= self.capacity
+    }
+
+    /// `key`, with its `hash` from [`hash`](Self::hash), is held.
+    pub(super) fn contains(&self, key: u128, hash: u64) -> bool {
+        let head = self.head as u32;
+        self.index
+            .find(hash, |&seq| {
+                self.keys.get(seq.wrapping_sub(head) as usize) == Some(&key)
+            })
+            .is_some()
+    }
+
+    /// Holds `key` (not held yet), seen at `at`; returns its sequence
+    /// number. The caller makes room first ([`evict_oldest`]).
+    ///
+    /// [`evict_oldest`]: Self::evict_oldest
+    pub(super) fn push(&mut self, key: u128, hash: u64, at: i64) -> u64 {
+        let seq = self.tail();
+        reserve_within(&mut self.keys, self.capacity);
+        self.keys.push_back(key);
+        let (keys, hasher, head) = (&self.keys, &self.hasher, self.head as u32);
+        // Called when the table grows: every held key is in `keys`, so the
+        // fallback hash is never used.
+        let rehash = |seq: &u32| {
+            keys.get(seq.wrapping_sub(head) as usize)
+                .map_or(0, |k| hasher.hash_one(k))
+        };
+        self.index.insert_unique(hash, seq as u32, rehash);
+        match self.times.back_mut() {
+            Some(run) if run.at == at => run.end = seq + 1,
+            _ => {
+                reserve_within(&mut self.times, self.capacity);
+                self.times.push_back(Run { at, end: seq + 1 });
+            }
+        }
+        seq
+    }
+
+    /// Forgets the oldest key; returns when it was seen.
+    pub(super) fn evict_oldest(&mut self) -> Option<i64> {
+        let key = self.keys.pop_front()?;
+        let seq = self.head as u32;
+        if let Ok(entry) = self.index.find_entry(self.hash(key), |&s| s == seq) {
+            entry.remove();
+        }
+        self.head += 1;
+        let at = self.times.front().map(|r| r.at);
+        if self.times.front().is_some_and(|r| r.end <= self.head) {
+            self.times.pop_front();
+        }
+        at
+    }
+
+    /// Forgets the keys seen before `cutoff`, oldest first, up to the first
+    /// seen at or after it (callers keep arrival close to time order).
+    pub(super) fn forget_before(&mut self, cutoff: i64) {
+        while self.times.front().is_some_and(|r| r.at < cutoff) {
+            if self.evict_oldest().is_none() {
+                // No key left for the runs to describe.
+                self.times.clear();
+            }
+        }
+    }
+
+    /// Bytes allocated: the keys, the index (4 bytes and a control byte a
+    /// bucket, estimated from its capacity) and the runs.
+    pub(super) fn memory_bytes(&self) -> usize {
+        let index = match self.index.capacity() {
+            0 => 0,
+            // hashbrown keeps a power-of-two bucket count at most 7/8 full,
+            // plus one group of control bytes.
+            items => (items * 8 / 7).next_power_of_two() * (size_of::<u32>() + 1) + 16,
+        };
+        self.keys.capacity() * size_of::<u128>() + index + self.times.capacity() * size_of::<Run>()
+    }
+}
+
+/// Room for one more element, growing by doubling but never past `bound`
+/// elements: a window of 10 million keys takes 160 MB, not the 268 MB that
+/// plain doubling reaches.
+fn reserve_within<T>(queue: &mut VecDeque<T>, bound: usize) {
+    let len = queue.len();
+    if len < queue.capacity() {
+        return;
+    }
+    let more = len.max(1024).min(bound.saturating_sub(len)).max(1);
+    queue.reserve_exact(more);
+}
