@@ -11,6 +11,10 @@
 //!
 //! One process may run several servers, each with its own capture on its
 //! own address ([`ServeSpec`], [`run_all`]), e.g. one per exchange.
+//!
+//! With [`RestOptions`] a server also answers plain HTTP on its port with
+//! the venue's REST trade history, and can leave trades out of the stream
+//! (`rest`).
 
 use std::fmt;
 use std::future::Future;
@@ -38,8 +42,11 @@ use tracing::{debug, error, info, warn};
 
 use crate::tools::capture::CapturedFrame;
 use plan::{Pacer, Plan};
+pub use rest::{IdSpace, RestArgError, RestOptions, TradeRange, parse_rest_protocol};
+use rest::{Opening, RestService};
 
 mod plan;
+mod rest;
 mod retime;
 
 /// Longest recorded silence, in seconds, that [`Pacing::Speed`] reproduces.
@@ -104,6 +111,8 @@ pub struct ReplayStats {
     pub clients: u64,
     /// Frames handed to client connections, summed over clients.
     pub frames_sent: u64,
+    /// HTTP requests answered by the REST history (`RestOptions::rest`).
+    pub rest_requests: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +186,7 @@ pub struct ReplayServer {
     listener: TcpListener,
     local_addr: SocketAddr,
     plan: Arc<Plan>,
+    rest: Option<RestService>,
 }
 
 impl fmt::Debug for ReplayServer {
@@ -186,6 +196,7 @@ impl fmt::Debug for ReplayServer {
             .field("frames", &self.plan.frames.len())
             .field("looped", &self.plan.looped)
             .field("live", &self.plan.live)
+            .field("rest", &self.rest.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -194,6 +205,20 @@ impl ReplayServer {
     /// Checks the options and binds the listening socket; port 0 picks a
     /// free port, see [`ReplayServer::local_addr`].
     pub async fn bind(addr: SocketAddr, opts: ReplayOptions) -> Result<Self, ReplayError> {
+        Self::bind_with_rest(addr, opts, RestOptions::default()).await
+    }
+
+    /// [`ReplayServer::bind`], with the REST history and the faults of
+    /// `rest` (the frames `--cut` names are left out of `opts.frames`).
+    pub async fn bind_with_rest(
+        addr: SocketAddr,
+        mut opts: ReplayOptions,
+        rest: RestOptions,
+    ) -> Result<Self, ReplayError> {
+        let prepared = rest::prepare(&opts.frames, &rest);
+        if let Some(frames) = prepared.frames {
+            opts.frames = Arc::new(frames);
+        }
         let plan = Plan::new(opts)?;
         let bind_error = |source| ReplayError::Bind { addr, source };
         let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
@@ -202,6 +227,7 @@ impl ReplayServer {
             listener,
             local_addr,
             plan: Arc::new(plan),
+            rest: prepared.rest,
         })
     }
 
@@ -219,12 +245,14 @@ impl ReplayServer {
             listener,
             local_addr,
             plan,
+            rest,
         } = self;
         info!(
             addr = %local_addr,
             frames = plan.frames.len(),
             looped = plan.looped,
             live = plan.live,
+            rest = rest.is_some(),
             "replay server listening"
         );
         let hub = plan.live.then(|| Arc::new(Hub::default()));
@@ -235,6 +263,7 @@ impl ReplayServer {
         let shared = Arc::new(Shared {
             plan,
             hub,
+            rest,
             clients: AtomicU64::new(0),
             frames_sent: AtomicU64::new(0),
         });
@@ -282,6 +311,7 @@ impl ReplayServer {
         Ok(ReplayStats {
             clients: shared.clients.load(Ordering::Relaxed),
             frames_sent: shared.frames_sent.load(Ordering::Relaxed),
+            rest_requests: shared.rest.as_ref().map_or(0, RestService::served),
         })
     }
 }
@@ -298,6 +328,7 @@ fn report_session_panic(done: Result<(), JoinError>) {
 struct Shared {
     plan: Arc<Plan>,
     hub: Option<Arc<Hub>>,
+    rest: Option<RestService>,
     clients: AtomicU64,
     frames_sent: AtomicU64,
 }
@@ -460,6 +491,26 @@ async fn serve_connection(
     // Frames are small and latency-sensitive; Nagle would hold them back.
     if let Err(e) = tcp.set_nodelay(true) {
         debug!(client = %peer, error = %e, "cannot disable nagle");
+    }
+    // Only with REST on is the request head looked at first, so without it
+    // every connection goes to the handshake exactly as it always did.
+    if let Some(rest) = &shared.rest {
+        let opening = tokio::select! {
+            opening = timeout(HANDSHAKE_TIMEOUT, rest::opening(&tcp)) => opening,
+            () = stopped(&mut stop) => return,
+        };
+        match opening {
+            Ok(Opening::WebSocket) => {}
+            Ok(Opening::Http(head_len)) => {
+                let shift = shared.plan.current_shift();
+                rest::serve_http(tcp, peer, head_len, rest, shift).await;
+                return;
+            }
+            Ok(Opening::Closed) | Err(_) => {
+                debug!(client = %peer, "connection closed or idle before a request");
+                return;
+            }
+        }
     }
     let mut path = String::new();
     // Any path and query is accepted: clients keep their exchange URL.
@@ -790,7 +841,8 @@ mod tests {
             stats,
             ReplayStats {
                 clients: 1,
-                frames_sent: 5
+                frames_sent: 5,
+                rest_requests: 0,
             }
         );
     }

@@ -2,6 +2,8 @@
 //! and the pacer that spaces them (unpaced, a fixed rate, or the recorded
 //! gaps).
 
+use std::sync::atomic::AtomicI64;
+
 use super::*;
 
 /// The validated options, with frames ready to send.
@@ -13,6 +15,9 @@ pub(super) struct Plan {
     pub(super) live: bool,
     /// Exchange time (ms) of the first timestamped frame, when retiming.
     pub(super) retime_base: Option<i64>,
+    /// The shift (ms) of the pass that started last, so that REST answers
+    /// carry the times the WebSocket is playing (see `rest`).
+    last_shift: AtomicI64,
 }
 
 pub(super) enum Clock {
@@ -96,18 +101,31 @@ impl Plan {
                 .map(|f| Utf8Bytes::from(f.data.as_str()))
                 .collect(),
         };
+        // Until a pass starts, REST answers as if one started with the server.
+        let last_shift = AtomicI64::new(retime_base.map_or(0, |base| retime::now_ms() - base));
         Ok(Self {
             frames,
             clock,
             looped: opts.looped,
             live: opts.live,
             retime_base,
+            last_shift,
         })
     }
 
     /// The shift (ms) that makes this pass start "now", when retiming.
+    /// Remembered as the one REST answers with.
     pub(super) fn pass_shift(&self) -> Option<i64> {
-        self.retime_base.map(|base| retime::now_ms() - base)
+        let shift = self.retime_base.map(|base| retime::now_ms() - base);
+        if let Some(shift) = shift {
+            self.last_shift.store(shift, Ordering::Relaxed);
+        }
+        shift
+    }
+
+    /// The shift (ms) of the pass that started last; 0 without retiming.
+    pub(super) fn current_shift(&self) -> i64 {
+        self.last_shift.load(Ordering::Relaxed)
     }
 
     /// The frame as sent in a pass with `shift`.
