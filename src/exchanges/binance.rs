@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 
+use super::rest::RestHistory;
 use super::{Frame, FrameError, ParseCtx, Parsed, Protocol};
 use crate::config::{FeedConfig, ProtocolKind};
 use crate::instruments::SymbolRule;
@@ -88,6 +89,16 @@ impl Protocol for Binance {
             }
             Parsed::Skipped(kind) => Ok(Frame::Skipped(kind)),
         }
+    }
+
+    /// `trade` and `aggTrade` ids each run one by one per symbol.
+    fn contiguous_ids(&self) -> bool {
+        true
+    }
+
+    /// `aggTrades` and `historicalTrades` (`binance_rest`).
+    fn rest(&self) -> Option<&dyn RestHistory> {
+        Some(self)
     }
 }
 
@@ -238,23 +249,25 @@ fn fast_trade(
     }))
 }
 
-/// Everything a trade record is made of, checked.
-struct Assembled<'a> {
-    exchange: &'a str,
-    kind: &'static str,
-    symbol: &'a str,
-    id: i64,
-    price: Dec8,
-    quantity: Dec8,
-    timestamp_us: i64,
-    received_us: i64,
-    buyer_is_maker: bool,
-    event_time_ms: Option<i64>,
-    first_trade_id: Option<i64>,
-    last_trade_id: Option<i64>,
+/// Everything a trade record is made of, checked. The REST history
+/// (`binance_rest`) builds its records through it too, so both ways give
+/// the same record of a trade.
+pub(crate) struct Assembled<'a> {
+    pub(crate) exchange: &'a str,
+    pub(crate) kind: &'static str,
+    pub(crate) symbol: &'a str,
+    pub(crate) id: i64,
+    pub(crate) price: Dec8,
+    pub(crate) quantity: Dec8,
+    pub(crate) timestamp_us: i64,
+    pub(crate) received_us: i64,
+    pub(crate) buyer_is_maker: bool,
+    pub(crate) event_time_ms: Option<i64>,
+    pub(crate) first_trade_id: Option<i64>,
+    pub(crate) last_trade_id: Option<i64>,
 }
 
-fn assemble(a: Assembled<'_>) -> TradeV2 {
+pub(crate) fn assemble(a: Assembled<'_>) -> TradeV2 {
     // The maker bought, so the aggressor sold.
     let side = if a.buyer_is_maker {
         Side::Sell

@@ -40,6 +40,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::fill::{Fill, all_or_nothing, non_negative, rfc3339_us};
+use super::rest::RestHistory;
 use super::{Frame, FrameError, ParseCtx, Protocol};
 use crate::config::{FeedConfig, ProtocolKind};
 use crate::model::{Dec8, Side, TradeV2};
@@ -94,6 +95,16 @@ impl Protocol for CoinbaseAdvanced {
     ) -> Result<Frame, FrameError> {
         all_or_nothing(out, |out| parse_advanced(text, ctx, out))
     }
+
+    /// Numeric trade ids run one by one per product.
+    fn contiguous_ids(&self) -> bool {
+        true
+    }
+
+    /// The public market trades, paged by time (`coinbase_rest`).
+    fn rest(&self) -> Option<&dyn RestHistory> {
+        Some(self)
+    }
 }
 
 impl Protocol for CoinbaseExchange {
@@ -144,6 +155,16 @@ impl Protocol for CoinbaseExchange {
             "status" => Ok(Frame::Skipped("status")),
             _ => Ok(Frame::Skipped("other")),
         }
+    }
+
+    /// `trade_id` runs one by one per product.
+    fn contiguous_ids(&self) -> bool {
+        true
+    }
+
+    /// `GET /products/{id}/trades`, paged by id (`coinbase_rest`).
+    fn rest(&self) -> Option<&dyn RestHistory> {
+        Some(self)
     }
 }
 
@@ -249,7 +270,7 @@ fn advanced_trades(
     })
 }
 
-fn advanced_trade(
+pub(super) fn advanced_trade(
     t: &Map<String, Value>,
     kind: &'static str,
     ctx: &ParseCtx<'_>,
@@ -288,7 +309,10 @@ fn advanced_trade(
 
 // ------------------------------------------------------------- Exchange
 
-fn exchange_match(obj: &Map<String, Value>, ctx: &ParseCtx<'_>) -> Result<TradeV2, FrameError> {
+pub(super) fn exchange_match(
+    obj: &Map<String, Value>,
+    ctx: &ParseCtx<'_>,
+) -> Result<TradeV2, FrameError> {
     let symbol = product(obj, ctx)?;
     let id = integer(obj, "trade_id")?.ok_or(FrameError::Missing("trade_id"))?;
     if id < 0 {

@@ -6,9 +6,12 @@
 //! and Binance.US are two feeds of one protocol.
 
 pub mod binance;
+mod binance_rest;
 pub mod coinbase;
+mod coinbase_rest;
 mod fill;
 pub mod kraken;
+pub mod rest;
 
 use std::time::Duration;
 
@@ -82,6 +85,19 @@ pub trait Protocol: Send + Sync {
         ctx: &ParseCtx<'_>,
         out: &mut Vec<TradeV2>,
     ) -> Result<Frame, FrameError>;
+
+    /// Whether the venue numbers the trades of each symbol (per id space)
+    /// one by one, so that a skipped id is a missed trade. The id is the
+    /// trade's `source_sequence`; its space, the `stream` in its vendor
+    /// data (`trade` when there is none).
+    fn contiguous_ids(&self) -> bool {
+        false
+    }
+
+    /// The venue's REST trade history, when gaps can be filled from it.
+    fn rest(&self) -> Option<&dyn rest::RestHistory> {
+        None
+    }
 }
 
 /// The protocol a feed speaks.

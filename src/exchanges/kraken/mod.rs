@@ -48,6 +48,7 @@
 //! that is written twice refuses the frame (serde's `duplicate field`, as
 //! invalid JSON); members it does not read are not checked for that.
 
+mod rest;
 mod v1;
 mod v2;
 
@@ -59,6 +60,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use super::fill::all_or_nothing;
+use super::rest::RestHistory;
 use super::{Frame, FrameError, ParseCtx, Protocol};
 use crate::config::{FeedConfig, ProtocolKind};
 use crate::model::TradeV2;
@@ -117,6 +119,16 @@ impl Protocol for KrakenV2 {
         out: &mut Vec<TradeV2>,
     ) -> Result<Frame, FrameError> {
         all_or_nothing(out, |out| v2::parse(text, ctx, out))
+    }
+
+    /// `trade_id` is "a sequence number, unique per book".
+    fn contiguous_ids(&self) -> bool {
+        true
+    }
+
+    /// `GET /0/public/Trades` (`rest`).
+    fn rest(&self) -> Option<&dyn RestHistory> {
+        Some(self)
     }
 }
 
