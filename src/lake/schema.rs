@@ -12,6 +12,8 @@ use crate::model::{DECIMAL_PRECISION, DECIMAL_SCALE};
 pub const TRADES_TABLE: &str = "trades";
 pub const DEAD_LETTERS_TABLE: &str = "dead_letters";
 pub const BARS_TABLE: &str = "ohlcv_1m";
+/// Settled gaps in the feeds' trade ids (`lake::gaps`).
+pub const GAPS_TABLE: &str = "gaps";
 
 fn string(id: i32, name: &str, required: bool) -> Arc<NestedField> {
     Arc::new(NestedField::new(
