@@ -4,7 +4,9 @@
 
 pub mod actors;
 pub mod api;
+pub mod backfill;
 pub mod config;
+pub mod continuity;
 pub mod daemon;
 pub mod dedup;
 pub mod degrade;

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use ticklake::config::Config;
 use ticklake::query::session::OutputFormat;
-use ticklake::tools::replay::{Pacing, ReplayOptions, ReplayServer, ServeSpec};
+use ticklake::tools::replay::{Pacing, ReplayOptions, ReplayServer, RestOptions, ServeSpec};
 
 /// mimalloc instead of glibc's malloc. The daemon allocates small strings
 /// for every trade on the ingest thread while commits free whole buffers
@@ -96,6 +96,9 @@ enum Command {
         /// first timestamped frame is "now", recorded gaps are kept.
         #[arg(long)]
         retime: bool,
+        /// --rest, --rest-protocol, --cut, --rest-gone, --rest-status.
+        #[command(flatten)]
+        rest: RestOptions,
     },
     /// Record the configured feeds' raw frames, with receive times, to
     /// zstd-compressed JSON lines (recorder format 2) that replay reads;
@@ -170,6 +173,20 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Memory and false positives of the message-id dedup: inserts --ids
+    /// ids, probes as many others, resends recent ones. Use a release build.
+    BenchDedup {
+        #[arg(long, env = "TICKLAKE_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long, default_value_t = 10_000_000)]
+        ids: usize,
+        /// Bloom false-positive rate (default: `dedup.false_positive_rate`).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Ids the exact window holds (default: --ids).
+        #[arg(long)]
+        capacity: Option<usize>,
     },
     /// Benchmarks of the query API. Use a release build.
     BenchApi {
@@ -363,6 +380,7 @@ fn main() -> anyhow::Result<()> {
             looped,
             live,
             retime,
+            rest,
         } => {
             let pacing = match (speed, rate) {
                 (Some(s), _) if s > 0.0 => Pacing::Speed(s),
@@ -389,7 +407,7 @@ fn main() -> anyhow::Result<()> {
                 let mut banners = Vec::with_capacity(specs.len());
                 for (spec, named) in &specs {
                     let frames = ticklake::tools::capture::read_captures(&spec.captures)?;
-                    let server = ReplayServer::bind(
+                    let server = ReplayServer::bind_with_rest(
                         spec.addr,
                         ReplayOptions {
                             frames: Arc::new(frames),
@@ -398,6 +416,7 @@ fn main() -> anyhow::Result<()> {
                             live,
                             retime,
                         },
+                        rest.clone(),
                     )
                     .await?;
                     // The bound address on stdout lets scripts use port 0.
@@ -434,6 +453,7 @@ fn main() -> anyhow::Result<()> {
                         addr = %spec.addr,
                         clients = stats.clients,
                         frames_sent = stats.frames_sent,
+                        rest_requests = stats.rest_requests,
                         "replay stopped"
                     );
                 }
@@ -552,6 +572,20 @@ fn main() -> anyhow::Result<()> {
                     print_report(&report, json)
                 }
             }
+        }
+        Command::BenchDedup {
+            config,
+            ids,
+            rate,
+            capacity,
+        } => {
+            let rate = match rate {
+                Some(r) => r,
+                None => Config::load(config.as_deref())?.dedup.false_positive_rate,
+            };
+            let report = ticklake::tools::bench_dedup::run(ids, rate, capacity.unwrap_or(ids))?;
+            println!("{report}");
+            Ok(())
         }
         Command::BenchApi {
             which:

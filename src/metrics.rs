@@ -20,6 +20,15 @@ pub struct Metrics {
     pub feed_dead_letters: IntCounterVec,
     /// Trades dropped as already seen (reconnect overlap, replay).
     pub feed_duplicates: IntCounterVec,
+    /// Gaps in a feed's trade ids (trade-id continuity).
+    pub feed_gaps: IntCounterVec,
+    /// Trades of those gaps: `missing` when seen, then `rest` (filled from
+    /// the venue), `late` (came on a live connection after all) or `lost`.
+    pub feed_gap_trades: IntCounterVec,
+    /// Trade ids at or below the newest that filled no gap.
+    pub feed_id_regressions: IntCounterVec,
+    /// REST requests of gap fills, by outcome.
+    pub feed_backfill_requests: IntCounterVec,
     /// Connection attempts by outcome.
     pub feed_connections: IntCounterVec,
     /// Records handed to the producer, by topic and outcome.
@@ -68,6 +77,20 @@ pub struct Metrics {
     /// by topic and partition; the ranges are in `losses`.
     pub records_lost: IntCounterVec,
     pub losses: crate::ledger::Losses,
+    /// Rows committed to `market.gaps` (`actors::gaps`).
+    pub gaps_rows_written: IntCounterVec,
+    /// Failed `market.gaps` commits (their rows are kept and retried).
+    pub gaps_commit_failures: IntCounterVec,
+    /// Settled gaps dropped because the gaps writer held its bound of
+    /// uncommitted rows already.
+    pub gaps_rows_dropped: IntCounterVec,
+    /// Memory of a message-id dedup (`dedup`), its Bloom filter and exact
+    /// window, by owner (`feed.<exchange>`, `writer.trades`).
+    pub dedup_memory_bytes: IntGaugeVec,
+    /// Fraction of the bits set in a dedup's Bloom filter, by owner.
+    pub dedup_bloom_fill_ratio: GaugeVec,
+    /// Bloom positives a dedup's exact window did not confirm, by owner.
+    pub dedup_false_positives: IntCounterVec,
 }
 
 /// Where a feed message ended up. Per exchange and tier, at any moment:
@@ -162,6 +185,26 @@ impl Metrics {
         let feed_duplicates = counter(
             "ticklake_feed_duplicates_total",
             "Trades dropped because their message id was already seen.",
+            &["exchange"],
+        )?;
+        let feed_gaps = counter(
+            "ticklake_feed_gaps_total",
+            "Gaps in a feed's trade ids: detected, then settled as rest, late, unrecoverable or not_filled.",
+            &["exchange", "event"],
+        )?;
+        let feed_gap_trades = counter(
+            "ticklake_feed_gap_trades_total",
+            "Trades of the gaps in a feed's trade ids: missing when seen; rest, late or lost once settled.",
+            &["exchange", "outcome"],
+        )?;
+        let feed_id_regressions = counter(
+            "ticklake_feed_id_regressions_total",
+            "Trade ids at or below the newest seen that filled no gap.",
+            &["exchange"],
+        )?;
+        let feed_backfill_requests = counter(
+            "ticklake_feed_backfill_requests_total",
+            "REST requests made to fill gaps in a feed's trade ids.",
             &["exchange"],
         )?;
         let feed_connections = counter(
@@ -373,6 +416,44 @@ impl Metrics {
         ] {
             g.with_label_values::<&str>(&[]).set(0);
         }
+        let gaps_rows_written = counter(
+            "ticklake_gaps_rows_written_total",
+            "Settled trade-id gaps committed to market.gaps.",
+            &[],
+        )?;
+        let gaps_commit_failures = counter(
+            "ticklake_gaps_commit_failures_total",
+            "Failed market.gaps commits; their rows are kept and retried.",
+            &[],
+        )?;
+        let gaps_rows_dropped = counter(
+            "ticklake_gaps_rows_dropped_total",
+            "Settled trade-id gaps dropped because the gaps writer already held its bound of uncommitted rows.",
+            &[],
+        )?;
+        // Shown from the start at 0, so an alert sees the first increase.
+        for c in [
+            &gaps_rows_written,
+            &gaps_commit_failures,
+            &gaps_rows_dropped,
+        ] {
+            c.with_label_values::<&str>(&[]).inc_by(0);
+        }
+        let dedup_memory_bytes = gauge(
+            "ticklake_dedup_memory_bytes",
+            "Memory of a message-id dedup (its Bloom filter and exact window), by owner (feed.<exchange>, writer.trades).",
+            &["owner"],
+        )?;
+        let dedup_bloom_fill_ratio = fgauge(
+            "ticklake_dedup_bloom_fill_ratio",
+            "Fraction of the bits set in a dedup's Bloom filter (both generations), by owner.",
+            &["owner"],
+        )?;
+        let dedup_false_positives = counter(
+            "ticklake_dedup_false_positives_total",
+            "Bloom filter positives a dedup's exact window did not confirm (the id was new): false positives, and ids the window forgot while the filter still held them, by owner.",
+            &["owner"],
+        )?;
         Ok(Self {
             losses: crate::ledger::Losses::new(records_lost.clone()),
             records_lost,
@@ -399,6 +480,10 @@ impl Metrics {
             feed_frames,
             feed_dead_letters,
             feed_duplicates,
+            feed_gaps,
+            feed_gap_trades,
+            feed_id_regressions,
+            feed_backfill_requests,
             feed_connections,
             producer_records,
             consumer_records,
@@ -410,6 +495,12 @@ impl Metrics {
             queryable_lag_seconds,
             query_workers_lost,
             query_recent_windows,
+            gaps_rows_written,
+            gaps_commit_failures,
+            gaps_rows_dropped,
+            dedup_memory_bytes,
+            dedup_bloom_fill_ratio,
+            dedup_false_positives,
         })
     }
 

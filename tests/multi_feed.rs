@@ -182,7 +182,10 @@ fn four_feeds_land_every_captured_trade_exactly_once() {
     // One connection per feed for the whole run: a feed that reconnected
     // would be served its capture again (dedup would drop it; this test
     // wants one pass).
-    let timers = "backoff_initial_ms = 600000\nbackoff_max_ms = 600000\nstale_after_secs = 600\n";
+    // A gap in a capture's ids is never filled from the venue: the REST
+    // address refuses at once.
+    let timers = "backoff_initial_ms = 600000\nbackoff_max_ms = 600000\nstale_after_secs = 600\n\
+                  rest_url = \"http://127.0.0.1:1\"\n";
     let extra = format!(
         "[feeds.binance_us]\nurl = \"{}\"\nchannels = [\"aggTrade\"]\nsymbols = {}\n{timers}\n\
          [feeds.kraken]\nprotocol = \"kraken_v1\"\nurl = \"{}\"\nsymbols = {}\n{timers}\n\

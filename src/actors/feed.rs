@@ -15,11 +15,14 @@ use futures::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use crate::actors::intake::{GapsChanged, Intake, fill_gaps};
 use crate::actors::observe::{Health, ObservableState, Published, RestartPolicy, Restarts};
 use crate::config::FeedConfig;
-use crate::dedup::Dedup;
+use crate::continuity::{Continuity, ContinuityStats};
+use crate::dedup::{DEFAULT_FALSE_POSITIVE_RATE, Dedup};
 use crate::exchanges::{Frame, FrameError, ParseCtx, Protocol};
 use crate::instruments::{Instruments, InstrumentsError, SymbolError, SymbolRule, TierCache};
+use crate::messages::gaps::GapSettled;
 use crate::messages::observe::Observe;
 use crate::messages::producer::{Outgoing, ProducerLanes};
 use crate::metrics::Metrics;
@@ -36,8 +39,8 @@ pub enum FeedError {
     Closed(String),
     #[error("no data frame for {0:?}; feed is stale")]
     Stale(Duration),
-    #[error("producer unavailable: {0}")]
-    Producer(String),
+    #[error(transparent)]
+    Producer(#[from] crate::actors::intake::ProducerGone),
     /// The feed's exchange has no symbol rule in the instruments file.
     #[error(transparent)]
     Instruments(#[from] InstrumentsError),
@@ -88,6 +91,9 @@ pub struct FeedState {
     pub exchange: String,
     pub url: String,
     pub connected: bool,
+    /// Trade-id continuity: gaps seen, filled and lost (`None` for venues
+    /// whose ids do not run one by one).
+    pub gaps: Option<ContinuityStats>,
     #[serde(flatten)]
     pub health: Health,
 }
@@ -118,8 +124,6 @@ impl ObservableState for FeedState {
 pub struct FeedActor {
     cfg: FeedConfig,
     protocol: Arc<dyn Protocol>,
-    producer: ProducerLanes,
-    instruments: Arc<Instruments>,
     /// The exchange's `symbol_pattern`: every trade's symbol is checked
     /// against it before the trade becomes a record.
     symbols: SymbolRule,
@@ -130,10 +134,14 @@ pub struct FeedActor {
     /// Set by `StopFeed`: the supervisor still restarts the actor, but it
     /// stays idle instead of reconnecting.
     stopping: bool,
-    /// Shared with the connection task; kept across restarts, which is
-    /// exactly when overlaps happen.
-    dedup: Rc<RefCell<Dedup>>,
-    events: Rc<FeedEvents>,
+    /// Shared with the connection task and the gap filler; kept across
+    /// restarts, which is exactly when overlaps and gaps happen.
+    intake: Rc<Intake>,
+    /// Where settled gaps are written (`market.gaps`), when the daemon
+    /// keeps them.
+    gaps_table: Option<Recipient<GapSettled>>,
+    /// The gap filler, started with the first connection.
+    filler: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl FeedActor {
@@ -156,9 +164,19 @@ impl FeedActor {
                     source,
                 })?;
         }
-        let cfg_dedup = cfg.dedup_capacity;
         let exchange = cfg.exchange.clone();
-        let metrics_for_events = metrics.clone();
+        let intake = Rc::new(Intake {
+            exchange: exchange.clone(),
+            producer,
+            dedup: RefCell::new(Self::dedup(&cfg, &metrics, DEFAULT_FALSE_POSITIVE_RATE)),
+            tiers: RefCell::new(TierCache::new(instruments.clone())),
+            events: Rc::new(FeedEvents::new(metrics.clone(), &exchange)),
+            continuity: protocol
+                .contiguous_ids()
+                .then(|| RefCell::new(Continuity::new(&exchange, cfg.gap_grace_ms))),
+            gap_opened: tokio::sync::Notify::new(),
+            metrics: metrics.clone(),
+        });
         let restarts = Restarts::new(
             format!("feed.{}", cfg.exchange.to_ascii_lowercase()),
             RestartPolicy::from_millis(cfg.backoff_initial_ms, cfg.backoff_max_ms),
@@ -173,17 +191,50 @@ impl FeedActor {
         Ok(Self {
             cfg,
             protocol,
-            producer,
-            instruments,
             symbols,
             metrics,
             restarts,
             published: Published::new(state.clone()),
             state,
             stopping: false,
-            dedup: Rc::new(RefCell::new(Dedup::new(cfg_dedup))),
-            events: Rc::new(FeedEvents::new(metrics_for_events, &exchange)),
+            intake,
+            gaps_table: None,
+            filler: None,
         })
+    }
+
+    /// Settled gaps go to this writer of `market.gaps`.
+    pub fn with_gaps_table(mut self, to: Recipient<GapSettled>) -> Self {
+        self.gaps_table = Some(to);
+        self
+    }
+
+    /// Where the lake left each symbol: `(symbol, id space, last id, its
+    /// exchange time µs)`. The first live trade past it opens a gap for
+    /// what lies between, which is filled from the venue.
+    pub fn with_last_ids(self, last: &[(String, String, i64, i64)]) -> Self {
+        if let Some(c) = &self.intake.continuity {
+            let mut c = c.borrow_mut();
+            for (symbol, space, id, at) in last {
+                c.seed(symbol, space, *id, *at);
+            }
+        }
+        self
+    }
+
+    /// Its dedup at `dedup.false_positive_rate` (`new` takes the default
+    /// rate; the daemon calls this before the feed starts).
+    pub fn with_dedup_rate(self, false_positive_rate: f64) -> Self {
+        *self.intake.dedup.borrow_mut() =
+            Self::dedup(&self.cfg, &self.metrics, false_positive_rate);
+        self
+    }
+
+    /// `feeds.<name>.dedup_capacity` ids, its figures in the metrics as
+    /// `feed.<exchange>` (like the feed's name in `/status`).
+    fn dedup(cfg: &FeedConfig, metrics: &Metrics, false_positive_rate: f64) -> Dedup {
+        let owner = format!("feed.{}", cfg.exchange.to_ascii_lowercase());
+        Dedup::with_rate(cfg.dedup_capacity, false_positive_rate).reporting(metrics, &owner)
     }
 }
 
@@ -193,7 +244,8 @@ impl FeedActor {
         self.published.subscribe()
     }
 
-    fn publish_state(&self) {
+    fn publish_state(&mut self) {
+        self.state.gaps = self.intake.continuity.as_ref().map(|c| c.borrow().stats());
         self.published.publish(&self.state);
     }
 }
@@ -208,16 +260,23 @@ impl Actor for FeedActor {
         let delay = self.restarts.delay(&self.state.health);
         let url = self.state.url.clone();
         tracing::info!(exchange = %self.cfg.exchange, url = %url, delay_ms = delay.as_millis() as u64, "feed connecting");
+        if self.filler.is_none() && self.intake.continuity.is_some() {
+            self.filler = Some(actix::spawn(fill_gaps(
+                self.intake.clone(),
+                self.cfg.clone(),
+                self.protocol.clone(),
+                self.symbols.clone(),
+                self.gaps_table.clone(),
+                ctx.address().recipient(),
+            )));
+        }
         let conn = Connection {
             cfg: self.cfg.clone(),
             protocol: self.protocol.clone(),
             url,
-            producer: self.producer.clone(),
             symbols: self.symbols.clone(),
-            events: self.events.clone(),
             addr: ctx.address(),
-            dedup: self.dedup.clone(),
-            tiers: RefCell::new(TierCache::new(self.instruments.clone())),
+            intake: self.intake.clone(),
             parsed: RefCell::new(Vec::new()),
         };
         ctx.spawn(conn.run(delay).into_actor(self).map(|res, act, ctx| {
@@ -239,7 +298,7 @@ impl Supervised for FeedActor {
             return;
         }
         self.restarts.count(&mut self.state.health, &self.metrics);
-        self.events.connection("restart");
+        self.intake.events.connection("restart");
         self.publish_state();
     }
 }
@@ -268,13 +327,24 @@ impl Handler<StopFeed> for FeedActor {
     type Result = ();
     fn handle(&mut self, _: StopFeed, ctx: &mut Self::Context) {
         self.stopping = true;
+        if let Some(f) = self.filler.take() {
+            f.abort();
+        }
         ctx.stop();
+    }
+}
+
+impl Handler<GapsChanged> for FeedActor {
+    type Result = ();
+    fn handle(&mut self, _: GapsChanged, _ctx: &mut Self::Context) {
+        self.publish_state();
     }
 }
 
 impl Handler<Observe<FeedState>> for FeedActor {
     type Result = MessageResult<Observe<FeedState>>;
     fn handle(&mut self, _: Observe<FeedState>, _ctx: &mut Self::Context) -> Self::Result {
+        self.publish_state();
         MessageResult(self.state.clone())
     }
 }
@@ -283,12 +353,9 @@ struct Connection {
     cfg: FeedConfig,
     protocol: Arc<dyn Protocol>,
     url: String,
-    producer: ProducerLanes,
     symbols: SymbolRule,
-    events: Rc<FeedEvents>,
     addr: Addr<FeedActor>,
-    dedup: Rc<RefCell<Dedup>>,
-    tiers: RefCell<TierCache>,
+    intake: Rc<Intake>,
     /// The trades of the frame being handled; kept to reuse its room.
     parsed: RefCell<Vec<TradeV2>>,
 }
@@ -305,21 +372,21 @@ impl Connection {
         let ws = match connect {
             Ok(Ok((ws, _))) => ws,
             Ok(Err(e)) => {
-                self.events.connection("failed");
+                self.intake.events.connection("failed");
                 return Err(FeedError::Connect {
                     url: self.url.clone(),
                     reason: e.to_string(),
                 });
             }
             Err(_) => {
-                self.events.connection("failed");
+                self.intake.events.connection("failed");
                 return Err(FeedError::Connect {
                     url: self.url.clone(),
                     reason: "timed out after 15s".into(),
                 });
             }
         };
-        self.events.connection("connected");
+        self.intake.events.connection("connected");
         tracing::info!(exchange, url = %self.url, "feed connected");
         let (mut sink, stream) = ws.split();
         for frame in self.protocol.subscribe_frames(&self.cfg) {
@@ -382,7 +449,7 @@ impl Connection {
                         let _ = old.send(WsMessage::Close(None)).await;
                     }
                     retire_at = None;
-                    self.events.connection("rotated");
+                    self.intake.events.connection("rotated");
                     tracing::info!(exchange, "feed rotated: the old connection is closed");
                     continue;
                 }
@@ -487,9 +554,9 @@ impl Connection {
             None => Err(FrameError::Binary(raw.len())),
         };
         let result = match parsed {
-            Ok(Frame::Trades(_)) => self.send_trades(&mut trades).await,
+            Ok(Frame::Trades(_)) => Ok(self.intake.send_trades(&mut trades).await?),
             Ok(Frame::Skipped(kind)) => {
-                self.events.skipped(kind);
+                self.intake.events.skipped(kind);
                 Ok(())
             }
             Err(e) => {
@@ -499,7 +566,7 @@ impl Connection {
                 // Whatever the parser pushed before it failed is not sent:
                 // the frame goes whole to the dead letters.
                 trades.clear();
-                self.events.malformed(&e, raw.len());
+                self.intake.events.malformed(&e, raw.len());
                 let out = Outgoing::dead_letter(DeadLetter::new(
                     exchange,
                     &self.url,
@@ -507,38 +574,11 @@ impl Connection {
                     e.to_string(),
                     raw.to_vec(),
                 ));
-                self.send(out).await
+                Ok(self.intake.send(out).await?)
             }
         };
         *self.parsed.borrow_mut() = trades;
         result
-    }
-
-    /// The frame's trades, past dedup, onto their tiers' lanes.
-    async fn send_trades(&self, trades: &mut Vec<TradeV2>) -> Result<(), FeedError> {
-        for t in trades.drain(..) {
-            // The parser names the stream; anything else is a plain trade.
-            let kind = match t.vendor_data.as_ref().and_then(|v| v.get("stream")) {
-                Some(k) if k == "aggTrade" => "aggTrade",
-                _ => "trade",
-            };
-            let tier = self.tiers.borrow_mut().tier(&t.exchange, &t.symbol);
-            self.events.trade_received(kind, tier);
-            if !self.dedup.borrow_mut().first_time(&t.message_id) {
-                self.events.duplicate(tier);
-                continue;
-            }
-            self.send(Outgoing::trade(t, tier)).await?;
-        }
-        Ok(())
-    }
-
-    async fn send(&self, out: Outgoing) -> Result<(), FeedError> {
-        let lane = out.tier.index();
-        self.producer
-            .send_data(lane, out)
-            .await
-            .map_err(|e| FeedError::Producer(e.to_string()))
     }
 }
 

@@ -235,6 +235,11 @@ impl Job {
                     sort: vec!["received_at".into()],
                     merge: None,
                 },
+                MaintainedTable {
+                    ident: lake::gaps::ident(cfg),
+                    sort: vec!["detected_at".into()],
+                    merge: None,
+                },
             ]
             .into_iter()
             .chain(cfg.lake.bars.then(|| MaintainedTable {

@@ -5,6 +5,8 @@ pub mod bars;
 pub mod consumer;
 pub mod degradation;
 pub mod feed;
+pub mod gaps;
+pub mod intake;
 pub mod maintenance;
 pub mod observe;
 pub mod producer;

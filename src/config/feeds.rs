@@ -124,6 +124,17 @@ impl ProtocolKind {
         }
     }
 
+    /// The public REST API the venue serves its trade history on.
+    fn default_rest_url(self, exchange: &str) -> &'static str {
+        match self {
+            ProtocolKind::Binance if exchange == "BINANCE_US" => "https://api.binance.us",
+            ProtocolKind::Binance => "https://api.binance.com",
+            ProtocolKind::Kraken | ProtocolKind::KrakenV1 => "https://api.kraken.com",
+            ProtocolKind::Coinbase => "https://api.coinbase.com",
+            ProtocolKind::CoinbaseExchange => "https://api.exchange.coinbase.com",
+        }
+    }
+
     /// The deepest pairs, in the venue's own symbol form.
     fn default_symbols(self, exchange: &str) -> &'static [&'static str] {
         match self {
@@ -181,6 +192,26 @@ pub struct FeedConfig {
     /// Message ids remembered to drop duplicates (reconnect overlaps,
     /// replays); the oldest are forgotten first.
     pub dedup_capacity: usize,
+    /// The venue's public REST API, which gaps in the trade ids are filled
+    /// from (`https://api.binance.com` ...). Point it at `ticklake replay
+    /// --rest` to work offline.
+    pub rest_url: String,
+    /// Whether gaps in the trade ids are filled from `rest_url`. Off, a gap
+    /// is still detected, counted and recorded (`how = "not_filled"`).
+    pub backfill: bool,
+    /// How far back a gap is filled: at start, the lake's last trade of
+    /// each symbol is the point to fill from only when it is younger than
+    /// this; a gap whose trades are older is marked unrecoverable. A
+    /// duration (`30m`, `1h`).
+    pub backfill_max_age: String,
+    /// How long a gap may wait for its trades to arrive late on a live
+    /// connection (a rotation's old connection, out-of-order frames) before
+    /// it is declared and filled, in milliseconds.
+    pub gap_grace_ms: u64,
+    /// REST requests per second at most (the venue's rate limit, with room).
+    pub rest_requests_per_sec: u32,
+    /// Trades asked for per REST page.
+    pub rest_page_size: u32,
 }
 
 impl Default for FeedConfig {
@@ -198,6 +229,12 @@ impl Default for FeedConfig {
             stale_after_secs: 60,
             max_connection_secs: 23 * 3600,
             dedup_capacity: 1_000_000,
+            rest_url: String::new(),
+            backfill: true,
+            backfill_max_age: "1h".into(),
+            gap_grace_ms: 3000,
+            rest_requests_per_sec: 5,
+            rest_page_size: 1000,
         }
     }
 }
@@ -220,6 +257,12 @@ impl FeedConfig {
         self.protocol
             .or_else(|| ProtocolKind::from_feed_name(&self.name))
             .unwrap_or(ProtocolKind::Binance)
+    }
+
+    /// `backfill_max_age` (validated on load; an hour if it does not parse).
+    pub fn backfill_max_age(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.backfill_max_age)
+            .unwrap_or(std::time::Duration::from_secs(3600))
     }
 
     /// The key path of one of this feed's keys, for error messages.
@@ -250,6 +293,9 @@ impl FeedConfig {
         }
         if self.url.is_empty() {
             self.url = kind.default_url(&self.exchange).to_string();
+        }
+        if self.rest_url.is_empty() {
+            self.rest_url = kind.default_rest_url(&self.exchange).to_string();
         }
         if self.symbols.is_empty() {
             self.symbols = kind

@@ -9,9 +9,11 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+mod dedup;
 mod feeds;
 mod validate;
 
+pub use dedup::{DEFAULT_FALSE_POSITIVE_RATE, DedupConfig, DedupConfigError};
 pub use feeds::{FeedConfig, FeedsConfig, ProtocolKind};
 
 /// A config problem, always naming the key and where it came from.
@@ -56,6 +58,7 @@ pub struct Config {
     pub tail: TailConfig,
     pub api: ApiConfig,
     pub maintenance: MaintenanceConfig,
+    pub dedup: DedupConfig,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             tail: TailConfig::default(),
             api: ApiConfig::default(),
             maintenance: MaintenanceConfig::default(),
+            dedup: DedupConfig::default(),
         }
     }
 }

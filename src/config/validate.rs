@@ -42,6 +42,37 @@ impl Config {
                 }
                 Err(e) => return Err(err(&key("url"), format!("{:?}: {e}", f.url))),
             }
+            match url::Url::parse(&f.rest_url) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                Ok(u) => {
+                    return Err(err(
+                        &key("rest_url"),
+                        format!("scheme {:?} is not http or https", u.scheme()),
+                    ));
+                }
+                Err(e) => return Err(err(&key("rest_url"), format!("{:?}: {e}", f.rest_url))),
+            }
+            if let Err(e) = humantime::parse_duration(&f.backfill_max_age) {
+                return Err(err(
+                    &key("backfill_max_age"),
+                    format!("{:?} is not a duration (30m, 1h): {e}", f.backfill_max_age),
+                ));
+            }
+            if f.rest_requests_per_sec == 0 || f.rest_requests_per_sec > 1000 {
+                return Err(err(
+                    &key("rest_requests_per_sec"),
+                    "must be 1 to 1000".into(),
+                ));
+            }
+            if !(1..=1000).contains(&f.rest_page_size) {
+                return Err(err(&key("rest_page_size"), "must be 1 to 1000".into()));
+            }
+            if f.gap_grace_ms > 600_000 {
+                return Err(err(
+                    &key("gap_grace_ms"),
+                    "must be at most 600000 (10 min)".into(),
+                ));
+            }
             let ex = f.exchange.as_str();
             if ex.trim().is_empty()
                 || ex.len() > 32
@@ -180,6 +211,9 @@ impl Config {
         }
         if self.writer.dedup_capacity == 0 {
             return Err(err("writer.dedup_capacity", "must be > 0".into()));
+        }
+        if let Err(e) = self.dedup.validate() {
+            return Err(err(e.key(), e.to_string()));
         }
         if self.writer.max_age_ms == 0 {
             return Err(err("writer.max_age_ms", "must be > 0".into()));

@@ -99,6 +99,8 @@ pub struct Daemon {
     pub query: Addr<QueryActor>,
     /// The consumer's, the tail's and the writers' thread.
     lake_arbiter: actix::Arbiter,
+    /// The writer of `market.gaps`, flushed at shutdown.
+    gaps: Addr<crate::actors::gaps::GapsActor>,
     /// This process's claim on the data directory, released at exit.
     _lock: lock::DataDirLock,
 }
@@ -117,7 +119,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     let consumer = stages::consumer(&cfg, &kafka, &lake, codec.clone(), &metrics)?;
     let producer = stages::producer(&cfg, &kafka, lake.ledger.clone(), codec, &metrics)?;
     let supervisor = stages::supervisor(&cfg, &kafka, &lake, &producer, consumer.addr, &metrics)?;
-    let feeds = stages::feeds(&cfg, &producer, &metrics)?;
+    let feeds = stages::feeds(&cfg, &producer, &lake, &metrics)?;
 
     let mut actors: Vec<Arc<dyn StatusNode>> = Vec::new();
     if feeds.is_empty() {
@@ -153,6 +155,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         http_addr,
         tail: lake.tail,
         query: lake.query,
+        gaps: lake.gaps.clone(),
         lake_arbiter: lake.arbiter,
         _lock: lock,
     })

@@ -35,6 +35,14 @@ impl Daemon {
             feed.send(StopFeed).await?;
         }
         self.drain_and_flush(drain_timeout).await?;
+        // The feeds are stopped: no gap settles any more.
+        match self.gaps.send(crate::actors::gaps::FlushGaps).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "market.gaps: the last gaps were not committed")
+            }
+            Err(e) => tracing::error!(error = %e, "market.gaps: the writer went away"),
+        }
         // Everything is committed; the ingest thread can go (a bench or a
         // test starts daemons one after another in one process).
         self.lake_arbiter.stop();

@@ -48,6 +48,11 @@ pub struct LakeStage {
     pub query_state: Arc<dyn StatusNode>,
     /// Where the producer's acknowledgements meet the trades commits.
     pub ledger: Arc<AckLedger>,
+    /// Where the lake left each symbol's trade ids, for the feeds to fill
+    /// from (`feeds.<name>.backfill_max_age` back at most).
+    pub last_ids: Vec<crate::lake::last_ids::LastId>,
+    /// The writer of `market.gaps`, which the feeds send settled gaps to.
+    pub gaps: Addr<crate::actors::gaps::GapsActor>,
     /// The thread the consumer, the tail and the writers run on, apart
     /// from the feed and the producer (on the system's thread): decoding,
     /// the tail and the writers' buffers no longer share a core with
@@ -80,6 +85,8 @@ pub async fn lake(
     let catalog = lake::open_catalog(cfg).await?;
     let trades_table = lake::ensure_table(catalog.as_ref(), cfg, TableKind::Trades).await?;
     let dl_table = lake::ensure_table(catalog.as_ref(), cfg, TableKind::DeadLetters).await?;
+    // Before the query engine is built: its catalog lists the tables once.
+    lake::gaps::ensure_table(catalog.as_ref(), cfg).await?;
     let trades_start = start_positions(
         "trades",
         recorded_offsets("trades", &trades_table)?,
@@ -99,6 +106,7 @@ pub async fn lake(
 
     let policy = flush_policy(cfg);
     let recent = recent_trade_ids(cfg, &trades_table).await?;
+    let last_ids = last_trade_ids(cfg, &trades_table).await?;
     let ledger = Arc::new(AckLedger::new(metrics.clone(), kafka.start_ends()));
     warn_of_chaos(cfg);
     let trades = WriterActor::new(
@@ -143,6 +151,14 @@ pub async fn lake(
     let mut states: Vec<Arc<dyn StatusNode>> =
         vec![Arc::new(trades_state.clone()), Arc::new(dl_state.clone())];
     states.extend(bars_state);
+    let gaps_actor = crate::actors::gaps::GapsActor::new(
+        catalog.clone(),
+        lake::gaps::ident(cfg),
+        cfg.writer.target_file_size_bytes,
+        metrics.clone(),
+    );
+    states.push(Arc::new(gaps_actor.subscribe()));
+    let gaps = gaps_actor.start();
     states.push(maintenance(cfg, catalog, metrics, &query).await?);
     Ok(LakeStage {
         trades,
@@ -156,8 +172,35 @@ pub async fn lake(
         query,
         query_state,
         ledger,
+        last_ids,
+        gaps,
         arbiter,
     })
+}
+
+/// The newest stored trade id of each symbol of the enabled feeds, as far
+/// back as the longest `backfill_max_age` of those that fill gaps.
+async fn last_trade_ids(
+    cfg: &Config,
+    trades: &iceberg::table::Table,
+) -> Result<Vec<crate::lake::last_ids::LastId>, DaemonError> {
+    let Some(age) = cfg
+        .feeds
+        .enabled()
+        .filter(|f| f.backfill)
+        .map(|f| f.backfill_max_age())
+        .max()
+    else {
+        return Ok(Vec::new());
+    };
+    let age_us = i64::try_from(age.as_micros()).unwrap_or(i64::MAX);
+    let since = crate::model::now_us().saturating_sub(age_us);
+    let last = crate::lake::last_ids::last_ids(trades, since).await?;
+    tracing::info!(
+        symbols = last.len(),
+        "the lake's last trade ids read back, for the feeds to fill from"
+    );
+    Ok(last)
 }
 
 /// The offsets of the newest snapshot that carries them, said loudly when
@@ -187,7 +230,7 @@ fn flush_policy(cfg: &Config) -> FlushPolicy {
         breaker: cfg.breaker.commit.clone(),
         restart: restart_policy(cfg),
         fail_commits: 0,
-        dedup_capacity: cfg.writer.dedup_capacity,
+        dedup: crate::dedup::Sizing::new(cfg.writer.dedup_capacity, cfg.dedup.false_positive_rate),
         dedup_window: Duration::from_secs(cfg.writer.dedup_window_secs),
     }
 }
@@ -489,6 +532,7 @@ pub struct FeedStage {
 pub fn feeds(
     cfg: &Config,
     producer: &ProducerHandle,
+    lake: &LakeStage,
     metrics: &Metrics,
 ) -> Result<Vec<FeedStage>, DaemonError> {
     let mut stages = Vec::new();
@@ -503,7 +547,19 @@ pub fn feeds(
             producer.lanes.clone(),
             instruments.clone(),
             metrics.clone(),
-        )?;
+        )?
+        .with_dedup_rate(cfg.dedup.false_positive_rate);
+        let age_us = i64::try_from(f.backfill_max_age().as_micros()).unwrap_or(i64::MAX);
+        let since = crate::model::now_us().saturating_sub(age_us);
+        let last: Vec<_> = lake
+            .last_ids
+            .iter()
+            .filter(|l| f.backfill && l.exchange == f.exchange && l.at_us >= since)
+            .map(|l| (l.symbol.clone(), l.space.clone(), l.id, l.at_us))
+            .collect();
+        let actor = actor
+            .with_last_ids(&last)
+            .with_gaps_table(lake.gaps.clone().recipient());
         let state = actor.subscribe();
         let addr = Supervisor::start(move |_| actor);
         stages.push(FeedStage {

@@ -7,6 +7,8 @@ pub mod batch;
 pub mod commit;
 pub mod compact;
 pub mod files;
+pub mod gaps;
+pub mod last_ids;
 pub mod maintain;
 pub mod scan;
 pub mod schema;

@@ -1,6 +1,7 @@
 //! Typed actix messages, grouped by the actor that receives them.
 
 pub mod consumer;
+pub mod gaps;
 pub mod observe;
 pub mod producer;
 pub mod query;

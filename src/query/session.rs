@@ -74,6 +74,7 @@ async fn build(
     let catalog = lake::open_catalog(cfg).await?;
     let trades = lake::ensure_table(catalog.as_ref(), cfg, TableKind::Trades).await?;
     lake::ensure_table(catalog.as_ref(), cfg, TableKind::DeadLetters).await?;
+    lake::gaps::ensure_table(catalog.as_ref(), cfg).await?;
     let config = SessionConfig::new()
         .with_default_catalog_and_schema(CATALOG, &cfg.lake.namespace)
         .with_information_schema(true)

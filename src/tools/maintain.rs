@@ -39,6 +39,7 @@ pub async fn maintain(cfg: &Config) -> Result<Vec<MaintainReport>, MaintainError
         )
         .await?;
     }
+    lake::gaps::ensure_table(catalog.as_ref(), cfg).await?;
     let job = crate::actors::maintenance::Job::from_config(cfg, catalog).await?;
     job.run()
         .await

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod bench_api;
+pub mod bench_dedup;
 pub mod bench_tail;
 pub mod capture;
 pub mod loaders;

@@ -67,9 +67,14 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let http_port = free_port();
         let run = unique("t");
+        // Gaps in the trade ids are filled from the same local server
+        // (`replay --rest`), never from the venue.
         let feed = match feed_url {
-            Some(u) => format!("enabled = true\nurl = \"{u}\"\n"),
-            None => "enabled = false\n".to_string(),
+            Some(u) => format!(
+                "enabled = true\nurl = \"{u}\"\nrest_url = \"{}\"\n",
+                u.replacen("ws://", "http://", 1)
+            ),
+            None => "enabled = false\nrest_url = \"http://127.0.0.1:9\"\n".to_string(),
         };
         let body = format!(
             r#"data_dir = "{data}"
