@@ -19,7 +19,8 @@ fn ingested() -> (Env, Proc, Proc, u64) {
     let cap = capture("BINANCE-ee25be.0.txt");
     let trades = truth(&received_frames(&cap)).len() as u64;
     // --live: a reconnect gets only new frames, so the counts stay exact.
-    let (replay, url) = start_replay(&[cap], &["--live", "--rate", "2000"]);
+    // Slow enough (about 9 s) that a daemon slow to start still joins it.
+    let (replay, url) = start_replay(&[cap], &["--live", "--rate", "500"]);
     let env = Env::new("embedded", Some(&url), "");
     env.capture_feed();
     let daemon = env.start_daemon("daemon");
@@ -58,6 +59,7 @@ fn status_endpoint_and_cli_show_the_tree_level_breakers_and_accounting() {
             "writer.trades",
             "writer.dead_letters",
             "bars",
+            "gaps",
             "maintenance",
             "tail",
             "query",

@@ -265,7 +265,12 @@ fn expiry_keeps_every_trade_once_across_a_kill_and_bounds_the_snapshots() {
         .collect();
     assert_eq!(
         tables,
-        ["market.trades", "market.dead_letters", "market.ohlcv_1m"]
+        [
+            "market.trades",
+            "market.dead_letters",
+            "market.gaps",
+            "market.ohlcv_1m"
+        ]
     );
     assert!(reports[0]["snapshots_after"].as_u64().unwrap() >= 1);
     assert_eq!(lake_counts(&env), (want, want));
