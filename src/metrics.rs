@@ -91,6 +91,13 @@ pub struct Metrics {
     pub dedup_bloom_fill_ratio: GaugeVec,
     /// Bloom positives a dedup's exact window did not confirm, by owner.
     pub dedup_false_positives: IntCounterVec,
+    /// Redis calls of the shared dedup (`dedup.redis_url`) that failed or
+    /// were skipped after a failure, by operation; each batch concerned
+    /// fell back to in-process behaviour.
+    pub dedup_redis_errors: IntCounterVec,
+    /// Trades another daemon had taken and died before publishing for
+    /// sure, published by this one instead, by exchange.
+    pub dedup_redis_takeovers: IntCounterVec,
 }
 
 /// Where a feed message ended up. Per exchange and tier, at any moment:
@@ -454,6 +461,16 @@ impl Metrics {
             "Bloom filter positives a dedup's exact window did not confirm (the id was new): false positives, and ids the window forgot while the filter still held them, by owner.",
             &["owner"],
         )?;
+        let dedup_redis_errors = counter(
+            "ticklake_dedup_redis_errors_total",
+            "Calls to the shared Redis of dedup.redis_url that failed, or were skipped in the 5 s after a failure, by operation (first_time, advance_last, last_ids, alive, take_over); each batch concerned went on with the daemon's own dedup and continuity.",
+            &["op"],
+        )?;
+        let dedup_redis_takeovers = counter(
+            "ticklake_dedup_redis_takeovers_total",
+            "Trades another daemon on the same feed had taken (dedup.redis_url) and that this one published after that daemon stopped beating, by exchange; such a trade may be in Kafka twice (the trades writer stores it once).",
+            &["exchange"],
+        )?;
         Ok(Self {
             losses: crate::ledger::Losses::new(records_lost.clone()),
             records_lost,
@@ -501,6 +518,8 @@ impl Metrics {
             dedup_memory_bytes,
             dedup_bloom_fill_ratio,
             dedup_false_positives,
+            dedup_redis_errors,
+            dedup_redis_takeovers,
         })
     }
 

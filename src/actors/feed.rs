@@ -15,10 +15,11 @@ use futures::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::actors::intake::{GapsChanged, Intake, fill_gaps};
+use crate::actors::intake::{GapsChanged, Intake, fill_gaps, release_held_loop};
 use crate::actors::observe::{Health, ObservableState, Published, RestartPolicy, Restarts};
 use crate::config::FeedConfig;
 use crate::continuity::{Continuity, ContinuityStats};
+use crate::dedup::shared::SharedIds;
 use crate::dedup::{DEFAULT_FALSE_POSITIVE_RATE, Dedup};
 use crate::exchanges::{Frame, FrameError, ParseCtx, Protocol};
 use crate::instruments::{Instruments, InstrumentsError, SymbolError, SymbolRule, TierCache};
@@ -142,6 +143,8 @@ pub struct FeedActor {
     gaps_table: Option<Recipient<GapSettled>>,
     /// The gap filler, started with the first connection.
     filler: Option<tokio::task::JoinHandle<()>>,
+    /// With a shared store: resolves the trades held for another daemon.
+    releaser: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl FeedActor {
@@ -176,6 +179,9 @@ impl FeedActor {
                 .then(|| RefCell::new(Continuity::new(&exchange, cfg.gap_grace_ms))),
             gap_opened: tokio::sync::Notify::new(),
             metrics: metrics.clone(),
+            shared: None,
+            held: RefCell::new(std::collections::VecDeque::new()),
+            held_checked: std::cell::Cell::new(None),
         });
         let restarts = Restarts::new(
             format!("feed.{}", cfg.exchange.to_ascii_lowercase()),
@@ -200,6 +206,7 @@ impl FeedActor {
             intake,
             gaps_table: None,
             filler: None,
+            releaser: None,
         })
     }
 
@@ -217,6 +224,19 @@ impl FeedActor {
             let mut c = c.borrow_mut();
             for (symbol, space, id, at) in last {
                 c.seed(symbol, space, *id, *at);
+            }
+        }
+        self
+    }
+
+    /// Shares its dedup and last ids with the other daemons on this feed
+    /// (`dedup.redis_url`).
+    pub fn with_shared(mut self, ids: Arc<SharedIds>) -> Self {
+        match Rc::get_mut(&mut self.intake) {
+            Some(intake) => intake.shared = Some(ids),
+            // Only before the feed starts is the intake its own.
+            None => {
+                tracing::error!(exchange = %self.cfg.exchange, "shared dedup set on a running feed; ignored")
             }
         }
         self
@@ -269,6 +289,9 @@ impl Actor for FeedActor {
                 self.gaps_table.clone(),
                 ctx.address().recipient(),
             )));
+        }
+        if self.releaser.is_none() && self.intake.shared.is_some() {
+            self.releaser = Some(actix::spawn(release_held_loop(self.intake.clone())));
         }
         let conn = Connection {
             cfg: self.cfg.clone(),
@@ -327,8 +350,11 @@ impl Handler<StopFeed> for FeedActor {
     type Result = ();
     fn handle(&mut self, _: StopFeed, ctx: &mut Self::Context) {
         self.stopping = true;
-        if let Some(f) = self.filler.take() {
-            f.abort();
+        for task in [self.filler.take(), self.releaser.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
         }
         ctx.stop();
     }

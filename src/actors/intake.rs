@@ -4,10 +4,11 @@
 //! the same accounting. And the feed's gap filler, which fills the gaps
 //! the continuity finds (`continuity`, `backfill`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
@@ -15,8 +16,9 @@ use crate::backfill::{Fetcher, space_of};
 use crate::config::FeedConfig;
 use crate::continuity::{Continuity, Seen};
 use crate::dedup::Dedup;
+use crate::dedup::shared::{ALIVE_TTL, BEAT_EVERY, Claim, SharedIds};
 use crate::exchanges::Protocol;
-use crate::instruments::{SymbolRule, TierCache};
+use crate::instruments::{SymbolRule, Tier, TierCache};
 use crate::messages::gaps::{GapRecord, GapSettled};
 use crate::messages::producer::{Outgoing, ProducerLanes};
 use crate::metrics::Metrics;
@@ -42,13 +44,37 @@ pub struct Intake {
     /// Wakes the gap filler when a gap opens.
     pub gap_opened: tokio::sync::Notify,
     pub metrics: Metrics,
+    /// The store shared with the other daemons on this feed
+    /// (`dedup.redis_url`), when configured.
+    pub shared: Option<Arc<SharedIds>>,
+    /// Trades another daemon took, held until it has surely published
+    /// them, to be published here should it die first.
+    pub held: RefCell<VecDeque<Held>>,
+    /// When the held trades' owners were last looked at.
+    pub held_checked: Cell<Option<Instant>>,
 }
+
+/// A trade another daemon claimed first.
+pub struct Held {
+    pub since: Instant,
+    pub owner: String,
+    pub trade: TradeV2,
+    pub tier: Tier,
+}
+
+/// How long a trade another daemon took is held: past its owner's
+/// heartbeat lifetime (a dead owner is seen by then) with room for the
+/// owner's producer to have handed it to Kafka, or spilled it to disk.
+const HOLD: Duration = Duration::from_secs(10);
+/// Most trades held; beyond, the oldest are let go (counted duplicates).
+const MAX_HELD: usize = 500_000;
 
 impl Intake {
     /// The trades, past dedup, onto their tiers' lanes; each new one is
     /// checked against its symbol's ids.
     pub async fn send_trades(&self, trades: &mut Vec<TradeV2>) -> Result<(), ProducerGone> {
         let now = now_us();
+        let mut fresh = Vec::with_capacity(trades.len());
         for t in trades.drain(..) {
             // The parser names the stream; anything else is a plain trade.
             let kind = match space_of(&t) {
@@ -61,13 +87,148 @@ impl Intake {
                 self.events.duplicate(tier);
                 continue;
             }
+            // Every trade the feed delivered counts for continuity, whoever
+            // publishes it: the ids are not missing.
             if let (Some(c), Some(id)) = (&self.continuity, t.source_sequence) {
                 let seen = c
                     .borrow_mut()
                     .observe(&t.symbol, kind, id, t.timestamp_us, now);
                 self.note(seen);
             }
+            fresh.push((t, tier));
+        }
+        let Some(shared) = &self.shared else {
+            for (t, tier) in fresh {
+                self.send(Outgoing::trade(t, tier)).await?;
+            }
+            return Ok(());
+        };
+        let ids: Vec<&str> = fresh.iter().map(|(t, _)| t.message_id.as_str()).collect();
+        let claims = match shared.claim(&ids).await {
+            Ok(c) => c,
+            Err(e) => {
+                // Published here: the writers' own dedup still stores it once.
+                shared.failed(&e);
+                Vec::new()
+            }
+        };
+        let mut last = BTreeMap::<(String, String), (i64, i64)>::new();
+        for (i, (t, tier)) in fresh.into_iter().enumerate() {
+            if let Some(Claim::Taken(owner)) = claims.get(i) {
+                self.hold(owner.clone(), t, tier);
+                continue;
+            }
+            if let Some(id) = t.source_sequence {
+                let e = last
+                    .entry((t.symbol.clone(), space_of(&t).to_string()))
+                    .or_insert((id, t.timestamp_us));
+                if id > e.0 {
+                    *e = (id, t.timestamp_us);
+                }
+            }
             self.send(Outgoing::trade(t, tier)).await?;
+        }
+        if let Err(e) = shared.advance_last(&self.exchange, &last).await {
+            shared.failed(&e);
+        }
+        self.release_held().await
+    }
+
+    /// A trade another daemon took, held until that daemon has surely
+    /// published it.
+    fn hold(&self, owner: String, trade: TradeV2, tier: Tier) {
+        let mut held = self.held.borrow_mut();
+        if held.len() >= MAX_HELD
+            && let Some(h) = held.pop_front()
+        {
+            self.events.duplicate(h.tier);
+        }
+        held.push_back(Held {
+            since: Instant::now(),
+            owner,
+            trade,
+            tier,
+        });
+    }
+
+    /// At most once per heartbeat period: the held trades past [`HOLD`]
+    /// were published by their owner (duplicates here); those whose owner
+    /// died (its heartbeat gone) are taken over and published here.
+    pub async fn release_held(&self) -> Result<(), ProducerGone> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        if self
+            .held_checked
+            .get()
+            .is_some_and(|at| at.elapsed() < BEAT_EVERY)
+        {
+            return Ok(());
+        }
+        self.held_checked.set(Some(Instant::now()));
+        let owners: Vec<String> = {
+            let mut held = self.held.borrow_mut();
+            while held.front().is_some_and(|h| h.since.elapsed() >= HOLD) {
+                if let Some(h) = held.pop_front() {
+                    self.events.duplicate(h.tier);
+                }
+            }
+            let set: BTreeSet<&str> = held.iter().map(|h| h.owner.as_str()).collect();
+            set.into_iter().map(str::to_string).collect()
+        };
+        if owners.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = owners.iter().map(String::as_str).collect();
+        let alive = match shared.alive(&names).await {
+            Ok(a) => a,
+            Err(e) => {
+                // Held on and asked again next period; at HOLD they go as
+                // duplicates, as with a live owner.
+                shared.failed(&e);
+                return Ok(());
+            }
+        };
+        for (owner, alive) in owners.iter().zip(alive) {
+            if !alive {
+                self.take_over(shared, owner).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the held trades of the dead `owner` whose claims this
+    /// daemon moves to itself (another survivor may have moved some first).
+    async fn take_over(&self, shared: &SharedIds, owner: &str) -> Result<(), ProducerGone> {
+        let mine: Vec<Held> = {
+            let mut held = self.held.borrow_mut();
+            let (mine, rest): (VecDeque<Held>, VecDeque<Held>) =
+                held.drain(..).partition(|h| h.owner == owner);
+            *held = rest;
+            mine.into()
+        };
+        let ids: Vec<&str> = mine.iter().map(|h| h.trade.message_id.as_str()).collect();
+        let taken = match shared.take_over(owner, &ids).await {
+            Ok(t) => t,
+            Err(e) => {
+                // Published: better twice in Kafka than lost.
+                shared.failed(&e);
+                vec![true; ids.len()]
+            }
+        };
+        tracing::warn!(exchange = %self.exchange, dead = owner, trades = mine.len(),
+            taken = taken.iter().filter(|t| **t).count(),
+            "shared dedup: a daemon stopped beating; publishing the trades it had taken");
+        self.metrics
+            .dedup_redis_takeovers
+            .with_label_values(&[&self.exchange])
+            .inc_by(taken.iter().filter(|t| **t).count() as u64);
+        for (h, taken) in mine.into_iter().zip(taken) {
+            if taken {
+                self.send(Outgoing::trade(h.trade, h.tier)).await?;
+            } else {
+                self.events.duplicate(h.tier);
+            }
         }
         Ok(())
     }
@@ -204,3 +365,20 @@ pub async fn fill_gaps(
         }
     }
 }
+
+/// Resolves the held trades while no frame comes (a quiet feed, or a
+/// replay that ended just as the other daemon died). Runs for the feed's
+/// life.
+pub async fn release_held_loop(intake: Rc<Intake>) {
+    let mut tick = tokio::time::interval(BEAT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = intake.release_held().await {
+            tracing::warn!(error = %e, "shared dedup: the producer refused held trades");
+        }
+    }
+}
+
+// A dead owner is seen well before its trades would go as duplicates.
+const _: () = assert!(ALIVE_TTL.as_millis() + 2 * BEAT_EVERY.as_millis() < HOLD.as_millis());

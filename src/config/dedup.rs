@@ -21,12 +21,30 @@ pub struct DedupConfig {
     /// Greater than 0 and less than 0.5; the filter is never built for less
     /// than 1e-12.
     pub false_positive_rate: f64,
+    /// A Redis server (`redis://127.0.0.1:6379/0`) shared by the daemons
+    /// that hold the same feed (hot standby): the recent message ids and
+    /// each symbol's last trade id live there, so they keep one continuity
+    /// and publish each trade once. Unset: everything stays in-process.
+    pub redis_url: Option<String>,
+    /// Every key this daemon writes in Redis starts with `<prefix>:`.
+    pub redis_key_prefix: String,
+    /// How long Redis remembers a message id (seconds).
+    pub redis_window_secs: u64,
 }
+
+/// `dedup.redis_window_secs` when not configured.
+pub const DEFAULT_REDIS_WINDOW_SECS: u64 = 900;
+
+/// The longest `dedup.redis_window_secs`: 366 days, as every time setting.
+const MAX_REDIS_WINDOW_SECS: u64 = 366 * 24 * 3600;
 
 impl Default for DedupConfig {
     fn default() -> Self {
         Self {
             false_positive_rate: DEFAULT_FALSE_POSITIVE_RATE,
+            redis_url: None,
+            redis_key_prefix: "ticklake".into(),
+            redis_window_secs: DEFAULT_REDIS_WINDOW_SECS,
         }
     }
 }
@@ -36,6 +54,12 @@ impl Default for DedupConfig {
 pub enum DedupConfigError {
     #[error("{0} is not a rate greater than 0 and less than 0.5")]
     FalsePositiveRate(f64),
+    #[error("{0:?} is not a Redis URL: {1}")]
+    RedisUrl(String, String),
+    #[error("{0:?} must be 1 to 64 characters, none of them a space, `:` or `*`")]
+    RedisKeyPrefix(String),
+    #[error("{0} must be from 1 second to 366 days")]
+    RedisWindow(u64),
 }
 
 impl DedupConfigError {
@@ -43,6 +67,9 @@ impl DedupConfigError {
     pub fn key(&self) -> &'static str {
         match self {
             DedupConfigError::FalsePositiveRate(_) => "dedup.false_positive_rate",
+            DedupConfigError::RedisUrl(..) => "dedup.redis_url",
+            DedupConfigError::RedisKeyPrefix(_) => "dedup.redis_key_prefix",
+            DedupConfigError::RedisWindow(_) => "dedup.redis_window_secs",
         }
     }
 }
@@ -54,6 +81,22 @@ impl DedupConfig {
         // Written so that NaN fails too.
         if !(r > 0.0 && r < 0.5) {
             return Err(DedupConfigError::FalsePositiveRate(r));
+        }
+        if let Some(url) = &self.redis_url {
+            // Parsing only; whether the server answers is seen at start.
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                return Err(DedupConfigError::RedisUrl(url.clone(), e.to_string()));
+            }
+        }
+        let p = &self.redis_key_prefix;
+        // `:` separates the key's parts and `*` would match other keys in
+        // a SCAN; both would mix one prefix's keys with another's.
+        if p.is_empty() || p.len() > 64 || p.contains([' ', ':', '*']) {
+            return Err(DedupConfigError::RedisKeyPrefix(p.clone()));
+        }
+        let w = self.redis_window_secs;
+        if w == 0 || w > MAX_REDIS_WINDOW_SECS {
+            return Err(DedupConfigError::RedisWindow(w));
         }
         Ok(())
     }
@@ -97,5 +140,44 @@ mod tests {
         }
         let e = load("[dedup]\nfalse_positive_rat = 0.1\n").unwrap_err();
         assert!(e.contains("dedup.false_positive_rat"), "{e}");
+    }
+
+    /// The standby's half of hot standby: writers off, on a real broker only.
+    #[test]
+    fn writers_off_need_a_real_broker() {
+        assert!(load("").unwrap().writer.enabled);
+        let e = load("[writer]\nenabled = false\n").unwrap_err();
+        assert!(e.contains("writer.enabled"), "{e}");
+        let cfg =
+            load("[kafka]\nbrokers = \"127.0.0.1:9092\"\n[writer]\nenabled = false\n").unwrap();
+        assert!(!cfg.writer.enabled);
+    }
+
+    #[test]
+    fn redis_keys_default_load_and_are_checked() {
+        let cfg = load("").unwrap();
+        assert_eq!(cfg.dedup.redis_url, None);
+        assert_eq!(cfg.dedup.redis_key_prefix, "ticklake");
+        assert_eq!(cfg.dedup.redis_window_secs, 900);
+        let cfg = load(
+            "[dedup]\nredis_url = \"redis://127.0.0.1:6379/0\"\nredis_key_prefix = \"a\"\nredis_window_secs = 60\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.dedup.redis_url.as_deref(),
+            Some("redis://127.0.0.1:6379/0")
+        );
+        assert_eq!(cfg.dedup.redis_window_secs, 60);
+        for (body, key) in [
+            ("redis_url = \"http://x\"", "dedup.redis_url"),
+            ("redis_url = \"\"", "dedup.redis_url"),
+            ("redis_key_prefix = \"\"", "dedup.redis_key_prefix"),
+            ("redis_key_prefix = \"a:b\"", "dedup.redis_key_prefix"),
+            ("redis_window_secs = 0", "dedup.redis_window_secs"),
+            ("redis_window_secs = 999999999", "dedup.redis_window_secs"),
+        ] {
+            let e = load(&format!("[dedup]\n{body}\n")).unwrap_err();
+            assert!(e.contains(key), "{body}: {e}");
+        }
     }
 }

@@ -189,6 +189,10 @@ pub struct WriterConfig {
     /// At start, the ids of trades ingested in this many seconds before are
     /// read back from the table into that memory.
     pub dedup_window_secs: u64,
+    /// Run the consumer and the writers. Off, the daemon publishes its
+    /// feeds to Kafka and stores nothing: the hot standby beside a daemon
+    /// that writes (with `dedup.redis_url`, so they publish each trade once).
+    pub enabled: bool,
 }
 
 impl Default for WriterConfig {
@@ -199,6 +203,7 @@ impl Default for WriterConfig {
             target_file_size_bytes: 128 << 20,
             dedup_capacity: 4_000_000,
             dedup_window_secs: 900,
+            enabled: true,
         }
     }
 }

@@ -215,6 +215,15 @@ impl Config {
         if let Err(e) = self.dedup.validate() {
             return Err(err(e.key(), e.to_string()));
         }
+        // Nobody would read the in-process cluster: the producer's window
+        // would fill and hold the feeds back for good.
+        if !self.writer.enabled && self.kafka.is_embedded() {
+            return Err(err(
+                "writer.enabled",
+                "false needs a real broker (kafka.brokers), which another daemon's writers read"
+                    .into(),
+            ));
+        }
         if self.writer.max_age_ms == 0 {
             return Err(err("writer.max_age_ms", "must be > 0".into()));
         }

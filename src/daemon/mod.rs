@@ -74,6 +74,8 @@ pub enum DaemonError {
     Writer(#[from] crate::messages::writer::WriterError),
     #[error(transparent)]
     Locked(#[from] lock::LockError),
+    #[error("shared dedup (dedup.redis_url): {0}")]
+    Shared(#[from] crate::dedup::shared::SharedError),
 }
 
 /// Running daemon handles, for shutdown.
@@ -118,8 +120,16 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     let lake = stages::lake(&cfg, &kafka, &metrics, fatal_tx).await?;
     let consumer = stages::consumer(&cfg, &kafka, &lake, codec.clone(), &metrics)?;
     let producer = stages::producer(&cfg, &kafka, lake.ledger.clone(), codec, &metrics)?;
-    let supervisor = stages::supervisor(&cfg, &kafka, &lake, &producer, consumer.addr, &metrics)?;
-    let feeds = stages::feeds(&cfg, &producer, &lake, &metrics)?;
+    let supervisor = stages::supervisor(
+        &cfg,
+        &kafka,
+        &lake,
+        &producer,
+        consumer.as_ref().map(|c| c.addr.clone()),
+        &metrics,
+    )?;
+    let shared = stages::shared(&cfg, &metrics)?;
+    let feeds = stages::feeds(&cfg, &producer, &lake, shared.as_ref(), &metrics).await?;
 
     let mut actors: Vec<Arc<dyn StatusNode>> = Vec::new();
     if feeds.is_empty() {
@@ -127,7 +137,10 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     }
     actors.extend(feeds.iter().map(|f| f.state.clone()));
     actors.push(Arc::new(producer.state.clone()));
-    actors.push(consumer.state);
+    actors.push(match consumer {
+        Some(c) => c.state,
+        None => Arc::new(Disabled("consumer")),
+    });
     actors.extend(lake.states);
     actors.extend([lake.tail_state, lake.query_state]);
     actors.push(Arc::new(supervisor.clone()));
@@ -148,7 +161,13 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         trades: lake.trades,
         dead_letters: lake.dead_letters,
         watermark_client: kafka.watermark_client.clone(),
-        topics: kafka.topics.clone(),
+        // What shutdown waits for the writers to have read: nothing
+        // without them.
+        topics: if cfg.writer.enabled {
+            kafka.topics.clone()
+        } else {
+            Vec::new()
+        },
         _embedded: kafka.embedded.take(),
         fatal,
         metrics,

@@ -2,7 +2,7 @@
 //! stage and returns the addresses and observed states the earlier stages
 //! and `/status` need.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use crate::actors::query::QueryActor;
 use crate::actors::tail::TailActor;
 use crate::actors::writer::{FlushPolicy, WriterActor, WriterState};
 use crate::config::Config;
+use crate::dedup::shared::SharedIds;
 use crate::degrade::level::LevelMachine;
 use crate::degrade::spill::SpillLog;
 use crate::kafka;
@@ -430,7 +431,12 @@ pub fn consumer(
     lake: &LakeStage,
     codec: Arc<Codec>,
     metrics: &Metrics,
-) -> Result<ConsumerStage, DaemonError> {
+) -> Result<Option<ConsumerStage>, DaemonError> {
+    if !cfg.writer.enabled {
+        // The writers stay idle: nothing reads the topics here.
+        tracing::info!("writer.enabled is false: no consumer, nothing is stored by this daemon");
+        return Ok(None);
+    }
     let consumer = assigned_consumer(cfg, kafka, &[&lake.trades_start, &lake.dl_start])?;
     let actor = ConsumerActor::new(
         consumer,
@@ -460,10 +466,10 @@ pub fn consumer(
         w.do_send(AddCommitListener(addr.clone().recipient()));
         w.do_send(SetRestarter(addr.clone().recipient()));
     }
-    Ok(ConsumerStage {
+    Ok(Some(ConsumerStage {
         addr,
         state: Arc::new(state),
-    })
+    }))
 }
 
 /// The producer, supervised, with the spill log it replays first.
@@ -486,7 +492,9 @@ pub fn producer(
             stall: Duration::from_millis(cfg.breaker.stall_ms),
             replay_batch: cfg.spill.replay_batch,
             window: kafka.window.clone(),
-            ledger: Some(ledger),
+            // Without writers no commit would ever settle an acknowledged
+            // record: the ledger would only grow.
+            ledger: cfg.writer.enabled.then_some(ledger),
         },
     )?;
     Supervisor::start(move |_| actor);
@@ -500,9 +508,16 @@ pub fn supervisor(
     kafka: &KafkaReady,
     lake: &LakeStage,
     producer: &ProducerHandle,
-    consumer: Addr<ConsumerActor>,
+    consumer: Option<Addr<ConsumerActor>>,
     metrics: &Metrics,
 ) -> Result<tokio::sync::watch::Receiver<SupervisorState>, DaemonError> {
+    // Without a consumer the writers' positions never move: the topics'
+    // ends would read as lag and raise the level. No topics, no lag.
+    let topics = if consumer.is_some() {
+        kafka.topics.clone()
+    } else {
+        Vec::new()
+    };
     let machine = LevelMachine::new(cfg.degradation.clone())
         .map_err(|e| DaemonError::Config(e.to_string()))?;
     let (supervisor, state) = DegradationSupervisor::new(
@@ -512,8 +527,8 @@ pub fn supervisor(
             producer: producer.state.clone(),
             writers: lake.writer_states.clone(),
             watermarks: kafka.watermark_client.clone(),
-            topics: kafka.topics.clone(),
-            consumer: Some(consumer),
+            topics,
+            consumer,
             watchdog: Duration::from_secs(cfg.supervision.watchdog_secs),
             acks: lake.ledger.clone(),
         },
@@ -529,10 +544,11 @@ pub struct FeedStage {
 }
 
 /// Every enabled feed, each supervised on its own.
-pub fn feeds(
+pub async fn feeds(
     cfg: &Config,
     producer: &ProducerHandle,
     lake: &LakeStage,
+    shared: Option<&Arc<SharedIds>>,
     metrics: &Metrics,
 ) -> Result<Vec<FeedStage>, DaemonError> {
     let mut stages = Vec::new();
@@ -551,15 +567,37 @@ pub fn feeds(
         .with_dedup_rate(cfg.dedup.false_positive_rate);
         let age_us = i64::try_from(f.backfill_max_age().as_micros()).unwrap_or(i64::MAX);
         let since = crate::model::now_us().saturating_sub(age_us);
-        let last: Vec<_> = lake
+        let mut last: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+        let lake_last = lake
             .last_ids
             .iter()
-            .filter(|l| f.backfill && l.exchange == f.exchange && l.at_us >= since)
-            .map(|l| (l.symbol.clone(), l.space.clone(), l.id, l.at_us))
+            .filter(|l| l.exchange == f.exchange)
+            .map(|l| (l.symbol.clone(), l.space.clone(), l.id, l.at_us));
+        let shared_last = match shared {
+            Some(s) => shared_last_ids(s, &f.exchange).await,
+            None => Vec::new(),
+        };
+        // The furthest of the lake's and the other daemons' (Redis), so a
+        // daemon that starts while another holds the feed knows where it is.
+        for (symbol, space, id, at) in lake_last.chain(shared_last) {
+            if !f.backfill || at < since {
+                continue;
+            }
+            let e = last.entry((symbol, space)).or_insert((id, at));
+            if id > e.0 {
+                *e = (id, at);
+            }
+        }
+        let last: Vec<_> = last
+            .into_iter()
+            .map(|((symbol, space), (id, at))| (symbol, space, id, at))
             .collect();
-        let actor = actor
+        let mut actor = actor
             .with_last_ids(&last)
             .with_gaps_table(lake.gaps.clone().recipient());
+        if let Some(s) = shared {
+            actor = actor.with_shared(s.clone());
+        }
         let state = actor.subscribe();
         let addr = Supervisor::start(move |_| actor);
         stages.push(FeedStage {
@@ -568,6 +606,44 @@ pub fn feeds(
         });
     }
     Ok(stages)
+}
+
+/// The other daemons' last ids of `exchange` in Redis; none when Redis
+/// does not answer (counted and logged: the lake's alone then).
+async fn shared_last_ids(shared: &SharedIds, exchange: &str) -> Vec<(String, String, i64, i64)> {
+    match shared.last_ids(exchange).await {
+        Ok(l) => {
+            tracing::info!(
+                exchange,
+                symbols = l.len(),
+                "shared last trade ids read from Redis"
+            );
+            l.into_iter()
+                .map(|l| (l.symbol, l.space, l.id, l.at_us))
+                .collect()
+        }
+        Err(e) => {
+            shared.failed(&e);
+            Vec::new()
+        }
+    }
+}
+
+/// The store shared with the other daemons on the same feeds
+/// (`dedup.redis_url`), beating from now on; `None` without one.
+pub fn shared(cfg: &Config, metrics: &Metrics) -> Result<Option<Arc<SharedIds>>, DaemonError> {
+    let Some(url) = &cfg.dedup.redis_url else {
+        return Ok(None);
+    };
+    let ids = Arc::new(SharedIds::open(
+        &cfg.dedup,
+        url,
+        metrics.dedup_redis_errors.clone(),
+    )?);
+    tracing::info!(instance = %ids.instance, prefix = %cfg.dedup.redis_key_prefix,
+        "dedup and last trade ids shared through Redis");
+    crate::dedup::shared::keep_alive(ids.clone());
+    Ok(Some(ids))
 }
 
 /// `/status`, `/metrics` and the query API, when enabled.
@@ -580,14 +656,17 @@ pub fn http(
     if !cfg.http.enabled {
         return Ok(None);
     }
-    let api = crate::api::ApiState {
+    // Without writers this daemon's lake holds nothing: the query API is
+    // off (404) rather than answering empty; the writing daemon answers.
+    let api = cfg.writer.enabled.then(|| crate::api::ApiState {
         query: query.clone().recipient(),
-    };
-    let addr = crate::api::server::start(&cfg.http, metrics.clone(), status.clone(), Some(api))
-        .map_err(|source| DaemonError::Http {
+    });
+    let addr = crate::api::server::start(&cfg.http, metrics.clone(), status.clone(), api).map_err(
+        |source| DaemonError::Http {
             listen: cfg.http.listen.clone(),
             source,
-        })?;
+        },
+    )?;
     tracing::info!(addr = %addr, "http endpoints up");
     Ok(Some(addr))
 }

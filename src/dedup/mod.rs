@@ -21,6 +21,7 @@
 
 mod bloom;
 mod gauges;
+pub mod shared;
 mod window;
 
 use std::sync::atomic::{AtomicU64, Ordering};
