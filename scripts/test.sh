@@ -30,6 +30,9 @@ cleanup() {
     exit "$rc"
 }
 
+# Debian packages the build and tests need (only those missing).
+scripts/system-packages.sh
+
 if [[ -z "${TICKLAKE_TEST_BROKERS:-}" ]]; then
     # Plain assignments (not `export X=$(...)`) so set -e sees failures.
     TICKLAKE_TEST_PYTHON="$(scripts/setup-python.sh)"
