@@ -14,53 +14,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
 
 const CAPTURE: &str = "BINANCE-ee25be.0.txt";
-
-/// The capture's aggTrade ids per symbol: ground truth, read without
-/// ticklake's parser.
-fn truth() -> BTreeMap<String, BTreeSet<i64>> {
-    let mut ids: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
-    for f in received_frames(&capture(CAPTURE)) {
-        let v: Value = serde_json::from_str(&f).unwrap();
-        let d = &v["data"];
-        if d["e"] == "aggTrade" {
-            ids.entry(d["s"].as_str().unwrap().to_string())
-                .or_default()
-                .insert(d["a"].as_i64().unwrap());
-        }
-    }
-    ids
-}
-
-/// Every stored trade as (symbol, id), with repeats.
-fn lake(env: &Env) -> Vec<(String, i64)> {
-    env.query("select symbol, source_sequence from market.trades")
-        .iter()
-        .map(|r| {
-            (
-                r["symbol"].as_str().unwrap().to_string(),
-                r["source_sequence"].as_i64().unwrap(),
-            )
-        })
-        .collect()
-}
-
-fn feed_gaps(env: &Env) -> Value {
-    let s: Value = serde_json::from_str(&http_get(env.http_port, "/status").unwrap()).unwrap();
-    fn find(v: &Value) -> Option<Value> {
-        if v["name"] == "feed.binance" {
-            return Some(v.clone());
-        }
-        v["children"].as_array()?.iter().find_map(find)
-    }
-    find(&s["tree"]).map_or(Value::Null, |f| f["gaps"].clone())
-}
 
 /// The daemon on the replay, one pass, gaps due after half a second.
 fn env_on(url: &str) -> Env {
@@ -76,8 +36,8 @@ fn wait_settled(env: &Env, stored: usize) {
         "the lake to hold the trades and the gaps to settle",
         Duration::from_secs(180),
         || {
-            let g = feed_gaps(env);
-            g["open"] == 0 && lake(env).len() >= stored
+            let g = binance_feed_gaps(env).unwrap_or(Value::Null);
+            g["open"] == 0 && lake_ids(env).len() >= stored
         },
     );
 }
@@ -108,7 +68,7 @@ fn cut_args(flag: &str, cuts: &[(&str, i64, i64)]) -> Vec<String> {
 
 #[test]
 fn cut_ranges_are_filled_from_rest_and_stored_once() {
-    let truth = truth();
+    let truth = aggtrade_ids(CAPTURE);
     let total: usize = truth.values().map(BTreeSet::len).sum();
     let cuts = [
         ("BTCUSDT", 665_077_000, 665_077_099),
@@ -124,7 +84,7 @@ fn cut_ranges_are_filled_from_rest_and_stored_once() {
     let _daemon = env.start_daemon("cuts");
     wait_settled(&env, total);
 
-    let stored = lake(&env);
+    let stored = lake_ids(&env);
     let distinct: BTreeSet<_> = stored.iter().cloned().collect();
     let want: BTreeSet<(String, i64)> = truth
         .iter()
@@ -180,7 +140,7 @@ fn cut_ranges_are_filled_from_rest_and_stored_once() {
     );
     assert_eq!((detected, filled), (cuts.len() as i64, cuts.len() as i64));
     assert_eq!((gap_trades, from_rest, lost), (missing, missing, 0));
-    let status = feed_gaps(&env);
+    let status = binance_feed_gaps(&env).unwrap_or(Value::Null);
     assert_eq!(status["gaps"], cuts.len());
     assert_eq!(status["backfilled_trades"], missing);
     assert_eq!(status["lost_trades"], 0);
@@ -193,7 +153,7 @@ fn cut_ranges_are_filled_from_rest_and_stored_once() {
 
 #[test]
 fn a_venue_that_lacks_the_range_or_refuses_leaves_the_gap_unrecoverable() {
-    let truth = truth();
+    let truth = aggtrade_ids(CAPTURE);
     let total: usize = truth.values().map(BTreeSet::len).sum();
     let gone = ("BTCUSDT", 665_077_000, 665_077_019);
     let served = ("ETHUSDT", 291_477_200, 291_477_209);
@@ -231,7 +191,7 @@ fn a_venue_that_lacks_the_range_or_refuses_leaves_the_gap_unrecoverable() {
         "{rows:?}"
     );
     // The daemon went on: everything else is stored, once.
-    let stored = lake(&env);
+    let stored = lake_ids(&env);
     let distinct: BTreeSet<_> = stored.iter().cloned().collect();
     assert_eq!((stored.len(), distinct.len()), (total - 20, total - 20));
     assert_eq!(
@@ -263,7 +223,7 @@ fn a_venue_that_lacks_the_range_or_refuses_leaves_the_gap_unrecoverable() {
     assert_eq!(rows[0]["how"], "unrecoverable");
     let detail = rows[0]["detail"].as_str().unwrap();
     assert!(detail.contains("429"), "{detail}");
-    assert_eq!(lake(&env).len(), total - 5);
+    assert_eq!(lake_ids(&env).len(), total - 5);
     let requests = env.counter(
         "ticklake_feed_backfill_requests_total",
         "exchange=\"BINANCE\"",
@@ -278,7 +238,7 @@ fn a_kill_on_the_embedded_broker_is_refilled_from_rest() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
-    let truth = truth();
+    let truth = aggtrade_ids(CAPTURE);
     for round in 0..kills {
         // One shared timeline, as on a live venue: what plays while the
         // daemon is down is gone from the WebSocket, and only REST has it.
@@ -290,11 +250,11 @@ fn a_kill_on_the_embedded_broker_is_refilled_from_rest() {
         // Each connection for as long as the replay plays.
         let mut daemon = env.start_daemon(&format!("kill{round}"));
         wait_until("every symbol in the lake", Duration::from_secs(120), || {
-            let l = lake(&env);
+            let l = lake_ids(&env);
             l.iter().map(|(s, _)| s).collect::<BTreeSet<_>>().len() == truth.len() && l.len() > 300
         });
         daemon.kill();
-        let before = lake(&env).len();
+        let before = lake_ids(&env).len();
         let _daemon = env.start_daemon(&format!("kill{round}b"));
         // What the lake must hold: every capture trade from the first one
         // the daemon saw (it joined a running timeline) to the last.
@@ -305,13 +265,13 @@ fn a_kill_on_the_embedded_broker_is_refilled_from_rest() {
                 "the replay to end and the gaps to settle",
                 Duration::from_secs(240),
                 || {
-                    let n = lake(&env).len();
+                    let n = lake_ids(&env).len();
                     same = if n == last { same + 1 } else { 0 };
                     last = n;
-                    feed_gaps(&env)["open"] == 0 && same >= 12
+                    binance_feed_gaps(&env).unwrap_or(Value::Null)["open"] == 0 && same >= 12
                 },
             );
-            lake(&env)
+            lake_ids(&env)
         };
         let distinct: BTreeSet<_> = stored.iter().cloned().collect();
         assert_eq!(
@@ -319,16 +279,7 @@ fn a_kill_on_the_embedded_broker_is_refilled_from_rest() {
             distinct.len(),
             "round {round}: a trade stored twice"
         );
-        let mut want = BTreeSet::new();
-        for (s, ids) in &truth {
-            let first = distinct
-                .iter()
-                .filter(|(x, _)| x == s)
-                .map(|(_, i)| *i)
-                .min()
-                .unwrap();
-            want.extend(ids.range(first..).map(|i| (s.clone(), *i)));
-        }
+        let want = from_first_stored(&truth, &distinct);
         let lost: Vec<_> = want.difference(&distinct).take(10).collect();
         assert!(
             lost.is_empty(),
@@ -336,7 +287,7 @@ fn a_kill_on_the_embedded_broker_is_refilled_from_rest() {
             want.len() - distinct.len().min(want.len())
         );
         assert_eq!(distinct, want, "round {round}");
-        let g = feed_gaps(&env);
+        let g = binance_feed_gaps(&env).unwrap_or(Value::Null);
         assert!(
             g["gaps"].as_u64().unwrap() >= 1,
             "round {round}: the restart saw no gap: {g}"

@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -55,49 +55,6 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The capture's aggTrade ids per symbol, read without ticklake's parser.
-fn truth() -> BTreeMap<String, BTreeSet<i64>> {
-    let mut ids: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
-    for f in received_frames(&capture(CAPTURE)) {
-        let v: Value = serde_json::from_str(&f).unwrap();
-        let d = &v["data"];
-        if d["e"] == "aggTrade" {
-            ids.entry(d["s"].as_str().unwrap().to_string())
-                .or_default()
-                .insert(d["a"].as_i64().unwrap());
-        }
-    }
-    ids
-}
-
-/// Every stored trade as (symbol, id), with repeats.
-fn lake(env: &Env) -> Vec<(String, i64)> {
-    env.query("select symbol, source_sequence from market.trades")
-        .iter()
-        .map(|r| {
-            (
-                r["symbol"].as_str().unwrap().to_string(),
-                r["source_sequence"].as_i64().unwrap(),
-            )
-        })
-        .collect()
-}
-
-fn open_gaps(env: &Env) -> u64 {
-    let Some(s) = http_get(env.http_port, "/status") else {
-        return u64::MAX;
-    };
-    let s: Value = serde_json::from_str(&s).unwrap();
-    fn find(v: &Value) -> Option<Value> {
-        if v["name"] == "feed.binance" {
-            return Some(v.clone());
-        }
-        v["children"].as_array()?.iter().find_map(find)
-    }
-    let feed = find(&s["tree"]).unwrap_or_else(|| panic!("no feed.binance in {s}"));
-    feed["gaps"]["open"].as_u64().unwrap_or(u64::MAX)
 }
 
 /// Records on the trades topic (all partitions), from the broker.
@@ -149,7 +106,7 @@ fn two_daemons_on_one_feed_store_each_trade_once_through_a_kill() {
     let brokers = tansu();
     let long = std::env::var("TICKLAKE_TEST_STANDBY_LONG").is_ok_and(|v| v == "1");
     let redis = Redis::start();
-    let truth = truth();
+    let truth = aggtrade_ids(CAPTURE);
     let rate = if long { "50" } else { "150" };
     let (_replay, url) = start_replay(
         &[capture(CAPTURE)],
@@ -167,7 +124,7 @@ fn two_daemons_on_one_feed_store_each_trade_once_through_a_kill() {
     let mut daemon_a = a.start_daemon("a");
     let mut daemon_b = b.start_daemon("b");
     wait_until("every symbol in the lake", Duration::from_secs(60), || {
-        let l = lake(&a);
+        let l = lake_ids(&a);
         l.iter().map(|(s, _)| s).collect::<BTreeSet<_>>().len() == truth.len() && l.len() > 300
     });
     let b_published = b.counter("ticklake_producer_records_total", "");
@@ -177,7 +134,7 @@ fn two_daemons_on_one_feed_store_each_trade_once_through_a_kill() {
         daemon_b.log_tail()
     );
     daemon_b.kill();
-    let at_kill = lake(&a).len();
+    let at_kill = lake_ids(&a).len();
     println!("B killed after publishing {b_published} records; {at_kill} trades in the lake");
     if long {
         // B back, then A killed while B alone holds the feed, then A back.
@@ -196,26 +153,17 @@ fn two_daemons_on_one_feed_store_each_trade_once_through_a_kill() {
             "the replay to end and the gaps to settle",
             Duration::from_secs(if long { 300 } else { 120 }),
             || {
-                let n = lake(&a).len();
+                let n = lake_ids(&a).len();
                 same = if n == last { same + 1 } else { 0 };
                 last = n;
-                open_gaps(&a) == 0 && same >= 12
+                binance_feed_gaps(&a).is_some_and(|g| g["open"] == 0) && same >= 12
             },
         );
-        lake(&a)
+        lake_ids(&a)
     };
     let distinct: BTreeSet<_> = stored.iter().cloned().collect();
     assert_eq!(stored.len(), distinct.len(), "a trade stored twice");
-    let mut want = BTreeSet::new();
-    for (s, ids) in &truth {
-        let first = distinct
-            .iter()
-            .filter(|(x, _)| x == s)
-            .map(|(_, i)| *i)
-            .min()
-            .unwrap();
-        want.extend(ids.range(first..).map(|i| (s.clone(), *i)));
-    }
+    let want = from_first_stored(&truth, &distinct);
     let lost: Vec<_> = want.difference(&distinct).take(10).collect();
     assert!(
         lost.is_empty(),

@@ -263,6 +263,7 @@ fn decimal(obj: &Map<String, Value>, field: &'static str) -> Result<Dec8, FrameE
 mod tests {
     use super::*;
     use crate::exchanges::binance::parse_frame;
+    use crate::exchanges::rest::testing;
     use crate::exchanges::{Parsed, Protocol};
     use crate::instruments::{Instruments, SymbolRule};
     use crate::model::{Side, message_id};
@@ -283,13 +284,7 @@ mod tests {
     }
 
     fn gap(space: &str, from_id: i64, to_id: i64) -> GapSpan {
-        GapSpan {
-            symbol: "BTCUSDT".into(),
-            space: space.into(),
-            from_id,
-            to_id,
-            after_us: 0,
-        }
+        testing::gap("BTCUSDT", space, from_id, to_id, 0)
     }
 
     fn parse(
@@ -297,13 +292,7 @@ mod tests {
         gap: &GapSpan,
         out: &mut Vec<TradeV2>,
     ) -> Result<Option<String>, FrameError> {
-        let rule = rule();
-        let ctx = ParseCtx {
-            exchange: "BINANCE",
-            symbols: &rule,
-            received_us: 7,
-        };
-        Binance.parse_page(body, gap, &ctx, out)
+        testing::parse(&Binance, "BINANCE", 7, body, gap, out)
     }
 
     fn ws(frame: &str) -> TradeV2 {

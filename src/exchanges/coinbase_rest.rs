@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::coinbase::{CoinbaseAdvanced, CoinbaseExchange, advanced_trade, exchange_match};
-use super::rest::{GapSpan, RestHistory};
+use super::rest::{GapSpan, RestHistory, check_trade_gap};
 use super::{FrameError, ParseCtx};
 use crate::model::TradeV2;
 
@@ -66,7 +66,7 @@ impl RestHistory for CoinbaseExchange {
         ctx: &ParseCtx<'_>,
         out: &mut Vec<TradeV2>,
     ) -> Result<Option<String>, FrameError> {
-        check_gap(gap, ctx)?;
+        check_trade_gap(gap, ctx, "Coinbase")?;
         let items = match json(body)? {
             Value::Array(items) => items,
             Value::Object(obj) => return Err(venue_error(&obj)),
@@ -124,7 +124,7 @@ impl RestHistory for CoinbaseAdvanced {
         ctx: &ParseCtx<'_>,
         out: &mut Vec<TradeV2>,
     ) -> Result<Option<String>, FrameError> {
-        check_gap(gap, ctx)?;
+        check_trade_gap(gap, ctx, "Coinbase")?;
         let mut obj = match json(body)? {
             Value::Object(obj) => obj,
             other => return Err(wrong_type("page", "object", &other)),
@@ -190,23 +190,6 @@ fn earlier_window(trades: &[TradeV2], gap: &GapSpan) -> Option<String> {
 fn from_rest(mut t: TradeV2) -> TradeV2 {
     t.vendor_data = Some(BTreeMap::from([("source".to_string(), "rest".to_string())]));
     t
-}
-
-/// Both venues number one id space, `trade`; the gap's product must pass
-/// the exchange's symbol rule, as a frame's does.
-fn check_gap(gap: &GapSpan, ctx: &ParseCtx<'_>) -> Result<(), FrameError> {
-    if gap.space != "trade" {
-        return Err(FrameError::Invalid {
-            field: "space",
-            reason: format!("{:?} is not Coinbase's id space \"trade\"", gap.space),
-        });
-    }
-    ctx.symbols
-        .check(&gap.symbol)
-        .map_err(|source| FrameError::Symbol {
-            field: "symbol",
-            source,
-        })
 }
 
 /// Whether a trade is of the gap's product; one that does not say is
@@ -283,6 +266,7 @@ fn wrong_type(field: &'static str, expected: &'static str, got: &Value) -> Frame
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exchanges::rest::testing;
     use crate::exchanges::{Frame, Protocol};
     use crate::instruments::{Instruments, SymbolRule};
     use crate::model::{Side, message_id};
@@ -311,13 +295,7 @@ mod tests {
         gap: &GapSpan,
         out: &mut Vec<TradeV2>,
     ) -> Result<Option<String>, FrameError> {
-        let rule = rule();
-        let ctx = ParseCtx {
-            exchange: "COINBASE",
-            symbols: &rule,
-            received_us: 99,
-        };
-        p.parse_page(body, gap, &ctx, out)
+        testing::parse(p, "COINBASE", 99, body, gap, out)
     }
 
     /// What the WebSocket parser makes of a frame, with the vendor data a
@@ -338,13 +316,7 @@ mod tests {
     }
 
     fn gap(from_id: i64, to_id: i64, after_us: i64) -> GapSpan {
-        GapSpan {
-            symbol: "BTC-USD".into(),
-            space: "trade".into(),
-            from_id,
-            to_id,
-            after_us,
-        }
+        testing::gap("BTC-USD", "trade", from_id, to_id, after_us)
     }
 
     /// An Exchange page of these ids, in the order given.

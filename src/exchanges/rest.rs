@@ -30,6 +30,27 @@ impl GapSpan {
     }
 }
 
+/// For venues with one id space, `trade`: the gap must be in it, and its
+/// symbol must pass the exchange's symbol rule, as a frame's does.
+pub(super) fn check_trade_gap(
+    gap: &GapSpan,
+    ctx: &ParseCtx<'_>,
+    venue: &str,
+) -> Result<(), FrameError> {
+    if gap.space != "trade" {
+        return Err(FrameError::Invalid {
+            field: "space",
+            reason: format!("{:?} is not {venue}'s id space \"trade\"", gap.space),
+        });
+    }
+    ctx.symbols
+        .check(&gap.symbol)
+        .map_err(|source| FrameError::Symbol {
+            field: "symbol",
+            source,
+        })
+}
+
 /// One page of a venue's trade history.
 pub trait RestHistory: Send + Sync {
     /// The path and query, after the feed's `rest_url`, of a page of
@@ -50,4 +71,41 @@ pub trait RestHistory: Send + Sync {
         ctx: &ParseCtx<'_>,
         out: &mut Vec<TradeV2>,
     ) -> Result<Option<String>, FrameError>;
+}
+
+/// What the venues' REST tests share: a gap, and a page read with an
+/// exchange's built-in symbol rule.
+#[cfg(test)]
+pub(super) mod testing {
+    use super::*;
+    use crate::instruments::Instruments;
+
+    pub fn gap(symbol: &str, space: &str, from_id: i64, to_id: i64, after_us: i64) -> GapSpan {
+        GapSpan {
+            symbol: symbol.into(),
+            space: space.into(),
+            from_id,
+            to_id,
+            after_us,
+        }
+    }
+
+    /// `p` reads `body` for `gap` as `exchange` would, received at
+    /// `received_us`.
+    pub fn parse(
+        p: &dyn RestHistory,
+        exchange: &str,
+        received_us: i64,
+        body: &str,
+        gap: &GapSpan,
+        out: &mut Vec<TradeV2>,
+    ) -> Result<Option<String>, FrameError> {
+        let instruments = Instruments::builtin().unwrap();
+        let ctx = ParseCtx {
+            exchange,
+            symbols: instruments.symbol_rule(exchange).unwrap(),
+            received_us,
+        };
+        p.parse_page(body, gap, &ctx, out)
+    }
 }

@@ -2,6 +2,11 @@
 //! per-test data directory and per-test topics on the shared Tansu broker.
 #![allow(dead_code)]
 
+mod trade_ids;
+// Not every test file uses these.
+#[allow(unused_imports)]
+pub use trade_ids::*;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -27,7 +27,7 @@ use super::{
     quote_currency, required, string, wrong_type,
 };
 use crate::exchanges::fill::{Fill, non_negative};
-use crate::exchanges::rest::{GapSpan, RestHistory};
+use crate::exchanges::rest::{GapSpan, RestHistory, check_trade_gap};
 use crate::exchanges::{FrameError, ParseCtx};
 use crate::model::{Dec8, Side, TradeV2};
 
@@ -95,18 +95,7 @@ impl RestHistory for KrakenV2 {
         ctx: &ParseCtx<'_>,
         out: &mut Vec<TradeV2>,
     ) -> Result<Option<String>, FrameError> {
-        if gap.space != "trade" {
-            return Err(FrameError::Invalid {
-                field: "space",
-                reason: format!("{:?} is not Kraken's id space \"trade\"", gap.space),
-            });
-        }
-        ctx.symbols
-            .check(&gap.symbol)
-            .map_err(|source| FrameError::Symbol {
-                field: "symbol",
-                source,
-            })?;
+        check_trade_gap(gap, ctx, "Kraken")?;
         let reply: Reply<'_> = object(body)?;
         if let Some(error) = reply.error {
             let errors = array(error, "error", "array of strings")?;
@@ -290,10 +279,11 @@ fn seconds_us(literal: &str, field: &'static str) -> Result<i64, FrameError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{capture, kraken, v2};
+    use super::super::tests::{capture, v2};
     use super::super::{KrakenV1, normalize_asset};
     use super::*;
     use crate::exchanges::Protocol;
+    use crate::exchanges::rest::testing;
     use crate::model::message_id;
 
     // The example of the Get Recent Trades page (two of its trades), and
@@ -303,13 +293,7 @@ mod tests {
     const AFTER_US: i64 = 1_688_669_597_000_000;
 
     fn gap(from_id: i64, to_id: i64) -> GapSpan {
-        GapSpan {
-            symbol: "BTC/USD".into(),
-            space: "trade".into(),
-            from_id,
-            to_id,
-            after_us: AFTER_US,
-        }
+        testing::gap("BTC/USD", "trade", from_id, to_id, AFTER_US)
     }
 
     fn parse(
@@ -317,13 +301,7 @@ mod tests {
         gap: &GapSpan,
         out: &mut Vec<TradeV2>,
     ) -> Result<Option<String>, FrameError> {
-        let rule = kraken();
-        let ctx = ParseCtx {
-            exchange: "KRAKEN",
-            symbols: &rule,
-            received_us: 77,
-        };
-        KrakenV2.parse_page(body, gap, &ctx, out)
+        testing::parse(&KrakenV2, "KRAKEN", 77, body, gap, out)
     }
 
     /// A page of `n` trades with ids from `first` on.
