@@ -190,6 +190,7 @@ fn a_venue_that_lacks_the_range_or_refuses_leaves_the_gap_unrecoverable() {
             .starts_with("20 of 20 trades not recovered"),
         "{rows:?}"
     );
+    let gone_detail = rows[0]["detail"].as_str().unwrap().to_string();
     // The daemon went on: everything else is stored, once.
     let stored = lake_ids(&env);
     let distinct: BTreeSet<_> = stored.iter().cloned().collect();
@@ -229,7 +230,10 @@ fn a_venue_that_lacks_the_range_or_refuses_leaves_the_gap_unrecoverable() {
         "exchange=\"BINANCE\"",
     );
     assert!(requests >= 2.0, "tried again before giving up: {requests}");
-    println!("gone: {rows:?}; 429: {detail} after {requests} requests");
+    println!(
+        "gone: BTCUSDT unrecoverable ({gone_detail}), ETHUSDT rest; \
+         429: {detail}, after {requests} requests"
+    );
 }
 
 #[test]
