@@ -21,6 +21,7 @@ use crate::tools::capture::CapturedFrame;
 use crate::tools::replay::{Pacing, ReplayOptions, ReplayServer};
 
 mod history;
+mod upkeep;
 
 pub use history::PlanProfile;
 
@@ -465,63 +466,6 @@ fn timed<T>(ms: &mut Vec<f64>, started: Instant, v: T) -> T {
     v
 }
 
-/// Runs the latency measurement. Must run inside an actix `System`.
-/// What the daemon's bars actor and maintenance leave of a lake, done at
-/// once: the minute bars summarized, then every table compacted (files of
-/// any age, two or more per partition) and its history expired.
-async fn maintain_lake(
-    cfg: &Config,
-    catalog: &Arc<dyn iceberg::Catalog>,
-    trades: &iceberg::TableIdent,
-) -> Result<Vec<crate::lake::maintain::MaintainReport>, BenchApiError> {
-    use crate::lake;
-    let err = |e: lake::LakeError| BenchApiError::Poll(format!("maintenance: {e}"));
-    lake::ensure_table(catalog.as_ref(), cfg, lake::TableKind::DeadLetters)
-        .await
-        .map_err(err)?;
-    let bars = lake::bars_ident(cfg);
-    lake::ensure(
-        catalog.as_ref(),
-        &bars,
-        lake::schema::bars_schema().map_err(|e| err(e.into()))?,
-        lake::schema::bars_partition_spec().map_err(|e| err(e.into()))?,
-    )
-    .await
-    .map_err(err)?;
-    let started = Instant::now();
-    let summary = lake::bars::catch_up(
-        catalog.as_ref(),
-        trades,
-        &bars,
-        cfg.writer.target_file_size_bytes,
-    )
-    .await
-    .map_err(err)?;
-    tracing::info!(
-        bars = summary.bars,
-        rows = summary.trades_rows,
-        seconds = started.elapsed().as_secs_f64(),
-        "bench lake: minute bars summarized"
-    );
-    let mut mcfg = cfg.clone();
-    mcfg.maintenance.compact_min_age = "0s".into();
-    mcfg.maintenance.compact_min_files = 2;
-    mcfg.maintenance.snapshot_retention = "0s".into();
-    let job = crate::actors::maintenance::Job::from_config(&mcfg, catalog.clone())
-        .await
-        .map_err(err)?;
-    let reports = job
-        .run()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(err)?;
-    for r in &reports {
-        tracing::info!(report = %serde_json::to_string(r).unwrap_or_default(), "bench lake: maintained");
-    }
-    Ok(reports)
-}
-
 /// What `ticklake bench-api latency` measures on (its flags).
 #[derive(Debug, Clone)]
 pub struct LatencyOptions {
@@ -593,7 +537,7 @@ pub async fn latency(base: &Config, o: &LatencyOptions) -> Result<LatencyReport,
         topic,
     };
     if built.is_none() {
-        history::build(catalog.as_ref(), &ident, &schema, &shape, commits).await?;
+        history::build(&cfg, catalog.as_ref(), &ident, &schema, &shape, commits).await?;
         if keep {
             history::Built {
                 now_us: now,
@@ -603,6 +547,9 @@ pub async fn latency(base: &Config, o: &LatencyOptions) -> Result<LatencyReport,
             .write(&dir)?;
         }
     }
+    // A kept lake built before the bars were kept as it was built gets
+    // them in one run; otherwise this finds them covering every commit.
+    upkeep::summarize_bars(&cfg, catalog.as_ref(), &ident).await?;
     // The tail starts at the lake's next offset: past the lake's own
     // trades, and past the commits an earlier run on a kept lake added.
     let first = {
@@ -616,7 +563,7 @@ pub async fn latency(base: &Config, o: &LatencyOptions) -> Result<LatencyReport,
             .map_or(lake_trades, |o| o.max(0) as usize)
     };
     let maintenance = if maintain {
-        Some(maintain_lake(&cfg, &catalog, &ident).await?)
+        Some(upkeep::maintain_lake(&cfg, &catalog, &ident).await?)
     } else {
         None
     };

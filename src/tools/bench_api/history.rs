@@ -128,10 +128,24 @@ fn drop_superseded_metadata(dir: &std::path::Path) {
     }
 }
 
+/// With `--commits`, the bars actor's runs: one per this many trades
+/// commits. The daemon runs it after each commit it hears of, one run at a
+/// time, so a run that takes longer than the commit interval covers
+/// several; ten keeps a 10,000-commit build within minutes of the trades'
+/// own, and the bars are the same rows either way (partial bars per run,
+/// merged when read).
+pub(super) const BARS_EVERY: usize = 10;
+
 /// Builds the lake: `commits` commits of equal size (the sizes a daemon
 /// committing every `span / commits` makes at `trades / span` trades per
 /// second), or time slices of at most 500k rows when `commits` is `None`.
+///
+/// The minute bars are kept as the daemon's bars actor keeps them, from
+/// the trades commits: a run after every [`BARS_EVERY`]th commit (each
+/// slice without `--commits`), so OHLCV on the lake as built reads what a
+/// daemon's would, before any maintenance.
 pub(super) async fn build(
+    cfg: &crate::config::Config,
     catalog: &dyn Catalog,
     ident: &TableIdent,
     schema: &arrow::datatypes::SchemaRef,
@@ -149,11 +163,22 @@ pub(super) async fn build(
         .metadata_location()
         .and_then(|l| std::path::Path::new(l.strip_prefix("file://").unwrap_or(l)).parent())
         .map(std::path::Path::to_path_buf);
+    let bars_dir = metadata_dir.as_ref().and_then(|d| {
+        // `<warehouse>/<namespace>/<table>/metadata`: the bars table's is
+        // its sibling.
+        let table_dir = d.parent()?;
+        Some(
+            table_dir
+                .with_file_name(crate::lake::schema::BARS_TABLE)
+                .join("metadata"),
+        )
+    });
+    let bars_every = if commits.is_some() { BARS_EVERY } else { 1 };
     for c in 0..n {
-        if c % 100 == 99
-            && let Some(dir) = &metadata_dir
-        {
-            drop_superseded_metadata(dir);
+        if c % 100 == 99 {
+            for dir in metadata_dir.iter().chain(&bars_dir) {
+                drop_superseded_metadata(dir);
+            }
         }
         let from = c * shape.trades / n;
         let to = (c + 1) * shape.trades / n;
@@ -161,6 +186,9 @@ pub(super) async fn build(
             .map(|i| synthetic_trade(i, shape.ts(i)))
             .collect();
         commit_trades(catalog, ident, schema, shape.topic, rows, to as i64).await?;
+        if (c + 1) % bars_every == 0 || c + 1 == n {
+            super::upkeep::summarize_bars(cfg, catalog, ident).await?;
+        }
         if (c + 1) % 500 == 0 || c + 1 == n {
             tracing::info!(
                 commits = c + 1,
