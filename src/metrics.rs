@@ -130,10 +130,15 @@ pub enum Outcome {
     /// acknowledgement was lost. Outside this run's identity, shown so
     /// nothing goes uncounted (see `kafka::acks`).
     CarriedOver,
+    /// A row counted `carried_over` after it waited in vain, whose own
+    /// acknowledgement came later after all (a retry held up by a broker
+    /// outage): counted then as stored (or a copy), and taken back out of
+    /// `carried_over`.
+    Reclaimed,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 12] = [
+    pub const ALL: [Outcome; 13] = [
         Outcome::Received,
         Outcome::Published,
         Outcome::Shed,
@@ -146,6 +151,7 @@ impl Outcome {
         Outcome::Stored,
         Outcome::DeduplicatedAtWriter,
         Outcome::CarriedOver,
+        Outcome::Reclaimed,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -162,6 +168,7 @@ impl Outcome {
             Outcome::Stored => "stored",
             Outcome::DeduplicatedAtWriter => "deduplicated_at_writer",
             Outcome::CarriedOver => "carried_over",
+            Outcome::Reclaimed => "reclaimed",
         }
     }
 }
@@ -283,7 +290,9 @@ impl Metrics {
              spill log), restored (found in the spill log at start), \
              dead_lettered, deduplicated, quarantined; and down in the lake: \
              stored, deduplicated_at_writer, carried_over (committed now, \
-             published by an earlier run or another producer).",
+             published by an earlier run or another producer), reclaimed \
+             (counted carried_over, then claimed by this run's late \
+             acknowledgement: stored, and out of carried_over).",
             &["exchange", "tier", "outcome"],
         )?;
         let shed = counter(
@@ -668,7 +677,7 @@ pub fn accounts(metrics: &Metrics) -> Vec<Account> {
                 stored: g(Outcome::Stored),
                 deduplicated_at_writer: g(Outcome::DeduplicatedAtWriter),
                 in_transit: 0,
-                carried_over: g(Outcome::CarriedOver),
+                carried_over: g(Outcome::CarriedOver).saturating_sub(g(Outcome::Reclaimed)),
                 in_flight: 0,
             };
             a.in_transit = a.published as i64 - (a.stored + a.deduplicated_at_writer) as i64;

@@ -20,6 +20,12 @@
 //! that waited [`UNMATCHED_AFTER`] in vain is matched to one of them of the
 //! same partition, exchange and tier before it would count as carried over.
 //!
+//! A row counted carried over after waiting is remembered (the newest
+//! [`MAX_LATE_CARRIED`] per partition): an acknowledgement that comes later
+//! after all, as a retry held up by a broker outage does, claims it then,
+//! counted as stored (or a copy) and as `reclaimed`, which takes it back
+//! out of `carried_over`.
+//!
 //! So, exactly: `published = stored + deduplicated_at_writer + in_transit`,
 //! where in transit is acknowledged and not yet covered by a commit.
 //!
@@ -76,6 +82,10 @@ struct Part {
     waiting: BTreeMap<i64, (CommittedRow, Instant)>,
     /// One past the highest acknowledged offset.
     high: i64,
+    /// Rows counted carried over after waiting in vain, oldest first:
+    /// their acknowledgement may still come (a retry held up by a broker
+    /// outage), and then reclaims them.
+    late_carried: std::collections::VecDeque<CommittedRow>,
 }
 
 impl Part {
@@ -106,14 +116,39 @@ impl Part {
                     self.unknown.swap_remove(i);
                     row.fate.outcome()
                 }
-                None => Outcome::CarriedOver,
+                None => {
+                    if self.late_carried.len() >= MAX_LATE_CARRIED {
+                        self.late_carried.pop_front();
+                    }
+                    self.late_carried.push_back(row.clone());
+                    Outcome::CarriedOver
+                }
             };
             *counts.entry((row.exchange, row.tier, outcome)).or_default() += 1;
         }
     }
+
+    /// A late acknowledgement (at `offset`, or without one: negative)
+    /// claims a row counted carried over: its fate, which the caller
+    /// counts with `reclaimed`.
+    fn reclaim(&mut self, offset: i64, exchange: &str, tier: Tier) -> Option<Fate> {
+        let i = self.late_carried.iter().position(|r| {
+            if offset >= 0 {
+                r.offset == offset
+            } else {
+                r.tier == tier && *r.exchange == *exchange
+            }
+        })?;
+        self.late_carried.remove(i).map(|r| r.fate)
+    }
 }
 
 type Counts = HashMap<(Arc<str>, Tier, Outcome), u64>;
+
+/// Most rows a partition remembers as carried over after waiting, for a
+/// late acknowledgement to reclaim; beyond, the oldest are let go (they
+/// stay carried over).
+const MAX_LATE_CARRIED: usize = 100_000;
 
 /// Shared by the producer's delivery reports and the trades writer.
 pub struct AckLedger {
@@ -146,25 +181,34 @@ impl AckLedger {
     /// A negative `offset` is an acknowledgement without one (see the
     /// module doc).
     pub fn acked(&self, topic: &str, partition: i32, offset: i64, exchange: &str, tier: Tier) {
-        let matched = {
+        let (matched, reclaimed) = {
             let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
             let part = parts.entry((Arc::from(topic), partition)).or_default();
-            if offset < 0 {
-                part.unknown.push((Arc::from(exchange), tier));
-                return;
+            if offset >= 0 {
+                part.high = part.high.max(offset + 1);
             }
-            part.high = part.high.max(offset + 1);
             match part.waiting.remove(&offset) {
-                Some((row, _)) => Some(row.fate),
-                None => {
-                    part.acked.insert(offset, (Arc::from(exchange), tier));
-                    None
-                }
+                Some((row, _)) => (Some(row.fate), false),
+                None => match part.reclaim(offset, exchange, tier) {
+                    Some(fate) => (Some(fate), true),
+                    None if offset < 0 => {
+                        part.unknown.push((Arc::from(exchange), tier));
+                        (None, false)
+                    }
+                    None => {
+                        part.acked.insert(offset, (Arc::from(exchange), tier));
+                        (None, false)
+                    }
+                },
             }
         };
         if let Some(fate) = matched {
             self.metrics
                 .account(exchange, tier.label(), fate.outcome(), 1);
+        }
+        if reclaimed {
+            self.metrics
+                .account(exchange, tier.label(), Outcome::Reclaimed, 1);
         }
     }
 
@@ -322,5 +366,38 @@ mod tests {
         let a = &accounts(&m)[0];
         assert_eq!((a.stored, a.carried_over, a.in_transit), (2, 1, 0));
         assert_eq!(l.acked_highs(), vec![(Arc::from("t"), 0, 2)]);
+    }
+
+    /// A broker outage can hold a retry's acknowledgement past the wait:
+    /// the rows counted carried over are claimed back when it comes, with
+    /// or without an offset, and nothing stays in transit.
+    #[test]
+    fn a_late_acknowledgement_reclaims_a_row_carried_over() {
+        let m = Metrics::new().unwrap();
+        let l = AckLedger::new(m.clone(), HashMap::new());
+        m.account("BINANCE", "1", Outcome::Published, 2);
+        l.committed(vec![row(3, Fate::Stored), row(4, Fate::Duplicate)]);
+        l.sweep_at(Instant::now() + UNMATCHED_AFTER + Duration::from_secs(1));
+        let a = &accounts(&m)[0];
+        assert_eq!((a.stored, a.carried_over, a.in_transit), (0, 2, 2));
+        l.acked("t", 0, 4, "BINANCE", Tier::One);
+        let a = &accounts(&m)[0];
+        assert_eq!(
+            (
+                a.stored,
+                a.deduplicated_at_writer,
+                a.carried_over,
+                a.in_transit
+            ),
+            (0, 1, 1, 1)
+        );
+        l.acked("t", 0, -1, "BINANCE", Tier::One);
+        let a = &accounts(&m)[0];
+        assert_eq!((a.stored, a.carried_over, a.in_transit), (1, 0, 0));
+        assert_eq!(l.pending(), (0, 0));
+        // Nothing left to reclaim: a later acknowledgement waits for its
+        // commit as usual.
+        l.acked("t", 0, -1, "BINANCE", Tier::One);
+        assert_eq!(l.pending(), (1, 0));
     }
 }
