@@ -22,6 +22,8 @@
 use serde_json::{Map, Value};
 
 use super::binance::{Assembled, Binance, assemble};
+// The JSON field readers the Coinbase parser already has.
+use super::coinbase::{integer, wrong_type};
 use super::fill::non_negative;
 use super::rest::{GapSpan, RestHistory};
 use super::{FrameError, ParseCtx};
@@ -216,36 +218,6 @@ fn trade(
         .get_or_insert_default()
         .insert("source".to_string(), "rest".to_string());
     Ok(t)
-}
-
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-fn wrong_type(field: &'static str, expected: &'static str, got: &Value) -> FrameError {
-    FrameError::WrongType {
-        field,
-        expected,
-        got: kind_of(got).to_string(),
-    }
-}
-
-fn integer(obj: &Map<String, Value>, field: &'static str) -> Result<Option<i64>, FrameError> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| FrameError::Invalid {
-            field,
-            reason: format!("{n} is not a 64-bit integer"),
-        }),
-        Some(other) => Err(wrong_type(field, "integer", other)),
-    }
 }
 
 /// A price or quantity: a decimal string, as on the WebSocket.

@@ -424,7 +424,7 @@ fn kind_of(v: &Value) -> String {
     .to_string()
 }
 
-fn wrong_type(field: &'static str, expected: &'static str, got: &Value) -> FrameError {
+pub(super) fn wrong_type(field: &'static str, expected: &'static str, got: &Value) -> FrameError {
     FrameError::WrongType {
         field,
         expected,
@@ -448,7 +448,10 @@ fn array<'a>(obj: &'a Map<String, Value>, field: &'static str) -> Result<&'a [Va
     }
 }
 
-fn integer(obj: &Map<String, Value>, field: &'static str) -> Result<Option<i64>, FrameError> {
+pub(super) fn integer(
+    obj: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<i64>, FrameError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| FrameError::Invalid {
