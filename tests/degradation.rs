@@ -556,11 +556,12 @@ fn broker_outage_opens_the_breaker_spills_and_replays_in_order_exactly_once() {
         // What is still open, should it never settle.
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "accounting not settled 60 s after every row landed: accounting {}, lake {}, lag {} (age {} ms)",
+            "accounting not settled 60 s after every row landed: accounting {}, lake {}, lag {} (age {} ms); daemon log:\n{}",
             s["accounting"],
             s["lake"],
             s["lag"],
-            s["lag_age_ms"]
+            s["lag_age_ms"],
+            daemon.log_tail()
         );
         std::thread::sleep(Duration::from_millis(250));
     }

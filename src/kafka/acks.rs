@@ -20,11 +20,20 @@
 //! that waited [`UNMATCHED_AFTER`] in vain is matched to one of them of the
 //! same partition, exchange and tier before it would count as carried over.
 //!
+//! A broker can also acknowledge a record at an offset it is not at: seen
+//! on Tansu around a restart, where the topic held every record once, the
+//! lake every trade once, and one acknowledgement named an offset no
+//! commit ever covered while its record's row waited in vain. The trades
+//! writer commits a partition in offset order, so an acknowledged offset
+//! below the highest committed one that no commit covered is such an
+//! orphan; it is matched like an acknowledgement without an offset.
+//!
 //! A row counted carried over after waiting is remembered (the newest
 //! [`MAX_LATE_CARRIED`] per partition): an acknowledgement that comes later
-//! after all, as a retry held up by a broker outage does, claims it then,
-//! counted as stored (or a copy) and as `reclaimed`, which takes it back
-//! out of `carried_over`.
+//! after all, as a retry held up by a broker outage does, claims it then
+//! (its own offset, or any of the same exchange and tier when it has none
+//! or is an orphan), counted as stored (or a copy) and as `reclaimed`,
+//! which takes it back out of `carried_over`.
 //!
 //! So, exactly: `published = stored + deduplicated_at_writer + in_transit`,
 //! where in transit is acknowledged and not yet covered by a commit.
@@ -82,6 +91,9 @@ struct Part {
     waiting: BTreeMap<i64, (CommittedRow, Instant)>,
     /// One past the highest acknowledged offset.
     high: i64,
+    /// One past the highest offset a commit covered: an acknowledged
+    /// offset below it that no commit covered is an orphan (module doc).
+    committed_high: i64,
     /// Rows counted carried over after waiting in vain, oldest first:
     /// their acknowledgement may still come (a retry held up by a broker
     /// outage), and then reclaims them.
@@ -107,16 +119,37 @@ impl Part {
             let Some((row, _)) = self.waiting.remove(&o) else {
                 continue;
             };
-            let claim = self
-                .unknown
-                .iter()
-                .position(|(e, t)| *t == row.tier && **e == *row.exchange);
-            let outcome = match claim {
-                Some(i) => {
+            let same = |e: &Arc<str>, t: &Tier| *t == row.tier && **e == *row.exchange;
+            let unknown = self.unknown.iter().position(|(e, t)| same(e, t));
+            let orphan = || {
+                self.acked
+                    .range(..self.committed_high)
+                    .find(|(_, (e, t))| same(e, t))
+                    .map(|(o, _)| *o)
+            };
+            let outcome = match (unknown, unknown.is_none().then(orphan).flatten()) {
+                (Some(i), _) => {
                     self.unknown.swap_remove(i);
                     row.fate.outcome()
                 }
-                None => {
+                (None, Some(acked_at)) => {
+                    self.acked.remove(&acked_at);
+                    tracing::warn!(
+                        topic = %row.topic,
+                        partition = row.partition,
+                        committed_at = row.offset,
+                        acknowledged_at = acked_at,
+                        "the broker acknowledged a record at an offset no commit covered; matched to a committed row that waited for its acknowledgement in vain"
+                    );
+                    row.fate.outcome()
+                }
+                (None, None) => {
+                    tracing::debug!(
+                        topic = %row.topic,
+                        partition = row.partition,
+                        offset = row.offset,
+                        "a committed row waited in vain for this run's acknowledgement: carried over"
+                    );
                     if self.late_carried.len() >= MAX_LATE_CARRIED {
                         self.late_carried.pop_front();
                     }
@@ -128,17 +161,56 @@ impl Part {
         }
     }
 
-    /// A late acknowledgement (at `offset`, or without one: negative)
-    /// claims a row counted carried over: its fate, which the caller
-    /// counts with `reclaimed`.
-    fn reclaim(&mut self, offset: i64, exchange: &str, tier: Tier) -> Option<Fate> {
-        let i = self.late_carried.iter().position(|r| {
-            if offset >= 0 {
-                r.offset == offset
-            } else {
-                r.tier == tier && *r.exchange == *exchange
+    /// Orphaned acknowledgements (below the committed high, no commit
+    /// covered them) reclaim rows counted carried over, of the same
+    /// exchange and tier.
+    fn reclaim_orphans(&mut self, counts: &mut Counts) {
+        if self.late_carried.is_empty() {
+            return;
+        }
+        let orphans: Vec<i64> = self
+            .acked
+            .range(..self.committed_high)
+            .map(|(o, _)| *o)
+            .collect();
+        for o in orphans {
+            let Some((exchange, tier)) = self.acked.get(&o).cloned() else {
+                continue;
+            };
+            if let Some(fate) = self.reclaim(o, &exchange, tier) {
+                self.acked.remove(&o);
+                tracing::warn!(
+                    acknowledged_at = o,
+                    "the broker acknowledged a record at an offset no commit covered; it reclaims a row counted carried over"
+                );
+                *counts
+                    .entry((exchange.clone(), tier, fate.outcome()))
+                    .or_default() += 1;
+                *counts
+                    .entry((exchange, tier, Outcome::Reclaimed))
+                    .or_default() += 1;
             }
-        })?;
+        }
+    }
+
+    /// A late acknowledgement (at `offset`, or without one: negative)
+    /// claims a row counted carried over: its own offset's, else, when it
+    /// has no offset or an orphaned one, any of the same exchange and tier.
+    /// Returns its fate, which the caller counts with `reclaimed`.
+    fn reclaim(&mut self, offset: i64, exchange: &str, tier: Tier) -> Option<Fate> {
+        let exact = (offset >= 0)
+            .then(|| self.late_carried.iter().position(|r| r.offset == offset))
+            .flatten();
+        let any = || {
+            (offset < self.committed_high)
+                .then(|| {
+                    self.late_carried
+                        .iter()
+                        .position(|r| r.tier == tier && *r.exchange == *exchange)
+                })
+                .flatten()
+        };
+        let i = exact.or_else(any)?;
         self.late_carried.remove(i).map(|r| r.fate)
     }
 }
@@ -191,7 +263,10 @@ impl AckLedger {
                 Some((row, _)) => (Some(row.fate), false),
                 None => match part.reclaim(offset, exchange, tier) {
                     Some(fate) => (Some(fate), true),
-                    None if offset < 0 => {
+                    // Without an offset, or at one already acknowledged
+                    // (two acknowledgements cannot both be right about
+                    // it): matched like one without an offset.
+                    None if offset < 0 || part.acked.contains_key(&offset) => {
                         part.unknown.push((Arc::from(exchange), tier));
                         (None, false)
                     }
@@ -226,6 +301,7 @@ impl AckLedger {
                     continue;
                 }
                 let part = parts.entry((row.topic.clone(), row.partition)).or_default();
+                part.committed_high = part.committed_high.max(row.offset + 1);
                 match part.acked.remove(&row.offset) {
                     Some((exchange, tier)) => {
                         *counts
@@ -256,6 +332,7 @@ impl AckLedger {
             let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
             for part in parts.values_mut() {
                 part.settle_stale(now, &mut counts);
+                part.reclaim_orphans(&mut counts);
             }
         }
         self.count(counts);
@@ -399,5 +476,62 @@ mod tests {
         // commit as usual.
         l.acked("t", 0, -1, "BINANCE", Tier::One);
         assert_eq!(l.pending(), (1, 0));
+    }
+
+    /// An acknowledgement at an offset its record is not at (no commit
+    /// covers it, though the writer committed past it) is matched to the
+    /// row that waited in vain, whichever of the two is settled first.
+    #[test]
+    fn an_acknowledgement_at_the_wrong_offset_meets_its_row() {
+        let m = Metrics::new().unwrap();
+        let l = AckLedger::new(m.clone(), HashMap::new());
+        let late = || Instant::now() + UNMATCHED_AFTER + Duration::from_secs(1);
+        m.account("BINANCE", "1", Outcome::Published, 2);
+        // Record at 5 acknowledged as 7; 9 acknowledged as itself.
+        l.acked("t", 0, 7, "BINANCE", Tier::One);
+        l.acked("t", 0, 9, "BINANCE", Tier::One);
+        l.committed(vec![row(5, Fate::Stored), row(9, Fate::Stored)]);
+        l.sweep_at(late());
+        let a = &accounts(&m)[0];
+        assert_eq!((a.stored, a.carried_over, a.in_transit), (2, 0, 0));
+        assert_eq!(l.pending(), (0, 0));
+        // Record at 10 acknowledged as 12, while the writer has committed
+        // only up to 10: the row waits in vain and is carried over; once
+        // a commit passes 12 without it, the acknowledgement reclaims it.
+        m.account("BINANCE", "1", Outcome::Published, 2);
+        l.acked("t", 0, 12, "BINANCE", Tier::One);
+        l.committed(vec![row(10, Fate::Duplicate)]);
+        l.sweep_at(late());
+        let a = &accounts(&m)[0];
+        assert_eq!((a.deduplicated_at_writer, a.carried_over), (0, 1));
+        l.acked("t", 0, 13, "BINANCE", Tier::One);
+        l.committed(vec![row(13, Fate::Stored)]);
+        let a = &accounts(&m)[0];
+        assert_eq!(
+            (
+                a.stored,
+                a.deduplicated_at_writer,
+                a.carried_over,
+                a.in_transit
+            ),
+            (3, 1, 0, 0)
+        );
+        assert_eq!(l.pending(), (0, 0));
+    }
+
+    /// Two acknowledgements naming one offset: neither is lost, the second
+    /// is matched like one without an offset.
+    #[test]
+    fn two_acknowledgements_of_one_offset_both_count() {
+        let m = Metrics::new().unwrap();
+        let l = AckLedger::new(m.clone(), HashMap::new());
+        m.account("BINANCE", "1", Outcome::Published, 2);
+        l.acked("t", 0, 3, "BINANCE", Tier::One);
+        l.acked("t", 0, 3, "BINANCE", Tier::One);
+        l.committed(vec![row(2, Fate::Stored), row(3, Fate::Stored)]);
+        l.sweep_at(Instant::now() + UNMATCHED_AFTER + Duration::from_secs(1));
+        let a = &accounts(&m)[0];
+        assert_eq!((a.stored, a.carried_over, a.in_transit), (2, 0, 0));
+        assert_eq!(l.pending(), (0, 0));
     }
 }
