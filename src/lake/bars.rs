@@ -71,22 +71,32 @@ pub struct Partial {
 }
 
 impl Partial {
-    /// Takes in another partial bar of the same minute: the two as one.
-    fn absorb(&mut self, o: Partial) {
+    /// Takes in another partial bar of the same minute: the two as one
+    /// (its strings copied only where they win).
+    fn absorb(&mut self, o: &Partial) {
         self.high = self.high.max(o.high);
         self.low = self.low.min(o.low);
         self.volume += o.volume;
         self.trades += o.trades;
         if o.open_key < self.open_key {
             self.open = o.open;
-            self.first_trade_id = o.first_trade_id;
-            self.open_key = o.open_key;
+            self.first_trade_id.clone_from(&o.first_trade_id);
+            self.open_key.clone_from(&o.open_key);
         }
         if o.close_key > self.close_key {
             self.close = o.close;
-            self.last_trade_id = o.last_trade_id;
-            self.close_key = o.close_key;
+            self.last_trade_id.clone_from(&o.last_trade_id);
+            self.close_key.clone_from(&o.close_key);
         }
+    }
+
+    /// Heap and inline bytes, for a cache's budget.
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.open_key.id.len()
+            + self.close_key.id.len()
+            + self.first_trade_id.len()
+            + self.last_trade_id.len()
     }
 }
 
@@ -276,7 +286,7 @@ impl Aggregator {
                 minute.value(i),
             );
             match self.bars.get_mut(&k) {
-                Some(bar) => bar.absorb(p),
+                Some(bar) => bar.absorb(&p),
                 None => {
                     self.bars.insert(k, p);
                 }
@@ -293,7 +303,7 @@ impl Aggregator {
                 continue;
             }
             match self.bars.get_mut(&(x.clone(), s.clone(), *m)) {
-                Some(bar) => bar.absorb(p.clone()),
+                Some(bar) => bar.absorb(p),
                 None => {
                     self.bars.insert((x.clone(), s.clone(), *m), p.clone());
                 }
@@ -324,7 +334,7 @@ impl Aggregator {
                 Entry::Vacant(e) => {
                     e.insert(p);
                 }
-                Entry::Occupied(mut e) => e.get_mut().absorb(p),
+                Entry::Occupied(mut e) => e.get_mut().absorb(&p),
             }
         }
         let rows: Vec<(i64, Partial)> = out.into_iter().collect();
@@ -399,6 +409,76 @@ impl Aggregator {
             text(|r| &r.1.close_key.id),
         ];
         Ok(RecordBatch::try_new(schema.clone(), columns)?)
+    }
+}
+
+/// An exchange and symbol, and its bars by minute start, in order.
+type Group = (Arc<str>, Arc<str>, Vec<(i64, Partial)>);
+
+/// One bars file's partial bars, decoded once: grouped by (exchange,
+/// symbol), each group's bars in minute order. A request for one symbol
+/// over a time range then takes a slice of a group per file instead of
+/// decoding and filtering every row of every file: between compactions
+/// a day's bars sit in about a thousand small files.
+#[derive(Debug, Default)]
+pub struct FileBars {
+    groups: Vec<Group>,
+    bytes: usize,
+}
+
+impl FileBars {
+    /// The bars of a file's decoded `batches`, its partial rows of one
+    /// minute merged as readers merge them.
+    pub fn decode(batches: &[RecordBatch]) -> Result<Self, LakeError> {
+        let mut all = Aggregator::default();
+        for b in batches {
+            all.add_partials(b, |_, _, _| true)?;
+        }
+        let mut out = FileBars::default();
+        // The aggregator's order is (exchange, symbol, minute).
+        for ((x, s, m), p) in all.bars {
+            out.bytes += p.bytes() + std::mem::size_of::<i64>();
+            match out.groups.last_mut() {
+                Some((gx, gs, bars)) if **gx == *x && **gs == *s => bars.push((m, p)),
+                _ => {
+                    out.bytes += x.len() + s.len();
+                    out.groups.push((x.into(), s.into(), vec![(m, p)]));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the decoded bars hold in memory, about.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Merges into `into` the bars of `symbol` (of `exchange` only, when
+    /// given) whose minute is in `[start_us, end_us)`.
+    pub fn merge_into(
+        &self,
+        into: &mut Aggregator,
+        symbol: &str,
+        exchange: Option<&str>,
+        (start_us, end_us): (i64, i64),
+    ) {
+        for (x, s, bars) in &self.groups {
+            if **s != *symbol || exchange.is_some_and(|e| e != &**x) {
+                continue;
+            }
+            let from = bars.partition_point(|(m, _)| *m < start_us);
+            let to = bars.partition_point(|(m, _)| *m < end_us);
+            for (m, p) in &bars[from..to] {
+                match into.bars.get_mut(&(x.to_string(), s.to_string(), *m)) {
+                    Some(bar) => bar.absorb(p),
+                    None => {
+                        into.bars
+                            .insert((x.to_string(), s.to_string(), *m), p.clone());
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -614,4 +694,76 @@ pub async fn catch_up_to(
     report.covered = Some(upto);
     report.snapshot_id = table.metadata().current_snapshot_id();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partial(price: i128, ts: i64, id: &str) -> Partial {
+        let key = Key {
+            ts,
+            seq: None,
+            id: id.to_string(),
+        };
+        Partial {
+            open: price,
+            high: price,
+            low: price,
+            close: price,
+            volume: 1,
+            trades: 1,
+            open_key: key.clone(),
+            close_key: key,
+            first_trade_id: id.to_string(),
+            last_trade_id: id.to_string(),
+        }
+    }
+
+    /// A file's bars decoded once and sliced per request merge as the
+    /// rows filtered one by one do: by symbol, exchange and minute range,
+    /// with a minute's several partial rows merged.
+    #[test]
+    fn a_decoded_file_merges_as_its_rows_filtered_do() {
+        let schema =
+            crate::lake::batch::arrow_schema(&crate::lake::schema::bars_schema().unwrap()).unwrap();
+        // Two partial rows per (exchange, symbol, minute): a file that
+        // holds a minute seen by two commits.
+        let batch = |from: i64| {
+            let mut a = Aggregator::default();
+            for (k, x) in ["BINANCE", "KRAKEN"].into_iter().enumerate() {
+                for s in ["BTCUSDT", "ETHUSDT"] {
+                    for m in 0..6 {
+                        let ts = m * MINUTE_US + from;
+                        let id = format!("{x}{s}{m}{from}");
+                        a.bars.insert(
+                            (x.into(), s.into(), m * MINUTE_US),
+                            partial(100 + m as i128 + k as i128 + from as i128, ts, &id),
+                        );
+                    }
+                }
+            }
+            a.into_batch(&schema).unwrap()
+        };
+        let batches = [batch(1), batch(2)];
+        let file = FileBars::decode(&batches).unwrap();
+        assert!(file.bytes() > 0);
+        for (exchange, range) in [
+            (None, (0, 6 * MINUTE_US)),
+            (Some("KRAKEN"), (MINUTE_US, 4 * MINUTE_US)),
+            (Some("BINANCE"), (5 * MINUTE_US, 9 * MINUTE_US)),
+        ] {
+            let mut want = Aggregator::default();
+            for b in &batches {
+                want.add_partials(b, |x, s, m| {
+                    s == "ETHUSDT" && exchange.is_none_or(|e| e == x) && m >= range.0 && m < range.1
+                })
+                .unwrap();
+            }
+            let mut got = Aggregator::default();
+            file.merge_into(&mut got, "ETHUSDT", exchange, range);
+            assert!(!got.is_empty());
+            assert_eq!(got.bars, want.bars, "{exchange:?} {range:?}");
+        }
+    }
 }

@@ -16,7 +16,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::RecordBatch;
 use datafusion::functions_aggregate::expr_fn::{first_value, last_value, max, min, sum};
 use datafusion::prelude::col;
 use iceberg::TableIdent;
@@ -27,7 +26,7 @@ use super::{
     Engine, Request, answer, bar_order, collect, df_err, filtered, ohlcv_filters, rows_in,
     time_bucket,
 };
-use crate::lake::bars::{self, Aggregator};
+use crate::lake::bars::{self, Aggregator, FileBars};
 use crate::lake::files::Planner;
 use crate::lake::scan::SnapshotTable;
 use crate::lake::schema::BARS_TABLE;
@@ -53,16 +52,17 @@ pub(crate) struct BarsSource {
     /// snapshot added, by (table uuid, snapshot id): the snapshots the bars
     /// do not cover yet are summarized once, not at every request.
     gap: Mutex<VecDeque<(GapKey, Arc<Aggregator>)>>,
-    /// The bars table's data files, decoded once each (files never change;
-    /// a minute's bars are a few rows, and between compactions a day's
-    /// bars sit in hundreds of small files).
+    /// The bars table's data files, decoded once each into partial bars
+    /// by symbol and minute (files never change; a minute's bars are a few
+    /// rows, and between compactions a day's bars sit in hundreds of small
+    /// files).
     files: Mutex<FileCache>,
 }
 
 /// Decoded files by path, within a byte budget.
 #[derive(Default)]
 struct FileCache {
-    files: HashMap<Arc<str>, Arc<Vec<RecordBatch>>>,
+    files: HashMap<Arc<str>, Arc<FileBars>>,
     bytes: usize,
 }
 
@@ -149,7 +149,7 @@ impl Engine {
         table: &Table,
         snapshot: i64,
         preds: &[datafusion::logical_expr::Expr],
-    ) -> Result<Option<Vec<Arc<Vec<RecordBatch>>>>, QueryError> {
+    ) -> Result<Option<Vec<Arc<FileBars>>>, QueryError> {
         let Some(planned) = self
             .bars
             .planner
@@ -159,36 +159,34 @@ impl Engine {
         else {
             return Ok(None);
         };
-        let mut out = Vec::with_capacity(planned.len());
-        for f in planned {
-            let hit = self
-                .bars
-                .files
-                .lock()
-                .ok()
-                .and_then(|c| c.files.get(&f.path).cloned());
-            let batches = match hit {
-                Some(b) => b,
-                None => {
-                    let b = Arc::new(
-                        crate::lake::commit::read_data_file(table, &f.path)
-                            .await
-                            .map_err(QueryError::internal)?,
-                    );
-                    if let Ok(mut c) = self.bars.files.lock() {
-                        let size: usize = b.iter().map(|x| x.get_array_memory_size()).sum();
-                        if c.bytes + size > BARS_CACHE_BYTES {
-                            *c = FileCache::default();
-                        }
-                        c.bytes += size;
-                        c.files.insert(f.path.clone(), b.clone());
-                    }
-                    b
+        // One look at the cache for every file (a thousand between
+        // compactions), then the misses read and decoded.
+        let mut out: Vec<Option<Arc<FileBars>>> = match self.bars.files.lock() {
+            Ok(c) => planned
+                .iter()
+                .map(|f| c.files.get(&f.path).cloned())
+                .collect(),
+            Err(_) => vec![None; planned.len()],
+        };
+        for (f, slot) in planned.iter().zip(out.iter_mut()) {
+            if slot.is_some() {
+                continue;
+            }
+            let batches = crate::lake::commit::read_data_file(table, &f.path)
+                .await
+                .map_err(QueryError::internal)?;
+            let b = Arc::new(FileBars::decode(&batches).map_err(QueryError::internal)?);
+            if let Ok(mut c) = self.bars.files.lock() {
+                let size = b.bytes();
+                if c.bytes + size > BARS_CACHE_BYTES {
+                    *c = FileCache::default();
                 }
-            };
-            out.push(batches);
+                c.bytes += size;
+                c.files.insert(f.path.clone(), b.clone());
+            }
+            *slot = Some(b);
         }
-        Ok(Some(out))
+        Ok(Some(out.into_iter().flatten().collect()))
     }
 
     /// The bars table: the one kept loaded, else from the catalog.
@@ -309,10 +307,13 @@ impl Engine {
         // DataFusion reads them and the union below merges.
         let stored = match self.bars_files(&table, bars_snapshot, &preds).await? {
             Some(files) => {
-                for b in files.iter().flat_map(|f| f.iter()) {
-                    partials
-                        .add_partials(b, |x, s, m| keep(x, s, m))
-                        .map_err(QueryError::internal)?;
+                for f in &files {
+                    f.merge_into(
+                        &mut partials,
+                        &r.symbol,
+                        r.exchange.as_deref(),
+                        (r.start_us, r.end_us),
+                    );
                 }
                 None
             }
