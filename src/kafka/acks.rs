@@ -127,35 +127,31 @@ impl Part {
                     .find(|(_, (e, t))| same(e, t))
                     .map(|(o, _)| *o)
             };
-            let outcome = match (unknown, unknown.is_none().then(orphan).flatten()) {
-                (Some(i), _) => {
-                    self.unknown.swap_remove(i);
-                    row.fate.outcome()
+            let outcome = if let Some(i) = unknown {
+                self.unknown.swap_remove(i);
+                row.fate.outcome()
+            } else if let Some(acked_at) = orphan() {
+                self.acked.remove(&acked_at);
+                tracing::warn!(
+                    topic = %row.topic,
+                    partition = row.partition,
+                    committed_at = row.offset,
+                    acknowledged_at = acked_at,
+                    "the broker acknowledged a record at an offset no commit covered; matched to a committed row that waited for its acknowledgement in vain"
+                );
+                row.fate.outcome()
+            } else {
+                tracing::debug!(
+                    topic = %row.topic,
+                    partition = row.partition,
+                    offset = row.offset,
+                    "a committed row waited in vain for this run's acknowledgement: carried over"
+                );
+                if self.late_carried.len() >= MAX_LATE_CARRIED {
+                    self.late_carried.pop_front();
                 }
-                (None, Some(acked_at)) => {
-                    self.acked.remove(&acked_at);
-                    tracing::warn!(
-                        topic = %row.topic,
-                        partition = row.partition,
-                        committed_at = row.offset,
-                        acknowledged_at = acked_at,
-                        "the broker acknowledged a record at an offset no commit covered; matched to a committed row that waited for its acknowledgement in vain"
-                    );
-                    row.fate.outcome()
-                }
-                (None, None) => {
-                    tracing::debug!(
-                        topic = %row.topic,
-                        partition = row.partition,
-                        offset = row.offset,
-                        "a committed row waited in vain for this run's acknowledgement: carried over"
-                    );
-                    if self.late_carried.len() >= MAX_LATE_CARRIED {
-                        self.late_carried.pop_front();
-                    }
-                    self.late_carried.push_back(row.clone());
-                    Outcome::CarriedOver
-                }
+                self.late_carried.push_back(row.clone());
+                Outcome::CarriedOver
             };
             *counts.entry((row.exchange, row.tier, outcome)).or_default() += 1;
         }
