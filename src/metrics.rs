@@ -98,6 +98,19 @@ pub struct Metrics {
     /// Trades another daemon had taken and died before publishing for
     /// sure, published by this one instead, by exchange.
     pub dedup_redis_takeovers: IntCounterVec,
+    /// Whether a feed holds a connection, by exchange; set at scrape time
+    /// from the feeds' `/status` states (`status::export`).
+    pub feed_connected: IntGaugeVec,
+    /// Seconds since a feed's received count last grew, by exchange; set
+    /// at scrape time.
+    pub feed_last_trade_age_seconds: GaugeVec,
+    /// The supervisor's consumer lag per topic and partition, and the age
+    /// of the watermarks it comes from; set at scrape time.
+    pub consumer_lag_records: IntGaugeVec,
+    pub consumer_lag_age_seconds: GaugeVec,
+    /// Wall time of a `/v1/*` request until its answer's head, by route
+    /// and status class.
+    pub query_duration_seconds: HistogramVec,
 }
 
 /// Where a feed message ended up. Per exchange and tier, at any moment:
@@ -480,7 +493,53 @@ impl Metrics {
             "Trades another daemon on the same feed had taken (dedup.redis_url) and that this one published after that daemon stopped beating, by exchange; such a trade may be in Kafka twice (the trades writer stores it once).",
             &["exchange"],
         )?;
+        let feed_connected = gauge(
+            "ticklake_feed_connected",
+            "1 while a feed holds a connection to its exchange, 0 while it connects or backs off, by exchange.",
+            &["exchange"],
+        )?;
+        let feed_last_trade_age_seconds = fgauge(
+            "ticklake_feed_last_trade_age_seconds",
+            "Seconds since a feed's count of received trades last grew (since the start when it never did), by exchange; read at scrape time.",
+            &["exchange"],
+        )?;
+        let consumer_lag_records = gauge(
+            "ticklake_consumer_lag_records",
+            "Records on a partition past the writers' position (high watermark minus position), from the degradation supervisor's last watermark sample.",
+            &["topic", "partition"],
+        )?;
+        let consumer_lag_age_seconds = fgauge(
+            "ticklake_consumer_lag_age_seconds",
+            "Age of the watermarks behind ticklake_consumer_lag_records (since the start while none was read): the lag is only as fresh as this.",
+            &[],
+        )?;
+        consumer_lag_age_seconds
+            .with_label_values::<&str>(&[])
+            .set(0.0);
+        let query_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "ticklake_query_duration_seconds",
+                "Wall time of a query API request (/v1/*) until its answer's head, by route and status class.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["route", "status"],
+        )?;
+        registry.register(Box::new(query_duration_seconds.clone()))?;
+        // Every level's transition counter is shown from the start at 0: an
+        // alert on the first entry into a level needs the series before it.
+        for level in crate::degrade::level::Level::ALL {
+            level_transitions
+                .with_label_values(&[level.as_str()])
+                .inc_by(0);
+        }
         Ok(Self {
+            feed_connected,
+            feed_last_trade_age_seconds,
+            consumer_lag_records,
+            consumer_lag_age_seconds,
+            query_duration_seconds,
             losses: crate::ledger::Losses::new(records_lost.clone()),
             records_lost,
             messages,

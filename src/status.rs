@@ -3,8 +3,9 @@
 //! with its history, signals and thresholds; the breakers; and the
 //! accounting identity per exchange and tier.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde_json::{Value, json};
@@ -27,6 +28,60 @@ pub struct StatusSources {
     /// Also read for the top level: level, lag and the rates.
     pub supervisor: watch::Receiver<SupervisorState>,
     pub metrics: Metrics,
+    /// Per exchange, the received count seen at the last scrape and when
+    /// it last grew (`export`).
+    pub last_trades: Arc<Mutex<BTreeMap<String, (u64, Instant)>>>,
+}
+
+/// Sets the gauges `/metrics` shows from the actors' states rather than
+/// from counters kept on the hot path: each feed's connection and the age
+/// of its last trade, the consumer lag and its age. Called on every scrape,
+/// so they are as fresh as the scrape; the states are read without
+/// touching the actors.
+pub fn export(src: &StatusSources) {
+    let m = &src.metrics;
+    let now = Instant::now();
+    let mut received: BTreeMap<String, u64> = BTreeMap::new();
+    for a in accounts(m) {
+        *received.entry(a.exchange).or_default() += a.received;
+    }
+    let mut last = src.last_trades.lock().unwrap_or_else(|p| p.into_inner());
+    for node in src.actors.iter().map(|a| a.node(&BTreeMap::new())) {
+        // Feeds are the nodes with an exchange; a disabled feed has none.
+        let (Some(exchange), Some(connected)) =
+            (node["exchange"].as_str(), node["connected"].as_bool())
+        else {
+            continue;
+        };
+        m.feed_connected
+            .with_label_values(&[exchange])
+            .set(i64::from(connected));
+        let count = received.get(exchange).copied().unwrap_or(0);
+        let seen = last.entry(exchange.to_string()).or_insert((0, src.started));
+        if count > seen.0 {
+            *seen = (count, now);
+        }
+        m.feed_last_trade_age_seconds
+            .with_label_values(&[exchange])
+            .set(now.duration_since(seen.1).as_secs_f64());
+    }
+    drop(last);
+    let sup = src.supervisor.borrow();
+    for (topic, partitions) in &sup.lag {
+        for (partition, lag) in partitions {
+            m.consumer_lag_records
+                .with_label_values(&[topic, &partition.to_string()])
+                .set(*lag);
+        }
+    }
+    let age = match sup.lag_age_ms {
+        Some(ms) => ms as f64 / 1000.0,
+        // No watermarks read yet: the lag is as old as the daemon.
+        None => src.started.elapsed().as_secs_f64(),
+    };
+    m.consumer_lag_age_seconds
+        .with_label_values::<&str>(&[])
+        .set(age);
 }
 
 /// The whole `/status` document.

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -80,10 +80,37 @@ async fn check_host(
     }
 }
 
-async fn metrics(m: web::Data<Metrics>) -> HttpResponse {
+async fn metrics(m: web::Data<Metrics>, src: web::Data<StatusSources>) -> HttpResponse {
+    crate::status::export(&src);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(m.render())
+}
+
+/// Times every query API request (`/v1/*`) into
+/// `ticklake_query_duration_seconds`, by its route pattern (never the raw
+/// path, so the label set stays bounded) and status class.
+async fn time_queries(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    if !req.path().starts_with("/v1/") {
+        return next.call(req).await;
+    }
+    let started = Instant::now();
+    let metrics = req.app_data::<web::Data<Metrics>>().cloned();
+    let res = next.call(req).await?;
+    if let Some(m) = metrics {
+        let route = res
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".into());
+        let class = format!("{}xx", res.status().as_u16() / 100);
+        m.query_duration_seconds
+            .with_label_values(&[&route, &class])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    Ok(res)
 }
 
 async fn status(src: web::Data<StatusSources>) -> HttpResponse {
@@ -111,6 +138,7 @@ pub fn start(
     )));
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(from_fn(time_queries))
             .wrap(from_fn(check_host))
             .app_data(allowed.clone())
             .app_data(data.clone())

@@ -150,6 +150,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         producer: producer.state.clone(),
         supervisor,
         metrics: metrics.clone(),
+        last_trades: Default::default(),
     };
     let http_addr = stages::http(&cfg, &metrics, &status, &lake.query)?;
 
