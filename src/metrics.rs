@@ -591,6 +591,53 @@ impl Metrics {
         })
     }
 
+    /// Shows at 0 from the start the series that otherwise appear only
+    /// with their first event, for label values known at start: an alert
+    /// sees the first increase of a series that exists (`increase()` of a
+    /// series born at 1 is 0), and a dashboard has a line to draw.
+    /// `exchanges` are the enabled feeds' exchange labels, `breakers` and
+    /// `tables` those of the running producer and writers.
+    pub fn preregister(&self, exchanges: &[&str], breakers: &[&str], tables: &[&str]) {
+        use crate::degrade::breaker::BreakerState;
+        use crate::degrade::level::Level;
+        use crate::instruments::Tier;
+        for exchange in exchanges {
+            // Every tier at every level, tier 1 included although no level
+            // sheds it: that series is what the "tier 1 shed" alert watches.
+            for tier in [Tier::One, Tier::Two, Tier::Three] {
+                for level in Level::ALL {
+                    self.shed
+                        .with_label_values(&[exchange, tier.label(), level.as_str()])
+                        .inc_by(0);
+                }
+            }
+            self.feed_connected.with_label_values(&[exchange]).set(0);
+            self.feed_last_trade_age_seconds
+                .with_label_values(&[exchange])
+                .set(0.0);
+        }
+        for breaker in breakers {
+            // A breaker starts CLOSED.
+            self.breaker_state.with_label_values(&[breaker]).set(0);
+            for to in [
+                BreakerState::Closed,
+                BreakerState::HalfOpen,
+                BreakerState::Open,
+            ] {
+                self.breaker_transitions
+                    .with_label_values(&[breaker, to.as_str()])
+                    .inc_by(0);
+            }
+        }
+        for table in tables {
+            for outcome in ["ok", "retry", "failed"] {
+                self.writer_commits
+                    .with_label_values(&[table, outcome])
+                    .inc_by(0);
+            }
+        }
+    }
+
     fn float_counter(
         registry: &Registry,
         name: &str,

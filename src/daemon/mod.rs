@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::kafka::registry::{LocalRegistry, RegistryError};
 use crate::kafka::{EmbeddedCluster, KafkaSetupError};
 use crate::lake::LakeError;
+use crate::lake::TableKind;
 use crate::metrics::{Metrics, MetricsError};
 use crate::status::StatusSources;
 pub use shutdown::wait_for_signal;
@@ -111,6 +112,7 @@ pub struct Daemon {
 pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     let lock = lock::DataDirLock::acquire(&cfg.data_dir_abs())?;
     let metrics = Metrics::new()?;
+    preregister(&cfg, &metrics);
     let registry = LocalRegistry::open(&cfg.data_dir_abs())?;
     let codec = Arc::new(crate::kafka::registry::codec(&registry)?);
     let mut kafka = kafka::prepare(&cfg).await?;
@@ -179,6 +181,18 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         lake_arbiter: lake.arbiter,
         _lock: lock,
     })
+}
+
+/// The series an alert or a dashboard needs before their first event, for
+/// what this config runs: its feeds' exchanges, the producer's breaker and
+/// each writer's commit breaker (named as `actors::writer` names them).
+fn preregister(cfg: &Config, metrics: &Metrics) {
+    let exchanges: Vec<&str> = cfg.feeds.enabled().map(|f| f.exchange.as_str()).collect();
+    let tables = [TableKind::Trades.name(), TableKind::DeadLetters.name()];
+    let commit: Vec<String> = tables.iter().map(|t| format!("commit.{t}")).collect();
+    let mut breakers = vec!["producer"];
+    breakers.extend(commit.iter().map(String::as_str));
+    metrics.preregister(&exchanges, &breakers, &tables);
 }
 
 /// A panic inside an actor kills that actor's task, where no supervisor
