@@ -183,7 +183,8 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
     assert!(out.status.success() && said.trim().is_empty(), "{said}");
 
     // The shipped alert rules are valid, and on the daemon's own series.
-    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/alerts.yml");
+    let rules =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml");
     let out = tool("promtool")
         .args(["check", "rules"])
         .arg(&rules)
