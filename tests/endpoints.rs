@@ -131,21 +131,6 @@ fn status_endpoint_and_cli_show_the_tree_level_breakers_and_accounting() {
     assert!(daemon.terminate().success());
 }
 
-fn tool(name: &str) -> Command {
-    // Fail loudly, never skip: the Debian `prometheus` package provides both.
-    let ok = Command::new(name)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "`{name}` is not installed: install the Debian package `prometheus` (.ci/run does)"
-    );
-    Command::new(name)
-}
-
 #[test]
 fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
     let (env, mut daemon, _replay, _) = ingested();

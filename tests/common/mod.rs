@@ -332,6 +332,22 @@ pub fn http(
     )
 }
 
+/// A tool of the Debian `prometheus` package (`prometheus`, `promtool`),
+/// failing loudly when it is missing rather than skipping the test.
+pub fn tool(name: &str) -> Command {
+    let ok = Command::new(name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "`{name}` is not installed: install the Debian package `prometheus` (.ci/run does)"
+    );
+    Command::new(name)
+}
+
 /// A child process that is killed when dropped.
 pub struct Proc {
     pub child: Child,
