@@ -98,14 +98,10 @@ pub struct Metrics {
     /// Trades another daemon had taken and died before publishing for
     /// sure, published by this one instead, by exchange.
     pub dedup_redis_takeovers: IntCounterVec,
-    /// Whether a feed holds a connection, by exchange; set at scrape time
-    /// from the feeds' `/status` states (`status::export`).
+    /// Set at each scrape from the states `/status` reads (`status::export`):
+    /// feed connections, age of the last trade, consumer lag and its age.
     pub feed_connected: IntGaugeVec,
-    /// Seconds since a feed's received count last grew, by exchange; set
-    /// at scrape time.
     pub feed_last_trade_age_seconds: GaugeVec,
-    /// The supervisor's consumer lag per topic and partition, and the age
-    /// of the watermarks it comes from; set at scrape time.
     pub consumer_lag_records: IntGaugeVec,
     pub consumer_lag_age_seconds: GaugeVec,
     /// Wall time of a `/v1/*` request until its answer's head, by route
@@ -513,9 +509,6 @@ impl Metrics {
             "Age of the watermarks behind ticklake_consumer_lag_records (since the start while none was read): the lag is only as fresh as this.",
             &[],
         )?;
-        consumer_lag_age_seconds
-            .with_label_values::<&str>(&[])
-            .set(0.0);
         let query_duration_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "ticklake_query_duration_seconds",
