@@ -212,6 +212,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Monthly cost of a load (--rate per exchange) from measured figures
+    /// and the price sheet (config/prices.toml); see docs/cost-model.md.
+    Cost(ticklake::tools::cost::CostArgs),
     /// Parse capture file(s) with the feed's parser and publish the records
     /// to the configured (real) Kafka broker; prints a JSON summary.
     Produce {
@@ -725,6 +728,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Cost(args) => Ok(ticklake::tools::cost::run(&args)?),
         Command::Status { config, json } => {
             let cfg = Config::load(config.as_deref())?;
             let url = format!("http://{}/status", cfg.http.listen);
