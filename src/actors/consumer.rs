@@ -189,12 +189,17 @@ impl Actor for ConsumerActor {
             // counter, and whether it holds trades or dead letters.
             let mut topics: HashMap<String, TopicInfo> = HashMap::new();
             while let Some(chunk) = stream.next().await {
-                let mut trades: Vec<Arc<TradeV2>> = Vec::new();
+                // Sized to the chunk once: grown push by push, each vector
+                // was reallocated a dozen times per chunk, every new block
+                // fresh memory for the kernel to zero (a sixth of this
+                // thread's samples in a profile of `ticklake bench`).
+                let n = chunk.len();
+                let mut trades: Vec<Arc<TradeV2>> = Vec::with_capacity(n);
                 let mut dead: Vec<DeadLetter> = Vec::new();
-                let mut trade_pos = Vec::new();
+                let mut trade_pos = Vec::with_capacity(n);
                 let mut dead_pos = Vec::new();
-                let mut tail_rows = Vec::new();
-                let mut at = Vec::new();
+                let mut tail_rows = Vec::with_capacity(if routes.tail.is_some() { n } else { 0 });
+                let mut at = Vec::with_capacity(n);
                 for m in chunk {
                     let m = match m {
                         Ok(m) => m,

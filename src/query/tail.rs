@@ -75,7 +75,15 @@ impl Segment {
             batch,
             spans: spans(&pos),
             pos,
-            exchanges: trades.iter().map(|t| t.exchange.clone()).collect(),
+            // Distinct names first, then owned: one String per exchange,
+            // not one per row.
+            exchanges: trades
+                .iter()
+                .map(|t| t.exchange.as_str())
+                .collect::<BTreeSet<&str>>()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
             min_ts: trades
                 .iter()
                 .map(|t| t.timestamp_us)

@@ -62,7 +62,11 @@ impl Tally {
     pub fn begin_commit(&mut self) {
         // One commit runs at a time; anything left from an earlier one was
         // settled or forgotten already.
-        self.in_commit = std::mem::take(&mut self.pending);
+        // The next commit's list starts at this one's size: grown from
+        // empty, its reallocations took fresh memory the kernel zeroed,
+        // a tenth of the consumer thread's page faults in a profile.
+        let next = Vec::with_capacity(self.pending.len());
+        self.in_commit = std::mem::replace(&mut self.pending, next);
     }
 
     /// The running commit succeeded: its rows count now.
