@@ -137,7 +137,11 @@ async fn broker(
         }
     };
     if let Err(e) = done {
-        return refused(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string());
+        return refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        );
     }
     if let Ok(mut b) = admin.broker.lock() {
         match action.as_str() {

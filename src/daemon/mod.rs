@@ -154,13 +154,10 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         metrics: metrics.clone(),
         last_trades: Default::default(),
     };
-    let admin = cfg
-        .chaos
-        .admin
-        .then(|| crate::api::admin::ChaosControls {
-            broker: kafka.embedded.as_ref().and_then(EmbeddedCluster::faults),
-            writer: lake.writer_faults.clone(),
-        });
+    let admin = cfg.chaos.admin.then(|| crate::api::admin::ChaosControls {
+        broker: kafka.embedded.as_ref().and_then(EmbeddedCluster::faults),
+        writer: lake.writer_faults.clone(),
+    });
     let http_addr = stages::http(&cfg, &metrics, &status, &lake.query, admin)?;
 
     Ok(Daemon {

@@ -671,15 +671,15 @@ pub fn http(
         query: query.clone().recipient(),
     });
     if admin.is_some() {
-        tracing::warn!("chaos: the admin endpoint /chaos/* is on; anyone who reaches http.listen can inject faults");
+        tracing::warn!(
+            "chaos: the admin endpoint /chaos/* is on; anyone who reaches http.listen can inject faults"
+        );
     }
     let addr = crate::api::server::start(&cfg.http, metrics.clone(), status.clone(), api, admin)
-        .map_err(
-        |source| DaemonError::Http {
+        .map_err(|source| DaemonError::Http {
             listen: cfg.http.listen.clone(),
             source,
-        },
-    )?;
+        })?;
     tracing::info!(addr = %addr, "http endpoints up");
     Ok(Some(addr))
 }
