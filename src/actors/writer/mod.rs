@@ -16,6 +16,7 @@ mod tally;
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -46,8 +47,7 @@ pub struct FlushPolicy {
     pub max_rows: usize,
     pub max_age: Duration,
     pub target_file_size: usize,
-    /// Chaos: extra µs per committed row, as a slow object store would
-    /// add; shared so that `[chaos] admin` can change it at run time.
+    /// Chaos: µs added per committed row (a slow object store); shared with `/chaos/writer`.
     pub delay_us_per_row: Arc<std::sync::atomic::AtomicU64>,
     /// The breaker around the commit.
     pub breaker: BreakerConfig,
@@ -352,12 +352,8 @@ impl WriterActor {
         let ident = self.ident.clone();
         let schema = self.schema.clone();
         let target = self.policy.target_file_size;
-        let delay = Duration::from_micros(
-            self.policy
-                .delay_us_per_row
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
-        .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
+        let us = self.policy.delay_us_per_row.load(Relaxed);
+        let delay = Duration::from_micros(us).saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
         let metrics = self.metrics.clone();
         let breaker = self.breaker.clone();
         let epoch = self.epoch;
