@@ -80,8 +80,9 @@ pub struct ChaosArgs {
     /// A real broker instead of the embedded one (bootstrap servers).
     #[arg(long, env = "TICKLAKE_KAFKA__BROKERS")]
     pub brokers: Option<String>,
-    /// With a real broker: a command run as `CMD stop` and `CMD start` (by
-    /// `sh -c`) to take it down and bring it back.
+    /// With a real broker: a command run by `sh -c` as `CMD stop` and
+    /// `CMD start` to take it down and bring it back; a `{}` in it is
+    /// replaced by the verb instead (`docker stop {}`-style commands).
     #[arg(long)]
     pub broker_command: Option<String>,
     /// No live view (the proof and the report still print).
@@ -551,7 +552,11 @@ impl Chaos<'_> {
         let Some(cmd) = &self.args.broker_command else {
             return Ok(());
         };
-        let full = format!("{cmd} {verb}");
+        let full = if cmd.contains("{}") {
+            cmd.replace("{}", verb)
+        } else {
+            format!("{cmd} {verb}")
+        };
         self.say(&format!("running {full:?}"));
         let out = std::process::Command::new("sh")
             .arg("-c")
