@@ -181,3 +181,44 @@ async fn writer(admin: web::Data<Admin>, q: web::Query<WriterParams>) -> HttpRes
         "chaos: writer faults changed");
     HttpResponse::Ok().json(admin.injected())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::{App, test};
+
+    #[actix_web::test]
+    async fn writer_faults_change_at_run_time_and_a_real_broker_is_refused() {
+        let writer = WriterFaults {
+            delay_us_per_row: Arc::new(AtomicU64::new(0)),
+            fail_commits: Arc::new(AtomicU32::new(0)),
+        };
+        let controls = ChaosControls {
+            broker: None,
+            writer: writer.clone(),
+        };
+        let app =
+            test::init_service(App::new().configure(|c| configure(c, controls.clone()))).await;
+        let req = test::TestRequest::post()
+            .uri("/chaos/writer?delay_us_per_row=1500&fail_trade_commits=3")
+            .to_request();
+        let body: serde_json::Value = test::call_and_read_body_json(&app, req).await;
+        assert_eq!(body["writer_delay_us_per_row"], 1500);
+        assert_eq!(body["fail_trade_commits"], 3);
+        assert_eq!(writer.delay_us_per_row.load(Ordering::Relaxed), 1500);
+        assert_eq!(writer.fail_commits.load(Ordering::Relaxed), 3);
+
+        for (uri, status) in [
+            ("/chaos/broker/down", 409),
+            ("/chaos/writer?delay_us_per_row=2000000", 400),
+            ("/chaos/writer?nope=1", 400),
+        ] {
+            let res =
+                test::call_service(&app, test::TestRequest::post().uri(uri).to_request()).await;
+            assert_eq!(res.status().as_u16(), status, "{uri}");
+        }
+        let req = test::TestRequest::get().uri("/chaos").to_request();
+        let body: serde_json::Value = test::call_and_read_body_json(&app, req).await;
+        assert_eq!(body["embedded_broker"], false);
+    }
+}
