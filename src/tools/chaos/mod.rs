@@ -227,6 +227,24 @@ pub fn run(args: &ChaosArgs) -> Result<bool, ChaosError> {
         exit.is_some_and(|e| e.success()),
         format!("SIGTERM at the end: {exit:?}"),
     );
+    let backfilled: u64 = w
+        .last_status
+        .as_ref()
+        .and_then(|s| s["tree"]["children"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| n["gaps"]["backfilled_trades"].as_u64())
+        .sum();
+    println!(
+        "\nvenue: {} trades generated, {} sent on the stream, {} malformed and {} duplicate frames, {} REST requests answered; daemon: {} runs, {} trades filled from REST in its last run",
+        tl.head(),
+        tl.sent_trades.load(Ordering::Relaxed),
+        tl.sent_malformed.load(Ordering::Relaxed),
+        tl.sent_duplicates.load(Ordering::Relaxed),
+        tl.rest_requests.load(Ordering::Relaxed),
+        d.runs,
+        backfilled
+    );
     println!("\n{}", p.render());
     if let Some(dir) = &args.report {
         report::write(

@@ -234,8 +234,13 @@ mod tests {
 
         lake.insert("1".into(), (99, 99));
         let p = build(&Inputs {
+            exchange: "BINANCE",
+            offered: &offered,
+            duplicates: &dups,
             lake: &lake,
-            ..inputs
+            daemon: &daemon,
+            malformed_sent: 4,
+            dead_letters_in_lake: 4,
         });
         let failed: Vec<&str> = p.failed().iter().map(|c| c.name.as_str()).collect();
         assert_eq!(failed, vec!["BINANCE.tier1.identity", "BINANCE.tier1.loss"]);

@@ -157,7 +157,7 @@ impl Timeline {
             p % 100_000_000,
             q / 100_000_000,
             q % 100_000_000,
-            i % 3 == 0,
+            i.is_multiple_of(3),
         )
     }
 
@@ -172,7 +172,7 @@ impl Timeline {
             q / 100_000_000,
             q % 100_000_000,
             self.time_ms(i),
-            i % 3 == 0,
+            i.is_multiple_of(3),
         )
     }
 

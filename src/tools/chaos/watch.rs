@@ -307,7 +307,7 @@ impl Watch {
         let mut out = std::io::stdout().lock();
         if !self.tty {
             // Every other sample: one line a second.
-            if self.samples.len() % 2 == 0 {
+            if self.samples.len().is_multiple_of(2) {
                 let _ = writeln!(
                     out,
                     "t={:>6.1}s {:<14} offered {:>7.0}/s delivered {:>7.0}/s stored {:>7.0}/s level {:<13} breaker {:<9} spill {:>6} lag {:>6} shed {:>6}",
