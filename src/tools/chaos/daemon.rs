@@ -20,6 +20,7 @@ pub fn config_text(
     rest: &str,
     symbols: &[String],
     brokers: Option<&str>,
+    store_delay_us: u64,
 ) -> String {
     let syms: Vec<String> = symbols.iter().map(|s| format!("{s:?}")).collect();
     let kafka = match brokers {
@@ -65,6 +66,7 @@ listen = "127.0.0.1:{http_port}"
 
 [chaos]
 admin = true
+writer_delay_us_per_row = {store_delay_us}
 "#,
         data = data_dir.display().to_string(),
         syms = syms.join(", "),
