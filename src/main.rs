@@ -215,6 +215,9 @@ enum Command {
     /// Monthly cost of a load (--rate per exchange) from measured figures
     /// and the price sheet (config/prices.toml); see docs/cost-model.md.
     Cost(ticklake::tools::cost::CostArgs),
+    /// Breaks a daemon of its own on purpose (overload, broker outage,
+    /// slow and failing store, kill -9) and proves nothing was lost.
+    Chaos(ticklake::tools::chaos::ChaosArgs),
     /// Parse capture file(s) with the feed's parser and publish the records
     /// to the configured (real) Kafka broker; prints a JSON summary.
     Produce {
@@ -729,6 +732,10 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cost(args) => Ok(ticklake::tools::cost::run(&args)?),
+        Command::Chaos(args) => match ticklake::tools::chaos::run(&args)? {
+            true => Ok(()),
+            false => std::process::exit(1),
+        },
         Command::Status { config, json } => {
             let cfg = Config::load(config.as_deref())?;
             let url = format!("http://{}/status", cfg.http.listen);

@@ -4,6 +4,7 @@
 //! [`QueryError`] becomes a status code here. Every error is JSON
 //! `{error, detail}`.
 
+pub mod admin;
 pub mod client;
 pub mod openapi;
 pub mod params;

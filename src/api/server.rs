@@ -127,6 +127,7 @@ pub fn start(
     m: Metrics,
     sources: StatusSources,
     api: Option<super::ApiState>,
+    admin: Option<super::admin::ChaosControls>,
 ) -> std::io::Result<std::net::SocketAddr> {
     let data = web::Data::new(m);
     let sources = web::Data::new(sources);
@@ -150,6 +151,9 @@ pub fn start(
             .configure(|c| {
                 if let Some(api) = &api {
                     super::configure(c, api.clone());
+                }
+                if let Some(admin) = &admin {
+                    super::admin::configure(c, admin.clone());
                 }
             })
     })

@@ -335,6 +335,11 @@ pub struct ChaosConfig {
     /// a broken catalog would; the writer rewinds to its last snapshot and
     /// the consumer re-reads from there.
     pub fail_trade_commits: u32,
+    /// Serve `/chaos/*` on `http.listen`: take the embedded broker down
+    /// and up, add round-trip time, and change the two faults above at run
+    /// time (`ticklake chaos`). Off by default: anyone who reaches the
+    /// endpoint could stop the pipeline.
+    pub admin: bool,
     /// A range of records the consumer acts as if the broker had deleted
     /// before it read them (what an eviction or retention does), to show
     /// that the loss is detected and reported. Off while `count` is 0.

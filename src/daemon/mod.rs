@@ -154,7 +154,11 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         metrics: metrics.clone(),
         last_trades: Default::default(),
     };
-    let http_addr = stages::http(&cfg, &metrics, &status, &lake.query)?;
+    let admin = cfg.chaos.admin.then(|| crate::api::admin::ChaosControls {
+        broker: kafka.embedded.as_ref().and_then(EmbeddedCluster::faults),
+        writer: lake.writer_faults.clone(),
+    });
+    let http_addr = stages::http(&cfg, &metrics, &status, &lake.query, admin)?;
 
     Ok(Daemon {
         feeds: feeds.into_iter().map(|f| f.addr).collect(),

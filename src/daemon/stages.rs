@@ -54,6 +54,9 @@ pub struct LakeStage {
     pub last_ids: Vec<crate::lake::last_ids::LastId>,
     /// The writer of `market.gaps`, which the feeds send settled gaps to.
     pub gaps: Addr<crate::actors::gaps::GapsActor>,
+    /// The writers' slowness and the trades writer's failures, which
+    /// `[chaos] admin` changes at run time.
+    pub writer_faults: crate::api::admin::WriterFaults,
     /// The thread the consumer, the tail and the writers run on, apart
     /// from the feed and the producer (on the system's thread): decoding,
     /// the tail and the writers' buffers no longer share a core with
@@ -106,6 +109,10 @@ pub async fn lake(
     );
 
     let policy = flush_policy(cfg);
+    let writer_faults = crate::api::admin::WriterFaults {
+        delay_us_per_row: policy.delay_us_per_row.clone(),
+        fail_commits: Arc::new(cfg.chaos.fail_trade_commits.into()),
+    };
     let recent = recent_trade_ids(cfg, &trades_table).await?;
     let last_ids = last_trade_ids(cfg, &trades_table).await?;
     let ledger = Arc::new(AckLedger::new(metrics.clone(), kafka.start_ends()));
@@ -116,7 +123,7 @@ pub async fn lake(
         lake::table_ident(cfg, TableKind::Trades),
         lake::batch::arrow_schema(trades_table.metadata().current_schema())?,
         FlushPolicy {
-            fail_commits: cfg.chaos.fail_trade_commits,
+            fail_commits: writer_faults.fail_commits.clone(),
             ..policy.clone()
         },
         trades_start.clone(),
@@ -175,6 +182,7 @@ pub async fn lake(
         ledger,
         last_ids,
         gaps,
+        writer_faults,
         arbiter,
     })
 }
@@ -227,10 +235,10 @@ fn flush_policy(cfg: &Config) -> FlushPolicy {
         max_rows: cfg.writer.max_rows,
         max_age: Duration::from_millis(cfg.writer.max_age_ms),
         target_file_size: cfg.writer.target_file_size_bytes,
-        delay_per_row: Duration::from_micros(cfg.chaos.writer_delay_us_per_row),
+        delay_us_per_row: Arc::new(cfg.chaos.writer_delay_us_per_row.into()),
         breaker: cfg.breaker.commit.clone(),
         restart: restart_policy(cfg),
-        fail_commits: 0,
+        fail_commits: Arc::new(0.into()),
         dedup: crate::dedup::Sizing::new(cfg.writer.dedup_capacity, cfg.dedup.false_positive_rate),
         dedup_window: Duration::from_secs(cfg.writer.dedup_window_secs),
     }
@@ -652,6 +660,7 @@ pub fn http(
     metrics: &Metrics,
     status: &StatusSources,
     query: &Addr<QueryActor>,
+    admin: Option<crate::api::admin::ChaosControls>,
 ) -> Result<Option<std::net::SocketAddr>, DaemonError> {
     if !cfg.http.enabled {
         return Ok(None);
@@ -661,12 +670,16 @@ pub fn http(
     let api = cfg.writer.enabled.then(|| crate::api::ApiState {
         query: query.clone().recipient(),
     });
-    let addr = crate::api::server::start(&cfg.http, metrics.clone(), status.clone(), api).map_err(
-        |source| DaemonError::Http {
+    if admin.is_some() {
+        tracing::warn!(
+            "chaos: the admin endpoint /chaos/* is on; anyone who reaches http.listen can inject faults"
+        );
+    }
+    let addr = crate::api::server::start(&cfg.http, metrics.clone(), status.clone(), api, admin)
+        .map_err(|source| DaemonError::Http {
             listen: cfg.http.listen.clone(),
             source,
-        },
-    )?;
+        })?;
     tracing::info!(addr = %addr, "http endpoints up");
     Ok(Some(addr))
 }

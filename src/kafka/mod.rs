@@ -49,14 +49,46 @@ pub enum KafkaSetupError {
 /// thread for the daemon's lifetime; dropping this handle shuts it down.
 pub struct EmbeddedCluster {
     bootstrap: String,
-    stop: Option<mpsc::Sender<()>>,
+    stop: Option<mpsc::Sender<BrokerFault>>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// What the embedded cluster's thread is told: a fault for its broker
+/// (`[chaos] admin`), or to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BrokerFault {
+    Down,
+    Up,
+    RoundTrip(Duration),
+    Stop,
+}
+
+/// Takes the embedded broker down and up, or slows it (`[chaos] admin`).
+/// `Err` when the cluster is gone.
+#[derive(Debug, Clone)]
+pub struct EmbeddedFaults(mpsc::Sender<BrokerFault>);
+
+impl EmbeddedFaults {
+    pub fn broker_down(&self) -> Result<(), KafkaSetupError> {
+        self.send(BrokerFault::Down)
+    }
+    pub fn broker_up(&self) -> Result<(), KafkaSetupError> {
+        self.send(BrokerFault::Up)
+    }
+    pub fn round_trip(&self, rtt: Duration) -> Result<(), KafkaSetupError> {
+        self.send(BrokerFault::RoundTrip(rtt))
+    }
+    fn send(&self, f: BrokerFault) -> Result<(), KafkaSetupError> {
+        self.0
+            .send(f)
+            .map_err(|_| KafkaSetupError::Embedded("cluster stopped".into()))
+    }
 }
 
 impl EmbeddedCluster {
     pub fn start(topics: &[String], partitions: i32) -> Result<Self, KafkaSetupError> {
         let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let (stop_tx, stop_rx) = mpsc::channel::<BrokerFault>();
         let topics = topics.to_vec();
         let thread = std::thread::Builder::new()
             .name("embedded-kafka".into())
@@ -75,8 +107,18 @@ impl EmbeddedCluster {
                     }
                 }
                 let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
-                // Park until the handle is dropped; the cluster dies with us.
-                let _ = stop_rx.recv();
+                // Serve faults until the handle is dropped; the cluster dies with us.
+                while let Ok(fault) = stop_rx.recv() {
+                    let done = match fault {
+                        BrokerFault::Stop => break,
+                        BrokerFault::Down => cluster.broker_down(1),
+                        BrokerFault::Up => cluster.broker_up(1),
+                        BrokerFault::RoundTrip(d) => cluster.broker_round_trip_time(1, d),
+                    };
+                    if let Err(e) = done {
+                        tracing::warn!(?fault, error = %e, "embedded broker fault not applied");
+                    }
+                }
             })
             .map_err(|e| KafkaSetupError::Embedded(e.to_string()))?;
         let bootstrap = ready_rx
@@ -93,11 +135,19 @@ impl EmbeddedCluster {
     pub fn bootstrap(&self) -> &str {
         &self.bootstrap
     }
+
+    /// A handle that takes the broker down and up, or slows it.
+    pub fn faults(&self) -> Option<EmbeddedFaults> {
+        self.stop.clone().map(EmbeddedFaults)
+    }
 }
 
 impl Drop for EmbeddedCluster {
     fn drop(&mut self) {
-        self.stop.take();
+        // Told, not just dropped: a fault handle may still hold a sender.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(BrokerFault::Stop);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -9,6 +9,7 @@ pub mod bench_api;
 pub mod bench_dedup;
 pub mod bench_tail;
 pub mod capture;
+pub mod chaos;
 pub mod cost;
 pub mod loaders;
 pub mod maintain;

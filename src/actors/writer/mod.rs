@@ -16,6 +16,7 @@ mod tally;
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -46,16 +47,16 @@ pub struct FlushPolicy {
     pub max_rows: usize,
     pub max_age: Duration,
     pub target_file_size: usize,
-    /// Chaos: extra time per committed row, as a slow object store would add.
-    pub delay_per_row: Duration,
+    /// Chaos: µs added per committed row (a slow object store); shared with `/chaos/writer`.
+    pub delay_us_per_row: Arc<std::sync::atomic::AtomicU64>,
     /// The breaker around the commit.
     pub breaker: BreakerConfig,
     /// Delay before rewinding after a permanent commit failure; grows per
     /// failure in a row.
     pub restart: RestartPolicy,
     /// Chaos: this many commits fail permanently (as a broken catalog
-    /// would), to exercise the recovery.
-    pub fail_commits: u32,
+    /// would), to exercise the recovery; shared like the delay.
+    pub fail_commits: Arc<std::sync::atomic::AtomicU32>,
     /// Committed trades' ids remembered (and their Bloom filter's rate) to
     /// drop a record that reaches Kafka twice ([`WriterActor::seed_committed`]).
     pub dedup: dedup::Sizing,
@@ -218,7 +219,7 @@ impl WriterActor {
         let restarts = Restarts::new(format!("writer.{}", kind.name()), policy.restart);
         let committed_ids =
             Dedup::sized(policy.dedup).reporting(&metrics, &format!("writer.{}", kind.name()));
-        let chaos_failures = Arc::new(std::sync::atomic::AtomicU32::new(policy.fail_commits));
+        let chaos_failures = policy.fail_commits.clone();
         let breaker =
             CircuitBreaker::new(format!("commit.{}", kind.name()), policy.breaker.clone())
                 .map_err(|e| WriterError::Config(format!("breaker.commit: {e}")))?;
@@ -351,10 +352,8 @@ impl WriterActor {
         let ident = self.ident.clone();
         let schema = self.schema.clone();
         let target = self.policy.target_file_size;
-        let delay = self
-            .policy
-            .delay_per_row
-            .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
+        let us = self.policy.delay_us_per_row.load(Relaxed);
+        let delay = Duration::from_micros(us).saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
         let metrics = self.metrics.clone();
         let breaker = self.breaker.clone();
         let epoch = self.epoch;
