@@ -23,17 +23,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `mi_option_eager_commit_delay`, 14).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Freed memory goes back to the OS after a second unused instead of
-/// mimalloc's 10 ms. A query answering 10,000 rows allocates megabytes
-/// that were freed a moment before; purged at 10 ms, every such query
-/// first faulted its pages back in, which alone took `bench-api latency`'s
-/// p99 of the recent query from 6 to 13 ms. `MIMALLOC_PURGE_DELAY` in the
-/// environment still decides if set.
+/// Freed memory goes back to the OS after 10 s unused, not mimalloc's 10 ms:
+/// rows freed at a commit (every `writer.max_age_ms`, 5 s) are taken again
+/// by the next ones, and purged sooner they were faulted back in and zeroed
+/// page by page (at 10 ms, a query's p99 doubled; at 1 s, the lake threads
+/// lost 5 to 15 % of their CPU to it in `ticklake bench`).
+/// `MIMALLOC_PURGE_DELAY` in the environment still decides if set.
 fn tune_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets one integer option of the allocator, first thing in
         // main, before any other thread exists to read it.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) };
     }
 }
 
