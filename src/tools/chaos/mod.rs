@@ -545,16 +545,19 @@ impl Chaos<'_> {
             let offered = self.tl.head() - head0;
             let delivered = self.tl.cursor.load(Ordering::Relaxed) - cur0;
             // Kept up end to end: the feed read what was offered, and what
-            // it read is in the lake but for at most two seconds' worth
-            // (a commit every second, and the commit itself). A writer
-            // that cannot keep up leaves a backlog that grows every step,
-            // even while the consumer still reads on into its buffer.
+            // it read is in the lake but for at most four seconds' worth:
+            // the sample's age (0.5 s), a commit every second, the commit
+            // itself, and room for a machine busy with other work (two
+            // seconds' worth failed a step that kept up, on a loaded test
+            // machine, and the 5x overload then raised no level). A
+            // writer that cannot keep up leaves a backlog that grows every
+            // step, even while the consumer still reads on into its buffer.
             let backlog = self
                 .tl
                 .cursor
                 .load(Ordering::Relaxed)
                 .saturating_sub(stored);
-            let kept_up = delivered * 10 >= offered * 9 && backlog <= rate * 2;
+            let kept_up = delivered * 10 >= offered * 9 && backlog <= rate * 4;
             self.say(&format!(
                 "measure {rate}/s: offered {offered}, delivered {delivered}, not yet stored {backlog}, level peak {peak}"
             ));
