@@ -184,19 +184,7 @@ fn every_dashboard_and_alert_expression_returns_series_from_a_running_daemon() {
     )
     .unwrap();
     promtool(&["check", "config"], &cfg);
-    let log = dir.path().join("prometheus.log");
-    let child = tool("prometheus")
-        .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let prom = Proc { child, log };
+    let prom = start_prometheus(dir.path(), &cfg, port);
     // rate() and deriv() need two samples in their window; ten scrapes
     // leave no doubt.
     wait_until("ten scrapes of the daemon", Duration::from_secs(90), || {

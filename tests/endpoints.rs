@@ -206,19 +206,7 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
         ),
     )
     .unwrap();
-    let log = dir.path().join("prometheus.log");
-    let child = tool("prometheus")
-        .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let _prom = Proc { child, log };
+    let _prom = start_prometheus(dir.path(), &cfg, port);
     let query = |q: &str| -> Option<Value> {
         let body = http_get(port, &format!("/api/v1/query?query={q}"))?;
         let v: Value = serde_json::from_str(&body).ok()?;

@@ -349,6 +349,24 @@ pub fn tool(name: &str) -> Command {
 }
 
 /// A child process that is killed when dropped.
+/// A Prometheus server on 127.0.0.1:`port` with the config file `cfg`,
+/// its data and log in `dir`.
+pub fn start_prometheus(dir: &Path, cfg: &Path, port: u16) -> Proc {
+    let log = dir.join("prometheus.log");
+    let child = tool("prometheus")
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Proc { child, log }
+}
+
 pub struct Proc {
     pub child: Child,
     pub log: PathBuf,
