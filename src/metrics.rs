@@ -69,6 +69,9 @@ pub struct Metrics {
     pub actor_errors: IntCounterVec,
     pub actor_panics: IntCounterVec,
     pub writer_duplicates: IntCounterVec,
+    /// Rows a writer left out of a commit because another owner of their
+    /// partition (a daemon of the same consumer group) committed them.
+    pub writer_rows_committed_elsewhere: IntCounterVec,
     /// Committed ids the writer forgot for room while still inside
     /// `writer.dedup_window_secs`.
     pub writer_dedup_forgotten_early: IntCounterVec,
@@ -391,6 +394,11 @@ impl Metrics {
             "Rows dropped by a writer because their message id was already committed or buffered.",
             &["table"],
         )?;
+        let writer_rows_committed_elsewhere = counter(
+            "ticklake_writer_rows_committed_elsewhere_total",
+            "Rows a writer read but left out of its commit because another daemon of the consumer group, which owned their partition, had committed them (kafka.assignment = group).",
+            &["table"],
+        )?;
         let writer_dedup_forgotten_early = counter(
             "ticklake_writer_dedup_forgotten_early_total",
             "Committed message ids a writer forgot for room (writer.dedup_capacity) while still inside writer.dedup_window_secs; a second copy of one of them would be stored again. Raise writer.dedup_capacity if this grows.",
@@ -552,6 +560,7 @@ impl Metrics {
             actor_errors,
             actor_panics,
             writer_duplicates,
+            writer_rows_committed_elsewhere,
             writer_dedup_forgotten_early,
             resident_memory,
             registry,

@@ -6,21 +6,166 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use actix::prelude::*;
-use futures::StreamExt;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use futures::{FutureExt, StreamExt};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use crate::actors::observe::{Health, ObservableState, Published, RestartPolicy, Restarts};
 use crate::actors::writer::WriterActor;
 use crate::kafka::avro::Codec;
 use crate::kafka::window::{self, BrokerWindow};
+use crate::lake::commit::KafkaOffsets;
 use crate::messages::consumer::Committed;
 pub use crate::messages::consumer::RestartConsumer;
 use crate::messages::observe::Observe;
 use crate::messages::tail::{TailRow, Tailed};
-use crate::messages::writer::{Consumed, GetPositions, Rows};
+use crate::messages::writer::{Assigned, Consumed, GetPositions, Rows};
 use crate::metrics::Metrics;
 use crate::model::{DeadLetter, TradeV2, now_us};
+
+/// The lake consumer: its context follows the group's rebalances when
+/// `kafka.assignment = group`.
+pub type LakeConsumer = StreamConsumer<LakeContext>;
+
+/// Where a daemon of a consumer group starts a partition the group gives
+/// it: past everything the table holds and everything its writers hold,
+/// as last seen. The table's offsets may be older than the table (another
+/// owner committed since); the rows read again are then left out at commit
+/// (`lake::commit::plan`), so a stale start costs reading, never a copy.
+#[derive(Debug, Default)]
+pub struct Seen {
+    inner: std::sync::Mutex<(KafkaOffsets, KafkaOffsets)>,
+}
+
+impl Seen {
+    /// Offsets a commit of this daemon recorded (the table's, merged).
+    pub fn committed(&self, o: &KafkaOffsets) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for (t, parts) in &o.topics {
+            for (p, next) in parts {
+                let cur = g.0.get(t, *p).unwrap_or(i64::MIN);
+                g.0.set(t, *p, cur.max(*next));
+            }
+        }
+    }
+
+    /// Positions a writer took in.
+    pub fn held(&self, positions: &[(Arc<str>, i32, i64)]) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for (t, p, next) in positions {
+            g.1.set(t, *p, *next);
+        }
+    }
+
+    /// A writer went back to these positions (a rewind): what it held past
+    /// them is gone.
+    pub fn rewound(&self, positions: &KafkaOffsets) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for (t, parts) in &positions.topics {
+            for (p, next) in parts {
+                g.1.set(t, *p, *next);
+            }
+        }
+    }
+
+    /// Where to read `topic`/`partition` from, if anything is known of it.
+    pub fn start(&self, topic: &str, partition: i32) -> Option<i64> {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match (g.0.get(topic, partition), g.1.get(topic, partition)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// The consumer's context. In a consumer group it answers an assignment by
+/// starting each partition where the lake left it ([`Seen`]), never at the
+/// group's committed offsets (which trail the lake), and tells the consumer
+/// loop, which tells the writers before any record of the new assignment.
+pub struct LakeContext {
+    seen: Arc<Seen>,
+    events: std::sync::Mutex<Vec<Vec<(String, i32, i64)>>>,
+}
+
+impl LakeContext {
+    pub fn new(seen: Arc<Seen>) -> Self {
+        Self {
+            seen,
+            events: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take_events(&self) -> Vec<Vec<(String, i32, i64)>> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn has_events(&self) -> bool {
+        !self
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+}
+
+impl ClientContext for LakeContext {}
+
+impl ConsumerContext for LakeContext {
+    fn rebalance(
+        &self,
+        base: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::types::RDKafkaRespErr::*;
+        match err {
+            RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut starts = Vec::new();
+                for el in tpl.elements() {
+                    let (t, p) = (el.topic().to_string(), el.partition());
+                    let at = self.seen.start(&t, p);
+                    starts.push((t, p, at));
+                }
+                let mut assigned = Vec::new();
+                for (t, p, at) in starts {
+                    let offset = at.map_or(Offset::Beginning, Offset::Offset);
+                    if let Err(e) = tpl.set_partition_offset(&t, p, offset) {
+                        tracing::error!(topic = %t, partition = p, error = %e, "cannot set the start of an assigned partition");
+                    }
+                    tracing::info!(topic = %t, partition = p, offset = ?at, "partition assigned to this daemon");
+                    // A partition the lake knows nothing of starts at its
+                    // beginning; the writer learns that offset from the
+                    // first record.
+                    if let Some(at) = at {
+                        assigned.push((t, p, at));
+                    }
+                }
+                if let Err(e) = base.assign(tpl) {
+                    tracing::error!(error = %e, "assigning the group's partitions failed");
+                }
+                self.events
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(assigned);
+            }
+            RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let gone: Vec<String> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                    .collect();
+                tracing::info!(partitions = ?gone, "partitions revoked from this daemon");
+                if let Err(e) = base.unassign() {
+                    tracing::error!(error = %e, "giving the group's partitions back failed");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "consumer group rebalance failed");
+                let _ = base.unassign();
+            }
+        }
+    }
+}
 
 /// Where consumed records go.
 #[derive(Clone)]
@@ -71,7 +216,9 @@ impl ObservableState for ConsumerState {
 }
 
 pub struct ConsumerActor {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<LakeConsumer>,
+    /// Whether partitions come from the group (`kafka.assignment = group`).
+    group: bool,
     codec: Arc<Codec>,
     routes: Routes,
     /// Set by a restart: seek to what the writers hold before reading on.
@@ -88,7 +235,8 @@ pub struct ConsumerActor {
 
 impl ConsumerActor {
     pub fn new(
-        consumer: Arc<StreamConsumer>,
+        consumer: Arc<LakeConsumer>,
+        group: bool,
         codec: Arc<Codec>,
         routes: Routes,
         cluster_id: String,
@@ -98,6 +246,7 @@ impl ConsumerActor {
     ) -> Self {
         Self {
             consumer,
+            group,
             codec,
             routes,
             reseek: false,
@@ -119,7 +268,7 @@ impl ConsumerActor {
 
 /// Positions to resume from after a restart: exactly what the writers have
 /// taken in, so nothing is read twice or skipped.
-async fn reseek(consumer: &StreamConsumer, routes: &Routes) -> Result<(), String> {
+async fn reseek(consumer: &LakeConsumer, group: bool, routes: &Routes) -> Result<(), String> {
     let a = routes
         .trades
         .send(GetPositions)
@@ -139,7 +288,15 @@ async fn reseek(consumer: &StreamConsumer, routes: &Routes) -> Result<(), String
                 .map_err(|e| e.to_string())?;
         }
     }
-    consumer.assign(&tpl).map_err(|e| e.to_string())
+    if group {
+        // In a group the assignment is the group's: move within it.
+        consumer
+            .seek_partitions(tpl, std::time::Duration::from_secs(10))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    } else {
+        consumer.assign(&tpl).map_err(|e| e.to_string())
+    }
 }
 
 /// Largest number of records decoded and routed as one message.
@@ -175,20 +332,55 @@ impl Actor for ConsumerActor {
         let codec = self.codec.clone();
         let metrics = self.metrics.clone();
         let chunk_size = self.chunk;
+        let group = self.group;
         // The loop runs on the actor's arbiter: rdkafka's borrowed messages
         // are not Send, and decoding is cheap next to the Iceberg commit.
         let fut = async move {
             tokio::time::sleep(delay).await;
-            if reseek_first && let Err(e) = reseek(&consumer, &routes).await {
+            if reseek_first && let Err(e) = reseek(&consumer, group, &routes).await {
                 tracing::error!(error = %e, "consumer could not seek to the writers' positions");
                 return Some(e);
             }
-            let mut stream = consumer.stream().ready_chunks(chunk_size);
+            let mut stream = consumer.stream();
+            let context = consumer.context().clone();
+            // A record polled after a rebalance, which must reach the writers
+            // after the news of it, so it opens the next chunk.
+            let mut carried = None;
             // Looked up once per topic, not per record.
             // Per topic, looked up once: its shared name, its records
             // counter, and whether it holds trades or dead letters.
             let mut topics: HashMap<String, TopicInfo> = HashMap::new();
-            while let Some(chunk) = stream.next().await {
+            loop {
+                let first = match carried.take() {
+                    Some(m) => m,
+                    None => match stream.next().await {
+                        Some(m) => m,
+                        None => break,
+                    },
+                };
+                // A rebalance is served inside a poll, so one seen now came
+                // before `first`; the writers hear of it before its records.
+                for assigned in context.take_events() {
+                    let msg = Assigned(assigned);
+                    if routes.trades.send(msg.clone()).await.is_err()
+                        || routes.dead_letters.send(msg).await.is_err()
+                    {
+                        return Some("writers gone".to_string());
+                    }
+                }
+                // What is ready now, up to a chunk: cut short by a rebalance.
+                let mut chunk = Vec::with_capacity(chunk_size);
+                chunk.push(first);
+                while chunk.len() < chunk_size {
+                    match stream.next().now_or_never() {
+                        Some(Some(m)) if group && context.has_events() => {
+                            carried = Some(m);
+                            break;
+                        }
+                        Some(Some(m)) => chunk.push(m),
+                        _ => break,
+                    }
+                }
                 // Sized to the chunk once: grown push by push, each vector
                 // was reallocated a dozen times per chunk, every new block
                 // fresh memory for the kernel to zero (a sixth of this
@@ -363,9 +555,30 @@ impl Handler<Committed> for ConsumerActor {
         if msg.offsets.cluster_id != self.cluster_id {
             return;
         }
+        // In a group, only the partitions this daemon owns: the others'
+        // offsets are their owners' to commit.
+        let owned: Option<HashSet<(String, i32)>> = if self.group {
+            match self.consumer.assignment() {
+                Ok(a) => Some(
+                    a.elements()
+                        .iter()
+                        .map(|e| (e.topic().to_string(), e.partition()))
+                        .collect(),
+                ),
+                Err(_) => return,
+            }
+        } else {
+            None
+        };
         let mut tpl = TopicPartitionList::new();
         for (topic, parts) in &msg.offsets.topics {
             for (p, off) in parts {
+                if owned
+                    .as_ref()
+                    .is_some_and(|o| !o.contains(&(topic.clone(), *p)))
+                {
+                    continue;
+                }
                 if tpl
                     .add_partition_offset(topic, *p, Offset::Offset(*off))
                     .is_err()
@@ -373,6 +586,9 @@ impl Handler<Committed> for ConsumerActor {
                     return;
                 }
             }
+        }
+        if tpl.count() == 0 {
+            return;
         }
         // Async: the lake already holds the truth; this is for lag tools.
         if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {

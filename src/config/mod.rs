@@ -102,6 +102,11 @@ pub struct KafkaConfig {
     /// Consumer group of the lake writer; offsets are committed here after
     /// each Iceberg commit so lag tools see real lag.
     pub consumer_group: String,
+    /// How the lake consumer gets its partitions: `all` reads every
+    /// partition (one daemon per table); `group` joins `consumer_group` and
+    /// shares the partitions with the other daemons in it, which write the
+    /// same table (see the README, "Beyond one machine").
+    pub assignment: Assignment,
     /// Producer compression: none, gzip, snappy or lz4.
     pub compression: String,
     /// Producer batching delay in milliseconds.
@@ -122,12 +127,23 @@ impl Default for KafkaConfig {
             trades_topic_prefix: "market.crypto.trades".into(),
             dead_letter_topic: "market.dead_letters".into(),
             consumer_group: "ticklake-lake".into(),
+            assignment: Assignment::All,
             compression: "lz4".into(),
             linger_ms: 5,
             properties: BTreeMap::new(),
             extra_topics: Vec::new(),
         }
     }
+}
+
+/// `kafka.assignment`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Assignment {
+    /// Every partition of every topic, assigned by this daemon.
+    All,
+    /// The consumer group's share, rebalanced as daemons come and go.
+    Group,
 }
 
 impl KafkaConfig {

@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::actors::consumer::{LakeConsumer, LakeContext, Seen};
+use crate::config::Assignment;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::DaemonError;
@@ -140,13 +143,33 @@ pub async fn prepare(cfg: &Config) -> Result<KafkaReady, DaemonError> {
     })
 }
 
-/// The consumer, assigned to every table's start position.
+/// The consumer: with `kafka.assignment = all`, assigned every table's
+/// start position; with `group`, subscribed to the topics in the consumer
+/// group, each partition the group gives it started where `seen` says.
 pub fn assigned_consumer(
     cfg: &Config,
     kafka: &KafkaReady,
     starts: &[&KafkaOffsets],
-) -> Result<Arc<StreamConsumer>, DaemonError> {
-    let consumer: StreamConsumer = kafka::consumer_config(&cfg.kafka, &kafka.bootstrap).create()?;
+    seen: Arc<Seen>,
+) -> Result<Arc<LakeConsumer>, DaemonError> {
+    let mut ccfg = kafka::consumer_config(&cfg.kafka, &kafka.bootstrap);
+    if cfg.kafka.assignment == Assignment::Group {
+        for start in starts {
+            seen.committed(start);
+        }
+        // A daemon killed outright is noticed when its session times out;
+        // librdkafka's 45 s would leave its partitions unread that long.
+        if !cfg.kafka.properties.contains_key("session.timeout.ms") {
+            ccfg.set("session.timeout.ms", "10000");
+            ccfg.set("heartbeat.interval.ms", "1000");
+        }
+        let consumer: LakeConsumer = ccfg.create_with_context(LakeContext::new(seen))?;
+        let topics: Vec<&str> = kafka.topics.iter().map(|(t, _)| t.as_str()).collect();
+        consumer.subscribe(&topics)?;
+        tracing::info!(group = %cfg.kafka.consumer_group, topics = ?topics, "consumer joined its group; partitions come from the group");
+        return Ok(Arc::new(consumer));
+    }
+    let consumer: LakeConsumer = ccfg.create_with_context(LakeContext::new(seen))?;
     let mut tpl = TopicPartitionList::new();
     for start in starts {
         for (t, parts) in &start.topics {

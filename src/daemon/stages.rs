@@ -43,6 +43,8 @@ pub struct LakeStage {
     pub states: Vec<Arc<dyn StatusNode>>,
     pub trades_start: KafkaOffsets,
     pub dl_start: KafkaOffsets,
+    /// Where the consumer starts a partition its group gives it.
+    pub seen: Arc<crate::actors::consumer::Seen>,
     pub tail: Addr<TailActor>,
     pub tail_state: Arc<dyn StatusNode>,
     pub query: Addr<QueryActor>,
@@ -116,6 +118,7 @@ pub async fn lake(
     let recent = recent_trade_ids(cfg, &trades_table).await?;
     let last_ids = last_trade_ids(cfg, &trades_table).await?;
     let ledger = Arc::new(AckLedger::new(metrics.clone(), kafka.start_ends()));
+    let seen = Arc::new(crate::actors::consumer::Seen::default());
     warn_of_chaos(cfg);
     let trades = WriterActor::new(
         TableKind::Trades,
@@ -131,6 +134,7 @@ pub async fn lake(
     )?
     .seed_committed(&recent)
     .with_tally(Arc::new(cfg.instruments()?), ledger.clone())
+    .with_seen_offsets(seen.clone())
     .with_fatal(fatal.clone());
     let arbiter = Arbiter::new();
     let lake_thread = arbiter.handle();
@@ -145,6 +149,7 @@ pub async fn lake(
         dl_start.clone(),
         metrics.clone(),
     )?
+    .with_seen_offsets(seen.clone())
     .with_fatal(fatal);
     let dl_state = dead_letters.subscribe();
     let dead_letters = WriterActor::start_in_arbiter(&lake_thread, move |_| dead_letters);
@@ -169,6 +174,7 @@ pub async fn lake(
     let gaps = gaps_actor.start();
     states.push(maintenance(cfg, catalog, metrics, &query).await?);
     Ok(LakeStage {
+        seen,
         trades,
         dead_letters,
         writer_states: vec![trades_state, dl_state],
@@ -445,9 +451,15 @@ pub fn consumer(
         tracing::info!("writer.enabled is false: no consumer, nothing is stored by this daemon");
         return Ok(None);
     }
-    let consumer = assigned_consumer(cfg, kafka, &[&lake.trades_start, &lake.dl_start])?;
+    let consumer = assigned_consumer(
+        cfg,
+        kafka,
+        &[&lake.trades_start, &lake.dl_start],
+        lake.seen.clone(),
+    )?;
     let actor = ConsumerActor::new(
         consumer,
+        cfg.kafka.assignment == crate::config::Assignment::Group,
         codec,
         Routes {
             trades_topics: kafka

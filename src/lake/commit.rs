@@ -266,6 +266,205 @@ pub async fn append(
     })
 }
 
+/// One partition's uncommitted run in a writer: from the offset where its
+/// reading began (its last commit, or where the partition was assigned to
+/// it) to the next offset it has taken in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub from: Option<i64>,
+    pub to: i64,
+}
+
+/// The runs of a commit, by topic and partition.
+pub type Runs = BTreeMap<(String, i32), Run>;
+
+/// A commit planned on one state of the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The offsets the snapshot records: the table's, with the partitions
+    /// this writer read advanced to where its runs end.
+    pub offsets: KafkaOffsets,
+    /// Partitions whose rows below the given offset another owner committed
+    /// after this writer began its run (a partition that moved between
+    /// daemons of one consumer group): those rows must be left out.
+    pub committed_below: BTreeMap<(String, i32), i64>,
+}
+
+/// Plans a commit of `runs` on `table` as it is now. Only the partitions
+/// the writer read move; every other partition keeps the offset the table
+/// holds, so daemons sharing a table through one consumer group never move
+/// each other's partitions.
+pub fn plan(table: &Table, cluster_id: &str, runs: &Runs) -> Result<Plan, LakeError> {
+    let mut offsets = match current_offsets(table)? {
+        Some((_, o)) if o.cluster_id == cluster_id => o,
+        // Offsets of another cluster (the embedded one is new at every
+        // start) say nothing about this one's partitions.
+        _ => KafkaOffsets {
+            cluster_id: cluster_id.to_string(),
+            topics: BTreeMap::new(),
+        },
+    };
+    let mut committed_below = BTreeMap::new();
+    for ((topic, p), run) in runs {
+        let held = offsets.get(topic, *p);
+        if let (Some(held), Some(from)) = (held, run.from)
+            && held > from
+        {
+            committed_below.insert((topic.clone(), *p), held);
+        }
+        let next = held.map_or(run.to, |h| h.max(run.to));
+        offsets.set(topic, *p, next);
+    }
+    Ok(Plan {
+        offsets,
+        committed_below,
+    })
+}
+
+/// A catalog that gives a transaction back the table it was planned on.
+/// `Transaction::commit` reloads the table and, when someone committed in
+/// between, applies its actions again on the newer state: harmless for
+/// data files, wrong for offsets merged from the older state (a partition
+/// another daemon advanced meanwhile would go back, and rows it committed
+/// could be committed twice). Handed the planned table, the transaction
+/// asks the catalog to commit on that snapshot only; the catalog refuses
+/// when the table has moved, and the writer plans again on the new state.
+#[derive(Debug)]
+struct Pinned<'a> {
+    inner: &'a dyn Catalog,
+    table: Table,
+}
+
+#[async_trait::async_trait]
+impl Catalog for Pinned<'_> {
+    async fn list_namespaces(
+        &self,
+        parent: Option<&iceberg::NamespaceIdent>,
+    ) -> iceberg::Result<Vec<iceberg::NamespaceIdent>> {
+        self.inner.list_namespaces(parent).await
+    }
+    async fn create_namespace(
+        &self,
+        namespace: &iceberg::NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> iceberg::Result<iceberg::Namespace> {
+        self.inner.create_namespace(namespace, properties).await
+    }
+    async fn get_namespace(
+        &self,
+        namespace: &iceberg::NamespaceIdent,
+    ) -> iceberg::Result<iceberg::Namespace> {
+        self.inner.get_namespace(namespace).await
+    }
+    async fn namespace_exists(&self, namespace: &iceberg::NamespaceIdent) -> iceberg::Result<bool> {
+        self.inner.namespace_exists(namespace).await
+    }
+    async fn update_namespace(
+        &self,
+        namespace: &iceberg::NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> iceberg::Result<()> {
+        self.inner.update_namespace(namespace, properties).await
+    }
+    async fn drop_namespace(&self, namespace: &iceberg::NamespaceIdent) -> iceberg::Result<()> {
+        self.inner.drop_namespace(namespace).await
+    }
+    async fn list_tables(
+        &self,
+        namespace: &iceberg::NamespaceIdent,
+    ) -> iceberg::Result<Vec<TableIdent>> {
+        self.inner.list_tables(namespace).await
+    }
+    async fn create_table(
+        &self,
+        namespace: &iceberg::NamespaceIdent,
+        creation: iceberg::TableCreation,
+    ) -> iceberg::Result<Table> {
+        self.inner.create_table(namespace, creation).await
+    }
+    async fn load_table(&self, ident: &TableIdent) -> iceberg::Result<Table> {
+        if ident == self.table.identifier() {
+            return Ok(self.table.clone());
+        }
+        self.inner.load_table(ident).await
+    }
+    async fn drop_table(&self, ident: &TableIdent) -> iceberg::Result<()> {
+        self.inner.drop_table(ident).await
+    }
+    async fn purge_table(&self, ident: &TableIdent) -> iceberg::Result<()> {
+        self.inner.purge_table(ident).await
+    }
+    async fn table_exists(&self, ident: &TableIdent) -> iceberg::Result<bool> {
+        self.inner.table_exists(ident).await
+    }
+    async fn rename_table(&self, src: &TableIdent, dest: &TableIdent) -> iceberg::Result<()> {
+        self.inner.rename_table(src, dest).await
+    }
+    async fn register_table(
+        &self,
+        ident: &TableIdent,
+        metadata_location: String,
+    ) -> iceberg::Result<Table> {
+        self.inner.register_table(ident, metadata_location).await
+    }
+    async fn update_table(&self, commit: iceberg::TableCommit) -> iceberg::Result<Table> {
+        // A conflict is answered by planning again, not by the
+        // transaction's own retry (which would only meet the same pinned
+        // table again).
+        self.inner.update_table(commit).await.map_err(|e| {
+            if e.kind() == iceberg::ErrorKind::CatalogCommitConflicts {
+                e.with_retryable(false)
+            } else {
+                e
+            }
+        })
+    }
+}
+
+/// Whether `e` says the table moved since it was loaded.
+pub fn is_conflict(e: &LakeError) -> bool {
+    matches!(e, LakeError::Iceberg(e) if e.kind() == iceberg::ErrorKind::CatalogCommitConflicts)
+}
+
+/// Commits `data_files` with `offsets` as one fast-append on exactly the
+/// state `table` was loaded in: if anyone committed since, this fails with
+/// a conflict ([`is_conflict`]) and nothing is committed.
+pub async fn append_on(
+    catalog: &dyn Catalog,
+    table: &Table,
+    data_files: Vec<iceberg::spec::DataFile>,
+    offsets: &KafkaOffsets,
+) -> Result<Committed, LakeError> {
+    let rows = data_files
+        .iter()
+        .map(|f| usize::try_from(f.record_count()).unwrap_or(usize::MAX))
+        .sum();
+    let files = data_files.len();
+    let json = serde_json::to_string(offsets).map_err(|e| LakeError::Catalog(e.to_string()))?;
+    let tx = Transaction::new(table);
+    let tx = tx
+        .fast_append()
+        .with_check_duplicate(false)
+        .add_data_files(data_files)
+        .set_snapshot_properties(HashMap::from([(OFFSETS_PROPERTY.to_string(), json)]))
+        .apply(tx)?;
+    let pinned = Pinned {
+        inner: catalog,
+        table: table.clone(),
+    };
+    let table = tx.commit(&pinned).await?;
+    let snapshot_id = table
+        .metadata()
+        .current_snapshot()
+        .map(|s| s.snapshot_id())
+        .ok_or_else(|| LakeError::Catalog("commit left no current snapshot".into()))?;
+    Ok(Committed {
+        snapshot_id,
+        rows,
+        files,
+    })
+}
+
 /// Message ids of the rows ingested at or after `since_us` (UTC µs), read
 /// from the current snapshot. Files whose ingestion times all lie before it
 /// are pruned by their column statistics, so this reads only recent files.
@@ -375,6 +574,132 @@ mod tests {
         assert_eq!(
             current_offsets(&table).unwrap(),
             Some((ours.snapshot_id, offsets(9)))
+        );
+    }
+
+    fn two_partitions(a: i64, b: i64) -> KafkaOffsets {
+        let mut o = one_partition(a);
+        o.set("t", 1, b);
+        o
+    }
+
+    /// A commit moves only the partitions its writer read; rows below what
+    /// another owner committed since the writer's run began are left out.
+    #[tokio::test]
+    async fn a_plan_moves_only_the_partitions_read_and_leaves_out_what_another_owner_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_cfg, catalog, _table, ident, _schema) = lake::test_lake(dir.path()).await;
+        append(
+            catalog.as_ref(),
+            &ident,
+            None,
+            &two_partitions(100, 50),
+            1 << 20,
+        )
+        .await
+        .unwrap();
+        let table = catalog.load_table(&ident).await.unwrap();
+        let runs = Runs::from([(
+            ("t".to_string(), 0),
+            Run {
+                from: Some(100),
+                to: 150,
+            },
+        )]);
+        let p = plan(&table, "c", &runs).unwrap();
+        assert_eq!(
+            p.offsets,
+            two_partitions(150, 50),
+            "partition 1 is not ours to move"
+        );
+        assert!(p.committed_below.is_empty());
+        // Partition 1 read from 40 while its other owner had committed to 50.
+        let runs = Runs::from([(
+            ("t".to_string(), 1),
+            Run {
+                from: Some(40),
+                to: 45,
+            },
+        )]);
+        let p = plan(&table, "c", &runs).unwrap();
+        assert_eq!(p.offsets, two_partitions(100, 50), "never moved back");
+        assert_eq!(
+            p.committed_below,
+            BTreeMap::from([(("t".to_string(), 1), 50)])
+        );
+        // Offsets of another cluster say nothing of this one.
+        let p = plan(&table, "other", &runs).unwrap();
+        assert_eq!(p.offsets.cluster_id, "other");
+        assert_eq!(p.offsets.get("t", 0), None);
+        assert!(p.committed_below.is_empty());
+    }
+
+    /// A commit planned on a table someone has committed to since fails as
+    /// a conflict and commits nothing; planned again, it lands.
+    #[tokio::test]
+    async fn a_commit_on_a_table_that_moved_conflicts_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_cfg, catalog, _table, ident, _schema) = lake::test_lake(dir.path()).await;
+        append(
+            catalog.as_ref(),
+            &ident,
+            None,
+            &two_partitions(10, 10),
+            1 << 20,
+        )
+        .await
+        .unwrap();
+        let planned_on = catalog.load_table(&ident).await.unwrap();
+        let theirs = append(
+            catalog.as_ref(),
+            &ident,
+            None,
+            &two_partitions(10, 20),
+            1 << 20,
+        )
+        .await
+        .unwrap();
+        let stale = plan(
+            &planned_on,
+            "c",
+            &Runs::from([(
+                ("t".to_string(), 0),
+                Run {
+                    from: Some(10),
+                    to: 30,
+                },
+            )]),
+        )
+        .unwrap();
+        let err = append_on(catalog.as_ref(), &planned_on, Vec::new(), &stale.offsets)
+            .await
+            .unwrap_err();
+        assert!(is_conflict(&err), "{err}");
+        let now = catalog.load_table(&ident).await.unwrap();
+        assert_eq!(
+            now.metadata().current_snapshot().map(|s| s.snapshot_id()),
+            Some(theirs.snapshot_id)
+        );
+        let fresh = plan(
+            &now,
+            "c",
+            &Runs::from([(
+                ("t".to_string(), 0),
+                Run {
+                    from: Some(10),
+                    to: 30,
+                },
+            )]),
+        )
+        .unwrap();
+        append_on(catalog.as_ref(), &now, Vec::new(), &fresh.offsets)
+            .await
+            .unwrap();
+        let now = catalog.load_table(&ident).await.unwrap();
+        assert_eq!(
+            current_offsets(&now).unwrap().map(|(_, o)| o),
+            Some(two_partitions(30, 20)),
+            "both owners' partitions as each left them"
         );
     }
 }

@@ -44,6 +44,13 @@ pub struct Consumed {
     pub at: Vec<(Arc<str>, i32, i64)>,
 }
 
+/// Partitions the consumer group gave this daemon (`kafka.assignment =
+/// group`), each with the offset it reads on from; sent before any record
+/// read under the new assignment.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Assigned(pub Vec<(String, i32, i64)>);
+
 /// Commit whatever is buffered now.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Option<i64>, WriterError>")]
@@ -80,4 +87,14 @@ pub enum WriterError {
     Config(String),
     #[error("commit failed on purpose (chaos.fail_commits)")]
     Chaos,
+    /// Rows of a partition that moved between daemons of one consumer
+    /// group were committed by its other owner while this commit was being
+    /// written; the writer rewinds to the table and reads on from there.
+    #[error(
+        "table {table}: another owner committed rows of partitions {below:?} (below the offsets shown) meanwhile"
+    )]
+    Overlap {
+        table: &'static str,
+        below: std::collections::BTreeMap<(String, i32), i64>,
+    },
 }

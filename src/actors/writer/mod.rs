@@ -28,17 +28,17 @@ use tokio::sync::watch;
 use crate::actors::observe::{Health, ObservableState, Published, RestartPolicy, Restarts};
 use crate::dedup::{self, Dedup};
 use crate::degrade::breaker::{BreakerConfig, BreakerSnapshot, CircuitBreaker};
+use crate::lake::TableKind;
 use crate::lake::commit::{self, KafkaOffsets};
-use crate::lake::{TableKind, batch};
 use crate::ledger::LossCause;
 use crate::messages::consumer::Committed;
 use crate::messages::consumer::RestartConsumer;
 use crate::messages::observe::Observe;
 use crate::messages::writer::{
-    AddCommitListener, Consumed, Flush, GetPositions, Rows, SetRestarter, WriterError,
+    AddCommitListener, Assigned, Consumed, Flush, GetPositions, Rows, SetRestarter, WriterError,
 };
 use crate::metrics::Metrics;
-use flush::{CommitTarget, FlushOutcome, SharedBreaker, commit_with_retries};
+use flush::{CommitTarget, FlushOutcome, Landed, SharedBreaker, commit_with_retries};
 use tally::{Fate, Tally};
 
 /// Flush limits.
@@ -88,6 +88,9 @@ pub struct WriterState {
     /// Trades dropped because their message id was already committed or
     /// buffered.
     pub duplicates_dropped: u64,
+    /// Rows left out of commits because another owner of their partition
+    /// (a daemon of the same consumer group) had committed them.
+    pub rows_committed_elsewhere: u64,
     /// Committed ids forgotten for room while inside the dedup window.
     pub dedup_forgotten_early: u64,
     pub breaker: Option<BreakerSnapshot>,
@@ -167,8 +170,18 @@ pub struct WriterActor {
     schema: SchemaRef,
     policy: FlushPolicy,
     buffer: Rows,
+    /// Each buffered trade's topic, partition and offset, in row order: a
+    /// commit leaves out by them the rows another owner of a partition
+    /// committed first (one consumer group, several daemons).
+    buffer_at: Vec<(Arc<str>, i32, i64)>,
     /// Offsets of everything taken in, committed or buffered.
     positions: KafkaOffsets,
+    /// `positions` when the last commit started (or where a partition was
+    /// assigned): each partition's run of the next commit begins there.
+    run_start: KafkaOffsets,
+    /// The tables' offsets as last seen, shared with the consumer, which
+    /// starts a partition assigned to it there (`kafka.assignment = group`).
+    seen: Option<Arc<crate::actors::consumer::Seen>>,
     /// Whether `positions` moved since the last commit.
     dirty: bool,
     oldest: Option<Instant>,
@@ -237,7 +250,10 @@ impl WriterActor {
             schema,
             policy,
             buffer: empty_rows(kind),
+            buffer_at: Vec::new(),
             origin: start.clone(),
+            run_start: start.clone(),
+            seen: None,
             positions: start,
             dirty: false,
             oldest: None,
@@ -325,6 +341,12 @@ impl WriterActor {
         self.published.publish(&self.state);
     }
 
+    /// Shares the offsets of every commit with the consumer (`seen`).
+    pub fn with_seen_offsets(mut self, seen: Arc<crate::actors::consumer::Seen>) -> Self {
+        self.seen = Some(seen);
+        self
+    }
+
     pub fn with_fatal(mut self, fatal: tokio::sync::mpsc::UnboundedSender<String>) -> Self {
         self.fatal = Some(fatal);
         self
@@ -343,10 +365,26 @@ impl WriterActor {
             return None;
         }
         let rows = std::mem::replace(&mut self.buffer, empty_rows(self.kind));
-        let offsets = self.positions.clone();
+        let at = std::mem::take(&mut self.buffer_at);
+        let mut runs = commit::Runs::new();
+        for (topic, parts) in &self.positions.topics {
+            for (p, to) in parts {
+                let from = self.run_start.get(topic, *p);
+                if from != Some(*to) {
+                    runs.insert((topic.clone(), *p), commit::Run { from, to: *to });
+                }
+            }
+        }
+        let pending = flush::Pending {
+            rows,
+            at,
+            runs,
+            cluster_id: self.positions.cluster_id.clone(),
+        };
+        self.run_start = self.positions.clone();
         self.dirty = false;
         self.oldest = None;
-        let n = rows.len();
+        let n = pending.rows.len();
         let table = self.table();
         let catalog = self.catalog.clone();
         let ident = self.ident.clone();
@@ -375,21 +413,14 @@ impl WriterActor {
             if injected {
                 return Err(WriterError::Chaos);
             }
-            let batch = match rows {
-                Rows::Trades(mut r) => batch::trades_batch(&schema, &mut r),
-                Rows::DeadLetters(r) => batch::dead_letters_batch(&schema, &r),
-            }
-            .map_err(|source| WriterError::Lake {
-                table,
-                source: Box::new(source),
-            })?;
             let to = CommitTarget {
                 catalog,
                 ident,
                 table,
                 target,
+                schema,
             };
-            commit_with_retries(&to, &batch, offsets, &breaker, &metrics, epoch, started).await
+            commit_with_retries(&to, pending, &breaker, &metrics, epoch, started).await
         });
         tracing::debug!(table, rows = n, "flushing");
         Some(task)
@@ -480,11 +511,15 @@ impl WriterActor {
             self.state.last_commit_end = Some(Instant::now());
         }
         match &res {
-            Ok((c, offsets)) => {
-                self.state.committed = offsets.clone();
+            Ok(l) => {
+                self.state.committed = l.offsets.clone();
                 self.state.commits += 1;
-                self.state.rows_committed += c.rows as u64;
-                self.state.last_snapshot_id = Some(c.snapshot_id);
+                self.state.rows_committed += l.committed.rows as u64;
+                self.state.last_snapshot_id = Some(l.committed.snapshot_id);
+                self.state.rows_committed_elsewhere += l.left_out as u64;
+                if let Some(seen) = &self.seen {
+                    seen.committed(&l.offsets);
+                }
             }
             Err(e) => self.state.health.last_error = Some(e.to_string()),
         }
@@ -494,7 +529,24 @@ impl WriterActor {
             .with_label_values(&[table])
             .set(self.buffer.len() as i64);
         match res {
-            Ok((c, offsets)) => {
+            Ok(Landed {
+                committed: c,
+                offsets,
+                committed_below,
+                left_out,
+            }) => {
+                if left_out > 0 {
+                    tracing::info!(
+                        table,
+                        rows = left_out,
+                        partitions = ?committed_below,
+                        "rows left out of the commit: another owner of their partitions committed them"
+                    );
+                    self.metrics
+                        .writer_rows_committed_elsewhere
+                        .with_label_values(&[table])
+                        .inc_by(left_out as u64);
+                }
                 self.metrics
                     .writer_commits
                     .with_label_values(&[table, "ok"])
@@ -513,7 +565,7 @@ impl WriterActor {
                 self.failures_in_row = 0;
                 self.remember_committed();
                 if let Some(t) = &mut self.tally {
-                    t.committed();
+                    t.committed_except(&committed_below);
                 }
                 for l in &self.listeners {
                     l.do_send(Committed {
@@ -562,6 +614,7 @@ impl WriterActor {
         self.restarts.count(&mut self.state.health, &self.metrics);
         let delay = self.restarts.next_delay();
         self.buffer = empty_rows(self.kind);
+        self.buffer_at.clear();
         self.buffered_ids.clear();
         self.in_commit_ids.clear();
         if let Some(t) = &mut self.tally {
@@ -605,6 +658,10 @@ impl WriterActor {
                         act.rewind(ctx);
                         return futures::future::Either::Left(actix::fut::ready(()));
                     }
+                }
+                act.run_start = positions.clone();
+                if let Some(seen) = &act.seen {
+                    seen.rewound(&positions);
                 }
                 act.positions = positions;
                 act.publish_state();
@@ -680,6 +737,9 @@ impl Handler<Consumed> for WriterActor {
             }
             self.positions.set(topic, *partition, *next);
         }
+        if let Some(seen) = &self.seen {
+            seen.held(&msg.positions);
+        }
         if !msg.positions.is_empty() {
             self.dirty = true;
             self.oldest.get_or_insert_with(Instant::now);
@@ -692,15 +752,20 @@ impl Handler<Consumed> for WriterActor {
                 let in_commit = &self.in_commit_ids;
                 let buffered = &mut self.buffered_ids;
                 let mut tally = self.tally.as_mut();
-                let at = &msg.at;
-                b.extend(r.into_iter().enumerate().filter_map(|(i, t)| {
+                let mut at = msg.at.into_iter();
+                let buffer_at = &mut self.buffer_at;
+                b.extend(r.into_iter().filter_map(|t| {
                     let k = dedup::key(&t.message_id);
                     let first = !committed.contains(&t.message_id)
                         && !in_commit.contains(&k)
                         && buffered.insert(k);
-                    if let (Some(tally), Some(at)) = (tally.as_deref_mut(), at.get(i)) {
+                    let a = at.next();
+                    if let (Some(tally), Some(a)) = (tally.as_deref_mut(), a.as_ref()) {
                         let fate = if first { Fate::Stored } else { Fate::Duplicate };
-                        tally.note(&t, at, fate);
+                        tally.note(&t, a, fate);
+                    }
+                    if first && let Some(a) = a {
+                        buffer_at.push(a);
                     }
                     first.then_some(t)
                 }));
@@ -761,6 +826,25 @@ impl Handler<Flush> for WriterActor {
                 })
             },
         )))
+    }
+}
+
+impl Handler<Assigned> for WriterActor {
+    type Result = ();
+
+    /// A partition's next run begins where it was assigned. Rows of it still
+    /// buffered from an earlier ownership stay: a commit leaves out what the
+    /// partition's other owner committed meanwhile (`commit::plan`).
+    fn handle(&mut self, msg: Assigned, _ctx: &mut Self::Context) {
+        for (topic, p, next) in msg.0 {
+            // Each writer follows its own topics only.
+            if !self.origin.topics.contains_key(&topic) {
+                continue;
+            }
+            self.positions.set(&topic, p, next);
+            self.run_start.set(&topic, p, next);
+        }
+        self.publish_state();
     }
 }
 

@@ -83,6 +83,20 @@ impl Tally {
         }
     }
 
+    /// The running commit succeeded, without the rows of the partitions in
+    /// `below` under the offset given: another owner of those partitions
+    /// committed them, and counts them.
+    pub fn committed_except(&mut self, below: &std::collections::BTreeMap<(String, i32), i64>) {
+        if !below.is_empty() {
+            self.in_commit.retain(|r| {
+                below
+                    .get(&(r.topic.to_string(), r.partition))
+                    .is_none_or(|b| r.offset >= *b)
+            });
+        }
+        self.committed();
+    }
+
     /// A rewind: every row not committed is read again from Kafka.
     pub fn forget(&mut self) {
         self.pending.clear();
