@@ -35,9 +35,25 @@ pub type LakeConsumer = StreamConsumer<LakeContext>;
 #[derive(Debug, Default)]
 pub struct Seen {
     inner: std::sync::Mutex<(KafkaOffsets, KafkaOffsets)>,
+    /// The partitions the group gave this daemon; `None` when it reads every
+    /// partition (`kafka.assignment = all`).
+    owned: std::sync::RwLock<Option<HashSet<(String, i32)>>>,
 }
 
 impl Seen {
+    /// Whether this daemon reads `topic`/`partition` now.
+    pub fn owns(&self, topic: &str, partition: i32) -> bool {
+        match &*self.owned.read().unwrap_or_else(|p| p.into_inner()) {
+            None => true,
+            Some(o) => o.contains(&(topic.to_string(), partition)),
+        }
+    }
+
+    /// The group's share of this daemon, from now on.
+    pub fn set_owned(&self, owned: HashSet<(String, i32)>) {
+        *self.owned.write().unwrap_or_else(|p| p.into_inner()) = Some(owned);
+    }
+
     /// Offsets a commit of this daemon recorded (the table's, merged).
     pub fn committed(&self, o: &KafkaOffsets) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -143,6 +159,12 @@ impl ConsumerContext for LakeContext {
                 if let Err(e) = base.assign(tpl) {
                     tracing::error!(error = %e, "assigning the group's partitions failed");
                 }
+                self.seen.set_owned(
+                    tpl.elements()
+                        .iter()
+                        .map(|e| (e.topic().to_string(), e.partition()))
+                        .collect(),
+                );
                 self.events
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -158,6 +180,7 @@ impl ConsumerContext for LakeContext {
                 if let Err(e) = base.unassign() {
                     tracing::error!(error = %e, "giving the group's partitions back failed");
                 }
+                self.seen.set_owned(HashSet::new());
             }
             other => {
                 tracing::error!(error = ?other, "consumer group rebalance failed");
@@ -219,6 +242,10 @@ pub struct ConsumerActor {
     consumer: Arc<LakeConsumer>,
     /// Whether partitions come from the group (`kafka.assignment = group`).
     group: bool,
+    /// In a group: every partition of the topics, and how long one may
+    /// have records waiting with no owner committing before this daemon
+    /// rejoins the group to have it assigned again.
+    watch: Option<GroupWatch>,
     codec: Arc<Codec>,
     routes: Routes,
     /// Set by a restart: seek to what the writers hold before reading on.
@@ -236,7 +263,6 @@ pub struct ConsumerActor {
 impl ConsumerActor {
     pub fn new(
         consumer: Arc<LakeConsumer>,
-        group: bool,
         codec: Arc<Codec>,
         routes: Routes,
         cluster_id: String,
@@ -246,7 +272,8 @@ impl ConsumerActor {
     ) -> Self {
         Self {
             consumer,
-            group,
+            group: false,
+            watch: None,
             codec,
             routes,
             reseek: false,
@@ -257,6 +284,126 @@ impl ConsumerActor {
             metrics,
             chunk: max_rows.clamp(1, MAX_CHUNK),
         }
+    }
+}
+
+/// The watch on a consumer group's partitions (see [`ConsumerActor::watching`]).
+struct GroupWatch {
+    partitions: Vec<(String, Vec<i32>)>,
+    after: std::time::Duration,
+    /// Per partition: the group's committed offset and since when it is.
+    since: HashMap<(String, i32), (i64, std::time::Instant)>,
+    checking: bool,
+}
+
+impl ConsumerActor {
+    /// In a consumer group, checks every few seconds that each partition
+    /// with records waiting is being committed by someone; one that is not
+    /// for `after` (its owner died and the group did not hand it on, which
+    /// a broker's coordinator has been seen to do) makes this daemon leave
+    /// and rejoin the group, which assigns every partition again.
+    /// Partitions come from the consumer group (`kafka.assignment = group`).
+    pub fn in_group(mut self, group: bool) -> Self {
+        self.group = group;
+        self
+    }
+
+    pub fn watching(
+        mut self,
+        partitions: Vec<(String, Vec<i32>)>,
+        after: std::time::Duration,
+    ) -> Self {
+        if self.group {
+            self.watch = Some(GroupWatch {
+                partitions,
+                after,
+                since: HashMap::new(),
+                checking: false,
+            });
+        }
+        self
+    }
+
+    fn check_group(&mut self, ctx: &mut Context<Self>) {
+        let Some(w) = &mut self.watch else {
+            return;
+        };
+        if w.checking {
+            return;
+        }
+        w.checking = true;
+        let consumer = self.consumer.clone();
+        let partitions = w.partitions.clone();
+        let blocking =
+            tokio::task::spawn_blocking(move || -> Result<Vec<(String, i32, i64, i64)>, String> {
+                let timeout = std::time::Duration::from_secs(5);
+                let mut tpl = TopicPartitionList::new();
+                for (t, ps) in &partitions {
+                    for p in ps {
+                        tpl.add_partition(t, *p);
+                    }
+                }
+                let committed = consumer
+                    .committed_offsets(tpl, timeout)
+                    .map_err(|e| e.to_string())?;
+                let mut out = Vec::new();
+                for el in committed.elements() {
+                    let (_, hi) = consumer
+                        .fetch_watermarks(el.topic(), el.partition(), timeout)
+                        .map_err(|e| e.to_string())?;
+                    let c = match el.offset() {
+                        Offset::Offset(o) => o,
+                        _ => 0,
+                    };
+                    out.push((el.topic().to_string(), el.partition(), c, hi));
+                }
+                Ok(out)
+            });
+        ctx.spawn(
+            async move { blocking.await.map_err(|e| e.to_string()).and_then(|r| r) }
+                .into_actor(self)
+                .map(|res, act, _ctx| {
+                    let Some(w) = &mut act.watch else {
+                        return;
+                    };
+                    w.checking = false;
+                    let rows = match res {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "consumer group check failed");
+                            return;
+                        }
+                    };
+                    let now = std::time::Instant::now();
+                    let mut orphans = Vec::new();
+                    for (t, p, committed, hi) in rows {
+                        let entry = w.since.entry((t.clone(), p)).or_insert((committed, now));
+                        if entry.0 != committed || hi <= committed {
+                            *entry = (committed, now);
+                        } else if now.duration_since(entry.1) >= w.after {
+                            orphans.push(format!("{t}/{p} ({} waiting)", hi - committed));
+                        }
+                    }
+                    if orphans.is_empty() {
+                        return;
+                    }
+                    tracing::warn!(partitions = ?orphans, waiting_secs = w.after.as_secs(),
+                        "partitions with records waiting and no owner committing; rejoining the consumer group");
+                    act.metrics
+                        .actor_errors
+                        .with_label_values(&["consumer", "orphaned_partitions"])
+                        .inc();
+                    for v in w.since.values_mut() {
+                        v.1 = now;
+                    }
+                    let topics: Vec<String> = w.partitions.iter().map(|(t, _)| t.clone()).collect();
+                    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+                    act.consumer.unsubscribe();
+                    if let Err(e) = act.consumer.subscribe(&topics) {
+                        tracing::error!(error = %e, "rejoining the consumer group failed");
+                    }
+                }),
+        );
     }
 }
 
@@ -333,6 +480,11 @@ impl Actor for ConsumerActor {
         let metrics = self.metrics.clone();
         let chunk_size = self.chunk;
         let group = self.group;
+        if self.watch.is_some() {
+            ctx.run_interval(std::time::Duration::from_secs(5), |act, ctx| {
+                act.check_group(ctx);
+            });
+        }
         // The loop runs on the actor's arbiter: rdkafka's borrowed messages
         // are not Send, and decoding is cheap next to the Iceberg commit.
         let fut = async move {

@@ -87,6 +87,8 @@ pub struct DegradationSupervisor {
     consumer: Option<Addr<ConsumerActor>>,
     watchdog: Duration,
     acks: Arc<AckLedger>,
+    /// The partitions this daemon reads (a consumer group shares them).
+    owned: Arc<crate::actors::consumer::Seen>,
     /// Writers' summed positions and when they last moved.
     progress: (i64, Instant),
     blocked_ns: Vec<u64>,
@@ -111,6 +113,8 @@ pub struct SupervisorInputs {
     /// The producer's acknowledgements: their offsets keep the lag fresh
     /// while a busy broker is slow to answer for its watermarks.
     pub acks: Arc<AckLedger>,
+    /// Which partitions are this daemon's to read.
+    pub owned: Arc<crate::actors::consumer::Seen>,
 }
 
 impl DegradationSupervisor {
@@ -157,6 +161,7 @@ impl DegradationSupervisor {
                 consumer: inputs.consumer,
                 watchdog: inputs.watchdog,
                 acks: inputs.acks,
+                owned: inputs.owned,
                 progress: (0, Instant::now()),
                 blocked_ns: vec![0; lanes_n],
                 rate_base: (Instant::now(), BTreeMap::new()),
@@ -228,6 +233,10 @@ impl DegradationSupervisor {
         let mut position_sum = 0i64;
         let mut in_transit = BTreeMap::<String, BTreeMap<i32, i64>>::new();
         for ((topic, p), hi) in &self.highs {
+            // Another daemon of the group reads it: its lag is that one's.
+            if !self.owned.owns(topic, *p) {
+                continue;
+            }
             let pos = writers
                 .iter()
                 .find_map(|w| w.positions.get(topic, *p))

@@ -107,6 +107,10 @@ pub struct KafkaConfig {
     /// shares the partitions with the other daemons in it, which write the
     /// same table (see the README, "Beyond one machine").
     pub assignment: Assignment,
+    /// With `assignment = group`: seconds a partition may have records
+    /// waiting while nobody commits it before this daemon rejoins the group
+    /// so that it is assigned again.
+    pub group_orphan_secs: u64,
     /// Producer compression: none, gzip, snappy or lz4.
     pub compression: String,
     /// Producer batching delay in milliseconds.
@@ -128,6 +132,7 @@ impl Default for KafkaConfig {
             dead_letter_topic: "market.dead_letters".into(),
             consumer_group: "ticklake-lake".into(),
             assignment: Assignment::All,
+            group_orphan_secs: 30,
             compression: "lz4".into(),
             linger_ms: 5,
             properties: BTreeMap::new(),

@@ -157,6 +157,8 @@ pub fn assigned_consumer(
         for start in starts {
             seen.committed(start);
         }
+        // Nothing is this daemon's until the group says so.
+        seen.set_owned(std::collections::HashSet::new());
         // A daemon killed outright is noticed when its session times out;
         // librdkafka's 45 s would leave its partitions unread that long.
         if !cfg.kafka.properties.contains_key("session.timeout.ms") {

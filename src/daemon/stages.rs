@@ -459,7 +459,6 @@ pub fn consumer(
     )?;
     let actor = ConsumerActor::new(
         consumer,
-        cfg.kafka.assignment == crate::config::Assignment::Group,
         codec,
         Routes {
             trades_topics: kafka
@@ -478,6 +477,11 @@ pub fn consumer(
         metrics.clone(),
         cfg.writer.max_rows,
         restart_policy(cfg),
+    )
+    .in_group(cfg.kafka.assignment == crate::config::Assignment::Group)
+    .watching(
+        kafka.topics.clone(),
+        Duration::from_secs(cfg.kafka.group_orphan_secs.max(1)),
     );
     let state = actor.subscribe();
     let addr = Supervisor::start_in_arbiter(&lake.arbiter.handle(), move |_| actor);
@@ -551,6 +555,7 @@ pub fn supervisor(
             consumer,
             watchdog: Duration::from_secs(cfg.supervision.watchdog_secs),
             acks: lake.ledger.clone(),
+            owned: lake.seen.clone(),
         },
         metrics.clone(),
     );

@@ -1,0 +1,272 @@
+//! Several daemons, one consumer group, one table (`kafka.assignment =
+//! group`), on the real Tansu broker: two daemons share the partitions of
+//! the topics and write one shared table; one of them is killed with
+//! SIGKILL while records are still arriving, the other takes over its
+//! partitions, and the final table holds every trade exactly once.
+//!
+//! Rounds: `TICKLAKE_TEST_GROUP_ROUNDS` (default 2; the long form is 5).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// A daemon of the group: feeds off (records come from `ticklake produce`),
+/// partitions from the group, the catalog and warehouse shared.
+fn member(brokers: &str, run: &str, shared: &Path) -> Env {
+    let env = Env::new(brokers, None, "");
+    let body = format!(
+        r#"data_dir = "{data}"
+
+[kafka]
+brokers = "{brokers}"
+trades_topic_prefix = "{run}.trades"
+dead_letter_topic = "{run}.dead_letters"
+consumer_group = "{run}-lake"
+embedded_partitions = 3
+assignment = "group"
+group_orphan_secs = 10
+
+[kafka.properties]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+
+[feeds.binance]
+enabled = false
+rest_url = "http://127.0.0.1:9"
+
+[writer]
+max_rows = 200
+max_age_ms = 300
+
+[lake]
+catalog_uri = "sqlite:{shared}/catalog.db?mode=rwc"
+warehouse = "file://{shared}/warehouse"
+
+[maintenance]
+enabled = false
+
+[http]
+listen = "127.0.0.1:{port}"
+"#,
+        data = env.data_dir().display(),
+        shared = shared.display(),
+        port = env.http_port,
+    );
+    std::fs::write(&env.config, body).unwrap();
+    env
+}
+
+/// The recorded capture cut into `n` captures of consecutive frames.
+fn parts(capture: &Path, n: usize, dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string(capture).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let per = lines.len().div_ceil(n);
+    lines
+        .chunks(per)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let p = dir.join(format!("part{i}.txt"));
+            std::fs::write(&p, chunk.join("\n") + "\n").unwrap();
+            p
+        })
+        .collect()
+}
+
+fn produce(config: &Path, capture: &Path) -> i64 {
+    let out = Command::new(bin())
+        .args(["produce", "--config"])
+        .arg(config)
+        .arg("--capture")
+        .arg(capture)
+        .env("TICKLAKE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "produce: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["trades"].as_i64().unwrap()
+}
+
+fn log_has(path: &Path, needle: &str) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle))
+}
+
+/// The partitions of `topic` a daemon's log says it holds last: those
+/// assigned after its last revocation.
+fn final_assignment(log: &Path, topic: &str) -> BTreeSet<i32> {
+    let text = std::fs::read_to_string(log).unwrap();
+    let mut held = BTreeSet::new();
+    for line in text.lines() {
+        if line.contains("partitions revoked from this daemon") {
+            held.clear();
+        } else if line.contains("partition assigned to this daemon")
+            && line.contains(&format!("topic={topic} "))
+            && let Some(p) = line.split("partition=").nth(1)
+        {
+            held.insert(p.split_whitespace().next().unwrap().parse().unwrap());
+        }
+    }
+    held
+}
+
+fn round(brokers: &str, n: usize) {
+    let run = unique(&format!("g{n}"));
+    let shared = tempfile::tempdir().unwrap();
+    let producer = member(brokers, &run, shared.path());
+    let a = member(brokers, &run, shared.path());
+    let b = member(brokers, &run, shared.path());
+    let source = capture("BINANCE-ee25be.0.txt");
+    let truth = truth(&received_frames(&source));
+    let expected = truth.len() as i64;
+    let parts = parts(&source, 4, shared.path());
+
+    // The first part goes in before the daemons start: its schema ids are
+    // then the ones every member's registry holds (each keeps its own file).
+    let mut produced = produce(&producer.config, &parts[0]);
+    for m in [&a, &b] {
+        std::fs::create_dir_all(m.data_dir()).unwrap();
+        std::fs::copy(
+            producer.data_dir().join("schemas.json"),
+            m.data_dir().join("schemas.json"),
+        )
+        .unwrap();
+    }
+    let mut da = a.start_daemon("a");
+    let mut db = b.start_daemon("b");
+    // Both in the group, each with a share: the second to join gets one.
+    wait_until("both daemons assigned", Duration::from_secs(60), || {
+        log_has(&a.log_path("a"), "partition assigned to this daemon")
+            && log_has(&b.log_path("b"), "partition assigned to this daemon")
+    });
+    produced += produce(&producer.config, &parts[1]);
+    wait_until(
+        "the first parts committed",
+        Duration::from_secs(120),
+        || a.count("select count(*) from market.trades") >= produced / 2,
+    );
+    // Kill the one holding partition 0 (the capture's symbols hash to
+    // partitions 0 and 1 most) while the third part is in flight: what it
+    // read and had not committed is read again by the other, from the
+    // table's offsets.
+    let topic = format!("{run}.trades.binance");
+    let (mut a_holds, mut b_holds) = (BTreeSet::new(), BTreeSet::new());
+    wait_until(
+        "the group splits the partitions",
+        Duration::from_secs(60),
+        || {
+            a_holds = final_assignment(&da.log, &topic);
+            b_holds = final_assignment(&db.log, &topic);
+            a_holds.is_disjoint(&b_holds) && !a_holds.is_empty() && !b_holds.is_empty()
+        },
+    );
+    println!("round {n}: a holds {a_holds:?}, b holds {b_holds:?}");
+    let (victim, survivor) = if a_holds.contains(&0) {
+        (&mut da, &mut db)
+    } else {
+        (&mut db, &mut da)
+    };
+    produced += produce(&producer.config, &parts[2]);
+    std::thread::sleep(Duration::from_millis(150 + 100 * n as u64));
+    victim.kill();
+    produced += produce(&producer.config, &parts[3]);
+    assert_eq!(produced, expected, "the parts hold every trade once");
+    // The survivor is given the victim's partitions once its session ends.
+    wait_until(
+        "the survivor takes every partition",
+        Duration::from_secs(90),
+        || final_assignment(&survivor.log, &topic) == BTreeSet::from([0, 1, 2]),
+    );
+
+    let start = std::time::Instant::now();
+    loop {
+        let n = a.count("select count(*) from market.trades");
+        if n >= expected {
+            break;
+        }
+        if start.elapsed() >= Duration::from_secs(120) {
+            // Kept for a look after the test's directories are gone.
+            for (p, name) in [(&survivor.log, "survivor"), (&victim.log, "victim")] {
+                let keep = std::env::temp_dir().join(format!("{run}.{name}.log"));
+                let _ = std::fs::copy(p, &keep);
+                println!("{name} log kept at {}", keep.display());
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{n} of {expected} trades committed after 120 s; survivor log:\n{}\nvictim log:\n{}",
+            survivor.log_tail(),
+            victim.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Late second copies would show up now.
+    std::thread::sleep(Duration::from_secs(2));
+    let rows = a.query("select count(*) as n, count(distinct message_id) as d from market.trades");
+    println!(
+        "round {n}: market.trades {} (expected {expected}); survivor log {}",
+        rows[0],
+        survivor.log.display()
+    );
+    assert_eq!(
+        rows[0]["n"].as_i64().unwrap(),
+        expected,
+        "survivor log:\n{}",
+        survivor.log_tail()
+    );
+    assert_eq!(rows[0]["d"].as_i64().unwrap(), expected);
+    let stored: BTreeSet<(String, String)> = a
+        .query("select symbol, trade_id from market.trades")
+        .iter()
+        .map(|r| {
+            (
+                r["symbol"].as_str().unwrap().to_string(),
+                r["trade_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: BTreeSet<(String, String)> = truth
+        .iter()
+        .map(|t| (t.symbol.clone(), format!("BINANCE-{}", t.id)))
+        .collect();
+    assert_eq!(stored, want, "the table holds exactly the capture's trades");
+    // The victim held a share when it died, and the survivor ends up with
+    // every partition: it took the victim's over.
+    let theirs = final_assignment(&victim.log, &topic);
+    let ours = final_assignment(&survivor.log, &topic);
+    println!("round {n}: the victim held partitions {theirs:?}; the survivor ends with {ours:?}");
+    assert!(!theirs.is_empty(), "the victim held no partition");
+    assert_eq!(ours, BTreeSet::from([0, 1, 2]));
+    let rejoins = std::fs::read_to_string(&survivor.log)
+        .unwrap()
+        .matches("rejoining the consumer group")
+        .count();
+    println!("round {n}: the survivor rejoined its group {rejoins} times for orphaned partitions");
+    let status = survivor.terminate();
+    assert!(status.success(), "survivor exit {status}");
+    let left_out = std::fs::read_to_string(&survivor.log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("rows left out of the commit"))
+        .count();
+    println!("round {n}: survivor left out already-committed rows in {left_out} commits");
+}
+
+#[test]
+fn two_daemons_in_one_group_write_each_trade_once_through_a_kill() {
+    let brokers = tansu();
+    let rounds: usize = std::env::var("TICKLAKE_TEST_GROUP_ROUNDS")
+        .ok()
+        .map(|v| v.parse().expect("TICKLAKE_TEST_GROUP_ROUNDS is a number"))
+        .unwrap_or(2);
+    for n in 0..rounds {
+        round(&brokers, n);
+    }
+}
