@@ -1,13 +1,28 @@
-//! Schema ids for the Confluent wire format. The embedded default keeps them
-//! in a small JSON file in the data directory; a Confluent-compatible Schema
-//! Registry client fits behind the same trait.
+//! Schema ids for the Confluent wire format, behind one trait with two
+//! implementations:
+//!
+//! - `local`: the embedded default, a small JSON file in the data
+//!   directory, with a Confluent registry's semantics (an id per distinct
+//!   schema across subjects, versions per subject, BACKWARD checks). The
+//!   daemon serves it over the Confluent REST API (`api::schema_registry`),
+//!   so a standard Kafka consumer with a schema-registry deserializer reads
+//!   ticklake's topics unchanged.
+//! - `confluent`: a client of an external Confluent-compatible Schema
+//!   Registry (`kafka.schema_registry_url`).
+//!
+//! Schemas are registered under Confluent's TopicNameStrategy subjects
+//! (`<topic>-value`), the names a Confluent client uses.
 
-use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+mod confluent;
+mod local;
 
-use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use confluent::ConfluentRegistry;
+pub use local::{LocalRegistry, SubjectVersion, Version};
+
+use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -31,14 +46,64 @@ pub enum RegistryError {
         latest: u32,
         reason: String,
     },
+    #[error("subject {subject} not found")]
+    SubjectNotFound { subject: String },
+    #[error("version {version} of subject {subject} not found")]
+    VersionNotFound { subject: String, version: String },
+    /// The schema (an id, or a schema text under a subject) is unknown.
+    #[error("schema {what} not found")]
+    SchemaNotFound { what: String },
+    /// The external registry could not be reached (connection refused,
+    /// DNS, timeout): worth retrying later.
+    #[error("schema registry {url} (kafka.schema_registry_url) is unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
+    /// The external registry answered with an error; `error_code` is
+    /// Confluent's (40401, 409, 42201, ...), or the HTTP status when the
+    /// body carried none.
+    #[error(
+        "schema registry {url} refused {what}: {message} (http {status}, error code {error_code})"
+    )]
+    Refused {
+        url: String,
+        what: String,
+        status: u16,
+        error_code: i64,
+        message: String,
+    },
+    /// The external registry answered something that is not the Confluent
+    /// API's answer.
+    #[error("schema registry {url} answered {what} with an unexpected body: {reason}")]
+    Protocol {
+        url: String,
+        what: String,
+        reason: String,
+    },
 }
 
-/// Assigns and resolves schema ids. Implemented by the local file registry;
-/// a Confluent Schema Registry client is the production alternative.
+impl RegistryError {
+    /// Whether trying again later may succeed: the registry was away or
+    /// failed on its side. A refused or unparsable schema stays refused.
+    pub fn retryable(&self) -> bool {
+        match self {
+            RegistryError::Io { .. } | RegistryError::Unreachable { .. } => true,
+            RegistryError::Refused { status, .. } => *status >= 500,
+            RegistryError::Corrupt { .. }
+            | RegistryError::BadSchema { .. }
+            | RegistryError::Incompatible { .. }
+            | RegistryError::Protocol { .. }
+            | RegistryError::SubjectNotFound { .. }
+            | RegistryError::VersionNotFound { .. }
+            | RegistryError::SchemaNotFound { .. } => false,
+        }
+    }
+}
+
+/// Assigns and resolves schema ids. Implemented by the local file registry
+/// and by a Confluent Schema Registry client.
 pub trait SchemaRegistry: Send + Sync {
     /// Registers `schema` under `subject` (idempotent) and returns its id.
     /// A schema new to the subject must be backward compatible with the
-    /// subject's latest one.
+    /// subject's latest one. The same schema under two subjects has one id.
     fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError>;
     /// The id `schema` has under `subject`, without registering it.
     fn lookup(&self, subject: &str, schema: &str) -> Result<Option<u32>, RegistryError>;
@@ -46,254 +111,156 @@ pub trait SchemaRegistry: Send + Sync {
     fn schema(&self, id: u32) -> Result<Option<String>, RegistryError>;
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Store {
-    next_id: u32,
-    /// id -> (subject, canonical schema)
-    schemas: BTreeMap<u32, Entry>,
+/// Where the daemon serves the local registry over the Confluent REST API
+/// on `http.listen` (`api::schema_registry`): a client's base URL is
+/// `http://<http.listen>/schema-registry`.
+pub const SERVED_PATH: &str = "/schema-registry";
+
+/// Confluent's TopicNameStrategy subject of a topic's record values: what a
+/// Confluent serializer registers under and a consumer looks up.
+pub fn value_subject(topic: &str) -> String {
+    format!("{topic}-value")
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Entry {
-    subject: String,
-    schema: String,
+/// The registry this config names: the external one at
+/// `kafka.schema_registry_url`, or the local file in the data directory.
+#[derive(Clone)]
+pub enum Registry {
+    Local(Arc<LocalRegistry>),
+    Confluent(Arc<ConfluentRegistry>),
 }
 
-/// File-backed registry. Several processes (the daemon, `ticklake produce`)
-/// may share a data directory, so every read-modify-write holds an exclusive
-/// lock on a sibling lock file.
-pub struct LocalRegistry {
-    path: PathBuf,
-    lock_path: PathBuf,
-}
-
-impl LocalRegistry {
-    pub fn open(data_dir: &Path) -> Result<Self, RegistryError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| RegistryError::Io {
-            path: data_dir.to_path_buf(),
-            source,
-        })?;
-        Ok(Self {
-            path: data_dir.join("schemas.json"),
-            lock_path: data_dir.join("schemas.lock"),
-        })
+impl Registry {
+    /// Opens the local file, or checks that the external registry answers:
+    /// a daemon pointed at a registry it cannot reach says so at start,
+    /// naming the key, rather than at its first record.
+    pub fn open(cfg: &Config) -> Result<Self, RegistryError> {
+        let k = &cfg.kafka;
+        if k.schema_registry_url.is_empty() {
+            return Ok(Registry::Local(Arc::new(LocalRegistry::open(
+                &cfg.data_dir_abs(),
+            )?)));
+        }
+        let auth = (!k.schema_registry_user.is_empty()).then_some((
+            k.schema_registry_user.as_str(),
+            k.schema_registry_password.as_str(),
+        ));
+        let client = ConfluentRegistry::new(&k.schema_registry_url, auth)?;
+        client.check()?;
+        Ok(Registry::Confluent(Arc::new(client)))
     }
 
-    fn io(&self, source: std::io::Error) -> RegistryError {
-        RegistryError::Io {
-            path: self.path.clone(),
-            source,
+    pub fn as_dyn(&self) -> &dyn SchemaRegistry {
+        match self {
+            Registry::Local(r) => r.as_ref(),
+            Registry::Confluent(r) => r.as_ref(),
         }
     }
 
-    fn lock(&self) -> Result<File, RegistryError> {
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.lock_path)
-            .map_err(|e| self.io(e))?;
-        f.lock().map_err(|e| self.io(e))?;
-        Ok(f)
+    /// The local registry, which the daemon serves over the Confluent API.
+    pub fn local(&self) -> Option<Arc<LocalRegistry>> {
+        match self {
+            Registry::Local(r) => Some(r.clone()),
+            Registry::Confluent(_) => None,
+        }
     }
 
-    fn load(&self) -> Result<Store, RegistryError> {
-        match std::fs::read(&self.path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| RegistryError::Corrupt {
-                path: self.path.clone(),
-                reason: e.to_string(),
+    /// For `/status`: the local file and where it is served, or the
+    /// external registry's URL (credentials left out).
+    pub fn status(&self, served: bool) -> serde_json::Value {
+        match self {
+            Registry::Local(r) => serde_json::json!({
+                "kind": "local",
+                "file": r.path().display().to_string(),
+                "served_at": served.then_some(SERVED_PATH),
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Store {
-                next_id: 1,
-                ..Store::default()
+            Registry::Confluent(r) => serde_json::json!({
+                "kind": "confluent",
+                "url": r.shown(),
             }),
-            Err(e) => Err(self.io(e)),
         }
     }
 
-    fn save(&self, store: &Store) -> Result<(), RegistryError> {
-        // write-then-rename so a crash never leaves a half-written registry
-        let tmp = self.path.with_extension("json.tmp");
-        let body = serde_json::to_vec_pretty(store).map_err(|e| RegistryError::Corrupt {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
-        let mut f = File::create(&tmp).map_err(|e| self.io(e))?;
-        f.write_all(&body).map_err(|e| self.io(e))?;
-        f.sync_all().map_err(|e| self.io(e))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| self.io(e))
-    }
-}
-
-/// Canonical form, so whitespace or key order never mints a new id.
-fn canonical(subject: &str, schema: &str) -> Result<String, RegistryError> {
-    apache_avro::Schema::parse_str(schema)
-        .map(|s| s.canonical_form())
-        .map_err(|e| RegistryError::BadSchema {
-            subject: subject.to_string(),
-            reason: e.to_string(),
-        })
-}
-
-impl SchemaRegistry for LocalRegistry {
-    fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
-        let canon = canonical(subject, schema)?;
-        let _guard = self.lock()?;
-        let mut store = self.load()?;
-        if let Some((id, _)) = store
-            .schemas
-            .iter()
-            .find(|(_, e)| e.subject == subject && e.schema == canon)
-        {
-            return Ok(*id);
+    /// `local` or `confluent`, for `/status` and the logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Registry::Local(_) => "local",
+            Registry::Confluent(_) => "confluent",
         }
-        // The subject's latest version: the highest id registered under it.
-        if let Some((latest, e)) = store
-            .schemas
-            .iter()
-            .rev()
-            .find(|(_, e)| e.subject == subject)
-        {
-            let bad = |reason: String| RegistryError::Incompatible {
-                subject: subject.to_string(),
-                latest: *latest,
-                reason,
-            };
-            let old = apache_avro::Schema::parse_str(&e.schema).map_err(|e| bad(e.to_string()))?;
-            // As written, not canonical: the canonical form drops the
-            // defaults that make an added field readable from old records.
-            let new = apache_avro::Schema::parse_str(schema).map_err(|e| bad(e.to_string()))?;
-            apache_avro::schema_compatibility::SchemaCompatibility::can_read(&old, &new)
-                .map_err(|e| bad(e.to_string()))?;
-        }
-        let id = store.next_id.max(1);
-        store.next_id = id + 1;
-        store.schemas.insert(
-            id,
-            Entry {
-                subject: subject.to_string(),
-                schema: canon,
-            },
-        );
-        self.save(&store)?;
-        Ok(id)
-    }
-
-    fn lookup(&self, subject: &str, schema: &str) -> Result<Option<u32>, RegistryError> {
-        let canon = canonical(subject, schema)?;
-        let _guard = self.lock()?;
-        Ok(self
-            .load()?
-            .schemas
-            .iter()
-            .find(|(_, e)| e.subject == subject && e.schema == canon)
-            .map(|(id, _)| *id))
-    }
-
-    fn schema(&self, id: u32) -> Result<Option<String>, RegistryError> {
-        let _guard = self.lock()?;
-        Ok(self.load()?.schemas.remove(&id).map(|e| e.schema))
     }
 }
 
-/// Registers both ticklake schemas and builds the codec for their ids. A
-/// data directory an older build wrote has version 1 of the trade schema
-/// registered; the codec reads records framed with its id too.
+/// The trades topics the daemon publishes to: one per feed's exchange
+/// (disabled feeds included: records a feed published before it was
+/// disabled still land), and the equities topic of `ticklake load asx`.
+pub fn trade_topics(cfg: &Config) -> Vec<String> {
+    let mut topics: Vec<String> = Vec::new();
+    let exchanges = cfg.feeds.values().map(|f| f.exchange.as_str());
+    for exchange in exchanges.chain([crate::exchanges::ASX]) {
+        let t = cfg.kafka.trades_topic(exchange);
+        if !topics.contains(&t) {
+            topics.push(t);
+        }
+    }
+    topics
+}
+
+/// Registers ticklake's schemas under the subjects of `cfg`'s topics
+/// (`<topic>-value`) and builds the codec for their ids. A data directory
+/// an older build wrote has version 1 of the trade schema registered under
+/// the record-name subject it used then; the codec reads records framed
+/// with its id too.
 pub fn codec(
     registry: &dyn SchemaRegistry,
+    cfg: &Config,
 ) -> Result<crate::kafka::avro::Codec, crate::kafka::avro::AvroError> {
     use crate::kafka::avro::*;
     let failed = |e: RegistryError| AvroError::Field {
         field: "registry",
         reason: e.to_string(),
     };
-    let trade = registry
-        .register(TRADE_SUBJECT, TRADE_SCHEMA_JSON)
-        .map_err(failed)?;
+    let mut trade: Option<(u32, String)> = None;
+    for topic in trade_topics(cfg) {
+        let subject = value_subject(&topic);
+        let id = registry
+            .register(&subject, TRADE_SCHEMA_JSON)
+            .map_err(failed)?;
+        // A Confluent registry gives one schema one id whatever the
+        // subject; the codec frames every trade with a single id.
+        match &trade {
+            Some((first, first_subject)) if *first != id => {
+                return Err(AvroError::Field {
+                    field: "registry",
+                    reason: format!(
+                        "the trade schema has id {first} under {first_subject} but {id} under {subject}; ticklake needs one id per schema across subjects"
+                    ),
+                });
+            }
+            Some(_) => {}
+            None => trade = Some((id, subject)),
+        }
+    }
+    let trade = match trade {
+        Some((id, _)) => id,
+        // Not reached: the equities topic is always among them.
+        None => {
+            return Err(AvroError::Field {
+                field: "registry",
+                reason: "no trades topic to register the trade schema for".into(),
+            });
+        }
+    };
     let trade_v1 = registry
         .lookup(TRADE_SUBJECT, TRADE_SCHEMA_V1_JSON)
         .map_err(failed)?;
     let dl = registry
-        .register(DEAD_LETTER_SUBJECT, DEAD_LETTER_SCHEMA_JSON)
-        .map_err(|e| AvroError::Field {
-            field: "registry",
-            reason: e.to_string(),
-        })?;
+        .register(
+            &value_subject(&cfg.kafka.dead_letter_topic),
+            DEAD_LETTER_SCHEMA_JSON,
+        )
+        .map_err(failed)?;
     Ok(Codec::new(trade, dl)?.with_trade_v1_id(trade_v1))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_stable_and_per_schema() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = LocalRegistry::open(dir.path()).unwrap();
-        let a = r
-            .register("t", crate::kafka::avro::TRADE_SCHEMA_JSON)
-            .unwrap();
-        let b = r
-            .register("d", crate::kafka::avro::DEAD_LETTER_SCHEMA_JSON)
-            .unwrap();
-        assert_ne!(a, b);
-        // a second process opening the same directory sees the same ids
-        let r2 = LocalRegistry::open(dir.path()).unwrap();
-        assert_eq!(
-            r2.register("t", crate::kafka::avro::TRADE_SCHEMA_JSON)
-                .unwrap(),
-            a
-        );
-        assert!(r2.schema(a).unwrap().unwrap().contains("TradeV2"));
-        assert_eq!(r2.schema(999).unwrap(), None);
-    }
-
-    /// A data directory made by a build that knew only version 1: the new
-    /// schema gets a new id, and the codec reads records of both.
-    #[test]
-    fn a_new_version_gets_a_new_id_and_an_incompatible_one_is_refused() {
-        use crate::kafka::avro::*;
-        let dir = tempfile::tempdir().unwrap();
-        let r = LocalRegistry::open(dir.path()).unwrap();
-        let v1 = r.register(TRADE_SUBJECT, TRADE_SCHEMA_V1_JSON).unwrap();
-        let dl = r
-            .register(DEAD_LETTER_SUBJECT, DEAD_LETTER_SCHEMA_JSON)
-            .unwrap();
-        let c = codec(&r).unwrap();
-        let v2 = r.lookup(TRADE_SUBJECT, TRADE_SCHEMA_JSON).unwrap().unwrap();
-        assert!(v2 != v1 && v2 != dl, "{v1} {v2} {dl}");
-        let t = crate::model::TradeV2::builder("KRAKEN", "XBT/USD", "1", 5)
-            .instrument(Some("BTC-USD"))
-            .build();
-        let bytes = c.encode_trade(&t).unwrap();
-        assert_eq!(bytes[1..5], v2.to_be_bytes());
-        assert_eq!(c.decode_trade(&bytes).unwrap(), t);
-        // A required field added without a default cannot read version 2's
-        // records: refused, naming the subject and the latest id.
-        let breaking = TRADE_SCHEMA_JSON.replace(
-            r#"{"name": "instrument", "type": ["null", "string"], "default": null}"#,
-            r#"{"name": "instrument", "type": ["null", "string"], "default": null},
-    {"name": "venue_id", "type": "string"}"#,
-        );
-        assert_ne!(breaking, TRADE_SCHEMA_JSON);
-        let e = r
-            .register(TRADE_SUBJECT, &breaking)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains(TRADE_SUBJECT) && e.contains(&format!("id {v2}")),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn corrupt_file_is_a_clear_error() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("schemas.json"), b"{not json").unwrap();
-        let r = LocalRegistry::open(dir.path()).unwrap();
-        let e = r
-            .register("t", crate::kafka::avro::TRADE_SCHEMA_JSON)
-            .unwrap_err();
-        assert!(e.to_string().contains("corrupt"), "{e}");
-    }
-}
+mod tests;
