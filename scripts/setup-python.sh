@@ -25,7 +25,7 @@ want="$(sha256sum "$requirements" | cut -d' ' -f1)"
 log() { echo "setup-python: $*" >&2; }
 
 if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]] &&
-    "$venv/bin/python" -c 'import confluent_kafka, pyiceberg, pyarrow' 2>/dev/null; then
+    "$venv/bin/python" -c 'import confluent_kafka.schema_registry.avro, fastavro, pyiceberg, pyarrow' 2>/dev/null; then
     echo "$venv/bin/python"
     exit 0
 fi

@@ -4,7 +4,8 @@
 # Integration tests need a Kafka-API broker and Python helpers; they read
 #   TICKLAKE_TEST_BROKERS    bootstrap address of a running Tansu broker
 #   TICKLAKE_TEST_TANSU_DIR  its workdir (for scripts/tansu.sh stop/start)
-#   TICKLAKE_TEST_PYTHON     python with confluent-kafka and pyiceberg
+#   TICKLAKE_TEST_PYTHON     python with confluent-kafka (and its Avro and
+#                            schema-registry parts) and pyiceberg
 #   TICKLAKE_TEST_SCRIPTS    this scripts/ directory
 # and fail when they are missing. If TICKLAKE_TEST_BROKERS is unset this
 # script sets all of that up itself (venv, Tansu install, a broker in a temp

@@ -31,6 +31,8 @@ pub struct StatusSources {
     /// Per exchange, the received count seen at the last scrape and when
     /// it last grew (`export`).
     pub last_trades: Arc<Mutex<BTreeMap<String, (u64, Instant)>>>,
+    /// Which schema registry assigns the ids (`Registry::status`).
+    pub schema_registry: Value,
 }
 
 /// Sets the gauges `/metrics` shows from the actors' states rather than
@@ -114,6 +116,7 @@ pub async fn collect(src: &StatusSources) -> Value {
             "older_lost_ranges_not_listed": losses.older_ranges_not_listed,
         },
         "accounting_settled": balanced,
+        "schema_registry": src.schema_registry,
         "tree": {"name": "ticklake", "state": "running", "children": children},
     })
 }

@@ -663,7 +663,10 @@ fn read_trade_ids(
     use rdkafka::Message;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let registry = ticklake::kafka::registry::LocalRegistry::open(data_dir).unwrap();
-    let codec = ticklake::kafka::registry::codec(&registry).unwrap();
+    // Ids are per schema whatever the subject: the default config's
+    // subjects give the ids the daemon framed with.
+    let codec =
+        ticklake::kafka::registry::codec(&registry, &ticklake::config::Config::default()).unwrap();
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("check"))

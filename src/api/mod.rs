@@ -8,6 +8,7 @@ pub mod admin;
 pub mod client;
 pub mod openapi;
 pub mod params;
+pub mod schema_registry;
 pub mod server;
 
 use std::collections::HashMap;

@@ -92,7 +92,7 @@ pub fn document() -> Value {
         "info": {
             "title": "ticklake query API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Trades from the committed Iceberg lake plus the fresh, not yet committed tail, split exactly at the Kafka offsets recorded in the pinned snapshot: no duplicate, no gap. Times are RFC 3339; start is inclusive, end exclusive."
+            "description": "Trades from the committed Iceberg lake plus the fresh, not yet committed tail, split exactly at the Kafka offsets recorded in the pinned snapshot: no duplicate, no gap. Times are RFC 3339; start is inclusive, end exclusive. Not in this document: with kafka.schema_registry_url empty, the daemon also serves the Confluent Schema Registry REST API of its Avro schemas under /schema-registry (Confluent's own API: /schema-registry/subjects, /schema-registry/schemas/ids/{id}, ...; see the README)."
         },
         "paths": {
             "/v1/trades": {"get": {

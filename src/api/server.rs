@@ -1,6 +1,8 @@
 //! The daemon's HTTP server: `/status` (supervision tree, level,
 //! breakers, accounting), `/metrics` (Prometheus), `/healthz`, `/readyz`,
-//! and the query API (`/v1/*`, `/openapi.json`, see `super::configure`).
+//! the query API (`/v1/*`, `/openapi.json`, see `super::configure`), and
+//! the Confluent Schema Registry API of the local registry
+//! (`/schema-registry/*`, see `super::schema_registry`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -128,6 +130,7 @@ pub fn start(
     sources: StatusSources,
     api: Option<super::ApiState>,
     admin: Option<super::admin::ChaosControls>,
+    registry: Option<Arc<crate::kafka::registry::LocalRegistry>>,
 ) -> std::io::Result<std::net::SocketAddr> {
     let data = web::Data::new(m);
     let sources = web::Data::new(sources);
@@ -154,6 +157,9 @@ pub fn start(
                 }
                 if let Some(admin) = &admin {
                     super::admin::configure(c, admin.clone());
+                }
+                if let Some(registry) = &registry {
+                    super::schema_registry::configure(c, registry.clone());
                 }
             })
     })

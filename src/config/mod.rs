@@ -117,6 +117,15 @@ pub struct KafkaConfig {
     pub linger_ms: u32,
     /// Extra librdkafka properties for producer and consumer (security etc.).
     pub properties: BTreeMap<String, String>,
+    /// A Confluent-compatible Schema Registry (`http(s)://host:port`, with
+    /// a path prefix if it has one) that assigns the schema ids. Empty: the
+    /// local file in the data directory, which the daemon serves itself
+    /// under `/schema-registry` on `http.listen`.
+    pub schema_registry_url: String,
+    /// Basic-auth user for `schema_registry_url`; empty for none.
+    pub schema_registry_user: String,
+    /// Basic-auth password for `schema_registry_url`.
+    pub schema_registry_password: String,
     /// Further topics the embedded cluster creates at start, with the same
     /// partition count (`ticklake bench`'s ceilings); not a config key.
     #[serde(skip)]
@@ -136,6 +145,9 @@ impl Default for KafkaConfig {
             compression: "lz4".into(),
             linger_ms: 5,
             properties: BTreeMap::new(),
+            schema_registry_url: String::new(),
+            schema_registry_user: String::new(),
+            schema_registry_password: String::new(),
             extra_topics: Vec::new(),
         }
     }
@@ -721,6 +733,26 @@ mod tests {
             let e = Config::load(Some(f.path())).unwrap_err().to_string();
             assert!(e.contains("feeds.binance.channels"), "{e}");
             assert!(e.contains("trade, aggTrade"), "{e}");
+        });
+    }
+
+    #[test]
+    fn schema_registry_keys_are_checked_without_io() {
+        jailed(|| {
+            let f = write("[kafka]\nschema_registry_url = \"ftp://registry\"\n");
+            let e = Config::load(Some(f.path())).unwrap_err().to_string();
+            assert!(e.contains("kafka.schema_registry_url"), "{e}");
+            assert!(e.contains(&f.path().display().to_string()), "{e}");
+            let f = write("[kafka]\nschema_registry_user = \"u\"\n");
+            let e = Config::load(Some(f.path())).unwrap_err().to_string();
+            assert!(e.contains("kafka.schema_registry_user"), "{e}");
+            assert!(e.contains("needs kafka.schema_registry_url"), "{e}");
+            // Nobody listens there; a config check does no IO, so it loads.
+            let f = write(
+                "[kafka]\nschema_registry_url = \"http://127.0.0.1:1/sr\"\nschema_registry_user = \"u\"\nschema_registry_password = \"p\"\n",
+            );
+            let cfg = Config::load(Some(f.path())).unwrap();
+            assert_eq!(cfg.kafka.schema_registry_url, "http://127.0.0.1:1/sr");
         });
     }
 

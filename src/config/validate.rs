@@ -157,6 +157,41 @@ impl Config {
         Ok(())
     }
 
+    /// `kafka.schema_registry_*`: a URL the client can use, credentials only
+    /// with one. Whether it answers is checked at start, not here.
+    fn validate_schema_registry(
+        &self,
+        err: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let k = &self.kafka;
+        if !k.schema_registry_url.is_empty() {
+            match url::Url::parse(&k.schema_registry_url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+                Ok(_) => {
+                    return Err(err(
+                        "kafka.schema_registry_url",
+                        "must be an http:// or https:// URL with a host".into(),
+                    ));
+                }
+                Err(e) => return Err(err("kafka.schema_registry_url", format!("not a URL: {e}"))),
+            }
+        } else if !k.schema_registry_user.is_empty() || !k.schema_registry_password.is_empty() {
+            let key = if k.schema_registry_user.is_empty() {
+                "kafka.schema_registry_password"
+            } else {
+                "kafka.schema_registry_user"
+            };
+            return Err(err(key, "needs kafka.schema_registry_url".into()));
+        }
+        if k.schema_registry_user.is_empty() && !k.schema_registry_password.is_empty() {
+            return Err(err(
+                "kafka.schema_registry_password",
+                "needs kafka.schema_registry_user".into(),
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) fn validate(&self, fig: &Figment, file: Option<&Path>) -> Result<(), ConfigError> {
         let err = |key: &str, reason: String| ConfigError::Key {
             key: key.to_string(),
@@ -184,6 +219,7 @@ impl Config {
                 ),
             ));
         }
+        self.validate_schema_registry(&err)?;
         for (k, v) in [
             ("kafka.trades_topic_prefix", &self.kafka.trades_topic_prefix),
             ("kafka.dead_letter_topic", &self.kafka.dead_letter_topic),

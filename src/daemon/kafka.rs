@@ -61,17 +61,9 @@ impl KafkaReady {
 /// Starts the embedded cluster or makes sure the brokers have the topics,
 /// then reads the cluster id, partitions and watermarks.
 pub async fn prepare(cfg: &Config) -> Result<KafkaReady, DaemonError> {
-    // A topic per feed's exchange, disabled feeds included: records a
-    // feed published before it was disabled still land.
-    let mut topic_names: Vec<String> = Vec::new();
-    let exchanges = cfg.feeds.values().map(|f| f.exchange.as_str());
-    // Equities loaded by `ticklake load asx` travel on their own topic.
-    for exchange in exchanges.chain([crate::exchanges::ASX]) {
-        let t = cfg.kafka.trades_topic(exchange);
-        if !topic_names.contains(&t) {
-            topic_names.push(t);
-        }
-    }
+    // A topic per feed's exchange, and the equities topic: the topics
+    // whose subjects the schema registry holds.
+    let mut topic_names = crate::kafka::registry::trade_topics(cfg);
     let dl_topic = cfg.kafka.dead_letter_topic.clone();
     topic_names.push(dl_topic.clone());
 

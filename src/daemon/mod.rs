@@ -26,7 +26,7 @@ use crate::actors::query::QueryActor;
 use crate::actors::tail::TailActor;
 use crate::actors::writer::WriterActor;
 use crate::config::Config;
-use crate::kafka::registry::{LocalRegistry, RegistryError};
+use crate::kafka::registry::{Registry, RegistryError};
 use crate::kafka::{EmbeddedCluster, KafkaSetupError};
 use crate::lake::LakeError;
 use crate::lake::TableKind;
@@ -113,8 +113,13 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     let lock = lock::DataDirLock::acquire(&cfg.data_dir_abs())?;
     let metrics = Metrics::new()?;
     preregister(&cfg, &metrics);
-    let registry = LocalRegistry::open(&cfg.data_dir_abs())?;
-    let codec = Arc::new(crate::kafka::registry::codec(&registry)?);
+    let registry = Registry::open(&cfg)?;
+    let codec = Arc::new(crate::kafka::registry::codec(registry.as_dyn(), &cfg)?);
+    tracing::info!(
+        kind = registry.kind(),
+        registry = %registry.status(cfg.http.enabled),
+        "schema registry ready"
+    );
     let mut kafka = kafka::prepare(&cfg).await?;
 
     let (fatal_tx, fatal) = tokio::sync::mpsc::unbounded_channel();
@@ -153,12 +158,13 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         supervisor,
         metrics: metrics.clone(),
         last_trades: Default::default(),
+        schema_registry: registry.status(cfg.http.enabled),
     };
     let admin = cfg.chaos.admin.then(|| crate::api::admin::ChaosControls {
         broker: kafka.embedded.as_ref().and_then(EmbeddedCluster::faults),
         writer: lake.writer_faults.clone(),
     });
-    let http_addr = stages::http(&cfg, &metrics, &status, &lake.query, admin)?;
+    let http_addr = stages::http(&cfg, &metrics, &status, &lake.query, admin, &registry)?;
 
     Ok(Daemon {
         feeds: feeds.into_iter().map(|f| f.addr).collect(),

@@ -678,6 +678,7 @@ pub fn http(
     status: &StatusSources,
     query: &Addr<QueryActor>,
     admin: Option<crate::api::admin::ChaosControls>,
+    registry: &crate::kafka::registry::Registry,
 ) -> Result<Option<std::net::SocketAddr>, DaemonError> {
     if !cfg.http.enabled {
         return Ok(None);
@@ -692,11 +693,27 @@ pub fn http(
             "chaos: the admin endpoint /chaos/* is on; anyone who reaches http.listen can inject faults"
         );
     }
-    let addr = crate::api::server::start(&cfg.http, metrics.clone(), status.clone(), api, admin)
-        .map_err(|source| DaemonError::Http {
-            listen: cfg.http.listen.clone(),
-            source,
-        })?;
+    // The local registry is served for Confluent consumers; an external
+    // one serves itself.
+    let local = registry.local();
+    let addr = crate::api::server::start(
+        &cfg.http,
+        metrics.clone(),
+        status.clone(),
+        api,
+        admin,
+        local,
+    )
+    .map_err(|source| DaemonError::Http {
+        listen: cfg.http.listen.clone(),
+        source,
+    })?;
     tracing::info!(addr = %addr, "http endpoints up");
+    if registry.local().is_some() {
+        tracing::info!(
+            url = %format!("http://{addr}{}", crate::api::schema_registry::PREFIX),
+            "confluent schema registry api serves the local registry"
+        );
+    }
     Ok(Some(addr))
 }

@@ -228,8 +228,8 @@ async fn measure(cfg: &Config, n: usize, timeout: Duration) -> Result<BenchRepor
     let d = daemon::start(cfg.clone()).await?;
 
     // The ceiling: the same encoded bytes, straight into rdkafka.
-    let registry = crate::kafka::registry::LocalRegistry::open(&cfg.data_dir_abs())?;
-    let codec = Arc::new(crate::kafka::registry::codec(&registry)?);
+    let registry = crate::kafka::registry::Registry::open(cfg)?;
+    let codec = Arc::new(crate::kafka::registry::codec(registry.as_dyn(), cfg)?);
     let raw_topic = format!("{}.raw", cfg.kafka.trades_topic_prefix);
     // The embedded cluster creates topics on first use (and has no admin
     // API); a real broker may not, so create it there.

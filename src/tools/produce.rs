@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::exchanges::{Frame, ParseCtx};
 use crate::kafka::encoder::{Encoder, enqueue};
-use crate::kafka::registry::LocalRegistry;
+use crate::kafka::registry::Registry;
 use crate::messages::producer::Record;
 use crate::model::{DeadLetter, now_us};
 use crate::tools::capture;
@@ -69,8 +69,8 @@ pub async fn produce(
     }
     let _lock = crate::daemon::lock::DataDirLock::acquire(&cfg.data_dir_abs())?;
     let frames = capture::read_captures(captures)?;
-    let registry = LocalRegistry::open(&cfg.data_dir_abs())?;
-    let codec = Arc::new(crate::kafka::registry::codec(&registry)?);
+    let registry = Registry::open(cfg)?;
+    let codec = Arc::new(crate::kafka::registry::codec(registry.as_dyn(), cfg)?);
     let mut encoder = Encoder::new(codec, &cfg.kafka);
     let exchange = feed.exchange.clone();
     // The feed's symbol rule: a recorded frame passes or fails as it would live.

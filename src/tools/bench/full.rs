@@ -471,8 +471,8 @@ pub async fn measure(
     let stored_n = result_outcomes.get("stored").copied().unwrap_or(0).max(1);
 
     // The ceilings, on the same broker, after the daemon's run.
-    let registry = crate::kafka::registry::LocalRegistry::open(&cfg.data_dir_abs())?;
-    let codec = crate::kafka::registry::codec(&registry)?;
+    let registry = crate::kafka::registry::Registry::open(&cfg)?;
+    let codec = crate::kafka::registry::codec(registry.as_dyn(), &cfg)?;
     let rows = feed_trades(&cfg, &played)?;
     drop(played);
     let encode = |topic: &str| {
