@@ -168,10 +168,10 @@ fn round(brokers: &str, n: usize) {
         },
     );
     println!("round {n}: a holds {a_holds:?}, b holds {b_holds:?}");
-    let (victim, survivor) = if a_holds.contains(&0) {
-        (&mut da, &mut db)
+    let (victim, survivor, survivor_env) = if a_holds.contains(&0) {
+        (&mut da, &mut db, &b)
     } else {
-        (&mut db, &mut da)
+        (&mut db, &mut da, &a)
     };
     produced += produce(&producer.config, &parts[2]);
     std::thread::sleep(Duration::from_millis(150 + 100 * n as u64));
@@ -249,6 +249,20 @@ fn round(brokers: &str, n: usize) {
         .matches("rejoining the consumer group")
         .count();
     println!("round {n}: the survivor rejoined its group {rejoins} times for orphaned partitions");
+    // Its answers say whose uncommitted rows they can hold: its own
+    // partitions', now every one.
+    let answer: serde_json::Value = serde_json::from_str(
+        &http_get(survivor_env.http_port, "/v1/trades?symbol=BTCUSDT&limit=1").unwrap(),
+    )
+    .unwrap();
+    let covered: Vec<&str> = answer["tail_partitions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tail_partitions in {answer}"))
+        .iter()
+        .filter_map(|p| p.as_str())
+        .filter(|p| p.starts_with(&topic))
+        .collect();
+    assert_eq!(covered.len(), 3, "{answer}");
     let status = survivor.terminate();
     assert!(status.success(), "survivor exit {status}");
     let left_out = std::fs::read_to_string(&survivor.log)

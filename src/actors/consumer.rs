@@ -49,6 +49,20 @@ impl Seen {
         }
     }
 
+    /// The partitions this daemon reads, as `topic/partition`, sorted;
+    /// `None` when it reads them all.
+    pub fn owned_list(&self) -> Option<Vec<String>> {
+        self.owned
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|o| {
+                let mut v: Vec<String> = o.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+                v.sort();
+                v
+            })
+    }
+
     /// The group's share of this daemon, from now on.
     pub fn set_owned(&self, owned: HashSet<(String, i32)>) {
         *self.owned.write().unwrap_or_else(|p| p.into_inner()) = Some(owned);
@@ -211,6 +225,10 @@ pub struct Routes {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ConsumerState {
     pub running: bool,
+    /// In a consumer group: the partitions this daemon reads now (as of the
+    /// last few seconds), `topic/partition`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<Vec<String>>,
     #[serde(flatten)]
     pub health: Health,
 }
@@ -481,7 +499,10 @@ impl Actor for ConsumerActor {
         let chunk_size = self.chunk;
         let group = self.group;
         if self.watch.is_some() {
+            self.state.partitions = self.consumer.context().seen.owned_list();
             ctx.run_interval(std::time::Duration::from_secs(5), |act, ctx| {
+                act.state.partitions = act.consumer.context().seen.owned_list();
+                act.published.publish(&act.state);
                 act.check_group(ctx);
             });
         }

@@ -159,7 +159,7 @@ pub async fn lake(
         tail_state,
         query,
         query_state,
-    } = tail_and_query(cfg, kafka, &trades, metrics, &lake_thread).await?;
+    } = tail_and_query(cfg, kafka, &trades, metrics, &lake_thread, &seen).await?;
     let bars_state = bars(cfg, catalog.clone(), &trades, &query).await?;
     let mut states: Vec<Arc<dyn StatusNode>> =
         vec![Arc::new(trades_state.clone()), Arc::new(dl_state.clone())];
@@ -303,12 +303,16 @@ async fn tail_and_query(
     trades: &Addr<WriterActor>,
     metrics: &Metrics,
     lake_thread: &ArbiterHandle,
+    seen: &Arc<crate::actors::consumer::Seen>,
 ) -> Result<QuerySide, DaemonError> {
     // Hybrid scans read the tail's published snapshots, not the actor.
     let tail_view = crate::query::tail::TailView::default();
     let mut engine = crate::query::session::engine(cfg, Some(tail_view.clone()))
         .await?
         .with_window_metric(metrics.query_recent_windows.clone());
+    if cfg.kafka.assignment == crate::config::Assignment::Group {
+        engine = engine.sharing(seen.clone());
+    }
     if cfg.api.sql_isolation {
         engine = engine.with_sql_workers(sql_workers(cfg, metrics).await?);
     }

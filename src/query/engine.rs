@@ -123,6 +123,9 @@ pub struct Engine {
     /// the lake's rows of the window, kept between pages (`engine::window`).
     windows: Mutex<window::WindowCache>,
     window_counts: window::WindowCounts,
+    /// In a consumer group (`kafka.assignment = group`): the partitions this
+    /// daemon reads, whose uncommitted rows are all its tail can add.
+    share: Option<Arc<crate::actors::consumer::Seen>>,
 }
 
 fn ts_lit(us: i64) -> Expr {
@@ -337,7 +340,28 @@ impl Engine {
             lake_newest: Mutex::new(HashMap::new()),
             windows: Mutex::default(),
             window_counts: window::WindowCounts::default(),
+            share: None,
         }
+    }
+
+    /// The same engine in a daemon that shares its topics' partitions with
+    /// other daemons of a consumer group: every hybrid answer says which
+    /// partitions its uncommitted rows can come from.
+    pub fn sharing(mut self, share: Arc<crate::actors::consumer::Seen>) -> Self {
+        self.share = Some(share);
+        self
+    }
+
+    /// `head` with `tail_partitions` when the daemon shares its partitions:
+    /// the committed lake is the whole table's, the tail only this
+    /// daemon's partitions'.
+    fn covering(&self, mut head: Value) -> Value {
+        if let (Some(share), Some(h)) = (&self.share, head.as_object_mut())
+            && h.contains_key("tail_rows_scanned")
+        {
+            h.insert("tail_partitions".into(), json!(share.owned_list()));
+        }
+        head
     }
 
     /// The same engine computing `/v1/ohlcv` from the raw trades only.
@@ -548,7 +572,11 @@ impl Engine {
             "count": rows_in(&batches),
             "next_cursor": next_cursor,
         });
-        answer(head, "trades", json_rows(&batches, &q.memory, q.cancel)?)
+        answer(
+            self.covering(head),
+            "trades",
+            json_rows(&batches, &q.memory, q.cancel)?,
+        )
     }
 
     async fn ohlcv(&self, r: OhlcvRequest, q: &Request<'_>) -> Result<Answer, QueryError> {
@@ -574,7 +602,11 @@ impl Engine {
             "interval": r.interval.as_str(),
             "count": rows_in(batches),
         });
-        answer(head, "bars", json_rows(batches, &q.memory, q.cancel)?)
+        answer(
+            self.covering(head),
+            "bars",
+            json_rows(batches, &q.memory, q.cancel)?,
+        )
     }
 
     async fn symbols(&self, q: &Request<'_>) -> Result<Answer, QueryError> {

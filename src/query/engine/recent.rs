@@ -318,7 +318,11 @@ impl Engine {
             "count": rows_in(&batches),
             "truncated": truncated,
         });
-        answer(head, "trades", json_rows(&batches, &q.memory, q.cancel)?)
+        answer(
+            self.covering(head),
+            "trades",
+            json_rows(&batches, &q.memory, q.cancel)?,
+        )
     }
 
     /// The page from the tail rows of `pin` and the lake's rows of the

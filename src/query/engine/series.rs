@@ -115,7 +115,11 @@ impl Engine {
             "exchanges": exchanges_in(batches)?,
             "count": rows_in(batches),
         });
-        answer(head, "bars", json_rows(batches, &q.memory, q.cancel)?)
+        answer(
+            self.covering(head),
+            "bars",
+            json_rows(batches, &q.memory, q.cancel)?,
+        )
     }
 }
 
