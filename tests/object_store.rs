@@ -355,6 +355,33 @@ fn a_replayed_capture_lands_in_an_s3_warehouse_exactly_once() {
         daemon.log_tail()
     );
 
+    // market.trades_live: DataFusion's own Parquet scan reads the bucket
+    // through the shared client (the fast path of lake::scan), not
+    // Iceberg's reader.
+    let cfg = Config::load(Some(&env.config)).unwrap();
+    let plan = rt.block_on(async {
+        let ctx = ticklake::query::session::session(&cfg).await.unwrap();
+        let batches = ctx
+            .sql("explain select symbol, price from market.trades_live where symbol = 'BTCUSDT'")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string()
+    });
+    assert!(
+        plan.contains("DataSourceExec") && plan.contains("file_type=parquet"),
+        "{plan}"
+    );
+    assert!(!plan.contains("IcebergTableScan"), "{plan}");
+    assert!(
+        plan.contains(&format!("{prefix}/market/trades/data/")),
+        "{plan}"
+    );
+
     // The standard AWS environment alone is enough: the same config less
     // its [lake.s3] keys.
     let text = std::fs::read_to_string(&env.config).unwrap();

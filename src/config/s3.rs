@@ -107,7 +107,7 @@ impl WarehouseUrl {
         match url.split_once("://") {
             None if url.trim().is_empty() => Err(bad("empty")),
             None => Ok(WarehouseUrl::Local(PathBuf::from(url))),
-            Some(("file", path)) if path.is_empty() => Err(bad("no path after file://")),
+            Some(("file", "")) => Err(bad("no path after file://")),
             Some(("file", path)) => Ok(WarehouseUrl::Local(PathBuf::from(path))),
             Some((scheme @ ("s3" | "s3a"), rest)) => {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
