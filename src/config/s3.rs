@@ -154,6 +154,33 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_warehouse_or_endpoint_names_its_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bad-lake.toml");
+        for (body, key, value) in [
+            (
+                "[lake]\nwarehouse = \"gs://b/x\"\n",
+                "lake.warehouse",
+                "gs://",
+            ),
+            (
+                "[lake.s3]\nendpoint = \"127.0.0.1 9000\"\n",
+                "lake.s3.endpoint",
+                "127.0.0.1 9000",
+            ),
+        ] {
+            std::fs::write(&f, body).unwrap();
+            let e = super::super::Config::load(Some(&f))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(key) && e.contains("bad-lake.toml") && e.contains(value),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn a_bad_endpoint_names_its_key() {
         let c = S3Config {
             endpoint: Some("not a url".into()),
