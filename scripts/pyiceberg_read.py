@@ -101,7 +101,22 @@ def main():
     ap.add_argument("--catalog-name", default="ticklake")
     ap.add_argument("--table", required=True, help="namespace.table, e.g. market.trades")
     ap.add_argument("--columns", help="comma-separated subset of columns")
+    ap.add_argument(
+        "--prop",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="catalog and FileIO property, repeatable; for an s3:// warehouse "
+        "s3.endpoint, s3.access-key-id, s3.secret-access-key, s3.region",
+    )
     args = ap.parse_args()
+    props = {}
+    for p in args.prop:
+        key, sep, value = p.partition("=")
+        if not sep or not key:
+            print(f"pyiceberg_read: --prop {p!r} is not KEY=VALUE", file=sys.stderr)
+            return 2
+        props[key] = value
 
     prefix = "sqlite:///"
     if args.catalog_uri.startswith(prefix):
@@ -117,6 +132,7 @@ def main():
         uri=args.catalog_uri,
         warehouse=args.warehouse,
         init_catalog_tables="false",
+        **props,
     )
     table = catalog.load_table(args.table)
     if args.columns:

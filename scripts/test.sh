@@ -7,6 +7,8 @@
 #   TICKLAKE_TEST_PYTHON     python with confluent-kafka (and its Avro and
 #                            schema-registry parts) and pyiceberg
 #   TICKLAKE_TEST_SCRIPTS    this scripts/ directory
+#   TICKLAKE_TEST_S3_ENDPOINT an S3-compatible server with bucket `ticklake`
+#                            (scripts/s3.sh); started here when unset
 # and fail when they are missing. If TICKLAKE_TEST_BROKERS is unset this
 # script sets all of that up itself (venv, Tansu install, a broker in a temp
 # dir that is stopped on exit), so on a fresh machine `scripts/test.sh` is
@@ -18,8 +20,13 @@ cd "$repo_root"
 export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
 
 tansu_dir=""
+s3_dir=""
 cleanup() {
     local rc=$?
+    if [[ -n "$s3_dir" ]]; then
+        scripts/s3.sh stop "$s3_dir" || true
+        rm -rf "$s3_dir"
+    fi
     if [[ -n "$tansu_dir" ]]; then
         scripts/tansu.sh stop "$tansu_dir" || true
         if [[ $rc -eq 0 ]]; then
@@ -51,8 +58,14 @@ if [[ -z "${TICKLAKE_TEST_PYTHON:-}" ]]; then
 fi
 export TICKLAKE_TEST_PYTHON
 export TICKLAKE_TEST_SCRIPTS="${TICKLAKE_TEST_SCRIPTS:-$repo_root/scripts}"
+if [[ -z "${TICKLAKE_TEST_S3_ENDPOINT:-}" ]]; then
+    s3_dir="$(mktemp -d "${TMPDIR:-/tmp}/ticklake-s3.XXXXXX")"
+    trap cleanup EXIT
+    TICKLAKE_TEST_S3_ENDPOINT="$(scripts/s3.sh start "$s3_dir")"
+    export TICKLAKE_TEST_S3_ENDPOINT
+fi
 
-echo "test.sh: brokers=$TICKLAKE_TEST_BROKERS tansu_dir=${TICKLAKE_TEST_TANSU_DIR:-} python=$TICKLAKE_TEST_PYTHON" >&2
+echo "test.sh: brokers=$TICKLAKE_TEST_BROKERS tansu_dir=${TICKLAKE_TEST_TANSU_DIR:-} s3=$TICKLAKE_TEST_S3_ENDPOINT python=$TICKLAKE_TEST_PYTHON" >&2
 
 python3 scripts/layout_check.py
 cargo fmt --all -- --check

@@ -11,10 +11,12 @@ use serde::{Deserialize, Serialize};
 
 mod dedup;
 mod feeds;
+mod s3;
 mod validate;
 
 pub use dedup::{DEFAULT_FALSE_POSITIVE_RATE, DedupConfig, DedupConfigError};
 pub use feeds::{FeedConfig, FeedsConfig, ProtocolKind};
+pub use s3::{S3Config, WarehouseUrl, WarehouseUrlError};
 
 /// A config problem, always naming the key and where it came from.
 #[derive(Debug, thiserror::Error)]
@@ -186,12 +188,15 @@ pub struct LakeConfig {
     /// SQL catalog URI. Empty means `sqlite:<data_dir>/catalog.db?mode=rwc`.
     pub catalog_uri: String,
     /// Warehouse location. Empty means `file://<data_dir>/warehouse`.
+    /// `s3://bucket/prefix` puts the lake in object storage (`[lake.s3]`).
     pub warehouse: String,
     /// Iceberg namespace of the tables.
     pub namespace: String,
     /// Keep minute bars (`market.ohlcv_1m`) as trades commit, and answer
     /// `/v1/ohlcv` from them (`lake::bars`).
     pub bars: bool,
+    /// The client of an `s3://` warehouse.
+    pub s3: S3Config,
 }
 
 impl Default for LakeConfig {
@@ -202,6 +207,7 @@ impl Default for LakeConfig {
             warehouse: String::new(),
             namespace: "market".into(),
             bars: true,
+            s3: S3Config::default(),
         }
     }
 }

@@ -251,6 +251,12 @@ impl Config {
         if let Err(e) = self.dedup.validate() {
             return Err(err(e.key(), e.to_string()));
         }
+        if let Err(e) = super::WarehouseUrl::parse(&self.warehouse()) {
+            return Err(err("lake.warehouse", e.to_string()));
+        }
+        if let Err((key, reason)) = self.lake.s3.validate() {
+            return Err(err(key, reason));
+        }
         // Nobody would read the in-process cluster: the producer's window
         // would fill and hold the feeds back for good.
         if !self.writer.enabled && self.kafka.is_embedded() {

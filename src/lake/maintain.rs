@@ -28,9 +28,11 @@
 //! replaces files, is what will free them. Expiry commits through the
 //! catalog like any writer: a conflict with a concurrent append fails this
 //! run (retried at the next), never the append.
+//!
+//! Files are listed and sized through `store`, so all of this works the
+//! same on a local warehouse and on an object store.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use iceberg::spec::ManifestFile;
@@ -39,8 +41,8 @@ use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableIdent};
 use serde::Serialize;
 
-use super::LakeError;
 use super::commit::current_offsets;
+use super::{LakeError, store};
 
 /// Metadata files younger than this are never deleted (see the module
 /// docs): far longer than any commit takes.
@@ -182,16 +184,14 @@ pub async fn expire(
     report.bytes_deleted += bytes;
 
     if let Some(current) = table.metadata_location() {
-        let mut keep: HashSet<PathBuf> = after
+        let mut keep: HashSet<String> = after
             .metadata_log()
             .iter()
-            .filter_map(|m| local_path(&m.metadata_file))
+            .map(|m| store::normalized(&m.metadata_file))
             .collect();
-        if let Some(p) = local_path(current) {
-            report.metadata_bytes = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-            keep.insert(p);
-        }
-        let stale = stale_metadata_files(after.location(), &keep, metadata_grace);
+        report.metadata_bytes = store::size(current).await.unwrap_or(0);
+        keep.insert(store::normalized(current));
+        let stale = stale_metadata_files(after.location(), &keep, metadata_grace).await;
         let (n, bytes) = delete_files(table.file_io(), &stale).await;
         report.metadata_files_deleted = n;
         report.bytes_deleted += bytes;
@@ -254,48 +254,34 @@ async fn unreachable(
     Ok((gone.into_keys().collect(), files.into_iter().collect()))
 }
 
-/// A `file://` location (or a plain path) as a local path; `None` for
-/// another scheme, whose files this module does not list.
-fn local_path(location: &str) -> Option<PathBuf> {
-    match location.split_once("://") {
-        Some(("file", rest)) => Some(PathBuf::from(rest)),
-        Some(_) => None,
-        None => Some(PathBuf::from(location)),
-    }
-}
-
-/// Metadata files under `table_location`/metadata that are not in `keep`
-/// and older than `grace`, as locations for the table's FileIO.
-fn stale_metadata_files(
+/// Metadata files under `table_location`/metadata, on whichever store
+/// holds the table (`store::list`), that are not in `keep` (normalized
+/// locations) and older than `grace`.
+async fn stale_metadata_files(
     table_location: &str,
-    keep: &HashSet<PathBuf>,
+    keep: &HashSet<String>,
     grace: Duration,
 ) -> Vec<String> {
-    let Some(dir) = local_path(table_location).map(|p| p.join("metadata")) else {
-        return Vec::new();
-    };
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Vec::new();
+    let dir = format!("{}/metadata", table_location.trim_end_matches('/'));
+    let listed = match store::list(&dir).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(dir = %dir, error = %e, "maintenance: could not list metadata files");
+            return Vec::new();
+        }
     };
     let now = SystemTime::now();
-    entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.ends_with(".metadata.json"))
-        })
-        .filter(|p| !keep.contains(p))
-        .filter(|p| older_than(p, now, grace))
-        .map(|p| format!("file://{}", p.display()))
+    listed
+        .into_iter()
+        .filter(|f| f.location.ends_with(".metadata.json"))
+        .filter(|f| !keep.contains(&store::normalized(&f.location)))
+        .filter(|f| older_than(f.modified, now, grace))
+        .map(|f| f.location)
         .collect()
 }
 
-fn older_than(p: &Path, now: SystemTime, age: Duration) -> bool {
-    std::fs::metadata(p)
-        .and_then(|m| m.modified())
-        .ok()
+fn older_than(modified: Option<SystemTime>, now: SystemTime, age: Duration) -> bool {
+    modified
         .and_then(|t| now.duration_since(t).ok())
         .is_some_and(|d| d >= age)
 }
@@ -306,9 +292,7 @@ async fn delete_files(io: &iceberg::io::FileIO, locations: &[String]) -> (usize,
     let mut n = 0;
     let mut bytes = 0;
     for loc in locations {
-        let size = local_path(loc)
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map_or(0, |m| m.len());
+        let size = store::size(loc).await.unwrap_or(0);
         match io.delete(loc).await {
             Ok(()) => {
                 n += 1;
@@ -322,6 +306,8 @@ async fn delete_files(io: &iceberg::io::FileIO, locations: &[String]) -> (usize,
 
 #[cfg(test)]
 mod tests {
+    use std::path::{Path, PathBuf};
+
     use std::collections::HashMap;
 
     use futures::TryStreamExt;
@@ -404,7 +390,7 @@ mod tests {
         // A metadata file no commit references (one a failed commit left
         // behind): young, it is kept; past the grace, it goes.
         let table = catalog.load_table(&ident).await.unwrap();
-        let current = local_path(table.metadata_location().unwrap()).unwrap();
+        let current = store::local_path(table.metadata_location().unwrap()).unwrap();
         let orphan = current.with_file_name("99999-orphan.metadata.json");
         std::fs::copy(&current, &orphan).unwrap();
         let metadata_before = metadata_files(&warehouse);

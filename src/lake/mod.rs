@@ -12,11 +12,11 @@ pub mod last_ids;
 pub mod maintain;
 pub mod scan;
 pub mod schema;
+pub mod store;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use iceberg::io::LocalFsStorageFactory;
 use iceberg::table::Table;
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
 use iceberg_catalog_sql::{
@@ -36,6 +36,8 @@ pub enum LakeError {
     Catalog(String),
     #[error("warehouse {0}: {1}")]
     Warehouse(String, std::io::Error),
+    #[error("object store: {0}")]
+    Store(#[from] store::StoreError),
     #[error("parquet: {0}")]
     Parquet(String),
     #[error("snapshot {snapshot_id}: bad offsets property: {reason}")]
@@ -53,14 +55,18 @@ impl LakeError {
             ),
             LakeError::Arrow(_) | LakeError::Parquet(_) | LakeError::Offsets { .. } => false,
             LakeError::Catalog(_) | LakeError::Warehouse(..) => true,
+            LakeError::Store(e) => e.is_retryable(),
         }
     }
 }
 
-/// Opens the SQL catalog (SQLite by default) over the configured warehouse.
+/// Opens the SQL catalog (SQLite by default) over the configured warehouse
+/// (a local directory or an object store: `store`).
 pub async fn open_catalog(cfg: &Config) -> Result<Arc<dyn Catalog>, LakeError> {
     let warehouse = cfg.warehouse();
-    if let Some(path) = warehouse.strip_prefix("file://") {
+    if let store::WarehouseUrl::Local(path) =
+        store::WarehouseUrl::parse(&warehouse).map_err(store::StoreError::from)?
+    {
         std::fs::create_dir_all(path).map_err(|e| LakeError::Warehouse(warehouse.clone(), e))?;
     }
     if cfg.lake.catalog_uri.is_empty() {
@@ -76,7 +82,7 @@ pub async fn open_catalog(cfg: &Config) -> Result<Arc<dyn Catalog>, LakeError> {
         SqlBindStyle::DollarNumeric
     };
     let catalog = SqlCatalogBuilder::default()
-        .with_storage_factory(Arc::new(LocalFsStorageFactory))
+        .with_storage_factory(store::storage_factory(cfg)?)
         .load(
             cfg.lake.catalog_name.clone(),
             HashMap::from([

@@ -8,7 +8,8 @@
 //!
 //! The fast path reads columns by name, so it is taken only where that is
 //! exact: a table whose schema never changed, data files in Parquet on the
-//! local file system, and no delete files. Anything else returns `None`, and
+//! local file system or in the object store of this process's warehouse
+//! (`store`), and no delete files. Anything else returns `None`, and
 //! the caller falls back to the Iceberg reader.
 
 use std::any::Any;
@@ -33,13 +34,24 @@ use iceberg_datafusion::IcebergStaticTableProvider;
 
 use super::files::{PlannedFile, Planner};
 
-/// The local path of a data file, or `None` for a path on another store.
-fn local_path(location: &str) -> Option<&str> {
-    match location.strip_prefix("file://") {
-        Some(p) => Some(p),
-        None if location.starts_with('/') => Some(location),
-        None => None,
+/// Where DataFusion finds a data file: the object store URL it is
+/// registered under and the key in it. Local files are under DataFusion's
+/// built-in local store; an object-store warehouse's files under the
+/// client this process built for it (`store::object_warehouse`, registered
+/// in the query session's runtime). `None` for any other location.
+fn file_location(location: &str) -> Option<(ObjectStoreUrl, String)> {
+    if let Some(p) = super::store::local_path(location) {
+        let p = p.to_str()?;
+        return p.starts_with('/').then(|| {
+            (
+                ObjectStoreUrl::local_filesystem(),
+                p.trim_start_matches('/').to_string(),
+            )
+        });
     }
+    let w = super::store::for_location(location)?;
+    let key = w.path(location).ok()?;
+    Some((ObjectStoreUrl::parse(w.root()).ok()?, key.to_string()))
 }
 
 /// An empty scan with the projected schema: no snapshot, or no file left
@@ -70,7 +82,7 @@ pub async fn local_files(
     let Some(planned) = planner.plan(table, snapshot_id, filters).await? else {
         return Ok(None);
     };
-    if planned.iter().any(|f| local_path(&f.path).is_none()) {
+    if planned.iter().any(|f| file_location(&f.path).is_none()) {
         return Ok(None);
     }
     Ok(Some(planned))
@@ -103,25 +115,40 @@ pub async fn files_plan(
     limit: Option<usize>,
 ) -> DFResult<Arc<dyn ExecutionPlan>> {
     let mut parts = Vec::with_capacity(files.len());
+    let mut store: Option<ObjectStoreUrl> = None;
     for f in files {
-        let Some(path) = local_path(&f.path) else {
+        let Some((url, key)) = file_location(&f.path) else {
             return Err(DataFusionError::Internal(format!(
-                "{} is not a local file",
+                "{} is on no store this process reads",
                 f.path
             )));
         };
-        parts.push(PartitionedFile::new(path.trim_start_matches('/'), f.size));
+        // One scan reads one store; a table's files are all in its
+        // warehouse.
+        match &store {
+            Some(s) if *s != url => {
+                return Err(DataFusionError::Internal(format!(
+                    "{} is on {}, the scan's other files on {}",
+                    f.path,
+                    url.as_str(),
+                    s.as_str()
+                )));
+            }
+            Some(_) => {}
+            None => store = Some(url),
+        }
+        parts.push(PartitionedFile::new(key, f.size));
     }
-    if parts.is_empty() {
+    let Some(store) = store else {
         return empty_plan(schema, projection);
-    }
+    };
     // The filters reach the Parquet source through DataFusion's own filter
     // pushdown (through the union above), so they are not set here too.
     let source = ParquetSource::new(schema.clone());
     // One group per target partition, as a listing table splits its files;
     // the physical optimizer may split large files further by byte range.
     let groups = FileGroup::new(parts).split_files(state.config().target_partitions());
-    let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+    let config = FileScanConfigBuilder::new(store, Arc::new(source))
         .with_file_groups(groups)
         .with_projection_indices(projection.cloned())?
         .with_limit(limit)
@@ -257,9 +284,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_local_paths_take_the_fast_path() {
-        assert_eq!(local_path("file:///w/a.parquet"), Some("/w/a.parquet"));
-        assert_eq!(local_path("/w/a.parquet"), Some("/w/a.parquet"));
-        assert_eq!(local_path("s3://bucket/a.parquet"), None);
+    fn local_paths_and_known_buckets_take_the_fast_path() {
+        let local = |l| file_location(l).map(|(u, k)| (u.as_str().to_string(), k));
+        assert_eq!(
+            local("file:///w/a.parquet"),
+            Some(("file:///".to_string(), "w/a.parquet".to_string()))
+        );
+        assert_eq!(
+            local("/w/a.parquet"),
+            Some(("file:///".to_string(), "w/a.parquet".to_string()))
+        );
+        // No client for this bucket in the process: Iceberg's reader.
+        assert_eq!(local("s3://no-such-bucket-here/a.parquet"), None);
     }
 }

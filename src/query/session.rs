@@ -89,6 +89,12 @@ async fn build(
     let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
         .with_memory_limit(cfg.api.max_memory_bytes, 1.0)
         .build_arc()?;
+    // An object-store warehouse's client, shared with the catalog's FileIO,
+    // is where DataFusion's own Parquet scans (`lake::scan`) read its files.
+    if let Some(w) = lake::store::object_warehouse(cfg).map_err(LakeError::from)? {
+        let url = datafusion::datasource::object_store::ObjectStoreUrl::parse(w.root())?;
+        runtime.register_object_store(url.as_ref(), w.store());
+    }
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     // Functions that build their result from an argument's value are
     // bounded before they allocate (an allocation that fails aborts).

@@ -1,0 +1,492 @@
+//! The lake in object storage: a warehouse `s3://bucket/prefix` on a real
+//! S3-compatible server (`scripts/s3.sh`, which CI starts and names in
+//! `TICKLAKE_TEST_S3_ENDPOINT`; the bucket is `ticklake` unless
+//! `TICKLAKE_TEST_S3_BUCKET` says otherwise).
+//!
+//! - iceberg's storage over `object_store` (`lake::store`): every call of
+//!   FileIO against the server.
+//! - Acceptance A, storage: a capture replayed through the daemon on the
+//!   real Tansu broker lands in an S3 warehouse with every trade exactly
+//!   once; the Parquet files are in the bucket under the prefix, nothing in
+//!   the data directory; the daemon's hybrid query, the CLI (with the
+//!   standard AWS environment alone as well), `ticklake maintain` and
+//!   pyiceberg's S3 FileIO all read the same rows.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures::TryStreamExt;
+use iceberg::io::{FileIO, FileIOBuilder};
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use serde_json::{Value, json};
+use ticklake::config::{Config, S3Config};
+use ticklake::lake::store::{self, ObjectStorageFactory};
+
+const ACCESS_KEY: &str = "ticklake-test";
+const SECRET_KEY: &str = "ticklake-test-secret";
+const REGION: &str = "us-east-1";
+
+/// The S3 server. Tests that need it fail loudly when it is missing.
+fn s3_endpoint() -> String {
+    std::env::var("TICKLAKE_TEST_S3_ENDPOINT").expect(
+        "TICKLAKE_TEST_S3_ENDPOINT is not set: run the suite with scripts/test.sh after \
+         `scripts/s3.sh start DIR` (as .ci/run does)",
+    )
+}
+
+fn bucket() -> String {
+    std::env::var("TICKLAKE_TEST_S3_BUCKET").unwrap_or_else(|_| "ticklake".into())
+}
+
+/// `[lake.s3]` for the test server.
+fn s3_config(endpoint: &str) -> S3Config {
+    S3Config {
+        endpoint: Some(endpoint.to_string()),
+        region: Some(REGION.into()),
+        access_key_id: Some(ACCESS_KEY.into()),
+        secret_access_key: Some(SECRET_KEY.into()),
+        allow_http: Some(true),
+        path_style: Some(true),
+        ..S3Config::default()
+    }
+}
+
+/// A client of the test bucket of its own, to look at what the daemon left
+/// there independently of `lake::store`.
+fn bucket_client(endpoint: &str) -> Arc<dyn ObjectStore> {
+    Arc::new(
+        AmazonS3Builder::new()
+            .with_bucket_name(bucket())
+            .with_endpoint(endpoint)
+            .with_region(REGION)
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(SECRET_KEY)
+            .with_allow_http(true)
+            .build()
+            .unwrap(),
+    )
+}
+
+async fn keys_under(client: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<String> {
+    let p = ObjectPath::from(prefix);
+    let metas: Vec<_> = client.list(Some(&p)).try_collect().await.unwrap();
+    metas.into_iter().map(|m| m.location.to_string()).collect()
+}
+
+/// A FileIO over the S3 warehouse `s3://<bucket>/<prefix>`, built as the
+/// catalog builds it (`store::storage_factory`).
+fn file_io(endpoint: &str, prefix: &str) -> (FileIO, String) {
+    let mut cfg = Config::default();
+    let root = format!("s3://{}/{prefix}", bucket());
+    cfg.lake.warehouse = root.clone();
+    cfg.lake.s3 = s3_config(endpoint);
+    let w = store::object_warehouse(&cfg)
+        .unwrap()
+        .expect("an object warehouse");
+    let io = FileIOBuilder::new(Arc::new(ObjectStorageFactory::new(w))).build();
+    (io, root)
+}
+
+#[tokio::test]
+async fn iceberg_file_io_works_against_a_real_s3_server() {
+    let endpoint = s3_endpoint();
+    let prefix = unique("fileio-");
+    let (io, root) = file_io(&endpoint, &prefix);
+    let client = bucket_client(&endpoint);
+
+    // write, exists, metadata, read
+    let a = format!("{root}/t/metadata/00000-a.metadata.json");
+    assert!(!io.exists(&a).await.unwrap());
+    io.new_output(&a)
+        .unwrap()
+        .write(Bytes::from_static(b"0123456789"))
+        .await
+        .unwrap();
+    assert!(io.exists(&a).await.unwrap());
+    let input = io.new_input(&a).unwrap();
+    assert_eq!(input.metadata().await.unwrap().size, 10);
+    assert_eq!(input.read().await.unwrap().as_ref(), b"0123456789");
+    // A range read asks the server for those bytes only.
+    let reader = input.reader().await.unwrap();
+    assert_eq!(reader.read(3..7).await.unwrap().as_ref(), b"3456");
+    assert_eq!(reader.read(9..10).await.unwrap().as_ref(), b"9");
+    // It is a real object in the bucket, under the prefix.
+    assert_eq!(
+        keys_under(&client, &prefix).await,
+        [format!("{prefix}/t/metadata/00000-a.metadata.json")]
+    );
+
+    // A streamed write bigger than one upload part (multipart), in pieces.
+    let b = format!("{root}/t/data/ts_day=2024-01-01/b.parquet");
+    let chunk: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let mut w = io.new_output(&b).unwrap().writer().await.unwrap();
+    for _ in 0..12 {
+        w.write(Bytes::from(chunk.clone())).await.unwrap();
+    }
+    // Nothing is visible before close: a reader never sees half a file.
+    assert!(!io.exists(&b).await.unwrap());
+    w.close().await.unwrap();
+    let input = io.new_input(&b).unwrap();
+    assert_eq!(input.metadata().await.unwrap().size, 12_000_000);
+    let tail = input
+        .reader()
+        .await
+        .unwrap()
+        .read(11_999_990..12_000_000)
+        .await
+        .unwrap();
+    assert_eq!(tail.as_ref(), &chunk[999_990..]);
+
+    // Missing files: an error to read, false to `exists`, fine to delete.
+    let missing = format!("{root}/t/metadata/missing.json");
+    assert!(io.new_input(&missing).unwrap().read().await.is_err());
+    assert!(io.new_input(&missing).unwrap().metadata().await.is_err());
+    io.delete(&missing).await.unwrap();
+    // A location outside the warehouse's bucket is refused, not guessed.
+    assert!(io.exists("s3://another-bucket/x").await.is_err());
+
+    // delete, delete_prefix (whole segments only), delete_stream
+    io.delete(&a).await.unwrap();
+    assert!(!io.exists(&a).await.unwrap());
+    for k in ["t/data/x/1", "t/data/x/2", "t/data/xy/3", "u/4", "u/5"] {
+        io.new_output(format!("{root}/{k}"))
+            .unwrap()
+            .write(Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+    }
+    io.delete_prefix(format!("{root}/t/data/x")).await.unwrap();
+    let mut left = keys_under(&client, &prefix).await;
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            format!("{prefix}/t/data/ts_day=2024-01-01/b.parquet"),
+            format!("{prefix}/t/data/xy/3"),
+            format!("{prefix}/u/4"),
+            format!("{prefix}/u/5"),
+        ]
+    );
+    io.delete_stream(futures::stream::iter(vec![
+        format!("{root}/u/4"),
+        format!("{root}/u/5"),
+        format!("{root}/u/never-written"),
+    ]))
+    .await
+    .unwrap();
+    io.delete_prefix(format!("{root}/t/")).await.unwrap();
+    assert_eq!(keys_under(&client, &prefix).await, Vec::<String>::new());
+
+    // The listing maintenance uses, with sizes.
+    io.new_output(format!("{root}/m/metadata/1.metadata.json"))
+        .unwrap()
+        .write(Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    let listed = store::list(&format!("{root}/m/metadata")).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0].location,
+        format!("{root}/m/metadata/1.metadata.json")
+    );
+    assert_eq!(listed[0].size, 2);
+    assert!(listed[0].modified.is_some());
+    assert_eq!(store::size(&listed[0].location).await, Some(2));
+}
+
+/// `ticklake query` on `config` with `env` added, as JSON rows.
+fn query_with_env(config: &std::path::Path, sql: &str, env: &[(&str, &str)]) -> Vec<Value> {
+    let mut cmd = Command::new(bin());
+    cmd.args(["query", "--format", "json", "--config"])
+        .arg(config)
+        .arg(sql)
+        .env("TICKLAKE_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "query failed: {sql}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_replayed_capture_lands_in_an_s3_warehouse_exactly_once() {
+    let brokers = tansu();
+    let endpoint = s3_endpoint();
+    let bucket = bucket();
+    let prefix = unique("lake-");
+    let warehouse = format!("s3://{bucket}/{prefix}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = bucket_client(&endpoint);
+
+    let caps = [
+        capture("BINANCE-ee25be.0.txt"),
+        capture("BINANCE_US.ws.1.0.txt"),
+    ];
+    let frames: Vec<String> = caps.iter().flat_map(|c| received_frames(c)).collect();
+    let truth = truth(&frames);
+    assert!(truth.len() > 1900, "captures hold {} trades", truth.len());
+    let expected = truth.len() as i64;
+
+    let (mut replay, url) = start_replay(&caps, &[]);
+    let env = Env::new(
+        &brokers,
+        Some(&url),
+        &format!(
+            "\n[lake]\nwarehouse = \"{warehouse}\"\n\n[lake.s3]\nendpoint = \"{endpoint}\"\n\
+             region = \"{REGION}\"\naccess_key_id = \"{ACCESS_KEY}\"\n\
+             secret_access_key = \"{SECRET_KEY}\"\nallow_http = true\npath_style = true\n\n\
+             [maintenance]\nsnapshot_retention = \"0s\"\n"
+        ),
+    );
+    env.set("feeds.binance", "streams", r#"["trade", "aggTrade"]"#);
+    env.set(
+        "feeds.binance",
+        "symbols",
+        r#"["btcusdt", "ethusdt", "dotusdt", "compusdt", "crvusdt", "omgbusd", "zrxusdt"]"#,
+    );
+    let mut daemon = env.start_daemon("daemon");
+
+    wait_until("all trades committed", Duration::from_secs(180), || {
+        env.count("select count(*) from market.trades") >= expected
+    });
+    replay.kill();
+    // give a late duplicate (a reconnect overlap) the time to show up
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Every trade once, every value equal to its frame (the CLI reads S3).
+    let rows =
+        env.query("select count(*) as n, count(distinct message_id) as d from market.trades");
+    println!(
+        "market.trades in {warehouse}: {} (truth {expected})",
+        rows[0]
+    );
+    assert_eq!(
+        rows[0]["n"].as_i64().unwrap(),
+        expected,
+        "log:\n{}",
+        daemon.log_tail()
+    );
+    assert_eq!(rows[0]["d"].as_i64().unwrap(), expected);
+    let stored = env.query(
+        "select symbol, trade_id, cast(price as varchar) as price, cast(quantity as varchar) as quantity, \
+         side, cast(\"timestamp\" as bigint) as ts from market.trades",
+    );
+    let mut by_key: BTreeMap<(String, String), &Value> = BTreeMap::new();
+    for r in &stored {
+        let key = (
+            r["symbol"].as_str().unwrap().to_string(),
+            r["trade_id"].as_str().unwrap().to_string(),
+        );
+        assert!(by_key.insert(key, r).is_none(), "duplicate row {r}");
+    }
+    for t in &truth {
+        let key = (t.symbol.clone(), format!("BINANCE-{}", t.id));
+        let r = by_key
+            .get(&key)
+            .unwrap_or_else(|| panic!("trade {key:?} missing"));
+        assert_eq!(r["price"].as_str().unwrap(), dec8(&t.price), "{key:?}");
+        assert_eq!(
+            r["quantity"].as_str().unwrap(),
+            dec8(&t.quantity),
+            "{key:?}"
+        );
+        assert_eq!(r["ts"].as_i64().unwrap(), t.time_ms * 1000, "{key:?}");
+    }
+
+    // The daemon's hybrid query (lake at a pinned snapshot plus its tail)
+    // through its API, over the same S3 client as its writers.
+    let sql = json!({"sql": "select count(*) as n, count(distinct message_id) as d from market.trades_live"});
+    let (status, body) = http(env.http_port, "POST", "/v1/sql", Some(&sql));
+    assert_eq!(status, 200, "{body}");
+    let live = &body["rows"][0];
+    println!("/v1/sql market.trades_live: {live}");
+    assert_eq!(live["n"].as_i64(), Some(expected), "{body}");
+    assert_eq!(live["d"].as_i64(), Some(expected), "{body}");
+
+    // The files are in the bucket under the prefix, and none on local disk.
+    let keys = rt.block_on(keys_under(&client, &prefix));
+    let parquet: Vec<&String> = keys
+        .iter()
+        .filter(|k| {
+            k.starts_with(&format!("{prefix}/market/trades/data/")) && k.ends_with(".parquet")
+        })
+        .collect();
+    let metadata = keys
+        .iter()
+        .filter(|k| k.starts_with(&format!("{prefix}/market/trades/metadata/")))
+        .count();
+    println!(
+        "bucket {bucket}: {} objects under {prefix}/, {} Parquet files of market.trades, {metadata} metadata files",
+        keys.len(),
+        parquet.len()
+    );
+    assert!(
+        !parquet.is_empty(),
+        "no Parquet files in the bucket: {keys:?}"
+    );
+    assert!(metadata > 0, "{keys:?}");
+    assert!(
+        !env.data_dir().join("warehouse").exists(),
+        "a local warehouse was made beside the S3 one"
+    );
+
+    let status = daemon.terminate();
+    assert!(
+        status.success(),
+        "daemon exit {status}; log:\n{}",
+        daemon.log_tail()
+    );
+
+    // market.trades_live: DataFusion's own Parquet scan reads the bucket
+    // through the shared client (the fast path of lake::scan), not
+    // Iceberg's reader.
+    let cfg = Config::load(Some(&env.config)).unwrap();
+    let plan = rt.block_on(async {
+        let ctx = ticklake::query::session::session(&cfg).await.unwrap();
+        let batches = ctx
+            .sql("explain select symbol, price from market.trades_live where symbol = 'BTCUSDT'")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string()
+    });
+    assert!(
+        plan.contains("DataSourceExec") && plan.contains("file_type=parquet"),
+        "{plan}"
+    );
+    assert!(!plan.contains("IcebergTableScan"), "{plan}");
+    assert!(
+        plan.contains(&format!("{prefix}/market/trades/data/")),
+        "{plan}"
+    );
+
+    // The standard AWS environment alone is enough: the same config less
+    // its [lake.s3] keys.
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let start = text.find("[lake.s3]").unwrap();
+    let end = text[start..].find("[maintenance]").unwrap() + start;
+    let env_only = env.dir.path().join("env-only.toml");
+    std::fs::write(&env_only, format!("{}{}", &text[..start], &text[end..])).unwrap();
+    let rows = query_with_env(
+        &env_only,
+        "select count(*) as n from market.trades",
+        &[
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+            ("AWS_REGION", REGION),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+            ("AWS_ALLOW_HTTP", "true"),
+        ],
+    );
+    assert_eq!(rows[0]["n"].as_i64(), Some(expected), "with AWS_* only");
+
+    // Maintenance on S3: expiry deletes the expired snapshots' manifest
+    // lists from the bucket; every trade still reads once.
+    let lists_before = rt
+        .block_on(keys_under(
+            &client,
+            &format!("{prefix}/market/trades/metadata"),
+        ))
+        .iter()
+        .filter(|k| k.rsplit('/').next().unwrap().starts_with("snap-"))
+        .count();
+    let out = Command::new(bin())
+        .args(["maintain", "--json", "--config"])
+        .arg(&env.config)
+        .env("TICKLAKE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(report["table"], "market.trades", "{report}");
+    let lists_after = rt
+        .block_on(keys_under(
+            &client,
+            &format!("{prefix}/market/trades/metadata"),
+        ))
+        .iter()
+        .filter(|k| k.rsplit('/').next().unwrap().starts_with("snap-"))
+        .count();
+    println!(
+        "ticklake maintain: {report}; manifest lists in the bucket {lists_before} -> {lists_after}"
+    );
+    let deleted = report["manifest_lists_deleted"].as_u64().unwrap() as usize;
+    assert!(report["metadata_bytes"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(lists_after, lists_before - deleted, "{report}");
+    assert!(
+        lists_before == 1 || deleted > 0,
+        "{lists_before} snapshots and none expired: {report}"
+    );
+    let rows =
+        env.query("select count(*) as n, count(distinct message_id) as d from market.trades");
+    assert_eq!(rows[0]["n"].as_i64(), Some(expected));
+    assert_eq!(rows[0]["d"].as_i64(), Some(expected));
+
+    // An independent reader with its own S3 client gets the same rows.
+    let endpoint_prop = format!("s3.endpoint={endpoint}");
+    let key_prop = format!("s3.access-key-id={ACCESS_KEY}");
+    let secret_prop = format!("s3.secret-access-key={SECRET_KEY}");
+    let region_prop = format!("s3.region={REGION}");
+    let py = env.pyiceberg(
+        "pyiceberg_read.py",
+        &[
+            "--warehouse",
+            &warehouse,
+            "--catalog-name",
+            "ticklake",
+            "--table",
+            "market.trades",
+            "--columns",
+            "message_id,symbol,price,quantity,side,timestamp",
+            "--prop",
+            &endpoint_prop,
+            "--prop",
+            &key_prop,
+            "--prop",
+            &secret_prop,
+            "--prop",
+            &region_prop,
+        ],
+    );
+    assert_eq!(py["rows"].as_i64().unwrap(), expected);
+    let ours = env.query(
+        "select message_id, symbol, cast(price as varchar) as price, cast(quantity as varchar) as quantity, \
+         side, cast(\"timestamp\" as bigint) as ts from market.trades order by message_id",
+    );
+    let theirs = py["data"].as_array().unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    for (a, b) in ours.iter().zip(theirs) {
+        for col in ["message_id", "symbol", "price", "quantity", "side"] {
+            assert_eq!(a[col].as_str(), b[col].as_str(), "{col}: {a} vs {b}");
+        }
+        assert_eq!(a["ts"].as_i64(), b["timestamp"].as_i64(), "{a} vs {b}");
+    }
+    println!("pyiceberg (S3 FileIO) read {} identical rows", theirs.len());
+}
