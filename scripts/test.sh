@@ -6,6 +6,8 @@
 #   TICKLAKE_TEST_TANSU_DIR  its workdir (for scripts/tansu.sh stop/start)
 #   TICKLAKE_TEST_PYTHON     python with confluent-kafka and pyiceberg
 #   TICKLAKE_TEST_SCRIPTS    this scripts/ directory
+#   TICKLAKE_TEST_POSTGRES_URI  a PostgreSQL database (scripts/postgres.sh);
+#                            started here in a temp dir when unset
 # and fail when they are missing. If TICKLAKE_TEST_BROKERS is unset this
 # script sets all of that up itself (venv, Tansu install, a broker in a temp
 # dir that is stopped on exit), so on a fresh machine `scripts/test.sh` is
@@ -17,8 +19,13 @@ cd "$repo_root"
 export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
 
 tansu_dir=""
+postgres_dir=""
 cleanup() {
     local rc=$?
+    if [[ -n "$postgres_dir" ]]; then
+        scripts/postgres.sh stop "$postgres_dir" || true
+        rm -rf "$postgres_dir"
+    fi
     if [[ -n "$tansu_dir" ]]; then
         scripts/tansu.sh stop "$tansu_dir" || true
         if [[ $rc -eq 0 ]]; then
@@ -50,6 +57,12 @@ if [[ -z "${TICKLAKE_TEST_PYTHON:-}" ]]; then
 fi
 export TICKLAKE_TEST_PYTHON
 export TICKLAKE_TEST_SCRIPTS="${TICKLAKE_TEST_SCRIPTS:-$repo_root/scripts}"
+if [[ -z "${TICKLAKE_TEST_POSTGRES_URI:-}" ]]; then
+    postgres_dir="$(mktemp -d "${TMPDIR:-/tmp}/ticklake-postgres.XXXXXX")"
+    trap cleanup EXIT
+    TICKLAKE_TEST_POSTGRES_URI="$(scripts/postgres.sh start "$postgres_dir")"
+    export TICKLAKE_TEST_POSTGRES_URI
+fi
 
 echo "test.sh: brokers=$TICKLAKE_TEST_BROKERS tansu_dir=${TICKLAKE_TEST_TANSU_DIR:-} python=$TICKLAKE_TEST_PYTHON" >&2
 
