@@ -9,6 +9,7 @@ pub mod compact;
 pub mod files;
 pub mod gaps;
 pub mod last_ids;
+pub mod lease;
 pub mod maintain;
 pub mod scan;
 pub mod schema;

@@ -1,7 +1,10 @@
 //! `ticklake maintain`: one maintenance run (`lake::maintain`) over both
 //! tables, by hand, while no daemon runs. A running daemon maintains its
 //! own tables every `maintenance.interval_secs`, and holds the data
-//! directory's lock, so this refuses then and says so.
+//! directory's lock, so this refuses then and says so. Daemons elsewhere
+//! sharing the catalog are kept out by the maintenance lease
+//! (`lake::lease`): this takes it like a daemon's run, and refuses while
+//! another holds it.
 
 use crate::config::Config;
 use crate::lake::maintain::MaintainReport;
@@ -15,6 +18,12 @@ pub enum MaintainError {
     Locked(#[from] crate::daemon::lock::LockError),
     #[error(transparent)]
     Lake(#[from] LakeError),
+    #[error(
+        "the maintenance lease is held by {owner} until {expires} (another daemon is maintaining these tables); try again later"
+    )]
+    Leased { owner: String, expires: String },
+    #[error("the maintenance lease: {0}")]
+    Lease(String),
     #[error("{table}: {source}")]
     Table {
         table: String,
@@ -41,8 +50,22 @@ pub async fn maintain(cfg: &Config) -> Result<Vec<MaintainReport>, MaintainError
     }
     lake::gaps::ensure_table(catalog.as_ref(), cfg).await?;
     let job = crate::actors::maintenance::Job::from_config(cfg, catalog).await?;
-    job.run()
-        .await
+    let run = job.run().await;
+    use crate::actors::maintenance::LeaseOutcome;
+    match run.lease {
+        LeaseOutcome::HeldElsewhere { lease } => {
+            return Err(MaintainError::Leased {
+                owner: lease.owner,
+                expires: chrono::DateTime::from_timestamp_millis(lease.expires_ms)
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_else(|| lease.expires_ms.to_string()),
+            });
+        }
+        LeaseOutcome::Failed { error } => return Err(MaintainError::Lease(error)),
+        LeaseOutcome::Lost { reason, .. } => return Err(MaintainError::Lease(reason)),
+        LeaseOutcome::None | LeaseOutcome::Taken { .. } => {}
+    }
+    run.results
         .into_iter()
         .zip(job.tables())
         .map(|(r, t)| {
