@@ -468,7 +468,8 @@ pub struct MaintenanceConfig {
     pub snapshot_retention: String,
     /// Whether runs also compact: the small files of each partition,
     /// rewritten sorted into files of `writer.target_file_size_bytes` in
-    /// one `replace` commit (`lake::compact`). SQLite catalogs only.
+    /// one `replace` commit (`lake::compact`). SQL catalogs only (SQLite,
+    /// PostgreSQL).
     pub compact: bool,
     /// Fewest small files of one partition worth a rewrite.
     pub compact_min_files: usize,

@@ -76,3 +76,41 @@ pub async fn maintain(cfg: &Config) -> Result<Vec<MaintainReport>, MaintainError
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lake::compact::CatalogDb;
+    use crate::lake::lease::{Acquired, LeaseHandle};
+
+    /// While another daemon holds the lease, `ticklake maintain` does
+    /// nothing and names the holder; once released it runs, and gives the
+    /// lease back.
+    #[tokio::test]
+    async fn maintain_refuses_while_another_daemon_holds_the_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::default().under(dir.path());
+        let catalog = lake::open_catalog(&cfg).await.unwrap();
+        lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
+            .await
+            .unwrap();
+        let db = CatalogDb::open(&cfg).await.unwrap().unwrap();
+        let ident = lake::table_ident(&cfg, TableKind::Trades);
+        let other = LeaseHandle {
+            catalog: catalog.as_ref(),
+            db: &db,
+            ident: &ident,
+            owner: "elsewhere/42/abcdef",
+            ttl: std::time::Duration::from_secs(3600),
+        };
+        assert!(matches!(other.acquire().await.unwrap(), Acquired::Taken(_)));
+        let e = maintain(&cfg).await.unwrap_err();
+        assert!(matches!(e, MaintainError::Leased { .. }), "{e}");
+        assert!(e.to_string().contains("elsewhere/42/abcdef"), "{e}");
+        assert!(other.release().await.unwrap());
+        let reports = maintain(&cfg).await.unwrap();
+        assert!(!reports.is_empty());
+        let table = catalog.load_table(&ident).await.unwrap();
+        assert_eq!(crate::lake::lease::holder(&table), None);
+    }
+}
