@@ -456,12 +456,21 @@ fn appends_from_several_clients_and_a_maintenance_run_lose_nothing() {
             other => panic!("the run did not hold the lease: {other:?}"),
         }
         let trades = run.results[0].as_ref().expect("the trades table's run");
-        let c = trades.compaction.as_ref().expect("a compaction report");
-        println!(
-            "compaction: {} files replaced, {} written, {} attempts; error {:?}",
-            c.files_replaced, c.files_written, c.attempts, trades.compaction_error
-        );
-        assert!(c.files_replaced >= 2, "{c:?}");
+        match (&trades.compaction, &trades.compaction_error) {
+            (Some(c), None) => {
+                println!(
+                    "compaction: {} files replaced, {} written, {} attempts",
+                    c.files_replaced, c.files_written, c.attempts
+                );
+                assert!(c.files_replaced >= 2, "{c:?}");
+            }
+            // Writers winning every swap of a run is a counted give-up
+            // for this round, never a lost append (checked below).
+            (_, Some(e)) if e.contains("gave up this run") => {
+                println!("compaction gave up this round: {e}")
+            }
+            other => panic!("compaction: {other:?}"),
+        }
         assert_eq!(rows(catalog.as_ref(), &ident).await, 6 + 4 * 5);
         let table = catalog.load_table(&ident).await.unwrap();
         assert_eq!(lease::holder(&table), None);
