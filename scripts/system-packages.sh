@@ -8,12 +8,14 @@
 # prometheus: promtool and the server, for the /metrics scrape test.
 # redis-server: the shared dedup (dedup.redis_url); its unit tests and
 # tests/hot_standby.rs start servers of their own on free ports.
+# postgresql: the server of the SQL catalog on PostgreSQL
+# (tests/postgres_catalog.rs), started by scripts/postgres.sh.
 #
 # Not root, or no apt-get: says what is missing and fails, so a test that
 # needs it never runs without it.
 set -euo pipefail
 
-packages=(libssl-dev pkg-config zlib1g-dev libsqlite3-dev prometheus redis-server)
+packages=(libssl-dev pkg-config zlib1g-dev libsqlite3-dev prometheus redis-server postgresql)
 missing=()
 for pkg in "${packages[@]}"; do
     if [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)" != "install ok installed" ]]; then

@@ -9,6 +9,8 @@
 #   TICKLAKE_TEST_SCRIPTS    this scripts/ directory
 #   TICKLAKE_TEST_S3_ENDPOINT an S3-compatible server with bucket `ticklake`
 #                            (scripts/s3.sh); started here when unset
+#   TICKLAKE_TEST_POSTGRES_URI  a PostgreSQL database (scripts/postgres.sh);
+#                            started here in a temp dir when unset
 # and fail when they are missing. If TICKLAKE_TEST_BROKERS is unset this
 # script sets all of that up itself (venv, Tansu install, a broker in a temp
 # dir that is stopped on exit), so on a fresh machine `scripts/test.sh` is
@@ -21,11 +23,16 @@ export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
 
 tansu_dir=""
 s3_dir=""
+postgres_dir=""
 cleanup() {
     local rc=$?
     if [[ -n "$s3_dir" ]]; then
         scripts/s3.sh stop "$s3_dir" || true
         rm -rf "$s3_dir"
+    fi
+    if [[ -n "$postgres_dir" ]]; then
+        scripts/postgres.sh stop "$postgres_dir" || true
+        rm -rf "$postgres_dir"
     fi
     if [[ -n "$tansu_dir" ]]; then
         scripts/tansu.sh stop "$tansu_dir" || true
@@ -64,8 +71,14 @@ if [[ -z "${TICKLAKE_TEST_S3_ENDPOINT:-}" ]]; then
     TICKLAKE_TEST_S3_ENDPOINT="$(scripts/s3.sh start "$s3_dir")"
     export TICKLAKE_TEST_S3_ENDPOINT
 fi
+if [[ -z "${TICKLAKE_TEST_POSTGRES_URI:-}" ]]; then
+    postgres_dir="$(mktemp -d "${TMPDIR:-/tmp}/ticklake-postgres.XXXXXX")"
+    trap cleanup EXIT
+    TICKLAKE_TEST_POSTGRES_URI="$(scripts/postgres.sh start "$postgres_dir")"
+    export TICKLAKE_TEST_POSTGRES_URI
+fi
 
-echo "test.sh: brokers=$TICKLAKE_TEST_BROKERS tansu_dir=${TICKLAKE_TEST_TANSU_DIR:-} s3=$TICKLAKE_TEST_S3_ENDPOINT python=$TICKLAKE_TEST_PYTHON" >&2
+echo "test.sh: brokers=$TICKLAKE_TEST_BROKERS tansu_dir=${TICKLAKE_TEST_TANSU_DIR:-} s3=$TICKLAKE_TEST_S3_ENDPOINT postgres=$TICKLAKE_TEST_POSTGRES_URI python=$TICKLAKE_TEST_PYTHON" >&2
 
 python3 scripts/layout_check.py
 cargo fmt --all -- --check

@@ -5,6 +5,11 @@
 //! arbiter; one run at a time.
 //! A failed run (a commit conflict with a writer, an IO error) is counted
 //! and logged, and the next run tries again: nothing waits on it.
+//!
+//! Daemons sharing a SQL catalog (PostgreSQL) maintain one at a time: a
+//! run first takes the lease in the catalog (`lake::lease`), renews it
+//! between tables, and releases it at the end. A run that finds the lease
+//! held by another daemon does nothing and says who holds it in `/status`.
 
 use std::time::Duration;
 
@@ -17,6 +22,7 @@ use std::sync::Arc;
 use crate::actors::observe::{Health, ObservableState, Published};
 use crate::config::Config;
 use crate::lake::compact::{self, CatalogDb, CompactPolicy};
+use crate::lake::lease::{Acquired, Lease, LeaseHandle};
 use crate::lake::maintain::{self, MaintainReport};
 use crate::lake::{self, LakeError, TableKind};
 use crate::messages::query::LakeChanged;
@@ -30,6 +36,7 @@ pub struct MaintenanceMetrics {
     bytes_deleted: IntCounterVec,
     compacted: IntCounterVec,
     compaction_failures: IntCounterVec,
+    lease: IntCounterVec,
     snapshots: IntGaugeVec,
     data_files: IntGaugeVec,
     metadata_bytes: IntGaugeVec,
@@ -78,6 +85,11 @@ impl MaintenanceMetrics {
                 "ticklake_compaction_failures_total",
                 "Compactions that failed (the next run tries again).",
                 &["table"],
+            )?,
+            lease: counter(
+                "ticklake_maintenance_lease_total",
+                "Maintenance runs by what became of the lease: taken (the run went ahead), held_elsewhere (another daemon's; the run did nothing), lost (expired and taken during the run, which stopped), failed (the catalog failed), none (a REST catalog: no lease).",
+                &["outcome"],
             )?,
             snapshots: gauge(
                 "ticklake_lake_snapshots",
@@ -175,8 +187,11 @@ pub struct MaintainedTable {
 #[derive(Clone)]
 pub struct Job {
     catalog: Arc<dyn Catalog>,
-    /// The catalog's pointer table, when compaction is on and possible.
+    /// The catalog's pointer table, when the catalog is a SQL one: the
+    /// lease, compaction and retention swap it.
     db: Option<Arc<CatalogDb>>,
+    /// The lease's table (`trades`), this daemon's owner id and the TTL.
+    lease: LeaseSpec,
     tables: Vec<MaintainedTable>,
     /// `market.ohlcv_1m`, whose coverage keeps trades snapshots from expiry.
     bars: Option<TableIdent>,
@@ -205,22 +220,69 @@ pub fn within_warehouse(location: &str, warehouse: &str) -> bool {
     loc == wh || loc.starts_with(&format!("{wh}/"))
 }
 
+/// Which lease a job takes, as whom.
+#[derive(Debug, Clone)]
+struct LeaseSpec {
+    ident: TableIdent,
+    owner: String,
+    ttl: Duration,
+}
+
+/// What became of the lease in one run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum LeaseOutcome {
+    /// A REST catalog: no lease; every daemon with maintenance on runs it.
+    None,
+    /// Ours for the run; `released` unless giving it back failed (it
+    /// then expires).
+    Taken { lease: Lease, released: bool },
+    /// Another daemon's: this run did nothing.
+    HeldElsewhere { lease: Lease },
+    /// It expired during the run and another daemon took it, or renewing
+    /// it failed: the run stopped after `tables_done` tables.
+    Lost { tables_done: usize, reason: String },
+    /// Taking it failed: this run did nothing.
+    Failed { error: String },
+}
+
+impl LeaseOutcome {
+    fn label(&self) -> &'static str {
+        match self {
+            LeaseOutcome::None => "none",
+            LeaseOutcome::Taken { .. } => "taken",
+            LeaseOutcome::HeldElsewhere { .. } => "held_elsewhere",
+            LeaseOutcome::Lost { .. } => "lost",
+            LeaseOutcome::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// One run: a result per table maintained (in `Job::tables` order, fewer
+/// when the lease was not ours), and the lease's outcome.
+#[derive(Debug)]
+pub struct Run {
+    pub results: Vec<Result<MaintainReport, LakeError>>,
+    pub lease: LeaseOutcome,
+}
+
 impl Job {
     /// Both tables of `cfg`, maintained by its `[maintenance]` keys.
     pub async fn from_config(cfg: &Config, catalog: Arc<dyn Catalog>) -> Result<Self, LakeError> {
-        let db = if cfg.maintenance.compact || cfg.maintenance.retention_days > 0 {
-            let db = CatalogDb::open(cfg).await?;
-            if db.is_none() {
-                tracing::warn!(
-                    uri = %cfg.catalog_uri(),
-                    "maintenance: compaction and partition retention swap the metadata pointer of SQLite catalogs only; this catalog gets neither"
-                );
-            }
-            db.map(Arc::new)
-        } else {
-            None
-        };
+        let db = CatalogDb::open(cfg).await?;
+        if db.is_none() && (cfg.maintenance.compact || cfg.maintenance.retention_days > 0) {
+            tracing::warn!(
+                uri = %cfg.lake.catalog_uri,
+                "maintenance: compaction, partition retention and the maintenance lease swap the metadata pointer of SQL catalogs only; with this catalog there are none of them, so run maintenance on one daemon only"
+            );
+        }
+        let db = db.map(Arc::new);
         Ok(Self {
+            lease: LeaseSpec {
+                ident: lake::table_ident(cfg, TableKind::Trades),
+                owner: crate::lake::lease::owner_id(&cfg.data_dir_abs()),
+                ttl: cfg.maintenance.lease_ttl(),
+            },
             warehouse: cfg.warehouse(),
             catalog,
             db,
@@ -276,12 +338,98 @@ impl Job {
         self.tables.iter().map(|t| &t.ident)
     }
 
-    /// One run: per table, compaction (when on), then expiry; one result
-    /// each, in order. A failed compaction is in its table's report, and
-    /// expiry still runs.
-    pub async fn run(&self) -> Vec<Result<MaintainReport, LakeError>> {
+    /// This job's owner id in the lease.
+    pub fn owner(&self) -> &str {
+        &self.lease.owner
+    }
+
+    /// One run under the lease: taken first (or the run does nothing),
+    /// renewed before each table after the first, released at the end.
+    pub async fn run(&self) -> Run {
+        let Some(db) = self.db.as_deref() else {
+            return Run {
+                results: self.run_tables(|_| async { Ok(()) }).await,
+                lease: LeaseOutcome::None,
+            };
+        };
+        let handle = LeaseHandle {
+            catalog: self.catalog.as_ref(),
+            db,
+            ident: &self.lease.ident,
+            owner: &self.lease.owner,
+            ttl: self.lease.ttl,
+        };
+        let lease = match handle.acquire().await {
+            Ok(Acquired::Taken(l)) => l,
+            Ok(Acquired::HeldBy(lease)) => {
+                return Run {
+                    results: Vec::new(),
+                    lease: LeaseOutcome::HeldElsewhere { lease },
+                };
+            }
+            Err(e) => {
+                return Run {
+                    results: Vec::new(),
+                    lease: LeaseOutcome::Failed {
+                        error: e.to_string(),
+                    },
+                };
+            }
+        };
+        let lost = std::sync::Mutex::new(None::<String>);
+        let results = self
+            .run_tables(|i| {
+                let (handle, lost) = (&handle, &lost);
+                async move {
+                    if i == 0 {
+                        return Ok(());
+                    }
+                    let reason = match handle.renew().await {
+                        Ok(true) => return Ok(()),
+                        Ok(false) => "it expired and another daemon took it".to_string(),
+                        Err(e) => format!("renewing it failed: {e}"),
+                    };
+                    if let Ok(mut l) = lost.lock() {
+                        *l = Some(reason);
+                    }
+                    Err(())
+                }
+            })
+            .await;
+        let lost = lost.into_inner().ok().flatten();
+        let lease = match lost {
+            Some(reason) => LeaseOutcome::Lost {
+                tables_done: results.len(),
+                reason,
+            },
+            None => {
+                let released = match handle.release().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "maintenance: releasing the lease failed; it expires by itself");
+                        false
+                    }
+                };
+                LeaseOutcome::Taken { lease, released }
+            }
+        };
+        Run { results, lease }
+    }
+
+    /// Per table, compaction (when on), then expiry; one result each, in
+    /// order. A failed compaction is in its table's report, and expiry
+    /// still runs. `before(i)` runs before table `i`; an `Err` stops the
+    /// run there (the lease is no longer ours).
+    async fn run_tables<F, Fut>(&self, before: F) -> Vec<Result<MaintainReport, LakeError>>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: std::future::Future<Output = Result<(), ()>>,
+    {
         let mut out = Vec::with_capacity(self.tables.len());
-        for t in &self.tables {
+        for (i, t) in self.tables.iter().enumerate() {
+            if before(i).await.is_err() {
+                break;
+            }
             if let Ok(table) = self.catalog.load_table(&t.ident).await
                 && !within_warehouse(table.metadata().location(), &self.warehouse)
             {
@@ -348,6 +496,13 @@ pub struct MaintenanceState {
     pub last_run: Option<String>,
     /// The last run's report per table.
     pub tables: Vec<MaintainReport>,
+    /// This daemon's owner id in the maintenance lease.
+    pub lease_owner: String,
+    /// The lease at the last run: ours (taken, then released), another
+    /// daemon's (with its owner and expiry), lost, or none (REST).
+    pub lease: Option<LeaseOutcome>,
+    /// Runs that did nothing because another daemon held the lease.
+    pub runs_held_elsewhere: u64,
     #[serde(flatten)]
     pub health: Health,
 }
@@ -383,6 +538,7 @@ impl MaintenanceActor {
         metrics: MaintenanceMetrics,
     ) -> Self {
         let state = MaintenanceState {
+            lease_owner: job.owner().to_string(),
             interval_secs: cfg.interval_secs,
             snapshot_retention: cfg.snapshot_retention.clone(),
             ..MaintenanceState::default()
@@ -417,19 +573,50 @@ impl MaintenanceActor {
         let job = crate::lake::background::handle().spawn(async move { work.run().await });
         ctx.spawn(
             async move {
-                job.await.unwrap_or_else(|e| {
-                    vec![Err(LakeError::Catalog(format!("maintenance task: {e}")))]
+                job.await.unwrap_or_else(|e| Run {
+                    results: vec![Err(LakeError::Catalog(format!("maintenance task: {e}")))],
+                    lease: LeaseOutcome::Failed {
+                        error: e.to_string(),
+                    },
                 })
             }
             .into_actor(self)
-            .map(|results, a, _| a.finished(results)),
+            .map(|run, a, _| a.finished(run)),
         );
     }
 
-    fn finished(&mut self, results: Vec<Result<MaintainReport, LakeError>>) {
+    fn finished(&mut self, run: Run) {
+        let Run { results, lease } = run;
         self.state.running = false;
         self.state.runs += 1;
         self.state.last_run = Some(chrono::Utc::now().to_rfc3339());
+        self.metrics.lease.with_label_values(&[lease.label()]).inc();
+        match &lease {
+            LeaseOutcome::HeldElsewhere { lease } => {
+                self.state.runs_held_elsewhere += 1;
+                tracing::info!(
+                    holder = %lease.owner,
+                    expires_ms = lease.expires_ms,
+                    "maintenance: another daemon holds the lease; this run does nothing"
+                );
+            }
+            LeaseOutcome::Lost {
+                tables_done,
+                reason,
+            } => {
+                tracing::warn!(tables_done, reason = %reason, "maintenance: lost the lease; run stopped");
+                self.state.health.last_error = Some(format!("maintenance lease lost: {reason}"));
+            }
+            LeaseOutcome::Failed { error } => {
+                tracing::warn!(error = %error, "maintenance: taking the lease failed; the next run tries again");
+                self.state.failures += 1;
+                self.state.health.last_error = Some(format!("maintenance lease: {error}"));
+            }
+            LeaseOutcome::None | LeaseOutcome::Taken { .. } => {}
+        }
+        self.state.lease = Some(lease);
+        // A run that did nothing leaves the last reports shown.
+        let ran = !results.is_empty();
         let mut reports = Vec::new();
         for (i, r) in results.into_iter().enumerate() {
             match r {
@@ -503,7 +690,9 @@ impl MaintenanceActor {
                 }
             }
         }
-        self.state.tables = reports;
+        if ran {
+            self.state.tables = reports;
+        }
         self.published.publish(&self.state);
     }
 }

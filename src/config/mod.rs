@@ -9,6 +9,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub mod catalog;
 mod dedup;
 mod feeds;
 mod s3;
@@ -183,10 +184,20 @@ impl KafkaConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LakeConfig {
+    /// Catalog kind: `sql` (SQLite or PostgreSQL, by `catalog_uri`) or
+    /// `rest` (an Iceberg REST catalog server at `catalog_uri`).
+    pub catalog: CatalogKind,
     /// Catalog name recorded in the SQL catalog's tables (readers use it too).
     pub catalog_name: String,
-    /// SQL catalog URI. Empty means `sqlite:<data_dir>/catalog.db?mode=rwc`.
+    /// Catalog URI. `sql`: `sqlite:…` or `postgres://…`; empty means
+    /// `sqlite:<data_dir>/catalog.db?mode=rwc`. `rest`: the server's base
+    /// URL, required.
     pub catalog_uri: String,
+    /// Further properties handed to the catalog as they are. `sql`: only
+    /// `pool.max-connections`, `pool.idle-timeout` (seconds) and
+    /// `pool.test-before-acquire`. `rest`: e.g. `credential`, `token`,
+    /// `oauth2-server-uri`, `scope`, `prefix`.
+    pub catalog_properties: BTreeMap<String, String>,
     /// Warehouse location. Empty means `file://<data_dir>/warehouse`.
     /// `s3://bucket/prefix` puts the lake in object storage (`[lake.s3]`).
     pub warehouse: String,
@@ -202,14 +213,26 @@ pub struct LakeConfig {
 impl Default for LakeConfig {
     fn default() -> Self {
         Self {
+            catalog: CatalogKind::Sql,
             catalog_name: "ticklake".into(),
             catalog_uri: String::new(),
+            catalog_properties: BTreeMap::new(),
             warehouse: String::new(),
             namespace: "market".into(),
             bars: true,
             s3: S3Config::default(),
         }
     }
+}
+
+/// `lake.catalog`: which Iceberg catalog client the daemon uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatalogKind {
+    /// iceberg-catalog-sql: SQLite or PostgreSQL (Iceberg's JDBC catalog).
+    Sql,
+    /// iceberg-catalog-rest: a server speaking Iceberg's REST protocol.
+    Rest,
 }
 
 /// `[writer]`: when buffered rows become an Iceberg commit.
@@ -484,7 +507,8 @@ pub struct MaintenanceConfig {
     pub snapshot_retention: String,
     /// Whether runs also compact: the small files of each partition,
     /// rewritten sorted into files of `writer.target_file_size_bytes` in
-    /// one `replace` commit (`lake::compact`). SQLite catalogs only.
+    /// one `replace` commit (`lake::compact`). SQL catalogs only (SQLite,
+    /// PostgreSQL).
     pub compact: bool,
     /// Fewest small files of one partition worth a rewrite.
     pub compact_min_files: usize,
@@ -495,6 +519,11 @@ pub struct MaintenanceConfig {
     /// tables (a `delete` commit; the files go when the snapshots that
     /// read them expire). 0 keeps everything.
     pub retention_days: u32,
+    /// How long a run's lease lasts unless renewed (`5m`): daemons sharing
+    /// a SQL catalog maintain one at a time (`lake::lease`), and a daemon
+    /// that died holding the lease blocks the others this long at most.
+    /// Renewed between tables, so it must outlast one table's compaction.
+    pub lease_ttl: String,
 }
 
 impl Default for MaintenanceConfig {
@@ -507,11 +536,17 @@ impl Default for MaintenanceConfig {
             compact_min_files: 8,
             compact_min_age: "10m".into(),
             retention_days: 0,
+            lease_ttl: "10m".into(),
         }
     }
 }
 
 impl MaintenanceConfig {
+    /// `lease_ttl` as a duration; `validate` has checked it.
+    pub fn lease_ttl(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.lease_ttl).unwrap_or(std::time::Duration::from_secs(600))
+    }
+
     /// `snapshot_retention` as a duration; `validate` has checked it.
     pub fn retention(&self) -> std::time::Duration {
         humantime::parse_duration(&self.snapshot_retention)
@@ -764,6 +799,67 @@ mod tests {
 
     /// A file that names feeds runs exactly those, each with its
     /// protocol's defaults; the protocol comes from the name when left out.
+    #[test]
+    fn the_catalog_kind_and_its_uri_are_checked() {
+        jailed(|| {
+            let cfg = Config::load(None).unwrap();
+            assert_eq!(cfg.lake.catalog, CatalogKind::Sql);
+            let f = write(
+                "[lake]\ncatalog = \"rest\"\ncatalog_uri = \"https://cat.example:8181/api\"\n\
+                 catalog_properties = { credential = \"id:secret\", scope = \"PRINCIPAL_ROLE:ALL\" }\n",
+            );
+            let cfg = Config::load(Some(f.path())).unwrap();
+            assert_eq!(cfg.lake.catalog, CatalogKind::Rest);
+            assert_eq!(cfg.lake.catalog_properties["credential"], "id:secret");
+            let f = write(
+                "[lake]\ncatalog_uri = \"postgres://u:pw@db:5432/lake\"\n\
+                 catalog_properties = { \"pool.max-connections\" = \"4\" }\n",
+            );
+            Config::load(Some(f.path())).unwrap();
+            for (body, key, says) in [
+                ("catalog = \"hive\"", "lake.catalog", "hive"),
+                ("catalog = \"rest\"", "lake.catalog_uri", "http(s)"),
+                (
+                    "catalog = \"rest\"\ncatalog_uri = \"ftp://x\"",
+                    "lake.catalog_uri",
+                    "not http or https",
+                ),
+                (
+                    "catalog_uri = \"mysql://u:secret@db/lake\"",
+                    "lake.catalog_uri",
+                    "neither sqlite",
+                ),
+                (
+                    "catalog_properties = { \"pool.max-connections\" = \"many\" }",
+                    "lake.catalog_properties.pool.max-connections",
+                    "not a valid value",
+                ),
+                (
+                    "catalog_properties = { token = \"t\" }",
+                    "lake.catalog_properties.token",
+                    "only pool.",
+                ),
+                (
+                    "catalog = \"rest\"\ncatalog_uri = \"http://x\"\ncatalog_properties = { uri = \"http://y\" }",
+                    "lake.catalog_properties.uri",
+                    "lake.catalog_uri instead",
+                ),
+            ] {
+                let f = write(&format!("[lake]\n{body}\n"));
+                let e = Config::load(Some(f.path())).unwrap_err().to_string();
+                assert!(e.contains(key) && e.contains(says), "{body}: {e}");
+                assert!(e.contains(&f.path().display().to_string()), "{e}");
+                assert!(!e.contains("secret"), "a password in an error: {e}");
+            }
+            let f = write("[maintenance]\nlease_ttl = \"soon\"\n");
+            let e = Config::load(Some(f.path())).unwrap_err().to_string();
+            assert!(e.contains("maintenance.lease_ttl"), "{e}");
+            let f = write("[maintenance]\nlease_ttl = \"0s\"\n");
+            let e = Config::load(Some(f.path())).unwrap_err().to_string();
+            assert!(e.contains("maintenance.lease_ttl"), "{e}");
+        });
+    }
+
     #[test]
     fn feeds_are_named_tables_with_their_protocols_defaults() {
         jailed(|| {

@@ -13,6 +13,84 @@ use super::{Config, ConfigError, source_of};
 const MAX_DURATION_MS: u64 = 366 * 24 * 3600 * 1000;
 
 impl Config {
+    /// `lake.catalog*`: a URI the chosen catalog can open, and only the
+    /// SQL catalog's properties it parses (it panics on a bad number).
+    fn validate_catalog(
+        &self,
+        err: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        use super::CatalogKind;
+        let lake = &self.lake;
+        match lake.catalog {
+            CatalogKind::Sql => {
+                let uri = self.catalog_uri();
+                if super::catalog::sql_backend(&uri).is_none() {
+                    return Err(err(
+                        "lake.catalog_uri",
+                        format!(
+                            "{:?} is neither sqlite:… nor postgres://… (lake.catalog = \"sql\")",
+                            super::catalog::redact(&uri)
+                        ),
+                    ));
+                }
+                for (k, v) in &lake.catalog_properties {
+                    let ok = match k.as_str() {
+                        "pool.max-connections" => v.parse::<u32>().is_ok_and(|n| n > 0),
+                        "pool.idle-timeout" => v.parse::<u64>().is_ok(),
+                        "pool.test-before-acquire" => v.parse::<bool>().is_ok(),
+                        _ => {
+                            return Err(err(
+                                &format!("lake.catalog_properties.{k}"),
+                                "the SQL catalog knows only pool.max-connections, \
+                                 pool.idle-timeout and pool.test-before-acquire"
+                                    .into(),
+                            ));
+                        }
+                    };
+                    if !ok {
+                        return Err(err(
+                            &format!("lake.catalog_properties.{k}"),
+                            format!("{v:?} is not a valid value"),
+                        ));
+                    }
+                }
+            }
+            CatalogKind::Rest => match url::Url::parse(&lake.catalog_uri) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {
+                    for (k, instead) in
+                        [("uri", "lake.catalog_uri"), ("warehouse", "lake.warehouse")]
+                    {
+                        if lake.catalog_properties.contains_key(k) {
+                            return Err(err(
+                                &format!("lake.catalog_properties.{k}"),
+                                format!("set {instead} instead"),
+                            ));
+                        }
+                    }
+                }
+                Ok(u) => {
+                    return Err(err(
+                        "lake.catalog_uri",
+                        format!(
+                            "scheme {:?} is not http or https (lake.catalog = \"rest\")",
+                            u.scheme()
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    return Err(err(
+                        "lake.catalog_uri",
+                        format!(
+                            "{:?}: {e}; lake.catalog = \"rest\" needs the server's http(s) URL",
+                            lake.catalog_uri
+                        ),
+                    ));
+                }
+            },
+        }
+        Ok(())
+    }
+
     /// Every feed: a ws URL, symbols and channels its protocol knows, sane
     /// timers (none beyond a year), and no two enabled feeds storing the same exchange name
     /// (they would share a topic and a dedup window).
@@ -231,6 +309,7 @@ impl Config {
                 return Err(err(k, "must not be empty".into()));
             }
         }
+        self.validate_catalog(&err)?;
         let lose = &self.chaos.lose;
         for (k, v) in [
             ("chaos.lose.partition", i64::from(lose.partition)),
@@ -367,6 +446,26 @@ impl Config {
                     self.maintenance.compact_min_age
                 ),
             ));
+        }
+        match humantime::parse_duration(&self.maintenance.lease_ttl) {
+            Ok(d)
+                if d >= std::time::Duration::from_secs(1)
+                    && d.as_millis() <= MAX_DURATION_MS.into() => {}
+            Ok(_) => {
+                return Err(err(
+                    "maintenance.lease_ttl",
+                    "must be between 1s and 366 days".into(),
+                ));
+            }
+            Err(e) => {
+                return Err(err(
+                    "maintenance.lease_ttl",
+                    format!(
+                        "{:?} is not a duration like 10m or 1h: {e}",
+                        self.maintenance.lease_ttl
+                    ),
+                ));
+            }
         }
         if self.maintenance.compact_min_files < 2 {
             return Err(err(

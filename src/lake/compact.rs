@@ -97,21 +97,64 @@ pub struct CompactReport {
 
 /// The SQL catalog's table of metadata pointers, for the compare-and-set.
 pub struct CatalogDb {
-    pool: sqlx::SqlitePool,
+    pool: DbPool,
     catalog_name: String,
 }
 
+/// The SQL catalog's database: typed pools rather than sqlx's `Any`, whose
+/// placeholders differ per database anyway.
+enum DbPool {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+/// The pointer swap of `update_table` in iceberg-catalog-sql 0.10, per
+/// placeholder style.
+const SWAP_SQLITE: &str = "UPDATE iceberg_tables
+     SET metadata_location = ?, previous_metadata_location = ?
+     WHERE catalog_name = ?
+       AND table_name = ?
+       AND table_namespace = ?
+       AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL)
+       AND metadata_location = ?";
+const SWAP_POSTGRES: &str = "UPDATE iceberg_tables
+     SET metadata_location = $1, previous_metadata_location = $2
+     WHERE catalog_name = $3
+       AND table_name = $4
+       AND table_namespace = $5
+       AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL)
+       AND metadata_location = $6";
+
+/// Connections of the swap's own pool on PostgreSQL: it runs one statement
+/// at a time, and every daemon of a group holds its pools open.
+const POSTGRES_SWAP_CONNECTIONS: u32 = 2;
+
 impl CatalogDb {
-    /// The catalog database of `cfg`, if it is SQLite (the default); a
-    /// PostgreSQL catalog is not swapped by this module.
+    /// The catalog database of `cfg` when it is a SQL catalog (SQLite, the
+    /// default, or PostgreSQL); `None` for a REST catalog, whose commits
+    /// only its server makes.
     pub async fn open(cfg: &crate::config::Config) -> Result<Option<Self>, LakeError> {
-        let uri = cfg.catalog_uri();
-        if !uri.starts_with("sqlite:") {
+        if cfg.lake.catalog != crate::config::CatalogKind::Sql {
             return Ok(None);
         }
-        let pool = sqlx::SqlitePool::connect(&uri)
-            .await
-            .map_err(|e| LakeError::Catalog(format!("opening {uri}: {e}")))?;
+        let uri = cfg.catalog_uri();
+        let pool = match super::sql_backend(&uri) {
+            Some(super::SqlBackend::Sqlite) => DbPool::Sqlite(
+                sqlx::SqlitePool::connect(&uri)
+                    .await
+                    .map_err(|e| LakeError::Catalog(format!("opening {uri}: {e}")))?,
+            ),
+            Some(super::SqlBackend::Postgres) => DbPool::Postgres(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(POSTGRES_SWAP_CONNECTIONS)
+                    .connect(&uri)
+                    .await
+                    .map_err(|e| {
+                        LakeError::Catalog(format!("opening {}: {e}", super::redact(&uri)))
+                    })?,
+            ),
+            None => return Ok(None),
+        };
         Ok(Some(Self {
             pool,
             catalog_name: cfg.lake.catalog_name.clone(),
@@ -121,26 +164,39 @@ impl CatalogDb {
     /// Points `ident` at `new` if it still points at `old`; `false` if
     /// another commit moved it first. The statement is the SQL catalog's
     /// own (`update_table` in iceberg-catalog-sql 0.10).
-    async fn swap(&self, ident: &TableIdent, old: &str, new: &str) -> Result<bool, LakeError> {
-        let done = sqlx::query(
-            "UPDATE iceberg_tables
-             SET metadata_location = ?, previous_metadata_location = ?
-             WHERE catalog_name = ?
-               AND table_name = ?
-               AND table_namespace = ?
-               AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL)
-               AND metadata_location = ?",
-        )
-        .bind(new)
-        .bind(old)
-        .bind(&self.catalog_name)
-        .bind(ident.name())
-        .bind(ident.namespace().join("."))
-        .bind(old)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| LakeError::Catalog(format!("swapping {ident}'s metadata: {e}")))?;
-        Ok(done.rows_affected() == 1)
+    pub(crate) async fn swap(
+        &self,
+        ident: &TableIdent,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, LakeError> {
+        let namespace = ident.namespace().join(".");
+        let fail = |e: sqlx::Error| LakeError::Catalog(format!("swapping {ident}'s metadata: {e}"));
+        let rows = match &self.pool {
+            DbPool::Sqlite(pool) => sqlx::query(SWAP_SQLITE)
+                .bind(new)
+                .bind(old)
+                .bind(&self.catalog_name)
+                .bind(ident.name())
+                .bind(&namespace)
+                .bind(old)
+                .execute(pool)
+                .await
+                .map_err(fail)?
+                .rows_affected(),
+            DbPool::Postgres(pool) => sqlx::query(SWAP_POSTGRES)
+                .bind(new)
+                .bind(old)
+                .bind(&self.catalog_name)
+                .bind(ident.name())
+                .bind(&namespace)
+                .bind(old)
+                .execute(pool)
+                .await
+                .map_err(fail)?
+                .rows_affected(),
+        };
+        Ok(rows == 1)
     }
 }
 

@@ -9,6 +9,7 @@ pub mod compact;
 pub mod files;
 pub mod gaps;
 pub mod last_ids;
+pub mod lease;
 pub mod maintain;
 pub mod scan;
 pub mod schema;
@@ -24,7 +25,8 @@ use iceberg_catalog_sql::{
     SqlCatalogBuilder,
 };
 
-use crate::config::Config;
+pub use crate::config::catalog::{SqlBackend, redact, sql_backend};
+use crate::config::{CatalogKind, Config};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
@@ -60,14 +62,18 @@ impl LakeError {
     }
 }
 
-/// Opens the SQL catalog (SQLite by default) over the configured warehouse
-/// (a local directory or an object store: `store`).
+/// Opens the configured catalog (`lake.catalog`) over the configured
+/// warehouse (a local directory or an object store: `store`): the SQL
+/// catalog (SQLite by default, or PostgreSQL), or a REST catalog client.
 pub async fn open_catalog(cfg: &Config) -> Result<Arc<dyn Catalog>, LakeError> {
     let warehouse = cfg.warehouse();
     if let store::WarehouseUrl::Local(path) =
         store::WarehouseUrl::parse(&warehouse).map_err(store::StoreError::from)?
     {
         std::fs::create_dir_all(path).map_err(|e| LakeError::Warehouse(warehouse.clone(), e))?;
+    }
+    if cfg.lake.catalog == CatalogKind::Rest {
+        return open_rest_catalog(cfg).await;
     }
     if cfg.lake.catalog_uri.is_empty() {
         let dir = cfg.data_dir_abs();
@@ -76,22 +82,94 @@ pub async fn open_catalog(cfg: &Config) -> Result<Arc<dyn Catalog>, LakeError> {
     }
     let uri = cfg.catalog_uri();
     // SQLite wants `?` placeholders; PostgreSQL the default `$1` style.
-    let bind = if uri.starts_with("sqlite:") {
-        SqlBindStyle::QMark
-    } else {
-        SqlBindStyle::DollarNumeric
+    let bind = match sql_backend(&uri) {
+        Some(SqlBackend::Sqlite) => SqlBindStyle::QMark,
+        Some(SqlBackend::Postgres) => SqlBindStyle::DollarNumeric,
+        None => {
+            return Err(LakeError::Catalog(format!(
+                "lake.catalog_uri {:?} is neither sqlite:… nor postgres://…",
+                redact(&uri)
+            )));
+        }
     };
-    let catalog = SqlCatalogBuilder::default()
+    // Validation let through only the pool keys the catalog parses.
+    let mut props: HashMap<String, String> = cfg
+        .lake
+        .catalog_properties
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    props.insert(SQL_CATALOG_PROP_URI.to_string(), uri.clone());
+    props.insert(SQL_CATALOG_PROP_WAREHOUSE.to_string(), warehouse);
+    props.insert(SQL_CATALOG_PROP_BIND_STYLE.to_string(), bind.to_string());
+    // Opening creates the catalog's two tables if missing. On PostgreSQL,
+    // `CREATE TABLE IF NOT EXISTS` run by two daemons starting at once can
+    // still fail one of them (a unique violation in pg_type); the second
+    // try finds the tables there.
+    let attempts = if bind == SqlBindStyle::DollarNumeric {
+        3
+    } else {
+        1
+    };
+    let factory = store::storage_factory(cfg)?;
+    let mut attempt = 1;
+    loop {
+        let loaded = SqlCatalogBuilder::default()
+            .with_storage_factory(factory.clone())
+            .load(cfg.lake.catalog_name.clone(), props.clone())
+            .await;
+        match loaded {
+            Ok(catalog) => return Ok(Arc::new(catalog)),
+            Err(e) if attempt < attempts => {
+                tracing::warn!(attempt, error = %e, "opening the SQL catalog failed; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(LakeError::Catalog(format!(
+                    "opening the SQL catalog {}: {e}",
+                    redact(&uri)
+                )));
+            }
+        }
+    }
+}
+
+/// The REST catalog client: `lake.catalog_uri` is the server, and
+/// `lake.warehouse`, when set, the warehouse asked of it (a REST server
+/// may name warehouses rather than locations); `lake.catalog_properties`
+/// carry credentials and the like. Nothing is asked of the server here:
+/// the client fetches its config on first use.
+async fn open_rest_catalog(cfg: &Config) -> Result<Arc<dyn Catalog>, LakeError> {
+    use iceberg_catalog_rest::{
+        REST_CATALOG_PROP_URI, REST_CATALOG_PROP_WAREHOUSE, RestCatalogBuilder,
+    };
+    let mut props: HashMap<String, String> = cfg
+        .lake
+        .catalog_properties
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    props.insert(
+        REST_CATALOG_PROP_URI.to_string(),
+        cfg.lake.catalog_uri.clone(),
+    );
+    if !cfg.lake.warehouse.is_empty() {
+        props.insert(
+            REST_CATALOG_PROP_WAREHOUSE.to_string(),
+            cfg.lake.warehouse.clone(),
+        );
+    }
+    let catalog = RestCatalogBuilder::default()
         .with_storage_factory(store::storage_factory(cfg)?)
-        .load(
-            cfg.lake.catalog_name.clone(),
-            HashMap::from([
-                (SQL_CATALOG_PROP_URI.to_string(), uri),
-                (SQL_CATALOG_PROP_WAREHOUSE.to_string(), warehouse),
-                (SQL_CATALOG_PROP_BIND_STYLE.to_string(), bind.to_string()),
-            ]),
-        )
-        .await?;
+        .load(cfg.lake.catalog_name.clone(), props)
+        .await
+        .map_err(|e| {
+            LakeError::Catalog(format!(
+                "opening the REST catalog {}: {e}",
+                cfg.lake.catalog_uri
+            ))
+        })?;
     Ok(Arc::new(catalog))
 }
 
@@ -255,5 +333,61 @@ pub async fn ensure(
                 Err(e.into())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod catalog_tests {
+    use super::*;
+
+    #[test]
+    fn sql_uris_are_told_apart_and_passwords_hidden() {
+        assert_eq!(
+            sql_backend("sqlite:/x/c.db?mode=rwc"),
+            Some(SqlBackend::Sqlite)
+        );
+        assert_eq!(
+            sql_backend("postgres://u@h:5/db"),
+            Some(SqlBackend::Postgres)
+        );
+        assert_eq!(
+            sql_backend("postgresql://u@h/db"),
+            Some(SqlBackend::Postgres)
+        );
+        assert_eq!(sql_backend("mysql://u@h/db"), None);
+        let r = redact("postgres://u:hunter2@h:5432/db");
+        assert!(
+            !r.contains("hunter2") && r.contains("u:***@h:5432/db"),
+            "{r}"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    /// The REST client is built without asking the server (it fetches its
+    /// config on first use); a server that is not there is an error on the
+    /// first call, naming the failure, never a panic.
+    #[tokio::test]
+    async fn a_rest_catalog_without_a_server_fails_on_first_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default().under(dir.path());
+        cfg.lake.catalog = CatalogKind::Rest;
+        // A port nobody listens on: bound, then closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        cfg.lake.catalog_uri = format!("http://127.0.0.1:{port}");
+        cfg.lake
+            .catalog_properties
+            .insert("token".into(), "t0ken".into());
+        let catalog = open_catalog(&cfg).await.unwrap();
+        let e = catalog
+            .list_namespaces(None)
+            .await
+            .expect_err("no server there");
+        assert!(!e.to_string().is_empty());
+        // No pointer table behind a REST catalog: no compaction, no lease.
+        assert!(compact::CatalogDb::open(&cfg).await.unwrap().is_none());
     }
 }

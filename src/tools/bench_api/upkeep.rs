@@ -75,6 +75,7 @@ pub(super) async fn maintain_lake(
     let reports = job
         .run()
         .await
+        .results
         .into_iter()
         .collect::<Result<Vec<_>, _>>()
         .map_err(err)?;
