@@ -18,6 +18,21 @@ use common::*;
 /// A daemon of the group: feeds off (records come from `ticklake produce`),
 /// partitions from the group, the catalog and warehouse shared.
 fn member(brokers: &str, run: &str, shared: &Path) -> Env {
+    member_with(
+        brokers,
+        run,
+        &format!(
+            "catalog_uri = \"sqlite:{}/catalog.db?mode=rwc\"",
+            shared.display()
+        ),
+        shared,
+        "enabled = false",
+    )
+}
+
+/// A member with `catalog` (the `[lake]` lines naming it) and `maintenance`
+/// (the `[maintenance]` section's lines).
+fn member_with(brokers: &str, run: &str, catalog: &str, shared: &Path, maintenance: &str) -> Env {
     let env = Env::new(brokers, None, "");
     let body = format!(
         r#"data_dir = "{data}"
@@ -44,11 +59,11 @@ max_rows = 200
 max_age_ms = 300
 
 [lake]
-catalog_uri = "sqlite:{shared}/catalog.db?mode=rwc"
+{catalog}
 warehouse = "file://{shared}/warehouse"
 
 [maintenance]
-enabled = false
+{maintenance}
 
 [http]
 listen = "127.0.0.1:{port}"
@@ -64,6 +79,7 @@ listen = "127.0.0.1:{port}"
 /// The recorded capture cut into `n` captures of consecutive frames.
 fn parts(capture: &Path, n: usize, dir: &Path) -> Vec<PathBuf> {
     let text = std::fs::read_to_string(capture).unwrap();
+    // Every frame a line of its own: a part never cuts one.
     let lines: Vec<&str> = text.lines().collect();
     let per = lines.len().div_ceil(n);
     lines
@@ -282,5 +298,128 @@ fn two_daemons_in_one_group_write_each_trade_once_through_a_kill() {
         .unwrap_or(2);
     for n in 0..rounds {
         round(&brokers, n);
+    }
+}
+
+/// The spans a daemon's log says it maintained in, as (start, end) in
+/// unix ms, and how many runs found the lease held elsewhere or lost it.
+fn maintenance_spans(log: &Path) -> (Vec<(i64, i64)>, usize, usize) {
+    let text = std::fs::read_to_string(log).unwrap();
+    let at = |line: &str| -> i64 {
+        line.split("at_ms=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let mut spans = Vec::new();
+    let mut open = None;
+    let (mut elsewhere, mut lost) = (0, 0);
+    for line in text.lines() {
+        if line.contains("maintenance: lease taken; run starts") {
+            assert!(
+                open.is_none(),
+                "two starts without an end in {}",
+                log.display()
+            );
+            open = Some(at(line));
+        } else if line.contains("maintenance: run ends") {
+            spans.push((open.take().expect("an end without a start"), at(line)));
+        } else if line.contains("another daemon holds the lease") {
+            elsewhere += 1;
+        } else if line.contains("maintenance: lost the lease") {
+            lost += 1;
+        }
+    }
+    (spans, elsewhere, lost)
+}
+
+/// Two daemons of one group write one table on a PostgreSQL catalog with
+/// maintenance on (compaction every few seconds) while records keep
+/// arriving: maintenance runs on one daemon at a time (the lease in the
+/// catalog), no run loses its lease, compaction happens, and no append is
+/// lost: the table holds every trade once. `TICKLAKE_TEST_MAINTENANCE_SECS`
+/// sets how long records arrive (default 40; the long form is 600).
+#[test]
+fn two_daemons_in_one_group_maintain_one_at_a_time() {
+    let brokers = tansu();
+    let pg = postgres_uri();
+    let secs: u64 = std::env::var("TICKLAKE_TEST_MAINTENANCE_SECS")
+        .ok()
+        .map(|v| {
+            v.parse()
+                .expect("TICKLAKE_TEST_MAINTENANCE_SECS is a number")
+        })
+        .unwrap_or(40);
+    let run = unique("gm");
+    let shared = tempfile::tempdir().unwrap();
+    let catalog = format!("catalog_uri = \"{pg}\"\ncatalog_name = \"{run}\"");
+    let maintenance = "interval_secs = 2\ncompact_min_age = \"0s\"\ncompact_min_files = 2\nsnapshot_retention = \"5s\"";
+    let producer = member_with(&brokers, &run, &catalog, shared.path(), "enabled = false");
+    let a = member_with(&brokers, &run, &catalog, shared.path(), maintenance);
+    let b = member_with(&brokers, &run, &catalog, shared.path(), maintenance);
+    let source = capture("BINANCE-ee25be.0.txt");
+    let truth = truth(&received_frames(&source));
+    let expected = truth.len() as i64;
+    // One part every 5 s for the whole run.
+    let n = usize::try_from(secs / 5).unwrap().max(4);
+    let parts = parts(&source, n, shared.path());
+
+    let mut produced = produce(&producer.config, &parts[0]);
+    for m in [&a, &b] {
+        std::fs::create_dir_all(m.data_dir()).unwrap();
+        std::fs::copy(
+            producer.data_dir().join("schemas.json"),
+            m.data_dir().join("schemas.json"),
+        )
+        .unwrap();
+    }
+    let mut da = a.start_daemon("a");
+    let mut db = b.start_daemon("b");
+    for part in &parts[1..] {
+        std::thread::sleep(Duration::from_secs(5));
+        produced += produce(&producer.config, part);
+    }
+    assert_eq!(produced, expected);
+    wait_until("every trade committed", Duration::from_secs(180), || {
+        a.count("select count(*) from market.trades") >= expected
+    });
+    // Maintenance keeps running past the last append for a few rounds.
+    std::thread::sleep(Duration::from_secs(6));
+    for d in [&mut da, &mut db] {
+        let status = d.terminate();
+        assert!(status.success(), "exit {status}; log:\n{}", d.log_tail());
+    }
+    let rows = a.query("select count(*) as n, count(distinct message_id) as d from market.trades");
+    assert_eq!(rows[0]["n"].as_i64(), Some(expected), "{}", rows[0]);
+    assert_eq!(rows[0]["d"].as_i64(), Some(expected), "{}", rows[0]);
+
+    let (sa, ea, la) = maintenance_spans(&da.log);
+    let (sb, eb, lb) = maintenance_spans(&db.log);
+    let compactions = [&da.log, &db.log]
+        .iter()
+        .map(|l| {
+            std::fs::read_to_string(l)
+                .unwrap()
+                .matches("maintenance: small files compacted")
+                .count()
+        })
+        .sum::<usize>();
+    println!(
+        "{secs} s: daemon a ran maintenance {} times (found it held elsewhere {ea}), b {} times ({eb}); {compactions} compactions; {expected} trades once",
+        sa.len(),
+        sb.len()
+    );
+    assert_eq!((la, lb), (0, 0), "no run lost its lease");
+    assert!(sa.len() + sb.len() >= 3, "maintenance ran: {sa:?} {sb:?}");
+    assert!(compactions > 0, "compaction ran");
+    for x in &sa {
+        for y in &sb {
+            assert!(
+                x.1 <= y.0 || y.1 <= x.0,
+                "maintenance of a {x:?} and of b {y:?} overlap"
+            );
+        }
     }
 }

@@ -5,9 +5,9 @@
 //!
 //! - iceberg's storage over `object_store` (`lake::store`): every call of
 //!   FileIO against the server.
-//! - Acceptance A, storage: a capture replayed through the daemon on the
-//!   real Tansu broker lands in an S3 warehouse with every trade exactly
-//!   once; the Parquet files are in the bucket under the prefix, nothing in
+//! - Acceptance A: a capture replayed through the daemon on the real Tansu
+//!   broker, with its catalog on a real PostgreSQL (`TICKLAKE_TEST_POSTGRES_URI`),
+//!   lands in an S3 warehouse with every trade exactly once; the Parquet files are in the bucket under the prefix, nothing in
 //!   the data directory; the daemon's hybrid query, the CLI (with the
 //!   standard AWS environment alone as well), `ticklake maintain` and
 //!   pyiceberg's S3 FileIO all read the same rows.
@@ -227,8 +227,10 @@ fn query_with_env(config: &std::path::Path, sql: &str, env: &[(&str, &str)]) -> 
 }
 
 #[test]
-fn a_replayed_capture_lands_in_an_s3_warehouse_exactly_once() {
+fn a_replayed_capture_lands_in_an_s3_warehouse_on_a_postgres_catalog_exactly_once() {
     let brokers = tansu();
+    let pg = postgres_uri();
+    let catalog_name = unique("s3pg");
     let endpoint = s3_endpoint();
     let bucket = bucket();
     let prefix = unique("lake-");
@@ -250,7 +252,8 @@ fn a_replayed_capture_lands_in_an_s3_warehouse_exactly_once() {
         &brokers,
         Some(&url),
         &format!(
-            "\n[lake]\nwarehouse = \"{warehouse}\"\n\n[lake.s3]\nendpoint = \"{endpoint}\"\n\
+            "\n[lake]\nwarehouse = \"{warehouse}\"\ncatalog_uri = \"{pg}\"\n\
+             catalog_name = \"{catalog_name}\"\n\n[lake.s3]\nendpoint = \"{endpoint}\"\n\
              region = \"{REGION}\"\naccess_key_id = \"{ACCESS_KEY}\"\n\
              secret_access_key = \"{SECRET_KEY}\"\nallow_http = true\npath_style = true\n\n\
              [maintenance]\nsnapshot_retention = \"0s\"\n"
@@ -459,8 +462,10 @@ fn a_replayed_capture_lands_in_an_s3_warehouse_exactly_once() {
         &[
             "--warehouse",
             &warehouse,
+            "--catalog-uri",
+            &sqlalchemy_uri(&pg),
             "--catalog-name",
-            "ticklake",
+            &catalog_name,
             "--table",
             "market.trades",
             "--columns",

@@ -26,23 +26,6 @@ use ticklake::lake::compact::CatalogDb;
 use ticklake::lake::lease::{self, Acquired, LeaseHandle};
 use ticklake::lake::{self, TableKind};
 
-/// The test database. Tests that need it fail loudly when it is missing;
-/// `scripts/test.sh` and `.ci/run` start one (`scripts/postgres.sh`).
-fn postgres_uri() -> String {
-    std::env::var("TICKLAKE_TEST_POSTGRES_URI").expect(
-        "TICKLAKE_TEST_POSTGRES_URI is not set: run the suite with scripts/test.sh, which starts PostgreSQL (scripts/postgres.sh)",
-    )
-}
-
-/// The same database as SQLAlchemy (pyiceberg's SqlCatalog) names it.
-fn sqlalchemy_uri(uri: &str) -> String {
-    let rest = uri
-        .strip_prefix("postgres://")
-        .or_else(|| uri.strip_prefix("postgresql://"))
-        .expect("a postgres:// URI");
-    format!("postgresql+psycopg2://{rest}")
-}
-
 /// The first value under `key` anywhere in `v`.
 fn find_key<'a>(v: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
     match v {

@@ -360,7 +360,13 @@ impl Job {
             ttl: self.lease.ttl,
         };
         let lease = match handle.acquire().await {
-            Ok(Acquired::Taken(l)) => l,
+            Ok(Acquired::Taken(l)) => {
+                // With its end below, the span this daemon maintained in:
+                // daemons sharing a table can be seen never to overlap.
+                tracing::info!(owner = %self.lease.owner, at_ms = crate::model::now_us() / 1000,
+                    "maintenance: lease taken; run starts");
+                l
+            }
             Ok(Acquired::HeldBy(lease)) => {
                 return Run {
                     results: Vec::new(),
@@ -397,6 +403,10 @@ impl Job {
             })
             .await;
         let lost = lost.into_inner().ok().flatten();
+        // Logged before the lease is given back, so that no other daemon's
+        // "lease taken" can come before it.
+        tracing::info!(owner = %self.lease.owner, at_ms = crate::model::now_us() / 1000,
+            "maintenance: run ends");
         let lease = match lost {
             Some(reason) => LeaseOutcome::Lost {
                 tables_done: results.len(),

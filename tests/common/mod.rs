@@ -537,3 +537,20 @@ pub fn collect_text_frames(url: &str) -> Vec<String> {
         got
     })
 }
+
+/// The test database. Tests that need it fail loudly when it is missing;
+/// `scripts/test.sh` and `.ci/run` start one (`scripts/postgres.sh`).
+pub fn postgres_uri() -> String {
+    std::env::var("TICKLAKE_TEST_POSTGRES_URI").expect(
+        "TICKLAKE_TEST_POSTGRES_URI is not set: run the suite with scripts/test.sh, which starts PostgreSQL (scripts/postgres.sh)",
+    )
+}
+
+/// The same database as SQLAlchemy (pyiceberg's SqlCatalog) names it.
+pub fn sqlalchemy_uri(uri: &str) -> String {
+    let rest = uri
+        .strip_prefix("postgres://")
+        .or_else(|| uri.strip_prefix("postgresql://"))
+        .expect("a postgres:// URI");
+    format!("postgresql+psycopg2://{rest}")
+}
