@@ -45,8 +45,7 @@ pub struct Metrics {
     pub writer_buffered_rows: IntGaugeVec,
     /// Wall time of an Iceberg flush (Parquet write and commit), by table.
     pub writer_commit_seconds: HistogramVec,
-    /// Time from a trade's arrival at the feed to its row being queryable
-    /// (held by the tail), by exchange.
+    /// Time from a trade's arrival at the feed to its row in the tail.
     pub queryable_lag_seconds: HistogramVec,
     /// SQL worker processes lost, by cause (`query::isolate`).
     pub query_workers_lost: IntCounterVec,
@@ -69,8 +68,6 @@ pub struct Metrics {
     pub actor_errors: IntCounterVec,
     pub actor_panics: IntCounterVec,
     pub writer_duplicates: IntCounterVec,
-    /// Rows a writer left out of a commit because another owner of their
-    /// partition (a daemon of the same consumer group) committed them.
     pub writer_rows_committed_elsewhere: IntCounterVec,
     /// Committed ids the writer forgot for room while still inside
     /// `writer.dedup_window_secs`.

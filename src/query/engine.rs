@@ -45,6 +45,7 @@ use crate::model::now_us;
 mod bars;
 mod recent;
 mod series;
+mod share;
 mod window;
 
 /// The wall clock in UTC microseconds; tests fix it.
@@ -344,26 +345,6 @@ impl Engine {
         }
     }
 
-    /// The same engine in a daemon that shares its topics' partitions with
-    /// other daemons of a consumer group: every hybrid answer says which
-    /// partitions its uncommitted rows can come from.
-    pub fn sharing(mut self, share: Arc<crate::actors::consumer::Seen>) -> Self {
-        self.share = Some(share);
-        self
-    }
-
-    /// `head` with `tail_partitions` when the daemon shares its partitions:
-    /// the committed lake is the whole table's, the tail only this
-    /// daemon's partitions'.
-    fn covering(&self, mut head: Value) -> Value {
-        if let (Some(share), Some(h)) = (&self.share, head.as_object_mut())
-            && h.contains_key("tail_rows_scanned")
-        {
-            h.insert("tail_partitions".into(), json!(share.owned_list()));
-        }
-        head
-    }
-
     /// The same engine computing `/v1/ohlcv` from the raw trades only.
     pub fn without_bars(mut self) -> Self {
         self.bars.enabled = false;
@@ -572,11 +553,7 @@ impl Engine {
             "count": rows_in(&batches),
             "next_cursor": next_cursor,
         });
-        answer(
-            self.covering(head),
-            "trades",
-            json_rows(&batches, &q.memory, q.cancel)?,
-        )
+        self.answer_shared(head, "trades", json_rows(&batches, &q.memory, q.cancel)?)
     }
 
     async fn ohlcv(&self, r: OhlcvRequest, q: &Request<'_>) -> Result<Answer, QueryError> {
@@ -602,11 +579,7 @@ impl Engine {
             "interval": r.interval.as_str(),
             "count": rows_in(batches),
         });
-        answer(
-            self.covering(head),
-            "bars",
-            json_rows(batches, &q.memory, q.cancel)?,
-        )
+        self.answer_shared(head, "bars", json_rows(batches, &q.memory, q.cancel)?)
     }
 
     async fn symbols(&self, q: &Request<'_>) -> Result<Answer, QueryError> {

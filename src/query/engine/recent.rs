@@ -318,11 +318,7 @@ impl Engine {
             "count": rows_in(&batches),
             "truncated": truncated,
         });
-        answer(
-            self.covering(head),
-            "trades",
-            json_rows(&batches, &q.memory, q.cancel)?,
-        )
+        self.answer_shared(head, "trades", json_rows(&batches, &q.memory, q.cancel)?)
     }
 
     /// The page from the tail rows of `pin` and the lake's rows of the

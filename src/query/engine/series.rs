@@ -115,11 +115,7 @@ impl Engine {
             "exchanges": exchanges_in(batches)?,
             "count": rows_in(batches),
         });
-        answer(
-            self.covering(head),
-            "bars",
-            json_rows(batches, &q.memory, q.cancel)?,
-        )
+        self.answer_shared(head, "bars", json_rows(batches, &q.memory, q.cancel)?)
     }
 }
 
