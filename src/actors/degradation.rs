@@ -88,7 +88,7 @@ pub struct DegradationSupervisor {
     watchdog: Duration,
     acks: Arc<AckLedger>,
     /// The partitions this daemon reads (a consumer group shares them).
-    owned: Arc<crate::actors::consumer::Seen>,
+    owned: Arc<crate::lake::share::Seen>,
     /// Writers' summed positions and when they last moved.
     progress: (i64, Instant),
     blocked_ns: Vec<u64>,
@@ -114,7 +114,7 @@ pub struct SupervisorInputs {
     /// while a busy broker is slow to answer for its watermarks.
     pub acks: Arc<AckLedger>,
     /// Which partitions are this daemon's to read.
-    pub owned: Arc<crate::actors::consumer::Seen>,
+    pub owned: Arc<crate::lake::share::Seen>,
 }
 
 impl DegradationSupervisor {

@@ -44,7 +44,7 @@ pub struct LakeStage {
     pub trades_start: KafkaOffsets,
     pub dl_start: KafkaOffsets,
     /// Where the consumer starts a partition its group gives it.
-    pub seen: Arc<crate::actors::consumer::Seen>,
+    pub seen: Arc<crate::lake::share::Seen>,
     pub tail: Addr<TailActor>,
     pub tail_state: Arc<dyn StatusNode>,
     pub query: Addr<QueryActor>,
@@ -118,7 +118,7 @@ pub async fn lake(
     let recent = recent_trade_ids(cfg, &trades_table).await?;
     let last_ids = last_trade_ids(cfg, &trades_table).await?;
     let ledger = Arc::new(AckLedger::new(metrics.clone(), kafka.start_ends()));
-    let seen = Arc::new(crate::actors::consumer::Seen::default());
+    let seen = Arc::new(crate::lake::share::Seen::default());
     warn_of_chaos(cfg);
     let trades = WriterActor::new(
         TableKind::Trades,
@@ -303,7 +303,7 @@ async fn tail_and_query(
     trades: &Addr<WriterActor>,
     metrics: &Metrics,
     lake_thread: &ArbiterHandle,
-    seen: &Arc<crate::actors::consumer::Seen>,
+    seen: &Arc<crate::lake::share::Seen>,
 ) -> Result<QuerySide, DaemonError> {
     // Hybrid scans read the tail's published snapshots, not the actor.
     let tail_view = crate::query::tail::TailView::default();

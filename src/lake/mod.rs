@@ -13,6 +13,7 @@ pub mod lease;
 pub mod maintain;
 pub mod scan;
 pub mod schema;
+pub mod share;
 pub mod store;
 
 use std::collections::HashMap;

@@ -126,7 +126,7 @@ pub struct Engine {
     window_counts: window::WindowCounts,
     /// In a consumer group (`kafka.assignment = group`): the partitions this
     /// daemon reads, whose uncommitted rows are all its tail can add.
-    share: Option<Arc<crate::actors::consumer::Seen>>,
+    share: Option<Arc<crate::lake::share::Seen>>,
 }
 
 fn ts_lit(us: i64) -> Expr {

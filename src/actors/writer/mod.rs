@@ -178,7 +178,7 @@ pub struct WriterActor {
     run_start: KafkaOffsets,
     /// The tables' offsets as last seen, shared with the consumer, which
     /// starts a partition assigned to it there (`kafka.assignment = group`).
-    seen: Option<Arc<crate::actors::consumer::Seen>>,
+    seen: Option<Arc<crate::lake::share::Seen>>,
     /// Whether `positions` moved since the last commit.
     dirty: bool,
     oldest: Option<Instant>,
@@ -339,7 +339,7 @@ impl WriterActor {
     }
 
     /// Shares the offsets of every commit with the consumer (`seen`).
-    pub fn with_seen_offsets(mut self, seen: Arc<crate::actors::consumer::Seen>) -> Self {
+    pub fn with_seen_offsets(mut self, seen: Arc<crate::lake::share::Seen>) -> Self {
         self.seen = Some(seen);
         self
     }

@@ -11,7 +11,7 @@ impl Engine {
     /// The same engine in a daemon that shares its topics' partitions with
     /// other daemons of a consumer group: every hybrid answer says which
     /// partitions its uncommitted rows can come from.
-    pub fn sharing(mut self, share: Arc<crate::actors::consumer::Seen>) -> Self {
+    pub fn sharing(mut self, share: Arc<crate::lake::share::Seen>) -> Self {
         self.share = Some(share);
         self
     }
