@@ -294,7 +294,17 @@ pub struct Plan {
 /// the writer read move; every other partition keeps the offset the table
 /// holds, so daemons sharing a table through one consumer group never move
 /// each other's partitions.
-pub fn plan(table: &Table, cluster_id: &str, runs: &Runs) -> Result<Plan, LakeError> {
+///
+/// Partitions of `known` (the writer's positions) the table has no offset
+/// for are recorded at the writer's position too, even with nothing read:
+/// a restart then starts them there, and records the broker deleted below
+/// that before anyone read them show as a loss, not as nothing.
+pub fn plan(
+    table: &Table,
+    cluster_id: &str,
+    runs: &Runs,
+    known: &KafkaOffsets,
+) -> Result<Plan, LakeError> {
     let mut offsets = match current_offsets(table)? {
         Some((_, o)) if o.cluster_id == cluster_id => o,
         // Offsets of another cluster (the embedded one is new at every
@@ -314,6 +324,15 @@ pub fn plan(table: &Table, cluster_id: &str, runs: &Runs) -> Result<Plan, LakeEr
         }
         let next = held.map_or(run.to, |h| h.max(run.to));
         offsets.set(topic, *p, next);
+    }
+    if known.cluster_id == cluster_id {
+        for (topic, parts) in &known.topics {
+            for (p, next) in parts {
+                if offsets.get(topic, *p).is_none() {
+                    offsets.set(topic, *p, *next);
+                }
+            }
+        }
     }
     Ok(Plan {
         offsets,
@@ -606,7 +625,7 @@ mod tests {
                 to: 150,
             },
         )]);
-        let p = plan(&table, "c", &runs).unwrap();
+        let p = plan(&table, "c", &runs, &KafkaOffsets::default()).unwrap();
         assert_eq!(
             p.offsets,
             two_partitions(150, 50),
@@ -621,14 +640,22 @@ mod tests {
                 to: 45,
             },
         )]);
-        let p = plan(&table, "c", &runs).unwrap();
+        let p = plan(&table, "c", &runs, &KafkaOffsets::default()).unwrap();
         assert_eq!(p.offsets, two_partitions(100, 50), "never moved back");
         assert_eq!(
             p.committed_below,
             BTreeMap::from([(("t".to_string(), 1), 50)])
         );
+        // Partitions the table has no offset for are recorded where the
+        // writer knows them to start; the table's own are never moved back.
+        let mut known = two_partitions(90, 0);
+        known.set("t", 2, 7);
+        let p = plan(&table, "c", &Runs::new(), &known).unwrap();
+        let mut want = two_partitions(100, 50);
+        want.set("t", 2, 7);
+        assert_eq!(p.offsets, want);
         // Offsets of another cluster say nothing of this one.
-        let p = plan(&table, "other", &runs).unwrap();
+        let p = plan(&table, "other", &runs, &KafkaOffsets::default()).unwrap();
         assert_eq!(p.offsets.cluster_id, "other");
         assert_eq!(p.offsets.get("t", 0), None);
         assert!(p.committed_below.is_empty());
@@ -669,6 +696,7 @@ mod tests {
                     to: 30,
                 },
             )]),
+            &KafkaOffsets::default(),
         )
         .unwrap();
         let err = append_on(catalog.as_ref(), &planned_on, Vec::new(), &stale.offsets)
@@ -690,6 +718,7 @@ mod tests {
                     to: 30,
                 },
             )]),
+            &KafkaOffsets::default(),
         )
         .unwrap();
         append_on(catalog.as_ref(), &now, Vec::new(), &fresh.offsets)

@@ -53,6 +53,8 @@ pub(super) struct Pending {
     pub at: Vec<(Arc<str>, i32, i64)>,
     pub runs: commit::Runs,
     pub cluster_id: String,
+    /// The writer's positions, for partitions the table has none of.
+    pub known: KafkaOffsets,
 }
 
 /// What a successful flush committed.
@@ -100,6 +102,7 @@ pub(super) async fn commit_with_retries(
         at,
         runs,
         cluster_id,
+        known,
     } = pending;
     let offered = rows.len();
     // Retry transient failures forever with capped backoff: the rows
@@ -134,7 +137,7 @@ pub(super) async fn commit_with_retries(
         }
         let attempt = async {
             let t = to.catalog.load_table(&to.ident).await?;
-            let plan = commit::plan(&t, &cluster_id, &runs)?;
+            let plan = commit::plan(&t, &cluster_id, &runs, &known)?;
             match &written {
                 Some((_, _, below)) if *below != plan.committed_below => {
                     // Another owner committed rows of these partitions after

@@ -377,6 +377,7 @@ impl WriterActor {
             at,
             runs,
             cluster_id: self.positions.cluster_id.clone(),
+            known: self.positions.clone(),
         };
         self.run_start = self.positions.clone();
         self.dirty = false;
