@@ -10,7 +10,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -93,22 +92,8 @@ fn parts(capture: &Path, n: usize, dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn produce(config: &Path, capture: &Path) -> i64 {
-    let out = Command::new(bin())
-        .args(["produce", "--config"])
-        .arg(config)
-        .arg("--capture")
-        .arg(capture)
-        .env("TICKLAKE_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "produce: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    report["trades"].as_i64().unwrap()
+fn trades_produced(config: &Path, capture: &Path) -> i64 {
+    produce(config, capture)["trades"].as_i64().unwrap()
 }
 
 fn log_has(path: &Path, needle: &str) -> bool {
@@ -146,7 +131,7 @@ fn round(brokers: &str, n: usize) {
 
     // The first part goes in before the daemons start: its schema ids are
     // then the ones every member's registry holds (each keeps its own file).
-    let mut produced = produce(&producer.config, &parts[0]);
+    let mut produced = trades_produced(&producer.config, &parts[0]);
     for m in [&a, &b] {
         std::fs::create_dir_all(m.data_dir()).unwrap();
         std::fs::copy(
@@ -162,7 +147,7 @@ fn round(brokers: &str, n: usize) {
         log_has(&a.log_path("a"), "partition assigned to this daemon")
             && log_has(&b.log_path("b"), "partition assigned to this daemon")
     });
-    produced += produce(&producer.config, &parts[1]);
+    produced += trades_produced(&producer.config, &parts[1]);
     wait_until(
         "the first parts committed",
         Duration::from_secs(120),
@@ -189,10 +174,10 @@ fn round(brokers: &str, n: usize) {
     } else {
         (&mut db, &mut da, &a)
     };
-    produced += produce(&producer.config, &parts[2]);
+    produced += trades_produced(&producer.config, &parts[2]);
     std::thread::sleep(Duration::from_millis(150 + 100 * n as u64));
     victim.kill();
-    produced += produce(&producer.config, &parts[3]);
+    produced += trades_produced(&producer.config, &parts[3]);
     assert_eq!(produced, expected, "the parts hold every trade once");
     // The survivor is given the victim's partitions once its session ends.
     wait_until(
@@ -366,7 +351,7 @@ fn two_daemons_in_one_group_maintain_one_at_a_time() {
     let n = usize::try_from(secs / 5).unwrap().max(4);
     let parts = parts(&source, n, shared.path());
 
-    let mut produced = produce(&producer.config, &parts[0]);
+    let mut produced = trades_produced(&producer.config, &parts[0]);
     for m in [&a, &b] {
         std::fs::create_dir_all(m.data_dir()).unwrap();
         std::fs::copy(
@@ -379,7 +364,7 @@ fn two_daemons_in_one_group_maintain_one_at_a_time() {
     let mut db = b.start_daemon("b");
     for part in &parts[1..] {
         std::thread::sleep(Duration::from_secs(5));
-        produced += produce(&producer.config, part);
+        produced += trades_produced(&producer.config, part);
     }
     assert_eq!(produced, expected);
     wait_until("every trade committed", Duration::from_secs(180), || {

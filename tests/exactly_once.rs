@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -16,20 +15,7 @@ fn sigkill_during_writes_never_duplicates_or_loses() {
     env.set("writer", "max_rows", "25");
     env.set("writer", "max_age_ms", "150");
 
-    let out = Command::new(bin())
-        .args(["produce", "--config"])
-        .arg(&env.config)
-        .arg("--capture")
-        .arg(capture("BINANCE-ee25be.0.txt"))
-        .env("TICKLAKE_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "produce: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = produce(&env.config, &capture("BINANCE-ee25be.0.txt"));
     let produced = report["trades"].as_i64().unwrap();
     assert!(produced > 1900, "produced {report}");
     println!("produced {report}");

@@ -596,6 +596,17 @@ mod tests {
         );
     }
 
+    /// The run of partition `p` of topic `t`.
+    fn run_of(p: i32, from: i64, to: i64) -> Runs {
+        Runs::from([(
+            ("t".to_string(), p),
+            Run {
+                from: Some(from),
+                to,
+            },
+        )])
+    }
+
     fn two_partitions(a: i64, b: i64) -> KafkaOffsets {
         let mut o = one_partition(a);
         o.set("t", 1, b);
@@ -618,13 +629,7 @@ mod tests {
         .await
         .unwrap();
         let table = catalog.load_table(&ident).await.unwrap();
-        let runs = Runs::from([(
-            ("t".to_string(), 0),
-            Run {
-                from: Some(100),
-                to: 150,
-            },
-        )]);
+        let runs = run_of(0, 100, 150);
         let p = plan(&table, "c", &runs, &KafkaOffsets::default()).unwrap();
         assert_eq!(
             p.offsets,
@@ -633,13 +638,7 @@ mod tests {
         );
         assert!(p.committed_below.is_empty());
         // Partition 1 read from 40 while its other owner had committed to 50.
-        let runs = Runs::from([(
-            ("t".to_string(), 1),
-            Run {
-                from: Some(40),
-                to: 45,
-            },
-        )]);
+        let runs = run_of(1, 40, 45);
         let p = plan(&table, "c", &runs, &KafkaOffsets::default()).unwrap();
         assert_eq!(p.offsets, two_partitions(100, 50), "never moved back");
         assert_eq!(
@@ -689,13 +688,7 @@ mod tests {
         let stale = plan(
             &planned_on,
             "c",
-            &Runs::from([(
-                ("t".to_string(), 0),
-                Run {
-                    from: Some(10),
-                    to: 30,
-                },
-            )]),
+            &run_of(0, 10, 30),
             &KafkaOffsets::default(),
         )
         .unwrap();
@@ -708,19 +701,7 @@ mod tests {
             now.metadata().current_snapshot().map(|s| s.snapshot_id()),
             Some(theirs.snapshot_id)
         );
-        let fresh = plan(
-            &now,
-            "c",
-            &Runs::from([(
-                ("t".to_string(), 0),
-                Run {
-                    from: Some(10),
-                    to: 30,
-                },
-            )]),
-            &KafkaOffsets::default(),
-        )
-        .unwrap();
+        let fresh = plan(&now, "c", &run_of(0, 10, 30), &KafkaOffsets::default()).unwrap();
         append_on(catalog.as_ref(), &now, Vec::new(), &fresh.offsets)
             .await
             .unwrap();

@@ -554,3 +554,22 @@ pub fn sqlalchemy_uri(uri: &str) -> String {
         .expect("a postgres:// URI");
     format!("postgresql+psycopg2://{rest}")
 }
+
+/// `ticklake produce` of `capture` with `config`: its JSON report (the
+/// `trades` it published among others); fails the test if it fails.
+pub fn produce(config: &Path, capture: &Path) -> serde_json::Value {
+    let out = Command::new(bin())
+        .args(["produce", "--config"])
+        .arg(config)
+        .arg("--capture")
+        .arg(capture)
+        .env("TICKLAKE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "produce: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
