@@ -494,7 +494,13 @@ pub async fn measure(
     let round_trip = encode(&ceiling_topics[1])?;
     let (ceiling_cfg, bootstrap) = (cfg.clone(), d.bootstrap.clone());
     let (produce_secs, round_trip_secs) = tokio::task::spawn_blocking(move || {
-        let produce = produce_all(&ceiling_cfg, &bootstrap, &produce_only)?;
+        let produce = produce_all(
+            &ceiling_cfg,
+            &bootstrap,
+            &produce_only,
+            "produce ceiling",
+            timeout,
+        )?;
         drop(produce_only);
         let round_trip = produce_and_consume(&ceiling_cfg, &bootstrap, &round_trip, timeout)?;
         Ok::<_, BenchError>((produce, round_trip))
@@ -556,8 +562,17 @@ impl rdkafka::producer::ProducerContext for Counting {
 
 /// Seconds for a bare producer (librdkafka's own threads, a counter for
 /// delivery reports, nothing per record) to have every record
-/// acknowledged. Blocking.
-fn produce_all(cfg: &Config, bootstrap: &str, records: &[Encoded]) -> Result<f64, BenchError> {
+/// acknowledged. Blocking. The producer never times a record out
+/// (`message.timeout.ms = 0`, as the daemon's), so the wait has its own
+/// deadline: a broker that stops acknowledging fails the bench, naming the
+/// stage, instead of parking it for good.
+fn produce_all(
+    cfg: &Config,
+    bootstrap: &str,
+    records: &[Encoded],
+    stage: &'static str,
+    timeout: Duration,
+) -> Result<f64, BenchError> {
     use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
     let producer: ThreadedProducer<Counting> = crate::kafka::producer_config(&cfg.kafka, bootstrap)
         .create_with_context(Counting::default())?;
@@ -583,6 +598,16 @@ fn produce_all(cfg: &Config, bootstrap: &str, records: &[Encoded]) -> Result<f64
     let want = records.len() as u64;
     let ctx = producer.context();
     while ctx.delivered.load(Ordering::Relaxed) + ctx.failed.load(Ordering::Relaxed) < want {
+        if started.elapsed() > timeout {
+            // Whatever is still queued dies with this producer.
+            producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+            return Err(BenchError::Timeout {
+                stage,
+                secs: timeout.as_secs(),
+                done: ctx.delivered.load(Ordering::Relaxed),
+                total: want,
+            });
+        }
         std::thread::sleep(Duration::from_micros(200));
     }
     let secs = started.elapsed().as_secs_f64();
@@ -643,7 +668,13 @@ fn produce_and_consume(
         }
         Ok(Instant::now())
     });
-    let sent = produce_all(cfg, bootstrap, records);
+    let sent = produce_all(
+        cfg,
+        bootstrap,
+        records,
+        "round-trip ceiling (produce)",
+        timeout,
+    );
     let done = reader
         .join()
         .map_err(|_| BenchError::Producer("round-trip reader panicked".into()))??;
