@@ -629,7 +629,7 @@ impl Metrics {
             }
         }
         for table in tables {
-            for outcome in ["ok", "retry", "failed"] {
+            for outcome in ["ok", "retry", "failed", "conflict", "overlap"] {
                 self.writer_commits
                     .with_label_values(&[table, outcome])
                     .inc_by(0);

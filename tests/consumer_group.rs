@@ -264,6 +264,25 @@ fn round(brokers: &str, n: usize) {
         .filter(|p| p.starts_with(&topic))
         .collect();
     assert_eq!(covered.len(), 3, "{answer}");
+    // A commit that overlapped the other owner's is its own outcome, not a
+    // failure: nothing in this round failed.
+    let metrics = http_get(survivor_env.http_port, "/metrics").unwrap();
+    let commits = |outcome: &str| {
+        metric_sum(
+            &metrics,
+            "ticklake_writer_commits_total",
+            &format!("outcome=\"{outcome}\",table=\"trades\""),
+        )
+    };
+    println!(
+        "round {n}: survivor's trades commits: ok {}, conflict {}, overlap {}, failed {}",
+        commits("ok"),
+        commits("conflict"),
+        commits("overlap"),
+        commits("failed")
+    );
+    assert!(commits("ok") > 0.0, "{metrics}");
+    assert_eq!(commits("failed"), 0.0, "a commit failed");
     let status = survivor.terminate();
     assert!(status.success(), "survivor exit {status}");
     let left_out = std::fs::read_to_string(&survivor.log)

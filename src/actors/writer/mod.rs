@@ -519,6 +519,8 @@ impl WriterActor {
                     seen.committed(&l.offsets);
                 }
             }
+            // Not a fault: the group moved a partition mid-commit.
+            Err(WriterError::Overlap { .. }) => {}
             Err(e) => self.state.health.last_error = Some(e.to_string()),
         }
         self.publish_state();
@@ -573,6 +575,19 @@ impl WriterActor {
                     });
                 }
                 Ok(Some(c.snapshot_id))
+            }
+            // Another owner of a partition committed the same rows while
+            // this commit was written: nothing failed, and nothing is lost
+            // (the table holds the rows once). Counted as its own outcome,
+            // not as an error, and read again from the table's offsets.
+            Err(e @ WriterError::Overlap { .. }) if self.restarter.is_some() => {
+                self.metrics
+                    .writer_commits
+                    .with_label_values(&[table, "overlap"])
+                    .inc();
+                tracing::warn!(table, detail = %e, "commit overlapped another owner's; rewinding to the table");
+                self.rewind(ctx);
+                Err(e)
             }
             Err(e) => {
                 self.metrics
