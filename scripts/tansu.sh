@@ -43,29 +43,10 @@ START_TIMEOUT="${TANSU_START_TIMEOUT:-60}"
 STOP_TIMEOUT="${TANSU_STOP_TIMEOUT:-10}"
 STOP_MODE="${TANSU_STOP_MODE:-kill}"
 
-scripts_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # cargo install puts binaries here; CI shells do not always have it on PATH.
 export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
-
-log() { echo "tansu.sh: $*" >&2; }
-die() {
-    log "$*"
-    exit 1
-}
-
-usage() {
-    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//' >&2
-    exit 2
-}
-
-# Python with confluent-kafka: the one the tests use, or the project venv.
-kafka_python() {
-    if [[ -n "${TICKLAKE_TEST_PYTHON:-}" ]]; then
-        echo "$TICKLAKE_TEST_PYTHON"
-    else
-        "$scripts_dir/setup-python.sh"
-    fi
-}
 
 cmd_install() {
     local force=()
@@ -94,79 +75,24 @@ cmd_install() {
     log "installed tansu in $((SECONDS - start)) s"
 }
 
-# Absolute path of <workdir>, created if needed.
-workdir_arg() {
-    [[ -n "${1:-}" ]] || usage
-    mkdir -p "$1"
-    (cd "$1" && pwd)
-}
-
-free_port() {
-    python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])'
-}
-
-# True while <pid> is a live process (not a zombie: an orphaned broker stays
-# visible to kill -0 until someone reaps it).
-proc_alive() {
-    local state
-    state="$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" || return 1
-    [[ -n "$state" && "$state" != "Z" ]]
-}
-
-# proc_alive, and its command line names tansu: a pid file may outlive its
-# process, and the pid may since have been reused. Only for pids from a pid
-# file: right after fork, the command line is briefly unreadable while exec
-# replaces the subshell.
-tansu_alive() {
-    proc_alive "$1" && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q tansu
-}
-
-port_open() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-fail_start() {
-    local dir=$1 pid=$2
-    shift 2
-    log "$*"
-    if [[ -f "$dir/tansu.log" ]]; then
-        log "last lines of $dir/tansu.log:"
-        tail -n 40 "$dir/tansu.log" >&2
-    fi
-    if proc_alive "$pid"; then
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    rm -f "$dir/tansu.pid"
-    exit 1
-}
-
 cmd_start() {
     local dir port pid bootstrap python
     dir="$(workdir_arg "${1:-}")"
     command -v tansu >/dev/null || die "tansu is not installed (run: $0 install)"
 
-    if [[ -f "$dir/tansu.pid" ]] && tansu_alive "$(cat "$dir/tansu.pid")"; then
+    if [[ -f "$dir/tansu.pid" ]] && pid_runs "$(cat "$dir/tansu.pid")" tansu; then
         die "tansu already running in $dir (pid $(cat "$dir/tansu.pid"))"
     fi
     if [[ -s "$dir/bootstrap" ]]; then
         bootstrap="$(cat "$dir/bootstrap")"
         port="${bootstrap##*:}"
-        local i
-        for ((i = 0; i < 50; i++)); do
-            port_open "$port" || break
-            sleep 0.1
-        done
-        if port_open "$port"; then
+        port_free_within "$port" 50 ||
             die "port $port (from $dir/bootstrap) is in use by another process"
-        fi
     else
         port="$(free_port)"
         bootstrap="127.0.0.1:$port"
     fi
-    python="$(kafka_python)"
+    python="$(test_python)"
 
     # Tansu resolves sqlite://<name> against its working directory, so run
     # it from <workdir>. The advertised listener must be the address clients
@@ -185,20 +111,12 @@ cmd_start() {
             </dev/null >>"$dir/tansu.log" 2>&1
     ) &
     pid=$!
-    echo "$pid" >"$dir/tansu.pid"
+    track_start "$pid" "$dir/tansu.pid" "$dir/tansu.log" tansu "$START_TIMEOUT"
     echo "$bootstrap" >"$dir/bootstrap"
 
-    local deadline=$((SECONDS + START_TIMEOUT))
-    until port_open "$port"; do
-        proc_alive "$pid" || fail_start "$dir" "$pid" "tansu exited during startup"
-        ((SECONDS < deadline)) || fail_start "$dir" "$pid" "port $port not open after ${START_TIMEOUT} s"
-        sleep 0.2
-    done
-    until "$python" "$scripts_dir/kafka_check.py" metadata "$bootstrap" >/dev/null 2>&1; do
-        proc_alive "$pid" || fail_start "$dir" "$pid" "tansu exited during startup"
-        ((SECONDS < deadline)) || fail_start "$dir" "$pid" "no Kafka metadata from $bootstrap after ${START_TIMEOUT} s"
-        sleep 0.5
-    done
+    await_start 0.2 "port $port not open" port_open "$port"
+    await_start 0.5 "no Kafka metadata from $bootstrap" \
+        quiet "$python" "$scripts_dir/kafka_check.py" metadata "$bootstrap"
     log "tansu pid $pid serving $bootstrap (storage $dir/tansu.db)"
     echo "$bootstrap"
 }
@@ -211,37 +129,16 @@ cmd_stop() {
         return 0
     fi
     pid="$(cat "$dir/tansu.pid")"
-    if tansu_alive "$pid"; then
+    if pid_runs "$pid" tansu; then
         case "$STOP_MODE" in
-            kill) ;;
-            graceful)
-                kill -TERM "$pid" 2>/dev/null || true
-                local deadline=$((SECONDS + STOP_TIMEOUT))
-                while proc_alive "$pid" && ((SECONDS < deadline)); do
-                    sleep 0.2
-                done
-                if proc_alive "$pid"; then
-                    log "tansu pid $pid still running ${STOP_TIMEOUT} s after SIGTERM; sending SIGKILL"
-                fi
-                ;;
+            kill | graceful) ;;
             *) die "TANSU_STOP_MODE must be kill or graceful, not $STOP_MODE" ;;
         esac
-        if proc_alive "$pid"; then
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        # Wait until it is gone, so a start right after this can bind the port.
-        while proc_alive "$pid"; do
-            sleep 0.1
-        done
+        stop_pid "$pid" "$STOP_MODE" "$STOP_TIMEOUT" tansu
         # The pid can look dead (zombie leader) while other threads still
         # hold the listening socket for a moment.
         if [[ -s "$dir/bootstrap" ]]; then
-            local port i
-            port="$(cut -d: -f2 "$dir/bootstrap")"
-            for ((i = 0; i < 100; i++)); do
-                port_open "$port" || break
-                sleep 0.1
-            done
+            port_free_within "$(cut -d: -f2 "$dir/bootstrap")" 100 || true
         fi
         log "stopped tansu pid $pid ($STOP_MODE)"
     fi
@@ -254,7 +151,7 @@ cmd_create_topic() {
     local dir python
     dir="$(workdir_arg "$1")"
     [[ -s "$dir/bootstrap" ]] || die "no bootstrap file in $dir; start tansu first"
-    python="$(kafka_python)"
+    python="$(test_python)"
     "$python" "$scripts_dir/kafka_check.py" create-topic "$(cat "$dir/bootstrap")" "$2" "$3"
 }
 
