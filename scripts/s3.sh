@@ -20,49 +20,8 @@
 set -euo pipefail
 
 START_TIMEOUT="${S3_START_TIMEOUT:-60}"
-scripts_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-
-log() { echo "s3.sh: $*" >&2; }
-die() {
-    log "$*"
-    exit 1
-}
-
-usage() {
-    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//' >&2
-    exit 2
-}
-
-# The test virtualenv's Python, where moto is installed.
-test_python() {
-    if [[ -n "${TICKLAKE_TEST_PYTHON:-}" ]]; then
-        echo "$TICKLAKE_TEST_PYTHON"
-    else
-        "$scripts_dir/setup-python.sh"
-    fi
-}
-
-workdir_arg() {
-    [[ -n "${1:-}" ]] || usage
-    mkdir -p "$1"
-    (cd "$1" && pwd)
-}
-
-free_port() {
-    python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])'
-}
-
-# A live process (not a zombie) whose command line names moto: a pid file
-# may outlive its process, and the pid may since have been reused.
-moto_alive() {
-    local state
-    state="$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" || return 1
-    [[ -n "$state" && "$state" != "Z" ]] || return 1
-    tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q moto
-}
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # PUT /<bucket>: creates the bucket (moto takes unsigned requests). 200 for
 # a new bucket and for one this server already has.
@@ -86,7 +45,7 @@ cmd_start() {
     local dir bucket port endpoint pid python
     dir="$(workdir_arg "${1:-}")"
     bucket="${2:-ticklake}"
-    if [[ -f "$dir/s3.pid" ]] && moto_alive "$(cat "$dir/s3.pid")"; then
+    if [[ -f "$dir/s3.pid" ]] && pid_runs "$(cat "$dir/s3.pid")" moto; then
         die "an S3 server is already running in $dir (pid $(cat "$dir/s3.pid"))"
     fi
     python="$(test_python)"
@@ -99,21 +58,9 @@ cmd_start() {
     # script's stdout does not wait for the server to exit.
     "$python" -m moto.server -H 127.0.0.1 -p "$port" </dev/null >>"$dir/s3.log" 2>&1 &
     pid=$!
-    echo "$pid" >"$dir/s3.pid"
+    track_start "$pid" "$dir/s3.pid" "$dir/s3.log" "the S3 server" "$START_TIMEOUT"
     echo "$endpoint" >"$dir/endpoint"
-    local deadline=$((SECONDS + START_TIMEOUT))
-    until answers "$endpoint"; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 20 "$dir/s3.log" >&2
-            die "the S3 server exited during startup"
-        fi
-        if ((SECONDS >= deadline)); then
-            kill -KILL "$pid" 2>/dev/null || true
-            tail -n 20 "$dir/s3.log" >&2
-            die "no answer from $endpoint after ${START_TIMEOUT} s"
-        fi
-        sleep 0.2
-    done
+    await_start 0.2 "no answer from $endpoint" answers "$endpoint"
     create_bucket "$endpoint" "$bucket" || die "could not create bucket $bucket at $endpoint"
     log "S3 server pid $pid serving $endpoint, bucket $bucket"
     echo "$endpoint"
@@ -127,16 +74,8 @@ cmd_stop() {
         return 0
     fi
     pid="$(cat "$dir/s3.pid")"
-    if moto_alive "$pid"; then
-        kill -TERM "$pid" 2>/dev/null || true
-        local i
-        for ((i = 0; i < 50; i++)); do
-            moto_alive "$pid" || break
-            sleep 0.1
-        done
-        if moto_alive "$pid"; then
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
+    if pid_runs "$pid" moto; then
+        stop_pid "$pid" graceful 5 "S3 server"
         log "stopped S3 server pid $pid"
     fi
     rm -f "$dir/s3.pid"
