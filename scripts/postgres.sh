@@ -23,16 +23,8 @@ set -euo pipefail
 DB_NAME="ticklake"
 START_TIMEOUT="${POSTGRES_START_TIMEOUT:-60}"
 
-log() { echo "postgres.sh: $*" >&2; }
-die() {
-    log "$*"
-    exit 1
-}
-
-usage() {
-    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//' >&2
-    exit 2
-}
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # The newest installed server's binaries.
 pg_bin() {
@@ -45,20 +37,6 @@ pg_bin() {
     [[ -n "$d" && -x "$d/initdb" ]] ||
         die "no PostgreSQL server binaries under /usr/lib/postgresql (Debian: apt-get install postgresql; or set PG_BIN)"
     echo "$d"
-}
-
-# Absolute path of <workdir>, created if needed.
-workdir_arg() {
-    [[ -n "${1:-}" ]] || usage
-    mkdir -p "$1"
-    (cd "$1" && pwd)
-}
-
-free_port() {
-    python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])'
 }
 
 # Runs a command as the cluster's owner: `postgres` when we are root.
@@ -95,7 +73,7 @@ cmd_start() {
     if [[ ! -f "$dir/data/PG_VERSION" ]]; then
         as_owner "$bin/initdb" -D "$dir/data" -U "$user" --auth=trust \
             --encoding=UTF8 --no-locale >>"$dir/postgres.log" 2>&1 ||
-            { tail -n 20 "$dir/postgres.log" >&2; die "initdb failed"; }
+            die_with_log "$dir/postgres.log" "initdb failed"
     fi
     if as_owner "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
         die "postgres already running in $dir"
@@ -111,7 +89,7 @@ cmd_start() {
     as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t "$START_TIMEOUT" \
         -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c max_connections=300" \
         start >/dev/null ||
-        { tail -n 20 "$dir/postgres.log" >&2; die "the server did not start"; }
+        die_with_log "$dir/postgres.log" "the server did not start"
     if [[ "$(as_owner "$bin/psql" -h "$dir" -p "$port" -U "$user" -d postgres -tAc \
         "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" != 1 ]]; then
         as_owner "$bin/createdb" -h "$dir" -p "$port" -U "$user" "$DB_NAME"
