@@ -258,7 +258,9 @@ impl FeedActor {
     /// `feed.<exchange>` (like the feed's name in `/status`).
     fn dedup(cfg: &FeedConfig, metrics: &Metrics, false_positive_rate: f64) -> Dedup {
         let owner = format!("feed.{}", cfg.exchange.to_ascii_lowercase());
-        Dedup::with_rate(cfg.dedup_capacity, false_positive_rate).reporting(metrics, &owner)
+        Dedup::with_rate(cfg.dedup_capacity, false_positive_rate)
+            .reporting(metrics, &owner)
+            .prepared()
     }
 }
 

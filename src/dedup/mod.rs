@@ -154,6 +154,18 @@ impl Dedup {
         self
     }
 
+    /// Builds the Bloom filter now rather than at the first id. The first
+    /// id would otherwise pay for writing all of it (tens of megabytes for
+    /// a writer's capacity: a stall of the ingest path at the first commit
+    /// after every start); a dedup that may never see an id (the
+    /// dead-letter writer's) stays lazy and costs nothing.
+    pub fn prepared(mut self) -> Self {
+        if self.bloom.build() {
+            self.report();
+        }
+        self
+    }
+
     /// True when `message_id` is new (and remembers it, with no time: only
     /// room forgets it).
     pub fn first_time(&mut self, message_id: &str) -> bool {

@@ -200,3 +200,18 @@ fn reports_its_figures_as_its_owner() {
         .get();
     assert!(fp > 0 && fp == s.false_positives);
 }
+
+/// A prepared dedup has its filter before the first id, and behaves as a
+/// lazy one.
+#[test]
+fn a_prepared_dedup_builds_its_filter_before_the_first_id() {
+    let lazy = Dedup::seeded(10_000, 1e-6, SEED);
+    assert_eq!(lazy.stats().bloom_bytes, 0);
+    let mut d = Dedup::seeded(10_000, 1e-6, SEED).prepared();
+    let built = d.stats().bloom_bytes;
+    assert!(built > 0);
+    assert!(d.first_time_key_at(7, 0));
+    assert!(!d.first_time_key_at(7, 0));
+    assert_eq!(d.stats().bloom_bytes, built, "not built twice");
+    assert_eq!(d.stats().false_positives, 0);
+}

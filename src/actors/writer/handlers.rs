@@ -57,9 +57,8 @@ impl Handler<Consumed> for WriterActor {
                 let buffer_at = &mut self.buffer_at;
                 b.extend(r.into_iter().filter_map(|t| {
                     let k = dedup::key(&t.message_id);
-                    let first = !committed.contains(&t.message_id)
-                        && !in_commit.contains(&k)
-                        && buffered.insert(k);
+                    let first =
+                        !committed.contains_key(k) && !in_commit.contains(&k) && buffered.insert(k);
                     let a = at.next();
                     if let (Some(tally), Some(a)) = (tally.as_deref_mut(), a.as_ref()) {
                         let fate = if first { Fate::Stored } else { Fate::Duplicate };

@@ -38,6 +38,11 @@ use crate::metrics::Metrics;
 use flush::{CommitTarget, FlushOutcome, Landed, SharedBreaker, commit_with_retries};
 use tally::{Fate, Tally};
 
+/// Message-id keys (UUIDs) in the buffer or the running commit: looked up
+/// and added once per row on the ingest arbiter, so hashed with a keyed
+/// fold rather than SipHash.
+type IdSet = HashSet<u128, foldhash::fast::RandomState>;
+
 /// Flush limits.
 #[derive(Debug, Clone)]
 pub struct FlushPolicy {
@@ -201,9 +206,9 @@ pub struct WriterActor {
     /// Trades only: ids committed (bounded, oldest forgotten first) and ids
     /// in the buffer. A trade whose id is in either is a second copy.
     committed_ids: Dedup,
-    buffered_ids: HashSet<u128>,
+    buffered_ids: IdSet,
     /// Ids of the rows in the running commit.
-    in_commit_ids: HashSet<u128>,
+    in_commit_ids: IdSet,
     /// Trades only: stored, deduplicated and carried-over rows per exchange
     /// and tier, counted at commit.
     tally: Option<Tally>,
@@ -229,6 +234,12 @@ impl WriterActor {
         let restarts = Restarts::new(format!("writer.{}", kind.name()), policy.restart);
         let committed_ids =
             Dedup::sized(policy.dedup).reporting(&metrics, &format!("writer.{}", kind.name()));
+        // The trades writer's first commit would otherwise build its filter
+        // on the ingest arbiter, holding up the tail for ~100 ms.
+        let committed_ids = match kind {
+            TableKind::Trades => committed_ids.prepared(),
+            TableKind::DeadLetters => committed_ids,
+        };
         let chaos_failures = policy.fail_commits.clone();
         let breaker =
             CircuitBreaker::new(format!("commit.{}", kind.name()), policy.breaker.clone())
@@ -262,8 +273,8 @@ impl WriterActor {
             failures_in_row: 0,
             chaos_failures,
             committed_ids,
-            buffered_ids: HashSet::new(),
-            in_commit_ids: HashSet::new(),
+            buffered_ids: IdSet::default(),
+            in_commit_ids: IdSet::default(),
             tally: None,
             in_flight: None,
             metrics,
