@@ -65,6 +65,10 @@ pub struct FreshnessReport {
     pub p99_ms: f64,
     pub max_ms: f64,
     pub poll_p50_ms: f64,
+    /// A slow poll delays every trade that arrives during it: the tail of
+    /// the freshness figures is often here, not in the pipeline.
+    pub poll_p99_ms: f64,
+    pub poll_max_ms: f64,
     /// The first part of that path for every trade of the run, feed to
     /// tail (queryable), from the daemon's `ticklake_queryable_lag_seconds`
     /// histogram: the upper bounds of the buckets holding the p50 and p99.
@@ -77,7 +81,7 @@ impl std::fmt::Display for FreshnessReport {
         write!(
             f,
             "freshness at {:.0} trades/s for {} s ({}): feed → /v1/trades/recent p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms \
-             ({} of {} measured trades seen, {} polls, poll p50 {:.1} ms)",
+             ({} of {} measured trades seen, {} polls, poll p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms)",
             self.rate_per_s,
             self.seconds,
             self.broker,
@@ -87,7 +91,9 @@ impl std::fmt::Display for FreshnessReport {
             self.measured_seen,
             self.measured_sent,
             self.polls,
-            self.poll_p50_ms
+            self.poll_p50_ms,
+            self.poll_p99_ms,
+            self.poll_max_ms
         )?;
         if let (Some(a), Some(b)) = (self.queryable_p50_ms_at_most, self.queryable_p99_ms_at_most) {
             write!(
@@ -292,6 +298,8 @@ pub async fn freshness(
         p99_ms: percentile(&lat, 0.99),
         max_ms: lat.last().copied().unwrap_or(f64::NAN),
         poll_p50_ms: percentile(&poll_ms, 0.5),
+        poll_p99_ms: percentile(&poll_ms, 0.99),
+        poll_max_ms: poll_ms.last().copied().unwrap_or(f64::NAN),
         queryable_p50_ms_at_most: queryable[0],
         queryable_p99_ms_at_most: queryable[1],
     })
