@@ -530,8 +530,9 @@ impl WriterActor {
                     seen.committed(&l.offsets);
                 }
             }
-            // Not a fault: the group moved a partition mid-commit.
-            Err(WriterError::Overlap { .. }) => {}
+            // Not a fault: the group moved a partition mid-commit, and the
+            // writer reads on from the table (below).
+            Err(WriterError::Overlap { .. }) if self.restarter.is_some() => {}
             Err(e) => self.state.health.last_error = Some(e.to_string()),
         }
         self.publish_state();
