@@ -266,7 +266,7 @@ fn round(brokers: &str, n: usize) {
     assert_eq!(covered.len(), 3, "{answer}");
     // A commit that overlapped the other owner's is its own outcome, not a
     // failure: nothing in this round failed.
-    let metrics = http_get(survivor_env.http_port, "/metrics").unwrap();
+    let metrics = survivor_env.metrics();
     let commits = |outcome: &str| {
         metric_sum(
             &metrics,
