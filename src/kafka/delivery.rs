@@ -225,12 +225,16 @@ pub struct Route<'a> {
 /// Whether `entry` is held back by the embedded broker's window (the
 /// consumer is too far behind for the cluster to keep more).
 pub fn window_full(window: Option<&Arc<BrokerWindow>>, entry: &SpillEntry) -> bool {
-    window.is_some_and(|w| {
-        !w.has_room(
-            &entry.topic,
-            window::estimate(entry.key.len(), entry.payload.len()),
-        )
-    })
+    room_short(window, &entry.topic, entry.key.len(), entry.payload.len())
+}
+
+fn room_short(
+    window: Option<&Arc<BrokerWindow>>,
+    topic: &str,
+    key_len: usize,
+    payload_len: usize,
+) -> bool {
+    window.is_some_and(|w| !w.has_room(topic, window::estimate(key_len, payload_len)))
 }
 
 /// Hands one record to librdkafka; its delivery report settles it
@@ -242,8 +246,20 @@ pub fn dispatch(
     entry: &SpillEntry,
     counters: &Arc<RecordCounters>,
 ) -> Result<(), KafkaError> {
-    let est = window::estimate(entry.key.len(), entry.payload.len());
-    if window_full(route.window, entry) {
+    send(route, &entry.topic, &entry.key, &entry.payload, counters)
+}
+
+/// [`dispatch`] on borrowed parts: the hot path builds a [`SpillEntry`]
+/// (owning the exchange's name) only for a record that does not go out.
+pub fn send(
+    route: &Route<'_>,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    counters: &Arc<RecordCounters>,
+) -> Result<(), KafkaError> {
+    let est = window::estimate(key.len(), payload.len());
+    if room_short(route.window, topic, key.len(), payload.len()) {
         return Err(KafkaError::MessageProduction(
             rdkafka::types::RDKafkaErrorCode::QueueFull,
         ));
@@ -254,9 +270,9 @@ pub fn dispatch(
     if let Some(w) = route.window {
         w.enqueued(est);
     }
-    let record = BaseRecord::with_opaque_to(&entry.topic, counters.clone())
-        .key(&entry.key)
-        .payload(&entry.payload);
+    let record = BaseRecord::with_opaque_to(topic, counters.clone())
+        .key(key)
+        .payload(payload);
     match route.producer.send(record) {
         Ok(()) => {
             counters.enqueued.inc();

@@ -42,12 +42,17 @@ impl Encoder {
     pub fn encode(&mut self, record: &Record) -> Result<Encoded, AvroError> {
         Ok(match record {
             Record::Trade(t) => {
-                let prefix = &self.topic_prefix;
-                let topic = self
-                    .trades_topics
-                    .entry(t.exchange.clone())
-                    .or_insert_with(|| format!("{prefix}.{}", t.exchange.to_ascii_lowercase()))
-                    .clone();
+                // Looked up before `entry`, which takes an owned key: a
+                // copy of the exchange's name per trade otherwise.
+                let topic = match self.trades_topics.get(&t.exchange) {
+                    Some(topic) => topic.clone(),
+                    None => {
+                        let topic =
+                            format!("{}.{}", self.topic_prefix, t.exchange.to_ascii_lowercase());
+                        self.trades_topics.insert(t.exchange.clone(), topic.clone());
+                        topic
+                    }
+                };
                 Encoded {
                     topic,
                     // keyed by symbol: one symbol's trades stay in order on one partition

@@ -33,7 +33,7 @@ use crate::kafka::acks::AckLedger;
 use crate::kafka::avro::AvroError;
 use crate::kafka::delivery::{
     Deliveries, DeliveryContext, DeliveryCounters, KafkaProducer, Route, Undelivered, dispatch,
-    refused_for_good, window_full,
+    refused_for_good, send, window_full,
 };
 use crate::kafka::encoder::{Encoded, Encoder};
 use crate::kafka::window::BrokerWindow;
@@ -220,7 +220,6 @@ impl ProducerActor {
             Record::Trade(_) => Some(out.tier),
             Record::DeadLetter(_) => None,
         };
-        let exchange = out.record.exchange().to_string();
         let mut record = out.record;
         let act = match tier {
             Some(t) => policy::action(self.level, t),
@@ -229,7 +228,7 @@ impl ProducerActor {
         if act == Action::Shed {
             self.state.shed += 1;
             if let Some(t) = tier {
-                self.events.shed(&exchange, t, self.level);
+                self.events.shed(record.exchange(), t, self.level);
             }
             return;
         }
@@ -239,24 +238,27 @@ impl ProducerActor {
         {
             self.state.enrichment_skipped += 1;
         }
+        // Borrowed from the record, not copied: a String per trade here
+        // was one of the feed thread's allocations.
+        let exchange = record.exchange();
         let encoded = match self.encoder.encode(&record) {
             Ok(e) => e,
             Err(e) => {
                 // A record that cannot be encoded is a bug, not an overload;
                 // keep it as a dead letter with its JSON form.
-                self.events.unencodable(&exchange, tier, &e);
+                self.events.unencodable(exchange, tier, &e);
                 let raw = match &record {
                     Record::Trade(t) => serde_json::to_vec(t).unwrap_or_default(),
                     Record::DeadLetter(d) => d.raw.clone(),
                 };
                 let dl =
-                    DeadLetter::new(&exchange, "producer", now_us(), format!("encode: {e}"), raw);
+                    DeadLetter::new(exchange, "producer", now_us(), format!("encode: {e}"), raw);
                 if tier.is_some() {
                     // It was counted as received; the dead letter replaces it.
                     self.state.health.last_error = Some(format!("encode: {e}"));
                 }
                 match self.encoder.encode(&Record::DeadLetter(Box::new(dl))) {
-                    Ok(enc) => self.route(enc, &exchange, None, Action::Publish, ctx),
+                    Ok(enc) => self.route(enc, exchange, None, Action::Publish, ctx),
                     Err(e) => {
                         tracing::error!(error = %e, "dead letter could not be encoded either")
                     }
@@ -264,7 +266,7 @@ impl ProducerActor {
                 return;
             }
         };
-        self.route(encoded, &exchange, tier, act, ctx);
+        self.route(encoded, exchange, tier, act, ctx);
     }
 
     /// Sends to the broker, or to the spill log when the level says so, the
@@ -281,7 +283,8 @@ impl ProducerActor {
             || self.breaker.state() != BreakerState::Closed
             || self.carried > 0
             || self.spilled_by_tier[tier_slot(tier)] > 0;
-        let entry = SpillEntry {
+        // Built only for a record that does not go out at once.
+        let entry = |enc: Encoded| SpillEntry {
             exchange: exchange.to_string(),
             tier,
             topic: enc.topic,
@@ -289,13 +292,20 @@ impl ProducerActor {
             payload: enc.payload,
         };
         if must_spill {
-            self.spill_entry(entry);
+            self.spill_entry(entry(enc));
             return;
         }
-        let counters = self.counters.of(&entry.topic, &entry.exchange, entry.tier);
-        match dispatch(&self.to_broker(), &entry, &counters) {
+        let counters = self.counters.of(&enc.topic, exchange, tier);
+        match send(
+            &self.to_broker(),
+            &enc.topic,
+            &enc.key,
+            &enc.payload,
+            &counters,
+        ) {
             Ok(()) => self.note_enqueued(),
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                let entry = entry(enc);
                 // Wait for room, in order (nothing else is read meanwhile, so
                 // the lanes fill and push back on the feeds). Give up after
                 // the stall time: a queue that does not drain is a broker
@@ -337,12 +347,12 @@ impl ProducerActor {
                     }),
                 );
             }
-            Err(e) if refused_for_good(&e) => self.quarantine_entry(entry, &e.to_string()),
+            Err(e) if refused_for_good(&e) => self.quarantine_entry(entry(enc), &e.to_string()),
             Err(e) => {
                 tracing::warn!(error = %e, "produce failed; record spilled");
                 self.state.health.last_error = Some(format!("produce: {e}"));
                 self.with_breaker(|b, now| b.on_failure(now));
-                self.spill_entry(entry);
+                self.spill_entry(entry(enc));
             }
         }
     }
