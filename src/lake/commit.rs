@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use arrow::array::RecordBatch;
-use iceberg::arrow::RecordBatchPartitionSplitter;
 use iceberg::spec::{DataFileFormat, ManifestContentType, ManifestEntry};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
@@ -127,11 +126,9 @@ pub async fn write_data_files(
         ),
     );
     let mut writer = FanoutWriter::new(DataFileWriterBuilder::new(rolling));
-    let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
-        md.current_schema().clone(),
-        md.default_partition_spec().clone(),
-    )?;
-    for (key, part) in splitter.split(batch)? {
+    for (key, part) in
+        super::partition::split(md.current_schema(), md.default_partition_spec(), batch)?
+    {
         writer.write(key, part).await?;
     }
     Ok(writer.close().await?)
