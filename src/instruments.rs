@@ -292,14 +292,16 @@ impl Instruments {
 /// [`Instruments::tier`] makes.
 pub struct TierCache {
     instruments: Arc<Instruments>,
-    known: HashMap<String, HashMap<String, Tier>>,
+    // foldhash, not SipHash: looked up per trade (a profile counted ~20
+    // SipHash runs a trade across the hot path's maps).
+    known: foldhash::HashMap<String, foldhash::HashMap<String, Tier>>,
 }
 
 impl TierCache {
     pub fn new(instruments: Arc<Instruments>) -> Self {
         Self {
             instruments,
-            known: HashMap::new(),
+            known: Default::default(),
         }
     }
 

@@ -211,7 +211,7 @@ impl Part {
     }
 }
 
-type Counts = HashMap<(Arc<str>, Tier, Outcome), u64>;
+type Counts = foldhash::HashMap<(Arc<str>, Tier, Outcome), u64>;
 
 /// Most rows a partition remembers as carried over after waiting, for a
 /// late acknowledgement to reclaim; beyond, the oldest are let go (they
@@ -224,7 +224,9 @@ pub struct AckLedger {
     /// Each partition's end when the daemon started: below it, nothing is
     /// this run's.
     start_ends: HashMap<String, HashMap<i32, i64>>,
-    parts: Mutex<HashMap<(Arc<str>, i32), Part>>,
+    // foldhash, not SipHash: looked up per trade (a profile counted ~20
+    // SipHash runs a trade across the hot path's maps).
+    parts: Mutex<foldhash::HashMap<(Arc<str>, i32), Part>>,
 }
 
 impl AckLedger {
@@ -232,7 +234,7 @@ impl AckLedger {
         Self {
             metrics,
             start_ends,
-            parts: Mutex::new(HashMap::new()),
+            parts: Mutex::new(Default::default()),
         }
     }
 
@@ -286,7 +288,7 @@ impl AckLedger {
     /// A commit of the trades table succeeded with these rows.
     pub fn committed(&self, rows: Vec<CommittedRow>) {
         let now = Instant::now();
-        let mut counts = Counts::new();
+        let mut counts = Counts::default();
         {
             let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
             for row in rows {
@@ -323,7 +325,7 @@ impl AckLedger {
     }
 
     fn sweep_at(&self, now: Instant) {
-        let mut counts = Counts::new();
+        let mut counts = Counts::default();
         {
             let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
             for part in parts.values_mut() {

@@ -15,7 +15,6 @@
 //! window is not used there, and a record deleted before it was read shows
 //! as a loss (see `ledger`).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Bytes per partition the window admits: 4 MiB of the cluster's 5 MiB,
@@ -52,7 +51,9 @@ struct Part {
 pub struct BrokerWindow {
     /// Only the topics the consumer reads; a record to any other topic is
     /// never held back.
-    parts: HashMap<String, Vec<Part>>,
+    // foldhash, not SipHash: looked up per trade (a profile counted ~20
+    // SipHash runs a trade across the hot path's maps).
+    parts: foldhash::HashMap<String, Vec<Part>>,
     /// Handed to librdkafka with no delivery report yet: its partition is
     /// not known, so it counts against every partition.
     pending_bytes: AtomicI64,

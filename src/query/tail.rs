@@ -19,7 +19,7 @@
 //!
 //! Publishing a snapshot therefore costs one pointer pair per symbol.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 
 use arrow::array::{BooleanArray, RecordBatch};
@@ -246,13 +246,14 @@ impl SymbolRows {
 pub struct TailStore {
     cluster_id: Arc<str>,
     schema: SchemaRef,
-    by_symbol: HashMap<Arc<str>, SymbolRows>,
+    // foldhash, not SipHash: looked up per pushed run of rows.
+    by_symbol: foldhash::HashMap<Arc<str>, SymbolRows>,
     rows: usize,
     /// Highest committed offsets seen, i.e. everything below is gone.
     pruned: Arc<KafkaOffsets>,
     /// The (topic, partition) pairs seen, indexed by `Pos`'s first field.
     partitions: Arc<Vec<(Arc<str>, i32)>>,
-    partition_index: HashMap<(Arc<str>, i32), u32>,
+    partition_index: foldhash::HashMap<(Arc<str>, i32), u32>,
     /// Highest offset taken in per partition index. A partition is read in
     /// offset order, so anything at or below it is a re-read (a consumer
     /// restart or a writer rewinding to its last snapshot) of a row the
@@ -275,14 +276,14 @@ impl TailStore {
         Self {
             cluster_id: Arc::from(cluster_id),
             schema,
-            by_symbol: HashMap::new(),
+            by_symbol: Default::default(),
             rows: 0,
             pruned: Arc::new(KafkaOffsets {
                 cluster_id: cluster_id.to_string(),
                 topics: Default::default(),
             }),
             partitions: Arc::default(),
-            partition_index: HashMap::new(),
+            partition_index: Default::default(),
             newest: Vec::new(),
         }
     }
@@ -312,7 +313,7 @@ impl TailStore {
     /// twice.
     pub fn push(&mut self, rows: Vec<TailRow>) {
         // This push's rows per symbol, each becoming one link.
-        let mut fresh: HashMap<Arc<str>, Run> = HashMap::new();
+        let mut fresh: foldhash::HashMap<Arc<str>, Run> = Default::default();
         for r in rows {
             if self
                 .pruned
@@ -486,7 +487,8 @@ fn seal(schema: &SchemaRef, sym: &mut SymbolRows) {
 pub struct TailSnapshot {
     cluster_id: Arc<str>,
     schema: SchemaRef,
-    by_symbol: HashMap<Arc<str>, SymbolRows>,
+    // foldhash, not SipHash: looked up per pushed run of rows.
+    by_symbol: foldhash::HashMap<Arc<str>, SymbolRows>,
     pruned: Arc<KafkaOffsets>,
     partitions: Arc<Vec<(Arc<str>, i32)>>,
 }
