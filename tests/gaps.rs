@@ -244,15 +244,25 @@ fn a_kill_on_the_embedded_broker_is_refilled_from_rest() {
         .unwrap_or(2);
     let truth = aggtrade_ids(CAPTURE);
     for round in 0..kills {
+        // The daemon starts first, on the address the replay will take:
+        // the live timeline (about 30 s) starts with the replay, and a
+        // daemon slow to start on a loaded machine would otherwise join
+        // it too late to see every symbol. It retries every half second
+        // until the replay listens.
+        let listen = format!("127.0.0.1:{}", free_port());
+        let env = env_on(&format!("ws://{listen}"));
+        env.set("feeds.binance", "backoff_initial_ms", "100");
+        env.set("feeds.binance", "backoff_max_ms", "500");
+        // Each connection for as long as the replay plays.
+        let mut daemon = env.start_daemon(&format!("kill{round}"));
         // One shared timeline, as on a live venue: what plays while the
         // daemon is down is gone from the WebSocket, and only REST has it.
-        let (_replay, url) = start_replay(
+        let (_replay, url) = start_replay_on(
+            &listen,
             &[capture(CAPTURE)],
             &["--rest", "--live", "--retime", "--rate", "150"],
         );
-        let env = env_on(&url);
-        // Each connection for as long as the replay plays.
-        let mut daemon = env.start_daemon(&format!("kill{round}"));
+        assert_eq!(url, format!("ws://{listen}"));
         wait_until("every symbol in the lake", Duration::from_secs(120), || {
             let l = lake_ids(&env);
             l.iter().map(|(s, _)| s).collect::<BTreeSet<_>>().len() == truth.len() && l.len() > 300

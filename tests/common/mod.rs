@@ -424,12 +424,19 @@ impl Drop for Proc {
 
 /// `ticklake replay` on a free port; returns the process and its ws:// URL.
 pub fn start_replay(captures: &[PathBuf], extra: &[&str]) -> (Proc, String) {
+    start_replay_on("127.0.0.1:0", captures, extra)
+}
+
+/// [`start_replay`] on a given address: a test can point a daemon at the
+/// replay before it plays, so a live timeline starts with the daemon
+/// already there.
+pub fn start_replay_on(listen: &str, captures: &[PathBuf], extra: &[&str]) -> (Proc, String) {
     let mut cmd = Command::new(bin());
     cmd.arg("replay");
     for c in captures {
         cmd.arg("--capture").arg(c);
     }
-    cmd.args(["--listen", "127.0.0.1:0"]).args(extra);
+    cmd.args(["--listen", listen]).args(extra);
     let log = std::env::temp_dir().join(format!("{}.replay.log", unique("r")));
     let mut child = cmd
         .stdout(Stdio::piped())
