@@ -173,52 +173,75 @@ impl Aggregator {
         let price: Decimal128Array = typed(b, "price")?;
         let quantity: Decimal128Array = typed(b, "quantity")?;
         let seq: Int64Array = typed(b, "source_sequence")?;
-        for i in 0..b.num_rows() {
-            let (x, s, t) = (exchange.value(i), symbol.value(i), ts.value(i));
-            if !keep(x, s, t) {
-                continue;
-            }
-            let key = Key {
-                ts: t,
-                seq: seq.is_valid(i).then(|| seq.value(i)),
-                id: message_id.value(i).to_string(),
-            };
-            let (p, q) = (price.value(i), quantity.value(i));
-            let minute = t.div_euclid(MINUTE_US) * MINUTE_US;
-            let id = trade_id.value(i);
-            match self.bars.get_mut(&(x.to_string(), s.to_string(), minute)) {
-                Some(bar) => {
-                    bar.high = bar.high.max(p);
-                    bar.low = bar.low.min(p);
-                    bar.volume += q;
-                    bar.trades += 1;
-                    if key < bar.open_key {
-                        bar.open = p;
-                        bar.first_trade_id = id.to_string();
-                        bar.open_key = key.clone();
-                    }
-                    if key > bar.close_key {
-                        bar.close = p;
-                        bar.last_trade_id = id.to_string();
-                        bar.close_key = key;
-                    }
+        // Where row i sits in the order bars take trades in, borrowed: the
+        // same order as `Key`'s (timestamp, sequence, message id).
+        let key_at = |i: usize| {
+            (
+                ts.value(i),
+                seq.is_valid(i).then(|| seq.value(i)),
+                message_id.value(i),
+            )
+        };
+        let owned_key = |i: usize| Key {
+            ts: ts.value(i),
+            seq: seq.is_valid(i).then(|| seq.value(i)),
+            id: message_id.value(i).to_string(),
+        };
+        // Rows come sorted by (symbol, timestamp), as the writer lays them
+        // out, so a symbol's minute is one run of rows. Each run is folded
+        // on borrowed values and taken into the map once: copying the
+        // strings of every row into lookup keys was most of this
+        // function's cost, on the commit thread, once per trade.
+        let n = b.num_rows();
+        let mut i = 0;
+        while i < n {
+            let (x, s) = (exchange.value(i), symbol.value(i));
+            let minute = ts.value(i).div_euclid(MINUTE_US) * MINUTE_US;
+            // (open row, close row, high, low, volume, trades)
+            let mut run: Option<(usize, usize, i128, i128, i128, i64)> = None;
+            let mut j = i;
+            while j < n
+                && exchange.value(j) == x
+                && symbol.value(j) == s
+                && ts.value(j).div_euclid(MINUTE_US) * MINUTE_US == minute
+            {
+                if keep(x, s, ts.value(j)) {
+                    let (p, q) = (price.value(j), quantity.value(j));
+                    run = Some(match run {
+                        None => (j, j, p, p, q, 1),
+                        Some((o, c, high, low, volume, trades)) => (
+                            if key_at(j) < key_at(o) { j } else { o },
+                            if key_at(j) > key_at(c) { j } else { c },
+                            high.max(p),
+                            low.min(p),
+                            volume + q,
+                            trades + 1,
+                        ),
+                    });
                 }
+                j += 1;
+            }
+            i = j;
+            let Some((o, c, high, low, volume, trades)) = run else {
+                continue;
+            };
+            let part = Partial {
+                open: price.value(o),
+                high,
+                low,
+                close: price.value(c),
+                volume,
+                trades,
+                open_key: owned_key(o),
+                close_key: owned_key(c),
+                first_trade_id: trade_id.value(o).to_string(),
+                last_trade_id: trade_id.value(c).to_string(),
+            };
+            let k = (x.to_string(), s.to_string(), minute);
+            match self.bars.get_mut(&k) {
+                Some(bar) => bar.absorb(&part),
                 None => {
-                    self.bars.insert(
-                        (x.to_string(), s.to_string(), minute),
-                        Partial {
-                            open: p,
-                            high: p,
-                            low: p,
-                            close: p,
-                            volume: q,
-                            trades: 1,
-                            open_key: key.clone(),
-                            close_key: key,
-                            first_trade_id: id.to_string(),
-                            last_trade_id: id.to_string(),
-                        },
-                    );
+                    self.bars.insert(k, part);
                 }
             }
         }
@@ -764,6 +787,46 @@ mod tests {
             file.merge_into(&mut got, "ETHUSDT", exchange, range);
             assert!(!got.is_empty());
             assert_eq!(got.bars, want.bars, "{exchange:?} {range:?}");
+        }
+    }
+
+    #[test]
+    fn runs_of_rows_make_the_bars_row_by_row_makes() {
+        use crate::model::{Dec8, TradeV2};
+        // Two exchanges, three symbols, minutes interleaved, equal
+        // timestamps (decided by sequence, then id), some rows without a
+        // sequence, and a filter that drops rows inside runs.
+        let mut rows = Vec::new();
+        for i in 0..600i64 {
+            let x = ["BINANCE", "KRAKEN"][(i % 2) as usize];
+            let s = ["BTCUSDT", "ETHUSDT", "DOTUSDT"][(i % 3) as usize];
+            let ts = (i * 7919 % 300) * 1_000_000 + (i % 4) * 10;
+            let mut t = TradeV2::builder(x, s, &format!("{}", i * 37 % 101), ts)
+                .price(Dec8::parse(&format!("{}.5", 100 + (i * 13) % 17)).unwrap())
+                .quantity(Dec8::parse(&format!("0.{:03}", 1 + i % 9)).unwrap())
+                .build();
+            t.source_sequence = (i % 5 != 0).then_some(i % 11);
+            rows.push(t);
+        }
+        let schema =
+            crate::lake::batch::arrow_schema(&crate::lake::schema::trades_schema().unwrap())
+                .unwrap();
+        let keep = |_: &str, s: &str, t: i64| s != "DOTUSDT" || t % 3 != 0;
+        for sorted in [false, true] {
+            let batch = if sorted {
+                crate::lake::batch::trades_batch(&schema, &mut rows.clone()).unwrap()
+            } else {
+                crate::lake::batch::trades_batch_as_is(&schema, &rows).unwrap()
+            };
+            let mut runs = Aggregator::default();
+            runs.add(&batch, keep).unwrap();
+            // One row at a time: every run is one row long.
+            let mut one_by_one = Aggregator::default();
+            for i in 0..batch.num_rows() {
+                one_by_one.add(&batch.slice(i, 1), keep).unwrap();
+            }
+            assert!(runs.bars.len() > 20, "{}", runs.bars.len());
+            assert_eq!(runs.bars, one_by_one.bars, "sorted: {sorted}");
         }
     }
 }
