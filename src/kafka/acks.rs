@@ -218,6 +218,27 @@ type Counts = foldhash::HashMap<(Arc<str>, Tier, Outcome), u64>;
 /// stay carried over).
 const MAX_LATE_CARRIED: usize = 100_000;
 
+/// The partitions' books, and the topic and exchange names they are kept
+/// under.
+#[derive(Default)]
+struct Ledger {
+    parts: foldhash::HashMap<(Arc<str>, i32), Part>,
+    /// Each name once: an acknowledgement (one per record, on librdkafka's
+    /// polling thread) takes a reference, not two fresh allocations.
+    names: foldhash::HashSet<Arc<str>>,
+}
+
+impl Ledger {
+    fn name(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.names.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        self.names.insert(n.clone());
+        n
+    }
+}
+
 /// Shared by the producer's delivery reports and the trades writer.
 pub struct AckLedger {
     metrics: Metrics,
@@ -226,7 +247,7 @@ pub struct AckLedger {
     start_ends: HashMap<String, HashMap<i32, i64>>,
     // foldhash, not SipHash: looked up per trade (a profile counted ~20
     // SipHash runs a trade across the hot path's maps).
-    parts: Mutex<foldhash::HashMap<(Arc<str>, i32), Part>>,
+    ledger: Mutex<Ledger>,
 }
 
 impl AckLedger {
@@ -234,7 +255,7 @@ impl AckLedger {
         Self {
             metrics,
             start_ends,
-            parts: Mutex::new(Default::default()),
+            ledger: Mutex::new(Ledger::default()),
         }
     }
 
@@ -252,24 +273,26 @@ impl AckLedger {
     /// module doc).
     pub fn acked(&self, topic: &str, partition: i32, offset: i64, exchange: &str, tier: Tier) {
         let (matched, reclaimed) = {
-            let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-            let part = parts.entry((Arc::from(topic), partition)).or_default();
+            let mut guard = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            let ledger = &mut *guard;
+            let (topic, exchange) = (ledger.name(topic), ledger.name(exchange));
+            let part = ledger.parts.entry((topic, partition)).or_default();
             if offset >= 0 {
                 part.high = part.high.max(offset + 1);
             }
             match part.waiting.remove(&offset) {
                 Some((row, _)) => (Some(row.fate), false),
-                None => match part.reclaim(offset, exchange, tier) {
+                None => match part.reclaim(offset, &exchange, tier) {
                     Some(fate) => (Some(fate), true),
                     // Without an offset, or at one already acknowledged
                     // (two acknowledgements cannot both be right about
                     // it): matched like one without an offset.
                     None if offset < 0 || part.acked.contains_key(&offset) => {
-                        part.unknown.push((Arc::from(exchange), tier));
+                        part.unknown.push((exchange, tier));
                         (None, false)
                     }
                     None => {
-                        part.acked.insert(offset, (Arc::from(exchange), tier));
+                        part.acked.insert(offset, (exchange, tier));
                         (None, false)
                     }
                 },
@@ -290,7 +313,8 @@ impl AckLedger {
         let now = Instant::now();
         let mut counts = Counts::default();
         {
-            let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+            let mut guard = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            let parts = &mut guard.parts;
             for row in rows {
                 if row.offset < self.start_end(&row.topic, row.partition) {
                     *counts
@@ -327,8 +351,8 @@ impl AckLedger {
     fn sweep_at(&self, now: Instant) {
         let mut counts = Counts::default();
         {
-            let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-            for part in parts.values_mut() {
+            let mut guard = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            for part in guard.parts.values_mut() {
                 part.settle_stale(now, &mut counts);
                 part.reclaim_orphans(&mut counts);
             }
@@ -344,8 +368,9 @@ impl AckLedger {
 
     /// One past the highest offset acknowledged, per topic and partition.
     pub fn acked_highs(&self) -> Vec<(Arc<str>, i32, i64)> {
-        let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-        parts
+        let guard = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        guard
+            .parts
             .iter()
             .filter(|(_, p)| p.high > 0)
             .map(|((t, p), part)| (t.clone(), *p, part.high))
@@ -355,8 +380,8 @@ impl AckLedger {
     /// Acknowledged and not yet covered by a commit, and committed rows
     /// still waiting for an acknowledgement.
     pub fn pending(&self) -> (usize, usize) {
-        let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-        parts.values().fold((0, 0), |(a, w), p| {
+        let guard = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        guard.parts.values().fold((0, 0), |(a, w), p| {
             (a + p.acked.len() + p.unknown.len(), w + p.waiting.len())
         })
     }
