@@ -502,7 +502,8 @@ pub async fn measure(
             timeout,
         )?;
         drop(produce_only);
-        let round_trip = produce_and_consume(&ceiling_cfg, &bootstrap, &round_trip, timeout)?;
+        let round_trip =
+            produce_and_consume(&ceiling_cfg, &bootstrap, &round_trip, partitions, timeout)?;
         Ok::<_, BenchError>((produce, round_trip))
     })
     .await
@@ -627,6 +628,7 @@ fn produce_and_consume(
     cfg: &Config,
     bootstrap: &str,
     records: &[Encoded],
+    partitions: i32,
     timeout: Duration,
 ) -> Result<f64, BenchError> {
     use rdkafka::{Offset, TopicPartitionList};
@@ -636,23 +638,66 @@ fn produce_and_consume(
     let mut kafka = cfg.kafka.clone();
     kafka.consumer_group = format!("{}-ceiling", cfg.kafka.consumer_group);
     let consumer: BaseConsumer = crate::kafka::consumer_config(&kafka, bootstrap).create()?;
-    let meta = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+    // Every partition, or the reader can never reach `want`: a topic
+    // whose metadata is still settling may list fewer for a moment.
     let mut assignment = TopicPartitionList::new();
-    for t in meta.topics() {
-        for p in t.partitions() {
-            assignment.add_partition_offset(&topic, p.id(), Offset::Beginning)?;
+    let asked = Instant::now();
+    loop {
+        let meta = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        let ids: Vec<i32> = meta
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if ids.len() >= partitions as usize || asked.elapsed() > Duration::from_secs(10) {
+            if ids.len() < partitions as usize {
+                return Err(BenchError::Producer(format!(
+                    "{topic} lists {} of its {partitions} partitions after 10 s",
+                    ids.len()
+                )));
+            }
+            for id in ids {
+                assignment.add_partition_offset(&topic, id, Offset::Beginning)?;
+            }
+            break;
         }
+        std::thread::sleep(Duration::from_millis(100));
     }
     consumer.assign(&assignment)?;
     let want = records.len();
     let started = Instant::now();
+    // Set once every record is acknowledged: from then on a reader that
+    // reads nothing for `STALL` has stalled, and says where, instead of
+    // waiting out the whole timeout.
+    const STALL: Duration = Duration::from_secs(30);
+    let all_sent = Arc::new(AtomicBool::new(false));
+    let reader_sent = all_sent.clone();
     let reader = std::thread::spawn(move || -> Result<Instant, BenchError> {
         let mut read = 0usize;
+        let mut last_read = Instant::now();
         while read < want {
-            if started.elapsed() > timeout {
+            let stalled = reader_sent.load(Ordering::Acquire) && last_read.elapsed() > STALL;
+            if started.elapsed() > timeout || stalled {
+                let positions = consumer
+                    .position()
+                    .map(|tpl| {
+                        tpl.elements()
+                            .iter()
+                            .map(|e| format!("{}:{:?}", e.partition(), e.offset()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_else(|e| e.to_string());
+                tracing::warn!(
+                    read,
+                    want,
+                    stalled,
+                    positions,
+                    "round-trip ceiling reader gave up"
+                );
                 return Err(BenchError::Timeout {
                     stage: "round-trip ceiling",
-                    secs: timeout.as_secs(),
+                    secs: started.elapsed().as_secs(),
                     done: read as u64,
                     total: want as u64,
                 });
@@ -661,6 +706,7 @@ fn produce_and_consume(
                 Some(Ok(m)) => {
                     std::hint::black_box(m.payload().map(<[u8]>::len));
                     read += 1;
+                    last_read = Instant::now();
                 }
                 Some(Err(e)) => return Err(BenchError::Client(e)),
                 None => {}
@@ -675,6 +721,7 @@ fn produce_and_consume(
         "round-trip ceiling (produce)",
         timeout,
     );
+    all_sent.store(true, Ordering::Release);
     let done = reader
         .join()
         .map_err(|_| BenchError::Producer("round-trip reader panicked".into()))??;
