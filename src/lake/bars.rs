@@ -38,7 +38,7 @@ use iceberg::{Catalog, TableIdent};
 use serde::Serialize;
 
 use super::LakeError;
-use super::commit::{live_entries, read_data_file, write_data_files};
+use super::commit::{live_entries, read_data_file_columns, write_data_files};
 
 /// Snapshot-summary key of a bars commit: the sequence number of the
 /// newest trades snapshot it covers.
@@ -158,6 +158,18 @@ fn typed<T: Clone + 'static>(b: &RecordBatch, name: &str) -> Result<T, LakeError
 }
 
 impl Aggregator {
+    /// The trades columns [`add`](Self::add) reads.
+    pub const TRADE_COLUMNS: [&'static str; 8] = [
+        "exchange",
+        "symbol",
+        "message_id",
+        "trade_id",
+        "timestamp",
+        "price",
+        "quantity",
+        "source_sequence",
+    ];
+
     /// Adds trades rows (the trades table's columns), those for which
     /// `keep(exchange, symbol, timestamp)` holds.
     pub fn add(
@@ -586,7 +598,7 @@ pub async fn summarize_files(
 ) -> Result<u64, LakeError> {
     let mut rows = 0;
     for f in files {
-        for b in read_data_file(trades, f).await? {
+        for b in read_data_file_columns(trades, f, &Aggregator::TRADE_COLUMNS).await? {
             rows += b.num_rows() as u64;
             agg.add(&b, |_, _, _| true)?;
         }
