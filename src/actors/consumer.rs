@@ -19,7 +19,7 @@ use crate::messages::consumer::Committed;
 pub use crate::messages::consumer::RestartConsumer;
 use crate::messages::observe::Observe;
 use crate::messages::tail::{TailRow, Tailed};
-use crate::messages::writer::{Assigned, Consumed, GetPositions, Rows};
+use crate::messages::writer::{Assigned, Consumed, GetPositions, Rows, Span};
 use crate::metrics::Metrics;
 use crate::model::{DeadLetter, TradeV2, now_us};
 
@@ -482,7 +482,7 @@ impl Actor for ConsumerActor {
                 let n = chunk.len();
                 let mut trades: Vec<Arc<TradeV2>> = Vec::with_capacity(n);
                 let mut dead: Vec<DeadLetter> = Vec::new();
-                let mut trade_pos = Vec::with_capacity(n);
+                let mut trade_pos = Vec::new();
                 let mut dead_pos = Vec::new();
                 let mut tail_rows = Vec::with_capacity(if routes.tail.is_some() { n } else { 0 });
                 let mut at = Vec::with_capacity(n);
@@ -520,7 +520,6 @@ impl Actor for ConsumerActor {
                         }
                     };
                     let topic = &info.name;
-                    let pos = (topic.clone(), m.partition(), m.offset() + 1);
                     let payload = m.payload().unwrap_or_default();
                     if let Some(w) = &routes.window {
                         let key = m.key().map_or(0, <[u8]>::len);
@@ -565,11 +564,12 @@ impl Actor for ConsumerActor {
                             payload.to_vec(),
                         ));
                     }
-                    if is_dead_topic {
-                        dead_pos.push(pos);
+                    let spans = if is_dead_topic {
+                        &mut dead_pos
                     } else {
-                        trade_pos.push(pos);
-                    }
+                        &mut trade_pos
+                    };
+                    Span::push(spans, topic, m.partition(), m.offset());
                 }
                 // The tail first: a commit can then never cover a row the
                 // tail has not seen, which hybrid reads rely on.

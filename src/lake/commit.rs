@@ -57,10 +57,18 @@ impl KafkaOffsets {
     }
 
     pub fn set(&mut self, topic: &str, partition: i32, next: i64) {
-        self.topics
-            .entry(topic.to_string())
-            .or_default()
-            .insert(partition, next);
+        // The name is copied only for a topic not yet held.
+        match self.topics.get_mut(topic) {
+            Some(parts) => {
+                parts.insert(partition, next);
+            }
+            None => {
+                self.topics
+                    .entry(topic.to_string())
+                    .or_default()
+                    .insert(partition, next);
+            }
+        }
     }
 }
 

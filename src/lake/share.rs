@@ -4,9 +4,9 @@
 //! degradation supervisor and the query engine all read it.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use super::commit::KafkaOffsets;
+use crate::messages::writer::Span;
 
 /// Where a daemon of a consumer group starts a partition the group gives
 /// it: past everything the table holds and everything its writers hold,
@@ -61,10 +61,10 @@ impl Seen {
     }
 
     /// Positions a writer took in.
-    pub fn held(&self, positions: &[(Arc<str>, i32, i64)]) {
+    pub fn held(&self, positions: &[Span]) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        for (t, p, next) in positions {
-            g.1.set(t, *p, *next);
+        for s in positions {
+            g.1.set(&s.topic, s.partition, s.next);
         }
     }
 

@@ -20,23 +20,23 @@ impl Handler<Consumed> for WriterActor {
             // Sent by a consumer loop from before a rewind.
             return;
         }
-        for (topic, partition, next) in &msg.positions {
+        for span in &msg.positions {
             // Offsets run on without holes; one the consumer went past
             // without handing it over is a lost record (an offset reset
             // after the broker deleted it), counted and shown, never
             // silently skipped.
-            if let Some(expected) = self.positions.get(topic, *partition)
-                && next - 1 > expected
+            if let Some(expected) = self.positions.get(&span.topic, span.partition)
+                && span.first > expected
             {
                 self.metrics.losses.record(
-                    topic,
-                    *partition,
+                    &span.topic,
+                    span.partition,
                     expected,
-                    next - 1,
+                    span.first,
                     LossCause::Skipped,
                 );
             }
-            self.positions.set(topic, *partition, *next);
+            self.positions.set(&span.topic, span.partition, span.next);
         }
         if let Some(seen) = &self.seen {
             seen.held(&msg.positions);
