@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -100,6 +100,13 @@ fn log_has(path: &Path, needle: &str) -> bool {
     std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle))
 }
 
+/// The last 40 lines of a daemon's log, for a failure message.
+fn last_lines(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
 /// The partitions of `topic` a daemon's log says it holds last: those
 /// assigned after its last revocation.
 fn final_assignment(log: &Path, topic: &str) -> BTreeSet<i32> {
@@ -143,10 +150,25 @@ fn round(brokers: &str, n: usize) {
     let mut da = a.start_daemon("a");
     let mut db = b.start_daemon("b");
     // Both in the group, each with a share: the second to join gets one.
-    wait_until("both daemons assigned", Duration::from_secs(60), || {
-        log_has(&a.log_path("a"), "partition assigned to this daemon")
-            && log_has(&b.log_path("b"), "partition assigned to this daemon")
-    });
+    // Generous: on a loaded CI machine, two debug daemons starting beside
+    // the other test's two took over 60 s to both be assigned. A timeout
+    // shows both logs, so a join that never ends can be told from a slow one.
+    let assigned = Instant::now();
+    while !(log_has(&a.log_path("a"), "partition assigned to this daemon")
+        && log_has(&b.log_path("b"), "partition assigned to this daemon"))
+    {
+        assert!(
+            assigned.elapsed() < Duration::from_secs(180),
+            "timed out waiting for both daemons assigned\n--- a\n{}\n--- b\n{}",
+            last_lines(&a.log_path("a")),
+            last_lines(&b.log_path("b")),
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!(
+        "round {n}: both daemons assigned {:.1} s after start",
+        assigned.elapsed().as_secs_f64()
+    );
     produced += trades_produced(&producer.config, &parts[1]);
     wait_until(
         "the first parts committed",
