@@ -389,6 +389,40 @@ async fn reseek(consumer: &LakeConsumer, group: bool, routes: &Routes) -> Result
 const MAX_CHUNK: usize = 2048;
 
 /// What the loop knows of a topic it has read from.
+/// Consecutive offsets read from one partition, told to the broker window
+/// as one update when the run ends (see `BrokerWindow::consumed_run`).
+#[derive(Default)]
+struct ReadRun(Option<(Arc<str>, i32, i64, i64, i64)>);
+
+impl ReadRun {
+    fn add(
+        &mut self,
+        topic: &Arc<str>,
+        partition: i32,
+        offset: i64,
+        est: i64,
+        w: Option<&BrokerWindow>,
+    ) {
+        if let Some((t, p, _, last, sum)) = &mut self.0
+            && *p == partition
+            && *last + 1 == offset
+            && **t == **topic
+        {
+            *last = offset;
+            *sum += est;
+            return;
+        }
+        self.flush(w);
+        self.0 = Some((topic.clone(), partition, offset, offset, est));
+    }
+
+    fn flush(&mut self, w: Option<&BrokerWindow>) {
+        if let (Some((t, p, first, last, est)), Some(w)) = (self.0.take(), w) {
+            w.consumed_run(&t, p, first, last, est);
+        }
+    }
+}
+
 struct TopicInfo {
     name: Arc<str>,
     records: prometheus::IntCounter,
@@ -486,6 +520,7 @@ impl Actor for ConsumerActor {
                 let mut dead_pos = Vec::new();
                 let mut tail_rows = Vec::with_capacity(if routes.tail.is_some() { n } else { 0 });
                 let mut at = Vec::with_capacity(n);
+                let mut read = ReadRun::default();
                 for m in chunk {
                     let m = match m {
                         Ok(m) => m,
@@ -521,10 +556,16 @@ impl Actor for ConsumerActor {
                     };
                     let topic = &info.name;
                     let payload = m.payload().unwrap_or_default();
-                    if let Some(w) = &routes.window {
+                    if routes.window.is_some() {
                         let key = m.key().map_or(0, <[u8]>::len);
                         let est = window::estimate(key, payload.len());
-                        w.consumed(topic, m.partition(), m.offset(), est);
+                        read.add(
+                            topic,
+                            m.partition(),
+                            m.offset(),
+                            est,
+                            routes.window.as_deref(),
+                        );
                     }
                     info.records.inc();
                     let is_dead_topic = info.kind == TopicKind::DeadLetters;
@@ -571,6 +612,7 @@ impl Actor for ConsumerActor {
                     };
                     Span::push(spans, topic, m.partition(), m.offset());
                 }
+                read.flush(routes.window.as_deref());
                 // The tail first: a commit can then never cover a row the
                 // tail has not seen, which hybrid reads rely on.
                 if let Some(tail) = &routes.tail

@@ -158,14 +158,28 @@ impl BrokerWindow {
     /// which the writers report as a loss) leave the window too, at the
     /// partition's average size, or it would stay full for ever.
     pub fn consumed(&self, topic: &str, partition: i32, offset: i64, est: i64) {
+        self.consumed_run(topic, partition, offset, offset, est);
+    }
+
+    /// Read by the consumer: the records `first ..= last` of one partition,
+    /// `est` their estimates summed. One update per run of offsets, not
+    /// per record: these counters are written by the producer's thread and
+    /// librdkafka's too, and each write takes the line from the others.
+    pub fn consumed_run(&self, topic: &str, partition: i32, first: i64, last: i64, est: i64) {
         let Some(p) = self.part(topic, partition) else {
             return;
         };
-        let before = p.read_end.fetch_max(offset + 1, Ordering::Relaxed);
-        if offset < before {
+        let before = p.read_end.fetch_max(last + 1, Ordering::Relaxed);
+        if last < before {
             return;
         }
-        let skipped = offset - before;
+        // Offsets below `before` were read already (a re-read after a
+        // restart): only the rest leave the window, at their share of `est`.
+        let new_from = first.max(before);
+        let count = last - first + 1;
+        let new = last - new_from + 1;
+        let est = if new == count { est } else { est / count * new };
+        let skipped = new_from - before;
         if skipped > 0 {
             let records = p.records.load(Ordering::Relaxed);
             if records > 0 {
@@ -176,7 +190,7 @@ impl BrokerWindow {
             }
         }
         p.bytes.fetch_sub(est, Ordering::Relaxed);
-        p.records.fetch_sub(1, Ordering::Relaxed);
+        p.records.fetch_sub(new, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> WindowSnapshot {
@@ -259,5 +273,32 @@ mod tests {
         assert_eq!((s.fullest_records, s.fullest_bytes), (0, 0));
         // Nothing waits: a record over the budget is not held for ever.
         assert!(w.has_room("t", BUDGET_BYTES * 2));
+    }
+
+    #[test]
+    fn a_run_of_offsets_leaves_the_window_as_its_records_one_by_one_do() {
+        let (by_run, by_record) = (window(), window());
+        let est = estimate(0, 100);
+        for w in [&by_run, &by_record] {
+            for _ in 0..20 {
+                w.enqueued(est);
+                w.delivered("t", 0, est);
+            }
+        }
+        // 0..=4, a hole (5, 6), 7..=9, then a re-read of 8..=11 after a
+        // restart: 8 and 9 are not counted twice.
+        for (first, last) in [(0, 4), (7, 9), (8, 11)] {
+            by_run.consumed_run("t", 0, first, last, est * (last - first + 1));
+            for o in first..=last {
+                by_record.consumed("t", 0, o, est);
+            }
+            let (a, b) = (by_run.snapshot(), by_record.snapshot());
+            assert_eq!(
+                (a.fullest_records, a.fullest_bytes),
+                (b.fullest_records, b.fullest_bytes),
+                "after {first}..={last}"
+            );
+        }
+        assert_eq!(by_run.snapshot().fullest_records, 20 - 12);
     }
 }
