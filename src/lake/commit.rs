@@ -3,6 +3,7 @@
 //! That property is the single source of truth for exactly-once restarts.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use iceberg::spec::{DataFileFormat, ManifestContentType, ManifestEntry};
@@ -69,6 +70,41 @@ impl KafkaOffsets {
                     .insert(partition, next);
             }
         }
+    }
+}
+
+/// A run of consecutive offsets of one partition that a consumer handed
+/// over: records `first ..= next - 1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub first: i64,
+    pub next: i64,
+}
+
+impl Span {
+    /// Adds a record to `spans`: to the last span of its partition when it
+    /// follows that span's last offset, else as a new span.
+    ///
+    /// One span per run, not one entry per record: the writer checks and
+    /// records positions per entry, and per record that was two map
+    /// updates and a topic-name allocation each time.
+    pub fn push(spans: &mut Vec<Span>, topic: &Arc<str>, partition: i32, offset: i64) {
+        if let Some(last) = spans.last_mut()
+            && last.partition == partition
+            && last.next == offset
+            && *last.topic == **topic
+        {
+            last.next = offset + 1;
+            return;
+        }
+        spans.push(Span {
+            topic: topic.clone(),
+            partition,
+            first: offset,
+            next: offset + 1,
+        });
     }
 }
 
@@ -240,7 +276,7 @@ pub fn with_added_columns(
         }
     }
     Ok(RecordBatch::try_new(
-        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+        Arc::new(arrow::datatypes::Schema::new(fields)),
         columns,
     )?)
 }
@@ -579,6 +615,38 @@ mod tests {
     /// A snapshot another engine appends carries no offsets; the positions
     /// are still those of the newest ticklake commit below it, never "none"
     /// (which would send the consumer back to offset 0).
+    #[test]
+    fn a_span_runs_while_offsets_follow_on_in_one_partition() {
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let mut spans = Vec::new();
+        for (t, p, o) in [
+            (&a, 0, 5),
+            (&a, 0, 6),
+            (&a, 0, 7),
+            (&a, 1, 8),  // another partition
+            (&a, 0, 8),  // back again: a new span, not a merge across
+            (&a, 0, 10), // a hole
+            (&b, 0, 11), // another topic
+            (&b, 0, 12),
+        ] {
+            Span::push(&mut spans, t, p, o);
+        }
+        let got: Vec<_> = spans
+            .iter()
+            .map(|s| (&*s.topic, s.partition, s.first, s.next))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", 0, 5, 8),
+                ("a", 1, 8, 9),
+                ("a", 0, 8, 9),
+                ("a", 0, 10, 11),
+                ("b", 0, 11, 13),
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn offsets_come_from_the_newest_snapshot_that_carries_them() {
         let dir = tempfile::tempdir().unwrap();

@@ -5,8 +5,7 @@
 
 use std::collections::HashSet;
 
-use super::commit::KafkaOffsets;
-use crate::messages::writer::Span;
+use super::commit::{KafkaOffsets, Span};
 
 /// Where a daemon of a consumer group starts a partition the group gives
 /// it: past everything the table holds and everything its writers hold,
