@@ -388,11 +388,11 @@ async fn reseek(consumer: &LakeConsumer, group: bool, routes: &Routes) -> Result
 /// Largest number of records decoded and routed as one message.
 const MAX_CHUNK: usize = 2048;
 
-/// What the loop knows of a topic it has read from.
-/// Consecutive offsets read from one partition, told to the broker window
-/// as one update when the run ends (see `BrokerWindow::consumed_run`).
+/// Consecutive offsets read from one partition, with their estimates
+/// summed, told to the broker window as one update when the run ends (see
+/// `BrokerWindow::consumed_run`).
 #[derive(Default)]
-struct ReadRun(Option<(Arc<str>, i32, i64, i64, i64)>);
+struct ReadRun(Option<(Span, i64)>);
 
 impl ReadRun {
     fn add(
@@ -403,26 +403,25 @@ impl ReadRun {
         est: i64,
         w: Option<&BrokerWindow>,
     ) {
-        if let Some((t, p, _, last, sum)) = &mut self.0
-            && *p == partition
-            && *last + 1 == offset
-            && **t == **topic
+        if let Some((span, sum)) = &mut self.0
+            && span.followed_by(topic, partition, offset)
         {
-            *last = offset;
+            span.next = offset + 1;
             *sum += est;
             return;
         }
         self.flush(w);
-        self.0 = Some((topic.clone(), partition, offset, offset, est));
+        self.0 = Some((Span::of(topic, partition, offset), est));
     }
 
     fn flush(&mut self, w: Option<&BrokerWindow>) {
-        if let (Some((t, p, first, last, est)), Some(w)) = (self.0.take(), w) {
-            w.consumed_run(&t, p, first, last, est);
+        if let (Some((s, est)), Some(w)) = (self.0.take(), w) {
+            w.consumed_run(&s.topic, s.partition, s.first, s.next - 1, est);
         }
     }
 }
 
+/// What the loop knows of a topic it has read from.
 struct TopicInfo {
     name: Arc<str>,
     records: prometheus::IntCounter,

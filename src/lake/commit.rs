@@ -91,20 +91,26 @@ impl Span {
     /// records positions per entry, and per record that was two map
     /// updates and a topic-name allocation each time.
     pub fn push(spans: &mut Vec<Span>, topic: &Arc<str>, partition: i32, offset: i64) {
-        if let Some(last) = spans.last_mut()
-            && last.partition == partition
-            && last.next == offset
-            && *last.topic == **topic
-        {
-            last.next = offset + 1;
-            return;
+        match spans.last_mut() {
+            Some(last) if last.followed_by(topic, partition, offset) => last.next = offset + 1,
+            _ => spans.push(Span::of(topic, partition, offset)),
         }
-        spans.push(Span {
+    }
+
+    /// The span of the one record at `offset`.
+    pub fn of(topic: &Arc<str>, partition: i32, offset: i64) -> Span {
+        Span {
             topic: topic.clone(),
             partition,
             first: offset,
             next: offset + 1,
-        });
+        }
+    }
+
+    /// Whether the record at `offset` of `topic`'s `partition` comes right
+    /// after this span.
+    pub fn followed_by(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        self.partition == partition && self.next == offset && *self.topic == *topic
     }
 }
 
@@ -612,9 +618,6 @@ mod tests {
         one_partition(next)
     }
 
-    /// A snapshot another engine appends carries no offsets; the positions
-    /// are still those of the newest ticklake commit below it, never "none"
-    /// (which would send the consumer back to offset 0).
     #[test]
     fn a_span_runs_while_offsets_follow_on_in_one_partition() {
         let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
@@ -647,6 +650,9 @@ mod tests {
         );
     }
 
+    /// A snapshot another engine appends carries no offsets; the positions
+    /// are still those of the newest ticklake commit below it, never "none"
+    /// (which would send the consumer back to offset 0).
     #[tokio::test]
     async fn offsets_come_from_the_newest_snapshot_that_carries_them() {
         let dir = tempfile::tempdir().unwrap();
