@@ -9,6 +9,8 @@ use std::sync::Arc;
 use regex::Regex;
 use serde::Deserialize;
 
+use crate::fastmap::FastMap;
+
 /// Longest symbol any exchange's pattern may allow, in bytes. The symbol is
 /// a partition value of the lake and a key of every index over the tail;
 /// no venue's tickers come near it.
@@ -292,9 +294,7 @@ impl Instruments {
 /// [`Instruments::tier`] makes.
 pub struct TierCache {
     instruments: Arc<Instruments>,
-    // foldhash, not SipHash: looked up per trade (a profile counted ~20
-    // SipHash runs a trade across the hot path's maps).
-    known: foldhash::HashMap<String, foldhash::HashMap<String, Tier>>,
+    known: FastMap<String, FastMap<String, Tier>>,
 }
 
 impl TierCache {

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod dedup;
 pub mod degrade;
 pub mod exchanges;
+pub mod fastmap;
 pub mod instruments;
 pub mod kafka;
 pub mod lake;

@@ -229,9 +229,7 @@ struct GroupWatch {
     partitions: Vec<(String, Vec<i32>)>,
     after: std::time::Duration,
     /// Per partition: the group's committed offset and since when it is.
-    // foldhash, not SipHash: looked up per trade (a profile counted ~20
-    // SipHash runs a trade across the hot path's maps).
-    since: foldhash::HashMap<(String, i32), (i64, std::time::Instant)>,
+    since: crate::fastmap::FastMap<(String, i32), (i64, std::time::Instant)>,
     checking: bool,
 }
 

@@ -46,6 +46,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::fastmap::{FastMap, Names};
 use crate::instruments::Tier;
 use crate::metrics::{Metrics, Outcome};
 
@@ -211,7 +212,7 @@ impl Part {
     }
 }
 
-type Counts = foldhash::HashMap<(Arc<str>, Tier, Outcome), u64>;
+type Counts = FastMap<(Arc<str>, Tier, Outcome), u64>;
 
 /// Most rows a partition remembers as carried over after waiting, for a
 /// late acknowledgement to reclaim; beyond, the oldest are let go (they
@@ -222,21 +223,10 @@ const MAX_LATE_CARRIED: usize = 100_000;
 /// under.
 #[derive(Default)]
 struct Ledger {
-    parts: foldhash::HashMap<(Arc<str>, i32), Part>,
-    /// Each name once: an acknowledgement (one per record, on librdkafka's
-    /// polling thread) takes a reference, not two fresh allocations.
-    names: foldhash::HashSet<Arc<str>>,
-}
-
-impl Ledger {
-    fn name(&mut self, name: &str) -> Arc<str> {
-        if let Some(n) = self.names.get(name) {
-            return n.clone();
-        }
-        let n: Arc<str> = Arc::from(name);
-        self.names.insert(n.clone());
-        n
-    }
+    parts: FastMap<(Arc<str>, i32), Part>,
+    /// An acknowledgement (one per record, on librdkafka's polling thread)
+    /// takes references to its topic and exchange, not two allocations.
+    names: Names,
 }
 
 /// Shared by the producer's delivery reports and the trades writer.
@@ -245,8 +235,6 @@ pub struct AckLedger {
     /// Each partition's end when the daemon started: below it, nothing is
     /// this run's.
     start_ends: HashMap<String, HashMap<i32, i64>>,
-    // foldhash, not SipHash: looked up per trade (a profile counted ~20
-    // SipHash runs a trade across the hot path's maps).
     ledger: Mutex<Ledger>,
 }
 
@@ -275,7 +263,7 @@ impl AckLedger {
         let (matched, reclaimed) = {
             let mut guard = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
             let ledger = &mut *guard;
-            let (topic, exchange) = (ledger.name(topic), ledger.name(exchange));
+            let (topic, exchange) = (ledger.names.get(topic), ledger.names.get(exchange));
             let part = ledger.parts.entry((topic, partition)).or_default();
             if offset >= 0 {
                 part.high = part.high.max(offset + 1);

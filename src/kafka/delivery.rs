@@ -4,7 +4,7 @@
 //! are handled in librdkafka's producer context, on its polling thread:
 //! no task, channel or wake-up per record.
 
-use foldhash::HashMap;
+use crate::fastmap::FastMap as HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -79,8 +79,6 @@ type ByTier = [Option<Arc<RecordCounters>>; 4];
 /// [`RecordCounters`] kept per topic, exchange and tier.
 pub struct DeliveryCounters {
     metrics: Metrics,
-    // foldhash, not SipHash: looked up per trade (a profile counted ~20
-    // SipHash runs a trade across the hot path's maps).
     kept: HashMap<String, HashMap<String, ByTier>>,
 }
 

@@ -3,7 +3,7 @@
 //! Shared by the producer actor and the offline `produce` and `bench`
 //! verbs, so all of them write byte-identical records.
 
-use foldhash::HashMap;
+use crate::fastmap::FastMap as HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +17,6 @@ use crate::messages::producer::Record;
 /// `ticklake produce` path so both write byte-identical records.
 pub struct Encoder {
     codec: Arc<Codec>,
-    // foldhash, not SipHash: looked up per trade (a profile counted ~20
-    // SipHash runs a trade across the hot path's maps).
     trades_topics: HashMap<String, String>,
     topic_prefix: String,
     dead_letter_topic: String,

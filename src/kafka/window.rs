@@ -51,9 +51,7 @@ struct Part {
 pub struct BrokerWindow {
     /// Only the topics the consumer reads; a record to any other topic is
     /// never held back.
-    // foldhash, not SipHash: looked up per trade (a profile counted ~20
-    // SipHash runs a trade across the hot path's maps).
-    parts: foldhash::HashMap<String, Vec<Part>>,
+    parts: crate::fastmap::FastMap<String, Vec<Part>>,
     /// Handed to librdkafka with no delivery report yet: its partition is
     /// not known, so it counts against every partition.
     pending_bytes: AtomicI64,

@@ -26,6 +26,7 @@ use arrow::array::{BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
 
+use crate::fastmap::FastMap;
 use crate::lake::batch::trades_batch_as_is;
 use crate::lake::commit::KafkaOffsets;
 use crate::messages::tail::{TailError, TailFilter, TailRow, TailState};
@@ -246,14 +247,13 @@ impl SymbolRows {
 pub struct TailStore {
     cluster_id: Arc<str>,
     schema: SchemaRef,
-    // foldhash, not SipHash: looked up per pushed run of rows.
-    by_symbol: foldhash::HashMap<Arc<str>, SymbolRows>,
+    by_symbol: FastMap<Arc<str>, SymbolRows>,
     rows: usize,
     /// Highest committed offsets seen, i.e. everything below is gone.
     pruned: Arc<KafkaOffsets>,
     /// The (topic, partition) pairs seen, indexed by `Pos`'s first field.
     partitions: Arc<Vec<(Arc<str>, i32)>>,
-    partition_index: foldhash::HashMap<(Arc<str>, i32), u32>,
+    partition_index: FastMap<(Arc<str>, i32), u32>,
     /// Highest offset taken in per partition index. A partition is read in
     /// offset order, so anything at or below it is a re-read (a consumer
     /// restart or a writer rewinding to its last snapshot) of a row the
@@ -313,7 +313,7 @@ impl TailStore {
     /// twice.
     pub fn push(&mut self, rows: Vec<TailRow>) {
         // This push's rows per symbol, each becoming one link.
-        let mut fresh: foldhash::HashMap<Arc<str>, Run> = Default::default();
+        let mut fresh: FastMap<Arc<str>, Run> = Default::default();
         for r in rows {
             if self
                 .pruned
@@ -487,8 +487,7 @@ fn seal(schema: &SchemaRef, sym: &mut SymbolRows) {
 pub struct TailSnapshot {
     cluster_id: Arc<str>,
     schema: SchemaRef,
-    // foldhash, not SipHash: looked up per pushed run of rows.
-    by_symbol: foldhash::HashMap<Arc<str>, SymbolRows>,
+    by_symbol: FastMap<Arc<str>, SymbolRows>,
     pruned: Arc<KafkaOffsets>,
     partitions: Arc<Vec<(Arc<str>, i32)>>,
 }

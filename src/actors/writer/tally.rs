@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::fastmap::Names;
 use crate::instruments::{Instruments, TierCache};
 pub use crate::kafka::acks::Fate;
 use crate::kafka::acks::{AckLedger, CommittedRow};
@@ -16,9 +17,7 @@ use crate::model::TradeV2;
 pub struct Tally {
     ledger: Arc<AckLedger>,
     tiers: TierCache,
-    // foldhash, not SipHash: looked up per trade (a profile counted ~20
-    // SipHash runs a trade across the hot path's maps).
-    exchanges: foldhash::HashMap<String, Arc<str>>,
+    exchanges: Names,
     /// Rows taken in since the last commit started.
     pending: Vec<CommittedRow>,
     /// Rows of the running commit.
@@ -41,14 +40,7 @@ impl Tally {
     /// One consumed trade, read at `at` (topic, partition, offset).
     pub fn note(&mut self, t: &TradeV2, at: &(Arc<str>, i32, i64), fate: Fate) {
         let tier = self.tiers.tier(&t.exchange, &t.symbol);
-        let exchange = match self.exchanges.get(t.exchange.as_str()) {
-            Some(e) => e.clone(),
-            None => {
-                let e: Arc<str> = Arc::from(t.exchange.as_str());
-                self.exchanges.insert(t.exchange.clone(), e.clone());
-                e
-            }
-        };
+        let exchange = self.exchanges.get(&t.exchange);
         self.pending.push(CommittedRow {
             topic: at.0.clone(),
             partition: at.1,
