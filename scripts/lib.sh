@@ -158,3 +158,22 @@ stop_pid() {
         sleep 0.1
     done
 }
+
+# Stops the server whose pid <dir>/<name>.pid holds, if that pid still runs
+# <match> (see pid_runs), by stop_pid with <mode> and <timeout>; then
+# forgets the pid and marks the end in <dir>/<name>.log. Without a pid file
+# there is nothing to stop, and it says so.
+stop_tracked() {
+    local dir=$1 name=$2 match=$3 mode=$4 timeout=$5 label=$6 pid
+    if [[ ! -f "$dir/$name.pid" ]]; then
+        log "no $name.pid in $dir; nothing to stop"
+        return 0
+    fi
+    pid="$(cat "$dir/$name.pid")"
+    if pid_runs "$pid" "$match"; then
+        stop_pid "$pid" "$mode" "$timeout" "$label"
+        log "stopped $label pid $pid ($mode)"
+    fi
+    rm -f "$dir/$name.pid"
+    echo "=== $name stopped $(date -u +%FT%TZ)" >>"$dir/$name.log"
+}

@@ -67,19 +67,7 @@ cmd_start() {
 }
 
 cmd_stop() {
-    local dir pid
-    dir="$(workdir_arg "${1:-}")"
-    if [[ ! -f "$dir/s3.pid" ]]; then
-        log "no s3.pid in $dir; nothing to stop"
-        return 0
-    fi
-    pid="$(cat "$dir/s3.pid")"
-    if pid_runs "$pid" moto; then
-        stop_pid "$pid" graceful 5 "S3 server"
-        log "stopped S3 server pid $pid"
-    fi
-    rm -f "$dir/s3.pid"
-    echo "=== s3 stopped $(date -u +%FT%TZ)" >>"$dir/s3.log"
+    stop_tracked "$(workdir_arg "${1:-}")" s3 moto graceful 5 "S3 server"
 }
 
 case "${1:-}" in

@@ -122,28 +122,18 @@ cmd_start() {
 }
 
 cmd_stop() {
-    local dir pid
+    local dir
     dir="$(workdir_arg "${1:-}")"
-    if [[ ! -f "$dir/tansu.pid" ]]; then
-        log "no tansu.pid in $dir; nothing to stop"
-        return 0
+    case "$STOP_MODE" in
+        kill | graceful) ;;
+        *) die "TANSU_STOP_MODE must be kill or graceful, not $STOP_MODE" ;;
+    esac
+    stop_tracked "$dir" tansu tansu "$STOP_MODE" "$STOP_TIMEOUT" tansu
+    # The pid can look dead (zombie leader) while other threads still hold
+    # the listening socket for a moment.
+    if [[ -s "$dir/bootstrap" ]]; then
+        port_free_within "$(cut -d: -f2 "$dir/bootstrap")" 100 || true
     fi
-    pid="$(cat "$dir/tansu.pid")"
-    if pid_runs "$pid" tansu; then
-        case "$STOP_MODE" in
-            kill | graceful) ;;
-            *) die "TANSU_STOP_MODE must be kill or graceful, not $STOP_MODE" ;;
-        esac
-        stop_pid "$pid" "$STOP_MODE" "$STOP_TIMEOUT" tansu
-        # The pid can look dead (zombie leader) while other threads still
-        # hold the listening socket for a moment.
-        if [[ -s "$dir/bootstrap" ]]; then
-            port_free_within "$(cut -d: -f2 "$dir/bootstrap")" 100 || true
-        fi
-        log "stopped tansu pid $pid ($STOP_MODE)"
-    fi
-    rm -f "$dir/tansu.pid"
-    echo "=== tansu stopped $(date -u +%FT%TZ)" >>"$dir/tansu.log"
 }
 
 cmd_create_topic() {
