@@ -360,7 +360,9 @@ fn trade(i: i64) -> TradeV2 {
     .conditions(vec!["M".into()])
     .source_sequence(Some(i))
     .vendor_data(Some(
-        [("stream".to_string(), "aggTrade".to_string())].into(),
+        [("stream".to_string(), "aggTrade".to_string())]
+            .into_iter()
+            .collect(),
     ))
     .build()
 }

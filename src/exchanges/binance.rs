@@ -1,8 +1,6 @@
 //! Binance spot (and Binance.US, same protocol) `trade` and `aggTrade` frames,
 //! raw or wrapped by the combined stream as `{"stream":..,"data":{..}}`.
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
@@ -11,7 +9,7 @@ use super::rest::RestHistory;
 use super::{Frame, FrameError, ParseCtx, Parsed, Protocol};
 use crate::config::{FeedConfig, ProtocolKind};
 use crate::instruments::SymbolRule;
-use crate::model::{AssetClass, Dec8, Side, TradeV2, message_id};
+use crate::model::{AssetClass, Dec8, Side, TradeV2, VendorData, message_id};
 
 /// Quote currencies, longest first so `FDUSD` wins over `USD`.
 const QUOTES: &[&str] = &[
@@ -283,7 +281,7 @@ pub(crate) fn assemble(a: Assembled<'_>) -> TradeV2 {
     // itoa, not `to_string`: this runs per trade on the feed's thread, and
     // `fmt`'s machinery cost ~1,500 instructions a trade here.
     let mut digits = itoa::Buffer::new();
-    let mut vendor = BTreeMap::new();
+    let mut vendor = VendorData::with_capacity(4);
     vendor.insert("stream".to_string(), a.kind.to_string());
     if let Some(e) = a.event_time_ms {
         vendor.insert("event_time_ms".to_string(), digits.format(e).to_string());
@@ -550,8 +548,8 @@ mod tests {
         assert_eq!(t.instrument.as_deref(), Some("BTC-USDT"));
         assert_eq!(t.source_sequence, Some(668_497_736));
         let v = t.vendor_data.unwrap();
-        assert_eq!(v["stream"], "aggTrade");
-        assert_eq!(v["first_trade_id"], "756431580");
+        assert_eq!(v.get("stream").unwrap(), "aggTrade");
+        assert_eq!(v.get("first_trade_id").unwrap(), "756431580");
     }
 
     #[test]

@@ -320,7 +320,10 @@ mod tests {
         parse(AGG_PAGE, &gap("aggTrade", 1, 1), &mut out).unwrap();
         let vendor = out[0].vendor_data.as_ref().unwrap();
         assert_eq!(
-            (vendor["stream"].as_str(), vendor["first_trade_id"].as_str()),
+            (
+                vendor.get("stream").unwrap().as_str(),
+                vendor.get("first_trade_id").unwrap().as_str()
+            ),
             ("aggTrade", "27781")
         );
         assert!(!vendor.contains_key("event_time_ms"));

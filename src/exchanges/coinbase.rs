@@ -35,15 +35,13 @@
 //! (<https://docs.cdp.coinbase.com/exchange/websocket-feed/channels#match>):
 //! the aggressor is the opposite side.
 
-use std::collections::BTreeMap;
-
 use serde_json::{Map, Value};
 
 use super::fill::{Fill, all_or_nothing, non_negative, rfc3339_us};
 use super::rest::RestHistory;
 use super::{Frame, FrameError, ParseCtx, Protocol};
 use crate::config::{FeedConfig, ProtocolKind};
-use crate::model::{Dec8, Side, TradeV2};
+use crate::model::{Dec8, Side, TradeV2, VendorData};
 
 /// Longest trade id kept as text. Coinbase's are decimal integers; a
 /// longer one is not a trade id but a hostile frame.
@@ -302,7 +300,7 @@ pub(super) fn advanced_trade(
         timestamp_us: rfc3339_us(string(t, "time")?, "time")?,
         side,
         conditions: Vec::new(),
-        vendor: BTreeMap::from([("event".to_string(), kind.to_string())]),
+        vendor: VendorData::from_iter([("event".to_string(), kind.to_string())]),
     }
     .into_trade(ctx, currency(symbol), coinbase_instrument(symbol)))
 }
@@ -332,7 +330,7 @@ pub(super) fn exchange_match(
             });
         }
     };
-    let mut vendor = BTreeMap::new();
+    let mut vendor = VendorData::new();
     if let Some(sequence) = integer(obj, "sequence")? {
         vendor.insert("sequence".to_string(), sequence.to_string());
     }
@@ -472,6 +470,7 @@ fn decimal(obj: &Map<String, Value>, field: &'static str) -> Result<Dec8, FrameE
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
 
     use super::*;
@@ -571,7 +570,7 @@ mod tests {
             trade_conditions: vec![],
             source_sequence: Some(0),
             platform_sequence: None,
-            vendor_data: Some(BTreeMap::from([("event".into(), "snapshot".into())])),
+            vendor_data: Some(VendorData::from_iter([("event".into(), "snapshot".into())])),
             instrument: Some("ETH-USD".into()),
         };
         assert_eq!(out, vec![want]);
@@ -591,7 +590,10 @@ mod tests {
         assert_eq!(out[2].currency, "USDT");
         assert_eq!(out[2].timestamp_us, 1_675_973_975_000_000);
         assert_eq!(out[0].source_sequence, Some(512_346));
-        assert_eq!(out[0].vendor_data.as_ref().unwrap()["event"], "update");
+        assert_eq!(
+            out[0].vendor_data.as_ref().unwrap().get("event").unwrap(),
+            "update"
+        );
         // A trade id that is not a number is kept as text, with no sequence.
         let (_, out) = advanced(&MARKET_UPDATE.replace("\"99\"", "\"a-99\""));
         assert_eq!(
@@ -766,7 +768,7 @@ mod tests {
             trade_conditions: vec![],
             source_sequence: Some(10),
             platform_sequence: None,
-            vendor_data: Some(BTreeMap::from([
+            vendor_data: Some(VendorData::from_iter([
                 ("sequence".into(), "50".into()),
                 (
                     "maker_order_id".into(),
@@ -981,7 +983,7 @@ mod tests {
             let maker_bought = v["side"] == "buy";
             assert_eq!(t.side, if maker_bought { Side::Sell } else { Side::Buy });
             assert_eq!(
-                t.vendor_data.as_ref().unwrap()["sequence"],
+                *t.vendor_data.as_ref().unwrap().get("sequence").unwrap(),
                 v["sequence"].to_string()
             );
         }

@@ -27,14 +27,12 @@
 //! the gap's first id. A quick fill (the usual, a gap found seconds after
 //! it opened) is one page.
 
-use std::collections::BTreeMap;
-
 use serde_json::{Map, Value};
 
 use super::coinbase::{CoinbaseAdvanced, CoinbaseExchange, advanced_trade, exchange_match};
 use super::rest::{GapSpan, RestHistory, check_trade_gap};
 use super::{FrameError, ParseCtx};
-use crate::model::TradeV2;
+use crate::model::{TradeV2, VendorData};
 
 /// Coinbase serves at most this many trades a page.
 const MAX_PAGE: u32 = 1000;
@@ -188,7 +186,10 @@ fn earlier_window(trades: &[TradeV2], gap: &GapSpan) -> Option<String> {
 /// The record of a page's trade: the WebSocket one, its frame's vendor
 /// data replaced by where it came from.
 fn from_rest(mut t: TradeV2) -> TradeV2 {
-    t.vendor_data = Some(BTreeMap::from([("source".to_string(), "rest".to_string())]));
+    t.vendor_data = Some(VendorData::from_iter([(
+        "source".to_string(),
+        "rest".to_string(),
+    )]));
     t
 }
 
@@ -369,7 +370,10 @@ mod tests {
         assert_eq!(t.timestamp_us, 1_584_664_619_860_000);
         assert_eq!(t.source_sequence, Some(86_327_327));
         assert_eq!(t.instrument.as_deref(), Some("BTC-USD"));
-        assert_eq!(t.vendor_data.as_ref().unwrap()["source"], "rest");
+        assert_eq!(
+            t.vendor_data.as_ref().unwrap().get("source").unwrap(),
+            "rest"
+        );
     }
 
     #[test]

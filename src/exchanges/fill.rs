@@ -2,10 +2,8 @@
 //! field before it becomes a record, and the readings of a trade's time and
 //! amounts each of them needs.
 
-use std::collections::BTreeMap;
-
 use super::{Frame, FrameError, ParseCtx};
-use crate::model::{AssetClass, Dec8, Side, TradeV2, message_id};
+use crate::model::{AssetClass, Dec8, Side, TradeV2, VendorData, message_id};
 
 /// The id space of the venues whose trade ids form one sequence per
 /// symbol.
@@ -24,7 +22,7 @@ pub(crate) struct Fill<'a> {
     /// The aggressor's side.
     pub side: Side,
     pub conditions: Vec<String>,
-    pub vendor: BTreeMap<String, String>,
+    pub vendor: VendorData,
 }
 
 impl Fill<'_> {

@@ -6,7 +6,7 @@
 //! apache-avro path for trades is kept as the reference the direct one is
 //! tested against.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use apache_avro::reader::datum::GenericDatumReader;
@@ -15,7 +15,7 @@ use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::{Decimal, Schema};
 
 use crate::kafka::avro_direct;
-use crate::model::{AssetClass, DeadLetter, Dec8, Side, TradeV2};
+use crate::model::{AssetClass, DeadLetter, Dec8, Side, TradeV2, VendorData};
 
 pub use crate::kafka::avro_direct::AvroError;
 
@@ -469,7 +469,7 @@ fn value_to_trade(v: Value) -> Result<TradeV2, AvroError> {
                         Value::String(s) => Ok((k, s)),
                         other => Err(unexpected("vendor_data", Some(other))),
                     })
-                    .collect::<Result<BTreeMap<_, _>, _>>()?,
+                    .collect::<Result<VendorData, _>>()?,
             ),
             other => return Err(unexpected("vendor_data", Some(other))),
         },
@@ -520,7 +520,10 @@ mod tests {
             .side(Side::SellShort)
             .conditions(vec!["X".into(), "Y".into()])
             .source_sequence(Some(42))
-            .vendor_data(Some(BTreeMap::from([("stream".into(), "trade".into())])))
+            .vendor_data(Some(VendorData::from_iter([(
+                "stream".into(),
+                "trade".into(),
+            )])))
             .instrument(Some("BTC-USDT"))
             .build()
     }

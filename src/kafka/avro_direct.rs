@@ -9,9 +9,7 @@
 //! `AvroError` lives here rather than beside `Codec` in `avro`, which
 //! builds on this module: the import then runs one way only.
 
-use std::collections::BTreeMap;
-
-use crate::model::{AssetClass, Dec8, Side, TradeV2};
+use crate::model::{AssetClass, Dec8, Side, TradeV2, VendorData};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AvroError {
@@ -384,20 +382,21 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn vendor_data(&mut self) -> Result<Option<BTreeMap<String, String>>, AvroError> {
+    fn vendor_data(&mut self) -> Result<Option<VendorData>, AvroError> {
         const FIELD: &str = "vendor_data";
         match self.union_index(FIELD)? {
             0 => return Ok(None),
             1 => {}
             i => return Err(fault(FIELD, format!("unknown union branch {i}"))),
         }
-        let mut m = BTreeMap::new();
+        let mut m = VendorData::new();
         loop {
             // an entry is two strings: at least their two length bytes
             let n = self.block_count(FIELD, 2)?;
             if n == 0 {
                 return Ok(Some(m));
             }
+            m.reserve(n);
             for _ in 0..n {
                 let k = self.string(FIELD)?;
                 let v = self.string(FIELD)?;
@@ -505,12 +504,14 @@ mod tests {
             .prop_map(|u| Dec8::from_unscaled(u).unwrap())
     }
 
-    fn vendor() -> impl Strategy<Value = Option<BTreeMap<String, String>>> {
+    fn vendor() -> impl Strategy<Value = Option<VendorData>> {
         prop_oneof![
             Just(None),
-            Just(Some(BTreeMap::new())),
-            prop::collection::btree_map(text(), text(), 1..=1).prop_map(Some),
-            prop::collection::btree_map(text(), text(), 2..8).prop_map(Some),
+            Just(Some(VendorData::new())),
+            prop::collection::btree_map(text(), text(), 1..=1)
+                .prop_map(|m| Some(m.into_iter().collect())),
+            prop::collection::btree_map(text(), text(), 2..8)
+                .prop_map(|m| Some(m.into_iter().collect())),
         ]
     }
 
@@ -755,7 +756,7 @@ mod tests {
         let t = read(&with("trade_conditions", &conditions));
         assert_eq!(t.trade_conditions, ["a", "bé", "c"]);
         let t = read(&with("vendor_data", &vendor));
-        let expected = BTreeMap::from([("k".into(), "2".into()), ("x".into(), "y".into())]);
+        let expected = VendorData::from_iter([("k".into(), "2".into()), ("x".into(), "y".into())]);
         assert_eq!(t.vendor_data, Some(expected));
         // a count of i64::MIN has no positive twin
         let min = [long_bytes(i64::MIN), long_bytes(0), vec![0]].concat();

@@ -307,7 +307,6 @@ mod tests {
     use crate::lake::schema::{dead_letters_schema, trades_schema};
     use crate::model::*;
     use arrow::array::Array;
-    use std::collections::BTreeMap;
 
     fn trade(sym: &str, ts: i64, vendor: bool) -> TradeV2 {
         TradeV2::builder("X", sym, &ts.to_string(), ts)
@@ -316,7 +315,7 @@ mod tests {
             .quantity(Dec8::parse("2").unwrap())
             .conditions(vec!["a".into()])
             .source_sequence(Some(ts))
-            .vendor_data(vendor.then(|| BTreeMap::from([("k".into(), "v".into())])))
+            .vendor_data(vendor.then(|| VendorData::from_iter([("k".into(), "v".into())])))
             .build()
     }
 

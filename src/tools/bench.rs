@@ -10,7 +10,6 @@ mod procstat;
 
 pub use full::FullReport;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,7 @@ use crate::degrade::level::Level;
 use crate::instruments::Tier;
 use crate::kafka::encoder::{Encoded, enqueue};
 use crate::messages::producer::Outgoing;
-use crate::model::{Dec8, Side, TradeV2, now_us};
+use crate::model::{Dec8, Side, TradeV2, VendorData, now_us};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -167,7 +166,7 @@ fn synthetic_from(first: usize, n: usize) -> Vec<TradeV2> {
                 .quantity(Dec8::from_unscaled(1_000_000 + (i as i64 % 997)).unwrap_or_default())
                 .side(if i % 2 == 0 { Side::Buy } else { Side::Sell })
                 .source_sequence(Some(i as i64))
-                .vendor_data(Some(BTreeMap::from([(
+                .vendor_data(Some(VendorData::from_iter([(
                     "stream".to_string(),
                     "trade".to_string(),
                 )])))

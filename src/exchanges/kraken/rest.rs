@@ -29,7 +29,7 @@ use super::{
 use crate::exchanges::fill::{Fill, non_negative};
 use crate::exchanges::rest::{GapSpan, RestHistory, check_trade_gap};
 use crate::exchanges::{FrameError, ParseCtx};
-use crate::model::{Dec8, Side, TradeV2};
+use crate::model::{Dec8, Side, TradeV2, VendorData};
 
 /// Kraken serves at most this many trades a page.
 const MAX_PAGE: u32 = 1000;
@@ -236,7 +236,7 @@ fn trade(item: &RawValue, gap: &GapSpan, ctx: &ParseCtx<'_>) -> Result<(TradeV2,
         timestamp_us,
         side,
         conditions: vec![order_type.to_string()],
-        vendor: BTreeMap::from([("source".to_string(), "rest".to_string())]),
+        vendor: VendorData::from_iter([("source".to_string(), "rest".to_string())]),
     }
     .into_trade(
         ctx,
@@ -325,7 +325,7 @@ mod tests {
         let (r, mut want) = v2(V2_FRAME);
         assert_eq!(r.unwrap(), crate::exchanges::Frame::Trades(2));
         for t in &mut want {
-            t.vendor_data = Some(BTreeMap::from([("source".into(), "rest".into())]));
+            t.vendor_data = Some(VendorData::from_iter([("source".into(), "rest".into())]));
         }
         assert_eq!(out, want);
         assert_eq!(

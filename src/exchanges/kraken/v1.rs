@@ -3,7 +3,7 @@
 //! the parent module's doc).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -13,7 +13,7 @@ use super::{
     kraken_instrument, member, not_object, opening, quote_currency, required, string, trades,
 };
 use crate::exchanges::fill::{Fill, non_negative};
-use crate::model::{Dec8, Side, TradeV2};
+use crate::model::{Dec8, Side, TradeV2, VendorData};
 
 /// The members of a v1 event (`{"event": ...}`) that are read.
 #[derive(Default, Deserialize)]
@@ -159,7 +159,7 @@ fn trade(
     let count = seen.entry(digest).or_insert(0);
     let id = format!("{}-{count}", digest.simple());
     *count += 1;
-    let mut vendor = BTreeMap::new();
+    let mut vendor = VendorData::new();
     if !misc.is_empty() {
         vendor.insert("misc".to_string(), misc.into_owned());
     }
@@ -306,7 +306,10 @@ mod tests {
         // misc, when there is one, is kept; a market order says so.
         let frame = V1_TRADE.replacen(r#""s","l","""#, r#""b","m","l""#, 1);
         let (_, out) = v1(&frame);
-        assert_eq!(out[0].vendor_data.as_ref().unwrap()["misc"], "l");
+        assert_eq!(
+            out[0].vendor_data.as_ref().unwrap().get("misc").unwrap(),
+            "l"
+        );
         assert_eq!(
             (out[0].side, out[0].trade_conditions[0].as_str()),
             (Side::Buy, "market")

@@ -2,7 +2,6 @@
 //! numbers, read from their literal text.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -12,7 +11,7 @@ use super::{
     quote_currency, required, string, trades, wrong_type,
 };
 use crate::exchanges::fill::{Fill, non_negative, rfc3339_us};
-use crate::model::{Dec8, DecimalError, Side, TradeV2};
+use crate::model::{Dec8, DecimalError, Side, TradeV2, VendorData};
 
 /// The members of a v2 frame that are read, each as its JSON text.
 #[derive(Default, Deserialize)]
@@ -185,7 +184,7 @@ fn trade(t: &Trade<'_>, kind: &'static str, ctx: &ParseCtx<'_>) -> Result<TradeV
         timestamp_us,
         side,
         conditions: vec![order_type.to_string()],
-        vendor: BTreeMap::from([("type".to_string(), kind.to_string())]),
+        vendor: VendorData::from_iter([("type".to_string(), kind.to_string())]),
     }
     .into_trade(ctx, quote_currency(&symbol), kraken_instrument(&symbol)))
 }
@@ -288,12 +287,10 @@ fn word(value: &str, name: &'static str) -> Result<(), FrameError> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::super::tests::{kraken, v2};
     use super::super::{KrakenV2, ParseCtx};
     use crate::exchanges::{Frame, FrameError, Protocol};
-    use crate::model::{AssetClass, Dec8, Side, TradeV2, message_id};
+    use crate::model::{AssetClass, Dec8, Side, TradeV2, VendorData, message_id};
 
     // Frames of https://docs.kraken.com/api/docs/websocket-v2/trade (the
     // snapshot example), /heartbeat, /status and /ping.
@@ -347,7 +344,7 @@ mod tests {
             trade_conditions: vec!["limit".into()],
             source_sequence: Some(4_665_846),
             platform_sequence: None,
-            vendor_data: Some(BTreeMap::from([("type".into(), "snapshot".into())])),
+            vendor_data: Some(VendorData::from_iter([("type".into(), "snapshot".into())])),
             instrument: Some("MATIC-USD".into()),
         };
         assert_eq!(out[0], want);
@@ -372,7 +369,10 @@ mod tests {
         assert_eq!(t.quantity.unscaled(), 12_345);
         assert_eq!(t.currency, "USD");
         assert_eq!(t.instrument.as_deref(), Some("BTC-USD"));
-        assert_eq!(t.vendor_data.as_ref().unwrap()["type"], "update");
+        assert_eq!(
+            t.vendor_data.as_ref().unwrap().get("type").unwrap(),
+            "update"
+        );
         // 0.1 + 0.2 as floats is 0.30000000000000004; as text it is not.
         let frame = V2_UPDATE
             .replace("26958.7", "0.30000000000000004")

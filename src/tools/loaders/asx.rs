@@ -10,14 +10,14 @@
 //! instruments file before any of its rows becomes a trade; the rows of a
 //! company it refuses become dead letters, one per row, with the reason.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
 use chrono_tz::Australia::Sydney;
 
 use crate::instruments::SymbolRule;
-use crate::model::{AssetClass, DeadLetter, Dec8, Side, TradeV2, message_id};
+use crate::model::{AssetClass, DeadLetter, Dec8, Side, TradeV2, VendorData, message_id};
 
 pub const EXCHANGE: &str = crate::exchanges::ASX;
 
@@ -102,7 +102,7 @@ pub fn parse_row(
     let quantity = Dec8::parse(cols[3]).map_err(|e| format!("volume: {e}"))?;
     let date = cols[0].replace('/', "");
     let trade_id = format!("{EXCHANGE}-{symbol}-{date}-{line}");
-    let mut vendor = BTreeMap::new();
+    let mut vendor = VendorData::new();
     for (name, idx) in [("venue", 5), ("buyer_id", 6)] {
         if let Some(v) = cols.get(idx).filter(|v| !v.is_empty()) {
             vendor.insert(name.to_string(), v.to_string());
@@ -205,7 +205,7 @@ mod tests {
         assert_eq!(t.quantity.to_string(), "40000.00000000");
         assert_eq!(t.trade_id, "ASX-BHP-03102014-7");
         assert_eq!(t.trade_conditions, vec!["3".to_string()]);
-        assert_eq!(t.vendor_data.unwrap()["venue"], "X");
+        assert_eq!(t.vendor_data.unwrap().get("venue").unwrap(), "X");
         assert_eq!(t.asset_class, AssetClass::Equities);
         assert_eq!(t.side, Side::Unknown);
         // the same row on the same line always gets the same id
