@@ -247,6 +247,7 @@ pub struct TradeV2 {
     pub trade_conditions: Vec<String>,
     pub source_sequence: Option<i64>,
     pub platform_sequence: Option<i64>,
+    #[serde(serialize_with = "vendor_as_map")]
     pub vendor_data: Option<VendorData>,
     /// The normalized instrument, `BASE-QUOTE` (`BTC-USDT`, `BTC-USD`),
     /// the same for one pair on every venue, beside the venue's own
@@ -263,6 +264,16 @@ pub struct TradeV2 {
 /// full path put the decoding of this map at a seventh of that arbiter's
 /// time, most of it the kernel zeroing fresh pages for those nodes.
 pub type VendorData = litemap::LiteMap<String, String>;
+
+/// `vendor_data` in JSON: an object, as the `BTreeMap` it once was gave.
+/// (litemap's own serde support is behind a feature that rebuilds much of
+/// the dependency tree, for this one use.)
+fn vendor_as_map<S: serde::Serializer>(v: &Option<VendorData>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(m) => s.collect_map(m.iter()),
+        None => s.serialize_none(),
+    }
+}
 
 /// Writes a `TradeV2` out field by field, starting from plain defaults, for
 /// the tests, benchmarks and fixtures that make trades of their own.
@@ -619,5 +630,29 @@ mod tests {
             (small.raw.len(), small.reason.as_str()),
             (10, "invalid json")
         );
+    }
+
+    #[test]
+    fn vendor_data_is_a_sorted_json_object() {
+        let with = TradeV2::builder("BINANCE", "BTCUSDT", "1", 0)
+            .vendor_data(Some(VendorData::from_iter([
+                ("stream".to_string(), "trade".to_string()),
+                ("event_time_ms".to_string(), "17".to_string()),
+            ])))
+            .build();
+        let keys: Vec<&str> = with
+            .vendor_data
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(keys, ["event_time_ms", "stream"], "kept sorted by key");
+        let json = serde_json::to_value(&with).unwrap();
+        assert_eq!(
+            json["vendor_data"],
+            serde_json::json!({"event_time_ms": "17", "stream": "trade"})
+        );
+        let without = TradeV2::builder("BINANCE", "BTCUSDT", "1", 0).build();
+        assert!(serde_json::to_value(&without).unwrap()["vendor_data"].is_null());
     }
 }

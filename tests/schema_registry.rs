@@ -47,7 +47,7 @@ fn as_printed(t: &TradeV2) -> Value {
         "trade_conditions": t.trade_conditions,
         "source_sequence": t.source_sequence,
         "platform_sequence": t.platform_sequence,
-        "vendor_data": t.vendor_data,
+        "vendor_data": t.vendor_data.as_ref().map(|m| m.iter().collect::<std::collections::BTreeMap<_, _>>()),
         "instrument": t.instrument,
     })
 }

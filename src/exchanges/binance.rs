@@ -281,7 +281,12 @@ pub(crate) fn assemble(a: Assembled<'_>) -> TradeV2 {
     // itoa, not `to_string`: this runs per trade on the feed's thread, and
     // `fmt`'s machinery cost ~1,500 instructions a trade here.
     let mut digits = itoa::Buffer::new();
-    let mut vendor = VendorData::with_capacity(4);
+    // Sized to its entries: one allocation, no growth.
+    let entries = 1
+        + usize::from(a.event_time_ms.is_some())
+        + usize::from(a.first_trade_id.is_some())
+        + usize::from(a.last_trade_id.is_some());
+    let mut vendor = VendorData::with_capacity(entries);
     vendor.insert("stream".to_string(), a.kind.to_string());
     if let Some(e) = a.event_time_ms {
         vendor.insert("event_time_ms".to_string(), digits.format(e).to_string());

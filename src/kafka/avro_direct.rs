@@ -456,6 +456,9 @@ mod tests {
         // `instrument` on its own (a record's bytes are its fields' bytes
         // one after another). A tuple of all sixteen, or a struct, goes
         // through apache-avro's `Value`, whose map is a `HashMap`.
+        // In key order, as the map's own order is.
+        let vendor: Option<std::collections::BTreeMap<&String, &String>> =
+            t.vendor_data.as_ref().map(|m| m.iter().collect());
         let row = (
             &t.message_id,
             &t.trade_id,
@@ -471,7 +474,7 @@ mod tests {
             &t.trade_conditions,
             t.source_sequence,
             t.platform_sequence,
-            &t.vendor_data,
+            &vendor,
         );
         let v1 = GenericDatumWriter::builder(trade_schema_v1())
             .build()
