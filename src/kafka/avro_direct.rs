@@ -389,21 +389,29 @@ impl<'a> Reader<'a> {
             1 => {}
             i => return Err(fault(FIELD, format!("unknown union branch {i}"))),
         }
-        let mut m = VendorData::new();
+        let mut entries: Vec<(String, String)> = Vec::new();
         loop {
             // an entry is two strings: at least their two length bytes
             let n = self.block_count(FIELD, 2)?;
             if n == 0 {
-                return Ok(Some(m));
+                break;
             }
-            m.reserve(n);
+            entries.reserve(n);
             for _ in 0..n {
                 let k = self.string(FIELD)?;
                 let v = self.string(FIELD)?;
-                // A key written twice keeps its last value, as apache-avro's
-                // reader keeps it.
-                m.insert(k, v);
+                entries.push((k, v));
             }
+        }
+        // Our encoder writes each key once, in order: taken as they are.
+        // Any other writer's entries are sorted, in O(n log n) whatever
+        // their order (inserting one by one into the sorted vector would
+        // be quadratic), a key written twice keeping its last value, as
+        // apache-avro's reader keeps it.
+        if entries.windows(2).all(|w| w[0].0 < w[1].0) {
+            Ok(Some(VendorData::from_sorted_store_unchecked(entries)))
+        } else {
+            Ok(Some(entries.into_iter().collect()))
         }
     }
 }
@@ -761,6 +769,19 @@ mod tests {
         let t = read(&with("vendor_data", &vendor));
         let expected = VendorData::from_iter([("k".into(), "2".into()), ("x".into(), "y".into())]);
         assert_eq!(t.vendor_data, Some(expected));
+        // keys in reverse order come back sorted
+        let mut reversed = [long_bytes(1), long_bytes(3)].concat();
+        strs(&mut reversed, &["z", "1", "y", "2", "x", "3"]);
+        reversed.push(0);
+        let t = read(&with("vendor_data", &reversed));
+        let keys: Vec<&str> = t
+            .vendor_data
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(keys, ["x", "y", "z"]);
+        assert_eq!(t.vendor_data.unwrap().get("z").unwrap(), "1");
         // a count of i64::MIN has no positive twin
         let min = [long_bytes(i64::MIN), long_bytes(0), vec![0]].concat();
         refused(&with("trade_conditions", &min), "trade_conditions");
