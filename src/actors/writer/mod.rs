@@ -14,7 +14,6 @@ mod flush;
 mod handlers;
 mod tally;
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -39,9 +38,8 @@ use flush::{CommitTarget, FlushOutcome, Landed, SharedBreaker, commit_with_retri
 use tally::{Fate, Tally};
 
 /// Message-id keys (UUIDs) in the buffer or the running commit: looked up
-/// and added once per row on the ingest arbiter, so hashed with a keyed
-/// fold rather than SipHash.
-type IdSet = HashSet<u128, foldhash::fast::RandomState>;
+/// and added once per row on the ingest arbiter.
+type IdSet = crate::fastmap::FastSet<u128>;
 
 /// Flush limits.
 #[derive(Debug, Clone)]
