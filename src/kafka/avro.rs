@@ -15,7 +15,7 @@ use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::{Decimal, Schema};
 
 use crate::kafka::avro_direct;
-use crate::model::{AssetClass, DeadLetter, Dec8, Side, TradeV2, VendorData};
+use crate::model::{AssetClass, DeadLetter, Dec8, Side, TradeV2, TradeView, VendorData};
 
 pub use crate::kafka::avro_direct::AvroError;
 
@@ -234,6 +234,16 @@ impl Codec {
         let (id, body) = unframe(bytes)?;
         match self.trade_version(id) {
             Some(version) => avro_direct::decode_trade_body(body, version),
+            None => Err(AvroError::UnknownSchema(id)),
+        }
+    }
+
+    /// A trade read in place (`avro_direct::decode_trade_view`): what
+    /// `decode_trade` reads, without copying its text.
+    pub fn decode_trade_view<'a>(&self, bytes: &'a [u8]) -> Result<TradeView<'a>, AvroError> {
+        let (id, body) = unframe(bytes)?;
+        match self.trade_version(id) {
+            Some(version) => avro_direct::decode_trade_view(body, version),
             None => Err(AvroError::UnknownSchema(id)),
         }
     }

@@ -6,14 +6,15 @@ use std::borrow::Borrow;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Decimal128Builder, Int64Builder, LargeBinaryBuilder, ListArray, MapArray,
-    RecordBatch, StringArray, StringBuilder, StructArray, TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, BooleanArray, Decimal128Builder, Int64Builder, LargeBinaryBuilder,
+    ListArray, MapArray, RecordBatch, StringArray, StringBuilder, StructArray,
+    TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
-use arrow::datatypes::{DataType, Schema as ArrowSchema, SchemaRef};
+use arrow::datatypes::{DataType, Schema as ArrowSchema, SchemaRef, TimestampMicrosecondType};
 
 use super::LakeError;
-use crate::model::{DECIMAL_PRECISION, DECIMAL_SCALE, DeadLetter, TradeV2};
+use crate::model::{DECIMAL_PRECISION, DECIMAL_SCALE, DeadLetter, TradeV2, TradeView};
 
 /// The Arrow schema of an iceberg schema.
 pub fn arrow_schema(schema: &iceberg::spec::Schema) -> Result<SchemaRef, LakeError> {
@@ -36,14 +37,15 @@ fn field_type(schema: &ArrowSchema, name: &str) -> Result<DataType, LakeError> {
     Ok(schema.field_with_name(name)?.data_type().clone())
 }
 
-/// The columns of a trades batch, filled row by row.
+/// The columns of a trades batch, filled row by row: by the consumer from
+/// each record read in place (`TradeView`), or from owned trades.
 ///
 /// One pass over the rows, not one per column: a flush converts some
 /// 100,000 rows scattered over the heap, and a pass per column followed
 /// each row's pointer fifteen times (a cache miss each time once the rows
 /// outgrow the cache). Here each row, and each of its strings, is read
 /// once, and the builders are written in order.
-struct TradeColumns {
+pub struct TradeColumns {
     message_id: StringBuilder,
     trade_id: StringBuilder,
     symbol: StringBuilder,
@@ -70,7 +72,7 @@ struct TradeColumns {
 impl TradeColumns {
     /// Sized for `n` rows of typical field lengths (a UUID message id,
     /// short symbols); a longer value only makes a builder grow.
-    fn new(n: usize, with_instrument: bool) -> Result<Self, LakeError> {
+    pub fn new(n: usize, with_instrument: bool) -> Result<Self, LakeError> {
         let text = |bytes: usize| StringBuilder::with_capacity(n, n * bytes);
         let decimal = || {
             Decimal128Builder::with_capacity(n)
@@ -101,18 +103,35 @@ impl TradeColumns {
         })
     }
 
-    fn push(&mut self, r: &TradeV2) {
-        self.message_id.append_value(&r.message_id);
-        self.trade_id.append_value(&r.trade_id);
-        self.symbol.append_value(&r.symbol);
-        self.exchange.append_value(&r.exchange);
+    /// Sized for `n` rows of `schema` (which may predate `instrument`).
+    pub fn for_schema(n: usize, schema: &SchemaRef) -> Result<Self, LakeError> {
+        Self::new(n, schema.index_of("instrument").is_ok())
+    }
+
+    pub fn len(&self) -> usize {
+        self.condition_counts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn push(&mut self, r: &TradeV2) {
+        self.push_view(&r.view());
+    }
+
+    pub fn push_view(&mut self, r: &TradeView) {
+        self.message_id.append_value(r.message_id);
+        self.trade_id.append_value(r.trade_id);
+        self.symbol.append_value(r.symbol);
+        self.exchange.append_value(r.exchange);
         self.asset_class.append_value(r.asset_class.as_str());
         self.timestamp.append_value(r.timestamp_us);
         self.ingested.append_value(r.ingestion_timestamp_us);
         self.price.append_value(i128::from(r.price.unscaled()));
         self.quantity
             .append_value(i128::from(r.quantity.unscaled()));
-        self.currency.append_value(&r.currency);
+        self.currency.append_value(r.currency);
         self.side.append_value(r.side.as_str());
         for c in &r.trade_conditions {
             self.conditions.append_value(c);
@@ -135,11 +154,11 @@ impl TradeColumns {
             }
         }
         if let Some(b) = &mut self.instrument {
-            b.append_option(r.instrument.as_deref());
+            b.append_option(r.instrument);
         }
     }
 
-    fn finish(mut self, schema: &SchemaRef) -> Result<RecordBatch, LakeError> {
+    pub fn finish(mut self, schema: &SchemaRef) -> Result<RecordBatch, LakeError> {
         let DataType::List(condition) = field_type(schema, "trade_conditions")? else {
             return Err(LakeError::Catalog(
                 "column trade_conditions is not a list".into(),
@@ -253,6 +272,135 @@ pub fn sort_trades<R: Borrow<TradeV2>>(rows: &mut [R]) {
             at = src;
         }
     }
+}
+
+/// Where a consumed record was read: its topic, partition and offset.
+pub type RecordAt = (Arc<str>, i32, i64);
+
+/// Trades read from one run of consumed records: one Arrow batch in the
+/// trades table's schema, in the order read, and each row's message-id key
+/// (`dedup::key`). The consumer builds it once; the tail and the writer
+/// share its buffers, and a commit interleaves the chunks it covers into
+/// one sorted batch: one conversion per row, where there were two.
+#[derive(Debug, Clone)]
+pub struct TradeChunk {
+    pub batch: RecordBatch,
+    pub keys: Vec<u128>,
+}
+
+/// A trades batch's text column, or why there is none.
+pub fn text_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray, LakeError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or_else(|| LakeError::Catalog(format!("trades batch without a text column {name}")))
+}
+
+/// A trades batch's timestamp column (`timestamp`, `ingestion_timestamp`),
+/// or why there is none.
+pub fn time_column<'a>(
+    batch: &'a RecordBatch,
+    name: &str,
+) -> Result<&'a TimestampMicrosecondArray, LakeError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+        .ok_or_else(|| {
+            LakeError::Catalog(format!("trades batch without a timestamp column {name}"))
+        })
+}
+
+impl TradeChunk {
+    pub fn len(&self) -> usize {
+        self.batch.num_rows()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The rows whose `keep` is true.
+    pub fn filter(&self, keep: &[bool]) -> Result<TradeChunk, LakeError> {
+        let mask = BooleanArray::from(keep.to_vec());
+        Ok(TradeChunk {
+            batch: arrow::compute::filter_record_batch(&self.batch, &mask)?,
+            keys: self
+                .keys
+                .iter()
+                .zip(keep)
+                .filter(|(_, k)| **k)
+                .map(|(key, _)| *key)
+                .collect(),
+        })
+    }
+}
+
+/// The rows of `chunks` (taken in order, numbered from 0 across them) that
+/// `keep` keeps, as one batch in the order files are written in: by
+/// symbol, then timestamp, then message id, then as read (`sort_trades`'
+/// order, on the columns).
+pub fn sorted_trades(
+    schema: &SchemaRef,
+    chunks: &[RecordBatch],
+    keep: impl Fn(usize) -> bool,
+) -> Result<RecordBatch, LakeError> {
+    let mut cols = Vec::with_capacity(chunks.len());
+    for b in chunks {
+        cols.push((
+            text_column(b, "symbol")?,
+            time_column(b, "timestamp")?,
+            text_column(b, "message_id")?,
+        ));
+    }
+    let mut ranks: hashbrown::HashMap<&str, u32> = hashbrown::HashMap::new();
+    for (symbol, _, _) in &cols {
+        for s in symbol.iter().flatten() {
+            let next = ranks.len() as u32;
+            ranks.entry(s).or_insert(next);
+        }
+    }
+    let mut by_name: Vec<(&str, u32)> = ranks.iter().map(|(s, i)| (*s, *i)).collect();
+    by_name.sort_unstable();
+    let mut rank_of = vec![0u32; by_name.len()];
+    for (rank, (_, first_seen)) in by_name.iter().enumerate() {
+        rank_of[*first_seen as usize] = rank as u32;
+    }
+    // (rank, timestamp, chunk, row): small keys, the message id read only
+    // to break a tie.
+    let mut keys: Vec<(u32, i64, u32, u32)> = Vec::new();
+    let mut g = 0;
+    for (c, (symbol, time, _)) in cols.iter().enumerate() {
+        keys.reserve(symbol.len());
+        for i in 0..symbol.len() {
+            if keep(g) {
+                let rank = rank_of[ranks[symbol.value(i)] as usize];
+                keys.push((rank, time.value(i), c as u32, i as u32));
+            }
+            g += 1;
+        }
+    }
+    drop(ranks);
+    keys.sort_unstable_by(|a, b| {
+        (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| {
+            let id = |k: &(u32, i64, u32, u32)| cols[k.2 as usize].2.value(k.3 as usize);
+            id(a).cmp(id(b)).then((a.2, a.3).cmp(&(b.2, b.3)))
+        })
+    });
+    if keys.is_empty() {
+        return Ok(RecordBatch::new_empty(schema.clone()));
+    }
+    let order: Vec<(usize, usize)> = keys
+        .into_iter()
+        .map(|k| (k.2 as usize, k.3 as usize))
+        .collect();
+    let refs: Vec<&RecordBatch> = chunks.iter().collect();
+    let sorted = arrow::compute::interleave_record_batch(&refs, &order)?;
+    // In the table's schema as the writer knows it (the chunks were built
+    // from the same one; this checks it).
+    Ok(RecordBatch::try_new(
+        schema.clone(),
+        sorted.columns().to_vec(),
+    )?)
 }
 
 /// Trades to one batch, sorted by (symbol, timestamp) so files prune well.
@@ -411,6 +559,65 @@ mod tests {
         for (i, r) in expected.iter().enumerate() {
             assert_eq!(vendor.is_valid(i), r.vendor_data.is_some(), "row {i}");
         }
+    }
+
+    /// Chunks built by the consumer's path (one `TradeColumns` each, rows
+    /// in the order read), interleaved at a commit, give exactly the batch
+    /// that sorting the rows themselves gives; with rows left out by their
+    /// number across the chunks, the batch of the rows kept.
+    #[test]
+    fn sorted_chunks_are_the_sorted_rows() {
+        let schema = arrow_schema(&trades_schema().unwrap()).unwrap();
+        let rows: Vec<TradeV2> = (0..300i64)
+            .map(|i| {
+                let sym = ["ETHUSDT", "BTCUSDT", "SOLUSDT"][(i * 5 % 3) as usize];
+                let mut t = trade(sym, 1_000 + (i * 11) % 7, i % 4 == 0);
+                t.message_id = format!("{:04}", (i * 97) % 300);
+                t.trade_conditions = (0..(i % 3)).map(|c| format!("c{c}")).collect();
+                t.instrument = (i % 2 == 0).then(|| format!("I{i}"));
+                t
+            })
+            .collect();
+        let mut chunks = Vec::new();
+        let mut at = 0;
+        for n in [1usize, 0, 57, 120, 122] {
+            let mut cols = TradeColumns::for_schema(n, &schema).unwrap();
+            for t in &rows[at..at + n] {
+                cols.push_view(&t.view());
+            }
+            assert_eq!(cols.len(), n);
+            chunks.push(cols.finish(&schema).unwrap());
+            at += n;
+        }
+        assert_eq!(at, rows.len());
+        let all = sorted_trades(&schema, &chunks, |_| true).unwrap();
+        assert_eq!(all, trades_batch(&schema, &mut rows.clone()).unwrap());
+        let kept = sorted_trades(&schema, &chunks, |i| i % 3 != 1).unwrap();
+        let mut expected: Vec<TradeV2> = rows
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 != 1)
+            .map(|(_, t)| t.clone())
+            .collect();
+        assert_eq!(kept.num_rows(), 200);
+        assert_eq!(kept, trades_batch(&schema, &mut expected).unwrap());
+        let none = sorted_trades(&schema, &chunks, |_| false).unwrap();
+        assert_eq!((none.num_rows(), none.schema()), (0, schema.clone()));
+        assert_eq!(sorted_trades(&schema, &[], |_| true).unwrap().num_rows(), 0);
+    }
+
+    #[test]
+    fn a_chunk_filtered_keeps_its_rows_and_their_keys() {
+        let schema = arrow_schema(&trades_schema().unwrap()).unwrap();
+        let rows: Vec<TradeV2> = (0..5).map(|i| trade("A", i, false)).collect();
+        let chunk = TradeChunk {
+            batch: trades_batch_as_is(&schema, &rows).unwrap(),
+            keys: (10..15).collect(),
+        };
+        let kept = chunk.filter(&[true, false, false, true, true]).unwrap();
+        assert_eq!(kept.keys, vec![10, 13, 14]);
+        let picked = [&rows[0], &rows[3], &rows[4]];
+        assert_eq!(kept.batch, trades_batch_as_is(&schema, &picked).unwrap());
     }
 
     #[test]
