@@ -234,7 +234,7 @@ fn every_endpoint_matches_its_golden_file() {
                 trade: std::sync::Arc::new(r.trade.clone()),
             })
             .collect();
-        tail.send(Tailed(tail_rows)).await.unwrap();
+        tail.send(Tailed::Rows(tail_rows)).await.unwrap();
 
         let now = micros(setup["now"].as_str().unwrap());
         let engine = ticklake::query::session::engine(&cfg, Some(view))

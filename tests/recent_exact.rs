@@ -129,7 +129,7 @@ async fn fixture(cache_bytes: usize) -> Fixture {
             }
         })
         .collect();
-    tail.send(Tailed(rows)).await.unwrap();
+    tail.send(Tailed::Rows(rows)).await.unwrap();
     let engine = ticklake::query::session::engine(&cfg, Some(view))
         .await
         .unwrap()

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use arrow::datatypes::SchemaRef;
 use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
@@ -14,14 +15,15 @@ use crate::actors::observe::{Health, ObservableState, Published, RestartPolicy, 
 use crate::actors::writer::WriterActor;
 use crate::kafka::avro::Codec;
 use crate::kafka::window::{self, BrokerWindow};
+use crate::lake::batch::{TradeChunk, TradeColumns};
 pub use crate::lake::share::Seen;
 use crate::messages::consumer::Committed;
 pub use crate::messages::consumer::RestartConsumer;
 use crate::messages::observe::Observe;
-use crate::messages::tail::{TailRow, Tailed};
+use crate::messages::tail::Tailed;
 use crate::messages::writer::{Assigned, Consumed, GetPositions, Rows, Span};
 use crate::metrics::Metrics;
-use crate::model::{DeadLetter, TradeV2, now_us};
+use crate::model::{DeadLetter, now_us};
 
 /// The lake consumer: its context follows the group's rebalances when
 /// `kafka.assignment = group`.
@@ -133,6 +135,10 @@ pub struct Routes {
     /// Also gets every trade with its offset, before the writer does, for
     /// hybrid queries.
     pub tail: Option<Recipient<Tailed>>,
+    /// The trades table's Arrow schema: each chunk of trades read is
+    /// decoded straight into one batch of it, which the tail and the
+    /// writer share.
+    pub trades_schema: SchemaRef,
     /// The embedded broker's window, told of every record read.
     pub window: Option<Arc<BrokerWindow>>,
     /// Chaos (`chaos.lose`): records treated as deleted before they were
@@ -511,11 +517,16 @@ impl Actor for ConsumerActor {
                 // fresh memory for the kernel to zero (a sixth of this
                 // thread's samples in a profile of `ticklake bench`).
                 let n = chunk.len();
-                let mut trades: Vec<Arc<TradeV2>> = Vec::with_capacity(n);
+                // Trades are read in place straight into the chunk's
+                // columns: no row of its own, no text copied twice.
+                let mut cols = match TradeColumns::for_schema(n, &routes.trades_schema) {
+                    Ok(c) => c,
+                    Err(e) => return Some(format!("trades columns: {e}")),
+                };
+                let mut keys: Vec<u128> = Vec::with_capacity(n);
                 let mut dead: Vec<DeadLetter> = Vec::new();
                 let mut trade_pos = Vec::new();
                 let mut dead_pos = Vec::new();
-                let mut tail_rows = Vec::with_capacity(if routes.tail.is_some() { n } else { 0 });
                 let mut at = Vec::with_capacity(n);
                 let mut read = ReadRun::default();
                 for m in chunk {
@@ -570,19 +581,10 @@ impl Actor for ConsumerActor {
                         TopicKind::DeadLetters => codec.decode_dead_letter(payload).map(|d| {
                             dead.push(d);
                         }),
-                        TopicKind::Trades => codec.decode_trade(payload).map(|t| {
-                            // One row, shared by the tail and the writer.
-                            let t = Arc::new(t);
+                        TopicKind::Trades => codec.decode_trade_view(payload).map(|t| {
+                            keys.push(crate::dedup::key(t.message_id));
+                            cols.push_view(&t);
                             at.push((topic.clone(), m.partition(), m.offset()));
-                            if routes.tail.is_some() {
-                                tail_rows.push(TailRow {
-                                    topic: topic.clone(),
-                                    partition: m.partition(),
-                                    offset: m.offset(),
-                                    trade: t.clone(),
-                                });
-                            }
-                            trades.push(t)
                         }),
                         TopicKind::Other => continue,
                     };
@@ -610,11 +612,27 @@ impl Actor for ConsumerActor {
                     Span::push(spans, topic, m.partition(), m.offset());
                 }
                 read.flush(routes.window.as_deref());
+                let trades = if keys.is_empty() {
+                    Vec::new()
+                } else {
+                    match cols.finish(&routes.trades_schema) {
+                        Ok(batch) => vec![TradeChunk { batch, keys }],
+                        // The columns are built for this schema: this is a
+                        // bug, and the loop ends rather than skip the rows
+                        // (a restart reads them again).
+                        Err(e) => return Some(format!("trades to arrow: {e}")),
+                    }
+                };
                 // The tail first: a commit can then never cover a row the
                 // tail has not seen, which hybrid reads rely on.
                 if let Some(tail) = &routes.tail
-                    && !tail_rows.is_empty()
-                    && let Err(e) = tail.send(Tailed(tail_rows)).await
+                    && let Some(chunk) = trades.first()
+                    && let Err(e) = tail
+                        .send(Tailed::Chunk {
+                            batch: chunk.batch.clone(),
+                            at: at.clone(),
+                        })
+                        .await
                 {
                     tracing::warn!(error = %e, "tail unavailable; hybrid reads miss uncommitted rows");
                 }

@@ -13,6 +13,7 @@ use actix::prelude::*;
 use arrow::datatypes::SchemaRef;
 
 use crate::actors::observe::{Health, ObservableState, Published};
+use crate::lake::batch::{text_column, time_column};
 use crate::lake::schema::TRADES_TABLE;
 use crate::messages::consumer::Committed;
 use crate::messages::observe::Observe;
@@ -114,27 +115,42 @@ impl Handler<Tailed> for TailActor {
     type Result = ();
 
     fn handle(&mut self, msg: Tailed, _ctx: &mut Self::Context) {
-        if let Some(m) = &self.metrics {
+        let (batch, at) = match msg {
+            Tailed::Chunk { batch, at } => (batch, at),
+            Tailed::Rows(rows) => match self.store.chunk_of(&rows) {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    tracing::error!(error = %e, rows = rows.len(), "tail: trades not convertible to its schema");
+                    return;
+                }
+            },
+        };
+        if let Some(m) = &self.metrics
+            && let (Ok(exchange), Ok(ingested)) = (
+                text_column(&batch, "exchange"),
+                time_column(&batch, "ingestion_timestamp"),
+            )
+        {
             // Rows come in runs of one exchange: look its series up once
             // per run, not per row.
             let now = now_us();
             let mut series: Option<(&str, prometheus::Histogram)> = None;
-            for r in &msg.0 {
-                let t = &r.trade;
-                if t.ingestion_timestamp_us <= 0 {
+            for i in 0..batch.num_rows() {
+                let (e, t) = (exchange.value(i), ingested.value(i));
+                if t <= 0 {
                     continue;
                 }
                 let h = match &series {
-                    Some((x, h)) if *x == t.exchange => h,
+                    Some((x, h)) if *x == e => h,
                     _ => {
-                        let h = m.queryable_lag_seconds.with_label_values(&[&t.exchange]);
-                        &series.insert((t.exchange.as_str(), h)).1
+                        let h = m.queryable_lag_seconds.with_label_values(&[e]);
+                        &series.insert((e, h)).1
                     }
                 };
-                h.observe((now - t.ingestion_timestamp_us).max(0) as f64 / 1e6);
+                h.observe((now - t).max(0) as f64 / 1e6);
             }
         }
-        self.store.push(msg.0);
+        self.store.push_chunk(&batch, &at);
         // Queryable from here on; a snapshot shares the rows, so this costs
         // a pointer pair per symbol.
         self.view.publish(self.store.snapshot());
@@ -224,13 +240,13 @@ mod tests {
             .start();
         let all = crate::messages::tail::TailFilter::default();
         let observe = || async { tail.send(Observe::<TailState>::new()).await.unwrap() };
-        tail.send(Tailed((0..4).map(|o| row(0, o, "A")).collect()))
+        tail.send(Tailed::Rows((0..4).map(|o| row(0, o, "A")).collect()))
             .await
             .unwrap();
-        tail.send(Tailed((4..8).map(|o| row(0, o, "A")).collect()))
+        tail.send(Tailed::Rows((4..8).map(|o| row(0, o, "A")).collect()))
             .await
             .unwrap();
-        tail.send(Tailed((8..9).map(|o| row(0, o, "A")).collect()))
+        tail.send(Tailed::Rows((8..9).map(|o| row(0, o, "A")).collect()))
             .await
             .unwrap();
         assert_eq!(
@@ -262,7 +278,7 @@ mod tests {
             "a scan pinned below the commit is told it is stale"
         );
         assert_eq!(state.pruned.get("t", 0), Some(7));
-        tail.send(Tailed((9..14).map(|o| row(0, o, "A")).collect()))
+        tail.send(Tailed::Rows((9..14).map(|o| row(0, o, "A")).collect()))
             .await
             .unwrap();
         assert_eq!(

@@ -47,6 +47,8 @@ pub struct LakeStage {
     pub seen: Arc<crate::lake::share::Seen>,
     pub tail: Addr<TailActor>,
     pub tail_state: Arc<dyn StatusNode>,
+    /// The trades table's Arrow schema, which the consumer decodes into.
+    pub trades_schema: arrow::datatypes::SchemaRef,
     pub query: Addr<QueryActor>,
     pub query_state: Arc<dyn StatusNode>,
     /// Where the producer's acknowledgements meet the trades commits.
@@ -120,11 +122,12 @@ pub async fn lake(
     let ledger = Arc::new(AckLedger::new(metrics.clone(), kafka.start_ends()));
     let seen = Arc::new(crate::lake::share::Seen::default());
     warn_of_chaos(cfg);
+    let trades_schema = lake::batch::arrow_schema(trades_table.metadata().current_schema())?;
     let trades = WriterActor::new(
         TableKind::Trades,
         catalog.clone(),
         lake::table_ident(cfg, TableKind::Trades),
-        lake::batch::arrow_schema(trades_table.metadata().current_schema())?,
+        trades_schema.clone(),
         FlushPolicy {
             fail_commits: writer_faults.fail_commits.clone(),
             ..policy.clone()
@@ -183,6 +186,7 @@ pub async fn lake(
         dl_start,
         tail,
         tail_state,
+        trades_schema,
         query,
         query_state,
         ledger,
@@ -474,6 +478,7 @@ pub fn consumer(
             trades: lake.trades.clone(),
             dead_letters: lake.dead_letters.clone(),
             tail: Some(lake.tail.clone().recipient()),
+            trades_schema: lake.trades_schema.clone(),
             lose: chaos_loss(cfg),
             window: kafka.window.clone(),
         },

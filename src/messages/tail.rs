@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use actix::Message;
+use arrow::array::RecordBatch;
 use serde::Serialize;
 
 use crate::lake::commit::KafkaOffsets;
@@ -27,7 +28,16 @@ pub struct TailRow {
 /// holds a row before any commit can cover it.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Tailed(pub Vec<TailRow>);
+pub enum Tailed {
+    /// The consumer's: a chunk's batch (shared with the writer) and each
+    /// row's topic, partition and offset, in row order.
+    Chunk {
+        batch: RecordBatch,
+        at: Vec<(Arc<str>, i32, i64)>,
+    },
+    /// Owned trades, which the tail converts (tools and tests).
+    Rows(Vec<TailRow>),
+}
 
 /// Which tail rows a query can use. Every field narrows; `None` means no
 /// restriction. Bounds are inclusive, in UTC microseconds. The tail returns

@@ -5,22 +5,24 @@ use std::sync::Arc;
 use actix::Message;
 
 use crate::lake::LakeError;
+use crate::lake::batch::TradeChunk;
 use crate::lake::commit::KafkaOffsets;
 pub use crate::lake::commit::Span;
-use crate::model::{DeadLetter, TradeV2};
+use crate::model::DeadLetter;
 
 /// Rows for one table, decoded from Kafka.
 #[derive(Debug, Clone)]
 pub enum Rows {
-    /// Shared with the tail, which holds the same rows until they commit.
-    Trades(Vec<Arc<TradeV2>>),
+    /// Chunks as the consumer read them; their buffers are shared with the
+    /// tail, which holds the same rows until they commit.
+    Trades(Vec<TradeChunk>),
     DeadLetters(Vec<DeadLetter>),
 }
 
 impl Rows {
     pub fn len(&self) -> usize {
         match self {
-            Rows::Trades(r) => r.len(),
+            Rows::Trades(r) => r.iter().map(TradeChunk::len).sum(),
             Rows::DeadLetters(r) => r.len(),
         }
     }

@@ -14,8 +14,11 @@
 //!   are shared), so a query over 10,000 tail rows costs about as much as
 //!   one over 100;
 //! - the rows still being gathered for a symbol's next segment (its open
-//!   run) are a chain of immutable links, one per push, so publishing needs
-//!   no copy of them; only a scan converts the open rows it reads to Arrow.
+//!   run) are a chain of immutable links, one per push, each naming its
+//!   rows in the consumer's chunk (an Arrow batch the writer shares), so
+//!   publishing needs no copy of them; a scan gathers the open rows it
+//!   reads into one batch, and sealing gathers a run's rows into its
+//!   segment.
 //!
 //! Publishing a snapshot therefore costs one pointer pair per symbol.
 
@@ -27,10 +30,14 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
 
 use crate::fastmap::FastMap;
-use crate::lake::batch::trades_batch_as_is;
+use crate::lake::batch::{RecordAt, text_column, time_column, trades_batch_as_is};
 use crate::lake::commit::KafkaOffsets;
 use crate::messages::tail::{TailError, TailFilter, TailRow, TailState};
 use crate::model::TradeV2;
+
+fn arrow_err(e: impl std::fmt::Display) -> TailError {
+    TailError::Arrow(e.to_string())
+}
 
 /// Rows of one symbol converted to Arrow together. Small enough that
 /// converting an open run at scan time is cheap, large enough that a
@@ -69,32 +76,29 @@ fn spans(pos: &[Pos]) -> Vec<(u32, i64, i64)> {
 }
 
 impl Segment {
-    fn new(schema: &SchemaRef, trades: &[&TradeV2], pos: Vec<Pos>) -> Result<Self, TailError> {
-        let batch =
-            trades_batch_as_is(schema, trades).map_err(|e| TailError::Arrow(e.to_string()))?;
+    fn new(batch: RecordBatch, pos: Vec<Pos>) -> Result<Self, TailError> {
+        let time = time_column(&batch, "timestamp").map_err(arrow_err)?;
+        let (min_ts, max_ts) = (
+            arrow::compute::min(time).unwrap_or(i64::MAX),
+            arrow::compute::max(time).unwrap_or(i64::MIN),
+        );
+        // Distinct names first, then owned: one String per exchange, not
+        // one per row.
+        let exchanges = text_column(&batch, "exchange")
+            .map_err(arrow_err)?
+            .iter()
+            .flatten()
+            .collect::<BTreeSet<&str>>()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
         Ok(Self {
-            batch,
             spans: spans(&pos),
             pos,
-            // Distinct names first, then owned: one String per exchange,
-            // not one per row.
-            exchanges: trades
-                .iter()
-                .map(|t| t.exchange.as_str())
-                .collect::<BTreeSet<&str>>()
-                .into_iter()
-                .map(str::to_string)
-                .collect(),
-            min_ts: trades
-                .iter()
-                .map(|t| t.timestamp_us)
-                .min()
-                .unwrap_or(i64::MAX),
-            max_ts: trades
-                .iter()
-                .map(|t| t.timestamp_us)
-                .max()
-                .unwrap_or(i64::MIN),
+            exchanges,
+            min_ts,
+            max_ts,
+            batch,
         })
     }
 
@@ -176,8 +180,9 @@ pub fn rows_matching(batch: &RecordBatch, filter: &TailFilter) -> Result<RecordB
     filter_record_batch(batch, &mask).map_err(|e| TailError::Arrow(e.to_string()))
 }
 
-/// Rows of one symbol with their positions, in order.
-type Run = (Vec<Arc<TradeV2>>, Vec<Pos>);
+/// Rows of one symbol (their indices in a chunk) with their positions, in
+/// order.
+type Run = (Vec<u32>, Vec<Pos>);
 
 /// The rows one push brought for one symbol's open run, linked to the
 /// older ones. A link never changes once made, so a snapshot holding the
@@ -185,9 +190,35 @@ type Run = (Vec<Arc<TradeV2>>, Vec<Pos>);
 /// grows or is sealed afterwards.
 #[derive(Debug)]
 struct OpenLink {
-    trades: Vec<Arc<TradeV2>>,
+    /// The chunk the rows are in (its buffers shared, not copied).
+    batch: RecordBatch,
+    rows: Vec<u32>,
     pos: Vec<Pos>,
     older: Option<Arc<OpenLink>>,
+}
+
+/// The open rows of `links` that `keep` keeps, gathered into one batch
+/// (in link order), with their positions; `None` when it keeps none.
+fn gather(
+    links: &[&OpenLink],
+    mut keep: impl FnMut(&OpenLink, usize, Pos) -> bool,
+) -> Result<Option<(RecordBatch, Vec<Pos>)>, TailError> {
+    let mut order = Vec::new();
+    let mut pos = Vec::new();
+    for (l, link) in links.iter().enumerate() {
+        for (&row, &p) in link.rows.iter().zip(&link.pos) {
+            if keep(link, row as usize, p) {
+                order.push((l, row as usize));
+                pos.push(p);
+            }
+        }
+    }
+    if order.is_empty() {
+        return Ok(None);
+    }
+    let batches: Vec<&RecordBatch> = links.iter().map(|l| &l.batch).collect();
+    let batch = arrow::compute::interleave_record_batch(&batches, &order).map_err(arrow_err)?;
+    Ok(Some((batch, pos)))
 }
 
 impl Drop for OpenLink {
@@ -232,11 +263,11 @@ impl SymbolRows {
         links
     }
 
-    /// The open run's rows with their positions, oldest first.
-    fn open_rows(&self) -> impl Iterator<Item = (&Arc<TradeV2>, Pos)> {
+    /// The open run's positions, oldest first.
+    fn open_pos(&self) -> impl Iterator<Item = Pos> {
         self.open_links()
             .into_iter()
-            .flat_map(|l| l.trades.iter().zip(l.pos.iter().copied()))
+            .flat_map(|l| l.pos.iter().copied())
     }
 }
 
@@ -308,54 +339,86 @@ impl TailStore {
         i
     }
 
-    /// Adds consumed rows. A row the tail has seen before (a re-read) or
-    /// that lies below the pruned offsets (already in the lake) is not kept
-    /// twice.
+    /// Owned trades (tools and tests) as a chunk: the batch, and each
+    /// row's topic, partition and offset.
+    pub fn chunk_of(&self, rows: &[TailRow]) -> Result<(RecordBatch, Vec<RecordAt>), TailError> {
+        let trades: Vec<&TradeV2> = rows.iter().map(|r| &*r.trade).collect();
+        let batch = trades_batch_as_is(&self.schema, &trades).map_err(arrow_err)?;
+        let at = rows
+            .iter()
+            .map(|r| (r.topic.clone(), r.partition, r.offset))
+            .collect();
+        Ok((batch, at))
+    }
+
+    /// Adds owned trades (tools and tests), as [`push_chunk`](Self::push_chunk).
     pub fn push(&mut self, rows: Vec<TailRow>) {
+        match self.chunk_of(&rows) {
+            Ok((batch, at)) => self.push_chunk(&batch, &at),
+            Err(e) => {
+                tracing::error!(error = %e, rows = rows.len(), "tail: trades not convertible to its schema")
+            }
+        }
+    }
+
+    /// Adds a consumed chunk: `batch` in the trades schema, `at` each row's
+    /// topic, partition and offset. A row the tail has seen before (a
+    /// re-read) or that lies below the pruned offsets (already in the
+    /// lake) is not kept twice.
+    pub fn push_chunk(&mut self, batch: &RecordBatch, at: &[RecordAt]) {
+        let symbols = match text_column(batch, "symbol") {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "tail: a chunk not of the trades schema");
+                return;
+            }
+        };
         // This push's rows per symbol, each becoming one link.
         let mut fresh: FastMap<Arc<str>, Run> = Default::default();
-        for r in rows {
+        for (i, (topic, partition, offset)) in at.iter().enumerate().take(batch.num_rows()) {
             if self
                 .pruned
-                .get(&r.topic, r.partition)
-                .is_some_and(|p| r.offset < p)
+                .get(topic, *partition)
+                .is_some_and(|p| *offset < p)
             {
                 continue;
             }
-            let p = self.partition(&r.topic, r.partition);
+            let p = self.partition(topic, *partition);
             let newest = &mut self.newest[p as usize];
-            if r.offset <= *newest {
+            if *offset <= *newest {
                 continue;
             }
-            *newest = r.offset;
+            *newest = *offset;
             self.rows += 1;
-            let run = match fresh.get_mut(r.trade.symbol.as_str()) {
+            let symbol = symbols.value(i);
+            let run = match fresh.get_mut(symbol) {
                 Some(run) => run,
                 None => {
                     // The name the store already holds, when it does.
-                    let name = match self.by_symbol.get_key_value(r.trade.symbol.as_str()) {
+                    let name = match self.by_symbol.get_key_value(symbol) {
                         Some((name, _)) => name.clone(),
-                        None => Arc::from(r.trade.symbol.as_str()),
+                        None => Arc::from(symbol),
                     };
                     fresh.entry(name).or_default()
                 }
             };
-            run.0.push(r.trade);
-            run.1.push((p, r.offset));
+            run.0.push(i as u32);
+            run.1.push((p, *offset));
         }
-        for (symbol, (trades, pos)) in fresh {
+        for (symbol, (rows, pos)) in fresh {
             let sym = match self.by_symbol.get_mut(&symbol) {
                 Some(sym) => sym,
                 None => self.by_symbol.entry(symbol).or_default(),
             };
-            sym.open_len += trades.len();
+            sym.open_len += rows.len();
             sym.open = Some(Arc::new(OpenLink {
-                trades,
+                batch: batch.clone(),
+                rows,
                 pos,
                 older: sym.open.take(),
             }));
             if sym.open_len >= SEGMENT_ROWS {
-                seal(&self.schema, sym);
+                seal(sym);
             }
         }
     }
@@ -409,22 +472,26 @@ impl TailStore {
                 })
                 .collect();
             sym.sealed = Arc::new(sealed);
-            if sym.open_rows().any(|(_, (p, o))| o < at(p)) {
-                // The rows past the commit, as one new link; snapshots
-                // keep the old chain.
-                let (trades, pos): Run = sym
-                    .open_rows()
-                    .filter(|&(_, (p, o))| o >= at(p))
-                    .map(|(t, p)| (t.clone(), p))
-                    .unzip();
-                sym.open_len = trades.len();
-                sym.open = (!trades.is_empty()).then(|| {
-                    Arc::new(OpenLink {
-                        trades,
-                        pos,
-                        older: None,
-                    })
-                });
+            if sym.open_pos().any(|(p, o)| o < at(p)) {
+                // The rows past the commit, as one new link of their own
+                // batch; snapshots keep the old chain. On failure the rows
+                // stay (a scan filters by offset anyway).
+                match gather(&sym.open_links(), |_, _, (p, o)| o >= at(p)) {
+                    Ok(Some((batch, pos))) => {
+                        sym.open_len = pos.len();
+                        sym.open = Some(Arc::new(OpenLink {
+                            rows: (0..pos.len() as u32).collect(),
+                            batch,
+                            pos,
+                            older: None,
+                        }));
+                    }
+                    Ok(None) => {
+                        sym.open_len = 0;
+                        sym.open = None;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "tail: could not prune open rows"),
+                }
             }
             let n = sym.len();
             kept += n;
@@ -437,7 +504,6 @@ impl TailStore {
     pub fn snapshot(&self) -> TailSnapshot {
         TailSnapshot {
             cluster_id: self.cluster_id.clone(),
-            schema: self.schema.clone(),
             by_symbol: self.by_symbol.clone(),
             pruned: self.pruned.clone(),
             partitions: self.partitions.clone(),
@@ -458,15 +524,11 @@ impl TailStore {
 
 /// Converts a symbol's full open run into a segment. On failure the rows
 /// stay in the open run: nothing is dropped, and scans report it.
-fn seal(schema: &SchemaRef, sym: &mut SymbolRows) {
-    let segment = {
-        let links = sym.open_links();
-        let trades: Vec<&TradeV2> = links
-            .iter()
-            .flat_map(|l| l.trades.iter().map(|t| &**t))
-            .collect();
-        let pos: Vec<Pos> = links.iter().flat_map(|l| l.pos.iter().copied()).collect();
-        Segment::new(schema, &trades, pos)
+fn seal(sym: &mut SymbolRows) {
+    let segment = match gather(&sym.open_links(), |_, _, _| true) {
+        Ok(Some((batch, pos))) => Segment::new(batch, pos),
+        Ok(None) => return,
+        Err(e) => Err(e),
     };
     match segment {
         Ok(seg) => {
@@ -486,7 +548,6 @@ fn seal(schema: &SchemaRef, sym: &mut SymbolRows) {
 #[derive(Debug)]
 pub struct TailSnapshot {
     cluster_id: Arc<str>,
-    schema: SchemaRef,
     by_symbol: FastMap<Arc<str>, SymbolRows>,
     pruned: Arc<KafkaOffsets>,
     partitions: Arc<Vec<(Arc<str>, i32)>>,
@@ -533,25 +594,38 @@ impl TailSnapshot {
                     None => {}
                 }
             }
-            let keep = |t: &TradeV2, (p, o): Pos| {
-                o >= at(p)
-                    && filter
-                        .exchanges
-                        .as_ref()
-                        .is_none_or(|x| x.contains(&t.exchange))
-                    && filter.start_us.is_none_or(|s| t.timestamp_us >= s)
-                    && filter.end_us.is_none_or(|s| t.timestamp_us <= s)
+            // Open rows are checked on their chunk's columns, which every
+            // chunk has (the consumer builds them in the trades schema).
+            let mut failed = None;
+            let keep = |l: &OpenLink, row: usize, (p, o): Pos| {
+                if o < at(p) {
+                    return false;
+                }
+                match (
+                    text_column(&l.batch, "exchange"),
+                    time_column(&l.batch, "timestamp"),
+                ) {
+                    (Ok(exchange), Ok(time)) => {
+                        let t = time.value(row);
+                        filter
+                            .exchanges
+                            .as_ref()
+                            .is_none_or(|x| x.contains(exchange.value(row)))
+                            && filter.start_us.is_none_or(|s| t >= s)
+                            && filter.end_us.is_none_or(|s| t <= s)
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        failed = Some(arrow_err(e));
+                        false
+                    }
+                }
             };
-            let open: Vec<&TradeV2> = sym
-                .open_rows()
-                .filter(|&(t, p)| keep(t, p))
-                .map(|(t, _)| &**t)
-                .collect();
-            if !open.is_empty() {
-                out.push(
-                    trades_batch_as_is(&self.schema, &open)
-                        .map_err(|e| TailError::Arrow(e.to_string()))?,
-                );
+            let open = gather(&sym.open_links(), keep)?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if let Some((batch, _)) = open {
+                out.push(batch);
             }
             Ok(())
         };

@@ -591,7 +591,7 @@ pub async fn latency(base: &Config, o: &LatencyOptions) -> Result<LatencyReport,
             }
         })
         .collect();
-    tail.send(Tailed(rows))
+    tail.send(Tailed::Rows(rows))
         .await
         .map_err(|e| BenchApiError::Poll(e.to_string()))?;
     let engine = crate::query::session::engine(&cfg, Some(view))

@@ -153,7 +153,7 @@ pub async fn tail_scans(
     while next < tail_trades {
         let end = (next + 10_000).min(tail_trades);
         let rows = (next..end).map(|i| row(i, symbols, now)).collect();
-        tail.send(Tailed(rows)).await.map_err(|e| err(&e))?;
+        tail.send(Tailed::Rows(rows)).await.map_err(|e| err(&e))?;
         next = end;
     }
     let period = Duration::from_secs_f64(chunk_rows as f64 / rate);
@@ -176,7 +176,7 @@ pub async fn tail_scans(
                 .map(|i| row(i, symbols, now))
                 .collect();
             *next += chunk_rows;
-            tail.send(Tailed(rows)).await.map_err(|e| err(&e))?;
+            tail.send(Tailed::Rows(rows)).await.map_err(|e| err(&e))?;
             ms.push(due.elapsed().as_secs_f64() * 1000.0);
         }
     };

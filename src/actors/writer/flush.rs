@@ -68,19 +68,6 @@ pub(super) struct Landed {
     pub left_out: usize,
 }
 
-/// Leaves out the trades another owner committed, by their offsets.
-fn leave_out(
-    rows: Vec<Arc<crate::model::TradeV2>>,
-    at: &[(Arc<str>, i32, i64)],
-    below: &std::collections::BTreeMap<(String, i32), i64>,
-) -> Vec<Arc<crate::model::TradeV2>> {
-    rows.into_iter()
-        .zip(at)
-        .filter(|(_, (t, p, o))| below.get(&(t.to_string(), *p)).is_none_or(|b| o >= b))
-        .map(|(r, _)| r)
-        .collect()
-}
-
 /// Commits `pending`, planned on the table as it is at each attempt:
 /// transient failures are retried behind the breaker, and a commit that
 /// lost a race with another writer of the table is planned again at once.
@@ -151,16 +138,23 @@ pub(super) async fn commit_with_retries(
                     let batch = match rows.take() {
                         // Rows taken in without their offsets cannot be told
                         // apart: rewind instead.
-                        Some(Rows::Trades(r)) if !below.is_empty() && at.len() != r.len() => {
+                        Some(Rows::Trades(r))
+                            if !below.is_empty()
+                                && at.len() != r.iter().map(|c| c.len()).sum::<usize>() =>
+                        {
                             return Ok(Err(below));
                         }
                         Some(Rows::Trades(r)) => {
-                            let mut r = if below.is_empty() {
-                                r
-                            } else {
-                                leave_out(r, &at, &below)
+                            let chunks: Vec<_> = r.into_iter().map(|c| c.batch).collect();
+                            // Leaves out the trades another owner committed,
+                            // by their offsets.
+                            let keep = |i: usize| {
+                                below.is_empty() || {
+                                    let (t, p, o) = &at[i];
+                                    below.get(&(t.to_string(), *p)).is_none_or(|b| o >= b)
+                                }
                             };
-                            batch::trades_batch(&to.schema, &mut r)?
+                            batch::sorted_trades(&to.schema, &chunks, keep)?
                         }
                         // Dead letters carry no offsets of their own to leave
                         // rows out by.

@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
-use super::{Fate, WriterActor, WriterState, dedup};
+use super::{Fate, WriterActor, WriterState};
+use crate::lake::batch::text_column;
 use crate::ledger::LossCause;
 use crate::messages::observe::Observe;
 use crate::messages::writer::{
@@ -46,30 +47,55 @@ impl Handler<Consumed> for WriterActor {
             self.oldest.get_or_insert_with(Instant::now);
         }
         match (&mut self.buffer, msg.rows) {
-            (Rows::Trades(b), Rows::Trades(r)) => {
-                let offered = r.len();
-                let had = b.len();
+            (Rows::Trades(b), Rows::Trades(chunks)) => {
                 let committed = &self.committed_ids;
                 let in_commit = &self.in_commit_ids;
                 let buffered = &mut self.buffered_ids;
                 let mut tally = self.tally.as_mut();
                 let mut at = msg.at.into_iter();
                 let buffer_at = &mut self.buffer_at;
-                b.extend(r.into_iter().filter_map(|t| {
-                    let k = dedup::key(&t.message_id);
-                    let first =
-                        !committed.contains_key(k) && !in_commit.contains(&k) && buffered.insert(k);
-                    let a = at.next();
-                    if let (Some(tally), Some(a)) = (tally.as_deref_mut(), a.as_ref()) {
-                        let fate = if first { Fate::Stored } else { Fate::Duplicate };
-                        tally.note(&t, a, fate);
+                let mut dropped = 0;
+                for chunk in chunks {
+                    let names = match (
+                        text_column(&chunk.batch, "exchange"),
+                        text_column(&chunk.batch, "symbol"),
+                    ) {
+                        (Ok(e), Ok(s)) => Some((e, s)),
+                        _ => None,
+                    };
+                    let mut keep = Vec::with_capacity(chunk.len());
+                    for (i, k) in chunk.keys.iter().enumerate() {
+                        let first = !committed.contains_key(*k)
+                            && !in_commit.contains(k)
+                            && buffered.insert(*k);
+                        let a = at.next();
+                        if let (Some(tally), Some(a), Some((e, s))) =
+                            (tally.as_deref_mut(), a.as_ref(), names)
+                        {
+                            let fate = if first { Fate::Stored } else { Fate::Duplicate };
+                            tally.note(e.value(i), s.value(i), a, fate);
+                        }
+                        if first && let Some(a) = a {
+                            buffer_at.push(a);
+                        }
+                        keep.push(first);
                     }
-                    if first && let Some(a) = a {
-                        buffer_at.push(a);
+                    let kept = keep.iter().filter(|k| **k).count();
+                    dropped += chunk.len() - kept;
+                    if kept == chunk.len() {
+                        b.push(chunk);
+                    } else if kept > 0 {
+                        match chunk.filter(&keep) {
+                            Ok(c) => b.push(c),
+                            // Cannot happen on the chunk's own batch; were
+                            // it to, a second copy stored beats a row lost.
+                            Err(e) => {
+                                tracing::error!(table = self.kind.name(), error = %e, "could not leave second copies out of a chunk; keeping them");
+                                b.push(chunk);
+                            }
+                        }
                     }
-                    first.then_some(t)
-                }));
-                let dropped = offered - (b.len() - had);
+                }
                 if dropped > 0 {
                     tracing::warn!(
                         table = self.kind.name(),

@@ -12,7 +12,6 @@ use crate::fastmap::Names;
 use crate::instruments::{Instruments, TierCache};
 pub use crate::kafka::acks::Fate;
 use crate::kafka::acks::{AckLedger, CommittedRow};
-use crate::model::TradeV2;
 
 pub struct Tally {
     ledger: Arc<AckLedger>,
@@ -37,10 +36,11 @@ impl Tally {
         }
     }
 
-    /// One consumed trade, read at `at` (topic, partition, offset).
-    pub fn note(&mut self, t: &TradeV2, at: &(Arc<str>, i32, i64), fate: Fate) {
-        let tier = self.tiers.tier(&t.exchange, &t.symbol);
-        let exchange = self.exchanges.get(&t.exchange);
+    /// One consumed trade of `exchange` and `symbol`, read at `at`
+    /// (topic, partition, offset).
+    pub fn note(&mut self, exchange: &str, symbol: &str, at: &(Arc<str>, i32, i64), fate: Fate) {
+        let tier = self.tiers.tier(exchange, symbol);
+        let exchange = self.exchanges.get(exchange);
         self.pending.push(CommittedRow {
             topic: at.0.clone(),
             partition: at.1,
@@ -108,17 +108,17 @@ mod tests {
         let m = Metrics::new().unwrap();
         let ledger = Arc::new(AckLedger::new(m.clone(), std::collections::HashMap::new()));
         let mut t = Tally::new(Arc::new(Instruments::builtin().unwrap()), ledger.clone());
-        let btc = TradeV2::builder("BINANCE", "BTCUSDT", "1", 1).build();
+        let btc = ("BINANCE", "BTCUSDT");
         let topic: Arc<str> = Arc::from("t");
         m.account("BINANCE", "1", Outcome::Published, 3);
         for o in 0..3 {
             ledger.acked("t", 0, o, "BINANCE", Tier::One);
         }
-        t.note(&btc, &(topic.clone(), 0, 0), Fate::Stored);
-        t.note(&btc, &(topic.clone(), 0, 1), Fate::Duplicate);
+        t.note(btc.0, btc.1, &(topic.clone(), 0, 0), Fate::Stored);
+        t.note(btc.0, btc.1, &(topic.clone(), 0, 1), Fate::Duplicate);
         t.begin_commit();
         // Taken in while the commit runs: belongs to the next one.
-        t.note(&btc, &(topic.clone(), 0, 2), Fate::Stored);
+        t.note(btc.0, btc.1, &(topic.clone(), 0, 2), Fate::Stored);
         assert_eq!(
             accounts(&m)[0].in_transit,
             3,

@@ -617,7 +617,7 @@ mod tests {
                     trade: Arc::new(all[i].clone()),
                 })
                 .collect();
-            tail.send(Tailed(rows)).await.unwrap();
+            tail.send(Tailed::Rows(rows)).await.unwrap();
             let engine = crate::query::session::engine(&cfg, Some(view))
                 .await
                 .unwrap()
