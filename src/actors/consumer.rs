@@ -2,7 +2,7 @@
 //! recorded in the lake, decodes Avro and routes rows to the table writers.
 //! After each Iceberg commit it commits the same offsets to the Kafka group.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -477,10 +477,9 @@ impl Actor for ConsumerActor {
             // A record polled after a rebalance, which must reach the writers
             // after the news of it, so it opens the next chunk.
             let mut carried = None;
-            // Looked up once per topic, not per record.
             // Per topic, looked up once: its shared name, its records
             // counter, and whether it holds trades or dead letters.
-            let mut topics: HashMap<String, TopicInfo> = HashMap::new();
+            let mut topics: crate::fastmap::FastMap<String, TopicInfo> = Default::default();
             loop {
                 let first = match carried.take() {
                     Some(m) => m,

@@ -335,6 +335,17 @@ impl TradeChunk {
     }
 }
 
+/// A string's first 8 bytes as a big-endian number, zero-padded: two
+/// strings whose prefixes differ compare as their prefixes do (a shorter
+/// string pads with zeros, below any byte a longer one has there but 0,
+/// and a 0 there ties, leaving the order to the whole strings).
+fn id_prefix(s: &str) -> u64 {
+    let mut b = [0u8; 8];
+    let n = s.len().min(8);
+    b[..n].copy_from_slice(&s.as_bytes()[..n]);
+    u64::from_be_bytes(b)
+}
+
 /// The rows of `chunks` (taken in order, numbered from 0 across them) that
 /// `keep` keeps, as one batch in the order files are written in: by
 /// symbol, then timestamp, then message id, then as read (`sort_trades`'
@@ -365,25 +376,34 @@ pub fn sorted_trades(
     for (rank, (_, first_seen)) in by_name.iter().enumerate() {
         rank_of[*first_seen as usize] = rank as u32;
     }
-    // (rank, timestamp, chunk, row): small keys, the message id read only
-    // to break a tie.
-    let mut keys: Vec<(u32, i64, u32, u32)> = Vec::new();
+    // (rank, timestamp, the message id's first 8 bytes, chunk, row): small
+    // keys in one array. The whole message id is read only when the first
+    // 8 bytes tie: trades of a symbol in one millisecond are common, and
+    // following each to its id in the chunks' columns was a sixth of the
+    // commit thread's samples in a profile of `ticklake bench`.
+    let mut keys: Vec<(u32, i64, u64, u32, u32)> = Vec::new();
     let mut g = 0;
-    for (c, (symbol, time, _)) in cols.iter().enumerate() {
+    for (c, (symbol, time, id)) in cols.iter().enumerate() {
         keys.reserve(symbol.len());
         for i in 0..symbol.len() {
             if keep(g) {
                 let rank = rank_of[ranks[symbol.value(i)] as usize];
-                keys.push((rank, time.value(i), c as u32, i as u32));
+                keys.push((
+                    rank,
+                    time.value(i),
+                    id_prefix(id.value(i)),
+                    c as u32,
+                    i as u32,
+                ));
             }
             g += 1;
         }
     }
     drop(ranks);
     keys.sort_unstable_by(|a, b| {
-        (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| {
-            let id = |k: &(u32, i64, u32, u32)| cols[k.2 as usize].2.value(k.3 as usize);
-            id(a).cmp(id(b)).then((a.2, a.3).cmp(&(b.2, b.3)))
+        (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)).then_with(|| {
+            let id = |k: &(u32, i64, u64, u32, u32)| cols[k.3 as usize].2.value(k.4 as usize);
+            id(a).cmp(id(b)).then((a.3, a.4).cmp(&(b.3, b.4)))
         })
     });
     if keys.is_empty() {
@@ -391,7 +411,7 @@ pub fn sorted_trades(
     }
     let order: Vec<(usize, usize)> = keys
         .into_iter()
-        .map(|k| (k.2 as usize, k.3 as usize))
+        .map(|k| (k.3 as usize, k.4 as usize))
         .collect();
     let refs: Vec<&RecordBatch> = chunks.iter().collect();
     let sorted = arrow::compute::interleave_record_batch(&refs, &order)?;
@@ -572,7 +592,12 @@ mod tests {
             .map(|i| {
                 let sym = ["ETHUSDT", "BTCUSDT", "SOLUSDT"][(i * 5 % 3) as usize];
                 let mut t = trade(sym, 1_000 + (i * 11) % 7, i % 4 == 0);
-                t.message_id = format!("{:04}", (i * 97) % 300);
+                // Half the ids share their first 8 bytes: the sort then
+                // reads the whole ids.
+                t.message_id = match i % 2 {
+                    0 => format!("{:04}", (i * 97) % 300),
+                    _ => format!("same-pre-{:04}", (i * 97) % 300),
+                };
                 t.trade_conditions = (0..(i % 3)).map(|c| format!("c{c}")).collect();
                 t.instrument = (i % 2 == 0).then(|| format!("I{i}"));
                 t
@@ -604,6 +629,18 @@ mod tests {
         let none = sorted_trades(&schema, &chunks, |_| false).unwrap();
         assert_eq!((none.num_rows(), none.schema()), (0, schema.clone()));
         assert_eq!(sorted_trades(&schema, &[], |_| true).unwrap().num_rows(), 0);
+    }
+
+    proptest::proptest! {
+        /// Where two prefixes differ, they order their strings as the
+        /// strings order themselves (short ones and zero bytes included).
+        #[test]
+        fn id_prefixes_order_as_their_strings(a in "[\\x00ab-]{0,10}", b in "[\\x00ab-]{0,10}") {
+            let (x, y) = (id_prefix(&a), id_prefix(&b));
+            if x != y {
+                proptest::prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+            }
+        }
     }
 
     #[test]
