@@ -203,21 +203,30 @@ fn gather(
     links: &[&OpenLink],
     mut keep: impl FnMut(&OpenLink, usize, Pos) -> bool,
 ) -> Result<Option<(RecordBatch, Vec<Pos>)>, TailError> {
-    let mut order = Vec::new();
+    // Each link's rows taken from its chunk, then the pieces end to end.
+    // Not `interleave`, which gathers the map column (`vendor_data`) row by
+    // row through its generic path; `take` has a kernel for it.
+    let mut parts = Vec::new();
     let mut pos = Vec::new();
-    for (l, link) in links.iter().enumerate() {
-        for (&row, &p) in link.rows.iter().zip(&link.pos) {
-            if keep(link, row as usize, p) {
-                order.push((l, row as usize));
+    for link in links {
+        let rows: arrow::array::UInt32Array = link
+            .rows
+            .iter()
+            .zip(&link.pos)
+            .filter(|&(&row, &p)| keep(link, row as usize, p))
+            .map(|(&row, &p)| {
                 pos.push(p);
-            }
+                row
+            })
+            .collect();
+        if !rows.is_empty() {
+            parts.push(arrow::compute::take_record_batch(&link.batch, &rows).map_err(arrow_err)?);
         }
     }
-    if order.is_empty() {
+    let Some(first) = parts.first() else {
         return Ok(None);
-    }
-    let batches: Vec<&RecordBatch> = links.iter().map(|l| &l.batch).collect();
-    let batch = arrow::compute::interleave_record_batch(&batches, &order).map_err(arrow_err)?;
+    };
+    let batch = arrow::compute::concat_batches(&first.schema(), &parts).map_err(arrow_err)?;
     Ok(Some((batch, pos)))
 }
 
