@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -493,6 +493,7 @@ pub async fn measure(
     }
     let round_trip = encode(&ceiling_topics[1])?;
     let (ceiling_cfg, bootstrap) = (cfg.clone(), d.bootstrap.clone());
+    let embedded = cfg.kafka.is_embedded();
     let (produce_secs, round_trip_secs) = tokio::task::spawn_blocking(move || {
         let produce = produce_all(
             &ceiling_cfg,
@@ -500,10 +501,26 @@ pub async fn measure(
             &produce_only,
             "produce ceiling",
             timeout,
+            None,
         )?;
         drop(produce_only);
-        let round_trip =
-            produce_and_consume(&ceiling_cfg, &bootstrap, &round_trip, partitions, timeout)?;
+        // The embedded cluster keeps a few MiB a partition: a reader that
+        // falls further behind loses records to its retention and never
+        // reads them all (a run in ten timed out so). The producer stays
+        // within one partition's budget of the reader, as the daemon's
+        // broker window keeps the daemon.
+        let lead = embedded.then(|| {
+            let est = crate::kafka::window::estimate(8, record_bytes).max(1);
+            usize::try_from(crate::kafka::window::BUDGET_BYTES / est).unwrap_or(1)
+        });
+        let round_trip = produce_and_consume(
+            &ceiling_cfg,
+            &bootstrap,
+            &round_trip,
+            partitions,
+            timeout,
+            lead,
+        )?;
         Ok::<_, BenchError>((produce, round_trip))
     })
     .await
@@ -567,18 +584,34 @@ impl rdkafka::producer::ProducerContext for Counting {
 /// (`message.timeout.ms = 0`, as the daemon's), so the wait has its own
 /// deadline: a broker that stops acknowledging fails the bench, naming the
 /// stage, instead of parking it for good.
+/// `lead`: how many records it may send ahead of a reader's count of
+/// records read, if a reader follows.
 fn produce_all(
     cfg: &Config,
     bootstrap: &str,
     records: &[Encoded],
     stage: &'static str,
     timeout: Duration,
+    lead: Option<(&AtomicUsize, usize)>,
 ) -> Result<f64, BenchError> {
     use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
     let producer: ThreadedProducer<Counting> = crate::kafka::producer_config(&cfg.kafka, bootstrap)
         .create_with_context(Counting::default())?;
     let started = Instant::now();
-    for r in records {
+    for (i, r) in records.iter().enumerate() {
+        if let Some((read, most)) = lead {
+            while i.saturating_sub(read.load(Ordering::Acquire)) > most {
+                if started.elapsed() > timeout {
+                    return Err(BenchError::Timeout {
+                        stage,
+                        secs: timeout.as_secs(),
+                        done: i as u64,
+                        total: records.len() as u64,
+                    });
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
         let mut record = BaseRecord::to(&r.topic).key(&r.key).payload(&r.payload);
         loop {
             match producer.send(record) {
@@ -630,6 +663,7 @@ fn produce_and_consume(
     records: &[Encoded],
     partitions: i32,
     timeout: Duration,
+    lead: Option<usize>,
 ) -> Result<f64, BenchError> {
     use rdkafka::{Offset, TopicPartitionList};
     let Some(topic) = records.first().map(|r| r.topic.clone()) else {
@@ -672,6 +706,8 @@ fn produce_and_consume(
     const STALL: Duration = Duration::from_secs(30);
     let all_sent = Arc::new(AtomicBool::new(false));
     let reader_sent = all_sent.clone();
+    let read_count = Arc::new(AtomicUsize::new(0));
+    let reader_count = read_count.clone();
     let reader = std::thread::spawn(move || -> Result<Instant, BenchError> {
         let mut read = 0usize;
         let mut last_read = Instant::now();
@@ -706,6 +742,7 @@ fn produce_and_consume(
                 Some(Ok(m)) => {
                     std::hint::black_box(m.payload().map(<[u8]>::len));
                     read += 1;
+                    reader_count.store(read, Ordering::Release);
                     last_read = Instant::now();
                 }
                 Some(Err(e)) => return Err(BenchError::Client(e)),
@@ -720,6 +757,7 @@ fn produce_and_consume(
         records,
         "round-trip ceiling (produce)",
         timeout,
+        lead.map(|most| (&*read_count, most)),
     );
     all_sent.store(true, Ordering::Release);
     let done = reader
