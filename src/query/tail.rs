@@ -203,32 +203,45 @@ fn gather(
     links: &[&OpenLink],
     mut keep: impl FnMut(&OpenLink, usize, Pos) -> bool,
 ) -> Result<Option<(RecordBatch, Vec<Pos>)>, TailError> {
-    // Each link's rows taken from its chunk, then the pieces end to end.
-    // Not `interleave`, which gathers the map column (`vendor_data`) row by
-    // row through its generic path; `take` has a kernel for it.
-    let mut parts = Vec::new();
+    let mut order: Vec<(usize, usize)> = Vec::new();
     let mut pos = Vec::new();
-    for link in links {
-        let rows: arrow::array::UInt32Array = link
-            .rows
-            .iter()
-            .zip(&link.pos)
-            .filter(|&(&row, &p)| keep(link, row as usize, p))
-            .map(|(&row, &p)| {
+    for (l, link) in links.iter().enumerate() {
+        for (&row, &p) in link.rows.iter().zip(&link.pos) {
+            if keep(link, row as usize, p) {
+                order.push((l, row as usize));
                 pos.push(p);
-                row
-            })
-            .collect();
-        if !rows.is_empty() {
-            parts.push(arrow::compute::take_record_batch(&link.batch, &rows).map_err(arrow_err)?);
+            }
         }
     }
-    let Some(first) = parts.first() else {
+    if order.is_empty() {
         return Ok(None);
+    }
+    let batches: Vec<&RecordBatch> = links.iter().map(|l| &l.batch).collect();
+    // Two ways, by rows a link. `interleave` gathers the map column
+    // (`vendor_data`) row by row through its generic path, about 2,200
+    // instructions a row (callgrind); `take` has a kernel for it but
+    // builds a batch per link, a few thousand instructions each, before
+    // `concat` joins them. Links of a row or two (a slow symbol, or a
+    // consumer that reads as records arrive) go the first way; the runs a
+    // busy consumer reads, of tens of rows a link, the second.
+    let batch = if order.len() < TAKE_FROM_ROWS_PER_LINK * links.len() {
+        arrow::compute::interleave_record_batch(&batches, &order).map_err(arrow_err)?
+    } else {
+        let mut parts = Vec::new();
+        for rows in order.chunk_by(|a, b| a.0 == b.0) {
+            let take: arrow::array::UInt32Array = rows.iter().map(|r| r.1 as u32).collect();
+            parts.push(
+                arrow::compute::take_record_batch(batches[rows[0].0], &take).map_err(arrow_err)?,
+            );
+        }
+        arrow::compute::concat_batches(&parts[0].schema(), &parts).map_err(arrow_err)?
     };
-    let batch = arrow::compute::concat_batches(&first.schema(), &parts).map_err(arrow_err)?;
     Ok(Some((batch, pos)))
 }
+
+/// Rows a link, on average, from which [`gather`] takes each link's rows
+/// and joins the pieces rather than interleaving row by row.
+const TAKE_FROM_ROWS_PER_LINK: usize = 4;
 
 impl Drop for OpenLink {
     /// A run holds up to a link per row; dropping them one by one instead
@@ -779,6 +792,48 @@ mod tests {
 
     fn count(batches: &[RecordBatch]) -> usize {
         batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    /// Open rows come out the same whether they came a row a push (links
+    /// of one row: gathered by interleaving) or all in one push (one link
+    /// per symbol: taken and joined), vendor maps included.
+    #[test]
+    fn open_rows_gather_alike_from_small_and_large_pushes() {
+        let rows: Vec<TailRow> = (0..60)
+            .map(|o| {
+                let mut r = row((o % 2) as i32, o, if o % 3 == 0 { "A" } else { "B" });
+                let mut t = (*r.trade).clone();
+                t.vendor_data = (o % 4 != 0)
+                    .then(|| crate::model::VendorData::from_iter([("k".into(), format!("v{o}"))]));
+                r.trade = Arc::new(t);
+                r
+            })
+            .collect();
+        let (mut one, mut all) = (store(), store());
+        for r in rows.clone() {
+            one.push(vec![r]);
+        }
+        all.push(rows.clone());
+        let since = offsets("c", &[]);
+        for symbol in ["A", "B"] {
+            let f = TailFilter {
+                symbols: Some([symbol.to_string()].into()),
+                ..Default::default()
+            };
+            let join = |b: Vec<RecordBatch>| arrow::compute::concat_batches(&schema(), &b).unwrap();
+            let (a, b) = (
+                join(one.scan(&since, &f).unwrap()),
+                join(all.scan(&since, &f).unwrap()),
+            );
+            let want: Vec<&TradeV2> = rows
+                .iter()
+                .filter(|r| r.trade.symbol == symbol)
+                .map(|r| &*r.trade)
+                .collect();
+            let want = trades_batch_as_is(&schema(), &want).unwrap();
+            assert_eq!(a, want, "{symbol}, a row a push");
+            assert_eq!(b, want, "{symbol}, one push");
+        }
     }
 
     #[test]
