@@ -409,25 +409,95 @@ pub fn sorted_trades(
     if keys.is_empty() {
         return Ok(RecordBatch::new_empty(schema.clone()));
     }
-    // The chunks end to end (a copy at memory speed), then the rows taken
-    // in order. Not `interleave`: it gathers a map column (`vendor_data`)
-    // row by row through its generic path, some 2,200 instructions a row
-    // (callgrind, `ticklake bench --trades 20000`), where `take` has a
-    // kernel for it.
-    let mut starts = Vec::with_capacity(chunks.len());
-    let mut n = 0u32;
-    for b in chunks {
-        starts.push(n);
-        n += b.num_rows() as u32;
-    }
-    let order: arrow::array::UInt32Array = keys
+    let order: Vec<(usize, usize)> = keys
         .into_iter()
-        .map(|k| starts[k.3 as usize] + k.4)
+        .map(|k| (k.3 as usize, k.4 as usize))
         .collect();
-    // In the table's schema as the writer knows it (the chunks were built
-    // from the same one; concatenating checks it).
-    let all = arrow::compute::concat_batches(schema, chunks)?;
-    Ok(arrow::compute::take_record_batch(&all, &order)?)
+    let refs: Vec<&RecordBatch> = chunks.iter().collect();
+    gather_rows(schema, &refs, &order)
+}
+
+/// The rows of `batches` in the order of the `(batch, row)` pairs, as one
+/// batch in `schema` (which every batch must have).
+///
+/// arrow's `interleave` for every column but maps, which it gathers row by
+/// row through its generic path (about 2,200 instructions a row, counted
+/// with callgrind); a map's entries are interleaved here as its two plain
+/// columns, under new offsets. (`take` after `concat` avoids that path too,
+/// but builds a batch per source when the sources are many small chunks.)
+pub fn gather_rows(
+    schema: &SchemaRef,
+    batches: &[&RecordBatch],
+    order: &[(usize, usize)],
+) -> Result<RecordBatch, LakeError> {
+    if order.is_empty() {
+        return Ok(RecordBatch::new_empty(schema.clone()));
+    }
+    let width = schema.fields().len();
+    if let Some(b) = batches.iter().find(|b| b.num_columns() != width) {
+        return Err(LakeError::Catalog(format!(
+            "rows of {} columns gathered into a schema of {width}",
+            b.num_columns()
+        )));
+    }
+    let mut cols = Vec::with_capacity(width);
+    for c in 0..width {
+        let arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
+        cols.push(match arrays.first().map(|a| a.data_type()) {
+            Some(DataType::Map(..)) => interleave_maps(&arrays, order)?,
+            _ => arrow::compute::interleave(&arrays, order)?,
+        });
+    }
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
+
+/// `interleave` for map arrays: the rows' entries gathered as two plain
+/// columns, with the offsets and validity rebuilt.
+fn interleave_maps(arrays: &[&dyn Array], order: &[(usize, usize)]) -> Result<ArrayRef, LakeError> {
+    let not_a_map =
+        || LakeError::Catalog("a map column gathered from a column of another type".into());
+    let maps = arrays
+        .iter()
+        .map(|a| a.as_map_opt().ok_or_else(not_a_map))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(DataType::Map(field, ordered)) = maps.first().map(|m| m.data_type().clone()) else {
+        return Err(not_a_map());
+    };
+    let DataType::Struct(fields) = field.data_type() else {
+        return Err(not_a_map());
+    };
+    let mut offsets = Vec::with_capacity(order.len() + 1);
+    offsets.push(0i32);
+    let mut entries: Vec<(usize, usize)> = Vec::new();
+    let mut valid = Vec::with_capacity(order.len());
+    for &(a, r) in order {
+        let m = maps[a];
+        let o = m.value_offsets();
+        entries.extend((o[r]..o[r + 1]).map(|e| (a, e as usize)));
+        offsets.push(
+            i32::try_from(entries.len()).map_err(|_| {
+                LakeError::Catalog("more map entries than an i32 offset holds".into())
+            })?,
+        );
+        valid.push(m.is_valid(r));
+    }
+    let keys: Vec<&dyn Array> = maps.iter().map(|m| m.keys().as_ref()).collect();
+    let values: Vec<&dyn Array> = maps.iter().map(|m| m.values().as_ref()).collect();
+    let kv = StructArray::try_new(
+        fields.clone(),
+        vec![
+            arrow::compute::interleave(&keys, &entries)?,
+            arrow::compute::interleave(&values, &entries)?,
+        ],
+        None,
+    )?;
+    Ok(Arc::new(MapArray::try_new(
+        field,
+        OffsetBuffer::new(offsets.into()),
+        kv,
+        Some(NullBuffer::from(valid)),
+        ordered,
+    )?))
 }
 
 /// Trades to one batch, sorted by (symbol, timestamp) so files prune well.

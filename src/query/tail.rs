@@ -30,7 +30,7 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
 
 use crate::fastmap::FastMap;
-use crate::lake::batch::{RecordAt, text_column, time_column, trades_batch_as_is};
+use crate::lake::batch::{RecordAt, gather_rows, text_column, time_column, trades_batch_as_is};
 use crate::lake::commit::KafkaOffsets;
 use crate::messages::tail::{TailError, TailFilter, TailRow, TailState};
 use crate::model::TradeV2;
@@ -217,31 +217,10 @@ fn gather(
         return Ok(None);
     }
     let batches: Vec<&RecordBatch> = links.iter().map(|l| &l.batch).collect();
-    // Two ways, by rows a link. `interleave` gathers the map column
-    // (`vendor_data`) row by row through its generic path, about 2,200
-    // instructions a row (callgrind); `take` has a kernel for it but
-    // builds a batch per link, a few thousand instructions each, before
-    // `concat` joins them. Links of a row or two (a slow symbol, or a
-    // consumer that reads as records arrive) go the first way; the runs a
-    // busy consumer reads, of tens of rows a link, the second.
-    let batch = if order.len() < TAKE_FROM_ROWS_PER_LINK * links.len() {
-        arrow::compute::interleave_record_batch(&batches, &order).map_err(arrow_err)?
-    } else {
-        let mut parts = Vec::new();
-        for rows in order.chunk_by(|a, b| a.0 == b.0) {
-            let take: arrow::array::UInt32Array = rows.iter().map(|r| r.1 as u32).collect();
-            parts.push(
-                arrow::compute::take_record_batch(batches[rows[0].0], &take).map_err(arrow_err)?,
-            );
-        }
-        arrow::compute::concat_batches(&parts[0].schema(), &parts).map_err(arrow_err)?
-    };
+    let schema = batches[0].schema();
+    let batch = gather_rows(&schema, &batches, &order).map_err(arrow_err)?;
     Ok(Some((batch, pos)))
 }
-
-/// Rows a link, on average, from which [`gather`] takes each link's rows
-/// and joins the pieces rather than interleaving row by row.
-const TAKE_FROM_ROWS_PER_LINK: usize = 4;
 
 impl Drop for OpenLink {
     /// A run holds up to a link per row; dropping them one by one instead
@@ -794,9 +773,9 @@ mod tests {
         batches.iter().map(|b| b.num_rows()).sum()
     }
 
-    /// Open rows come out the same whether they came a row a push (links
-    /// of one row: gathered by interleaving) or all in one push (one link
-    /// per symbol: taken and joined), vendor maps included.
+    /// Open rows come out the same whether they came a row a push (a link
+    /// a row, each of its own chunk) or all in one push (one link a
+    /// symbol, one chunk), vendor maps included.
     #[test]
     fn open_rows_gather_alike_from_small_and_large_pushes() {
         let rows: Vec<TailRow> = (0..60)
