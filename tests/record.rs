@@ -327,14 +327,24 @@ fn a_truncated_recording_reads_every_complete_frame_and_says_so() {
         at += n;
     }
     assert!(frames.len() >= 2, "{} zstd frames", frames.len());
-    let final_frame = frames.last().unwrap().clone();
+    let recv_lines = |bytes: &[u8]| {
+        String::from_utf8(zstd::stream::decode_all(bytes).unwrap())
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with(r#"{"t":"recv""#))
+            .count()
+    };
+    // The cut goes into the last zstd frame that holds a received frame:
+    // the very last one may hold none (only what the recorder writes when
+    // it stops), and a cut there would lose nothing to show.
+    let final_frame = frames
+        .iter()
+        .rev()
+        .find(|f| recv_lines(&whole[(*f).clone()]) > 0)
+        .expect("a zstd frame with received frames")
+        .clone();
     let cut = final_frame.start + (final_frame.end - final_frame.start) / 2;
-    let complete = zstd::stream::decode_all(&whole[..final_frame.start]).unwrap();
-    let complete_recv = String::from_utf8(complete)
-        .unwrap()
-        .lines()
-        .filter(|l| l.starts_with(r#"{"t":"recv""#))
-        .count();
+    let complete_recv = recv_lines(&whole[..final_frame.start]);
 
     let cut_file = rec.dir.path().join("cut.jsonl.zst");
     std::fs::write(&cut_file, &whole[..cut]).unwrap();
