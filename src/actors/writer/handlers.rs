@@ -61,7 +61,16 @@ impl Handler<Consumed> for WriterActor {
                         text_column(&chunk.batch, "symbol"),
                     ) {
                         (Ok(e), Ok(s)) => Some((e, s)),
-                        _ => None,
+                        (Err(e), _) | (_, Err(e)) => {
+                            // The consumer builds every chunk on the trades
+                            // schema, so this is a bug; the rows are still
+                            // stored, but the accounting cannot name them
+                            // and would go short: say so, loudly.
+                            if tally.is_some() {
+                                tracing::error!(table = self.kind.name(), rows = chunk.len(), error = %e, "a chunk without exchange and symbol columns: its rows are stored but left out of the accounting");
+                            }
+                            None
+                        }
                     };
                     let mut keep = Vec::with_capacity(chunk.len());
                     for (i, k) in chunk.keys.iter().enumerate() {
