@@ -192,7 +192,7 @@ fn every_endpoint_matches_its_golden_file() {
                     .filter(|id| !snapshots.contains(id));
             }
             let upto = partition_map(c);
-            let mut rows: Vec<TradeV2> = input
+            let rows: Vec<TradeV2> = input
                 .iter()
                 .filter(|r| {
                     r.offset >= below.get(&r.partition).copied().unwrap_or(0)
@@ -213,7 +213,7 @@ fn every_endpoint_matches_its_golden_file() {
             for (p, o) in &upto {
                 offsets.set(TOPIC, *p, *o);
             }
-            let batch = lake::batch::trades_batch(&schema, &mut rows).unwrap();
+            let batch = lake::batch::trades_batch(&schema, &rows).unwrap();
             let done = commit::append(catalog.as_ref(), &ident, Some(&batch), &offsets, 1 << 27)
                 .await
                 .unwrap();

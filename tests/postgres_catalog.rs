@@ -76,14 +76,14 @@ async fn append_trades(cfg: &Config, catalog: &dyn Catalog, n: i64, from: i64) {
         let table = catalog.load_table(&ident).await.unwrap();
         let schema = lake::batch::arrow_schema(table.metadata().current_schema()).unwrap();
         let sym = if i % 2 == 0 { "ETHUSDT" } else { "BTCUSDT" };
-        let mut t = [ticklake::model::TradeV2::builder(
+        let t = [ticklake::model::TradeV2::builder(
             "X",
             sym,
             &i.to_string(),
             1_700_000_000_000_000 + i,
         )
         .build()];
-        let batch = lake::batch::trades_batch(&schema, &mut t).unwrap();
+        let batch = lake::batch::trades_batch(&schema, &t).unwrap();
         let mut offsets = lake::commit::KafkaOffsets {
             cluster_id: "c".into(),
             ..Default::default()

@@ -97,7 +97,7 @@ async fn fixture(cache_bytes: usize) -> Fixture {
     let mut all = Vec::new();
     // Two commits, as the writer makes them.
     for (from, to) in [(0, 1200), (1200, lake_n)] {
-        let mut rows: Vec<TradeV2> = (from..to)
+        let rows: Vec<TradeV2> = (from..to)
             .map(|i| {
                 let (s, x, ts) = shape(i, false);
                 trade(i, s, x, ts)
@@ -109,7 +109,7 @@ async fn fixture(cache_bytes: usize) -> Fixture {
             ..Default::default()
         };
         offsets.set(topic, 0, to as i64);
-        let batch = lake::batch::trades_batch(&schema, &mut rows).unwrap();
+        let batch = lake::batch::trades_batch(&schema, &rows).unwrap();
         commit::append(catalog.as_ref(), &ident, Some(&batch), &offsets, 128 << 20)
             .await
             .unwrap();
@@ -225,13 +225,13 @@ async fn check_every_page(f: &Fixture) -> (usize, Option<i64>) {
 /// Commits the tail's trades `from..to` (indexes into `all`) as the writer
 /// does and tells the tail; returns the new snapshot.
 async fn commit_tail(f: &Fixture, from: usize, to: usize) -> i64 {
-    let mut rows = f.all[from..to].to_vec();
+    let rows = f.all[from..to].to_vec();
     let mut offsets = KafkaOffsets {
         cluster_id: "test".into(),
         ..Default::default()
     };
     offsets.set("t.trades", 0, to as i64);
-    let batch = lake::batch::trades_batch(&f.schema, &mut rows).unwrap();
+    let batch = lake::batch::trades_batch(&f.schema, &rows).unwrap();
     let c = commit::append(
         f.catalog.as_ref(),
         &f.ident,

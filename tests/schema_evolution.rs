@@ -90,8 +90,8 @@ fn a_lake_and_topic_from_before_instrument_are_read_and_extended() {
                 .is_none()
         );
         let schema = lake::batch::arrow_schema(table.metadata().current_schema()).unwrap();
-        let mut rows: Vec<TradeV2> = (0..OLD_ROWS).map(|i| trade(i, now_us - 1000 + i)).collect();
-        let batch = lake::batch::trades_batch(&schema, &mut rows).unwrap();
+        let rows: Vec<TradeV2> = (0..OLD_ROWS).map(|i| trade(i, now_us - 1000 + i)).collect();
+        let batch = lake::batch::trades_batch(&schema, &rows).unwrap();
         let mut offsets = lake::commit::KafkaOffsets {
             cluster_id: "a-cluster-that-is-gone".into(),
             topics: Default::default(),

@@ -826,7 +826,7 @@ mod tests {
         let keep = |_: &str, s: &str, t: i64| s != "DOTUSDT" || t % 3 != 0;
         for sorted in [false, true] {
             let batch = if sorted {
-                crate::lake::batch::trades_batch(&schema, &mut rows.clone()).unwrap()
+                crate::lake::batch::trades_batch(&schema, &rows).unwrap()
             } else {
                 crate::lake::batch::trades_batch_as_is(&schema, &rows).unwrap()
             };

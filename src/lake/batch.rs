@@ -217,63 +217,6 @@ impl TradeColumns {
     }
 }
 
-/// Puts trades in the order files are written in: by symbol, then
-/// timestamp, then message id.
-///
-/// The order is found on small keys, not on the rows: each symbol is
-/// ranked once, and the sort compares (rank, timestamp) pairs held in one
-/// array, reading a row's message id only to break a tie. Comparing the
-/// rows themselves followed two pointers and compared two strings per
-/// comparison, some 1.5 million times for a flush of 100,000 rows.
-pub fn sort_trades<R: Borrow<TradeV2>>(rows: &mut [R]) {
-    let mut ranks: hashbrown::HashMap<&str, u32> = hashbrown::HashMap::new();
-    for r in rows.iter() {
-        let next = ranks.len() as u32;
-        ranks.entry(r.borrow().symbol.as_str()).or_insert(next);
-    }
-    let mut by_name: Vec<(&str, u32)> = ranks.iter().map(|(s, i)| (*s, *i)).collect();
-    by_name.sort_unstable();
-    let mut rank_of = vec![0u32; by_name.len()];
-    for (rank, (_, first_seen)) in by_name.iter().enumerate() {
-        rank_of[*first_seen as usize] = rank as u32;
-    }
-    let mut keys: Vec<(u32, i64, usize)> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let r = r.borrow();
-            (
-                rank_of[ranks[r.symbol.as_str()] as usize],
-                r.timestamp_us,
-                i,
-            )
-        })
-        .collect();
-    drop(ranks);
-    keys.sort_unstable_by(|a, b| {
-        (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| {
-            let (x, y) = (rows[a.2].borrow(), rows[b.2].borrow());
-            // The position last: rows equal in all three keep their order.
-            x.message_id.cmp(&y.message_id).then(a.2.cmp(&b.2))
-        })
-    });
-    // Position `i` takes the row now at `keys[i].2`: follow each cycle of
-    // that permutation with swaps, marking positions done.
-    let mut from: Vec<usize> = keys.into_iter().map(|k| k.2).collect();
-    for start in 0..from.len() {
-        let mut at = start;
-        while from[at] != usize::MAX {
-            let src = from[at];
-            from[at] = usize::MAX;
-            if src == start {
-                break;
-            }
-            rows.swap(at, src);
-            at = src;
-        }
-    }
-}
-
 /// Where a consumed record was read: its topic, partition and offset.
 pub type RecordAt = (Arc<str>, i32, i64);
 
@@ -348,8 +291,7 @@ fn id_prefix(s: &str) -> u64 {
 
 /// The rows of `chunks` (taken in order, numbered from 0 across them) that
 /// `keep` keeps, as one batch in the order files are written in: by
-/// symbol, then timestamp, then message id, then as read (`sort_trades`'
-/// order, on the columns).
+/// symbol, then timestamp, then message id, then as read.
 pub fn sorted_trades(
     schema: &SchemaRef,
     chunks: &[RecordBatch],
@@ -500,13 +442,16 @@ fn interleave_maps(arrays: &[&dyn Array], order: &[(usize, usize)]) -> Result<Ar
     )?))
 }
 
-/// Trades to one batch, sorted by (symbol, timestamp) so files prune well.
+/// Trades to one batch, in the order files are written in (by symbol,
+/// then timestamp, then message id) so files prune well. One sort serves
+/// this and the writer's commits: the rows go to columns as given, and
+/// `sorted_trades` orders those.
 pub fn trades_batch<R: Borrow<TradeV2>>(
     schema: &SchemaRef,
-    rows: &mut [R],
+    rows: &[R],
 ) -> Result<RecordBatch, LakeError> {
-    sort_trades(rows);
-    trades_batch_as_is(schema, rows)
+    let batch = trades_batch_as_is(schema, rows)?;
+    sorted_trades(schema, &[batch], |_| true)
 }
 
 /// Trades to one batch, in the order given.
@@ -567,12 +512,12 @@ mod tests {
     #[test]
     fn trades_batch_matches_iceberg_arrow_schema_and_sorts() {
         let schema = arrow_schema(&trades_schema().unwrap()).unwrap();
-        let mut rows = vec![
+        let rows = vec![
             trade("B", 2, true),
             trade("A", 3, false),
             trade("A", 1, true),
         ];
-        let b = trades_batch(&schema, &mut rows).unwrap();
+        let b = trades_batch(&schema, &rows).unwrap();
         assert_eq!(b.num_rows(), 3);
         let sym = b.column(2).as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!(
@@ -588,7 +533,7 @@ mod tests {
     #[test]
     fn sorted_columns_hold_each_row_as_given() {
         let schema = arrow_schema(&trades_schema().unwrap()).unwrap();
-        let mut rows: Vec<TradeV2> = (0..500i64)
+        let rows: Vec<TradeV2> = (0..500i64)
             .map(|i| {
                 let sym = ["ETHUSDT", "BTCUSDT", "SOLUSDT", "ADAUSDT"][(i * 7 % 4) as usize];
                 let mut t = trade(sym, 1_000 + (i * 13) % 9, i % 3 == 0);
@@ -607,10 +552,7 @@ mod tests {
                 b.message_id.as_str(),
             ))
         });
-        let b = trades_batch(&schema, &mut rows).unwrap();
-        let ids: Vec<&str> = rows.iter().map(|r| r.message_id.as_str()).collect();
-        let want: Vec<&str> = expected.iter().map(|r| r.message_id.as_str()).collect();
-        assert_eq!(ids, want);
+        let b = trades_batch(&schema, &rows).unwrap();
         let text = |c: usize| {
             b.column(c)
                 .as_any()
@@ -693,16 +635,16 @@ mod tests {
         }
         assert_eq!(at, rows.len());
         let all = sorted_trades(&schema, &chunks, |_| true).unwrap();
-        assert_eq!(all, trades_batch(&schema, &mut rows.clone()).unwrap());
+        assert_eq!(all, trades_batch(&schema, &rows.clone()).unwrap());
         let kept = sorted_trades(&schema, &chunks, |i| i % 3 != 1).unwrap();
-        let mut expected: Vec<TradeV2> = rows
+        let expected: Vec<TradeV2> = rows
             .iter()
             .enumerate()
             .filter(|(i, _)| i % 3 != 1)
             .map(|(_, t)| t.clone())
             .collect();
         assert_eq!(kept.num_rows(), 200);
-        assert_eq!(kept, trades_batch(&schema, &mut expected).unwrap());
+        assert_eq!(kept, trades_batch(&schema, &expected).unwrap());
         let none = sorted_trades(&schema, &chunks, |_| false).unwrap();
         assert_eq!((none.num_rows(), none.schema()), (0, schema.clone()));
         assert_eq!(sorted_trades(&schema, &[], |_| true).unwrap().num_rows(), 0);

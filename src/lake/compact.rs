@@ -731,9 +731,8 @@ mod tests {
         for i in from..from + n {
             // Alternate symbols, so sorting has work to do.
             let sym = if i % 2 == 0 { "ETHUSDT" } else { "BTCUSDT" };
-            let mut t =
-                [TradeV2::builder("X", sym, &i.to_string(), 1_700_000_000_000_000 + i).build()];
-            let batch = lake::batch::trades_batch(&schema, &mut t).unwrap();
+            let t = [TradeV2::builder("X", sym, &i.to_string(), 1_700_000_000_000_000 + i).build()];
+            let batch = lake::batch::trades_batch(&schema, &t).unwrap();
             append(catalog, &ident, Some(&batch), &offsets(i + 1), 1 << 20)
                 .await
                 .unwrap();
@@ -810,13 +809,12 @@ mod tests {
 
         let schema = lake::batch::arrow_schema(table.metadata().current_schema()).unwrap();
         for i in 6..12i64 {
-            let mut t =
-                [
-                    TradeV2::builder("X", "BTCUSDT", &i.to_string(), 1_700_000_000_000_000 + i)
-                        .instrument(Some("BTC-USDT"))
-                        .build(),
-                ];
-            let batch = lake::batch::trades_batch(&schema, &mut t).unwrap();
+            let t = [
+                TradeV2::builder("X", "BTCUSDT", &i.to_string(), 1_700_000_000_000_000 + i)
+                    .instrument(Some("BTC-USDT"))
+                    .build(),
+            ];
+            let batch = lake::batch::trades_batch(&schema, &t).unwrap();
             append(
                 catalog.as_ref(),
                 &ident,
@@ -1015,8 +1013,8 @@ mod tests {
             .iter()
             .enumerate()
         {
-            let mut t = [TradeV2::builder("X", "BTCUSDT", &i.to_string(), *ts).build()];
-            let batch = lake::batch::trades_batch(&schema, &mut t).unwrap();
+            let t = [TradeV2::builder("X", "BTCUSDT", &i.to_string(), *ts).build()];
+            let batch = lake::batch::trades_batch(&schema, &t).unwrap();
             append(
                 catalog.as_ref(),
                 &ident,

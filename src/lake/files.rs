@@ -538,10 +538,10 @@ mod tests {
         for c in 0..12i64 {
             // Each commit one symbol, an hour apart, crossing a day.
             let symbol = symbols[(c % 3) as usize];
-            let mut rows: Vec<TradeV2> = (0..5)
+            let rows: Vec<TradeV2> = (0..5)
                 .map(|k| trade(c * 10 + k, symbol, day0 + c * 3 * hour + k * 1000))
                 .collect();
-            let batch = lake::batch::trades_batch(&schema, &mut rows).unwrap();
+            let batch = lake::batch::trades_batch(&schema, &rows).unwrap();
             let mut offsets = commit::KafkaOffsets::default();
             offsets.set("t", 0, c + 1);
             commit::append(catalog.as_ref(), &ident, Some(&batch), &offsets, 1 << 20)

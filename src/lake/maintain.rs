@@ -369,12 +369,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_, catalog, _, ident, schema) = lake::test_lake(dir.path()).await;
         for i in 0..10i64 {
-            let mut trade =
+            let trade =
                 [
                     TradeV2::builder("X", "BTCUSDT", &i.to_string(), 1_700_000_000_000_000 + i)
                         .build(),
                 ];
-            let batch = lake::batch::trades_batch(&schema, &mut trade).unwrap();
+            let batch = lake::batch::trades_batch(&schema, &trade).unwrap();
             append(
                 catalog.as_ref(),
                 &ident,

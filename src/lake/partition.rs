@@ -117,7 +117,7 @@ mod tests {
     fn one_partition_goes_out_whole_under_the_splitters_key() {
         let (schema, spec) = table();
         let day = 1_764_720_000_000_000; // 2025-12-03T00:00:00Z
-        let mut rows: Vec<TradeV2> = (0..500)
+        let rows: Vec<TradeV2> = (0..500)
             .map(|i| {
                 trade(
                     "BINANCE",
@@ -126,7 +126,7 @@ mod tests {
                 )
             })
             .collect();
-        let batch = trades_batch(&arrow_schema(&schema).unwrap(), &mut rows).unwrap();
+        let batch = trades_batch(&arrow_schema(&schema).unwrap(), &rows).unwrap();
         let ours = split(&schema, &spec, &batch).unwrap();
         assert_eq!(ours.len(), 1);
         assert_eq!(ours[0].1.num_rows(), 500);
@@ -147,7 +147,7 @@ mod tests {
                 ts,
             ));
         }
-        let batch = trades_batch(&arrow_schema(&schema).unwrap(), &mut rows).unwrap();
+        let batch = trades_batch(&arrow_schema(&schema).unwrap(), &rows).unwrap();
         let ours = described(split(&schema, &spec, &batch).unwrap());
         assert_eq!(ours.len(), 4, "{ours:?}");
         assert_eq!(ours.iter().map(|p| p.1).sum::<usize>(), 300);
@@ -157,7 +157,7 @@ mod tests {
     #[test]
     fn an_empty_batch_has_no_parts() {
         let (schema, spec) = table();
-        let batch = trades_batch::<TradeV2>(&arrow_schema(&schema).unwrap(), &mut []).unwrap();
+        let batch = trades_batch::<TradeV2>(&arrow_schema(&schema).unwrap(), &[]).unwrap();
         assert!(split(&schema, &spec, &batch).unwrap().is_empty());
     }
 }

@@ -837,7 +837,7 @@ mod tests {
         let (cfg, catalog, _, ident, schema) = lake::test_lake(dir.path()).await;
         let mut next = 0;
         for (n, exchange) in [(300, "BINANCE"), (200, "KRAKEN"), (100, "BINANCE")] {
-            let mut trades: Vec<TradeV2> = (next..next + n)
+            let trades: Vec<TradeV2> = (next..next + n)
                 .map(|i| {
                     TradeV2::builder(
                         exchange,
@@ -849,7 +849,7 @@ mod tests {
                 })
                 .collect();
             next += n;
-            let batch = lake::batch::trades_batch(&schema, &mut trades).unwrap();
+            let batch = lake::batch::trades_batch(&schema, &trades).unwrap();
             lake::commit::append(
                 catalog.as_ref(),
                 &ident,

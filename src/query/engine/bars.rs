@@ -385,16 +385,11 @@ mod tests {
         t
     }
 
-    async fn commit(
-        cfg: &Config,
-        catalog: &dyn iceberg::Catalog,
-        mut rows: Vec<TradeV2>,
-        next: i64,
-    ) {
+    async fn commit(cfg: &Config, catalog: &dyn iceberg::Catalog, rows: Vec<TradeV2>, next: i64) {
         let ident = lake::table_ident(cfg, TableKind::Trades);
         let table = catalog.load_table(&ident).await.unwrap();
         let schema = lake::batch::arrow_schema(table.metadata().current_schema()).unwrap();
-        let batch = lake::batch::trades_batch(&schema, &mut rows).unwrap();
+        let batch = lake::batch::trades_batch(&schema, &rows).unwrap();
         let o = crate::lake::commit::one_partition(next);
         append(catalog, &ident, Some(&batch), &o, 1 << 20)
             .await

@@ -640,13 +640,13 @@ mod tests {
 
         /// Commits trades `from..to` as the writer does and tells the tail.
         async fn commit(&self, from: usize, to: usize) {
-            let mut rows = self.all[from..to].to_vec();
+            let rows = self.all[from..to].to_vec();
             let mut offsets = KafkaOffsets {
                 cluster_id: "test".into(),
                 ..Default::default()
             };
             offsets.set(TOPIC, 0, to as i64);
-            let batch = lake::batch::trades_batch(&self.schema, &mut rows).unwrap();
+            let batch = lake::batch::trades_batch(&self.schema, &rows).unwrap();
             let ident = lake::table_ident(&self.cfg, TableKind::Trades);
             let c = append(
                 self.catalog.as_ref(),

@@ -290,13 +290,13 @@ mod tests {
         // The first seven committed, the rest (and the seventh again, as
         // between a commit and its prune) in the tail.
         let committed = 7;
-        let mut rows = all[..committed].to_vec();
+        let rows = all[..committed].to_vec();
         let mut offsets = KafkaOffsets {
             cluster_id: "test".into(),
             ..Default::default()
         };
         offsets.set(TOPIC, 0, committed as i64);
-        let batch = lake::batch::trades_batch(&schema, &mut rows).unwrap();
+        let batch = lake::batch::trades_batch(&schema, &rows).unwrap();
         append(catalog.as_ref(), &ident, Some(&batch), &offsets, 1 << 20)
             .await
             .unwrap();

@@ -81,7 +81,7 @@ pub(super) async fn commit_trades(
     ident: &TableIdent,
     schema: &arrow::datatypes::SchemaRef,
     topic: &str,
-    mut rows: Vec<crate::model::TradeV2>,
+    rows: Vec<crate::model::TradeV2>,
     next: i64,
 ) -> Result<(), BenchApiError> {
     let mut offsets = KafkaOffsets {
@@ -89,7 +89,7 @@ pub(super) async fn commit_trades(
         ..Default::default()
     };
     offsets.set(topic, 0, next);
-    let batch = lake::batch::trades_batch(schema, &mut rows).map_err(lake_err)?;
+    let batch = lake::batch::trades_batch(schema, &rows).map_err(lake_err)?;
     commit::append(catalog, ident, Some(&batch), &offsets, 128 << 20)
         .await
         .map_err(lake_err)?;
