@@ -16,11 +16,10 @@
 //! regression (a venue that restarted its numbering, or a copy dedup had
 //! forgotten), counted and otherwise ignored.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
 use crate::exchanges::rest::GapSpan;
+use crate::fastmap::FastMap;
 use crate::messages::gaps::GapRecord;
 
 /// Where a symbol's ids stand.
@@ -127,7 +126,10 @@ pub struct ContinuityStats {
 pub struct Continuity {
     exchange: String,
     grace_us: i64,
-    tracks: BTreeMap<(String, String), Track>,
+    /// Symbol, then id space (`trade`, `aggTrade`). Looked up per trade by
+    /// borrowed names: a key of two owned strings cost two allocations a
+    /// trade on the feed's thread (callgrind: ~660 instructions).
+    tracks: FastMap<String, FastMap<String, Track>>,
     open: Vec<Open>,
     stats: ContinuityStats,
 }
@@ -137,7 +139,7 @@ impl Continuity {
         Self {
             exchange: exchange.to_string(),
             grace_us: i64::try_from(grace_ms.saturating_mul(1000)).unwrap_or(i64::MAX),
-            tracks: BTreeMap::new(),
+            tracks: FastMap::default(),
             open: Vec::new(),
             stats: ContinuityStats::default(),
         }
@@ -149,17 +151,18 @@ impl Continuity {
     /// tracked keeps what it has.
     pub fn seed(&mut self, symbol: &str, space: &str, last: i64, last_us: i64) {
         self.tracks
-            .entry((symbol.to_string(), space.to_string()))
+            .entry(symbol.to_string())
+            .or_default()
+            .entry(space.to_string())
             .or_insert(Track { last, last_us });
     }
 
     /// Takes in trade `id` of `symbol` (exchange time `ts_us`), seen at
     /// `now_us`.
     pub fn observe(&mut self, symbol: &str, space: &str, id: i64, ts_us: i64, now_us: i64) -> Seen {
-        let key = (symbol.to_string(), space.to_string());
-        let Some(track) = self.tracks.get_mut(&key) else {
-            self.tracks.insert(
-                key,
+        let Some(track) = self.tracks.get_mut(symbol).and_then(|s| s.get_mut(space)) else {
+            self.tracks.entry(symbol.to_string()).or_default().insert(
+                space.to_string(),
                 Track {
                     last: id,
                     last_us: ts_us,
@@ -349,7 +352,7 @@ impl Continuity {
 
     pub fn stats(&self) -> ContinuityStats {
         ContinuityStats {
-            tracked: self.tracks.len(),
+            tracked: self.tracks.values().map(FastMap::len).sum(),
             open: self.open.len(),
             missing_now: self.open.iter().map(Open::remaining).sum(),
             ..self.stats.clone()

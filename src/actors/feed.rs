@@ -457,6 +457,11 @@ impl Connection {
         // Only data frames prove the feed alive: a server that answers
         // pings but sends no data is as stale as a silent one.
         let mut stale_at = tokio::time::Instant::now() + stale;
+        // A data frame arrived since `stale_at` was last set. It is moved on
+        // when the loop next waits, not per frame: a run of ready frames
+        // then reads the clock once, and the deadline is later by at most
+        // the run's handling time (ms against `stale_after_secs`).
+        let mut fresh = false;
         // A message the current connection had ready, read without a
         // select (see the end of the loop), and how many ran so.
         let mut ready = None;
@@ -466,6 +471,10 @@ impl Connection {
                 (n, Conn::Current)
             } else {
                 run = 0;
+                if fresh {
+                    fresh = false;
+                    stale_at = tokio::time::Instant::now() + stale;
+                }
                 tokio::select! {
                 n = stream.next() => (n, Conn::Current),
                 n = next_of(&mut incoming) => (n, Conn::Incoming),
@@ -524,9 +533,7 @@ impl Connection {
                 self.addr.do_send(Connected);
             }
             let data = matches!(msg, WsMessage::Text(_) | WsMessage::Binary(_));
-            if data {
-                stale_at = tokio::time::Instant::now() + stale;
-            }
+            fresh |= data;
             match msg {
                 WsMessage::Text(t) => self.on_frame(t.as_bytes(), Some(t.as_str())).await?,
                 WsMessage::Binary(b) => self.on_frame(&b, None).await?,
@@ -609,7 +616,7 @@ impl Connection {
             None => Err(FrameError::Binary(raw.len())),
         };
         let result = match parsed {
-            Ok(Frame::Trades(_)) => Ok(self.intake.send_trades(&mut trades).await?),
+            Ok(Frame::Trades(_)) => Ok(self.intake.send_trades(&mut trades, received).await?),
             Ok(Frame::Skipped(kind)) => {
                 self.intake.events.skipped(kind);
                 Ok(())

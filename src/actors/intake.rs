@@ -71,9 +71,14 @@ const MAX_HELD: usize = 500_000;
 
 impl Intake {
     /// The trades, past dedup, onto their tiers' lanes; each new one is
-    /// checked against its symbol's ids.
-    pub async fn send_trades(&self, trades: &mut Vec<TradeV2>) -> Result<(), ProducerGone> {
-        let now = now_us();
+    /// checked against its symbol's ids. `now` (µs since the epoch) is when
+    /// they arrived: the feed passes the time it read the frame at, so a
+    /// frame costs one reading of the clock, not two.
+    pub async fn send_trades(
+        &self,
+        trades: &mut Vec<TradeV2>,
+        now: i64,
+    ) -> Result<(), ProducerGone> {
         let mut fresh = Vec::with_capacity(trades.len());
         for t in trades.drain(..) {
             // The parser names the stream; anything else is a plain trade.
@@ -334,7 +339,7 @@ pub async fn fill_gaps(
                     .fill(&span, move |mut trades| {
                         let sink = sink.clone();
                         async move {
-                            if let Err(e) = sink.send_trades(&mut trades).await {
+                            if let Err(e) = sink.send_trades(&mut trades, now_us()).await {
                                 tracing::warn!(error = %e, "gap fill: the producer refused trades");
                             }
                         }
