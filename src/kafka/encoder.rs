@@ -17,9 +17,10 @@ use crate::messages::producer::Record;
 /// `ticklake produce` path so both write byte-identical records.
 pub struct Encoder {
     codec: Arc<Codec>,
-    trades_topics: HashMap<String, String>,
+    /// Exchange → its trades topic, made once: a record takes a reference.
+    trades_topics: HashMap<String, Arc<str>>,
     topic_prefix: String,
-    dead_letter_topic: String,
+    dead_letter_topic: Arc<str>,
 }
 
 /// A record ready for Kafka.
@@ -29,17 +30,55 @@ pub struct Encoded {
     pub payload: Vec<u8>,
 }
 
+impl Encoded {
+    pub fn borrowed(&self) -> EncodedRef<'_> {
+        EncodedRef {
+            topic: &self.topic,
+            key: &self.key,
+            payload: &self.payload,
+        }
+    }
+}
+
+/// A record ready for Kafka, borrowed: what the producer hands librdkafka
+/// (which copies it). Only a record that does not go out at once (to the
+/// spill log, or to wait for room) is copied into an owned one.
+#[derive(Clone, Copy)]
+pub struct EncodedRef<'a> {
+    pub topic: &'a str,
+    pub key: &'a str,
+    pub payload: &'a [u8],
+}
+
 impl Encoder {
     pub fn new(codec: Arc<Codec>, kafka: &crate::config::KafkaConfig) -> Self {
         Self {
             codec,
             trades_topics: HashMap::default(),
             topic_prefix: kafka.trades_topic_prefix.clone(),
-            dead_letter_topic: kafka.dead_letter_topic.clone(),
+            dead_letter_topic: Arc::from(kafka.dead_letter_topic.as_str()),
         }
     }
 
     pub fn encode(&mut self, record: &Record) -> Result<Encoded, AvroError> {
+        let mut payload = Vec::new();
+        let (topic, key) = self.encode_into(record, &mut payload)?;
+        Ok(Encoded {
+            topic: topic.to_string(),
+            key: key.to_string(),
+            payload,
+        })
+    }
+
+    /// Appends the record's bytes to `payload` and gives its topic and key
+    /// (the key borrowed from the record). The producer reuses one buffer:
+    /// a topic, a key and a payload allocated and freed per trade were
+    /// three of the feed thread's allocations.
+    pub fn encode_into<'r>(
+        &mut self,
+        record: &'r Record,
+        payload: &mut Vec<u8>,
+    ) -> Result<(Arc<str>, &'r str), AvroError> {
         Ok(match record {
             Record::Trade(t) => {
                 // Looked up before `entry`, which takes an owned key: a
@@ -47,24 +86,23 @@ impl Encoder {
                 let topic = match self.trades_topics.get(&t.exchange) {
                     Some(topic) => topic.clone(),
                     None => {
-                        let topic =
-                            format!("{}.{}", self.topic_prefix, t.exchange.to_ascii_lowercase());
+                        let topic: Arc<str> = Arc::from(format!(
+                            "{}.{}",
+                            self.topic_prefix,
+                            t.exchange.to_ascii_lowercase()
+                        ));
                         self.trades_topics.insert(t.exchange.clone(), topic.clone());
                         topic
                     }
                 };
-                Encoded {
-                    topic,
-                    // keyed by symbol: one symbol's trades stay in order on one partition
-                    key: t.symbol.clone(),
-                    payload: self.codec.encode_trade(t)?,
-                }
+                self.codec.encode_trade_into(payload, t);
+                // keyed by symbol: one symbol's trades stay in order on one partition
+                (topic, t.symbol.as_str())
             }
-            Record::DeadLetter(d) => Encoded {
-                topic: self.dead_letter_topic.clone(),
-                key: d.exchange.clone(),
-                payload: self.codec.encode_dead_letter(d)?,
-            },
+            Record::DeadLetter(d) => {
+                payload.extend_from_slice(&self.codec.encode_dead_letter(d)?);
+                (self.dead_letter_topic.clone(), d.exchange.as_str())
+            }
         })
     }
 }

@@ -35,7 +35,7 @@ use crate::kafka::delivery::{
     Deliveries, DeliveryContext, DeliveryCounters, KafkaProducer, Route, Undelivered, dispatch,
     refused_for_good, send, window_full,
 };
-use crate::kafka::encoder::{Encoded, Encoder};
+use crate::kafka::encoder::{EncodedRef, Encoder};
 use crate::kafka::window::BrokerWindow;
 use crate::lanes::{Envelope, LaneReceiver};
 use crate::messages::observe::Observe;
@@ -81,6 +81,9 @@ pub struct ProducerActor {
     /// Shared with the flush task, which blocks on it off the actor.
     producer: Arc<KafkaProducer>,
     encoder: Encoder,
+    /// The record being sent, encoded: one buffer reused, as librdkafka
+    /// copies what it is given.
+    scratch: Vec<u8>,
     metrics: Metrics,
     /// Shared with the stream that polls it, so control messages can pause
     /// and resume lanes. Both run on this actor's thread, never at once.
@@ -169,6 +172,7 @@ impl ProducerActor {
         let actor = Self {
             producer: Arc::new(producer),
             encoder,
+            scratch: Vec::new(),
             metrics,
             rx: Rc::new(RefCell::new(rx)),
             level: Level::Normal,
@@ -241,7 +245,9 @@ impl ProducerActor {
         // Borrowed from the record, not copied: a String per trade here
         // was one of the feed thread's allocations.
         let exchange = record.exchange();
-        let encoded = match self.encoder.encode(&record) {
+        let mut payload = std::mem::take(&mut self.scratch);
+        payload.clear();
+        let (topic, key) = match self.encoder.encode_into(&record, &mut payload) {
             Ok(e) => e,
             Err(e) => {
                 // A record that cannot be encoded is a bug, not an overload;
@@ -258,22 +264,29 @@ impl ProducerActor {
                     self.state.health.last_error = Some(format!("encode: {e}"));
                 }
                 match self.encoder.encode(&Record::DeadLetter(Box::new(dl))) {
-                    Ok(enc) => self.route(enc, exchange, None, Action::Publish, ctx),
+                    Ok(enc) => self.route(enc.borrowed(), exchange, None, Action::Publish, ctx),
                     Err(e) => {
                         tracing::error!(error = %e, "dead letter could not be encoded either")
                     }
                 }
+                self.scratch = payload;
                 return;
             }
         };
-        self.route(encoded, exchange, tier, act, ctx);
+        let enc = EncodedRef {
+            topic: &topic,
+            key,
+            payload: &payload,
+        };
+        self.route(enc, exchange, tier, act, ctx);
+        self.scratch = payload;
     }
 
     /// Sends to the broker, or to the spill log when the level says so, the
     /// breaker is not closed, or older records of the tier wait in the log.
     fn route(
         &mut self,
-        enc: Encoded,
+        enc: EncodedRef<'_>,
         exchange: &str,
         tier: Option<Tier>,
         act: Action,
@@ -284,23 +297,23 @@ impl ProducerActor {
             || self.carried > 0
             || self.spilled_by_tier[tier_slot(tier)] > 0;
         // Built only for a record that does not go out at once.
-        let entry = |enc: Encoded| SpillEntry {
+        let entry = |enc: EncodedRef<'_>| SpillEntry {
             exchange: exchange.to_string(),
             tier,
-            topic: enc.topic,
-            key: enc.key,
-            payload: enc.payload,
+            topic: enc.topic.to_string(),
+            key: enc.key.to_string(),
+            payload: enc.payload.to_vec(),
         };
         if must_spill {
             self.spill_entry(entry(enc));
             return;
         }
-        let counters = self.counters.of(&enc.topic, exchange, tier);
+        let counters = self.counters.of(enc.topic, exchange, tier);
         match send(
             &self.to_broker(),
-            &enc.topic,
-            &enc.key,
-            &enc.payload,
+            enc.topic,
+            enc.key,
+            enc.payload,
             &counters,
         ) {
             Ok(()) => self.note_enqueued(),
