@@ -22,6 +22,7 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
 use super::LakeError;
@@ -144,6 +145,24 @@ pub fn current_offsets(table: &Table) -> Result<Option<(i64, KafkaOffsets)>, Lak
     Ok(None)
 }
 
+/// Columns whose values differ from row to row (ids, arrival times, the
+/// venue's event time in `vendor_data`): written plain, not dictionary
+/// encoded. Parquet's writer would intern every value of a row group
+/// into a dictionary, give up once the dictionary passes its page limit,
+/// and still compress and write that page; measured on 65,536 bench rows
+/// (release, `ArrowWriter`, zstd), leaving these five out cut the write
+/// from 0.81 to 0.66 µs a row (the fastest of eight rounds each) and the
+/// file from 36.0 to 30.0 bytes a row. Columns of few values (symbol,
+/// exchange, side, price levels) keep their dictionaries. A path that a
+/// table does not have (bars, gaps) is ignored.
+const UNIQUE_COLUMNS: &[&[&str]] = &[
+    &["message_id"],
+    &["trade_id"],
+    &["source_sequence"],
+    &["ingestion_timestamp"],
+    &["vendor_data", "key_value", "value"],
+];
+
 /// Writes `batch` as Parquet files of the table, split by its partition
 /// spec and rolled at `target_file_size`, and returns them for a commit.
 /// Nothing references them until a commit does.
@@ -159,10 +178,16 @@ pub async fn write_data_files(
     // statistics were tried for "the last minutes" of a symbol: on the
     // compacted 3,000-commit bench lake the recent query's p50 rose from
     // 7.6 to 11-17 ms, so pages stay at the writer's default.)
-    let props = WriterProperties::builder()
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_max_row_group_row_count(Some(64 * 1024))
-        .build();
+        .set_max_row_group_row_count(Some(64 * 1024));
+    for path in UNIQUE_COLUMNS {
+        props = props.set_column_dictionary_enabled(
+            ColumnPath::new(path.iter().map(|p| p.to_string()).collect()),
+            false,
+        );
+    }
+    let props = props.build();
     let parquet = ParquetWriterBuilder::new(props, md.current_schema().clone());
     let rolling = RollingFileWriterBuilder::new(
         parquet,
@@ -694,6 +719,63 @@ mod tests {
             current_offsets(&table).unwrap(),
             Some((ours.snapshot_id, offsets(9)))
         );
+    }
+
+    /// The per-row columns are written plain; columns of few values keep
+    /// their dictionaries (what readers and file sizes rely on).
+    #[tokio::test]
+    async fn unique_columns_are_written_without_a_dictionary() {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::default().under(dir.path());
+        let catalog = lake::open_catalog(&cfg).await.unwrap();
+        let table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
+            .await
+            .unwrap();
+        let rows: Vec<_> = (0..500)
+            .map(|i| {
+                let mut vendor = crate::model::VendorData::new();
+                vendor.insert("event_time_ms".into(), (1_000 + i).to_string());
+                crate::model::TradeV2::builder("BINANCE", "BTCUSDT", &i.to_string(), 1_000 * i)
+                    .message_id(format!("m-{i}"))
+                    .source_sequence(Some(i))
+                    .vendor_data(Some(vendor))
+                    .build()
+            })
+            .collect();
+        let schema = crate::lake::batch::arrow_schema(table.metadata().current_schema()).unwrap();
+        let batch = crate::lake::batch::trades_batch(&schema, &rows).unwrap();
+        let files = write_data_files(&table, &batch, 1 << 30).await.unwrap();
+        assert_eq!(files.len(), 1);
+        let bytes = table
+            .file_io()
+            .new_input(files[0].file_path())
+            .unwrap()
+            .read()
+            .await
+            .unwrap();
+        let reader = SerializedFileReader::new(bytes).unwrap();
+        let group = reader.metadata().row_group(0);
+        let dictionary: BTreeMap<String, bool> = group
+            .columns()
+            .iter()
+            .map(|c| {
+                let path = c.column_path().string();
+                (path, c.dictionary_page_offset().is_some())
+            })
+            .collect();
+        for plain in [
+            "message_id",
+            "trade_id",
+            "source_sequence",
+            "ingestion_timestamp",
+            "vendor_data.key_value.value",
+        ] {
+            assert_eq!(dictionary.get(plain), Some(&false), "{plain}");
+        }
+        for kept in ["symbol", "exchange", "side", "price", "timestamp"] {
+            assert_eq!(dictionary.get(kept), Some(&true), "{kept}");
+        }
     }
 
     /// The run of partition `p` of topic `t`.
