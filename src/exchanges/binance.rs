@@ -86,7 +86,13 @@ impl Protocol for Binance {
         ctx: &ParseCtx<'_>,
         out: &mut Vec<TradeV2>,
     ) -> Result<Frame, FrameError> {
-        match parse_frame(text, ctx.exchange, ctx.symbols, ctx.received_us)? {
+        // The fast path's record goes straight into `out`: through
+        // `parse_frame` it was boxed, to be moved out of the box again.
+        if let Some(t) = fast_trade(text, ctx.exchange, ctx.symbols, ctx.received_us) {
+            out.push(t);
+            return Ok(Frame::Trades(1));
+        }
+        match parse_general(text, ctx.exchange, ctx.symbols, ctx.received_us)? {
             Parsed::Trade(t) => {
                 out.push(*t);
                 Ok(Frame::Trades(1))
