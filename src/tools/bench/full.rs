@@ -245,6 +245,13 @@ pub struct FullReport {
     pub ratio_to_round_trip: f64,
     pub commits: u64,
     pub max_level: Level,
+    /// Of `seconds`, how long the degradation level was above NORMAL (by
+    /// samples every 2 ms).
+    pub above_normal_secs: f64,
+    /// Trades published without `vendor_data`: SOFT and above skip the
+    /// enrichment, which makes those trades cheaper to carry; a run that
+    /// spent time there did not do all of the NORMAL work.
+    pub enrichment_skipped: u64,
     /// Outcomes of the trades by the accounting's counters.
     pub outcomes: BTreeMap<String, u64>,
     /// Resident memory at its highest during the end-to-end run.
@@ -273,6 +280,11 @@ impl std::fmt::Display for FullReport {
             f,
             "end to end:                   {:.0} trades/s stored ({:.2} s, {} commits, level at most {})",
             self.end_to_end_per_s, self.seconds, self.commits, self.max_level
+        )?;
+        writeln!(
+            f,
+            "above NORMAL:                 {:.2} s of {:.2} s; {} trades published without vendor_data (skipped at SOFT and above)",
+            self.above_normal_secs, self.seconds, self.enrichment_skipped
         )?;
         writeln!(
             f,
@@ -426,10 +438,18 @@ pub async fn measure(
     }
     let started = Instant::now();
     let mut max_level = Level::Normal;
+    let mut above_normal = Duration::ZERO;
+    let mut sampled = started;
     let mut flushed = false;
     loop {
         let o = outcomes(&d);
-        max_level = max_level.max(d.status.supervisor.borrow().level.level);
+        let level = d.status.supervisor.borrow().level.level;
+        max_level = max_level.max(level);
+        let now = Instant::now();
+        if level > Level::Normal {
+            above_normal += now - sampled;
+        }
+        sampled = now;
         if settled(&o) {
             break;
         }
@@ -467,6 +487,7 @@ pub async fn measure(
     }
     let cpu_secs = (cpu.as_secs_f64() - server_cpu).max(0.0);
     let result_outcomes = outcomes(&d);
+    let enrichment_skipped = d.status.producer.borrow().enrichment_skipped;
     let commits_run = trades_commits(&d) - commits_before;
     let stored_n = result_outcomes.get("stored").copied().unwrap_or(0).max(1);
 
@@ -552,6 +573,8 @@ pub async fn measure(
         ratio_to_round_trip: per_s / round_trip_per_s,
         commits: commits_run,
         max_level,
+        above_normal_secs: above_normal.as_secs_f64(),
+        enrichment_skipped,
         outcomes: result_outcomes,
         peak_rss_bytes: peak.load(Ordering::Relaxed),
         threads,
