@@ -46,7 +46,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::fastmap::{FastMap, Names};
+use crate::fastmap::FastMap;
 use crate::instruments::Tier;
 use crate::metrics::{Metrics, Outcome};
 
@@ -105,6 +105,10 @@ impl<V> Default for OffsetMap<V> {
 
 impl<V> OffsetMap<V> {
     fn find(&self, offset: i64) -> Result<usize, usize> {
+        // Past the newest, as a new acknowledgement nearly always is.
+        if self.entries.back().is_none_or(|(last, _)| *last < offset) {
+            return Err(self.entries.len());
+        }
         self.entries.binary_search_by_key(&offset, |(o, _)| *o)
     }
 
@@ -301,14 +305,10 @@ type Counts = FastMap<(Arc<str>, Tier, Outcome), u64>;
 /// stay carried over).
 const MAX_LATE_CARRIED: usize = 100_000;
 
-/// The partitions' books, and the topic and exchange names they are kept
-/// under.
+/// The partitions' books.
 #[derive(Default)]
 struct Ledger {
     parts: FastMap<(Arc<str>, i32), Part>,
-    /// An acknowledgement (one per record, on librdkafka's polling thread)
-    /// takes references to its topic and exchange, not two allocations.
-    names: Names,
 }
 
 /// Shared by the producer's delivery reports and the trades writer.
@@ -346,12 +346,24 @@ impl AckLedger {
     /// `offset` (it is already counted as published).
     /// A negative `offset` is an acknowledgement without one (see the
     /// module doc).
-    pub fn acked(&self, topic: &str, partition: i32, offset: i64, exchange: &str, tier: Tier) {
+    /// `topic` and `exchange` are the shared names the producer's
+    /// counters hold: one reference each, no lookup by text.
+    pub fn acked(
+        &self,
+        topic: &Arc<str>,
+        partition: i32,
+        offset: i64,
+        exchange: &Arc<str>,
+        tier: Tier,
+    ) {
         let (matched, reclaimed) = {
             let mut guard = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
             let ledger = &mut *guard;
-            let (topic, exchange) = (ledger.names.get(topic), ledger.names.get(exchange));
-            let part = ledger.parts.entry((topic, partition)).or_default();
+            let exchange = exchange.clone();
+            let part = match ledger.parts.get_mut(&(topic.clone(), partition)) {
+                Some(p) => p,
+                None => ledger.parts.entry((topic.clone(), partition)).or_default(),
+            };
             if offset >= 0 {
                 part.high = part.high.max(offset + 1);
             }
@@ -531,15 +543,15 @@ mod tests {
         m.account("BINANCE", "1", Outcome::Published, 3);
         // Offset 10: acked, then committed. 11: committed, then acked.
         // 12: acked, not committed yet. 5: below the start end.
-        l.acked("t", 0, 10, "BINANCE", Tier::One);
-        l.acked("t", 0, 12, "BINANCE", Tier::One);
+        l.acked(&"t".into(), 0, 10, &"BINANCE".into(), Tier::One);
+        l.acked(&"t".into(), 0, 12, &"BINANCE".into(), Tier::One);
         l.committed(vec![
             row(10, Fate::Stored),
             row(11, Fate::Duplicate),
             row(5, Fate::Stored),
         ]);
         assert_eq!(l.pending(), (1, 1));
-        l.acked("t", 0, 11, "BINANCE", Tier::One);
+        l.acked(&"t".into(), 0, 11, &"BINANCE".into(), Tier::One);
         let a = &accounts(&m)[0];
         assert_eq!(
             (
@@ -563,8 +575,8 @@ mod tests {
         let l = AckLedger::new(m.clone(), HashMap::new());
         m.account("BINANCE", "1", Outcome::Published, 2);
         // A retry the broker had written already: acknowledged, offset -1.
-        l.acked("t", 0, -1, "BINANCE", Tier::One);
-        l.acked("t", 0, 1, "BINANCE", Tier::One);
+        l.acked(&"t".into(), 0, -1, &"BINANCE".into(), Tier::One);
+        l.acked(&"t".into(), 0, 1, &"BINANCE".into(), Tier::One);
         l.committed(vec![row(0, Fate::Stored), row(1, Fate::Stored)]);
         assert_eq!(l.pending(), (1, 1));
         let a = &accounts(&m)[0];
@@ -599,7 +611,7 @@ mod tests {
         l.sweep_at(Instant::now() + UNMATCHED_AFTER + Duration::from_secs(1));
         let a = &accounts(&m)[0];
         assert_eq!((a.stored, a.carried_over, a.in_transit), (0, 2, 2));
-        l.acked("t", 0, 4, "BINANCE", Tier::One);
+        l.acked(&"t".into(), 0, 4, &"BINANCE".into(), Tier::One);
         let a = &accounts(&m)[0];
         assert_eq!(
             (
@@ -610,13 +622,13 @@ mod tests {
             ),
             (0, 1, 1, 1)
         );
-        l.acked("t", 0, -1, "BINANCE", Tier::One);
+        l.acked(&"t".into(), 0, -1, &"BINANCE".into(), Tier::One);
         let a = &accounts(&m)[0];
         assert_eq!((a.stored, a.carried_over, a.in_transit), (1, 0, 0));
         assert_eq!(l.pending(), (0, 0));
         // Nothing left to reclaim: a later acknowledgement waits for its
         // commit as usual.
-        l.acked("t", 0, -1, "BINANCE", Tier::One);
+        l.acked(&"t".into(), 0, -1, &"BINANCE".into(), Tier::One);
         assert_eq!(l.pending(), (1, 0));
     }
 
@@ -630,8 +642,8 @@ mod tests {
         let late = || Instant::now() + UNMATCHED_AFTER + Duration::from_secs(1);
         m.account("BINANCE", "1", Outcome::Published, 2);
         // Record at 5 acknowledged as 7; 9 acknowledged as itself.
-        l.acked("t", 0, 7, "BINANCE", Tier::One);
-        l.acked("t", 0, 9, "BINANCE", Tier::One);
+        l.acked(&"t".into(), 0, 7, &"BINANCE".into(), Tier::One);
+        l.acked(&"t".into(), 0, 9, &"BINANCE".into(), Tier::One);
         l.committed(vec![row(5, Fate::Stored), row(9, Fate::Stored)]);
         l.sweep_at(late());
         let a = &accounts(&m)[0];
@@ -641,12 +653,12 @@ mod tests {
         // only up to 10: the row waits in vain and is carried over; once
         // a commit passes 12 without it, the acknowledgement reclaims it.
         m.account("BINANCE", "1", Outcome::Published, 2);
-        l.acked("t", 0, 12, "BINANCE", Tier::One);
+        l.acked(&"t".into(), 0, 12, &"BINANCE".into(), Tier::One);
         l.committed(vec![row(10, Fate::Duplicate)]);
         l.sweep_at(late());
         let a = &accounts(&m)[0];
         assert_eq!((a.deduplicated_at_writer, a.carried_over), (0, 1));
-        l.acked("t", 0, 13, "BINANCE", Tier::One);
+        l.acked(&"t".into(), 0, 13, &"BINANCE".into(), Tier::One);
         l.committed(vec![row(13, Fate::Stored)]);
         let a = &accounts(&m)[0];
         assert_eq!(
@@ -668,8 +680,8 @@ mod tests {
         let m = Metrics::new().unwrap();
         let l = AckLedger::new(m.clone(), HashMap::new());
         m.account("BINANCE", "1", Outcome::Published, 2);
-        l.acked("t", 0, 3, "BINANCE", Tier::One);
-        l.acked("t", 0, 3, "BINANCE", Tier::One);
+        l.acked(&"t".into(), 0, 3, &"BINANCE".into(), Tier::One);
+        l.acked(&"t".into(), 0, 3, &"BINANCE".into(), Tier::One);
         l.committed(vec![row(2, Fate::Stored), row(3, Fate::Stored)]);
         l.sweep_at(Instant::now() + UNMATCHED_AFTER + Duration::from_secs(1));
         let a = &accounts(&m)[0];

@@ -112,7 +112,7 @@ mod tests {
         let topic: Arc<str> = Arc::from("t");
         m.account("BINANCE", "1", Outcome::Published, 3);
         for o in 0..3 {
-            ledger.acked("t", 0, o, "BINANCE", Tier::One);
+            ledger.acked(&"t".into(), 0, o, &"BINANCE".into(), Tier::One);
         }
         t.note(btc.0, btc.1, &(topic.clone(), 0, 0), Fate::Stored);
         t.note(btc.0, btc.1, &(topic.clone(), 0, 1), Fate::Duplicate);
