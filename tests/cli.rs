@@ -186,6 +186,27 @@ fn bench_from_the_feed_commits_every_frame_and_reports_its_costs() {
         threads.iter().all(|t| t["name"] != "bench-exchange"),
         "the exchange's thread is not ours: {r}"
     );
+    // Unpaced, then paced at falling fractions until one stays NORMAL.
+    let search = r["normal_search"].as_array().unwrap();
+    assert!(!search.is_empty(), "an unpaced run searches: {r}");
+    let unpaced = r["end_to_end_per_s"].as_f64().unwrap();
+    for p in search {
+        let offered = p["offered_per_s"].as_f64().unwrap();
+        assert!(offered > 0.0 && offered < unpaced, "{p}");
+        assert_eq!(p["trades"], 1500, "half the trades: {p}");
+    }
+    let sustained: Vec<_> = search.iter().filter(|p| p["sustained"] == true).collect();
+    assert!(sustained.len() <= 1, "the search stops at the first: {r}");
+    match (r["sustained_normal_per_s"].as_f64(), sustained.first()) {
+        (Some(rate), Some(p)) => {
+            assert_eq!(p["max_level"], "NORMAL", "{p}");
+            assert_eq!(p["enrichment_skipped"], 0, "{p}");
+            assert_eq!(rate, p["received_per_s"].as_f64().unwrap(), "{r}");
+            assert!(std::ptr::eq(*p, search.last().unwrap()), "{r}");
+        }
+        (None, None) => assert_eq!(search.len(), 7, "every fraction tried: {r}"),
+        _ => panic!("the rate and the sustained run disagree: {r}"),
+    }
     println!("bench --from feed (debug build, 3000 trades): {r}");
 }
 

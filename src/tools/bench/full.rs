@@ -233,6 +233,8 @@ pub struct FullReport {
     pub partitions: i32,
     /// First frame received to last trade committed.
     pub seconds: f64,
+    /// First frame received to the last frame received.
+    pub received_secs: f64,
     /// Trades stored in the lake per second of that.
     pub end_to_end_per_s: f64,
     /// Process CPU (less the exchange's thread) per trade, in µs.
@@ -345,14 +347,16 @@ fn outcomes(d: &Daemon) -> BTreeMap<String, u64> {
     out
 }
 
-/// Runs the full path, then the two ceilings. Must run inside an actix
-/// `System`; `cfg` is the bench's throw-away configuration.
+/// Runs the full path, then (with `ceilings`) the two ceilings, which are
+/// 0 without. Must run inside an actix `System`; `cfg` is the bench's
+/// throw-away configuration.
 pub async fn measure(
     cfg: &Config,
     n: usize,
     symbol_count: usize,
     rate: Option<f64>,
     timeout: Duration,
+    ceilings: bool,
 ) -> Result<FullReport, BenchError> {
     let syms = symbols(symbol_count.max(1));
     let played = frames(n, &syms);
@@ -441,6 +445,7 @@ pub async fn measure(
     let mut above_normal = Duration::ZERO;
     let mut sampled = started;
     let mut flushed = false;
+    let mut received_secs = 0.0;
     loop {
         let o = outcomes(&d);
         let level = d.status.supervisor.borrow().level.level;
@@ -464,6 +469,7 @@ pub async fn measure(
         // Every frame read: commit the rest now rather than wait out
         // writer.max_age_ms, which would measure the age limit.
         if !flushed && o.get("received").copied().unwrap_or(0) >= n as u64 {
+            received_secs = started.elapsed().as_secs_f64();
             d.drain_and_flush(timeout).await?;
             flushed = true;
         }
@@ -491,61 +497,68 @@ pub async fn measure(
     let commits_run = trades_commits(&d) - commits_before;
     let stored_n = result_outcomes.get("stored").copied().unwrap_or(0).max(1);
 
-    // The ceilings, on the same broker, after the daemon's run.
-    let registry = crate::kafka::registry::Registry::open(&cfg)?;
-    let codec = crate::kafka::registry::codec(registry.as_dyn(), &cfg)?;
-    let rows = feed_trades(&cfg, &played)?;
-    drop(played);
-    let encode = |topic: &str| {
-        rows.iter()
-            .map(|t| {
-                Ok(Encoded {
-                    topic: topic.to_string(),
-                    key: t.symbol.clone(),
-                    payload: codec.encode_trade(t)?,
+    // The ceilings, on the same broker, after the daemon's run; without
+    // them (a paced probe), rates of 0.
+    let (produce_secs, round_trip_secs, record_bytes) = if ceilings {
+        let registry = crate::kafka::registry::Registry::open(&cfg)?;
+        let codec = crate::kafka::registry::codec(registry.as_dyn(), &cfg)?;
+        let rows = feed_trades(&cfg, &played)?;
+        drop(played);
+        let encode = |topic: &str| {
+            rows.iter()
+                .map(|t| {
+                    Ok(Encoded {
+                        topic: topic.to_string(),
+                        key: t.symbol.clone(),
+                        payload: codec.encode_trade(t)?,
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>, crate::kafka::avro::AvroError>>()
+                .collect::<Result<Vec<_>, crate::kafka::avro::AvroError>>()
+        };
+        let produce_only = encode(&ceiling_topics[0])?;
+        let record_bytes = produce_only.first().map(|p| p.payload.len()).unwrap_or(0);
+        if !cfg.kafka.is_embedded() {
+            crate::kafka::ensure_topics(&cfg.kafka, &d.bootstrap, &ceiling_topics, partitions)
+                .await?;
+        }
+        let round_trip = encode(&ceiling_topics[1])?;
+        let (ceiling_cfg, bootstrap) = (cfg.clone(), d.bootstrap.clone());
+        let embedded = cfg.kafka.is_embedded();
+        let (produce_secs, round_trip_secs) = tokio::task::spawn_blocking(move || {
+            let produce = produce_all(
+                &ceiling_cfg,
+                &bootstrap,
+                &produce_only,
+                "produce ceiling",
+                timeout,
+                None,
+            )?;
+            drop(produce_only);
+            // The embedded cluster keeps a few MiB a partition: a reader that
+            // falls further behind loses records to its retention and never
+            // reads them all (a run in ten timed out so). The producer stays
+            // within one partition's budget of the reader, as the daemon's
+            // broker window keeps the daemon.
+            let lead = embedded.then(|| {
+                let est = crate::kafka::window::estimate(8, record_bytes).max(1);
+                usize::try_from(crate::kafka::window::BUDGET_BYTES / est).unwrap_or(1)
+            });
+            let round_trip = produce_and_consume(
+                &ceiling_cfg,
+                &bootstrap,
+                &round_trip,
+                partitions,
+                timeout,
+                lead,
+            )?;
+            Ok::<_, BenchError>((produce, round_trip))
+        })
+        .await
+        .map_err(|e| BenchError::Producer(e.to_string()))??;
+        (produce_secs, round_trip_secs, record_bytes)
+    } else {
+        (f64::INFINITY, f64::INFINITY, 0)
     };
-    let produce_only = encode(&ceiling_topics[0])?;
-    let record_bytes = produce_only.first().map(|p| p.payload.len()).unwrap_or(0);
-    if !cfg.kafka.is_embedded() {
-        crate::kafka::ensure_topics(&cfg.kafka, &d.bootstrap, &ceiling_topics, partitions).await?;
-    }
-    let round_trip = encode(&ceiling_topics[1])?;
-    let (ceiling_cfg, bootstrap) = (cfg.clone(), d.bootstrap.clone());
-    let embedded = cfg.kafka.is_embedded();
-    let (produce_secs, round_trip_secs) = tokio::task::spawn_blocking(move || {
-        let produce = produce_all(
-            &ceiling_cfg,
-            &bootstrap,
-            &produce_only,
-            "produce ceiling",
-            timeout,
-            None,
-        )?;
-        drop(produce_only);
-        // The embedded cluster keeps a few MiB a partition: a reader that
-        // falls further behind loses records to its retention and never
-        // reads them all (a run in ten timed out so). The producer stays
-        // within one partition's budget of the reader, as the daemon's
-        // broker window keeps the daemon.
-        let lead = embedded.then(|| {
-            let est = crate::kafka::window::estimate(8, record_bytes).max(1);
-            usize::try_from(crate::kafka::window::BUDGET_BYTES / est).unwrap_or(1)
-        });
-        let round_trip = produce_and_consume(
-            &ceiling_cfg,
-            &bootstrap,
-            &round_trip,
-            partitions,
-            timeout,
-            lead,
-        )?;
-        Ok::<_, BenchError>((produce, round_trip))
-    })
-    .await
-    .map_err(|e| BenchError::Producer(e.to_string()))??;
     d.shutdown(Duration::from_secs(10)).await?;
     drop(exchange);
 
@@ -565,12 +578,13 @@ pub async fn measure(
         record_bytes,
         partitions,
         seconds,
+        received_secs,
         end_to_end_per_s: per_s,
         cpu_us_per_trade: cpu_secs * 1e6 / stored_n as f64,
         produce_ceiling_per_s: produce_per_s,
         round_trip_ceiling_per_s: round_trip_per_s,
-        ratio_to_produce: per_s / produce_per_s,
-        ratio_to_round_trip: per_s / round_trip_per_s,
+        ratio_to_produce: ratio(per_s, produce_per_s),
+        ratio_to_round_trip: ratio(per_s, round_trip_per_s),
         commits: commits_run,
         max_level,
         above_normal_secs: above_normal.as_secs_f64(),
@@ -579,6 +593,11 @@ pub async fn measure(
         peak_rss_bytes: peak.load(Ordering::Relaxed),
         threads,
     })
+}
+
+/// `a / b`, or 0 without a `b` (a probe run without ceilings).
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
 }
 
 /// Counts delivery reports; the bare producer's whole context.
