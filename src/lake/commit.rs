@@ -727,11 +727,7 @@ mod tests {
     async fn unique_columns_are_written_without_a_dictionary() {
         use parquet::file::reader::{FileReader, SerializedFileReader};
         let dir = tempfile::tempdir().unwrap();
-        let cfg = Config::default().under(dir.path());
-        let catalog = lake::open_catalog(&cfg).await.unwrap();
-        let table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
-            .await
-            .unwrap();
+        let (_, _, table, _, schema) = lake::test_lake(dir.path()).await;
         let rows: Vec<_> = (0..500)
             .map(|i| {
                 let mut vendor = crate::model::VendorData::new();
@@ -743,7 +739,6 @@ mod tests {
                     .build()
             })
             .collect();
-        let schema = crate::lake::batch::arrow_schema(table.metadata().current_schema()).unwrap();
         let batch = crate::lake::batch::trades_batch(&schema, &rows).unwrap();
         let files = write_data_files(&table, &batch, 1 << 30).await.unwrap();
         assert_eq!(files.len(), 1);

@@ -246,7 +246,7 @@ impl std::fmt::Display for FullBench {
             Some(r) => write!(
                 f,
                 "\nsustained at NORMAL end to end: {r:.0} trades/s (ratio {:.3} to the produce + consume ceiling)",
-                ratio_of(r, self.run.round_trip_ceiling_per_s)
+                full::ratio(r, self.run.round_trip_ceiling_per_s)
             ),
             None => write!(
                 f,
@@ -254,10 +254,6 @@ impl std::fmt::Display for FullBench {
             ),
         }
     }
-}
-
-fn ratio_of(a: f64, b: f64) -> f64 {
-    if b > 0.0 { a / b } else { 0.0 }
 }
 
 /// The full path (`bench::full`) against the configured broker. Must run

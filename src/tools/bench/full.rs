@@ -596,7 +596,7 @@ pub async fn measure(
 }
 
 /// `a / b`, or 0 without a `b` (a probe run without ceilings).
-fn ratio(a: f64, b: f64) -> f64 {
+pub(super) fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }
 }
 
