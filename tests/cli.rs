@@ -204,7 +204,11 @@ fn bench_from_the_feed_commits_every_frame_and_reports_its_costs() {
             assert_eq!(rate, p["received_per_s"].as_f64().unwrap(), "{r}");
             assert!(std::ptr::eq(*p, search.last().unwrap()), "{r}");
         }
-        (None, None) => assert_eq!(search.len(), 7, "every fraction tried: {r}"),
+        (None, None) => assert_eq!(
+            search.len(),
+            ticklake::tools::bench::NORMAL_FRACTIONS.len(),
+            "every fraction tried: {r}"
+        ),
         _ => panic!("the rate and the sustained run disagree: {r}"),
     }
     println!("bench --from feed (debug build, 3000 trades): {r}");

@@ -256,6 +256,11 @@ impl std::fmt::Display for FullBench {
     }
 }
 
+/// The fractions of the unpaced rate the search offers, in order: fine
+/// steps near the top, where the NORMAL rate of an unpaced run that
+/// degraded for part of its trades usually is.
+pub const NORMAL_FRACTIONS: [f64; 11] = [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5, 0.4, 0.3];
+
 /// The full path (`bench::full`) against the configured broker. Must run
 /// inside an actix `System`.
 ///
@@ -285,7 +290,7 @@ pub async fn run_full(
     let mut sustained = None;
     if rate.is_none() {
         let n = (trades / 2).max(1_000);
-        for fraction in [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3] {
+        for fraction in NORMAL_FRACTIONS {
             let offered = run.end_to_end_per_s * fraction;
             let r = once(n, Some(offered), false).await?;
             let received_per_s = n as f64 / r.received_secs.max(f64::MIN_POSITIVE);
