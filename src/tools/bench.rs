@@ -7,6 +7,7 @@
 
 mod full;
 mod procstat;
+mod report;
 
 pub use full::FullReport;
 
@@ -215,6 +216,7 @@ pub struct NormalProbe {
     pub tail_secs: f64,
     pub max_level: Level,
     pub above_normal_secs: f64,
+    pub raised_by: Option<String>,
     pub enrichment_skipped: u64,
     pub cpu_us_per_trade: f64,
     pub sustained: bool,
@@ -241,6 +243,9 @@ impl std::fmt::Display for FullBench {
                 p.above_normal_secs,
                 if p.sustained { "  <- sustained" } else { "" }
             )?;
+            if let Some(why) = &p.raised_by {
+                write!(f, "\n    first raised by {why}")?;
+            }
         }
         match self.sustained_normal_per_s {
             Some(r) => write!(
@@ -309,6 +314,7 @@ pub async fn run_full(
                 tail_secs,
                 max_level: r.max_level,
                 above_normal_secs: r.above_normal_secs,
+                raised_by: r.raised_by.clone(),
                 enrichment_skipped: r.enrichment_skipped,
                 cpu_us_per_trade: r.cpu_us_per_trade,
                 sustained: ok,
