@@ -153,10 +153,19 @@ fn two_daemons_on_one_feed_store_each_trade_once_through_a_kill() {
             "the replay to end and the gaps to settle",
             Duration::from_secs(if long { 300 } else { 120 }),
             || {
-                let n = lake_ids(&a).len();
+                let ids: BTreeSet<_> = lake_ids(&a).into_iter().collect();
+                let n = ids.len();
                 same = if n == last { same + 1 } else { 0 };
                 last = n;
-                binance_feed_gaps(&a).is_some_and(|g| g["open"] == 0) && same >= 12
+                // The capture's last trade of every symbol comes over the
+                // WebSocket at the replay's end: until the lake holds it,
+                // a quiet lake may be a restarted daemon still starting
+                // on a loaded machine, not a settled one.
+                let ended = truth.iter().all(|(s, t)| {
+                    t.last()
+                        .is_some_and(|last| ids.contains(&(s.clone(), *last)))
+                });
+                ended && binance_feed_gaps(&a).is_some_and(|g| g["open"] == 0) && same >= 12
             },
         );
         lake_ids(&a)
