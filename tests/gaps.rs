@@ -283,14 +283,7 @@ fn a_kill_on_the_embedded_broker_is_refilled_from_rest() {
                     let n = ids.len();
                     same = if n == last { same + 1 } else { 0 };
                     last = n;
-                    // The capture's last trade of every symbol comes over
-                    // the WebSocket at the replay's end: until the lake
-                    // holds it, a quiet lake is a restarted daemon still
-                    // starting on a loaded machine, not a settled one.
-                    let ended = truth.iter().all(|(s, t)| {
-                        t.last()
-                            .is_some_and(|last| ids.contains(&(s.clone(), *last)))
-                    });
+                    let ended = holds_last_trades(&truth, &ids);
                     ended
                         && binance_feed_gaps(&env).unwrap_or(Value::Null)["open"] == 0
                         && same >= 12

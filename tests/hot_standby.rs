@@ -153,18 +153,11 @@ fn two_daemons_on_one_feed_store_each_trade_once_through_a_kill() {
             "the replay to end and the gaps to settle",
             Duration::from_secs(if long { 300 } else { 120 }),
             || {
-                let ids: BTreeSet<_> = lake_ids(&a).into_iter().collect();
-                let n = ids.len();
+                let stored = lake_ids(&a);
+                let n = stored.len();
                 same = if n == last { same + 1 } else { 0 };
                 last = n;
-                // The capture's last trade of every symbol comes over the
-                // WebSocket at the replay's end: until the lake holds it,
-                // a quiet lake may be a restarted daemon still starting
-                // on a loaded machine, not a settled one.
-                let ended = truth.iter().all(|(s, t)| {
-                    t.last()
-                        .is_some_and(|last| ids.contains(&(s.clone(), *last)))
-                });
+                let ended = holds_last_trades(&truth, &stored.into_iter().collect());
                 ended && binance_feed_gaps(&a).is_some_and(|g| g["open"] == 0) && same >= 12
             },
         );

@@ -67,3 +67,17 @@ pub fn from_first_stored(
     }
     want
 }
+
+/// Whether `stored` holds the capture's last trade of every symbol. It
+/// comes over the WebSocket at the replay's end: until the lake holds it,
+/// a quiet lake may be a restarted daemon still starting on a loaded
+/// machine, not a settled one.
+pub fn holds_last_trades(
+    truth: &BTreeMap<String, BTreeSet<i64>>,
+    stored: &BTreeSet<(String, i64)>,
+) -> bool {
+    truth.iter().all(|(s, t)| {
+        t.last()
+            .is_some_and(|last| stored.contains(&(s.clone(), *last)))
+    })
+}
