@@ -195,6 +195,11 @@ pub fn producer_config(cfg: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     c
 }
 
+/// The consumer's `fetch.wait.max.ms` unless `kafka.properties` sets it:
+/// on a real broker, and on the embedded cluster (see `consumer_config`).
+pub const FETCH_WAIT_MS: u32 = 10;
+pub const EMBEDDED_FETCH_WAIT_MS: u32 = 2;
+
 /// Consumer settings: no auto commit (the lake's snapshot is the truth),
 /// and read only committed data.
 pub fn consumer_config(cfg: &KafkaConfig, bootstrap: &str) -> ClientConfig {
@@ -207,9 +212,20 @@ pub fn consumer_config(cfg: &KafkaConfig, bootstrap: &str) -> ClientConfig {
         .set("enable.partition.eof", "false");
     // librdkafka waits up to 500 ms for a fetch to fill; hybrid reads
     // promise trades within tens of milliseconds, so wait far less unless
-    // kafka.properties says otherwise.
+    // kafka.properties says otherwise. A real broker answers a waiting
+    // fetch as soon as a record arrives, so there the wait only paces the
+    // fetches of an idle topic. The embedded cluster does not cut the wait
+    // short (librdkafka's mock broker holds an empty fetch for all of it),
+    // so there the wait is added to every record's way to the tail: 10 ms
+    // gave `bench-api freshness --rate 10000` a p50 of 12 ms and a p99 of
+    // 33 ms, 2 ms gave 7.7 and 25.7, for 3 % of a core more while idle.
     if !cfg.properties.contains_key("fetch.wait.max.ms") {
-        c.set("fetch.wait.max.ms", "10");
+        let ms = if cfg.is_embedded() {
+            EMBEDDED_FETCH_WAIT_MS
+        } else {
+            FETCH_WAIT_MS
+        };
+        c.set("fetch.wait.max.ms", ms.to_string());
     }
     c
 }
@@ -312,5 +328,20 @@ mod tests {
             .insert("max.in.flight.requests.per.connection".into(), "5".into());
         let c = producer_config(&cfg, "127.0.0.1:9092");
         assert_eq!(c.get("max.in.flight.requests.per.connection"), Some("5"));
+    }
+
+    #[test]
+    fn the_fetch_wait_is_short_on_the_embedded_cluster_unless_the_properties_say_otherwise() {
+        let mut cfg = KafkaConfig::default();
+        assert!(cfg.is_embedded());
+        let c = consumer_config(&cfg, "127.0.0.1:9092");
+        assert_eq!(c.get("fetch.wait.max.ms"), Some("2"));
+        cfg.brokers = "127.0.0.1:9092".into();
+        let c = consumer_config(&cfg, "127.0.0.1:9092");
+        assert_eq!(c.get("fetch.wait.max.ms"), Some("10"));
+        cfg.properties
+            .insert("fetch.wait.max.ms".into(), "100".into());
+        let c = consumer_config(&cfg, "127.0.0.1:9092");
+        assert_eq!(c.get("fetch.wait.max.ms"), Some("100"));
     }
 }
