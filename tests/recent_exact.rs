@@ -194,32 +194,49 @@ async fn check_every_page(f: &Fixture) -> (usize, Option<i64>) {
                 limits.extend([in_tail.saturating_sub(1), in_tail, in_tail + 1]);
                 limits.retain(|l| (1..=1000).contains(l));
                 for limit in limits {
-                    let req = QueryRequest::Recent(RecentRequest {
-                        symbol: symbol.into(),
-                        exchange: exchange.map(str::to_string),
-                        minutes,
-                        limit: Some(limit),
-                    });
-                    let a = f.engine.run(req).await.unwrap();
-                    let v: Value = serde_json::from_str(&a.text()).unwrap();
-                    let got: Vec<String> = v["trades"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|t| t["message_id"].as_str().unwrap().to_string())
-                        .collect();
-                    let (want, truncated) = truth(&f.all, symbol, exchange, minutes, limit);
-                    let what = format!("{symbol} {exchange:?} {minutes} min, limit {limit}");
-                    assert_eq!(got, want, "{what}");
-                    assert_eq!(v["truncated"], Value::Bool(truncated), "{what}");
-                    assert_eq!(v["count"].as_u64(), Some(want.len() as u64), "{what}");
-                    snapshot = v["snapshot_id"].as_i64();
+                    snapshot = check_page(f, symbol, exchange, minutes, limit).await;
                     checked += 1;
                 }
             }
         }
     }
     (checked, snapshot)
+}
+
+/// Asks one page and compares it with brute force; returns the snapshot
+/// it pinned.
+async fn check_page(
+    f: &Fixture,
+    symbol: &str,
+    exchange: Option<&str>,
+    minutes: i64,
+    limit: usize,
+) -> Option<i64> {
+    let req = QueryRequest::Recent(RecentRequest {
+        symbol: symbol.into(),
+        exchange: exchange.map(str::to_string),
+        minutes,
+        limit: Some(limit),
+    });
+    let a = f.engine.run(req).await.unwrap();
+    let v: Value = serde_json::from_str(&a.text()).unwrap();
+    let got: Vec<String> = v["trades"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["message_id"].as_str().unwrap().to_string())
+        .collect();
+    let (want, truncated) = truth(&f.all, symbol, exchange, minutes, limit);
+    let what = format!("{symbol} {exchange:?} {minutes} min, limit {limit}");
+    assert_eq!(got, want, "{what}");
+    assert_eq!(v["truncated"], Value::Bool(truncated), "{what}");
+    assert_eq!(v["count"].as_u64(), Some(want.len() as u64), "{what}");
+    v["snapshot_id"].as_i64()
+}
+
+/// How pages found their lake side, by outcome (`engine::window`).
+fn window_counts(f: &Fixture) -> std::collections::HashMap<&'static str, u64> {
+    f.engine.recent_window_counts().into_iter().collect()
 }
 
 /// Commits the tail's trades `from..to` (indexes into `all`) as the writer
@@ -265,10 +282,7 @@ async fn every_page_through_lake_changes(cache_bytes: usize) {
     let (rare, _) = truth(&f.all, "RARE", None, 30, 1000);
     assert!(!rare.is_empty() && rare.len() < 1000, "{}", rare.len());
     let (mut checked, pinned) = check_every_page(&f).await;
-    // How pages found their lake side, by outcome (`engine::window`).
-    let counts = |f: &Fixture| -> std::collections::HashMap<&'static str, u64> {
-        f.engine.recent_window_counts().into_iter().collect()
-    };
+    let counts = window_counts;
     let cached = cache_bytes > 0;
     let c1 = counts(&f);
     if cached {
@@ -345,4 +359,77 @@ async fn recent_pages_equal_brute_force_at_every_size() {
 #[actix_rt::test]
 async fn recent_pages_equal_brute_force_without_the_window_cache() {
     every_page_through_lake_changes(0).await;
+}
+
+/// A poller's pattern: windows far larger than their page, asked again and
+/// again while the tail is too small to fill the page alone, as right
+/// after a commit. The lake's newest rows of each window are read once
+/// per page size that needs more of them, kept, served to the pages after,
+/// and carried through a commit that empties the tail; every answer equals
+/// brute force.
+#[actix_rt::test]
+async fn windows_far_larger_than_their_page_are_read_once_and_served_through_commits() {
+    let mut f = fixture(64 << 20).await;
+    // All but the last 100 tail trades committed: the tail holds fewer
+    // than a page of any window.
+    commit_tail(&f, f.lake_n, f.lake_n + 2900).await;
+    f.lake_n += 2900;
+    f.engine.refresh().await;
+    let windows = [
+        ("BTCUSDT", None),
+        ("BTCUSDT", Some("KRAKEN")),
+        ("ETHUSDT", None),
+    ];
+    let limits = [100, 333];
+    for (symbol, exchange) in windows {
+        let in_tail = truth(&f.all[f.lake_n..], symbol, exchange, 30, usize::MAX).0;
+        let all = truth(&f.all, symbol, exchange, 30, usize::MAX).0;
+        assert!(
+            in_tail.len() < 100,
+            "{symbol} {exchange:?}: {} in the tail",
+            in_tail.len()
+        );
+        assert!(
+            all.len() > 2 * (333 + 1),
+            "{symbol} {exchange:?}: {} in all",
+            all.len()
+        );
+    }
+    let mut answers = 0;
+    for _ in 0..3 {
+        for (symbol, exchange) in windows {
+            for limit in limits {
+                check_page(&f, symbol, exchange, 30, limit).await;
+                answers += 1;
+            }
+        }
+    }
+    let c1 = window_counts(&f);
+    let reads = c1["read"] + c1["not_kept"];
+    assert!(c1["read"] > 0, "{c1:?}");
+    assert!(
+        reads <= (windows.len() * limits.len()) as u64,
+        "a window is read at most once per page size that needs more of it: {c1:?}"
+    );
+    assert!(c1["kept"] >= answers - reads, "{c1:?}");
+
+    // The rest committed: the tail is empty, and the kept rows are carried
+    // to the new snapshot right after the commit, as the query actor does.
+    let snapshot = commit_tail(&f, f.lake_n, f.lake_n + 100).await;
+    f.lake_n += 100;
+    f.engine.refresh().await;
+    f.engine.learn_lake_facts().await;
+    for (symbol, exchange) in windows {
+        for limit in limits {
+            assert_eq!(
+                check_page(&f, symbol, exchange, 30, limit).await,
+                Some(snapshot)
+            );
+            answers += 1;
+        }
+    }
+    let c2 = window_counts(&f);
+    assert!(c2["carried"] > c1["carried"], "{c2:?}");
+    assert_eq!(c2["read"] + c2["not_kept"], reads, "{c2:?}");
+    println!("{answers} recent answers equal brute force; {c2:?}");
 }

@@ -332,7 +332,8 @@ impl Engine {
         q: &Request<'_>,
     ) -> Result<Option<(Held, bool)>, QueryError> {
         let started = std::time::Instant::now();
-        let Some((lake, complete)) = self.lake_window(pin, window, limit, q).await? else {
+        let Some((lake, complete)) = self.lake_window(pin, window, pin.rows(), limit, q).await?
+        else {
             return Ok(None);
         };
         q.cancel.check()?;
