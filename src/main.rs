@@ -258,6 +258,11 @@ enum BenchApi {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Also write each measured trade's times to this CSV file: when the
+        /// feed stamped it, when an answer first held it (UTC µs), and the
+        /// difference in ms.
+        #[arg(long)]
+        trades_csv: Option<PathBuf>,
     },
     /// Latency of "last 15 minutes of one symbol" and one day of 1-minute
     /// OHLCV over a synthetic lake plus tail, optionally against DuckDB.
@@ -600,6 +605,7 @@ fn main() -> anyhow::Result<()> {
                     rate,
                     seconds,
                     json,
+                    trades_csv,
                 },
         } => {
             anyhow::ensure!(
@@ -609,7 +615,8 @@ fn main() -> anyhow::Result<()> {
             let cfg = Config::load(config.as_deref())?;
             let sys = actix_system();
             let report = sys.block_on(async move {
-                ticklake::tools::bench_api::freshness(&cfg, rate, seconds).await
+                ticklake::tools::bench_api::freshness(&cfg, rate, seconds, trades_csv.as_deref())
+                    .await
             })?;
             print_report(&report, json)
         }

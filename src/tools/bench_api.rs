@@ -35,6 +35,8 @@ pub enum BenchApiError {
     NoHttp,
     #[error("poll: {0}")]
     Poll(String),
+    #[error("writing {0}: {1}")]
+    TradesCsv(std::path::PathBuf, std::io::Error),
     #[error("bench lake {0}: {1}")]
     LakeDir(std::path::PathBuf, String),
 }
@@ -188,6 +190,23 @@ fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
     Ok(body.to_string())
 }
 
+/// One line per measured trade, in the order the feed stamped them: when
+/// it was stamped and when an answer first held it (UTC microseconds), and
+/// the difference in milliseconds; to line the slow ones up with the
+/// daemon's log (its commits, say).
+fn write_trades_csv(path: &std::path::Path, seen: &[(i64, i64)]) -> std::io::Result<()> {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(w, "ingestion_us,answered_us,freshness_ms")?;
+    for (ingested, arrived) in seen {
+        writeln!(
+            w,
+            "{ingested},{arrived},{:.3}",
+            (arrived - ingested) as f64 / 1000.0
+        )?;
+    }
+    w.flush()
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -201,6 +220,7 @@ pub async fn freshness(
     base: &Config,
     rate: f64,
     seconds: u64,
+    trades_csv: Option<&std::path::Path>,
 ) -> Result<FreshnessReport, BenchApiError> {
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let dir = std::env::temp_dir().join(format!("ticklake-bench-api-{run_id}"));
@@ -241,7 +261,9 @@ pub async fn freshness(
     let measured = n.div_ceil(SYMBOLS.len());
     let deadline = Duration::from_secs(seconds + 60);
     let poller = tokio::task::spawn_blocking(move || {
-        let mut first_seen: std::collections::HashMap<String, f64> = Default::default();
+        // Per trade: when the feed stamped it, and when an answer first
+        // held it (UTC microseconds).
+        let mut first_seen: std::collections::HashMap<String, (i64, i64)> = Default::default();
         let mut poll_ms = Vec::new();
         let started = Instant::now();
         while first_seen.len() < measured && started.elapsed() < deadline {
@@ -267,15 +289,23 @@ pub async fn freshness(
                     .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
                     .map(|d| d.timestamp_micros())
                     .ok_or("a trade without ingestion_timestamp")?;
-                first_seen.insert(id.to_string(), (arrived - ingested) as f64 / 1000.0);
+                first_seen.insert(id.to_string(), (ingested, arrived));
             }
         }
-        Ok::<_, String>((first_seen.into_values().collect::<Vec<f64>>(), poll_ms))
+        Ok::<_, String>((first_seen.into_values().collect::<Vec<_>>(), poll_ms))
     });
-    let (mut lat, mut poll_ms) = poller
+    let (mut seen, mut poll_ms) = poller
         .await
         .map_err(|e| BenchApiError::Poll(e.to_string()))?
         .map_err(BenchApiError::Poll)?;
+    seen.sort_unstable();
+    if let Some(path) = trades_csv {
+        write_trades_csv(path, &seen).map_err(|e| BenchApiError::TradesCsv(path.into(), e))?;
+    }
+    let mut lat: Vec<f64> = seen
+        .iter()
+        .map(|(ingested, arrived)| (arrived - ingested) as f64 / 1000.0)
+        .collect();
     let scrape = tokio::task::spawn_blocking(move || get(http, "/metrics"))
         .await
         .map_err(|e| BenchApiError::Poll(e.to_string()))?
