@@ -466,17 +466,27 @@ impl Engine {
             // Rows at or after `from` include every row at or after start.
             return Ok(Some(k.newest.filter(|&m| m >= window.start)));
         }
-        let df = self.ctx.read_table(lake).map_err(df_err)?;
-        let df = filtered(df, window.preds())?
-            .aggregate(vec![], vec![max(col("timestamp")).alias("newest")])
-            .map_err(df_err)?;
-        let (rows, _) = collect(df, q, None).await?;
-        let newest = match rows.batches.first().map(|b| b.column(0)) {
-            Some(c) if c.len() == 1 => match ScalarValue::try_from_array(c, 0) {
-                Ok(ScalarValue::TimestampMicrosecond(v, _)) => v,
-                _ => return Ok(None),
-            },
-            _ => return Ok(None),
+        // A window kept at this snapshot knows it without a read, which
+        // after a commit competed with the polls for the cores. Either
+        // way it is learned from the window's start, where a later
+        // `learn_lake_facts` asks it again.
+        let newest = match self.kept_newest(&key, snapshot_id) {
+            Some((from, newest)) if from <= window.start => newest.filter(|&m| m >= window.start),
+            _ => {
+                let df = self.ctx.read_table(lake).map_err(df_err)?;
+                let df = filtered(df, window.preds())?
+                    .aggregate(vec![], vec![max(col("timestamp")).alias("newest")])
+                    .map_err(df_err)?;
+                let (rows, _) = collect(df, q, None).await?;
+                let newest = match rows.batches.first().map(|b| b.column(0)) {
+                    Some(c) if c.len() == 1 => match ScalarValue::try_from_array(c, 0) {
+                        Ok(ScalarValue::TimestampMicrosecond(v, _)) => v,
+                        _ => return Ok(None),
+                    },
+                    _ => return Ok(None),
+                };
+                newest
+            }
         };
         if let Ok(mut c) = self.lake_newest.lock() {
             // One entry per symbol asked for, the latest learned; many

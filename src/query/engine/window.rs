@@ -503,10 +503,50 @@ impl Engine {
         })
     }
 
+    /// What a window kept at `snapshot_id` says of the lake's newest row
+    /// of `key`: `(from, newest)`, the newest timestamp at or after `from`.
+    /// An entry holds every lake row at or after its own start, so when it
+    /// holds any, the newest of them is the lake's newest of all.
+    pub(super) fn kept_newest(&self, key: &Key, snapshot_id: i64) -> Option<(i64, Option<i64>)> {
+        let c = self.windows.lock().ok()?;
+        let w = c
+            .entries
+            .get(key)
+            .filter(|w| w.snapshot_id == snapshot_id)?;
+        let mut newest = None::<i64>;
+        for b in &w.rows {
+            if let Some(m) = timestamps(b).ok()?.values().iter().max() {
+                newest = Some(newest.map_or(*m, |n| n.max(*m)));
+            }
+        }
+        Some(match newest {
+            Some(n) => (i64::MIN, Some(n)),
+            None => (w.from, None),
+        })
+    }
+
     fn keep_window(&self, key: Key, w: LakeWindow) {
         if let Ok(mut c) = self.windows.lock() {
             c.put(key, w, self.limits.recent_cache_bytes);
         }
+    }
+
+    /// Carries every window kept to `table`'s current snapshot, before it
+    /// is pinned (`Engine::refresh`). Background work, with a request's
+    /// limits.
+    pub(super) async fn carry_windows_to(&self, table: &iceberg::table::Table) {
+        if self.limits.recent_cache_bytes == 0 {
+            return;
+        }
+        let cancel = Cancel::after(self.limits.timeout_ms);
+        let q = Request {
+            cancel: &cancel,
+            memory: AnswerMemory::new(
+                &self.ctx.runtime_env().memory_pool,
+                self.limits.max_memory_bytes,
+            ),
+        };
+        self.refresh_windows(&Pin::lake_at(table.clone()), &q).await;
     }
 
     /// Carries every window kept to `pin`'s snapshot, after a commit, so
