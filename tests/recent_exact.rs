@@ -17,8 +17,9 @@ use ticklake::lake::commit::{self, KafkaOffsets};
 use ticklake::lake::schema::TRADES_TABLE;
 use ticklake::lake::{self, TableKind};
 use ticklake::messages::consumer::Committed;
+use ticklake::messages::observe::Observe;
 use ticklake::messages::query::{QueryRequest, RecentRequest};
-use ticklake::messages::tail::{TailRow, Tailed};
+use ticklake::messages::tail::{QueryPinned, TailRow, TailState, Tailed};
 use ticklake::model::{Dec8, Side, TradeV2};
 use ticklake::query::engine::Engine;
 
@@ -82,6 +83,12 @@ struct Fixture {
 /// `cache_bytes`: `api.recent_cache_bytes` (0: the lake is read at every
 /// page).
 async fn fixture(cache_bytes: usize) -> Fixture {
+    fixture_with(cache_bytes, None).await
+}
+
+/// `query_grace`: the tail keeps a commit's rows until told the query side
+/// pins the new snapshot, as in the daemon (`TailActor::with_query_pins`).
+async fn fixture_with(cache_bytes: usize, query_grace: Option<std::time::Duration>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::default().under(dir.path());
     cfg.api.max_rows = 1000;
@@ -115,7 +122,11 @@ async fn fixture(cache_bytes: usize) -> Fixture {
             .unwrap();
     }
     let view = ticklake::query::tail::TailView::default();
-    let tail = TailActor::new("test", 1_000_000, schema.clone(), view.clone()).start();
+    let mut tail = TailActor::new("test", 1_000_000, schema.clone(), view.clone());
+    if let Some(grace) = query_grace {
+        tail = tail.with_query_pins(grace);
+    }
+    let tail = tail.start();
     let rows: Vec<TailRow> = (lake_n..lake_n + 3000)
         .map(|i| {
             let (s, x, ts) = shape(i, true);
@@ -432,4 +443,41 @@ async fn windows_far_larger_than_their_page_are_read_once_and_served_through_com
     assert!(c2["carried"] > c1["carried"], "{c2:?}");
     assert_eq!(c2["read"] + c2["not_kept"], reads, "{c2:?}");
     println!("{answers} recent answers equal brute force; {c2:?}");
+}
+
+/// As in the daemon, the tail keeps a commit's rows until the query side
+/// pins the new snapshot. Every page is exact at each step: before the
+/// engine learns of the commit (the older snapshot, and the tail rows past
+/// it, the committed ones among them), once it pins the new snapshot while
+/// the tail still holds the committed rows, and after the tail lets them
+/// go.
+#[actix_rt::test]
+async fn recent_pages_stay_exact_while_the_tail_waits_for_the_query_side() {
+    let f = fixture_with(64 << 20, Some(std::time::Duration::from_secs(600))).await;
+    let tail_rows = || async { f.tail.send(Observe::<TailState>::new()).await.unwrap().rows };
+    let (mut checked, before) = check_every_page(&f).await;
+    assert!(before.is_some());
+    let snapshot = commit_tail(&f, f.lake_n, f.lake_n + 1000).await;
+    assert_eq!(tail_rows().await, 3000, "kept after the commit");
+    let (n, pinned) = check_every_page(&f).await;
+    checked += n;
+    assert_eq!(
+        pinned, before,
+        "the older snapshot until the engine pins the new one"
+    );
+    f.engine.refresh().await;
+    let (n, pinned) = check_every_page(&f).await;
+    checked += n;
+    assert_eq!(pinned, Some(snapshot));
+    let mut offsets = KafkaOffsets {
+        cluster_id: "test".into(),
+        ..Default::default()
+    };
+    offsets.set("t.trades", 0, (f.lake_n + 1000) as i64);
+    f.tail.send(QueryPinned { offsets }).await.unwrap();
+    assert_eq!(tail_rows().await, 2000, "let go once the query side pins");
+    let (n, pinned) = check_every_page(&f).await;
+    checked += n;
+    assert_eq!(pinned, Some(snapshot));
+    println!("{checked} recent answers equal brute force");
 }

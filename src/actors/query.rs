@@ -19,6 +19,7 @@ use crate::lake::schema::{BARS_TABLE, TRADES_TABLE};
 use crate::messages::consumer::Committed;
 use crate::messages::observe::Observe;
 use crate::messages::query::{Answer, LakeChanged, QueryDone, QueryError, RunQuery};
+use crate::messages::tail::QueryPinned;
 use crate::query::cancel::Cancel;
 use crate::query::engine::Engine;
 
@@ -62,6 +63,8 @@ impl ObservableState for QueryState {
 
 pub struct QueryActor {
     engine: Arc<Engine>,
+    /// Told when a commit's snapshot is pinned (`TailActor::with_query_pins`).
+    tail: Option<Recipient<QueryPinned>>,
     /// One permit per query allowed to run at once (`api.max_concurrent`).
     slots: Arc<tokio::sync::Semaphore>,
     state: QueryState,
@@ -73,9 +76,16 @@ impl QueryActor {
         Self {
             slots: Arc::new(tokio::sync::Semaphore::new(engine.max_concurrent())),
             engine,
+            tail: None,
             state: QueryState::default(),
             published: Published::new(QueryState::default()),
         }
+    }
+
+    /// Tells `tail` when each commit's snapshot is pinned.
+    pub fn with_tail(mut self, tail: Recipient<QueryPinned>) -> Self {
+        self.tail = Some(tail);
+        self
     }
 
     /// The state this actor publishes after every change.
@@ -191,8 +201,20 @@ impl Handler<Committed> for QueryActor {
         self.state.last_snapshot_id = Some(msg.snapshot_id);
         self.published.publish(&self.state);
         let engine = self.engine.clone();
+        let tail = self.tail.clone();
+        let offsets = msg.offsets;
         tokio::spawn(async move {
-            engine.refresh().await;
+            // On the query runtime, as the queries waiting for it would.
+            let e = engine.clone();
+            let pinned = crate::query::pool::handle().spawn(async move { e.refresh().await });
+            if let Err(e) = pinned.await {
+                tracing::warn!(error = %e, "query: pinning the new snapshot failed");
+            }
+            // Pinned or not, the tail may now let the committed rows go: a
+            // query that cannot pin the older snapshot loads the new one.
+            if let Some(tail) = tail {
+                tail.do_send(QueryPinned { offsets });
+            }
             // Off the pool: nobody waits on it.
             let learn = crate::lake::background::handle()
                 .spawn(async move { engine.learn_lake_facts().await });

@@ -299,6 +299,10 @@ struct QuerySide {
     query_state: Arc<dyn StatusNode>,
 }
 
+/// How long the tail keeps a commit's rows at most while the query actor
+/// pins the new snapshot: it takes milliseconds, but runs behind queries.
+const QUERY_PIN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The tail and the query actor. Both hear of every trades commit; they
 /// are told before any row can reach the writer, so none is missed.
 async fn tail_and_query(
@@ -325,9 +329,6 @@ async fn tail_and_query(
         engine = engine.with_bars_cached();
     }
     let trades_schema = engine.trades_schema();
-    let query_actor = QueryActor::new(Arc::new(engine));
-    let query_state = query_actor.subscribe();
-    let query = query_actor.start();
     let tail_actor = TailActor::new(
         &kafka.cluster_id,
         cfg.tail.max_rows,
@@ -335,9 +336,13 @@ async fn tail_and_query(
         tail_view,
     )
     .with_writer(trades.clone().recipient())
-    .with_metrics(metrics.clone());
+    .with_metrics(metrics.clone())
+    .with_query_pins(QUERY_PIN_GRACE);
     let tail_state = tail_actor.subscribe();
     let tail = TailActor::start_in_arbiter(lake_thread, move |_| tail_actor);
+    let query_actor = QueryActor::new(Arc::new(engine)).with_tail(tail.clone().recipient());
+    let query_state = query_actor.subscribe();
+    let query = query_actor.start();
     trades.do_send(AddCommitListener(tail.clone().recipient()));
     trades.do_send(AddCommitListener(query.clone().recipient()));
     Ok(QuerySide {

@@ -39,6 +39,16 @@ pub enum Tailed {
     Rows(Vec<TailRow>),
 }
 
+/// From the query side, after a trades commit: it now pins the snapshot of
+/// `offsets` (or gave up trying), so the rows below them may go. Until
+/// then queries still pin the snapshot before it, which needs those rows
+/// from the tail.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct QueryPinned {
+    pub offsets: KafkaOffsets,
+}
+
 /// Which tail rows a query can use. Every field narrows; `None` means no
 /// restriction. Bounds are inclusive, in UTC microseconds. The tail returns
 /// exactly the rows that match; a query still re-applies its own predicates

@@ -400,6 +400,11 @@ impl Engine {
                 if let Err(e) = self.live.prepare(&t).await {
                     tracing::debug!(error = %e, "query: indexing the new snapshot's files failed; the first scan retries");
                 }
+                // And the recent windows kept carried to it, so that its
+                // first pages come from memory. Until it is pinned, queries
+                // pin the snapshot before, with the tail rows past that,
+                // which the tail keeps until told (`QueryPinned`).
+                self.carry_windows_to(&t).await;
                 self.pinned.set(t)
             }
             Err(e) => tracing::warn!(error = %e, "query: reloading the trades table failed"),
