@@ -478,14 +478,13 @@ impl Engine {
                     .aggregate(vec![], vec![max(col("timestamp")).alias("newest")])
                     .map_err(df_err)?;
                 let (rows, _) = collect(df, q, None).await?;
-                let newest = match rows.batches.first().map(|b| b.column(0)) {
+                match rows.batches.first().map(|b| b.column(0)) {
                     Some(c) if c.len() == 1 => match ScalarValue::try_from_array(c, 0) {
                         Ok(ScalarValue::TimestampMicrosecond(v, _)) => v,
                         _ => return Ok(None),
                     },
                     _ => return Ok(None),
-                };
-                newest
+                }
             }
         };
         if let Ok(mut c) = self.lake_newest.lock() {
