@@ -7,8 +7,6 @@
 //! `ingestion_timestamp`, which the feed actor stamps when the frame
 //! arrives. Run on a release build; a debug build measures the compiler.
 
-use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,9 +19,11 @@ use crate::tools::capture::CapturedFrame;
 use crate::tools::replay::{Pacing, ReplayOptions, ReplayServer};
 
 mod history;
+mod poll;
 mod upkeep;
 
 pub use history::PlanProfile;
+use poll::{Page, get, write_trades_csv};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchApiError {
@@ -173,56 +173,6 @@ fn frames(n: usize, rate: f64) -> Vec<CapturedFrame> {
             }
         })
         .collect()
-}
-
-/// `GET path` on loopback; the body.
-fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
-    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
-    let (head, body) = buf.split_once("\r\n\r\n").ok_or("no header end")?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("{head}\n{body}"));
-    }
-    Ok(body.to_string())
-}
-
-/// One line per measured trade, in the order the feed stamped them: when
-/// it was stamped and when an answer first held it (UTC microseconds), and
-/// the difference in milliseconds; to line the slow ones up with the
-/// daemon's log (its commits, say).
-fn write_trades_csv(path: &std::path::Path, seen: &[(i64, i64)]) -> std::io::Result<()> {
-    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
-    writeln!(w, "ingestion_us,answered_us,freshness_ms")?;
-    for (ingested, arrived) in seen {
-        writeln!(
-            w,
-            "{ingested},{arrived},{:.3}",
-            (arrived - ingested) as f64 / 1000.0
-        )?;
-    }
-    w.flush()
-}
-
-/// What the poller reads of an answer of `/v1/trades/recent`: borrowed,
-/// and nothing else kept. The poller shares the two cores with the daemon
-/// it measures; read into `serde_json::Value` trees, its parsing of
-/// 500-row pages took about a third of the process's CPU samples.
-#[derive(serde::Deserialize)]
-struct Page<'a> {
-    #[serde(borrow)]
-    trades: Vec<SeenTrade<'a>>,
-}
-
-#[derive(serde::Deserialize)]
-struct SeenTrade<'a> {
-    #[serde(borrow)]
-    message_id: std::borrow::Cow<'a, str>,
-    #[serde(borrow, default)]
-    ingestion_timestamp: Option<std::borrow::Cow<'a, str>>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -830,23 +780,6 @@ mod tests {
         }
         assert_eq!(c.stats().gaps, 0);
         assert_eq!(c.stats().tracked, SYMBOLS.len());
-    }
-
-    /// The poller's reading of an answer: every trade's id and stamp,
-    /// whatever else the answer holds; escaped text read right.
-    #[test]
-    fn the_poller_reads_ids_and_stamps_of_an_answer() {
-        let body = r#"{"source":"hybrid","snapshot_id":7,"count":2,"truncated":false,"trades":[
-            {"message_id":"a\"b","symbol":"BTCUSDT","price":"1.00000000","vendor_data":{"k":"v"},"ingestion_timestamp":"2026-12-04T14:03:01.000366Z"},
-            {"message_id":"c","ingestion_timestamp":null}]}"#;
-        let page: Page<'_> = serde_json::from_str(body).unwrap();
-        assert_eq!(page.trades.len(), 2);
-        assert_eq!(page.trades[0].message_id, "a\"b");
-        assert_eq!(
-            page.trades[0].ingestion_timestamp.as_deref(),
-            Some("2026-12-04T14:03:01.000366Z")
-        );
-        assert_eq!(page.trades[1].ingestion_timestamp, None);
     }
 
     #[test]
