@@ -687,7 +687,11 @@ fn source_of(fig: &Figment, key: &str, file: Option<&Path>) -> String {
 
 fn from_figment(e: figment::Error, file: Option<&Path>) -> ConfigError {
     let mut key = e.path.join(".");
-    if let figment::error::Kind::UnknownField(field, _) = &e.kind {
+    // figment's path of an unknown field sometimes ends with the field
+    // already: `[lake] data_dir` was named `lake.data_dir.data_dir`.
+    if let figment::error::Kind::UnknownField(field, _) = &e.kind
+        && e.path.last() != Some(field)
+    {
         key = if key.is_empty() {
             field.clone()
         } else {
@@ -748,8 +752,12 @@ mod tests {
         jailed(|| {
             let f = write("[kafka]\nbrokerz = \"x\"\n");
             let e = Config::load(Some(f.path())).unwrap_err().to_string();
-            assert!(e.contains("kafka.brokerz"), "{e}");
+            assert!(e.contains("key `kafka.brokerz` in"), "{e}");
             assert!(e.contains(&f.path().display().to_string()), "{e}");
+            // A top-level key put under a section.
+            let f = write("[lake]\ndata_dir = \"x\"\n");
+            let e = Config::load(Some(f.path())).unwrap_err().to_string();
+            assert!(e.contains("key `lake.data_dir` in"), "{e}");
         });
     }
 
