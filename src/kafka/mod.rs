@@ -195,10 +195,9 @@ pub fn producer_config(cfg: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     c
 }
 
-/// The consumer's `fetch.wait.max.ms` unless `kafka.properties` sets it:
-/// on a real broker, and on the embedded cluster (see `consumer_config`).
+/// The consumer's `fetch.wait.max.ms` unless `kafka.properties` sets it
+/// (see `consumer_config`).
 pub const FETCH_WAIT_MS: u32 = 10;
-pub const EMBEDDED_FETCH_WAIT_MS: u32 = 2;
 
 /// Consumer settings: no auto commit (the lake's snapshot is the truth),
 /// and read only committed data.
@@ -216,16 +215,14 @@ pub fn consumer_config(cfg: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     // fetch as soon as a record arrives, so there the wait only paces the
     // fetches of an idle topic. The embedded cluster does not cut the wait
     // short (librdkafka's mock broker holds an empty fetch for all of it),
-    // so there the wait is added to every record's way to the tail: 10 ms
-    // gave `bench-api freshness --rate 10000` a p50 of 12 ms and a p99 of
-    // 33 ms, 2 ms gave 7.7 and 25.7, for 3 % of a core more while idle.
+    // so there it adds to every record's way to the tail, and 2 ms took
+    // `bench-api freshness --rate 10000` from a p50 of 12 to 8 ms. But it
+    // also cost 1 to 2 CPU-µs a trade at full load in `ticklake bench`
+    // (more, smaller fetches: the mock's thread alone took 0.46 to 0.55 s
+    // against 0.21 to 0.38 s), and freshness holds its bound at 10 ms
+    // (p99 25 to 29 ms), so the default is 10 ms on both.
     if !cfg.properties.contains_key("fetch.wait.max.ms") {
-        let ms = if cfg.is_embedded() {
-            EMBEDDED_FETCH_WAIT_MS
-        } else {
-            FETCH_WAIT_MS
-        };
-        c.set("fetch.wait.max.ms", ms.to_string());
+        c.set("fetch.wait.max.ms", FETCH_WAIT_MS.to_string());
     }
     c
 }
@@ -331,17 +328,16 @@ mod tests {
     }
 
     #[test]
-    fn the_fetch_wait_is_short_on_the_embedded_cluster_unless_the_properties_say_otherwise() {
+    fn consumers_wait_10_ms_for_a_fetch_unless_the_properties_say_otherwise() {
         let mut cfg = KafkaConfig::default();
-        assert!(cfg.is_embedded());
+        for brokers in ["embedded", "127.0.0.1:9092"] {
+            cfg.brokers = brokers.into();
+            let c = consumer_config(&cfg, "127.0.0.1:9092");
+            assert_eq!(c.get("fetch.wait.max.ms"), Some("10"), "{brokers}");
+        }
+        cfg.properties
+            .insert("fetch.wait.max.ms".into(), "2".into());
         let c = consumer_config(&cfg, "127.0.0.1:9092");
         assert_eq!(c.get("fetch.wait.max.ms"), Some("2"));
-        cfg.brokers = "127.0.0.1:9092".into();
-        let c = consumer_config(&cfg, "127.0.0.1:9092");
-        assert_eq!(c.get("fetch.wait.max.ms"), Some("10"));
-        cfg.properties
-            .insert("fetch.wait.max.ms".into(), "100".into());
-        let c = consumer_config(&cfg, "127.0.0.1:9092");
-        assert_eq!(c.get("fetch.wait.max.ms"), Some("100"));
     }
 }
