@@ -429,13 +429,7 @@ impl Engine {
         req: QueryRequest,
         cancel: &Cancel,
     ) -> Result<Answer, QueryError> {
-        let q = Request {
-            cancel,
-            memory: AnswerMemory::new(
-                &self.ctx.runtime_env().memory_pool,
-                self.limits.max_memory_bytes,
-            ),
-        };
+        let q = self.request(cancel);
         let fut = async {
             match req {
                 QueryRequest::Trades(r) => self.trades(r, &q).await,

@@ -214,6 +214,18 @@ fn page_of(rows: &[RecordBatch], limit: usize, q: &Request<'_>) -> Result<Held, 
 }
 
 impl Engine {
+    /// What a request (or background work with a request's limits) runs
+    /// with: `cancel`, and answer memory within `api.max_memory_bytes`.
+    pub(super) fn request<'a>(&self, cancel: &'a Cancel) -> Request<'a> {
+        Request {
+            cancel,
+            memory: AnswerMemory::new(
+                &self.ctx.runtime_env().memory_pool,
+                self.limits.max_memory_bytes,
+            ),
+        }
+    }
+
     /// Learns, at the pinned snapshot, what `/v1/trades/recent` knew of the
     /// lake at an older one (the newest trade of each symbol asked so far),
     /// so that a poller's first page after a commit need not read the lake
@@ -238,13 +250,7 @@ impl Engine {
         let lake = Arc::new(self.live.at(pin.clone()));
         // Background work, with a request's limits all the same.
         let cancel = Cancel::after(self.limits.timeout_ms);
-        let q = Request {
-            cancel: &cancel,
-            memory: AnswerMemory::new(
-                &self.ctx.runtime_env().memory_pool,
-                self.limits.max_memory_bytes,
-            ),
-        };
+        let q = self.request(&cancel);
         self.refresh_windows(&pin, &q).await;
         for (key, from) in known {
             let window = RecentWindow::new(&key, from);

@@ -539,13 +539,7 @@ impl Engine {
             return;
         }
         let cancel = Cancel::after(self.limits.timeout_ms);
-        let q = Request {
-            cancel: &cancel,
-            memory: AnswerMemory::new(
-                &self.ctx.runtime_env().memory_pool,
-                self.limits.max_memory_bytes,
-            ),
-        };
+        let q = self.request(&cancel);
         self.refresh_windows(&Pin::lake_at(table.clone()), &q).await;
     }
 
