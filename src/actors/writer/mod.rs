@@ -314,8 +314,8 @@ impl WriterActor {
     /// with it. Until the last slice, the ids stay in `in_commit_ids`,
     /// which every lookup consults, so they are duplicates throughout.
     fn remember_committed(&mut self, ctx: &mut Context<Self>) {
-        // A commit before the last one's ids were all remembered: finish.
-        self.remember(usize::MAX);
+        // `start_flush` finished the last commit's slices before this
+        // commit took over `in_commit_ids`, so `remembering` is empty.
         self.remembering = self.in_commit_ids.iter().copied().collect();
         self.remembering_at = crate::model::now_us();
         if self.remembering.is_empty() {

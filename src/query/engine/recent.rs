@@ -251,7 +251,8 @@ impl Engine {
         // Background work, with a request's limits all the same.
         let cancel = Cancel::after(self.limits.timeout_ms);
         let q = self.request(&cancel);
-        self.refresh_windows(&pin, &q).await;
+        // The kept windows were carried to this snapshot before it was
+        // pinned (`Engine::refresh`).
         for (key, from) in known {
             let window = RecentWindow::new(&key, from);
             // A window kept for these pages answers them (`recent`), so

@@ -535,9 +535,6 @@ impl Engine {
     /// is pinned (`Engine::refresh`). Background work, with a request's
     /// limits.
     pub(super) async fn carry_windows_to(&self, table: &iceberg::table::Table) {
-        if self.limits.recent_cache_bytes == 0 {
-            return;
-        }
         let cancel = Cancel::after(self.limits.timeout_ms);
         let q = self.request(&cancel);
         self.refresh_windows(&Pin::lake_at(table.clone()), &q).await;
