@@ -119,10 +119,11 @@ fn memory_stays_bounded_past_the_capacity() {
     // Keys exactly at capacity; the index at most twice the buckets it needs.
     let buckets = (cap * 8 / 7).next_power_of_two();
     assert!(after.exact_bytes <= cap * 16 + 2 * buckets * 5 + 16 + 16 * 1024);
-    // 60 bits a key of capacity at 1e-6, in two generations.
+    // 2 x 75 bits a key of capacity at 1e-6 (split-block filters), in two
+    // generations, rounded up to whole 32-byte blocks.
     let bloom_bits_per_key = (after.bloom_bytes * 8) as f64 / cap as f64;
     assert!(
-        (55.0..66.0).contains(&bloom_bits_per_key),
+        (150.0..151.0).contains(&bloom_bits_per_key),
         "{bloom_bits_per_key}"
     );
     let (set, all) = d.bloom_bits_set();
@@ -168,6 +169,7 @@ fn rates_out_of_bounds_fall_back() {
         (0.5, DEFAULT_FALSE_POSITIVE_RATE),
         (f64::NAN, DEFAULT_FALSE_POSITIVE_RATE),
         (1e-30, MIN_FALSE_POSITIVE_RATE),
+        (1e-12, MIN_FALSE_POSITIVE_RATE),
         (1e-3, 1e-3),
     ] {
         assert_eq!(Dedup::with_rate(10, asked).false_positive_rate(), built);
@@ -214,4 +216,62 @@ fn a_prepared_dedup_builds_its_filter_before_the_first_id() {
     assert!(!d.first_time_key_at(7, 0));
     assert_eq!(d.stats().bloom_bytes, built, "not built twice");
     assert_eq!(d.stats().false_positives, 0);
+}
+
+/// The split-block filter's false-positive model against what a filter
+/// built by it does: sized for a rate, a full generation's measured rate
+/// over a million fresh probes is within the rate (and not far below it:
+/// the model is not merely an upper bound), and the fill estimate matches
+/// the bits counted.
+#[test]
+fn split_block_filters_are_sized_by_their_measured_false_positive_rate() {
+    for rate in [1e-2, 1e-3] {
+        let cap = 100_000usize;
+        let mut d = Dedup::seeded(cap, rate, SEED);
+        // Fill the current generation exactly; the older stays empty.
+        for k in 0..cap as u128 {
+            d.first_time_key_at(k, 0);
+        }
+        let probes = 1_000_000u128;
+        for k in 0..probes {
+            d.contains_key(u128::MAX - k);
+        }
+        let measured = d.stats().false_positives as f64 / probes as f64;
+        // The full generation is built for rate / 2; the empty one adds 0.
+        let expected = d.stats().expected_false_positive_rate;
+        assert!(
+            expected <= rate / 2.0 && expected > rate / 4.0,
+            "{expected}"
+        );
+        assert!(
+            (measured - expected).abs() < expected * 0.2,
+            "rate {rate}: measured {measured}, model {expected}"
+        );
+        let (set, all) = d.bloom_bits_set();
+        let counted = set as f64 / all as f64;
+        assert!(
+            (d.stats().bloom_fill_ratio - counted).abs() < 0.01,
+            "{counted} {:?}",
+            d.stats()
+        );
+    }
+}
+
+/// The sizing: more bits for a lower rate, none wasted (one bit fewer
+/// misses the rate), and the model's known points (Parquet's sizing table:
+/// about 1 % at 10 bits a key, 0.1 % at 16).
+#[test]
+fn bits_per_key_is_the_fewest_that_meet_the_rate() {
+    use bloom::{bits_per_key, false_positive};
+    let at = |bits: usize| false_positive(1.0, bits as f64 / 256.0);
+    assert!((at(10) - 0.0126).abs() < 0.001, "{}", at(10));
+    assert!((at(16) - 0.00132).abs() < 0.0001, "{}", at(16));
+    let mut last = 0;
+    for rate in [0.25, 1e-2, 1e-3, 5e-6, 5e-7, 5e-10] {
+        let b = bits_per_key(rate);
+        assert!(at(b) <= rate && at(b - 1) > rate, "{rate}: {b}");
+        assert!(b > last);
+        last = b;
+    }
+    assert_eq!(bits_per_key(5e-7), 75);
 }
