@@ -1,0 +1,43 @@
+//! The dedup's Bloom filters are in memory once built, under the allocator
+//! the daemon runs with. mimalloc hands out a large zeroed block fresh from
+//! the OS without writing it, so its pages are only mapped (and zeroed by
+//! the kernel) when first written; a filter left so would fault tens of
+//! megabytes in at random under its first ids, on the ingest path. The
+//! system allocator writes aligned zeroed blocks itself, so a test under it
+//! (the library's own tests) could not tell the difference: this one runs
+//! in its own binary with mimalloc.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// This process's resident memory, from the kernel.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS line");
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in kB");
+    kb * 1024
+}
+
+#[test]
+fn a_prepared_dedup_has_its_bloom_filters_in_memory() {
+    // The writer's default capacity and rate: two generations, 47 MB.
+    let lazy = ticklake::dedup::Dedup::with_rate(4_000_000, 1e-5);
+    assert_eq!(lazy.stats().bloom_bytes, 0, "nothing built yet");
+    let before = resident_bytes();
+    let d = lazy.prepared();
+    let after = resident_bytes();
+    let bloom = d.stats().bloom_bytes as u64;
+    assert!(bloom > 40_000_000, "{bloom}");
+    let grew = after.saturating_sub(before);
+    assert!(
+        grew >= bloom / 10 * 9,
+        "building {bloom} bytes of filter mapped only {grew} (resident {before} -> {after})"
+    );
+}
