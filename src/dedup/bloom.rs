@@ -147,8 +147,19 @@ impl Generations {
         // Keys come hashed by the window's keyed hasher; the filter takes
         // the 64-bit hash as it is.
         let bits = bits_per_key(self.rate).min(MAX_BLOCKS / n.max(1) * BLOCK_BITS as usize);
+        let bits = bits.max(1);
+        // The crate does not check its allocation: a size the allocator
+        // refuses (a capacity far beyond the machine) would be a null
+        // pointer later. Asked first, it fails as any other allocation
+        // does, naming its size.
+        let bytes = (bits * n / 8).div_ceil(BLOCK_BYTES).max(1) * BLOCK_BYTES;
+        if Vec::<u8>::new().try_reserve_exact(bytes).is_err() {
+            let layout = std::alloc::Layout::from_size_align(bytes, 64)
+                .unwrap_or_else(|_| std::alloc::Layout::new::<[u8; 64]>());
+            std::alloc::handle_alloc_error(layout);
+        }
         let build = || {
-            let mut f = BloomFilter::new(bits.max(1), n);
+            let mut f = BloomFilter::new(bits, n);
             touch_pages(f.as_bytes_mut());
             f
         };
