@@ -10,19 +10,12 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// This process's resident memory, from the kernel.
+/// This process's resident memory, as the daemon's `rss_bytes` signal
+/// reads it.
 fn resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS line");
-    let kb: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in kB");
-    kb * 1024
+    memory_stats::memory_stats()
+        .expect("the process's memory figures")
+        .physical_mem as u64
 }
 
 #[test]

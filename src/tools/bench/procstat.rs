@@ -103,12 +103,10 @@ pub fn spent(before: &Threads, after: &Threads) -> Vec<ThreadCpu> {
     out
 }
 
-/// Resident memory now, in bytes (`VmRSS`).
+/// Resident memory now, in bytes, read as the daemon's `rss_bytes` signal
+/// reads it.
 pub fn resident_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    memory_stats::memory_stats().map(|m| m.physical_mem as u64)
 }
 
 #[cfg(test)]
