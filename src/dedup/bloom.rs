@@ -146,8 +146,10 @@ impl Generations {
         let n = self.per_generation as usize;
         // Keys come hashed by the window's keyed hasher; the filter takes
         // the 64-bit hash as it is.
+        // At least 1 bit a key (`bits_per_key`), and the cap that keeps the
+        // blocks within `MAX_BLOCKS` is at least 256, since the window's
+        // capacity (`n`) is at most `MAX_BLOCKS`.
         let bits = bits_per_key(self.rate).min(MAX_BLOCKS / n.max(1) * BLOCK_BITS as usize);
-        let bits = bits.max(1);
         // The crate does not check its allocation: a size the allocator
         // refuses (a capacity far beyond the machine) would be a null
         // pointer later. Asked first, it fails as any other allocation
