@@ -141,6 +141,30 @@ mod tests {
         assert!(e.contains("dedup.false_positive_rat"), "{e}");
     }
 
+    /// A dedup capacity the daemon could not hold names its key: past what
+    /// the window takes, or, with the other dedups, past the memory at
+    /// which the daemon breaks the circuit.
+    #[test]
+    fn dedup_capacities_that_cannot_fit_name_their_key() {
+        load("[writer]\ndedup_capacity = 100000000\n").unwrap();
+        let e = load("[writer]\ndedup_capacity = 4000000000\n").unwrap_err();
+        assert!(e.contains("writer.dedup_capacity"), "{e}");
+        assert!(e.contains("degradation.thresholds.rss_bytes"), "{e}");
+        let e = load("[writer]\ndedup_capacity = 5000000000\n").unwrap_err();
+        assert!(e.contains("writer.dedup_capacity"), "{e}");
+        assert!(e.contains("at most 4294967295"), "{e}");
+        // A lower rate costs more bits an id: 100 million ids fit at 1e-5
+        // (about 3.6 GiB), not at 1e-9 (about 14 GiB).
+        let e = load("[dedup]\nfalse_positive_rate = 1e-9\n[writer]\ndedup_capacity = 100000000\n")
+            .unwrap_err();
+        assert!(e.contains("writer.dedup_capacity"), "{e}");
+        // The limit is the operator's: raised, the same capacity loads.
+        load("[dedup]\nfalse_positive_rate = 1e-9\n[writer]\ndedup_capacity = 100000000\n[degradation.thresholds]\nrss_bytes = [2e9, 3e9, 4e9, 3e10]\n").unwrap();
+        let feed = "[feeds.binance]\ndedup_capacity = 3000000000\n";
+        let e = load(feed).unwrap_err();
+        assert!(e.contains("feeds.binance.dedup_capacity"), "{e}");
+    }
+
     /// The standby's half of hot standby: writers off, on a real broker only.
     #[test]
     fn writers_off_need_a_real_broker() {

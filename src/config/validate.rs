@@ -91,6 +91,51 @@ impl Config {
         Ok(())
     }
 
+    /// The message-id dedups (each enabled feed's and the trades writer's)
+    /// fill to their capacity and stay there, so together they must fit
+    /// below the resident memory at which the daemon breaks the circuit
+    /// (`degradation.thresholds.rss_bytes`, the last trigger): a capacity
+    /// past it would take the daemon there, or to the kernel's OOM killer,
+    /// by itself. The error names the largest one.
+    fn validate_dedup_memory(
+        &self,
+        err: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let rate = self.dedup.false_positive_rate;
+        let mut dedups: Vec<(String, usize)> = self
+            .feeds
+            .values()
+            .filter(|f| f.enabled)
+            .map(|f| (f.key("dedup_capacity"), f.dedup_capacity))
+            .collect();
+        if self.writer.enabled {
+            dedups.push(("writer.dedup_capacity".into(), self.writer.dedup_capacity));
+        }
+        let window_max = u32::MAX as usize;
+        if let Some((key, _)) = dedups.iter().find(|(_, c)| *c > window_max) {
+            return Err(err(key, format!("must be at most {window_max} ids")));
+        }
+        let bytes = |c: usize| crate::dedup::memory_at_capacity(c, rate);
+        let total: f64 = dedups.iter().map(|(_, c)| bytes(*c)).sum();
+        let limit = self.degradation.thresholds.rss_bytes[3];
+        let Some((key, capacity)) = dedups.into_iter().max_by_key(|(_, c)| *c) else {
+            return Ok(());
+        };
+        if total > limit {
+            const GIB: f64 = (1u64 << 30) as f64;
+            return Err(err(
+                &key,
+                format!(
+                    "{capacity} ids take about {:.2} GiB once full (exact window and Bloom filter at dedup.false_positive_rate {rate:e}), and all the dedups {:.2} GiB: more than the resident memory at which the daemon breaks the circuit (degradation.thresholds.rss_bytes, last trigger: {:.2} GiB)",
+                    bytes(capacity) / GIB,
+                    total / GIB,
+                    limit / GIB
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Every feed: a ws URL, symbols and channels its protocol knows, sane
     /// timers (none beyond a year), and no two enabled feeds storing the same exchange name
     /// (they would share a topic and a dedup window).
@@ -330,6 +375,7 @@ impl Config {
         if let Err(e) = self.dedup.validate() {
             return Err(err(e.key(), e.to_string()));
         }
+        self.validate_dedup_memory(&err)?;
         if let Err(e) = super::WarehouseUrl::parse(&self.warehouse()) {
             return Err(err("lake.warehouse", e.to_string()));
         }

@@ -69,6 +69,32 @@ impl Sizing {
     }
 }
 
+/// Bytes a dedup of `capacity` ids takes once full, with its Bloom filter
+/// built for `false_positive_rate` (within the bounds `Dedup::with_rate`
+/// applies): the window's keys and index as `Window::memory_bytes` counts
+/// them, and both generations of the filter. The window's runs of times
+/// are left out (one a commit). In `f64`, since a capacity from a config
+/// file can be far past what fits in memory.
+pub fn memory_at_capacity(capacity: usize, false_positive_rate: f64) -> f64 {
+    let rate = clamp_rate(false_positive_rate);
+    let n = capacity.clamp(1, u32::MAX as usize) as f64;
+    // hashbrown: a power-of-two bucket count at most 7/8 full, 4 bytes and
+    // a control byte a bucket.
+    let buckets = (n * 8.0 / 7.0).log2().ceil().exp2();
+    let window = n * size_of::<u128>() as f64 + buckets * (size_of::<u32>() + 1) as f64;
+    let filter = 2.0 * n * bloom::bits_per_key(rate / 2.0) as f64 / 8.0;
+    window + filter
+}
+
+/// The rate a filter is built for, given the one asked.
+fn clamp_rate(false_positive_rate: f64) -> f64 {
+    if false_positive_rate > 0.0 && false_positive_rate < 0.5 {
+        false_positive_rate.max(MIN_FALSE_POSITIVE_RATE)
+    } else {
+        DEFAULT_FALSE_POSITIVE_RATE
+    }
+}
+
 /// What a dedup costs and how its filter does.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DedupStats {
@@ -129,11 +155,7 @@ impl Dedup {
     /// [`with_rate`](Self::with_rate) with the hashes keyed by `seed`, so
     /// that which ids are false positives repeats (tests, benchmarks).
     pub fn seeded(capacity: usize, false_positive_rate: f64, seed: u128) -> Self {
-        let rate = if false_positive_rate > 0.0 && false_positive_rate < 0.5 {
-            false_positive_rate.max(MIN_FALSE_POSITIVE_RATE)
-        } else {
-            DEFAULT_FALSE_POSITIVE_RATE
-        };
+        let rate = clamp_rate(false_positive_rate);
         let window = Window::new(capacity, seed);
         Self {
             bloom: Generations::new(window.capacity(), rate),

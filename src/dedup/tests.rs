@@ -275,3 +275,28 @@ fn bits_per_key_is_the_fewest_that_meet_the_rate() {
     }
     assert_eq!(bits_per_key(5e-7), 75);
 }
+
+/// The estimate a config check uses is what a full dedup takes, and it
+/// grows with the capacity and as the rate falls.
+#[test]
+fn memory_at_capacity_is_what_a_full_dedup_takes() {
+    for (n, rate) in [(100_000usize, 1e-5), (250_000, 1e-7)] {
+        let mut d = Dedup::seeded(n, rate, SEED);
+        for k in 0..n as u128 {
+            assert!(d.first_time_key_at(k, 0));
+        }
+        let taken = d.stats().memory_bytes() as f64;
+        let estimate = memory_at_capacity(n, rate);
+        assert!(
+            (estimate - taken).abs() <= 0.05 * taken,
+            "{n} ids at {rate}: estimate {estimate}, taken {taken}"
+        );
+    }
+    assert!(memory_at_capacity(2_000_000, 1e-5) > 1.9 * memory_at_capacity(1_000_000, 1e-5));
+    assert!(memory_at_capacity(1_000_000, 1e-8) > memory_at_capacity(1_000_000, 1e-5));
+    // A capacity past what the window takes is sized as the window is.
+    assert_eq!(
+        memory_at_capacity(usize::MAX, 1e-5),
+        memory_at_capacity(u32::MAX as usize, 1e-5)
+    );
+}
