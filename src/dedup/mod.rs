@@ -206,6 +206,14 @@ impl Dedup {
         self.seen(key, self.window.hash(key))
     }
 
+    /// Loads what [`contains_key`](Self::contains_key) will read for `key`
+    /// into the CPU's cache, ahead of asking: a caller going through many
+    /// keys hints a few ahead of the one it asks about, so their memory
+    /// reads overlap.
+    pub fn prefetch_key(&self, key: u128) {
+        self.bloom.prefetch(self.window.hash(key));
+    }
+
     /// [`first_time`](Self::first_time) on a key from [`key`], remembering
     /// it as seen at `at_us` for [`forget_before`](Self::forget_before).
     pub fn first_time_key_at(&mut self, key: u128, at_us: i64) -> bool {

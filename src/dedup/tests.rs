@@ -300,3 +300,36 @@ fn memory_at_capacity_is_what_a_full_dedup_takes() {
         memory_at_capacity(u32::MAX as usize, 1e-5)
     );
 }
+
+/// The prefetch hint goes to the block the filter crate reads: after one
+/// insert into an empty filter, the only block with bits set is the one
+/// `block_of` names.
+#[test]
+fn the_prefetched_block_is_the_one_an_insert_sets() {
+    use bloom::block_of;
+    use sbbf_rs_safe::Filter;
+    let mut rng_state = 0x9e37_79b9_7f4a_7c15u64;
+    for blocks in [1usize, 7, 1000, 123_457] {
+        let mut f = Filter::new(256, blocks);
+        for _ in 0..50 {
+            rng_state = rng_state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let hash = rng_state;
+            f.reset();
+            f.insert_hash(hash);
+            let set: Vec<usize> = f
+                .as_bytes()
+                .chunks(32)
+                .enumerate()
+                .filter(|(_, b)| b.iter().any(|w| *w != 0))
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(
+                set,
+                vec![block_of(&f, hash)],
+                "{blocks} blocks, hash {hash:#x}"
+            );
+        }
+    }
+}
