@@ -154,7 +154,7 @@ mod tests {
         assert!(e.contains("writer.dedup_capacity"), "{e}");
         assert!(e.contains("at most 4294967295"), "{e}");
         // A lower rate costs more bits an id: 100 million ids fit at 1e-5
-        // (about 3.6 GiB), not at 1e-9 (about 14 GiB).
+        // (about 3.2 GiB), not at 1e-9 (about 11 GiB).
         let e = load("[dedup]\nfalse_positive_rate = 1e-9\n[writer]\ndedup_capacity = 100000000\n")
             .unwrap_err();
         assert!(e.contains("writer.dedup_capacity"), "{e}");
