@@ -76,12 +76,11 @@ impl Handler<Consumed> for WriterActor {
                     // The committed ids' filter is tens of megabytes: each
                     // probe is a cache miss, so the ids a few rows ahead
                     // are hinted while this one is asked.
-                    const AHEAD: usize = 8;
-                    for k in chunk.keys.iter().take(AHEAD) {
+                    for k in chunk.keys.iter().take(super::PREFETCH_AHEAD) {
                         committed.prefetch_key(*k);
                     }
                     for (i, k) in chunk.keys.iter().enumerate() {
-                        if let Some(next) = chunk.keys.get(i + AHEAD) {
+                        if let Some(next) = chunk.keys.get(i + super::PREFETCH_AHEAD) {
                             committed.prefetch_key(*next);
                         }
                         let first = !committed.contains_key(*k)
