@@ -13,6 +13,7 @@ pub mod catalog;
 mod dedup;
 mod feeds;
 mod s3;
+pub mod sizing;
 mod validate;
 
 pub use dedup::{DEFAULT_FALSE_POSITIVE_RATE, DedupConfig, DedupConfigError};

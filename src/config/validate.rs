@@ -115,7 +115,7 @@ impl Config {
         if let Some((key, _)) = dedups.iter().find(|(_, c)| *c > window_max) {
             return Err(err(key, format!("must be at most {window_max} ids")));
         }
-        let bytes = |c: usize| crate::dedup::memory_at_capacity(c, rate);
+        let bytes = |c: usize| super::sizing::memory_at_capacity(c, rate);
         let total: f64 = dedups.iter().map(|(_, c)| bytes(*c)).sum();
         let limit = self.degradation.thresholds.rss_bytes[3];
         let Some((key, capacity)) = dedups.into_iter().max_by_key(|(_, c)| *c) else {

@@ -21,38 +21,12 @@
 
 use sbbf_rs_safe::Filter as BloomFilter;
 
-/// A block's bits, and its words' (a key sets one bit in each of 8 words).
-const BLOCK_BITS: f64 = 256.0;
-const WORD_BITS: f64 = 32.0;
+use crate::config::sizing::{BLOCK_BITS, WORD_BITS, bits_per_key, false_positive};
+
 /// Bytes of one block: `Filter::new` rounds its size up to whole blocks.
 const BLOCK_BYTES: usize = 32;
 /// The crate picks a key's block with 32 bits of its hash.
 const MAX_BLOCKS: usize = u32::MAX as usize;
-
-/// The chance that a key never inserted is a positive in a split-block
-/// filter holding `keys` keys in `blocks` blocks. Keys fall on blocks as a
-/// Poisson draw of mean `keys / blocks`; in a block holding `c` keys a
-/// probe is positive when each of its 8 bits is set, `(1 - (31/32)^c)^8`.
-pub(super) fn false_positive(keys: f64, blocks: f64) -> f64 {
-    let mean = if blocks > 0.0 { keys / blocks } else { 0.0 };
-    if mean <= 0.0 {
-        return 0.0;
-    }
-    let positive = |c: f64| (1.0 - (1.0 - 1.0 / WORD_BITS).powf(c)).powi(8);
-    if mean > 500.0 {
-        // exp(-mean) underflows; this full, every probe is about positive.
-        return positive(mean);
-    }
-    let (mut p, mut sum, mut c) = ((-mean).exp(), 0.0, 0.0);
-    // Terms past mean + 12 sigma (and at least 60) add nothing visible.
-    let last = mean + 12.0 * mean.sqrt() + 60.0;
-    while c <= last {
-        sum += p * positive(c);
-        c += 1.0;
-        p *= mean / c;
-    }
-    sum.min(1.0)
-}
 
 /// Writes a zero to every page of `bytes`. The filter's memory comes
 /// zeroed from the allocator, fresh from the OS for a large one, so no
@@ -93,14 +67,6 @@ fn prefetch_block(filter: &BloomFilter, hash: u64) {
 pub(super) fn block_of(filter: &BloomFilter, hash: u64) -> usize {
     let blocks = (filter.as_bytes().len() / BLOCK_BYTES) as u64;
     (((hash >> 32) * blocks) >> 32) as usize
-}
-
-/// The fewest bits a key of capacity that keep a full split-block filter
-/// within `rate`.
-pub(super) fn bits_per_key(rate: f64) -> usize {
-    (1..=4096)
-        .find(|&b| false_positive(1.0, b as f64 / BLOCK_BITS) <= rate)
-        .unwrap_or(4096)
 }
 
 pub(super) struct Generations {

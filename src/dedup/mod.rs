@@ -34,11 +34,12 @@ use window::Window;
 
 pub use crate::config::DEFAULT_FALSE_POSITIVE_RATE;
 
-/// The filter is never built for a lower rate: it already takes 96 bytes a
-/// key there (a split-block filter needs ever more bits as the rate falls),
-/// to save lookups that cost nothing measurable at 1e-5, and a typo
-/// (`1e-60`) would size it at gigabytes.
-pub const MIN_FALSE_POSITIVE_RATE: f64 = 1e-9;
+pub use crate::config::sizing::{MIN_FALSE_POSITIVE_RATE, memory_at_capacity};
+
+/// How many keys ahead the batch calls hint the filter's blocks: enough
+/// to cover a miss's latency with the work of the keys between, few enough
+/// that the hinted lines are still cached when asked.
+const PREFETCH_AHEAD: usize = 8;
 
 /// New ids between two updates of the memory and fill gauges.
 const REPORT_EVERY: u32 = 1_000;
@@ -66,32 +67,6 @@ impl Sizing {
             capacity,
             false_positive_rate,
         }
-    }
-}
-
-/// Bytes a dedup of `capacity` ids takes once full, with its Bloom filter
-/// built for `false_positive_rate` (within the bounds `Dedup::with_rate`
-/// applies): the window's keys and index as `Window::memory_bytes` counts
-/// them, and both generations of the filter. The window's runs of times
-/// are left out (one a commit). In `f64`, since a capacity from a config
-/// file can be far past what fits in memory.
-pub fn memory_at_capacity(capacity: usize, false_positive_rate: f64) -> f64 {
-    let rate = clamp_rate(false_positive_rate);
-    let n = capacity.clamp(1, u32::MAX as usize) as f64;
-    // hashbrown: a power-of-two bucket count at most 7/8 full, 4 bytes and
-    // a control byte a bucket.
-    let buckets = (n * 8.0 / 7.0).log2().ceil().exp2();
-    let window = n * size_of::<u128>() as f64 + buckets * (size_of::<u32>() + 1) as f64;
-    let filter = 2.0 * n * bloom::bits_per_key(rate / 2.0) as f64 / 8.0;
-    window + filter
-}
-
-/// The rate a filter is built for, given the one asked.
-fn clamp_rate(false_positive_rate: f64) -> f64 {
-    if false_positive_rate > 0.0 && false_positive_rate < 0.5 {
-        false_positive_rate.max(MIN_FALSE_POSITIVE_RATE)
-    } else {
-        DEFAULT_FALSE_POSITIVE_RATE
     }
 }
 
@@ -155,7 +130,7 @@ impl Dedup {
     /// [`with_rate`](Self::with_rate) with the hashes keyed by `seed`, so
     /// that which ids are false positives repeats (tests, benchmarks).
     pub fn seeded(capacity: usize, false_positive_rate: f64, seed: u128) -> Self {
-        let rate = clamp_rate(false_positive_rate);
+        let rate = crate::config::sizing::effective_rate(false_positive_rate);
         let window = Window::new(capacity, seed);
         Self {
             bloom: Generations::new(window.capacity(), rate),
@@ -206,12 +181,40 @@ impl Dedup {
         self.seen(key, self.window.hash(key))
     }
 
-    /// Loads what [`contains_key`](Self::contains_key) will read for `key`
-    /// into the CPU's cache, ahead of asking: a caller going through many
-    /// keys hints a few ahead of the one it asks about, so their memory
-    /// reads overlap.
-    pub fn prefetch_key(&self, key: u128) {
-        self.bloom.prefetch(self.window.hash(key));
+    /// [`contains_key`](Self::contains_key) for each of `keys`, in order.
+    /// The filter's blocks are tens of megabytes away from the cache: each
+    /// key's is hinted to the CPU `PREFETCH_AHEAD` keys before it is asked,
+    /// so the misses overlap instead of coming one after another.
+    pub fn contains_keys(&self, keys: &[u128]) -> Vec<bool> {
+        self.prefetch(keys, 0);
+        (0..keys.len())
+            .map(|i| {
+                self.prefetch(keys, i + PREFETCH_AHEAD);
+                self.contains_key(keys[i])
+            })
+            .collect()
+    }
+
+    /// [`first_time_key_at`](Self::first_time_key_at) for each of `keys`,
+    /// in order, all seen at `at_us`, hinted ahead as
+    /// [`contains_keys`](Self::contains_keys) does. The number of new ones.
+    pub fn first_time_keys_at(&mut self, keys: &[u128], at_us: i64) -> usize {
+        self.prefetch(keys, 0);
+        (0..keys.len())
+            .filter(|&i| {
+                self.prefetch(keys, i + PREFETCH_AHEAD);
+                self.first_time_key_at(keys[i], at_us)
+            })
+            .count()
+    }
+
+    /// Hints the filter's blocks for `keys[from]` (all the first
+    /// `PREFETCH_AHEAD` when `from` is 0), if there is such a key.
+    fn prefetch(&self, keys: &[u128], from: usize) {
+        let to = if from == 0 { PREFETCH_AHEAD } else { from + 1 };
+        for k in keys.iter().take(to).skip(from) {
+            self.bloom.prefetch(self.window.hash(*k));
+        }
     }
 
     /// [`first_time`](Self::first_time) on a key from [`key`], remembering

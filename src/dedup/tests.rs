@@ -262,7 +262,7 @@ fn split_block_filters_are_sized_by_their_measured_false_positive_rate() {
 /// about 1 % at 10 bits a key, 0.1 % at 16).
 #[test]
 fn bits_per_key_is_the_fewest_that_meet_the_rate() {
-    use bloom::{bits_per_key, false_positive};
+    use crate::config::sizing::{bits_per_key, false_positive};
     let at = |bits: usize| false_positive(1.0, bits as f64 / 256.0);
     assert!((at(10) - 0.0126).abs() < 0.001, "{}", at(10));
     assert!((at(16) - 0.00132).abs() < 0.0001, "{}", at(16));
@@ -331,5 +331,34 @@ fn the_prefetched_block_is_the_one_an_insert_sets() {
                 "{blocks} blocks, hash {hash:#x}"
             );
         }
+    }
+}
+
+/// The batch calls, which hint ahead, answer as the one-key calls do, in
+/// order, repeats within a batch included.
+#[test]
+fn batch_calls_answer_as_one_key_calls_do() {
+    let mut batch = Dedup::seeded(1_000, 1e-5, SEED);
+    let mut single = Dedup::seeded(1_000, 1e-5, SEED);
+    // 0..600 in two batches that overlap, with a repeat inside each.
+    for keys in [
+        (0..400u128).chain([7]).collect::<Vec<_>>(),
+        (300..600).chain([350]).collect(),
+    ] {
+        let one: usize = keys
+            .iter()
+            .filter(|k| single.first_time_key_at(**k, 5))
+            .count();
+        assert_eq!(batch.first_time_keys_at(&keys, 5), one);
+    }
+    assert_eq!(batch.len(), 600);
+    // Shorter than the hint distance, empty, and across what is held.
+    for keys in [vec![3u128, 900], vec![], (550..650).collect()] {
+        let one: Vec<bool> = keys.iter().map(|k| single.contains_key(*k)).collect();
+        assert_eq!(batch.contains_keys(&keys), one);
+        assert_eq!(
+            one.iter().filter(|s| **s).count(),
+            keys.iter().filter(|k| **k < 600).count()
+        );
     }
 }

@@ -73,19 +73,9 @@ impl Handler<Consumed> for WriterActor {
                         }
                     };
                     let mut keep = Vec::with_capacity(chunk.len());
-                    // The committed ids' filter is tens of megabytes: each
-                    // probe is a cache miss, so the ids a few rows ahead
-                    // are hinted while this one is asked.
-                    for k in chunk.keys.iter().take(super::PREFETCH_AHEAD) {
-                        committed.prefetch_key(*k);
-                    }
+                    let stored = committed.contains_keys(&chunk.keys);
                     for (i, k) in chunk.keys.iter().enumerate() {
-                        if let Some(next) = chunk.keys.get(i + super::PREFETCH_AHEAD) {
-                            committed.prefetch_key(*next);
-                        }
-                        let first = !committed.contains_key(*k)
-                            && !in_commit.contains(k)
-                            && buffered.insert(*k);
+                        let first = !stored[i] && !in_commit.contains(k) && buffered.insert(*k);
                         let a = at.next();
                         if let (Some(tally), Some(a), Some((e, s))) =
                             (tally.as_deref_mut(), a.as_ref(), names)

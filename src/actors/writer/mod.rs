@@ -41,12 +41,6 @@ use tally::{Fate, Tally};
 /// and added once per row on the ingest arbiter.
 type IdSet = crate::fastmap::FastSet<u128>;
 
-/// How many ids ahead the committed-id filter's blocks are hinted
-/// (`Dedup::prefetch_key`): enough to cover a miss's latency with the work
-/// of the ids between, few enough that the hinted lines are still cached
-/// when asked.
-const PREFETCH_AHEAD: usize = 8;
-
 /// Ids of a landed commit remembered per turn of the writer: a few
 /// milliseconds of Bloom filter inserts.
 const REMEMBER_PER_TURN: usize = 4096;
@@ -351,19 +345,8 @@ impl WriterActor {
             return;
         }
         let from = self.remembering.len().saturating_sub(n);
-        let slice = &self.remembering[from..];
-        // As the consumed chunks' lookups do (`Consumed`): the filter's
-        // blocks a few ids ahead are hinted so their misses overlap.
-        for k in slice.iter().take(PREFETCH_AHEAD) {
-            self.committed_ids.prefetch_key(*k);
-        }
-        for (i, k) in slice.iter().enumerate() {
-            if let Some(next) = slice.get(i + PREFETCH_AHEAD) {
-                self.committed_ids.prefetch_key(*next);
-            }
-            self.committed_ids
-                .first_time_key_at(*k, self.remembering_at);
-        }
+        self.committed_ids
+            .first_time_keys_at(&self.remembering[from..], self.remembering_at);
         self.remembering.truncate(from);
         if self.remembering.is_empty() {
             self.remembered();
