@@ -186,11 +186,11 @@ impl Dedup {
     /// key's is hinted to the CPU `PREFETCH_AHEAD` keys before it is asked,
     /// so the misses overlap instead of coming one after another.
     pub fn contains_keys(&self, keys: &[u128]) -> Vec<bool> {
-        self.prefetch(keys, 0);
+        let hashes = self.hinted_hashes(keys);
         (0..keys.len())
             .map(|i| {
-                self.prefetch(keys, i + PREFETCH_AHEAD);
-                self.contains_key(keys[i])
+                self.hint(&hashes, i + PREFETCH_AHEAD);
+                self.seen(keys[i], hashes[i])
             })
             .collect()
     }
@@ -199,28 +199,38 @@ impl Dedup {
     /// in order, all seen at `at_us`, hinted ahead as
     /// [`contains_keys`](Self::contains_keys) does. The number of new ones.
     pub fn first_time_keys_at(&mut self, keys: &[u128], at_us: i64) -> usize {
-        self.prefetch(keys, 0);
+        let hashes = self.hinted_hashes(keys);
         (0..keys.len())
             .filter(|&i| {
-                self.prefetch(keys, i + PREFETCH_AHEAD);
-                self.first_time_key_at(keys[i], at_us)
+                self.hint(&hashes, i + PREFETCH_AHEAD);
+                self.first_time_hashed(keys[i], hashes[i], at_us)
             })
             .count()
     }
 
-    /// Hints the filter's blocks for `keys[from]` (all the first
-    /// `PREFETCH_AHEAD` when `from` is 0), if there is such a key.
-    fn prefetch(&self, keys: &[u128], from: usize) {
-        let to = if from == 0 { PREFETCH_AHEAD } else { from + 1 };
-        for k in keys.iter().take(to).skip(from) {
-            self.bloom.prefetch(self.window.hash(*k));
+    /// Each key's hash, once, with the first `PREFETCH_AHEAD` hinted.
+    fn hinted_hashes(&self, keys: &[u128]) -> Vec<u64> {
+        let hashes: Vec<u64> = keys.iter().map(|k| self.window.hash(*k)).collect();
+        (0..PREFETCH_AHEAD).for_each(|i| self.hint(&hashes, i));
+        hashes
+    }
+
+    /// Hints the filter's blocks for `hashes[i]`, if there is one.
+    fn hint(&self, hashes: &[u64], i: usize) {
+        if let Some(h) = hashes.get(i) {
+            self.bloom.prefetch(*h);
         }
     }
 
     /// [`first_time`](Self::first_time) on a key from [`key`], remembering
     /// it as seen at `at_us` for [`forget_before`](Self::forget_before).
     pub fn first_time_key_at(&mut self, key: u128, at_us: i64) -> bool {
-        let hash = self.window.hash(key);
+        self.first_time_hashed(key, self.window.hash(key), at_us)
+    }
+
+    /// [`first_time_key_at`](Self::first_time_key_at) with the key's hash
+    /// already taken.
+    fn first_time_hashed(&mut self, key: u128, hash: u64, at_us: i64) -> bool {
         if self.seen(key, hash) {
             return false;
         }
