@@ -70,6 +70,31 @@ const HOLD: Duration = Duration::from_secs(10);
 const MAX_HELD: usize = 500_000;
 
 impl Intake {
+    /// Counts `t` as received and, when its message id is new, checks it
+    /// against its symbol's ids and gives its tier; `None` for a duplicate.
+    fn admit(&self, t: &TradeV2, now: i64) -> Option<Tier> {
+        // The parser names the stream; anything else is a plain trade.
+        let kind = match space_of(t) {
+            "aggTrade" => "aggTrade",
+            _ => "trade",
+        };
+        let tier = self.tiers.borrow_mut().tier(&t.exchange, &t.symbol);
+        self.events.trade_received(kind, tier);
+        if !self.dedup.borrow_mut().first_time(&t.message_id) {
+            self.events.duplicate(tier);
+            return None;
+        }
+        // Every trade the feed delivered counts for continuity, whoever
+        // publishes it: the ids are not missing.
+        if let (Some(c), Some(id)) = (&self.continuity, t.source_sequence) {
+            let seen = c
+                .borrow_mut()
+                .observe(&t.symbol, kind, id, t.timestamp_us, now);
+            self.note(seen);
+        }
+        Some(tier)
+    }
+
     /// The trades, past dedup, onto their tiers' lanes; each new one is
     /// checked against its symbol's ids. `now` (µs since the epoch) is when
     /// they arrived: the feed passes the time it read the frame at, so a
@@ -79,35 +104,24 @@ impl Intake {
         trades: &mut Vec<TradeV2>,
         now: i64,
     ) -> Result<(), ProducerGone> {
-        let mut fresh = Vec::with_capacity(trades.len());
-        for t in trades.drain(..) {
-            // The parser names the stream; anything else is a plain trade.
-            let kind = match space_of(&t) {
-                "aggTrade" => "aggTrade",
-                _ => "trade",
-            };
-            let tier = self.tiers.borrow_mut().tier(&t.exchange, &t.symbol);
-            self.events.trade_received(kind, tier);
-            if !self.dedup.borrow_mut().first_time(&t.message_id) {
-                self.events.duplicate(tier);
-                continue;
-            }
-            // Every trade the feed delivered counts for continuity, whoever
-            // publishes it: the ids are not missing.
-            if let (Some(c), Some(id)) = (&self.continuity, t.source_sequence) {
-                let seen = c
-                    .borrow_mut()
-                    .observe(&t.symbol, kind, id, t.timestamp_us, now);
-                self.note(seen);
-            }
-            fresh.push((t, tier));
-        }
         let Some(shared) = &self.shared else {
-            for (t, tier) in fresh {
-                self.send(Outgoing::trade(t, tier)).await?;
+            // Alone, each new trade goes straight to its lane rather than
+            // through a list first: moving every trade (some 280 bytes)
+            // into that list was 4 % of the feed thread's samples in a
+            // profile of `ticklake bench`.
+            for t in trades.drain(..) {
+                if let Some(tier) = self.admit(&t, now) {
+                    self.send(Outgoing::trade(t, tier)).await?;
+                }
             }
             return Ok(());
         };
+        let mut fresh = Vec::with_capacity(trades.len());
+        for t in trades.drain(..) {
+            if let Some(tier) = self.admit(&t, now) {
+                fresh.push((t, tier));
+            }
+        }
         let ids: Vec<&str> = fresh.iter().map(|(t, _)| t.message_id.as_str()).collect();
         let claims = match shared.claim(&ids).await {
             Ok(c) => c,
