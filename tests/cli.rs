@@ -175,6 +175,8 @@ fn bench_from_the_feed_commits_every_frame_and_reports_its_costs() {
         "cpu_us_per_trade",
         "produce_ceiling_per_s",
         "round_trip_ceiling_per_s",
+        "produce_ceiling_cpu_us",
+        "round_trip_ceiling_cpu_us",
     ] {
         assert!(r[k].as_f64().unwrap() > 0.0, "{k}: {r}");
     }

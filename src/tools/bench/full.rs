@@ -394,7 +394,7 @@ pub async fn measure(
 
     // The ceilings, on the same broker, after the daemon's run; without
     // them (a paced probe), rates of 0.
-    let (produce_secs, round_trip_secs, record_bytes) = if ceilings {
+    let (produce_secs, round_trip_secs, record_bytes, ceiling_cpu) = if ceilings {
         let registry = crate::kafka::registry::Registry::open(&cfg)?;
         let codec = crate::kafka::registry::codec(registry.as_dyn(), &cfg)?;
         let rows = feed_trades(&cfg, &played)?;
@@ -419,7 +419,11 @@ pub async fn measure(
         let round_trip = encode(&ceiling_topics[1])?;
         let (ceiling_cfg, bootstrap) = (cfg.clone(), d.bootstrap.clone());
         let embedded = cfg.kafka.is_embedded();
-        let (produce_secs, round_trip_secs) = tokio::task::spawn_blocking(move || {
+        let (produce_secs, round_trip_secs, ceiling_cpu) = tokio::task::spawn_blocking(move || {
+            // The process's CPU while each ceiling runs (the daemon beside
+            // it idle): what librdkafka alone costs a record, the budget
+            // against which the full path's CPU per trade is read.
+            let cpu_before = super::procstat::process_cpu();
             let produce = produce_all(
                 &ceiling_cfg,
                 &bootstrap,
@@ -428,6 +432,7 @@ pub async fn measure(
                 timeout,
                 None,
             )?;
+            let cpu_produced = super::procstat::process_cpu();
             drop(produce_only);
             // The embedded cluster keeps a few MiB a partition: a reader that
             // falls further behind loses records to its retention and never
@@ -446,13 +451,18 @@ pub async fn measure(
                 timeout,
                 lead,
             )?;
-            Ok::<_, BenchError>((produce, round_trip))
+            let cpu_after = super::procstat::process_cpu();
+            let cpu = (
+                (cpu_produced.saturating_sub(cpu_before)).as_secs_f64(),
+                (cpu_after.saturating_sub(cpu_produced)).as_secs_f64(),
+            );
+            Ok::<_, BenchError>((produce, round_trip, cpu))
         })
         .await
         .map_err(|e| BenchError::Producer(e.to_string()))??;
-        (produce_secs, round_trip_secs, record_bytes)
+        (produce_secs, round_trip_secs, record_bytes, ceiling_cpu)
     } else {
-        (f64::INFINITY, f64::INFINITY, 0)
+        (f64::INFINITY, f64::INFINITY, 0, (0.0, 0.0))
     };
     d.shutdown(Duration::from_secs(10)).await?;
     drop(exchange);
@@ -478,6 +488,8 @@ pub async fn measure(
         cpu_us_per_trade: cpu_secs * 1e6 / stored_n as f64,
         produce_ceiling_per_s: produce_per_s,
         round_trip_ceiling_per_s: round_trip_per_s,
+        produce_ceiling_cpu_us: ceiling_cpu.0 * 1e6 / n.max(1) as f64,
+        round_trip_ceiling_cpu_us: ceiling_cpu.1 * 1e6 / n.max(1) as f64,
         ratio_to_produce: ratio(per_s, produce_per_s),
         ratio_to_round_trip: ratio(per_s, round_trip_per_s),
         commits: commits_run,

@@ -30,6 +30,13 @@ pub struct FullReport {
     pub produce_ceiling_per_s: f64,
     /// Bare producer and bare consumer moving the same records.
     pub round_trip_ceiling_per_s: f64,
+    /// Process CPU per record while the produce-only ceiling ran, in µs
+    /// (0 without ceilings).
+    pub produce_ceiling_cpu_us: f64,
+    /// Process CPU per record while the produce-plus-consume ceiling ran,
+    /// in µs (0 without ceilings): librdkafka's own cost of moving a record
+    /// there and back, beside the full path's `cpu_us_per_trade`.
+    pub round_trip_ceiling_cpu_us: f64,
     pub ratio_to_produce: f64,
     pub ratio_to_round_trip: f64,
     pub commits: u64,
@@ -88,13 +95,13 @@ impl std::fmt::Display for FullReport {
         )?;
         writeln!(
             f,
-            "ceiling, produce only:        {:.0} records/s (ratio {:.3})",
-            self.produce_ceiling_per_s, self.ratio_to_produce
+            "ceiling, produce only:        {:.0} records/s (ratio {:.3}), {:.2} CPU-µs per record",
+            self.produce_ceiling_per_s, self.ratio_to_produce, self.produce_ceiling_cpu_us
         )?;
         writeln!(
             f,
-            "ceiling, produce + consume:   {:.0} records/s (ratio {:.3})",
-            self.round_trip_ceiling_per_s, self.ratio_to_round_trip
+            "ceiling, produce + consume:   {:.0} records/s (ratio {:.3}), {:.2} CPU-µs per record",
+            self.round_trip_ceiling_per_s, self.ratio_to_round_trip, self.round_trip_ceiling_cpu_us
         )?;
         let outcomes: Vec<String> = self
             .outcomes
