@@ -467,15 +467,26 @@ impl TailStore {
         };
         // This push's rows per symbol, each becoming one link.
         let mut fresh: FastMap<Arc<str>, Run> = Default::default();
+        // A chunk comes in runs of one partition: its index and pruned
+        // offset are looked up once a run, not by text once a row.
+        let mut last: Option<(&Arc<str>, i32, u32, Option<i64>)> = None;
         for (i, (topic, partition, offset)) in at.iter().enumerate().take(batch.num_rows()) {
-            if self
-                .pruned
-                .get(topic, *partition)
-                .is_some_and(|p| *offset < p)
-            {
+            let (p, pruned) = match last {
+                Some((t, tp, p, pruned))
+                    if tp == *partition && (Arc::ptr_eq(t, topic) || **t == **topic) =>
+                {
+                    (p, pruned)
+                }
+                _ => {
+                    let pruned = self.pruned.get(topic, *partition);
+                    let p = self.partition(topic, *partition);
+                    last = Some((topic, *partition, p, pruned));
+                    (p, pruned)
+                }
+            };
+            if pruned.is_some_and(|p| *offset < p) {
                 continue;
             }
-            let p = self.partition(topic, *partition);
             let newest = &mut self.newest[p as usize];
             if *offset <= *newest {
                 continue;
