@@ -10,15 +10,17 @@
 //! with the store instead of copying them:
 //!
 //! - rows are kept in sealed segments of at least `SEGMENT_ROWS` rows of
-//!   one symbol, as Arrow, which a scan hands out as they are (the buffers
-//!   are shared), so a query over 10,000 tail rows costs about as much as
-//!   one over 100;
+//!   one symbol. A segment names its rows in the consumer's chunks (Arrow
+//!   batches the writer shares) until a scan first reads it whole; that
+//!   scan gathers them into one batch, on its own thread, and the segment
+//!   keeps it, so later scans hand it out as it is (the buffers are
+//!   shared) and a query over 10,000 tail rows costs about as much as one
+//!   over 100;
 //! - the rows still being gathered for a symbol's next segment (its open
 //!   run) are a chain of immutable links, one per push, each naming its
-//!   rows in the consumer's chunk (an Arrow batch the writer shares), so
-//!   publishing needs no copy of them; a scan gathers the open rows it
-//!   reads into one batch, and sealing gathers a run's rows into its
-//!   segment.
+//!   rows in the consumer's chunk, so publishing needs no copy of them; a
+//!   scan gathers the open rows it reads into one batch. Sealing and
+//!   pruning copy no row: ingest never gathers.
 //!
 //! Publishing a snapshot therefore costs one pointer pair per symbol.
 
