@@ -180,7 +180,9 @@ fn bench_from_the_feed_commits_every_frame_and_reports_its_costs() {
     ] {
         assert!(r[k].as_f64().unwrap() > 0.0, "{k}: {r}");
     }
-    assert!(r["peak_rss_bytes"].as_u64().unwrap() > 0, "{r}");
+    let peak = r["peak_rss_bytes"].as_u64().unwrap();
+    let before = r["rss_before_daemon_bytes"].as_u64().unwrap();
+    assert!(before > 0 && before <= peak, "{r}");
     let threads = r["threads"].as_array().unwrap();
     let shares: f64 = threads.iter().map(|t| t["share"].as_f64().unwrap()).sum();
     assert!((shares - 1.0).abs() < 1e-6, "{r}");

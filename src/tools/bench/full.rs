@@ -292,6 +292,7 @@ pub async fn measure(
 
     let threads_before = procstat::threads();
     let cpu_before = procstat::process_cpu();
+    let rss_before_daemon = procstat::resident_bytes().unwrap_or(0);
     let d = daemon::start(cfg.clone()).await?;
     let sampling = Arc::new(AtomicBool::new(true));
     let peak = Arc::new(AtomicU64::new(0));
@@ -499,6 +500,7 @@ pub async fn measure(
         enrichment_skipped,
         outcomes: result_outcomes,
         peak_rss_bytes: peak.load(Ordering::Relaxed),
+        rss_before_daemon_bytes: rss_before_daemon,
         threads,
     })
 }

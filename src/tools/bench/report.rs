@@ -55,6 +55,10 @@ pub struct FullReport {
     pub outcomes: BTreeMap<String, u64>,
     /// Resident memory at its highest during the end-to-end run.
     pub peak_rss_bytes: u64,
+    /// Resident memory just before the daemon started: the bench's own,
+    /// most of it the generated frames (about 200 bytes each), which the
+    /// peak includes and a deployment does not have.
+    pub rss_before_daemon_bytes: u64,
     /// Where the process's CPU went during the end-to-end run.
     pub threads: Vec<ThreadCpu>,
 }
@@ -111,8 +115,9 @@ impl std::fmt::Display for FullReport {
         writeln!(f, "outcomes:                     {}", outcomes.join(", "))?;
         writeln!(
             f,
-            "peak resident memory:         {:.1} MiB",
-            self.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+            "peak resident memory:         {:.1} MiB ({:.1} MiB before the daemon started: the bench's frames and its own)",
+            self.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+            self.rss_before_daemon_bytes as f64 / (1024.0 * 1024.0)
         )?;
         write!(f, "CPU by thread (end to end):")?;
         for t in &self.threads {
