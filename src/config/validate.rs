@@ -333,11 +333,11 @@ impl Config {
                 "must be between 1 and 1024".into(),
             ));
         }
-        if !["none", "gzip", "snappy", "lz4"].contains(&self.kafka.compression.as_str()) {
+        if !["auto", "none", "gzip", "snappy", "lz4"].contains(&self.kafka.compression.as_str()) {
             return Err(err(
                 "kafka.compression",
                 format!(
-                    "{:?} is not one of none, gzip, snappy, lz4",
+                    "{:?} is not one of auto, none, gzip, snappy, lz4",
                     self.kafka.compression
                 ),
             ));

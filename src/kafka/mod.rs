@@ -164,14 +164,14 @@ pub fn base_config(cfg: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     c
 }
 
-/// Producer settings: idempotent, acks from every in-sync replica, batched
-/// and compressed. Delivery never times out on its own: a broker outage
+/// Producer settings: idempotent, acks from every in-sync replica, batched,
+/// and compressed for a real broker (`KafkaConfig::compression_type`). Delivery never times out on its own: a broker outage
 /// fills the queue and pushes back instead of dropping records.
 pub fn producer_config(cfg: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     let mut c = base_config(cfg, bootstrap);
     c.set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("compression.type", &cfg.compression)
+        .set("compression.type", cfg.compression_type())
         .set("linger.ms", cfg.linger_ms.to_string())
         .set("message.timeout.ms", "0")
         .set("queue.buffering.max.messages", "200000");
@@ -325,6 +325,25 @@ mod tests {
             .insert("max.in.flight.requests.per.connection".into(), "5".into());
         let c = producer_config(&cfg, "127.0.0.1:9092");
         assert_eq!(c.get("max.in.flight.requests.per.connection"), Some("5"));
+    }
+
+    /// `auto` compresses for a real broker only; a named codec is used on
+    /// either (anything else is a config error: `config` tests).
+    #[test]
+    fn compression_is_none_on_the_embedded_cluster_and_lz4_on_a_broker_by_default() {
+        let mut cfg = KafkaConfig::default();
+        assert_eq!(cfg.compression, "auto");
+        for (brokers, want) in [("embedded", "none"), ("127.0.0.1:9092", "lz4")] {
+            cfg.brokers = brokers.into();
+            let c = producer_config(&cfg, "127.0.0.1:9092");
+            assert_eq!(c.get("compression.type"), Some(want), "{brokers}");
+        }
+        for brokers in ["embedded", "127.0.0.1:9092"] {
+            cfg.brokers = brokers.into();
+            cfg.compression = "snappy".into();
+            let c = producer_config(&cfg, "127.0.0.1:9092");
+            assert_eq!(c.get("compression.type"), Some("snappy"), "{brokers}");
+        }
     }
 
     #[test]
