@@ -165,8 +165,9 @@ pub fn base_config(cfg: &KafkaConfig, bootstrap: &str) -> ClientConfig {
 }
 
 /// Producer settings: idempotent, acks from every in-sync replica, batched,
-/// and compressed for a real broker (`KafkaConfig::compression_type`). Delivery never times out on its own: a broker outage
-/// fills the queue and pushes back instead of dropping records.
+/// and compressed for a real broker (`KafkaConfig::compression_type`).
+/// Delivery never times out on its own: a broker outage fills the queue
+/// and pushes back instead of dropping records.
 pub fn producer_config(cfg: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     let mut c = base_config(cfg, bootstrap);
     c.set("enable.idempotence", "true")

@@ -187,16 +187,28 @@ impl Segment {
         self.pos.len()
     }
 
+    /// Whether the run's rows are at or past `from` (per partition index):
+    /// all of them (`Some(true)`), none (`Some(false)`), or some (`None`).
+    fn past(&self, from: &[i64]) -> Option<bool> {
+        let at = |p: u32| from.get(p as usize).copied().unwrap_or(0);
+        if self.spans.iter().all(|&(p, lo, _)| lo >= at(p)) {
+            Some(true)
+        } else if self.spans.iter().all(|&(p, _, hi)| hi < at(p)) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
     /// The rows at or past `from` (per partition index): the batch itself
     /// when every row is, else the rows that are.
     fn from(&self, from: &[i64]) -> Result<Option<RecordBatch>, TailError> {
+        match self.past(from) {
+            Some(true) => return Ok(Some(self.batch()?.clone())),
+            Some(false) => return Ok(None),
+            None => {}
+        }
         let at = |p: u32| from.get(p as usize).copied().unwrap_or(0);
-        if self.spans.iter().all(|&(p, lo, _)| lo >= at(p)) {
-            return Ok(Some(self.batch()?.clone()));
-        }
-        if self.spans.iter().all(|&(p, _, hi)| hi < at(p)) {
-            return Ok(None);
-        }
         if let Some(Ok(batch)) = self.gathered.get() {
             let mask: BooleanArray = self.pos.iter().map(|&(p, o)| Some(o >= at(p))).collect();
             return filter_record_batch(batch, &mask)
@@ -549,16 +561,12 @@ impl TailStore {
             let sealed: Vec<Arc<Segment>> = sym
                 .sealed
                 .iter()
-                .filter_map(|seg| {
-                    if seg.spans.iter().all(|&(p, lo, _)| lo >= at(p)) {
-                        Some(seg.clone())
-                    } else if seg.spans.iter().all(|&(p, _, hi)| hi < at(p)) {
-                        None
-                    } else {
-                        // Straddling the commit: the rows past it, still
-                        // named in their chunks.
-                        Some(Arc::new(seg.keeping(|(p, o)| o >= at(p))))
-                    }
+                .filter_map(|seg| match seg.past(&from) {
+                    Some(true) => Some(seg.clone()),
+                    Some(false) => None,
+                    // Straddling the commit: the rows past it, still named
+                    // in their chunks.
+                    None => Some(Arc::new(seg.keeping(|(p, o)| o >= at(p)))),
                 })
                 .collect();
             sym.sealed = Arc::new(sealed);
