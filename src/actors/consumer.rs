@@ -9,11 +9,12 @@ use actix::prelude::*;
 use arrow::datatypes::SchemaRef;
 use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::actors::observe::{Health, ObservableState, Published, RestartPolicy, Restarts};
 use crate::actors::writer::WriterActor;
 use crate::kafka::avro::Codec;
+use crate::kafka::fetch::{ConsumerQueue, Read};
 use crate::kafka::window::{self, BrokerWindow};
 use crate::lake::batch::{TradeChunk, TradeColumns};
 pub use crate::lake::share::Seen;
@@ -201,6 +202,9 @@ pub struct ConsumerActor {
     /// Records per routed message; at most the writer's row limit, so a
     /// flush is never larger than `writer.max_rows` plus one chunk.
     chunk: usize,
+    /// Outside a group: the consumer's queue, read many records a call
+    /// (`kafka::fetch`). Made when the loop first starts.
+    queue: Option<Arc<ConsumerQueue>>,
 }
 
 impl ConsumerActor {
@@ -226,6 +230,7 @@ impl ConsumerActor {
             cluster_id,
             metrics,
             chunk: max_rows.clamp(1, MAX_CHUNK),
+            queue: None,
         }
     }
 }
@@ -456,6 +461,13 @@ impl Actor for ConsumerActor {
         let metrics = self.metrics.clone();
         let chunk_size = self.chunk;
         let group = self.group;
+        // A group's rebalances arrive on the consumer's queue, which the
+        // batch read cannot serve (`kafka::fetch`): a member keeps the
+        // stream, one record a poll.
+        if !group && self.queue.is_none() {
+            self.queue = ConsumerQueue::of(&self.consumer).map(Arc::new);
+        }
+        let queue = self.queue.clone();
         if self.watch.is_some() {
             self.state.partitions = self.consumer.context().seen.owned_list();
             ctx.run_interval(std::time::Duration::from_secs(5), |act, ctx| {
@@ -500,15 +512,24 @@ impl Actor for ConsumerActor {
                 }
                 // What is ready now, up to a chunk: cut short by a rebalance.
                 let mut chunk = Vec::with_capacity(chunk_size);
-                chunk.push(first);
-                while chunk.len() < chunk_size {
-                    match stream.next().now_or_never() {
-                        Some(Some(m)) if group && context.has_events() => {
-                            carried = Some(m);
-                            break;
+                chunk.push(Read::Polled(first));
+                match &queue {
+                    Some(q) => {
+                        let mut batch = Vec::new();
+                        q.read_ready(chunk_size - 1, &mut batch);
+                        chunk.extend(batch.into_iter().map(Read::Batched));
+                    }
+                    None => {
+                        while chunk.len() < chunk_size {
+                            match stream.next().now_or_never() {
+                                Some(Some(m)) if group && context.has_events() => {
+                                    carried = Some(m);
+                                    break;
+                                }
+                                Some(Some(m)) => chunk.push(Read::Polled(m)),
+                                _ => break,
+                            }
                         }
-                        Some(Some(m)) => chunk.push(m),
-                        _ => break,
                     }
                 }
                 // Sized to the chunk once: grown push by push, each vector
@@ -529,13 +550,10 @@ impl Actor for ConsumerActor {
                 let mut at = Vec::with_capacity(n);
                 let mut read = ReadRun::default();
                 for m in chunk {
-                    let m = match m {
-                        Ok(m) => m,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "kafka consumer error");
-                            continue;
-                        }
-                    };
+                    if let Some(e) = m.error() {
+                        tracing::warn!(error = %e, "kafka consumer error");
+                        continue;
+                    }
                     if let Some((t, p, range)) = &routes.lose
                         && m.partition() == *p
                         && range.contains(&m.offset())
@@ -741,6 +759,8 @@ impl Handler<Committed> for ConsumerActor {
             return;
         }
         // Async: the lake already holds the truth; this is for lag tools.
+        // librdkafka sends no reply to an asynchronous manual commit, so
+        // nothing lands on the queue the batched read serves.
         if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
             tracing::warn!(table = msg.table, error = %e, "kafka offset commit failed");
         }

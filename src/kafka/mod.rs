@@ -8,6 +8,7 @@ pub mod avro;
 pub mod avro_direct;
 pub mod delivery;
 pub mod encoder;
+pub mod fetch;
 pub mod registry;
 pub mod window;
 
@@ -345,6 +346,23 @@ mod tests {
             let c = producer_config(&cfg, "127.0.0.1:9092");
             assert_eq!(c.get("compression.type"), Some("snappy"), "{brokers}");
         }
+    }
+
+    /// The lake consumer reads in batches (`kafka::fetch`), which would
+    /// abort on the result of an offset commit librdkafka makes itself:
+    /// auto-commit stays off, whatever the properties say.
+    #[test]
+    fn auto_commit_stays_off_whatever_the_properties_say() {
+        let mut cfg = KafkaConfig::default();
+        for (k, v) in [
+            ("enable.auto.commit", "true"),
+            ("enable.auto.offset.store", "true"),
+        ] {
+            cfg.properties.insert(k.into(), v.into());
+        }
+        let c = consumer_config(&cfg, "127.0.0.1:9092");
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
     }
 
     #[test]
