@@ -420,10 +420,16 @@ fn every_endpoint_matches_its_golden_file() {
             ("bars of the first commit", Some(first_seq)),
             ("bars of every commit", None),
         ] {
-            let done =
-                lake::bars::catch_up_to(catalog.as_ref(), &ident, &bars_ident, 1 << 27, upto)
-                    .await
-                    .unwrap();
+            let done = lake::bars::catch_up_to(
+                catalog.as_ref(),
+                &ident,
+                &bars_ident,
+                1 << 27,
+                upto,
+                &lake::bars::Known::new(),
+            )
+            .await
+            .unwrap();
             assert!(done.bars > 0, "{phase}: {done:?}");
             for r in requests
                 .iter()

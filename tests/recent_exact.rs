@@ -274,6 +274,7 @@ async fn commit_tail(f: &Fixture, from: usize, to: usize) -> i64 {
             table: TRADES_TABLE,
             snapshot_id: c.snapshot_id,
             offsets,
+            rows: None,
         })
         .await
         .unwrap();

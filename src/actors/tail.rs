@@ -308,6 +308,7 @@ mod tests {
             table: TRADES_TABLE,
             snapshot_id: 1,
             offsets: offsets("c", &[(0, 7)]),
+            rows: None,
         })
         .await
         .unwrap();
@@ -350,6 +351,7 @@ mod tests {
             table: TRADES_TABLE,
             snapshot_id,
             offsets: offsets("c", &[(0, upto)]),
+            rows: None,
         };
         tail.send(commit(1, 4)).await.unwrap();
         assert_eq!(rows(offsets("c", &[])), Ok(10), "kept after the commit");

@@ -167,7 +167,7 @@ impl Drop for Fetched<'_> {
 
 /// A record read by the consumer loop: polled from rdkafka's stream (the
 /// first of a chunk, and every one in a group), or read with the rest of
-/// what was ready (`kafka::fetch`).
+/// what was ready (see the module doc).
 pub enum Read<'q> {
     Polled(KafkaResult<BorrowedMessage<'q>>),
     Batched(Fetched<'q>),

@@ -633,6 +633,9 @@ pub async fn added_files(table: &Table, snapshot: &SnapshotRef) -> Result<Vec<St
 pub struct CatchUp {
     /// Trades snapshots summarized.
     pub trades_snapshots: usize,
+    /// Of those, the ones summarized from the rows their writer handed
+    /// over ([`Known`]), with no file of theirs read back.
+    pub trades_snapshots_in_memory: usize,
     pub trades_rows: u64,
     /// Partial bars written.
     pub bars: usize,
@@ -640,6 +643,13 @@ pub struct CatchUp {
     pub covered: Option<i64>,
     pub snapshot_id: Option<i64>,
 }
+
+/// The rows trades snapshots added, by snapshot id, as the writer that
+/// committed them handed them over: a catch-up summarizes these rows
+/// rather than read the snapshot's files back (the files hold exactly these
+/// rows). Snapshots not here, another daemon's or ones committed before a
+/// restart, are read from their files.
+pub type Known = std::collections::BTreeMap<i64, RecordBatch>;
 
 /// Summarizes the trades snapshots the bars do not cover yet into one bars
 /// commit. Nothing to do: no commit.
@@ -649,17 +659,27 @@ pub async fn catch_up(
     bars_ident: &TableIdent,
     target_file_size: usize,
 ) -> Result<CatchUp, LakeError> {
-    catch_up_to(catalog, trades_ident, bars_ident, target_file_size, None).await
+    catch_up_to(
+        catalog,
+        trades_ident,
+        bars_ident,
+        target_file_size,
+        None,
+        &Known::new(),
+    )
+    .await
 }
 
 /// [`catch_up`], covering at most the trades snapshots up to sequence
-/// `upto` (tests leave the rest to the readers).
+/// `upto` (tests leave the rest to the readers), with the rows of the
+/// snapshots in `known` taken from memory.
 pub async fn catch_up_to(
     catalog: &dyn Catalog,
     trades_ident: &TableIdent,
     bars_ident: &TableIdent,
     target_file_size: usize,
     upto: Option<i64>,
+    known: &Known,
 ) -> Result<CatchUp, LakeError> {
     let bars = catalog.load_table(bars_ident).await?;
     let trades = catalog.load_table(trades_ident).await?;
@@ -680,13 +700,18 @@ pub async fn catch_up_to(
     // From the start of the history when nothing is covered yet; a history
     // that lost its start to expiry is summarized from the current
     // snapshot's files, whole.
+    let mut in_memory = Vec::new();
     let files = match snapshots_between(&trades, after.unwrap_or(0), upto) {
         Some(snapshots) => {
             report.trades_snapshots = snapshots.len();
             let mut files = Vec::new();
             for s in &snapshots {
-                files.extend(added_files(&trades, s).await?);
+                match known.get(&s.snapshot_id()) {
+                    Some(rows) => in_memory.push(rows),
+                    None => files.extend(added_files(&trades, s).await?),
+                }
             }
+            report.trades_snapshots_in_memory = in_memory.len();
             files
         }
         None if after.is_none() && upto == current.sequence_number() => {
@@ -707,6 +732,10 @@ pub async fn catch_up_to(
     };
     let mut agg = Aggregator::default();
     report.trades_rows = summarize_files(&trades, &files, &mut agg).await?;
+    for rows in in_memory {
+        report.trades_rows += rows.num_rows() as u64;
+        agg.add(rows, |_, _, _| true)?;
+    }
     report.bars = agg.len();
     let schema = super::batch::arrow_schema(bars.metadata().current_schema())?;
     let batch = agg.into_batch(&schema)?;

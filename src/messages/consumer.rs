@@ -1,6 +1,7 @@
 //! Messages to the `ConsumerActor`.
 
 use actix::Message;
+use arrow::array::RecordBatch;
 
 use crate::lake::commit::KafkaOffsets;
 
@@ -12,6 +13,19 @@ pub struct Committed {
     pub table: &'static str,
     pub snapshot_id: i64,
     pub offsets: KafkaOffsets,
+    /// The trades table: the rows the snapshot added, for the bars.
+    pub rows: Option<CommittedRows>,
+}
+
+/// The rows of a commit, shared (Arrow buffers are reference counted);
+/// shown by their count, not their contents.
+#[derive(Clone)]
+pub struct CommittedRows(pub RecordBatch);
+
+impl std::fmt::Debug for CommittedRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CommittedRows({} rows)", self.0.num_rows())
+    }
 }
 
 /// Stop the consumer loop; its supervisor restarts it at the writers'

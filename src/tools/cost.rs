@@ -280,10 +280,12 @@ pub fn estimate(inputs: &Inputs, shape: &LakeShape, prices: &Prices) -> Estimate
         ..Requests::default()
     };
     if shape.bars {
-        // The bars read the files each trades commit added and write one
-        // small file per exchange partition in a commit of their own.
+        // The bars summarize each trades commit from the rows its writer
+        // hands them (its files are read back only after a restart, or for
+        // another daemon's commits), read both tables' metadata and write
+        // one small file per exchange partition in a commit of their own.
         req.bars_puts = commits * (e + METADATA_FILES_PER_COMMIT);
-        req.bars_gets = commits * (files_per_commit + READS_PER_COMMIT + READS_PER_COMMIT);
+        req.bars_gets = commits * (READS_PER_COMMIT + READS_PER_COMMIT);
     }
     if let Some(every) = shape.maintenance_interval_secs {
         let runs = 86_400.0 / every;
@@ -765,7 +767,7 @@ mod tests {
         let expiry = runs * 2.0;
         let puts = writer + bars + compaction + expiry;
         assert!((e.requests_per_day.puts() - puts).abs() < 1e-6, "{e:?}");
-        let gets = commits * 2.0 + commits * (3.0 + 4.0) + commits * 2.0 + commits * 3.0 * 2.0;
+        let gets = commits * 2.0 + commits * 4.0 + commits * 2.0 + commits * 3.0 * 2.0;
         assert!((e.requests_per_day.gets() - gets).abs() < 1e-6, "{e:?}");
         let put_line = line(&e, "PUT requests");
         assert!(

@@ -66,6 +66,9 @@ pub(super) struct Landed {
     pub committed_below: std::collections::BTreeMap<(String, i32), i64>,
     /// How many rows that was.
     pub left_out: usize,
+    /// The trades the commit added, as written: the bars summarize these
+    /// rather than read the new files back (`lake::bars::Known`).
+    pub trades: Option<arrow::array::RecordBatch>,
 }
 
 /// Commits `pending`, planned on the table as it is at each attempt:
@@ -103,6 +106,7 @@ pub(super) async fn commit_with_retries(
     let mut rows = Some(rows);
     // The data files, written once, and what they leave out.
     let mut written: Option<(Vec<iceberg::spec::DataFile>, usize, _)> = None;
+    let mut trades = None;
     let mut conflicts = 0u32;
     loop {
         // While the breaker is open, wait out its open time instead
@@ -135,6 +139,7 @@ pub(super) async fn commit_with_retries(
                 Some(_) => {}
                 None => {
                     let below = plan.committed_below.clone();
+                    let is_trades = matches!(rows, Some(Rows::Trades(_)));
                     let batch = match rows.take() {
                         // Rows taken in without their offsets cannot be told
                         // apart: rewind instead.
@@ -170,6 +175,9 @@ pub(super) async fn commit_with_retries(
                         Vec::new()
                     };
                     written = Some((files, offered - batch.num_rows(), below));
+                    if is_trades {
+                        trades = Some(batch);
+                    }
                 }
             }
             let (files, _, _) = written.as_ref().expect("written above");
@@ -190,6 +198,7 @@ pub(super) async fn commit_with_retries(
                     offsets: plan.offsets,
                     committed_below: plan.committed_below,
                     left_out,
+                    trades,
                 });
             }
             Ok(Err(below)) => return Err(WriterError::Overlap { table, below }),

@@ -30,8 +30,8 @@ use crate::dedup::{self, Dedup};
 use crate::degrade::breaker::{BreakerConfig, BreakerSnapshot, CircuitBreaker};
 use crate::lake::TableKind;
 use crate::lake::commit::{self, KafkaOffsets};
-use crate::messages::consumer::Committed;
 use crate::messages::consumer::RestartConsumer;
+use crate::messages::consumer::{Committed, CommittedRows};
 use crate::messages::writer::{Rows, WriterError};
 use crate::metrics::Metrics;
 use flush::{CommitTarget, FlushOutcome, Landed, SharedBreaker, commit_with_retries};
@@ -601,6 +601,7 @@ impl WriterActor {
                 offsets,
                 committed_below,
                 left_out,
+                trades,
             }) => {
                 if left_out > 0 {
                     tracing::info!(
@@ -634,11 +635,13 @@ impl WriterActor {
                 if let Some(t) = &mut self.tally {
                     t.committed_except(&committed_below);
                 }
+                let rows = trades.map(CommittedRows);
                 for l in &self.listeners {
                     l.do_send(Committed {
                         table,
                         snapshot_id: c.snapshot_id,
                         offsets: offsets.clone(),
+                        rows: rows.clone(),
                     });
                 }
                 Ok(Some(c.snapshot_id))

@@ -679,6 +679,7 @@ mod tests {
                     table: TRADES_TABLE,
                     snapshot_id: c.snapshot_id,
                     offsets,
+                    rows: None,
                 })
                 .await
                 .unwrap();
