@@ -14,12 +14,13 @@ use rdkafka::ClientContext;
 use rdkafka::Message as _;
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
-use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{ProducerContext, ThreadedProducer};
 use tokio::sync::mpsc;
 
 use crate::degrade::policy::SpillEntry;
 use crate::instruments::Tier;
 use crate::kafka::acks::AckLedger;
+use crate::kafka::topic::TopicHandle;
 use crate::kafka::window::{self, BrokerWindow};
 use crate::metrics::{Metrics, Outcome};
 
@@ -81,28 +82,65 @@ pub struct RecordCounters {
 /// One exchange's counters by tier (index 3: dead letters, no tier).
 type ByTier = [Option<Arc<RecordCounters>>; 4];
 
-/// [`RecordCounters`] kept per topic, exchange and tier.
+/// What a record is sent with: its topic's handle and its counters.
+#[derive(Clone)]
+pub struct Sending {
+    pub topic: Arc<TopicHandle<DeliveryContext>>,
+    pub counters: Arc<RecordCounters>,
+}
+
+/// One topic's handle, and its [`RecordCounters`] by exchange and tier.
+struct TopicEntry {
+    handle: Arc<TopicHandle<DeliveryContext>>,
+    by_exchange: HashMap<String, ByTier>,
+}
+
+/// What records are sent with ([`Sending`]), made once per topic,
+/// exchange and tier: a record costs a lookup here, not a label lookup,
+/// an allocation, or librdkafka's lookup of its topic by name.
 pub struct DeliveryCounters {
     metrics: Metrics,
-    kept: HashMap<String, HashMap<String, ByTier>>,
+    producer: Arc<KafkaProducer>,
+    kept: HashMap<String, TopicEntry>,
 }
 
 impl DeliveryCounters {
-    pub fn new(metrics: Metrics) -> Self {
+    pub fn new(metrics: Metrics, producer: Arc<KafkaProducer>) -> Self {
         Self {
             metrics,
+            producer,
             kept: HashMap::default(),
         }
     }
 
-    pub fn of(&mut self, topic: &str, exchange: &str, tier: Option<Tier>) -> Arc<RecordCounters> {
-        if let Some(c) = self
-            .kept
-            .get(topic)
-            .and_then(|e| e.get(exchange))
-            .and_then(|t| t[tier.map_or(3, Tier::index)].as_ref())
+    /// Fails only if librdkafka cannot make a handle on `topic`.
+    pub fn of(
+        &mut self,
+        topic: &str,
+        exchange: &str,
+        tier: Option<Tier>,
+    ) -> Result<Sending, KafkaError> {
+        let slot = tier.map_or(3, Tier::index);
+        if let Some(entry) = self.kept.get(topic)
+            && let Some(c) = entry
+                .by_exchange
+                .get(exchange)
+                .and_then(|t| t[slot].as_ref())
         {
-            return c.clone();
+            return Ok(Sending {
+                topic: entry.handle.clone(),
+                counters: c.clone(),
+            });
+        }
+        if !self.kept.contains_key(topic) {
+            let handle = Arc::new(TopicHandle::new(&self.producer, topic)?);
+            self.kept.insert(
+                topic.to_string(),
+                TopicEntry {
+                    handle,
+                    by_exchange: HashMap::default(),
+                },
+            );
         }
         let records = |outcome: &str| {
             self.metrics
@@ -124,12 +162,15 @@ impl DeliveryCounters {
             exchange: Arc::from(exchange),
             tier,
         });
-        self.kept
-            .entry(topic.to_string())
-            .or_default()
-            .entry(exchange.to_string())
-            .or_default()[tier.map_or(3, Tier::index)] = Some(c.clone());
-        c
+        let entry = self
+            .kept
+            .get_mut(topic)
+            .expect("the topic's entry was made above");
+        entry.by_exchange.entry(exchange.to_string()).or_default()[slot] = Some(c.clone());
+        Ok(Sending {
+            topic: entry.handle.clone(),
+            counters: c,
+        })
     }
 }
 
@@ -218,9 +259,8 @@ impl ProducerContext for DeliveryContext {
 /// reports handled by [`DeliveryContext`].
 pub type KafkaProducer = ThreadedProducer<DeliveryContext>;
 
-/// Where a record goes.
+/// Where a record's progress is counted.
 pub struct Route<'a> {
-    pub producer: &'a KafkaProducer,
     pub deliveries: &'a Arc<Deliveries>,
     /// The embedded broker's window; `None` on a real broker.
     pub window: Option<&'a Arc<BrokerWindow>>,
@@ -248,20 +288,20 @@ fn room_short(
 pub fn dispatch(
     route: &Route<'_>,
     entry: &SpillEntry,
-    counters: &Arc<RecordCounters>,
+    sending: &Sending,
 ) -> Result<(), KafkaError> {
-    send(route, &entry.topic, &entry.key, &entry.payload, counters)
+    send(route, sending, &entry.key, &entry.payload)
 }
 
 /// [`dispatch`] on borrowed parts: the hot path builds a [`SpillEntry`]
 /// (owning the exchange's name) only for a record that does not go out.
 pub fn send(
     route: &Route<'_>,
-    topic: &str,
+    sending: &Sending,
     key: &str,
     payload: &[u8],
-    counters: &Arc<RecordCounters>,
 ) -> Result<(), KafkaError> {
+    let topic = sending.topic.name();
     let est = window::estimate(key.len(), payload.len());
     if room_short(route.window, topic, key.len(), payload.len()) {
         return Err(KafkaError::MessageProduction(
@@ -274,15 +314,15 @@ pub fn send(
     if let Some(w) = route.window {
         w.enqueued(est);
     }
-    let record = BaseRecord::with_opaque_to(topic, counters.clone())
-        .key(key)
-        .payload(payload);
-    match route.producer.send(record) {
+    match sending
+        .topic
+        .produce(key.as_bytes(), payload, sending.counters.clone())
+    {
         Ok(()) => {
-            counters.enqueued.inc();
+            sending.counters.enqueued.inc();
             Ok(())
         }
-        Err((e, _)) => {
+        Err(e) => {
             route.deliveries.in_flight.fetch_sub(1, Ordering::Relaxed);
             if let Some(w) = route.window {
                 w.failed(est);

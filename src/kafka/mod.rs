@@ -10,6 +10,7 @@ pub mod delivery;
 pub mod encoder;
 pub mod fetch;
 pub mod registry;
+pub mod topic;
 pub mod window;
 
 use std::collections::BTreeMap;

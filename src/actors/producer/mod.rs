@@ -153,24 +153,25 @@ impl ProducerActor {
         let (undelivered_tx, undelivered_rx) = mpsc::unbounded_channel();
         let deliveries = Arc::new(Deliveries::default());
         let epoch = Instant::now();
-        let producer = client.create_with_context(DeliveryContext {
-            deliveries: deliveries.clone(),
-            undelivered: undelivered_tx,
-            window: settings.window.clone(),
-            ledger: settings.ledger.clone(),
-            epoch,
-        })?;
+        let producer: Arc<KafkaProducer> =
+            Arc::new(client.create_with_context(DeliveryContext {
+                deliveries: deliveries.clone(),
+                undelivered: undelivered_tx,
+                window: settings.window.clone(),
+                ledger: settings.ledger.clone(),
+                epoch,
+            })?);
         let published = Published::new(ProducerState::default());
         let state = published.subscribe();
         let carried = spill.pending();
         if carried > 0 {
             tracing::info!(records = carried, dir = %spill.dir().display(), "spill log holds records from an earlier run; replaying them first");
         }
-        let counters = DeliveryCounters::new(metrics.clone());
+        let counters = DeliveryCounters::new(metrics.clone(), producer.clone());
         let events = ProducerEvents::new(metrics.clone());
         let quarantine = Quarantine::new(spill.dir());
         let actor = Self {
-            producer: Arc::new(producer),
+            producer,
             encoder,
             scratch: Vec::new(),
             metrics,
@@ -203,7 +204,6 @@ impl ProducerActor {
 
     fn to_broker(&self) -> Route<'_> {
         Route {
-            producer: &self.producer,
             deliveries: &self.deliveries,
             window: self.window.as_ref(),
         }
@@ -308,14 +308,17 @@ impl ProducerActor {
             self.spill_entry(entry(enc));
             return;
         }
-        let counters = self.counters.of(enc.topic, exchange, tier);
-        match send(
-            &self.to_broker(),
-            enc.topic,
-            enc.key,
-            enc.payload,
-            &counters,
-        ) {
+        let sending = match self.counters.of(enc.topic, exchange, tier) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, topic = enc.topic, "no handle on the topic; record spilled");
+                self.state.health.last_error = Some(format!("produce: {e}"));
+                self.with_breaker(|b, now| b.on_failure(now));
+                self.spill_entry(entry(enc));
+                return;
+            }
+        };
+        match send(&self.to_broker(), &sending, enc.key, enc.payload) {
             Ok(()) => self.note_enqueued(),
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                 let entry = entry(enc);
@@ -323,19 +326,18 @@ impl ProducerActor {
                 // the lanes fill and push back on the feeds). Give up after
                 // the stall time: a queue that does not drain is a broker
                 // problem, and the record is safer in the spill log.
-                let (producer, deliveries) = (self.producer.clone(), self.deliveries.clone());
+                let deliveries = self.deliveries.clone();
                 let (window, stall) = (self.window.clone(), self.stall);
                 ctx.wait(
                     async move {
                         let deadline = Instant::now() + stall;
                         let route = Route {
-                            producer: &producer,
                             deliveries: &deliveries,
                             window: window.as_ref(),
                         };
                         loop {
                             tokio::time::sleep(Duration::from_millis(2)).await;
-                            match dispatch(&route, &entry, &counters) {
+                            match dispatch(&route, &entry, &sending) {
                                 Ok(()) => return Ok(()),
                                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
                                     if Instant::now() < deadline => {}
@@ -442,7 +444,6 @@ impl ProducerActor {
         }
         let mut budget = self.replay_batch;
         let route = Route {
-            producer: &self.producer,
             deliveries: &self.deliveries,
             window: self.window.as_ref(),
         };
@@ -459,8 +460,10 @@ impl ProducerActor {
                 Ok(e) => e,
                 Err(e) => return Err(ReplayStop::Corrupt(e.to_string())),
             };
-            let c = counters.of(&entry.topic, &entry.exchange, entry.tier);
-            match dispatch(&route, &entry, &c) {
+            let sending = counters
+                .of(&entry.topic, &entry.exchange, entry.tier)
+                .map_err(|e| ReplayStop::Kafka(format!("topic {}: {e}", entry.topic)))?;
+            match dispatch(&route, &entry, &sending) {
                 Ok(()) => {
                     budget -= 1;
                     left_log.push((entry.exchange, entry.tier, None));

@@ -546,9 +546,17 @@ fn produce_all(
     timeout: Duration,
     lead: Option<(&AtomicUsize, usize)>,
 ) -> Result<f64, BenchError> {
-    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-    let producer: ThreadedProducer<Counting> = crate::kafka::producer_config(&cfg.kafka, bootstrap)
-        .create_with_context(Counting::default())?;
+    use rdkafka::producer::{Producer, ThreadedProducer};
+    let producer: Arc<ThreadedProducer<Counting>> = Arc::new(
+        crate::kafka::producer_config(&cfg.kafka, bootstrap)
+            .create_with_context(Counting::default())?,
+    );
+    // The daemon's own produce call: a topic handle made once, not the
+    // topic's name per record (`kafka::topic`).
+    let Some(topic) = records.first().map(|r| r.topic.as_str()) else {
+        return Ok(0.0);
+    };
+    let handle = crate::kafka::topic::TopicHandle::new(&producer, topic)?;
     let started = Instant::now();
     for (i, r) in records.iter().enumerate() {
         if let Some((read, most)) = lead {
@@ -564,20 +572,19 @@ fn produce_all(
                 std::thread::sleep(Duration::from_micros(100));
             }
         }
-        let mut record = BaseRecord::to(&r.topic).key(&r.key).payload(&r.payload);
+        if r.topic != topic {
+            return Err(BenchError::Producer(format!(
+                "{stage}: records for {topic} and {}",
+                r.topic
+            )));
+        }
         loop {
-            match producer.send(record) {
+            match handle.produce(r.key.as_bytes(), &r.payload, ()) {
                 Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    back,
-                )) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Err((e, _)) => return Err(BenchError::Client(e)),
+                Err(rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                )) => std::thread::sleep(Duration::from_micros(200)),
+                Err(e) => return Err(BenchError::Client(e)),
             }
         }
     }
