@@ -298,7 +298,9 @@ impl Part {
     }
 }
 
-type Counts = FastMap<(Arc<str>, Tier, Outcome), u64>;
+/// What a settled row counts under: its exchange, tier and outcome.
+type CountKey = (Arc<str>, Tier, Outcome);
+type Counts = FastMap<CountKey, u64>;
 
 /// [`Counts`] made from a long list whose neighbours mostly share a key
 /// (one exchange, tier and outcome): a run is added up here and goes into
@@ -306,7 +308,7 @@ type Counts = FastMap<(Arc<str>, Tier, Outcome), u64>;
 #[derive(Default)]
 struct RunCounts {
     counts: Counts,
-    run: Option<((Arc<str>, Tier, Outcome), u64)>,
+    run: Option<(CountKey, u64)>,
 }
 
 impl RunCounts {

@@ -154,10 +154,12 @@ mod tests {
     use super::*;
     use crate::kafka::EmbeddedCluster;
 
-    /// Delivery reports as (record number, partition, offset), or the
+    /// A delivery report: (record number, partition, offset), or the
     /// error's text.
+    type Report = Result<(usize, i32, i64), String>;
+
     #[derive(Default)]
-    struct Reports(Mutex<Vec<Result<(usize, i32, i64), String>>>);
+    struct Reports(Mutex<Vec<Report>>);
 
     impl ClientContext for Reports {}
 
