@@ -635,7 +635,7 @@ mod tests {
         let names: Vec<Arc<str>> = ["t", "u"].into_iter().map(Arc::from).collect();
         let exchanges: Vec<Arc<str>> = ["BINANCE", "KRAKEN"].into_iter().map(Arc::from).collect();
         let tiers = [Tier::One, Tier::Two];
-        // (topic, partition) → next offset, and what each offset is.
+        // (topic, partition) → its next offset.
         let mut next: BTreeMap<(usize, i32), i64> = BTreeMap::new();
         let mut rows = Vec::new();
         while rows.len() < 3_000 {

@@ -310,13 +310,7 @@ impl ProducerActor {
         }
         let sending = match self.counters.of(enc.topic, exchange, tier) {
             Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, topic = enc.topic, "no handle on the topic; record spilled");
-                self.state.health.last_error = Some(format!("produce: {e}"));
-                self.with_breaker(|b, now| b.on_failure(now));
-                self.spill_entry(entry(enc));
-                return;
-            }
+            Err(e) => return self.spill_after_failure(&e, entry(enc)),
         };
         match send(&self.to_broker(), &sending, enc.key, enc.payload) {
             Ok(()) => self.note_enqueued(),
@@ -363,13 +357,17 @@ impl ProducerActor {
                 );
             }
             Err(e) if refused_for_good(&e) => self.quarantine_entry(entry(enc), &e.to_string()),
-            Err(e) => {
-                tracing::warn!(error = %e, "produce failed; record spilled");
-                self.state.health.last_error = Some(format!("produce: {e}"));
-                self.with_breaker(|b, now| b.on_failure(now));
-                self.spill_entry(entry(enc));
-            }
+            Err(e) => self.spill_after_failure(&e, entry(enc)),
         }
+    }
+
+    /// librdkafka did not take a record (or no handle on its topic could
+    /// be made): it goes to the spill log, and counts against the breaker.
+    fn spill_after_failure(&mut self, e: &KafkaError, entry: SpillEntry) {
+        tracing::warn!(error = %e, topic = %entry.topic, "produce failed; record spilled");
+        self.state.health.last_error = Some(format!("produce: {e}"));
+        self.with_breaker(|b, now| b.on_failure(now));
+        self.spill_entry(entry);
     }
 
     fn note_enqueued(&mut self) {
