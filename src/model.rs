@@ -232,9 +232,9 @@ impl AssetClass {
 pub struct TradeV2 {
     /// UUIDv5 of exchange, stream kind, symbol and exchange trade id.
     pub message_id: String,
-    pub trade_id: String,
-    pub symbol: String,
-    pub exchange: String,
+    pub trade_id: Text,
+    pub symbol: Text,
+    pub exchange: Text,
     pub asset_class: AssetClass,
     /// Trade time at the exchange, microseconds since the Unix epoch (UTC).
     pub timestamp_us: i64,
@@ -242,7 +242,7 @@ pub struct TradeV2 {
     pub ingestion_timestamp_us: i64,
     pub price: Dec8,
     pub quantity: Dec8,
-    pub currency: String,
+    pub currency: Text,
     pub side: Side,
     pub trade_conditions: Vec<String>,
     pub source_sequence: Option<i64>,
@@ -253,8 +253,16 @@ pub struct TradeV2 {
     /// the same for one pair on every venue, beside the venue's own
     /// `symbol`. Added in schema version 2: records written before it, and
     /// rows committed before it, have none.
-    pub instrument: Option<String>,
+    pub instrument: Option<Text>,
 }
+
+/// A trade record's short text: inline up to 24 bytes (a symbol, an
+/// exchange, a currency, an instrument, a trade id, vendor_data's keys and
+/// most of its values), on the heap beyond. A trade is built on the feed's
+/// thread for every frame, and dropped there once encoded; as `String`s
+/// these fields were ten allocations and frees of a few bytes each. The
+/// message id stays a `String`: at 36 bytes it would not fit.
+pub type Text = compact_str::CompactString;
 
 /// A trade's venue-specific fields (`vendor_data`): a few entries, kept
 /// sorted by key, as a `BTreeMap` would be. A sorted vector, not a
@@ -263,7 +271,7 @@ pub struct TradeV2 {
 /// again on the lake arbiter for every row it decodes; a profile of the
 /// full path put the decoding of this map at a seventh of that arbiter's
 /// time, most of it the kernel zeroing fresh pages for those nodes.
-pub type VendorData = litemap::LiteMap<String, String>;
+pub type VendorData = litemap::LiteMap<Text, Text>;
 
 /// `vendor_data` in JSON: an object, as the `BTreeMap` it once was gave.
 /// (litemap's own serde support is behind a feature that rebuilds much of
@@ -306,15 +314,15 @@ impl TradeView<'_> {
     pub fn to_owned_trade(&self) -> TradeV2 {
         TradeV2 {
             message_id: self.message_id.to_owned(),
-            trade_id: self.trade_id.to_owned(),
-            symbol: self.symbol.to_owned(),
-            exchange: self.exchange.to_owned(),
+            trade_id: self.trade_id.into(),
+            symbol: self.symbol.into(),
+            exchange: self.exchange.into(),
             asset_class: self.asset_class,
             timestamp_us: self.timestamp_us,
             ingestion_timestamp_us: self.ingestion_timestamp_us,
             price: self.price,
             quantity: self.quantity,
-            currency: self.currency.to_owned(),
+            currency: self.currency.into(),
             side: self.side,
             trade_conditions: self
                 .trade_conditions
@@ -327,11 +335,11 @@ impl TradeView<'_> {
             vendor_data: self.vendor_data.as_ref().map(|m| {
                 VendorData::from_sorted_store_unchecked(
                     m.iter()
-                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .map(|(k, v)| (Text::from(*k), Text::from(*v)))
                         .collect(),
                 )
             }),
-            instrument: self.instrument.map(str::to_owned),
+            instrument: self.instrument.map(Text::from),
         }
     }
 }
@@ -377,15 +385,15 @@ impl TradeV2 {
     pub fn builder(exchange: &str, symbol: &str, id: &str, timestamp_us: i64) -> TradeBuilder {
         TradeBuilder(TradeV2 {
             message_id: message_id(exchange, "trade", symbol, id),
-            trade_id: format!("{exchange}-{id}"),
-            symbol: symbol.to_string(),
-            exchange: exchange.to_string(),
+            trade_id: compact_str::format_compact!("{exchange}-{id}"),
+            symbol: symbol.into(),
+            exchange: exchange.into(),
             asset_class: AssetClass::Crypto,
             timestamp_us,
             ingestion_timestamp_us: timestamp_us,
             price: Dec8::default(),
             quantity: Dec8::default(),
-            currency: "USDT".to_string(),
+            currency: "USDT".into(),
             side: Side::Buy,
             trade_conditions: Vec::new(),
             source_sequence: None,
@@ -402,7 +410,7 @@ impl TradeBuilder {
         self
     }
 
-    pub fn trade_id(mut self, id: impl Into<String>) -> Self {
+    pub fn trade_id(mut self, id: impl Into<Text>) -> Self {
         self.0.trade_id = id.into();
         self
     }
@@ -428,7 +436,7 @@ impl TradeBuilder {
     }
 
     pub fn currency(mut self, c: &str) -> Self {
-        self.0.currency = c.to_string();
+        self.0.currency = c.into();
         self
     }
 
@@ -458,7 +466,7 @@ impl TradeBuilder {
     }
 
     pub fn instrument(mut self, i: Option<&str>) -> Self {
-        self.0.instrument = i.map(str::to_string);
+        self.0.instrument = i.map(Text::from);
         self
     }
 
@@ -724,8 +732,8 @@ mod tests {
     fn vendor_data_is_a_sorted_json_object() {
         let with = TradeV2::builder("BINANCE", "BTCUSDT", "1", 0)
             .vendor_data(Some(VendorData::from_iter([
-                ("stream".to_string(), "trade".to_string()),
-                ("event_time_ms".to_string(), "17".to_string()),
+                ("stream".into(), "trade".into()),
+                ("event_time_ms".into(), "17".into()),
             ])))
             .build();
         let keys: Vec<&str> = with

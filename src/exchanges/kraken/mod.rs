@@ -55,6 +55,8 @@ mod v2;
 use std::borrow::Cow;
 use std::time::Duration;
 
+use compact_str::CompactString;
+
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
@@ -109,7 +111,7 @@ impl Protocol for KrakenV2 {
     }
 
     fn instrument(&self, symbol: &str) -> Option<String> {
-        kraken_instrument(symbol)
+        kraken_instrument(symbol).map(CompactString::into_string)
     }
 
     fn parse(
@@ -160,7 +162,7 @@ impl Protocol for KrakenV1 {
     }
 
     fn instrument(&self, symbol: &str) -> Option<String> {
-        kraken_instrument(symbol)
+        kraken_instrument(symbol).map(CompactString::into_string)
     }
 
     fn parse(
@@ -208,9 +210,9 @@ fn normalize_asset(code: &str) -> String {
     }
 }
 
-fn kraken_instrument(symbol: &str) -> Option<String> {
+fn kraken_instrument(symbol: &str) -> Option<CompactString> {
     let (base, quote) = pair_parts(symbol)?;
-    Some(format!(
+    Some(compact_str::format_compact!(
         "{}-{}",
         normalize_asset(base),
         normalize_asset(quote)
@@ -218,9 +220,9 @@ fn kraken_instrument(symbol: &str) -> Option<String> {
 }
 
 /// The quote currency of a pair, normalized; "" when it has none.
-fn quote_currency(symbol: &str) -> String {
+fn quote_currency(symbol: &str) -> CompactString {
     pair_parts(symbol)
-        .map(|(_, quote)| normalize_asset(quote))
+        .map(|(_, quote)| normalize_asset(quote).into())
         .unwrap_or_default()
 }
 
