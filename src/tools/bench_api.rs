@@ -23,7 +23,7 @@ mod poll;
 mod upkeep;
 
 pub use history::PlanProfile;
-use poll::{Page, get, write_trades_csv};
+use poll::{Page, PageLimit, get, write_trades_csv};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchApiError {
@@ -41,11 +41,6 @@ pub enum BenchApiError {
     LakeDir(std::path::PathBuf, String),
 }
 
-/// Rows per poll of `/v1/trades/recent`: at 10k trades/s the measured
-/// symbol gets 1,000 per second, so a trade stays in the page for about
-/// half a second.
-const POLL_LIMIT: usize = 500;
-
 /// The symbols of the synthetic stream; freshness is measured on the first.
 const SYMBOLS: [&str; 10] = [
     "BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT", "TRXUSDT",
@@ -60,9 +55,13 @@ pub struct FreshnessReport {
     /// Trades of the measured symbol that were sent.
     pub measured_sent: usize,
     /// Of those, how many an answer returned (a trade can fall out of the
-    /// newest-`POLL_LIMIT` window between two polls).
+    /// newest-`limit` page between two polls).
     pub measured_seen: usize,
     pub polls: usize,
+    /// Rows a poll asked for at the start and at the end: a full page
+    /// that reached no trade seen before doubled it.
+    pub page_rows_first: usize,
+    pub page_rows_last: usize,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
@@ -83,7 +82,7 @@ impl std::fmt::Display for FreshnessReport {
         write!(
             f,
             "freshness at {:.0} trades/s for {} s ({}): feed → /v1/trades/recent p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms \
-             ({} of {} measured trades seen, {} polls, poll p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms)",
+             ({} of {} measured trades seen, {} polls of {} to {} rows, poll p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms)",
             self.rate_per_s,
             self.seconds,
             self.broker,
@@ -93,6 +92,8 @@ impl std::fmt::Display for FreshnessReport {
             self.measured_seen,
             self.measured_sent,
             self.polls,
+            self.page_rows_first,
+            self.page_rows_last,
             self.poll_p50_ms,
             self.poll_p99_ms,
             self.poll_max_ms
@@ -228,7 +229,9 @@ pub async fn freshness(
     // Poll on a thread of its own so the daemon's runtime is not disturbed.
     let measured = n.div_ceil(SYMBOLS.len());
     let deadline = Duration::from_secs(seconds + 60);
+    let first_limit = PageLimit::new(rate / SYMBOLS.len() as f64, cfg.api.max_rows);
     let poller = tokio::task::spawn_blocking(move || {
+        let mut limit = first_limit;
         // Per trade: when the feed stamped it, and when an answer first
         // held it (UTC microseconds).
         let mut first_seen: std::collections::HashMap<String, (i64, i64)> = Default::default();
@@ -240,13 +243,21 @@ pub async fn freshness(
                 http,
                 // The newest trades; a small page keeps a poll cheap.
                 &format!(
-                    "/v1/trades/recent?symbol={}&minutes=5&limit={POLL_LIMIT}",
-                    SYMBOLS[0]
+                    "/v1/trades/recent?symbol={}&minutes=5&limit={}",
+                    SYMBOLS[0],
+                    limit.rows()
                 ),
             )?;
             let arrived = now_us();
             poll_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
             let page: Page<'_> = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            // Newest first: the last is the oldest.
+            if let Some(oldest) = page.trades.last().filter(|_| !first_seen.is_empty()) {
+                limit.after(
+                    page.truncated,
+                    !first_seen.contains_key(oldest.message_id.as_ref()),
+                );
+            }
             for t in page.trades {
                 if first_seen.contains_key(t.message_id.as_ref()) {
                     continue;
@@ -260,9 +271,13 @@ pub async fn freshness(
                 first_seen.insert(t.message_id.into_owned(), (ingested, arrived));
             }
         }
-        Ok::<_, String>((first_seen.into_values().collect::<Vec<_>>(), poll_ms))
+        Ok::<_, String>((
+            first_seen.into_values().collect::<Vec<_>>(),
+            poll_ms,
+            limit.rows(),
+        ))
     });
-    let (mut seen, mut poll_ms) = poller
+    let (mut seen, mut poll_ms, last_rows) = poller
         .await
         .map_err(|e| BenchApiError::Poll(e.to_string()))?
         .map_err(BenchApiError::Poll)?;
@@ -296,6 +311,8 @@ pub async fn freshness(
         measured_sent: measured,
         measured_seen: lat.len(),
         polls: poll_ms.len(),
+        page_rows_first: first_limit.rows(),
+        page_rows_last: last_rows,
         p50_ms: percentile(&lat, 0.5),
         p99_ms: percentile(&lat, 0.99),
         max_ms: lat.last().copied().unwrap_or(f64::NAN),
