@@ -236,5 +236,5 @@ pub fn space_of(t: &TradeV2) -> &str {
     t.vendor_data
         .as_ref()
         .and_then(|v| v.get("stream"))
-        .map_or("trade", |s| s.as_str())
+        .map_or("trade", String::as_str)
 }

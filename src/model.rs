@@ -232,9 +232,9 @@ impl AssetClass {
 pub struct TradeV2 {
     /// UUIDv5 of exchange, stream kind, symbol and exchange trade id.
     pub message_id: String,
-    pub trade_id: Text,
-    pub symbol: Text,
-    pub exchange: Text,
+    pub trade_id: String,
+    pub symbol: String,
+    pub exchange: String,
     pub asset_class: AssetClass,
     /// Trade time at the exchange, microseconds since the Unix epoch (UTC).
     pub timestamp_us: i64,
@@ -242,7 +242,7 @@ pub struct TradeV2 {
     pub ingestion_timestamp_us: i64,
     pub price: Dec8,
     pub quantity: Dec8,
-    pub currency: Text,
+    pub currency: String,
     pub side: Side,
     pub trade_conditions: Vec<String>,
     pub source_sequence: Option<i64>,
@@ -253,16 +253,8 @@ pub struct TradeV2 {
     /// the same for one pair on every venue, beside the venue's own
     /// `symbol`. Added in schema version 2: records written before it, and
     /// rows committed before it, have none.
-    pub instrument: Option<Text>,
+    pub instrument: Option<String>,
 }
-
-/// A trade record's short text: inline up to 24 bytes (a symbol, an
-/// exchange, a currency, an instrument, a trade id, vendor_data's keys and
-/// most of its values), on the heap beyond. A trade is built on the feed's
-/// thread for every frame, and dropped there once encoded; as `String`s
-/// these fields were ten allocations and frees of a few bytes each. The
-/// message id stays a `String`: at 36 bytes it would not fit.
-pub type Text = compact_str::CompactString;
 
 /// A trade's venue-specific fields (`vendor_data`): a few entries, kept
 /// sorted by key, as a `BTreeMap` would be. A sorted vector, not a
@@ -271,7 +263,7 @@ pub type Text = compact_str::CompactString;
 /// again on the lake arbiter for every row it decodes; a profile of the
 /// full path put the decoding of this map at a seventh of that arbiter's
 /// time, most of it the kernel zeroing fresh pages for those nodes.
-pub type VendorData = litemap::LiteMap<Text, Text>;
+pub type VendorData = litemap::LiteMap<String, String>;
 
 /// `vendor_data` in JSON: an object, as the `BTreeMap` it once was gave.
 /// (litemap's own serde support is behind a feature that rebuilds much of
@@ -314,15 +306,15 @@ impl TradeView<'_> {
     pub fn to_owned_trade(&self) -> TradeV2 {
         TradeV2 {
             message_id: self.message_id.to_owned(),
-            trade_id: self.trade_id.into(),
-            symbol: self.symbol.into(),
-            exchange: self.exchange.into(),
+            trade_id: self.trade_id.to_owned(),
+            symbol: self.symbol.to_owned(),
+            exchange: self.exchange.to_owned(),
             asset_class: self.asset_class,
             timestamp_us: self.timestamp_us,
             ingestion_timestamp_us: self.ingestion_timestamp_us,
             price: self.price,
             quantity: self.quantity,
-            currency: self.currency.into(),
+            currency: self.currency.to_owned(),
             side: self.side,
             trade_conditions: self
                 .trade_conditions
@@ -335,11 +327,11 @@ impl TradeView<'_> {
             vendor_data: self.vendor_data.as_ref().map(|m| {
                 VendorData::from_sorted_store_unchecked(
                     m.iter()
-                        .map(|(k, v)| (Text::from(*k), Text::from(*v)))
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                         .collect(),
                 )
             }),
-            instrument: self.instrument.map(Text::from),
+            instrument: self.instrument.map(str::to_owned),
         }
     }
 }
@@ -385,15 +377,15 @@ impl TradeV2 {
     pub fn builder(exchange: &str, symbol: &str, id: &str, timestamp_us: i64) -> TradeBuilder {
         TradeBuilder(TradeV2 {
             message_id: message_id(exchange, "trade", symbol, id),
-            trade_id: compact_str::format_compact!("{exchange}-{id}"),
-            symbol: symbol.into(),
-            exchange: exchange.into(),
+            trade_id: format!("{exchange}-{id}"),
+            symbol: symbol.to_string(),
+            exchange: exchange.to_string(),
             asset_class: AssetClass::Crypto,
             timestamp_us,
             ingestion_timestamp_us: timestamp_us,
             price: Dec8::default(),
             quantity: Dec8::default(),
-            currency: "USDT".into(),
+            currency: "USDT".to_string(),
             side: Side::Buy,
             trade_conditions: Vec::new(),
             source_sequence: None,
@@ -410,7 +402,7 @@ impl TradeBuilder {
         self
     }
 
-    pub fn trade_id(mut self, id: impl Into<Text>) -> Self {
+    pub fn trade_id(mut self, id: impl Into<String>) -> Self {
         self.0.trade_id = id.into();
         self
     }
@@ -436,7 +428,7 @@ impl TradeBuilder {
     }
 
     pub fn currency(mut self, c: &str) -> Self {
-        self.0.currency = c.into();
+        self.0.currency = c.to_string();
         self
     }
 
@@ -466,7 +458,7 @@ impl TradeBuilder {
     }
 
     pub fn instrument(mut self, i: Option<&str>) -> Self {
-        self.0.instrument = i.map(Text::from);
+        self.0.instrument = i.map(str::to_string);
         self
     }
 
@@ -732,8 +724,8 @@ mod tests {
     fn vendor_data_is_a_sorted_json_object() {
         let with = TradeV2::builder("BINANCE", "BTCUSDT", "1", 0)
             .vendor_data(Some(VendorData::from_iter([
-                ("stream".into(), "trade".into()),
-                ("event_time_ms".into(), "17".into()),
+                ("stream".to_string(), "trade".to_string()),
+                ("event_time_ms".to_string(), "17".to_string()),
             ])))
             .build();
         let keys: Vec<&str> = with

@@ -360,7 +360,9 @@ fn trade(i: i64) -> TradeV2 {
     .conditions(vec!["M".into()])
     .source_sequence(Some(i))
     .vendor_data(Some(
-        [("stream".into(), "aggTrade".into())].into_iter().collect(),
+        [("stream".to_string(), "aggTrade".to_string())]
+            .into_iter()
+            .collect(),
     ))
     .build()
 }
@@ -377,11 +379,7 @@ fn avro_records() {
     bare.platform_sequence = Some(-1);
     let mut full = trade(9);
     full.trade_conditions = vec!["é".into(), String::new(), "中".into()];
-    full.vendor_data = Some(
-        (0..4)
-            .map(|i| (format!("k{i}").into(), "v".repeat(i).into()))
-            .collect(),
-    );
+    full.vendor_data = Some((0..4).map(|i| (format!("k{i}"), "v".repeat(i))).collect());
     trades.extend([bare, full]);
     let mut seeds: Vec<Vec<u8>> = trades
         .iter()

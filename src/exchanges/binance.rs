@@ -9,7 +9,7 @@ use super::rest::RestHistory;
 use super::{Frame, FrameError, ParseCtx, Parsed, Protocol};
 use crate::config::{FeedConfig, ProtocolKind};
 use crate::instruments::SymbolRule;
-use crate::model::{AssetClass, Dec8, Side, Text, TradeV2, VendorData, message_id};
+use crate::model::{AssetClass, Dec8, Side, TradeV2, VendorData, message_id};
 
 /// Quote currencies, longest first so `FDUSD` wins over `USD`.
 const QUOTES: &[&str] = &[
@@ -19,12 +19,12 @@ const QUOTES: &[&str] = &[
 
 /// `BASE-QUOTE` of a Binance symbol (`BTCUSDT` is `BTC-USDT`), when its
 /// quote currency is one of the known ones.
-fn instrument_of(symbol: &str) -> Option<Text> {
+fn instrument_of(symbol: &str) -> Option<String> {
     let quote = quote_currency(symbol);
     let base = symbol.strip_suffix(quote).filter(|_| !quote.is_empty())?;
     // Pushed, not `format!`: once per trade on the feed's thread, where
     // `fmt`'s machinery cost ~700 instructions (callgrind).
-    let mut instrument = Text::with_capacity(symbol.len() + 1);
+    let mut instrument = String::with_capacity(symbol.len() + 1);
     instrument.push_str(base);
     instrument.push('-');
     instrument.push_str(quote);
@@ -77,7 +77,7 @@ impl Protocol for Binance {
     }
 
     fn instrument(&self, symbol: &str) -> Option<String> {
-        instrument_of(symbol).map(Text::into_string)
+        instrument_of(symbol)
     }
 
     fn parse(
@@ -293,34 +293,33 @@ pub(crate) fn assemble(a: Assembled<'_>) -> TradeV2 {
         + usize::from(a.first_trade_id.is_some())
         + usize::from(a.last_trade_id.is_some());
     let mut vendor = VendorData::with_capacity(entries);
-    // The keys are `const_new`: static text, no copy.
-    vendor.insert(Text::const_new("stream"), Text::const_new(a.kind));
+    vendor.insert("stream".to_string(), a.kind.to_string());
     if let Some(e) = a.event_time_ms {
-        vendor.insert(Text::const_new("event_time_ms"), digits.format(e).into());
+        vendor.insert("event_time_ms".to_string(), digits.format(e).to_string());
     }
     if let Some(f) = a.first_trade_id {
-        vendor.insert(Text::const_new("first_trade_id"), digits.format(f).into());
+        vendor.insert("first_trade_id".to_string(), digits.format(f).to_string());
     }
     if let Some(l) = a.last_trade_id {
-        vendor.insert(Text::const_new("last_trade_id"), digits.format(l).into());
+        vendor.insert("last_trade_id".to_string(), digits.format(l).to_string());
     }
     let mut id_buf = itoa::Buffer::new();
     let id_text = id_buf.format(a.id);
-    let mut trade_id = Text::with_capacity(a.exchange.len() + 1 + id_text.len());
+    let mut trade_id = String::with_capacity(a.exchange.len() + 1 + id_text.len());
     trade_id.push_str(a.exchange);
     trade_id.push('-');
     trade_id.push_str(id_text);
     TradeV2 {
         message_id: message_id(a.exchange, a.kind, a.symbol, id_text),
         trade_id,
-        symbol: a.symbol.into(),
-        exchange: a.exchange.into(),
+        symbol: a.symbol.to_string(),
+        exchange: a.exchange.to_string(),
         asset_class: AssetClass::Crypto,
         timestamp_us: a.timestamp_us,
         ingestion_timestamp_us: a.received_us,
         price: a.price,
         quantity: a.quantity,
-        currency: Text::const_new(quote_currency(a.symbol)),
+        currency: quote_currency(a.symbol).to_string(),
         side,
         trade_conditions: Vec::new(),
         source_sequence: Some(a.id),

@@ -41,8 +41,7 @@ use super::fill::{Fill, all_or_nothing, non_negative, rfc3339_us};
 use super::rest::RestHistory;
 use super::{Frame, FrameError, ParseCtx, Protocol};
 use crate::config::{FeedConfig, ProtocolKind};
-use crate::model::{Dec8, Side, Text, TradeV2, VendorData};
-use compact_str::ToCompactString;
+use crate::model::{Dec8, Side, TradeV2, VendorData};
 
 /// Longest trade id kept as text. Coinbase's are decimal integers; a
 /// longer one is not a trade id but a hostile frame.
@@ -83,7 +82,7 @@ impl Protocol for CoinbaseAdvanced {
     }
 
     fn instrument(&self, symbol: &str) -> Option<String> {
-        coinbase_instrument(symbol).map(Text::into_string)
+        coinbase_instrument(symbol)
     }
 
     fn parse(
@@ -130,7 +129,7 @@ impl Protocol for CoinbaseExchange {
     }
 
     fn instrument(&self, symbol: &str) -> Option<String> {
-        coinbase_instrument(symbol).map(Text::into_string)
+        coinbase_instrument(symbol)
     }
 
     fn parse(
@@ -191,15 +190,15 @@ fn product_parts(symbol: &str) -> Option<(&str, &str)> {
 }
 
 /// The quote currency of a product, "" when it has none.
-fn currency(symbol: &str) -> Text {
+fn currency(symbol: &str) -> String {
     product_parts(symbol)
-        .map(|(_, quote)| quote.to_ascii_uppercase().into())
+        .map(|(_, quote)| quote.to_ascii_uppercase())
         .unwrap_or_default()
 }
 
-fn coinbase_instrument(symbol: &str) -> Option<Text> {
+fn coinbase_instrument(symbol: &str) -> Option<String> {
     let (base, quote) = product_parts(symbol)?;
-    Some(compact_str::format_compact!(
+    Some(format!(
         "{}-{}",
         base.to_ascii_uppercase(),
         quote.to_ascii_uppercase()
@@ -301,7 +300,7 @@ pub(super) fn advanced_trade(
         timestamp_us: rfc3339_us(string(t, "time")?, "time")?,
         side,
         conditions: Vec::new(),
-        vendor: VendorData::from_iter([("event".into(), kind.into())]),
+        vendor: VendorData::from_iter([("event".to_string(), kind.to_string())]),
     }
     .into_trade(ctx, currency(symbol), coinbase_instrument(symbol)))
 }
@@ -333,13 +332,13 @@ pub(super) fn exchange_match(
     };
     let mut vendor = VendorData::new();
     if let Some(sequence) = integer(obj, "sequence")? {
-        vendor.insert("sequence".into(), sequence.to_compact_string());
+        vendor.insert("sequence".to_string(), sequence.to_string());
     }
     for name in ["maker_order_id", "taker_order_id"] {
         match obj.get(name) {
             None | Some(Value::Null) => {}
             Some(Value::String(s)) => {
-                vendor.insert(name.into(), id_text(s, name)?.into());
+                vendor.insert(name.to_string(), id_text(s, name)?.to_string());
             }
             Some(other) => return Err(wrong_type(name, "string", other)),
         }
@@ -973,7 +972,7 @@ mod tests {
         assert_eq!(trades.len(), want.len());
         for (t, v) in trades.iter().zip(&want) {
             assert_eq!(t.trade_id, format!("COINBASE-{}", v["trade_id"]));
-            assert_eq!(t.symbol, v["product_id"].as_str().unwrap());
+            assert_eq!(t.symbol, v["product_id"]);
             assert_eq!(t.price, Dec8::parse(v["price"].as_str().unwrap()).unwrap());
             assert_eq!(
                 t.quantity,

@@ -3,7 +3,7 @@
 //! amounts each of them needs.
 
 use super::{Frame, FrameError, ParseCtx};
-use crate::model::{AssetClass, Dec8, Side, Text, TradeV2, VendorData, message_id};
+use crate::model::{AssetClass, Dec8, Side, TradeV2, VendorData, message_id};
 
 /// The id space of the venues whose trade ids form one sequence per
 /// symbol.
@@ -32,14 +32,14 @@ impl Fill<'_> {
     pub fn into_trade(
         self,
         ctx: &ParseCtx<'_>,
-        currency: Text,
-        instrument: Option<Text>,
+        currency: String,
+        instrument: Option<String>,
     ) -> TradeV2 {
         TradeV2 {
             message_id: message_id(ctx.exchange, ID_SPACE, self.symbol, self.id),
-            trade_id: compact_str::format_compact!("{}-{}", ctx.exchange, self.id),
-            symbol: self.symbol.into(),
-            exchange: ctx.exchange.into(),
+            trade_id: format!("{}-{}", ctx.exchange, self.id),
+            symbol: self.symbol.to_string(),
+            exchange: ctx.exchange.to_string(),
             asset_class: AssetClass::Crypto,
             timestamp_us: self.timestamp_us,
             ingestion_timestamp_us: ctx.received_us,

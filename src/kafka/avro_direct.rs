@@ -107,7 +107,7 @@ pub fn encode_trade_into(buf: &mut Vec<u8>, schema_id: u32, t: &TradeV2) {
 /// At least the encoded size of `t`: every varint counted at its longest,
 /// 10 bytes.
 fn encoded_len_bound(t: &TradeV2) -> usize {
-    let text = |s: &str| s.len() + 10;
+    let text = |s: &String| s.len() + 10;
     let ids = text(&t.message_id) + text(&t.trade_id) + text(&t.symbol);
     let strings = ids + text(&t.exchange) + text(&t.currency);
     // the header, two enums, two timestamps, two decimals of 8 bytes, the
@@ -115,8 +115,8 @@ fn encoded_len_bound(t: &TradeV2) -> usize {
     // and end, the instrument's index
     (5 + 2 * 10 + 2 * 10 + 2 * 9 + 11 + 2 * 11 + 12 + 1)
         + strings
-        + t.instrument.as_deref().map_or(0, text)
-        + t.trade_conditions.iter().map(|c| text(c)).sum::<usize>()
+        + t.instrument.as_ref().map_or(0, text)
+        + t.trade_conditions.iter().map(text).sum::<usize>()
         + (t.vendor_data.iter().flatten())
             .map(|(k, v)| text(k) + text(v))
             .sum::<usize>()
@@ -480,21 +480,19 @@ mod tests {
         // one after another). A tuple of all sixteen, or a struct, goes
         // through apache-avro's `Value`, whose map is a `HashMap`.
         // In key order, as the map's own order is.
-        let vendor: Option<std::collections::BTreeMap<&str, &str>> = t
-            .vendor_data
-            .as_ref()
-            .map(|m| m.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect());
+        let vendor: Option<std::collections::BTreeMap<&String, &String>> =
+            t.vendor_data.as_ref().map(|m| m.iter().collect());
         let row = (
             &t.message_id,
-            t.trade_id.as_str(),
-            t.symbol.as_str(),
-            t.exchange.as_str(),
+            &t.trade_id,
+            &t.symbol,
+            &t.exchange,
             t.asset_class,
             t.timestamp_us,
             t.ingestion_timestamp_us,
             Decimal8(t.price),
             Decimal8(t.quantity),
-            t.currency.as_str(),
+            &t.currency,
             t.side,
             &t.trade_conditions,
             t.source_sequence,
@@ -507,11 +505,7 @@ mod tests {
         let mut body = v1.write_ser_to_vec(&row).unwrap();
         let union = apache_avro::Schema::parse_str(r#"["null", "string"]"#).unwrap();
         let instrument = GenericDatumWriter::builder(&union).build().unwrap();
-        body.extend(
-            instrument
-                .write_ser_to_vec(&t.instrument.as_deref())
-                .unwrap(),
-        );
+        body.extend(instrument.write_ser_to_vec(&t.instrument).unwrap());
         framed(&body)
     }
 
@@ -541,9 +535,9 @@ mod tests {
             Just(None),
             Just(Some(VendorData::new())),
             prop::collection::btree_map(text(), text(), 1..=1)
-                .prop_map(|m| Some(m.into_iter().map(|(k, v)| (k.into(), v.into())).collect())),
+                .prop_map(|m| Some(m.into_iter().collect())),
             prop::collection::btree_map(text(), text(), 2..8)
-                .prop_map(|m| Some(m.into_iter().map(|(k, v)| (k.into(), v.into())).collect())),
+                .prop_map(|m| Some(m.into_iter().collect())),
         ]
     }
 
@@ -562,21 +556,21 @@ mod tests {
         ) -> TradeV2 {
             TradeV2 {
                 message_id: s.0,
-                trade_id: s.1.into(),
-                symbol: s.2.into(),
-                exchange: s.3.into(),
+                trade_id: s.1,
+                symbol: s.2,
+                exchange: s.3,
                 asset_class,
                 timestamp_us: ts.0,
                 ingestion_timestamp_us: ts.1,
                 price,
                 quantity,
-                currency: s.4.into(),
+                currency: s.4,
                 side,
                 trade_conditions,
                 source_sequence: seq.0,
                 platform_sequence: seq.1,
                 vendor_data,
-                instrument: instrument.map(Into::into),
+                instrument,
             }
         }
     }

@@ -18,7 +18,7 @@ use crate::messages::producer::Record;
 pub struct Encoder {
     codec: Arc<Codec>,
     /// Exchange → its trades topic, made once: a record takes a reference.
-    trades_topics: HashMap<crate::model::Text, Arc<str>>,
+    trades_topics: HashMap<String, Arc<str>>,
     topic_prefix: String,
     dead_letter_topic: Arc<str>,
 }

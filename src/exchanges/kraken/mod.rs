@@ -55,8 +55,6 @@ mod v2;
 use std::borrow::Cow;
 use std::time::Duration;
 
-use compact_str::CompactString;
-
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
@@ -111,7 +109,7 @@ impl Protocol for KrakenV2 {
     }
 
     fn instrument(&self, symbol: &str) -> Option<String> {
-        kraken_instrument(symbol).map(CompactString::into_string)
+        kraken_instrument(symbol)
     }
 
     fn parse(
@@ -162,7 +160,7 @@ impl Protocol for KrakenV1 {
     }
 
     fn instrument(&self, symbol: &str) -> Option<String> {
-        kraken_instrument(symbol).map(CompactString::into_string)
+        kraken_instrument(symbol)
     }
 
     fn parse(
@@ -210,9 +208,9 @@ fn normalize_asset(code: &str) -> String {
     }
 }
 
-fn kraken_instrument(symbol: &str) -> Option<CompactString> {
+fn kraken_instrument(symbol: &str) -> Option<String> {
     let (base, quote) = pair_parts(symbol)?;
-    Some(compact_str::format_compact!(
+    Some(format!(
         "{}-{}",
         normalize_asset(base),
         normalize_asset(quote)
@@ -220,9 +218,9 @@ fn kraken_instrument(symbol: &str) -> Option<CompactString> {
 }
 
 /// The quote currency of a pair, normalized; "" when it has none.
-fn quote_currency(symbol: &str) -> CompactString {
+fn quote_currency(symbol: &str) -> String {
     pair_parts(symbol)
-        .map(|(_, quote)| normalize_asset(quote).into())
+        .map(|(_, quote)| normalize_asset(quote))
         .unwrap_or_default()
 }
 

@@ -405,7 +405,7 @@ pub async fn measure(
                 .map(|t| {
                     Ok(Encoded {
                         topic: topic.to_string(),
-                        key: t.symbol.to_string(),
+                        key: t.symbol.clone(),
                         payload: codec.encode_trade(t)?,
                     })
                 })
