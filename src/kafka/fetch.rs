@@ -190,6 +190,20 @@ impl Read<'_> {
         }
     }
 
+    /// Which of librdkafka's topic objects the record belongs to (its
+    /// address; 0 for none), to tell a run of one topic's records without
+    /// reading the name each time. Records that are alive at once share
+    /// the value exactly when they share a topic: each holds a reference
+    /// on its topic object, so no other can take that address meanwhile.
+    pub fn topic_id(&self) -> usize {
+        match self {
+            // SAFETY: `ptr` is the live message this value borrows.
+            Read::Polled(Ok(m)) => unsafe { (*m.ptr()).rkt as usize },
+            Read::Polled(Err(_)) => 0,
+            Read::Batched(f) => f.raw().rkt as usize,
+        }
+    }
+
     pub fn partition(&self) -> i32 {
         match self {
             Read::Polled(Ok(m)) => m.partition(),
