@@ -289,7 +289,7 @@ impl<'a> Reader<'a> {
         // digits), and a row holds a dozen strings of a few bytes: checked
         // for ASCII a word at a time, one costs half of what the general
         // UTF-8 validation does (5 against 10.5 ns, measured on a trade's
-        // strings); that validation was 8 % of the lake thread's samples.
+        // strings); that validation was 7 % of the lake thread's samples.
         if b.is_ascii() {
             // SAFETY: every byte is below 0x80, and ASCII is valid UTF-8.
             return Ok(unsafe { std::str::from_utf8_unchecked(b) });

@@ -241,7 +241,7 @@ pub async fn freshness(
             let t0 = Instant::now();
             let body = get(
                 http,
-                // The newest trades; a small page keeps a poll cheap.
+                // The newest trades, as many as `limit` says.
                 &format!(
                     "/v1/trades/recent?symbol={}&minutes=5&limit={}",
                     SYMBOLS[0],

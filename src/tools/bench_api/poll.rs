@@ -80,13 +80,11 @@ impl PageLimit {
     }
 
     /// After a page (not the first): whether it was full, and whether its
-    /// oldest trade was new to the poller. True when the limit grew.
-    pub(super) fn after(&mut self, truncated: bool, oldest_was_new: bool) -> bool {
-        if truncated && oldest_was_new && self.rows < self.cap {
+    /// oldest trade was new to the poller.
+    pub(super) fn after(&mut self, truncated: bool, oldest_was_new: bool) {
+        if truncated && oldest_was_new {
             self.rows = (self.rows * 2).min(self.cap);
-            return true;
         }
-        false
     }
 }
 
@@ -130,14 +128,14 @@ mod tests {
         let mut l = PageLimit::new(10_000.0, 6_000);
         // A page that was not full, or whose oldest trade an earlier
         // answer held, lost nothing.
-        assert!(!l.after(false, true));
-        assert!(!l.after(true, false));
+        l.after(false, true);
+        l.after(true, false);
         assert_eq!(l.rows(), 2_500);
-        assert!(l.after(true, true));
+        l.after(true, true);
         assert_eq!(l.rows(), 5_000);
-        assert!(l.after(true, true));
+        l.after(true, true);
         assert_eq!(l.rows(), 6_000);
-        assert!(!l.after(true, true));
+        l.after(true, true);
         assert_eq!(l.rows(), 6_000);
     }
 }
