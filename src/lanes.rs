@@ -8,6 +8,11 @@
 //! on a lane that is always read first, while data lanes are bounded so a full
 //! lane blocks its senders (backpressure) instead of growing memory.
 //!
+//! A data message takes as many of its lane's slots as its weight
+//! ([`LaneSender::send_weighted`]; 1 for [`LaneSender::send_data`]), so a
+//! lane that carries batches is bounded by what they hold, and its depth,
+//! `sent` and `received` count the batches' records, not the batches.
+//!
 //! # Tiers
 //! Data lanes are addressed by a **0-based tier index**: index `0` is tier 1,
 //! the highest priority; index `1` is tier 2, and so on. The same index is used
@@ -35,6 +40,7 @@ use std::task::{Context, Poll};
 use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError};
 use tokio::time::Instant;
 
 /// Largest capacity a data lane may have (tokio's semaphore limit).
@@ -127,14 +133,16 @@ pub struct LaneStats {
     /// 0-based tier index (0 is tier 1, the highest priority).
     pub tier: usize,
     pub capacity: usize,
-    /// Slots in use: messages queued plus sends that already hold a slot
-    /// and are completing. Never above `capacity`. Messages left when the
-    /// receiver is dropped are discarded, so depth drops to 0 then.
+    /// Slots in use: the weights of the messages queued plus of sends that
+    /// already hold their slots and are completing. Never above `capacity`.
+    /// Messages left when the receiver is dropped are discarded, so depth
+    /// drops to 0 then.
     pub depth: u64,
     pub paused: bool,
-    /// Messages accepted by the lane since creation.
+    /// Slots' worth of messages accepted by the lane since creation (each
+    /// message counts its weight).
     pub sent: u64,
-    /// Messages handed out by `recv` since creation.
+    /// Slots' worth of messages handed out by `recv` since creation.
     pub received: u64,
     /// Total time senders spent waiting for room on this lane, in
     /// nanoseconds (a monotonic counter). A wait is added when it ends, so
@@ -161,6 +169,11 @@ pub struct MailboxStats {
 // without locking and so depth stays exact even while messages move.
 struct LaneCounters {
     capacity: usize,
+    /// The lane's free slots. A message takes as many as its weight (a
+    /// batch of trades weighs its length), so the bound is on what the lane
+    /// holds, not on how it is packed; the receiver gives them back as it
+    /// takes each message out.
+    room: Semaphore,
     paused: AtomicBool,
     sent: AtomicU64,
     received: AtomicU64,
@@ -170,6 +183,8 @@ struct LaneCounters {
 
 struct Shared {
     closed: AtomicBool,
+    /// The receiver was dropped: what the lanes held is gone with it.
+    dropped: AtomicBool,
     control_sent: AtomicU64,
     control_received: AtomicU64,
     lanes: Box<[LaneCounters]>,
@@ -186,17 +201,16 @@ fn sent_received(sent: &AtomicU64, received: &AtomicU64) -> (u64, u64) {
     (sent, received)
 }
 
-/// Slots in use on a bounded tokio channel. Taken from the channel's own
-/// semaphore rather than `sent - received`: tokio frees the slot inside
-/// `poll_recv`, before `received` can be bumped, so the counter difference
-/// could briefly read `capacity + 1`.
-fn slots_in_use(max_capacity: usize, capacity: usize) -> u64 {
-    u64::try_from(max_capacity.saturating_sub(capacity)).unwrap_or(u64::MAX)
+/// Slots in use on a lane, from its semaphore rather than `sent -
+/// received`: the slots are given back before `received` is bumped, so the
+/// counter difference could briefly read above the capacity.
+fn slots_in_use(lane: &LaneCounters) -> u64 {
+    u64::try_from(lane.capacity.saturating_sub(lane.room.available_permits())).unwrap_or(u64::MAX)
 }
 
 impl Shared {
-    /// `lane_depth(tier)` comes from whichever channel half the caller owns.
-    fn snapshot(&self, lane_depth: impl Fn(usize) -> u64) -> MailboxStats {
+    fn snapshot(&self) -> MailboxStats {
+        let dropped = self.dropped.load(Ordering::Relaxed);
         let (control_sent, control_received) =
             sent_received(&self.control_sent, &self.control_received);
         let lanes = self
@@ -208,7 +222,7 @@ impl Shared {
                 LaneStats {
                     tier,
                     capacity: lane.capacity,
-                    depth: lane_depth(tier),
+                    depth: if dropped { 0 } else { slots_in_use(lane) },
                     paused: lane.paused.load(Ordering::Relaxed),
                     sent,
                     received,
@@ -263,7 +277,9 @@ impl Drop for BlockedTimer<'_> {
 
 struct SenderChannels<C, D> {
     control: mpsc::UnboundedSender<C>,
-    data: Box<[mpsc::Sender<D>]>,
+    /// Each message with its weight, which the receiver gives back as room.
+    /// Unbounded: the lane's semaphore is its bound.
+    data: Box<[mpsc::UnboundedSender<(D, u32)>]>,
 }
 
 /// The two halves returned by [`mailbox`].
@@ -290,16 +306,18 @@ pub fn mailbox<C, D>(data_capacities: &[usize]) -> Result<Mailbox<C, D>, Mailbox
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let (data_tx, data_rx): (Vec<_>, Vec<_>) = data_capacities
         .iter()
-        .map(|&capacity| mpsc::channel(capacity))
+        .map(|_| mpsc::unbounded_channel())
         .unzip();
     let shared = Arc::new(Shared {
         closed: AtomicBool::new(false),
+        dropped: AtomicBool::new(false),
         control_sent: AtomicU64::new(0),
         control_received: AtomicU64::new(0),
         lanes: data_capacities
             .iter()
             .map(|&capacity| LaneCounters {
                 capacity,
+                room: Semaphore::new(capacity),
                 paused: AtomicBool::new(false),
                 sent: AtomicU64::new(0),
                 received: AtomicU64::new(0),
@@ -369,6 +387,19 @@ impl<C, D> LaneSender<C, D> {
     /// Cancel safe in the sense that dropping the future before it completes
     /// never enqueues the message.
     pub async fn send_data(&self, tier: usize, data: D) -> Result<(), SendError<D>> {
+        self.send_weighted(tier, data, 1).await
+    }
+
+    /// [`send_data`](Self::send_data) for a message that takes `weight`
+    /// slots (a batch, its length): it waits until the lane has that much
+    /// room. A weight above the lane's capacity takes the whole lane, and
+    /// 0 counts as 1.
+    pub async fn send_weighted(
+        &self,
+        tier: usize,
+        data: D,
+        weight: usize,
+    ) -> Result<(), SendError<D>> {
         let (Some(tx), Some(lane)) = (self.channels.data.get(tier), self.shared.lanes.get(tier))
         else {
             return Err(SendError::NoSuchTier(NoSuchTierWith {
@@ -376,23 +407,21 @@ impl<C, D> LaneSender<C, D> {
                 data,
             }));
         };
+        let weight = slots_for(lane, weight);
         // Try first so only real waits touch the clock and the blocked gauge.
-        let permit = match tx.try_reserve() {
+        let permit = match lane.room.try_acquire_many(weight) {
             Ok(permit) => permit,
-            Err(mpsc::error::TrySendError::Closed(())) => return Err(SendError::Closed(data)),
-            Err(mpsc::error::TrySendError::Full(())) => {
+            Err(TryAcquireError::Closed) => return Err(SendError::Closed(data)),
+            Err(TryAcquireError::NoPermits) => {
                 let _timer = BlockedTimer::start(lane);
-                match tx.reserve().await {
+                match lane.room.acquire_many(weight).await {
                     Ok(permit) => permit,
                     Err(_) => return Err(SendError::Closed(data)),
                 }
             }
         };
-        // The permit guarantees the send below succeeds, so counting here is
-        // exact and happens before the receiver can see the message.
-        lane.sent.fetch_add(1, Ordering::Relaxed);
-        permit.send(data);
-        Ok(())
+        self.enqueue(tx, lane, permit, data, weight)
+            .map_err(SendError::Closed)
     }
 
     /// Queue a data message on lane `tier` if it has room right now.
@@ -404,15 +433,35 @@ impl<C, D> LaneSender<C, D> {
                 data,
             }));
         };
-        match tx.try_reserve() {
-            Ok(permit) => {
-                lane.sent.fetch_add(1, Ordering::Relaxed);
-                permit.send(data);
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(())) => Err(TrySendError::Full(data)),
-            Err(mpsc::error::TrySendError::Closed(())) => Err(TrySendError::Closed(data)),
+        match lane.room.try_acquire_many(1) {
+            Ok(permit) => self
+                .enqueue(tx, lane, permit, data, 1)
+                .map_err(TrySendError::Closed),
+            Err(TryAcquireError::NoPermits) => Err(TrySendError::Full(data)),
+            Err(TryAcquireError::Closed) => Err(TrySendError::Closed(data)),
         }
+    }
+
+    /// Puts a message whose room is taken on its lane; the receiver gives
+    /// the room back when it takes the message out.
+    fn enqueue(
+        &self,
+        tx: &mpsc::UnboundedSender<(D, u32)>,
+        lane: &LaneCounters,
+        permit: SemaphorePermit<'_>,
+        data: D,
+        weight: u32,
+    ) -> Result<(), D> {
+        // Counted before the message becomes visible to the receiver, so a
+        // snapshot never sees more received than sent; undone if the
+        // receiver is gone (its drop closed the room, so this is a race
+        // with that drop only).
+        lane.sent.fetch_add(u64::from(weight), Ordering::Relaxed);
+        permit.forget();
+        tx.send((data, weight)).map_err(|e| {
+            lane.sent.fetch_sub(u64::from(weight), Ordering::Relaxed);
+            e.0.0
+        })
     }
 
     /// Number of data lanes.
@@ -426,19 +475,14 @@ impl<C, D> LaneSender<C, D> {
     }
 
     pub fn stats(&self) -> MailboxStats {
-        self.shared.snapshot(|tier| {
-            self.channels
-                .data
-                .get(tier)
-                .map_or(0, |tx| slots_in_use(tx.max_capacity(), tx.capacity()))
-        })
+        self.shared.snapshot()
     }
 }
 
 /// The receiving half, owned by the actor (or the loop that drives it).
 pub struct LaneReceiver<C, D> {
     control: mpsc::UnboundedReceiver<C>,
-    data: Box<[mpsc::Receiver<D>]>,
+    data: Box<[mpsc::UnboundedReceiver<(D, u32)>]>,
     shared: Arc<Shared>,
 }
 
@@ -490,8 +534,10 @@ impl<C, D> LaneReceiver<C, D> {
                 continue;
             }
             match rx.poll_recv(cx) {
-                Poll::Ready(Some(data)) => {
-                    lane.received.fetch_add(1, Ordering::Release);
+                Poll::Ready(Some((data, weight))) => {
+                    lane.room.add_permits(weight as usize);
+                    lane.received
+                        .fetch_add(u64::from(weight), Ordering::Release);
                     return Poll::Ready(Some(Envelope::Data { tier, data }));
                 }
                 Poll::Ready(None) => {}
@@ -546,8 +592,10 @@ impl<C, D> LaneReceiver<C, D> {
     pub fn close(&mut self) {
         self.shared.closed.store(true, Ordering::Relaxed);
         self.control.close();
-        for rx in self.data.iter_mut() {
+        for (rx, lane) in self.data.iter_mut().zip(self.shared.lanes.iter()) {
             rx.close();
+            // Wakes the senders waiting for room; they get their message back.
+            lane.room.close();
         }
         tracing::debug!("mailbox closed by its receiver");
     }
@@ -558,19 +606,28 @@ impl<C, D> LaneReceiver<C, D> {
     }
 
     pub fn stats(&self) -> MailboxStats {
-        self.shared.snapshot(|tier| {
-            self.data
-                .get(tier)
-                .map_or(0, |rx| slots_in_use(rx.max_capacity(), rx.capacity()))
-        })
+        self.shared.snapshot()
     }
 }
 
 impl<C, D> Drop for LaneReceiver<C, D> {
     fn drop(&mut self) {
-        // The channels close themselves; this only lets stats report it.
+        // The channels close themselves, but a sender waiting for room
+        // waits on the semaphore: closing it gives the sender its message
+        // back. What the lanes held is discarded, so their depth reads 0.
+        self.shared.dropped.store(true, Ordering::Relaxed);
         self.shared.closed.store(true, Ordering::Relaxed);
+        for lane in self.shared.lanes.iter() {
+            lane.room.close();
+        }
     }
+}
+
+/// The slots a message of `weight` takes on `lane`: at least 1, at most
+/// the lane (so that a message larger than the lane still goes, alone).
+fn slots_for(lane: &LaneCounters, weight: usize) -> u32 {
+    let slots = weight.clamp(1, lane.capacity);
+    u32::try_from(slots).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
@@ -682,6 +739,58 @@ mod tests {
         assert_eq!(stats.lanes[2].blocked_ns, 0);
         assert_eq!(rx.recv().await, Some(data(1, 2)));
         assert_eq!(rx.recv().await, Some(data(1, 3)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_takes_its_weight_in_slots() {
+        let (tx, mut rx) = new_mailbox(&[10]);
+        tx.send_weighted(0, 1, 4).await.expect("room");
+        tx.send_weighted(0, 2, 4).await.expect("room");
+        assert_eq!((lane(&rx, 0).depth, lane(&rx, 0).sent), (8, 8));
+        assert_eq!(
+            tx.try_send_data(0, 9),
+            Ok(()),
+            "one slot of weight 1 still fits"
+        );
+        let blocked = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send_weighted(0, 3, 4).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!blocked.is_finished(), "4 slots wanted, 1 free");
+        assert_eq!(lane(&rx, 0).blocked_senders, 1);
+
+        assert_eq!(rx.recv().await, Some(data(0, 1)));
+        // The freed slots go straight to the waiting batch.
+        let after = lane(&rx, 0);
+        assert_eq!((after.received, after.depth), (4, 9));
+        tokio::time::timeout(Duration::from_millis(10), blocked)
+            .await
+            .expect("room for the batch once one was read")
+            .expect("task")
+            .expect("send ok");
+        assert_eq!(lane(&rx, 0).depth, 9);
+        for want in [2, 9, 3] {
+            assert_eq!(rx.recv().await, Some(data(0, want)));
+        }
+        let end = lane(&rx, 0);
+        assert_eq!((end.depth, end.sent, end.received), (0, 13, 13));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_larger_than_its_lane_goes_alone() {
+        let (tx, mut rx) = new_mailbox(&[4]);
+        tx.send_weighted(0, 1, 10)
+            .await
+            .expect("an empty lane takes it");
+        assert_eq!(lane(&rx, 0).depth, 4, "it fills the lane, no more");
+        assert_eq!(tx.try_send_data(0, 2), Err(TrySendError::Full(2)));
+        assert_eq!(rx.recv().await, Some(data(0, 1)));
+        tx.send_weighted(0, 0, 0).await.expect("room");
+        assert_eq!(lane(&rx, 0).depth, 1, "weight 0 counts as 1");
+        assert_eq!(rx.recv().await, Some(data(0, 0)));
+        let end = lane(&rx, 0);
+        assert_eq!((end.depth, end.sent, end.received), (0, 5, 5));
     }
 
     #[tokio::test(start_paused = true)]

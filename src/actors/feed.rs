@@ -65,6 +65,10 @@ type WsRead = futures::stream::SplitStream<WsStream>;
 /// before the timers and the other connections are looked at again.
 const READY_RUN: u32 = 64;
 
+/// Most trades a run of ready frames hands the producer in one batch (a
+/// venue's frame may carry many).
+const MAX_BATCH: usize = 256;
+
 /// Which connection a message came from, during a rotation.
 #[derive(Debug, Clone, Copy)]
 enum Conn {
@@ -436,6 +440,20 @@ impl Connection {
     /// one started after) and then closed. Both deliver the overlap; dedup
     /// keeps one copy. So a rotation loses nothing.
     async fn run(self, delay: Duration) -> Result<std::convert::Infallible, FeedError> {
+        let end = self.read(delay).await;
+        // Trades of a run of frames whose next message ended the connection
+        // (an error, a close) still go out.
+        let mut trades = std::mem::take(&mut *self.parsed.borrow_mut());
+        if !trades.is_empty()
+            && let Err(e) = self.intake.send_trades(&mut trades, now_us()).await
+        {
+            tracing::warn!(exchange = %self.cfg.exchange, error = %e, "the producer refused the last trades of a connection");
+        }
+        end
+    }
+
+    /// Reads the connection until it ends.
+    async fn read(&self, delay: Duration) -> Result<std::convert::Infallible, FeedError> {
         tokio::time::sleep(delay).await;
         let exchange = self.cfg.exchange.as_str();
         let (mut sink, mut stream) = self.open().await?;
@@ -534,9 +552,29 @@ impl Connection {
             }
             let data = matches!(msg, WsMessage::Text(_) | WsMessage::Binary(_));
             fresh |= data;
+            // Frames the socket already holds are taken one after another,
+            // without a select per frame: that round (six futures, timers
+            // entered into the wheel and taken out again) cost more than
+            // the frame's parse in a profile of a flood. The select runs
+            // again after READY_RUN of them, so the timers and a rotation's
+            // connection wait at most that long. The next frame is taken
+            // before this one is handled, so that this one's trades can
+            // wait for it and go to the producer with it.
+            if data
+                && matches!(from, Conn::Current)
+                && run < READY_RUN
+                && let Some(n) = stream.next().now_or_never()
+            {
+                ready = Some(n);
+                run += 1;
+            }
+            let more = matches!(
+                &ready,
+                Some(Some(Ok(WsMessage::Text(_) | WsMessage::Binary(_))))
+            );
             match msg {
-                WsMessage::Text(t) => self.on_frame(t.as_bytes(), Some(t.as_str())).await?,
-                WsMessage::Binary(b) => self.on_frame(&b, None).await?,
+                WsMessage::Text(t) => self.on_frame(t.as_bytes(), Some(t.as_str()), more).await?,
+                WsMessage::Binary(b) => self.on_frame(&b, None, more).await?,
                 WsMessage::Ping(p) => {
                     let to = match from {
                         Conn::Current => &mut sink,
@@ -577,20 +615,6 @@ impl Connection {
                 retire_at = Some(tokio::time::Instant::now() + ROTATION_OVERLAP);
                 rotate_at = tokio::time::Instant::now() + lifetime;
             }
-            // Frames the socket already holds are taken one after another,
-            // without a select per frame: that round (six futures, timers
-            // entered into the wheel and taken out again) cost more than
-            // the frame's parse in a profile of a flood. The select runs
-            // again after READY_RUN of them, so the timers and a rotation's
-            // connection wait at most that long.
-            if data
-                && matches!(from, Conn::Current)
-                && run < READY_RUN
-                && let Some(n) = stream.next().now_or_never()
-            {
-                ready = Some(n);
-                run += 1;
-            }
         }
     }
 
@@ -599,7 +623,13 @@ impl Connection {
     /// to the dead-letter topic with their raw bytes (on the tier-1 lane:
     /// they are never shed). Waiting on a full lane here is
     /// deliberate: it is the backpressure path.
-    async fn on_frame(&self, raw: &[u8], text: Option<&str>) -> Result<(), FeedError> {
+    ///
+    /// With `more` (the next frame is already in hand) the frame's trades
+    /// wait for the next frame's, up to [`MAX_BATCH`], and go with them: a
+    /// batch costs the lane and the producer's dispatch once. Nothing waits
+    /// on anything else meanwhile, so no trade is held past the frames the
+    /// socket had ready.
+    async fn on_frame(&self, raw: &[u8], text: Option<&str>, more: bool) -> Result<(), FeedError> {
         let exchange = self.cfg.exchange.as_str();
         let received = now_us();
         let ctx = ParseCtx {
@@ -610,16 +640,16 @@ impl Connection {
         // Taken out of its cell: the sends below await, and nothing else
         // touches the buffer meanwhile, but a borrow must not span them.
         let mut trades = std::mem::take(&mut *self.parsed.borrow_mut());
-        trades.clear();
+        let before = trades.len();
         let parsed = match text {
             Some(t) => self.protocol.parse(t, &ctx, &mut trades),
             None => Err(FrameError::Binary(raw.len())),
         };
-        let result = match parsed {
-            Ok(Frame::Trades(_)) => Ok(self.intake.send_trades(&mut trades, received).await?),
+        let letter = match parsed {
+            Ok(Frame::Trades(_)) => None,
             Ok(Frame::Skipped(kind)) => {
                 self.intake.events.skipped(kind);
-                Ok(())
+                None
             }
             Err(e) => {
                 if let FrameError::Venue(reason) = &e {
@@ -627,20 +657,26 @@ impl Connection {
                 }
                 // Whatever the parser pushed before it failed is not sent:
                 // the frame goes whole to the dead letters.
-                trades.clear();
+                trades.truncate(before);
                 self.intake.events.malformed(&e, raw.len());
-                let out = Outgoing::dead_letter(DeadLetter::new(
+                Some(Outgoing::dead_letter(DeadLetter::new(
                     exchange,
                     &self.url,
                     received,
                     e.to_string(),
                     raw.to_vec(),
-                ));
-                Ok(self.intake.send(out).await?)
+                )))
             }
         };
+        // The trades before a dead letter go first, as they came.
+        if !trades.is_empty() && (!more || letter.is_some() || trades.len() >= MAX_BATCH) {
+            self.intake.send_trades(&mut trades, received).await?;
+        }
+        if let Some(out) = letter {
+            self.intake.send(out).await?;
+        }
         *self.parsed.borrow_mut() = trades;
-        result
+        Ok(())
     }
 }
 
@@ -759,8 +795,10 @@ mod tests {
         let mut next = async || {
             // A bound on a hung test, not a timing assertion.
             match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
-                Ok(Some(Envelope::Data { tier, data })) => (tier, data.record),
-                other => panic!("expected a record, got {other:?}"),
+                Ok(Some(Envelope::Data { tier, mut data })) if data.len() == 1 => {
+                    (tier, data.remove(0).record)
+                }
+                other => panic!("expected a batch of one record, got {other:?}"),
             }
         };
         match next().await {
@@ -780,6 +818,71 @@ mod tests {
             (_, Record::Trade(t)) => assert_eq!(t.symbol, "BTCUSDT"),
             other => panic!("expected the good trade, got {other:?}"),
         }
+        feed.do_send(StopFeed);
+        server.abort();
+    }
+
+    /// Frames the socket holds together reach the producer as batches:
+    /// the trades of a run of frames in one, in order, a dead letter on
+    /// its own after the trades before it, and the lane counts records.
+    #[actix_rt::test]
+    async fn a_run_of_ready_frames_goes_to_the_producer_in_batches() {
+        use crate::lanes::Envelope;
+        use crate::messages::producer::Record;
+
+        let trade = |id: u32| {
+            format!(
+                r#"{{"e":"trade","E":1,"s":"BTCUSDT","t":{id},"p":"1.0","q":"1.0","T":1,"m":true}}"#
+            )
+        };
+        let frames = [
+            trade(1),
+            trade(2),
+            "{not json".to_string(),
+            trade(3),
+            trade(4),
+        ];
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            // Written out in one go: the feed finds them all ready.
+            for frame in frames {
+                ws.feed(WsMessage::text(frame)).await.unwrap();
+            }
+            ws.flush().await.unwrap();
+            futures::future::pending::<()>().await;
+        });
+        let cfg = FeedConfig {
+            url: format!("ws://127.0.0.1:{port}"),
+            ..binance()
+        };
+        let (lanes, mut rx) = crate::lanes::mailbox(&[8, 8, 8]).unwrap();
+        let instruments = Arc::new(Instruments::builtin().unwrap());
+        let actor = FeedActor::new(cfg, lanes, instruments, Metrics::new().unwrap()).unwrap();
+        let feed = Supervisor::start(move |_| actor);
+        let mut batches = Vec::new();
+        while batches.len() < 3 {
+            // A bound on a hung test, not a timing assertion.
+            match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+                Ok(Some(Envelope::Data { tier: 0, data })) => batches.push(
+                    data.into_iter()
+                        .map(|o| match o.record {
+                            Record::Trade(t) => t.source_sequence.unwrap_or(-1).to_string(),
+                            Record::DeadLetter(d) => format!("dead letter {}", d.raw.len()),
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+                other => panic!("expected a batch on the tier-1 lane, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            batches,
+            [vec!["1", "2"], vec!["dead letter 9"], vec!["3", "4"]]
+        );
+        let lane = &rx.stats().lanes[0];
+        assert_eq!((lane.sent, lane.received), (5, 5), "records, not batches");
         feed.do_send(StopFeed);
         server.abort();
     }

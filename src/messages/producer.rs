@@ -6,7 +6,7 @@ use tokio::sync::oneshot;
 
 use crate::degrade::level::Level;
 use crate::instruments::Tier;
-use crate::lanes::LaneSender;
+use crate::lanes::{LaneSender, SendError};
 use crate::model::{DeadLetter, TradeV2};
 
 /// A record for Kafka.
@@ -63,5 +63,23 @@ pub enum ProducerControl {
     Flush(oneshot::Sender<Result<(), String>>),
 }
 
+/// What a data lane carries: records of one tier, in the order they go
+/// out. A feed sends the trades of a run of frames as one batch, so the
+/// lane's costs (a queue slot, a wake-up, the actor's dispatch) are paid a
+/// batch at a time; on the lane a batch weighs its length, so the lanes'
+/// bounds and depths still count records.
+pub type Batch = Vec<Outgoing>;
+
 /// The sending half of the producer's mailbox, cloned into every feed.
-pub type ProducerLanes = LaneSender<ProducerControl, Outgoing>;
+pub type ProducerLanes = LaneSender<ProducerControl, Batch>;
+
+/// Sends `batch` on the lane of `tier` (all its records are of that tier,
+/// or dead letters on tier 1), waiting while the lane has no room for it.
+pub async fn send_batch(
+    lanes: &ProducerLanes,
+    tier: Tier,
+    batch: Batch,
+) -> Result<(), SendError<Batch>> {
+    let weight = batch.len();
+    lanes.send_weighted(tier.index(), batch, weight).await
+}

@@ -525,7 +525,7 @@ async fn phase(
         // Tier 1: the rate is measured for what is never shed.
         d.producer
             .lanes
-            .send_data(Tier::One.index(), Outgoing::trade(t, Tier::One))
+            .send_data(Tier::One.index(), vec![Outgoing::trade(t, Tier::One)])
             .await
             .map_err(|e| BenchError::Producer(e.to_string()))?;
         if level_rx.has_changed().unwrap_or(false) {

@@ -37,14 +37,16 @@ use crate::kafka::delivery::{
 };
 use crate::kafka::encoder::{EncodedRef, Encoder};
 use crate::kafka::window::BrokerWindow;
-use crate::lanes::{Envelope, LaneReceiver};
+use crate::lanes::Envelope;
 use crate::messages::observe::Observe;
 use crate::messages::producer::{Outgoing, ProducerControl, ProducerLanes, Record};
 use crate::metrics::Metrics;
 use crate::model::{DeadLetter, now_us};
 use crate::telemetry::ProducerEvents;
 
+mod records;
 mod state;
+use records::Records;
 pub use state::ProducerState;
 
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +89,7 @@ pub struct ProducerActor {
     metrics: Metrics,
     /// Shared with the stream that polls it, so control messages can pause
     /// and resume lanes. Both run on this actor's thread, never at once.
-    rx: Rc<RefCell<LaneReceiver<ProducerControl, Outgoing>>>,
+    rx: Rc<RefCell<Records>>,
     level: Level,
     breaker: CircuitBreaker,
     stall: Duration,
@@ -175,7 +177,7 @@ impl ProducerActor {
             encoder,
             scratch: Vec::new(),
             metrics,
-            rx: Rc::new(RefCell::new(rx)),
+            rx: Rc::new(RefCell::new(Records::new(rx))),
             level: Level::Normal,
             breaker,
             stall: settings.stall,
@@ -652,7 +654,7 @@ impl Actor for ProducerActor {
         // while the receivers themselves, and what they hold, live on.
         let rx = self.rx.clone();
         ctx.add_stream(futures::stream::poll_fn(move |cx| {
-            rx.borrow_mut().poll_recv(cx)
+            rx.borrow_mut().poll_next(cx)
         }));
         let undelivered = self.undelivered_rx.clone();
         ctx.add_stream(futures::stream::poll_fn(move |cx| {

@@ -115,7 +115,7 @@ pub async fn asx(cfg: &Config, dir: &Path, timeout: Duration) -> Result<LoadRepo
         // Tier 1: a historical load is never shed.
         d.producer
             .lanes
-            .send_data(Tier::One.index(), Outgoing::trade(t, Tier::One))
+            .send_data(Tier::One.index(), vec![Outgoing::trade(t, Tier::One)])
             .await
             .map_err(|e| LoadError::Publish(e.to_string()))?;
         pb.inc(1);
@@ -123,7 +123,7 @@ pub async fn asx(cfg: &Config, dir: &Path, timeout: Duration) -> Result<LoadRepo
     for letter in dead_letters {
         d.producer
             .lanes
-            .send_data(Tier::One.index(), Outgoing::dead_letter(letter))
+            .send_data(Tier::One.index(), vec![Outgoing::dead_letter(letter)])
             .await
             .map_err(|e| LoadError::Publish(e.to_string()))?;
     }
