@@ -49,6 +49,9 @@ pub enum FeedError {
     /// would be a dead letter.
     #[error("{key}: {source}")]
     Subscription { key: String, source: SymbolError },
+    /// `StopFeed`: the connection ended where it held no trade.
+    #[error("the feed was stopped")]
+    Stopped,
 }
 
 /// How long the connection a rotation replaced is still read after the
@@ -153,7 +156,20 @@ pub struct FeedActor {
     filler: Option<tokio::task::JoinHandle<()>>,
     /// With a shared store: resolves the trades held for another daemon.
     releaser: Option<tokio::task::JoinHandle<()>>,
+    /// Tells the running connection to end at its next wait for a frame,
+    /// where it holds no trade (`StopFeed`).
+    stop: Rc<tokio::sync::Notify>,
+    /// A connection task is running.
+    reading: bool,
+    /// `StopFeed`'s answer, sent once the connection has ended.
+    stopped: Option<tokio::sync::oneshot::Sender<()>>,
 }
+
+/// Longest a `StopFeed` waits for the connection to reach a point where
+/// it holds no trade: a send blocked on a full lane waits for the
+/// producer, which gives up on a stalled broker (to its spill log) well
+/// within this.
+const STOP_WAIT: Duration = Duration::from_secs(30);
 
 impl FeedActor {
     /// Fails when the instruments file has no symbol rule for the feed's
@@ -215,6 +231,9 @@ impl FeedActor {
             gaps_table: None,
             filler: None,
             releaser: None,
+            stop: Rc::new(tokio::sync::Notify::new()),
+            reading: false,
+            stopped: None,
         })
     }
 
@@ -311,16 +330,31 @@ impl Actor for FeedActor {
             addr: ctx.address(),
             intake: self.intake.clone(),
             parsed: RefCell::new(Vec::new()),
+            stop: self.stop.clone(),
         };
+        self.reading = true;
         ctx.spawn(conn.run(delay).into_actor(self).map(|res, act, ctx| {
             act.state.connected = false;
+            act.reading = false;
             // A planned rotation happens inside the connection's run:
-            // only a failure ends it.
-            let Err(e) = res;
-            tracing::warn!(exchange = %act.cfg.exchange, error = %e, "feed connection ended");
-            act.state.health.last_error = Some(e.to_string());
+            // only a failure, or a stop, ends it.
+            match res {
+                Err(FeedError::Stopped) => {
+                    tracing::info!(exchange = %act.cfg.exchange, "feed stopped");
+                }
+                Err(e) => {
+                    tracing::warn!(exchange = %act.cfg.exchange, error = %e, "feed connection ended");
+                    act.state.health.last_error = Some(e.to_string());
+                }
+            }
             act.publish_state();
-            ctx.stop();
+            match act.stopped.take() {
+                // The stop's answer stops the actor, once it has answered.
+                Some(answer) => {
+                    let _ = answer.send(());
+                }
+                None => ctx.stop(),
+            }
         }));
     }
 }
@@ -357,8 +391,13 @@ impl Handler<Connected> for FeedActor {
 pub struct StopFeed;
 
 impl Handler<StopFeed> for FeedActor {
-    type Result = ();
-    fn handle(&mut self, _: StopFeed, ctx: &mut Self::Context) {
+    type Result = ResponseActFuture<Self, ()>;
+
+    /// Answers once the connection has ended, at its next wait for a
+    /// frame: the trades it holds then (a batch on its way to a full lane,
+    /// the frames its socket had ready) have gone to the producer, not
+    /// been dropped with the task. The shutdown drains the lanes after.
+    fn handle(&mut self, _: StopFeed, _ctx: &mut Self::Context) -> Self::Result {
         self.stopping = true;
         for task in [self.filler.take(), self.releaser.take()]
             .into_iter()
@@ -366,7 +405,26 @@ impl Handler<StopFeed> for FeedActor {
         {
             task.abort();
         }
-        ctx.stop();
+        if !self.reading {
+            return Box::pin(ActorFutureExt::map(
+                actix::fut::ready(()),
+                |(), _, ctx: &mut Context<Self>| ctx.stop(),
+            ));
+        }
+        self.stop.notify_one();
+        let (answer, ended) = tokio::sync::oneshot::channel();
+        self.stopped = Some(answer);
+        Box::pin(
+            async move { tokio::time::timeout(STOP_WAIT, ended).await }
+                .into_actor(self)
+                .map(|ended, act, ctx| {
+                    if ended.is_err() {
+                        tracing::error!(exchange = %act.cfg.exchange, wait = ?STOP_WAIT,
+                            "feed stop: the connection did not end in time; trades it held are dropped");
+                    }
+                    ctx.stop();
+                }),
+        )
     }
 }
 
@@ -392,8 +450,10 @@ struct Connection {
     symbols: SymbolRule,
     addr: Addr<FeedActor>,
     intake: Rc<Intake>,
-    /// The trades of the frame being handled; kept to reuse its room.
+    /// The trades of the frames being handled; kept to reuse its room.
     parsed: RefCell<Vec<TradeV2>>,
+    /// `StopFeed` asks the connection to end.
+    stop: Rc<tokio::sync::Notify>,
 }
 
 impl Connection {
@@ -454,9 +514,15 @@ impl Connection {
 
     /// Reads the connection until it ends.
     async fn read(&self, delay: Duration) -> Result<std::convert::Infallible, FeedError> {
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = self.stop.notified() => return Err(FeedError::Stopped),
+        }
         let exchange = self.cfg.exchange.as_str();
-        let (mut sink, mut stream) = self.open().await?;
+        let (mut sink, mut stream) = tokio::select! {
+            opened = self.open() => opened?,
+            _ = self.stop.notified() => return Err(FeedError::Stopped),
+        };
         // A venue that wants an application ping gets one on its interval;
         // the others never wake this timer.
         let keepalive = self.protocol.keepalive();
@@ -494,6 +560,9 @@ impl Connection {
                     stale_at = tokio::time::Instant::now() + stale;
                 }
                 tokio::select! {
+                // Here nothing is in hand: the trades of the frames before
+                // have gone to the producer.
+                _ = self.stop.notified() => return Err(FeedError::Stopped),
                 n = stream.next() => (n, Conn::Current),
                 n = next_of(&mut incoming) => (n, Conn::Incoming),
                 n = next_of(&mut outgoing) => (n, Conn::Outgoing),
@@ -884,6 +953,78 @@ mod tests {
         let lane = &rx.stats().lanes[0];
         assert_eq!((lane.sent, lane.received), (5, 5), "records, not batches");
         feed.do_send(StopFeed);
+        server.abort();
+    }
+
+    /// A stop while the feed waits on a full lane with a batch in hand
+    /// waits for the batch to go, rather than dropping trades already
+    /// counted as received; then the feed ends.
+    #[actix_rt::test]
+    async fn a_stop_lets_the_batch_in_hand_reach_the_lane() {
+        use crate::lanes::Envelope;
+        use crate::messages::producer::Record;
+
+        let trade = |id: u32| {
+            format!(
+                r#"{{"e":"trade","E":1,"s":"BTCUSDT","t":{id},"p":"1.0","q":"1.0","T":1,"m":true}}"#
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            ws.send(WsMessage::text(trade(1))).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for id in 2..=4 {
+                ws.feed(WsMessage::text(trade(id))).await.unwrap();
+            }
+            ws.flush().await.unwrap();
+            futures::future::pending::<()>().await;
+        });
+        let cfg = FeedConfig {
+            url: format!("ws://127.0.0.1:{port}"),
+            ..binance()
+        };
+        // Room for the first trade and two more: the batch of three waits.
+        let (lanes, mut rx) = crate::lanes::mailbox(&[3, 3, 3]).unwrap();
+        let instruments = Arc::new(Instruments::builtin().unwrap());
+        let actor = FeedActor::new(cfg, lanes, instruments, Metrics::new().unwrap()).unwrap();
+        let feed = Supervisor::start(move |_| actor);
+        // Bounds on a hung test, not timing assertions.
+        let until = tokio::time::Instant::now() + Duration::from_secs(30);
+        while rx.stats().lanes[0].blocked_senders == 0 {
+            assert!(
+                tokio::time::Instant::now() < until,
+                "the feed never blocked"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stop = tokio::spawn(feed.send(StopFeed));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!stop.is_finished(), "the stop waits for the batch in hand");
+        let mut ids = Vec::new();
+        while ids.len() < 4 {
+            match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+                Ok(Some(Envelope::Data { data, .. })) => {
+                    for o in data {
+                        match o.record {
+                            Record::Trade(t) => ids.push(t.source_sequence.unwrap_or(-1)),
+                            other => panic!("expected trades, got {other:?}"),
+                        }
+                    }
+                }
+                other => panic!("expected a batch, got {other:?}"),
+            }
+        }
+        assert_eq!(ids, [1, 2, 3, 4]);
+        tokio::time::timeout(Duration::from_secs(30), stop)
+            .await
+            .expect("the stop answers once the batch went")
+            .expect("task")
+            .expect("the feed answered");
+        let lane = &rx.stats().lanes[0];
+        assert_eq!((lane.sent, lane.received, lane.blocked_senders), (4, 4, 0));
         server.abort();
     }
 
