@@ -194,6 +194,13 @@ fn bench_from_the_feed_commits_every_frame_and_reports_its_costs() {
     let search = r["normal_search"].as_array().unwrap();
     assert!(!search.is_empty(), "an unpaced run searches: {r}");
     let unpaced = r["end_to_end_per_s"].as_f64().unwrap();
+    for run in std::iter::once(&r).chain(search) {
+        let waits = &run["producer_waits"];
+        assert!(
+            waits["window"].is_u64() && waits["queue"].is_u64(),
+            "the producer's waits by cause: {run}"
+        );
+    }
     for p in search {
         let offered = p["offered_per_s"].as_f64().unwrap();
         assert!(offered > 0.0 && offered < unpaced, "{p}");

@@ -153,6 +153,12 @@ writer_delay_us_per_row = 400
         "the flood never filled the window; it proves nothing: {p}"
     );
     assert!(fullest <= p["window"]["budget_bytes"].as_i64().unwrap());
+    // Each refusal made the producer wait, and the wait is put down to
+    // the window, not to librdkafka's queue.
+    assert!(
+        p["window_waits"].as_u64().unwrap() > 0,
+        "the producer's waits name the window: {p}"
+    );
     assert_eq!(n(&a, "published"), trades as i64);
     assert_eq!(n(&a, "stored"), trades as i64);
     assert_eq!(n(&a, "in_transit"), 0);

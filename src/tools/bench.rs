@@ -9,7 +9,7 @@ mod full;
 mod procstat;
 mod report;
 
-pub use full::FullReport;
+pub use full::{FullReport, ProducerWaits};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -218,6 +218,7 @@ pub struct NormalProbe {
     pub above_normal_secs: f64,
     pub raised_by: Option<String>,
     pub enrichment_skipped: u64,
+    pub producer_waits: ProducerWaits,
     pub cpu_us_per_trade: f64,
     pub peak_rss_bytes: u64,
     pub sustained: bool,
@@ -248,6 +249,7 @@ impl std::fmt::Display for FullBench {
             if let Some(why) = &p.raised_by {
                 write!(f, "\n    first raised by {why}")?;
             }
+            write!(f, "\n    producer waited for room {}", p.producer_waits)?;
         }
         match self.sustained_normal_per_s {
             Some(r) => write!(
@@ -336,6 +338,7 @@ pub async fn run_full(
                 above_normal_secs: r.above_normal_secs,
                 raised_by: r.raised_by.clone(),
                 enrichment_skipped: r.enrichment_skipped,
+                producer_waits: r.producer_waits,
                 cpu_us_per_trade: r.cpu_us_per_trade,
                 peak_rss_bytes: r.peak_rss_bytes,
                 sustained: ok,

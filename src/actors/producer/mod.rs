@@ -318,6 +318,12 @@ impl ProducerActor {
             Ok(()) => self.note_enqueued(),
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                 let entry = entry(enc);
+                // Which room it waits for: what fills the lanes meanwhile.
+                if window_full(self.window.as_ref(), &entry) {
+                    self.state.window_waits += 1;
+                } else {
+                    self.state.queue_waits += 1;
+                }
                 // Wait for room, in order (nothing else is read meanwhile, so
                 // the lanes fill and push back on the feeds). Give up after
                 // the stall time: a queue that does not drain is a broker

@@ -26,6 +26,11 @@ pub struct ProducerState {
     /// Spilled because the embedded broker's window was full (its
     /// consumer behind), not because of a broker fault.
     pub window_spilled: u64,
+    /// Times the producer stopped reading its lanes to wait for room for a
+    /// record: the embedded broker's window full (its consumer behind)...
+    pub window_waits: u64,
+    /// ... or librdkafka's own queue full (the broker behind).
+    pub queue_waits: u64,
     pub window: Option<WindowSnapshot>,
     pub shed: u64,
     pub enrichment_skipped: u64,

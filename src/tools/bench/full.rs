@@ -25,7 +25,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::procstat;
-pub use super::report::FullReport;
+pub use super::report::{FullReport, ProducerWaits};
 use super::{BenchError, trades_commits};
 use crate::config::Config;
 use crate::daemon::{self, Daemon};
@@ -385,7 +385,14 @@ pub async fn measure(
     }
     let cpu_secs = (cpu.as_secs_f64() - server_cpu).max(0.0);
     let result_outcomes = outcomes(&d);
-    let enrichment_skipped = d.status.producer.borrow().enrichment_skipped;
+    let (enrichment_skipped, producer_waits) = {
+        let p = d.status.producer.borrow();
+        let waits = ProducerWaits {
+            window: p.window_waits,
+            queue: p.queue_waits,
+        };
+        (p.enrichment_skipped, waits)
+    };
     // The daemon is this run's alone: its first rise is the run's.
     let raised_by = (d.status.supervisor.borrow().level.history.iter())
         .find(|t| t.to > t.from)
@@ -498,6 +505,7 @@ pub async fn measure(
         above_normal_secs: above_normal.as_secs_f64(),
         raised_by,
         enrichment_skipped,
+        producer_waits,
         outcomes: result_outcomes,
         peak_rss_bytes: peak.load(Ordering::Relaxed),
         rss_before_daemon_bytes: rss_before_daemon,

@@ -51,6 +51,11 @@ pub struct FullReport {
     /// enrichment, which makes those trades cheaper to carry; a run that
     /// spent time there did not do all of the NORMAL work.
     pub enrichment_skipped: u64,
+    /// Times the producer stopped reading its lanes to wait for room: the
+    /// embedded broker's window full (the consumer behind), or
+    /// librdkafka's queue full. While it waits the lanes fill, which is
+    /// what raises the level on `lane_depth`.
+    pub producer_waits: ProducerWaits,
     /// Outcomes of the trades by the accounting's counters.
     pub outcomes: BTreeMap<String, u64>,
     /// Resident memory at its highest during the end-to-end run.
@@ -92,6 +97,7 @@ impl std::fmt::Display for FullReport {
         if let Some(why) = &self.raised_by {
             writeln!(f, "first raised by:              {why}")?;
         }
+        writeln!(f, "producer waited for room:     {}", self.producer_waits)?;
         writeln!(
             f,
             "CPU per trade:                {:.2} µs (process, less the exchange's thread)",
@@ -131,5 +137,22 @@ impl std::fmt::Display for FullReport {
             )?;
         }
         Ok(())
+    }
+}
+
+/// What the producer waited for, by cause (see [`FullReport::producer_waits`]).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ProducerWaits {
+    pub window: u64,
+    pub queue: u64,
+}
+
+impl std::fmt::Display for ProducerWaits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} times for the broker window (consumer behind), {} for librdkafka's queue",
+            self.window, self.queue
+        )
     }
 }
