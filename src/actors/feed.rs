@@ -831,6 +831,48 @@ mod tests {
         server.abort();
     }
 
+    /// A Binance `trade` frame of `symbol` with trade id `id`.
+    fn trade_frame(symbol: &str, id: u32) -> String {
+        format!(
+            r#"{{"e":"trade","E":1,"s":"{symbol}","t":{id},"p":"1.0","q":"1.0","T":1,"m":true}}"#
+        )
+    }
+
+    type TestLanes = crate::lanes::LaneReceiver<
+        crate::messages::producer::ProducerControl,
+        crate::messages::producer::Batch,
+    >;
+
+    /// A BINANCE feed, its lanes `capacity` records each, against a
+    /// server on 127.0.0.1 that runs `serve` on its first connection and
+    /// then keeps it open until the test ends.
+    async fn feed_against<F, Fut>(
+        capacity: usize,
+        serve: F,
+    ) -> (Addr<FeedActor>, TestLanes, tokio::task::JoinHandle<()>)
+    where
+        F: FnOnce(tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            serve(tokio_tungstenite::accept_async(tcp).await.unwrap()).await;
+            futures::future::pending::<()>().await;
+        });
+        let cfg = FeedConfig {
+            url: format!("ws://127.0.0.1:{port}"),
+            ..binance()
+        };
+        let (lanes, rx) = crate::lanes::mailbox(&[capacity; 3]).unwrap();
+        let instruments = Arc::new(Instruments::builtin().unwrap());
+        let actor = FeedActor::new(cfg, lanes, instruments, Metrics::new().unwrap()).unwrap();
+        (Supervisor::start(move |_| actor), rx, server)
+    }
+
     /// A trade whose symbol the exchange's pattern refuses reaches the
     /// producer as a dead letter, with the frame's bytes and the reason;
     /// the good trade behind it still arrives as a trade.
@@ -839,28 +881,15 @@ mod tests {
         use crate::lanes::Envelope;
         use crate::messages::producer::Record;
 
-        let bad =
-            r#"{"e":"trade","E":1,"s":"BTC'--USDT","t":1,"p":"1.0","q":"1.0","T":1,"m":true}"#;
-        let good = r#"{"e":"trade","E":1,"s":"BTCUSDT","t":2,"p":"1.0","q":"1.0","T":1,"m":true}"#;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-            for frame in [bad, good] {
+        let bad = trade_frame("BTC'--USDT", 1);
+        let good = trade_frame("BTCUSDT", 2);
+        let frames = [bad.clone(), good];
+        let (feed, mut rx, server) = feed_against(8, |mut ws| async move {
+            for frame in frames {
                 ws.send(WsMessage::text(frame)).await.unwrap();
             }
-            // Keep the connection open until the test ends.
-            futures::future::pending::<()>().await;
-        });
-        let cfg = FeedConfig {
-            url: format!("ws://127.0.0.1:{port}"),
-            ..binance()
-        };
-        let (lanes, mut rx) = crate::lanes::mailbox(&[8, 8, 8]).unwrap();
-        let instruments = Arc::new(Instruments::builtin().unwrap());
-        let actor = FeedActor::new(cfg, lanes, instruments, Metrics::new().unwrap()).unwrap();
-        let feed = Supervisor::start(move |_| actor);
+        })
+        .await;
         let mut next = async || {
             // A bound on a hung test, not a timing assertion.
             match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
@@ -899,11 +928,7 @@ mod tests {
         use crate::lanes::Envelope;
         use crate::messages::producer::Record;
 
-        let trade = |id: u32| {
-            format!(
-                r#"{{"e":"trade","E":1,"s":"BTCUSDT","t":{id},"p":"1.0","q":"1.0","T":1,"m":true}}"#
-            )
-        };
+        let trade = |id| trade_frame("BTCUSDT", id);
         let frames = [
             trade(1),
             trade(2),
@@ -911,26 +936,14 @@ mod tests {
             trade(3),
             trade(4),
         ];
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let (feed, mut rx, server) = feed_against(8, |mut ws| async move {
             // Written out in one go: the feed finds them all ready.
             for frame in frames {
                 ws.feed(WsMessage::text(frame)).await.unwrap();
             }
             ws.flush().await.unwrap();
-            futures::future::pending::<()>().await;
-        });
-        let cfg = FeedConfig {
-            url: format!("ws://127.0.0.1:{port}"),
-            ..binance()
-        };
-        let (lanes, mut rx) = crate::lanes::mailbox(&[8, 8, 8]).unwrap();
-        let instruments = Arc::new(Instruments::builtin().unwrap());
-        let actor = FeedActor::new(cfg, lanes, instruments, Metrics::new().unwrap()).unwrap();
-        let feed = Supervisor::start(move |_| actor);
+        })
+        .await;
         let mut batches = Vec::new();
         while batches.len() < 3 {
             // A bound on a hung test, not a timing assertion.
@@ -964,33 +977,17 @@ mod tests {
         use crate::lanes::Envelope;
         use crate::messages::producer::Record;
 
-        let trade = |id: u32| {
-            format!(
-                r#"{{"e":"trade","E":1,"s":"BTCUSDT","t":{id},"p":"1.0","q":"1.0","T":1,"m":true}}"#
-            )
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let trade = |id| trade_frame("BTCUSDT", id);
+        // Room for the first trade and two more: the batch of three waits.
+        let (feed, mut rx, server) = feed_against(3, move |mut ws| async move {
             ws.send(WsMessage::text(trade(1))).await.unwrap();
             tokio::time::sleep(Duration::from_millis(200)).await;
             for id in 2..=4 {
                 ws.feed(WsMessage::text(trade(id))).await.unwrap();
             }
             ws.flush().await.unwrap();
-            futures::future::pending::<()>().await;
-        });
-        let cfg = FeedConfig {
-            url: format!("ws://127.0.0.1:{port}"),
-            ..binance()
-        };
-        // Room for the first trade and two more: the batch of three waits.
-        let (lanes, mut rx) = crate::lanes::mailbox(&[3, 3, 3]).unwrap();
-        let instruments = Arc::new(Instruments::builtin().unwrap());
-        let actor = FeedActor::new(cfg, lanes, instruments, Metrics::new().unwrap()).unwrap();
-        let feed = Supervisor::start(move |_| actor);
+        })
+        .await;
         // Bounds on a hung test, not timing assertions.
         let until = tokio::time::Instant::now() + Duration::from_secs(30);
         while rx.stats().lanes[0].blocked_senders == 0 {
