@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::daemon::{self, DaemonError};
 use crate::instruments::Tier;
-use crate::messages::producer::Outgoing;
+use crate::messages::producer::{Outgoing, ProducerLanes, send_batch};
 use crate::model::now_us;
 use crate::tools::loaders::asx::{self, AsxError};
 
@@ -111,22 +111,16 @@ pub async fn asx(cfg: &Config, dir: &Path, timeout: Duration) -> Result<LoadRepo
         .progress_chars("=> "),
     );
     pb.set_message("publishing");
-    for t in trades {
-        // Tier 1: a historical load is never shed.
-        d.producer
-            .lanes
-            .send_data(Tier::One.index(), vec![Outgoing::trade(t, Tier::One)])
-            .await
-            .map_err(|e| LoadError::Publish(e.to_string()))?;
-        pb.inc(1);
-    }
-    for letter in dead_letters {
-        d.producer
-            .lanes
-            .send_data(Tier::One.index(), vec![Outgoing::dead_letter(letter)])
-            .await
-            .map_err(|e| LoadError::Publish(e.to_string()))?;
-    }
+    // Tier 1: a historical load is never shed.
+    let lanes = &d.producer.lanes;
+    let trades = trades.into_iter().map(|t| Outgoing::trade(t, Tier::One));
+    publish(lanes, trades, |n| pb.inc(n)).await?;
+    publish(
+        lanes,
+        dead_letters.into_iter().map(Outgoing::dead_letter),
+        |_| {},
+    )
+    .await?;
     pb.set_message("committing");
     pb.set_position(0);
     let committed = || d.metrics.writer_rows.with_label_values(&["trades"]).get();
@@ -161,4 +155,27 @@ pub async fn asx(cfg: &Config, dir: &Path, timeout: Duration) -> Result<LoadRepo
         dead_letters: n_dead,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Records a load hands the producer at a time.
+const LOAD_BATCH: usize = 256;
+
+/// `records` onto the producer's tier-1 lane in batches, as a feed sends a
+/// run of frames (the lane and the producer's dispatch are paid once a
+/// batch); `sent` hears each batch's size.
+async fn publish(
+    lanes: &ProducerLanes,
+    records: impl IntoIterator<Item = Outgoing>,
+    mut sent: impl FnMut(u64),
+) -> Result<(), LoadError> {
+    let mut records = records.into_iter().peekable();
+    while records.peek().is_some() {
+        let batch: Vec<Outgoing> = records.by_ref().take(LOAD_BATCH).collect();
+        let n = batch.len() as u64;
+        send_batch(lanes, Tier::One, batch)
+            .await
+            .map_err(|e| LoadError::Publish(e.to_string()))?;
+        sent(n);
+    }
+    Ok(())
 }
