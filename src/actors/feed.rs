@@ -492,8 +492,9 @@ impl Connection {
         Ok((sink, stream))
     }
 
-    /// Runs the connection until it fails. The planned rotation makes the
-    /// new connection before it breaks the old one: at `rotate_at` a second
+    /// Runs the connection until it fails or `StopFeed` ends it. The
+    /// planned rotation makes the new connection before it breaks the old
+    /// one: at `rotate_at` a second
     /// connection is opened and subscribed; once it delivers its first data
     /// frame it becomes the feed's, and the old one is read for
     /// `ROTATION_OVERLAP` more (its buffers may still hold frames the new

@@ -23,7 +23,7 @@ use crate::daemon::{self, DaemonError};
 use crate::degrade::level::Level;
 use crate::instruments::Tier;
 use crate::kafka::encoder::{Encoded, enqueue};
-use crate::messages::producer::Outgoing;
+use crate::messages::producer::{Outgoing, send_batch};
 use crate::model::{Dec8, Side, TradeV2, VendorData, now_us};
 
 #[derive(Debug, thiserror::Error)]
@@ -526,11 +526,13 @@ async fn phase(
             tokio::time::sleep_until(due).await;
         }
         // Tier 1: the rate is measured for what is never shed.
-        d.producer
-            .lanes
-            .send_data(Tier::One.index(), vec![Outgoing::trade(t, Tier::One)])
-            .await
-            .map_err(|e| BenchError::Producer(e.to_string()))?;
+        send_batch(
+            &d.producer.lanes,
+            Tier::One,
+            vec![Outgoing::trade(t, Tier::One)],
+        )
+        .await
+        .map_err(|e| BenchError::Producer(e.to_string()))?;
         if level_rx.has_changed().unwrap_or(false) {
             max_level = max_level.max(level_rx.borrow_and_update().level.level);
         }
