@@ -157,11 +157,13 @@ impl Dedup {
     /// id would otherwise pay for writing all of it (tens of megabytes for
     /// a writer's capacity: a stall of the ingest path at the first commit
     /// after every start); a dedup that may never see an id (the
-    /// dead-letter writer's) stays lazy and costs nothing.
+    /// dead-letter writer's) stays lazy and costs nothing. The exact
+    /// window takes its room for the whole capacity too, so that it never
+    /// grows (and rehashes) under the ingest path either.
     pub fn prepared(mut self) -> Self {
-        if self.bloom.build() {
-            self.report();
-        }
+        self.window.reserve_all();
+        self.bloom.build();
+        self.report();
         self
     }
 

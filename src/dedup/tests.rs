@@ -218,6 +218,25 @@ fn a_prepared_dedup_builds_its_filter_before_the_first_id() {
     assert_eq!(d.stats().false_positives, 0);
 }
 
+/// A prepared dedup's window has the room for its whole capacity before
+/// the first id: filling it to capacity grows nothing but the queue of
+/// times (one run here), so the index never rehashes under a caller.
+#[test]
+fn a_prepared_window_does_not_grow_as_it_fills() {
+    let cap = 10_000;
+    let mut d = Dedup::seeded(cap, 1e-6, SEED).prepared();
+    let before = d.stats().exact_bytes;
+    // The keys (16 bytes each) and an index of at least 4 bytes a key.
+    assert!(before >= cap * 20, "{before}");
+    for k in 0..cap as u128 {
+        assert!(d.first_time_key_at(k, 0));
+    }
+    assert_eq!(d.len(), cap);
+    // At most the times' first reservation: 1,024 runs of 16 bytes.
+    let grown = d.stats().exact_bytes - before;
+    assert!(grown <= 1024 * 16, "{grown}");
+}
+
 /// The split-block filter's false-positive model against what a filter
 /// built by it does: sized for a rate, a full generation's measured rate
 /// over a million fresh probes is within the rate (and not far below it:
