@@ -469,6 +469,11 @@ impl<C, D> LaneSender<C, D> {
         self.shared.lanes.len()
     }
 
+    /// The most slots lane `tier` holds, if there is such a lane.
+    pub fn capacity(&self, tier: usize) -> Option<usize> {
+        self.shared.lanes.get(tier).map(|l| l.capacity)
+    }
+
     /// True once the receiver was closed or dropped.
     pub fn is_closed(&self) -> bool {
         self.channels.control.is_closed()

@@ -75,11 +75,38 @@ pub type ProducerLanes = LaneSender<ProducerControl, Batch>;
 
 /// Sends `batch` on the lane of `tier` (all its records are of that tier,
 /// or dead letters on tier 1), waiting while the lane has no room for it.
+/// A batch larger than the lane goes in pieces of the lane's size, one
+/// after another, so that each piece weighs what it holds and the lane's
+/// counts stay in records. On an error, what was not sent comes back.
 pub async fn send_batch(
     lanes: &ProducerLanes,
     tier: Tier,
-    batch: Batch,
+    mut batch: Batch,
 ) -> Result<(), SendError<Batch>> {
+    let lane = tier.index();
+    let room = lanes.capacity(lane).unwrap_or(usize::MAX).max(1);
+    while batch.len() > room {
+        let rest = batch.split_off(room);
+        let piece = std::mem::replace(&mut batch, rest);
+        if let Err(e) = lanes.send_weighted(lane, piece, room).await {
+            return Err(with_rest(e, batch));
+        }
+    }
     let weight = batch.len();
-    lanes.send_weighted(tier.index(), batch, weight).await
+    lanes.send_weighted(lane, batch, weight).await
+}
+
+/// `e`'s records followed by `rest`, in their order.
+fn with_rest(e: SendError<Batch>, rest: Batch) -> SendError<Batch> {
+    let append = move |mut unsent: Batch| {
+        unsent.extend(rest);
+        unsent
+    };
+    match e {
+        SendError::Closed(b) => SendError::Closed(append(b)),
+        SendError::NoSuchTier(mut e) => {
+            e.data = append(std::mem::take(&mut e.data));
+            SendError::NoSuchTier(e)
+        }
+    }
 }

@@ -120,4 +120,41 @@ mod tests {
         let lane = &records.stats().lanes[0];
         assert_eq!((lane.sent, lane.received, lane.depth), (5, 5, 0));
     }
+
+    /// A batch larger than its lane goes in pieces of the lane's size, each
+    /// waiting for room, so the lane's counts are its records; a closed
+    /// lane hands back every record not sent, in order.
+    #[tokio::test]
+    async fn a_batch_larger_than_its_lane_goes_in_pieces() {
+        let (tx, rx): (ProducerLanes, _) = crate::lanes::mailbox(&[3]).unwrap();
+        let mut records = Records::new(rx);
+        let batch: Vec<_> = (1..=7).map(letter).collect();
+        let sender = tokio::spawn({
+            let tx = tx.clone();
+            async move { send_batch(&tx, Tier::One, batch).await }
+        });
+        let mut stream = futures::stream::poll_fn(|cx| records.poll_next(cx));
+        let mut got = Vec::new();
+        for _ in 0..7 {
+            got.push(reason(&stream.next().await.unwrap()));
+        }
+        assert_eq!(got, ["1", "2", "3", "4", "5", "6", "7"]);
+        sender.await.unwrap().unwrap();
+        drop(stream);
+        let lane = &records.stats().lanes[0];
+        assert_eq!((lane.sent, lane.received, lane.depth), (7, 7, 0));
+        drop(records);
+        let unsent = send_batch(&tx, Tier::One, (1..=5).map(letter).collect())
+            .await
+            .unwrap_err()
+            .into_inner();
+        let unsent: Vec<_> = unsent
+            .iter()
+            .map(|o| match &o.record {
+                crate::messages::producer::Record::DeadLetter(d) => d.reason.clone(),
+                other => panic!("not a dead letter: {other:?}"),
+            })
+            .collect();
+        assert_eq!(unsent, ["1", "2", "3", "4", "5"]);
+    }
 }
