@@ -31,8 +31,12 @@ impl Daemon {
     /// writers buffer. With the embedded cluster this is what keeps a clean
     /// shutdown from losing records that were produced but not yet landed.
     pub async fn shutdown(self, drain_timeout: Duration) -> Result<(), DaemonError> {
-        for feed in &self.feeds {
-            feed.send(StopFeed).await?;
+        // All at once: a feed waits (up to its `STOP_WAIT`) for the batch it
+        // holds to reach the producer's lanes, and one after another those
+        // waits would add up.
+        let stops = self.feeds.iter().map(|feed| feed.send(StopFeed));
+        for stopped in futures::future::join_all(stops).await {
+            stopped?;
         }
         self.drain_and_flush(drain_timeout).await?;
         // The feeds are stopped: no gap settles any more.
