@@ -89,7 +89,7 @@ impl Window {
     /// index's. Grown as keys come, each doubling of the index rehashes
     /// every key held, at a random place in memory each, on the caller's
     /// thread: the step to the writer's default 4 million keys stopped
-    /// ingest for a quarter of a second (`ticklake bench-dedup` prints the
+    /// ingest for about a fifth of a second (`ticklake bench-dedup` prints the
     /// longest stall). The pages are still touched only as keys come.
     pub(super) fn reserve_all(&mut self) {
         let more = self.capacity.saturating_sub(self.keys.len());

@@ -84,11 +84,15 @@ mod tests {
 
     fn reason(env: &Envelope<ProducerControl, Outgoing>) -> String {
         match env {
-            Envelope::Data { data, .. } => match &data.record {
-                crate::messages::producer::Record::DeadLetter(d) => d.reason.clone(),
-                other => panic!("not a dead letter: {other:?}"),
-            },
+            Envelope::Data { data, .. } => letter_reason(data),
             Envelope::Control(c) => format!("control {c:?}"),
+        }
+    }
+
+    fn letter_reason(out: &Outgoing) -> String {
+        match &out.record {
+            crate::messages::producer::Record::DeadLetter(d) => d.reason.clone(),
+            other => panic!("not a dead letter: {other:?}"),
         }
     }
 
@@ -148,13 +152,7 @@ mod tests {
             .await
             .unwrap_err()
             .into_inner();
-        let unsent: Vec<_> = unsent
-            .iter()
-            .map(|o| match &o.record {
-                crate::messages::producer::Record::DeadLetter(d) => d.reason.clone(),
-                other => panic!("not a dead letter: {other:?}"),
-            })
-            .collect();
+        let unsent: Vec<_> = unsent.iter().map(letter_reason).collect();
         assert_eq!(unsent, ["1", "2", "3", "4", "5"]);
     }
 }
