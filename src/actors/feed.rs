@@ -278,12 +278,13 @@ impl FeedActor {
     }
 
     /// `feeds.<name>.dedup_capacity` ids, its figures in the metrics as
-    /// `feed.<exchange>` (like the feed's name in `/status`).
+    /// `feed.<exchange>` (like the feed's name in `/status`). Prepared when
+    /// the actor starts: the daemon replaces the one `new` made (at the
+    /// default rate) before that, and building both cost a Bloom filter's
+    /// pages for nothing.
     fn dedup(cfg: &FeedConfig, metrics: &Metrics, false_positive_rate: f64) -> Dedup {
         let owner = format!("feed.{}", cfg.exchange.to_ascii_lowercase());
-        Dedup::with_rate(cfg.dedup_capacity, false_positive_rate)
-            .reporting(metrics, &owner)
-            .prepared()
+        Dedup::with_rate(cfg.dedup_capacity, false_positive_rate).reporting(metrics, &owner)
     }
 }
 
@@ -306,6 +307,8 @@ impl Actor for FeedActor {
         if self.stopping {
             return;
         }
+        // Before the first frame (a restart finds it prepared already).
+        self.intake.dedup.borrow_mut().prepare();
         let delay = self.restarts.delay(&self.state.health);
         let url = self.state.url.clone();
         tracing::info!(exchange = %self.cfg.exchange, url = %url, delay_ms = delay.as_millis() as u64, "feed connecting");
@@ -872,6 +875,38 @@ mod tests {
         let instruments = Arc::new(Instruments::builtin().unwrap());
         let actor = FeedActor::new(cfg, lanes, instruments, Metrics::new().unwrap()).unwrap();
         (Supervisor::start(move |_| actor), rx, server)
+    }
+
+    /// A feed's dedup is prepared when the actor starts, before any frame
+    /// (its Bloom filter built and its window's room taken, which the
+    /// memory gauge reads), and only then: not for the dedup at the
+    /// default rate that the daemon replaces before the start.
+    #[actix_rt::test]
+    async fn a_feed_prepares_its_dedup_when_it_starts() {
+        let metrics = Metrics::new().unwrap();
+        let cfg = FeedConfig {
+            // Nothing listens there: the feed backs off until it is stopped.
+            url: "ws://127.0.0.1:9".into(),
+            dedup_capacity: 10_000,
+            ..binance()
+        };
+        let (lanes, _rx): (ProducerLanes, _) = crate::lanes::mailbox(&[8; 3]).unwrap();
+        let instruments = Arc::new(Instruments::builtin().unwrap());
+        let actor = FeedActor::new(cfg, lanes, instruments, metrics.clone())
+            .unwrap()
+            .with_dedup_rate(1e-4);
+        let memory = || {
+            metrics
+                .dedup_memory_bytes
+                .with_label_values(&["feed.binance"])
+                .get()
+        };
+        assert_eq!(memory(), 0, "nothing built before the start");
+        let feed = Supervisor::start(move |_| actor);
+        // Handled after `started`.
+        feed.send(StopFeed).await.unwrap();
+        // The keys alone take 16 bytes an id of capacity.
+        assert!(memory() >= 10_000 * 16, "{}", memory());
     }
 
     /// A trade whose symbol the exchange's pattern refuses reaches the

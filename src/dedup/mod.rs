@@ -161,10 +161,16 @@ impl Dedup {
     /// window takes its room for the whole capacity too, so that it never
     /// grows (and rehashes) under the ingest path either.
     pub fn prepared(mut self) -> Self {
-        self.window.reserve_all();
-        self.bloom.build();
-        self.report();
+        self.prepare();
         self
+    }
+
+    /// [`prepared`](Self::prepared) in place; again, it does nothing.
+    pub fn prepare(&mut self) {
+        self.window.reserve_all();
+        if self.bloom.build() {
+            self.report();
+        }
     }
 
     /// True when `message_id` is new (and remembers it, with no time: only
