@@ -222,6 +222,12 @@ mod tests {
             assert_eq!(r.exact_confirmed, 0, "{r}");
             assert_eq!(r.bloom_positives, r.false_positive_confirmations);
             assert_eq!(r.recent_caught, r.recent_resent);
+            // The slowest chunk is a part of all the inserts' time.
+            let inserting_us = ids as f64 / r.insert_ids_per_s * 1e6;
+            assert!(
+                r.slowest_insert_chunk_us > 0.0 && r.slowest_insert_chunk_us <= inserting_us,
+                "{r}"
+            );
             assert!(
                 (r.bloom_fill_ratio - r.bloom_fill_estimated).abs() < 0.02,
                 "{r}"
