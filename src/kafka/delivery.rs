@@ -7,7 +7,6 @@
 use crate::fastmap::FastMap as HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use prometheus::IntCounter;
 use rdkafka::ClientContext;
@@ -32,8 +31,6 @@ pub struct Deliveries {
     pub in_flight: AtomicU64,
     pub delivered: AtomicU64,
     pub failed: AtomicU64,
-    /// Milliseconds since the actor's epoch of the last acknowledgement.
-    pub last_delivery_ms: AtomicU64,
 }
 
 /// A record librdkafka gave back as undeliverable; it goes to the spill log.
@@ -186,7 +183,6 @@ pub struct DeliveryContext {
     pub window: Option<Arc<BrokerWindow>>,
     /// Where acknowledged trades meet the lake's commits.
     pub ledger: Option<Arc<AckLedger>>,
-    pub epoch: Instant,
 }
 
 impl ClientContext for DeliveryContext {}
@@ -216,9 +212,10 @@ impl ProducerContext for DeliveryContext {
                 if let (Some(l), Some(t)) = (&self.ledger, counters.tier) {
                     l.acked(topic, msg.partition(), msg.offset(), &counters.exchange, t);
                 }
-                let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+                // No clock read here: the producer's tick sees `delivered`
+                // move and takes that as the time of progress. Reading the
+                // clock per report was 18 % of this thread's samples.
                 d.delivered.fetch_add(1, Ordering::Relaxed);
-                d.last_delivery_ms.fetch_max(ms, Ordering::Relaxed);
                 d.in_flight.fetch_sub(1, Ordering::Relaxed);
                 counters.delivered.inc();
                 if let Some(p) = &counters.published {

@@ -112,6 +112,9 @@ pub struct ProducerActor {
     /// When `in_flight` last rose from zero, for the stall check.
     busy_since_ms: u64,
     delivered_at_last_tick: u64,
+    /// The tick that last saw `delivered` move: the time of the last
+    /// acknowledgement, to a tick's precision, for the stall check.
+    progress_ms: u64,
     /// The embedded broker's window (`None` on a real broker).
     window: Option<Arc<BrokerWindow>>,
     undelivered_rx: Rc<RefCell<mpsc::UnboundedReceiver<Undelivered>>>,
@@ -161,7 +164,6 @@ impl ProducerActor {
                 undelivered: undelivered_tx,
                 window: settings.window.clone(),
                 ledger: settings.ledger.clone(),
-                epoch,
             })?);
         let published = Published::new(ProducerState::default());
         let state = published.subscribe();
@@ -193,6 +195,7 @@ impl ProducerActor {
             quarantine,
             busy_since_ms: 0,
             delivered_at_last_tick: 0,
+            progress_ms: 0,
             window: settings.window,
             undelivered_rx: Rc::new(RefCell::new(undelivered_rx)),
             epoch,
@@ -543,11 +546,10 @@ impl ProducerActor {
         let delivered = self.deliveries.delivered.load(Ordering::Relaxed);
         let progressed = delivered > self.delivered_at_last_tick;
         self.delivered_at_last_tick = delivered;
-        let last_progress = self
-            .deliveries
-            .last_delivery_ms
-            .load(Ordering::Relaxed)
-            .max(self.busy_since_ms);
+        if progressed {
+            self.progress_ms = now;
+        }
+        let last_progress = self.progress_ms.max(self.busy_since_ms);
         let stall_ms = u64::try_from(self.stall.as_millis()).unwrap_or(u64::MAX);
         let stalled = in_flight > 0 && now.saturating_sub(last_progress) >= stall_ms;
         match self.breaker.state() {
