@@ -21,7 +21,7 @@ use iceberg::{Catalog, TableIdent};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
@@ -187,6 +187,14 @@ pub async fn write_data_files(
             false,
         );
     }
+    // A message id is a UUID v5, a hash: the smallest and largest of a
+    // file span nearly the whole range, so their bounds never prune a file
+    // or a page, and keeping them compared every id with two others (its
+    // share of the commit thread's samples: see docs/performance.md).
+    props = props.set_column_statistics_enabled(
+        ColumnPath::new(vec!["message_id".to_string()]),
+        EnabledStatistics::None,
+    );
     let props = props.build();
     let parquet = ParquetWriterBuilder::new(props, md.current_schema().clone());
     let rolling = RollingFileWriterBuilder::new(
@@ -722,7 +730,8 @@ mod tests {
     }
 
     /// The per-row columns are written plain; columns of few values keep
-    /// their dictionaries (what readers and file sizes rely on).
+    /// their dictionaries (what readers and file sizes rely on). Every
+    /// column but the message id keeps its statistics.
     #[tokio::test]
     async fn unique_columns_are_written_without_a_dictionary() {
         use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -771,6 +780,23 @@ mod tests {
         for kept in ["symbol", "exchange", "side", "price", "timestamp"] {
             assert_eq!(dictionary.get(kept), Some(&true), "{kept}");
         }
+        // The message id alone goes without statistics, in the file and
+        // so in the table's bounds; the columns queries prune by keep both.
+        let stats: BTreeMap<String, bool> = group
+            .columns()
+            .iter()
+            .map(|c| (c.column_path().string(), c.statistics().is_some()))
+            .collect();
+        assert_eq!(stats.get("message_id"), Some(&false));
+        for kept in ["symbol", "exchange", "timestamp", "trade_id"] {
+            assert_eq!(stats.get(kept), Some(&true), "{kept}");
+        }
+        let iceberg_schema = table.metadata().current_schema();
+        let id_of = |name: &str| iceberg_schema.field_by_name(name).unwrap().id;
+        let bounds = files[0].lower_bounds();
+        assert!(!bounds.contains_key(&id_of("message_id")));
+        assert!(bounds.contains_key(&id_of("symbol")));
+        assert!(bounds.contains_key(&id_of("timestamp")));
     }
 
     /// The run of partition `p` of topic `t`.
