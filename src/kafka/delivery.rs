@@ -99,6 +99,10 @@ pub struct DeliveryCounters {
     metrics: Metrics,
     producer: Arc<KafkaProducer>,
     kept: HashMap<String, TopicEntry>,
+    /// The last answer: a feed's batch is one topic, exchange and tier, so
+    /// nearly every record is sent with the same. Compared, not looked up,
+    /// it saves two hashes of names and two reference counts a record.
+    last: Option<Sending>,
 }
 
 impl DeliveryCounters {
@@ -107,11 +111,31 @@ impl DeliveryCounters {
             metrics,
             producer,
             kept: HashMap::default(),
+            last: None,
         }
     }
 
-    /// Fails only if librdkafka cannot make a handle on `topic`.
+    /// What a record of `topic`, `exchange` and `tier` is sent with. Fails
+    /// only if librdkafka cannot make a handle on `topic`.
     pub fn of(
+        &mut self,
+        topic: &str,
+        exchange: &str,
+        tier: Option<Tier>,
+    ) -> Result<&Sending, KafkaError> {
+        let same = |s: &Sending| {
+            s.counters.tier == tier
+                && *s.counters.topic == *topic
+                && *s.counters.exchange == *exchange
+        };
+        if !self.last.as_ref().is_some_and(same) {
+            let found = self.find(topic, exchange, tier)?;
+            self.last = Some(found);
+        }
+        Ok(self.last.as_ref().expect("set above"))
+    }
+
+    fn find(
         &mut self,
         topic: &str,
         exchange: &str,
@@ -326,5 +350,57 @@ pub fn send(
             }
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::ClientConfig;
+
+    fn counters() -> DeliveryCounters {
+        let (undelivered, _) = mpsc::unbounded_channel();
+        // Nothing is sent: librdkafka connects only when there is work.
+        let producer: KafkaProducer = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .create_with_context(DeliveryContext {
+                deliveries: Arc::default(),
+                undelivered,
+                window: None,
+                ledger: None,
+            })
+            .unwrap();
+        DeliveryCounters::new(Metrics::new().unwrap(), Arc::new(producer))
+    }
+
+    /// The remembered answer is given only for the same topic, exchange
+    /// and tier; any change looks the right counters up, and going back
+    /// finds the ones made before.
+    #[test]
+    fn counters_follow_topic_exchange_and_tier() {
+        let mut c = counters();
+        let key = |s: &Sending| {
+            (
+                s.topic.name().to_string(),
+                s.counters.exchange.to_string(),
+                s.counters.tier,
+            )
+        };
+        let first = c.of("t.a", "A", Some(Tier::One)).unwrap().clone();
+        assert_eq!(key(&first), ("t.a".into(), "A".into(), Some(Tier::One)));
+        let again = c.of("t.a", "A", Some(Tier::One)).unwrap();
+        assert!(Arc::ptr_eq(&again.counters, &first.counters));
+        for (topic, exchange, tier) in [
+            ("t.a", "B", Some(Tier::One)),
+            ("t.a", "A", Some(Tier::Two)),
+            ("t.a", "A", None),
+            ("t.b", "A", Some(Tier::One)),
+        ] {
+            let s = c.of(topic, exchange, tier).unwrap();
+            assert_eq!(key(s), (topic.into(), exchange.into(), tier));
+            assert!(!Arc::ptr_eq(&s.counters, &first.counters));
+        }
+        let back = c.of("t.a", "A", Some(Tier::One)).unwrap();
+        assert!(Arc::ptr_eq(&back.counters, &first.counters));
     }
 }

@@ -207,13 +207,6 @@ impl ProducerActor {
         Ok((actor, ProducerHandle { lanes, state }))
     }
 
-    fn to_broker(&self) -> Route<'_> {
-        Route {
-            deliveries: &self.deliveries,
-            window: self.window.as_ref(),
-        }
-    }
-
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -317,9 +310,15 @@ impl ProducerActor {
             Ok(s) => s,
             Err(e) => return self.spill_after_failure(&e, entry(enc)),
         };
-        match send(&self.to_broker(), &sending, enc.key, enc.payload) {
+        // The route by its fields: `sending` still borrows `self.counters`.
+        let route = Route {
+            deliveries: &self.deliveries,
+            window: self.window.as_ref(),
+        };
+        match send(&route, sending, enc.key, enc.payload) {
             Ok(()) => self.note_enqueued(),
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                let sending = sending.clone();
                 let entry = entry(enc);
                 // Which room it waits for: what fills the lanes meanwhile.
                 if window_full(self.window.as_ref(), &entry) {
@@ -472,7 +471,7 @@ impl ProducerActor {
             let sending = counters
                 .of(&entry.topic, &entry.exchange, entry.tier)
                 .map_err(|e| ReplayStop::Kafka(format!("topic {}: {e}", entry.topic)))?;
-            match dispatch(&route, &entry, &sending) {
+            match dispatch(&route, &entry, sending) {
                 Ok(()) => {
                     budget -= 1;
                     left_log.push((entry.exchange, entry.tier, None));
