@@ -19,6 +19,7 @@
 
 use actix::prelude::*;
 use arrow::datatypes::SchemaRef;
+use prometheus::local::LocalHistogram;
 
 use crate::actors::observe::{Health, ObservableState, Published};
 use crate::lake::batch::{text_column, time_column};
@@ -160,9 +161,12 @@ impl Handler<Tailed> for TailActor {
             )
         {
             // Rows come in runs of one exchange: look its series up once
-            // per run, not per row.
+            // per run, not per row. A run is observed into a local copy
+            // that the series takes in one go when the run ends, not with
+            // three atomic additions per row (2 % of the lake arbiter's
+            // samples in a profile of `ticklake bench`).
             let now = now_us();
-            let mut series: Option<(&str, prometheus::Histogram)> = None;
+            let mut series: Option<(&str, LocalHistogram)> = None;
             for i in 0..batch.num_rows() {
                 let (e, t) = (exchange.value(i), ingested.value(i));
                 if t <= 0 {
@@ -171,7 +175,9 @@ impl Handler<Tailed> for TailActor {
                 let h = match &series {
                     Some((x, h)) if *x == e => h,
                     _ => {
-                        let h = m.queryable_lag_seconds.with_label_values(&[e]);
+                        // The run before is taken in as it is dropped here
+                        // (a local histogram flushes on drop).
+                        let h = m.queryable_lag_seconds.with_label_values(&[e]).local();
                         &series.insert((e, h)).1
                     }
                 };
@@ -270,6 +276,36 @@ mod tests {
         fn handle(&mut self, _: Count, _ctx: &mut Self::Context) -> usize {
             self.0
         }
+    }
+
+    /// Every row with an arrival time is observed once into its exchange's
+    /// lag series, across runs of one exchange and another.
+    #[actix_rt::test]
+    async fn each_row_is_observed_into_its_exchanges_lag() {
+        let metrics = Metrics::new().unwrap();
+        let tail = TailActor::new("c", 1_000, schema(), TailView::default())
+            .with_metrics(metrics.clone())
+            .start();
+        let on = |exchange: &str, offset: i64| {
+            let mut r = row(0, offset, "A");
+            let mut t = (*r.trade).clone();
+            t.exchange = exchange.to_string();
+            r.trade = std::sync::Arc::new(t);
+            r
+        };
+        // Offset 0 is a row without an arrival time: not observed.
+        let rows = [("X", 0), ("X", 1), ("X", 2), ("Y", 3), ("Y", 4), ("X", 5)]
+            .into_iter()
+            .map(|(e, o)| on(e, o))
+            .collect();
+        tail.send(Tailed::Rows(rows)).await.unwrap();
+        let count = |e: &str| {
+            metrics
+                .queryable_lag_seconds
+                .with_label_values(&[e])
+                .get_sample_count()
+        };
+        assert_eq!((count("X"), count("Y")), (3, 2));
     }
 
     #[actix_rt::test]
