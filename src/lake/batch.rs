@@ -342,16 +342,36 @@ pub fn sorted_trades(
         }
     }
     drop(ranks);
-    keys.sort_unstable_by(|a, b| {
-        (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)).then_with(|| {
-            let id = |k: &(u32, i64, u64, u32, u32)| cols[k.3 as usize].2.value(k.4 as usize);
-            id(a).cmp(id(b)).then((a.3, a.4).cmp(&(b.3, b.4)))
-        })
-    });
     if keys.is_empty() {
         return Ok(RecordBatch::new_empty(schema.clone()));
     }
-    let order: Vec<(usize, usize)> = keys
+    // Symbols first, by counting: one pass, where a comparison sort of all
+    // the rows was a third of this function's time. Then each symbol's rows
+    // by time: they come in the order the venue sent them, so a symbol's
+    // run is usually sorted already, which the sort finds in one pass.
+    let mut starts = vec![0usize; by_name.len() + 1];
+    for k in &keys {
+        starts[k.0 as usize + 1] += 1;
+    }
+    for r in 1..starts.len() {
+        starts[r] += starts[r - 1];
+    }
+    let mut next = starts.clone();
+    let mut by_symbol = vec![(0u32, 0i64, 0u64, 0u32, 0u32); keys.len()];
+    for k in keys {
+        let at = &mut next[k.0 as usize];
+        by_symbol[*at] = k;
+        *at += 1;
+    }
+    for run in starts.windows(2) {
+        by_symbol[run[0]..run[1]].sort_unstable_by(|a, b| {
+            (a.1, a.2).cmp(&(b.1, b.2)).then_with(|| {
+                let id = |k: &(u32, i64, u64, u32, u32)| cols[k.3 as usize].2.value(k.4 as usize);
+                id(a).cmp(id(b)).then((a.3, a.4).cmp(&(b.3, b.4)))
+            })
+        });
+    }
+    let order: Vec<(usize, usize)> = by_symbol
         .into_iter()
         .map(|k| (k.3 as usize, k.4 as usize))
         .collect();
