@@ -8,24 +8,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::fastmap::Names;
 use crate::instruments::{Instruments, TierCache};
 pub use crate::kafka::acks::Fate;
-use crate::kafka::acks::{AckLedger, CommittedRow};
+use crate::kafka::acks::{AckLedger, NotedRow, RowNames};
 
 pub struct Tally {
     ledger: Arc<AckLedger>,
     tiers: TierCache,
-    exchanges: Names,
-    /// The exchange of the last row: a topic's rows come from one
-    /// exchange, so a comparison replaces a lookup in `exchanges` per row
-    /// (5.8 % of the lake arbiter's samples in a profile of `ticklake
-    /// bench`).
-    last_exchange: Option<Arc<str>>,
+    /// The topics and exchanges the rows name, each once.
+    names: RowNames,
     /// Rows taken in since the last commit started.
-    pending: Vec<CommittedRow>,
+    pending: Vec<NotedRow>,
     /// Rows of the running commit.
-    in_commit: Vec<CommittedRow>,
+    in_commit: Vec<NotedRow>,
     swept: Instant,
 }
 
@@ -34,8 +29,7 @@ impl Tally {
         Self {
             ledger,
             tiers: TierCache::new(instruments),
-            exchanges: Default::default(),
-            last_exchange: None,
+            names: RowNames::default(),
             pending: Vec::new(),
             in_commit: Vec::new(),
             swept: Instant::now(),
@@ -46,19 +40,10 @@ impl Tally {
     /// (topic, partition, offset).
     pub fn note(&mut self, exchange: &str, symbol: &str, at: &(Arc<str>, i32, i64), fate: Fate) {
         let tier = self.tiers.tier(exchange, symbol);
-        let exchange = match &self.last_exchange {
-            Some(last) if **last == *exchange => last.clone(),
-            _ => {
-                let named = self.exchanges.get(exchange);
-                self.last_exchange = Some(named.clone());
-                named
-            }
-        };
-        self.pending.push(CommittedRow {
-            topic: at.0.clone(),
+        self.pending.push(NotedRow {
+            names: self.names.index(&at.0, exchange),
             partition: at.1,
             offset: at.2,
-            exchange,
             tier,
             fate,
         });
@@ -77,7 +62,8 @@ impl Tally {
 
     /// The running commit succeeded: its rows count now.
     pub fn committed(&mut self) {
-        self.ledger.committed(std::mem::take(&mut self.in_commit));
+        let rows = std::mem::take(&mut self.in_commit);
+        self.ledger.committed_noted(&self.names, &rows);
     }
 
     /// Settles rows that waited too long for an acknowledgement (the
@@ -94,9 +80,10 @@ impl Tally {
     /// committed them, and counts them.
     pub fn committed_except(&mut self, below: &std::collections::BTreeMap<(String, i32), i64>) {
         if !below.is_empty() {
+            let names = &self.names;
             self.in_commit.retain(|r| {
                 below
-                    .get(&(r.topic.to_string(), r.partition))
+                    .get(&(names.get(r.names).0.to_string(), r.partition))
                     .is_none_or(|b| r.offset >= *b)
             });
         }
