@@ -486,7 +486,10 @@ impl AckLedger {
         }
     }
 
-    /// A commit of the trades table succeeded with these rows.
+    /// A commit of the trades table succeeded with these rows: the tests'
+    /// way in, rows with their names; the writer notes its rows by index
+    /// and calls [`committed_noted`](Self::committed_noted).
+    #[cfg(test)]
     pub fn committed(&self, rows: Vec<CommittedRow>) {
         let mut names = RowNames::default();
         let noted: Vec<NotedRow> = rows
