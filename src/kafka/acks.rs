@@ -87,7 +87,8 @@ pub struct CommittedRow {
 /// so noting one costs no reference counts: cloning the exchange's `Arc`
 /// into every row was most of the writer's per-row accounting in a profile
 /// of `ticklake bench` (`perf annotate`: 80 % of `Tally::note` on that one
-/// locked increment, which waits for the row before it to be stored).
+/// locked increment; likely paying too for the stores of the row before,
+/// which a locked instruction waits to drain).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotedRow {
     pub names: u32,
