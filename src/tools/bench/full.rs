@@ -31,8 +31,8 @@ use crate::config::Config;
 use crate::daemon::{self, Daemon};
 use crate::degrade::level::Level;
 use crate::exchanges::Parsed;
-use crate::kafka::encoder::Encoded;
-use crate::model::{TradeV2, now_us};
+use crate::instruments::SymbolRule;
+use crate::model::now_us;
 
 /// Name of the server thread, whose CPU is the exchange's, not ours.
 const SERVER_THREAD: &str = "bench-exchange";
@@ -81,33 +81,94 @@ fn frames(n: usize, symbols: &[String]) -> Vec<Utf8Bytes> {
         .collect()
 }
 
-/// The trades the feed makes of `frames`, parsed by the feed's own parser:
-/// the ceilings send records of exactly the sizes the daemon sends.
-fn feed_trades(cfg: &Config, frames: &[Utf8Bytes]) -> Result<Vec<TradeV2>, BenchError> {
-    let exchange = cfg
-        .feeds
-        .get("binance")
-        .map(|f| f.exchange.as_str())
-        .unwrap_or("BINANCE");
-    let instruments = cfg
-        .instruments()
-        .map_err(|e| BenchError::Producer(format!("bench instruments: {e}")))?;
-    let rule = instruments
-        .symbol_rule(exchange)
-        .map_err(|e| BenchError::Producer(format!("bench instruments: {e}")))?;
-    let received = now_us();
-    let mut trades = Vec::with_capacity(frames.len());
-    for f in frames {
-        match crate::exchanges::binance::parse_frame(f, exchange, rule, received) {
-            Ok(Parsed::Trade(t)) => trades.push(*t),
-            other => {
-                return Err(BenchError::Producer(format!(
-                    "a generated frame is not a trade: {other:?}"
-                )));
+/// The ceilings' records: the trade of each generated frame, parsed by the
+/// feed's own parser and encoded by the producer's codec (so of exactly
+/// the sizes the daemon sends), keyed by its symbol as the daemon keys it.
+/// Both ceilings send these same records, each to its own topic.
+///
+/// One buffer for every payload and a symbol number per record, not a
+/// trade, a topic, a key and a payload for each: held that way, the
+/// 1,000,000 records of a default run (twice over, one set per ceiling)
+/// put the process past 2 GiB while the ceilings ran, beside the idle
+/// daemon, whose `rss_bytes` signal then raised it to SOFT.
+struct CeilingRecords {
+    payloads: Vec<u8>,
+    /// Where each record's payload ends in `payloads`.
+    ends: Vec<usize>,
+    /// Each record's key, as its place in `symbols`.
+    keys: Vec<u32>,
+    symbols: Vec<String>,
+}
+
+impl CeilingRecords {
+    /// The records of `frames`, as the feed of `exchange` (its symbols
+    /// checked by `rule`) and the producer (`codec`) make them.
+    fn from_frames(
+        exchange: &str,
+        rule: &SymbolRule,
+        codec: &crate::kafka::avro::Codec,
+        frames: &[Utf8Bytes],
+    ) -> Result<Self, BenchError> {
+        let received = now_us();
+        let mut records = Self {
+            payloads: Vec::new(),
+            ends: Vec::with_capacity(frames.len()),
+            keys: Vec::with_capacity(frames.len()),
+            symbols: Vec::new(),
+        };
+        let mut numbers: crate::fastmap::FastMap<String, u32> = Default::default();
+        for f in frames {
+            let t = match crate::exchanges::binance::parse_frame(f, exchange, rule, received) {
+                Ok(Parsed::Trade(t)) => t,
+                other => {
+                    return Err(BenchError::Producer(format!(
+                        "a generated frame is not a trade: {other:?}"
+                    )));
+                }
+            };
+            if records.payloads.is_empty() {
+                // Sized by the first record, with room to spare: the
+                // records differ by a few bytes at most.
+                let first = codec.encode_trade(&t)?.len();
+                records.payloads.reserve(frames.len() * (first + 8));
             }
+            codec.encode_trade_into(&mut records.payloads, &t);
+            records.ends.push(records.payloads.len());
+            let key = match numbers.get(t.symbol.as_str()) {
+                Some(k) => *k,
+                None => {
+                    let k = records.symbols.len() as u32;
+                    records.symbols.push(t.symbol.clone());
+                    numbers.insert(t.symbol.clone(), k);
+                    k
+                }
+            };
+            records.keys.push(key);
         }
+        Ok(records)
     }
-    Ok(trades)
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Record `i`'s key and payload.
+    fn get(&self, i: usize) -> (&str, &[u8]) {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        (
+            &self.symbols[self.keys[i] as usize],
+            &self.payloads[start..self.ends[i]],
+        )
+    }
+
+    /// The records in order: key and payload.
+    fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
 }
 
 /// A WebSocket server on its own thread: the first client gets every
@@ -405,26 +466,29 @@ pub async fn measure(
     let (produce_secs, round_trip_secs, record_bytes, ceiling_cpu) = if ceilings {
         let registry = crate::kafka::registry::Registry::open(&cfg)?;
         let codec = crate::kafka::registry::codec(registry.as_dyn(), &cfg)?;
-        let rows = feed_trades(&cfg, &played)?;
+        let exchange_name = cfg
+            .feeds
+            .get("binance")
+            .map(|f| f.exchange.clone())
+            .unwrap_or_else(|| "BINANCE".into());
+        let instruments = cfg
+            .instruments()
+            .map_err(|e| BenchError::Producer(format!("bench instruments: {e}")))?;
+        let rule = instruments
+            .symbol_rule(&exchange_name)
+            .map_err(|e| BenchError::Producer(format!("bench instruments: {e}")))?;
+        let records = CeilingRecords::from_frames(&exchange_name, rule, &codec, &played)?;
         drop(played);
-        let encode = |topic: &str| {
-            rows.iter()
-                .map(|t| {
-                    Ok(Encoded {
-                        topic: topic.to_string(),
-                        key: t.symbol.clone(),
-                        payload: codec.encode_trade(t)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, crate::kafka::avro::AvroError>>()
+        let record_bytes = if records.is_empty() {
+            0
+        } else {
+            records.get(0).1.len()
         };
-        let produce_only = encode(&ceiling_topics[0])?;
-        let record_bytes = produce_only.first().map(|p| p.payload.len()).unwrap_or(0);
         if !cfg.kafka.is_embedded() {
             crate::kafka::ensure_topics(&cfg.kafka, &d.bootstrap, &ceiling_topics, partitions)
                 .await?;
         }
-        let round_trip = encode(&ceiling_topics[1])?;
+        let [produce_topic, round_trip_topic] = ceiling_topics.clone();
         let (ceiling_cfg, bootstrap) = (cfg.clone(), d.bootstrap.clone());
         let embedded = cfg.kafka.is_embedded();
         let (produce_secs, round_trip_secs, ceiling_cpu) = tokio::task::spawn_blocking(move || {
@@ -435,13 +499,13 @@ pub async fn measure(
             let produce = produce_all(
                 &ceiling_cfg,
                 &bootstrap,
-                &produce_only,
+                &produce_topic,
+                &records,
                 "produce ceiling",
                 timeout,
                 None,
             )?;
             let cpu_produced = super::procstat::process_cpu();
-            drop(produce_only);
             // The embedded cluster keeps a few MiB a partition: a reader that
             // falls further behind loses records to its retention and never
             // reads them all (a run in ten timed out so). The producer stays
@@ -454,7 +518,8 @@ pub async fn measure(
             let round_trip = produce_and_consume(
                 &ceiling_cfg,
                 &bootstrap,
-                &round_trip,
+                &round_trip_topic,
+                &records,
                 partitions,
                 timeout,
                 lead,
@@ -549,7 +614,8 @@ impl rdkafka::producer::ProducerContext for Counting {
 fn produce_all(
     cfg: &Config,
     bootstrap: &str,
-    records: &[Encoded],
+    topic: &str,
+    records: &CeilingRecords,
     stage: &'static str,
     timeout: Duration,
     lead: Option<(&AtomicUsize, usize)>,
@@ -559,16 +625,14 @@ fn produce_all(
         crate::kafka::producer_config(&cfg.kafka, bootstrap)
             .create_with_context(Counting::default())?,
     );
+    if records.is_empty() {
+        return Ok(f64::MIN_POSITIVE);
+    }
     // The daemon's own produce call: a topic handle made once, not the
     // topic's name per record (`kafka::topic`).
-    let Some(topic) = records.first().map(|r| r.topic.as_str()) else {
-        return Ok(f64::MIN_POSITIVE);
-    };
-    // Each ceiling's records are made for one topic (`measure`'s `encode`).
-    debug_assert!(records.iter().all(|r| r.topic == topic));
     let handle = crate::kafka::topic::TopicHandle::new(&producer, topic)?;
     let started = Instant::now();
-    for (i, r) in records.iter().enumerate() {
+    for (i, (key, payload)) in records.iter().enumerate() {
         if let Some((read, most)) = lead {
             while i.saturating_sub(read.load(Ordering::Acquire)) > most {
                 if started.elapsed() > timeout {
@@ -583,7 +647,7 @@ fn produce_all(
             }
         }
         loop {
-            match handle.produce(r.key.as_bytes(), &r.payload, ()) {
+            match handle.produce(key.as_bytes(), payload, ()) {
                 Ok(()) => break,
                 Err(rdkafka::error::KafkaError::MessageProduction(
                     rdkafka::types::RDKafkaErrorCode::QueueFull,
@@ -623,15 +687,16 @@ fn produce_all(
 fn produce_and_consume(
     cfg: &Config,
     bootstrap: &str,
-    records: &[Encoded],
+    topic: &str,
+    records: &CeilingRecords,
     partitions: i32,
     timeout: Duration,
     lead: Option<usize>,
 ) -> Result<f64, BenchError> {
     use rdkafka::{Offset, TopicPartitionList};
-    let Some(topic) = records.first().map(|r| r.topic.clone()) else {
+    if records.is_empty() {
         return Ok(f64::MIN_POSITIVE);
-    };
+    }
     let mut kafka = cfg.kafka.clone();
     kafka.consumer_group = format!("{}-ceiling", cfg.kafka.consumer_group);
     let consumer: BaseConsumer = crate::kafka::consumer_config(&kafka, bootstrap).create()?;
@@ -640,7 +705,7 @@ fn produce_and_consume(
     let mut assignment = TopicPartitionList::new();
     let asked = Instant::now();
     loop {
-        let meta = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        let meta = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
         let ids: Vec<i32> = meta
             .topics()
             .iter()
@@ -654,7 +719,7 @@ fn produce_and_consume(
                 )));
             }
             for id in ids {
-                assignment.add_partition_offset(&topic, id, Offset::Beginning)?;
+                assignment.add_partition_offset(topic, id, Offset::Beginning)?;
             }
             break;
         }
@@ -717,6 +782,7 @@ fn produce_and_consume(
     let sent = produce_all(
         cfg,
         bootstrap,
+        topic,
         records,
         "round-trip ceiling (produce)",
         timeout,
@@ -752,5 +818,36 @@ mod tests {
             ));
         }
         assert_eq!(ids.len(), 30);
+    }
+
+    /// Each ceiling record is the trade of its frame as the producer
+    /// encodes it, keyed by the trade's symbol, in the frames' order.
+    #[test]
+    fn ceiling_records_are_the_frames_trades_as_the_producer_encodes_them() {
+        let syms = symbols(7);
+        let f = frames(40, &syms);
+        let rule = SymbolRule::new("BINANCE", "[A-Z0-9]{4,20}").unwrap();
+        let codec = crate::kafka::avro::Codec::new(1, 2).unwrap();
+        let records = CeilingRecords::from_frames("BINANCE", &rule, &codec, &f).unwrap();
+        assert_eq!(records.len(), 40);
+        assert_eq!(records.symbols.len(), 7, "one name per symbol");
+        let mut seen = 0;
+        for (i, (key, payload)) in records.iter().enumerate() {
+            let Ok(Parsed::Trade(t)) =
+                crate::exchanges::binance::parse_frame(&f[i], "BINANCE", &rule, 0)
+            else {
+                panic!("frame {i} is not a trade");
+            };
+            assert_eq!(key, t.symbol, "record {i}");
+            // The arrival time is the one field the two parses differ in:
+            // with the record's own, the trade encodes to the record.
+            let mut t = *t;
+            t.ingestion_timestamp_us = codec.decode_trade(payload).unwrap().ingestion_timestamp_us;
+            assert_eq!(payload, &codec.encode_trade(&t).unwrap()[..], "record {i}");
+            seen += 1;
+        }
+        assert_eq!(seen, 40);
+        let empty = CeilingRecords::from_frames("BINANCE", &rule, &codec, &[]).unwrap();
+        assert!(empty.is_empty());
     }
 }
