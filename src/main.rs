@@ -148,6 +148,11 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Internal: one paced run of the NORMAL search (`--from feed`, with
+        /// `--rate`), its report as JSON on stdout, for the search of the
+        /// `ticklake bench` that started it. Not for use by hand.
+        #[arg(long, hide = true, requires = "rate")]
+        probe: bool,
     },
     /// Memory and false positives of the message-id dedup: inserts --ids
     /// ids, probes as many others, resends recent ones. Use a release build.
@@ -534,6 +539,7 @@ fn main() -> anyhow::Result<()> {
             symbols,
             rate,
             json,
+            probe,
         } => {
             anyhow::ensure!(
                 rate.is_none_or(|r| r > 0.0 && r.is_finite()),
@@ -543,10 +549,32 @@ fn main() -> anyhow::Result<()> {
             let sys = actix_system();
             let timeout = std::time::Duration::from_secs(600);
             match from {
+                BenchFrom::Feed if probe => {
+                    let n = trades.unwrap_or(500_000);
+                    let rate = rate.unwrap_or_default();
+                    let report = sys.block_on(async move {
+                        ticklake::tools::bench::probe(&cfg, n, symbols, rate, timeout).await
+                    })?;
+                    print_report(&report, true)
+                }
                 BenchFrom::Feed => {
                     let n = trades.unwrap_or(1_000_000);
+                    // Each paced run of the search in a fresh process of
+                    // this same executable (`ProbeCommand`).
+                    let probes = ticklake::tools::bench::ProbeCommand {
+                        exe: std::env::current_exe()?,
+                        config: config.clone(),
+                    };
                     let report = sys.block_on(async move {
-                        ticklake::tools::bench::run_full(&cfg, n, symbols, rate, timeout).await
+                        ticklake::tools::bench::run_full(
+                            &cfg,
+                            n,
+                            symbols,
+                            rate,
+                            timeout,
+                            Some(&probes),
+                        )
+                        .await
                     })?;
                     print_report(&report, json)
                 }

@@ -201,10 +201,17 @@ fn bench_from_the_feed_commits_every_frame_and_reports_its_costs() {
             "the producer's waits by cause: {run}"
         );
     }
+    let mut pids = std::collections::BTreeSet::from([r["pid"].as_u64().unwrap()]);
     for p in search {
         let offered = p["offered_per_s"].as_f64().unwrap();
         assert!(offered > 0.0 && offered < unpaced, "{p}");
         assert_eq!(p["trades"], 1500, "half the trades: {p}");
+        // Each paced run in a fresh process, with no earlier daemon's
+        // remains beside it.
+        assert!(
+            pids.insert(p["pid"].as_u64().unwrap()),
+            "a process of its own: {r}"
+        );
     }
     let sustained: Vec<_> = search.iter().filter(|p| p["sustained"] == true).collect();
     assert!(sustained.len() <= 1, "the search stops at the first: {r}");

@@ -575,6 +575,7 @@ pub async fn measure(
         peak_rss_bytes: peak.load(Ordering::Relaxed),
         rss_before_daemon_bytes: rss_before_daemon,
         threads,
+        pid: std::process::id(),
     })
 }
 

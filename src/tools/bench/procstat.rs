@@ -58,7 +58,7 @@ pub fn threads() -> Threads {
 }
 
 /// CPU time spent by one group of threads between two readings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ThreadCpu {
     /// The thread name, with a trailing number dropped so that a pool's
     /// threads count as one (`tokio-runtime-w`, `rdk:broker`).

@@ -2,13 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::procstat::ThreadCpu;
 use crate::degrade::level::Level;
 
 /// What the full-path run measured.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct FullReport {
     pub broker: String,
     pub trades: usize,
@@ -66,6 +66,9 @@ pub struct FullReport {
     pub rss_before_daemon_bytes: u64,
     /// Where the process's CPU went during the end-to-end run.
     pub threads: Vec<ThreadCpu>,
+    /// The process that ran it: a paced run of the NORMAL search runs in a
+    /// process of its own (`bench::ProbeCommand`).
+    pub pid: u32,
 }
 
 impl std::fmt::Display for FullReport {
@@ -141,7 +144,7 @@ impl std::fmt::Display for FullReport {
 }
 
 /// What the producer waited for, by cause (see [`FullReport::producer_waits`]).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct ProducerWaits {
     pub window: u64,
     pub queue: u64,
