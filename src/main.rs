@@ -11,6 +11,7 @@ use ticklake::query::session::OutputFormat;
 use ticklake::tools::replay::{Pacing, ReplayOptions, ReplayServer, RestOptions, ServeSpec};
 
 mod alloc_tuning;
+mod bench_cli;
 
 #[derive(Parser)]
 #[command(
@@ -540,53 +541,15 @@ fn main() -> anyhow::Result<()> {
             rate,
             json,
             probe,
-        } => {
-            anyhow::ensure!(
-                rate.is_none_or(|r| r > 0.0 && r.is_finite()),
-                "--rate must be a positive number of frames a second"
-            );
-            let cfg = Config::load(config.as_deref())?;
-            let sys = actix_system();
-            let timeout = std::time::Duration::from_secs(600);
-            match from {
-                BenchFrom::Feed if probe => {
-                    let n = trades.unwrap_or(500_000);
-                    let rate = rate.unwrap_or_default();
-                    let report = sys.block_on(async move {
-                        ticklake::tools::bench::probe(&cfg, n, symbols, rate, timeout).await
-                    })?;
-                    print_report(&report, true)
-                }
-                BenchFrom::Feed => {
-                    let n = trades.unwrap_or(1_000_000);
-                    // Each paced run of the search in a fresh process of
-                    // this same executable (`ProbeCommand`).
-                    let probes = ticklake::tools::bench::ProbeCommand {
-                        exe: std::env::current_exe()?,
-                        config: config.clone(),
-                    };
-                    let report = sys.block_on(async move {
-                        ticklake::tools::bench::run_full(
-                            &cfg,
-                            n,
-                            symbols,
-                            rate,
-                            timeout,
-                            Some(&probes),
-                        )
-                        .await
-                    })?;
-                    print_report(&report, json)
-                }
-                BenchFrom::Lanes => {
-                    let n = trades.unwrap_or(200_000);
-                    let report = sys.block_on(async move {
-                        ticklake::tools::bench::run(&cfg, n, timeout).await
-                    })?;
-                    print_report(&report, json)
-                }
-            }
-        }
+        } => bench_cli::bench(bench_cli::Args {
+            config,
+            from,
+            trades,
+            symbols,
+            rate,
+            json,
+            probe,
+        }),
         Command::BenchDedup {
             config,
             ids,
