@@ -44,7 +44,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
                 config: a.config,
             };
             let report = sys.block_on(async move {
-                bench::run_full(&cfg, n, symbols, rate, timeout, Some(&probes)).await
+                bench::run_full(&cfg, n, symbols, rate, timeout, &probes).await
             })?;
             print_report(&report, a.json)
         }

@@ -375,36 +375,32 @@ impl ProbeCommand {
 /// level rises, and from SOFT up the trades go without `vendor_data`. So
 /// an unpaced run is the path's maximum, not its NORMAL rate; that is
 /// searched for after it, offering falling fractions of the maximum
-/// (each run a fresh daemon, half the trades) until one keeps up: the
-/// feed received at >= 95 % of the offer, the last commit followed the
-/// last frame within a bounded tail, every trade was stored, and the
-/// level stayed NORMAL throughout.
+/// (each run a fresh daemon in a process of its own, `ProbeCommand`, half
+/// the trades) until one keeps up: the feed received at >= 95 % of the
+/// offer, the last commit followed the last frame within a bounded tail,
+/// every trade was stored, and the level stayed NORMAL throughout.
 pub async fn run_full(
     base: &Config,
     trades: usize,
     symbols: usize,
     rate: Option<f64>,
     timeout: Duration,
-    probes: Option<&ProbeCommand>,
+    probes: &ProbeCommand,
 ) -> Result<FullBench, BenchError> {
-    let once = |n: usize, rate: Option<f64>, ceilings: bool| async move {
-        let (cfg, dir) = bench_config(base);
-        let result = full::measure(&cfg, n, symbols, rate, timeout, ceilings).await;
-        let _ = std::fs::remove_dir_all(&dir);
-        release_freed_memory();
-        result
-    };
-    let run = once(trades, rate, true).await?;
+    let (cfg, dir) = bench_config(base);
+    let run = full::measure(&cfg, trades, symbols, rate, timeout, true).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    // What the run freed goes back to the OS while the paced runs, in
+    // processes of their own, need the memory.
+    release_freed_memory();
+    let run = run?;
     let mut search = Vec::new();
     let mut sustained = None;
     if rate.is_none() {
         let n = (trades / 2).max(1_000);
         for fraction in NORMAL_FRACTIONS {
             let offered = run.end_to_end_per_s * fraction;
-            let r = match probes {
-                Some(cmd) => cmd.run(n, symbols, offered, timeout).await?,
-                None => once(n, Some(offered), false).await?,
-            };
+            let r = probes.run(n, symbols, offered, timeout).await?;
             let received_per_s = n as f64 / r.received_secs.max(f64::MIN_POSITIVE);
             let tail_secs = r.seconds - r.received_secs;
             let stored = r.outcomes.get("stored").copied().unwrap_or(0);
