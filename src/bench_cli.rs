@@ -7,14 +7,34 @@ use ticklake::tools::bench::{self, ProbeCommand};
 
 use crate::{BenchFrom, actix_system, print_report};
 
-/// The verb's flags, as `Command::Bench` holds them.
+/// The verb's flags.
+#[derive(clap::Args)]
 pub struct Args {
+    #[arg(long, env = "TICKLAKE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Where the trades enter: `feed`, the whole path from generated
+    /// WebSocket frames through the feed actor; or `lanes`, trades built
+    /// before the clock starts and sent into the producer's lanes.
+    #[arg(long, value_enum, default_value_t = BenchFrom::Feed)]
     pub from: BenchFrom,
+    /// Number of trades per measurement (default: 1,000,000 from the
+    /// feed, 200,000 from the lanes).
+    #[arg(long)]
     pub trades: Option<usize>,
+    /// Symbols the generated frames spread over (`--from feed`).
+    #[arg(long, default_value_t = 50)]
     pub symbols: usize,
+    /// Frames a second the server plays (`--from feed`); without it, as
+    /// fast as the feed reads them.
+    #[arg(long)]
     pub rate: Option<f64>,
+    /// Print the report as JSON.
+    #[arg(long)]
     pub json: bool,
+    /// Internal: one paced run of the NORMAL search (`--from feed`, with
+    /// `--rate`), its report as JSON on stdout, for the search of the
+    /// `ticklake bench` that started it. Not for use by hand.
+    #[arg(long, hide = true, requires = "rate")]
     pub probe: bool,
 }
 

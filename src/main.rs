@@ -127,34 +127,7 @@ enum Command {
     /// Measure the sustainable end-to-end throughput into committed Iceberg
     /// and the broker's raw produce ceiling, on the configured broker (the
     /// embedded cluster by default). Use a release build.
-    Bench {
-        #[arg(long, env = "TICKLAKE_CONFIG")]
-        config: Option<PathBuf>,
-        /// Where the trades enter: `feed`, the whole path from generated
-        /// WebSocket frames through the feed actor; or `lanes`, trades built
-        /// before the clock starts and sent into the producer's lanes.
-        #[arg(long, value_enum, default_value_t = BenchFrom::Feed)]
-        from: BenchFrom,
-        /// Number of trades per measurement (default: 1,000,000 from the
-        /// feed, 200,000 from the lanes).
-        #[arg(long)]
-        trades: Option<usize>,
-        /// Symbols the generated frames spread over (`--from feed`).
-        #[arg(long, default_value_t = 50)]
-        symbols: usize,
-        /// Frames a second the server plays (`--from feed`); without it, as
-        /// fast as the feed reads them.
-        #[arg(long)]
-        rate: Option<f64>,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-        /// Internal: one paced run of the NORMAL search (`--from feed`, with
-        /// `--rate`), its report as JSON on stdout, for the search of the
-        /// `ticklake bench` that started it. Not for use by hand.
-        #[arg(long, hide = true, requires = "rate")]
-        probe: bool,
-    },
+    Bench(bench_cli::Args),
     /// Memory and false positives of the message-id dedup: inserts --ids
     /// ids, probes as many others, resends recent ones. Use a release build.
     BenchDedup {
@@ -533,23 +506,7 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
         }
-        Command::Bench {
-            config,
-            from,
-            trades,
-            symbols,
-            rate,
-            json,
-            probe,
-        } => bench_cli::bench(bench_cli::Args {
-            config,
-            from,
-            trades,
-            symbols,
-            rate,
-            json,
-            probe,
-        }),
+        Command::Bench(args) => bench_cli::bench(args),
         Command::BenchDedup {
             config,
             ids,
