@@ -300,8 +300,20 @@ pub async fn probe(
     rate: f64,
     timeout: Duration,
 ) -> Result<FullReport, BenchError> {
+    measure_full(base, trades, symbols, Some(rate), timeout, false).await
+}
+
+/// One full-path measurement in a throw-away data directory of its own.
+async fn measure_full(
+    base: &Config,
+    trades: usize,
+    symbols: usize,
+    rate: Option<f64>,
+    timeout: Duration,
+    ceilings: bool,
+) -> Result<FullReport, BenchError> {
     let (cfg, dir) = bench_config(base);
-    let result = full::measure(&cfg, trades, symbols, Some(rate), timeout, false).await;
+    let result = full::measure(&cfg, trades, symbols, rate, timeout, ceilings).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -387,9 +399,7 @@ pub async fn run_full(
     timeout: Duration,
     probes: &ProbeCommand,
 ) -> Result<FullBench, BenchError> {
-    let (cfg, dir) = bench_config(base);
-    let run = full::measure(&cfg, trades, symbols, rate, timeout, true).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let run = measure_full(base, trades, symbols, rate, timeout, true).await;
     // What the run freed goes back to the OS while the paced runs, in
     // processes of their own, need the memory.
     release_freed_memory();
