@@ -126,13 +126,13 @@ impl CeilingRecords {
                     )));
                 }
             };
-            if records.payloads.is_empty() {
+            codec.encode_trade_into(&mut records.payloads, &t);
+            if records.ends.is_empty() {
                 // Sized by the first record, with room to spare: the
                 // records differ by a few bytes at most.
-                let first = codec.encode_trade(&t)?.len();
+                let first = records.payloads.len();
                 records.payloads.reserve(frames.len() * (first + 8));
             }
-            codec.encode_trade_into(&mut records.payloads, &t);
             records.ends.push(records.payloads.len());
             let key = match numbers.get(t.symbol.as_str()) {
                 Some(k) => *k,
