@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -32,6 +32,7 @@ use crate::daemon::{self, Daemon};
 use crate::degrade::level::Level;
 use crate::exchanges::Parsed;
 use crate::instruments::SymbolRule;
+use crate::kafka::window::{BrokerWindow, estimate};
 use crate::model::now_us;
 
 /// Name of the server thread, whose CPU is the exchange's, not ours.
@@ -506,15 +507,6 @@ pub async fn measure(
                 None,
             )?;
             let cpu_produced = super::procstat::process_cpu();
-            // The embedded cluster keeps a few MiB a partition: a reader that
-            // falls further behind loses records to its retention and never
-            // reads them all (a run in ten timed out so). The producer stays
-            // within one partition's budget of the reader, as the daemon's
-            // broker window keeps the daemon.
-            let lead = embedded.then(|| {
-                let est = crate::kafka::window::estimate(8, record_bytes).max(1);
-                usize::try_from(crate::kafka::window::BUDGET_BYTES / est).unwrap_or(1)
-            });
             let round_trip = produce_and_consume(
                 &ceiling_cfg,
                 &bootstrap,
@@ -522,7 +514,7 @@ pub async fn measure(
                 &records,
                 partitions,
                 timeout,
-                lead,
+                embedded,
             )?;
             let cpu_after = super::procstat::process_cpu();
             let cpu = (
@@ -584,11 +576,22 @@ pub(super) fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }
 }
 
-/// Counts delivery reports; the bare producer's whole context.
+/// A record's size as the broker window counts it.
+fn message_estimate(m: &impl rdkafka::Message) -> i64 {
+    estimate(
+        m.key().map_or(0, <[u8]>::len),
+        m.payload().map_or(0, <[u8]>::len),
+    )
+}
+
+/// Counts delivery reports; the bare producer's whole context. With a
+/// reader behind it on the embedded cluster, it also tells the broker
+/// window (and its topic) what was delivered where.
 #[derive(Default)]
 struct Counting {
     delivered: AtomicU64,
     failed: AtomicU64,
+    window: Option<(Arc<BrokerWindow>, String)>,
 }
 
 impl rdkafka::ClientContext for Counting {}
@@ -598,8 +601,18 @@ impl rdkafka::producer::ProducerContext for Counting {
 
     fn delivery(&self, r: &rdkafka::message::DeliveryResult<'_>, _: ()) {
         match r {
-            Ok(_) => self.delivered.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+            Ok(m) => {
+                if let Some((window, topic)) = &self.window {
+                    window.delivered(topic, m.partition(), message_estimate(m));
+                }
+                self.delivered.fetch_add(1, Ordering::Relaxed)
+            }
+            Err((_, m)) => {
+                if let Some((window, _)) = &self.window {
+                    window.failed(message_estimate(m));
+                }
+                self.failed.fetch_add(1, Ordering::Relaxed)
+            }
         };
     }
 }
@@ -610,8 +623,7 @@ impl rdkafka::producer::ProducerContext for Counting {
 /// (`message.timeout.ms = 0`, as the daemon's), so the wait has its own
 /// deadline: a broker that stops acknowledging fails the bench, naming the
 /// stage, instead of parking it for good.
-/// `lead`: how many records it may send ahead of a reader's count of
-/// records read, if a reader follows.
+/// `window`: the broker window a reader empties, if a reader follows.
 fn produce_all(
     cfg: &Config,
     bootstrap: &str,
@@ -619,12 +631,15 @@ fn produce_all(
     records: &CeilingRecords,
     stage: &'static str,
     timeout: Duration,
-    lead: Option<(&AtomicUsize, usize)>,
+    window: Option<&Arc<BrokerWindow>>,
 ) -> Result<f64, BenchError> {
     use rdkafka::producer::{Producer, ThreadedProducer};
+    let counting = Counting {
+        window: window.map(|w| (w.clone(), topic.to_string())),
+        ..Counting::default()
+    };
     let producer: Arc<ThreadedProducer<Counting>> = Arc::new(
-        crate::kafka::producer_config(&cfg.kafka, bootstrap)
-            .create_with_context(Counting::default())?,
+        crate::kafka::producer_config(&cfg.kafka, bootstrap).create_with_context(counting)?,
     );
     if records.is_empty() {
         return Ok(f64::MIN_POSITIVE);
@@ -634,8 +649,9 @@ fn produce_all(
     let handle = crate::kafka::topic::TopicHandle::new(&producer, topic)?;
     let started = Instant::now();
     for (i, (key, payload)) in records.iter().enumerate() {
-        if let Some((read, most)) = lead {
-            while i.saturating_sub(read.load(Ordering::Acquire)) > most {
+        let est = estimate(key.len(), payload.len());
+        if let Some(window) = window {
+            while !window.has_room(topic, est) {
                 if started.elapsed() > timeout {
                     return Err(BenchError::Timeout {
                         stage,
@@ -649,7 +665,12 @@ fn produce_all(
         }
         loop {
             match handle.produce(key.as_bytes(), payload, ()) {
-                Ok(()) => break,
+                Ok(()) => {
+                    if let Some(window) = window {
+                        window.enqueued(est);
+                    }
+                    break;
+                }
                 Err(rdkafka::error::KafkaError::MessageProduction(
                     rdkafka::types::RDKafkaErrorCode::QueueFull,
                 )) => std::thread::sleep(Duration::from_micros(200)),
@@ -692,7 +713,7 @@ fn produce_and_consume(
     records: &CeilingRecords,
     partitions: i32,
     timeout: Duration,
-    lead: Option<usize>,
+    embedded: bool,
 ) -> Result<f64, BenchError> {
     use rdkafka::{Offset, TopicPartitionList};
     if records.is_empty() {
@@ -735,8 +756,23 @@ fn produce_and_consume(
     const STALL: Duration = Duration::from_secs(30);
     let all_sent = Arc::new(AtomicBool::new(false));
     let reader_sent = all_sent.clone();
-    let read_count = Arc::new(AtomicUsize::new(0));
-    let reader_count = read_count.clone();
+    // The embedded cluster keeps a few MiB a partition: a reader that
+    // falls further behind loses records to its retention and never reads
+    // them all (a run in ten timed out so). The producer is held by the
+    // daemon's own broker window, per partition, as the daemon is: a
+    // tighter hold (one partition's budget across all three, as before)
+    // kept the producer in step with the reader in some runs, at twice
+    // the CPU a record, and so understated the ceiling.
+    let window = embedded.then(|| {
+        let ids: Vec<i32> = assignment
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        Arc::new(BrokerWindow::new(&[(topic.to_string(), ids)]))
+    });
+    let reader_window = window.clone();
+    let reader_topic = topic.to_string();
     let reader = std::thread::spawn(move || -> Result<Instant, BenchError> {
         let mut read = 0usize;
         let mut last_read = Instant::now();
@@ -770,8 +806,11 @@ fn produce_and_consume(
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
                     std::hint::black_box(m.payload().map(<[u8]>::len));
+                    if let Some(window) = &reader_window {
+                        let est = message_estimate(&m);
+                        window.consumed(&reader_topic, m.partition(), m.offset(), est);
+                    }
                     read += 1;
-                    reader_count.store(read, Ordering::Release);
                     last_read = Instant::now();
                 }
                 Some(Err(e)) => return Err(BenchError::Client(e)),
@@ -787,7 +826,7 @@ fn produce_and_consume(
         records,
         "round-trip ceiling (produce)",
         timeout,
-        lead.map(|most| (&*read_count, most)),
+        window.as_ref(),
     );
     all_sent.store(true, Ordering::Release);
     let done = reader
