@@ -5,6 +5,7 @@
 //! with its search for the sustainable NORMAL rate.
 //! Run it on a release build; a debug build measures the compiler.
 
+mod ceiling;
 mod full;
 mod procstat;
 mod report;

@@ -20,10 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use rdkafka::Message as _;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use super::ceiling::{Ceiling, ceiling_runs, produce_all, produce_and_consume};
 use super::procstat;
 pub use super::report::{FullReport, ProducerWaits};
 use super::{BenchError, trades_commits};
@@ -32,7 +31,6 @@ use crate::daemon::{self, Daemon};
 use crate::degrade::level::Level;
 use crate::exchanges::Parsed;
 use crate::instruments::SymbolRule;
-use crate::kafka::window::{BrokerWindow, estimate};
 use crate::model::now_us;
 
 /// Name of the server thread, whose CPU is the exchange's, not ours.
@@ -92,7 +90,7 @@ fn frames(n: usize, symbols: &[String]) -> Vec<Utf8Bytes> {
 /// 1,000,000 records of a default run (twice over, one set per ceiling)
 /// put the process past 2 GiB while the ceilings ran, beside the idle
 /// daemon, whose `rss_bytes` signal then raised it to SOFT.
-struct CeilingRecords {
+pub(super) struct CeilingRecords {
     payloads: Vec<u8>,
     /// Where each record's payload ends in `payloads`.
     ends: Vec<usize>,
@@ -149,11 +147,11 @@ impl CeilingRecords {
         Ok(records)
     }
 
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.ends.len()
     }
 
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
 
@@ -167,7 +165,7 @@ impl CeilingRecords {
     }
 
     /// The records in order: key and payload.
-    fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
         (0..self.len()).map(|i| self.get(i))
     }
 }
@@ -346,11 +344,19 @@ pub async fn measure(
     // Ids are remembered for the whole run: nothing is forgotten early.
     feed.dedup_capacity = feed.dedup_capacity.max(n);
     let partitions = cfg.kafka.embedded_partitions;
-    let ceiling_topics = [
-        format!("{}.ceiling-produce", cfg.kafka.trades_topic_prefix),
-        format!("{}.ceiling-round-trip", cfg.kafka.trades_topic_prefix),
-    ];
-    cfg.kafka.extra_topics = ceiling_topics.to_vec();
+    let runs = ceiling_runs(&cfg);
+    let topics = |kind: &str| -> Vec<String> {
+        (1..=runs)
+            .map(|i| format!("{}.ceiling-{kind}-{i}", cfg.kafka.trades_topic_prefix))
+            .collect()
+    };
+    let (produce_topics, round_trip_topics) = (topics("produce"), topics("round-trip"));
+    let ceiling_topics: Vec<String> = produce_topics
+        .iter()
+        .chain(&round_trip_topics)
+        .cloned()
+        .collect();
+    cfg.kafka.extra_topics = ceiling_topics.clone();
 
     let threads_before = procstat::threads();
     let cpu_before = procstat::process_cpu();
@@ -464,7 +470,7 @@ pub async fn measure(
 
     // The ceilings, on the same broker, after the daemon's run; without
     // them (a paced probe), rates of 0.
-    let (produce_secs, round_trip_secs, record_bytes, ceiling_cpu) = if ceilings {
+    let (produce, round_trip, record_bytes) = if ceilings {
         let registry = crate::kafka::registry::Registry::open(&cfg)?;
         let codec = crate::kafka::registry::codec(registry.as_dyn(), &cfg)?;
         let exchange_name = cfg
@@ -489,52 +495,47 @@ pub async fn measure(
             crate::kafka::ensure_topics(&cfg.kafka, &d.bootstrap, &ceiling_topics, partitions)
                 .await?;
         }
-        let [produce_topic, round_trip_topic] = ceiling_topics.clone();
         let (ceiling_cfg, bootstrap) = (cfg.clone(), d.bootstrap.clone());
         let embedded = cfg.kafka.is_embedded();
-        let (produce_secs, round_trip_secs, ceiling_cpu) = tokio::task::spawn_blocking(move || {
-            // The process's CPU while each ceiling runs (the daemon beside
-            // it idle): what librdkafka alone costs a record, the budget
-            // against which the full path's CPU per trade is read.
-            let cpu_before = super::procstat::process_cpu();
-            let produce = produce_all(
-                &ceiling_cfg,
-                &bootstrap,
-                &produce_topic,
-                &records,
-                "produce ceiling",
-                timeout,
-                None,
-            )?;
-            let cpu_produced = super::procstat::process_cpu();
-            let round_trip = produce_and_consume(
-                &ceiling_cfg,
-                &bootstrap,
-                &round_trip_topic,
-                &records,
-                partitions,
-                timeout,
-                embedded,
-            )?;
-            let cpu_after = super::procstat::process_cpu();
-            let cpu = (
-                (cpu_produced.saturating_sub(cpu_before)).as_secs_f64(),
-                (cpu_after.saturating_sub(cpu_produced)).as_secs_f64(),
-            );
-            Ok::<_, BenchError>((produce, round_trip, cpu))
+        let (produce, round_trip) = tokio::task::spawn_blocking(move || {
+            let produce = Ceiling::best_of(&produce_topics, |topic| {
+                let stage = "produce ceiling";
+                produce_all(
+                    &ceiling_cfg,
+                    &bootstrap,
+                    topic,
+                    &records,
+                    stage,
+                    timeout,
+                    None,
+                )
+            })?;
+            let round_trip = Ceiling::best_of(&round_trip_topics, |topic| {
+                produce_and_consume(
+                    &ceiling_cfg,
+                    &bootstrap,
+                    topic,
+                    &records,
+                    partitions,
+                    timeout,
+                    embedded,
+                )
+            })?;
+            Ok::<_, BenchError>((produce, round_trip))
         })
         .await
         .map_err(|e| BenchError::Producer(e.to_string()))??;
-        (produce_secs, round_trip_secs, record_bytes, ceiling_cpu)
+        (produce, round_trip, record_bytes)
     } else {
-        (f64::INFINITY, f64::INFINITY, 0, (0.0, 0.0))
+        (Ceiling::none(), Ceiling::none(), 0)
     };
     d.shutdown(Duration::from_secs(10)).await?;
     drop(exchange);
 
     let per_s = stored_n as f64 / seconds;
-    let produce_per_s = n as f64 / produce_secs;
-    let round_trip_per_s = n as f64 / round_trip_secs;
+    let produce_per_s = n as f64 / produce.secs;
+    let round_trip_per_s = n as f64 / round_trip.secs;
+    let rates = |c: &Ceiling| c.runs_secs.iter().map(|s| n as f64 / s).collect();
     Ok(FullReport {
         broker: if cfg.kafka.is_embedded() {
             "embedded (librdkafka in-process cluster)".to_string()
@@ -553,8 +554,10 @@ pub async fn measure(
         cpu_us_per_trade: cpu_secs * 1e6 / stored_n as f64,
         produce_ceiling_per_s: produce_per_s,
         round_trip_ceiling_per_s: round_trip_per_s,
-        produce_ceiling_cpu_us: ceiling_cpu.0 * 1e6 / n.max(1) as f64,
-        round_trip_ceiling_cpu_us: ceiling_cpu.1 * 1e6 / n.max(1) as f64,
+        produce_ceiling_cpu_us: produce.cpu_secs * 1e6 / n.max(1) as f64,
+        round_trip_ceiling_cpu_us: round_trip.cpu_secs * 1e6 / n.max(1) as f64,
+        produce_ceiling_runs_per_s: rates(&produce),
+        round_trip_ceiling_runs_per_s: rates(&round_trip),
         ratio_to_produce: ratio(per_s, produce_per_s),
         ratio_to_round_trip: ratio(per_s, round_trip_per_s),
         commits: commits_run,
@@ -574,266 +577,6 @@ pub async fn measure(
 /// `a / b`, or 0 without a `b` (a probe run without ceilings).
 pub(super) fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }
-}
-
-/// A record's size as the broker window counts it.
-fn message_estimate(m: &impl rdkafka::Message) -> i64 {
-    estimate(
-        m.key().map_or(0, <[u8]>::len),
-        m.payload().map_or(0, <[u8]>::len),
-    )
-}
-
-/// Counts delivery reports; the bare producer's whole context. With a
-/// reader behind it on the embedded cluster, it also tells the broker
-/// window (and its topic) what was delivered where.
-#[derive(Default)]
-struct Counting {
-    delivered: AtomicU64,
-    failed: AtomicU64,
-    window: Option<(Arc<BrokerWindow>, String)>,
-}
-
-impl rdkafka::ClientContext for Counting {}
-
-impl rdkafka::producer::ProducerContext for Counting {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, r: &rdkafka::message::DeliveryResult<'_>, _: ()) {
-        match r {
-            Ok(m) => {
-                if let Some((window, topic)) = &self.window {
-                    window.delivered(topic, m.partition(), message_estimate(m));
-                }
-                self.delivered.fetch_add(1, Ordering::Relaxed)
-            }
-            Err((_, m)) => {
-                if let Some((window, _)) = &self.window {
-                    window.failed(message_estimate(m));
-                }
-                self.failed.fetch_add(1, Ordering::Relaxed)
-            }
-        };
-    }
-}
-
-/// Seconds for a bare producer (librdkafka's own threads, a counter for
-/// delivery reports, nothing per record) to have every record
-/// acknowledged. Blocking. The producer never times a record out
-/// (`message.timeout.ms = 0`, as the daemon's), so the wait has its own
-/// deadline: a broker that stops acknowledging fails the bench, naming the
-/// stage, instead of parking it for good.
-/// `window`: the broker window a reader empties, if a reader follows.
-fn produce_all(
-    cfg: &Config,
-    bootstrap: &str,
-    topic: &str,
-    records: &CeilingRecords,
-    stage: &'static str,
-    timeout: Duration,
-    window: Option<&Arc<BrokerWindow>>,
-) -> Result<f64, BenchError> {
-    use rdkafka::producer::{Producer, ThreadedProducer};
-    let counting = Counting {
-        window: window.map(|w| (w.clone(), topic.to_string())),
-        ..Counting::default()
-    };
-    let producer: Arc<ThreadedProducer<Counting>> = Arc::new(
-        crate::kafka::producer_config(&cfg.kafka, bootstrap).create_with_context(counting)?,
-    );
-    if records.is_empty() {
-        return Ok(f64::MIN_POSITIVE);
-    }
-    // The daemon's own produce call: a topic handle made once, not the
-    // topic's name per record (`kafka::topic`).
-    let handle = crate::kafka::topic::TopicHandle::new(&producer, topic)?;
-    let started = Instant::now();
-    for (i, (key, payload)) in records.iter().enumerate() {
-        let est = estimate(key.len(), payload.len());
-        if let Some(window) = window {
-            while !window.has_room(topic, est) {
-                if started.elapsed() > timeout {
-                    return Err(BenchError::Timeout {
-                        stage,
-                        secs: timeout.as_secs(),
-                        done: i as u64,
-                        total: records.len() as u64,
-                    });
-                }
-                std::thread::sleep(Duration::from_micros(100));
-            }
-        }
-        loop {
-            match handle.produce(key.as_bytes(), payload, ()) {
-                Ok(()) => {
-                    if let Some(window) = window {
-                        window.enqueued(est);
-                    }
-                    break;
-                }
-                Err(rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                )) => std::thread::sleep(Duration::from_micros(200)),
-                Err(e) => return Err(BenchError::Client(e)),
-            }
-        }
-    }
-    let want = records.len() as u64;
-    let ctx = producer.context();
-    while ctx.delivered.load(Ordering::Relaxed) + ctx.failed.load(Ordering::Relaxed) < want {
-        if started.elapsed() > timeout {
-            // Whatever is still queued dies with this producer.
-            producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
-            return Err(BenchError::Timeout {
-                stage,
-                secs: timeout.as_secs(),
-                done: ctx.delivered.load(Ordering::Relaxed),
-                total: want,
-            });
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    let secs = started.elapsed().as_secs_f64();
-    if ctx.failed.load(Ordering::Relaxed) > 0 {
-        return Err(BenchError::Producer(format!(
-            "{} ceiling records were not delivered",
-            ctx.failed.load(Ordering::Relaxed)
-        )));
-    }
-    Ok(secs)
-}
-
-/// Seconds from the first record sent to the last one read back by a bare
-/// consumer, assigned every partition from the start before the first
-/// send (no group join inside the measurement). Blocking.
-fn produce_and_consume(
-    cfg: &Config,
-    bootstrap: &str,
-    topic: &str,
-    records: &CeilingRecords,
-    partitions: i32,
-    timeout: Duration,
-    embedded: bool,
-) -> Result<f64, BenchError> {
-    use rdkafka::{Offset, TopicPartitionList};
-    if records.is_empty() {
-        return Ok(f64::MIN_POSITIVE);
-    }
-    let mut kafka = cfg.kafka.clone();
-    kafka.consumer_group = format!("{}-ceiling", cfg.kafka.consumer_group);
-    let consumer: BaseConsumer = crate::kafka::consumer_config(&kafka, bootstrap).create()?;
-    // Every partition, or the reader can never reach `want`: a topic
-    // whose metadata is still settling may list fewer for a moment.
-    let mut assignment = TopicPartitionList::new();
-    let asked = Instant::now();
-    loop {
-        let meta = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        let ids: Vec<i32> = meta
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if ids.len() >= partitions as usize || asked.elapsed() > Duration::from_secs(10) {
-            if ids.len() < partitions as usize {
-                return Err(BenchError::Producer(format!(
-                    "{topic} lists {} of its {partitions} partitions after 10 s",
-                    ids.len()
-                )));
-            }
-            for id in ids {
-                assignment.add_partition_offset(topic, id, Offset::Beginning)?;
-            }
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    consumer.assign(&assignment)?;
-    let want = records.len();
-    let started = Instant::now();
-    // Set once every record is acknowledged: from then on a reader that
-    // reads nothing for `STALL` has stalled, and says where, instead of
-    // waiting out the whole timeout.
-    const STALL: Duration = Duration::from_secs(30);
-    let all_sent = Arc::new(AtomicBool::new(false));
-    let reader_sent = all_sent.clone();
-    // The embedded cluster keeps a few MiB a partition: a reader that
-    // falls further behind loses records to its retention and never reads
-    // them all (a run in ten timed out so). The producer is held by the
-    // daemon's own broker window, per partition, as the daemon is: a
-    // tighter hold (one partition's budget across all three, as before)
-    // kept the producer in step with the reader in some runs, at twice
-    // the CPU a record, and so understated the ceiling.
-    let window = embedded.then(|| {
-        let ids: Vec<i32> = assignment
-            .elements()
-            .iter()
-            .map(|e| e.partition())
-            .collect();
-        Arc::new(BrokerWindow::new(&[(topic.to_string(), ids)]))
-    });
-    let reader_window = window.clone();
-    let reader_topic = topic.to_string();
-    let reader = std::thread::spawn(move || -> Result<Instant, BenchError> {
-        let mut read = 0usize;
-        let mut last_read = Instant::now();
-        while read < want {
-            let stalled = reader_sent.load(Ordering::Acquire) && last_read.elapsed() > STALL;
-            if started.elapsed() > timeout || stalled {
-                let positions = consumer
-                    .position()
-                    .map(|tpl| {
-                        tpl.elements()
-                            .iter()
-                            .map(|e| format!("{}:{:?}", e.partition(), e.offset()))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-                    .unwrap_or_else(|e| e.to_string());
-                tracing::warn!(
-                    read,
-                    want,
-                    stalled,
-                    positions,
-                    "round-trip ceiling reader gave up"
-                );
-                return Err(BenchError::Timeout {
-                    stage: "round-trip ceiling",
-                    secs: started.elapsed().as_secs(),
-                    done: read as u64,
-                    total: want as u64,
-                });
-            }
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => {
-                    std::hint::black_box(m.payload().map(<[u8]>::len));
-                    if let Some(window) = &reader_window {
-                        let est = message_estimate(&m);
-                        window.consumed(&reader_topic, m.partition(), m.offset(), est);
-                    }
-                    read += 1;
-                    last_read = Instant::now();
-                }
-                Some(Err(e)) => return Err(BenchError::Client(e)),
-                None => {}
-            }
-        }
-        Ok(Instant::now())
-    });
-    let sent = produce_all(
-        cfg,
-        bootstrap,
-        topic,
-        records,
-        "round-trip ceiling (produce)",
-        timeout,
-        window.as_ref(),
-    );
-    all_sent.store(true, Ordering::Release);
-    let done = reader
-        .join()
-        .map_err(|_| BenchError::Producer("round-trip reader panicked".into()))??;
-    sent?;
-    Ok(done.duration_since(started).as_secs_f64())
 }
 
 #[cfg(test)]
