@@ -219,10 +219,7 @@ impl ProducerContext for DeliveryContext {
             Ok(m) => (m, None),
             Err((e, m)) => (m, Some(e)),
         };
-        let est = window::estimate(
-            msg.key().map_or(0, <[u8]>::len),
-            msg.payload().map_or(0, <[u8]>::len),
-        );
+        let est = window::message_estimate(msg);
         let d = &self.deliveries;
         match error {
             None => {

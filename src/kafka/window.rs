@@ -35,6 +35,14 @@ pub fn estimate(key_len: usize, value_len: usize) -> i64 {
     i64::try_from(key_len + value_len).unwrap_or(i64::MAX / 2) + RECORD_OVERHEAD
 }
 
+/// [`estimate`] of a message librdkafka hands back (a delivery report).
+pub fn message_estimate(m: &impl rdkafka::Message) -> i64 {
+    estimate(
+        m.key().map_or(0, <[u8]>::len),
+        m.payload().map_or(0, <[u8]>::len),
+    )
+}
+
 #[derive(Debug, Default)]
 struct Part {
     /// Delivered to this partition and not yet read.

@@ -13,7 +13,7 @@ use super::BenchError;
 use super::full::CeilingRecords;
 use super::procstat;
 use crate::config::Config;
-use crate::kafka::window::{BrokerWindow, estimate};
+use crate::kafka::window::{BrokerWindow, estimate, message_estimate};
 
 /// How many times each ceiling runs; the report keeps the fastest run.
 /// On the embedded cluster, on two cores, the same round trip settles
@@ -64,14 +64,6 @@ impl Ceiling {
         }
         Ok(best)
     }
-}
-
-/// A record's size as the broker window counts it.
-fn message_estimate(m: &impl rdkafka::Message) -> i64 {
-    estimate(
-        m.key().map_or(0, <[u8]>::len),
-        m.payload().map_or(0, <[u8]>::len),
-    )
 }
 
 /// Counts delivery reports; the bare producer's whole context. With a
