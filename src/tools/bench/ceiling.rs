@@ -241,10 +241,10 @@ pub(super) fn produce_and_consume(
     // The embedded cluster keeps a few MiB a partition: a reader that
     // falls further behind loses records to its retention and never reads
     // them all (a run in ten timed out so). The producer is held by the
-    // daemon's own broker window, per partition, as the daemon is: a
-    // tighter hold (one partition's budget across all three, as before)
-    // kept the producer in step with the reader in some runs, at twice
-    // the CPU a record, and so understated the ceiling.
+    // daemon's own broker window, per partition, as the daemon is, not by
+    // a tighter hold of its own (one partition's budget across all of
+    // them, as before). The slow runs `ceiling_runs` describes happen
+    // with either hold.
     let window = embedded.then(|| {
         let ids: Vec<i32> = assignment
             .elements()
@@ -335,7 +335,7 @@ mod tests {
         assert_eq!(asked, topics, "each run on a topic of its own");
         assert_eq!(best.runs_secs, secs.to_vec());
         assert_eq!(best.secs, 1.5);
-        // A failed run fails the ceiling, naming its stage.
+        // A failed run fails the ceiling: no figure from the runs before.
         let failed = Ceiling::best_of(&topics, |_| {
             Err(BenchError::Producer(
                 "ceiling records were not delivered".into(),
