@@ -344,7 +344,8 @@ pub async fn measure(
     // Ids are remembered for the whole run: nothing is forgotten early.
     feed.dedup_capacity = feed.dedup_capacity.max(n);
     let partitions = cfg.kafka.embedded_partitions;
-    let runs = ceiling_runs(&cfg);
+    // A paced probe has no ceilings, so no topics for them.
+    let runs = if ceilings { ceiling_runs(&cfg) } else { 0 };
     let topics = |kind: &str| -> Vec<String> {
         (1..=runs)
             .map(|i| format!("{}.ceiling-{kind}-{i}", cfg.kafka.trades_topic_prefix))
