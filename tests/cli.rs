@@ -230,21 +230,59 @@ fn bench_from_the_feed_commits_every_frame_and_reports_its_costs() {
             "a process of its own: {r}"
         );
     }
-    let sustained: Vec<_> = search.iter().filter(|p| p["sustained"] == true).collect();
-    assert!(sustained.len() <= 1, "the search stops at the first: {r}");
-    match (r["sustained_normal_per_s"].as_f64(), sustained.first()) {
+    // Falling fractions until one keeps up, then the refining runs.
+    let (falling, refining): (Vec<_>, Vec<_>) = search.iter().partition(|p| p["refine"] == false);
+    assert!(
+        search[..falling.len()].iter().all(|p| p["refine"] == false),
+        "the refining runs come last: {r}"
+    );
+    let fractions = ticklake::tools::bench::NORMAL_FRACTIONS;
+    for (p, fraction) in falling.iter().zip(fractions) {
+        assert_eq!(p["fraction"].as_f64().unwrap(), fraction, "{p}");
+    }
+    let held: Vec<_> = falling.iter().filter(|p| p["sustained"] == true).collect();
+    assert!(
+        held.len() <= 1,
+        "the falling runs stop at the first that keeps up: {r}"
+    );
+    if let Some(p) = held.first() {
+        assert!(std::ptr::eq(**p, *falling.last().unwrap()), "{r}");
+    }
+    let fraction = |p: &serde_json::Value| p["fraction"].as_f64().unwrap();
+    match (held.first(), falling.len()) {
+        // Halving the step between the last that fell behind and the one
+        // that kept up: each refining run inside what is known so far.
+        (Some(p), n) if n > 1 => {
+            assert_eq!(refining.len(), ticklake::tools::bench::REFINE_STEPS, "{r}");
+            let (mut low, mut high) = (fraction(p), fraction(falling[n - 2]));
+            for q in &refining {
+                let f = fraction(q);
+                assert!(
+                    (f - (low + high) / 2.0).abs() < 1e-12,
+                    "halves the step: {r}"
+                );
+                if q["sustained"] == true {
+                    low = f;
+                } else {
+                    high = f;
+                }
+            }
+        }
+        // The first kept up (nothing above to refine towards), or none did.
+        _ => assert!(refining.is_empty(), "{r}"),
+    }
+    let best = search
+        .iter()
+        .filter(|p| p["sustained"] == true)
+        .max_by(|a, b| fraction(a).total_cmp(&fraction(b)));
+    match (r["sustained_normal_per_s"].as_f64(), best) {
         (Some(rate), Some(p)) => {
             assert_eq!(p["max_level"], "NORMAL", "{p}");
             assert_eq!(p["enrichment_skipped"], 0, "{p}");
             assert_eq!(rate, p["received_per_s"].as_f64().unwrap(), "{r}");
-            assert!(std::ptr::eq(*p, search.last().unwrap()), "{r}");
         }
-        (None, None) => assert_eq!(
-            search.len(),
-            ticklake::tools::bench::NORMAL_FRACTIONS.len(),
-            "every fraction tried: {r}"
-        ),
-        _ => panic!("the rate and the sustained run disagree: {r}"),
+        (None, None) => assert_eq!(search.len(), fractions.len(), "every fraction tried: {r}"),
+        _ => panic!("the rate and the sustained runs disagree: {r}"),
     }
     println!("bench --from feed (debug build, 3000 trades): {r}");
 }

@@ -9,8 +9,11 @@ mod ceiling;
 mod full;
 mod procstat;
 mod report;
+mod search;
 
 pub use full::{FullReport, ProducerWaits};
+use search::search_normal;
+pub use search::{NORMAL_FRACTIONS, NormalProbe, REFINE_STEPS};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -196,35 +199,13 @@ fn bench_config(base: &Config) -> (Config, std::path::PathBuf) {
 pub struct FullBench {
     #[serde(flatten)]
     pub run: FullReport,
-    /// Paced runs at falling fractions of the unpaced rate, in the order
+    /// Paced runs at falling fractions of the unpaced rate until one kept
+    /// up, then the runs that halve the step above it, in the order
     /// tried; empty for a run with `--rate`.
     pub normal_search: Vec<NormalProbe>,
-    /// Frames a second received by the first paced run that kept up with
-    /// the level NORMAL throughout.
+    /// Frames a second received by the paced run offered the most of
+    /// those that kept up with the level NORMAL throughout.
     pub sustained_normal_per_s: Option<f64>,
-}
-
-/// One paced run of the search.
-#[derive(Debug, Serialize)]
-pub struct NormalProbe {
-    pub offered_per_s: f64,
-    pub trades: usize,
-    /// What the feed received, over the time it took to.
-    pub received_per_s: f64,
-    /// First frame to last committed row.
-    pub stored_per_s: f64,
-    /// Last frame received to last row committed.
-    pub tail_secs: f64,
-    pub max_level: Level,
-    pub above_normal_secs: f64,
-    pub raised_by: Option<String>,
-    pub enrichment_skipped: u64,
-    pub producer_waits: ProducerWaits,
-    pub cpu_us_per_trade: f64,
-    pub peak_rss_bytes: u64,
-    /// The process it ran in.
-    pub pid: u32,
-    pub sustained: bool,
 }
 
 impl std::fmt::Display for FullBench {
@@ -237,8 +218,10 @@ impl std::fmt::Display for FullBench {
         for p in &self.normal_search {
             write!(
                 f,
-                "\n  offered {:>7.0}/s ({} trades): received {:>7.0}/s, stored {:>7.0}/s, last commit {:.2} s after the last frame, {:.2} µs/trade, peak {:.0} MiB, level at most {} ({:.2} s above NORMAL){}",
+                "\n  {}offered {:>7.0}/s ({:.4} of unpaced, {} trades): received {:>7.0}/s, stored {:>7.0}/s, last commit {:.2} s after the last frame, {:.2} µs/trade, peak {:.0} MiB, level at most {} ({:.2} s above NORMAL){}",
+                if p.refine { "refine: " } else { "" },
                 p.offered_per_s,
+                p.fraction,
                 p.trades,
                 p.received_per_s,
                 p.stored_per_s,
@@ -284,11 +267,6 @@ fn release_freed_memory() {
         libc::malloc_trim(0);
     }
 }
-
-/// The fractions of the unpaced rate the search offers, in order: fine
-/// steps near the top, where the NORMAL rate of an unpaced run that
-/// degraded for part of its trades usually is.
-pub const NORMAL_FRACTIONS: [f64; 11] = [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5, 0.4, 0.3];
 
 /// One paced run of the full path without its ceilings: what the NORMAL
 /// search runs at each rate, and what `ticklake bench --probe` prints (as
@@ -389,9 +367,8 @@ impl ProbeCommand {
 /// an unpaced run is the path's maximum, not its NORMAL rate; that is
 /// searched for after it, offering falling fractions of the maximum
 /// (each run a fresh daemon in a process of its own, `ProbeCommand`, half
-/// the trades) until one keeps up: the feed received at >= 95 % of the
-/// offer, the last commit followed the last frame within a bounded tail,
-/// every trade was stored, and the level stayed NORMAL throughout.
+/// the trades) until one keeps up (`NormalProbe::judged`), then halving
+/// the step above it `REFINE_STEPS` times.
 pub async fn run_full(
     base: &Config,
     trades: usize,
@@ -405,43 +382,19 @@ pub async fn run_full(
     // processes of their own, need the memory.
     release_freed_memory();
     let run = run?;
-    let mut search = Vec::new();
-    let mut sustained = None;
-    if rate.is_none() {
-        let n = (trades / 2).max(1_000);
-        for fraction in NORMAL_FRACTIONS {
-            let offered = run.end_to_end_per_s * fraction;
-            let r = probes.run(n, symbols, offered, timeout).await?;
-            let received_per_s = n as f64 / r.received_secs.max(f64::MIN_POSITIVE);
-            let tail_secs = r.seconds - r.received_secs;
-            let stored = r.outcomes.get("stored").copied().unwrap_or(0);
-            let ok = r.max_level == Level::Normal
-                && r.enrichment_skipped == 0
-                && stored >= n as u64
-                && received_per_s >= 0.95 * offered
-                && tail_secs <= (0.25 * r.received_secs).max(2.0);
-            search.push(NormalProbe {
-                offered_per_s: offered,
-                trades: n,
-                received_per_s,
-                stored_per_s: r.end_to_end_per_s,
-                tail_secs,
-                max_level: r.max_level,
-                above_normal_secs: r.above_normal_secs,
-                raised_by: r.raised_by.clone(),
-                enrichment_skipped: r.enrichment_skipped,
-                producer_waits: r.producer_waits,
-                cpu_us_per_trade: r.cpu_us_per_trade,
-                peak_rss_bytes: r.peak_rss_bytes,
-                pid: r.pid,
-                sustained: ok,
-            });
-            if ok {
-                sustained = Some(received_per_s);
-                break;
-            }
+    let (search, sustained) = match rate {
+        Some(_) => (Vec::new(), None),
+        None => {
+            let n = (trades / 2).max(1_000);
+            let unpaced = run.end_to_end_per_s;
+            search_normal(|fraction, refine| async move {
+                let offered = unpaced * fraction;
+                let r = probes.run(n, symbols, offered, timeout).await?;
+                Ok(NormalProbe::judged(r, n, fraction, offered, refine))
+            })
+            .await?
         }
-    }
+    };
     Ok(FullBench {
         run,
         normal_search: search,
