@@ -100,20 +100,16 @@ where
     F: FnMut(f64, bool) -> Fut,
     Fut: std::future::Future<Output = Result<NormalProbe, BenchError>>,
 {
-    let mut search = Vec::new();
-    let mut sustained = None;
+    let mut search: Vec<NormalProbe> = Vec::new();
     // Falling fractions until one keeps up...
     let mut failed_above = None;
     let mut held = None;
     for fraction in NORMAL_FRACTIONS {
         let p = probe(fraction, false).await?;
         let ok = p.sustained;
-        if ok {
-            sustained = Some(p.received_per_s);
-            held = Some(fraction);
-        }
         search.push(p);
         if ok {
+            held = Some(fraction);
             break;
         }
         failed_above = Some(fraction);
@@ -126,7 +122,6 @@ where
             let fraction = (low + high) / 2.0;
             let p = probe(fraction, true).await?;
             if p.sustained {
-                sustained = Some(p.received_per_s);
                 low = fraction;
             } else {
                 high = fraction;
@@ -134,6 +129,11 @@ where
             search.push(p);
         }
     }
+    let sustained = search
+        .iter()
+        .filter(|p| p.sustained)
+        .max_by(|a, b| a.fraction.total_cmp(&b.fraction))
+        .map(|p| p.received_per_s);
     Ok((search, sustained))
 }
 
