@@ -218,10 +218,18 @@ fn bench_from_the_feed_commits_every_frame_and_reports_its_costs() {
             "the producer's waits by cause: {run}"
         );
     }
+    let (falling_fractions, rising_fractions) = (
+        ticklake::tools::bench::NORMAL_FRACTIONS,
+        ticklake::tools::bench::RISING_FRACTIONS,
+    );
+    let top = rising_fractions[rising_fractions.len() - 1];
     let mut pids = std::collections::BTreeSet::from([r["pid"].as_u64().unwrap()]);
     for p in search {
         let offered = p["offered_per_s"].as_f64().unwrap();
-        assert!(offered > 0.0 && offered < unpaced, "{p}");
+        assert!(
+            offered > 0.0 && offered <= unpaced * top * (1.0 + 1e-9),
+            "{p}"
+        );
         assert_eq!(p["trades"], 1500, "half the trades: {p}");
         // Each paced run in a fresh process, with no earlier daemon's
         // remains beside it.
@@ -230,46 +238,59 @@ fn bench_from_the_feed_commits_every_frame_and_reports_its_costs() {
             "a process of its own: {r}"
         );
     }
-    // Falling fractions until one keeps up, then the refining runs.
-    let (falling, refining): (Vec<_>, Vec<_>) = search.iter().partition(|p| p["refine"] == false);
+    // Stepped fractions (falling, or rising when the first kept up) until
+    // one changes the verdict, then the refining runs.
+    let (stepped, refining): (Vec<_>, Vec<_>) = search.iter().partition(|p| p["refine"] == false);
     assert!(
-        search[..falling.len()].iter().all(|p| p["refine"] == false),
+        search[..stepped.len()].iter().all(|p| p["refine"] == false),
         "the refining runs come last: {r}"
     );
-    let fractions = ticklake::tools::bench::NORMAL_FRACTIONS;
-    for (p, fraction) in falling.iter().zip(fractions) {
-        assert_eq!(p["fraction"].as_f64().unwrap(), fraction, "{p}");
-    }
-    let held: Vec<_> = falling.iter().filter(|p| p["sustained"] == true).collect();
-    assert!(
-        held.len() <= 1,
-        "the falling runs stop at the first that keeps up: {r}"
-    );
-    if let Some(p) = held.first() {
-        assert!(std::ptr::eq(**p, *falling.last().unwrap()), "{r}");
-    }
     let fraction = |p: &serde_json::Value| p["fraction"].as_f64().unwrap();
-    match (held.first(), falling.len()) {
-        // Halving the step between the last that fell behind and the one
-        // that kept up: each refining run inside what is known so far.
-        (Some(p), n) if n > 1 => {
-            assert_eq!(refining.len(), ticklake::tools::bench::REFINE_STEPS, "{r}");
-            let (mut low, mut high) = (fraction(p), fraction(falling[n - 2]));
-            for q in &refining {
-                let f = fraction(q);
-                assert!(
-                    (f - (low + high) / 2.0).abs() < 1e-12,
-                    "halves the step: {r}"
-                );
-                if q["sustained"] == true {
-                    low = f;
-                } else {
-                    high = f;
-                }
+    let kept = |p: &serde_json::Value| p["sustained"] == true;
+    let first_kept = kept(stepped[0]);
+    let expected: Vec<f64> = if first_kept {
+        std::iter::once(falling_fractions[0])
+            .chain(rising_fractions)
+            .collect()
+    } else {
+        falling_fractions.to_vec()
+    };
+    assert!(stepped.len() <= expected.len(), "{r}");
+    for (p, f) in stepped.iter().zip(&expected) {
+        assert_eq!(fraction(p), *f, "{p}");
+    }
+    // Every stepped run but the last agrees with the first: the steps stop
+    // at the first whose verdict differs.
+    let (last, before) = stepped.split_last().unwrap();
+    assert!(
+        before.iter().all(|p| kept(p) == first_kept),
+        "the steps stop at the first verdict that differs: {r}"
+    );
+    let turned = kept(last) != first_kept;
+    if !turned {
+        assert_eq!(stepped.len(), expected.len(), "no step left untried: {r}");
+    }
+    if turned {
+        // Halving the step between the highest that kept up and the lowest
+        // that did not: each refining run inside what is known so far.
+        assert_eq!(refining.len(), ticklake::tools::bench::REFINE_STEPS, "{r}");
+        let (a, b) = (fraction(last), fraction(before[before.len() - 1]));
+        let (mut low, mut high) = if kept(last) { (a, b) } else { (b, a) };
+        for q in &refining {
+            let f = fraction(q);
+            assert!(
+                (f - (low + high) / 2.0).abs() < 1e-12,
+                "halves the step: {r}"
+            );
+            if kept(q) {
+                low = f;
+            } else {
+                high = f;
             }
         }
-        // The first kept up (nothing above to refine towards), or none did.
-        _ => assert!(refining.is_empty(), "{r}"),
+    } else {
+        // Every step kept up, or none did: nothing to refine.
+        assert!(refining.is_empty(), "{r}");
     }
     let best = search
         .iter()
@@ -281,7 +302,11 @@ fn bench_from_the_feed_commits_every_frame_and_reports_its_costs() {
             assert_eq!(p["enrichment_skipped"], 0, "{p}");
             assert_eq!(rate, p["received_per_s"].as_f64().unwrap(), "{r}");
         }
-        (None, None) => assert_eq!(search.len(), fractions.len(), "every fraction tried: {r}"),
+        (None, None) => assert_eq!(
+            search.len(),
+            falling_fractions.len(),
+            "every fraction tried: {r}"
+        ),
         _ => panic!("the rate and the sustained runs disagree: {r}"),
     }
     println!("bench --from feed (debug build, 3000 trades): {r}");

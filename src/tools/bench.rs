@@ -13,7 +13,7 @@ mod search;
 
 pub use full::{FullReport, ProducerWaits};
 use search::search_normal;
-pub use search::{NORMAL_FRACTIONS, NormalProbe, REFINE_STEPS};
+pub use search::{NORMAL_FRACTIONS, NormalProbe, REFINE_STEPS, RISING_FRACTIONS};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -367,8 +367,9 @@ impl ProbeCommand {
 /// an unpaced run is the path's maximum, not its NORMAL rate; that is
 /// searched for after it, offering falling fractions of the maximum
 /// (each run a fresh daemon in a process of its own, `ProbeCommand`, half
-/// the trades) until one keeps up (`NormalProbe::judged`), then halving
-/// the step above it `REFINE_STEPS` times.
+/// the trades) until one keeps up (`NormalProbe::judged`), or rising ones
+/// when the first does, then halving the step between the highest that
+/// kept up and the lowest that did not `REFINE_STEPS` times.
 pub async fn run_full(
     base: &Config,
     trades: usize,

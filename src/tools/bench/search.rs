@@ -1,6 +1,7 @@
 //! The search for the highest rate the full path holds at NORMAL: paced
-//! runs at falling fractions of the unpaced rate until one keeps up, then
-//! halving the step above it.
+//! runs at falling fractions of the unpaced rate until one keeps up (or,
+//! when the first does, at rising ones until one falls behind), then
+//! halving the step between.
 
 use serde::Serialize;
 
@@ -11,6 +12,15 @@ use crate::degrade::level::Level;
 /// steps near the top, where the NORMAL rate of an unpaced run that
 /// degraded for part of its trades usually is.
 pub const NORMAL_FRACTIONS: [f64; 11] = [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5, 0.4, 0.3];
+
+/// The fractions offered, in order, when the first of `NORMAL_FRACTIONS`
+/// kept up: then the unpaced rate is no bound on NORMAL's (an unpaced run
+/// spends most of its time above NORMAL, where trades go without
+/// `vendor_data` and cost less, but its rate moves from run to run by more
+/// than the step), and stopping there would report the search's start,
+/// not the path's limit. Up to 1.1: a paced run that holds NORMAL above
+/// that is no longer what the unpaced run measured.
+pub const RISING_FRACTIONS: [f64; 3] = [1.0, 1.05, 1.1];
 
 /// Paced runs after the first that kept up, each halving the step between
 /// the highest fraction that kept up and the lowest that did not: two
@@ -25,7 +35,8 @@ pub struct NormalProbe {
     /// The fraction of the unpaced rate offered.
     pub fraction: f64,
     /// Run to halve the step after the first that kept up
-    /// (`REFINE_STEPS`), not one of `NORMAL_FRACTIONS`.
+    /// (`REFINE_STEPS`), not one of `NORMAL_FRACTIONS` or
+    /// `RISING_FRACTIONS`.
     pub refine: bool,
     pub offered_per_s: f64,
     pub trades: usize,
@@ -113,6 +124,19 @@ where
             break;
         }
         failed_above = Some(fraction);
+    }
+    // ...or, when the first kept up, rising ones until one falls behind...
+    if held.is_some() && failed_above.is_none() {
+        for fraction in RISING_FRACTIONS {
+            let p = probe(fraction, false).await?;
+            let ok = p.sustained;
+            search.push(p);
+            if !ok {
+                failed_above = Some(fraction);
+                break;
+            }
+            held = Some(fraction);
+        }
     }
     // ...then halving the step between the lowest that fell behind and the
     // highest that kept up, so that the figure is not up to a whole step
@@ -211,10 +235,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_search_whose_first_run_keeps_up_or_none_does_refines_nothing() {
-        let (runs, rate) = search_holding_up_to(1.0).await;
-        assert_eq!(runs, [(9_500, false, true)]);
-        assert_eq!(rate.map(f64::round), Some(95_000.0));
+    async fn a_search_whose_first_run_keeps_up_rises_until_one_falls_behind() {
+        let (runs, rate) = search_holding_up_to(1.03).await;
+        assert_eq!(
+            runs,
+            [
+                (9_500, false, true),
+                (10_000, false, true),
+                (10_500, false, false),
+                (10_250, true, true),
+                (10_375, true, false),
+            ]
+        );
+        assert_eq!(rate.map(f64::round), Some(102_500.0));
+        let (runs, rate) = search_holding_up_to(0.97).await;
+        assert_eq!(
+            runs,
+            [
+                (9_500, false, true),
+                (10_000, false, false),
+                (9_750, true, true),
+                (9_875, true, false),
+            ]
+        );
+        assert_eq!(rate.map(f64::round), Some(97_500.0));
+    }
+
+    #[tokio::test]
+    async fn a_search_that_holds_throughout_or_never_refines_nothing() {
+        let (runs, rate) = search_holding_up_to(2.0).await;
+        assert_eq!(
+            runs,
+            [
+                (9_500, false, true),
+                (10_000, false, true),
+                (10_500, false, true),
+                (11_000, false, true),
+            ]
+        );
+        assert_eq!(rate.map(f64::round), Some(110_000.0));
         let (runs, rate) = search_holding_up_to(0.1).await;
         assert_eq!(runs.len(), NORMAL_FRACTIONS.len());
         assert!(runs.iter().all(|(_, refine, held)| !refine && !held));
