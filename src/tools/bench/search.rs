@@ -254,11 +254,11 @@ mod tests {
             [
                 (9_500, false, true),
                 (10_000, false, false),
-                (9_750, true, true),
-                (9_875, true, false),
+                (9_750, true, false),
+                (9_625, true, true),
             ]
         );
-        assert_eq!(rate.map(f64::round), Some(97_500.0));
+        assert_eq!(rate.map(f64::round), Some(96_250.0));
     }
 
     #[tokio::test]
