@@ -140,7 +140,6 @@ pub async fn lake(
     .with_seen_offsets(seen.clone())
     .with_fatal(fatal.clone());
     let arbiter = Arbiter::new();
-    arbiter.spawn_fn(lake::background::lower_lake_thread);
     let lake_thread = arbiter.handle();
     let trades_state = trades.subscribe();
     let trades = WriterActor::start_in_arbiter(&lake_thread, move |_| trades);

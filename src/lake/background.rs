@@ -9,33 +9,11 @@
 //! Commits therefore run on a thread of their own at a lower scheduling
 //! priority (nice 10 on Linux): they take the CPU the ingest path leaves,
 //! and still get their share under contention, so they cannot starve.
-//! The lake arbiter (consumer, tail, writers' buffers) runs at nice 5, for
-//! the same reason one step less: it is behind Kafka, not the socket.
 
 use std::sync::OnceLock;
 
 /// The nice value of the commit thread (0 is the default, 19 the lowest).
 const COMMIT_NICE: i32 = 10;
-
-/// The nice value of the lake arbiter's thread: the consumer, the tail
-/// and the writers' buffers. What the feed does not read off its socket in
-/// time fills its lane, and a lane full for `degradation.raise_after_ms`
-/// sheds enrichment and more; what the lake arbiter reads late only waits
-/// in Kafka, and the consumer's lag is a signal of its own. On two cores,
-/// with the feed's thread, this one and librdkafka's all busy at nice 0,
-/// the feed got about two thirds of a core when it needed three quarters.
-/// In alternating paced runs of 1,000,000 trades at 240,000 and 250,000
-/// trades/s, nice 0 held NORMAL in 3 of 7 and nice 5 in 6 of 7 (see
-/// docs/performance.md, "Session of 6 December, second"). Nice 5 is a
-/// weight of about a third of the feed's, so the lake side still gets
-/// its share under contention and cannot starve.
-pub const LAKE_NICE: i32 = 5;
-
-/// Lowers the calling thread's scheduling priority to `LAKE_NICE`: run
-/// on the lake arbiter when it starts.
-pub fn lower_lake_thread() {
-    lower_priority_to(LAKE_NICE);
-}
 
 static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
 
@@ -47,7 +25,7 @@ pub fn handle() -> tokio::runtime::Handle {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("ticklake-commit")
-            .on_thread_start(|| lower_priority_to(COMMIT_NICE))
+            .on_thread_start(lower_priority)
             .enable_all()
             .build()
             .inspect_err(|e| {
@@ -62,25 +40,24 @@ pub fn handle() -> tokio::runtime::Handle {
 }
 
 #[cfg(target_os = "linux")]
-fn lower_priority_to(nice: i32) {
+fn lower_priority() {
     // SAFETY: gettid and setpriority take plain integers and touch no
     // memory of ours. On Linux, PRIO_PROCESS with a thread id changes that
     // thread alone.
     let r = unsafe {
         let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, COMMIT_NICE)
     };
     if r != 0 {
         tracing::debug!(
             error = %std::io::Error::last_os_error(),
-            nice,
-            "lake: could not lower a thread's priority"
+            "lake: could not lower the commit thread's priority"
         );
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_priority_to(_nice: i32) {}
+fn lower_priority() {}
 
 #[cfg(test)]
 mod tests {
@@ -90,7 +67,7 @@ mod tests {
             .spawn(async {
                 let name = std::thread::current().name().map(str::to_string);
                 #[cfg(target_os = "linux")]
-                // SAFETY: as in lower_priority_to.
+                // SAFETY: as in lower_priority.
                 let nice =
                     unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
                 #[cfg(not(target_os = "linux"))]
@@ -101,21 +78,5 @@ mod tests {
             .unwrap();
         assert_eq!(name.as_deref(), Some("ticklake-commit"));
         assert_eq!(nice, super::COMMIT_NICE);
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn the_lake_thread_runs_below_the_feed_and_above_commits() {
-        let nice = std::thread::spawn(|| {
-            super::lower_lake_thread();
-            // SAFETY: as in lower_priority_to.
-            unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
-        })
-        .join()
-        .unwrap();
-        assert_eq!(nice, super::LAKE_NICE);
-        // SAFETY: as above; this thread's own priority is untouched.
-        let here = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
-        assert!(here < nice && nice < super::COMMIT_NICE, "{here} {nice}");
     }
 }
