@@ -200,8 +200,9 @@ pub struct FullBench {
     #[serde(flatten)]
     pub run: FullReport,
     /// Paced runs at falling fractions of the unpaced rate until one kept
-    /// up, then the runs that halve the step above it, in the order
-    /// tried; empty for a run with `--rate`.
+    /// up (rising ones, when the first did, until one fell behind), then
+    /// the runs that halve the step between, in the order tried; empty
+    /// for a run with `--rate`.
     pub normal_search: Vec<NormalProbe>,
     /// Frames a second received by the paced run offered the most of
     /// those that kept up with the level NORMAL throughout.
