@@ -8,6 +8,9 @@
 #       start a broker on 127.0.0.1 with SQLite storage in <workdir>, wait
 #       until Kafka clients can fetch metadata, print the bootstrap address.
 #       Files in <workdir>: tansu.db (storage), tansu.pid, bootstrap, tansu.log.
+#       The readiness check is a Kafka client in Python: it uses
+#       TICKLAKE_TEST_PYTHON, or else creates the test venv with
+#       scripts/setup-python.sh (about a minute the first time).
 #       If <workdir>/bootstrap exists from an earlier start, the same port is
 #       reused, so "stop, wait, start" simulates a broker outage and clients
 #       reconnect to the address they already have.

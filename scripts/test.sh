@@ -83,4 +83,6 @@ echo "test.sh: brokers=$TICKLAKE_TEST_BROKERS tansu_dir=${TICKLAKE_TEST_TANSU_DI
 python3 scripts/layout_check.py
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
-cargo test --all-targets -- --test-threads=2
+# --no-fail-fast: one failing test binary must not hide the results of the
+# others in a CI run.
+cargo test --all-targets --no-fail-fast -- --test-threads=2
