@@ -228,10 +228,13 @@ fn a_prepared_window_does_not_grow_as_it_fills() {
     let before = d.stats().exact_bytes;
     // The keys (16 bytes each) and an index of at least 4 bytes a key.
     assert!(before >= cap * 20, "{before}");
+    // Its pages written, the index is empty again (nothing left of that).
+    assert_eq!((d.window.len(), d.window.index_len()), (0, 0));
     for k in 0..cap as u128 {
         assert!(d.first_time_key_at(k, 0));
     }
     assert_eq!(d.len(), cap);
+    assert_eq!(d.window.index_len(), cap);
     // At most the times' first reservation: 1,024 runs of 16 bytes.
     let grown = d.stats().exact_bytes - before;
     assert!(grown <= 1024 * 16, "{grown}");

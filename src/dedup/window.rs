@@ -71,6 +71,12 @@ impl Window {
         self.capacity
     }
 
+    /// Entries in the index: always `len()`, which a test checks.
+    #[cfg(test)]
+    pub(super) fn index_len(&self) -> usize {
+        self.index.len()
+    }
+
     pub(super) fn is_full(&self) -> bool {
         self.keys.len() >= self.capacity
     }
@@ -90,13 +96,47 @@ impl Window {
     /// every key held, at a random place in memory each, on the caller's
     /// thread: the step to the writer's default 4 million keys stopped
     /// ingest for about a fifth of a second (`ticklake bench-dedup` prints the
-    /// longest stall). The pages are still touched only as keys come.
+    /// longest stall). An empty index's pages are written now as well
+    /// ([`touch_index`](Self::touch_index)); the queue's are written in
+    /// order as keys come, a page at a time.
     pub(super) fn reserve_all(&mut self) {
         let more = self.capacity.saturating_sub(self.keys.len());
         self.keys.reserve_exact(more);
         let more = self.capacity.saturating_sub(self.index.len());
         let rehash = rehasher(&self.keys, &self.hasher, self.head);
         self.index.reserve(more, rehash);
+        self.touch_index();
+    }
+
+    /// Writes to every page of an empty index's buckets, so the kernel
+    /// maps and zeroes them now and not under the first keys. The
+    /// allocator hands a table this large over fresh from the OS, and only
+    /// its control bytes are written when it is made; keys land at random
+    /// across the buckets, so the first commit's ids on the trades
+    /// writer (tens of thousands in one go, on the ingest arbiter) faulted
+    /// in the whole 32 MB of the default's buckets at once: the tail took
+    /// no rows for about 100 ms, the slowest 1 % of `ticklake bench-api
+    /// freshness --rate 10000` (the kernel's page zeroing was 144 of the
+    /// 178 samples of that thread in that window).
+    ///
+    /// In an empty table a hash lands in the bucket its low bits name, so
+    /// one entry every `STEP` buckets writes every page; `clear` then
+    /// empties the table and keeps its memory. Should the table's layout
+    /// differ, fewer pages are touched: nothing else changes.
+    fn touch_index(&mut self) {
+        /// Buckets of 4 bytes: a 4 KiB page holds 1,024; every 512th
+        /// touches each page even where one straddles two.
+        const STEP: usize = 512;
+        if !self.index.is_empty() {
+            return;
+        }
+        // hashbrown keeps a power-of-two bucket count at most 7/8 full.
+        let buckets = (self.index.capacity() * 8 / 7).next_power_of_two();
+        let rehash = rehasher(&self.keys, &self.hasher, self.head);
+        for bucket in (0..buckets).step_by(STEP) {
+            self.index.insert_unique(bucket as u64, 0, &rehash);
+        }
+        self.index.clear();
     }
 
     /// Holds `key` (not held yet), seen at `at`; returns its sequence
