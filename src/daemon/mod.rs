@@ -10,6 +10,7 @@
 
 mod kafka;
 pub mod lock;
+mod panics;
 mod shutdown;
 mod stages;
 
@@ -106,6 +107,8 @@ pub struct Daemon {
     gaps: Addr<crate::actors::gaps::GapsActor>,
     /// This process's claim on the data directory, released at exit.
     _lock: lock::DataDirLock,
+    /// What a panic in the process reaches while this daemon runs.
+    _panics: panics::PanicSink,
 }
 
 /// Builds and starts every actor. Must run inside an actix `System`.
@@ -123,7 +126,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
     let mut kafka = kafka::prepare(&cfg).await?;
 
     let (fatal_tx, fatal) = tokio::sync::mpsc::unbounded_channel();
-    install_panic_hook(metrics.clone(), fatal_tx.clone());
+    let panics = panics::register(metrics.clone(), fatal_tx.clone());
     let lake = stages::lake(&cfg, &kafka, &metrics, fatal_tx).await?;
     let consumer = stages::consumer(&cfg, &kafka, &lake, codec.clone(), &metrics)?;
     let producer = stages::producer(&cfg, &kafka, lake.ledger.clone(), codec, &metrics)?;
@@ -190,6 +193,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         gaps: lake.gaps.clone(),
         lake_arbiter: lake.arbiter,
         _lock: lock,
+        _panics: panics,
     })
 }
 
@@ -203,33 +207,6 @@ fn preregister(cfg: &Config, metrics: &Metrics) {
     let mut breakers = vec!["producer"];
     breakers.extend(commit.iter().map(String::as_str));
     metrics.preregister(&exchanges, &breakers, &tables);
-}
-
-/// A panic inside an actor kills that actor's task, where no supervisor
-/// can see it. Count it, and stop the daemon non-zero so the process
-/// supervisor (systemd) restarts it: the restart resumes exactly once from
-/// the snapshots' offsets and the spill log. A panic on a query thread is
-/// counted and logged only (see `query::pool`).
-fn install_panic_hook(metrics: Metrics, fatal: tokio::sync::mpsc::UnboundedSender<String>) {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let thread = std::thread::current()
-            .name()
-            .unwrap_or("unnamed")
-            .to_string();
-        metrics.actor_panics.with_label_values(&[&thread]).inc();
-        previous(info);
-        // A query's panic fails that query only: its task answers 500 and
-        // the engine holds no state the panic could have broken.
-        if crate::query::pool::on_query_thread() {
-            tracing::error!(
-                thread,
-                "a query panicked; it fails alone and the daemon carries on"
-            );
-            return;
-        }
-        let _ = fatal.send(format!("panic in thread {thread}: {info}"));
-    }));
 }
 
 /// Why the daemon stopped.
