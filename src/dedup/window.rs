@@ -124,8 +124,9 @@ impl Window {
     /// empties the table and keeps its memory. Should the table's layout
     /// differ, fewer pages are touched: nothing else changes.
     fn touch_index(&mut self) {
-        /// Buckets of 4 bytes: a 4 KiB page holds 1,024; every 512th
-        /// touches each page even where one straddles two.
+        /// Buckets of 4 bytes: a 4 KiB page holds 1,024, so every 512th
+        /// lands at least twice in each whole page (the table's ends may
+        /// share a page with other memory).
         const STEP: usize = 512;
         if !self.index.is_empty() {
             return;
