@@ -131,10 +131,8 @@ impl Window {
         if !self.index.is_empty() {
             return;
         }
-        // hashbrown keeps a power-of-two bucket count at most 7/8 full.
-        let buckets = (self.index.capacity() * 8 / 7).next_power_of_two();
         let rehash = rehasher(&self.keys, &self.hasher, self.head);
-        for bucket in (0..buckets).step_by(STEP) {
+        for bucket in (0..self.index_buckets()).step_by(STEP) {
             self.index.insert_unique(bucket as u64, 0, &rehash);
         }
         self.index.clear();
@@ -186,14 +184,23 @@ impl Window {
         }
     }
 
+    /// The index's buckets, from its capacity: hashbrown keeps a
+    /// power-of-two bucket count at most 7/8 full (none before its first
+    /// allocation).
+    fn index_buckets(&self) -> usize {
+        match self.index.capacity() {
+            0 => 0,
+            items => (items * 8 / 7).next_power_of_two(),
+        }
+    }
+
     /// Bytes allocated: the keys, the index (4 bytes and a control byte a
     /// bucket, estimated from its capacity) and the runs.
     pub(super) fn memory_bytes(&self) -> usize {
-        let index = match self.index.capacity() {
+        let index = match self.index_buckets() {
             0 => 0,
-            // hashbrown keeps a power-of-two bucket count at most 7/8 full,
-            // plus one group of control bytes.
-            items => (items * 8 / 7).next_power_of_two() * (size_of::<u32>() + 1) + 16,
+            // plus one group of control bytes
+            buckets => buckets * (size_of::<u32>() + 1) + 16,
         };
         self.keys.capacity() * size_of::<u128>() + index + self.times.capacity() * size_of::<Run>()
     }
