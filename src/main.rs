@@ -330,8 +330,20 @@ fn actix_system() -> actix_rt::SystemRunner {
 }
 
 fn main() -> anyhow::Result<()> {
-    alloc_tuning::tune_allocator();
+    let huge_pages = alloc_tuning::tune_allocator();
     init_tracing();
+    match huge_pages {
+        alloc_tuning::HugePages::Refused => {
+            tracing::debug!("transparent huge pages refused for this process")
+        }
+        alloc_tuning::HugePages::LeftToEnvironment => {
+            tracing::debug!("transparent huge pages as MIMALLOC_ALLOW_THP says")
+        }
+        alloc_tuning::HugePages::Unavailable(errno) => tracing::warn!(
+            errno,
+            "transparent huge pages could not be refused; the allocator may fault in 2 MiB at a time"
+        ),
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(config),
