@@ -233,7 +233,8 @@ enum BenchApi {
         commits: Option<usize>,
         /// Keep the lake in this directory, and reuse the one an earlier
         /// run kept there (same --lake-trades and --commits) instead of
-        /// building it again.
+        /// building it again. The commits a run adds to time what a commit
+        /// costs the query side are taken back at its end.
         #[arg(long)]
         lake_dir: Option<PathBuf>,
         /// Uncommitted trades in the tail.

@@ -366,6 +366,9 @@ pub struct LatencyReport {
     pub duckdb_ohlcv_bars: Option<u64>,
     /// ticklake p50 / DuckDB p50.
     pub ohlcv_ratio: Option<f64>,
+    /// With `--lake-dir`: the files the after-commit runs wrote into the
+    /// kept lake, deleted when the table was put back as the run found it.
+    pub kept_lake_files_removed: Option<usize>,
 }
 
 impl std::fmt::Display for LatencyReport {
@@ -429,6 +432,12 @@ impl std::fmt::Display for LatencyReport {
                 f,
                 "\nDuckDB, same OHLCV on the Parquet files: p50 {d:.1} ms ({} bars); ratio ticklake/DuckDB {r:.2}",
                 self.duckdb_ohlcv_bars.unwrap_or(0)
+            )?;
+        }
+        if let Some(n) = self.kept_lake_files_removed {
+            write!(
+                f,
+                "\nkept lake put back as found: the table at its metadata before the after-commit runs, their {n} files deleted"
             )?;
         }
         Ok(())
@@ -680,6 +689,11 @@ pub async fn latency(base: &Config, o: &LatencyOptions) -> Result<LatencyReport,
     // new snapshot. The commits take the tail's oldest trades, as the
     // writer would (the tail keeps them: a pin past their offsets skips
     // them, so the answers stay exact).
+    let found = if keep {
+        history::Found::note(catalog.as_ref(), &ident).await?
+    } else {
+        None
+    };
     let mut after = AfterCommit::default();
     let step = (tail_trades / 20).max(1);
     for c in 0..AFTER_COMMITS {
@@ -707,6 +721,12 @@ pub async fn latency(base: &Config, o: &LatencyOptions) -> Result<LatencyReport,
         let t = Instant::now();
         timed(&mut after.ohlcv_ms, t, run(ohlcv()).await?);
     }
+    // A kept lake is put back as this run found it, before DuckDB reads
+    // its files, so that every run on it measures the same lake.
+    let kept_lake_files_removed = match found {
+        Some(found) => Some(found.restore(&cfg, catalog.as_ref(), &ident).await?),
+        None => None,
+    };
     recent_ms.sort_by(f64::total_cmp);
     cold_ms.sort_by(f64::total_cmp);
     ohlcv_ms.sort_by(f64::total_cmp);
@@ -769,12 +789,80 @@ pub async fn latency(base: &Config, o: &LatencyOptions) -> Result<LatencyReport,
         duckdb_ohlcv_p50_ms: duck.map(|d| d.0),
         duckdb_ohlcv_bars: duck.map(|d| d.1),
         ohlcv_ratio: duck.map(|d| ohlcv_p50 / d.0),
+        kept_lake_files_removed,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The files of a lake kept in `dir` (its catalog database aside,
+    /// which every open rewrites), each with its size.
+    fn lake_files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
+        let mut files: Vec<_> = walkdir::WalkDir::new(dir.join("warehouse"))
+            .into_iter()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().is_file())
+            .map(|e| {
+                let size = e.metadata().unwrap().len();
+                (e.into_path(), size)
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// A second run on a kept lake measures the lake the first one built:
+    /// the commits each run adds to time what a commit costs the query
+    /// side are taken back, the table pointed at its metadata as found and
+    /// their files deleted.
+    #[actix_rt::test]
+    async fn a_kept_lake_is_the_same_after_every_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = LatencyOptions {
+            lake_trades: 2_000,
+            commits: None,
+            lake_dir: Some(dir.path().to_path_buf()),
+            tail_trades: 400,
+            iterations: 1,
+            duckdb_python: None,
+            maintain: false,
+        };
+        let base = Config::default();
+        let first = latency(&base, &o).await.unwrap();
+        let built = lake_files(dir.path());
+        let second = latency(&base, &o).await.unwrap();
+        assert_eq!(lake_files(dir.path()), built);
+        // Each run's commits wrote a data file, a manifest, a manifest list
+        // and a metadata file at least, and each took them back.
+        for r in [&first, &second] {
+            assert!(
+                r.kept_lake_files_removed
+                    .is_some_and(|n| n >= 4 * AFTER_COMMITS),
+                "{:?}",
+                r.kept_lake_files_removed
+            );
+            assert_eq!(r.recent_rows, second.recent_rows);
+        }
+        let cfg = base.under(dir.path());
+        let catalog = crate::lake::open_catalog(&cfg).await.unwrap();
+        let ident = crate::lake::table_ident(&cfg, crate::lake::TableKind::Trades);
+        let table = catalog.load_table(&ident).await.unwrap();
+        let rows: i64 = table
+            .metadata()
+            .current_snapshot()
+            .and_then(|s| {
+                s.summary()
+                    .additional_properties
+                    .get("total-records")
+                    .cloned()
+            })
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(rows, 2_000, "the lake holds its own trades only");
+    }
 
     /// The stream opens no gap: every symbol's ids follow on, as a live
     /// feed's do, so the run measures the daemon and not its gap handling.

@@ -96,6 +96,93 @@ pub(super) async fn commit_trades(
     Ok(())
 }
 
+/// A kept lake's table as a run found it, so that the run can put it back
+/// after the commits it adds to time what a commit costs the query side:
+/// left in, they made every later run on the same `--lake-dir` measure a
+/// lake a few commits larger (and its files from the tail's trades, which
+/// DuckDB's glob then read too).
+pub(super) struct Found {
+    /// The metadata file the catalog pointed at.
+    metadata: String,
+    /// The table's directory, and every file in it then.
+    root: std::path::PathBuf,
+    files: std::collections::HashSet<std::path::PathBuf>,
+}
+
+impl Found {
+    /// `ident` now; `None` when its files are not on the local disk.
+    pub async fn note(
+        catalog: &dyn Catalog,
+        ident: &TableIdent,
+    ) -> Result<Option<Self>, BenchApiError> {
+        let table = catalog.load_table(ident).await.map_err(ice_err)?;
+        let (Some(metadata), Some(root)) = (
+            table.metadata_location().map(str::to_string),
+            lake::store::local_path(table.metadata().location()),
+        ) else {
+            return Ok(None);
+        };
+        let files = files_under(&root)?.into_iter().collect();
+        Ok(Some(Self {
+            metadata,
+            root,
+            files,
+        }))
+    }
+
+    /// Points the catalog back at the metadata noted and deletes the files
+    /// written under the table since; returns how many.
+    pub async fn restore(
+        self,
+        cfg: &crate::config::Config,
+        catalog: &dyn Catalog,
+        ident: &TableIdent,
+    ) -> Result<usize, BenchApiError> {
+        let kept = |why: String| BenchApiError::LakeDir(self.root.clone(), why);
+        let current = catalog.load_table(ident).await.map_err(ice_err)?;
+        let current = current
+            .metadata_location()
+            .ok_or_else(|| kept("the table has no metadata file".into()))?
+            .to_string();
+        if current != self.metadata {
+            let db = lake::compact::CatalogDb::open(cfg)
+                .await
+                .map_err(lake_err)?
+                .ok_or_else(|| kept("a kept lake needs a SQL catalog".into()))?;
+            if !db
+                .swap(ident, &current, &self.metadata)
+                .await
+                .map_err(lake_err)?
+            {
+                return Err(kept(format!(
+                    "the catalog moved from {current} while the bench put the table back"
+                )));
+            }
+        }
+        let mut removed = 0;
+        for path in files_under(&self.root)? {
+            if !self.files.contains(&path) {
+                std::fs::remove_file(&path)
+                    .map_err(|e| kept(format!("{}: {e}", path.display())))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Every file under `root`, at any depth.
+fn files_under(root: &std::path::Path) -> Result<Vec<std::path::PathBuf>, BenchApiError> {
+    let mut files = Vec::new();
+    for entry in walkdir::WalkDir::new(root) {
+        let entry = entry.map_err(|e| BenchApiError::LakeDir(root.to_path_buf(), e.to_string()))?;
+        if entry.file_type().is_file() {
+            files.push(entry.into_path());
+        }
+    }
+    Ok(files)
+}
+
 /// Deletes the `metadata.json` files of `dir` (a local table's metadata
 /// directory) but the newest two. Each commit writes a new one holding
 /// every snapshot, and nothing reads the old ones again (other engines
