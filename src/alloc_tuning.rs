@@ -58,11 +58,11 @@ pub enum HugePages {
 /// (`madvise(MADV_HUGEPAGE)`), so with the kernel's default `madvise` mode
 /// the first write to each fresh 2 MiB of the heap zeroed all of it in one
 /// fault, on whichever thread touched it: the ingest arbiter, the feed's.
-/// `ticklake bench-dedup --ids 4000000` printed a longest stall of 5.2 to
-/// 10.7 ms a run with them and 0.3 to 1.3 ms without, and in alternating
+/// `ticklake bench-dedup --ids 4000000` printed a longest stall of 5.0 to
+/// 10.7 ms a run with them and 0.2 to 1.3 ms without, and in alternating
 /// runs of `ticklake bench-api freshness` the p99 fell from 21.9 to 28.3
-/// ms to 18.3 to 19.3 at 10,000 trades/s and from 77 to 56 to 59 ms at
-/// 100,000, with the daemon's CPU per trade no higher
+/// ms to 18.3 to 20.1 at 10,000 trades/s and from 77 to 117 ms to 56 to 66
+/// at 100,000, with the daemon's CPU per trade no higher
 /// (`docs/performance.md`). The flag is the kernel's own
 /// (`PR_SET_THP_DISABLE`): it also covers what was mapped before main, and
 /// is inherited by the processes the daemon starts (its SQL workers).
