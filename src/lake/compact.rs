@@ -1038,15 +1038,11 @@ mod tests {
     }
 
     fn count_parquet(dir: &std::path::Path) -> usize {
-        let mut n = 0;
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                n += count_parquet(&p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                n += 1;
-            }
-        }
-        n
+        walkdir::WalkDir::new(dir)
+            .into_iter()
+            .flatten()
+            .filter(|e| !e.file_type().is_dir())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+            .count()
     }
 }
