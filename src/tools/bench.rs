@@ -11,7 +11,7 @@ mod procstat;
 mod report;
 mod search;
 
-pub use full::{FullReport, ProducerWaits};
+pub use full::{FullReport, ProducerWaits, generated_frames};
 use search::search_normal;
 pub use search::{NORMAL_FRACTIONS, NormalProbe, REFINE_STEPS, RISING_FRACTIONS};
 

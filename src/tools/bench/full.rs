@@ -51,6 +51,13 @@ fn symbols(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// `n` generated Binance `trade` frames over `symbols` symbols: the
+/// frames the bench's exchange plays, for benchmarks of single stages
+/// (`benches/stages.rs`) that want the same input.
+pub fn generated_frames(n: usize, symbols: usize) -> Vec<Utf8Bytes> {
+    frames(n, &self::symbols(symbols))
+}
+
 /// `n` Binance `trade` frames of the combined stream, as the exchange
 /// sends them: ids rising per symbol, prices and quantities with eight
 /// decimals, trade times of now.
