@@ -13,6 +13,7 @@
 //! inverse.
 
 use std::hint::black_box;
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -23,9 +24,11 @@ use ticklake::dedup::{self, Dedup};
 use ticklake::exchanges::{Parsed, binance};
 use ticklake::instruments::{Instruments, SymbolRule};
 use ticklake::kafka::avro::Codec;
-use ticklake::lake::batch::{self, TradeColumns};
+use ticklake::lake::batch::{self, RecordAt, TradeColumns};
+use ticklake::lake::commit::KafkaOffsets;
 use ticklake::lake::{self as lake, TableKind, commit};
 use ticklake::model::TradeV2;
+use ticklake::query::tail::TailStore;
 
 /// The daemon's allocator (the binary sets it in `alloc_tuning`): with
 /// glibc's malloc, allocation was some 14 % of the parse's samples here.
@@ -199,6 +202,31 @@ fn lake_side(c: &mut Criterion) {
     g.throughput(Throughput::Elements(CHUNK as u64));
     g.bench_function("decode_to_arrow", |b| {
         b.iter(|| black_box(to_arrow(&codec, &lake.schema, &payloads[..CHUNK])))
+    });
+    // The tail's ingest: a consumed chunk's rows linked per symbol, with
+    // where each came from, and what each commit covered pruned, so that
+    // the tail holds about one commit's rows as in the daemon. One
+    // partition: a floor (the consumer's chunks come in runs of one).
+    let (chunk, _) = to_arrow(&codec, &lake.schema, &payloads[..CHUNK]);
+    g.bench_function("tail_push", |b| {
+        let mut tail = TailStore::new("bench", lake.schema.clone());
+        let topic: Arc<str> = Arc::from("bench.trades");
+        let mut committed = KafkaOffsets {
+            cluster_id: "bench".into(),
+            ..Default::default()
+        };
+        let mut next = 0i64;
+        b.iter(|| {
+            let at: Vec<RecordAt> = (next..next + CHUNK as i64)
+                .map(|o| (topic.clone(), 0, o))
+                .collect();
+            tail.push_chunk(&chunk, &at);
+            next += CHUNK as i64;
+            if next % COMMIT_ROWS as i64 == 0 {
+                committed.set(&topic, 0, next);
+                tail.prune(&committed);
+            }
+        })
     });
     // The trades writer's dedup at its default capacity: a chunk's ids
     // asked of the committed ids on arrival, then remembered at commit.
