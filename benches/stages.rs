@@ -5,9 +5,9 @@
 //! `ticklake bench` measures the whole path and its CPU a trade; this
 //! measures the pieces, so that the sum of the pieces a trade cannot skip
 //! is a floor under that figure. The floor leaves out whatever has no
-//! single function to time here: the WebSocket framing, the tail, the
-//! producer's and the writer's bookkeeping (ack ledger, tally, the buffered
-//! id set), the Iceberg commit itself, the minute bars, and librdkafka (the
+//! single function to time here: the WebSocket framing, the producer's and
+//! the writer's bookkeeping (ack ledger, tally, the buffered id set), the
+//! tail's scans, the Iceberg commit itself, the minute bars, and librdkafka (the
 //! bench's round-trip ceiling prints what librdkafka alone costs a record).
 //! Each stage reports per-trade throughput; its time per trade is the
 //! inverse.
