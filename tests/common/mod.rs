@@ -8,7 +8,6 @@ mod trade_ids;
 pub use trade_ids::*;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,12 +42,13 @@ pub fn scripts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts")
 }
 
+/// A port for a server a test starts. Not one from `bind(0)`: the kernel
+/// hands such a port, once released, to the next outgoing connection (the
+/// suite opens many, to the broker and the daemons) as its local port, so
+/// the server that was to bind it could find it taken. portpicker tries
+/// random ports below the ephemeral range first, which no connection gets.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    portpicker::pick_unused_port().expect("no free TCP and UDP port found")
 }
 
 /// A unique suffix so tests sharing one broker never share topics.

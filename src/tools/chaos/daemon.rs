@@ -75,18 +75,18 @@ writer_delay_us_per_row = {store_delay_us}
 
 /// A free loopback port for the daemon's HTTP endpoints. Another process
 /// could take it before the daemon binds it; the daemon then fails to
-/// start, which `Daemon::wait_ready` reports.
+/// start, which `Daemon::wait_ready` reports. portpicker tries ports below
+/// the kernel's ephemeral range first: a port the kernel handed out for
+/// `bind(0)` and that was released is the next outgoing connection's
+/// likely local port, while those below the range are never given out.
 pub fn free_port() -> Result<u16, ChaosError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| ChaosError::Io {
+    portpicker::pick_unused_port().ok_or_else(|| ChaosError::Io {
         what: "finding a free port",
-        source,
-    })?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|source| ChaosError::Io {
-            what: "finding a free port",
-            source,
-        })
+        source: std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            "no free TCP and UDP port found",
+        ),
+    })
 }
 
 /// The daemon child and where it answers.
