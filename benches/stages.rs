@@ -270,7 +270,8 @@ fn lake_side(c: &mut Criterion) {
                     .block_on(commit::write_data_files(&lake.table, &batch, lake.target))
                     .expect("written");
                 for f in &files {
-                    let _ = std::fs::remove_file(f.file_path().trim_start_matches("file://"));
+                    let path = lake::store::local_path(f.file_path()).expect("a local lake");
+                    std::fs::remove_file(&path).expect("the data file just written");
                 }
                 files.len()
             },
