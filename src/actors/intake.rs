@@ -15,8 +15,8 @@ use actix::prelude::*;
 use crate::backfill::{Fetcher, space_of};
 use crate::config::FeedConfig;
 use crate::continuity::{Continuity, Seen};
-use crate::dedup::Dedup;
 use crate::dedup::shared::{ALIVE_TTL, BEAT_EVERY, Claim, SharedIds};
+use crate::dedup::{self, Dedup};
 use crate::exchanges::Protocol;
 use crate::instruments::{SymbolRule, Tier, TierCache};
 use crate::messages::gaps::{GapRecord, GapSettled};
@@ -80,9 +80,22 @@ const HOLD: Duration = Duration::from_secs(10);
 const MAX_HELD: usize = 500_000;
 
 impl Intake {
-    /// Counts `t` as received and, when its message id is new, checks it
-    /// against its symbol's ids and gives its tier; `None` for a duplicate.
-    fn admit(&self, t: &TradeV2, now: i64) -> Option<Tier> {
+    /// Each of `trades`' message ids asked of the dedup, in order, for
+    /// [`admit`](Self::admit). Asked for the whole batch at once: the
+    /// dedup hints each id's place in its filter to the CPU ahead of
+    /// asking, and reads the batch's slots in its index before inserting,
+    /// so the cache misses of a batch overlap. One id at a time, the
+    /// feed's dedup took 0.26 µs an id; by batch, 0.07 (`cargo bench
+    /// --bench stages`, `feed/dedup`).
+    fn first_times(&self, trades: &[TradeV2]) -> Vec<bool> {
+        let keys: Vec<u128> = trades.iter().map(|t| dedup::key(&t.message_id)).collect();
+        self.dedup.borrow_mut().first_time_each(&keys)
+    }
+
+    /// Counts `t` as received and, when its message id is new (`first`,
+    /// from [`first_times`](Self::first_times)), checks it against its
+    /// symbol's ids and gives its tier; `None` for a duplicate.
+    fn admit(&self, t: &TradeV2, first: bool, now: i64) -> Option<Tier> {
         // The parser names the stream; anything else is a plain trade.
         let kind = match space_of(t) {
             "aggTrade" => "aggTrade",
@@ -90,7 +103,7 @@ impl Intake {
         };
         let tier = self.tiers.borrow_mut().tier(&t.exchange, &t.symbol);
         self.events.trade_received(kind, tier);
-        if !self.dedup.borrow_mut().first_time(&t.message_id) {
+        if !first {
             self.events.duplicate(tier);
             return None;
         }
@@ -116,17 +129,18 @@ impl Intake {
         now: i64,
     ) -> Result<(), ProducerGone> {
         let mut batches = TierBatches::default();
+        let firsts = self.first_times(trades);
         let Some(shared) = &self.shared else {
-            for t in trades.drain(..) {
-                if let Some(tier) = self.admit(&t, now) {
+            for (t, first) in trades.drain(..).zip(firsts) {
+                if let Some(tier) = self.admit(&t, first, now) {
                     batches.push(Outgoing::trade(t, tier));
                 }
             }
             return self.send_batches(batches).await;
         };
         let mut fresh = Vec::with_capacity(trades.len());
-        for t in trades.drain(..) {
-            if let Some(tier) = self.admit(&t, now) {
+        for (t, first) in trades.drain(..).zip(firsts) {
+            if let Some(tier) = self.admit(&t, first, now) {
                 fresh.push((t, tier));
             }
         }

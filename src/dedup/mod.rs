@@ -41,6 +41,11 @@ pub use crate::config::sizing::{MIN_FALSE_POSITIVE_RATE, memory_at_capacity};
 /// that the hinted lines are still cached when asked.
 const PREFETCH_AHEAD: usize = 8;
 
+/// Keys whose slots in the window's index the inserting batch calls read
+/// into the cache together, a block ahead of inserting them: 256 lines
+/// of control bytes, 16 KiB, stay in the core's own caches until used.
+const TOUCH_BLOCK: usize = 256;
+
 /// New ids between two updates of the memory and fill gauges.
 const REPORT_EVERY: u32 = 1_000;
 
@@ -208,12 +213,28 @@ impl Dedup {
     /// [`contains_keys`](Self::contains_keys) does. The number of new ones.
     pub fn first_time_keys_at(&mut self, keys: &[u128], at_us: i64) -> usize {
         let hashes = self.hinted_hashes(keys);
+        self.touch_block(&hashes, 0);
         (0..keys.len())
             .filter(|&i| {
-                self.hint(&hashes, i + PREFETCH_AHEAD);
+                self.hint_for_insert(&hashes, i + PREFETCH_AHEAD);
                 self.first_time_hashed(keys[i], hashes[i], at_us)
             })
             .count()
+    }
+
+    /// [`first_time`](Self::first_time) for each of `keys`, in order (a
+    /// repeat within `keys` is not new the second time), hinted ahead as
+    /// [`contains_keys`](Self::contains_keys) does: the feed's batch of
+    /// trades, asked one by one, waited on one filter miss after another.
+    pub fn first_time_each(&mut self, keys: &[u128]) -> Vec<bool> {
+        let hashes = self.hinted_hashes(keys);
+        self.touch_block(&hashes, 0);
+        (0..keys.len())
+            .map(|i| {
+                self.hint_for_insert(&hashes, i + PREFETCH_AHEAD);
+                self.first_time_hashed(keys[i], hashes[i], 0)
+            })
+            .collect()
     }
 
     /// Each key's hash, once, with the first `PREFETCH_AHEAD` hinted.
@@ -227,6 +248,27 @@ impl Dedup {
     fn hint(&self, hashes: &[u64], i: usize) {
         if let Some(h) = hashes.get(i) {
             self.bloom.prefetch(*h);
+        }
+    }
+
+    /// [`hint`](Self::hint), and for calls that insert: when `i` starts a
+    /// block of `TOUCH_BLOCK` keys, the window's index slots of the whole
+    /// block read into the cache ([`Window::touch`]). A new key's first
+    /// touch of the index is its insert (the filter answers the probe), so
+    /// only the inserting calls do it.
+    fn hint_for_insert(&self, hashes: &[u64], i: usize) {
+        self.hint(hashes, i);
+        self.touch_block(hashes, i);
+    }
+
+    /// The window's index slots of `hashes[i..i + TOUCH_BLOCK]` read into
+    /// the cache, when `i` starts a block.
+    fn touch_block(&self, hashes: &[u64], i: usize) {
+        if i.is_multiple_of(TOUCH_BLOCK) {
+            let block = hashes.get(i..).unwrap_or_default();
+            for h in &block[..block.len().min(TOUCH_BLOCK)] {
+                self.window.touch(*h);
+            }
         }
     }
 

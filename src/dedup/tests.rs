@@ -382,5 +382,19 @@ fn batch_calls_answer_as_one_key_calls_do() {
             one.iter().filter(|s| **s).count(),
             keys.iter().filter(|k| **k < 600).count()
         );
-    }
+    } // Each key's answer, as the feed asks for its batch of trades.
+    let keys: Vec<u128> = (590..610).chain([600, 3, 605]).collect();
+    let one: Vec<bool> = keys
+        .iter()
+        .map(|k| single.first_time_key_at(*k, 0))
+        .collect();
+    assert_eq!(batch.first_time_each(&keys), one);
+    assert_eq!(
+        one,
+        (590..610)
+            .map(|k| k >= 600)
+            .chain([false, false, false])
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(batch.len(), 610);
 }
