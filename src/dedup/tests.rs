@@ -382,7 +382,9 @@ fn batch_calls_answer_as_one_key_calls_do() {
             one.iter().filter(|s| **s).count(),
             keys.iter().filter(|k| **k < 600).count()
         );
-    } // Each key's answer, as the feed asks for its batch of trades.
+    }
+    // Each key's answer, as the feed asks for its batch of trades; a key
+    // repeated within the batch is new only the first time.
     let keys: Vec<u128> = (590..610).chain([600, 3, 605]).collect();
     let one: Vec<bool> = keys
         .iter()
