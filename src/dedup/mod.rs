@@ -212,14 +212,9 @@ impl Dedup {
     /// in order, all seen at `at_us`, hinted ahead as
     /// [`contains_keys`](Self::contains_keys) does. The number of new ones.
     pub fn first_time_keys_at(&mut self, keys: &[u128], at_us: i64) -> usize {
-        let hashes = self.hinted_hashes(keys);
-        self.touch_block(&hashes, 0);
-        (0..keys.len())
-            .filter(|&i| {
-                self.hint_for_insert(&hashes, i + PREFETCH_AHEAD);
-                self.first_time_hashed(keys[i], hashes[i], at_us)
-            })
-            .count()
+        let mut new = 0;
+        self.first_time_hinted(keys, at_us, |first| new += usize::from(first));
+        new
     }
 
     /// [`first_time`](Self::first_time) for each of `keys`, in order (a
@@ -227,14 +222,22 @@ impl Dedup {
     /// [`contains_keys`](Self::contains_keys) does: the feed's batch of
     /// trades, asked one by one, waited on one filter miss after another.
     pub fn first_time_each(&mut self, keys: &[u128]) -> Vec<bool> {
+        let mut firsts = Vec::with_capacity(keys.len());
+        self.first_time_hinted(keys, 0, |first| firsts.push(first));
+        firsts
+    }
+
+    /// The batch calls' one loop: each of `keys` remembered as seen at
+    /// `at_us`, in order, whether it was new handed to `answer`; the
+    /// filter's blocks hinted `PREFETCH_AHEAD` keys ahead and the window's
+    /// index slots read a block ahead, so the misses overlap.
+    fn first_time_hinted(&mut self, keys: &[u128], at_us: i64, mut answer: impl FnMut(bool)) {
         let hashes = self.hinted_hashes(keys);
         self.touch_block(&hashes, 0);
-        (0..keys.len())
-            .map(|i| {
-                self.hint_for_insert(&hashes, i + PREFETCH_AHEAD);
-                self.first_time_hashed(keys[i], hashes[i], 0)
-            })
-            .collect()
+        for (i, (&key, &hash)) in keys.iter().zip(&hashes).enumerate() {
+            self.hint_for_insert(&hashes, i + PREFETCH_AHEAD);
+            answer(self.first_time_hashed(key, hash, at_us));
+        }
     }
 
     /// Each key's hash, once, with the first `PREFETCH_AHEAD` hinted.
