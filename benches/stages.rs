@@ -19,6 +19,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
+use ticklake::actors::feed::MAX_BATCH;
 use ticklake::config::Config;
 use ticklake::dedup::{self, Dedup};
 use ticklake::exchanges::{Parsed, binance};
@@ -38,9 +39,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Trades per iteration of a per-record stage: a consumed chunk's order
 /// of size.
 const CHUNK: usize = 10_000;
-/// Trades the feed hands on at most in one batch (its `MAX_BATCH`): a
-/// run of frames the socket had ready.
-const FEED_BATCH: usize = 256;
 /// Rows a commit writes: `ticklake bench`'s 1,000,000 trades land in
 /// about ten commits.
 const COMMIT_ROWS: usize = 100_000;
@@ -167,7 +165,7 @@ fn feed(c: &mut Criterion) {
             if at + CHUNK > ids.len() {
                 at = 0;
             }
-            for batch in ids[at..at + CHUNK].chunks(FEED_BATCH) {
+            for batch in ids[at..at + CHUNK].chunks(MAX_BATCH) {
                 let keys: Vec<u128> = batch.iter().map(|m| dedup::key(m)).collect();
                 black_box(d.first_time_each(&keys));
             }

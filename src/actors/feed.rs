@@ -69,8 +69,9 @@ type WsRead = futures::stream::SplitStream<WsStream>;
 const READY_RUN: u32 = 64;
 
 /// Most trades a run of ready frames hands the producer in one batch (a
-/// venue's frame may carry many).
-const MAX_BATCH: usize = 256;
+/// venue's frame may carry many). Public for the stages bench, which asks
+/// the dedup in batches of this size as the feed does.
+pub const MAX_BATCH: usize = 256;
 
 /// Which connection a message came from, during a rotation.
 #[derive(Debug, Clone, Copy)]

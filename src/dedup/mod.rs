@@ -219,8 +219,9 @@ impl Dedup {
 
     /// [`first_time`](Self::first_time) for each of `keys`, in order (a
     /// repeat within `keys` is not new the second time), hinted ahead as
-    /// [`contains_keys`](Self::contains_keys) does: the feed's batch of
-    /// trades, asked one by one, waited on one filter miss after another.
+    /// [`contains_keys`](Self::contains_keys) does. The feed asks this for
+    /// its batch of trades: one id at a time, it waited on one cache miss
+    /// after another.
     pub fn first_time_each(&mut self, keys: &[u128]) -> Vec<bool> {
         let mut firsts = Vec::with_capacity(keys.len());
         self.first_time_hinted(keys, 0, |first| firsts.push(first));
