@@ -18,20 +18,32 @@ fn status(env: &Env) -> Value {
 fn ingested() -> (Env, Proc, Proc, u64) {
     let cap = capture("BINANCE-ee25be.0.txt");
     let trades = truth(&received_frames(&cap)).len() as u64;
-    // --live: a reconnect gets only new frames, so the counts stay exact.
-    // Slow enough (about 9 s) that a daemon slow to start still joins it.
-    let (replay, url) = start_replay(&[cap], &["--live", "--rate", "500"]);
-    let env = Env::new("embedded", Some(&url), "");
+    // The daemon starts first, on the address the replay will take: the
+    // live timeline (about 9 s) starts with the replay, and a daemon that
+    // came up after it ended, as one did on a loaded machine, would wait
+    // for frames that never come. Until the replay listens the feed retries
+    // at most a second apart (the test config's backoff cap).
+    let listen = format!("127.0.0.1:{}", free_port());
+    let env = Env::new("embedded", Some(&format!("ws://{listen}")), "");
     env.capture_feed();
     let daemon = env.start_daemon("daemon");
-    wait_until("capture received", Duration::from_secs(60), || {
-        status(&env)["accounting"].as_array().is_some_and(|a| {
-            a.iter()
-                .map(|r| r["received"].as_u64().unwrap())
-                .sum::<u64>()
-                > 0
-        })
-    });
+    // --live: a reconnect gets only new frames, so the counts stay exact.
+    let (replay, _) = start_replay_on(&listen, &[cap], &["--live", "--rate", "500"]);
+    let start = std::time::Instant::now();
+    while !status(&env)["accounting"].as_array().is_some_and(|a| {
+        a.iter()
+            .map(|r| r["received"].as_u64().unwrap())
+            .sum::<u64>()
+            > 0
+    }) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no frame received in 60 s; daemon log:\n{}\nreplay log:\n{}",
+            daemon.log_tail(),
+            replay.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     (env, daemon, replay, trades)
 }
 
