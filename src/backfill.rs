@@ -21,7 +21,7 @@ use crate::config::FeedConfig;
 use crate::exchanges::rest::GapSpan;
 use crate::exchanges::{FrameError, ParseCtx, Protocol};
 use crate::instruments::SymbolRule;
-use crate::model::{SmolStr, TradeV2, now_us};
+use crate::model::{TradeV2, now_us};
 
 /// Tries of one page before the fill gives up.
 const PAGE_TRIES: usize = 5;
@@ -236,5 +236,5 @@ pub fn space_of(t: &TradeV2) -> &str {
     t.vendor_data
         .as_ref()
         .and_then(|v| v.get("stream"))
-        .map_or("trade", SmolStr::as_str)
+        .map_or("trade", String::as_str)
 }

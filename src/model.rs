@@ -5,7 +5,6 @@ use std::fmt;
 
 use rust_decimal::Decimal;
 use serde::Serialize;
-pub use smol_str::SmolStr;
 
 /// Precision of every price and quantity column: decimal(18,8).
 pub const DECIMAL_PRECISION: u8 = 18;
@@ -229,22 +228,13 @@ impl AssetClass {
 }
 
 /// One normalized trade (TradeV2).
-///
-/// Its short texts (trade id, symbol, exchange, currency, instrument, the
-/// vendor map's entries) are `SmolStr`s: up to 23 bytes they live inside
-/// the value, with no allocation. A feed makes one of these per trade on
-/// its thread and frees it there after encoding; as `String`s a Binance
-/// trade was 11 allocations, and a profile of `ticklake bench` put
-/// allocating and freeing at 12 % of that thread. Now it is 2
-/// (`tests/allocations.rs`): the message id (36 bytes, a hyphenated UUID,
-/// so a `String`) and the vendor map's vector.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TradeV2 {
     /// UUIDv5 of exchange, stream kind, symbol and exchange trade id.
     pub message_id: String,
-    pub trade_id: SmolStr,
-    pub symbol: SmolStr,
-    pub exchange: SmolStr,
+    pub trade_id: String,
+    pub symbol: String,
+    pub exchange: String,
     pub asset_class: AssetClass,
     /// Trade time at the exchange, microseconds since the Unix epoch (UTC).
     pub timestamp_us: i64,
@@ -252,7 +242,7 @@ pub struct TradeV2 {
     pub ingestion_timestamp_us: i64,
     pub price: Dec8,
     pub quantity: Dec8,
-    pub currency: SmolStr,
+    pub currency: String,
     pub side: Side,
     pub trade_conditions: Vec<String>,
     pub source_sequence: Option<i64>,
@@ -263,7 +253,7 @@ pub struct TradeV2 {
     /// the same for one pair on every venue, beside the venue's own
     /// `symbol`. Added in schema version 2: records written before it, and
     /// rows committed before it, have none.
-    pub instrument: Option<SmolStr>,
+    pub instrument: Option<String>,
 }
 
 /// A trade's venue-specific fields (`vendor_data`): a few entries, kept
@@ -273,7 +263,7 @@ pub struct TradeV2 {
 /// again on the lake arbiter for every row it decodes; a profile of the
 /// full path put the decoding of this map at a seventh of that arbiter's
 /// time, most of it the kernel zeroing fresh pages for those nodes.
-pub type VendorData = litemap::LiteMap<SmolStr, SmolStr>;
+pub type VendorData = litemap::LiteMap<String, String>;
 
 /// `vendor_data` in JSON: an object, as the `BTreeMap` it once was gave.
 /// (litemap's own serde support is behind a feature that rebuilds much of
@@ -316,15 +306,15 @@ impl TradeView<'_> {
     pub fn to_owned_trade(&self) -> TradeV2 {
         TradeV2 {
             message_id: self.message_id.to_owned(),
-            trade_id: self.trade_id.into(),
-            symbol: self.symbol.into(),
-            exchange: self.exchange.into(),
+            trade_id: self.trade_id.to_owned(),
+            symbol: self.symbol.to_owned(),
+            exchange: self.exchange.to_owned(),
             asset_class: self.asset_class,
             timestamp_us: self.timestamp_us,
             ingestion_timestamp_us: self.ingestion_timestamp_us,
             price: self.price,
             quantity: self.quantity,
-            currency: self.currency.into(),
+            currency: self.currency.to_owned(),
             side: self.side,
             trade_conditions: self
                 .trade_conditions
@@ -336,10 +326,12 @@ impl TradeView<'_> {
             // Sorted and unique already (the type's promise).
             vendor_data: self.vendor_data.as_ref().map(|m| {
                 VendorData::from_sorted_store_unchecked(
-                    m.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+                    m.iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
                 )
             }),
-            instrument: self.instrument.map(SmolStr::new),
+            instrument: self.instrument.map(str::to_owned),
         }
     }
 }
@@ -385,15 +377,15 @@ impl TradeV2 {
     pub fn builder(exchange: &str, symbol: &str, id: &str, timestamp_us: i64) -> TradeBuilder {
         TradeBuilder(TradeV2 {
             message_id: message_id(exchange, "trade", symbol, id),
-            trade_id: smol_str::format_smolstr!("{exchange}-{id}"),
-            symbol: symbol.into(),
-            exchange: exchange.into(),
+            trade_id: format!("{exchange}-{id}"),
+            symbol: symbol.to_string(),
+            exchange: exchange.to_string(),
             asset_class: AssetClass::Crypto,
             timestamp_us,
             ingestion_timestamp_us: timestamp_us,
             price: Dec8::default(),
             quantity: Dec8::default(),
-            currency: SmolStr::new_static("USDT"),
+            currency: "USDT".to_string(),
             side: Side::Buy,
             trade_conditions: Vec::new(),
             source_sequence: None,
@@ -410,7 +402,7 @@ impl TradeBuilder {
         self
     }
 
-    pub fn trade_id(mut self, id: impl Into<SmolStr>) -> Self {
+    pub fn trade_id(mut self, id: impl Into<String>) -> Self {
         self.0.trade_id = id.into();
         self
     }
@@ -436,7 +428,7 @@ impl TradeBuilder {
     }
 
     pub fn currency(mut self, c: &str) -> Self {
-        self.0.currency = c.into();
+        self.0.currency = c.to_string();
         self
     }
 
@@ -466,7 +458,7 @@ impl TradeBuilder {
     }
 
     pub fn instrument(mut self, i: Option<&str>) -> Self {
-        self.0.instrument = i.map(SmolStr::new);
+        self.0.instrument = i.map(str::to_string);
         self
     }
 
@@ -751,8 +743,8 @@ mod tests {
     fn vendor_data_is_a_sorted_json_object() {
         let with = TradeV2::builder("BINANCE", "BTCUSDT", "1", 0)
             .vendor_data(Some(VendorData::from_iter([
-                ("stream".into(), "trade".into()),
-                ("event_time_ms".into(), "17".into()),
+                ("stream".to_string(), "trade".to_string()),
+                ("event_time_ms".to_string(), "17".to_string()),
             ])))
             .build();
         let keys: Vec<&str> = with

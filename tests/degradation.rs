@@ -690,7 +690,7 @@ fn read_trade_ids(
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
                 let t = codec.decode_trade(m.payload().unwrap()).unwrap();
-                out.entry(t.symbol.to_string())
+                out.entry(t.symbol.clone())
                     .or_default()
                     .push(t.trade_id.rsplit('-').next().unwrap().parse().unwrap());
                 seen += 1;

@@ -161,7 +161,7 @@ impl Intake {
             }
             if let Some(id) = t.source_sequence {
                 let e = last
-                    .entry((t.symbol.to_string(), space_of(&t).to_string()))
+                    .entry((t.symbol.clone(), space_of(&t).to_string()))
                     .or_insert((id, t.timestamp_us));
                 if id > e.0 {
                     *e = (id, t.timestamp_us);

@@ -289,7 +289,7 @@ mod tests {
         let on = |exchange: &str, offset: i64| {
             let mut r = row(0, offset, "A");
             let mut t = (*r.trade).clone();
-            t.exchange = exchange.into();
+            t.exchange = exchange.to_string();
             r.trade = std::sync::Arc::new(t);
             r
         };

@@ -10,7 +10,6 @@ use super::{Frame, FrameError, ParseCtx, Parsed, Protocol};
 use crate::config::{FeedConfig, ProtocolKind};
 use crate::instruments::SymbolRule;
 use crate::model::{AssetClass, Dec8, Side, TradeV2, VendorData, message_id};
-use smol_str::{SmolStr, SmolStrBuilder};
 
 /// Quote currencies, longest first so `FDUSD` wins over `USD`.
 const QUOTES: &[&str] = &[
@@ -20,16 +19,16 @@ const QUOTES: &[&str] = &[
 
 /// `BASE-QUOTE` of a Binance symbol (`BTCUSDT` is `BTC-USDT`), when its
 /// quote currency is one of the known ones.
-fn instrument_of(symbol: &str) -> Option<SmolStr> {
+fn instrument_of(symbol: &str) -> Option<String> {
     let quote = quote_currency(symbol);
     let base = symbol.strip_suffix(quote).filter(|_| !quote.is_empty())?;
     // Pushed, not `format!`: once per trade on the feed's thread, where
     // `fmt`'s machinery cost ~700 instructions (callgrind).
-    let mut instrument = SmolStrBuilder::new();
+    let mut instrument = String::with_capacity(symbol.len() + 1);
     instrument.push_str(base);
     instrument.push('-');
     instrument.push_str(quote);
-    Some(instrument.finish())
+    Some(instrument)
 }
 
 /// The quote currency a Binance symbol is priced in, or "" when unknown.
@@ -78,7 +77,7 @@ impl Protocol for Binance {
     }
 
     fn instrument(&self, symbol: &str) -> Option<String> {
-        instrument_of(symbol).map(String::from)
+        instrument_of(symbol)
     }
 
     fn parse(
@@ -293,45 +292,34 @@ pub(crate) fn assemble(a: Assembled<'_>) -> TradeV2 {
         + usize::from(a.event_time_ms.is_some())
         + usize::from(a.first_trade_id.is_some())
         + usize::from(a.last_trade_id.is_some());
-    // Keys in static text, values (at most 20 digits) inline: the map's
-    // vector is its only allocation.
     let mut vendor = VendorData::with_capacity(entries);
-    vendor.insert(SmolStr::new_static("stream"), SmolStr::new_static(a.kind));
+    vendor.insert("stream".to_string(), a.kind.to_string());
     if let Some(e) = a.event_time_ms {
-        vendor.insert(
-            SmolStr::new_static("event_time_ms"),
-            SmolStr::new(digits.format(e)),
-        );
+        vendor.insert("event_time_ms".to_string(), digits.format(e).to_string());
     }
     if let Some(f) = a.first_trade_id {
-        vendor.insert(
-            SmolStr::new_static("first_trade_id"),
-            SmolStr::new(digits.format(f)),
-        );
+        vendor.insert("first_trade_id".to_string(), digits.format(f).to_string());
     }
     if let Some(l) = a.last_trade_id {
-        vendor.insert(
-            SmolStr::new_static("last_trade_id"),
-            SmolStr::new(digits.format(l)),
-        );
+        vendor.insert("last_trade_id".to_string(), digits.format(l).to_string());
     }
     let mut id_buf = itoa::Buffer::new();
     let id_text = id_buf.format(a.id);
-    let mut trade_id = SmolStrBuilder::new();
+    let mut trade_id = String::with_capacity(a.exchange.len() + 1 + id_text.len());
     trade_id.push_str(a.exchange);
     trade_id.push('-');
     trade_id.push_str(id_text);
     TradeV2 {
         message_id: message_id(a.exchange, a.kind, a.symbol, id_text),
-        trade_id: trade_id.finish(),
-        symbol: a.symbol.into(),
-        exchange: a.exchange.into(),
+        trade_id,
+        symbol: a.symbol.to_string(),
+        exchange: a.exchange.to_string(),
         asset_class: AssetClass::Crypto,
         timestamp_us: a.timestamp_us,
         ingestion_timestamp_us: a.received_us,
         price: a.price,
         quantity: a.quantity,
-        currency: SmolStr::new_static(quote_currency(a.symbol)),
+        currency: quote_currency(a.symbol).to_string(),
         side,
         trade_conditions: Vec::new(),
         source_sequence: Some(a.id),

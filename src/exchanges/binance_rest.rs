@@ -216,7 +216,7 @@ fn trade(
     });
     t.vendor_data
         .get_or_insert_default()
-        .insert("source".into(), "rest".into());
+        .insert("source".to_string(), "rest".to_string());
     Ok(t)
 }
 

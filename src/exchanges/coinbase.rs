@@ -42,7 +42,6 @@ use super::rest::RestHistory;
 use super::{Frame, FrameError, ParseCtx, Protocol};
 use crate::config::{FeedConfig, ProtocolKind};
 use crate::model::{Dec8, Side, TradeV2, VendorData};
-use smol_str::ToSmolStr;
 
 /// Longest trade id kept as text. Coinbase's are decimal integers; a
 /// longer one is not a trade id but a hostile frame.
@@ -301,7 +300,7 @@ pub(super) fn advanced_trade(
         timestamp_us: rfc3339_us(string(t, "time")?, "time")?,
         side,
         conditions: Vec::new(),
-        vendor: VendorData::from_iter([("event".into(), kind.into())]),
+        vendor: VendorData::from_iter([("event".to_string(), kind.to_string())]),
     }
     .into_trade(ctx, currency(symbol), coinbase_instrument(symbol)))
 }
@@ -333,13 +332,13 @@ pub(super) fn exchange_match(
     };
     let mut vendor = VendorData::new();
     if let Some(sequence) = integer(obj, "sequence")? {
-        vendor.insert("sequence".into(), sequence.to_smolstr());
+        vendor.insert("sequence".to_string(), sequence.to_string());
     }
     for name in ["maker_order_id", "taker_order_id"] {
         match obj.get(name) {
             None | Some(Value::Null) => {}
             Some(Value::String(s)) => {
-                vendor.insert(name.into(), id_text(s, name)?.into());
+                vendor.insert(name.to_string(), id_text(s, name)?.to_string());
             }
             Some(other) => return Err(wrong_type(name, "string", other)),
         }
@@ -973,7 +972,7 @@ mod tests {
         assert_eq!(trades.len(), want.len());
         for (t, v) in trades.iter().zip(&want) {
             assert_eq!(t.trade_id, format!("COINBASE-{}", v["trade_id"]));
-            assert_eq!(t.symbol, v["product_id"].as_str().unwrap());
+            assert_eq!(t.symbol, v["product_id"]);
             assert_eq!(t.price, Dec8::parse(v["price"].as_str().unwrap()).unwrap());
             assert_eq!(
                 t.quantity,

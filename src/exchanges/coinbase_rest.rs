@@ -186,7 +186,10 @@ fn earlier_window(trades: &[TradeV2], gap: &GapSpan) -> Option<String> {
 /// The record of a page's trade: the WebSocket one, its frame's vendor
 /// data replaced by where it came from.
 fn from_rest(mut t: TradeV2) -> TradeV2 {
-    t.vendor_data = Some(VendorData::from_iter([("source".into(), "rest".into())]));
+    t.vendor_data = Some(VendorData::from_iter([(
+        "source".to_string(),
+        "rest".to_string(),
+    )]));
     t
 }
 

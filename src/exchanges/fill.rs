@@ -3,7 +3,7 @@
 //! amounts each of them needs.
 
 use super::{Frame, FrameError, ParseCtx};
-use crate::model::{AssetClass, Dec8, Side, SmolStr, TradeV2, VendorData, message_id};
+use crate::model::{AssetClass, Dec8, Side, TradeV2, VendorData, message_id};
 
 /// The id space of the venues whose trade ids form one sequence per
 /// symbol.
@@ -37,21 +37,21 @@ impl Fill<'_> {
     ) -> TradeV2 {
         TradeV2 {
             message_id: message_id(ctx.exchange, ID_SPACE, self.symbol, self.id),
-            trade_id: smol_str::format_smolstr!("{}-{}", ctx.exchange, self.id),
-            symbol: self.symbol.into(),
-            exchange: ctx.exchange.into(),
+            trade_id: format!("{}-{}", ctx.exchange, self.id),
+            symbol: self.symbol.to_string(),
+            exchange: ctx.exchange.to_string(),
             asset_class: AssetClass::Crypto,
             timestamp_us: self.timestamp_us,
             ingestion_timestamp_us: ctx.received_us,
             price: self.price,
             quantity: self.quantity,
-            currency: currency.into(),
+            currency,
             side: self.side,
             trade_conditions: self.conditions,
             source_sequence: self.sequence,
             platform_sequence: None,
             vendor_data: (!self.vendor.is_empty()).then_some(self.vendor),
-            instrument: instrument.map(SmolStr::from),
+            instrument,
         }
     }
 }

@@ -325,7 +325,7 @@ fn trade_to_value(t: &TradeV2) -> Value {
             1,
             Box::new(Value::Map(
                 m.iter()
-                    .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
                     .collect::<HashMap<_, _>>(),
             )),
         ),
@@ -333,9 +333,9 @@ fn trade_to_value(t: &TradeV2) -> Value {
     };
     Value::Record(vec![
         ("message_id".into(), Value::String(t.message_id.clone())),
-        ("trade_id".into(), Value::String(t.trade_id.to_string())),
-        ("symbol".into(), Value::String(t.symbol.to_string())),
-        ("exchange".into(), Value::String(t.exchange.to_string())),
+        ("trade_id".into(), Value::String(t.trade_id.clone())),
+        ("symbol".into(), Value::String(t.symbol.clone())),
+        ("exchange".into(), Value::String(t.exchange.clone())),
         (
             "asset_class".into(),
             enum_value(&ASSET_SYMBOLS, &t.asset_class.as_str().to_ascii_uppercase()),
@@ -347,7 +347,7 @@ fn trade_to_value(t: &TradeV2) -> Value {
         ),
         ("price".into(), decimal(t.price)),
         ("quantity".into(), decimal(t.quantity)),
-        ("currency".into(), Value::String(t.currency.to_string())),
+        ("currency".into(), Value::String(t.currency.clone())),
         ("side".into(), enum_value(&SIDE_SYMBOLS, t.side.as_str())),
         (
             "trade_conditions".into(),
@@ -367,7 +367,7 @@ fn trade_to_value(t: &TradeV2) -> Value {
         (
             "instrument".into(),
             match &t.instrument {
-                Some(i) => Value::Union(1, Box::new(Value::String(i.to_string()))),
+                Some(i) => Value::Union(1, Box::new(Value::String(i.clone()))),
                 None => Value::Union(0, Box::new(Value::Null)),
             },
         ),
@@ -476,7 +476,7 @@ fn value_to_trade(v: Value) -> Result<TradeV2, AvroError> {
             Value::Map(m) => Some(
                 m.into_iter()
                     .map(|(k, v)| match v {
-                        Value::String(s) => Ok((k.into(), s.into())),
+                        Value::String(s) => Ok((k, s)),
                         other => Err(unexpected("vendor_data", Some(other))),
                     })
                     .collect::<Result<VendorData, _>>()?,
@@ -487,9 +487,9 @@ fn value_to_trade(v: Value) -> Result<TradeV2, AvroError> {
     };
     Ok(TradeV2 {
         message_id: take_string(&mut f, "message_id")?,
-        trade_id: take_string(&mut f, "trade_id")?.into(),
-        symbol: take_string(&mut f, "symbol")?.into(),
-        exchange: take_string(&mut f, "exchange")?.into(),
+        trade_id: take_string(&mut f, "trade_id")?,
+        symbol: take_string(&mut f, "symbol")?,
+        exchange: take_string(&mut f, "exchange")?,
         asset_class: AssetClass::parse(&asset.to_ascii_lowercase()).ok_or(AvroError::Field {
             field: "asset_class",
             reason: format!("unknown symbol {asset}"),
@@ -498,7 +498,7 @@ fn value_to_trade(v: Value) -> Result<TradeV2, AvroError> {
         ingestion_timestamp_us: take_micros(&mut f, "ingestion_timestamp")?,
         price: take_decimal(&mut f, "price")?,
         quantity: take_decimal(&mut f, "quantity")?,
-        currency: take_string(&mut f, "currency")?.into(),
+        currency: take_string(&mut f, "currency")?,
         side: Side::parse(&side).ok_or(AvroError::Field {
             field: "side",
             reason: format!("unknown symbol {side}"),
@@ -510,7 +510,7 @@ fn value_to_trade(v: Value) -> Result<TradeV2, AvroError> {
         instrument: match f.remove("instrument") {
             Some(Value::Union(_, v)) => match *v {
                 Value::Null => None,
-                Value::String(s) => Some(s.into()),
+                Value::String(s) => Some(s),
                 other => return Err(unexpected("instrument", Some(other))),
             },
             other => return Err(unexpected("instrument", other)),

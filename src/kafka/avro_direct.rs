@@ -107,7 +107,7 @@ pub fn encode_trade_into(buf: &mut Vec<u8>, schema_id: u32, t: &TradeV2) {
 /// At least the encoded size of `t`: every varint counted at its longest,
 /// 10 bytes.
 fn encoded_len_bound(t: &TradeV2) -> usize {
-    let text = |s: &str| s.len() + 10;
+    let text = |s: &String| s.len() + 10;
     let ids = text(&t.message_id) + text(&t.trade_id) + text(&t.symbol);
     let strings = ids + text(&t.exchange) + text(&t.currency);
     // the header, two enums, two timestamps, two decimals of 8 bytes, the
@@ -115,8 +115,8 @@ fn encoded_len_bound(t: &TradeV2) -> usize {
     // and end, the instrument's index
     (5 + 2 * 10 + 2 * 10 + 2 * 9 + 11 + 2 * 11 + 12 + 1)
         + strings
-        + t.instrument.as_deref().map_or(0, text)
-        + t.trade_conditions.iter().map(|c| text(c)).sum::<usize>()
+        + t.instrument.as_ref().map_or(0, text)
+        + t.trade_conditions.iter().map(text).sum::<usize>()
         + (t.vendor_data.iter().flatten())
             .map(|(k, v)| text(k) + text(v))
             .sum::<usize>()
@@ -453,7 +453,7 @@ mod tests {
 
     use super::*;
     use crate::kafka::avro::{Codec, trade_schema_v1};
-    use crate::model::{SmolStr, VendorData};
+    use crate::model::VendorData;
 
     const ID: u32 = 7;
     const HEADER: [u8; 5] = [0, 0, 0, 0, 7];
@@ -489,7 +489,7 @@ mod tests {
         // one after another). A tuple of all sixteen, or a struct, goes
         // through apache-avro's `Value`, whose map is a `HashMap`.
         // In key order, as the map's own order is.
-        let vendor: Option<std::collections::BTreeMap<&SmolStr, &SmolStr>> =
+        let vendor: Option<std::collections::BTreeMap<&String, &String>> =
             t.vendor_data.as_ref().map(|m| m.iter().collect());
         let row = (
             &t.message_id,
@@ -544,9 +544,9 @@ mod tests {
             Just(None),
             Just(Some(VendorData::new())),
             prop::collection::btree_map(text(), text(), 1..=1)
-                .prop_map(|m| Some(m.into_iter().map(|(k, v)| (k.into(), v.into())).collect())),
+                .prop_map(|m| Some(m.into_iter().collect())),
             prop::collection::btree_map(text(), text(), 2..8)
-                .prop_map(|m| Some(m.into_iter().map(|(k, v)| (k.into(), v.into())).collect())),
+                .prop_map(|m| Some(m.into_iter().collect())),
         ]
     }
 
@@ -565,21 +565,21 @@ mod tests {
         ) -> TradeV2 {
             TradeV2 {
                 message_id: s.0,
-                trade_id: s.1.into(),
-                symbol: s.2.into(),
-                exchange: s.3.into(),
+                trade_id: s.1,
+                symbol: s.2,
+                exchange: s.3,
                 asset_class,
                 timestamp_us: ts.0,
                 ingestion_timestamp_us: ts.1,
                 price,
                 quantity,
-                currency: s.4.into(),
+                currency: s.4,
                 side,
                 trade_conditions,
                 source_sequence: seq.0,
                 platform_sequence: seq.1,
                 vendor_data,
-                instrument: instrument.map(Into::into),
+                instrument,
             }
         }
     }

@@ -83,7 +83,7 @@ impl Encoder {
             Record::Trade(t) => {
                 // Looked up before `entry`, which takes an owned key: a
                 // copy of the exchange's name per trade otherwise.
-                let topic = match self.trades_topics.get(t.exchange.as_str()) {
+                let topic = match self.trades_topics.get(&t.exchange) {
                     Some(topic) => topic.clone(),
                     None => {
                         let topic: Arc<str> = Arc::from(format!(
@@ -91,8 +91,7 @@ impl Encoder {
                             self.topic_prefix,
                             t.exchange.to_ascii_lowercase()
                         ));
-                        self.trades_topics
-                            .insert(t.exchange.to_string(), topic.clone());
+                        self.trades_topics.insert(t.exchange.clone(), topic.clone());
                         topic
                     }
                 };

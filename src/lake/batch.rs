@@ -573,7 +573,7 @@ mod tests {
                 t.message_id = format!("{:04}", (i * 389) % 500);
                 t.trade_conditions = (0..(i % 3)).map(|c| format!("c{c}")).collect();
                 t.source_sequence = (i % 5 != 0).then_some(i);
-                t.instrument = (i % 2 == 0).then(|| format!("I{i}").into());
+                t.instrument = (i % 2 == 0).then(|| format!("I{i}"));
                 t
             })
             .collect();
@@ -591,14 +591,14 @@ mod tests {
         let some =
             |f: fn(&TradeV2) -> String| expected.iter().map(|r| Some(f(r))).collect::<Vec<_>>();
         assert_eq!(text(0), some(|r| r.message_id.clone()));
-        assert_eq!(text(2), some(|r| r.symbol.to_string()));
+        assert_eq!(text(2), some(|r| r.symbol.clone()));
         assert_eq!(text(10), some(|r| r.side.as_str().to_string()));
         let instrument = b.schema().index_of("instrument").unwrap();
         assert_eq!(
             text(instrument),
             expected
                 .iter()
-                .map(|r| r.instrument.as_ref().map(|i| i.to_string()))
+                .map(|r| r.instrument.clone())
                 .collect::<Vec<_>>()
         );
         let seq = b
@@ -644,7 +644,7 @@ mod tests {
                     _ => format!("same-pre-{:04}", (i * 97) % 300),
                 };
                 t.trade_conditions = (0..(i % 3)).map(|c| format!("c{c}")).collect();
-                t.instrument = (i % 2 == 0).then(|| format!("I{i}").into());
+                t.instrument = (i % 2 == 0).then(|| format!("I{i}"));
                 t
             })
             .collect();

@@ -740,7 +740,7 @@ mod tests {
         let rows: Vec<_> = (0..500)
             .map(|i| {
                 let mut vendor = crate::model::VendorData::new();
-                vendor.insert("event_time_ms".into(), (1_000 + i).to_string().into());
+                vendor.insert("event_time_ms".into(), (1_000 + i).to_string());
                 crate::model::TradeV2::builder("BINANCE", "BTCUSDT", &i.to_string(), 1_000 * i)
                     .message_id(format!("m-{i}"))
                     .source_sequence(Some(i))

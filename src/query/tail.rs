@@ -884,9 +884,8 @@ mod tests {
             .map(|o| {
                 let mut r = row((o % 2) as i32, o, if o % 3 == 0 { "A" } else { "B" });
                 let mut t = (*r.trade).clone();
-                t.vendor_data = (o % 4 != 0).then(|| {
-                    crate::model::VendorData::from_iter([("k".into(), format!("v{o}").into())])
-                });
+                t.vendor_data = (o % 4 != 0)
+                    .then(|| crate::model::VendorData::from_iter([("k".into(), format!("v{o}"))]));
                 r.trade = Arc::new(t);
                 r
             })

@@ -172,8 +172,8 @@ fn synthetic_from(first: usize, n: usize) -> Vec<TradeV2> {
                 .side(if i % 2 == 0 { Side::Buy } else { Side::Sell })
                 .source_sequence(Some(i as i64))
                 .vendor_data(Some(VendorData::from_iter([(
-                    "stream".into(),
-                    "trade".into(),
+                    "stream".to_string(),
+                    "trade".to_string(),
                 )])))
                 .build()
         })
@@ -447,7 +447,7 @@ async fn measure(cfg: &Config, n: usize, timeout: Duration) -> Result<BenchRepor
         .map(|t| {
             Ok(Encoded {
                 topic: raw_topic.clone(),
-                key: t.symbol.to_string(),
+                key: t.symbol.clone(),
                 payload: codec.encode_trade(t)?,
             })
         })

@@ -236,7 +236,7 @@ fn trade(item: &RawValue, gap: &GapSpan, ctx: &ParseCtx<'_>) -> Result<(TradeV2,
         timestamp_us,
         side,
         conditions: vec![order_type.to_string()],
-        vendor: VendorData::from_iter([("source".into(), "rest".into())]),
+        vendor: VendorData::from_iter([("source".to_string(), "rest".to_string())]),
     }
     .into_trade(
         ctx,

@@ -161,7 +161,7 @@ fn trade(
     *count += 1;
     let mut vendor = VendorData::new();
     if !misc.is_empty() {
-        vendor.insert("misc".into(), misc.into());
+        vendor.insert("misc".to_string(), misc.into_owned());
     }
     Ok(Fill {
         symbol: pair,
@@ -284,7 +284,7 @@ mod tests {
         );
         let want = TradeV2 {
             message_id: message_id("KRAKEN", "trade", "XBT/USD", &id),
-            trade_id: format!("KRAKEN-{id}").into(),
+            trade_id: format!("KRAKEN-{id}"),
             symbol: "XBT/USD".into(),
             exchange: "KRAKEN".into(),
             asset_class: AssetClass::Crypto,

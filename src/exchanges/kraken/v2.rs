@@ -184,7 +184,7 @@ fn trade(t: &Trade<'_>, kind: &'static str, ctx: &ParseCtx<'_>) -> Result<TradeV
         timestamp_us,
         side,
         conditions: vec![order_type.to_string()],
-        vendor: VendorData::from_iter([("type".into(), kind.into())]),
+        vendor: VendorData::from_iter([("type".to_string(), kind.to_string())]),
     }
     .into_trade(ctx, quote_currency(&symbol), kraken_instrument(&symbol)))
 }

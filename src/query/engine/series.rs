@@ -219,10 +219,7 @@ mod tests {
                 && (start..end).contains(&t.timestamp_us)
         }) {
             let bar = t.timestamp_us.div_euclid(step) * step;
-            groups
-                .entry((t.exchange.to_string(), bar))
-                .or_default()
-                .push(t);
+            groups.entry((t.exchange.clone(), bar)).or_default().push(t);
         }
         groups
             .into_iter()

@@ -144,8 +144,8 @@ impl CeilingRecords {
                 Some(k) => *k,
                 None => {
                     let k = records.symbols.len() as u32;
-                    records.symbols.push(t.symbol.to_string());
-                    numbers.insert(t.symbol.to_string(), k);
+                    records.symbols.push(t.symbol.clone());
+                    numbers.insert(t.symbol.clone(), k);
                     k
                 }
             };

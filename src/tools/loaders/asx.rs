@@ -105,7 +105,7 @@ pub fn parse_row(
     let mut vendor = VendorData::new();
     for (name, idx) in [("venue", 5), ("buyer_id", 6)] {
         if let Some(v) = cols.get(idx).filter(|v| !v.is_empty()) {
-            vendor.insert(name.into(), (*v).into());
+            vendor.insert(name.to_string(), v.to_string());
         }
     }
     let conditions = cols
@@ -115,15 +115,15 @@ pub fn parse_row(
         .unwrap_or_default();
     Ok(TradeV2 {
         message_id: message_id(EXCHANGE, "trade", symbol, &trade_id),
-        trade_id: trade_id.into(),
-        symbol: symbol.into(),
-        exchange: EXCHANGE.into(),
+        trade_id,
+        symbol: symbol.to_string(),
+        exchange: EXCHANGE.to_string(),
         asset_class: AssetClass::Equities,
         timestamp_us,
         ingestion_timestamp_us: ingested_us,
         price,
         quantity,
-        currency: "AUD".into(),
+        currency: "AUD".to_string(),
         side: Side::Unknown,
         trade_conditions: conditions,
         source_sequence: Some(line as i64),

@@ -88,7 +88,7 @@ impl IdSpace {
     /// As the parsers record it: the `stream` of the vendor data.
     fn of(trade: &TradeV2) -> Self {
         let stream = trade.vendor_data.as_ref().and_then(|v| v.get("stream"));
-        match stream.map(|s| s.as_str()) {
+        match stream.map(String::as_str) {
             Some("aggTrade") => IdSpace::AggTrade,
             _ => IdSpace::Trade,
         }
@@ -382,7 +382,7 @@ pub(super) fn prepare(frames: &[CapturedFrame], opts: &RestOptions) -> Prepared 
             cut |= hit;
             uncut += usize::from(!hit);
             series
-                .entry((trade.symbol.to_string(), space))
+                .entry((trade.symbol.clone(), space))
                 .or_default()
                 .push(Fill::of(trade, id));
         }
