@@ -208,28 +208,28 @@ fn round(brokers: &str, n: usize) {
         || final_assignment(&survivor.log, &topic) == BTreeSet::from([0, 1, 2]),
     );
 
-    let start = std::time::Instant::now();
-    loop {
-        let n = a.count("select count(*) from market.trades");
-        if n >= expected {
-            break;
-        }
-        if start.elapsed() >= Duration::from_secs(120) {
+    let committed = std::cell::Cell::new(0);
+    wait_until_explained(
+        || {
+            committed.set(a.count("select count(*) from market.trades"));
+            committed.get() >= expected
+        },
+        Duration::from_secs(120),
+        || {
             // Kept for a look after the test's directories are gone.
             for (p, name) in [(&survivor.log, "survivor"), (&victim.log, "victim")] {
                 let keep = std::env::temp_dir().join(format!("{run}.{name}.log"));
                 let _ = std::fs::copy(p, &keep);
                 println!("{name} log kept at {}", keep.display());
             }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "{n} of {expected} trades committed after 120 s; survivor log:\n{}\nvictim log:\n{}",
-            survivor.log_tail(),
-            victim.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+            format!(
+                "{} of {expected} trades committed after 120 s; survivor log:\n{}\nvictim log:\n{}",
+                committed.get(),
+                survivor.log_tail(),
+                victim.log_tail()
+            )
+        },
+    );
     // Late second copies would show up now.
     std::thread::sleep(Duration::from_secs(2));
     let rows = a.query("select count(*) as n, count(distinct message_id) as d from market.trades");

@@ -29,21 +29,24 @@ fn ingested() -> (Env, Proc, Proc, u64) {
     let daemon = env.start_daemon("daemon");
     // --live: a reconnect gets only new frames, so the counts stay exact.
     let (replay, _) = start_replay_on(&listen, &[cap], &["--live", "--rate", "500"]);
-    let start = std::time::Instant::now();
-    while !status(&env)["accounting"].as_array().is_some_and(|a| {
-        a.iter()
-            .map(|r| r["received"].as_u64().unwrap())
-            .sum::<u64>()
-            > 0
-    }) {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no frame received in 60 s; daemon log:\n{}\nreplay log:\n{}",
-            daemon.log_tail(),
-            replay.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_until_explained(
+        || {
+            status(&env)["accounting"].as_array().is_some_and(|a| {
+                a.iter()
+                    .map(|r| r["received"].as_u64().unwrap())
+                    .sum::<u64>()
+                    > 0
+            })
+        },
+        Duration::from_secs(60),
+        || {
+            format!(
+                "no frame received in 60 s; daemon log:\n{}\nreplay log:\n{}",
+                daemon.log_tail(),
+                replay.log_tail()
+            )
+        },
+    );
     (env, daemon, replay, trades)
 }
 

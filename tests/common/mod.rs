@@ -455,10 +455,23 @@ pub fn start_replay_on(listen: &str, captures: &[PathBuf], extra: &[&str]) -> (P
 }
 
 /// Polls `f` until it returns true.
-pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+    wait_until_explained(f, timeout, || format!("timed out waiting for {what}"));
+}
+
+/// [`wait_until`], failing with what `explain` says when `timeout` passes
+/// (the logs of the processes concerned, say: they are gone with the
+/// test's directories).
+pub fn wait_until_explained(
+    mut f: impl FnMut() -> bool,
+    timeout: Duration,
+    explain: impl FnOnce() -> String,
+) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        if start.elapsed() >= timeout {
+            panic!("{}", explain());
+        }
         std::thread::sleep(Duration::from_millis(250));
     }
 }
