@@ -272,25 +272,7 @@ fn a_kill_on_the_embedded_broker_is_refilled_from_rest() {
         let _daemon = env.start_daemon(&format!("kill{round}b"));
         // What the lake must hold: every capture trade from the first one
         // the daemon saw (it joined a running timeline) to the last.
-        let stored = {
-            let mut last = 0;
-            let mut same = 0;
-            wait_until(
-                "the replay to end and the gaps to settle",
-                Duration::from_secs(240),
-                || {
-                    let ids: BTreeSet<_> = lake_ids(&env).into_iter().collect();
-                    let n = ids.len();
-                    same = if n == last { same + 1 } else { 0 };
-                    last = n;
-                    let ended = holds_last_trades(&truth, &ids);
-                    ended
-                        && binance_feed_gaps(&env).unwrap_or(Value::Null)["open"] == 0
-                        && same >= 12
-                },
-            );
-            lake_ids(&env)
-        };
+        let stored = settled_lake_ids(&env, &truth, Duration::from_secs(240));
         let distinct: BTreeSet<_> = stored.iter().cloned().collect();
         assert_eq!(
             stored.len(),

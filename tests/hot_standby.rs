@@ -108,21 +108,32 @@ fn two_daemons_on_one_feed_store_each_trade_once_through_a_kill() {
     let redis = Redis::start();
     let truth = aggtrade_ids(CAPTURE);
     let rate = if long { "50" } else { "150" };
-    let (_replay, url) = start_replay(
-        &[capture(CAPTURE)],
-        &["--rest", "--live", "--retime", "--rate", rate],
-    );
+    // Both daemons start first, on the address the replay will take: the
+    // live timeline starts with the replay, and a daemon that came up after
+    // it ended would wait for frames that never come. Until the replay
+    // listens, and after its timeline ends (a late client is closed at
+    // once), the feeds retry at most half a second apart.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let url = format!("ws://{listen}");
     let a = Env::new(
         &brokers,
         Some(&url),
         &format!("\n[dedup]\nredis_url = \"{}\"\n", redis.url),
     );
     a.one_pass_feed();
+    a.set("feeds.binance", "backoff_initial_ms", "100");
+    a.set("feeds.binance", "backoff_max_ms", "500");
     a.set("feeds.binance", "gap_grace_ms", "500");
     a.set("feeds.binance", "rest_requests_per_sec", "50");
     let b = standby_of(&a);
     let mut daemon_a = a.start_daemon("a");
     let mut daemon_b = b.start_daemon("b");
+    let (_replay, replay_url) = start_replay_on(
+        &listen,
+        &[capture(CAPTURE)],
+        &["--rest", "--live", "--retime", "--rate", rate],
+    );
+    assert_eq!(replay_url, url);
     wait_until("every symbol in the lake", Duration::from_secs(60), || {
         let l = lake_ids(&a);
         l.iter().map(|(s, _)| s).collect::<BTreeSet<_>>().len() == truth.len() && l.len() > 300
@@ -146,23 +157,11 @@ fn two_daemons_on_one_feed_store_each_trade_once_through_a_kill() {
         std::thread::sleep(Duration::from_secs(8));
         daemon_a = a.start_daemon("a2");
     }
-    let stored = {
-        let mut last = 0;
-        let mut same = 0;
-        wait_until(
-            "the replay to end and the gaps to settle",
-            Duration::from_secs(if long { 300 } else { 120 }),
-            || {
-                let stored = lake_ids(&a);
-                let n = stored.len();
-                same = if n == last { same + 1 } else { 0 };
-                last = n;
-                let ended = holds_last_trades(&truth, &stored.into_iter().collect());
-                ended && binance_feed_gaps(&a).is_some_and(|g| g["open"] == 0) && same >= 12
-            },
-        );
-        lake_ids(&a)
-    };
+    let stored = settled_lake_ids(
+        &a,
+        &truth,
+        Duration::from_secs(if long { 300 } else { 120 }),
+    );
     let distinct: BTreeSet<_> = stored.iter().cloned().collect();
     assert_eq!(stored.len(), distinct.len(), "a trade stored twice");
     let want = from_first_stored(&truth, &distinct);

@@ -2,10 +2,11 @@
 //! ticklake's parser, and the lake's, with repeats.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Env, capture, http_get, received_frames};
+use super::{Env, capture, http_get, received_frames, wait_until};
 
 /// The aggTrade ids per symbol of a Binance capture in
 /// `tests/fixtures/captures/`: ground truth.
@@ -80,4 +81,33 @@ pub fn holds_last_trades(
         t.last()
             .is_some_and(|last| stored.contains(&(s.clone(), *last)))
     })
+}
+
+/// Every stored trade as (symbol, id), with repeats, once the replay has
+/// ended and the lake has settled: it holds the capture's last trade of
+/// every symbol, the Binance feed has no gap open, and the count has not
+/// moved for 12 polls (3 s), as the last backfill may still be landing
+/// when its gap closes.
+pub fn settled_lake_ids(
+    env: &Env,
+    truth: &BTreeMap<String, BTreeSet<i64>>,
+    timeout: Duration,
+) -> Vec<(String, i64)> {
+    let mut stored = Vec::new();
+    let mut last = None;
+    let mut same = 0;
+    wait_until("the replay to end and the gaps to settle", timeout, || {
+        stored = lake_ids(env);
+        same = if last == Some(stored.len()) {
+            same + 1
+        } else {
+            0
+        };
+        last = Some(stored.len());
+        let ids: BTreeSet<_> = stored.iter().cloned().collect();
+        holds_last_trades(truth, &ids)
+            && binance_feed_gaps(env).is_some_and(|g| g["open"] == 0)
+            && same >= 12
+    });
+    stored
 }
