@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
@@ -50,34 +49,7 @@ fn replayed_captures_land_in_iceberg_exactly() {
     assert_eq!(env.count("select count(*) from market.dead_letters"), 0);
 
     // Every row's symbol, price, quantity, side and timestamp equals its frame.
-    let stored = env.query(
-        "select symbol, trade_id, cast(price as varchar) as price, cast(quantity as varchar) as quantity, \
-         side, cast(\"timestamp\" as bigint) as ts, exchange from market.trades",
-    );
-    let mut by_key: BTreeMap<(String, String), &serde_json::Value> = BTreeMap::new();
-    for r in &stored {
-        let key = (
-            r["symbol"].as_str().unwrap().to_string(),
-            r["trade_id"].as_str().unwrap().to_string(),
-        );
-        assert!(by_key.insert(key, r).is_none(), "duplicate row {r}");
-    }
-    for t in &truth {
-        let key = (t.symbol.clone(), format!("BINANCE-{}", t.id));
-        let r = by_key
-            .get(&key)
-            .unwrap_or_else(|| panic!("trade {key:?} missing"));
-        assert_eq!(r["price"].as_str().unwrap(), dec8(&t.price), "{key:?}");
-        assert_eq!(
-            r["quantity"].as_str().unwrap(),
-            dec8(&t.quantity),
-            "{key:?}"
-        );
-        let side = if t.buyer_is_maker { "SELL" } else { "BUY" };
-        assert_eq!(r["side"].as_str().unwrap(), side, "{key:?}");
-        assert_eq!(r["ts"].as_i64().unwrap(), t.time_ms * 1000, "{key:?}");
-        assert_eq!(r["exchange"].as_str().unwrap(), "BINANCE");
-    }
+    assert_lake_holds_frames(&env, &truth);
 
     // Lag tools see the lake's position: after each Iceberg commit the group
     // committed the same offsets, so its lag drains to zero.

@@ -14,7 +14,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -288,31 +287,7 @@ fn a_replayed_capture_lands_in_an_s3_warehouse_on_a_postgres_catalog_exactly_onc
         daemon.log_tail()
     );
     assert_eq!(rows[0]["d"].as_i64().unwrap(), expected);
-    let stored = env.query(
-        "select symbol, trade_id, cast(price as varchar) as price, cast(quantity as varchar) as quantity, \
-         side, cast(\"timestamp\" as bigint) as ts from market.trades",
-    );
-    let mut by_key: BTreeMap<(String, String), &Value> = BTreeMap::new();
-    for r in &stored {
-        let key = (
-            r["symbol"].as_str().unwrap().to_string(),
-            r["trade_id"].as_str().unwrap().to_string(),
-        );
-        assert!(by_key.insert(key, r).is_none(), "duplicate row {r}");
-    }
-    for t in &truth {
-        let key = (t.symbol.clone(), format!("BINANCE-{}", t.id));
-        let r = by_key
-            .get(&key)
-            .unwrap_or_else(|| panic!("trade {key:?} missing"));
-        assert_eq!(r["price"].as_str().unwrap(), dec8(&t.price), "{key:?}");
-        assert_eq!(
-            r["quantity"].as_str().unwrap(),
-            dec8(&t.quantity),
-            "{key:?}"
-        );
-        assert_eq!(r["ts"].as_i64().unwrap(), t.time_ms * 1000, "{key:?}");
-    }
+    assert_lake_holds_frames(&env, &truth);
 
     // The daemon's hybrid query (lake at a pinned snapshot plus its tail)
     // through its API, over the same S3 client as its writers.

@@ -7,6 +7,7 @@ mod trade_ids;
 #[allow(unused_imports)]
 pub use trade_ids::*;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -512,6 +513,39 @@ pub fn truth(frames: &[String]) -> Vec<TruthTrade> {
         });
     }
     out
+}
+
+/// Asserts that `market.trades` holds each of `truth`'s Binance trades
+/// once, with its frame's price, quantity, side and time.
+pub fn assert_lake_holds_frames(env: &Env, truth: &[TruthTrade]) {
+    let stored = env.query(
+        "select symbol, trade_id, cast(price as varchar) as price, cast(quantity as varchar) as quantity, \
+         side, cast(\"timestamp\" as bigint) as ts, exchange from market.trades",
+    );
+    let mut by_key: BTreeMap<(String, String), &serde_json::Value> = BTreeMap::new();
+    for r in &stored {
+        let key = (
+            r["symbol"].as_str().unwrap().to_string(),
+            r["trade_id"].as_str().unwrap().to_string(),
+        );
+        assert!(by_key.insert(key, r).is_none(), "duplicate row {r}");
+    }
+    for t in truth {
+        let key = (t.symbol.clone(), format!("BINANCE-{}", t.id));
+        let r = by_key
+            .get(&key)
+            .unwrap_or_else(|| panic!("trade {key:?} missing"));
+        assert_eq!(r["price"].as_str().unwrap(), dec8(&t.price), "{key:?}");
+        assert_eq!(
+            r["quantity"].as_str().unwrap(),
+            dec8(&t.quantity),
+            "{key:?}"
+        );
+        let side = if t.buyer_is_maker { "SELL" } else { "BUY" };
+        assert_eq!(r["side"].as_str().unwrap(), side, "{key:?}");
+        assert_eq!(r["ts"].as_i64().unwrap(), t.time_ms * 1000, "{key:?}");
+        assert_eq!(r["exchange"].as_str().unwrap(), "BINANCE");
+    }
 }
 
 /// Normalizes a decimal string to 8 places, independently of ticklake.
