@@ -11,31 +11,10 @@ use common::*;
 #[test]
 fn replayed_captures_land_in_iceberg_exactly() {
     let brokers = tansu();
-    let caps = [
-        capture("BINANCE-ee25be.0.txt"),
-        capture("BINANCE_US.ws.1.0.txt"),
-    ];
-    let frames: Vec<String> = caps.iter().flat_map(|c| received_frames(c)).collect();
-    let truth = truth(&frames);
-    assert!(truth.len() > 1900, "captures hold {} trades", truth.len());
+    let (truth, replay, url) = replay_two_captures();
     let expected = truth.len() as i64;
-
-    let (mut replay, url) = start_replay(&caps, &[]);
     let env = Env::new(&brokers, Some(&url), "");
-    env.set("feeds.binance", "streams", r#"["trade", "aggTrade"]"#);
-    env.set(
-        "feeds.binance",
-        "symbols",
-        r#"["btcusdt", "ethusdt", "dotusdt", "compusdt", "crvusdt", "omgbusd", "zrxusdt"]"#,
-    );
-    let mut daemon = env.start_daemon("daemon");
-
-    wait_until("all trades committed", Duration::from_secs(180), || {
-        env.count("select count(*) from market.trades") >= expected
-    });
-    replay.kill();
-    // give a late duplicate (a reconnect overlap) the time to show up
-    std::thread::sleep(Duration::from_secs(2));
+    let mut daemon = store_two_captures(&env, replay, expected);
     let rows =
         env.query("select count(*) as n, count(distinct message_id) as d from market.trades");
     println!("market.trades: {} (expected {expected})", rows[0]);

@@ -16,7 +16,6 @@ mod common;
 
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -237,16 +236,9 @@ fn a_replayed_capture_lands_in_an_s3_warehouse_on_a_postgres_catalog_exactly_onc
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = bucket_client(&endpoint);
 
-    let caps = [
-        capture("BINANCE-ee25be.0.txt"),
-        capture("BINANCE_US.ws.1.0.txt"),
-    ];
-    let frames: Vec<String> = caps.iter().flat_map(|c| received_frames(c)).collect();
-    let truth = truth(&frames);
-    assert!(truth.len() > 1900, "captures hold {} trades", truth.len());
+    let (truth, replay, url) = replay_two_captures();
     let expected = truth.len() as i64;
 
-    let (mut replay, url) = start_replay(&caps, &[]);
     let env = Env::new(
         &brokers,
         Some(&url),
@@ -258,20 +250,7 @@ fn a_replayed_capture_lands_in_an_s3_warehouse_on_a_postgres_catalog_exactly_onc
              [maintenance]\nsnapshot_retention = \"0s\"\n"
         ),
     );
-    env.set("feeds.binance", "streams", r#"["trade", "aggTrade"]"#);
-    env.set(
-        "feeds.binance",
-        "symbols",
-        r#"["btcusdt", "ethusdt", "dotusdt", "compusdt", "crvusdt", "omgbusd", "zrxusdt"]"#,
-    );
-    let mut daemon = env.start_daemon("daemon");
-
-    wait_until("all trades committed", Duration::from_secs(180), || {
-        env.count("select count(*) from market.trades") >= expected
-    });
-    replay.kill();
-    // give a late duplicate (a reconnect overlap) the time to show up
-    std::thread::sleep(Duration::from_secs(2));
+    let mut daemon = store_two_captures(&env, replay, expected);
 
     // Every trade once, every value equal to its frame (the CLI reads S3).
     let rows =

@@ -515,6 +515,40 @@ pub fn truth(frames: &[String]) -> Vec<TruthTrade> {
     out
 }
 
+/// The two recorded Binance captures (Binance and Binance.US, `trade` and
+/// `aggTrade`) the end-to-end tests store: their trades, read here from the
+/// frames, and a replay serving them (its URL for the feed).
+pub fn replay_two_captures() -> (Vec<TruthTrade>, Proc, String) {
+    let caps = [
+        capture("BINANCE-ee25be.0.txt"),
+        capture("BINANCE_US.ws.1.0.txt"),
+    ];
+    let frames: Vec<String> = caps.iter().flat_map(|c| received_frames(c)).collect();
+    let truth = truth(&frames);
+    assert!(truth.len() > 1900, "captures hold {} trades", truth.len());
+    let (replay, url) = start_replay(&caps, &[]);
+    (truth, replay, url)
+}
+
+/// Starts `env`'s daemon on [`replay_two_captures`]' streams and symbols and
+/// waits until `expected` trades are committed; then stops the replay and
+/// gives a late duplicate (a reconnect overlap) 2 s to show up.
+pub fn store_two_captures(env: &Env, mut replay: Proc, expected: i64) -> Proc {
+    env.set("feeds.binance", "streams", r#"["trade", "aggTrade"]"#);
+    env.set(
+        "feeds.binance",
+        "symbols",
+        r#"["btcusdt", "ethusdt", "dotusdt", "compusdt", "crvusdt", "omgbusd", "zrxusdt"]"#,
+    );
+    let daemon = env.start_daemon("daemon");
+    wait_until("all trades committed", Duration::from_secs(180), || {
+        env.count("select count(*) from market.trades") >= expected
+    });
+    replay.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    daemon
+}
+
 /// Asserts that `market.trades` holds each of `truth`'s Binance trades
 /// once, with its frame's price, quantity, side and time.
 pub fn assert_lake_holds_frames(env: &Env, truth: &[TruthTrade]) {
