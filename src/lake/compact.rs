@@ -20,16 +20,31 @@
 //! the offsets of the snapshot it replaces, and the next metadata file.
 //! Then the catalog's pointer is swapped with the same compare-and-set the
 //! SQL catalog's own `update_table` runs, so a writer's append that landed
-//! meanwhile makes the swap fail. On a conflict the commit is built again
-//! on top of the new snapshot (its new files carried as EXISTING: an
-//! append is never lost), without rewriting the data. Merging the
-//! manifests is part of it: after a compaction a scan reads one manifest
-//! per partition.
+//! meanwhile makes the swap fail.
+//!
+//! On a conflict, when only appends landed since the base (a writer's
+//! commits, the usual case), the commit is rebased: its manifests stay,
+//! and a manifest list holding them and the appends' manifests, and the
+//! next metadata file, are written on the new snapshot. Its added files
+//! carry no sequence number of their own (they inherit the snapshot's,
+//! assigned in the list), which is what lets the manifests be reused. A
+//! retry is then a few small writes whatever the table's size; staging
+//! again from scratch reads every manifest, and on a table of many days
+//! lost every race to a writer committing more often than that takes.
+//! After anything else (a compaction, a delete) it is staged again on the
+//! new snapshot, and if a file it replaces is gone, nothing is committed.
+//! Neither ever rewrites the data, and an append is never lost.
+//!
+//! Merging the manifests is part of it: a partition compacted, or spread
+//! over several manifests, gets one of its own; a manifest holding only
+//! partitions that are neither is carried as it is. After a compaction a
+//! scan reads one manifest per partition, and a run writes the manifests
+//! of the partitions that changed, not of every day in the table.
 //!
 //! The replaced files stay readable by the older snapshots (time travel)
 //! until those expire (`maintain`), which then deletes them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -37,9 +52,10 @@ use arrow::array::RecordBatch;
 use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
 use arrow::datatypes::SchemaRef;
 use iceberg::spec::{
-    DataFile, MAIN_BRANCH, ManifestEntry, ManifestFile, ManifestListWriter, ManifestWriterBuilder,
-    Operation, Snapshot, SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, Summary,
-    TableMetadata, TableMetadataBuilder,
+    DataFile, MAIN_BRANCH, ManifestContentType, ManifestEntry, ManifestFile, ManifestListWriter,
+    ManifestStatus, ManifestWriterBuilder, Operation, Snapshot, SnapshotReference,
+    SnapshotRetention, SnapshotSummaryCollector, Summary, TableMetadata, TableMetadataBuilder,
+    UNASSIGNED_SEQUENCE_NUMBER,
 };
 use iceberg::table::Table;
 use iceberg::{Catalog, MetadataLocation, TableIdent};
@@ -239,40 +255,42 @@ pub async fn compact(
     report.files_replaced = replaced.len();
     report.files_written = added.len();
 
-    let mut table = table;
-    for attempt in 1..=MAX_ATTEMPTS {
-        report.attempts = attempt;
-        let staged = stage(&table, &replaced, &added).await?;
-        let old = table
-            .metadata_location()
-            .ok_or_else(|| LakeError::Catalog(format!("{ident} has no metadata file")))?
-            .to_string();
-        if db.swap(ident, &old, &staged.location).await? {
-            report.snapshot_id = Some(staged.snapshot_id);
-            report.manifests_after = staged.manifests;
+    match swap_in(
+        catalog,
+        db,
+        ident,
+        table,
+        &replaced,
+        &added,
+        Operation::Replace,
+    )
+    .await?
+    {
+        Swapped::Committed {
+            snapshot_id,
+            manifests,
+            attempts,
+        } => {
+            report.attempts = attempts;
+            report.snapshot_id = Some(snapshot_id);
+            report.manifests_after = manifests;
             report.duration_ms = started.elapsed().as_millis() as u64;
-            return Ok(report);
+            Ok(report)
         }
-        // A writer committed first: build again on its snapshot.
-        discard(&table, &staged.written).await;
-        table = catalog.load_table(ident).await?;
-        let alive: HashSet<String> = live_entries(&table)
-            .await?
-            .iter()
-            .map(|e| e.data_file.file_path().to_string())
-            .collect();
-        if !replaced.iter().all(|p| alive.contains(p)) {
-            // Someone else replaced them: ours are garbage.
+        lost => {
+            // Nothing references the rewritten files.
+            let table = catalog.load_table(ident).await?;
             discard_paths(&table, added.iter().map(|f| f.file_path().to_string())).await;
-            return Err(LakeError::Catalog(format!(
-                "{ident}: the files to replace changed under the compaction; nothing committed"
-            )));
+            Err(LakeError::Catalog(match lost {
+                Swapped::Changed => format!(
+                    "{ident}: the files to replace changed under the compaction; nothing committed"
+                ),
+                _ => format!(
+                    "{ident}: writers committed first {MAX_ATTEMPTS} times in a row; compaction gave up this run"
+                ),
+            }))
         }
     }
-    discard_paths(&table, added.iter().map(|f| f.file_path().to_string())).await;
-    Err(LakeError::Catalog(format!(
-        "{ident}: writers committed first {MAX_ATTEMPTS} times in a row; compaction gave up this run"
-    )))
 }
 
 /// What dropping old partitions did to one table.
@@ -302,36 +320,34 @@ pub async fn retire(
         table: ident.to_string(),
         ..RetireReport::default()
     };
-    for _ in 0..MAX_ATTEMPTS {
-        let table = catalog.load_table(ident).await?;
-        let old: Vec<ManifestEntry> = live_entries(&table)
-            .await?
-            .into_iter()
-            .filter(|e| day_of(e).is_some_and(|d| d < first_kept))
-            .collect();
-        if old.is_empty() {
-            return Ok(report);
-        }
-        let gone: HashSet<String> = old
-            .iter()
-            .map(|e| e.data_file.file_path().to_string())
-            .collect();
-        let staged = stage_as(&table, &gone, &[], Operation::Delete).await?;
-        let current = table
-            .metadata_location()
-            .ok_or_else(|| LakeError::Catalog(format!("{ident} has no metadata file")))?;
-        if db.swap(ident, current, &staged.location).await? {
+    let table = catalog.load_table(ident).await?;
+    let old: Vec<ManifestEntry> = live_entries(&table)
+        .await?
+        .into_iter()
+        .filter(|e| day_of(e).is_some_and(|d| d < first_kept))
+        .collect();
+    if old.is_empty() {
+        return Ok(report);
+    }
+    let gone: HashSet<String> = old
+        .iter()
+        .map(|e| e.data_file.file_path().to_string())
+        .collect();
+    match swap_in(catalog, db, ident, table, &gone, &[], Operation::Delete).await? {
+        Swapped::Committed { snapshot_id, .. } => {
             report.files = old.len();
             report.rows = old.iter().map(|e| e.data_file.record_count()).sum();
             report.bytes = old.iter().map(|e| e.data_file.file_size_in_bytes()).sum();
-            report.snapshot_id = Some(staged.snapshot_id);
-            return Ok(report);
+            report.snapshot_id = Some(snapshot_id);
+            Ok(report)
         }
-        discard(&table, &staged.written).await;
+        Swapped::Changed => Err(LakeError::Catalog(format!(
+            "{ident}: the old partitions changed under the delete; they stay until the next run"
+        ))),
+        Swapped::GaveUp => Err(LakeError::Catalog(format!(
+            "{ident}: writers committed first {MAX_ATTEMPTS} times in a row; old partitions stay until the next run"
+        ))),
     }
-    Err(LakeError::Catalog(format!(
-        "{ident}: writers committed first {MAX_ATTEMPTS} times in a row; old partitions stay until the next run"
-    )))
 }
 
 /// The day (since the Unix epoch) of an entry's partition, when its first
@@ -460,60 +476,223 @@ fn sort(batch: &RecordBatch, columns: &[String]) -> Result<RecordBatch, LakeErro
     Ok(take_record_batch(batch, &order)?)
 }
 
-/// A replace commit written and not yet swapped in.
+/// A replace (or delete) commit written and not yet swapped in.
 struct Staged {
     snapshot_id: i64,
-    location: String,
+    operation: Operation,
+    /// The snapshot it was first built on, and the manifests of that
+    /// snapshot's list: whatever a later snapshot lists beyond those, a
+    /// commit landed after it, and a rebase takes over.
+    base_snapshot_id: i64,
+    base_manifests: HashSet<String>,
+    /// The base's manifests kept as they are: their partitions are neither
+    /// touched by this commit nor spread over other manifests.
+    carried: Vec<ManifestFile>,
+    /// The manifests this commit wrote, one per partition it rewrote. The
+    /// files it adds carry no sequence number of their own: they inherit
+    /// the snapshot's, assigned in the manifest list, so a rebase reuses
+    /// these manifests under a later sequence number.
+    own: Vec<ManifestFile>,
+    /// What it removes and adds, as snapshot summary properties (without
+    /// the running totals, which depend on the base).
+    changes: HashMap<String, String>,
+    /// Manifests in the snapshot's list.
     manifests: usize,
-    /// Its manifests, manifest list and metadata file, to delete if the
-    /// swap loses.
-    written: Vec<String>,
+    /// The metadata file to swap in.
+    location: String,
+    /// Its manifest list and metadata file: written again by a rebase, and
+    /// deleted when their swap loses.
+    top: Vec<String>,
+}
+
+impl Staged {
+    /// Every file it wrote.
+    fn written(&self) -> impl Iterator<Item = String> + '_ {
+        self.own
+            .iter()
+            .map(|m| m.manifest_path.clone())
+            .chain(self.top.iter().cloned())
+    }
+}
+
+/// How swapping a staged commit in ended.
+enum Swapped {
+    Committed {
+        snapshot_id: i64,
+        /// Manifests in its list.
+        manifests: usize,
+        attempts: usize,
+    },
+    /// Files it was to remove are no longer live: another commit replaced
+    /// or deleted them. Nothing was committed.
+    Changed,
+    /// Writers committed first every time.
+    GaveUp,
+}
+
+/// Stages a `operation` commit of `replaced` and `added` on `table` and
+/// swaps it in. When another commit lands first and everything committed
+/// since the base is an append, the staged manifests stay and only a new
+/// manifest list (with the appends' manifests) and metadata file are
+/// written: a few small files, not one per partition, so the window for
+/// the next writer's commit is short however large the table. Otherwise it
+/// is staged again on the new snapshot.
+async fn swap_in(
+    catalog: &dyn Catalog,
+    db: &CatalogDb,
+    ident: &TableIdent,
+    mut table: Table,
+    replaced: &HashSet<String>,
+    added: &[DataFile],
+    operation: Operation,
+) -> Result<Swapped, LakeError> {
+    let Some(mut staged) = stage_as(&table, replaced, added, operation.clone()).await? else {
+        return Ok(Swapped::Changed);
+    };
+    for attempt in 1..=MAX_ATTEMPTS {
+        let old = table
+            .metadata_location()
+            .ok_or_else(|| LakeError::Catalog(format!("{ident} has no metadata file")))?
+            .to_string();
+        if db.swap(ident, &old, &staged.location).await? {
+            return Ok(Swapped::Committed {
+                snapshot_id: staged.snapshot_id,
+                manifests: staged.manifests,
+                attempts: attempt,
+            });
+        }
+        // Another commit landed first: build again on its snapshot.
+        discard_paths(&table, staged.top.drain(..)).await;
+        table = catalog.load_table(ident).await?;
+        if rebase(&table, &mut staged, replaced.len(), added).await? {
+            continue;
+        }
+        discard_paths(&table, staged.written()).await;
+        match stage_as(&table, replaced, added, operation.clone()).await? {
+            Some(again) => staged = again,
+            None => return Ok(Swapped::Changed),
+        }
+    }
+    discard_paths(&table, staged.written()).await;
+    Ok(Swapped::GaveUp)
 }
 
 /// Writes the manifests, manifest list and metadata file of a `replace`
 /// snapshot on top of `table`'s current one.
+#[cfg(test)]
 async fn stage(
     table: &Table,
     replaced: &HashSet<String>,
     added: &[DataFile],
-) -> Result<Staged, LakeError> {
+) -> Result<Option<Staged>, LakeError> {
     stage_as(table, replaced, added, Operation::Replace).await
 }
 
-/// [`stage`] for any operation: `Replace` (compaction) or `Delete` (whole
-/// partitions past retention, nothing added).
+/// The current snapshot's data manifests, each with its live entries.
+async fn manifests_with_entries(
+    table: &Table,
+    snapshot: &iceberg::spec::SnapshotRef,
+) -> Result<Vec<(ManifestFile, Vec<ManifestEntry>)>, LakeError> {
+    let list = table.manifest_list_reader(snapshot).load().await?;
+    let mut out = Vec::new();
+    for mf in list.entries() {
+        if mf.content != ManifestContentType::Data {
+            return Err(LakeError::Catalog(format!(
+                "{} has delete files (written by another engine); they are not applied here",
+                table.identifier()
+            )));
+        }
+        let manifest = mf.load_manifest(table.file_io()).await?;
+        let live = manifest
+            .entries()
+            .iter()
+            .filter(|e| e.is_alive())
+            .map(|e| (**e).clone())
+            .collect();
+        out.push((mf.clone(), live));
+    }
+    Ok(out)
+}
+
+/// A partition of the base snapshot, as [`stage_as`] sees it.
+#[derive(Default)]
+struct Part<'a> {
+    /// Indices of the base manifests holding live files of it.
+    manifests: BTreeSet<usize>,
+    live: Vec<&'a ManifestEntry>,
+    new: Vec<&'a DataFile>,
+    /// Files of it are replaced or added.
+    touched: bool,
+}
+
+/// Stages a commit of `operation`: `Replace` (compaction) or `Delete`
+/// (whole partitions past retention, nothing added). The partitions it
+/// touches, and those whose files several manifests share, get one new
+/// manifest each (merging a writer's many small manifests); a manifest
+/// holding only partitions that are neither is carried as it is, so a
+/// table of many days costs the manifests of the days that changed.
+/// `None` when a file to remove is not live in `table`: another commit
+/// replaced or deleted it.
 async fn stage_as(
     table: &Table,
     replaced: &HashSet<String>,
     added: &[DataFile],
     operation: Operation,
-) -> Result<Staged, LakeError> {
+) -> Result<Option<Staged>, LakeError> {
     let meta = table.metadata();
     let base = meta
         .current_snapshot()
         .ok_or_else(|| LakeError::Catalog("compaction of a table without a snapshot".into()))?;
-    let entries = live_entries(table).await?;
+    let loaded = manifests_with_entries(table, base).await?;
     let snapshot_id = new_snapshot_id(meta);
-    let seq = meta.next_sequence_number();
     let schema = meta.current_schema().clone();
     let spec = meta.default_partition_spec().as_ref().clone();
     let commit = uuid::Uuid::new_v4();
-    let mut written = Vec::new();
 
-    let mut by_partition: BTreeMap<String, (Vec<&ManifestEntry>, Vec<&DataFile>)> = BTreeMap::new();
-    for e in &entries {
-        by_partition.entry(partition_key(e)).or_default().0.push(e);
+    let mut parts: BTreeMap<String, Part> = BTreeMap::new();
+    for (i, (_, live)) in loaded.iter().enumerate() {
+        for e in live {
+            let part = parts.entry(partition_key(e)).or_default();
+            part.manifests.insert(i);
+            part.live.push(e);
+            part.touched |= replaced.contains(e.data_file.file_path());
+        }
+    }
+    let found = parts
+        .values()
+        .flat_map(|p| &p.live)
+        .filter(|e| replaced.contains(e.data_file.file_path()))
+        .count();
+    if found != replaced.len() {
+        return Ok(None);
     }
     for f in added {
-        by_partition
-            .entry(format!("{:?}", f.partition()))
-            .or_default()
-            .1
-            .push(f);
+        let part = parts.entry(format!("{:?}", f.partition())).or_default();
+        part.new.push(f);
+        part.touched = true;
     }
+    // A manifest is carried when each of its partitions lives in it alone
+    // and is untouched; a manifest with no live file is dropped.
+    let mut rewritten: HashSet<usize> = HashSet::new();
+    for part in parts.values() {
+        if part.touched || part.manifests.len() > 1 {
+            rewritten.extend(part.manifests.iter().copied());
+        }
+    }
+    let carried: Vec<ManifestFile> = loaded
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, live))| !live.is_empty() && !rewritten.contains(i))
+        .map(|(_, (mf, _))| mf.clone())
+        .collect();
+
     let mut summary = SnapshotSummaryCollector::default();
-    let mut manifests: Vec<ManifestFile> = Vec::new();
-    for (i, (_, (old, new))) in by_partition.into_iter().enumerate() {
+    let mut own: Vec<ManifestFile> = Vec::new();
+    let mut written = Vec::new();
+    let rewrite_parts = parts
+        .into_values()
+        .filter(|p| p.manifests.iter().any(|i| rewritten.contains(i)) || !p.new.is_empty());
+    for (i, part) in rewrite_parts.enumerate() {
         let path = format!("{}/metadata/{commit}-m{i}.avro", meta.location());
         let mut w = ManifestWriterBuilder::new(
             table.file_io().new_output(&path)?,
@@ -522,7 +701,7 @@ async fn stage_as(
             spec.clone(),
         )
         .build_v2_data();
-        for e in old {
+        for e in part.live {
             let data_seq = e.sequence_number.unwrap_or(0);
             let file_seq = e.file_sequence_number.or(e.sequence_number);
             if replaced.contains(e.data_file.file_path()) {
@@ -537,18 +716,122 @@ async fn stage_as(
                 w.add_existing_file(e.data_file.clone(), added_by, data_seq, file_seq)?;
             }
         }
-        for f in new {
+        for f in part.new {
             summary.add_file(f, schema.clone(), meta.default_partition_spec().clone());
-            w.add_file(f.clone(), seq)?;
+            w.add_file(f.clone(), UNASSIGNED_SEQUENCE_NUMBER)?;
         }
         written.push(path);
-        manifests.push(w.write_manifest_file().await?);
+        match w.write_manifest_file().await {
+            Ok(m) => own.push(m),
+            Err(e) => {
+                discard_paths(table, written.into_iter()).await;
+                return Err(e.into());
+            }
+        }
     }
+    let mut staged = Staged {
+        snapshot_id,
+        operation,
+        base_snapshot_id: base.snapshot_id(),
+        base_manifests: loaded
+            .iter()
+            .map(|(mf, _)| mf.manifest_path.clone())
+            .collect(),
+        carried,
+        own,
+        changes: summary.build(),
+        manifests: 0,
+        location: String::new(),
+        top: Vec::new(),
+    };
+    if let Err(e) = seal(table, &mut staged, Vec::new(), replaced.len(), added).await {
+        discard_paths(table, staged.written()).await;
+        return Err(e);
+    }
+    Ok(Some(staged))
+}
+
+/// Puts `staged` on top of `table`'s current snapshot again, when all
+/// that was committed since its base is appends: their manifests join its
+/// list. `false` when something else landed (a compaction, a delete, a
+/// commit by another engine) and it must be staged again.
+async fn rebase(
+    table: &Table,
+    staged: &mut Staged,
+    replaced: usize,
+    added: &[DataFile],
+) -> Result<bool, LakeError> {
+    let meta = table.metadata();
+    let Some(current) = meta.current_snapshot() else {
+        return Ok(false);
+    };
+    if meta.snapshot_by_id(staged.snapshot_id).is_some() {
+        return Ok(false);
+    }
+    // Appends add files and remove none: what this commit removes is
+    // still there, and its manifests still describe the base's files.
+    let mut s = current;
+    while s.snapshot_id() != staged.base_snapshot_id {
+        if s.summary().operation != Operation::Append {
+            return Ok(false);
+        }
+        match s.parent_snapshot_id().and_then(|p| meta.snapshot_by_id(p)) {
+            Some(parent) => s = parent,
+            None => return Ok(false),
+        }
+    }
+    let list = table.manifest_list_reader(current).load().await?;
+    let mut appended = Vec::new();
+    for mf in list.entries() {
+        if staged.base_manifests.contains(&mf.manifest_path) {
+            continue;
+        }
+        if mf.content != ManifestContentType::Data {
+            return Ok(false);
+        }
+        let manifest = mf.load_manifest(table.file_io()).await?;
+        if manifest
+            .entries()
+            .iter()
+            .any(|e| e.status() != ManifestStatus::Added)
+        {
+            return Ok(false);
+        }
+        appended.push(mf.clone());
+    }
+    seal(table, staged, appended, replaced, added).await?;
+    Ok(true)
+}
+
+/// Writes the manifest list and the metadata file of `staged` on top of
+/// `table`'s current snapshot: its own and carried manifests, and
+/// `appended` (the manifests of appends since its base).
+async fn seal(
+    table: &Table,
+    staged: &mut Staged,
+    appended: Vec<ManifestFile>,
+    replaced: usize,
+    added: &[DataFile],
+) -> Result<(), LakeError> {
+    let meta = table.metadata();
+    let base = meta
+        .current_snapshot()
+        .ok_or_else(|| LakeError::Catalog("compaction of a table without a snapshot".into()))?;
+    let snapshot_id = staged.snapshot_id;
+    let seq = meta.next_sequence_number();
+    let manifests: Vec<ManifestFile> = staged
+        .own
+        .iter()
+        .chain(&staged.carried)
+        .cloned()
+        .chain(appended)
+        .collect();
     let manifest_count = manifests.len();
 
     let list_path = format!(
-        "{}/metadata/snap-{snapshot_id}-0-{commit}.avro",
-        meta.location()
+        "{}/metadata/snap-{snapshot_id}-{seq}-{}.avro",
+        meta.location(),
+        uuid::Uuid::new_v4()
     );
     let mut list = ManifestListWriter::v2(
         table.file_io().new_output(&list_path)?.writer().await?,
@@ -558,10 +841,10 @@ async fn stage_as(
     );
     list.add_manifests(manifests.into_iter())?;
     list.close().await?;
-    written.push(list_path.clone());
+    staged.top.push(list_path.clone());
 
-    let mut properties = summary.build();
-    totals(&mut properties, base.summary(), replaced.len(), added);
+    let mut properties = staged.changes.clone();
+    totals(&mut properties, base.summary(), replaced, added);
     // The rows are the same, so the Kafka positions are too; a snapshot
     // without them would make readers walk back to an older one.
     if let Some((_, offsets)) = current_offsets(table)? {
@@ -580,7 +863,7 @@ async fn stage_as(
         .with_parent_snapshot_id(Some(base.snapshot_id()))
         .with_sequence_number(seq)
         .with_summary(Summary {
-            operation,
+            operation: staged.operation.clone(),
             additional_properties: properties,
         })
         .with_schema_id(meta.current_schema_id())
@@ -601,13 +884,10 @@ async fn stage_as(
     let location = MetadataLocation::from_str(current_location)?.with_next_version();
     next.write_to(table.file_io(), &location).await?;
     let location = location.to_string();
-    written.push(location.clone());
-    Ok(Staged {
-        snapshot_id,
-        location,
-        manifests: manifest_count,
-        written,
-    })
+    staged.top.push(location.clone());
+    staged.location = location;
+    staged.manifests = manifest_count;
+    Ok(())
 }
 
 /// The snapshot's running totals: the base's, less what was replaced,
@@ -656,10 +936,6 @@ fn new_snapshot_id(meta: &TableMetadata) -> i64 {
             return id;
         }
     }
-}
-
-async fn discard(table: &Table, staged: &[String]) {
-    discard_paths(table, staged.iter().cloned()).await;
 }
 
 async fn discard_paths(table: &Table, paths: impl Iterator<Item = String>) {
@@ -958,14 +1234,14 @@ mod tests {
             .iter()
             .map(|e| e.data_file.file_path().to_string())
             .collect();
-        let staged = stage(&table, &replaced, &added).await.unwrap();
+        let staged = stage(&table, &replaced, &added).await.unwrap().unwrap();
         commit_trades(&cfg, catalog.as_ref(), 1, 200).await;
         let old = table.metadata_location().unwrap();
         assert!(
             !db.swap(&ident, old, &staged.location).await.unwrap(),
             "a stale swap must lose"
         );
-        discard(&table, &staged.written).await;
+        discard_paths(&table, staged.written()).await;
         discard_paths(&table, added.iter().map(|f| f.file_path().to_string())).await;
         let r = compact(catalog.as_ref(), &db, &ident, &policy())
             .await
@@ -1035,6 +1311,267 @@ mod tests {
         assert_eq!(current_offsets(&table).unwrap().unwrap().1, offsets(4));
         let left = rows(catalog.as_ref(), &ident).await;
         assert_eq!(left, vec![("BTCUSDT".to_string(), "X-3".to_string())]);
+    }
+
+    /// Appends `rounds` batches of one trade per day over `days` days,
+    /// ending today: `days` partitions, each spread over `rounds`
+    /// manifests.
+    async fn many_days(catalog: &dyn Catalog, ident: &TableIdent, days: i64, rounds: i64) {
+        let table = catalog.load_table(ident).await.unwrap();
+        let schema = lake::batch::arrow_schema(table.metadata().current_schema()).unwrap();
+        let now = chrono::Utc::now().timestamp_micros();
+        let day = 86_400_000_000i64;
+        for r in 0..rounds {
+            let t: Vec<TradeV2> = (0..days)
+                .map(|d| {
+                    TradeV2::builder("X", "BTCUSDT", &format!("{r}-{d}"), now - d * day).build()
+                })
+                .collect();
+            let batch = lake::batch::trades_batch(&schema, &t).unwrap();
+            append(catalog, ident, Some(&batch), &offsets(r + 1), 1 << 20)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// The manifests of the current snapshot's list: (written by it,
+    /// carried from older snapshots).
+    async fn own_and_carried(catalog: &dyn Catalog, ident: &TableIdent) -> (usize, usize) {
+        let table = catalog.load_table(ident).await.unwrap();
+        let snap = table.metadata().current_snapshot().unwrap();
+        let list = table.manifest_list_reader(snap).load().await.unwrap();
+        let own = list
+            .entries()
+            .iter()
+            .filter(|m| m.added_snapshot_id == snap.snapshot_id())
+            .count();
+        (own, list.entries().len() - own)
+    }
+
+    /// A compaction rewrites the manifests of the partitions it touches and
+    /// of those spread over several manifests; a partition already in one
+    /// manifest of its own keeps it. A table of many days then costs the
+    /// manifests of the days that changed, not one per day.
+    #[tokio::test]
+    async fn only_the_manifests_of_changed_partitions_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, catalog, _, ident, _) = lake::test_lake(dir.path()).await;
+        let db = CatalogDb::open(&cfg).await.unwrap().unwrap();
+        let days = 40;
+        many_days(catalog.as_ref(), &ident, days, 3).await;
+        commit_trades(&cfg, catalog.as_ref(), 8, 1000).await;
+        // `days` partitions of three files each (too few to compact), each
+        // spread over the three rounds' manifests, and the one partition of
+        // `commit_trades`' trades (of November 2023): all merged, one
+        // manifest per partition, the 2023 files compacted.
+        let partitions = days as usize + 1;
+        let r = compact(catalog.as_ref(), &db, &ident, &policy())
+            .await
+            .unwrap();
+        assert_eq!((r.files_replaced, r.files_written), (8, 1), "{r:?}");
+        assert_eq!(r.manifests_before, 3 + 8);
+        assert_eq!(r.manifests_after, partitions, "{r:?}");
+        assert_eq!(
+            own_and_carried(catalog.as_ref(), &ident).await,
+            (partitions, 0)
+        );
+
+        // Later appends touch the 2023 partition alone.
+        commit_trades(&cfg, catalog.as_ref(), 8, 2000).await;
+        let r = compact(catalog.as_ref(), &db, &ident, &policy())
+            .await
+            .unwrap();
+        assert_eq!((r.files_replaced, r.files_written), (8 + 1, 1), "{r:?}");
+        assert_eq!(r.manifests_after, partitions, "{r:?}");
+        assert_eq!(
+            own_and_carried(catalog.as_ref(), &ident).await,
+            (1, days as usize),
+            "only the compacted partition's manifest is new"
+        );
+        let got = rows(catalog.as_ref(), &ident).await;
+        assert_eq!(got.len(), (3 * days + 16) as usize);
+        let ids: HashSet<&str> = got.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(ids.len(), got.len());
+        let table = catalog.load_table(&ident).await.unwrap();
+        let snap = table.metadata().current_snapshot().unwrap();
+        assert_eq!(
+            snap.summary().additional_properties.get("total-records"),
+            Some(&(3 * days + 16).to_string())
+        );
+        assert_eq!(
+            snap.summary().additional_properties.get("total-data-files"),
+            Some(&(3 * days + 1).to_string())
+        );
+    }
+
+    /// A writer's append landing between staging and the swap: the staged
+    /// manifests stay, and only a manifest list (with the append's
+    /// manifest) and a metadata file are written again on top of it.
+    #[tokio::test]
+    async fn an_append_that_lands_first_is_taken_over_by_a_rebase() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, catalog, _, ident, _) = lake::test_lake(dir.path()).await;
+        let db = CatalogDb::open(&cfg).await.unwrap().unwrap();
+        many_days(catalog.as_ref(), &ident, 20, 1).await;
+        commit_trades(&cfg, catalog.as_ref(), 6, 0).await;
+        let table = catalog.load_table(&ident).await.unwrap();
+        let entries = live_entries(&table).await.unwrap();
+        let chunks = plan(&table, &entries, &policy());
+        assert_eq!(chunks.len(), 1);
+        let added = rewrite(&table, &chunks[0], &policy()).await.unwrap();
+        let replaced: HashSet<String> = chunks[0]
+            .iter()
+            .map(|e| e.data_file.file_path().to_string())
+            .collect();
+        let mut staged = stage(&table, &replaced, &added).await.unwrap().unwrap();
+        let own: Vec<String> = staged.own.iter().map(|m| m.manifest_path.clone()).collect();
+        assert_eq!(own.len(), 1, "one partition rewritten");
+        assert_eq!(staged.carried.len(), 1, "the 20 days' manifest is kept");
+
+        // Two appends land: the stale swap loses.
+        commit_trades(&cfg, catalog.as_ref(), 2, 100).await;
+        let old = table.metadata_location().unwrap().to_string();
+        assert!(!db.swap(&ident, &old, &staged.location).await.unwrap());
+        discard_paths(&table, staged.top.drain(..)).await;
+        let table = catalog.load_table(&ident).await.unwrap();
+        assert!(
+            rebase(&table, &mut staged, replaced.len(), &added)
+                .await
+                .unwrap()
+        );
+        let same: Vec<String> = staged.own.iter().map(|m| m.manifest_path.clone()).collect();
+        assert_eq!(same, own, "the manifests are not written again");
+        assert_eq!(staged.top.len(), 2, "a manifest list and a metadata file");
+        assert_eq!(staged.manifests, 1 + 1 + 2);
+        let old = table.metadata_location().unwrap().to_string();
+        assert!(db.swap(&ident, &old, &staged.location).await.unwrap());
+
+        let table = catalog.load_table(&ident).await.unwrap();
+        let snap = table.metadata().current_snapshot().unwrap();
+        assert_eq!(snap.summary().operation, Operation::Replace);
+        assert_eq!(current_offsets(&table).unwrap().unwrap().1, offsets(102));
+        assert_eq!(
+            snap.summary().additional_properties.get("total-records"),
+            Some(&(20 + 6 + 2).to_string())
+        );
+        // The compacted file inherits the rebased snapshot's sequence
+        // number, after the appends'.
+        let parent = table
+            .metadata()
+            .snapshot_by_id(snap.parent_snapshot_id().unwrap())
+            .unwrap();
+        assert!(snap.sequence_number() > parent.sequence_number());
+        let compacted = live_entries(&table)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|e| e.data_file.file_path() == added[0].file_path())
+            .unwrap();
+        assert_eq!(compacted.sequence_number, Some(snap.sequence_number()));
+        let got = rows(catalog.as_ref(), &ident).await;
+        assert_eq!(got.len(), 20 + 6 + 2);
+        let ids: HashSet<&str> = got.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(ids.len(), got.len());
+        assert!(ids.contains("X-100") && ids.contains("X-101"));
+    }
+
+    /// A replace landing first is not an append: the staged commit cannot
+    /// be rebased, and its files are found replaced.
+    #[tokio::test]
+    async fn a_replace_that_lands_first_is_not_rebased_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, catalog, _, ident, _) = lake::test_lake(dir.path()).await;
+        let db = CatalogDb::open(&cfg).await.unwrap().unwrap();
+        commit_trades(&cfg, catalog.as_ref(), 6, 0).await;
+        let table = catalog.load_table(&ident).await.unwrap();
+        let entries = live_entries(&table).await.unwrap();
+        let chunks = plan(&table, &entries, &policy());
+        let added = rewrite(&table, &chunks[0], &policy()).await.unwrap();
+        let replaced: HashSet<String> = chunks[0]
+            .iter()
+            .map(|e| e.data_file.file_path().to_string())
+            .collect();
+        let mut staged = stage(&table, &replaced, &added).await.unwrap().unwrap();
+        let r = compact(catalog.as_ref(), &db, &ident, &policy())
+            .await
+            .unwrap();
+        assert_eq!(r.files_replaced, 6);
+        let now = catalog.load_table(&ident).await.unwrap();
+        assert!(
+            !rebase(&now, &mut staged, replaced.len(), &added)
+                .await
+                .unwrap()
+        );
+        discard_paths(&now, staged.written()).await;
+        // Staged on the table it was planned on, its swap loses, and the
+        // files it would replace are gone.
+        match swap_in(
+            catalog.as_ref(),
+            &db,
+            &ident,
+            table.clone(),
+            &replaced,
+            &added,
+            Operation::Replace,
+        )
+        .await
+        .unwrap()
+        {
+            Swapped::Changed => {}
+            Swapped::Committed { .. } => panic!("replaced twice"),
+            Swapped::GaveUp => panic!("gave up instead of seeing the change"),
+        }
+        assert_eq!(rows(catalog.as_ref(), &ident).await.len(), 6);
+        // Nor can it be staged on the new snapshot.
+        assert!(
+            stage(&now, &replaced, &added).await.unwrap().is_none(),
+            "staged with its files already replaced"
+        );
+    }
+
+    /// A writer committing every few milliseconds while a table of many
+    /// days is compacted: before rebasing, each attempt staged one
+    /// manifest per day and lost every race to the writer. Now the
+    /// compaction commits, and every append is kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compaction_commits_while_a_writer_commits_every_few_milliseconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, catalog, _, ident, _) = lake::test_lake(dir.path()).await;
+        let db = CatalogDb::open(&cfg).await.unwrap().unwrap();
+        let days = 150;
+        many_days(catalog.as_ref(), &ident, days, 1).await;
+        commit_trades(&cfg, catalog.as_ref(), 8, 0).await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (cfg, catalog, stop) = (cfg.clone(), catalog.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    commit_trades(&cfg, catalog.as_ref(), 1, 10_000 + n).await;
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                n
+            })
+        };
+        // Let the writer get going.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = compact(catalog.as_ref(), &db, &ident, &policy()).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let appended = writer.await.unwrap();
+        let r = r.unwrap();
+        assert!(r.snapshot_id.is_some(), "{r:?}");
+        assert!(r.files_replaced >= 8, "{r:?}");
+        eprintln!("compaction: {r:?}; {appended} appends meanwhile");
+        let got = rows(catalog.as_ref(), &ident).await;
+        assert_eq!(got.len(), days as usize + 8 + appended as usize);
+        let ids: HashSet<&str> = got.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(ids.len(), got.len());
+        let table = catalog.load_table(&ident).await.unwrap();
+        assert_eq!(
+            current_offsets(&table).unwrap().unwrap().1,
+            offsets(10_000 + appended)
+        );
     }
 
     fn count_parquet(dir: &std::path::Path) -> usize {
