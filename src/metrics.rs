@@ -103,6 +103,7 @@ pub struct Metrics {
     pub feed_connected: IntGaugeVec,
     pub feed_last_trade_age_seconds: GaugeVec,
     pub consumer_lag_records: IntGaugeVec,
+    pub consumer_lag_seconds: GaugeVec,
     pub consumer_lag_age_seconds: GaugeVec,
     /// Wall time of a `/v1/*` request until its answer's head, by route
     /// and status class.
@@ -509,6 +510,11 @@ impl Metrics {
             "Records on a partition past the writers' position (high watermark minus position), from the degradation supervisor's last watermark sample.",
             &["topic", "partition"],
         )?;
+        let consumer_lag_seconds = fgauge(
+            "ticklake_consumer_lag_seconds",
+            "Seconds since the oldest record on a partition past the writers' position reached the partition (0 when none waits), estimated from when the supervisor saw the partition's end pass it; late by at most a sample and the watermarks' age.",
+            &["topic", "partition"],
+        )?;
         let consumer_lag_age_seconds = fgauge(
             "ticklake_consumer_lag_age_seconds",
             "Age of the watermarks behind ticklake_consumer_lag_records (since the start while none was read): the lag is only as fresh as this.",
@@ -536,6 +542,7 @@ impl Metrics {
             feed_connected,
             feed_last_trade_age_seconds,
             consumer_lag_records,
+            consumer_lag_seconds,
             consumer_lag_age_seconds,
             query_duration_seconds,
             losses: crate::ledger::Losses::new(records_lost.clone()),

@@ -76,6 +76,13 @@ pub fn export(src: &StatusSources) {
                 .set(*lag);
         }
     }
+    for (topic, partitions) in &sup.lag_seconds {
+        for (partition, secs) in partitions {
+            m.consumer_lag_seconds
+                .with_label_values(&[topic, &partition.to_string()])
+                .set(*secs);
+        }
+    }
     let age = match sup.lag_age_ms {
         Some(ms) => ms as f64 / 1000.0,
         // No watermarks read yet: the lag is as old as the daemon.
@@ -106,6 +113,7 @@ pub async fn collect(src: &StatusSources) -> Value {
         "degradation": sup.level,
         "lag": sup.lag,
         "lag_age_ms": sup.lag_age_ms,
+        "lag_seconds": sup.lag_seconds,
         "breakers": breakers,
         "spill": spill,
         "accounting": accounting,

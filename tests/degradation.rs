@@ -223,7 +223,21 @@ replay_batch = 200
     // When the test first saw tier 3 degraded, and how many tier-3 trades
     // the feed had received by then: the diagnosis when it never is.
     let mut first_degraded: Option<(f64, String, u64)> = None;
+    // The largest consumer lag seen, in records and in seconds.
+    let mut lag_peak = (0i64, 0f64);
     let mut watch = |s: &Value| {
+        let per_partition = |key: &str| -> Vec<f64> {
+            s[key]
+                .as_object()
+                .into_iter()
+                .flat_map(|t| t.values())
+                .flat_map(|p| p.as_object().unwrap().values())
+                .map(|v| v.as_f64().unwrap())
+                .collect()
+        };
+        let records = per_partition("lag").into_iter().fold(0.0, f64::max) as i64;
+        let seconds = per_partition("lag_seconds").into_iter().fold(0.0, f64::max);
+        lag_peak = (lag_peak.0.max(records), lag_peak.1.max(seconds));
         let rss = s["degradation"]["last_signals"]["rss_bytes"]
             .as_f64()
             .unwrap_or(0.0) as u64;
@@ -244,6 +258,28 @@ replay_batch = 200
     );
 
     replay.kill();
+
+    // The backlog also shows as lag in time: the oldest record waiting
+    // was seconds old at the peak, never older than the run, and nothing
+    // waits once settled.
+    println!(
+        "peak consumer lag: {} records, {:.2} s",
+        lag_peak.0, lag_peak.1
+    );
+    assert!(
+        lag_peak.0 == 0 || lag_peak.1 > 0.0,
+        "a lag of {} records never showed as lag in time",
+        lag_peak.0
+    );
+    assert!(
+        lag_peak.1 <= started.elapsed().as_secs_f64(),
+        "{lag_peak:?}"
+    );
+    for t in s["lag_seconds"].as_object().unwrap().values() {
+        for (p, secs) in t.as_object().unwrap() {
+            assert_eq!(secs.as_f64(), Some(0.0), "partition {p} once settled");
+        }
+    }
 
     // The level reached AGGRESSIVE or beyond, and came back to NORMAL.
     let history: Vec<(String, String)> = s["degradation"]["history"]

@@ -22,6 +22,7 @@ use crate::actors::consumer::{ConsumerActor, RestartConsumer};
 use crate::actors::observe::{Health, ObservableState, Published, RestartPolicy, Restarts};
 use crate::actors::producer::ProducerState;
 use crate::actors::writer::WriterState;
+use crate::degrade::lag_time::EndHistory;
 use crate::degrade::level::{Level, LevelMachine, LevelSnapshot, Signal, Signals};
 use crate::kafka::acks::AckLedger;
 use crate::messages::observe::Observe;
@@ -37,6 +38,10 @@ pub struct SupervisorState {
     pub lag: BTreeMap<String, BTreeMap<i32, i64>>,
     /// Age of the watermarks behind `lag`; the lag is only as fresh as this.
     pub lag_age_ms: Option<u64>,
+    /// Consumer lag in time per topic and partition: seconds since the
+    /// oldest record the writers have not taken in reached the partition
+    /// (`degrade::lag_time`); 0 when nothing waits.
+    pub lag_seconds: BTreeMap<String, BTreeMap<i32, f64>>,
     /// Records in transit per topic and partition: high watermark minus
     /// the offset recorded by the writers' last commit (on the broker or in
     /// a writer's buffer), from the same watermarks as `lag`.
@@ -83,6 +88,8 @@ pub struct DegradationSupervisor {
     topics: Vec<(String, Vec<i32>)>,
     highs: BTreeMap<(String, i32), i64>,
     highs_at: Option<Instant>,
+    /// When each partition's end passed which offsets: the time lag.
+    ends: BTreeMap<(String, i32), EndHistory>,
     fetching: bool,
     consumer: Option<Addr<ConsumerActor>>,
     watchdog: Duration,
@@ -127,6 +134,7 @@ impl DegradationSupervisor {
             level: machine.snapshot(),
             lag: BTreeMap::new(),
             lag_age_ms: None,
+            lag_seconds: BTreeMap::new(),
             in_transit: BTreeMap::new(),
             samples: 0,
             rates: BTreeMap::new(),
@@ -157,6 +165,7 @@ impl DegradationSupervisor {
                 topics: inputs.topics,
                 highs: BTreeMap::new(),
                 highs_at: None,
+                ends: BTreeMap::new(),
                 fetching: false,
                 consumer: inputs.consumer,
                 watchdog: inputs.watchdog,
@@ -228,6 +237,8 @@ impl DegradationSupervisor {
             }
         }
         let writers: Vec<WriterState> = self.writers.iter().map(|w| w.borrow().clone()).collect();
+        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut lag_seconds = BTreeMap::<String, BTreeMap<i32, f64>>::new();
         let mut lag_total = 0i64;
         let mut lag = BTreeMap::<String, BTreeMap<i32, i64>>::new();
         let mut position_sum = 0i64;
@@ -242,6 +253,15 @@ impl DegradationSupervisor {
                 .find_map(|w| w.positions.get(topic, *p))
                 .unwrap_or(0);
             let l = (hi - pos).max(0);
+            let ends = self.ends.entry((topic.clone(), *p)).or_default();
+            ends.record(*hi, now_ms);
+            let ms = ends.lag_ms(pos, now_ms);
+            // The same sample as the lag in records: none waiting, no age.
+            let secs = if l > 0 { ms as f64 / 1000.0 } else { 0.0 };
+            lag_seconds
+                .entry(topic.clone())
+                .or_default()
+                .insert(*p, secs);
             lag_total += l;
             position_sum += pos;
             lag.entry(topic.clone()).or_default().insert(*p, l);
@@ -300,7 +320,6 @@ impl DegradationSupervisor {
                 .with_label_values(&[s.as_str()])
                 .set(signals.get(s));
         }
-        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         if let Some(t) = self.machine.observe(&signals, now_ms) {
             tracing::warn!(from = %t.from, to = %t.to, reason = %t.reason, "degradation level changed");
             self.metrics
@@ -370,6 +389,7 @@ impl DegradationSupervisor {
 
         self.state.level = self.machine.snapshot();
         self.state.lag = lag;
+        self.state.lag_seconds = lag_seconds;
         self.state.in_transit = in_transit;
         self.state.lag_age_ms = self
             .highs_at

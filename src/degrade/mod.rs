@@ -3,6 +3,7 @@
 //! time, so the supervisor that wires them to live signals stays thin.
 
 pub mod breaker;
+pub mod lag_time;
 pub mod level;
 pub mod policy;
 pub mod quarantine;

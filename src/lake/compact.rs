@@ -66,7 +66,8 @@ use super::commit::{
     OFFSETS_PROPERTY, current_offsets, live_entries, read_data_file, write_data_files,
 };
 
-/// Times a replace commit is built again after a writer's commit won.
+/// Swaps a commit tries, each after rebasing (or staging again) on the
+/// commit that won the last one, before the run gives up.
 const MAX_ATTEMPTS: usize = 8;
 
 /// What to compact.
