@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use iceberg::spec::{DataFileFormat, ManifestContentType, ManifestEntry};
+use iceberg::spec::{DataFileFormat, ManifestContentType, ManifestEntry, ManifestFile};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
@@ -225,6 +225,18 @@ pub async fn live_entries(table: &Table) -> Result<Vec<ManifestEntry>, LakeError
     let Some(snapshot) = table.metadata().current_snapshot() else {
         return Ok(Vec::new());
     };
+    Ok(manifests_with_entries(table, snapshot)
+        .await?
+        .into_iter()
+        .flat_map(|(_, live)| live)
+        .collect())
+}
+
+/// The data manifests of `snapshot`, each with its live entries.
+pub(crate) async fn manifests_with_entries(
+    table: &Table,
+    snapshot: &iceberg::spec::SnapshotRef,
+) -> Result<Vec<(ManifestFile, Vec<ManifestEntry>)>, LakeError> {
     let list = table.manifest_list_reader(snapshot).load().await?;
     let mut out = Vec::new();
     for mf in list.entries() {
@@ -235,13 +247,13 @@ pub async fn live_entries(table: &Table) -> Result<Vec<ManifestEntry>, LakeError
             )));
         }
         let manifest = mf.load_manifest(table.file_io()).await?;
-        out.extend(
-            manifest
-                .entries()
-                .iter()
-                .filter(|e| e.is_alive())
-                .map(|e| (**e).clone()),
-        );
+        let live = manifest
+            .entries()
+            .iter()
+            .filter(|e| e.is_alive())
+            .map(|e| (**e).clone())
+            .collect();
+        out.push((mf.clone(), live));
     }
     Ok(out)
 }

@@ -63,7 +63,8 @@ use serde::Serialize;
 
 use super::LakeError;
 use super::commit::{
-    OFFSETS_PROPERTY, current_offsets, live_entries, read_data_file, write_data_files,
+    OFFSETS_PROPERTY, current_offsets, live_entries, manifests_with_entries, read_data_file,
+    write_data_files,
 };
 
 /// Swaps a commit tries, each after rebasing (or staging again) on the
@@ -587,32 +588,6 @@ async fn stage(
     added: &[DataFile],
 ) -> Result<Option<Staged>, LakeError> {
     stage_as(table, replaced, added, Operation::Replace).await
-}
-
-/// The current snapshot's data manifests, each with its live entries.
-async fn manifests_with_entries(
-    table: &Table,
-    snapshot: &iceberg::spec::SnapshotRef,
-) -> Result<Vec<(ManifestFile, Vec<ManifestEntry>)>, LakeError> {
-    let list = table.manifest_list_reader(snapshot).load().await?;
-    let mut out = Vec::new();
-    for mf in list.entries() {
-        if mf.content != ManifestContentType::Data {
-            return Err(LakeError::Catalog(format!(
-                "{} has delete files (written by another engine); they are not applied here",
-                table.identifier()
-            )));
-        }
-        let manifest = mf.load_manifest(table.file_io()).await?;
-        let live = manifest
-            .entries()
-            .iter()
-            .filter(|e| e.is_alive())
-            .map(|e| (**e).clone())
-            .collect();
-        out.push((mf.clone(), live));
-    }
-    Ok(out)
 }
 
 /// A partition of the base snapshot, as [`stage_as`] sees it.
@@ -1227,14 +1202,7 @@ mod tests {
         // lands first: the swap must fail, and a new run keeps the append.
         commit_trades(&cfg, catalog.as_ref(), 4, 100).await;
         let table = catalog.load_table(&ident).await.unwrap();
-        let entries = live_entries(&table).await.unwrap();
-        let chunks = plan(&table, &entries, &policy());
-        assert_eq!(chunks.len(), 1);
-        let added = rewrite(&table, &chunks[0], &policy()).await.unwrap();
-        let replaced: HashSet<String> = chunks[0]
-            .iter()
-            .map(|e| e.data_file.file_path().to_string())
-            .collect();
+        let (added, replaced) = rewrite_the_one_chunk(&table).await;
         let staged = stage(&table, &replaced, &added).await.unwrap().unwrap();
         commit_trades(&cfg, catalog.as_ref(), 1, 200).await;
         let old = table.metadata_location().unwrap();
@@ -1312,6 +1280,20 @@ mod tests {
         assert_eq!(current_offsets(&table).unwrap().unwrap().1, offsets(4));
         let left = rows(catalog.as_ref(), &ident).await;
         assert_eq!(left, vec![("BTCUSDT".to_string(), "X-3".to_string())]);
+    }
+
+    /// Plans `table` by [`policy`], which must give one chunk, and writes
+    /// it: the files written and the paths of those they replace.
+    async fn rewrite_the_one_chunk(table: &Table) -> (Vec<DataFile>, HashSet<String>) {
+        let entries = live_entries(table).await.unwrap();
+        let chunks = plan(table, &entries, &policy());
+        assert_eq!(chunks.len(), 1);
+        let added = rewrite(table, &chunks[0], &policy()).await.unwrap();
+        let replaced = chunks[0]
+            .iter()
+            .map(|e| e.data_file.file_path().to_string())
+            .collect();
+        (added, replaced)
     }
 
     /// Appends `rounds` batches of one trade per day over `days` days,
@@ -1416,14 +1398,7 @@ mod tests {
         many_days(catalog.as_ref(), &ident, 20, 1).await;
         commit_trades(&cfg, catalog.as_ref(), 6, 0).await;
         let table = catalog.load_table(&ident).await.unwrap();
-        let entries = live_entries(&table).await.unwrap();
-        let chunks = plan(&table, &entries, &policy());
-        assert_eq!(chunks.len(), 1);
-        let added = rewrite(&table, &chunks[0], &policy()).await.unwrap();
-        let replaced: HashSet<String> = chunks[0]
-            .iter()
-            .map(|e| e.data_file.file_path().to_string())
-            .collect();
+        let (added, replaced) = rewrite_the_one_chunk(&table).await;
         let mut staged = stage(&table, &replaced, &added).await.unwrap().unwrap();
         let own: Vec<String> = staged.own.iter().map(|m| m.manifest_path.clone()).collect();
         assert_eq!(own.len(), 1, "one partition rewritten");
@@ -1485,13 +1460,7 @@ mod tests {
         let db = CatalogDb::open(&cfg).await.unwrap().unwrap();
         commit_trades(&cfg, catalog.as_ref(), 6, 0).await;
         let table = catalog.load_table(&ident).await.unwrap();
-        let entries = live_entries(&table).await.unwrap();
-        let chunks = plan(&table, &entries, &policy());
-        let added = rewrite(&table, &chunks[0], &policy()).await.unwrap();
-        let replaced: HashSet<String> = chunks[0]
-            .iter()
-            .map(|e| e.data_file.file_path().to_string())
-            .collect();
+        let (added, replaced) = rewrite_the_one_chunk(&table).await;
         let mut staged = stage(&table, &replaced, &added).await.unwrap().unwrap();
         let r = compact(catalog.as_ref(), &db, &ident, &policy())
             .await
