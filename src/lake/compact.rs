@@ -63,8 +63,7 @@ use serde::Serialize;
 
 use super::LakeError;
 use super::commit::{
-    OFFSETS_PROPERTY, current_offsets, live_entries, manifests_with_entries, read_data_file,
-    write_data_files,
+    OFFSETS_PROPERTY, current_offsets, manifests_with_entries, read_data_file, write_data_files,
 };
 
 /// Swaps a commit tries, each after rebasing (or staging again) on the
@@ -227,10 +226,12 @@ pub async fn compact(
 ) -> Result<CompactReport, LakeError> {
     let started = Instant::now();
     let table = catalog.load_table(ident).await?;
-    let entries = live_entries(&table).await?;
+    // Read once: the plan and the first stage both work from it.
+    let loaded = current_manifests(&table).await?;
+    let entries: Vec<ManifestEntry> = loaded.iter().flat_map(|(_, l)| l.clone()).collect();
     let mut report = CompactReport {
         table: ident.to_string(),
-        manifests_before: manifest_count(&table).await?,
+        manifests_before: loaded.len(),
         ..CompactReport::default()
     };
     let chunks = plan(&table, &entries, policy);
@@ -261,7 +262,7 @@ pub async fn compact(
         catalog,
         db,
         ident,
-        table,
+        (table, loaded),
         &replaced,
         &added,
         Operation::Replace,
@@ -323,10 +324,12 @@ pub async fn retire(
         ..RetireReport::default()
     };
     let table = catalog.load_table(ident).await?;
-    let old: Vec<ManifestEntry> = live_entries(&table)
-        .await?
-        .into_iter()
+    let loaded = current_manifests(&table).await?;
+    let old: Vec<ManifestEntry> = loaded
+        .iter()
+        .flat_map(|(_, live)| live)
         .filter(|e| day_of(e).is_some_and(|d| d < first_kept))
+        .cloned()
         .collect();
     if old.is_empty() {
         return Ok(report);
@@ -335,7 +338,17 @@ pub async fn retire(
         .iter()
         .map(|e| e.data_file.file_path().to_string())
         .collect();
-    match swap_in(catalog, db, ident, table, &gone, &[], Operation::Delete).await? {
+    match swap_in(
+        catalog,
+        db,
+        ident,
+        (table, loaded),
+        &gone,
+        &[],
+        Operation::Delete,
+    )
+    .await?
+    {
         Swapped::Committed { snapshot_id, .. } => {
             report.files = old.len();
             report.rows = old.iter().map(|e| e.data_file.record_count()).sum();
@@ -365,13 +378,6 @@ fn day_of(e: &ManifestEntry) -> Option<i64> {
     {
         iceberg::spec::PrimitiveLiteral::Int(d) => Some(i64::from(d)),
         _ => None,
-    }
-}
-
-async fn manifest_count(table: &Table) -> Result<usize, LakeError> {
-    match table.metadata().current_snapshot() {
-        Some(s) => Ok(table.manifest_list_reader(s).load().await?.entries().len()),
-        None => Ok(0),
     }
 }
 
@@ -543,12 +549,13 @@ async fn swap_in(
     catalog: &dyn Catalog,
     db: &CatalogDb,
     ident: &TableIdent,
-    mut table: Table,
+    (mut table, loaded): (Table, Loaded),
     replaced: &HashSet<String>,
     added: &[DataFile],
     operation: Operation,
 ) -> Result<Swapped, LakeError> {
-    let Some(mut staged) = stage_as(&table, replaced, added, operation.clone()).await? else {
+    let first = stage_as(&table, loaded, replaced, added, operation.clone()).await?;
+    let Some(mut staged) = first else {
         return Ok(Swapped::Changed);
     };
     for attempt in 1..=MAX_ATTEMPTS {
@@ -570,7 +577,8 @@ async fn swap_in(
             continue;
         }
         discard_paths(&table, staged.written()).await;
-        match stage_as(&table, replaced, added, operation.clone()).await? {
+        let loaded = current_manifests(&table).await?;
+        match stage_as(&table, loaded, replaced, added, operation.clone()).await? {
             Some(again) => staged = again,
             None => return Ok(Swapped::Changed),
         }
@@ -587,7 +595,19 @@ async fn stage(
     replaced: &HashSet<String>,
     added: &[DataFile],
 ) -> Result<Option<Staged>, LakeError> {
-    stage_as(table, replaced, added, Operation::Replace).await
+    let loaded = current_manifests(table).await?;
+    stage_as(table, loaded, replaced, added, Operation::Replace).await
+}
+
+/// The data manifests of a table's current snapshot with their live
+/// entries (none without a snapshot).
+type Loaded = Vec<(ManifestFile, Vec<ManifestEntry>)>;
+
+async fn current_manifests(table: &Table) -> Result<Loaded, LakeError> {
+    match table.metadata().current_snapshot() {
+        Some(s) => manifests_with_entries(table, s).await,
+        None => Ok(Vec::new()),
+    }
 }
 
 /// A partition of the base snapshot, as [`stage_as`] sees it.
@@ -607,10 +627,12 @@ struct Part<'a> {
 /// manifest each (merging a writer's many small manifests); a manifest
 /// holding only partitions that are neither is carried as it is, so a
 /// table of many days costs the manifests of the days that changed.
-/// `None` when a file to remove is not live in `table`: another commit
+/// `loaded` is `table`'s current snapshot as [`current_manifests`] reads
+/// it. `None` when a file to remove is not live there: another commit
 /// replaced or deleted it.
 async fn stage_as(
     table: &Table,
+    loaded: Loaded,
     replaced: &HashSet<String>,
     added: &[DataFile],
     operation: Operation,
@@ -619,7 +641,6 @@ async fn stage_as(
     let base = meta
         .current_snapshot()
         .ok_or_else(|| LakeError::Catalog("compaction of a table without a snapshot".into()))?;
-    let loaded = manifests_with_entries(table, base).await?;
     let snapshot_id = new_snapshot_id(meta);
     let schema = meta.current_schema().clone();
     let spec = meta.default_partition_spec().as_ref().clone();
@@ -928,7 +949,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::lake::commit::{KafkaOffsets, append};
+    use crate::lake::commit::{KafkaOffsets, append, live_entries};
     use crate::lake::{self, TableKind};
     use crate::model::TradeV2;
 
@@ -1479,7 +1500,7 @@ mod tests {
             catalog.as_ref(),
             &db,
             &ident,
-            table.clone(),
+            (table.clone(), current_manifests(&table).await.unwrap()),
             &replaced,
             &added,
             Operation::Replace,
