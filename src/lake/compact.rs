@@ -51,6 +51,7 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
 use arrow::datatypes::SchemaRef;
+use iceberg::io::FileIO;
 use iceberg::spec::{
     DataFile, MAIN_BRANCH, ManifestContentType, ManifestEntry, ManifestFile, ManifestListWriter,
     ManifestStatus, ManifestWriterBuilder, Operation, Snapshot, SnapshotReference,
@@ -228,13 +229,12 @@ pub async fn compact(
     let table = catalog.load_table(ident).await?;
     // Read once: the plan and the first stage both work from it.
     let loaded = current_manifests(&table).await?;
-    let entries: Vec<ManifestEntry> = loaded.iter().flat_map(|(_, l)| l.clone()).collect();
     let mut report = CompactReport {
         table: ident.to_string(),
         manifests_before: loaded.len(),
         ..CompactReport::default()
     };
-    let chunks = plan(&table, &entries, policy);
+    let chunks = plan(&table, loaded.iter().flat_map(|(_, live)| live), policy);
     if chunks.is_empty() {
         report.manifests_after = report.manifests_before;
         report.duration_ms = started.elapsed().as_millis() as u64;
@@ -258,6 +258,7 @@ pub async fn compact(
     report.files_replaced = replaced.len();
     report.files_written = added.len();
 
+    let io = table.file_io().clone();
     match swap_in(
         catalog,
         db,
@@ -282,8 +283,7 @@ pub async fn compact(
         }
         lost => {
             // Nothing references the rewritten files.
-            let table = catalog.load_table(ident).await?;
-            discard_paths(&table, added.iter().map(|f| f.file_path().to_string())).await;
+            discard_paths(&io, added.iter().map(|f| f.file_path().to_string())).await;
             Err(LakeError::Catalog(match lost {
                 Swapped::Changed => format!(
                     "{ident}: the files to replace changed under the compaction; nothing committed"
@@ -388,9 +388,9 @@ fn partition_key(e: &ManifestEntry) -> String {
 /// The chunks to rewrite: per partition, the small files old enough, in
 /// the order they were added, a target's worth at a time; a chunk of fewer
 /// than `min_files` is left for a later run.
-fn plan(
+fn plan<'a>(
     table: &Table,
-    entries: &[ManifestEntry],
+    entries: impl IntoIterator<Item = &'a ManifestEntry>,
     policy: &CompactPolicy,
 ) -> Vec<Vec<ManifestEntry>> {
     let meta = table.metadata();
@@ -571,19 +571,19 @@ async fn swap_in(
             });
         }
         // Another commit landed first: build again on its snapshot.
-        discard_paths(&table, staged.top.drain(..)).await;
+        discard_paths(table.file_io(), staged.top.drain(..)).await;
         table = catalog.load_table(ident).await?;
         if rebase(&table, &mut staged, replaced.len(), added).await? {
             continue;
         }
-        discard_paths(&table, staged.written()).await;
+        discard_paths(table.file_io(), staged.written()).await;
         let loaded = current_manifests(&table).await?;
         match stage_as(&table, loaded, replaced, added, operation.clone()).await? {
             Some(again) => staged = again,
             None => return Ok(Swapped::Changed),
         }
     }
-    discard_paths(&table, staged.written()).await;
+    discard_paths(table.file_io(), staged.written()).await;
     Ok(Swapped::GaveUp)
 }
 
@@ -647,19 +647,18 @@ async fn stage_as(
     let commit = uuid::Uuid::new_v4();
 
     let mut parts: BTreeMap<String, Part> = BTreeMap::new();
+    let mut found = 0;
     for (i, (_, live)) in loaded.iter().enumerate() {
         for e in live {
             let part = parts.entry(partition_key(e)).or_default();
             part.manifests.insert(i);
             part.live.push(e);
-            part.touched |= replaced.contains(e.data_file.file_path());
+            if replaced.contains(e.data_file.file_path()) {
+                part.touched = true;
+                found += 1;
+            }
         }
     }
-    let found = parts
-        .values()
-        .flat_map(|p| &p.live)
-        .filter(|e| replaced.contains(e.data_file.file_path()))
-        .count();
     if found != replaced.len() {
         return Ok(None);
     }
@@ -721,7 +720,7 @@ async fn stage_as(
         match w.write_manifest_file().await {
             Ok(m) => own.push(m),
             Err(e) => {
-                discard_paths(table, written.into_iter()).await;
+                discard_paths(table.file_io(), written.into_iter()).await;
                 return Err(e.into());
             }
         }
@@ -742,7 +741,7 @@ async fn stage_as(
         top: Vec::new(),
     };
     if let Err(e) = seal(table, &mut staged, Vec::new(), replaced.len(), added).await {
-        discard_paths(table, staged.written()).await;
+        discard_paths(table.file_io(), staged.written()).await;
         return Err(e);
     }
     Ok(Some(staged))
@@ -935,9 +934,9 @@ fn new_snapshot_id(meta: &TableMetadata) -> i64 {
     }
 }
 
-async fn discard_paths(table: &Table, paths: impl Iterator<Item = String>) {
+async fn discard_paths(io: &FileIO, paths: impl Iterator<Item = String>) {
     for p in paths {
-        if let Err(e) = table.file_io().delete(&p).await {
+        if let Err(e) = io.delete(&p).await {
             tracing::warn!(file = %p, error = %e, "compaction: could not delete a file it wrote");
         }
     }
@@ -1231,8 +1230,12 @@ mod tests {
             !db.swap(&ident, old, &staged.location).await.unwrap(),
             "a stale swap must lose"
         );
-        discard_paths(&table, staged.written()).await;
-        discard_paths(&table, added.iter().map(|f| f.file_path().to_string())).await;
+        discard_paths(table.file_io(), staged.written()).await;
+        discard_paths(
+            table.file_io(),
+            added.iter().map(|f| f.file_path().to_string()),
+        )
+        .await;
         let r = compact(catalog.as_ref(), &db, &ident, &policy())
             .await
             .unwrap();
@@ -1429,7 +1432,7 @@ mod tests {
         commit_trades(&cfg, catalog.as_ref(), 2, 100).await;
         let old = table.metadata_location().unwrap().to_string();
         assert!(!db.swap(&ident, &old, &staged.location).await.unwrap());
-        discard_paths(&table, staged.top.drain(..)).await;
+        discard_paths(table.file_io(), staged.top.drain(..)).await;
         let table = catalog.load_table(&ident).await.unwrap();
         assert!(
             rebase(&table, &mut staged, replaced.len(), &added)
@@ -1493,7 +1496,7 @@ mod tests {
                 .await
                 .unwrap()
         );
-        discard_paths(&now, staged.written()).await;
+        discard_paths(now.file_io(), staged.written()).await;
         // Staged on the table it was planned on, its swap loses, and the
         // files it would replace are gone.
         match swap_in(
