@@ -99,6 +99,18 @@ fn wait_received(env: &Env, total: u64, timeout: Duration, mut each: impl FnMut(
     }
 }
 
+/// The values of a `/status` map by topic and partition (`lag`,
+/// `lag_seconds`); none while it is missing.
+fn per_partition(s: &Value, key: &str) -> Vec<f64> {
+    s[key]
+        .as_object()
+        .into_iter()
+        .flat_map(|t| t.values())
+        .flat_map(|p| p.as_object().unwrap().values())
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
 /// Waits until everything received is settled: nothing in flight, the spill
 /// log empty, no consumer lag, and the level back at NORMAL.
 fn wait_settled(env: &Env, timeout: Duration, mut each: impl FnMut(&Value)) -> Value {
@@ -110,15 +122,7 @@ fn wait_settled(env: &Env, timeout: Duration, mut each: impl FnMut(&Value)) -> V
             .values()
             .map(|a| a["in_flight"].as_i64().unwrap())
             .sum();
-        let lag: i64 = s["lag"]
-            .as_object()
-            .map(|t| {
-                t.values()
-                    .flat_map(|p| p.as_object().unwrap().values())
-                    .map(|v| v.as_i64().unwrap())
-                    .sum()
-            })
-            .unwrap_or(0);
+        let lag = per_partition(&s, "lag").into_iter().sum::<f64>() as i64;
         // Missing until the producer published its first state.
         let spill = s["spill"]["pending"].as_u64().unwrap_or(u64::MAX);
         // Watermarks are asked partition by partition, and a broker busy
@@ -226,17 +230,10 @@ replay_batch = 200
     // The largest consumer lag seen, in records and in seconds.
     let mut lag_peak = (0i64, 0f64);
     let mut watch = |s: &Value| {
-        let per_partition = |key: &str| -> Vec<f64> {
-            s[key]
-                .as_object()
-                .into_iter()
-                .flat_map(|t| t.values())
-                .flat_map(|p| p.as_object().unwrap().values())
-                .map(|v| v.as_f64().unwrap())
-                .collect()
-        };
-        let records = per_partition("lag").into_iter().fold(0.0, f64::max) as i64;
-        let seconds = per_partition("lag_seconds").into_iter().fold(0.0, f64::max);
+        let records = per_partition(s, "lag").into_iter().fold(0.0, f64::max) as i64;
+        let seconds = per_partition(s, "lag_seconds")
+            .into_iter()
+            .fold(0.0, f64::max);
         lag_peak = (lag_peak.0.max(records), lag_peak.1.max(seconds));
         let rss = s["degradation"]["last_signals"]["rss_bytes"]
             .as_f64()
