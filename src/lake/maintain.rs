@@ -280,7 +280,7 @@ async fn stale_metadata_files(
         .collect()
 }
 
-fn older_than(modified: Option<SystemTime>, now: SystemTime, age: Duration) -> bool {
+pub(super) fn older_than(modified: Option<SystemTime>, now: SystemTime, age: Duration) -> bool {
     modified
         .and_then(|t| now.duration_since(t).ok())
         .is_some_and(|d| d >= age)
@@ -288,7 +288,7 @@ fn older_than(modified: Option<SystemTime>, now: SystemTime, age: Duration) -> b
 
 /// Deletes `locations`, returning how many went and their bytes. A file
 /// that will not go is logged and left for the next run.
-async fn delete_files(io: &iceberg::io::FileIO, locations: &[String]) -> (usize, u64) {
+pub(super) async fn delete_files(io: &iceberg::io::FileIO, locations: &[String]) -> (usize, u64) {
     let mut n = 0;
     let mut bytes = 0;
     for loc in locations {

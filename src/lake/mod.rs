@@ -11,6 +11,7 @@ pub mod gaps;
 pub mod last_ids;
 pub mod lease;
 pub mod maintain;
+pub mod orphans;
 pub mod partition;
 pub mod scan;
 pub mod schema;

@@ -64,6 +64,12 @@ pub enum StoreError {
         #[source]
         source: object_store::Error,
     },
+    #[error("{location}: {source}")]
+    Local {
+        location: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl StoreError {
@@ -463,21 +469,46 @@ pub struct Listed {
 /// under an object-store prefix. A directory that does not exist lists
 /// nothing.
 pub async fn list(location: &str) -> Result<Vec<Listed>, StoreError> {
+    list_under(location, 1).await
+}
+
+/// Every file under the directory `location`, at any depth (a table's
+/// partition directories): what [`list`] gives on an object store, where
+/// a prefix holds every object below it. A local directory that cannot be
+/// read fails the listing, since a caller deciding what is absent must not
+/// take an unreadable directory for an empty one; one that does not exist
+/// lists nothing.
+pub async fn list_tree(location: &str) -> Result<Vec<Listed>, StoreError> {
+    list_under(location, usize::MAX).await
+}
+
+async fn list_under(location: &str, depth: usize) -> Result<Vec<Listed>, StoreError> {
     if let Some(dir) = local_path(location) {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
+        if depth == 1 {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                return Ok(Vec::new());
+            };
+            return Ok(entries
+                .filter_map(Result::ok)
+                .filter_map(|e| listed(&e.path(), &e.metadata().ok()?))
+                .collect());
+        }
+        if !dir.exists() {
             return Ok(Vec::new());
-        };
-        return Ok(entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let meta = e.metadata().ok().filter(|m| m.is_file())?;
-                Some(Listed {
-                    location: format!("file://{}", e.path().display()),
-                    size: meta.len(),
-                    modified: meta.modified().ok(),
-                })
-            })
-            .collect());
+        }
+        let mut out = Vec::new();
+        for e in walkdir::WalkDir::new(&dir).max_depth(depth) {
+            let e = e.map_err(|e| StoreError::Local {
+                location: location.to_string(),
+                source: e.into(),
+            })?;
+            let meta = e.metadata().map_err(|e| StoreError::Local {
+                location: location.to_string(),
+                source: e.into(),
+            })?;
+            out.extend(listed(e.path(), &meta));
+        }
+        return Ok(out);
     }
     let w = for_location(location).ok_or_else(|| StoreError::NoClient {
         location: location.to_string(),
@@ -500,6 +531,15 @@ pub async fn list(location: &str) -> Result<Vec<Listed>, StoreError> {
             modified: Some(m.last_modified.into()),
         })
         .collect())
+}
+
+/// A local file as listed; `None` for a directory.
+fn listed(path: &std::path::Path, meta: &std::fs::Metadata) -> Option<Listed> {
+    meta.is_file().then(|| Listed {
+        location: format!("file://{}", path.display()),
+        size: meta.len(),
+        modified: meta.modified().ok(),
+    })
 }
 
 /// The size of the file at `location`, `None` when it cannot be read.

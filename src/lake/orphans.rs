@@ -1,0 +1,347 @@
+//! Orphan files: data files and manifests under a table's location that no
+//! snapshot in its metadata references, left there by a write that never
+//! committed.
+//!
+//! Expiry (`maintain`) deletes what expired snapshots referenced, but a
+//! file that no snapshot ever referenced is invisible to it. Such files
+//! come from:
+//! - a daemon killed between writing a commit's Parquet files and the
+//!   catalog's answer (a crash, an OOM kill, a host gone);
+//! - a compaction whose run failed on I/O after it wrote its files, so
+//!   that it could not delete them either;
+//! - a write that was abandoned when its commit failed for good, if
+//!   deleting its files failed too.
+//!
+//! Each is a few megabytes, but a daemon that runs for months keeps paying
+//! for them, and nothing else would ever take them away. So maintenance
+//! lists the table's location and deletes the Parquet and Avro files
+//! under it that nothing references and that are older than
+//! `maintenance.orphan_min_age`.
+//!
+//! Why the age: a file being written, or written and waiting for its
+//! commit, is referenced by nothing yet. The writers never offer a commit
+//! files older than [`WRITTEN_MAX_AGE`] (they write them again from the
+//! rows they hold), and compaction's files live for one run. So a
+//! minimum age far above both ([`MIN_AGE_FLOOR`], enforced by the config)
+//! leaves every write in flight alone, whichever daemon of the group
+//! makes it.
+//!
+//! And two refusals, since deleting a referenced file loses rows:
+//! - a referenced file under the location that the listing does not show
+//!   (the listing is incomplete, or the two name files differently) stops
+//!   the sweep before it deletes anything;
+//! - so does a referenced file outside the location: the table's files are
+//!   then laid out in a way this sweep does not know to be safe.
+//!
+//! Metadata JSON files are expiry's (`maintain::expire`, which keeps the
+//! metadata log's); any other file (a marker another tool left) is not
+//! touched.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use iceberg::table::Table;
+use iceberg::{Catalog, TableIdent};
+use serde::Serialize;
+
+use super::{LakeError, store};
+
+/// A writer holding files for a commit that keeps failing writes them
+/// again once they are this old, so no commit ever offers an older file.
+pub const WRITTEN_MAX_AGE: Duration = Duration::from_secs(600);
+
+/// The least `maintenance.orphan_min_age`: six times [`WRITTEN_MAX_AGE`],
+/// so a commit attempt that began with files just under that age has most
+/// of an hour to finish before they could be taken for orphans.
+pub const MIN_AGE_FLOOR: Duration = Duration::from_secs(3600);
+
+/// What one sweep of one table found and did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Parquet and Avro files under the table's location.
+    pub listed: usize,
+    /// Files the table's snapshots reference: manifest lists, manifests,
+    /// data and delete files, statistics files.
+    pub referenced: usize,
+    /// Unreferenced files younger than the minimum age: left, since a
+    /// write may be about to commit them.
+    pub young: usize,
+    pub deleted: usize,
+    pub bytes_deleted: u64,
+    /// Why nothing was deleted, when the sweep refused (module docs).
+    pub refused: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// Deletes the orphan files of `ident` older than `min_age` (module docs).
+pub async fn sweep(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    min_age: Duration,
+) -> Result<SweepReport, LakeError> {
+    let started = std::time::Instant::now();
+    // The table first, the listing second: a file committed in between is
+    // not in the referenced set, but it is young, so it stays.
+    let table = catalog.load_table(ident).await?;
+    let referenced = referenced(&table).await?;
+    let root = store::normalized(table.metadata().location());
+    let root = format!("{}/", root.trim_end_matches('/'));
+    let all = store::list_tree(table.metadata().location()).await?;
+    let names: HashSet<String> = all.iter().map(|f| store::normalized(&f.location)).collect();
+    let listed: Vec<_> = all
+        .into_iter()
+        .filter(|f| f.location.ends_with(".parquet") || f.location.ends_with(".avro"))
+        .collect();
+    let mut report = SweepReport {
+        listed: listed.len(),
+        referenced: referenced.len(),
+        ..SweepReport::default()
+    };
+    if let Some(out) = referenced.iter().find(|r| !r.starts_with(&root)) {
+        report.refused = Some(format!(
+            "{out} is referenced but lies outside the table's location {root}"
+        ));
+    } else if let Some(gone) = referenced.iter().find(|r| !names.contains(*r)) {
+        report.refused = Some(format!(
+            "{gone} is referenced but the listing of {root} does not show it"
+        ));
+    }
+    if report.refused.is_some() {
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        return Ok(report);
+    }
+    let now = SystemTime::now();
+    let mut orphans = Vec::new();
+    for f in listed {
+        let name = store::normalized(&f.location);
+        if referenced.contains(&name) || !name.starts_with(&root) {
+            continue;
+        }
+        if super::maintain::older_than(f.modified, now, min_age) {
+            orphans.push(f.location);
+        } else {
+            report.young += 1;
+        }
+    }
+    let (n, bytes) = super::maintain::delete_files(table.file_io(), &orphans).await;
+    report.deleted = n;
+    report.bytes_deleted = bytes;
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// Every file the snapshots of `table` reference, normalized: each
+/// manifest list, each manifest in them, each file in those (whatever its
+/// status: a DELETED entry's file may still be read by an older snapshot),
+/// and the statistics files.
+async fn referenced(table: &Table) -> Result<HashSet<String>, LakeError> {
+    let meta = table.metadata();
+    let mut out = HashSet::new();
+    let mut manifests = Vec::new();
+    for s in meta.snapshots() {
+        if s.manifest_list().is_empty() {
+            continue;
+        }
+        out.insert(store::normalized(s.manifest_list()));
+        for m in table.manifest_list_reader(s).load().await?.entries() {
+            if out.insert(store::normalized(&m.manifest_path)) {
+                manifests.push(m.clone());
+            }
+        }
+    }
+    for m in manifests {
+        for e in m.load_manifest(table.file_io()).await?.entries() {
+            out.insert(store::normalized(e.data_file.file_path()));
+        }
+    }
+    out.extend(
+        meta.statistics_iter()
+            .map(|s| store::normalized(&s.statistics_path)),
+    );
+    out.extend(
+        meta.partition_statistics_iter()
+            .map(|s| store::normalized(&s.statistics_path)),
+    );
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use futures::TryStreamExt;
+
+    use super::*;
+    use crate::lake;
+    use crate::lake::commit::{append, one_partition, write_data_files};
+    use crate::model::TradeV2;
+
+    const DAY_US: i64 = 86_400_000_000;
+
+    /// Trades `from..to` over two day partitions.
+    fn trades(from: i64, to: i64) -> Vec<TradeV2> {
+        (from..to)
+            .map(|i| {
+                TradeV2::builder(
+                    "X",
+                    "BTCUSDT",
+                    &i.to_string(),
+                    1_700_000_000_000_000 + (i % 2) * DAY_US,
+                )
+                .build()
+            })
+            .collect()
+    }
+
+    async fn rows(catalog: &dyn Catalog, ident: &TableIdent) -> usize {
+        let table = catalog.load_table(ident).await.unwrap();
+        let stream = table.scan().build().unwrap().to_arrow().await.unwrap();
+        let batches: Vec<_> = stream.try_collect().await.unwrap();
+        batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    fn files(dir: &Path) -> Vec<PathBuf> {
+        walkdir::WalkDir::new(dir)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.into_path())
+            .collect()
+    }
+
+    /// Sets every file under `dir` back `age`, as if written that long ago.
+    fn age_all(dir: &Path, age: Duration) {
+        let then = SystemTime::now() - age;
+        for p in files(dir) {
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(then)
+                .unwrap();
+        }
+    }
+
+    /// A table of three commits, with what a crash leaves behind: a
+    /// commit's Parquet files written and never committed, and a manifest
+    /// of a compaction that failed. All of it two hours old, so only the
+    /// references keep the table's own files. The sweep at one hour
+    /// deletes exactly the old orphans, leaves a young one, every
+    /// referenced file, the metadata JSON and a file that is not Iceberg's;
+    /// every row still reads. A sweep at zero then takes the young one.
+    #[tokio::test]
+    async fn a_sweep_deletes_the_old_unreferenced_files_and_nothing_a_snapshot_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, catalog, _, ident, schema) = lake::test_lake(dir.path()).await;
+        for c in 0..3i64 {
+            let batch = lake::batch::trades_batch(&schema, &trades(c * 10, c * 10 + 10)).unwrap();
+            append(
+                catalog.as_ref(),
+                &ident,
+                Some(&batch),
+                &one_partition(c + 1),
+                1 << 20,
+            )
+            .await
+            .unwrap();
+        }
+        let table = catalog.load_table(&ident).await.unwrap();
+        let crashed = lake::batch::trades_batch(&schema, &trades(100, 110)).unwrap();
+        let crashed: Vec<PathBuf> = write_data_files(&table, &crashed, 1 << 20)
+            .await
+            .unwrap()
+            .iter()
+            .map(|f| store::local_path(f.file_path()).unwrap())
+            .collect();
+        assert_eq!(crashed.len(), 2, "one file per day partition");
+        let a_manifest = files(dir.path())
+            .into_iter()
+            .find(|p| p.to_string_lossy().ends_with("-m0.avro"))
+            .expect("the commits' manifests");
+        let failed_compaction = a_manifest.with_file_name("0000-failed-compaction-m0.avro");
+        std::fs::copy(&a_manifest, &failed_compaction).unwrap();
+        let foreign = dir.path().join("foreign-marker.txt");
+        std::fs::write(&foreign, "another tool's").unwrap();
+        let table_dir = store::local_path(table.metadata().location()).unwrap();
+        let foreign_in_table = table_dir.join("data").join("README.txt");
+        std::fs::write(&foreign_in_table, "not iceberg's").unwrap();
+        age_all(dir.path(), Duration::from_secs(7200));
+        let young = write_data_files(
+            &table,
+            &lake::batch::trades_batch(&schema, &trades(200, 201)).unwrap(),
+            1 << 20,
+        )
+        .await
+        .unwrap();
+        let young = store::local_path(young[0].file_path()).unwrap();
+        let before = files(dir.path());
+        let metadata_json = |fs: &[PathBuf]| {
+            fs.iter()
+                .filter(|p| p.to_string_lossy().ends_with(".metadata.json"))
+                .count()
+        };
+
+        let r = sweep(catalog.as_ref(), &ident, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(r.refused, None, "{r:?}");
+        // 3 manifest lists, 3 manifests, 6 data files (2 days a commit).
+        assert_eq!(r.referenced, 12, "{r:?}");
+        assert_eq!(r.listed, 12 + 2 + 1 + 1, "{r:?}");
+        assert_eq!((r.deleted, r.young), (3, 1), "{r:?}");
+        assert!(r.bytes_deleted > 0);
+        for p in crashed.iter().chain([&failed_compaction]) {
+            assert!(!p.exists(), "{} is an orphan", p.display());
+        }
+        let after = files(dir.path());
+        assert_eq!(after.len(), before.len() - 3);
+        assert!(young.exists() && foreign.exists() && foreign_in_table.exists());
+        assert_eq!(metadata_json(&after), metadata_json(&before));
+        assert_eq!(rows(catalog.as_ref(), &ident).await, 30);
+
+        let r = sweep(catalog.as_ref(), &ident, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!((r.deleted, r.young, r.referenced), (1, 0, 12), "{r:?}");
+        assert!(!young.exists());
+        assert_eq!(rows(catalog.as_ref(), &ident).await, 30);
+    }
+
+    /// A referenced file missing from the listing stops the sweep before
+    /// it deletes anything: the orphan beside it stays.
+    #[tokio::test]
+    async fn a_referenced_file_the_listing_lacks_stops_the_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, catalog, _, ident, schema) = lake::test_lake(dir.path()).await;
+        let batch = lake::batch::trades_batch(&schema, &trades(0, 10)).unwrap();
+        append(
+            catalog.as_ref(),
+            &ident,
+            Some(&batch),
+            &one_partition(1),
+            1 << 20,
+        )
+        .await
+        .unwrap();
+        let table = catalog.load_table(&ident).await.unwrap();
+        let orphans: Vec<PathBuf> = write_data_files(&table, &batch, 1 << 20)
+            .await
+            .unwrap()
+            .iter()
+            .map(|f| store::local_path(f.file_path()).unwrap())
+            .collect();
+        let lost = files(dir.path())
+            .into_iter()
+            .find(|p| p.extension().is_some_and(|e| e == "parquet") && !orphans.contains(p))
+            .unwrap();
+        std::fs::remove_file(&lost).unwrap();
+
+        let r = sweep(catalog.as_ref(), &ident, Duration::ZERO)
+            .await
+            .unwrap();
+        let why = r.refused.clone().expect("refused");
+        assert!(why.contains(&*lost.to_string_lossy()), "{why}");
+        assert_eq!(r.deleted, 0);
+        assert!(orphans.iter().all(|p| p.exists()));
+    }
+}
