@@ -148,8 +148,9 @@ enum Command {
         which: BenchApi,
     },
     /// Expire old snapshots of both tables (`maintenance.snapshot_retention`)
-    /// and delete the files only they referenced, while no daemon runs;
-    /// prints one report per table.
+    /// and delete the files only they referenced, then the orphan files
+    /// (`maintenance.orphan_*`), while no daemon runs; prints one report
+    /// per table.
     Maintain {
         #[arg(long, env = "TICKLAKE_CONFIG")]
         config: Option<PathBuf>,
@@ -670,6 +671,23 @@ fn main() -> anyhow::Result<()> {
                         r.metadata_bytes,
                         r.duration_ms
                     );
+                    match (&r.orphans, &r.orphans_error) {
+                        (Some(o), _) if o.refused.is_some() => println!(
+                            "  orphan sweep refused, nothing deleted: {}",
+                            o.refused.as_deref().unwrap_or_default()
+                        ),
+                        (Some(o), _) => println!(
+                            "  orphan sweep: {} files deleted ({} bytes), {} younger than maintenance.orphan_min_age left; {} Parquet and Avro files listed, {} files referenced, {} ms",
+                            o.deleted,
+                            o.bytes_deleted,
+                            o.young,
+                            o.listed,
+                            o.referenced,
+                            o.duration_ms
+                        ),
+                        (None, Some(e)) => println!("  orphan sweep failed: {e}"),
+                        (None, None) => {}
+                    }
                 }
             }
             Ok(())

@@ -105,7 +105,7 @@ fn expiry_keeps_every_trade_once_across_a_kill_and_bounds_the_snapshots() {
         "embedded",
         Some(&url),
         "[maintenance]\ninterval_secs = 2\nsnapshot_retention = \"1s\"\n\
-         compact_min_files = 4\ncompact_min_age = \"0s\"\n",
+         compact_min_files = 4\ncompact_min_age = \"0s\"\norphan_min_age = \"1h\"\n",
     );
     env.one_pass_feed();
     let mut daemon = env.start_daemon("first");
@@ -247,6 +247,34 @@ fn expiry_keeps_every_trade_once_across_a_kill_and_bounds_the_snapshots() {
     }
     assert!(daemon.terminate().success(), "{}", daemon.log_tail());
 
+    // What a crash between writing a commit's files and committing them
+    // leaves: a Parquet file no snapshot references. Then every file of
+    // the lake is made two hours old, past orphan_min_age, so only the
+    // snapshots' references keep the table's own files from the sweep.
+    let warehouse = env.data_dir().join("warehouse");
+    let lake_files = || -> Vec<std::path::PathBuf> {
+        walkdir::WalkDir::new(&warehouse)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.into_path())
+            .collect()
+    };
+    let a_data_file = lake_files()
+        .into_iter()
+        .find(|p| {
+            p.to_string_lossy().contains("/trades/data/")
+                && p.extension().is_some_and(|e| e == "parquet")
+        })
+        .expect("the trades table's data files");
+    let orphan = a_data_file.with_file_name("00000-0-crashed-before-its-commit.parquet");
+    std::fs::copy(&a_data_file, &orphan).unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    for p in lake_files() {
+        let f = std::fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(two_hours_ago).unwrap();
+    }
+
     // Now the data directory is free: `ticklake maintain` runs.
     let out = maintain(&env);
     assert!(
@@ -273,6 +301,14 @@ fn expiry_keeps_every_trade_once_across_a_kill_and_bounds_the_snapshots() {
         ]
     );
     assert!(reports[0]["snapshots_after"].as_u64().unwrap() >= 1);
+    for r in &reports {
+        let o = &r["orphans"];
+        assert!(o["refused"].is_null(), "{r}");
+        assert_eq!(o["young"], 0, "{r}");
+    }
+    // The planted file, and any a killed commit left.
+    assert!(reports[0]["orphans"]["deleted"].as_u64().unwrap() >= 1);
+    assert!(!orphan.exists());
     assert_eq!(lake_counts(&env), (want, want));
     assert_eq!(live_counts(&env), (want, want));
 

@@ -21,9 +21,9 @@ use bytes::Bytes;
 use common::*;
 use futures::TryStreamExt;
 use iceberg::io::{FileIO, FileIOBuilder};
-use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::{Value, json};
 use ticklake::config::{Config, S3Config};
 use ticklake::lake::store::{self, ObjectStorageFactory};
@@ -369,6 +369,15 @@ fn a_replayed_capture_lands_in_an_s3_warehouse_on_a_postgres_catalog_exactly_onc
         .iter()
         .filter(|k| k.rsplit('/').next().unwrap().starts_with("snap-"))
         .count();
+    // A Parquet object no snapshot references, just written: the orphan
+    // sweep must reconcile the bucket's listing with the metadata (no
+    // refusal: the two name every file alike) and leave it, being young.
+    let planted = format!("{prefix}/market/trades/data/00000-0-never-committed.parquet");
+    rt.block_on(client.put(
+        &ObjectPath::from(planted.as_str()),
+        Bytes::from_static(b"PAR1").into(),
+    ))
+    .unwrap();
     let out = Command::new(bin())
         .args(["maintain", "--json", "--config"])
         .arg(&env.config)
@@ -393,6 +402,14 @@ fn a_replayed_capture_lands_in_an_s3_warehouse_on_a_postgres_catalog_exactly_onc
         .count();
     println!(
         "ticklake maintain: {report}; manifest lists in the bucket {lists_before} -> {lists_after}"
+    );
+    let orphans = &report["orphans"];
+    assert!(orphans["refused"].is_null(), "{report}");
+    assert!(orphans["young"].as_u64().unwrap() >= 1, "{report}");
+    assert_eq!(orphans["deleted"], 0, "{report}");
+    assert!(
+        rt.block_on(keys_under(&client, &format!("{prefix}/market/trades/data")))
+            .contains(&planted)
     );
     let deleted = report["manifest_lists_deleted"].as_u64().unwrap() as usize;
     assert!(report["metadata_bytes"].as_u64().unwrap() > 0, "{report}");
@@ -448,4 +465,108 @@ fn a_replayed_capture_lands_in_an_s3_warehouse_on_a_postgres_catalog_exactly_onc
         assert_eq!(a["ts"].as_i64(), b["timestamp"].as_i64(), "{a} vs {b}");
     }
     println!("pyiceberg (S3 FileIO) read {} identical rows", theirs.len());
+}
+
+/// The orphan sweep on an S3 warehouse, with no minimum age: two commits'
+/// files stay, the Parquet files of a commit that never happened go, and
+/// so does a failed compaction's manifest; an object that is neither
+/// Parquet nor Avro stays. Every row still reads.
+#[tokio::test]
+async fn the_orphan_sweep_on_s3_deletes_only_what_no_snapshot_reads() {
+    use ticklake::lake::{self, TableKind, commit};
+    let endpoint = s3_endpoint();
+    let prefix = unique("orphans-");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default().under(dir.path());
+    cfg.lake.warehouse = format!("s3://{}/{prefix}", bucket());
+    cfg.lake.s3 = s3_config(&endpoint);
+    let catalog = lake::open_catalog(&cfg).await.unwrap();
+    let table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
+        .await
+        .unwrap();
+    let ident = lake::table_ident(&cfg, TableKind::Trades);
+    let schema = lake::batch::arrow_schema(table.metadata().current_schema()).unwrap();
+    let batch = |from: i64| {
+        let trades: Vec<_> = (from..from + 10)
+            .map(|i| {
+                ticklake::model::TradeV2::builder(
+                    "X",
+                    "BTCUSDT",
+                    &i.to_string(),
+                    1_700_000_000_000_000 + i,
+                )
+                .build()
+            })
+            .collect();
+        lake::batch::trades_batch(&schema, &trades).unwrap()
+    };
+    for c in 0..2i64 {
+        let mut offsets = commit::KafkaOffsets {
+            cluster_id: "c".into(),
+            ..Default::default()
+        };
+        offsets.set("t", 0, c + 1);
+        commit::append(
+            catalog.as_ref(),
+            &ident,
+            Some(&batch(c * 10)),
+            &offsets,
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    }
+    let table = catalog.load_table(&ident).await.unwrap();
+    let never = commit::write_data_files(&table, &batch(100), 1 << 20)
+        .await
+        .unwrap();
+    let client = bucket_client(&endpoint);
+    let keys = keys_under(&client, &prefix).await;
+    let manifest = keys
+        .iter()
+        .find(|k| k.ends_with("-m0.avro"))
+        .unwrap()
+        .clone();
+    let failed = format!("{prefix}/market/trades/metadata/0000-failed-compaction-m0.avro");
+    client
+        .copy(
+            &ObjectPath::from(manifest.as_str()),
+            &ObjectPath::from(failed.as_str()),
+        )
+        .await
+        .unwrap();
+    let marker = format!("{prefix}/market/trades/data/_SUCCESS.txt");
+    client
+        .put(
+            &ObjectPath::from(marker.as_str()),
+            Bytes::from_static(b"x").into(),
+        )
+        .await
+        .unwrap();
+
+    let r = lake::orphans::sweep(catalog.as_ref(), &ident, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    println!("sweep on S3: {r:?}");
+    assert_eq!(r.refused, None, "{r:?}");
+    // 2 manifest lists, 2 manifests, 2 data files.
+    assert_eq!(r.referenced, 6, "{r:?}");
+    assert_eq!(r.deleted, never.len() + 1, "{r:?}");
+    let left = keys_under(&client, &prefix).await;
+    assert!(!left.contains(&failed) && left.contains(&marker));
+    for f in &never {
+        let key = f
+            .file_path()
+            .trim_start_matches(&format!("s3://{}/", bucket()));
+        assert!(!left.iter().any(|k| k == key), "{key} is an orphan");
+    }
+    let scan = catalog
+        .load_table(&ident)
+        .await
+        .unwrap()
+        .scan()
+        .build()
+        .unwrap();
+    let batches: Vec<_> = scan.to_arrow().await.unwrap().try_collect().await.unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 20);
 }

@@ -508,6 +508,13 @@ impl Default for ApiConfig {
     }
 }
 
+/// The least `maintenance.orphan_min_age`: six times the age at which a
+/// writer writes its files again for a commit that keeps failing
+/// (`lake::orphans::WRITTEN_MAX_AGE`), so a commit attempt begun with files
+/// just under that age has most of an hour to finish before they could be
+/// taken for orphans.
+pub const ORPHAN_MIN_AGE_FLOOR: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// `[maintenance]`: what the daemon does to keep its tables small
 /// (`lake::maintain`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -540,6 +547,16 @@ pub struct MaintenanceConfig {
     /// that died holding the lease blocks the others this long at most.
     /// Renewed between tables, so it must outlast one table's compaction.
     pub lease_ttl: String,
+    /// Whether runs also delete orphan files: Parquet and Avro files under
+    /// a table's location that no snapshot references, left by writes
+    /// that never committed (`lake::orphans`).
+    pub orphan_sweep: bool,
+    /// Unreferenced files younger than this are left (`3d`; at least
+    /// `1h`): a write of any daemon may be about to commit them.
+    pub orphan_min_age: String,
+    /// Least time between two sweeps of a table by this daemon (`1d`): a
+    /// sweep lists the table's location and reads every manifest.
+    pub orphan_sweep_interval: String,
 }
 
 impl Default for MaintenanceConfig {
@@ -553,6 +570,9 @@ impl Default for MaintenanceConfig {
             compact_min_age: "10m".into(),
             retention_days: 0,
             lease_ttl: "10m".into(),
+            orphan_sweep: true,
+            orphan_min_age: "3d".into(),
+            orphan_sweep_interval: "1d".into(),
         }
     }
 }
@@ -567,6 +587,15 @@ impl MaintenanceConfig {
     pub fn retention(&self) -> std::time::Duration {
         humantime::parse_duration(&self.snapshot_retention)
             .unwrap_or(std::time::Duration::from_secs(3600))
+    }
+
+    /// `orphan_min_age` and `orphan_sweep_interval` as durations when
+    /// sweeps are on; `validate` has checked them.
+    pub fn orphans(&self) -> Option<(std::time::Duration, std::time::Duration)> {
+        let d = |s: &str| humantime::parse_duration(s).ok();
+        self.orphan_sweep
+            .then(|| Some((d(&self.orphan_min_age)?, d(&self.orphan_sweep_interval)?)))
+            .flatten()
     }
 
     /// `compact_min_age` as a duration; `validate` has checked it.
@@ -894,6 +923,42 @@ mod tests {
             let f = write("[maintenance]\nlease_ttl = \"0s\"\n");
             let e = Config::load(Some(f.path())).unwrap_err().to_string();
             assert!(e.contains("maintenance.lease_ttl"), "{e}");
+            for (body, key, says) in [
+                (
+                    "orphan_min_age = \"30m\"",
+                    "maintenance.orphan_min_age",
+                    "at least 1h",
+                ),
+                (
+                    "orphan_min_age = \"later\"",
+                    "maintenance.orphan_min_age",
+                    "not a duration",
+                ),
+                (
+                    "orphan_sweep_interval = \"0s\"",
+                    "maintenance.orphan_sweep_interval",
+                    "at least 1m",
+                ),
+            ] {
+                let f = write(&format!("[maintenance]\n{body}\n"));
+                let e = Config::load(Some(f.path())).unwrap_err().to_string();
+                assert!(e.contains(key) && e.contains(says), "{body}: {e}");
+                assert!(e.contains(&f.path().display().to_string()), "{e}");
+            }
+            // Off, the two durations are still checked, but not used.
+            let f = write("[maintenance]\norphan_sweep = false\norphan_min_age = \"2h\"\n");
+            assert_eq!(
+                Config::load(Some(f.path())).unwrap().maintenance.orphans(),
+                None
+            );
+            let f = write("[maintenance]\norphan_min_age = \"2h\"\n");
+            assert_eq!(
+                Config::load(Some(f.path())).unwrap().maintenance.orphans(),
+                Some((
+                    std::time::Duration::from_secs(7200),
+                    std::time::Duration::from_secs(86_400)
+                ))
+            );
         });
     }
 

@@ -513,6 +513,37 @@ impl Config {
                 ));
             }
         }
+        for (key, value, least) in [
+            (
+                "maintenance.orphan_min_age",
+                &self.maintenance.orphan_min_age,
+                super::ORPHAN_MIN_AGE_FLOOR,
+            ),
+            (
+                "maintenance.orphan_sweep_interval",
+                &self.maintenance.orphan_sweep_interval,
+                std::time::Duration::from_secs(60),
+            ),
+        ] {
+            match humantime::parse_duration(value) {
+                Ok(d) if d >= least && d.as_millis() <= MAX_DURATION_MS.into() => {}
+                Ok(_) => {
+                    return Err(err(
+                        key,
+                        format!(
+                            "must be at least {} and at most 366 days",
+                            humantime::format_duration(least)
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    return Err(err(
+                        key,
+                        format!("{value:?} is not a duration like 3d or 12h: {e}"),
+                    ));
+                }
+            }
+        }
         if self.maintenance.compact_min_files < 2 {
             return Err(err(
                 "maintenance.compact_min_files",

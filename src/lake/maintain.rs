@@ -74,6 +74,9 @@ pub struct MaintainReport {
     /// The compaction that ran before the expiry, if any.
     pub compaction: Option<super::compact::CompactReport>,
     pub compaction_error: Option<String>,
+    /// The orphan sweep after the expiry, when one was due.
+    pub orphans: Option<super::orphans::SweepReport>,
+    pub orphans_error: Option<String>,
 }
 
 /// Expires `ident`'s snapshots older than `retention` and deletes the

@@ -50,10 +50,8 @@ use super::{LakeError, store};
 /// again once they are this old, so no commit ever offers an older file.
 pub const WRITTEN_MAX_AGE: Duration = Duration::from_secs(600);
 
-/// The least `maintenance.orphan_min_age`: six times [`WRITTEN_MAX_AGE`],
-/// so a commit attempt that began with files just under that age has most
-/// of an hour to finish before they could be taken for orphans.
-pub const MIN_AGE_FLOOR: Duration = Duration::from_secs(3600);
+/// The least `maintenance.orphan_min_age` (the config enforces it).
+pub const MIN_AGE_FLOOR: Duration = crate::config::ORPHAN_MIN_AGE_FLOOR;
 
 /// What one sweep of one table found and did.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -131,9 +129,8 @@ pub async fn sweep(
 }
 
 /// Every file the snapshots of `table` reference, normalized: each
-/// manifest list, each manifest in them, each file in those (whatever its
-/// status: a DELETED entry's file may still be read by an older snapshot),
-/// and the statistics files.
+/// manifest list, each manifest in them, each file alive in those, and
+/// the statistics files.
 async fn referenced(table: &Table) -> Result<HashSet<String>, LakeError> {
     let meta = table.metadata();
     let mut out = HashSet::new();
@@ -151,7 +148,13 @@ async fn referenced(table: &Table) -> Result<HashSet<String>, LakeError> {
     }
     for m in manifests {
         for e in m.load_manifest(table.file_io()).await?.entries() {
-            out.insert(store::normalized(e.data_file.file_path()));
+            // A DELETED entry records the file's removal by this snapshot;
+            // a kept snapshot that still reads the file lists it alive in
+            // its own manifests. Expiry deletes such a file once no kept
+            // snapshot does.
+            if e.is_alive() {
+                out.insert(store::normalized(e.data_file.file_path()));
+            }
         }
     }
     out.extend(

@@ -43,6 +43,23 @@ pub(super) struct CommitTarget {
     pub table: &'static str,
     pub target: usize,
     pub schema: arrow::datatypes::SchemaRef,
+    /// Files held this long for a commit that keeps failing are written
+    /// again before the next attempt (`lake::orphans::WRITTEN_MAX_AGE`):
+    /// the orphan sweep takes unreferenced files past an age for
+    /// abandoned, so no commit may offer files near that age.
+    pub rewrite_after: Duration,
+}
+
+/// A commit's data files, written once and kept across its attempts.
+struct Written {
+    files: Vec<iceberg::spec::DataFile>,
+    /// Rows left out, committed by another owner.
+    left_out: usize,
+    /// The other owners' commits the files were written around.
+    below: std::collections::BTreeMap<(String, i32), i64>,
+    /// The rows, to write the files again from.
+    batch: arrow::array::RecordBatch,
+    at: Instant,
 }
 
 /// What one flush commits: the rows taken in since the last one, each
@@ -103,10 +120,9 @@ pub(super) async fn commit_with_retries(
         .with_jitter()
         .without_max_times()
         .build();
+    let is_trades = matches!(rows, Rows::Trades(_));
     let mut rows = Some(rows);
-    // The data files, written once, and what they leave out.
-    let mut written: Option<(Vec<iceberg::spec::DataFile>, usize, _)> = None;
-    let mut trades = None;
+    let mut written: Option<Written> = None;
     let mut conflicts = 0u32;
     loop {
         // While the breaker is open, wait out its open time instead
@@ -129,17 +145,35 @@ pub(super) async fn commit_with_retries(
         let attempt = async {
             let t = to.catalog.load_table(&to.ident).await?;
             let plan = commit::plan(&t, &cluster_id, &runs, &known)?;
-            match &written {
-                Some((_, _, below)) if *below != plan.committed_below => {
+            match &mut written {
+                Some(w) if w.below != plan.committed_below => {
                     // Another owner committed rows of these partitions after
                     // the files were written from them: only a rewind to the
                     // table can sort that out.
                     return Ok(Err(plan.committed_below));
                 }
+                Some(w) if w.at.elapsed() >= to.rewrite_after => {
+                    // The old files are left where they are: nothing
+                    // references them, and the orphan sweep takes them.
+                    w.files = if w.batch.num_rows() > 0 {
+                        commit::write_data_files(&t, &w.batch, to.target).await?
+                    } else {
+                        Vec::new()
+                    };
+                    w.at = Instant::now();
+                    metrics
+                        .writer_commits
+                        .with_label_values(&[table, "rewritten"])
+                        .inc();
+                    tracing::warn!(
+                        table,
+                        files = w.files.len(),
+                        "iceberg commit still failing; its data files written again, so none grows old enough for the orphan sweep"
+                    );
+                }
                 Some(_) => {}
                 None => {
                     let below = plan.committed_below.clone();
-                    let is_trades = matches!(rows, Some(Rows::Trades(_)));
                     let batch = match rows.take() {
                         // Rows taken in without their offsets cannot be told
                         // apart: rewind instead.
@@ -174,14 +208,20 @@ pub(super) async fn commit_with_retries(
                     } else {
                         Vec::new()
                     };
-                    written = Some((files, offered - batch.num_rows(), below));
-                    if is_trades {
-                        trades = Some(batch);
-                    }
+                    written = Some(Written {
+                        files,
+                        left_out: offered - batch.num_rows(),
+                        below,
+                        batch,
+                        at: Instant::now(),
+                    });
                 }
             }
-            let (files, _, _) = written.as_ref().expect("written above");
-            commit::append_on(to.catalog.as_ref(), &t, files.clone(), &plan.offsets)
+            let files = written
+                .as_ref()
+                .map(|w| w.files.clone())
+                .unwrap_or_default();
+            commit::append_on(to.catalog.as_ref(), &t, files, &plan.offsets)
                 .await
                 .map(|c| Ok((c, plan)))
         };
@@ -192,13 +232,13 @@ pub(super) async fn commit_with_retries(
                     .writer_commit_seconds
                     .with_label_values(&[table])
                     .observe(started.elapsed().as_secs_f64());
-                let left_out = written.as_ref().map_or(0, |w| w.1);
+                let left_out = written.as_ref().map_or(0, |w| w.left_out);
                 return Ok(Landed {
                     committed: c,
                     offsets: plan.offsets,
                     committed_below: plan.committed_below,
                     left_out,
-                    trades,
+                    trades: written.filter(|_| is_trades).map(|w| w.batch),
                 });
             }
             Ok(Err(below)) => return Err(WriterError::Overlap { table, below }),
@@ -228,5 +268,139 @@ pub(super) async fn commit_with_retries(
             }
             Err(source) => return Err(lake(source)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::degrade::breaker::CircuitBreaker;
+    use crate::lake::batch::TradeChunk;
+    use crate::lake::commit::Run;
+    use crate::model::TradeV2;
+    use futures::TryStreamExt;
+
+    fn parquet_files(dir: &std::path::Path) -> usize {
+        walkdir::WalkDir::new(dir)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+            .count()
+    }
+
+    /// A commit whose catalog refuses it (a trigger on the SQL catalog's
+    /// table: reads work, commits fail, as with a catalog that went read
+    /// only) is retried, and with `rewrite_after` at zero its data files
+    /// are written again before every attempt. When the catalog takes
+    /// commits again, the rows land once, from the newest files; the
+    /// older ones are unreferenced, and the orphan sweep takes them and
+    /// nothing the table reads.
+    #[tokio::test]
+    async fn a_commit_that_keeps_failing_writes_its_files_again_and_the_sweep_takes_the_old_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, catalog, _, ident, schema) = crate::lake::test_lake(dir.path()).await;
+        let db = sqlx::SqlitePool::connect(&cfg.catalog_uri()).await.unwrap();
+        sqlx::query(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON iceberg_tables \
+             BEGIN SELECT RAISE(ABORT, 'the catalog refuses commits'); END",
+        )
+        .execute(&db)
+        .await
+        .unwrap();
+        let trades: Vec<TradeV2> = (0..50)
+            .map(|i| {
+                TradeV2::builder("X", "BTCUSDT", &i.to_string(), 1_700_000_000_000_000 + i).build()
+            })
+            .collect();
+        let chunk = TradeChunk {
+            batch: crate::lake::batch::trades_batch(&schema, &trades).unwrap(),
+            keys: trades
+                .iter()
+                .map(|t| crate::dedup::key(&t.message_id))
+                .collect(),
+        };
+        let pending = Pending {
+            rows: Rows::Trades(vec![chunk]),
+            at: Vec::new(),
+            runs: commit::Runs::from([(("t.trades".into(), 0), Run { from: None, to: 50 })]),
+            cluster_id: "c".into(),
+            known: KafkaOffsets {
+                cluster_id: "c".into(),
+                ..Default::default()
+            },
+        };
+        let to = CommitTarget {
+            catalog: catalog.clone(),
+            ident: ident.clone(),
+            table: "trades",
+            target: 1 << 20,
+            schema,
+            rewrite_after: Duration::ZERO,
+        };
+        let breaker: SharedBreaker = Arc::new(std::sync::Mutex::new(
+            CircuitBreaker::new("commit.trades", cfg.breaker.commit.clone()).unwrap(),
+        ));
+        let metrics = Metrics::new().unwrap();
+        let m = metrics.clone();
+        let commit = tokio::spawn(async move {
+            let now = Instant::now();
+            commit_with_retries(&to, pending, &breaker, &m, now, now).await
+        });
+        let rewritten = || {
+            metrics
+                .writer_commits
+                .with_label_values(&["trades", "rewritten"])
+                .get()
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while rewritten() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "no rewrite while the commits failed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sqlx::query("DROP TRIGGER refuse")
+            .execute(&db)
+            .await
+            .unwrap();
+        let landed = commit.await.unwrap().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(landed.committed.rows, 50);
+
+        let read = || async {
+            let t = catalog.load_table(&ident).await.unwrap();
+            let batches: Vec<_> = t
+                .scan()
+                .build()
+                .unwrap()
+                .to_arrow()
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            batches.iter().map(|b| b.num_rows()).sum::<usize>()
+        };
+        assert_eq!(read().await, 50);
+        let written = parquet_files(dir.path());
+        assert!(written >= 3, "a first write and two rewrites: {written}");
+        let r = crate::lake::orphans::sweep(catalog.as_ref(), &ident, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(r.refused, None, "{r:?}");
+        // The old data files, and the manifests and manifest lists the
+        // refused attempts wrote.
+        assert_eq!(r.deleted, r.listed - r.referenced, "{r:?}");
+        assert!(r.deleted > written - 1, "{r:?}");
+        assert_eq!(parquet_files(dir.path()), 1);
+        assert_eq!(read().await, 50);
+        let again = crate::lake::orphans::sweep(catalog.as_ref(), &ident, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.listed, again.deleted),
+            (again.referenced, 0),
+            "{again:?}"
+        );
     }
 }

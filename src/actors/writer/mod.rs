@@ -481,6 +481,7 @@ impl WriterActor {
                 table,
                 target,
                 schema,
+                rewrite_after: crate::lake::orphans::WRITTEN_MAX_AGE,
             };
             commit_with_retries(&to, pending, &breaker, &metrics, epoch, started).await
         });

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use iceberg::{Catalog, TableIdent};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -24,155 +23,13 @@ use crate::config::Config;
 use crate::lake::compact::{self, CatalogDb, CompactPolicy};
 use crate::lake::lease::{Acquired, Lease, LeaseHandle};
 use crate::lake::maintain::{self, MaintainReport};
+use crate::lake::orphans::{self, SweepReport};
 use crate::lake::{self, LakeError, TableKind};
 use crate::messages::query::LakeChanged;
 
-/// The maintenance metrics, on the daemon's registry.
-#[derive(Clone)]
-pub struct MaintenanceMetrics {
-    runs: IntCounterVec,
-    expired: IntCounterVec,
-    files_deleted: IntCounterVec,
-    bytes_deleted: IntCounterVec,
-    compacted: IntCounterVec,
-    compaction_failures: IntCounterVec,
-    lease: IntCounterVec,
-    snapshots: IntGaugeVec,
-    data_files: IntGaugeVec,
-    metadata_bytes: IntGaugeVec,
-    duration: HistogramVec,
-}
+mod metrics;
 
-impl MaintenanceMetrics {
-    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok::<_, prometheus::Error>(c)
-        };
-        let gauge = |name: &str, help: &str| {
-            let g = IntGaugeVec::new(Opts::new(name, help), &["table"])?;
-            registry.register(Box::new(g.clone()))?;
-            Ok::<_, prometheus::Error>(g)
-        };
-        Ok(Self {
-            runs: counter(
-                "ticklake_maintenance_runs_total",
-                "Maintenance runs per table, by outcome (ok, failed).",
-                &["table", "outcome"],
-            )?,
-            expired: counter(
-                "ticklake_maintenance_snapshots_expired_total",
-                "Snapshots expired by maintenance.",
-                &["table"],
-            )?,
-            files_deleted: counter(
-                "ticklake_maintenance_files_deleted_total",
-                "Files deleted by maintenance, by kind (manifest_list, manifest, data, metadata).",
-                &["table", "kind"],
-            )?,
-            bytes_deleted: counter(
-                "ticklake_maintenance_bytes_deleted_total",
-                "Bytes of the files deleted by maintenance.",
-                &["table"],
-            )?,
-            compacted: counter(
-                "ticklake_compaction_files_total",
-                "Data files replaced and written by compaction, and dropped with partitions past maintenance.retention_days (retired).",
-                &["table", "kind"],
-            )?,
-            compaction_failures: counter(
-                "ticklake_compaction_failures_total",
-                "Compactions that failed (the next run tries again).",
-                &["table"],
-            )?,
-            lease: counter(
-                "ticklake_maintenance_lease_total",
-                "Maintenance runs by what became of the lease: taken (the run went ahead), held_elsewhere (another daemon's; the run did nothing), lost (expired and taken during the run, which stopped), failed (the catalog failed), none (a REST catalog: no lease).",
-                &["outcome"],
-            )?,
-            snapshots: gauge(
-                "ticklake_lake_snapshots",
-                "Snapshots in the table's metadata after the last maintenance run.",
-            )?,
-            data_files: gauge(
-                "ticklake_lake_data_files",
-                "Data files of the table's current snapshot at the last maintenance run.",
-            )?,
-            metadata_bytes: gauge(
-                "ticklake_lake_metadata_bytes",
-                "Size of the table's current metadata file, which every reader loads, at the last maintenance run.",
-            )?,
-            duration: {
-                // Runs take from milliseconds (nothing to do) to a minute
-                // (a first compaction of a day's small files).
-                let h = HistogramVec::new(
-                    HistogramOpts::new(
-                        "ticklake_maintenance_duration_seconds",
-                        "Duration of one table's maintenance run (compaction, expiry, file deletion), on the commit runtime.",
-                    )
-                    .buckets(vec![
-                        0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-                    ]),
-                    &["table"],
-                )?;
-                registry.register(Box::new(h.clone()))?;
-                h
-            },
-        })
-    }
-
-    fn record(&self, r: &MaintainReport) {
-        let t = r.table.as_str();
-        self.runs.with_label_values(&[t, "ok"]).inc();
-        self.duration
-            .with_label_values(&[t])
-            .observe(r.duration_ms as f64 / 1000.0);
-        self.expired
-            .with_label_values(&[t])
-            .inc_by(r.expired as u64);
-        self.files_deleted
-            .with_label_values(&[t, "manifest_list"])
-            .inc_by(r.manifest_lists_deleted as u64);
-        self.files_deleted
-            .with_label_values(&[t, "metadata"])
-            .inc_by(r.metadata_files_deleted as u64);
-        self.files_deleted
-            .with_label_values(&[t, "manifest"])
-            .inc_by(r.manifests_deleted as u64);
-        self.files_deleted
-            .with_label_values(&[t, "data"])
-            .inc_by(r.data_files_deleted as u64);
-        if let Some(c) = &r.compaction {
-            self.compacted
-                .with_label_values(&[t, "replaced"])
-                .inc_by(c.files_replaced as u64);
-            self.compacted
-                .with_label_values(&[t, "written"])
-                .inc_by(c.files_written as u64);
-        }
-        if let Some(x) = &r.retired {
-            self.compacted
-                .with_label_values(&[t, "retired"])
-                .inc_by(x.files as u64);
-        }
-        if r.compaction_error.is_some() {
-            self.compaction_failures.with_label_values(&[t]).inc();
-        }
-        self.bytes_deleted
-            .with_label_values(&[t])
-            .inc_by(r.bytes_deleted);
-        self.snapshots
-            .with_label_values(&[t])
-            .set(r.snapshots_after as i64);
-        self.data_files
-            .with_label_values(&[t])
-            .set(r.data_files as i64);
-        self.metadata_bytes
-            .with_label_values(&[t])
-            .set(r.metadata_bytes as i64);
-    }
-}
+pub use metrics::MaintenanceMetrics;
 
 /// One table's part in a run: its ident and the columns its rewritten
 /// rows are sorted by.
@@ -203,6 +60,11 @@ pub struct Job {
     retention_days: u32,
     /// This daemon's warehouse; tables located elsewhere are left alone.
     warehouse: String,
+    /// The orphan sweep's minimum age and interval (`maintenance.orphan_*`).
+    orphans: Option<(Duration, Duration)>,
+    /// When this daemon last swept each table: a sweep lists the whole
+    /// table, so it runs once an interval, not once a run.
+    swept: Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
 }
 
 /// Whether `location` (a table's, from its metadata) lies inside
@@ -321,6 +183,8 @@ impl Job {
             },
             compacting: cfg.maintenance.compact,
             retention_days: cfg.maintenance.retention_days,
+            orphans: cfg.maintenance.orphans(),
+            swept: Arc::default(),
         })
     }
 
@@ -488,9 +352,43 @@ impl Job {
                 r.compaction_error = compaction_error;
                 r
             });
+            let r = match r {
+                Ok(mut r) => {
+                    (r.orphans, r.orphans_error) = self.sweep(&t.ident).await;
+                    Ok(r)
+                }
+                e => e,
+            };
             out.push(r);
         }
         out
+    }
+}
+
+impl Job {
+    /// The orphan sweep of `ident`, when sweeps are on and this daemon's
+    /// last one of it is an interval old; a failed sweep is tried again
+    /// at the next run.
+    async fn sweep(&self, ident: &TableIdent) -> (Option<SweepReport>, Option<String>) {
+        let Some((min_age, every)) = self.orphans else {
+            return (None, None);
+        };
+        let key = ident.to_string();
+        let due = |swept: &std::collections::HashMap<_, std::time::Instant>| {
+            swept.get(&key).is_none_or(|t| t.elapsed() >= every)
+        };
+        if !self.swept.lock().map(|s| due(&s)).unwrap_or(true) {
+            return (None, None);
+        }
+        match orphans::sweep(self.catalog.as_ref(), ident, min_age).await {
+            Ok(r) => {
+                if let Ok(mut s) = self.swept.lock() {
+                    s.insert(key, std::time::Instant::now());
+                }
+                (Some(r), None)
+            }
+            Err(e) => (None, Some(e.to_string())),
+        }
     }
 }
 
@@ -553,6 +451,7 @@ impl MaintenanceActor {
             snapshot_retention: cfg.snapshot_retention.clone(),
             ..MaintenanceState::default()
         };
+        metrics.init_tables(job.tables().map(|t| t.to_string()));
         Self {
             job,
             listeners: Vec::new(),
@@ -642,6 +541,17 @@ impl MaintenanceActor {
                             ms = c.duration_ms,
                             "maintenance: small files compacted"
                         );
+                    }
+                    if let Some(o) = &report.orphans {
+                        if let Some(why) = &o.refused {
+                            tracing::warn!(table = %report.table, reason = %why, "maintenance: orphan sweep refused; nothing deleted");
+                        } else if o.deleted > 0 {
+                            tracing::info!(table = %report.table, deleted = o.deleted, bytes = o.bytes_deleted,
+                                young = o.young, "maintenance: orphan files deleted");
+                        }
+                    }
+                    if let Some(e) = &report.orphans_error {
+                        tracing::warn!(table = %report.table, error = %e, "maintenance: orphan sweep failed; the next run tries again");
                     }
                     if let Some(e) = &report.compaction_error {
                         tracing::warn!(table = %report.table, error = %e, "maintenance: compaction failed; the next run tries again");
