@@ -313,8 +313,6 @@ mod tests {
 
     use std::collections::HashMap;
 
-    use futures::TryStreamExt;
-
     use super::*;
     use crate::lake;
     use crate::lake::commit::{KafkaOffsets, append};
@@ -322,13 +320,6 @@ mod tests {
 
     fn offsets(next: i64) -> KafkaOffsets {
         crate::lake::commit::one_partition(next)
-    }
-
-    async fn rows(catalog: &dyn Catalog, ident: &TableIdent) -> usize {
-        let table = catalog.load_table(ident).await.unwrap();
-        let stream = table.scan().build().unwrap().to_arrow().await.unwrap();
-        let batches: Vec<_> = stream.try_collect().await.unwrap();
-        batches.iter().map(|b| b.num_rows()).sum()
     }
 
     fn manifest_lists(dir: &Path) -> usize {
@@ -435,7 +426,7 @@ mod tests {
         assert_eq!(manifest_lists(&warehouse), 1);
         assert_eq!(metadata_files(&warehouse), metadata_before);
         assert_eq!(
-            rows(catalog.as_ref(), &ident).await,
+            lake::rows_of(catalog.as_ref(), &ident).await,
             10,
             "every row still reads"
         );
@@ -464,6 +455,6 @@ mod tests {
         assert_eq!((r.expired, r.snapshots_after), (0, 2), "{r:?}");
         let table = catalog.load_table(&ident).await.unwrap();
         assert_eq!(current_offsets(&table).unwrap(), Some((id, offsets(10))));
-        assert_eq!(rows(catalog.as_ref(), &ident).await, 10);
+        assert_eq!(lake::rows_of(catalog.as_ref(), &ident).await, 10);
     }
 }

@@ -199,6 +199,16 @@ pub fn table_ident(cfg: &Config, kind: TableKind) -> TableIdent {
     )
 }
 
+/// The rows a scan of `ident`'s current snapshot reads, for tests.
+#[cfg(test)]
+pub(crate) async fn rows_of(catalog: &dyn Catalog, ident: &TableIdent) -> usize {
+    use futures::TryStreamExt;
+    let table = catalog.load_table(ident).await.unwrap();
+    let stream = table.scan().build().unwrap().to_arrow().await.unwrap();
+    let batches: Vec<arrow::array::RecordBatch> = stream.try_collect().await.unwrap();
+    batches.iter().map(|b| b.num_rows()).sum()
+}
+
 /// A fresh lake under `dir` with its trades table, for tests: the config,
 /// the catalog, the table, its ident and its Arrow schema.
 #[cfg(test)]

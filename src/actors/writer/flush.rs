@@ -278,7 +278,6 @@ mod tests {
     use crate::lake::batch::TradeChunk;
     use crate::lake::commit::Run;
     use crate::model::TradeV2;
-    use futures::TryStreamExt;
 
     fn parquet_files(dir: &std::path::Path) -> usize {
         walkdir::WalkDir::new(dir)
@@ -367,20 +366,7 @@ mod tests {
         let landed = commit.await.unwrap().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(landed.committed.rows, 50);
 
-        let read = || async {
-            let t = catalog.load_table(&ident).await.unwrap();
-            let batches: Vec<_> = t
-                .scan()
-                .build()
-                .unwrap()
-                .to_arrow()
-                .await
-                .unwrap()
-                .try_collect()
-                .await
-                .unwrap();
-            batches.iter().map(|b| b.num_rows()).sum::<usize>()
-        };
+        let read = || crate::lake::rows_of(catalog.as_ref(), &ident);
         assert_eq!(read().await, 50);
         let written = parquet_files(dir.path());
         assert!(written >= 3, "a first write and two rewrites: {written}");
