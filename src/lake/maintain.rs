@@ -41,7 +41,7 @@ use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableIdent};
 use serde::Serialize;
 
-use super::commit::current_offsets;
+use super::commit::{current_offsets, load_manifests, manifest_lists};
 use super::{LakeError, store};
 
 /// Metadata files younger than this are never deleted (see the module
@@ -217,16 +217,19 @@ async fn unreachable(
     after: &Table,
     expired: &[iceberg::spec::SnapshotRef],
 ) -> Result<(Vec<String>, Vec<String>), LakeError> {
+    if expired.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
     let mut kept: HashMap<String, ManifestFile> = HashMap::new();
-    for s in after.metadata().snapshots() {
-        for m in after.manifest_list_reader(s).load().await?.entries() {
+    for list in manifest_lists(after, after.metadata().snapshots()).await? {
+        for m in list.entries() {
             kept.entry(m.manifest_path.clone())
                 .or_insert_with(|| m.clone());
         }
     }
     let mut gone: HashMap<String, ManifestFile> = HashMap::new();
-    for s in expired {
-        for m in before.manifest_list_reader(s).load().await?.entries() {
+    for list in manifest_lists(before, expired.iter()).await? {
+        for m in list.entries() {
             if !kept.contains_key(&m.manifest_path) {
                 gone.entry(m.manifest_path.clone())
                     .or_insert_with(|| m.clone());
@@ -237,18 +240,18 @@ async fn unreachable(
         return Ok((Vec::new(), Vec::new()));
     }
     let mut live = HashSet::new();
-    for m in kept.values() {
+    for m in load_manifests(after.file_io(), kept.values()).await? {
         // A DELETED entry records a file's removal; a kept snapshot that
         // still reads the file lists it alive in its own manifests.
-        for e in m.load_manifest(after.file_io()).await?.entries() {
+        for e in m.entries() {
             if e.is_alive() {
                 live.insert(e.data_file.file_path().to_string());
             }
         }
     }
     let mut files = HashSet::new();
-    for m in gone.values() {
-        for e in m.load_manifest(before.file_io()).await?.entries() {
+    for m in load_manifests(before.file_io(), gone.values()).await? {
+        for e in m.entries() {
             if !live.contains(e.data_file.file_path()) {
                 files.insert(e.data_file.file_path().to_string());
             }

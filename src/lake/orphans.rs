@@ -44,6 +44,7 @@ use iceberg::table::Table;
 use iceberg::{Catalog, TableIdent};
 use serde::Serialize;
 
+use super::commit::{load_manifests, manifest_lists};
 use super::{LakeError, store};
 
 /// A writer holding files for a commit that keeps failing writes them
@@ -135,19 +136,18 @@ async fn referenced(table: &Table) -> Result<HashSet<String>, LakeError> {
     let meta = table.metadata();
     let mut out = HashSet::new();
     let mut manifests = Vec::new();
-    for s in meta.snapshots() {
-        if s.manifest_list().is_empty() {
-            continue;
-        }
+    for s in meta.snapshots().filter(|s| !s.manifest_list().is_empty()) {
         out.insert(store::normalized(s.manifest_list()));
-        for m in table.manifest_list_reader(s).load().await?.entries() {
+    }
+    for list in manifest_lists(table, meta.snapshots()).await? {
+        for m in list.entries() {
             if out.insert(store::normalized(&m.manifest_path)) {
                 manifests.push(m.clone());
             }
         }
     }
-    for m in manifests {
-        for e in m.load_manifest(table.file_io()).await?.entries() {
+    for m in load_manifests(table.file_io(), manifests.iter()).await? {
+        for e in m.entries() {
             // A DELETED entry records the file's removal by this snapshot;
             // a kept snapshot that still reads the file lists it alive in
             // its own manifests. Expiry deletes such a file once no kept
