@@ -153,6 +153,12 @@ fn expiry_keeps_every_trade_once_across_a_kill_and_bounds_the_snapshots() {
             &format!("kind=\"{kind}\",table=\"market.trades\""),
         )
     };
+    // Many runs, one sweep of each table: orphan_sweep_interval is a day.
+    let sweeps = env.counter(
+        "ticklake_maintenance_orphan_sweeps_total",
+        "outcome=\"swept\",table=\"market.trades\"",
+    );
+    assert_eq!(sweeps, 1.0, "{m}");
     let (replaced, written) = (compacted("replaced"), compacted("written"));
     let data_files = env.counter("ticklake_lake_data_files", "table=\"market.trades\"");
     println!("compaction: {replaced} files replaced by {written}; {data_files} data files now");
