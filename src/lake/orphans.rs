@@ -117,16 +117,46 @@ pub async fn sweep(
             continue;
         }
         if super::maintain::older_than(f.modified, now, min_age) {
-            orphans.push(f.location);
+            orphans.push(f);
         } else {
             report.young += 1;
         }
     }
-    let (n, bytes) = super::maintain::delete_files(table.file_io(), &orphans).await;
-    report.deleted = n;
-    report.bytes_deleted = bytes;
+    (report.deleted, report.bytes_deleted) = delete(table.file_io(), &orphans).await;
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Files deleted a request at a time: S3's DeleteObjects takes 1,000
+/// keys. After days of writers losing commit races (each lost attempt
+/// leaves a manifest and a manifest list), a sweep can find tens of
+/// thousands of files, and one DELETE each would outlast the maintenance
+/// lease.
+const DELETE_BATCH: usize = 1000;
+
+/// Deletes `orphans` in batches, returning how many went and their bytes
+/// (as listed). A batch that fails is deleted one file at a time, so one
+/// file that will not go does not keep the rest; it is logged and left for
+/// the next sweep.
+async fn delete(io: &iceberg::io::FileIO, orphans: &[store::Listed]) -> (usize, u64) {
+    let (mut n, mut bytes) = (0, 0);
+    for batch in orphans.chunks(DELETE_BATCH) {
+        let paths: Vec<String> = batch.iter().map(|f| f.location.clone()).collect();
+        match io.delete_stream(futures::stream::iter(paths.clone())).await {
+            Ok(()) => {
+                n += batch.len();
+                bytes += batch.iter().map(|f| f.size).sum::<u64>();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, files = batch.len(),
+                    "orphan sweep: a batch delete failed; deleting its files one at a time");
+                let (k, b) = super::maintain::delete_files(io, &paths).await;
+                n += k;
+                bytes += b;
+            }
+        }
+    }
+    (n, bytes)
 }
 
 /// Every file the snapshots of `table` reference, normalized: each
