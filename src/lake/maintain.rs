@@ -318,7 +318,7 @@ mod tests {
 
     use super::*;
     use crate::lake;
-    use crate::lake::commit::{KafkaOffsets, append};
+    use crate::lake::commit::KafkaOffsets;
     use crate::model::TradeV2;
 
     fn offsets(next: i64) -> KafkaOffsets {
@@ -367,16 +367,7 @@ mod tests {
                     TradeV2::builder("X", "BTCUSDT", &i.to_string(), 1_700_000_000_000_000 + i)
                         .build(),
                 ];
-            let batch = lake::batch::trades_batch(&schema, &trade).unwrap();
-            append(
-                catalog.as_ref(),
-                &ident,
-                Some(&batch),
-                &offsets(i + 1),
-                1 << 20,
-            )
-            .await
-            .unwrap();
+            lake::append_trades(catalog.as_ref(), &ident, &schema, &trade, i + 1).await;
         }
         let warehouse = dir.path().to_path_buf();
         assert_eq!(manifest_lists(&warehouse), 10);

@@ -199,6 +199,23 @@ pub fn table_ident(cfg: &Config, kind: TableKind) -> TableIdent {
     )
 }
 
+/// Commits `trades` to `ident` as the writers do, with the offsets of one
+/// partition at `next`, for tests.
+#[cfg(test)]
+pub(crate) async fn append_trades(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    schema: &arrow::datatypes::SchemaRef,
+    trades: &[crate::model::TradeV2],
+    next: i64,
+) {
+    let batch = batch::trades_batch(schema, trades).unwrap();
+    let offsets = commit::one_partition(next);
+    commit::append(catalog, ident, Some(&batch), &offsets, 1 << 20)
+        .await
+        .unwrap();
+}
+
 /// The rows a scan of `ident`'s current snapshot reads, for tests.
 #[cfg(test)]
 pub(crate) async fn rows_of(catalog: &dyn Catalog, ident: &TableIdent) -> usize {

@@ -204,7 +204,7 @@ mod tests {
 
     use super::*;
     use crate::lake;
-    use crate::lake::commit::{append, one_partition, write_data_files};
+    use crate::lake::commit::write_data_files;
     use crate::model::TradeV2;
 
     const DAY_US: i64 = 86_400_000_000;
@@ -258,16 +258,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_, catalog, _, ident, schema) = lake::test_lake(dir.path()).await;
         for c in 0..3i64 {
-            let batch = lake::batch::trades_batch(&schema, &trades(c * 10, c * 10 + 10)).unwrap();
-            append(
-                catalog.as_ref(),
-                &ident,
-                Some(&batch),
-                &one_partition(c + 1),
-                1 << 20,
-            )
-            .await
-            .unwrap();
+            let t = trades(c * 10, c * 10 + 10);
+            lake::append_trades(catalog.as_ref(), &ident, &schema, &t, c + 1).await;
         }
         let table = catalog.load_table(&ident).await.unwrap();
         let crashed = lake::batch::trades_batch(&schema, &trades(100, 110)).unwrap();
@@ -346,16 +338,7 @@ mod tests {
                 .into_iter()
                 .filter(|t| t.timestamp_us < 1_700_000_000_000_000 + DAY_US)
                 .collect();
-            let batch = lake::batch::trades_batch(&schema, &one_day).unwrap();
-            append(
-                catalog.as_ref(),
-                &ident,
-                Some(&batch),
-                &one_partition(c + 1),
-                1 << 20,
-            )
-            .await
-            .unwrap();
+            lake::append_trades(catalog.as_ref(), &ident, &schema, &one_day, c + 1).await;
         }
         let db = CatalogDb::open(&cfg).await.unwrap().unwrap();
         let policy = CompactPolicy {
@@ -403,16 +386,8 @@ mod tests {
     async fn a_referenced_file_the_listing_lacks_stops_the_sweep() {
         let dir = tempfile::tempdir().unwrap();
         let (_, catalog, _, ident, schema) = lake::test_lake(dir.path()).await;
+        lake::append_trades(catalog.as_ref(), &ident, &schema, &trades(0, 10), 1).await;
         let batch = lake::batch::trades_batch(&schema, &trades(0, 10)).unwrap();
-        append(
-            catalog.as_ref(),
-            &ident,
-            Some(&batch),
-            &one_partition(1),
-            1 << 20,
-        )
-        .await
-        .unwrap();
         let table = catalog.load_table(&ident).await.unwrap();
         let orphans: Vec<PathBuf> = write_data_files(&table, &batch, 1 << 20)
             .await
