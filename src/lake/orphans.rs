@@ -9,11 +9,12 @@
 //!   catalog's answer (a crash, an OOM kill, a host gone);
 //! - a compaction whose run failed on I/O after it wrote its files, so
 //!   that it could not delete them either;
-//! - a write that was abandoned when its commit failed for good, if
-//!   deleting its files failed too.
+//! - every commit attempt that lost a race with another commit: iceberg
+//!   writes the attempt's manifest and manifest list before the catalog
+//!   refuses it.
 //!
-//! Each is a few megabytes, but a daemon that runs for months keeps paying
-//! for them, and nothing else would ever take them away. So maintenance
+//! Each is small, but a daemon that runs for months keeps paying for them,
+//! and nothing else would ever take them away. So maintenance
 //! lists the table's location and deletes the Parquet and Avro files
 //! under it that nothing references and that are older than
 //! `maintenance.orphan_min_age`.

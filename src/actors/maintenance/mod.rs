@@ -1,6 +1,8 @@
-//! MaintenanceActor: every `maintenance.interval_secs` it compacts both
+//! MaintenanceActor: every `maintenance.interval_secs` it compacts its
 //! tables (`lake::compact`), then expires old snapshots and deletes the
-//! files only they referenced (`lake::maintain`). The work runs on the
+//! files only they referenced (`lake::maintain`), and once every
+//! `maintenance.orphan_sweep_interval` deletes the files no snapshot ever
+//! referenced (`lake::orphans`). The work runs on the
 //! commit runtime (a low-priority thread, `lake::background`), never on an
 //! arbiter; one run at a time.
 //! A failed run (a commit conflict with a writer, an IO error) is counted
