@@ -312,7 +312,7 @@ pub(super) async fn delete_files(io: &iceberg::io::FileIO, locations: &[String])
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     use std::collections::HashMap;
 
@@ -326,7 +326,7 @@ mod tests {
     }
 
     fn manifest_lists(dir: &Path) -> usize {
-        walk(dir)
+        lake::files_under(dir)
             .iter()
             .filter(|p| {
                 p.file_name()
@@ -337,19 +337,10 @@ mod tests {
     }
 
     fn metadata_files(dir: &Path) -> usize {
-        walk(dir)
+        lake::files_under(dir)
             .iter()
             .filter(|p| p.to_string_lossy().ends_with(".metadata.json"))
             .count()
-    }
-
-    fn walk(dir: &Path) -> Vec<PathBuf> {
-        walkdir::WalkDir::new(dir)
-            .into_iter()
-            .flatten()
-            .filter(|e| !e.file_type().is_dir())
-            .map(|e| e.into_path())
-            .collect()
     }
 
     /// Ten commits of one trade each, then expiry with no retention: one

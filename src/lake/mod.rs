@@ -216,6 +216,18 @@ pub(crate) async fn append_trades(
         .unwrap();
 }
 
+/// Every file under `dir`, at any depth, for tests that look at what a
+/// local lake holds.
+#[cfg(test)]
+pub(crate) fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect()
+}
+
 /// The rows a scan of `ident`'s current snapshot reads, for tests.
 #[cfg(test)]
 pub(crate) async fn rows_of(catalog: &dyn Catalog, ident: &TableIdent) -> usize {

@@ -225,19 +225,10 @@ mod tests {
             .collect()
     }
 
-    fn files(dir: &Path) -> Vec<PathBuf> {
-        walkdir::WalkDir::new(dir)
-            .into_iter()
-            .flatten()
-            .filter(|e| e.file_type().is_file())
-            .map(|e| e.into_path())
-            .collect()
-    }
-
     /// Sets every file under `dir` back `age`, as if written that long ago.
     fn age_all(dir: &Path, age: Duration) {
         let then = SystemTime::now() - age;
-        for p in files(dir) {
+        for p in lake::files_under(dir) {
             std::fs::File::options()
                 .write(true)
                 .open(&p)
@@ -271,7 +262,7 @@ mod tests {
             .map(|f| store::local_path(f.file_path()).unwrap())
             .collect();
         assert_eq!(crashed.len(), 2, "one file per day partition");
-        let a_manifest = files(dir.path())
+        let a_manifest = lake::files_under(dir.path())
             .into_iter()
             .find(|p| p.to_string_lossy().ends_with("-m0.avro"))
             .expect("the commits' manifests");
@@ -291,7 +282,7 @@ mod tests {
         .await
         .unwrap();
         let young = store::local_path(young[0].file_path()).unwrap();
-        let before = files(dir.path());
+        let before = lake::files_under(dir.path());
         let metadata_json = |fs: &[PathBuf]| {
             fs.iter()
                 .filter(|p| p.to_string_lossy().ends_with(".metadata.json"))
@@ -310,7 +301,7 @@ mod tests {
         for p in crashed.iter().chain([&failed_compaction]) {
             assert!(!p.exists(), "{} is an orphan", p.display());
         }
-        let after = files(dir.path());
+        let after = lake::files_under(dir.path());
         assert_eq!(after.len(), before.len() - 3);
         assert!(young.exists() && foreign.exists() && foreign_in_table.exists());
         assert_eq!(metadata_json(&after), metadata_json(&before));
@@ -396,7 +387,7 @@ mod tests {
             .iter()
             .map(|f| store::local_path(f.file_path()).unwrap())
             .collect();
-        let lost = files(dir.path())
+        let lost = lake::files_under(dir.path())
             .into_iter()
             .find(|p| p.extension().is_some_and(|e| e == "parquet") && !orphans.contains(p))
             .unwrap();

@@ -280,10 +280,9 @@ mod tests {
     use crate::model::TradeV2;
 
     fn parquet_files(dir: &std::path::Path) -> usize {
-        walkdir::WalkDir::new(dir)
-            .into_iter()
-            .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+        crate::lake::files_under(dir)
+            .iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
             .count()
     }
 
