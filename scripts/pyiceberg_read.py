@@ -4,7 +4,10 @@
 Reads a table that the Rust side (iceberg-rust's SQL catalog) wrote, through
 pyiceberg's SqlCatalog, which uses the same JDBC-catalog tables
 (iceberg_tables, iceberg_namespace_properties). A second implementation
-reading the data catches bugs a Rust-only round trip would hide.
+reading the data catches bugs a Rust-only round trip would hide. With an
+http(s):// --catalog-uri it reads through pyiceberg's REST catalog client
+instead (credentials as --prop credential=ID:SECRET or token=…), and
+--warehouse is optional.
 
 Prints JSON: {"rows": N, "columns": [...], "data": [{col: value}, ...]}
 Values are made JSON-safe without losing precision:
@@ -26,6 +29,7 @@ import sys
 import uuid
 
 import pyarrow as pa
+from pyiceberg.catalog.rest import RestCatalog
 from pyiceberg.catalog.sql import SqlCatalog
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -97,7 +101,7 @@ def _convert(typ, v):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--catalog-uri", required=True, help="e.g. sqlite:////abs/catalog.db")
-    ap.add_argument("--warehouse", required=True, help="e.g. file:///abs/warehouse")
+    ap.add_argument("--warehouse", help="e.g. file:///abs/warehouse (required for a SQL catalog)")
     ap.add_argument("--catalog-name", default="ticklake")
     ap.add_argument("--table", required=True, help="namespace.table, e.g. market.trades")
     ap.add_argument("--columns", help="comma-separated subset of columns")
@@ -118,6 +122,14 @@ def main():
             return 2
         props[key] = value
 
+    if args.catalog_uri.startswith(("http://", "https://")):
+        if args.warehouse:
+            props["warehouse"] = args.warehouse
+        catalog = RestCatalog(args.catalog_name, uri=args.catalog_uri, **props)
+        return read(catalog, args)
+    if not args.warehouse:
+        print("pyiceberg_read: --warehouse is required for a SQL catalog", file=sys.stderr)
+        return 2
     prefix = "sqlite:///"
     if args.catalog_uri.startswith(prefix):
         # SQLite would silently create an empty database for a wrong path.
@@ -134,6 +146,10 @@ def main():
         init_catalog_tables="false",
         **props,
     )
+    return read(catalog, args)
+
+
+def read(catalog, args):
     table = catalog.load_table(args.table)
     if args.columns:
         cols = tuple(c.strip() for c in args.columns.split(",") if c.strip())

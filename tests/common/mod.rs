@@ -661,3 +661,36 @@ pub fn produce(config: &Path, capture: &Path) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// `scripts/rest_catalog.py` (an Iceberg REST catalog server on pyiceberg's
+/// SQL catalog) on a free port, its catalog and warehouse under `dir`, with
+/// `extra` arguments (`--credential`, `--prefix`); returns the process and
+/// its base URL. Fails loudly without the test virtualenv.
+pub fn start_rest_catalog(dir: &Path, extra: &[&str]) -> (Proc, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let log = dir.join("rest_catalog.log");
+    let mut child = Command::new(python())
+        .arg(scripts_dir().join("rest_catalog.py"))
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let proc = Proc { child, log };
+    let url = line
+        .trim()
+        .strip_prefix("rest catalog listening on ")
+        .unwrap_or_else(|| {
+            panic!(
+                "unexpected REST catalog banner {line:?}; log:\n{}",
+                proc.log_tail()
+            )
+        })
+        .to_string();
+    (proc, url)
+}

@@ -61,7 +61,11 @@ pub struct Job {
     compacting: bool,
     retention_days: u32,
     /// This daemon's warehouse; tables located elsewhere are left alone.
-    warehouse: String,
+    /// `None` with a REST catalog: its server places the tables (and
+    /// `lake.warehouse` may name a warehouse rather than a location), and
+    /// no copy of a data directory carries the catalog along, so the
+    /// location the server gives is the table's own.
+    warehouse: Option<String>,
     /// The orphan sweep's minimum age and interval (`maintenance.orphan_*`).
     orphans: Option<(Duration, Duration)>,
     /// When this daemon last swept each table: a sweep lists the whole
@@ -147,7 +151,8 @@ impl Job {
                 owner: crate::lake::lease::owner_id(&cfg.data_dir_abs()),
                 ttl: cfg.maintenance.lease_ttl(),
             },
-            warehouse: cfg.warehouse(),
+            warehouse: (cfg.lake.catalog == crate::config::CatalogKind::Sql)
+                .then(|| cfg.warehouse()),
             catalog,
             db,
             tables: vec![
@@ -306,14 +311,14 @@ impl Job {
             if before(i).await.is_err() {
                 break;
             }
-            if let Ok(table) = self.catalog.load_table(&t.ident).await
-                && !within_warehouse(table.metadata().location(), &self.warehouse)
+            if let Some(warehouse) = &self.warehouse
+                && let Ok(table) = self.catalog.load_table(&t.ident).await
+                && !within_warehouse(table.metadata().location(), warehouse)
             {
                 out.push(Err(LakeError::Catalog(format!(
-                    "{} is located at {}, outside this data directory's warehouse {}; maintenance deletes files, so it leaves another warehouse's alone (a copied data directory still names the original's files)",
+                    "{} is located at {}, outside this data directory's warehouse {warehouse}; maintenance deletes files, so it leaves another warehouse's alone (a copied data directory still names the original's files)",
                     t.ident,
                     table.metadata().location(),
-                    self.warehouse
                 ))));
                 continue;
             }
