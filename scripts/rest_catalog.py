@@ -3,6 +3,7 @@
 
     rest_catalog.py --dir DIR [--warehouse URI] [--credential ID:SECRET]
                     [--prefix P] [--property KEY=VALUE ...]
+                    [--hold-first-rewrite-ms N]
 
 Serves the REST catalog protocol (the endpoints of Iceberg's OpenAPI spec
 that a table client calls: config, OAuth2 tokens, namespaces, tables,
@@ -31,6 +32,12 @@ Options:
                 do; requests then come as /v1/<prefix>/namespaces/…
   --property    more pyiceberg catalog properties (s3.endpoint and the
                 like, for a warehouse on an object store)
+  --hold-first-rewrite-ms
+                fault injection: the first commit adding a `replace` or
+                `delete` snapshot (a compaction, a retention) waits this
+                long before the server checks it, logging `holding a
+                rewrite commit` first, so a test can land an append in
+                between and see the rewrite refused and rebased
 
 Every request is logged on stderr with its status. The server stops on
 SIGTERM or SIGINT.
@@ -105,6 +112,20 @@ def with_field_ids(spec):
     return spec
 
 
+def is_rewrite(body):
+    """Whether a request body is a commit adding a replace or delete snapshot."""
+    try:
+        updates = json.loads(body).get("updates") or []
+    except (ValueError, AttributeError):
+        return False
+    return any(
+        u.get("action") == "add-snapshot"
+        and (u.get("snapshot") or {}).get("summary", {}).get("operation") in ("replace", "delete")
+        for u in updates
+        if isinstance(u, dict)
+    )
+
+
 class Catalog:
     def __init__(self, args):
         warehouse = args.warehouse or "file://" + os.path.join(os.path.abspath(args.dir), "warehouse")
@@ -116,6 +137,7 @@ class Catalog:
         self.credential = args.credential
         self.prefix = args.prefix
         self.tokens = set()
+        self.hold_ms = args.hold_first_rewrite_ms
         # One request at a time against the catalog: SQLite and a test
         # server's load need no more, and each commit's read-check-write
         # is then trivially atomic besides pyiceberg's own compare-and-set.
@@ -136,6 +158,11 @@ class Catalog:
             if parts[:1] != [self.prefix]:
                 raise Fail(404, "NotFoundException", f"no route {path}: the prefix is {self.prefix}")
             parts = parts[1:]
+        if self.hold_ms and method == "POST" and is_rewrite(body):
+            hold, self.hold_ms = self.hold_ms, 0
+            sys.stderr.write(f"rest catalog: holding a rewrite commit {hold} ms\n")
+            sys.stderr.flush()
+            threading.Event().wait(hold / 1000)
         with self.lock:
             return self.dispatch(method, parts, query, body)
 
@@ -239,6 +266,19 @@ class Catalog:
         raise Fail(404, "NotFoundException", f"no route {method} /v1/{'/'.join(parts)}")
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # A client killed with a keep-alive connection open (a test's
+        # SIGKILLed daemon) resets it: an event, not a server failure.
+        err = sys.exc_info()[1]
+        if isinstance(err, ConnectionError):
+            sys.stderr.write(f"rest catalog: client {client_address[0]}:{client_address[1]} went away: {err}\n")
+            return
+        super().handle_error(request, client_address)
+
+
 def handler_for(catalog):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -287,11 +327,11 @@ def main():
     parser.add_argument("--credential")
     parser.add_argument("--prefix")
     parser.add_argument("--property", action="append", default=[])
+    parser.add_argument("--hold-first-rewrite-ms", type=int, default=0)
     args = parser.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     catalog = Catalog(args)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(catalog))
-    server.daemon_threads = True
+    server = Server(("127.0.0.1", 0), handler_for(catalog))
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"rest catalog listening on http://127.0.0.1:{server.server_address[1]}", flush=True)
     try:

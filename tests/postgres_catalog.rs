@@ -19,8 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use futures::TryStreamExt;
-use iceberg::Catalog;
 use ticklake::config::Config;
 use ticklake::lake::compact::CatalogDb;
 use ticklake::lake::lease::{self, Acquired, LeaseHandle};
@@ -51,48 +49,6 @@ fn pg_config(dir: &std::path::Path) -> Config {
     cfg.lake.catalog_uri = postgres_uri();
     cfg.lake.catalog_name = unique("t");
     cfg
-}
-
-/// Rows of `ident`'s current snapshot, through the catalog.
-async fn rows(catalog: &dyn Catalog, ident: &iceberg::TableIdent) -> usize {
-    let table = catalog.load_table(ident).await.unwrap();
-    let batches: Vec<_> = table
-        .scan()
-        .build()
-        .unwrap()
-        .to_arrow()
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    batches.iter().map(|b| b.num_rows()).sum()
-}
-
-/// One trade per commit, `n` commits from `from`, through `catalog`.
-async fn append_trades(cfg: &Config, catalog: &dyn Catalog, n: i64, from: i64) {
-    let ident = lake::table_ident(cfg, TableKind::Trades);
-    for i in from..from + n {
-        let table = catalog.load_table(&ident).await.unwrap();
-        let schema = lake::batch::arrow_schema(table.metadata().current_schema()).unwrap();
-        let sym = if i % 2 == 0 { "ETHUSDT" } else { "BTCUSDT" };
-        let t = [ticklake::model::TradeV2::builder(
-            "X",
-            sym,
-            &i.to_string(),
-            1_700_000_000_000_000 + i,
-        )
-        .build()];
-        let batch = lake::batch::trades_batch(&schema, &t).unwrap();
-        let mut offsets = lake::commit::KafkaOffsets {
-            cluster_id: "c".into(),
-            ..Default::default()
-        };
-        offsets.set("t", 0, i + 1);
-        lake::commit::append(catalog, &ident, Some(&batch), &offsets, 1 << 20)
-            .await
-            .unwrap();
-    }
 }
 
 /// A replayed capture lands once in a PostgreSQL catalog while maintenance

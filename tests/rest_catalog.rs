@@ -6,7 +6,11 @@
 //!   killed part way and restarted: every trade lands once (the restart
 //!   resumes from the Kafka offsets the server kept in the snapshots), and
 //!   pyiceberg reads the same rows through the same server;
-//! - maintenance runs on it (expiry, the orphan sweep) without a failure;
+//! - maintenance runs on it (compaction, expiry, the orphan sweep) without
+//!   a failure, and `ticklake maintain` sweeps every table;
+//! - compaction and partition retention commit through it, among
+//!   concurrent appends; a compaction that loses to an append (the server
+//!   holds its commit while one lands) is refused and rebased;
 //! - a commit on a table that moved is refused by the server (409) as a
 //!   conflict, and changes nothing: what the writers' exactly-once rests
 //!   on when several daemons share the table.
@@ -18,7 +22,8 @@ use std::time::Duration;
 
 use common::*;
 use ticklake::config::{CatalogKind, Config};
-use ticklake::lake::{self, TableKind};
+use ticklake::lake::rest_commit::RestCommits;
+use ticklake::lake::{self, TableKind, compact};
 
 const CREDENTIAL: &str = "ticklake:s3cret";
 const PREFIX: &str = "warehouse-a";
@@ -35,14 +40,25 @@ fn lake_section(uri: &str) -> String {
     )
 }
 
-/// Lines of the server's log with a 5xx status: a request it failed on.
+/// Lines of the server's log with a 5xx status (a request it failed on),
+/// and each traceback it printed, whole.
 fn server_errors(server: &Proc) -> Vec<String> {
-    std::fs::read_to_string(&server.log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("\" 5") || l.contains("Traceback"))
-        .map(str::to_string)
-        .collect()
+    let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    let mut out = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if l.contains("\" 5") {
+            out.push(l.to_string());
+        }
+        if l.starts_with("Traceback") {
+            let end = lines[i + 1..]
+                .iter()
+                .position(|l| !l.starts_with(' '))
+                .map_or(lines.len(), |p| i + 2 + p);
+            out.push(lines[i..end.min(lines.len())].join("\n"));
+        }
+    }
+    out
 }
 
 #[test]
@@ -65,7 +81,8 @@ fn a_replayed_capture_lands_once_through_a_rest_catalog_across_a_kill() {
         &brokers,
         Some(&url),
         &format!(
-            "{}\n[maintenance]\ninterval_secs = 1\nsnapshot_retention = \"1s\"\n",
+            "{}\n[maintenance]\ninterval_secs = 1\nsnapshot_retention = \"1s\"\n\
+             compact_min_age = \"0s\"\ncompact_min_files = 2\n",
             lake_section(&uri)
         ),
     );
@@ -108,12 +125,24 @@ fn a_replayed_capture_lands_once_through_a_rest_catalog_across_a_kill() {
         daemon.log_tail()
     );
     assert_eq!(r[0]["d"].as_i64().unwrap(), expected);
+    wait_until("a compaction", Duration::from_secs(60), || {
+        env.counter("ticklake_compaction_files_total", "replaced") > 0.0
+    });
     let failed = env.counter("ticklake_maintenance_runs_total", "outcome=\"failed\"");
     let expired = env.counter(
         "ticklake_maintenance_snapshots_expired_total",
         "market.trades",
     );
-    println!("maintenance on REST: failed runs {failed}, trades snapshots expired {expired}");
+    println!(
+        "maintenance on REST: failed runs {failed}, trades snapshots expired {expired}, files compacted {}",
+        env.counter("ticklake_compaction_files_total", "replaced")
+    );
+    assert_eq!(
+        env.counter("ticklake_compaction_failures_total", ""),
+        0.0,
+        "log:\n{}",
+        daemon.log_tail()
+    );
     assert_eq!(failed, 0.0, "log:\n{}", daemon.log_tail());
     assert!(
         expired >= 1.0,
@@ -295,4 +324,225 @@ fn wrong_credentials_are_refused_with_a_clear_error() {
         err.contains("invalid_client") || err.contains("401") || err.contains("unknown client"),
         "{err}"
     );
+}
+
+/// A config on the REST catalog at `uri`, with its credentials.
+fn rest_config(dir: &std::path::Path, uri: String) -> Config {
+    let mut cfg = Config::default().under(&dir.join("data"));
+    cfg.lake.catalog = CatalogKind::Rest;
+    cfg.lake.catalog_uri = uri;
+    cfg.lake
+        .catalog_properties
+        .insert("credential".into(), CREDENTIAL.into());
+    cfg.maintenance.compact_min_age = "0s".into();
+    cfg.maintenance.compact_min_files = 2;
+    cfg
+}
+
+/// Compaction and partition retention commit through the REST server:
+/// four clients append at once while a maintenance run compacts among
+/// them (the server refuses the commits that lost a race, and they are
+/// rebased or retried), and no append is lost; then the days past
+/// retention are dropped in one `delete` commit and today's stay.
+#[test]
+fn compaction_and_retention_commit_through_a_rest_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, uri) = start_rest_catalog(&dir.path().join("rest"), &server_args());
+    let cfg = rest_config(dir.path(), uri);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let catalog = lake::open_catalog(&cfg).await.unwrap();
+        for kind in [TableKind::Trades, TableKind::DeadLetters] {
+            lake::ensure_table(catalog.as_ref(), &cfg, kind)
+                .await
+                .unwrap();
+        }
+        let ident = lake::table_ident(&cfg, TableKind::Trades);
+        // Small files of an old day for the compaction to find.
+        append_trades(&cfg, catalog.as_ref(), 6, 0).await;
+
+        let job = std::sync::Arc::new(
+            ticklake::actors::maintenance::Job::from_config(&cfg, catalog.clone())
+                .await
+                .unwrap(),
+        );
+        let mut writers = Vec::new();
+        for w in 0..4i64 {
+            let cfg = cfg.clone();
+            writers.push(tokio::spawn(async move {
+                let catalog = lake::open_catalog(&cfg).await.unwrap();
+                append_trades(&cfg, catalog.as_ref(), 5, 1000 * (w + 1)).await;
+            }));
+        }
+        let run = {
+            let job = job.clone();
+            tokio::spawn(async move { job.run().await })
+        };
+        for w in writers {
+            w.await.unwrap();
+        }
+        let run = run.await.unwrap();
+        let trades = run.results[0].as_ref().expect("the trades table's run");
+        match (&trades.compaction, &trades.compaction_error) {
+            (Some(c), None) => {
+                println!(
+                    "compaction on REST: {} files replaced, {} written, {} attempts",
+                    c.files_replaced, c.files_written, c.attempts
+                );
+                assert!(c.files_replaced >= 2, "{c:?}");
+                assert!(c.snapshot_id.is_some(), "{c:?}");
+            }
+            (_, Some(e)) if e.contains("gave up this run") => {
+                println!("compaction gave up this round: {e}")
+            }
+            other => panic!("compaction: {other:?}"),
+        }
+        assert_eq!(rows(catalog.as_ref(), &ident).await, 6 + 4 * 5);
+
+        // Alone, a compaction always commits: every small file becomes one.
+        let rest = RestCommits::open(&cfg).unwrap().unwrap();
+        let policy = ticklake::lake::compact::CompactPolicy {
+            target_file_size: cfg.writer.target_file_size_bytes,
+            min_files: 2,
+            min_age: Duration::ZERO,
+            sort: vec!["symbol".into(), "timestamp".into()],
+            merge: None,
+        };
+        let c = compact::compact(catalog.as_ref(), &rest, &ident, &policy)
+            .await
+            .unwrap();
+        println!("compaction on REST, alone: {c:?}");
+        let table = catalog.load_table(&ident).await.unwrap();
+        let current = table.metadata().current_snapshot().unwrap();
+        if let Some(id) = c.snapshot_id {
+            assert_eq!(current.snapshot_id(), id);
+            assert_eq!(
+                current.summary().operation,
+                iceberg::spec::Operation::Replace
+            );
+        }
+        let live = lake::commit::live_entries(&table).await.unwrap();
+        let days: BTreeSet<String> = live
+            .iter()
+            .map(|e| format!("{:?}", e.data_file.partition()))
+            .collect();
+        assert_eq!(
+            live.len(),
+            days.len(),
+            "one file per partition after compacting: {live:?}"
+        );
+        // The Kafka offsets ride along: a restart resumes where it was.
+        let (_, offsets) = lake::commit::current_offsets(&table).unwrap().unwrap();
+        assert!(offsets.get("t", 0).is_some());
+        assert_eq!(rows(catalog.as_ref(), &ident).await, 26);
+
+        // Today's trades, then retention of 3 days: the 2023 days go.
+        let now_us = chrono::Utc::now().timestamp_micros();
+        append_trades_at(&cfg, catalog.as_ref(), 4, 9000, now_us).await;
+        let r = compact::retire(catalog.as_ref(), &rest, &ident, 3)
+            .await
+            .unwrap();
+        println!("retention on REST: {r:?}");
+        assert_eq!(r.rows, 26, "{r:?}");
+        assert!(r.snapshot_id.is_some());
+        assert_eq!(rows(catalog.as_ref(), &ident).await, 4);
+        let table = catalog.load_table(&ident).await.unwrap();
+        assert_eq!(
+            table
+                .metadata()
+                .current_snapshot()
+                .unwrap()
+                .summary()
+                .operation,
+            iceberg::spec::Operation::Delete
+        );
+    });
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    println!(
+        "server: {} commits refused (409)",
+        log.matches("\" 409 ").count()
+    );
+    assert!(server_errors(&server).is_empty(), "{log}");
+}
+
+/// A compaction whose commit the server holds while a writer's append
+/// lands is refused (409) and rebased on the append: the second attempt
+/// commits, on top of the append, and both the compacted rows and the
+/// appended one read.
+#[test]
+fn a_compaction_that_loses_to_an_append_is_rebased_through_a_rest_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = server_args().to_vec();
+    args.extend(["--hold-first-rewrite-ms", "1500"]);
+    let (server, uri) = start_rest_catalog(&dir.path().join("rest"), &args);
+    let cfg = rest_config(dir.path(), uri);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let catalog = lake::open_catalog(&cfg).await.unwrap();
+        lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
+            .await
+            .unwrap();
+        let ident = lake::table_ident(&cfg, TableKind::Trades);
+        append_trades(&cfg, catalog.as_ref(), 4, 0).await;
+        let policy = ticklake::lake::compact::CompactPolicy {
+            target_file_size: cfg.writer.target_file_size_bytes,
+            min_files: 2,
+            min_age: Duration::ZERO,
+            sort: vec!["symbol".into(), "timestamp".into()],
+            merge: None,
+        };
+        let compaction = {
+            let (catalog, cfg, ident) = (catalog.clone(), cfg.clone(), ident.clone());
+            tokio::spawn(async move {
+                let rest = RestCommits::open(&cfg).unwrap().unwrap();
+                compact::compact(catalog.as_ref(), &rest, &ident, &policy).await
+            })
+        };
+        let log = server.log.clone();
+        let start = std::time::Instant::now();
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("holding a rewrite commit")
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the compaction never committed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        append_trades(&cfg, catalog.as_ref(), 1, 100).await;
+        let appended = catalog
+            .load_table(&ident)
+            .await
+            .unwrap()
+            .metadata()
+            .current_snapshot_id()
+            .unwrap();
+        let c = compaction.await.unwrap().unwrap();
+        println!("compaction on REST, rebased: {c:?}");
+        assert_eq!(c.attempts, 2, "{c:?}");
+        assert_eq!(c.files_replaced, 4, "{c:?}");
+        let table = catalog.load_table(&ident).await.unwrap();
+        let current = table.metadata().current_snapshot().unwrap();
+        assert_eq!(Some(current.snapshot_id()), c.snapshot_id);
+        assert_eq!(current.parent_snapshot_id(), Some(appended));
+        assert_eq!(
+            current.summary().operation,
+            iceberg::spec::Operation::Replace
+        );
+        let (_, offsets) = lake::commit::current_offsets(&table).unwrap().unwrap();
+        assert_eq!(offsets.get("t", 0), Some(101), "the append's offsets kept");
+        assert_eq!(rows(catalog.as_ref(), &ident).await, 5);
+    });
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert_eq!(log.matches("\" 409 ").count(), 1, "{log}");
+    assert!(server_errors(&server).is_empty(), "{log}");
 }

@@ -530,8 +530,8 @@ pub struct MaintenanceConfig {
     pub snapshot_retention: String,
     /// Whether runs also compact: the small files of each partition,
     /// rewritten sorted into files of `writer.target_file_size_bytes` in
-    /// one `replace` commit (`lake::compact`). SQL catalogs only (SQLite,
-    /// PostgreSQL).
+    /// one `replace` commit (`lake::compact`), on every catalog kind (a
+    /// REST catalog's commit goes to its server: `lake::rest_commit`).
     pub compact: bool,
     /// Fewest small files of one partition worth a rewrite.
     pub compact_min_files: usize,

@@ -20,7 +20,10 @@
 //! the offsets of the snapshot it replaces, and the next metadata file.
 //! Then the catalog's pointer is swapped with the same compare-and-set the
 //! SQL catalog's own `update_table` runs, so a writer's append that landed
-//! meanwhile makes the swap fail.
+//! meanwhile makes the swap fail. On a REST catalog no metadata file is
+//! written: the snapshot goes to the server as the commit's updates, with
+//! `main` still at the base snapshot as its requirement, and the server
+//! refuses it the same way (`rest_commit`).
 //!
 //! On a conflict, when only appends landed since the base (a writer's
 //! commits, the usual case), the commit is rebased: its manifests stay,
@@ -66,6 +69,7 @@ use super::LakeError;
 use super::commit::{
     OFFSETS_PROPERTY, current_offsets, manifests_with_entries, read_data_file, write_data_files,
 };
+use super::rest_commit::RestCommits;
 
 /// Swaps a commit tries, each after rebasing (or staging again) on the
 /// commit that won the last one, before the run gives up.
@@ -111,6 +115,61 @@ pub struct CompactReport {
     /// Commit attempts (more than one: a writer's commit won a race).
     pub attempts: usize,
     pub duration_ms: u64,
+}
+
+/// Where a staged commit is committed: the SQL catalog's pointer table, or
+/// a REST catalog's commit endpoint.
+#[derive(Clone, Copy)]
+pub enum Commits<'a> {
+    Sql(&'a CatalogDb),
+    Rest(&'a RestCommits),
+}
+
+impl<'a> From<&'a CatalogDb> for Commits<'a> {
+    fn from(db: &'a CatalogDb) -> Self {
+        Commits::Sql(db)
+    }
+}
+
+impl<'a> From<&'a RestCommits> for Commits<'a> {
+    fn from(rest: &'a RestCommits) -> Self {
+        Commits::Rest(rest)
+    }
+}
+
+impl Commits<'_> {
+    /// Commits `staged`, sealed on `table`: `false` when another commit
+    /// landed first.
+    async fn commit(
+        self,
+        ident: &TableIdent,
+        table: &Table,
+        staged: &Staged,
+    ) -> Result<bool, LakeError> {
+        match self {
+            Commits::Sql(db) => {
+                let old = table
+                    .metadata_location()
+                    .ok_or_else(|| LakeError::Catalog(format!("{ident} has no metadata file")))?;
+                db.swap(ident, old, &staged.location).await
+            }
+            Commits::Rest(rest) => {
+                let snapshot = staged
+                    .snapshot
+                    .clone()
+                    .ok_or_else(|| LakeError::Catalog(format!("{ident}: nothing sealed")))?;
+                Ok(rest
+                    .commit_snapshot(ident, table.metadata(), snapshot)
+                    .await?)
+            }
+        }
+    }
+
+    /// Whether a sealed commit writes the table's next metadata file: on a
+    /// REST catalog the server writes it.
+    fn writes_metadata(self) -> bool {
+        matches!(self, Commits::Sql(_))
+    }
 }
 
 /// The SQL catalog's table of metadata pointers, for the compare-and-set.
@@ -219,9 +278,9 @@ impl CatalogDb {
 }
 
 /// Compacts `ident` by `policy`.
-pub async fn compact(
+pub async fn compact<'a>(
     catalog: &dyn Catalog,
-    db: &CatalogDb,
+    db: impl Into<Commits<'a>>,
     ident: &TableIdent,
     policy: &CompactPolicy,
 ) -> Result<CompactReport, LakeError> {
@@ -261,7 +320,7 @@ pub async fn compact(
     let io = table.file_io().clone();
     match swap_in(
         catalog,
-        db,
+        db.into(),
         ident,
         (table, loaded),
         &replaced,
@@ -311,9 +370,9 @@ pub struct RetireReport {
 /// `retention_days` days before today (the first partition field, a day
 /// transform), in one `delete` commit swapped in like a compaction's. The
 /// files themselves go when the snapshots that still read them expire.
-pub async fn retire(
+pub async fn retire<'a>(
     catalog: &dyn Catalog,
-    db: &CatalogDb,
+    db: impl Into<Commits<'a>>,
     ident: &TableIdent,
     retention_days: u32,
 ) -> Result<RetireReport, LakeError> {
@@ -340,7 +399,7 @@ pub async fn retire(
         .collect();
     match swap_in(
         catalog,
-        db,
+        db.into(),
         ident,
         (table, loaded),
         &gone,
@@ -506,8 +565,10 @@ struct Staged {
     changes: HashMap<String, String>,
     /// Manifests in the snapshot's list.
     manifests: usize,
-    /// The metadata file to swap in.
+    /// The metadata file to swap in (SQL catalogs).
     location: String,
+    /// The snapshot sealed: what a REST catalog is sent.
+    snapshot: Option<Snapshot>,
     /// Its manifest list and metadata file: written again by a rebase, and
     /// deleted when their swap loses.
     top: Vec<String>,
@@ -547,23 +608,20 @@ enum Swapped {
 /// is staged again on the new snapshot.
 async fn swap_in(
     catalog: &dyn Catalog,
-    db: &CatalogDb,
+    db: Commits<'_>,
     ident: &TableIdent,
     (mut table, loaded): (Table, Loaded),
     replaced: &HashSet<String>,
     added: &[DataFile],
     operation: Operation,
 ) -> Result<Swapped, LakeError> {
-    let first = stage_as(&table, loaded, replaced, added, operation.clone()).await?;
+    let metadata = db.writes_metadata();
+    let first = stage_as(&table, loaded, replaced, added, operation.clone(), metadata).await?;
     let Some(mut staged) = first else {
         return Ok(Swapped::Changed);
     };
     for attempt in 1..=MAX_ATTEMPTS {
-        let old = table
-            .metadata_location()
-            .ok_or_else(|| LakeError::Catalog(format!("{ident} has no metadata file")))?
-            .to_string();
-        if db.swap(ident, &old, &staged.location).await? {
+        if db.commit(ident, &table, &staged).await? {
             return Ok(Swapped::Committed {
                 snapshot_id: staged.snapshot_id,
                 manifests: staged.manifests,
@@ -573,12 +631,12 @@ async fn swap_in(
         // Another commit landed first: build again on its snapshot.
         discard_paths(table.file_io(), staged.top.drain(..)).await;
         table = catalog.load_table(ident).await?;
-        if rebase(&table, &mut staged, replaced.len(), added).await? {
+        if rebase(&table, &mut staged, replaced.len(), added, metadata).await? {
             continue;
         }
         discard_paths(table.file_io(), staged.written()).await;
         let loaded = current_manifests(&table).await?;
-        match stage_as(&table, loaded, replaced, added, operation.clone()).await? {
+        match stage_as(&table, loaded, replaced, added, operation.clone(), metadata).await? {
             Some(again) => staged = again,
             None => return Ok(Swapped::Changed),
         }
@@ -596,7 +654,7 @@ async fn stage(
     added: &[DataFile],
 ) -> Result<Option<Staged>, LakeError> {
     let loaded = current_manifests(table).await?;
-    stage_as(table, loaded, replaced, added, Operation::Replace).await
+    stage_as(table, loaded, replaced, added, Operation::Replace, true).await
 }
 
 /// The data manifests of a table's current snapshot with their live
@@ -636,6 +694,7 @@ async fn stage_as(
     replaced: &HashSet<String>,
     added: &[DataFile],
     operation: Operation,
+    metadata: bool,
 ) -> Result<Option<Staged>, LakeError> {
     let meta = table.metadata();
     let base = meta
@@ -738,9 +797,19 @@ async fn stage_as(
         changes: summary.build(),
         manifests: 0,
         location: String::new(),
+        snapshot: None,
         top: Vec::new(),
     };
-    if let Err(e) = seal(table, &mut staged, Vec::new(), replaced.len(), added).await {
+    if let Err(e) = seal(
+        table,
+        &mut staged,
+        Vec::new(),
+        replaced.len(),
+        added,
+        metadata,
+    )
+    .await
+    {
         discard_paths(table.file_io(), staged.written()).await;
         return Err(e);
     }
@@ -756,6 +825,7 @@ async fn rebase(
     staged: &mut Staged,
     replaced: usize,
     added: &[DataFile],
+    metadata: bool,
 ) -> Result<bool, LakeError> {
     let meta = table.metadata();
     let Some(current) = meta.current_snapshot() else {
@@ -795,19 +865,20 @@ async fn rebase(
         }
         appended.push(mf.clone());
     }
-    seal(table, staged, appended, replaced, added).await?;
+    seal(table, staged, appended, replaced, added, metadata).await?;
     Ok(true)
 }
 
-/// Writes the manifest list and the metadata file of `staged` on top of
-/// `table`'s current snapshot: its own and carried manifests, and
-/// `appended` (the manifests of appends since its base).
+/// Writes the manifest list of `staged` on top of `table`'s current
+/// snapshot (its own and carried manifests, and `appended`: the manifests
+/// of appends since its base), and with `metadata` the next metadata file.
 async fn seal(
     table: &Table,
     staged: &mut Staged,
     appended: Vec<ManifestFile>,
     replaced: usize,
     added: &[DataFile],
+    metadata: bool,
 ) -> Result<(), LakeError> {
     let meta = table.metadata();
     let base = meta
@@ -865,6 +936,11 @@ async fn seal(
         .with_schema_id(meta.current_schema_id())
         .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
         .build();
+    staged.manifests = manifest_count;
+    if !metadata {
+        staged.snapshot = Some(snapshot);
+        return Ok(());
+    }
     let current_location = table
         .metadata_location()
         .ok_or_else(|| LakeError::Catalog("the table has no metadata file".into()))?;
@@ -1435,7 +1511,7 @@ mod tests {
         discard_paths(table.file_io(), staged.top.drain(..)).await;
         let table = catalog.load_table(&ident).await.unwrap();
         assert!(
-            rebase(&table, &mut staged, replaced.len(), &added)
+            rebase(&table, &mut staged, replaced.len(), &added, true)
                 .await
                 .unwrap()
         );
@@ -1492,7 +1568,7 @@ mod tests {
         assert_eq!(r.files_replaced, 6);
         let now = catalog.load_table(&ident).await.unwrap();
         assert!(
-            !rebase(&now, &mut staged, replaced.len(), &added)
+            !rebase(&now, &mut staged, replaced.len(), &added, true)
                 .await
                 .unwrap()
         );
@@ -1501,7 +1577,7 @@ mod tests {
         // files it would replace are gone.
         match swap_in(
             catalog.as_ref(),
-            &db,
+            (&db).into(),
             &ident,
             (table.clone(), current_manifests(&table).await.unwrap()),
             &replaced,

@@ -13,6 +13,7 @@ pub mod lease;
 pub mod maintain;
 pub mod orphans;
 pub mod partition;
+pub mod rest_commit;
 pub mod scan;
 pub mod schema;
 pub mod share;
@@ -47,6 +48,8 @@ pub enum LakeError {
     Parquet(String),
     #[error("snapshot {snapshot_id}: bad offsets property: {reason}")]
     Offsets { snapshot_id: i64, reason: String },
+    #[error(transparent)]
+    Rest(#[from] rest_commit::RestCommitError),
 }
 
 impl LakeError {
@@ -59,7 +62,7 @@ impl LakeError {
                 iceberg::ErrorKind::DataInvalid | iceberg::ErrorKind::FeatureUnsupported
             ),
             LakeError::Arrow(_) | LakeError::Parquet(_) | LakeError::Offsets { .. } => false,
-            LakeError::Catalog(_) | LakeError::Warehouse(..) => true,
+            LakeError::Catalog(_) | LakeError::Warehouse(..) | LakeError::Rest(_) => true,
             LakeError::Store(e) => e.is_retryable(),
         }
     }

@@ -694,3 +694,58 @@ pub fn start_rest_catalog(dir: &Path, extra: &[&str]) -> (Proc, String) {
         .to_string();
     (proc, url)
 }
+
+/// Rows of `ident`'s current snapshot, through the catalog.
+pub async fn rows(catalog: &dyn iceberg::Catalog, ident: &iceberg::TableIdent) -> usize {
+    use futures::TryStreamExt;
+    let table = catalog.load_table(ident).await.unwrap();
+    let batches: Vec<_> = table
+        .scan()
+        .build()
+        .unwrap()
+        .to_arrow()
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    batches.iter().map(|b| b.num_rows()).sum()
+}
+
+/// One trade per commit, `n` commits from `from`, through `catalog`, on
+/// 14 November 2023.
+pub async fn append_trades(
+    cfg: &ticklake::config::Config,
+    catalog: &dyn iceberg::Catalog,
+    n: i64,
+    from: i64,
+) {
+    append_trades_at(cfg, catalog, n, from, 1_700_000_000_000_000).await
+}
+
+/// [`append_trades`] with trade `i` at `at_us + i` (UTC µs).
+pub async fn append_trades_at(
+    cfg: &ticklake::config::Config,
+    catalog: &dyn iceberg::Catalog,
+    n: i64,
+    from: i64,
+    at_us: i64,
+) {
+    let ident = ticklake::lake::table_ident(cfg, ticklake::lake::TableKind::Trades);
+    for i in from..from + n {
+        let table = catalog.load_table(&ident).await.unwrap();
+        let schema =
+            ticklake::lake::batch::arrow_schema(table.metadata().current_schema()).unwrap();
+        let sym = if i % 2 == 0 { "ETHUSDT" } else { "BTCUSDT" };
+        let t = [ticklake::model::TradeV2::builder("X", sym, &i.to_string(), at_us + i).build()];
+        let batch = ticklake::lake::batch::trades_batch(&schema, &t).unwrap();
+        let mut offsets = ticklake::lake::commit::KafkaOffsets {
+            cluster_id: "c".into(),
+            ..Default::default()
+        };
+        offsets.set("t", 0, i + 1);
+        ticklake::lake::commit::append(catalog, &ident, Some(&batch), &offsets, 1 << 20)
+            .await
+            .unwrap();
+    }
+}

@@ -22,10 +22,11 @@ use std::sync::Arc;
 
 use crate::actors::observe::{Health, ObservableState, Published};
 use crate::config::Config;
-use crate::lake::compact::{self, CatalogDb, CompactPolicy};
+use crate::lake::compact::{self, CatalogDb, Commits, CompactPolicy};
 use crate::lake::lease::{Acquired, Lease, LeaseHandle};
 use crate::lake::maintain::{self, MaintainReport};
 use crate::lake::orphans::{self, SweepReport};
+use crate::lake::rest_commit::RestCommits;
 use crate::lake::{self, LakeError, TableKind};
 use crate::messages::query::LakeChanged;
 
@@ -49,6 +50,9 @@ pub struct Job {
     /// The catalog's pointer table, when the catalog is a SQL one: the
     /// lease, compaction and retention swap it.
     db: Option<Arc<CatalogDb>>,
+    /// The server's commit endpoint, when the catalog is a REST one:
+    /// compaction and retention commit through it.
+    rest: Option<Arc<RestCommits>>,
     /// The lease's table (`trades`), this daemon's owner id and the TTL.
     lease: LeaseSpec,
     tables: Vec<MaintainedTable>,
@@ -138,10 +142,11 @@ impl Job {
     /// Both tables of `cfg`, maintained by its `[maintenance]` keys.
     pub async fn from_config(cfg: &Config, catalog: Arc<dyn Catalog>) -> Result<Self, LakeError> {
         let db = CatalogDb::open(cfg).await?;
-        if db.is_none() && (cfg.maintenance.compact || cfg.maintenance.retention_days > 0) {
+        let rest = RestCommits::open(cfg)?.map(Arc::new);
+        if rest.is_some() && cfg.maintenance.enabled {
             tracing::warn!(
                 uri = %cfg.lake.catalog_uri,
-                "maintenance: compaction, partition retention and the maintenance lease swap the metadata pointer of SQL catalogs only; with this catalog there are none of them, so run maintenance on one daemon only"
+                "maintenance: the maintenance lease is a property swapped in the catalog's pointer table, which a REST catalog does not expose; without it daemons sharing the catalog maintain at the same time (each commit is still checked by the server), so run maintenance on one daemon only"
             );
         }
         let db = db.map(Arc::new);
@@ -155,6 +160,7 @@ impl Job {
                 .then(|| cfg.warehouse()),
             catalog,
             db,
+            rest,
             tables: vec![
                 MaintainedTable {
                     ident: lake::table_ident(cfg, TableKind::Trades),
@@ -193,6 +199,16 @@ impl Job {
             orphans: cfg.maintenance.orphans(),
             swept: Arc::default(),
         })
+    }
+
+    /// Where compaction and retention commit: the SQL catalog's pointer
+    /// table or the REST server.
+    fn commits(&self) -> Option<Commits<'_>> {
+        match (&self.db, &self.rest) {
+            (Some(db), _) => Some(Commits::Sql(db)),
+            (None, Some(rest)) => Some(Commits::Rest(rest)),
+            (None, None) => None,
+        }
     }
 
     /// For the trades table: the trades sequence the bars cover.
@@ -325,7 +341,8 @@ impl Job {
             let mut compaction = None;
             let mut compaction_error = None;
             let mut retired = None;
-            if let Some(db) = self.db.as_ref().filter(|_| self.retention_days > 0) {
+            let commits = self.commits();
+            if let Some(db) = commits.filter(|_| self.retention_days > 0) {
                 match compact::retire(self.catalog.as_ref(), db, &t.ident, self.retention_days)
                     .await
                 {
@@ -333,7 +350,7 @@ impl Job {
                     Err(e) => compaction_error = Some(format!("retention: {e}")),
                 }
             }
-            if let Some(db) = self.db.as_ref().filter(|_| self.compacting) {
+            if let Some(db) = commits.filter(|_| self.compacting) {
                 let policy = CompactPolicy {
                     sort: t.sort.clone(),
                     merge: t.merge,
