@@ -282,16 +282,7 @@ fn expiry_keeps_every_trade_once_across_a_kill_and_bounds_the_snapshots() {
     }
 
     // Now the data directory is free: `ticklake maintain` runs.
-    let out = maintain(&env);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reports: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let reports = maintain_reports(&env.config);
     println!("ticklake maintain: {reports:?}");
     let tables: Vec<&str> = reports
         .iter()

@@ -378,19 +378,7 @@ fn a_replayed_capture_lands_in_an_s3_warehouse_on_a_postgres_catalog_exactly_onc
         Bytes::from_static(b"PAR1").into(),
     ))
     .unwrap();
-    let out = Command::new(bin())
-        .args(["maintain", "--json", "--config"])
-        .arg(&env.config)
-        .env("TICKLAKE_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    let report = maintain_reports(&env.config).remove(0);
     assert_eq!(report["table"], "market.trades", "{report}");
     let lists_after = rt
         .block_on(keys_under(

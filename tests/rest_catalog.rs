@@ -186,21 +186,7 @@ fn a_replayed_capture_lands_once_through_a_rest_catalog_across_a_kill() {
     // `ticklake maintain` on the stopped daemon's config: expiry and the
     // sweep on every table, none refused; nothing young is unreferenced
     // but the files of the killed daemon's last write, if it left any.
-    let out = std::process::Command::new(bin())
-        .args(["maintain", "--json", "--config"])
-        .arg(&env.config)
-        .env("TICKLAKE_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "maintain: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reports: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let reports = maintain_reports(&env.config);
     println!("ticklake maintain: {reports:?}");
     let tables: Vec<&str> = reports
         .iter()
@@ -236,13 +222,8 @@ fn a_replayed_capture_lands_once_through_a_rest_catalog_across_a_kill() {
 fn a_commit_on_a_table_that_moved_is_a_conflict_through_a_rest_catalog() {
     let dir = tempfile::tempdir().unwrap();
     let (server, uri) = start_rest_catalog(&dir.path().join("rest"), &server_args());
-    let mut cfg = Config::default().under(&dir.path().join("data"));
-    cfg.lake.catalog = CatalogKind::Rest;
-    cfg.lake.catalog_uri = uri;
-    cfg.lake
-        .catalog_properties
-        .insert("credential".into(), CREDENTIAL.into());
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cfg = rest_config(dir.path(), uri);
+    let rt = runtime();
     rt.block_on(async {
         let catalog = lake::open_catalog(&cfg).await.unwrap();
         lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
@@ -302,13 +283,11 @@ fn a_commit_on_a_table_that_moved_is_a_conflict_through_a_rest_catalog() {
 fn wrong_credentials_are_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let (_server, uri) = start_rest_catalog(&dir.path().join("rest"), &server_args());
-    let mut cfg = Config::default().under(&dir.path().join("data"));
-    cfg.lake.catalog = CatalogKind::Rest;
-    cfg.lake.catalog_uri = uri;
+    let mut cfg = rest_config(dir.path(), uri);
     cfg.lake
         .catalog_properties
         .insert("credential".into(), "ticklake:wrong".into());
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rt = runtime();
     let err = rt.block_on(async {
         match lake::open_catalog(&cfg).await {
             Ok(catalog) => lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
@@ -324,6 +303,25 @@ fn wrong_credentials_are_refused_with_a_clear_error() {
         err.contains("invalid_client") || err.contains("401") || err.contains("unknown client"),
         "{err}"
     );
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Compaction of the trades table with no minimum age, two files enough.
+fn policy(cfg: &Config) -> compact::CompactPolicy {
+    compact::CompactPolicy {
+        target_file_size: cfg.writer.target_file_size_bytes,
+        min_files: 2,
+        min_age: Duration::ZERO,
+        sort: vec!["symbol".into(), "timestamp".into()],
+        merge: None,
+    }
 }
 
 /// A config on the REST catalog at `uri`, with its credentials.
@@ -349,69 +347,20 @@ fn compaction_and_retention_commit_through_a_rest_catalog() {
     let dir = tempfile::tempdir().unwrap();
     let (server, uri) = start_rest_catalog(&dir.path().join("rest"), &server_args());
     let cfg = rest_config(dir.path(), uri);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
-        let catalog = lake::open_catalog(&cfg).await.unwrap();
-        for kind in [TableKind::Trades, TableKind::DeadLetters] {
-            lake::ensure_table(catalog.as_ref(), &cfg, kind)
-                .await
-                .unwrap();
-        }
-        let ident = lake::table_ident(&cfg, TableKind::Trades);
-        // Small files of an old day for the compaction to find.
-        append_trades(&cfg, catalog.as_ref(), 6, 0).await;
-
-        let job = std::sync::Arc::new(
-            ticklake::actors::maintenance::Job::from_config(&cfg, catalog.clone())
-                .await
-                .unwrap(),
+        let run = appends_among_a_maintenance_run(&cfg).await;
+        assert!(
+            matches!(run.lease, ticklake::actors::maintenance::LeaseOutcome::None),
+            "no lease on REST: {:?}",
+            run.lease
         );
-        let mut writers = Vec::new();
-        for w in 0..4i64 {
-            let cfg = cfg.clone();
-            writers.push(tokio::spawn(async move {
-                let catalog = lake::open_catalog(&cfg).await.unwrap();
-                append_trades(&cfg, catalog.as_ref(), 5, 1000 * (w + 1)).await;
-            }));
-        }
-        let run = {
-            let job = job.clone();
-            tokio::spawn(async move { job.run().await })
-        };
-        for w in writers {
-            w.await.unwrap();
-        }
-        let run = run.await.unwrap();
-        let trades = run.results[0].as_ref().expect("the trades table's run");
-        match (&trades.compaction, &trades.compaction_error) {
-            (Some(c), None) => {
-                println!(
-                    "compaction on REST: {} files replaced, {} written, {} attempts",
-                    c.files_replaced, c.files_written, c.attempts
-                );
-                assert!(c.files_replaced >= 2, "{c:?}");
-                assert!(c.snapshot_id.is_some(), "{c:?}");
-            }
-            (_, Some(e)) if e.contains("gave up this run") => {
-                println!("compaction gave up this round: {e}")
-            }
-            other => panic!("compaction: {other:?}"),
-        }
-        assert_eq!(rows(catalog.as_ref(), &ident).await, 6 + 4 * 5);
+        let catalog = lake::open_catalog(&cfg).await.unwrap();
+        let ident = lake::table_ident(&cfg, TableKind::Trades);
 
         // Alone, a compaction always commits: every small file becomes one.
         let rest = RestCommits::open(&cfg).unwrap().unwrap();
-        let policy = ticklake::lake::compact::CompactPolicy {
-            target_file_size: cfg.writer.target_file_size_bytes,
-            min_files: 2,
-            min_age: Duration::ZERO,
-            sort: vec!["symbol".into(), "timestamp".into()],
-            merge: None,
-        };
+        let policy = policy(&cfg);
         let c = compact::compact(catalog.as_ref(), &rest, &ident, &policy)
             .await
             .unwrap();
@@ -480,11 +429,7 @@ fn a_compaction_that_loses_to_an_append_is_rebased_through_a_rest_catalog() {
     args.extend(["--hold-first-rewrite-ms", "1500"]);
     let (server, uri) = start_rest_catalog(&dir.path().join("rest"), &args);
     let cfg = rest_config(dir.path(), uri);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let catalog = lake::open_catalog(&cfg).await.unwrap();
         lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
@@ -492,13 +437,7 @@ fn a_compaction_that_loses_to_an_append_is_rebased_through_a_rest_catalog() {
             .unwrap();
         let ident = lake::table_ident(&cfg, TableKind::Trades);
         append_trades(&cfg, catalog.as_ref(), 4, 0).await;
-        let policy = ticklake::lake::compact::CompactPolicy {
-            target_file_size: cfg.writer.target_file_size_bytes,
-            min_files: 2,
-            min_age: Duration::ZERO,
-            sort: vec!["symbol".into(), "timestamp".into()],
-            merge: None,
-        };
+        let policy = policy(&cfg);
         let compaction = {
             let (catalog, cfg, ident) = (catalog.clone(), cfg.clone(), ident.clone());
             tokio::spawn(async move {

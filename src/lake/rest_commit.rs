@@ -243,23 +243,8 @@ impl RestCommits {
                 url::form_urlencoded::byte_serialize(w.as_bytes()).collect::<String>()
             );
         }
-        let resp = self
-            .authorized(self.http.get(&url), &session)
-            .send()
-            .await
-            .map_err(|source| RestCommitError::Http {
-                url: url.clone(),
-                source,
-            })?;
-        let status = resp.status();
-        if !status.is_success() {
-            let body = resp.text().await.unwrap_or_default();
-            return Err(RestCommitError::Status { url, status, body });
-        }
-        let config: ConfigResponse = resp.json().await.map_err(|source| RestCommitError::Http {
-            url: url.clone(),
-            source,
-        })?;
+        let config: ConfigResponse =
+            json_of(self.authorized(self.http.get(&url), &session), url).await?;
         let mut merged = config.defaults;
         merged.extend(self.props.clone());
         merged.extend(config.overrides);
@@ -305,27 +290,28 @@ impl RestCommits {
                 form.push((key, v));
             }
         }
-        let resp = self
-            .http
-            .post(&url)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|source| RestCommitError::Http {
-                url: url.clone(),
-                source,
-            })?;
-        let status = resp.status();
-        if !status.is_success() {
-            let body = resp.text().await.unwrap_or_default();
-            return Err(RestCommitError::Status { url, status, body });
-        }
-        let token: TokenResponse = resp
-            .json()
-            .await
-            .map_err(|source| RestCommitError::Http { url, source })?;
+        let token: TokenResponse = json_of(self.http.post(&url).form(&form), url).await?;
         Ok(Some(token.access_token))
     }
+}
+
+/// The JSON answer to `req` (sent to `url`), which must be a success.
+async fn json_of<T: serde::de::DeserializeOwned>(
+    req: reqwest::RequestBuilder,
+    url: String,
+) -> Result<T, RestCommitError> {
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(source) => return Err(RestCommitError::Http { url, source }),
+    };
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        return Err(RestCommitError::Status { url, status, body });
+    }
+    resp.json()
+        .await
+        .map_err(|source| RestCommitError::Http { url, source })
 }
 
 /// `{uri}/v1[/{prefix}]/namespaces/{ns}/tables/{name}`: the namespace's

@@ -439,6 +439,12 @@ pub fn start_replay_on(listen: &str, captures: &[PathBuf], extra: &[&str]) -> (P
     }
     cmd.args(["--listen", listen]).args(extra);
     let log = std::env::temp_dir().join(format!("{}.replay.log", unique("r")));
+    spawn_server(cmd, log, "replay listening on ")
+}
+
+/// Starts `cmd` with its stderr in `log`, and reads the first line of its
+/// stdout: `banner` followed by the address it serves, which is returned.
+pub fn spawn_server(mut cmd: Command, log: PathBuf, banner: &str) -> (Proc, String) {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -447,12 +453,13 @@ pub fn start_replay_on(listen: &str, captures: &[PathBuf], extra: &[&str]) -> (P
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).unwrap();
+    let proc = Proc { child, log };
     let url = line
         .trim()
-        .strip_prefix("replay listening on ")
-        .unwrap_or_else(|| panic!("unexpected replay banner {line:?}"))
+        .strip_prefix(banner)
+        .unwrap_or_else(|| panic!("unexpected banner {line:?}; log:\n{}", proc.log_tail()))
         .to_string();
-    (Proc { child, log }, url)
+    (proc, url)
 }
 
 /// Polls `f` until it returns true.
@@ -668,31 +675,90 @@ pub fn produce(config: &Path, capture: &Path) -> serde_json::Value {
 /// its base URL. Fails loudly without the test virtualenv.
 pub fn start_rest_catalog(dir: &Path, extra: &[&str]) -> (Proc, String) {
     std::fs::create_dir_all(dir).unwrap();
-    let log = dir.join("rest_catalog.log");
-    let mut child = Command::new(python())
-        .arg(scripts_dir().join("rest_catalog.py"))
+    let mut cmd = Command::new(python());
+    cmd.arg(scripts_dir().join("rest_catalog.py"))
         .arg("--dir")
         .arg(dir)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
+        .args(extra);
+    spawn_server(
+        cmd,
+        dir.join("rest_catalog.log"),
+        "rest catalog listening on ",
+    )
+}
+
+/// `ticklake maintain --json` on `config`, which must succeed: its
+/// reports, one per table.
+pub fn maintain_reports(config: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(bin())
+        .args(["maintain", "--json", "--config"])
+        .arg(config)
+        .env("TICKLAKE_LOG", "warn")
+        .output()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let proc = Proc { child, log };
-    let url = line
-        .trim()
-        .strip_prefix("rest catalog listening on ")
-        .unwrap_or_else(|| {
-            panic!(
-                "unexpected REST catalog banner {line:?}; log:\n{}",
-                proc.log_tail()
-            )
-        })
-        .to_string();
-    (proc, url)
+    assert!(
+        out.status.success(),
+        "maintain: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Six small commits, then four catalog clients appending five trades
+/// each while a maintenance run of `cfg` compacts among them: the run's
+/// compaction replaced at least two files (or gave up for the round,
+/// writers winning every swap: counted, never a loss), and every append is
+/// in the table. Returns the run.
+pub async fn appends_among_a_maintenance_run(
+    cfg: &ticklake::config::Config,
+) -> ticklake::actors::maintenance::Run {
+    use ticklake::lake::{self, TableKind};
+    let catalog = lake::open_catalog(cfg).await.unwrap();
+    for kind in [TableKind::Trades, TableKind::DeadLetters] {
+        lake::ensure_table(catalog.as_ref(), cfg, kind)
+            .await
+            .unwrap();
+    }
+    let ident = lake::table_ident(cfg, TableKind::Trades);
+    append_trades(cfg, catalog.as_ref(), 6, 0).await;
+    let job = std::sync::Arc::new(
+        ticklake::actors::maintenance::Job::from_config(cfg, catalog.clone())
+            .await
+            .unwrap(),
+    );
+    let mut writers = Vec::new();
+    for w in 0..4i64 {
+        let cfg = cfg.clone();
+        writers.push(tokio::spawn(async move {
+            let catalog = lake::open_catalog(&cfg).await.unwrap();
+            append_trades(&cfg, catalog.as_ref(), 5, 1000 * (w + 1)).await;
+        }));
+    }
+    let run = tokio::spawn(async move { job.run().await });
+    for w in writers {
+        w.await.unwrap();
+    }
+    let run = run.await.unwrap();
+    let trades = run.results[0].as_ref().expect("the trades table's run");
+    match (&trades.compaction, &trades.compaction_error) {
+        (Some(c), None) => {
+            println!(
+                "compaction: {} files replaced, {} written, {} attempts",
+                c.files_replaced, c.files_written, c.attempts
+            );
+            assert!(c.files_replaced >= 2, "{c:?}");
+            assert!(c.snapshot_id.is_some(), "{c:?}");
+        }
+        (_, Some(e)) if e.contains("gave up this run") => {
+            println!("compaction gave up this round: {e}")
+        }
+        other => panic!("compaction: {other:?}"),
+    }
+    assert_eq!(rows(catalog.as_ref(), &ident).await, 6 + 4 * 5);
+    run
 }
 
 /// Rows of `ident`'s current snapshot, through the catalog.
