@@ -136,15 +136,7 @@ fn a_replayed_capture_lands_once_in_a_postgres_catalog() {
         env.counter("ticklake_compaction_files_total", "replaced") > 0.0
     });
     std::thread::sleep(Duration::from_secs(2));
-    let r = env.query("select count(*) as n, count(distinct message_id) as d from market.trades");
-    println!("market.trades: {} (expected {expected})", r[0]);
-    assert_eq!(
-        r[0]["n"].as_i64().unwrap(),
-        expected,
-        "log:\n{}",
-        daemon.log_tail()
-    );
-    assert_eq!(r[0]["d"].as_i64().unwrap(), expected);
+    env.assert_trades_once(expected, &daemon);
     println!(
         "lease runs taken {}, held elsewhere {}, compaction files replaced {}",
         env.counter("ticklake_maintenance_lease_total", "\"taken\""),

@@ -116,15 +116,7 @@ fn a_replayed_capture_lands_once_through_a_rest_catalog_across_a_kill() {
             ) >= 2.0
         },
     );
-    let r = env.query("select count(*) as n, count(distinct message_id) as d from market.trades");
-    println!("market.trades: {} (expected {expected})", r[0]);
-    assert_eq!(
-        r[0]["n"].as_i64().unwrap(),
-        expected,
-        "log:\n{}",
-        daemon.log_tail()
-    );
-    assert_eq!(r[0]["d"].as_i64().unwrap(), expected);
+    env.assert_trades_once(expected, &daemon);
     wait_until("a compaction", Duration::from_secs(60), || {
         env.counter("ticklake_compaction_files_total", "replaced") > 0.0
     });
@@ -188,19 +180,7 @@ fn a_replayed_capture_lands_once_through_a_rest_catalog_across_a_kill() {
     // but the files of the killed daemon's last write, if it left any.
     let reports = maintain_reports(&env.config);
     println!("ticklake maintain: {reports:?}");
-    let tables: Vec<&str> = reports
-        .iter()
-        .map(|r| r["table"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        tables,
-        [
-            "market.trades",
-            "market.dead_letters",
-            "market.gaps",
-            "market.ohlcv_1m"
-        ]
-    );
+    assert_every_table(&reports);
     for r in &reports {
         let o = &r["orphans"];
         assert!(o.is_object(), "no sweep: {r}");

@@ -273,6 +273,21 @@ listen = "127.0.0.1:{http_port}"
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// Asserts that the trades table holds `expected` rows, each message
+    /// id once; `daemon`'s log tail explains a failure.
+    pub fn assert_trades_once(&self, expected: i64, daemon: &Proc) {
+        let r =
+            self.query("select count(*) as n, count(distinct message_id) as d from market.trades");
+        println!("market.trades: {} (expected {expected})", r[0]);
+        assert_eq!(
+            r[0]["n"].as_i64().unwrap(),
+            expected,
+            "log:\n{}",
+            daemon.log_tail()
+        );
+        assert_eq!(r[0]["d"].as_i64().unwrap(), expected);
+    }
+
     pub fn metrics(&self) -> String {
         http_get(self.http_port, "/metrics").unwrap_or_default()
     }
@@ -705,6 +720,24 @@ pub fn maintain_reports(config: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// Asserts that `reports` (of [`maintain_reports`]) cover the daemon's
+/// four tables, in order.
+pub fn assert_every_table(reports: &[serde_json::Value]) {
+    let tables: Vec<&str> = reports
+        .iter()
+        .map(|r| r["table"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tables,
+        [
+            "market.trades",
+            "market.dead_letters",
+            "market.gaps",
+            "market.ohlcv_1m"
+        ]
+    );
 }
 
 /// Six small commits, then four catalog clients appending five trades
