@@ -3,7 +3,7 @@
 
     rest_catalog.py --dir DIR [--warehouse URI] [--credential ID:SECRET]
                     [--prefix P] [--property KEY=VALUE ...]
-                    [--hold-first-rewrite-ms N]
+                    [--warehouse-name NAME] [--hold-first-rewrite-ms N]
 
 Serves the REST catalog protocol (the endpoints of Iceberg's OpenAPI spec
 that a table client calls: config, OAuth2 tokens, namespaces, tables,
@@ -32,6 +32,11 @@ Options:
                 do; requests then come as /v1/<prefix>/namespaces/…
   --property    more pyiceberg catalog properties (s3.endpoint and the
                 like, for a warehouse on an object store)
+  --warehouse-name
+                the name clients must ask for (`/v1/config?warehouse=NAME`,
+                404 otherwise), as servers that name their warehouses
+                (Polaris, Lakekeeper) do; --warehouse stays where the
+                tables go
   --hold-first-rewrite-ms
                 fault injection: the first commit adding a `replace` or
                 `delete` snapshot (a compaction, a retention) waits this
@@ -136,6 +141,7 @@ class Catalog:
         self.sql = SqlCatalog("rest", **props)
         self.credential = args.credential
         self.prefix = args.prefix
+        self.warehouse_name = args.warehouse_name
         self.tokens = set()
         self.hold_ms = args.hold_first_rewrite_ms
         # One request at a time against the catalog: SQLite and a test
@@ -149,6 +155,9 @@ class Catalog:
             raise Fail(404, "NotFoundException", f"no route {path}")
         parts = parts[1:]
         if parts == ["config"] and method == "GET":
+            asked = query.get("warehouse", [None])[0]
+            if self.warehouse_name and asked != self.warehouse_name:
+                raise Fail(404, "NotFoundException", f"no warehouse {asked!r} here")
             overrides = {"prefix": self.prefix} if self.prefix else {}
             return 200, {"defaults": {}, "overrides": overrides}
         if parts == ["oauth", "tokens"] and method == "POST":
@@ -328,6 +337,7 @@ def main():
     parser.add_argument("--prefix")
     parser.add_argument("--property", action="append", default=[])
     parser.add_argument("--hold-first-rewrite-ms", type=int, default=0)
+    parser.add_argument("--warehouse-name")
     args = parser.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     catalog = Catalog(args)

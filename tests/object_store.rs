@@ -28,29 +28,13 @@ use serde_json::{Value, json};
 use ticklake::config::{Config, S3Config};
 use ticklake::lake::store::{self, ObjectStorageFactory};
 
-const ACCESS_KEY: &str = "ticklake-test";
-const SECRET_KEY: &str = "ticklake-test-secret";
-const REGION: &str = "us-east-1";
-
-/// The S3 server. Tests that need it fail loudly when it is missing.
-fn s3_endpoint() -> String {
-    std::env::var("TICKLAKE_TEST_S3_ENDPOINT").expect(
-        "TICKLAKE_TEST_S3_ENDPOINT is not set: run the suite with scripts/test.sh after \
-         `scripts/s3.sh start DIR` (as .ci/run does)",
-    )
-}
-
-fn bucket() -> String {
-    std::env::var("TICKLAKE_TEST_S3_BUCKET").unwrap_or_else(|_| "ticklake".into())
-}
-
 /// `[lake.s3]` for the test server.
 fn s3_config(endpoint: &str) -> S3Config {
     S3Config {
         endpoint: Some(endpoint.to_string()),
-        region: Some(REGION.into()),
-        access_key_id: Some(ACCESS_KEY.into()),
-        secret_access_key: Some(SECRET_KEY.into()),
+        region: Some(S3_REGION.into()),
+        access_key_id: Some(S3_ACCESS_KEY.into()),
+        secret_access_key: Some(S3_SECRET_KEY.into()),
         allow_http: Some(true),
         path_style: Some(true),
         ..S3Config::default()
@@ -64,9 +48,9 @@ fn bucket_client(endpoint: &str) -> Arc<dyn ObjectStore> {
         AmazonS3Builder::new()
             .with_bucket_name(bucket())
             .with_endpoint(endpoint)
-            .with_region(REGION)
-            .with_access_key_id(ACCESS_KEY)
-            .with_secret_access_key(SECRET_KEY)
+            .with_region(S3_REGION)
+            .with_access_key_id(S3_ACCESS_KEY)
+            .with_secret_access_key(S3_SECRET_KEY)
             .with_allow_http(true)
             .build()
             .unwrap(),
@@ -245,8 +229,8 @@ fn a_replayed_capture_lands_in_an_s3_warehouse_on_a_postgres_catalog_exactly_onc
         &format!(
             "\n[lake]\nwarehouse = \"{warehouse}\"\ncatalog_uri = \"{pg}\"\n\
              catalog_name = \"{catalog_name}\"\n\n[lake.s3]\nendpoint = \"{endpoint}\"\n\
-             region = \"{REGION}\"\naccess_key_id = \"{ACCESS_KEY}\"\n\
-             secret_access_key = \"{SECRET_KEY}\"\nallow_http = true\npath_style = true\n\n\
+             region = \"{S3_REGION}\"\naccess_key_id = \"{S3_ACCESS_KEY}\"\n\
+             secret_access_key = \"{S3_SECRET_KEY}\"\nallow_http = true\npath_style = true\n\n\
              [maintenance]\nsnapshot_retention = \"0s\"\n"
         ),
     );
@@ -351,9 +335,9 @@ fn a_replayed_capture_lands_in_an_s3_warehouse_on_a_postgres_catalog_exactly_onc
         "select count(*) as n from market.trades",
         &[
             ("AWS_ENDPOINT_URL", endpoint.as_str()),
-            ("AWS_REGION", REGION),
-            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
-            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+            ("AWS_REGION", S3_REGION),
+            ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY),
             ("AWS_ALLOW_HTTP", "true"),
         ],
     );
@@ -413,9 +397,9 @@ fn a_replayed_capture_lands_in_an_s3_warehouse_on_a_postgres_catalog_exactly_onc
 
     // An independent reader with its own S3 client gets the same rows.
     let endpoint_prop = format!("s3.endpoint={endpoint}");
-    let key_prop = format!("s3.access-key-id={ACCESS_KEY}");
-    let secret_prop = format!("s3.secret-access-key={SECRET_KEY}");
-    let region_prop = format!("s3.region={REGION}");
+    let key_prop = format!("s3.access-key-id={S3_ACCESS_KEY}");
+    let secret_prop = format!("s3.secret-access-key={S3_SECRET_KEY}");
+    let region_prop = format!("s3.region={S3_REGION}");
     let py = env.pyiceberg(
         "pyiceberg_read.py",
         &[

@@ -465,3 +465,112 @@ fn a_compaction_that_loses_to_an_append_is_rebased_through_a_rest_catalog() {
     assert_eq!(log.matches("\" 409 ").count(), 1, "{log}");
     assert!(server_errors(&server).is_empty(), "{log}");
 }
+
+/// A server that names its warehouse and keeps its tables in a bucket, as
+/// Polaris or Lakekeeper do: the daemon asks for the warehouse by name
+/// (`lake.catalog_warehouse`), writes to the bucket the server places the
+/// tables in (`lake.warehouse`, `[lake.s3]`), and every trade lands once
+/// there, none on the local disk; pyiceberg reads them through the server
+/// from the bucket. A name the server does not know fails on first use.
+#[test]
+fn a_named_warehouse_in_a_bucket_through_a_rest_catalog() {
+    let brokers = tansu();
+    let endpoint = s3_endpoint();
+    let location = format!("s3://{}/{}", bucket(), unique("rest-"));
+    let s3_props = [
+        format!("s3.endpoint={endpoint}"),
+        format!("s3.access-key-id={S3_ACCESS_KEY}"),
+        format!("s3.secret-access-key={S3_SECRET_KEY}"),
+        format!("s3.region={S3_REGION}"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut args: Vec<&str> = server_args().to_vec();
+    args.extend(["--warehouse", &location, "--warehouse-name", "analytics"]);
+    for p in &s3_props {
+        args.extend(["--property", p]);
+    }
+    let (server, uri) = start_rest_catalog(&dir.path().join("rest"), &args);
+
+    // A warehouse the server does not have.
+    let mut wrong = rest_config(dir.path(), uri.clone());
+    wrong.lake.catalog_warehouse = "marketing".into();
+    let err = runtime().block_on(async {
+        let catalog = lake::open_catalog(&wrong)
+            .await
+            .map_err(|e| e.to_string())?;
+        lake::ensure_table(catalog.as_ref(), &wrong, TableKind::Trades)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    let err = err.expect_err("an unknown warehouse must not reach the tables");
+    assert!(err.contains("no warehouse"), "{err}");
+
+    let caps = [capture("BINANCE-ee25be.0.txt")];
+    let frames: Vec<String> = caps.iter().flat_map(|c| received_frames(c)).collect();
+    let truth = truth(&frames);
+    let expected = truth.len() as i64;
+    let (mut replay, url) = start_replay(&caps, &[]);
+    let env = Env::new(
+        &brokers,
+        Some(&url),
+        &format!(
+            "\n[lake]\ncatalog = \"rest\"\ncatalog_uri = \"{uri}\"\nwarehouse = \"{location}\"\n\
+             catalog_warehouse = \"analytics\"\n\n\
+             [lake.catalog_properties]\ncredential = \"{CREDENTIAL}\"\n\n\
+             [lake.s3]\nendpoint = \"{endpoint}\"\nregion = \"{S3_REGION}\"\n\
+             access_key_id = \"{S3_ACCESS_KEY}\"\nsecret_access_key = \"{S3_SECRET_KEY}\"\n\
+             allow_http = true\npath_style = true\n"
+        ),
+    );
+    env.capture_feed();
+    let mut daemon = env.start_daemon("daemon");
+    wait_until_explained(
+        || env.count("select count(*) from market.trades") >= expected,
+        Duration::from_secs(120),
+        || format!("the trades did not land; log:\n{}", daemon.log_tail()),
+    );
+    replay.kill();
+    env.assert_trades_once(expected, &daemon);
+    let status = daemon.terminate();
+    assert!(status.success(), "daemon exit {status}");
+    assert_lake_holds_frames(&env, &truth);
+
+    // Nothing of the lake on the local disk: the files are in the bucket.
+    let local: Vec<_> = walkdir::WalkDir::new(env.data_dir())
+        .into_iter()
+        .flatten()
+        .map(|e| e.into_path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet" || e == "avro"))
+        .collect();
+    assert!(local.is_empty(), "lake files on the local disk: {local:?}");
+    let reports = maintain_reports(&env.config);
+    let sweep = &reports[0]["orphans"];
+    println!("sweep of the bucket's trades table: {sweep}");
+    assert!(sweep["refused"].is_null(), "{sweep}");
+    assert!(sweep["listed"].as_u64().unwrap() >= 2, "{sweep}");
+
+    let mut read = std::process::Command::new(python());
+    read.arg(scripts_dir().join("pyiceberg_read.py"))
+        .args(["--catalog-uri", &uri, "--warehouse", "analytics"])
+        .args(["--prop", &format!("credential={CREDENTIAL}")]);
+    for p in &s3_props {
+        read.args(["--prop", p]);
+    }
+    let out = read
+        .args(["--table", "market.trades", "--columns", "message_id"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pyiceberg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(py["rows"].as_i64().unwrap(), expected);
+    assert!(
+        server_errors(&server).is_empty(),
+        "{:?}",
+        server_errors(&server)
+    );
+}

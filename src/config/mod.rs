@@ -216,7 +216,13 @@ pub struct LakeConfig {
     pub catalog_properties: BTreeMap<String, String>,
     /// Warehouse location. Empty means `file://<data_dir>/warehouse`.
     /// `s3://bucket/prefix` puts the lake in object storage (`[lake.s3]`).
+    /// With a REST catalog, where the server puts the tables: the daemon's
+    /// storage client is built for it.
     pub warehouse: String,
+    /// `rest` only: the warehouse asked of the server (`/v1/config`'s
+    /// `warehouse`), which servers such as Polaris and Lakekeeper name
+    /// rather than locate. Empty means `warehouse`, when that is set.
+    pub catalog_warehouse: String,
     /// Iceberg namespace of the tables.
     pub namespace: String,
     /// Keep minute bars (`market.ohlcv_1m`) as trades commit, and answer
@@ -234,6 +240,7 @@ impl Default for LakeConfig {
             catalog_uri: String::new(),
             catalog_properties: BTreeMap::new(),
             warehouse: String::new(),
+            catalog_warehouse: String::new(),
             namespace: "market".into(),
             bars: true,
             s3: S3Config::default(),
@@ -693,6 +700,15 @@ impl Config {
         }
     }
 
+    /// The warehouse asked of a REST catalog server, if any:
+    /// `lake.catalog_warehouse`, else `lake.warehouse` when set.
+    pub fn catalog_warehouse(&self) -> Option<String> {
+        [&self.lake.catalog_warehouse, &self.lake.warehouse]
+            .into_iter()
+            .find(|w| !w.is_empty())
+            .cloned()
+    }
+
     pub fn warehouse(&self) -> String {
         if self.lake.warehouse.is_empty() {
             format!("file://{}/warehouse", self.data_dir_abs().display())
@@ -877,6 +893,24 @@ mod tests {
             let cfg = Config::load(Some(f.path())).unwrap();
             assert_eq!(cfg.lake.catalog, CatalogKind::Rest);
             assert_eq!(cfg.lake.catalog_properties["credential"], "id:secret");
+            assert_eq!(cfg.catalog_warehouse(), None);
+            // A named warehouse for the server, a bucket for the storage.
+            let f = write(
+                "[lake]\ncatalog = \"rest\"\ncatalog_uri = \"https://cat.example:8181/api\"\n\
+                 warehouse = \"s3://lake-bucket/tables\"\ncatalog_warehouse = \"analytics\"\n",
+            );
+            let cfg = Config::load(Some(f.path())).unwrap();
+            assert_eq!(cfg.catalog_warehouse().as_deref(), Some("analytics"));
+            assert_eq!(cfg.warehouse(), "s3://lake-bucket/tables");
+            let f = write(
+                "[lake]\ncatalog = \"rest\"\ncatalog_uri = \"https://cat.example:8181/api\"\n\
+                 warehouse = \"s3://lake-bucket/tables\"\n",
+            );
+            let cfg = Config::load(Some(f.path())).unwrap();
+            assert_eq!(
+                cfg.catalog_warehouse().as_deref(),
+                Some("s3://lake-bucket/tables")
+            );
             let f = write(
                 "[lake]\ncatalog_uri = \"postgres://u:pw@db:5432/lake\"\n\
                  catalog_properties = { \"pool.max-connections\" = \"4\" }\n",
@@ -909,6 +943,16 @@ mod tests {
                     "catalog = \"rest\"\ncatalog_uri = \"http://x\"\ncatalog_properties = { uri = \"http://y\" }",
                     "lake.catalog_properties.uri",
                     "lake.catalog_uri instead",
+                ),
+                (
+                    "catalog = \"rest\"\ncatalog_uri = \"http://x\"\ncatalog_properties = { warehouse = \"w\" }",
+                    "lake.catalog_properties.warehouse",
+                    "lake.catalog_warehouse instead",
+                ),
+                (
+                    "catalog_warehouse = \"analytics\"",
+                    "lake.catalog_warehouse",
+                    "REST catalog",
                 ),
             ] {
                 let f = write(&format!("[lake]\n{body}\n"));

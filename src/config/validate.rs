@@ -23,6 +23,14 @@ impl Config {
         let lake = &self.lake;
         match lake.catalog {
             CatalogKind::Sql => {
+                if !lake.catalog_warehouse.is_empty() {
+                    return Err(err(
+                        "lake.catalog_warehouse",
+                        "is for a REST catalog (lake.catalog = \"rest\"); a SQL catalog's \
+                         tables go in lake.warehouse"
+                            .into(),
+                    ));
+                }
                 let uri = self.catalog_uri();
                 if super::catalog::sql_backend(&uri).is_none() {
                     return Err(err(
@@ -57,9 +65,10 @@ impl Config {
             }
             CatalogKind::Rest => match url::Url::parse(&lake.catalog_uri) {
                 Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {
-                    for (k, instead) in
-                        [("uri", "lake.catalog_uri"), ("warehouse", "lake.warehouse")]
-                    {
+                    for (k, instead) in [
+                        ("uri", "lake.catalog_uri"),
+                        ("warehouse", "lake.catalog_warehouse"),
+                    ] {
                         if lake.catalog_properties.contains_key(k) {
                             return Err(err(
                                 &format!("lake.catalog_properties.{k}"),

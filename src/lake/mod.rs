@@ -142,9 +142,9 @@ pub async fn open_catalog(cfg: &Config) -> Result<Arc<dyn Catalog>, LakeError> {
 }
 
 /// The REST catalog client: `lake.catalog_uri` is the server, and
-/// `lake.warehouse`, when set, the warehouse asked of it (a REST server
-/// may name warehouses rather than locations); `lake.catalog_properties`
-/// carry credentials and the like. Nothing is asked of the server here:
+/// `lake.catalog_warehouse` (else `lake.warehouse`), when set, the
+/// warehouse asked of it (a REST server may name warehouses rather than
+/// locate them); `lake.catalog_properties` carry credentials and the like. Nothing is asked of the server here:
 /// the client fetches its config on first use.
 async fn open_rest_catalog(cfg: &Config) -> Result<Arc<dyn Catalog>, LakeError> {
     use iceberg_catalog_rest::{
@@ -160,11 +160,8 @@ async fn open_rest_catalog(cfg: &Config) -> Result<Arc<dyn Catalog>, LakeError> 
         REST_CATALOG_PROP_URI.to_string(),
         cfg.lake.catalog_uri.clone(),
     );
-    if !cfg.lake.warehouse.is_empty() {
-        props.insert(
-            REST_CATALOG_PROP_WAREHOUSE.to_string(),
-            cfg.lake.warehouse.clone(),
-        );
+    if let Some(w) = cfg.catalog_warehouse() {
+        props.insert(REST_CATALOG_PROP_WAREHOUSE.to_string(), w);
     }
     let catalog = RestCatalogBuilder::default()
         .with_storage_factory(store::storage_factory(cfg)?)

@@ -21,7 +21,8 @@
 //! again, or one whose schema or partitioning moved.
 //!
 //! The server is reached as the catalog client reaches it, from the same
-//! keys: `lake.catalog_uri`, `lake.warehouse` (sent to `/v1/config`), and
+//! keys: `lake.catalog_uri`, `lake.catalog_warehouse` (sent to
+//! `/v1/config`), and
 //! from `lake.catalog_properties` `token` (a bearer token) or `credential`
 //! (`client_id:secret`, OAuth2 client credentials at `oauth2-server-uri`,
 //! by default the server's `/v1/oauth/tokens`, with `scope`, by default
@@ -120,7 +121,7 @@ impl RestCommits {
         Ok(Some(Self {
             http,
             uri: cfg.lake.catalog_uri.trim_end_matches('/').to_string(),
-            warehouse: (!cfg.lake.warehouse.is_empty()).then(|| cfg.lake.warehouse.clone()),
+            warehouse: cfg.catalog_warehouse(),
             props: cfg.lake.catalog_properties.clone(),
             session: tokio::sync::Mutex::new(None),
         }))

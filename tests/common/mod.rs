@@ -848,3 +848,20 @@ pub async fn append_trades_at(
             .unwrap();
     }
 }
+
+/// The test S3 server's credentials and region (it takes any).
+pub const S3_ACCESS_KEY: &str = "ticklake-test";
+pub const S3_SECRET_KEY: &str = "ticklake-test-secret";
+pub const S3_REGION: &str = "us-east-1";
+
+/// The S3 server. Tests that need it fail loudly when it is missing.
+pub fn s3_endpoint() -> String {
+    std::env::var("TICKLAKE_TEST_S3_ENDPOINT").expect(
+        "TICKLAKE_TEST_S3_ENDPOINT is not set: run the suite with scripts/test.sh after \
+         `scripts/s3.sh start DIR` (as .ci/run does)",
+    )
+}
+
+pub fn bucket() -> String {
+    std::env::var("TICKLAKE_TEST_S3_BUCKET").unwrap_or_else(|_| "ticklake".into())
+}
