@@ -170,10 +170,15 @@ pub async fn expire(
     // Manifests and data files reachable only from expired snapshots:
     // read before their manifest lists go.
     let (manifests, data_files) = unreachable(&before, &table, &expired).await?;
-    let mut deleted = Vec::new();
+    // One listing of the metadata directory gives the sizes of the
+    // manifest lists and finds the stale metadata files: a HEAD a file
+    // costs a round trip each on an object store.
+    let listed = list_metadata(after.location()).await;
+    let size_of = |loc: &str| listed.get(&store::normalized(loc)).map_or(0, |f| f.size);
+    let mut lists = Vec::new();
     for s in &expired {
         if !s.manifest_list().is_empty() && !kept_lists.contains(s.manifest_list()) {
-            deleted.push(s.manifest_list().to_string());
+            lists.push((s.manifest_list().to_string(), size_of(s.manifest_list())));
         }
     }
     let (n, bytes) = delete_files(table.file_io(), &data_files).await;
@@ -182,7 +187,7 @@ pub async fn expire(
     let (n, bytes) = delete_files(table.file_io(), &manifests).await;
     report.manifests_deleted = n;
     report.bytes_deleted += bytes;
-    let (n, bytes) = delete_files(table.file_io(), &deleted).await;
+    let (n, bytes) = delete_files(table.file_io(), &lists).await;
     report.manifest_lists_deleted = n;
     report.bytes_deleted += bytes;
 
@@ -192,9 +197,13 @@ pub async fn expire(
             .iter()
             .map(|m| store::normalized(&m.metadata_file))
             .collect();
-        report.metadata_bytes = store::size(current).await.unwrap_or(0);
+        report.metadata_bytes = match listed.get(&store::normalized(current)) {
+            Some(f) => f.size,
+            // Written by this expiry, after the listing.
+            None => store::size(current).await.unwrap_or(0),
+        };
         keep.insert(store::normalized(current));
-        let stale = stale_metadata_files(after.location(), &keep, metadata_grace).await;
+        let stale = stale_metadata_files(listed.values(), &keep, metadata_grace);
         let (n, bytes) = delete_files(table.file_io(), &stale).await;
         report.metadata_files_deleted = n;
         report.bytes_deleted += bytes;
@@ -216,7 +225,7 @@ async fn unreachable(
     before: &Table,
     after: &Table,
     expired: &[iceberg::spec::SnapshotRef],
-) -> Result<(Vec<String>, Vec<String>), LakeError> {
+) -> Result<(Vec<(String, u64)>, Vec<(String, u64)>), LakeError> {
     if expired.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
@@ -249,40 +258,55 @@ async fn unreachable(
             }
         }
     }
-    let mut files = HashSet::new();
+    let mut files = HashMap::new();
     for m in load_manifests(before.file_io(), gone.values()).await? {
         for e in m.entries() {
             if !live.contains(e.data_file.file_path()) {
-                files.insert(e.data_file.file_path().to_string());
+                files.insert(
+                    e.data_file.file_path().to_string(),
+                    e.data_file.file_size_in_bytes(),
+                );
             }
         }
     }
-    Ok((gone.into_keys().collect(), files.into_iter().collect()))
+    let manifests = gone
+        .into_iter()
+        .map(|(path, m)| (path, u64::try_from(m.manifest_length).unwrap_or(0)))
+        .collect();
+    Ok((manifests, files.into_iter().collect()))
 }
 
-/// Metadata files under `table_location`/metadata, on whichever store
-/// holds the table (`store::list`), that are not in `keep` (normalized
-/// locations) and older than `grace`.
-async fn stale_metadata_files(
-    table_location: &str,
-    keep: &HashSet<String>,
-    grace: Duration,
-) -> Vec<String> {
+/// The files of `table_location`/metadata, on whichever store holds the
+/// table (`store::list`), by normalized location; none (logged) when it
+/// cannot be listed, which leaves their sizes unknown (0) and stale
+/// metadata files for the next run.
+async fn list_metadata(table_location: &str) -> HashMap<String, store::Listed> {
     let dir = format!("{}/metadata", table_location.trim_end_matches('/'));
-    let listed = match store::list(&dir).await {
-        Ok(l) => l,
+    match store::list(&dir).await {
+        Ok(l) => l
+            .into_iter()
+            .map(|f| (store::normalized(&f.location), f))
+            .collect(),
         Err(e) => {
             tracing::warn!(dir = %dir, error = %e, "maintenance: could not list metadata files");
-            return Vec::new();
+            HashMap::new()
         }
-    };
+    }
+}
+
+/// Metadata files among `listed` that are not in `keep` (normalized
+/// locations) and older than `grace`, with their sizes.
+fn stale_metadata_files<'a>(
+    listed: impl Iterator<Item = &'a store::Listed>,
+    keep: &HashSet<String>,
+    grace: Duration,
+) -> Vec<(String, u64)> {
     let now = SystemTime::now();
     listed
-        .into_iter()
         .filter(|f| f.location.ends_with(".metadata.json"))
         .filter(|f| !keep.contains(&store::normalized(&f.location)))
         .filter(|f| older_than(f.modified, now, grace))
-        .map(|f| f.location)
+        .map(|f| (f.location.clone(), f.size))
         .collect()
 }
 
@@ -292,19 +316,45 @@ pub(super) fn older_than(modified: Option<SystemTime>, now: SystemTime, age: Dur
         .is_some_and(|d| d >= age)
 }
 
-/// Deletes `locations`, returning how many went and their bytes. A file
-/// that will not go is logged and left for the next run.
-pub(super) async fn delete_files(io: &iceberg::io::FileIO, locations: &[String]) -> (usize, u64) {
-    let mut n = 0;
-    let mut bytes = 0;
-    for loc in locations {
-        let size = store::size(loc).await.unwrap_or(0);
-        match io.delete(loc).await {
+/// Files deleted a request at a time: S3's DeleteObjects takes 1,000
+/// keys. Expiry after an hour of commits a second deletes thousands of
+/// manifest lists, and a sweep after days of lost commit races tens of
+/// thousands of files: one DELETE each (and a HEAD for its size, before)
+/// would take minutes behind an object store's round trip.
+const DELETE_BATCH: usize = 1000;
+
+/// Deletes `files` (location and size) in batches, returning how many went
+/// and their bytes. A batch that fails is deleted one file at a time, so
+/// one file that will not go does not keep the rest; it is logged and
+/// left for the next run.
+pub(super) async fn delete_files(
+    io: &iceberg::io::FileIO,
+    files: &[(String, u64)],
+) -> (usize, u64) {
+    let (mut n, mut bytes) = (0, 0);
+    for batch in files.chunks(DELETE_BATCH) {
+        // Owned: the stream must be 'static.
+        let paths: Vec<String> = batch.iter().map(|(p, _)| p.clone()).collect();
+        match io.delete_stream(futures::stream::iter(paths)).await {
             Ok(()) => {
-                n += 1;
-                bytes += size;
+                n += batch.len();
+                bytes += batch.iter().map(|(_, s)| s).sum::<u64>();
             }
-            Err(e) => tracing::warn!(file = %loc, error = %e, "maintenance: could not delete"),
+            Err(e) => {
+                tracing::warn!(error = %e, files = batch.len(),
+                    "maintenance: a batch delete failed; deleting its files one at a time");
+                for (loc, size) in batch {
+                    match io.delete(loc).await {
+                        Ok(()) => {
+                            n += 1;
+                            bytes += size;
+                        }
+                        Err(e) => {
+                            tracing::warn!(file = %loc, error = %e, "maintenance: could not delete")
+                        }
+                    }
+                }
+            }
         }
     }
     (n, bytes)
@@ -387,6 +437,7 @@ mod tests {
         assert_eq!(r.metadata_files_deleted, 0);
         assert!(orphan.exists());
 
+        let before = lake::sizes_under(&warehouse);
         let r = expire(
             catalog.as_ref(),
             &ident,
@@ -401,12 +452,18 @@ mod tests {
             (10, 9, 1),
             "{r:?}"
         );
+        // The bytes counted are those of the files gone, taken from the
+        // manifests and one listing rather than a HEAD a file.
+        assert_eq!(
+            r.bytes_deleted,
+            lake::bytes_gone(&before, &warehouse),
+            "{r:?}"
+        );
         assert_eq!(r.manifest_lists_deleted, 9);
         // The commits' own metadata files are in the metadata log, which
         // keeps the last 100.
         assert_eq!(r.metadata_files_deleted, 1, "{r:?}");
         assert!(!orphan.exists());
-        assert!(r.bytes_deleted > 0);
         assert_eq!(r.data_files, 10);
         assert_eq!(manifest_lists(&warehouse), 1);
         assert_eq!(metadata_files(&warehouse), metadata_before);

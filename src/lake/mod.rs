@@ -228,6 +228,33 @@ pub(crate) fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// The bytes of the files under `before` (their sizes, by
+/// [`files_under`] at some earlier point) that are gone from `dir` now:
+/// what a deletion freed, for tests.
+#[cfg(test)]
+pub(crate) fn bytes_gone(
+    before: &std::collections::HashMap<std::path::PathBuf, u64>,
+    dir: &std::path::Path,
+) -> u64 {
+    let now: std::collections::HashSet<_> = files_under(dir).into_iter().collect();
+    before
+        .iter()
+        .filter(|(p, _)| !now.contains(*p))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// The size of each file under `dir`, for [`bytes_gone`].
+#[cfg(test)]
+pub(crate) fn sizes_under(
+    dir: &std::path::Path,
+) -> std::collections::HashMap<std::path::PathBuf, u64> {
+    files_under(dir)
+        .into_iter()
+        .filter_map(|p| std::fs::metadata(&p).ok().map(|m| (p, m.len())))
+        .collect()
+}
+
 /// The rows a scan of `ident`'s current snapshot reads, for tests.
 #[cfg(test)]
 pub(crate) async fn rows_of(catalog: &dyn Catalog, ident: &TableIdent) -> usize {

@@ -123,41 +123,11 @@ pub async fn sweep(
             report.young += 1;
         }
     }
-    (report.deleted, report.bytes_deleted) = delete(table.file_io(), &orphans).await;
+    let orphans: Vec<(String, u64)> = orphans.into_iter().map(|f| (f.location, f.size)).collect();
+    (report.deleted, report.bytes_deleted) =
+        super::maintain::delete_files(table.file_io(), &orphans).await;
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
-}
-
-/// Files deleted a request at a time: S3's DeleteObjects takes 1,000
-/// keys. After days of writers losing commit races (each lost attempt
-/// leaves a manifest and a manifest list), a sweep can find tens of
-/// thousands of files, and one DELETE each would outlast the maintenance
-/// lease.
-const DELETE_BATCH: usize = 1000;
-
-/// Deletes `orphans` in batches, returning how many went and their bytes
-/// (as listed). A batch that fails is deleted one file at a time, so one
-/// file that will not go does not keep the rest; it is logged and left for
-/// the next sweep.
-async fn delete(io: &iceberg::io::FileIO, orphans: &[store::Listed]) -> (usize, u64) {
-    let (mut n, mut bytes) = (0, 0);
-    for batch in orphans.chunks(DELETE_BATCH) {
-        let paths: Vec<String> = batch.iter().map(|f| f.location.clone()).collect();
-        match io.delete_stream(futures::stream::iter(paths.clone())).await {
-            Ok(()) => {
-                n += batch.len();
-                bytes += batch.iter().map(|f| f.size).sum::<u64>();
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, files = batch.len(),
-                    "orphan sweep: a batch delete failed; deleting its files one at a time");
-                let (k, b) = super::maintain::delete_files(io, &paths).await;
-                n += k;
-                bytes += b;
-            }
-        }
-    }
-    (n, bytes)
 }
 
 /// Every file the snapshots of `table` reference, normalized: each
@@ -354,6 +324,7 @@ mod tests {
         assert_eq!((r.refused.as_deref(), r.deleted), (None, 0), "{r:?}");
         assert_eq!(r.referenced, 5 + 5 + 5, "{r:?}");
 
+        let before = lake::sizes_under(dir.path());
         let e = super::super::maintain::expire(
             catalog.as_ref(),
             &ident,
@@ -364,6 +335,12 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(e.data_files_deleted, 4, "{e:?}");
+        // Data files and manifests counted at their sizes in the metadata.
+        assert_eq!(
+            e.bytes_deleted,
+            lake::bytes_gone(&before, dir.path()),
+            "{e:?}"
+        );
         let r = sweep(catalog.as_ref(), &ident, Duration::ZERO)
             .await
             .unwrap();
