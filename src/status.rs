@@ -33,6 +33,8 @@ pub struct StatusSources {
     pub last_trades: Arc<Mutex<BTreeMap<String, (u64, Instant)>>>,
     /// Which schema registry assigns the ids (`Registry::status`).
     pub schema_registry: Value,
+    /// Which catalog holds the tables (`lake::catalog_status`).
+    pub catalog: Value,
 }
 
 /// Sets the gauges `/metrics` shows from the actors' states rather than
@@ -118,6 +120,7 @@ pub async fn collect(src: &StatusSources) -> Value {
         "spill": spill,
         "accounting": accounting,
         "lake": {
+            "catalog": src.catalog,
             "in_transit": sup.in_transit,
             "lost_records": losses.lost_records,
             "lost_ranges": losses.ranges,
@@ -260,6 +263,22 @@ pub fn render(v: &Value) -> String {
                 s(&a["quarantined"]),
             );
         }
+    }
+    let c = &v["lake"]["catalog"];
+    if c.is_object() {
+        let _ = writeln!(
+            out,
+            "catalog {} {} at {}, warehouse {}{}",
+            s(&c["kind"]),
+            s(&c["name"]),
+            s(&c["uri"]),
+            s(&c["warehouse"]),
+            match (c["catalog_warehouse"].as_str(), c["auth"].as_str()) {
+                (Some(w), Some(a)) => format!(" (asked for {w}; auth {a})"),
+                (None, Some(a)) => format!(" (auth {a})"),
+                _ => String::new(),
+            }
+        );
     }
     let _ = writeln!(
         out,

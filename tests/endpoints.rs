@@ -140,6 +140,7 @@ fn status_endpoint_and_cli_show_the_tree_level_breakers_and_accounting() {
         "breaker producer",
         "signal consumer_lag",
         "BINANCE",
+        "catalog sql ticklake at sqlite:",
     ] {
         assert!(text.contains(needle), "`ticklake status` lacks {needle:?}");
     }

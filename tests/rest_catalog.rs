@@ -106,6 +106,21 @@ fn a_replayed_capture_lands_once_through_a_rest_catalog_across_a_kill() {
         env.count("select count(*) from market.trades") >= expected
     });
     replay.kill();
+    // `/status` says where the lake is, and how the daemon signs in,
+    // without the secret.
+    let st: serde_json::Value =
+        serde_json::from_str(&http_get(env.http_port, "/status").unwrap()).unwrap();
+    let cat = &st["lake"]["catalog"];
+    assert_eq!(
+        (&cat["kind"], &cat["uri"], &cat["auth"]),
+        (
+            &serde_json::json!("rest"),
+            &serde_json::json!(uri),
+            &serde_json::json!("oauth2_client_credentials")
+        ),
+        "{cat}"
+    );
+    assert!(!st.to_string().contains("s3cret"), "a secret in /status");
     wait_until(
         "a maintenance run after the last commit",
         Duration::from_secs(30),

@@ -162,6 +162,7 @@ pub async fn start(cfg: Config) -> Result<Daemon, DaemonError> {
         metrics: metrics.clone(),
         last_trades: Default::default(),
         schema_registry: registry.status(cfg.http.enabled),
+        catalog: crate::lake::catalog_status(&cfg),
     };
     let admin = cfg.chaos.admin.then(|| crate::api::admin::ChaosControls {
         broker: kafka.embedded.as_ref().and_then(EmbeddedCluster::faults),

@@ -176,6 +176,33 @@ async fn open_rest_catalog(cfg: &Config) -> Result<Arc<dyn Catalog>, LakeError> 
     Ok(Arc::new(catalog))
 }
 
+/// What `/status` shows of the catalog: its kind and name, where it is
+/// (a password in the URI masked), the warehouse, and for a REST catalog
+/// the warehouse asked of the server and how the daemon authenticates to
+/// it. Never a secret: `lake.catalog_properties` are named by kind only.
+pub fn catalog_status(cfg: &Config) -> serde_json::Value {
+    let rest = cfg.lake.catalog == CatalogKind::Rest;
+    let props = &cfg.lake.catalog_properties;
+    let auth = if !rest {
+        None
+    } else if props.contains_key("token") {
+        Some("token")
+    } else if props.contains_key("credential") {
+        Some("oauth2_client_credentials")
+    } else {
+        Some("none")
+    };
+    serde_json::json!({
+        "kind": if rest { "rest" } else { "sql" },
+        "name": cfg.lake.catalog_name,
+        "uri": redact(&cfg.catalog_uri()),
+        "warehouse": cfg.warehouse(),
+        "catalog_warehouse": if rest { cfg.catalog_warehouse() } else { None },
+        "auth": auth,
+        "namespace": cfg.lake.namespace,
+    })
+}
+
 /// The two tables the daemon writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TableKind {
@@ -408,6 +435,34 @@ pub async fn ensure(
 #[cfg(test)]
 mod catalog_tests {
     use super::*;
+
+    #[test]
+    fn the_status_names_the_catalog_and_never_a_secret() {
+        let mut cfg = Config::default().under(std::path::Path::new("/data"));
+        cfg.lake.catalog_uri = "postgres://u:hunter2@db:5432/lake".into();
+        let s = catalog_status(&cfg);
+        assert_eq!(s["kind"], "sql");
+        assert_eq!(s["uri"], "postgres://u:***@db:5432/lake");
+        assert_eq!(s["warehouse"], "file:///data/warehouse");
+        assert!(s["auth"].is_null() && s["catalog_warehouse"].is_null());
+        cfg.lake.catalog = CatalogKind::Rest;
+        cfg.lake.catalog_uri = "https://cat.example/api".into();
+        cfg.lake.warehouse = "s3://bucket/tables".into();
+        cfg.lake.catalog_warehouse = "analytics".into();
+        cfg.lake
+            .catalog_properties
+            .insert("credential".into(), "id:hunter2".into());
+        let s = catalog_status(&cfg);
+        assert_eq!(
+            (&s["kind"], &s["auth"], &s["catalog_warehouse"]),
+            (
+                &serde_json::json!("rest"),
+                &serde_json::json!("oauth2_client_credentials"),
+                &serde_json::json!("analytics")
+            )
+        );
+        assert!(!s.to_string().contains("hunter2"), "{s}");
+    }
 
     #[test]
     fn sql_uris_are_told_apart_and_passwords_hidden() {
