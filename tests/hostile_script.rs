@@ -82,6 +82,30 @@ fn the_hostile_sql_script_passes_against_an_ingesting_daemon() {
         lost_to_memory >= 4.0,
         "the copying statements should each end a worker on memory; lost: {lost_to_memory}"
     );
+    // The workers killed mid-spill (the sort past the memory limit spills
+    // until its deadline) left no spill files: each worker's directory
+    // under the data directory went with it, and what is left belongs to
+    // processes still running (the daemon's own engine, idle workers).
+    let spill = env.data_dir().join("query-spill");
+    wait_until_explained(
+        || spill_of_the_dead(&spill).is_empty(),
+        Duration::from_secs(10),
+        || {
+            format!(
+                "spill left by dead processes: {:?}",
+                spill_of_the_dead(&spill)
+            )
+        },
+    );
+    let left: u64 = walkdir::WalkDir::new(&spill)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum();
+    println!("spill files left under {}: {left} bytes", spill.display());
+    assert_eq!(left, 0, "spill files outlived their queries");
     // The daemon that took all of it is the one that was started, and it
     // still stops gracefully.
     assert!(
@@ -91,4 +115,15 @@ fn the_hostile_sql_script_passes_against_an_ingesting_daemon() {
     );
     let status = daemon.terminate();
     assert!(status.success(), "exit {status}:\n{}", daemon.log_tail());
+}
+
+/// The spill directories under `root` whose process (named by pid) is gone.
+fn spill_of_the_dead(root: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .collect()
 }

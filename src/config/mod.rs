@@ -498,6 +498,12 @@ pub struct ApiConfig {
     /// snapshot by reading only the files it added, in bytes; 0 reads the
     /// lake at every page. One window may take a quarter of it.
     pub recent_cache_bytes: usize,
+    /// Disk one query engine (each SQL worker, and the daemon's own) may
+    /// fill with the data of sorts, joins and aggregations that outgrow
+    /// `max_memory_bytes`, in bytes, under `<data_dir>/query-spill`; a
+    /// query that needs more fails (507). 0: no spilling, such a query
+    /// fails at the memory limit.
+    pub max_spill_bytes: u64,
 }
 
 impl Default for ApiConfig {
@@ -511,6 +517,7 @@ impl Default for ApiConfig {
             sql_isolation: true,
             sql_worker_memory_bytes: 4 << 30,
             recent_cache_bytes: 64 << 20,
+            max_spill_bytes: 4 << 30,
         }
     }
 }

@@ -83,6 +83,8 @@ pub struct SqlWorkers {
     answer_limit: usize,
     memory_bytes: u64,
     idle: Mutex<Vec<Worker>>,
+    /// Where the workers' spill directories are (`session::spill_root`).
+    spill_root: PathBuf,
     /// Whether a worker is started ahead when the idle list runs empty
     /// (the daemon; not a one-shot CLI query).
     ahead: bool,
@@ -103,6 +105,24 @@ struct Worker {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
+    /// Its spill directory (`session::spill_dir_of`), removed with it.
+    spill: Option<PathBuf>,
+}
+
+/// A worker dropped is killed (`kill_on_drop`) or, idle, exits as its
+/// stdin closes; a killed one never removes its own spill files. Removing
+/// the directory while the process ends is safe: its open files go with
+/// their last descriptor, and it cannot make new ones in a directory that
+/// is gone.
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(dir) = self.spill.take()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "query: could not remove a SQL worker's spill directory");
+        }
+    }
 }
 
 impl SqlWorkers {
@@ -119,6 +139,7 @@ impl SqlWorkers {
             answer_limit: cfg.api.max_memory_bytes,
             memory_bytes: cfg.api.sql_worker_memory_bytes,
             idle: Mutex::new(Vec::new()),
+            spill_root: super::session::spill_root(cfg),
             ahead: true,
             lost,
         })
@@ -143,17 +164,20 @@ impl SqlWorkers {
                 exe: self.exe.clone(),
                 source,
             })?;
-        let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(IsolateError::Wire(WireError::Io(std::io::Error::other(
                 "the worker's pipes were not opened",
             ))));
         };
-        wire::write_frame(&mut stdin, Kind::Config, &self.config).await?;
-        Ok(Worker {
+        let spill = child.id().map(|pid| self.spill_root.join(pid.to_string()));
+        let mut worker = Worker {
             child,
             stdin,
             stdout: BufReader::new(stdout),
-        })
+            spill,
+        };
+        wire::write_frame(&mut worker.stdin, Kind::Config, &self.config).await?;
+        Ok(worker)
     }
 
     /// Starts a worker ahead of the next statement.

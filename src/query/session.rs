@@ -29,6 +29,8 @@ pub enum SessionError {
     Rejected(#[from] super::sql_guard::GuardError),
     #[error("the query task failed: {0}")]
     Task(String),
+    #[error("the query spill directory {0}: {1}")]
+    Spill(std::path::PathBuf, std::io::Error),
     #[error(transparent)]
     Limits(#[from] super::limits::LimitError),
 }
@@ -88,6 +90,7 @@ async fn build(
     // process with ingestion).
     let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
         .with_memory_limit(cfg.api.max_memory_bytes, 1.0)
+        .with_disk_manager_builder(disk_manager(cfg)?)
         .build_arc()?;
     // An object-store warehouse's client, shared with the catalog's FileIO,
     // is where DataFusion's own Parquet scans (`lake::scan`) read its files.
@@ -197,6 +200,60 @@ pub fn format(batches: &[RecordBatch], fmt: OutputFormat) -> Result<String, Sess
                 w.finish()?;
             }
             Ok(String::from_utf8_lossy(&buf).into_owned())
+        }
+    }
+}
+
+/// Where a query engine's spill files go: `<data_dir>/query-spill/<pid>`,
+/// one directory a process. DataFusion's default, a directory of the OS
+/// temp dir removed when the engine drops, outlives a SQL worker that was
+/// killed (at its memory limit or its deadline), and a sort that spilled
+/// leaves its gigabytes there; the daemon removes a worker's directory
+/// when it drops the worker ([`spill_dir_of`]), and each engine removes
+/// those of processes no longer running when it starts.
+pub fn spill_root(cfg: &Config) -> std::path::PathBuf {
+    cfg.data_dir_abs().join("query-spill")
+}
+
+/// The spill directory of the process `pid`.
+pub fn spill_dir_of(cfg: &Config, pid: u32) -> std::path::PathBuf {
+    spill_root(cfg).join(pid.to_string())
+}
+
+/// DataFusion's disk manager for `cfg`: spill files in this process's
+/// directory (made now, stale siblings removed), at most
+/// `api.max_spill_bytes` of them; none when that is 0.
+fn disk_manager(
+    cfg: &Config,
+) -> Result<datafusion::execution::disk_manager::DiskManagerBuilder, SessionError> {
+    use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+    if cfg.api.max_spill_bytes == 0 {
+        return Ok(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled));
+    }
+    let root = spill_root(cfg);
+    remove_stale_spills(&root);
+    let dir = spill_dir_of(cfg, std::process::id());
+    std::fs::create_dir_all(&dir).map_err(|e| SessionError::Spill(dir.clone(), e))?;
+    Ok(DiskManagerBuilder::default()
+        .with_mode(DiskManagerMode::Directories(vec![dir]))
+        .with_max_temp_directory_size(cfg.api.max_spill_bytes))
+}
+
+/// Removes the spill directories under `root` of processes that are no
+/// longer running (named by pid): a daemon or worker killed while it
+/// spilled.
+fn remove_stale_spills(root: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let alive = e
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if !alive && let Err(err) = std::fs::remove_dir_all(e.path()) {
+            tracing::warn!(dir = %e.path().display(), error = %err, "query: could not remove a stale spill directory");
         }
     }
 }
