@@ -230,25 +230,22 @@ fn a_replayed_capture_lands_once_in_a_postgres_catalog() {
     assert_eq!(ours, ["dead_letters", "gaps", "ohlcv_1m", "trades"]);
 
     // An independent reader through the same PostgreSQL catalog.
-    let data = env.data_dir();
-    let out = std::process::Command::new(python())
-        .arg(scripts_dir().join("pyiceberg_read.py"))
-        .args(["--catalog-uri", &sqlalchemy_uri(&pg)])
-        .args([
+    let warehouse = format!("file://{}/warehouse", env.data_dir().display());
+    let py = pyiceberg(
+        "pyiceberg_read.py",
+        &[
+            "--catalog-uri",
+            &sqlalchemy_uri(&pg),
             "--warehouse",
-            &format!("file://{}/warehouse", data.display()),
-        ])
-        .args(["--catalog-name", &catalog_name])
-        .args(["--table", "market.trades"])
-        .args(["--columns", "message_id,symbol,price,quantity"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pyiceberg: {}",
-        String::from_utf8_lossy(&out.stderr)
+            &warehouse,
+            "--catalog-name",
+            &catalog_name,
+            "--table",
+            "market.trades",
+            "--columns",
+            "message_id,symbol,price,quantity",
+        ],
     );
-    let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(py["rows"].as_i64().unwrap(), expected);
     let ours = env.query(
         "select message_id, symbol, cast(price as varchar) as price, cast(quantity as varchar) as quantity \

@@ -163,19 +163,20 @@ fn a_replayed_capture_lands_once_through_a_rest_catalog_across_a_kill() {
 
     // An independent reader through the same server, with the same
     // credentials: the same message ids.
-    let out = std::process::Command::new(python())
-        .arg(scripts_dir().join("pyiceberg_read.py"))
-        .args(["--catalog-uri", &uri])
-        .args(["--prop", &format!("credential={CREDENTIAL}")])
-        .args(["--table", "market.trades", "--columns", "message_id"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pyiceberg: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let credential = format!("credential={CREDENTIAL}");
+    let read = pyiceberg(
+        "pyiceberg_read.py",
+        &[
+            "--catalog-uri",
+            &uri,
+            "--prop",
+            &credential,
+            "--table",
+            "market.trades",
+            "--columns",
+            "message_id",
+        ],
     );
-    let read: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let theirs: BTreeSet<String> = read["data"]
         .as_array()
         .unwrap()
@@ -565,23 +566,23 @@ fn a_named_warehouse_in_a_bucket_through_a_rest_catalog() {
     assert!(sweep["refused"].is_null(), "{sweep}");
     assert!(sweep["listed"].as_u64().unwrap() >= 2, "{sweep}");
 
-    let mut read = std::process::Command::new(python());
-    read.arg(scripts_dir().join("pyiceberg_read.py"))
-        .args(["--catalog-uri", &uri, "--warehouse", "analytics"])
-        .args(["--prop", &format!("credential={CREDENTIAL}")]);
+    let credential = format!("credential={CREDENTIAL}");
+    let mut args = vec![
+        "--catalog-uri",
+        &uri,
+        "--warehouse",
+        "analytics",
+        "--prop",
+        &credential,
+        "--table",
+        "market.trades",
+        "--columns",
+        "message_id",
+    ];
     for p in &s3_props {
-        read.args(["--prop", p]);
+        args.extend(["--prop", p]);
     }
-    let out = read
-        .args(["--table", "market.trades", "--columns", "message_id"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pyiceberg: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let py = pyiceberg("pyiceberg_read.py", &args);
     assert_eq!(py["rows"].as_i64().unwrap(), expected);
     assert!(
         server_errors(&server).is_empty(),

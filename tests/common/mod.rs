@@ -252,25 +252,11 @@ listen = "127.0.0.1:{http_port}"
     /// catalog and warehouse) with `args`, and returns its JSON output.
     pub fn pyiceberg(&self, script: &str, args: &[&str]) -> serde_json::Value {
         let data = self.data_dir();
-        let out = Command::new(python())
-            .arg(scripts_dir().join(script))
-            .args([
-                "--catalog-uri",
-                &format!("sqlite:///{}/catalog.db", data.display()),
-            ])
-            .args([
-                "--warehouse",
-                &format!("file://{}/warehouse", data.display()),
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{script}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        let uri = format!("sqlite:///{}/catalog.db", data.display());
+        let warehouse = format!("file://{}/warehouse", data.display());
+        let mut all = vec!["--catalog-uri", &uri, "--warehouse", &warehouse];
+        all.extend_from_slice(args);
+        pyiceberg(script, &all)
     }
 
     /// Asserts that the trades table holds `expected` rows, each message
@@ -864,4 +850,20 @@ pub fn s3_endpoint() -> String {
 
 pub fn bucket() -> String {
     std::env::var("TICKLAKE_TEST_S3_BUCKET").unwrap_or_else(|_| "ticklake".into())
+}
+
+/// Runs the pyiceberg script `script` of `scripts/` with `args`, which
+/// must succeed, and returns its JSON output.
+pub fn pyiceberg(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(scripts_dir().join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
