@@ -961,12 +961,55 @@ mod tests {
                     "lake.catalog_warehouse",
                     "REST catalog",
                 ),
+                (
+                    "catalog = \"rest\"\ncatalog_uri = \"http://x\"\n\
+                     catalog_properties = { \"rest.sigv4-enabled\" = \"yes\" }",
+                    "lake.catalog_properties.\"rest.sigv4-enabled\"",
+                    "neither \"true\" nor \"false\"",
+                ),
+                (
+                    "catalog = \"rest\"\ncatalog_uri = \"http://x\"\n\
+                     catalog_properties = { \"rest.signing-name\" = \"glue\" }",
+                    "lake.catalog_properties.\"rest.signing-name\"",
+                    "no effect unless rest.sigv4-enabled",
+                ),
+                (
+                    "catalog = \"rest\"\ncatalog_uri = \"http://x\"\n\
+                     catalog_properties = { \"rest.sigv4-enabled\" = \"true\", token = \"t\" }",
+                    "lake.catalog_properties.\"rest.sigv4-enabled\"",
+                    "cannot be combined with token",
+                ),
+                (
+                    "catalog = \"rest\"\ncatalog_uri = \"http://x\"\n\
+                     catalog_properties = { \"rest.sigv4-enabled\" = \"true\", \
+                     \"rest.access-key-id\" = \"AKID\" }",
+                    "lake.catalog_properties.\"rest.secret-access-key\"",
+                    "is needed with rest.access-key-id",
+                ),
+                (
+                    "catalog = \"rest\"\ncatalog_uri = \"http://x\"\n\
+                     catalog_properties = { \"rest.sigv4-enabled\" = \"true\", \
+                     \"rest.secret-access-key\" = \"hidden\" }",
+                    "lake.catalog_properties.\"rest.access-key-id\"",
+                    "is needed with",
+                ),
+                (
+                    "catalog = \"rest\"\ncatalog_uri = \"http://x\"\n\
+                     catalog_properties = { \"rest.sigv4-enabled\" = \"true\", \
+                     \"rest.signing-region\" = \" \" }",
+                    "lake.catalog_properties.\"rest.signing-region\"",
+                    "must not be empty",
+                ),
             ] {
                 let f = write(&format!("[lake]\n{body}\n"));
                 let e = Config::load(Some(f.path())).unwrap_err().to_string();
                 assert!(e.contains(key) && e.contains(says), "{body}: {e}");
                 assert!(e.contains(&f.path().display().to_string()), "{e}");
-                assert!(!e.contains("secret"), "a password in an error: {e}");
+                // The table's two secrets: a URI's password, a secret key.
+                assert!(
+                    !e.contains(":secret@") && !e.contains("hidden"),
+                    "a secret in an error: {e}"
+                );
             }
             let f = write("[maintenance]\nlease_ttl = \"soon\"\n");
             let e = Config::load(Some(f.path())).unwrap_err().to_string();

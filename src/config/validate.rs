@@ -76,6 +76,9 @@ impl Config {
                             ));
                         }
                     }
+                    if let Err((key, why)) = super::catalog::sigv4_props(&lake.catalog_properties) {
+                        return Err(err(&key, why));
+                    }
                 }
                 Ok(u) => {
                     return Err(err(
