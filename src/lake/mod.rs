@@ -17,6 +17,7 @@ pub mod rest_commit;
 pub mod scan;
 pub mod schema;
 pub mod share;
+pub mod sigv4;
 pub mod store;
 
 use std::collections::HashMap;
@@ -50,6 +51,8 @@ pub enum LakeError {
     Offsets { snapshot_id: i64, reason: String },
     #[error(transparent)]
     Rest(#[from] rest_commit::RestCommitError),
+    #[error(transparent)]
+    SigV4(#[from] sigv4::SigV4Error),
 }
 
 impl LakeError {
@@ -62,6 +65,8 @@ impl LakeError {
                 iceberg::ErrorKind::DataInvalid | iceberg::ErrorKind::FeatureUnsupported
             ),
             LakeError::Arrow(_) | LakeError::Parquet(_) | LakeError::Offsets { .. } => false,
+            // A config or credential that cannot sign stays so.
+            LakeError::SigV4(_) => false,
             LakeError::Catalog(_) | LakeError::Warehouse(..) | LakeError::Rest(_) => true,
             LakeError::Store(e) => e.is_retryable(),
         }
@@ -156,10 +161,17 @@ async fn open_rest_catalog(cfg: &Config) -> Result<Arc<dyn Catalog>, LakeError> 
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    props.insert(
-        REST_CATALOG_PROP_URI.to_string(),
-        cfg.lake.catalog_uri.clone(),
-    );
+    // With SigV4 the client talks to the signer in front of the server
+    // (`sigv4`), with the signer's key; errors still name the server.
+    let uri = match sigv4::front(cfg)? {
+        Some(front) => {
+            let (k, v) = front.header_property();
+            props.insert(k, v);
+            front.uri
+        }
+        None => cfg.lake.catalog_uri.clone(),
+    };
+    props.insert(REST_CATALOG_PROP_URI.to_string(), uri);
     if let Some(w) = cfg.catalog_warehouse() {
         props.insert(REST_CATALOG_PROP_WAREHOUSE.to_string(), w);
     }
@@ -183,8 +195,11 @@ async fn open_rest_catalog(cfg: &Config) -> Result<Arc<dyn Catalog>, LakeError> 
 pub fn catalog_status(cfg: &Config) -> serde_json::Value {
     let rest = cfg.lake.catalog == CatalogKind::Rest;
     let props = &cfg.lake.catalog_properties;
+    let sigv4 = crate::config::catalog::sigv4_props(props).ok().flatten();
     let auth = if !rest {
         None
+    } else if sigv4.is_some() {
+        Some("sigv4")
     } else if props.contains_key("token") {
         Some("token")
     } else if props.contains_key("credential") {
@@ -199,6 +214,7 @@ pub fn catalog_status(cfg: &Config) -> serde_json::Value {
         "warehouse": cfg.warehouse(),
         "catalog_warehouse": if rest { cfg.catalog_warehouse() } else { None },
         "auth": auth,
+        "signing_name": sigv4.as_ref().filter(|_| rest).map(|s| s.service.clone()),
         "namespace": cfg.lake.namespace,
     })
 }
@@ -460,6 +476,22 @@ mod catalog_tests {
                 &serde_json::json!("oauth2_client_credentials"),
                 &serde_json::json!("analytics")
             )
+        );
+        assert!(!s.to_string().contains("hunter2"), "{s}");
+        assert!(s["signing_name"].is_null(), "{s}");
+        cfg.lake.catalog_properties = [
+            ("rest.sigv4-enabled", "true"),
+            ("rest.signing-name", "s3tables"),
+            ("rest.access-key-id", "AKIDEXAMPLE"),
+            ("rest.secret-access-key", "hunter2"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let s = catalog_status(&cfg);
+        assert_eq!(
+            (&s["auth"], &s["signing_name"]),
+            (&serde_json::json!("sigv4"), &serde_json::json!("s3tables"))
         );
         assert!(!s.to_string().contains("hunter2"), "{s}");
     }

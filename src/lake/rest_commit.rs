@@ -29,7 +29,8 @@
 //! `catalog`, and `audience` and `resource` when set), `prefix`, and
 //! `header.<name>` headers. `/v1/config`'s defaults and overrides apply as
 //! they do for the client (overrides win over the properties, which win
-//! over defaults).
+//! over defaults). With `rest.sigv4-enabled`, requests go through the
+//! same SigV4 signer as the client's (`sigv4`).
 
 use std::collections::BTreeMap;
 
@@ -68,6 +69,8 @@ pub enum RestCommitError {
     },
     #[error("REST catalog: {0}")]
     Config(String),
+    #[error("REST catalog: {0}")]
+    SigV4(#[from] super::sigv4::SigV4Error),
 }
 
 /// The server's session: where tables are, and the bearer token.
@@ -118,11 +121,21 @@ impl RestCommits {
             .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(|e| RestCommitError::Config(format!("building the HTTP client: {e}")))?;
+        let mut props = cfg.lake.catalog_properties.clone();
+        // With SigV4, through the same signer as the catalog client.
+        let uri = match super::sigv4::front(cfg)? {
+            Some(front) => {
+                let (k, v) = front.header_property();
+                props.insert(k, v);
+                front.uri
+            }
+            None => cfg.lake.catalog_uri.trim_end_matches('/').to_string(),
+        };
         Ok(Some(Self {
             http,
-            uri: cfg.lake.catalog_uri.trim_end_matches('/').to_string(),
+            uri,
             warehouse: cfg.catalog_warehouse(),
-            props: cfg.lake.catalog_properties.clone(),
+            props,
             session: tokio::sync::Mutex::new(None),
         }))
     }

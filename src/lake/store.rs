@@ -34,7 +34,7 @@ use iceberg::io::{
     FileMetadata, FileRead, FileWrite, InputFile, LocalFsStorageFactory, OutputFile, Storage,
     StorageConfig, StorageFactory,
 };
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AwsCredentialProvider};
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -195,7 +195,13 @@ pub fn for_location(location: &str) -> Option<Arc<ObjectWarehouse>> {
 }
 
 fn build_s3(root: &str, s3: &S3Config) -> object_store::Result<Arc<dyn ObjectStore>> {
-    let mut b = AmazonS3Builder::from_env().with_url(root);
+    Ok(Arc::new(s3_builder(s3).with_url(root).build()?))
+}
+
+/// The AWS environment (`AWS_*`), overridden by the `[lake.s3]` keys that
+/// are set.
+fn s3_builder(s3: &S3Config) -> AmazonS3Builder {
+    let mut b = AmazonS3Builder::from_env();
     if let Some(v) = &s3.endpoint {
         b = b.with_endpoint(v);
     }
@@ -217,7 +223,35 @@ fn build_s3(root: &str, s3: &S3Config) -> object_store::Result<Arc<dyn ObjectSto
     if let Some(v) = s3.path_style {
         b = b.with_virtual_hosted_style_request(!v);
     }
-    Ok(Arc::new(b.build()?))
+    b
+}
+
+/// AWS credentials and the region, found as the warehouse's S3 client
+/// finds them (`[lake.s3]`, else the environment: keys, web identity,
+/// container or instance credentials, refreshed before they expire), or
+/// `keys` when given. For signing what is not S3 (a REST catalog on AWS),
+/// with the one credential chain the daemon already has rather than a
+/// second one. `None` for the region when neither names one.
+pub fn aws_credentials(
+    s3: &S3Config,
+    keys: Option<(&str, &str, Option<&str>)>,
+) -> object_store::Result<(AwsCredentialProvider, Option<String>)> {
+    use object_store::StaticCredentialProvider;
+    use object_store::aws::{AmazonS3ConfigKey, AwsCredential};
+    let b = s3_builder(s3);
+    let region = b.get_config_value(&AmazonS3ConfigKey::Region);
+    if let Some((id, secret, token)) = keys {
+        let credential = AwsCredential {
+            key_id: id.to_string(),
+            secret_key: secret.to_string(),
+            token: token.map(str::to_string),
+        };
+        return Ok((Arc::new(StaticCredentialProvider::new(credential)), region));
+    }
+    // The builder builds an S3 client, which needs a bucket; only its
+    // credential provider is kept, and nothing is asked of any bucket.
+    let s3 = b.with_bucket_name("ticklake-credentials").build()?;
+    Ok((s3.credentials().clone(), region))
 }
 
 /// The storage factory of the configured warehouse for iceberg's FileIO.
