@@ -4,6 +4,7 @@
     rest_catalog.py --dir DIR [--warehouse URI] [--credential ID:SECRET]
                     [--prefix P] [--property KEY=VALUE ...]
                     [--warehouse-name NAME] [--hold-first-rewrite-ms N]
+                    [--sigv4 KEY_ID:SECRET:REGION:SERVICE] [--base-path P]
 
 Serves the REST catalog protocol (the endpoints of Iceberg's OpenAPI spec
 that a table client calls: config, OAuth2 tokens, namespaces, tables,
@@ -43,12 +44,24 @@ Options:
                 long before the server checks it, logging `holding a
                 rewrite commit` first, so a test can land an append in
                 between and see the rewrite refused and rebased
+  --sigv4       every request must be signed with AWS Signature Version 4
+                by KEY_ID's SECRET for REGION and SERVICE, as AWS's Iceberg
+                REST endpoints (Glue, S3 Tables) require: the signature is
+                checked with botocore's signer (AWS's own Python SDK), the
+                body against its signed SHA-256, and the date against the
+                clock (15 minutes either way); 403 otherwise, with AWS's
+                error names. It replaces --credential.
+  --base-path   the catalog is served under this path (Glue's is
+                /iceberg), so requests come as /P/v1/…
 
 Every request is logged on stderr with its status. The server stops on
 SIGTERM or SIGINT.
 """
 
 import argparse
+import datetime
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -144,6 +157,8 @@ class Catalog:
         self.warehouse_name = args.warehouse_name
         self.tokens = set()
         self.hold_ms = args.hold_first_rewrite_ms
+        self.sigv4 = args.sigv4.split(":", 3) if args.sigv4 else None
+        self.base = [p for p in (args.base_path or "").split("/") if p]
         # One request at a time against the catalog: SQLite and a test
         # server's load need no more, and each commit's read-check-write
         # is then trivially atomic besides pyiceberg's own compare-and-set.
@@ -151,6 +166,9 @@ class Catalog:
 
     def route(self, method, path, query, body, headers):
         parts = [p for p in path.split("/") if p]
+        if parts[: len(self.base)] != self.base:
+            raise Fail(404, "NotFoundException", f"no route {path}: the catalog is under /{'/'.join(self.base)}")
+        parts = parts[len(self.base) :]
         if parts[:1] != ["v1"]:
             raise Fail(404, "NotFoundException", f"no route {path}")
         parts = parts[1:]
@@ -188,6 +206,76 @@ class Catalog:
             "expires_in": 3600,
             "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
         }
+
+    def verify_sigv4(self, method, raw_path, headers, body):
+        """Checks an AWS SigV4 signature as AWS does, with botocore computing
+        what the signature of the request must be."""
+        if not self.sigv4:
+            return
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest, HTTPHeaders
+        from botocore.credentials import Credentials
+
+        key_id, secret, region, service = self.sigv4
+        auth = headers.get("Authorization", "")
+        fields = {}
+        if auth.startswith("AWS4-HMAC-SHA256 "):
+            for part in auth[len("AWS4-HMAC-SHA256 ") :].split(","):
+                name, _, value = part.strip().partition("=")
+                fields[name] = value
+        if not {"Credential", "SignedHeaders", "Signature"} <= fields.keys():
+            raise Fail(403, "MissingAuthenticationTokenException", "missing Authentication Token: a SigV4 signature is required")
+        scope = fields["Credential"].split("/")
+        if len(scope) != 5 or scope[4] != "aws4_request":
+            raise Fail(403, "IncompleteSignatureException", f"malformed credential scope {fields['Credential']!r}")
+        if scope[0] != key_id:
+            raise Fail(403, "UnrecognizedClientException", "the security token included in the request is invalid")
+        if scope[2:4] != [region, service]:
+            raise Fail(403, "InvalidSignatureException", f"credential should be scoped to {region}/{service}, not {'/'.join(scope[2:4])}")
+        amz_date = headers.get("X-Amz-Date", "")
+        try:
+            when = datetime.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+        except ValueError:
+            raise Fail(403, "IncompleteSignatureException", f"bad X-Amz-Date {amz_date!r}") from None
+        skew = abs((datetime.datetime.now(datetime.timezone.utc) - when).total_seconds())
+        if skew > 900 or scope[1] != amz_date[:8]:
+            raise Fail(403, "InvalidSignatureException", "signature expired or dated wrongly")
+        # Optional for services other than S3 (botocore hashes the body
+        # itself then); when sent, it is what the signature covers.
+        digest = headers.get("X-Amz-Content-SHA256")
+        if digest is not None and digest != hashlib.sha256(body).hexdigest():
+            raise Fail(403, "InvalidSignatureException", "X-Amz-Content-SHA256 is not the body's SHA-256")
+        names = fields["SignedHeaders"].split(";")
+        if "host" not in names or "x-amz-date" not in names or any(n not in headers for n in names):
+            raise Fail(403, "InvalidSignatureException", f"signed headers {names} must include host and x-amz-date, and be sent")
+
+        class AsSigned(SigV4Auth):
+            # The client chose which headers to sign: canonicalize those.
+            def headers_to_sign(self, request):
+                out = HTTPHeaders()
+                for n in names:
+                    out[n] = request.headers[n]
+                return out
+
+        # The query decoded: the canonical form encodes each name and
+        # value anew, however the client encoded them.
+        path, _, query = raw_path.partition("?")
+        request = AWSRequest(
+            method=method,
+            url=f"http://{headers['Host']}{path}",
+            params=urllib.parse.parse_qsl(query, keep_blank_values=True),
+            data=body,
+            headers={n: ", ".join(headers.get_all(n)) for n in names if n != "host"} | {"host": headers["Host"]},
+        )
+        request.context["timestamp"] = amz_date
+        signer = AsSigned(Credentials(key_id, secret), service, region)
+        expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
+        if not hmac.compare_digest(expected, fields["Signature"]):
+            raise Fail(
+                403,
+                "InvalidSignatureException",
+                "The request signature we calculated does not match the signature you provided",
+            )
 
     def authorize(self, headers):
         if not self.credential:
@@ -310,6 +398,7 @@ def handler_for(catalog):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             try:
+                catalog.verify_sigv4(self.command, self.path, self.headers, body)
                 code, doc = catalog.route(self.command, url.path, urllib.parse.parse_qs(url.query), body, self.headers)
             except Fail as e:
                 code, doc = e.code, {"error": {"message": e.message, "type": e.kind, "code": e.code}}
@@ -338,6 +427,8 @@ def main():
     parser.add_argument("--property", action="append", default=[])
     parser.add_argument("--hold-first-rewrite-ms", type=int, default=0)
     parser.add_argument("--warehouse-name")
+    parser.add_argument("--sigv4")
+    parser.add_argument("--base-path")
     args = parser.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     catalog = Catalog(args)

@@ -320,6 +320,41 @@ fn policy(cfg: &Config) -> compact::CompactPolicy {
     }
 }
 
+const SIGV4_KEY: &str = "AKIDTICKLAKETEST";
+const SIGV4_SECRET: &str = "sigv4-s3cret";
+
+/// A server on AWS's model: every request signed with SigV4 by
+/// `SIGV4_KEY` with `SIGV4_SECRET`, for `us-east-1` and `glue`, under
+/// `/iceberg`, as Glue's Iceberg endpoint, and with a prefix.
+fn sigv4_server_args() -> [&'static str; 6] {
+    [
+        "--sigv4",
+        "AKIDTICKLAKETEST:sigv4-s3cret:us-east-1:glue",
+        "--base-path",
+        "iceberg",
+        "--prefix",
+        PREFIX,
+    ]
+}
+
+/// A config on the SigV4 server at `uri` (of [`sigv4_server_args`]),
+/// signing as `SIGV4_KEY` with `secret`, keys given in the catalog's
+/// properties.
+fn signed_config(dir: &std::path::Path, uri: &str, secret: &str) -> Config {
+    let mut cfg = rest_config(dir, format!("{uri}/iceberg"));
+    cfg.lake.catalog_properties = [
+        ("rest.sigv4-enabled", "true"),
+        ("rest.signing-name", "glue"),
+        ("rest.signing-region", "us-east-1"),
+        ("rest.access-key-id", SIGV4_KEY),
+        ("rest.secret-access-key", secret),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    cfg
+}
+
 /// A config on the REST catalog at `uri`, with its credentials.
 fn rest_config(dir: &std::path::Path, uri: String) -> Config {
     let mut cfg = Config::default().under(&dir.join("data"));
@@ -342,7 +377,74 @@ fn rest_config(dir: &std::path::Path, uri: String) -> Config {
 fn compaction_and_retention_commit_through_a_rest_catalog() {
     let dir = tempfile::tempdir().unwrap();
     let (server, uri) = start_rest_catalog(&dir.path().join("rest"), &server_args());
-    let cfg = rest_config(dir.path(), uri);
+    compaction_and_retention(&rest_config(dir.path(), uri), &server);
+}
+
+/// The same through a server that takes only SigV4-signed requests, as
+/// AWS's Iceberg endpoints (Glue, S3 Tables): the catalog client's
+/// requests and ticklake's own commits all go through the signer.
+#[test]
+fn compaction_and_retention_commit_through_a_rest_catalog_behind_sigv4() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, uri) = start_rest_catalog(&dir.path().join("rest"), &sigv4_server_args());
+    let cfg = signed_config(dir.path(), &uri, SIGV4_SECRET);
+    compaction_and_retention(&cfg, &server);
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(!log.contains("\" 403 "), "a request refused:\n{log}");
+    assert!(log.contains("\"POST /iceberg/v1/"), "{log}");
+}
+
+/// Requests that are not signed, or signed wrongly, are refused by the
+/// server, and the daemon's error says why.
+#[test]
+fn unsigned_and_wrongly_signed_requests_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, uri) = start_rest_catalog(&dir.path().join("rest"), &sigv4_server_args());
+    let port: u16 = uri.rsplit(':').next().unwrap().parse().unwrap();
+    let (code, body) = http(port, "GET", "/iceberg/v1/config", None);
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(body["error"]["type"], "MissingAuthenticationTokenException");
+
+    let first_error = |cfg: &Config| {
+        runtime()
+            .block_on(async {
+                let catalog = lake::open_catalog(cfg).await.map_err(|e| e.to_string())?;
+                lake::ensure_table(catalog.as_ref(), cfg, TableKind::Trades)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .expect_err("a wrong signature must not reach the tables")
+    };
+    let err = first_error(&signed_config(dir.path(), &uri, "not-the-secret"));
+    println!("{err}");
+    assert!(err.contains("does not match"), "{err}");
+    let mut cfg = signed_config(dir.path(), &uri, SIGV4_SECRET);
+    cfg.lake
+        .catalog_properties
+        .insert("rest.signing-name".into(), "execute-api".into());
+    let err = first_error(&cfg);
+    assert!(err.contains("scoped to us-east-1/glue"), "{err}");
+    // The right signature, and the same call succeeds.
+    runtime().block_on(async {
+        let cfg = signed_config(dir.path(), &uri, SIGV4_SECRET);
+        let catalog = lake::open_catalog(&cfg).await.unwrap();
+        lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
+            .await
+            .unwrap();
+    });
+    assert!(
+        server_errors(&server).is_empty(),
+        "{:?}",
+        server_errors(&server)
+    );
+}
+
+/// Compaction and partition retention through the catalog of `cfg`:
+/// four clients append at once while a maintenance run compacts, then a
+/// compaction alone, then retention.
+fn compaction_and_retention(cfg: &Config, server: &Proc) {
+    let cfg = cfg.clone();
     let rt = runtime();
     rt.block_on(async {
         let run = appends_among_a_maintenance_run(&cfg).await;
@@ -411,7 +513,7 @@ fn compaction_and_retention_commit_through_a_rest_catalog() {
         "server: {} commits refused (409)",
         log.matches("\" 409 ").count()
     );
-    assert!(server_errors(&server).is_empty(), "{log}");
+    assert!(server_errors(server).is_empty(), "{log}");
 }
 
 /// A compaction whose commit the server holds while a writer's append
@@ -584,6 +686,130 @@ fn a_named_warehouse_in_a_bucket_through_a_rest_catalog() {
     }
     let py = pyiceberg("pyiceberg_read.py", &args);
     assert_eq!(py["rows"].as_i64().unwrap(), expected);
+    assert!(
+        server_errors(&server).is_empty(),
+        "{:?}",
+        server_errors(&server)
+    );
+}
+
+/// A daemon on a catalog like AWS's (Glue's Iceberg endpoint, S3 Tables):
+/// every request signed with SigV4, the catalog under `/iceberg`, the
+/// tables in a bucket, and one identity for both, found where the
+/// warehouse's S3 client finds it (`[lake.s3]`). The daemon replays a
+/// capture through Tansu into it and lands every trade once; maintenance
+/// commits through the signer; `/status` says how the daemon signs in and
+/// shows no secret; pyiceberg, signing with botocore, reads the same rows
+/// through the same server.
+#[test]
+fn a_daemon_lands_through_a_rest_catalog_behind_sigv4() {
+    let brokers = tansu();
+    let endpoint = s3_endpoint();
+    let location = format!("s3://{}/{}", bucket(), unique("sigv4-"));
+    let s3_props = [
+        format!("s3.endpoint={endpoint}"),
+        format!("s3.access-key-id={S3_ACCESS_KEY}"),
+        format!("s3.secret-access-key={S3_SECRET_KEY}"),
+        format!("s3.region={S3_REGION}"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let signing = format!("{S3_ACCESS_KEY}:{S3_SECRET_KEY}:{S3_REGION}:glue");
+    let mut args = vec![
+        "--sigv4",
+        &signing,
+        "--base-path",
+        "iceberg",
+        "--warehouse",
+        &location,
+    ];
+    for p in &s3_props {
+        args.extend(["--property", p]);
+    }
+    let (server, uri) = start_rest_catalog(&dir.path().join("rest"), &args);
+    let catalog_uri = format!("{uri}/iceberg");
+
+    let caps = [capture("BINANCE-ee25be.0.txt")];
+    let frames: Vec<String> = caps.iter().flat_map(|c| received_frames(c)).collect();
+    let truth = truth(&frames);
+    let expected = truth.len() as i64;
+    let (mut replay, url) = start_replay(&caps, &[]);
+    let env = Env::new(
+        &brokers,
+        Some(&url),
+        &format!(
+            "\n[lake]\ncatalog = \"rest\"\ncatalog_uri = \"{catalog_uri}\"\n\
+             warehouse = \"{location}\"\n\n\
+             [lake.catalog_properties]\n\"rest.sigv4-enabled\" = \"true\"\n\
+             \"rest.signing-name\" = \"glue\"\n\n\
+             [lake.s3]\nendpoint = \"{endpoint}\"\nregion = \"{S3_REGION}\"\n\
+             access_key_id = \"{S3_ACCESS_KEY}\"\nsecret_access_key = \"{S3_SECRET_KEY}\"\n\
+             allow_http = true\npath_style = true\n\n\
+             [maintenance]\ninterval_secs = 1\nsnapshot_retention = \"1s\"\n\
+             compact_min_age = \"0s\"\ncompact_min_files = 2\n"
+        ),
+    );
+    env.capture_feed();
+    let mut daemon = env.start_daemon("daemon");
+    wait_until_explained(
+        || env.count("select count(*) from market.trades") >= expected,
+        Duration::from_secs(120),
+        || format!("the trades did not land; log:\n{}", daemon.log_tail()),
+    );
+    replay.kill();
+    env.assert_trades_once(expected, &daemon);
+    // Maintenance commits through the signer too (compaction's commits
+    // are ticklake's own, not the catalog client's).
+    wait_until("a compaction", Duration::from_secs(60), || {
+        env.counter("ticklake_compaction_files_total", "replaced") > 0.0
+    });
+    let failed = env.counter("ticklake_maintenance_runs_total", "outcome=\"failed\"");
+    assert_eq!(failed, 0.0, "log:\n{}", daemon.log_tail());
+
+    let st: serde_json::Value =
+        serde_json::from_str(&http_get(env.http_port, "/status").unwrap()).unwrap();
+    let cat = &st["lake"]["catalog"];
+    assert_eq!(cat["auth"], "sigv4", "{cat}");
+    assert_eq!(cat["signing_name"], "glue", "{cat}");
+    assert_eq!(cat["uri"], catalog_uri.as_str(), "{cat}");
+    assert!(
+        !st.to_string().contains(S3_SECRET_KEY),
+        "a secret in /status"
+    );
+    let status = daemon.terminate();
+    assert!(status.success(), "daemon exit {status}");
+    assert_lake_holds_frames(&env, &truth);
+
+    let reports = maintain_reports(&env.config);
+    assert_every_table(&reports);
+    let sweep = &reports[0]["orphans"];
+    println!("sweep of the bucket's trades table, through the signer: {sweep}");
+    assert!(sweep["refused"].is_null(), "{sweep}");
+    assert!(sweep["listed"].as_u64().unwrap() >= 2, "{sweep}");
+
+    let mut args = vec![
+        "--catalog-uri".to_string(),
+        catalog_uri.clone(),
+        "--table".into(),
+        "market.trades".into(),
+        "--columns".into(),
+        "message_id".into(),
+    ];
+    for p in s3_props.iter().cloned().chain([
+        "rest.sigv4-enabled=true".into(),
+        "rest.signing-name=glue".into(),
+        format!("rest.signing-region={S3_REGION}"),
+        format!("client.access-key-id={S3_ACCESS_KEY}"),
+        format!("client.secret-access-key={S3_SECRET_KEY}"),
+        format!("client.region={S3_REGION}"),
+    ]) {
+        args.extend(["--prop".into(), p]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let py = pyiceberg("pyiceberg_read.py", &args);
+    assert_eq!(py["rows"].as_i64().unwrap(), expected);
+
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(!log.contains("\" 403 "), "a request refused:\n{log}");
     assert!(
         server_errors(&server).is_empty(),
         "{:?}",
