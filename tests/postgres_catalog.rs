@@ -94,7 +94,7 @@ fn a_replayed_capture_lands_once_in_a_postgres_catalog() {
     let ident = lake::table_ident(&cfg, TableKind::Trades);
     let holder = LeaseHandle {
         catalog: catalog.as_ref(),
-        db: &db,
+        store: ticklake::lake::lease::LeaseStore::Pointer(&db),
         ident: &ident,
         owner: "the-test",
         ttl: Duration::from_secs(3600),
@@ -284,7 +284,7 @@ fn of_owners_racing_for_the_lease_exactly_one_wins() {
                 let owner = format!("owner-{i}");
                 let h = LeaseHandle {
                     catalog: catalog.as_ref(),
-                    db: &db,
+                    store: ticklake::lake::lease::LeaseStore::Pointer(&db),
                     ident: &ident,
                     owner: &owner,
                     ttl: Duration::from_secs(60),
@@ -309,7 +309,7 @@ fn of_owners_racing_for_the_lease_exactly_one_wins() {
         let db = CatalogDb::open(&cfg).await.unwrap().unwrap();
         let winner = LeaseHandle {
             catalog: first.as_ref(),
-            db: &db,
+            store: ticklake::lake::lease::LeaseStore::Pointer(&db),
             ident: &ident,
             owner: &winners[0],
             ttl: Duration::from_millis(200),

@@ -449,8 +449,11 @@ fn compaction_and_retention(cfg: &Config, server: &Proc) {
     rt.block_on(async {
         let run = appends_among_a_maintenance_run(&cfg).await;
         assert!(
-            matches!(run.lease, ticklake::actors::maintenance::LeaseOutcome::None),
-            "no lease on REST: {:?}",
+            matches!(
+                run.lease,
+                ticklake::actors::maintenance::LeaseOutcome::Taken { released: true, .. }
+            ),
+            "the run holds the lease, in a table of its own: {:?}",
             run.lease
         );
         let catalog = lake::open_catalog(&cfg).await.unwrap();
@@ -810,6 +813,142 @@ fn a_daemon_lands_through_a_rest_catalog_behind_sigv4() {
 
     let log = std::fs::read_to_string(&server.log).unwrap();
     assert!(!log.contains("\" 403 "), "a request refused:\n{log}");
+    assert!(
+        server_errors(&server).is_empty(),
+        "{:?}",
+        server_errors(&server)
+    );
+}
+
+/// The maintenance lease through a REST catalog, in a table of its own
+/// (`market.ticklake_lease`): of eight owners racing for it, exactly one
+/// takes it; while another daemon holds it a maintenance run does
+/// nothing and names the holder, and `ticklake maintain` refuses; once
+/// released, runs take it, maintain, tidy the lease table and give it
+/// back.
+#[test]
+fn the_maintenance_lease_holds_through_a_rest_catalog() {
+    use ticklake::actors::maintenance::{Job, LeaseOutcome};
+    use ticklake::lake::lease::{Acquired, LeaseHandle, LeaseStore, holder, lease_table};
+    let dir = tempfile::tempdir().unwrap();
+    let (server, uri) = start_rest_catalog(&dir.path().join("rest"), &server_args());
+    let cfg = rest_config(dir.path(), uri.clone());
+    let rt = runtime();
+    rt.block_on(async {
+        let catalog = lake::open_catalog(&cfg).await.unwrap();
+        for kind in [TableKind::Trades, TableKind::DeadLetters] {
+            lake::ensure_table(catalog.as_ref(), &cfg, kind)
+                .await
+                .unwrap();
+        }
+        lake::gaps::ensure_table(catalog.as_ref(), &cfg)
+            .await
+            .unwrap();
+        lake::ensure(
+            catalog.as_ref(),
+            &lake::bars_ident(&cfg),
+            lake::schema::bars_schema().unwrap(),
+            lake::schema::bars_partition_spec().unwrap(),
+        )
+        .await
+        .unwrap();
+        let ident = lease_table(lake::table_ident(&cfg, TableKind::Trades).namespace());
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let (catalog, ident) = (catalog.clone(), ident.clone());
+            tasks.push(tokio::spawn(async move {
+                let owner = format!("host/{i}/owner{i}");
+                let h = LeaseHandle {
+                    catalog: catalog.as_ref(),
+                    store: LeaseStore::Table,
+                    ident: &ident,
+                    owner: &owner,
+                    ttl: Duration::from_secs(3600),
+                };
+                (owner.clone(), h.acquire().await.unwrap())
+            }));
+        }
+        let mut winners = Vec::new();
+        for t in tasks {
+            if let (owner, Acquired::Taken(_)) = t.await.unwrap() {
+                winners.push(owner);
+            }
+        }
+        assert_eq!(winners.len(), 1, "winners through REST: {winners:?}");
+        let table = catalog.load_table(&ident).await.unwrap();
+        let held = holder(&table).unwrap();
+        assert_eq!(held.owner, winners[0]);
+
+        // A daemon's run meets the lease held and does nothing.
+        let job = Job::from_config(&cfg, catalog.clone()).await.unwrap();
+        let run = job.run().await;
+        match &run.lease {
+            LeaseOutcome::HeldElsewhere { lease } => assert_eq!(lease.owner, winners[0]),
+            other => panic!("a run while the lease is held elsewhere: {other:?}"),
+        }
+        assert!(run.results.is_empty());
+        let holder_handle = LeaseHandle {
+            catalog: catalog.as_ref(),
+            store: LeaseStore::Table,
+            ident: &ident,
+            owner: &winners[0],
+            ttl: Duration::from_secs(3600),
+        };
+        assert!(holder_handle.release().await.unwrap());
+
+        // Free: three runs in a row each take it, maintain every table,
+        // tidy the lease table and give it back.
+        for _ in 0..3 {
+            let run = job.run().await;
+            assert!(
+                matches!(run.lease, LeaseOutcome::Taken { released: true, .. }),
+                "{:?}",
+                run.lease
+            );
+            assert_eq!(run.results.len(), job.tables().count());
+            assert!(run.results.iter().all(|r| r.is_ok()), "{:?}", run.results);
+        }
+        let table = catalog.load_table(&ident).await.unwrap();
+        assert_eq!(holder(&table), None);
+        let snapshots = table.metadata().snapshots().count();
+        println!("lease table after 3 runs: {snapshots} snapshots");
+        assert!(
+            snapshots <= 2,
+            "tidied to the current one and the release: {snapshots}"
+        );
+    });
+    // `ticklake maintain` refuses while another daemon holds it.
+    rt.block_on(async {
+        let catalog = lake::open_catalog(&cfg).await.unwrap();
+        let ident = lease_table(lake::table_ident(&cfg, TableKind::Trades).namespace());
+        let other = LeaseHandle {
+            catalog: catalog.as_ref(),
+            store: LeaseStore::Table,
+            ident: &ident,
+            owner: "elsewhere/42/abcdef",
+            ttl: Duration::from_secs(3600),
+        };
+        assert!(matches!(other.acquire().await.unwrap(), Acquired::Taken(_)));
+    });
+    let config = dir.path().join("ticklake.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n{}",
+            dir.path().join("data").display(),
+            lake_section(&uri)
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["maintain", "--json", "--config"])
+        .arg(&config)
+        .env("TICKLAKE_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "maintain ran under another's lease");
+    assert!(err.contains("elsewhere/42/abcdef"), "{err}");
     assert!(
         server_errors(&server).is_empty(),
         "{:?}",

@@ -601,6 +601,20 @@ impl Catalog for Pinned<'_> {
     }
 }
 
+/// Commits `tx`, planned on `table`, on exactly that state: a conflict
+/// ([`is_conflict`]) when anyone committed since, and nothing committed.
+pub async fn commit_pinned(
+    catalog: &dyn Catalog,
+    table: &Table,
+    tx: Transaction,
+) -> Result<Table, LakeError> {
+    let pinned = Pinned {
+        inner: catalog,
+        table: table.clone(),
+    };
+    Ok(tx.commit(&pinned).await?)
+}
+
 /// Whether `e` says the table moved since it was loaded.
 pub fn is_conflict(e: &LakeError) -> bool {
     matches!(e, LakeError::Iceberg(e) if e.kind() == iceberg::ErrorKind::CatalogCommitConflicts)

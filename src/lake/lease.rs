@@ -30,10 +30,20 @@
 //! commit loses the swap to a lease commit retries on top of it, like
 //! after any other commit, and the property is carried along.
 //!
-//! This needs a SQL catalog (the pointer table). A REST catalog commits
-//! only through its server, whose update requirements cannot express
-//! "this property still has the value I read"; there the daemon runs
-//! maintenance without a lease (see `Job`).
+//! A REST catalog has no pointer table: it commits only through its
+//! server, and Iceberg's commit requirements cannot say "this property
+//! still has the value I read" (a property update carries none, and
+//! `assert-ref-snapshot-id` on an unmoved `main` lets two updates both
+//! pass). There the lease is a property of a table of its own,
+//! `<namespace>.ticklake_lease` ([`LEASE_TABLE`]), and every change to it
+//! is committed together with an empty append, on exactly the state read
+//! (`commit::commit_pinned`): the append makes the commit require `main`
+//! at the snapshot read and moves it to a new snapshot, whose id is fresh
+//! each time, so of two changes based on one state only the first lands,
+//! and no later state can look like an earlier one. A table of its own,
+//! not the trades table, so that lease commits and the writers' appends
+//! never refuse each other. The holder expires its old snapshots at the
+//! end of each run ([`LeaseHandle::tidy`]).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -49,6 +59,10 @@ use super::compact::CatalogDb;
 
 /// The table property holding the lease.
 pub const LEASE_PROPERTY: &str = "ticklake.maintenance.lease";
+
+/// The table holding the lease where there is no pointer table to swap
+/// (a REST catalog), in the lake's namespace.
+pub const LEASE_TABLE: &str = "ticklake_lease";
 
 /// Swaps lost in a row before a lease operation gives up: every loss is
 /// another commit landing, and writers commit every few seconds at most.
@@ -145,21 +159,64 @@ pub enum Acquired {
     HeldBy(Lease),
 }
 
+/// How the lease's table is committed to.
+#[derive(Clone, Copy)]
+pub enum LeaseStore<'a> {
+    /// A SQL catalog: a metadata file with the property changed, and a
+    /// compare-and-set of the catalog's pointer.
+    Pointer(&'a CatalogDb),
+    /// Any catalog: the property changed with an empty append, committed
+    /// on exactly the state read; the table ([`LEASE_TABLE`]) is made on
+    /// first use.
+    Table,
+}
+
 /// One table's lease, operated by one owner.
 pub struct LeaseHandle<'a> {
     pub catalog: &'a dyn Catalog,
-    pub db: &'a CatalogDb,
+    pub store: LeaseStore<'a>,
     pub ident: &'a TableIdent,
     pub owner: &'a str,
     pub ttl: Duration,
 }
 
+/// The lease table of the lake whose namespace is `ns`.
+pub fn lease_table(ns: &iceberg::NamespaceIdent) -> TableIdent {
+    TableIdent::new(ns.clone(), LEASE_TABLE.to_string())
+}
+
 impl LeaseHandle<'_> {
+    /// The lease's table as it is now; with [`LeaseStore::Table`], made
+    /// if it is not there yet (by whichever daemon comes first).
+    async fn load(&self) -> Result<Table, LakeError> {
+        if matches!(self.store, LeaseStore::Table) && !self.catalog.table_exists(self.ident).await?
+        {
+            let schema = iceberg::spec::Schema::builder()
+                .with_fields(vec![std::sync::Arc::new(
+                    iceberg::spec::NestedField::optional(
+                        1,
+                        "note",
+                        iceberg::spec::Type::Primitive(iceberg::spec::PrimitiveType::String),
+                    ),
+                )])
+                .build()?;
+            let spec = iceberg::spec::UnboundPartitionSpec::builder().build();
+            // Another daemon making it at the same moment is fine: the
+            // table is there either way.
+            if let Err(e) = super::ensure(self.catalog, self.ident, schema, spec).await
+                && !self.catalog.table_exists(self.ident).await?
+            {
+                return Err(e);
+            }
+        }
+        Ok(self.catalog.load_table(self.ident).await?)
+    }
+
     /// Takes the lease if it is free, expired or already ours (then it is
     /// renewed); otherwise says who holds it.
     pub async fn acquire(&self) -> Result<Acquired, LakeError> {
         for _ in 0..MAX_ATTEMPTS {
-            let table = self.catalog.load_table(self.ident).await?;
+            let table = self.load().await?;
             let now = now_ms();
             if let Some(l) = holder(&table)
                 && !same_owner(&l.owner, self.owner)
@@ -179,7 +236,7 @@ impl LeaseHandle<'_> {
     /// any more (it expired and another owner took it): stop working.
     pub async fn renew(&self) -> Result<bool, LakeError> {
         for _ in 0..MAX_ATTEMPTS {
-            let table = self.catalog.load_table(self.ident).await?;
+            let table = self.load().await?;
             if holder(&table).is_none_or(|l| !same_owner(&l.owner, self.owner)) {
                 return Ok(false);
             }
@@ -196,7 +253,7 @@ impl LeaseHandle<'_> {
     /// Gives the lease up if it is ours; `Ok(false)` if it was not.
     pub async fn release(&self) -> Result<bool, LakeError> {
         for _ in 0..MAX_ATTEMPTS {
-            let table = self.catalog.load_table(self.ident).await?;
+            let table = self.load().await?;
             if holder(&table).is_none_or(|l| !same_owner(&l.owner, self.owner)) {
                 return Ok(false);
             }
@@ -221,11 +278,67 @@ impl LeaseHandle<'_> {
         ))
     }
 
+    /// Expires the lease table's snapshots but the current one: one is
+    /// added by every change of the lease. For the holder, before it
+    /// releases. Nothing to do with a pointer store.
+    pub async fn tidy(&self) -> Result<(), LakeError> {
+        if matches!(self.store, LeaseStore::Table) {
+            super::maintain::expire(
+                self.catalog,
+                self.ident,
+                Duration::ZERO,
+                super::maintain::METADATA_GRACE,
+                None,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Sets the lease to `lease` (or removes it) if `table` is still the
+    /// table's current state. `false`: something committed since `table`
+    /// was loaded, and nothing changed.
+    async fn commit(&self, table: &Table, lease: Option<&Lease>) -> Result<bool, LakeError> {
+        match self.store {
+            LeaseStore::Pointer(db) => self.swap(db, table, lease).await,
+            LeaseStore::Table => {
+                use iceberg::transaction::{ApplyTransactionAction, Transaction};
+                let tx = Transaction::new(table);
+                // The snapshot says what it did (an append must add files
+                // or say something): who took the lease until when, or
+                // that it was released.
+                let said = lease.map_or_else(|| "released".to_string(), Lease::value);
+                let tx = tx
+                    .fast_append()
+                    .with_check_duplicate(false)
+                    .add_data_files(Vec::new())
+                    .set_snapshot_properties(HashMap::from([(LEASE_PROPERTY.to_string(), said)]))
+                    .apply(tx)?;
+                let update = tx.update_table_properties();
+                let update = match lease {
+                    Some(l) => update.set(LEASE_PROPERTY.to_string(), l.value()),
+                    None => update.remove(LEASE_PROPERTY.to_string()),
+                };
+                let tx = update.apply(tx)?;
+                match super::commit::commit_pinned(self.catalog, table, tx).await {
+                    Ok(_) => Ok(true),
+                    Err(e) if super::commit::is_conflict(&e) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
     /// Writes `table`'s metadata with the lease set to `lease` (or
     /// removed) as its next version, and swaps the catalog's pointer to it
     /// if the pointer is still `table`'s. `false`: something committed
     /// since `table` was loaded; the written file is deleted.
-    async fn commit(&self, table: &Table, lease: Option<&Lease>) -> Result<bool, LakeError> {
+    async fn swap(
+        &self,
+        db: &CatalogDb,
+        table: &Table,
+        lease: Option<&Lease>,
+    ) -> Result<bool, LakeError> {
         let current = table
             .metadata_location()
             .ok_or_else(|| LakeError::Catalog(format!("{} has no metadata file", self.ident)))?;
@@ -243,7 +356,7 @@ impl LeaseHandle<'_> {
         let location = MetadataLocation::from_str(current)?.with_next_version();
         next.write_to(table.file_io(), &location).await?;
         let location = location.to_string();
-        if self.db.swap(self.ident, current, &location).await? {
+        if db.swap(self.ident, current, &location).await? {
             return Ok(true);
         }
         // Nothing points at it; a failed delete leaves a file the expiry
@@ -288,14 +401,14 @@ mod tests {
 
     fn handle<'a>(
         catalog: &'a dyn Catalog,
-        db: &'a CatalogDb,
+        store: LeaseStore<'a>,
         ident: &'a TableIdent,
         owner: &'a str,
         ttl: Duration,
     ) -> LeaseHandle<'a> {
         LeaseHandle {
             catalog,
-            db,
+            store,
             ident,
             owner,
             ttl,
@@ -303,41 +416,52 @@ mod tests {
     }
 
     /// Eight owners race for a free lease: exactly one takes it, the
-    /// others see it held by that one.
+    /// others see it held by that one. In the pointer table, and in a
+    /// lease table of its own (made by whichever comes first).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn of_owners_racing_for_a_free_lease_exactly_one_wins() {
         let dir = tempfile::tempdir().unwrap();
         let (cfg, catalog, _, ident, _) = test_lake(dir.path()).await;
         let db = std::sync::Arc::new(CatalogDb::open(&cfg).await.unwrap().unwrap());
-        let mut tasks = Vec::new();
-        for i in 0..8 {
-            let (catalog, db, ident) = (catalog.clone(), db.clone(), ident.clone());
-            tasks.push(tokio::spawn(async move {
-                let owner = format!("owner-{i}");
-                let h = handle(
-                    catalog.as_ref(),
-                    &db,
-                    &ident,
-                    &owner,
-                    Duration::from_secs(60),
-                );
-                (owner.clone(), h.acquire().await.unwrap())
-            }));
-        }
-        let mut winners = Vec::new();
-        let mut seen = Vec::new();
-        for t in tasks {
-            let (owner, r) = t.await.unwrap();
-            match r {
-                Acquired::Taken(l) => winners.push((owner, l)),
-                Acquired::HeldBy(l) => seen.push(l.owner),
+        let own = lease_table(ident.namespace());
+        for (name, ident) in [("pointer", ident.clone()), ("table", own)] {
+            let mut tasks = Vec::new();
+            for i in 0..8 {
+                let (catalog, db, ident) = (catalog.clone(), db.clone(), ident.clone());
+                tasks.push(tokio::spawn(async move {
+                    let owner = format!("owner-{i}");
+                    let store = match name {
+                        "pointer" => LeaseStore::Pointer(&db),
+                        _ => LeaseStore::Table,
+                    };
+                    let h = handle(
+                        catalog.as_ref(),
+                        store,
+                        &ident,
+                        &owner,
+                        Duration::from_secs(60),
+                    );
+                    (owner.clone(), h.acquire().await.unwrap())
+                }));
             }
+            let mut winners = Vec::new();
+            let mut seen = Vec::new();
+            for t in tasks {
+                let (owner, r) = t.await.unwrap();
+                match r {
+                    Acquired::Taken(l) => winners.push((owner, l)),
+                    Acquired::HeldBy(l) => seen.push(l.owner),
+                }
+            }
+            assert_eq!(winners.len(), 1, "{name}: winners: {winners:?}");
+            let (winner, lease) = &winners[0];
+            assert!(
+                seen.iter().all(|o| o == winner),
+                "{name}: {seen:?} vs {winner}"
+            );
+            let table = catalog.load_table(&ident).await.unwrap();
+            assert_eq!(holder(&table).as_ref(), Some(lease), "{name}");
         }
-        assert_eq!(winners.len(), 1, "winners: {winners:?}");
-        let (winner, lease) = &winners[0];
-        assert!(seen.iter().all(|o| o == winner), "{seen:?} vs {winner}");
-        let table = catalog.load_table(&ident).await.unwrap();
-        assert_eq!(holder(&table).as_ref(), Some(lease));
     }
 
     /// An expired lease is taken; ours renews; a lost one is noticed on
@@ -347,23 +471,72 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cfg, catalog, _, ident, _) = test_lake(dir.path()).await;
         let db = CatalogDb::open(&cfg).await.unwrap().unwrap();
-        let c = catalog.as_ref();
-        let short = handle(c, &db, &ident, "a", Duration::from_millis(1));
+        let own = lease_table(ident.namespace());
+        for (store, ident) in [
+            (LeaseStore::Pointer(&db), &ident),
+            (LeaseStore::Table, &own),
+        ] {
+            expiry_renewal_and_release(catalog.as_ref(), store, ident).await;
+        }
+    }
+
+    async fn expiry_renewal_and_release(
+        c: &dyn Catalog,
+        store: LeaseStore<'_>,
+        ident: &TableIdent,
+    ) {
+        let short = handle(c, store, ident, "a", Duration::from_millis(1));
         assert!(matches!(short.acquire().await.unwrap(), Acquired::Taken(_)));
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let b = handle(c, &db, &ident, "b", Duration::from_secs(60));
+        let b = handle(c, store, ident, "b", Duration::from_secs(60));
         let Acquired::Taken(lb) = b.acquire().await.unwrap() else {
             panic!("an expired lease must be free");
         };
         assert!(!short.renew().await.unwrap(), "a's lease is b's now");
         assert!(!short.release().await.unwrap(), "only its owner releases");
-        let a = handle(c, &db, &ident, "a", Duration::from_secs(60));
+        let a = handle(c, store, ident, "a", Duration::from_secs(60));
         assert_eq!(a.acquire().await.unwrap(), Acquired::HeldBy(lb.clone()));
         assert!(b.renew().await.unwrap());
-        let renewed = holder(&c.load_table(&ident).await.unwrap()).unwrap();
+        let renewed = holder(&c.load_table(ident).await.unwrap()).unwrap();
         assert!(renewed.expires_ms >= lb.expires_ms);
+        b.tidy().await.unwrap();
         assert!(b.release().await.unwrap());
-        assert_eq!(holder(&c.load_table(&ident).await.unwrap()), None);
+        assert_eq!(holder(&c.load_table(ident).await.unwrap()), None);
         assert!(matches!(a.acquire().await.unwrap(), Acquired::Taken(_)));
+    }
+
+    /// In a lease table of its own, every change is a snapshot with a
+    /// fresh id, and the holder's tidying keeps only the current one:
+    /// the table does not grow with the runs.
+    #[tokio::test]
+    async fn the_lease_table_keeps_one_snapshot_after_tidying() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, catalog, _, ident, _) = test_lake(dir.path()).await;
+        let own = lease_table(ident.namespace());
+        let h = handle(
+            catalog.as_ref(),
+            LeaseStore::Table,
+            &own,
+            "a",
+            Duration::from_secs(60),
+        );
+        let mut ids = std::collections::HashSet::new();
+        for _ in 0..5 {
+            assert!(matches!(h.acquire().await.unwrap(), Acquired::Taken(_)));
+            assert!(h.renew().await.unwrap());
+            let t = catalog.load_table(&own).await.unwrap();
+            ids.insert(t.metadata().current_snapshot_id().unwrap());
+            assert!(h.release().await.unwrap());
+        }
+        let t = catalog.load_table(&own).await.unwrap();
+        assert_eq!(ids.len(), 5, "every change a fresh snapshot");
+        assert_eq!(t.metadata().snapshots().count(), 15);
+        h.tidy().await.unwrap();
+        let t = catalog.load_table(&own).await.unwrap();
+        assert_eq!(t.metadata().snapshots().count(), 1);
+        assert_eq!(holder(&t), None);
+        // The data tables are untouched by it.
+        let trades = catalog.load_table(&ident).await.unwrap();
+        assert_eq!(holder(&trades), None);
     }
 }

@@ -543,7 +543,8 @@ mod catalog_tests {
             .await
             .expect_err("no server there");
         assert!(!e.to_string().is_empty());
-        // No pointer table behind a REST catalog: no compaction, no lease.
+        // No pointer table behind a REST catalog: its commits go to the
+        // server (`rest_commit`), its lease to a table of its own.
         assert!(compact::CatalogDb::open(&cfg).await.unwrap().is_none());
     }
 }

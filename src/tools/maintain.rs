@@ -98,7 +98,7 @@ mod tests {
         let ident = lake::table_ident(&cfg, TableKind::Trades);
         let other = LeaseHandle {
             catalog: catalog.as_ref(),
-            db: &db,
+            store: crate::lake::lease::LeaseStore::Pointer(&db),
             ident: &ident,
             owner: "elsewhere/42/abcdef",
             ttl: std::time::Duration::from_secs(3600),

@@ -67,7 +67,7 @@ impl MaintenanceMetrics {
             )?,
             lease: counter(
                 "ticklake_maintenance_lease_total",
-                "Maintenance runs by what became of the lease: taken (the run went ahead), held_elsewhere (another daemon's; the run did nothing), lost (expired and taken during the run, which stopped), failed (the catalog failed), none (a REST catalog: no lease).",
+                "Maintenance runs by what became of the lease: taken (the run went ahead), held_elsewhere (another daemon's; the run did nothing), lost (expired and taken during the run, which stopped), failed (the catalog failed), none (no lease to take).",
                 &["outcome"],
             )?,
             sweeps: counter(

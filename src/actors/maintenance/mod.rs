@@ -23,7 +23,7 @@ use std::sync::Arc;
 use crate::actors::observe::{Health, ObservableState, Published};
 use crate::config::Config;
 use crate::lake::compact::{self, CatalogDb, Commits, CompactPolicy};
-use crate::lake::lease::{Acquired, Lease, LeaseHandle};
+use crate::lake::lease::{Acquired, Lease, LeaseHandle, LeaseStore};
 use crate::lake::maintain::{self, MaintainReport};
 use crate::lake::orphans::{self, SweepReport};
 use crate::lake::rest_commit::RestCommits;
@@ -104,7 +104,9 @@ struct LeaseSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum LeaseOutcome {
-    /// A REST catalog: no lease; every daemon with maintenance on runs it.
+    /// No lease to take: a catalog with neither a pointer table nor a
+    /// commit endpoint (not one ticklake opens: SQL swaps the pointer, REST
+    /// keeps the lease in a table of its own); the run goes ahead.
     None,
     /// Ours for the run; `released` unless giving it back failed (it
     /// then expires).
@@ -143,16 +145,18 @@ impl Job {
     pub async fn from_config(cfg: &Config, catalog: Arc<dyn Catalog>) -> Result<Self, LakeError> {
         let db = CatalogDb::open(cfg).await?;
         let rest = RestCommits::open(cfg)?.map(Arc::new);
-        if rest.is_some() && cfg.maintenance.enabled {
-            tracing::warn!(
-                uri = %cfg.lake.catalog_uri,
-                "maintenance: the maintenance lease is a property swapped in the catalog's pointer table, which a REST catalog does not expose; without it daemons sharing the catalog maintain at the same time (each commit is still checked by the server), so run maintenance on one daemon only"
-            );
-        }
         let db = db.map(Arc::new);
         Ok(Self {
             lease: LeaseSpec {
-                ident: lake::table_ident(cfg, TableKind::Trades),
+                // With no pointer table to swap, the lease has a table of
+                // its own (`lease`).
+                ident: if db.is_some() {
+                    lake::table_ident(cfg, TableKind::Trades)
+                } else {
+                    crate::lake::lease::lease_table(
+                        lake::table_ident(cfg, TableKind::Trades).namespace(),
+                    )
+                },
                 owner: crate::lake::lease::owner_id(&cfg.data_dir_abs()),
                 ttl: cfg.maintenance.lease_ttl(),
             },
@@ -233,15 +237,19 @@ impl Job {
     /// One run under the lease: taken first (or the run does nothing),
     /// renewed before each table after the first, released at the end.
     pub async fn run(&self) -> Run {
-        let Some(db) = self.db.as_deref() else {
-            return Run {
-                results: self.run_tables(|_| async { Ok(()) }).await,
-                lease: LeaseOutcome::None,
-            };
+        let store = match (self.db.as_deref(), &self.rest) {
+            (Some(db), _) => LeaseStore::Pointer(db),
+            (None, Some(_)) => LeaseStore::Table,
+            (None, None) => {
+                return Run {
+                    results: self.run_tables(|_| async { Ok(()) }).await,
+                    lease: LeaseOutcome::None,
+                };
+            }
         };
         let handle = LeaseHandle {
             catalog: self.catalog.as_ref(),
-            db,
+            store,
             ident: &self.lease.ident,
             owner: &self.lease.owner,
             ttl: self.lease.ttl,
@@ -300,6 +308,9 @@ impl Job {
                 reason,
             },
             None => {
+                if let Err(e) = handle.tidy().await {
+                    tracing::warn!(error = %e, "maintenance: expiring the lease table's snapshots failed; the next run tries again");
+                }
                 let released = match handle.release().await {
                     Ok(r) => r,
                     Err(e) => {
