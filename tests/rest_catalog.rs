@@ -596,21 +596,10 @@ fn a_compaction_that_loses_to_an_append_is_rebased_through_a_rest_catalog() {
 #[test]
 fn a_named_warehouse_in_a_bucket_through_a_rest_catalog() {
     let brokers = tansu();
-    let endpoint = s3_endpoint();
-    let location = format!("s3://{}/{}", bucket(), unique("rest-"));
-    let s3_props = [
-        format!("s3.endpoint={endpoint}"),
-        format!("s3.access-key-id={S3_ACCESS_KEY}"),
-        format!("s3.secret-access-key={S3_SECRET_KEY}"),
-        format!("s3.region={S3_REGION}"),
-    ];
     let dir = tempfile::tempdir().unwrap();
     let mut args: Vec<&str> = server_args().to_vec();
-    args.extend(["--warehouse", &location, "--warehouse-name", "analytics"]);
-    for p in &s3_props {
-        args.extend(["--property", p]);
-    }
-    let (server, uri) = start_rest_catalog(&dir.path().join("rest"), &args);
+    args.extend(["--warehouse-name", "analytics"]);
+    let (server, uri, location) = bucket_server(dir.path(), &args);
 
     // A warehouse the server does not have.
     let mut wrong = rest_config(dir.path(), uri.clone());
@@ -627,23 +616,73 @@ fn a_named_warehouse_in_a_bucket_through_a_rest_catalog() {
     let err = err.expect_err("an unknown warehouse must not reach the tables");
     assert!(err.contains("no warehouse"), "{err}");
 
+    let (_env, expected) = land_in_bucket(
+        &brokers,
+        &format!(
+            "\n[lake]\ncatalog = \"rest\"\ncatalog_uri = \"{uri}\"\nwarehouse = \"{location}\"\n\
+             catalog_warehouse = \"analytics\"\n\n\
+             [lake.catalog_properties]\ncredential = \"{CREDENTIAL}\"\n{}",
+            lake_s3_section()
+        ),
+        |_| {},
+    );
+    let credential = format!("credential={CREDENTIAL}");
+    let py = read_in_bucket(&uri, &["--warehouse", "analytics", "--prop", &credential]);
+    assert_eq!(py["rows"].as_i64().unwrap(), expected);
+    assert!(
+        server_errors(&server).is_empty(),
+        "{:?}",
+        server_errors(&server)
+    );
+}
+
+/// pyiceberg's properties for the S3 server.
+fn s3_props() -> [String; 4] {
+    [
+        format!("s3.endpoint={}", s3_endpoint()),
+        format!("s3.access-key-id={S3_ACCESS_KEY}"),
+        format!("s3.secret-access-key={S3_SECRET_KEY}"),
+        format!("s3.region={S3_REGION}"),
+    ]
+}
+
+/// The daemon's `[lake.s3]` for the S3 server.
+fn lake_s3_section() -> String {
+    format!(
+        "\n[lake.s3]\nendpoint = \"{}\"\nregion = \"{S3_REGION}\"\n\
+         access_key_id = \"{S3_ACCESS_KEY}\"\nsecret_access_key = \"{S3_SECRET_KEY}\"\n\
+         allow_http = true\npath_style = true\n",
+        s3_endpoint()
+    )
+}
+
+/// A REST server with `args` that keeps its tables under a fresh prefix
+/// of the S3 server's bucket: the server, its URI, and the location.
+fn bucket_server(dir: &std::path::Path, args: &[&str]) -> (Proc, String, String) {
+    let location = format!("s3://{}/{}", bucket(), unique("rest-"));
+    let props = s3_props();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--warehouse", &location]);
+    for p in &props {
+        all.extend(["--property", p]);
+    }
+    let (server, uri) = start_rest_catalog(&dir.join("rest"), &all);
+    (server, uri, location)
+}
+
+/// A daemon on `config` (a `[lake]` on a REST server whose tables are in
+/// the S3 server's bucket) replays a capture through `brokers` and lands
+/// every trade once, equal to its frame, in the bucket and not on the
+/// local disk; `while_running` looks at the running daemon; then the
+/// daemon stops, and `ticklake maintain` sweeps the bucket's trades table
+/// with no refusal. The environment, and how many trades landed.
+fn land_in_bucket(brokers: &str, config: &str, while_running: impl FnOnce(&Env)) -> (Env, i64) {
     let caps = [capture("BINANCE-ee25be.0.txt")];
     let frames: Vec<String> = caps.iter().flat_map(|c| received_frames(c)).collect();
     let truth = truth(&frames);
     let expected = truth.len() as i64;
     let (mut replay, url) = start_replay(&caps, &[]);
-    let env = Env::new(
-        &brokers,
-        Some(&url),
-        &format!(
-            "\n[lake]\ncatalog = \"rest\"\ncatalog_uri = \"{uri}\"\nwarehouse = \"{location}\"\n\
-             catalog_warehouse = \"analytics\"\n\n\
-             [lake.catalog_properties]\ncredential = \"{CREDENTIAL}\"\n\n\
-             [lake.s3]\nendpoint = \"{endpoint}\"\nregion = \"{S3_REGION}\"\n\
-             access_key_id = \"{S3_ACCESS_KEY}\"\nsecret_access_key = \"{S3_SECRET_KEY}\"\n\
-             allow_http = true\npath_style = true\n"
-        ),
-    );
+    let env = Env::new(brokers, Some(&url), config);
     env.capture_feed();
     let mut daemon = env.start_daemon("daemon");
     wait_until_explained(
@@ -653,6 +692,7 @@ fn a_named_warehouse_in_a_bucket_through_a_rest_catalog() {
     );
     replay.kill();
     env.assert_trades_once(expected, &daemon);
+    while_running(&env);
     let status = daemon.terminate();
     assert!(status.success(), "daemon exit {status}");
     assert_lake_holds_frames(&env, &truth);
@@ -666,34 +706,31 @@ fn a_named_warehouse_in_a_bucket_through_a_rest_catalog() {
         .collect();
     assert!(local.is_empty(), "lake files on the local disk: {local:?}");
     let reports = maintain_reports(&env.config);
+    assert_every_table(&reports);
     let sweep = &reports[0]["orphans"];
     println!("sweep of the bucket's trades table: {sweep}");
     assert!(sweep["refused"].is_null(), "{sweep}");
     assert!(sweep["listed"].as_u64().unwrap() >= 2, "{sweep}");
+    (env, expected)
+}
 
-    let credential = format!("credential={CREDENTIAL}");
-    let mut args = vec![
+/// pyiceberg reads the message ids of `market.trades` through the REST
+/// server at `uri`, with `args` more, from the S3 server's bucket.
+fn read_in_bucket(uri: &str, args: &[&str]) -> serde_json::Value {
+    let props = s3_props();
+    let mut all = vec![
         "--catalog-uri",
-        &uri,
-        "--warehouse",
-        "analytics",
-        "--prop",
-        &credential,
+        uri,
         "--table",
         "market.trades",
         "--columns",
         "message_id",
     ];
-    for p in &s3_props {
-        args.extend(["--prop", p]);
+    all.extend_from_slice(args);
+    for p in &props {
+        all.extend(["--prop", p]);
     }
-    let py = pyiceberg("pyiceberg_read.py", &args);
-    assert_eq!(py["rows"].as_i64().unwrap(), expected);
-    assert!(
-        server_errors(&server).is_empty(),
-        "{:?}",
-        server_errors(&server)
-    );
+    pyiceberg("pyiceberg_read.py", &all)
 }
 
 /// A daemon on a catalog like AWS's (Glue's Iceberg endpoint, S3 Tables):
@@ -707,108 +744,59 @@ fn a_named_warehouse_in_a_bucket_through_a_rest_catalog() {
 #[test]
 fn a_daemon_lands_through_a_rest_catalog_behind_sigv4() {
     let brokers = tansu();
-    let endpoint = s3_endpoint();
-    let location = format!("s3://{}/{}", bucket(), unique("sigv4-"));
-    let s3_props = [
-        format!("s3.endpoint={endpoint}"),
-        format!("s3.access-key-id={S3_ACCESS_KEY}"),
-        format!("s3.secret-access-key={S3_SECRET_KEY}"),
-        format!("s3.region={S3_REGION}"),
-    ];
     let dir = tempfile::tempdir().unwrap();
     let signing = format!("{S3_ACCESS_KEY}:{S3_SECRET_KEY}:{S3_REGION}:glue");
-    let mut args = vec![
-        "--sigv4",
-        &signing,
-        "--base-path",
-        "iceberg",
-        "--warehouse",
-        &location,
-    ];
-    for p in &s3_props {
-        args.extend(["--property", p]);
-    }
-    let (server, uri) = start_rest_catalog(&dir.path().join("rest"), &args);
+    let (server, uri, location) =
+        bucket_server(dir.path(), &["--sigv4", &signing, "--base-path", "iceberg"]);
     let catalog_uri = format!("{uri}/iceberg");
-
-    let caps = [capture("BINANCE-ee25be.0.txt")];
-    let frames: Vec<String> = caps.iter().flat_map(|c| received_frames(c)).collect();
-    let truth = truth(&frames);
-    let expected = truth.len() as i64;
-    let (mut replay, url) = start_replay(&caps, &[]);
-    let env = Env::new(
+    let (_env, expected) = land_in_bucket(
         &brokers,
-        Some(&url),
         &format!(
             "\n[lake]\ncatalog = \"rest\"\ncatalog_uri = \"{catalog_uri}\"\n\
              warehouse = \"{location}\"\n\n\
              [lake.catalog_properties]\n\"rest.sigv4-enabled\" = \"true\"\n\
-             \"rest.signing-name\" = \"glue\"\n\n\
-             [lake.s3]\nendpoint = \"{endpoint}\"\nregion = \"{S3_REGION}\"\n\
-             access_key_id = \"{S3_ACCESS_KEY}\"\nsecret_access_key = \"{S3_SECRET_KEY}\"\n\
-             allow_http = true\npath_style = true\n\n\
+             \"rest.signing-name\" = \"glue\"\n{}\n\
              [maintenance]\ninterval_secs = 1\nsnapshot_retention = \"1s\"\n\
-             compact_min_age = \"0s\"\ncompact_min_files = 2\n"
+             compact_min_age = \"0s\"\ncompact_min_files = 2\n",
+            lake_s3_section()
         ),
+        |env| {
+            // Maintenance commits through the signer too (compaction's
+            // commits are ticklake's own, not the catalog client's).
+            wait_until("a compaction", Duration::from_secs(60), || {
+                env.counter("ticklake_compaction_files_total", "replaced") > 0.0
+            });
+            let failed = env.counter("ticklake_maintenance_runs_total", "outcome=\"failed\"");
+            assert_eq!(failed, 0.0, "failed maintenance runs");
+            let st: serde_json::Value =
+                serde_json::from_str(&http_get(env.http_port, "/status").unwrap()).unwrap();
+            let cat = &st["lake"]["catalog"];
+            assert_eq!(cat["auth"], "sigv4", "{cat}");
+            assert_eq!(cat["signing_name"], "glue", "{cat}");
+            assert_eq!(cat["uri"], catalog_uri.as_str(), "{cat}");
+            assert!(
+                !st.to_string().contains(S3_SECRET_KEY),
+                "a secret in /status"
+            );
+        },
     );
-    env.capture_feed();
-    let mut daemon = env.start_daemon("daemon");
-    wait_until_explained(
-        || env.count("select count(*) from market.trades") >= expected,
-        Duration::from_secs(120),
-        || format!("the trades did not land; log:\n{}", daemon.log_tail()),
+    let py = read_in_bucket(
+        &catalog_uri,
+        &[
+            "--prop",
+            "rest.sigv4-enabled=true",
+            "--prop",
+            "rest.signing-name=glue",
+            "--prop",
+            &format!("rest.signing-region={S3_REGION}"),
+            "--prop",
+            &format!("client.access-key-id={S3_ACCESS_KEY}"),
+            "--prop",
+            &format!("client.secret-access-key={S3_SECRET_KEY}"),
+            "--prop",
+            &format!("client.region={S3_REGION}"),
+        ],
     );
-    replay.kill();
-    env.assert_trades_once(expected, &daemon);
-    // Maintenance commits through the signer too (compaction's commits
-    // are ticklake's own, not the catalog client's).
-    wait_until("a compaction", Duration::from_secs(60), || {
-        env.counter("ticklake_compaction_files_total", "replaced") > 0.0
-    });
-    let failed = env.counter("ticklake_maintenance_runs_total", "outcome=\"failed\"");
-    assert_eq!(failed, 0.0, "log:\n{}", daemon.log_tail());
-
-    let st: serde_json::Value =
-        serde_json::from_str(&http_get(env.http_port, "/status").unwrap()).unwrap();
-    let cat = &st["lake"]["catalog"];
-    assert_eq!(cat["auth"], "sigv4", "{cat}");
-    assert_eq!(cat["signing_name"], "glue", "{cat}");
-    assert_eq!(cat["uri"], catalog_uri.as_str(), "{cat}");
-    assert!(
-        !st.to_string().contains(S3_SECRET_KEY),
-        "a secret in /status"
-    );
-    let status = daemon.terminate();
-    assert!(status.success(), "daemon exit {status}");
-    assert_lake_holds_frames(&env, &truth);
-
-    let reports = maintain_reports(&env.config);
-    assert_every_table(&reports);
-    let sweep = &reports[0]["orphans"];
-    println!("sweep of the bucket's trades table, through the signer: {sweep}");
-    assert!(sweep["refused"].is_null(), "{sweep}");
-    assert!(sweep["listed"].as_u64().unwrap() >= 2, "{sweep}");
-
-    let mut args = vec![
-        "--catalog-uri".to_string(),
-        catalog_uri.clone(),
-        "--table".into(),
-        "market.trades".into(),
-        "--columns".into(),
-        "message_id".into(),
-    ];
-    for p in s3_props.iter().cloned().chain([
-        "rest.sigv4-enabled=true".into(),
-        "rest.signing-name=glue".into(),
-        format!("rest.signing-region={S3_REGION}"),
-        format!("client.access-key-id={S3_ACCESS_KEY}"),
-        format!("client.secret-access-key={S3_SECRET_KEY}"),
-        format!("client.region={S3_REGION}"),
-    ]) {
-        args.extend(["--prop".into(), p]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let py = pyiceberg("pyiceberg_read.py", &args);
     assert_eq!(py["rows"].as_i64().unwrap(), expected);
 
     let log = std::fs::read_to_string(&server.log).unwrap();
