@@ -169,7 +169,9 @@ impl SqlWorkers {
                 "the worker's pipes were not opened",
             ))));
         };
-        let spill = child.id().map(|pid| self.spill_root.join(pid.to_string()));
+        let spill = child
+            .id()
+            .map(|pid| super::session::spill_dir_of(&self.spill_root, pid));
         let mut worker = Worker {
             child,
             stdin,

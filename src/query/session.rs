@@ -215,9 +215,10 @@ pub fn spill_root(cfg: &Config) -> std::path::PathBuf {
     cfg.data_dir_abs().join("query-spill")
 }
 
-/// The spill directory of the process `pid`.
-pub fn spill_dir_of(cfg: &Config, pid: u32) -> std::path::PathBuf {
-    spill_root(cfg).join(pid.to_string())
+/// The spill directory of the process `pid`, under `root`
+/// ([`spill_root`]).
+pub fn spill_dir_of(root: &std::path::Path, pid: u32) -> std::path::PathBuf {
+    root.join(pid.to_string())
 }
 
 /// DataFusion's disk manager for `cfg`: spill files in this process's
@@ -232,7 +233,7 @@ fn disk_manager(
     }
     let root = spill_root(cfg);
     remove_stale_spills(&root);
-    let dir = spill_dir_of(cfg, std::process::id());
+    let dir = spill_dir_of(&spill_root(cfg), std::process::id());
     std::fs::create_dir_all(&dir).map_err(|e| SessionError::Spill(dir.clone(), e))?;
     Ok(DiskManagerBuilder::default()
         .with_mode(DiskManagerMode::Directories(vec![dir]))
