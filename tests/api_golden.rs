@@ -400,14 +400,9 @@ fn every_endpoint_matches_its_golden_file() {
         // them; then with every commit summarized. Either way the answers
         // must be the golden ones, computed from the raw trades.
         let bars_ident = lake::bars_ident(&cfg);
-        lake::ensure(
-            catalog.as_ref(),
-            &bars_ident,
-            lake::schema::bars_schema().unwrap(),
-            lake::schema::bars_partition_spec().unwrap(),
-        )
-        .await
-        .unwrap();
+        lake::bars::ensure_table(catalog.as_ref(), &cfg)
+            .await
+            .unwrap();
         let first_seq = catalog
             .load_table(&ident)
             .await

@@ -824,22 +824,9 @@ fn the_maintenance_lease_holds_through_a_rest_catalog() {
     let rt = runtime();
     rt.block_on(async {
         let catalog = lake::open_catalog(&cfg).await.unwrap();
-        for kind in [TableKind::Trades, TableKind::DeadLetters] {
-            lake::ensure_table(catalog.as_ref(), &cfg, kind)
-                .await
-                .unwrap();
-        }
-        lake::gaps::ensure_table(catalog.as_ref(), &cfg)
+        lake::ensure_every_table(catalog.as_ref(), &cfg)
             .await
             .unwrap();
-        lake::ensure(
-            catalog.as_ref(),
-            &lake::bars_ident(&cfg),
-            lake::schema::bars_schema().unwrap(),
-            lake::schema::bars_partition_spec().unwrap(),
-        )
-        .await
-        .unwrap();
         let ident = lease_table(lake::table_ident(&cfg, TableKind::Trades).namespace());
         let mut tasks = Vec::new();
         for i in 0..8 {

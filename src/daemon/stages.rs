@@ -27,7 +27,6 @@ use crate::kafka;
 use crate::kafka::acks::AckLedger;
 use crate::kafka::avro::Codec;
 use crate::kafka::encoder::Encoder;
-use crate::lake::LakeError;
 use crate::lake::commit::{KafkaOffsets, current_offsets};
 use crate::lake::{self, TableKind};
 use crate::messages::writer::{AddCommitListener, SetRestarter};
@@ -365,13 +364,7 @@ async fn bars(
         return Ok(None);
     }
     let ident = lake::bars_ident(cfg);
-    lake::ensure(
-        catalog.as_ref(),
-        &ident,
-        lake::schema::bars_schema().map_err(LakeError::from)?,
-        lake::schema::bars_partition_spec().map_err(LakeError::from)?,
-    )
-    .await?;
+    lake::bars::ensure_table(catalog.as_ref(), cfg).await?;
     let actor = crate::actors::bars::BarsActor::new(
         catalog,
         lake::table_ident(cfg, TableKind::Trades),

@@ -100,6 +100,20 @@ impl Partial {
     }
 }
 
+/// Loads `market.ohlcv_1m`, creating it (and the namespace) on first use.
+pub async fn ensure_table(
+    catalog: &dyn Catalog,
+    cfg: &crate::config::Config,
+) -> Result<Table, LakeError> {
+    super::ensure(
+        catalog,
+        &super::bars_ident(cfg),
+        super::schema::bars_schema()?,
+        super::schema::bars_partition_spec()?,
+    )
+    .await
+}
+
 /// Compaction's merge of the bars table's rows: a minute's partial bars,
 /// however many commits and corrections gave them, become one row, so a
 /// day's bars stay 1,440 rows a symbol however often the trades commit.

@@ -355,6 +355,19 @@ pub async fn ensure_table(
     ensure(catalog, &table_ident(cfg, kind), schema, spec).await
 }
 
+/// Every table the daemon writes, made where missing: trades, dead
+/// letters, gaps, and the minute bars when `lake.bars` is on.
+pub async fn ensure_every_table(catalog: &dyn Catalog, cfg: &Config) -> Result<(), LakeError> {
+    for kind in [TableKind::Trades, TableKind::DeadLetters] {
+        ensure_table(catalog, cfg, kind).await?;
+    }
+    if cfg.lake.bars {
+        bars::ensure_table(catalog, cfg).await?;
+    }
+    gaps::ensure_table(catalog, cfg).await?;
+    Ok(())
+}
+
 /// Adds to `table` the columns of `wanted` it lacks, through Iceberg's
 /// schema update: a table an older build made gains the columns this build
 /// writes. Only optional top-level columns are ever added (their old rows

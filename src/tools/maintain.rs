@@ -8,7 +8,7 @@
 
 use crate::config::Config;
 use crate::lake::maintain::MaintainReport;
-use crate::lake::{self, LakeError, TableKind};
+use crate::lake::{self, LakeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MaintainError {
@@ -36,19 +36,7 @@ pub enum MaintainError {
 pub async fn maintain(cfg: &Config) -> Result<Vec<MaintainReport>, MaintainError> {
     let _lock = crate::daemon::lock::DataDirLock::acquire(&cfg.data_dir_abs())?;
     let catalog = lake::open_catalog(cfg).await?;
-    for kind in [TableKind::Trades, TableKind::DeadLetters] {
-        lake::ensure_table(catalog.as_ref(), cfg, kind).await?;
-    }
-    if cfg.lake.bars {
-        lake::ensure(
-            catalog.as_ref(),
-            &lake::bars_ident(cfg),
-            lake::schema::bars_schema().map_err(LakeError::from)?,
-            lake::schema::bars_partition_spec().map_err(LakeError::from)?,
-        )
-        .await?;
-    }
-    lake::gaps::ensure_table(catalog.as_ref(), cfg).await?;
+    lake::ensure_every_table(catalog.as_ref(), cfg).await?;
     let job = crate::actors::maintenance::Job::from_config(cfg, catalog).await?;
     let run = job.run().await;
     use crate::actors::maintenance::LeaseOutcome;
@@ -80,6 +68,7 @@ pub async fn maintain(cfg: &Config) -> Result<Vec<MaintainReport>, MaintainError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lake::TableKind;
     use crate::lake::compact::CatalogDb;
     use crate::lake::lease::{Acquired, LeaseHandle};
 

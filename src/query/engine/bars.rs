@@ -424,14 +424,9 @@ mod tests {
         let catalog = lake::open_catalog(&cfg).await.unwrap();
         let trades = lake::table_ident(&cfg, TableKind::Trades);
         let bars_ident = lake::bars_ident(&cfg);
-        lake::ensure(
-            catalog.as_ref(),
-            &bars_ident,
-            lake::schema::bars_schema().unwrap(),
-            lake::schema::bars_partition_spec().unwrap(),
-        )
-        .await
-        .unwrap();
+        lake::bars::ensure_table(catalog.as_ref(), &cfg)
+            .await
+            .unwrap();
         let m = 60_000_000;
         // Minutes 0..3 of the day, ties on the timestamp in minute 1.
         commit(

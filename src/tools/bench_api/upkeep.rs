@@ -20,16 +20,8 @@ pub(super) async fn ensure_bars(
     cfg: &Config,
     catalog: &dyn Catalog,
 ) -> Result<TableIdent, BenchApiError> {
-    let bars = lake::bars_ident(cfg);
-    lake::ensure(
-        catalog,
-        &bars,
-        lake::schema::bars_schema().map_err(|e| err(e.into()))?,
-        lake::schema::bars_partition_spec().map_err(|e| err(e.into()))?,
-    )
-    .await
-    .map_err(err)?;
-    Ok(bars)
+    lake::bars::ensure_table(catalog, cfg).await.map_err(err)?;
+    Ok(lake::bars_ident(cfg))
 }
 
 /// One run of the daemon's bars actor: the trades commits the bars do not
