@@ -187,27 +187,32 @@ pub fn lease_table(ns: &iceberg::NamespaceIdent) -> TableIdent {
 
 impl LeaseHandle<'_> {
     /// The lease's table as it is now; with [`LeaseStore::Table`], made
-    /// if it is not there yet (by whichever daemon comes first).
+    /// if it is not there yet (by whichever daemon comes first). One
+    /// request when it is there, as it is after the first run.
     async fn load(&self) -> Result<Table, LakeError> {
-        if matches!(self.store, LeaseStore::Table) && !self.catalog.table_exists(self.ident).await?
+        match self.catalog.load_table(self.ident).await {
+            Ok(table) => return Ok(table),
+            Err(e)
+                if matches!(self.store, LeaseStore::Table)
+                    && e.kind() == iceberg::ErrorKind::TableNotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        let schema = iceberg::spec::Schema::builder()
+            .with_fields(vec![std::sync::Arc::new(
+                iceberg::spec::NestedField::optional(
+                    1,
+                    "note",
+                    iceberg::spec::Type::Primitive(iceberg::spec::PrimitiveType::String),
+                ),
+            )])
+            .build()?;
+        let spec = iceberg::spec::UnboundPartitionSpec::builder().build();
+        // Another daemon making it at the same moment is fine: the
+        // table is there either way.
+        if let Err(e) = super::ensure(self.catalog, self.ident, schema, spec).await
+            && !self.catalog.table_exists(self.ident).await?
         {
-            let schema = iceberg::spec::Schema::builder()
-                .with_fields(vec![std::sync::Arc::new(
-                    iceberg::spec::NestedField::optional(
-                        1,
-                        "note",
-                        iceberg::spec::Type::Primitive(iceberg::spec::PrimitiveType::String),
-                    ),
-                )])
-                .build()?;
-            let spec = iceberg::spec::UnboundPartitionSpec::builder().build();
-            // Another daemon making it at the same moment is fine: the
-            // table is there either way.
-            if let Err(e) = super::ensure(self.catalog, self.ident, schema, spec).await
-                && !self.catalog.table_exists(self.ident).await?
-            {
-                return Err(e);
-            }
+            return Err(e);
         }
         Ok(self.catalog.load_table(self.ident).await?)
     }
