@@ -95,6 +95,8 @@ pub fn within_warehouse(location: &str, warehouse: &str) -> bool {
 /// Which lease a job takes, as whom.
 #[derive(Debug, Clone)]
 struct LeaseSpec {
+    /// The trades table: the lease's on a SQL catalog, and whose
+    /// namespace holds the lease table on REST.
     ident: TableIdent,
     owner: String,
     ttl: Duration,
@@ -148,15 +150,7 @@ impl Job {
         let db = db.map(Arc::new);
         Ok(Self {
             lease: LeaseSpec {
-                // With no pointer table to swap, the lease has a table of
-                // its own (`lease`).
-                ident: if db.is_some() {
-                    lake::table_ident(cfg, TableKind::Trades)
-                } else {
-                    crate::lake::lease::lease_table(
-                        lake::table_ident(cfg, TableKind::Trades).namespace(),
-                    )
-                },
+                ident: lake::table_ident(cfg, TableKind::Trades),
                 owner: crate::lake::lease::owner_id(&cfg.data_dir_abs()),
                 ttl: cfg.maintenance.lease_ttl(),
             },
@@ -237,9 +231,14 @@ impl Job {
     /// One run under the lease: taken first (or the run does nothing),
     /// renewed before each table after the first, released at the end.
     pub async fn run(&self) -> Run {
-        let store = match (self.db.as_deref(), &self.rest) {
-            (Some(db), _) => LeaseStore::Pointer(db),
-            (None, Some(_)) => LeaseStore::Table,
+        // On the trades table where the pointer can be swapped; with no
+        // pointer table (REST), in a table of its own (`lease`).
+        let (store, ident) = match (self.db.as_deref(), &self.rest) {
+            (Some(db), _) => (LeaseStore::Pointer(db), self.lease.ident.clone()),
+            (None, Some(_)) => (
+                LeaseStore::Table,
+                crate::lake::lease::lease_table(self.lease.ident.namespace()),
+            ),
             (None, None) => {
                 return Run {
                     results: self.run_tables(|_| async { Ok(()) }).await,
@@ -250,7 +249,7 @@ impl Job {
         let handle = LeaseHandle {
             catalog: self.catalog.as_ref(),
             store,
-            ident: &self.lease.ident,
+            ident: &ident,
             owner: &self.lease.owner,
             ttl: self.lease.ttl,
         };
