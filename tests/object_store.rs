@@ -44,9 +44,13 @@ fn s3_config(endpoint: &str) -> S3Config {
 /// A client of the test bucket of its own, to look at what the daemon left
 /// there independently of `lake::store`.
 fn bucket_client(endpoint: &str) -> Arc<dyn ObjectStore> {
+    bucket_client_of(endpoint, &bucket())
+}
+
+fn bucket_client_of(endpoint: &str, bucket: &str) -> Arc<dyn ObjectStore> {
     Arc::new(
         AmazonS3Builder::new()
-            .with_bucket_name(bucket())
+            .with_bucket_name(bucket)
             .with_endpoint(endpoint)
             .with_region(S3_REGION)
             .with_access_key_id(S3_ACCESS_KEY)
@@ -63,6 +67,21 @@ async fn keys_under(client: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<String> 
     metas.into_iter().map(|m| m.location.to_string()).collect()
 }
 
+/// Makes the bucket `name` on the S3 server (it takes unsigned requests,
+/// as `scripts/s3.sh` does when it starts).
+async fn create_bucket(endpoint: &str, name: &str) {
+    let r = reqwest::Client::new()
+        .put(format!("{endpoint}/{name}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "creating bucket {name}: {}",
+        r.status()
+    );
+}
+
 /// A FileIO over the S3 warehouse `s3://<bucket>/<prefix>`, built as the
 /// catalog builds it (`store::storage_factory`).
 fn file_io(endpoint: &str, prefix: &str) -> (FileIO, String) {
@@ -73,7 +92,11 @@ fn file_io(endpoint: &str, prefix: &str) -> (FileIO, String) {
     let w = store::object_warehouse(&cfg)
         .unwrap()
         .expect("an object warehouse");
-    let io = FileIOBuilder::new(Arc::new(ObjectStorageFactory::new(w))).build();
+    let io = FileIOBuilder::new(Arc::new(ObjectStorageFactory::new(
+        Some(w),
+        cfg.lake.s3.clone(),
+    )))
+    .build();
     (io, root)
 }
 
@@ -132,8 +155,52 @@ async fn iceberg_file_io_works_against_a_real_s3_server() {
     assert!(io.new_input(&missing).unwrap().read().await.is_err());
     assert!(io.new_input(&missing).unwrap().metadata().await.is_err());
     io.delete(&missing).await.unwrap();
-    // A location outside the warehouse's bucket is refused, not guessed.
-    assert!(io.exists("s3://another-bucket/x").await.is_err());
+    // A file in another bucket is reached with the same settings (a REST
+    // catalog may place a table there), a local file through iceberg's own
+    // local IO, and a scheme no client serves is refused, not guessed.
+    let other = unique("other-");
+    create_bucket(&endpoint, &other).await;
+    let elsewhere = format!("s3://{other}/metadata/00000-b.metadata.json");
+    io.new_output(&elsewhere)
+        .unwrap()
+        .write(Bytes::from_static(b"elsewhere"))
+        .await
+        .unwrap();
+    assert_eq!(
+        io.new_input(&elsewhere)
+            .unwrap()
+            .read()
+            .await
+            .unwrap()
+            .as_ref(),
+        b"elsewhere"
+    );
+    assert_eq!(
+        keys_under(&bucket_client_of(&endpoint, &other), "metadata").await,
+        ["metadata/00000-b.metadata.json"]
+    );
+    let disk = tempfile::tempdir().unwrap();
+    let local = format!("file://{}/m.json", disk.path().display());
+    io.new_output(&local)
+        .unwrap()
+        .write(Bytes::from_static(b"on disk"))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(disk.path().join("m.json")).unwrap(),
+        b"on disk"
+    );
+    let err = io.exists("gs://a-bucket/x").await.unwrap_err().to_string();
+    assert!(err.contains("gs://a-bucket/x"), "{err}");
+    // One delete across both buckets and the disk.
+    io.delete_stream(futures::stream::iter(vec![
+        elsewhere.clone(),
+        local.clone(),
+    ]))
+    .await
+    .unwrap();
+    assert!(!io.exists(&elsewhere).await.unwrap());
+    assert!(!disk.path().join("m.json").exists());
 
     // delete, delete_prefix (whole segments only), delete_stream
     io.delete(&a).await.unwrap();

@@ -1,24 +1,30 @@
-//! Where the lake's files live: a local directory (`file://`), or a bucket
+//! Where the lake's files live: a local directory (`file://`), or buckets
 //! of an object store (`s3://bucket/prefix`).
 //!
-//! A local warehouse keeps iceberg's own `LocalFsStorageFactory`: it is
-//! what every earlier build used, and nothing here is faster on a disk.
+//! Local files go through iceberg's own local file IO (`LocalFsStorage`):
+//! it is what every earlier build used, and nothing here is faster on a
+//! disk.
 //!
-//! An object-store warehouse goes through the `object_store` crate, not
-//! through `iceberg-storage-opendal`, so that one client serves both sides
-//! of the lake: iceberg's FileIO (commits, manifests, Parquet writes and
-//! Iceberg's own reader) through [`ObjectStorage`] here, and DataFusion's
-//! Parquet scans (`lake::scan`), which take an `ObjectStore` registered in
-//! their runtime and nothing else. opendal would have meant two clients,
-//! two connection pools and two ways of reading credentials for the same
-//! bucket. The client is built once per warehouse and process and shared
-//! through a small registry ([`object_warehouse`], [`for_location`]).
+//! A bucket goes through the `object_store` crate, not through
+//! `iceberg-storage-opendal`, so that one client serves both sides of the
+//! lake: iceberg's FileIO (commits, manifests, Parquet writes and Iceberg's
+//! own reader) through [`ObjectStorage`] here, and DataFusion's Parquet
+//! scans (`lake::scan`), which take an `ObjectStore` from their runtime
+//! and nothing else. opendal would have meant two clients, two connection
+//! pools and two ways of reading credentials for the same bucket.
+//!
+//! A client is built once per bucket and process, on first use, and
+//! shared through a small registry ([`bucket`], [`for_location`]). The
+//! warehouse's bucket is one; a REST catalog may place tables in others
+//! (S3 Tables gives each table a bucket of its own), which get clients
+//! with the same settings.
 //!
 //! Credentials and endpoint come from the standard AWS environment
 //! (`AmazonS3Builder::from_env`), overridden by `[lake.s3]` keys that are
-//! set (`config::S3Config`). Table properties such as `s3.endpoint` that a
-//! catalog hands to FileIO are ignored: the daemon's own settings decide
-//! where its warehouse is.
+//! set (`config::S3Config`). Table properties such as `s3.endpoint` or
+//! vended credentials that a catalog hands to FileIO are ignored: the
+//! daemon's own settings decide how it reaches a bucket. (iceberg-rust's
+//! REST client drops them anyway on the table a commit returns.)
 
 use std::fmt;
 use std::ops::Range;
@@ -31,7 +37,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use iceberg::io::{
-    FileMetadata, FileRead, FileWrite, InputFile, LocalFsStorageFactory, OutputFile, Storage,
+    FileMetadata, FileRead, FileWrite, InputFile, LocalFsStorage, OutputFile, Storage,
     StorageConfig, StorageFactory,
 };
 use object_store::aws::{AmazonS3Builder, AwsCredentialProvider};
@@ -130,10 +136,12 @@ impl ObjectWarehouse {
             location: location.to_string(),
             root: self.root.clone(),
         };
-        let key = location
-            .strip_prefix(&self.root)
-            .and_then(|k| k.strip_prefix('/'))
-            .ok_or_else(outside)?;
+        // The bucket itself is a location too: S3 Tables puts a table at
+        // its bucket's root, and the orphan sweep lists it.
+        let key = match location.strip_prefix(&self.root).ok_or_else(outside)? {
+            "" => "",
+            rest => rest.strip_prefix('/').ok_or_else(outside)?,
+        };
         Path::parse(key).map_err(|e| StoreError::Io {
             location: location.to_string(),
             source: e.into(),
@@ -154,33 +162,53 @@ fn registry() -> &'static Registry {
     REGISTRY.get_or_init(|| Mutex::new(Vec::new()))
 }
 
-/// The client of the configured warehouse, or `None` for a local one.
-/// Built on first use and then shared: every catalog, query session and
+/// `scheme://bucket` of an object-store location (`s3://b/k` -> `s3://b`);
+/// `None` for a local one or a scheme no client here serves.
+pub fn bucket_root(location: &str) -> Option<String> {
+    let (scheme, rest) = location.split_once("://")?;
+    if !matches!(scheme, "s3" | "s3a") {
+        return None;
+    }
+    let bucket = rest.split('/').next().filter(|b| !b.is_empty())?;
+    Some(format!("{scheme}://{bucket}"))
+}
+
+/// The client of the bucket `root` (`s3://bucket`) with the settings `s3`,
+/// built on first use and then shared: every catalog, query session and
 /// maintenance run of the process goes through the same connection pool.
-pub fn object_warehouse(cfg: &Config) -> Result<Option<Arc<ObjectWarehouse>>, StoreError> {
-    let url = cfg.warehouse();
-    let WarehouseUrl::Object { scheme, bucket, .. } = WarehouseUrl::parse(&url)? else {
-        return Ok(None);
-    };
-    let root = format!("{scheme}://{bucket}");
-    let s3 = &cfg.lake.s3;
+pub fn bucket(root: &str, s3: &S3Config) -> Result<Arc<ObjectWarehouse>, StoreError> {
     // A poisoned lock only means another thread panicked while holding it;
     // the list itself is always whole.
     let mut known = registry().lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, _, w)) = known.iter().find(|(r, c, _)| *r == root && c == s3) {
-        return Ok(Some(w.clone()));
+    if let Some((_, _, w)) = known.iter().find(|(r, c, _)| r == root && c == s3) {
+        return Ok(w.clone());
     }
-    let store = build_s3(&root, s3).map_err(|source| StoreError::Build {
-        url: url.clone(),
+    let store = build_s3(root, s3).map_err(|source| StoreError::Build {
+        url: root.to_string(),
         source,
     })?;
-    let w = Arc::new(ObjectWarehouse::new(root.clone(), store));
-    known.push((root, s3.clone(), w.clone()));
-    Ok(Some(w))
+    let w = Arc::new(ObjectWarehouse::new(root, store));
+    known.push((root.to_string(), s3.clone(), w.clone()));
+    Ok(w)
+}
+
+/// The client of the configured warehouse, or `None` for a local one.
+pub fn object_warehouse(cfg: &Config) -> Result<Option<Arc<ObjectWarehouse>>, StoreError> {
+    let url = cfg.warehouse();
+    let WarehouseUrl::Object {
+        scheme, bucket: b, ..
+    } = WarehouseUrl::parse(&url)?
+    else {
+        return Ok(None);
+    };
+    bucket(&format!("{scheme}://{b}"), &cfg.lake.s3).map(Some)
 }
 
 /// The client whose bucket holds `location`, if one was built in this
-/// process (the newest, when the settings changed).
+/// process (the newest, when the settings changed). A table's files are
+/// reached through the catalog's FileIO first (its metadata is read when
+/// it is loaded), which builds the client of the table's bucket; listings
+/// and DataFusion's scans that come after find it here.
 pub fn for_location(location: &str) -> Option<Arc<ObjectWarehouse>> {
     let known = registry().lock().unwrap_or_else(|p| p.into_inner());
     known
@@ -254,29 +282,35 @@ pub fn aws_credentials(
     Ok((s3.credentials().clone(), region))
 }
 
-/// The storage factory of the configured warehouse for iceberg's FileIO.
+/// The storage factory for iceberg's FileIO: [`ObjectStorage`], which
+/// reaches a file in whichever bucket it is, and local files through
+/// iceberg's own local file IO. Not the warehouse's store alone: a REST
+/// catalog places the tables itself (S3 Tables puts each in a bucket it
+/// names, `s3://…--table-s3`, whatever `lake.warehouse` says), and
+/// iceberg's local file IO given an `s3://` location writes it as a path
+/// relative to the working directory.
 pub fn storage_factory(cfg: &Config) -> Result<Arc<dyn StorageFactory>, StoreError> {
-    Ok(match object_warehouse(cfg)? {
-        None => Arc::new(LocalFsStorageFactory),
-        Some(w) => Arc::new(ObjectStorageFactory::new(w)),
-    })
+    Ok(Arc::new(ObjectStorageFactory::new(
+        object_warehouse(cfg)?,
+        cfg.lake.s3.clone(),
+    )))
 }
 
-/// Builds [`ObjectStorage`] over one shared client.
+/// Builds [`ObjectStorage`] over the shared clients.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ObjectStorageFactory {
-    root: String,
-    /// Not serialized (a client does not serialize); a deserialized factory
-    /// finds the client of its bucket in the registry.
+    /// Not serialized (a client does not serialize, and the settings hold
+    /// secrets); a deserialized factory finds clients in the registry.
     #[serde(skip)]
-    warehouse: Option<Arc<ObjectWarehouse>>,
+    buckets: Option<Buckets>,
 }
 
 impl ObjectStorageFactory {
-    pub fn new(warehouse: Arc<ObjectWarehouse>) -> Self {
+    /// `warehouse`: the configured bucket's client, if the warehouse is
+    /// one; any other bucket gets a client with the same settings, `s3`.
+    pub fn new(warehouse: Option<Arc<ObjectWarehouse>>, s3: S3Config) -> Self {
         Self {
-            root: warehouse.root().to_string(),
-            warehouse: Some(warehouse),
+            buckets: Some(Buckets { warehouse, s3 }),
         }
     }
 }
@@ -285,18 +319,26 @@ impl ObjectStorageFactory {
 impl StorageFactory for ObjectStorageFactory {
     fn build(&self, _config: &StorageConfig) -> iceberg::Result<Arc<dyn Storage>> {
         Ok(Arc::new(ObjectStorage {
-            root: self.root.clone(),
-            warehouse: self.warehouse.clone(),
+            buckets: self.buckets.clone(),
+            local: LocalFsStorage,
         }))
     }
 }
 
-/// iceberg's `Storage` over an `object_store` client.
+/// The configured warehouse's client and the settings of every other.
+#[derive(Debug, Clone)]
+struct Buckets {
+    warehouse: Option<Arc<ObjectWarehouse>>,
+    s3: S3Config,
+}
+
+/// iceberg's `Storage` over `object_store` clients, one per bucket, and
+/// iceberg's own local file IO for `file://` locations.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ObjectStorage {
-    root: String,
     #[serde(skip)]
-    warehouse: Option<Arc<ObjectWarehouse>>,
+    buckets: Option<Buckets>,
+    local: LocalFsStorage,
 }
 
 fn ice(e: StoreError) -> iceberg::Error {
@@ -320,23 +362,40 @@ fn io_err(location: &str, source: object_store::Error) -> iceberg::Error {
     })
 }
 
+/// Where a location's file is: on the local disk, or in a bucket.
+enum Target {
+    Local,
+    Object(Arc<ObjectWarehouse>, Path),
+}
+
 impl ObjectStorage {
-    fn warehouse(&self) -> iceberg::Result<Arc<ObjectWarehouse>> {
-        self.warehouse
-            .clone()
-            .or_else(|| for_location(&self.root))
-            .ok_or_else(|| {
-                iceberg::Error::new(
-                    iceberg::ErrorKind::Unexpected,
-                    format!("no object store client for {} in this process", self.root),
-                )
-            })
+    /// The client of the bucket `root`: the warehouse's, else one built
+    /// (once a process) with the warehouse's settings.
+    fn bucket(&self, root: &str) -> Result<Arc<ObjectWarehouse>, StoreError> {
+        match &self.buckets {
+            Some(Buckets {
+                warehouse: Some(w), ..
+            }) if w.root() == root => Ok(w.clone()),
+            Some(b) => bucket(root, &b.s3),
+            None => for_location(root).ok_or_else(|| StoreError::NoClient {
+                location: root.to_string(),
+            }),
+        }
     }
 
-    fn resolve(&self, location: &str) -> iceberg::Result<(Arc<ObjectWarehouse>, Path)> {
-        let w = self.warehouse()?;
+    fn target(&self, location: &str) -> iceberg::Result<Target> {
+        if local_path(location).is_some() {
+            return Ok(Target::Local);
+        }
+        let root = bucket_root(location).ok_or_else(|| {
+            ice(StoreError::Url(WarehouseUrlError {
+                url: location.to_string(),
+                reason: "not a location this daemon reads (file:// or s3://bucket/…)".into(),
+            }))
+        })?;
+        let w = self.bucket(&root).map_err(ice)?;
         let p = w.path(location).map_err(ice)?;
-        Ok((w, p))
+        Ok(Target::Object(w, p))
     }
 }
 
@@ -344,7 +403,9 @@ impl ObjectStorage {
 #[typetag::serde]
 impl Storage for ObjectStorage {
     async fn exists(&self, path: &str) -> iceberg::Result<bool> {
-        let (w, p) = self.resolve(path)?;
+        let Target::Object(w, p) = self.target(path)? else {
+            return self.local.exists(path).await;
+        };
         match w.store.head(&p).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -353,19 +414,25 @@ impl Storage for ObjectStorage {
     }
 
     async fn metadata(&self, path: &str) -> iceberg::Result<FileMetadata> {
-        let (w, p) = self.resolve(path)?;
+        let Target::Object(w, p) = self.target(path)? else {
+            return self.local.metadata(path).await;
+        };
         let meta = w.store.head(&p).await.map_err(|e| io_err(path, e))?;
         Ok(FileMetadata { size: meta.size })
     }
 
     async fn read(&self, path: &str) -> iceberg::Result<Bytes> {
-        let (w, p) = self.resolve(path)?;
+        let Target::Object(w, p) = self.target(path)? else {
+            return self.local.read(path).await;
+        };
         let got = w.store.get(&p).await.map_err(|e| io_err(path, e))?;
         got.bytes().await.map_err(|e| io_err(path, e))
     }
 
     async fn reader(&self, path: &str) -> iceberg::Result<Box<dyn FileRead>> {
-        let (w, p) = self.resolve(path)?;
+        let Target::Object(w, p) = self.target(path)? else {
+            return self.local.reader(path).await;
+        };
         Ok(Box::new(ObjectRead {
             store: w.store(),
             path: p,
@@ -374,7 +441,9 @@ impl Storage for ObjectStorage {
     }
 
     async fn write(&self, path: &str, bs: Bytes) -> iceberg::Result<()> {
-        let (w, p) = self.resolve(path)?;
+        let Target::Object(w, p) = self.target(path)? else {
+            return self.local.write(path, bs).await;
+        };
         w.store
             .put(&p, bs.into())
             .await
@@ -383,7 +452,9 @@ impl Storage for ObjectStorage {
     }
 
     async fn writer(&self, path: &str) -> iceberg::Result<Box<dyn FileWrite>> {
-        let (w, p) = self.resolve(path)?;
+        let Target::Object(w, p) = self.target(path)? else {
+            return self.local.writer(path).await;
+        };
         Ok(Box::new(ObjectWrite {
             inner: BufWriter::new(w.store(), p),
             location: path.to_string(),
@@ -391,7 +462,9 @@ impl Storage for ObjectStorage {
     }
 
     async fn delete(&self, path: &str) -> iceberg::Result<()> {
-        let (w, p) = self.resolve(path)?;
+        let Target::Object(w, p) = self.target(path)? else {
+            return self.local.delete(path).await;
+        };
         match w.store.delete(&p).await {
             // Gone already is what was asked for.
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -400,7 +473,9 @@ impl Storage for ObjectStorage {
     }
 
     async fn delete_prefix(&self, path: &str) -> iceberg::Result<()> {
-        let (w, p) = self.resolve(path.trim_end_matches('/'))?;
+        let Target::Object(w, p) = self.target(path.trim_end_matches('/'))? else {
+            return self.local.delete_prefix(path).await;
+        };
         // `list` matches whole segments: `a/b` lists `a/b/..`, not `a/bc`.
         let listed = w.store.list(Some(&p)).map_ok(|m| m.location).boxed();
         w.store
@@ -410,24 +485,37 @@ impl Storage for ObjectStorage {
             .map_err(|e| io_err(path, e))
     }
 
+    /// The paths go to the store that holds each: one bulk delete per
+    /// bucket (a table's files may span buckets only in a table moved
+    /// between them, but nothing says they cannot), local files one by one.
     async fn delete_stream(&self, paths: BoxStream<'static, String>) -> iceberg::Result<()> {
-        let w = self.warehouse()?;
-        let resolver = w.clone();
-        let keys = paths
-            .map(move |loc| {
-                resolver
-                    .path(&loc)
-                    .map_err(|e| object_store::Error::Generic {
-                        store: "ticklake",
-                        source: Box::new(e),
-                    })
-            })
-            .boxed();
-        let mut deleted = w.store.delete_stream(keys);
-        while let Some(r) = deleted.next().await {
-            match r {
-                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(io_err(&self.root, e)),
+        let mut local = Vec::new();
+        let mut by_bucket: Vec<(Arc<ObjectWarehouse>, Vec<Path>)> = Vec::new();
+        let mut paths = paths;
+        while let Some(loc) = paths.next().await {
+            match self.target(&loc)? {
+                Target::Local => local.push(loc),
+                Target::Object(w, p) => {
+                    match by_bucket.iter_mut().find(|(b, _)| b.root == w.root) {
+                        Some((_, keys)) => keys.push(p),
+                        None => by_bucket.push((w, vec![p])),
+                    }
+                }
+            }
+        }
+        if !local.is_empty() {
+            self.local
+                .delete_stream(futures::stream::iter(local).boxed())
+                .await?;
+        }
+        for (w, keys) in by_bucket {
+            let keys = futures::stream::iter(keys.into_iter().map(Ok)).boxed();
+            let mut deleted = w.store.delete_stream(keys);
+            while let Some(r) = deleted.next().await {
+                match r {
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(io_err(w.root(), e)),
+                }
             }
         }
         Ok(())
@@ -630,5 +718,27 @@ mod tests {
             Err(StoreError::Outside { .. })
         ));
         assert_eq!(w.location(&Path::from("p/a")), "s3://bucket/p/a");
+        // The bucket itself: a table at its bucket's root (S3 Tables).
+        assert_eq!(w.path("s3://bucket").unwrap().as_ref(), "");
+        assert_eq!(w.path("s3://bucket/").unwrap().as_ref(), "");
+        assert!(matches!(
+            w.path("s3://bucketx"),
+            Err(StoreError::Outside { .. })
+        ));
+    }
+
+    #[test]
+    fn a_location_names_its_bucket() {
+        for (location, root) in [
+            ("s3://b/t/data/x.parquet", Some("s3://b")),
+            ("s3a://b-1--table-s3", Some("s3a://b-1--table-s3")),
+            ("s3://b-1--table-s3/", Some("s3://b-1--table-s3")),
+            ("s3:///k", None),
+            ("gs://b/k", None),
+            ("file:///tmp/w/t", None),
+            ("/tmp/w/t", None),
+        ] {
+            assert_eq!(bucket_root(location).as_deref(), root, "{location}");
+        }
     }
 }
