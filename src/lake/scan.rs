@@ -8,8 +8,8 @@
 //!
 //! The fast path reads columns by name, so it is taken only where that is
 //! exact: a table whose schema never changed, data files in Parquet on the
-//! local file system or in the object store of this process's warehouse
-//! (`store`), and no delete files. Anything else returns `None`, and
+//! local file system or in a bucket this process has a client of
+//! (`store`: the warehouse's, or a table's own), and no delete files. Anything else returns `None`, and
 //! the caller falls back to the Iceberg reader.
 
 use std::any::Any;
@@ -26,6 +26,7 @@ use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
@@ -33,12 +34,13 @@ use iceberg::table::Table;
 use iceberg_datafusion::IcebergStaticTableProvider;
 
 use super::files::{PlannedFile, Planner};
+use crate::config::S3Config;
 
 /// Where DataFusion finds a data file: the object store URL it is
 /// registered under and the key in it. Local files are under DataFusion's
-/// built-in local store; an object-store warehouse's files under the
-/// client this process built for it (`store::object_warehouse`, registered
-/// in the query session's runtime). `None` for any other location.
+/// built-in local store; a bucket's under the client this process built
+/// for it (`store::bucket`), which the query session's runtime finds
+/// through [`LakeObjectStores`]. `None` for any other location.
 fn file_location(location: &str) -> Option<(ObjectStoreUrl, String)> {
     if let Some(p) = super::store::local_path(location) {
         let p = p.to_str()?;
@@ -52,6 +54,53 @@ fn file_location(location: &str) -> Option<(ObjectStoreUrl, String)> {
     let w = super::store::for_location(location)?;
     let key = w.path(location).ok()?;
     Some((ObjectStoreUrl::parse(w.root()).ok()?, key.to_string()))
+}
+
+/// The object stores of a query session: DataFusion's own (the local file
+/// system) and, for any `s3://` bucket, this process's client of it
+/// (`store::bucket`, with the warehouse's settings): the warehouse's, or
+/// that of a bucket a REST catalog placed a table in (S3 Tables gives each
+/// table a bucket of its own), found when a scan first asks for it.
+#[derive(Debug)]
+pub struct LakeObjectStores {
+    registered: DefaultObjectStoreRegistry,
+    s3: S3Config,
+}
+
+impl LakeObjectStores {
+    pub fn new(s3: S3Config) -> Self {
+        Self {
+            registered: DefaultObjectStoreRegistry::new(),
+            s3,
+        }
+    }
+}
+
+impl ObjectStoreRegistry for LakeObjectStores {
+    fn register_store(
+        &self,
+        url: &url::Url,
+        store: Arc<dyn object_store::ObjectStore>,
+    ) -> Option<Arc<dyn object_store::ObjectStore>> {
+        self.registered.register_store(url, store)
+    }
+
+    fn deregister_store(&self, url: &url::Url) -> DFResult<Arc<dyn object_store::ObjectStore>> {
+        self.registered.deregister_store(url)
+    }
+
+    fn get_store(&self, url: &url::Url) -> DFResult<Arc<dyn object_store::ObjectStore>> {
+        if let Ok(found) = self.registered.get_store(url) {
+            return Ok(found);
+        }
+        let Some(root) = super::store::bucket_root(url.as_str()) else {
+            return self.registered.get_store(url);
+        };
+        let w = super::store::bucket(&root, &self.s3)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        self.registered.register_store(url, w.store());
+        Ok(w.store())
+    }
 }
 
 /// An empty scan with the projected schema: no snapshot, or no file left

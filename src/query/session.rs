@@ -87,17 +87,16 @@ async fn build(
         .set_bool("datafusion.execution.parquet.reorder_filters", true);
     // Bounded: a user query that needs more memory than this fails with
     // "resources exhausted" instead of growing the daemon (it shares the
-    // process with ingestion).
+    // process with ingestion). DataFusion's own Parquet scans (`lake::scan`)
+    // read a bucket's files through the client the catalog's FileIO uses
+    // (one connection pool a bucket), the warehouse's or a table's own.
     let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
         .with_memory_limit(cfg.api.max_memory_bytes, 1.0)
         .with_disk_manager_builder(disk_manager(cfg)?)
+        .with_object_store_registry(Arc::new(lake::scan::LakeObjectStores::new(
+            cfg.lake.s3.clone(),
+        )))
         .build_arc()?;
-    // An object-store warehouse's client, shared with the catalog's FileIO,
-    // is where DataFusion's own Parquet scans (`lake::scan`) read its files.
-    if let Some(w) = lake::store::object_warehouse(cfg).map_err(LakeError::from)? {
-        let url = datafusion::datasource::object_store::ObjectStoreUrl::parse(w.root())?;
-        runtime.register_object_store(url.as_ref(), w.store());
-    }
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     // Functions that build their result from an argument's value are
     // bounded before they allocate (an allocation that fails aborts).
