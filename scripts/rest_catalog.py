@@ -5,6 +5,7 @@
                     [--prefix P] [--property KEY=VALUE ...]
                     [--warehouse-name NAME] [--hold-first-rewrite-ms N]
                     [--sigv4 KEY_ID:SECRET:REGION:SERVICE] [--base-path P]
+                    [--table-buckets]
 
 Serves the REST catalog protocol (the endpoints of Iceberg's OpenAPI spec
 that a table client calls: config, OAuth2 tokens, namespaces, tables,
@@ -53,6 +54,11 @@ Options:
                 error names. It replaces --credential.
   --base-path   the catalog is served under this path (Glue's is
                 /iceberg), so requests come as /P/v1/…
+  --table-buckets
+                each table created without a location gets a bucket of its
+                own, `s3://<uuid>--table-s3`, made on the S3 server of the
+                `s3.endpoint` property, as S3 Tables does: the tables are
+                then in no bucket a client was told of beforehand
 
 Every request is logged on stderr with its status. The server stops on
 SIGTERM or SIGINT.
@@ -70,6 +76,8 @@ import sys
 import threading
 import traceback
 import urllib.parse
+import urllib.request
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from pyiceberg.catalog.rest import CreateTableRequest, RegisterTableRequest
@@ -159,6 +167,10 @@ class Catalog:
         self.hold_ms = args.hold_first_rewrite_ms
         self.sigv4 = args.sigv4.split(":", 3) if args.sigv4 else None
         self.base = [p for p in (args.base_path or "").split("/") if p]
+        self.table_buckets = args.table_buckets
+        self.s3_endpoint = props.get("s3.endpoint")
+        if self.table_buckets and not self.s3_endpoint:
+            sys.exit("--table-buckets needs --property s3.endpoint=URL")
         # One request at a time against the catalog: SQLite and a test
         # server's load need no more, and each commit's read-check-write
         # is then trivially atomic besides pyiceberg's own compare-and-set.
@@ -284,6 +296,16 @@ class Catalog:
         if not auth.startswith("Bearer ") or auth[len("Bearer ") :] not in self.tokens:
             raise Fail(401, "NotAuthorizedException", "a bearer token issued by /v1/oauth/tokens is required")
 
+    def new_table_bucket(self):
+        """A fresh bucket on the S3 server, named as S3 Tables names a
+        table's (the server takes unsigned requests)."""
+        bucket = f"{uuid.uuid4()}--table-s3"
+        req = urllib.request.Request(f"{self.s3_endpoint}/{bucket}", method="PUT")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            if r.status != 200:
+                raise Fail(500, "InternalServerError", f"creating bucket {bucket}: HTTP {r.status}")
+        return f"s3://{bucket}"
+
     def dispatch(self, method, parts, query, body):
         sql = self.sql
         n = len(parts)
@@ -333,7 +355,10 @@ class Catalog:
                     req = CreateTableRequest.model_validate(raw)
                     if req.stage_create:
                         raise Fail(400, "BadRequestException", "staged creates are not served here")
-                    kwargs = {"location": req.location, "properties": req.properties}
+                    location = req.location
+                    if location is None and self.table_buckets:
+                        location = self.new_table_bucket()
+                    kwargs = {"location": location, "properties": req.properties}
                     if req.partition_spec is not None:
                         kwargs["partition_spec"] = req.partition_spec
                     if req.write_order is not None:
@@ -429,6 +454,7 @@ def main():
     parser.add_argument("--warehouse-name")
     parser.add_argument("--sigv4")
     parser.add_argument("--base-path")
+    parser.add_argument("--table-buckets", action="store_true")
     args = parser.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     catalog = Catalog(args)

@@ -930,3 +930,118 @@ fn the_maintenance_lease_holds_through_a_rest_catalog() {
         server_errors(&server)
     );
 }
+
+/// A catalog like S3 Tables: it gives each table a bucket of its own
+/// (`s3://<uuid>--table-s3`) that the daemon's config names nowhere,
+/// signs with SigV4 under `/iceberg`, and is asked for its warehouse by
+/// ARN, with `lake.warehouse` left unset (a local directory). Every trade
+/// lands once, in the trades table's own bucket and not on the local disk;
+/// the query API reads them there (DataFusion's scan finds that bucket's
+/// client); compaction runs; `ticklake maintain` sweeps the table's bucket;
+/// and pyiceberg reads the same rows through the same server.
+#[test]
+fn tables_in_buckets_of_their_own_through_a_rest_catalog() {
+    let brokers = tansu();
+    let dir = tempfile::tempdir().unwrap();
+    let arn = "arn:aws:s3tables:us-east-1:123456789012:bucket/market-data";
+    let signing = format!("{S3_ACCESS_KEY}:{S3_SECRET_KEY}:{S3_REGION}:s3tables");
+    let (server, uri, shared) = bucket_server(
+        dir.path(),
+        &[
+            "--sigv4",
+            &signing,
+            "--base-path",
+            "iceberg",
+            "--warehouse-name",
+            arn,
+            "--table-buckets",
+        ],
+    );
+    let catalog_uri = format!("{uri}/iceberg");
+    let (env, expected) = land_in_bucket(
+        &brokers,
+        &format!(
+            "\n[lake]\ncatalog = \"rest\"\ncatalog_uri = \"{catalog_uri}\"\n\
+             catalog_warehouse = \"{arn}\"\n\n\
+             [lake.catalog_properties]\n\"rest.sigv4-enabled\" = \"true\"\n\
+             \"rest.signing-name\" = \"s3tables\"\n{}\n\
+             [maintenance]\ninterval_secs = 1\nsnapshot_retention = \"1s\"\n\
+             compact_min_age = \"0s\"\ncompact_min_files = 2\n",
+            lake_s3_section()
+        ),
+        |env| {
+            // The live table reads the committed files with DataFusion's
+            // own Parquet scan, which must find the table bucket's client
+            // in the session (`market.trades` is Iceberg's reader).
+            let sql = "select count(distinct trade_id) from market.trades";
+            let committed = env.count(sql);
+            assert!(committed > 0);
+            assert_eq!(env.count(&sql.replace("trades", "trades_live")), committed);
+            wait_until("a compaction", Duration::from_secs(60), || {
+                env.counter("ticklake_compaction_files_total", "replaced") > 0.0
+            });
+            let failed = env.counter("ticklake_maintenance_runs_total", "outcome=\"failed\"");
+            assert_eq!(failed, 0.0, "failed maintenance runs");
+        },
+    );
+
+    // Each table is in a bucket of its own, none in the bucket the S3
+    // server was started with.
+    let cfg = Config::load(Some(&env.config)).unwrap();
+    let locations: Vec<(String, String)> = runtime().block_on(async {
+        let catalog = lake::open_catalog(&cfg).await.unwrap();
+        let ns = iceberg::NamespaceIdent::new(cfg.lake.namespace.clone());
+        let mut out = Vec::new();
+        for ident in catalog.list_tables(&ns).await.unwrap() {
+            let table = catalog.load_table(&ident).await.unwrap();
+            out.push((
+                ident.name().to_string(),
+                table.metadata().location().to_string(),
+            ));
+        }
+        out
+    });
+    println!("table locations: {locations:?}");
+    let names: BTreeSet<&str> = locations.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.contains("trades") && names.contains("dead_letters"),
+        "{names:?}"
+    );
+    let buckets: BTreeSet<&str> = locations.iter().map(|(_, l)| l.as_str()).collect();
+    assert_eq!(buckets.len(), locations.len(), "{locations:?}");
+    for (name, l) in &locations {
+        assert!(
+            l.starts_with("s3://") && l.trim_end_matches('/').ends_with("--table-s3"),
+            "{name} at {l}"
+        );
+        assert!(!l.starts_with(&shared), "{name} at {l}");
+    }
+
+    let py = read_in_bucket(
+        &catalog_uri,
+        &[
+            "--warehouse",
+            arn,
+            "--prop",
+            "rest.sigv4-enabled=true",
+            "--prop",
+            "rest.signing-name=s3tables",
+            "--prop",
+            &format!("rest.signing-region={S3_REGION}"),
+            "--prop",
+            &format!("client.access-key-id={S3_ACCESS_KEY}"),
+            "--prop",
+            &format!("client.secret-access-key={S3_SECRET_KEY}"),
+            "--prop",
+            &format!("client.region={S3_REGION}"),
+        ],
+    );
+    assert_eq!(py["rows"].as_i64().unwrap(), expected);
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(!log.contains("\" 403 "), "a request refused:\n{log}");
+    assert!(
+        server_errors(&server).is_empty(),
+        "{:?}",
+        server_errors(&server)
+    );
+}
