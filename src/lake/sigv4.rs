@@ -27,7 +27,7 @@ use object_store::aws::{AwsAuthorizer, AwsCredentialProvider};
 use object_store::client::HttpRequestBody;
 
 use crate::config::catalog::{SigV4Props, sigv4_keys, sigv4_props};
-use crate::config::{CatalogKind, Config};
+use crate::config::{CatalogKind, Config, S3Config};
 
 /// The header carrying the signer's key. Never forwarded.
 pub const KEY_HEADER: &str = "x-ticklake-signer-key";
@@ -104,7 +104,7 @@ pub fn front(cfg: &Config) -> Result<Option<Front>, SigV4Error> {
             why: "no region to sign for: set it, or [lake.s3] region, or AWS_REGION".into(),
         })?;
     let upstream = cfg.lake.catalog_uri.trim_end_matches('/').to_string();
-    let id = identity(&upstream, &props, &region);
+    let id = identity(&upstream, &props, &region, &cfg.lake.s3);
     static FRONTS: OnceLock<Mutex<HashMap<String, Front>>> = OnceLock::new();
     let mut fronts = FRONTS
         .get_or_init(Default::default)
@@ -129,14 +129,19 @@ pub fn front(cfg: &Config) -> Result<Option<Front>, SigV4Error> {
     Ok(Some(f))
 }
 
-/// What makes two signers differ. The credentials themselves stay in the
-/// process's memory only, as they already are in its config.
-fn identity(upstream: &str, props: &SigV4Props, region: &str) -> String {
-    let keys = props
-        .keys
-        .as_ref()
-        .map(|(id, secret, token)| format!("{id}\n{secret}\n{token:?}"))
-        .unwrap_or_default();
+/// What makes two signers differ: the catalog, service and region, and the
+/// identity, from the `rest.*` keys or else from `[lake.s3]`'s (two
+/// configs that differ only there sign as different principals). The
+/// credentials themselves stay in the process's memory only, as they
+/// already are in its config.
+fn identity(upstream: &str, props: &SigV4Props, region: &str, s3: &S3Config) -> String {
+    let keys = match &props.keys {
+        Some((id, secret, token)) => format!("rest\n{id}\n{secret}\n{token:?}"),
+        None => format!(
+            "s3\n{:?}\n{:?}\n{:?}",
+            s3.access_key_id, s3.secret_access_key, s3.session_token
+        ),
+    };
     format!("{upstream}\n{}\n{region}\n{keys}", props.service)
 }
 
@@ -348,6 +353,21 @@ mod tests {
         assert_ne!(first.uri, second.uri);
         assert_ne!(first.key, second.key);
         assert_eq!(first.key.len(), 32);
+
+        // Without `rest.*` keys the identity is `[lake.s3]`'s: two configs
+        // that differ only there do not share a signer.
+        let from_s3 = |secret: &str| {
+            let mut c = cfg(&[
+                ("rest.sigv4-enabled", "true"),
+                ("rest.signing-region", "eu-west-1"),
+            ]);
+            c.lake.s3.access_key_id = Some("AKIDS3".into());
+            c.lake.s3.secret_access_key = Some(secret.into());
+            front(&c).unwrap().unwrap()
+        };
+        let (one, same, two) = (from_s3("one"), from_s3("one"), from_s3("two"));
+        assert_eq!(one.key, same.key);
+        assert_ne!(one.key, two.key);
     }
 
     #[test]
