@@ -751,23 +751,14 @@ fn a_daemon_lands_through_a_rest_catalog_behind_sigv4() {
     let catalog_uri = format!("{uri}/iceberg");
     let (_env, expected) = land_in_bucket(
         &brokers,
-        &format!(
-            "\n[lake]\ncatalog = \"rest\"\ncatalog_uri = \"{catalog_uri}\"\n\
-             warehouse = \"{location}\"\n\n\
-             [lake.catalog_properties]\n\"rest.sigv4-enabled\" = \"true\"\n\
-             \"rest.signing-name\" = \"glue\"\n{}\n\
-             [maintenance]\ninterval_secs = 1\nsnapshot_retention = \"1s\"\n\
-             compact_min_age = \"0s\"\ncompact_min_files = 2\n",
-            lake_s3_section()
+        &signed_daemon_config(
+            &format!("catalog_uri = \"{catalog_uri}\"\nwarehouse = \"{location}\""),
+            "glue",
         ),
         |env| {
             // Maintenance commits through the signer too (compaction's
             // commits are ticklake's own, not the catalog client's).
-            wait_until("a compaction", Duration::from_secs(60), || {
-                env.counter("ticklake_compaction_files_total", "replaced") > 0.0
-            });
-            let failed = env.counter("ticklake_maintenance_runs_total", "outcome=\"failed\"");
-            assert_eq!(failed, 0.0, "failed maintenance runs");
+            compacts_without_failure(env);
             let st: serde_json::Value =
                 serde_json::from_str(&http_get(env.http_port, "/status").unwrap()).unwrap();
             let cat = &st["lake"]["catalog"];
@@ -780,32 +771,58 @@ fn a_daemon_lands_through_a_rest_catalog_behind_sigv4() {
             );
         },
     );
-    let py = read_in_bucket(
-        &catalog_uri,
-        &[
-            "--prop",
-            "rest.sigv4-enabled=true",
-            "--prop",
-            "rest.signing-name=glue",
-            "--prop",
-            &format!("rest.signing-region={S3_REGION}"),
-            "--prop",
-            &format!("client.access-key-id={S3_ACCESS_KEY}"),
-            "--prop",
-            &format!("client.secret-access-key={S3_SECRET_KEY}"),
-            "--prop",
-            &format!("client.region={S3_REGION}"),
-        ],
-    );
+    let py = read_signed(&catalog_uri, "glue", &[]);
     assert_eq!(py["rows"].as_i64().unwrap(), expected);
+    assert_nothing_refused(&server);
+}
 
+/// The running daemon compacts, and no maintenance run has failed.
+fn compacts_without_failure(env: &Env) {
+    wait_until("a compaction", Duration::from_secs(60), || {
+        env.counter("ticklake_compaction_files_total", "replaced") > 0.0
+    });
+    let failed = env.counter("ticklake_maintenance_runs_total", "outcome=\"failed\"");
+    assert_eq!(failed, 0.0, "failed maintenance runs");
+}
+
+/// pyiceberg reads `market.trades` through the SigV4 server at `uri`,
+/// signing for `service` with botocore, with `args` more.
+fn read_signed(uri: &str, service: &str, args: &[&str]) -> serde_json::Value {
+    let props = [
+        "rest.sigv4-enabled=true".to_string(),
+        format!("rest.signing-name={service}"),
+        format!("rest.signing-region={S3_REGION}"),
+        format!("client.access-key-id={S3_ACCESS_KEY}"),
+        format!("client.secret-access-key={S3_SECRET_KEY}"),
+        format!("client.region={S3_REGION}"),
+    ];
+    let mut all = args.to_vec();
+    for p in &props {
+        all.extend(["--prop", p]);
+    }
+    read_in_bucket(uri, &all)
+}
+
+/// The server refused no request (403) and failed none (5xx).
+fn assert_nothing_refused(server: &Proc) {
     let log = std::fs::read_to_string(&server.log).unwrap();
     assert!(!log.contains("\" 403 "), "a request refused:\n{log}");
-    assert!(
-        server_errors(&server).is_empty(),
-        "{:?}",
-        server_errors(&server)
-    );
+    let errors = server_errors(server);
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+/// A daemon's `[lake]` on the SigV4 server: `lake` (its URI, its
+/// warehouse), signing for `service` with `[lake.s3]`'s identity, and
+/// maintenance every second that compacts two files.
+fn signed_daemon_config(lake: &str, service: &str) -> String {
+    format!(
+        "\n[lake]\ncatalog = \"rest\"\n{lake}\n\n\
+         [lake.catalog_properties]\n\"rest.sigv4-enabled\" = \"true\"\n\
+         \"rest.signing-name\" = \"{service}\"\n{}\n\
+         [maintenance]\ninterval_secs = 1\nsnapshot_retention = \"1s\"\n\
+         compact_min_age = \"0s\"\ncompact_min_files = 2\n",
+        lake_s3_section()
+    )
 }
 
 /// The maintenance lease through a REST catalog, in a table of its own
@@ -960,14 +977,9 @@ fn tables_in_buckets_of_their_own_through_a_rest_catalog() {
     let catalog_uri = format!("{uri}/iceberg");
     let (env, expected) = land_in_bucket(
         &brokers,
-        &format!(
-            "\n[lake]\ncatalog = \"rest\"\ncatalog_uri = \"{catalog_uri}\"\n\
-             catalog_warehouse = \"{arn}\"\n\n\
-             [lake.catalog_properties]\n\"rest.sigv4-enabled\" = \"true\"\n\
-             \"rest.signing-name\" = \"s3tables\"\n{}\n\
-             [maintenance]\ninterval_secs = 1\nsnapshot_retention = \"1s\"\n\
-             compact_min_age = \"0s\"\ncompact_min_files = 2\n",
-            lake_s3_section()
+        &signed_daemon_config(
+            &format!("catalog_uri = \"{catalog_uri}\"\ncatalog_warehouse = \"{arn}\""),
+            "s3tables",
         ),
         |env| {
             // The live table reads the committed files with DataFusion's
@@ -977,11 +989,7 @@ fn tables_in_buckets_of_their_own_through_a_rest_catalog() {
             let committed = env.count(sql);
             assert!(committed > 0);
             assert_eq!(env.count(&sql.replace("trades", "trades_live")), committed);
-            wait_until("a compaction", Duration::from_secs(60), || {
-                env.counter("ticklake_compaction_files_total", "replaced") > 0.0
-            });
-            let failed = env.counter("ticklake_maintenance_runs_total", "outcome=\"failed\"");
-            assert_eq!(failed, 0.0, "failed maintenance runs");
+            compacts_without_failure(env);
         },
     );
 
@@ -1017,31 +1025,7 @@ fn tables_in_buckets_of_their_own_through_a_rest_catalog() {
         assert!(!l.starts_with(&shared), "{name} at {l}");
     }
 
-    let py = read_in_bucket(
-        &catalog_uri,
-        &[
-            "--warehouse",
-            arn,
-            "--prop",
-            "rest.sigv4-enabled=true",
-            "--prop",
-            "rest.signing-name=s3tables",
-            "--prop",
-            &format!("rest.signing-region={S3_REGION}"),
-            "--prop",
-            &format!("client.access-key-id={S3_ACCESS_KEY}"),
-            "--prop",
-            &format!("client.secret-access-key={S3_SECRET_KEY}"),
-            "--prop",
-            &format!("client.region={S3_REGION}"),
-        ],
-    );
+    let py = read_signed(&catalog_uri, "s3tables", &["--warehouse", arn]);
     assert_eq!(py["rows"].as_i64().unwrap(), expected);
-    let log = std::fs::read_to_string(&server.log).unwrap();
-    assert!(!log.contains("\" 403 "), "a request refused:\n{log}");
-    assert!(
-        server_errors(&server).is_empty(),
-        "{:?}",
-        server_errors(&server)
-    );
+    assert_nothing_refused(&server);
 }
