@@ -268,11 +268,14 @@ pub fn render(v: &Value) -> String {
     if c.is_object() {
         let _ = writeln!(
             out,
-            "catalog {} {} at {}, warehouse {}{}",
+            "catalog {} {} at {}, {}{}",
             s(&c["kind"]),
             s(&c["name"]),
             s(&c["uri"]),
-            s(&c["warehouse"]),
+            match c["warehouse"].as_str() {
+                Some(w) => format!("warehouse {w}"),
+                None => "tables where the server places them".into(),
+            },
             match (c["catalog_warehouse"].as_str(), c["auth"].as_str()) {
                 (Some(w), Some(a)) => format!(" (asked for {w}; auth {a})"),
                 (None, Some(a)) => format!(" (auth {a})"),

@@ -989,6 +989,13 @@ fn tables_in_buckets_of_their_own_through_a_rest_catalog() {
             let committed = env.count(sql);
             assert!(committed > 0);
             assert_eq!(env.count(&sql.replace("trades", "trades_live")), committed);
+            // `/status` names no warehouse of the daemon's own: the
+            // server placed the tables.
+            let st: serde_json::Value =
+                serde_json::from_str(&http_get(env.http_port, "/status").unwrap()).unwrap();
+            let cat = &st["lake"]["catalog"];
+            assert!(cat["warehouse"].is_null(), "{cat}");
+            assert_eq!(cat["catalog_warehouse"], arn, "{cat}");
             compacts_without_failure(env);
         },
     );

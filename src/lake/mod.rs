@@ -211,7 +211,10 @@ pub fn catalog_status(cfg: &Config) -> serde_json::Value {
         "kind": if rest { "rest" } else { "sql" },
         "name": cfg.lake.catalog_name,
         "uri": redact(&cfg.catalog_uri()),
-        "warehouse": cfg.warehouse(),
+        // On REST the server places the tables (in buckets of its own,
+        // with S3 Tables); the local default would name a directory
+        // that holds none of them.
+        "warehouse": (!rest || !cfg.lake.warehouse.is_empty()).then(|| cfg.warehouse()),
         "catalog_warehouse": if rest { cfg.catalog_warehouse() } else { None },
         "auth": auth,
         "signing_name": sigv4.as_ref().filter(|_| rest).map(|s| s.service.clone()),
@@ -492,6 +495,9 @@ mod catalog_tests {
         );
         assert!(!s.to_string().contains("hunter2"), "{s}");
         assert!(s["signing_name"].is_null(), "{s}");
+        assert_eq!(s["warehouse"], "s3://bucket/tables");
+        cfg.lake.warehouse.clear();
+        assert!(catalog_status(&cfg)["warehouse"].is_null());
         cfg.lake.catalog_properties = [
             ("rest.sigv4-enabled", "true"),
             ("rest.signing-name", "s3tables"),
