@@ -20,7 +20,7 @@
 //! cannot have requests signed with the daemon's credentials.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, RwLock};
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use object_store::aws::{AwsAuthorizer, AwsCredentialProvider};
@@ -114,7 +114,7 @@ pub fn front(cfg: &Config) -> Result<Option<Front>, SigV4Error> {
         return Ok(Some(f.clone()));
     }
     let signer = Signer {
-        upstream,
+        upstream: RwLock::new(upstream),
         service: props.service,
         region,
         credentials,
@@ -146,9 +146,10 @@ fn identity(upstream: &str, props: &SigV4Props, region: &str, s3: &S3Config) -> 
 }
 
 struct Signer {
-    /// `lake.catalog_uri` without a trailing `/`: a request's path and
-    /// query are appended to it.
-    upstream: String,
+    /// `lake.catalog_uri` without a trailing `/`, or where the catalog's
+    /// `/v1/config` moved its clients (`overrides.uri`): a request's path
+    /// and query are appended to it.
+    upstream: RwLock<String>,
     service: String,
     region: String,
     credentials: AwsCredentialProvider,
@@ -237,7 +238,8 @@ impl Signer {
             ));
         }
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let url = format!("{}{path}", self.upstream);
+        let upstream = self.upstream();
+        let url = format!("{upstream}{path}");
         let mut out = http::Request::builder()
             .method(req.method().as_str())
             .uri(&url);
@@ -286,9 +288,10 @@ impl Signer {
                 (
                     502,
                     "ServiceUnavailableException",
-                    format!("{}: {e}", self.upstream),
+                    format!("{upstream}: {e}"),
                 )
             })?;
+        let ok = answer.status().is_success();
         let mut back = HttpResponse::build(
             actix_web::http::StatusCode::from_u16(answer.status().as_u16())
                 .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY),
@@ -302,10 +305,43 @@ impl Signer {
             (
                 502,
                 "ServiceUnavailableException",
-                format!("{}: {e}", self.upstream),
+                format!("{upstream}: {e}"),
             )
         })?;
+        if ok
+            && req.path().ends_with("/v1/config")
+            && let Some(kept) = self.follow_moved_clients(&bytes)
+        {
+            return Ok(back.body(kept));
+        }
         Ok(back.body(bytes))
+    }
+
+    fn upstream(&self) -> String {
+        // A poisoned lock only means a thread panicked holding it; the
+        // string is whole.
+        self.upstream
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A catalog's `/v1/config` may move its clients to another URI
+    /// (`overrides.uri`), which iceberg's client and `rest_commit` follow.
+    /// Followed by them, it would take them past the signer, unsigned. So
+    /// the signer follows it itself, and the answer it hands back no
+    /// longer says it: the clients stay here. The new body, when there
+    /// was such an override.
+    fn follow_moved_clients(&self, body: &[u8]) -> Option<Vec<u8>> {
+        let mut doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let moved = doc.get_mut("overrides")?.as_object_mut()?.remove("uri")?;
+        let moved = moved.as_str()?.trim_end_matches('/').to_string();
+        let mut upstream = self.upstream.write().unwrap_or_else(|e| e.into_inner());
+        if *upstream != moved {
+            tracing::info!(from = %upstream, to = %moved, "the REST catalog moved its clients; the signer follows");
+            *upstream = moved;
+        }
+        serde_json::to_vec(&doc).ok()
     }
 }
 
@@ -419,6 +455,102 @@ mod tests {
         assert!(
             message.starts_with("http://127.0.0.1:9/iceberg"),
             "{message}"
+        );
+    }
+
+    /// A catalog on 127.0.0.1 that answers every request with its `name`,
+    /// the path asked and the `authorization` header it came with, and
+    /// `/v1/config` with `config`. Its URI.
+    async fn catalog(name: &'static str, config: serde_json::Value) -> String {
+        let server = actix_web::HttpServer::new(move || {
+            let config = config.clone();
+            actix_web::App::new().default_service(web::to(move |req: HttpRequest| {
+                let config = config.clone();
+                async move {
+                    if req.path().ends_with("/v1/config") {
+                        return HttpResponse::Ok().json(config);
+                    }
+                    let auth = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    HttpResponse::Ok().json(serde_json::json!({
+                        "from": name, "path": req.path(), "authorization": auth,
+                    }))
+                }
+            }))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind(("127.0.0.1", 0))
+        .unwrap();
+        let addr = server.addrs()[0];
+        actix_web::rt::spawn(server.run());
+        format!("http://{addr}")
+    }
+
+    /// A catalog whose `/v1/config` moves its clients elsewhere
+    /// (`overrides.uri`): the signer follows it, and the answer it hands
+    /// on no longer says it, so the clients stay with the signer and every
+    /// request after still goes signed, to the new place. The other
+    /// overrides pass unchanged.
+    #[actix_web::test]
+    async fn a_catalog_that_moves_its_clients_is_followed_by_the_signer() {
+        let moved = catalog(
+            "moved",
+            serde_json::json!({"defaults": {}, "overrides": {}}),
+        )
+        .await;
+        let first = catalog(
+            "first",
+            serde_json::json!({
+                "defaults": {},
+                "overrides": {"uri": format!("{moved}/iceberg2/"), "prefix": "wh"},
+            }),
+        )
+        .await;
+        let mut c = cfg(&[
+            ("rest.sigv4-enabled", "true"),
+            ("rest.signing-region", "us-east-1"),
+            ("rest.access-key-id", "AKIDEXAMPLE"),
+            ("rest.secret-access-key", "secret-for-moves"),
+        ]);
+        c.lake.catalog_uri = format!("{first}/iceberg");
+        let f = front(&c).unwrap().unwrap();
+        let http = reqwest::Client::new();
+        let get = |path: &str| {
+            http.get(format!("{}{path}", f.uri))
+                .header(KEY_HEADER, &f.key)
+                .send()
+        };
+        let before: serde_json::Value = get("/v1/namespaces").await.unwrap().json().await.unwrap();
+        assert_eq!(
+            (&before["from"], &before["path"]),
+            (
+                &serde_json::json!("first"),
+                &serde_json::json!("/iceberg/v1/namespaces")
+            )
+        );
+        let config: serde_json::Value = get("/v1/config").await.unwrap().json().await.unwrap();
+        assert_eq!(
+            config["overrides"],
+            serde_json::json!({"prefix": "wh"}),
+            "{config}"
+        );
+        let after: serde_json::Value = get("/v1/namespaces").await.unwrap().json().await.unwrap();
+        assert_eq!(
+            (&after["from"], &after["path"]),
+            (
+                &serde_json::json!("moved"),
+                &serde_json::json!("/iceberg2/v1/namespaces")
+            )
+        );
+        let auth = after["authorization"].as_str().unwrap();
+        assert!(
+            auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"),
+            "{auth}"
         );
     }
 }
