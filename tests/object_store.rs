@@ -26,7 +26,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::{Value, json};
 use ticklake::config::{Config, S3Config};
-use ticklake::lake::store::{self, ObjectStorageFactory};
+use ticklake::lake::store;
 
 /// `[lake.s3]` for the test server.
 fn s3_config(endpoint: &str) -> S3Config {
@@ -89,14 +89,7 @@ fn file_io(endpoint: &str, prefix: &str) -> (FileIO, String) {
     let root = format!("s3://{}/{prefix}", bucket());
     cfg.lake.warehouse = root.clone();
     cfg.lake.s3 = s3_config(endpoint);
-    let w = store::object_warehouse(&cfg)
-        .unwrap()
-        .expect("an object warehouse");
-    let io = FileIOBuilder::new(Arc::new(ObjectStorageFactory::new(
-        Some(w),
-        cfg.lake.s3.clone(),
-    )))
-    .build();
+    let io = FileIOBuilder::new(store::storage_factory(&cfg).unwrap()).build();
     (io, root)
 }
 

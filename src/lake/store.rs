@@ -290,28 +290,26 @@ pub fn aws_credentials(
 /// iceberg's local file IO given an `s3://` location writes it as a path
 /// relative to the working directory.
 pub fn storage_factory(cfg: &Config) -> Result<Arc<dyn StorageFactory>, StoreError> {
-    Ok(Arc::new(ObjectStorageFactory::new(
-        object_warehouse(cfg)?,
-        cfg.lake.s3.clone(),
-    )))
+    // The warehouse's client is built now, so that a setting it cannot be
+    // built with fails the catalog's opening, not its first write; the
+    // storage finds it in the registry by the same bucket and settings.
+    object_warehouse(cfg)?;
+    Ok(Arc::new(ObjectStorageFactory::new(cfg.lake.s3.clone())))
 }
 
 /// Builds [`ObjectStorage`] over the shared clients.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ObjectStorageFactory {
-    /// Not serialized (a client does not serialize, and the settings hold
-    /// secrets); a deserialized factory finds clients in the registry.
+    /// The settings every bucket's client is built with. Not serialized
+    /// (they hold secrets); a deserialized factory finds clients already
+    /// built in the registry.
     #[serde(skip)]
-    buckets: Option<Buckets>,
+    s3: Option<S3Config>,
 }
 
 impl ObjectStorageFactory {
-    /// `warehouse`: the configured bucket's client, if the warehouse is
-    /// one; any other bucket gets a client with the same settings, `s3`.
-    pub fn new(warehouse: Option<Arc<ObjectWarehouse>>, s3: S3Config) -> Self {
-        Self {
-            buckets: Some(Buckets { warehouse, s3 }),
-        }
+    pub fn new(s3: S3Config) -> Self {
+        Self { s3: Some(s3) }
     }
 }
 
@@ -319,17 +317,10 @@ impl ObjectStorageFactory {
 impl StorageFactory for ObjectStorageFactory {
     fn build(&self, _config: &StorageConfig) -> iceberg::Result<Arc<dyn Storage>> {
         Ok(Arc::new(ObjectStorage {
-            buckets: self.buckets.clone(),
+            s3: self.s3.clone(),
             local: LocalFsStorage,
         }))
     }
-}
-
-/// The configured warehouse's client and the settings of every other.
-#[derive(Debug, Clone)]
-struct Buckets {
-    warehouse: Option<Arc<ObjectWarehouse>>,
-    s3: S3Config,
 }
 
 /// iceberg's `Storage` over `object_store` clients, one per bucket, and
@@ -337,7 +328,7 @@ struct Buckets {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ObjectStorage {
     #[serde(skip)]
-    buckets: Option<Buckets>,
+    s3: Option<S3Config>,
     local: LocalFsStorage,
 }
 
@@ -369,14 +360,11 @@ enum Target {
 }
 
 impl ObjectStorage {
-    /// The client of the bucket `root`: the warehouse's, else one built
-    /// (once a process) with the warehouse's settings.
+    /// The client of the bucket `root` with the warehouse's settings (the
+    /// warehouse's own client for its bucket), built once a process.
     fn bucket(&self, root: &str) -> Result<Arc<ObjectWarehouse>, StoreError> {
-        match &self.buckets {
-            Some(Buckets {
-                warehouse: Some(w), ..
-            }) if w.root() == root => Ok(w.clone()),
-            Some(b) => bucket(root, &b.s3),
+        match &self.s3 {
+            Some(s3) => bucket(root, s3),
             None => for_location(root).ok_or_else(|| StoreError::NoClient {
                 location: root.to_string(),
             }),
