@@ -9,8 +9,9 @@
 //! The fast path reads columns by name, so it is taken only where that is
 //! exact: a table whose schema never changed, data files in Parquet on the
 //! local file system or in a bucket this process has a client of
-//! (`store`: the warehouse's, or a table's own), and no delete files. Anything else returns `None`, and
-//! the caller falls back to the Iceberg reader.
+//! (`store`: the warehouse's, or a table's own), and no delete files.
+//! Anything else returns `None`, and the caller falls back to the Iceberg
+//! reader.
 
 use std::any::Any;
 use std::fmt;
@@ -90,11 +91,12 @@ impl ObjectStoreRegistry for LakeObjectStores {
     }
 
     fn get_store(&self, url: &url::Url) -> DFResult<Arc<dyn object_store::ObjectStore>> {
-        if let Ok(found) = self.registered.get_store(url) {
-            return Ok(found);
-        }
+        let missing = match self.registered.get_store(url) {
+            Ok(found) => return Ok(found),
+            Err(e) => e,
+        };
         let Some(root) = super::store::bucket_root(url.as_str()) else {
-            return self.registered.get_store(url);
+            return Err(missing);
         };
         let w = super::store::bucket(&root, &self.s3)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
