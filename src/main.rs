@@ -671,6 +671,12 @@ fn main() -> anyhow::Result<()> {
                         r.metadata_bytes,
                         r.duration_ms
                     );
+                    if r.metadata_files_not_ours > 0 {
+                        println!(
+                            "  {} stale metadata files left: they name another table at this table's location, or could not be read (the log names one)",
+                            r.metadata_files_not_ours
+                        );
+                    }
                     match (&r.orphans, &r.orphans_error) {
                         (Some(o), _) if o.refused.is_some() => println!(
                             "  orphan sweep refused, nothing deleted: {}",

@@ -21,7 +21,8 @@
 //! - metadata files that are neither the current one nor in its metadata
 //!   log, and older than [`METADATA_GRACE`]: a writer's commit writes its
 //!   new metadata file before the catalog points at it, and such a file
-//!   must not be taken for garbage.
+//!   must not be taken for garbage. Nor is one that names another table
+//!   (`owned`): two tables given one location each keep theirs there.
 //!
 //! The writers only append, so every manifest and data file of an expired
 //! snapshot is still referenced by the current one; compaction, which
@@ -42,7 +43,7 @@ use iceberg::{Catalog, TableIdent};
 use serde::Serialize;
 
 use super::commit::{current_offsets, load_manifests, manifest_lists};
-use super::{LakeError, store};
+use super::{LakeError, owned, store};
 
 /// Metadata files younger than this are never deleted (see the module
 /// docs): far longer than any commit takes.
@@ -64,6 +65,9 @@ pub struct MaintainReport {
     pub manifests_deleted: usize,
     pub data_files_deleted: usize,
     pub metadata_files_deleted: usize,
+    /// Stale metadata files left because they name another table (which
+    /// shares this table's location) or could not be read (`owned`).
+    pub metadata_files_not_ours: usize,
     pub bytes_deleted: u64,
     /// Data files of the current snapshot (from its summary).
     pub data_files: u64,
@@ -204,6 +208,19 @@ pub async fn expire(
         };
         keep.insert(store::normalized(current));
         let stale = stale_metadata_files(listed.values(), &keep, metadata_grace);
+        // Only files that name this table: another table given the same
+        // location keeps its metadata there too (`owned`).
+        let owners = owned::owners(table.file_io(), after.uuid(), &stale).await;
+        let (stale, not_ours): (Vec<_>, Vec<_>) = stale
+            .into_iter()
+            .zip(owners)
+            .partition(|(_, o)| *o == owned::Owner::Ours);
+        let stale: Vec<_> = stale.into_iter().map(|(f, _)| f).collect();
+        report.metadata_files_not_ours = not_ours.len();
+        if let Some(((location, _), owner)) = not_ours.first() {
+            tracing::warn!(table = %ident, location = %location, owner = ?owner, left = not_ours.len(),
+                "maintenance: metadata files at this table's location that are not its own were left");
+        }
         let (n, bytes) = delete_files(table.file_io(), &stale).await;
         report.metadata_files_deleted = n;
         report.bytes_deleted += bytes;

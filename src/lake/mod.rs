@@ -12,6 +12,7 @@ pub mod last_ids;
 pub mod lease;
 pub mod maintain;
 pub mod orphans;
+pub mod owned;
 pub mod partition;
 pub mod rest_commit;
 pub mod scan;
