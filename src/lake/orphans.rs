@@ -15,9 +15,12 @@
 //!
 //! Each is small, but a daemon that runs for months keeps paying for them,
 //! and nothing else would ever take them away. So maintenance
-//! lists the table's location and deletes the Parquet and Avro files
-//! under it that nothing references and that are older than
-//! `maintenance.orphan_min_age`.
+//! lists the table's `data/` and `metadata/` directories (where every
+//! Iceberg writer puts a table's files unless told otherwise) and deletes
+//! the Parquet and Avro files in them that nothing references and that
+//! are older than `maintenance.orphan_min_age`. Nothing else under the
+//! location is listed: a table placed at the root of a bucket other data
+//! lives in would otherwise take the whole bucket for its own.
 //!
 //! Why the age: a file being written, or written and waiting for its
 //! commit, is referenced by nothing yet. The writers never offer a commit
@@ -27,12 +30,16 @@
 //! leaves every write in flight alone, whichever daemon of the group
 //! makes it.
 //!
-//! And two refusals, since deleting a referenced file loses rows:
-//! - a referenced file under the location that the listing does not show
-//!   (the listing is incomplete, or the two name files differently) stops
-//!   the sweep before it deletes anything;
-//! - so does a referenced file outside the location: the table's files are
-//!   then laid out in a way this sweep does not know to be safe.
+//! And refusals, since deleting a referenced file, or another table's,
+//! loses rows. Each stops the sweep before it deletes anything:
+//! - a referenced file that the listing does not show (the listing is
+//!   incomplete, or the two name files differently);
+//! - a referenced file outside the two directories: the table's files are
+//!   then laid out in a way this sweep does not know to be safe;
+//! - another table's metadata in them: a table whose location lies inside
+//!   this one's, or one given the same location (its metadata files name
+//!   it, `owned`). Its files reference nothing of this table's, so all of
+//!   them would look like orphans.
 //!
 //! Metadata JSON files are expiry's (`maintain::expire`, which keeps the
 //! metadata log's); any other file (a marker another tool left) is not
@@ -46,7 +53,7 @@ use iceberg::{Catalog, TableIdent};
 use serde::Serialize;
 
 use super::commit::{load_manifests, manifest_lists};
-use super::{LakeError, store};
+use super::{LakeError, owned, store};
 
 /// A writer holding files for a commit that keeps failing writes them
 /// again once they are this old, so no commit ever offers an older file.
@@ -84,37 +91,46 @@ pub async fn sweep(
     // not in the referenced set, but it is young, so it stays.
     let table = catalog.load_table(ident).await?;
     let referenced = referenced(&table).await?;
-    let root = store::normalized(table.metadata().location());
-    let root = format!("{}/", root.trim_end_matches('/'));
-    let all = store::list_tree(table.metadata().location()).await?;
+    let location = table.metadata().location().trim_end_matches('/');
+    let root = format!("{}/", store::normalized(location));
+    let (data, metadata) = (format!("{root}data/"), format!("{root}metadata/"));
+    let mut all = store::list_tree(&format!("{location}/data")).await?;
+    all.extend(store::list_tree(&format!("{location}/metadata")).await?);
     let names: HashSet<String> = all.iter().map(|f| store::normalized(&f.location)).collect();
-    let listed: Vec<_> = all
-        .into_iter()
-        .filter(|f| f.location.ends_with(".parquet") || f.location.ends_with(".avro"))
-        .collect();
+    let iceberg_file =
+        |f: &store::Listed| f.location.ends_with(".parquet") || f.location.ends_with(".avro");
     let mut report = SweepReport {
-        listed: listed.len(),
+        listed: all.iter().filter(|f| iceberg_file(f)).count(),
         referenced: referenced.len(),
         ..SweepReport::default()
     };
-    if let Some(out) = referenced.iter().find(|r| !r.starts_with(&root)) {
+    let ours = |r: &String| r.starts_with(&data) || r.starts_with(&metadata);
+    let in_metadata_dir = |n: &str| n.strip_prefix(&metadata).is_some_and(|f| !f.contains('/'));
+    let metadata_jsons = || names.iter().filter(|n| n.ends_with(".metadata.json"));
+    if let Some(out) = referenced.iter().find(|r| !ours(r)) {
         report.refused = Some(format!(
-            "{out} is referenced but lies outside the table's location {root}"
+            "{out} is referenced but lies outside the table's data and metadata directories under {root}"
         ));
     } else if let Some(gone) = referenced.iter().find(|r| !names.contains(*r)) {
         report.refused = Some(format!(
             "{gone} is referenced but the listing of {root} does not show it"
         ));
+    } else if let Some(nested) = metadata_jsons().find(|n| !in_metadata_dir(n)) {
+        report.refused = Some(format!(
+            "{nested} is another table's metadata, under this table's location {root}: its files would look unreferenced"
+        ));
+    } else {
+        report.refused = others_here(&table, &all).await;
     }
     if report.refused.is_some() {
         report.duration_ms = started.elapsed().as_millis() as u64;
         return Ok(report);
     }
+    let listed: Vec<_> = all.into_iter().filter(iceberg_file).collect();
     let now = SystemTime::now();
     let mut orphans = Vec::new();
     for f in listed {
-        let name = store::normalized(&f.location);
-        if referenced.contains(&name) || !name.starts_with(&root) {
+        if referenced.contains(&store::normalized(&f.location)) {
             continue;
         }
         if super::maintain::older_than(f.modified, now, min_age) {
@@ -128,6 +144,42 @@ pub async fn sweep(
         super::maintain::delete_files(table.file_io(), &orphans).await;
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Why the sweep must not run when another table keeps its metadata in
+/// this table's metadata directory (both were given one location): its
+/// data files and manifests would look like this table's orphans. The
+/// metadata files neither current nor in the metadata log are read for
+/// the table they name (`owned`); after expiry, those are the few
+/// written since (a commit's that lost a race, say).
+async fn others_here(table: &Table, listed: &[store::Listed]) -> Option<String> {
+    let meta = table.metadata();
+    let mut known: HashSet<String> = meta
+        .metadata_log()
+        .iter()
+        .map(|m| store::normalized(&m.metadata_file))
+        .collect();
+    known.extend(table.metadata_location().map(store::normalized));
+    let unknown: Vec<(String, u64)> = listed
+        .iter()
+        .filter(|f| f.location.ends_with(".metadata.json"))
+        .filter(|f| !known.contains(&store::normalized(&f.location)))
+        .map(|f| (f.location.clone(), f.size))
+        .collect();
+    let owners = owned::owners(table.file_io(), meta.uuid(), &unknown).await;
+    unknown
+        .iter()
+        .zip(owners)
+        .find_map(|((location, _), owner)| match owner {
+            owned::Owner::Ours => None,
+            owned::Owner::Other(u) => Some(format!(
+                "{location} is table {u}'s metadata, in this table's metadata directory: two tables share the location {}",
+                meta.location()
+            )),
+            owned::Owner::Unknown(why) => Some(format!(
+                "a metadata file in this table's metadata directory names no table this sweep can read ({why})"
+            )),
+        })
 }
 
 /// Every file the snapshots of `table` reference, normalized: each
@@ -243,6 +295,11 @@ mod tests {
         let table_dir = store::local_path(table.metadata().location()).unwrap();
         let foreign_in_table = table_dir.join("data").join("README.txt");
         std::fs::write(&foreign_in_table, "not iceberg's").unwrap();
+        // Another tool's Parquet under the location, outside the table's
+        // two directories (as beside a table at a shared bucket's root).
+        let export = table_dir.join("exports").join("day.parquet");
+        std::fs::create_dir_all(export.parent().unwrap()).unwrap();
+        std::fs::copy(&crashed[0], &export).unwrap();
         age_all(dir.path(), Duration::from_secs(7200));
         let young = write_data_files(
             &table,
@@ -273,7 +330,7 @@ mod tests {
         }
         let after = lake::files_under(dir.path());
         assert_eq!(after.len(), before.len() - 3);
-        assert!(young.exists() && foreign.exists() && foreign_in_table.exists());
+        assert!(young.exists() && foreign.exists() && foreign_in_table.exists() && export.exists());
         assert_eq!(metadata_json(&after), metadata_json(&before));
         assert_eq!(lake::rows_of(catalog.as_ref(), &ident).await, 30);
 
@@ -377,5 +434,115 @@ mod tests {
         assert!(why.contains(&*lost.to_string_lossy()), "{why}");
         assert_eq!(r.deleted, 0);
         assert!(orphans.iter().all(|p| p.exists()));
+    }
+
+    /// A table named `name` in the test lake's namespace at `location`, as
+    /// a REST catalog places one where its `location` property says.
+    async fn table_at(catalog: &dyn Catalog, name: &str, location: &str) -> TableIdent {
+        let creation = iceberg::TableCreation::builder()
+            .name(name.to_string())
+            .schema(lake::schema::trades_schema().unwrap())
+            .partition_spec(lake::schema::trades_partition_spec().unwrap())
+            .location(location.to_string())
+            .build();
+        let ns = iceberg::NamespaceIdent::new("market".into());
+        let t = catalog.create_table(&ns, creation).await.unwrap();
+        assert_eq!(t.metadata().location(), location);
+        t.identifier().clone()
+    }
+
+    /// A table whose location lies in another's data directory: the outer
+    /// table's sweep sees the inner one's files, referenced by nothing of
+    /// its own, and refuses, naming the inner table's metadata; every row
+    /// of both still reads. The inner table's own sweep runs.
+    #[tokio::test]
+    async fn a_table_inside_another_tables_location_stops_the_outer_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, catalog, table, ident, schema) = lake::test_lake(dir.path()).await;
+        let outer = table
+            .metadata()
+            .location()
+            .trim_end_matches('/')
+            .to_string();
+        let inner = table_at(catalog.as_ref(), "inner", &format!("{outer}/data/inner")).await;
+        lake::append_trades(catalog.as_ref(), &ident, &schema, &trades(0, 10), 1).await;
+        lake::append_trades(catalog.as_ref(), &inner, &schema, &trades(10, 30), 1).await;
+        age_all(dir.path(), Duration::from_secs(7200));
+        let before = lake::files_under(dir.path()).len();
+
+        let r = sweep(catalog.as_ref(), &ident, Duration::ZERO)
+            .await
+            .unwrap();
+        let why = r.refused.clone().expect("refused");
+        assert!(
+            why.contains("/data/inner/metadata/") && why.contains("another table's metadata"),
+            "{why}"
+        );
+        assert_eq!(r.deleted, 0);
+        assert_eq!(lake::files_under(dir.path()).len(), before);
+        assert_eq!(lake::rows_of(catalog.as_ref(), &ident).await, 10);
+        assert_eq!(lake::rows_of(catalog.as_ref(), &inner).await, 20);
+
+        let r = sweep(catalog.as_ref(), &inner, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!((r.refused.as_deref(), r.deleted), (None, 0), "{r:?}");
+    }
+
+    /// Two tables given one location: each one's metadata files name it.
+    /// The sweep of either refuses, naming the other table; expiry deletes
+    /// a stale metadata file of its own table and leaves every one of the
+    /// other's, which still loads and reads every row.
+    #[tokio::test]
+    async fn two_tables_at_one_location_keep_each_others_files() {
+        use super::super::maintain::expire;
+        let dir = tempfile::tempdir().unwrap();
+        let (_, catalog, table, ident, schema) = lake::test_lake(dir.path()).await;
+        let location = table.metadata().location().to_string();
+        let twin = table_at(catalog.as_ref(), "twin", &location).await;
+        for c in 0..2i64 {
+            let t = trades(c * 10, c * 10 + 10);
+            lake::append_trades(catalog.as_ref(), &ident, &schema, &t, c + 1).await;
+            lake::append_trades(catalog.as_ref(), &twin, &schema, &t, c + 1).await;
+        }
+        let twins_uuid = catalog.load_table(&twin).await.unwrap().metadata().uuid();
+        // A metadata file of the table's own that no commit references.
+        let current = catalog.load_table(&ident).await.unwrap();
+        let current = store::local_path(current.metadata_location().unwrap()).unwrap();
+        let stale = current.with_file_name("99999-stale.metadata.json");
+        std::fs::copy(&current, &stale).unwrap();
+        age_all(dir.path(), Duration::from_secs(7200));
+        let before = lake::files_under(dir.path()).len();
+
+        let r = sweep(catalog.as_ref(), &ident, Duration::ZERO)
+            .await
+            .unwrap();
+        let why = r.refused.clone().expect("refused");
+        assert!(
+            why.contains(&twins_uuid.to_string()) && why.contains("two tables share"),
+            "{why}"
+        );
+        assert_eq!(r.deleted, 0);
+        assert_eq!(lake::files_under(dir.path()).len(), before);
+
+        let e = expire(
+            catalog.as_ref(),
+            &ident,
+            Duration::from_secs(86_400),
+            Duration::ZERO,
+            None,
+        )
+        .await
+        .unwrap();
+        // The twin's: its creation's metadata and one a commit.
+        assert_eq!(
+            (e.metadata_files_deleted, e.metadata_files_not_ours),
+            (1, 3),
+            "{e:?}"
+        );
+        assert!(!stale.exists());
+        assert_eq!(lake::files_under(dir.path()).len(), before - 1);
+        assert_eq!(lake::rows_of(catalog.as_ref(), &twin).await, 20);
+        assert_eq!(lake::rows_of(catalog.as_ref(), &ident).await, 20);
     }
 }

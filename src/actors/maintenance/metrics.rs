@@ -72,7 +72,7 @@ impl MaintenanceMetrics {
             )?,
             sweeps: counter(
                 "ticklake_maintenance_orphan_sweeps_total",
-                "Orphan-file sweeps per table, by outcome: swept, refused (a referenced file missing from the listing or outside the table's location; nothing was deleted), failed.",
+                "Orphan-file sweeps per table, by outcome: swept, refused (a referenced file missing from the listing or outside the table's data and metadata directories, or another table's metadata among them; nothing was deleted), failed.",
                 &["table", "outcome"],
             )?,
             snapshots: gauge(
