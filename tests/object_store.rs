@@ -502,7 +502,8 @@ fn a_replayed_capture_lands_in_an_s3_warehouse_on_a_postgres_catalog_exactly_onc
 /// The orphan sweep on an S3 warehouse, with no minimum age: two commits'
 /// files stay, the Parquet files of a commit that never happened go, and
 /// so does a failed compaction's manifest; an object that is neither
-/// Parquet nor Avro stays. Every row still reads.
+/// Parquet nor Avro stays, and so does Parquet outside the table's data
+/// and metadata directories. Every row still reads.
 #[tokio::test]
 async fn the_orphan_sweep_on_s3_deletes_only_what_no_snapshot_reads() {
     use ticklake::lake::{self, TableKind, commit};
@@ -576,6 +577,26 @@ async fn the_orphan_sweep_on_s3_deletes_only_what_no_snapshot_reads() {
         .await
         .unwrap();
 
+    // Parquet that is not the table's: another tool's, under the table's
+    // location but outside its data and metadata directories (as beside a
+    // table at a shared bucket's root), and a table whose name extends
+    // this one's, which a prefix taken as a string would take in.
+    let data_key = never[0]
+        .file_path()
+        .trim_start_matches(&format!("s3://{}/", bucket()))
+        .to_string();
+    let export = format!("{prefix}/market/trades/exports/day.parquet");
+    let sibling = format!("{prefix}/market/trades_archive/data/day.parquet");
+    for key in [&export, &sibling] {
+        client
+            .copy(
+                &ObjectPath::from(data_key.as_str()),
+                &ObjectPath::from(key.as_str()),
+            )
+            .await
+            .unwrap();
+    }
+
     let r = lake::orphans::sweep(catalog.as_ref(), &ident, std::time::Duration::ZERO)
         .await
         .unwrap();
@@ -583,9 +604,14 @@ async fn the_orphan_sweep_on_s3_deletes_only_what_no_snapshot_reads() {
     assert_eq!(r.refused, None, "{r:?}");
     // 2 manifest lists, 2 manifests, 2 data files.
     assert_eq!(r.referenced, 6, "{r:?}");
+    assert_eq!(r.listed, 6 + never.len() + 1, "{r:?}");
     assert_eq!(r.deleted, never.len() + 1, "{r:?}");
     let left = keys_under(&client, &prefix).await;
     assert!(!left.contains(&failed) && left.contains(&marker));
+    assert!(
+        left.contains(&export) && left.contains(&sibling),
+        "{left:?}"
+    );
     for f in &never {
         let key = f
             .file_path()
