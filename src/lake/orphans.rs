@@ -160,25 +160,39 @@ async fn others_here(table: &Table, listed: &[store::Listed]) -> Option<String> 
         .map(|m| store::normalized(&m.metadata_file))
         .collect();
     known.extend(table.metadata_location().map(store::normalized));
-    let unknown: Vec<(String, u64)> = listed
+    let unknown: Vec<&store::Listed> = listed
         .iter()
         .filter(|f| f.location.ends_with(".metadata.json"))
         .filter(|f| !known.contains(&store::normalized(&f.location)))
+        .collect();
+    let files: Vec<(String, u64)> = unknown
+        .iter()
         .map(|f| (f.location.clone(), f.size))
         .collect();
-    let owners = owned::owners(table.file_io(), meta.uuid(), &unknown).await;
+    let owners = owned::owners(table.file_io(), meta.uuid(), &files).await;
+    let now = SystemTime::now();
     unknown
         .iter()
         .zip(owners)
-        .find_map(|((location, _), owner)| match owner {
+        .find_map(|(f, owner)| match owner {
             owned::Owner::Ours => None,
             owned::Owner::Other(u) => Some(format!(
-                "{location} is table {u}'s metadata, in this table's metadata directory: two tables share the location {}",
+                "{} is table {u}'s metadata, in this table's metadata directory: two tables share the location {}",
+                f.location,
                 meta.location()
             )),
-            owned::Owner::Unknown(why) => Some(format!(
-                "a metadata file in this table's metadata directory names no table this sweep can read ({why})"
-            )),
+            // A file being written reads short for a moment (on a local
+            // disk); another table's has older files beside it.
+            owned::Owner::Unknown(why) => super::maintain::older_than(
+                f.modified,
+                now,
+                super::maintain::METADATA_GRACE,
+            )
+            .then(|| {
+                format!(
+                    "a metadata file in this table's metadata directory names no table this sweep can read ({why})"
+                )
+            }),
         })
 }
 
@@ -544,5 +558,34 @@ mod tests {
         assert_eq!(lake::files_under(dir.path()).len(), before - 1);
         assert_eq!(lake::rows_of(catalog.as_ref(), &twin).await, 20);
         assert_eq!(lake::rows_of(catalog.as_ref(), &ident).await, 20);
+    }
+
+    /// A metadata file that names no table (not Iceberg's, or cut short)
+    /// cannot be vouched for: once older than a write takes, it stops the
+    /// sweep, naming it; while young (being written), it does not.
+    #[tokio::test]
+    async fn a_metadata_file_naming_no_table_stops_the_sweep_once_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, catalog, table, ident, schema) = lake::test_lake(dir.path()).await;
+        lake::append_trades(catalog.as_ref(), &ident, &schema, &trades(0, 10), 1).await;
+        let current = store::local_path(table.metadata_location().unwrap()).unwrap();
+        let odd = current.with_file_name("99998-odd.metadata.json");
+        std::fs::write(&odd, r#"{"format-version":2,"#).unwrap();
+
+        let r = sweep(catalog.as_ref(), &ident, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(r.refused, None, "{r:?}");
+
+        age_all(dir.path(), Duration::from_secs(7200));
+        let r = sweep(catalog.as_ref(), &ident, Duration::ZERO)
+            .await
+            .unwrap();
+        let why = r.refused.clone().expect("refused");
+        assert!(
+            why.contains("names no table") && why.contains("99998-odd.metadata.json"),
+            "{why}"
+        );
+        assert_eq!(lake::rows_of(catalog.as_ref(), &ident).await, 10);
     }
 }
