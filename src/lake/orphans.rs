@@ -274,6 +274,13 @@ mod tests {
         }
     }
 
+    /// Why a sweep of `ident` at no minimum age refused; it deleted nothing.
+    async fn refusal(catalog: &dyn Catalog, ident: &TableIdent) -> String {
+        let r = sweep(catalog, ident, Duration::ZERO).await.unwrap();
+        assert_eq!(r.deleted, 0, "{r:?}");
+        r.refused.expect("refused")
+    }
+
     /// A table of three commits, with what a crash leaves behind: a
     /// commit's Parquet files written and never committed, and a manifest
     /// of a compaction that failed. All of it two hours old, so only the
@@ -441,12 +448,8 @@ mod tests {
             .unwrap();
         std::fs::remove_file(&lost).unwrap();
 
-        let r = sweep(catalog.as_ref(), &ident, Duration::ZERO)
-            .await
-            .unwrap();
-        let why = r.refused.clone().expect("refused");
+        let why = refusal(catalog.as_ref(), &ident).await;
         assert!(why.contains(&*lost.to_string_lossy()), "{why}");
-        assert_eq!(r.deleted, 0);
         assert!(orphans.iter().all(|p| p.exists()));
     }
 
@@ -484,15 +487,11 @@ mod tests {
         age_all(dir.path(), Duration::from_secs(7200));
         let before = lake::files_under(dir.path()).len();
 
-        let r = sweep(catalog.as_ref(), &ident, Duration::ZERO)
-            .await
-            .unwrap();
-        let why = r.refused.clone().expect("refused");
+        let why = refusal(catalog.as_ref(), &ident).await;
         assert!(
             why.contains("/data/inner/metadata/") && why.contains("another table's metadata"),
             "{why}"
         );
-        assert_eq!(r.deleted, 0);
         assert_eq!(lake::files_under(dir.path()).len(), before);
         assert_eq!(lake::rows_of(catalog.as_ref(), &ident).await, 10);
         assert_eq!(lake::rows_of(catalog.as_ref(), &inner).await, 20);
@@ -528,15 +527,11 @@ mod tests {
         age_all(dir.path(), Duration::from_secs(7200));
         let before = lake::files_under(dir.path()).len();
 
-        let r = sweep(catalog.as_ref(), &ident, Duration::ZERO)
-            .await
-            .unwrap();
-        let why = r.refused.clone().expect("refused");
+        let why = refusal(catalog.as_ref(), &ident).await;
         assert!(
             why.contains(&twins_uuid.to_string()) && why.contains("two tables share"),
             "{why}"
         );
-        assert_eq!(r.deleted, 0);
         assert_eq!(lake::files_under(dir.path()).len(), before);
 
         let e = expire(
@@ -578,10 +573,7 @@ mod tests {
         assert_eq!(r.refused, None, "{r:?}");
 
         age_all(dir.path(), Duration::from_secs(7200));
-        let r = sweep(catalog.as_ref(), &ident, Duration::ZERO)
-            .await
-            .unwrap();
-        let why = r.refused.clone().expect("refused");
+        let why = refusal(catalog.as_ref(), &ident).await;
         assert!(
             why.contains("names no table") && why.contains("99998-odd.metadata.json"),
             "{why}"
