@@ -196,17 +196,12 @@ pub async fn expire(
     report.bytes_deleted += bytes;
 
     if let Some(current) = table.metadata_location() {
-        let mut keep: HashSet<String> = after
-            .metadata_log()
-            .iter()
-            .map(|m| store::normalized(&m.metadata_file))
-            .collect();
         report.metadata_bytes = match listed.get(&store::normalized(current)) {
             Some(f) => f.size,
             // Written by this expiry, after the listing.
             None => store::size(current).await.unwrap_or(0),
         };
-        keep.insert(store::normalized(current));
+        let keep = known_metadata_files(&table);
         let stale = stale_metadata_files(listed.values(), &keep, metadata_grace);
         // Only files that name this table: another table given the same
         // location keeps its metadata there too (`owned`).
@@ -309,6 +304,19 @@ async fn list_metadata(table_location: &str) -> HashMap<String, store::Listed> {
             HashMap::new()
         }
     }
+}
+
+/// The metadata files `table` lists as its own, normalized: the current
+/// one and those of its metadata log.
+pub(super) fn known_metadata_files(table: &Table) -> HashSet<String> {
+    let mut known: HashSet<String> = table
+        .metadata()
+        .metadata_log()
+        .iter()
+        .map(|m| store::normalized(&m.metadata_file))
+        .collect();
+    known.extend(table.metadata_location().map(store::normalized));
+    known
 }
 
 /// Metadata files among `listed` that are not in `keep` (normalized

@@ -104,10 +104,10 @@ pub async fn sweep(
         referenced: referenced.len(),
         ..SweepReport::default()
     };
-    let ours = |r: &String| r.starts_with(&data) || r.starts_with(&metadata);
+    let in_table_dirs = |r: &String| r.starts_with(&data) || r.starts_with(&metadata);
     let in_metadata_dir = |n: &str| n.strip_prefix(&metadata).is_some_and(|f| !f.contains('/'));
     let metadata_jsons = || names.iter().filter(|n| n.ends_with(".metadata.json"));
-    if let Some(out) = referenced.iter().find(|r| !ours(r)) {
+    if let Some(out) = referenced.iter().find(|r| !in_table_dirs(r)) {
         report.refused = Some(format!(
             "{out} is referenced but lies outside the table's data and metadata directories under {root}"
         ));
@@ -154,12 +154,7 @@ pub async fn sweep(
 /// written since (a commit's that lost a race, say).
 async fn others_here(table: &Table, listed: &[store::Listed]) -> Option<String> {
     let meta = table.metadata();
-    let mut known: HashSet<String> = meta
-        .metadata_log()
-        .iter()
-        .map(|m| store::normalized(&m.metadata_file))
-        .collect();
-    known.extend(table.metadata_location().map(store::normalized));
+    let known = super::maintain::known_metadata_files(table);
     let unknown: Vec<&store::Listed> = listed
         .iter()
         .filter(|f| f.location.ends_with(".metadata.json"))
@@ -503,7 +498,7 @@ mod tests {
     }
 
     /// Two tables given one location: each one's metadata files name it.
-    /// The sweep of either refuses, naming the other table; expiry deletes
+    /// The first table's sweep refuses, naming the other; its expiry deletes
     /// a stale metadata file of its own table and leaves every one of the
     /// other's, which still loads and reads every row.
     #[tokio::test]
