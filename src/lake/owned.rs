@@ -22,14 +22,11 @@ use futures::StreamExt;
 use iceberg::io::FileIO;
 use uuid::Uuid;
 
+use crate::lake::commit::CONCURRENT_READS;
+
 /// Bytes read from the start of a metadata file: `table-uuid` comes
 /// second or third, after `format-version` and perhaps `location`.
 const HEAD: u64 = 4096;
-
-/// Metadata files read at once: expiry asks of every stale one, a
-/// thousand or more after a busy hour, each a ranged GET on an object
-/// store.
-const CONCURRENCY: usize = 16;
 
 /// What a metadata file's first bytes say of its table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,8 +41,11 @@ pub enum Owner {
 }
 
 /// Each of `files` (metadata JSON: location and size) with what it says
-/// of its table, against `ours`, read [`CONCURRENCY`] at a time; in the
-/// order given.
+/// of its table, against `ours`, read [`CONCURRENT_READS`] at a time (the
+/// bound every lake read on an object store keeps); in the order given.
+/// Expiry asks of every stale metadata file: about 120 a table a run at
+/// the default `maintenance.interval_secs` (600), a commit every 5 s
+/// (`writer.max_age_ms`), each a ranged GET.
 pub async fn owners(io: &FileIO, ours: Uuid, files: &[(String, u64)]) -> Vec<Owner> {
     // Owned futures: a borrowing closure's future is not `Send` for every
     // lifetime, which the maintenance job's spawn needs.
@@ -54,7 +54,7 @@ pub async fn owners(io: &FileIO, ours: Uuid, files: &[(String, u64)]) -> Vec<Own
         .map(|(location, size)| owner(io.clone(), ours, location.clone(), *size))
         .collect();
     futures::stream::iter(reads)
-        .buffered(CONCURRENCY)
+        .buffered(CONCURRENT_READS)
         .collect()
         .await
 }
