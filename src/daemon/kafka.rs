@@ -120,12 +120,9 @@ pub async fn prepare(cfg: &Config) -> Result<KafkaReady, DaemonError> {
         .await
         .map_err(|e| DaemonError::Join(e.to_string()))??;
     tracing::info!(cluster_id = %cluster_id, bootstrap = %bootstrap, "kafka ready");
-    let window = embedded.is_some().then(|| {
-        Arc::new(BrokerWindow::new(
-            &topics,
-            kafka::window::default_partitioner(&cfg.kafka.properties),
-        ))
-    });
+    let window = embedded
+        .is_some()
+        .then(|| Arc::new(BrokerWindow::new(&topics)));
     Ok(KafkaReady {
         window,
         embedded,

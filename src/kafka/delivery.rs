@@ -228,7 +228,7 @@ impl ProducerContext for DeliveryContext {
                 // instructions, callgrind).
                 let topic = &counters.topic;
                 if let Some(w) = &self.window {
-                    w.delivered(topic, msg.partition(), w.assigned(topic, msg.key()), est);
+                    w.delivered(topic, msg.partition(), est);
                 }
                 if let (Some(l), Some(t)) = (&self.ledger, counters.tier) {
                     l.acked(topic, msg.partition(), msg.offset(), &counters.exchange, t);
@@ -245,9 +245,7 @@ impl ProducerContext for DeliveryContext {
             }
             Some(e) => {
                 if let Some(w) = &self.window {
-                    let topic = &counters.topic;
-                    let named = w.assigned(topic, msg.key()).then(|| msg.partition());
-                    w.failed(topic, named, est);
+                    w.failed(est);
                 }
                 d.failed.fetch_add(1, Ordering::Relaxed);
                 d.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -289,27 +287,16 @@ pub struct Route<'a> {
 /// Whether `entry` is held back by the embedded broker's window (the
 /// consumer is too far behind for the cluster to keep more).
 pub fn window_full(window: Option<&Arc<BrokerWindow>>, entry: &SpillEntry) -> bool {
-    room_short(
-        window,
-        &entry.topic,
-        entry.key.as_bytes(),
-        entry.payload.len(),
-    )
+    room_short(window, &entry.topic, entry.key.len(), entry.payload.len())
 }
 
 fn room_short(
     window: Option<&Arc<BrokerWindow>>,
     topic: &str,
-    key: &[u8],
+    key_len: usize,
     payload_len: usize,
 ) -> bool {
-    window.is_some_and(|w| {
-        !w.has_room(
-            topic,
-            w.partition_for(topic, key),
-            window::estimate(key.len(), payload_len),
-        )
-    })
+    window.is_some_and(|w| !w.has_room(topic, window::estimate(key_len, payload_len)))
 }
 
 /// Hands one record to librdkafka; its delivery report settles it
@@ -334,15 +321,7 @@ pub fn send(
 ) -> Result<(), KafkaError> {
     let topic = sending.topic.name();
     let est = window::estimate(key.len(), payload.len());
-    // On the embedded broker the record's partition is named here, so the
-    // window counts it against that partition alone (`kafka::window`).
-    let partition = route
-        .window
-        .and_then(|w| w.partition_for(topic, key.as_bytes()));
-    if route
-        .window
-        .is_some_and(|w| !w.has_room(topic, partition, est))
-    {
+    if room_short(route.window, topic, key.len(), payload.len()) {
         return Err(KafkaError::MessageProduction(
             rdkafka::types::RDKafkaErrorCode::QueueFull,
         ));
@@ -351,11 +330,11 @@ pub fn send(
     // thread) before `send` returns here.
     route.deliveries.in_flight.fetch_add(1, Ordering::Relaxed);
     if let Some(w) = route.window {
-        w.enqueued(topic, partition, est);
+        w.enqueued(est);
     }
     match sending
         .topic
-        .produce(partition, key.as_bytes(), payload, sending.counters.clone())
+        .produce(key.as_bytes(), payload, sending.counters.clone())
     {
         Ok(()) => {
             sending.counters.enqueued.inc();
@@ -364,7 +343,7 @@ pub fn send(
         Err(e) => {
             route.deliveries.in_flight.fetch_sub(1, Ordering::Relaxed);
             if let Some(w) = route.window {
-                w.failed(topic, partition, est);
+                w.failed(est);
             }
             Err(e)
         }

@@ -78,14 +78,12 @@ impl<C: ProducerContext> TopicHandle<C> {
         &self.name
     }
 
-    /// Hands one record to librdkafka, which copies `key` and `payload`,
-    /// to `partition` if named, else partitioned by key as
-    /// `BaseProducer::send` does. `opaque` reaches the context's delivery
-    /// callback with the record's report; a record librdkafka refuses
-    /// gives it back here, dropped.
+    /// Hands one record to librdkafka, which copies `key` and `payload`
+    /// and partitions it by key as `BaseProducer::send` does. `opaque`
+    /// reaches the context's delivery callback with the record's report;
+    /// a record librdkafka refuses gives it back here, dropped.
     pub fn produce(
         &self,
-        partition: Option<i32>,
         key: &[u8],
         payload: &[u8],
         opaque: C::DeliveryOpaque,
@@ -103,7 +101,7 @@ impl<C: ProducerContext> TopicHandle<C> {
                 rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_RKT,
                 self.rkt.as_ptr(),
                 rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_PARTITION,
-                partition.unwrap_or(PARTITION_UNASSIGNED),
+                PARTITION_UNASSIGNED,
                 rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_MSGFLAGS,
                 rdsys::RD_KAFKA_MSG_F_COPY,
                 rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_VALUE,
@@ -221,10 +219,9 @@ mod tests {
     /// Records produced through a handle arrive on its topic with their
     /// keys and payloads, each once; a key's records share a partition with
     /// the records `BaseProducer::send` gives the same key (the same
-    /// partitioner), whether librdkafka partitions them or the broker
-    /// window names the partition; each delivery report brings back its
-    /// own opaque; and the handle keeps the client alive after the
-    /// producer's owner lets it go.
+    /// partitioner); each delivery report brings back its own opaque; and
+    /// the handle keeps the client alive after the producer's owner lets
+    /// it go.
     #[test]
     fn a_handle_produces_as_send_does_and_keeps_its_client() {
         let topic = "topic-handles";
@@ -233,18 +230,10 @@ mod tests {
         let handle = TopicHandle::new(&p, topic).unwrap();
         assert_eq!(handle.name(), topic);
         let n = 300;
-        let window =
-            crate::kafka::window::BrokerWindow::new(&[(topic.into(), vec![0, 1, 2])], true);
         for i in 0..n {
             let key = format!("sym{}", i % 7);
-            // Every other record's partition named as the daemon names it.
-            let named = (i % 2 == 1)
-                .then(|| window.partition_for(topic, key.as_bytes()))
-                .flatten();
-            assert_eq!(named.is_some(), i % 2 == 1);
             handle
                 .produce(
-                    named,
                     key.as_bytes(),
                     format!("handle {i}").as_bytes(),
                     Arc::new(i),
@@ -269,7 +258,7 @@ mod tests {
         let reports_of = p.clone();
         drop(p);
         handle
-            .produce(None, b"sym0", b"after the owner let go", Arc::new(n))
+            .produce(b"sym0", b"after the owner let go", Arc::new(n))
             .unwrap();
         reports_of.flush(Duration::from_secs(10)).unwrap();
 
@@ -315,7 +304,7 @@ mod tests {
         let handle = TopicHandle::new(&p, topic).unwrap();
         let opaque = Arc::new(7usize);
         let err = handle
-            .produce(None, b"k", &[b'x'; 5000], opaque.clone())
+            .produce(b"k", &[b'x'; 5000], opaque.clone())
             .unwrap_err();
         assert!(
             matches!(
@@ -329,9 +318,7 @@ mod tests {
             1,
             "the refused opaque was dropped"
         );
-        handle
-            .produce(None, b"k", b"small", opaque.clone())
-            .unwrap();
+        handle.produce(b"k", b"small", opaque.clone()).unwrap();
         p.flush(Duration::from_secs(10)).unwrap();
         assert_eq!(
             Arc::strong_count(&opaque),

@@ -11,17 +11,6 @@
 //! handed to librdkafka and not yet read by the consumer. Lag is thereby a
 //! backpressure signal that acts before eviction, never after.
 //!
-//! A record handed to librdkafka and not yet acknowledged counts against
-//! the partition it goes to. The producer names that partition itself,
-//! with librdkafka's own default partitioner (the key's CRC-32 modulo the
-//! partition count, `rd_kafka_msg_partitioner_consistent`), so the record
-//! lands exactly where librdkafka would have put it. A record whose
-//! partition is not known before the send (no key, or a `partitioner`
-//! set in `kafka.properties`) counts against every partition, as all did
-//! before: with 3 partitions, about 100 ms of acknowledgements in flight
-//! on a loaded 2-core machine took the whole budget of every partition
-//! while the consumer was not behind at all, and held the feed back.
-//!
 //! A real broker keeps records by time or size as its operator set; the
 //! window is not used there, and a record deleted before it was read shows
 //! as a loss (see `ledger`).
@@ -59,10 +48,6 @@ struct Part {
     /// Delivered to this partition and not yet read.
     bytes: AtomicI64,
     records: AtomicI64,
-    /// Handed to librdkafka for this partition, with no delivery report
-    /// yet.
-    pending_bytes: AtomicI64,
-    pending_records: AtomicI64,
     /// One past the highest offset read (a re-read after a consumer restart
     /// is not counted twice).
     read_end: AtomicI64,
@@ -75,12 +60,8 @@ pub struct BrokerWindow {
     /// Only the topics the consumer reads; a record to any other topic is
     /// never held back.
     parts: crate::fastmap::FastMap<String, Vec<Part>>,
-    /// Whether the producer names a keyed record's partition itself
-    /// ([`BrokerWindow::partition_for`]): only when librdkafka's own
-    /// partitioner is the default, so the choice is the one it would make.
-    assigns: bool,
-    /// Handed to librdkafka with no delivery report yet and no partition
-    /// named: it counts against every partition.
+    /// Handed to librdkafka with no delivery report yet: its partition is
+    /// not known, so it counts against every partition.
     pending_bytes: AtomicI64,
     pending_records: AtomicI64,
     /// Times a record was held back.
@@ -92,30 +73,16 @@ pub struct BrokerWindow {
 pub struct WindowSnapshot {
     pub budget_bytes: i64,
     pub budget_records: i64,
-    /// The fullest partition's unread bytes and records, with those sent
-    /// to it and not yet acknowledged.
+    /// The fullest partition's unread bytes and records.
     pub fullest_bytes: i64,
     pub fullest_records: i64,
-    /// Sent and not yet acknowledged, on every partition.
     pub pending_records: i64,
     pub refusals: u64,
 }
 
-/// Whether a producer configured with `properties` partitions keyed
-/// records as [`BrokerWindow::partition_for`] does: librdkafka's default
-/// partitioner (`consistent_random`) and `consistent` both take the key's
-/// CRC-32 modulo the partition count; any other is left to librdkafka,
-/// and its records count against every partition.
-pub fn default_partitioner(properties: &std::collections::BTreeMap<String, String>) -> bool {
-    properties
-        .get("partitioner")
-        .is_none_or(|p| matches!(p.trim(), "consistent_random" | "consistent"))
-}
-
 impl BrokerWindow {
-    /// A window over `topics` (each with its partition ids, numbered from
-    /// 0 as Kafka numbers them). `assigns`: see [`default_partitioner`].
-    pub fn new(topics: &[(String, Vec<i32>)], assigns: bool) -> Self {
+    /// A window over `topics` (each with its partition ids).
+    pub fn new(topics: &[(String, Vec<i32>)]) -> Self {
         let parts = topics
             .iter()
             .map(|(t, ps)| {
@@ -129,7 +96,6 @@ impl BrokerWindow {
             .collect();
         Self {
             parts,
-            assigns,
             pending_bytes: AtomicI64::new(0),
             pending_records: AtomicI64::new(0),
             refusals: AtomicU64::new(0),
@@ -142,72 +108,22 @@ impl BrokerWindow {
             .and_then(|ps| ps.get(usize::try_from(partition).ok()?))
     }
 
-    /// What a partition holds against its budget: unread, and in flight
-    /// to it.
-    fn load(p: &Part) -> (i64, i64) {
-        (
-            p.bytes.load(Ordering::Relaxed) + p.pending_bytes.load(Ordering::Relaxed),
-            p.records.load(Ordering::Relaxed) + p.pending_records.load(Ordering::Relaxed),
-        )
-    }
-
-    /// The fullest partition of `topic`: unread bytes and records, with
-    /// those in flight to it.
+    /// The fullest partition of `topic`: unread bytes and records.
     fn fullest(&self, topic: &str) -> Option<(i64, i64)> {
         let ps = self.parts.get(topic)?;
-        Some(
-            ps.iter()
-                .map(Self::load)
-                .fold((0, 0), |(b, r), (b2, r2)| (b.max(b2), r.max(r2))),
-        )
-    }
-
-    /// The partition librdkafka's default partitioner gives a record of
-    /// `topic` with `key`, for the producer to name in its send; `None`
-    /// when the window does not assign (see [`default_partitioner`]), the
-    /// key is empty (librdkafka would pick at random), or the topic is not
-    /// one the consumer reads.
-    pub fn partition_for(&self, topic: &str, key: &[u8]) -> Option<i32> {
-        if !self.assigns || key.is_empty() {
-            return None;
-        }
-        let count = i32::try_from(self.parts.get(topic)?.len()).ok()?;
-        if count == 0 {
-            return None;
-        }
-        // SAFETY: a pure function of the key bytes (their CRC-32 modulo
-        // `count`); it reads `keylen` bytes from `key` and neither the
-        // topic handle nor the opaques, which are null.
-        let p = unsafe {
-            rdkafka::bindings::rd_kafka_msg_partitioner_consistent(
-                std::ptr::null(),
-                key.as_ptr().cast(),
-                key.len(),
-                count,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
+        Some(ps.iter().fold((0, 0), |(b, r), p| {
+            (
+                b.max(p.bytes.load(Ordering::Relaxed)),
+                r.max(p.records.load(Ordering::Relaxed)),
             )
-        };
-        (0..count).contains(&p).then_some(p)
+        }))
     }
 
-    /// Whether a record with `key` to `topic` was given its partition by
-    /// [`Self::partition_for`]: the delivery report, which carries the
-    /// key, settles it where it was counted.
-    pub fn assigned(&self, topic: &str, key: Option<&[u8]>) -> bool {
-        self.assigns && key.is_some_and(|k| !k.is_empty()) && self.parts.contains_key(topic)
-    }
-
-    /// Whether a record of `est` bytes to `topic` may go to librdkafka now,
-    /// to `partition` if it is named (else to any). A record always may
-    /// when nothing waits, so one larger than the budget is not held back
-    /// for ever (the broker's size limit judges it).
-    pub fn has_room(&self, topic: &str, partition: Option<i32>, est: i64) -> bool {
-        let held = match partition {
-            Some(p) => self.part(topic, p).map(Self::load),
-            None => self.fullest(topic),
-        };
-        let Some((bytes, records)) = held else {
+    /// Whether a record of `est` bytes to `topic` may go to librdkafka now.
+    /// A record always may when nothing waits, so one larger than the
+    /// budget is not held back for ever (the broker's size limit judges it).
+    pub fn has_room(&self, topic: &str, est: i64) -> bool {
+        let Some((bytes, records)) = self.fullest(topic) else {
             return true;
         };
         let pb = self.pending_bytes.load(Ordering::Relaxed);
@@ -222,37 +138,26 @@ impl BrokerWindow {
         room
     }
 
-    /// In flight on `topic`, to `partition` if named.
-    fn pending(&self, topic: &str, partition: Option<i32>) -> (&AtomicI64, &AtomicI64) {
-        match partition.and_then(|p| self.part(topic, p)) {
-            Some(p) => (&p.pending_bytes, &p.pending_records),
-            None => (&self.pending_bytes, &self.pending_records),
-        }
+    /// Handed to librdkafka.
+    pub fn enqueued(&self, est: i64) {
+        self.pending_bytes.fetch_add(est, Ordering::Relaxed);
+        self.pending_records.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Handed to librdkafka, for `partition` if the send named it.
-    pub fn enqueued(&self, topic: &str, partition: Option<i32>, est: i64) {
-        let (bytes, records) = self.pending(topic, partition);
-        bytes.fetch_add(est, Ordering::Relaxed);
-        records.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Acknowledged on `partition`; `assigned` as [`Self::assigned`] says
-    /// of the record.
-    pub fn delivered(&self, topic: &str, partition: i32, assigned: bool, est: i64) {
-        self.failed(topic, assigned.then_some(partition), est);
+    /// Acknowledged on `partition`.
+    pub fn delivered(&self, topic: &str, partition: i32, est: i64) {
+        self.pending_bytes.fetch_sub(est, Ordering::Relaxed);
+        self.pending_records.fetch_sub(1, Ordering::Relaxed);
         if let Some(p) = self.part(topic, partition) {
             p.bytes.fetch_add(est, Ordering::Relaxed);
             p.records.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Given back by librdkafka: it never reached the broker. `partition`:
-    /// the one the send named, if it named one.
-    pub fn failed(&self, topic: &str, partition: Option<i32>, est: i64) {
-        let (bytes, records) = self.pending(topic, partition);
-        bytes.fetch_sub(est, Ordering::Relaxed);
-        records.fetch_sub(1, Ordering::Relaxed);
+    /// Given back by librdkafka: it never reached the broker.
+    pub fn failed(&self, est: i64) {
+        self.pending_bytes.fetch_sub(est, Ordering::Relaxed);
+        self.pending_records.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Read by the consumer. Records skipped over (a hole in the offsets,
@@ -305,13 +210,7 @@ impl BrokerWindow {
             budget_records: BUDGET_RECORDS,
             fullest_bytes,
             fullest_records,
-            pending_records: self.pending_records.load(Ordering::Relaxed)
-                + self
-                    .parts
-                    .values()
-                    .flatten()
-                    .map(|p| p.pending_records.load(Ordering::Relaxed))
-                    .sum::<i64>(),
+            pending_records: self.pending_records.load(Ordering::Relaxed),
             refusals: self.refusals.load(Ordering::Relaxed),
         }
     }
@@ -322,7 +221,7 @@ mod tests {
     use super::*;
 
     fn window() -> BrokerWindow {
-        BrokerWindow::new(&[("t".to_string(), vec![0, 1])], true)
+        BrokerWindow::new(&[("t".to_string(), vec![0, 1])])
     }
 
     #[test]
@@ -331,18 +230,18 @@ mod tests {
         let est = estimate(8, 4000);
         let mut offset = 0;
         // Everything to partition 0: the budget is per partition.
-        while w.has_room("t", None, est) {
-            w.enqueued("t", None, est);
-            w.delivered("t", 0, false, est);
+        while w.has_room("t", est) {
+            w.enqueued(est);
+            w.delivered("t", 0, est);
             offset += 1;
         }
         assert_eq!(offset, BUDGET_BYTES / est);
         assert!(w.snapshot().fullest_bytes <= BUDGET_BYTES);
         assert_eq!(w.snapshot().refusals, 1);
         // Other topics are never held back.
-        assert!(w.has_room("elsewhere", None, est));
+        assert!(w.has_room("elsewhere", est));
         w.consumed("t", 0, 0, est);
-        assert!(w.has_room("t", None, est));
+        assert!(w.has_room("t", est));
         // A re-read after a consumer restart frees nothing twice.
         let before = w.snapshot();
         w.consumed("t", 0, 0, est);
@@ -353,17 +252,17 @@ mod tests {
     fn records_in_flight_count_against_every_partition() {
         let w = window();
         let est = estimate(0, 1000);
-        w.enqueued("t", None, est);
-        w.delivered("t", 1, false, est);
+        w.enqueued(est);
+        w.delivered("t", 1, est);
         let mut n = 0;
-        while w.has_room("t", None, est) {
-            w.enqueued("t", None, est);
+        while w.has_room("t", est) {
+            w.enqueued(est);
             n += 1;
         }
         assert!(n > 0 && (n + 1) * est <= BUDGET_BYTES);
         // Given back without reaching the broker: room again.
-        w.failed("t", None, est);
-        assert!(w.has_room("t", None, est));
+        w.failed(est);
+        assert!(w.has_room("t", est));
     }
 
     #[test]
@@ -371,15 +270,15 @@ mod tests {
         let w = window();
         let est = estimate(0, 100);
         for _ in 0..10 {
-            w.enqueued("t", None, est);
-            w.delivered("t", 0, false, est);
+            w.enqueued(est);
+            w.delivered("t", 0, est);
         }
         // Offsets 0..9 on the broker; the consumer jumps to 9.
         w.consumed("t", 0, 9, est);
         let s = w.snapshot();
         assert_eq!((s.fullest_records, s.fullest_bytes), (0, 0));
         // Nothing waits: a record over the budget is not held for ever.
-        assert!(w.has_room("t", None, BUDGET_BYTES * 2));
+        assert!(w.has_room("t", BUDGET_BYTES * 2));
     }
 
     #[test]
@@ -388,8 +287,8 @@ mod tests {
         let est = estimate(0, 100);
         for w in [&by_run, &by_record] {
             for _ in 0..20 {
-                w.enqueued("t", None, est);
-                w.delivered("t", 0, false, est);
+                w.enqueued(est);
+                w.delivered("t", 0, est);
             }
         }
         // 0..=4, a hole (5, 6), 7..=9, then a re-read of 8..=11 after a
@@ -407,104 +306,5 @@ mod tests {
             );
         }
         assert_eq!(by_run.snapshot().fullest_records, 20 - 12);
-    }
-
-    /// Two keys that librdkafka's default partitioner puts on different
-    /// partitions of `t` (of 2).
-    fn keys_apart(w: &BrokerWindow) -> (&'static [u8], &'static [u8]) {
-        let keys: [&'static [u8]; 4] = [b"BTCUSDT", b"ETHUSDT", b"SOLUSDT", b"XRPUSDT"];
-        let first = keys[0];
-        let p0 = w.partition_for("t", first).expect("assigned");
-        let other = keys
-            .into_iter()
-            .find(|k| w.partition_for("t", k) != Some(p0))
-            .expect("a key on the other partition");
-        (first, other)
-    }
-
-    #[test]
-    fn a_keyed_record_goes_where_librdkafka_would_put_it() {
-        let w = window();
-        // rd_kafka_msg_partitioner_consistent: CRC-32 (IEEE) modulo count.
-        for key in [&b"BTCUSDT"[..], b"ETHUSDT", b"a", b"BINANCE:SOLUSDT"] {
-            let crc = crc32fast::hash(key);
-            assert_eq!(w.partition_for("t", key), Some((crc % 2) as i32));
-            assert!(w.assigned("t", Some(key)));
-        }
-        // No key (librdkafka picks at random), a topic the consumer does
-        // not read, or another partitioner: not named.
-        assert_eq!(w.partition_for("t", b""), None);
-        assert!(!w.assigned("t", Some(b"")) && !w.assigned("t", None));
-        assert_eq!(w.partition_for("elsewhere", b"BTCUSDT"), None);
-        let other = BrokerWindow::new(&[("t".to_string(), vec![0, 1])], false);
-        assert_eq!(other.partition_for("t", b"BTCUSDT"), None);
-        assert!(!other.assigned("t", Some(b"BTCUSDT")));
-    }
-
-    #[test]
-    fn the_partitioner_setting_decides_whether_the_window_assigns() {
-        let props = |v: Option<&str>| {
-            v.map(|v| ("partitioner".to_string(), v.to_string()))
-                .into_iter()
-                .collect::<std::collections::BTreeMap<_, _>>()
-        };
-        assert!(default_partitioner(&props(None)));
-        assert!(default_partitioner(&props(Some("consistent_random"))));
-        assert!(default_partitioner(&props(Some("consistent"))));
-        assert!(!default_partitioner(&props(Some("murmur2_random"))));
-        assert!(!default_partitioner(&props(Some("random"))));
-    }
-
-    #[test]
-    fn records_in_flight_to_a_named_partition_hold_back_that_partition_only() {
-        let w = window();
-        let (a, b) = keys_apart(&w);
-        let (pa, pb) = (w.partition_for("t", a), w.partition_for("t", b));
-        let est = estimate(a.len(), 1000);
-        // Partition a fills with records in flight (no report yet).
-        let mut n = 0;
-        while w.has_room("t", pa, est) {
-            w.enqueued("t", pa, est);
-            n += 1;
-        }
-        assert_eq!(n, BUDGET_BYTES / est);
-        // The other partition still takes records; a send that names
-        // none (it could land on a) does not.
-        assert!(w.has_room("t", pb, est));
-        assert!(!w.has_room("t", None, est));
-        assert_eq!(w.snapshot().pending_records, n);
-        // Acknowledged, they stay unread on a: still held back.
-        for _ in 0..n {
-            w.delivered("t", pa.unwrap(), w.assigned("t", Some(a)), est);
-        }
-        let s = w.snapshot();
-        assert_eq!((s.pending_records, s.fullest_records), (0, n));
-        assert!(!w.has_room("t", pa, est));
-        // Read: room again. One given back unsent leaves its partition too.
-        w.consumed_run("t", pa.unwrap(), 0, n - 1, est * n);
-        w.enqueued("t", pa, est);
-        w.failed("t", pa, est);
-        let s = w.snapshot();
-        assert_eq!(
-            (s.pending_records, s.fullest_records, s.fullest_bytes),
-            (0, 0, 0)
-        );
-    }
-
-    #[test]
-    fn records_of_unknown_partition_in_flight_count_against_a_named_one() {
-        let w = window();
-        let (a, _) = keys_apart(&w);
-        let pa = w.partition_for("t", a);
-        let est = estimate(0, 1000);
-        let mut n = 0;
-        while w.has_room("t", None, est) {
-            w.enqueued("t", None, est);
-            n += 1;
-        }
-        // Any partition might hold them: a named one is full too.
-        assert!(!w.has_room("t", pa, est));
-        w.delivered("t", 1, false, est);
-        assert_eq!(w.snapshot().pending_records, n - 1);
     }
 }

@@ -85,15 +85,13 @@ impl rdkafka::producer::ProducerContext for Counting {
         match r {
             Ok(m) => {
                 if let Some((window, topic)) = &self.window {
-                    let assigned = window.assigned(topic, m.key());
-                    window.delivered(topic, m.partition(), assigned, message_estimate(m));
+                    window.delivered(topic, m.partition(), message_estimate(m));
                 }
                 self.delivered.fetch_add(1, Ordering::Relaxed)
             }
             Err((_, m)) => {
-                if let Some((window, topic)) = &self.window {
-                    let named = window.assigned(topic, m.key()).then(|| m.partition());
-                    window.failed(topic, named, message_estimate(m));
+                if let Some((window, _)) = &self.window {
+                    window.failed(message_estimate(m));
                 }
                 self.failed.fetch_add(1, Ordering::Relaxed)
             }
@@ -134,11 +132,8 @@ pub(super) fn produce_all(
     let started = Instant::now();
     for (i, (key, payload)) in records.iter().enumerate() {
         let est = estimate(key.len(), payload.len());
-        // Named as the daemon's producer names it, so the window holds the
-        // bare producer back exactly as it does the daemon.
-        let partition = window.and_then(|w| w.partition_for(topic, key.as_bytes()));
         if let Some(window) = window {
-            while !window.has_room(topic, partition, est) {
+            while !window.has_room(topic, est) {
                 if started.elapsed() > timeout {
                     return Err(BenchError::Timeout {
                         stage,
@@ -151,10 +146,10 @@ pub(super) fn produce_all(
             }
         }
         loop {
-            match handle.produce(partition, key.as_bytes(), payload, ()) {
+            match handle.produce(key.as_bytes(), payload, ()) {
                 Ok(()) => {
                     if let Some(window) = window {
-                        window.enqueued(topic, partition, est);
+                        window.enqueued(est);
                     }
                     break;
                 }
@@ -256,10 +251,7 @@ pub(super) fn produce_and_consume(
             .iter()
             .map(|e| e.partition())
             .collect();
-        Arc::new(BrokerWindow::new(
-            &[(topic.to_string(), ids)],
-            crate::kafka::window::default_partitioner(&cfg.kafka.properties),
-        ))
+        Arc::new(BrokerWindow::new(&[(topic.to_string(), ids)]))
     });
     let reader_window = window.clone();
     let reader_topic = topic.to_string();
