@@ -42,7 +42,8 @@ pub enum Owner {
 
 /// Each of `files` (metadata JSON: location and size) with what it says
 /// of its table, against `ours`, read [`CONCURRENT_READS`] at a time (the
-/// bound every lake read on an object store keeps); in the order given.
+/// bound of maintenance's and the writers' manifest reads, which run on
+/// the same commit thread); in the order given.
 /// Expiry asks of every stale metadata file: about 120 a table a run at
 /// the default `maintenance.interval_secs` (600), a commit every 5 s
 /// (`writer.max_age_ms`), each a ranged GET.
