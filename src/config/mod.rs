@@ -723,6 +723,15 @@ impl Config {
             self.lake.warehouse.clone()
         }
     }
+
+    /// [`Self::warehouse`] where the daemon has one: always with the SQL
+    /// catalog; behind a REST catalog only when `lake.warehouse` is set,
+    /// since the server places every table and the default directory
+    /// under `data_dir` would stay empty.
+    pub fn own_warehouse(&self) -> Option<String> {
+        (self.lake.catalog != CatalogKind::Rest || !self.lake.warehouse.is_empty())
+            .then(|| self.warehouse())
+    }
 }
 
 /// The environment variable that sets `key` (figment's own rendering does

@@ -78,15 +78,16 @@ impl LakeError {
 /// warehouse (a local directory or an object store: `store`): the SQL
 /// catalog (SQLite by default, or PostgreSQL), or a REST catalog client.
 pub async fn open_catalog(cfg: &Config) -> Result<Arc<dyn Catalog>, LakeError> {
-    let warehouse = cfg.warehouse();
-    if let store::WarehouseUrl::Local(path) =
-        store::WarehouseUrl::parse(&warehouse).map_err(store::StoreError::from)?
+    if let Some(warehouse) = cfg.own_warehouse()
+        && let store::WarehouseUrl::Local(path) =
+            store::WarehouseUrl::parse(&warehouse).map_err(store::StoreError::from)?
     {
         std::fs::create_dir_all(path).map_err(|e| LakeError::Warehouse(warehouse.clone(), e))?;
     }
     if cfg.lake.catalog == CatalogKind::Rest {
         return open_rest_catalog(cfg).await;
     }
+    let warehouse = cfg.warehouse();
     if cfg.lake.catalog_uri.is_empty() {
         let dir = cfg.data_dir_abs();
         std::fs::create_dir_all(&dir)
@@ -215,7 +216,7 @@ pub fn catalog_status(cfg: &Config) -> serde_json::Value {
         // On REST the server places the tables (in buckets of its own,
         // with S3 Tables); the local default would name a directory
         // that holds none of them.
-        "warehouse": (!rest || !cfg.lake.warehouse.is_empty()).then(|| cfg.warehouse()),
+        "warehouse": cfg.own_warehouse(),
         "catalog_warehouse": if rest { cfg.catalog_warehouse() } else { None },
         "auth": auth,
         "signing_name": sigv4.as_ref().filter(|_| rest).map(|s| s.service.clone()),
@@ -558,6 +559,13 @@ mod catalog_tests {
             .catalog_properties
             .insert("token".into(), "t0ken".into());
         let catalog = open_catalog(&cfg).await.unwrap();
+        // The server places the tables: no local warehouse is made for
+        // them unless `lake.warehouse` names one.
+        assert!(!dir.path().join("warehouse").exists());
+        cfg.lake.warehouse = format!("file://{}/named", dir.path().display());
+        open_catalog(&cfg).await.unwrap();
+        assert!(dir.path().join("named").is_dir());
+        cfg.lake.warehouse.clear();
         let e = catalog
             .list_namespaces(None)
             .await
