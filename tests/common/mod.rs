@@ -829,9 +829,22 @@ pub async fn append_trades_at(
             ..Default::default()
         };
         offsets.set("t", 0, i + 1);
-        ticklake::lake::commit::append(catalog, &ident, Some(&batch), &offsets, 1 << 20)
-            .await
-            .unwrap();
+        // Another writer's commit (or compaction's) can win every one of
+        // Iceberg's own retries (`commit.retry.num-retries`, 4) while
+        // several writers commit at once on a loaded machine; a conflict
+        // commits nothing, so the writer plans again, as the daemon's does.
+        let mut conflicts = 0;
+        loop {
+            match ticklake::lake::commit::append(catalog, &ident, Some(&batch), &offsets, 1 << 20)
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if ticklake::lake::commit::is_conflict(&e) && conflicts < 20 => {
+                    conflicts += 1;
+                }
+                Err(e) => panic!("append {i} after {conflicts} lost commits: {e}"),
+            }
+        }
     }
 }
 
