@@ -40,6 +40,15 @@ const TIMESTAMP: &str = "timestamp";
 const SNAPSHOTS_KEPT: usize = 4;
 
 /// Manifests read at once when many are new (a daemon's first query).
+///
+/// Twice `lake::commit::CONCURRENT_READS` (maintenance's and the writers'
+/// reads) because someone waits on this one: an object store answers each
+/// GET after a round trip of tens of milliseconds whatever its size, so a
+/// thousand new manifests behind 25 ms take about 3 s at 8 and 1.6 s at
+/// 16. The others run in the background on the low-priority commit thread,
+/// beside the writers' own commits to the same store. On the test S3 server,
+/// which answers one GET at a time, 8, 16 and 32 planned 1,000 manifests
+/// alike (`docs/performance.md`, "Session of 7 December, eighth").
 const MANIFEST_READS: usize = 16;
 
 /// What a filter says about the columns files are pruned by: the values of
