@@ -836,6 +836,96 @@ mod tests {
         server.abort();
     }
 
+    /// `StopFeed` closes the connection and leaves the feed idle: it does
+    /// not connect again, not after `stale_after_secs` nor after its
+    /// backoff (the shutdown relies on this, and `ticklake bench` stops its
+    /// feed so before it times the broker alone).
+    #[actix_rt::test]
+    async fn a_stopped_feed_closes_its_connection_and_stays_idle() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = {
+            let accepted = accepted.clone();
+            tokio::spawn(async move {
+                let mut closed_tx = Some(closed_tx);
+                loop {
+                    let (tcp, _) = listener.accept().await.unwrap();
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                        continue;
+                    };
+                    let closed = closed_tx.take();
+                    tokio::spawn(async move {
+                        // A trade every 100 ms keeps the connection fresh
+                        // until the client closes it.
+                        for id in 1.. {
+                            let frame = trade_frame("BTCUSDT", id);
+                            if ws.send(WsMessage::Text(frame.into())).await.is_err() {
+                                break;
+                            }
+                            match tokio::time::timeout(Duration::from_millis(100), ws.next()).await
+                            {
+                                Ok(Some(Ok(m))) if !m.is_close() => {}
+                                Ok(_) => break,
+                                Err(_) => {}
+                            }
+                        }
+                        if let Some(tx) = closed {
+                            let _ = tx.send(());
+                        }
+                    });
+                }
+            })
+        };
+        let cfg = FeedConfig {
+            url: format!("ws://127.0.0.1:{port}"),
+            stale_after_secs: 1,
+            backoff_initial_ms: 50,
+            backoff_max_ms: 50,
+            ..binance()
+        };
+        // Room for every trade the test sends, so no send waits on a lane.
+        let (lanes, _rx) = crate::lanes::mailbox(&[100_000; 3]).unwrap();
+        let instruments = Arc::new(Instruments::builtin().unwrap());
+        let actor = FeedActor::new(cfg, lanes, instruments, Metrics::new().unwrap()).unwrap();
+        let feed = Supervisor::start(move |_| actor);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !feed
+            .send(Observe::<FeedState>::new())
+            .await
+            .unwrap()
+            .connected
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the feed never connected"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        feed.send(StopFeed).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), closed_rx)
+            .await
+            .expect("the connection was not closed")
+            .unwrap();
+        // Past the stale deadline and many backoffs: a feed that came back
+        // would have connected again by now.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "connected again");
+        let state = feed.send(Observe::<FeedState>::new()).await.unwrap();
+        assert!(!state.connected, "{:?}", state.health);
+        // A second stop (the shutdown after a bench's) finds it idle.
+        tokio::time::timeout(Duration::from_secs(5), feed.send(StopFeed))
+            .await
+            .expect("a second stop waited")
+            .unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "connected again");
+        server.abort();
+    }
+
     /// A Binance `trade` frame of `symbol` with trade id `id`.
     fn trade_frame(symbol: &str, id: u32) -> String {
         format!(

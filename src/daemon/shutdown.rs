@@ -31,13 +31,7 @@ impl Daemon {
     /// writers buffer. With the embedded cluster this is what keeps a clean
     /// shutdown from losing records that were produced but not yet landed.
     pub async fn shutdown(self, drain_timeout: Duration) -> Result<(), DaemonError> {
-        // All at once: a feed waits (up to its `STOP_WAIT`) for the batch it
-        // holds to reach the producer's lanes, and one after another those
-        // waits would add up.
-        let stops = self.feeds.iter().map(|feed| feed.send(StopFeed));
-        for stopped in futures::future::join_all(stops).await {
-            stopped?;
-        }
+        self.stop_feeds().await?;
         self.drain_and_flush(drain_timeout).await?;
         // The feeds are stopped: no gap settles any more.
         match self.gaps.send(crate::actors::gaps::FlushGaps).await {
@@ -54,6 +48,21 @@ impl Daemon {
         // go away when the process exits; tearing the embedded cluster down
         // before them would just make them log connection errors.
         std::mem::forget(self._embedded);
+        Ok(())
+    }
+
+    /// Closes every feed's connection and leaves the feed idle (it does not
+    /// reconnect), once the trades it holds have reached the producer's
+    /// lanes. The first step of [`Daemon::shutdown`]; a second call finds
+    /// the feeds idle and returns at once.
+    pub async fn stop_feeds(&self) -> Result<(), DaemonError> {
+        // All at once: a feed waits (up to its `STOP_WAIT`) for the batch it
+        // holds to reach the producer's lanes, and one after another those
+        // waits would add up.
+        let stops = self.feeds.iter().map(|feed| feed.send(StopFeed));
+        for stopped in futures::future::join_all(stops).await {
+            stopped?;
+        }
         Ok(())
     }
 

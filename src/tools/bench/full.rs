@@ -474,6 +474,12 @@ pub async fn measure(
         .find(|t| t.to > t.from)
         .map(|t| format!("{} -> {}: {}", t.from, t.to, t.reason));
     let commits_run = trades_commits(&d) - commits_before;
+    // The exchange has played every frame. A feed left connected would go
+    // stale during a real broker's ceilings, which take minutes, and
+    // reconnect to a server with nothing more to send, once a
+    // `stale_after_secs`, its restarts logged as failures and its work in
+    // the ceilings' CPU.
+    d.stop_feeds().await?;
     let stored_n = result_outcomes.get("stored").copied().unwrap_or(0).max(1);
 
     // The ceilings, on the same broker, after the daemon's run; without
