@@ -770,6 +770,18 @@ mod tests {
         FeedConfig::named("binance")
     }
 
+    /// A feed of the test server on `port` that goes stale after a second
+    /// of silence and waits `backoff_ms` before each reconnect.
+    fn stale_after_a_second(port: u16, backoff_ms: u64) -> FeedConfig {
+        FeedConfig {
+            url: format!("ws://127.0.0.1:{port}"),
+            stale_after_secs: 1,
+            backoff_initial_ms: backoff_ms,
+            backoff_max_ms: backoff_ms,
+            ..binance()
+        }
+    }
+
     #[test]
     fn combined_stream_url_lists_every_symbol_and_stream() {
         let cfg = FeedConfig {
@@ -806,13 +818,7 @@ mod tests {
                 }
             }
         });
-        let cfg = FeedConfig {
-            url: format!("ws://127.0.0.1:{port}"),
-            stale_after_secs: 1,
-            backoff_initial_ms: 60_000,
-            backoff_max_ms: 60_000,
-            ..binance()
-        };
+        let cfg = stale_after_a_second(port, 60_000);
         let (lanes, _rx) = crate::lanes::mailbox(&[8, 8, 8]).unwrap();
         let instruments = Arc::new(Instruments::builtin().unwrap());
         let metrics = Metrics::new().unwrap();
@@ -881,13 +887,7 @@ mod tests {
                 }
             })
         };
-        let cfg = FeedConfig {
-            url: format!("ws://127.0.0.1:{port}"),
-            stale_after_secs: 1,
-            backoff_initial_ms: 50,
-            backoff_max_ms: 50,
-            ..binance()
-        };
+        let cfg = stale_after_a_second(port, 50);
         // Room for every trade the test sends, so no send waits on a lane.
         let (lanes, _rx) = crate::lanes::mailbox(&[100_000; 3]).unwrap();
         let instruments = Arc::new(Instruments::builtin().unwrap());
