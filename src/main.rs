@@ -238,6 +238,13 @@ enum BenchApi {
         /// costs the query side are taken back at its end.
         #[arg(long)]
         lake_dir: Option<PathBuf>,
+        /// Keep the lake's files in this warehouse (`s3://bucket/prefix`,
+        /// reached with the config's `lake.s3` keys) rather than under the
+        /// lake directory, which keeps the catalog: to time the query side
+        /// on an object store. Without --lake-dir, the run writes under a
+        /// prefix of its own there and deletes it at its end.
+        #[arg(long)]
+        warehouse: Option<String>,
         /// Uncommitted trades in the tail.
         #[arg(long, default_value_t = 100_000)]
         tail_trades: usize,
@@ -564,6 +571,7 @@ fn main() -> anyhow::Result<()> {
                     lake_trades,
                     commits,
                     lake_dir,
+                    warehouse,
                     tail_trades,
                     iterations,
                     duckdb_python,
@@ -588,6 +596,7 @@ fn main() -> anyhow::Result<()> {
                         lake_trades,
                         commits,
                         lake_dir,
+                        warehouse,
                         tail_trades,
                         iterations,
                         duckdb_python,

@@ -628,3 +628,87 @@ async fn the_orphan_sweep_on_s3_deletes_only_what_no_snapshot_reads() {
     let batches: Vec<_> = scan.to_arrow().await.unwrap().try_collect().await.unwrap();
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 20);
 }
+
+/// `bench-api latency --warehouse` times the query side on an object
+/// store. A kept lake there is the same after every run (the commits each
+/// run adds to time a commit's cost are taken back in the bucket too),
+/// and a run without `--lake-dir` leaves nothing in the bucket.
+#[actix_rt::test]
+async fn the_latency_bench_keeps_its_lake_in_an_object_store_warehouse() {
+    use ticklake::tools::bench_api::{LatencyOptions, latency};
+    let endpoint = s3_endpoint();
+    let client = bucket_client(&endpoint);
+    let mut base = Config::default();
+    base.lake.s3 = s3_config(&endpoint);
+    let kept = tempfile::tempdir().unwrap();
+    let prefix = unique("bench-kept-");
+    let warehouse = format!("s3://{}/{prefix}", bucket());
+    let o = LatencyOptions {
+        lake_trades: 2_000,
+        // Past the hundredth commit, where the build first deletes the
+        // table's superseded metadata files.
+        commits: Some(101),
+        lake_dir: Some(kept.path().to_path_buf()),
+        warehouse: Some(warehouse.clone()),
+        tail_trades: 400,
+        iterations: 1,
+        duckdb_python: None,
+        maintain: false,
+    };
+    let first = latency(&base, &o).await.unwrap();
+    let mut built = keys_under(&client, &prefix).await;
+    built.sort();
+    assert!(
+        built.iter().any(|k| k.ends_with(".parquet")),
+        "the data files are in the bucket: {built:?}"
+    );
+    assert!(
+        !kept.path().join("warehouse").exists(),
+        "nothing of the lake in the directory but its catalog"
+    );
+    let metadata_files: Vec<_> = built
+        .iter()
+        .filter(|k| k.starts_with(&format!("{prefix}/market/trades/metadata/")))
+        .filter(|k| k.ends_with(".metadata.json"))
+        .collect();
+    // The newest two of the first 99 commits' kept before the hundredth,
+    // then the hundredth's and the hundred-and-first's: not 102.
+    assert_eq!(metadata_files.len(), 4, "{metadata_files:?}");
+    let second = latency(&base, &o).await.unwrap();
+    let mut after = keys_under(&client, &prefix).await;
+    after.sort();
+    assert!(
+        after == built,
+        "the second run found and left the same lake"
+    );
+    for r in [&first, &second] {
+        assert!(
+            r.kept_lake_files_removed.is_some_and(|n| n >= 4),
+            "{:?}",
+            r.kept_lake_files_removed
+        );
+    }
+    assert_eq!(first.recent_rows, second.recent_rows);
+    assert_eq!(second.plan.snapshots, first.plan.snapshots);
+
+    // The same directory with another warehouse is refused, not mixed.
+    let other = LatencyOptions {
+        warehouse: Some(format!("s3://{}/{}", bucket(), unique("bench-other-"))),
+        ..o.clone()
+    };
+    let err = latency(&base, &other).await.unwrap_err().to_string();
+    assert!(err.contains("warehouse"), "{err}");
+
+    // A run of its own: a prefix under the warehouse, gone at its end.
+    let own = unique("bench-own-");
+    let o = LatencyOptions {
+        lake_dir: None,
+        warehouse: Some(format!("s3://{}/{own}", bucket())),
+        commits: None,
+        ..o
+    };
+    let r = latency(&base, &o).await.unwrap();
+    assert!(r.recent_rows > 0);
+    assert!(r.plan.data_files > 0);
+    assert_eq!(keys_under(&client, &own).await, Vec::<String>::new());
+}

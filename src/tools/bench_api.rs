@@ -39,6 +39,10 @@ pub enum BenchApiError {
     TradesCsv(std::path::PathBuf, std::io::Error),
     #[error("bench lake {0}: {1}")]
     LakeDir(std::path::PathBuf, String),
+    #[error("bench lake table {0}: {1}")]
+    LakeTable(String, String),
+    #[error("--warehouse {0}: {1}")]
+    Warehouse(String, String),
 }
 
 /// The symbols of the synthetic stream; freshness is measured on the first.
@@ -508,6 +512,11 @@ pub struct LatencyOptions {
     pub lake_trades: usize,
     pub commits: Option<usize>,
     pub lake_dir: Option<std::path::PathBuf>,
+    /// The lake's files in this warehouse (`s3://bucket/prefix`, reached
+    /// with the config's `lake.s3` keys) rather than under the lake's
+    /// directory, which keeps the catalog. A run without `lake_dir` gets a
+    /// prefix of its own under it, deleted at its end.
+    pub warehouse: Option<String>,
     pub tail_trades: usize,
     pub iterations: usize,
     pub duckdb_python: Option<std::path::PathBuf>,
@@ -539,19 +548,45 @@ pub async fn latency(base: &Config, o: &LatencyOptions) -> Result<LatencyReport,
             (d, false)
         }
     };
+    let warehouse = match &o.warehouse {
+        None => None,
+        Some(w) => {
+            crate::config::WarehouseUrl::parse(w)
+                .map_err(|e| BenchApiError::Warehouse(w.clone(), e.to_string()))?;
+            let w = w.trim_end_matches('/');
+            Some(match (keep, dir.file_name()) {
+                (false, Some(run)) => format!("{w}/{}", run.to_string_lossy()),
+                _ => w.to_string(),
+            })
+        }
+    };
     let built = history::Built::read(&dir)?;
     if let Some(b) = &built
-        && (b.lake_trades, b.commits) != (lake_trades, commits)
+        && (b.lake_trades, b.commits, &b.warehouse) != (lake_trades, commits, &warehouse)
     {
         return Err(BenchApiError::LakeDir(
             dir.clone(),
             format!(
-                "it holds a lake of {} trades in {:?} commits, not {lake_trades} in {commits:?}",
-                b.lake_trades, b.commits
+                "it holds a lake of {} trades in {:?} commits in warehouse {:?}, \
+                 not {lake_trades} in {commits:?} in {warehouse:?}",
+                b.lake_trades, b.commits, b.warehouse
             ),
         ));
     }
-    let cfg = base.under(&dir);
+    let mut cfg = base.under(&dir);
+    if let Some(w) = &warehouse {
+        cfg.lake.warehouse = w.clone();
+    }
+    // DuckDB is given the files as a local glob.
+    let local_warehouse = crate::lake::store::local_path(&cfg.warehouse());
+    if duckdb_python.is_some() && local_warehouse.is_none() {
+        return Err(BenchApiError::Warehouse(
+            cfg.warehouse(),
+            "--duckdb-python reads the lake's files from the local disk; \
+             time DuckDB on a local warehouse"
+                .into(),
+        ));
+    }
     let started = Instant::now();
     let catalog = lake::open_catalog(&cfg).await.map_err(lake_err)?;
     let table = lake::ensure_table(catalog.as_ref(), &cfg, TableKind::Trades)
@@ -579,6 +614,7 @@ pub async fn latency(base: &Config, o: &LatencyOptions) -> Result<LatencyReport,
                 now_us: now,
                 lake_trades,
                 commits,
+                warehouse: warehouse.clone(),
             }
             .write(&dir)?;
         }
@@ -690,7 +726,7 @@ pub async fn latency(base: &Config, o: &LatencyOptions) -> Result<LatencyReport,
     // writer would (the tail keeps them: a pin past their offsets skips
     // them, so the answers stay exact).
     let found = if keep {
-        history::Found::note(catalog.as_ref(), &ident).await?
+        Some(history::Found::note(catalog.as_ref(), &ident).await?)
     } else {
         None
     };
@@ -737,8 +773,11 @@ pub async fn latency(base: &Config, o: &LatencyOptions) -> Result<LatencyReport,
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_duckdb.py");
         // The trades table's files only (the minute bars sit beside it).
         let glob = format!(
-            "{}/warehouse/{}/trades/**/*.parquet",
-            dir.display(),
+            "{}/{}/trades/**/*.parquet",
+            local_warehouse
+                .as_deref()
+                .unwrap_or(dir.as_path())
+                .display(),
             cfg.lake.namespace
         );
         let out = std::process::Command::new(py)
@@ -762,6 +801,21 @@ pub async fn latency(base: &Config, o: &LatencyOptions) -> Result<LatencyReport,
             .map(|p| (p, v["bars"].as_u64().unwrap_or(0)));
     }
     if !keep {
+        // A run's own prefix in an object-store warehouse goes with its
+        // directory (a local warehouse is inside the directory).
+        if let Some(w) = warehouse.as_deref()
+            && local_warehouse.is_none()
+        {
+            let table = catalog
+                .load_table(&ident)
+                .await
+                .map_err(|e| BenchApiError::Poll(e.to_string()))?;
+            table
+                .file_io()
+                .delete_prefix(w)
+                .await
+                .map_err(|e| BenchApiError::Warehouse(w.to_string(), e.to_string()))?;
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
     let ohlcv_p50 = percentile(&ohlcv_ms, 0.5);
@@ -824,6 +878,7 @@ mod tests {
             lake_trades: 2_000,
             commits: None,
             lake_dir: Some(dir.path().to_path_buf()),
+            warehouse: None,
             tail_trades: 400,
             iterations: 1,
             duckdb_python: None,

@@ -5,6 +5,7 @@
 //! fast-append carrying the Kafka offsets each), and what planning a query
 //! over it costs, stage by stage.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,7 +16,7 @@ use serde::Serialize;
 
 use super::{BenchApiError, synthetic_trade};
 use crate::lake::commit::{self, KafkaOffsets};
-use crate::lake::{self, LakeError};
+use crate::lake::{self, LakeError, store};
 
 fn lake_err(e: LakeError) -> BenchApiError {
     BenchApiError::Poll(e.to_string())
@@ -27,12 +28,16 @@ fn ice_err(e: iceberg::Error) -> BenchApiError {
 
 /// What a lake kept with `--lake-dir` was built with, in
 /// `bench-lake.json` beside it: a later run reuses it only for the same
-/// sizes, and with the same clock.
+/// sizes and warehouse, and with the same clock.
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub(super) struct Built {
     pub now_us: i64,
     pub lake_trades: usize,
     pub commits: Option<usize>,
+    /// `--warehouse`, when the lake's files are not under the directory
+    /// (absent from a file written before the option was).
+    #[serde(default)]
+    pub warehouse: Option<String>,
 }
 
 const BUILT_FILE: &str = "bench-lake.json";
@@ -100,34 +105,32 @@ pub(super) async fn commit_trades(
 /// after the commits it adds to time what a commit costs the query side:
 /// left in, they made every later run on the same `--lake-dir` measure a
 /// lake a few commits larger (and its files from the tail's trades, which
-/// DuckDB's glob then read too).
+/// DuckDB's glob then read too). On whichever store holds the table: a
+/// local directory or an object-store prefix (`--warehouse`).
 pub(super) struct Found {
     /// The metadata file the catalog pointed at.
     metadata: String,
-    /// The table's directory, and every file in it then.
-    root: std::path::PathBuf,
-    files: std::collections::HashSet<std::path::PathBuf>,
+    /// The table's location, and every file under it then (as
+    /// [`store::normalized`] writes them).
+    root: String,
+    files: HashSet<String>,
 }
 
 impl Found {
-    /// `ident` now; `None` when its files are not on the local disk.
-    pub async fn note(
-        catalog: &dyn Catalog,
-        ident: &TableIdent,
-    ) -> Result<Option<Self>, BenchApiError> {
+    /// `ident` now.
+    pub async fn note(catalog: &dyn Catalog, ident: &TableIdent) -> Result<Self, BenchApiError> {
         let table = catalog.load_table(ident).await.map_err(ice_err)?;
-        let (Some(metadata), Some(root)) = (
-            table.metadata_location().map(str::to_string),
-            lake::store::local_path(table.metadata().location()),
-        ) else {
-            return Ok(None);
-        };
-        let files = files_under(&root)?.into_iter().collect();
-        Ok(Some(Self {
+        let root = table.metadata().location().to_string();
+        let metadata = table
+            .metadata_location()
+            .ok_or_else(|| BenchApiError::LakeTable(root.clone(), "no metadata file".into()))?
+            .to_string();
+        let files = files_under(&root).await?;
+        Ok(Self {
             metadata,
             root,
             files,
-        }))
+        })
     }
 
     /// Points the catalog back at the metadata noted and deletes the files
@@ -138,9 +141,9 @@ impl Found {
         catalog: &dyn Catalog,
         ident: &TableIdent,
     ) -> Result<usize, BenchApiError> {
-        let kept = |why: String| BenchApiError::LakeDir(self.root.clone(), why);
-        let current = catalog.load_table(ident).await.map_err(ice_err)?;
-        let current = current
+        let kept = |why: String| BenchApiError::LakeTable(self.root.clone(), why);
+        let table = catalog.load_table(ident).await.map_err(ice_err)?;
+        let current = table
             .metadata_location()
             .ok_or_else(|| kept("the table has no metadata file".into()))?
             .to_string();
@@ -160,10 +163,13 @@ impl Found {
             }
         }
         let mut removed = 0;
-        for path in files_under(&self.root)? {
-            if !self.files.contains(&path) {
-                std::fs::remove_file(&path)
-                    .map_err(|e| kept(format!("{}: {e}", path.display())))?;
+        for location in list_tree(&self.root).await? {
+            if !self.files.contains(&store::normalized(&location)) {
+                table
+                    .file_io()
+                    .delete(&location)
+                    .await
+                    .map_err(|e| kept(format!("{location}: {e}")))?;
                 removed += 1;
             }
         }
@@ -171,46 +177,59 @@ impl Found {
     }
 }
 
-/// Every file under `root`, at any depth.
-fn files_under(root: &std::path::Path) -> Result<Vec<std::path::PathBuf>, BenchApiError> {
-    let mut files = Vec::new();
-    for entry in walkdir::WalkDir::new(root) {
-        let entry = entry.map_err(|e| BenchApiError::LakeDir(root.to_path_buf(), e.to_string()))?;
-        if entry.file_type().is_file() {
-            files.push(entry.into_path());
-        }
-    }
-    Ok(files)
+/// Every file under the table location `root`, at any depth, on whichever
+/// store holds it, named as the store lists it (so that the table's FileIO
+/// can delete it).
+async fn list_tree(root: &str) -> Result<Vec<String>, BenchApiError> {
+    let listed = store::list_tree(root)
+        .await
+        .map_err(|e| BenchApiError::LakeTable(root.to_string(), e.to_string()))?;
+    Ok(listed.into_iter().map(|l| l.location).collect())
 }
 
-/// Deletes the `metadata.json` files of `dir` (a local table's metadata
-/// directory) but the newest two. Each commit writes a new one holding
-/// every snapshot, and nothing reads the old ones again (other engines
-/// delete them after a commit with `write.metadata.delete-after-commit`),
-/// so kept they grow with the square of the commits: about 13 GB at 6,000
-/// commits, too much for a lake of 10,000 to fit on a small disk. Best
+/// [`list_tree`], each written one way, to compare.
+async fn files_under(root: &str) -> Result<HashSet<String>, BenchApiError> {
+    Ok(list_tree(root)
+        .await?
+        .iter()
+        .map(|l| store::normalized(l))
+        .collect())
+}
+
+/// Deletes the `metadata.json` files of `dir` (a table's metadata
+/// directory, on whichever store holds it) but the newest two. Each commit
+/// writes a new one holding every snapshot, and nothing reads the old ones
+/// again (other engines delete them after a commit with
+/// `write.metadata.delete-after-commit`), so kept they grow with the square
+/// of the commits: about 13 GB at 6,000 commits, too much for a lake of
+/// 10,000 to fit on a small disk, or in a test object store's memory. Best
 /// effort: a file that cannot be listed or removed stays.
-fn drop_superseded_metadata(dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+async fn drop_superseded_metadata(file_io: &iceberg::io::FileIO, dir: &str) {
+    let listed = match store::list(dir).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!(dir, error = %e, "bench: could not list the table's metadata");
+            return;
+        }
     };
     // Named `<version>-<uuid>.metadata.json`.
-    let version = |p: &std::path::Path| {
-        p.file_name()
-            .and_then(|n| n.to_str())
+    let version = |location: &str| {
+        location
+            .rsplit('/')
+            .next()
             .filter(|n| n.ends_with(".metadata.json"))
             .and_then(|n| n.split('-').next())
             .and_then(|v| v.parse::<u64>().ok())
     };
-    let mut names: Vec<(u64, std::path::PathBuf)> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter_map(|p| version(&p).map(|v| (v, p)))
+    let mut names: Vec<(u64, String)> = listed
+        .into_iter()
+        .filter_map(|l| version(&l.location).map(|v| (v, l.location)))
         .collect();
     names.sort();
     let keep = names.len().saturating_sub(2);
-    for (_, p) in &names[..keep] {
-        if let Err(e) = std::fs::remove_file(p) {
-            tracing::debug!(path = %p.display(), error = %e, "bench: could not remove old table metadata");
+    for (_, location) in &names[..keep] {
+        if let Err(e) = file_io.delete(location).await {
+            tracing::debug!(location, error = %e, "bench: could not remove old table metadata");
         }
     }
 }
@@ -243,28 +262,24 @@ pub(super) async fn build(
         .unwrap_or_else(|| shape.trades.div_ceil(500_000))
         .max(1);
     let started = Instant::now();
-    let metadata_dir = catalog
-        .load_table(ident)
-        .await
-        .map_err(ice_err)?
+    let table = catalog.load_table(ident).await.map_err(ice_err)?;
+    // `<warehouse>/<namespace>/<table>/metadata`: the bars table's is its
+    // sibling.
+    let metadata_dirs: Vec<String> = table
         .metadata_location()
-        .and_then(|l| std::path::Path::new(l.strip_prefix("file://").unwrap_or(l)).parent())
-        .map(std::path::Path::to_path_buf);
-    let bars_dir = metadata_dir.as_ref().and_then(|d| {
-        // `<warehouse>/<namespace>/<table>/metadata`: the bars table's is
-        // its sibling.
-        let table_dir = d.parent()?;
-        Some(
-            table_dir
-                .with_file_name(crate::lake::schema::BARS_TABLE)
-                .join("metadata"),
-        )
-    });
+        .and_then(|l| l.rsplit_once('/'))
+        .and_then(|(dir, _)| {
+            let (tables, _) = dir.strip_suffix("/metadata")?.rsplit_once('/')?;
+            let bars = format!("{tables}/{}/metadata", crate::lake::schema::BARS_TABLE);
+            Some(vec![dir.to_string(), bars])
+        })
+        .unwrap_or_default();
+    let file_io = table.file_io().clone();
     let bars_every = if commits.is_some() { BARS_EVERY } else { 1 };
     for c in 0..n {
         if c % 100 == 99 {
-            for dir in metadata_dir.iter().chain(&bars_dir) {
-                drop_superseded_metadata(dir);
+            for dir in &metadata_dirs {
+                drop_superseded_metadata(&file_io, dir).await;
             }
         }
         let from = c * shape.trades / n;
