@@ -690,6 +690,7 @@ async fn the_latency_bench_keeps_its_lake_in_an_object_store_warehouse() {
     }
     assert_eq!(first.recent_rows, second.recent_rows);
     assert_eq!(second.plan.snapshots, first.plan.snapshots);
+    assert!(first.plan.metadata_bytes > 0, "read from the bucket");
 
     // The same directory with another warehouse is refused, not mixed.
     let other = LatencyOptions {

@@ -454,11 +454,10 @@ pub(super) async fn profile(
             .plan(&table, snap.snapshot_id(), &[])
             .await,
     )?;
-    let metadata_bytes = table
-        .metadata_location()
-        .and_then(|l| std::fs::metadata(l.strip_prefix("file://").unwrap_or(l)).ok())
-        .map(|m| m.len())
-        .unwrap_or(0);
+    let metadata_bytes = match table.metadata_location() {
+        Some(l) => store::size(l).await.unwrap_or(0),
+        None => 0,
+    };
     Ok(PlanProfile {
         snapshots: md.snapshots().count(),
         data_files,
