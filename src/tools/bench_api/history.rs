@@ -14,7 +14,8 @@ use iceberg::table::Table;
 use iceberg::{Catalog, TableIdent};
 use serde::Serialize;
 
-use super::{BenchApiError, synthetic_trade};
+use super::BenchApiError;
+use super::latency::synthetic_trade;
 use crate::lake::commit::{self, KafkaOffsets};
 use crate::lake::{self, LakeError, store};
 
