@@ -479,15 +479,10 @@ pub async fn latency(base: &Config, o: &LatencyOptions) -> Result<LatencyReport,
             .map(|p| (p, v["bars"].as_u64().unwrap_or(0)));
     }
     if !keep {
-        // A run's own prefix in an object-store warehouse goes with its
-        // directory (a local warehouse is inside the directory).
-        if let Some(w) = warehouse.as_deref()
-            && local_warehouse.is_none()
-        {
-            let table = catalog
-                .load_table(&ident)
-                .await
-                .map_err(|e| BenchApiError::Poll(e.to_string()))?;
+        // A run's own prefix in a `--warehouse` goes with its directory,
+        // on whichever store it is (the default warehouse is inside the
+        // directory).
+        if let Some(w) = warehouse.as_deref() {
             table
                 .file_io()
                 .delete_prefix(w)
@@ -595,5 +590,31 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(rows, 2_000, "the lake holds its own trades only");
+    }
+
+    /// A run of its own with `--warehouse` on the local disk, outside its
+    /// temporary directory, writes there under a prefix of its own and
+    /// leaves nothing behind.
+    #[actix_rt::test]
+    async fn a_run_of_its_own_leaves_nothing_in_its_warehouse() {
+        let warehouse = tempfile::tempdir().unwrap();
+        let o = LatencyOptions {
+            lake_trades: 2_000,
+            commits: None,
+            lake_dir: None,
+            warehouse: Some(format!("file://{}", warehouse.path().display())),
+            tail_trades: 400,
+            iterations: 1,
+            duckdb_python: None,
+            maintain: false,
+        };
+        let r = latency(&Config::default(), &o).await.unwrap();
+        assert!(r.plan.data_files > 0 && r.recent_rows > 0, "{r:?}");
+        let left: Vec<_> = walkdir::WalkDir::new(warehouse.path())
+            .min_depth(1)
+            .into_iter()
+            .map(|e| e.unwrap().into_path())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }
