@@ -396,4 +396,14 @@ fn query_without_a_daemon_is_read_only() {
     for f in [dir.path().join("out.csv"), abs, parquet] {
         assert!(!f.exists(), "COPY wrote {}", f.display());
     }
+    // Every `ticklake query` above has exited, and each took its spill
+    // directory (and its SQL worker's) with it.
+    let spill = dir.path().join("data").join("query-spill");
+    let left: Vec<_> = std::fs::read_dir(&spill)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left under {}: {left:?}", spill.display());
 }
