@@ -746,6 +746,8 @@ fn main() -> anyhow::Result<()> {
 
 fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg = Config::load(config.as_deref())?;
+    // Outlives the actor system, so the engine is done with it when it goes.
+    let _spill = ticklake::query::session::OwnSpill::of(&cfg);
     let sys = actix_system();
     let exit = sys.block_on(async move {
         let daemon = ticklake::daemon::start(cfg)

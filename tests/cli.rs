@@ -89,8 +89,20 @@ fn run_with_no_config_comes_up_on_the_embedded_default() {
         err.contains("ticklake.lock") && err.contains("in use by another ticklake process"),
         "{err}"
     );
+    // The daemon's query engine made its spill directory when it started.
+    let spill = dir.path().join("data").join("query-spill");
+    let own = spill.join(p.child.id().to_string());
+    assert!(own.is_dir(), "no {}", own.display());
     let status = p.terminate();
     assert!(status.success(), "exit {status}:\n{}", p.log_tail());
+    // A graceful stop takes it, and its SQL workers', with it.
+    let left: Vec<_> = std::fs::read_dir(&spill)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left under {}: {left:?}", spill.display());
 }
 
 #[test]

@@ -369,10 +369,7 @@ pub enum LocalError {
 /// `POST /v1/sql`, answered as the API would (decimals as strings).
 pub async fn run_local(cfg: &Config, sql: &str) -> Result<serde_json::Value, LocalError> {
     // Declared before the engine, so dropped after it, on every return.
-    let _spill = OwnSpill(super::session::spill_dir_of(
-        &super::session::spill_root(cfg),
-        std::process::id(),
-    ));
+    let _spill = super::session::OwnSpill::of(cfg);
     let mut engine = super::session::engine(cfg, None).await?;
     if cfg.api.sql_isolation {
         let exe = std::env::current_exe().map_err(LocalError::Exe)?;
@@ -386,23 +383,5 @@ pub async fn run_local(cfg: &Config, sql: &str) -> Result<serde_json::Value, Loc
             code: e.code(),
             detail: e.to_string(),
         }),
-    }
-}
-
-/// This process's spill directory, removed when `ticklake query` is done
-/// with its engine. A daemon's is removed by the next engine that starts
-/// on the data directory (`session::remove_stale_spills`); a one-shot
-/// query would otherwise leave one behind every time it runs.
-struct OwnSpill(PathBuf);
-
-impl Drop for OwnSpill {
-    fn drop(&mut self) {
-        match std::fs::remove_dir_all(&self.0) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(dir = %self.0.display(), error = %e, "query: could not remove the spill directory")
-            }
-        }
     }
 }

@@ -220,6 +220,32 @@ pub fn spill_dir_of(root: &std::path::Path, pid: u32) -> std::path::PathBuf {
     root.join(pid.to_string())
 }
 
+/// This process's spill directory ([`spill_dir_of`]), removed when the
+/// guard drops: by `ticklake query` once it has answered, and by
+/// `ticklake run` once the daemon has stopped. Hold it for as long as the
+/// process's engine may spill. Without it each run left its directory
+/// behind until the next engine started on the data directory
+/// ([`remove_stale_spills`]).
+pub struct OwnSpill(std::path::PathBuf);
+
+impl OwnSpill {
+    pub fn of(cfg: &Config) -> Self {
+        Self(spill_dir_of(&spill_root(cfg), std::process::id()))
+    }
+}
+
+impl Drop for OwnSpill {
+    fn drop(&mut self) {
+        match std::fs::remove_dir_all(&self.0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %self.0.display(), error = %e, "query: could not remove the spill directory")
+            }
+        }
+    }
+}
+
 /// DataFusion's disk manager for `cfg`: spill files in this process's
 /// directory (made now, stale siblings removed), at most
 /// `api.max_spill_bytes` of them; none when that is 0.
