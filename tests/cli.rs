@@ -96,12 +96,7 @@ fn run_with_no_config_comes_up_on_the_embedded_default() {
     let status = p.terminate();
     assert!(status.success(), "exit {status}:\n{}", p.log_tail());
     // A graceful stop takes it, and its SQL workers', with it.
-    let left: Vec<_> = std::fs::read_dir(&spill)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let left = entries(&spill);
     assert!(left.is_empty(), "left under {}: {left:?}", spill.display());
 }
 
@@ -411,11 +406,16 @@ fn query_without_a_daemon_is_read_only() {
     // Every `ticklake query` above has exited, and each took its spill
     // directory (and its SQL worker's) with it.
     let spill = dir.path().join("data").join("query-spill");
-    let left: Vec<_> = std::fs::read_dir(&spill)
+    let left = entries(&spill);
+    assert!(left.is_empty(), "left under {}: {left:?}", spill.display());
+}
+
+/// The names in `dir` (none when it does not exist).
+fn entries(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.file_name())
-        .collect();
-    assert!(left.is_empty(), "left under {}: {left:?}", spill.display());
+        .collect()
 }
