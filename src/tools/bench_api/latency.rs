@@ -540,6 +540,24 @@ mod tests {
         files
     }
 
+    /// A run small enough for a test: 2,000 trades in the lake, 400 in the
+    /// tail, one iteration.
+    fn small_run(
+        lake_dir: Option<std::path::PathBuf>,
+        warehouse: Option<String>,
+    ) -> LatencyOptions {
+        LatencyOptions {
+            lake_trades: 2_000,
+            commits: None,
+            lake_dir,
+            warehouse,
+            tail_trades: 400,
+            iterations: 1,
+            duckdb_python: None,
+            maintain: false,
+        }
+    }
+
     /// A second run on a kept lake measures the lake the first one built:
     /// the commits each run adds to time what a commit costs the query
     /// side are taken back, the table pointed at its metadata as found and
@@ -547,16 +565,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_kept_lake_is_the_same_after_every_run() {
         let dir = tempfile::tempdir().unwrap();
-        let o = LatencyOptions {
-            lake_trades: 2_000,
-            commits: None,
-            lake_dir: Some(dir.path().to_path_buf()),
-            warehouse: None,
-            tail_trades: 400,
-            iterations: 1,
-            duckdb_python: None,
-            maintain: false,
-        };
+        let o = small_run(Some(dir.path().to_path_buf()), None);
         let base = Config::default();
         let first = latency(&base, &o).await.unwrap();
         let built = lake_files(dir.path());
@@ -598,16 +607,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_run_of_its_own_leaves_nothing_in_its_warehouse() {
         let warehouse = tempfile::tempdir().unwrap();
-        let o = LatencyOptions {
-            lake_trades: 2_000,
-            commits: None,
-            lake_dir: None,
-            warehouse: Some(format!("file://{}", warehouse.path().display())),
-            tail_trades: 400,
-            iterations: 1,
-            duckdb_python: None,
-            maintain: false,
-        };
+        let o = small_run(None, Some(format!("file://{}", warehouse.path().display())));
         let r = latency(&Config::default(), &o).await.unwrap();
         assert!(r.plan.data_files > 0 && r.recent_rows > 0, "{r:?}");
         let left: Vec<_> = walkdir::WalkDir::new(warehouse.path())
